@@ -1,0 +1,196 @@
+import CHiredis
+import Foundation
+
+/// The one owner of a hiredis `redisContext`.
+///
+/// Every call blocks on the socket, so an instance may only be touched from the
+/// serial queue or thread of the client that owns it (never from Swift's
+/// cooperative pool); that is why it is `@unchecked Sendable`. Nothing outside
+/// this file calls the hiredis API.
+final class HiredisContext: @unchecked Sendable {
+    private let context: UnsafeMutablePointer<redisContext>
+    let endpoint: RedisConfiguration.Endpoint
+
+    private init(context: UnsafeMutablePointer<redisContext>, endpoint: RedisConfiguration.Endpoint) {
+        self.context = context
+        self.endpoint = endpoint
+    }
+
+    deinit {
+        redisFree(context)
+    }
+
+    /// Connects and authenticates, selects the database and sets the client name.
+    /// - Throws: `CoordinationError` `.connectionFailed`, or `.serverError` when AUTH or SELECT is refused.
+    static func connect(_ configuration: RedisConfiguration) throws -> HiredisContext {
+        let made: UnsafeMutablePointer<redisContext>?
+        switch configuration.endpoint {
+        case .tcp(let host, let port):
+            made = redisConnectWithTimeout(host, Int32(port), configuration.connectTimeout.timeval)
+        case .unix(let path):
+            made = redisConnectUnixWithTimeout(path, configuration.connectTimeout.timeval)
+        }
+        guard let made else {
+            throw CoordinationError(.connectionFailed, "cannot allocate a Redis context for \(configuration.endpoint)")
+        }
+        let context = HiredisContext(context: made, endpoint: configuration.endpoint)
+        if made.pointee.err != 0 {
+            throw CoordinationError(.connectionFailed, "cannot connect to Redis at \(configuration.endpoint)", underlying: context.errorText)
+        }
+        if redisSetTimeout(made, configuration.commandTimeout.timeval) != REDIS_OK {
+            throw CoordinationError(.connectionFailed, "cannot set the command timeout on \(configuration.endpoint)", underlying: context.errorText)
+        }
+        _ = redisEnableKeepAlive(made)
+
+        var setup: [RedisCommand] = []
+        if let password = configuration.password {
+            if let user = configuration.user {
+                setup.append(RedisCommand("AUTH", user, password))
+            } else {
+                setup.append(RedisCommand("AUTH", password))
+            }
+        }
+        if configuration.database != 0 {
+            setup.append(RedisCommand("SELECT", configuration.database))
+        }
+        if let name = configuration.clientName {
+            setup.append(RedisCommand("CLIENT", "SETNAME", name))
+        }
+        for command in setup {
+            let reply = try context.command(command)
+            if case .error(let text) = reply {
+                throw CoordinationError(.serverError, "Redis at \(configuration.endpoint) refused \(command.name)", underlying: text)
+            }
+        }
+        return context
+    }
+
+    /// The socket's file descriptor, for `poll`.
+    var fileDescriptor: Int32 { context.pointee.fd }
+
+    private var errorText: String {
+        withUnsafeBytes(of: context.pointee.errstr) { raw in
+            let bytes = raw.bindMemory(to: UInt8.self)
+            let end = bytes.firstIndex(of: 0) ?? bytes.endIndex
+            return String(decoding: bytes[..<end], as: UTF8.self)
+        }
+    }
+
+    private func lostError(_ what: String) -> CoordinationError {
+        CoordinationError(.connectionLost, "\(what) on Redis at \(endpoint) failed", underlying: errorText)
+    }
+
+    /// Sends one command and waits for its reply. An error reply is returned, not thrown.
+    /// - Throws: `CoordinationError.connectionLost` when the socket fails or times out; the context is then unusable.
+    func command(_ command: RedisCommand) throws -> RedisReply {
+        let raw = Self.withArgv(command.arguments) { argc, argv, lengths in
+            redisCommandArgv(context, argc, argv, lengths)
+        }
+        guard let raw else { throw lostError(command.name) }
+        defer { freeReplyObject(raw) }
+        return Self.convert(raw.assumingMemoryBound(to: redisReply.self))
+    }
+
+    /// Queues a command in hiredis' output buffer without sending it.
+    func append(_ command: RedisCommand) throws {
+        let status = Self.withArgv(command.arguments) { argc, argv, lengths in
+            redisAppendCommandArgv(context, argc, argv, lengths)
+        }
+        if status != REDIS_OK { throw lostError("queueing \(command.name)") }
+    }
+
+    /// Writes everything queued by `append` to the socket.
+    func flush() throws {
+        var done: Int32 = 0
+        while done == 0 {
+            if redisBufferWrite(context, &done) != REDIS_OK { throw lostError("writing a pipeline") }
+        }
+    }
+
+    /// Waits for the next reply.
+    func readReply() throws -> RedisReply {
+        var raw: UnsafeMutableRawPointer?
+        if redisGetReply(context, &raw) != REDIS_OK || raw == nil { throw lostError("reading a reply") }
+        defer { freeReplyObject(raw) }
+        return Self.convert(raw!.assumingMemoryBound(to: redisReply.self))
+    }
+
+    /// A reply already read from the socket and parsed, if there is one; never blocks.
+    func bufferedReply() throws -> RedisReply? {
+        var raw: UnsafeMutableRawPointer?
+        if redisGetReplyFromReader(context, &raw) != REDIS_OK { throw lostError("parsing a reply") }
+        guard let raw else { return nil }
+        defer { freeReplyObject(raw) }
+        return Self.convert(raw.assumingMemoryBound(to: redisReply.self))
+    }
+
+    /// Reads what the socket has into hiredis' buffer (call after `poll` says readable).
+    func readAvailable() throws {
+        if redisBufferRead(context) != REDIS_OK { throw lostError("reading") }
+    }
+
+    private static func convert(_ reply: UnsafeMutablePointer<redisReply>) -> RedisReply {
+        let value = reply.pointee
+        switch value.type {
+        case REDIS_REPLY_INTEGER:
+            return .integer(Int64(value.integer))
+        case REDIS_REPLY_NIL:
+            return .null
+        case REDIS_REPLY_STRING:
+            return .bulk(bytes(value.str, count: Int(value.len)))
+        case REDIS_REPLY_STATUS:
+            return .status(String(decoding: bytes(value.str, count: Int(value.len)), as: UTF8.self))
+        case REDIS_REPLY_ERROR:
+            return .error(String(decoding: bytes(value.str, count: Int(value.len)), as: UTF8.self))
+        case REDIS_REPLY_ARRAY:
+            var items: [RedisReply] = []
+            items.reserveCapacity(Int(value.elements))
+            for index in 0..<Int(value.elements) {
+                if let element = value.element[index] {
+                    items.append(convert(element))
+                } else {
+                    items.append(.null)
+                }
+            }
+            return .array(items)
+        default:
+            return .error("unknown hiredis reply type \(value.type)")
+        }
+    }
+
+    private static func bytes(_ pointer: UnsafeMutablePointer<CChar>?, count: Int) -> [UInt8] {
+        guard let pointer, count > 0 else { return [] }
+        return pointer.withMemoryRebound(to: UInt8.self, capacity: count) { Array(UnsafeBufferPointer(start: $0, count: count)) }
+    }
+
+    /// Lays the arguments out in one buffer and hands hiredis pointers and lengths into it.
+    private static func withArgv<R>(
+        _ arguments: [[UInt8]],
+        _ body: (Int32, UnsafeMutablePointer<UnsafePointer<CChar>?>, UnsafePointer<Int>) -> R
+    ) -> R {
+        var storage: [UInt8] = []
+        storage.reserveCapacity(arguments.reduce(1) { $0 + $1.count })
+        var lengths: [Int] = []
+        lengths.reserveCapacity(arguments.count)
+        for argument in arguments {
+            storage.append(contentsOf: argument)
+            lengths.append(argument.count)
+        }
+        storage.append(0)  // so the base address exists even when every argument is empty
+        return storage.withUnsafeBufferPointer { buffer in
+            let base = UnsafeRawPointer(buffer.baseAddress!)
+            var pointers: [UnsafePointer<CChar>?] = []
+            pointers.reserveCapacity(arguments.count)
+            var offset = 0
+            for length in lengths {
+                pointers.append(base.advanced(by: offset).assumingMemoryBound(to: CChar.self))
+                offset += length
+            }
+            return pointers.withUnsafeMutableBufferPointer { argv in
+                lengths.withUnsafeBufferPointer { lengthBuffer in
+                    body(Int32(arguments.count), argv.baseAddress!, lengthBuffer.baseAddress!)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,276 @@
+import Foundation
+import Logging
+
+/// A connection to RabbitMQ over rabbitmq-c.
+///
+/// All socket work happens on one dedicated thread per connection (never on
+/// Swift's cooperative pool). The connection heals itself: after a broker
+/// restart or a network failure it reconnects with backoff and restores the
+/// exchanges, queues and bindings declared through it, its channels (qos,
+/// confirm mode) and its consumers. Operations attempted while it is down
+/// fail with `.notConnected`; unacked deliveries from before the break are
+/// redelivered by the broker.
+public final class AMQPConnection: Sendable {
+    let engine: AMQPEngine
+    public let configuration: AMQPConfiguration
+
+    private init(engine: AMQPEngine) {
+        self.engine = engine
+        self.configuration = engine.configuration
+    }
+
+    /// Connects and logs in.
+    /// - Throws: `MessagingError.connectionFailed` naming the broker and its reason.
+    public static func connect(_ configuration: AMQPConfiguration, logger: Logger = Logger(label: "herald.amqp")) async throws -> AMQPConnection {
+        let engine = AMQPEngine(configuration: configuration, logger: logger)
+        // The blocking connect runs on a thread of its own, not the cooperative pool.
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+            let thread = Thread {
+                continuation.resume(with: Result { try engine.start() })
+            }
+            thread.start()
+        }
+        return AMQPConnection(engine: engine)
+    }
+
+    /// Connects to an `amqp://` URL.
+    public static func connect(url: String, logger: Logger = Logger(label: "herald.amqp")) async throws -> AMQPConnection {
+        try await connect(try AMQPConfiguration(url: url), logger: logger)
+    }
+
+    /// Whether the connection is up right now.
+    public var isConnected: Bool { engine.status.withLock { $0.connected } }
+
+    /// How many times the connection was re-made after a loss.
+    public var reconnects: Int { engine.status.withLock { $0.reconnects } }
+
+    /// Waits until the connection is up, polling every 20 ms.
+    /// - Throws: `MessagingError.notConnected` with the last connect error when `timeout` passes first.
+    public func waitUntilConnected(timeout: Duration) async throws {
+        let deadline = ContinuousClock.now + timeout
+        while !isConnected {
+            if ContinuousClock.now >= deadline {
+                throw MessagingError(.notConnected, "RabbitMQ at \(configuration.host):\(configuration.port) not reachable within \(timeout)", replyText: engine.status.withLock { $0.lastError })
+            }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+    }
+
+    /// Opens a new channel.
+    public func openChannel() async throws -> AMQPChannel {
+        let id = try await engine.perform { engine in try engine.openChannel() }
+        return AMQPChannel(engine: engine, id: id)
+    }
+
+    /// Closes the connection: consumers finish, unconfirmed publishes fail.
+    public func close() async {
+        await engine.stop()
+    }
+}
+
+/// One AMQP channel. Channels are cheap; use one per consumer so a channel
+/// error on one does not touch the others. After the broker closes a channel
+/// (406, 404, ...) the operation that caused it throws `.channelClosed` with
+/// the broker's text, and the channel is re-opened with its qos, confirm mode
+/// and consumers.
+public struct AMQPChannel: Sendable {
+    let engine: AMQPEngine
+    public let id: UInt16
+
+    // MARK: Topology
+
+    /// Declares an exchange; remembered and re-declared after a reconnect.
+    public func declareExchange(_ name: String, options: AMQPExchangeOptions = AMQPExchangeOptions()) async throws {
+        let id = id
+        try await engine.perform { engine in
+            try engine.guarded(id) { wire in try wire.declareExchange(id, name: name, options: options, passive: false) }
+            engine.remember(.exchange(name: name, options: options))
+        }
+    }
+
+    /// Checks that an exchange exists without creating it.
+    /// - Throws: `.channelClosed` with 404 NOT_FOUND when it does not.
+    public func declareExchangePassive(_ name: String) async throws {
+        let id = id
+        try await engine.perform { engine in
+            try engine.guarded(id) { wire in try wire.declareExchange(id, name: name, options: AMQPExchangeOptions(), passive: true) }
+        }
+    }
+
+    public func deleteExchange(_ name: String) async throws {
+        let id = id
+        try await engine.perform { engine in
+            try engine.guarded(id) { wire in try wire.deleteExchange(id, name: name) }
+            engine.forget { item in
+                if case .exchange(let declared, _) = item { return declared == name }
+                if case .binding(_, let exchange, _, _) = item { return exchange == name }
+                return false
+            }
+        }
+    }
+
+    /// Declares a queue; remembered and re-declared after a reconnect.
+    /// - Throws: `.channelClosed` with 406 PRECONDITION_FAILED when it exists with other arguments.
+    @discardableResult
+    public func declareQueue(_ name: String, options: AMQPQueueOptions = AMQPQueueOptions()) async throws -> AMQPQueueState {
+        let id = id
+        return try await engine.perform { engine in
+            let state = try engine.guarded(id) { wire in try wire.declareQueue(id, name: name, options: options, passive: false) }
+            if !name.isEmpty { engine.remember(.queue(name: name, options: options)) }
+            return state
+        }
+    }
+
+    /// Reads a queue's message and consumer counts without creating it.
+    /// - Throws: `.channelClosed` with 404 NOT_FOUND when it does not exist.
+    public func declareQueuePassive(_ name: String) async throws -> AMQPQueueState {
+        let id = id
+        return try await engine.perform { engine in
+            try engine.guarded(id) { wire in try wire.declareQueue(id, name: name, options: AMQPQueueOptions(), passive: true) }
+        }
+    }
+
+    /// Deletes a queue and returns how many messages it held.
+    @discardableResult
+    public func deleteQueue(_ name: String) async throws -> Int {
+        let id = id
+        return try await engine.perform { engine in
+            let count = try engine.guarded(id) { wire in try wire.deleteQueue(id, name: name) }
+            engine.forget { item in
+                if case .queue(let declared, _) = item { return declared == name }
+                if case .binding(let queue, _, _, _) = item { return queue == name }
+                return false
+            }
+            return count
+        }
+    }
+
+    @discardableResult
+    public func purgeQueue(_ name: String) async throws -> Int {
+        let id = id
+        return try await engine.perform { engine in
+            try engine.guarded(id) { wire in try wire.purgeQueue(id, name: name) }
+        }
+    }
+
+    /// Binds a queue to an exchange; remembered and re-bound after a reconnect.
+    public func bindQueue(_ queue: String, to exchange: String, routingKey: String, arguments: AMQPTable = [:]) async throws {
+        let id = id
+        try await engine.perform { engine in
+            try engine.guarded(id) { wire in try wire.bindQueue(id, queue: queue, exchange: exchange, routingKey: routingKey, arguments: arguments) }
+            engine.remember(.binding(queue: queue, exchange: exchange, routingKey: routingKey, arguments: arguments))
+        }
+    }
+
+    public func unbindQueue(_ queue: String, from exchange: String, routingKey: String, arguments: AMQPTable = [:]) async throws {
+        let id = id
+        try await engine.perform { engine in
+            try engine.guarded(id) { wire in try wire.unbindQueue(id, queue: queue, exchange: exchange, routingKey: routingKey, arguments: arguments) }
+            engine.forget { item in
+                if case .binding(let q, let e, let k, _) = item { return q == queue && e == exchange && k == routingKey }
+                return false
+            }
+        }
+    }
+
+    // MARK: Consuming
+
+    /// Sets `basic.qos`: at most `prefetch` unacked deliveries per consumer on this channel.
+    public func qos(prefetch: UInt16) async throws {
+        let id = id
+        try await engine.perform { engine in try engine.setQoS(id, prefetch: prefetch) }
+    }
+
+    /// Starts a consumer with manual acks.
+    ///
+    /// The returned sequence is pull-based in effect: the broker sends at most
+    /// `prefetch` unacked messages, so its buffer never holds more than that;
+    /// the rest waits in RabbitMQ until the caller acks.
+    /// - Parameters:
+    ///   - queue: the queue to consume.
+    ///   - prefetch: `basic.qos` for this channel, set before consuming.
+    ///   - exclusive: ask to be the queue's only consumer.
+    ///   - arguments: `basic.consume` arguments.
+    public func consume(_ queue: String, prefetch: UInt16, exclusive: Bool = false, arguments: AMQPTable = [:]) async throws -> AMQPConsumer {
+        try await qos(prefetch: prefetch)
+        let tag = "herald.\(UUID().uuidString.prefix(8).lowercased()).\(queue)"
+        let (stream, continuation) = AsyncThrowingStream.makeStream(of: AMQPDelivery.self, throwing: (any Error).self)
+        let id = id
+        try await engine.perform { engine in
+            try engine.consume(id, queue: queue, tag: tag, exclusive: exclusive, arguments: arguments, continuation: continuation)
+        }
+        return AMQPConsumer(channel: self, tag: tag, queue: queue, stream: stream)
+    }
+
+    /// Acknowledges a delivery (and, with `multiple`, every earlier one on this channel).
+    ///
+    /// Returns at once; the ack goes out on the connection thread. A delivery from
+    /// before a reconnect is skipped: the broker has requeued it already.
+    public func ack(_ delivery: AMQPDelivery, multiple: Bool = false) {
+        engine.submit { engine in engine.settle(delivery) { wire in try wire.ack(delivery.channelID, tag: delivery.deliveryTag, multiple: multiple) } }
+    }
+
+    /// Negatively acknowledges a delivery; with `requeue: false` it goes to the queue's dead-letter exchange.
+    public func nack(_ delivery: AMQPDelivery, multiple: Bool = false, requeue: Bool) {
+        engine.submit { engine in engine.settle(delivery) { wire in try wire.nack(delivery.channelID, tag: delivery.deliveryTag, multiple: multiple, requeue: requeue) } }
+    }
+
+    /// Rejects one delivery; with `requeue: false` it goes to the queue's dead-letter exchange.
+    public func reject(_ delivery: AMQPDelivery, requeue: Bool) {
+        engine.submit { engine in engine.settle(delivery) { wire in try wire.reject(delivery.channelID, tag: delivery.deliveryTag, requeue: requeue) } }
+    }
+
+    // MARK: Publishing
+
+    /// Puts the channel in confirm mode: `publish` then waits for the broker's confirms.
+    public func enableConfirms() async throws {
+        let id = id
+        try await engine.perform { engine in try engine.enableConfirms(id) }
+    }
+
+    /// Publishes messages in order. In confirm mode it returns once the broker has
+    /// confirmed every one of them (persisted, for persistent messages on durable queues).
+    /// - Throws: `.publishNacked` when the broker refused one, `.connectionLost` /
+    ///   `.channelClosed` when the channel broke before all were confirmed (some may have
+    ///   arrived: publish again, consumers drop duplicates).
+    public func publish(_ messages: [AMQPOutgoingMessage], mandatory: Bool = false) async throws {
+        let id = id
+        let result: Result<Void, MessagingError> = await withCheckedContinuation { continuation in
+            engine.submit { engine in
+                engine.publish(id, messages, mandatory: mandatory) { result in continuation.resume(returning: result) }
+            }
+        }
+        try result.get()
+    }
+
+    public func publish(_ message: AMQPOutgoingMessage, mandatory: Bool = false) async throws {
+        try await publish([message], mandatory: mandatory)
+    }
+
+    /// Closes the channel: its consumers finish, its unconfirmed publishes fail.
+    public func close() async {
+        let id = id
+        _ = try? await engine.perform { engine in engine.closeChannel(id) }
+    }
+}
+
+/// Deliveries of one consumer, as an `AsyncSequence` bounded by the prefetch.
+public struct AMQPConsumer: AsyncSequence, Sendable {
+    public typealias Element = AMQPDelivery
+    public let channel: AMQPChannel
+    public let tag: String
+    public let queue: String
+    let stream: AsyncThrowingStream<AMQPDelivery, any Error>
+
+    public func makeAsyncIterator() -> AsyncThrowingStream<AMQPDelivery, any Error>.AsyncIterator {
+        stream.makeAsyncIterator()
+    }
+
+    /// Stops the consumer. Deliveries already received stay unacked until the caller
+    /// acks or nacks them, so a consumer can finish in-flight work before handing over.
+    public func cancel() async throws {
+        let id = channel.id
+        let tag = tag
+        try await channel.engine.perform { engine in try engine.cancel(id, tag: tag) }
+    }
+}

@@ -1,0 +1,591 @@
+import Foundation
+import Logging
+import Synchronization
+
+/// The connection thread: the only thread that touches the `RabbitMQConnection`.
+///
+/// Callers hand it jobs (closures) through a locked inbox and wake it through a
+/// pipe; it runs them, reads frames (deliveries, confirms, closes) without
+/// blocking, and sleeps in `poll` on the socket and the pipe. It re-connects
+/// with backoff after the connection is lost and then restores what was
+/// declared through it: exchanges, queues, bindings, channels with their qos
+/// and confirm mode, and consumers under their old tags.
+///
+/// Everything but `inbox` and `status` is confined to the connection thread;
+/// that is why the class is `@unchecked Sendable`.
+final class AMQPEngine: @unchecked Sendable {
+    typealias Job = @Sendable (AMQPEngine) -> Void
+
+    struct Inbox {
+        var jobs: [Job] = []
+        var sleeping = false
+        var stopping = false
+    }
+
+    /// What other threads may read about the connection.
+    struct Status: Sendable {
+        var connected = false
+        var reconnects = 0
+        var lastError: String?
+    }
+
+    let configuration: AMQPConfiguration
+    let logger: Logger
+    private let inbox = Mutex(Inbox())
+    let status = Mutex(Status())
+    private let wakeRead: Int32
+    private let wakeWrite: Int32
+
+    // Connection-thread state.
+    private var wire: RabbitMQConnection?
+    private var channels: [UInt16: ChannelRecord] = [:]
+    private var nextChannelID: UInt16 = 2
+    private var topology: [TopologyRecord] = []
+    private var incarnations: UInt64 = 0
+    private var failures = 0
+    private var retryAt: ContinuousClock.Instant?
+    private var stopped: CheckedContinuation<Void, Never>?
+    static let controlChannel: UInt16 = 1
+
+    init(configuration: AMQPConfiguration, logger: Logger) {
+        self.configuration = configuration
+        self.logger = logger
+        var fds: [Int32] = [0, 0]
+        if pipe(&fds) != 0 { fatalError("pipe() failed: \(errno)") }
+        for fd in fds { _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) }
+        wakeRead = fds[0]
+        wakeWrite = fds[1]
+    }
+
+    deinit {
+        close(wakeRead)
+        close(wakeWrite)
+    }
+
+    /// Connects on the calling thread, then starts the connection thread.
+    func start() throws {
+        let made = try RabbitMQConnection.open(configuration)
+        try made.openChannel(Self.controlChannel)
+        wire = made
+        status.withLock { $0.connected = true }
+        let thread = Thread { [self] in run() }
+        thread.name = "herald.amqp"
+        thread.start()
+    }
+
+    // MARK: Submitting work
+
+    /// Queues a job for the connection thread.
+    func submit(_ job: @escaping Job) {
+        let wake = inbox.withLock { inbox -> Bool in
+            inbox.jobs.append(job)
+            return inbox.sleeping
+        }
+        if wake { signal() }
+    }
+
+    /// Runs `body` on the connection thread and returns its result.
+    func perform<T: Sendable>(_ body: @escaping @Sendable (AMQPEngine) throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { continuation in
+            submit { engine in continuation.resume(with: Result { try body(engine) }) }
+        }
+    }
+
+    /// Stops the thread after it closes the connection; consumers finish, pending confirms fail.
+    func stop() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            submit { engine in engine.stopped = continuation }
+            inbox.withLock { $0.stopping = true }
+            signal()
+        }
+    }
+
+    private func signal() {
+        var byte: UInt8 = 1
+        _ = write(wakeWrite, &byte, 1)
+    }
+
+    // MARK: The loop
+
+    private func run() {
+        while true {
+            let (jobs, stopping) = inbox.withLock { inbox -> ([Job], Bool) in
+                let jobs = inbox.jobs
+                inbox.jobs.removeAll(keepingCapacity: true)
+                return (jobs, inbox.stopping)
+            }
+            for job in jobs { job(self) }
+            if stopping, stopped != nil {
+                shutdown()
+                return
+            }
+            if wire == nil { reconnectIfDue() }
+            if wire != nil { pump(budget: 512) }
+            sleepUntilWork()
+        }
+    }
+
+    private func sleepUntilWork() {
+        if let wire, wire.hasBufferedInput { return }
+        let goToSleep = inbox.withLock { inbox -> Bool in
+            if !inbox.jobs.isEmpty || inbox.stopping { return false }
+            inbox.sleeping = true
+            return true
+        }
+        guard goToSleep else { return }
+        // Wake at least every 100 ms so heartbeats go out on time and reconnects happen.
+        var timeout: Int32 = 100
+        if wire == nil, let retryAt {
+            let wait = retryAt - ContinuousClock.now
+            timeout = Int32(max(0, min(100, wait.seconds * 1000)))
+        }
+        var descriptors = [pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0)]
+        if let wire { descriptors.append(pollfd(fd: wire.socketDescriptor, events: Int16(POLLIN), revents: 0)) }
+        _ = poll(&descriptors, nfds_t(descriptors.count), timeout)
+        inbox.withLock { $0.sleeping = false }
+        var drain = [UInt8](repeating: 0, count: 64)
+        while read(wakeRead, &drain, drain.count) > 0 {}
+    }
+
+    /// Reads and handles up to `budget` events without blocking.
+    private func pump(budget: Int) {
+        guard let wire else { return }
+        do {
+            for _ in 0..<budget {
+                guard let event = try wire.nextEvent() else { return }
+                handle(event)
+                if self.wire == nil { return }
+            }
+        } catch {
+            connectionLost(error)
+        }
+    }
+
+    /// Handles every complete frame already buffered (used after an RPC that may have queued deliveries).
+    private func pumpQueued() {
+        guard let wire else { return }
+        do {
+            while wire.hasQueuedFrames {
+                guard let event = try wire.nextEvent() else { return }
+                handle(event)
+            }
+        } catch {
+            connectionLost(error)
+        }
+    }
+
+    private func handle(_ event: WireEvent) {
+        switch event {
+        case .delivery(var delivery):
+            guard let channel = channels[delivery.channelID], let consumer = channel.consumers[delivery.consumerTag] else {
+                // No consumer for it any more: give it back to the queue rather than leave it unacked.
+                try? wire?.reject(delivery.channelID, tag: delivery.deliveryTag, requeue: true)
+                return
+            }
+            delivery = AMQPDelivery(
+                body: delivery.body,
+                exchange: delivery.exchange,
+                routingKey: delivery.routingKey,
+                redelivered: delivery.redelivered,
+                deliveryTag: delivery.deliveryTag,
+                consumerTag: delivery.consumerTag,
+                properties: delivery.properties,
+                channelID: delivery.channelID,
+                incarnation: channel.incarnation
+            )
+            consumer.continuation.yield(delivery)
+        case .confirm(let channelID, let tag, let multiple, let ack):
+            channels[channelID]?.confirm(tag: tag, multiple: multiple, ack: ack)
+        case .returned(let channelID, let code, let text, let exchange, let routingKey):
+            logger.warning("RabbitMQ returned an unroutable message", metadata: [
+                "amqp.channel": "\(channelID)", "amqp.exchange": "\(exchange)", "amqp.routing_key": "\(routingKey)",
+                "amqp.reply": "\(code) \(text)",
+            ])
+            channels[channelID]?.returnedPending = MessagingError(.publishNacked, "message to '\(exchange)' with routing key '\(routingKey)' was unroutable", replyCode: code, replyText: text)
+        case .channelClosed(let channelID, let code, let text):
+            let error = MessagingError(.channelClosed, "RabbitMQ closed channel \(channelID)", replyCode: code, replyText: text)
+            logger.warning("channel closed by RabbitMQ", metadata: ["amqp.channel": "\(channelID)", "error": "\(error)"])
+            reopen(channelID, after: error)
+        case .consumerCancelled(let channelID, let tag):
+            if let consumer = channels[channelID]?.consumers.removeValue(forKey: tag) {
+                logger.warning("RabbitMQ cancelled a consumer", metadata: ["amqp.consumer": "\(tag)", "amqp.queue": "\(consumer.queue)"])
+                consumer.continuation.finish(throwing: MessagingError(.closed, "RabbitMQ cancelled the consumer on '\(consumer.queue)' (was the queue deleted?)"))
+            }
+        case .blocked(let reason):
+            logger.warning("RabbitMQ blocked publishing on this connection", metadata: ["amqp.reason": "\(reason)"])
+        case .unblocked:
+            logger.info("RabbitMQ unblocked publishing on this connection")
+        }
+    }
+
+    // MARK: Operations (connection thread only)
+
+    func connected() throws -> RabbitMQConnection {
+        guard let wire else {
+            throw MessagingError(.notConnected, "not connected to RabbitMQ at \(configuration.host):\(configuration.port); reconnecting", replyText: status.withLock { $0.lastError })
+        }
+        return wire
+    }
+
+    /// Runs an operation on the wire and turns broker closes into recovery:
+    /// a closed channel is re-opened, a lost connection is re-made later.
+    func guarded<T>(_ channelID: UInt16, _ body: (RabbitMQConnection) throws -> T) throws -> T {
+        let wire = try connected()
+        do {
+            let result = try body(wire)
+            return result
+        } catch let error as MessagingError {
+            switch error.code {
+            case .channelClosed:
+                reopen(channelID, after: error)
+            case .connectionClosed, .connectionLost:
+                connectionLost(error)
+            default:
+                break
+            }
+            throw error
+        }
+    }
+
+    func openChannel() throws -> UInt16 {
+        let id = nextChannelID
+        nextChannelID &+= 1
+        if nextChannelID < 2 { nextChannelID = 2 }
+        let record = ChannelRecord(id: id)
+        try guarded(id) { wire in try wire.openChannel(id) }
+        incarnations += 1
+        record.incarnation = incarnations
+        record.isOpen = true
+        channels[id] = record
+        return id
+    }
+
+    func closeChannel(_ id: UInt16) {
+        guard let record = channels.removeValue(forKey: id) else { return }
+        record.failAll(MessagingError(.closed, "channel \(id) was closed"))
+        for consumer in record.consumers.values { consumer.continuation.finish() }
+        if record.isOpen { try? wire?.closeChannel(id) }
+    }
+
+    func record(_ id: UInt16) throws -> ChannelRecord {
+        guard let record = channels[id] else { throw MessagingError(.closed, "channel \(id) is closed") }
+        return record
+    }
+
+    func remember(_ item: TopologyRecord) {
+        topology.removeAll { $0.replaces(item) }
+        topology.append(item)
+    }
+
+    func forget(where matches: (TopologyRecord) -> Bool) {
+        topology.removeAll(where: matches)
+    }
+
+    func setQoS(_ id: UInt16, prefetch: UInt16) throws {
+        let record = try record(id)
+        try guarded(id) { wire in try wire.qos(id, prefetch: prefetch) }
+        record.prefetch = prefetch
+    }
+
+    func enableConfirms(_ id: UInt16) throws {
+        let record = try record(id)
+        guard !record.confirmMode else { return }
+        try guarded(id) { wire in try wire.confirmSelect(id) }
+        record.confirmMode = true
+        record.nextSequence = 1
+    }
+
+    func consume(_ id: UInt16, queue: String, tag: String, exclusive: Bool, arguments: AMQPTable, continuation: AsyncThrowingStream<AMQPDelivery, any Error>.Continuation) throws {
+        let record = try record(id)
+        let consumer = ConsumerRecord(queue: queue, tag: tag, exclusive: exclusive, arguments: arguments, continuation: continuation)
+        // Registered before basic.consume so deliveries that follow consume-ok find it.
+        record.consumers[tag] = consumer
+        do {
+            try guarded(id) { wire in try wire.consume(id, queue: queue, consumerTag: tag, exclusive: exclusive, arguments: arguments) }
+        } catch {
+            record.consumers[tag] = nil
+            throw error
+        }
+    }
+
+    /// Cancels a consumer; deliveries that arrived before cancel-ok still reach it, then it finishes.
+    func cancel(_ id: UInt16, tag: String) throws {
+        guard let record = channels[id], let consumer = record.consumers[tag] else { return }
+        if wire != nil && record.isOpen {
+            try guarded(id) { wire in try wire.cancel(id, consumerTag: tag) }
+            pumpQueued()
+        }
+        record.consumers[tag] = nil
+        consumer.continuation.finish()
+    }
+
+    func settle(_ delivery: AMQPDelivery, _ action: (RabbitMQConnection) throws -> Void) {
+        guard let wire, let record = channels[delivery.channelID], record.isOpen, record.incarnation == delivery.incarnation else {
+            // The channel this came on is gone; the broker has requeued the message already.
+            logger.debug("skipping ack of a delivery from a closed channel", metadata: ["amqp.delivery_tag": "\(delivery.deliveryTag)"])
+            return
+        }
+        do {
+            try action(wire)
+        } catch {
+            connectionLost(error)
+        }
+    }
+
+    /// Publishes messages; with confirms on, `completion` runs once every one is confirmed.
+    func publish(_ id: UInt16, _ messages: [AMQPOutgoingMessage], mandatory: Bool, completion: @escaping @Sendable (Result<Void, MessagingError>) -> Void) {
+        do {
+            let record = try record(id)
+            guard record.isOpen else { throw MessagingError(.notConnected, "channel \(id) is being re-opened") }
+            let first = record.nextSequence
+            try guarded(id) { wire in
+                for message in messages {
+                    try wire.publish(id, message, mandatory: mandatory)
+                    record.nextSequence += 1
+                }
+            }
+            if record.confirmMode && !messages.isEmpty {
+                record.waiters.append(ConfirmWaiter(first: first, last: record.nextSequence - 1, completion: completion))
+            } else {
+                completion(.success(()))
+            }
+        } catch let error as MessagingError {
+            completion(.failure(error))
+        } catch {
+            completion(.failure(MessagingError(.protocolError, "\(error)")))
+        }
+    }
+
+    // MARK: Recovery
+
+    private func reopen(_ id: UInt16, after error: MessagingError) {
+        if id == Self.controlChannel {
+            do { try wire?.openChannel(id) } catch { connectionLost(error) }
+            return
+        }
+        guard let record = channels[id] else { return }
+        record.isOpen = false
+        record.failAll(error)
+        guard let wire else { return }
+        do {
+            try restore(record, on: wire)
+        } catch {
+            connectionLost(error)
+        }
+    }
+
+    private func restore(_ record: ChannelRecord, on wire: RabbitMQConnection) throws {
+        try wire.openChannel(record.id)
+        incarnations += 1
+        record.incarnation = incarnations
+        record.nextSequence = 1
+        if let prefetch = record.prefetch { try wire.qos(record.id, prefetch: prefetch) }
+        if record.confirmMode { try wire.confirmSelect(record.id) }
+        for consumer in record.consumers.values {
+            try wire.consume(record.id, queue: consumer.queue, consumerTag: consumer.tag, exclusive: consumer.exclusive, arguments: consumer.arguments)
+        }
+        record.isOpen = true
+    }
+
+    private func connectionLost(_ error: any Error) {
+        guard wire != nil else { return }
+        logger.warning("lost the connection to RabbitMQ; reconnecting", metadata: ["amqp.endpoint": "\(configuration.host):\(configuration.port)", "error": "\(error)"])
+        wire = nil  // the socket is closed with the object
+        let lost = (error as? MessagingError) ?? MessagingError(.connectionLost, "\(error)")
+        for record in channels.values {
+            record.isOpen = false
+            record.failAll(lost)
+        }
+        status.withLock {
+            $0.connected = false
+            $0.lastError = "\(error)"
+        }
+        failures = 0
+        retryAt = ContinuousClock.now
+    }
+
+    private func reconnectIfDue() {
+        let now = ContinuousClock.now
+        if let retryAt, now < retryAt { return }
+        do {
+            let made = try RabbitMQConnection.open(configuration)
+            try made.openChannel(Self.controlChannel)
+            for item in topology { try item.apply(on: made, channel: Self.controlChannel) }
+            for record in channels.values.sorted(by: { $0.id < $1.id }) { try restore(record, on: made) }
+            wire = made
+            failures = 0
+            retryAt = nil
+            status.withLock {
+                $0.connected = true
+                $0.reconnects += 1
+            }
+            logger.info("reconnected to RabbitMQ", metadata: ["amqp.endpoint": "\(configuration.host):\(configuration.port)", "amqp.channels": "\(channels.count)"])
+        } catch {
+            failures += 1
+            let ceiling = min(configuration.reconnectMaxDelay.seconds, configuration.reconnectBaseDelay.seconds * pow(2, Double(min(failures, 20))))
+            retryAt = now + .milliseconds(Int(Double.random(in: 0.5...1.0) * ceiling * 1000))
+            status.withLock { $0.lastError = "\(error)" }
+            if failures == 1 || failures % 10 == 0 {
+                logger.warning("cannot reconnect to RabbitMQ yet", metadata: ["amqp.endpoint": "\(configuration.host):\(configuration.port)", "amqp.failures": "\(failures)", "error": "\(error)"])
+            }
+        }
+    }
+
+    private func shutdown() {
+        let closed = MessagingError(.closed, "the AMQP connection was closed")
+        for record in channels.values {
+            record.failAll(closed)
+            for consumer in record.consumers.values { consumer.continuation.finish() }
+        }
+        channels.removeAll()
+        wire?.close()
+        wire = nil
+        status.withLock { $0.connected = false }
+        stopped?.resume()
+        stopped = nil
+        // Jobs submitted after stop: answer them so no caller waits forever.
+        let late = inbox.withLock { inbox -> [Job] in
+            let jobs = inbox.jobs
+            inbox.jobs.removeAll()
+            return jobs
+        }
+        for job in late { job(self) }
+    }
+}
+
+/// A channel's state on the connection thread.
+final class ChannelRecord {
+    let id: UInt16
+    var incarnation: UInt64 = 0
+    var isOpen = false
+    var prefetch: UInt16?
+    var confirmMode = false
+    var nextSequence: UInt64 = 1
+    var waiters: [ConfirmWaiter] = []
+    var consumers: [String: ConsumerRecord] = [:]
+    /// Set by `basic.return`; the broker's ack for that message follows it, and the
+    /// waiter it lands on fails with this error.
+    var returnedPending: MessagingError?
+    /// Sequence numbers at or below this are confirmed; single confirms above it wait in `confirmedAbove`.
+    private var confirmedThrough: UInt64 = 0
+    private var confirmedAbove: Set<UInt64> = []
+
+    init(id: UInt16) {
+        self.id = id
+    }
+
+    func confirm(tag: UInt64, multiple: Bool, ack: Bool) {
+        var error: MessagingError? = ack ? nil : MessagingError(.publishNacked, "RabbitMQ refused a published message (basic.nack)")
+        if let returned = returnedPending {
+            error = returned
+            returnedPending = nil
+        }
+        if multiple {
+            guard tag > confirmedThrough else { return }
+            var sequence = confirmedThrough + 1
+            while sequence <= tag {
+                if !confirmedAbove.contains(sequence) { settle(sequence, error) }
+                sequence += 1
+            }
+            confirmedAbove = confirmedAbove.filter { $0 > tag }
+            confirmedThrough = tag
+        } else {
+            guard tag > confirmedThrough, !confirmedAbove.contains(tag) else { return }
+            settle(tag, error)
+            if tag == confirmedThrough + 1 {
+                confirmedThrough = tag
+                while confirmedAbove.remove(confirmedThrough + 1) != nil { confirmedThrough += 1 }
+            } else {
+                confirmedAbove.insert(tag)
+            }
+        }
+        while let first = waiters.first, first.remaining == 0 {
+            waiters.removeFirst()
+            first.finish()
+        }
+    }
+
+    private func settle(_ sequence: UInt64, _ error: MessagingError?) {
+        for waiter in waiters where waiter.first <= sequence && sequence <= waiter.last {
+            waiter.remaining -= 1
+            if let error, waiter.error == nil { waiter.error = error }
+            return
+        }
+    }
+
+    /// Fails every publish waiting for a confirm and restarts sequence numbering
+    /// (a re-opened channel counts from 1 again).
+    func failAll(_ error: MessagingError) {
+        let pending = waiters
+        waiters.removeAll()
+        confirmedThrough = 0
+        confirmedAbove.removeAll()
+        returnedPending = nil
+        for waiter in pending {
+            waiter.error = error
+            waiter.finish()
+        }
+    }
+}
+
+final class ConfirmWaiter {
+    let first: UInt64
+    let last: UInt64
+    var remaining: Int
+    var error: MessagingError?
+    private let completion: @Sendable (Result<Void, MessagingError>) -> Void
+
+    init(first: UInt64, last: UInt64, completion: @escaping @Sendable (Result<Void, MessagingError>) -> Void) {
+        self.first = first
+        self.last = last
+        self.remaining = Int(last - first + 1)
+        self.completion = completion
+    }
+
+    func finish() {
+        if let error { completion(.failure(error)) } else { completion(.success(())) }
+    }
+}
+
+final class ConsumerRecord {
+    let queue: String
+    let tag: String
+    let exclusive: Bool
+    let arguments: AMQPTable
+    let continuation: AsyncThrowingStream<AMQPDelivery, any Error>.Continuation
+
+    init(queue: String, tag: String, exclusive: Bool, arguments: AMQPTable, continuation: AsyncThrowingStream<AMQPDelivery, any Error>.Continuation) {
+        self.queue = queue
+        self.tag = tag
+        self.exclusive = exclusive
+        self.arguments = arguments
+        self.continuation = continuation
+    }
+}
+
+/// A declaration made through the connection, replayed after a reconnect.
+enum TopologyRecord: Sendable {
+    case exchange(name: String, options: AMQPExchangeOptions)
+    case queue(name: String, options: AMQPQueueOptions)
+    case binding(queue: String, exchange: String, routingKey: String, arguments: AMQPTable)
+
+    func replaces(_ other: TopologyRecord) -> Bool {
+        switch (self, other) {
+        case (.exchange(let a, _), .exchange(let b, _)): return a == b
+        case (.queue(let a, _), .queue(let b, _)): return a == b
+        case (.binding(let q1, let e1, let k1, _), .binding(let q2, let e2, let k2, _)): return q1 == q2 && e1 == e2 && k1 == k2
+        default: return false
+        }
+    }
+
+    func apply(on wire: RabbitMQConnection, channel: UInt16) throws {
+        switch self {
+        case .exchange(let name, let options):
+            try wire.declareExchange(channel, name: name, options: options, passive: false)
+        case .queue(let name, let options):
+            _ = try wire.declareQueue(channel, name: name, options: options, passive: false)
+        case .binding(let queue, let exchange, let routingKey, let arguments):
+            try wire.bindQueue(channel, queue: queue, exchange: exchange, routingKey: routingKey, arguments: arguments)
+        }
+    }
+}

@@ -82,19 +82,25 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // Finds the real servers scripts/test started; shared by every test target.
+        .target(
+            name: "TestSupport",
+            path: "Tests/TestSupport",
+            swiftSettings: swiftSettings
+        ),
         .testTarget(
             name: "CoordinationTests",
-            dependencies: ["Coordination"],
+            dependencies: ["Coordination", "TestSupport"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "MessagingTests",
-            dependencies: ["Messaging"],
+            dependencies: ["Messaging", "TestSupport"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "DeliveryTests",
-            dependencies: ["Delivery"],
+            dependencies: ["Delivery", "TestSupport"],
             swiftSettings: swiftSettings
         ),
     ]

@@ -40,7 +40,10 @@ final class HiredisContext: @unchecked Sendable {
         if redisSetTimeout(made, configuration.commandTimeout.timeval) != REDIS_OK {
             throw CoordinationError(.connectionFailed, "cannot set the command timeout on \(configuration.endpoint)", underlying: context.errorText)
         }
-        _ = redisEnableKeepAlive(made)
+        // Keepalive on a unix socket fails and would leave the context in an error state.
+        if case .tcp = configuration.endpoint, redisEnableKeepAlive(made) != REDIS_OK {
+            throw CoordinationError(.connectionFailed, "cannot enable TCP keepalive on \(configuration.endpoint)", underlying: context.errorText)
+        }
 
         var setup: [RedisCommand] = []
         if let password = configuration.password {

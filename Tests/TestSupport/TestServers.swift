@@ -1,0 +1,67 @@
+import Foundation
+
+/// The real servers that `scripts/test` (through `scripts/servers up`) started.
+/// A missing variable fails the test loudly: these tests never skip.
+public enum TestServers {
+    public struct Missing: Error, CustomStringConvertible {
+        let variable: String
+        public var description: String { "\(variable) is not set: run the tests through scripts/test, which starts the servers" }
+    }
+
+    public static func value(_ variable: String) throws -> String {
+        guard let value = ProcessInfo.processInfo.environment[variable], !value.isEmpty else {
+            throw Missing(variable: variable)
+        }
+        return value
+    }
+
+    public static func redisURL() throws -> String { try value("HERALD_TEST_REDIS_URL") }
+    public static func redisSocket() throws -> String { try value("HERALD_TEST_REDIS_SOCKET") }
+    public static func amqpURL() throws -> String { try value("HERALD_TEST_AMQP_URL") }
+    public static func zaqarURL() throws -> String { try value("HERALD_TEST_ZAQAR_URL") }
+
+    /// Runs `scripts/servers ARGS` (restart a server, run rabbitmqctl) and fails on a non-zero exit.
+    ///
+    /// posix_spawn and waitpid on a thread of its own: Foundation's `Process.waitUntilExit`
+    /// was seen to hang here once the script had daemonised a server.
+    public static func control(_ arguments: String...) async throws {
+        let script = try value("HERALD_TEST_SERVERS")
+        let status: Int32 = await withCheckedContinuation { continuation in
+            let thread = Thread {
+                continuation.resume(returning: run([script] + arguments))
+            }
+            thread.start()
+        }
+        if status != 0 {
+            throw Missing(variable: "scripts/servers \(arguments.joined(separator: " ")) exited with \(status);")
+        }
+    }
+
+    private static func run(_ argv: [String]) -> Int32 {
+        var pid: pid_t = 0
+        let cArguments = argv.map { strdup($0) } + [nil]
+        defer { cArguments.forEach { free($0) } }
+        let spawned = posix_spawn(&pid, argv[0], nil, nil, cArguments, environ)
+        guard spawned == 0 else { return -1 }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) == -1 && errno == EINTR {}
+        return (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+    }
+
+    public static func uniqueName(_ prefix: String) -> String {
+        "\(prefix).\(UUID().uuidString.lowercased())"
+    }
+}
+
+/// Retries `body` until it succeeds or `timeout` passes, then rethrows its last error.
+public func eventually<T>(timeout: Duration = .seconds(15), _ body: () async throws -> T) async throws -> T {
+    let deadline = ContinuousClock.now + timeout
+    while true {
+        do {
+            return try await body()
+        } catch {
+            if ContinuousClock.now >= deadline { throw error }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+    }
+}

@@ -1,0 +1,46 @@
+# Installs what Herald's scripts need, once; sourced by scripts/servers and scripts/demo.
+# Debian packages through apt (as root, or through sudo), and a Python venv in
+# .local/venv with Zaqar, oslo.messaging and their clients.
+
+ROOT="${ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}"
+VENV="${HERALD_VENV:-$ROOT/.local/venv}"
+
+DEBIAN_PACKAGES=(redis-server redis-tools rabbitmq-server libhiredis-dev librabbitmq-dev libssl-dev pkg-config libcurl4-openssl-dev curl python3-venv)
+# Pinned: the versions DESIGN.md's facts were checked against.
+PYTHON_PACKAGES=("zaqar==23.0.1" "oslo.messaging==18.3.1" "python-zaqarclient==4.7.0" "redis>=5,<9" "oslo.context")
+
+install_system_packages() {
+    local missing=() pkg
+    for pkg in "${DEBIAN_PACKAGES[@]}"; do
+        # python3-venv is only needed when python3 has no venv module of its own.
+        if [ "$pkg" = python3-venv ] && python3 -c 'import venv, ensurepip' 2>/dev/null; then continue; fi
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    printf 'install: Debian packages: %s\n' "${missing[*]}" >&2
+    local sudo=""
+    if [ "$(id -u)" != 0 ]; then
+        command -v sudo >/dev/null || { echo "install: need root or sudo to install ${missing[*]}" >&2; return 1; }
+        sudo="sudo"
+    fi
+    # The Debian packages would start their own servers through policy-rc.d-less init; forbid that.
+    local policy=/usr/sbin/policy-rc.d created_policy=""
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null && $sudo chmod +x "$policy" && created_policy=1
+    fi
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    [ -n "$created_policy" ] && $sudo rm -f "$policy"
+    return 0
+}
+
+install_python_venv() {
+    local stamp="$VENV/.herald-packages" want
+    want="${PYTHON_PACKAGES[*]}"
+    if [ -x "$VENV/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then return 0; fi
+    printf 'install: Python venv %s with %s\n' "$VENV" "$want" >&2
+    mkdir -p "$(dirname "$VENV")"
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q --disable-pip-version-check "${PYTHON_PACKAGES[@]}"
+    echo "$want" > "$stamp"
+}

@@ -1,1 +1,290 @@
+import Foundation
+import Messaging
+import Synchronization
 import Testing
+import TestSupport
+
+@Suite("AMQP configuration from URLs")
+struct AMQPConfigurationTests {
+    @Test("valid URLs", arguments: [
+        ("amqp://guest:guest@127.0.0.1:5673/%2F", "127.0.0.1", 5673, "/", "guest", false),
+        ("amqp://herald:p%40ss@rabbit.example/openstack", "rabbit.example", 5672, "openstack", "herald", false),
+        ("amqps://u:p@rabbit.example", "rabbit.example", 5671, "/", "u", true),
+        ("amqp://u:p@h:1/a%2Fb", "h", 1, "a/b", "u", false),
+    ])
+    func parses(url: String, host: String, port: Int, vhost: String, user: String, tls: Bool) throws {
+        let configuration = try AMQPConfiguration(url: url)
+        #expect(configuration.host == host)
+        #expect(configuration.port == port)
+        #expect(configuration.virtualHost == vhost)
+        #expect(configuration.user == user)
+        #expect(configuration.tls == tls)
+    }
+
+    @Test("heartbeat from the URL")
+    func heartbeat() throws {
+        #expect(try AMQPConfiguration(url: "amqp://h?heartbeat=3").heartbeat == .seconds(3))
+        #expect(try AMQPConfiguration(url: "amqp://h").heartbeat == .seconds(10))
+    }
+
+    @Test("invalid URLs name the bad part", arguments: [
+        ("http://h", "scheme 'http'"),
+        ("amqp://", "no host"),
+        ("amqp://h:70000", "port"),
+        ("amqp://h?heartbeat=often", "heartbeat 'often'"),
+        ("amqp://h?frobnicate=1", "unknown option 'frobnicate'"),
+    ])
+    func rejects(url: String, mention: String) {
+        do {
+            _ = try AMQPConfiguration(url: url)
+            Issue.record("\(url) was accepted")
+        } catch let error as MessagingError {
+            #expect(error.code == .invalidConfiguration)
+            #expect(error.description.contains(mention), "\(error) should mention \(mention)")
+        } catch {
+            Issue.record("unexpected error \(error)")
+        }
+    }
+}
+
+/// Collects what a consumer receives on a task of its own.
+final class Received: Sendable {
+    private let state = Mutex<[String]>([])
+    var bodies: [String] { state.withLock { $0 } }
+    var count: Int { state.withLock { $0.count } }
+    func add(_ body: String) { state.withLock { $0.append(body) } }
+
+    func wait(for count: Int, timeout: Duration = .seconds(30)) async throws {
+        let deadline = ContinuousClock.now + timeout
+        while self.count < count {
+            if ContinuousClock.now > deadline {
+                throw MessagingError(.protocolError, "received \(self.count) of \(count) messages within \(timeout)")
+            }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+    }
+}
+
+/// Everything that touches the test RabbitMQ, serialised because one test stops the broker's app.
+@Suite("AMQP client against a real RabbitMQ", .serialized, .timeLimit(.minutes(3)))
+struct AMQPClientTests {
+    func connect(heartbeat: Duration = .seconds(10)) async throws -> AMQPConnection {
+        var configuration = try AMQPConfiguration(url: TestServers.amqpURL())
+        configuration.heartbeat = heartbeat
+        configuration.reconnectMaxDelay = .milliseconds(500)
+        return try await AMQPConnection.connect(configuration)
+    }
+
+    func message(_ queue: String, _ body: String, persistent: Bool = false) -> AMQPOutgoingMessage {
+        AMQPOutgoingMessage(exchange: "", routingKey: queue, body: Array(body.utf8), properties: AMQPMessageProperties(persistent: persistent))
+    }
+
+    @Test("a single-active-consumer queue with a dead-letter exchange: a rejected message is dead-lettered")
+    func singleActiveConsumerWithDeadLetters() async throws {
+        let connection = try await connect()
+        defer { Task { await connection.close() } }
+        let channel = try await connection.openChannel()
+        let dead = TestServers.uniqueName("herald-test.dead")
+        let queue = TestServers.uniqueName("herald-test.sac")
+        try await channel.declareExchange(dead, options: AMQPExchangeOptions(type: "fanout", durable: false, autoDelete: true))
+        try await channel.declareQueue(dead, options: AMQPQueueOptions(durable: false, autoDelete: true))
+        try await channel.bindQueue(dead, to: dead, routingKey: "")
+        let state = try await channel.declareQueue(queue, options: AMQPQueueOptions(durable: true, arguments: [
+            "x-single-active-consumer": .bool(true),
+            "x-dead-letter-exchange": .string(dead),
+            "x-queue-type": .string("quorum"),
+            "x-delivery-limit": .int(5),
+        ]))
+        defer { Task { _ = try? await channel.deleteQueue(queue) } }
+        #expect(state.name == queue)
+        #expect(state.messageCount == 0)
+
+        try await channel.enableConfirms()
+        try await channel.publish(message(queue, "poison", persistent: true))
+        let consumer = try await channel.consume(queue, prefetch: 10)
+        var iterator = consumer.makeAsyncIterator()
+        let delivery = try #require(try await iterator.next())
+        #expect(String(decoding: delivery.body, as: UTF8.self) == "poison")
+        channel.reject(delivery, requeue: false)
+
+        let deadConsumer = try await channel.consume(dead, prefetch: 10)
+        var deadIterator = deadConsumer.makeAsyncIterator()
+        let deadLettered = try #require(try await deadIterator.next())
+        #expect(String(decoding: deadLettered.body, as: UTF8.self) == "poison")
+        #expect(deadLettered.properties.headers["x-death"] != nil, "RabbitMQ records why it was dead-lettered")
+        channel.ack(deadLettered)
+    }
+
+    @Test("10,000 1 KB messages published with confirms and consumed with prefetch 100: none lost, none duplicated")
+    func tenThousand() async throws {
+        let connection = try await connect()
+        defer { Task { await connection.close() } }
+        let publisher = try await connection.openChannel()
+        let queue = TestServers.uniqueName("herald-test.bulk")
+        try await publisher.declareQueue(queue, options: AMQPQueueOptions(durable: true))
+        defer { Task { _ = try? await publisher.deleteQueue(queue) } }
+        try await publisher.enableConfirms()
+        let padding = String(repeating: "x", count: 1000)
+        for batch in stride(from: 0, to: 10_000, by: 500) {
+            try await publisher.publish((batch..<batch + 500).map { message(queue, String(format: "%05d", $0) + padding, persistent: true) })
+        }
+        #expect(try await publisher.declareQueuePassive(queue).messageCount == 10_000)
+
+        let consuming = try await connection.openChannel()
+        let consumer = try await consuming.consume(queue, prefetch: 100)
+        var seen = Set<Int>()
+        var duplicates = 0
+        for try await delivery in consumer {
+            #expect(delivery.body.count == 1005)
+            let index = Int(String(decoding: delivery.body.prefix(5), as: UTF8.self))!
+            if !seen.insert(index).inserted { duplicates += 1 }
+            consuming.ack(delivery)
+            if seen.count == 10_000 { break }
+        }
+        try await consumer.cancel()
+        #expect(seen == Set(0..<10_000))
+        #expect(duplicates == 0)
+        let drained = try await eventually { () -> AMQPQueueState in
+            let state = try await publisher.declareQueuePassive(queue)
+            guard state.messageCount == 0 else { throw MessagingError(.protocolError, "\(state.messageCount) left") }
+            return state
+        }
+        #expect(drained.messageCount == 0)
+    }
+
+    @Test("a conflicting re-declare fails with PRECONDITION_FAILED and the channel is usable again")
+    func conflictingRedeclare() async throws {
+        let connection = try await connect()
+        defer { Task { await connection.close() } }
+        let channel = try await connection.openChannel()
+        let queue = TestServers.uniqueName("herald-test.conflict")
+        try await channel.declareQueue(queue, options: AMQPQueueOptions(durable: false, autoDelete: true, arguments: ["x-max-length": .int(10)]))
+        do {
+            try await channel.declareQueue(queue, options: AMQPQueueOptions(durable: false, autoDelete: true, arguments: ["x-max-length": .int(20)]))
+            Issue.record("the conflicting declare succeeded")
+        } catch let error as MessagingError {
+            #expect(error.code == .channelClosed)
+            #expect(error.replyCode == 406)
+            #expect(error.description.contains("PRECONDITION_FAILED"), "\(error)")
+        }
+        // The channel was re-opened: it works again.
+        #expect(try await channel.declareQueuePassive(queue).name == queue)
+    }
+
+    @Test("a missing queue is 404 NOT_FOUND")
+    func notFound() async throws {
+        let connection = try await connect()
+        defer { Task { await connection.close() } }
+        let channel = try await connection.openChannel()
+        do {
+            _ = try await channel.declareQueuePassive(TestServers.uniqueName("herald-test.missing"))
+            Issue.record("a missing queue was found")
+        } catch let error as MessagingError {
+            #expect(error.replyCode == 404)
+            #expect(error.description.contains("NOT_FOUND"))
+        }
+    }
+
+    @Test("two consumers on a single-active-consumer queue: only one receives until it cancels")
+    func singleActiveConsumer() async throws {
+        let connection = try await connect()
+        defer { Task { await connection.close() } }
+        let control = try await connection.openChannel()
+        let queue = TestServers.uniqueName("herald-test.sac2")
+        try await control.declareQueue(queue, options: AMQPQueueOptions(durable: false, autoDelete: false, arguments: ["x-single-active-consumer": .bool(true)]))
+        defer { Task { _ = try? await control.deleteQueue(queue) } }
+
+        let channelA = try await connection.openChannel()
+        let channelB = try await connection.openChannel()
+        let consumerA = try await channelA.consume(queue, prefetch: 50)
+        let consumerB = try await channelB.consume(queue, prefetch: 50)
+        let receivedA = Received()
+        let receivedB = Received()
+        let taskA = Task {
+            for try await delivery in consumerA {
+                receivedA.add(String(decoding: delivery.body, as: UTF8.self))
+                channelA.ack(delivery)
+            }
+        }
+        let taskB = Task {
+            for try await delivery in consumerB {
+                receivedB.add(String(decoding: delivery.body, as: UTF8.self))
+                channelB.ack(delivery)
+            }
+        }
+        try await control.enableConfirms()
+        try await control.publish((0..<20).map { message(queue, "first-\($0)") })
+        try await receivedA.wait(for: 20)
+        try await Task.sleep(for: .milliseconds(200))
+        #expect(receivedB.count == 0, "the inactive consumer received \(receivedB.bodies)")
+
+        try await consumerA.cancel()
+        try await control.publish((0..<20).map { message(queue, "second-\($0)") })
+        try await receivedB.wait(for: 20)
+        #expect(receivedB.bodies == (0..<20).map { "second-\($0)" })
+        #expect(receivedA.count == 20)
+        _ = await taskA.result
+        taskB.cancel()
+    }
+
+    @Test("heartbeats keep an idle connection open")
+    func heartbeats() async throws {
+        let connection = try await connect(heartbeat: .seconds(1))
+        defer { Task { await connection.close() } }
+        // RabbitMQ drops a connection that misses two heartbeats; idle for well over that.
+        try await Task.sleep(for: .milliseconds(3500))
+        #expect(connection.isConnected)
+        #expect(connection.reconnects == 0)
+        let channel = try await connection.openChannel()
+        #expect(try await channel.declareQueue("", options: AMQPQueueOptions(durable: false, exclusive: true, autoDelete: true)).name.hasPrefix("amq.gen-"))
+    }
+
+    @Test("recovers after stop_app/start_app and consumes what was published meanwhile")
+    func recoversAfterBrokerRestart() async throws {
+        let connection = try await connect()
+        defer { Task { await connection.close() } }
+        let channel = try await connection.openChannel()
+        let queue = TestServers.uniqueName("herald-test.recover")
+        try await channel.declareQueue(queue, options: AMQPQueueOptions(durable: true))
+        try await channel.enableConfirms()
+        try await channel.publish((0..<100).map { message(queue, "before-\($0)", persistent: true) })
+
+        let consuming = try await connection.openChannel()
+        let consumer = try await consuming.consume(queue, prefetch: 10)
+        let received = Received()
+        let task = Task {
+            for try await delivery in consumer {
+                received.add(String(decoding: delivery.body, as: UTF8.self))
+                consuming.ack(delivery)
+            }
+        }
+        try await received.wait(for: 30)
+
+        try await TestServers.control("rabbitmqctl", "stop_app")
+        try await TestServers.control("rabbitmqctl", "start_app")
+
+        // A second client publishes while the first may still be reconnecting.
+        let other = try await eventually { try await connect() }
+        defer { Task { await other.close() } }
+        let otherChannel = try await other.openChannel()
+        try await otherChannel.enableConfirms()
+        try await otherChannel.publish((0..<100).map { message(queue, "after-\($0)", persistent: true) })
+
+        try await connection.waitUntilConnected(timeout: .seconds(30))
+        #expect(connection.reconnects >= 1)
+        let expected = Set((0..<100).map { "before-\($0)" } + (0..<100).map { "after-\($0)" })
+        let deadline = ContinuousClock.now + .seconds(60)
+        while !expected.isSubset(of: Set(received.bodies)) && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        #expect(Set(received.bodies) == expected, "missing: \(expected.subtracting(received.bodies).sorted().prefix(10))")
+        // The topology and the consumer came back by themselves; publishing on the old channel works again.
+        try await channel.publish(message(queue, "late", persistent: true))
+        try await eventually {
+            guard received.bodies.contains("late") else { throw MessagingError(.protocolError, "late message not yet received") }
+        }
+        try await consumer.cancel()
+        _ = await task.result
+        _ = try? await channel.deleteQueue(queue)
+    }
+}

@@ -204,20 +204,22 @@ public struct AMQPChannel: Sendable {
 
     /// Acknowledges a delivery (and, with `multiple`, every earlier one on this channel).
     ///
-    /// Returns at once; the ack goes out on the connection thread. A delivery from
-    /// before a reconnect is skipped: the broker has requeued it already.
+    /// Returns at once; the ack goes out on the connection thread, where acks that
+    /// arrive together are coalesced into one `basic.ack(multiple)` when they form a
+    /// contiguous run. A delivery from before a reconnect is skipped: the broker has
+    /// requeued it already.
     public func ack(_ delivery: AMQPDelivery, multiple: Bool = false) {
-        engine.submit { engine in engine.settle(delivery) { wire in try wire.ack(delivery.channelID, tag: delivery.deliveryTag, multiple: multiple) } }
+        engine.submit { engine in engine.ack(delivery, multiple: multiple) }
     }
 
     /// Negatively acknowledges a delivery; with `requeue: false` it goes to the queue's dead-letter exchange.
     public func nack(_ delivery: AMQPDelivery, multiple: Bool = false, requeue: Bool) {
-        engine.submit { engine in engine.settle(delivery) { wire in try wire.nack(delivery.channelID, tag: delivery.deliveryTag, multiple: multiple, requeue: requeue) } }
+        engine.submit { engine in engine.refuse(delivery, multiple: multiple, requeue: requeue) }
     }
 
     /// Rejects one delivery; with `requeue: false` it goes to the queue's dead-letter exchange.
     public func reject(_ delivery: AMQPDelivery, requeue: Bool) {
-        engine.submit { engine in engine.settle(delivery) { wire in try wire.reject(delivery.channelID, tag: delivery.deliveryTag, requeue: requeue) } }
+        engine.submit { engine in engine.refuse(delivery, multiple: false, requeue: requeue) }
     }
 
     // MARK: Publishing

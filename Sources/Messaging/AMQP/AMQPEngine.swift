@@ -115,6 +115,7 @@ final class AMQPEngine: @unchecked Sendable {
                 return (jobs, inbox.stopping)
             }
             for job in jobs { job(self) }
+            flushAcks()
             if stopping, stopped != nil {
                 shutdown()
                 return
@@ -231,6 +232,7 @@ final class AMQPEngine: @unchecked Sendable {
     /// a closed channel is re-opened, a lost connection is re-made later.
     func guarded<T>(_ channelID: UInt16, _ body: (RabbitMQConnection) throws -> T) throws -> T {
         let wire = try connected()
+        flushAcks()
         do {
             let result = try body(wire)
             return result
@@ -319,16 +321,70 @@ final class AMQPEngine: @unchecked Sendable {
         consumer.continuation.finish()
     }
 
-    func settle(_ delivery: AMQPDelivery, _ action: (RabbitMQConnection) throws -> Void) {
-        guard let wire, let record = channels[delivery.channelID], record.isOpen, record.incarnation == delivery.incarnation else {
-            // The channel this came on is gone; the broker has requeued the message already.
-            logger.debug("skipping ack of a delivery from a closed channel", metadata: ["amqp.delivery_tag": "\(delivery.deliveryTag)"])
-            return
+    /// The channel record a delivery may still be settled on, or `nil` when that
+    /// channel closed since (the broker has requeued the message already).
+    private func liveRecord(for delivery: AMQPDelivery) -> ChannelRecord? {
+        guard wire != nil, let record = channels[delivery.channelID], record.isOpen, record.incarnation == delivery.incarnation else {
+            logger.debug("skipping settlement of a delivery from a closed channel", metadata: ["amqp.delivery_tag": "\(delivery.deliveryTag)"])
+            return nil
         }
+        return record
+    }
+
+    /// Records an ack; `flushAcks` sends it, coalesced with its neighbours.
+    func ack(_ delivery: AMQPDelivery, multiple: Bool) {
+        guard let record = liveRecord(for: delivery) else { return }
+        if multiple {
+            flushAcks()
+            guard let wire else { return }
+            do {
+                try wire.ack(record.id, tag: delivery.deliveryTag, multiple: true)
+                record.acks.settledAll(through: delivery.deliveryTag)
+            } catch {
+                connectionLost(error)
+            }
+        } else {
+            record.acks.pending.append(delivery.deliveryTag)
+        }
+    }
+
+    /// Sends a nack or reject at once (after any acks recorded before it).
+    func refuse(_ delivery: AMQPDelivery, multiple: Bool, requeue: Bool) {
+        guard let record = liveRecord(for: delivery) else { return }
+        flushAcks()
+        guard let wire else { return }
         do {
-            try action(wire)
+            if multiple {
+                try wire.nack(record.id, tag: delivery.deliveryTag, multiple: true, requeue: requeue)
+                record.acks.settledAll(through: delivery.deliveryTag)
+            } else {
+                try wire.reject(record.id, tag: delivery.deliveryTag, requeue: requeue)
+                record.acks.settled(delivery.deliveryTag)
+            }
         } catch {
             connectionLost(error)
+        }
+    }
+
+    /// Sends the acks recorded since the last flush: a contiguous run of settled
+    /// delivery tags goes out as one `basic.ack(multiple)` naming the highest
+    /// acked tag (RabbitMQ requires that tag to be outstanding, and it is); acks
+    /// above a gap go out one by one.
+    private func flushAcks() {
+        guard let wire else { return }
+        for record in channels.values where !record.acks.pending.isEmpty {
+            guard record.isOpen else {
+                record.acks.pending.removeAll()
+                continue
+            }
+            let (multipleThrough, singles) = record.acks.plan()
+            do {
+                if let tag = multipleThrough { try wire.ack(record.id, tag: tag, multiple: true) }
+                for tag in singles { try wire.ack(record.id, tag: tag, multiple: false) }
+            } catch {
+                connectionLost(error)
+                return
+            }
         }
     }
 
@@ -379,6 +435,7 @@ final class AMQPEngine: @unchecked Sendable {
         incarnations += 1
         record.incarnation = incarnations
         record.nextSequence = 1
+        record.acks = AckTracker()
         if let prefetch = record.prefetch { try wire.qos(record.id, prefetch: prefetch) }
         if record.confirmMode { try wire.confirmSelect(record.id) }
         for consumer in record.consumers.values {
@@ -463,6 +520,7 @@ final class ChannelRecord {
     var nextSequence: UInt64 = 1
     var waiters: [ConfirmWaiter] = []
     var consumers: [String: ConsumerRecord] = [:]
+    var acks = AckTracker()
     /// Set by `basic.return`; the broker's ack for that message follows it, and the
     /// waiter it lands on fails with this error.
     var returnedPending: MessagingError?
@@ -525,6 +583,46 @@ final class ChannelRecord {
             waiter.error = error
             waiter.finish()
         }
+    }
+}
+
+/// Which delivery tags of one channel incarnation are settled, so acks can be coalesced.
+///
+/// Delivery tags on a channel run 1, 2, 3, ...; every tag at or below
+/// `settledThrough` is acked, nacked or rejected, and `settledAbove` holds the
+/// settled tags beyond the first gap.
+struct AckTracker {
+    var pending: [UInt64] = []
+    private(set) var settledThrough: UInt64 = 0
+    private var settledAbove: Set<UInt64> = []
+
+    mutating func settled(_ tag: UInt64) {
+        guard tag > settledThrough else { return }
+        settledAbove.insert(tag)
+        advance()
+    }
+
+    mutating func settledAll(through tag: UInt64) {
+        guard tag > settledThrough else { return }
+        settledThrough = tag
+        settledAbove = settledAbove.filter { $0 > tag }
+        advance()
+    }
+
+    /// Consumes `pending`: returns the tag for one multiple ack (if any) and the tags to ack singly.
+    mutating func plan() -> (multipleThrough: UInt64?, singles: [UInt64]) {
+        let tags = pending.sorted()
+        pending.removeAll(keepingCapacity: true)
+        let fresh = tags.filter { $0 > settledThrough && !settledAbove.contains($0) }
+        for tag in fresh { settledAbove.insert(tag) }
+        advance()
+        let covered = fresh.last { $0 <= settledThrough }
+        let singles = fresh.filter { $0 > settledThrough }
+        return (covered, singles)
+    }
+
+    private mutating func advance() {
+        while settledAbove.remove(settledThrough + 1) != nil { settledThrough += 1 }
     }
 }
 

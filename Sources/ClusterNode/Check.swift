@@ -1,0 +1,88 @@
+import ArgumentParser
+import Coordination
+import Foundation
+import Logging
+import Messaging
+
+/// `herald check`: can this node reach its Redis and RabbitMQ? Says what failed, by name.
+struct Check: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Connect to Redis and RabbitMQ, make one round trip through each, and report.",
+        discussion: "Exits 0 when both answer, 1 otherwise, naming the server and the reason."
+    )
+
+    @Option(help: "Redis URL: redis://[user:password@]host:port/db or unix:///path?db=N. Env: HERALD_REDIS_URL.")
+    var redisURL: String = ProcessInfo.processInfo.environment["HERALD_REDIS_URL"] ?? "redis://127.0.0.1:6379/0"
+
+    @Option(help: "RabbitMQ URL: amqp://user:password@host:port/vhost. Env: HERALD_AMQP_URL.")
+    var amqpURL: String = ProcessInfo.processInfo.environment["HERALD_AMQP_URL"] ?? "amqp://guest:guest@127.0.0.1:5672/%2F"
+
+    func validate() throws {
+        do { _ = try RedisConfiguration(url: redisURL) } catch { throw ValidationError("--redis-url (HERALD_REDIS_URL): \(error)") }
+        do { _ = try AMQPConfiguration(url: amqpURL) } catch { throw ValidationError("--amqp-url (HERALD_AMQP_URL): \(error)") }
+    }
+
+    func run() async throws {
+        var logger = Logger(label: "herald.check")
+        logger.logLevel = .warning
+        var healthy = true
+        do {
+            let report = try await ConnectivityCheck.redis(url: redisURL, logger: logger)
+            print("redis    ok    \(report)")
+        } catch {
+            healthy = false
+            print("redis    FAIL  \(error)")
+        }
+        do {
+            let report = try await ConnectivityCheck.rabbitMQ(url: amqpURL, logger: logger)
+            print("rabbitmq ok    \(report)")
+        } catch {
+            healthy = false
+            print("rabbitmq FAIL  \(error)")
+        }
+        if !healthy { throw ExitCode(1) }
+    }
+}
+
+/// One round trip through each server, with what it took.
+enum ConnectivityCheck {
+    static func redis(url: String, logger: Logger) async throws -> String {
+        let configuration = try RedisConfiguration(url: url)
+        let client = RedisClient(configuration: configuration, logger: logger)
+        defer { Task { await client.close() } }
+        let start = ContinuousClock.now
+        let key = "herald:check:\(UUID().uuidString)"
+        let replies = try await client.pipeline([
+            RedisCommand("SET", key, "ok", "EX", 10),
+            RedisCommand("GET", key),
+            RedisCommand("DEL", key),
+            RedisCommand("INFO", "server"),
+        ])
+        let elapsed = ContinuousClock.now - start
+        guard replies[1].string == "ok" else {
+            throw CoordinationError(.unexpectedReply, "SET then GET on \(configuration.redactedDescription) read back \(replies[1])")
+        }
+        let version = replies[3].string?.split(separator: "\r\n").first { $0.hasPrefix("redis_version:") }?.dropFirst("redis_version:".count) ?? "?"
+        return "\(configuration.redactedDescription), Redis \(version), SET/GET/DEL/INFO pipelined in \(elapsed.formatted(.units(allowed: [.milliseconds], fractionalPart: .show(length: 1))))"
+    }
+
+    static func rabbitMQ(url: String, logger: Logger) async throws -> String {
+        let configuration = try AMQPConfiguration(url: url)
+        let start = ContinuousClock.now
+        let connection = try await AMQPConnection.connect(configuration, logger: logger)
+        defer { Task { await connection.close() } }
+        let channel = try await connection.openChannel()
+        let queue = try await channel.declareQueue("", options: AMQPQueueOptions(durable: false, exclusive: true, autoDelete: true))
+        try await channel.enableConfirms()
+        let body = Array("herald check \(UUID())".utf8)
+        try await channel.publish(AMQPOutgoingMessage(exchange: "", routingKey: queue.name, body: body))
+        let consumer = try await channel.consume(queue.name, prefetch: 1)
+        var iterator = consumer.makeAsyncIterator()
+        guard let delivery = try await iterator.next(), delivery.body == body else {
+            throw MessagingError(.protocolError, "the test message did not come back from \(queue.name)")
+        }
+        channel.ack(delivery)
+        let elapsed = ContinuousClock.now - start
+        return "\(configuration.redactedDescription), connect + declare + publish (confirmed) + consume in \(elapsed.formatted(.units(allowed: [.milliseconds], fractionalPart: .show(length: 1))))"
+    }
+}

@@ -40,8 +40,12 @@ struct RedisConfigurationTests {
     }
 }
 
-/// Everything that touches the test Redis, serialised because one test restarts it.
-@Suite("Redis client against a real Redis", .serialized, .timeLimit(.minutes(2)))
+/// Every suite that uses the test Redis lives in here: serialised, because one test restarts it.
+@Suite("Against the real Redis", .serialized)
+enum RedisServerTests {}
+
+extension RedisServerTests {
+@Suite("Redis client against a real Redis", .timeLimit(.minutes(2)))
 struct RedisClientTests {
     let client: RedisClient
 
@@ -212,4 +216,5 @@ struct RedisClientTests {
         #expect(delivered == .integer(1))
         #expect(await events.next() == .message(channel: channel, payload: Array("after-restart".utf8)))
     }
+}
 }

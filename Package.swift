@@ -37,10 +37,16 @@ let package = Package(
             name: "CBaseline",
             dependencies: ["CRabbitMQ"]
         ),
+        // Plain value types shared by the modules: subscriptions and their validation.
+        .target(
+            name: "HeraldModel",
+            swiftSettings: swiftSettings
+        ),
         .target(
             name: "Coordination",
             dependencies: [
                 "CHiredis",
+                "HeraldModel",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
@@ -56,6 +62,7 @@ let package = Package(
         .target(
             name: "Delivery",
             dependencies: [
+                "HeraldModel",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
@@ -90,7 +97,7 @@ let package = Package(
         ),
         .testTarget(
             name: "CoordinationTests",
-            dependencies: ["Coordination", "TestSupport"],
+            dependencies: ["Coordination", "HeraldModel", "TestSupport"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

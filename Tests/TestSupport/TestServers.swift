@@ -37,6 +37,14 @@ public enum TestServers {
         }
     }
 
+    /// Runs a program to completion on a thread of its own; returns its exit status.
+    public static func run(_ argv: [String]) async throws -> Int32 {
+        await withCheckedContinuation { continuation in
+            let thread = Thread { continuation.resume(returning: run(argv)) }
+            thread.start()
+        }
+    }
+
     private static func run(_ argv: [String]) -> Int32 {
         var pid: pid_t = 0
         let cArguments = argv.map { strdup($0) } + [nil]

@@ -36,7 +36,8 @@ public final class OwnershipTimeline: Sendable {
         logs.withLock { $0[node, default: NodeLog()].diedAt = time }
     }
 
-    /// Every acting interval, up to `now` for the ones still open.
+    /// Every acting interval from the observations recorded so far; one still open ends
+    /// where the node's validity (or its process) ends. `now` is when the caller looks.
     public func intervals(now: Double) -> [Interval] {
         let snapshot = logs.withLock { $0 }
         var result: [Interval] = []
@@ -62,7 +63,8 @@ public final class OwnershipTimeline: Sendable {
                     validUntil = max(validUntil, until)
                 }
             }
-            let end = min(now, log.diedAt ?? now)
+            // Still open: acting until its validity runs out (or its process died), unless renewed later.
+            let end = log.diedAt ?? Double.infinity
             for partition in Array(open.keys) { close(partition, at: end) }
         }
         return result.filter { $0.end > $0.start }
@@ -92,7 +94,7 @@ public final class OwnershipTimeline: Sendable {
 
     /// The first moment at or after `time` when all `partitionCount` partitions are acted on.
     public func fullCoverage(after time: Double, partitionCount: Int, now: Double) -> Double? {
-        let all = intervals(now: now)
+        let all = intervals(now: now).filter { $0.end > time }
         let candidates = ([time] + all.map(\.start).filter { $0 > time }).sorted()
         for candidate in candidates {
             let covered = Set(all.filter { $0.start <= candidate && candidate < $0.end }.map(\.partition))

@@ -1,0 +1,215 @@
+import Foundation
+import HeraldModel
+import Logging
+import Synchronization
+
+/// Every subscription at one registry version.
+public struct RegistrySnapshot: Sendable {
+    public var version: Int64
+    public var subscriptions: [Subscription]
+}
+
+/// The subscription registry in Redis: one JSON record per subscription, an
+/// index per project (ids in order, for `limit` + `marker` pages), a version
+/// bumped by every change and a pub/sub notice of it.
+///
+/// Keys under the prefix: `sub:<id>`, `subs:project:<project>` (zset by id),
+/// `subs:all` (set), `subs:version`; channel `subs:changed`.
+public final class SubscriptionRegistry: Sendable {
+    private let redis: RedisClient
+    private let subscriber: RedisSubscriber
+    private let prefix: String
+    private let logger: Logger
+
+    public init(redis redisConfiguration: RedisConfiguration, keyPrefix: String = "herald:", logger: Logger = Logger(label: "herald.registry")) {
+        self.redis = RedisClient(configuration: redisConfiguration, logger: logger)
+        self.subscriber = RedisSubscriber(configuration: redisConfiguration, logger: logger)
+        self.prefix = keyPrefix
+        self.logger = logger
+    }
+
+    private static let create = RedisScript(#"""
+    local prefix, id, project = ARGV[1], ARGV[2], ARGV[3]
+    if redis.call('SET', prefix .. 'sub:' .. id, ARGV[4], 'NX') == false then return 0 end
+    redis.call('ZADD', prefix .. 'subs:project:' .. project, 0, id)
+    redis.call('SADD', prefix .. 'subs:all', id)
+    local version = redis.call('INCR', prefix .. 'subs:version')
+    redis.call('PUBLISH', prefix .. 'subs:changed', version)
+    return version
+    """#)
+
+    private static let update = RedisScript(#"""
+    local prefix, id, project = ARGV[1], ARGV[2], ARGV[3]
+    if redis.call('ZSCORE', prefix .. 'subs:project:' .. project, id) == false then return 0 end
+    redis.call('SET', prefix .. 'sub:' .. id, ARGV[4])
+    local version = redis.call('INCR', prefix .. 'subs:version')
+    redis.call('PUBLISH', prefix .. 'subs:changed', version)
+    return version
+    """#)
+
+    private static let delete = RedisScript(#"""
+    local prefix, id, project = ARGV[1], ARGV[2], ARGV[3]
+    if redis.call('ZREM', prefix .. 'subs:project:' .. project, id) == 0 then return 0 end
+    redis.call('DEL', prefix .. 'sub:' .. id)
+    redis.call('SREM', prefix .. 'subs:all', id)
+    local version = redis.call('INCR', prefix .. 'subs:version')
+    redis.call('PUBLISH', prefix .. 'subs:changed', version)
+    return version
+    """#)
+
+    /// Version and every record, read atomically.
+    private static let snapshot = RedisScript(#"""
+    local prefix = ARGV[1]
+    local ids = redis.call('SMEMBERS', prefix .. 'subs:all')
+    local out = { redis.call('GET', prefix .. 'subs:version') or '0' }
+    for i = 1, #ids, 1000 do
+      local keys = {}
+      for j = i, math.min(i + 999, #ids) do keys[#keys + 1] = prefix .. 'sub:' .. ids[j] end
+      local values = redis.call('MGET', unpack(keys))
+      for _, value in ipairs(values) do if value then out[#out + 1] = value end end
+    end
+    return out
+    """#)
+
+    // MARK: CRUD
+
+    /// Validates and stores a new subscription.
+    /// - Throws: `SubscriptionValidationError` naming the bad field; `CoordinationError` when Redis fails
+    ///   or the id exists already.
+    @discardableResult
+    public func create(_ subscription: Subscription) async throws -> Subscription {
+        try subscription.validate()
+        let version = try await redis.evalSHA(Self.create, arguments: [prefix, subscription.id, subscription.project, try encode(subscription)])
+        guard (version.integer ?? 0) > 0 else {
+            throw CoordinationError(.serverError, "subscription \(subscription.id) exists already")
+        }
+        return subscription
+    }
+
+    /// The subscription with `id`, if it exists and (when `project` is given) belongs to that project.
+    public func get(id: String, project: String?) async throws -> Subscription? {
+        guard let bytes = try await redis.send("GET", prefix + "sub:" + id).bytes else { return nil }
+        let subscription = try decode(bytes)
+        if let project, subscription.project != project { return nil }
+        return subscription
+    }
+
+    /// One page of a project's subscriptions, ordered by id.
+    /// - Parameters:
+    ///   - limit: 1 to 1000.
+    ///   - marker: the last id of the previous page.
+    /// - Returns: the page and the marker of the next one (`nil` on the last page).
+    public func list(project: String, limit: Int = 100, marker: String? = nil) async throws -> (subscriptions: [Subscription], next: String?) {
+        guard (1...1000).contains(limit) else {
+            throw SubscriptionValidationError(field: "limit", message: "\(limit) must be between 1 and 1000")
+        }
+        let start = marker.map { "(" + $0 } ?? "-"
+        let ids = try await redis.send("ZRANGEBYLEX", prefix + "subs:project:" + project, start, "+", "LIMIT", 0, limit + 1).array?.compactMap(\.string) ?? []
+        let page = Array(ids.prefix(limit))
+        guard !page.isEmpty else { return ([], nil) }
+        let values = try await redis.send(RedisCommand(["MGET"] + page.map { prefix + "sub:" + $0 })).array ?? []
+        let subscriptions = try values.compactMap { try $0.bytes.map(decode) }
+        return (subscriptions, ids.count > limit ? page.last : nil)
+    }
+
+    /// Replaces a subscription of `subscription.project`; `nil` when that project has no such id.
+    /// - Throws: `SubscriptionValidationError` naming the bad field.
+    public func update(_ subscription: Subscription) async throws -> Subscription? {
+        var updated = subscription
+        updated.updatedAt = Date().timeIntervalSince1970
+        try updated.validate()
+        let version = try await redis.evalSHA(Self.update, arguments: [prefix, updated.id, updated.project, try encode(updated)])
+        return (version.integer ?? 0) > 0 ? updated : nil
+    }
+
+    /// Deletes a subscription of `project`; false when that project has no such id.
+    @discardableResult
+    public func delete(id: String, project: String) async throws -> Bool {
+        let version = try await redis.evalSHA(Self.delete, arguments: [prefix, id, project])
+        return (version.integer ?? 0) > 0
+    }
+
+    public func version() async throws -> Int64 {
+        try await redis.send("GET", prefix + "subs:version").integer ?? 0
+    }
+
+    public func snapshot() async throws -> RegistrySnapshot {
+        let reply = try await redis.evalSHA(Self.snapshot, arguments: [prefix])
+        guard let items = reply.array, let version = items.first?.integer else {
+            throw CoordinationError(.unexpectedReply, "the snapshot script answered \(reply)")
+        }
+        var subscriptions: [Subscription] = []
+        subscriptions.reserveCapacity(items.count - 1)
+        for item in items.dropFirst() {
+            guard let bytes = item.bytes else { continue }
+            do {
+                subscriptions.append(try decode(bytes))
+            } catch {
+                // One unreadable record must not take the others down with it.
+                logger.error("skipping an unreadable subscription record", metadata: ["error": "\(error)"])
+            }
+        }
+        return RegistrySnapshot(version: version, subscriptions: subscriptions.sorted { $0.id < $1.id })
+    }
+
+    // MARK: Watching
+
+    /// A fresh snapshot now and after every change. Changes are noticed through
+    /// pub/sub at once, and by comparing versions every `poll` (so a lost notice
+    /// costs at most one poll). Ends when the consumer stops iterating.
+    public func watch(poll: Duration = .seconds(1)) -> AsyncStream<RegistrySnapshot> {
+        let (stream, continuation) = AsyncStream.makeStream(of: RegistrySnapshot.self, bufferingPolicy: .bufferingNewest(1))
+        let notified = Notice()
+        let notices = subscriber.subscribe(to: [prefix + "subs:changed"])
+        let listener = Task {
+            for await _ in notices { notified.set() }
+        }
+        let loop = Task {
+            var seen: Int64 = -1
+            var nextPoll = ContinuousClock.now
+            while !Task.isCancelled {
+                let due = notified.take() || ContinuousClock.now >= nextPoll
+                if due {
+                    nextPoll = ContinuousClock.now + poll
+                    do {
+                        if try await version() != seen {
+                            let snapshot = try await snapshot()
+                            seen = snapshot.version
+                            continuation.yield(snapshot)
+                        }
+                    } catch {
+                        logger.warning("reading the registry failed; retrying", metadata: ["error": "\(error)"])
+                    }
+                }
+                try? await Task.sleep(for: .milliseconds(20))
+            }
+        }
+        continuation.onTermination = { _ in
+            loop.cancel()
+            listener.cancel()
+        }
+        return stream
+    }
+
+    private func encode(_ subscription: Subscription) throws -> String {
+        String(decoding: try JSONEncoder().encode(subscription), as: UTF8.self)
+    }
+
+    private func decode(_ bytes: [UInt8]) throws -> Subscription {
+        try JSONDecoder().decode(Subscription.self, from: Data(bytes))
+    }
+}
+
+/// A flag set by one task and taken by another.
+final class Notice: Sendable {
+    private let flag = Mutex(false)
+
+    func set() { flag.withLock { $0 = true } }
+
+    func take() -> Bool {
+        flag.withLock { value in
+            defer { value = false }
+            return value
+        }
+    }
+}

@@ -1,0 +1,209 @@
+import Foundation
+
+/// A user's request: these events, into this Zaqar queue.
+///
+/// JSON uses snake_case keys (`event_types`, `message_ttl`, `all_projects`, ...).
+public struct Subscription: Codable, Sendable, Equatable, Identifiable {
+    public var id: String
+    /// The project that owns the subscription; it receives only its own events
+    /// unless an admin made it for all projects.
+    public var project: String
+    /// Made by an admin to receive every project's events (and events with no project).
+    public var allProjects: Bool
+    /// Event type patterns in the Ceilometer/Aodh sense: `*` any run, `?` one character,
+    /// a leading `!` excludes. At least one pattern must include.
+    public var eventTypes: [String]
+    /// All must hold for an event to match.
+    public var conditions: [Condition]
+    public var target: Target
+    /// Seconds Zaqar keeps each delivered message: 60 to 1209600.
+    public var messageTTL: Int
+    public var createdAt: Double
+    public var updatedAt: Double
+
+    public init(
+        id: String = UUID().uuidString.lowercased(),
+        project: String,
+        allProjects: Bool = false,
+        eventTypes: [String],
+        conditions: [Condition] = [],
+        target: Target,
+        messageTTL: Int = 3600,
+        createdAt: Double = Date().timeIntervalSince1970,
+        updatedAt: Double? = nil
+    ) {
+        self.id = id
+        self.project = project
+        self.allProjects = allProjects
+        self.eventTypes = eventTypes
+        self.conditions = conditions
+        self.target = target
+        self.messageTTL = messageTTL
+        self.createdAt = createdAt
+        self.updatedAt = updatedAt ?? createdAt
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case id, project, conditions, target
+        case allProjects = "all_projects"
+        case eventTypes = "event_types"
+        case messageTTL = "message_ttl"
+        case createdAt = "created_at"
+        case updatedAt = "updated_at"
+    }
+
+    public static let ttlRange = 60...1_209_600
+
+    /// Checks every field; the error names the first bad one.
+    /// - Throws: `SubscriptionValidationError`.
+    public func validate() throws {
+        func fail(_ field: String, _ message: String) -> SubscriptionValidationError {
+            SubscriptionValidationError(field: field, message: message)
+        }
+        guard !project.isEmpty, project.count <= 255 else { throw fail("project", "must be 1 to 255 characters") }
+        guard !eventTypes.isEmpty else { throw fail("event_types", "needs at least one pattern, e.g. \"compute.instance.*\"") }
+        guard eventTypes.count <= 100 else { throw fail("event_types", "has \(eventTypes.count) patterns; at most 100") }
+        let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-*?:")
+        for (index, pattern) in eventTypes.enumerated() {
+            let body = pattern.hasPrefix("!") ? pattern.dropFirst() : Substring(pattern)
+            guard !body.isEmpty, body.count <= 255, body.allSatisfy({ allowed.contains($0) }) else {
+                throw fail("event_types[\(index)]", "'\(pattern)' must be letters, digits, '.', '_', '-', ':' and the wildcards '*' '?', optionally after one leading '!'")
+            }
+        }
+        guard eventTypes.contains(where: { !$0.hasPrefix("!") }) else {
+            throw fail("event_types", "has only exclusions ('!...'); add a pattern that includes events")
+        }
+        guard conditions.count <= 50 else { throw fail("conditions", "has \(conditions.count) conditions; at most 50") }
+        for (index, condition) in conditions.enumerated() {
+            try condition.validate(field: "conditions[\(index)]")
+        }
+        try target.validate(field: "target")
+        guard Self.ttlRange.contains(messageTTL) else {
+            throw fail("message_ttl", "\(messageTTL) is outside Zaqar's range of 60 to 1209600 seconds")
+        }
+    }
+}
+
+/// A test on one field of the event.
+public struct Condition: Codable, Sendable, Equatable, Hashable {
+    public enum Operator: String, Codable, Sendable, CaseIterable {
+        case eq, ne, lt, le, gt, ge, `in`, exists, prefix
+    }
+
+    /// `payload.state`, `payload.image_meta.os_distro`, `traits.project_id`, `publisher_id`, ...
+    public var field: String
+    public var op: Operator
+    /// The operand: any JSON for eq/ne; a number, or a string (text or datetime) for lt/le/gt/ge;
+    /// an array for `in`; a boolean (or nothing, meaning true) for `exists`; a string for `prefix`.
+    public var value: JSONValue?
+
+    public init(field: String, op: Operator, value: JSONValue? = nil) {
+        self.field = field
+        self.op = op
+        self.value = value
+    }
+
+    public func validate(field name: String) throws {
+        func fail(_ message: String) -> SubscriptionValidationError {
+            SubscriptionValidationError(field: name, message: message)
+        }
+        let segments = field.split(separator: ".", omittingEmptySubsequences: false)
+        guard !field.isEmpty, field.count <= 255, segments.allSatisfy({ !$0.isEmpty }) else {
+            throw fail("field '\(field)' must be a dotted path such as payload.state or traits.project_id")
+        }
+        switch op {
+        case .eq, .ne:
+            guard value != nil else { throw fail("\(op.rawValue) needs a value") }
+        case .lt, .le, .gt, .ge:
+            switch value {
+            case .number, .string: break
+            default: throw fail("\(op.rawValue) needs a number or a string (text or datetime), not \(value?.kind ?? "nothing")")
+            }
+        case .in:
+            guard case .array(let items) = value, !items.isEmpty else { throw fail("in needs a non-empty array of values") }
+        case .exists:
+            switch value {
+            case nil, .bool: break
+            default: throw fail("exists takes true, false or nothing, not \(value!.kind)")
+            }
+        case .prefix:
+            guard case .string = value else { throw fail("prefix needs a string, not \(value?.kind ?? "nothing")") }
+        }
+    }
+}
+
+/// Where matching events go.
+public struct Target: Codable, Sendable, Equatable, Hashable {
+    /// The Zaqar queue name: letters, digits, `_` and `-`, up to 64.
+    public var queue: String
+    /// The Zaqar endpoint; `nil` means the node's configured one.
+    public var zaqarURL: String?
+    /// A pre-signed URL's credentials (from Zaqar's `/v2/queues/{q}/share`), if the subscriber gave one.
+    public var signedURL: SignedURL?
+
+    public init(queue: String, zaqarURL: String? = nil, signedURL: SignedURL? = nil) {
+        self.queue = queue
+        self.zaqarURL = zaqarURL
+        self.signedURL = signedURL
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case queue
+        case zaqarURL = "zaqar_url"
+        case signedURL = "signed_url"
+    }
+
+    public func validate(field name: String) throws {
+        let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+        guard !queue.isEmpty, queue.count <= 64, queue.allSatisfy({ allowed.contains($0) }) else {
+            throw SubscriptionValidationError(field: "\(name).queue", message: "'\(queue)' must be 1 to 64 of letters, digits, '_' and '-' (Zaqar's rule)")
+        }
+        if let zaqarURL {
+            guard let url = URL(string: zaqarURL), let scheme = url.scheme, ["http", "https"].contains(scheme), url.host != nil else {
+                throw SubscriptionValidationError(field: "\(name).zaqar_url", message: "'\(zaqarURL)' is not an http(s) URL")
+            }
+        }
+        try signedURL?.validate(field: "\(name).signed_url")
+    }
+}
+
+/// The four headers of a Zaqar pre-signed URL, plus the project it was made in.
+public struct SignedURL: Codable, Sendable, Equatable, Hashable {
+    public var signature: String
+    /// When it stops working, as Zaqar wrote it (`2026-11-25T16:37:41`).
+    public var expires: String
+    public var methods: [String]
+    public var paths: [String]
+    public var project: String
+
+    public init(signature: String, expires: String, methods: [String], paths: [String], project: String) {
+        self.signature = signature
+        self.expires = expires
+        self.methods = methods
+        self.paths = paths
+        self.project = project
+    }
+
+    public func validate(field name: String) throws {
+        guard !signature.isEmpty else { throw SubscriptionValidationError(field: "\(name).signature", message: "is empty") }
+        guard !expires.isEmpty else { throw SubscriptionValidationError(field: "\(name).expires", message: "is empty") }
+        guard methods.contains("POST") else {
+            throw SubscriptionValidationError(field: "\(name).methods", message: "\(methods) does not include POST, which delivery needs")
+        }
+        guard !paths.isEmpty else { throw SubscriptionValidationError(field: "\(name).paths", message: "is empty") }
+        guard !project.isEmpty else { throw SubscriptionValidationError(field: "\(name).project", message: "is empty") }
+    }
+}
+
+/// A subscription field with a bad value; `field` is its JSON path (`conditions[2]`).
+public struct SubscriptionValidationError: Error, CustomStringConvertible, Sendable, Equatable {
+    public var field: String
+    public var message: String
+
+    public init(field: String, message: String) {
+        self.field = field
+        self.message = message
+    }
+
+    public var description: String { "\(field): \(message)" }
+}

@@ -162,7 +162,12 @@ public final class SubscriptionRegistry: Sendable {
         let notified = Notice()
         let notices = subscriber.subscribe(to: [prefix + "subs:changed"])
         let listener = Task {
-            for await _ in notices { notified.set() }
+            for await event in notices {
+                switch event {
+                case .message, .subscribed(reconnected: true): notified.set()
+                case .subscribed(reconnected: false): break
+                }
+            }
         }
         let loop = Task {
             var seen: Int64 = -1

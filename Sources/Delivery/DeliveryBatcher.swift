@@ -1,0 +1,423 @@
+import Foundation
+import HeraldModel
+import Logging
+import Synchronization
+
+/// Where dead letters go (a capped Redis stream in production: Coordination's `DeadLetterStore`).
+public protocol DeadLetterSink: Sendable {
+    /// - Throws: when they could not be stored; the batcher retries, so nothing is lost.
+    func deadLetter(_ letters: [DeadLetter]) async throws
+}
+
+/// What became of one submission.
+public struct DeliveryOutcome: Sendable, Equatable {
+    public var delivered = 0
+    public var deadLettered = 0
+
+    public init(delivered: Int = 0, deadLettered: Int = 0) {
+        self.delivered = delivered
+        self.deadLettered = deadLettered
+    }
+}
+
+/// Counters for metrics and tests.
+public struct DeliveryStatistics: Sendable {
+    public var requests = 0
+    public var delivered = 0
+    public var retries = 0
+    public var deadLettered: [DeadLetter.Reason: Int] = [:]
+    public var batchSizes: [Int] = []
+    public var circuitOpenings = 0
+    /// Messages held now (queued or in flight), and the most ever held at once.
+    public var bufferedMessages = 0
+    public var bufferedBytes = 0
+    public var peakBufferedMessages = 0
+    public var peakBufferedBytes = 0
+    /// The most one lane ever held at once.
+    public var peakLaneMessages = 0
+}
+
+/// Batches messages per target ("lane") into Zaqar under backpressure.
+///
+/// - One request in flight per lane, so a lane's messages arrive in submission
+///   order; lanes run independently, so a slow or failing target holds only its own.
+/// - A batch closes at `maxBatchMessages`, at `maxRequestBytes` of request body, or
+///   when its oldest message has waited `linger`.
+/// - Buffers are bounded per lane and in total (messages and bytes, queued and in
+///   flight); `submit` waits for room. A lane's bound is below the total, so one
+///   stalled lane cannot take all the room.
+/// - 5xx, 429 (honouring `Retry-After`), timeouts and connection errors are retried
+///   with full-jitter backoff behind a per-lane circuit breaker. A 400 on a batch is
+///   split until the message Zaqar refuses is found; that one, a 404, an expired
+///   signed URL, a message too large for any request, and a batch out of attempts
+///   are dead-lettered with the reason. Every message ends delivered or dead-lettered.
+public final class DeliveryBatcher: Sendable {
+    public let configuration: DeliveryConfiguration
+    private let zaqar: ZaqarClient
+    private let deadLetters: any DeadLetterSink
+    private let logger: Logger
+    private let state: Mutex<State>
+    private let origin = ContinuousClock.now
+
+    /// One submission's messages, completed when the last of them is settled.
+    final class Group: @unchecked Sendable {
+        // Mutated only under the batcher's lock.
+        var remaining: Int
+        var outcome = DeliveryOutcome()
+        let completion: @Sendable (DeliveryOutcome) -> Void
+
+        init(count: Int, completion: @escaping @Sendable (DeliveryOutcome) -> Void) {
+            self.remaining = count
+            self.completion = completion
+        }
+    }
+
+    struct Pending: Sendable {
+        var message: ZaqarOutgoingMessage
+        var size: Int
+        var group: Group
+        var enqueuedAt: Duration
+    }
+
+    struct Lane {
+        var queue: [Pending] = []
+        var head = 0
+        /// Queued and in flight.
+        var messages = 0
+        var bytes = 0
+        var working = false
+        var circuit: CircuitBreaker
+
+        var queued: Int { queue.count - head }
+    }
+
+    struct Waiter {
+        var pending: Pending
+        var continuation: CheckedContinuation<Void, Never>
+    }
+
+    struct State {
+        var lanes: [ZaqarTarget: Lane] = [:]
+        var waiters: [Waiter] = []
+        var statistics = DeliveryStatistics()
+    }
+
+    /// - Throws: `DeliveryError.invalidConfiguration` naming the bad setting.
+    public init(configuration: DeliveryConfiguration = DeliveryConfiguration(), zaqar: ZaqarClient, deadLetters: any DeadLetterSink, logger: Logger = Logger(label: "herald.delivery")) throws {
+        try configuration.validate()
+        self.configuration = configuration
+        self.zaqar = zaqar
+        self.deadLetters = deadLetters
+        self.logger = logger
+        self.state = Mutex(State())
+    }
+
+    private func now() -> Duration { ContinuousClock.now - origin }
+
+    public var statistics: DeliveryStatistics { state.withLock { $0.statistics } }
+
+    /// The circuit state of a lane, if the lane exists.
+    public func circuit(for target: ZaqarTarget) -> CircuitBreaker.State? {
+        state.withLock { $0.lanes[target]?.circuit.state }
+    }
+
+    // MARK: Submitting
+
+    /// Queues messages (one incoming event's matches, say). Returns once they are all
+    /// buffered, which may mean waiting for room; `completion` runs when every one of
+    /// them is delivered or dead-lettered: then the caller acks the incoming delivery.
+    public func submit(_ messages: [ZaqarOutgoingMessage], completion: @escaping @Sendable (DeliveryOutcome) -> Void) async {
+        guard !messages.isEmpty else {
+            completion(DeliveryOutcome())
+            return
+        }
+        let group = Group(count: messages.count, completion: completion)
+        var tooLarge: [Pending] = []
+        for message in messages {
+            let pending = Pending(message: message, size: message.body.count + 1, group: group, enqueuedAt: now())
+            if pending.size + ZaqarMessageEncoding.envelopeBytes > configuration.maxRequestBytes {
+                tooLarge.append(pending)
+            } else {
+                await enqueue(pending)
+            }
+        }
+        if !tooLarge.isEmpty {
+            await deadLetter(tooLarge, reason: .tooLarge, status: nil, zaqarMessage: nil) { pending in
+                "the message is \(pending.size) bytes; a request to Zaqar may carry at most \(self.configuration.maxRequestBytes) (max_messages_post_size)"
+            }
+        }
+    }
+
+    /// Submits and waits for the outcome.
+    public func deliver(_ messages: [ZaqarOutgoingMessage]) async -> DeliveryOutcome {
+        await withCheckedContinuation { continuation in
+            Task { await submit(messages) { continuation.resume(returning: $0) } }
+        }
+    }
+
+    /// Waits until nothing is buffered or `timeout` passes; true when drained.
+    public func drain(timeout: Duration) async -> Bool {
+        let deadline = ContinuousClock.now + timeout
+        while state.withLock({ $0.statistics.bufferedMessages }) > 0 {
+            if ContinuousClock.now >= deadline { return false }
+            try? await Task.sleep(for: .milliseconds(5))
+        }
+        return true
+    }
+
+    private func fits(_ state: State, _ pending: Pending) -> Bool {
+        let lane = state.lanes[pending.message.target]
+        return (lane?.messages ?? 0) + 1 <= configuration.laneMaxMessages
+            && (lane?.bytes ?? 0) + pending.size <= configuration.laneMaxBytes
+            && state.statistics.bufferedMessages + 1 <= configuration.globalMaxMessages
+            && state.statistics.bufferedBytes + pending.size <= configuration.globalMaxBytes
+    }
+
+    /// Puts a message in its lane, waiting for room; starts the lane's worker if idle.
+    private func enqueue(_ pending: Pending) async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let start = state.withLock { state -> Bool? in
+                let target = pending.message.target
+                // Behind a waiter of the same lane, wait too: a lane keeps submission order.
+                if fits(state, pending) && !state.waiters.contains(where: { $0.pending.message.target == target }) {
+                    return admit(&state, pending)
+                }
+                state.waiters.append(Waiter(pending: pending, continuation: continuation))
+                return nil
+            }
+            guard let start else { return }
+            if start { startWorker(pending.message.target) }
+            continuation.resume()
+        }
+    }
+
+    /// Accounts and queues a message (under the lock); true when its lane needs a worker.
+    private func admit(_ state: inout State, _ pending: Pending) -> Bool {
+        let target = pending.message.target
+        var lane = state.lanes[target] ?? Lane(circuit: CircuitBreaker(threshold: configuration.circuitThreshold, cooldown: configuration.circuitCooldown))
+        lane.queue.append(pending)
+        lane.messages += 1
+        lane.bytes += pending.size
+        state.statistics.bufferedMessages += 1
+        state.statistics.bufferedBytes += pending.size
+        state.statistics.peakBufferedMessages = max(state.statistics.peakBufferedMessages, state.statistics.bufferedMessages)
+        state.statistics.peakBufferedBytes = max(state.statistics.peakBufferedBytes, state.statistics.bufferedBytes)
+        state.statistics.peakLaneMessages = max(state.statistics.peakLaneMessages, lane.messages)
+        let needsWorker = !lane.working
+        lane.working = true
+        state.lanes[target] = lane
+        return needsWorker
+    }
+
+    /// Frees a finished batch's room and admits waiters that now fit, in order per lane.
+    private func release(_ batch: [Pending]) {
+        guard let target = batch.first?.message.target else { return }
+        let bytes = batch.reduce(0) { $0 + $1.size }
+        let (resumed, workers) = state.withLock { state -> ([CheckedContinuation<Void, Never>], [ZaqarTarget]) in
+            state.lanes[target]!.messages -= batch.count
+            state.lanes[target]!.bytes -= bytes
+            state.statistics.bufferedMessages -= batch.count
+            state.statistics.bufferedBytes -= bytes
+            var resumed: [CheckedContinuation<Void, Never>] = []
+            var workers: [ZaqarTarget] = []
+            var blocked = Set<ZaqarTarget>()
+            var remaining: [Waiter] = []
+            for waiter in state.waiters {
+                let lane = waiter.pending.message.target
+                if !blocked.contains(lane) && fits(state, waiter.pending) {
+                    if admit(&state, waiter.pending) { workers.append(lane) }
+                    resumed.append(waiter.continuation)
+                } else {
+                    blocked.insert(lane)
+                    remaining.append(waiter)
+                }
+            }
+            state.waiters = remaining
+            return (resumed, workers)
+        }
+        for target in workers { startWorker(target) }
+        for continuation in resumed { continuation.resume() }
+    }
+
+    // MARK: Lanes
+
+    private func startWorker(_ target: ZaqarTarget) {
+        Task { await self.runLane(target) }
+    }
+
+    private enum Next {
+        case idle
+        case wait(Duration)
+        case send([Pending])
+    }
+
+    private func runLane(_ target: ZaqarTarget) async {
+        while true {
+            let next = state.withLock { state -> Next in
+                guard var lane = state.lanes[target], lane.queued > 0 else {
+                    state.lanes[target]?.working = false
+                    return .idle
+                }
+                // Linger for company unless a full batch is waiting or the oldest has waited enough.
+                let oldest = lane.queue[lane.head].enqueuedAt
+                let age = now() - oldest
+                let queuedBytes = lane.queue[lane.head...].prefix(configuration.maxBatchMessages).reduce(0) { $0 + $1.size }
+                if lane.queued < configuration.maxBatchMessages && queuedBytes + ZaqarMessageEncoding.envelopeBytes < configuration.maxRequestBytes && age < configuration.linger {
+                    return .wait(configuration.linger - age)
+                }
+                var batch: [Pending] = []
+                var bytes = ZaqarMessageEncoding.envelopeBytes
+                while lane.head < lane.queue.count && batch.count < configuration.maxBatchMessages {
+                    let next = lane.queue[lane.head]
+                    if !batch.isEmpty && bytes + next.size > configuration.maxRequestBytes { break }
+                    batch.append(next)
+                    bytes += next.size
+                    lane.head += 1
+                }
+                if lane.head > 1024 && lane.head * 2 > lane.queue.count {
+                    lane.queue.removeFirst(lane.head)
+                    lane.head = 0
+                }
+                state.lanes[target] = lane
+                return .send(batch)
+            }
+            switch next {
+            case .idle:
+                return
+            case .wait(let duration):
+                try? await Task.sleep(for: duration)
+            case .send(let batch):
+                await send(batch, to: target)
+                release(batch)
+            }
+        }
+    }
+
+    /// Sends one batch until every message is delivered or dead-lettered.
+    private func send(_ batch: [Pending], to target: ZaqarTarget) async {
+        if let expiry = target.signedURLExpiry, expiry <= Date() {
+            await deadLetter(batch, reason: .signedURLExpired, status: nil, zaqarMessage: nil) { _ in
+                "the pre-signed URL for \(target.queue) expired at \(ISO8601DateFormatter().string(from: expiry)); create a new one with an explicit 'expires', or give the subscription a Keystone trust"
+            }
+            return
+        }
+        var attempt = 0
+        var random = SystemRandomNumberGenerator()
+        let backoff = Backoff(base: configuration.retryBase, cap: configuration.retryCap)
+        while true {
+            if let wait = state.withLock({ $0.lanes[target]?.circuit.wait(now: now()) }) {
+                try? await Task.sleep(for: wait)
+                continue
+            }
+            var retryAfter: Double?
+            var failure: String
+            state.withLock {
+                $0.statistics.requests += 1
+                $0.statistics.batchSizes.append(batch.count)
+            }
+            do {
+                let response = try await zaqar.post(target, messages: batch.map(\.message.body))
+                switch response.status {
+                case 200..<300:
+                    circuitSucceeded(target)
+                    complete(batch, delivered: true)
+                    return
+                case 400, 413:
+                    circuitSucceeded(target)
+                    if batch.count > 1 {
+                        // Find the message Zaqar refuses: the others go through.
+                        let half = batch.count / 2
+                        await send(Array(batch[..<half]), to: target)
+                        await send(Array(batch[half...]), to: target)
+                    } else {
+                        await deadLetter(batch, reason: .rejected, status: response.status, zaqarMessage: response.message) { _ in
+                            "Zaqar refused the message with \(response.status): \(response.message ?? "no reason given")"
+                        }
+                    }
+                    return
+                case 404:
+                    circuitSucceeded(target)
+                    await deadLetter(batch, reason: .notFound, status: 404, zaqarMessage: response.message) { _ in
+                        "Zaqar answered 404 for \(target): the project or queue is unknown, or the signed URL is bad, expired or lacks POST (\(response.message ?? "no reason given"))"
+                    }
+                    return
+                default:
+                    retryAfter = response.retryAfter
+                    failure = "HTTP \(response.status): \(response.message ?? "")"
+                }
+            } catch {
+                failure = "\(error)"
+            }
+            attempt += 1
+            let opened = state.withLock { state -> Bool in
+                let wasOpen = state.lanes[target]?.circuit.isOpen ?? false
+                state.lanes[target]?.circuit.failed(now: now())
+                state.statistics.retries += 1
+                let isOpen = state.lanes[target]?.circuit.isOpen ?? false
+                if isOpen && !wasOpen { state.statistics.circuitOpenings += 1 }
+                return isOpen && !wasOpen
+            }
+            if opened {
+                logger.warning("circuit opened for a Zaqar target", metadata: ["zaqar.target": "\(target)", "error": "\(failure)"])
+            }
+            if attempt >= configuration.maxAttempts {
+                await deadLetter(batch, reason: .retriesExhausted, status: nil, zaqarMessage: nil) { _ in
+                    "gave up after \(attempt) attempts; last error: \(failure)"
+                }
+                return
+            }
+            let delay = retryAfter.map { Duration.milliseconds(Int64($0 * 1000)) } ?? backoff.delay(attempt: attempt - 1, using: &random)
+            try? await Task.sleep(for: delay)
+        }
+    }
+
+    private func circuitSucceeded(_ target: ZaqarTarget) {
+        state.withLock { $0.lanes[target]?.circuit.succeeded() }
+    }
+
+    /// Settles messages and runs the completions of groups that are now whole.
+    private func complete(_ batch: [Pending], delivered: Bool) {
+        let finished = state.withLock { state -> [(Group, DeliveryOutcome)] in
+            var finished: [(Group, DeliveryOutcome)] = []
+            for pending in batch {
+                let group = pending.group
+                if delivered { group.outcome.delivered += 1 } else { group.outcome.deadLettered += 1 }
+                group.remaining -= 1
+                if group.remaining == 0 { finished.append((group, group.outcome)) }
+            }
+            if delivered { state.statistics.delivered += batch.count }
+            return finished
+        }
+        for (group, outcome) in finished { group.completion(outcome) }
+    }
+
+    /// Stores dead letters, retrying until the sink takes them, then settles the messages.
+    private func deadLetter(_ batch: [Pending], reason: DeadLetter.Reason, status: Int?, zaqarMessage: String?, detail: (Pending) -> String) async {
+        let at = Date().timeIntervalSince1970
+        let letters = batch.map { pending in
+            DeadLetter(
+                reason: reason, detail: detail(pending), httpStatus: status, zaqarMessage: zaqarMessage,
+                target: pending.message.target.description, subscriptionID: pending.message.subscriptionID,
+                eventID: pending.message.eventID, project: pending.message.target.project,
+                body: String(decoding: pending.message.body, as: UTF8.self), at: at
+            )
+        }
+        var attempt = 0
+        var random = SystemRandomNumberGenerator()
+        while true {
+            do {
+                try await deadLetters.deadLetter(letters)
+                break
+            } catch {
+                attempt += 1
+                if attempt == 1 || attempt % 10 == 0 {
+                    logger.error("cannot store dead letters; holding them and retrying", metadata: ["error": "\(error)", "delivery.count": "\(letters.count)"])
+                }
+                try? await Task.sleep(for: Backoff(base: .milliseconds(100), cap: .seconds(5)).delay(attempt: attempt, using: &random))
+            }
+        }
+        state.withLock { $0.statistics.deadLettered[reason, default: 0] += batch.count }
+        logger.warning("dead-lettered messages", metadata: ["delivery.reason": "\(reason.rawValue)", "delivery.count": "\(batch.count)", "zaqar.target": "\(batch.first?.message.target.description ?? "")"])
+        complete(batch, delivered: false)
+    }
+}

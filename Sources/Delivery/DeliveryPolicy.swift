@@ -1,0 +1,134 @@
+/// How the batcher batches, bounds and retries. Defaults in the comments.
+public struct DeliveryConfiguration: Sendable {
+    /// A batch closes at this many messages. Default 100 (Zaqar sets no count limit).
+    public var maxBatchMessages: Int = 100
+    /// ... or at this many request bytes: Zaqar's `max_messages_post_size`. Default 262144.
+    public var maxRequestBytes: Int = 262_144
+    /// ... or this long after its first message, if the lane was idle. Default 5 ms.
+    public var linger: Duration = .milliseconds(5)
+    /// Messages (and bytes) one lane may hold, queued or in flight. Default 5000 / 16 MiB.
+    public var laneMaxMessages: Int = 5_000
+    public var laneMaxBytes: Int = 16 << 20
+    /// Messages (and bytes) all lanes together may hold. Default 50000 / 128 MiB.
+    public var globalMaxMessages: Int = 50_000
+    public var globalMaxBytes: Int = 128 << 20
+    /// Retry delays: full jitter over `min(cap, base * 2^attempt)`. Default 100 ms, 10 s.
+    public var retryBase: Duration = .milliseconds(100)
+    public var retryCap: Duration = .seconds(10)
+    /// Attempts before a batch is dead-lettered as `retries_exhausted`; waiting on an open circuit does not count. Default 10.
+    public var maxAttempts: Int = 10
+    /// Consecutive failures that open a lane's circuit, and how long it stays open. Default 5, 5 s.
+    public var circuitThreshold: Int = 5
+    public var circuitCooldown: Duration = .seconds(5)
+
+    public init() {}
+
+    /// - Throws: `DeliveryError.invalidConfiguration` naming the bad setting.
+    public func validate() throws {
+        func check(_ ok: Bool, _ message: String) throws {
+            if !ok { throw DeliveryError(.invalidConfiguration, message) }
+        }
+        try check(maxBatchMessages >= 1, "max batch messages \(maxBatchMessages) must be at least 1")
+        try check(maxRequestBytes >= 1024, "max request bytes \(maxRequestBytes) must be at least 1024")
+        try check(laneMaxMessages >= maxBatchMessages, "lane max messages \(laneMaxMessages) must be at least the batch size \(maxBatchMessages)")
+        try check(laneMaxBytes >= maxRequestBytes, "lane max bytes \(laneMaxBytes) must be at least the request size \(maxRequestBytes)")
+        try check(globalMaxMessages >= laneMaxMessages, "global max messages \(globalMaxMessages) must be at least a lane's \(laneMaxMessages)")
+        try check(globalMaxBytes >= laneMaxBytes, "global max bytes \(globalMaxBytes) must be at least a lane's \(laneMaxBytes)")
+        try check(maxAttempts >= 1, "max attempts \(maxAttempts) must be at least 1")
+        try check(circuitThreshold >= 1, "circuit threshold \(circuitThreshold) must be at least 1")
+    }
+}
+
+/// Exponential backoff with full jitter: a random delay in `[0, min(cap, base * 2^attempt)]`.
+public struct Backoff: Sendable {
+    public var base: Duration
+    public var cap: Duration
+
+    public init(base: Duration, cap: Duration) {
+        self.base = base
+        self.cap = cap
+    }
+
+    /// The ceiling for `attempt` (0 for the first retry).
+    public func ceiling(attempt: Int) -> Duration {
+        let factor = Double(1 << min(attempt, 30))
+        return min(cap, base * factor)
+    }
+
+    public func delay<R: RandomNumberGenerator>(attempt: Int, using random: inout R) -> Duration {
+        ceiling(attempt: attempt) * Double.random(in: 0...1, using: &random)
+    }
+}
+
+/// A lane's circuit breaker as a value type with time passed in.
+///
+/// Closed: requests flow. After `threshold` consecutive failures it opens: nothing
+/// is sent for `cooldown`. Then it is half-open: one probe goes; success closes it,
+/// failure opens it again for another cooldown.
+public struct CircuitBreaker: Sendable, Equatable {
+    public enum State: Sendable, Equatable {
+        case closed
+        case open(until: Duration)
+        case halfOpen
+    }
+
+    public let threshold: Int
+    public let cooldown: Duration
+    public private(set) var state: State = .closed
+    public private(set) var consecutiveFailures = 0
+
+    public init(threshold: Int, cooldown: Duration) {
+        self.threshold = threshold
+        self.cooldown = cooldown
+    }
+
+    /// `nil` when a request may go now; otherwise how long to wait.
+    public mutating func wait(now: Duration) -> Duration? {
+        switch state {
+        case .closed, .halfOpen:
+            return nil
+        case .open(let until):
+            if now >= until {
+                state = .halfOpen
+                return nil
+            }
+            return until - now
+        }
+    }
+
+    public mutating func succeeded() {
+        state = .closed
+        consecutiveFailures = 0
+    }
+
+    public mutating func failed(now: Duration) {
+        consecutiveFailures += 1
+        if state == .halfOpen || consecutiveFailures >= threshold {
+            state = .open(until: now + cooldown)
+        }
+    }
+
+    public var isOpen: Bool {
+        if case .open = state { return true }
+        return false
+    }
+}
+
+/// The one error type of the Delivery module.
+public struct DeliveryError: Error, CustomStringConvertible, Sendable {
+    public enum Code: String, Sendable {
+        case invalidConfiguration
+        /// The batcher was shut down.
+        case closed
+    }
+
+    public var code: Code
+    public var message: String
+
+    public init(_ code: Code, _ message: String) {
+        self.code = code
+        self.message = message
+    }
+
+    public var description: String { "\(code.rawValue): \(message)" }
+}

@@ -1,0 +1,103 @@
+import Foundation
+import HeraldModel
+
+/// One destination: a queue of a project on a Zaqar endpoint, with the credentials
+/// to post there. Each distinct target is one lane of the batcher.
+public struct ZaqarTarget: Hashable, Sendable, CustomStringConvertible {
+    public enum Credentials: Hashable, Sendable {
+        /// A Zaqar without Keystone (development): `X-Project-ID` is taken as given.
+        case noAuth
+        /// `X-Auth-Token` (a trust-scoped token in a real cloud).
+        case token(String)
+        /// The four headers of a pre-signed URL from `/v2/queues/{queue}/share`.
+        case signedURL(SignedURL)
+    }
+
+    /// `http://zaqar.example:8888`, no trailing slash.
+    public var baseURL: String
+    public var project: String
+    public var queue: String
+    public var credentials: Credentials
+
+    public init(baseURL: String, project: String, queue: String, credentials: Credentials = .noAuth) {
+        self.baseURL = baseURL.hasSuffix("/") ? String(baseURL.dropLast()) : baseURL
+        self.project = project
+        self.queue = queue
+        self.credentials = credentials
+    }
+
+    public var description: String { "\(baseURL) \(project)/\(queue)" }
+
+    /// When a signed URL's credentials stop working, if this target uses one.
+    public var signedURLExpiry: Date? {
+        guard case .signedURL(let signed) = credentials else { return nil }
+        return ZaqarDates.parse(signed.expires)
+    }
+}
+
+/// Zaqar writes expiries as `2026-11-25T16:37:41` (UTC, sometimes with fractions or a zone).
+enum ZaqarDates {
+    static func parse(_ text: String) -> Date? {
+        let formats = ["yyyy-MM-dd'T'HH:mm:ss", "yyyy-MM-dd'T'HH:mm:ss.SSSSSS", "yyyy-MM-dd'T'HH:mm:ssXXXXX", "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXXXX"]
+        for format in formats {
+            let formatter = DateFormatter()
+            formatter.locale = Locale(identifier: "en_US_POSIX")
+            formatter.timeZone = TimeZone(identifier: "UTC")
+            formatter.dateFormat = format
+            if let date = formatter.date(from: text) { return date }
+        }
+        return nil
+    }
+}
+
+/// One message for one target, its JSON encoded once.
+public struct ZaqarOutgoingMessage: Sendable {
+    public var target: ZaqarTarget
+    /// `{"ttl": ..., "body": {...}}`, as it goes into the request's `messages` array.
+    public var body: [UInt8]
+    public var subscriptionID: String
+    public var eventID: String
+
+    public init(target: ZaqarTarget, body: [UInt8], subscriptionID: String, eventID: String) {
+        self.target = target
+        self.body = body
+        self.subscriptionID = subscriptionID
+        self.eventID = eventID
+    }
+}
+
+/// Builds the delivered message of DESIGN.md by copying the event's JSON bytes in
+/// place, without parsing or re-encoding it:
+/// `{"ttl": T, "body": {"event": <event>, "herald": {"subscription_id", "event_id", "partition", "epoch"}}}`.
+public enum ZaqarMessageEncoding {
+    /// - Parameter event: the event as JSON (the notification without `_context_*` keys).
+    public static func message(event: [UInt8], ttl: Int, subscriptionID: String, eventID: String, partition: Int, epoch: UInt64) -> [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(event.count + 160 + subscriptionID.utf8.count + eventID.utf8.count)
+        out += Array("{\"ttl\":\(ttl),\"body\":{\"event\":".utf8)
+        out += event
+        out += Array(",\"herald\":{\"subscription_id\":".utf8)
+        appendString(subscriptionID, to: &out)
+        out += Array(",\"event_id\":".utf8)
+        appendString(eventID, to: &out)
+        out += Array(",\"partition\":\(partition),\"epoch\":\(epoch)}}}".utf8)
+        return out
+    }
+
+    /// Appends `text` as a JSON string literal.
+    static func appendString(_ text: String, to out: inout [UInt8]) {
+        out.append(UInt8(ascii: "\""))
+        for byte in text.utf8 {
+            switch byte {
+            case UInt8(ascii: "\""): out += [UInt8(ascii: "\\"), UInt8(ascii: "\"")]
+            case UInt8(ascii: "\\"): out += [UInt8(ascii: "\\"), UInt8(ascii: "\\")]
+            case 0..<0x20: out += Array(String(format: "\\u%04x", byte).utf8)
+            default: out.append(byte)
+            }
+        }
+        out.append(UInt8(ascii: "\""))
+    }
+
+    /// Bytes a request adds around its messages: `{"messages":[` ... `]}`.
+    static let envelopeBytes = 15
+}

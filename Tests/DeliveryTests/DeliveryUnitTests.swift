@@ -1,0 +1,77 @@
+@testable import Delivery
+import Foundation
+import Testing
+
+@Suite("Delivery policies")
+struct DeliveryPolicyTests {
+    @Test("the circuit opens after the threshold, half-opens after the cooldown, and closes on success")
+    func circuit() {
+        var circuit = CircuitBreaker(threshold: 3, cooldown: .seconds(5))
+        #expect(circuit.wait(now: .zero) == nil)
+        circuit.failed(now: .seconds(1))
+        circuit.failed(now: .seconds(2))
+        #expect(circuit.state == .closed)
+        circuit.failed(now: .seconds(3))
+        #expect(circuit.state == .open(until: .seconds(8)))
+        #expect(circuit.wait(now: .seconds(4)) == .seconds(4))
+        #expect(circuit.wait(now: .seconds(8)) == nil)
+        #expect(circuit.state == .halfOpen)
+        // A failed probe opens it again at once.
+        circuit.failed(now: .seconds(9))
+        #expect(circuit.state == .open(until: .seconds(14)))
+        _ = circuit.wait(now: .seconds(14))
+        circuit.succeeded()
+        #expect(circuit.state == .closed)
+        #expect(circuit.consecutiveFailures == 0)
+    }
+
+    @Test("a success resets the failure count")
+    func successResets() {
+        var circuit = CircuitBreaker(threshold: 2, cooldown: .seconds(1))
+        circuit.failed(now: .zero)
+        circuit.succeeded()
+        circuit.failed(now: .zero)
+        #expect(circuit.state == .closed)
+    }
+
+    @Test("backoff ceilings double up to the cap, and jittered delays stay under them")
+    func backoff() {
+        let backoff = Backoff(base: .milliseconds(100), cap: .seconds(2))
+        #expect(backoff.ceiling(attempt: 0) == .milliseconds(100))
+        #expect(backoff.ceiling(attempt: 3) == .milliseconds(800))
+        #expect(backoff.ceiling(attempt: 10) == .seconds(2))
+        var random = SystemRandomNumberGenerator()
+        for attempt in 0..<12 {
+            let delay = backoff.delay(attempt: attempt, using: &random)
+            #expect(delay >= .zero && delay <= backoff.ceiling(attempt: attempt))
+        }
+    }
+
+    @Test("the delivered message wraps the event bytes untouched and escapes the ids")
+    func encoding() throws {
+        let event = Array(#"{"event_type":"compute.instance.create.end","payload":{"state":"active"}}"#.utf8)
+        let bytes = ZaqarMessageEncoding.message(event: event, ttl: 300, subscriptionID: "sub\"1", eventID: "e\\2\n", partition: 17, epoch: 42)
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(bytes)) as? [String: Any])
+        #expect(object["ttl"] as? Int == 300)
+        let body = try #require(object["body"] as? [String: Any])
+        let herald = try #require(body["herald"] as? [String: Any])
+        #expect(herald["subscription_id"] as? String == "sub\"1")
+        #expect(herald["event_id"] as? String == "e\\2\n")
+        #expect(herald["partition"] as? Int == 17)
+        #expect(herald["epoch"] as? Int == 42)
+        #expect((body["event"] as? [String: Any])?["event_type"] as? String == "compute.instance.create.end")
+        #expect(String(decoding: bytes, as: UTF8.self).contains(String(decoding: event, as: UTF8.self)), "the event's bytes are copied, not re-encoded")
+    }
+
+    @Test("bad settings are refused with the setting named")
+    func configuration() {
+        var configuration = DeliveryConfiguration()
+        configuration.laneMaxMessages = 10
+        #expect(throws: DeliveryError.self) { try configuration.validate() }
+        do {
+            try configuration.validate()
+        } catch {
+            #expect("\(error)".contains("lane max messages 10"))
+        }
+    }
+}

@@ -88,7 +88,12 @@ let package = Package(
             dependencies: [
                 "Coordination",
                 "Messaging",
+                "Delivery",
+                "HeraldModel",
                 "CBaseline",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],

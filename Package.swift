@@ -57,6 +57,7 @@ let package = Package(
             name: "Messaging",
             dependencies: [
                 "CRabbitMQ",
+                "HeraldModel",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
@@ -112,7 +113,7 @@ let package = Package(
         ),
         .testTarget(
             name: "MessagingTests",
-            dependencies: ["Messaging", "TestSupport"],
+            dependencies: ["Messaging", "HeraldModel", "TestSupport"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

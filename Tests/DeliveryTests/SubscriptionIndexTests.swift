@@ -1,0 +1,77 @@
+@testable import Delivery
+import HeraldModel
+import Testing
+
+@Suite("Matching events to subscriptions")
+struct SubscriptionIndexTests {
+    func event(_ type: String, project: String? = "p1", payload: [String: JSONValue] = [:], traits: [String: JSONValue] = [:]) -> NotificationEvent {
+        NotificationEvent(eventType: type, messageID: "m", project: project, body: .object(["event_type": .string(type), "payload": .object(payload)]), traits: traits)
+    }
+
+    func subscription(_ patterns: [String], project: String = "p1", allProjects: Bool = false, conditions: [Condition] = []) -> Subscription {
+        Subscription(project: project, allProjects: allProjects, eventTypes: patterns, conditions: conditions, target: Target(queue: "q"))
+    }
+
+    @Test("globs in the fnmatch sense", arguments: [
+        ("compute.instance.*", "compute.instance.create.end", true),
+        ("compute.instance.*", "compute.instance", false),
+        ("compute.*.end", "compute.instance.create.end", true),
+        ("*", "anything.at.all", true),
+        ("compute.instance.create.?nd", "compute.instance.create.end", true),
+        ("compute.instance.create.end", "compute.instance.create.end", true),
+        ("compute.instance.create.end", "compute.instance.create.start", false),
+        ("volume*", "volume.attach.end", true),
+        ("network.*", "compute.instance.create.end", false),
+    ])
+    func globs(pattern: String, type: String, matches: Bool) {
+        let index = SubscriptionIndex([subscription([pattern])])
+        #expect(index.matches(event(type)).count == (matches ? 1 : 0))
+    }
+
+    @Test("a leading ! excludes")
+    func exclusion() {
+        let index = SubscriptionIndex([subscription(["compute.instance.*", "!compute.instance.exists"])])
+        #expect(index.matches(event("compute.instance.create.end")).count == 1)
+        #expect(index.matches(event("compute.instance.exists")).isEmpty)
+    }
+
+    @Test("tenant isolation: other projects' events never match; no project reaches only all-projects subscriptions")
+    func isolation() {
+        let own = subscription(["*"], project: "p1")
+        let other = subscription(["*"], project: "p2")
+        let admin = subscription(["*"], project: "admin", allProjects: true)
+        let index = SubscriptionIndex([own, other, admin])
+        #expect(Set(index.matches(event("a.b", project: "p1")).map(\.id)) == [own.id, admin.id])
+        #expect(Set(index.matches(event("a.b", project: "p2")).map(\.id)) == [other.id, admin.id])
+        #expect(index.matches(event("a.b", project: nil)).map(\.id) == [admin.id])
+    }
+
+    @Test("conditions on payload paths and traits, compared by type")
+    func conditions() {
+        let cases: [(Condition, NotificationEvent, Bool)] = [
+            (Condition(field: "payload.state", op: .eq, value: .string("active")), event("x", payload: ["state": .string("active")]), true),
+            (Condition(field: "payload.state", op: .ne, value: .string("active")), event("x", payload: ["state": .string("error")]), true),
+            (Condition(field: "payload.memory_mb", op: .ge, value: .number(1024)), event("x", payload: ["memory_mb": .number(2048)]), true),
+            (Condition(field: "payload.memory_mb", op: .lt, value: .number(1024)), event("x", payload: ["memory_mb": .number(2048)]), false),
+            (Condition(field: "payload.memory_mb", op: .gt, value: .number(100)), event("x", payload: ["memory_mb": .string("512")]), true),
+            (Condition(field: "payload.state", op: .in, value: .array([.string("active"), .string("paused")])), event("x", payload: ["state": .string("paused")]), true),
+            (Condition(field: "payload.image_meta.os_distro", op: .exists), event("x", payload: ["image_meta": .object(["os_distro": .string("u")])]), true),
+            (Condition(field: "payload.missing", op: .exists, value: .bool(false)), event("x"), true),
+            (Condition(field: "payload.host", op: .prefix, value: .string("compute-")), event("x", payload: ["host": .string("compute-7")]), true),
+            (Condition(field: "payload.launched_at", op: .gt, value: .string("2026-11-24T12:00:00")), event("x", payload: ["launched_at": .string("2026-11-24 16:37:41.367798")]), true),
+            (Condition(field: "payload.launched_at", op: .lt, value: .string("2026-11-24T12:00:00Z")), event("x", payload: ["launched_at": .string("2026-11-24 16:37:41.367798")]), false),
+            (Condition(field: "traits.memory_mb", op: .le, value: .number(4096)), event("x", traits: ["memory_mb": .number(2048)]), true),
+            (Condition(field: "payload.state", op: .eq, value: .string("active")), event("x"), false),
+        ]
+        for (condition, event, expected) in cases {
+            let index = SubscriptionIndex([subscription(["*"], conditions: [condition])])
+            #expect(index.matches(event).isEmpty == !expected, "\(condition) on \(event.body)")
+        }
+    }
+
+    @Test("each subscription matches an event once, even through several patterns")
+    func once() {
+        let index = SubscriptionIndex([subscription(["compute.*", "compute.instance.*", "*"])])
+        #expect(index.matches(event("compute.instance.create.end")).count == 1)
+    }
+}

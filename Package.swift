@@ -79,6 +79,7 @@ let package = Package(
                 "Coordination",
                 "Messaging",
                 "Delivery",
+                "HeraldModel",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],

@@ -12,6 +12,6 @@ struct Herald: AsyncParsableCommand {
             RabbitMQ and post matching events into Zaqar. Every option can also be set
             through the environment variable named in its help.
             """,
-        subcommands: [Check.self]
+        subcommands: [Node.self, Subscriptions.self, Check.self]
     )
 }

@@ -37,9 +37,10 @@ struct Member: AsyncParsableCommand {
                 }
             }
         )
+        try await coordinator.start()
+        // Made only now: a signal source released without ever being resumed crashes libdispatch.
         signal(SIGTERM, SIG_IGN)
         let terminated = DispatchSource.makeSignalSource(signal: SIGTERM)
-        try await coordinator.start()
         let consumer = Task {
             for await event in coordinator.events {
                 if case .revoke(let partition) = event { coordinator.confirmRevoked(partition) }

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Synchronization
 
 /// A connection to RabbitMQ over rabbitmq-c.
 ///
@@ -249,10 +250,50 @@ public struct AMQPChannel: Sendable {
         try await publish([message], mandatory: mandatory)
     }
 
+    /// Hands messages to the connection thread now, in call order, and returns a ticket
+    /// to await their confirms later: a caller can keep publishing in order while earlier
+    /// confirms are still on their way.
+    public func publishInOrder(_ messages: [AMQPOutgoingMessage], mandatory: Bool = false) -> AMQPPublishTicket {
+        let ticket = AMQPPublishTicket()
+        let id = id
+        engine.submit { engine in engine.publish(id, messages, mandatory: mandatory) { ticket.fulfill($0) } }
+        return ticket
+    }
+
     /// Closes the channel: its consumers finish, its unconfirmed publishes fail.
     public func close() async {
         let id = id
         _ = try? await engine.perform { engine in engine.closeChannel(id) }
+    }
+}
+
+/// The confirms of messages handed over by `publishInOrder`.
+public final class AMQPPublishTicket: Sendable {
+    private struct State {
+        var result: Result<Void, MessagingError>?
+        var waiter: CheckedContinuation<Void, any Error>?
+    }
+
+    private let state = Mutex(State())
+
+    func fulfill(_ result: Result<Void, MessagingError>) {
+        let waiter = state.withLock { state -> CheckedContinuation<Void, any Error>? in
+            state.result = result
+            defer { state.waiter = nil }
+            return state.waiter
+        }
+        waiter?.resume(with: result.mapError { $0 as any Error })
+    }
+
+    /// Returns once the broker confirmed every message, or throws as `publish` does.
+    public func wait() async throws {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+            let ready = state.withLock { state -> Result<Void, MessagingError>? in
+                if state.result == nil { state.waiter = continuation }
+                return state.result
+            }
+            if let ready { continuation.resume(with: ready.mapError { $0 as any Error }) }
+        }
     }
 }
 

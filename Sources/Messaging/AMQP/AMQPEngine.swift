@@ -263,6 +263,7 @@ final class AMQPEngine: @unchecked Sendable {
     }
 
     func closeChannel(_ id: UInt16) {
+        flushAcks()  // acks recorded before the close go out first
         guard let record = channels.removeValue(forKey: id) else { return }
         record.failAll(MessagingError(.closed, "channel \(id) was closed"))
         for consumer in record.consumers.values { consumer.continuation.finish() }

@@ -1,0 +1,95 @@
+import Coordination
+import Delivery
+import Foundation
+import HeraldModel
+import Logging
+import Messaging
+import Synchronization
+
+extension DeadLetterStore: DeadLetterSink {
+    public func deadLetter(_ letters: [DeadLetter]) async throws {
+        try await append(letters)
+    }
+}
+
+/// One cluster node, assembled: ingest, owned partitions, delivery, the registry
+/// watch, the coordinator. `start()` then `shutdown()` (SIGTERM): stop ingest,
+/// hand the partitions over (drain, ack, release), leave the group, close.
+final class HeraldNode: Sendable {
+    let configuration: NodeConfiguration
+    let coordinator: ClusterCoordinator
+    let registry: SubscriptionRegistry
+    let deadLetters: DeadLetterStore
+    let statistics = Locked(PipelineStatistics())
+    private let logger: Logger
+    private let parts = Mutex<Parts?>(nil)
+
+    struct Parts: Sendable {
+        var connection: AMQPConnection
+        var zaqar: ZaqarClient
+        var batcher: DeliveryBatcher
+        var ingest: IngestService
+        var tasks: [Task<Void, Never>]
+    }
+
+    /// Builds a node from its configuration; nothing connects until `start()`.
+    init(configuration: NodeConfiguration, logger: Logger) throws {
+        self.configuration = configuration
+        var logger = logger
+        logger[metadataKey: "node"] = "\(configuration.nodeID)"
+        self.logger = logger
+        let redis = try RedisConfiguration(url: configuration.redisURL)
+        coordinator = try ClusterCoordinator(
+            configuration: ClusterConfiguration(nodeID: configuration.nodeID, keyPrefix: configuration.keyPrefix, partitionCount: configuration.partitions),
+            redis: redis, logger: logger
+        )
+        registry = SubscriptionRegistry(redis: redis, keyPrefix: configuration.keyPrefix, logger: logger)
+        deadLetters = DeadLetterStore(redis: RedisClient(configuration: redis, logger: logger), keyPrefix: configuration.keyPrefix)
+    }
+
+    func start() async throws {
+        let connection = try await AMQPConnection.connect(try AMQPConfiguration(url: configuration.amqpURL), logger: logger)
+        let control = try await connection.openChannel()
+        try await Topology.declare(on: control, configuration: configuration)
+        await control.close()
+
+        // The subscription index, rebuilt on every registry change and swapped in.
+        let index = Locked(SubscriptionIndex([]))
+        var snapshots = registry.watch().makeAsyncIterator()
+        if let first = await snapshots.next() { index.withLock { $0 = SubscriptionIndex(first.subscriptions) } }
+        let watcher = Task { [logger] in
+            while let snapshot = await snapshots.next() {
+                index.withLock { $0 = SubscriptionIndex(snapshot.subscriptions) }
+                logger.info("subscription index rebuilt", metadata: ["registry.version": "\(snapshot.version)", "registry.subscriptions": "\(snapshot.subscriptions.count)"])
+            }
+        }
+
+        let zaqar = ZaqarClient()
+        let batcher = try DeliveryBatcher(zaqar: zaqar, deadLetters: deadLetters, logger: logger)
+        let owners = PartitionOwners(connection: connection, coordinator: coordinator, batcher: batcher, index: index, configuration: configuration,
+                                     deadLetters: deadLetters, statistics: statistics, logger: logger)
+        let ownership = Task { await owners.run() }
+        try await coordinator.start()
+        let ingest = IngestService(connection: connection, configuration: configuration, deadLetters: deadLetters, statistics: statistics, logger: logger)
+        let ingesting = Task { [logger] in
+            do { try await ingest.run() } catch { logger.error("ingest stopped", metadata: ["error": "\(error)"]) }
+        }
+        parts.withLock { $0 = Parts(connection: connection, zaqar: zaqar, batcher: batcher, ingest: ingest, tasks: [watcher, ownership, ingesting]) }
+        logger.info("node started", metadata: ["herald.partitions": "\(configuration.partitions)", "herald.exchanges": "\(configuration.exchanges)"])
+    }
+
+    /// Graceful stop within the shutdown budget: ingest first, then the partitions
+    /// (drained and acked before their leases are released), then the group.
+    func shutdown() async {
+        guard let parts = parts.withLock({ $0 }) else { return }
+        logger.info("shutting down")
+        await parts.ingest.stop()
+        await parts.tasks[2].value
+        await coordinator.leave(drainTimeout: configuration.shutdownBudget)
+        _ = await parts.batcher.drain(timeout: .seconds(2))
+        for task in parts.tasks { task.cancel() }
+        await parts.connection.close()
+        await parts.zaqar.shutdown()
+        logger.info("stopped", metadata: ["herald.statistics": "\(statistics.withLock { $0 })"])
+    }
+}

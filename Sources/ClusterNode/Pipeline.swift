@@ -1,0 +1,300 @@
+import Coordination
+import Delivery
+import Foundation
+import HeraldModel
+import Logging
+import Messaging
+import Synchronization
+
+/// Herald's AMQP names (DESIGN.md, "Partitions").
+enum Topology {
+    static let ingest = "herald.ingest"
+    static let partitions = "herald.partitions"
+    static let dead = "herald.dead"
+
+    static func partitionQueue(_ partition: Int) -> String { "herald.p.\(partition)" }
+
+    /// Declares the notification exchanges as oslo.messaging does (topic), Herald's own
+    /// ingest queue bound to them (never the shared notifications.info queue), the
+    /// partition exchange, the dead-letter exchange, and the P partition queues.
+    static func declare(on channel: AMQPChannel, configuration: NodeConfiguration) async throws {
+        var sources = configuration.exchanges.flatMap { exchange in ["notifications.info", "notifications.error"].map { (exchange, $0) } }
+        if configuration.ceilometerEvents { sources.append(("ceilometer", "event.sample")) }
+        let queueArguments: AMQPTable = ["x-queue-type": .string(configuration.queueType)]
+        try await channel.declareQueue(ingest, options: AMQPQueueOptions(durable: true, arguments: queueArguments))
+        for exchange in Set(sources.map(\.0)).sorted() {
+            try await channel.declareExchange(exchange, options: AMQPExchangeOptions(type: "topic", durable: configuration.exchangesDurable))
+        }
+        for (exchange, key) in sources {
+            try await channel.bindQueue(ingest, to: exchange, routingKey: key)
+        }
+        try await channel.declareExchange(partitions, options: AMQPExchangeOptions(type: "direct", durable: true))
+        try await channel.declareExchange(dead, options: AMQPExchangeOptions(type: "fanout", durable: true))
+        try await channel.declareQueue(dead, options: AMQPQueueOptions(durable: true, arguments: queueArguments))
+        try await channel.bindQueue(dead, to: dead, routingKey: "")
+        for partition in 0..<configuration.partitions {
+            try await channel.declareQueue(partitionQueue(partition), options: AMQPQueueOptions(durable: true, arguments: [
+                "x-single-active-consumer": .bool(true),
+                "x-dead-letter-exchange": .string(dead),
+                "x-queue-type": .string(configuration.queueType),
+            ]))
+            try await channel.bindQueue(partitionQueue(partition), to: partitions, routingKey: "\(partition)")
+        }
+    }
+}
+
+/// Counters of the pipeline, for logs now and metrics later.
+struct PipelineStatistics: Sendable {
+    var ingested = 0
+    var routed = 0
+    var malformed = 0
+    var consumed = 0
+    var matched = 0
+    var unmatched = 0
+}
+
+/// Every node: consumes herald.ingest as a competing consumer, finds each event's
+/// partition, republishes the untouched body to herald.partitions with routing key =
+/// partition and headers, and acks only after the broker confirmed. Undecodable input
+/// is dead-lettered with the reason, then acked.
+final class IngestService: Sendable {
+    private let connection: AMQPConnection
+    private let configuration: NodeConfiguration
+    private let deadLetters: DeadLetterStore
+    private let logger: Logger
+    let statistics: Locked<PipelineStatistics>
+    private let consumer = Mutex<AMQPConsumer?>(nil)
+
+    init(connection: AMQPConnection, configuration: NodeConfiguration, deadLetters: DeadLetterStore, statistics: Locked<PipelineStatistics>, logger: Logger) {
+        self.connection = connection
+        self.configuration = configuration
+        self.deadLetters = deadLetters
+        self.logger = logger
+        self.statistics = statistics
+    }
+
+    /// Runs until `stop()`; returns once every delivery taken is acked.
+    func run() async throws {
+        let consuming = try await connection.openChannel()
+        let publishing = try await connection.openChannel()
+        try await publishing.enableConfirms()
+        let consumer = try await consuming.consume(Topology.ingest, prefetch: configuration.ingestPrefetch)
+        self.consumer.withLock { $0 = consumer }
+        // Confirms are awaited in order on a second task, so publishing never waits for them.
+        let (pending, pendingContinuation) = AsyncStream.makeStream(of: (AMQPDelivery, AMQPPublishTicket?).self)
+        let acker = Task {
+            for await (delivery, ticket) in pending {
+                do {
+                    try await ticket?.wait()
+                    consuming.ack(delivery)
+                } catch {
+                    // Not confirmed: give it back to the queue to be routed again.
+                    logger.warning("republishing to a partition failed; requeueing", metadata: ["error": "\(error)"])
+                    consuming.nack(delivery, requeue: true)
+                }
+            }
+        }
+        for try await delivery in consumer {
+            let routed = await route(delivery)
+            pendingContinuation.yield((delivery, routed.map { publishing.publishInOrder($0) }))
+        }
+        pendingContinuation.finish()
+        await acker.value
+    }
+
+    /// The messages to publish for a delivery, or nil when it was dead-lettered.
+    private func route(_ delivery: AMQPDelivery) async -> [AMQPOutgoingMessage]? {
+        statistics.withLock { $0.ingested += 1 }
+        let events: [NotificationEvent]
+        do {
+            events = try NotificationDecoder.decode(delivery.body)
+        } catch {
+            statistics.withLock { $0.malformed += 1 }
+            let letter = DeadLetter(
+                reason: .malformed, detail: "\(error)", target: "\(delivery.exchange)/\(delivery.routingKey)",
+                body: String(decoding: delivery.body.prefix(64 << 10), as: UTF8.self), at: Date().timeIntervalSince1970
+            )
+            await store([letter])
+            return nil
+        }
+        // One message per partition the events fall in (a Ceilometer list may span several).
+        var byPartition: [Int: NotificationEvent] = [:]
+        for event in events {
+            let partition = PartitionHash.partition(of: event.eventType, count: configuration.partitions)
+            if byPartition[partition] == nil { byPartition[partition] = event }
+        }
+        statistics.withLock { $0.routed += byPartition.count }
+        return byPartition.sorted { $0.key < $1.key }.map { partition, event in
+            AMQPOutgoingMessage(exchange: Topology.partitions, routingKey: "\(partition)", body: delivery.body, properties: AMQPMessageProperties(
+                contentType: "application/json",
+                headers: [
+                    "herald-event-type": .string(event.eventType),
+                    "herald-project": .string(event.project ?? ""),
+                    "herald-message-id": .string(event.messageID),
+                ],
+                persistent: true,
+                messageID: event.messageID
+            ))
+        }
+    }
+
+    /// Stores dead letters, retrying until Redis takes them: nothing is dropped.
+    private func store(_ letters: [DeadLetter]) async {
+        var attempt = 0
+        while true {
+            do {
+                try await deadLetters.append(letters)
+                return
+            } catch {
+                attempt += 1
+                if attempt == 1 { logger.error("cannot store a dead letter; retrying", metadata: ["error": "\(error)"]) }
+                try? await Task.sleep(for: .milliseconds(min(2000, 50 * attempt)))
+            }
+        }
+    }
+
+    /// Stops taking new notifications; `run()` returns once the ones taken are acked.
+    func stop() async {
+        try? await consumer.withLock { $0 }?.cancel()
+    }
+}
+
+/// Consumes the partitions this node owns: `acquired` starts a consumer on
+/// herald.p.<n>; `revoke` cancels it, waits for in-flight deliveries to be delivered
+/// (or dead-lettered) and acked, then confirms; `lost` stops at once.
+final class PartitionOwners: Sendable {
+    private let connection: AMQPConnection
+    private let coordinator: ClusterCoordinator
+    private let batcher: DeliveryBatcher
+    private let index: Locked<SubscriptionIndex>
+    private let configuration: NodeConfiguration
+    private let deadLetters: DeadLetterStore
+    private let logger: Logger
+    let statistics: Locked<PipelineStatistics>
+    private let owned = Mutex<[Int: Owned]>([:])
+
+    final class Owned: Sendable {
+        let epoch: UInt64
+        let channel: AMQPChannel
+        let consumer: AMQPConsumer
+        let inFlight = Mutex(0)
+        let task = Mutex<Task<Void, Never>?>(nil)
+
+        init(epoch: UInt64, channel: AMQPChannel, consumer: AMQPConsumer) {
+            self.epoch = epoch
+            self.channel = channel
+            self.consumer = consumer
+        }
+    }
+
+    init(connection: AMQPConnection, coordinator: ClusterCoordinator, batcher: DeliveryBatcher, index: Locked<SubscriptionIndex>, configuration: NodeConfiguration,
+         deadLetters: DeadLetterStore, statistics: Locked<PipelineStatistics>, logger: Logger) {
+        self.connection = connection
+        self.coordinator = coordinator
+        self.batcher = batcher
+        self.index = index
+        self.configuration = configuration
+        self.deadLetters = deadLetters
+        self.statistics = statistics
+        self.logger = logger
+    }
+
+    /// Follows the coordinator's ownership events until they end.
+    func run() async {
+        for await event in coordinator.events {
+            switch event {
+            case .acquired(let partition, let epoch):
+                do {
+                    try await start(partition, epoch: epoch)
+                } catch {
+                    logger.error("cannot consume an acquired partition", metadata: ["partition": "\(partition)", "error": "\(error)"])
+                }
+            case .revoke(let partition):
+                Task {
+                    await self.stop(partition, drain: true)
+                    self.coordinator.confirmRevoked(partition)
+                }
+            case .lost(let partition):
+                await stop(partition, drain: false)
+            }
+        }
+    }
+
+    private func start(_ partition: Int, epoch: UInt64) async throws {
+        let channel = try await connection.openChannel()
+        let consumer = try await channel.consume(Topology.partitionQueue(partition), prefetch: configuration.partitionPrefetch)
+        let owned = Owned(epoch: epoch, channel: channel, consumer: consumer)
+        self.owned.withLock { $0[partition] = owned }
+        let task = Task {
+            do {
+                for try await delivery in consumer {
+                    await self.handle(delivery, partition: partition, owned: owned)
+                }
+            } catch {
+                logger.warning("partition consumer ended", metadata: ["partition": "\(partition)", "error": "\(error)"])
+            }
+        }
+        owned.task.withLock { $0 = task }
+    }
+
+    private func handle(_ delivery: AMQPDelivery, partition: Int, owned: Owned) async {
+        statistics.withLock { $0.consumed += 1 }
+        guard coordinator.isActing(partition, epoch: owned.epoch) else {
+            // The lease is gone: do not deliver; the broker hands it to the next owner.
+            return
+        }
+        let events: [NotificationEvent]
+        do {
+            events = try NotificationDecoder.decode(delivery.body).filter {
+                PartitionHash.partition(of: $0.eventType, count: configuration.partitions) == partition
+            }
+        } catch {
+            // Ingest validated it; a body that fails here is dead-lettered all the same.
+            owned.channel.reject(delivery, requeue: false)
+            return
+        }
+        let current = index.withLock { $0 }
+        var messages: [ZaqarOutgoingMessage] = []
+        for event in events {
+            let matches = current.matches(event)
+            guard !matches.isEmpty else { continue }
+            let body = NotificationDecoder.encode(event)
+            for subscription in matches {
+                let credentials: ZaqarTarget.Credentials = subscription.target.signedURL.map { .signedURL($0) } ?? .noAuth
+                let target = ZaqarTarget(baseURL: subscription.target.zaqarURL ?? configuration.zaqarURL, project: subscription.project, queue: subscription.target.queue, credentials: credentials)
+                messages.append(ZaqarOutgoingMessage(
+                    target: target,
+                    body: ZaqarMessageEncoding.message(event: body, ttl: subscription.messageTTL, subscriptionID: subscription.id, eventID: event.messageID, partition: partition, epoch: owned.epoch),
+                    subscriptionID: subscription.id, eventID: event.messageID
+                ))
+            }
+        }
+        statistics.withLock {
+            if messages.isEmpty { $0.unmatched += 1 } else { $0.matched += 1 }
+        }
+        guard !messages.isEmpty else {
+            owned.channel.ack(delivery)
+            return
+        }
+        owned.inFlight.withLock { $0 += 1 }
+        await batcher.submit(messages) { _ in
+            // Delivered or dead-lettered, every one of them: now the event may go.
+            owned.channel.ack(delivery)
+            owned.inFlight.withLock { $0 -= 1 }
+        }
+    }
+
+    /// Stops consuming a partition; with `drain`, waits until its in-flight events are acked.
+    private func stop(_ partition: Int, drain: Bool) async {
+        guard let owned = owned.withLock({ $0.removeValue(forKey: partition) }) else { return }
+        try? await owned.consumer.cancel()
+        await owned.task.withLock { $0 }?.value
+        if drain {
+            let deadline = ContinuousClock.now + configuration.shutdownBudget
+            while owned.inFlight.withLock({ $0 }) > 0 && ContinuousClock.now < deadline {
+                try? await Task.sleep(for: .milliseconds(2))
+            }
+        }
+        await owned.channel.close()
+    }
+}

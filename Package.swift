@@ -104,6 +104,13 @@ let package = Package(
         // Finds the real servers scripts/test started; shared by every test target.
         .target(
             name: "TestSupport",
+            dependencies: [
+                "HeraldModel",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+            ],
             path: "Tests/TestSupport",
             swiftSettings: swiftSettings
         ),
@@ -115,6 +122,11 @@ let package = Package(
         .testTarget(
             name: "MessagingTests",
             dependencies: ["Messaging", "HeraldModel", "TestSupport"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "PipelineTests",
+            dependencies: ["Coordination", "Messaging", "HeraldModel", "TestSupport"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -44,9 +44,11 @@ def main():
             notifiers[key] = oslo_messaging.Notifier(transport, publisher_id=publisher_id, driver=driver, topics=["notifications"])
         return notifiers[key]
 
-    with kombu.Connection(args.url.replace("%2F", "")) as raw_connection:
+    with kombu.Connection(args.url.replace("/%2F", "/")) as raw_connection:
         producer = raw_connection.Producer()
-        for item in items:
+        for done, item in enumerate(items):
+            if done % 200 == 0:
+                print("progress %d" % done, flush=True)
             if "raw" in item or "raw_base64" in item:
                 body = base64.b64decode(item["raw_base64"]) if "raw_base64" in item else item["raw"].encode("utf-8")
                 exchange = kombu.Exchange(item.get("exchange", "nova"), type="topic", durable=False)

@@ -10,7 +10,7 @@ struct Node: AsyncParsableCommand {
         discussion: """
             Configured through the environment: HERALD_NODE_ID, HERALD_REDIS_URL, HERALD_AMQP_URL,
             HERALD_ZAQAR_URL, HERALD_PARTITIONS, HERALD_KEY_PREFIX, HERALD_EXCHANGES,
-            HERALD_EXCHANGES_DURABLE, HERALD_CEILOMETER_EVENTS, HERALD_INGEST_PREFETCH,
+            HERALD_EXCHANGES_DURABLE, HERALD_CEILOMETER_EVENTS, HERALD_INGEST_ORDERED, HERALD_INGEST_PREFETCH,
             HERALD_PARTITION_PREFETCH, HERALD_QUEUE_TYPE, HERALD_SHUTDOWN_BUDGET_SECONDS
             (see the README's table). A bad value stops start-up naming the variable.
             """

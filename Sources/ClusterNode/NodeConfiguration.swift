@@ -23,6 +23,11 @@ struct NodeConfiguration: Sendable {
     var exchangesDurable: Bool
     /// HERALD_CEILOMETER_EVENTS: also bind exchange `ceilometer`, key `event.sample`. Default false.
     var ceilometerEvents: Bool
+    /// HERALD_INGEST_ORDERED: one node ingests at a time (herald.ingest is single-active-consumer,
+    /// the others stand by), so events of a partition keep their publish order. `false` makes
+    /// every node a competing consumer: more ingest throughput, no order across nodes. Fixed per
+    /// cluster (RabbitMQ refuses to change a queue's arguments). Default true.
+    var ingestOrdered: Bool
     /// HERALD_INGEST_PREFETCH. Default 200.
     var ingestPrefetch: UInt16
     /// HERALD_PARTITION_PREFETCH: unacked events per owned partition. Default 100.
@@ -62,6 +67,7 @@ struct NodeConfiguration: Sendable {
             exchanges: string("HERALD_EXCHANGES", defaultExchanges.joined(separator: ",")).split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty },
             exchangesDurable: try boolean("HERALD_EXCHANGES_DURABLE", false),
             ceilometerEvents: try boolean("HERALD_CEILOMETER_EVENTS", false),
+            ingestOrdered: try boolean("HERALD_INGEST_ORDERED", true),
             ingestPrefetch: UInt16(try integer("HERALD_INGEST_PREFETCH", 200, 1...65535)),
             partitionPrefetch: UInt16(try integer("HERALD_PARTITION_PREFETCH", 100, 1...65535)),
             queueType: string("HERALD_QUEUE_TYPE", "classic"),

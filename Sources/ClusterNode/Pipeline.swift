@@ -21,7 +21,11 @@ enum Topology {
         var sources = configuration.exchanges.flatMap { exchange in ["notifications.info", "notifications.error"].map { (exchange, $0) } }
         if configuration.ceilometerEvents { sources.append(("ceilometer", "event.sample")) }
         let queueArguments: AMQPTable = ["x-queue-type": .string(configuration.queueType)]
-        try await channel.declareQueue(ingest, options: AMQPQueueOptions(durable: true, arguments: queueArguments))
+        var ingestArguments = queueArguments
+        // Ordered ingest: one active consumer, the other nodes on standby (DESIGN.md had competing
+        // consumers, which reorder events of a partition across nodes).
+        if configuration.ingestOrdered { ingestArguments["x-single-active-consumer"] = .bool(true) }
+        try await channel.declareQueue(ingest, options: AMQPQueueOptions(durable: true, arguments: ingestArguments))
         for exchange in Set(sources.map(\.0)).sorted() {
             try await channel.declareExchange(exchange, options: AMQPExchangeOptions(type: "topic", durable: configuration.exchangesDurable))
         }
@@ -53,7 +57,8 @@ struct PipelineStatistics: Sendable {
     var unmatched = 0
 }
 
-/// Every node: consumes herald.ingest as a competing consumer, finds each event's
+/// Every node: consumes herald.ingest (the single active consumer, or a competing one when
+/// HERALD_INGEST_ORDERED=false), finds each event's
 /// partition, republishes the untouched body to herald.partitions with routing key =
 /// partition and headers, and acks only after the broker confirmed. Undecodable input
 /// is dead-lettered with the reason, then acked.

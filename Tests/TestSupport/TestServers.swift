@@ -73,3 +73,12 @@ public func eventually<T>(timeout: Duration = .seconds(15), _ body: () async thr
         }
     }
 }
+
+/// A condition a test waited for that did not hold (yet).
+public struct TestFailure: Error, CustomStringConvertible {
+    public var description: String
+
+    public init(_ description: String) {
+        self.description = description
+    }
+}

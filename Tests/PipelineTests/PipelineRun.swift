@@ -1,0 +1,160 @@
+import Coordination
+import Foundation
+import HeraldModel
+import Testing
+import TestSupport
+
+/// One delivered message as read back from Zaqar.
+struct Delivered {
+    var seq: Int
+    var eventID: String
+    var subscriptionID: String
+    var partition: Int
+}
+
+/// A cluster of `herald node` processes in a RabbitMQ vhost and Redis key prefix of
+/// their own, with the publisher and the Zaqar reader the end-to-end tests use.
+final class PipelineRun: @unchecked Sendable {
+    final class NodeHandle {
+        let name: String
+        let process: ChildProcess
+        var exitStatus: Int32?
+
+        init(name: String, process: ChildProcess) {
+            self.name = name
+            self.process = process
+        }
+    }
+
+    let partitions: Int
+    let prefix = TestServers.uniqueName("herald-e2e") + ":"
+    let vhost = "herald-e2e-" + UUID().uuidString.prefix(8).lowercased()
+    let amqpURL: String
+    let redisURL: String
+    let zaqar: ZaqarReader
+    let registry: SubscriptionRegistry
+    let deadLetters: DeadLetterStore
+    let redis: RedisClient
+    let directory: String
+    var nodes: [String: NodeHandle] = [:]
+    private var counter = 0
+    private var publisherLog: String?
+    private var queues: [(project: String, queue: String)] = []
+
+    init(partitions: Int) async throws {
+        self.partitions = partitions
+        try await TestServers.control("rabbitmqctl", "add_vhost", vhost)
+        try await TestServers.control("rabbitmqctl", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        let base = try TestServers.amqpURL()
+        amqpURL = base.replacingOccurrences(of: "/%2F", with: "/" + vhost)
+        redisURL = try TestServers.redisURL()
+        zaqar = ZaqarReader(baseURL: try TestServers.zaqarURL())
+        let redisConfiguration = try RedisConfiguration(url: redisURL)
+        registry = SubscriptionRegistry(redis: redisConfiguration, keyPrefix: prefix)
+        redis = RedisClient(configuration: redisConfiguration)
+        deadLetters = DeadLetterStore(redis: redis, keyPrefix: prefix)
+        directory = FileManager.default.temporaryDirectory.appendingPathComponent(vhost).path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+    }
+
+    var environment: [String: String] {
+        get throws {
+            [
+                "HERALD_REDIS_URL": redisURL, "HERALD_AMQP_URL": amqpURL, "HERALD_ZAQAR_URL": zaqar.baseURL,
+                "HERALD_KEY_PREFIX": prefix, "HERALD_PARTITIONS": "\(partitions)", "HERALD_EXCHANGES": "nova,neutron,cinder",
+                "HERALD_LOG_LEVEL": "warning",
+            ]
+        }
+    }
+
+    func startNodes(_ count: Int) async throws {
+        let binary = try TestServers.value("HERALD_TEST_BIN_DIR") + "/herald"
+        for _ in 0..<count {
+            counter += 1
+            let name = "node-\(counter)"
+            var environment = try environment
+            environment["HERALD_NODE_ID"] = name
+            let process = try ChildProcess(name: name, argv: [binary, "node"], environment: environment, log: "\(directory)/\(name).log")
+            nodes[name] = NodeHandle(name: name, process: process)
+        }
+    }
+
+    /// Waits until every partition's lease is held by a live owner.
+    func waitAllPartitionsHeld(timeout: Duration = .seconds(60)) async throws {
+        try await eventually(timeout: timeout) {
+            let leases = try await redis.pipeline((0..<partitions).map { RedisCommand("GET", prefix + "lease:\($0)") })
+            let owners = leases.compactMap { $0.string?.split(separator: "|").first.map(String.init) }
+            guard owners.count == partitions else {
+                throw TestFailure("\(owners.count) of \(partitions) partitions held")
+            }
+            let alive = try await redis.pipeline(Set(owners).map { RedisCommand("EXISTS", prefix + "alive:" + $0) })
+            guard alive.allSatisfy({ $0 == .integer(1) }) else { throw TestFailure("a lease holder is not alive") }
+        }
+    }
+
+    func publish(_ lines: [[String: Any]]) throws -> ChildProcess {
+        let input = "\(directory)/notifications.jsonl"
+        let text = try lines.map { String(decoding: try JSONSerialization.data(withJSONObject: $0), as: UTF8.self) }.joined(separator: "\n")
+        try text.write(toFile: input, atomically: true, encoding: .utf8)
+        let log = "\(directory)/publisher.log"
+        publisherLog = log
+        let script = URL(fileURLWithPath: try TestServers.value("HERALD_TEST_SERVERS")).deletingLastPathComponent().appendingPathComponent("publish-notifications.py").path
+        return try ChildProcess(name: "publisher", argv: [try TestServers.value("HERALD_TEST_PYTHON"), script, "--url", amqpURL, "--input", input], environment: [:], log: log)
+    }
+
+    /// Waits until the publisher reports `count` published.
+    func waitForIngested(_ count: Int, timeout: Duration) async throws {
+        try await eventually(timeout: timeout) {
+            let text = publisherLog.flatMap { try? String(contentsOfFile: $0, encoding: .utf8) } ?? ""
+            let progress = text.split(separator: "\n").last { $0.hasPrefix("progress ") }.flatMap { Int($0.dropFirst(9)) } ?? 0
+            guard progress >= count else { throw TestFailure("published \(progress) of \(count)") }
+        }
+    }
+
+    func stop(_ name: String, signal: Int32) async throws {
+        guard let node = nodes[name] else { return }
+        node.process.send(signal)
+        node.exitStatus = await node.process.wait()
+    }
+
+    /// Waits until every queue holds at least what is expected (Zaqar's queue stats),
+    /// then reads everything back once.
+    func readUntil(expected: [(Subscription, Set<Int>)], timeout: Duration) async throws -> [String: [Delivered]] {
+        queues = expected.map { ($0.0.project, $0.0.target.queue) }
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            var short = 0
+            for (subscription, wanted) in expected {
+                let (_, json) = try await zaqar.request("/v2/queues/\(subscription.target.queue)/stats", project: subscription.project)
+                let total = ((json as? [String: Any])?["messages"] as? [String: Any])?["total"] as? Int ?? 0
+                if total < wanted.count { short += 1 }
+            }
+            if short == 0 { break }
+            try await Task.sleep(for: .seconds(1))
+        }
+        // A little longer, so late duplicates show up too.
+        try await Task.sleep(for: .seconds(2))
+        var result: [String: [Delivered]] = [:]
+        for (subscription, _) in expected {
+            let bodies = try await zaqar.bodies(queue: subscription.target.queue, project: subscription.project)
+            result[subscription.target.queue] = bodies.compactMap { body in
+                guard let event = body["event"] as? [String: Any], let herald = body["herald"] as? [String: Any],
+                      let payload = event["payload"] as? [String: Any], let seq = payload["seq"] as? Int,
+                      let eventID = herald["event_id"] as? String, let subscriptionID = herald["subscription_id"] as? String,
+                      let partition = herald["partition"] as? Int
+                else { return nil }
+                return Delivered(seq: seq, eventID: eventID, subscriptionID: subscriptionID, partition: partition)
+            }
+        }
+        return result
+    }
+
+    /// SIGTERM every node still running, then clean up the vhost and the queues.
+    func stopAll() async {
+        for node in nodes.values where node.exitStatus == nil { node.process.send(SIGTERM) }
+        for node in nodes.values where node.exitStatus == nil { node.exitStatus = await node.process.wait() }
+        for (project, queue) in queues { _ = try? await zaqar.request("/v2/queues/\(queue)", project: project, method: .DELETE) }
+        queues = []
+        try? await TestServers.control("rabbitmqctl", "delete_vhost", vhost)
+    }
+}

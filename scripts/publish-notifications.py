@@ -6,7 +6,9 @@ Reads JSON lines from --input (or stdin). Each line is one of:
    "priority": "info", "publisher_id": "compute.host1", "project": "p1", "payload": {...}}
   {"raw": "<body text>", "raw_base64": "...", "exchange": "nova", "routing_key": "notifications.info"}
 The first kind goes through an oslo_messaging.Notifier on a transport whose control
-exchange is `exchange` (driver `messaging` or `messagingv2`), with an
+exchange is `exchange` (driver `messaging` or `messagingv2`; optional "topic", default
+"notifications", and "priority", default "info": Ceilometer's event publisher is
+exchange "ceilometer", topic "event", priority "sample"), with an
 oslo_context RequestContext carrying the project. The second is published as raw
 bytes through kombu, for malformed input. Prints one summary line.
 """
@@ -33,15 +35,15 @@ def main():
     notifiers = {}
     counts = {}
 
-    def notifier(exchange, driver, publisher_id):
-        key = (exchange, driver, publisher_id)
+    def notifier(exchange, driver, publisher_id, topic):
+        key = (exchange, driver, publisher_id, topic)
         if key not in notifiers:
             # The exchange comes from the transport defaults, set before the transport is made.
             oslo_messaging.set_transport_defaults(exchange)
             conf = cfg.ConfigOpts()
             conf([], project="herald-publisher")
             transport = oslo_messaging.get_notification_transport(conf, url=rabbit_url)
-            notifiers[key] = oslo_messaging.Notifier(transport, publisher_id=publisher_id, driver=driver, topics=["notifications"])
+            notifiers[key] = oslo_messaging.Notifier(transport, publisher_id=publisher_id, driver=driver, topics=[topic])
         return notifiers[key]
 
     with kombu.Connection(args.url.replace("/%2F", "/")) as raw_connection:
@@ -57,7 +59,7 @@ def main():
                 counts["raw"] = counts.get("raw", 0) + 1
                 continue
             context = oslo_context.RequestContext(project_id=item.get("project"), user_id="publisher", request_id=None)
-            n = notifier(item["exchange"], item.get("driver", "messagingv2"), item.get("publisher_id", "herald.test"))
+            n = notifier(item["exchange"], item.get("driver", "messagingv2"), item.get("publisher_id", "herald.test"), item.get("topic", "notifications"))
             getattr(n, item.get("priority", "info"))(context, item["event_type"], item["payload"])
             label = "%s/%s" % (item["exchange"], item.get("driver", "messagingv2"))
             counts[label] = counts.get(label, 0) + 1

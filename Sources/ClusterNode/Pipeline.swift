@@ -25,7 +25,14 @@ enum Topology {
         // Ordered ingest: one active consumer, the other nodes on standby (DESIGN.md had competing
         // consumers, which reorder events of a partition across nodes).
         if configuration.ingestOrdered { ingestArguments["x-single-active-consumer"] = .bool(true) }
-        try await channel.declareQueue(ingest, options: AMQPQueueOptions(durable: true, arguments: ingestArguments))
+        do {
+            try await channel.declareQueue(ingest, options: AMQPQueueOptions(durable: true, arguments: ingestArguments))
+        } catch let error as MessagingError where error.replyCode == 406 {
+            // The queue exists with other arguments: a node of another configuration or version declared it.
+            throw ConfigurationError(
+                key: "HERALD_INGEST_ORDERED", value: "\(configuration.ingestOrdered)",
+                expected: "\(ingest) already exists with other arguments (\(error.replyText ?? "406")); set HERALD_INGEST_ORDERED and HERALD_QUEUE_TYPE as the running nodes have them, or delete \(ingest) while no node runs")
+        }
         for exchange in Set(sources.map(\.0)).sorted() {
             try await channel.declareExchange(exchange, options: AMQPExchangeOptions(type: "topic", durable: configuration.exchangesDurable))
         }

@@ -55,113 +55,119 @@ enum Disruption: String, CaseIterable, CustomStringConvertible {
     var description: String { rawValue }
 }
 
-/// The end-to-end runs, one at a time: they share the machine's two cores.
-@Suite("End to end: oslo.messaging -> RabbitMQ -> herald nodes -> Zaqar", .serialized, .timeLimit(.minutes(10)))
-struct EndToEndTests {
-    static let eventTypes: [String: [String]] = [
-        "nova": ["compute.instance.create.start", "compute.instance.create.end", "compute.instance.delete.end", "compute.instance.update"],
-        "neutron": ["port.create.end", "port.delete.end", "network.create.end"],
-        "cinder": ["volume.create.end", "volume.attach.end", "volume.delete.end"],
-    ]
-    static let patterns = ["compute.instance.*", "compute.instance.create.*", "*.create.end", "volume.*", "port.*", "network.create.end", "*", "volume.attach.end"]
-    static let projects = ["p1", "p2", "p3"]
+/// The pipeline suites, one at a time: they share the machine's two cores. `scripts/test`
+/// runs them in a pass of their own, since other suites restart Redis and RabbitMQ.
+@Suite("Pipeline with herald node processes", .serialized)
+enum PipelineSuites {}
 
-    var notificationCount: Int {
-        Int(ProcessInfo.processInfo.environment["HERALD_E2E_NOTIFICATIONS"] ?? "") ?? 20_000
-    }
-
-    @Test("every expected message arrives, none unexpected, in partition order", arguments: Disruption.allCases)
-    func endToEnd(disruption: Disruption) async throws {
-        var random = SystemRandomNumberGenerator()
-        let run = try await PipelineRun(partitions: 32)
-        defer { Task { await run.stopAll() } }
-
-        // 50 subscriptions over 3 projects, plus one admin subscription to every project.
-        var subscriptions: [Subscription] = []
-        for index in 0..<50 {
-            var types = [Self.patterns[index % Self.patterns.count]]
-            if index % 7 == 3 { types.append("!compute.instance.update") }
-            var conditions: [Condition] = []
-            if index % 5 == 1 { conditions.append(Condition(field: "payload.flavor", op: .eq, value: .string("m1.small"))) }
-            if index % 5 == 2 { conditions.append(Condition(field: "payload.size", op: .ge, value: .number(10))) }
-            subscriptions.append(Subscription(project: Self.projects[index % 3], eventTypes: types, conditions: conditions, target: Target(queue: "e2e-\(index)"), messageTTL: 3600))
-        }
-        subscriptions.append(Subscription(project: "admin", allProjects: true, eventTypes: ["compute.*"], target: Target(queue: "e2e-admin"), messageTTL: 3600))
-        for subscription in subscriptions { try await run.registry.create(subscription) }
-        try await run.startNodes(3)
-        try await run.waitAllPartitionsHeld()
-
-        // Notifications: three exchanges, both drivers, projects in the payload or only in the context, some with none.
-        var published: [PublishedNotification] = []
-        for seq in 0..<notificationCount {
-            let exchange = ["nova", "neutron", "cinder"].randomElement(using: &random)!
-            let project: String? = Int.random(in: 0..<20, using: &random) == 0 ? nil : Self.projects.randomElement(using: &random)!
-            var payload: [String: Any] = ["seq": seq, "flavor": ["m1.small", "m1.large"].randomElement(using: &random)!, "size": Int.random(in: 1...20, using: &random), "note": String(repeating: "n", count: 600)]
-            let inPayload = project != nil && Bool.random(using: &random)
-            if inPayload { payload["tenant_id"] = project }
-            published.append(PublishedNotification(seq: seq, exchange: exchange, driver: Bool.random(using: &random) ? "messaging" : "messagingv2",
-                                                   eventType: Self.eventTypes[exchange]!.randomElement(using: &random)!, project: project, payload: payload, projectInPayload: inPayload))
-        }
-        let malformed: [[String: Any]] = [
-            ["raw": "{not json", "exchange": "nova"],
-            ["raw_base64": Data([0xff, 0xfe, 0x7b, 0x7d]).base64EncodedString(), "exchange": "neutron"],
-            ["raw": "{\"message_id\": \"m\", \"payload\": {}}", "exchange": "cinder"],
-            ["raw": "[1, 2, 3]", "exchange": "nova"],
-            ["raw": "{\"event_type\": \"compute.instance.update\"}", "exchange": "nova"],
+extension PipelineSuites {
+    @Suite("End to end: oslo.messaging -> RabbitMQ -> herald nodes -> Zaqar", .serialized, .timeLimit(.minutes(10)))
+    struct EndToEndTests {
+        static let eventTypes: [String: [String]] = [
+            "nova": ["compute.instance.create.start", "compute.instance.create.end", "compute.instance.delete.end", "compute.instance.update"],
+            "neutron": ["port.create.end", "port.delete.end", "network.create.end"],
+            "cinder": ["volume.create.end", "volume.attach.end", "volume.delete.end"],
         ]
-        var lines = published.map(\.json)
-        for (offset, bad) in malformed.enumerated() { lines.insert(bad, at: min(lines.count, (offset + 1) * lines.count / (malformed.count + 1))) }
+        static let patterns = ["compute.instance.*", "compute.instance.create.*", "*.create.end", "volume.*", "port.*", "network.create.end", "*", "volume.attach.end"]
+        static let projects = ["p1", "p2", "p3"]
 
-        // Publish in the background; disrupt a third of the way through.
-        let publisher = try run.publish(lines)
-        if disruption != .none {
-            try await run.waitForIngested(notificationCount / 3, timeout: .seconds(120))
-            switch disruption {
-            case .addNode: try await run.startNodes(1)
-            case .sigterm: try await run.stop("node-2", signal: SIGTERM)
-            case .kill9: try await run.stop("node-3", signal: SIGKILL)
-            case .none: break
+        var notificationCount: Int {
+            Int(ProcessInfo.processInfo.environment["HERALD_E2E_NOTIFICATIONS"] ?? "") ?? 20_000
+        }
+
+        @Test("every expected message arrives, none unexpected, in partition order", arguments: Disruption.allCases)
+        func endToEnd(disruption: Disruption) async throws {
+            var random = SystemRandomNumberGenerator()
+            let run = try await PipelineRun(partitions: 32)
+            defer { Task { await run.stopAll() } }
+
+            // 50 subscriptions over 3 projects, plus one admin subscription to every project.
+            var subscriptions: [Subscription] = []
+            for index in 0..<50 {
+                var types = [Self.patterns[index % Self.patterns.count]]
+                if index % 7 == 3 { types.append("!compute.instance.update") }
+                var conditions: [Condition] = []
+                if index % 5 == 1 { conditions.append(Condition(field: "payload.flavor", op: .eq, value: .string("m1.small"))) }
+                if index % 5 == 2 { conditions.append(Condition(field: "payload.size", op: .ge, value: .number(10))) }
+                subscriptions.append(Subscription(project: Self.projects[index % 3], eventTypes: types, conditions: conditions, target: Target(queue: run.queue("e2e-\(index)")), messageTTL: 3600))
             }
-        }
-        let publisherStatus = await publisher.wait()
-        #expect(publisherStatus == 0, "the publisher failed: \(publisher.tail())")
+            subscriptions.append(Subscription(project: "admin", allProjects: true, eventTypes: ["compute.*"], target: Target(queue: run.queue("e2e-admin")), messageTTL: 3600))
+            for subscription in subscriptions { try await run.registry.create(subscription) }
+            try await run.startNodes(3)
+            try await run.waitAllPartitionsHeld()
 
-        // Expected messages, by queue.
-        let expected = subscriptions.map { subscription in
-            (subscription, Set(published.filter { ExpectedSubscription(subscription: subscription).matches($0) }.map(\.seq)))
-        }
-        let total = expected.reduce(0) { $0 + $1.1.count }
-        let received = try await run.readUntil(expected: expected, timeout: .seconds(240))
-
-        var lost = 0, unexpected = 0, duplicates = 0, outOfOrder = 0
-        for (subscription, wanted) in expected {
-            let messages = received[subscription.target.queue] ?? []
-            let seqs = messages.map(\.seq)
-            lost += wanted.subtracting(seqs).count
-            unexpected += Set(seqs).subtracting(wanted).count
-            unexpected += messages.filter { $0.subscriptionID != subscription.id }.count
-            duplicates += messages.count - Set(messages.map(\.eventID)).count
-            // Per partition, first occurrences arrive in publish order.
-            var seen = Set<String>()
-            var lastByPartition: [Int: Int] = [:]
-            for message in messages where seen.insert(message.eventID).inserted {
-                if let last = lastByPartition[message.partition], message.seq < last { outOfOrder += 1 }
-                lastByPartition[message.partition] = message.seq
+            // Notifications: three exchanges, both drivers, projects in the payload or only in the context, some with none.
+            var published: [PublishedNotification] = []
+            for seq in 0..<notificationCount {
+                let exchange = ["nova", "neutron", "cinder"].randomElement(using: &random)!
+                let project: String? = Int.random(in: 0..<20, using: &random) == 0 ? nil : Self.projects.randomElement(using: &random)!
+                var payload: [String: Any] = ["seq": seq, "flavor": ["m1.small", "m1.large"].randomElement(using: &random)!, "size": Int.random(in: 1...20, using: &random), "note": String(repeating: "n", count: 600)]
+                let inPayload = project != nil && Bool.random(using: &random)
+                if inPayload { payload["tenant_id"] = project }
+                published.append(PublishedNotification(seq: seq, exchange: exchange, driver: Bool.random(using: &random) ? "messaging" : "messagingv2",
+                                                       eventType: Self.eventTypes[exchange]!.randomElement(using: &random)!, project: project, payload: payload, projectInPayload: inPayload))
             }
-        }
-        let letters = try await run.deadLetters.recent(count: 1000)
-        print("e2e \(disruption): \(notificationCount) notifications, \(total) expected messages, lost \(lost), unexpected \(unexpected), duplicates \(duplicates), out of order \(outOfOrder), dead letters \(letters.count)")
-        #expect(lost == 0)
-        #expect(unexpected == 0)
-        #expect(outOfOrder == 0)
-        if disruption != .kill9 {
-            #expect(duplicates == 0, "only a killed node's unacked deliveries may come twice")
-        }
-        #expect(letters.filter { $0.reason == .malformed }.count == malformed.count, "\(letters.map(\.detail))")
-        #expect(letters.allSatisfy { $0.reason == .malformed })
-        await run.stopAll()
-        for node in run.nodes.values where node.exitStatus != nil {
-            #expect(node.exitStatus == 0 || node.name == "node-3" && disruption == .kill9, "\(node.name) exited \(node.exitStatus!): \(node.process.tail())")
+            let malformed: [[String: Any]] = [
+                ["raw": "{not json", "exchange": "nova"],
+                ["raw_base64": Data([0xff, 0xfe, 0x7b, 0x7d]).base64EncodedString(), "exchange": "neutron"],
+                ["raw": "{\"message_id\": \"m\", \"payload\": {}}", "exchange": "cinder"],
+                ["raw": "[1, 2, 3]", "exchange": "nova"],
+                ["raw": "{\"event_type\": \"compute.instance.update\"}", "exchange": "nova"],
+            ]
+            var lines = published.map(\.json)
+            for (offset, bad) in malformed.enumerated() { lines.insert(bad, at: min(lines.count, (offset + 1) * lines.count / (malformed.count + 1))) }
+
+            // Publish in the background; disrupt a third of the way through.
+            let publisher = try run.publish(lines)
+            if disruption != .none {
+                try await run.waitForIngested(notificationCount / 3, timeout: .seconds(120))
+                switch disruption {
+                case .addNode: try await run.startNodes(1)
+                case .sigterm: try await run.stop("node-2", signal: SIGTERM)
+                case .kill9: try await run.stop("node-3", signal: SIGKILL)
+                case .none: break
+                }
+            }
+            let publisherStatus = await publisher.wait()
+            #expect(publisherStatus == 0, "the publisher failed: \(publisher.tail())")
+
+            // Expected messages, by queue.
+            let expected = subscriptions.map { subscription in
+                (subscription, Set(published.filter { ExpectedSubscription(subscription: subscription).matches($0) }.map(\.seq)))
+            }
+            let total = expected.reduce(0) { $0 + $1.1.count }
+            let received = try await run.readUntil(expected: expected, timeout: .seconds(240))
+
+            var lost = 0, unexpected = 0, duplicates = 0, outOfOrder = 0
+            for (subscription, wanted) in expected {
+                let messages = received[subscription.target.queue] ?? []
+                let seqs = messages.map(\.seq)
+                lost += wanted.subtracting(seqs).count
+                unexpected += Set(seqs).subtracting(wanted).count
+                unexpected += messages.filter { $0.subscriptionID != subscription.id }.count
+                duplicates += messages.count - Set(messages.map(\.eventID)).count
+                // Per partition, first occurrences arrive in publish order.
+                var seen = Set<String>()
+                var lastByPartition: [Int: Int] = [:]
+                for message in messages where seen.insert(message.eventID).inserted {
+                    if let last = lastByPartition[message.partition], message.seq < last { outOfOrder += 1 }
+                    lastByPartition[message.partition] = message.seq
+                }
+            }
+            let letters = try await run.deadLetters.recent(count: 1000)
+            print("e2e \(disruption): \(notificationCount) notifications, \(total) expected messages, lost \(lost), unexpected \(unexpected), duplicates \(duplicates), out of order \(outOfOrder), dead letters \(letters.count)")
+            #expect(lost == 0)
+            #expect(unexpected == 0)
+            #expect(outOfOrder == 0)
+            if disruption != .kill9 {
+                #expect(duplicates == 0, "only a killed node's unacked deliveries may come twice")
+            }
+            #expect(letters.filter { $0.reason == .malformed }.count == malformed.count, "\(letters.map(\.detail))")
+            #expect(letters.allSatisfy { $0.reason == .malformed })
+            await run.stopAll()
+            for node in run.nodes.values where node.exitStatus != nil {
+                #expect(node.exitStatus == 0 || node.name == "node-3" && disruption == .kill9, "\(node.name) exited \(node.exitStatus!): \(node.process.tail())")
+            }
         }
     }
 }

@@ -28,7 +28,9 @@ final class PipelineRun: @unchecked Sendable {
 
     let partitions: Int
     let prefix = TestServers.uniqueName("herald-e2e") + ":"
-    let vhost = "herald-e2e-" + UUID().uuidString.prefix(8).lowercased()
+    /// Names this run's vhost and Zaqar queues, so a run cut short leaves nothing in the next one's way.
+    let id = String(UUID().uuidString.prefix(8).lowercased())
+    let vhost: String
     let amqpURL: String
     let redisURL: String
     let zaqar: ZaqarReader
@@ -43,6 +45,7 @@ final class PipelineRun: @unchecked Sendable {
 
     init(partitions: Int) async throws {
         self.partitions = partitions
+        vhost = "herald-e2e-" + id
         try await TestServers.control("rabbitmqctl", "add_vhost", vhost)
         try await TestServers.control("rabbitmqctl", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
         let base = try TestServers.amqpURL()
@@ -67,13 +70,19 @@ final class PipelineRun: @unchecked Sendable {
         }
     }
 
-    func startNodes(_ count: Int) async throws {
+    /// A Zaqar queue name of this run's own.
+    func queue(_ name: String) -> String {
+        "\(name)-\(id)"
+    }
+
+    func startNodes(_ count: Int, extra: [String: String] = [:]) async throws {
         let binary = try TestServers.value("HERALD_TEST_BIN_DIR") + "/herald"
         for _ in 0..<count {
             counter += 1
             let name = "node-\(counter)"
             var environment = try environment
             environment["HERALD_NODE_ID"] = name
+            environment.merge(extra) { _, new in new }
             let process = try ChildProcess(name: name, argv: [binary, "node"], environment: environment, log: "\(directory)/\(name).log")
             nodes[name] = NodeHandle(name: name, process: process)
         }
@@ -147,6 +156,11 @@ final class PipelineRun: @unchecked Sendable {
             }
         }
         return result
+    }
+
+    /// Queues to delete at the end.
+    func trackQueues(_ more: [(project: String, queue: String)]) {
+        queues += more
     }
 
     /// SIGTERM every node still running, then clean up the vhost and the queues.

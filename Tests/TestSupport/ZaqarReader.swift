@@ -15,7 +15,22 @@ public struct ZaqarReader: Sendable {
     let http = HTTPClient.shared
     let clientID = UUID().uuidString.lowercased()
 
+    /// One request. GETs are retried on transport errors (a connect or deadline lost to a busy
+    /// single-threaded Zaqar whose listen backlog is full), up to five attempts.
     public func request(_ path: String, project: String, method: HTTPMethod = .GET, body: [String: Any]? = nil) async throws -> (Int, Any?) {
+        var attempt = 1
+        while true {
+            do {
+                return try await requestOnce(path, project: project, method: method, body: body)
+            } catch let error as HTTPClientError where method == .GET && attempt < 5 {
+                attempt += 1
+                print("zaqar reader: GET \(path) failed (\(error)); attempt \(attempt) of 5")
+                try await Task.sleep(for: .milliseconds(500))
+            }
+        }
+    }
+
+    func requestOnce(_ path: String, project: String, method: HTTPMethod, body: [String: Any]?) async throws -> (Int, Any?) {
         var request = HTTPClientRequest(url: baseURL + path)
         request.method = method
         request.headers.add(name: "Client-ID", value: clientID)
@@ -24,23 +39,33 @@ public struct ZaqarReader: Sendable {
             request.headers.add(name: "Content-Type", value: "application/json")
             request.body = .bytes(ByteBuffer(bytes: try JSONSerialization.data(withJSONObject: body)))
         }
-        let response = try await http.execute(request, timeout: .seconds(10))
+        let response = try await http.execute(request, timeout: .seconds(30))
         let data = try await response.body.collect(upTo: 16 << 20)
         let json = data.readableBytes > 0 ? try? JSONSerialization.jsonObject(with: Data(buffer: data)) : nil
         return (Int(response.status.code), json)
     }
 
     /// Every message body in the queue, oldest first (following the `next` links).
+    ///
+    /// A page shorter than the limit is the last: Zaqar's Redis store restarts from the head
+    /// when the marker is the queue's first message (`start = rank + 1 if rank else 0`), so
+    /// following `next` after a one-message page would return that message forever.
     public func bodies(queue: String, project: String) async throws -> [[String: Any]] {
-        var path = "/v2/queues/\(queue)/messages?echo=true&limit=10"
+        let limit = 10
+        var path = "/v2/queues/\(queue)/messages?echo=true&limit=\(limit)"
         var bodies: [[String: Any]] = []
+        var seen = Set<String>()
         while true {
             let (status, json) = try await request(path, project: project)
             if status == 204 { return bodies }
             let object = json as? [String: Any]
-            let messages = object?["messages"] as? [[String: Any]] ?? []
+            let messages = (object?["messages"] as? [[String: Any]] ?? []).filter { message in
+                guard let id = message["id"] as? String else { return true }
+                return seen.insert(id).inserted
+            }
             if messages.isEmpty { return bodies }
             bodies += messages.compactMap { $0["body"] as? [String: Any] }
+            if messages.count < limit { return bodies }
             guard let next = (object?["links"] as? [[String: Any]])?.first(where: { $0["rel"] as? String == "next" })?["href"] as? String else { return bodies }
             path = next
         }

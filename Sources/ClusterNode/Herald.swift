@@ -3,6 +3,8 @@ import ArgumentParser
 /// The `herald` executable. Kept thin: argument parsing here, the work in the subcommands' files.
 @main
 struct Herald: AsyncParsableCommand {
+    static let version = "0.1.0"
+
     static let configuration = CommandConfiguration(
         commandName: "herald",
         abstract: "Pushes OpenStack notifications into the Zaqar queues of their subscribers.",
@@ -12,6 +14,7 @@ struct Herald: AsyncParsableCommand {
             RabbitMQ and post matching events into Zaqar. Every option can also be set
             through the environment variable named in its help.
             """,
-        subcommands: [Node.self, Subscriptions.self, Check.self]
+        version: version,
+        subcommands: [Node.self, Status.self, Subscriptions.self, Check.self]
     )
 }

@@ -23,6 +23,12 @@ final class HeraldNode: Sendable {
     let statistics = Locked(PipelineStatistics())
     private let logger: Logger
     private let parts = Mutex<Parts?>(nil)
+    private let flags = Mutex(Flags())
+
+    struct Flags {
+        var registryLoaded = false
+        var stopping = false
+    }
 
     struct Parts: Sendable {
         var connection: AMQPConnection
@@ -40,7 +46,10 @@ final class HeraldNode: Sendable {
         self.logger = logger
         let redis = try RedisConfiguration(url: configuration.redisURL)
         coordinator = try ClusterCoordinator(
-            configuration: ClusterConfiguration(nodeID: configuration.nodeID, keyPrefix: configuration.keyPrefix, partitionCount: configuration.partitions),
+            configuration: ClusterConfiguration(
+                nodeID: configuration.nodeID, keyPrefix: configuration.keyPrefix, partitionCount: configuration.partitions,
+                address: "\(ProcessInfo.processInfo.hostName):\(configuration.apiPort)", version: Herald.version
+            ),
             redis: redis, logger: logger
         )
         registry = SubscriptionRegistry(redis: redis, keyPrefix: configuration.keyPrefix, logger: logger)
@@ -57,6 +66,7 @@ final class HeraldNode: Sendable {
         let index = Locked(SubscriptionIndex([]))
         var snapshots = registry.watch().makeAsyncIterator()
         if let first = await snapshots.next() { index.withLock { $0 = SubscriptionIndex(first.subscriptions) } }
+        flags.withLock { $0.registryLoaded = true }
         let watcher = Task { [logger] in
             while let snapshot = await snapshots.next() {
                 index.withLock { $0 = SubscriptionIndex(snapshot.subscriptions) }
@@ -78,9 +88,32 @@ final class HeraldNode: Sendable {
         logger.info("node started", metadata: ["herald.partitions": "\(configuration.partitions)", "herald.exchanges": "\(configuration.exchanges)"])
     }
 
+    /// The checks behind `/readyz`: every one must be true for the node to take traffic.
+    func readiness() -> [String: Bool] {
+        let flags = flags.withLock { $0 }
+        let connected = parts.withLock { $0?.connection.isConnected } ?? false
+        return [
+            "rabbitmq": connected,
+            "registry": flags.registryLoaded,
+            "membership": coordinator.isMembershipCurrent,
+            "not_stopping": !flags.stopping,
+        ]
+    }
+
+    /// Readiness goes false: the graceful stop has begun.
+    func markStopping() {
+        flags.withLock { $0.stopping = true }
+        logger.info("stopping: readiness is now false")
+    }
+
+    var deliveryStatistics: DeliveryStatistics? {
+        parts.withLock { $0?.batcher.statistics }
+    }
+
     /// Graceful stop within the shutdown budget: ingest first, then the partitions
     /// (drained and acked before their leases are released), then the group.
     func shutdown() async {
+        markStopping()
         guard let parts = parts.withLock({ $0 }) else { return }
         logger.info("shutting down")
         await parts.ingest.stop()

@@ -1,5 +1,6 @@
 import Coordination
 import Foundation
+import Logging
 import Messaging
 
 /// Everything a node is configured with, read from `HERALD_*` environment variables.
@@ -36,6 +37,33 @@ struct NodeConfiguration: Sendable {
     var queueType: String
     /// HERALD_SHUTDOWN_BUDGET_SECONDS: how long a graceful stop may take. Default 20.
     var shutdownBudget: Duration
+    /// HERALD_API_HOST: where the HTTP API (subscriptions, health, metrics) listens. Default 0.0.0.0.
+    var apiHost: String
+    /// HERALD_API_PORT: its port; 0 takes any free port (logged). Default 8090.
+    var apiPort: Int
+    /// HERALD_API_AUTH: how callers are identified. `keystone` (tokens validated against
+    /// Keystone) or `trusted-header` (development only: trusts `X-Project-Id` and `X-Roles`,
+    /// logged as a warning at start-up). Default keystone.
+    var apiAuth: APIAuthMode
+    /// HERALD_LOG_LEVEL: trace, debug, info, notice, warning, error, critical. Default info.
+    var logLevel: String
+    /// HERALD_LOG_FORMAT: text or json (one JSON object per line). Default text.
+    var logFormat: String
+
+    /// Every key a configuration file or `--set` may name.
+    static let keys: Set<String> = [
+        "HERALD_NODE_ID", "HERALD_REDIS_URL", "HERALD_AMQP_URL", "HERALD_ZAQAR_URL", "HERALD_PARTITIONS", "HERALD_KEY_PREFIX",
+        "HERALD_EXCHANGES", "HERALD_EXCHANGES_DURABLE", "HERALD_CEILOMETER_EVENTS", "HERALD_INGEST_ORDERED", "HERALD_INGEST_PREFETCH",
+        "HERALD_PARTITION_PREFETCH", "HERALD_QUEUE_TYPE", "HERALD_SHUTDOWN_BUDGET_SECONDS", "HERALD_API_HOST", "HERALD_API_PORT",
+        "HERALD_API_AUTH", "HERALD_LOG_LEVEL", "HERALD_LOG_FORMAT",
+    ]
+
+    /// An unknown key is a typo that would otherwise be ignored: it stops start-up.
+    static func checkKeys(_ values: [String: String], source: String) throws {
+        if let unknown = values.keys.filter({ !keys.contains($0) }).sorted().first {
+            throw ConfigurationError(key: unknown, value: values[unknown] ?? "", expected: "a known key (in \(source)); see `herald node --help` and the README's table")
+        }
+    }
 
     static let defaultExchanges = ["nova", "neutron", "cinder", "glance", "heat", "keystone", "designate", "octavia", "ironic"]
 
@@ -57,6 +85,13 @@ struct NodeConfiguration: Sendable {
             default: throw ConfigurationError(key: key, value: text, expected: "true or false")
             }
         }
+        func choice<T: RawRepresentable & CaseIterable>(_ key: String, _ fallback: T) throws -> T where T.RawValue == String {
+            guard let text = environment[key], !text.isEmpty else { return fallback }
+            guard let value = T(rawValue: text) else {
+                throw ConfigurationError(key: key, value: text, expected: "one of " + T.allCases.map(\.rawValue).joined(separator: ", "))
+            }
+            return value
+        }
         let configuration = NodeConfiguration(
             nodeID: string("HERALD_NODE_ID", ProcessInfo.processInfo.hostName),
             redisURL: string("HERALD_REDIS_URL", "redis://127.0.0.1:6379/0"),
@@ -71,7 +106,12 @@ struct NodeConfiguration: Sendable {
             ingestPrefetch: UInt16(try integer("HERALD_INGEST_PREFETCH", 200, 1...65535)),
             partitionPrefetch: UInt16(try integer("HERALD_PARTITION_PREFETCH", 100, 1...65535)),
             queueType: string("HERALD_QUEUE_TYPE", "classic"),
-            shutdownBudget: .seconds(try integer("HERALD_SHUTDOWN_BUDGET_SECONDS", 20, 1...3600))
+            shutdownBudget: .seconds(try integer("HERALD_SHUTDOWN_BUDGET_SECONDS", 20, 1...3600)),
+            apiHost: string("HERALD_API_HOST", "0.0.0.0"),
+            apiPort: try integer("HERALD_API_PORT", 8090, 0...65535),
+            apiAuth: try choice("HERALD_API_AUTH", .keystone),
+            logLevel: string("HERALD_LOG_LEVEL", "info"),
+            logFormat: string("HERALD_LOG_FORMAT", "text")
         )
         try configuration.validate()
         return configuration
@@ -82,6 +122,18 @@ struct NodeConfiguration: Sendable {
         do { _ = try AMQPConfiguration(url: amqpURL) } catch { throw ConfigurationError(key: "HERALD_AMQP_URL", value: amqpURL, expected: "\(error)") }
         guard let zaqar = URL(string: zaqarURL), ["http", "https"].contains(zaqar.scheme ?? ""), zaqar.host != nil else {
             throw ConfigurationError(key: "HERALD_ZAQAR_URL", value: zaqarURL, expected: "an http(s) URL such as http://zaqar:8888")
+        }
+        guard Logger.Level(rawValue: logLevel) != nil else {
+            throw ConfigurationError(key: "HERALD_LOG_LEVEL", value: logLevel, expected: "one of " + Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))
+        }
+        guard ["text", "json"].contains(logFormat) else {
+            throw ConfigurationError(key: "HERALD_LOG_FORMAT", value: logFormat, expected: "text or json")
+        }
+        guard !apiHost.isEmpty, !apiHost.contains(" ") else {
+            throw ConfigurationError(key: "HERALD_API_HOST", value: apiHost, expected: "an address to listen on, such as 0.0.0.0 or 127.0.0.1")
+        }
+        if apiAuth == .keystone {
+            throw ConfigurationError(key: "HERALD_API_AUTH", value: apiAuth.rawValue, expected: "Keystone token validation is not built yet; set HERALD_API_AUTH=trusted-header, for development only")
         }
         guard ["classic", "quorum"].contains(queueType) else {
             throw ConfigurationError(key: "HERALD_QUEUE_TYPE", value: queueType, expected: "classic or quorum")
@@ -102,4 +154,37 @@ struct ConfigurationError: Error, CustomStringConvertible {
     var value: String
     var expected: String
     var description: String { "invalid configuration: \(key)='\(value)': \(expected)" }
+}
+
+/// How API callers are identified.
+enum APIAuthMode: String, CaseIterable, Sendable {
+    case keystone
+    case trustedHeader = "trusted-header"
+}
+
+/// The `KEY=VALUE` lines of a configuration file (`herald node --config FILE`): the same
+/// keys as the environment; blank lines and `#` comments are skipped.
+enum ConfigurationFile {
+    static func read(_ path: String) throws -> [String: String] {
+        let text: String
+        do {
+            text = try String(contentsOfFile: path, encoding: .utf8)
+        } catch {
+            throw ConfigurationError(key: "--config", value: path, expected: "a readable file (\(error.localizedDescription))")
+        }
+        var values: [String: String] = [:]
+        for (number, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            let line = raw.trimmingCharacters(in: .whitespaces)
+            if line.isEmpty || line.hasPrefix("#") { continue }
+            guard let equals = line.firstIndex(of: "="), line[..<equals].hasPrefix("HERALD_") else {
+                throw ConfigurationError(key: "--config", value: "\(path):\(number + 1)", expected: "KEY=VALUE with a HERALD_ key, found '\(line)'")
+            }
+            var value = line[line.index(after: equals)...].trimmingCharacters(in: .whitespaces)
+            if value.count >= 2, let first = value.first, first == "\"" || first == "'", value.last == first {
+                value = String(value.dropFirst().dropLast())
+            }
+            values[line[..<equals].trimmingCharacters(in: .whitespaces)] = value
+        }
+        return values
+    }
 }

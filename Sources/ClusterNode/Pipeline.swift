@@ -4,6 +4,7 @@ import Foundation
 import HeraldModel
 import Logging
 import Messaging
+import Metrics
 import Synchronization
 
 /// Herald's AMQP names (DESIGN.md, "Partitions").
@@ -54,7 +55,7 @@ enum Topology {
     }
 }
 
-/// Counters of the pipeline, for logs now and metrics later.
+/// Counters of the pipeline, for the log line at exit and `herald_events_total{stage}`.
 struct PipelineStatistics: Sendable {
     var ingested = 0
     var routed = 0
@@ -62,6 +63,37 @@ struct PipelineStatistics: Sendable {
     var consumed = 0
     var matched = 0
     var unmatched = 0
+}
+
+/// Where in the pipeline an event is counted.
+enum PipelineStage: String, CaseIterable {
+    case ingested, routed, malformed, consumed, matched, unmatched
+
+    /// `herald_events_total{stage}` (bounded labels).
+    var counter: Counter { PipelineMetrics.counters[self]! }
+}
+
+enum PipelineMetrics {
+    static let counters = Dictionary(uniqueKeysWithValues: PipelineStage.allCases.map {
+        ($0, Counter(label: "herald_events_total", dimensions: [("stage", $0.rawValue)]))
+    })
+}
+
+extension Locked where Value == PipelineStatistics {
+    /// Counts events at a stage, in the statistics and in the metric.
+    func count(_ stage: PipelineStage, by amount: Int = 1) {
+        withLock { statistics in
+            switch stage {
+            case .ingested: statistics.ingested += amount
+            case .routed: statistics.routed += amount
+            case .malformed: statistics.malformed += amount
+            case .consumed: statistics.consumed += amount
+            case .matched: statistics.matched += amount
+            case .unmatched: statistics.unmatched += amount
+            }
+        }
+        stage.counter.increment(by: amount)
+    }
 }
 
 /// Every node: consumes herald.ingest (the single active consumer, or a competing one when
@@ -116,12 +148,12 @@ final class IngestService: Sendable {
 
     /// The messages to publish for a delivery, or nil when it was dead-lettered.
     private func route(_ delivery: AMQPDelivery) async -> [AMQPOutgoingMessage]? {
-        statistics.withLock { $0.ingested += 1 }
+        statistics.count(.ingested)
         let events: [NotificationEvent]
         do {
             events = try NotificationDecoder.decode(delivery.body)
         } catch {
-            statistics.withLock { $0.malformed += 1 }
+            statistics.count(.malformed)
             let letter = DeadLetter(
                 reason: .malformed, detail: "\(error)", target: "\(delivery.exchange)/\(delivery.routingKey)",
                 body: String(decoding: delivery.body.prefix(64 << 10), as: UTF8.self), at: Date().timeIntervalSince1970
@@ -135,7 +167,7 @@ final class IngestService: Sendable {
             let partition = PartitionHash.partition(of: event.eventType, count: configuration.partitions)
             if byPartition[partition] == nil { byPartition[partition] = event }
         }
-        statistics.withLock { $0.routed += byPartition.count }
+        statistics.count(.routed, by: byPartition.count)
         return byPartition.sorted { $0.key < $1.key }.map { partition, event in
             AMQPOutgoingMessage(exchange: Topology.partitions, routingKey: "\(partition)", body: delivery.body, properties: AMQPMessageProperties(
                 contentType: "application/json",
@@ -250,7 +282,7 @@ final class PartitionOwners: Sendable {
     }
 
     private func handle(_ delivery: AMQPDelivery, partition: Int, owned: Owned) async {
-        statistics.withLock { $0.consumed += 1 }
+        statistics.count(.consumed)
         guard coordinator.isActing(partition, epoch: owned.epoch) else {
             // The lease is gone: do not deliver; the broker hands it to the next owner.
             return
@@ -281,9 +313,7 @@ final class PartitionOwners: Sendable {
                 ))
             }
         }
-        statistics.withLock {
-            if messages.isEmpty { $0.unmatched += 1 } else { $0.matched += 1 }
-        }
+        statistics.count(messages.isEmpty ? .unmatched : .matched)
         guard !messages.isEmpty else {
             owned.channel.ack(delivery)
             return

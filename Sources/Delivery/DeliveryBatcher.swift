@@ -26,7 +26,8 @@ public struct DeliveryStatistics: Sendable {
     public var delivered = 0
     public var retries = 0
     public var deadLettered: [DeadLetter.Reason: Int] = [:]
-    public var batchSizes: [Int] = []
+    /// How many requests carried each batch size (bounded by the batch limit).
+    public var batchSizes: [Int: Int] = [:]
     public var circuitOpenings = 0
     /// Messages held now (queued or in flight), and the most ever held at once.
     public var bufferedMessages = 0
@@ -313,8 +314,10 @@ public final class DeliveryBatcher: Sendable {
             var failure: String
             state.withLock {
                 $0.statistics.requests += 1
-                $0.statistics.batchSizes.append(batch.count)
+                $0.statistics.batchSizes[batch.count, default: 0] += 1
             }
+            DeliveryMetrics.requests.increment()
+            DeliveryMetrics.batchSize.record(batch.count)
             do {
                 let response = try await zaqar.post(target, messages: batch.map(\.message.body))
                 switch response.status {
@@ -353,6 +356,7 @@ public final class DeliveryBatcher: Sendable {
                 let wasOpen = state.lanes[target]?.circuit.isOpen ?? false
                 state.lanes[target]?.circuit.failed(now: now())
                 state.statistics.retries += 1
+                DeliveryMetrics.retries.increment()
                 let isOpen = state.lanes[target]?.circuit.isOpen ?? false
                 if isOpen && !wasOpen { state.statistics.circuitOpenings += 1 }
                 return isOpen && !wasOpen
@@ -388,6 +392,11 @@ public final class DeliveryBatcher: Sendable {
             if delivered { state.statistics.delivered += batch.count }
             return finished
         }
+        if delivered {
+            DeliveryMetrics.delivered.increment(by: batch.count)
+            let now = now()
+            for pending in batch { DeliveryMetrics.latency.recordNanoseconds((now - pending.enqueuedAt).nanoseconds) }
+        }
         for (group, outcome) in finished { group.completion(outcome) }
     }
 
@@ -417,6 +426,7 @@ public final class DeliveryBatcher: Sendable {
             }
         }
         state.withLock { $0.statistics.deadLettered[reason, default: 0] += batch.count }
+        DeliveryMetrics.deadLettered(reason).increment(by: batch.count)
         logger.warning("dead-lettered messages", metadata: ["delivery.reason": "\(reason.rawValue)", "delivery.count": "\(batch.count)", "zaqar.target": "\(batch.first?.message.target.description ?? "")"])
         complete(batch, delivered: false)
     }

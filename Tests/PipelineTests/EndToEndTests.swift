@@ -123,7 +123,15 @@ extension PipelineSuites {
                 try await run.waitForIngested(notificationCount / 3, timeout: .seconds(120))
                 switch disruption {
                 case .addNode: try await run.startNodes(1)
-                case .sigterm: try await run.stop("node-2", signal: SIGTERM)
+                case .sigterm:
+                    // Under load: the node must be gone within its budget, its partitions held by the others.
+                    let started = ContinuousClock.now
+                    try await run.stop("node-2", signal: SIGTERM)
+                    let took = ContinuousClock.now - started
+                    print("e2e sigterm: node-2 exited \(run.nodes["node-2"]?.exitStatus ?? -1) after \(took) (budget \(PipelineRun.shutdownBudget) s)")
+                    #expect(took < .seconds(PipelineRun.shutdownBudget))
+                    try await run.waitAllPartitionsHeld()
+                    #expect(try await run.leaseHolders().contains("node-2") == false)
                 case .kill9: try await run.stop("node-3", signal: SIGKILL)
                 case .none: break
                 }

@@ -18,15 +18,20 @@ final class PipelineRun: @unchecked Sendable {
     final class NodeHandle {
         let name: String
         let process: ChildProcess
+        /// Where its API listens, on 127.0.0.1.
+        let apiPort: Int
         var exitStatus: Int32?
 
-        init(name: String, process: ChildProcess) {
+        init(name: String, process: ChildProcess, apiPort: Int) {
             self.name = name
             self.process = process
+            self.apiPort = apiPort
         }
     }
 
     let partitions: Int
+    /// HERALD_SHUTDOWN_BUDGET_SECONDS of the nodes.
+    static let shutdownBudget = 15
     let prefix = TestServers.uniqueName("herald-e2e") + ":"
     /// Names this run's vhost and Zaqar queues, so a run cut short leaves nothing in the next one's way.
     let id = String(UUID().uuidString.prefix(8).lowercased())
@@ -65,7 +70,7 @@ final class PipelineRun: @unchecked Sendable {
             [
                 "HERALD_REDIS_URL": redisURL, "HERALD_AMQP_URL": amqpURL, "HERALD_ZAQAR_URL": zaqar.baseURL,
                 "HERALD_KEY_PREFIX": prefix, "HERALD_PARTITIONS": "\(partitions)", "HERALD_EXCHANGES": "nova,neutron,cinder",
-                "HERALD_LOG_LEVEL": "warning",
+                "HERALD_LOG_LEVEL": "warning", "HERALD_SHUTDOWN_BUDGET_SECONDS": "\(Self.shutdownBudget)", "HERALD_API_HOST": "127.0.0.1", "HERALD_API_AUTH": "trusted-header",
             ]
         }
     }
@@ -81,11 +86,19 @@ final class PipelineRun: @unchecked Sendable {
             counter += 1
             let name = "node-\(counter)"
             var environment = try environment
+            let port = try TestServers.freePort()
             environment["HERALD_NODE_ID"] = name
+            environment["HERALD_API_PORT"] = "\(port)"
             environment.merge(extra) { _, new in new }
             let process = try ChildProcess(name: name, argv: [binary, "node"], environment: environment, log: "\(directory)/\(name).log")
-            nodes[name] = NodeHandle(name: name, process: process)
+            nodes[name] = NodeHandle(name: name, process: process, apiPort: port)
         }
+    }
+
+    /// The node ids holding a partition lease now.
+    func leaseHolders() async throws -> Set<String> {
+        let leases = try await redis.pipeline((0..<partitions).map { RedisCommand("GET", prefix + "lease:\($0)") })
+        return Set(leases.compactMap { $0.string?.split(separator: "|").first?.split(separator: "#").first.map(String.init) })
     }
 
     /// Waits until every partition's lease is held by a live owner.

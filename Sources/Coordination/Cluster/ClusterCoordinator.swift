@@ -1,5 +1,7 @@
 import Foundation
+import HeraldModel
 import Logging
+import Metrics
 import Synchronization
 
 /// What a coordinator reports about its own acting set, stamped with wall-clock
@@ -153,6 +155,12 @@ public final class ClusterCoordinator: Sendable {
     /// Whether this node holds the leader lease (as of its last beat).
     public var isLeader: Bool { control.withLock { $0.isLeader } }
 
+    /// Whether this node's last heartbeat is recent enough that its membership and leases stand (readiness).
+    public var isMembershipCurrent: Bool {
+        let now = now()
+        return state.withLock { $0.isValid(at: now) }
+    }
+
     /// Leaves gracefully: revokes everything (the consumer side must confirm each
     /// revoke, or `drainTimeout` passes), releases the leases, leaves the group.
     public func leave(drainTimeout: Duration = .seconds(10)) async {
@@ -248,6 +256,7 @@ public final class ClusterCoordinator: Sendable {
             throw CoordinationError(.unexpectedReply, "the beat script answered \(reply)")
         }
         let received = now()
+        CoordinationMetrics.heartbeat.recordNanoseconds((received - sentAt).nanoseconds)
         let actions = state.withLock { $0.beatSucceeded(sentAt: sentAt, intact: intact == 1, now: received) }
         observer?(.valid(until: wall() + (sentAt + configuration.aliveTTL - configuration.margin - received).seconds, at: wall()))
         await execute(actions)
@@ -332,6 +341,7 @@ public final class ClusterCoordinator: Sendable {
             return true
         }
         guard proceed else { return }
+        CoordinationMetrics.assignments.increment()
         let mine = Set((0..<configuration.partitionCount).filter { assignment.owner(of: $0) == configuration.nodeID })
         let now = now()
         await execute(state.withLock { $0.setTarget(mine, now: now) })
@@ -390,12 +400,5 @@ public final class ClusterCoordinator: Sendable {
                 }
             }
         }
-    }
-}
-
-extension Duration {
-    var milliseconds: Int64 {
-        let (seconds, attoseconds) = components
-        return seconds * 1000 + attoseconds / 1_000_000_000_000_000
     }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import HeraldModel
 
 /// Where and how to reach Redis.
 ///
@@ -115,18 +116,5 @@ public struct RedisConfiguration: Sendable, Equatable {
         case .tcp(let host, let port): return "redis://\(auth)\(host):\(port)/\(database)"
         case .unix(let path): return "unix://\(path)?db=\(database)"
         }
-    }
-}
-
-extension Duration {
-    /// The duration as a `timeval`, for C APIs that take one.
-    var timeval: timeval {
-        let (seconds, attoseconds) = components
-        return Glibc.timeval(tv_sec: Int(seconds), tv_usec: Int(attoseconds / 1_000_000_000_000))
-    }
-
-    var seconds: Double {
-        let (seconds, attoseconds) = components
-        return Double(seconds) + Double(attoseconds) / 1e18
     }
 }

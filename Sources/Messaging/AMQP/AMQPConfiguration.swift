@@ -117,15 +117,3 @@ public struct AMQPConfiguration: Sendable, Equatable {
         return "\(tls ? "amqps" : "amqp")://\(user)@\(host):\(port)/\(vhost)"
     }
 }
-
-extension Duration {
-    var timeval: timeval {
-        let (seconds, attoseconds) = components
-        return Glibc.timeval(tv_sec: Int(seconds), tv_usec: Int(attoseconds / 1_000_000_000_000))
-    }
-
-    var seconds: Double {
-        let (seconds, attoseconds) = components
-        return Double(seconds) + Double(attoseconds) / 1e18
-    }
-}

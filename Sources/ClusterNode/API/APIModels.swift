@@ -1,0 +1,135 @@
+import Coordination
+import Foundation
+import HeraldModel
+import Hummingbird
+
+/// The body of POST and PATCH `/v1/subscriptions`: every field optional here; the route
+/// says which are required.
+struct SubscriptionInput: Decodable {
+    var eventTypes: [String]?
+    var conditions: [Condition]?
+    var target: Target?
+    var messageTTL: Int?
+    var allProjects: Bool?
+    var project: String?
+
+    enum CodingKeys: String, CodingKey {
+        case conditions, target, project
+        case eventTypes = "event_types"
+        case messageTTL = "message_ttl"
+        case allProjects = "all_projects"
+    }
+}
+
+struct SubscriptionPage: Encodable {
+    var subscriptions: [Subscription]
+    /// The next page's path, absent on the last page.
+    var next: String?
+}
+
+/// The seed service's subscription: `source` is an event type prefix, `target` a queue
+/// name (`my-events` or `zaqar://my-events`).
+struct AliasInput: Decodable {
+    var source: String
+    var target: String
+    var messageTTL: Int?
+
+    enum CodingKeys: String, CodingKey {
+        case source, target
+        case messageTTL = "message_ttl"
+    }
+}
+
+struct AliasSubscription: Encodable {
+    var id: String
+    var source: String
+    var target: String
+    var messageTTL: Int
+    var projectID: String
+    /// What Herald made of `source`, and the patterns of subscriptions made through `/v1/subscriptions`.
+    var eventTypes: [String]
+
+    enum CodingKeys: String, CodingKey {
+        case id, source, target
+        case messageTTL = "message_ttl"
+        case projectID = "project_id"
+        case eventTypes = "event_types"
+    }
+
+    init(_ subscription: Subscription) {
+        id = subscription.id
+        let first = subscription.eventTypes.first { !$0.hasPrefix("!") } ?? ""
+        source = first.hasSuffix("*") ? String(first.dropLast()) : first
+        target = "zaqar://" + subscription.target.queue
+        messageTTL = subscription.messageTTL
+        projectID = subscription.project
+        eventTypes = subscription.eventTypes
+    }
+
+    /// `compute.instance` matches every event type that starts with it.
+    static func pattern(fromSource source: String) throws -> String {
+        let trimmed = source.trimmingCharacters(in: .whitespaces)
+        guard !trimmed.isEmpty else { throw HTTPError(.badRequest, message: "source: must be an event type prefix such as \"compute.instance\"") }
+        return trimmed.hasSuffix("*") ? trimmed : trimmed + "*"
+    }
+
+    static func queue(fromTarget target: String) throws -> String {
+        let queue = target.hasPrefix("zaqar://") ? String(target.dropFirst("zaqar://".count)) : target
+        guard !queue.isEmpty, !queue.contains("/") else {
+            throw HTTPError(.badRequest, message: "target: '\(target)' must be a Zaqar queue name, as my-events or zaqar://my-events")
+        }
+        return queue
+    }
+}
+
+struct AliasPage: Encodable {
+    var subscriptions: [AliasSubscription]
+    var next: String?
+}
+
+struct DeadLetterEntry: Encodable {
+    var id: String
+    var letter: DeadLetter
+
+    func encode(to encoder: any Encoder) throws {
+        try letter.encode(to: encoder)
+        var container = encoder.container(keyedBy: Key.self)
+        try container.encode(id, forKey: Key(stringValue: "id")!)
+    }
+
+    struct Key: CodingKey {
+        var stringValue: String
+        var intValue: Int? { nil }
+        init?(stringValue: String) { self.stringValue = stringValue }
+        init?(intValue: Int) { nil }
+    }
+}
+
+struct DeadLetterPage: Encodable {
+    var deadLetters: [DeadLetterEntry]
+    var next: String?
+
+    enum CodingKeys: String, CodingKey {
+        case next
+        case deadLetters = "dead_letters"
+    }
+}
+
+struct ReplayInput: Decodable {
+    var ids: [String]
+}
+
+struct ReplayResult: Encodable {
+    struct Failure: Encodable {
+        var id: String
+        var reason: String
+    }
+
+    var replayed: [String]
+    var failed: [Failure]
+}
+
+struct ReadinessBody: Encodable {
+    var ready: Bool
+    var checks: [String: Bool]
+}

@@ -1,0 +1,301 @@
+import Coordination
+import Delivery
+import Foundation
+import HTTPTypes
+import HeraldModel
+import Hummingbird
+
+/// What the API needs from the node it runs in; tests give it the same parts over the real servers.
+struct APIServices: Sendable {
+    var registry: SubscriptionRegistry
+    var deadLetters: DeadLetterStore
+    /// Where a subscription without a Zaqar URL of its own delivers (HERALD_ZAQAR_URL).
+    var defaultZaqarURL: String
+    /// Posts one message into a target (a dead letter's replay).
+    var deliver: @Sendable (ZaqarTarget, [UInt8]) async throws -> ZaqarResponse
+    /// Whether the node may take traffic, check by check.
+    var readiness: @Sendable () async -> [String: Bool]
+    /// The Prometheus text exposition of the node's metrics.
+    var metrics: @Sendable () -> String
+}
+
+/// One route: its method and OpenAPI-style path, whether it needs a caller, and its handler.
+/// The table is what the router serves and what the OpenAPI test compares the document with.
+struct APIRoute: Sendable {
+    var method: HTTPRequest.Method
+    var path: String
+    var authenticated: Bool
+    var handler: @Sendable (Request, APIContext) async throws -> Response
+}
+
+/// Herald's HTTP API: subscriptions (and the seed service's alias), dead letters, health,
+/// metrics and the OpenAPI document. Every subscription route is scoped to the caller's project.
+struct HeraldAPI: Sendable {
+    let services: APIServices
+
+    static let subscriptionFields: Set<String> = ["event_types", "conditions", "target", "message_ttl", "all_projects", "project"]
+    static let patchFields: Set<String> = ["event_types", "conditions", "target", "message_ttl", "all_projects"]
+    static let aliasFields: Set<String> = ["source", "target", "message_ttl"]
+
+    var routes: [APIRoute] {
+        [
+            APIRoute(method: .get, path: "/healthz", authenticated: false) { _, _ in try APIJSON.response(["status": "alive"]) },
+            APIRoute(method: .get, path: "/readyz", authenticated: false, handler: readyz),
+            APIRoute(method: .get, path: "/metrics", authenticated: false) { [services] _, _ in
+                var headers = HTTPFields()
+                headers[.contentType] = "text/plain; version=0.0.4; charset=utf-8"
+                return Response(status: .ok, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(string: services.metrics())))
+            },
+            APIRoute(method: .get, path: "/v1/openapi.json", authenticated: false) { _, _ in
+                var headers = HTTPFields()
+                headers[.contentType] = "application/json"
+                return Response(status: .ok, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(string: OpenAPIDocument.json)))
+            },
+            APIRoute(method: .post, path: "/v1/subscriptions", authenticated: true, handler: createSubscription),
+            APIRoute(method: .get, path: "/v1/subscriptions", authenticated: true, handler: listSubscriptions),
+            APIRoute(method: .get, path: "/v1/subscriptions/{id}", authenticated: true, handler: getSubscription),
+            APIRoute(method: .patch, path: "/v1/subscriptions/{id}", authenticated: true, handler: patchSubscription),
+            APIRoute(method: .delete, path: "/v1/subscriptions/{id}", authenticated: true, handler: deleteSubscription),
+            APIRoute(method: .post, path: "/v1/subscription", authenticated: true, handler: createAlias),
+            APIRoute(method: .get, path: "/v1/subscription", authenticated: true, handler: listAlias),
+            APIRoute(method: .get, path: "/v1/subscription/{id}", authenticated: true, handler: getAlias),
+            APIRoute(method: .delete, path: "/v1/subscription/{id}", authenticated: true, handler: deleteSubscription),
+            APIRoute(method: .get, path: "/v1/dead-letters", authenticated: true, handler: listDeadLetters),
+            APIRoute(method: .post, path: "/v1/dead-letters/replay", authenticated: true, handler: replayDeadLetters),
+            APIRoute(method: .delete, path: "/v1/dead-letters", authenticated: true, handler: purgeDeadLetters),
+        ]
+    }
+
+    /// The router: open routes as they are, the others behind `authenticator`.
+    func router<Authenticator: RouterMiddleware>(authenticator: Authenticator) -> Router<APIContext> where Authenticator.Context == APIContext {
+        let router = Router(context: APIContext.self)
+        let protected = router.group()
+        protected.add(middleware: authenticator)
+        for route in routes {
+            let handler = route.handler
+            if route.authenticated {
+                protected.on(RouterPath(route.path), method: route.method) { (request: Request, context: APIContext) async throws -> Response in
+                    try await handler(request, context)
+                }
+            } else {
+                router.on(RouterPath(route.path), method: route.method) { (request: Request, context: APIContext) async throws -> Response in
+                    try await handler(request, context)
+                }
+            }
+        }
+        return router
+    }
+
+    // MARK: Health
+
+    @Sendable func readyz(_ request: Request, _ context: APIContext) async throws -> Response {
+        let checks = await services.readiness()
+        let ready = !checks.isEmpty && checks.values.allSatisfy { $0 }
+        return try APIJSON.response(ReadinessBody(ready: ready, checks: checks), status: ready ? .ok : .serviceUnavailable)
+    }
+
+    // MARK: Subscriptions
+
+    @Sendable func createSubscription(_ request: Request, _ context: APIContext) async throws -> Response {
+        let caller = try context.requireCaller()
+        let (data, _) = try await APIJSON.object(request, allowed: Self.subscriptionFields)
+        let input = try APIJSON.decode(SubscriptionInput.self, from: data)
+        guard let eventTypes = input.eventTypes else { throw HTTPError(.badRequest, message: "event_types: required, e.g. [\"compute.instance.*\"]") }
+        guard let target = input.target else { throw HTTPError(.badRequest, message: "target: required, e.g. {\"queue\": \"my-events\"}") }
+        let project = input.project ?? caller.project
+        if project != caller.project && !caller.isAdmin {
+            throw HTTPError(.forbidden, message: "project: only an admin may subscribe for another project than \(caller.project)")
+        }
+        if input.allProjects == true && !caller.isAdmin {
+            throw HTTPError(.forbidden, message: "all_projects: only an admin may subscribe to every project's events")
+        }
+        let subscription = Subscription(
+            project: project, allProjects: input.allProjects ?? false, eventTypes: eventTypes, conditions: input.conditions ?? [],
+            target: target, messageTTL: input.messageTTL ?? 3600
+        )
+        let created = try await store { try await services.registry.create(subscription) }
+        var headers = HTTPFields()
+        headers[.location] = "/v1/subscriptions/\(created.id)"
+        return try APIJSON.response(created, status: .created, headers: headers)
+    }
+
+    @Sendable func listSubscriptions(_ request: Request, _ context: APIContext) async throws -> Response {
+        let caller = try context.requireCaller()
+        let (limit, marker) = try page(request)
+        let (subscriptions, next) = try await services.registry.list(project: caller.project, limit: limit, marker: marker)
+        return try APIJSON.response(SubscriptionPage(subscriptions: subscriptions, next: next.map { "/v1/subscriptions?limit=\(limit)&marker=\($0)" }))
+    }
+
+    @Sendable func getSubscription(_ request: Request, _ context: APIContext) async throws -> Response {
+        try APIJSON.response(try await owned(context))
+    }
+
+    @Sendable func patchSubscription(_ request: Request, _ context: APIContext) async throws -> Response {
+        let caller = try context.requireCaller()
+        var subscription = try await owned(context)
+        let (data, keys) = try await APIJSON.object(request, allowed: Self.patchFields)
+        let input = try APIJSON.decode(SubscriptionInput.self, from: data)
+        for key in keys.sorted() {
+            // A field given as null is a 400 too: only conditions may be emptied, and with [].
+            switch key {
+            case "event_types": subscription.eventTypes = try present(input.eventTypes, key)
+            case "conditions": subscription.conditions = try present(input.conditions, key)
+            case "target": subscription.target = try present(input.target, key)
+            case "message_ttl": subscription.messageTTL = try present(input.messageTTL, key)
+            case "all_projects":
+                let value = try present(input.allProjects, key)
+                if value && !caller.isAdmin { throw HTTPError(.forbidden, message: "all_projects: only an admin may subscribe to every project's events") }
+                subscription.allProjects = value
+            default: break
+            }
+        }
+        subscription.updatedAt = Date().timeIntervalSince1970
+        guard let updated = try await store({ try await services.registry.update(subscription) }) else {
+            throw HTTPError(.notFound, message: "no subscription \(subscription.id) in project \(caller.project)")
+        }
+        return try APIJSON.response(updated)
+    }
+
+    @Sendable func deleteSubscription(_ request: Request, _ context: APIContext) async throws -> Response {
+        let caller = try context.requireCaller()
+        let id = try context.parameters.require("id")
+        guard try await services.registry.delete(id: id, project: caller.project) else {
+            throw HTTPError(.notFound, message: "no subscription \(id) in project \(caller.project)")
+        }
+        return Response(status: .noContent)
+    }
+
+    // MARK: The seed service's alias
+
+    @Sendable func createAlias(_ request: Request, _ context: APIContext) async throws -> Response {
+        let caller = try context.requireCaller()
+        let (data, _) = try await APIJSON.object(request, allowed: Self.aliasFields)
+        let input = try APIJSON.decode(AliasInput.self, from: data)
+        let queue = try AliasSubscription.queue(fromTarget: input.target)
+        let subscription = Subscription(
+            project: caller.project, eventTypes: [try AliasSubscription.pattern(fromSource: input.source)],
+            target: Target(queue: queue), messageTTL: input.messageTTL ?? 3600
+        )
+        let created = try await store { try await services.registry.create(subscription) }
+        var headers = HTTPFields()
+        headers[.location] = "/v1/subscription/\(created.id)"
+        return try APIJSON.response(AliasSubscription(created), status: .created, headers: headers)
+    }
+
+    @Sendable func listAlias(_ request: Request, _ context: APIContext) async throws -> Response {
+        let caller = try context.requireCaller()
+        let (limit, marker) = try page(request)
+        let (subscriptions, next) = try await services.registry.list(project: caller.project, limit: limit, marker: marker)
+        return try APIJSON.response(AliasPage(subscriptions: subscriptions.map(AliasSubscription.init), next: next.map { "/v1/subscription?limit=\(limit)&marker=\($0)" }))
+    }
+
+    @Sendable func getAlias(_ request: Request, _ context: APIContext) async throws -> Response {
+        try APIJSON.response(AliasSubscription(try await owned(context)))
+    }
+
+    // MARK: Dead letters
+
+    @Sendable func listDeadLetters(_ request: Request, _ context: APIContext) async throws -> Response {
+        let caller = try context.requireCaller()
+        let (limit, marker) = try page(request)
+        let entries = try await services.deadLetters.recent(project: caller.project, count: limit, before: marker)
+        let next = entries.count == limit ? entries.last.map { "/v1/dead-letters?limit=\(limit)&marker=\($0.id)" } : nil
+        return try APIJSON.response(DeadLetterPage(deadLetters: entries.map { DeadLetterEntry(id: $0.id, letter: $0.letter) }, next: next))
+    }
+
+    /// Posts letters again, to their subscription's current target; each one Zaqar takes
+    /// leaves the list, the others stay with the reason they failed again.
+    @Sendable func replayDeadLetters(_ request: Request, _ context: APIContext) async throws -> Response {
+        let caller = try context.requireCaller()
+        var ids: [String]?
+        if let length = request.headers[.contentLength].flatMap(Int.init), length > 0 {
+            let (data, _) = try await APIJSON.object(request, allowed: ["ids"])
+            ids = try APIJSON.decode(ReplayInput.self, from: data).ids
+        }
+        let entries: [(id: String, letter: DeadLetter)]
+        if let ids {
+            guard ids.count <= 1000 else { throw HTTPError(.badRequest, message: "ids: \(ids.count) ids; at most 1000 at once") }
+            entries = try await services.deadLetters.letters(project: caller.project, ids: ids)
+            if let missing = Set(ids).subtracting(entries.map(\.id)).sorted().first {
+                throw HTTPError(.notFound, message: "ids: no dead letter \(missing) in project \(caller.project)")
+            }
+        } else {
+            entries = try await services.deadLetters.recent(project: caller.project, count: 1000)
+        }
+        var result = ReplayResult(replayed: [], failed: [])
+        for (id, letter) in entries.reversed() {
+            guard let subscriptionID = letter.subscriptionID,
+                  let subscription = try await services.registry.get(id: subscriptionID, project: caller.project)
+            else {
+                result.failed.append(.init(id: id, reason: "its subscription \(letter.subscriptionID ?? "-") no longer exists"))
+                continue
+            }
+            let target = subscription.zaqarTarget(defaultURL: services.defaultZaqarURL)
+            do {
+                let response = try await services.deliver(target, Array(letter.body.utf8))
+                if (200..<300).contains(response.status) {
+                    result.replayed.append(id)
+                } else {
+                    result.failed.append(.init(id: id, reason: "Zaqar answered \(response.status)\(response.message.map { ": \($0)" } ?? "")"))
+                }
+            } catch {
+                result.failed.append(.init(id: id, reason: "\(error)"))
+            }
+        }
+        try await services.deadLetters.remove(project: caller.project, ids: result.replayed)
+        return try APIJSON.response(result)
+    }
+
+    @Sendable func purgeDeadLetters(_ request: Request, _ context: APIContext) async throws -> Response {
+        let caller = try context.requireCaller()
+        return try APIJSON.response(["purged": try await services.deadLetters.purge(project: caller.project)])
+    }
+
+    // MARK: Helpers
+
+    /// The subscription `{id}` of the caller's project; 404 when it is another project's or none.
+    private func owned(_ context: APIContext) async throws -> Subscription {
+        let caller = try context.requireCaller()
+        let id = try context.parameters.require("id")
+        guard let subscription = try await services.registry.get(id: id, project: caller.project) else {
+            throw HTTPError(.notFound, message: "no subscription \(id) in project \(caller.project)")
+        }
+        return subscription
+    }
+
+    /// Runs a registry write; a validation error becomes a 400 naming the field.
+    private func store<T>(_ body: () async throws -> T) async throws -> T {
+        do {
+            return try await body()
+        } catch let error as SubscriptionValidationError {
+            throw HTTPError(.badRequest, message: "\(error)")
+        }
+    }
+
+    private func present<T>(_ value: T?, _ key: String) throws -> T {
+        guard let value else { throw HTTPError(.badRequest, message: "\(key): must not be null") }
+        return value
+    }
+
+    /// `limit` (1 to 1000, default 100) and `marker` from the query.
+    private func page(_ request: Request) throws -> (Int, String?) {
+        let query = request.uri.queryParameters
+        var limit = 100
+        if let text = query.get("limit") {
+            guard let value = Int(text), (1...1000).contains(value) else {
+                throw HTTPError(.badRequest, message: "limit: '\(text)' must be a whole number from 1 to 1000")
+            }
+            limit = value
+        }
+        let marker = query.get("marker").flatMap { $0.isEmpty ? nil : $0 }
+        return (limit, marker)
+    }
+}
+
+extension Subscription {
+    /// Where this subscription's messages go: its own Zaqar URL or the node's, with its signed URL if any.
+    func zaqarTarget(defaultURL: String) -> ZaqarTarget {
+        let credentials: ZaqarTarget.Credentials = target.signedURL.map { .signedURL($0) } ?? .noAuth
+        return ZaqarTarget(baseURL: target.zaqarURL ?? defaultURL, project: project, queue: target.queue, credentials: credentials)
+    }
+}

@@ -1,0 +1,254 @@
+/// The OpenAPI 3.1 document served at `/v1/openapi.json`. `OpenAPITests` checks that it
+/// lists exactly the routes `HeraldAPI` serves and that each answers with a documented status.
+enum OpenAPIDocument {
+    static let json = #"""
+    {
+      "openapi": "3.1.0",
+      "info": {
+        "title": "Herald",
+        "version": "1",
+        "description": "Subscriptions to OpenStack notifications, delivered into Zaqar queues. Every /v1 route acts for the caller's project: with HERALD_API_AUTH=trusted-header (development) the X-Project-Id header names it and X-Roles: admin makes the caller an admin."
+      },
+      "components": {
+        "securitySchemes": {
+          "projectHeader": {"type": "apiKey", "in": "header", "name": "X-Project-Id"}
+        },
+        "parameters": {
+          "id": {"name": "id", "in": "path", "required": true, "schema": {"type": "string"}},
+          "limit": {"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
+          "marker": {"name": "marker", "in": "query", "required": false, "schema": {"type": "string"}, "description": "Where the page starts, from the previous page's next link."}
+        },
+        "responses": {
+          "BadRequest": {"description": "A bad field, named in the message.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+          "Unauthorized": {"description": "No caller identity.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+          "Forbidden": {"description": "Needs the admin role.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+          "NotFound": {"description": "None in the caller's project.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+        },
+        "schemas": {
+          "Error": {
+            "type": "object", "required": ["error"],
+            "properties": {"error": {"type": "object", "required": ["message"], "properties": {"message": {"type": "string"}}}}
+          },
+          "Condition": {
+            "type": "object", "required": ["field", "op"],
+            "properties": {
+              "field": {"type": "string", "description": "payload.x.y, traits.name, publisher_id, event_type, ..."},
+              "op": {"type": "string", "enum": ["eq", "ne", "lt", "le", "gt", "ge", "in", "exists", "prefix"]},
+              "value": {}
+            }
+          },
+          "SignedURL": {
+            "type": "object", "required": ["signature", "expires", "methods", "paths", "project"],
+            "properties": {
+              "signature": {"type": "string"}, "expires": {"type": "string"},
+              "methods": {"type": "array", "items": {"type": "string"}}, "paths": {"type": "array", "items": {"type": "string"}},
+              "project": {"type": "string"}
+            }
+          },
+          "Target": {
+            "type": "object", "required": ["queue"],
+            "properties": {
+              "queue": {"type": "string"},
+              "zaqar_url": {"type": "string", "description": "Defaults to the node's HERALD_ZAQAR_URL."},
+              "signed_url": {"$ref": "#/components/schemas/SignedURL"}
+            }
+          },
+          "SubscriptionInput": {
+            "type": "object", "additionalProperties": false,
+            "properties": {
+              "event_types": {"type": "array", "items": {"type": "string"}, "description": "Globs (* and ?); a leading ! excludes."},
+              "conditions": {"type": "array", "items": {"$ref": "#/components/schemas/Condition"}},
+              "target": {"$ref": "#/components/schemas/Target"},
+              "message_ttl": {"type": "integer", "minimum": 60, "maximum": 1209600, "default": 3600},
+              "all_projects": {"type": "boolean", "default": false, "description": "Admin only."},
+              "project": {"type": "string", "description": "Admin only, when another than the caller's."}
+            }
+          },
+          "Subscription": {
+            "type": "object",
+            "required": ["id", "project", "all_projects", "event_types", "conditions", "target", "message_ttl", "created_at", "updated_at"],
+            "properties": {
+              "id": {"type": "string"}, "project": {"type": "string"}, "all_projects": {"type": "boolean"},
+              "event_types": {"type": "array", "items": {"type": "string"}},
+              "conditions": {"type": "array", "items": {"$ref": "#/components/schemas/Condition"}},
+              "target": {"$ref": "#/components/schemas/Target"},
+              "message_ttl": {"type": "integer"}, "created_at": {"type": "number"}, "updated_at": {"type": "number"}
+            }
+          },
+          "SubscriptionPage": {
+            "type": "object", "required": ["subscriptions"],
+            "properties": {"subscriptions": {"type": "array", "items": {"$ref": "#/components/schemas/Subscription"}}, "next": {"type": "string"}}
+          },
+          "AliasInput": {
+            "type": "object", "required": ["source", "target"], "additionalProperties": false,
+            "properties": {
+              "source": {"type": "string", "description": "An event type prefix, e.g. compute.instance."},
+              "target": {"type": "string", "description": "A queue name: my-events or zaqar://my-events."},
+              "message_ttl": {"type": "integer", "minimum": 60, "maximum": 1209600, "default": 3600}
+            }
+          },
+          "AliasSubscription": {
+            "type": "object", "required": ["id", "source", "target", "message_ttl", "project_id", "event_types"],
+            "properties": {
+              "id": {"type": "string"}, "source": {"type": "string"}, "target": {"type": "string"}, "message_ttl": {"type": "integer"},
+              "project_id": {"type": "string"}, "event_types": {"type": "array", "items": {"type": "string"}}
+            }
+          },
+          "AliasPage": {
+            "type": "object", "required": ["subscriptions"],
+            "properties": {"subscriptions": {"type": "array", "items": {"$ref": "#/components/schemas/AliasSubscription"}}, "next": {"type": "string"}}
+          },
+          "DeadLetter": {
+            "type": "object", "required": ["id", "reason", "detail", "body", "at"],
+            "properties": {
+              "id": {"type": "string"},
+              "reason": {"type": "string", "enum": ["rejected", "not_found", "signed_url_expired", "too_large", "retries_exhausted", "malformed"]},
+              "detail": {"type": "string"}, "http_status": {"type": "integer"}, "zaqar_message": {"type": "string"},
+              "target": {"type": "string"}, "subscription_id": {"type": "string"}, "event_id": {"type": "string"},
+              "project": {"type": "string"}, "body": {"type": "string"}, "at": {"type": "number"}
+            }
+          },
+          "DeadLetterPage": {
+            "type": "object", "required": ["dead_letters"],
+            "properties": {"dead_letters": {"type": "array", "items": {"$ref": "#/components/schemas/DeadLetter"}}, "next": {"type": "string"}}
+          },
+          "ReplayInput": {
+            "type": "object", "required": ["ids"], "additionalProperties": false,
+            "properties": {"ids": {"type": "array", "items": {"type": "string"}, "maxItems": 1000}}
+          },
+          "ReplayResult": {
+            "type": "object", "required": ["replayed", "failed"],
+            "properties": {
+              "replayed": {"type": "array", "items": {"type": "string"}},
+              "failed": {"type": "array", "items": {"type": "object", "required": ["id", "reason"], "properties": {"id": {"type": "string"}, "reason": {"type": "string"}}}}
+            }
+          },
+          "Readiness": {
+            "type": "object", "required": ["ready", "checks"],
+            "properties": {"ready": {"type": "boolean"}, "checks": {"type": "object", "additionalProperties": {"type": "boolean"}}}
+          }
+        }
+      },
+      "paths": {
+        "/healthz": {
+          "get": {"summary": "The process is alive.", "responses": {"200": {"description": "Alive.", "content": {"application/json": {"schema": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}}}}}}}
+        },
+        "/readyz": {
+          "get": {
+            "summary": "Connected to Redis and RabbitMQ, registry loaded, membership current, not stopping.",
+            "responses": {
+              "200": {"description": "Ready.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Readiness"}}}},
+              "503": {"description": "Not ready; the failing checks are false.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Readiness"}}}}
+            }
+          }
+        },
+        "/metrics": {
+          "get": {"summary": "Prometheus text exposition.", "responses": {"200": {"description": "Metrics.", "content": {"text/plain": {"schema": {"type": "string"}}}}}}
+        },
+        "/v1/openapi.json": {
+          "get": {"summary": "This document.", "responses": {"200": {"description": "OpenAPI 3.1.", "content": {"application/json": {"schema": {"type": "object"}}}}}}
+        },
+        "/v1/subscriptions": {
+          "post": {
+            "summary": "Subscribe the caller's project.", "security": [{"projectHeader": []}],
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SubscriptionInput"}}}},
+            "responses": {
+              "201": {"description": "Created.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Subscription"}}}},
+              "400": {"$ref": "#/components/responses/BadRequest"}, "401": {"$ref": "#/components/responses/Unauthorized"}, "403": {"$ref": "#/components/responses/Forbidden"}
+            }
+          },
+          "get": {
+            "summary": "The caller's project's subscriptions, in id order.", "security": [{"projectHeader": []}],
+            "parameters": [{"$ref": "#/components/parameters/limit"}, {"$ref": "#/components/parameters/marker"}],
+            "responses": {
+              "200": {"description": "A page.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SubscriptionPage"}}}},
+              "400": {"$ref": "#/components/responses/BadRequest"}, "401": {"$ref": "#/components/responses/Unauthorized"}
+            }
+          }
+        },
+        "/v1/subscriptions/{id}": {
+          "parameters": [{"$ref": "#/components/parameters/id"}],
+          "get": {
+            "summary": "One subscription.", "security": [{"projectHeader": []}],
+            "responses": {
+              "200": {"description": "Found.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Subscription"}}}},
+              "401": {"$ref": "#/components/responses/Unauthorized"}, "404": {"$ref": "#/components/responses/NotFound"}
+            }
+          },
+          "patch": {
+            "summary": "Change the given fields.", "security": [{"projectHeader": []}],
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SubscriptionInput"}}}},
+            "responses": {
+              "200": {"description": "Updated.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Subscription"}}}},
+              "400": {"$ref": "#/components/responses/BadRequest"}, "401": {"$ref": "#/components/responses/Unauthorized"},
+              "403": {"$ref": "#/components/responses/Forbidden"}, "404": {"$ref": "#/components/responses/NotFound"}
+            }
+          },
+          "delete": {
+            "summary": "Unsubscribe.", "security": [{"projectHeader": []}],
+            "responses": {"204": {"description": "Deleted."}, "401": {"$ref": "#/components/responses/Unauthorized"}, "404": {"$ref": "#/components/responses/NotFound"}}
+          }
+        },
+        "/v1/subscription": {
+          "post": {
+            "summary": "The seed service's create: source is an event type prefix.", "security": [{"projectHeader": []}],
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/AliasInput"}}}},
+            "responses": {
+              "201": {"description": "Created.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/AliasSubscription"}}}},
+              "400": {"$ref": "#/components/responses/BadRequest"}, "401": {"$ref": "#/components/responses/Unauthorized"}
+            }
+          },
+          "get": {
+            "summary": "The seed service's list.", "security": [{"projectHeader": []}],
+            "parameters": [{"$ref": "#/components/parameters/limit"}, {"$ref": "#/components/parameters/marker"}],
+            "responses": {
+              "200": {"description": "A page.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/AliasPage"}}}},
+              "400": {"$ref": "#/components/responses/BadRequest"}, "401": {"$ref": "#/components/responses/Unauthorized"}
+            }
+          }
+        },
+        "/v1/subscription/{id}": {
+          "parameters": [{"$ref": "#/components/parameters/id"}],
+          "get": {
+            "summary": "The seed service's show.", "security": [{"projectHeader": []}],
+            "responses": {
+              "200": {"description": "Found.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/AliasSubscription"}}}},
+              "401": {"$ref": "#/components/responses/Unauthorized"}, "404": {"$ref": "#/components/responses/NotFound"}
+            }
+          },
+          "delete": {
+            "summary": "The seed service's delete.", "security": [{"projectHeader": []}],
+            "responses": {"204": {"description": "Deleted."}, "401": {"$ref": "#/components/responses/Unauthorized"}, "404": {"$ref": "#/components/responses/NotFound"}}
+          }
+        },
+        "/v1/dead-letters": {
+          "get": {
+            "summary": "The caller's project's dead letters, newest first.", "security": [{"projectHeader": []}],
+            "parameters": [{"$ref": "#/components/parameters/limit"}, {"$ref": "#/components/parameters/marker"}],
+            "responses": {
+              "200": {"description": "A page.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/DeadLetterPage"}}}},
+              "400": {"$ref": "#/components/responses/BadRequest"}, "401": {"$ref": "#/components/responses/Unauthorized"}
+            }
+          },
+          "delete": {
+            "summary": "Drop every dead letter of the caller's project.", "security": [{"projectHeader": []}],
+            "responses": {
+              "200": {"description": "How many were dropped.", "content": {"application/json": {"schema": {"type": "object", "required": ["purged"], "properties": {"purged": {"type": "integer"}}}}}},
+              "401": {"$ref": "#/components/responses/Unauthorized"}
+            }
+          }
+        },
+        "/v1/dead-letters/replay": {
+          "post": {
+            "summary": "Post dead letters again to their subscription's current target: the given ids, or the newest 1000.", "security": [{"projectHeader": []}],
+            "requestBody": {"required": false, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ReplayInput"}}}},
+            "responses": {
+              "200": {"description": "What was replayed (and left the list) and what failed again.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ReplayResult"}}}},
+              "400": {"$ref": "#/components/responses/BadRequest"}, "401": {"$ref": "#/components/responses/Unauthorized"}, "404": {"$ref": "#/components/responses/NotFound"}
+            }
+          }
+        }
+      }
+    }
+    """#
+}

@@ -1,0 +1,126 @@
+import Coordination
+import Delivery
+import Foundation
+import Hummingbird
+import Logging
+import Metrics
+import NIOCore
+import Prometheus
+import ServiceLifecycle
+import Synchronization
+import UnixSignals
+
+/// The pipeline as a service: starts the node, waits for the graceful-shutdown signal, then
+/// turns readiness off and stops (ingest, partitions handed over, group left).
+struct PipelineService: Service {
+    let node: HeraldNode
+
+    func run() async throws {
+        try await node.start()
+        try? await gracefulShutdown()
+        await node.shutdown()
+    }
+}
+
+/// One `herald node`, assembled: the pipeline and the HTTP API in one ServiceGroup. On SIGTERM
+/// or SIGINT the group stops the pipeline first (the API keeps answering, `/readyz` with 503),
+/// then the API; whatever is still running when the budget is spent is cancelled.
+struct NodeAssembly: Sendable {
+    let node: HeraldNode
+    let application: Application<RouterResponder<APIContext>>
+    let group: ServiceGroup
+
+    /// Where the API listens, once it does.
+    let boundPort: Locked<Int?>
+
+    static func make(configuration: NodeConfiguration, logger: Logger, metrics: PrometheusCollectorRegistry,
+                     signals: [UnixSignal] = [.sigterm, .sigint],
+                     onListening: @escaping @Sendable (Int) -> Void = { _ in }) throws -> NodeAssembly {
+        let node = try HeraldNode(configuration: configuration, logger: logger)
+        let zaqar = ZaqarClient()
+        let gauges = NodeGauges(registry: metrics)
+        let services = APIServices(
+            registry: node.registry, deadLetters: node.deadLetters, defaultZaqarURL: configuration.zaqarURL,
+            deliver: { target, message in try await zaqar.post(target, messages: [message]) },
+            readiness: { node.readiness() },
+            metrics: {
+                gauges.update(from: node)
+                return metrics.emitToString()
+            }
+        )
+        let api = HeraldAPI(services: services)
+        if configuration.apiAuth == .trustedHeader {
+            logger.warning("the API trusts the X-Project-Id header: development mode (HERALD_API_AUTH=trusted-header); never expose it beyond a test machine")
+        }
+        let router = api.router(authenticator: TrustedHeaderAuthenticator())
+        let boundPort = Locked<Int?>(nil)
+        let application = Application(
+            router: router,
+            configuration: ApplicationConfiguration(address: .hostname(configuration.apiHost, port: configuration.apiPort), serverName: "herald"),
+            onServerRunning: { channel in
+                let port = channel.localAddress?.port ?? configuration.apiPort
+                boundPort.withLock { $0 = port }
+                logger.info("API listening", metadata: ["api.address": "\(configuration.apiHost):\(port)"])
+                onListening(port)
+            },
+            logger: logger
+        )
+        var groupConfiguration = ServiceGroupConfiguration(
+            services: [
+                // Shut down in reverse order, each after the one before has finished: readiness
+                // off, the pipeline, the replay client, the API last.
+                .init(service: application),
+                .init(service: ZaqarClientService(client: zaqar)),
+                .init(service: PipelineService(node: node)),
+                .init(service: ShutdownNotice(node: node)),
+            ],
+            gracefulShutdownSignals: signals,
+            logger: logger
+        )
+        groupConfiguration.maximumGracefulShutdownDuration = configuration.shutdownBudget
+        return NodeAssembly(node: node, application: application, group: ServiceGroup(configuration: groupConfiguration), boundPort: boundPort)
+    }
+}
+
+/// Turns readiness off the moment the graceful shutdown begins, before anything stops.
+struct ShutdownNotice: Service {
+    let node: HeraldNode
+
+    func run() async throws {
+        try? await gracefulShutdown()
+        node.markStopping()
+    }
+}
+
+/// Closes the API's own Zaqar client (dead-letter replays) after everything else.
+struct ZaqarClientService: Service {
+    let client: ZaqarClient
+
+    func run() async throws {
+        try? await gracefulShutdown()
+        await client.shutdown()
+    }
+}
+
+/// Gauges read at scrape time from the node's state.
+struct NodeGauges: Sendable {
+    let partitionsOwned: Prometheus.Gauge
+    let isLeader: Prometheus.Gauge
+    let bufferedMessages: Prometheus.Gauge
+    let ready: Prometheus.Gauge
+
+    init(registry: PrometheusCollectorRegistry) {
+        partitionsOwned = registry.makeGauge(name: "herald_partitions_owned", help: "Partitions this node holds the lease of and acts on.")
+        isLeader = registry.makeGauge(name: "herald_leader", help: "1 when this node is the cluster's leader.")
+        bufferedMessages = registry.makeGauge(name: "herald_delivery_buffered_messages", help: "Messages held for delivery (queued or in flight).")
+        ready = registry.makeGauge(name: "herald_ready", help: "1 when /readyz answers 200.")
+    }
+
+    func update(from node: HeraldNode) {
+        partitionsOwned.set(to: Double(node.coordinator.acting().count))
+        isLeader.set(to: node.coordinator.isLeader ? 1 : 0)
+        bufferedMessages.set(to: Double(node.deliveryStatistics?.bufferedMessages ?? 0))
+        let checks = node.readiness()
+        ready.set(to: checks.values.allSatisfy { $0 } ? 1 : 0)
+    }
+}

@@ -1,0 +1,167 @@
+import ArgumentParser
+import Coordination
+import Foundation
+import HeraldModel
+import Logging
+import Messaging
+
+/// `herald status`: the cluster at a glance, from Redis and RabbitMQ.
+struct Status: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show the cluster: members, partitions per member, leases, leader, queue depths, dead letters.",
+        discussion: "Reads HERALD_REDIS_URL, HERALD_AMQP_URL, HERALD_KEY_PREFIX and HERALD_PARTITIONS like a node; changes nothing."
+    )
+
+    @Option(help: "Redis URL. Env: HERALD_REDIS_URL.")
+    var redisURL: String = ProcessInfo.processInfo.environment["HERALD_REDIS_URL"] ?? "redis://127.0.0.1:6379/0"
+    @Option(help: "RabbitMQ URL. Env: HERALD_AMQP_URL.")
+    var amqpURL: String = ProcessInfo.processInfo.environment["HERALD_AMQP_URL"] ?? "amqp://guest:guest@127.0.0.1:5672/%2F"
+    @Option(help: "Redis key prefix. Env: HERALD_KEY_PREFIX.")
+    var keyPrefix: String = ProcessInfo.processInfo.environment["HERALD_KEY_PREFIX"] ?? "herald:"
+    @Option(help: "P, when no assignment is stored yet. Env: HERALD_PARTITIONS.")
+    var partitions: Int = Int(ProcessInfo.processInfo.environment["HERALD_PARTITIONS"] ?? "") ?? 256
+    @Option(help: "How many of the deepest partition queues to show.")
+    var top: Int = 10
+    @Flag(help: "Print JSON, for scripts.")
+    var json = false
+
+    struct Report: Codable {
+        struct Member: Codable {
+            var node: String
+            var address: String
+            var version: String
+            var ageSeconds: Double
+            var partitions: [Int]
+            var epochs: [UInt64]
+            var leader: Bool
+        }
+
+        struct Queue: Codable {
+            var name: String
+            var messages: Int
+            var consumers: Int
+        }
+
+        var members: [Member]
+        var leader: String?
+        var partitionCount: Int
+        var partitionsHeld: Int
+        var assignmentEpoch: Int?
+        var ingest: Queue?
+        var deepestPartitions: [Queue]
+        var partitionMessages: Int
+        var deadLetters: [String: Int]
+        var problems: [String]
+    }
+
+    func run() async throws {
+        var logger = Logger(label: "herald.status")
+        logger.logLevel = .error
+        let report: Report
+        do {
+            report = try await gather(logger: logger)
+        } catch {
+            throw ValidationError("\(error)")
+        }
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            encoder.keyEncodingStrategy = .convertToSnakeCase
+            print(String(decoding: try encoder.encode(report), as: UTF8.self))
+        } else {
+            print(Self.text(report), terminator: "")
+        }
+    }
+
+    func gather(logger: Logger) async throws -> Report {
+        let redis = RedisClient(configuration: try RedisConfiguration(url: redisURL), logger: logger)
+        defer { Task { await redis.close() } }
+        let view = try await ClusterInspector(redis: redis, keyPrefix: keyPrefix).view(partitionCount: partitions)
+        let letters = try await DeadLetterStore(redis: redis, keyPrefix: keyPrefix).countsByReason()
+        var problems: [String] = []
+
+        var ingest: Report.Queue?
+        var partitionQueues: [Report.Queue] = []
+        do {
+            let connection = try await AMQPConnection.connect(try AMQPConfiguration(url: amqpURL), logger: logger)
+            defer { Task { await connection.close() } }
+            let channel = try await connection.openChannel()
+            for name in [Topology.ingest] + (0..<view.partitionCount).map(Topology.partitionQueue) {
+                do {
+                    let state = try await channel.declareQueuePassive(name)
+                    let queue = Report.Queue(name: name, messages: state.messageCount, consumers: state.consumerCount)
+                    if name == Topology.ingest { ingest = queue } else { partitionQueues.append(queue) }
+                } catch {
+                    problems.append("\(name): \(error)")
+                }
+            }
+        } catch {
+            problems.append("RabbitMQ: \(error)")
+        }
+
+        var byNode: [String: [ClusterView.Lease]] = [:]
+        for lease in view.leases { byNode[lease.node, default: []].append(lease) }
+        let members = Set(view.members.keys).union(byNode.keys).sorted().map { node in
+            let info = view.members[node]
+            let leases = byNode[node] ?? []
+            return Report.Member(
+                node: node, address: info?.address ?? "-", version: info?.version ?? "-",
+                ageSeconds: info.map { max(0, view.now - $0.started) } ?? 0,
+                partitions: leases.map(\.partition), epochs: leases.map(\.epoch), leader: node == view.leader
+            )
+        }
+        for member in members where view.members[member.node] == nil {
+            problems.append("\(member.node) holds leases but is not a member (its leases run out within the alive TTL)")
+        }
+        if view.leases.count < view.partitionCount {
+            problems.append("\(view.partitionCount - view.leases.count) of \(view.partitionCount) partitions have no lease holder")
+        }
+        if view.leader == nil { problems.append("no leader") }
+        let deepest = partitionQueues.sorted { ($0.messages, $1.name) > ($1.messages, $0.name) }.prefix(top)
+        return Report(
+            members: members, leader: view.leader, partitionCount: view.partitionCount, partitionsHeld: view.leases.count,
+            assignmentEpoch: view.assignmentEpoch, ingest: ingest, deepestPartitions: Array(deepest),
+            partitionMessages: partitionQueues.reduce(0) { $0 + $1.messages },
+            deadLetters: Dictionary(uniqueKeysWithValues: letters.map { ($0.key.rawValue, $0.value) }), problems: problems
+        )
+    }
+
+    static func text(_ report: Report) -> String {
+        var out = "Herald cluster: \(report.members.count) members, leader \(report.leader ?? "none"), "
+        out += "\(report.partitionsHeld) of \(report.partitionCount) partitions held, assignment epoch \(report.assignmentEpoch.map(String.init) ?? "-")\n\n"
+        out += pad("member", 24) + pad("address", 28) + pad("version", 9) + pad("age", 10) + pad("partitions", 11) + "lease epochs\n"
+        for member in report.members {
+            let epochs = member.epochs.isEmpty ? "-" : "\(member.epochs.min()!)..\(member.epochs.max()!)"
+            out += pad(member.node + (member.leader ? " *" : ""), 24) + pad(member.address, 28) + pad(member.version, 9)
+            out += pad(age(member.ageSeconds), 10) + pad("\(member.partitions.count)", 11) + epochs + "\n"
+        }
+        out += "\nqueues\n"
+        if let ingest = report.ingest {
+            out += "  " + pad(ingest.name, 22) + pad("\(ingest.messages) messages", 18) + "\(ingest.consumers) consumers\n"
+        }
+        out += "  " + pad("partition queues", 22) + "\(report.partitionMessages) messages in all; deepest:\n"
+        for queue in report.deepestPartitions where queue.messages > 0 {
+            out += "    " + pad(queue.name, 20) + "\(queue.messages)\n"
+        }
+        out += "\ndead letters (newest 10000, by reason)\n"
+        if report.deadLetters.isEmpty { out += "  none\n" }
+        for (reason, count) in report.deadLetters.sorted(by: { $0.key < $1.key }) {
+            out += "  " + pad(reason, 22) + "\(count)\n"
+        }
+        if !report.problems.isEmpty {
+            out += "\nproblems\n" + report.problems.map { "  " + $0 + "\n" }.joined()
+        }
+        return out
+    }
+
+    private static func pad(_ text: String, _ width: Int) -> String {
+        text.count >= width ? text + " " : text + String(repeating: " ", count: width - text.count)
+    }
+
+    private static func age(_ seconds: Double) -> String {
+        let whole = Int(seconds)
+        if whole < 120 { return "\(whole)s" }
+        if whole < 7200 { return "\(whole / 60)m" }
+        return "\(whole / 3600)h\((whole % 3600) / 60)m"
+    }
+}

@@ -1,0 +1,225 @@
+@testable import ClusterNode
+import Foundation
+import HTTPTypes
+import HeraldModel
+import Testing
+import TestSupport
+
+/// The API suites share the real Redis; `scripts/test` runs them in the pass without restarts.
+@Suite("API against the real Redis and Zaqar", .serialized)
+enum APISuites {}
+
+extension APISuites {
+    @Suite("Subscriptions API")
+    struct SubscriptionAPITests {
+        let harness: APIHarness
+
+        init() throws {
+            harness = try APIHarness()
+        }
+
+        static var valid: [String: Any] {
+            [
+            "event_types": ["compute.instance.*", "!compute.instance.update"],
+            "conditions": [["field": "payload.state", "op": "eq", "value": "active"]],
+            "target": ["queue": "my-events"],
+            "message_ttl": 600,
+            ]
+        }
+
+        @Test("create, get, list, patch, delete; another project sees 404")
+        func lifecycle() async throws {
+            try await harness.test { client in
+                let created = try await client.call(.post, "/v1/subscriptions", json: Self.valid)
+                #expect(created.status == .created, "\(created.text)")
+                let id = try #require(created.object["id"] as? String)
+                #expect(created.headers[.location] == "/v1/subscriptions/\(id)")
+                #expect(created.object["project"] as? String == "p1")
+                #expect(created.object["event_types"] as? [String] == ["compute.instance.*", "!compute.instance.update"])
+                #expect(created.object["message_ttl"] as? Int == 600)
+
+                let got = try await client.call(.get, "/v1/subscriptions/\(id)")
+                #expect(got.status == .ok)
+                #expect(got.object["id"] as? String == id)
+                #expect(try await client.call(.get, "/v1/subscriptions/\(id)", project: "p2").status == .notFound)
+                #expect(try await client.call(.delete, "/v1/subscriptions/\(id)", project: "p2").status == .notFound)
+                #expect(try await client.call(.patch, "/v1/subscriptions/\(id)", project: "p2", json: ["message_ttl": 60]).status == .notFound)
+
+                let patched = try await client.call(.patch, "/v1/subscriptions/\(id)", json: ["message_ttl": 7200, "conditions": [] as [Any]])
+                #expect(patched.status == .ok, "\(patched.text)")
+                #expect(patched.object["message_ttl"] as? Int == 7200)
+                #expect((patched.object["conditions"] as? [Any])?.isEmpty == true)
+                #expect(patched.object["event_types"] as? [String] == ["compute.instance.*", "!compute.instance.update"], "untouched fields stay")
+                let stored = try await harness.registry.get(id: id, project: "p1")
+                #expect(stored?.messageTTL == 7200)
+
+                #expect(try await client.call(.delete, "/v1/subscriptions/\(id)").status == .noContent)
+                #expect(try await client.call(.delete, "/v1/subscriptions/\(id)").status == .notFound)
+                #expect(try await client.call(.get, "/v1/subscriptions/\(id)").status == .notFound)
+            }
+        }
+
+        @Test("list pages follow the next link to the end, in id order, only the caller's project")
+        func paging() async throws {
+            try await harness.test { client in
+                var ids: [String] = []
+                for index in 0..<5 {
+                    var body = Self.valid
+                    body["target"] = ["queue": "q\(index)"]
+                    ids.append(try #require(try await client.call(.post, "/v1/subscriptions", json: body).object["id"] as? String))
+                }
+                try await client.call(.post, "/v1/subscriptions", project: "p2", json: Self.valid)
+                var seen: [String] = []
+                var next: String? = "/v1/subscriptions?limit=2"
+                var pages = 0
+                while let uri = next {
+                    let page = try await client.call(.get, uri)
+                    #expect(page.status == .ok)
+                    let items = page.object["subscriptions"] as? [[String: Any]] ?? []
+                    #expect(items.count <= 2)
+                    seen += items.compactMap { $0["id"] as? String }
+                    next = page.object["next"] as? String
+                    pages += 1
+                    if pages > 10 { break }
+                }
+                #expect(seen == ids.sorted())
+                #expect(pages == 3)
+            }
+        }
+
+        @Test("bad requests are 400 naming the field, and nothing is stored", arguments: [
+            (#"{"target": {"queue": "q"}}"#, "event_types"),
+            (#"{"event_types": ["compute.*"]}"#, "target"),
+            (#"{"event_types": "compute.*", "target": {"queue": "q"}}"#, "event_types"),
+            (#"{"event_types": ["compute.*"], "target": {"queue": "q"}, "message_ttl": 5}"#, "message_ttl"),
+            (#"{"event_types": ["compute.*"], "target": {"queue": "q"}, "conditions": [{"field": "payload.x", "op": "like", "value": 1}]}"#, "conditions[0].op"),
+            (#"{"event_types": ["compute.*"], "target": {"queue": "q"}, "conditions": [{"field": "payload.x", "op": "in", "value": 1}]}"#, "conditions[0]"),
+            (#"{"event_types": ["bad type!"], "target": {"queue": "q"}}"#, "event_types[0]"),
+            (#"{"event_types": ["!compute.*"], "target": {"queue": "q"}}"#, "event_types"),
+            (#"{"event_types": ["compute.*"], "target": {}}"#, "target.queue"),
+            (#"{"event_type": ["compute.*"], "target": {"queue": "q"}}"#, "event_type"),
+        ])
+        func invalid(body: String, field: String) async throws {
+            try await harness.test { client in
+                let reply = try await client.call(.post, "/v1/subscriptions", raw: body)
+                #expect(reply.status == .badRequest)
+                #expect(reply.message.hasPrefix(field), "\(reply.message)")
+                let listed = try await client.call(.get, "/v1/subscriptions")
+                #expect((listed.object["subscriptions"] as? [Any])?.isEmpty == true)
+            }
+        }
+
+        @Test("a body that is not a JSON object, a null field in a patch, a bad limit: 400 with a message")
+        func malformedBodies() async throws {
+            try await harness.test { client in
+                let notJSON = try await client.call(.post, "/v1/subscriptions", raw: "{event_types:")
+                #expect(notJSON.status == .badRequest)
+                #expect(notJSON.message.contains("not valid JSON"))
+                let array = try await client.call(.post, "/v1/subscriptions", raw: "[1]")
+                #expect(array.status == .badRequest)
+                #expect(array.message.contains("JSON object"))
+                let empty = try await client.call(.post, "/v1/subscriptions", raw: "")
+                #expect(empty.status == .badRequest)
+
+                let id = try #require(try await client.call(.post, "/v1/subscriptions", json: Self.valid).object["id"] as? String)
+                let null = try await client.call(.patch, "/v1/subscriptions/\(id)", raw: "{\"target\": null}")
+                #expect(null.status == .badRequest)
+                #expect(null.message.hasPrefix("target"), "\(null.message)")
+                let badTTL = try await client.call(.patch, "/v1/subscriptions/\(id)", json: ["message_ttl": 99_999_999])
+                #expect(badTTL.status == .badRequest)
+                #expect(badTTL.message.hasPrefix("message_ttl"))
+                #expect(try await harness.registry.get(id: id, project: "p1")?.messageTTL == 600, "a refused patch changes nothing")
+                let unknown = try await client.call(.patch, "/v1/subscriptions/\(id)", json: ["project": "p9"])
+                #expect(unknown.status == .badRequest)
+                #expect(unknown.message.hasPrefix("project"))
+
+                for limit in ["0", "1001", "x"] {
+                    let reply = try await client.call(.get, "/v1/subscriptions?limit=\(limit)")
+                    #expect(reply.status == .badRequest)
+                    #expect(reply.message.hasPrefix("limit"))
+                }
+            }
+        }
+
+        @Test("no identity is 401; all projects and another project need the admin role")
+        func authorization() async throws {
+            try await harness.test { client in
+                let anonymous = try await client.call(.get, "/v1/subscriptions", project: nil)
+                #expect(anonymous.status == .unauthorized)
+                #expect(anonymous.message.contains("X-Project-Id"))
+
+                var everything = Self.valid
+                everything["all_projects"] = true
+                let refused = try await client.call(.post, "/v1/subscriptions", json: everything)
+                #expect(refused.status == .forbidden)
+                #expect(refused.message.hasPrefix("all_projects"))
+                let allowed = try await client.call(.post, "/v1/subscriptions", admin: true, json: everything)
+                #expect(allowed.status == .created)
+                #expect(allowed.object["all_projects"] as? Bool == true)
+
+                var elsewhere = Self.valid
+                elsewhere["project"] = "p7"
+                #expect(try await client.call(.post, "/v1/subscriptions", json: elsewhere).status == .forbidden)
+                let forOther = try await client.call(.post, "/v1/subscriptions", admin: true, json: elsewhere)
+                #expect(forOther.status == .created)
+                #expect(forOther.object["project"] as? String == "p7")
+                let id = try #require(allowed.object["id"] as? String)
+                let demote = try await client.call(.patch, "/v1/subscriptions/\(id)", json: ["all_projects": true])
+                #expect(demote.status == .forbidden, "a member may not switch all_projects on, even on an admin's subscription")
+            }
+        }
+    }
+
+    @Suite("The seed service's API, kept as an alias")
+    struct AliasAPITests {
+        let harness: APIHarness
+
+        init() throws {
+            harness = try APIHarness()
+        }
+
+        @Test("POST, GET, GET one, DELETE /v1/subscription with source, target, message_ttl")
+        func alias() async throws {
+            try await harness.test { client in
+                let created = try await client.call(.post, "/v1/subscription", json: ["source": "compute.instance", "target": "zaqar://my-events", "message_ttl": 300])
+                #expect(created.status == .created, "\(created.text)")
+                let id = try #require(created.object["id"] as? String)
+                #expect(created.object["source"] as? String == "compute.instance")
+                #expect(created.object["target"] as? String == "zaqar://my-events")
+                #expect(created.object["project_id"] as? String == "p1")
+                let stored = try #require(try await harness.registry.get(id: id, project: "p1"))
+                #expect(stored.eventTypes == ["compute.instance*"])
+                #expect(stored.target.queue == "my-events")
+                #expect(stored.messageTTL == 300)
+
+                let plain = try await client.call(.post, "/v1/subscription", json: ["source": "volume.", "target": "vols"])
+                #expect(plain.status == .created)
+                #expect(plain.object["message_ttl"] as? Int == 3600)
+
+                let listed = try await client.call(.get, "/v1/subscription")
+                #expect(listed.status == .ok)
+                #expect((listed.object["subscriptions"] as? [[String: Any]])?.count == 2)
+                #expect(try await client.call(.get, "/v1/subscription/\(id)").object["source"] as? String == "compute.instance")
+                #expect(try await client.call(.get, "/v1/subscription/\(id)", project: "p2").status == .notFound)
+                #expect(try await client.call(.delete, "/v1/subscription/\(id)").status == .noContent)
+                #expect(try await client.call(.get, "/v1/subscription/\(id)").status == .notFound)
+                #expect(try await client.call(.get, "/v1/subscriptions/\(id)").status == .notFound, "one registry behind both APIs")
+            }
+        }
+
+        @Test("alias errors name the field", arguments: [
+            (#"{"target": "q"}"#, "source"),
+            (#"{"source": "compute", "target": "a/b"}"#, "target"),
+            (#"{"source": "", "target": "q"}"#, "source"),
+            (#"{"source": "compute", "target": "q", "message_ttl": 1}"#, "message_ttl"),
+            (#"{"source": "compute", "target": "q", "queue": "x"}"#, "queue"),
+        ])
+        func aliasErrors(body: String, field: String) async throws {
+            try await harness.test { client in
+                let reply = try await client.call(.post, "/v1/subscription", raw: body)
+                #expect(reply.status == .badRequest)
+                #expect(reply.message.hasPrefix(field), "\(reply.message)")
+            }
+        }
+    }
+}

@@ -1,0 +1,139 @@
+import AsyncHTTPClient
+import Foundation
+import HeraldModel
+import NIOCore
+import NIOFoundationCompat
+import NIOHTTP1
+import Testing
+import TestSupport
+
+extension PipelineSuites {
+    @Suite("Running herald nodes: the API over HTTP, herald status", .serialized, .timeLimit(.minutes(5)))
+    struct RunningNodeTests {
+        /// One HTTP call to a node's API.
+        func call(_ run: PipelineRun, _ node: String, _ method: HTTPMethod, _ path: String, project: String? = "p1", json: [String: Any]? = nil) async throws -> (Int, String) {
+            let port = try #require(run.nodes[node]?.apiPort)
+            var request = HTTPClientRequest(url: "http://127.0.0.1:\(port)\(path)")
+            request.method = method
+            if let project { request.headers.add(name: "X-Project-Id", value: project) }
+            if let json {
+                request.headers.add(name: "Content-Type", value: "application/json")
+                request.body = .bytes(ByteBuffer(bytes: try JSONSerialization.data(withJSONObject: json)))
+            }
+            let response = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
+            let body = try await response.body.collect(upTo: 4 << 20)
+            return (Int(response.status.code), String(buffer: body))
+        }
+
+        func object(_ text: String) -> [String: Any] {
+            ((try? JSONSerialization.jsonObject(with: Data(text.utf8))) as? [String: Any]) ?? [:]
+        }
+
+        @Test("3 nodes: subscribe over HTTP on one node, events arrive in Zaqar; readyz, metrics; herald status shows the cluster")
+        func runningCluster() async throws {
+            let run = try await PipelineRun(partitions: 24)
+            defer { Task { await run.stopAll() } }
+            try await run.startNodes(3)
+            try await run.waitAllPartitionsHeld()
+            for node in ["node-1", "node-2", "node-3"] {
+                try await eventually(timeout: .seconds(20)) {
+                    let (status, body) = try await call(run, node, .GET, "/readyz", project: nil)
+                    guard status == 200 else { throw TestFailure("\(node) /readyz: \(status) \(body)") }
+                }
+            }
+
+            // The API of a real node process, over HTTP.
+            let queue = run.queue("http")
+            let (created, body) = try await call(run, "node-2", .POST, "/v1/subscriptions", json: ["event_types": ["compute.instance.*"], "target": ["queue": queue]])
+            #expect(created == 201, "\(body)")
+            let (refused, refusal) = try await call(run, "node-1", .POST, "/v1/subscriptions", json: ["event_types": ["compute.*"], "target": ["queue": queue], "message_ttl": 1])
+            #expect(refused == 400)
+            #expect(refusal.contains("message_ttl"))
+            #expect(try await call(run, "node-3", .GET, "/v1/subscriptions", project: nil).0 == 401)
+            let (listed, listing) = try await call(run, "node-3", .GET, "/v1/subscriptions")
+            #expect(listed == 200)
+            #expect((object(listing)["subscriptions"] as? [Any])?.count == 1, "one registry behind every node")
+
+            // The nodes pick the subscription up from the registry; then events flow.
+            try await Task.sleep(for: .seconds(2))
+            let lines: [[String: Any]] = (0..<20).map { seq in
+                ["exchange": "nova", "driver": "messagingv2", "event_type": seq % 2 == 0 ? "compute.instance.create.end" : "volume.create.end",
+                 "project": "p1", "payload": ["seq": seq]]
+            }
+            let publisher = try run.publish(lines)
+            #expect(await publisher.wait() == 0, "\(publisher.tail())")
+            let arrived = try await eventually(timeout: .seconds(30)) {
+                let bodies = try await run.zaqar.bodies(queue: queue, project: "p1")
+                guard bodies.count >= 10 else { throw TestFailure("\(bodies.count) of 10 in \(queue)") }
+                return bodies
+            }
+            run.trackQueues([("p1", queue)])
+            #expect(arrived.count == 10)
+
+            // Metrics of a real node: the pipeline's counters and the ownership gauge.
+            var ingested = 0.0
+            var owned = 0.0
+            for node in ["node-1", "node-2", "node-3"] {
+                let (status, text) = try await call(run, node, .GET, "/metrics", project: nil)
+                #expect(status == 200)
+                for line in text.split(separator: "\n") where !line.hasPrefix("#") {
+                    let parts = line.split(separator: " ")
+                    guard parts.count == 2, let value = Double(parts[1]) else { continue }
+                    if parts[0] == #"herald_events_total{stage="ingested"}"# { ingested += value }
+                    if parts[0] == "herald_partitions_owned" { owned += value }
+                }
+            }
+            #expect(ingested == 20, "the cluster ingested every notification once")
+            #expect(owned == 24, "every partition is owned by exactly one node")
+
+            // herald status, as JSON and as text.
+            let binary = try TestServers.value("HERALD_TEST_BIN_DIR") + "/herald"
+            let environment = try run.environment
+            let statusJSON = try ChildProcess(name: "status", argv: [binary, "status", "--json"], environment: environment, log: "\(run.directory)/status.json")
+            #expect(await statusJSON.wait() == 0, "\(statusJSON.tail())")
+            let report = object(try String(contentsOfFile: statusJSON.log, encoding: .utf8))
+            let members = report["members"] as? [[String: Any]] ?? []
+            #expect(members.compactMap { $0["node"] as? String } == ["node-1", "node-2", "node-3"])
+            let counts = members.map { ($0["partitions"] as? [Int] ?? []).count }
+            #expect(counts.reduce(0, +) == 24)
+            #expect(counts.allSatisfy { $0 == 8 }, "24 partitions over 3 nodes: 8 each, \(counts)")
+            #expect(members.allSatisfy { ($0["epochs"] as? [Int] ?? []).allSatisfy { $0 >= 1 } })
+            #expect(members.filter { $0["leader"] as? Bool == true }.count == 1)
+            #expect(["node-1", "node-2", "node-3"].contains(report["leader"] as? String ?? ""))
+            #expect((report["ingest"] as? [String: Any])?["consumers"] as? Int == 3, "every node consumes herald.ingest (one active)")
+            #expect(report["partition_count"] as? Int == 24)
+            #expect(report["partitions_held"] as? Int == 24)
+            #expect((report["problems"] as? [Any])?.isEmpty == true, "\(report["problems"] ?? "")")
+            #expect((report["deepest_partitions"] as? [Any])?.count == 10)
+
+            let statusText = try ChildProcess(name: "status", argv: [binary, "status"], environment: environment, log: "\(run.directory)/status.txt")
+            #expect(await statusText.wait() == 0)
+            let text = try String(contentsOfFile: statusText.log, encoding: .utf8)
+            #expect(text.contains("3 members"), "\(text)")
+            #expect(text.contains("24 of 24 partitions held"))
+            for node in ["node-1", "node-2", "node-3"] { #expect(text.contains(node)) }
+            #expect(text.contains("herald.ingest"))
+        }
+
+        @Test("a bad configuration value stops start-up, naming the key and the value")
+        func badConfiguration() async throws {
+            let run = try await PipelineRun(partitions: 8)
+            defer { Task { await run.stopAll() } }
+            let binary = try TestServers.value("HERALD_TEST_BIN_DIR") + "/herald"
+            for (key, value) in [("HERALD_PARTITIONS", "zero"), ("HERALD_API_AUTH", "keystone"), ("HERALD_QUEUE_TYPE", "stream"), ("HERALD_LOG_FORMAT", "xml")] {
+                var environment = try run.environment
+                environment[key] = value
+                let node = try ChildProcess(name: "bad", argv: [binary, "node"], environment: environment, log: "\(run.directory)/bad-\(key).log")
+                let status = await node.wait()
+                #expect(status != 0)
+                let output = node.tail()
+                #expect(output.contains(key) && output.contains(value), "\(key)=\(value): \(output)")
+            }
+            let file = "\(run.directory)/herald.conf"
+            try "# a typo\nHERALD_PARTITONS=8\n".write(toFile: file, atomically: true, encoding: .utf8)
+            let typo = try ChildProcess(name: "typo", argv: [binary, "node", "--config", file], environment: try run.environment, log: "\(run.directory)/typo.log")
+            #expect(await typo.wait() != 0)
+            #expect(typo.tail().contains("HERALD_PARTITONS"), "\(typo.tail())")
+        }
+    }
+}

@@ -46,6 +46,7 @@ public final class ClusterCoordinator: Sendable {
     private let logger: Logger
     private let origin = ContinuousClock.now
     private let state: Mutex<OwnershipState>
+    private let executor: DedicatedThreadExecutor
     private let control = Mutex(Control())
     private let observer: (@Sendable (ClusterObservation) -> Void)?
     private let eventsContinuation: AsyncStream<OwnershipEvent>.Continuation
@@ -88,6 +89,7 @@ public final class ClusterCoordinator: Sendable {
         self.logger = logger
         self.observer = observer
         self.state = Mutex(OwnershipState(aliveTTL: configuration.aliveTTL, margin: configuration.margin))
+        self.executor = DedicatedThreadExecutor(name: "herald-leases")
         (events, eventsContinuation) = AsyncStream.makeStream(of: OwnershipEvent.self)
     }
 
@@ -124,7 +126,8 @@ public final class ClusterCoordinator: Sendable {
                 if case .subscribed(true) = event { self.wakeUp() }
             }
         }
-        let loop = Task { await self.run() }  // holds the coordinator until leave() or abandon() stops it
+        // On a thread of its own (see DedicatedThreadExecutor); holds the coordinator until leave() or abandon() stops it.
+        let loop = Task(executorPreference: executor) { await self.run() }
         control.withLock {
             $0.loop = loop
             $0.watcher = watcher
@@ -200,6 +203,7 @@ public final class ClusterCoordinator: Sendable {
         }
         watcher?.cancel()
         await loop?.value
+        executor.stop()
     }
 
     private func wakeUp() {

@@ -1,0 +1,45 @@
+{{/* The release's name for Herald's objects, at most 63 characters. */}}
+{{- define "herald.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "herald.selectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "herald.labels" -}}
+{{ include "herald.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "herald.secretName" -}}
+{{- default (include "herald.fullname" .) .Values.existingSecret -}}
+{{- end -}}
+
+{{/* Refuses values that would make a broken cluster, naming the value. */}}
+{{- define "herald.checks" -}}
+{{- $budget := int (default "20" (index .Values.config "HERALD_SHUTDOWN_BUDGET_SECONDS")) -}}
+{{- if le (int .Values.terminationGracePeriodSeconds) $budget -}}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must exceed config.HERALD_SHUTDOWN_BUDGET_SECONDS (%d), or Kubernetes kills nodes in the middle of their handover" (int .Values.terminationGracePeriodSeconds) $budget) -}}
+{{- end -}}
+{{- if and .Values.autoscaling.hpa.enabled .Values.autoscaling.keda.enabled -}}
+{{- fail "autoscaling.hpa.enabled and autoscaling.keda.enabled: choose one" -}}
+{{- end -}}
+{{- $partitions := int (default "256" (index .Values.config "HERALD_PARTITIONS")) -}}
+{{- if and .Values.autoscaling.keda.enabled (gt (int .Values.autoscaling.keda.maxReplicas) $partitions) -}}
+{{- fail (printf "autoscaling.keda.maxReplicas (%d) exceeds config.HERALD_PARTITIONS (%d): nodes beyond the partition count would own nothing" (int .Values.autoscaling.keda.maxReplicas) $partitions) -}}
+{{- end -}}
+{{- if and .Values.autoscaling.hpa.enabled (gt (int .Values.autoscaling.hpa.maxReplicas) $partitions) -}}
+{{- fail (printf "autoscaling.hpa.maxReplicas (%d) exceeds config.HERALD_PARTITIONS (%d)" (int .Values.autoscaling.hpa.maxReplicas) $partitions) -}}
+{{- end -}}
+{{- if and (not .Values.existingSecret) (or (not .Values.secret.HERALD_REDIS_URL) (not .Values.secret.HERALD_AMQP_URL)) -}}
+{{- fail "secret.HERALD_REDIS_URL and secret.HERALD_AMQP_URL are required unless existingSecret names a Secret that has them" -}}
+{{- end -}}
+{{- end -}}

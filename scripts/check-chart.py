@@ -1,0 +1,183 @@
+#!/usr/bin/env python3
+"""Render charts/herald with Helm's own template engine (helm-python-sdk, no cluster, no
+helm binary) for every values file in charts/herald/ci, and check what comes out:
+
+- values.schema.json accepts the values (Helm checks it while rendering), and refuses a
+  value of the wrong type;
+- every manifest validates against the Kubernetes schemas (kubernetes-validate, offline);
+  the CRDs it has no schema for (KEDA ScaledObject, ServiceMonitor) get checks of ours;
+- what schemas cannot see: probes point at paths the API serves (read from the OpenAPI
+  document), liveness does not depend on the brokers, the grace period exceeds the
+  shutdown budget, every HERALD_* key exists in the README's configuration table, the
+  node id comes from the pod name, KEDA never scales beyond the partition count;
+- a broken template fails to render.
+
+Exit status 1 and a message naming the file and the problem on the first failure.
+"""
+import json
+import pathlib
+import re
+import sys
+import tempfile
+import shutil
+
+import yaml
+import kubernetes_validate
+from helm_python.chart import Chart
+from helm_python import errors as helm_errors
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+CHART = ROOT / "charts" / "herald"
+KUBERNETES = "1.30.0"
+
+
+def fail(message):
+    print("check-chart: FAIL " + message, file=sys.stderr)
+    sys.exit(1)
+
+
+def served_paths():
+    source = (ROOT / "Sources" / "ClusterNode" / "API" / "OpenAPIDocument.swift").read_text()
+    document = json.loads(source.split('#"""', 1)[1].rsplit('"""#', 1)[0])
+    return set(document["paths"])
+
+
+def readme_keys():
+    return set(re.findall(r"^\| `(HERALD_[A-Z_]+)` \|", (ROOT / "README.md").read_text(), re.M))
+
+
+def render(values, name="herald"):
+    chart = Chart.load(str(CHART))
+    manifests = chart.render(values, name=name, namespace="openstack", is_install=True)
+    documents = []
+    for path, text in sorted(manifests.items()):
+        if path.endswith("NOTES.txt") or not text.strip():
+            continue
+        for document in yaml.safe_load_all(text):
+            if document:
+                documents.append((path, document))
+    return documents
+
+
+def check_variant(values_file, paths, keys):
+    values = yaml.safe_load(values_file.read_text()) or {}
+    try:
+        documents = render(values)
+    except Exception as error:  # noqa: BLE001 - Helm's errors name the template and the value
+        fail("%s: does not render: %s" % (values_file.name, error))
+    kinds = {}
+    for path, document in documents:
+        kind = document["kind"]
+        kinds[kind] = document
+        try:
+            kubernetes_validate.validate(document, KUBERNETES, strict=True)
+        except kubernetes_validate.SchemaNotFoundError:
+            check_custom_resource(values_file, path, document)
+        except kubernetes_validate.ValidationError as error:
+            fail("%s: %s (%s) is not valid Kubernetes %s: %s" % (values_file.name, path, kind, KUBERNETES, error.message))
+
+    deployment = kinds.get("Deployment") or fail("%s: no Deployment" % values_file.name)
+    config = kinds.get("ConfigMap") or fail("%s: no ConfigMap" % values_file.name)
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        path = container.get(probe, {}).get("httpGet", {}).get("path")
+        if path not in paths:
+            fail("%s: %s points at %r, which the API does not serve (%s)" % (values_file.name, probe, path, sorted(paths)))
+    if container["livenessProbe"]["httpGet"]["path"] != "/healthz":
+        fail("%s: liveness must be /healthz: /readyz fails while a broker is down, and restarts would not help" % values_file.name)
+    if container["readinessProbe"]["httpGet"]["path"] != "/readyz":
+        fail("%s: readiness must be /readyz" % values_file.name)
+    budget = int(config["data"].get("HERALD_SHUTDOWN_BUDGET_SECONDS", "20"))
+    if pod["terminationGracePeriodSeconds"] <= budget:
+        fail("%s: terminationGracePeriodSeconds %s does not exceed the shutdown budget %s" % (values_file.name, pod["terminationGracePeriodSeconds"], budget))
+    variables = set(config["data"]) | {env["name"] for env in container.get("env", [])}
+    secret = kinds.get("Secret")
+    if secret:
+        variables |= set(secret.get("stringData", {}))
+    unknown = sorted(key for key in variables if key not in keys)
+    if unknown:
+        fail("%s: %s not in the README's configuration table" % (values_file.name, ", ".join(unknown)))
+    node_id = [env for env in container.get("env", []) if env["name"] == "HERALD_NODE_ID"]
+    if not node_id or node_id[0].get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") != "metadata.name":
+        fail("%s: HERALD_NODE_ID must come from the pod name" % values_file.name)
+    if str(container["ports"][0]["containerPort"]) != config["data"]["HERALD_API_PORT"]:
+        fail("%s: the container port and HERALD_API_PORT differ" % values_file.name)
+    security = container.get("securityContext", {})
+    if not (pod.get("securityContext", {}).get("runAsNonRoot") and security.get("readOnlyRootFilesystem")):
+        fail("%s: the pod must run as non-root with a read-only root filesystem" % values_file.name)
+    if "PodDisruptionBudget" not in kinds:
+        fail("%s: no PodDisruptionBudget" % values_file.name)
+    scaled = kinds.get("ScaledObject")
+    if scaled and scaled["spec"]["maxReplicaCount"] > int(config["data"].get("HERALD_PARTITIONS", "256")):
+        fail("%s: KEDA may scale beyond the partition count" % values_file.name)
+    autoscaled = "HorizontalPodAutoscaler" in kinds or scaled is not None
+    if autoscaled == ("replicas" in deployment["spec"]):
+        fail("%s: the Deployment must leave replicas to the autoscaler, and only then" % values_file.name)
+    print("check-chart: %-22s %2d manifests valid (%s)" % (values_file.name, len(documents), ", ".join(sorted(kinds))))
+
+
+def check_custom_resource(values_file, path, document):
+    """What we know of the two CRDs the chart may make."""
+    kind, spec = document["kind"], document.get("spec", {})
+    if kind == "ScaledObject" and document["apiVersion"] == "keda.sh/v1alpha1":
+        trigger = spec.get("triggers", [{}])[0]
+        if spec.get("scaleTargetRef", {}).get("name") and trigger.get("type") == "rabbitmq" \
+                and trigger.get("metadata", {}).get("queueName") == "herald.ingest" \
+                and isinstance(spec.get("minReplicaCount"), int) and isinstance(spec.get("maxReplicaCount"), int):
+            return
+    elif kind == "ServiceMonitor" and document["apiVersion"] == "monitoring.coreos.com/v1":
+        endpoint = spec.get("endpoints", [{}])[0]
+        if spec.get("selector", {}).get("matchLabels") and endpoint.get("path") == "/metrics" and endpoint.get("port") == "http":
+            return
+    fail("%s: %s: an unexpected or malformed %s %s" % (values_file.name, path, document.get("apiVersion"), kind))
+
+
+def check_refusals():
+    """The schema and the templates refuse what would break a cluster."""
+    bad_values = [
+        ({"replicas": "five"}, "a string for replicas"),
+        ({"config": {"HERALD_API_AUTH": "none"}}, "an unknown HERALD_API_AUTH"),
+        ({"config": {"HERALD_NODE_ID": "x"}}, "HERALD_NODE_ID in config"),
+        ({"terminationGracePeriodSeconds": 10}, "a grace period below the budget"),
+        ({"autoscaling": {"keda": {"enabled": True, "maxReplicas": 300}}}, "KEDA beyond the partitions"),
+        ({"replica": 3}, "a misspelt key"),
+    ]
+    for values, what in bad_values:
+        try:
+            render(values)
+        except Exception as error:  # noqa: BLE001
+            print("check-chart: refused %-32s %s" % (what + ":", " ".join(str(error).split())[:220]))
+            continue
+        fail("the chart accepted %s: %s" % (what, values))
+
+    # A broken template must fail the check too.
+    with tempfile.TemporaryDirectory() as scratch:
+        broken = pathlib.Path(scratch) / "herald"
+        shutil.copytree(CHART, broken)
+        deployment = broken / "templates" / "deployment.yaml"
+        deployment.write_text(deployment.read_text().replace("{{ .Values.service.port }}", "{{ .Values.service.port ", 1))
+        try:
+            Chart.load(str(broken)).render({}, name="herald", namespace="openstack", is_install=True)
+        except Exception as error:  # noqa: BLE001
+            print("check-chart: refused %-32s %s" % ("a broken template:", " ".join(str(error).split())[:220]))
+        else:
+            fail("a broken template rendered")
+
+
+def main():
+    paths = served_paths()
+    keys = readme_keys()
+    if len(keys) < 10:
+        fail("found only %d HERALD_ keys in the README's table" % len(keys))
+    variants = sorted((CHART / "ci").glob("*.yaml"))
+    if not variants:
+        fail("no values files in charts/herald/ci")
+    for variant in variants:
+        check_variant(variant, paths, keys)
+    check_refusals()
+    print("check-chart: ok, %d variants" % len(variants))
+
+
+if __name__ == "__main__":
+    main()

@@ -76,6 +76,7 @@ extension PipelineSuites {
             for node in ["node-1", "node-2", "node-3"] {
                 let (status, text) = try await call(run, node, .GET, "/metrics", project: nil)
                 #expect(status == 200)
+                #expect(text.contains(#"hb_requests{http_route="/readyz",http_request_method="GET",http_response_status_code="200"}"#), "request metrics by route pattern")
                 for line in text.split(separator: "\n") where !line.hasPrefix("#") {
                     let parts = line.split(separator: " ")
                     guard parts.count == 2, let value = Double(parts[1]) else { continue }

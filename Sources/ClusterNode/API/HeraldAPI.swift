@@ -69,6 +69,8 @@ struct HeraldAPI: Sendable {
     /// The router: open routes as they are, the others behind `authenticator`.
     func router<Authenticator: RouterMiddleware>(authenticator: Authenticator) -> Router<APIContext> where Authenticator.Context == APIContext {
         let router = Router(context: APIContext.self)
+        // Request counts and durations by method, route pattern and status (bounded labels).
+        router.add(middleware: MetricsMiddleware())
         let protected = router.group()
         protected.add(middleware: authenticator)
         for route in routes {

@@ -37,6 +37,9 @@ struct NodeConfiguration: Sendable {
     var queueType: String
     /// HERALD_SHUTDOWN_BUDGET_SECONDS: how long a graceful stop may take. Default 20.
     var shutdownBudget: Duration
+    /// HERALD_HANDOFF_DRAIN_SECONDS: how long a partition handed over in a rebalance may take
+    /// to finish its in-flight events before the next owner gets them (again). Default 120.
+    var handoffDrain: Duration
     /// HERALD_API_HOST: where the HTTP API (subscriptions, health, metrics) listens. Default 0.0.0.0.
     var apiHost: String
     /// HERALD_API_PORT: its port; 0 takes any free port (logged). Default 8090.
@@ -54,7 +57,7 @@ struct NodeConfiguration: Sendable {
     static let keys: Set<String> = [
         "HERALD_NODE_ID", "HERALD_REDIS_URL", "HERALD_AMQP_URL", "HERALD_ZAQAR_URL", "HERALD_PARTITIONS", "HERALD_KEY_PREFIX",
         "HERALD_EXCHANGES", "HERALD_EXCHANGES_DURABLE", "HERALD_CEILOMETER_EVENTS", "HERALD_INGEST_ORDERED", "HERALD_INGEST_PREFETCH",
-        "HERALD_PARTITION_PREFETCH", "HERALD_QUEUE_TYPE", "HERALD_SHUTDOWN_BUDGET_SECONDS", "HERALD_API_HOST", "HERALD_API_PORT",
+        "HERALD_PARTITION_PREFETCH", "HERALD_QUEUE_TYPE", "HERALD_SHUTDOWN_BUDGET_SECONDS", "HERALD_HANDOFF_DRAIN_SECONDS", "HERALD_API_HOST", "HERALD_API_PORT",
         "HERALD_API_AUTH", "HERALD_LOG_LEVEL", "HERALD_LOG_FORMAT",
     ]
 
@@ -107,6 +110,7 @@ struct NodeConfiguration: Sendable {
             partitionPrefetch: UInt16(try integer("HERALD_PARTITION_PREFETCH", 100, 1...65535)),
             queueType: string("HERALD_QUEUE_TYPE", "classic"),
             shutdownBudget: .seconds(try integer("HERALD_SHUTDOWN_BUDGET_SECONDS", 20, 1...3600)),
+            handoffDrain: .seconds(try integer("HERALD_HANDOFF_DRAIN_SECONDS", 120, 1...3600)),
             apiHost: string("HERALD_API_HOST", "0.0.0.0"),
             apiPort: try integer("HERALD_API_PORT", 8090, 0...65535),
             apiAuth: try choice("HERALD_API_AUTH", .keystone),

@@ -255,11 +255,11 @@ final class PartitionOwners: Sendable {
                 }
             case .revoke(let partition):
                 Task {
-                    await self.stop(partition, drain: true)
+                    await self.stop(partition, drain: self.configuration.handoffDrain)
                     self.coordinator.confirmRevoked(partition)
                 }
             case .lost(let partition):
-                await stop(partition, drain: false)
+                await stop(partition, drain: nil)
             }
         }
     }
@@ -326,15 +326,27 @@ final class PartitionOwners: Sendable {
         }
     }
 
-    /// Stops consuming a partition; with `drain`, waits until its in-flight events are acked.
-    private func stop(_ partition: Int, drain: Bool) async {
+    /// Stops consuming a partition; with a `drain` limit, waits up to that long until its
+    /// in-flight events are delivered and acked, so the next owner gets none of them again.
+    /// Its in-flight events can wait behind other partitions' in the batcher's lanes, so this
+    /// may take seconds under load; what is still in flight at the limit comes twice.
+    private func stop(_ partition: Int, drain: Duration?) async {
         guard let owned = owned.withLock({ $0.removeValue(forKey: partition) }) else { return }
         try? await owned.consumer.cancel()
         await owned.task.withLock { $0 }?.value
-        if drain {
-            let deadline = ContinuousClock.now + configuration.shutdownBudget
-            while owned.inFlight.withLock({ $0 }) > 0 && ContinuousClock.now < deadline {
+        if let drain {
+            let started = ContinuousClock.now
+            while owned.inFlight.withLock({ $0 }) > 0 && ContinuousClock.now < started + drain {
                 try? await Task.sleep(for: .milliseconds(2))
+            }
+            let left = owned.inFlight.withLock { $0 }
+            let took = ContinuousClock.now - started
+            if left > 0 {
+                logger.warning("handoff drain ran out of time; the next owner gets these events again", metadata: [
+                    "partition": "\(partition)", "herald.in_flight": "\(left)", "herald.drain_seconds": "\(took.seconds)",
+                ])
+            } else if took > .seconds(1) {
+                logger.info("partition drained for handoff", metadata: ["partition": "\(partition)", "herald.drain_seconds": "\(took.seconds)"])
             }
         }
         await owned.channel.close()

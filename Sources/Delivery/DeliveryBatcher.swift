@@ -364,6 +364,11 @@ public final class DeliveryBatcher: Sendable {
             if opened {
                 logger.warning("circuit opened for a Zaqar target", metadata: ["zaqar.target": "\(target)", "error": "\(failure)"])
             }
+            // A request that timed out or lost its connection may have been taken all the same:
+            // its retry can deliver those messages twice (at least once; event_id tells them apart).
+            logger.warning("retrying a batch", metadata: [
+                "zaqar.target": "\(target)", "delivery.count": "\(batch.count)", "delivery.attempt": "\(attempt)", "error": "\(failure)",
+            ])
             if attempt >= configuration.maxAttempts {
                 await deadLetter(batch, reason: .retriesExhausted, status: nil, zaqarMessage: nil) { _ in
                     "gave up after \(attempt) attempts; last error: \(failure)"

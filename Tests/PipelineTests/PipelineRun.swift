@@ -10,6 +10,8 @@ struct Delivered {
     var eventID: String
     var subscriptionID: String
     var partition: Int
+    /// The fencing epoch of the owner that delivered it.
+    var epoch: Int
 }
 
 /// A cluster of `herald node` processes in a RabbitMQ vhost and Redis key prefix of
@@ -163,9 +165,9 @@ final class PipelineRun: @unchecked Sendable {
                 guard let event = body["event"] as? [String: Any], let herald = body["herald"] as? [String: Any],
                       let payload = event["payload"] as? [String: Any], let seq = payload["seq"] as? Int,
                       let eventID = herald["event_id"] as? String, let subscriptionID = herald["subscription_id"] as? String,
-                      let partition = herald["partition"] as? Int
+                      let partition = herald["partition"] as? Int, let epoch = herald["epoch"] as? Int
                 else { return nil }
-                return Delivered(seq: seq, eventID: eventID, subscriptionID: subscriptionID, partition: partition)
+                return Delivered(seq: seq, eventID: eventID, subscriptionID: subscriptionID, partition: partition, epoch: epoch)
             }
         }
         return result

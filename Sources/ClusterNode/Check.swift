@@ -11,6 +11,32 @@ struct Check: AsyncParsableCommand {
         discussion: "Exits 0 when both answer, 1 otherwise, naming the server and the reason."
     )
 
+    @OptionGroup var servers: ServerOptions
+
+    func run() async throws {
+        var logger = Logger(label: "herald.check")
+        logger.logLevel = .warning
+        var healthy = true
+        do {
+            let report = try await ConnectivityCheck.redis(url: servers.redisURL, logger: logger)
+            print("redis    ok    \(report)")
+        } catch {
+            healthy = false
+            print("redis    FAIL  \(error)")
+        }
+        do {
+            let report = try await ConnectivityCheck.rabbitMQ(url: servers.amqpURL, logger: logger)
+            print("rabbitmq ok    \(report)")
+        } catch {
+            healthy = false
+            print("rabbitmq FAIL  \(error)")
+        }
+        if !healthy { throw ExitCode(1) }
+    }
+}
+
+/// `--redis-url` and `--amqp-url`, from the environment by default, checked before the command runs.
+struct ServerOptions: ParsableArguments {
     @Option(help: "Redis URL: redis://[user:password@]host:port/db or unix:///path?db=N. Env: HERALD_REDIS_URL.")
     var redisURL: String = ProcessInfo.processInfo.environment["HERALD_REDIS_URL"] ?? "redis://127.0.0.1:6379/0"
 
@@ -20,27 +46,6 @@ struct Check: AsyncParsableCommand {
     func validate() throws {
         do { _ = try RedisConfiguration(url: redisURL) } catch { throw ValidationError("--redis-url (HERALD_REDIS_URL): \(error)") }
         do { _ = try AMQPConfiguration(url: amqpURL) } catch { throw ValidationError("--amqp-url (HERALD_AMQP_URL): \(error)") }
-    }
-
-    func run() async throws {
-        var logger = Logger(label: "herald.check")
-        logger.logLevel = .warning
-        var healthy = true
-        do {
-            let report = try await ConnectivityCheck.redis(url: redisURL, logger: logger)
-            print("redis    ok    \(report)")
-        } catch {
-            healthy = false
-            print("redis    FAIL  \(error)")
-        }
-        do {
-            let report = try await ConnectivityCheck.rabbitMQ(url: amqpURL, logger: logger)
-            print("rabbitmq ok    \(report)")
-        } catch {
-            healthy = false
-            print("rabbitmq FAIL  \(error)")
-        }
-        if !healthy { throw ExitCode(1) }
     }
 }
 

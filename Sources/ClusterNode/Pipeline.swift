@@ -304,10 +304,8 @@ final class PartitionOwners: Sendable {
             guard !matches.isEmpty else { continue }
             let body = NotificationDecoder.encode(event)
             for subscription in matches {
-                let credentials: ZaqarTarget.Credentials = subscription.target.signedURL.map { .signedURL($0) } ?? .noAuth
-                let target = ZaqarTarget(baseURL: subscription.target.zaqarURL ?? configuration.zaqarURL, project: subscription.project, queue: subscription.target.queue, credentials: credentials)
                 messages.append(ZaqarOutgoingMessage(
-                    target: target,
+                    target: subscription.zaqarTarget(defaultURL: configuration.zaqarURL),
                     body: ZaqarMessageEncoding.message(event: body, ttl: subscription.messageTTL, subscriptionID: subscription.id, eventID: event.messageID, partition: partition, epoch: owned.epoch),
                     subscriptionID: subscription.id, eventID: event.messageID
                 ))
@@ -350,5 +348,13 @@ final class PartitionOwners: Sendable {
             }
         }
         await owned.channel.close()
+    }
+}
+
+extension Subscription {
+    /// Where this subscription's messages go: its own Zaqar URL or the node's, with its signed URL if any.
+    func zaqarTarget(defaultURL: String) -> ZaqarTarget {
+        let credentials: ZaqarTarget.Credentials = target.signedURL.map { .signedURL($0) } ?? .noAuth
+        return ZaqarTarget(baseURL: target.zaqarURL ?? defaultURL, project: project, queue: target.queue, credentials: credentials)
     }
 }

@@ -12,10 +12,7 @@ struct Status: AsyncParsableCommand {
         discussion: "Reads HERALD_REDIS_URL, HERALD_AMQP_URL, HERALD_KEY_PREFIX and HERALD_PARTITIONS like a node; changes nothing."
     )
 
-    @Option(help: "Redis URL. Env: HERALD_REDIS_URL.")
-    var redisURL: String = ProcessInfo.processInfo.environment["HERALD_REDIS_URL"] ?? "redis://127.0.0.1:6379/0"
-    @Option(help: "RabbitMQ URL. Env: HERALD_AMQP_URL.")
-    var amqpURL: String = ProcessInfo.processInfo.environment["HERALD_AMQP_URL"] ?? "amqp://guest:guest@127.0.0.1:5672/%2F"
+    @OptionGroup var servers: ServerOptions
     @Option(help: "Redis key prefix. Env: HERALD_KEY_PREFIX.")
     var keyPrefix: String = ProcessInfo.processInfo.environment["HERALD_KEY_PREFIX"] ?? "herald:"
     @Option(help: "P, when no assignment is stored yet. Env: HERALD_PARTITIONS.")
@@ -74,7 +71,7 @@ struct Status: AsyncParsableCommand {
     }
 
     func gather(logger: Logger) async throws -> Report {
-        let redis = RedisClient(configuration: try RedisConfiguration(url: redisURL), logger: logger)
+        let redis = RedisClient(configuration: try RedisConfiguration(url: servers.redisURL), logger: logger)
         defer { Task { await redis.close() } }
         let view = try await ClusterInspector(redis: redis, keyPrefix: keyPrefix).view(partitionCount: partitions)
         let letters = try await DeadLetterStore(redis: redis, keyPrefix: keyPrefix).countsByReason()
@@ -83,7 +80,7 @@ struct Status: AsyncParsableCommand {
         var ingest: Report.Queue?
         var partitionQueues: [Report.Queue] = []
         do {
-            let connection = try await AMQPConnection.connect(try AMQPConfiguration(url: amqpURL), logger: logger)
+            let connection = try await AMQPConnection.connect(try AMQPConfiguration(url: servers.amqpURL), logger: logger)
             defer { Task { await connection.close() } }
             let channel = try await connection.openChannel()
             for name in [Topology.ingest] + (0..<view.partitionCount).map(Topology.partitionQueue) {

@@ -293,11 +293,3 @@ struct HeraldAPI: Sendable {
         return (limit, marker)
     }
 }
-
-extension Subscription {
-    /// Where this subscription's messages go: its own Zaqar URL or the node's, with its signed URL if any.
-    func zaqarTarget(defaultURL: String) -> ZaqarTarget {
-        let credentials: ZaqarTarget.Credentials = target.signedURL.map { .signedURL($0) } ?? .noAuth
-        return ZaqarTarget(baseURL: target.zaqarURL ?? defaultURL, project: project, queue: target.queue, credentials: credentials)
-    }
-}

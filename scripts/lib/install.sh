@@ -44,3 +44,18 @@ install_python_venv() {
     "$VENV/bin/pip" install -q --disable-pip-version-check "${PYTHON_PACKAGES[@]}"
     echo "$want" > "$stamp"
 }
+
+# Keystone in a venv of its own (its oslo.* pins need not agree with Zaqar's).
+KEYSTONE_VENV="${HERALD_KEYSTONE_VENV:-$ROOT/.local/keystone-venv}"
+KEYSTONE_PACKAGES=("keystone==30.0.0")
+
+install_keystone_venv() {
+    local stamp="$KEYSTONE_VENV/.herald-packages" want
+    want="${KEYSTONE_PACKAGES[*]}"
+    if [ -x "$KEYSTONE_VENV/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then return 0; fi
+    printf 'install: Python venv %s with %s\n' "$KEYSTONE_VENV" "$want" >&2
+    mkdir -p "$(dirname "$KEYSTONE_VENV")"
+    python3 -m venv "$KEYSTONE_VENV"
+    "$KEYSTONE_VENV/bin/pip" install -q --disable-pip-version-check "${KEYSTONE_PACKAGES[@]}"
+    echo "$want" > "$stamp"
+}

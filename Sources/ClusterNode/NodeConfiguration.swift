@@ -48,6 +48,8 @@ struct NodeConfiguration: Sendable {
     /// Keystone) or `trusted-header` (development only: trusts `X-Project-Id` and `X-Roles`,
     /// logged as a warning at start-up). Default keystone.
     var apiAuth: APIAuthMode
+    /// HERALD_KEYSTONE_*: Herald's service user, for validating callers' tokens (keystone mode).
+    var keystone: KeystoneConfiguration?
     /// HERALD_LOG_LEVEL: trace, debug, info, notice, warning, error, critical. Default info.
     var logLevel: String
     /// HERALD_LOG_FORMAT: text or json (one JSON object per line). Default text.
@@ -58,7 +60,9 @@ struct NodeConfiguration: Sendable {
         "HERALD_NODE_ID", "HERALD_REDIS_URL", "HERALD_AMQP_URL", "HERALD_ZAQAR_URL", "HERALD_PARTITIONS", "HERALD_KEY_PREFIX",
         "HERALD_EXCHANGES", "HERALD_EXCHANGES_DURABLE", "HERALD_CEILOMETER_EVENTS", "HERALD_INGEST_ORDERED", "HERALD_INGEST_PREFETCH",
         "HERALD_PARTITION_PREFETCH", "HERALD_QUEUE_TYPE", "HERALD_SHUTDOWN_BUDGET_SECONDS", "HERALD_HANDOFF_DRAIN_SECONDS", "HERALD_API_HOST", "HERALD_API_PORT",
-        "HERALD_API_AUTH", "HERALD_LOG_LEVEL", "HERALD_LOG_FORMAT",
+        "HERALD_API_AUTH", "HERALD_LOG_LEVEL", "HERALD_LOG_FORMAT", "HERALD_KEYSTONE_URL", "HERALD_KEYSTONE_USERNAME",
+        "HERALD_KEYSTONE_PASSWORD", "HERALD_KEYSTONE_PROJECT", "HERALD_KEYSTONE_USER_DOMAIN", "HERALD_KEYSTONE_PROJECT_DOMAIN",
+        "HERALD_KEYSTONE_CACHE_SECONDS",
     ]
 
     /// An unknown key is a typo that would otherwise be ignored: it stops start-up.
@@ -95,6 +99,7 @@ struct NodeConfiguration: Sendable {
             }
             return value
         }
+        let keystoneCacheSeconds = try integer("HERALD_KEYSTONE_CACHE_SECONDS", 60, 0...3600)
         let configuration = NodeConfiguration(
             nodeID: string("HERALD_NODE_ID", ProcessInfo.processInfo.hostName),
             redisURL: string("HERALD_REDIS_URL", "redis://127.0.0.1:6379/0"),
@@ -114,6 +119,13 @@ struct NodeConfiguration: Sendable {
             apiHost: string("HERALD_API_HOST", "0.0.0.0"),
             apiPort: try integer("HERALD_API_PORT", 8090, 0...65535),
             apiAuth: try choice("HERALD_API_AUTH", .keystone),
+            keystone: environment["HERALD_KEYSTONE_URL"].flatMap { $0.isEmpty ? nil : $0 }.map { url in
+                KeystoneConfiguration(
+                    url: url, username: string("HERALD_KEYSTONE_USERNAME", "herald"), password: string("HERALD_KEYSTONE_PASSWORD", ""),
+                    project: string("HERALD_KEYSTONE_PROJECT", "service"), userDomain: string("HERALD_KEYSTONE_USER_DOMAIN", "Default"),
+                    projectDomain: string("HERALD_KEYSTONE_PROJECT_DOMAIN", "Default"), cacheTTL: .seconds(keystoneCacheSeconds)
+                )
+            },
             logLevel: string("HERALD_LOG_LEVEL", "info"),
             logFormat: string("HERALD_LOG_FORMAT", "text")
         )
@@ -137,7 +149,15 @@ struct NodeConfiguration: Sendable {
             throw ConfigurationError(key: "HERALD_API_HOST", value: apiHost, expected: "an address to listen on, such as 0.0.0.0 or 127.0.0.1")
         }
         if apiAuth == .keystone {
-            throw ConfigurationError(key: "HERALD_API_AUTH", value: apiAuth.rawValue, expected: "Keystone token validation is not built yet; set HERALD_API_AUTH=trusted-header, for development only")
+            guard let keystone else {
+                throw ConfigurationError(key: "HERALD_KEYSTONE_URL", value: "", expected: "Keystone's URL, e.g. http://keystone:5000/v3, since HERALD_API_AUTH=keystone (or HERALD_API_AUTH=trusted-header, for development only)")
+            }
+            guard let url = URL(string: keystone.url), ["http", "https"].contains(url.scheme ?? ""), url.host != nil else {
+                throw ConfigurationError(key: "HERALD_KEYSTONE_URL", value: keystone.url, expected: "an http(s) URL such as http://keystone:5000/v3")
+            }
+            guard !keystone.password.isEmpty else {
+                throw ConfigurationError(key: "HERALD_KEYSTONE_PASSWORD", value: "", expected: "the password of Herald's service user \(keystone.username)")
+            }
         }
         guard ["classic", "quorum"].contains(queueType) else {
             throw ConfigurationError(key: "HERALD_QUEUE_TYPE", value: queueType, expected: "classic or quorum")

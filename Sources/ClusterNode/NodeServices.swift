@@ -49,10 +49,13 @@ struct NodeAssembly: Sendable {
             }
         )
         let api = HeraldAPI(services: services)
-        if configuration.apiAuth == .trustedHeader {
+        let router: Router<APIContext>
+        if let keystone = configuration.keystone, configuration.apiAuth == .keystone {
+            router = api.router(authenticator: KeystoneAuthenticator(validator: KeystoneValidator(configuration: keystone, logger: logger)))
+        } else {
             logger.warning("the API trusts the X-Project-Id header: development mode (HERALD_API_AUTH=trusted-header); never expose it beyond a test machine")
+            router = api.router(authenticator: TrustedHeaderAuthenticator())
         }
-        let router = api.router(authenticator: TrustedHeaderAuthenticator())
         let boundPort = Locked<Int?>(nil)
         let application = Application(
             router: router,

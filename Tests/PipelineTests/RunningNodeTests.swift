@@ -121,7 +121,7 @@ extension PipelineSuites {
             let run = try await PipelineRun(partitions: 8)
             defer { Task { await run.stopAll() } }
             let binary = try TestServers.value("HERALD_TEST_BIN_DIR") + "/herald"
-            for (key, value) in [("HERALD_PARTITIONS", "zero"), ("HERALD_API_AUTH", "keystone"), ("HERALD_QUEUE_TYPE", "stream"), ("HERALD_LOG_FORMAT", "xml")] {
+            for (key, value) in [("HERALD_PARTITIONS", "zero"), ("HERALD_API_AUTH", "kerberos"), ("HERALD_QUEUE_TYPE", "stream"), ("HERALD_LOG_FORMAT", "xml")] {
                 var environment = try run.environment
                 environment[key] = value
                 let node = try ChildProcess(name: "bad", argv: [binary, "node"], environment: environment, log: "\(run.directory)/bad-\(key).log")

@@ -20,6 +20,8 @@ final class HeraldNode: Sendable {
     let coordinator: ClusterCoordinator
     let registry: SubscriptionRegistry
     let deadLetters: DeadLetterStore
+    /// Herald's Keystone client (HERALD_KEYSTONE_URL): API tokens, trusts, trust-scoped tokens.
+    let keystone: KeystoneClient?
     let statistics = Locked(PipelineStatistics())
     private let logger: Logger
     private let parts = Mutex<Parts?>(nil)
@@ -54,6 +56,7 @@ final class HeraldNode: Sendable {
         )
         registry = SubscriptionRegistry(redis: redis, keyPrefix: configuration.keyPrefix, logger: logger)
         deadLetters = DeadLetterStore(redis: RedisClient(configuration: redis, logger: logger), keyPrefix: configuration.keyPrefix)
+        keystone = configuration.keystone.map { KeystoneClient(configuration: $0, logger: logger) }
     }
 
     func start() async throws {
@@ -74,7 +77,7 @@ final class HeraldNode: Sendable {
             }
         }
 
-        let zaqar = ZaqarClient()
+        let zaqar = ZaqarClient(tokens: keystone)
         let batcher = try DeliveryBatcher(zaqar: zaqar, deadLetters: deadLetters, logger: logger)
         let owners = PartitionOwners(connection: connection, coordinator: coordinator, batcher: batcher, index: index, configuration: configuration,
                                      deadLetters: deadLetters, statistics: statistics, logger: logger)
@@ -84,7 +87,12 @@ final class HeraldNode: Sendable {
         let ingesting = Task { [logger] in
             do { try await ingest.run() } catch { logger.error("ingest stopped", metadata: ["error": "\(error)"]) }
         }
-        parts.withLock { $0 = Parts(connection: connection, zaqar: zaqar, batcher: batcher, ingest: ingest, tasks: [watcher, ownership, ingesting]) }
+        let keeper = SignedURLKeeper(
+            registry: registry, keystone: keystone, zaqar: zaqar, defaultZaqarURL: configuration.zaqarURL, policy: configuration.signedURLs,
+            isLeader: { [coordinator] in coordinator.isLeader }, logger: logger
+        )
+        let keeping = Task { await keeper.run() }
+        parts.withLock { $0 = Parts(connection: connection, zaqar: zaqar, batcher: batcher, ingest: ingest, tasks: [watcher, ownership, ingesting, keeping]) }
         logger.info("node started", metadata: ["herald.partitions": "\(configuration.partitions)", "herald.exchanges": "\(configuration.exchanges)"])
     }
 

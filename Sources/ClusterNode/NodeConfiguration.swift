@@ -50,6 +50,9 @@ struct NodeConfiguration: Sendable {
     var apiAuth: APIAuthMode
     /// HERALD_KEYSTONE_*: Herald's service user, for validating callers' tokens (keystone mode).
     var keystone: KeystoneConfiguration?
+    /// HERALD_SIGNED_URL_*: when pre-signed URLs are renewed (or warned about) and for how long
+    /// a renewed one is made.
+    var signedURLs: SignedURLPolicy
     /// HERALD_LOG_LEVEL: trace, debug, info, notice, warning, error, critical. Default info.
     var logLevel: String
     /// HERALD_LOG_FORMAT: text or json (one JSON object per line). Default text.
@@ -62,7 +65,8 @@ struct NodeConfiguration: Sendable {
         "HERALD_PARTITION_PREFETCH", "HERALD_QUEUE_TYPE", "HERALD_SHUTDOWN_BUDGET_SECONDS", "HERALD_HANDOFF_DRAIN_SECONDS", "HERALD_API_HOST", "HERALD_API_PORT",
         "HERALD_API_AUTH", "HERALD_LOG_LEVEL", "HERALD_LOG_FORMAT", "HERALD_KEYSTONE_URL", "HERALD_KEYSTONE_USERNAME",
         "HERALD_KEYSTONE_PASSWORD", "HERALD_KEYSTONE_PROJECT", "HERALD_KEYSTONE_USER_DOMAIN", "HERALD_KEYSTONE_PROJECT_DOMAIN",
-        "HERALD_KEYSTONE_CACHE_SECONDS",
+        "HERALD_KEYSTONE_CACHE_SECONDS", "HERALD_KEYSTONE_TRUST_ROLES", "HERALD_SIGNED_URL_RENEW_SECONDS",
+        "HERALD_SIGNED_URL_LIFETIME_SECONDS", "HERALD_SIGNED_URL_CHECK_SECONDS",
     ]
 
     /// An unknown key is a typo that would otherwise be ignored: it stops start-up.
@@ -100,6 +104,10 @@ struct NodeConfiguration: Sendable {
             return value
         }
         let keystoneCacheSeconds = try integer("HERALD_KEYSTONE_CACHE_SECONDS", 60, 0...3600)
+        let trustRoles = string("HERALD_KEYSTONE_TRUST_ROLES", "member").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        guard !trustRoles.isEmpty else {
+            throw ConfigurationError(key: "HERALD_KEYSTONE_TRUST_ROLES", value: environment["HERALD_KEYSTONE_TRUST_ROLES"] ?? "", expected: "a comma-separated list of role names, such as member")
+        }
         let configuration = NodeConfiguration(
             nodeID: string("HERALD_NODE_ID", ProcessInfo.processInfo.hostName),
             redisURL: string("HERALD_REDIS_URL", "redis://127.0.0.1:6379/0"),
@@ -123,9 +131,15 @@ struct NodeConfiguration: Sendable {
                 KeystoneConfiguration(
                     url: url, username: string("HERALD_KEYSTONE_USERNAME", "herald"), password: string("HERALD_KEYSTONE_PASSWORD", ""),
                     project: string("HERALD_KEYSTONE_PROJECT", "service"), userDomain: string("HERALD_KEYSTONE_USER_DOMAIN", "Default"),
-                    projectDomain: string("HERALD_KEYSTONE_PROJECT_DOMAIN", "Default"), cacheTTL: .seconds(keystoneCacheSeconds)
+                    projectDomain: string("HERALD_KEYSTONE_PROJECT_DOMAIN", "Default"), cacheTTL: .seconds(keystoneCacheSeconds),
+                    trustRoles: trustRoles
                 )
             },
+            signedURLs: SignedURLPolicy(
+                renewBefore: .seconds(try integer("HERALD_SIGNED_URL_RENEW_SECONDS", 21_600, 60...2_592_000)),
+                lifetime: .seconds(try integer("HERALD_SIGNED_URL_LIFETIME_SECONDS", 604_800, 300...31_536_000)),
+                checkEvery: .seconds(try integer("HERALD_SIGNED_URL_CHECK_SECONDS", 60, 1...3600))
+            ),
             logLevel: string("HERALD_LOG_LEVEL", "info"),
             logFormat: string("HERALD_LOG_FORMAT", "text")
         )
@@ -159,6 +173,12 @@ struct NodeConfiguration: Sendable {
                 throw ConfigurationError(key: "HERALD_KEYSTONE_PASSWORD", value: "", expected: "the password of Herald's service user \(keystone.username)")
             }
         }
+        guard signedURLs.lifetime > signedURLs.renewBefore else {
+            throw ConfigurationError(
+                key: "HERALD_SIGNED_URL_LIFETIME_SECONDS", value: "\(Int(signedURLs.lifetime.seconds))",
+                expected: "more than HERALD_SIGNED_URL_RENEW_SECONDS (\(Int(signedURLs.renewBefore.seconds))), or every renewed URL would be due again at once"
+            )
+        }
         guard ["classic", "quorum"].contains(queueType) else {
             throw ConfigurationError(key: "HERALD_QUEUE_TYPE", value: queueType, expected: "classic or quorum")
         }
@@ -178,6 +198,17 @@ struct ConfigurationError: Error, CustomStringConvertible {
     var value: String
     var expected: String
     var description: String { "invalid configuration: \(key)='\(value)': \(expected)" }
+}
+
+/// When Herald acts on pre-signed URLs: within `renewBefore` of expiry it renews one through the
+/// subscription's trust, or warns (log, API, `herald status`) when there is none.
+struct SignedURLPolicy: Sendable {
+    var renewBefore: Duration = .seconds(21_600)
+    /// A renewed URL expires this long after renewal (Zaqar's default of one day is what let the
+    /// seed service's URLs die quietly).
+    var lifetime: Duration = .seconds(604_800)
+    /// How often the leader looks.
+    var checkEvery: Duration = .seconds(60)
 }
 
 /// How API callers are identified.

@@ -37,7 +37,7 @@ struct NodeAssembly: Sendable {
                      signals: [UnixSignal] = [.sigterm, .sigint],
                      onListening: @escaping @Sendable (Int) -> Void = { _ in }) throws -> NodeAssembly {
         let node = try HeraldNode(configuration: configuration, logger: logger)
-        let zaqar = ZaqarClient()
+        let zaqar = ZaqarClient(tokens: node.keystone)
         let gauges = NodeGauges(registry: metrics)
         let services = APIServices(
             registry: node.registry, deadLetters: node.deadLetters, defaultZaqarURL: configuration.zaqarURL,
@@ -46,12 +46,14 @@ struct NodeAssembly: Sendable {
             metrics: {
                 gauges.update(from: node)
                 return metrics.emitToString()
-            }
+            },
+            keystone: node.keystone,
+            signedURLs: configuration.signedURLs
         )
         let api = HeraldAPI(services: services)
         let router: Router<APIContext>
-        if let keystone = configuration.keystone, configuration.apiAuth == .keystone {
-            router = api.router(authenticator: KeystoneAuthenticator(validator: KeystoneValidator(configuration: keystone, logger: logger)))
+        if let keystone = node.keystone, configuration.apiAuth == .keystone {
+            router = api.router(authenticator: KeystoneAuthenticator(keystone: keystone))
         } else {
             logger.warning("the API trusts the X-Project-Id header: development mode (HERALD_API_AUTH=trusted-header); never expose it beyond a test machine")
             router = api.router(authenticator: TrustedHeaderAuthenticator())

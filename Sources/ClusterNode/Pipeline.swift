@@ -352,9 +352,11 @@ final class PartitionOwners: Sendable {
 }
 
 extension Subscription {
-    /// Where this subscription's messages go: its own Zaqar URL or the node's, with its signed URL if any.
+    /// Where this subscription's messages go: its own Zaqar URL or the node's, with its signed URL
+    /// or its trust (or, on a noauth Zaqar, neither).
     func zaqarTarget(defaultURL: String) -> ZaqarTarget {
-        let credentials: ZaqarTarget.Credentials = target.signedURL.map { .signedURL($0) } ?? .noAuth
+        let credentials: ZaqarTarget.Credentials =
+            if let signed = target.signedURL { .signedURL(signed, trust: trustID) } else if let trustID { .trust(trustID) } else { .noAuth }
         return ZaqarTarget(baseURL: target.zaqarURL ?? defaultURL, project: project, queue: target.queue, credentials: credentials)
     }
 }

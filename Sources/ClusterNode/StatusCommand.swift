@@ -19,6 +19,8 @@ struct Status: AsyncParsableCommand {
     var partitions: Int = Int(ProcessInfo.processInfo.environment["HERALD_PARTITIONS"] ?? "") ?? 256
     @Option(help: "How many of the deepest partition queues to show.")
     var top: Int = 10
+    @Option(help: "Pre-signed URLs expiring sooner than this many seconds are listed. Env: HERALD_SIGNED_URL_RENEW_SECONDS.")
+    var signedURLWindow: Int = Int(ProcessInfo.processInfo.environment["HERALD_SIGNED_URL_RENEW_SECONDS"] ?? "") ?? 21_600
     @Flag(help: "Print JSON, for scripts.")
     var json = false
 
@@ -39,6 +41,16 @@ struct Status: AsyncParsableCommand {
             var consumers: Int
         }
 
+        /// A pre-signed URL near or past expiry.
+        struct SignedURLRow: Codable {
+            var subscription: String
+            var project: String
+            var queue: String
+            var expires: String
+            /// renewing (the trust renews it), expiring, expired, unreadable
+            var state: String
+        }
+
         var members: [Member]
         var leader: String?
         var partitionCount: Int
@@ -48,6 +60,9 @@ struct Status: AsyncParsableCommand {
         var deepestPartitions: [Queue]
         var partitionMessages: Int
         var deadLetters: [String: Int]
+        /// Subscriptions with a pre-signed URL, and those of them near or past expiry.
+        var signedURLCount: Int
+        var signedURLs: [SignedURLRow]
         var problems: [String]
     }
 
@@ -114,12 +129,35 @@ struct Status: AsyncParsableCommand {
             problems.append("\(view.partitionCount - view.leases.count) of \(view.partitionCount) partitions have no lease holder")
         }
         if view.leader == nil { problems.append("no leader") }
+        let subscriptions = try await SubscriptionRegistry(redis: try RedisConfiguration(url: servers.redisURL), keyPrefix: keyPrefix, logger: logger)
+            .snapshot().subscriptions
+        var signedURLs: [Report.SignedURLRow] = []
+        var signedURLCount = 0
+        let now = Date()
+        for subscription in subscriptions {
+            guard let standing = SignedURLStanding(subscription, now: now, renewBefore: .seconds(signedURLWindow)) else { continue }
+            signedURLCount += 1
+            let state: String
+            switch standing {
+            case .fine: continue
+            case .renewable: state = "renewing"
+            case .expiring: state = "expiring"
+            case .expired: state = "expired"
+            case .unreadable: state = "unreadable"
+            }
+            signedURLs.append(.init(
+                subscription: subscription.id, project: subscription.project, queue: subscription.target.queue,
+                expires: subscription.target.signedURL?.expires ?? "", state: state
+            ))
+            if let warning = standing.warning(now: now) { problems.append("subscription \(subscription.id) (project \(subscription.project)): \(warning)") }
+        }
         let deepest = partitionQueues.sorted { ($0.messages, $1.name) > ($1.messages, $0.name) }.prefix(top)
         return Report(
             members: members, leader: view.leader, partitionCount: view.partitionCount, partitionsHeld: view.leases.count,
             assignmentEpoch: view.assignmentEpoch, ingest: ingest, deepestPartitions: Array(deepest),
             partitionMessages: partitionQueues.reduce(0) { $0 + $1.messages },
-            deadLetters: Dictionary(uniqueKeysWithValues: letters.map { ($0.key.rawValue, $0.value) }), problems: problems
+            deadLetters: Dictionary(uniqueKeysWithValues: letters.map { ($0.key.rawValue, $0.value) }),
+            signedURLCount: signedURLCount, signedURLs: signedURLs.sorted { ($0.expires, $0.subscription) < ($1.expires, $1.subscription) }, problems: problems
         )
     }
 
@@ -144,6 +182,10 @@ struct Status: AsyncParsableCommand {
         if report.deadLetters.isEmpty { out += "  none\n" }
         for (reason, count) in report.deadLetters.sorted(by: { $0.key < $1.key }) {
             out += "  " + pad(reason, 22) + "\(count)\n"
+        }
+        out += "\npre-signed URLs: \(report.signedURLCount) in use, \(report.signedURLs.count) near or past expiry\n"
+        for row in report.signedURLs {
+            out += "  " + pad(row.subscription, 38) + pad(row.project, 34) + pad(row.queue, 20) + pad(row.expires, 21) + row.state + "\n"
         }
         if !report.problems.isEmpty {
             out += "\nproblems\n" + report.problems.map { "  " + $0 + "\n" }.joined()

@@ -296,7 +296,7 @@ public final class DeliveryBatcher: Sendable {
 
     /// Sends one batch until every message is delivered or dead-lettered.
     private func send(_ batch: [Pending], to target: ZaqarTarget) async {
-        if let expiry = target.signedURLExpiry, expiry <= Date() {
+        if target.trust == nil, let expiry = target.signedURLExpiry, expiry <= Date() {
             await deadLetter(batch, reason: .signedURLExpired, status: nil, zaqarMessage: nil) { _ in
                 "the pre-signed URL for \(target.queue) expired at \(ISO8601DateFormatter().string(from: expiry)); create a new one with an explicit 'expires', or give the subscription a Keystone trust"
             }
@@ -336,6 +336,12 @@ public final class DeliveryBatcher: Sendable {
                         await deadLetter(batch, reason: .rejected, status: response.status, zaqarMessage: response.message) { _ in
                             "Zaqar refused the message with \(response.status): \(response.message ?? "no reason given")"
                         }
+                    }
+                    return
+                case 401, 403:
+                    circuitSucceeded(target)
+                    await deadLetter(batch, reason: .unauthorized, status: response.status, zaqarMessage: response.message) { _ in
+                        "Zaqar answered \(response.status) for \(target): the subscription's credentials do not reach this queue (\(response.message ?? "no reason given")); a trust deleted in Keystone or a user without the trust's roles ends here"
                     }
                     return
                 case 404:

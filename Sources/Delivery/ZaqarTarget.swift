@@ -7,10 +7,12 @@ public struct ZaqarTarget: Hashable, Sendable, CustomStringConvertible {
     public enum Credentials: Hashable, Sendable {
         /// A Zaqar without Keystone (development): `X-Project-ID` is taken as given.
         case noAuth
-        /// `X-Auth-Token` (a trust-scoped token in a real cloud).
-        case token(String)
-        /// The four headers of a pre-signed URL from `/v2/queues/{queue}/share`.
-        case signedURL(SignedURL)
+        /// A Keystone trust from the subscriber to Herald's service user: each request carries a
+        /// trust-scoped token from the client's `ZaqarTokenSource` (Zaqar takes the project from it).
+        case trust(String)
+        /// The four headers of a pre-signed URL from `/v2/queues/{queue}/share`; past its expiry
+        /// the trust, when there is one, carries the request instead.
+        case signedURL(SignedURL, trust: String?)
     }
 
     /// `http://zaqar.example:8888`, no trailing slash.
@@ -30,14 +32,23 @@ public struct ZaqarTarget: Hashable, Sendable, CustomStringConvertible {
 
     /// When a signed URL's credentials stop working, if this target uses one.
     public var signedURLExpiry: Date? {
-        guard case .signedURL(let signed) = credentials else { return nil }
+        guard case .signedURL(let signed, _) = credentials else { return nil }
         return ZaqarDates.parse(signed.expires)
+    }
+
+    /// The trust that can post here when nothing else can.
+    public var trust: String? {
+        switch credentials {
+        case .noAuth: return nil
+        case .trust(let trust): return trust
+        case .signedURL(_, let trust): return trust
+        }
     }
 }
 
 /// Zaqar writes expiries as `2026-11-25T16:37:41` (UTC, sometimes with fractions or a zone).
-enum ZaqarDates {
-    static func parse(_ text: String) -> Date? {
+public enum ZaqarDates {
+    public static func parse(_ text: String) -> Date? {
         let formats = ["yyyy-MM-dd'T'HH:mm:ss", "yyyy-MM-dd'T'HH:mm:ss.SSSSSS", "yyyy-MM-dd'T'HH:mm:ssXXXXX", "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXXXX"]
         for format in formats {
             let formatter = DateFormatter()
@@ -47,6 +58,15 @@ enum ZaqarDates {
             if let date = formatter.date(from: text) { return date }
         }
         return nil
+    }
+
+    /// The form Zaqar takes for a new pre-signed URL's `expires` (UTC, whole seconds).
+    public static func format(_ date: Date) -> String {
+        let formatter = DateFormatter()
+        formatter.locale = Locale(identifier: "en_US_POSIX")
+        formatter.timeZone = TimeZone(identifier: "UTC")
+        formatter.dateFormat = "yyyy-MM-dd'T'HH:mm:ss"
+        return formatter.string(from: date)
     }
 }
 

@@ -8,6 +8,8 @@ public struct DeadLetter: Codable, Sendable, Equatable {
         case notFound = "not_found"
         /// The signed URL's expiry had passed before sending.
         case signedURLExpired = "signed_url_expired"
+        /// Zaqar answered 401 or 403, or Keystone would not issue a token for the subscription's trust.
+        case unauthorized
         /// One message larger than a whole request may be.
         case tooLarge = "too_large"
         /// Retries ran out (5xx, 429, timeouts, connection errors).

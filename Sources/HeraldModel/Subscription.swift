@@ -18,6 +18,10 @@ public struct Subscription: Codable, Sendable, Equatable, Identifiable {
     public var target: Target
     /// Seconds Zaqar keeps each delivered message: 60 to 1209600.
     public var messageTTL: Int
+    /// The Keystone trust from the subscriber to Herald's service user, made by Herald when the
+    /// subscription was created (never taken from a request): it posts into a Keystone-protected
+    /// Zaqar and renews the pre-signed URL.
+    public var trustID: String?
     public var createdAt: Double
     public var updatedAt: Double
 
@@ -29,6 +33,7 @@ public struct Subscription: Codable, Sendable, Equatable, Identifiable {
         conditions: [Condition] = [],
         target: Target,
         messageTTL: Int = 3600,
+        trustID: String? = nil,
         createdAt: Double = Date().timeIntervalSince1970,
         updatedAt: Double? = nil
     ) {
@@ -39,6 +44,7 @@ public struct Subscription: Codable, Sendable, Equatable, Identifiable {
         self.conditions = conditions
         self.target = target
         self.messageTTL = messageTTL
+        self.trustID = trustID
         self.createdAt = createdAt
         self.updatedAt = updatedAt ?? createdAt
     }
@@ -48,6 +54,7 @@ public struct Subscription: Codable, Sendable, Equatable, Identifiable {
         case allProjects = "all_projects"
         case eventTypes = "event_types"
         case messageTTL = "message_ttl"
+        case trustID = "trust_id"
         case createdAt = "created_at"
         case updatedAt = "updated_at"
     }

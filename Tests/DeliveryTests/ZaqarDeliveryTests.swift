@@ -81,14 +81,14 @@ struct ZaqarDeliveryTests {
         // Posting creates the queue; share wants it to exist.
         _ = try await reader.request("/v2/queues/\(queueName)", project: project, method: .PUT, body: [:])
         let signed = try await reader.share(queue: queueName, project: project, expires: Date().addingTimeInterval(3600))
-        let target = ZaqarTarget(baseURL: zaqarURL, project: project, queue: queueName, credentials: .signedURL(signed))
+        let target = ZaqarTarget(baseURL: zaqarURL, project: project, queue: queueName, credentials: .signedURL(signed, trust: nil))
         let outcome = await harness.batcher.deliver(DeliveryHarness.messages(5, to: target))
         #expect(outcome == DeliveryOutcome(delivered: 5, deadLettered: 0))
         #expect(try await reader.bodies(queue: queueName, project: project).count == 5)
 
         let shortLived = try await reader.share(queue: queueName, project: project, expires: Date().addingTimeInterval(2))
         try await Task.sleep(for: .milliseconds(2500))
-        let expiredTarget = ZaqarTarget(baseURL: zaqarURL, project: project, queue: queueName, credentials: .signedURL(shortLived))
+        let expiredTarget = ZaqarTarget(baseURL: zaqarURL, project: project, queue: queueName, credentials: .signedURL(shortLived, trust: nil))
         let late = await harness.batcher.deliver(DeliveryHarness.messages(2, to: expiredTarget, label: "late"))
         #expect(late == DeliveryOutcome(delivered: 0, deadLettered: 2))
         let letters = try await harness.deadLetters.recent()

@@ -6,6 +6,16 @@ import Hummingbird
 struct Caller: Sendable, Equatable {
     var project: String
     var isAdmin: Bool
+    /// With Keystone: the user and the token itself, which can delegate through a trust.
+    var userID: String?
+    var token: String?
+
+    init(project: String, isAdmin: Bool, userID: String? = nil, token: String? = nil) {
+        self.project = project
+        self.isAdmin = isAdmin
+        self.userID = userID
+        self.token = token
+    }
 }
 
 /// The request context of Herald's API: Hummingbird's core plus the caller, once known.

@@ -12,17 +12,34 @@ struct SubscriptionInput: Decodable {
     var messageTTL: Int?
     var allProjects: Bool?
     var project: String?
+    /// Whether Herald makes a Keystone trust from the caller (keystone mode only).
+    var trust: Bool?
 
     enum CodingKeys: String, CodingKey {
-        case conditions, target, project
+        case conditions, target, project, trust
         case eventTypes = "event_types"
         case messageTTL = "message_ttl"
         case allProjects = "all_projects"
     }
 }
 
+/// A subscription as the API answers it: its fields, and `warnings` when something needs the
+/// subscriber (a pre-signed URL about to expire with no trust to renew it).
+struct SubscriptionView: Encodable {
+    var subscription: Subscription
+    var warnings: [String]
+
+    func encode(to encoder: any Encoder) throws {
+        try subscription.encode(to: encoder)
+        if !warnings.isEmpty {
+            var container = encoder.container(keyedBy: DeadLetterEntry.Key.self)
+            try container.encode(warnings, forKey: DeadLetterEntry.Key(stringValue: "warnings")!)
+        }
+    }
+}
+
 struct SubscriptionPage: Encodable {
-    var subscriptions: [Subscription]
+    var subscriptions: [SubscriptionView]
     /// The next page's path, absent on the last page.
     var next: String?
 }

@@ -17,6 +17,10 @@ struct APIServices: Sendable {
     var readiness: @Sendable () async -> [String: Bool]
     /// The Prometheus text exposition of the node's metrics.
     var metrics: @Sendable () -> String
+    /// Keystone, for subscribers' trusts (keystone mode).
+    var keystone: KeystoneClient? = nil
+    /// When a pre-signed URL without a trust is flagged in answers.
+    var signedURLs = SignedURLPolicy()
 }
 
 /// One route: its method and OpenAPI-style path, whether it needs a caller, and its handler.
@@ -33,7 +37,7 @@ struct APIRoute: Sendable {
 struct HeraldAPI: Sendable {
     let services: APIServices
 
-    static let subscriptionFields: Set<String> = ["event_types", "conditions", "target", "message_ttl", "all_projects", "project"]
+    static let subscriptionFields: Set<String> = ["event_types", "conditions", "target", "message_ttl", "all_projects", "project", "trust"]
     static let patchFields: Set<String> = ["event_types", "conditions", "target", "message_ttl", "all_projects"]
     static let aliasFields: Set<String> = ["source", "target", "message_ttl"]
 
@@ -115,21 +119,56 @@ struct HeraldAPI: Sendable {
             project: project, allProjects: input.allProjects ?? false, eventTypes: eventTypes, conditions: input.conditions ?? [],
             target: target, messageTTL: input.messageTTL ?? 3600
         )
-        let created = try await store { try await services.registry.create(subscription) }
+        // A trust by default in keystone mode, unless the subscriber brought a pre-signed URL.
+        let created = try await create(subscription, caller: caller, trust: input.trust ?? (caller.token != nil && target.signedURL == nil))
         var headers = HTTPFields()
         headers[.location] = "/v1/subscriptions/\(created.id)"
-        return try APIJSON.response(created, status: .created, headers: headers)
+        return try APIJSON.response(view(created), status: .created, headers: headers)
+    }
+
+    /// Validates, makes the subscriber's trust when asked, stores; a trust whose subscription
+    /// could not be stored is deleted again.
+    private func create(_ subscription: Subscription, caller: Caller, trust: Bool) async throws -> Subscription {
+        var subscription = subscription
+        _ = try await store { try subscription.validate() }
+        if trust {
+            guard let keystone = services.keystone, caller.token != nil else {
+                throw HTTPError(.badRequest, message: "trust: Herald makes a Keystone trust only with HERALD_API_AUTH=keystone and a Keystone token")
+            }
+            guard subscription.project == caller.project else {
+                throw HTTPError(.badRequest, message: "trust: your token is scoped to \(caller.project), so a trust can only reach that project, not \(subscription.project)")
+            }
+            do {
+                subscription.trustID = try await keystone.createTrust(for: caller)
+            } catch .invalid(let reason) {
+                throw HTTPError(.forbidden, message: "trust: \(reason)")
+            } catch .unavailable(let reason) {
+                throw HTTPError(.serviceUnavailable, message: "trust: \(reason)")
+            }
+        }
+        do {
+            return try await store { try await services.registry.create(subscription) }
+        } catch {
+            if let trust = subscription.trustID { try? await services.keystone?.deleteTrust(trust) }
+            throw error
+        }
+    }
+
+    /// A subscription as answered: itself, plus warnings a subscriber should act on.
+    private func view(_ subscription: Subscription) -> SubscriptionView {
+        let warning = SignedURLStanding(subscription, now: Date(), renewBefore: services.signedURLs.renewBefore)?.warning(now: Date())
+        return SubscriptionView(subscription: subscription, warnings: warning.map { [$0] } ?? [])
     }
 
     @Sendable func listSubscriptions(_ request: Request, _ context: APIContext) async throws -> Response {
         let caller = try context.requireCaller()
         let (limit, marker) = try page(request)
         let (subscriptions, next) = try await services.registry.list(project: caller.project, limit: limit, marker: marker)
-        return try APIJSON.response(SubscriptionPage(subscriptions: subscriptions, next: next.map { "/v1/subscriptions?limit=\(limit)&marker=\($0)" }))
+        return try APIJSON.response(SubscriptionPage(subscriptions: subscriptions.map(view), next: next.map { "/v1/subscriptions?limit=\(limit)&marker=\($0)" }))
     }
 
     @Sendable func getSubscription(_ request: Request, _ context: APIContext) async throws -> Response {
-        try APIJSON.response(try await owned(context))
+        try APIJSON.response(view(try await owned(context)))
     }
 
     @Sendable func patchSubscription(_ request: Request, _ context: APIContext) async throws -> Response {
@@ -155,14 +194,25 @@ struct HeraldAPI: Sendable {
         guard let updated = try await store({ try await services.registry.update(subscription) }) else {
             throw HTTPError(.notFound, message: "no subscription \(subscription.id) in project \(caller.project)")
         }
-        return try APIJSON.response(updated)
+        return try APIJSON.response(view(updated))
     }
 
+    /// Deletes the subscription and its trust; while Keystone cannot be reached, neither (503).
     @Sendable func deleteSubscription(_ request: Request, _ context: APIContext) async throws -> Response {
         let caller = try context.requireCaller()
-        let id = try context.parameters.require("id")
-        guard try await services.registry.delete(id: id, project: caller.project) else {
-            throw HTTPError(.notFound, message: "no subscription \(id) in project \(caller.project)")
+        let subscription = try await owned(context)
+        if let trust = subscription.trustID {
+            guard let keystone = services.keystone else {
+                throw HTTPError(.serviceUnavailable, message: "subscription \(subscription.id) has Keystone trust \(trust), and this node has no Keystone to delete it with (HERALD_KEYSTONE_URL)")
+            }
+            do {
+                try await keystone.deleteTrust(trust)
+            } catch {
+                throw HTTPError(.serviceUnavailable, message: "the subscription's trust \(trust) could not be deleted, so the subscription stays: \(error)")
+            }
+        }
+        guard try await services.registry.delete(id: subscription.id, project: caller.project) else {
+            throw HTTPError(.notFound, message: "no subscription \(subscription.id) in project \(caller.project)")
         }
         return Response(status: .noContent)
     }
@@ -178,7 +228,7 @@ struct HeraldAPI: Sendable {
             project: caller.project, eventTypes: [try AliasSubscription.pattern(fromSource: input.source)],
             target: Target(queue: queue), messageTTL: input.messageTTL ?? 3600
         )
-        let created = try await store { try await services.registry.create(subscription) }
+        let created = try await create(subscription, caller: caller, trust: caller.token != nil)
         var headers = HTTPFields()
         headers[.location] = "/v1/subscription/\(created.id)"
         return try APIJSON.response(AliasSubscription(created), status: .created, headers: headers)

@@ -7,11 +7,12 @@ enum OpenAPIDocument {
       "info": {
         "title": "Herald",
         "version": "1",
-        "description": "Subscriptions to OpenStack notifications, delivered into Zaqar queues. Every /v1 route acts for the caller's project: with HERALD_API_AUTH=trusted-header (development) the X-Project-Id header names it and X-Roles: admin makes the caller an admin."
+        "description": "Subscriptions to OpenStack notifications, delivered into Zaqar queues. Every /v1 route acts for the caller's project: with HERALD_API_AUTH=keystone (the default) the project and roles of the Keystone token in X-Auth-Token; with HERALD_API_AUTH=trusted-header (development) the X-Project-Id header names it and X-Roles: admin makes the caller an admin."
       },
       "components": {
         "securitySchemes": {
-          "projectHeader": {"type": "apiKey", "in": "header", "name": "X-Project-Id"}
+          "keystoneToken": {"type": "apiKey", "in": "header", "name": "X-Auth-Token", "description": "A Keystone token scoped to a project."},
+          "projectHeader": {"type": "apiKey", "in": "header", "name": "X-Project-Id", "description": "Development mode only."}
         },
         "parameters": {
           "id": {"name": "id", "in": "path", "required": true, "schema": {"type": "string"}},
@@ -61,7 +62,8 @@ enum OpenAPIDocument {
               "target": {"$ref": "#/components/schemas/Target"},
               "message_ttl": {"type": "integer", "minimum": 60, "maximum": 1209600, "default": 3600},
               "all_projects": {"type": "boolean", "default": false, "description": "Admin only."},
-              "project": {"type": "string", "description": "Admin only, when another than the caller's."}
+              "project": {"type": "string", "description": "Admin only, when another than the caller's."},
+              "trust": {"type": "boolean", "description": "Keystone mode: make a trust from the caller to Herald (role member on the caller's project), used to post into a Keystone-protected Zaqar and to renew the pre-signed URL. Default true unless target.signed_url is given."}
             }
           },
           "Subscription": {
@@ -72,7 +74,9 @@ enum OpenAPIDocument {
               "event_types": {"type": "array", "items": {"type": "string"}},
               "conditions": {"type": "array", "items": {"$ref": "#/components/schemas/Condition"}},
               "target": {"$ref": "#/components/schemas/Target"},
-              "message_ttl": {"type": "integer"}, "created_at": {"type": "number"}, "updated_at": {"type": "number"}
+              "message_ttl": {"type": "integer"}, "created_at": {"type": "number"}, "updated_at": {"type": "number"},
+              "trust_id": {"type": "string", "description": "The Keystone trust Herald made for this subscription; deleted with it."},
+              "warnings": {"type": "array", "items": {"type": "string"}, "description": "What needs the subscriber, e.g. a pre-signed URL near expiry with no trust to renew it."}
             }
           },
           "SubscriptionPage": {
@@ -102,7 +106,7 @@ enum OpenAPIDocument {
             "type": "object", "required": ["id", "reason", "detail", "body", "at"],
             "properties": {
               "id": {"type": "string"},
-              "reason": {"type": "string", "enum": ["rejected", "not_found", "signed_url_expired", "too_large", "retries_exhausted", "malformed"]},
+              "reason": {"type": "string", "enum": ["rejected", "not_found", "signed_url_expired", "unauthorized", "too_large", "retries_exhausted", "malformed"]},
               "detail": {"type": "string"}, "http_status": {"type": "integer"}, "zaqar_message": {"type": "string"},
               "target": {"type": "string"}, "subscription_id": {"type": "string"}, "event_id": {"type": "string"},
               "project": {"type": "string"}, "body": {"type": "string"}, "at": {"type": "number"}

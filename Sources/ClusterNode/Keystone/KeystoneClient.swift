@@ -1,0 +1,293 @@
+import AsyncHTTPClient
+import Delivery
+import Foundation
+import Logging
+import NIOCore
+import NIOFoundationCompat
+import NIOHTTP1
+import Synchronization
+
+/// Herald's own Keystone identity (the service user), how long validations are kept, and what
+/// a trust delegates.
+struct KeystoneConfiguration: Sendable {
+    /// HERALD_KEYSTONE_URL, e.g. http://keystone:5000 (with or without /v3).
+    var url: String
+    var username: String
+    var password: String
+    var project: String
+    var userDomain: String
+    var projectDomain: String
+    /// A validated token is trusted for at most this long (or until it expires): the window in
+    /// which a revoked token still passes.
+    var cacheTTL: Duration
+    /// At most this many tokens are kept.
+    var cacheCapacity = 10_000
+    /// The roles a subscriber's trust delegates on their project (HERALD_KEYSTONE_TRUST_ROLES).
+    var trustRoles = ["member"]
+
+    var base: String {
+        var base = url
+        while base.hasSuffix("/") { base.removeLast() }
+        if base.hasSuffix("/v3") { base.removeLast(3) }
+        return base
+    }
+}
+
+/// Herald's client of Keystone v3: validates users' tokens (`GET /v3/auth/tokens` with
+/// Herald's service token, cached until the token expires or `cacheTTL` passes), creates and
+/// deletes subscribers' trusts, and issues trust-scoped tokens for posting into their queues.
+final class KeystoneClient: Sendable {
+    enum Failure: Error, CustomStringConvertible {
+        /// Keystone does not accept the token (unknown, expired or revoked) or the request.
+        case invalid(String)
+        /// Keystone could not be asked (down, or refusing Herald's own credentials).
+        case unavailable(String)
+
+        var description: String {
+            switch self {
+            case .invalid(let text), .unavailable(let text): return text
+            }
+        }
+    }
+
+    private struct Entry {
+        var caller: Caller
+        var until: ContinuousClock.Instant
+    }
+
+    private struct ServiceToken {
+        var token: String
+        var userID: String
+        var until: ContinuousClock.Instant
+    }
+
+    private struct State {
+        var service: ServiceToken?
+        var cache: [String: Entry] = [:]
+        /// Trust-scoped tokens by trust, each until a minute before it expires.
+        var trustTokens: [String: (token: String, until: ContinuousClock.Instant)] = [:]
+    }
+
+    let configuration: KeystoneConfiguration
+    private let http: HTTPClient
+    private let logger: Logger
+    private let state = Mutex(State())
+    private let validations = Atomic<Int>(0)
+    private let trustTokenRequests = Atomic<Int>(0)
+
+    init(configuration: KeystoneConfiguration, http: HTTPClient = .shared, logger: Logger) {
+        self.configuration = configuration
+        self.http = http
+        self.logger = logger
+    }
+
+    /// Round trips to Keystone's token validation (the cache is working when this stays low).
+    var validationCount: Int { validations.load(ordering: .relaxed) }
+    /// Trust-scoped tokens asked of Keystone.
+    var trustTokenCount: Int { trustTokenRequests.load(ordering: .relaxed) }
+
+    // MARK: Users' tokens
+
+    /// The caller a token stands for.
+    func caller(token: String) async throws(Failure) -> Caller {
+        let now = ContinuousClock.now
+        if let entry = state.withLock({ $0.cache[token] }), entry.until > now { return entry.caller }
+        var request = HTTPClientRequest(url: configuration.base + "/v3/auth/tokens")
+        request.headers.add(name: "X-Subject-Token", value: token)
+        validations.add(1, ordering: .relaxed)
+        let (status, body, _) = try await asService(request)
+        switch status {
+        case 200:
+            guard let object = body["token"] as? [String: Any] else { throw .unavailable("Keystone's validation answer has no token") }
+            guard let project = (object["project"] as? [String: Any])?["id"] as? String else {
+                throw .invalid("the token is not scoped to a project; ask Keystone for a project-scoped token")
+            }
+            let roles = (object["roles"] as? [[String: Any]] ?? []).compactMap { ($0["name"] as? String)?.lowercased() }
+            let userID = (object["user"] as? [String: Any])?["id"] as? String
+            let caller = Caller(project: project, isAdmin: roles.contains("admin"), userID: userID, token: token)
+            let expires = Self.expiry(object["expires_at"] as? String)
+            let until = min(now + configuration.cacheTTL, expires.map { now + .seconds(max(0, $0.timeIntervalSinceNow)) } ?? now + configuration.cacheTTL)
+            state.withLock { state in
+                if state.cache.count >= configuration.cacheCapacity {
+                    state.cache = state.cache.filter { $0.value.until > now }
+                    if state.cache.count >= configuration.cacheCapacity, let key = state.cache.keys.first { state.cache[key] = nil }
+                }
+                state.cache[token] = Entry(caller: caller, until: until)
+            }
+            return caller
+        case 404:
+            throw .invalid("Keystone does not accept this token (unknown, expired or revoked)")
+        default:
+            throw .unavailable("Keystone answered \(status) to the token validation")
+        }
+    }
+
+    // MARK: Trusts
+
+    /// A trust from the caller to Herald's service user on the caller's project, delegating
+    /// `trustRoles` with impersonation (Zaqar then sees the subscriber), made with the caller's
+    /// own token as Keystone requires.
+    /// - Returns: the trust's id.
+    func createTrust(for caller: Caller) async throws(Failure) -> String {
+        guard let token = caller.token, let trustor = caller.userID else {
+            throw .invalid("a trust needs the subscriber's Keystone token")
+        }
+        let trustee = try await service(renew: false).userID
+        var request = HTTPClientRequest(url: configuration.base + "/v3/OS-TRUST/trusts")
+        request.method = .POST
+        request.headers.add(name: "X-Auth-Token", value: token)
+        try Self.setJSON(&request, ["trust": [
+            "trustor_user_id": trustor, "trustee_user_id": trustee, "project_id": caller.project,
+            "impersonation": true, "roles": configuration.trustRoles.map { ["name": $0] },
+        ]])
+        let (status, body, _) = try await send(request)
+        guard status == 201, let id = (body["trust"] as? [String: Any])?["id"] as? String else {
+            let reason = Self.errorMessage(body)
+            if (400..<500).contains(status) {
+                throw .invalid("Keystone refused a trust to Herald (\(status)): \(reason); the trust delegates the role(s) \(configuration.trustRoles.joined(separator: ", ")) on project \(caller.project), which you must hold")
+            }
+            throw .unavailable("Keystone answered \(status) to creating a trust: \(reason)")
+        }
+        logger.info("trust created", metadata: ["keystone.trust": "\(id)", "keystone.project": "\(caller.project)"])
+        return id
+    }
+
+    /// Deletes a trust through a token scoped by it (with impersonation that token acts as the
+    /// trustor, whom Keystone's policy lets delete it). A trust already gone counts as deleted.
+    func deleteTrust(_ trust: String) async throws(Failure) {
+        let token: String
+        do {
+            token = try await trustToken(trust, fresh: true)
+        } catch {
+            switch error {
+            case .refused:
+                state.withLock { _ = $0.trustTokens.removeValue(forKey: trust) }
+                return
+            case .unavailable(let reason):
+                throw .unavailable(reason)
+            }
+        }
+        var request = HTTPClientRequest(url: configuration.base + "/v3/OS-TRUST/trusts/\(trust)")
+        request.method = .DELETE
+        request.headers.add(name: "X-Auth-Token", value: token)
+        let (status, body, _) = try await send(request)
+        state.withLock { _ = $0.trustTokens.removeValue(forKey: trust) }
+        guard status == 204 || status == 404 else {
+            throw .unavailable("Keystone answered \(status) to deleting trust \(trust): \(Self.errorMessage(body))")
+        }
+        logger.info("trust deleted", metadata: ["keystone.trust": "\(trust)"])
+    }
+
+    /// A token scoped through `trust`, from the cache unless `fresh`.
+    func trustToken(_ trust: String, fresh: Bool = false) async throws(ZaqarTokenError) -> String {
+        let now = ContinuousClock.now
+        if !fresh, let cached = state.withLock({ $0.trustTokens[trust] }), cached.until > now { return cached.token }
+        trustTokenRequests.add(1, ordering: .relaxed)
+        var request = HTTPClientRequest(url: configuration.base + "/v3/auth/tokens")
+        request.method = .POST
+        let answer: (Int, [String: Any], HTTPHeaders)
+        do {
+            try Self.setJSON(&request, ["auth": ["identity": passwordIdentity, "scope": ["OS-TRUST:trust": ["id": trust]]]])
+            answer = try await send(request)
+        } catch {
+            throw .unavailable(error.description)
+        }
+        let (status, body, headers) = answer
+        guard status == 201, let token = headers.first(name: "X-Subject-Token") else {
+            if status == 401 || status == 403 || status == 404 {
+                throw .refused("trust \(trust) is gone or unusable (\(status): \(Self.errorMessage(body)))")
+            }
+            throw .unavailable("Keystone answered \(status) to a token for trust \(trust)")
+        }
+        let expires = Self.expiry((body["token"] as? [String: Any])?["expires_at"] as? String)
+        let until = now + .seconds(max(0, (expires?.timeIntervalSinceNow ?? 600) - 60))
+        state.withLock { $0.trustTokens[trust] = (token, until) }
+        return token
+    }
+
+    // MARK: Herald's own token
+
+    private var passwordIdentity: [String: Any] {
+        ["methods": ["password"], "password": ["user": [
+            "name": configuration.username, "domain": ["name": configuration.userDomain], "password": configuration.password,
+        ]]]
+    }
+
+    /// Sends `request` with Herald's service token, getting a new one once if Keystone refuses it.
+    private func asService(_ request: HTTPClientRequest) async throws(Failure) -> (Int, [String: Any], HTTPHeaders) {
+        var request = request
+        for renew in [false, true] {
+            let token = try await service(renew: renew).token
+            request.headers.replaceOrAdd(name: "X-Auth-Token", value: token)
+            let answer = try await send(request)
+            if answer.0 != 401 || renew { return answer }
+        }
+        preconditionFailure("unreachable")
+    }
+
+    /// Herald's service token and user id, renewed a minute before expiry or when refused.
+    private func service(renew: Bool) async throws(Failure) -> ServiceToken {
+        let now = ContinuousClock.now
+        if !renew, let current = state.withLock({ $0.service }), current.until > now { return current }
+        var request = HTTPClientRequest(url: configuration.base + "/v3/auth/tokens")
+        request.method = .POST
+        try Self.setJSON(&request, ["auth": [
+            "identity": passwordIdentity,
+            "scope": ["project": ["name": configuration.project, "domain": ["name": configuration.projectDomain]]],
+        ]])
+        let (status, body, headers) = try await send(request)
+        guard status == 201, let token = headers.first(name: "X-Subject-Token"),
+              let userID = ((body["token"] as? [String: Any])?["user"] as? [String: Any])?["id"] as? String
+        else {
+            logger.error("Keystone refused Herald's service user", metadata: ["keystone.status": "\(status)", "keystone.user": "\(configuration.username)"])
+            throw .unavailable("Keystone refused Herald's service user \(configuration.username) (\(status)): \(Self.errorMessage(body))")
+        }
+        let expires = Self.expiry((body["token"] as? [String: Any])?["expires_at"] as? String)
+        let current = ServiceToken(token: token, userID: userID, until: now + .seconds(max(0, (expires?.timeIntervalSinceNow ?? 600) - 60)))
+        state.withLock { $0.service = current }
+        return current
+    }
+
+    // MARK: HTTP
+
+    private func send(_ request: HTTPClientRequest) async throws(Failure) -> (Int, [String: Any], HTTPHeaders) {
+        do {
+            let response = try await http.execute(request, timeout: .seconds(10))
+            let body = try await response.body.collect(upTo: 4 << 20)
+            let object = (try? JSONSerialization.jsonObject(with: Data(buffer: body))) as? [String: Any] ?? [:]
+            return (Int(response.status.code), object, response.headers)
+        } catch {
+            throw .unavailable("Keystone at \(configuration.base) cannot be reached: \(error)")
+        }
+    }
+
+    private static func setJSON(_ request: inout HTTPClientRequest, _ object: [String: Any]) throws(Failure) {
+        guard let data = try? JSONSerialization.data(withJSONObject: object) else { throw .unavailable("cannot encode a request to Keystone") }
+        request.headers.replaceOrAdd(name: "Content-Type", value: "application/json")
+        request.body = .bytes(ByteBuffer(bytes: data))
+    }
+
+    /// Keystone's errors are `{"error": {"code", "title", "message"}}`.
+    private static func errorMessage(_ body: [String: Any]) -> String {
+        ((body["error"] as? [String: Any])?["message"] as? String) ?? "no message"
+    }
+
+    /// Keystone's `2026-11-24T23:05:21.000000Z`.
+    static func expiry(_ text: String?) -> Date? {
+        guard let text else { return nil }
+        let trimmed = text.replacingOccurrences(of: #"\.\d+"#, with: "", options: .regularExpression)
+        return ISO8601DateFormatter().date(from: trimmed)
+    }
+}
+
+extension KeystoneClient: ZaqarTokenSource {
+    func token(trust: String) async throws(ZaqarTokenError) -> String {
+        try await trustToken(trust)
+    }
+
+    func refused(trust: String, token: String) {
+        state.withLock { state in
+            if state.trustTokens[trust]?.token == token { state.trustTokens[trust] = nil }
+        }
+    }
+}

@@ -1,0 +1,152 @@
+import Coordination
+import Delivery
+import Foundation
+import HeraldModel
+import Logging
+import Synchronization
+
+/// Where a subscription's pre-signed URL stands, judged against a renewal window.
+enum SignedURLStanding: Equatable, Sendable {
+    /// Far enough from expiry.
+    case fine(expires: Date)
+    /// Within the window, and the subscription's trust can renew it.
+    case renewable(expires: Date)
+    /// Within the window with no trust: it will stop working at `expires`.
+    case expiring(expires: Date)
+    /// Past expiry with no trust: its events are dead-lettered as `signed_url_expired`.
+    case expired(expires: Date)
+    /// Zaqar's `expires` could not be read.
+    case unreadable(String)
+
+    init?(_ subscription: Subscription, now: Date, renewBefore: Duration) {
+        guard let signed = subscription.target.signedURL else { return nil }
+        guard let expires = ZaqarDates.parse(signed.expires) else {
+            self = .unreadable(signed.expires)
+            return
+        }
+        let left = expires.timeIntervalSince(now)
+        if left > renewBefore.seconds {
+            self = .fine(expires: expires)
+        } else if subscription.trustID != nil {
+            self = .renewable(expires: expires)
+        } else {
+            self = left > 0 ? .expiring(expires: expires) : .expired(expires: expires)
+        }
+    }
+
+    /// Words for the API and `herald status`, or nil when all is well.
+    func warning(now: Date) -> String? {
+        let stamp = { (date: Date) in ISO8601DateFormatter().string(from: date) }
+        switch self {
+        case .fine, .renewable:
+            return nil
+        case .expiring(let expires):
+            let hours = String(format: "%.1f", expires.timeIntervalSince(now) / 3600)
+            return "target.signed_url expires at \(stamp(expires)) (in \(hours) h) and the subscription has no Keystone trust to renew it: "
+                + "give it a new signed_url made with a later 'expires', or events will be dead-lettered as signed_url_expired"
+        case .expired(let expires):
+            return "target.signed_url expired at \(stamp(expires)): events are dead-lettered as signed_url_expired until the subscription gets a new signed_url"
+        case .unreadable(let text):
+            return "target.signed_url.expires '\(text)' is not a date Herald can read, so it cannot warn before it expires"
+        }
+    }
+}
+
+/// Keeps pre-signed URLs alive on the leader node: every `checkEvery` it looks at every
+/// subscription with one; within `renewBefore` of expiry it makes a new URL through the
+/// subscription's trust (`/share` with a trust-scoped token) and stores it, or, with no trust,
+/// warns once per expiry. Past expiry, delivery dead-letters with `signed_url_expired`.
+final class SignedURLKeeper: Sendable {
+    let registry: SubscriptionRegistry
+    let keystone: KeystoneClient?
+    let zaqar: ZaqarClient
+    let defaultZaqarURL: String
+    let policy: SignedURLPolicy
+    let isLeader: @Sendable () -> Bool
+    let logger: Logger
+    /// Subscription id -> the expiry last warned about.
+    private let warned = Mutex<[String: String]>([:])
+
+
+    init(registry: SubscriptionRegistry, keystone: KeystoneClient?, zaqar: ZaqarClient, defaultZaqarURL: String, policy: SignedURLPolicy,
+         isLeader: @escaping @Sendable () -> Bool, logger: Logger) {
+        self.registry = registry
+        self.keystone = keystone
+        self.zaqar = zaqar
+        self.defaultZaqarURL = defaultZaqarURL
+        self.policy = policy
+        self.isLeader = isLeader
+        self.logger = logger
+    }
+
+    /// What one pass did.
+    struct Pass: Equatable, Sendable {
+        var renewed: [String] = []
+        var warned: [String] = []
+        var failed: [String] = []
+    }
+
+    func run() async {
+        while !Task.isCancelled {
+            if isLeader() {
+                do { _ = try await check() } catch { logger.warning("pre-signed URL check failed", metadata: ["error": "\(error)"]) }
+            }
+            try? await Task.sleep(for: policy.checkEvery)
+        }
+    }
+
+    /// One pass over the registry.
+    func check(now: Date = Date()) async throws -> Pass {
+        var pass = Pass()
+        for subscription in try await registry.snapshot().subscriptions {
+            guard let standing = SignedURLStanding(subscription, now: now, renewBefore: policy.renewBefore) else { continue }
+            switch standing {
+            case .fine:
+                continue
+            case .renewable(let expires):
+                do {
+                    try await renew(subscription, now: now)
+                    pass.renewed.append(subscription.id)
+                } catch {
+                    pass.failed.append(subscription.id)
+                    logger.error("renewing a pre-signed URL failed; trying again at the next check", metadata: [
+                        "subscription": "\(subscription.id)", "keystone.trust": "\(subscription.trustID ?? "")",
+                        "zaqar.expires": "\(ISO8601DateFormatter().string(from: expires))", "error": "\(error)",
+                    ])
+                }
+            case .expiring, .expired, .unreadable:
+                let expires = subscription.target.signedURL?.expires ?? ""
+                let first = warned.withLock { seen in
+                    defer { seen[subscription.id] = expires }
+                    return seen[subscription.id] != expires
+                }
+                if first, let warning = standing.warning(now: now) {
+                    pass.warned.append(subscription.id)
+                    logger.warning("pre-signed URL cannot be renewed", metadata: [
+                        "subscription": "\(subscription.id)", "project": "\(subscription.project)", "problem": "\(warning)",
+                    ])
+                }
+            }
+        }
+        return pass
+    }
+
+    private func renew(_ subscription: Subscription, now: Date) async throws {
+        guard let keystone, let trust = subscription.trustID else { throw KeystoneClient.Failure.unavailable("this node has no Keystone configured") }
+        let token = try await keystone.trustToken(trust)
+        let expires = now.addingTimeInterval(policy.lifetime.seconds)
+        let signed = try await zaqar.share(
+            baseURL: subscription.target.zaqarURL ?? defaultZaqarURL, queue: subscription.target.queue, project: subscription.project,
+            token: token, expires: expires
+        )
+        // Read it again: the user may have changed it meanwhile; only the URL is replaced.
+        guard var current = try await registry.get(id: subscription.id, project: subscription.project),
+              current.target.signedURL == subscription.target.signedURL else { return }
+        current.target.signedURL = signed
+        current.updatedAt = now.timeIntervalSince1970
+        _ = try await registry.update(current)
+        logger.info("pre-signed URL renewed through the trust", metadata: [
+            "subscription": "\(subscription.id)", "zaqar.expires": "\(signed.expires)", "zaqar.previous_expires": "\(subscription.target.signedURL?.expires ?? "")",
+        ])
+    }
+}

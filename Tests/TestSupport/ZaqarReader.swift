@@ -7,11 +7,14 @@ import NIOHTTP1
 
 /// Reads queues back from the real Zaqar and creates pre-signed URLs there.
 public struct ZaqarReader: Sendable {
-    public init(baseURL: String) {
+    /// - Parameter token: a Keystone token for a Zaqar behind Keystone (the project then comes from it).
+    public init(baseURL: String, token: String? = nil) {
         self.baseURL = baseURL
+        self.token = token
     }
 
     public let baseURL: String
+    public let token: String?
     let http = HTTPClient.shared
     let clientID = UUID().uuidString.lowercased()
 
@@ -35,6 +38,7 @@ public struct ZaqarReader: Sendable {
         request.method = method
         request.headers.add(name: "Client-ID", value: clientID)
         request.headers.add(name: "X-Project-ID", value: project)
+        if let token { request.headers.add(name: "X-Auth-Token", value: token) }
         if let body {
             request.headers.add(name: "Content-Type", value: "application/json")
             request.body = .bytes(ByteBuffer(bytes: try JSONSerialization.data(withJSONObject: body)))

@@ -1,0 +1,144 @@
+import AsyncHTTPClient
+import Foundation
+import NIOCore
+import NIOFoundationCompat
+import NIOHTTP1
+import Testing
+import TestSupport
+
+extension PipelineSuites {
+    /// A `herald node` in keystone mode posting into the Keystone-protected Zaqar of
+    /// `scripts/servers`, with users, projects and trusts in the real Keystone.
+    @Suite("Keystone: trusts and pre-signed URLs into a Keystone-protected Zaqar", .serialized, .timeLimit(.minutes(5)))
+    struct IdentityTests {
+        func call(_ run: PipelineRun, _ method: HTTPMethod, _ path: String, token: String, json: [String: Any]? = nil) async throws -> (Int, [String: Any]) {
+            let port = try #require(run.nodes["node-1"]?.apiPort)
+            var request = HTTPClientRequest(url: "http://127.0.0.1:\(port)\(path)")
+            request.method = method
+            request.headers.add(name: "X-Auth-Token", value: token)
+            if let json {
+                request.headers.add(name: "Content-Type", value: "application/json")
+                request.body = .bytes(ByteBuffer(bytes: try JSONSerialization.data(withJSONObject: json)))
+            }
+            let response = try await HTTPClient.shared.execute(request, timeout: .seconds(30))
+            let body = try await response.body.collect(upTo: 4 << 20)
+            let object = (try? JSONSerialization.jsonObject(with: Data(buffer: body))) as? [String: Any] ?? ["text": String(buffer: body)]
+            return (Int(response.status.code), object)
+        }
+
+        /// `signed_url` for the subscription body, from Zaqar's answer.
+        func signedURL(_ reader: ZaqarReader, queue: String, project: String, expires: Date) async throws -> [String: Any] {
+            let signed = try await reader.share(queue: queue, project: project, expires: expires)
+            return ["signature": signed.signature, "expires": signed.expires, "methods": signed.methods, "paths": signed.paths, "project": signed.project]
+        }
+
+        @Test("a user's subscriptions deliver through a trust and through pre-signed URLs; renewal, expiry warnings, dead letters, trust deletion")
+        func trustsAndSignedURLs() async throws {
+            let keystone = try await KeystoneFixture.make()
+            let zaqarURL = try TestServers.value("HERALD_TEST_KEYSTONE_ZAQAR_URL")
+            let run = try await PipelineRun(partitions: 8)
+            defer { Task { await run.stopAll() } }
+            let settings = [
+                "HERALD_API_AUTH": "keystone", "HERALD_ZAQAR_URL": zaqarURL,
+                "HERALD_KEYSTONE_URL": keystone.url + "/v3", "HERALD_KEYSTONE_USERNAME": keystone.serviceUser,
+                "HERALD_KEYSTONE_PASSWORD": keystone.servicePassword, "HERALD_KEYSTONE_PROJECT": keystone.serviceProject,
+                "HERALD_SIGNED_URL_RENEW_SECONDS": "600", "HERALD_SIGNED_URL_LIFETIME_SECONDS": "7200", "HERALD_SIGNED_URL_CHECK_SECONDS": "1",
+            ]
+            try await run.startNodes(1, extra: settings)
+            try await run.waitAllPartitionsHeld()
+            let project = try #require(keystone.projects["a"])
+            let token = try await keystone.userToken("a")
+            let user = ZaqarReader(baseURL: zaqarURL, token: token)
+
+            // The Zaqar behind Keystone refuses a request without a token, whatever X-Project-ID says.
+            #expect(try await ZaqarReader(baseURL: zaqarURL).request("/v2/queues/nothing/messages", project: project).0 == 401)
+
+            // 1. Through a trust (the default in keystone mode).
+            let trustQueue = run.queue("trust")
+            let (created, trusted) = try await call(run, .POST, "/v1/subscriptions", token: token, json: ["event_types": ["compute.instance.*"], "target": ["queue": trustQueue]])
+            #expect(created == 201, "\(trusted)")
+            let trustID = try #require(trusted["trust_id"] as? String)
+            let trustSubscription = try #require(trusted["id"] as? String)
+
+            // 2. Through a pre-signed URL the user made, good for an hour, no trust.
+            let signedQueue = run.queue("signed")
+            let (signedCreated, signed) = try await call(run, .POST, "/v1/subscriptions", token: token, json: [
+                "event_types": ["compute.instance.*"],
+                "target": ["queue": signedQueue, "signed_url": try await signedURL(user, queue: signedQueue, project: project, expires: Date().addingTimeInterval(3600))],
+            ])
+            #expect(signedCreated == 201, "\(signed)")
+            #expect(signed["trust_id"] == nil, "a subscriber who brings a pre-signed URL gets no trust unless asked")
+            #expect(signed["warnings"] == nil, "an hour away is outside the 600 s window: \(signed)")
+
+            // 3. A pre-signed URL 2 minutes from expiry, with a trust: renewed through the trust.
+            let renewQueue = run.queue("renew")
+            let shortExpiry = Date().addingTimeInterval(120)
+            let (renewCreated, renewing) = try await call(run, .POST, "/v1/subscriptions", token: token, json: [
+                "event_types": ["compute.instance.*"], "trust": true,
+                "target": ["queue": renewQueue, "signed_url": try await signedURL(user, queue: renewQueue, project: project, expires: shortExpiry)],
+            ])
+            #expect(renewCreated == 201, "\(renewing)")
+            let renewID = try #require(renewing["id"] as? String)
+            let firstExpiry = try #require((renewing["target"] as? [String: Any]).flatMap { $0["signed_url"] as? [String: Any] }?["expires"] as? String)
+            let renewed = try await eventually(timeout: .seconds(30)) {
+                let (_, now) = try await call(run, .GET, "/v1/subscriptions/\(renewID)", token: token)
+                let expires = (now["target"] as? [String: Any]).flatMap { $0["signed_url"] as? [String: Any] }?["expires"] as? String ?? ""
+                guard expires != firstExpiry else { throw TestFailure("still \(expires)") }
+                return expires
+            }
+            #expect(renewed > firstExpiry, "renewed to \(renewed), was \(firstExpiry)")
+
+            // 4. A pre-signed URL 25 s from expiry, no trust: a warning in the API and in herald status.
+            let doomedQueue = run.queue("doomed")
+            let (doomedCreated, doomed) = try await call(run, .POST, "/v1/subscriptions", token: token, json: [
+                "event_types": ["compute.instance.*"],
+                "target": ["queue": doomedQueue, "signed_url": try await signedURL(user, queue: doomedQueue, project: project, expires: Date().addingTimeInterval(25))],
+            ])
+            #expect(doomedCreated == 201, "\(doomed)")
+            let doomedID = try #require(doomed["id"] as? String)
+            let warnings = doomed["warnings"] as? [String] ?? []
+            #expect(warnings.count == 1 && warnings[0].contains("no Keystone trust"), "\(warnings)")
+            var environment = try run.environment
+            environment["HERALD_SIGNED_URL_RENEW_SECONDS"] = "600"
+            let binary = try TestServers.value("HERALD_TEST_BIN_DIR") + "/herald"
+            let status = try ChildProcess(name: "status", argv: [binary, "status", "--json"], environment: environment, log: "\(run.directory)/status.json")
+            #expect(await status.wait() == 0, "\(status.tail())")
+            let report = (try? JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: status.log)))) as? [String: Any] ?? [:]
+            let rows = report["signed_urls"] as? [[String: Any]] ?? []
+            #expect(rows.contains { $0["subscription"] as? String == doomedID && $0["state"] as? String == "expiring" }, "\(rows)")
+            #expect((report["problems"] as? [String] ?? []).contains { $0.contains(doomedID) }, "\(report["problems"] ?? "")")
+            #expect(report["signed_url_count"] as? Int == 3)
+
+            // Events after the doomed URL expired: delivered through the trust and the good URLs,
+            // dead-lettered with signed_url_expired for the doomed one.
+            try await Task.sleep(until: .now + .seconds(28), clock: .continuous)
+            let lines: [[String: Any]] = (0..<6).map { seq in
+                ["exchange": "nova", "driver": "messagingv2", "event_type": "compute.instance.create.end", "project": project, "payload": ["seq": seq]]
+            }
+            let publisher = try run.publish(lines)
+            #expect(await publisher.wait() == 0, "\(publisher.tail())")
+            for queue in [trustQueue, signedQueue, renewQueue] {
+                let bodies = try await eventually(timeout: .seconds(30)) {
+                    let bodies = try await user.bodies(queue: queue, project: project)
+                    guard bodies.count >= 6 else { throw TestFailure("\(bodies.count) of 6 in \(queue)") }
+                    return bodies
+                }
+                #expect(bodies.count == 6, "\(queue): every event once, in the user's own project")
+            }
+            let letters = try await eventually(timeout: .seconds(30)) {
+                let (_, page) = try await call(run, .GET, "/v1/dead-letters", token: token)
+                let letters = (page["dead_letters"] as? [[String: Any]] ?? []).filter { $0["subscription_id"] as? String == doomedID }
+                guard letters.count >= 6 else { throw TestFailure("\(letters.count) of 6 dead letters") }
+                return letters
+            }
+            #expect(letters.allSatisfy { $0["reason"] as? String == "signed_url_expired" }, "\(letters.map { $0["reason"] ?? "" })")
+            #expect(try await user.bodies(queue: doomedQueue, project: project).isEmpty)
+
+            // Deleting subscriptions deletes their trusts.
+            #expect(try await keystone.trusts(of: "a").sorted() == [trustID, renewing["trust_id"] as? String ?? "?"].sorted())
+            #expect(try await call(run, .DELETE, "/v1/subscriptions/\(trustSubscription)", token: token).0 == 204)
+            #expect(try await call(run, .DELETE, "/v1/subscriptions/\(renewID)", token: token).0 == 204)
+            #expect(try await keystone.trusts(of: "a").isEmpty)
+        }
+    }
+}

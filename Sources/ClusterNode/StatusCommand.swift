@@ -60,9 +60,10 @@ struct Status: AsyncParsableCommand {
         var deepestPartitions: [Queue]
         var partitionMessages: Int
         var deadLetters: [String: Int]
-        /// Subscriptions with a pre-signed URL, and those of them near or past expiry.
-        var signedURLCount: Int
-        var signedURLs: [SignedURLRow]
+        /// Subscriptions with a pre-signed URL, and those of them near or past expiry. (Spelt
+        /// `Url` so that the snake-case JSON keys come out as signed_url_count and signed_urls.)
+        var signedUrlCount: Int
+        var signedUrls: [SignedURLRow]
         var problems: [String]
     }
 
@@ -157,7 +158,7 @@ struct Status: AsyncParsableCommand {
             assignmentEpoch: view.assignmentEpoch, ingest: ingest, deepestPartitions: Array(deepest),
             partitionMessages: partitionQueues.reduce(0) { $0 + $1.messages },
             deadLetters: Dictionary(uniqueKeysWithValues: letters.map { ($0.key.rawValue, $0.value) }),
-            signedURLCount: signedURLCount, signedURLs: signedURLs.sorted { ($0.expires, $0.subscription) < ($1.expires, $1.subscription) }, problems: problems
+            signedUrlCount: signedURLCount, signedUrls: signedURLs.sorted { ($0.expires, $0.subscription) < ($1.expires, $1.subscription) }, problems: problems
         )
     }
 
@@ -183,8 +184,8 @@ struct Status: AsyncParsableCommand {
         for (reason, count) in report.deadLetters.sorted(by: { $0.key < $1.key }) {
             out += "  " + pad(reason, 22) + "\(count)\n"
         }
-        out += "\npre-signed URLs: \(report.signedURLCount) in use, \(report.signedURLs.count) near or past expiry\n"
-        for row in report.signedURLs {
+        out += "\npre-signed URLs: \(report.signedUrlCount) in use, \(report.signedUrls.count) near or past expiry\n"
+        for row in report.signedUrls {
             out += "  " + pad(row.subscription, 38) + pad(row.project, 34) + pad(row.queue, 20) + pad(row.expires, 21) + row.state + "\n"
         }
         if !report.problems.isEmpty {

@@ -134,6 +134,30 @@ extension PipelineSuites {
             #expect(letters.allSatisfy { $0["reason"] as? String == "signed_url_expired" }, "\(letters.map { $0["reason"] ?? "" })")
             #expect(try await user.bodies(queue: doomedQueue, project: project).isEmpty)
 
+            // A trust deleted in Keystone behind Herald's back: the events are dead-lettered as
+            // unauthorized (Zaqar refuses the cached token, Keystone refuses a new one), not lost.
+            let revokedQueue = run.queue("revoked")
+            let (revokedCreated, revoked) = try await call(run, .POST, "/v1/subscriptions", token: token, json: ["event_types": ["compute.instance.delete.*"], "target": ["queue": revokedQueue]])
+            #expect(revokedCreated == 201, "\(revoked)")
+            let revokedID = try #require(revoked["id"] as? String)
+            let revokedTrust = try #require(revoked["trust_id"] as? String)
+            let (deletedTrust, _, _) = try await KeystoneFixture.request(keystone.url + "/v3/OS-TRUST/trusts/\(revokedTrust)", .DELETE, token: try await keystone.adminToken())
+            #expect(deletedTrust == 204)
+            try await Task.sleep(for: .seconds(2))  // the node's index picks the subscription up
+            let deletes = try run.publish((0..<2).map { seq in
+                ["exchange": "nova", "driver": "messagingv2", "event_type": "compute.instance.delete.end", "project": project, "payload": ["seq": seq]]
+            })
+            #expect(await deletes.wait() == 0, "\(deletes.tail())")
+            let refused = try await eventually(timeout: .seconds(30)) {
+                let (_, page) = try await call(run, .GET, "/v1/dead-letters", token: token)
+                let letters = (page["dead_letters"] as? [[String: Any]] ?? []).filter { $0["subscription_id"] as? String == revokedID }
+                guard letters.count >= 2 else { throw TestFailure("\(letters.count) of 2 dead letters") }
+                return letters
+            }
+            #expect(refused.allSatisfy { $0["reason"] as? String == "unauthorized" }, "\(refused)")
+            // Its subscription deletes cleanly although the trust is already gone.
+            #expect(try await call(run, .DELETE, "/v1/subscriptions/\(revokedID)", token: token).0 == 204)
+
             // Deleting subscriptions deletes their trusts.
             #expect(try await keystone.trusts(of: "a").sorted() == [trustID, renewing["trust_id"] as? String ?? "?"].sorted())
             #expect(try await call(run, .DELETE, "/v1/subscriptions/\(trustSubscription)", token: token).0 == 204)

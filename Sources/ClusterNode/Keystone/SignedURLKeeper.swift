@@ -41,14 +41,21 @@ enum SignedURLStanding: Equatable, Sendable {
         case .fine, .renewable:
             return nil
         case .expiring(let expires):
-            let hours = String(format: "%.1f", expires.timeIntervalSince(now) / 3600)
-            return "target.signed_url expires at \(stamp(expires)) (in \(hours) h) and the subscription has no Keystone trust to renew it: "
+            return "target.signed_url expires at \(stamp(expires)) (in \(Self.span(expires.timeIntervalSince(now)))) and the subscription has no Keystone trust to renew it: "
                 + "give it a new signed_url made with a later 'expires', or events will be dead-lettered as signed_url_expired"
         case .expired(let expires):
             return "target.signed_url expired at \(stamp(expires)): events are dead-lettered as signed_url_expired until the subscription gets a new signed_url"
         case .unreadable(let text):
             return "target.signed_url.expires '\(text)' is not a date Herald can read, so it cannot warn before it expires"
         }
+    }
+
+    /// `45 s`, `12 min`, `5 h 20 min`.
+    static func span(_ seconds: Double) -> String {
+        let whole = Int(seconds.rounded())
+        if whole < 120 { return "\(whole) s" }
+        if whole < 7200 { return "\(whole / 60) min" }
+        return "\(whole / 3600) h \(whole % 3600 / 60) min"
     }
 }
 

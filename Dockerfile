@@ -7,7 +7,7 @@
 
 FROM swift:6.3-bookworm AS build
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libhiredis-dev librabbitmq-dev libssl-dev pkg-config libcurl4-openssl-dev \
+ && apt-get install -y --no-install-recommends libhiredis-dev librabbitmq-dev libsimdjson-dev libssl-dev pkg-config libcurl4-openssl-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # Dependencies first, so source changes reuse the resolved packages' layer.
@@ -20,7 +20,7 @@ RUN swift build -c release --product herald --static-swift-stdlib \
 
 FROM debian:bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libhiredis0.14 librabbitmq4 libcurl4 ca-certificates tzdata \
+ && apt-get install -y --no-install-recommends libhiredis0.14 librabbitmq4 libsimdjson14 libcurl4 ca-certificates tzdata \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin herald
 COPY --from=build /out/herald /usr/local/bin/herald

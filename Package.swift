@@ -43,6 +43,11 @@ let package = Package(
             name: "CBaseline",
             dependencies: ["CRabbitMQ"]
         ),
+        // The notification decoder's fast path: simdjson's On-Demand API behind a small C API.
+        .target(
+            name: "CNotificationScan",
+            linkerSettings: [.linkedLibrary("simdjson")]
+        ),
         // Plain value types shared by the modules: subscriptions and their validation.
         .target(
             name: "HeraldModel",
@@ -62,6 +67,7 @@ let package = Package(
             name: "Messaging",
             dependencies: [
                 "CRabbitMQ",
+                "CNotificationScan",
                 "HeraldModel",
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -175,5 +181,6 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-    ]
+    ],
+    cxxLanguageStandard: .cxx17
 )

@@ -1,3 +1,6 @@
+import Foundation
+import Synchronization
+
 /// `partition = FNV-1a-64(event_type as UTF-8) mod P`: documented, stable, and
 /// tested against the FNV reference vectors, so every node and every version
 /// agrees where an event type lives.
@@ -24,17 +27,37 @@ public struct NotificationEvent: Sendable, Equatable {
     public var messageID: String
     /// The project it belongs to, when it names one (see `NotificationDecoder` for the order).
     public var project: String?
-    /// The event as delivered: the oslo message without any `_context_*` key, or the Ceilometer event.
-    public var body: JSONValue
+    /// The event as delivered, as JSON bytes: the oslo message without any `_context_*` key, or
+    /// the Ceilometer event. Copied from the notification, never re-encoded on the fast path.
+    public let json: [UInt8]
     /// Ceilometer traits by name (empty for oslo notifications).
     public var traits: [String: JSONValue]
+    private let parsed: ParsedJSON
 
-    public init(eventType: String, messageID: String, project: String?, body: JSONValue, traits: [String: JSONValue] = [:]) {
+    /// An event from its JSON bytes; `body` is parsed from them only when something asks
+    /// (a condition on a payload field).
+    public init(eventType: String, messageID: String, project: String?, json: [UInt8], traits: [String: JSONValue] = [:]) {
         self.eventType = eventType
         self.messageID = messageID
         self.project = project
-        self.body = body
+        self.json = json
         self.traits = traits
+        parsed = ParsedJSON(json)
+    }
+
+    /// An event from a parsed value (encoded once, keys sorted).
+    public init(eventType: String, messageID: String, project: String?, body: JSONValue, traits: [String: JSONValue] = [:]) {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        self.init(eventType: eventType, messageID: messageID, project: project, json: Array((try? encoder.encode(body)) ?? Data("{}".utf8)), traits: traits)
+        parsed.store(body)
+    }
+
+    /// The event as a JSON value, parsed from `json` on first use (`null` if it were not JSON).
+    public var body: JSONValue { parsed.value }
+
+    public static func == (lhs: NotificationEvent, rhs: NotificationEvent) -> Bool {
+        lhs.eventType == rhs.eventType && lhs.messageID == rhs.messageID && lhs.project == rhs.project && lhs.traits == rhs.traits && lhs.body == rhs.body
     }
 
     /// The value at a dotted path: `payload.state`, `payload.image_meta.os_distro`,
@@ -51,5 +74,26 @@ public struct NotificationEvent: Sendable, Equatable {
             current = next
         }
         return current
+    }
+}
+
+/// `json` parsed once, by whoever asks first (events are shared across tasks).
+final class ParsedJSON: Sendable {
+    private let json: [UInt8]
+    private let cache = Mutex<JSONValue?>(nil)
+
+    init(_ json: [UInt8]) {
+        self.json = json
+    }
+
+    func store(_ value: JSONValue) {
+        cache.withLock { $0 = value }
+    }
+
+    var value: JSONValue {
+        if let value = cache.withLock({ $0 }) { return value }
+        let value = (try? JSONDecoder().decode(JSONValue.self, from: Data(json))) ?? .null
+        cache.withLock { $0 = value }
+        return value
     }
 }

@@ -1,5 +1,7 @@
+import CNotificationScan
 import Foundation
 import HeraldModel
+import Synchronization
 
 /// Why a notification could not be used; it is dead-lettered with this.
 public struct NotificationDecodingError: Error, CustomStringConvertible, Sendable, Equatable {
@@ -31,6 +33,13 @@ public enum NotificationDecoder {
         guard body.count <= maxBytes else {
             throw NotificationDecodingError("the notification is \(body.count) bytes; at most \(maxBytes) are accepted")
         }
+        if let event = NotificationScanner.scan(body) { return [event] }
+        return try decodeSlowly(body)
+    }
+
+    /// The general path: Foundation's JSONDecoder over the whole notification. Ceilometer's
+    /// event lists and every malformed notification (for its exact error) come this way.
+    static func decodeSlowly(_ body: [UInt8]) throws -> [NotificationEvent] {
         guard String(validating: body, as: UTF8.self) != nil else {
             throw NotificationDecodingError("the notification is not valid UTF-8")
         }
@@ -94,11 +103,19 @@ public enum NotificationDecoder {
         }
     }
 
-    /// The event as JSON bytes, for the delivered message.
+    /// The fast path alone (nil where it hands over to the general path), for tests.
+    public static func decodeFastlyForTesting(_ body: [UInt8]) -> NotificationEvent? {
+        NotificationScanner.scan(body)
+    }
+
+    /// The general path alone, for tests that hold the fast path against it.
+    public static func decodeSlowlyForTesting(_ body: [UInt8]) throws -> [NotificationEvent] {
+        try decodeSlowly(body)
+    }
+
+    /// The event as JSON bytes, for the delivered message: the bytes it came with.
     public static func encode(_ event: NotificationEvent) -> [UInt8] {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        return Array((try? encoder.encode(event.body)) ?? Data("{}".utf8))
+        event.json
     }
 }
 
@@ -106,5 +123,45 @@ extension JSONValue {
     var nonEmptyString: String? {
         if case .string(let text) = self, !text.isEmpty { return text }
         return nil
+    }
+}
+
+/// The fast path: simdjson's On-Demand parser (the C target CNotificationScan) finds event
+/// type, message id and project and copies the event without its `_context_*` members, byte for
+/// byte. Scanners are reused from a small pool; each is used by one caller at a time.
+enum NotificationScanner {
+    /// A scanner handle; only the caller that took it from the pool touches it.
+    final class Handle: @unchecked Sendable {
+        let pointer: OpaquePointer
+
+        init?() {
+            guard let pointer = herald_scanner_create() else { return nil }
+            self.pointer = pointer
+        }
+
+        deinit {
+            herald_scanner_destroy(pointer)
+        }
+    }
+
+    private static let pool = Mutex<[Handle]>([])
+
+    /// The event, or nil when the fast path does not apply (the slow path then decides).
+    static func scan(_ body: [UInt8]) -> NotificationEvent? {
+        guard let handle = pool.withLock({ $0.popLast() }) ?? Handle() else { return nil }
+        defer { pool.withLock { if $0.count < 16 { $0.append(handle) } } }
+        var out = herald_notification()
+        let status = body.withUnsafeBufferPointer { buffer in
+            herald_scan(handle.pointer, buffer.baseAddress, buffer.count, &out)
+        }
+        guard status == 0 else { return nil }
+        func text(_ bytes: herald_bytes) -> String {
+            String(decoding: UnsafeBufferPointer(start: bytes.data, count: bytes.length), as: UTF8.self)
+        }
+        let project = out.project.length > 0 ? text(out.project) : nil
+        return NotificationEvent(
+            eventType: text(out.event_type), messageID: text(out.message_id), project: project,
+            json: Array(UnsafeBufferPointer(start: out.body.data, count: out.body.length))
+        )
     }
 }

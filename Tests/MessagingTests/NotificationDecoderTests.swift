@@ -110,3 +110,56 @@ struct NotificationDecoderTests {
         #expect(throws: NotificationDecodingError.self) { try NotificationDecoder.decode(Array(repeating: 0x20, count: 100), maxBytes: 99) }
     }
 }
+
+@Suite("The decoder's simdjson fast path agrees with the general path")
+struct NotificationFastPathTests {
+    /// Odd but valid notifications: escapes in keys and values, unicode, numbers of every form,
+    /// nested arrays, empty objects, a tenant_id only, whitespace everywhere.
+    static let cases: [String] = [
+        #"{"message_id": "m1", "event_type": "compute.instance.update", "payload": {"tenant_id": "t1", "state": "active"}, "_context_user_name": "alice", "_context_project_id": "ctx"}"#,
+        #"{ "event_type" : "port.create.end" , "message_id":"m\u0032", "payload":{"project_id":"","tenant_id":"t2","fixed_ips":[{"ip":"10.0.0.1"},[],{}]}, "priority":"INFO" }"#,
+        #"{"event_type": "volume.\"odd\".end", "message_id": "m3", "payload": {"name": "caf\u00e9 \ud83d\ude00 \"q\" \\ /", "size": -1.5e3, "ok": true, "none": null}, "_context_tenant": "ctx-t"}"#,
+        #"{"event_type": "x.y", "message_id": "m4", "we\"ird\u0001key": [1, 2.0, -0, 1E+2], "payload": []}"#,
+        #"{"event_type": "snapshot.create.end", "message_id": "m5", "payload": "a string payload", "publisher_id": "cinder.host"}"#,
+        #"{"oslo.version": "2.0", "oslo.message": "{\"event_type\": \"compute.instance.delete.end\", \"message_id\": \"m6\", \"payload\": {\"project_id\": \"p6\"}, \"_context_roles\": [\"admin\"]}"}"#,
+    ]
+
+    @Test("same type, id, project and body; no _context_ key delivered", arguments: cases)
+    func agrees(_ text: String) throws {
+        let fast = try [#require(NotificationDecoder.decodeFastlyForTesting(Array(text.utf8)), "the fast path takes it")]
+        let slow = try NotificationDecoder.decodeSlowlyForTesting(Array(text.utf8))
+        #expect(fast == slow)
+        #expect(fast.count == 1)
+        let delivered = try #require(fast.first).json
+        let reparsed = try JSONDecoder().decode(JSONValue.self, from: Data(delivered))
+        #expect(reparsed == slow[0].body, "the copied bytes are the same JSON: \(String(decoding: delivered, as: UTF8.self))")
+        #expect(!String(decoding: delivered, as: UTF8.self).contains("_context_"))
+    }
+
+    @Test("Ceilometer lists and malformed notifications go the general way", arguments: [
+        #"{"event_type": "event", "message_id": "m", "payload": [{"event_type": "compute.instance.update", "message_id": "e1", "traits": []}]}"#,
+        #"{"event_type": "x", "payload": {}}"#,
+        #"{"event_type": 5, "message_id": "m"}"#,
+        #"[1, 2]"#,
+        #"{"event_type": "x", "message_id": "m", "payload": {"a": }"#,
+    ])
+    func handsOver(_ text: String) {
+        #expect(NotificationDecoder.decodeFastlyForTesting(Array(text.utf8)) == nil)
+    }
+
+    @Test("the realistic corpus of the benchmark decodes the same both ways")
+    func corpus() throws {
+        for index in 0..<200 {
+            let message: [String: Any] = [
+                "message_id": "m-\(index)", "event_type": ["compute.instance.create.end", "port.update.end", "volume.attach.end"][index % 3],
+                "payload": ["project_id": index % 4 == 0 ? "" : "p\(index % 7)", "tenant_id": "t\(index)", "state": "active", "n": index, "f": Double(index) / 7,
+                            "nested": ["a": [1, 2, ["b": "c\u{00e9}"]], "empty": [:] as [String: Any]]],
+                "_context_project_id": "ctx-\(index)", "_context_auth_token": "secret",
+            ]
+            let inner = String(decoding: try JSONSerialization.data(withJSONObject: message), as: UTF8.self)
+            let body = Array(try JSONSerialization.data(withJSONObject: ["oslo.version": "2.0", "oslo.message": inner]))
+            let fast = try #require(NotificationDecoder.decodeFastlyForTesting(body), "the fast path takes it")
+            #expect(try [fast] == NotificationDecoder.decodeSlowlyForTesting(body))
+        }
+    }
+}

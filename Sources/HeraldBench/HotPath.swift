@@ -1,0 +1,192 @@
+import ArgumentParser
+import Delivery
+import Foundation
+import HeraldModel
+import Messaging
+
+/// `herald-bench hotpath`: the per-event work of a partition owner, in one process, each part
+/// against a baseline from the same run: decoding oslo.messaging v2 envelopes of realistic nova,
+/// neutron and cinder notifications (vs Foundation's JSONSerialization on the same bytes),
+/// matching against 10 to 100,000 subscriptions (vs 10), and building the Zaqar messages (vs
+/// JSONSerialization of the same message).
+struct HotPath: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "hotpath", abstract: "Decode, match and encode per event, against baselines in the same run.")
+
+    @Option(help: "Distinct notifications (each about --size bytes) cycled through.") var notifications: Int = 1_000
+    @Option(help: "Approximate notification size in bytes.") var size: Int = 2_500
+    @Option(help: "Events per decode and encode round.") var events: Int = 20_000
+    @Option(help: "Events per match round.") var matchEvents: Int = 200_000
+    @Option(help: "Projects the events and subscriptions belong to.") var projects: Int = 1_000
+    @Option(help: "Rounds of each measurement; the median is reported.") var rounds: Int = 3
+
+    func run() async throws {
+        let corpus = NotificationCorpus(count: notifications, size: size, projects: projects)
+        let bodies = corpus.envelopes
+        let average = bodies.reduce(0) { $0 + $1.count } / bodies.count
+        print("Hot path: \(bodies.count) distinct messagingv2 envelopes, \(average) B on average, \(projects) projects; median of \(rounds) rounds")
+
+        // Decode.
+        let baseline = rate(events) { index in
+            let body = bodies[index % bodies.count]
+            let outer = try! JSONSerialization.jsonObject(with: Data(body)) as! [String: Any]
+            _ = try! JSONSerialization.jsonObject(with: Data((outer["oslo.message"] as! String).utf8))
+        }
+        let decode = rate(events) { index in _ = try! NotificationDecoder.decode(bodies[index % bodies.count]) }
+        print("  decode   JSONSerialization (baseline) \(format(baseline)) /s   NotificationDecoder \(format(decode)) /s   ratio \(ratio(decode, baseline))")
+
+        // Encode: the delivered message for one subscription.
+        let decoded = bodies.prefix(200).map { try! NotificationDecoder.decode($0)[0] }
+        let encodeBaseline = rate(events) { index in
+            let event = decoded[index % decoded.count]
+            let object: [String: Any] = ["ttl": 3600, "body": ["event": event.body.foundationObject, "herald": [
+                "subscription_id": "3f1c0c86-5d47-4a57-9a0c-0f1f3b2a9d11", "event_id": event.messageID, "partition": 7, "epoch": 3,
+            ]]]
+            _ = try! JSONSerialization.data(withJSONObject: object)
+        }
+        let encode = rate(events) { index in
+            let event = decoded[index % decoded.count]
+            let body = NotificationDecoder.encode(event)
+            _ = ZaqarMessageEncoding.message(event: body, ttl: 3600, subscriptionID: "3f1c0c86-5d47-4a57-9a0c-0f1f3b2a9d11", eventID: event.messageID, partition: 7, epoch: 3)
+        }
+        print("  encode   JSONSerialization (baseline) \(format(encodeBaseline)) /s   event + message    \(format(encode)) /s   ratio \(ratio(encode, encodeBaseline))")
+
+        // Match.
+        let sample = bodies.prefix(500).flatMap { try! NotificationDecoder.decode($0) }
+        var base: Double?
+        print("  match    subscriptions   compile s   events/s     µs/event   matches/event   vs 10")
+        for count in [10, 1_000, 10_000, 100_000] {
+            let subscriptions = corpus.subscriptions(count)
+            let started = ContinuousClock.now
+            let index = SubscriptionIndex(subscriptions)
+            let compile = (ContinuousClock.now - started).seconds
+            var matched = 0
+            let speed = rate(matchEvents) { i in matched &+= index.matches(sample[i % sample.count]).count }
+            let perEvent = Double(matched) / Double(matchEvents * rounds)
+            let reference = base ?? speed
+            base = base ?? speed
+            print(String(format: "           %13d   %9.3f   %@   %8.2f   %13.2f   %.2fx slower", count, compile, format(speed), 1e6 / speed, perEvent, reference / speed))
+        }
+    }
+
+    /// Calls per second of `body(i)` for i in 0..<n: the median of `rounds` rounds.
+    func rate(_ n: Int, _ body: (Int) -> Void) -> Double {
+        var rates: [Double] = []
+        for _ in 0..<rounds {
+            let started = ContinuousClock.now
+            for i in 0..<n { body(i) }
+            rates.append(Double(n) / (ContinuousClock.now - started).seconds)
+        }
+        return median(rates)
+    }
+
+    func ratio(_ value: Double, _ baseline: Double) -> String {
+        String(format: "%.2fx", value / baseline)
+    }
+}
+
+/// Realistic notifications (nova, neutron, cinder; 1-3 KB payloads) in a Zipf mix of event types,
+/// and subscriptions over them (globs, exclusions, conditions), deterministic from a seed.
+struct NotificationCorpus {
+    static let eventTypes = [
+        "compute.instance.update", "compute.instance.create.start", "compute.instance.create.end", "compute.instance.delete.start",
+        "compute.instance.delete.end", "compute.instance.power_off.end", "compute.instance.power_on.end", "compute.instance.resize.end",
+        "port.create.end", "port.update.end", "port.delete.end", "network.create.end", "subnet.create.end", "floatingip.update.end",
+        "volume.create.start", "volume.create.end", "volume.attach.end", "volume.detach.end", "volume.delete.end", "snapshot.create.end",
+    ]
+
+    let count: Int
+    let size: Int
+    let projects: Int
+    private(set) var envelopes: [[UInt8]] = []
+
+    init(count: Int, size: Int, projects: Int) {
+        self.count = count
+        self.size = size
+        self.projects = projects
+        var random = SplitMix(seed: 42)
+        envelopes = (0..<count).map { index in
+            let type = Self.eventTypes[Self.zipf(&random, Self.eventTypes.count)]
+            return Self.envelope(type: type, project: "project-\(random.next() % UInt64(projects))", index: index, size: size)
+        }
+    }
+
+    /// Rank 0 most often: P(k) ∝ 1 / (k + 1).
+    static func zipf(_ random: inout SplitMix, _ n: Int) -> Int {
+        let total = (1...n).reduce(0.0) { $0 + 1 / Double($1) }
+        var pick = Double(random.next() % 1_000_000) / 1_000_000 * total
+        for k in 0..<n {
+            pick -= 1 / Double(k + 1)
+            if pick <= 0 { return k }
+        }
+        return n - 1
+    }
+
+    static func envelope(type: String, project: String, index: Int, size: Int) -> [UInt8] {
+        var payload: [String: Any] = [
+            "project_id": project, "tenant_id": project, "user_id": "user-\(index % 97)",
+            "state": index % 3 == 0 ? "active" : "building", "host": "compute-\(index % 40)", "availability_zone": "nova",
+            "instance_id": UUID().uuidString, "display_name": "server-\(index)", "flavor": ["name": "m1.small", "vcpus": 1, "memory_mb": 2048, "root_gb": 20],
+            "image_meta": ["os_distro": index % 2 == 0 ? "ubuntu" : "fedora", "min_disk": "20", "container_format": "bare"],
+            "created_at": "2026-11-24 10:00:00+00:00", "launched_at": "2026-11-24 10:01:\(10 + index % 50)+00:00",
+            "fixed_ips": [["address": "10.0.\(index % 250).\(index % 200 + 2)", "version": 4, "type": "fixed", "label": "private"]],
+        ]
+        var filler = 0
+        while (try! JSONSerialization.data(withJSONObject: payload)).count < size - 600 {
+            payload["metadata_\(filler)"] = String(repeating: "x", count: 60)
+            filler += 1
+        }
+        let message: [String: Any] = [
+            "message_id": UUID().uuidString, "event_type": type, "priority": "INFO", "publisher_id": "compute.host-\(index % 40)",
+            "timestamp": "2026-11-24 10:01:00.000000", "payload": payload,
+            "_context_project_id": project, "_context_user_name": "someone", "_context_roles": ["member"], "_context_request_id": "req-\(index)",
+        ]
+        let inner = String(decoding: try! JSONSerialization.data(withJSONObject: message), as: UTF8.self)
+        return Array(try! JSONSerialization.data(withJSONObject: ["oslo.version": "2.0", "oslo.message": inner]))
+    }
+
+    /// `count` subscriptions spread over the projects: most a glob of one service's events,
+    /// some an exact type, some with an exclusion or a condition.
+    func subscriptions(_ count: Int) -> [Subscription] {
+        var random = SplitMix(seed: 7)
+        let globs = ["compute.instance.*", "compute.instance.create.*", "compute.instance.delete.*", "port.*", "network.*", "volume.*", "volume.attach.*", "snapshot.*"]
+        return (0..<count).map { index in
+            let project = "project-\(random.next() % UInt64(projects))"
+            var types: [String]
+            switch index % 4 {
+            case 0: types = [globs[Int(random.next() % UInt64(globs.count))]]
+            case 1: types = [Self.eventTypes[Int(random.next() % UInt64(Self.eventTypes.count))]]
+            case 2: types = ["compute.instance.*", "!compute.instance.update"]
+            default: types = [globs[Int(random.next() % UInt64(globs.count))], "volume.*"]
+            }
+            let conditions = index % 5 == 0 ? [Condition(field: "payload.state", op: .eq, value: .string("active"))] : []
+            return Subscription(project: project, eventTypes: types, conditions: conditions, target: Target(queue: "q\(index)"))
+        }
+    }
+}
+
+/// A small deterministic generator, so every run measures the same corpus.
+struct SplitMix {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+extension JSONValue {
+    /// The same value as Foundation objects, for the JSONSerialization baseline.
+    var foundationObject: Any {
+        switch self {
+        case .null: return NSNull()
+        case .bool(let value): return value
+        case .number(let value): return value
+        case .string(let value): return value
+        case .array(let items): return items.map(\.foundationObject)
+        case .object(let fields): return fields.mapValues(\.foundationObject)
+        }
+    }
+}

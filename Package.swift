@@ -51,6 +51,7 @@ let package = Package(
         // Plain value types shared by the modules: subscriptions and their validation.
         .target(
             name: "HeraldModel",
+            dependencies: ["CNotificationScan"],
             swiftSettings: swiftSettings
         ),
         .target(
@@ -67,7 +68,6 @@ let package = Package(
             name: "Messaging",
             dependencies: [
                 "CRabbitMQ",
-                "CNotificationScan",
                 "HeraldModel",
                 .product(name: "Logging", package: "swift-log"),
             ],

@@ -4,15 +4,18 @@
 
 #include <simdjson.h>
 
+#include <cstring>
 #include <string>
+#include <vector>
 #include <string_view>
 
 using namespace simdjson;
 
 struct herald_scanner {
     ondemand::parser parser;
-    padded_string envelope;
-    padded_string message;
+    // Reused input buffers (simdjson reads up to SIMDJSON_PADDING bytes past the end).
+    std::vector<char> envelope;
+    std::vector<char> message;
     std::string event_type;
     std::string message_id;
     std::string project;
@@ -31,6 +34,14 @@ extern "C" herald_scanner *herald_scanner_create(void) {
 extern "C" void herald_scanner_destroy(herald_scanner *scanner) { delete scanner; }
 
 namespace {
+
+/// `length` bytes copied into `buffer` (grown as needed, never shrunk), padded for simdjson.
+padded_string_view padded(std::vector<char> &buffer, const char *data, size_t length) {
+    if (buffer.size() < length + SIMDJSON_PADDING) buffer.resize(length + SIMDJSON_PADDING);
+    std::memcpy(buffer.data(), data, length);
+    std::memset(buffer.data() + length, 0, SIMDJSON_PADDING);
+    return padded_string_view(buffer.data(), length, buffer.size());
+}
 
 herald_bytes bytes(const std::string &text) {
     return herald_bytes{reinterpret_cast<const uint8_t *>(text.data()), text.size()};
@@ -132,6 +143,7 @@ int scan_message(herald_scanner *s, padded_string_view json, bool allow_envelope
     std::string context_tenant;
     bool first = true, has_event_type = false, payload_is_array = false;
     std::string_view oslo_message;
+    padded_string_view message_view;
     bool is_envelope = false;
     for (auto field : object) {
         std::string_view key;
@@ -142,7 +154,7 @@ int scan_message(herald_scanner *s, padded_string_view json, bool allow_envelope
             if (value.get_string().get(oslo_message)) return 1;
             is_envelope = true;
             // Copy before the parser is reused: the view points into its buffer.
-            s->message = padded_string(oslo_message);
+            message_view = padded(s->message, oslo_message.data(), oslo_message.size());
             continue;
         }
         if (key.substr(0, 9) == "_context_") {
@@ -176,7 +188,7 @@ int scan_message(herald_scanner *s, padded_string_view json, bool allow_envelope
         s->body.append(text);
     }
     if (is_envelope) {
-        return scan_message(s, padded_string_view(s->message), false, out);
+        return scan_message(s, message_view, false, out);
     }
     s->body.push_back('}');
     if (!has_event_type || s->event_type.empty() || s->message_id.empty()) return 1;
@@ -196,10 +208,61 @@ int scan_message(herald_scanner *s, padded_string_view json, bool allow_envelope
 extern "C" int herald_scan(herald_scanner *scanner, const uint8_t *data, size_t length, herald_notification *out) {
     out->status = 1;
     try {
-        scanner->envelope = padded_string(reinterpret_cast<const char *>(data), length);
-        return scan_message(scanner, padded_string_view(scanner->envelope), true, out);
+        return scan_message(scanner, padded(scanner->envelope, reinterpret_cast<const char *>(data), length), true, out);
     } catch (...) {
         out->status = 1;
+        return 1;
+    }
+}
+
+extern "C" int herald_lookup(herald_scanner *scanner, const uint8_t *data, size_t length, const char *pointer, size_t pointer_length,
+                             herald_json_value *out) {
+    out->kind = HERALD_JSON_MISSING;
+    out->number = 0;
+    out->text = herald_bytes{nullptr, 0};
+    try {
+        ondemand::document document;
+        if (scanner->parser.iterate(padded(scanner->envelope, reinterpret_cast<const char *>(data), length)).get(document)) return 1;
+        ondemand::value value;
+        if (document.at_pointer(std::string_view(pointer, pointer_length)).get(value)) return 1;
+        ondemand::json_type type;
+        if (value.type().get(type)) return 1;
+        switch (type) {
+        case ondemand::json_type::null:
+            out->kind = HERALD_JSON_NULL;
+            return 0;
+        case ondemand::json_type::boolean: {
+            bool flag;
+            if (value.get_bool().get(flag)) return 1;
+            out->kind = HERALD_JSON_BOOL;
+            out->number = flag ? 1 : 0;
+            return 0;
+        }
+        case ondemand::json_type::number: {
+            double number;
+            if (value.get_double().get(number)) return 1;
+            out->kind = HERALD_JSON_NUMBER;
+            out->number = number;
+            return 0;
+        }
+        case ondemand::json_type::string: {
+            std::string_view text;
+            if (value.get_string().get(text)) return 1;
+            scanner->body.assign(text);
+            out->kind = HERALD_JSON_STRING;
+            out->text = bytes(scanner->body);
+            return 0;
+        }
+        default: {
+            std::string_view text;
+            if (!raw(value, text)) return 1;
+            scanner->body.assign(text);
+            out->kind = HERALD_JSON_COMPOSITE;
+            out->text = bytes(scanner->body);
+            return 0;
+        }
+        }
+    } catch (...) {
         return 1;
     }
 }

@@ -21,9 +21,12 @@ public struct SubscriptionIndex: Sendable {
     private var buckets: [String?: [String: [Entry]]] = [:]
     public let subscriptions: [Subscription]
     private let exclusions: [[[UInt8]]]
+    /// Each subscription's condition fields, split once: `payload.state` → [payload, state].
+    private let conditionPaths: [[[String]]]
 
     public init(_ subscriptions: [Subscription]) {
         self.subscriptions = subscriptions
+        conditionPaths = subscriptions.map { $0.conditions.map { $0.field.split(separator: ".").map(String.init) } }
         var exclusions: [[[UInt8]]] = []
         for (index, subscription) in subscriptions.enumerated() {
             exclusions.append(subscription.eventTypes.filter { $0.hasPrefix("!") }.map { Array($0.dropFirst().utf8) })
@@ -41,13 +44,14 @@ public struct SubscriptionIndex: Sendable {
     /// (an event with no project reaches only the latter), whose patterns and conditions hold.
     public func matches(_ event: NotificationEvent) -> [Subscription] {
         let type = Array(event.eventType.utf8)
+        // "", then every dot-prefix of the type: "compute", "compute.instance", ...
         var prefixes = [""]
-        var segment = ""
-        for part in event.eventType.split(separator: ".", omittingEmptySubsequences: false) {
-            segment = segment.isEmpty ? String(part) : segment + "." + part
-            prefixes.append(segment)
+        for (offset, byte) in type.enumerated() where byte == UInt8(ascii: ".") {
+            prefixes.append(String(decoding: type[..<offset], as: UTF8.self))
         }
-        var seen = Set<Int>()
+        prefixes.append(event.eventType)
+        // A subscription with several include patterns can come up more than once.
+        var seen: [Int] = []
         var result: [Subscription] = []
         let scopes: [String?] = event.project.map { [$0, nil] } ?? [nil]
         for scope in scopes {
@@ -55,10 +59,11 @@ public struct SubscriptionIndex: Sendable {
             for prefix in prefixes {
                 for entry in byPrefix[prefix] ?? [] where !seen.contains(entry.subscription) {
                     guard Glob.matches(entry.pattern, type) else { continue }
-                    seen.insert(entry.subscription)
+                    seen.append(entry.subscription)
                     if exclusions[entry.subscription].contains(where: { Glob.matches($0, type) }) { continue }
                     let subscription = subscriptions[entry.subscription]
-                    if subscription.conditions.allSatisfy({ ConditionEvaluator.holds($0, for: event) }) {
+                    let paths = conditionPaths[entry.subscription]
+                    if subscription.conditions.indices.allSatisfy({ ConditionEvaluator.holds(subscription.conditions[$0], actual: event.value(atPath: paths[$0])) }) {
                         result.append(subscription)
                     }
                 }
@@ -111,7 +116,11 @@ enum Glob {
 /// sides read as one), other strings as text.
 enum ConditionEvaluator {
     static func holds(_ condition: Condition, for event: NotificationEvent) -> Bool {
-        let actual = event.value(at: condition.field)
+        holds(condition, actual: event.value(at: condition.field))
+    }
+
+    /// - Parameter actual: the event's value at the condition's field, nil when absent.
+    static func holds(_ condition: Condition, actual: JSONValue?) -> Bool {
         switch condition.op {
         case .exists:
             let wanted: Bool

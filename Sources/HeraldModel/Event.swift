@@ -61,39 +61,74 @@ public struct NotificationEvent: Sendable, Equatable {
     }
 
     /// The value at a dotted path: `payload.state`, `payload.image_meta.os_distro`,
-    /// `traits.memory_mb`, `publisher_id`.
+    /// `payload.fixed_ips.0.address` (an index into an array), `traits.memory_mb`, `publisher_id`.
     public func value(at path: String) -> JSONValue? {
-        let segments = path.split(separator: ".").map(String.init)
+        value(atPath: path.split(separator: ".").map(String.init))
+    }
+
+    /// `value(at:)` with the path already split at its dots.
+    public func value(atPath segments: [String]) -> JSONValue? {
         guard let first = segments.first else { return nil }
         if first == "traits", segments.count >= 2 {
             return traits[segments.dropFirst().joined(separator: ".")]
         }
-        var current = body
-        for segment in segments {
-            guard case .object(let object) = current, let next = object[segment] else { return nil }
-            current = next
-        }
-        return current
+        return parsed.value(at: segments)
     }
 }
 
-/// `json` parsed once, by whoever asks first (events are shared across tasks).
+/// The event's JSON, read on demand: a condition's field is looked up in the bytes with
+/// simdjson (`NotificationScanner.lookup`) and only that value is decoded, once per path;
+/// the whole tree is decoded only when something asks for `body`.
 final class ParsedJSON: Sendable {
+    private struct State {
+        var whole: JSONValue?
+        var fields: [[String]: JSONValue?] = [:]
+    }
+
     private let json: [UInt8]
-    private let cache = Mutex<JSONValue?>(nil)
+    private let state = Mutex(State())
 
     init(_ json: [UInt8]) {
         self.json = json
     }
 
     func store(_ value: JSONValue) {
-        cache.withLock { $0 = value }
+        state.withLock { $0.whole = value }
     }
 
     var value: JSONValue {
-        if let value = cache.withLock({ $0 }) { return value }
+        if let value = state.withLock({ $0.whole }) { return value }
         let value = (try? JSONDecoder().decode(JSONValue.self, from: Data(json))) ?? .null
-        cache.withLock { $0 = value }
+        state.withLock { $0.whole = value }
         return value
+    }
+
+    func value(at segments: [String]) -> JSONValue? {
+        let cached = state.withLock { state -> JSONValue?? in
+            if let whole = state.whole { return .some(Self.walk(whole, segments)) }
+            return state.fields[segments]
+        }
+        if let cached { return cached }
+        let found = NotificationScanner.lookup(json, path: segments)
+        state.withLock { $0.fields[segments] = .some(found) }
+        return found
+    }
+
+    static func walk(_ value: JSONValue, _ segments: [String]) -> JSONValue? {
+        var current = value
+        for segment in segments {
+            switch current {
+            case .object(let object):
+                guard let next = object[segment] else { return nil }
+                current = next
+            case .array(let items):
+                // As a JSON pointer reads it: a decimal index.
+                guard let index = Int(segment), index >= 0, index < items.count, String(index) == segment else { return nil }
+                current = items[index]
+            default:
+                return nil
+            }
+        }
+        return current
     }
 }

@@ -1,7 +1,5 @@
-import CNotificationScan
 import Foundation
 import HeraldModel
-import Synchronization
 
 /// Why a notification could not be used; it is dead-lettered with this.
 public struct NotificationDecodingError: Error, CustomStringConvertible, Sendable, Equatable {
@@ -123,45 +121,5 @@ extension JSONValue {
     var nonEmptyString: String? {
         if case .string(let text) = self, !text.isEmpty { return text }
         return nil
-    }
-}
-
-/// The fast path: simdjson's On-Demand parser (the C target CNotificationScan) finds event
-/// type, message id and project and copies the event without its `_context_*` members, byte for
-/// byte. Scanners are reused from a small pool; each is used by one caller at a time.
-enum NotificationScanner {
-    /// A scanner handle; only the caller that took it from the pool touches it.
-    final class Handle: @unchecked Sendable {
-        let pointer: OpaquePointer
-
-        init?() {
-            guard let pointer = herald_scanner_create() else { return nil }
-            self.pointer = pointer
-        }
-
-        deinit {
-            herald_scanner_destroy(pointer)
-        }
-    }
-
-    private static let pool = Mutex<[Handle]>([])
-
-    /// The event, or nil when the fast path does not apply (the slow path then decides).
-    static func scan(_ body: [UInt8]) -> NotificationEvent? {
-        guard let handle = pool.withLock({ $0.popLast() }) ?? Handle() else { return nil }
-        defer { pool.withLock { if $0.count < 16 { $0.append(handle) } } }
-        var out = herald_notification()
-        let status = body.withUnsafeBufferPointer { buffer in
-            herald_scan(handle.pointer, buffer.baseAddress, buffer.count, &out)
-        }
-        guard status == 0 else { return nil }
-        func text(_ bytes: herald_bytes) -> String {
-            String(decoding: UnsafeBufferPointer(start: bytes.data, count: bytes.length), as: UTF8.self)
-        }
-        let project = out.project.length > 0 ? text(out.project) : nil
-        return NotificationEvent(
-            eventType: text(out.event_type), messageID: text(out.message_id), project: project,
-            json: Array(UnsafeBufferPointer(start: out.body.data, count: out.body.length))
-        )
     }
 }

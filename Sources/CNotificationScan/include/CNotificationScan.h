@@ -38,6 +38,27 @@ void herald_scanner_destroy(herald_scanner *scanner);
 /// Scans `length` bytes at `data`; fills `out`; returns `out->status`.
 int herald_scan(herald_scanner *scanner, const uint8_t *data, size_t length, herald_notification *out);
 
+enum {
+    HERALD_JSON_MISSING = 0,
+    HERALD_JSON_NULL = 1,
+    HERALD_JSON_BOOL = 2,      /* number: 0 or 1 */
+    HERALD_JSON_NUMBER = 3,    /* number */
+    HERALD_JSON_STRING = 4,    /* text: the string, unescaped */
+    HERALD_JSON_COMPOSITE = 5, /* text: the object or array as JSON */
+};
+
+/// One value found by `herald_lookup`.
+typedef struct {
+    int kind;
+    double number;
+    herald_bytes text;
+} herald_json_value;
+
+/// The value at `pointer` (RFC 6901, e.g. `/payload/state`) in the JSON document at `data`;
+/// returns 0 when found, 1 when not (or not JSON).
+int herald_lookup(herald_scanner *scanner, const uint8_t *data, size_t length, const char *pointer, size_t pointer_length,
+                  herald_json_value *out);
+
 #ifdef __cplusplus
 }
 #endif

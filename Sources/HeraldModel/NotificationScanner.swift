@@ -1,0 +1,84 @@
+import CNotificationScan
+import Foundation
+import Synchronization
+
+/// The fast path: simdjson's On-Demand parser (the C target CNotificationScan) finds event
+/// type, message id and project and copies the event without its `_context_*` members, byte for
+/// byte. Scanners are reused from a small pool; each is used by one caller at a time.
+public enum NotificationScanner {
+    /// A scanner handle; only the caller that took it from the pool touches it.
+    final class Handle: @unchecked Sendable {
+        let pointer: OpaquePointer
+
+        init?() {
+            guard let pointer = herald_scanner_create() else { return nil }
+            self.pointer = pointer
+        }
+
+        deinit {
+            herald_scanner_destroy(pointer)
+        }
+    }
+
+    private static let pool = Mutex<[Handle]>([])
+
+    /// Runs `body` with a scanner of the pool (nil when none can be made).
+    static func withScanner<T>(_ body: (OpaquePointer) -> T?) -> T? {
+        guard let handle = pool.withLock({ $0.popLast() }) ?? Handle() else { return nil }
+        defer { pool.withLock { if $0.count < 16 { $0.append(handle) } } }
+        return body(handle.pointer)
+    }
+
+    /// The value at `path` (dotted: `payload.state`) in `json`, nil when absent. Scalars come
+    /// straight from simdjson; an object or array is decoded from its JSON text.
+    static func lookup(_ json: [UInt8], path: [String]) -> JSONValue? {
+        var pointer = ""
+        for segment in path {
+            pointer += "/"
+            if segment.utf8.contains(where: { $0 == UInt8(ascii: "~") || $0 == UInt8(ascii: "/") }) {
+                pointer += segment.replacingOccurrences(of: "~", with: "~0").replacingOccurrences(of: "/", with: "~1")
+            } else {
+                pointer += segment
+            }
+        }
+        return withScanner { scanner -> JSONValue? in
+            var out = herald_json_value()
+            let status = json.withUnsafeBufferPointer { buffer in
+                pointer.withCString { herald_lookup(scanner, buffer.baseAddress, buffer.count, $0, strlen($0), &out) }
+            }
+            guard status == 0 else { return nil }
+            let text = UnsafeBufferPointer(start: out.text.data, count: out.text.length)
+            switch Int(out.kind) {
+            case Int(HERALD_JSON_NULL): return .null
+            case Int(HERALD_JSON_BOOL): return .bool(out.number != 0)
+            case Int(HERALD_JSON_NUMBER): return .number(out.number)
+            case Int(HERALD_JSON_STRING): return .string(String(decoding: text, as: UTF8.self))
+            case Int(HERALD_JSON_COMPOSITE): return try? JSONDecoder().decode(JSONValue.self, from: Data(buffer: text))
+            default: return nil
+            }
+        }
+    }
+
+    /// The event, or nil when the fast path does not apply (the slow path then decides).
+    public static func scan(_ body: [UInt8]) -> NotificationEvent? {
+        withScanner { scanner -> NotificationEvent? in
+            var out = herald_notification()
+            let status = body.withUnsafeBufferPointer { buffer in
+                herald_scan(scanner, buffer.baseAddress, buffer.count, &out)
+            }
+            guard status == 0 else { return nil }
+            return event(out)
+        }
+    }
+
+    private static func event(_ out: herald_notification) -> NotificationEvent {
+        func text(_ bytes: herald_bytes) -> String {
+            String(decoding: UnsafeBufferPointer(start: bytes.data, count: bytes.length), as: UTF8.self)
+        }
+        let project = out.project.length > 0 ? text(out.project) : nil
+        return NotificationEvent(
+            eventType: text(out.event_type), messageID: text(out.message_id), project: project,
+            json: Array(UnsafeBufferPointer(start: out.body.data, count: out.body.length))
+        )
+    }
+}

@@ -116,14 +116,15 @@ struct NotificationCorpus {
     let projects: Int
     private(set) var envelopes: [[UInt8]] = []
 
-    init(count: Int, size: Int, projects: Int) {
+    /// - Parameter messageID: one message id for every envelope (a placeholder the load harness replaces).
+    init(count: Int, size: Int, projects: Int, messageID: String? = nil) {
         self.count = count
         self.size = size
         self.projects = projects
         var random = SplitMix(seed: 42)
         envelopes = (0..<count).map { index in
             let type = Self.eventTypes[Self.zipf(&random, Self.eventTypes.count)]
-            return Self.envelope(type: type, project: "project-\(random.next() % UInt64(projects))", index: index, size: size)
+            return Self.envelope(type: type, project: "project-\(random.next() % UInt64(projects))", index: index, size: size, messageID: messageID ?? UUID().uuidString)
         }
     }
 
@@ -138,7 +139,7 @@ struct NotificationCorpus {
         return n - 1
     }
 
-    static func envelope(type: String, project: String, index: Int, size: Int) -> [UInt8] {
+    static func envelope(type: String, project: String, index: Int, size: Int, messageID: String = UUID().uuidString) -> [UInt8] {
         var payload: [String: Any] = [
             "project_id": project, "tenant_id": project, "user_id": "user-\(index % 97)",
             "state": index % 3 == 0 ? "active" : "building", "host": "compute-\(index % 40)", "availability_zone": "nova",
@@ -153,7 +154,7 @@ struct NotificationCorpus {
             filler += 1
         }
         let message: [String: Any] = [
-            "message_id": UUID().uuidString, "event_type": type, "priority": "INFO", "publisher_id": "compute.host-\(index % 40)",
+            "message_id": messageID, "event_type": type, "priority": "INFO", "publisher_id": "compute.host-\(index % 40)",
             "timestamp": "2026-11-24 10:01:00.000000", "payload": payload,
             "_context_project_id": project, "_context_user_name": "someone", "_context_roles": ["member"], "_context_request_id": "req-\(index)",
         ]

@@ -1,0 +1,341 @@
+import ArgumentParser
+import Coordination
+import Delivery
+import Foundation
+import HeraldModel
+import Histogram
+import Messaging
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import Synchronization
+
+/// `herald-bench load`: open-loop load through the real brokers into N `herald node` processes
+/// and a built-in Zaqar-compatible sink, with scenario events at given times; writes a JSON
+/// result and an HTML report with plots.
+struct Load: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Open-loop load through RabbitMQ and herald nodes into a recording sink, with failure scenarios; JSON and HTML out.",
+        discussion: """
+        Events (--event, repeatable) are SECONDS:ACTION[:ARGS]: add-node, sigterm:NODE, kill9:NODE, \
+        pause:NODE:SECONDS (SIGSTOP, then SIGCONT), restart-redis, restart-rabbitmq, sink-fail:SECONDS \
+        (503s), sink-stall:SECONDS (answers held back). Latency is measured from each event's intended \
+        send time (no coordinated omission).
+        """
+    )
+
+    @Option(help: "Events published per second (open loop).") var rate: Int = 1_000
+    @Option(help: "Seconds of publishing.") var duration: Int = 30
+    @Option(help: "herald node processes started at the beginning.") var nodes: Int = 3
+    @Option(help: "Subscriptions created through the API.") var subscriptions: Int = 100
+    @Option(help: "Projects the events and subscriptions belong to.") var projects: Int = 10
+    @Option(help: "HERALD_PARTITIONS of the nodes.") var partitions: Int = 64
+    @Option(help: "Distinct notification templates (about --size bytes each).") var templates: Int = 200
+    @Option(help: "Approximate notification size in bytes.") var size: Int = 2_500
+    @Option(name: .customLong("event"), help: "A scenario event, SECONDS:ACTION[:ARGS].") var events: [String] = []
+    @Option(help: "Seconds to wait after publishing for the last deliveries.") var drain: Int = 60
+    @Option(help: "Directory for result.json, report.html and node logs.") var out: String = "bench-results/load"
+    @Option(help: "The herald executable (default: next to herald-bench).") var herald: String?
+    @Option(help: "RabbitMQ URL (default: $HERALD_TEST_AMQP_URL); a vhost of the run's own is made on it.")
+    var amqpURL: String = ProcessInfo.processInfo.environment["HERALD_TEST_AMQP_URL"] ?? "amqp://guest:guest@127.0.0.1:5672/%2F"
+    @Option(help: "Redis URL (default: $HERALD_TEST_REDIS_URL).")
+    var redisURL: String = ProcessInfo.processInfo.environment["HERALD_TEST_REDIS_URL"] ?? "redis://127.0.0.1:6379/0"
+    @Option(help: "scripts/servers, for vhosts and restarts (default: $HERALD_TEST_SERVERS).")
+    var servers: String = ProcessInfo.processInfo.environment["HERALD_TEST_SERVERS"] ?? "scripts/servers"
+
+    func validate() throws {
+        guard rate > 0 else { throw ValidationError("--rate \(rate): must be above 0") }
+        guard duration > 0 else { throw ValidationError("--duration \(duration): must be above 0") }
+        guard nodes > 0 else { throw ValidationError("--nodes \(nodes): must be above 0") }
+        guard subscriptions > 0 else { throw ValidationError("--subscriptions \(subscriptions): must be above 0") }
+        for event in events { _ = try ScenarioEvent(event) }
+    }
+
+    func run() async throws {
+        let run = try await LoadRun(options: self)
+        do {
+            let result = try await run.execute()
+            try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            encoder.keyEncodingStrategy = .convertToSnakeCase
+            try encoder.encode(result).write(to: URL(fileURLWithPath: out + "/result.json"))
+            try LoadReport.html(result).write(toFile: out + "/report.html", atomically: true, encoding: .utf8)
+            await run.cleanUp()
+            result.printSummary()
+            print("wrote \(out)/result.json and \(out)/report.html")
+            if result.lost > 0 { throw ExitCode(2) }
+        } catch {
+            await run.cleanUp()
+            throw error
+        }
+    }
+}
+
+/// One scenario event: what happens to the cluster, and when.
+struct ScenarioEvent: Codable, Sendable {
+    enum Action: String, Codable, Sendable {
+        case addNode = "add-node", sigterm, kill9, pause, restartRedis = "restart-redis", restartRabbitMQ = "restart-rabbitmq"
+        case sinkFail = "sink-fail", sinkStall = "sink-stall"
+    }
+
+    var at: Double
+    var action: Action
+    var node: String?
+    var seconds: Double?
+    var label: String
+
+    init(_ text: String) throws {
+        let parts = text.split(separator: ":").map(String.init)
+        guard parts.count >= 2, let at = Double(parts[0]), at >= 0, let action = Action(rawValue: parts[1]) else {
+            throw ValidationError("--event '\(text)': expected SECONDS:ACTION[:ARGS], ACTION one of add-node, sigterm, kill9, pause, restart-redis, restart-rabbitmq, sink-fail, sink-stall")
+        }
+        self.at = at
+        self.action = action
+        label = parts.dropFirst().joined(separator: " ")
+        switch action {
+        case .sigterm, .kill9:
+            guard parts.count == 3 else { throw ValidationError("--event '\(text)': \(action.rawValue) needs a node, e.g. 20:\(action.rawValue):node-2") }
+            node = parts[2]
+        case .pause:
+            guard parts.count == 4, let seconds = Double(parts[3]) else { throw ValidationError("--event '\(text)': pause needs a node and seconds, e.g. 20:pause:node-2:5") }
+            node = parts[2]
+            self.seconds = seconds
+        case .sinkFail, .sinkStall:
+            guard parts.count == 3, let seconds = Double(parts[2]) else { throw ValidationError("--event '\(text)': \(action.rawValue) needs seconds, e.g. 20:\(action.rawValue):5") }
+            self.seconds = seconds
+        case .addNode, .restartRedis, .restartRabbitMQ:
+            guard parts.count == 2 else { throw ValidationError("--event '\(text)': \(action.rawValue) takes no arguments") }
+        }
+    }
+}
+
+/// The result of one run, as written to result.json.
+struct LoadResult: Codable {
+    struct Interval: Codable {
+        var second: Int
+        var published: Int
+        var delivered: Int
+        /// Deliveries expected for what was published so far, less those seen.
+        var backlog: Int
+        var latencyMs: Percentiles?
+        var partitions: [String: Int]
+    }
+
+    struct Percentiles: Codable {
+        var p50, p75, p95, p99, p999, p9999, max: Double
+        var count: Int
+    }
+
+    /// CPU used while the load ran (from the start of publishing to the end of the drain).
+    struct Process: Codable {
+        var name: String
+        var cpuSeconds: Double
+        var cpuMicrosecondsPerEvent: Double
+        var exitStatus: Int32?
+    }
+
+    var rate: Int
+    var duration: Int
+    var nodes: Int
+    var subscriptions: Int
+    var projects: Int
+    var partitions: Int
+    var averageEventBytes: Int
+    var published: Int
+    var expectedDeliveries: Int
+    var delivered: Int
+    var lost: Int
+    var duplicates: Int
+    var latencyMs: Percentiles?
+    var intervals: [Interval]
+    var events: [ScenarioEvent]
+    var processes: [Process]
+
+    func printSummary() {
+        print(String(format: "published %d at %d/s for %d s; deliveries %d of %d expected, lost %d, duplicates %d", published, rate, duration, delivered, expectedDeliveries, lost, duplicates))
+        if let latency = latencyMs {
+            print(String(format: "latency from intended send time (ms): p50 %.1f  p75 %.1f  p95 %.1f  p99 %.1f  p99.9 %.1f  p99.99 %.1f  max %.1f",
+                         latency.p50, latency.p75, latency.p95, latency.p99, latency.p999, latency.p9999, latency.max))
+        }
+        for process in processes {
+            print("cpu " + process.name.padding(toLength: 10, withPad: " ", startingAt: 0) + String(format: " %7.2f s  %7.1f µs per published event", process.cpuSeconds, process.cpuMicrosecondsPerEvent))
+        }
+        let nodesCPU = processes.filter { $0.name != "harness" }.reduce(0) { $0 + $1.cpuMicrosecondsPerEvent }
+        print(String(format: "cpu of all nodes: %.1f µs per published event (publishing to the end of the drain)", nodesCPU))
+    }
+}
+
+/// Deliveries as the sink saw them: which (subscription, event) pairs, how often, how late.
+final class DeliveryRecorder: Sendable {
+    struct State {
+        var counts: [Int: UInt16] = [:]
+        var delivered = 0
+        var duplicates = 0
+        var perSecond: [Int: Int] = [:]
+        var latency = Histogram<UInt64>(highestTrackableValue: 3_600_000_000, numberOfSignificantValueDigits: .three)
+        var latencyPerSecond: [Int: Histogram<UInt64>] = [:]
+        var malformed = 0
+    }
+
+    let start: UInt64
+    let rate: Int
+    let subscriptionIndex: [String: Int]
+    let subscriptionCount: Int
+    let state = Mutex(State())
+
+    init(start: UInt64, rate: Int, subscriptionIndex: [String: Int]) {
+        self.start = start
+        self.rate = rate
+        self.subscriptionIndex = subscriptionIndex
+        subscriptionCount = subscriptionIndex.count
+    }
+
+    /// The event's intended send time: the open loop's schedule, whatever the publisher managed.
+    func intended(_ seq: Int) -> UInt64 {
+        start + UInt64(seq) * 1_000_000_000 / UInt64(rate)
+    }
+
+    /// Records one request's messages (`"subscription_id":"..","event_id":"load-<seq>"` each).
+    func record(_ body: ByteBuffer, now: UInt64) {
+        let bytes = Array(body.readableBytesView)
+        var found: [(Int, Int)] = []
+        var malformed = 0
+        var cursor = 0
+        let marker = Array(#""subscription_id":""#.utf8)
+        let eventMarker = Array(#""event_id":"load-"#.utf8)
+        while let at = Self.find(marker, in: bytes, from: cursor) {
+            let idStart = at + marker.count
+            guard let idEnd = bytes[idStart...].firstIndex(of: UInt8(ascii: "\"")),
+                  let eventAt = Self.find(eventMarker, in: bytes, from: idEnd),
+                  let seqEnd = bytes[(eventAt + eventMarker.count)...].firstIndex(of: UInt8(ascii: "\""))
+            else { malformed += 1; break }
+            let id = String(decoding: bytes[idStart..<idEnd], as: UTF8.self)
+            let seq = Int(String(decoding: bytes[(eventAt + eventMarker.count)..<seqEnd], as: UTF8.self))
+            if let index = subscriptionIndex[id], let seq { found.append((index, seq)) } else { malformed += 1 }
+            cursor = seqEnd
+        }
+        let second = Int((now - start) / 1_000_000_000)
+        state.withLock { state in
+            state.malformed += malformed
+            for (subscription, seq) in found {
+                let key = seq * subscriptionCount + subscription
+                let count = state.counts[key, default: 0]
+                state.counts[key] = count &+ 1
+                if count > 0 { state.duplicates += 1; continue }
+                state.delivered += 1
+                state.perSecond[second, default: 0] += 1
+                let micros = now > intended(seq) ? (now - intended(seq)) / 1_000 : 0
+                _ = state.latency.record(min(micros, 3_600_000_000))
+                _ = state.latencyPerSecond[second, default: Histogram<UInt64>(highestTrackableValue: 3_600_000_000, numberOfSignificantValueDigits: .two)].record(min(micros, 3_600_000_000))
+            }
+        }
+    }
+
+    static func find(_ needle: [UInt8], in haystack: [UInt8], from start: Int) -> Int? {
+        guard needle.count <= haystack.count, start <= haystack.count - needle.count else { return nil }
+        var index = start
+        let first = needle[0]
+        while index <= haystack.count - needle.count {
+            if haystack[index] == first && haystack[index..<(index + needle.count)].elementsEqual(needle) { return index }
+            index += 1
+        }
+        return nil
+    }
+
+    static func percentiles(_ histogram: Histogram<UInt64>) -> LoadResult.Percentiles? {
+        guard histogram.totalCount > 0 else { return nil }
+        func ms(_ p: Double) -> Double { Double(histogram.valueAtPercentile(p)) / 1000 }
+        return LoadResult.Percentiles(p50: ms(50), p75: ms(75), p95: ms(95), p99: ms(99), p999: ms(99.9), p9999: ms(99.99),
+                                      max: Double(histogram.max) / 1000, count: Int(histogram.totalCount))
+    }
+}
+
+/// A Zaqar-compatible sink on 127.0.0.1: takes `POST /v2/queues/{q}/messages`, records each
+/// message's subscription and event, answers 201 (or 503 while failing, late while stalled).
+final class RecordingSink: Sendable {
+    enum Mode: Int { case normal = 0, failing = 1, stalling = 2 }
+
+    let channel: any Channel
+    private let recorderBox = Mutex<DeliveryRecorder?>(nil)
+    private let mode = Atomic<Int>(0)
+    var url: String { "http://127.0.0.1:\(channel.localAddress!.port!)" }
+
+    private init(channel: any Channel) {
+        self.channel = channel
+    }
+
+    /// Where deliveries are recorded from now on (before: answered, not recorded).
+    func use(_ recorder: DeliveryRecorder) { recorderBox.withLock { $0 = recorder } }
+    var recorder: DeliveryRecorder? { recorderBox.withLock { $0 } }
+
+    static func start() async throws -> RecordingSink {
+        let box = Mutex<RecordingSink?>(nil)
+        let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
+            .serverChannelOption(ChannelOptions.backlog, value: 256)
+            .childChannelInitializer { channel in
+                channel.pipeline.configureHTTPServerPipeline().flatMap {
+                    channel.pipeline.addHandler(Handler(sink: { box.withLock { $0 } }))
+                }
+            }
+            .bind(host: "127.0.0.1", port: 0).get()
+        let sink = RecordingSink(channel: channel)
+        box.withLock { $0 = sink }
+        return sink
+    }
+
+    func set(_ newMode: Mode) { mode.store(newMode.rawValue, ordering: .relaxed) }
+    var current: Mode { Mode(rawValue: mode.load(ordering: .relaxed)) ?? .normal }
+
+    func stop() async { try? await channel.close() }
+
+    final class Handler: ChannelInboundHandler, @unchecked Sendable {
+        typealias InboundIn = HTTPServerRequestPart
+        typealias OutboundOut = HTTPServerResponsePart
+        let sink: @Sendable () -> RecordingSink?
+        var body = ByteBuffer()
+
+        init(sink: @escaping @Sendable () -> RecordingSink?) { self.sink = sink }
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            switch unwrapInboundIn(data) {
+            case .head: body.clear()
+            case .body(var chunk): body.writeBuffer(&chunk)
+            case .end:
+                guard let sink = sink() else { return }
+                switch sink.current {
+                case .failing:
+                    respond(context, status: .serviceUnavailable, text: #"{"title": "Service Unavailable", "description": "the load sink is failing on purpose"}"#)
+                case .stalling:
+                    // Held back until the stall ends, then taken.
+                    let body = body
+                    let loop = context.eventLoop
+                    let handler = NIOLoopBound(self, eventLoop: loop)
+                    let contextBox = NIOLoopBound(context, eventLoop: loop)
+                    func retry() {
+                        if sink.current == .stalling {
+                            loop.scheduleTask(in: .milliseconds(50)) { retry() }
+                        } else {
+                            sink.recorder?.record(body, now: DispatchTime.now().uptimeNanoseconds)
+                            handler.value.respond(contextBox.value, status: .created, text: #"{"resources": []}"#)
+                        }
+                    }
+                    retry()
+                case .normal:
+                    sink.recorder?.record(body, now: DispatchTime.now().uptimeNanoseconds)
+                    respond(context, status: .created, text: #"{"resources": []}"#)
+                }
+            }
+        }
+
+        func respond(_ context: ChannelHandlerContext, status: HTTPResponseStatus, text: String) {
+            var headers = HTTPHeaders()
+            headers.add(name: "Content-Type", value: "application/json")
+            headers.add(name: "Content-Length", value: "\(text.utf8.count)")
+            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
+            context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: text)))), promise: nil)
+            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        }
+    }
+}

@@ -1,0 +1,391 @@
+import ArgumentParser
+import AsyncHTTPClient
+import Coordination
+import Delivery
+import Foundation
+import HeraldModel
+import Messaging
+import NIOCore
+import NIOHTTP1
+import Synchronization
+
+/// A `herald node` process of the load run, its log in the output directory.
+final class LoadNode: @unchecked Sendable {
+    let name: String
+    let process: Process
+    let apiPort: Int
+    /// The last CPU seconds read from /proc (kept after the process is gone).
+    var cpuSeconds = 0.0
+    /// CPU seconds when the load began (0 for a node started during it: its start-up counts).
+    var cpuAtStart = 0.0
+
+    init(name: String, executable: String, environment: [String: String], log: String) throws {
+        self.name = name
+        apiPort = Int(environment["HERALD_API_PORT"] ?? "0") ?? 0
+        process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = ["node"]
+        process.environment = environment
+        FileManager.default.createFile(atPath: log, contents: nil)
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
+        process.standardOutput = handle
+        process.standardError = handle
+        try process.run()
+    }
+
+    var pid: pid_t { process.processIdentifier }
+
+    func signal(_ signal: Int32) { kill(pid, signal) }
+
+    /// utime + stime of a running process, from /proc/PID/stat.
+    func sampleCPU() {
+        guard process.isRunning, let seconds = LoadNode.cpuSeconds(pid: pid) else { return }
+        cpuSeconds = seconds
+    }
+
+    static func cpuSeconds(pid: pid_t) -> Double? {
+        guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = text.lastIndex(of: ")") else { return nil }
+        let fields = text[text.index(after: close)...].split(separator: " ")
+        // After the command: state is field 3, utime 14 and stime 15 (1-based over the whole line).
+        guard fields.count > 13, let user = Double(fields[11]), let system = Double(fields[12]) else { return nil }
+        return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
+    }
+}
+
+/// One load run: servers' vhost and key prefix of its own, nodes, subscriptions, publisher,
+/// sink, sampler and scenario.
+final class LoadRun: @unchecked Sendable {
+    let options: Load
+    let id = String(UUID().uuidString.prefix(8).lowercased())
+    let prefix: String
+    let vhost: String
+    let vhostURL: String
+    let executable: String
+    let corpus: NotificationCorpus
+    /// Per template: its bytes around the message id, and how many subscriptions it reaches.
+    var templates: [(head: [UInt8], tail: [UInt8], matches: [Int])] = []
+    var nodes: [String: LoadNode] = [:]
+    var nodeCounter = 0
+    var subscriptionIDs: [String] = []
+    let published = Atomic<Int>(0)
+    let expectedSoFar = Atomic<Int>(0)
+    var intervals: [LoadResult.Interval] = []
+    let redis: RedisClient
+    var sink: RecordingSink?
+    static let placeholder = "HERALD-LOAD-MESSAGE-ID"
+
+    init(options: Load) async throws {
+        self.options = options
+        prefix = "herald-load-\(id):"
+        vhost = "herald-load-\(id)"
+        guard options.amqpURL.hasSuffix("/%2F") || options.amqpURL.hasSuffix("/") else {
+            throw ValidationError("--amqp-url \(options.amqpURL): give the broker's root vhost URL (…/%2F); the run makes a vhost of its own")
+        }
+        vhostURL = options.amqpURL.replacingOccurrences(of: "/%2F", with: "") .trimmingCharacters(in: CharacterSet(charactersIn: "/")) + "/" + vhost
+        executable = try options.herald ?? URL(fileURLWithPath: FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
+            .deletingLastPathComponent().appendingPathComponent("herald").path
+        guard FileManager.default.isExecutableFile(atPath: executable) else {
+            throw ValidationError("--herald \(executable): not an executable; build it with swift build -c release --product herald")
+        }
+        corpus = NotificationCorpus(count: options.templates, size: options.size, projects: options.projects, messageID: Self.placeholder)
+        redis = RedisClient(configuration: try RedisConfiguration(url: options.redisURL))
+    }
+
+    func control(_ arguments: String...) throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["bash", options.servers] + arguments
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else { throw ValidationError("\(options.servers) \(arguments.joined(separator: " ")) failed (\(process.terminationStatus))") }
+    }
+
+    func log(_ text: String) {
+        FileHandle.standardError.write(Data("load: \(text)\n".utf8))
+    }
+
+    func startNode() throws -> String {
+        nodeCounter += 1
+        let name = "node-\(nodeCounter)"
+        let socket = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(socket, $0, length) } }
+        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(socket, $0, &length) } }
+        let port = Int(UInt16(bigEndian: address.sin_port))
+        close(socket)
+        var environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("HERALD_") }
+        environment.merge([
+            "HERALD_NODE_ID": name, "HERALD_REDIS_URL": options.redisURL, "HERALD_AMQP_URL": vhostURL, "HERALD_ZAQAR_URL": sink!.url,
+            "HERALD_KEY_PREFIX": prefix, "HERALD_PARTITIONS": "\(options.partitions)", "HERALD_EXCHANGES": "nova,neutron,cinder",
+            "HERALD_API_HOST": "127.0.0.1", "HERALD_API_PORT": "\(port)", "HERALD_API_AUTH": "trusted-header", "HERALD_LOG_LEVEL": "warning",
+        ]) { _, new in new }
+        try FileManager.default.createDirectory(atPath: options.out, withIntermediateDirectories: true)
+        nodes[name] = try LoadNode(name: name, executable: executable, environment: environment, log: "\(options.out)/\(name).log")
+        return name
+    }
+
+    /// Node → partitions whose lease it holds.
+    func partitionsByNode() async -> [String: Int] {
+        guard let leases = try? await redis.pipeline((0..<options.partitions).map { RedisCommand("GET", prefix + "lease:\($0)") }) else { return [:] }
+        var counts: [String: Int] = [:]
+        for lease in leases {
+            guard let owner = lease.string?.split(separator: "|").first?.split(separator: "#").first else { continue }
+            counts[String(owner), default: 0] += 1
+        }
+        return counts
+    }
+
+    func waitReady(timeout: Duration) async throws {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            let held = await partitionsByNode()
+            if held.values.reduce(0, +) == options.partitions {
+                var ready = true
+                for node in nodes.values {
+                    var request = HTTPClientRequest(url: "http://127.0.0.1:\(node.apiPort)/readyz")
+                    request.method = .GET
+                    let status = try? await HTTPClient.shared.execute(request, timeout: .seconds(2)).status
+                    if status != .ok { ready = false }
+                }
+                if ready { return }
+            }
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        throw ValidationError("the nodes did not become ready with every partition held within \(timeout); see \(options.out)/node-*.log")
+    }
+
+    /// Creates the subscriptions through node-1's API, 16 at a time.
+    func createSubscriptions(_ subscriptions: [Subscription]) async throws {
+        let port = nodes["node-1"]!.apiPort
+        var ids = [String](repeating: "", count: subscriptions.count)
+        try await withThrowingTaskGroup(of: (Int, String).self) { group in
+            var next = 0
+            func add() {
+                guard next < subscriptions.count else { return }
+                let index = next
+                let subscription = subscriptions[index]
+                next += 1
+                group.addTask {
+                    var request = HTTPClientRequest(url: "http://127.0.0.1:\(port)/v1/subscriptions")
+                    request.method = .POST
+                    request.headers.add(name: "X-Project-Id", value: subscription.project)
+                    request.headers.add(name: "Content-Type", value: "application/json")
+                    let body: [String: Any] = [
+                        "event_types": subscription.eventTypes, "target": ["queue": subscription.target.queue],
+                        "conditions": subscription.conditions.map { ["field": $0.field, "op": $0.op.rawValue, "value": $0.value?.foundationObject ?? NSNull()] },
+                    ]
+                    request.body = .bytes(ByteBuffer(bytes: try JSONSerialization.data(withJSONObject: body)))
+                    let response = try await HTTPClient.shared.execute(request, timeout: .seconds(30))
+                    let data = try await response.body.collect(upTo: 1 << 20)
+                    guard response.status == .created, let object = try? JSONSerialization.jsonObject(with: Data(buffer: data)) as? [String: Any],
+                          let id = object["id"] as? String
+                    else { throw ValidationError("creating subscription \(index): \(response.status) \(String(buffer: data))") }
+                    return (index, id)
+                }
+            }
+            for _ in 0..<16 { add() }
+            while let (index, id) = try await group.next() {
+                ids[index] = id
+                add()
+            }
+        }
+        subscriptionIDs = ids
+    }
+
+    func execute() async throws -> LoadResult {
+        let options = options
+        try control("rabbitmqctl", "add_vhost", vhost)
+        try control("rabbitmqctl", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+
+        // What each template reaches, by the same index the nodes use.
+        let subscriptions = corpus.subscriptions(options.subscriptions)
+        let index = SubscriptionIndex(subscriptions)
+        let placeholder = Array(Self.placeholder.utf8)
+        templates = try corpus.envelopes.map { envelope in
+            guard let at = DeliveryRecorder.find(placeholder, in: envelope, from: 0) else { throw ValidationError("template without its message id placeholder") }
+            let event = try NotificationDecoder.decode(envelope)[0]
+            return (Array(envelope[..<at]), Array(envelope[(at + placeholder.count)...]), index.matches(event).map { subscriptions.firstIndex(of: $0)! })
+        }
+        let averageBytes = corpus.envelopes.reduce(0) { $0 + $1.count } / corpus.envelopes.count
+
+        // The sink first (the nodes need its URL); it records once the clock starts.
+        sink = try await RecordingSink.start()
+        for _ in 0..<options.nodes { _ = try startNode() }
+        log("\(options.nodes) nodes starting (\(executable)), vhost \(vhost), key prefix \(prefix), sink \(sink!.url)")
+        try await waitReady(timeout: .seconds(60))
+        log("creating \(options.subscriptions) subscriptions through the API")
+        try await createSubscriptions(subscriptions)
+        // Subscriptions by their id, and a clock that starts now.
+        try await Task.sleep(for: .seconds(2))  // the nodes' registry watch picks them up
+        let start = DispatchTime.now().uptimeNanoseconds + 500_000_000
+        let recorder = DeliveryRecorder(start: start, rate: options.rate, subscriptionIndex: Dictionary(uniqueKeysWithValues: subscriptionIDs.enumerated().map { ($1, $0) }))
+        sink!.use(recorder)
+
+        let expectedPerTemplate = templates.map(\.matches.count)
+        let total = options.rate * options.duration
+        log(String(format: "publishing %d events at %d/s for %d s (%d B each on average); %.2f deliveries per event expected", total, options.rate, options.duration, averageBytes,
+                   Double(templates.reduce(0) { $0 + $1.matches.count }) / Double(templates.count)))
+        for node in nodes.values {
+            node.sampleCPU()
+            node.cpuAtStart = node.cpuSeconds
+        }
+        let harnessAtStart = LoadNode.cpuSeconds(pid: getpid()) ?? 0
+        let publisher = Task { try await self.publish(total: total, recorder: recorder, expectedPerTemplate: expectedPerTemplate) }
+        let scenario = Task { await self.runScenario(start: start) }
+        let sampler = Task { await self.sample(start: start, recorder: recorder, until: { false }) }
+        try await publisher.value
+        // Drain: until every expected delivery came, or nothing moved for --drain seconds.
+        var last = -1
+        var still = ContinuousClock.now
+        while true {
+            let delivered = recorder.state.withLock { $0.delivered }
+            if delivered >= expectedSoFar.load(ordering: .relaxed) { break }
+            if delivered != last { last = delivered; still = .now }
+            if ContinuousClock.now - still > .seconds(options.drain) { log("no progress for \(options.drain) s: giving up on the rest"); break }
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        try await Task.sleep(for: .seconds(1))  // late duplicates
+        scenario.cancel()
+        sampler.cancel()
+        _ = await sampler.value
+        for node in nodes.values { node.sampleCPU() }
+        for node in nodes.values where node.process.isRunning { node.signal(SIGTERM) }
+        for node in nodes.values { node.process.waitUntilExit() }
+
+        // Lost: expected pairs never seen. Unexpected pairs would show as delivered beyond the expected.
+        let publishedCount = published.load(ordering: .relaxed)
+        let state = recorder.state.withLock { $0 }
+        var lost = 0
+        for seq in 0..<publishedCount {
+            for subscription in templates[seq % templates.count].matches where state.counts[seq * subscriptions.count + subscription] == nil { lost += 1 }
+        }
+        let harnessCPU = (LoadNode.cpuSeconds(pid: getpid()) ?? 0) - harnessAtStart
+        var processes = nodes.values.sorted { $0.name < $1.name }.map {
+            LoadResult.Process(name: $0.name, cpuSeconds: $0.cpuSeconds - $0.cpuAtStart, cpuMicrosecondsPerEvent: ($0.cpuSeconds - $0.cpuAtStart) * 1e6 / Double(max(publishedCount, 1)),
+                               exitStatus: $0.process.isRunning ? nil : $0.process.terminationStatus)
+        }
+        processes.append(.init(name: "harness", cpuSeconds: harnessCPU, cpuMicrosecondsPerEvent: harnessCPU * 1e6 / Double(max(publishedCount, 1)), exitStatus: nil))
+        return LoadResult(
+            rate: options.rate, duration: options.duration, nodes: options.nodes, subscriptions: options.subscriptions, projects: options.projects,
+            partitions: options.partitions, averageEventBytes: averageBytes, published: publishedCount, expectedDeliveries: expectedSoFar.load(ordering: .relaxed),
+            delivered: state.delivered, lost: lost, duplicates: state.duplicates, latencyMs: DeliveryRecorder.percentiles(state.latency),
+            intervals: intervals, events: try options.events.map(ScenarioEvent.init).sorted { $0.at < $1.at }, processes: processes
+        )
+    }
+
+    /// The open loop: event `seq` is due at start + seq/rate; whatever is due goes out now.
+    func publish(total: Int, recorder: DeliveryRecorder, expectedPerTemplate: [Int]) async throws {
+        let connection = try await AMQPConnection.connect(url: vhostURL)
+        defer { Task { await connection.close() } }
+        var channel = try await connection.openChannel()
+        try await channel.declareExchange("nova", options: AMQPExchangeOptions(type: "topic", durable: false))
+        var seq = 0
+        while seq < total {
+            let now = DispatchTime.now().uptimeNanoseconds
+            let due = recorder.intended(seq)
+            if due > now {
+                try await Task.sleep(for: .nanoseconds(Int64(min(due - now, 2_000_000))))
+                continue
+            }
+            var batch: [AMQPOutgoingMessage] = []
+            var expected = 0
+            while seq < total && recorder.intended(seq) <= now && batch.count < 500 {
+                let template = templates[seq % templates.count]
+                let body = template.head + Array(String(format: "load-%012d", seq).utf8) + template.tail
+                batch.append(AMQPOutgoingMessage(exchange: "nova", routingKey: "notifications.info", body: body, properties: AMQPMessageProperties(contentType: "application/json")))
+                expected += expectedPerTemplate[seq % templates.count]
+                seq += 1
+            }
+            while true {
+                do {
+                    try await channel.publish(batch)
+                    break
+                } catch {
+                    // The broker restarting: the same batch again (may duplicate what got through).
+                    log("publish failed (\(error)); retrying")
+                    try await Task.sleep(for: .milliseconds(500))
+                    if let fresh = try? await connection.openChannel() { channel = fresh }
+                }
+            }
+            published.add(batch.count, ordering: .relaxed)
+            expectedSoFar.add(expected, ordering: .relaxed)
+        }
+    }
+
+    func runScenario(start: UInt64) async {
+        guard let events = try? options.events.map(ScenarioEvent.init).sorted(by: { $0.at < $1.at }) else { return }
+        for event in events {
+            let due = start + UInt64(event.at * 1e9)
+            let now = DispatchTime.now().uptimeNanoseconds
+            if due > now { try? await Task.sleep(for: .nanoseconds(Int64(due - now))) }
+            if Task.isCancelled { return }
+            log("t=\(Int(event.at)) s: \(event.label)")
+            do {
+                switch event.action {
+                case .addNode: _ = try startNode()
+                case .sigterm: nodes[event.node!]?.signal(SIGTERM)
+                case .kill9: nodes[event.node!]?.sampleCPU(); nodes[event.node!]?.signal(SIGKILL)
+                case .pause:
+                    let node = nodes[event.node!]
+                    node?.signal(SIGSTOP)
+                    Task { try? await Task.sleep(for: .seconds(event.seconds!)); node?.signal(SIGCONT) }
+                case .restartRedis: try control("restart", "redis")
+                case .restartRabbitMQ: try control("restart", "rabbitmq")
+                case .sinkFail, .sinkStall:
+                    sink?.set(event.action == .sinkFail ? .failing : .stalling)
+                    let sink = sink
+                    Task { try? await Task.sleep(for: .seconds(event.seconds!)); sink?.set(.normal) }
+                }
+            } catch {
+                log("scenario event \(event.label) failed: \(error)")
+            }
+        }
+    }
+
+    /// Once a second: rates, backlog, latency of the second, partitions per node, CPU; a progress line.
+    func sample(start: UInt64, recorder: DeliveryRecorder, until: () -> Bool) async {
+        var second = 0
+        var lastPublished = 0
+        var lastDelivered = 0
+        while !Task.isCancelled {
+            let due = start + UInt64(second + 1) * 1_000_000_000
+            let now = DispatchTime.now().uptimeNanoseconds
+            if due > now { try? await Task.sleep(for: .nanoseconds(Int64(due - now))) }
+            if Task.isCancelled { break }
+            let publishedNow = published.load(ordering: .relaxed)
+            let (delivered, histogram) = recorder.state.withLock { ($0.delivered, $0.latencyPerSecond[second]) }
+            let partitions = await partitionsByNode()
+            for node in nodes.values { node.sampleCPU() }
+            let interval = LoadResult.Interval(
+                second: second, published: publishedNow - lastPublished, delivered: delivered - lastDelivered,
+                backlog: expectedSoFar.load(ordering: .relaxed) - delivered, latencyMs: histogram.flatMap(DeliveryRecorder.percentiles), partitions: partitions
+            )
+            intervals.append(interval)
+            let p99 = interval.latencyMs.map { String(format: "%.1f", $0.p99) } ?? "-"
+            FileHandle.standardError.write(Data(String(
+                format: "t=%3d s  published %6d/s  delivered %6d/s  backlog %7d  p99 %8@ ms  partitions %@\n",
+                second, interval.published, interval.delivered, interval.backlog, p99,
+                partitions.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
+            ).utf8))
+            lastPublished = publishedNow
+            lastDelivered = delivered
+            second += 1
+        }
+    }
+
+    func cleanUp() async {
+        for node in nodes.values where node.process.isRunning {
+            node.signal(SIGCONT)
+            node.signal(SIGKILL)
+        }
+        await sink?.stop()
+        try? control("rabbitmqctl", "delete_vhost", vhost)
+        _ = try? await redis.pipeline([RedisCommand("EVAL", "for _, k in ipairs(redis.call('KEYS', ARGV[1] .. '*')) do redis.call('DEL', k) end return 1", "0", prefix)])
+    }
+}

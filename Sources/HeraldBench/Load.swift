@@ -51,7 +51,18 @@ struct Load: AsyncParsableCommand {
         for event in events { _ = try ScenarioEvent(event) }
     }
 
+    @Option(help: "Only write report.html next to this earlier result.json (no run).") var reportFrom: String?
+
     func run() async throws {
+        if let reportFrom {
+            let decoder = JSONDecoder()
+            decoder.keyDecodingStrategy = .convertFromSnakeCase
+            let result = try decoder.decode(LoadResult.self, from: Data(contentsOf: URL(fileURLWithPath: reportFrom)))
+            let html = URL(fileURLWithPath: reportFrom).deletingLastPathComponent().appendingPathComponent("report.html").path
+            try LoadReport.html(result).write(toFile: html, atomically: true, encoding: .utf8)
+            print("wrote \(html)")
+            return
+        }
         let run = try await LoadRun(options: self)
         do {
             let result = try await run.execute()
@@ -145,15 +156,22 @@ struct LoadResult: Codable {
     var published: Int
     var expectedDeliveries: Int
     var delivered: Int
+    /// Expected (subscription, event) deliveries that never arrived by the end of the run.
     var lost: Int
     var duplicates: Int
+    /// Notifications still in Herald's queues when the run ended (ingest, partitions, dead):
+    /// nonzero means `lost` counts work the cluster had not finished, not work it dropped.
+    var stillQueued: Int
+    /// Dead letters Herald recorded (a reason for every undelivered message it gave up on).
+    var deadLetters: Int
     var latencyMs: Percentiles?
     var intervals: [Interval]
     var events: [ScenarioEvent]
     var processes: [Process]
 
     func printSummary() {
-        print(String(format: "published %d at %d/s for %d s; deliveries %d of %d expected, lost %d, duplicates %d", published, rate, duration, delivered, expectedDeliveries, lost, duplicates))
+        print(String(format: "published %d at %d/s for %d s; deliveries %d of %d expected, not delivered %d, duplicates %d; still queued in RabbitMQ %d, dead letters %d",
+                     published, rate, duration, delivered, expectedDeliveries, lost, duplicates, stillQueued, deadLetters))
         if let latency = latencyMs {
             print(String(format: "latency from intended send time (ms): p50 %.1f  p75 %.1f  p95 %.1f  p99 %.1f  p99.9 %.1f  p99.99 %.1f  max %.1f",
                          latency.p50, latency.p75, latency.p95, latency.p99, latency.p999, latency.p9999, latency.max))

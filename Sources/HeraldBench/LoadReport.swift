@@ -4,32 +4,39 @@ import Foundation
 /// percentiles and partitions per node over time, with the scenario events marked.
 enum LoadReport {
     static func html(_ result: LoadResult) -> String {
-        let seconds = result.intervals.map { Double($0.second) }
-        let events = result.events.map { ($0.at, $0.label) }
+        // Each interval is plotted at its end: the deliveries of second k are counted by k + 1.
+        let seconds = result.intervals.map { Double($0.second + 1) }
+        // Events marked by their number in the scenario list (labels of close events would collide).
+        let events = result.events.enumerated().map { ($1.at, "\($0 + 1)") }
+        let xMax = Double((result.intervals.last?.second ?? 0) + 1)
         let throughput = Chart(
             title: "Throughput (events/s published, deliveries/s)", yLabel: "per second",
             series: [
                 .init(name: "published", color: "#1f77b4", points: zip(seconds, result.intervals.map { Double($0.published) }).map { ($0, $1) }),
                 .init(name: "delivered", color: "#2ca02c", points: zip(seconds, result.intervals.map { Double($0.delivered) }).map { ($0, $1) }),
-                .init(name: "backlog (deliveries owed)", color: "#d62728", points: zip(seconds, result.intervals.map { Double($0.backlog) }).map { ($0, $1) }),
             ],
-            events: events
+            events: events, xMax: xMax
+        )
+        let backlog = Chart(
+            title: "Backlog: deliveries owed for what was published so far", yLabel: "deliveries",
+            series: [.init(name: "backlog", color: "#d62728", points: zip(seconds, result.intervals.map { Double($0.backlog) }).map { ($0, $1) })],
+            events: events, xMax: xMax
         )
         let latency = Chart(
-            title: "Latency from the intended send time, per second of delivery (ms)", yLabel: "ms",
+            title: "Latency from the intended send time, by second of arrival (ms, log scale)", yLabel: "ms",
             series: [("p50", "#2ca02c", \LoadResult.Percentiles.p50), ("p99", "#ff7f0e", \.p99), ("max", "#d62728", \.max)].map { name, color, path in
-                .init(name: name, color: color, points: result.intervals.compactMap { interval in interval.latencyMs.map { (Double(interval.second), $0[keyPath: path]) } })
+                .init(name: name, color: color, points: result.intervals.compactMap { interval in interval.latencyMs.map { (Double(interval.second + 1), $0[keyPath: path]) } })
             },
-            events: events
+            events: events, logarithmic: true, xMax: xMax
         )
         let names = Set(result.intervals.flatMap { $0.partitions.keys }).sorted()
         let palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
         let partitions = Chart(
             title: "Partitions held per node (of \(result.partitions))", yLabel: "partitions",
             series: names.enumerated().map { index, name in
-                .init(name: name, color: palette[index % palette.count], points: result.intervals.map { (Double($0.second), Double($0.partitions[name] ?? 0)) })
+                .init(name: name, color: palette[index % palette.count], points: result.intervals.map { (Double($0.second + 1), Double($0.partitions[name] ?? 0)) })
             },
-            events: events
+            events: events, xMax: xMax
         )
         var rows = ""
         func row(_ name: String, _ value: String) { rows += "<tr><th>\(escape(name))</th><td>\(escape(value))</td></tr>\n" }
@@ -37,7 +44,7 @@ enum LoadReport {
         row("cluster", "\(result.nodes) nodes at the start, \(result.partitions) partitions, \(result.subscriptions) subscriptions over \(result.projects) projects")
         row("published", "\(result.published)")
         row("deliveries", "\(result.delivered) of \(result.expectedDeliveries) expected")
-        row("lost", "\(result.lost)")
+        row("not delivered", "\(result.lost)" + (result.lost > 0 ? " (still in Herald's queues when the run ended: \(result.stillQueued) notifications; dead letters: \(result.deadLetters))" : ""))
         row("duplicates", "\(result.duplicates)")
         if let l = result.latencyMs {
             row("latency (ms)", String(format: "p50 %.1f · p75 %.1f · p95 %.1f · p99 %.1f · p99.9 %.1f · p99.99 %.1f · max %.1f", l.p50, l.p75, l.p95, l.p99, l.p999, l.p9999, l.max))
@@ -47,7 +54,7 @@ enum LoadReport {
                                                  process.exitStatus.map { ", exit status \($0)" } ?? ""))
         }
         let eventList = result.events.isEmpty ? "<p>No scenario events.</p>"
-            : "<ol>" + result.events.map { "<li>t = \(Int($0.at)) s: \(escape($0.label))</li>" }.joined() + "</ol>"
+            : "<ol>" + result.events.map { "<li>t = \(Int($0.at)) s: \(escape($0.label))</li>" }.joined() + "</ol><p>The plots mark each event with its number.</p>"
         return """
         <!DOCTYPE html>
         <html lang="en"><head><meta charset="utf-8"><title>Herald load run</title>
@@ -60,13 +67,14 @@ enum LoadReport {
         .lost { color: \(result.lost == 0 ? "#2ca02c" : "#d62728"); font-weight: 600; }
         </style></head><body>
         <h1>Herald load run</h1>
-        <p class="lost">\(result.lost == 0 ? "Nothing lost" : "\(result.lost) deliveries lost"): \(result.delivered) of \(result.expectedDeliveries) expected deliveries arrived, \(result.duplicates) duplicates.</p>
+        <p class="lost">\(result.lost == 0 ? "Nothing lost" : result.stillQueued > 0 ? "\(result.lost) deliveries not made by the end (work still queued)" : "\(result.lost) deliveries lost"): \(result.delivered) of \(result.expectedDeliveries) expected deliveries arrived, \(result.duplicates) duplicates.</p>
         <table>\(rows)</table>
         <h2>Scenario</h2>\(eventList)
         <h2>Throughput</h2>\(throughput.svg)
+        <h2>Backlog</h2>\(backlog.svg)
         <h2>Latency</h2>\(latency.svg)
         <h2>Partitions per node</h2>\(partitions.svg)
-        <p>Dashed grey lines: the scenario events. Latency is measured from each event's intended send time (open loop, no coordinated omission) to its arrival at the sink.</p>
+        <p>Dashed grey lines: the scenario events. Each point is one second, drawn at its end; a gap in a line is a second with nothing to show (no deliveries, so no latency). Latency is measured from each event's intended send time (open loop, no coordinated omission) to its arrival at the sink.</p>
         </body></html>
         """
     }
@@ -87,19 +95,25 @@ enum LoadReport {
         var yLabel: String
         var series: [Series]
         var events: [(Double, String)]
+        var logarithmic = false
+        var xMax: Double? = nil
 
         var svg: String {
-            let width = 960.0, height = 320.0, left = 70.0, right = 20.0, top = 30.0, bottom = 40.0
+            let width = 960.0, height = 340.0, left = 70.0, right = 20.0, top = 50.0, bottom = 40.0
             let xs = series.flatMap { $0.points.map(\.0) } + events.map(\.0)
             let ys = series.flatMap { $0.points.map(\.1) }
-            let xMax = max(xs.max() ?? 1, 1)
-            let yMax = Self.niceCeiling(max(ys.max() ?? 1, 1))
+            let xMax = self.xMax ?? max(xs.max() ?? 1, 1)
+            let yMax = logarithmic ? pow(10, ceil(log10(max(ys.max() ?? 10, 10)))) : Self.niceCeiling(max(ys.max() ?? 1, 1))
+            let yMin = logarithmic ? pow(10, floor(log10(max(ys.filter { $0 > 0 }.min() ?? 1, 0.1)))) : 0
             func x(_ value: Double) -> Double { left + value / xMax * (width - left - right) }
-            func y(_ value: Double) -> Double { height - bottom - value / yMax * (height - top - bottom) }
+            func y(_ value: Double) -> Double {
+                let share = logarithmic ? (log10(max(value, yMin)) - log10(yMin)) / (log10(yMax) - log10(yMin)) : value / yMax
+                return height - bottom - share * (height - top - bottom)
+            }
             var out = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"\(Int(width))\" height=\"\(Int(height))\" viewBox=\"0 0 \(Int(width)) \(Int(height))\" font-family=\"sans-serif\" font-size=\"12\">\n"
             out += "<text x=\"\(left)\" y=\"18\" font-weight=\"600\">\(LoadReport.escape(title))</text>\n"
-            for step in 0...4 {
-                let value = yMax * Double(step) / 4
+            let ticks = logarithmic ? stride(from: log10(yMin), through: log10(yMax), by: 1).map { pow(10, $0) } : (0...4).map { yMax * Double($0) / 4 }
+            for value in ticks {
                 out += String(format: "<line x1=\"%.1f\" x2=\"%.1f\" y1=\"%.1f\" y2=\"%.1f\" stroke=\"#eee\"/>", left, width - right, y(value), y(value))
                 out += String(format: "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\" fill=\"#555\">%@</text>\n", left - 6, y(value) + 4, Self.label(value))
             }
@@ -111,19 +125,31 @@ enum LoadReport {
             }
             out += String(format: "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\" fill=\"#555\">seconds</text>\n", (left + width - right) / 2, height - 6)
             out += String(format: "<text x=\"14\" y=\"%.1f\" fill=\"#555\" transform=\"rotate(-90 14 %.1f)\" text-anchor=\"middle\">%@</text>\n", (top + height - bottom) / 2, (top + height - bottom) / 2, LoadReport.escape(yLabel))
-            out += String(format: "<line x1=\"%.1f\" x2=\"%.1f\" y1=\"%.1f\" y2=\"%.1f\" stroke=\"#999\"/>\n", left, width - right, y(0), y(0))
+            out += String(format: "<line x1=\"%.1f\" x2=\"%.1f\" y1=\"%.1f\" y2=\"%.1f\" stroke=\"#999\"/>\n", left, width - right, y(yMin), y(yMin))
             for (at, label) in events {
                 out += String(format: "<line x1=\"%.1f\" x2=\"%.1f\" y1=\"%.1f\" y2=\"%.1f\" stroke=\"#888\" stroke-dasharray=\"4 3\"/>", x(at), x(at), top, height - bottom)
-                out += String(format: "<text x=\"%.1f\" y=\"%.1f\" fill=\"#555\" font-size=\"11\">%@</text>\n", x(at) + 3, top + 10, LoadReport.escape(label))
+                out += String(format: "<text x=\"%.1f\" y=\"%.1f\" fill=\"#333\" font-size=\"11\" font-weight=\"600\">", x(at) + 3, top + 10) + LoadReport.escape(label) + "</text>\n"
             }
             for line in series where !line.points.isEmpty {
-                let path = line.points.map { String(format: "%.1f,%.1f", x($0.0), y($0.1)) }.joined(separator: " ")
-                out += "<polyline fill=\"none\" stroke=\"\(line.color)\" stroke-width=\"1.8\" points=\"\(path)\"/>\n"
+                // Consecutive seconds form one run; a missing second breaks the line.
+                var runs: [[(Double, Double)]] = []
+                for point in line.points {
+                    if let last = runs.last?.last, point.0 - last.0 <= 1.0001 { runs[runs.count - 1].append(point) } else { runs.append([point]) }
+                }
+                for run in runs {
+                    let path = run.map { String(format: "%.1f,%.1f", x($0.0), y($0.1)) }.joined(separator: " ")
+                    if run.count == 1 {
+                        out += String(format: "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"2\" fill=\"", x(run[0].0), y(run[0].1)) + line.color + "\"/>\n"
+                    } else {
+                        out += "<polyline fill=\"none\" stroke=\"\(line.color)\" stroke-width=\"1.8\" points=\"\(path)\"/>\n"
+                    }
+                }
             }
             var legendX = left
             for line in series {
-                out += String(format: "<rect x=\"%.1f\" y=\"%.1f\" width=\"12\" height=\"3\" fill=\"%@\"/><text x=\"%.1f\" y=\"%.1f\">%@</text>", legendX + 380, 12.0, line.color, legendX + 396, 17.0, LoadReport.escape(line.name))
-                legendX += 30 + Double(line.name.count) * 7
+                out += String(format: "<rect x=\"%.1f\" y=\"32\" width=\"12\" height=\"3\" fill=\"", legendX) + line.color + "\"/>"
+                out += String(format: "<text x=\"%.1f\" y=\"37\">", legendX + 16) + LoadReport.escape(line.name) + "</text>"
+                legendX += 40 + Double(line.name.count) * 7
             }
             return out + "\n</svg>"
         }
@@ -137,6 +163,7 @@ enum LoadReport {
         }
 
         static func label(_ value: Double) -> String {
+            if value > 0 && value < 1 { return String(format: "%g", value) }
             if value >= 10_000 { return String(format: "%.0fk", value / 1000) }
             if value == value.rounded() { return String(format: "%.0f", value) }
             return String(format: "%.1f", value)

@@ -253,6 +253,15 @@ final class LoadRun: @unchecked Sendable {
         try await Task.sleep(for: .seconds(1))  // late duplicates
         scenario.cancel()
         sampler.cancel()
+        // What is left in Herald's queues, and what it dead-lettered.
+        var stillQueued = 0
+        if let connection = try? await AMQPConnection.connect(url: vhostURL), let channel = try? await connection.openChannel() {
+            for name in ["herald.ingest", "herald.dead"] + (0..<options.partitions).map({ "herald.p.\($0)" }) {
+                stillQueued += (try? await channel.declareQueuePassive(name).messageCount) ?? 0
+            }
+            await connection.close()
+        }
+        let deadLetters = (try? await DeadLetterStore(redis: redis, keyPrefix: prefix).countsByReason().values.reduce(0, +)) ?? 0
         _ = await sampler.value
         for node in nodes.values { node.sampleCPU() }
         for node in nodes.values where node.process.isRunning { node.signal(SIGTERM) }
@@ -274,7 +283,7 @@ final class LoadRun: @unchecked Sendable {
         return LoadResult(
             rate: options.rate, duration: options.duration, nodes: options.nodes, subscriptions: options.subscriptions, projects: options.projects,
             partitions: options.partitions, averageEventBytes: averageBytes, published: publishedCount, expectedDeliveries: expectedSoFar.load(ordering: .relaxed),
-            delivered: state.delivered, lost: lost, duplicates: state.duplicates, latencyMs: DeliveryRecorder.percentiles(state.latency),
+            delivered: state.delivered, lost: lost, duplicates: state.duplicates, stillQueued: stillQueued, deadLetters: deadLetters, latencyMs: DeliveryRecorder.percentiles(state.latency),
             intervals: intervals, events: try options.events.map(ScenarioEvent.init).sorted { $0.at < $1.at }, processes: processes
         )
     }

@@ -34,6 +34,7 @@ struct Load: AsyncParsableCommand {
     @Option(help: "Approximate notification size in bytes.") var size: Int = 2_500
     @Option(name: .customLong("event"), help: "A scenario event, SECONDS:ACTION[:ARGS].") var events: [String] = []
     @Option(help: "Seconds to wait after publishing for the last deliveries.") var drain: Int = 60
+    @Option(help: "HERALD_LOG_LEVEL of the nodes (their logs are in --out).") var nodeLogLevel: String = "warning"
     @Option(help: "Directory for result.json, report.html and node logs.") var out: String = "bench-results/load"
     @Option(help: "The herald executable (default: next to herald-bench).") var herald: String?
     @Option(help: "RabbitMQ URL (default: $HERALD_TEST_AMQP_URL); a vhost of the run's own is made on it.")

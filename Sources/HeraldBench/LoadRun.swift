@@ -123,7 +123,7 @@ final class LoadRun: @unchecked Sendable {
         environment.merge([
             "HERALD_NODE_ID": name, "HERALD_REDIS_URL": options.redisURL, "HERALD_AMQP_URL": vhostURL, "HERALD_ZAQAR_URL": sink!.url,
             "HERALD_KEY_PREFIX": prefix, "HERALD_PARTITIONS": "\(options.partitions)", "HERALD_EXCHANGES": "nova,neutron,cinder",
-            "HERALD_API_HOST": "127.0.0.1", "HERALD_API_PORT": "\(port)", "HERALD_API_AUTH": "trusted-header", "HERALD_LOG_LEVEL": "warning",
+            "HERALD_API_HOST": "127.0.0.1", "HERALD_API_PORT": "\(port)", "HERALD_API_AUTH": "trusted-header", "HERALD_LOG_LEVEL": options.nodeLogLevel,
         ]) { _, new in new }
         try FileManager.default.createDirectory(atPath: options.out, withIntermediateDirectories: true)
         nodes[name] = try LoadNode(name: name, executable: executable, environment: environment, log: "\(options.out)/\(name).log")

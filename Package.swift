@@ -175,6 +175,11 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(
+            name: "HeraldBenchTests",
+            dependencies: ["HeraldBench", .product(name: "NIOCore", package: "swift-nio")],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
             name: "DeliveryTests",
             dependencies: [
                 "Delivery", "Coordination", "HeraldModel", "TestSupport",

@@ -50,6 +50,9 @@ struct NodeConfiguration: Sendable {
     var apiAuth: APIAuthMode
     /// HERALD_KEYSTONE_*: Herald's service user, for validating callers' tokens (keystone mode).
     var keystone: KeystoneConfiguration?
+    /// HERALD_INGEST_WATCH_SECONDS: how often a node checks that RabbitMQ still lists a consumer
+    /// on herald.ingest (and consumes anew when it lists none while messages wait). Default 10.
+    var ingestWatchInterval: Duration
     /// HERALD_SIGNED_URL_*: when pre-signed URLs are renewed (or warned about) and for how long
     /// a renewed one is made.
     var signedURLs: SignedURLPolicy
@@ -66,7 +69,7 @@ struct NodeConfiguration: Sendable {
         "HERALD_API_AUTH", "HERALD_LOG_LEVEL", "HERALD_LOG_FORMAT", "HERALD_KEYSTONE_URL", "HERALD_KEYSTONE_USERNAME",
         "HERALD_KEYSTONE_PASSWORD", "HERALD_KEYSTONE_PROJECT", "HERALD_KEYSTONE_USER_DOMAIN", "HERALD_KEYSTONE_PROJECT_DOMAIN",
         "HERALD_KEYSTONE_CACHE_SECONDS", "HERALD_KEYSTONE_TRUST_ROLES", "HERALD_SIGNED_URL_RENEW_SECONDS",
-        "HERALD_SIGNED_URL_LIFETIME_SECONDS", "HERALD_SIGNED_URL_CHECK_SECONDS",
+        "HERALD_SIGNED_URL_LIFETIME_SECONDS", "HERALD_SIGNED_URL_CHECK_SECONDS", "HERALD_INGEST_WATCH_SECONDS",
     ]
 
     /// An unknown key is a typo that would otherwise be ignored: it stops start-up.
@@ -135,6 +138,7 @@ struct NodeConfiguration: Sendable {
                     trustRoles: trustRoles
                 )
             },
+            ingestWatchInterval: .seconds(try integer("HERALD_INGEST_WATCH_SECONDS", 10, 1...3600)),
             signedURLs: SignedURLPolicy(
                 renewBefore: .seconds(try integer("HERALD_SIGNED_URL_RENEW_SECONDS", 21_600, 60...2_592_000)),
                 lifetime: .seconds(try integer("HERALD_SIGNED_URL_LIFETIME_SECONDS", 604_800, 300...31_536_000)),

@@ -108,6 +108,7 @@ final class IngestService: Sendable {
     private let logger: Logger
     let statistics: Locked<PipelineStatistics>
     private let consumer = Mutex<AMQPConsumer?>(nil)
+    private let stopped = Atomic<Bool>(false)
 
     init(connection: AMQPConnection, configuration: NodeConfiguration, deadLetters: DeadLetterStore, statistics: Locked<PipelineStatistics>, logger: Logger) {
         self.connection = connection
@@ -117,13 +118,38 @@ final class IngestService: Sendable {
         self.statistics = statistics
     }
 
-    /// Runs until `stop()`; returns once every delivery taken is acked.
+    /// Runs until `stop()`; returns once every delivery taken is acked. A consumer that ends
+    /// any other way (the broker cancelled it, or dropped it: see `watch`) or fails is logged
+    /// as an error and started again: ingest never stops quietly.
     func run() async throws {
+        var failures = 0
+        while !stopped.load(ordering: .relaxed) {
+            do {
+                try await consumeOnce()
+                failures = 0
+                if stopped.load(ordering: .relaxed) { break }
+                logger.error("the \(Topology.ingest) consumer ended without a stop; consuming again")
+            } catch {
+                failures += 1
+                if stopped.load(ordering: .relaxed) { break }
+                logger.error("ingest failed; consuming again", metadata: ["error": "\(error)", "herald.attempt": "\(failures)"])
+            }
+            try? await Task.sleep(for: .milliseconds(min(5000, 500 * (failures + 1))))
+        }
+    }
+
+    /// One consumer on herald.ingest, until it ends; then every delivery taken is acked.
+    private func consumeOnce() async throws {
         let consuming = try await connection.openChannel()
         let publishing = try await connection.openChannel()
+        defer { Task { await consuming.close(); await publishing.close() } }
+        try await Topology.declare(on: publishing, configuration: configuration)
         try await publishing.enableConfirms()
         let consumer = try await consuming.consume(Topology.ingest, prefetch: configuration.ingestPrefetch)
         self.consumer.withLock { $0 = consumer }
+        if stopped.load(ordering: .relaxed) { try? await consumer.cancel() }
+        let watchdog = Task { await watch(consumer) }
+        defer { watchdog.cancel() }
         // Confirms are awaited in order on a second task, so publishing never waits for them.
         let (pending, pendingContinuation) = AsyncStream.makeStream(of: (AMQPDelivery, AMQPPublishTicket?).self)
         let acker = Task {
@@ -138,12 +164,45 @@ final class IngestService: Sendable {
                 }
             }
         }
-        for try await delivery in consumer {
-            let routed = await route(delivery)
-            pendingContinuation.yield((delivery, routed.map { publishing.publishInOrder($0) }))
+        do {
+            for try await delivery in consumer {
+                let routed = await route(delivery)
+                pendingContinuation.yield((delivery, routed.map { publishing.publishInOrder($0) }))
+            }
+        } catch {
+            pendingContinuation.finish()
+            await acker.value
+            throw error
         }
         pendingContinuation.finish()
         await acker.value
+    }
+
+    /// Every `ingestWatchInterval`: when RabbitMQ lists no consumer on herald.ingest (or no
+    /// such queue) while this node believes it consumes, the broker has dropped this node's
+    /// consumer (seen under load-test failure scenarios: every node's ingest channel open, no
+    /// consumer left, notifications piling up): cancel it so that `run` consumes anew.
+    private func watch(_ consumer: AMQPConsumer) async {
+        while !Task.isCancelled {
+            try? await Task.sleep(for: configuration.ingestWatchInterval)
+            if Task.isCancelled || stopped.load(ordering: .relaxed) { return }
+            guard connection.isConnected, let channel = try? await connection.openChannel() else { continue }
+            let answer: Result<AMQPQueueState, any Error>
+            do { answer = .success(try await channel.declareQueuePassive(Topology.ingest)) } catch { answer = .failure(error) }
+            await channel.close()
+            switch answer {
+            case .success(let state) where state.consumerCount == 0:
+                logger.error("RabbitMQ lists no consumer on \(Topology.ingest) although this node consumes it; consuming anew", metadata: [
+                    "amqp.messages": "\(state.messageCount)", "amqp.consumer": "\(consumer.tag)",
+                ])
+            case .failure(let error as MessagingError) where error.replyCode == 404:
+                logger.error("\(Topology.ingest) is gone; declaring it again and consuming anew", metadata: ["amqp.consumer": "\(consumer.tag)"])
+            default:
+                continue
+            }
+            try? await consumer.cancel()
+            return
+        }
     }
 
     /// The messages to publish for a delivery, or nil when it was dead-lettered.
@@ -199,6 +258,7 @@ final class IngestService: Sendable {
 
     /// Stops taking new notifications; `run()` returns once the ones taken are acked.
     func stop() async {
+        stopped.store(true, ordering: .relaxed)
         try? await consumer.withLock { $0 }?.cancel()
     }
 }

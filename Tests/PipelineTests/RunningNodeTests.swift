@@ -116,6 +116,40 @@ extension PipelineSuites {
             #expect(text.contains("herald.ingest"))
         }
 
+        @Test("ingest comes back by itself when RabbitMQ cancels its consumer (herald.ingest deleted under it)")
+        func ingestRecovers() async throws {
+            let run = try await PipelineRun(partitions: 8)
+            defer { Task { await run.stopAll() } }
+            try await run.startNodes(1)
+            try await run.waitAllPartitionsHeld()
+            let queue = run.queue("recover")
+            let (created, body) = try await call(run, "node-1", .POST, "/v1/subscriptions", json: ["event_types": ["compute.*"], "target": ["queue": queue]])
+            #expect(created == 201, "\(body)")
+            run.trackQueues([("p1", queue)])
+            try await Task.sleep(for: .seconds(2))
+            // The broker cancels every consumer of a deleted queue; the node must declare it again and consume.
+            try await TestServers.control("rabbitmqctl", "delete_queue", "-p", run.vhost, "herald.ingest")
+            try await eventually(timeout: .seconds(30)) {
+                let (status, _) = try await call(run, "node-1", .GET, "/readyz", project: nil)
+                guard status == 200 else { throw TestFailure("not ready") }
+                try await TestServers.control("rabbitmqctl", "list_queues", "-p", run.vhost, "name")
+                let log = (try? String(contentsOfFile: "\(run.directory)/node-1.log", encoding: .utf8)) ?? ""
+                guard log.contains("consuming again") || log.contains("consuming anew") else { throw TestFailure("the node has not logged a new consumer yet") }
+            }
+            try await Task.sleep(for: .seconds(2))
+            let lines: [[String: Any]] = (0..<5).map { seq in
+                ["exchange": "nova", "driver": "messagingv2", "event_type": "compute.instance.update", "project": "p1", "payload": ["seq": seq]]
+            }
+            let publisher = try run.publish(lines)
+            #expect(await publisher.wait() == 0, "\(publisher.tail())")
+            let bodies = try await eventually(timeout: .seconds(30)) {
+                let bodies = try await run.zaqar.bodies(queue: queue, project: "p1")
+                guard bodies.count >= 5 else { throw TestFailure("\(bodies.count) of 5 in \(queue)") }
+                return bodies
+            }
+            #expect(bodies.count == 5, "events published after the recovery arrive, once each")
+        }
+
         @Test("a bad configuration value stops start-up, naming the key and the value")
         func badConfiguration() async throws {
             let run = try await PipelineRun(partitions: 8)

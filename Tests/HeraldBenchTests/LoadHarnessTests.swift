@@ -1,0 +1,60 @@
+@testable import HeraldBench
+import Foundation
+import NIOCore
+import Testing
+
+@Suite("The load harness's own logic (no servers)")
+struct LoadHarnessTests {
+    @Test("scenario events parse, and a bad one is refused naming what is wrong", arguments: [
+        ("20:kill9:node-2", true), ("5:pause:node-1:3", true), ("30:sink-stall:2.5", true), ("12:add-node", true), ("40:restart-rabbitmq", true),
+        ("20:kill9", false), ("x:add-node", false), ("5:pause:node-1", false), ("12:add-node:extra", false), ("3:explode", false),
+    ])
+    func scenario(_ text: String, _ valid: Bool) {
+        do {
+            let event = try ScenarioEvent(text)
+            #expect(valid, "accepted \(text)")
+            #expect(event.at >= 0)
+        } catch {
+            #expect(!valid, "refused \(text): \(error)")
+            #expect("\(error)".contains(text), "the error names the event: \(error)")
+        }
+    }
+
+    @Test("the recorder counts each (subscription, event) once, duplicates apart, latency from the intended time")
+    func recorder() {
+        let start: UInt64 = 1_000_000_000
+        let recorder = DeliveryRecorder(start: start, rate: 1000, subscriptionIndex: ["s-a": 0, "s-b": 1])
+        func message(_ subscription: String, _ seq: Int) -> String {
+            #"{"ttl":60,"body":{"event":{"event_type":"x","payload":{"n":1}},"herald":{"subscription_id":"\#(subscription)","event_id":"load-\#(String(format: "%012d", seq))","partition":3,"epoch":1}}}"#
+        }
+        let body = ByteBuffer(string: #"{"messages":["# + [message("s-a", 0), message("s-b", 0), message("s-a", 5)].joined(separator: ",") + "]}")
+        // Event 5 was due at start + 5 ms; it arrives 12 ms after start: 7 ms late.
+        recorder.record(body, now: start + 12_000_000)
+        recorder.record(ByteBuffer(string: #"{"messages":["# + message("s-a", 5) + "]}"), now: start + 20_000_000)
+        let state = recorder.state.withLock { $0 }
+        #expect(state.delivered == 3)
+        #expect(state.duplicates == 1)
+        #expect(state.malformed == 0)
+        #expect(state.latency.max >= 11_900 && state.latency.max <= 12_100, "event 0: 12 ms after its intended time, \(state.latency.max) µs")
+        #expect(state.latency.min >= 6_900 && state.latency.min <= 7_100, "event 5: 7 ms, \(state.latency.min) µs")
+    }
+
+    @Test("the report holds four plots, marks events by number and escapes text")
+    func report() {
+        let interval = { (second: Int) in
+            LoadResult.Interval(second: second, published: 100, delivered: second == 2 ? 0 : 100, backlog: 0,
+                                latencyMs: second == 2 ? nil : .init(p50: 1, p75: 2, p95: 3, p99: 4, p999: 5, p9999: 6, max: 7, count: 100),
+                                partitions: ["node-1": 8, "node-<2>": 8])
+        }
+        let result = LoadResult(
+            rate: 100, duration: 4, nodes: 2, subscriptions: 10, projects: 2, partitions: 16, averageEventBytes: 2500, published: 400,
+            expectedDeliveries: 300, delivered: 300, lost: 0, duplicates: 0, stillQueued: 0, deadLetters: 0, latencyMs: nil,
+            intervals: (0..<4).map(interval), events: [try! ScenarioEvent("2:kill9:node-1")], processes: []
+        )
+        let html = LoadReport.html(result)
+        #expect(html.components(separatedBy: "<svg").count - 1 == 4)
+        #expect(html.contains("node-&lt;2&gt;") && !html.contains("node-<2>"))
+        #expect(html.contains("t = 2 s: kill9 node-1"))
+        #expect(html.contains("Nothing lost"))
+    }
+}

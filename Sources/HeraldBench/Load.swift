@@ -35,6 +35,8 @@ struct Load: AsyncParsableCommand {
     @Option(name: .customLong("event"), help: "A scenario event, SECONDS:ACTION[:ARGS].") var events: [String] = []
     @Option(help: "Seconds to wait after publishing for the last deliveries.") var drain: Int = 60
     @Option(help: "HERALD_LOG_LEVEL of the nodes (their logs are in --out).") var nodeLogLevel: String = "warning"
+    @Option(name: .customLong("node-set"), help: "A HERALD_ setting for every node, KEY=VALUE (repeatable), e.g. HERALD_QUEUE_TYPE=quorum.")
+    var nodeSettings: [String] = []
     @Option(help: "Directory for result.json, report.html and node logs.") var out: String = "bench-results/load"
     @Option(help: "The herald executable (default: next to herald-bench).") var herald: String?
     @Option(help: "RabbitMQ URL (default: $HERALD_TEST_AMQP_URL); a vhost of the run's own is made on it.")
@@ -50,6 +52,9 @@ struct Load: AsyncParsableCommand {
         guard nodes > 0 else { throw ValidationError("--nodes \(nodes): must be above 0") }
         guard subscriptions > 0 else { throw ValidationError("--subscriptions \(subscriptions): must be above 0") }
         for event in events { _ = try ScenarioEvent(event) }
+        for setting in nodeSettings where !setting.hasPrefix("HERALD_") || !setting.contains("=") {
+            throw ValidationError("--node-set '\(setting)': expected HERALD_KEY=VALUE")
+        }
     }
 
     @Option(help: "Only write report.html next to this earlier result.json (no run).") var reportFrom: String?

@@ -125,6 +125,10 @@ final class LoadRun: @unchecked Sendable {
             "HERALD_KEY_PREFIX": prefix, "HERALD_PARTITIONS": "\(options.partitions)", "HERALD_EXCHANGES": "nova,neutron,cinder",
             "HERALD_API_HOST": "127.0.0.1", "HERALD_API_PORT": "\(port)", "HERALD_API_AUTH": "trusted-header", "HERALD_LOG_LEVEL": options.nodeLogLevel,
         ]) { _, new in new }
+        for setting in options.nodeSettings {
+            let parts = setting.split(separator: "=", maxSplits: 1).map(String.init)
+            environment[parts[0]] = parts.count > 1 ? parts[1] : ""
+        }
         try FileManager.default.createDirectory(atPath: options.out, withIntermediateDirectories: true)
         nodes[name] = try LoadNode(name: name, executable: executable, environment: environment, log: "\(options.out)/\(name).log")
         return name

@@ -74,9 +74,12 @@ final class LoadRun: @unchecked Sendable {
     let redis: RedisClient
     var sink: RecordingSink?
     static let placeholder = "HERALD-LOAD-MESSAGE-ID"
+    /// The scenario, in time order (validated by `Load.validate`).
+    let scenario: [ScenarioEvent]
 
     init(options: Load) async throws {
         self.options = options
+        scenario = try options.events.map(ScenarioEvent.init).sorted { $0.at < $1.at }
         prefix = "herald-load-\(id):"
         vhost = "herald-load-\(id)"
         guard options.amqpURL.hasSuffix("/%2F") || options.amqpURL.hasSuffix("/") else {
@@ -136,13 +139,8 @@ final class LoadRun: @unchecked Sendable {
 
     /// Node → partitions whose lease it holds.
     func partitionsByNode() async -> [String: Int] {
-        guard let leases = try? await redis.pipeline((0..<options.partitions).map { RedisCommand("GET", prefix + "lease:\($0)") }) else { return [:] }
-        var counts: [String: Int] = [:]
-        for lease in leases {
-            guard let owner = lease.string?.split(separator: "|").first?.split(separator: "#").first else { continue }
-            counts[String(owner), default: 0] += 1
-        }
-        return counts
+        guard let view = try? await ClusterInspector(redis: redis, keyPrefix: prefix).view(partitionCount: options.partitions) else { return [:] }
+        return view.leases.reduce(into: [:]) { counts, lease in counts[lease.node, default: 0] += 1 }
     }
 
     func waitReady(timeout: Duration) async throws {
@@ -241,7 +239,7 @@ final class LoadRun: @unchecked Sendable {
         }
         let harnessAtStart = LoadNode.cpuSeconds(pid: getpid()) ?? 0
         let publisher = Task { try await self.publish(total: total, recorder: recorder, expectedPerTemplate: expectedPerTemplate) }
-        let scenario = Task { await self.runScenario(start: start) }
+        let scenarioTask = Task { await self.runScenario(start: start) }
         let sampler = Task { await self.sample(start: start, recorder: recorder, until: { false }) }
         try await publisher.value
         // Drain: until every expected delivery came, or nothing moved for --drain seconds.
@@ -255,7 +253,7 @@ final class LoadRun: @unchecked Sendable {
             try await Task.sleep(for: .milliseconds(200))
         }
         try await Task.sleep(for: .seconds(1))  // late duplicates
-        scenario.cancel()
+        scenarioTask.cancel()
         sampler.cancel()
         // What is left in Herald's queues, and what it dead-lettered.
         var stillQueued = 0
@@ -288,7 +286,7 @@ final class LoadRun: @unchecked Sendable {
             rate: options.rate, duration: options.duration, nodes: options.nodes, subscriptions: options.subscriptions, projects: options.projects,
             partitions: options.partitions, averageEventBytes: averageBytes, published: publishedCount, expectedDeliveries: expectedSoFar.load(ordering: .relaxed),
             delivered: state.delivered, lost: lost, duplicates: state.duplicates, stillQueued: stillQueued, deadLetters: deadLetters, latencyMs: DeliveryRecorder.percentiles(state.latency),
-            intervals: intervals, events: try options.events.map(ScenarioEvent.init).sorted { $0.at < $1.at }, processes: processes
+            intervals: intervals, events: scenario, processes: processes
         )
     }
 
@@ -332,8 +330,7 @@ final class LoadRun: @unchecked Sendable {
     }
 
     func runScenario(start: UInt64) async {
-        guard let events = try? options.events.map(ScenarioEvent.init).sorted(by: { $0.at < $1.at }) else { return }
-        for event in events {
+        for event in scenario {
             let due = start + UInt64(event.at * 1e9)
             let now = DispatchTime.now().uptimeNanoseconds
             if due > now { try? await Task.sleep(for: .nanoseconds(Int64(due - now))) }

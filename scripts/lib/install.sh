@@ -34,28 +34,24 @@ install_system_packages() {
     return 0
 }
 
-install_python_venv() {
-    local stamp="$VENV/.herald-packages" want
-    want="${PYTHON_PACKAGES[*]}"
-    if [ -x "$VENV/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then return 0; fi
-    printf 'install: Python venv %s with %s\n' "$VENV" "$want" >&2
-    mkdir -p "$(dirname "$VENV")"
-    python3 -m venv "$VENV"
-    "$VENV/bin/pip" install -q --disable-pip-version-check "${PYTHON_PACKAGES[@]}"
+# install_venv DIR PACKAGES...: a venv at DIR holding exactly PACKAGES (a stamp file
+# remembers what was installed, so a changed list installs again).
+install_venv() {
+    local dir="$1" stamp="$1/.herald-packages" want
+    shift
+    want="$*"
+    if [ -x "$dir/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then return 0; fi
+    printf 'install: Python venv %s with %s\n' "$dir" "$want" >&2
+    mkdir -p "$(dirname "$dir")"
+    python3 -m venv "$dir"
+    "$dir/bin/pip" install -q --disable-pip-version-check "$@"
     echo "$want" > "$stamp"
 }
+
+install_python_venv() { install_venv "$VENV" "${PYTHON_PACKAGES[@]}"; }
 
 # Keystone in a venv of its own (its oslo.* pins need not agree with Zaqar's).
 KEYSTONE_VENV="${HERALD_KEYSTONE_VENV:-$ROOT/.local/keystone-venv}"
 KEYSTONE_PACKAGES=("keystone==30.0.0")
 
-install_keystone_venv() {
-    local stamp="$KEYSTONE_VENV/.herald-packages" want
-    want="${KEYSTONE_PACKAGES[*]}"
-    if [ -x "$KEYSTONE_VENV/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then return 0; fi
-    printf 'install: Python venv %s with %s\n' "$KEYSTONE_VENV" "$want" >&2
-    mkdir -p "$(dirname "$KEYSTONE_VENV")"
-    python3 -m venv "$KEYSTONE_VENV"
-    "$KEYSTONE_VENV/bin/pip" install -q --disable-pip-version-check "${KEYSTONE_PACKAGES[@]}"
-    echo "$want" > "$stamp"
-}
+install_keystone_venv() { install_venv "$KEYSTONE_VENV" "${KEYSTONE_PACKAGES[@]}"; }

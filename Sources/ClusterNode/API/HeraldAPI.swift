@@ -156,7 +156,8 @@ struct HeraldAPI: Sendable {
 
     /// A subscription as answered: itself, plus warnings a subscriber should act on.
     private func view(_ subscription: Subscription) -> SubscriptionView {
-        let warning = SignedURLStanding(subscription, now: Date(), renewBefore: services.signedURLs.renewBefore)?.warning(now: Date())
+        let now = Date()
+        let warning = SignedURLStanding(subscription, now: now, renewBefore: services.signedURLs.renewBefore)?.warning(now: now)
         return SubscriptionView(subscription: subscription, warnings: warning.map { [$0] } ?? [])
     }
 

@@ -78,7 +78,9 @@ final class HeraldNode: Sendable {
         }
 
         let zaqar = ZaqarClient(tokens: keystone)
-        let batcher = try DeliveryBatcher(zaqar: zaqar, deadLetters: deadLetters, logger: logger)
+        var delivery = DeliveryConfiguration()
+        delivery.linger = configuration.deliveryLinger
+        let batcher = try DeliveryBatcher(configuration: delivery, zaqar: zaqar, deadLetters: deadLetters, logger: logger)
         let owners = PartitionOwners(connection: connection, coordinator: coordinator, batcher: batcher, index: index, configuration: configuration,
                                      deadLetters: deadLetters, statistics: statistics, logger: logger)
         let ownership = Task { await owners.run() }

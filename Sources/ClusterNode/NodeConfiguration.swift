@@ -53,6 +53,10 @@ struct NodeConfiguration: Sendable {
     /// HERALD_INGEST_WATCH_SECONDS: how often a node checks that RabbitMQ still lists a consumer
     /// on herald.ingest (and consumes anew when it lists none while messages wait). Default 10.
     var ingestWatchInterval: Duration
+    /// HERALD_DELIVERY_LINGER_MS: how long a batch for an idle Zaqar queue waits for company
+    /// before it is sent. While a queue's request is in flight its messages batch up anyway.
+    /// Default 5.
+    var deliveryLinger: Duration
     /// HERALD_SIGNED_URL_*: when pre-signed URLs are renewed (or warned about) and for how long
     /// a renewed one is made.
     var signedURLs: SignedURLPolicy
@@ -70,6 +74,7 @@ struct NodeConfiguration: Sendable {
         "HERALD_KEYSTONE_PASSWORD", "HERALD_KEYSTONE_PROJECT", "HERALD_KEYSTONE_USER_DOMAIN", "HERALD_KEYSTONE_PROJECT_DOMAIN",
         "HERALD_KEYSTONE_CACHE_SECONDS", "HERALD_KEYSTONE_TRUST_ROLES", "HERALD_SIGNED_URL_RENEW_SECONDS",
         "HERALD_SIGNED_URL_LIFETIME_SECONDS", "HERALD_SIGNED_URL_CHECK_SECONDS", "HERALD_INGEST_WATCH_SECONDS",
+        "HERALD_DELIVERY_LINGER_MS",
     ]
 
     /// An unknown key is a typo that would otherwise be ignored: it stops start-up.
@@ -139,6 +144,7 @@ struct NodeConfiguration: Sendable {
                 )
             },
             ingestWatchInterval: .seconds(try integer("HERALD_INGEST_WATCH_SECONDS", 10, 1...3600)),
+            deliveryLinger: .milliseconds(try integer("HERALD_DELIVERY_LINGER_MS", 5, 0...1000)),
             signedURLs: SignedURLPolicy(
                 renewBefore: .seconds(try integer("HERALD_SIGNED_URL_RENEW_SECONDS", 21_600, 60...2_592_000)),
                 lifetime: .seconds(try integer("HERALD_SIGNED_URL_LIFETIME_SECONDS", 604_800, 300...31_536_000)),

@@ -1,3 +1,4 @@
+import DequeModule
 import Foundation
 import HeraldModel
 import Logging
@@ -81,15 +82,15 @@ public final class DeliveryBatcher: Sendable {
     }
 
     struct Lane {
-        var queue: [Pending] = []
-        var head = 0
+        /// Waiting to be sent, oldest first.
+        var queue = Deque<Pending>()
         /// Queued and in flight.
         var messages = 0
         var bytes = 0
         var working = false
         var circuit: CircuitBreaker
 
-        var queued: Int { queue.count - head }
+        var queued: Int { queue.count }
     }
 
     struct Waiter {
@@ -134,13 +135,32 @@ public final class DeliveryBatcher: Sendable {
         }
         let group = Group(count: messages.count, completion: completion)
         var tooLarge: [Pending] = []
+        var admissible: [Pending] = []
+        let enqueuedAt = now()
         for message in messages {
-            let pending = Pending(message: message, size: message.body.count + 1, group: group, enqueuedAt: now())
+            let pending = Pending(message: message, size: message.body.count + 1, group: group, enqueuedAt: enqueuedAt)
             if pending.size + ZaqarMessageEncoding.envelopeBytes > configuration.maxRequestBytes {
                 tooLarge.append(pending)
             } else {
-                await enqueue(pending)
+                admissible.append(pending)
             }
+        }
+        // Under one lock, every message that fits now; from the first that does not, one by
+        // one in order, waiting for room.
+        var workers: [ZaqarTarget] = []
+        let admitted = state.withLock { state -> Int in
+            guard state.waiters.isEmpty else { return 0 }
+            var count = 0
+            for pending in admissible {
+                guard fits(state, pending) else { break }
+                if admit(&state, pending) { workers.append(pending.message.target) }
+                count += 1
+            }
+            return count
+        }
+        for target in workers { startWorker(target) }
+        for pending in admissible[admitted...] {
+            await enqueue(pending)
         }
         if !tooLarge.isEmpty {
             await deadLetter(tooLarge, reason: .tooLarge, status: nil, zaqarMessage: nil) { pending in
@@ -194,20 +214,26 @@ public final class DeliveryBatcher: Sendable {
 
     /// Accounts and queues a message (under the lock); true when its lane needs a worker.
     private func admit(_ state: inout State, _ pending: Pending) -> Bool {
-        let target = pending.message.target
-        var lane = state.lanes[target] ?? Lane(circuit: CircuitBreaker(threshold: configuration.circuitThreshold, cooldown: configuration.circuitCooldown))
-        lane.queue.append(pending)
-        lane.messages += 1
-        lane.bytes += pending.size
+        // In place (one hash of the target, no copy of the lane's queue).
+        let (needsWorker, laneMessages) = Self.push(pending, into: &state.lanes[pending.message.target, default: Lane(
+            circuit: CircuitBreaker(threshold: configuration.circuitThreshold, cooldown: configuration.circuitCooldown)
+        )])
         state.statistics.bufferedMessages += 1
         state.statistics.bufferedBytes += pending.size
         state.statistics.peakBufferedMessages = max(state.statistics.peakBufferedMessages, state.statistics.bufferedMessages)
         state.statistics.peakBufferedBytes = max(state.statistics.peakBufferedBytes, state.statistics.bufferedBytes)
-        state.statistics.peakLaneMessages = max(state.statistics.peakLaneMessages, lane.messages)
+        state.statistics.peakLaneMessages = max(state.statistics.peakLaneMessages, laneMessages)
+        return needsWorker
+    }
+
+    /// Appends to a lane; whether it needs a worker, and the messages it now holds.
+    private static func push(_ pending: Pending, into lane: inout Lane) -> (Bool, Int) {
+        lane.queue.append(pending)
+        lane.messages += 1
+        lane.bytes += pending.size
         let needsWorker = !lane.working
         lane.working = true
-        state.lanes[target] = lane
-        return needsWorker
+        return (needsWorker, lane.messages)
     }
 
     /// Frees a finished batch's room and admits waiters that now fit, in order per lane.
@@ -255,32 +281,11 @@ public final class DeliveryBatcher: Sendable {
     private func runLane(_ target: ZaqarTarget) async {
         while true {
             let next = state.withLock { state -> Next in
-                guard var lane = state.lanes[target], lane.queued > 0 else {
+                guard let queued = state.lanes[target]?.queued, queued > 0 else {
                     state.lanes[target]?.working = false
                     return .idle
                 }
-                // Linger for company unless a full batch is waiting or the oldest has waited enough.
-                let oldest = lane.queue[lane.head].enqueuedAt
-                let age = now() - oldest
-                let queuedBytes = lane.queue[lane.head...].prefix(configuration.maxBatchMessages).reduce(0) { $0 + $1.size }
-                if lane.queued < configuration.maxBatchMessages && queuedBytes + ZaqarMessageEncoding.envelopeBytes < configuration.maxRequestBytes && age < configuration.linger {
-                    return .wait(configuration.linger - age)
-                }
-                var batch: [Pending] = []
-                var bytes = ZaqarMessageEncoding.envelopeBytes
-                while lane.head < lane.queue.count && batch.count < configuration.maxBatchMessages {
-                    let next = lane.queue[lane.head]
-                    if !batch.isEmpty && bytes + next.size > configuration.maxRequestBytes { break }
-                    batch.append(next)
-                    bytes += next.size
-                    lane.head += 1
-                }
-                if lane.head > 1024 && lane.head * 2 > lane.queue.count {
-                    lane.queue.removeFirst(lane.head)
-                    lane.head = 0
-                }
-                state.lanes[target] = lane
-                return .send(batch)
+                return take(from: &state.lanes[target]!)
             }
             switch next {
             case .idle:
@@ -292,6 +297,27 @@ public final class DeliveryBatcher: Sendable {
                 release(batch)
             }
         }
+    }
+
+    /// The next batch of a lane with messages queued (in place, under the lock), or how long to
+    /// linger for company: unless a full batch is waiting or the oldest has waited enough.
+    private func take(from lane: inout Lane) -> Next {
+        let age = now() - lane.queue[0].enqueuedAt
+        if lane.queued < configuration.maxBatchMessages && age < configuration.linger {
+            let queuedBytes = lane.queue.reduce(0) { $0 + $1.size }
+            if queuedBytes + ZaqarMessageEncoding.envelopeBytes < configuration.maxRequestBytes {
+                return .wait(configuration.linger - age)
+            }
+        }
+        var batch: [Pending] = []
+        batch.reserveCapacity(min(lane.queued, configuration.maxBatchMessages))
+        var bytes = ZaqarMessageEncoding.envelopeBytes
+        while let next = lane.queue.first, batch.count < configuration.maxBatchMessages {
+            if !batch.isEmpty && bytes + next.size > configuration.maxRequestBytes { break }
+            batch.append(lane.queue.removeFirst())
+            bytes += next.size
+        }
+        return .send(batch)
     }
 
     /// Sends one batch until every message is delivered or dead-lettered.

@@ -34,6 +34,8 @@ struct Load: AsyncParsableCommand {
     @Option(help: "Approximate notification size in bytes.") var size: Int = 2_500
     @Option(name: .customLong("event"), help: "A scenario event, SECONDS:ACTION[:ARGS].") var events: [String] = []
     @Option(help: "Seconds to wait after publishing for the last deliveries.") var drain: Int = 60
+    @Flag(help: "Publish the notifications persistent (delivery mode 2). oslo.messaging sends them transient, which a RabbitMQ restart loses from any queue; a restart-rabbitmq run needs this to expect nothing lost.")
+    var persistent = false
     @Option(help: "HERALD_LOG_LEVEL of the nodes (their logs are in --out).") var nodeLogLevel: String = "warning"
     @Option(name: .customLong("node-set"), help: "A HERALD_ setting for every node, KEY=VALUE (repeatable), e.g. HERALD_QUEUE_TYPE=quorum.")
     var nodeSettings: [String] = []
@@ -52,12 +54,24 @@ struct Load: AsyncParsableCommand {
         guard nodes > 0 else { throw ValidationError("--nodes \(nodes): must be above 0") }
         guard subscriptions > 0 else { throw ValidationError("--subscriptions \(subscriptions): must be above 0") }
         for event in events { _ = try ScenarioEvent(event) }
+        guard baselineEvents >= 1_000 else { throw ValidationError("--baseline-events \(baselineEvents): at least 1000") }
+        guard onePostEvents > 0, onePostConnections > 0 else { throw ValidationError("--one-post-events and --one-post-connections must be above 0") }
+        if let rateOfMax {
+            guard baselines else { throw ValidationError("--rate-of-max needs --baselines (the maximum is measured there)") }
+            guard rateOfMax > 0 && rateOfMax <= 2 else { throw ValidationError("--rate-of-max \(rateOfMax): expected a fraction above 0, at most 2") }
+        }
         for setting in nodeSettings where !setting.hasPrefix("HERALD_") || !setting.contains("=") {
             throw ValidationError("--node-set '\(setting)': expected HERALD_KEY=VALUE")
         }
     }
 
     @Option(help: "Only write report.html next to this earlier result.json (no run).") var reportFrom: String?
+    @Flag(help: "Before the open-loop run: the broker's ceiling for Herald's topology (a plain rabbitmq-c loop), the nodes' maximum on the same notifications, one POST per delivery into the same sink, ready time, idle RSS, CPU and Redis commands per notification.")
+    var baselines = false
+    @Option(help: "Notifications for each saturation phase of --baselines.") var baselineEvents: Int = 50_000
+    @Option(help: "Notifications whose deliveries the one-POST baseline sends (at most --baseline-events).") var onePostEvents: Int = 10_000
+    @Option(help: "Concurrent connections of the one-POST baseline (a node's pool has 8).") var onePostConnections: Int = 8
+    @Option(help: "With --baselines: publish at this fraction of the nodes' measured maximum instead of --rate.") var rateOfMax: Double?
 
     func run() async throws {
         if let reportFrom {
@@ -174,8 +188,17 @@ struct LoadResult: Codable {
     var intervals: [Interval]
     var events: [ScenarioEvent]
     var processes: [Process]
+    /// With --baselines: the same run's ceilings and costs.
+    var baselines: LoadBaselines?
 
     func printSummary() {
+        if let b = baselines {
+            print(String(format: "baselines (%d notifications each): broker ceiling %.0f/s; herald %.0f/s (%.0f deliveries/s) = %.2fx the ceiling (goal >= 0.7)",
+                         b.events, b.brokerCeilingPerSecond, b.heraldPerSecond, b.heraldDeliveriesPerSecond, b.heraldToBrokerCeiling))
+            print(String(format: "  one POST per delivery: %.0f deliveries/s; herald %.2fx that; %.1f deliveries per request", b.onePostDeliveriesPerSecond, b.heraldToOnePost, b.messagesPerRequest ?? .nan))
+            print(String(format: "  cpu %.1f µs per notification (goal <= 10); Redis %.4f commands per notification (goal <= 0.05)", b.cpuMicrosecondsPerEvent, b.redisCommandsPerEvent))
+            print("  ready after " + b.readySeconds.map { String(format: "%.2f s", $0) }.joined(separator: ", ") + " (goal <= 2 s); idle RSS " + b.idleRSSMegabytes.map { String(format: "%.1f MB", $0) }.joined(separator: ", ") + " (goal <= 50 MB)")
+        }
         print(String(format: "published %d at %d/s for %d s; deliveries %d of %d expected, not delivered %d, duplicates %d; still queued in RabbitMQ %d, dead letters %d",
                      published, rate, duration, delivered, expectedDeliveries, lost, duplicates, stillQueued, deadLetters))
         if let latency = latencyMs {
@@ -208,9 +231,13 @@ final class DeliveryRecorder: Sendable {
     let subscriptionCount: Int
     let state = Mutex(State())
 
-    init(start: UInt64, rate: Int, subscriptionIndex: [String: Int]) {
+    /// What the message ids of the recorded events begin with (then a sequence number).
+    let eventMarker: [UInt8]
+
+    init(start: UInt64, rate: Int, subscriptionIndex: [String: Int], eventPrefix: String = "load-") {
         self.start = start
         self.rate = rate
+        eventMarker = Array(#""event_id":""#.utf8) + Array(eventPrefix.utf8)
         self.subscriptionIndex = subscriptionIndex
         subscriptionCount = subscriptionIndex.count
     }
@@ -227,7 +254,6 @@ final class DeliveryRecorder: Sendable {
         var malformed = 0
         var cursor = 0
         let marker = Array(#""subscription_id":""#.utf8)
-        let eventMarker = Array(#""event_id":"load-"#.utf8)
         while let at = Self.find(marker, in: bytes, from: cursor) {
             let idStart = at + marker.count
             guard let idEnd = bytes[idStart...].firstIndex(of: UInt8(ascii: "\"")),

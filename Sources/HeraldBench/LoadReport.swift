@@ -53,6 +53,7 @@ enum LoadReport {
             row("CPU \(process.name)", String(format: "%.2f s, %.1f µs per published event%@", process.cpuSeconds, process.cpuMicrosecondsPerEvent,
                                                  process.exitStatus.map { ", exit status \($0)" } ?? ""))
         }
+        let baselines = result.baselines.map(baselineTable) ?? ""
         let eventList = result.events.isEmpty ? "<p>No scenario events.</p>"
             : "<ol>" + result.events.map { "<li>t = \(Int($0.at)) s: \(escape($0.label))</li>" }.joined() + "</ol><p>The plots mark each event with its number.</p>"
         return """
@@ -68,7 +69,7 @@ enum LoadReport {
         </style></head><body>
         <h1>Herald load run</h1>
         <p class="lost">\(result.lost == 0 ? "Nothing lost" : result.stillQueued > 0 ? "\(result.lost) deliveries not made by the end (work still queued)" : "\(result.lost) deliveries lost"): \(result.delivered) of \(result.expectedDeliveries) expected deliveries arrived, \(result.duplicates) duplicates.</p>
-        <table>\(rows)</table>
+        <table>\(rows)</table>\(baselines)
         <h2>Scenario</h2>\(eventList)
         <h2>Throughput</h2>\(throughput.svg)
         <h2>Backlog</h2>\(backlog.svg)
@@ -76,6 +77,28 @@ enum LoadReport {
         <h2>Partitions per node</h2>\(partitions.svg)
         <p>Dashed grey lines: the scenario events. Each point is one second, drawn at its end; a gap in a line is a second with nothing to show (no deliveries, so no latency). Latency is measured from each event's intended send time (open loop, no coordinated omission) to its arrival at the sink.</p>
         </body></html>
+        """
+    }
+
+    /// The same run's ceilings and costs against the goals (`--baselines`).
+    static func baselineTable(_ b: LoadBaselines) -> String {
+        func fmt(_ value: Double, _ digits: Int = 0) -> String { value.isFinite ? String(format: "%.\(digits)f", value) : "-" }
+        let rows: [(String, String, String, String, String)] = [
+            ("notifications/s, end to end into the sink", fmt(b.heraldPerSecond), "broker ceiling for Herald's topology (plain rabbitmq-c loop): \(fmt(b.brokerCeilingPerSecond))", fmt(b.heraldToBrokerCeiling, 2) + "x", "≥ 0.7x"),
+            ("deliveries/s into the sink", fmt(b.heraldDeliveriesPerSecond), "one POST per delivery: \(fmt(b.onePostDeliveriesPerSecond))", fmt(b.heraldToOnePost, 2) + "x", "≥ 10x into a real Zaqar"),
+            ("deliveries per request", b.messagesPerRequest.map { fmt($0, 1) } ?? "-", "1", "", ""),
+            ("node CPU per notification", fmt(b.cpuMicrosecondsPerEvent, 1) + " µs", "", "", "≤ 10 µs"),
+            ("Redis commands per notification", fmt(b.redisCommandsPerEvent, 4), "", "", "≤ 0.05"),
+            ("ready after start", b.readySeconds.map { fmt($0, 2) + " s" }.joined(separator: ", "), "", "", "≤ 2 s"),
+            ("idle RSS", b.idleRSSMegabytes.map { fmt($0, 1) + " MB" }.joined(separator: ", "), "", "", "≤ 50 MB"),
+        ]
+        let body = rows.map { row in "<tr><th>\(escape(row.0))</th><td>\(escape(row.1))</td><td>\(escape(row.2))</td><td>\(escape(row.3))</td><td>\(escape(row.4))</td></tr>" }.joined(separator: "\n")
+        return """
+        <h2>Baselines (same run, \(b.events) notifications per saturation phase)</h2>
+        <table><tr><th>measure</th><th>Herald</th><th>baseline</th><th>ratio</th><th>goal</th></tr>
+        \(body)
+        </table>
+        <p>Saturation phases run before the open-loop load: the broker ceiling drains a pre-filled queue through a plain rabbitmq-c loop (consume, publish with confirms to a partition queue, consume and ack); Herald's nodes drain the same number of notifications from a pre-filled herald.ingest, measured between 10% and 90% of the deliveries; the one-POST baseline posts each delivery on its own into the same sink. CPU and Redis commands are counted over the same 10–90% window.</p>
         """
     }
 

@@ -110,9 +110,13 @@ final class LoadRun: @unchecked Sendable {
         FileHandle.standardError.write(Data("load: \(text)\n".utf8))
     }
 
-    func startNode() throws -> String {
-        nodeCounter += 1
-        let name = "node-\(nodeCounter)"
+    /// Starts a node: a new one, or `name` again (its log is appended to).
+    func startNode(name given: String? = nil) throws -> String {
+        let name: String
+        if let given { name = given } else {
+            nodeCounter += 1
+            name = "node-\(nodeCounter)"
+        }
         let socket = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
@@ -223,15 +227,23 @@ final class LoadRun: @unchecked Sendable {
         try await waitReady(timeout: .seconds(60))
         log("creating \(options.subscriptions) subscriptions through the API")
         try await createSubscriptions(subscriptions)
-        // Subscriptions by their id, and a clock that starts now.
         try await Task.sleep(for: .seconds(2))  // the nodes' registry watch picks them up
+        var baselines: LoadBaselines?
+        var rate = options.rate
+        if options.baselines {
+            let measured = try await measureBaselines(subscriptionCount: subscriptions.count)
+            baselines = measured
+            if let fraction = options.rateOfMax { rate = max(1, Int(measured.heraldPerSecond * fraction)) }
+            try await Task.sleep(for: .seconds(2))
+        }
+        // A clock that starts now.
         let start = DispatchTime.now().uptimeNanoseconds + 500_000_000
-        let recorder = DeliveryRecorder(start: start, rate: options.rate, subscriptionIndex: Dictionary(uniqueKeysWithValues: subscriptionIDs.enumerated().map { ($1, $0) }))
+        let recorder = DeliveryRecorder(start: start, rate: rate, subscriptionIndex: Dictionary(uniqueKeysWithValues: subscriptionIDs.enumerated().map { ($1, $0) }))
         sink!.use(recorder)
 
         let expectedPerTemplate = templates.map(\.matches.count)
-        let total = options.rate * options.duration
-        log(String(format: "publishing %d events at %d/s for %d s (%d B each on average); %.2f deliveries per event expected", total, options.rate, options.duration, averageBytes,
+        let total = rate * options.duration
+        log(String(format: "publishing %d events at %d/s for %d s (%d B each on average); %.2f deliveries per event expected", total, rate, options.duration, averageBytes,
                    Double(templates.reduce(0) { $0 + $1.matches.count }) / Double(templates.count)))
         for node in nodes.values {
             node.sampleCPU()
@@ -283,10 +295,10 @@ final class LoadRun: @unchecked Sendable {
         }
         processes.append(.init(name: "harness", cpuSeconds: harnessCPU, cpuMicrosecondsPerEvent: harnessCPU * 1e6 / Double(max(publishedCount, 1)), exitStatus: nil))
         return LoadResult(
-            rate: options.rate, duration: options.duration, nodes: options.nodes, subscriptions: options.subscriptions, projects: options.projects,
+            rate: rate, duration: options.duration, nodes: options.nodes, subscriptions: options.subscriptions, projects: options.projects,
             partitions: options.partitions, averageEventBytes: averageBytes, published: publishedCount, expectedDeliveries: expectedSoFar.load(ordering: .relaxed),
             delivered: state.delivered, lost: lost, duplicates: state.duplicates, stillQueued: stillQueued, deadLetters: deadLetters, latencyMs: DeliveryRecorder.percentiles(state.latency),
-            intervals: intervals, events: scenario, processes: processes
+            intervals: intervals, events: scenario, processes: processes, baselines: baselines
         )
     }
 
@@ -309,7 +321,7 @@ final class LoadRun: @unchecked Sendable {
             while seq < total && recorder.intended(seq) <= now && batch.count < 500 {
                 let template = templates[seq % templates.count]
                 let body = template.head + Array(String(format: "load-%012d", seq).utf8) + template.tail
-                batch.append(AMQPOutgoingMessage(exchange: "nova", routingKey: "notifications.info", body: body, properties: AMQPMessageProperties(contentType: "application/json")))
+                batch.append(AMQPOutgoingMessage(exchange: "nova", routingKey: "notifications.info", body: body, properties: AMQPMessageProperties(contentType: "application/json", persistent: options.persistent)))
                 expected += expectedPerTemplate[seq % templates.count]
                 seq += 1
             }

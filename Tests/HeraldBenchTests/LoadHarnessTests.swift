@@ -56,5 +56,17 @@ struct LoadHarnessTests {
         #expect(html.contains("node-&lt;2&gt;") && !html.contains("node-<2>"))
         #expect(html.contains("t = 2 s: kill9 node-1"))
         #expect(html.contains("Nothing lost"))
+        #expect(!html.contains("Baselines"), "no baselines table without --baselines")
+
+        var measured = result
+        measured.baselines = LoadBaselines(
+            events: 1000, brokerCeilingPerSecond: 8000, heraldPerSecond: 6000, heraldDeliveriesPerSecond: 12000, heraldToBrokerCeiling: 0.75,
+            onePostDeliveriesPerSecond: 3000, heraldToOnePost: 4, cpuMicrosecondsPerEvent: 80, redisCommandsPerEvent: 0.004, messagesPerRequest: 3.5,
+            readySeconds: [0.12, 0.3], idleRSSMegabytes: [40.5, 41]
+        )
+        let withBaselines = LoadReport.html(measured)
+        #expect(withBaselines.contains("Baselines (same run, 1000 notifications per saturation phase)"))
+        #expect(withBaselines.contains("<td>6000</td><td>broker ceiling for Herald&#39;s topology".replacingOccurrences(of: "&#39;", with: "'") + " (plain rabbitmq-c loop): 8000</td><td>0.75x</td>"))
+        #expect(withBaselines.contains("<td>0.12 s, 0.30 s</td>"))
     }
 }

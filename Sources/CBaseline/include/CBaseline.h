@@ -8,4 +8,14 @@ int herald_baseline_consume_ack(const char *host, int port, const char *vhost,
                                 const char *user, const char *password,
                                 const char *queue, int prefetch, long count,
                                 double *seconds, char *error, int error_len);
+/// Herald's broker work with no Herald logic: consumes `count` messages from `ingest`,
+/// publishes each with confirms to `exchange` (round robin over routing keys 0..partitions-1),
+/// acks the ingest delivery once confirmed, and consumes and acks them again from the queues
+/// `<exchange>.p.<n>`, in one plain loop over rabbitmq-c. The queues must exist, bound.
+/// Returns 0 and the seconds until the last partition delivery was acked, or a negative number.
+int herald_baseline_topology(const char *host, int port, const char *vhost,
+                             const char *user, const char *password,
+                             const char *ingest, const char *exchange, int partitions,
+                             int prefetch, long count, double *seconds,
+                             char *error, int error_len);
 #endif

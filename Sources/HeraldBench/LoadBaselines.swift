@@ -1,0 +1,295 @@
+import ArgumentParser
+import AsyncHTTPClient
+import CBaseline
+import Coordination
+import Delivery
+import Foundation
+import HeraldModel
+import Messaging
+import NIOCore
+import Synchronization
+
+/// What `herald-bench load --baselines` measures before the open-loop run, all in the same run:
+/// the broker's ceiling for Herald's topology, the nodes' own maximum on the same messages,
+/// one POST per delivery into the same sink, and the nodes' start-up, memory and Redis costs.
+struct LoadBaselines: Codable {
+    /// Notifications each saturation phase takes through.
+    var events: Int
+    /// The plain rabbitmq-c loop (`herald_baseline_topology`): ingest → confirmed publish to a
+    /// partition queue → consume and ack, no Herald logic. Notifications per second.
+    var brokerCeilingPerSecond: Double
+    /// The nodes draining the same number of notifications from a pre-filled `herald.ingest`
+    /// into the sink, between 10% and 90% of the expected deliveries. Notifications per second.
+    var heraldPerSecond: Double
+    var heraldDeliveriesPerSecond: Double
+    var heraldToBrokerCeiling: Double
+    /// One POST per (event, subscription) into the same sink over as many connections as a
+    /// node's pool (the seed service's way, without the broker). Deliveries per second.
+    var onePostDeliveriesPerSecond: Double
+    var heraldToOnePost: Double
+    /// Node CPU (user + system) between 10% and 90% of the drain, per notification.
+    var cpuMicrosecondsPerEvent: Double
+    /// Redis commands the server processed between 10% and 90% of the drain, per notification
+    /// (every command counts as a round trip, pipelined or not: an upper bound).
+    var redisCommandsPerEvent: Double
+    /// Deliveries per POST the nodes made in the drain (from their /metrics).
+    var messagesPerRequest: Double?
+    /// From launching a node until its /readyz answered 200, per node (the restart of the drain).
+    var readySeconds: [Double]
+    /// Resident memory of each node, idle, subscriptions loaded, before any load.
+    var idleRSSMegabytes: [Double]
+}
+
+extension LoadRun {
+    /// Runs the baselines; leaves the nodes running (restarted) and `herald.ingest` empty.
+    func measureBaselines(subscriptionCount: Int) async throws -> LoadBaselines {
+        let count = options.baselineEvents
+        let idleRSS = nodes.values.sorted { $0.name < $1.name }.map { LoadNode.residentMegabytes(pid: $0.pid) ?? 0 }
+        log("idle RSS of the nodes: " + idleRSS.map { String(format: "%.1f MB", $0) }.joined(separator: ", "))
+
+        let broker = try await brokerCeiling(count: count)
+        log(String(format: "broker ceiling (plain rabbitmq-c loop, Herald's topology): %.0f notifications/s", broker))
+
+        let drain = try await heraldDrain(count: count)
+        log(String(format: "herald: %.0f notifications/s (%.0f deliveries/s) = %.2fx the broker ceiling; cpu %.1f µs and %.3f Redis commands per notification",
+                   drain.perSecond, drain.deliveriesPerSecond, drain.perSecond / broker, drain.cpuMicroseconds, drain.redisCommands))
+
+        let onePost = try await onePostPerDelivery(events: min(count, options.onePostEvents), subscriptionCount: subscriptionCount)
+        log(String(format: "one POST per delivery into the same sink: %.0f deliveries/s; herald %.2fx that", onePost, drain.deliveriesPerSecond / onePost))
+        return LoadBaselines(
+            events: count, brokerCeilingPerSecond: broker, heraldPerSecond: drain.perSecond, heraldDeliveriesPerSecond: drain.deliveriesPerSecond,
+            heraldToBrokerCeiling: drain.perSecond / broker, onePostDeliveriesPerSecond: onePost, heraldToOnePost: drain.deliveriesPerSecond / onePost,
+            cpuMicrosecondsPerEvent: drain.cpuMicroseconds, redisCommandsPerEvent: drain.redisCommands, messagesPerRequest: drain.messagesPerRequest,
+            readySeconds: drain.readySeconds, idleRSSMegabytes: idleRSS
+        )
+    }
+
+    /// Publishes `count` notifications (the run's templates, message ids `base-<seq>`) to an
+    /// exchange, transient as oslo.messaging sends them.
+    private func fill(_ channel: AMQPChannel, exchange: String, routingKey: String, count: Int, prefix: String) async throws {
+        var seq = 0
+        while seq < count {
+            var batch: [AMQPOutgoingMessage] = []
+            while seq < count && batch.count < 500 {
+                let template = templates[seq % templates.count]
+                batch.append(AMQPOutgoingMessage(exchange: exchange, routingKey: routingKey, body: template.head + Array(String(format: "\(prefix)-%012d", seq).utf8) + template.tail,
+                                                 properties: AMQPMessageProperties(contentType: "application/json")))
+                seq += 1
+            }
+            try await channel.publish(batch)
+        }
+    }
+
+    private func waitForMessages(_ channel: AMQPChannel, queue: String, count: Int) async throws {
+        let deadline = ContinuousClock.now + .seconds(120)
+        while try await channel.declareQueuePassive(queue).messageCount < count {
+            guard ContinuousClock.now < deadline else { throw ValidationError("\(queue) did not reach \(count) messages within 120 s") }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+    }
+
+    /// The plain C loop over the same broker, queues declared as Herald declares its own.
+    private func brokerCeiling(count: Int) async throws -> Double {
+        let connection = try await AMQPConnection.connect(url: vhostURL)
+        let channel = try await connection.openChannel()
+        try await channel.enableConfirms()
+        let queueType = options.nodeSettings.first { $0.hasPrefix("HERALD_QUEUE_TYPE=") }.map { String($0.dropFirst("HERALD_QUEUE_TYPE=".count)) } ?? "classic"
+        let ingest = "baseline.ingest", exchange = "baseline"
+        _ = try await channel.declareQueue(ingest, options: AMQPQueueOptions(durable: true, arguments: ["x-queue-type": .string(queueType), "x-single-active-consumer": .bool(true)]))
+        try await channel.declareExchange(exchange, options: AMQPExchangeOptions(type: "direct", durable: true))
+        for partition in 0..<options.partitions {
+            _ = try await channel.declareQueue("\(exchange).p.\(partition)", options: AMQPQueueOptions(durable: true, arguments: [
+                "x-single-active-consumer": .bool(true), "x-queue-type": .string(queueType),
+            ]))
+            try await channel.bindQueue("\(exchange).p.\(partition)", to: exchange, routingKey: "\(partition)")
+        }
+        log("broker ceiling: filling \(ingest) with \(count) notifications")
+        try await fill(channel, exchange: "", routingKey: ingest, count: count, prefix: "base")
+        try await waitForMessages(channel, queue: ingest, count: count)
+        let configuration = try AMQPConfiguration(url: vhostURL)
+        let prefetch = Int32(options.nodeSettings.first { $0.hasPrefix("HERALD_INGEST_PREFETCH=") }.flatMap { Int32($0.dropFirst("HERALD_INGEST_PREFETCH=".count)) } ?? 200)
+        let partitions = Int32(options.partitions)
+        let result: Result<Double, any Error> = await withCheckedContinuation { continuation in
+            Thread {
+                var seconds = 0.0
+                var error = [CChar](repeating: 0, count: 256)
+                let status = herald_baseline_topology(
+                    configuration.host, Int32(configuration.port), configuration.virtualHost, configuration.user, configuration.password,
+                    ingest, exchange, partitions, prefetch, count, &seconds, &error, Int32(error.count)
+                )
+                if status == 0 {
+                    continuation.resume(returning: .success(Double(count) / seconds))
+                } else {
+                    continuation.resume(returning: .failure(ValidationError("broker ceiling: " + String(decoding: error.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))))
+                }
+            }.start()
+        }
+        _ = try? await channel.deleteQueue(ingest)
+        for partition in 0..<options.partitions { _ = try? await channel.deleteQueue("\(exchange).p.\(partition)") }
+        await connection.close()
+        return try result.get()
+    }
+
+    struct Drain {
+        var perSecond: Double
+        var deliveriesPerSecond: Double
+        var cpuMicroseconds: Double
+        var redisCommands: Double
+        var messagesPerRequest: Double?
+        var readySeconds: [Double]
+    }
+
+    /// Stops the nodes (SIGTERM), fills `herald.ingest`, starts them again and measures how fast
+    /// they deliver everything into the sink.
+    private func heraldDrain(count: Int) async throws -> Drain {
+        let names = nodes.keys.sorted()
+        for node in nodes.values { node.signal(SIGTERM) }
+        for node in nodes.values { node.process.waitUntilExit() }
+        let connection = try await AMQPConnection.connect(url: vhostURL)
+        let channel = try await connection.openChannel()
+        try await channel.enableConfirms()
+        log("herald: nodes stopped; filling herald.ingest with \(count) notifications")
+        try await fill(channel, exchange: "nova", routingKey: "notifications.info", count: count, prefix: "drain")
+        try await waitForMessages(channel, queue: "herald.ingest", count: count)
+        await connection.close()
+
+        let expected = (0..<count).reduce(0) { $0 + templates[$1 % templates.count].matches.count }
+        let recorder = DeliveryRecorder(start: DispatchTime.now().uptimeNanoseconds, rate: 1_000_000_000, subscriptionIndex: Dictionary(uniqueKeysWithValues: subscriptionIDs.enumerated().map { ($1, $0) }), eventPrefix: "drain-")
+        sink!.use(recorder)
+        let requestsBefore = await nodeMetric("herald_delivery_requests_total")  // 0: fresh processes
+        var launched: [String: ContinuousClock.Instant] = [:]
+        for name in names {
+            launched[name] = .now
+            _ = try startNode(name: name)
+        }
+        var ready: [String: Double] = [:]
+        var marks: [(Int, ContinuousClock.Instant, Double, Int64)] = []  // delivered, time, node CPU, Redis commands
+        var last = -1
+        var still = ContinuousClock.now
+        let thresholds = [expected / 10, expected * 9 / 10]
+        while true {
+            for name in names where ready[name] == nil {
+                if await isReady(nodes[name]!) { ready[name] = (ContinuousClock.now - launched[name]!).seconds }
+            }
+            let delivered = recorder.state.withLock { $0.delivered }
+            if marks.count < thresholds.count && delivered >= thresholds[marks.count] {
+                for node in nodes.values { node.sampleCPU() }
+                marks.append((delivered, .now, nodes.values.reduce(0) { $0 + $1.cpuSeconds }, try await redisCommandsProcessed()))
+            }
+            if delivered >= expected { break }
+            if delivered != last { last = delivered; still = .now }
+            if ContinuousClock.now - still > .seconds(options.drain) {
+                throw ValidationError("herald drain: \(delivered) of \(expected) deliveries, then nothing for \(options.drain) s; see \(options.out)/node-*.log")
+            }
+            try await Task.sleep(for: .milliseconds(ready.count == names.count ? 20 : 5))
+        }
+        let requests = await nodeMetric("herald_delivery_requests_total") - requestsBefore
+        let (from, to) = (marks[0], marks[1])
+        let seconds = (to.1 - from.1).seconds
+        let deliveriesPerSecond = Double(to.0 - from.0) / seconds
+        let perDelivery = Double(count) / Double(expected)
+        let events = Double(to.0 - from.0) * perDelivery
+        try await waitReady(timeout: .seconds(30))
+        return Drain(
+            perSecond: deliveriesPerSecond * perDelivery, deliveriesPerSecond: deliveriesPerSecond,
+            cpuMicroseconds: (to.2 - from.2) * 1e6 / events, redisCommands: Double(to.3 - from.3) / events,
+            messagesPerRequest: requests > 0 ? Double(expected) / requests : nil, readySeconds: names.map { ready[$0] ?? .nan }
+        )
+    }
+
+    private func isReady(_ node: LoadNode) async -> Bool {
+        var request = HTTPClientRequest(url: "http://127.0.0.1:\(node.apiPort)/readyz")
+        request.method = .GET
+        return (try? await HTTPClient.shared.execute(request, timeout: .seconds(1)).status) == .ok
+    }
+
+    /// A counter summed over the running nodes' /metrics.
+    func nodeMetric(_ name: String) async -> Double {
+        var total = 0.0
+        for node in nodes.values where node.process.isRunning {
+            var request = HTTPClientRequest(url: "http://127.0.0.1:\(node.apiPort)/metrics")
+            request.method = .GET
+            guard let response = try? await HTTPClient.shared.execute(request, timeout: .seconds(2)),
+                  let body = try? await response.body.collect(upTo: 8 << 20) else { continue }
+            for line in String(buffer: body).split(separator: "\n") where line.hasPrefix(name + " ") || line.hasPrefix(name + "{") {
+                total += Double(line.split(separator: " ").last ?? "") ?? 0
+            }
+        }
+        return total
+    }
+
+    func redisCommandsProcessed() async throws -> Int64 {
+        let info = try await redis.send("INFO", "stats").string ?? ""
+        for line in info.split(whereSeparator: \.isNewline) where line.hasPrefix("total_commands_processed:") {
+            return Int64(line.dropFirst("total_commands_processed:".count)) ?? 0
+        }
+        throw ValidationError("Redis INFO stats has no total_commands_processed")
+    }
+
+    /// One POST per delivery, `concurrency` at a time, into the sink: deliveries per second.
+    private func onePostPerDelivery(events: Int, subscriptionCount: Int) async throws -> Double {
+        var built: [(queue: String, project: String, body: [UInt8])] = []
+        for seq in 0..<events {
+            let template = templates[seq % templates.count]
+            let envelope = template.head + Array(String(format: "post-%012d", seq).utf8) + template.tail
+            let event = try NotificationDecoder.decode(envelope)[0]
+            let body = NotificationDecoder.encode(event)
+            for subscription in template.matches {
+                let message = ZaqarMessageEncoding.message(event: body, ttl: 3600, subscriptionID: subscriptionIDs[subscription], eventID: event.messageID, partition: 0, epoch: 1)
+                built.append(("q\(subscription)", event.project ?? "", Array("{\"messages\":[".utf8) + message + Array("]}".utf8)))
+            }
+        }
+        let recorder = DeliveryRecorder(start: DispatchTime.now().uptimeNanoseconds, rate: 1_000_000_000, subscriptionIndex: Dictionary(uniqueKeysWithValues: subscriptionIDs.enumerated().map { ($1, $0) }), eventPrefix: "post-")
+        sink!.use(recorder)
+        var configuration = HTTPClient.Configuration()
+        configuration.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: options.onePostConnections)
+        let client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
+        let url = sink!.url
+        let requests = built
+        let connections = options.onePostConnections
+        let next = NextIndex()
+        let start = ContinuousClock.now
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for _ in 0..<connections {
+                group.addTask {
+                    while true {
+                        let index = next.take()
+                        guard index < requests.count else { return }
+                        var request = HTTPClientRequest(url: "\(url)/v2/queues/\(requests[index].queue)/messages")
+                        request.method = .POST
+                        request.headers.add(name: "Content-Type", value: "application/json")
+                        request.headers.add(name: "Client-ID", value: "5e1f5b4c-6b8e-4a3c-9a51-3f6a2d7c9b10")
+                        request.headers.add(name: "X-Project-ID", value: requests[index].project)
+                        request.body = .bytes(ByteBuffer(bytes: requests[index].body))
+                        let response = try await client.execute(request, timeout: .seconds(30))
+                        _ = try await response.body.collect(upTo: 1 << 20)
+                        guard response.status == .created else { throw ValidationError("one-POST baseline: the sink answered \(response.status)") }
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+        let seconds = (ContinuousClock.now - start).seconds
+        try await client.shutdown()
+        let delivered = recorder.state.withLock { $0.delivered }
+        guard delivered == requests.count else { throw ValidationError("one-POST baseline: the sink recorded \(delivered) of \(requests.count)") }
+        return Double(requests.count) / seconds
+    }
+}
+
+/// Hands out indices to concurrent workers.
+final class NextIndex: Sendable {
+    private let next = Atomic<Int>(0)
+    func take() -> Int { next.add(1, ordering: .relaxed).oldValue }
+}
+
+extension LoadNode {
+    /// VmRSS of a process, in MB.
+    static func residentMegabytes(pid: pid_t) -> Double? {
+        guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return nil }
+        for line in text.split(separator: "\n") where line.hasPrefix("VmRSS:") {
+            return line.split(separator: " ").dropFirst().first.flatMap { Double($0) }.map { $0 / 1024 }
+        }
+        return nil
+    }
+}

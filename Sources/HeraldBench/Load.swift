@@ -180,7 +180,8 @@ struct LoadResult: Codable {
     var lost: Int
     var duplicates: Int
     /// Notifications still in Herald's queues when the run ended (ingest, partitions, dead):
-    /// nonzero means `lost` counts work the cluster had not finished, not work it dropped.
+    /// nonzero means `lost` counts work the cluster had not finished, not work it dropped;
+    /// -1: they could not be counted (the run's log says why).
     var stillQueued: Int
     /// Dead letters Herald recorded (a reason for every undelivered message it gave up on).
     var deadLetters: Int

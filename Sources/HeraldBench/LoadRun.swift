@@ -95,15 +95,30 @@ final class LoadRun: @unchecked Sendable {
         redis = RedisClient(configuration: try RedisConfiguration(url: options.redisURL))
     }
 
+    /// Runs `scripts/servers ARGUMENTS...` to its end. Through posix_spawn and waitpid rather than
+    /// Foundation's Process: `restart redis` leaves a daemon holding the descriptors Process
+    /// watches for the end of its child, and waitUntilExit then never returned.
     func control(_ arguments: String...) throws {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["bash", options.servers] + arguments
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else { throw ValidationError("\(options.servers) \(arguments.joined(separator: " ")) failed (\(process.terminationStatus))") }
+        let argv = ["/usr/bin/env", "bash", options.servers] + arguments
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        for descriptor: Int32 in [0, 1, 2] {
+            posix_spawn_file_actions_addopen(&actions, descriptor, "/dev/null", descriptor == 0 ? O_RDONLY : O_WRONLY, 0)
+        }
+        var pid: pid_t = 0
+        let cArguments = argv.map { strdup($0) } + [nil]
+        defer { for argument in cArguments { free(argument) } }
+        let spawned = posix_spawn(&pid, argv[0], &actions, nil, cArguments, environ)
+        guard spawned == 0 else { throw ValidationError("\(options.servers) \(arguments.joined(separator: " ")): cannot start it (errno \(spawned))") }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) == -1 && errno == EINTR {}
+        // WIFEXITED and WEXITSTATUS, spelled out (the macros do not come through to Swift).
+        let exited = status & 0x7f == 0
+        let code = (status >> 8) & 0xff
+        guard exited && code == 0 else {
+            throw ValidationError("\(options.servers) \(arguments.joined(separator: " ")) failed (\(exited ? "exit status \(code)" : "signal \(status & 0x7f)"))")
+        }
     }
 
     func log(_ text: String) {
@@ -268,12 +283,26 @@ final class LoadRun: @unchecked Sendable {
         scenarioTask.cancel()
         sampler.cancel()
         // What is left in Herald's queues, and what it dead-lettered.
+        // -1 when it cannot be known: a queue that cannot be counted is named in the log, never
+        // counted as empty (a failed passive declare closes the channel: a fresh one for the next).
         var stillQueued = 0
-        if let connection = try? await AMQPConnection.connect(url: vhostURL), let channel = try? await connection.openChannel() {
+        do {
+            let connection = try await AMQPConnection.connect(url: vhostURL)
             for name in ["herald.ingest", "herald.dead"] + (0..<options.partitions).map({ "herald.p.\($0)" }) {
-                stillQueued += (try? await channel.declareQueuePassive(name).messageCount) ?? 0
+                do {
+                    let channel = try await connection.openChannel()
+                    stillQueued += try await channel.declareQueuePassive(name).messageCount
+                    await channel.close()
+                } catch {
+                    log("cannot count the messages in \(name): \(error)")
+                    stillQueued = -1
+                    break
+                }
             }
             await connection.close()
+        } catch {
+            log("cannot count what is left in Herald's queues: \(error)")
+            stillQueued = -1
         }
         let deadLetters = (try? await DeadLetterStore(redis: redis, keyPrefix: prefix).countsByReason().values.reduce(0, +)) ?? 0
         _ = await sampler.value

@@ -34,7 +34,7 @@ struct Load: AsyncParsableCommand {
     @Option(help: "Approximate notification size in bytes.") var size: Int = 2_500
     @Option(name: .customLong("event"), help: "A scenario event, SECONDS:ACTION[:ARGS].") var events: [String] = []
     @Option(help: "Seconds to wait after publishing for the last deliveries.") var drain: Int = 60
-    @Flag(help: "Publish the notifications persistent (delivery mode 2). oslo.messaging sends them transient, which a RabbitMQ restart loses from any queue; a restart-rabbitmq run needs this to expect nothing lost.")
+    @Flag(help: "Publish the notifications persistent (delivery mode 2) to durable exchanges, and run the nodes with HERALD_EXCHANGES_DURABLE=true (oslo.messaging's amqp_durable_queues). By default oslo.messaging sends transient messages to transient exchanges: a RabbitMQ restart loses the messages and the exchanges' bindings, so notifications published before Herald binds again are dropped. A restart-rabbitmq run needs this to expect nothing lost.")
     var persistent = false
     @Option(help: "HERALD_LOG_LEVEL of the nodes (their logs are in --out).") var nodeLogLevel: String = "warning"
     @Option(name: .customLong("node-set"), help: "A HERALD_ setting for every node, KEY=VALUE (repeatable), e.g. HERALD_QUEUE_TYPE=quorum.")

@@ -147,6 +147,9 @@ final class LoadRun: @unchecked Sendable {
             "HERALD_KEY_PREFIX": prefix, "HERALD_PARTITIONS": "\(options.partitions)", "HERALD_EXCHANGES": "nova,neutron,cinder",
             "HERALD_API_HOST": "127.0.0.1", "HERALD_API_PORT": "\(port)", "HERALD_API_AUTH": "trusted-header", "HERALD_LOG_LEVEL": options.nodeLogLevel,
         ]) { _, new in new }
+        // Persistent notifications come with durable exchanges (oslo.messaging's
+        // amqp_durable_queues): only then do Herald's bindings survive a broker restart.
+        if options.persistent { environment["HERALD_EXCHANGES_DURABLE"] = "true" }
         for setting in options.nodeSettings {
             let parts = setting.split(separator: "=", maxSplits: 1).map(String.init)
             environment[parts[0]] = parts.count > 1 ? parts[1] : ""
@@ -335,8 +338,11 @@ final class LoadRun: @unchecked Sendable {
     func publish(total: Int, recorder: DeliveryRecorder, expectedPerTemplate: [Int]) async throws {
         let connection = try await AMQPConnection.connect(url: vhostURL)
         defer { Task { await connection.close() } }
+        // Confirms: a batch the broker did not confirm (it went down) is published again, so a
+        // notification counted as published is one the broker took.
         var channel = try await connection.openChannel()
-        try await channel.declareExchange("nova", options: AMQPExchangeOptions(type: "topic", durable: false))
+        try await channel.enableConfirms()
+        try await channel.declareExchange("nova", options: AMQPExchangeOptions(type: "topic", durable: options.persistent))
         var seq = 0
         while seq < total {
             let now = DispatchTime.now().uptimeNanoseconds
@@ -362,7 +368,7 @@ final class LoadRun: @unchecked Sendable {
                     // The broker restarting: the same batch again (may duplicate what got through).
                     log("publish failed (\(error)); retrying")
                     try await Task.sleep(for: .milliseconds(500))
-                    if let fresh = try? await connection.openChannel() { channel = fresh }
+                    if let fresh = try? await connection.openChannel(), (try? await fresh.enableConfirms()) != nil { channel = fresh }
                 }
             }
             published.add(batch.count, ordering: .relaxed)

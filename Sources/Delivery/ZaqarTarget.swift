@@ -1,5 +1,6 @@
 import Foundation
 import HeraldModel
+import Synchronization
 
 /// One destination: a queue of a project on a Zaqar endpoint, with the credentials
 /// to post there. Each distinct target is one lane of the batcher.
@@ -46,27 +47,28 @@ public struct ZaqarTarget: Hashable, Sendable, CustomStringConvertible {
     }
 }
 
-/// Zaqar writes expiries as `2026-11-25T16:37:41` (UTC, sometimes with fractions or a zone).
+/// Zaqar writes expiries as `2026-11-25T16:37:41` (UTC, sometimes with fractions or a zone);
+/// Keystone as `2026-11-24T23:05:21.000000Z`.
 public enum ZaqarDates {
+    /// Built once (a signed URL's expiry is read for every request to its queue), used under a lock.
+    private static let parsers = Mutex(["yyyy-MM-dd'T'HH:mm:ss", "yyyy-MM-dd'T'HH:mm:ss.SSSSSS", "yyyy-MM-dd'T'HH:mm:ssXXXXX", "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXXXX"].map(formatter))
+    private static let writer = Mutex(formatter("yyyy-MM-dd'T'HH:mm:ss"))
+
+    private static func formatter(_ format: String) -> DateFormatter {
+        let formatter = DateFormatter()
+        formatter.locale = Locale(identifier: "en_US_POSIX")
+        formatter.timeZone = TimeZone(identifier: "UTC")
+        formatter.dateFormat = format
+        return formatter
+    }
+
     public static func parse(_ text: String) -> Date? {
-        let formats = ["yyyy-MM-dd'T'HH:mm:ss", "yyyy-MM-dd'T'HH:mm:ss.SSSSSS", "yyyy-MM-dd'T'HH:mm:ssXXXXX", "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXXXX"]
-        for format in formats {
-            let formatter = DateFormatter()
-            formatter.locale = Locale(identifier: "en_US_POSIX")
-            formatter.timeZone = TimeZone(identifier: "UTC")
-            formatter.dateFormat = format
-            if let date = formatter.date(from: text) { return date }
-        }
-        return nil
+        parsers.withLock { parsers in parsers.lazy.compactMap { $0.date(from: text) }.first }
     }
 
     /// The form Zaqar takes for a new pre-signed URL's `expires` (UTC, whole seconds).
     public static func format(_ date: Date) -> String {
-        let formatter = DateFormatter()
-        formatter.locale = Locale(identifier: "en_US_POSIX")
-        formatter.timeZone = TimeZone(identifier: "UTC")
-        formatter.dateFormat = "yyyy-MM-dd'T'HH:mm:ss"
-        return formatter.string(from: date)
+        writer.withLock { $0.string(from: date) }
     }
 }
 

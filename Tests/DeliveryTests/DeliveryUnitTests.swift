@@ -74,4 +74,14 @@ struct DeliveryPolicyTests {
             #expect("\(error)".contains("lane max messages 10"))
         }
     }
+
+    @Test("Zaqar's and Keystone's dates parse to the same instant; a new expiry is written the way Zaqar takes it")
+    func dates() {
+        let instant = Date(timeIntervalSince1970: 1_795_561_521)  // 2026-11-24T23:05:21Z
+        for text in ["2026-11-24T23:05:21", "2026-11-24T23:05:21.000000", "2026-11-24T23:05:21+00:00", "2026-11-24T23:05:21.000000Z", "2026-11-25T01:05:21+02:00"] {
+            #expect(ZaqarDates.parse(text) == instant, "\(text)")
+        }
+        #expect(ZaqarDates.parse("tomorrow") == nil)
+        #expect(ZaqarDates.format(instant) == "2026-11-24T23:05:21")
+    }
 }

@@ -199,8 +199,7 @@ final class KeystoneClient: Sendable {
             }
             throw .unavailable("Keystone answered \(status) to a token for trust \(trust)")
         }
-        let expires = Self.expiry((body["token"] as? [String: Any])?["expires_at"] as? String)
-        let until = now + .seconds(max(0, (expires?.timeIntervalSinceNow ?? 600) - 60))
+        let until = Self.renewal(of: body, now: now)
         state.withLock { $0.trustTokens[trust] = (token, until) }
         return token
     }
@@ -242,8 +241,7 @@ final class KeystoneClient: Sendable {
             logger.error("Keystone refused Herald's service user", metadata: ["keystone.status": "\(status)", "keystone.user": "\(configuration.username)"])
             throw .unavailable("Keystone refused Herald's service user \(configuration.username) (\(status)): \(Self.errorMessage(body))")
         }
-        let expires = Self.expiry((body["token"] as? [String: Any])?["expires_at"] as? String)
-        let current = ServiceToken(token: token, userID: userID, until: now + .seconds(max(0, (expires?.timeIntervalSinceNow ?? 600) - 60)))
+        let current = ServiceToken(token: token, userID: userID, until: Self.renewal(of: body, now: now))
         state.withLock { $0.service = current }
         return current
     }
@@ -274,9 +272,13 @@ final class KeystoneClient: Sendable {
 
     /// Keystone's `2026-11-24T23:05:21.000000Z`.
     static func expiry(_ text: String?) -> Date? {
-        guard let text else { return nil }
-        let trimmed = text.replacingOccurrences(of: #"\.\d+"#, with: "", options: .regularExpression)
-        return ISO8601DateFormatter().date(from: trimmed)
+        text.flatMap(ZaqarDates.parse)
+    }
+
+    /// Until a minute before a token Keystone issued expires (10 minutes when it gives no expiry).
+    private static func renewal(of body: [String: Any], now: ContinuousClock.Instant) -> ContinuousClock.Instant {
+        let expires = expiry((body["token"] as? [String: Any])?["expires_at"] as? String)
+        return now + .seconds(max(0, (expires?.timeIntervalSinceNow ?? 600) - 60))
     }
 }
 

@@ -149,11 +149,10 @@ public final class DeliveryBatcher: Sendable {
         // one in order, waiting for room.
         var workers: [ZaqarTarget] = []
         let admitted = state.withLock { state -> Int in
-            guard state.waiters.isEmpty else { return 0 }
             var count = 0
             for pending in admissible {
-                guard fits(state, pending) else { break }
-                if admit(&state, pending) { workers.append(pending.message.target) }
+                guard let needsWorker = admitIfRoom(&state, pending) else { break }
+                if needsWorker { workers.append(pending.message.target) }
                 count += 1
             }
             return count
@@ -198,18 +197,24 @@ public final class DeliveryBatcher: Sendable {
     private func enqueue(_ pending: Pending) async {
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             let start = state.withLock { state -> Bool? in
-                let target = pending.message.target
-                // Behind a waiter of the same lane, wait too: a lane keeps submission order.
-                if fits(state, pending) && !state.waiters.contains(where: { $0.pending.message.target == target }) {
-                    return admit(&state, pending)
+                guard let needsWorker = admitIfRoom(&state, pending) else {
+                    state.waiters.append(Waiter(pending: pending, continuation: continuation))
+                    return nil
                 }
-                state.waiters.append(Waiter(pending: pending, continuation: continuation))
-                return nil
+                return needsWorker
             }
             guard let start else { return }
             if start { startWorker(pending.message.target) }
             continuation.resume()
         }
+    }
+
+    /// Admits a message when there is room and no waiter of its lane is ahead of it (a lane
+    /// keeps submission order): whether its lane needs a worker; nil when it must wait.
+    private func admitIfRoom(_ state: inout State, _ pending: Pending) -> Bool? {
+        let target = pending.message.target
+        guard fits(state, pending) && !state.waiters.contains(where: { $0.pending.message.target == target }) else { return nil }
+        return admit(&state, pending)
     }
 
     /// Accounts and queues a message (under the lock); true when its lane needs a worker.

@@ -16,26 +16,36 @@ static int fail(char *error, int error_len, const char *what, amqp_rpc_reply_t r
     return -1;
 }
 
-int herald_baseline_consume_ack(const char *host, int port, const char *vhost,
-                                const char *user, const char *password,
-                                const char *queue, int prefetch, long count,
-                                double *seconds, char *error, int error_len) {
+/// A logged-in connection, or NULL with the reason in `error`.
+static amqp_connection_state_t open_connection(const char *host, int port, const char *vhost,
+                                               const char *user, const char *password,
+                                               char *error, int error_len) {
     amqp_connection_state_t conn = amqp_new_connection();
     amqp_socket_t *socket = amqp_tcp_socket_new(conn);
     if (socket == NULL || amqp_socket_open(socket, host, port) != AMQP_STATUS_OK) {
         snprintf(error, (size_t)error_len, "cannot open a socket to %s:%d", host, port);
         amqp_destroy_connection(conn);
-        return -1;
+        return NULL;
     }
     amqp_rpc_reply_t reply = herald_amqp_login_plain(conn, vhost, 0, 131072, 0, user, password);
     if (reply.reply_type != AMQP_RESPONSE_NORMAL) {
         amqp_destroy_connection(conn);
-        return fail(error, error_len, "login", reply);
+        fail(error, error_len, "login", reply);
+        return NULL;
     }
+    return conn;
+}
+
+int herald_baseline_consume_ack(const char *host, int port, const char *vhost,
+                                const char *user, const char *password,
+                                const char *queue, int prefetch, long count,
+                                double *seconds, char *error, int error_len) {
+    amqp_connection_state_t conn = open_connection(host, port, vhost, user, password, error, error_len);
+    if (conn == NULL) return -1;
     amqp_channel_open(conn, 1);
     amqp_basic_qos(conn, 1, 0, (uint16_t)prefetch, 0);
     amqp_basic_consume(conn, 1, amqp_cstring_bytes(queue), amqp_empty_bytes, 0, 0, 0, amqp_empty_table);
-    reply = amqp_get_rpc_reply(conn);
+    amqp_rpc_reply_t reply = amqp_get_rpc_reply(conn);
     if (reply.reply_type != AMQP_RESPONSE_NORMAL) {
         amqp_destroy_connection(conn);
         return fail(error, error_len, "basic.consume", reply);
@@ -70,18 +80,9 @@ int herald_baseline_topology(const char *host, int port, const char *vhost,
         snprintf(error, (size_t)error_len, "partitions %d: expected 1 to 4096", partitions);
         return -1;
     }
-    amqp_connection_state_t conn = amqp_new_connection();
-    amqp_socket_t *socket = amqp_tcp_socket_new(conn);
-    if (socket == NULL || amqp_socket_open(socket, host, port) != AMQP_STATUS_OK) {
-        snprintf(error, (size_t)error_len, "cannot open a socket to %s:%d", host, port);
-        amqp_destroy_connection(conn);
-        return -1;
-    }
-    amqp_rpc_reply_t reply = herald_amqp_login_plain(conn, vhost, 0, 131072, 0, user, password);
-    if (reply.reply_type != AMQP_RESPONSE_NORMAL) {
-        amqp_destroy_connection(conn);
-        return fail(error, error_len, "login", reply);
-    }
+    amqp_connection_state_t conn = open_connection(host, port, vhost, user, password, error, error_len);
+    if (conn == NULL) return -1;
+    amqp_rpc_reply_t reply;
     // Channel 1 consumes the ingest queue, channel 2 publishes with confirms, channel 3
     // consumes every partition queue: the broker work of Herald's topology, no Herald logic.
     for (amqp_channel_t channel = 1; channel <= 3; channel++) {

@@ -65,6 +65,14 @@ struct Load: AsyncParsableCommand {
         }
     }
 
+    /// --node-set as the nodes' environment sees it (a later setting of a key wins).
+    var nodeEnvironment: [String: String] {
+        nodeSettings.reduce(into: [:]) { environment, setting in
+            let parts = setting.split(separator: "=", maxSplits: 1).map(String.init)
+            environment[parts[0]] = parts.count > 1 ? parts[1] : ""
+        }
+    }
+
     @Option(help: "Only write report.html next to this earlier result.json (no run).") var reportFrom: String?
     @Flag(help: "Before the open-loop run: the broker's ceiling for Herald's topology (a plain rabbitmq-c loop), the nodes' maximum on the same notifications, one POST per delivery into the same sink, ready time, idle RSS, CPU and Redis commands per notification.")
     var baselines = false

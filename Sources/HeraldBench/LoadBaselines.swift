@@ -42,7 +42,7 @@ struct LoadBaselines: Codable {
 
 extension LoadRun {
     /// Runs the baselines; leaves the nodes running (restarted) and `herald.ingest` empty.
-    func measureBaselines(subscriptionCount: Int) async throws -> LoadBaselines {
+    func measureBaselines() async throws -> LoadBaselines {
         let count = options.baselineEvents
         let idleRSS = nodes.values.sorted { $0.name < $1.name }.map { LoadNode.residentMegabytes(pid: $0.pid) ?? 0 }
         log("idle RSS of the nodes: " + idleRSS.map { String(format: "%.1f MB", $0) }.joined(separator: ", "))
@@ -54,7 +54,7 @@ extension LoadRun {
         log(String(format: "herald: %.0f notifications/s (%.0f deliveries/s) = %.2fx the broker ceiling; cpu %.1f µs and %.3f Redis commands per notification",
                    drain.perSecond, drain.deliveriesPerSecond, drain.perSecond / broker, drain.cpuMicroseconds, drain.redisCommands))
 
-        let onePost = try await onePostPerDelivery(events: min(count, options.onePostEvents), subscriptionCount: subscriptionCount)
+        let onePost = try await onePostPerDelivery(events: min(count, options.onePostEvents))
         log(String(format: "one POST per delivery into the same sink: %.0f deliveries/s; herald %.2fx that", onePost, drain.deliveriesPerSecond / onePost))
         return LoadBaselines(
             events: count, brokerCeilingPerSecond: broker, heraldPerSecond: drain.perSecond, heraldDeliveriesPerSecond: drain.deliveriesPerSecond,
@@ -71,8 +71,7 @@ extension LoadRun {
         while seq < count {
             var batch: [AMQPOutgoingMessage] = []
             while seq < count && batch.count < 500 {
-                let template = templates[seq % templates.count]
-                batch.append(AMQPOutgoingMessage(exchange: exchange, routingKey: routingKey, body: template.head + Array(String(format: "\(prefix)-%012d", seq).utf8) + template.tail,
+                batch.append(AMQPOutgoingMessage(exchange: exchange, routingKey: routingKey, body: envelope(seq, prefix: prefix),
                                                  properties: AMQPMessageProperties(contentType: "application/json")))
                 seq += 1
             }
@@ -93,7 +92,7 @@ extension LoadRun {
         let connection = try await AMQPConnection.connect(url: vhostURL)
         let channel = try await connection.openChannel()
         try await channel.enableConfirms()
-        let queueType = options.nodeSettings.first { $0.hasPrefix("HERALD_QUEUE_TYPE=") }.map { String($0.dropFirst("HERALD_QUEUE_TYPE=".count)) } ?? "classic"
+        let queueType = options.nodeEnvironment["HERALD_QUEUE_TYPE"] ?? "classic"
         let ingest = "baseline.ingest", exchange = "baseline"
         _ = try await channel.declareQueue(ingest, options: AMQPQueueOptions(durable: true, arguments: ["x-queue-type": .string(queueType), "x-single-active-consumer": .bool(true)]))
         try await channel.declareExchange(exchange, options: AMQPExchangeOptions(type: "direct", durable: true))
@@ -107,7 +106,7 @@ extension LoadRun {
         try await fill(channel, exchange: "", routingKey: ingest, count: count, prefix: "base")
         try await waitForMessages(channel, queue: ingest, count: count)
         let configuration = try AMQPConfiguration(url: vhostURL)
-        let prefetch = Int32(options.nodeSettings.first { $0.hasPrefix("HERALD_INGEST_PREFETCH=") }.flatMap { Int32($0.dropFirst("HERALD_INGEST_PREFETCH=".count)) } ?? 200)
+        let prefetch = options.nodeEnvironment["HERALD_INGEST_PREFETCH"].flatMap { Int32($0) } ?? 200
         let partitions = Int32(options.partitions)
         let result: Result<Double, any Error> = await withCheckedContinuation { continuation in
             Thread {
@@ -154,9 +153,9 @@ extension LoadRun {
         await connection.close()
 
         let expected = (0..<count).reduce(0) { $0 + templates[$1 % templates.count].matches.count }
-        let recorder = DeliveryRecorder(start: DispatchTime.now().uptimeNanoseconds, rate: 1_000_000_000, subscriptionIndex: Dictionary(uniqueKeysWithValues: subscriptionIDs.enumerated().map { ($1, $0) }), eventPrefix: "drain-")
+        // Every event due at once: latency is not what this phase measures.
+        let recorder = recorder(start: DispatchTime.now().uptimeNanoseconds, rate: 1_000_000_000, eventPrefix: "drain-")
         sink!.use(recorder)
-        let requestsBefore = await nodeMetric("herald_delivery_requests_total")  // 0: fresh processes
         var launched: [String: ContinuousClock.Instant] = [:]
         for name in names {
             launched[name] = .now
@@ -169,7 +168,7 @@ extension LoadRun {
         let thresholds = [expected / 10, expected * 9 / 10]
         while true {
             for name in names where ready[name] == nil {
-                if await isReady(nodes[name]!) { ready[name] = (ContinuousClock.now - launched[name]!).seconds }
+                if await isReady(nodes[name]!, timeout: .seconds(1)) { ready[name] = (ContinuousClock.now - launched[name]!).seconds }
             }
             let delivered = recorder.state.withLock { $0.delivered }
             if marks.count < thresholds.count && delivered >= thresholds[marks.count] {
@@ -183,7 +182,8 @@ extension LoadRun {
             }
             try await Task.sleep(for: .milliseconds(ready.count == names.count ? 20 : 5))
         }
-        let requests = await nodeMetric("herald_delivery_requests_total") - requestsBefore
+        // The nodes were started for this phase: their counters hold its requests alone.
+        let requests = await nodeMetric("herald_delivery_requests_total")
         let (from, to) = (marks[0], marks[1])
         let seconds = (to.1 - from.1).seconds
         let deliveriesPerSecond = Double(to.0 - from.0) / seconds
@@ -195,12 +195,6 @@ extension LoadRun {
             cpuMicroseconds: (to.2 - from.2) * 1e6 / events, redisCommands: Double(to.3 - from.3) / events,
             messagesPerRequest: requests > 0 ? Double(expected) / requests : nil, readySeconds: names.map { ready[$0] ?? .nan }
         )
-    }
-
-    private func isReady(_ node: LoadNode) async -> Bool {
-        var request = HTTPClientRequest(url: "http://127.0.0.1:\(node.apiPort)/readyz")
-        request.method = .GET
-        return (try? await HTTPClient.shared.execute(request, timeout: .seconds(1)).status) == .ok
     }
 
     /// A counter summed over the running nodes' /metrics.
@@ -227,19 +221,18 @@ extension LoadRun {
     }
 
     /// One POST per delivery, `concurrency` at a time, into the sink: deliveries per second.
-    private func onePostPerDelivery(events: Int, subscriptionCount: Int) async throws -> Double {
+    private func onePostPerDelivery(events: Int) async throws -> Double {
         var built: [(queue: String, project: String, body: [UInt8])] = []
         for seq in 0..<events {
             let template = templates[seq % templates.count]
-            let envelope = template.head + Array(String(format: "post-%012d", seq).utf8) + template.tail
-            let event = try NotificationDecoder.decode(envelope)[0]
+            let event = try NotificationDecoder.decode(envelope(seq, prefix: "post"))[0]
             let body = NotificationDecoder.encode(event)
             for subscription in template.matches {
                 let message = ZaqarMessageEncoding.message(event: body, ttl: 3600, subscriptionID: subscriptionIDs[subscription], eventID: event.messageID, partition: 0, epoch: 1)
                 built.append(("q\(subscription)", event.project ?? "", Array("{\"messages\":[".utf8) + message + Array("]}".utf8)))
             }
         }
-        let recorder = DeliveryRecorder(start: DispatchTime.now().uptimeNanoseconds, rate: 1_000_000_000, subscriptionIndex: Dictionary(uniqueKeysWithValues: subscriptionIDs.enumerated().map { ($1, $0) }), eventPrefix: "post-")
+        let recorder = recorder(start: DispatchTime.now().uptimeNanoseconds, rate: 1_000_000_000, eventPrefix: "post-")
         sink!.use(recorder)
         var configuration = HTTPClient.Configuration()
         configuration.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: options.onePostConnections)

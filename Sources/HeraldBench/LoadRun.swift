@@ -150,10 +150,7 @@ final class LoadRun: @unchecked Sendable {
         // Persistent notifications come with durable exchanges (oslo.messaging's
         // amqp_durable_queues): only then do Herald's bindings survive a broker restart.
         if options.persistent { environment["HERALD_EXCHANGES_DURABLE"] = "true" }
-        for setting in options.nodeSettings {
-            let parts = setting.split(separator: "=", maxSplits: 1).map(String.init)
-            environment[parts[0]] = parts.count > 1 ? parts[1] : ""
-        }
+        environment.merge(options.nodeEnvironment) { _, new in new }
         try FileManager.default.createDirectory(atPath: options.out, withIntermediateDirectories: true)
         nodes[name] = try LoadNode(name: name, executable: executable, environment: environment, log: "\(options.out)/\(name).log")
         return name
@@ -171,17 +168,30 @@ final class LoadRun: @unchecked Sendable {
             let held = await partitionsByNode()
             if held.values.reduce(0, +) == options.partitions {
                 var ready = true
-                for node in nodes.values {
-                    var request = HTTPClientRequest(url: "http://127.0.0.1:\(node.apiPort)/readyz")
-                    request.method = .GET
-                    let status = try? await HTTPClient.shared.execute(request, timeout: .seconds(2)).status
-                    if status != .ok { ready = false }
-                }
+                for node in nodes.values where !(await isReady(node, timeout: .seconds(2))) { ready = false }
                 if ready { return }
             }
             try await Task.sleep(for: .milliseconds(200))
         }
         throw ValidationError("the nodes did not become ready with every partition held within \(timeout); see \(options.out)/node-*.log")
+    }
+
+    /// Whether the node's /readyz answers 200.
+    func isReady(_ node: LoadNode, timeout: Duration) async -> Bool {
+        var request = HTTPClientRequest(url: "http://127.0.0.1:\(node.apiPort)/readyz")
+        request.method = .GET
+        return (try? await HTTPClient.shared.execute(request, timeout: .milliseconds(timeout.milliseconds)).status) == .ok
+    }
+
+    /// Template `seq % templates` with message id `<prefix>-<seq, 12 digits>`.
+    func envelope(_ seq: Int, prefix: String) -> [UInt8] {
+        let template = templates[seq % templates.count]
+        return template.head + Array((prefix + String(format: "-%012d", seq)).utf8) + template.tail
+    }
+
+    /// A recorder of the run's subscriptions for events whose ids begin with `eventPrefix`.
+    func recorder(start: UInt64, rate: Int, eventPrefix: String = "load-") -> DeliveryRecorder {
+        DeliveryRecorder(start: start, rate: rate, subscriptionIndex: Dictionary(uniqueKeysWithValues: subscriptionIDs.enumerated().map { ($1, $0) }), eventPrefix: eventPrefix)
     }
 
     /// Creates the subscriptions through node-1's API, 16 at a time.
@@ -249,14 +259,14 @@ final class LoadRun: @unchecked Sendable {
         var baselines: LoadBaselines?
         var rate = options.rate
         if options.baselines {
-            let measured = try await measureBaselines(subscriptionCount: subscriptions.count)
+            let measured = try await measureBaselines()
             baselines = measured
             if let fraction = options.rateOfMax { rate = max(1, Int(measured.heraldPerSecond * fraction)) }
             try await Task.sleep(for: .seconds(2))
         }
         // A clock that starts now.
         let start = DispatchTime.now().uptimeNanoseconds + 500_000_000
-        let recorder = DeliveryRecorder(start: start, rate: rate, subscriptionIndex: Dictionary(uniqueKeysWithValues: subscriptionIDs.enumerated().map { ($1, $0) }))
+        let recorder = recorder(start: start, rate: rate)
         sink!.use(recorder)
 
         let expectedPerTemplate = templates.map(\.matches.count)
@@ -286,27 +296,20 @@ final class LoadRun: @unchecked Sendable {
         scenarioTask.cancel()
         sampler.cancel()
         // What is left in Herald's queues, and what it dead-lettered.
-        // -1 when it cannot be known: a queue that cannot be counted is named in the log, never
-        // counted as empty (a failed passive declare closes the channel: a fresh one for the next).
+        // -1 when it cannot be known (the log says why), never counted as empty.
         var stillQueued = 0
+        var connection: AMQPConnection?
         do {
-            let connection = try await AMQPConnection.connect(url: vhostURL)
+            connection = try await AMQPConnection.connect(url: vhostURL)
+            let channel = try await connection!.openChannel()
             for name in ["herald.ingest", "herald.dead"] + (0..<options.partitions).map({ "herald.p.\($0)" }) {
-                do {
-                    let channel = try await connection.openChannel()
-                    stillQueued += try await channel.declareQueuePassive(name).messageCount
-                    await channel.close()
-                } catch {
-                    log("cannot count the messages in \(name): \(error)")
-                    stillQueued = -1
-                    break
-                }
+                stillQueued += try await channel.declareQueuePassive(name).messageCount
             }
-            await connection.close()
         } catch {
             log("cannot count what is left in Herald's queues: \(error)")
             stillQueued = -1
         }
+        await connection?.close()
         let deadLetters = (try? await DeadLetterStore(redis: redis, keyPrefix: prefix).countsByReason().values.reduce(0, +)) ?? 0
         _ = await sampler.value
         for node in nodes.values { node.sampleCPU() }
@@ -354,9 +357,7 @@ final class LoadRun: @unchecked Sendable {
             var batch: [AMQPOutgoingMessage] = []
             var expected = 0
             while seq < total && recorder.intended(seq) <= now && batch.count < 500 {
-                let template = templates[seq % templates.count]
-                let body = template.head + Array(String(format: "load-%012d", seq).utf8) + template.tail
-                batch.append(AMQPOutgoingMessage(exchange: "nova", routingKey: "notifications.info", body: body, properties: AMQPMessageProperties(contentType: "application/json", persistent: options.persistent)))
+                batch.append(AMQPOutgoingMessage(exchange: "nova", routingKey: "notifications.info", body: envelope(seq, prefix: "load"), properties: AMQPMessageProperties(contentType: "application/json", persistent: options.persistent)))
                 expected += expectedPerTemplate[seq % templates.count]
                 seq += 1
             }

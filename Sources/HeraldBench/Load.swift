@@ -1,4 +1,5 @@
 import ArgumentParser
+import AsyncHTTPClient
 import Coordination
 import Delivery
 import Foundation
@@ -39,6 +40,8 @@ struct Load: AsyncParsableCommand {
     @Option(help: "HERALD_LOG_LEVEL of the nodes (their logs are in --out).") var nodeLogLevel: String = "warning"
     @Option(name: .customLong("node-set"), help: "A HERALD_ setting for every node, KEY=VALUE (repeatable), e.g. HERALD_QUEUE_TYPE=quorum.")
     var nodeSettings: [String] = []
+    @Option(help: "Where the nodes deliver: builtin (answers 201 at once), zaqar (the local Zaqar at $HERALD_TEST_ZAQAR_URL), or a Zaqar URL. Into a Zaqar the built-in sink forwards each request and records the messages of those Zaqar answered 201; the run ends by checking Zaqar's queue stats against that.")
+    var sink: String = "builtin"
     @Option(help: "Directory for result.json, report.html and node logs.") var out: String = "bench-results/load"
     @Option(help: "The herald executable (default: next to herald-bench).") var herald: String?
     @Option(help: "RabbitMQ URL (default: $HERALD_TEST_AMQP_URL); a vhost of the run's own is made on it.")
@@ -60,8 +63,28 @@ struct Load: AsyncParsableCommand {
             guard baselines else { throw ValidationError("--rate-of-max needs --baselines (the maximum is measured there)") }
             guard rateOfMax > 0 && rateOfMax <= 2 else { throw ValidationError("--rate-of-max \(rateOfMax): expected a fraction above 0, at most 2") }
         }
+        _ = try zaqarURL
         for setting in nodeSettings where !setting.hasPrefix("HERALD_") || !setting.contains("=") {
             throw ValidationError("--node-set '\(setting)': expected HERALD_KEY=VALUE")
+        }
+    }
+
+    /// The real Zaqar of `--sink`, nil for the built-in sink.
+    var zaqarURL: String? {
+        get throws {
+            switch sink {
+            case "builtin": return nil
+            case "zaqar":
+                guard let url = ProcessInfo.processInfo.environment["HERALD_TEST_ZAQAR_URL"] else {
+                    throw ValidationError("--sink zaqar: HERALD_TEST_ZAQAR_URL is not set (scripts/bench sets it; or give the URL)")
+                }
+                return url
+            default:
+                guard sink.hasPrefix("http://") || sink.hasPrefix("https://"), URL(string: sink)?.host != nil else {
+                    throw ValidationError("--sink '\(sink)': expected builtin, zaqar or a Zaqar URL (http://host:port)")
+                }
+                return sink
+            }
         }
     }
 
@@ -199,14 +222,39 @@ struct LoadResult: Codable {
     var processes: [Process]
     /// With --baselines: the same run's ceilings and costs.
     var baselines: LoadBaselines?
+    /// With --sink into a Zaqar: what Zaqar's queue stats say against what the sink saw it take.
+    var zaqar: ZaqarCheck?
+
+    struct ZaqarCheck: Codable {
+        var url: String
+        /// Messages in the run's queues (sum of `GET /v2/queues/{q}/stats` totals) before the
+        /// open loop and after its drain; nil where a queue's stats could not be read.
+        var storedBefore: Int?
+        var storedAfter: Int?
+        /// Messages of the open loop's requests Zaqar answered 201 (deliveries + duplicates).
+        var accepted: Int
+        /// Requests Zaqar refused during the whole run (baselines included), by HTTP status.
+        var refusedByStatus: [String: Int]
+
+        var grew: Int? {
+            guard let storedBefore, let storedAfter else { return nil }
+            return storedAfter - storedBefore
+        }
+    }
 
     func printSummary() {
         if let b = baselines {
             print(String(format: "baselines (%d notifications each): broker ceiling %.0f/s; herald %.0f/s (%.0f deliveries/s) = %.2fx the ceiling (goal >= 0.7)",
                          b.events, b.brokerCeilingPerSecond, b.heraldPerSecond, b.heraldDeliveriesPerSecond, b.heraldToBrokerCeiling))
-            print(String(format: "  one POST per delivery: %.0f deliveries/s; herald %.2fx that; %.1f deliveries per request", b.onePostDeliveriesPerSecond, b.heraldToOnePost, b.messagesPerRequest ?? .nan))
+            print(String(format: "  one POST per delivery: %.0f deliveries/s; herald %.2fx that (goal >= 10 into Zaqar); %.1f deliveries per request", b.onePostDeliveriesPerSecond, b.heraldToOnePost, b.messagesPerRequest ?? .nan))
+            print(String(format: "  batches of %d straight into the sink: %.0f deliveries/s; herald %.2fx that (goal >= 0.9 into Zaqar)", b.sameBatchSize, b.sameBatchDeliveriesPerSecond, b.heraldToSameBatch))
             print(String(format: "  cpu %.1f µs per notification (goal <= 10); Redis %.4f commands per notification (goal <= 0.05)", b.cpuMicrosecondsPerEvent, b.redisCommandsPerEvent))
             print("  ready after " + b.readySeconds.map { String(format: "%.2f s", $0) }.joined(separator: ", ") + " (goal <= 2 s); idle RSS " + b.idleRSSMegabytes.map { String(format: "%.1f MB", $0) }.joined(separator: ", ") + " (goal <= 50 MB)")
+        }
+        if let zaqar {
+            let stored = zaqar.grew.map { "\($0)" } ?? "unknown"
+            print("zaqar \(zaqar.url): took \(zaqar.accepted) messages of the open loop; its queue stats grew by \(stored)" +
+                  (zaqar.refusedByStatus.isEmpty ? "" : "; refused requests by status: " + zaqar.refusedByStatus.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")))
         }
         print(String(format: "published %d at %d/s for %d s; deliveries %d of %d expected, not delivered %d, duplicates %d; still queued in RabbitMQ %d, dead letters %d",
                      published, rate, duration, delivered, expectedDeliveries, lost, duplicates, stillQueued, deadLetters))
@@ -312,23 +360,36 @@ final class DeliveryRecorder: Sendable {
 
 /// A Zaqar-compatible sink on 127.0.0.1: takes `POST /v2/queues/{q}/messages`, records each
 /// message's subscription and event, answers 201 (or 503 while failing, late while stalled).
+/// With an upstream (a real Zaqar) it forwards each request there and records its messages
+/// when Zaqar answered 201, passing Zaqar's answer back to the node.
 final class RecordingSink: Sendable {
     enum Mode: Int { case normal = 0, failing = 1, stalling = 2 }
 
+    /// A real Zaqar the sink forwards to.
+    struct Upstream: Sendable {
+        let url: String
+        let client: HTTPClient
+    }
+
     let channel: any Channel
+    let upstream: Upstream?
     private let recorderBox = Mutex<DeliveryRecorder?>(nil)
     private let mode = Atomic<Int>(0)
+    /// Requests Zaqar (or the built-in answer) took, and those it refused, by status.
+    let refused = Mutex<[Int: Int]>([:])
     var url: String { "http://127.0.0.1:\(channel.localAddress!.port!)" }
 
-    private init(channel: any Channel) {
+    private init(channel: any Channel, upstream: Upstream?) {
         self.channel = channel
+        self.upstream = upstream
     }
 
     /// Where deliveries are recorded from now on (before: answered, not recorded).
     func use(_ recorder: DeliveryRecorder) { recorderBox.withLock { $0 = recorder } }
     var recorder: DeliveryRecorder? { recorderBox.withLock { $0 } }
 
-    static func start() async throws -> RecordingSink {
+    /// `upstream`: a Zaqar URL to forward to (nil: answer 201 at once).
+    static func start(upstream url: String? = nil) async throws -> RecordingSink {
         let box = Mutex<RecordingSink?>(nil)
         let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
@@ -339,7 +400,12 @@ final class RecordingSink: Sendable {
                 }
             }
             .bind(host: "127.0.0.1", port: 0).get()
-        let sink = RecordingSink(channel: channel)
+        let upstream = url.map { url in
+            var configuration = HTTPClient.Configuration()
+            configuration.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: 8)
+            return Upstream(url: url.hasSuffix("/") ? String(url.dropLast()) : url, client: HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration))
+        }
+        let sink = RecordingSink(channel: channel, upstream: upstream)
         box.withLock { $0 = sink }
         return sink
     }
@@ -347,22 +413,28 @@ final class RecordingSink: Sendable {
     func set(_ newMode: Mode) { mode.store(newMode.rawValue, ordering: .relaxed) }
     var current: Mode { Mode(rawValue: mode.load(ordering: .relaxed)) ?? .normal }
 
-    func stop() async { try? await channel.close() }
+    func stop() async {
+        try? await channel.close()
+        try? await upstream?.client.shutdown()
+    }
 
     final class Handler: ChannelInboundHandler, @unchecked Sendable {
         typealias InboundIn = HTTPServerRequestPart
         typealias OutboundOut = HTTPServerResponsePart
         let sink: @Sendable () -> RecordingSink?
+        var head: HTTPRequestHead?
         var body = ByteBuffer()
 
         init(sink: @escaping @Sendable () -> RecordingSink?) { self.sink = sink }
 
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
             switch unwrapInboundIn(data) {
-            case .head: body.clear()
+            case .head(let requestHead):
+                head = requestHead
+                body.clear()
             case .body(var chunk): body.writeBuffer(&chunk)
             case .end:
-                guard let sink = sink() else { return }
+                guard let sink = sink(), let head else { return }
                 switch sink.current {
                 case .failing:
                     respond(context, status: .serviceUnavailable, text: #"{"title": "Service Unavailable", "description": "the load sink is failing on purpose"}"#)
@@ -376,15 +448,46 @@ final class RecordingSink: Sendable {
                         if sink.current == .stalling {
                             loop.scheduleTask(in: .milliseconds(50)) { retry() }
                         } else {
-                            sink.recorder?.record(body, now: DispatchTime.now().uptimeNanoseconds)
-                            handler.value.respond(contextBox.value, status: .created, text: #"{"resources": []}"#)
+                            handler.value.take(contextBox.value, head: head, body: body, sink: sink)
                         }
                     }
                     retry()
                 case .normal:
-                    sink.recorder?.record(body, now: DispatchTime.now().uptimeNanoseconds)
-                    respond(context, status: .created, text: #"{"resources": []}"#)
+                    take(context, head: head, body: body, sink: sink)
                 }
+            }
+        }
+
+        /// Records and answers 201, or forwards to Zaqar and records what Zaqar took.
+        func take(_ context: ChannelHandlerContext, head: HTTPRequestHead, body: ByteBuffer, sink: RecordingSink) {
+            guard let upstream = sink.upstream else {
+                sink.recorder?.record(body, now: DispatchTime.now().uptimeNanoseconds)
+                respond(context, status: .created, text: #"{"resources": []}"#)
+                return
+            }
+            var headers = head.headers
+            for name in ["Host", "Content-Length", "Connection", "Transfer-Encoding"] { headers.remove(name: name) }
+            let loop = context.eventLoop
+            let handler = NIOLoopBound(self, eventLoop: loop)
+            let contextBox = NIOLoopBound(context, eventLoop: loop)
+            do {
+                let request = try HTTPClient.Request(url: upstream.url + head.uri, method: head.method, headers: headers, body: .byteBuffer(body))
+                upstream.client.execute(request: request, eventLoop: .delegate(on: loop)).hop(to: loop).whenComplete { result in
+                    switch result {
+                    case .success(let response):
+                        if response.status == .created {
+                            sink.recorder?.record(body, now: DispatchTime.now().uptimeNanoseconds)
+                        } else {
+                            sink.refused.withLock { $0[Int(response.status.code), default: 0] += 1 }
+                        }
+                        handler.value.respond(contextBox.value, status: response.status, text: response.body.map { String(buffer: $0) } ?? "")
+                    case .failure(let error):
+                        sink.refused.withLock { $0[502, default: 0] += 1 }
+                        handler.value.respond(contextBox.value, status: .badGateway, text: #"{"title": "Bad Gateway", "description": "the load sink could not reach Zaqar: \#(error)"}"#)
+                    }
+                }
+            } catch {
+                respond(context, status: .badRequest, text: #"{"title": "Bad Request", "description": "the load sink cannot forward \#(head.uri): \#(error)"}"#)
             }
         }
 

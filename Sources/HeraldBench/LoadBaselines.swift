@@ -27,6 +27,12 @@ struct LoadBaselines: Codable {
     /// node's pool (the seed service's way, without the broker). Deliveries per second.
     var onePostDeliveriesPerSecond: Double
     var heraldToOnePost: Double
+    /// Herald's deliveries per request in the drain, rounded: the batch size of the next baseline.
+    var sameBatchSize: Int
+    /// The same sink taking batches of `sameBatchSize` posted straight at it (no broker, no
+    /// Herald), over as many connections as the one-POST baseline. Deliveries per second.
+    var sameBatchDeliveriesPerSecond: Double
+    var heraldToSameBatch: Double
     /// Node CPU (user + system) between 10% and 90% of the drain, per notification.
     var cpuMicrosecondsPerEvent: Double
     /// Redis commands the server processed between 10% and 90% of the drain, per notification
@@ -54,11 +60,16 @@ extension LoadRun {
         log(String(format: "herald: %.0f notifications/s (%.0f deliveries/s) = %.2fx the broker ceiling; cpu %.1f µs and %.3f Redis commands per notification",
                    drain.perSecond, drain.deliveriesPerSecond, drain.perSecond / broker, drain.cpuMicroseconds, drain.redisCommands))
 
-        let onePost = try await onePostPerDelivery(events: min(count, options.onePostEvents))
+        let onePost = try await postDirect(events: min(count, options.onePostEvents), batch: 1)
         log(String(format: "one POST per delivery into the same sink: %.0f deliveries/s; herald %.2fx that", onePost, drain.deliveriesPerSecond / onePost))
+        // What the sink (Zaqar) takes at Herald's own batch size, Herald's work left out.
+        let batch = max(1, Int((drain.messagesPerRequest ?? 1).rounded()))
+        let atBatch = try await postDirect(events: min(count, options.onePostEvents * batch), batch: batch)
+        log(String(format: "batches of %d straight into the same sink: %.0f deliveries/s; herald %.2fx that", batch, atBatch, drain.deliveriesPerSecond / atBatch))
         return LoadBaselines(
             events: count, brokerCeilingPerSecond: broker, heraldPerSecond: drain.perSecond, heraldDeliveriesPerSecond: drain.deliveriesPerSecond,
             heraldToBrokerCeiling: drain.perSecond / broker, onePostDeliveriesPerSecond: onePost, heraldToOnePost: drain.deliveriesPerSecond / onePost,
+            sameBatchSize: batch, sameBatchDeliveriesPerSecond: atBatch, heraldToSameBatch: drain.deliveriesPerSecond / atBatch,
             cpuMicrosecondsPerEvent: drain.cpuMicroseconds, redisCommandsPerEvent: drain.redisCommands, messagesPerRequest: drain.messagesPerRequest,
             readySeconds: drain.readySeconds, idleRSSMegabytes: idleRSS
         )
@@ -220,25 +231,47 @@ extension LoadRun {
         throw ValidationError("Redis INFO stats has no total_commands_processed")
     }
 
-    /// One POST per delivery, `concurrency` at a time, into the sink: deliveries per second.
-    private func onePostPerDelivery(events: Int) async throws -> Double {
-        var built: [(queue: String, project: String, body: [UInt8])] = []
+    /// Deliveries of `events` notifications posted straight into the sink, `batch` messages of one
+    /// queue per POST, over --one-post-connections: deliveries per second. Batch 1 is the seed
+    /// service's way; Herald's own batch size is what Zaqar takes at that size.
+    private func postDirect(events: Int, batch: Int) async throws -> Double {
+        var byQueue: [String: (project: String, messages: [[UInt8]])] = [:]
+        var order: [String] = []
         for seq in 0..<events {
             let template = templates[seq % templates.count]
-            let event = try NotificationDecoder.decode(envelope(seq, prefix: "post"))[0]
+            let event = try NotificationDecoder.decode(envelope(seq, prefix: "post\(batch)"))[0]
             let body = NotificationDecoder.encode(event)
             for subscription in template.matches {
                 let message = ZaqarMessageEncoding.message(event: body, ttl: 3600, subscriptionID: subscriptionIDs[subscription], eventID: event.messageID, partition: 0, epoch: 1)
-                built.append(("q\(subscription)", event.project ?? "", Array("{\"messages\":[".utf8) + message + Array("]}".utf8)))
+                let queue = "q\(subscription)"
+                if byQueue[queue] == nil { order.append(queue) }
+                byQueue[queue, default: (event.project ?? "", [])].messages.append(message)
             }
         }
-        let recorder = recorder(start: DispatchTime.now().uptimeNanoseconds, rate: 1_000_000_000, eventPrefix: "post-")
+        // Each queue's messages in batches, the queues taking turns.
+        var requests: [(queue: String, project: String, body: [UInt8], count: Int)] = []
+        var round = 0
+        while true {
+            var any = false
+            for queue in order {
+                let (project, messages) = byQueue[queue]!
+                let from = round * batch
+                guard from < messages.count else { continue }
+                any = true
+                let slice = messages[from..<min(from + batch, messages.count)]
+                requests.append((queue, project, Array("{\"messages\":[".utf8) + Array(slice.joined(separator: [UInt8(ascii: ",")])) + Array("]}".utf8), slice.count))
+            }
+            if !any { break }
+            round += 1
+        }
+        let deliveries = requests.reduce(0) { $0 + $1.count }
+        let recorder = recorder(start: DispatchTime.now().uptimeNanoseconds, rate: 1_000_000_000, eventPrefix: "post\(batch)-")
         sink!.use(recorder)
         var configuration = HTTPClient.Configuration()
         configuration.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: options.onePostConnections)
         let client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
         let url = sink!.url
-        let requests = built
+        let all = requests
         let connections = options.onePostConnections
         let next = NextIndex()
         let start = ContinuousClock.now
@@ -247,16 +280,16 @@ extension LoadRun {
                 group.addTask {
                     while true {
                         let index = next.take()
-                        guard index < requests.count else { return }
-                        var request = HTTPClientRequest(url: "\(url)/v2/queues/\(requests[index].queue)/messages")
+                        guard index < all.count else { return }
+                        var request = HTTPClientRequest(url: "\(url)/v2/queues/\(all[index].queue)/messages")
                         request.method = .POST
                         request.headers.add(name: "Content-Type", value: "application/json")
                         request.headers.add(name: "Client-ID", value: "5e1f5b4c-6b8e-4a3c-9a51-3f6a2d7c9b10")
-                        request.headers.add(name: "X-Project-ID", value: requests[index].project)
-                        request.body = .bytes(ByteBuffer(bytes: requests[index].body))
+                        request.headers.add(name: "X-Project-ID", value: all[index].project)
+                        request.body = .bytes(ByteBuffer(bytes: all[index].body))
                         let response = try await client.execute(request, timeout: .seconds(30))
-                        _ = try await response.body.collect(upTo: 1 << 20)
-                        guard response.status == .created else { throw ValidationError("one-POST baseline: the sink answered \(response.status)") }
+                        let answer = try await response.body.collect(upTo: 1 << 20)
+                        guard response.status == .created else { throw ValidationError("posting batches of \(batch): the sink answered \(response.status): \(String(buffer: answer))") }
                     }
                 }
             }
@@ -265,8 +298,8 @@ extension LoadRun {
         let seconds = (ContinuousClock.now - start).seconds
         try await client.shutdown()
         let delivered = recorder.state.withLock { $0.delivered }
-        guard delivered == requests.count else { throw ValidationError("one-POST baseline: the sink recorded \(delivered) of \(requests.count)") }
-        return Double(requests.count) / seconds
+        guard delivered == deliveries else { throw ValidationError("posting batches of \(batch): the sink recorded \(delivered) of \(deliveries)") }
+        return Double(deliveries) / seconds
     }
 }
 

@@ -249,7 +249,8 @@ final class LoadRun: @unchecked Sendable {
         let averageBytes = corpus.envelopes.reduce(0) { $0 + $1.count } / corpus.envelopes.count
 
         // The sink first (the nodes need its URL); it records once the clock starts.
-        sink = try await RecordingSink.start()
+        let zaqarURL = try options.zaqarURL
+        sink = try await RecordingSink.start(upstream: zaqarURL)
         for _ in 0..<options.nodes { _ = try startNode() }
         log("\(options.nodes) nodes starting (\(executable)), vhost \(vhost), key prefix \(prefix), sink \(sink!.url)")
         try await waitReady(timeout: .seconds(60))
@@ -268,6 +269,7 @@ final class LoadRun: @unchecked Sendable {
         let start = DispatchTime.now().uptimeNanoseconds + 500_000_000
         let recorder = recorder(start: start, rate: rate)
         sink!.use(recorder)
+        let storedBefore = zaqarURL == nil ? nil : await zaqarStored(subscriptions, url: zaqarURL!)
 
         let expectedPerTemplate = templates.map(\.matches.count)
         let total = rate * options.duration
@@ -310,6 +312,12 @@ final class LoadRun: @unchecked Sendable {
             stillQueued = -1
         }
         await connection?.close()
+        var zaqar: LoadResult.ZaqarCheck?
+        if let zaqarURL {
+            let accepted = recorder.state.withLock { $0.delivered + $0.duplicates }
+            zaqar = LoadResult.ZaqarCheck(url: zaqarURL, storedBefore: storedBefore, storedAfter: await zaqarStored(subscriptions, url: zaqarURL), accepted: accepted,
+                                          refusedByStatus: Dictionary(uniqueKeysWithValues: sink!.refused.withLock { $0 }.map { ("\($0.key)", $0.value) }))
+        }
         let deadLetters = (try? await DeadLetterStore(redis: redis, keyPrefix: prefix).countsByReason().values.reduce(0, +)) ?? 0
         _ = await sampler.value
         for node in nodes.values { node.sampleCPU() }
@@ -333,8 +341,34 @@ final class LoadRun: @unchecked Sendable {
             rate: rate, duration: options.duration, nodes: options.nodes, subscriptions: options.subscriptions, projects: options.projects,
             partitions: options.partitions, averageEventBytes: averageBytes, published: publishedCount, expectedDeliveries: expectedSoFar.load(ordering: .relaxed),
             delivered: state.delivered, lost: lost, duplicates: state.duplicates, stillQueued: stillQueued, deadLetters: deadLetters, latencyMs: DeliveryRecorder.percentiles(state.latency),
-            intervals: intervals, events: scenario, processes: processes, baselines: baselines
+            intervals: intervals, events: scenario, processes: processes, baselines: baselines, zaqar: zaqar
         )
+    }
+
+    /// Messages Zaqar holds in the subscriptions' queues (its stats' totals, summed); nil if a
+    /// queue's stats could not be read (logged).
+    func zaqarStored(_ subscriptions: [Subscription], url: String) async -> Int? {
+        let queues = Set(subscriptions.map { "\($0.project)/\($0.target.queue)" }).sorted()
+        var total = 0
+        for key in queues {
+            let parts = key.split(separator: "/", maxSplits: 1).map(String.init)
+            var request = HTTPClientRequest(url: "\(url)/v2/queues/\(parts[1])/stats")
+            request.headers.add(name: "Client-ID", value: "5e1f5b4c-6b8e-4a3c-9a51-3f6a2d7c9b10")
+            request.headers.add(name: "X-Project-ID", value: parts[0])
+            do {
+                let response = try await HTTPClient.shared.execute(request, timeout: .seconds(30))
+                let body = try await response.body.collect(upTo: 1 << 20)
+                guard response.status == .ok,
+                      let object = try JSONSerialization.jsonObject(with: Data(buffer: body)) as? [String: Any],
+                      let messages = object["messages"] as? [String: Any], let count = messages["total"] as? Int
+                else { throw ValidationError("\(response.status) \(String(buffer: body))") }
+                total += count
+            } catch {
+                log("cannot read Zaqar's stats of queue \(parts[1]) in project \(parts[0]): \(error)")
+                return nil
+            }
+        }
+        return total
     }
 
     /// The open loop: event `seq` is due at start + seq/rate; whatever is due goes out now.

@@ -18,6 +18,9 @@ struct LoadBaselines: Codable {
     /// The plain rabbitmq-c loop (`herald_baseline_topology`): ingest → confirmed publish to a
     /// partition queue → consume and ack, no Herald logic. Notifications per second.
     var brokerCeilingPerSecond: Double
+    /// CPU (user + system) of that loop's thread per notification: the client's share of the
+    /// broker work Herald does too, with nothing else (the broker's own CPU not counted).
+    var brokerLoopCPUMicrosecondsPerEvent: Double
     /// The nodes draining the same number of notifications from a pre-filled `herald.ingest`
     /// into the sink, between 10% and 90% of the expected deliveries. Notifications per second.
     var heraldPerSecond: Double
@@ -53,8 +56,8 @@ extension LoadRun {
         let idleRSS = nodes.values.sorted { $0.name < $1.name }.map { LoadNode.residentMegabytes(pid: $0.pid) ?? 0 }
         log("idle RSS of the nodes: " + idleRSS.map { String(format: "%.1f MB", $0) }.joined(separator: ", "))
 
-        let broker = try await brokerCeiling(count: count)
-        log(String(format: "broker ceiling (plain rabbitmq-c loop, Herald's topology): %.0f notifications/s", broker))
+        let (broker, brokerCPU) = try await brokerCeiling(count: count)
+        log(String(format: "broker ceiling (plain rabbitmq-c loop, Herald's topology): %.0f notifications/s, the loop's CPU %.1f µs per notification", broker, brokerCPU))
 
         let drain = try await heraldDrain(count: count)
         log(String(format: "herald: %.0f notifications/s (%.0f deliveries/s) = %.2fx the broker ceiling; cpu %.1f µs and %.3f Redis commands per notification",
@@ -67,7 +70,7 @@ extension LoadRun {
         let atBatch = try await postDirect(events: min(count, options.onePostEvents * batch), batch: batch)
         log(String(format: "batches of %d straight into the same sink: %.0f deliveries/s; herald %.2fx that", batch, atBatch, drain.deliveriesPerSecond / atBatch))
         return LoadBaselines(
-            events: count, brokerCeilingPerSecond: broker, heraldPerSecond: drain.perSecond, heraldDeliveriesPerSecond: drain.deliveriesPerSecond,
+            events: count, brokerCeilingPerSecond: broker, brokerLoopCPUMicrosecondsPerEvent: brokerCPU, heraldPerSecond: drain.perSecond, heraldDeliveriesPerSecond: drain.deliveriesPerSecond,
             heraldToBrokerCeiling: drain.perSecond / broker, onePostDeliveriesPerSecond: onePost, heraldToOnePost: drain.deliveriesPerSecond / onePost,
             sameBatchSize: batch, sameBatchDeliveriesPerSecond: atBatch, heraldToSameBatch: drain.deliveriesPerSecond / atBatch,
             cpuMicrosecondsPerEvent: drain.cpuMicroseconds, redisCommandsPerEvent: drain.redisCommands, messagesPerRequest: drain.messagesPerRequest,
@@ -98,8 +101,15 @@ extension LoadRun {
         }
     }
 
-    /// The plain C loop over the same broker, queues declared as Herald declares its own.
-    private func brokerCeiling(count: Int) async throws -> Double {
+    static func threadCPUSeconds() -> Double {
+        var time = timespec()
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &time)
+        return Double(time.tv_sec) + Double(time.tv_nsec) / 1e9
+    }
+
+    /// The plain C loop over the same broker, queues declared as Herald declares its own:
+    /// notifications per second, and the loop's own CPU per notification (µs).
+    private func brokerCeiling(count: Int) async throws -> (perSecond: Double, cpuMicroseconds: Double) {
         let connection = try await AMQPConnection.connect(url: vhostURL)
         let channel = try await connection.openChannel()
         try await channel.enableConfirms()
@@ -119,16 +129,19 @@ extension LoadRun {
         let configuration = try AMQPConfiguration(url: vhostURL)
         let prefetch = options.nodeEnvironment["HERALD_INGEST_PREFETCH"].flatMap { Int32($0) } ?? 200
         let partitions = Int32(options.partitions)
-        let result: Result<Double, any Error> = await withCheckedContinuation { continuation in
+        let result: Result<(Double, Double), any Error> = await withCheckedContinuation { continuation in
             Thread {
                 var seconds = 0.0
                 var error = [CChar](repeating: 0, count: 256)
+                // The loop runs on this thread alone: its CPU time is the client's cost.
+                let cpuBefore = Self.threadCPUSeconds()
                 let status = herald_baseline_topology(
                     configuration.host, Int32(configuration.port), configuration.virtualHost, configuration.user, configuration.password,
                     ingest, exchange, partitions, prefetch, count, &seconds, &error, Int32(error.count)
                 )
+                let cpu = Self.threadCPUSeconds() - cpuBefore
                 if status == 0 {
-                    continuation.resume(returning: .success(Double(count) / seconds))
+                    continuation.resume(returning: .success((Double(count) / seconds, cpu * 1e6 / Double(count))))
                 } else {
                     continuation.resume(returning: .failure(ValidationError("broker ceiling: " + String(decoding: error.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))))
                 }

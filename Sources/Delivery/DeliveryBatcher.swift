@@ -118,10 +118,13 @@ public final class DeliveryBatcher: Sendable {
 
     public var statistics: DeliveryStatistics { state.withLock { $0.statistics } }
 
-    /// The circuit state of a lane, if the lane exists.
-    public func circuit(for target: ZaqarTarget) -> CircuitBreaker.State? {
-        state.withLock { $0.lanes[target]?.circuit.state }
+    /// The circuit state of a target's lane (closed when it has none: a new lane starts closed).
+    public func circuit(for target: ZaqarTarget) -> CircuitBreaker.State {
+        state.withLock { $0.lanes[target]?.circuit.state ?? .closed }
     }
+
+    /// Lanes held: targets with messages queued or in flight, or whose circuit has failures.
+    public var laneCount: Int { state.withLock { $0.lanes.count } }
 
     // MARK: Submitting
 
@@ -287,7 +290,13 @@ public final class DeliveryBatcher: Sendable {
         while true {
             let next = state.withLock { state -> Next in
                 guard let queued = state.lanes[target]?.queued, queued > 0 else {
-                    state.lanes[target]?.working = false
+                    // An idle lane with a clean circuit is the same as a new one: forget it, so
+                    // every target ever seen does not keep a lane for the life of the process.
+                    if let lane = state.lanes[target], lane.messages == 0, lane.circuit.state == .closed, lane.circuit.consecutiveFailures == 0 {
+                        state.lanes[target] = nil
+                    } else {
+                        state.lanes[target]?.working = false
+                    }
                     return .idle
                 }
                 return take(from: &state.lanes[target]!)

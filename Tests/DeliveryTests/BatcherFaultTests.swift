@@ -196,6 +196,28 @@ struct BatcherFaultTests {
         await harness.shutdown()
     }
 
+    @Test("an idle lane with a clean circuit is forgotten; one with failures is kept")
+    func idleLanesForgotten() async throws {
+        let sink = try await FaultSink { request in request.path.contains("/failing/") ? .status(503) : .created }
+        var configuration = fastRetries()
+        configuration.circuitThreshold = 100
+        configuration.maxAttempts = 2
+        let harness = try DeliveryHarness(configuration: configuration)
+        let targets = (0..<40).map { ZaqarTarget(baseURL: sink.url, project: "p", queue: "q\($0)") }
+        let outcome = await harness.deliverEach(targets.flatMap { DeliveryHarness.messages(3, to: $0, label: $0.queue) })
+        #expect(outcome.delivered == 120)
+        try await eventually {
+            guard harness.batcher.laneCount == 0 else { throw DeliveryError(.closed, "\(harness.batcher.laneCount) lanes left") }
+        }
+        let failing = ZaqarTarget(baseURL: sink.url, project: "p", queue: "failing")
+        let failed = await harness.batcher.deliver(DeliveryHarness.messages(1, to: failing, label: "f"))
+        #expect(failed.deadLettered == 1)
+        try await Task.sleep(for: .milliseconds(100))
+        #expect(harness.batcher.laneCount == 1, "the failing target's lane keeps its circuit's failures")
+        await sink.close()
+        await harness.shutdown()
+    }
+
     @Test("a stalled lane leaves another lane's throughput unchanged")
     func stalledLane() async throws {
         let sink = try await FaultSink { $0.path.contains("/stalled/") ? .stall : .created }

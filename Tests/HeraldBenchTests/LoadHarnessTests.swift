@@ -60,13 +60,24 @@ struct LoadHarnessTests {
 
         var measured = result
         measured.baselines = LoadBaselines(
-            events: 1000, brokerCeilingPerSecond: 8000, heraldPerSecond: 6000, heraldDeliveriesPerSecond: 12000, heraldToBrokerCeiling: 0.75,
-            onePostDeliveriesPerSecond: 3000, heraldToOnePost: 4, cpuMicrosecondsPerEvent: 80, redisCommandsPerEvent: 0.004, messagesPerRequest: 3.5,
+            events: 1000, brokerCeilingPerSecond: 8000, brokerLoopCPUMicrosecondsPerEvent: 20, heraldPerSecond: 6000, heraldDeliveriesPerSecond: 12000, heraldToBrokerCeiling: 0.75,
+            onePostDeliveriesPerSecond: 3000, heraldToOnePost: 4, sameBatchSize: 4, sameBatchDeliveriesPerSecond: 15000, heraldToSameBatch: 0.8,
+            cpuMicrosecondsPerEvent: 80, redisCommandsPerEvent: 0.004, messagesPerRequest: 3.5,
             readySeconds: [0.12, 0.3], idleRSSMegabytes: [40.5, 41]
         )
         let withBaselines = LoadReport.html(measured)
         #expect(withBaselines.contains("Baselines (same run, 1000 notifications per saturation phase)"))
         #expect(withBaselines.contains("<td>6000</td><td>broker ceiling for Herald&#39;s topology".replacingOccurrences(of: "&#39;", with: "'") + " (plain rabbitmq-c loop): 8000</td><td>0.75x</td>"))
         #expect(withBaselines.contains("<td>0.12 s, 0.30 s</td>"))
+        #expect(withBaselines.contains("batches of 4 posted straight into the same sink: 15000</td><td>0.80x</td><td>≥ 0.9x into a real Zaqar (--sink zaqar)</td>"))
+        #expect(withBaselines.contains("<td>80.0 µs</td><td>the plain rabbitmq-c loop's own CPU: 20.0 µs</td><td>4.0x</td>"))
+        #expect(withBaselines.contains("built-in (answers 201 at once)"))
+
+        var intoZaqar = measured
+        intoZaqar.zaqar = .init(url: "http://127.0.0.1:8888", storedBefore: 10, storedAfter: 310, accepted: 300, refusedByStatus: ["503": 2])
+        let zaqarHTML = LoadReport.html(intoZaqar)
+        #expect(zaqarHTML.contains("took 300 messages of the open loop; its queues' stats grew by 300"))
+        #expect(zaqarHTML.contains("503: 2"))
+        #expect(zaqarHTML.contains("<td>0.80x</td><td>≥ 0.9x</td>"), "into Zaqar the batch goal applies as it is")
     }
 }

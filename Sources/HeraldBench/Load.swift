@@ -249,7 +249,7 @@ struct LoadResult: Codable {
             print(String(format: "  one POST per delivery: %.0f deliveries/s; herald %.2fx that (goal >= 10 into Zaqar); %.1f deliveries per request", b.onePostDeliveriesPerSecond, b.heraldToOnePost, b.messagesPerRequest ?? .nan))
             print(String(format: "  batches of %d straight into the sink: %.0f deliveries/s; herald %.2fx that (goal >= 0.9 into Zaqar)", b.sameBatchSize, b.sameBatchDeliveriesPerSecond, b.heraldToSameBatch))
             print(String(format: "  cpu %.1f µs per notification (goal <= 10; the plain rabbitmq-c loop alone %.1f µs); Redis %.4f commands per notification (goal <= 0.05)", b.cpuMicrosecondsPerEvent, b.brokerLoopCPUMicrosecondsPerEvent, b.redisCommandsPerEvent))
-            print("  ready after " + b.readySeconds.map { String(format: "%.2f s", $0) }.joined(separator: ", ") + " (goal <= 2 s); idle RSS " + b.idleRSSMegabytes.map { String(format: "%.1f MB", $0) }.joined(separator: ", ") + " (goal <= 50 MB)")
+            print("  ready after " + b.readySeconds.map { String(format: "%.2f s", $0) }.joined(separator: ", ") + " (goal <= 2 s); idle RSS " + zip(b.idleRSSMegabytes, b.idleAnonymousMegabytes).map { String(format: "%.1f MB (%.1f anonymous)", $0, $1) }.joined(separator: ", ") + " (goal <= 50 MB)")
         }
         if let zaqar {
             let stored = zaqar.grew.map { "\($0)" } ?? "unknown"

@@ -47,6 +47,9 @@ struct LoadBaselines: Codable {
     var readySeconds: [Double]
     /// Resident memory of each node, idle, subscriptions loaded, before any load.
     var idleRSSMegabytes: [Double]
+    /// The anonymous part of it (heap, stacks): what the node itself holds, code and other
+    /// file pages (shared, reclaimable) left out.
+    var idleAnonymousMegabytes: [Double]
 }
 
 extension LoadRun {
@@ -54,7 +57,8 @@ extension LoadRun {
     func measureBaselines() async throws -> LoadBaselines {
         let count = options.baselineEvents
         let idleRSS = nodes.values.sorted { $0.name < $1.name }.map { LoadNode.residentMegabytes(pid: $0.pid) ?? 0 }
-        log("idle RSS of the nodes: " + idleRSS.map { String(format: "%.1f MB", $0) }.joined(separator: ", "))
+        let idleAnonymous = nodes.values.sorted { $0.name < $1.name }.map { LoadNode.residentMegabytes(pid: $0.pid, field: "RssAnon") ?? 0 }
+        log("idle RSS of the nodes: " + zip(idleRSS, idleAnonymous).map { String(format: "%.1f MB (%.1f MB anonymous)", $0, $1) }.joined(separator: ", "))
 
         let (broker, brokerCPU) = try await brokerCeiling(count: count)
         log(String(format: "broker ceiling (plain rabbitmq-c loop, Herald's topology): %.0f notifications/s, the loop's CPU %.1f µs per notification", broker, brokerCPU))
@@ -74,7 +78,7 @@ extension LoadRun {
             heraldToBrokerCeiling: drain.perSecond / broker, onePostDeliveriesPerSecond: onePost, heraldToOnePost: drain.deliveriesPerSecond / onePost,
             sameBatchSize: batch, sameBatchDeliveriesPerSecond: atBatch, heraldToSameBatch: drain.deliveriesPerSecond / atBatch,
             cpuMicrosecondsPerEvent: drain.cpuMicroseconds, redisCommandsPerEvent: drain.redisCommands, messagesPerRequest: drain.messagesPerRequest,
-            readySeconds: drain.readySeconds, idleRSSMegabytes: idleRSS
+            readySeconds: drain.readySeconds, idleRSSMegabytes: idleRSS, idleAnonymousMegabytes: idleAnonymous
         )
     }
 
@@ -323,10 +327,11 @@ final class NextIndex: Sendable {
 }
 
 extension LoadNode {
-    /// VmRSS of a process, in MB.
-    static func residentMegabytes(pid: pid_t) -> Double? {
+    /// A memory line of /proc/PID/status (VmRSS, or RssAnon: the part that is not code and
+    /// other file pages), in MB.
+    static func residentMegabytes(pid: pid_t, field: String = "VmRSS") -> Double? {
         guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return nil }
-        for line in text.split(separator: "\n") where line.hasPrefix("VmRSS:") {
+        for line in text.split(separator: "\n") where line.hasPrefix(field + ":") {
             return line.split(separator: " ").dropFirst().first.flatMap { Double($0) }.map { $0 / 1024 }
         }
         return nil

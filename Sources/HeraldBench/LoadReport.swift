@@ -99,7 +99,7 @@ enum LoadReport {
             ("node CPU per notification", fmt(b.cpuMicrosecondsPerEvent, 1) + " µs", "the plain rabbitmq-c loop's own CPU: \(fmt(b.brokerLoopCPUMicrosecondsPerEvent, 1)) µs", fmt(b.cpuMicrosecondsPerEvent / b.brokerLoopCPUMicrosecondsPerEvent, 1) + "x", "≤ 10 µs"),
             ("Redis commands per notification", fmt(b.redisCommandsPerEvent, 4), "", "", "≤ 0.05"),
             ("ready after start", b.readySeconds.map { fmt($0, 2) + " s" }.joined(separator: ", "), "", "", "≤ 2 s"),
-            ("idle RSS", b.idleRSSMegabytes.map { fmt($0, 1) + " MB" }.joined(separator: ", "), "", "", "≤ 50 MB"),
+            ("idle RSS", zip(b.idleRSSMegabytes, b.idleAnonymousMegabytes).map { fmt($0, 1) + " MB (" + fmt($1, 1) + " MB anonymous)" }.joined(separator: ", "), "", "", "≤ 50 MB"),
         ]
         let body = rows.map { row in "<tr><th>\(escape(row.0))</th><td>\(escape(row.1))</td><td>\(escape(row.2))</td><td>\(escape(row.3))</td><td>\(escape(row.4))</td></tr>" }.joined(separator: "\n")
         return """

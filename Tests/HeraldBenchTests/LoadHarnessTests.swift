@@ -63,12 +63,13 @@ struct LoadHarnessTests {
             events: 1000, brokerCeilingPerSecond: 8000, brokerLoopCPUMicrosecondsPerEvent: 20, heraldPerSecond: 6000, heraldDeliveriesPerSecond: 12000, heraldToBrokerCeiling: 0.75,
             onePostDeliveriesPerSecond: 3000, heraldToOnePost: 4, sameBatchSize: 4, sameBatchDeliveriesPerSecond: 15000, heraldToSameBatch: 0.8,
             cpuMicrosecondsPerEvent: 80, redisCommandsPerEvent: 0.004, messagesPerRequest: 3.5,
-            readySeconds: [0.12, 0.3], idleRSSMegabytes: [40.5, 41]
+            readySeconds: [0.12, 0.3], idleRSSMegabytes: [40.5, 41], idleAnonymousMegabytes: [6, 7.3]
         )
         let withBaselines = LoadReport.html(measured)
         #expect(withBaselines.contains("Baselines (same run, 1000 notifications per saturation phase)"))
         #expect(withBaselines.contains("<td>6000</td><td>broker ceiling for Herald&#39;s topology".replacingOccurrences(of: "&#39;", with: "'") + " (plain rabbitmq-c loop): 8000</td><td>0.75x</td>"))
         #expect(withBaselines.contains("<td>0.12 s, 0.30 s</td>"))
+        #expect(withBaselines.contains("<td>40.5 MB (6.0 MB anonymous), 41.0 MB (7.3 MB anonymous)</td>"))
         #expect(withBaselines.contains("batches of 4 posted straight into the same sink: 15000</td><td>0.80x</td><td>≥ 0.9x into a real Zaqar (--sink zaqar)</td>"))
         #expect(withBaselines.contains("<td>80.0 µs</td><td>the plain rabbitmq-c loop's own CPU: 20.0 µs</td><td>4.0x</td>"))
         #expect(withBaselines.contains("built-in (answers 201 at once)"))

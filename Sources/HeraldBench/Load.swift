@@ -42,6 +42,9 @@ struct Load: AsyncParsableCommand {
     var nodeSettings: [String] = []
     @Option(help: "Where the nodes deliver: builtin (answers 201 at once), zaqar (the local Zaqar at $HERALD_TEST_ZAQAR_URL), or a Zaqar URL. Into a Zaqar the built-in sink forwards each request and records the messages of those Zaqar answered 201; the run ends by checking Zaqar's queue stats against that.")
     var sink: String = "builtin"
+    @Option(help: "Use running herald nodes instead of starting them: their API URLs, comma-separated (HERALD_API_AUTH=trusted-header). --amqp-url is then their vhost's URL, --key-prefix their HERALD_KEY_PREFIX and --partitions their HERALD_PARTITIONS. The subscriptions carry the sink's URL as their zaqar_url and are deleted at the end; nothing else of the cluster is touched. Node events, add-node and --baselines need nodes the harness started.")
+    var attach: String?
+    @Option(help: "With --attach: the running nodes' HERALD_KEY_PREFIX.") var keyPrefix: String = "herald:"
     @Option(help: "Directory for result.json, report.html and node logs.") var out: String = "bench-results/load"
     @Option(help: "The herald executable (default: next to herald-bench).") var herald: String?
     @Option(help: "RabbitMQ URL (default: $HERALD_TEST_AMQP_URL); a vhost of the run's own is made on it.")
@@ -64,6 +67,15 @@ struct Load: AsyncParsableCommand {
             guard rateOfMax > 0 && rateOfMax <= 2 else { throw ValidationError("--rate-of-max \(rateOfMax): expected a fraction above 0, at most 2") }
         }
         _ = try zaqarURL
+        if let attach {
+            for url in attachedAPIs where URL(string: url)?.host == nil || !url.hasPrefix("http") {
+                throw ValidationError("--attach '\(attach)': '\(url)' is not a node's API URL (http://host:port)")
+            }
+            guard !baselines else { throw ValidationError("--attach: --baselines stops and restarts the nodes; it needs nodes the harness started") }
+            for event in try events.map(ScenarioEvent.init) where [.addNode, .sigterm, .kill9, .pause].contains(event.action) {
+                throw ValidationError("--event '\(event.label)': with --attach the harness has no node processes to start or signal")
+            }
+        }
         for setting in nodeSettings where !setting.hasPrefix("HERALD_") || !setting.contains("=") {
             throw ValidationError("--node-set '\(setting)': expected HERALD_KEY=VALUE")
         }
@@ -86,6 +98,11 @@ struct Load: AsyncParsableCommand {
                 return sink
             }
         }
+    }
+
+    /// The running nodes' API URLs of --attach (none: the harness starts its own).
+    var attachedAPIs: [String] {
+        (attach ?? "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }.map { $0.hasSuffix("/") ? String($0.dropLast()) : $0 }
     }
 
     /// --node-set as the nodes' environment sees it (a later setting of a key wins).
@@ -265,8 +282,12 @@ struct LoadResult: Codable {
         for process in processes {
             print("cpu " + process.name.padding(toLength: 10, withPad: " ", startingAt: 0) + String(format: " %7.2f s  %7.1f µs per published event", process.cpuSeconds, process.cpuMicrosecondsPerEvent))
         }
-        let nodesCPU = processes.filter { $0.name != "harness" }.reduce(0) { $0 + $1.cpuMicrosecondsPerEvent }
-        print(String(format: "cpu of all nodes: %.1f µs per published event (publishing to the end of the drain)", nodesCPU))
+        let nodes = processes.filter { $0.name != "harness" }
+        if nodes.isEmpty {
+            print("cpu of the nodes: not measured (running nodes, --attach)")
+        } else {
+            print(String(format: "cpu of all nodes: %.1f µs per published event (publishing to the end of the drain)", nodes.reduce(0) { $0 + $1.cpuMicrosecondsPerEvent }))
+        }
     }
 }
 

@@ -68,6 +68,7 @@ final class LoadRun: @unchecked Sendable {
     var nodes: [String: LoadNode] = [:]
     var nodeCounter = 0
     var subscriptionIDs: [String] = []
+    var subscriptionProjects: [String] = []
     let published = Atomic<Int>(0)
     let expectedSoFar = Atomic<Int>(0)
     var intervals: [LoadResult.Interval] = []
@@ -80,12 +81,19 @@ final class LoadRun: @unchecked Sendable {
     init(options: Load) async throws {
         self.options = options
         scenario = try options.events.map(ScenarioEvent.init).sorted { $0.at < $1.at }
-        prefix = "herald-load-\(id):"
-        vhost = "herald-load-\(id)"
-        guard options.amqpURL.hasSuffix("/%2F") || options.amqpURL.hasSuffix("/") else {
-            throw ValidationError("--amqp-url \(options.amqpURL): give the broker's root vhost URL (…/%2F); the run makes a vhost of its own")
+        if options.attach != nil {
+            // The running cluster's own vhost and prefix, used as they are.
+            prefix = options.keyPrefix
+            vhost = ""
+            vhostURL = options.amqpURL
+        } else {
+            prefix = "herald-load-\(id):"
+            vhost = "herald-load-\(id)"
+            guard options.amqpURL.hasSuffix("/%2F") || options.amqpURL.hasSuffix("/") else {
+                throw ValidationError("--amqp-url \(options.amqpURL): give the broker's root vhost URL (…/%2F); the run makes a vhost of its own")
+            }
+            vhostURL = options.amqpURL.replacingOccurrences(of: "/%2F", with: "") .trimmingCharacters(in: CharacterSet(charactersIn: "/")) + "/" + vhost
         }
-        vhostURL = options.amqpURL.replacingOccurrences(of: "/%2F", with: "") .trimmingCharacters(in: CharacterSet(charactersIn: "/")) + "/" + vhost
         executable = try options.herald ?? URL(fileURLWithPath: FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
             .deletingLastPathComponent().appendingPathComponent("herald").path
         guard FileManager.default.isExecutableFile(atPath: executable) else {
@@ -168,17 +176,27 @@ final class LoadRun: @unchecked Sendable {
             let held = await partitionsByNode()
             if held.values.reduce(0, +) == options.partitions {
                 var ready = true
-                for node in nodes.values where !(await isReady(node, timeout: .seconds(2))) { ready = false }
+                for api in nodeAPIs where !(await isReady(api: api, timeout: .seconds(2))) { ready = false }
                 if ready { return }
             }
             try await Task.sleep(for: .milliseconds(200))
         }
-        throw ValidationError("the nodes did not become ready with every partition held within \(timeout); see \(options.out)/node-*.log")
+        throw ValidationError("the nodes did not become ready with every partition held within \(timeout)" +
+                              (options.attach == nil ? "; see \(options.out)/node-*.log" : " (are --key-prefix \(prefix) and --partitions \(options.partitions) the nodes' own?)"))
+    }
+
+    /// The API of every node: those the harness started, or those of --attach.
+    var nodeAPIs: [String] {
+        options.attach == nil ? nodes.values.sorted { $0.name < $1.name }.map { "http://127.0.0.1:\($0.apiPort)" } : options.attachedAPIs
     }
 
     /// Whether the node's /readyz answers 200.
     func isReady(_ node: LoadNode, timeout: Duration) async -> Bool {
-        var request = HTTPClientRequest(url: "http://127.0.0.1:\(node.apiPort)/readyz")
+        await isReady(api: "http://127.0.0.1:\(node.apiPort)", timeout: timeout)
+    }
+
+    func isReady(api: String, timeout: Duration) async -> Bool {
+        var request = HTTPClientRequest(url: "\(api)/readyz")
         request.method = .GET
         return (try? await HTTPClient.shared.execute(request, timeout: .milliseconds(timeout.milliseconds)).status) == .ok
     }
@@ -194,9 +212,11 @@ final class LoadRun: @unchecked Sendable {
         DeliveryRecorder(start: start, rate: rate, subscriptionIndex: Dictionary(uniqueKeysWithValues: subscriptionIDs.enumerated().map { ($1, $0) }), eventPrefix: eventPrefix)
     }
 
-    /// Creates the subscriptions through node-1's API, 16 at a time.
+    /// Creates the subscriptions through the first node's API, 16 at a time. Into running
+    /// nodes (--attach) each names the sink as its Zaqar.
     func createSubscriptions(_ subscriptions: [Subscription]) async throws {
-        let port = nodes["node-1"]!.apiPort
+        let api = nodeAPIs[0]
+        let zaqarURL = options.attach == nil ? nil : sink!.url
         var ids = [String](repeating: "", count: subscriptions.count)
         try await withThrowingTaskGroup(of: (Int, String).self) { group in
             var next = 0
@@ -206,12 +226,12 @@ final class LoadRun: @unchecked Sendable {
                 let subscription = subscriptions[index]
                 next += 1
                 group.addTask {
-                    var request = HTTPClientRequest(url: "http://127.0.0.1:\(port)/v1/subscriptions")
+                    var request = HTTPClientRequest(url: "\(api)/v1/subscriptions")
                     request.method = .POST
                     request.headers.add(name: "X-Project-Id", value: subscription.project)
                     request.headers.add(name: "Content-Type", value: "application/json")
                     let body: [String: Any] = [
-                        "event_types": subscription.eventTypes, "target": ["queue": subscription.target.queue],
+                        "event_types": subscription.eventTypes, "target": ["queue": subscription.target.queue, "zaqar_url": zaqarURL.map { $0 as Any } ?? NSNull()],
                         "conditions": subscription.conditions.map { ["field": $0.field, "op": $0.op.rawValue, "value": $0.value?.foundationObject ?? NSNull()] },
                     ]
                     request.body = .bytes(ByteBuffer(bytes: try JSONSerialization.data(withJSONObject: body)))
@@ -230,12 +250,28 @@ final class LoadRun: @unchecked Sendable {
             }
         }
         subscriptionIDs = ids
+        subscriptionProjects = subscriptions.map(\.project)
+    }
+
+    /// Deletes the subscriptions the run created (--attach: the cluster is not the run's own).
+    func deleteSubscriptions() async {
+        var failed = 0
+        for (id, project) in zip(subscriptionIDs, subscriptionProjects) where !id.isEmpty {
+            var request = HTTPClientRequest(url: "\(nodeAPIs[0])/v1/subscriptions/\(id)")
+            request.method = .DELETE
+            request.headers.add(name: "X-Project-Id", value: project)
+            let status = try? await HTTPClient.shared.execute(request, timeout: .seconds(30)).status
+            if status != .noContent && status != .ok { failed += 1 }
+        }
+        if failed > 0 { log("could not delete \(failed) of the run's \(subscriptionIDs.count) subscriptions; delete them through the API") }
     }
 
     func execute() async throws -> LoadResult {
         let options = options
-        try control("rabbitmqctl", "add_vhost", vhost)
-        try control("rabbitmqctl", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        if options.attach == nil {
+            try control("rabbitmqctl", "add_vhost", vhost)
+            try control("rabbitmqctl", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        }
 
         // What each template reaches, by the same index the nodes use.
         let subscriptions = corpus.subscriptions(options.subscriptions)
@@ -251,8 +287,12 @@ final class LoadRun: @unchecked Sendable {
         // The sink first (the nodes need its URL); it records once the clock starts.
         let zaqarURL = try options.zaqarURL
         sink = try await RecordingSink.start(upstream: zaqarURL)
-        for _ in 0..<options.nodes { _ = try startNode() }
-        log("\(options.nodes) nodes starting (\(executable)), vhost \(vhost), key prefix \(prefix), sink \(sink!.url)")
+        if options.attach == nil {
+            for _ in 0..<options.nodes { _ = try startNode() }
+            log("\(options.nodes) nodes starting (\(executable)), vhost \(vhost), key prefix \(prefix), sink \(sink!.url)")
+        } else {
+            log("using the running nodes \(nodeAPIs.joined(separator: ", ")), key prefix \(prefix), sink \(sink!.url)")
+        }
         try await waitReady(timeout: .seconds(60))
         log("creating \(options.subscriptions) subscriptions through the API")
         try await createSubscriptions(subscriptions)
@@ -270,6 +310,7 @@ final class LoadRun: @unchecked Sendable {
         let recorder = recorder(start: start, rate: rate)
         sink!.use(recorder)
         let storedBefore = zaqarURL == nil ? nil : await zaqarStored(subscriptions, url: zaqarURL!)
+        let deadLettersBefore = await deadLetterCount()
 
         let expectedPerTemplate = templates.map(\.matches.count)
         let total = rate * options.duration
@@ -318,7 +359,7 @@ final class LoadRun: @unchecked Sendable {
             zaqar = LoadResult.ZaqarCheck(url: zaqarURL, storedBefore: storedBefore, storedAfter: await zaqarStored(subscriptions, url: zaqarURL), accepted: accepted,
                                           refusedByStatus: Dictionary(uniqueKeysWithValues: sink!.refused.withLock { $0 }.map { ("\($0.key)", $0.value) }))
         }
-        let deadLetters = (try? await DeadLetterStore(redis: redis, keyPrefix: prefix).countsByReason().values.reduce(0, +)) ?? 0
+        let deadLetters = await deadLetterCount() - deadLettersBefore
         _ = await sampler.value
         for node in nodes.values { node.sampleCPU() }
         for node in nodes.values where node.process.isRunning { node.signal(SIGTERM) }
@@ -338,11 +379,16 @@ final class LoadRun: @unchecked Sendable {
         }
         processes.append(.init(name: "harness", cpuSeconds: harnessCPU, cpuMicrosecondsPerEvent: harnessCPU * 1e6 / Double(max(publishedCount, 1)), exitStatus: nil))
         return LoadResult(
-            rate: rate, duration: options.duration, nodes: options.nodes, subscriptions: options.subscriptions, projects: options.projects,
+            rate: rate, duration: options.duration, nodes: options.attach == nil ? options.nodes : nodeAPIs.count, subscriptions: options.subscriptions, projects: options.projects,
             partitions: options.partitions, averageEventBytes: averageBytes, published: publishedCount, expectedDeliveries: expectedSoFar.load(ordering: .relaxed),
             delivered: state.delivered, lost: lost, duplicates: state.duplicates, stillQueued: stillQueued, deadLetters: deadLetters, latencyMs: DeliveryRecorder.percentiles(state.latency),
             intervals: intervals, events: scenario, processes: processes, baselines: baselines, zaqar: zaqar
         )
+    }
+
+    /// Dead letters under the run's key prefix (the whole cluster's with --attach).
+    func deadLetterCount() async -> Int {
+        (try? await DeadLetterStore(redis: redis, keyPrefix: prefix).countsByReason().values.reduce(0, +)) ?? 0
     }
 
     /// Messages Zaqar holds in the subscriptions' queues (its stats' totals, summed); nil if a
@@ -472,6 +518,12 @@ final class LoadRun: @unchecked Sendable {
     }
 
     func cleanUp() async {
+        if options.attach != nil {
+            // Not the run's own cluster: only its subscriptions go.
+            await deleteSubscriptions()
+            await sink?.stop()
+            return
+        }
         for node in nodes.values where node.process.isRunning {
             node.signal(SIGCONT)
             node.signal(SIGKILL)

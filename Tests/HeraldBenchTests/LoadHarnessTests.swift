@@ -20,6 +20,23 @@ struct LoadHarnessTests {
         }
     }
 
+    @Test("--attach takes API URLs and refuses what needs nodes the harness started, naming it")
+    func attach() throws {
+        let load = try Load.parse(["--attach", "http://127.0.0.1:8080, http://127.0.0.1:8081/", "--event", "5:sink-fail:2", "--event", "8:restart-redis"])
+        #expect(load.attachedAPIs == ["http://127.0.0.1:8080", "http://127.0.0.1:8081"])
+        for (arguments, named) in [
+            (["--baselines"], "--baselines"), (["--event", "3:kill9:node-1"], "kill9 node-1"), (["--event", "3:add-node"], "add-node"),
+        ] {
+            #expect {
+                _ = try Load.parse(["--attach", "http://127.0.0.1:8080"] + arguments)
+            } throws: { error in
+                Load.message(for: error).contains(named)
+            }
+        }
+        #expect(throws: (any Error).self) { _ = try Load.parse(["--attach", "127.0.0.1:8080"]) }
+        #expect(try Load.parse([]).attachedAPIs.isEmpty)
+    }
+
     @Test("the recorder counts each (subscription, event) once, duplicates apart, latency from the intended time")
     func recorder() {
         let start: UInt64 = 1_000_000_000

@@ -396,7 +396,7 @@ final class RecordingSink: Sendable {
     let upstream: Upstream?
     private let recorderBox = Mutex<DeliveryRecorder?>(nil)
     private let mode = Atomic<Int>(0)
-    /// Requests Zaqar (or the built-in answer) took, and those it refused, by status.
+    /// Forwarded requests Zaqar refused (or the sink could not forward: 502), by status.
     let refused = Mutex<[Int: Int]>([:])
     var url: String { "http://127.0.0.1:\(channel.localAddress!.port!)" }
 

@@ -301,7 +301,7 @@ extension LoadRun {
                         var request = HTTPClientRequest(url: "\(url)/v2/queues/\(all[index].queue)/messages")
                         request.method = .POST
                         request.headers.add(name: "Content-Type", value: "application/json")
-                        request.headers.add(name: "Client-ID", value: "5e1f5b4c-6b8e-4a3c-9a51-3f6a2d7c9b10")
+                        request.headers.add(name: "Client-ID", value: LoadRun.clientID)
                         request.headers.add(name: "X-Project-ID", value: all[index].project)
                         request.body = .bytes(ByteBuffer(bytes: all[index].body))
                         let response = try await client.execute(request, timeout: .seconds(30))

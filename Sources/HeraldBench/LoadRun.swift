@@ -75,6 +75,8 @@ final class LoadRun: @unchecked Sendable {
     let redis: RedisClient
     var sink: RecordingSink?
     static let placeholder = "HERALD-LOAD-MESSAGE-ID"
+    /// The Client-ID of the harness's own requests to Zaqar (Zaqar wants a UUID on each).
+    static let clientID = "5e1f5b4c-6b8e-4a3c-9a51-3f6a2d7c9b10"
     /// The scenario, in time order (validated by `Load.validate`).
     let scenario: [ScenarioEvent]
 
@@ -394,13 +396,14 @@ final class LoadRun: @unchecked Sendable {
     /// Messages Zaqar holds in the subscriptions' queues (its stats' totals, summed); nil if a
     /// queue's stats could not be read (logged).
     func zaqarStored(_ subscriptions: [Subscription], url: String) async -> Int? {
-        let queues = Set(subscriptions.map { "\($0.project)/\($0.target.queue)" }).sorted()
+        // Each (project, queue) once.
+        let queues = Set(subscriptions.map { [$0.project, $0.target.queue] })
         var total = 0
         for key in queues {
-            let parts = key.split(separator: "/", maxSplits: 1).map(String.init)
-            var request = HTTPClientRequest(url: "\(url)/v2/queues/\(parts[1])/stats")
-            request.headers.add(name: "Client-ID", value: "5e1f5b4c-6b8e-4a3c-9a51-3f6a2d7c9b10")
-            request.headers.add(name: "X-Project-ID", value: parts[0])
+            let (project, queue) = (key[0], key[1])
+            var request = HTTPClientRequest(url: "\(url)/v2/queues/\(queue)/stats")
+            request.headers.add(name: "Client-ID", value: Self.clientID)
+            request.headers.add(name: "X-Project-ID", value: project)
             do {
                 let response = try await HTTPClient.shared.execute(request, timeout: .seconds(30))
                 let body = try await response.body.collect(upTo: 1 << 20)
@@ -410,7 +413,7 @@ final class LoadRun: @unchecked Sendable {
                 else { throw ValidationError("\(response.status) \(String(buffer: body))") }
                 total += count
             } catch {
-                log("cannot read Zaqar's stats of queue \(parts[1]) in project \(parts[0]): \(error)")
+                log("cannot read Zaqar's stats of queue \(queue) in project \(project): \(error)")
                 return nil
             }
         }

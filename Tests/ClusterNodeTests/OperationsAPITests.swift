@@ -42,9 +42,9 @@ extension APISuites {
 
                 let replay = try await client.call(.post, "/v1/dead-letters/replay")
                 #expect(replay.status == .ok, "\(replay.text)")
-                #expect((replay.object["replayed"] as? [String])?.count == 1)
+                #expect((replay.object["replayed"] as? [String])?.count == 1, "\(replay.text)")
                 let failed = replay.object["failed"] as? [[String: Any]] ?? []
-                #expect(failed.count == 1)
+                #expect(failed.count == 1, "\(replay.text)")
                 #expect((failed.first?["reason"] as? String)?.contains("no longer exists") == true)
                 let bodies = try await harness.zaqar.bodies(queue: queue, project: "p1")
                 #expect(bodies.compactMap { ($0["herald"] as? [String: Any])?["event_id"] as? String } == ["e1"])

@@ -123,7 +123,7 @@ def check_custom_resource(values_file, path, document):
     if kind == "ScaledObject" and document["apiVersion"] == "keda.sh/v1alpha1":
         trigger = spec.get("triggers", [{}])[0]
         if spec.get("scaleTargetRef", {}).get("name") and trigger.get("type") == "rabbitmq" \
-                and trigger.get("metadata", {}).get("queueName") == "herald.ingest" \
+                and str(trigger.get("metadata", {}).get("queueName", "")).endswith(".ingest") \
                 and isinstance(spec.get("minReplicaCount"), int) and isinstance(spec.get("maxReplicaCount"), int):
             return
     elif kind == "ServiceMonitor" and document["apiVersion"] == "monitoring.coreos.com/v1":

@@ -4,12 +4,34 @@ import Foundation
 import HeraldModel
 import Logging
 import Messaging
+import Metrics
 import Synchronization
 
 extension DeadLetterStore: DeadLetterSink {
     public func deadLetter(_ letters: [DeadLetter]) async throws {
-        try await append(letters)
+        DeadLetterMetrics.trimmed(try await append(letters))
     }
+}
+
+/// `herald_dead_letters_dropped_total{reason}`: older letters trimmed to keep within the budget
+/// (bounded labels: the reasons Herald knows, else `other`).
+enum DeadLetterMetrics {
+    static let counters = Dictionary(uniqueKeysWithValues: (DeadLetter.Reason.allCases.map(\.rawValue) + ["other"]).map {
+        ($0, Counter(label: "herald_dead_letters_dropped_total", dimensions: [("reason", $0)]))
+    })
+
+    static func trimmed(_ byReason: [String: Int]) {
+        for (reason, count) in byReason {
+            (counters[reason] ?? counters["other"])?.increment(by: count)
+        }
+        if !byReason.isEmpty {
+            logger.warning("dead letters trimmed to keep within the budget (HERALD_DEAD_LETTERS_MAX, HERALD_DEAD_LETTERS_PROJECT_MAX)", metadata: [
+                "herald.trimmed": "\(byReason.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ","))",
+            ])
+        }
+    }
+
+    static let logger = Logger(label: "herald.dead-letters")
 }
 
 /// One cluster node, assembled: ingest, owned partitions, delivery, the registry
@@ -55,7 +77,7 @@ final class HeraldNode: Sendable {
             redis: redis, logger: logger
         )
         registry = SubscriptionRegistry(redis: redis, keyPrefix: configuration.keyPrefix, logger: logger)
-        deadLetters = DeadLetterStore(redis: RedisClient(configuration: redis, logger: logger), keyPrefix: configuration.keyPrefix)
+        deadLetters = DeadLetterStore(redis: RedisClient(configuration: redis, logger: logger), keyPrefix: configuration.keyPrefix, budget: configuration.deadLetterBudget)
         keystone = configuration.keystone.map { KeystoneClient(configuration: $0, logger: logger) }
     }
 
@@ -88,10 +110,13 @@ final class HeraldNode: Sendable {
             }
         }
 
-        let zaqar = ZaqarClient(tokens: keystone)
+        let zaqar = ZaqarClient(requestTimeout: configuration.deliveryTimeout, tokens: keystone)
         var delivery = DeliveryConfiguration()
         delivery.linger = configuration.deliveryLinger
-        let batcher = try DeliveryBatcher(configuration: delivery, zaqar: zaqar, deadLetters: deadLetters, logger: logger)
+        delivery.projectMaxMessages = configuration.deliveryProjectMaxMessages
+        let batcher = try DeliveryBatcher(
+            configuration: delivery, zaqar: zaqar, deadLetters: deadLetters, endpoints: try ZaqarEndpoints(urls: configuration.zaqarAllowedURLs), logger: logger
+        )
         let owners = PartitionOwners(connection: connection, coordinator: coordinator, batcher: batcher, index: index, configuration: configuration,
                                      deadLetters: deadLetters, statistics: statistics, logger: logger)
         let ownership = Task { await owners.run() }

@@ -1,5 +1,7 @@
 import Coordination
+import Delivery
 import Foundation
+import HeraldModel
 import Logging
 import Messaging
 
@@ -60,6 +62,22 @@ struct NodeConfiguration: Sendable {
     /// HERALD_SIGNED_URL_*: when pre-signed URLs are renewed (or warned about) and for how long
     /// a renewed one is made.
     var signedURLs: SignedURLPolicy
+    /// HERALD_ZAQAR_ALLOWED_URLS: the Zaqar endpoints a subscription's `zaqar_url` may name
+    /// (scheme, host, port and path prefix). Default: HERALD_ZAQAR_URL alone.
+    var zaqarAllowedURLs: [String]
+    /// HERALD_QUOTA_SUBSCRIPTIONS, HERALD_RATE_SUBSCRIPTION_CHANGES, HERALD_REPLAY_MAX, HERALD_RATE_REPLAYS.
+    var limits: APILimits
+    /// HERALD_DELIVERY_TIMEOUT_SECONDS: the deadline of one request to a target, whole. Default 10.
+    var deliveryTimeout: Duration
+    /// HERALD_DELIVERY_PROJECT_MAX_MESSAGES: messages one project's queues may hold in a node's
+    /// delivery buffers (of 50000 in all). Default 10000.
+    var deliveryProjectMaxMessages: Int
+    /// HERALD_DEAD_LETTERS_MAX, HERALD_DEAD_LETTERS_PROJECT_MAX, HERALD_DEAD_LETTER_BODY_BYTES,
+    /// HERALD_DEAD_LETTERS_IDLE_DAYS: how much dead-letter storage the cluster uses.
+    var deadLetterBudget: DeadLetterBudget
+    /// HERALD_CLUSTER: the cluster's name in its AMQP names (`<cluster>.ingest`, ...). Default:
+    /// HERALD_KEY_PREFIX without its trailing `:` (`herald`).
+    var names: ClusterNames
     /// HERALD_LOG_LEVEL: trace, debug, info, notice, warning, error, critical. Default info.
     var logLevel: String
     /// HERALD_LOG_FORMAT: text or json (one JSON object per line). Default text.
@@ -74,7 +92,10 @@ struct NodeConfiguration: Sendable {
         "HERALD_KEYSTONE_PASSWORD", "HERALD_KEYSTONE_PROJECT", "HERALD_KEYSTONE_USER_DOMAIN", "HERALD_KEYSTONE_PROJECT_DOMAIN",
         "HERALD_KEYSTONE_CACHE_SECONDS", "HERALD_KEYSTONE_TRUST_ROLES", "HERALD_SIGNED_URL_RENEW_SECONDS",
         "HERALD_SIGNED_URL_LIFETIME_SECONDS", "HERALD_SIGNED_URL_CHECK_SECONDS", "HERALD_INGEST_WATCH_SECONDS",
-        "HERALD_DELIVERY_LINGER_MS",
+        "HERALD_DELIVERY_LINGER_MS", "HERALD_ZAQAR_ALLOWED_URLS", "HERALD_QUOTA_SUBSCRIPTIONS", "HERALD_RATE_SUBSCRIPTION_CHANGES",
+        "HERALD_REPLAY_MAX", "HERALD_RATE_REPLAYS", "HERALD_DELIVERY_TIMEOUT_SECONDS", "HERALD_DELIVERY_PROJECT_MAX_MESSAGES",
+        "HERALD_CLUSTER", "HERALD_DEAD_LETTERS_MAX", "HERALD_DEAD_LETTERS_PROJECT_MAX", "HERALD_DEAD_LETTER_BODY_BYTES",
+        "HERALD_DEAD_LETTERS_IDLE_DAYS",
     ]
 
     /// An unknown key is a typo that would otherwise be ignored: it stops start-up.
@@ -116,13 +137,27 @@ struct NodeConfiguration: Sendable {
         guard !trustRoles.isEmpty else {
             throw ConfigurationError(key: "HERALD_KEYSTONE_TRUST_ROLES", value: environment["HERALD_KEYSTONE_TRUST_ROLES"] ?? "", expected: "a comma-separated list of role names, such as member")
         }
+        let zaqarURL = string("HERALD_ZAQAR_URL", "http://127.0.0.1:8888")
+        let keyPrefix = string("HERALD_KEY_PREFIX", "herald:")
+        let clusterName = string("HERALD_CLUSTER", ClusterNames.derived(fromKeyPrefix: keyPrefix))
+        let names: ClusterNames
+        do {
+            names = try ClusterNames(cluster: clusterName)
+        } catch {
+            throw ConfigurationError(key: environment["HERALD_CLUSTER"].map { $0.isEmpty ? "HERALD_KEY_PREFIX" : "HERALD_CLUSTER" } ?? "HERALD_KEY_PREFIX", value: clusterName, expected: "a cluster name for AMQP: \(error)")
+        }
+        var deadLetterBudget = DeadLetterBudget()
+        deadLetterBudget.max = try integer("HERALD_DEAD_LETTERS_MAX", 20_000, 100...10_000_000)
+        deadLetterBudget.projectMax = try integer("HERALD_DEAD_LETTERS_PROJECT_MAX", 1_000, 10...1_000_000)
+        deadLetterBudget.bodyBytes = try integer("HERALD_DEAD_LETTER_BODY_BYTES", 16_384, 1_024...1_048_576)
+        deadLetterBudget.projectIdle = .seconds(86_400 * (try integer("HERALD_DEAD_LETTERS_IDLE_DAYS", 14, 1...365)))
         let configuration = NodeConfiguration(
             nodeID: string("HERALD_NODE_ID", ProcessInfo.processInfo.hostName),
             redisURL: string("HERALD_REDIS_URL", "redis://127.0.0.1:6379/0"),
             amqpURL: string("HERALD_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F"),
-            zaqarURL: string("HERALD_ZAQAR_URL", "http://127.0.0.1:8888"),
+            zaqarURL: zaqarURL,
             partitions: try integer("HERALD_PARTITIONS", 256, 1...65536),
-            keyPrefix: string("HERALD_KEY_PREFIX", "herald:"),
+            keyPrefix: keyPrefix,
             exchanges: string("HERALD_EXCHANGES", defaultExchanges.joined(separator: ",")).split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty },
             exchangesDurable: try boolean("HERALD_EXCHANGES_DURABLE", false),
             ceilometerEvents: try boolean("HERALD_CEILOMETER_EVENTS", false),
@@ -150,6 +185,17 @@ struct NodeConfiguration: Sendable {
                 lifetime: .seconds(try integer("HERALD_SIGNED_URL_LIFETIME_SECONDS", 604_800, 300...31_536_000)),
                 checkEvery: .seconds(try integer("HERALD_SIGNED_URL_CHECK_SECONDS", 60, 1...3600))
             ),
+            zaqarAllowedURLs: string("HERALD_ZAQAR_ALLOWED_URLS", zaqarURL).split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty },
+            limits: APILimits(
+                subscriptionsPerProject: try integer("HERALD_QUOTA_SUBSCRIPTIONS", 100, 1...100_000),
+                changesPerMinute: try integer("HERALD_RATE_SUBSCRIPTION_CHANGES", 60, 1...100_000),
+                replayPerCall: try integer("HERALD_REPLAY_MAX", 100, 1...1000),
+                replaysPerMinute: try integer("HERALD_RATE_REPLAYS", 1000, 1...1_000_000)
+            ),
+            deliveryTimeout: .seconds(try integer("HERALD_DELIVERY_TIMEOUT_SECONDS", 10, 1...300)),
+            deliveryProjectMaxMessages: try integer("HERALD_DELIVERY_PROJECT_MAX_MESSAGES", 10_000, 5_000...50_000),
+            deadLetterBudget: deadLetterBudget,
+            names: names,
             logLevel: string("HERALD_LOG_LEVEL", "info"),
             logFormat: string("HERALD_LOG_FORMAT", "text")
         )
@@ -162,6 +208,14 @@ struct NodeConfiguration: Sendable {
         do { _ = try AMQPConfiguration(url: amqpURL) } catch { throw ConfigurationError(key: "HERALD_AMQP_URL", value: amqpURL, expected: "\(error)") }
         guard let zaqar = URL(string: zaqarURL), ["http", "https"].contains(zaqar.scheme ?? ""), zaqar.host != nil else {
             throw ConfigurationError(key: "HERALD_ZAQAR_URL", value: zaqarURL, expected: "an http(s) URL such as http://zaqar:8888")
+        }
+        do {
+            let endpoints = try ZaqarEndpoints(urls: zaqarAllowedURLs)
+            guard endpoints.permits(zaqarURL) else {
+                throw ConfigurationError(key: "HERALD_ZAQAR_ALLOWED_URLS", value: zaqarAllowedURLs.joined(separator: ","), expected: "a list that includes HERALD_ZAQAR_URL (\(zaqarURL))")
+            }
+        } catch let error as DeliveryError {
+            throw ConfigurationError(key: "HERALD_ZAQAR_ALLOWED_URLS", value: zaqarAllowedURLs.joined(separator: ","), expected: "comma-separated http(s) URLs: \(error.message)")
         }
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ConfigurationError(key: "HERALD_LOG_LEVEL", value: logLevel, expected: "one of " + Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))
@@ -207,7 +261,19 @@ struct ConfigurationError: Error, CustomStringConvertible {
     var key: String
     var value: String
     var expected: String
-    var description: String { "invalid configuration: \(key)='\(value)': \(expected)" }
+    /// Never a password: a URL's is replaced by `***`, a password setting's whole value too, and
+    /// the `expected` text (which may quote the value) is cleaned the same way.
+    var description: String {
+        let shown = key.contains("PASSWORD") ? (value.isEmpty ? "" : "***") : Self.redacted(value)
+        return "invalid configuration: \(key)=\(SafeText.quoted(shown, limit: 300)): \(SafeText.clean(Self.redacted(expected), limit: 600))"
+    }
+
+    /// `scheme://user:secret@host` → `scheme://user:***@host` (and `,user:secret@host2` of a
+    /// multi-host URL), wherever it appears in `text`.
+    static func redacted(_ text: String) -> String {
+        guard let pattern = try? NSRegularExpression(pattern: "((?:://|,)[^:/@\\s,]*):[^@\\s,]*@") else { return text }
+        return pattern.stringByReplacingMatches(in: text, range: NSRange(text.startIndex..., in: text), withTemplate: "$1:***@")
+    }
 }
 
 /// When Herald acts on pre-signed URLs: within `renewBefore` of expiry it renews one through the

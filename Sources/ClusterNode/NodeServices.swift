@@ -37,7 +37,7 @@ struct NodeAssembly: Sendable {
                      signals: [UnixSignal] = [.sigterm, .sigint],
                      onListening: @escaping @Sendable (Int) -> Void = { _ in }) throws -> NodeAssembly {
         let node = try HeraldNode(configuration: configuration, logger: logger)
-        let zaqar = ZaqarClient(tokens: node.keystone)
+        let zaqar = ZaqarClient(requestTimeout: configuration.deliveryTimeout, tokens: node.keystone)
         let gauges = NodeGauges(registry: metrics)
         let services = APIServices(
             registry: node.registry, deadLetters: node.deadLetters, defaultZaqarURL: configuration.zaqarURL,
@@ -48,7 +48,10 @@ struct NodeAssembly: Sendable {
                 return metrics.emitToString()
             },
             keystone: node.keystone,
-            signedURLs: configuration.signedURLs
+            signedURLs: configuration.signedURLs,
+            endpoints: try ZaqarEndpoints(urls: configuration.zaqarAllowedURLs),
+            limits: configuration.limits,
+            rates: RateLimiter(redis: RedisClient(configuration: try RedisConfiguration(url: configuration.redisURL), logger: logger), keyPrefix: configuration.keyPrefix)
         )
         let api = HeraldAPI(services: services)
         let router: Router<APIContext>

@@ -7,18 +7,14 @@ import Messaging
 import Metrics
 import Synchronization
 
-/// Herald's AMQP names (DESIGN.md, "Partitions").
+/// Herald's AMQP names (DESIGN.md, "Partitions"), with the cluster's name (`ClusterNames`).
 enum Topology {
-    static let ingest = "herald.ingest"
-    static let partitions = "herald.partitions"
-    static let dead = "herald.dead"
-
-    static func partitionQueue(_ partition: Int) -> String { "herald.p.\(partition)" }
-
     /// Declares the notification exchanges as oslo.messaging does (topic), Herald's own
     /// ingest queue bound to them (never the shared notifications.info queue), the
     /// partition exchange, the dead-letter exchange, and the P partition queues.
     static func declare(on channel: AMQPChannel, configuration: NodeConfiguration) async throws {
+        let names = configuration.names
+        let ingest = names.ingest, partitions = names.partitions, dead = names.dead
         var sources = configuration.exchanges.flatMap { exchange in ["notifications.info", "notifications.error"].map { (exchange, $0) } }
         if configuration.ceilometerEvents { sources.append(("ceilometer", "event.sample")) }
         let queueArguments: AMQPTable = ["x-queue-type": .string(configuration.queueType)]
@@ -45,12 +41,12 @@ enum Topology {
         try await channel.declareQueue(dead, options: AMQPQueueOptions(durable: true, arguments: queueArguments))
         try await channel.bindQueue(dead, to: dead, routingKey: "")
         for partition in 0..<configuration.partitions {
-            try await channel.declareQueue(partitionQueue(partition), options: AMQPQueueOptions(durable: true, arguments: [
+            try await channel.declareQueue(names.partitionQueue(partition), options: AMQPQueueOptions(durable: true, arguments: [
                 "x-single-active-consumer": .bool(true),
                 "x-dead-letter-exchange": .string(dead),
                 "x-queue-type": .string(configuration.queueType),
             ]))
-            try await channel.bindQueue(partitionQueue(partition), to: partitions, routingKey: "\(partition)")
+            try await channel.bindQueue(names.partitionQueue(partition), to: partitions, routingKey: "\(partition)")
         }
     }
 }
@@ -109,6 +105,14 @@ final class IngestService: Sendable {
     let statistics: Locked<PipelineStatistics>
     private let consumer = Mutex<AMQPConsumer?>(nil)
     private let stopped = Atomic<Bool>(false)
+    /// Republish failures per notification (FNV-1a of its body), so that one the broker refuses
+    /// for a reason of its own is dead-lettered after `maxRepublishFailures` instead of being
+    /// requeued for ever. Bounded: emptied when it reaches `failureMemory` entries.
+    private let republishFailures = Mutex<[UInt64: Int]>([:])
+    static let maxRepublishFailures = 3
+    static let failureMemory = 10_000
+    /// The longest event type, message id or project routed: AMQP short strings hold 255 bytes.
+    static let maxRoutedField = 255
 
     init(connection: AMQPConnection, configuration: NodeConfiguration, deadLetters: DeadLetterStore, statistics: Locked<PipelineStatistics>, logger: Logger) {
         self.connection = connection
@@ -128,7 +132,7 @@ final class IngestService: Sendable {
                 try await consumeOnce()
                 failures = 0
                 if stopped.load(ordering: .relaxed) { break }
-                logger.error("the \(Topology.ingest) consumer ended without a stop; consuming again")
+                logger.error("the \(configuration.names.ingest) consumer ended without a stop; consuming again")
             } catch {
                 failures += 1
                 if stopped.load(ordering: .relaxed) { break }
@@ -145,29 +149,35 @@ final class IngestService: Sendable {
         defer { Task { await consuming.close(); await publishing.close() } }
         try await Topology.declare(on: publishing, configuration: configuration)
         try await publishing.enableConfirms()
-        let consumer = try await consuming.consume(Topology.ingest, prefetch: configuration.ingestPrefetch)
+        let consumer = try await consuming.consume(configuration.names.ingest, prefetch: configuration.ingestPrefetch)
         self.consumer.withLock { $0 = consumer }
         if stopped.load(ordering: .relaxed) { try? await consumer.cancel() }
         let watchdog = Task { await watch(consumer) }
         defer { watchdog.cancel() }
         // Confirms are awaited in order on a second task, so publishing never waits for them.
-        let (pending, pendingContinuation) = AsyncStream.makeStream(of: (AMQPDelivery, AMQPPublishTicket?).self)
+        let (pending, pendingContinuation) = AsyncStream.makeStream(of: (AMQPDelivery, AMQPPublishTicket?, UInt64).self)
         let acker = Task {
-            for await (delivery, ticket) in pending {
+            for await (delivery, ticket, fingerprint) in pending {
                 do {
                     try await ticket?.wait()
                     consuming.ack(delivery)
                 } catch {
-                    // Not confirmed: give it back to the queue to be routed again.
-                    logger.warning("republishing to a partition failed; requeueing", metadata: ["error": "\(error)"])
+                    // Not confirmed: give it back to the queue to be routed again (up to a limit: route()).
+                    let failures = republishFailures.withLock { failures in
+                        if failures.count >= Self.failureMemory { failures.removeAll() }
+                        failures[fingerprint, default: 0] += 1
+                        return failures[fingerprint, default: 0]
+                    }
+                    logger.warning("republishing to a partition failed; requeueing", metadata: ["error": "\(error)", "herald.attempt": "\(failures)"])
                     consuming.nack(delivery, requeue: true)
                 }
             }
         }
         do {
             for try await delivery in consumer {
-                let routed = await route(delivery)
-                pendingContinuation.yield((delivery, routed.map { publishing.publishInOrder($0) }))
+                let fingerprint = PartitionHash.fnv1a64(delivery.body)
+                let routed = await route(delivery, fingerprint: fingerprint)
+                pendingContinuation.yield((delivery, routed.map { publishing.publishInOrder($0) }, fingerprint))
             }
         } catch {
             pendingContinuation.finish()
@@ -188,15 +198,15 @@ final class IngestService: Sendable {
             if Task.isCancelled || stopped.load(ordering: .relaxed) { return }
             guard connection.isConnected, let channel = try? await connection.openChannel() else { continue }
             let answer: Result<AMQPQueueState, any Error>
-            do { answer = .success(try await channel.declareQueuePassive(Topology.ingest)) } catch { answer = .failure(error) }
+            do { answer = .success(try await channel.declareQueuePassive(configuration.names.ingest)) } catch { answer = .failure(error) }
             await channel.close()
             switch answer {
             case .success(let state) where state.consumerCount == 0:
-                logger.error("RabbitMQ lists no consumer on \(Topology.ingest) although this node consumes it; consuming anew", metadata: [
+                logger.error("RabbitMQ lists no consumer on \(configuration.names.ingest) although this node consumes it; consuming anew", metadata: [
                     "amqp.messages": "\(state.messageCount)", "amqp.consumer": "\(consumer.tag)",
                 ])
             case .failure(let error as MessagingError) where error.replyCode == 404:
-                logger.error("\(Topology.ingest) is gone; declaring it again and consuming anew", metadata: ["amqp.consumer": "\(consumer.tag)"])
+                logger.error("\(configuration.names.ingest) is gone; declaring it again and consuming anew", metadata: ["amqp.consumer": "\(consumer.tag)"])
             default:
                 continue
             }
@@ -206,15 +216,25 @@ final class IngestService: Sendable {
     }
 
     /// The messages to publish for a delivery, or nil when it was dead-lettered.
-    private func route(_ delivery: AMQPDelivery) async -> [AMQPOutgoingMessage]? {
+    private func route(_ delivery: AMQPDelivery, fingerprint: UInt64) async -> [AMQPOutgoingMessage]? {
         statistics.count(.ingested)
         let events: [NotificationEvent]
         do {
             events = try NotificationDecoder.decode(delivery.body)
+            if let failures = republishFailures.withLock({ $0[fingerprint] }), failures >= Self.maxRepublishFailures {
+                republishFailures.withLock { _ = $0.removeValue(forKey: fingerprint) }
+                throw NotificationDecodingError("RabbitMQ refused to take this notification into a partition queue \(failures) times; it is set aside so that the ones behind it flow")
+            }
+            for event in events {
+                for (field, value) in [("event_type", event.eventType), ("message_id", event.messageID), ("project", event.project ?? "")]
+                where value.utf8.count > Self.maxRoutedField {
+                    throw NotificationDecodingError("\(field) is \(value.utf8.count) bytes; at most \(Self.maxRoutedField) fit an AMQP header (\(SafeText.quoted(value, limit: 40)))")
+                }
+            }
         } catch {
             statistics.count(.malformed)
             let letter = DeadLetter(
-                reason: .malformed, detail: "\(error)", target: "\(delivery.exchange)/\(delivery.routingKey)",
+                reason: .malformed, detail: SafeText.clean("\(error)", limit: 500), target: "\(delivery.exchange)/\(delivery.routingKey)",
                 body: String(decoding: delivery.body.prefix(64 << 10), as: UTF8.self), at: Date().timeIntervalSince1970
             )
             await store([letter])
@@ -228,7 +248,7 @@ final class IngestService: Sendable {
         }
         statistics.count(.routed, by: byPartition.count)
         return byPartition.sorted { $0.key < $1.key }.map { partition, event in
-            AMQPOutgoingMessage(exchange: Topology.partitions, routingKey: "\(partition)", body: delivery.body, properties: AMQPMessageProperties(
+            AMQPOutgoingMessage(exchange: configuration.names.partitions, routingKey: "\(partition)", body: delivery.body, properties: AMQPMessageProperties(
                 contentType: "application/json",
                 headers: [
                     "herald-event-type": .string(event.eventType),
@@ -246,7 +266,7 @@ final class IngestService: Sendable {
         var attempt = 0
         while true {
             do {
-                try await deadLetters.append(letters)
+                DeadLetterMetrics.trimmed(try await deadLetters.append(letters))
                 return
             } catch {
                 attempt += 1
@@ -326,7 +346,7 @@ final class PartitionOwners: Sendable {
 
     private func start(_ partition: Int, epoch: UInt64) async throws {
         let channel = try await connection.openChannel()
-        let consumer = try await channel.consume(Topology.partitionQueue(partition), prefetch: configuration.partitionPrefetch)
+        let consumer = try await channel.consume(configuration.names.partitionQueue(partition), prefetch: configuration.partitionPrefetch)
         let owned = Owned(epoch: epoch, channel: channel, consumer: consumer)
         self.owned.withLock { $0[partition] = owned }
         let task = Task {

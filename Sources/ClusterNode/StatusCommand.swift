@@ -15,6 +15,8 @@ struct Status: AsyncParsableCommand {
     @OptionGroup var servers: ServerOptions
     @Option(help: "Redis key prefix. Env: HERALD_KEY_PREFIX.")
     var keyPrefix: String = ProcessInfo.processInfo.environment["HERALD_KEY_PREFIX"] ?? "herald:"
+    @Option(help: "The cluster's name in its AMQP names. Env: HERALD_CLUSTER; default: the key prefix without its ':'.")
+    var cluster: String?
     @Option(help: "P, when no assignment is stored yet. Env: HERALD_PARTITIONS.")
     var partitions: Int = Int(ProcessInfo.processInfo.environment["HERALD_PARTITIONS"] ?? "") ?? 256
     @Option(help: "How many of the deepest partition queues to show.")
@@ -99,11 +101,13 @@ struct Status: AsyncParsableCommand {
             let connection = try await AMQPConnection.connect(try AMQPConfiguration(url: servers.amqpURL), logger: logger)
             defer { Task { await connection.close() } }
             let channel = try await connection.openChannel()
-            for name in [Topology.ingest] + (0..<view.partitionCount).map(Topology.partitionQueue) {
+            let named = cluster ?? ProcessInfo.processInfo.environment["HERALD_CLUSTER"].flatMap { $0.isEmpty ? nil : $0 }
+            let names = try ClusterNames(cluster: named ?? ClusterNames.derived(fromKeyPrefix: keyPrefix))
+            for name in [names.ingest] + (0..<view.partitionCount).map(names.partitionQueue) {
                 do {
                     let state = try await channel.declareQueuePassive(name)
                     let queue = Report.Queue(name: name, messages: state.messageCount, consumers: state.consumerCount)
-                    if name == Topology.ingest { ingest = queue } else { partitionQueues.append(queue) }
+                    if name == names.ingest { ingest = queue } else { partitionQueues.append(queue) }
                 } catch {
                     problems.append("\(name): \(error)")
                 }

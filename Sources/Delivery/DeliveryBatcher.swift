@@ -45,9 +45,10 @@ public struct DeliveryStatistics: Sendable {
 ///   order; lanes run independently, so a slow or failing target holds only its own.
 /// - A batch closes at `maxBatchMessages`, at `maxRequestBytes` of request body, or
 ///   when its oldest message has waited `linger`.
-/// - Buffers are bounded per lane and in total (messages and bytes, queued and in
-///   flight); `submit` waits for room. A lane's bound is below the total, so one
-///   stalled lane cannot take all the room.
+/// - Buffers are bounded per lane, per project and in total (messages and bytes, queued
+///   and in flight); `submit` waits for room. A lane's bound is below its project's and a
+///   project's below the total, so one stalled lane, or one project's many stalled lanes,
+///   cannot take all the room: other projects' messages keep flowing.
 /// - 5xx, 429 (honouring `Retry-After`), timeouts and connection errors are retried
 ///   with full-jitter backoff behind a per-lane circuit breaker. A 400 on a batch is
 ///   split until the message Zaqar refuses is found; that one, a 404, an expired
@@ -57,6 +58,8 @@ public final class DeliveryBatcher: Sendable {
     public let configuration: DeliveryConfiguration
     private let zaqar: ZaqarClient
     private let deadLetters: any DeadLetterSink
+    /// When set, messages for any other endpoint are dead-lettered, never sent.
+    private let endpoints: ZaqarEndpoints?
     private let logger: Logger
     private let state: Mutex<State>
     private let origin = ContinuousClock.now
@@ -98,18 +101,31 @@ public final class DeliveryBatcher: Sendable {
         var continuation: CheckedContinuation<Void, Never>
     }
 
+    /// What one project's lanes hold together, queued and in flight.
+    struct ProjectUsage {
+        var messages = 0
+        var bytes = 0
+    }
+
     struct State {
         var lanes: [ZaqarTarget: Lane] = [:]
+        /// Only projects holding something (an entry goes when it is back to zero).
+        var projects: [String: ProjectUsage] = [:]
         var waiters: [Waiter] = []
         var statistics = DeliveryStatistics()
     }
 
     /// - Throws: `DeliveryError.invalidConfiguration` naming the bad setting.
-    public init(configuration: DeliveryConfiguration = DeliveryConfiguration(), zaqar: ZaqarClient, deadLetters: any DeadLetterSink, logger: Logger = Logger(label: "herald.delivery")) throws {
+    /// - Parameter endpoints: the Zaqar endpoints the operator allows; nil allows every one (tests).
+    public init(
+        configuration: DeliveryConfiguration = DeliveryConfiguration(), zaqar: ZaqarClient, deadLetters: any DeadLetterSink, endpoints: ZaqarEndpoints? = nil,
+        logger: Logger = Logger(label: "herald.delivery")
+    ) throws {
         try configuration.validate()
         self.configuration = configuration
         self.zaqar = zaqar
         self.deadLetters = deadLetters
+        self.endpoints = endpoints
         self.logger = logger
         self.state = Mutex(State())
     }
@@ -126,6 +142,11 @@ public final class DeliveryBatcher: Sendable {
     /// Lanes held: targets with messages queued or in flight, or whose circuit has failures.
     public var laneCount: Int { state.withLock { $0.lanes.count } }
 
+    /// Messages a project's lanes hold now, queued or in flight.
+    public func bufferedMessages(project: String) -> Int {
+        state.withLock { $0.projects[project]?.messages ?? 0 }
+    }
+
     // MARK: Submitting
 
     /// Queues messages (one incoming event's matches, say). Returns once they are all
@@ -138,11 +159,14 @@ public final class DeliveryBatcher: Sendable {
         }
         let group = Group(count: messages.count, completion: completion)
         var tooLarge: [Pending] = []
+        var notAllowed: [Pending] = []
         var admissible: [Pending] = []
         let enqueuedAt = now()
         for message in messages {
             let pending = Pending(message: message, size: message.body.count + 1, group: group, enqueuedAt: enqueuedAt)
-            if pending.size + ZaqarMessageEncoding.envelopeBytes > configuration.maxRequestBytes {
+            if let endpoints, !endpoints.permits(message.target.baseURL) {
+                notAllowed.append(pending)
+            } else if pending.size + ZaqarMessageEncoding.envelopeBytes > configuration.maxRequestBytes {
                 tooLarge.append(pending)
             } else {
                 admissible.append(pending)
@@ -163,6 +187,11 @@ public final class DeliveryBatcher: Sendable {
         for target in workers { startWorker(target) }
         for pending in admissible[admitted...] {
             await enqueue(pending)
+        }
+        if !notAllowed.isEmpty {
+            await deadLetter(notAllowed, reason: .targetNotAllowed, status: nil, zaqarMessage: nil) { pending in
+                "the subscription's Zaqar endpoint \(pending.message.target.baseURL) is not one the operator allows (HERALD_ZAQAR_ALLOWED_URLS); nothing was sent there"
+            }
         }
         if !tooLarge.isEmpty {
             await deadLetter(tooLarge, reason: .tooLarge, status: nil, zaqarMessage: nil) { pending in
@@ -190,8 +219,11 @@ public final class DeliveryBatcher: Sendable {
 
     private func fits(_ state: State, _ pending: Pending) -> Bool {
         let lane = state.lanes[pending.message.target]
+        let project = state.projects[pending.message.target.project]
         return (lane?.messages ?? 0) + 1 <= configuration.laneMaxMessages
             && (lane?.bytes ?? 0) + pending.size <= configuration.laneMaxBytes
+            && (project?.messages ?? 0) + 1 <= configuration.projectMaxMessages
+            && (project?.bytes ?? 0) + pending.size <= configuration.projectMaxBytes
             && state.statistics.bufferedMessages + 1 <= configuration.globalMaxMessages
             && state.statistics.bufferedBytes + pending.size <= configuration.globalMaxBytes
     }
@@ -223,15 +255,19 @@ public final class DeliveryBatcher: Sendable {
     /// Accounts and queues a message (under the lock); true when its lane needs a worker.
     private func admit(_ state: inout State, _ pending: Pending) -> Bool {
         // In place (one hash of the target, no copy of the lane's queue).
-        let (needsWorker, laneMessages) = Self.push(pending, into: &state.lanes[pending.message.target, default: Lane(
-            circuit: CircuitBreaker(threshold: configuration.circuitThreshold, cooldown: configuration.circuitCooldown)
-        )])
+        let (needsWorker, laneMessages) = Self.push(pending, into: &state.lanes[pending.message.target, default: newLane()])
+        state.projects[pending.message.target.project, default: ProjectUsage()].messages += 1
+        state.projects[pending.message.target.project, default: ProjectUsage()].bytes += pending.size
         state.statistics.bufferedMessages += 1
         state.statistics.bufferedBytes += pending.size
         state.statistics.peakBufferedMessages = max(state.statistics.peakBufferedMessages, state.statistics.bufferedMessages)
         state.statistics.peakBufferedBytes = max(state.statistics.peakBufferedBytes, state.statistics.bufferedBytes)
         state.statistics.peakLaneMessages = max(state.statistics.peakLaneMessages, laneMessages)
         return needsWorker
+    }
+
+    private func newLane() -> Lane {
+        Lane(circuit: CircuitBreaker(threshold: configuration.circuitThreshold, cooldown: configuration.circuitCooldown))
     }
 
     /// Appends to a lane; whether it needs a worker, and the messages it now holds.
@@ -249,8 +285,14 @@ public final class DeliveryBatcher: Sendable {
         guard let target = batch.first?.message.target else { return }
         let bytes = batch.reduce(0) { $0 + $1.size }
         let (resumed, workers) = state.withLock { state -> ([CheckedContinuation<Void, Never>], [ZaqarTarget]) in
-            state.lanes[target]!.messages -= batch.count
-            state.lanes[target]!.bytes -= bytes
+            // The lane exists: a lane with messages in flight is never forgotten (runLane).
+            state.lanes[target]?.messages -= batch.count
+            state.lanes[target]?.bytes -= bytes
+            if var usage = state.projects.removeValue(forKey: target.project) {
+                usage.messages -= batch.count
+                usage.bytes -= bytes
+                if usage.messages > 0 { state.projects[target.project] = usage }
+            }
             state.statistics.bufferedMessages -= batch.count
             state.statistics.bufferedBytes -= bytes
             var resumed: [CheckedContinuation<Void, Never>] = []
@@ -299,7 +341,8 @@ public final class DeliveryBatcher: Sendable {
                     }
                     return .idle
                 }
-                return take(from: &state.lanes[target]!)
+                // The lane is there (the guard read its queue); `default` only spares a force unwrap.
+                return take(from: &state.lanes[target, default: newLane()])
             }
             switch next {
             case .idle:
@@ -350,7 +393,7 @@ public final class DeliveryBatcher: Sendable {
                 try? await Task.sleep(for: wait)
                 continue
             }
-            var retryAfter: Double?
+            var retryAfter: Duration?
             var failure: String
             state.withLock {
                 $0.statistics.requests += 1
@@ -421,7 +464,8 @@ public final class DeliveryBatcher: Sendable {
                 }
                 return
             }
-            let delay = retryAfter.map { Duration.milliseconds(Int64($0 * 1000)) } ?? backoff.delay(attempt: attempt - 1, using: &random)
+            // Retry-After was read defensively and cut to a cap (TargetAnswer.retryAfter).
+            let delay = retryAfter ?? backoff.delay(attempt: attempt - 1, using: &random)
             try? await Task.sleep(for: delay)
         }
     }

@@ -9,6 +9,10 @@ public struct DeliveryConfiguration: Sendable {
     /// Messages (and bytes) one lane may hold, queued or in flight. Default 5000 / 16 MiB.
     public var laneMaxMessages: Int = 5_000
     public var laneMaxBytes: Int = 16 << 20
+    /// Messages (and bytes) one project's lanes together may hold: a project's share, so that one
+    /// tenant's many failing queues cannot fill the node. Default 10000 / 32 MiB.
+    public var projectMaxMessages: Int = 10_000
+    public var projectMaxBytes: Int = 32 << 20
     /// Messages (and bytes) all lanes together may hold. Default 50000 / 128 MiB.
     public var globalMaxMessages: Int = 50_000
     public var globalMaxBytes: Int = 128 << 20
@@ -32,8 +36,10 @@ public struct DeliveryConfiguration: Sendable {
         try check(maxRequestBytes >= 1024, "max request bytes \(maxRequestBytes) must be at least 1024")
         try check(laneMaxMessages >= maxBatchMessages, "lane max messages \(laneMaxMessages) must be at least the batch size \(maxBatchMessages)")
         try check(laneMaxBytes >= maxRequestBytes, "lane max bytes \(laneMaxBytes) must be at least the request size \(maxRequestBytes)")
-        try check(globalMaxMessages >= laneMaxMessages, "global max messages \(globalMaxMessages) must be at least a lane's \(laneMaxMessages)")
-        try check(globalMaxBytes >= laneMaxBytes, "global max bytes \(globalMaxBytes) must be at least a lane's \(laneMaxBytes)")
+        try check(projectMaxMessages >= laneMaxMessages, "project max messages \(projectMaxMessages) must be at least a lane's \(laneMaxMessages)")
+        try check(projectMaxBytes >= laneMaxBytes, "project max bytes \(projectMaxBytes) must be at least a lane's \(laneMaxBytes)")
+        try check(globalMaxMessages >= projectMaxMessages, "global max messages \(globalMaxMessages) must be at least a project's \(projectMaxMessages)")
+        try check(globalMaxBytes >= projectMaxBytes, "global max bytes \(globalMaxBytes) must be at least a project's \(projectMaxBytes)")
         try check(maxAttempts >= 1, "max attempts \(maxAttempts) must be at least 1")
         try check(circuitThreshold >= 1, "circuit threshold \(circuitThreshold) must be at least 1")
     }
@@ -120,6 +126,8 @@ public struct DeliveryError: Error, CustomStringConvertible, Sendable {
         case invalidConfiguration
         /// The batcher was shut down.
         case closed
+        /// A target did not answer in time (the whole exchange has a deadline).
+        case deadlineExceeded
     }
 
     public var code: Code

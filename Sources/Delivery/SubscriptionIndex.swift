@@ -1,5 +1,6 @@
 import Foundation
 import HeraldModel
+import Synchronization
 
 /// The registry compiled for matching, rebuilt on every registry change (build a
 /// new one and swap it in; matching never pauses).
@@ -21,12 +22,16 @@ public struct SubscriptionIndex: Sendable {
     private var buckets: [String?: [String: [Entry]]] = [:]
     public let subscriptions: [Subscription]
     private let exclusions: [[[UInt8]]]
-    /// Each subscription's condition fields, split once: `payload.state` → [payload, state].
-    private let conditionPaths: [[[String]]]
+    /// Each subscription's conditions with their paths split and operands parsed, once.
+    private let conditions: [[CompiledCondition]]
+    /// Which subscriptions' patterns take an event type, per scope: globs are run once per
+    /// (scope, event type), not once per event. OpenStack has a few hundred event types and
+    /// only scopes with subscriptions are cached; the cache is emptied when it reaches its size.
+    private let candidates = CandidateCache()
 
     public init(_ subscriptions: [Subscription]) {
         self.subscriptions = subscriptions
-        conditionPaths = subscriptions.map { $0.conditions.map { $0.field.split(separator: ".").map(String.init) } }
+        conditions = subscriptions.map { $0.conditions.map(CompiledCondition.init) }
         var exclusions: [[[UInt8]]] = []
         for (index, subscription) in subscriptions.enumerated() {
             exclusions.append(subscription.eventTypes.filter { $0.hasPrefix("!") }.map { Array($0.dropFirst().utf8) })
@@ -43,33 +48,43 @@ public struct SubscriptionIndex: Sendable {
     /// The subscriptions this event reaches: its project's and the all-projects ones
     /// (an event with no project reaches only the latter), whose patterns and conditions hold.
     public func matches(_ event: NotificationEvent) -> [Subscription] {
-        let type = Array(event.eventType.utf8)
+        var result: [Subscription] = []
+        // The event's fields as conditions read them, parsed once per event however many read them.
+        var fields = EventFields(event: event)
+        let scopes: [String?] = event.project.map { [$0, nil] } ?? [nil]
+        for scope in scopes {
+            guard let byPrefix = buckets[scope] else { continue }
+            let key = CandidateCache.Key(scope: scope, eventType: event.eventType)
+            let taken = candidates.get(key) ?? candidates.put(key, patternMatches(byPrefix, eventType: event.eventType))
+            for index in taken where conditions[index].allSatisfy({ $0.holds(&fields) }) {
+                result.append(subscriptions[index])
+            }
+        }
+        return result
+    }
+
+    /// The subscriptions of one scope whose include patterns take `eventType` and whose
+    /// exclusions do not, each once, in index order.
+    private func patternMatches(_ byPrefix: [String: [Entry]], eventType: String) -> [Int] {
+        let type = Array(eventType.utf8)
         // "", then every dot-prefix of the type: "compute", "compute.instance", ...
         var prefixes = [""]
         for (offset, byte) in type.enumerated() where byte == UInt8(ascii: ".") {
             prefixes.append(String(decoding: type[..<offset], as: UTF8.self))
         }
-        prefixes.append(event.eventType)
+        prefixes.append(eventType)
         // A subscription with several include patterns can come up more than once.
-        var seen: [Int] = []
-        var result: [Subscription] = []
-        let scopes: [String?] = event.project.map { [$0, nil] } ?? [nil]
-        for scope in scopes {
-            guard let byPrefix = buckets[scope] else { continue }
-            for prefix in prefixes {
-                for entry in byPrefix[prefix] ?? [] where !seen.contains(entry.subscription) {
-                    guard Glob.matches(entry.pattern, type) else { continue }
-                    seen.append(entry.subscription)
-                    if exclusions[entry.subscription].contains(where: { Glob.matches($0, type) }) { continue }
-                    let subscription = subscriptions[entry.subscription]
-                    let paths = conditionPaths[entry.subscription]
-                    if subscription.conditions.indices.allSatisfy({ ConditionEvaluator.holds(subscription.conditions[$0], actual: event.value(atPath: paths[$0])) }) {
-                        result.append(subscription)
-                    }
-                }
+        var seen = Set<Int>()
+        var taken: [Int] = []
+        for prefix in prefixes {
+            for entry in byPrefix[prefix] ?? [] where !seen.contains(entry.subscription) {
+                guard Glob.matches(entry.pattern, type) else { continue }
+                seen.insert(entry.subscription)
+                if exclusions[entry.subscription].contains(where: { Glob.matches($0, type) }) { continue }
+                taken.append(entry.subscription)
             }
         }
-        return result
+        return taken.sorted()
     }
 
     /// The dot-segments before the first one with a wildcard: `compute.instance.*` → `compute.instance`.
@@ -83,6 +98,31 @@ public struct SubscriptionIndex: Sendable {
             literal.append(segment)
         }
         return literal.joined(separator: ".")
+    }
+}
+
+/// Pattern results per (scope, event type), shared by the copies of one index.
+final class CandidateCache: Sendable {
+    struct Key: Hashable, Sendable {
+        var scope: String?
+        var eventType: String
+    }
+
+    /// Entries kept before the cache starts over: a bound on memory whatever the bus carries.
+    static let limit = 20_000
+    private let entries = Mutex<[Key: [Int]]>([:])
+
+    func get(_ key: Key) -> [Int]? {
+        entries.withLock { $0[key] }
+    }
+
+    @discardableResult
+    func put(_ key: Key, _ value: [Int]) -> [Int] {
+        entries.withLock { entries in
+            if entries.count >= Self.limit { entries.removeAll(keepingCapacity: true) }
+            entries[key] = value
+        }
+        return value
     }
 }
 
@@ -112,89 +152,3 @@ enum Glob {
     }
 }
 
-/// Conditions compared by type: numbers as numbers, datetimes as instants (when both
-/// sides read as one), other strings as text.
-enum ConditionEvaluator {
-    static func holds(_ condition: Condition, for event: NotificationEvent) -> Bool {
-        holds(condition, actual: event.value(at: condition.field))
-    }
-
-    /// - Parameter actual: the event's value at the condition's field, nil when absent.
-    static func holds(_ condition: Condition, actual: JSONValue?) -> Bool {
-        switch condition.op {
-        case .exists:
-            let wanted: Bool
-            if case .bool(let flag)? = condition.value { wanted = flag } else { wanted = true }
-            return (actual != nil && actual != .null) == wanted
-        case .eq:
-            guard let actual, let expected = condition.value else { return false }
-            return equal(actual, expected)
-        case .ne:
-            guard let expected = condition.value else { return false }
-            guard let actual else { return true }
-            return !equal(actual, expected)
-        case .in:
-            guard let actual, case .array(let options)? = condition.value else { return false }
-            return options.contains { equal(actual, $0) }
-        case .prefix:
-            guard case .string(let text)? = actual, case .string(let prefix)? = condition.value else { return false }
-            return text.hasPrefix(prefix)
-        case .lt, .le, .gt, .ge:
-            guard let actual, let expected = condition.value, let order = compare(actual, expected) else { return false }
-            switch condition.op {
-            case .lt: return order < 0
-            case .le: return order <= 0
-            case .gt: return order > 0
-            default: return order >= 0
-            }
-        }
-    }
-
-    static func equal(_ a: JSONValue, _ b: JSONValue) -> Bool {
-        if let order = compare(a, b) { return order == 0 }
-        return a == b
-    }
-
-    /// -1, 0, 1, or nil when the two are not comparable.
-    static func compare(_ a: JSONValue, _ b: JSONValue) -> Int? {
-        switch (a, b) {
-        case (.number(let x), .number(let y)):
-            return x < y ? -1 : (x > y ? 1 : 0)
-        case (.string(let x), .number(let y)):
-            guard let value = Double(x) else { return nil }
-            return value < y ? -1 : (value > y ? 1 : 0)
-        case (.number(let x), .string(let y)):
-            guard let value = Double(y) else { return nil }
-            return x < value ? -1 : (x > value ? 1 : 0)
-        case (.string(let x), .string(let y)):
-            if let dx = Timestamps.parse(x), let dy = Timestamps.parse(y) {
-                return dx < dy ? -1 : (dx > dy ? 1 : 0)
-            }
-            return x < y ? -1 : (x > y ? 1 : 0)
-        case (.bool(let x), .bool(let y)):
-            return x == y ? 0 : nil
-        default:
-            return nil
-        }
-    }
-}
-
-/// OpenStack timestamps: `2026-11-24 16:37:41.367798` (space, no zone: UTC) and ISO 8601 forms.
-enum Timestamps {
-    static func parse(_ text: String) -> Double? {
-        guard text.count >= 10, text.utf8.first.map({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }) == true else { return nil }
-        var normalized = text.replacingOccurrences(of: " ", with: "T")
-        if normalized.count == 10 { normalized += "T00:00:00" }
-        var fraction = 0.0
-        if let dot = normalized.firstIndex(of: ".") {
-            let digits = normalized[normalized.index(after: dot)...].prefix { $0.isNumber }
-            fraction = Double("0." + digits) ?? 0
-            normalized = String(normalized[..<dot]) + normalized[normalized.index(after: dot)...].drop { $0.isNumber }
-        }
-        if !(normalized.hasSuffix("Z") || normalized.dropFirst(19).contains("+") || normalized.dropFirst(19).contains("-")) {
-            normalized += "Z"
-        }
-        guard let date = ISO8601DateFormatter().date(from: normalized) else { return nil }
-        return date.timeIntervalSince1970 + fraction
-    }
-}

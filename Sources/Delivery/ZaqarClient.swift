@@ -7,10 +7,17 @@ import NIOFoundationCompat
 /// What Zaqar answered to one POST.
 public struct ZaqarResponse: Sendable {
     public var status: Int
-    /// Zaqar's `description` (or the raw body) for an error.
+    /// A short, sanitised reason for an error: Zaqar's `title: description`, or only what kind
+    /// of body came (`TargetAnswer.reason`); never the raw body.
     public var message: String?
-    /// `Retry-After` in seconds, when given (429, 503).
-    public var retryAfter: Double?
+    /// `Retry-After`, when given and usable (429, 503), cut to the client's `retryAfterCap`.
+    public var retryAfter: Duration?
+
+    public init(status: Int, message: String? = nil, retryAfter: Duration? = nil) {
+        self.status = status
+        self.message = message
+        self.retryAfter = retryAfter
+    }
 }
 
 /// Where trust-scoped tokens come from (Keystone, in the node).
@@ -37,34 +44,50 @@ public enum ZaqarTokenError: Error, CustomStringConvertible {
 
 /// Posts batches of messages into Zaqar queues over one owned AsyncHTTPClient
 /// (keep-alive pool, connect and read timeouts).
+///
+/// Targets are treated as hostile: redirects are never followed (a 3xx is the target's
+/// error: following one would carry `X-Project-ID` and tokens to wherever it points), every
+/// request has a deadline for the whole exchange (a target that answers its head and then
+/// drips its body cannot hold a lane), at most `TargetAnswer.maxBodyBytes` of an answer are
+/// read, and only a status and a sanitised reason are kept.
 public final class ZaqarClient: Sendable {
     private let http: HTTPClient
     private let tokens: (any ZaqarTokenSource)?
     /// Zaqar wants a `Client-ID` (a UUID) on every request; one per node.
     public let clientID: String
     private let requestTimeout: Duration
+    private let retryAfterCap: Duration
 
-    /// - Parameter tokens: trust-scoped tokens for targets with `.trust` credentials; without it
-    ///   such targets are refused (401) as if the trust were gone.
+    /// - Parameters:
+    ///   - requestTimeout: the deadline of one whole exchange (connect, send, answer, body).
+    ///   - retryAfterCap: the longest `Retry-After` honoured; longer ones are cut to it.
+    ///   - tokens: trust-scoped tokens for targets with `.trust` credentials; without it
+    ///     such targets are refused (401) as if the trust were gone.
     public init(
         clientID: UUID = UUID(), connectTimeout: Duration = .seconds(2), requestTimeout: Duration = .seconds(10), poolSize: Int = 8,
-        tokens: (any ZaqarTokenSource)? = nil
+        retryAfterCap: Duration = .seconds(60), tokens: (any ZaqarTokenSource)? = nil
     ) {
         self.tokens = tokens
         var configuration = HTTPClient.Configuration(
             timeout: .init(connect: .milliseconds(connectTimeout.milliseconds), read: .milliseconds(requestTimeout.milliseconds))
         )
         configuration.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: poolSize)
+        configuration.redirectConfiguration = .disallow
         self.http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
         self.clientID = clientID.uuidString.lowercased()
         self.requestTimeout = requestTimeout
+        self.retryAfterCap = retryAfterCap
     }
 
     /// `POST /v2/queues/{queue}/messages` with `{"messages": [...]}` built from already-encoded messages.
     /// A trust-scoped token Zaqar refuses is replaced once; a trust Keystone refuses is a 401 answer.
-    /// - Throws: transport errors (connection refused or reset, timeouts) and Keystone being
-    ///   unreachable: the caller retries those.
+    /// - Throws: transport errors (connection refused or reset, timeouts, the deadline) and
+    ///   Keystone being unreachable: the caller retries those.
     public func post(_ target: ZaqarTarget, messages: [[UInt8]]) async throws -> ZaqarResponse {
+        try await withDeadline(requestTimeout) { try await self.postWithoutDeadline(target, messages: messages) }
+    }
+
+    private func postWithoutDeadline(_ target: ZaqarTarget, messages: [[UInt8]]) async throws -> ZaqarResponse {
         var body = ByteBuffer()
         body.reserveCapacity(messages.reduce(ZaqarMessageEncoding.envelopeBytes) { $0 + $1.count + 1 })
         body.writeString("{\"messages\":[")
@@ -96,14 +119,14 @@ public final class ZaqarClient: Sendable {
             }
         }
         guard let trust else { return try await send(request) }
-        guard let tokens else { return ZaqarResponse(status: 401, message: "this node has no Keystone to get a token for trust \(trust)", retryAfter: nil) }
+        guard let tokens else { return ZaqarResponse(status: 401, message: "this node has no Keystone to get a token for trust \(trust)") }
         request.headers.add(name: "X-Project-ID", value: target.project)
         for attempt in 0..<2 {
             let token: String
             do {
                 token = try await tokens.token(trust: trust)
             } catch .refused(let reason) {
-                return ZaqarResponse(status: 401, message: "Keystone refused a token for trust \(trust): \(reason)", retryAfter: nil)
+                return ZaqarResponse(status: 401, message: "Keystone refused a token for trust \(trust): \(TargetAnswer.cut(TargetAnswer.sanitise(reason)))")
             } catch {
                 throw error
             }
@@ -112,16 +135,33 @@ public final class ZaqarClient: Sendable {
             guard response.status == 401, attempt == 0 else { return response }
             tokens.refused(trust: trust, token: token)
         }
-        preconditionFailure("unreachable")
+        // The loop returns on its second pass at the latest.
+        return ZaqarResponse(status: 401, message: "Zaqar refused two trust-scoped tokens for trust \(trust)")
     }
 
     private func send(_ request: HTTPClientRequest) async throws -> ZaqarResponse {
         let response = try await http.execute(request, timeout: .milliseconds(requestTimeout.milliseconds))
         let status = Int(response.status.code)
-        let retryAfter = response.headers.first(name: "Retry-After").flatMap(Double.init)
-        let collected = try await response.body.collect(upTo: 1 << 20)
-        guard !(200..<300).contains(status) else { return ZaqarResponse(status: status, message: nil, retryAfter: nil) }
-        return ZaqarResponse(status: status, message: Self.errorDescription(collected), retryAfter: retryAfter)
+        var body: [UInt8] = []
+        var truncated = false
+        for try await chunk in response.body {
+            let room = TargetAnswer.maxBodyBytes - body.count
+            if chunk.readableBytes > room {
+                body += chunk.readableBytesView.prefix(room)
+                truncated = true
+                break  // the rest is not read: the connection is closed instead of reused
+            }
+            body += chunk.readableBytesView
+        }
+        guard !(200..<300).contains(status) else { return ZaqarResponse(status: status) }
+        if (300..<400).contains(status) {
+            return ZaqarResponse(status: status, message: "the target answered \(status) (a redirect, which Herald never follows)")
+        }
+        return ZaqarResponse(
+            status: status,
+            message: TargetAnswer.reason(body: body, contentType: response.headers.first(name: "Content-Type"), truncated: truncated),
+            retryAfter: TargetAnswer.retryAfter(response.headers.first(name: "Retry-After"), now: Date(), cap: retryAfterCap)
+        )
     }
 
     /// A new pre-signed URL for posting into `queue` (`POST /v2/queues/{queue}/share`), made
@@ -144,25 +184,12 @@ public final class ZaqarClient: Sendable {
               let signature = object["signature"] as? String, let expiresText = object["expires"] as? String,
               let methods = object["methods"] as? [String], let paths = object["paths"] as? [String], let owner = object["project"] as? String
         else {
-            throw ZaqarShareError(status: Int(response.status.code), message: Self.errorDescription(collected) ?? "no body")
+            throw ZaqarShareError(
+                status: Int(response.status.code),
+                message: TargetAnswer.reason(body: Array(collected.readableBytesView), contentType: response.headers.first(name: "Content-Type"), truncated: false) ?? "no body"
+            )
         }
         return SignedURL(signature: signature, expires: expiresText, methods: methods, paths: paths, project: owner)
-    }
-
-    /// Zaqar's errors are `{"title": "...", "description": "..."}`.
-    static func errorDescription(_ body: ByteBuffer) -> String? {
-        guard body.readableBytes > 0 else { return nil }
-        if let object = try? JSONSerialization.jsonObject(with: Data(buffer: body)) as? [String: Any] {
-            let title = object["title"] as? String
-            let description = object["description"] as? String
-            switch (title, description) {
-            case (let title?, let description?): return "\(title): \(description)"
-            case (nil, let description?): return description
-            case (let title?, nil): return title
-            default: break
-            }
-        }
-        return String(buffer: body).prefix(500).description
     }
 
     public func shutdown() async {
@@ -176,4 +203,21 @@ public struct ZaqarShareError: Error, CustomStringConvertible {
     public var message: String
 
     public var description: String { "Zaqar answered \(status) to the share request: \(message)" }
+}
+
+/// Runs `operation` and throws `DeliveryError.deadlineExceeded` when it has not finished after
+/// `timeout` (it is cancelled then: AsyncHTTPClient closes the request's connection).
+func withDeadline<T: Sendable>(_ timeout: Duration, _ operation: @escaping @Sendable () async throws -> T) async throws -> T {
+    try await withThrowingTaskGroup(of: T?.self) { group in
+        group.addTask { try await operation() }
+        group.addTask {
+            try await Task.sleep(for: timeout)
+            return nil
+        }
+        defer { group.cancelAll() }
+        guard let first = try await group.next(), let value = first else {
+            throw DeliveryError(.deadlineExceeded, "no complete answer within \(timeout.seconds) s")
+        }
+        return value
+    }
 }

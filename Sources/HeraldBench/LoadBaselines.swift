@@ -175,9 +175,10 @@ extension LoadRun {
         let connection = try await AMQPConnection.connect(url: vhostURL)
         let channel = try await connection.openChannel()
         try await channel.enableConfirms()
-        log("herald: nodes stopped; filling herald.ingest with \(count) notifications")
+        let ingest = try clusterNames.ingest
+        log("herald: nodes stopped; filling \(ingest) with \(count) notifications")
         try await fill(channel, exchange: "nova", routingKey: "notifications.info", count: count, prefix: "drain")
-        try await waitForMessages(channel, queue: "herald.ingest", count: count)
+        try await waitForMessages(channel, queue: ingest, count: count)
         await connection.close()
 
         let expected = (0..<count).reduce(0) { $0 + templates[$1 % templates.count].matches.count }

@@ -59,6 +59,10 @@ final class LoadRun: @unchecked Sendable {
     let options: Load
     let id = String(UUID().uuidString.prefix(8).lowercased())
     let prefix: String
+    /// The nodes' AMQP names (HERALD_CLUSTER unset: derived from the key prefix, as the nodes do).
+    var clusterNames: ClusterNames {
+        get throws { try ClusterNames(cluster: ClusterNames.derived(fromKeyPrefix: prefix)) }
+    }
     let vhost: String
     let vhostURL: String
     let executable: String
@@ -347,7 +351,8 @@ final class LoadRun: @unchecked Sendable {
         do {
             connection = try await AMQPConnection.connect(url: vhostURL)
             let channel = try await connection!.openChannel()
-            for name in ["herald.ingest", "herald.dead"] + (0..<options.partitions).map({ "herald.p.\($0)" }) {
+            let names = try clusterNames
+            for name in [names.ingest, names.dead] + (0..<options.partitions).map(names.partitionQueue) {
                 stillQueued += try await channel.declareQueuePassive(name).messageCount
             }
         } catch {

@@ -14,8 +14,11 @@ public struct DeadLetter: Codable, Sendable, Equatable {
         case tooLarge = "too_large"
         /// Retries ran out (5xx, 429, timeouts, connection errors).
         case retriesExhausted = "retries_exhausted"
-        /// The notification could not be decoded (bad JSON, no event type, ...).
+        /// The notification could not be decoded (bad JSON, no event type, ...), or could not be
+        /// routed for a reason of its own (a field too long for an AMQP header, ...).
         case malformed
+        /// The subscription's Zaqar endpoint is not one the operator allows (HERALD_ZAQAR_ALLOWED_URLS).
+        case targetNotAllowed = "target_not_allowed"
     }
 
     public var reason: Reason
@@ -31,6 +34,8 @@ public struct DeadLetter: Codable, Sendable, Equatable {
     public var project: String?
     /// The message as it would have been posted, or the raw notification for `malformed`.
     public var body: String
+    /// The body was cut to the dead-letter budget when stored (it cannot be replayed).
+    public var bodyTruncated: Bool?
     public var at: Double
 
     public init(
@@ -55,5 +60,6 @@ public struct DeadLetter: Codable, Sendable, Equatable {
         case zaqarMessage = "zaqar_message"
         case subscriptionID = "subscription_id"
         case eventID = "event_id"
+        case bodyTruncated = "body_truncated"
     }
 }

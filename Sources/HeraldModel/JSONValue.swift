@@ -47,6 +47,16 @@ public enum JSONValue: Codable, Sendable, Hashable, CustomStringConvertible {
         }
     }
 
+    /// The length of the longest string in the value (keys included), nil when it has none.
+    public var longestString: Int? {
+        switch self {
+        case .string(let text): return text.count
+        case .array(let items): return items.compactMap(\.longestString).max()
+        case .object(let object): return (object.keys.map(\.count) + object.values.compactMap(\.longestString)).max()
+        default: return nil
+        }
+    }
+
     /// The kind of value, for error messages.
     public var kind: String {
         switch self {

@@ -61,6 +61,26 @@ public struct Subscription: Codable, Sendable, Equatable, Identifiable {
 
     public static let ttlRange = 60...1_209_600
 
+    /// The bounds every subscription is held to, so that no allowed subscription can cost
+    /// much per event or much memory (docs/security.md has the measured worst case).
+    public enum Limits {
+        public static let patterns = 20
+        public static let patternCharacters = 128
+        public static let wildcardsPerPattern = 8
+        public static let conditions = 20
+        public static let fieldCharacters = 255
+        public static let fieldSegments = 16
+        public static let inItems = 100
+        public static let operandStringCharacters = 256
+        /// An `eq`/`ne`/`in` operand, encoded as JSON.
+        public static let operandBytes = 4096
+        public static let zaqarURLCharacters = 1024
+        public static let signedURLFieldCharacters = 512
+        public static let signedURLListItems = 8
+        /// The whole subscription, encoded as stored.
+        public static let encodedBytes = 32 << 10
+    }
+
     /// Checks every field; the error names the first bad one.
     /// - Throws: `SubscriptionValidationError`.
     public func validate() throws {
@@ -69,24 +89,35 @@ public struct Subscription: Codable, Sendable, Equatable, Identifiable {
         }
         guard !project.isEmpty, project.count <= 255 else { throw fail("project", "must be 1 to 255 characters") }
         guard !eventTypes.isEmpty else { throw fail("event_types", "needs at least one pattern, e.g. \"compute.instance.*\"") }
-        guard eventTypes.count <= 100 else { throw fail("event_types", "has \(eventTypes.count) patterns; at most 100") }
+        guard eventTypes.count <= Limits.patterns else { throw fail("event_types", "has \(eventTypes.count) patterns; at most \(Limits.patterns)") }
         let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-*?:")
         for (index, pattern) in eventTypes.enumerated() {
             let body = pattern.hasPrefix("!") ? pattern.dropFirst() : Substring(pattern)
-            guard !body.isEmpty, body.count <= 255, body.allSatisfy({ allowed.contains($0) }) else {
+            guard body.count <= Limits.patternCharacters else {
+                throw fail("event_types[\(index)]", "is \(body.count) characters; at most \(Limits.patternCharacters)")
+            }
+            guard !body.isEmpty, body.allSatisfy({ allowed.contains($0) }) else {
                 throw fail("event_types[\(index)]", "'\(pattern)' must be letters, digits, '.', '_', '-', ':' and the wildcards '*' '?', optionally after one leading '!'")
+            }
+            let wildcards = body.filter { $0 == "*" || $0 == "?" }.count
+            guard wildcards <= Limits.wildcardsPerPattern else {
+                throw fail("event_types[\(index)]", "has \(wildcards) wildcards; at most \(Limits.wildcardsPerPattern)")
             }
         }
         guard eventTypes.contains(where: { !$0.hasPrefix("!") }) else {
             throw fail("event_types", "has only exclusions ('!...'); add a pattern that includes events")
         }
-        guard conditions.count <= 50 else { throw fail("conditions", "has \(conditions.count) conditions; at most 50") }
+        guard conditions.count <= Limits.conditions else { throw fail("conditions", "has \(conditions.count) conditions; at most \(Limits.conditions)") }
         for (index, condition) in conditions.enumerated() {
             try condition.validate(field: "conditions[\(index)]")
         }
         try target.validate(field: "target")
         guard Self.ttlRange.contains(messageTTL) else {
             throw fail("message_ttl", "\(messageTTL) is outside Zaqar's range of 60 to 1209600 seconds")
+        }
+        let encoded = (try? JSONEncoder().encode(self).count) ?? Int.max
+        guard encoded <= Limits.encodedBytes else {
+            throw fail("subscription", "is \(encoded) bytes encoded; at most \(Limits.encodedBytes)")
         }
     }
 }
@@ -114,9 +145,24 @@ public struct Condition: Codable, Sendable, Equatable, Hashable {
         func fail(_ message: String) -> SubscriptionValidationError {
             SubscriptionValidationError(field: name, message: message)
         }
+        guard field.count <= Subscription.Limits.fieldCharacters else {
+            throw fail("field is \(field.count) characters; at most \(Subscription.Limits.fieldCharacters)")
+        }
         let segments = field.split(separator: ".", omittingEmptySubsequences: false)
-        guard !field.isEmpty, field.count <= 255, segments.allSatisfy({ !$0.isEmpty }) else {
+        guard !field.isEmpty, segments.allSatisfy({ !$0.isEmpty }) else {
             throw fail("field '\(field)' must be a dotted path such as payload.state or traits.project_id")
+        }
+        guard segments.count <= Subscription.Limits.fieldSegments else {
+            throw fail("field has \(segments.count) segments; at most \(Subscription.Limits.fieldSegments)")
+        }
+        if let value {
+            let bytes = (try? JSONEncoder().encode(value).count) ?? Int.max
+            guard bytes <= Subscription.Limits.operandBytes else {
+                throw fail("value is \(bytes) bytes encoded; at most \(Subscription.Limits.operandBytes)")
+            }
+            if let long = value.longestString, long > Subscription.Limits.operandStringCharacters {
+                throw fail("value has a string of \(long) characters; at most \(Subscription.Limits.operandStringCharacters)")
+            }
         }
         switch op {
         case .eq, .ne:
@@ -128,10 +174,11 @@ public struct Condition: Codable, Sendable, Equatable, Hashable {
             }
         case .in:
             guard case .array(let items) = value, !items.isEmpty else { throw fail("in needs a non-empty array of values") }
+            guard items.count <= Subscription.Limits.inItems else { throw fail("in has \(items.count) items; at most \(Subscription.Limits.inItems)") }
         case .exists:
             switch value {
             case nil, .bool: break
-            default: throw fail("exists takes true, false or nothing, not \(value!.kind)")
+            case let other?: throw fail("exists takes true, false or nothing, not \(other.kind)")
             }
         case .prefix:
             guard case .string = value else { throw fail("prefix needs a string, not \(value?.kind ?? "nothing")") }
@@ -166,6 +213,9 @@ public struct Target: Codable, Sendable, Equatable, Hashable {
             throw SubscriptionValidationError(field: "\(name).queue", message: "'\(queue)' must be 1 to 64 of letters, digits, '_' and '-' (Zaqar's rule)")
         }
         if let zaqarURL {
+            guard zaqarURL.count <= Subscription.Limits.zaqarURLCharacters else {
+                throw SubscriptionValidationError(field: "\(name).zaqar_url", message: "is \(zaqarURL.count) characters; at most \(Subscription.Limits.zaqarURLCharacters)")
+            }
             guard let url = URL(string: zaqarURL), let scheme = url.scheme, ["http", "https"].contains(scheme), url.host != nil else {
                 throw SubscriptionValidationError(field: "\(name).zaqar_url", message: "'\(zaqarURL)' is not an http(s) URL")
             }
@@ -192,6 +242,18 @@ public struct SignedURL: Codable, Sendable, Equatable, Hashable {
     }
 
     public func validate(field name: String) throws {
+        let limit = Subscription.Limits.signedURLFieldCharacters
+        for (key, text) in [("signature", signature), ("expires", expires), ("project", project)] where text.count > limit {
+            throw SubscriptionValidationError(field: "\(name).\(key)", message: "is \(text.count) characters; at most \(limit)")
+        }
+        for (key, list) in [("methods", methods), ("paths", paths)] {
+            guard list.count <= Subscription.Limits.signedURLListItems else {
+                throw SubscriptionValidationError(field: "\(name).\(key)", message: "has \(list.count) items; at most \(Subscription.Limits.signedURLListItems)")
+            }
+            if let long = list.first(where: { $0.count > 64 }) {
+                throw SubscriptionValidationError(field: "\(name).\(key)", message: "'\(long.prefix(20))...' is longer than 64 characters")
+            }
+        }
         guard !signature.isEmpty else { throw SubscriptionValidationError(field: "\(name).signature", message: "is empty") }
         guard !expires.isEmpty else { throw SubscriptionValidationError(field: "\(name).expires", message: "is empty") }
         guard methods.contains("POST") else {

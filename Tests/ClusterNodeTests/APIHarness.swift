@@ -24,7 +24,8 @@ struct APIHarness {
     /// One client for every harness, alive for the whole run (a client must be shut down before it goes).
     static let replayClient = ZaqarClient()
 
-    init() throws {
+    /// - Parameters: the operator's settings under test (none by default: every endpoint, no rates).
+    init(endpoints: ZaqarEndpoints? = nil, limits: APILimits = APILimits(), rates: Bool = false) throws {
         let redis = try RedisConfiguration(url: try TestServers.redisURL())
         registry = SubscriptionRegistry(redis: redis, keyPrefix: prefix)
         deadLetters = DeadLetterStore(redis: RedisClient(configuration: redis), keyPrefix: prefix)
@@ -36,7 +37,10 @@ struct APIHarness {
             registry: registry, deadLetters: deadLetters, defaultZaqarURL: zaqar.baseURL,
             deliver: { target, message in try await client.post(target, messages: [message]) },
             readiness: { readiness.value },
-            metrics: { metrics.emitToString() }
+            metrics: { metrics.emitToString() },
+            endpoints: endpoints,
+            limits: limits,
+            rates: rates ? RateLimiter(redis: RedisClient(configuration: redis), keyPrefix: prefix) : nil
         ))
     }
 

@@ -35,6 +35,10 @@ final class PipelineRun: @unchecked Sendable {
     /// HERALD_SHUTDOWN_BUDGET_SECONDS of the nodes.
     static let shutdownBudget = 15
     let prefix = TestServers.uniqueName("herald-e2e") + ":"
+    /// The nodes' AMQP names, derived from the prefix as the nodes derive them.
+    var names: ClusterNames {
+        get throws { try ClusterNames(cluster: ClusterNames.derived(fromKeyPrefix: prefix)) }
+    }
     /// Names this run's vhost and Zaqar queues, so a run cut short leaves nothing in the next one's way.
     let id = String(UUID().uuidString.prefix(8).lowercased())
     let vhost: String

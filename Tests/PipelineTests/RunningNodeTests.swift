@@ -113,7 +113,7 @@ extension PipelineSuites {
             #expect(text.contains("3 members"), "\(text)")
             #expect(text.contains("24 of 24 partitions held"))
             for node in ["node-1", "node-2", "node-3"] { #expect(text.contains(node)) }
-            #expect(text.contains("herald.ingest"))
+            #expect(text.contains(try run.names.ingest))
         }
 
         @Test("ingest comes back by itself when RabbitMQ cancels its consumer (herald.ingest deleted under it)")
@@ -128,7 +128,7 @@ extension PipelineSuites {
             run.trackQueues([("p1", queue)])
             try await Task.sleep(for: .seconds(2))
             // The broker cancels every consumer of a deleted queue; the node must declare it again and consume.
-            try await TestServers.control("rabbitmqctl", "delete_queue", "-p", run.vhost, "herald.ingest")
+            try await TestServers.control("rabbitmqctl", "delete_queue", "-p", run.vhost, try run.names.ingest)
             try await eventually(timeout: .seconds(30)) {
                 let (status, _) = try await call(run, "node-1", .GET, "/readyz", project: nil)
                 guard status == 200 else { throw TestFailure("not ready") }

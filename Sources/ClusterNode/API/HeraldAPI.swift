@@ -21,6 +21,24 @@ struct APIServices: Sendable {
     var keystone: KeystoneClient? = nil
     /// When a pre-signed URL without a trust is flagged in answers.
     var signedURLs = SignedURLPolicy()
+    /// The Zaqar endpoints a subscription may name (HERALD_ZAQAR_ALLOWED_URLS); nil: any (tests only).
+    var endpoints: ZaqarEndpoints? = nil
+    /// Quotas and rates per project.
+    var limits = APILimits()
+    /// Where the per-project rates are counted (shared by every node); nil: rates are not limited.
+    var rates: RateLimiter? = nil
+}
+
+/// What one project may do through the API (docs/security.md).
+struct APILimits: Sendable {
+    /// HERALD_QUOTA_SUBSCRIPTIONS: subscriptions per project. Default 100.
+    var subscriptionsPerProject = 100
+    /// HERALD_RATE_SUBSCRIPTION_CHANGES: creates and updates per project per minute. Default 60.
+    var changesPerMinute = 60
+    /// HERALD_REPLAY_MAX: dead letters one replay call takes. Default 100.
+    var replayPerCall = 100
+    /// HERALD_RATE_REPLAYS: dead letters replayed per project per minute. Default 1000.
+    var replaysPerMinute = 1000
 }
 
 /// One route: its method and OpenAPI-style path, whether it needs a caller, and its handler.
@@ -131,6 +149,8 @@ struct HeraldAPI: Sendable {
     private func create(_ subscription: Subscription, caller: Caller, trust: Bool) async throws -> Subscription {
         var subscription = subscription
         _ = try await store { try subscription.validate() }
+        try checkEndpoint(subscription.target)
+        try await takeChange(subscription.project)
         if trust {
             guard let keystone = services.keystone, caller.token != nil else {
                 throw HTTPError(.badRequest, message: "trust: Herald makes a Keystone trust only with HERALD_API_AUTH=keystone and a Keystone token")
@@ -147,7 +167,7 @@ struct HeraldAPI: Sendable {
             }
         }
         do {
-            return try await store { try await services.registry.create(subscription) }
+            return try await store { try await services.registry.create(subscription, quota: services.limits.subscriptionsPerProject) }
         } catch {
             if let trust = subscription.trustID { try? await services.keystone?.deleteTrust(trust) }
             throw error
@@ -192,6 +212,9 @@ struct HeraldAPI: Sendable {
             }
         }
         subscription.updatedAt = Date().timeIntervalSince1970
+        _ = try await store { try subscription.validate() }
+        if keys.contains("target") { try checkEndpoint(subscription.target) }
+        try await takeChange(subscription.project)
         guard let updated = try await store({ try await services.registry.update(subscription) }) else {
             throw HTTPError(.notFound, message: "no subscription \(subscription.id) in project \(caller.project)")
         }
@@ -265,18 +288,27 @@ struct HeraldAPI: Sendable {
             let (data, _) = try await APIJSON.object(request, allowed: ["ids"])
             ids = try APIJSON.decode(ReplayInput.self, from: data).ids
         }
+        let perCall = services.limits.replayPerCall
         let entries: [(id: String, letter: DeadLetter)]
         if let ids {
-            guard ids.count <= 1000 else { throw HTTPError(.badRequest, message: "ids: \(ids.count) ids; at most 1000 at once") }
+            guard ids.count <= perCall else { throw HTTPError(.badRequest, message: "ids: \(ids.count) ids; at most \(perCall) at once (HERALD_REPLAY_MAX)") }
             entries = try await services.deadLetters.letters(project: caller.project, ids: ids)
             if let missing = Set(ids).subtracting(entries.map(\.id)).sorted().first {
-                throw HTTPError(.notFound, message: "ids: no dead letter \(missing) in project \(caller.project)")
+                throw HTTPError(.notFound, message: "ids: no dead letter \(SafeText.quoted(missing)) in project \(caller.project)")
             }
         } else {
-            entries = try await services.deadLetters.recent(project: caller.project, count: 1000)
+            entries = try await services.deadLetters.recent(project: caller.project, count: perCall)
+        }
+        if let rates = services.rates, !entries.isEmpty,
+           let wait = try await rates.take("replay:" + caller.project, amount: entries.count, limit: services.limits.replaysPerMinute, per: .seconds(60)) {
+            throw tooManyRequests(wait, "ids: replaying \(entries.count) would pass project \(caller.project)'s \(services.limits.replaysPerMinute) replays a minute (HERALD_RATE_REPLAYS)")
         }
         var result = ReplayResult(replayed: [], failed: [])
         for (id, letter) in entries.reversed() {
+            if letter.bodyTruncated == true {
+                result.failed.append(.init(id: id, reason: "its body was cut to the dead-letter budget when it was stored (HERALD_DEAD_LETTER_BODY_BYTES), so it cannot be posted again"))
+                continue
+            }
             guard let subscriptionID = letter.subscriptionID,
                   let subscription = try await services.registry.get(id: subscriptionID, project: caller.project)
             else {
@@ -284,6 +316,10 @@ struct HeraldAPI: Sendable {
                 continue
             }
             let target = subscription.zaqarTarget(defaultURL: services.defaultZaqarURL)
+            if let endpoints = services.endpoints, !endpoints.permits(target.baseURL) {
+                result.failed.append(.init(id: id, reason: "its subscription's Zaqar endpoint is not one the operator allows (HERALD_ZAQAR_ALLOWED_URLS)"))
+                continue
+            }
             do {
                 let response = try await services.deliver(target, Array(letter.body.utf8))
                 if (200..<300).contains(response.status) {
@@ -292,7 +328,7 @@ struct HeraldAPI: Sendable {
                     result.failed.append(.init(id: id, reason: "Zaqar answered \(response.status)\(response.message.map { ": \($0)" } ?? "")"))
                 }
             } catch {
-                result.failed.append(.init(id: id, reason: "\(error)"))
+                result.failed.append(.init(id: id, reason: TargetAnswer.cut(TargetAnswer.sanitise("\(error)"))))
             }
         }
         try await services.deadLetters.remove(project: caller.project, ids: result.replayed)
@@ -305,6 +341,31 @@ struct HeraldAPI: Sendable {
     }
 
     // MARK: Helpers
+
+    /// A target's `zaqar_url` must be one the operator allows (400 naming the field and the list).
+    private func checkEndpoint(_ target: Target) throws {
+        guard let endpoints = services.endpoints, let url = target.zaqarURL else { return }
+        guard endpoints.permits(url) else {
+            throw HTTPError(.badRequest, message: "target.zaqar_url: \(SafeText.quoted(url)) is not an allowed Zaqar endpoint; allowed: \(endpoints)")
+        }
+    }
+
+    /// One create or update of the project's, within HERALD_RATE_SUBSCRIPTION_CHANGES a minute.
+    private func takeChange(_ project: String) async throws {
+        guard let rates = services.rates else { return }
+        let limit = services.limits.changesPerMinute
+        if let wait = try await rates.take("changes:" + project, limit: limit, per: .seconds(60)) {
+            throw tooManyRequests(wait, "subscriptions: project \(project) made \(limit) creates and updates this minute, its limit (HERALD_RATE_SUBSCRIPTION_CHANGES)")
+        }
+    }
+
+    /// 429 with `Retry-After` in whole seconds (at least 1).
+    private func tooManyRequests(_ wait: Duration, _ message: String) -> HTTPError {
+        let seconds = max(1, Int((wait.seconds).rounded(.up)))
+        var headers = HTTPFields()
+        headers[.retryAfter] = "\(seconds)"
+        return HTTPError(.tooManyRequests, headers: headers, message: "\(message); try again in \(seconds) s")
+    }
 
     /// The subscription `{id}` of the caller's project; 404 when it is another project's or none.
     private func owned(_ context: APIContext) async throws -> Subscription {
@@ -322,6 +383,8 @@ struct HeraldAPI: Sendable {
             return try await body()
         } catch let error as SubscriptionValidationError {
             throw HTTPError(.badRequest, message: "\(error)")
+        } catch let error as SubscriptionQuotaExceeded {
+            throw HTTPError(.forbidden, message: "subscriptions: \(error)")
         }
     }
 

@@ -1,45 +1,108 @@
 import Foundation
 import HeraldModel
 
+/// How much dead-letter storage a cluster may use (docs/security.md).
+public struct DeadLetterBudget: Sendable {
+    /// Letters kept in the cluster-wide stream (HERALD_DEAD_LETTERS_MAX). Default 20000.
+    public var max = 20_000
+    /// Letters kept per project (HERALD_DEAD_LETTERS_PROJECT_MAX). Default 1000.
+    public var projectMax = 1_000
+    /// Bytes of a letter's body kept; a longer body is cut and the letter marked so (it can no
+    /// longer be replayed). With the counts, this bounds the bytes stored: at most about
+    /// `max × (bodyBytes + 1 KiB)` (HERALD_DEAD_LETTER_BODY_BYTES). Default 16384.
+    public var bodyBytes = 16 << 10
+    /// A project's stream that takes no letter for this long is removed (HERALD_DEAD_LETTERS_IDLE_DAYS). Default 14 days.
+    public var projectIdle: Duration = .seconds(14 * 86_400)
+
+    public init() {}
+}
+
 /// Dead letters in capped Redis streams, one entry per letter with its reason as a
 /// field of its own (for counting by reason) and the whole letter as JSON:
-/// `<prefix>dead-letters` holds every letter for operators (`MAXLEN ~ cap`), and a
-/// letter of a project is also in `<prefix>dead-letters:<project>` (`MAXLEN ~
-/// projectCap`), which the project lists, replays and purges through the API.
+/// `<prefix>dead-letters` holds every letter for operators, and a letter of a project is also
+/// in `<prefix>dead-letters:<project>`, which the project lists, replays and purges through
+/// the API. Both are bounded by count (the oldest go first), every letter's body by bytes, and
+/// a project's stream expires when idle. What is trimmed is never silent: it is counted by
+/// reason in `<prefix>dead-letters:dropped` (a hash; `herald status` shows it) and returned
+/// to the caller for its metric and log.
 public final class DeadLetterStore: Sendable {
     private let redis: RedisClient
     private let key: String
-    private let cap: Int
-    private let projectCap: Int
+    public let budget: DeadLetterBudget
 
-    public init(redis: RedisClient, keyPrefix: String = "herald:", cap: Int = 100_000, projectCap: Int = 10_000) {
+    public init(redis: RedisClient, keyPrefix: String = "herald:", budget: DeadLetterBudget = DeadLetterBudget()) {
         self.redis = redis
         self.key = keyPrefix + "dead-letters"
-        self.cap = cap
-        self.projectCap = projectCap
+        self.budget = budget
     }
 
     private func projectKey(_ project: String) -> String {
         key + ":" + project
     }
 
-    /// Appends letters in one round trip.
+    private var droppedKey: String { key + ":dropped" }
+
+    /// Appends one letter to a stream, first trimming the oldest entries beyond the cap and
+    /// counting them by reason. KEYS: the stream, the dropped-counts hash. ARGV: cap, idle ms
+    /// (0: none), reason, project, letter. Returns the reasons of what was trimmed.
+    private static let append = RedisScript(#"""
+    local stream, dropped = KEYS[1], KEYS[2]
+    local cap, idle = tonumber(ARGV[1]), tonumber(ARGV[2])
+    local trimmed = {}
+    local length = redis.call('XLEN', stream)
+    if length >= cap then
+      local old = redis.call('XRANGE', stream, '-', '+', 'COUNT', length - cap + 1)
+      for _, entry in ipairs(old) do
+        local fields, reason = entry[2], 'unknown'
+        for i = 1, #fields, 2 do if fields[i] == 'reason' then reason = fields[i + 1] end end
+        redis.call('HINCRBY', dropped, reason, 1)
+        redis.call('XDEL', stream, entry[1])
+        trimmed[#trimmed + 1] = reason
+      end
+    end
+    redis.call('XADD', stream, '*', 'reason', ARGV[3], 'project', ARGV[4], 'letter', ARGV[5])
+    if idle > 0 then redis.call('PEXPIRE', stream, idle) end
+    return trimmed
+    """#)
+
+    /// Appends letters (bodies cut to the budget), trimming the oldest beyond the caps.
+    /// - Returns: how many older letters were trimmed to make room, by reason.
     /// - Throws: `CoordinationError` when Redis cannot take them (the caller retries: nothing is dropped).
-    public func append(_ letters: [DeadLetter]) async throws {
-        guard !letters.isEmpty else { return }
+    @discardableResult
+    public func append(_ letters: [DeadLetter]) async throws -> [String: Int] {
+        guard !letters.isEmpty else { return [:] }
         let encoder = JSONEncoder()
-        let commands = try letters.flatMap { letter in
-            let json = String(decoding: try encoder.encode(letter), as: UTF8.self)
-            var commands = [RedisCommand("XADD", key, "MAXLEN", "~", cap, "*", "reason", letter.reason.rawValue, "project", letter.project ?? "", "letter", json)]
-            if let project = letter.project, !project.isEmpty {
-                commands.append(RedisCommand("XADD", projectKey(project), "MAXLEN", "~", projectCap, "*", "reason", letter.reason.rawValue, "letter", json))
+        var trimmed: [String: Int] = [:]
+        for var letter in letters {
+            if letter.body.utf8.count > budget.bodyBytes {
+                letter.body = String(decoding: letter.body.utf8.prefix(budget.bodyBytes), as: UTF8.self)
+                letter.bodyTruncated = true
             }
-            return commands
+            let json = String(decoding: try encoder.encode(letter), as: UTF8.self)
+            var replies = [try await redis.evalSHA(Self.append, keys: [key, droppedKey], arguments: [budget.max, 0, letter.reason.rawValue, letter.project ?? "", json])]
+            if let project = letter.project, !project.isEmpty {
+                replies.append(try await redis.evalSHA(
+                    Self.append, keys: [projectKey(project), droppedKey],
+                    arguments: [budget.projectMax, Int(budget.projectIdle.milliseconds), letter.reason.rawValue, project, json]
+                ))
+            }
+            for reply in replies {
+                if case .error(let message) = reply { throw CoordinationError(.serverError, "Redis refused a dead letter", underlying: message) }
+                for reason in reply.array?.compactMap(\.string) ?? [] { trimmed[reason, default: 0] += 1 }
+            }
         }
-        let replies = try await redis.pipeline(commands)
-        if let failed = replies.first(where: { if case .error = $0 { return true } else { return false } }) {
-            throw CoordinationError(.serverError, "Redis refused a dead letter", underlying: "\(failed)")
+        return trimmed
+    }
+
+    /// How many letters were trimmed to keep within the budget, by reason, since the cluster began.
+    public func droppedByReason() async throws -> [String: Int] {
+        let reply = try await redis.send("HGETALL", droppedKey)
+        let items = reply.array ?? []
+        var counts: [String: Int] = [:]
+        for index in stride(from: 0, to: items.count - 1, by: 2) {
+            if let reason = items[index].string, let count = items[index + 1].string.flatMap({ Int($0) }) { counts[reason] = count }
         }
+        return counts
     }
 
     /// The newest letters first, at most `count`.

@@ -28,13 +28,15 @@ public final class SubscriptionRegistry: Sendable {
         self.logger = logger
     }
 
+    /// ARGV[5]: the project's quota (0: none); -1 when the project is at it, 0 when the id exists.
     private static let create = RedisScript(#"""
-    local prefix, id, project = ARGV[1], ARGV[2], ARGV[3]
+    local prefix, id, project, quota = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[5])
+    if quota > 0 and redis.call('ZCARD', prefix .. 'subs:project:' .. project) >= quota then return -1 end
     if redis.call('SET', prefix .. 'sub:' .. id, ARGV[4], 'NX') == false then return 0 end
     redis.call('ZADD', prefix .. 'subs:project:' .. project, 0, id)
     redis.call('SADD', prefix .. 'subs:all', id)
     local version = redis.call('INCR', prefix .. 'subs:version')
-    redis.call('PUBLISH', prefix .. 'subs:changed', version)
+    redis.call('PUBLISH', prefix .. 'subs:changed', version .. ' ' .. id)
     return version
     """#)
 
@@ -43,7 +45,7 @@ public final class SubscriptionRegistry: Sendable {
     if redis.call('ZSCORE', prefix .. 'subs:project:' .. project, id) == false then return 0 end
     redis.call('SET', prefix .. 'sub:' .. id, ARGV[4])
     local version = redis.call('INCR', prefix .. 'subs:version')
-    redis.call('PUBLISH', prefix .. 'subs:changed', version)
+    redis.call('PUBLISH', prefix .. 'subs:changed', version .. ' ' .. id)
     return version
     """#)
 
@@ -53,7 +55,7 @@ public final class SubscriptionRegistry: Sendable {
     redis.call('DEL', prefix .. 'sub:' .. id)
     redis.call('SREM', prefix .. 'subs:all', id)
     local version = redis.call('INCR', prefix .. 'subs:version')
-    redis.call('PUBLISH', prefix .. 'subs:changed', version)
+    redis.call('PUBLISH', prefix .. 'subs:changed', version .. ' ' .. id)
     return version
     """#)
 
@@ -74,16 +76,24 @@ public final class SubscriptionRegistry: Sendable {
     // MARK: CRUD
 
     /// Validates and stores a new subscription.
-    /// - Throws: `SubscriptionValidationError` naming the bad field; `CoordinationError` when Redis fails
-    ///   or the id exists already.
+    /// - Parameter quota: the most subscriptions its project may have (nil: no limit); checked
+    ///   atomically with the write, so concurrent creates on several nodes cannot pass it.
+    /// - Throws: `SubscriptionValidationError` naming the bad field; `SubscriptionQuotaExceeded`;
+    ///   `CoordinationError` when Redis fails or the id exists already.
     @discardableResult
-    public func create(_ subscription: Subscription) async throws -> Subscription {
+    public func create(_ subscription: Subscription, quota: Int? = nil) async throws -> Subscription {
         try subscription.validate()
-        let version = try await redis.evalSHA(Self.create, arguments: [prefix, subscription.id, subscription.project, try encode(subscription)])
+        let version = try await redis.evalSHA(Self.create, arguments: [prefix, subscription.id, subscription.project, try encode(subscription), quota ?? 0])
+        if version.integer == -1 { throw SubscriptionQuotaExceeded(project: subscription.project, quota: quota ?? 0) }
         guard (version.integer ?? 0) > 0 else {
             throw CoordinationError(.serverError, "subscription \(subscription.id) exists already")
         }
         return subscription
+    }
+
+    /// How many subscriptions a project has.
+    public func count(project: String) async throws -> Int {
+        Int(try await redis.send("ZCARD", prefix + "subs:project:" + project).integer ?? 0)
     }
 
     /// The subscription with `id`, if it exists and (when `project` is given) belongs to that project.
@@ -154,44 +164,58 @@ public final class SubscriptionRegistry: Sendable {
 
     // MARK: Watching
 
-    /// A fresh snapshot now and after every change. Changes are noticed through
-    /// pub/sub at once, and by comparing versions every `poll` (so a lost notice
-    /// costs at most one poll). Ends when the consumer stops iterating.
+    /// A fresh snapshot now and after every change. A change notice (`<version> <id>`, pub/sub)
+    /// that follows the version held is applied by reading that one record; a gap in the
+    /// versions, a reconnect, or a version seen to differ on the `poll` (a lost notice costs at
+    /// most one poll) reads the whole registry again. Ends when the consumer stops iterating.
     public func watch(poll: Duration = .seconds(1)) -> AsyncStream<RegistrySnapshot> {
         let (stream, continuation) = AsyncStream.makeStream(of: RegistrySnapshot.self, bufferingPolicy: .bufferingNewest(1))
-        let notified = Notice()
+        let (changes, changed) = AsyncStream.makeStream(of: RegistryChange.self, bufferingPolicy: .bufferingNewest(1024))
         let notices = subscriber.subscribe(to: [prefix + "subs:changed"])
         let listener = Task {
             for await event in notices {
                 switch event {
-                case .message, .subscribed(reconnected: true): notified.set()
+                case .message(_, let payload): changed.yield(RegistryChange(payload) ?? .resync)
+                case .subscribed(reconnected: true): changed.yield(.resync)
                 case .subscribed(reconnected: false): break
                 }
             }
         }
-        let loop = Task {
-            var seen: Int64 = -1
-            var nextPoll = ContinuousClock.now
+        let poller = Task {
             while !Task.isCancelled {
-                let due = notified.take() || ContinuousClock.now >= nextPoll
-                if due {
-                    nextPoll = ContinuousClock.now + poll
-                    do {
-                        if try await version() != seen {
-                            let snapshot = try await snapshot()
-                            seen = snapshot.version
-                            continuation.yield(snapshot)
-                        }
-                    } catch {
-                        logger.warning("reading the registry failed; retrying", metadata: ["error": "\(error)"])
-                    }
-                }
-                try? await Task.sleep(for: .milliseconds(20))
+                try? await Task.sleep(for: poll)
+                changed.yield(.poll)
             }
         }
+        let loop = Task {
+            var held = RegistryState()
+            var needsResync = true
+            for await change in changes {
+                if Task.isCancelled { break }
+                do {
+                    if case .notice(let version, let id) = change, !needsResync, version == held.version + 1 {
+                        held.apply(version: version, id: id, record: try await get(id: id, project: nil))
+                        continuation.yield(held.snapshot)
+                        continue
+                    }
+                    if case .notice(let version, _) = change, !needsResync, version <= held.version { continue }
+                    if case .poll = change, !needsResync, try await self.version() == held.version { continue }
+                    held = RegistryState(try await snapshot())
+                    needsResync = false
+                    continuation.yield(held.snapshot)
+                } catch {
+                    needsResync = true
+                    logger.warning("reading the registry failed; retrying", metadata: ["error": "\(error)"])
+                }
+            }
+        }
+        // The first snapshot at once, not after the first poll.
+        changed.yield(.resync)
         continuation.onTermination = { _ in
             loop.cancel()
+            poller.cancel()
             listener.cancel()
+            changed.finish()
         }
         return stream
     }
@@ -205,16 +229,51 @@ public final class SubscriptionRegistry: Sendable {
     }
 }
 
-/// A flag set by one task and taken by another.
-final class Notice: Sendable {
-    private let flag = Mutex(false)
+/// What the registry watch reacts to.
+enum RegistryChange: Sendable {
+    /// A change notice: the version it made and the subscription it touched.
+    case notice(Int64, String)
+    /// Time to compare versions (a notice may have been lost).
+    case poll
+    /// Read everything again (a reconnect, an unreadable notice).
+    case resync
 
-    func set() { flag.withLock { $0 = true } }
+    init?(_ payload: [UInt8]) {
+        let parts = String(decoding: payload, as: UTF8.self).split(separator: " ", maxSplits: 1)
+        guard parts.count == 2, let version = Int64(parts[0]) else { return nil }
+        self = .notice(version, String(parts[1]))
+    }
+}
 
-    func take() -> Bool {
-        flag.withLock { value in
-            defer { value = false }
-            return value
-        }
+/// The registry as one node holds it between snapshots: applied change by change.
+struct RegistryState {
+    var version: Int64 = -1
+    var byID: [String: Subscription] = [:]
+
+    init() {}
+
+    init(_ snapshot: RegistrySnapshot) {
+        version = snapshot.version
+        byID = Dictionary(snapshot.subscriptions.map { ($0.id, $0) }, uniquingKeysWith: { _, last in last })
+    }
+
+    /// The record as read after the notice (nil: deleted).
+    mutating func apply(version: Int64, id: String, record: Subscription?) {
+        self.version = version
+        byID[id] = record
+    }
+
+    var snapshot: RegistrySnapshot {
+        RegistrySnapshot(version: version, subscriptions: byID.values.sorted { $0.id < $1.id })
+    }
+}
+
+/// A project has as many subscriptions as its quota allows.
+public struct SubscriptionQuotaExceeded: Error, CustomStringConvertible, Sendable {
+    public var project: String
+    public var quota: Int
+
+    public var description: String {
+        "project \(project) has \(quota) subscriptions, its quota (HERALD_QUOTA_SUBSCRIPTIONS); delete one first"
     }
 }

@@ -139,6 +139,16 @@ final class PipelineRun: @unchecked Sendable {
         }
     }
 
+    /// Whether a node's process has ended (reaped without waiting when it has).
+    func exited(_ name: String) async -> Bool {
+        guard let node = nodes[name] else { return true }
+        if node.exitStatus != nil { return true }
+        var status: Int32 = 0
+        let reaped = waitpid(node.process.pid, &status, WNOHANG)
+        if reaped == node.process.pid { node.exitStatus = status }
+        return reaped == node.process.pid
+    }
+
     func stop(_ name: String, signal: Int32) async throws {
         guard let node = nodes[name] else { return }
         node.process.send(signal)

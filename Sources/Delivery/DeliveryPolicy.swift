@@ -38,8 +38,9 @@ public struct DeliveryConfiguration: Sendable {
         try check(laneMaxBytes >= maxRequestBytes, "lane max bytes \(laneMaxBytes) must be at least the request size \(maxRequestBytes)")
         try check(projectMaxMessages >= laneMaxMessages, "project max messages \(projectMaxMessages) must be at least a lane's \(laneMaxMessages)")
         try check(projectMaxBytes >= laneMaxBytes, "project max bytes \(projectMaxBytes) must be at least a lane's \(laneMaxBytes)")
-        try check(globalMaxMessages >= projectMaxMessages, "global max messages \(globalMaxMessages) must be at least a project's \(projectMaxMessages)")
-        try check(globalMaxBytes >= projectMaxBytes, "global max bytes \(globalMaxBytes) must be at least a project's \(projectMaxBytes)")
+        // A project's share above the total is simply the total (one project alone may use it all).
+        try check(globalMaxMessages >= laneMaxMessages, "global max messages \(globalMaxMessages) must be at least a lane's \(laneMaxMessages)")
+        try check(globalMaxBytes >= laneMaxBytes, "global max bytes \(globalMaxBytes) must be at least a lane's \(laneMaxBytes)")
         try check(maxAttempts >= 1, "max attempts \(maxAttempts) must be at least 1")
         try check(circuitThreshold >= 1, "circuit threshold \(circuitThreshold) must be at least 1")
     }

@@ -21,6 +21,8 @@ struct DeliveryHarness {
     init(configuration: DeliveryConfiguration = DeliveryConfiguration(), requestTimeout: Duration = .seconds(10)) throws {
         let redis = try RedisClient(url: TestServers.redisURL())
         deadLetters = DeadLetterStore(redis: redis, keyPrefix: TestServers.uniqueName("herald-test.delivery") + ":")
+        // Validated first: a client dropped without shutdown() traps in AsyncHTTPClient.
+        try configuration.validate()
         zaqar = ZaqarClient(requestTimeout: requestTimeout)
         batcher = try DeliveryBatcher(configuration: configuration, zaqar: zaqar, deadLetters: deadLetters)
     }

@@ -10,6 +10,7 @@ import TestSupport
 @Suite("Hostile targets", .serialized, .timeLimit(.minutes(3)))
 struct HostileTargetTests {
     func harness(_ configuration: DeliveryConfiguration = Self.quick, requestTimeout: Duration = .seconds(2), endpoints: ZaqarEndpoints? = nil) throws -> (DeliveryBatcher, DeadLetterStore, ZaqarClient) {
+        try configuration.validate()  // before the client: one dropped without shutdown() traps
         let redis = try RedisClient(url: TestServers.redisURL())
         let deadLetters = DeadLetterStore(redis: redis, keyPrefix: TestServers.uniqueName("herald-test.hostile") + ":")
         let zaqar = ZaqarClient(requestTimeout: requestTimeout, retryAfterCap: .milliseconds(200))

@@ -88,7 +88,7 @@ struct Node: AsyncParsableCommand {
         let nodeID = configuration.nodeID
         let json = configuration.logFormat == "json"
         LoggingSystem.bootstrap { label in
-            var handler: any LogHandler = json ? JSONLogHandler(label: label) : StreamLogHandler.standardError(label: label)
+            var handler: any LogHandler = json ? JSONLogHandler(label: label) : CleanTextLogHandler(StreamLogHandler.standardError(label: label))
             handler.logLevel = level
             handler.metadata["node"] = "\(nodeID)"
             return handler

@@ -270,7 +270,10 @@ final class IngestService: Sendable {
                 return
             } catch {
                 attempt += 1
-                if attempt == 1 { logger.error("cannot store a dead letter; retrying", metadata: ["error": "\(error)"]) }
+                DeadLetterWriteFailures.counter.increment()
+                if attempt == 1 || attempt % 10 == 0 {
+                    logger.error("cannot store a dead letter; holding the notification and retrying", metadata: ["error": "\(error)", "herald.attempt": "\(attempt)"])
+                }
                 try? await Task.sleep(for: .milliseconds(min(2000, 50 * attempt)))
             }
         }

@@ -62,6 +62,8 @@ struct Status: AsyncParsableCommand {
         var deepestPartitions: [Queue]
         var partitionMessages: Int
         var deadLetters: [String: Int]
+        /// Older letters trimmed to keep within the budget, by reason, since the cluster began.
+        var deadLettersDropped: [String: Int]
         /// Subscriptions with a pre-signed URL, and those of them near or past expiry. (Spelt
         /// `Url` so that the snake-case JSON keys come out as signed_url_count and signed_urls.)
         var signedUrlCount: Int
@@ -92,7 +94,9 @@ struct Status: AsyncParsableCommand {
         let redis = RedisClient(configuration: try RedisConfiguration(url: servers.redisURL), logger: logger)
         defer { Task { await redis.close() } }
         let view = try await ClusterInspector(redis: redis, keyPrefix: keyPrefix).view(partitionCount: partitions)
-        let letters = try await DeadLetterStore(redis: redis, keyPrefix: keyPrefix).countsByReason()
+        let store = DeadLetterStore(redis: redis, keyPrefix: keyPrefix)
+        let letters = try await store.countsByReason()
+        let dropped = try await store.droppedByReason()
         var problems: [String] = []
 
         var ingest: Report.Queue?
@@ -162,6 +166,7 @@ struct Status: AsyncParsableCommand {
             assignmentEpoch: view.assignmentEpoch, ingest: ingest, deepestPartitions: Array(deepest),
             partitionMessages: partitionQueues.reduce(0) { $0 + $1.messages },
             deadLetters: Dictionary(uniqueKeysWithValues: letters.map { ($0.key.rawValue, $0.value) }),
+            deadLettersDropped: dropped,
             signedUrlCount: signedURLCount, signedUrls: signedURLs.sorted { ($0.expires, $0.subscription) < ($1.expires, $1.subscription) }, problems: problems
         )
     }
@@ -188,6 +193,12 @@ struct Status: AsyncParsableCommand {
         for (reason, count) in report.deadLetters.sorted(by: { $0.key < $1.key }) {
             out += "  " + pad(reason, 22) + "\(count)\n"
         }
+        if !report.deadLettersDropped.isEmpty {
+            out += "dead letters trimmed to keep within the budget (HERALD_DEAD_LETTERS_MAX, HERALD_DEAD_LETTERS_PROJECT_MAX)\n"
+            for (reason, count) in report.deadLettersDropped.sorted(by: { $0.key < $1.key }) {
+                out += "  " + pad(reason, 22) + "\(count)\n"
+            }
+        }
         out += "\npre-signed URLs: \(report.signedUrlCount) in use, \(report.signedUrls.count) near or past expiry\n"
         for row in report.signedUrls {
             out += "  " + pad(row.subscription, 38) + pad(row.project, 34) + pad(row.queue, 20) + pad(row.expires, 21) + row.state + "\n"
@@ -195,7 +206,10 @@ struct Status: AsyncParsableCommand {
         if !report.problems.isEmpty {
             out += "\nproblems\n" + report.problems.map { "  " + $0 + "\n" }.joined()
         }
-        return out
+        // Every field above may carry text from outside (project ids, queue names, node ids,
+        // reasons): no line of the report may hold a control character that forges a line or
+        // moves the terminal. Cleaned line by line, so the report's own new lines stay.
+        return out.split(separator: "\n", omittingEmptySubsequences: false).map { SafeText.clean(String($0), limit: 1_000) }.joined(separator: "\n")
     }
 
     private static func pad(_ text: String, _ width: Int) -> String {
@@ -203,6 +217,8 @@ struct Status: AsyncParsableCommand {
     }
 
     private static func age(_ seconds: Double) -> String {
+        // From Redis: a clock gone wrong must not trap the report.
+        guard seconds.isFinite, seconds >= 0, seconds < 1e12 else { return "?" }
         let whole = Int(seconds)
         if whole < 120 { return "\(whole)s" }
         if whole < 7200 { return "\(whole / 60)m" }

@@ -63,6 +63,9 @@ struct ComparableValue: Sendable {
     }
 
     static func equal(_ a: ComparableValue, _ b: ComparableValue) -> Bool {
+        // Two strings that are not both instants: equal as text (what `compare` would say, at
+        // the cost of one comparison instead of two).
+        if case .string(let x) = a.value, case .string(let y) = b.value, a.instant == nil || b.instant == nil { return x == y }
         if let order = compare(a, b) { return order == 0 }
         return a.value == b.value
     }

@@ -514,6 +514,7 @@ public final class DeliveryBatcher: Sendable {
                 break
             } catch {
                 attempt += 1
+                DeadLetterWriteFailures.counter.increment()
                 if attempt == 1 || attempt % 10 == 0 {
                     logger.error("cannot store dead letters; holding them and retrying", metadata: ["error": "\(error)", "delivery.count": "\(letters.count)"])
                 }

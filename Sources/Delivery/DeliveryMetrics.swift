@@ -19,3 +19,9 @@ enum DeliveryMetrics {
         deadLetters[reason]!
     }
 }
+
+/// `herald_dead_letter_write_failures_total`: Redis refused or could not take dead letters; the
+/// node holds them and retries with backoff (an alert-worthy rate: nothing moves meanwhile).
+public enum DeadLetterWriteFailures {
+    public static let counter = Counter(label: "herald_dead_letter_write_failures_total")
+}

@@ -18,7 +18,7 @@ struct HotPath: AsyncParsableCommand {
     @Option(help: "Events per match round.") var matchEvents: Int = 200_000
     @Option(help: "Projects the events and subscriptions belong to.") var projects: Int = 1_000
     @Option(help: "Rounds of each measurement; the median is reported.") var rounds: Int = 3
-    @Option(help: "Which parts: decode, encode, match (comma-separated).") var parts: String = "decode,encode,match"
+    @Option(help: "Which parts: decode, encode, match, worst (comma-separated).") var parts: String = "decode,encode,match,worst"
     @Option(help: "Subscription counts for match (comma-separated).") var subscriptionCounts: String = "10,1000,10000,100000"
 
     func run() async throws {
@@ -31,6 +31,62 @@ struct HotPath: AsyncParsableCommand {
         if parts.contains("decode") { measureDecode(bodies) }
         if parts.contains("encode") { measureEncode(bodies) }
         if parts.contains("match") { measureMatch(corpus, bodies) }
+        if parts.contains("worst") { measureWorst(corpus, bodies) }
+    }
+
+    /// The most one allowed subscription can cost per event: 10,000 ordinary subscriptions, then
+    /// the same with one subscription at every limit of `Subscription.Limits` added (made for all
+    /// projects, so it meets every event), on the same events. The difference is its cost.
+    func measureWorst(_ corpus: NotificationCorpus, _ bodies: [[UInt8]]) {
+        let sample = bodies.prefix(500).flatMap { try! NotificationDecoder.decode($0) }
+        let ordinary = corpus.subscriptions(10_000)
+        let worst = Self.worstSubscription()
+        do { try worst.validate() } catch { fatalError("the worst subscription must be an allowed one: \(error)") }
+        let without = SubscriptionIndex(ordinary)
+        let with = SubscriptionIndex(ordinary + [worst])
+        func speed(_ index: SubscriptionIndex) -> Double {
+            rate(matchEvents / 4) { i in
+                let event = sample[i % sample.count]
+                _ = index.matches(NotificationEvent(eventType: event.eventType, messageID: event.messageID, project: event.project, json: event.json))
+            }
+        }
+        let base = speed(without)
+        let loaded = speed(with)
+        let cost = 1e6 / loaded - 1e6 / base
+        // The first event of a type runs the globs (then cached): every event here has a type the
+        // index has not seen, so each pays the worst subscription's globs as well as its conditions.
+        let typeRounds = 20_000
+        let event = sample[0]
+        let started = ContinuousClock.now
+        for round in 0..<typeRounds {
+            _ = with.matches(NotificationEvent(eventType: "compute.instance.type\(round).end", messageID: "m", project: event.project, json: event.json))
+        }
+        let firstOfType = (ContinuousClock.now - started).seconds / Double(typeRounds) * 1e6
+        print(String(format: "  worst    10,000 subscriptions: %.2f µs/event; with the worst allowed one added: %.2f µs/event; its cost %.2f µs/event (goal 20); an event of a type not seen before (globs, then cached) %.1f µs", 1e6 / base, 1e6 / loaded, cost, firstOfType))
+    }
+
+    /// One subscription at every limit: the most patterns, each as long and wild as allowed (none
+    /// matching except the last, `*`), the most conditions, each on a path that is present and
+    /// comparing the longest operand string, ending with the largest `in` list that fits the
+    /// operand's encoded limit.
+    static func worstSubscription() -> Subscription {
+        let limits = Subscription.Limits.self
+        let wild = String(repeating: "*a", count: limits.wildcardsPerPattern - 1) + "*"
+        var patterns = (0..<(limits.patterns - 1)).map { index in
+            let body = "\(index)" + wild
+            return body + String(repeating: "b", count: limits.patternCharacters - body.count)
+        }
+        patterns.append("*")
+        let long = String(repeating: "z", count: limits.operandStringCharacters - 3)
+        var conditions = (0..<(limits.conditions - 1)).map { index in
+            // Present in every event of the corpus, and never equal to the operand: all evaluated.
+            Condition(field: "payload.metadata_\(index % 20)", op: .ne, value: .string(long + "\(index)"))
+        }
+        // As long as the items can be with the most of them inside the operand's encoded limit.
+        let itemLength = limits.operandBytes / limits.inItems - 4
+        let items = (0..<limits.inItems).map { JSONValue.string(String(repeating: "y", count: itemLength - 3) + String(format: "%03d", $0)) }
+        conditions.append(Condition(field: "payload.display_name", op: .in, value: .array(items)))
+        return Subscription(project: "admin", allProjects: true, eventTypes: patterns, conditions: conditions, target: Target(queue: "worst"))
     }
 
     func measureDecode(_ bodies: [[UInt8]]) {

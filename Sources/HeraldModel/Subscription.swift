@@ -67,7 +67,7 @@ public struct Subscription: Codable, Sendable, Equatable, Identifiable {
         public static let patterns = 20
         public static let patternCharacters = 128
         public static let wildcardsPerPattern = 8
-        public static let conditions = 20
+        public static let conditions = 12
         public static let fieldCharacters = 255
         public static let fieldSegments = 16
         public static let inItems = 100

@@ -100,12 +100,12 @@ struct BatcherFaultTests {
 
     @Test("503s are retried until Zaqar takes the batch: nothing lost, nothing duplicated")
     func retriesAfter503() async throws {
-        let sink = try await FaultSink { $0.index <= 3 ? .status(503) : .created }
+        let sink = try await HostileZaqar { $0.index <= 3 ? .status(503) : .accept }
         let harness = try DeliveryHarness(configuration: fastRetries())
         let target = ZaqarTarget(baseURL: sink.url, project: "p", queue: "q")
         let outcome = await harness.batcher.deliver(DeliveryHarness.messages(50, to: target))
         #expect(outcome == DeliveryOutcome(delivered: 50, deadLettered: 0))
-        let accepted = sink.accepted("/v2/queues/q/messages")
+        let accepted = sink.accepted(queue: "q")
         #expect(accepted.count == 50)
         #expect(Set(accepted).count == 50)
         #expect(harness.batcher.statistics.retries == 3)
@@ -116,14 +116,14 @@ struct BatcherFaultTests {
 
     @Test("a 400 is narrowed down to the one message Zaqar refuses, which is dead-lettered once")
     func poisonMessage() async throws {
-        let sink = try await FaultSink { $0.body.contains("poison") ? .status(400) : .created }
+        let sink = try await HostileZaqar { $0.body.contains("poison") ? .status(400) : .accept }
         let harness = try DeliveryHarness(configuration: fastRetries())
         let target = ZaqarTarget(baseURL: sink.url, project: "p", queue: "q")
         var messages = DeliveryHarness.messages(20, to: target)
         messages[7] = DeliveryHarness.messages(1, to: target, label: "poison")[0]
         let outcome = await harness.batcher.deliver(messages)
         #expect(outcome == DeliveryOutcome(delivered: 19, deadLettered: 1))
-        #expect(sink.accepted("/v2/queues/q/messages").count == 19)
+        #expect(sink.accepted(queue: "q").count == 19)
         let letters = try await harness.deadLetters.recent()
         #expect(letters.count == 1)
         #expect(letters.first?.reason == .rejected)
@@ -136,12 +136,12 @@ struct BatcherFaultTests {
 
     @Test("a 404 is permanent: dead-lettered with the reason, not retried")
     func notFound() async throws {
-        let sink = try await FaultSink { _ in .status(404) }
+        let sink = try await HostileZaqar { _ in .status(404) }
         let harness = try DeliveryHarness(configuration: fastRetries())
         let target = ZaqarTarget(baseURL: sink.url, project: "p", queue: "gone")
         let outcome = await harness.batcher.deliver(DeliveryHarness.messages(5, to: target))
         #expect(outcome == DeliveryOutcome(delivered: 0, deadLettered: 5))
-        #expect(sink.requests == 1)
+        #expect(sink.totalRequests == 1)
         #expect(try await harness.deadLetters.recent().allSatisfy { $0.reason == .notFound && $0.detail.contains("404") })
         await sink.close()
         await harness.shutdown()
@@ -149,7 +149,7 @@ struct BatcherFaultTests {
 
     @Test("429 with Retry-After waits as told")
     func retryAfter() async throws {
-        let sink = try await FaultSink { $0.index == 1 ? .status(429, retryAfter: 1) : .created }
+        let sink = try await HostileZaqar { $0.index == 1 ? .status(429, retryAfter: 1) : .accept }
         let harness = try DeliveryHarness(configuration: fastRetries())
         let target = ZaqarTarget(baseURL: sink.url, project: "p", queue: "q")
         let started = ContinuousClock.now
@@ -162,12 +162,12 @@ struct BatcherFaultTests {
 
     @Test("a reset connection is retried")
     func reset() async throws {
-        let sink = try await FaultSink { $0.index <= 2 ? .reset : .created }
+        let sink = try await HostileZaqar { $0.index <= 2 ? .reset : .accept }
         let harness = try DeliveryHarness(configuration: fastRetries())
         let target = ZaqarTarget(baseURL: sink.url, project: "p", queue: "q")
         let outcome = await harness.batcher.deliver(DeliveryHarness.messages(10, to: target))
         #expect(outcome.delivered == 10)
-        #expect(sink.accepted("/v2/queues/q/messages").count == 10)
+        #expect(sink.accepted(queue: "q").count == 10)
         await sink.close()
         await harness.shutdown()
     }
@@ -175,7 +175,7 @@ struct BatcherFaultTests {
     @Test("the circuit opens after repeated failures and closes after a good probe")
     func circuit() async throws {
         let failing = Counter()
-        let sink = try await FaultSink { _ in failing.value == 0 ? .status(503) : .created }
+        let sink = try await HostileZaqar { _ in failing.value == 0 ? .status(503) : .accept }
         var configuration = fastRetries()
         configuration.circuitThreshold = 3
         configuration.circuitCooldown = .milliseconds(300)
@@ -186,9 +186,9 @@ struct BatcherFaultTests {
         try await eventually {
             guard case .open = harness.batcher.circuit(for: target) else { throw DeliveryError(.closed, "circuit not open yet") }
         }
-        let requestsWhileOpen = sink.requests
+        let requestsWhileOpen = sink.totalRequests
         try await Task.sleep(for: .milliseconds(150))
-        #expect(sink.requests == requestsWhileOpen, "nothing is sent while the circuit is open")
+        #expect(sink.totalRequests == requestsWhileOpen, "nothing is sent while the circuit is open")
         failing.increment()
         let outcome = await task.value
         #expect(outcome.delivered == 5)
@@ -200,7 +200,7 @@ struct BatcherFaultTests {
 
     @Test("an idle lane with a clean circuit is forgotten; one with failures is kept")
     func idleLanesForgotten() async throws {
-        let sink = try await FaultSink { request in request.path.contains("/failing/") ? .status(503) : .created }
+        let sink = try await HostileZaqar { request in request.path.contains("/failing/") ? .status(503) : .accept }
         var configuration = fastRetries()
         configuration.circuitThreshold = 100
         configuration.maxAttempts = 2
@@ -222,7 +222,7 @@ struct BatcherFaultTests {
 
     @Test("a stalled lane leaves another lane's throughput unchanged")
     func stalledLane() async throws {
-        let sink = try await FaultSink { $0.path.contains("/stalled/") ? .stall : .created }
+        let sink = try await HostileZaqar { $0.path.contains("/stalled/") ? .stall : .accept }
         let harness = try DeliveryHarness(configuration: fastRetries(), requestTimeout: .seconds(60))
         let healthy = ZaqarTarget(baseURL: sink.url, project: "p", queue: "healthy")
         let stalled = ZaqarTarget(baseURL: sink.url, project: "p", queue: "stalled")
@@ -248,7 +248,7 @@ struct BatcherFaultTests {
 
     @Test("with the sink stalled, buffered messages never exceed the bounds and submitters wait")
     func boundedMemory() async throws {
-        let sink = try await FaultSink { _ in .stall }
+        let sink = try await HostileZaqar { _ in .stall }
         var configuration = fastRetries()
         configuration.maxBatchMessages = 10
         configuration.laneMaxMessages = 50

@@ -66,8 +66,8 @@ struct HostileTargetTests {
 
     @Test("huge, non-JSON and escape-laden answers keep only a status and a short clean reason")
     func bodies() async throws {
-        let server = try await HostileZaqar { queue in
-            switch queue {
+        let server = try await HostileZaqar { request in
+            switch request.queue {
             case "huge": return .huge(status: 400, bytes: 5 << 20)
             case "html": return .answer(status: 404, headers: ["Content-Type": "text/html"], body: "<html>internal admin console: secret=hunter2</html>")
             default: return .answer(status: 400, headers: ["Content-Type": "application/json"], body: "{\"title\": \"Bad\\u001b[31m\", \"description\": \"line\\nforged: yes \(String(repeating: "y", count: 1000))\"}")
@@ -94,7 +94,7 @@ struct HostileTargetTests {
 
     @Test("a target that never answers is cut off by the request deadline, then dead-lettered; the batcher goes on")
     func silent() async throws {
-        let server = try await HostileZaqar { queue in queue == "silent" ? .silent : .accept }
+        let server = try await HostileZaqar { request in request.queue == "silent" ? .silent : .accept }
         defer { Task { await server.close() } }
         var configuration = Self.quick
         configuration.maxAttempts = 2
@@ -110,7 +110,7 @@ struct HostileTargetTests {
 
     @Test("one project's many stalled queues fill only its share; another project's messages keep flowing")
     func projectShare() async throws {
-        let server = try await HostileZaqar { queue in queue.hasPrefix("stuck") ? .silent : .accept }
+        let server = try await HostileZaqar { request in request.queue.hasPrefix("stuck") ? .silent : .accept }
         defer { Task { await server.close() } }
         var configuration = DeliveryConfiguration()
         configuration.maxBatchMessages = 10

@@ -23,8 +23,8 @@ extension PipelineSuites {
 
         @Test("hostile targets (Retry-After inf/nan/1e300/86400, redirects, silence, huge bodies) kill no node; a zaqar_url outside the allowed list is a 400 and never contacted; a poison notification is a dead letter; another project's events flow")
         func hostileTargets() async throws {
-            let hostile = try await HostileZaqar { queue in
-                switch queue.split(separator: "-").first {
+            let hostile = try await HostileZaqar { request in
+                switch request.queue.split(separator: "-").first {
                 case "inf": return .answer(status: 503, headers: ["Retry-After": "inf"])
                 case "nan": return .answer(status: 429, headers: ["Retry-After": "nan"])
                 case "huge": return .answer(status: 503, headers: ["Retry-After": "1e300"])

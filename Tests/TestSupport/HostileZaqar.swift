@@ -4,14 +4,31 @@ import NIOHTTP1
 import NIOPosix
 import Synchronization
 
-/// A Zaqar-compatible HTTP server on 127.0.0.1 that answers each queue as a hostile or broken
-/// target would: `Retry-After: inf`, redirects, silence, huge or non-JSON bodies. Queues it has
-/// no behaviour for are answered 201 and their messages recorded. Real HTTP; only the answers
-/// are scripted.
+/// A Zaqar-compatible HTTP server on 127.0.0.1 that answers on a script, per request: as Zaqar
+/// would (201, recording the messages; 4xx/5xx with Zaqar's error body and `Retry-After`), as a
+/// broken one would (a stall, a reset connection) or as a hostile target would (`Retry-After:
+/// inf`, redirects, silence, huge or non-JSON bodies). Real HTTP; only the answers are scripted.
+/// The one recording server of the tests.
 public final class HostileZaqar: Sendable {
+    /// One request as the script sees it.
+    public struct Request: Sendable {
+        /// 1 for the first request the server took.
+        public var index: Int
+        public var path: String
+        /// The queue of `/v2/queues/{queue}/messages` (the path when it is not that).
+        public var queue: String
+        public var body: String
+    }
+
     public enum Behaviour: Sendable {
         /// 201, messages recorded.
         case accept
+        /// Zaqar's error body (`{"title", "description"}`) with this status, and `Retry-After` when given.
+        case status(Int, retryAfter: Int? = nil)
+        /// Holds the request until `releaseStalls()`, then answers 503; once released, a stall accepts.
+        case stall
+        /// Closes the connection without answering.
+        case reset
         /// This status, with these headers and this body.
         case answer(status: Int, headers: [String: String] = [:], body: String = "")
         /// 302 to `location`.
@@ -23,19 +40,21 @@ public final class HostileZaqar: Sendable {
     }
 
     struct State {
+        var index = 0
         var requests: [String: Int] = [:]
         var accepted: [String: [String]] = [:]
+        var stallsReleased = false
     }
 
     private let state = Mutex(State())
-    private let behaviour: @Sendable (_ queue: String) -> Behaviour
+    private let behaviour: @Sendable (Request) -> Behaviour
     private let channel: any Channel
     public let port: Int
 
     public var url: String { "http://127.0.0.1:\(port)" }
 
-    /// - Parameter behaviour: how to answer a POST into a queue, by queue name.
-    public init(behaviour: @escaping @Sendable (_ queue: String) -> Behaviour) async throws {
+    /// - Parameter behaviour: how to answer each request.
+    public init(_ behaviour: @escaping @Sendable (Request) -> Behaviour) async throws {
         self.behaviour = behaviour
         let box = Box()
         let bootstrap = ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
@@ -57,11 +76,20 @@ public final class HostileZaqar: Sendable {
     /// Message bodies accepted into a queue, in arrival order.
     public func accepted(queue: String) -> [String] { state.withLock { $0.accepted[queue] ?? [] } }
 
+    /// Ends every stall: held requests are answered 503, later stalls accept.
+    public func releaseStalls() { state.withLock { $0.stallsReleased = true } }
+    var stallsReleased: Bool { state.withLock { $0.stallsReleased } }
+
     func answer(path: String, body: String) -> Behaviour {
         // /v2/queues/{queue}/messages
         let parts = path.split(separator: "/")
         let queue = parts.count >= 3 && parts[0] == "v2" && parts[1] == "queues" ? String(parts[2]) : path
-        let chosen = behaviour(queue)
+        let index = state.withLock { state -> Int in
+            state.index += 1
+            return state.index
+        }
+        var chosen = behaviour(Request(index: index, path: path, queue: queue, body: body))
+        if case .stall = chosen, stallsReleased { chosen = .accept }
         state.withLock { state in
             state.requests[queue, default: 0] += 1
             if case .accept = chosen {
@@ -83,6 +111,7 @@ public final class HostileZaqar: Sendable {
     }
 
     public func close() async {
+        releaseStalls()
         try? await channel.close()
     }
 
@@ -115,6 +144,14 @@ private final class HostileHandler: ChannelInboundHandler, @unchecked Sendable {
             switch server.answer(path: path, body: String(buffer: body)) {
             case .accept:
                 write(context: context, status: 201, headers: ["Content-Type": "application/json"], body: ByteBuffer(string: "{\"resources\": []}"))
+            case .status(let code, let retryAfter):
+                var headers = ["Content-Type": "application/json"]
+                if let retryAfter { headers["Retry-After"] = "\(retryAfter)" }
+                write(context: context, status: code, headers: headers, body: ByteBuffer(string: "{\"title\": \"Scripted\", \"description\": \"the sink answered \(code)\"}"))
+            case .stall:
+                holdUntilReleased(NIOLoopBound(context, eventLoop: context.eventLoop))
+            case .reset:
+                context.close(promise: nil)
             case .answer(let status, let headers, let text):
                 write(context: context, status: status, headers: headers, body: ByteBuffer(string: text))
             case .redirect(let location):
@@ -124,6 +161,15 @@ private final class HostileHandler: ChannelInboundHandler, @unchecked Sendable {
             case .huge(let status, let bytes, let contentType):
                 write(context: context, status: status, headers: ["Content-Type": contentType], body: ByteBuffer(repeating: UInt8(ascii: "x"), count: bytes))
             }
+        }
+    }
+
+    /// Answers 503 once the test releases the stalls, checking every 10 ms.
+    private func holdUntilReleased(_ context: NIOLoopBound<ChannelHandlerContext>) {
+        if server.stallsReleased {
+            write(context: context.value, status: 503, headers: ["Content-Type": "application/json"], body: ByteBuffer(string: "{\"description\": \"released from a stall\"}"))
+        } else {
+            context.value.eventLoop.scheduleTask(in: .milliseconds(10)) { self.holdUntilReleased(context) }
         }
     }
 

@@ -4,12 +4,64 @@
 
 #include <simdjson.h>
 
+#include <algorithm>
 #include <cstring>
 #include <string>
 #include <vector>
 #include <string_view>
 
 using namespace simdjson;
+
+/// The keys of one object, for finding a key there twice. A 256-bit filter of a cheap hash of
+/// each key: only a key whose bit is already set is compared with the keys before it, and after
+/// 64 such comparisons in one object (a crafted object) the keys are sorted once at its end
+/// instead. The views point into the document: valid until the next scan.
+struct key_set {
+    std::vector<std::string_view> keys;
+    uint64_t filter[4] = {0, 0, 0, 0};
+    int probes = 0;
+    bool sort_at_end = false;
+
+    void clear() {
+        keys.clear();
+        filter[0] = filter[1] = filter[2] = filter[3] = 0;
+        probes = 0;
+        sort_at_end = false;
+    }
+
+    /// False when `key` is there already.
+    bool insert(std::string_view key) {
+        size_t n = key.size();
+        uint32_t hash = static_cast<uint32_t>(n);
+        if (n > 0) {
+            hash = hash * 31u + static_cast<unsigned char>(key[0]);
+            hash = hash * 31u + static_cast<unsigned char>(key[n / 2]);
+            hash = hash * 31u + static_cast<unsigned char>(key[n - 1]);
+        }
+        hash = (hash * 2654435761u) >> 24;
+        uint64_t bit = uint64_t{1} << (hash & 63);
+        uint64_t &word = filter[hash >> 6];
+        if ((word & bit) != 0 && !sort_at_end) {
+            if (++probes > 64) {
+                sort_at_end = true;
+            } else {
+                for (std::string_view other : keys) {
+                    if (other == key) return false;
+                }
+            }
+        }
+        word |= bit;
+        keys.push_back(key);
+        return true;
+    }
+
+    /// False when a key is there twice (only sorting finds it once `sort_at_end`).
+    bool finish() {
+        if (!sort_at_end) return true;
+        std::sort(keys.begin(), keys.end());
+        return std::adjacent_find(keys.begin(), keys.end()) == keys.end();
+    }
+};
 
 struct herald_scanner {
     ondemand::parser parser;
@@ -19,8 +71,12 @@ struct herald_scanner {
     std::string event_type;
     std::string message_id;
     std::string project;
+    std::string tenant;
     std::string context_project;
+    std::string context_tenant;
     std::string body;
+    // The keys of the objects being read, one set per depth (1: the outermost object).
+    std::vector<key_set> keys = std::vector<key_set>(HERALD_MAX_DEPTH + 1);
 };
 
 extern "C" herald_scanner *herald_scanner_create(void) {
@@ -38,7 +94,7 @@ namespace {
 /// `length` bytes copied into `buffer` (grown as needed, never shrunk), padded for simdjson.
 padded_string_view padded(std::vector<char> &buffer, const char *data, size_t length) {
     if (buffer.size() < length + SIMDJSON_PADDING) buffer.resize(length + SIMDJSON_PADDING);
-    std::memcpy(buffer.data(), data, length);
+    if (length > 0) std::memcpy(buffer.data(), data, length);
     std::memset(buffer.data() + length, 0, SIMDJSON_PADDING);
     return padded_string_view(buffer.data(), length, buffer.size());
 }
@@ -74,7 +130,7 @@ void append_key(std::string &out, std::string_view key) {
     out.append("\":");
 }
 
-/// The value's JSON text as it stands in the document (consuming it).
+/// The value's JSON text as it stands in the document (consuming it), for `herald_lookup`.
 bool raw(ondemand::value value, std::string_view &out) {
     ondemand::json_type type;
     if (value.type().get(type)) return false;
@@ -95,37 +151,130 @@ bool raw(ondemand::value value, std::string_view &out) {
     }
 }
 
-/// payload.project_id, else payload.tenant_id, appending the payload's raw JSON to the body.
-bool payload(ondemand::value value, herald_scanner *s, bool &is_array) {
+/// Whether a number simdjson read as zero has a nonzero digit before its exponent: a number
+/// too small for a double. simdjson rounds it to zero; Foundation refuses it, and so does Herald.
+bool underflows(std::string_view token) {
+    for (char c : token) {
+        if (c == 'e' || c == 'E') break;
+        if (c >= '1' && c <= '9') return true;
+    }
+    return false;
+}
+
+bool check(herald_scanner *s, ondemand::value value, int depth);
+
+/// Reads every member of `object`, the object at `depth`, handing each key and value to `member`,
+/// which reads the value to its end. False when a member is not JSON, a key is there twice, or a
+/// key has a character past ASCII: Swift's key equality is not byte equality there (the general
+/// path decides those).
+template <typename Member>
+bool each_member(herald_scanner *s, ondemand::object object, int depth, Member member) {
+    key_set &keys = s->keys[static_cast<size_t>(depth)];
+    keys.clear();
+    for (auto field : object) {
+        ondemand::raw_json_string raw_key;
+        if (field.key().get(raw_key)) return false;
+        // Stage 1 found where the key ends: without an escape its first quote ends it, and the
+        // key is its bytes. One with an escape is unescaped (into the parser's string buffer).
+        const char *begin = raw_key.raw(), *end = begin;
+        unsigned char bits = 0;
+        // (A NUL cannot be in a key, stage 1 refuses it unescaped: the padding stops the loop.)
+        while (*end != '"' && *end != '\\' && *end != '\0') bits |= static_cast<unsigned char>(*end++);
+        if (*end == '\0') return false;
+        std::string_view key(begin, static_cast<size_t>(end - begin));
+        if (*end == '\\') {
+            if (field.unescaped_key().get(key)) return false;
+            bits = 0;
+            for (unsigned char c : key) bits |= c;
+        }
+        if (bits >= 0x80) return false;
+        if (!keys.insert(key)) return false;
+        ondemand::value value;
+        if (field.value().get(value)) return false;
+        if (!member(key, value)) return false;
+    }
+    return keys.finish();
+}
+
+/// Reads `value` (inside an array or object at `depth`) to its end, checking all of it: On-Demand
+/// checks only what is read, so a member skipped unread could hold anything.
+bool check(herald_scanner *s, ondemand::value value, int depth) {
+    ondemand::json_type type;
+    if (value.type().get(type)) return false;
+    switch (type) {
+    case ondemand::json_type::object: {
+        if (depth >= HERALD_MAX_DEPTH) return false;
+        ondemand::object object;
+        if (value.get_object().get(object)) return false;
+        return each_member(s, object, depth + 1, [s, depth](std::string_view, ondemand::value member) { return check(s, member, depth + 1); });
+    }
+    case ondemand::json_type::array: {
+        if (depth >= HERALD_MAX_DEPTH) return false;
+        ondemand::array array;
+        if (value.get_array().get(array)) return false;
+        for (auto element : array) {
+            ondemand::value item;
+            if (element.get(item)) return false;
+            if (!check(s, item, depth + 1)) return false;
+        }
+        return true;
+    }
+    case ondemand::json_type::string: {
+        // Stage 1 checked the UTF-8 and that no control character is left unescaped; what it
+        // leaves are the escapes. The token runs to the next one: a backslash in it is in the string.
+        std::string_view token = value.raw_json_token();
+        if (token.find('\\') == std::string_view::npos) {
+            ondemand::raw_json_string text;
+            return !value.get_raw_json_string().get(text);
+        }
+        std::string_view text;
+        return !value.get_string().get(text);
+    }
+    case ondemand::json_type::number: {
+        std::string_view token = value.raw_json_token();
+        double number;
+        if (value.get_double().get(number)) return false;  // not a number, or beyond a double
+        return number != 0 || !underflows(token);
+    }
+    case ondemand::json_type::boolean: {
+        bool flag;
+        return !value.get_bool().get(flag);
+    }
+    case ondemand::json_type::null: {
+        bool null;
+        return !value.is_null().get(null) && null;
+    }
+    }
+    return false;
+}
+
+/// Reads `value` as a string into `out` when it is a non-empty one, else checks it (a project id
+/// that is not a string is no project id).
+bool project_id(herald_scanner *s, ondemand::value value, int depth, std::string &out) {
+    ondemand::json_type type;
+    if (value.type().get(type)) return false;
+    if (type != ondemand::json_type::string) return check(s, value, depth);
+    std::string_view id;
+    if (value.get_string().get(id)) return false;
+    if (!id.empty()) out.assign(id);
+    return true;
+}
+
+/// payload.project_id, else payload.tenant_id, reading (checking) all of the payload.
+bool payload(herald_scanner *s, ondemand::value value, bool &is_array) {
     ondemand::json_type type;
     if (value.type().get(type)) return false;
     is_array = type == ondemand::json_type::array;
-    if (type != ondemand::json_type::object) {
-        std::string_view text;
-        if (!raw(value, text)) return false;
-        s->body.append(text);
-        return true;
-    }
+    if (type != ondemand::json_type::object) return check(s, value, 1);
     ondemand::object object;
     if (value.get_object().get(object)) return false;
-    std::string_view text;
-    // Read the two keys, then rewind for the raw text.
-    std::string tenant;
-    for (auto field : object) {
-        std::string_view key;
-        if (field.unescaped_key().get(key)) return false;
-        if (key == "project_id" || key == "tenant_id") {
-            std::string_view id;
-            if (!field.value().get_string().get(id) && !id.empty()) {
-                if (key == "project_id") s->project.assign(id);
-                else tenant.assign(id);
-            }
-        }
-    }
-    if (s->project.empty()) s->project = tenant;
-    if (object.reset().error()) return false;
-    if (object.raw_json().get(text)) return false;
-    s->body.append(text);
+    bool read = each_member(s, object, 2, [s](std::string_view key, ondemand::value member) {
+        if (key == "project_id") return project_id(s, member, 2, s->project);
+        if (key == "tenant_id") return project_id(s, member, 2, s->tenant);
+        return check(s, member, 2);
+    });
+    if (!read) return false;
+    if (s->project.empty()) s->project = s->tenant;
     return true;
 }
 
@@ -138,62 +287,63 @@ int scan_message(herald_scanner *s, padded_string_view json, bool allow_envelope
     s->event_type.clear();
     s->message_id.clear();
     s->project.clear();
+    s->tenant.clear();
     s->context_project.clear();
+    s->context_tenant.clear();
     s->body.assign("{");
-    std::string context_tenant;
     bool first = true, has_event_type = false, payload_is_array = false;
-    std::string_view oslo_message;
+    bool has_version = false, has_message = false;
     padded_string_view message_view;
-    bool is_envelope = false;
-    for (auto field : object) {
-        std::string_view key;
-        if (field.unescaped_key().get(key)) return 1;
-        ondemand::value value;
-        if (field.value().get(value)) return 1;
+    bool read = each_member(s, object, 1, [&](std::string_view key, ondemand::value value) {
+        // The member's text runs from its first token to the token after it (`,` or `}`).
+        const char *start = value.raw_json_token().data();
         if (allow_envelope && key == "oslo.message") {
-            if (value.get_string().get(oslo_message)) return 1;
-            is_envelope = true;
+            std::string_view text;
+            if (value.get_string().get(text)) return false;
+            has_message = true;
             // Copy before the parser is reused: the view points into its buffer.
-            message_view = padded(s->message, oslo_message.data(), oslo_message.size());
-            continue;
+            message_view = padded(s->message, text.data(), text.size());
+            return true;
+        }
+        if (allow_envelope && key == "oslo.version") {
+            has_version = true;
+            return check(s, value, 1);
         }
         if (key.substr(0, 9) == "_context_") {
-            if (key == "_context_project_id" || key == "_context_tenant") {
-                std::string_view id;
-                if (!value.get_string().get(id) && !id.empty()) {
-                    if (key == "_context_project_id") s->context_project.assign(id);
-                    else context_tenant.assign(id);
-                }
-            }
-            continue;  // never delivered: user names, roles, addresses
+            // Never delivered: user names, roles, addresses.
+            if (key == "_context_project_id") return project_id(s, value, 1, s->context_project);
+            if (key == "_context_tenant") return project_id(s, value, 1, s->context_tenant);
+            return check(s, value, 1);
         }
+        if (key == "event_type" || key == "message_id") {
+            std::string_view text;
+            if (value.get_string().get(text)) return false;  // not a string: the slow path says so
+            (key == "event_type" ? s->event_type : s->message_id).assign(text);
+            has_event_type = has_event_type || key == "event_type";
+        } else if (key == "payload") {
+            if (!payload(s, value, payload_is_array)) return false;
+        } else if (!check(s, value, 1)) {
+            return false;
+        }
+        const char *end;
+        if (document.current_location().get(end) || end < start) return false;
         if (!first) s->body.push_back(',');
         first = false;
         append_key(s->body, key);
-        if (key == "event_type" || key == "message_id") {
-            std::string_view token = trimmed(value.raw_json_token());  // a peek: the value stays unread
-            std::string_view text;
-            if (value.get_string().get(text)) return 1;
-            (key == "event_type" ? s->event_type : s->message_id).assign(text);
-            has_event_type = has_event_type || key == "event_type";
-            s->body.append(token);
-            continue;
-        }
-        if (key == "payload") {
-            if (!payload(value, s, payload_is_array)) return 1;
-            continue;
-        }
-        std::string_view text;
-        if (!raw(value, text)) return 1;
-        s->body.append(text);
-    }
-    if (is_envelope) {
+        s->body.append(trimmed(std::string_view(start, static_cast<size_t>(end - start))));
+        return true;
+    });
+    if (!read) return 1;
+    // Nothing but whitespace after the object.
+    if (document.current_location().error() != OUT_OF_BOUNDS) return 1;
+    if (has_version || has_message) {
+        if (!has_version || !has_message) return 1;  // half an envelope: refused by the slow path
         return scan_message(s, message_view, false, out);
     }
     s->body.push_back('}');
     if (!has_event_type || s->event_type.empty() || s->message_id.empty()) return 1;
     if (s->event_type == "event" && payload_is_array) return 1;  // Ceilometer's list: the slow path
-    if (s->context_project.empty()) s->context_project = context_tenant;
+    if (s->context_project.empty()) s->context_project = s->context_tenant;
     if (s->project.empty()) s->project = s->context_project;
     out->event_type = bytes(s->event_type);
     out->message_id = bytes(s->message_id);

@@ -22,6 +22,10 @@ public enum NotificationScanner {
 
     private static let pool = Mutex<[Handle]>([])
 
+    /// The deepest nesting of arrays and objects accepted in one JSON document, the outermost
+    /// included (`HERALD_MAX_DEPTH`); the decoder's general path holds to the same limit.
+    public static let maxDepth = Int(HERALD_MAX_DEPTH)
+
     /// Runs `body` with a scanner of the pool (nil when none can be made).
     static func withScanner<T>(_ body: (OpaquePointer) -> T?) -> T? {
         guard let handle = pool.withLock({ $0.popLast() }) ?? Handle() else { return nil }
@@ -59,7 +63,9 @@ public enum NotificationScanner {
         }
     }
 
-    /// The event, or nil when the fast path does not apply (the slow path then decides).
+    /// The event, or nil when the fast path does not apply (the slow path then decides). It
+    /// returns an event only for a notification the slow path accepts as the same event (see
+    /// `CNotificationScan.h` for what it hands over).
     public static func scan(_ body: [UInt8]) -> NotificationEvent? {
         withScanner { scanner -> NotificationEvent? in
             var out = herald_notification()

@@ -20,8 +20,38 @@ public struct NotificationDecodingError: Error, CustomStringConvertible, Sendabl
 ///   [[name, dtype, value]], raw, message_signature}`; each element is an event of its own.
 ///
 /// The project is, in this order: the Ceilometer traits `project_id` then `tenant_id`;
-/// the payload's `project_id` then `tenant_id`; `_context_project_id` (then `_context_tenant`).
-/// `_context_*` keys never leave: they carry user names, roles and addresses.
+/// the payload's `project_id` then `tenant_id`; `_context_project_id` (then `_context_tenant`),
+/// each only when it is a non-empty string. A trait named twice: the last one counts.
+/// `_context_*` keys (every key whose UTF-8 begins with `_context_`) never leave: they carry user
+/// names, roles and addresses.
+///
+/// Two paths decode, and they follow one set of rules: the fast path (`NotificationScanner`,
+/// simdjson) returns an event only where the general path (Foundation) returns the same one, and
+/// hands everything else over to it, so `decode` answers by these rules either way. What breaks
+/// one is refused with a `NotificationDecodingError` naming it, and dead-lettered with that reason:
+///
+/// - JSON as RFC 8259 has it, in UTF-8, and nothing else: no byte order mark and no other encoding
+///   (Foundation guesses UTF-16 and UTF-32 from NUL bytes), no `NaN` or `Infinity`, no trailing
+///   comma (Foundation's decoder takes one), no control character unescaped in a string, no
+///   invalid escape, no lone UTF-16 surrogate in a `\u` escape, and nothing but whitespace after
+///   the value. Anywhere in the document, also in members Herald never reads: the fast path
+///   delivers them byte for byte.
+/// - A key twice in one object, at any depth, is refused: JSON parsers differ on which one counts
+///   (Foundation's decoder takes the first, the fast path took the last, as many parsers do), so
+///   the event Herald matched and the one its subscriber reads could differ. Keys are the same when Swift's strings are
+///   (canonical equivalence: `"\u00e9"` and `"e\u0301"` are one key).
+/// - At most `NotificationScanner.maxDepth` (128) arrays and objects nested in one another, the
+///   outermost included, in each document (the envelope and its `oslo.message` apart):
+///   notifications nest a few levels, and Foundation's decoding of `JSONValue` recurses.
+/// - A number must fit in a double: one beyond the largest double (`1e400`), or nonzero but
+///   nearer zero than the smallest (`1e-400`), is refused. Other numbers are read as the
+///   nearest double (an integer past 2^53 loses digits in `value(at:)`, not in the delivered bytes
+///   of the fast path).
+/// - An object with `oslo.version` or `oslo.message` is an envelope and needs both, `oslo.message`
+///   a string holding the notification; its other members are ignored. Inside, `oslo.*` keys
+///   are ordinary members.
+/// - The notification is an object with a non-empty string `event_type`; unless it is a
+///   Ceilometer list, a non-empty string `message_id`.
 public enum NotificationDecoder {
     /// Default largest body accepted: 1 MiB.
     public static let defaultMaxBytes = 1 << 20
@@ -42,7 +72,10 @@ public enum NotificationDecoder {
             throw NotificationDecodingError("the notification is not valid UTF-8")
         }
         var message = try parse(body, what: "the notification")
-        if case .object(let envelope) = message, let version = envelope["oslo.version"] {
+        if case .object(let envelope) = message, envelope["oslo.version"] != nil || envelope["oslo.message"] != nil {
+            guard let version = envelope["oslo.version"] else {
+                throw NotificationDecodingError("an envelope needs both 'oslo.version' and 'oslo.message'; this one has no 'oslo.version'")
+            }
             guard case .string(let inner) = envelope["oslo.message"] else {
                 throw NotificationDecodingError("oslo.version \(version) envelope without an 'oslo.message' string")
             }
@@ -55,9 +88,11 @@ public enum NotificationDecoder {
             throw NotificationDecodingError(fields["event_type"] == nil ? "the notification has no event_type" : "event_type is not a non-empty string")
         }
         let contextProject = fields["_context_project_id"]?.nonEmptyString ?? fields["_context_tenant"]?.nonEmptyString
-        for key in fields.keys where key.hasPrefix("_context_") { fields[key] = nil }
+        // By bytes, as the fast path does: `hasPrefix` compares characters, and a combining mark
+        // after `_context_` would make the key another one there.
+        for key in fields.keys where key.utf8.starts(with: "_context_".utf8) { fields[key] = nil }
 
-        if eventType == "event", case .array(let events)? = fields["payload"] {
+        if eventType.utf8.elementsEqual("event".utf8), case .array(let events)? = fields["payload"] {
             return try events.enumerated().map { index, element in try ceilometerEvent(element, index: index, contextProject: contextProject) }
         }
         guard case .string(let messageID) = fields["message_id"], !messageID.isEmpty else {
@@ -93,7 +128,10 @@ public enum NotificationDecoder {
         return NotificationEvent(eventType: eventType, messageID: messageID, project: project, body: .object(event), traits: traits)
     }
 
+    /// `bytes` (valid UTF-8) as a JSON value: checked by `StrictJSON` first, which also bounds
+    /// the depth Foundation's recursive decoding reaches.
     private static func parse(_ bytes: [UInt8], what: String) throws -> JSONValue {
+        try StrictJSON.check(bytes, what: what)
         do {
             return try JSONDecoder().decode(JSONValue.self, from: Data(bytes))
         } catch {
@@ -121,5 +159,306 @@ extension JSONValue {
     var nonEmptyString: String? {
         if case .string(let text) = self, !text.isEmpty { return text }
         return nil
+    }
+}
+
+/// The decoder's JSON rules (see `NotificationDecoder`), checked on the bytes before Foundation
+/// decodes them: Foundation's `JSONDecoder` takes trailing commas, a byte order mark, UTF-16 and
+/// UTF-32, and a key twice (the first one counts), and recurses as deep as 512 levels. One pass,
+/// no values built but the keys; recursion no deeper than `maxDepth`.
+enum StrictJSON {
+    static let maxDepth = NotificationScanner.maxDepth
+
+    /// - Throws: `NotificationDecodingError` naming the first rule `bytes` break, and where.
+    static func check(_ bytes: [UInt8], what: String) throws {
+        let refusal = bytes.withUnsafeBufferPointer { buffer -> Refusal? in
+            var reader = Reader(bytes: buffer)
+            do throws(Refusal) {
+                try reader.document()
+                return nil
+            } catch {
+                return error
+            }
+        }
+        if let refusal { throw NotificationDecodingError(refusal.message(what)) }
+    }
+
+    struct Refusal: Error {
+        enum Kind {
+            case syntax(String)
+            case duplicateKey(String)
+            case tooDeep
+            case number(String)
+        }
+
+        var kind: Kind
+        var offset: Int
+
+        func message(_ what: String) -> String {
+            switch kind {
+            case .syntax(let detail):
+                return "\(what) is not JSON: \(detail) at byte \(offset)"
+            case .duplicateKey(let key):
+                return "\(what) has the key \(String(key.prefix(64)).debugDescription) twice in one object (at byte \(offset)); "
+                    + "refused, as JSON parsers differ on which one counts"
+            case .tooDeep:
+                return "\(what) nests arrays and objects more than \(StrictJSON.maxDepth) deep (at byte \(offset)); \(StrictJSON.maxDepth) is the limit"
+            case .number(let text):
+                return "\(what) has the number \(text.prefix(40)) at byte \(offset), which does not fit in a double"
+            }
+        }
+    }
+
+    private struct Reader {
+        let bytes: UnsafeBufferPointer<UInt8>
+        var index = 0
+        var depth = 0
+
+        init(bytes: UnsafeBufferPointer<UInt8>) {
+            self.bytes = bytes
+        }
+
+        private var current: UInt8? { index < bytes.count ? bytes[index] : nil }
+
+        private func syntax(_ detail: String, at offset: Int? = nil) -> Refusal {
+            Refusal(kind: .syntax(detail), offset: offset ?? index)
+        }
+
+        private func describe(_ byte: UInt8?) -> String {
+            guard let byte else { return "the end" }
+            if byte > 0x20, byte < 0x7f { return "'\(Character(Unicode.Scalar(byte)))'" }
+            return "byte 0x" + String(byte, radix: 16, uppercase: true)
+        }
+
+        private mutating func skipWhitespace() {
+            while let byte = current, byte == 0x20 || byte == 0x0A || byte == 0x0D || byte == 0x09 {
+                index += 1
+            }
+        }
+
+        private mutating func skipDigits() {
+            while let byte = current, byte >= UInt8(ascii: "0"), byte <= UInt8(ascii: "9") {
+                index += 1
+            }
+        }
+
+        mutating func document() throws(Refusal) {
+            if bytes.starts(with: [0xEF, 0xBB, 0xBF]) { throw syntax("a byte order mark") }
+            skipWhitespace()
+            try value()
+            skipWhitespace()
+            if index < bytes.count { throw syntax("\(describe(current)) after the value") }
+        }
+
+        private mutating func value() throws(Refusal) {
+            guard let byte = current else { throw syntax("the end where a value should be") }
+            switch byte {
+            case UInt8(ascii: "{"): try object()
+            case UInt8(ascii: "["): try array()
+            case UInt8(ascii: "\""): _ = try string(keeping: false)
+            case UInt8(ascii: "t"): try literal("true")
+            case UInt8(ascii: "f"): try literal("false")
+            case UInt8(ascii: "n"): try literal("null")
+            case UInt8(ascii: "-"), UInt8(ascii: "0")...UInt8(ascii: "9"): try number()
+            default: throw syntax("\(describe(current)) where a value should be")
+            }
+        }
+
+        /// Steps into an array or object (at its bracket).
+        private mutating func enter() throws(Refusal) {
+            depth += 1
+            if depth > StrictJSON.maxDepth { throw Refusal(kind: .tooDeep, offset: index) }
+            index += 1
+            skipWhitespace()
+        }
+
+        private mutating func object() throws(Refusal) {
+            try enter()
+            if current == UInt8(ascii: "}") {
+                index += 1
+                depth -= 1
+                return
+            }
+            var keys = Set<String>()
+            while true {
+                guard current == UInt8(ascii: "\"") else { throw syntax("\(describe(current)) where a key in quotes should be") }
+                let offset = index
+                let key = try string(keeping: true)
+                guard keys.insert(key).inserted else { throw Refusal(kind: .duplicateKey(key), offset: offset) }
+                skipWhitespace()
+                guard current == UInt8(ascii: ":") else { throw syntax("\(describe(current)) where ':' should be") }
+                index += 1
+                skipWhitespace()
+                try value()
+                skipWhitespace()
+                switch current {
+                case UInt8(ascii: ","):
+                    index += 1
+                    skipWhitespace()
+                case UInt8(ascii: "}"):
+                    index += 1
+                    depth -= 1
+                    return
+                default:
+                    throw syntax("\(describe(current)) where ',' or '}' should be")
+                }
+            }
+        }
+
+        private mutating func array() throws(Refusal) {
+            try enter()
+            if current == UInt8(ascii: "]") {
+                index += 1
+                depth -= 1
+                return
+            }
+            while true {
+                try value()
+                skipWhitespace()
+                switch current {
+                case UInt8(ascii: ","):
+                    index += 1
+                    skipWhitespace()
+                case UInt8(ascii: "]"):
+                    index += 1
+                    depth -= 1
+                    return
+                default:
+                    throw syntax("\(describe(current)) where ',' or ']' should be")
+                }
+            }
+        }
+
+        private mutating func literal(_ word: StaticString) throws(Refusal) {
+            let start = index
+            let expected = UnsafeBufferPointer(start: word.utf8Start, count: word.utf8CodeUnitCount)
+            guard bytes.count - index >= expected.count, bytes[index..<index + expected.count].elementsEqual(expected) else {
+                throw syntax("\(describe(current)) where a value should be", at: start)
+            }
+            index += expected.count
+        }
+
+        /// A number as RFC 8259 writes it, which must fit in a double.
+        private mutating func number() throws(Refusal) {
+            let start = index
+            if current == UInt8(ascii: "-") { index += 1 }
+            guard let first = current, first >= UInt8(ascii: "0"), first <= UInt8(ascii: "9") else {
+                throw syntax("a number without digits", at: start)
+            }
+            index += 1
+            if first != UInt8(ascii: "0") { skipDigits() }
+            if current == UInt8(ascii: ".") {
+                index += 1
+                guard let digit = current, digit >= UInt8(ascii: "0"), digit <= UInt8(ascii: "9") else {
+                    throw syntax("a number without digits after its point", at: start)
+                }
+                skipDigits()
+            }
+            let mantissaEnd = index
+            if current == UInt8(ascii: "e") || current == UInt8(ascii: "E") {
+                index += 1
+                if current == UInt8(ascii: "+") || current == UInt8(ascii: "-") { index += 1 }
+                guard let digit = current, digit >= UInt8(ascii: "0"), digit <= UInt8(ascii: "9") else {
+                    throw syntax("a number without digits in its exponent", at: start)
+                }
+                skipDigits()
+            }
+            // Only an exponent or some 300 digits take a number out of a double's range.
+            guard mantissaEnd < index || index - start > 300 else { return }
+            let text = String(decoding: bytes[start..<index], as: UTF8.self)
+            let nonzero = bytes[start..<mantissaEnd].contains { $0 >= UInt8(ascii: "1") && $0 <= UInt8(ascii: "9") }
+            guard let number = Double(text), number.isFinite, number != 0 || !nonzero else {
+                throw Refusal(kind: .number(text), offset: start)
+            }
+        }
+
+        /// A string (at its quote); its value when `keeping`, else "".
+        private mutating func string(keeping: Bool) throws(Refusal) -> String {
+            let start = index
+            index += 1
+            var run = index
+            var unescaped: [UInt8] = []
+            var escaped = false
+            while true {
+                guard let byte = current else { throw syntax("a string that does not end", at: start) }
+                switch byte {
+                case UInt8(ascii: "\""):
+                    defer { index += 1 }
+                    guard keeping else { return "" }
+                    guard escaped else { return String(decoding: bytes[run..<index], as: UTF8.self) }
+                    unescaped.append(contentsOf: bytes[run..<index])
+                    return String(decoding: unescaped, as: UTF8.self)
+                case UInt8(ascii: "\\"):
+                    if keeping { unescaped.append(contentsOf: bytes[run..<index]) }
+                    escaped = true
+                    index += 1
+                    try escape(into: &unescaped, keeping: keeping)
+                    run = index
+                case 0x00..<0x20:
+                    throw syntax("an unescaped control character (\(describe(byte))) in a string")
+                default:
+                    index += 1
+                }
+            }
+        }
+
+        /// One escape, after its backslash.
+        private mutating func escape(into out: inout [UInt8], keeping: Bool) throws(Refusal) {
+            let start = index - 1
+            let simple: UInt8
+            switch current {
+            case UInt8(ascii: "\""): simple = UInt8(ascii: "\"")
+            case UInt8(ascii: "\\"): simple = UInt8(ascii: "\\")
+            case UInt8(ascii: "/"): simple = UInt8(ascii: "/")
+            case UInt8(ascii: "b"): simple = 0x08
+            case UInt8(ascii: "f"): simple = 0x0C
+            case UInt8(ascii: "n"): simple = 0x0A
+            case UInt8(ascii: "r"): simple = 0x0D
+            case UInt8(ascii: "t"): simple = 0x09
+            case UInt8(ascii: "u"):
+                index += 1
+                var code = try hex(at: start)
+                if (0xDC00...0xDFFF).contains(code) {
+                    throw syntax("a lone UTF-16 surrogate (\\u\(String(code, radix: 16))) in a string", at: start)
+                }
+                if (0xD800...0xDBFF).contains(code) {
+                    guard current == UInt8(ascii: "\\"), index + 1 < bytes.count, bytes[index + 1] == UInt8(ascii: "u") else {
+                        throw syntax("a lone UTF-16 surrogate (\\u\(String(code, radix: 16))) in a string", at: start)
+                    }
+                    index += 2
+                    let low = try hex(at: start)
+                    guard (0xDC00...0xDFFF).contains(low) else {
+                        throw syntax("a lone UTF-16 surrogate (\\u\(String(code, radix: 16))) in a string", at: start)
+                    }
+                    code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00)
+                }
+                if keeping, let scalar = Unicode.Scalar(code) {
+                    UTF8.encode(scalar) { out.append($0) }
+                }
+                return
+            default:
+                throw syntax("an invalid escape \\\(describe(current))", at: start)
+            }
+            index += 1
+            if keeping { out.append(simple) }
+        }
+
+        /// Four hex digits (of a `\u` escape that starts at `start`).
+        private mutating func hex(at start: Int) throws(Refusal) -> UInt32 {
+            var code: UInt32 = 0
+            for _ in 0..<4 {
+                guard let byte = current else { throw syntax("a \\u escape cut short", at: start) }
+                let digit: UInt8
+                switch byte {
+                case UInt8(ascii: "0")...UInt8(ascii: "9"): digit = byte - UInt8(ascii: "0")
+                case UInt8(ascii: "a")...UInt8(ascii: "f"): digit = byte - UInt8(ascii: "a") + 10
+                case UInt8(ascii: "A")...UInt8(ascii: "F"): digit = byte - UInt8(ascii: "A") + 10
+                default: throw syntax("a \\u escape with \(describe(byte)) among its four hex digits", at: start)
+                }
+                code = code << 4 | UInt32(digit)
+                index += 1
+            }
+            return code
+        }
     }
 }

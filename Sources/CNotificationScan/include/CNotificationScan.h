@@ -14,7 +14,21 @@ typedef struct {
     size_t length;
 } herald_bytes;
 
+/// Arrays and objects nested deeper than this, the outermost included, are refused (by the
+/// general path of the decoder too): each JSON document on its own, the envelope and the
+/// notification inside its `oslo.message` string counted apart.
+enum { HERALD_MAX_DEPTH = 128 };
+
 /// What one scan found in an oslo.messaging notification (driver `messaging` or `messagingv2`).
+///
+/// The scan reads the whole document, including the members it only copies, and hands over
+/// (status 1) whatever the decoder's general path would refuse, so that it never accepts what
+/// that path refuses: invalid JSON anywhere (simdjson's On-Demand API does not look inside what
+/// it skips, so nothing is skipped), a key twice in one object, data after the object, nesting
+/// deeper than `HERALD_MAX_DEPTH`, a nonzero number that rounds to zero or beyond a double, an
+/// envelope with only one of `oslo.version` and `oslo.message`. It also hands over, without
+/// judging, any object with a key that is not ASCII: Swift compares keys by canonical equivalence
+/// (U+00E9 and U+0065 U+0301 are the same key there), bytes are compared here.
 typedef struct {
     /// 0: scanned; 1: not something this fast path handles (a Ceilometer event list, or an
     /// error the caller should describe by decoding the slow way).

@@ -29,6 +29,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
+        .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
     ],
     targets: [
         .systemLibrary(
@@ -54,6 +55,16 @@ let package = Package(
         .target(
             name: "HeraldModel",
             dependencies: ["CNotificationScan"],
+            swiftSettings: swiftSettings
+        ),
+        // Who an event belongs to: the event definitions (owner, actor, resource id, family) read
+        // from YAML, and the partition key they give.
+        .target(
+            name: "Notifications",
+            dependencies: [
+                "HeraldModel",
+                .product(name: "Yams", package: "Yams"),
+            ],
             swiftSettings: swiftSettings
         ),
         .target(
@@ -92,6 +103,7 @@ let package = Package(
             name: "ClusterNode",
             dependencies: [
                 "Coordination",
+                "Notifications",
                 "Messaging",
                 "Delivery",
                 "HeraldModel",
@@ -113,6 +125,7 @@ let package = Package(
             name: "HeraldBench",
             dependencies: [
                 "Coordination",
+                "Notifications",
                 "Messaging",
                 "Delivery",
                 "HeraldModel",
@@ -148,7 +161,7 @@ let package = Package(
         ),
         .testTarget(
             name: "MessagingTests",
-            dependencies: ["Messaging", "HeraldModel", "TestSupport"],
+            dependencies: ["Messaging", "Notifications", "HeraldModel", "TestSupport"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

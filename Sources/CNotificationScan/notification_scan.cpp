@@ -348,6 +348,7 @@ int scan_message(herald_scanner *s, padded_string_view json, bool allow_envelope
     out->event_type = bytes(s->event_type);
     out->message_id = bytes(s->message_id);
     out->project = bytes(s->project);
+    out->context_project = bytes(s->context_project);
     out->body = bytes(s->body);
     out->status = 0;
     return 0;

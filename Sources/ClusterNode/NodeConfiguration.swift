@@ -2,6 +2,7 @@ import Coordination
 import Delivery
 import Foundation
 import HeraldModel
+import Notifications
 import Logging
 import Messaging
 
@@ -75,6 +76,13 @@ struct NodeConfiguration: Sendable {
     /// HERALD_DEAD_LETTERS_MAX, HERALD_DEAD_LETTERS_PROJECT_MAX, HERALD_DEAD_LETTER_BODY_BYTES,
     /// HERALD_DEAD_LETTERS_IDLE_DAYS: how much dead-letter storage the cluster uses.
     var deadLetterBudget: DeadLetterBudget
+    /// HERALD_EVENT_DEFINITIONS: a YAML file of event definitions (who owns an event, its
+    /// resource id and family), tried before the shipped ones or replacing them. Default: the shipped ones.
+    var eventDefinitions: EventDefinitions
+    /// HERALD_NOTIFICATION_TOPICS: oslo.messaging topics bound on every exchange. Default notifications,versioned_notifications.
+    var notificationTopics: [String]
+    /// HERALD_PRIORITIES: priorities bound, as `<topic>.<priority>`. Default every one but debug.
+    var priorities: [String]
     /// HERALD_CLUSTER: the cluster's name in its AMQP names (`<cluster>.ingest`, ...). Default:
     /// HERALD_KEY_PREFIX without its trailing `:` (`herald`).
     var names: ClusterNames
@@ -95,8 +103,11 @@ struct NodeConfiguration: Sendable {
         "HERALD_DELIVERY_LINGER_MS", "HERALD_ZAQAR_ALLOWED_URLS", "HERALD_QUOTA_SUBSCRIPTIONS", "HERALD_RATE_SUBSCRIPTION_CHANGES",
         "HERALD_REPLAY_MAX", "HERALD_RATE_REPLAYS", "HERALD_DELIVERY_TIMEOUT_SECONDS", "HERALD_DELIVERY_PROJECT_MAX_MESSAGES",
         "HERALD_CLUSTER", "HERALD_DEAD_LETTERS_MAX", "HERALD_DEAD_LETTERS_PROJECT_MAX", "HERALD_DEAD_LETTER_BODY_BYTES",
-        "HERALD_DEAD_LETTERS_IDLE_DAYS",
+        "HERALD_DEAD_LETTERS_IDLE_DAYS", "HERALD_EVENT_DEFINITIONS", "HERALD_NOTIFICATION_TOPICS", "HERALD_PRIORITIES",
     ]
+
+    /// oslo.messaging's notification priorities (the routing key's last part).
+    static let knownPriorities = ["audit", "debug", "info", "warn", "error", "critical", "sample"]
 
     /// An unknown key is a typo that would otherwise be ignored: it stops start-up.
     static func checkKeys(_ values: [String: String], source: String) throws {
@@ -151,6 +162,28 @@ struct NodeConfiguration: Sendable {
         deadLetterBudget.projectMax = try integer("HERALD_DEAD_LETTERS_PROJECT_MAX", 1_000, 10...1_000_000)
         deadLetterBudget.bodyBytes = try integer("HERALD_DEAD_LETTER_BODY_BYTES", 16_384, 1_024...1_048_576)
         deadLetterBudget.projectIdle = .seconds(86_400 * (try integer("HERALD_DEAD_LETTERS_IDLE_DAYS", 14, 1...365)))
+        let eventDefinitions: EventDefinitions
+        if let path = environment["HERALD_EVENT_DEFINITIONS"], !path.isEmpty {
+            do {
+                eventDefinitions = try EventDefinitions.load(path: path)
+            } catch {
+                throw ConfigurationError(key: "HERALD_EVENT_DEFINITIONS", value: path, expected: "\(error)")
+            }
+        } else {
+            eventDefinitions = .defaults
+        }
+        func list(_ key: String, _ fallback: String) -> [String] {
+            string(key, fallback).split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        }
+        let topics = list("HERALD_NOTIFICATION_TOPICS", "notifications,versioned_notifications")
+        let topicCharacters = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+        guard !topics.isEmpty, topics.allSatisfy({ !$0.isEmpty && $0.count <= 100 && $0.allSatisfy { topicCharacters.contains($0) } }) else {
+            throw ConfigurationError(key: "HERALD_NOTIFICATION_TOPICS", value: environment["HERALD_NOTIFICATION_TOPICS"] ?? "", expected: "comma-separated topic names such as notifications,versioned_notifications")
+        }
+        let priorities = list("HERALD_PRIORITIES", "audit,info,warn,error,critical,sample").map { $0.lowercased() }
+        if let unknown = priorities.first(where: { !knownPriorities.contains($0) }) ?? (priorities.isEmpty ? "" : nil) {
+            throw ConfigurationError(key: "HERALD_PRIORITIES", value: environment["HERALD_PRIORITIES"] ?? "", expected: "comma-separated priorities of \(knownPriorities.joined(separator: ", ")) ('\(unknown)' is none)")
+        }
         let configuration = NodeConfiguration(
             nodeID: string("HERALD_NODE_ID", ProcessInfo.processInfo.hostName),
             redisURL: string("HERALD_REDIS_URL", "redis://127.0.0.1:6379/0"),
@@ -195,6 +228,9 @@ struct NodeConfiguration: Sendable {
             deliveryTimeout: .seconds(try integer("HERALD_DELIVERY_TIMEOUT_SECONDS", 10, 1...300)),
             deliveryProjectMaxMessages: try integer("HERALD_DELIVERY_PROJECT_MAX_MESSAGES", 10_000, 5_000...50_000),
             deadLetterBudget: deadLetterBudget,
+            eventDefinitions: eventDefinitions,
+            notificationTopics: topics,
+            priorities: priorities,
             names: names,
             logLevel: string("HERALD_LOG_LEVEL", "info"),
             logFormat: string("HERALD_LOG_FORMAT", "text")

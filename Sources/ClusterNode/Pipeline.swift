@@ -5,6 +5,7 @@ import HeraldModel
 import Logging
 import Messaging
 import Metrics
+import Notifications
 import Synchronization
 
 /// Herald's AMQP names (DESIGN.md, "Partitions"), with the cluster's name (`ClusterNames`).
@@ -15,7 +16,10 @@ enum Topology {
     static func declare(on channel: AMQPChannel, configuration: NodeConfiguration) async throws {
         let names = configuration.names
         let ingest = names.ingest, partitions = names.partitions, dead = names.dead
-        var sources = configuration.exchanges.flatMap { exchange in ["notifications.info", "notifications.error"].map { (exchange, $0) } }
+        // Every `<topic>.<priority>` on every exchange: nova's versioned notifications and warn,
+        // critical, audit and sample ones as well as info and error.
+        let keys = configuration.notificationTopics.flatMap { topic in configuration.priorities.map { "\(topic).\($0)" } }
+        var sources = configuration.exchanges.flatMap { exchange in keys.map { (exchange, $0) } }
         if configuration.ceilometerEvents { sources.append(("ceilometer", "event.sample")) }
         let queueArguments: AMQPTable = ["x-queue-type": .string(configuration.queueType)]
         var ingestArguments = queueArguments
@@ -220,13 +224,18 @@ final class IngestService: Sendable {
         statistics.count(.ingested)
         let events: [NotificationEvent]
         do {
-            events = try NotificationDecoder.decode(delivery.body)
+            events = try NotificationDecoder.decode(delivery.body).map { event in
+                var event = event
+                configuration.eventDefinitions.attribute(&event)
+                return event
+            }
             if let failures = republishFailures.withLock({ $0[fingerprint] }), failures >= Self.maxRepublishFailures {
                 republishFailures.withLock { _ = $0.removeValue(forKey: fingerprint) }
                 throw NotificationDecodingError("RabbitMQ refused to take this notification into a partition queue \(failures) times; it is set aside so that the ones behind it flow")
             }
             for event in events {
-                for (field, value) in [("event_type", event.eventType), ("message_id", event.messageID), ("project", event.project ?? "")]
+                for (field, value) in [("event_type", event.eventType), ("message_id", event.messageID), ("project", event.project ?? ""),
+                                       ("actor project", event.actorProject ?? ""), ("resource id", event.resourceID ?? "")]
                 where value.utf8.count > Self.maxRoutedField {
                     throw NotificationDecodingError("\(field) is \(value.utf8.count) bytes; at most \(Self.maxRoutedField) fit an AMQP header (\(SafeText.quoted(value, limit: 40)))")
                 }
@@ -243,7 +252,7 @@ final class IngestService: Sendable {
         // One message per partition the events fall in (a Ceilometer list may span several).
         var byPartition: [Int: NotificationEvent] = [:]
         for event in events {
-            let partition = PartitionHash.partition(of: event.eventType, count: configuration.partitions)
+            let partition = PartitionHash.partition(of: event.partitionKey, count: configuration.partitions)
             if byPartition[partition] == nil { byPartition[partition] = event }
         }
         statistics.count(.routed, by: byPartition.count)
@@ -253,6 +262,8 @@ final class IngestService: Sendable {
                 headers: [
                     "herald-event-type": .string(event.eventType),
                     "herald-project": .string(event.project ?? ""),
+                    "herald-actor-project": .string(event.actorProject ?? ""),
+                    "herald-resource-id": .string(event.resourceID ?? ""),
                     "herald-message-id": .string(event.messageID),
                 ],
                 persistent: true,
@@ -372,8 +383,10 @@ final class PartitionOwners: Sendable {
         }
         let events: [NotificationEvent]
         do {
-            events = try NotificationDecoder.decode(delivery.body).filter {
-                PartitionHash.partition(of: $0.eventType, count: configuration.partitions) == partition
+            events = try NotificationDecoder.decode(delivery.body).compactMap { event in
+                var event = event
+                configuration.eventDefinitions.attribute(&event)
+                return PartitionHash.partition(of: event.partitionKey, count: configuration.partitions) == partition ? event : nil
             }
         } catch {
             // Ingest validated it; a body that fails here is dead-lettered all the same.
@@ -389,7 +402,10 @@ final class PartitionOwners: Sendable {
             for subscription in matches {
                 messages.append(ZaqarOutgoingMessage(
                     target: subscription.zaqarTarget(defaultURL: configuration.zaqarURL),
-                    body: ZaqarMessageEncoding.message(event: body, ttl: subscription.messageTTL, subscriptionID: subscription.id, eventID: event.messageID, partition: partition, epoch: owned.epoch),
+                    body: ZaqarMessageEncoding.message(
+                        event: body, ttl: subscription.messageTTL, subscriptionID: subscription.id, eventID: event.messageID, partition: partition, epoch: owned.epoch,
+                        project: event.project, actorProject: event.actorProject, resourceID: event.resourceID
+                    ),
                     subscriptionID: subscription.id, eventID: event.messageID
                 ))
             }

@@ -20,6 +20,11 @@ public struct SubscriptionIndex: Sendable {
 
     /// project (nil: all-projects subscriptions) → literal prefix → entries.
     private var buckets: [String?: [String: [Entry]]] = [:]
+    /// The same for subscriptions that also take their project's actions on other projects'
+    /// resources (`include_actor`), by that project: matched against the event's actor.
+    private var actorBuckets: [String?: [String: [Entry]]] = [:]
+    /// Each subscription's resource id filter.
+    private let resourceIDs: [String?]
     public let subscriptions: [Subscription]
     private let exclusions: [[[UInt8]]]
     /// Each subscription's conditions with their paths split and operands parsed, once.
@@ -32,12 +37,17 @@ public struct SubscriptionIndex: Sendable {
     public init(_ subscriptions: [Subscription]) {
         self.subscriptions = subscriptions
         conditions = subscriptions.map { $0.conditions.map(CompiledCondition.init) }
+        resourceIDs = subscriptions.map(\.resourceID)
         var exclusions: [[[UInt8]]] = []
         for (index, subscription) in subscriptions.enumerated() {
             exclusions.append(subscription.eventTypes.filter { $0.hasPrefix("!") }.map { Array($0.dropFirst().utf8) })
             let scope: String? = subscription.allProjects ? nil : subscription.project
             for pattern in subscription.eventTypes where !pattern.hasPrefix("!") {
-                buckets[scope, default: [:]][Self.literalPrefix(pattern), default: []].append(Entry(subscription: index, pattern: Array(pattern.utf8)))
+                let entry = Entry(subscription: index, pattern: Array(pattern.utf8))
+                buckets[scope, default: [:]][Self.literalPrefix(pattern), default: []].append(entry)
+                if subscription.includeActor == true, !subscription.allProjects {
+                    actorBuckets[subscription.project, default: [:]][Self.literalPrefix(pattern), default: []].append(entry)
+                }
             }
         }
         self.exclusions = exclusions
@@ -45,18 +55,20 @@ public struct SubscriptionIndex: Sendable {
 
     public var count: Int { subscriptions.count }
 
-    /// The subscriptions this event reaches: its project's and the all-projects ones
-    /// (an event with no project reaches only the latter), whose patterns and conditions hold.
+    /// The subscriptions this event reaches: its owner's, the all-projects ones (an event with
+    /// no owner reaches only those), and, when another project acted, that project's
+    /// subscriptions with `include_actor`; whose patterns, resource id and conditions hold.
     public func matches(_ event: NotificationEvent) -> [Subscription] {
         var result: [Subscription] = []
         // The event's fields as conditions read them, parsed once per event however many read them.
         var fields = EventFields(event: event)
-        let scopes: [String?] = event.project.map { [$0, nil] } ?? [nil]
-        for scope in scopes {
-            guard let byPrefix = buckets[scope] else { continue }
-            let key = CandidateCache.Key(scope: scope, eventType: event.eventType)
+        var scopes: [(scope: String?, actor: Bool)] = event.project.map { [($0, false), (nil, false)] } ?? [(nil, false)]
+        if let actor = event.actorProject, actor != event.project { scopes.append((actor, true)) }
+        for (scope, actor) in scopes {
+            guard let byPrefix = actor ? actorBuckets[scope] : buckets[scope] else { continue }
+            let key = CandidateCache.Key(scope: scope, actor: actor, eventType: event.eventType)
             let taken = candidates.get(key) ?? candidates.put(key, patternMatches(byPrefix, eventType: event.eventType))
-            for index in taken where conditions[index].allSatisfy({ $0.holds(&fields) }) {
+            for index in taken where (resourceIDs[index] == nil || resourceIDs[index] == event.resourceID) && conditions[index].allSatisfy({ $0.holds(&fields) }) {
                 result.append(subscriptions[index])
             }
         }
@@ -105,6 +117,8 @@ public struct SubscriptionIndex: Sendable {
 final class CandidateCache: Sendable {
     struct Key: Hashable, Sendable {
         var scope: String?
+        /// The scope is the acting project (subscriptions with include_actor).
+        var actor: Bool
         var eventType: String
     }
 
@@ -125,30 +139,3 @@ final class CandidateCache: Sendable {
         return value
     }
 }
-
-/// fnmatch-style matching of `*` and `?` over bytes.
-enum Glob {
-    static func matches(_ pattern: [UInt8], _ text: [UInt8]) -> Bool {
-        var p = 0, t = 0
-        var star = -1, mark = 0
-        while t < text.count {
-            if p < pattern.count && (pattern[p] == UInt8(ascii: "?") || pattern[p] == text[t]) {
-                p += 1
-                t += 1
-            } else if p < pattern.count && pattern[p] == UInt8(ascii: "*") {
-                star = p
-                mark = t
-                p += 1
-            } else if star >= 0 {
-                p = star + 1
-                mark += 1
-                t = mark
-            } else {
-                return false
-            }
-        }
-        while p < pattern.count && pattern[p] == UInt8(ascii: "*") { p += 1 }
-        return p == pattern.count
-    }
-}
-

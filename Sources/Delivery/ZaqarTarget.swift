@@ -90,10 +90,18 @@ public struct ZaqarOutgoingMessage: Sendable {
 
 /// Builds the delivered message of DESIGN.md by copying the event's JSON bytes in
 /// place, without parsing or re-encoding it:
-/// `{"ttl": T, "body": {"event": <event>, "herald": {"subscription_id", "event_id", "partition", "epoch"}}}`.
+/// `{"ttl": T, "body": {"event": <event>, "herald": {"subscription_id", "event_id", "partition", "epoch",
+/// "project", "actor_project", "resource_id"}}}` (the last three when known).
 public enum ZaqarMessageEncoding {
-    /// - Parameter event: the event as JSON (the notification without `_context_*` keys).
-    public static func message(event: [UInt8], ttl: Int, subscriptionID: String, eventID: String, partition: Int, epoch: UInt64) -> [UInt8] {
+    /// - Parameters:
+    ///   - event: the event as JSON (the notification without `_context_*` keys).
+    ///   - project: the resource's owner, as the event definitions found it.
+    ///   - actorProject: the project that acted.
+    ///   - resourceID: the resource the event is about.
+    public static func message(
+        event: [UInt8], ttl: Int, subscriptionID: String, eventID: String, partition: Int, epoch: UInt64,
+        project: String? = nil, actorProject: String? = nil, resourceID: String? = nil
+    ) -> [UInt8] {
         var out: [UInt8] = []
         out.reserveCapacity(event.count + 160 + subscriptionID.utf8.count + eventID.utf8.count)
         out += Array("{\"ttl\":\(ttl),\"body\":{\"event\":".utf8)
@@ -102,7 +110,13 @@ public enum ZaqarMessageEncoding {
         appendString(subscriptionID, to: &out)
         out += Array(",\"event_id\":".utf8)
         appendString(eventID, to: &out)
-        out += Array(",\"partition\":\(partition),\"epoch\":\(epoch)}}}".utf8)
+        out += Array(",\"partition\":\(partition),\"epoch\":\(epoch)".utf8)
+        for (key, value) in [("project", project), ("actor_project", actorProject), ("resource_id", resourceID)] {
+            guard let value else { continue }
+            out += Array(",\"\(key)\":".utf8)
+            appendString(value, to: &out)
+        }
+        out += Array("}}}".utf8)
         return out
     }
 

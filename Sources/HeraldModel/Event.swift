@@ -14,8 +14,9 @@ public enum PartitionHash {
         return hash
     }
 
-    public static func partition(of eventType: String, count: Int) -> Int {
-        Int(fnv1a64(eventType.utf8) % UInt64(count))
+    /// The partition of a key (an event's `partitionKey`: its family and resource id, or its type).
+    public static func partition(of key: String, count: Int) -> Int {
+        Int(fnv1a64(key.utf8) % UInt64(max(1, count)))
     }
 }
 
@@ -25,14 +26,35 @@ public struct NotificationEvent: Sendable, Equatable {
     public var eventType: String
     /// The idempotency key delivered as `event_id`.
     public var messageID: String
-    /// The project it belongs to, when it names one (see `NotificationDecoder` for the order).
+    /// The project it belongs to: the owner of the resource it is about, as the event definitions
+    /// find it (`EventDefinitions.attribute`), or as the decoder guessed it before that (see
+    /// `NotificationDecoder` for the order).
     public var project: String?
+    /// The project that acted (the request context's project, or what the definitions name, such
+    /// as nova's `action_initiator_project`); nil when unknown.
+    public var actorProject: String?
+    /// The context's project as the notification carried it (`_context_project_id`, else
+    /// `_context_tenant`): kept aside because `_context_*` keys never leave Herald.
+    public var contextProject: String?
+    /// The id of the resource the event is about, when the definitions name where it is.
+    public var resourceID: String?
+    /// The resource family (`compute.instance` for `compute.instance.power_off.end`), from the
+    /// definitions; nil when they give none (the event type then stands for it).
+    public var family: String?
     /// The event as delivered, as JSON bytes: the oslo message without any `_context_*` key, or
     /// the Ceilometer event. Copied from the notification, never re-encoded on the fast path.
     public let json: [UInt8]
     /// Ceilometer traits by name (empty for oslo notifications).
     public var traits: [String: JSONValue]
     private let parsed: ParsedJSON
+
+    /// What decides the event's partition: its family and resource id when the definitions
+    /// give both (so one resource's events share a partition and keep their order), else the
+    /// event type.
+    public var partitionKey: String {
+        if let resourceID, let family { return family + "/" + resourceID }
+        return eventType
+    }
 
     /// An event from its JSON bytes; `body` is parsed from them only when something asks
     /// (a condition on a payload field).
@@ -58,6 +80,7 @@ public struct NotificationEvent: Sendable, Equatable {
 
     public static func == (lhs: NotificationEvent, rhs: NotificationEvent) -> Bool {
         lhs.eventType == rhs.eventType && lhs.messageID == rhs.messageID && lhs.project == rhs.project && lhs.traits == rhs.traits && lhs.body == rhs.body
+            && lhs.contextProject == rhs.contextProject
     }
 
     /// The value at a dotted path: `payload.state`, `payload.image_meta.os_distro`,

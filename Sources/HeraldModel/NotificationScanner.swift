@@ -82,9 +82,11 @@ public enum NotificationScanner {
             String(decoding: UnsafeBufferPointer(start: bytes.data, count: bytes.length), as: UTF8.self)
         }
         let project = out.project.length > 0 ? text(out.project) : nil
-        return NotificationEvent(
+        var event = NotificationEvent(
             eventType: text(out.event_type), messageID: text(out.message_id), project: project,
             json: Array(UnsafeBufferPointer(start: out.body.data, count: out.body.length))
         )
+        event.contextProject = out.context_project.length > 0 ? text(out.context_project) : nil
+        return event
     }
 }

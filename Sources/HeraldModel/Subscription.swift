@@ -22,6 +22,12 @@ public struct Subscription: Codable, Sendable, Equatable, Identifiable {
     /// subscription was created (never taken from a request): it posts into a Keystone-protected
     /// Zaqar and renews the pre-signed URL.
     public var trustID: String?
+    /// Also the events this project caused on other projects' resources (an admin acting for a
+    /// tenant, a member on a shared network): matched by the acting project. nil: no.
+    public var includeActor: Bool?
+    /// Only the events about this resource (the definitions' resource id: a server's uuid, a
+    /// port's id, ...). nil: any.
+    public var resourceID: String?
     public var createdAt: Double
     public var updatedAt: Double
 
@@ -34,6 +40,8 @@ public struct Subscription: Codable, Sendable, Equatable, Identifiable {
         target: Target,
         messageTTL: Int = 3600,
         trustID: String? = nil,
+        includeActor: Bool? = nil,
+        resourceID: String? = nil,
         createdAt: Double = Date().timeIntervalSince1970,
         updatedAt: Double? = nil
     ) {
@@ -45,6 +53,8 @@ public struct Subscription: Codable, Sendable, Equatable, Identifiable {
         self.target = target
         self.messageTTL = messageTTL
         self.trustID = trustID
+        self.includeActor = includeActor
+        self.resourceID = resourceID
         self.createdAt = createdAt
         self.updatedAt = updatedAt ?? createdAt
     }
@@ -55,6 +65,8 @@ public struct Subscription: Codable, Sendable, Equatable, Identifiable {
         case eventTypes = "event_types"
         case messageTTL = "message_ttl"
         case trustID = "trust_id"
+        case includeActor = "include_actor"
+        case resourceID = "resource_id"
         case createdAt = "created_at"
         case updatedAt = "updated_at"
     }
@@ -114,6 +126,9 @@ public struct Subscription: Codable, Sendable, Equatable, Identifiable {
         try target.validate(field: "target")
         guard Self.ttlRange.contains(messageTTL) else {
             throw fail("message_ttl", "\(messageTTL) is outside Zaqar's range of 60 to 1209600 seconds")
+        }
+        if let resourceID {
+            guard !resourceID.isEmpty, resourceID.utf8.count <= 255 else { throw fail("resource_id", "must be 1 to 255 bytes") }
         }
         let encoded = (try? JSONEncoder().encode(self).count) ?? Int.max
         guard encoded <= Limits.encodedBytes else {

@@ -102,7 +102,9 @@ public enum NotificationDecoder {
         if case .object(let payload)? = fields["payload"] {
             project = payload["project_id"]?.nonEmptyString ?? payload["tenant_id"]?.nonEmptyString
         }
-        return [NotificationEvent(eventType: eventType, messageID: messageID, project: project ?? contextProject, body: .object(fields))]
+        var event = NotificationEvent(eventType: eventType, messageID: messageID, project: project ?? contextProject, body: .object(fields))
+        event.contextProject = contextProject
+        return [event]
     }
 
     private static func ceilometerEvent(_ element: JSONValue, index: Int, contextProject: String?) throws -> NotificationEvent {
@@ -125,7 +127,9 @@ public enum NotificationDecoder {
             }
         }
         let project = traits["project_id"]?.nonEmptyString ?? traits["tenant_id"]?.nonEmptyString ?? contextProject
-        return NotificationEvent(eventType: eventType, messageID: messageID, project: project, body: .object(event), traits: traits)
+        var decoded = NotificationEvent(eventType: eventType, messageID: messageID, project: project, body: .object(event), traits: traits)
+        decoded.contextProject = contextProject
+        return decoded
     }
 
     /// `bytes` (valid UTF-8) as a JSON value: checked by `StrictJSON` first, which also bounds

@@ -75,3 +75,37 @@ struct SubscriptionIndexTests {
         #expect(index.matches(event("compute.instance.create.end")).count == 1)
     }
 }
+
+@Suite("Matching by owner, actor and resource")
+struct AttributionMatchingTests {
+    func event(_ type: String, owner: String?, actor: String?, resource: String? = nil) -> NotificationEvent {
+        var event = NotificationEvent(eventType: type, messageID: "m", project: owner, body: .object(["event_type": .string(type)]))
+        event.actorProject = actor
+        event.resourceID = resource
+        return event
+    }
+
+    @Test("an event goes to the owner's subscriptions; the actor's only with include_actor; never to a third project")
+    func ownerAndActor() {
+        let tenant = Subscription(project: "tenant", eventTypes: ["port.*"], target: Target(queue: "q"))
+        let admin = Subscription(project: "admin", eventTypes: ["port.*"], target: Target(queue: "q"))
+        let adminActions = Subscription(project: "admin", eventTypes: ["port.*"], target: Target(queue: "q"), includeActor: true)
+        let other = Subscription(project: "other", eventTypes: ["port.*"], target: Target(queue: "q"), includeActor: true)
+        let index = SubscriptionIndex([tenant, admin, adminActions, other])
+        // An admin creates a port for the tenant.
+        #expect(Set(index.matches(event("port.create.end", owner: "tenant", actor: "admin")).map(\.id)) == [tenant.id, adminActions.id])
+        // The tenant acts on its own port: no actor subscription twice.
+        #expect(Set(index.matches(event("port.update.end", owner: "tenant", actor: "tenant")).map(\.id)) == [tenant.id])
+        // The admin acts on its own port: its subscriptions once each.
+        #expect(Set(index.matches(event("port.update.end", owner: "admin", actor: "admin")).map(\.id)) == [admin.id, adminActions.id])
+    }
+
+    @Test("resource_id keeps only that resource's events")
+    func resource() {
+        let pinned = Subscription(project: "p", eventTypes: ["compute.instance.*"], target: Target(queue: "q"), resourceID: "i-1")
+        let index = SubscriptionIndex([pinned])
+        #expect(index.matches(event("compute.instance.create.end", owner: "p", actor: "p", resource: "i-1")).count == 1)
+        #expect(index.matches(event("compute.instance.create.end", owner: "p", actor: "p", resource: "i-2")).isEmpty)
+        #expect(index.matches(event("compute.instance.create.end", owner: "p", actor: "p", resource: nil)).isEmpty)
+    }
+}

@@ -38,6 +38,8 @@ typedef struct {
     /// payload.project_id, payload.tenant_id, _context_project_id, _context_tenant: the first
     /// non-empty string; length 0 when none.
     herald_bytes project;
+    /// _context_project_id, else _context_tenant: the project that acted; length 0 when none.
+    herald_bytes context_project;
     /// The notification as a JSON object without its `_context_*` members, its other members
     /// copied byte for byte.
     herald_bytes body;

@@ -14,9 +14,13 @@ struct SubscriptionInput: Decodable {
     var project: String?
     /// Whether Herald makes a Keystone trust from the caller (keystone mode only).
     var trust: Bool?
+    var includeActor: Bool?
+    var resourceID: String?
 
     enum CodingKeys: String, CodingKey {
         case conditions, target, project, trust
+        case includeActor = "include_actor"
+        case resourceID = "resource_id"
         case eventTypes = "event_types"
         case messageTTL = "message_ttl"
         case allProjects = "all_projects"
@@ -76,18 +80,35 @@ struct AliasSubscription: Encodable {
     init(_ subscription: Subscription) {
         id = subscription.id
         let first = subscription.eventTypes.first { !$0.hasPrefix("!") } ?? ""
-        source = first.hasSuffix("*") ? String(first.dropLast()) : first
+        let prefix = first.hasSuffix("*") ? String(first.dropLast()) : first
+        // A pinned subscription reads back as it was written: the prefix, a dot, the instance id.
+        source = subscription.resourceID.map { (prefix.hasSuffix(".") ? prefix : prefix + ".") + $0 } ?? prefix
         target = "zaqar://" + subscription.target.queue
         messageTTL = subscription.messageTTL
         projectID = subscription.project
         eventTypes = subscription.eventTypes
     }
 
-    /// `compute.instance` matches every event type that starts with it.
-    static func pattern(fromSource source: String) throws -> String {
+    /// `compute.instance` matches every event type that starts with it. nabu's instance pinning,
+    /// a prefix followed by an instance id (`compute.instance.<uuid>`), is the prefix's events of
+    /// that resource only: the pattern and a resource id filter.
+    static func pattern(fromSource source: String) throws -> (pattern: String, resourceID: String?) {
         let trimmed = source.trimmingCharacters(in: .whitespaces)
         guard !trimmed.isEmpty else { throw HTTPError(.badRequest, message: "source: must be an event type prefix such as \"compute.instance\"") }
-        return trimmed.hasSuffix("*") ? trimmed : trimmed + "*"
+        if let dot = trimmed.lastIndex(of: "."), isResourceID(trimmed[trimmed.index(after: dot)...]) {
+            let prefix = String(trimmed[..<dot])
+            guard !prefix.isEmpty else { throw HTTPError(.badRequest, message: "source: an instance id needs an event type prefix before it, such as compute.instance.<id>") }
+            return (prefix + ".*", String(trimmed[trimmed.index(after: dot)...]))
+        }
+        return (trimmed.hasSuffix("*") ? trimmed : trimmed + "*", nil)
+    }
+
+    /// A uuid as OpenStack writes them: 8-4-4-4-12 hex digits, or 32 hex digits.
+    static func isResourceID(_ text: Substring) -> Bool {
+        let hex = Set("0123456789abcdefABCDEF")
+        let groups = text.split(separator: "-", omittingEmptySubsequences: false).map(\.count)
+        guard text.allSatisfy({ hex.contains($0) || $0 == "-" }) else { return false }
+        return groups == [8, 4, 4, 4, 12] || groups == [32]
     }
 
     static func queue(fromTarget target: String) throws -> String {

@@ -55,8 +55,8 @@ struct APIRoute: Sendable {
 struct HeraldAPI: Sendable {
     let services: APIServices
 
-    static let subscriptionFields: Set<String> = ["event_types", "conditions", "target", "message_ttl", "all_projects", "project", "trust"]
-    static let patchFields: Set<String> = ["event_types", "conditions", "target", "message_ttl", "all_projects"]
+    static let subscriptionFields: Set<String> = ["event_types", "conditions", "target", "message_ttl", "all_projects", "project", "trust", "include_actor", "resource_id"]
+    static let patchFields: Set<String> = ["event_types", "conditions", "target", "message_ttl", "all_projects", "include_actor", "resource_id"]
     static let aliasFields: Set<String> = ["source", "target", "message_ttl"]
 
     var routes: [APIRoute] {
@@ -135,7 +135,7 @@ struct HeraldAPI: Sendable {
         }
         let subscription = Subscription(
             project: project, allProjects: input.allProjects ?? false, eventTypes: eventTypes, conditions: input.conditions ?? [],
-            target: target, messageTTL: input.messageTTL ?? 3600
+            target: target, messageTTL: input.messageTTL ?? 3600, includeActor: input.includeActor, resourceID: input.resourceID
         )
         // A trust by default in keystone mode, unless the subscriber brought a pre-signed URL.
         let created = try await create(subscription, caller: caller, trust: input.trust ?? (caller.token != nil && target.signedURL == nil))
@@ -204,6 +204,9 @@ struct HeraldAPI: Sendable {
             case "conditions": subscription.conditions = try present(input.conditions, key)
             case "target": subscription.target = try present(input.target, key)
             case "message_ttl": subscription.messageTTL = try present(input.messageTTL, key)
+            case "include_actor": subscription.includeActor = try present(input.includeActor, key)
+            // null removes the filter.
+            case "resource_id": subscription.resourceID = input.resourceID
             case "all_projects":
                 let value = try present(input.allProjects, key)
                 if value && !caller.isAdmin { throw HTTPError(.forbidden, message: "all_projects: only an admin may subscribe to every project's events") }
@@ -248,9 +251,10 @@ struct HeraldAPI: Sendable {
         let (data, _) = try await APIJSON.object(request, allowed: Self.aliasFields)
         let input = try APIJSON.decode(AliasInput.self, from: data)
         let queue = try AliasSubscription.queue(fromTarget: input.target)
+        let (pattern, resourceID) = try AliasSubscription.pattern(fromSource: input.source)
         let subscription = Subscription(
-            project: caller.project, eventTypes: [try AliasSubscription.pattern(fromSource: input.source)],
-            target: Target(queue: queue), messageTTL: input.messageTTL ?? 3600
+            project: caller.project, eventTypes: [pattern],
+            target: Target(queue: queue), messageTTL: input.messageTTL ?? 3600, resourceID: resourceID
         )
         let created = try await create(subscription, caller: caller, trust: caller.token != nil)
         var headers = HTTPFields()

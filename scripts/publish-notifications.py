@@ -9,7 +9,8 @@ The first kind goes through an oslo_messaging.Notifier on a transport whose cont
 exchange is `exchange` (driver `messaging` or `messagingv2`; optional "topic", default
 "notifications", and "priority", default "info": Ceilometer's event publisher is
 exchange "ceilometer", topic "event", priority "sample"), with an
-oslo_context RequestContext carrying the project. The second is published as raw
+oslo_context RequestContext carrying the project (or "context": {"project_id",
+"user_id", "roles"} for a whole one). The second is published as raw
 bytes through kombu, for malformed input. Prints one summary line.
 """
 import argparse
@@ -58,7 +59,14 @@ def main():
                                  content_type="application/json", content_encoding="binary", declare=[exchange])
                 counts["raw"] = counts.get("raw", 0) + 1
                 continue
-            context = oslo_context.RequestContext(project_id=item.get("project"), user_id="publisher", request_id=None)
+            if "context" in item:
+                # A whole request context, as the service would have it (an admin acting for a tenant,
+                # nova's service user acting for a user, keystone's empty one).
+                ctx = item["context"] or {}
+                context = oslo_context.RequestContext(project_id=ctx.get("project_id"), user_id=ctx.get("user_id"),
+                                                      roles=ctx.get("roles", []), request_id=None)
+            else:
+                context = oslo_context.RequestContext(project_id=item.get("project"), user_id="publisher", request_id=None)
             n = notifier(item["exchange"], item.get("driver", "messagingv2"), item.get("publisher_id", "herald.test"), item.get("topic", "notifications"))
             getattr(n, item.get("priority", "info"))(context, item["event_type"], item["payload"])
             label = "%s/%s" % (item["exchange"], item.get("driver", "messagingv2"))

@@ -116,7 +116,7 @@ struct NodeConfiguration: Sendable {
         }
     }
 
-    static let defaultExchanges = ["nova", "neutron", "cinder", "glance", "heat", "keystone", "designate", "octavia", "ironic"]
+    static let defaultExchanges = ["nova", "neutron", "cinder", "glance", "heat", "keystone", "designate", "octavia", "ironic", "manila", "magnum"]
 
     /// - Throws: `ConfigurationError` naming the variable and its bad value.
     static func fromEnvironment(_ environment: [String: String] = ProcessInfo.processInfo.environment) throws -> NodeConfiguration {

@@ -25,6 +25,8 @@ public struct SubscriptionIndex: Sendable {
     private var actorBuckets: [String?: [String: [Entry]]] = [:]
     /// Each subscription's resource id filter.
     private let resourceIDs: [String?]
+    /// Each subscription's choice of notifications, Ceilometer events or both.
+    private let origins: [Origin]
     public let subscriptions: [Subscription]
     private let exclusions: [[[UInt8]]]
     /// Each subscription's conditions with their paths split and operands parsed, once.
@@ -38,6 +40,7 @@ public struct SubscriptionIndex: Sendable {
         self.subscriptions = subscriptions
         conditions = subscriptions.map { $0.conditions.map(CompiledCondition.init) }
         resourceIDs = subscriptions.map(\.resourceID)
+        origins = subscriptions.map { $0.origin ?? .notification }
         var exclusions: [[[UInt8]]] = []
         for (index, subscription) in subscriptions.enumerated() {
             exclusions.append(subscription.eventTypes.filter { $0.hasPrefix("!") }.map { Array($0.dropFirst().utf8) })
@@ -68,7 +71,8 @@ public struct SubscriptionIndex: Sendable {
             guard let byPrefix = actor ? actorBuckets[scope] : buckets[scope] else { continue }
             let key = CandidateCache.Key(scope: scope, actor: actor, eventType: event.eventType)
             let taken = candidates.get(key) ?? candidates.put(key, patternMatches(byPrefix, eventType: event.eventType))
-            for index in taken where (resourceIDs[index] == nil || resourceIDs[index] == event.resourceID) && conditions[index].allSatisfy({ $0.holds(&fields) }) {
+            for index in taken where origins[index].takes(fromCeilometer: event.fromCeilometer)
+                && (resourceIDs[index] == nil || resourceIDs[index] == event.resourceID) && conditions[index].allSatisfy({ $0.holds(&fields) }) {
                 result.append(subscriptions[index])
             }
         }

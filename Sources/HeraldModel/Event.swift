@@ -38,6 +38,9 @@ public struct NotificationEvent: Sendable, Equatable {
     public var contextProject: String?
     /// The id of the resource the event is about, when the definitions name where it is.
     public var resourceID: String?
+    /// Built from one element of a Ceilometer event list (Ceilometer's `notifier://` publisher),
+    /// not from the service's own notification. The two share one message id.
+    public var fromCeilometer = false
     /// The resource family (`compute.instance` for `compute.instance.power_off.end`), from the
     /// definitions; nil when they give none (the event type then stands for it).
     public var family: String?

@@ -28,6 +28,10 @@ public struct Subscription: Codable, Sendable, Equatable, Identifiable {
     /// Only the events about this resource (the definitions' resource id: a server's uuid, a
     /// port's id, ...). nil: any.
     public var resourceID: String?
+    /// Which of two copies of one event: the service's own notification (the default), the
+    /// Ceilometer event built from it (when Herald binds Ceilometer's events too), or both. The
+    /// two share one message id, so a consumer that drops duplicates by `event_id` would drop one.
+    public var origin: Origin?
     public var createdAt: Double
     public var updatedAt: Double
 
@@ -42,6 +46,7 @@ public struct Subscription: Codable, Sendable, Equatable, Identifiable {
         trustID: String? = nil,
         includeActor: Bool? = nil,
         resourceID: String? = nil,
+        origin: Origin? = nil,
         createdAt: Double = Date().timeIntervalSince1970,
         updatedAt: Double? = nil
     ) {
@@ -55,6 +60,7 @@ public struct Subscription: Codable, Sendable, Equatable, Identifiable {
         self.trustID = trustID
         self.includeActor = includeActor
         self.resourceID = resourceID
+        self.origin = origin
         self.createdAt = createdAt
         self.updatedAt = updatedAt ?? createdAt
     }
@@ -67,6 +73,7 @@ public struct Subscription: Codable, Sendable, Equatable, Identifiable {
         case trustID = "trust_id"
         case includeActor = "include_actor"
         case resourceID = "resource_id"
+        case origin
         case createdAt = "created_at"
         case updatedAt = "updated_at"
     }
@@ -133,6 +140,22 @@ public struct Subscription: Codable, Sendable, Equatable, Identifiable {
         let encoded = (try? JSONEncoder().encode(self).count) ?? Int.max
         guard encoded <= Limits.encodedBytes else {
             throw fail("subscription", "is \(encoded) bytes encoded; at most \(Limits.encodedBytes)")
+        }
+    }
+}
+
+/// Where an event came from (see `Subscription.origin`).
+public enum Origin: String, Codable, Sendable, CaseIterable {
+    case notification
+    case ceilometer
+    case any
+
+    /// Whether an event of this provenance is taken.
+    public func takes(fromCeilometer: Bool) -> Bool {
+        switch self {
+        case .any: return true
+        case .notification: return !fromCeilometer
+        case .ceilometer: return fromCeilometer
         }
     }
 }

@@ -129,6 +129,7 @@ public enum NotificationDecoder {
         let project = traits["project_id"]?.nonEmptyString ?? traits["tenant_id"]?.nonEmptyString ?? contextProject
         var decoded = NotificationEvent(eventType: eventType, messageID: messageID, project: project, body: .object(event), traits: traits)
         decoded.contextProject = contextProject
+        decoded.fromCeilometer = true
         return decoded
     }
 

@@ -16,11 +16,13 @@ struct SubscriptionInput: Decodable {
     var trust: Bool?
     var includeActor: Bool?
     var resourceID: String?
+    var origin: Origin?
 
     enum CodingKeys: String, CodingKey {
         case conditions, target, project, trust
         case includeActor = "include_actor"
         case resourceID = "resource_id"
+        case origin
         case eventTypes = "event_types"
         case messageTTL = "message_ttl"
         case allProjects = "all_projects"

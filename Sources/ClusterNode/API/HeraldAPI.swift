@@ -55,8 +55,8 @@ struct APIRoute: Sendable {
 struct HeraldAPI: Sendable {
     let services: APIServices
 
-    static let subscriptionFields: Set<String> = ["event_types", "conditions", "target", "message_ttl", "all_projects", "project", "trust", "include_actor", "resource_id"]
-    static let patchFields: Set<String> = ["event_types", "conditions", "target", "message_ttl", "all_projects", "include_actor", "resource_id"]
+    static let subscriptionFields: Set<String> = ["event_types", "conditions", "target", "message_ttl", "all_projects", "project", "trust", "include_actor", "resource_id", "origin"]
+    static let patchFields: Set<String> = ["event_types", "conditions", "target", "message_ttl", "all_projects", "include_actor", "resource_id", "origin"]
     static let aliasFields: Set<String> = ["source", "target", "message_ttl"]
 
     var routes: [APIRoute] {
@@ -135,7 +135,7 @@ struct HeraldAPI: Sendable {
         }
         let subscription = Subscription(
             project: project, allProjects: input.allProjects ?? false, eventTypes: eventTypes, conditions: input.conditions ?? [],
-            target: target, messageTTL: input.messageTTL ?? 3600, includeActor: input.includeActor, resourceID: input.resourceID
+            target: target, messageTTL: input.messageTTL ?? 3600, includeActor: input.includeActor, resourceID: input.resourceID, origin: input.origin
         )
         // A trust by default in keystone mode, unless the subscriber brought a pre-signed URL.
         let created = try await create(subscription, caller: caller, trust: input.trust ?? (caller.token != nil && target.signedURL == nil))
@@ -207,6 +207,7 @@ struct HeraldAPI: Sendable {
             case "include_actor": subscription.includeActor = try present(input.includeActor, key)
             // null removes the filter.
             case "resource_id": subscription.resourceID = input.resourceID
+            case "origin": subscription.origin = try present(input.origin, key)
             case "all_projects":
                 let value = try present(input.allProjects, key)
                 if value && !caller.isAdmin { throw HTTPError(.forbidden, message: "all_projects: only an admin may subscribe to every project's events") }

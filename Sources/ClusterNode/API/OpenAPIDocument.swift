@@ -65,6 +65,7 @@ enum OpenAPIDocument {
               "project": {"type": "string", "description": "Admin only, when another than the caller's."},
               "include_actor": {"type": "boolean", "default": false, "description": "Also the events this project caused on other projects' resources (matched by the acting project)."},
               "resource_id": {"type": ["string", "null"], "description": "Only events about this resource (a server's uuid, a port's id, ...), as the event definitions find it."},
+              "origin": {"type": "string", "enum": ["notification", "ceilometer", "any"], "default": "notification", "description": "The service's notification, the Ceilometer event built from it (same message id), or both."},
               "trust": {"type": "boolean", "description": "Keystone mode: make a trust from the caller to Herald (role member on the caller's project), used to post into a Keystone-protected Zaqar and to renew the pre-signed URL. Default true unless target.signed_url is given."}
             }
           },
@@ -78,7 +79,7 @@ enum OpenAPIDocument {
               "target": {"$ref": "#/components/schemas/Target"},
               "message_ttl": {"type": "integer"}, "created_at": {"type": "number"}, "updated_at": {"type": "number"},
               "trust_id": {"type": "string", "description": "The Keystone trust Herald made for this subscription; deleted with it."},
-              "include_actor": {"type": "boolean"}, "resource_id": {"type": "string"},
+              "include_actor": {"type": "boolean"}, "resource_id": {"type": "string"}, "origin": {"type": "string", "enum": ["notification", "ceilometer", "any"]},
               "warnings": {"type": "array", "items": {"type": "string"}, "description": "What needs the subscriber, e.g. a pre-signed URL near expiry with no trust to renew it."}
             }
           },

@@ -207,6 +207,31 @@ extension APISuites {
             }
         }
 
+        @Test("nabu's instance pinning: a prefix and an instance id become the prefix's pattern and a resource_id filter")
+        func pinned() async throws {
+            try await harness.test { client in
+                let instance = "178b0921-8f85-4257-88b6-2e743b5a975c"
+                let created = try await client.call(.post, "/v1/subscription", json: ["source": "compute.instance.\(instance)", "target": "zaqar://mine"])
+                #expect(created.status == .created, "\(created.text)")
+                let id = try #require(created.object["id"] as? String)
+                #expect(created.object["source"] as? String == "compute.instance.\(instance)", "it reads back as written")
+                let stored = try #require(try await harness.registry.get(id: id, project: "p1"))
+                #expect(stored.eventTypes == ["compute.instance.*"])
+                #expect(stored.resourceID == instance)
+                // The native API shows and changes the filter.
+                let native = try await client.call(.get, "/v1/subscriptions/\(id)")
+                #expect(native.object["resource_id"] as? String == instance)
+                let widened = try await client.call(.patch, "/v1/subscriptions/\(id)", json: ["resource_id": NSNull(), "include_actor": true, "origin": "any"])
+                #expect(widened.status == .ok, "\(widened.text)")
+                #expect(widened.object["resource_id"] == nil)
+                #expect(widened.object["include_actor"] as? Bool == true)
+                #expect(widened.object["origin"] as? String == "any")
+                let bad = try await client.call(.patch, "/v1/subscriptions/\(id)", json: ["origin": "elsewhere"])
+                #expect(bad.status == .badRequest)
+                #expect(bad.message.hasPrefix("origin"), "\(bad.message)")
+            }
+        }
+
         @Test("alias errors name the field", arguments: [
             (#"{"target": "q"}"#, "source"),
             (#"{"source": "compute", "target": "a/b"}"#, "target"),

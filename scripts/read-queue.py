@@ -32,9 +32,11 @@ def main():
         body = message.body
         event, herald = body.get("event", {}), body.get("herald", {})
         payload = event.get("payload", {})
-        print("  %-28s %-24s event_id=%s partition=%s epoch=%s" % (
-            event.get("event_type"), json.dumps({k: payload[k] for k in sorted(payload) if k in ("instance_id", "volume_id", "state", "size")}),
-            herald.get("event_id", "")[:8], herald.get("partition"), herald.get("epoch")))
+        shown = {k: payload[k] for k in sorted(payload) if k in ("instance_id", "volume_id", "state", "size")} if isinstance(payload, dict) else {}
+        print("  %-28s %-24s event_id=%s partition=%s epoch=%s project=%s actor=%s resource=%s" % (
+            event.get("event_type"), json.dumps(shown),
+            herald.get("event_id", "")[:8], herald.get("partition"), herald.get("epoch"),
+            herald.get("project", "-"), herald.get("actor_project", "-"), herald.get("resource_id", "-")))
     if args.expect is not None and len(messages) != args.expect:
         print("expected %d messages in %s, found %d" % (args.expect, args.queue, len(messages)), file=sys.stderr)
         sys.exit(1)

@@ -12,7 +12,7 @@ struct HeraldBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "herald-bench",
         abstract: "Benchmarks of Herald's Redis and AMQP clients against baselines in the same run.",
-        subcommands: [Clients.self, AMQP.self, Redis.self, Failover.self, ClusterLoad.self, DeliveryBenchmark.self, HotPath.self, Load.self, Member.self],
+        subcommands: [Clients.self, AMQP.self, Redis.self, Failover.self, ClusterLoad.self, DeliveryBenchmark.self, HotPath.self, Load.self, Member.self, PartitionBalance.self],
         defaultSubcommand: Clients.self
     )
 }

@@ -83,6 +83,8 @@ struct NodeConfiguration: Sendable {
     var notificationTopics: [String]
     /// HERALD_PRIORITIES: priorities bound, as `<topic>.<priority>`. Default every one but debug.
     var priorities: [String]
+    /// HERALD_POLICY_FILE: oslo.policy-format YAML rules over the defaults (`Policy`). Default: none.
+    var policy: Policy
     /// HERALD_CLUSTER: the cluster's name in its AMQP names (`<cluster>.ingest`, ...). Default:
     /// HERALD_KEY_PREFIX without its trailing `:` (`herald`).
     var names: ClusterNames
@@ -104,6 +106,7 @@ struct NodeConfiguration: Sendable {
         "HERALD_REPLAY_MAX", "HERALD_RATE_REPLAYS", "HERALD_DELIVERY_TIMEOUT_SECONDS", "HERALD_DELIVERY_PROJECT_MAX_MESSAGES",
         "HERALD_CLUSTER", "HERALD_DEAD_LETTERS_MAX", "HERALD_DEAD_LETTERS_PROJECT_MAX", "HERALD_DEAD_LETTER_BODY_BYTES",
         "HERALD_DEAD_LETTERS_IDLE_DAYS", "HERALD_EVENT_DEFINITIONS", "HERALD_NOTIFICATION_TOPICS", "HERALD_PRIORITIES",
+        "HERALD_POLICY_FILE", "HERALD_ADMIN_PROJECT",
     ]
 
     /// oslo.messaging's notification priorities (the routing key's last part).
@@ -184,6 +187,14 @@ struct NodeConfiguration: Sendable {
         if let unknown = priorities.first(where: { !knownPriorities.contains($0) }) ?? (priorities.isEmpty ? "" : nil) {
             throw ConfigurationError(key: "HERALD_PRIORITIES", value: environment["HERALD_PRIORITIES"] ?? "", expected: "comma-separated priorities of \(knownPriorities.joined(separator: ", ")) ('\(unknown)' is none)")
         }
+        var policy = Policy()
+        if let path = environment["HERALD_POLICY_FILE"], !path.isEmpty {
+            do {
+                policy = try Policy.load(path: path)
+            } catch {
+                throw ConfigurationError(key: "HERALD_POLICY_FILE", value: path, expected: "\(error)")
+            }
+        }
         let configuration = NodeConfiguration(
             nodeID: string("HERALD_NODE_ID", ProcessInfo.processInfo.hostName),
             redisURL: string("HERALD_REDIS_URL", "redis://127.0.0.1:6379/0"),
@@ -208,7 +219,7 @@ struct NodeConfiguration: Sendable {
                     url: url, username: string("HERALD_KEYSTONE_USERNAME", "herald"), password: string("HERALD_KEYSTONE_PASSWORD", ""),
                     project: string("HERALD_KEYSTONE_PROJECT", "service"), userDomain: string("HERALD_KEYSTONE_USER_DOMAIN", "Default"),
                     projectDomain: string("HERALD_KEYSTONE_PROJECT_DOMAIN", "Default"), cacheTTL: .seconds(keystoneCacheSeconds),
-                    trustRoles: trustRoles
+                    trustRoles: trustRoles, adminProject: environment["HERALD_ADMIN_PROJECT"].flatMap { $0.isEmpty ? nil : $0 }
                 )
             },
             ingestWatchInterval: .seconds(try integer("HERALD_INGEST_WATCH_SECONDS", 10, 1...3600)),
@@ -231,6 +242,7 @@ struct NodeConfiguration: Sendable {
             eventDefinitions: eventDefinitions,
             notificationTopics: topics,
             priorities: priorities,
+            policy: policy,
             names: names,
             logLevel: string("HERALD_LOG_LEVEL", "info"),
             logFormat: string("HERALD_LOG_FORMAT", "text")

@@ -51,7 +51,8 @@ struct NodeAssembly: Sendable {
             signedURLs: configuration.signedURLs,
             endpoints: try ZaqarEndpoints(urls: configuration.zaqarAllowedURLs),
             limits: configuration.limits,
-            rates: RateLimiter(redis: RedisClient(configuration: try RedisConfiguration(url: configuration.redisURL), logger: logger), keyPrefix: configuration.keyPrefix)
+            rates: RateLimiter(redis: RedisClient(configuration: try RedisConfiguration(url: configuration.redisURL), logger: logger), keyPrefix: configuration.keyPrefix),
+            policy: configuration.policy
         )
         let api = HeraldAPI(services: services)
         let router: Router<APIContext>

@@ -40,7 +40,7 @@ public struct SubscriptionIndex: Sendable {
         self.subscriptions = subscriptions
         conditions = subscriptions.map { $0.conditions.map(CompiledCondition.init) }
         resourceIDs = subscriptions.map(\.resourceID)
-        origins = subscriptions.map { $0.origin ?? .notification }
+        origins = subscriptions.map { $0.origin ?? .any }
         var exclusions: [[[UInt8]]] = []
         for (index, subscription) in subscriptions.enumerated() {
             exclusions.append(subscription.eventTypes.filter { $0.hasPrefix("!") }.map { Array($0.dropFirst().utf8) })

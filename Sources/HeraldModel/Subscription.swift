@@ -28,10 +28,14 @@ public struct Subscription: Codable, Sendable, Equatable, Identifiable {
     /// Only the events about this resource (the definitions' resource id: a server's uuid, a
     /// port's id, ...). nil: any.
     public var resourceID: String?
-    /// Which of two copies of one event: the service's own notification (the default), the
-    /// Ceilometer event built from it (when Herald binds Ceilometer's events too), or both. The
-    /// two share one message id, so a consumer that drops duplicates by `event_id` would drop one.
+    /// Which of two copies of one event: the service's own notification, the Ceilometer event
+    /// built from it (when Herald binds Ceilometer's events too), or both (the default, nil).
+    /// The two share one message id, so a consumer that drops duplicates by `event_id` keeps
+    /// whichever came first: a subscription that wants one kind says so.
     public var origin: Origin?
+    /// The user who made it (with Keystone: the trust's trustor) and who changed it last.
+    public var createdBy: String?
+    public var updatedBy: String?
     public var createdAt: Double
     public var updatedAt: Double
 
@@ -74,6 +78,8 @@ public struct Subscription: Codable, Sendable, Equatable, Identifiable {
         case includeActor = "include_actor"
         case resourceID = "resource_id"
         case origin
+        case createdBy = "created_by"
+        case updatedBy = "updated_by"
         case createdAt = "created_at"
         case updatedAt = "updated_at"
     }

@@ -20,7 +20,8 @@ import Yams
 /// quoted (`payload.'nova_object.data'.tenant_id`); `_context_project_id` and `_context_tenant`
 /// name the request context's project; `traits.x` a Ceilometer event's trait. The first
 /// non-empty string (of at most 255 bytes) found along a list wins. With no owner found, the
-/// event belongs to the context's project (the actor): the fallback wave 1 used for everything.
+/// decoder's guess stands (the payload's or traits' `project_id`/`tenant_id`, else the context's
+/// project): the rule wave 1 used for everything.
 public struct EventDefinitions: Sendable {
     public struct Definition: Sendable, Equatable {
         public var patterns: [String]
@@ -109,7 +110,9 @@ public struct EventDefinitions: Sendable {
             return
         }
         event.actorProject = first(definition.actor.isEmpty ? Self.defaultActor : definition.actor, in: event)
-        event.project = first(definition.owner, in: event) ?? event.contextProject
+        // Without an owner in the definition's paths: the decoder's guess (payload or trait
+        // project_id/tenant_id, else the context's project).
+        event.project = first(definition.owner, in: event) ?? event.project
         event.resourceID = first(definition.resourceID, in: event)
         event.family = definition.family
     }

@@ -55,10 +55,13 @@ struct APIHarness {
         let client: any TestClientProtocol
 
         @discardableResult
-        func call(_ method: HTTPRequest.Method, _ uri: String, project: String? = "p1", admin: Bool = false, json: Any? = nil, raw: String? = nil) async throws -> Reply {
+        func call(_ method: HTTPRequest.Method, _ uri: String, project: String? = "p1", admin: Bool = false, roles: String? = nil, user: String? = nil,
+                  json: Any? = nil, raw: String? = nil) async throws -> Reply {
             var headers = HTTPFields()
             if let project { headers[.projectID] = project }
             if admin { headers[.roles] = "member,admin" }
+            if let roles { headers[.roles] = roles }
+            if let user { headers[.userID] = user }
             var body: ByteBuffer?
             if let json { body = ByteBuffer(bytes: try JSONSerialization.data(withJSONObject: json)) }
             if let raw { body = ByteBuffer(string: raw) }

@@ -180,6 +180,8 @@ extension APISuites {
                 _ = try await call(.post, "/v1/dead-letters/replay", "/v1/dead-letters/replay", json: ["ids": ["1-1"]])
                 _ = try await call(.post, "/v1/dead-letters/replay", "/v1/dead-letters/replay", json: ["ids": 1])
                 _ = try await call(.delete, "/v1/dead-letters", "/v1/dead-letters")
+                _ = try await call(.get, "/v1/policy", "/v1/policy")
+                _ = try await call(.get, "/v1/policy", "/v1/policy", project: nil)
                 _ = try await call(.delete, "/v1/subscriptions/\(id)", "/v1/subscriptions/{id}")
                 _ = try await call(.delete, "/v1/subscriptions/\(id)", "/v1/subscriptions/{id}")
                 return calls

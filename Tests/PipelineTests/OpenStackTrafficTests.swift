@@ -54,17 +54,17 @@ extension PipelineSuites {
             defer { Task { await run.stopAll() } }
             var subscriptions: [(Subscription, (Published) -> Bool)] = []
             for (name, project) in Self.projects.sorted(by: { $0.key < $1.key }) {
-                subscriptions.append((Subscription(project: project, eventTypes: ["*"], target: Target(queue: run.queue("own-\(name)"))),
+                subscriptions.append((Subscription(project: project, eventTypes: ["*"], target: Target(queue: run.queue("own-\(name)")), origin: .notification),
                                       { !$0.ceilometer && $0.owner == project }))
-                subscriptions.append((Subscription(project: project, eventTypes: ["*"], target: Target(queue: run.queue("actor-\(name)")), includeActor: true),
+                subscriptions.append((Subscription(project: project, eventTypes: ["*"], target: Target(queue: run.queue("actor-\(name)")), includeActor: true, origin: .notification),
                                       { !$0.ceilometer && ($0.owner == project || $0.actor == project) }))
             }
             let tenant = Self.projects["tenant"]!
             subscriptions.append((Subscription(project: tenant, eventTypes: ["*"], target: Target(queue: run.queue("ceilometer")), origin: .ceilometer),
                                   { $0.ceilometer && $0.owner == tenant }))
-            subscriptions.append((Subscription(project: tenant, eventTypes: ["volume.*"], conditions: [Condition(field: "priority", op: .eq, value: .string("WARN"))], target: Target(queue: run.queue("warn"))),
+            subscriptions.append((Subscription(project: tenant, eventTypes: ["volume.*"], conditions: [Condition(field: "priority", op: .eq, value: .string("WARN"))], target: Target(queue: run.queue("warn")), origin: .notification),
                                   { !$0.ceilometer && $0.owner == tenant && $0.priority == "warn" }))
-            subscriptions.append((Subscription(project: tenant, eventTypes: ["*"], target: Target(queue: run.queue("pinned")), resourceID: Self.instance),
+            subscriptions.append((Subscription(project: tenant, eventTypes: ["*"], target: Target(queue: run.queue("pinned")), resourceID: Self.instance, origin: .notification),
                                   { !$0.ceilometer && $0.owner == tenant && $0.resourceID == Self.instance }))
             for (subscription, _) in subscriptions { try await run.registry.create(subscription) }
             run.trackQueues(subscriptions.map { ($0.0.project, $0.0.target.queue) })

@@ -5,16 +5,34 @@ import Hummingbird
 /// Who is calling: the project the request acts for, and whether it may act across projects.
 struct Caller: Sendable, Equatable {
     var project: String
-    var isAdmin: Bool
+    /// The token's roles with the ones they imply (Keystone's defaults: admin implies member,
+    /// member implies reader), lower-cased.
+    var roles: Set<String>
+    /// The caller's project is the cloud's admin project (HERALD_ADMIN_PROJECT, else Keystone's
+    /// `is_admin_project`): with the admin role, an admin across projects (policy `cloud_admin`).
+    var isAdminProject: Bool
     /// With Keystone: the user and the token itself, which can delegate through a trust.
     var userID: String?
     var token: String?
 
-    init(project: String, isAdmin: Bool, userID: String? = nil, token: String? = nil) {
+    init(project: String, roles: [String], isAdminProject: Bool, userID: String? = nil, token: String? = nil) {
         self.project = project
-        self.isAdmin = isAdmin
+        self.roles = Self.implied(roles)
+        self.isAdminProject = isAdminProject
         self.userID = userID
         self.token = token
+    }
+
+    /// Keystone's default role implications.
+    static func implied(_ roles: [String]) -> Set<String> {
+        var all = Set(roles.map { $0.lowercased() })
+        if all.contains("admin") { all.insert("member") }
+        if all.contains("member") { all.insert("reader") }
+        return all
+    }
+
+    var credentials: PolicyCredentials {
+        PolicyCredentials(roles: roles, projectID: project, userID: userID, systemScope: nil, isAdminProject: isAdminProject)
     }
 }
 
@@ -37,10 +55,12 @@ struct APIContext: RequestContext {
 extension HTTPField.Name {
     static let projectID = Self("X-Project-Id")!
     static let roles = Self("X-Roles")!
+    static let userID = Self("X-User-Id")!
 }
 
 /// Development mode (HERALD_API_AUTH=trusted-header): the caller is whoever the
-/// `X-Project-Id` header says, admin when `X-Roles` lists `admin`. Never for production:
+/// `X-Project-Id` header says, with the roles of `X-Roles` (a member when it is absent; `admin`
+/// counts as the cloud's admin here) and the user of `X-User-Id`. Never for production:
 /// anyone who reaches the port may claim any project.
 struct TrustedHeaderAuthenticator: RouterMiddleware {
     typealias Context = APIContext
@@ -52,9 +72,10 @@ struct TrustedHeaderAuthenticator: RouterMiddleware {
         guard project.count <= 255 else {
             throw HTTPError(.badRequest, message: "X-Project-Id: longer than 255 characters")
         }
-        let roles = (request.headers[.roles] ?? "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces).lowercased() }
+        let listed = request.headers[.roles].map { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces).lowercased() }.filter { !$0.isEmpty } }
+        let roles = listed ?? ["member"]
         var context = context
-        context.caller = Caller(project: project, isAdmin: roles.contains("admin"))
+        context.caller = Caller(project: project, roles: roles, isAdminProject: roles.contains("admin"), userID: request.headers[.userID].map { String($0.prefix(255)) })
         return try await next(request, context)
     }
 }

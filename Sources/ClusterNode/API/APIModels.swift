@@ -173,3 +173,16 @@ struct ReadinessBody: Encodable {
     var ready: Bool
     var checks: [String: Bool]
 }
+
+/// `GET /v1/policy`: the rules in force.
+struct PolicyView: Encodable {
+    struct Rule: Encodable {
+        var name: String
+        var rule: String
+        var description: String
+        /// Changed by HERALD_POLICY_FILE.
+        var overridden: Bool
+    }
+
+    var rules: [Rule]
+}

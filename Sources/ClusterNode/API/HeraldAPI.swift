@@ -4,6 +4,7 @@ import Foundation
 import HTTPTypes
 import HeraldModel
 import Hummingbird
+import Logging
 
 /// What the API needs from the node it runs in; tests give it the same parts over the real servers.
 struct APIServices: Sendable {
@@ -27,6 +28,8 @@ struct APIServices: Sendable {
     var limits = APILimits()
     /// Where the per-project rates are counted (shared by every node); nil: rates are not limited.
     var rates: RateLimiter? = nil
+    /// Who may do what (HERALD_POLICY_FILE over the defaults).
+    var policy = Policy()
 }
 
 /// What one project may do through the API (docs/security.md).
@@ -85,6 +88,7 @@ struct HeraldAPI: Sendable {
             APIRoute(method: .get, path: "/v1/dead-letters", authenticated: true, handler: listDeadLetters),
             APIRoute(method: .post, path: "/v1/dead-letters/replay", authenticated: true, handler: replayDeadLetters),
             APIRoute(method: .delete, path: "/v1/dead-letters", authenticated: true, handler: purgeDeadLetters),
+            APIRoute(method: .get, path: "/v1/policy", authenticated: true, handler: getPolicy),
         ]
     }
 
@@ -127,18 +131,28 @@ struct HeraldAPI: Sendable {
         guard let eventTypes = input.eventTypes else { throw HTTPError(.badRequest, message: "event_types: required, e.g. [\"compute.instance.*\"]") }
         guard let target = input.target else { throw HTTPError(.badRequest, message: "target: required, e.g. {\"queue\": \"my-events\"}") }
         let project = input.project ?? caller.project
-        if project != caller.project && !caller.isAdmin {
-            throw HTTPError(.forbidden, message: "project: only an admin may subscribe for another project than \(caller.project)")
+        try authorize("subscription:create", caller, project: project, context: context)
+        if project != caller.project {
+            try authorize("subscription:create_for_project", caller, project: project, field: "project", context: context)
         }
-        if input.allProjects == true && !caller.isAdmin {
-            throw HTTPError(.forbidden, message: "all_projects: only an admin may subscribe to every project's events")
+        if input.allProjects == true {
+            // A feed of every project belongs to the cloud's admins, never to another project.
+            guard project == caller.project else {
+                throw HTTPError(.badRequest, message: "all_projects: an all-projects subscription belongs to the admin who makes it; leave out project")
+            }
+            try authorize("subscription:create_all_projects", caller, project: project, field: "all_projects", context: context)
         }
-        let subscription = Subscription(
+        if input.includeActor == true { try authorize("subscription:include_actor", caller, project: project, field: "include_actor", context: context) }
+        var subscription = Subscription(
             project: project, allProjects: input.allProjects ?? false, eventTypes: eventTypes, conditions: input.conditions ?? [],
             target: target, messageTTL: input.messageTTL ?? 3600, includeActor: input.includeActor, resourceID: input.resourceID, origin: input.origin
         )
+        subscription.createdBy = caller.userID
+        subscription.updatedBy = caller.userID
         // A trust by default in keystone mode, unless the subscriber brought a pre-signed URL.
-        let created = try await create(subscription, caller: caller, trust: input.trust ?? (caller.token != nil && target.signedURL == nil))
+        let created = try await audited("create", caller, context: context) {
+            try await create(subscription, caller: caller, trust: input.trust ?? (caller.token != nil && target.signedURL == nil))
+        }
         var headers = HTTPFields()
         headers[.location] = "/v1/subscriptions/\(created.id)"
         return try APIJSON.response(view(created), status: .created, headers: headers)
@@ -183,13 +197,16 @@ struct HeraldAPI: Sendable {
 
     @Sendable func listSubscriptions(_ request: Request, _ context: APIContext) async throws -> Response {
         let caller = try context.requireCaller()
+        try authorize("subscription:list", caller, project: caller.project, context: context)
         let (limit, marker) = try page(request)
         let (subscriptions, next) = try await services.registry.list(project: caller.project, limit: limit, marker: marker)
         return try APIJSON.response(SubscriptionPage(subscriptions: subscriptions.map(view), next: next.map { "/v1/subscriptions?limit=\(limit)&marker=\($0)" }))
     }
 
     @Sendable func getSubscription(_ request: Request, _ context: APIContext) async throws -> Response {
-        try APIJSON.response(view(try await owned(context)))
+        let subscription = try await owned(context)
+        try authorize("subscription:get", try context.requireCaller(), project: subscription.project, context: context)
+        return try APIJSON.response(view(subscription))
     }
 
     @Sendable func patchSubscription(_ request: Request, _ context: APIContext) async throws -> Response {
@@ -197,6 +214,17 @@ struct HeraldAPI: Sendable {
         var subscription = try await owned(context)
         let (data, keys) = try await APIJSON.object(request, allowed: Self.patchFields)
         let input = try APIJSON.decode(SubscriptionInput.self, from: data)
+        try authorize("subscription:update", caller, project: subscription.project, context: context)
+        if subscription.allProjects || input.allProjects == true {
+            try authorize("subscription:create_all_projects", caller, project: subscription.project, field: "all_projects", context: context)
+        }
+        if input.includeActor == true { try authorize("subscription:include_actor", caller, project: subscription.project, field: "include_actor", context: context) }
+        // Whoever changes where a trust-backed subscription posts would have Herald post, as the
+        // trust's owner, wherever they point it: only the trustor (or a cloud admin) may.
+        if keys.contains("target"), subscription.trustID != nil {
+            try authorize("subscription:update_trusted_target", caller, project: subscription.project, field: "target",
+                          extra: ["trustor_id": subscription.createdBy ?? ""], context: context)
+        }
         for key in keys.sorted() {
             // A field given as null is a 400 too: only conditions may be emptied, and with [].
             switch key {
@@ -209,18 +237,21 @@ struct HeraldAPI: Sendable {
             case "resource_id": subscription.resourceID = input.resourceID
             case "origin": subscription.origin = try present(input.origin, key)
             case "all_projects":
-                let value = try present(input.allProjects, key)
-                if value && !caller.isAdmin { throw HTTPError(.forbidden, message: "all_projects: only an admin may subscribe to every project's events") }
-                subscription.allProjects = value
+                subscription.allProjects = try present(input.allProjects, key)
             default: break
             }
         }
         subscription.updatedAt = Date().timeIntervalSince1970
-        _ = try await store { try subscription.validate() }
-        if keys.contains("target") { try checkEndpoint(subscription.target) }
-        try await takeChange(subscription.project)
-        guard let updated = try await store({ try await services.registry.update(subscription) }) else {
-            throw HTTPError(.notFound, message: "no subscription \(subscription.id) in project \(caller.project)")
+        subscription.updatedBy = caller.userID
+        let changed = subscription
+        let updated = try await audited("update", caller, subscription: changed.id, context: context) { () async throws -> Subscription in
+            _ = try await store { try changed.validate() }
+            if keys.contains("target") { try checkEndpoint(changed.target) }
+            try await takeChange(changed.project)
+            guard let updated = try await store({ try await services.registry.update(changed) }) else {
+                throw HTTPError(.notFound, message: "no subscription \(changed.id) in project \(caller.project)")
+            }
+            return updated
         }
         return try APIJSON.response(view(updated))
     }
@@ -229,6 +260,17 @@ struct HeraldAPI: Sendable {
     @Sendable func deleteSubscription(_ request: Request, _ context: APIContext) async throws -> Response {
         let caller = try context.requireCaller()
         let subscription = try await owned(context)
+        try authorize("subscription:delete", caller, project: subscription.project, context: context)
+        if subscription.allProjects {
+            try authorize("subscription:create_all_projects", caller, project: subscription.project, field: "all_projects", context: context)
+        }
+        try await audited("delete", caller, subscription: subscription.id, context: context) {
+            try await remove(subscription, caller: caller)
+        }
+        return Response(status: .noContent)
+    }
+
+    private func remove(_ subscription: Subscription, caller: Caller) async throws {
         if let trust = subscription.trustID {
             guard let keystone = services.keystone else {
                 throw HTTPError(.serviceUnavailable, message: "subscription \(subscription.id) has Keystone trust \(trust), and this node has no Keystone to delete it with (HERALD_KEYSTONE_URL)")
@@ -242,7 +284,6 @@ struct HeraldAPI: Sendable {
         guard try await services.registry.delete(id: subscription.id, project: caller.project) else {
             throw HTTPError(.notFound, message: "no subscription \(subscription.id) in project \(caller.project)")
         }
-        return Response(status: .noContent)
     }
 
     // MARK: The seed service's alias
@@ -253,11 +294,14 @@ struct HeraldAPI: Sendable {
         let input = try APIJSON.decode(AliasInput.self, from: data)
         let queue = try AliasSubscription.queue(fromTarget: input.target)
         let (pattern, resourceID) = try AliasSubscription.pattern(fromSource: input.source)
-        let subscription = Subscription(
+        try authorize("subscription:create", caller, project: caller.project, context: context)
+        var subscription = Subscription(
             project: caller.project, eventTypes: [pattern],
             target: Target(queue: queue), messageTTL: input.messageTTL ?? 3600, resourceID: resourceID
         )
-        let created = try await create(subscription, caller: caller, trust: caller.token != nil)
+        subscription.createdBy = caller.userID
+        subscription.updatedBy = caller.userID
+        let created = try await audited("create", caller, context: context) { try await create(subscription, caller: caller, trust: caller.token != nil) }
         var headers = HTTPFields()
         headers[.location] = "/v1/subscription/\(created.id)"
         return try APIJSON.response(AliasSubscription(created), status: .created, headers: headers)
@@ -265,19 +309,23 @@ struct HeraldAPI: Sendable {
 
     @Sendable func listAlias(_ request: Request, _ context: APIContext) async throws -> Response {
         let caller = try context.requireCaller()
+        try authorize("subscription:list", caller, project: caller.project, context: context)
         let (limit, marker) = try page(request)
         let (subscriptions, next) = try await services.registry.list(project: caller.project, limit: limit, marker: marker)
         return try APIJSON.response(AliasPage(subscriptions: subscriptions.map(AliasSubscription.init), next: next.map { "/v1/subscription?limit=\(limit)&marker=\($0)" }))
     }
 
     @Sendable func getAlias(_ request: Request, _ context: APIContext) async throws -> Response {
-        try APIJSON.response(AliasSubscription(try await owned(context)))
+        let subscription = try await owned(context)
+        try authorize("subscription:get", try context.requireCaller(), project: subscription.project, context: context)
+        return try APIJSON.response(AliasSubscription(subscription))
     }
 
     // MARK: Dead letters
 
     @Sendable func listDeadLetters(_ request: Request, _ context: APIContext) async throws -> Response {
         let caller = try context.requireCaller()
+        try authorize("dead_letter:list", caller, project: caller.project, context: context)
         let (limit, marker) = try page(request)
         let entries = try await services.deadLetters.recent(project: caller.project, count: limit, before: marker)
         let next = entries.count == limit ? entries.last.map { "/v1/dead-letters?limit=\(limit)&marker=\($0.id)" } : nil
@@ -288,6 +336,7 @@ struct HeraldAPI: Sendable {
     /// leaves the list, the others stay with the reason they failed again.
     @Sendable func replayDeadLetters(_ request: Request, _ context: APIContext) async throws -> Response {
         let caller = try context.requireCaller()
+        try authorize("dead_letter:replay", caller, project: caller.project, context: context)
         var ids: [String]?
         if let length = request.headers[.contentLength].flatMap(Int.init), length > 0 {
             let (data, _) = try await APIJSON.object(request, allowed: ["ids"])
@@ -337,12 +386,63 @@ struct HeraldAPI: Sendable {
             }
         }
         try await services.deadLetters.remove(project: caller.project, ids: result.replayed)
+        audit("replay", caller, outcome: "success", detail: "\(result.replayed.count) replayed, \(result.failed.count) failed", context: context)
         return try APIJSON.response(result)
     }
 
     @Sendable func purgeDeadLetters(_ request: Request, _ context: APIContext) async throws -> Response {
         let caller = try context.requireCaller()
-        return try APIJSON.response(["purged": try await services.deadLetters.purge(project: caller.project)])
+        try authorize("dead_letter:purge", caller, project: caller.project, context: context)
+        let purged = try await audited("purge", caller, context: context) { try await services.deadLetters.purge(project: caller.project) }
+        return try APIJSON.response(["purged": purged])
+    }
+
+    // MARK: Policy
+
+    /// The effective rules: the defaults, and which a policy file changed.
+    @Sendable func getPolicy(_ request: Request, _ context: APIContext) async throws -> Response {
+        let caller = try context.requireCaller()
+        try authorize("policy:get", caller, project: caller.project, context: context)
+        return try APIJSON.response(PolicyView(rules: services.policy.effective.map {
+            PolicyView.Rule(name: $0.name, rule: $0.rule, description: $0.description, overridden: $0.overridden)
+        }))
+    }
+
+    /// 403 naming the operation (and the field that asked for it) when the policy says no.
+    private func authorize(_ operation: String, _ caller: Caller, project: String, field: String? = nil, extra: [String: String] = [:], context: APIContext) throws {
+        var target = ["project_id": project]
+        target.merge(extra) { $1 }
+        guard services.policy.allows(operation, credentials: caller.credentials, target: target) else {
+            audit(operation, caller, outcome: "denied", detail: "policy", context: context)
+            let roles = caller.roles.sorted().joined(separator: ", ")
+            throw HTTPError(.forbidden, message: "\(field.map { "\($0): " } ?? "")policy does not allow \(operation) on project \(project) for your roles (\(roles.isEmpty ? "none" : roles)); GET /v1/policy shows the rules")
+        }
+    }
+
+    /// Runs a change and writes its audit line, whatever the outcome.
+    @discardableResult
+    private func audited<T>(_ action: String, _ caller: Caller, subscription: String? = nil, context: APIContext, _ body: () async throws -> T) async throws -> T {
+        do {
+            let result = try await body()
+            let id = (result as? Subscription)?.id ?? subscription
+            audit(action, caller, outcome: "success", subscription: id, context: context)
+            return result
+        } catch {
+            audit(action, caller, outcome: "failure", subscription: subscription, detail: (error as? HTTPError)?.status.code.description ?? "error", context: context)
+            throw error
+        }
+    }
+
+    /// One structured line per change, CADF-shaped (`action`, `outcome`, `initiator`, `target`);
+    /// never a token.
+    private func audit(_ action: String, _ caller: Caller, outcome: String, subscription: String? = nil, detail: String? = nil, context: APIContext) {
+        var metadata: Logger.Metadata = [
+            "audit.action": "\(action)", "audit.outcome": "\(outcome)",
+            "audit.initiator.project": "\(caller.project)", "audit.initiator.user": "\(caller.userID ?? "-")",
+        ]
+        if let subscription { metadata["audit.target.subscription"] = "\(subscription)" }
+        if let detail { metadata["audit.reason"] = "\(detail)" }
+        context.logger.notice("audit", metadata: metadata)
     }
 
     // MARK: Helpers

@@ -22,7 +22,7 @@ enum OpenAPIDocument {
         "responses": {
           "BadRequest": {"description": "A bad field, named in the message.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
           "Unauthorized": {"description": "No caller identity.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
-          "Forbidden": {"description": "Needs the admin role.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+          "Forbidden": {"description": "The policy does not allow it for the caller's roles (GET /v1/policy).", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
           "NotFound": {"description": "None in the caller's project.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
         },
         "schemas": {
@@ -65,7 +65,7 @@ enum OpenAPIDocument {
               "project": {"type": "string", "description": "Admin only, when another than the caller's."},
               "include_actor": {"type": "boolean", "default": false, "description": "Also the events this project caused on other projects' resources (matched by the acting project)."},
               "resource_id": {"type": ["string", "null"], "description": "Only events about this resource (a server's uuid, a port's id, ...), as the event definitions find it."},
-              "origin": {"type": "string", "enum": ["notification", "ceilometer", "any"], "default": "notification", "description": "The service's notification, the Ceilometer event built from it (same message id), or both."},
+              "origin": {"type": "string", "enum": ["notification", "ceilometer", "any"], "default": "any", "description": "The service's notification, the Ceilometer event built from it (same message id), or both."},
               "trust": {"type": "boolean", "description": "Keystone mode: make a trust from the caller to Herald (role member on the caller's project), used to post into a Keystone-protected Zaqar and to renew the pre-signed URL. Default true unless target.signed_url is given."}
             }
           },
@@ -243,6 +243,15 @@ enum OpenAPIDocument {
             "responses": {
               "200": {"description": "How many were dropped.", "content": {"application/json": {"schema": {"type": "object", "required": ["purged"], "properties": {"purged": {"type": "integer"}}}}}},
               "401": {"$ref": "#/components/responses/Unauthorized"}
+            }
+          }
+        },
+        "/v1/policy": {
+          "get": {
+            "summary": "The authorization rules in force (oslo.policy syntax): the defaults and which HERALD_POLICY_FILE changed.", "security": [{"projectHeader": []}],
+            "responses": {
+              "200": {"description": "The rules.", "content": {"application/json": {"schema": {"type": "object", "required": ["rules"], "properties": {"rules": {"type": "array", "items": {"type": "object", "required": ["name", "rule", "description", "overridden"], "properties": {"name": {"type": "string"}, "rule": {"type": "string"}, "description": {"type": "string"}, "overridden": {"type": "boolean"}}}}}}}}},
+              "401": {"$ref": "#/components/responses/Unauthorized"}, "403": {"$ref": "#/components/responses/Forbidden"}
             }
           }
         },

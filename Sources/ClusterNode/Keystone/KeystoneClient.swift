@@ -24,6 +24,10 @@ struct KeystoneConfiguration: Sendable {
     var cacheCapacity = 10_000
     /// The roles a subscriber's trust delegates on their project (HERALD_KEYSTONE_TRUST_ROLES).
     var trustRoles = ["member"]
+    /// HERALD_ADMIN_PROJECT: the cloud's admin project (id or name); an admin there is an admin
+    /// across projects. nil: Keystone's `is_admin_project` of the token decides (Keystone calls
+    /// every project the admin project unless its `admin_project_name` is set).
+    var adminProject: String?
 
     var base: String {
         var base = url
@@ -104,7 +108,14 @@ final class KeystoneClient: Sendable {
             }
             let roles = (object["roles"] as? [[String: Any]] ?? []).compactMap { ($0["name"] as? String)?.lowercased() }
             let userID = (object["user"] as? [String: Any])?["id"] as? String
-            let caller = Caller(project: project, isAdmin: roles.contains("admin"), userID: userID, token: token)
+            let projectName = (object["project"] as? [String: Any])?["name"] as? String
+            let isAdminProject: Bool
+            if let admin = configuration.adminProject {
+                isAdminProject = admin == project || admin == projectName
+            } else {
+                isAdminProject = object["is_admin_project"] as? Bool ?? true
+            }
+            let caller = Caller(project: project, roles: roles, isAdminProject: isAdminProject, userID: userID, token: token)
             let expires = Self.expiry(object["expires_at"] as? String)
             let until = min(now + configuration.cacheTTL, expires.map { now + .seconds(max(0, $0.timeIntervalSinceNow)) } ?? now + configuration.cacheTTL)
             state.withLock { state in

@@ -1,0 +1,162 @@
+@testable import ClusterNode
+import Foundation
+import HTTPTypes
+import HeraldModel
+import Testing
+import TestSupport
+
+@Suite("Policy rules in oslo.policy's syntax")
+struct PolicyRuleTests {
+    func credentials(_ roles: [String], project: String = "p1", user: String? = "u1", adminProject: Bool = false) -> PolicyCredentials {
+        Caller(project: project, roles: roles, isAdminProject: adminProject, userID: user).credentials
+    }
+
+    @Test("the language: role, rule, project_id:%(project_id)s, literals, and/or/not, parentheses, @ and !")
+    func language() throws {
+        let rules: [String: PolicyRule] = [
+            "member": try PolicyRule(parsing: "role:member and project_id:%(project_id)s"),
+            "either": try PolicyRule(parsing: "rule:member or (role:admin and is_admin_project:True)"),
+            "negated": try PolicyRule(parsing: "not role:reader"),
+            "always": try PolicyRule(parsing: "@"), "never": try PolicyRule(parsing: "!"), "empty": try PolicyRule(parsing: ""),
+            "owner": try PolicyRule(parsing: "user_id:%(trustor_id)s"),
+        ]
+        func holds(_ name: String, _ credentials: PolicyCredentials, _ target: [String: String] = ["project_id": "p1"]) -> Bool {
+            rules[name]!.holds(credentials, target, rules: rules, depth: 0)
+        }
+        #expect(holds("member", credentials(["member"])))
+        #expect(!holds("member", credentials(["member"]), ["project_id": "p2"]))
+        #expect(!holds("member", credentials(["reader"])))
+        #expect(holds("member", credentials(["admin"])), "admin implies member")
+        #expect(holds("either", credentials(["admin"], adminProject: true), ["project_id": "p9"]))
+        #expect(!holds("either", credentials(["admin"], adminProject: false), ["project_id": "p9"]))
+        #expect(!holds("negated", credentials(["member"])), "member implies reader")
+        #expect(holds("always", credentials([])) && !holds("never", credentials(["admin"])) && holds("empty", credentials([])))
+        #expect(holds("owner", credentials(["member"]), ["trustor_id": "u1"]))
+        #expect(!holds("owner", credentials(["member"], user: "u2"), ["trustor_id": "u1"]))
+        for bad in ["role:", "and role:x", "(role:x", "role:x or", "http://x/check", "justaword"] {
+            #expect(throws: PolicyError.self, "\(bad)") { try PolicyRule(parsing: bad) }
+        }
+    }
+
+    @Test("every default parses and refers only to rules that exist")
+    func defaults() throws {
+        for (name, text) in Policy.building.map({ ($0.name, $0.rule) }) + Policy.operations.map({ ($0.name, $0.rule) }) {
+            let rule = try PolicyRule(parsing: text)
+            #expect(rule != .never || text == "!", "\(name)")
+            let known = Set(Policy.building.map(\.name) + Policy.operations.map(\.name))
+            #expect(rule.references.allSatisfy(known.contains), "\(name)")
+        }
+    }
+
+    @Test("a policy file changes a rule; an unknown rule name stops start-up naming it and its line")
+    func files() throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent(UUID().uuidString + ".yaml").path
+        try "\"dead_letter:purge\": \"role:admin and project_id:%(project_id)s\"\n".write(toFile: path, atomically: true, encoding: .utf8)
+        let policy = try Policy.load(path: path)
+        #expect(!policy.allows("dead_letter:purge", credentials: credentials(["member"]), target: ["project_id": "p1"]))
+        #expect(policy.allows("dead_letter:purge", credentials: credentials(["admin"]), target: ["project_id": "p1"]))
+        #expect(policy.effective.first { $0.name == "dead_letter:purge" }?.overridden == true)
+        try "\"subscription:get\": \"@\"\n\"subscription:frobnicate\": \"@\"\n".write(toFile: path, atomically: true, encoding: .utf8)
+        #expect {
+            _ = try Policy.load(path: path)
+        } throws: { error in
+            "\(error)".contains("unknown rule 'subscription:frobnicate'") && "\(error)".contains(":2:")
+        }
+        do {
+            _ = try NodeConfiguration.fromEnvironment(["HERALD_POLICY_FILE": path, "HERALD_API_AUTH": "trusted-header"])
+            Issue.record("accepted an unknown rule")
+        } catch {
+            #expect("\(error)".contains("HERALD_POLICY_FILE") && "\(error)".contains("frobnicate"), "\(error)")
+        }
+    }
+}
+
+extension APISuites {
+    /// Each route's answer per persona, as docs/identity.md's policy table says (trusted-header
+    /// mode: the roles come from X-Roles; the Keystone mode reads the same roles from the token).
+    @Suite("Policy per persona")
+    struct PolicyPersonaTests {
+        struct Persona: Sendable {
+            var name: String
+            var project: String
+            var roles: String
+            var user: String
+        }
+
+        static let reader = Persona(name: "reader", project: "p1", roles: "reader", user: "r1")
+        static let member = Persona(name: "member", project: "p1", roles: "member", user: "m1")
+        static let otherMember = Persona(name: "second member", project: "p1", roles: "member", user: "m2")
+        static let stranger = Persona(name: "member of another project", project: "p2", roles: "member", user: "s1")
+        static let admin = Persona(name: "cloud admin", project: "admin", roles: "admin", user: "a1")
+
+        func call(_ client: APIHarness.Client, _ persona: Persona, _ method: HTTPRequest.Method, _ uri: String, json: Any? = nil) async throws -> APIHarness.Reply {
+            try await client.call(method, uri, project: persona.project, roles: persona.roles, user: persona.user, json: json)
+        }
+
+        @Test("readers read, members write, only the trustor changes a trusted target, all-projects is the cloud admin's")
+        func table() async throws {
+            let harness = try APIHarness()
+            try await harness.test { client in
+                let body: [String: Any] = ["event_types": ["compute.*"], "target": ["queue": "q"]]
+                // Create: members yes, readers no.
+                #expect(try await call(client, Self.reader, .post, "/v1/subscriptions", json: body).status == .forbidden)
+                let created = try await call(client, Self.member, .post, "/v1/subscriptions", json: body)
+                #expect(created.status == .created, "\(created.text)")
+                let id = try #require(created.object["id"] as? String)
+                #expect(created.object["created_by"] as? String == "m1")
+                // Read: readers yes; another project never sees it.
+                #expect(try await call(client, Self.reader, .get, "/v1/subscriptions/\(id)").status == .ok)
+                #expect(try await call(client, Self.reader, .get, "/v1/subscriptions").status == .ok)
+                #expect(try await call(client, Self.stranger, .get, "/v1/subscriptions/\(id)").status == .notFound)
+                // Change and delete: members yes, readers no.
+                #expect(try await call(client, Self.reader, .patch, "/v1/subscriptions/\(id)", json: ["message_ttl": 600]).status == .forbidden)
+                let patched = try await call(client, Self.otherMember, .patch, "/v1/subscriptions/\(id)", json: ["message_ttl": 600])
+                #expect(patched.status == .ok)
+                #expect(patched.object["updated_by"] as? String == "m2")
+                // Dead letters: readers list, only members replay and purge.
+                #expect(try await call(client, Self.reader, .get, "/v1/dead-letters").status == .ok)
+                #expect(try await call(client, Self.reader, .delete, "/v1/dead-letters").status == .forbidden)
+                #expect(try await call(client, Self.member, .delete, "/v1/dead-letters").status == .ok)
+                // All projects: the cloud admin only, and never handed to another project.
+                var all = body
+                all["all_projects"] = true
+                #expect(try await call(client, Self.member, .post, "/v1/subscriptions", json: all).status == .forbidden)
+                let feed = try await call(client, Self.admin, .post, "/v1/subscriptions", json: all)
+                #expect(feed.status == .created, "\(feed.text)")
+                all["project"] = "p2"
+                #expect(try await call(client, Self.admin, .post, "/v1/subscriptions", json: all).status == .badRequest)
+                // Another project's subscription: the cloud admin may make one, a member may not.
+                var forOther = body
+                forOther["project"] = "p2"
+                #expect(try await call(client, Self.member, .post, "/v1/subscriptions", json: forOther).status == .forbidden)
+                #expect(try await call(client, Self.admin, .post, "/v1/subscriptions", json: forOther).status == .created)
+                #expect(try await call(client, Self.reader, .delete, "/v1/subscriptions/\(id)").status == .forbidden)
+                #expect(try await call(client, Self.member, .delete, "/v1/subscriptions/\(id)").status == .noContent)
+                // The rules in force, for everyone who is someone.
+                let rules = try await call(client, Self.reader, .get, "/v1/policy")
+                #expect(rules.status == .ok)
+                #expect((rules.object["rules"] as? [[String: Any]])?.contains { $0["name"] as? String == "subscription:update_trusted_target" } == true)
+            }
+        }
+
+        @Test("the token-capture path is closed: a second member cannot point a trust-backed subscription elsewhere")
+        func trustedTarget() async throws {
+            let harness = try APIHarness()
+            // A subscription with a trust of member m1, as the Keystone flow stores it.
+            var made = Subscription(project: "p1", eventTypes: ["compute.*"], target: Target(queue: "q"), trustID: "trust-of-m1")
+            made.createdBy = "m1"
+            let subscription = made
+            try await harness.registry.create(subscription)
+            try await harness.test { client in
+                let moved = try await call(client, Self.otherMember, .patch, "/v1/subscriptions/\(subscription.id)", json: ["target": ["queue": "q", "zaqar_url": "http://attacker.example:8888"]])
+                #expect(moved.status == .forbidden)
+                #expect(moved.message.hasPrefix("target:"), "\(moved.message)")
+                #expect(try await harness.registry.get(id: subscription.id, project: "p1")?.target.zaqarURL == nil, "nothing changed")
+                // Other fields stay open to the project's members; the trustor may move the target.
+                #expect(try await call(client, Self.otherMember, .patch, "/v1/subscriptions/\(subscription.id)", json: ["message_ttl": 900]).status == .ok)
+                let own = try await call(client, Self.member, .patch, "/v1/subscriptions/\(subscription.id)", json: ["target": ["queue": "q2"]])
+                #expect(own.status == .ok, "\(own.text)")
+            }
+        }
+    }
+}

@@ -22,7 +22,12 @@ struct APIHarness {
     let api: HeraldAPI
 
     /// One client for every harness, alive for the whole run (a client must be shut down before it goes).
-    static let replayClient = ZaqarClient()
+    ///
+    /// The local Zaqar serves one request at a time (wsgiref, listen backlog 5): while the
+    /// pipeline tests of the same pass post into it, a new connection can wait for seconds in
+    /// its backlog, past a node's 2 s connect timeout (a replay then failed with "failed 2").
+    /// These tests are about the API, not Zaqar's speed: give the connection time.
+    static let replayClient = ZaqarClient(connectTimeout: .seconds(20), requestTimeout: .seconds(30))
 
     /// - Parameters: the operator's settings under test (none by default: every endpoint, no rates).
     init(endpoints: ZaqarEndpoints? = nil, limits: APILimits = APILimits(), rates: Bool = false) throws {

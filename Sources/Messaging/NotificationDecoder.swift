@@ -61,9 +61,19 @@ public enum NotificationDecoder {
         guard body.count <= maxBytes else {
             throw NotificationDecodingError("the notification is \(body.count) bytes; at most \(maxBytes) are accepted")
         }
-        if let event = NotificationScanner.scan(body) { return [event] }
-        return try decodeSlowly(body)
+        let events = try NotificationScanner.scan(body).map { [$0] } ?? decodeSlowly(body)
+        // Before anything caches or splits them (definitions, the index, AMQP headers): an event
+        // type or id longer than an AMQP short string is refused whole.
+        for event in events {
+            for (field, value) in [("event_type", event.eventType), ("message_id", event.messageID)] where value.utf8.count > maxIDBytes {
+                throw NotificationDecodingError("\(field) is \(value.utf8.count) bytes; at most \(maxIDBytes) fit an AMQP header")
+            }
+        }
+        return events
     }
+
+    /// The longest event type or message id accepted (an AMQP short string).
+    public static let maxIDBytes = 255
 
     /// The general path: Foundation's JSONDecoder over the whole notification. Ceilometer's
     /// event lists and every malformed notification (for its exact error) come this way.

@@ -62,6 +62,13 @@ struct PolicyRuleTests {
         } throws: { error in
             "\(error)".contains("unknown rule 'subscription:frobnicate'") && "\(error)".contains(":2:")
         }
+        try "\"project_reader\": \"rule:cloud_admin\"\n\"cloud_admin\": \"not rule:project_reader\"\n".write(toFile: path, atomically: true, encoding: .utf8)
+        #expect {
+            _ = try Policy.load(path: path)
+        } throws: { error in
+            "\(error)".contains("cycle")
+        }
+        try "\"subscription:get\": \"@\"\n\"subscription:frobnicate\": \"@\"\n".write(toFile: path, atomically: true, encoding: .utf8)
         do {
             _ = try NodeConfiguration.fromEnvironment(["HERALD_POLICY_FILE": path, "HERALD_API_AUTH": "trusted-header"])
             Issue.record("accepted an unknown rule")

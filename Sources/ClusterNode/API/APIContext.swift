@@ -75,7 +75,7 @@ struct TrustedHeaderAuthenticator: RouterMiddleware {
         let listed = request.headers[.roles].map { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces).lowercased() }.filter { !$0.isEmpty } }
         let roles = listed ?? ["member"]
         var context = context
-        context.caller = Caller(project: project, roles: roles, isAdminProject: roles.contains("admin"), userID: request.headers[.userID].map { String($0.prefix(255)) })
+        context.caller = Caller(project: project, roles: roles, isAdminProject: roles.contains("admin"), userID: request.headers[.userID].flatMap { $0.isEmpty ? nil : String($0.prefix(255)) })
         return try await next(request, context)
     }
 }

@@ -222,8 +222,9 @@ struct HeraldAPI: Sendable {
         // Whoever changes where a trust-backed subscription posts would have Herald post, as the
         // trust's owner, wherever they point it: only the trustor (or a cloud admin) may.
         if keys.contains("target"), subscription.trustID != nil {
+            // Without a recorded trustor, only the rule's other branches (a cloud admin) can pass.
             try authorize("subscription:update_trusted_target", caller, project: subscription.project, field: "target",
-                          extra: ["trustor_id": subscription.createdBy ?? ""], context: context)
+                          extra: subscription.createdBy.map { ["trustor_id": $0] } ?? [:], context: context)
         }
         for key in keys.sorted() {
             // A field given as null is a 400 too: only conditions may be emptied, and with [].

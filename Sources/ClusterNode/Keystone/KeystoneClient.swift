@@ -24,7 +24,7 @@ struct KeystoneConfiguration: Sendable {
     var cacheCapacity = 10_000
     /// The roles a subscriber's trust delegates on their project (HERALD_KEYSTONE_TRUST_ROLES).
     var trustRoles = ["member"]
-    /// HERALD_ADMIN_PROJECT: the cloud's admin project (id or name); an admin there is an admin
+    /// HERALD_ADMIN_PROJECT: the cloud's admin project, by id; an admin there is an admin
     /// across projects. nil: Keystone's `is_admin_project` of the token decides (Keystone calls
     /// every project the admin project unless its `admin_project_name` is set).
     var adminProject: String?
@@ -108,10 +108,10 @@ final class KeystoneClient: Sendable {
             }
             let roles = (object["roles"] as? [[String: Any]] ?? []).compactMap { ($0["name"] as? String)?.lowercased() }
             let userID = (object["user"] as? [String: Any])?["id"] as? String
-            let projectName = (object["project"] as? [String: Any])?["name"] as? String
             let isAdminProject: Bool
             if let admin = configuration.adminProject {
-                isAdminProject = admin == project || admin == projectName
+                // By id only: names are unique only within a domain, and a domain admin could make one.
+                isAdminProject = admin == project
             } else {
                 isAdminProject = object["is_admin_project"] as? Bool ?? true
             }

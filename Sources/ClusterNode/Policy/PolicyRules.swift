@@ -21,7 +21,8 @@ struct Policy: Sendable {
         ("subscription:create_for_project", "rule:cloud_admin", "a subscription for another project than the caller's"),
         ("subscription:create_all_projects", "rule:cloud_admin", "create, change or delete a subscription to every project's events"),
         ("subscription:update_trusted_target", "user_id:%(trustor_id)s or rule:cloud_admin", "change the target or credentials of a subscription that posts through someone's trust"),
-        ("subscription:include_actor", "rule:project_member or rule:cloud_admin", "ask for the events the project caused on other projects' resources"),
+        // A project's actions on others' resources reach into their events: its admins decide.
+        ("subscription:include_actor", "rule:project_admin or rule:cloud_admin", "ask for the events the project caused on other projects' resources"),
         ("dead_letter:list", "rule:project_reader or rule:cloud_admin", "GET /v1/dead-letters"),
         ("dead_letter:replay", "rule:project_member or rule:cloud_admin", "POST /v1/dead-letters/replay"),
         ("dead_letter:purge", "rule:project_member or rule:cloud_admin", "DELETE /v1/dead-letters"),
@@ -97,7 +98,26 @@ struct Policy: Sendable {
                 throw PolicyError(message: "\(path): \(name) refers to rule:\(missing), which does not exist")
             }
         }
+        // A cycle of rule: references would cost exponential time per request (and `not` would
+        // turn its cut-off into an allow): refuse it.
+        for name in policy.rules.keys.sorted() {
+            var visiting: [String] = []
+            if let cycle = policy.cycle(from: name, visiting: &visiting) {
+                throw PolicyError(message: "\(path): the rules refer to each other in a cycle: \(cycle.joined(separator: " -> "))")
+            }
+        }
         return policy
+    }
+
+    private func cycle(from name: String, visiting: inout [String]) -> [String]? {
+        if let start = visiting.firstIndex(of: name) { return Array(visiting[start...]) + [name] }
+        guard visiting.count < 64, let rule = rules[name] else { return nil }
+        visiting.append(name)
+        defer { visiting.removeLast() }
+        for reference in Set(rule.references).sorted() {
+            if let found = cycle(from: reference, visiting: &visiting) { return found }
+        }
+        return nil
     }
 
     /// Whether `credentials` may do `operation` on `target`.

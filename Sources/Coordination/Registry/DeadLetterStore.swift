@@ -23,7 +23,7 @@ public struct DeadLetterBudget: Sendable {
 /// in `<prefix>dead-letters:<project>`, which the project lists, replays and purges through
 /// the API. Both are bounded by count (the oldest go first), every letter's body by bytes, and
 /// a project's stream expires when idle. What is trimmed is never silent: it is counted by
-/// reason in `<prefix>dead-letters:dropped` (a hash; `herald status` shows it) and returned
+/// reason in `<prefix>dead-letters-dropped` (a hash; `herald status` shows it) and returned
 /// to the caller for its metric and log.
 public final class DeadLetterStore: Sendable {
     private let redis: RedisClient
@@ -40,7 +40,8 @@ public final class DeadLetterStore: Sendable {
         key + ":" + project
     }
 
-    private var droppedKey: String { key + ":dropped" }
+    /// Not under `dead-letters:`: a project named `dropped` must not share its key.
+    private var droppedKey: String { key + "-dropped" }
 
     /// Appends one letter to a stream, first trimming the oldest entries beyond the cap and
     /// counting them by reason. KEYS: the stream, the dropped-counts hash. ARGV: cap, idle ms

@@ -233,9 +233,10 @@ final class IngestService: Sendable {
                 republishFailures.withLock { _ = $0.removeValue(forKey: fingerprint) }
                 throw NotificationDecodingError("RabbitMQ refused to take this notification into a partition queue \(failures) times; it is set aside so that the ones behind it flow")
             }
+            // The decoder refused event types and message ids too long for a header; the projects
+            // and resource id the definitions (or the decoder's guess) found are checked here.
             for event in events {
-                for (field, value) in [("event_type", event.eventType), ("message_id", event.messageID), ("project", event.project ?? ""),
-                                       ("actor project", event.actorProject ?? ""), ("resource id", event.resourceID ?? "")]
+                for (field, value) in [("project", event.project ?? ""), ("actor project", event.actorProject ?? ""), ("resource id", event.resourceID ?? "")]
                 where value.utf8.count > Self.maxRoutedField {
                     throw NotificationDecodingError("\(field) is \(value.utf8.count) bytes; at most \(Self.maxRoutedField) fit an AMQP header (\(SafeText.quoted(value, limit: 40)))")
                 }

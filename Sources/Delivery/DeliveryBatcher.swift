@@ -256,8 +256,7 @@ public final class DeliveryBatcher: Sendable {
     private func admit(_ state: inout State, _ pending: Pending) -> Bool {
         // In place (one hash of the target, no copy of the lane's queue).
         let (needsWorker, laneMessages) = Self.push(pending, into: &state.lanes[pending.message.target, default: newLane()])
-        state.projects[pending.message.target.project, default: ProjectUsage()].messages += 1
-        state.projects[pending.message.target.project, default: ProjectUsage()].bytes += pending.size
+        Self.count(pending, into: &state.projects[pending.message.target.project, default: ProjectUsage()])
         state.statistics.bufferedMessages += 1
         state.statistics.bufferedBytes += pending.size
         state.statistics.peakBufferedMessages = max(state.statistics.peakBufferedMessages, state.statistics.bufferedMessages)
@@ -268,6 +267,12 @@ public final class DeliveryBatcher: Sendable {
 
     private func newLane() -> Lane {
         Lane(circuit: CircuitBreaker(threshold: configuration.circuitThreshold, cooldown: configuration.circuitCooldown))
+    }
+
+    /// Accounts a message to its project's usage (in place: one hash of the project).
+    private static func count(_ pending: Pending, into usage: inout ProjectUsage) {
+        usage.messages += 1
+        usage.bytes += pending.size
     }
 
     /// Appends to a lane; whether it needs a worker, and the messages it now holds.

@@ -178,7 +178,7 @@ let package = Package(
         .testTarget(
             name: "ClusterNodeTests",
             dependencies: [
-                "ClusterNode", "Coordination", "Delivery", "HeraldModel", "TestSupport",
+                "ClusterNode", "Coordination", "Delivery", "HeraldModel", "Messaging", "TestSupport",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "Prometheus", package: "swift-prometheus"),

@@ -42,6 +42,8 @@ final class HeraldNode: Sendable {
     let coordinator: ClusterCoordinator
     let registry: SubscriptionRegistry
     let deadLetters: DeadLetterStore
+    /// Which subscriptions have messages parked (their targets failed), cluster-wide.
+    let parkingLedger: ParkingLedger
     /// Herald's Keystone client (HERALD_KEYSTONE_URL): API tokens, trusts, trust-scoped tokens.
     let keystone: KeystoneClient?
     let statistics = Locked(PipelineStatistics())
@@ -78,6 +80,7 @@ final class HeraldNode: Sendable {
         )
         registry = SubscriptionRegistry(redis: redis, keyPrefix: configuration.keyPrefix, logger: logger)
         deadLetters = DeadLetterStore(redis: RedisClient(configuration: redis, logger: logger), keyPrefix: configuration.keyPrefix, budget: configuration.deadLetterBudget)
+        parkingLedger = ParkingLedger(redis: RedisClient(configuration: redis, logger: logger), keyPrefix: configuration.keyPrefix)
         keystone = configuration.keystone.map { KeystoneClient(configuration: $0, logger: logger) }
     }
 
@@ -114,11 +117,23 @@ final class HeraldNode: Sendable {
         var delivery = DeliveryConfiguration()
         delivery.linger = configuration.deliveryLinger
         delivery.projectMaxMessages = configuration.deliveryProjectMaxMessages
-        let batcher = try DeliveryBatcher(
-            configuration: delivery, zaqar: zaqar, deadLetters: deadLetters, endpoints: try ZaqarEndpoints(urls: configuration.zaqarAllowedURLs), logger: logger
+        delivery.attemptsBeforeParking = configuration.parking.afterAttempts
+        let parking = TargetParking(
+            connection: connection, ledger: parkingLedger, names: configuration.names, queueType: configuration.queueType, settings: configuration.parking, logger: logger
         )
+        let batcher = try DeliveryBatcher(
+            configuration: delivery, zaqar: zaqar, deadLetters: deadLetters, endpoints: try ZaqarEndpoints(urls: configuration.zaqarAllowedURLs), parking: parking,
+            logger: logger
+        )
+        let drainer = ParkingDrainer(
+            connection: connection, ledger: parkingLedger, parking: parking, batcher: batcher, index: index, names: configuration.names,
+            nodeID: configuration.nodeID, defaultZaqarURL: configuration.zaqarURL, logger: logger
+        )
+        // Knows which subscriptions are parked before any partition is consumed.
+        await drainer.refresh(gauges: true)
+        let retrying = Task { await drainer.run() }
         let owners = PartitionOwners(connection: connection, coordinator: coordinator, batcher: batcher, index: index, configuration: configuration,
-                                     deadLetters: deadLetters, statistics: statistics, logger: logger)
+                                     deadLetters: deadLetters, statistics: statistics, logger: logger, beforeConsuming: { await drainer.refresh(gauges: false) })
         let ownership = Task { await owners.run() }
         try await coordinator.start()
         let ingest = IngestService(connection: connection, configuration: configuration, deadLetters: deadLetters, statistics: statistics, logger: logger)
@@ -130,7 +145,7 @@ final class HeraldNode: Sendable {
             isLeader: { [coordinator] in coordinator.isLeader }, logger: logger
         )
         let keeping = Task { await keeper.run() }
-        parts.withLock { $0 = Parts(connection: connection, zaqar: zaqar, batcher: batcher, ingest: ingest, tasks: [watcher, ownership, ingesting, keeping]) }
+        parts.withLock { $0 = Parts(connection: connection, zaqar: zaqar, batcher: batcher, ingest: ingest, tasks: [watcher, ownership, ingesting, keeping, retrying]) }
         logger.info("node started", metadata: ["herald.partitions": "\(configuration.partitions)", "herald.exchanges": "\(configuration.exchanges)"])
     }
 

@@ -88,6 +88,8 @@ struct NodeConfiguration: Sendable {
     /// HERALD_CLUSTER: the cluster's name in its AMQP names (`<cluster>.ingest`, ...). Default:
     /// HERALD_KEY_PREFIX without its trailing `:` (`herald`).
     var names: ClusterNames
+    /// HERALD_DELIVERY_RETRY_HORIZON, HERALD_PARKING_*: how failing targets are parked and retried.
+    var parking: ParkingSettings
     /// HERALD_LOG_LEVEL: trace, debug, info, notice, warning, error, critical. Default info.
     var logLevel: String
     /// HERALD_LOG_FORMAT: text or json (one JSON object per line). Default text.
@@ -106,11 +108,26 @@ struct NodeConfiguration: Sendable {
         "HERALD_REPLAY_MAX", "HERALD_RATE_REPLAYS", "HERALD_DELIVERY_TIMEOUT_SECONDS", "HERALD_DELIVERY_PROJECT_MAX_MESSAGES",
         "HERALD_CLUSTER", "HERALD_DEAD_LETTERS_MAX", "HERALD_DEAD_LETTERS_PROJECT_MAX", "HERALD_DEAD_LETTER_BODY_BYTES",
         "HERALD_DEAD_LETTERS_IDLE_DAYS", "HERALD_EVENT_DEFINITIONS", "HERALD_NOTIFICATION_TOPICS", "HERALD_PRIORITIES",
-        "HERALD_POLICY_FILE", "HERALD_ADMIN_PROJECT",
+        "HERALD_POLICY_FILE", "HERALD_ADMIN_PROJECT", "HERALD_DELIVERY_RETRY_HORIZON", "HERALD_PARKING_AFTER_ATTEMPTS",
+        "HERALD_PARKING_RETRY_BASE_SECONDS", "HERALD_PARKING_RETRY_CAP_SECONDS", "HERALD_PARKING_PROJECT_MAX_MESSAGES",
+        "HERALD_PARKING_SUBSCRIPTION_MAX_MESSAGES", "HERALD_PARKING_DRAINS",
     ]
 
     /// oslo.messaging's notification priorities (the routing key's last part).
     static let knownPriorities = ["audit", "debug", "info", "warn", "error", "critical", "sample"]
+
+    /// `90`, `90s`, `15m`, `24h`, `2d`: nil when it is none of these.
+    static func duration(_ text: String) -> Duration? {
+        let units: [Character: Int] = ["s": 1, "m": 60, "h": 3600, "d": 86_400]
+        var digits = Substring(text.trimmingCharacters(in: .whitespaces).lowercased())
+        var unit = 1
+        if let last = digits.last, let factor = units[last] {
+            unit = factor
+            digits = digits.dropLast()
+        }
+        guard !digits.isEmpty, digits.count <= 9, digits.allSatisfy(\.isASCII), let value = Int(digits), value >= 0 else { return nil }
+        return .seconds(value * unit)
+    }
 
     /// An unknown key is a typo that would otherwise be ignored: it stops start-up.
     static func checkKeys(_ values: [String: String], source: String) throws {
@@ -187,6 +204,22 @@ struct NodeConfiguration: Sendable {
         if let unknown = priorities.first(where: { !knownPriorities.contains($0) }) ?? (priorities.isEmpty ? "" : nil) {
             throw ConfigurationError(key: "HERALD_PRIORITIES", value: environment["HERALD_PRIORITIES"] ?? "", expected: "comma-separated priorities of \(knownPriorities.joined(separator: ", ")) ('\(unknown)' is none)")
         }
+        var parking = ParkingSettings()
+        if let text = environment["HERALD_DELIVERY_RETRY_HORIZON"], !text.isEmpty {
+            guard let horizon = Self.duration(text), horizon >= .seconds(10), horizon <= .seconds(14 * 86_400) else {
+                throw ConfigurationError(key: "HERALD_DELIVERY_RETRY_HORIZON", value: text, expected: "a duration from 10s to 14d: seconds, or a number with s, m, h or d (24h)")
+            }
+            parking.horizon = horizon
+        }
+        parking.afterAttempts = try integer("HERALD_PARKING_AFTER_ATTEMPTS", 3, 1...100)
+        parking.retryBase = .seconds(try integer("HERALD_PARKING_RETRY_BASE_SECONDS", 5, 1...3600))
+        parking.retryCap = .seconds(try integer("HERALD_PARKING_RETRY_CAP_SECONDS", 300, 1...86_400))
+        if parking.retryCap < parking.retryBase {
+            throw ConfigurationError(key: "HERALD_PARKING_RETRY_CAP_SECONDS", value: "\(parking.retryCap.seconds)", expected: "at least HERALD_PARKING_RETRY_BASE_SECONDS (\(parking.retryBase.seconds))")
+        }
+        parking.projectMaxMessages = try integer("HERALD_PARKING_PROJECT_MAX_MESSAGES", 100_000, 100...100_000_000)
+        parking.subscriptionMaxMessages = try integer("HERALD_PARKING_SUBSCRIPTION_MAX_MESSAGES", 50_000, 100...100_000_000)
+        parking.concurrentDrains = try integer("HERALD_PARKING_DRAINS", 4, 1...64)
         var policy = Policy()
         if let path = environment["HERALD_POLICY_FILE"], !path.isEmpty {
             do {
@@ -244,6 +277,7 @@ struct NodeConfiguration: Sendable {
             priorities: priorities,
             policy: policy,
             names: names,
+            parking: parking,
             logLevel: string("HERALD_LOG_LEVEL", "info"),
             logFormat: string("HERALD_LOG_FORMAT", "text")
         )

@@ -311,6 +311,9 @@ final class PartitionOwners: Sendable {
     private let logger: Logger
     let statistics: Locked<PipelineStatistics>
     private let owned = Mutex<[Int: Owned]>([:])
+    /// Runs before a newly acquired partition is consumed (the parked subscriptions are re-read,
+    /// so that a new owner does not deliver directly what the old one parked behind).
+    private let beforeConsuming: @Sendable () async -> Void
 
     final class Owned: Sendable {
         let epoch: UInt64
@@ -327,7 +330,8 @@ final class PartitionOwners: Sendable {
     }
 
     init(connection: AMQPConnection, coordinator: ClusterCoordinator, batcher: DeliveryBatcher, index: Locked<SubscriptionIndex>, configuration: NodeConfiguration,
-         deadLetters: DeadLetterStore, statistics: Locked<PipelineStatistics>, logger: Logger) {
+         deadLetters: DeadLetterStore, statistics: Locked<PipelineStatistics>, logger: Logger, beforeConsuming: @escaping @Sendable () async -> Void = {}) {
+        self.beforeConsuming = beforeConsuming
         self.connection = connection
         self.coordinator = coordinator
         self.batcher = batcher
@@ -360,6 +364,7 @@ final class PartitionOwners: Sendable {
     }
 
     private func start(_ partition: Int, epoch: UInt64) async throws {
+        await beforeConsuming()
         let channel = try await connection.openChannel()
         let consumer = try await channel.consume(configuration.names.partitionQueue(partition), prefetch: configuration.partitionPrefetch)
         let owned = Owned(epoch: epoch, channel: channel, consumer: consumer)

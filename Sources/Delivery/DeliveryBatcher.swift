@@ -14,10 +14,13 @@ public protocol DeadLetterSink: Sendable {
 public struct DeliveryOutcome: Sendable, Equatable {
     public var delivered = 0
     public var deadLettered = 0
+    /// Moved into durable parking (`DeliveryParking`), to be retried from there.
+    public var parked = 0
 
-    public init(delivered: Int = 0, deadLettered: Int = 0) {
+    public init(delivered: Int = 0, deadLettered: Int = 0, parked: Int = 0) {
         self.delivered = delivered
         self.deadLettered = deadLettered
+        self.parked = parked
     }
 }
 
@@ -27,6 +30,8 @@ public struct DeliveryStatistics: Sendable {
     public var delivered = 0
     public var retries = 0
     public var deadLettered: [DeadLetter.Reason: Int] = [:]
+    /// Messages moved into parking.
+    public var parked = 0
     /// How many requests carried each batch size (bounded by the batch limit).
     public var batchSizes: [Int: Int] = [:]
     public var circuitOpenings = 0
@@ -60,6 +65,8 @@ public final class DeliveryBatcher: Sendable {
     private let deadLetters: any DeadLetterSink
     /// When set, messages for any other endpoint are dead-lettered, never sent.
     private let endpoints: ZaqarEndpoints?
+    /// When set, a target that keeps failing has its messages parked instead of dead-lettered.
+    private let parking: (any DeliveryParking)?
     private let logger: Logger
     private let state: Mutex<State>
     private let origin = ContinuousClock.now
@@ -119,13 +126,14 @@ public final class DeliveryBatcher: Sendable {
     /// - Parameter endpoints: the Zaqar endpoints the operator allows; nil allows every one (tests).
     public init(
         configuration: DeliveryConfiguration = DeliveryConfiguration(), zaqar: ZaqarClient, deadLetters: any DeadLetterSink, endpoints: ZaqarEndpoints? = nil,
-        logger: Logger = Logger(label: "herald.delivery")
+        parking: (any DeliveryParking)? = nil, logger: Logger = Logger(label: "herald.delivery")
     ) throws {
         try configuration.validate()
         self.configuration = configuration
         self.zaqar = zaqar
         self.deadLetters = deadLetters
         self.endpoints = endpoints
+        self.parking = parking
         self.logger = logger
         self.state = Mutex(State())
     }
@@ -382,8 +390,18 @@ public final class DeliveryBatcher: Sendable {
         return .send(batch)
     }
 
-    /// Sends one batch until every message is delivered or dead-lettered.
+    /// Sends one batch until every message is delivered, dead-lettered or parked.
     private func send(_ batch: [Pending], to target: ZaqarTarget) async {
+        var batch = batch
+        if let parking {
+            // Messages of a parked subscription queue behind its parked ones.
+            let parked = Set(batch.lazy.map(\.message.subscriptionID).filter(parking.isParked))
+            if !parked.isEmpty {
+                await park(batch.filter { parked.contains($0.message.subscriptionID) }, reason: "behind messages parked earlier", failed: false)
+                batch.removeAll { parked.contains($0.message.subscriptionID) }
+                if batch.isEmpty { return }
+            }
+        }
         if target.trust == nil, let expiry = target.signedURLExpiry, expiry <= Date() {
             await deadLetter(batch, reason: .signedURLExpired, status: nil, zaqarMessage: nil) { _ in
                 "the pre-signed URL for \(target.queue) expired at \(ISO8601DateFormatter().string(from: expiry)); create a new one with an explicit 'expires', or give the subscription a Keystone trust"
@@ -410,6 +428,7 @@ public final class DeliveryBatcher: Sendable {
                 let response = try await zaqar.post(target, messages: batch.map(\.message.body))
                 switch response.status {
                 case 200..<300:
+                    if attempt > 0, let parking { await parking.recovered(Set(batch.map(\.message.subscriptionID))) }
                     circuitSucceeded(target)
                     complete(batch, delivered: true)
                     return
@@ -426,6 +445,11 @@ public final class DeliveryBatcher: Sendable {
                         }
                     }
                     return
+                case 401 where parking != nil, 403 where parking != nil:
+                    // A trust may come back (a user regains the role, Keystone recovers): park, retry
+                    // until the horizon, dead-letter only then.
+                    retryAfter = nil
+                    failure = "HTTP \(response.status): \(response.message ?? "the subscription's credentials do not reach this queue")"
                 case 401, 403:
                     circuitSucceeded(target)
                     await deadLetter(batch, reason: .unauthorized, status: response.status, zaqarMessage: response.message) { _ in
@@ -463,7 +487,12 @@ public final class DeliveryBatcher: Sendable {
             logger.warning("retrying a batch", metadata: [
                 "zaqar.target": "\(target)", "delivery.count": "\(batch.count)", "delivery.attempt": "\(attempt)", "error": "\(failure)",
             ])
-            if attempt >= configuration.maxAttempts {
+            if attempt == 1, let parking { await parking.failing(Set(batch.map(\.message.subscriptionID)), error: failure) }
+            if parking != nil, attempt >= configuration.attemptsBeforeParking {
+                await park(batch, reason: failure, failed: true)
+                return
+            }
+            if parking == nil, attempt >= configuration.maxAttempts {
                 await deadLetter(batch, reason: .retriesExhausted, status: nil, zaqarMessage: nil) { _ in
                     "gave up after \(attempt) attempts; last error: \(failure)"
                 }
@@ -475,27 +504,149 @@ public final class DeliveryBatcher: Sendable {
         }
     }
 
+    /// Parks messages, per subscription in order, retrying until parking takes them: while it
+    /// cannot (broker or Redis down, the project's share full) the lane holds them, and its room
+    /// in the buffers with them, so the partitions feeding it slow down instead of losing anything.
+    private func park(_ batch: [Pending], reason: String, failed: Bool) async {
+        guard let parking else { return }
+        var order: [String] = []
+        var bySubscription: [String: [Pending]] = [:]
+        for pending in batch {
+            if bySubscription[pending.message.subscriptionID] == nil { order.append(pending.message.subscriptionID) }
+            bySubscription[pending.message.subscriptionID, default: []].append(pending)
+        }
+        var random = SystemRandomNumberGenerator()
+        for subscription in order {
+            let messages = bySubscription[subscription] ?? []
+            var attempt = 0
+            while true {
+                do {
+                    try await parking.park(messages.map(\.message), reason: reason, failed: failed)
+                    break
+                } catch {
+                    attempt += 1
+                    if attempt == 1 || attempt % 10 == 0 {
+                        logger.error("cannot park messages of a failing target; holding them and trying again", metadata: [
+                            "subscription": "\(subscription)", "delivery.count": "\(messages.count)", "error": "\(error)", "herald.attempt": "\(attempt)",
+                        ])
+                    }
+                    try? await Task.sleep(for: Backoff(base: .milliseconds(200), cap: .seconds(5)).delay(attempt: attempt, using: &random))
+                }
+            }
+            state.withLock { $0.statistics.parked += messages.count }
+            DeliveryMetrics.parked.increment(by: messages.count)
+            settle(messages) { $0.parked += 1 }
+        }
+    }
+
+    /// What one attempt at a batch of parked messages came to (`attemptParked`).
+    public enum ParkedAttempt: Sendable, Equatable {
+        /// Every message was delivered or dead-lettered (a permanent refusal).
+        case settled(delivered: Int, deadLettered: Int)
+        /// The first `settled` messages were settled; the target failed on the rest.
+        case failed(settled: Int, error: String, retryAfter: Duration?)
+    }
+
+    /// One attempt at parked messages of one subscription, in order, for the parking's retries:
+    /// delivered, or dead-lettered for a permanent refusal (400 on the message itself, 404, an
+    /// expired signed URL, a target no longer allowed), or failed (retry later). Never parks and
+    /// never retries by itself; uses no room in the buffers (the messages wait in their queue).
+    public func attemptParked(_ messages: [ZaqarOutgoingMessage]) async -> ParkedAttempt {
+        guard let target = messages.first?.target else { return .settled(delivered: 0, deadLettered: 0) }
+        let group = Group(count: messages.count) { _ in }
+        let batch = messages.map { Pending(message: $0, size: $0.body.count + 1, group: group, enqueuedAt: now()) }
+        return await attempt(batch, to: target)
+    }
+
+    private func attempt(_ batch: [Pending], to target: ZaqarTarget) async -> ParkedAttempt {
+        if let endpoints, !endpoints.permits(target.baseURL) {
+            await deadLetter(batch, reason: .targetNotAllowed, status: nil, zaqarMessage: nil) { _ in
+                "the subscription's Zaqar endpoint \(target.baseURL) is not one the operator allows (HERALD_ZAQAR_ALLOWED_URLS); nothing was sent there"
+            }
+            return .settled(delivered: 0, deadLettered: batch.count)
+        }
+        if target.trust == nil, let expiry = target.signedURLExpiry, expiry <= Date() {
+            await deadLetter(batch, reason: .signedURLExpired, status: nil, zaqarMessage: nil) { _ in
+                "the pre-signed URL for \(target.queue) expired at \(ISO8601DateFormatter().string(from: expiry)); create a new one with an explicit 'expires', or give the subscription a Keystone trust"
+            }
+            return .settled(delivered: 0, deadLettered: batch.count)
+        }
+        state.withLock {
+            $0.statistics.requests += 1
+            $0.statistics.batchSizes[batch.count, default: 0] += 1
+        }
+        DeliveryMetrics.requests.increment()
+        DeliveryMetrics.batchSize.record(batch.count)
+        let response: ZaqarResponse
+        do {
+            response = try await zaqar.post(target, messages: batch.map(\.message.body))
+        } catch {
+            return .failed(settled: 0, error: "\(error)", retryAfter: nil)
+        }
+        switch response.status {
+        case 200..<300:
+            complete(batch, delivered: true)
+            return .settled(delivered: batch.count, deadLettered: 0)
+        case 400 where batch.count > 1, 413 where batch.count > 1:
+            let half = batch.count / 2
+            let first = await attempt(Array(batch[..<half]), to: target)
+            guard case .settled(let delivered, let deadLettered) = first else { return first }
+            switch await attempt(Array(batch[half...]), to: target) {
+            case .settled(let more, let moreDead):
+                return .settled(delivered: delivered + more, deadLettered: deadLettered + moreDead)
+            case .failed(let settled, let error, let retryAfter):
+                return .failed(settled: half + settled, error: error, retryAfter: retryAfter)
+            }
+        case 400, 413:
+            await deadLetter(batch, reason: .rejected, status: response.status, zaqarMessage: response.message) { _ in
+                "Zaqar refused the message with \(response.status): \(response.message ?? "no reason given")"
+            }
+            return .settled(delivered: 0, deadLettered: batch.count)
+        case 404:
+            await deadLetter(batch, reason: .notFound, status: 404, zaqarMessage: response.message) { _ in
+                "Zaqar answered 404 for \(target): the project or queue is unknown, or the signed URL is bad, expired or lacks POST (\(response.message ?? "no reason given"))"
+            }
+            return .settled(delivered: 0, deadLettered: batch.count)
+        default:
+            return .failed(settled: 0, error: "HTTP \(response.status): \(response.message ?? "")", retryAfter: response.retryAfter)
+        }
+    }
+
+    /// Dead-letters parked messages whose retry horizon has passed (`HERALD_DELIVERY_RETRY_HORIZON`).
+    public func deadLetterExpired(_ messages: [ZaqarOutgoingMessage], detail: String) async {
+        let group = Group(count: messages.count) { _ in }
+        let batch = messages.map { Pending(message: $0, size: $0.body.count + 1, group: group, enqueuedAt: now()) }
+        await deadLetter(batch, reason: .retryHorizon, status: nil, zaqarMessage: nil) { _ in detail }
+    }
+
     private func circuitSucceeded(_ target: ZaqarTarget) {
         state.withLock { $0.lanes[target]?.circuit.succeeded() }
     }
 
     /// Settles messages and runs the completions of groups that are now whole.
     private func complete(_ batch: [Pending], delivered: Bool) {
-        let finished = state.withLock { state -> [(Group, DeliveryOutcome)] in
-            var finished: [(Group, DeliveryOutcome)] = []
-            for pending in batch {
-                let group = pending.group
-                if delivered { group.outcome.delivered += 1 } else { group.outcome.deadLettered += 1 }
-                group.remaining -= 1
-                if group.remaining == 0 { finished.append((group, group.outcome)) }
-            }
-            if delivered { state.statistics.delivered += batch.count }
-            return finished
+        if delivered { state.withLock { $0.statistics.delivered += batch.count } }
+        settle(batch) { outcome in
+            if delivered { outcome.delivered += 1 } else { outcome.deadLettered += 1 }
         }
         if delivered {
             DeliveryMetrics.delivered.increment(by: batch.count)
             let now = now()
             for pending in batch { DeliveryMetrics.latency.recordNanoseconds((now - pending.enqueuedAt).nanoseconds) }
+        }
+    }
+
+    /// Counts each message into its group's outcome; runs the completions of groups now whole.
+    private func settle(_ batch: [Pending], _ count: (inout DeliveryOutcome) -> Void) {
+        let finished = state.withLock { _ -> [(Group, DeliveryOutcome)] in
+            var finished: [(Group, DeliveryOutcome)] = []
+            for pending in batch {
+                let group = pending.group
+                count(&group.outcome)
+                group.remaining -= 1
+                if group.remaining == 0 { finished.append((group, group.outcome)) }
+            }
+            return finished
         }
         for (group, outcome) in finished { group.completion(outcome) }
     }

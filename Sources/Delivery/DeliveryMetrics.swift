@@ -7,6 +7,8 @@ enum DeliveryMetrics {
     static let requests = Counter(label: "herald_delivery_requests_total")
     static let delivered = Counter(label: "herald_delivered_messages_total")
     static let retries = Counter(label: "herald_delivery_retries_total")
+    /// Messages a lane moved into parking (a failing target's, or queued behind parked ones).
+    static let parked = Counter(label: "herald_delivery_parked_total")
     /// Messages per request to Zaqar.
     static let batchSize = Recorder(label: "herald_delivery_batch_size", aggregate: true)
     /// From the message's submission to the batcher until Zaqar took it.

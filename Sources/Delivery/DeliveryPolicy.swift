@@ -20,7 +20,11 @@ public struct DeliveryConfiguration: Sendable {
     public var retryBase: Duration = .milliseconds(100)
     public var retryCap: Duration = .seconds(10)
     /// Attempts before a batch is dead-lettered as `retries_exhausted`; waiting on an open circuit does not count. Default 10.
+    /// Only without parking: with parking, a batch parks after `attemptsBeforeParking` instead.
     public var maxAttempts: Int = 10
+    /// With parking (`DeliveryParking`), failed attempts after which a batch is parked. Default 3
+    /// (with the default backoff, within about a second).
+    public var attemptsBeforeParking: Int = 3
     /// Consecutive failures that open a lane's circuit, and how long it stays open. Default 5, 5 s.
     public var circuitThreshold: Int = 5
     public var circuitCooldown: Duration = .seconds(5)
@@ -42,6 +46,7 @@ public struct DeliveryConfiguration: Sendable {
         try check(globalMaxMessages >= laneMaxMessages, "global max messages \(globalMaxMessages) must be at least a lane's \(laneMaxMessages)")
         try check(globalMaxBytes >= laneMaxBytes, "global max bytes \(globalMaxBytes) must be at least a lane's \(laneMaxBytes)")
         try check(maxAttempts >= 1, "max attempts \(maxAttempts) must be at least 1")
+        try check(attemptsBeforeParking >= 1, "attempts before parking \(attemptsBeforeParking) must be at least 1")
         try check(circuitThreshold >= 1, "circuit threshold \(circuitThreshold) must be at least 1")
     }
 }

@@ -28,6 +28,7 @@ public struct SubscriptionIndex: Sendable {
     /// Each subscription's choice of notifications, Ceilometer events or both.
     private let origins: [Origin]
     public let subscriptions: [Subscription]
+    private let byID: [String: Int]
     private let exclusions: [[[UInt8]]]
     /// Each subscription's conditions with their paths split and operands parsed, once.
     private let conditions: [[CompiledCondition]]
@@ -38,6 +39,7 @@ public struct SubscriptionIndex: Sendable {
 
     public init(_ subscriptions: [Subscription]) {
         self.subscriptions = subscriptions
+        byID = Dictionary(subscriptions.enumerated().map { ($1.id, $0) }, uniquingKeysWith: { first, _ in first })
         conditions = subscriptions.map { $0.conditions.map(CompiledCondition.init) }
         resourceIDs = subscriptions.map(\.resourceID)
         origins = subscriptions.map { $0.origin ?? .any }
@@ -57,6 +59,11 @@ public struct SubscriptionIndex: Sendable {
     }
 
     public var count: Int { subscriptions.count }
+
+    /// The subscription with this id, if the registry has it.
+    public func subscription(id: String) -> Subscription? {
+        byID[id].map { subscriptions[$0] }
+    }
 
     /// The subscriptions this event reaches: its owner's, the all-projects ones (an event with
     /// no owner reaches only those), and, when another project acted, that project's

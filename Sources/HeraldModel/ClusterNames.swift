@@ -27,6 +27,8 @@ public struct ClusterNames: Sendable, Equatable {
     public var dead: String { cluster + ".dead" }
 
     public func partitionQueue(_ partition: Int) -> String { "\(cluster).p.\(partition)" }
+    /// Where a subscription's messages wait while its target fails (docs/pipeline.md, "Outages").
+    public func parkingQueue(_ subscriptionID: String) -> String { "\(cluster).park.\(subscriptionID)" }
 }
 
 public struct ClusterNameError: Error, CustomStringConvertible, Sendable {

@@ -19,6 +19,8 @@ public struct DeadLetter: Codable, Sendable, Equatable {
         case malformed
         /// The subscription's Zaqar endpoint is not one the operator allows (HERALD_ZAQAR_ALLOWED_URLS).
         case targetNotAllowed = "target_not_allowed"
+        /// Parked and retried until HERALD_DELIVERY_RETRY_HORIZON passed (a target down that long).
+        case retryHorizon = "retry_horizon"
     }
 
     public var reason: Reason

@@ -1,0 +1,26 @@
+/// Where a lane moves the messages of a target that keeps failing, so that they stop holding
+/// the partition they came from (and every other tenant's events behind it): durable parking
+/// that retries them later (`herald node`: a RabbitMQ queue per subscription, docs/pipeline.md).
+///
+/// The batcher parks a batch after `DeliveryConfiguration.attemptsBeforeParking` failed attempts
+/// (5xx, 429, timeouts, connection errors, and 401/403 from a trust that may come back), and
+/// parks at once every message of a subscription that `isParked` says is parked, so that new
+/// messages queue behind the parked ones instead of overtaking them.
+public protocol DeliveryParking: Sendable {
+    /// Whether this subscription has messages parked now (a cheap, local answer).
+    func isParked(_ subscriptionID: String) -> Bool
+    /// Parks these messages (of one subscription, in order) durably: returns once the broker has
+    /// confirmed them, after which the batcher settles them as parked.
+    /// - Parameters:
+    ///   - reason: why (the target's last error, or "behind parked messages").
+    ///   - failed: the target failed them (their first retry waits a backoff); false for
+    ///     messages parked only to stay behind parked ones (retried as soon as possible).
+    /// - Throws: when they could not be parked (broker or Redis unavailable, the project's or the
+    ///   subscription's parking share full): the lane keeps them and tries again, holding its
+    ///   room in the buffers, which is the backpressure that slows the partitions feeding it.
+    func park(_ messages: [ZaqarOutgoingMessage], reason: String, failed: Bool) async throws
+    /// A lane's attempt for this subscription failed (shown as "failing" until it parks or recovers).
+    func failing(_ subscriptionIDs: Set<String>, error: String) async
+    /// A lane that had failed delivered again.
+    func recovered(_ subscriptionIDs: Set<String>) async
+}

@@ -1,0 +1,314 @@
+@testable import ClusterNode
+import Coordination
+import Delivery
+import Foundation
+import HeraldModel
+import Logging
+import Messaging
+import Synchronization
+import Testing
+import TestSupport
+
+/// A batcher with parking, its drainer and ledger, on the real RabbitMQ and Redis, under a
+/// cluster name and key prefix of its own; targets are a `HostileZaqar`.
+struct ParkingRig {
+    let connection: AMQPConnection
+    let ledger: ParkingLedger
+    let deadLetters: DeadLetterStore
+    let zaqar: ZaqarClient
+    let names: ClusterNames
+    let parking: TargetParking
+    let batcher: DeliveryBatcher
+    let index: Locked<SubscriptionIndex>
+    let drainer: ParkingDrainer
+    let settings: ParkingSettings
+
+    init(settings: ParkingSettings, subscriptions: [Subscription], connection: AMQPConnection? = nil, names: ClusterNames? = nil, keyPrefix: String? = nil) async throws {
+        let logger = Logger(label: "herald.test.parking")
+        self.settings = settings
+        self.connection = if let connection { connection } else { try await AMQPConnection.connect(url: TestServers.amqpURL()) }
+        let prefix = keyPrefix ?? TestServers.uniqueName("herald-test.parking") + ":"
+        self.names = try names ?? ClusterNames(cluster: TestServers.uniqueName("park"))
+        ledger = ParkingLedger(redis: try RedisClient(url: TestServers.redisURL()), keyPrefix: prefix)
+        deadLetters = DeadLetterStore(redis: try RedisClient(url: TestServers.redisURL()), keyPrefix: prefix)
+        zaqar = ZaqarClient(requestTimeout: .seconds(5))
+        parking = TargetParking(connection: self.connection, ledger: ledger, names: self.names, queueType: "classic", settings: settings, logger: logger)
+        var delivery = DeliveryConfiguration()
+        delivery.attemptsBeforeParking = settings.afterAttempts
+        delivery.retryBase = .milliseconds(10)
+        delivery.retryCap = .milliseconds(50)
+        batcher = try DeliveryBatcher(configuration: delivery, zaqar: zaqar, deadLetters: deadLetters, parking: parking, logger: logger)
+        index = Locked(SubscriptionIndex(subscriptions))
+        drainer = ParkingDrainer(
+            connection: self.connection, ledger: ledger, parking: parking, batcher: batcher, index: index, names: self.names, nodeID: "test-node",
+            defaultZaqarURL: "http://127.0.0.1:1", logger: logger
+        )
+    }
+
+    /// One message per event id, for a subscription's target.
+    static func messages(_ subscription: Subscription, _ events: some Sequence<Int>, label: String = "e") -> [ZaqarOutgoingMessage] {
+        events.map { number in
+            let event = Array("{\"event_type\":\"compute.instance.update\",\"n\":\(number)}".utf8)
+            let body = ZaqarMessageEncoding.message(event: event, ttl: 300, subscriptionID: subscription.id, eventID: "\(label)-\(number)", partition: 0, epoch: 1)
+            return ZaqarOutgoingMessage(target: subscription.zaqarTarget(defaultURL: "http://127.0.0.1:1"), body: body, subscriptionID: subscription.id, eventID: "\(label)-\(number)")
+        }
+    }
+
+    /// Submits each message as its own incoming delivery would be; returns once every one is settled.
+    func submitEach(_ messages: [ZaqarOutgoingMessage]) async -> DeliveryOutcome {
+        let (outcomes, continuation) = AsyncStream.makeStream(of: DeliveryOutcome.self)
+        for message in messages {
+            await batcher.submit([message]) { continuation.yield($0) }
+        }
+        var total = DeliveryOutcome()
+        var settled = 0
+        for await outcome in outcomes {
+            total.delivered += outcome.delivered
+            total.deadLettered += outcome.deadLettered
+            total.parked += outcome.parked
+            settled += 1
+            if settled == messages.count { break }
+        }
+        return total
+    }
+
+    func queueDepth(_ subscription: Subscription) async throws -> Int {
+        let channel = try await connection.openChannel()
+        let depth: Result<Int, any Error>
+        do { depth = .success(try await channel.declareQueuePassive(names.parkingQueue(subscription.id)).messageCount) } catch { depth = .failure(error) }
+        await channel.close()
+        return try depth.get()
+    }
+
+    func shutdown(deleting subscriptions: [Subscription]) async {
+        if let channel = try? await connection.openChannel() {
+            for subscription in subscriptions { _ = try? await channel.deleteQueue(names.parkingQueue(subscription.id)) }
+            await channel.close()
+        }
+        await zaqar.shutdown()
+    }
+}
+
+/// The event ids a queue received, in arrival order.
+func eventIDs(_ zaqar: HostileZaqar, queue: String) -> [String] {
+    zaqar.accepted(queue: queue).compactMap { body in
+        guard let object = try? JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any], let herald = object["herald"] as? [String: Any] else { return nil }
+        return herald["event_id"] as? String
+    }
+}
+
+@Suite("Parking failing targets in RabbitMQ (real RabbitMQ, Redis and HTTP)", .serialized, .timeLimit(.minutes(3)))
+struct ParkingTests {
+    static func subscription(queue: String, zaqar: HostileZaqar, project: String = "p1") -> Subscription {
+        Subscription(project: project, eventTypes: ["compute.instance.*"], target: .init(queue: queue, zaqarURL: zaqar.url))
+    }
+
+    static func fastSettings() -> ParkingSettings {
+        var settings = ParkingSettings()
+        settings.afterAttempts = 2
+        settings.retryBase = .milliseconds(300)
+        settings.retryCap = .milliseconds(600)
+        settings.tick = .milliseconds(100)
+        return settings
+    }
+
+    @Test("a failing target's messages are parked and acked; a healthy target beside it keeps flowing; after recovery every parked message arrives, and new ones queue behind them in order")
+    func parkAndRecover() async throws {
+        let down = Atomic<Bool>(true)
+        let zaqar = try await HostileZaqar { request in
+            request.queue == "failing" && down.load(ordering: .relaxed) ? .status(503) : .accept
+        }
+        let failing = Self.subscription(queue: "failing", zaqar: zaqar)
+        let healthy = Self.subscription(queue: "healthy", zaqar: zaqar)
+        let rig = try await ParkingRig(settings: Self.fastSettings(), subscriptions: [failing, healthy])
+
+        // While the target is down: every submission settles (the partition could ack it), the
+        // failing one's as parked, the healthy one's as delivered.
+        let first = await rig.submitEach(ParkingRig.messages(failing, 0..<20))
+        let beside = await rig.submitEach(ParkingRig.messages(healthy, 0..<20))
+        #expect(first.parked == 20 && first.delivered == 0 && first.deadLettered == 0, "\(first)")
+        #expect(beside.delivered == 20 && beside.parked == 0, "\(beside)")
+        #expect(eventIDs(zaqar, queue: "healthy") == (0..<20).map { "e-\($0)" })
+        #expect(try await rig.queueDepth(failing) == 20)
+        let parked = try #require(try await rig.ledger.state(subscription: failing.id))
+        #expect(parked.count == 20 && parked.project == "p1" && parked.lastError.contains("503"), "\(parked)")
+        #expect(rig.parking.isParked(failing.id))
+
+        // The target is back, but the drainer has not run yet: new messages do not overtake.
+        down.store(false, ordering: .relaxed)
+        let later = await rig.submitEach(ParkingRig.messages(failing, 20..<25))
+        #expect(later.parked == 5 && later.delivered == 0, "new messages of a parked subscription wait behind the parked ones: \(later)")
+        #expect(eventIDs(zaqar, queue: "failing").isEmpty)
+
+        let draining = Task { await rig.drainer.run() }
+        try await eventually(timeout: .seconds(30)) {
+            guard eventIDs(zaqar, queue: "failing").count >= 25 else { throw TestFailure("\(eventIDs(zaqar, queue: "failing").count) of 25 arrived") }
+        }
+        #expect(eventIDs(zaqar, queue: "failing") == (0..<25).map { "e-\($0)" }, "in the order they were submitted, each once")
+        try await eventually {
+            guard try await rig.ledger.state(subscription: failing.id) == nil, !rig.parking.isParked(failing.id) else { throw TestFailure("still parked") }
+        }
+        // Parked no more: the next message goes straight to Zaqar.
+        let direct = await rig.submitEach(ParkingRig.messages(failing, 25..<26))
+        #expect(direct.delivered == 1 && direct.parked == 0, "\(direct)")
+        #expect(try await rig.deadLetters.count() == 0)
+        draining.cancel()
+        await draining.value
+        await rig.shutdown(deleting: [failing, healthy])
+        await zaqar.close()
+    }
+
+    @Test("parked messages are retried on their schedule: each failed retry is counted and the next one waits its backoff")
+    func retriedAfterDelay() async throws {
+        let requests = Mutex<[ContinuousClock.Instant]>([])
+        let zaqar = try await HostileZaqar { _ in
+            requests.withLock { $0.append(.now) }
+            return .status(503)
+        }
+        let subscription = Self.subscription(queue: "down", zaqar: zaqar)
+        var settings = Self.fastSettings()
+        settings.retryBase = .milliseconds(800)
+        settings.retryCap = .milliseconds(800)
+        let rig = try await ParkingRig(settings: settings, subscriptions: [subscription])
+        let outcome = await rig.submitEach(ParkingRig.messages(subscription, 0..<3))
+        #expect(outcome.parked == 3)
+        let lane = requests.withLock { $0.count }
+        #expect(lane == 2, "two attempts in the lane (HERALD_PARKING_AFTER_ATTEMPTS=2), then parked: \(lane)")
+        let draining = Task { await rig.drainer.run() }
+        try await eventually(timeout: .seconds(30)) {
+            guard let state = try await rig.ledger.state(subscription: subscription.id), state.attempts >= 3 else { throw TestFailure("fewer than 3 retries") }
+        }
+        draining.cancel()
+        await draining.value
+        let times = requests.withLock { Array($0.dropFirst(lane)) }
+        // Each retry waits between half and all of the 800 ms ceiling after the one before.
+        for (earlier, later) in zip(times, times.dropFirst()) {
+            #expect(later - earlier >= .milliseconds(400), "retries \(later - earlier) apart")
+        }
+        #expect(try await rig.queueDepth(subscription) == 3, "nothing left the queue while the target failed")
+        #expect(try await rig.deadLetters.count() == 0)
+        await rig.shutdown(deleting: [subscription])
+        await zaqar.close()
+    }
+
+    @Test("past the retry horizon the parked messages become dead letters (retry_horizon), with the attempts counted; not before")
+    func horizon() async throws {
+        let zaqar = try await HostileZaqar { _ in .status(503) }
+        let subscription = Self.subscription(queue: "gone-for-good", zaqar: zaqar)
+        var settings = Self.fastSettings()
+        settings.horizon = .seconds(3)
+        let rig = try await ParkingRig(settings: settings, subscriptions: [subscription])
+        let parkedAt = Date().timeIntervalSince1970
+        #expect(await rig.submitEach(ParkingRig.messages(subscription, 0..<4)).parked == 4)
+        let draining = Task { await rig.drainer.run() }
+        let letters = try await eventually(timeout: .seconds(30)) {
+            let letters = try await rig.deadLetters.recent(count: 10)
+            guard letters.count == 4 else { throw TestFailure("\(letters.count) dead letters") }
+            return letters
+        }
+        draining.cancel()
+        await draining.value
+        for letter in letters {
+            #expect(letter.reason == .retryHorizon)
+            #expect(letter.at >= parkedAt + 3, "dead-lettered \(letter.at - parkedAt) s after parking, horizon 3 s")
+            #expect(letter.detail.contains("HERALD_DELIVERY_RETRY_HORIZON") && letter.detail.contains("attempts"), "\(letter.detail)")
+        }
+        // Retried several times within the horizon (every 300 to 600 ms) before giving up.
+        #expect(zaqar.requests(queue: "gone-for-good") >= 4, "\(zaqar.requests(queue: "gone-for-good")) requests")
+        #expect(try await rig.ledger.state(subscription: subscription.id) == nil)
+        #expect(try await rig.queueDepth(subscription) == 0)
+        await rig.shutdown(deleting: [subscription])
+        await zaqar.close()
+    }
+
+    @Test("parked messages outlive the node that parked them: another node's drainer delivers them once the target is back")
+    func survivesTheNode() async throws {
+        let down = Atomic<Bool>(true)
+        let zaqar = try await HostileZaqar { _ in down.load(ordering: .relaxed) ? .reset : .accept }
+        let subscription = Self.subscription(queue: "survivor", zaqar: zaqar)
+        let prefix = TestServers.uniqueName("herald-test.parking") + ":"
+        let first = try await ParkingRig(settings: Self.fastSettings(), subscriptions: [subscription], keyPrefix: prefix)
+        #expect(await first.submitEach(ParkingRig.messages(subscription, 0..<10)).parked == 10)
+        // The first node goes away: its connection closes; what remains is the broker's queue and Redis.
+        await first.connection.close()
+        await first.zaqar.shutdown()
+        down.store(false, ordering: .relaxed)
+        let second = try await ParkingRig(settings: Self.fastSettings(), subscriptions: [subscription], names: first.names, keyPrefix: prefix)
+        let draining = Task { await second.drainer.run() }
+        try await eventually(timeout: .seconds(30)) {
+            guard eventIDs(zaqar, queue: "survivor").count >= 10 else { throw TestFailure("\(eventIDs(zaqar, queue: "survivor").count) of 10") }
+        }
+        #expect(eventIDs(zaqar, queue: "survivor") == (0..<10).map { "e-\($0)" })
+        draining.cancel()
+        await draining.value
+        await second.shutdown(deleting: [subscription])
+        await second.connection.close()
+        await zaqar.close()
+    }
+
+    @Test("a deleted subscription's parked messages are dropped and counted, never delivered; its queue goes")
+    func deletedSubscription() async throws {
+        let down = Atomic<Bool>(true)
+        let zaqar = try await HostileZaqar { _ in down.load(ordering: .relaxed) ? .status(503) : .accept }
+        let subscription = Self.subscription(queue: "deleted", zaqar: zaqar)
+        let rig = try await ParkingRig(settings: Self.fastSettings(), subscriptions: [subscription])
+        #expect(await rig.submitEach(ParkingRig.messages(subscription, 0..<7)).parked == 7)
+        rig.index.withLock { $0 = SubscriptionIndex([]) }
+        down.store(false, ordering: .relaxed)
+        let draining = Task { await rig.drainer.run() }
+        try await eventually(timeout: .seconds(30)) {
+            guard try await rig.ledger.state(subscription: subscription.id) == nil else { throw TestFailure("still parked") }
+        }
+        draining.cancel()
+        await draining.value
+        #expect(eventIDs(zaqar, queue: "deleted").isEmpty)
+        await #expect(throws: (any Error).self, "the parking queue was deleted") { try await rig.queueDepth(subscription) }
+        await rig.shutdown(deleting: [subscription])
+        await zaqar.close()
+    }
+
+    @Test("a project's parking share is enforced in Redis: what does not fit is refused (the lane holds it), other projects still park")
+    func projectShare() async throws {
+        let ledger = ParkingLedger(redis: try RedisClient(url: TestServers.redisURL()), keyPrefix: TestServers.uniqueName("herald-test.share") + ":")
+        let first = try await ledger.reserve(subscription: "s1", project: "p1", count: 80, projectMax: 100, subscriptionMax: 1000, delay: .seconds(1), error: "503")
+        guard case .reserved(80, _) = first else { Issue.record("\(first)"); return }
+        #expect(try await ledger.reserve(subscription: "s2", project: "p1", count: 30, projectMax: 100, subscriptionMax: 1000, delay: .zero, error: "") == .projectFull(parked: 80))
+        #expect(try await ledger.reserve(subscription: "s1", project: "p1", count: 20, projectMax: 1000, subscriptionMax: 90, delay: .zero, error: "") == .subscriptionFull(parked: 80))
+        guard case .reserved(30, _) = try await ledger.reserve(subscription: "s3", project: "p2", count: 30, projectMax: 100, subscriptionMax: 1000, delay: .zero, error: "") else {
+            Issue.record("another project parks"); return
+        }
+        #expect(try await ledger.release(subscription: "s1", count: 50) == 30)
+        guard case .reserved(30, _) = try await ledger.reserve(subscription: "s2", project: "p1", count: 30, projectMax: 100, subscriptionMax: 1000, delay: .zero, error: "") else {
+            Issue.record("room again after a release"); return
+        }
+        #expect(try await ledger.parkedSubscriptions() == ["s1", "s2", "s3"])
+        #expect(try await ledger.release(subscription: "s1", count: 999) == 0, "a release never goes below zero")
+        #expect(try await ledger.parkedSubscriptions() == ["s2", "s3"])
+    }
+
+    @Test("a lane whose parking is refused keeps its messages and parks them once there is room: nothing is dropped")
+    func refusedParkingHolds() async throws {
+        let zaqar = try await HostileZaqar { _ in .status(503) }
+        let subscription = Self.subscription(queue: "full", zaqar: zaqar)
+        var settings = Self.fastSettings()
+        settings.projectMaxMessages = 4
+        let rig = try await ParkingRig(settings: settings, subscriptions: [subscription])
+        #expect(await rig.submitEach(ParkingRig.messages(subscription, 0..<4)).parked == 4)
+        let held = Mutex<DeliveryOutcome?>(nil)
+        let submitting = Task {
+            let outcome = await rig.submitEach(ParkingRig.messages(subscription, 4..<7))
+            held.withLock { $0 = outcome }
+        }
+        try await Task.sleep(for: .seconds(1))
+        #expect(held.withLock { $0 } == nil, "the project's share is full: the lane holds the next three")
+        #expect(try await rig.queueDepth(subscription) == 4)
+        // Room again (as a drain would make it): the held messages park, none lost.
+        _ = try await rig.ledger.release(subscription: subscription.id, count: 4)
+        await submitting.value
+        #expect(held.withLock { $0 }?.parked == 3)
+        #expect(try await rig.queueDepth(subscription) == 7)
+        #expect(try await rig.deadLetters.count() == 0)
+        await rig.shutdown(deleting: [subscription])
+        await zaqar.close()
+    }
+}

@@ -52,7 +52,9 @@ struct NodeAssembly: Sendable {
             endpoints: try ZaqarEndpoints(urls: configuration.zaqarAllowedURLs),
             limits: configuration.limits,
             rates: RateLimiter(redis: RedisClient(configuration: try RedisConfiguration(url: configuration.redisURL), logger: logger), keyPrefix: configuration.keyPrefix),
-            policy: configuration.policy
+            policy: configuration.policy,
+            parking: node.parkingLedger,
+            retryHorizon: configuration.parking.horizon
         )
         let api = HeraldAPI(services: services)
         let router: Router<APIContext>

@@ -170,7 +170,7 @@ final class TargetParking: DeliveryParking {
         let queue = names.parkingQueue(subscription)
         let channel = try await publishingChannel()
         if !declared.withLock({ $0.contains(queue) }) {
-            _ = try await channel.declareQueue(queue, options: queueOptions)
+            _ = try await declare(queue, on: channel)
             declared.withLock { declared in
                 if declared.count >= 10_000 { declared.removeAll() }
                 declared.insert(queue)
@@ -195,6 +195,17 @@ final class TargetParking: DeliveryParking {
             // Declare again next time (the queue may have gone with its subscription).
             declared.withLock { _ = $0.remove(queue) }
             throw error
+        }
+    }
+
+    /// Declares a parking queue; one that exists with other arguments (declared by a node with
+    /// another HERALD_PARKING_SUBSCRIPTION_MAX_MESSAGES or HERALD_QUEUE_TYPE) is used as it is.
+    func declare(_ queue: String, on channel: AMQPChannel) async throws -> AMQPQueueState {
+        do {
+            return try await channel.declareQueue(queue, options: queueOptions)
+        } catch let error as MessagingError where error.replyCode == 406 {
+            logger.warning("a parking queue exists with other arguments; using it as it is", metadata: ["amqp.queue": "\(queue)", "error": "\(error)"])
+            return try await channel.declareQueuePassive(queue)
         }
     }
 
@@ -307,7 +318,7 @@ final class ParkingDrainer: Sendable {
     private func drain(_ subscriptionID: String, on channel: AMQPChannel) async {
         let queue = names.parkingQueue(subscriptionID)
         do {
-            let state = try await channel.declareQueue(queue, options: parking.queueOptions)
+            let state = try await parking.declare(queue, on: channel)
             guard index.withLock({ $0.subscription(id: subscriptionID) }) != nil else {
                 await dropAll(subscriptionID, queue: queue, channel: channel)
                 return

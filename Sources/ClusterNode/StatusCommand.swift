@@ -68,7 +68,23 @@ struct Status: AsyncParsableCommand {
         /// `Url` so that the snake-case JSON keys come out as signed_url_count and signed_urls.)
         var signedUrlCount: Int
         var signedUrls: [SignedURLRow]
+        /// Subscriptions whose target failed and whose messages wait in parking, oldest first.
+        var parked: [ParkedRow]
+        var parkedMessages: Int
         var problems: [String]
+    }
+
+    /// One parked subscription (docs/pipeline.md, "Outages").
+    struct ParkedRow: Codable {
+        var subscription: String
+        var project: String
+        var messages: Int
+        var oldestAgeSeconds: Double
+        var attempts: Int
+        /// Seconds until the next retry (negative: due, or being retried now).
+        var nextAttemptInSeconds: Double
+        var lastError: String
+        var retryingNode: String?
     }
 
     func run() async throws {
@@ -160,6 +176,14 @@ struct Status: AsyncParsableCommand {
             ))
             if let warning = standing.warning(now: now) { problems.append("subscription \(subscription.id) (project \(subscription.project)): \(warning)") }
         }
+        let nowMilliseconds = now.timeIntervalSince1970 * 1000
+        let parked = try await ParkingLedger(redis: redis, keyPrefix: keyPrefix).allStates().map { state in
+            ParkedRow(
+                subscription: state.subscription, project: state.project, messages: state.count,
+                oldestAgeSeconds: max(0, (nowMilliseconds - Double(state.since)) / 1000), attempts: state.attempts,
+                nextAttemptInSeconds: (Double(state.nextAttempt) - nowMilliseconds) / 1000, lastError: state.lastError, retryingNode: state.claimedBy
+            )
+        }
         let deepest = partitionQueues.sorted { ($0.messages, $1.name) > ($1.messages, $0.name) }.prefix(top)
         return Report(
             members: members, leader: view.leader, partitionCount: view.partitionCount, partitionsHeld: view.leases.count,
@@ -167,7 +191,8 @@ struct Status: AsyncParsableCommand {
             partitionMessages: partitionQueues.reduce(0) { $0 + $1.messages },
             deadLetters: Dictionary(uniqueKeysWithValues: letters.map { ($0.key.rawValue, $0.value) }),
             deadLettersDropped: dropped,
-            signedUrlCount: signedURLCount, signedUrls: signedURLs.sorted { ($0.expires, $0.subscription) < ($1.expires, $1.subscription) }, problems: problems
+            signedUrlCount: signedURLCount, signedUrls: signedURLs.sorted { ($0.expires, $0.subscription) < ($1.expires, $1.subscription) },
+            parked: parked, parkedMessages: parked.reduce(0) { $0 + $1.messages }, problems: problems
         )
     }
 
@@ -203,6 +228,16 @@ struct Status: AsyncParsableCommand {
         for row in report.signedUrls {
             out += "  " + pad(row.subscription, 38) + pad(row.project, 34) + pad(row.queue, 20) + pad(row.expires, 21) + row.state + "\n"
         }
+        out += "\nparked (failing targets, retried until HERALD_DELIVERY_RETRY_HORIZON): \(report.parked.count) subscriptions, \(report.parkedMessages) messages\n"
+        if !report.parked.isEmpty {
+            out += "  " + pad("subscription", 38) + pad("project", 34) + pad("messages", 10) + pad("oldest", 8) + pad("retries", 9) + pad("next", 8) + "last error\n"
+        }
+        for row in report.parked.prefix(50) {
+            let next = row.retryingNode != nil ? "now" : (row.nextAttemptInSeconds <= 0 ? "due" : age(row.nextAttemptInSeconds))
+            out += "  " + pad(row.subscription, 38) + pad(row.project, 34) + pad("\(row.messages)", 10) + pad(age(row.oldestAgeSeconds), 8)
+            out += pad("\(row.attempts)", 9) + pad(next, 8) + SafeText.clean(row.lastError, limit: 80) + "\n"
+        }
+        if report.parked.count > 50 { out += "  ... and \(report.parked.count - 50) more (--json lists every one)\n" }
         if !report.problems.isEmpty {
             out += "\nproblems\n" + report.problems.map { "  " + $0 + "\n" }.joined()
         }

@@ -445,7 +445,7 @@ public final class DeliveryBatcher: Sendable {
                         }
                     }
                     return
-                case 401 where parking != nil, 403 where parking != nil:
+                case 401 where parking != nil && !response.credentialsGone, 403 where parking != nil:
                     // A trust may come back (a user regains the role, Keystone recovers): park, retry
                     // until the horizon, dead-letter only then.
                     retryAfter = nil
@@ -605,6 +605,11 @@ public final class DeliveryBatcher: Sendable {
         case 404:
             await deadLetter(batch, reason: .notFound, status: 404, zaqarMessage: response.message) { _ in
                 "Zaqar answered 404 for \(target): the project or queue is unknown, or the signed URL is bad, expired or lacks POST (\(response.message ?? "no reason given"))"
+            }
+            return .settled(delivered: 0, deadLettered: batch.count)
+        case 401 where response.credentialsGone:
+            await deadLetter(batch, reason: .unauthorized, status: 401, zaqarMessage: response.message) { _ in
+                "the subscription's trust no longer gives a token (\(response.message ?? "no reason given")); create the subscription again with a new trust"
             }
             return .settled(delivered: 0, deadLettered: batch.count)
         default:

@@ -12,11 +12,16 @@ public struct ZaqarResponse: Sendable {
     public var message: String?
     /// `Retry-After`, when given and usable (429, 503), cut to the client's `retryAfterCap`.
     public var retryAfter: Duration?
+    /// A 401 that cannot pass later: Keystone itself refused a token for the subscription's trust
+    /// (deleted, expired, its trustor gone). Other 401s and 403s may (roles given back, Keystone
+    /// recovering) and are parked and retried.
+    public var credentialsGone: Bool
 
-    public init(status: Int, message: String? = nil, retryAfter: Duration? = nil) {
+    public init(status: Int, message: String? = nil, retryAfter: Duration? = nil, credentialsGone: Bool = false) {
         self.status = status
         self.message = message
         self.retryAfter = retryAfter
+        self.credentialsGone = credentialsGone
     }
 }
 
@@ -119,14 +124,14 @@ public final class ZaqarClient: Sendable {
             }
         }
         guard let trust else { return try await send(request) }
-        guard let tokens else { return ZaqarResponse(status: 401, message: "this node has no Keystone to get a token for trust \(trust)") }
+        guard let tokens else { return ZaqarResponse(status: 401, message: "this node has no Keystone to get a token for trust \(trust)", credentialsGone: true) }
         request.headers.add(name: "X-Project-ID", value: target.project)
         for attempt in 0..<2 {
             let token: String
             do {
                 token = try await tokens.token(trust: trust)
             } catch .refused(let reason) {
-                return ZaqarResponse(status: 401, message: "Keystone refused a token for trust \(trust): \(TargetAnswer.cut(TargetAnswer.sanitise(reason)))")
+                return ZaqarResponse(status: 401, message: "Keystone refused a token for trust \(trust): \(TargetAnswer.cut(TargetAnswer.sanitise(reason)))", credentialsGone: true)
             } catch {
                 throw error
             }

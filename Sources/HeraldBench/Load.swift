@@ -20,8 +20,10 @@ struct Load: AsyncParsableCommand {
         discussion: """
         Events (--event, repeatable) are SECONDS:ACTION[:ARGS]: add-node, sigterm:NODE, kill9:NODE, \
         pause:NODE:SECONDS (SIGSTOP, then SIGCONT), restart-redis, restart-rabbitmq, sink-fail:SECONDS \
-        (503s), sink-stall:SECONDS (answers held back). Latency is measured from each event's intended \
-        send time (no coordinated omission).
+        (503s), sink-stall:SECONDS (answers held back), zaqar-outage:SECONDS (every connection to the sink, \
+        or through it to the real Zaqar, is closed unanswered), target-fail:PROJECT:SECONDS (that project's \
+        queues answer 503), slow-target:PROJECT:SECONDS (that project's queues answer after 5 s). Latency is \
+        measured from each event's intended send time (no coordinated omission), in all and per project.
         """
     )
 
@@ -155,19 +157,21 @@ struct Load: AsyncParsableCommand {
 struct ScenarioEvent: Codable, Sendable {
     enum Action: String, Codable, Sendable {
         case addNode = "add-node", sigterm, kill9, pause, restartRedis = "restart-redis", restartRabbitMQ = "restart-rabbitmq"
-        case sinkFail = "sink-fail", sinkStall = "sink-stall"
+        case sinkFail = "sink-fail", sinkStall = "sink-stall", zaqarOutage = "zaqar-outage", targetFail = "target-fail", slowTarget = "slow-target"
     }
 
     var at: Double
     var action: Action
     var node: String?
     var seconds: Double?
+    /// The project of target-fail and slow-target (`project-N`, as the run names them).
+    var project: String?
     var label: String
 
     init(_ text: String) throws {
         let parts = text.split(separator: ":").map(String.init)
         guard parts.count >= 2, let at = Double(parts[0]), at >= 0, let action = Action(rawValue: parts[1]) else {
-            throw ValidationError("--event '\(text)': expected SECONDS:ACTION[:ARGS], ACTION one of add-node, sigterm, kill9, pause, restart-redis, restart-rabbitmq, sink-fail, sink-stall")
+            throw ValidationError("--event '\(text)': expected SECONDS:ACTION[:ARGS], ACTION one of add-node, sigterm, kill9, pause, restart-redis, restart-rabbitmq, sink-fail, sink-stall, zaqar-outage, target-fail, slow-target")
         }
         self.at = at
         self.action = action
@@ -180,8 +184,14 @@ struct ScenarioEvent: Codable, Sendable {
             guard parts.count == 4, let seconds = Double(parts[3]) else { throw ValidationError("--event '\(text)': pause needs a node and seconds, e.g. 20:pause:node-2:5") }
             node = parts[2]
             self.seconds = seconds
-        case .sinkFail, .sinkStall:
-            guard parts.count == 3, let seconds = Double(parts[2]) else { throw ValidationError("--event '\(text)': \(action.rawValue) needs seconds, e.g. 20:\(action.rawValue):5") }
+        case .sinkFail, .sinkStall, .zaqarOutage:
+            guard parts.count == 3, let seconds = Double(parts[2]), seconds > 0 else { throw ValidationError("--event '\(text)': \(action.rawValue) needs seconds, e.g. 20:\(action.rawValue):5") }
+            self.seconds = seconds
+        case .targetFail, .slowTarget:
+            guard parts.count == 4, !parts[2].isEmpty, let seconds = Double(parts[3]), seconds > 0 else {
+                throw ValidationError("--event '\(text)': \(action.rawValue) needs a project and seconds, e.g. 20:\(action.rawValue):project-3:120")
+            }
+            project = parts[2]
             self.seconds = seconds
         case .addNode, .restartRedis, .restartRabbitMQ:
             guard parts.count == 2 else { throw ValidationError("--event '\(text)': \(action.rawValue) takes no arguments") }
@@ -199,6 +209,14 @@ struct LoadResult: Codable {
         var backlog: Int
         var latencyMs: Percentiles?
         var partitions: [String: Int]
+    }
+
+    /// Latency per project of the deliveries (from intended send time), and of every project
+    /// but the ones a target-fail or slow-target event hit.
+    struct ProjectLatency: Codable {
+        var byProject: [String: Percentiles]
+        var faulted: [String]
+        var others: Percentiles?
     }
 
     struct Percentiles: Codable {
@@ -234,6 +252,7 @@ struct LoadResult: Codable {
     /// Dead letters Herald recorded (a reason for every undelivered message it gave up on).
     var deadLetters: Int
     var latencyMs: Percentiles?
+    var projectLatency: ProjectLatency?
     var intervals: [Interval]
     var events: [ScenarioEvent]
     var processes: [Process]
@@ -279,6 +298,16 @@ struct LoadResult: Codable {
             print(String(format: "latency from intended send time (ms): p50 %.1f  p75 %.1f  p95 %.1f  p99 %.1f  p99.9 %.1f  p99.99 %.1f  max %.1f",
                          latency.p50, latency.p75, latency.p95, latency.p99, latency.p999, latency.p9999, latency.max))
         }
+        if let projects = projectLatency, !projects.faulted.isEmpty {
+            for project in projects.faulted {
+                if let p = projects.byProject[project] {
+                    print(String(format: "latency of faulted %@ (ms): p50 %.1f  p99 %.1f  max %.1f (%d deliveries)", project, p.p50, p.p99, p.max, p.count))
+                }
+            }
+            if let p = projects.others {
+                print(String(format: "latency of every other project (ms): p50 %.1f  p95 %.1f  p99 %.1f  p99.9 %.1f  max %.1f (%d deliveries)", p.p50, p.p95, p.p99, p.p999, p.max, p.count))
+            }
+        }
         for process in processes {
             print("cpu " + process.name.padding(toLength: 10, withPad: " ", startingAt: 0) + String(format: " %7.2f s  %7.1f µs per published event", process.cpuSeconds, process.cpuMicrosecondsPerEvent))
         }
@@ -300,6 +329,8 @@ final class DeliveryRecorder: Sendable {
         var perSecond: [Int: Int] = [:]
         var latency = Histogram<UInt64>(highestTrackableValue: 3_600_000_000, numberOfSignificantValueDigits: .three)
         var latencyPerSecond: [Int: Histogram<UInt64>] = [:]
+        /// By the project of the delivery's subscription.
+        var latencyByProject: [String: Histogram<UInt64>] = [:]
         var malformed = 0
     }
 
@@ -307,12 +338,15 @@ final class DeliveryRecorder: Sendable {
     let rate: Int
     let subscriptionIndex: [String: Int]
     let subscriptionCount: Int
+    /// Each subscription's project, by its index.
+    let subscriptionProjects: [String]
     let state = Mutex(State())
 
     /// What the message ids of the recorded events begin with (then a sequence number).
     let eventMarker: [UInt8]
 
-    init(start: UInt64, rate: Int, subscriptionIndex: [String: Int], eventPrefix: String = "load-") {
+    init(start: UInt64, rate: Int, subscriptionIndex: [String: Int], subscriptionProjects: [String] = [], eventPrefix: String = "load-") {
+        self.subscriptionProjects = subscriptionProjects
         self.start = start
         self.rate = rate
         eventMarker = Array(#""event_id":""#.utf8) + Array(eventPrefix.utf8)
@@ -356,6 +390,10 @@ final class DeliveryRecorder: Sendable {
                 let micros = now > intended(seq) ? (now - intended(seq)) / 1_000 : 0
                 _ = state.latency.record(min(micros, 3_600_000_000))
                 _ = state.latencyPerSecond[second, default: Histogram<UInt64>(highestTrackableValue: 3_600_000_000, numberOfSignificantValueDigits: .two)].record(min(micros, 3_600_000_000))
+                if subscription < subscriptionProjects.count {
+                    _ = state.latencyByProject[subscriptionProjects[subscription], default: Histogram<UInt64>(highestTrackableValue: 3_600_000_000, numberOfSignificantValueDigits: .three)]
+                        .record(min(micros, 3_600_000_000))
+                }
             }
         }
     }
@@ -384,7 +422,13 @@ final class DeliveryRecorder: Sendable {
 /// With an upstream (a real Zaqar) it forwards each request there and records its messages
 /// when Zaqar answered 201, passing Zaqar's answer back to the node.
 final class RecordingSink: Sendable {
-    enum Mode: Int { case normal = 0, failing = 1, stalling = 2 }
+    enum Mode: Int { case normal = 0, failing = 1, stalling = 2, down = 3 }
+
+    /// What one project's queues do (target-fail, slow-target).
+    enum ProjectFault: Sendable { case failing, slow }
+
+    /// How long a slow target takes to answer.
+    static let slowAnswer: TimeAmount = .seconds(5)
 
     /// A real Zaqar the sink forwards to.
     struct Upstream: Sendable {
@@ -396,6 +440,7 @@ final class RecordingSink: Sendable {
     let upstream: Upstream?
     private let recorderBox = Mutex<DeliveryRecorder?>(nil)
     private let mode = Atomic<Int>(0)
+    private let projectFaults = Mutex<[String: ProjectFault]>([:])
     /// Forwarded requests Zaqar refused (or the sink could not forward: 502), by status.
     let refused = Mutex<[Int: Int]>([:])
     var url: String { "http://127.0.0.1:\(channel.localAddress!.port!)" }
@@ -432,6 +477,8 @@ final class RecordingSink: Sendable {
     }
 
     func set(_ newMode: Mode) { mode.store(newMode.rawValue, ordering: .relaxed) }
+    func set(_ fault: ProjectFault?, project: String) { projectFaults.withLock { $0[project] = fault } }
+    func fault(project: String?) -> ProjectFault? { project.flatMap { project in projectFaults.withLock { $0[project] } } }
     var current: Mode { Mode(rawValue: mode.load(ordering: .relaxed)) ?? .normal }
 
     func stop() async {
@@ -448,6 +495,15 @@ final class RecordingSink: Sendable {
 
         init(sink: @escaping @Sendable () -> RecordingSink?) { self.sink = sink }
 
+        /// During a zaqar-outage every new connection is closed at once.
+        func channelActive(context: ChannelHandlerContext) {
+            if sink()?.current == .down {
+                context.close(promise: nil)
+                return
+            }
+            context.fireChannelActive()
+        }
+
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
             switch unwrapInboundIn(data) {
             case .head(let requestHead):
@@ -456,6 +512,23 @@ final class RecordingSink: Sendable {
             case .body(var chunk): body.writeBuffer(&chunk)
             case .end:
                 guard let sink = sink(), let head else { return }
+                if sink.current == .down {
+                    context.close(promise: nil)
+                    return
+                }
+                switch sink.fault(project: head.headers.first(name: "X-Project-ID")) {
+                case .failing:
+                    respond(context, status: .serviceUnavailable, text: #"{"title": "Service Unavailable", "description": "this project's target is failing on purpose"}"#)
+                    return
+                case .slow:
+                    let body = body
+                    let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
+                    let contextBox = NIOLoopBound(context, eventLoop: context.eventLoop)
+                    context.eventLoop.scheduleTask(in: RecordingSink.slowAnswer) { handler.value.take(contextBox.value, head: head, body: body, sink: sink) }
+                    return
+                case nil:
+                    break
+                }
                 switch sink.current {
                 case .failing:
                     respond(context, status: .serviceUnavailable, text: #"{"title": "Service Unavailable", "description": "the load sink is failing on purpose"}"#)
@@ -473,7 +546,7 @@ final class RecordingSink: Sendable {
                         }
                     }
                     retry()
-                case .normal:
+                case .normal, .down:
                     take(context, head: head, body: body, sink: sink)
                 }
             }

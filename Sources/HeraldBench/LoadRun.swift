@@ -3,6 +3,7 @@ import AsyncHTTPClient
 import Coordination
 import Delivery
 import Foundation
+import Histogram
 import HeraldModel
 import Messaging
 import NIOCore
@@ -215,7 +216,10 @@ final class LoadRun: @unchecked Sendable {
 
     /// A recorder of the run's subscriptions for events whose ids begin with `eventPrefix`.
     func recorder(start: UInt64, rate: Int, eventPrefix: String = "load-") -> DeliveryRecorder {
-        DeliveryRecorder(start: start, rate: rate, subscriptionIndex: Dictionary(uniqueKeysWithValues: subscriptionIDs.enumerated().map { ($1, $0) }), eventPrefix: eventPrefix)
+        DeliveryRecorder(
+            start: start, rate: rate, subscriptionIndex: Dictionary(uniqueKeysWithValues: subscriptionIDs.enumerated().map { ($1, $0) }),
+            subscriptionProjects: subscriptionProjects, eventPrefix: eventPrefix
+        )
     }
 
     /// Creates the subscriptions through the first node's API, 16 at a time. Into running
@@ -389,7 +393,20 @@ final class LoadRun: @unchecked Sendable {
             rate: rate, duration: options.duration, nodes: options.attach == nil ? options.nodes : nodeAPIs.count, subscriptions: options.subscriptions, projects: options.projects,
             partitions: options.partitions, averageEventBytes: averageBytes, published: publishedCount, expectedDeliveries: expectedSoFar.load(ordering: .relaxed),
             delivered: state.delivered, lost: lost, duplicates: state.duplicates, stillQueued: stillQueued, deadLetters: deadLetters, latencyMs: DeliveryRecorder.percentiles(state.latency),
+            projectLatency: projectLatency(state),
             intervals: intervals, events: scenario, processes: processes, baselines: baselines, zaqar: zaqar
+        )
+    }
+
+    /// Latency per project, and of the projects no per-project fault hit, together.
+    func projectLatency(_ state: DeliveryRecorder.State) -> LoadResult.ProjectLatency? {
+        guard !state.latencyByProject.isEmpty else { return nil }
+        let faulted = Set(scenario.compactMap { [.targetFail, .slowTarget].contains($0.action) ? $0.project : nil })
+        var others = Histogram<UInt64>(highestTrackableValue: 3_600_000_000, numberOfSignificantValueDigits: .three)
+        // Same settings for all (add() requires it).
+        for (project, histogram) in state.latencyByProject where !faulted.contains(project) { others.add(histogram) }
+        return LoadResult.ProjectLatency(
+            byProject: state.latencyByProject.compactMapValues(DeliveryRecorder.percentiles), faulted: faulted.sorted(), others: DeliveryRecorder.percentiles(others)
         )
     }
 
@@ -483,10 +500,15 @@ final class LoadRun: @unchecked Sendable {
                     Task { try? await Task.sleep(for: .seconds(event.seconds!)); node?.signal(SIGCONT) }
                 case .restartRedis: try control("restart", "redis")
                 case .restartRabbitMQ: try control("restart", "rabbitmq")
-                case .sinkFail, .sinkStall:
-                    sink?.set(event.action == .sinkFail ? .failing : .stalling)
+                case .sinkFail, .sinkStall, .zaqarOutage:
+                    sink?.set(event.action == .sinkFail ? .failing : event.action == .sinkStall ? .stalling : .down)
                     let sink = sink
                     Task { try? await Task.sleep(for: .seconds(event.seconds!)); sink?.set(.normal) }
+                case .targetFail, .slowTarget:
+                    let project = event.project ?? ""
+                    sink?.set(event.action == .targetFail ? .failing : .slow, project: project)
+                    let sink = sink
+                    Task { try? await Task.sleep(for: .seconds(event.seconds!)); sink?.set(nil, project: project) }
                 }
             } catch {
                 log("scenario event \(event.label) failed: \(error)")

@@ -20,6 +20,8 @@ struct APIHarness {
     let readiness = Locked<[String: Bool]>(["rabbitmq": true, "registry": true, "membership": true, "not_stopping": true])
     let metrics = PrometheusCollectorRegistry()
     let api: HeraldAPI
+    /// The parking record the delivery-state route reads (same key prefix).
+    let parking: ParkingLedger
 
     /// One client for every harness, alive for the whole run (a client must be shut down before it goes).
     ///
@@ -38,6 +40,8 @@ struct APIHarness {
         let client = Self.replayClient
         let readiness = readiness
         let metrics = metrics
+        let parking = ParkingLedger(redis: RedisClient(configuration: redis), keyPrefix: prefix)
+        self.parking = parking
         api = HeraldAPI(services: APIServices(
             registry: registry, deadLetters: deadLetters, defaultZaqarURL: zaqar.baseURL,
             deliver: { target, message in try await client.post(target, messages: [message]) },
@@ -45,7 +49,8 @@ struct APIHarness {
             metrics: { metrics.emitToString() },
             endpoints: endpoints,
             limits: limits,
-            rates: rates ? RateLimiter(redis: RedisClient(configuration: redis), keyPrefix: prefix) : nil
+            rates: rates ? RateLimiter(redis: RedisClient(configuration: redis), keyPrefix: prefix) : nil,
+            parking: parking
         ))
     }
 

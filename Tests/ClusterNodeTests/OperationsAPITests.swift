@@ -164,6 +164,8 @@ extension APISuites {
                 _ = try await call(.get, "/v1/subscriptions?limit=0", "/v1/subscriptions")
                 _ = try await call(.get, "/v1/subscriptions/\(id)", "/v1/subscriptions/{id}")
                 _ = try await call(.get, "/v1/subscriptions/nope", "/v1/subscriptions/{id}")
+                _ = try await call(.get, "/v1/subscriptions/\(id)/delivery", "/v1/subscriptions/{id}/delivery")
+                _ = try await call(.get, "/v1/subscriptions/nope/delivery", "/v1/subscriptions/{id}/delivery")
                 _ = try await call(.patch, "/v1/subscriptions/\(id)", "/v1/subscriptions/{id}", json: ["message_ttl": 120])
                 _ = try await call(.patch, "/v1/subscriptions/\(id)", "/v1/subscriptions/{id}", json: ["message_ttl": 1])
                 _ = try await call(.patch, "/v1/subscriptions/nope", "/v1/subscriptions/{id}", json: ["message_ttl": 120])

@@ -312,3 +312,38 @@ struct ParkingTests {
         await zaqar.close()
     }
 }
+
+extension APISuites {
+    @Suite("The delivery state of a subscription's target")
+    struct DeliveryStateAPITests {
+        @Test("GET /v1/subscriptions/{id}/delivery answers healthy, failing (since, last error) or parked (messages, age, retries, next attempt, horizon); another project gets 404")
+        func states() async throws {
+            let harness = try APIHarness()
+            try await harness.test { client in
+                var ids: [String] = []
+                for queue in ["calm", "flaky", "down"] {
+                    let created = try await client.call(.post, "/v1/subscriptions", json: ["event_types": ["compute.*"], "target": ["queue": queue]])
+                    #expect(created.status == .created, "\(created.text)")
+                    ids.append(created.object["id"] as? String ?? "?")
+                }
+                try await harness.parking.noteFailure(subscription: ids[1], error: "HTTP 503: busy", ttl: .seconds(60))
+                _ = try await harness.parking.reserve(subscription: ids[2], project: "p1", count: 42, projectMax: 1000, subscriptionMax: 1000, delay: .seconds(30), error: "HTTP 502: gateway")
+                let calm = try await client.call(.get, "/v1/subscriptions/\(ids[0])/delivery")
+                #expect(calm.status == .ok && calm.object["state"] as? String == "healthy", "\(calm.text)")
+                let flaky = try await client.call(.get, "/v1/subscriptions/\(ids[1])/delivery")
+                #expect(flaky.object["state"] as? String == "failing" && flaky.object["last_error"] as? String == "HTTP 503: busy", "\(flaky.text)")
+                #expect(flaky.object["since"] is String)
+                let down = try await client.call(.get, "/v1/subscriptions/\(ids[2])/delivery")
+                #expect(down.object["state"] as? String == "parked", "\(down.text)")
+                #expect(down.object["parked_messages"] as? Int == 42)
+                #expect(down.object["attempts"] as? Int == 0)
+                #expect(down.object["last_error"] as? String == "HTTP 502: gateway")
+                #expect(down.object["next_attempt"] is String && down.object["given_up_after"] is String)
+                let age = try #require(down.object["oldest_parked_age_seconds"] as? Double)
+                #expect(age >= 0 && age < 60)
+                let stranger = try await client.call(.get, "/v1/subscriptions/\(ids[2])/delivery", project: "p2")
+                #expect(stranger.status == .notFound)
+            }
+        }
+    }
+}

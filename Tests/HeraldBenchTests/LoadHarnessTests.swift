@@ -7,7 +7,9 @@ import Testing
 struct LoadHarnessTests {
     @Test("scenario events parse, and a bad one is refused naming what is wrong", arguments: [
         ("20:kill9:node-2", true), ("5:pause:node-1:3", true), ("30:sink-stall:2.5", true), ("12:add-node", true), ("40:restart-rabbitmq", true),
+        ("60:zaqar-outage:600", true), ("30:target-fail:project-3:120", true), ("30:slow-target:project-1:120", true),
         ("20:kill9", false), ("x:add-node", false), ("5:pause:node-1", false), ("12:add-node:extra", false), ("3:explode", false),
+        ("30:target-fail:120", false), ("30:slow-target:project-1", false), ("60:zaqar-outage", false), ("60:zaqar-outage:-5", false),
     ])
     func scenario(_ text: String, _ valid: Bool) {
         do {
@@ -54,6 +56,20 @@ struct LoadHarnessTests {
         #expect(state.malformed == 0)
         #expect(state.latency.max >= 11_900 && state.latency.max <= 12_100, "event 0: 12 ms after its intended time, \(state.latency.max) µs")
         #expect(state.latency.min >= 6_900 && state.latency.min <= 7_100, "event 5: 7 ms, \(state.latency.min) µs")
+    }
+
+    @Test("latency is kept per project of the delivery's subscription")
+    func perProject() {
+        let start: UInt64 = 1_000_000_000
+        let recorder = DeliveryRecorder(start: start, rate: 1000, subscriptionIndex: ["s-a": 0, "s-b": 1], subscriptionProjects: ["project-0", "project-1"])
+        func message(_ subscription: String, _ seq: Int) -> String {
+            #"{"ttl":60,"body":{"event":{"event_type":"x"},"herald":{"subscription_id":"\#(subscription)","event_id":"load-\#(String(format: "%012d", seq))","partition":3,"epoch":1}}}"#
+        }
+        recorder.record(ByteBuffer(string: #"{"messages":["# + message("s-a", 0) + "]}"), now: start + 2_000_000)
+        recorder.record(ByteBuffer(string: #"{"messages":["# + message("s-b", 0) + "]}"), now: start + 5_000_000_000)
+        let state = recorder.state.withLock { $0 }
+        #expect(state.latencyByProject["project-0"]?.max ?? 0 <= 2_100)
+        #expect(state.latencyByProject["project-1"]?.min ?? 0 >= 4_990_000, "the slow project's 5 s show in its own histogram only")
     }
 
     @Test("the report holds four plots, marks events by number and escapes text")

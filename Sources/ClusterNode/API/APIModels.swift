@@ -44,6 +44,41 @@ struct SubscriptionView: Encodable {
     }
 }
 
+/// `GET /v1/subscriptions/{id}/delivery`.
+struct DeliveryStateView: Encodable {
+    var subscriptionID: String
+    /// healthy, failing or parked.
+    var state: String
+    /// Failing or parked since (ISO 8601, UTC).
+    var since: String?
+    var lastError: String?
+    /// Parked: the next retry, retries so far, messages waiting, the oldest one's age, and when
+    /// the oldest would be given up (dead-lettered as retry_horizon) if the target still failed.
+    var nextAttempt: String?
+    var attempts: Int?
+    var parkedMessages: Int?
+    var oldestParkedAgeSeconds: Double?
+    var givenUpAfter: String?
+
+    enum CodingKeys: String, CodingKey {
+        case state, since, attempts
+        case subscriptionID = "subscription_id"
+        case lastError = "last_error"
+        case nextAttempt = "next_attempt"
+        case parkedMessages = "parked_messages"
+        case oldestParkedAgeSeconds = "oldest_parked_age_seconds"
+        case givenUpAfter = "given_up_after"
+    }
+}
+
+/// Instants in answers: ISO 8601, UTC, whole seconds.
+enum APIDates {
+    static func format(_ seconds: Double) -> String {
+        guard seconds.isFinite else { return "" }
+        return ISO8601DateFormatter().string(from: Date(timeIntervalSince1970: seconds))
+    }
+}
+
 struct SubscriptionPage: Encodable {
     var subscriptions: [SubscriptionView]
     /// The next page's path, absent on the last page.

@@ -30,6 +30,10 @@ struct APIServices: Sendable {
     var rates: RateLimiter? = nil
     /// Who may do what (HERALD_POLICY_FILE over the defaults).
     var policy = Policy()
+    /// Which subscriptions' targets fail or have messages parked; nil: every target shows healthy.
+    var parking: ParkingLedger? = nil
+    /// HERALD_DELIVERY_RETRY_HORIZON, to say when parked messages would be given up.
+    var retryHorizon: Duration = .seconds(86_400)
 }
 
 /// What one project may do through the API (docs/security.md).
@@ -81,6 +85,7 @@ struct HeraldAPI: Sendable {
             APIRoute(method: .get, path: "/v1/subscriptions/{id}", authenticated: true, handler: getSubscription),
             APIRoute(method: .patch, path: "/v1/subscriptions/{id}", authenticated: true, handler: patchSubscription),
             APIRoute(method: .delete, path: "/v1/subscriptions/{id}", authenticated: true, handler: deleteSubscription),
+            APIRoute(method: .get, path: "/v1/subscriptions/{id}/delivery", authenticated: true, handler: getDelivery),
             APIRoute(method: .post, path: "/v1/subscription", authenticated: true, handler: createAlias),
             APIRoute(method: .get, path: "/v1/subscription", authenticated: true, handler: listAlias),
             APIRoute(method: .get, path: "/v1/subscription/{id}", authenticated: true, handler: getAlias),
@@ -207,6 +212,35 @@ struct HeraldAPI: Sendable {
         let subscription = try await owned(context)
         try authorize("subscription:get", try context.requireCaller(), project: subscription.project, context: context)
         return try APIJSON.response(view(subscription))
+    }
+
+    /// How the subscription's target is doing: healthy, failing (a lane's recent errors) or parked
+    /// (messages waiting in its parking queue, retried on a schedule until the horizon).
+    @Sendable func getDelivery(_ request: Request, _ context: APIContext) async throws -> Response {
+        let subscription = try await owned(context)
+        try authorize("subscription:get", try context.requireCaller(), project: subscription.project, context: context)
+        var view = DeliveryStateView(subscriptionID: subscription.id, state: "healthy")
+        guard let parking = services.parking else { return try APIJSON.response(view) }
+        let now = Date().timeIntervalSince1970
+        do {
+            if let parked = try await parking.state(subscription: subscription.id) {
+                view.state = "parked"
+                view.parkedMessages = parked.count
+                view.oldestParkedAgeSeconds = max(0, now - Double(parked.since) / 1000)
+                view.since = APIDates.format(Double(parked.since) / 1000)
+                view.attempts = parked.attempts
+                view.lastError = parked.lastError.isEmpty ? nil : parked.lastError
+                view.nextAttempt = APIDates.format(Double(parked.nextAttempt) / 1000)
+                view.givenUpAfter = APIDates.format(Double(parked.since) / 1000 + Double(services.retryHorizon.seconds))
+            } else if let failing = try await parking.failure(subscription: subscription.id) {
+                view.state = "failing"
+                view.since = APIDates.format(Double(failing.since) / 1000)
+                view.lastError = failing.error
+            }
+        } catch {
+            throw HTTPError(.serviceUnavailable, message: "the delivery state cannot be read from Redis now; try again")
+        }
+        return try APIJSON.response(view)
     }
 
     @Sendable func patchSubscription(_ request: Request, _ context: APIContext) async throws -> Response {

@@ -174,6 +174,22 @@ enum OpenAPIDocument {
             }
           }
         },
+        "/v1/subscriptions/{id}/delivery": {
+          "parameters": [{"$ref": "#/components/parameters/id"}],
+          "get": {
+            "summary": "How the subscription's target is doing: healthy, failing (since, last error) or parked (messages waiting, oldest age, retries, next attempt, when they would be given up).",
+            "security": [{"projectHeader": []}],
+            "responses": {
+              "200": {"description": "The state.", "content": {"application/json": {"schema": {"type": "object", "required": ["subscription_id", "state"], "properties": {
+                "subscription_id": {"type": "string"}, "state": {"type": "string", "enum": ["healthy", "failing", "parked"]},
+                "since": {"type": "string", "format": "date-time"}, "last_error": {"type": "string"}, "next_attempt": {"type": "string", "format": "date-time"},
+                "attempts": {"type": "integer"}, "parked_messages": {"type": "integer"}, "oldest_parked_age_seconds": {"type": "number"},
+                "given_up_after": {"type": "string", "format": "date-time"}}}}}},
+              "401": {"$ref": "#/components/responses/Unauthorized"}, "404": {"$ref": "#/components/responses/NotFound"},
+              "503": {"description": "Redis cannot be read now."}
+            }
+          }
+        },
         "/v1/subscriptions/{id}": {
           "parameters": [{"$ref": "#/components/parameters/id"}],
           "get": {

@@ -126,14 +126,18 @@ final class HeraldNode: Sendable {
             logger: logger
         )
         let drainer = ParkingDrainer(
-            connection: connection, ledger: parkingLedger, parking: parking, batcher: batcher, index: index, names: configuration.names,
+            connection: connection, ledger: parkingLedger, parking: parking, batcher: batcher, index: index,
+            lookup: { [registry] id, project in
+                do { return .some(try await registry.get(id: id, project: project)) } catch { return nil }
+            },
+            isLeader: { [coordinator] in coordinator.isLeader }, names: configuration.names,
             nodeID: configuration.nodeID, defaultZaqarURL: configuration.zaqarURL, logger: logger
         )
         // Knows which subscriptions are parked before any partition is consumed.
-        await drainer.refresh(gauges: true)
+        await drainer.refreshBeforeConsuming()
         let retrying = Task { await drainer.run() }
         let owners = PartitionOwners(connection: connection, coordinator: coordinator, batcher: batcher, index: index, configuration: configuration,
-                                     deadLetters: deadLetters, statistics: statistics, logger: logger, beforeConsuming: { await drainer.refresh(gauges: false) })
+                                     deadLetters: deadLetters, statistics: statistics, logger: logger, beforeConsuming: { await drainer.refreshBeforeConsuming() })
         let ownership = Task { await owners.run() }
         try await coordinator.start()
         let ingest = IngestService(connection: connection, configuration: configuration, deadLetters: deadLetters, statistics: statistics, logger: logger)

@@ -109,7 +109,7 @@ struct NodeConfiguration: Sendable {
         "HERALD_CLUSTER", "HERALD_DEAD_LETTERS_MAX", "HERALD_DEAD_LETTERS_PROJECT_MAX", "HERALD_DEAD_LETTER_BODY_BYTES",
         "HERALD_DEAD_LETTERS_IDLE_DAYS", "HERALD_EVENT_DEFINITIONS", "HERALD_NOTIFICATION_TOPICS", "HERALD_PRIORITIES",
         "HERALD_POLICY_FILE", "HERALD_ADMIN_PROJECT", "HERALD_DELIVERY_RETRY_HORIZON", "HERALD_PARKING_AFTER_ATTEMPTS",
-        "HERALD_PARKING_RETRY_BASE_SECONDS", "HERALD_PARKING_RETRY_CAP_SECONDS", "HERALD_PARKING_PROJECT_MAX_MESSAGES",
+        "HERALD_PARKING_RETRY_BASE_SECONDS", "HERALD_PARKING_RETRY_CAP_SECONDS", "HERALD_PARKING_PROJECT_MAX_MESSAGES", "HERALD_PARKING_PROJECT_MAX_BYTES",
         "HERALD_PARKING_SUBSCRIPTION_MAX_MESSAGES", "HERALD_PARKING_DRAINS",
     ]
 
@@ -213,11 +213,12 @@ struct NodeConfiguration: Sendable {
         }
         parking.afterAttempts = try integer("HERALD_PARKING_AFTER_ATTEMPTS", 3, 1...100)
         parking.retryBase = .seconds(try integer("HERALD_PARKING_RETRY_BASE_SECONDS", 5, 1...3600))
-        parking.retryCap = .seconds(try integer("HERALD_PARKING_RETRY_CAP_SECONDS", 300, 1...86_400))
+        parking.retryCap = .seconds(try integer("HERALD_PARKING_RETRY_CAP_SECONDS", 60, 1...86_400))
         if parking.retryCap < parking.retryBase {
             throw ConfigurationError(key: "HERALD_PARKING_RETRY_CAP_SECONDS", value: "\(parking.retryCap.seconds)", expected: "at least HERALD_PARKING_RETRY_BASE_SECONDS (\(parking.retryBase.seconds))")
         }
         parking.projectMaxMessages = try integer("HERALD_PARKING_PROJECT_MAX_MESSAGES", 100_000, 100...100_000_000)
+        parking.projectMaxBytes = try integer("HERALD_PARKING_PROJECT_MAX_BYTES", 1 << 30, 1 << 20...1 << 40)
         parking.subscriptionMaxMessages = try integer("HERALD_PARKING_SUBSCRIPTION_MAX_MESSAGES", 50_000, 100...100_000_000)
         parking.concurrentDrains = try integer("HERALD_PARKING_DRAINS", 4, 1...64)
         var policy = Policy()

@@ -17,11 +17,17 @@ struct ParkingSettings: Sendable {
     var afterAttempts = 3
     /// HERALD_PARKING_RETRY_BASE_SECONDS / _CAP_SECONDS: the parked messages' retry schedule,
     /// exponential with jitter (each delay between half and all of min(cap, base * 2^attempt)).
-    /// Default 5 s, 300 s.
+    /// Default 5 s, 60 s (a target back from an outage gets its backlog within a minute).
     var retryBase: Duration = .seconds(5)
-    var retryCap: Duration = .seconds(300)
+    var retryCap: Duration = .seconds(60)
     /// HERALD_PARKING_PROJECT_MAX_MESSAGES: messages one project may have parked, cluster-wide. Default 100000.
     var projectMaxMessages = 100_000
+    /// HERALD_PARKING_PROJECT_MAX_BYTES: bytes one project may have parked, cluster-wide (also each
+    /// of its queues' `x-max-length-bytes`). Default 1 GiB.
+    var projectMaxBytes = 1 << 30
+    /// How long a parked subscription's queue must stay empty while messages are still counted
+    /// before the count is dropped (a node stopped between counting and publishing). Default 300 s.
+    var emptyWindow: Duration = .seconds(300)
     /// HERALD_PARKING_SUBSCRIPTION_MAX_MESSAGES: messages one subscription may have parked (its
     /// queue's `x-max-length`, with `reject-publish`). Default 50000.
     var subscriptionMaxMessages = 50_000
@@ -81,6 +87,8 @@ final class TargetParking: DeliveryParking {
         /// Parked subscriptions, with the refresh generation they were last seen or added in.
         var parked: [String: UInt64] = [:]
         var generation: UInt64 = 0
+        /// The newest refresh applied: an older one that ends later does not undo it.
+        var applied: UInt64 = 0
     }
 
     init(connection: AMQPConnection, ledger: ParkingLedger, names: ClusterNames, queueType: String, settings: ParkingSettings, logger: Logger) {
@@ -99,8 +107,9 @@ final class TargetParking: DeliveryParking {
             "x-queue-type": .string(queueType),
             "x-single-active-consumer": .bool(true),
             "x-max-length": .int(Int64(settings.subscriptionMaxMessages)),
+            "x-max-length-bytes": .int(Int64(settings.projectMaxBytes)),
             "x-overflow": .string("reject-publish"),
-        ])
+        ].merging(queueType == "quorum" ? ["x-delivery-limit": .int(1_000_000)] : [:]) { first, _ in first })
     }
 
     func isParked(_ subscriptionID: String) -> Bool {
@@ -119,6 +128,8 @@ final class TargetParking: DeliveryParking {
     /// keeping what this node parked after that refresh began (Redis may not have shown it yet).
     func apply(_ parked: Set<String>, generation: UInt64) {
         cache.withLock { cache in
+            guard generation > cache.applied else { return }
+            cache.applied = generation
             cache.parked = cache.parked.filter { $0.value > generation }
             for subscription in parked { cache.parked[subscription] = max(cache.parked[subscription] ?? 0, generation) }
         }
@@ -129,11 +140,13 @@ final class TargetParking: DeliveryParking {
         let subscription = first.subscriptionID
         let project = first.target.project
         var random = SystemRandomNumberGenerator()
+        let bytes = messages.reduce(0) { $0 + $1.body.count }
         let reservation: ParkingLedger.Reservation
         do {
             reservation = try await ledger.reserve(
-                subscription: subscription, project: project, count: messages.count, projectMax: settings.projectMaxMessages,
-                subscriptionMax: settings.subscriptionMaxMessages, delay: failed ? settings.delay(attempt: 0, using: &random) : .zero, error: reason
+                subscription: subscription, project: project, count: messages.count, bytes: bytes, projectMax: settings.projectMaxMessages,
+                projectMaxBytes: settings.projectMaxBytes, subscriptionMax: settings.subscriptionMaxMessages,
+                delay: failed ? settings.delay(attempt: 0, using: &random) : .zero, error: reason
             )
         } catch {
             ParkingMetrics.refused["unavailable"]?.increment()
@@ -143,11 +156,14 @@ final class TargetParking: DeliveryParking {
         switch reservation {
         case .projectFull(let parked):
             ParkingMetrics.refused["project_full"]?.increment()
-            throw ParkingRefused(reason: "project_full", description: "project \(project) has \(parked) messages parked; HERALD_PARKING_PROJECT_MAX_MESSAGES is \(settings.projectMaxMessages)")
+            throw ParkingFull("project \(project) has \(parked) messages parked, its share (HERALD_PARKING_PROJECT_MAX_MESSAGES) is \(settings.projectMaxMessages)")
+        case .projectBytesFull(let parkedBytes):
+            ParkingMetrics.refused["project_full"]?.increment()
+            throw ParkingFull("project \(project) has \(parkedBytes) bytes parked, its share (HERALD_PARKING_PROJECT_MAX_BYTES) is \(settings.projectMaxBytes)")
         case .subscriptionFull(let parked):
             ParkingMetrics.refused["subscription_full"]?.increment()
-            throw ParkingRefused(reason: "subscription_full", description: "subscription \(subscription) has \(parked) messages parked; HERALD_PARKING_SUBSCRIPTION_MAX_MESSAGES is \(settings.subscriptionMaxMessages)")
-        case .reserved(_, let at):
+            throw ParkingFull("subscription \(subscription) has \(parked) messages parked, at most \(settings.subscriptionMaxMessages) (HERALD_PARKING_SUBSCRIPTION_MAX_MESSAGES)")
+        case .reserved(let at):
             parkedAt = at
         }
         // From now on this node parks the subscription's messages, whatever a refresh under way says.
@@ -155,9 +171,15 @@ final class TargetParking: DeliveryParking {
         do {
             try await publish(messages, subscription: subscription, parkedAt: parkedAt)
         } catch {
+            // Some of the batch may be in the queue all the same (a nack or a return for part of
+            // it): the count stays, too high rather than too low (the lane parks them again; a
+            // count above what the queue holds only keeps the subscription parked a while longer).
             ParkingMetrics.refused["unavailable"]?.increment()
-            try? await ledger.release(subscription: subscription, count: messages.count)
             throw ParkingRefused(reason: "unavailable", description: "RabbitMQ did not take the parked messages: \(error)")
+        }
+        // The record may have gone while they were on their way (a drainer saw the queue empty first).
+        if (try? await ledger.confirm(subscription: subscription, project: project, count: messages.count, bytes: bytes)) == true {
+            logger.warning("parked messages arrived after their subscription's record went; recorded again", metadata: ["subscription": "\(subscription)"])
         }
         if failed {
             logger.warning("parked messages of a failing target", metadata: [
@@ -237,27 +259,33 @@ final class TargetParking: DeliveryParking {
 /// and uncounted; on a failure the rest go back to the head of the queue (nack, requeue) and the
 /// next attempt is scheduled with backoff. Past the horizon, messages still failing are
 /// dead-lettered (`retry_horizon`). A deleted subscription's parked messages are dropped, counted.
+/// A subscription is unparked only when its claimer sees its queue empty with no consumer on it.
 final class ParkingDrainer: Sendable {
     private let connection: AMQPConnection
     private let ledger: ParkingLedger
     private let parking: TargetParking
     private let batcher: DeliveryBatcher
     private let index: Locked<SubscriptionIndex>
+    /// The registry's own answer for a subscription the index lacks (the index may be behind):
+    /// .some(nil) when it is gone; nil when the registry cannot be asked now.
+    private let lookup: @Sendable (_ id: String, _ project: String) async -> Subscription??
+    private let isLeader: @Sendable () -> Bool
     private let names: ClusterNames
     private let nodeID: String
     private let defaultZaqarURL: String
     private let logger: Logger
     private let active = Mutex<Set<String>>([])
-    /// Subscriptions whose queue this node found empty while Redis still counted messages, and when.
-    private let emptySince = Mutex<[String: ContinuousClock.Instant]>([:])
 
     init(connection: AMQPConnection, ledger: ParkingLedger, parking: TargetParking, batcher: DeliveryBatcher, index: Locked<SubscriptionIndex>,
+         lookup: @escaping @Sendable (_ id: String, _ project: String) async -> Subscription??, isLeader: @escaping @Sendable () -> Bool = { true },
          names: ClusterNames, nodeID: String, defaultZaqarURL: String, logger: Logger) {
         self.connection = connection
         self.ledger = ledger
         self.parking = parking
         self.batcher = batcher
         self.index = index
+        self.lookup = lookup
+        self.isLeader = isLeader
         self.names = names
         self.nodeID = nodeID
         self.defaultZaqarURL = defaultZaqarURL
@@ -288,26 +316,48 @@ final class ParkingDrainer: Sendable {
         }
     }
 
-    /// Which subscriptions are parked, for the batcher; and, now and then, the gauges.
-    func refresh(gauges: Bool) async {
+    /// Which subscriptions are parked, for the batcher; and, now and then, the gauges (the
+    /// leader's: they are the cluster's, so that a sum over nodes counts them once).
+    /// - Returns: false when Redis could not be read.
+    @discardableResult
+    func refresh(gauges: Bool) async -> Bool {
         let generation = parking.beginRefresh()
-        guard let parked = try? await ledger.parkedSubscriptions() else { return }
+        guard let parked = try? await ledger.parkedSubscriptions() else { return false }
         parking.apply(parked, generation: generation)
-        guard gauges, let states = try? await ledger.allStates() else { return }
+        guard gauges else { return true }
+        guard isLeader() else {
+            ParkingMetrics.parkedSubscriptions.record(0)
+            ParkingMetrics.parkedMessages.record(0)
+            ParkingMetrics.oldestAge.record(0)
+            return true
+        }
+        guard let states = try? await ledger.allStates() else { return true }
         let now = Int64(Date().timeIntervalSince1970 * 1000)
         ParkingMetrics.parkedSubscriptions.record(states.count)
         ParkingMetrics.parkedMessages.record(states.reduce(0) { $0 + $1.count })
         ParkingMetrics.oldestAge.record(Double(max(0, now - (states.map(\.since).min() ?? now))) / 1000)
+        return true
+    }
+
+    /// Before a newly acquired partition is consumed: the parked set, read until Redis answers
+    /// (a few tries; the lease itself was just taken from Redis).
+    func refreshBeforeConsuming() async {
+        for attempt in 0..<5 {
+            if await refresh(gauges: false) { return }
+            try? await Task.sleep(for: .milliseconds(100 * (attempt + 1)))
+        }
+        logger.warning("could not read which subscriptions are parked before consuming a partition; new messages of a parked subscription may overtake parked ones until the next refresh")
     }
 
     /// Retries one claimed subscription's parked messages until its queue is empty, the target
-    /// fails again, or the node stops.
+    /// fails again, the claim is lost, or the node stops.
     func drain(_ subscriptionID: String) async {
         let channel: AMQPChannel
         do {
             channel = try await connection.openChannel()
         } catch {
-            try? await ledger.finished(subscription: subscriptionID, node: nodeID, delay: settings.tick)
+            logger.warning("cannot open a channel to retry parked messages", metadata: ["subscription": "\(subscriptionID)", "error": "\(error)"])
+            try? await ledger.finished(subscription: subscriptionID, node: nodeID, delay: settings.tick * 5)
             return
         }
         await drain(subscriptionID, on: channel)
@@ -319,49 +369,75 @@ final class ParkingDrainer: Sendable {
         let queue = names.parkingQueue(subscriptionID)
         do {
             let state = try await parking.declare(queue, on: channel)
-            guard index.withLock({ $0.subscription(id: subscriptionID) }) != nil else {
+            if state.consumerCount > 0 {
+                // Another node still drains it (its claim ran out under a long attempt): not twice.
+                try? await ledger.finished(subscription: subscriptionID, node: nodeID, delay: settings.tick * 5)
+                return
+            }
+            guard let record = try await ledger.state(subscription: subscriptionID) else { return }
+            guard let subscription = await subscription(subscriptionID, project: record.project) else {
+                try? await ledger.finished(subscription: subscriptionID, node: nodeID, delay: settings.tick * 5)
+                return
+            }
+            guard let subscription else {
                 await dropAll(subscriptionID, queue: queue, channel: channel)
                 return
             }
             if state.messageCount == 0 {
-                await reconcileEmpty(subscriptionID)
+                await observeEmpty(subscriptionID)
                 return
             }
-            emptySince.withLock { _ = $0.removeValue(forKey: subscriptionID) }
+            guard try await ledger.renew(subscription: subscriptionID, node: nodeID, lease: settings.claimLease, atLeast: state.messageCount) else { return }
             let consumer = try await channel.consume(queue, prefetch: UInt16(clamping: settings.batchMessages))
             let inbox = DeliveryInbox()
-            await withTaskGroup(of: Void.self) { group in
+            let drained = await withTaskGroup(of: Bool?.self) { group in
                 group.addTask {
                     do { for try await delivery in consumer { inbox.put(delivery) } } catch {}
                     inbox.finish()
+                    return nil
                 }
-                await self.retry(subscriptionID, from: inbox, channel: channel)
-                try? await consumer.cancel()
-                inbox.finish()
+                group.addTask {
+                    let drained = await self.retry(subscription, from: inbox, channel: channel)
+                    try? await consumer.cancel()
+                    inbox.finish()
+                    return drained
+                }
+                var drained = false
+                for await result in group { if let result { drained = result } }
+                return drained
+            }
+            guard drained else { return }
+            // Nothing came for a while: empty, or only what another node holds unacked?
+            let after = try await channel.declareQueuePassive(queue)
+            if after.messageCount == 0 && after.consumerCount == 0 {
+                await observeEmpty(subscriptionID)
+            } else {
+                try? await ledger.finished(subscription: subscriptionID, node: nodeID, delay: .zero)
             }
         } catch {
             logger.warning("cannot retry parked messages", metadata: ["subscription": "\(subscriptionID)", "error": "\(error)"])
-            try? await ledger.finished(subscription: subscriptionID, node: nodeID, delay: settings.tick)
+            try? await ledger.finished(subscription: subscriptionID, node: nodeID, delay: settings.tick * 5)
         }
     }
 
-    private func retry(_ subscriptionID: String, from inbox: DeliveryInbox, channel: AMQPChannel) async {
+    /// The subscription as the index has it, else as the registry has it; .some(nil) when the
+    /// registry says it is gone; nil when that cannot be known now.
+    private func subscription(_ id: String, project: String) async -> Subscription?? {
+        if let known = index.withLock({ $0.subscription(id: id) }) { return .some(known) }
+        return await lookup(id, project)
+    }
+
+    /// Takes batches until the queue has nothing more for now (true), or the target fails, the
+    /// claim is lost or the node stops (false).
+    private func retry(_ subscription: Subscription, from inbox: DeliveryInbox, channel: AMQPChannel) async -> Bool {
+        let subscriptionID = subscription.id
         var random = SystemRandomNumberGenerator()
+        let target = subscription.zaqarTarget(defaultURL: defaultZaqarURL)
         while !Task.isCancelled {
             let deliveries = await inbox.take(max: settings.batchMessages, firstWithin: .seconds(2), moreWithin: .milliseconds(20))
-            guard !deliveries.isEmpty else {
-                // The queue is empty for now; anything counted meanwhile is due again soon.
-                try? await ledger.finished(subscription: subscriptionID, node: nodeID, delay: settings.tick)
-                return
-            }
-            guard let subscription = index.withLock({ $0.subscription(id: subscriptionID) }) else {
-                for delivery in deliveries { channel.ack(delivery) }
-                try? await ledger.release(subscription: subscriptionID, count: deliveries.count)
-                ParkingMetrics.dropped.increment(by: deliveries.count)
-                logger.info("dropped parked messages of a deleted subscription", metadata: ["subscription": "\(subscriptionID)", "delivery.count": "\(deliveries.count)"])
-                continue
-            }
-            let target = subscription.zaqarTarget(defaultURL: defaultZaqarURL)
+            guard !deliveries.isEmpty else { return true }
+            // Still ours? (A claim that ran out and was taken: stop; what was taken goes back.)
+            guard (try? await ledger.renew(subscription: subscriptionID, node: nodeID, lease: settings.claimLease)) != false else { return false }
             let messages = deliveries.map { delivery in
                 ZaqarOutgoingMessage(
                     target: target, body: delivery.body, subscriptionID: subscriptionID,
@@ -380,70 +456,62 @@ final class ParkingDrainer: Sendable {
             }
             for delivery in deliveries.prefix(settled) { channel.ack(delivery) }
             if settled > 0 {
-                try? await ledger.release(subscription: subscriptionID, count: settled)
+                try? await ledger.release(subscription: subscriptionID, count: settled, bytes: deliveries.prefix(settled).reduce(0) { $0 + $1.body.count })
                 ParkingMetrics.delivered.increment(by: settled)
             }
-            guard let failure else {
-                // Still ours for another lease: no other node starts on it meanwhile.
-                try? await ledger.renew(subscription: subscriptionID, node: nodeID, lease: settings.claimLease)
-                continue
-            }
+            guard let failure else { continue }
             ParkingMetrics.retries.increment()
             // Past the horizon, what still fails is dead-lettered; the rest waits for the next attempt.
             let rest = Array(deliveries.dropFirst(settled))
             let now = Int64(Date().timeIntervalSince1970 * 1000)
-            let horizon = settings.horizon.milliseconds
-            let expired = rest.prefix { ($0.properties.headers["herald-parked-at"]?.int ?? now) + horizon <= now }
-            let attempts = (try? await ledger.state(subscription: subscriptionID))?.attempts ?? 0
-            if !expired.isEmpty {
-                let parkedAt = expired.first?.properties.headers["herald-parked-at"]?.int ?? now
-                await batcher.deadLetterExpired(Array(messages.dropFirst(settled).prefix(expired.count)), detail:
-                    "retried for \(Duration.milliseconds(now - parkedAt).seconds) s (\(attempts + 1) attempts after parking) without delivery; HERALD_DELIVERY_RETRY_HORIZON is \(settings.horizon.seconds) s; last error: \(failure.error)")
-                for delivery in expired { channel.ack(delivery) }
-                try? await ledger.release(subscription: subscriptionID, count: expired.count)
+            // Herald's own header, but read as hostile: a value outside [0, now] is taken as now.
+            func parkedAt(_ delivery: AMQPDelivery) -> Int64 {
+                guard let value = delivery.properties.headers["herald-parked-at"]?.int, value >= 0, value <= now else { return now }
+                return value
             }
-            guard let last = rest.dropFirst(expired.count).last else { continue }
+            let horizon = settings.horizon.milliseconds
+            let expired = rest.prefix { parkedAt($0) <= now - horizon }
+            let attempts = (try? await ledger.state(subscription: subscriptionID))?.attempts ?? 0
+            if let oldest = expired.first {
+                let detail = "retried for \((now - parkedAt(oldest)) / 1000) s (\(attempts + 1) attempts after parking) without delivery; HERALD_DELIVERY_RETRY_HORIZON is \(settings.horizon.seconds) s; last error: \(failure.error)"
+                await batcher.deadLetterExpired(Array(messages.dropFirst(settled).prefix(expired.count)), detail: detail)
+                for delivery in expired { channel.ack(delivery) }
+                try? await ledger.release(subscription: subscriptionID, count: expired.count, bytes: expired.reduce(0) { $0 + $1.body.count })
+            }
+            guard let last = rest.dropFirst(expired.count).last, let head = rest.dropFirst(expired.count).first else { continue }
             channel.nack(last, multiple: true, requeue: true)
             let delay = max(settings.delay(attempt: attempts, using: &random), failure.retryAfter ?? .zero)
-            _ = try? await ledger.retryLater(subscription: subscriptionID, node: nodeID, delay: delay, error: SafeText.clean(failure.error, limit: 200))
+            _ = try? await ledger.retryLater(subscription: subscriptionID, node: nodeID, delay: delay, error: SafeText.clean(failure.error, limit: 200), since: parkedAt(head))
             logger.info("parked messages still fail; retrying later", metadata: [
                 "subscription": "\(subscriptionID)", "herald.attempt": "\(attempts + 1)", "herald.next_seconds": "\(delay.seconds)",
                 "error": "\(SafeText.clean(failure.error, limit: 200))",
             ])
-            return
+            return false
         }
         try? await ledger.finished(subscription: subscriptionID, node: nodeID, delay: .zero)
+        return false
     }
 
-    /// A deleted subscription: its parked messages are dropped (counted) and its queue deleted.
+    /// The claimer saw the queue empty: unpark, or wait for what is still counted.
+    private func observeEmpty(_ subscriptionID: String) async {
+        switch try? await ledger.observeEmpty(subscription: subscriptionID, node: nodeID, window: settings.emptyWindow, delay: settings.tick * 5) {
+        case .reconciled(let count):
+            ParkingMetrics.reconciled.increment(by: count)
+            logger.warning("a parked subscription's queue stayed empty while messages were counted; count dropped", metadata: [
+                "subscription": "\(subscriptionID)", "delivery.count": "\(count)",
+            ])
+        case .unparked, .waiting, nil:
+            break
+        }
+    }
+
+    /// A deleted subscription (the registry says so): its parked messages are dropped (counted)
+    /// and its queue deleted.
     private func dropAll(_ subscriptionID: String, queue: String, channel: AMQPChannel) async {
         let dropped = (try? await channel.deleteQueue(queue)) ?? 0
         try? await ledger.forget(subscription: subscriptionID)
         ParkingMetrics.dropped.increment(by: dropped)
         logger.info("dropped the parked messages of a deleted subscription", metadata: ["subscription": "\(subscriptionID)", "delivery.count": "\(dropped)"])
-    }
-
-    /// Redis counts messages the queue does not hold (a node stopped between counting and
-    /// publishing): after 30 s of an empty queue the count is dropped, or the subscription would
-    /// stay parked for ever.
-    private func reconcileEmpty(_ subscriptionID: String) async {
-        let now = ContinuousClock.now
-        let first = emptySince.withLock { seen in
-            if seen.count >= 10_000 { seen.removeAll() }
-            if seen[subscriptionID] == nil { seen[subscriptionID] = now }
-            return seen[subscriptionID] ?? now
-        }
-        if now - first >= .seconds(30) {
-            let count = (try? await ledger.state(subscription: subscriptionID))?.count ?? 0
-            try? await ledger.forget(subscription: subscriptionID)
-            emptySince.withLock { _ = $0.removeValue(forKey: subscriptionID) }
-            ParkingMetrics.reconciled.increment(by: count)
-            logger.warning("a parked subscription's queue stayed empty while messages were counted; count dropped", metadata: [
-                "subscription": "\(subscriptionID)", "delivery.count": "\(count)",
-            ])
-        } else {
-            try? await ledger.finished(subscription: subscriptionID, node: nodeID, delay: settings.tick * 5)
-        }
     }
 }
 
@@ -455,22 +523,29 @@ final class DeliveryInbox: Sendable {
         var buffer = Deque<AMQPDelivery>()
         var finished = false
         var waiter: CheckedContinuation<Void, Never>?
+        /// A wake-up (time up) that came before the waiter was in place: the waiter returns at once.
+        var woken = false
     }
 
     func put(_ delivery: AMQPDelivery) {
-        let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
-            state.buffer.append(delivery)
-            defer { state.waiter = nil }
-            return state.waiter
-        }
-        waiter?.resume()
+        state.withLock { $0.buffer.append(delivery) }
+        wake()
     }
 
     func finish() {
+        state.withLock { $0.finished = true }
+        wake()
+    }
+
+    /// Resumes the waiter, or, when none waits yet, makes the next wait return at once.
+    private func wake() {
         let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
-            state.finished = true
-            defer { state.waiter = nil }
-            return state.waiter
+            guard let waiter = state.waiter else {
+                state.woken = true
+                return nil
+            }
+            state.waiter = nil
+            return waiter
         }
         waiter?.resume()
     }
@@ -479,45 +554,41 @@ final class DeliveryInbox: Sendable {
     func take(max: Int, firstWithin: Duration, moreWithin: Duration) async -> [AMQPDelivery] {
         var taken: [AMQPDelivery] = []
         while taken.count < max {
-            let available = state.withLock { state -> [AMQPDelivery] in
+            let (available, finished) = state.withLock { state -> ([AMQPDelivery], Bool) in
                 var out: [AMQPDelivery] = []
                 while out.count + taken.count < max, let next = state.buffer.popFirst() { out.append(next) }
-                return out
+                return (out, state.finished)
             }
             taken += available
-            if taken.count >= max { break }
-            guard await arrival(within: taken.isEmpty ? firstWithin : moreWithin) else { break }
+            if taken.count >= max || finished { break }
+            await arrival(within: taken.isEmpty ? firstWithin : moreWithin)
+            if state.withLock({ $0.buffer.isEmpty }) { break }
         }
         return taken
     }
 
-    /// Waits until something arrives (true), the inbox finishes or the time passes (false).
-    private func arrival(within timeout: Duration) async -> Bool {
-        await withTaskGroup(of: Bool.self) { group in
+    /// Waits until something arrives, the inbox finishes or the time passes.
+    private func arrival(within timeout: Duration) async {
+        state.withLock { $0.woken = false }
+        await withTaskGroup(of: Void.self) { group in
             group.addTask {
                 await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                    let ready = self.state.withLock { state -> Bool in
-                        if !state.buffer.isEmpty || state.finished { return true }
+                    let now = self.state.withLock { state -> Bool in
+                        if !state.buffer.isEmpty || state.finished || state.woken { return true }
                         state.waiter = continuation
                         return false
                     }
-                    if ready { continuation.resume() }
+                    if now { continuation.resume() }
                 }
-                return self.state.withLock { !$0.buffer.isEmpty }
             }
             group.addTask {
                 try? await Task.sleep(for: timeout)
-                return false
+                // Ends the wait above, whether it is in place yet or not.
+                self.wake()
             }
-            let first = await group.next() ?? false
-            // Wake the waiter, if it still waits, so the group can end.
-            let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
-                defer { state.waiter = nil }
-                return state.waiter
-            }
-            waiter?.resume()
+            await group.next()
             group.cancelAll()
-            return first
+            // The sleeper, cancelled, wakes the waiter if it still waits: the group ends.
         }
     }
 }

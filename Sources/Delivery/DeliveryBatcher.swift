@@ -505,8 +505,10 @@ public final class DeliveryBatcher: Sendable {
     }
 
     /// Parks messages, per subscription in order, retrying until parking takes them: while it
-    /// cannot (broker or Redis down, the project's share full) the lane holds them, and its room
-    /// in the buffers with them, so the partitions feeding it slow down instead of losing anything.
+    /// cannot (broker or Redis down) the lane holds them, and its room in the buffers with them,
+    /// so the partitions feeding it slow down instead of losing anything. When the project's
+    /// parking share is used up (`ParkingFull`), they are dead-lettered (`parking_full`): one
+    /// tenant's failing targets must not stall the partitions every tenant's events share.
     private func park(_ batch: [Pending], reason: String, failed: Bool) async {
         guard let parking else { return }
         var order: [String] = []
@@ -519,9 +521,13 @@ public final class DeliveryBatcher: Sendable {
         for subscription in order {
             let messages = bySubscription[subscription] ?? []
             var attempt = 0
+            var full: ParkingFull?
             while true {
                 do {
                     try await parking.park(messages.map(\.message), reason: reason, failed: failed)
+                    break
+                } catch let error as ParkingFull {
+                    full = error
                     break
                 } catch {
                     attempt += 1
@@ -532,6 +538,12 @@ public final class DeliveryBatcher: Sendable {
                     }
                     try? await Task.sleep(for: Backoff(base: .milliseconds(200), cap: .seconds(5)).delay(attempt: attempt, using: &random))
                 }
+            }
+            if let full {
+                await deadLetter(messages, reason: .parkingFull, status: nil, zaqarMessage: nil) { _ in
+                    "the target failed (\(SafeText.clean(reason, limit: 200))) and its messages cannot be parked: \(full.description)"
+                }
+                continue
             }
             state.withLock { $0.statistics.parked += messages.count }
             DeliveryMetrics.parked.increment(by: messages.count)

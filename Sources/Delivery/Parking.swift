@@ -1,3 +1,14 @@
+/// Parking refused for good for now: the project's (or the subscription's) parking share is
+/// full. The batcher dead-letters such messages (`parking_full`) instead of holding them, so that
+/// one tenant's failing targets cannot stall the partitions every tenant's events share.
+public struct ParkingFull: Error, CustomStringConvertible, Sendable {
+    public var description: String
+
+    public init(_ description: String) {
+        self.description = description
+    }
+}
+
 /// Where a lane moves the messages of a target that keeps failing, so that they stop holding
 /// the partition they came from (and every other tenant's events behind it): durable parking
 /// that retries them later (`herald node`: a RabbitMQ queue per subscription, docs/pipeline.md).
@@ -15,9 +26,10 @@ public protocol DeliveryParking: Sendable {
     ///   - reason: why (the target's last error, or "behind parked messages").
     ///   - failed: the target failed them (their first retry waits a backoff); false for
     ///     messages parked only to stay behind parked ones (retried as soon as possible).
-    /// - Throws: when they could not be parked (broker or Redis unavailable, the project's or the
-    ///   subscription's parking share full): the lane keeps them and tries again, holding its
-    ///   room in the buffers, which is the backpressure that slows the partitions feeding it.
+    /// - Throws: `ParkingFull` when the project's parking share is used up (the batcher
+    ///   dead-letters them); any other error when they could not be parked now (broker or Redis
+    ///   unavailable): the lane keeps them and tries again, holding its room in the buffers,
+    ///   which is the backpressure that slows the partitions feeding it.
     func park(_ messages: [ZaqarOutgoingMessage], reason: String, failed: Bool) async throws
     /// A lane's attempt for this subscription failed (shown as "failing" until it parks or recovers).
     func failing(_ subscriptionIDs: Set<String>, error: String) async

@@ -124,7 +124,8 @@ public final class ZaqarClient: Sendable {
             }
         }
         guard let trust else { return try await send(request) }
-        guard let tokens else { return ZaqarResponse(status: 401, message: "this node has no Keystone to get a token for trust \(trust)", credentialsGone: true) }
+        // A node without Keystone is misconfigured, the trust may be fine: not "gone".
+        guard let tokens else { return ZaqarResponse(status: 401, message: "this node has no Keystone to get a token for trust \(trust)") }
         request.headers.add(name: "X-Project-ID", value: target.project)
         for attempt in 0..<2 {
             let token: String

@@ -21,6 +21,8 @@ public struct DeadLetter: Codable, Sendable, Equatable {
         case targetNotAllowed = "target_not_allowed"
         /// Parked and retried until HERALD_DELIVERY_RETRY_HORIZON passed (a target down that long).
         case retryHorizon = "retry_horizon"
+        /// The target failed and the project's parking share (HERALD_PARKING_PROJECT_MAX_*) was full.
+        case parkingFull = "parking_full"
     }
 
     public var reason: Reason

@@ -20,6 +20,8 @@ struct ParkingRig {
     let parking: TargetParking
     let batcher: DeliveryBatcher
     let index: Locked<SubscriptionIndex>
+    /// What the registry answers for a subscription the index lacks (tests delete from both).
+    let registry: Locked<[String: Subscription]>
     let drainer: ParkingDrainer
     let settings: ParkingSettings
 
@@ -39,8 +41,11 @@ struct ParkingRig {
         delivery.retryCap = .milliseconds(50)
         batcher = try DeliveryBatcher(configuration: delivery, zaqar: zaqar, deadLetters: deadLetters, parking: parking, logger: logger)
         index = Locked(SubscriptionIndex(subscriptions))
+        let registry = Locked(Dictionary(uniqueKeysWithValues: subscriptions.map { ($0.id, $0) }))
+        self.registry = registry
         drainer = ParkingDrainer(
-            connection: self.connection, ledger: ledger, parking: parking, batcher: batcher, index: index, names: self.names, nodeID: "test-node",
+            connection: self.connection, ledger: ledger, parking: parking, batcher: batcher, index: index,
+            lookup: { id, _ in .some(registry.withLock { $0[id] }) }, names: self.names, nodeID: "test-node",
             defaultZaqarURL: "http://127.0.0.1:1", logger: logger
         )
     }
@@ -206,8 +211,6 @@ struct ParkingTests {
             guard letters.count == 4 else { throw TestFailure("\(letters.count) dead letters") }
             return letters
         }
-        draining.cancel()
-        await draining.value
         for letter in letters {
             #expect(letter.reason == .retryHorizon)
             #expect(letter.at >= parkedAt + 3, "dead-lettered \(letter.at - parkedAt) s after parking, horizon 3 s")
@@ -215,8 +218,12 @@ struct ParkingTests {
         }
         // Retried several times within the horizon (every 300 to 600 ms) before giving up.
         #expect(zaqar.requests(queue: "gone-for-good") >= 4, "\(zaqar.requests(queue: "gone-for-good")) requests")
-        #expect(try await rig.ledger.state(subscription: subscription.id) == nil)
+        try await eventually {
+            guard try await rig.ledger.state(subscription: subscription.id) == nil else { throw TestFailure("still parked") }
+        }
         #expect(try await rig.queueDepth(subscription) == 0)
+        draining.cancel()
+        await draining.value
         await rig.shutdown(deleting: [subscription])
         await zaqar.close()
     }
@@ -254,6 +261,7 @@ struct ParkingTests {
         let rig = try await ParkingRig(settings: Self.fastSettings(), subscriptions: [subscription])
         #expect(await rig.submitEach(ParkingRig.messages(subscription, 0..<7)).parked == 7)
         rig.index.withLock { $0 = SubscriptionIndex([]) }
+        rig.registry.withLock { $0 = [:] }
         down.store(false, ordering: .relaxed)
         let draining = Task { await rig.drainer.run() }
         try await eventually(timeout: .seconds(30)) {
@@ -267,47 +275,96 @@ struct ParkingTests {
         await zaqar.close()
     }
 
-    @Test("a project's parking share is enforced in Redis: what does not fit is refused (the lane holds it), other projects still park")
-    func projectShare() async throws {
+    @Test("the ledger: per-project shares (messages and bytes) and per-subscription bounds; releases never unpark; only a claimer that saw the queue empty does, and a count without messages is dropped after the window; only the claimer reschedules")
+    func ledger() async throws {
         let ledger = ParkingLedger(redis: try RedisClient(url: TestServers.redisURL()), keyPrefix: TestServers.uniqueName("herald-test.share") + ":")
-        let first = try await ledger.reserve(subscription: "s1", project: "p1", count: 80, projectMax: 100, subscriptionMax: 1000, delay: .seconds(1), error: "503")
-        guard case .reserved(80, _) = first else { Issue.record("\(first)"); return }
+        guard case .reserved = try await ledger.reserve(subscription: "s1", project: "p1", count: 80, projectMax: 100, subscriptionMax: 1000, delay: .seconds(1), error: "503") else {
+            Issue.record("first reservation"); return
+        }
         #expect(try await ledger.reserve(subscription: "s2", project: "p1", count: 30, projectMax: 100, subscriptionMax: 1000, delay: .zero, error: "") == .projectFull(parked: 80))
         #expect(try await ledger.reserve(subscription: "s1", project: "p1", count: 20, projectMax: 1000, subscriptionMax: 90, delay: .zero, error: "") == .subscriptionFull(parked: 80))
-        guard case .reserved(30, _) = try await ledger.reserve(subscription: "s3", project: "p2", count: 30, projectMax: 100, subscriptionMax: 1000, delay: .zero, error: "") else {
+        guard case .reserved = try await ledger.reserve(subscription: "s3", project: "p2", count: 30, projectMax: 100, subscriptionMax: 1000, delay: .zero, error: "") else {
             Issue.record("another project parks"); return
         }
         #expect(try await ledger.release(subscription: "s1", count: 50) == 30)
-        guard case .reserved(30, _) = try await ledger.reserve(subscription: "s2", project: "p1", count: 30, projectMax: 100, subscriptionMax: 1000, delay: .zero, error: "") else {
+        guard case .reserved = try await ledger.reserve(subscription: "s2", project: "p1", count: 30, projectMax: 100, subscriptionMax: 1000, delay: .zero, error: "") else {
             Issue.record("room again after a release"); return
         }
-        #expect(try await ledger.parkedSubscriptions() == ["s1", "s2", "s3"])
+        guard case .reserved = try await ledger.reserve(subscription: "s4", project: "p3", count: 1, bytes: 600, projectMax: 100, projectMaxBytes: 1000, subscriptionMax: 100, delay: .zero, error: "") else {
+            Issue.record("bytes within the share"); return
+        }
+        #expect(try await ledger.reserve(subscription: "s4", project: "p3", count: 1, bytes: 600, projectMax: 100, projectMaxBytes: 1000, subscriptionMax: 100, delay: .zero, error: "") == .projectBytesFull(parkedBytes: 600))
+        #expect(try await ledger.parkedSubscriptions() == ["s1", "s2", "s3", "s4"])
         #expect(try await ledger.release(subscription: "s1", count: 999) == 0, "a release never goes below zero")
-        #expect(try await ledger.parkedSubscriptions() == ["s2", "s3"])
+        #expect(try await ledger.parkedSubscriptions().contains("s1"), "a count of zero does not unpark: only the queue seen empty does")
+
+        // Claims: only the claimer reschedules; the others' calls change nothing.
+        try await Task.sleep(for: .seconds(1.1))
+        let claimed = try await ledger.claimDue(node: "node-a", lease: .seconds(60), limit: 10)
+        #expect(Set(claimed) == ["s1", "s2", "s3", "s4"], "\(claimed)")
+        #expect(try await ledger.retryLater(subscription: "s2", node: "node-b", delay: .zero, error: "x") < 0)
+        #expect(try await ledger.renew(subscription: "s2", node: "node-b", lease: .seconds(1)) == false)
+        #expect(try await ledger.state(subscription: "s2")?.claimedBy == "node-a")
+        #expect(try await ledger.observeEmpty(subscription: "s1", node: "node-a", window: .seconds(3600), delay: .zero) == .unparked)
+        #expect(try await ledger.observeEmpty(subscription: "s2", node: "node-a", window: .seconds(3600), delay: .zero) == .waiting, "30 counted: publishes may be under way")
+        #expect(try await ledger.observeEmpty(subscription: "s2", node: "node-a", window: .zero, delay: .zero) == .reconciled(count: 30))
+        #expect(try await ledger.parkedSubscriptions() == ["s3", "s4"])
+        // The project's share came back with the dropped count.
+        guard case .reserved = try await ledger.reserve(subscription: "s5", project: "p1", count: 100, projectMax: 100, subscriptionMax: 1000, delay: .zero, error: "") else {
+            Issue.record("p1's share is whole again"); return
+        }
     }
 
-    @Test("a lane whose parking is refused keeps its messages and parks them once there is room: nothing is dropped")
-    func refusedParkingHolds() async throws {
+    @Test("a count that fell below what the queue holds (an ack lost with a connection counts twice) keeps the subscription parked until its queue is really empty")
+    func countBelowQueue() async throws {
+        let down = Atomic<Bool>(true)
+        let zaqar = try await HostileZaqar { _ in down.load(ordering: .relaxed) ? .status(503) : .accept }
+        let subscription = Self.subscription(queue: "undercounted", zaqar: zaqar)
+        let rig = try await ParkingRig(settings: Self.fastSettings(), subscriptions: [subscription])
+        #expect(await rig.submitEach(ParkingRig.messages(subscription, 0..<5)).parked == 5)
+        try await rig.ledger.release(subscription: subscription.id, count: 5)
+        let draining = Task { await rig.drainer.run() }
+        try await Task.sleep(for: .seconds(1.5))
+        #expect(try await rig.ledger.state(subscription: subscription.id) != nil, "still parked: its queue holds 5")
+        #expect(try await rig.queueDepth(subscription) == 5)
+        let behind = await rig.submitEach(ParkingRig.messages(subscription, 5..<6))
+        #expect(behind.parked == 1, "new messages still queue behind")
+        down.store(false, ordering: .relaxed)
+        try await eventually(timeout: .seconds(30)) {
+            guard eventIDs(zaqar, queue: "undercounted").count >= 6 else { throw TestFailure("\(eventIDs(zaqar, queue: "undercounted").count) of 6") }
+        }
+        #expect(eventIDs(zaqar, queue: "undercounted") == (0..<6).map { "e-\($0)" })
+        try await eventually {
+            guard try await rig.ledger.state(subscription: subscription.id) == nil else { throw TestFailure("still parked") }
+        }
+        draining.cancel()
+        await draining.value
+        await rig.shutdown(deleting: [subscription])
+        await zaqar.close()
+    }
+
+    @Test("the inbox never keeps a taker waiting past its time, however the timer and the wait interleave")
+    func inboxTimeouts() async {
+        let inbox = DeliveryInbox()
+        for _ in 0..<2_000 {
+            let taken = await inbox.take(max: 10, firstWithin: .nanoseconds(1), moreWithin: .nanoseconds(1))
+            #expect(taken.isEmpty)
+        }
+    }
+
+    @Test("a project over its parking share gets dead letters (parking_full) naming the share, instead of holding the partitions every tenant shares")
+    func shareFull() async throws {
         let zaqar = try await HostileZaqar { _ in .status(503) }
         let subscription = Self.subscription(queue: "full", zaqar: zaqar)
         var settings = Self.fastSettings()
         settings.projectMaxMessages = 4
         let rig = try await ParkingRig(settings: settings, subscriptions: [subscription])
         #expect(await rig.submitEach(ParkingRig.messages(subscription, 0..<4)).parked == 4)
-        let held = Mutex<DeliveryOutcome?>(nil)
-        let submitting = Task {
-            let outcome = await rig.submitEach(ParkingRig.messages(subscription, 4..<7))
-            held.withLock { $0 = outcome }
-        }
-        try await Task.sleep(for: .seconds(1))
-        #expect(held.withLock { $0 } == nil, "the project's share is full: the lane holds the next three")
+        let over = await rig.submitEach(ParkingRig.messages(subscription, 4..<7))
+        #expect(over.deadLettered == 3 && over.parked == 0, "\(over)")
+        let letters = try await rig.deadLetters.recent(count: 10)
+        #expect(letters.count == 3 && letters.allSatisfy { $0.reason == .parkingFull && $0.detail.contains("HERALD_PARKING_PROJECT_MAX_MESSAGES") }, "\(letters.map(\.detail))")
         #expect(try await rig.queueDepth(subscription) == 4)
-        // Room again (as a drain would make it): the held messages park, none lost.
-        _ = try await rig.ledger.release(subscription: subscription.id, count: 4)
-        await submitting.value
-        #expect(held.withLock { $0 }?.parked == 3)
-        #expect(try await rig.queueDepth(subscription) == 7)
-        #expect(try await rig.deadLetters.count() == 0)
         await rig.shutdown(deleting: [subscription])
         await zaqar.close()
     }

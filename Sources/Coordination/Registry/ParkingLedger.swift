@@ -1,15 +1,17 @@
 /// The cluster's record of parked deliveries, in Redis: which subscriptions have messages
 /// parked in their broker queue, how many, since when, who is retrying them and when next.
 ///
-/// A subscription counts as parked while its count is above zero. Messages are counted
-/// *before* they are published into the parking queue and uncounted only once they left it
-/// (delivered, dead-lettered or dropped), so a count of zero proves that none of a node's
-/// parked messages is still waiting: only then may a node deliver that subscription's new
-/// messages directly again without overtaking parked ones (docs/pipeline.md, "Outages").
+/// A subscription is parked while its record exists. Messages are counted *before* they are
+/// published into the parking queue (so the record exists before they are there) and uncounted
+/// once they left it; the record goes only when the node retrying the subscription has seen its
+/// queue empty with nothing counted (`observeEmpty`): the queue itself, not the count, decides
+/// that nothing waits any more. Only then may a node deliver that subscription's new messages
+/// directly again without overtaking parked ones (docs/pipeline.md, "Outages").
 ///
 /// Keys (under the prefix): `park:<subscription>` (hash: count, project, since, attempts, next,
-/// error, claimed), `park-due` (sorted set: subscription by its next attempt, Redis time in ms),
-/// `park-projects` (hash: project → messages parked, for the per-project bound),
+/// error, claimed, bytes, empty_since), `park-due` (sorted set: subscription by its next attempt,
+/// Redis time in ms), `park-projects` and `park-project-bytes` (hash: project → messages and
+/// bytes parked, for the per-project bounds),
 /// `park-failing:<subscription>` (a lane's recent failure, expiring).
 public final class ParkingLedger: Sendable {
     private let redis: RedisClient
@@ -23,41 +25,69 @@ public final class ParkingLedger: Sendable {
     /// What `reserve` answered.
     public enum Reservation: Sendable, Equatable {
         /// Counted; `at` is Redis' time (ms), the messages' parked-at.
-        case reserved(count: Int, at: Int64)
-        /// The project's parked messages would exceed its share.
+        case reserved(at: Int64)
+        /// The project's parked messages (or bytes) would exceed its share.
         case projectFull(parked: Int)
+        case projectBytesFull(parkedBytes: Int)
         /// The subscription's parked messages would exceed its queue's bound.
         case subscriptionFull(parked: Int)
     }
 
-    private static let reserve = RedisScript(#"""
-    local p, sub, project, n, pmax, smax, delay, err = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
+    /// Redis time in ms, as every script reads it.
+    private static let clock = #"""
     local t = redis.call('TIME')
     local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    """#
+
+    /// Takes a subscription's record out with its share of the project's counters.
+    private static let drop = #"""
+    local function drop(p, sub, key)
+      local project = redis.call('HGET', key, 'project')
+      if project then
+        local count = tonumber(redis.call('HGET', key, 'count') or '0')
+        local bytes = tonumber(redis.call('HGET', key, 'bytes') or '0')
+        if count > 0 and redis.call('HINCRBY', p .. 'park-projects', project, -count) <= 0 then redis.call('HDEL', p .. 'park-projects', project) end
+        if bytes > 0 and redis.call('HINCRBY', p .. 'park-project-bytes', project, -bytes) <= 0 then redis.call('HDEL', p .. 'park-project-bytes', project) end
+      end
+      redis.call('DEL', key)
+      redis.call('ZREM', p .. 'park-due', sub)
+    end
+    """#
+
+    private static let reserve = RedisScript(clock + "\n" + #"""
+    local p, sub, project, n, pmax, smax, delay, err, bytes, bmax = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10])
     local key = p .. 'park:' .. sub
     local used = tonumber(redis.call('HGET', p .. 'park-projects', project) or '0')
     if used + n > pmax then return {-1, used} end
+    local usedBytes = tonumber(redis.call('HGET', p .. 'park-project-bytes', project) or '0')
+    if usedBytes + bytes > bmax then return {-3, usedBytes} end
     local count = tonumber(redis.call('HGET', key, 'count') or '0')
     if count + n > smax then return {-2, count} end
-    if count == 0 then
-      redis.call('DEL', key)
-      redis.call('HSET', key, 'project', project, 'since', now, 'attempts', 0, 'next', now + delay, 'error', err)
+    if redis.call('EXISTS', key) == 0 then
+      redis.call('HSET', key, 'project', project, 'since', now, 'attempts', 0, 'next', now + delay, 'error', err, 'count', 0, 'bytes', 0, 'claimed', '')
       redis.call('ZADD', p .. 'park-due', now + delay, sub)
     end
+    redis.call('HDEL', key, 'empty_since')
     redis.call('HINCRBY', p .. 'park-projects', project, n)
-    return {redis.call('HINCRBY', key, 'count', n), now}
+    redis.call('HINCRBY', p .. 'park-project-bytes', project, bytes)
+    redis.call('HINCRBY', key, 'bytes', bytes)
+    redis.call('HINCRBY', key, 'count', n)
+    return {0, now}
     """#)
 
-    /// Counts `count` messages of a subscription as parked, before they are published.
+    /// Counts `count` messages (`bytes` in all) of a subscription as parked, before they are
+    /// published. A subscription stays parked (its record exists) until a drainer has seen its
+    /// queue empty (`observeEmpty`), whatever the count says: the count bounds and shows.
     /// - Parameters:
     ///   - delay: when a subscription that was not parked should first be retried.
     ///   - error: why (shown in `herald status` and the API).
     /// - Throws: `CoordinationError` when Redis cannot be asked.
     public func reserve(
-        subscription: String, project: String, count: Int, projectMax: Int, subscriptionMax: Int, delay: Duration, error: String
+        subscription: String, project: String, count: Int, bytes: Int = 0, projectMax: Int, projectMaxBytes: Int = Int.max / 2, subscriptionMax: Int,
+        delay: Duration, error: String
     ) async throws -> Reservation {
         let reply = try await redis.evalSHA(Self.reserve, arguments: [
-            prefix, subscription, project, count, projectMax, subscriptionMax, Int(max(0, delay.milliseconds)), String(error.prefix(300)),
+            prefix, subscription, project, count, projectMax, subscriptionMax, Int(max(0, delay.milliseconds)), String(error.prefix(300)), bytes, projectMaxBytes,
         ])
         guard let items = reply.array, items.count == 2, let first = items[0].integer, let second = items[1].integer else {
             throw CoordinationError(.unexpectedReply, "the parking script answered \(reply)")
@@ -65,42 +95,57 @@ public final class ParkingLedger: Sendable {
         switch first {
         case -1: return .projectFull(parked: Int(second))
         case -2: return .subscriptionFull(parked: Int(second))
-        default: return .reserved(count: Int(first), at: second)
+        case -3: return .projectBytesFull(parkedBytes: Int(second))
+        default: return .reserved(at: second)
         }
     }
 
+    private static let confirm = RedisScript(clock + "\n" + #"""
+    local p, sub, project, n, bytes = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+    local key = p .. 'park:' .. sub
+    if redis.call('EXISTS', key) == 1 then return 0 end
+    redis.call('HSET', key, 'project', project, 'since', now, 'attempts', 0, 'next', now, 'error', 'parked while its record was gone', 'count', n, 'bytes', bytes, 'claimed', '')
+    redis.call('HINCRBY', p .. 'park-projects', project, n)
+    redis.call('HINCRBY', p .. 'park-project-bytes', project, bytes)
+    redis.call('ZADD', p .. 'park-due', now, sub)
+    return 1
+    """#)
+
+    /// After the broker confirmed parked messages: when the subscription's record went meanwhile
+    /// (a drainer saw the queue empty before they arrived), it is made again, due now, so that the
+    /// messages are never left in a queue nobody retries. Answers whether it had to be made.
+    @discardableResult
+    public func confirm(subscription: String, project: String, count: Int, bytes: Int = 0) async throws -> Bool {
+        try await redis.evalSHA(Self.confirm, arguments: [prefix, subscription, project, count, bytes]).integer == 1
+    }
+
     private static let release = RedisScript(#"""
-    local p, sub, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
+    local p, sub, n, bytes = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
     local key = p .. 'park:' .. sub
     local project = redis.call('HGET', key, 'project')
     if not project then return 0 end
     local count = tonumber(redis.call('HGET', key, 'count') or '0')
+    local held = tonumber(redis.call('HGET', key, 'bytes') or '0')
     if n > count then n = count end
-    local used = redis.call('HINCRBY', p .. 'park-projects', project, -n)
-    if used <= 0 then redis.call('HDEL', p .. 'park-projects', project) end
-    local left = count - n
-    if left <= 0 then
-      redis.call('DEL', key)
-      redis.call('ZREM', p .. 'park-due', sub)
-      return 0
-    end
-    redis.call('HSET', key, 'count', left)
-    return left
+    if bytes > held then bytes = held end
+    if n > 0 and redis.call('HINCRBY', p .. 'park-projects', project, -n) <= 0 then redis.call('HDEL', p .. 'park-projects', project) end
+    if bytes > 0 and redis.call('HINCRBY', p .. 'park-project-bytes', project, -bytes) <= 0 then redis.call('HDEL', p .. 'park-project-bytes', project) end
+    redis.call('HSET', key, 'count', count - n, 'bytes', held - bytes)
+    return count - n
     """#)
 
-    /// Uncounts messages that left parking (or were never published); at zero the
-    /// subscription is no longer parked. Answers how many are still counted.
+    /// Uncounts messages that left parking (delivered, dead-lettered, dropped). The record stays
+    /// (the subscription stays parked) until a drainer sees the queue empty. Answers how many
+    /// are still counted.
     @discardableResult
-    public func release(subscription: String, count: Int) async throws -> Int {
-        let reply = try await redis.evalSHA(Self.release, arguments: [prefix, subscription, count])
+    public func release(subscription: String, count: Int, bytes: Int = 0) async throws -> Int {
+        let reply = try await redis.evalSHA(Self.release, arguments: [prefix, subscription, count, bytes])
         guard let left = reply.integer else { throw CoordinationError(.unexpectedReply, "the parking script answered \(reply)") }
         return Int(left)
     }
 
-    private static let claim = RedisScript(#"""
+    private static let claim = RedisScript(clock + "\n" + #"""
     local p, node, lease, limit = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-    local t = redis.call('TIME')
-    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
     local due = redis.call('ZRANGEBYSCORE', p .. 'park-due', '-inf', now, 'LIMIT', 0, limit)
     for _, sub in ipairs(due) do
       redis.call('ZADD', p .. 'park-due', 'XX', now + lease, sub)
@@ -110,54 +155,122 @@ public final class ParkingLedger: Sendable {
     """#)
 
     /// Takes up to `limit` subscriptions whose next attempt is due, for `lease`: no other node
-    /// takes them until the lease passes or `retryLater`/`finished` is called.
+    /// takes them until the lease passes; only the claimer may reschedule them meanwhile.
     public func claimDue(node: String, lease: Duration, limit: Int) async throws -> [String] {
         let reply = try await redis.evalSHA(Self.claim, arguments: [prefix, node, Int(lease.milliseconds), limit])
         return reply.array?.compactMap(\.string) ?? []
     }
 
-    private static let schedule = RedisScript(#"""
-    local p, sub, node, delay, failed, err, claimed = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5], ARGV[6], ARGV[7]
-    local t = redis.call('TIME')
-    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    /// Reschedules a claimed subscription, only for the node holding the claim (a drainer whose
+    /// claim ran out and was taken changes nothing). mode: failed, finished or renew.
+    private static let schedule = RedisScript(clock + "\n" + #"""
+    local p, sub, node, delay, mode, err, since, atLeast = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5], ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
     local key = p .. 'park:' .. sub
-    if redis.call('EXISTS', key) == 0 then return {0, now, 0} end
-    if failed == '1' then
+    if redis.call('EXISTS', key) == 0 then return {-1, now} end
+    local claimed = redis.call('HGET', key, 'claimed') or ''
+    if claimed ~= node and claimed ~= '' then return {-2, now} end
+    if mode == 'failed' then
       redis.call('HINCRBY', key, 'attempts', 1)
       redis.call('HSET', key, 'error', err)
     end
-    redis.call('HSET', key, 'next', now + delay, 'claimed', claimed)
+    if since > 0 then redis.call('HSET', key, 'since', since) end
+    local count = tonumber(redis.call('HGET', key, 'count') or '0')
+    if atLeast > count then
+      local project = redis.call('HGET', key, 'project')
+      redis.call('HINCRBY', p .. 'park-projects', project, atLeast - count)
+      redis.call('HSET', key, 'count', atLeast)
+    end
+    redis.call('HSET', key, 'next', now + delay, 'claimed', mode == 'renew' and node or '')
     redis.call('ZADD', p .. 'park-due', 'XX', now + delay, sub)
-    return {tonumber(redis.call('HGET', key, 'attempts') or '0'), now, tonumber(redis.call('HGET', key, 'since') or now)}
+    return {tonumber(redis.call('HGET', key, 'attempts') or '0'), now}
     """#)
 
-    /// After a failed attempt: counts it, keeps the error, and sets the next attempt `delay` from now.
-    /// - Returns: attempts so far and Redis' time (ms).
-    @discardableResult
-    public func retryLater(subscription: String, node: String, delay: Duration, error: String) async throws -> (attempts: Int, now: Int64) {
-        let reply = try await redis.evalSHA(Self.schedule, arguments: [prefix, subscription, node, Int(max(0, delay.milliseconds)), "1", String(error.prefix(300)), ""])
-        guard let items = reply.array, items.count == 3, let attempts = items[0].integer, let now = items[1].integer else {
+    private func schedule(_ subscription: String, node: String, delay: Duration, mode: String, error: String = "", since: Int64 = 0, atLeast: Int = 0) async throws -> Int {
+        let reply = try await redis.evalSHA(Self.schedule, arguments: [
+            prefix, subscription, node, Int(max(0, delay.milliseconds)), mode, String(error.prefix(300)), since, atLeast,
+        ])
+        guard let items = reply.array, items.count == 2, let attempts = items[0].integer else {
             throw CoordinationError(.unexpectedReply, "the parking script answered \(reply)")
         }
-        return (Int(attempts), now)
+        return Int(attempts)
     }
 
-    /// A drain ended without a failure (its queue was empty for now, or the node stops): whatever
-    /// is still counted is due again after `delay`, for any node.
+    /// After a failed attempt: counts it, keeps the error and the oldest waiting message's parked-at
+    /// (`since`, Redis ms; 0 keeps it), and sets the next attempt `delay` from now.
+    /// - Returns: attempts so far (negative when this node no longer holds the claim).
+    @discardableResult
+    public func retryLater(subscription: String, node: String, delay: Duration, error: String, since: Int64 = 0) async throws -> Int {
+        try await schedule(subscription, node: node, delay: delay, mode: "failed", error: error, since: since)
+    }
+
+    /// A drain ended without a failure (its queue had nothing more for now, or the node stops):
+    /// whatever is still there is due again after `delay`, for any node.
     public func finished(subscription: String, node: String, delay: Duration) async throws {
-        _ = try await redis.evalSHA(Self.schedule, arguments: [prefix, subscription, node, Int(max(0, delay.milliseconds)), "0", "", ""])
+        _ = try await schedule(subscription, node: node, delay: delay, mode: "finished")
     }
 
-    /// A drain that is making progress keeps its claim for another `lease`.
-    public func renew(subscription: String, node: String, lease: Duration) async throws {
-        _ = try await redis.evalSHA(Self.schedule, arguments: [prefix, subscription, node, Int(lease.milliseconds), "0", "", node])
+    /// A drain at work keeps its claim for another `lease`; the count is raised to `atLeast` (the
+    /// messages its queue holds) if it fell below (an ack lost with a connection counts twice).
+    /// - Returns: false when this node no longer holds the claim: it must stop draining.
+    public func renew(subscription: String, node: String, lease: Duration, atLeast: Int = 0) async throws -> Bool {
+        try await schedule(subscription, node: node, delay: lease, mode: "renew", atLeast: atLeast) >= 0
     }
 
-    /// Forgets a subscription's parking record (its parked messages are gone: the queue was
-    /// deleted with the subscription, or the count outlived every message it counted).
+    /// What `observeEmpty` concluded.
+    public enum EmptyQueue: Sendable, Equatable {
+        /// Nothing counted: the subscription is parked no more.
+        case unparked
+        /// Messages counted but not in the queue (publishes under way, or left by a node that
+        /// stopped between counting and publishing): looked at again later.
+        case waiting
+        /// They stayed missing for the whole window: the count was dropped and the subscription unparked.
+        case reconciled(count: Int)
+    }
+
+    private static let observeEmpty = RedisScript(clock + "\n" + drop + "\n" + #"""
+    local p, sub, node, window, delay = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+    local key = p .. 'park:' .. sub
+    if redis.call('EXISTS', key) == 0 then return {1, 0} end
+    local claimed = redis.call('HGET', key, 'claimed') or ''
+    if claimed ~= node and claimed ~= '' then return {2, 0} end
+    local count = tonumber(redis.call('HGET', key, 'count') or '0')
+    if count <= 0 then drop(p, sub, key) return {1, 0} end
+    local since = tonumber(redis.call('HGET', key, 'empty_since') or '-1')
+    if since < 0 then
+      redis.call('HSET', key, 'empty_since', now)
+    elseif now - since >= window then
+      drop(p, sub, key)
+      return {3, count}
+    end
+    redis.call('HSET', key, 'next', now + delay, 'claimed', '')
+    redis.call('ZADD', p .. 'park-due', 'XX', now + delay, sub)
+    return {2, count}
+    """#)
+
+    /// The claimer saw the subscription's queue empty with no consumer on it: unparks it when
+    /// nothing is counted; otherwise waits (`delay`) for publishes under way, up to `window`
+    /// of emptiness, then drops the count (a node stopped between counting and publishing).
+    public func observeEmpty(subscription: String, node: String, window: Duration, delay: Duration) async throws -> EmptyQueue {
+        let reply = try await redis.evalSHA(Self.observeEmpty, arguments: [prefix, subscription, node, Int(window.milliseconds), Int(max(0, delay.milliseconds))])
+        guard let items = reply.array, items.count == 2, let code = items[0].integer, let count = items[1].integer else {
+            throw CoordinationError(.unexpectedReply, "the parking script answered \(reply)")
+        }
+        switch code {
+        case 1: return .unparked
+        case 3: return .reconciled(count: Int(count))
+        default: return .waiting
+        }
+    }
+
+    private static let forget = RedisScript(drop + "\n" + #"""
+    local p, sub = ARGV[1], ARGV[2]
+    drop(p, sub, p .. 'park:' .. sub)
+    return 1
+    """#)
+
+    /// Forgets a subscription's parking record (its queue went with the subscription).
     public func forget(subscription: String) async throws {
-        let count = try await state(subscription: subscription)?.count ?? 0
-        if count > 0 { try await release(subscription: subscription, count: count) }
+        _ = try await redis.evalSHA(Self.forget, arguments: [prefix, subscription])
     }
 
     /// The subscriptions parked now (bounded by the number of subscriptions).
@@ -195,7 +308,8 @@ public final class ParkingLedger: Sendable {
                 if let key = items[index].string { fields[key] = items[index + 1].string ?? "" }
                 index += 2
             }
-            guard let count = fields["count"].flatMap({ Int($0) }), count > 0 else { return nil }
+            guard fields["project"] != nil else { return nil }
+            let count = fields["count"].flatMap { Int($0) } ?? 0
             return State(
                 subscription: subscription, project: fields["project"] ?? "", count: count, since: fields["since"].flatMap { Int64($0) } ?? 0,
                 attempts: fields["attempts"].flatMap { Int($0) } ?? 0, nextAttempt: fields["next"].flatMap { Int64($0) } ?? 0,

@@ -37,6 +37,8 @@ struct ParkingSettings: Sendable {
     var tick: Duration = .seconds(1)
     /// A node retrying a subscription holds it this long (renewed per batch). Default 60 s.
     var claimLease: Duration = .seconds(60)
+    /// How long one node drains one subscription before it lets others have the slot. Default 30 s.
+    var drainSession: Duration = .seconds(30)
     /// Messages per retried request (Zaqar's batch). Default 100.
     var batchMessages = 100
     /// How long a lane's failure is shown as "failing". Default 120 s.
@@ -146,7 +148,7 @@ final class TargetParking: DeliveryParking {
             reservation = try await ledger.reserve(
                 subscription: subscription, project: project, count: messages.count, bytes: bytes, projectMax: settings.projectMaxMessages,
                 projectMaxBytes: settings.projectMaxBytes, subscriptionMax: settings.subscriptionMaxMessages,
-                delay: failed ? settings.delay(attempt: 0, using: &random) : .zero, error: reason
+                delay: failed ? settings.delay(attempt: 0, using: &random) : .zero, error: reason, onlyIfParked: !failed
             )
         } catch {
             ParkingMetrics.refused["unavailable"]?.increment()
@@ -163,6 +165,10 @@ final class TargetParking: DeliveryParking {
         case .subscriptionFull(let parked):
             ParkingMetrics.refused["subscription_full"]?.increment()
             throw ParkingFull("subscription \(subscription) has \(parked) messages parked, at most \(settings.subscriptionMaxMessages) (HERALD_PARKING_SUBSCRIPTION_MAX_MESSAGES)")
+        case .closing:
+            throw ParkingClosing()
+        case .notParked:
+            throw ParkingNotNeeded()
         case .reserved(let at):
             parkedAt = at
         }
@@ -433,8 +439,15 @@ final class ParkingDrainer: Sendable {
         let subscriptionID = subscription.id
         var random = SystemRandomNumberGenerator()
         let target = subscription.zaqarTarget(defaultURL: defaultZaqarURL)
+        let started = ContinuousClock.now
+        var closing = false
         while !Task.isCancelled {
-            let deliveries = await inbox.take(max: settings.batchMessages, firstWithin: .seconds(2), moreWithin: .milliseconds(20))
+            // A subscription whose messages keep coming must not keep the slot from the others.
+            if !closing, ContinuousClock.now - started >= settings.drainSession {
+                try? await ledger.finished(subscription: subscriptionID, node: nodeID, delay: .zero)
+                return false
+            }
+            let deliveries = await inbox.take(max: settings.batchMessages, firstWithin: closing ? .milliseconds(500) : .seconds(2), moreWithin: .milliseconds(20))
             guard !deliveries.isEmpty else { return true }
             // Still ours? (A claim that ran out and was taken: stop; what was taken goes back.)
             guard (try? await ledger.renew(subscription: subscriptionID, node: nodeID, lease: settings.claimLease)) != false else { return false }
@@ -459,7 +472,14 @@ final class ParkingDrainer: Sendable {
                 try? await ledger.release(subscription: subscriptionID, count: settled, bytes: deliveries.prefix(settled).reduce(0) { $0 + $1.body.count })
                 ParkingMetrics.delivered.increment(by: settled)
             }
-            guard let failure else { continue }
+            guard let failure else {
+                // Caught up (the queue gave less than a batch): close it, so that new messages stop
+                // joining it and it can end; they wait in their lanes until it is unparked.
+                if !closing, deliveries.count < settings.batchMessages {
+                    closing = (try? await ledger.close(subscription: subscriptionID, node: nodeID)) ?? false
+                }
+                continue
+            }
             ParkingMetrics.retries.increment()
             // Past the horizon, what still fails is dead-lettered; the rest waits for the next attempt.
             let rest = Array(deliveries.dropFirst(settled))
@@ -494,7 +514,7 @@ final class ParkingDrainer: Sendable {
 
     /// The claimer saw the queue empty: unpark, or wait for what is still counted.
     private func observeEmpty(_ subscriptionID: String) async {
-        switch try? await ledger.observeEmpty(subscription: subscriptionID, node: nodeID, window: settings.emptyWindow, delay: settings.tick * 5) {
+        switch try? await ledger.observeEmpty(subscription: subscriptionID, node: nodeID, window: settings.emptyWindow, delay: settings.tick) {
         case .reconciled(let count):
             ParkingMetrics.reconciled.increment(by: count)
             logger.warning("a parked subscription's queue stayed empty while messages were counted; count dropped", metadata: [

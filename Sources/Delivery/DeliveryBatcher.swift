@@ -397,8 +397,9 @@ public final class DeliveryBatcher: Sendable {
             // Messages of a parked subscription queue behind its parked ones.
             let parked = Set(batch.lazy.map(\.message.subscriptionID).filter(parking.isParked))
             if !parked.isEmpty {
-                await park(batch.filter { parked.contains($0.message.subscriptionID) }, reason: "behind messages parked earlier", failed: false)
+                let unparked = await park(batch.filter { parked.contains($0.message.subscriptionID) }, reason: "behind messages parked earlier", failed: false)
                 batch.removeAll { parked.contains($0.message.subscriptionID) }
+                batch += unparked
                 if batch.isEmpty { return }
             }
         }
@@ -489,7 +490,8 @@ public final class DeliveryBatcher: Sendable {
             ])
             if attempt == 1, let parking { await parking.failing(Set(batch.map(\.message.subscriptionID)), error: failure) }
             if parking != nil, attempt >= configuration.attemptsBeforeParking {
-                await park(batch, reason: failure, failed: true)
+                let unparked = await park(batch, reason: failure, failed: true)
+                if !unparked.isEmpty { await send(unparked, to: target) }
                 return
             }
             if parking == nil, attempt >= configuration.maxAttempts {
@@ -509,8 +511,11 @@ public final class DeliveryBatcher: Sendable {
     /// so the partitions feeding it slow down instead of losing anything. When the project's
     /// parking share is used up (`ParkingFull`), they are dead-lettered (`parking_full`): one
     /// tenant's failing targets must not stall the partitions every tenant's events share.
-    private func park(_ batch: [Pending], reason: String, failed: Bool) async {
-        guard let parking else { return }
+    /// - Returns: messages not parked because their subscription was unparked meanwhile (its
+    ///   parking was closing: they waited for that): the caller sends them directly.
+    private func park(_ batch: [Pending], reason: String, failed: Bool) async -> [Pending] {
+        guard let parking else { return batch }
+        var unparked: [Pending] = []
         var order: [String] = []
         var bySubscription: [String: [Pending]] = [:]
         for pending in batch {
@@ -522,6 +527,7 @@ public final class DeliveryBatcher: Sendable {
             let messages = bySubscription[subscription] ?? []
             var attempt = 0
             var full: ParkingFull?
+            var direct = false
             while true {
                 do {
                     try await parking.park(messages.map(\.message), reason: reason, failed: failed)
@@ -529,6 +535,17 @@ public final class DeliveryBatcher: Sendable {
                 } catch let error as ParkingFull {
                     full = error
                     break
+                } catch is ParkingNotNeeded {
+                    direct = true
+                    break
+                } catch is ParkingClosing {
+                    // Its queue is being emptied: wait for the unparking (a refresh, about a second),
+                    // then send directly; parking again if it opens (its retry failed).
+                    if !parking.isParked(subscription) {
+                        direct = true
+                        break
+                    }
+                    try? await Task.sleep(for: .milliseconds(100))
                 } catch {
                     attempt += 1
                     if attempt == 1 || attempt % 10 == 0 {
@@ -538,6 +555,10 @@ public final class DeliveryBatcher: Sendable {
                     }
                     try? await Task.sleep(for: Backoff(base: .milliseconds(200), cap: .seconds(5)).delay(attempt: attempt, using: &random))
                 }
+            }
+            if direct {
+                unparked += messages
+                continue
             }
             if let full {
                 await deadLetter(messages, reason: .parkingFull, status: nil, zaqarMessage: nil) { _ in
@@ -549,6 +570,7 @@ public final class DeliveryBatcher: Sendable {
             DeliveryMetrics.parked.increment(by: messages.count)
             settle(messages) { $0.parked += 1 }
         }
+        return unparked
     }
 
     /// What one attempt at a batch of parked messages came to (`attemptParked`).

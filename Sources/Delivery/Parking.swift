@@ -9,6 +9,18 @@ public struct ParkingFull: Error, CustomStringConvertible, Sendable {
     }
 }
 
+/// Parking is closing for this subscription: its retrier caught up and is emptying its queue.
+/// The batcher holds the messages until the subscription is unparked, then sends them directly.
+public struct ParkingClosing: Error, Sendable {
+    public init() {}
+}
+
+/// Messages offered only to stay behind parked ones, and none are parked any more (the
+/// subscription was unparked): the batcher sends them directly.
+public struct ParkingNotNeeded: Error, Sendable {
+    public init() {}
+}
+
 /// Where a lane moves the messages of a target that keeps failing, so that they stop holding
 /// the partition they came from (and every other tenant's events behind it): durable parking
 /// that retries them later (`herald node`: a RabbitMQ queue per subscription, docs/pipeline.md).

@@ -343,6 +343,38 @@ struct ParkingTests {
         await zaqar.close()
     }
 
+    @Test("a subscription whose events keep coming is unparked once its retrier catches up: the queue is closed, later messages wait briefly and then go directly, all in order")
+    func unparkedUnderFlow() async throws {
+        let down = Atomic<Bool>(true)
+        let zaqar = try await HostileZaqar { _ in down.load(ordering: .relaxed) ? .status(503) : .accept }
+        let subscription = Self.subscription(queue: "steady", zaqar: zaqar)
+        let rig = try await ParkingRig(settings: Self.fastSettings(), subscriptions: [subscription])
+        #expect(await rig.submitEach(ParkingRig.messages(subscription, 0..<10)).parked == 10)
+        down.store(false, ordering: .relaxed)
+        let draining = Task { await rig.drainer.run() }
+        // A steady flow (a message every 50 ms for 4 s) while the backlog drains: a drain that
+        // waited for a quiet queue would never end.
+        var outcomes = DeliveryOutcome()
+        for number in 10..<90 {
+            let outcome = await rig.submitEach(ParkingRig.messages(subscription, number..<(number + 1)))
+            outcomes.parked += outcome.parked
+            outcomes.delivered += outcome.delivered
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        try await eventually(timeout: .seconds(30)) {
+            guard eventIDs(zaqar, queue: "steady").count >= 90 else { throw TestFailure("\(eventIDs(zaqar, queue: "steady").count) of 90") }
+        }
+        #expect(eventIDs(zaqar, queue: "steady") == (0..<90).map { "e-\($0)" }, "every message once, in order")
+        #expect(outcomes.delivered > 0, "the flow went directly again before it ended: \(outcomes)")
+        try await eventually {
+            guard try await rig.ledger.state(subscription: subscription.id) == nil else { throw TestFailure("still parked") }
+        }
+        draining.cancel()
+        await draining.value
+        await rig.shutdown(deleting: [subscription])
+        await zaqar.close()
+    }
+
     @Test("the inbox never keeps a taker waiting past its time, however the timer and the wait interleave")
     func inboxTimeouts() async {
         let inbox = DeliveryInbox()

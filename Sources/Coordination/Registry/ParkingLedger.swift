@@ -31,6 +31,12 @@ public final class ParkingLedger: Sendable {
         case projectBytesFull(parkedBytes: Int)
         /// The subscription's parked messages would exceed its queue's bound.
         case subscriptionFull(parked: Int)
+        /// Its retrier has caught up and is emptying the queue (`close`): new messages wait for
+        /// the unparking and then go directly, instead of joining a queue that must end.
+        case closing
+        /// Asked only to queue behind parked messages (`onlyIfParked`), and none are parked: the
+        /// subscription was unparked; its messages go directly.
+        case notParked
     }
 
     /// Redis time in ms, as every script reads it.
@@ -55,14 +61,16 @@ public final class ParkingLedger: Sendable {
     """#
 
     private static let reserve = RedisScript(clock + "\n" + #"""
-    local p, sub, project, n, pmax, smax, delay, err, bytes, bmax = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10])
+    local p, sub, project, n, pmax, smax, delay, err, bytes, bmax, onlyIfParked = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10]), ARGV[11]
     local key = p .. 'park:' .. sub
+    if onlyIfParked == '1' and redis.call('EXISTS', key) == 0 then return {-5, 0} end
     local used = tonumber(redis.call('HGET', p .. 'park-projects', project) or '0')
     if used + n > pmax then return {-1, used} end
     local usedBytes = tonumber(redis.call('HGET', p .. 'park-project-bytes', project) or '0')
     if usedBytes + bytes > bmax then return {-3, usedBytes} end
     local count = tonumber(redis.call('HGET', key, 'count') or '0')
     if count + n > smax then return {-2, count} end
+    if redis.call('HGET', key, 'closing') == '1' then return {-4, 0} end
     if redis.call('EXISTS', key) == 0 then
       redis.call('HSET', key, 'project', project, 'since', now, 'attempts', 0, 'next', now + delay, 'error', err, 'count', 0, 'bytes', 0, 'claimed', '')
       redis.call('ZADD', p .. 'park-due', now + delay, sub)
@@ -84,10 +92,11 @@ public final class ParkingLedger: Sendable {
     /// - Throws: `CoordinationError` when Redis cannot be asked.
     public func reserve(
         subscription: String, project: String, count: Int, bytes: Int = 0, projectMax: Int, projectMaxBytes: Int = Int.max / 2, subscriptionMax: Int,
-        delay: Duration, error: String
+        delay: Duration, error: String, onlyIfParked: Bool = false
     ) async throws -> Reservation {
         let reply = try await redis.evalSHA(Self.reserve, arguments: [
             prefix, subscription, project, count, projectMax, subscriptionMax, Int(max(0, delay.milliseconds)), String(error.prefix(300)), bytes, projectMaxBytes,
+            onlyIfParked ? "1" : "0",
         ])
         guard let items = reply.array, items.count == 2, let first = items[0].integer, let second = items[1].integer else {
             throw CoordinationError(.unexpectedReply, "the parking script answered \(reply)")
@@ -96,6 +105,8 @@ public final class ParkingLedger: Sendable {
         case -1: return .projectFull(parked: Int(second))
         case -2: return .subscriptionFull(parked: Int(second))
         case -3: return .projectBytesFull(parkedBytes: Int(second))
+        case -4: return .closing
+        case -5: return .notParked
         default: return .reserved(at: second)
         }
     }
@@ -173,6 +184,7 @@ public final class ParkingLedger: Sendable {
       redis.call('HINCRBY', key, 'attempts', 1)
       redis.call('HSET', key, 'error', err)
     end
+    if mode ~= 'renew' then redis.call('HDEL', key, 'closing') end
     if since > 0 then redis.call('HSET', key, 'since', since) end
     local count = tonumber(redis.call('HGET', key, 'count') or '0')
     if atLeast > count then
@@ -214,6 +226,23 @@ public final class ParkingLedger: Sendable {
     /// - Returns: false when this node no longer holds the claim: it must stop draining.
     public func renew(subscription: String, node: String, lease: Duration, atLeast: Int = 0) async throws -> Bool {
         try await schedule(subscription, node: node, delay: lease, mode: "renew", atLeast: atLeast) >= 0
+    }
+
+    private static let close = RedisScript(#"""
+    local p, sub, node = ARGV[1], ARGV[2], ARGV[3]
+    local key = p .. 'park:' .. sub
+    if redis.call('EXISTS', key) == 0 or redis.call('HGET', key, 'claimed') ~= node then return 0 end
+    redis.call('HSET', key, 'closing', '1')
+    return 1
+    """#)
+
+    /// The claimer has caught up with a subscription's queue: from now on no new message is
+    /// parked for it (`reserve` answers `.closing`), so the queue can end; the claimer empties
+    /// it and `observeEmpty` unparks the subscription. A failure or the end of the drain
+    /// (`retryLater`, `finished`) opens it again. Answers whether this node holds the claim.
+    @discardableResult
+    public func close(subscription: String, node: String) async throws -> Bool {
+        try await redis.evalSHA(Self.close, arguments: [prefix, subscription, node]).integer == 1
     }
 
     /// What `observeEmpty` concluded.

@@ -22,7 +22,8 @@ struct Load: AsyncParsableCommand {
         pause:NODE:SECONDS (SIGSTOP, then SIGCONT), restart-redis, restart-rabbitmq, sink-fail:SECONDS \
         (503s), sink-stall:SECONDS (answers held back), zaqar-outage:SECONDS (every connection to the sink, \
         or through it to the real Zaqar, is closed unanswered), target-fail:PROJECT:SECONDS (that project's \
-        queues answer 503), slow-target:PROJECT:SECONDS (that project's queues answer after 5 s). Latency is \
+        queues answer 503), slow-target:PROJECT:SECONDS (that project's queues answer after 5 s), \
+        redis-outage:SECONDS (Redis stopped, its data kept, then started again). Latency is \
         measured from each event's intended send time (no coordinated omission), in all and per project.
         """
     )
@@ -158,6 +159,7 @@ struct ScenarioEvent: Codable, Sendable {
     enum Action: String, Codable, Sendable {
         case addNode = "add-node", sigterm, kill9, pause, restartRedis = "restart-redis", restartRabbitMQ = "restart-rabbitmq"
         case sinkFail = "sink-fail", sinkStall = "sink-stall", zaqarOutage = "zaqar-outage", targetFail = "target-fail", slowTarget = "slow-target"
+        case redisOutage = "redis-outage"
     }
 
     var at: Double
@@ -171,7 +173,7 @@ struct ScenarioEvent: Codable, Sendable {
     init(_ text: String) throws {
         let parts = text.split(separator: ":").map(String.init)
         guard parts.count >= 2, let at = Double(parts[0]), at >= 0, let action = Action(rawValue: parts[1]) else {
-            throw ValidationError("--event '\(text)': expected SECONDS:ACTION[:ARGS], ACTION one of add-node, sigterm, kill9, pause, restart-redis, restart-rabbitmq, sink-fail, sink-stall, zaqar-outage, target-fail, slow-target")
+            throw ValidationError("--event '\(text)': expected SECONDS:ACTION[:ARGS], ACTION one of add-node, sigterm, kill9, pause, restart-redis, restart-rabbitmq, sink-fail, sink-stall, zaqar-outage, target-fail, slow-target, redis-outage")
         }
         self.at = at
         self.action = action
@@ -184,7 +186,7 @@ struct ScenarioEvent: Codable, Sendable {
             guard parts.count == 4, let seconds = Double(parts[3]) else { throw ValidationError("--event '\(text)': pause needs a node and seconds, e.g. 20:pause:node-2:5") }
             node = parts[2]
             self.seconds = seconds
-        case .sinkFail, .sinkStall, .zaqarOutage:
+        case .sinkFail, .sinkStall, .zaqarOutage, .redisOutage:
             guard parts.count == 3, let seconds = Double(parts[2]), seconds > 0 else { throw ValidationError("--event '\(text)': \(action.rawValue) needs seconds, e.g. 20:\(action.rawValue):5") }
             self.seconds = seconds
         case .targetFail, .slowTarget:

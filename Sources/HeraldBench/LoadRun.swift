@@ -504,6 +504,13 @@ final class LoadRun: @unchecked Sendable {
                     sink?.set(event.action == .sinkFail ? .failing : event.action == .sinkStall ? .stalling : .down)
                     let sink = sink
                     Task { try? await Task.sleep(for: .seconds(event.seconds!)); sink?.set(.normal) }
+                case .redisOutage:
+                    try control("stop", "redis", "keep")
+                    let seconds = event.seconds ?? 0
+                    Task {
+                        try? await Task.sleep(for: .seconds(seconds))
+                        do { try self.control("start", "redis") } catch { self.log("starting Redis again failed: \(error)") }
+                    }
                 case .targetFail, .slowTarget:
                     let project = event.project ?? ""
                     sink?.set(event.action == .targetFail ? .failing : .slow, project: project)

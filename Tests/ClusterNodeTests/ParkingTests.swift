@@ -94,6 +94,24 @@ struct ParkingRig {
     }
 }
 
+/// A Zaqar that answers 503 until `recover()`, then takes everything.
+final class DownTarget: Sendable {
+    private final class Flag: Sendable {
+        let down = Atomic<Bool>(true)
+    }
+
+    private let flag: Flag
+    let zaqar: HostileZaqar
+
+    init() async throws {
+        let flag = Flag()
+        self.flag = flag
+        zaqar = try await HostileZaqar { _ in flag.down.load(ordering: .relaxed) ? .status(503) : .accept }
+    }
+
+    func recover() { flag.down.store(false, ordering: .relaxed) }
+}
+
 /// The event ids a queue received, in arrival order.
 func eventIDs(_ zaqar: HostileZaqar, queue: String) -> [String] {
     zaqar.accepted(queue: queue).compactMap { body in
@@ -106,6 +124,16 @@ func eventIDs(_ zaqar: HostileZaqar, queue: String) -> [String] {
 struct ParkingTests {
     static func subscription(queue: String, zaqar: HostileZaqar, project: String = "p1") -> Subscription {
         Subscription(project: project, eventTypes: ["compute.instance.*"], target: .init(queue: queue, zaqarURL: zaqar.url))
+    }
+
+    /// A target answering 503 until `recover()`, a subscription on it, and its first `count`
+    /// messages parked by a rig with `fastSettings`.
+    static func parked(_ count: Int, queue: String) async throws -> (DownTarget, Subscription, ParkingRig) {
+        let target = try await DownTarget()
+        let subscription = Self.subscription(queue: queue, zaqar: target.zaqar)
+        let rig = try await ParkingRig(settings: Self.fastSettings(), subscriptions: [subscription])
+        #expect(await rig.submitEach(ParkingRig.messages(subscription, 0..<count)).parked == count)
+        return (target, subscription, rig)
     }
 
     static func fastSettings() -> ParkingSettings {
@@ -255,14 +283,11 @@ struct ParkingTests {
 
     @Test("a deleted subscription's parked messages are dropped and counted, never delivered; its queue goes")
     func deletedSubscription() async throws {
-        let down = Atomic<Bool>(true)
-        let zaqar = try await HostileZaqar { _ in down.load(ordering: .relaxed) ? .status(503) : .accept }
-        let subscription = Self.subscription(queue: "deleted", zaqar: zaqar)
-        let rig = try await ParkingRig(settings: Self.fastSettings(), subscriptions: [subscription])
-        #expect(await rig.submitEach(ParkingRig.messages(subscription, 0..<7)).parked == 7)
+        let (target, subscription, rig) = try await Self.parked(7, queue: "deleted")
+        let zaqar = target.zaqar
         rig.index.withLock { $0 = SubscriptionIndex([]) }
         rig.registry.withLock { $0 = [:] }
-        down.store(false, ordering: .relaxed)
+        target.recover()
         let draining = Task { await rig.drainer.run() }
         try await eventually(timeout: .seconds(30)) {
             guard try await rig.ledger.state(subscription: subscription.id) == nil else { throw TestFailure("still parked") }
@@ -317,11 +342,8 @@ struct ParkingTests {
 
     @Test("a count that fell below what the queue holds (an ack lost with a connection counts twice) keeps the subscription parked until its queue is really empty")
     func countBelowQueue() async throws {
-        let down = Atomic<Bool>(true)
-        let zaqar = try await HostileZaqar { _ in down.load(ordering: .relaxed) ? .status(503) : .accept }
-        let subscription = Self.subscription(queue: "undercounted", zaqar: zaqar)
-        let rig = try await ParkingRig(settings: Self.fastSettings(), subscriptions: [subscription])
-        #expect(await rig.submitEach(ParkingRig.messages(subscription, 0..<5)).parked == 5)
+        let (target, subscription, rig) = try await Self.parked(5, queue: "undercounted")
+        let zaqar = target.zaqar
         try await rig.ledger.release(subscription: subscription.id, count: 5)
         let draining = Task { await rig.drainer.run() }
         try await Task.sleep(for: .seconds(1.5))
@@ -329,7 +351,7 @@ struct ParkingTests {
         #expect(try await rig.queueDepth(subscription) == 5)
         let behind = await rig.submitEach(ParkingRig.messages(subscription, 5..<6))
         #expect(behind.parked == 1, "new messages still queue behind")
-        down.store(false, ordering: .relaxed)
+        target.recover()
         try await eventually(timeout: .seconds(30)) {
             guard eventIDs(zaqar, queue: "undercounted").count >= 6 else { throw TestFailure("\(eventIDs(zaqar, queue: "undercounted").count) of 6") }
         }
@@ -345,12 +367,9 @@ struct ParkingTests {
 
     @Test("a subscription whose events keep coming is unparked once its retrier catches up: the queue is closed, later messages wait briefly and then go directly, all in order")
     func unparkedUnderFlow() async throws {
-        let down = Atomic<Bool>(true)
-        let zaqar = try await HostileZaqar { _ in down.load(ordering: .relaxed) ? .status(503) : .accept }
-        let subscription = Self.subscription(queue: "steady", zaqar: zaqar)
-        let rig = try await ParkingRig(settings: Self.fastSettings(), subscriptions: [subscription])
-        #expect(await rig.submitEach(ParkingRig.messages(subscription, 0..<10)).parked == 10)
-        down.store(false, ordering: .relaxed)
+        let (target, subscription, rig) = try await Self.parked(10, queue: "steady")
+        let zaqar = target.zaqar
+        target.recover()
         let draining = Task { await rig.drainer.run() }
         // A steady flow (a message every 50 ms for 4 s) while the backlog drains: a drain that
         // waited for a quiet queue would never end.

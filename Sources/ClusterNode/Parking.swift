@@ -65,8 +65,8 @@ enum ParkingMetrics {
     })
 }
 
+/// Parking impossible for now (Redis or RabbitMQ unavailable): the lane holds the messages.
 struct ParkingRefused: Error, CustomStringConvertible {
-    var reason: String
     var description: String
 }
 
@@ -152,7 +152,7 @@ final class TargetParking: DeliveryParking {
             )
         } catch {
             ParkingMetrics.refused["unavailable"]?.increment()
-            throw ParkingRefused(reason: "unavailable", description: "Redis could not count the parked messages: \(error)")
+            throw ParkingRefused(description: "Redis could not count the parked messages: \(error)")
         }
         let parkedAt: Int64
         switch reservation {
@@ -181,7 +181,7 @@ final class TargetParking: DeliveryParking {
             // it): the count stays, too high rather than too low (the lane parks them again; a
             // count above what the queue holds only keeps the subscription parked a while longer).
             ParkingMetrics.refused["unavailable"]?.increment()
-            throw ParkingRefused(reason: "unavailable", description: "RabbitMQ did not take the parked messages: \(error)")
+            throw ParkingRefused(description: "RabbitMQ did not take the parked messages: \(error)")
         }
         // The record may have gone while they were on their way (a drainer saw the queue empty first).
         if (try? await ledger.confirm(subscription: subscription, project: project, count: messages.count, bytes: bytes)) == true {

@@ -197,9 +197,7 @@ public final class DeliveryBatcher: Sendable {
             await enqueue(pending)
         }
         if !notAllowed.isEmpty {
-            await deadLetter(notAllowed, reason: .targetNotAllowed, status: nil, zaqarMessage: nil) { pending in
-                "the subscription's Zaqar endpoint \(pending.message.target.baseURL) is not one the operator allows (HERALD_ZAQAR_ALLOWED_URLS); nothing was sent there"
-            }
+            await deadLetter(notAllowed, reason: .targetNotAllowed, status: nil, zaqarMessage: nil) { Self.notAllowed($0.message.target) }
         }
         if !tooLarge.isEmpty {
             await deadLetter(tooLarge, reason: .tooLarge, status: nil, zaqarMessage: nil) { pending in
@@ -403,12 +401,7 @@ public final class DeliveryBatcher: Sendable {
                 if batch.isEmpty { return }
             }
         }
-        if target.trust == nil, let expiry = target.signedURLExpiry, expiry <= Date() {
-            await deadLetter(batch, reason: .signedURLExpired, status: nil, zaqarMessage: nil) { _ in
-                "the pre-signed URL for \(target.queue) expired at \(ISO8601DateFormatter().string(from: expiry)); create a new one with an explicit 'expires', or give the subscription a Keystone trust"
-            }
-            return
-        }
+        if await deadLetterIfSignedURLExpired(batch, target: target) { return }
         var attempt = 0
         var random = SystemRandomNumberGenerator()
         let backoff = Backoff(base: configuration.retryBase, cap: configuration.retryCap)
@@ -419,12 +412,7 @@ public final class DeliveryBatcher: Sendable {
             }
             var retryAfter: Duration?
             var failure: String
-            state.withLock {
-                $0.statistics.requests += 1
-                $0.statistics.batchSizes[batch.count, default: 0] += 1
-            }
-            DeliveryMetrics.requests.increment()
-            DeliveryMetrics.batchSize.record(batch.count)
+            countRequest(of: batch.count)
             do {
                 let response = try await zaqar.post(target, messages: batch.map(\.message.body))
                 switch response.status {
@@ -441,9 +429,7 @@ public final class DeliveryBatcher: Sendable {
                         await send(Array(batch[..<half]), to: target)
                         await send(Array(batch[half...]), to: target)
                     } else {
-                        await deadLetter(batch, reason: .rejected, status: response.status, zaqarMessage: response.message) { _ in
-                            "Zaqar refused the message with \(response.status): \(response.message ?? "no reason given")"
-                        }
+                        await deadLetterRejected(batch, response: response)
                     }
                     return
                 case 401 where parking != nil && !response.credentialsGone, 403 where parking != nil:
@@ -459,9 +445,7 @@ public final class DeliveryBatcher: Sendable {
                     return
                 case 404:
                     circuitSucceeded(target)
-                    await deadLetter(batch, reason: .notFound, status: 404, zaqarMessage: response.message) { _ in
-                        "Zaqar answered 404 for \(target): the project or queue is unknown, or the signed URL is bad, expired or lacks POST (\(response.message ?? "no reason given"))"
-                    }
+                    await deadLetterNotFound(batch, target: target, response: response)
                     return
                 default:
                     retryAfter = response.retryAfter
@@ -587,30 +571,16 @@ public final class DeliveryBatcher: Sendable {
     /// never retries by itself; uses no room in the buffers (the messages wait in their queue).
     public func attemptParked(_ messages: [ZaqarOutgoingMessage]) async -> ParkedAttempt {
         guard let target = messages.first?.target else { return .settled(delivered: 0, deadLettered: 0) }
-        let group = Group(count: messages.count) { _ in }
-        let batch = messages.map { Pending(message: $0, size: $0.body.count + 1, group: group, enqueuedAt: now()) }
-        return await attempt(batch, to: target)
+        return await attempt(unbuffered(messages), to: target)
     }
 
     private func attempt(_ batch: [Pending], to target: ZaqarTarget) async -> ParkedAttempt {
         if let endpoints, !endpoints.permits(target.baseURL) {
-            await deadLetter(batch, reason: .targetNotAllowed, status: nil, zaqarMessage: nil) { _ in
-                "the subscription's Zaqar endpoint \(target.baseURL) is not one the operator allows (HERALD_ZAQAR_ALLOWED_URLS); nothing was sent there"
-            }
+            await deadLetter(batch, reason: .targetNotAllowed, status: nil, zaqarMessage: nil) { _ in Self.notAllowed(target) }
             return .settled(delivered: 0, deadLettered: batch.count)
         }
-        if target.trust == nil, let expiry = target.signedURLExpiry, expiry <= Date() {
-            await deadLetter(batch, reason: .signedURLExpired, status: nil, zaqarMessage: nil) { _ in
-                "the pre-signed URL for \(target.queue) expired at \(ISO8601DateFormatter().string(from: expiry)); create a new one with an explicit 'expires', or give the subscription a Keystone trust"
-            }
-            return .settled(delivered: 0, deadLettered: batch.count)
-        }
-        state.withLock {
-            $0.statistics.requests += 1
-            $0.statistics.batchSizes[batch.count, default: 0] += 1
-        }
-        DeliveryMetrics.requests.increment()
-        DeliveryMetrics.batchSize.record(batch.count)
+        if await deadLetterIfSignedURLExpired(batch, target: target) { return .settled(delivered: 0, deadLettered: batch.count) }
+        countRequest(of: batch.count)
         let response: ZaqarResponse
         do {
             response = try await zaqar.post(target, messages: batch.map(\.message.body))
@@ -632,14 +602,10 @@ public final class DeliveryBatcher: Sendable {
                 return .failed(settled: half + settled, error: error, retryAfter: retryAfter)
             }
         case 400, 413:
-            await deadLetter(batch, reason: .rejected, status: response.status, zaqarMessage: response.message) { _ in
-                "Zaqar refused the message with \(response.status): \(response.message ?? "no reason given")"
-            }
+            await deadLetterRejected(batch, response: response)
             return .settled(delivered: 0, deadLettered: batch.count)
         case 404:
-            await deadLetter(batch, reason: .notFound, status: 404, zaqarMessage: response.message) { _ in
-                "Zaqar answered 404 for \(target): the project or queue is unknown, or the signed URL is bad, expired or lacks POST (\(response.message ?? "no reason given"))"
-            }
+            await deadLetterNotFound(batch, target: target, response: response)
             return .settled(delivered: 0, deadLettered: batch.count)
         case 401 where response.credentialsGone:
             await deadLetter(batch, reason: .unauthorized, status: 401, zaqarMessage: response.message) { _ in
@@ -653,9 +619,51 @@ public final class DeliveryBatcher: Sendable {
 
     /// Dead-letters parked messages whose retry horizon has passed (`HERALD_DELIVERY_RETRY_HORIZON`).
     public func deadLetterExpired(_ messages: [ZaqarOutgoingMessage], detail: String) async {
+        await deadLetter(unbuffered(messages), reason: .retryHorizon, status: nil, zaqarMessage: nil) { _ in detail }
+    }
+
+    /// Messages settled outside the lanes (parked ones, which wait in their queue, not in the
+    /// buffers): one group nobody awaits.
+    private func unbuffered(_ messages: [ZaqarOutgoingMessage]) -> [Pending] {
         let group = Group(count: messages.count) { _ in }
-        let batch = messages.map { Pending(message: $0, size: $0.body.count + 1, group: group, enqueuedAt: now()) }
-        await deadLetter(batch, reason: .retryHorizon, status: nil, zaqarMessage: nil) { _ in detail }
+        let enqueuedAt = now()
+        return messages.map { Pending(message: $0, size: $0.body.count + 1, group: group, enqueuedAt: enqueuedAt) }
+    }
+
+    /// A request about to go to a target, in the statistics and the metrics.
+    private func countRequest(of size: Int) {
+        state.withLock {
+            $0.statistics.requests += 1
+            $0.statistics.batchSizes[size, default: 0] += 1
+        }
+        DeliveryMetrics.requests.increment()
+        DeliveryMetrics.batchSize.record(size)
+    }
+
+    /// Dead-letters the batch when the target's pre-signed URL (and no trust) has expired: true then.
+    private func deadLetterIfSignedURLExpired(_ batch: [Pending], target: ZaqarTarget) async -> Bool {
+        guard target.trust == nil, let expiry = target.signedURLExpiry, expiry <= Date() else { return false }
+        await deadLetter(batch, reason: .signedURLExpired, status: nil, zaqarMessage: nil) { _ in
+            "the pre-signed URL for \(target.queue) expired at \(ISO8601DateFormatter().string(from: expiry)); create a new one with an explicit 'expires', or give the subscription a Keystone trust"
+        }
+        return true
+    }
+
+    /// A 400 or 413 on this very message.
+    private func deadLetterRejected(_ batch: [Pending], response: ZaqarResponse) async {
+        await deadLetter(batch, reason: .rejected, status: response.status, zaqarMessage: response.message) { _ in
+            "Zaqar refused the message with \(response.status): \(response.message ?? "no reason given")"
+        }
+    }
+
+    private func deadLetterNotFound(_ batch: [Pending], target: ZaqarTarget, response: ZaqarResponse) async {
+        await deadLetter(batch, reason: .notFound, status: 404, zaqarMessage: response.message) { _ in
+            "Zaqar answered 404 for \(target): the project or queue is unknown, or the signed URL is bad, expired or lacks POST (\(response.message ?? "no reason given"))"
+        }
+    }
+
+    private static func notAllowed(_ target: ZaqarTarget) -> String {
+        "the subscription's Zaqar endpoint \(target.baseURL) is not one the operator allows (HERALD_ZAQAR_ALLOWED_URLS); nothing was sent there"
     }
 
     private func circuitSucceeded(_ target: ZaqarTarget) {

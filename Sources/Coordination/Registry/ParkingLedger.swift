@@ -356,13 +356,14 @@ public final class ParkingLedger: Sendable {
 
     /// A lane's failure, kept for `ttl` (a lane that keeps failing parks its messages soon after).
     public func noteFailure(subscription: String, error: String, ttl: Duration) async throws {
-        let reply = try await redis.send("TIME")
-        let now = reply.array.flatMap { items -> Int64? in
-            guard items.count == 2, let seconds = items[0].integer, let micros = items[1].integer else { return nil }
-            return seconds * 1000 + micros / 1000
-        } ?? 0
-        _ = try await redis.send("SET", prefix + "park-failing:" + subscription, "\(now) \(error.prefix(300))", "PX", Int(ttl.milliseconds), "NX")
+        _ = try await redis.evalSHA(Self.noteFailure, arguments: [prefix + "park-failing:" + subscription, String(error.prefix(300)), Int(ttl.milliseconds)])
     }
+
+    /// Since when (Redis time) and why, set once per failing spell (NX), in one round trip.
+    private static let noteFailure = RedisScript(clock + "\n" + #"""
+    redis.call('SET', ARGV[1], now .. ' ' .. ARGV[2], 'PX', tonumber(ARGV[3]), 'NX')
+    return 1
+    """#)
 
     public func clearFailure(subscription: String) async throws {
         _ = try await redis.send("DEL", prefix + "park-failing:" + subscription)

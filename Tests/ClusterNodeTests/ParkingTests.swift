@@ -77,6 +77,13 @@ struct ParkingRig {
         return total
     }
 
+    /// Waits until the subscription's parking record is gone (its queue was seen empty).
+    func untilUnparked(_ subscription: Subscription, timeout: Duration = .seconds(15)) async throws {
+        try await eventually(timeout: timeout) {
+            guard try await ledger.state(subscription: subscription.id) == nil else { throw TestFailure("\(subscription.id) still parked") }
+        }
+    }
+
     func queueDepth(_ subscription: Subscription) async throws -> Int {
         let channel = try await connection.openChannel()
         let depth: Result<Int, any Error>
@@ -110,6 +117,14 @@ final class DownTarget: Sendable {
     }
 
     func recover() { flag.down.store(false, ordering: .relaxed) }
+}
+
+/// Waits (up to 30 s) until a queue has received at least `count` messages.
+func untilArrived(_ count: Int, at zaqar: HostileZaqar, queue: String) async throws {
+    try await eventually(timeout: .seconds(30)) {
+        let arrived = eventIDs(zaqar, queue: queue).count
+        guard arrived >= count else { throw TestFailure("\(arrived) of \(count) in \(queue)") }
+    }
 }
 
 /// The event ids a queue received, in arrival order.
@@ -246,9 +261,7 @@ struct ParkingTests {
         }
         // Retried several times within the horizon (every 300 to 600 ms) before giving up.
         #expect(zaqar.requests(queue: "gone-for-good") >= 4, "\(zaqar.requests(queue: "gone-for-good")) requests")
-        try await eventually {
-            guard try await rig.ledger.state(subscription: subscription.id) == nil else { throw TestFailure("still parked") }
-        }
+        try await rig.untilUnparked(subscription)
         #expect(try await rig.queueDepth(subscription) == 0)
         draining.cancel()
         await draining.value
@@ -270,9 +283,7 @@ struct ParkingTests {
         down.store(false, ordering: .relaxed)
         let second = try await ParkingRig(settings: Self.fastSettings(), subscriptions: [subscription], names: first.names, keyPrefix: prefix)
         let draining = Task { await second.drainer.run() }
-        try await eventually(timeout: .seconds(30)) {
-            guard eventIDs(zaqar, queue: "survivor").count >= 10 else { throw TestFailure("\(eventIDs(zaqar, queue: "survivor").count) of 10") }
-        }
+        try await untilArrived(10, at: zaqar, queue: "survivor")
         #expect(eventIDs(zaqar, queue: "survivor") == (0..<10).map { "e-\($0)" })
         draining.cancel()
         await draining.value
@@ -289,9 +300,7 @@ struct ParkingTests {
         rig.registry.withLock { $0 = [:] }
         target.recover()
         let draining = Task { await rig.drainer.run() }
-        try await eventually(timeout: .seconds(30)) {
-            guard try await rig.ledger.state(subscription: subscription.id) == nil else { throw TestFailure("still parked") }
-        }
+        try await rig.untilUnparked(subscription, timeout: .seconds(30))
         draining.cancel()
         await draining.value
         #expect(eventIDs(zaqar, queue: "deleted").isEmpty)
@@ -352,13 +361,9 @@ struct ParkingTests {
         let behind = await rig.submitEach(ParkingRig.messages(subscription, 5..<6))
         #expect(behind.parked == 1, "new messages still queue behind")
         target.recover()
-        try await eventually(timeout: .seconds(30)) {
-            guard eventIDs(zaqar, queue: "undercounted").count >= 6 else { throw TestFailure("\(eventIDs(zaqar, queue: "undercounted").count) of 6") }
-        }
+        try await untilArrived(6, at: zaqar, queue: "undercounted")
         #expect(eventIDs(zaqar, queue: "undercounted") == (0..<6).map { "e-\($0)" })
-        try await eventually {
-            guard try await rig.ledger.state(subscription: subscription.id) == nil else { throw TestFailure("still parked") }
-        }
+        try await rig.untilUnparked(subscription)
         draining.cancel()
         await draining.value
         await rig.shutdown(deleting: [subscription])
@@ -380,14 +385,10 @@ struct ParkingTests {
             outcomes.delivered += outcome.delivered
             try await Task.sleep(for: .milliseconds(50))
         }
-        try await eventually(timeout: .seconds(30)) {
-            guard eventIDs(zaqar, queue: "steady").count >= 90 else { throw TestFailure("\(eventIDs(zaqar, queue: "steady").count) of 90") }
-        }
+        try await untilArrived(90, at: zaqar, queue: "steady")
         #expect(eventIDs(zaqar, queue: "steady") == (0..<90).map { "e-\($0)" }, "every message once, in order")
         #expect(outcomes.delivered > 0, "the flow went directly again before it ended: \(outcomes)")
-        try await eventually {
-            guard try await rig.ledger.state(subscription: subscription.id) == nil else { throw TestFailure("still parked") }
-        }
+        try await rig.untilUnparked(subscription)
         draining.cancel()
         await draining.value
         await rig.shutdown(deleting: [subscription])

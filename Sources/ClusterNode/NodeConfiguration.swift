@@ -79,6 +79,10 @@ struct NodeConfiguration: Sendable {
     /// HERALD_EVENT_DEFINITIONS: a YAML file of event definitions (who owns an event, its
     /// resource id and family), tried before the shipped ones or replacing them. Default: the shipped ones.
     var eventDefinitions: EventDefinitions
+    /// HERALD_REDACTION_FILE: a YAML file of what to cut from events before tenants receive
+    /// them, added to the shipped rules or replacing them. Default: the shipped rules
+    /// (docs/security.md, "What tenants receive").
+    var redaction: RedactionRules = .defaults
     /// HERALD_NOTIFICATION_TOPICS: oslo.messaging topics bound on every exchange. Default notifications,versioned_notifications.
     var notificationTopics: [String]
     /// HERALD_PRIORITIES: priorities bound, as `<topic>.<priority>`. Default every one but debug.
@@ -110,7 +114,8 @@ struct NodeConfiguration: Sendable {
         "HERALD_DEAD_LETTERS_IDLE_DAYS", "HERALD_EVENT_DEFINITIONS", "HERALD_NOTIFICATION_TOPICS", "HERALD_PRIORITIES",
         "HERALD_POLICY_FILE", "HERALD_ADMIN_PROJECT", "HERALD_DELIVERY_RETRY_HORIZON", "HERALD_PARKING_AFTER_ATTEMPTS",
         "HERALD_PARKING_RETRY_BASE_SECONDS", "HERALD_PARKING_RETRY_CAP_SECONDS", "HERALD_PARKING_PROJECT_MAX_MESSAGES", "HERALD_PARKING_PROJECT_MAX_BYTES",
-        "HERALD_PARKING_SUBSCRIPTION_MAX_MESSAGES", "HERALD_PARKING_DRAINS",
+        "HERALD_PARKING_SUBSCRIPTION_MAX_MESSAGES", "HERALD_PARKING_DRAINS", "HERALD_KEYSTONE_NEGATIVE_CACHE_SECONDS",
+        "HERALD_KEYSTONE_VALIDATIONS_PER_SECOND", "HERALD_SERVICE_TYPE", "HERALD_REDACTION_FILE",
     ]
 
     /// oslo.messaging's notification priorities (the routing key's last part).
@@ -164,6 +169,12 @@ struct NodeConfiguration: Sendable {
             return value
         }
         let keystoneCacheSeconds = try integer("HERALD_KEYSTONE_CACHE_SECONDS", 60, 0...3600)
+        let keystoneNegativeSeconds = try integer("HERALD_KEYSTONE_NEGATIVE_CACHE_SECONDS", 10, 0...300)
+        let keystoneValidations = try integer("HERALD_KEYSTONE_VALIDATIONS_PER_SECOND", 10, 0...100_000)
+        let serviceType = string("HERALD_SERVICE_TYPE", "events")
+        guard (1...64).contains(serviceType.utf8.count), serviceType.utf8.allSatisfy({ $0 == UInt8(ascii: "-") || (0x30...0x39).contains($0) || (0x61...0x7A).contains($0) }) else {
+            throw ConfigurationError(key: "HERALD_SERVICE_TYPE", value: serviceType, expected: "Herald's service type in the Keystone catalog: lower-case letters, digits and -, such as events")
+        }
         let trustRoles = string("HERALD_KEYSTONE_TRUST_ROLES", "member").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
         guard !trustRoles.isEmpty else {
             throw ConfigurationError(key: "HERALD_KEYSTONE_TRUST_ROLES", value: environment["HERALD_KEYSTONE_TRUST_ROLES"] ?? "", expected: "a comma-separated list of role names, such as member")
@@ -191,6 +202,14 @@ struct NodeConfiguration: Sendable {
             }
         } else {
             eventDefinitions = .defaults
+        }
+        var redaction = RedactionRules.defaults
+        if let path = environment["HERALD_REDACTION_FILE"], !path.isEmpty {
+            do {
+                redaction = try RedactionRules.load(path: path)
+            } catch {
+                throw ConfigurationError(key: "HERALD_REDACTION_FILE", value: path, expected: "\(error)")
+            }
         }
         func list(_ key: String, _ fallback: String) -> [String] {
             string(key, fallback).split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
@@ -253,7 +272,8 @@ struct NodeConfiguration: Sendable {
                     url: url, username: string("HERALD_KEYSTONE_USERNAME", "herald"), password: string("HERALD_KEYSTONE_PASSWORD", ""),
                     project: string("HERALD_KEYSTONE_PROJECT", "service"), userDomain: string("HERALD_KEYSTONE_USER_DOMAIN", "Default"),
                     projectDomain: string("HERALD_KEYSTONE_PROJECT_DOMAIN", "Default"), cacheTTL: .seconds(keystoneCacheSeconds),
-                    trustRoles: trustRoles, adminProject: environment["HERALD_ADMIN_PROJECT"].flatMap { $0.isEmpty ? nil : $0 }
+                    trustRoles: trustRoles, adminProject: environment["HERALD_ADMIN_PROJECT"].flatMap { $0.isEmpty ? nil : $0 },
+                    negativeCacheTTL: .seconds(keystoneNegativeSeconds), validationsPerSecond: keystoneValidations, serviceType: serviceType
                 )
             },
             ingestWatchInterval: .seconds(try integer("HERALD_INGEST_WATCH_SECONDS", 10, 1...3600)),
@@ -274,6 +294,7 @@ struct NodeConfiguration: Sendable {
             deliveryProjectMaxMessages: try integer("HERALD_DELIVERY_PROJECT_MAX_MESSAGES", 10_000, 5_000...50_000),
             deadLetterBudget: deadLetterBudget,
             eventDefinitions: eventDefinitions,
+            redaction: redaction,
             notificationTopics: topics,
             priorities: priorities,
             policy: policy,

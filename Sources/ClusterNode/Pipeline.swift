@@ -405,12 +405,35 @@ final class PartitionOwners: Sendable {
             let matches = current.matches(event)
             guard !matches.isEmpty else { continue }
             let body = NotificationDecoder.encode(event)
+            // What tenants receive: cut once per event, only when a subscription takes it redacted.
+            var redacted: Redacted??
             for subscription in matches {
+                var delivered = body
+                var removed: [String] = []
+                if subscription.unredacted != true {
+                    if redacted == nil {
+                        do {
+                            redacted = .some(try configuration.redaction.redact(event))
+                        } catch {
+                            // The decoder accepted these bytes, so this is Herald's bug: never
+                            // deliver them uncut; the broker dead-letters the notification.
+                            logger.error("cannot redact an event; the notification goes to the dead-letter queue", metadata: [
+                                "herald.event_type": "\(event.eventType)", "herald.event_id": "\(event.messageID)", "error": "\(error)",
+                            ])
+                            owned.channel.reject(delivery, requeue: false)
+                            return
+                        }
+                    }
+                    if case .some(.some(let cut)) = redacted {
+                        delivered = cut.json
+                        removed = cut.removed
+                    }
+                }
                 messages.append(ZaqarOutgoingMessage(
                     target: subscription.zaqarTarget(defaultURL: configuration.zaqarURL),
                     body: ZaqarMessageEncoding.message(
-                        event: body, ttl: subscription.messageTTL, subscriptionID: subscription.id, eventID: event.messageID, partition: partition, epoch: owned.epoch,
-                        project: event.project, actorProject: event.actorProject, resourceID: event.resourceID
+                        event: delivered, ttl: subscription.messageTTL, subscriptionID: subscription.id, eventID: event.messageID, partition: partition, epoch: owned.epoch,
+                        project: event.project, actorProject: event.actorProject, resourceID: event.resourceID, redacted: removed
                     ),
                     subscriptionID: subscription.id, eventID: event.messageID
                 ))

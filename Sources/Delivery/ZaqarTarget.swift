@@ -91,16 +91,18 @@ public struct ZaqarOutgoingMessage: Sendable {
 /// Builds the delivered message of DESIGN.md by copying the event's JSON bytes in
 /// place, without parsing or re-encoding it:
 /// `{"ttl": T, "body": {"event": <event>, "herald": {"subscription_id", "event_id", "partition", "epoch",
-/// "project", "actor_project", "resource_id"}}}` (the last three when known).
+/// "project", "actor_project", "resource_id", "redacted"}}}` (the last four when known; `redacted`
+/// lists the rule paths that removed or cut something from the event).
 public enum ZaqarMessageEncoding {
     /// - Parameters:
     ///   - event: the event as JSON (the notification without `_context_*` keys).
     ///   - project: the resource's owner, as the event definitions found it.
     ///   - actorProject: the project that acted.
     ///   - resourceID: the resource the event is about.
+    ///   - redacted: what redaction removed from `event` (rule paths), if anything.
     public static func message(
         event: [UInt8], ttl: Int, subscriptionID: String, eventID: String, partition: Int, epoch: UInt64,
-        project: String? = nil, actorProject: String? = nil, resourceID: String? = nil
+        project: String? = nil, actorProject: String? = nil, resourceID: String? = nil, redacted: [String] = []
     ) -> [UInt8] {
         var out: [UInt8] = []
         out.reserveCapacity(event.count + 160 + subscriptionID.utf8.count + eventID.utf8.count)
@@ -115,6 +117,14 @@ public enum ZaqarMessageEncoding {
             guard let value else { continue }
             out += Array(",\"\(key)\":".utf8)
             appendString(value, to: &out)
+        }
+        if !redacted.isEmpty {
+            out += Array(",\"redacted\":[".utf8)
+            for (index, path) in redacted.enumerated() {
+                if index > 0 { out.append(UInt8(ascii: ",")) }
+                appendString(path, to: &out)
+            }
+            out.append(UInt8(ascii: "]"))
         }
         out += Array("}}}".utf8)
         return out

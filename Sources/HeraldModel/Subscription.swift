@@ -33,6 +33,10 @@ public struct Subscription: Codable, Sendable, Equatable, Identifiable {
     /// The two share one message id, so a consumer that drops duplicates by `event_id` keeps
     /// whichever came first: a subscription that wants one kind says so.
     public var origin: Origin?
+    /// The events as they came, with the fields OpenStack shows only to admins (hosts,
+    /// hypervisors, port bindings, Ceilometer's raw notification): an admin's all-projects
+    /// subscription only. nil or false: redacted, as every tenant receives them.
+    public var unredacted: Bool?
     /// The user who made it (with Keystone: the trust's trustor) and who changed it last.
     public var createdBy: String?
     public var updatedBy: String?
@@ -77,7 +81,7 @@ public struct Subscription: Codable, Sendable, Equatable, Identifiable {
         case trustID = "trust_id"
         case includeActor = "include_actor"
         case resourceID = "resource_id"
-        case origin
+        case origin, unredacted
         case createdBy = "created_by"
         case updatedBy = "updated_by"
         case createdAt = "created_at"
@@ -137,6 +141,9 @@ public struct Subscription: Codable, Sendable, Equatable, Identifiable {
             try condition.validate(field: "conditions[\(index)]")
         }
         try target.validate(field: "target")
+        if unredacted == true, !allProjects {
+            throw fail("unredacted", "only an all-projects subscription (an admin's) may take events unredacted; tenants receive them as OpenStack's APIs show them")
+        }
         guard Self.ttlRange.contains(messageTTL) else {
             throw fail("message_ttl", "\(messageTTL) is outside Zaqar's range of 60 to 1209600 seconds")
         }

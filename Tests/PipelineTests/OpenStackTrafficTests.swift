@@ -24,6 +24,7 @@ extension PipelineSuites {
             var resourceID: String?
             var ceilometer: Bool
             var priority: String
+            var eventType: String
         }
 
         @Test("each fixture reaches its owner's subscriptions, the actor's only with include_actor, no other project; versioned, warn and critical arrive; resource_id and origin filter")
@@ -46,7 +47,8 @@ extension PipelineSuites {
                         "context": fixture["context"] as? [String: Any] ?? [:], "payload": fixture["payload"] ?? [:],
                     ])
                     published.append(Published(label: label, owner: expect["owner"] as? String, actor: expect["actor"] as? String,
-                                               resourceID: expect["resource_id"] as? String, ceilometer: ceilometer, priority: priority))
+                                               resourceID: expect["resource_id"] as? String, ceilometer: ceilometer, priority: priority,
+                                               eventType: fixture["event_type"] as? String ?? ""))
                 }
             }
 
@@ -66,6 +68,11 @@ extension PipelineSuites {
                                   { !$0.ceilometer && $0.owner == tenant && $0.priority == "warn" }))
             subscriptions.append((Subscription(project: tenant, eventTypes: ["*"], target: Target(queue: run.queue("pinned")), resourceID: Self.instance, origin: .notification),
                                   { !$0.ceilometer && $0.owner == tenant && $0.resourceID == Self.instance }))
+            // The cloud admin's feed of every project's server creations, unredacted.
+            let created = ["compute.instance.create.end", "instance.create.end"]
+            var unredacted = Subscription(project: Self.projects["admin"]!, allProjects: true, eventTypes: created, target: Target(queue: run.queue("unredacted")), origin: .notification)
+            unredacted.unredacted = true
+            subscriptions.append((unredacted, { !$0.ceilometer && created.contains($0.eventType) }))
             for (subscription, _) in subscriptions { try await run.registry.create(subscription) }
             run.trackQueues(subscriptions.map { ($0.0.project, $0.0.target.queue) })
             try await run.startNodes(1, extra: [
@@ -96,6 +103,30 @@ extension PipelineSuites {
                     #expect(received.count == expected.count, "\(queue): each once")
                 }
             }
+            // What tenants receive has no hosts (docs/security.md, "What tenants receive"); the
+            // admin's unredacted feed has them.
+            for (subscription, _) in subscriptions {
+                let bodies = try await run.zaqar.bodies(queue: subscription.target.queue, project: subscription.project)
+                for body in bodies {
+                    let event = try #require(body["event"] as? [String: Any])
+                    let payload = event["payload"] as? [String: Any] ?? [:]
+                    let nova = payload["nova_object.data"] as? [String: Any] ?? [:]
+                    let traits = (event["traits"] as? [[Any]] ?? []).filter { ["host", "node"].contains($0.first as? String ?? "") }
+                    let hosts = [payload["host"], payload["node"], nova["host"], nova["node"], event["raw"], event["message_signature"]].compactMap { $0 } + traits
+                    let redacted = (body["herald"] as? [String: Any])?["redacted"] as? [String] ?? []
+                    if subscription.unredacted == true {
+                        #expect(!hosts.isEmpty && redacted.isEmpty, "the admin's unredacted feed keeps the hosts: \(event["event_type"] ?? "")")
+                    } else {
+                        #expect(hosts.isEmpty, "\(subscription.target.queue): \(event["event_type"] ?? "") still has \(hosts)")
+                        if created.contains(event["event_type"] as? String ?? ""), event["traits"] == nil {
+                            #expect(Set(redacted).isSuperset(of: ["payload.host", "payload.node"]) || Set(redacted).isSuperset(of: ["payload.'nova_object.data'.host", "payload.'nova_object.data'.node"]),
+                                    "the envelope says what was removed: \(redacted)")
+                        }
+                    }
+                }
+            }
+            #expect(try await run.zaqar.bodies(queue: unredacted.target.queue, project: unredacted.project).count == 2)
+
             // Nothing went where nobody asked: every published fixture with an owner reached that owner.
             let owned = published.filter { !$0.ceilometer && $0.owner != nil }
             #expect(owned.count >= 35)

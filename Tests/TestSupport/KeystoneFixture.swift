@@ -105,4 +105,48 @@ public struct KeystoneFixture: Sendable {
         guard status == 201, let trust = (body["trust"] as? [String: Any])?["id"] as? String else { throw TestFailure("short trust: \(status) \(body)") }
         return try await Self.token(url: url, user: "user-\(other)-\(suffix)", password: password(other), trust: trust)
     }
+
+    // MARK: Personas
+
+    /// A new user of the default domain holding `role` (by name) on project `letter`'s project.
+    /// - Returns: the user's id and a token of theirs scoped to that project.
+    public func user(_ name: String, role: String, on letter: String) async throws -> (id: String, token: String) {
+        let admin = try await adminToken()
+        let userName = "\(name)-\(suffix)"
+        let (created, user, _) = try await Self.request(url + "/v3/users", .POST, token: admin, json: ["user": ["name": userName, "password": "secret-\(userName)", "domain_id": "default"]])
+        guard created == 201, let id = (user["user"] as? [String: Any])?["id"] as? String else { throw TestFailure("user \(userName): \(created) \(user)") }
+        let (_, roles, _) = try await Self.request(url + "/v3/roles?name=\(role)", .GET, token: admin)
+        guard let roleID = (roles["roles"] as? [[String: Any]])?.first?["id"] as? String else { throw TestFailure("Keystone has no role \(role)") }
+        let (granted, _, _) = try await Self.request(url + "/v3/projects/\(projects[letter]!)/users/\(id)/roles/\(roleID)", .PUT, token: admin)
+        guard granted == 204 else { throw TestFailure("grant \(role) to \(userName): \(granted)") }
+        let token = try await Self.token(url: url, user: userName, password: "secret-\(userName)", project: "ks-\(letter)-\(suffix)")
+        return (id, token)
+    }
+
+    /// A system-scoped token of the bootstrap admin (Keystone's bootstrap gives it the admin
+    /// role on the system).
+    public func systemAdminToken() async throws -> String {
+        let auth: [String: Any] = [
+            "identity": ["methods": ["password"], "password": ["user": ["name": "admin", "domain": ["id": "default"], "password": try TestServers.value("HERALD_TEST_KEYSTONE_ADMIN_PASSWORD")]]],
+            "scope": ["system": ["all": true]],
+        ]
+        let (status, body, headers) = try await Self.request(url + "/v3/auth/tokens", .POST, token: nil, json: ["auth": auth])
+        guard status == 201, let token = headers.first(name: "X-Subject-Token") else { throw TestFailure("system-scoped token: \(status) \(body)") }
+        return token
+    }
+
+    /// A token of an application credential that user `letter` makes with these access rules
+    /// (`service`, `path`, `method` each).
+    public func applicationCredentialToken(_ letter: String, accessRules: [[String: String]]) async throws -> String {
+        let (status, body, _) = try await Self.request(url + "/v3/users/\(users[letter]!)/application_credentials", .POST, token: try await userToken(letter), json: [
+            "application_credential": ["name": "herald-test-\(UUID().uuidString.prefix(8))", "access_rules": accessRules],
+        ])
+        guard status == 201, let credential = body["application_credential"] as? [String: Any], let id = credential["id"] as? String,
+              let secret = credential["secret"] as? String
+        else { throw TestFailure("application credential: \(status) \(body)") }
+        let auth: [String: Any] = ["identity": ["methods": ["application_credential"], "application_credential": ["id": id, "secret": secret]]]
+        let (made, answer, headers) = try await Self.request(url + "/v3/auth/tokens", .POST, token: nil, json: ["auth": auth])
+        guard made == 201, let token = headers.first(name: "X-Subject-Token") else { throw TestFailure("application credential token: \(made) \(answer)") }
+        return token
+    }
 }

@@ -14,13 +14,20 @@ struct Caller: Sendable, Equatable {
     /// With Keystone: the user and the token itself, which can delegate through a trust.
     var userID: String?
     var token: String?
+    /// `all` for a system-scoped token: `project` is then the one the request names
+    /// (`?project_id=`), and the policy's `project_id` checks do not hold for it.
+    var systemScope: String?
+    /// An application credential's access rules; nil: the token is not restricted by any.
+    var accessRules: [AccessRule]?
 
-    init(project: String, roles: [String], isAdminProject: Bool, userID: String? = nil, token: String? = nil) {
+    init(project: String, roles: [String], isAdminProject: Bool, userID: String? = nil, token: String? = nil, systemScope: String? = nil, accessRules: [AccessRule]? = nil) {
         self.project = project
         self.roles = Self.implied(roles)
         self.isAdminProject = isAdminProject
         self.userID = userID
         self.token = token
+        self.systemScope = systemScope
+        self.accessRules = accessRules
     }
 
     /// Keystone's default role implications.
@@ -32,7 +39,7 @@ struct Caller: Sendable, Equatable {
     }
 
     var credentials: PolicyCredentials {
-        PolicyCredentials(roles: roles, projectID: project, userID: userID, systemScope: nil, isAdminProject: isAdminProject)
+        PolicyCredentials(roles: roles, projectID: systemScope == nil ? project : nil, userID: userID, systemScope: systemScope, isAdminProject: isAdminProject)
     }
 }
 
@@ -40,9 +47,12 @@ struct Caller: Sendable, Equatable {
 struct APIContext: RequestContext {
     var coreContext: CoreRequestContextStorage
     var caller: Caller?
+    /// The peer's address (the ingress's, behind one), for per-source limits.
+    let source: String
 
     init(source: Source) {
         coreContext = .init(source: source)
+        self.source = source.channel.remoteAddress?.ipAddress ?? "-"
     }
 
     /// The caller, or 401 when the authenticator did not run for this route.

@@ -17,9 +17,10 @@ struct SubscriptionInput: Decodable {
     var includeActor: Bool?
     var resourceID: String?
     var origin: Origin?
+    var unredacted: Bool?
 
     enum CodingKeys: String, CodingKey {
-        case conditions, target, project, trust
+        case conditions, target, project, trust, unredacted
         case includeActor = "include_actor"
         case resourceID = "resource_id"
         case origin

@@ -62,8 +62,8 @@ struct APIRoute: Sendable {
 struct HeraldAPI: Sendable {
     let services: APIServices
 
-    static let subscriptionFields: Set<String> = ["event_types", "conditions", "target", "message_ttl", "all_projects", "project", "trust", "include_actor", "resource_id", "origin"]
-    static let patchFields: Set<String> = ["event_types", "conditions", "target", "message_ttl", "all_projects", "include_actor", "resource_id", "origin"]
+    static let subscriptionFields: Set<String> = ["event_types", "conditions", "target", "message_ttl", "all_projects", "project", "trust", "include_actor", "resource_id", "origin", "unredacted"]
+    static let patchFields: Set<String> = ["event_types", "conditions", "target", "message_ttl", "all_projects", "include_actor", "resource_id", "origin", "unredacted"]
     static let aliasFields: Set<String> = ["source", "target", "message_ttl"]
 
     var routes: [APIRoute] {
@@ -141,22 +141,21 @@ struct HeraldAPI: Sendable {
             try authorize("subscription:create_for_project", caller, project: project, field: "project", context: context)
         }
         if input.allProjects == true {
-            // A feed of every project belongs to the cloud's admins, never to another project.
-            guard project == caller.project else {
-                throw HTTPError(.badRequest, message: "all_projects: an all-projects subscription belongs to the admin who makes it; leave out project")
-            }
+            try checkAllProjectsOwner(project, caller: caller)
             try authorize("subscription:create_all_projects", caller, project: project, field: "all_projects", context: context)
         }
         if input.includeActor == true { try authorize("subscription:include_actor", caller, project: project, field: "include_actor", context: context) }
+        if input.unredacted == true { try authorize("subscription:unredacted", caller, project: project, field: "unredacted", context: context) }
         var subscription = Subscription(
             project: project, allProjects: input.allProjects ?? false, eventTypes: eventTypes, conditions: input.conditions ?? [],
             target: target, messageTTL: input.messageTTL ?? 3600, includeActor: input.includeActor, resourceID: input.resourceID, origin: input.origin
         )
+        subscription.unredacted = input.unredacted
         subscription.createdBy = caller.userID
         subscription.updatedBy = caller.userID
         // A trust by default in keystone mode, unless the subscriber brought a pre-signed URL.
         let created = try await audited("create", caller, context: context) {
-            try await create(subscription, caller: caller, trust: input.trust ?? (caller.token != nil && target.signedURL == nil))
+            try await create(subscription, caller: caller, trust: input.trust ?? (caller.token != nil && caller.systemScope == nil && target.signedURL == nil))
         }
         var headers = HTTPFields()
         headers[.location] = "/v1/subscriptions/\(created.id)"
@@ -173,6 +172,9 @@ struct HeraldAPI: Sendable {
         if trust {
             guard let keystone = services.keystone, caller.token != nil else {
                 throw HTTPError(.badRequest, message: "trust: Herald makes a Keystone trust only with HERALD_API_AUTH=keystone and a Keystone token")
+            }
+            guard caller.systemScope == nil else {
+                throw HTTPError(.badRequest, message: "trust: a system-scoped token holds no project's roles to delegate; use a token scoped to project \(subscription.project), or a pre-signed URL")
             }
             guard subscription.project == caller.project else {
                 throw HTTPError(.badRequest, message: "trust: your token is scoped to \(caller.project), so a trust can only reach that project, not \(subscription.project)")
@@ -250,9 +252,11 @@ struct HeraldAPI: Sendable {
         let input = try APIJSON.decode(SubscriptionInput.self, from: data)
         try authorize("subscription:update", caller, project: subscription.project, context: context)
         if subscription.allProjects || input.allProjects == true {
+            if input.allProjects == true, !subscription.allProjects { try checkAllProjectsOwner(subscription.project, caller: caller) }
             try authorize("subscription:create_all_projects", caller, project: subscription.project, field: "all_projects", context: context)
         }
         if input.includeActor == true { try authorize("subscription:include_actor", caller, project: subscription.project, field: "include_actor", context: context) }
+        if input.unredacted == true { try authorize("subscription:unredacted", caller, project: subscription.project, field: "unredacted", context: context) }
         // Whoever changes where a trust-backed subscription posts would have Herald post, as the
         // trust's owner, wherever they point it: only the trustor (or a cloud admin) may.
         if keys.contains("target"), subscription.trustID != nil {
@@ -271,6 +275,7 @@ struct HeraldAPI: Sendable {
             // null removes the filter.
             case "resource_id": subscription.resourceID = input.resourceID
             case "origin": subscription.origin = try present(input.origin, key)
+            case "unredacted": subscription.unredacted = try present(input.unredacted, key)
             case "all_projects":
                 subscription.allProjects = try present(input.allProjects, key)
             default: break
@@ -336,7 +341,7 @@ struct HeraldAPI: Sendable {
         )
         subscription.createdBy = caller.userID
         subscription.updatedBy = caller.userID
-        let created = try await audited("create", caller, context: context) { try await create(subscription, caller: caller, trust: caller.token != nil) }
+        let created = try await audited("create", caller, context: context) { try await create(subscription, caller: caller, trust: caller.token != nil && caller.systemScope == nil) }
         var headers = HTTPFields()
         headers[.location] = "/v1/subscription/\(created.id)"
         return try APIJSON.response(AliasSubscription(created), status: .created, headers: headers)
@@ -487,6 +492,19 @@ struct HeraldAPI: Sendable {
         guard let endpoints = services.endpoints, let url = target.zaqarURL else { return }
         guard endpoints.permits(url) else {
             throw HTTPError(.badRequest, message: "target.zaqar_url: \(SafeText.quoted(url)) is not an allowed Zaqar endpoint; allowed: \(endpoints)")
+        }
+    }
+
+    /// A feed of every project belongs to the cloud's admins, never to another project: a
+    /// project-scoped admin's own project; with a system-scoped token, only the cloud's admin
+    /// project (HERALD_ADMIN_PROJECT), since the token has no project of its own.
+    private func checkAllProjectsOwner(_ project: String, caller: Caller) throws {
+        if caller.systemScope != nil {
+            guard let admin = services.keystone?.configuration.adminProject, project == admin else {
+                throw HTTPError(.badRequest, message: "all_projects: with a system-scoped token, an all-projects subscription may only belong to the cloud's admin project (HERALD_ADMIN_PROJECT\(services.keystone?.configuration.adminProject == nil ? ", which is not set" : ""))")
+            }
+        } else if project != caller.project {
+            throw HTTPError(.badRequest, message: "all_projects: an all-projects subscription belongs to the admin who makes it; leave out project")
         }
     }
 

@@ -1,4 +1,5 @@
 import HTTPTypes
+import HeraldModel
 import Hummingbird
 
 /// `HERALD_API_AUTH=keystone`: the caller is whoever Keystone says `X-Auth-Token` belongs to.
@@ -11,13 +12,39 @@ struct KeystoneAuthenticator: RouterMiddleware {
             throw HTTPError(.unauthorized, message: "missing X-Auth-Token header: send a Keystone token scoped to your project")
         }
         var context = context
+        var caller: Caller
         do {
-            context.caller = try await keystone.caller(token: token)
+            caller = try await keystone.caller(token: token, source: context.source)
         } catch .invalid(let reason) {
             throw HTTPError(.unauthorized, message: "X-Auth-Token: \(reason)")
         } catch .unavailable(let reason) {
             throw HTTPError(.serviceUnavailable, message: "cannot validate the token now: \(reason)")
+        } catch .throttled(let wait) {
+            let seconds = max(1, Int(wait.seconds.rounded(.up)))
+            var headers = HTTPFields()
+            headers[.retryAfter] = "\(seconds)"
+            throw HTTPError(.tooManyRequests, headers: headers, message: "X-Auth-Token: this address sent more unknown tokens than Keystone is asked to check (HERALD_KEYSTONE_VALIDATIONS_PER_SECOND); try again in \(seconds) s")
         }
+        let path = request.uri.path
+        if let rules = caller.accessRules {
+            let method = request.method.rawValue
+            let serviceType = keystone.configuration.serviceType
+            guard rules.contains(where: { $0.allows(method: method, path: path, serviceType: serviceType) }) else {
+                throw HTTPError(.forbidden, message: "X-Auth-Token: the application credential's access rules do not allow \(method) \(SafeText.clean(path, limit: 200)) on service type \(serviceType)")
+            }
+        }
+        if caller.systemScope != nil {
+            // A system-scoped token belongs to no project: the request names the one it acts on.
+            if let named = request.uri.queryParameters.get("project_id"), !named.isEmpty {
+                guard named.utf8.count <= 64, named.utf8.allSatisfy({ $0 == UInt8(ascii: "-") || $0 == UInt8(ascii: "_") || (0x30...0x39).contains($0) || (0x41...0x5A).contains($0) || (0x61...0x7A).contains($0) }) else {
+                    throw HTTPError(.badRequest, message: "project_id: must be a project id (letters, digits, - and _, at most 64)")
+                }
+                caller.project = named
+            } else if path != "/v1/policy" {
+                throw HTTPError(.badRequest, message: "project_id: a system-scoped token belongs to no project; name the project this request acts on with ?project_id=")
+            }
+        }
+        context.caller = caller
         return try await next(request, context)
     }
 }

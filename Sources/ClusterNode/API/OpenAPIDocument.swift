@@ -66,6 +66,7 @@ enum OpenAPIDocument {
               "include_actor": {"type": "boolean", "default": false, "description": "Also the events this project caused on other projects' resources (matched by the acting project)."},
               "resource_id": {"type": ["string", "null"], "description": "Only events about this resource (a server's uuid, a port's id, ...), as the event definitions find it."},
               "origin": {"type": "string", "enum": ["notification", "ceilometer", "any"], "default": "any", "description": "The service's notification, the Ceilometer event built from it (same message id), or both."},
+              "unredacted": {"type": "boolean", "default": false, "description": "Admin only (policy subscription:unredacted), all-projects subscriptions only: the events with the fields OpenStack shows only to admins (hosts, port bindings, Ceilometer's raw notification), which every other subscription receives removed."},
               "trust": {"type": "boolean", "description": "Keystone mode: make a trust from the caller to Herald (role member on the caller's project), used to post into a Keystone-protected Zaqar and to renew the pre-signed URL. Default true unless target.signed_url is given."}
             }
           },
@@ -80,6 +81,7 @@ enum OpenAPIDocument {
               "message_ttl": {"type": "integer"}, "created_at": {"type": "number"}, "updated_at": {"type": "number"},
               "trust_id": {"type": "string", "description": "The Keystone trust Herald made for this subscription; deleted with it."},
               "include_actor": {"type": "boolean"}, "resource_id": {"type": "string"}, "origin": {"type": "string", "enum": ["notification", "ceilometer", "any"]},
+              "unredacted": {"type": "boolean"},
               "warnings": {"type": "array", "items": {"type": "string"}, "description": "What needs the subscriber, e.g. a pre-signed URL near expiry with no trust to renew it."}
             }
           },

@@ -28,6 +28,15 @@ struct KeystoneConfiguration: Sendable {
     /// across projects. nil: Keystone's `is_admin_project` of the token decides (Keystone calls
     /// every project the admin project unless its `admin_project_name` is set).
     var adminProject: String?
+    /// A token Keystone refused is refused without asking again for this long
+    /// (HERALD_KEYSTONE_NEGATIVE_CACHE_SECONDS).
+    var negativeCacheTTL: Duration = .seconds(10)
+    /// Validations one source may send Keystone a second (HERALD_KEYSTONE_VALIDATIONS_PER_SECOND),
+    /// in bursts of twice that; 0: no limit.
+    var validationsPerSecond = 10
+    /// Herald's service type in the catalog (HERALD_SERVICE_TYPE): what application credentials'
+    /// access rules must name to reach Herald.
+    var serviceType = "events"
 
     var base: String {
         var base = url
@@ -46,10 +55,13 @@ final class KeystoneClient: Sendable {
         case invalid(String)
         /// Keystone could not be asked (down, or refusing Herald's own credentials).
         case unavailable(String)
+        /// This source sent more unknown tokens than `validationsPerSecond`: try again after this.
+        case throttled(Duration)
 
         var description: String {
             switch self {
             case .invalid(let text), .unavailable(let text): return text
+            case .throttled(let wait): return "too many token validations from this source; try again in \(wait)"
             }
         }
     }
@@ -68,6 +80,9 @@ final class KeystoneClient: Sendable {
     private struct State {
         var service: ServiceToken?
         var cache: [String: Entry] = [:]
+        /// Tokens Keystone refused, until when they are refused without asking.
+        var refused: [String: ContinuousClock.Instant] = [:]
+        var rateLimit: ValidationRateLimit
         /// Trust-scoped tokens by trust, each until a minute before it expires.
         var trustTokens: [String: (token: String, until: ContinuousClock.Instant)] = [:]
     }
@@ -75,7 +90,7 @@ final class KeystoneClient: Sendable {
     let configuration: KeystoneConfiguration
     private let http: HTTPClient
     private let logger: Logger
-    private let state = Mutex(State())
+    private let state: Mutex<State>
     private let validations = Atomic<Int>(0)
     private let trustTokenRequests = Atomic<Int>(0)
 
@@ -83,7 +98,13 @@ final class KeystoneClient: Sendable {
         self.configuration = configuration
         self.http = http
         self.logger = logger
+        let rate = Double(configuration.validationsPerSecond)
+        state = Mutex(State(rateLimit: ValidationRateLimit(perSecond: rate, burst: 2 * rate)))
     }
+
+    /// The longest token looked at; longer ones are refused without asking Keystone (Fernet
+    /// tokens are about 200 bytes, JWS tokens under 1 KiB).
+    static let maxTokenBytes = 4096
 
     /// Round trips to Keystone's token validation (the cache is working when this stays low).
     var validationCount: Int { validations.load(ordering: .relaxed) }
@@ -93,29 +114,36 @@ final class KeystoneClient: Sendable {
     // MARK: Users' tokens
 
     /// The caller a token stands for.
-    func caller(token: String) async throws(Failure) -> Caller {
+    /// - Parameter source: who sent it (the peer's address), for the per-source limit on
+    ///   validations that reach Keystone.
+    func caller(token: String, source: String = "-") async throws(Failure) -> Caller {
+        guard token.utf8.count <= Self.maxTokenBytes else { throw .invalid("longer than \(Self.maxTokenBytes) bytes; no Keystone token is") }
         let now = ContinuousClock.now
-        if let entry = state.withLock({ $0.cache[token] }), entry.until > now { return entry.caller }
+        let known = state.withLock { state -> Result<Caller?, Failure> in
+            if let entry = state.cache[token], entry.until > now { return .success(entry.caller) }
+            if let until = state.refused[token] {
+                if until > now { return .failure(.invalid("Keystone does not accept this token (unknown, expired or revoked)")) }
+                state.refused[token] = nil
+            }
+            if let wait = state.rateLimit.take(source, now: now) { return .failure(.throttled(wait)) }
+            return .success(nil)
+        }
+        switch known {
+        case .success(let caller?): return caller
+        case .success(nil): break
+        case .failure(let failure): throw failure
+        }
         var request = HTTPClientRequest(url: configuration.base + "/v3/auth/tokens")
         request.headers.add(name: "X-Subject-Token", value: token)
+        // Without it Keystone refuses tokens of application credentials with access rules, as
+        // it does for services that cannot enforce them.
+        request.headers.add(name: "OpenStack-Identity-Access-Rules", value: "1.0")
         validations.add(1, ordering: .relaxed)
         let (status, body, _) = try await asService(request)
         switch status {
         case 200:
             guard let object = body["token"] as? [String: Any] else { throw .unavailable("Keystone's validation answer has no token") }
-            guard let project = (object["project"] as? [String: Any])?["id"] as? String else {
-                throw .invalid("the token is not scoped to a project; ask Keystone for a project-scoped token")
-            }
-            let roles = (object["roles"] as? [[String: Any]] ?? []).compactMap { ($0["name"] as? String)?.lowercased() }
-            let userID = (object["user"] as? [String: Any])?["id"] as? String
-            let isAdminProject: Bool
-            if let admin = configuration.adminProject {
-                // By id only: names are unique only within a domain, and a domain admin could make one.
-                isAdminProject = admin == project
-            } else {
-                isAdminProject = object["is_admin_project"] as? Bool ?? true
-            }
-            let caller = Caller(project: project, roles: roles, isAdminProject: isAdminProject, userID: userID, token: token)
+            let caller = try Self.caller(object, token: token, adminProject: configuration.adminProject)
             let expires = Self.expiry(object["expires_at"] as? String)
             let until = min(now + configuration.cacheTTL, expires.map { now + .seconds(max(0, $0.timeIntervalSinceNow)) } ?? now + configuration.cacheTTL)
             state.withLock { state in
@@ -127,10 +155,49 @@ final class KeystoneClient: Sendable {
             }
             return caller
         case 404:
+            if configuration.negativeCacheTTL > .zero {
+                state.withLock { state in
+                    if state.refused.count >= configuration.cacheCapacity {
+                        state.refused = state.refused.filter { $0.value > now }
+                        if state.refused.count >= configuration.cacheCapacity { state.refused.removeAll(keepingCapacity: true) }
+                    }
+                    state.refused[token] = now + configuration.negativeCacheTTL
+                }
+            }
             throw .invalid("Keystone does not accept this token (unknown, expired or revoked)")
         default:
             throw .unavailable("Keystone answered \(status) to the token validation")
         }
+    }
+
+    /// The caller of a validated token (Keystone's `token` object): project-scoped, or
+    /// system-scoped (`system: {all: true}`; its project comes from the request), with an
+    /// application credential's access rules when it has any. Other scopes (domain, none)
+    /// are refused.
+    static func caller(_ object: [String: Any], token: String, adminProject: String?) throws(Failure) -> Caller {
+        let roles = (object["roles"] as? [[String: Any]] ?? []).prefix(256).compactMap { ($0["name"] as? String)?.lowercased() }
+        let userID = (object["user"] as? [String: Any])?["id"] as? String
+        var accessRules: [AccessRule]?
+        if let credential = object["application_credential"] as? [String: Any], let rules = credential["access_rules"] as? [[String: Any]] {
+            guard rules.count <= AccessRule.maxRules else { throw .invalid("the application credential has more than \(AccessRule.maxRules) access rules") }
+            accessRules = rules.map {
+                AccessRule(service: $0["service"] as? String ?? "", path: $0["path"] as? String ?? "", method: $0["method"] as? String ?? "")
+            }
+        }
+        if let system = object["system"] as? [String: Any], system["all"] as? Bool == true {
+            return Caller(project: "", roles: roles, isAdminProject: false, userID: userID, token: token, systemScope: "all", accessRules: accessRules)
+        }
+        guard let project = (object["project"] as? [String: Any])?["id"] as? String, !project.isEmpty else {
+            throw .invalid("the token is scoped to neither a project nor the system; ask Keystone for a project-scoped token")
+        }
+        let isAdminProject: Bool
+        if let adminProject {
+            // By id only: names are unique only within a domain, and a domain admin could make one.
+            isAdminProject = adminProject == project
+        } else {
+            isAdminProject = object["is_admin_project"] as? Bool ?? true
+        }
+        return Caller(project: project, roles: roles, isAdminProject: isAdminProject, userID: userID, token: token, accessRules: accessRules)
     }
 
     // MARK: Trusts

@@ -13,8 +13,8 @@ import Yams
 struct Policy: Sendable {
     /// Every operation Herald checks, with its default rule and what it guards.
     static let operations: [(name: String, rule: String, description: String)] = [
-        ("subscription:list", "rule:project_reader or rule:cloud_admin", "GET /v1/subscriptions, GET /v1/subscription"),
-        ("subscription:get", "rule:project_reader or rule:cloud_admin", "GET /v1/subscriptions/{id}"),
+        ("subscription:list", "rule:project_reader or rule:system_reader or rule:cloud_admin", "GET /v1/subscriptions, GET /v1/subscription"),
+        ("subscription:get", "rule:project_reader or rule:system_reader or rule:cloud_admin", "GET /v1/subscriptions/{id}"),
         ("subscription:create", "rule:project_member or rule:cloud_admin", "POST /v1/subscriptions, POST /v1/subscription"),
         ("subscription:update", "rule:project_member or rule:cloud_admin", "PATCH /v1/subscriptions/{id}"),
         ("subscription:delete", "rule:project_member or rule:cloud_admin", "DELETE /v1/subscriptions/{id}"),
@@ -23,7 +23,8 @@ struct Policy: Sendable {
         ("subscription:update_trusted_target", "user_id:%(trustor_id)s or rule:cloud_admin", "change the target or credentials of a subscription that posts through someone's trust"),
         // A project's actions on others' resources reach into their events: its admins decide.
         ("subscription:include_actor", "rule:project_admin or rule:cloud_admin", "ask for the events the project caused on other projects' resources"),
-        ("dead_letter:list", "rule:project_reader or rule:cloud_admin", "GET /v1/dead-letters"),
+        ("subscription:unredacted", "rule:cloud_admin", "take events with the fields OpenStack shows only to admins (all-projects subscriptions only)"),
+        ("dead_letter:list", "rule:project_reader or rule:system_reader or rule:cloud_admin", "GET /v1/dead-letters"),
         ("dead_letter:replay", "rule:project_member or rule:cloud_admin", "POST /v1/dead-letters/replay"),
         ("dead_letter:purge", "rule:project_member or rule:cloud_admin", "DELETE /v1/dead-letters"),
         ("policy:get", "@", "GET /v1/policy"),
@@ -34,6 +35,8 @@ struct Policy: Sendable {
         ("project_reader", "role:reader and project_id:%(project_id)s"),
         ("project_member", "role:member and project_id:%(project_id)s"),
         ("project_admin", "role:admin and project_id:%(project_id)s"),
+        // Keystone's system reader reads every project's (with a system-scoped token).
+        ("system_reader", "role:reader and system_scope:all"),
         // Admin across projects: system scope, or the admin role in Keystone's admin project.
         ("cloud_admin", "role:admin and (system_scope:all or is_admin_project:True)"),
     ]

@@ -1,0 +1,133 @@
+@testable import ClusterNode
+import Foundation
+import HTTPTypes
+import Hummingbird
+import HummingbirdTesting
+import Logging
+import NIOCore
+import NIOFoundationCompat
+import Testing
+import TestSupport
+
+@Suite("Access rules, system scope and the validation limit (pure logic)")
+struct TokenRuleTests {
+    @Test("paths match as keystonemiddleware matches them: * one segment, ** anything, the rest literal")
+    func paths() {
+        func matches(_ pattern: String, _ path: String) -> Bool { AccessRule.matches(Array(pattern.utf8)[...], Array(path.utf8)[...]) }
+        #expect(matches("/v1/subscriptions", "/v1/subscriptions"))
+        #expect(!matches("/v1/subscriptions", "/v1/subscriptions/x"))
+        #expect(matches("/v1/subscriptions/*", "/v1/subscriptions/abc"))
+        #expect(!matches("/v1/subscriptions/*", "/v1/subscriptions/"), "* is one non-empty segment")
+        #expect(!matches("/v1/subscriptions/*", "/v1/subscriptions/abc/delivery"))
+        #expect(matches("/v1/subscriptions/{id}/delivery", "/v1/subscriptions/abc/delivery"))
+        #expect(matches("/v1/**", "/v1/subscriptions/abc/delivery"))
+        #expect(matches("/v1/**", "/v1/"), "** may be empty")
+        #expect(matches("/**/delivery", "/v1/subscriptions/abc/delivery"))
+        #expect(!matches("/v1/**", "/v2/subscriptions"))
+        #expect(!matches("/v1/dead-letters", "/v1/dead-letters2"))
+        // Hostile patterns cost little: many wildcards are refused past a depth, not explored.
+        #expect(!matches(String(repeating: "**", count: 40) + "x", String(repeating: "a", count: 4000)))
+        let rule = AccessRule(service: "events", path: "/v1/subscriptions", method: "GET")
+        #expect(rule.allows(method: "GET", path: "/v1/subscriptions", serviceType: "events"))
+        #expect(!rule.allows(method: "POST", path: "/v1/subscriptions", serviceType: "events"))
+        #expect(!rule.allows(method: "GET", path: "/v1/subscriptions", serviceType: "compute"))
+    }
+
+    @Test("a token bucket per source: a burst, then one per 1/rate; other sources unaffected; bounded")
+    func rateLimit() {
+        var limit = ValidationRateLimit(perSecond: 2, burst: 4)
+        let start = ContinuousClock.now
+        for _ in 0..<4 { #expect(limit.take("10.0.0.1", now: start) == nil) }
+        let wait = limit.take("10.0.0.1", now: start)
+        #expect(wait != nil && wait! > .milliseconds(400) && wait! <= .milliseconds(500), "\(String(describing: wait))")
+        #expect(limit.take("10.0.0.2", now: start) == nil, "another source has its own bucket")
+        #expect(limit.take("10.0.0.1", now: start + .milliseconds(500)) == nil, "one more after 1/rate")
+        #expect(limit.take("10.0.0.1", now: start + .milliseconds(600)) != nil)
+        var small = ValidationRateLimit(perSecond: 1, burst: 2)
+        small.capacity = 100
+        for index in 0..<1000 { _ = small.take("s\(index)", now: start) }
+        #expect(small.sources <= 100)
+        var off = ValidationRateLimit(perSecond: 0, burst: 0)
+        #expect((0..<100).allSatisfy { _ in off.take("x", now: start) == nil }, "rate 0: no limit")
+    }
+
+    @Test("Keystone's answers: project scope, system scope, access rules; other scopes refused")
+    func scopes() throws {
+        let project: [String: Any] = ["project": ["id": "p1"], "roles": [["name": "Member"]], "user": ["id": "u1"], "is_admin_project": false]
+        let caller = try KeystoneClient.caller(project, token: "t", adminProject: nil)
+        #expect(caller.project == "p1" && caller.roles.contains("member") && caller.systemScope == nil && caller.accessRules == nil)
+        #expect(caller.credentials.projectID == "p1")
+        let system: [String: Any] = ["system": ["all": true], "roles": [["name": "admin"]], "user": ["id": "u2"]]
+        let admin = try KeystoneClient.caller(system, token: "t", adminProject: "adm")
+        #expect(admin.systemScope == "all" && admin.credentials.projectID == nil && admin.credentials.systemScope == "all")
+        #expect(Policy().allows("subscription:create_all_projects", credentials: admin.credentials, target: ["project_id": "p9"]))
+        #expect(!Policy().allows("subscription:create", credentials: try KeystoneClient.caller(["system": ["all": true], "roles": [["name": "reader"]]], token: "t", adminProject: nil).credentials, target: ["project_id": "p9"]))
+        #expect(Policy().allows("subscription:list", credentials: try KeystoneClient.caller(["system": ["all": true], "roles": [["name": "reader"]]], token: "t", adminProject: nil).credentials, target: ["project_id": "p9"]))
+        var restricted = project
+        restricted["application_credential"] = ["id": "ac", "access_rules": [["id": "r1", "service": "events", "path": "/v1/**", "method": "GET"]]]
+        #expect(try KeystoneClient.caller(restricted, token: "t", adminProject: nil).accessRules == [AccessRule(service: "events", path: "/v1/**", method: "GET")])
+        var unrestricted = project
+        unrestricted["application_credential"] = ["id": "ac"]
+        #expect(try KeystoneClient.caller(unrestricted, token: "t", adminProject: nil).accessRules == nil)
+        let domain: [String: Any] = ["domain": ["id": "default"], "roles": [["name": "admin"]]]
+        #expect(throws: KeystoneClient.Failure.self) { try KeystoneClient.caller(domain, token: "t", adminProject: nil) }
+        #expect(throws: KeystoneClient.Failure.self) { try KeystoneClient.caller(["system": ["all": false], "roles": []], token: "t", adminProject: nil) }
+    }
+}
+
+extension APISuites {
+    @Suite("Token validation under a flood (a real Keystone)")
+    struct TokenFloodTests {
+        let harness: APIHarness
+
+        init() throws {
+            harness = try APIHarness()
+        }
+
+        func client(_ keystone: KeystoneFixture, perSecond: Int, negative: Duration) -> KeystoneClient {
+            var configuration = KeystoneConfiguration(
+                url: keystone.url + "/v3", username: keystone.serviceUser, password: keystone.servicePassword, project: keystone.serviceProject,
+                userDomain: "Default", projectDomain: "Default", cacheTTL: .seconds(60)
+            )
+            configuration.validationsPerSecond = perSecond
+            configuration.negativeCacheTTL = negative
+            return KeystoneClient(configuration: configuration, logger: Logger(label: "test"))
+        }
+
+        func get(_ http: any TestClientProtocol, token: String) async throws -> HTTPResponse.Status {
+            var headers = HTTPFields()
+            headers[.authToken] = token
+            return try await http.execute(uri: "/v1/subscriptions", method: .get, headers: headers, body: nil).status
+        }
+
+        @Test("a refused token is refused again without asking Keystone; past the per-source limit, 429 with Retry-After")
+        func flood() async throws {
+            let keystone = try await KeystoneFixture.make()
+            let good = try await keystone.userToken("a")
+            let keystoneClient = client(keystone, perSecond: 1, negative: .seconds(30))
+            var services = harness.api.services
+            services.keystone = keystoneClient
+            let application = Application(router: HeraldAPI(services: services).router(authenticator: KeystoneAuthenticator(keystone: keystoneClient)))
+            try await application.test(.router) { http in
+                #expect(try await get(http, token: good) == .ok)
+                #expect(keystoneClient.validationCount == 1)
+                #expect(try await get(http, token: "gAAAAA-bogus-1") == .unauthorized)
+                #expect(keystoneClient.validationCount == 2)
+                for _ in 0..<20 { #expect(try await get(http, token: "gAAAAA-bogus-1") == .unauthorized) }
+                #expect(keystoneClient.validationCount == 2, "the refusal is cached: Keystone was asked once")
+                // The bucket (1 a second, bursts of 2) is empty now: a new unknown token waits.
+                var headers = HTTPFields()
+                headers[.authToken] = "gAAAAA-bogus-2"
+                let throttled = try await http.execute(uri: "/v1/subscriptions", method: .get, headers: headers, body: nil)
+                #expect(throttled.status == .tooManyRequests)
+                #expect(throttled.headers[.retryAfter] == "1")
+                #expect(keystoneClient.validationCount == 2, "throttled before Keystone")
+                // A valid token in the cache is never limited.
+                #expect(try await get(http, token: good) == .ok)
+                let huge = String(repeating: "A", count: 5000)
+                #expect(try await get(http, token: huge) == .unauthorized)
+                #expect(keystoneClient.validationCount == 2, "an oversized token is refused without asking")
+            }
+        }
+    }
+}

@@ -7,6 +7,7 @@ import HeraldModel
 import Hummingbird
 import HummingbirdTesting
 import NIOCore
+import NIOFoundationCompat
 import Prometheus
 import TestSupport
 
@@ -79,6 +80,19 @@ struct APIHarness {
             let response = try await client.execute(uri: uri, method: method, headers: headers, body: body)
             return Reply(status: response.status, headers: response.headers, data: Data(buffer: response.body))
         }
+    }
+
+    /// One request to an application behind Keystone, with `X-Auth-Token` when given.
+    static func call(_ client: any TestClientProtocol, _ method: HTTPRequest.Method, _ uri: String, token: String?, json: [String: Any]? = nil) async throws -> Reply {
+        var headers = HTTPFields()
+        if let token { headers[.authToken] = token }
+        var body: ByteBuffer?
+        if let json {
+            body = ByteBuffer(bytes: try JSONSerialization.data(withJSONObject: json))
+            headers[.contentType] = "application/json"
+        }
+        let response = try await client.execute(uri: uri, method: method, headers: headers, body: body)
+        return Reply(status: response.status, headers: response.headers, data: Data(buffer: response.body))
     }
 
     struct Reply: Sendable {

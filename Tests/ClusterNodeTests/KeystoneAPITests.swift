@@ -33,15 +33,7 @@ extension APISuites {
         }
 
         func call(_ client: any TestClientProtocol, _ method: HTTPRequest.Method, _ uri: String, token: String?, json: [String: Any]? = nil) async throws -> APIHarness.Reply {
-            var headers = HTTPFields()
-            if let token { headers[.authToken] = token }
-            var body: ByteBuffer?
-            if let json {
-                body = ByteBuffer(bytes: try JSONSerialization.data(withJSONObject: json))
-                headers[.contentType] = "application/json"
-            }
-            let response = try await client.execute(uri: uri, method: method, headers: headers, body: body)
-            return APIHarness.Reply(status: response.status, headers: response.headers, data: Data(buffer: response.body))
+            try await APIHarness.call(client, method, uri, token: token, json: json)
         }
 
         @Test("no, bad, expired and revoked tokens: 401; another project's subscription: 404; all projects: admin only")

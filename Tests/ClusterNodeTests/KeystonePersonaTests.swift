@@ -112,7 +112,7 @@ extension APISuites {
                         default: throw TestFailure("docs/identity.md names a request this test cannot make: \(request)")
                         }
                         let uri = persona.query.isEmpty ? path : path + "?" + persona.query
-                        let reply = try await call(http, method, uri, token: persona.token, json: json)
+                        let reply = try await APIHarness.call(http, method, uri, token: persona.token, json: json)
                         #expect(Int(reply.status.code) == expected, "\(request) as \(column): \(reply.status.code) \(reply.message)")
                         if method == .patch, column == "second member", path.hasSuffix(id), json?["target"] != nil {
                             #expect(try await harness.registry.get(id: id, project: projectA)?.target.queue == "persona", "a refused target change stores nothing")
@@ -120,18 +120,6 @@ extension APISuites {
                     }
                 }
             }
-        }
-
-        func call(_ client: any TestClientProtocol, _ method: HTTPRequest.Method, _ uri: String, token: String, json: [String: Any]?) async throws -> APIHarness.Reply {
-            var headers = HTTPFields()
-            headers[.authToken] = token
-            var body: ByteBuffer?
-            if let json {
-                body = ByteBuffer(bytes: try JSONSerialization.data(withJSONObject: json))
-                headers[.contentType] = "application/json"
-            }
-            let response = try await client.execute(uri: uri, method: method, headers: headers, body: body)
-            return APIHarness.Reply(status: response.status, headers: response.headers, data: Data(buffer: response.body))
         }
     }
 }

@@ -21,6 +21,27 @@ struct AMQPConfigurationTests {
         #expect(configuration.tls == tls)
     }
 
+    @Test("several hosts, as oslo.messaging's transport_url writes them: each its own credentials, one vhost and options")
+    func severalHosts() throws {
+        let configuration = try AMQPConfiguration(url: "amqp://a:pa@h1:5672,b:p%2Cb@h2:5673,h3/nova?heartbeat=4")
+        #expect(configuration.endpoints == [
+            .init(host: "h1", port: 5672, user: "a", password: "pa"), .init(host: "h2", port: 5673, user: "b", password: "p,b"),
+            .init(host: "h3", port: 5672, user: "guest", password: "guest"),
+        ])
+        #expect(configuration.virtualHost == "nova" && configuration.heartbeat == .seconds(4))
+        let second = configuration.aimed(at: 4)
+        #expect(second.host == "h2" && second.user == "b" && second.endpoints.map(\.host) == ["h2", "h3", "h1"], "aimed round-robin")
+        #expect(configuration.redactedDescription == "amqp://a@h1:5672,b@h2:5673,guest@h3:5672/nova")
+        for bad in ["amqp://u:secret@h1,,h3/", "amqp://u:secret@h1,u:secret@h2:99999/", "amqp://" + Array(repeating: "h", count: 17).joined(separator: ",")] {
+            do {
+                _ = try AMQPConfiguration(url: bad)
+                Issue.record("\(bad) was accepted")
+            } catch {
+                #expect(!"\(error)".contains("secret"), "a password never appears in the error: \(error)")
+            }
+        }
+    }
+
     @Test("heartbeat from the URL")
     func heartbeat() throws {
         #expect(try AMQPConfiguration(url: "amqp://h?heartbeat=3").heartbeat == .seconds(3))
@@ -225,6 +246,24 @@ struct AMQPClientTests {
         #expect(receivedA.count == 20)
         _ = await taskA.result
         taskB.cancel()
+    }
+
+    @Test("several hosts: a node that does not answer is passed over, at start and on reconnect")
+    func passesOverDeadNode() async throws {
+        let live = try AMQPConfiguration(url: TestServers.amqpURL())
+        // A port nothing listens on stands for a cluster node that is down.
+        var configuration = live
+        configuration.endpoints = [.init(host: "127.0.0.1", port: 1, user: live.user, password: live.password)] + live.endpoints
+        configuration.reconnectMaxDelay = .milliseconds(200)
+        let connection = try await AMQPConnection.connect(configuration)
+        defer { Task { await connection.close() } }
+        #expect(connection.endpoint == "\(live.host):\(live.port)")
+        let channel = try await connection.openChannel()
+        let queue = TestServers.uniqueName("herald-test.failover")
+        _ = try await channel.declareQueue(queue, options: AMQPQueueOptions(durable: false, autoDelete: false))
+        defer { Task { _ = try? await channel.deleteQueue(queue) } }
+        try await channel.publish(message(queue, "one"))
+        #expect(try await channel.declareQueuePassive(queue).messageCount <= 1)
     }
 
     @Test("heartbeats keep an idle connection open")

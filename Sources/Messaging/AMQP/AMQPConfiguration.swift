@@ -4,8 +4,54 @@ import Foundation
 ///
 /// Built from `amqp://user:password@host:port/vhost` (or `amqps://` for TLS).
 /// The vhost is the URL path, percent-decoded: `/` is written `%2F`, and an
-/// empty path means `/`.
+/// empty path means `/`. Several hosts, comma-separated as oslo.messaging's
+/// `transport_url` has them (`amqp://u:p@h1:5672,u:p@h2:5672,u:p@h3:5672/vhost`), are the
+/// nodes of one cluster: the connection uses one, and moves to the next when it is lost or
+/// cannot be reached.
 public struct AMQPConfiguration: Sendable, Equatable {
+    /// One node of the cluster, with the credentials its part of the URL gave.
+    public struct Endpoint: Sendable, Equatable {
+        public var host: String
+        public var port: Int
+        public var user: String
+        public var password: String
+
+        public init(host: String, port: Int, user: String, password: String) {
+            self.host = host
+            self.port = port
+            self.user = user
+            self.password = password
+        }
+    }
+
+    /// Every node, the first being the one `host`, `port`, `user` and `password` name.
+    public var endpoints: [Endpoint] {
+        get { [Endpoint(host: host, port: port, user: user, password: password)] + alternates }
+        set {
+            guard let first = newValue.first else { return }
+            host = first.host
+            port = first.port
+            user = first.user
+            password = first.password
+            alternates = Array(newValue.dropFirst())
+        }
+    }
+
+    /// The nodes after the first.
+    public var alternates: [Endpoint] = []
+
+    /// This configuration aimed at `endpoints[index % endpoints.count]`, with the others after it.
+    public func aimed(at index: Int) -> AMQPConfiguration {
+        var aimed = self
+        let all = endpoints
+        let start = index % all.count
+        aimed.endpoints = Array(all[start...] + all[..<start])
+        return aimed
+    }
+
+    /// At most this many hosts in one URL.
+    public static let maxHosts = 16
+
     public var host: String
     public var port: Int
     public var virtualHost: String
@@ -58,28 +104,57 @@ public struct AMQPConfiguration: Sendable, Equatable {
         self.frameMax = frameMax
     }
 
-    /// Parses an `amqp://` or `amqps://` URL.
+    /// Parses an `amqp://` or `amqps://` URL, with one host or several (comma-separated, each
+    /// `[user[:password]@]host[:port]`; the path and options after the last one apply to all).
     /// - Throws: `MessagingError.invalidConfiguration` naming the bad part.
     public init(url: String) throws {
+        guard let schemeEnd = url.range(of: "://") else {
+            throw MessagingError(.invalidConfiguration, "AMQP URL '\(Self.hidingPasswords(url))' is not a URL; expected amqp://user:password@host:port/vhost")
+        }
+        let afterScheme = url[schemeEnd.upperBound...]
+        let authorityEnd = afterScheme.firstIndex { $0 == "/" || $0 == "?" } ?? afterScheme.endIndex
+        let hosts = afterScheme[..<authorityEnd].split(separator: ",", omittingEmptySubsequences: false)
+        guard hosts.count <= Self.maxHosts else {
+            throw MessagingError(.invalidConfiguration, "AMQP URL names \(hosts.count) hosts; at most \(Self.maxHosts)")
+        }
+        if hosts.count > 1 {
+            let prefix = url[..<schemeEnd.upperBound]
+            let rest = afterScheme[authorityEnd...]
+            var parsed: [AMQPConfiguration] = []
+            for (index, host) in hosts.enumerated() {
+                guard !host.isEmpty else {
+                    throw MessagingError(.invalidConfiguration, "AMQP URL '\(Self.hidingPasswords(url))': host \(index + 1) of \(hosts.count) is empty")
+                }
+                parsed.append(try AMQPConfiguration(single: String(prefix + host + rest)))
+            }
+            self = parsed[0]
+            alternates = parsed.dropFirst().map { $0.endpoints[0] }
+            return
+        }
+        try self.init(single: url)
+    }
+
+    /// One host's URL.
+    private init(single url: String) throws {
         guard let components = URLComponents(string: url), let scheme = components.scheme?.lowercased() else {
-            throw MessagingError(.invalidConfiguration, "AMQP URL '\(url)' is not a URL; expected amqp://user:password@host:port/vhost")
+            throw MessagingError(.invalidConfiguration, "AMQP URL '\(Self.hidingPasswords(url))' is not a URL; expected amqp://user:password@host:port/vhost")
         }
         guard scheme == "amqp" || scheme == "amqps" else {
-            throw MessagingError(.invalidConfiguration, "AMQP URL '\(url)': scheme '\(scheme)' is not amqp:// or amqps://")
+            throw MessagingError(.invalidConfiguration, "AMQP URL '\(Self.hidingPasswords(url))': scheme '\(scheme)' is not amqp:// or amqps://")
         }
         guard let host = components.host, !host.isEmpty else {
-            throw MessagingError(.invalidConfiguration, "AMQP URL '\(url)' has no host")
+            throw MessagingError(.invalidConfiguration, "AMQP URL '\(Self.hidingPasswords(url))' has no host")
         }
         let tls = scheme == "amqps"
         let port = components.port ?? (tls ? 5671 : 5672)
         guard (1...65535).contains(port) else {
-            throw MessagingError(.invalidConfiguration, "AMQP URL '\(url)': port \(port) is out of range")
+            throw MessagingError(.invalidConfiguration, "AMQP URL '\(Self.hidingPasswords(url))': port \(port) is out of range")
         }
         var vhost = "/"
         let rawPath = components.percentEncodedPath
         if rawPath.count > 1 {
             guard let decoded = String(rawPath.dropFirst()).removingPercentEncoding else {
-                throw MessagingError(.invalidConfiguration, "AMQP URL '\(url)': vhost '\(rawPath)' is not valid percent-encoding")
+                throw MessagingError(.invalidConfiguration, "AMQP URL '\(Self.hidingPasswords(url))': vhost '\(rawPath)' is not valid percent-encoding")
             }
             vhost = decoded
         }
@@ -95,25 +170,39 @@ public struct AMQPConfiguration: Sendable, Equatable {
             switch item.name {
             case "heartbeat":
                 guard let seconds = item.value.flatMap(Int.init), seconds >= 0 else {
-                    throw MessagingError(.invalidConfiguration, "AMQP URL '\(url)': heartbeat '\(item.value ?? "")' is not a number of seconds")
+                    throw MessagingError(.invalidConfiguration, "AMQP URL '\(Self.hidingPasswords(url))': heartbeat '\(item.value ?? "")' is not a number of seconds")
                 }
                 heartbeat = .seconds(seconds)
             case "connection_timeout":
                 guard let millis = item.value.flatMap(Int.init), millis > 0 else {
-                    throw MessagingError(.invalidConfiguration, "AMQP URL '\(url)': connection_timeout '\(item.value ?? "")' is not a number of milliseconds")
+                    throw MessagingError(.invalidConfiguration, "AMQP URL '\(Self.hidingPasswords(url))': connection_timeout '\(item.value ?? "")' is not a number of milliseconds")
                 }
                 connectTimeout = .milliseconds(millis)
             case "cacertfile":
                 caCertificatePath = item.value
             default:
-                throw MessagingError(.invalidConfiguration, "AMQP URL '\(url)': unknown option '\(item.name)' (known: heartbeat, connection_timeout, cacertfile)")
+                throw MessagingError(.invalidConfiguration, "AMQP URL '\(Self.hidingPasswords(url))': unknown option '\(item.name)' (known: heartbeat, connection_timeout, cacertfile)")
             }
         }
+    }
+
+    /// `url` with every password replaced by `***`, for messages.
+    static func hidingPasswords(_ url: String) -> String {
+        guard let schemeEnd = url.range(of: "://") else { return url }
+        let afterScheme = url[schemeEnd.upperBound...]
+        let authorityEnd = afterScheme.firstIndex { $0 == "/" || $0 == "?" } ?? afterScheme.endIndex
+        let hosts = afterScheme[..<authorityEnd].split(separator: ",", omittingEmptySubsequences: false).map { host -> String in
+            guard let at = host.lastIndex(of: "@") else { return String(host) }
+            let credentials = host[..<at]
+            guard let colon = credentials.firstIndex(of: ":") else { return String(host) }
+            return String(credentials[..<colon]) + ":***" + String(host[at...])
+        }
+        return String(url[..<schemeEnd.upperBound]) + hosts.joined(separator: ",") + String(afterScheme[authorityEnd...])
     }
 
     /// The URL without its password, for logs.
     public var redactedDescription: String {
         let vhost = virtualHost.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? virtualHost
-        return "\(tls ? "amqps" : "amqp")://\(user)@\(host):\(port)/\(vhost)"
+        return "\(tls ? "amqps" : "amqp")://" + endpoints.map { "\($0.user)@\($0.host):\($0.port)" }.joined(separator: ",") + "/\(vhost)"
     }
 }

@@ -44,6 +44,8 @@ public final class AMQPConnection: Sendable {
 
     /// How many times the connection was re-made after a loss.
     public var reconnects: Int { engine.status.withLock { $0.reconnects } }
+    /// The node in use (`host:port`), or the one tried next while reconnecting.
+    public var endpoint: String { engine.status.withLock { $0.endpoint } }
 
     /// Waits until the connection is up, polling every 20 ms.
     /// - Throws: `MessagingError.notConnected` with the last connect error when `timeout` passes first.
@@ -51,7 +53,7 @@ public final class AMQPConnection: Sendable {
         let deadline = ContinuousClock.now + timeout
         while !isConnected {
             if ContinuousClock.now >= deadline {
-                throw MessagingError(.notConnected, "RabbitMQ at \(configuration.host):\(configuration.port) not reachable within \(timeout)", replyText: engine.status.withLock { $0.lastError })
+                throw MessagingError(.notConnected, "RabbitMQ at \(configuration.endpoints.map { "\($0.host):\($0.port)" }.joined(separator: ", ")) not reachable within \(timeout)", replyText: engine.status.withLock { $0.lastError })
             }
             try await Task.sleep(for: .milliseconds(20))
         }

@@ -27,6 +27,8 @@ final class AMQPEngine: @unchecked Sendable {
         var connected = false
         var reconnects = 0
         var lastError: String?
+        /// The node connected to (or tried next): `host:port`.
+        var endpoint = ""
     }
 
     let configuration: AMQPConfiguration
@@ -44,6 +46,13 @@ final class AMQPEngine: @unchecked Sendable {
     private var incarnations: UInt64 = 0
     private var failures = 0
     private var retryAt: ContinuousClock.Instant?
+    /// Which of the configuration's endpoints is in use (or tried next); moves on when one is
+    /// lost or cannot be reached.
+    private var endpointIndex = 0
+    private var endpoint: String {
+        let node = configuration.aimed(at: endpointIndex)
+        return "\(node.host):\(node.port)"
+    }
     private var stopped: CheckedContinuation<Void, Never>?
     static let controlChannel: UInt16 = 1
 
@@ -64,10 +73,30 @@ final class AMQPEngine: @unchecked Sendable {
 
     /// Connects on the calling thread, then starts the connection thread.
     func start() throws {
-        let made = try RabbitMQConnection.open(configuration)
-        try made.openChannel(Self.controlChannel)
+        // Each node once, in order: the first that answers is the one.
+        var made: RabbitMQConnection?
+        var lastError: (any Error)?
+        for index in configuration.endpoints.indices {
+            do {
+                let opened = try RabbitMQConnection.open(configuration.aimed(at: index))
+                try opened.openChannel(Self.controlChannel)
+                made = opened
+                endpointIndex = index
+                break
+            } catch {
+                lastError = error
+                if configuration.endpoints.count > 1 {
+                    logger.warning("cannot connect to a RabbitMQ node; trying the next", metadata: ["amqp.endpoint": "\(configuration.aimed(at: index).host):\(configuration.aimed(at: index).port)", "error": "\(error)"])
+                }
+            }
+        }
+        guard let made else { throw lastError ?? MessagingError(.connectionFailed, "no RabbitMQ node to connect to") }
         wire = made
-        status.withLock { $0.connected = true }
+        let endpoint = endpoint
+        status.withLock {
+            $0.connected = true
+            $0.endpoint = endpoint
+        }
         let thread = Thread { [self] in run() }
         thread.name = "herald.amqp"
         thread.start()
@@ -223,7 +252,7 @@ final class AMQPEngine: @unchecked Sendable {
 
     func connected() throws -> RabbitMQConnection {
         guard let wire else {
-            throw MessagingError(.notConnected, "not connected to RabbitMQ at \(configuration.host):\(configuration.port); reconnecting", replyText: status.withLock { $0.lastError })
+            throw MessagingError(.notConnected, "not connected to RabbitMQ at \(endpoint); reconnecting", replyText: status.withLock { $0.lastError })
         }
         return wire
     }
@@ -447,8 +476,10 @@ final class AMQPEngine: @unchecked Sendable {
 
     private func connectionLost(_ error: any Error) {
         guard wire != nil else { return }
-        logger.warning("lost the connection to RabbitMQ; reconnecting", metadata: ["amqp.endpoint": "\(configuration.host):\(configuration.port)", "error": "\(error)"])
+        logger.warning("lost the connection to RabbitMQ; reconnecting", metadata: ["amqp.endpoint": "\(endpoint)", "error": "\(error)"])
         wire = nil  // the socket is closed with the object
+        // The node is likely gone: the next one first (oslo.messaging does the same).
+        endpointIndex += 1
         let lost = (error as? MessagingError) ?? MessagingError(.connectionLost, "\(error)")
         for record in channels.values {
             record.isOpen = false
@@ -466,25 +497,29 @@ final class AMQPEngine: @unchecked Sendable {
         let now = ContinuousClock.now
         if let retryAt, now < retryAt { return }
         do {
-            let made = try RabbitMQConnection.open(configuration)
+            let made = try RabbitMQConnection.open(configuration.aimed(at: endpointIndex))
             try made.openChannel(Self.controlChannel)
             for item in topology { try item.apply(on: made, channel: Self.controlChannel) }
             for record in channels.values.sorted(by: { $0.id < $1.id }) { try restore(record, on: made) }
             wire = made
             failures = 0
             retryAt = nil
+            let endpoint = endpoint
             status.withLock {
                 $0.connected = true
                 $0.reconnects += 1
+                $0.endpoint = endpoint
             }
-            logger.info("reconnected to RabbitMQ", metadata: ["amqp.endpoint": "\(configuration.host):\(configuration.port)", "amqp.channels": "\(channels.count)"])
+            logger.info("reconnected to RabbitMQ", metadata: ["amqp.endpoint": "\(endpoint)", "amqp.channels": "\(channels.count)"])
         } catch {
             failures += 1
+            let tried = endpoint
+            endpointIndex += 1
             let ceiling = min(configuration.reconnectMaxDelay.seconds, configuration.reconnectBaseDelay.seconds * pow(2, Double(min(failures, 20))))
             retryAt = now + .milliseconds(Int(Double.random(in: 0.5...1.0) * ceiling * 1000))
             status.withLock { $0.lastError = "\(error)" }
             if failures == 1 || failures % 10 == 0 {
-                logger.warning("cannot reconnect to RabbitMQ yet", metadata: ["amqp.endpoint": "\(configuration.host):\(configuration.port)", "amqp.failures": "\(failures)", "error": "\(error)"])
+                logger.warning("cannot reconnect to RabbitMQ yet", metadata: ["amqp.endpoint": "\(tried)", "amqp.failures": "\(failures)", "error": "\(error)"])
             }
         }
     }

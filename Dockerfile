@@ -1,9 +1,12 @@
-# Herald's container image. Not built on the development machines (they have no
-# container engine); kept minimal: build with the Swift toolchain image, run on slim
-# Debian with only the C libraries Herald links and the Swift runtime.
+# Herald's container image, for a build with a registry (docker or podman):
 #
 #   docker build -t herald:0.1.0 .
 #   docker run --rm herald:0.1.0 --help
+#
+# Without a registry, scripts/image builds the same runtime stage on a Debian base made
+# with debootstrap and the host's Swift toolchain (docs/image.md). It reads this file:
+# the runtime packages from RUNTIME_PACKAGES, and every line below the "shared with
+# scripts/image" mark; scripts/image-check keeps the two from drifting.
 
 FROM swift:6.3-bookworm AS build
 RUN apt-get update \
@@ -15,14 +18,22 @@ COPY Package.swift ./
 RUN swift package resolve
 COPY Sources ./Sources
 COPY Tests ./Tests
+# The Swift runtime and Foundation linked in: the runtime stage needs no toolchain.
+# --strip-debug keeps the symbol table, so crash backtraces still name functions.
 RUN swift build -c release --product herald --static-swift-stdlib \
- && install -D "$(swift build -c release --show-bin-path)/herald" /out/herald
+ && install -D "$(swift build -c release --show-bin-path)/herald" /out/herald \
+ && strip --strip-debug /out/herald
 
-FROM debian:bookworm-slim
+FROM debian:bookworm-slim AS runtime
+# Only the shared libraries herald links (hiredis, rabbitmq-c with OpenSSL, simdjson with
+# libstdc++), CA certificates for https targets and time zones.
+ARG RUNTIME_PACKAGES="libhiredis0.14 librabbitmq4 libsimdjson14 ca-certificates tzdata"
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libhiredis0.14 librabbitmq4 libsimdjson14 libcurl4 ca-certificates tzdata \
- && rm -rf /var/lib/apt/lists/* \
- && useradd --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin herald
+ && apt-get install -y --no-install-recommends $RUNTIME_PACKAGES \
+ && rm -rf /var/lib/apt/lists/*
+# ---- shared with scripts/image: below here, both builds run the same instructions.
+# The chart runs it as 10001:10001 with a read-only root file system (/tmp is an emptyDir).
+RUN useradd --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin herald
 COPY --from=build /out/herald /usr/local/bin/herald
 USER 10001:10001
 EXPOSE 8090

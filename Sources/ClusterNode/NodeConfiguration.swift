@@ -115,7 +115,7 @@ struct NodeConfiguration: Sendable {
         "HERALD_POLICY_FILE", "HERALD_ADMIN_PROJECT", "HERALD_DELIVERY_RETRY_HORIZON", "HERALD_PARKING_AFTER_ATTEMPTS",
         "HERALD_PARKING_RETRY_BASE_SECONDS", "HERALD_PARKING_RETRY_CAP_SECONDS", "HERALD_PARKING_PROJECT_MAX_MESSAGES", "HERALD_PARKING_PROJECT_MAX_BYTES",
         "HERALD_PARKING_SUBSCRIPTION_MAX_MESSAGES", "HERALD_PARKING_DRAINS", "HERALD_KEYSTONE_NEGATIVE_CACHE_SECONDS",
-        "HERALD_KEYSTONE_VALIDATIONS_PER_SECOND", "HERALD_SERVICE_TYPE", "HERALD_REDACTION_FILE",
+        "HERALD_KEYSTONE_VALIDATIONS_PER_SECOND", "HERALD_SERVICE_TYPE", "HERALD_REDACTION_FILE", "HERALD_TRUSTED_PROXIES",
     ]
 
     /// oslo.messaging's notification priorities (the routing key's last part).
@@ -273,7 +273,8 @@ struct NodeConfiguration: Sendable {
                     project: string("HERALD_KEYSTONE_PROJECT", "service"), userDomain: string("HERALD_KEYSTONE_USER_DOMAIN", "Default"),
                     projectDomain: string("HERALD_KEYSTONE_PROJECT_DOMAIN", "Default"), cacheTTL: .seconds(keystoneCacheSeconds),
                     trustRoles: trustRoles, adminProject: environment["HERALD_ADMIN_PROJECT"].flatMap { $0.isEmpty ? nil : $0 },
-                    negativeCacheTTL: .seconds(keystoneNegativeSeconds), validationsPerSecond: keystoneValidations, serviceType: serviceType
+                    negativeCacheTTL: .seconds(keystoneNegativeSeconds), validationsPerSecond: keystoneValidations, serviceType: serviceType,
+                    trustedProxies: Set(string("HERALD_TRUSTED_PROXIES", "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty })
                 )
             },
             ingestWatchInterval: .seconds(try integer("HERALD_INGEST_WATCH_SECONDS", 10, 1...3600)),

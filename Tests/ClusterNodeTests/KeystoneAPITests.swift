@@ -18,11 +18,14 @@ extension APISuites {
             harness = try APIHarness()
         }
 
+        /// With the cloud's admin project set (without it no project-scoped token is a cloud admin).
         func configuration(_ keystone: KeystoneFixture) -> KeystoneConfiguration {
-            KeystoneConfiguration(
+            var configuration = KeystoneConfiguration(
                 url: keystone.url + "/v3", username: keystone.serviceUser, password: keystone.servicePassword, project: keystone.serviceProject,
                 userDomain: "Default", projectDomain: "Default", cacheTTL: .seconds(60)
             )
+            configuration.adminProject = keystone.adminProjectID
+            return configuration
         }
 
         /// The harness's API behind Keystone.
@@ -78,6 +81,17 @@ extension APISuites {
                 let byAdmin = try await call(http, .post, "/v1/subscriptions", token: admin, json: everything)
                 #expect(byAdmin.status == .created, "\(byAdmin.text)")
                 #expect(byAdmin.object["project"] as? String == keystone.adminProjectID)
+            }
+            // Without HERALD_ADMIN_PROJECT, the admin role in a project is that project's only,
+            // however Keystone marks the project (it calls every project the admin project
+            // unless its admin_project_name is set).
+            var unset = configuration(keystone)
+            unset.adminProject = nil
+            let noAdminProject = KeystoneClient(configuration: unset, logger: Logger(label: "test"))
+            try await application(noAdminProject).test(.router) { http in
+                let everything: [String: Any] = ["event_types": ["compute.*"], "target": ["queue": "all-events"], "all_projects": true, "trust": false]
+                let refused = try await call(http, .post, "/v1/subscriptions", token: admin, json: everything)
+                #expect(refused.status == .forbidden, "\(refused.text)")
             }
             // Each token was validated by Keystone once (the expired one twice at most); the rest came from the cache.
             #expect(client.validationCount <= 7, "\(client.validationCount) validations")

@@ -33,22 +33,43 @@ struct TokenRuleTests {
         #expect(!rule.allows(method: "GET", path: "/v1/subscriptions", serviceType: "compute"))
     }
 
-    @Test("a token bucket per source: a burst, then one per 1/rate; other sources unaffected; bounded")
+    @Test("a token bucket per source, charged by refusals only: a burst, then one per 1/rate; IPv6 by /64; bounded")
     func rateLimit() {
         var limit = ValidationRateLimit(perSecond: 2, burst: 4)
         let start = ContinuousClock.now
-        for _ in 0..<4 { #expect(limit.take("10.0.0.1", now: start) == nil) }
-        let wait = limit.take("10.0.0.1", now: start)
+        for _ in 0..<10 { #expect(limit.check("10.0.0.1", now: start) == nil, "checking costs nothing") }
+        for _ in 0..<4 { limit.charge("10.0.0.1", now: start) }
+        let wait = limit.check("10.0.0.1", now: start)
         #expect(wait != nil && wait! > .milliseconds(400) && wait! <= .milliseconds(500), "\(String(describing: wait))")
-        #expect(limit.take("10.0.0.2", now: start) == nil, "another source has its own bucket")
-        #expect(limit.take("10.0.0.1", now: start + .milliseconds(500)) == nil, "one more after 1/rate")
-        #expect(limit.take("10.0.0.1", now: start + .milliseconds(600)) != nil)
+        #expect(limit.check("10.0.0.2", now: start) == nil, "another source has its own bucket")
+        #expect(limit.check("10.0.0.1", now: start + .milliseconds(500)) == nil, "one more after 1/rate")
+        // One IPv6 host holds its whole /64: every address in it shares the bucket.
+        for suffix in 1...4 { limit.charge("2001:db8:1:2::\(suffix)", now: start) }
+        #expect(limit.check("2001:db8:1:2:ffff::9", now: start) != nil)
+        #expect(limit.check("2001:db8:1:3::1", now: start) == nil, "another /64 is another source")
+        // Spraying addresses past the capacity lands in one shared bucket.
         var small = ValidationRateLimit(perSecond: 1, burst: 2)
         small.capacity = 100
-        for index in 0..<1000 { _ = small.take("s\(index)", now: start) }
-        #expect(small.sources <= 100)
+        for index in 0..<1000 { small.charge("10.1.\(index / 256).\(index % 256)", now: start) }
+        #expect(small.sources <= 101)
+        #expect(small.check("10.9.9.9", now: start) != nil || small.check("10.1.0.1", now: start) != nil, "new sources past the capacity share a spent bucket")
         var off = ValidationRateLimit(perSecond: 0, burst: 0)
-        #expect((0..<100).allSatisfy { _ in off.take("x", now: start) == nil }, "rate 0: no limit")
+        for _ in 0..<100 { off.charge("x", now: start) }
+        #expect(off.check("x", now: start) == nil, "rate 0: no limit")
+    }
+
+    @Test("behind trusted proxies the client is the last X-Forwarded-For hop that is not one of them")
+    func forwarded() {
+        func client(_ peer: String, _ forwarded: [String], trusted: Set<String>) -> String {
+            var headers = HTTPFields()
+            for value in forwarded { headers.append(HTTPField(name: .forwardedFor, value: value)) }
+            let request = Request(head: HTTPRequest(method: .get, scheme: nil, authority: nil, path: "/v1/subscriptions", headerFields: headers), body: RequestBody(buffer: ByteBuffer()))
+            return KeystoneAuthenticator.client(request, peer: peer, trusted: trusted)
+        }
+        #expect(client("10.0.0.5", ["203.0.113.7"], trusted: []) == "10.0.0.5", "an untrusted peer's header is ignored")
+        #expect(client("10.0.0.5", ["198.51.100.1, 203.0.113.7"], trusted: ["10.0.0.5"]) == "203.0.113.7", "the client can prepend anything; the proxy's own hop counts")
+        #expect(client("10.0.0.5", ["203.0.113.7", "10.0.0.4"], trusted: ["10.0.0.5", "10.0.0.4"]) == "203.0.113.7")
+        #expect(client("10.0.0.5", [], trusted: ["10.0.0.5"]) == "10.0.0.5")
     }
 
     @Test("Keystone's answers: project scope, system scope, access rules; other scopes refused")
@@ -115,18 +136,21 @@ extension APISuites {
                 #expect(keystoneClient.validationCount == 2)
                 for _ in 0..<20 { #expect(try await get(http, token: "gAAAAA-bogus-1") == .unauthorized) }
                 #expect(keystoneClient.validationCount == 2, "the refusal is cached: Keystone was asked once")
-                // The bucket (1 a second, bursts of 2) is empty now: a new unknown token waits.
+                #expect(try await get(http, token: "gAAAAA-bogus-2") == .unauthorized)
+                #expect(keystoneClient.validationCount == 3)
+                // Two refusals spent the bucket (1 a second, bursts of 2; the valid token cost
+                // nothing): the next unknown token from this address waits.
                 var headers = HTTPFields()
-                headers[.authToken] = "gAAAAA-bogus-2"
+                headers[.authToken] = "gAAAAA-bogus-3"
                 let throttled = try await http.execute(uri: "/v1/subscriptions", method: .get, headers: headers, body: nil)
                 #expect(throttled.status == .tooManyRequests)
                 #expect(throttled.headers[.retryAfter] == "1")
-                #expect(keystoneClient.validationCount == 2, "throttled before Keystone")
+                #expect(keystoneClient.validationCount == 3, "throttled before Keystone")
                 // A valid token in the cache is never limited.
                 #expect(try await get(http, token: good) == .ok)
                 let huge = String(repeating: "A", count: 5000)
                 #expect(try await get(http, token: huge) == .unauthorized)
-                #expect(keystoneClient.validationCount == 2, "an oversized token is refused without asking")
+                #expect(keystoneClient.validationCount == 3, "an oversized token is refused without asking")
             }
         }
     }

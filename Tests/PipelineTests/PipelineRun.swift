@@ -54,20 +54,28 @@ final class PipelineRun: @unchecked Sendable {
     private var publisherLog: String?
     private var queues: [(project: String, queue: String)] = []
 
-    init(partitions: Int) async throws {
+    /// - Parameter clusterURL: a RabbitMQ cluster's URL (all its hosts) to run on, in its
+    ///   default vhost (the cluster names keep runs apart), instead of a vhost of the test
+    ///   RabbitMQ's own.
+    init(partitions: Int, clusterURL: String? = nil) async throws {
         self.partitions = partitions
-        vhost = "herald-e2e-" + id
-        try await TestServers.control("rabbitmqctl", "add_vhost", vhost)
-        try await TestServers.control("rabbitmqctl", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-        let base = try TestServers.amqpURL()
-        amqpURL = base.replacingOccurrences(of: "/%2F", with: "/" + vhost)
+        if let clusterURL {
+            vhost = "/"
+            amqpURL = clusterURL
+        } else {
+            vhost = "herald-e2e-" + id
+            try await TestServers.control("rabbitmqctl", "add_vhost", vhost)
+            try await TestServers.control("rabbitmqctl", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+            let base = try TestServers.amqpURL()
+            amqpURL = base.replacingOccurrences(of: "/%2F", with: "/" + vhost)
+        }
         redisURL = try TestServers.redisURL()
         zaqar = ZaqarReader(baseURL: try TestServers.zaqarURL())
         let redisConfiguration = try RedisConfiguration(url: redisURL)
         registry = SubscriptionRegistry(redis: redisConfiguration, keyPrefix: prefix)
         redis = RedisClient(configuration: redisConfiguration)
         deadLetters = DeadLetterStore(redis: redis, keyPrefix: prefix)
-        directory = FileManager.default.temporaryDirectory.appendingPathComponent(vhost).path
+        directory = FileManager.default.temporaryDirectory.appendingPathComponent("herald-e2e-" + id).path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
     }
 
@@ -198,6 +206,6 @@ final class PipelineRun: @unchecked Sendable {
         for node in nodes.values where node.exitStatus == nil { node.exitStatus = await node.process.wait() }
         for (project, queue) in queues { _ = try? await zaqar.request("/v2/queues/\(queue)", project: project, method: .DELETE) }
         queues = []
-        try? await TestServers.control("rabbitmqctl", "delete_vhost", vhost)
+        if vhost != "/" { try? await TestServers.control("rabbitmqctl", "delete_vhost", vhost) }
     }
 }

@@ -14,7 +14,7 @@ struct KeystoneAuthenticator: RouterMiddleware {
         var context = context
         var caller: Caller
         do {
-            caller = try await keystone.caller(token: token, source: context.source)
+            caller = try await keystone.caller(token: token, source: Self.client(request, peer: context.source, trusted: keystone.configuration.trustedProxies))
         } catch .invalid(let reason) {
             throw HTTPError(.unauthorized, message: "X-Auth-Token: \(reason)")
         } catch .unavailable(let reason) {
@@ -29,7 +29,7 @@ struct KeystoneAuthenticator: RouterMiddleware {
         if let rules = caller.accessRules {
             let method = request.method.rawValue
             let serviceType = keystone.configuration.serviceType
-            guard rules.contains(where: { $0.allows(method: method, path: path, serviceType: serviceType) }) else {
+            guard AccessRule.allow(rules, method: method, path: path, serviceType: serviceType) else {
                 throw HTTPError(.forbidden, message: "X-Auth-Token: the application credential's access rules do not allow \(method) \(SafeText.clean(path, limit: 200)) on service type \(serviceType)")
             }
         }
@@ -49,6 +49,18 @@ struct KeystoneAuthenticator: RouterMiddleware {
     }
 }
 
+extension KeystoneAuthenticator {
+    /// The client's address: the peer, or behind trusted proxies the last `X-Forwarded-For`
+    /// address that is not one of them (what the proxies themselves saw).
+    static func client(_ request: Request, peer: String, trusted: Set<String>) -> String {
+        guard trusted.contains(peer) else { return peer }
+        let hops = request.headers[values: .forwardedFor].joined(separator: ",").split(separator: ",").suffix(32)
+            .map { $0.trimmingCharacters(in: .whitespaces) }
+        return hops.reversed().first { !trusted.contains($0) && !$0.isEmpty }.map { String($0.prefix(64)) } ?? peer
+    }
+}
+
 extension HTTPField.Name {
     static let authToken = Self("X-Auth-Token")!
+    static let forwardedFor = Self("X-Forwarded-For")!
 }

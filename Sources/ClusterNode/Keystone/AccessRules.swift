@@ -1,3 +1,5 @@
+import Foundation
+
 /// One access rule of a Keystone application credential: the credential's tokens may call
 /// `method` on `path` of the service of type `service`, and nothing else that has rules.
 ///
@@ -12,6 +14,23 @@ struct AccessRule: Sendable, Equatable {
     /// At most this many rules are read from a token (Keystone's own limit is far lower in
     /// practice; the bound keeps a hostile answer from costing more).
     static let maxRules = 256
+    /// Matching costs a rule's pattern length times the path's: a request checks rules only
+    /// up to this many steps in all (a user makes the rules), then is refused.
+    static let matchBudget = 1 << 21
+    /// Longer request paths are refused outright (Herald's routes are far shorter).
+    static let maxPathBytes = 1024
+
+    /// Whether one of `rules` lets the request through, within `matchBudget`.
+    static func allow(_ rules: [AccessRule], method: String, path: String, serviceType: String) -> Bool {
+        guard path.utf8.count <= maxPathBytes else { return false }
+        var spent = 0
+        for rule in rules where rule.service == serviceType && rule.method == method {
+            spent += (rule.path.utf8.count + 1) * (path.utf8.count + 1)
+            guard spent <= matchBudget else { return false }
+            if matches(Array(rule.path.utf8)[...], Array(path.utf8)[...]) { return true }
+        }
+        return false
+    }
 
     /// Whether this rule lets `method` `path` through on a service of type `serviceType`.
     func allows(method: String, path: String, serviceType: String) -> Bool {
@@ -92,26 +111,51 @@ struct ValidationRateLimit: Sendable {
         self.burst = burst
     }
 
-    /// Takes one validation for `source` at `now`; nil when it may go, else how long to wait.
-    mutating func take(_ source: String, now: ContinuousClock.Instant) -> Duration? {
+    /// Whether `source` may have one more token validated at `now`: nil when it may, else how
+    /// long to wait. Nothing is taken: only a refusal costs (`charge`), so valid tokens never
+    /// use up the bucket an attacker behind the same address shares.
+    func check(_ source: String, now: ContinuousClock.Instant) -> Duration? {
         guard rate > 0 else { return nil }
-        var bucket = buckets[source] ?? (burst, now)
-        let elapsed = max(0, (now - bucket.at).seconds)
-        bucket.tokens = min(burst, bucket.tokens + elapsed * rate)
-        bucket.at = now
-        if bucket.tokens >= 1 {
-            bucket.tokens -= 1
-            if buckets[source] == nil, buckets.count >= capacity { makeRoom(now: now) }
-            buckets[source] = bucket
-            return nil
-        }
-        buckets[source] = bucket
-        return .seconds((1 - bucket.tokens) / rate)
+        let key = key(source)
+        let slot = buckets[key] != nil || buckets.count < capacity ? key : Self.overflow
+        let tokens = level(buckets[slot], now: now)
+        return tokens >= 1 ? nil : .seconds((1 - tokens) / rate)
+    }
+
+    /// A token from `source` that Keystone refused.
+    mutating func charge(_ source: String, now: ContinuousClock.Instant) {
+        guard rate > 0 else { return }
+        let key = key(source)
+        if buckets[key] == nil, buckets.count >= capacity { makeRoom(now: now) }
+        // Past the capacity, unknown sources share one bucket: spraying addresses buys nothing.
+        let slot = buckets[key] != nil || buckets.count < capacity ? key : Self.overflow
+        buckets[slot] = (level(buckets[slot], now: now) - 1, now)
+    }
+
+    /// `take` is `check` then `charge`, for callers that count every validation.
+    mutating func take(_ source: String, now: ContinuousClock.Instant) -> Duration? {
+        if let wait = check(source, now: now) { return wait }
+        charge(source, now: now)
+        return nil
+    }
+
+    private static let overflow = "*"
+
+    private func level(_ bucket: (tokens: Double, at: ContinuousClock.Instant)?, now: ContinuousClock.Instant) -> Double {
+        guard let bucket else { return burst }
+        return min(burst, bucket.tokens + max(0, (now - bucket.at).seconds) * rate)
+    }
+
+    /// An IPv6 source counts by its /64 (one host commonly holds the whole prefix).
+    private func key(_ source: String) -> String {
+        guard source.contains(":") else { return source }
+        var address = in6_addr()
+        guard inet_pton(AF_INET6, source, &address) == 1 else { return source }
+        return withUnsafeBytes(of: &address) { bytes in bytes.prefix(8).map { String($0, radix: 16) }.joined(separator: ".") } + "/64"
     }
 
     private mutating func makeRoom(now: ContinuousClock.Instant) {
-        buckets = buckets.filter { min(burst, $0.value.tokens + max(0, (now - $0.value.at).seconds) * rate) < burst }
-        if buckets.count >= capacity { buckets.removeAll(keepingCapacity: true) }
+        buckets = buckets.filter { $0.key == Self.overflow || level($0.value, now: now) < burst }
     }
 
     var sources: Int { buckets.count }

@@ -25,18 +25,21 @@ struct KeystoneConfiguration: Sendable {
     /// The roles a subscriber's trust delegates on their project (HERALD_KEYSTONE_TRUST_ROLES).
     var trustRoles = ["member"]
     /// HERALD_ADMIN_PROJECT: the cloud's admin project, by id; an admin there is an admin
-    /// across projects. nil: Keystone's `is_admin_project` of the token decides (Keystone calls
-    /// every project the admin project unless its `admin_project_name` is set).
+    /// across projects. nil: none is (Keystone's `is_admin_project` is true for every project
+    /// unless its `admin_project_name` is set); cloud admins use system-scoped tokens.
     var adminProject: String?
     /// A token Keystone refused is refused without asking again for this long
     /// (HERALD_KEYSTONE_NEGATIVE_CACHE_SECONDS).
     var negativeCacheTTL: Duration = .seconds(10)
-    /// Validations one source may send Keystone a second (HERALD_KEYSTONE_VALIDATIONS_PER_SECOND),
-    /// in bursts of twice that; 0: no limit.
+    /// Tokens Keystone refuses that one source may send a second (HERALD_KEYSTONE_VALIDATIONS_PER_SECOND),
+    /// in bursts of twice that; past it, that source's unknown tokens are not sent to Keystone. 0: no limit.
     var validationsPerSecond = 10
     /// Herald's service type in the catalog (HERALD_SERVICE_TYPE): what application credentials'
     /// access rules must name to reach Herald.
     var serviceType = "events"
+    /// HERALD_TRUSTED_PROXIES: addresses of the proxies in front of Herald (an ingress); from
+    /// them, the client is the last address of `X-Forwarded-For` that is not one of them.
+    var trustedProxies: Set<String> = []
 
     var base: String {
         var base = url
@@ -125,7 +128,7 @@ final class KeystoneClient: Sendable {
                 if until > now { return .failure(.invalid("Keystone does not accept this token (unknown, expired or revoked)")) }
                 state.refused[token] = nil
             }
-            if let wait = state.rateLimit.take(source, now: now) { return .failure(.throttled(wait)) }
+            if let wait = state.rateLimit.check(source, now: now) { return .failure(.throttled(wait)) }
             return .success(nil)
         }
         switch known {
@@ -155,6 +158,7 @@ final class KeystoneClient: Sendable {
             }
             return caller
         case 404:
+            state.withLock { $0.rateLimit.charge(source, now: now) }
             if configuration.negativeCacheTTL > .zero {
                 state.withLock { state in
                     if state.refused.count >= configuration.cacheCapacity {
@@ -178,7 +182,9 @@ final class KeystoneClient: Sendable {
         let roles = (object["roles"] as? [[String: Any]] ?? []).prefix(256).compactMap { ($0["name"] as? String)?.lowercased() }
         let userID = (object["user"] as? [String: Any])?["id"] as? String
         var accessRules: [AccessRule]?
-        if let credential = object["application_credential"] as? [String: Any], let rules = credential["access_rules"] as? [[String: Any]] {
+        if let credential = object["application_credential"] as? [String: Any], let listed = credential["access_rules"] {
+            // Present but unreadable: no rule, so nothing is allowed (never unrestricted).
+            let rules = listed as? [[String: Any]] ?? []
             guard rules.count <= AccessRule.maxRules else { throw .invalid("the application credential has more than \(AccessRule.maxRules) access rules") }
             accessRules = rules.map {
                 AccessRule(service: $0["service"] as? String ?? "", path: $0["path"] as? String ?? "", method: $0["method"] as? String ?? "")
@@ -190,13 +196,11 @@ final class KeystoneClient: Sendable {
         guard let project = (object["project"] as? [String: Any])?["id"] as? String, !project.isEmpty else {
             throw .invalid("the token is scoped to neither a project nor the system; ask Keystone for a project-scoped token")
         }
-        let isAdminProject: Bool
-        if let adminProject {
-            // By id only: names are unique only within a domain, and a domain admin could make one.
-            isAdminProject = adminProject == project
-        } else {
-            isAdminProject = object["is_admin_project"] as? Bool ?? true
-        }
+        // By id only: names are unique only within a domain, and a domain admin could make one.
+        // Unset, no project is the admin project: Keystone calls every project its admin project
+        // unless its own `admin_project_name` is set, which would make every project's admins
+        // the cloud's. Cloud admins then come with system-scoped tokens.
+        let isAdminProject = adminProject.map { $0 == project } ?? false
         return Caller(project: project, roles: roles, isAdminProject: isAdminProject, userID: userID, token: token, accessRules: accessRules)
     }
 

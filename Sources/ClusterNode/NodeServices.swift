@@ -54,7 +54,7 @@ struct NodeAssembly: Sendable {
             rates: RateLimiter(redis: RedisClient(configuration: try RedisConfiguration(url: configuration.redisURL), logger: logger), keyPrefix: configuration.keyPrefix),
             policy: configuration.policy,
             parking: node.parkingLedger,
-            retryHorizon: configuration.parking.horizon
+            retryHorizon: configuration.parking.horizon, redaction: configuration.redaction
         )
         let api = HeraldAPI(services: services)
         let router: Router<APIContext>

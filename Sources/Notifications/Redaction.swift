@@ -351,6 +351,40 @@ rules:
       # host (compute.compute-3 -> compute, nova-compute:compute-3 -> nova-compute).
       - publisher_id
       - traits.service
+  - event_types: ["*"]
+    remove:
+      # nova: an instance fault's traceback (the API shows a 500 fault's details to admins
+      # only), and the legacy payload's image URL, which names the internal glance endpoint.
+      - "payload.'nova_object.data'.fault.'nova_object.data'.traceback"
+      - payload.image_ref_url
+      # neutron: a network's provider attributes and segments (physical network, VLAN id)
+      # are admin-only in neutron's policy.
+      - "payload.*.provider:*"
+      - payload.network.segments
+      - payload.networks.segments
+      # ironic: a node's driver-internal state (admin-only).
+      - "payload.'ironic_object.data'.driver_internal_info"
+  - event_types: ["scheduler.*", "compute_task.*"]
+    remove:
+      # nova's request spec: the hosts and nodes a server was steered to or away from, and
+      # the hosts already tried (hypervisor host names), at the top of scheduler events and
+      # inside compute_task events; compute_task's reason carries a traceback.
+      - "payload.'nova_object.data'.ignore_hosts"
+      - "payload.'nova_object.data'.force_hosts"
+      - "payload.'nova_object.data'.force_nodes"
+      - "payload.'nova_object.data'.requested_destination"
+      - "payload.'nova_object.data'.retry"
+      - "payload.'nova_object.data'.request_spec.'nova_object.data'.ignore_hosts"
+      - "payload.'nova_object.data'.request_spec.'nova_object.data'.force_hosts"
+      - "payload.'nova_object.data'.request_spec.'nova_object.data'.force_nodes"
+      - "payload.'nova_object.data'.request_spec.'nova_object.data'.requested_destination"
+      - "payload.'nova_object.data'.request_spec.'nova_object.data'.retry"
+      - "payload.'nova_object.data'.reason.'nova_object.data'.traceback"
+  - event_types: ["router.*"]
+    remove:
+      # neutron: whether a router is distributed or highly available (admin-only).
+      - payload.router.distributed
+      - payload.router.ha
 """#
 }
 
@@ -1006,5 +1040,36 @@ struct RedactionWalker {
             }
             i += 2
         }
+    }
+}
+
+// MARK: Conditions on redacted fields
+
+extension RedactionRules {
+    /// The rule path that removes or cuts `field` (a condition's dotted path, such as
+    /// `payload.port.binding:host_id`) or something in it: `within` when the field is at or
+    /// under what the rule cuts, false when the field holds it (an object around it); nil
+    /// when no rule reaches the field.
+    ///
+    /// A subscription's conditions are evaluated on the event as it came: one on a field
+    /// tenants never receive would tell them its value by whether their subscription fires.
+    /// Judged across every rule, whatever its event types, and with quoted segments split at
+    /// their dots and array indexes left out (arrays are transparent to the rules), so it
+    /// errs on refusing.
+    public func covering(_ field: String) -> (path: String, within: Bool)? {
+        let segments = field.split(separator: ".", omittingEmptySubsequences: false)
+            .filter { !$0.isEmpty && !$0.allSatisfy(\.isNumber) }
+            .map { Array($0.utf8) }
+        var around: String?
+        for rule in rules {
+            for path in rule.remove + rule.stripHost {
+                let pattern = path.segments.flatMap { $0.split(separator: ".").map { Array($0.utf8) } }
+                let shared = min(pattern.count, segments.count)
+                guard (0..<shared).allSatisfy({ Glob.matches(pattern[$0], segments[$0]) }) else { continue }
+                if segments.count >= pattern.count { return (path.description, true) }
+                around = around ?? path.description
+            }
+        }
+        return around.map { ($0, false) }
     }
 }

@@ -167,3 +167,53 @@ extension APISuites {
         }
     }
 }
+
+extension APISuites {
+    @Suite("Conditions cannot read what tenants never receive")
+    struct RedactedConditionTests {
+        @Test("a condition on a redacted field is a 400 naming it (create and PATCH); exists, other fields and an admin's unredacted subscription pass")
+        func conditions() async throws {
+            let harness = try APIHarness()
+            try await harness.test { client in
+                func create(_ condition: [String: Any], roles: String = "member", project: String = "p1", extra: [String: Any] = [:]) async throws -> APIHarness.Reply {
+                    var body: [String: Any] = ["event_types": ["compute.*", "port.*"], "target": ["queue": "q"], "conditions": [condition]]
+                    body.merge(extra) { $1 }
+                    return try await client.call(.post, "/v1/subscriptions", project: project, roles: roles, user: "u1", json: body)
+                }
+                for refused: [String: Any] in [
+                    ["field": "payload.host", "op": "prefix", "value": "compute-1"],
+                    ["field": "payload.port.binding:host_id", "op": "eq", "value": "compute-1"],
+                    ["field": "payload.ports.0.binding:profile.pci_slot", "op": "eq", "value": "x"],
+                    ["field": "payload.nova_object.data.node", "op": "in", "value": ["a", "b"]],
+                    ["field": "publisher_id", "op": "eq", "value": "compute.compute-1"],
+                    ["field": "traits.host", "op": "eq", "value": "compute-1"],
+                    ["field": "payload.port", "op": "eq", "value": ["binding:host_id": "compute-1"]],
+                ] {
+                    let reply = try await create(refused)
+                    #expect(reply.status == .badRequest, "\(refused): \(reply.text)")
+                    #expect(reply.message.hasPrefix("conditions[0].field:"), "\(reply.message)")
+                }
+                for allowed: [String: Any] in [
+                    ["field": "payload.state", "op": "eq", "value": "active"],
+                    ["field": "payload.hostname", "op": "prefix", "value": "web"],
+                    ["field": "payload.host", "op": "exists"],
+                    ["field": "payload.port", "op": "exists"],
+                ] {
+                    let reply = try await create(allowed)
+                    #expect(reply.status == .created, "\(allowed): \(reply.text)")
+                }
+                let made = try await create(["field": "payload.state", "op": "eq", "value": "active"])
+                let id = try #require(made.object["id"] as? String)
+                let patched = try await client.call(.patch, "/v1/subscriptions/\(id)", project: "p1", roles: "member", user: "u1", json: ["conditions": [["field": "payload.node", "op": "eq", "value": "n1"]]])
+                #expect(patched.status == .badRequest, "\(patched.text)")
+                // The cloud admin's unredacted feed sees the hosts, so it may test them.
+                let admin = try await create(["field": "payload.host", "op": "prefix", "value": "compute-1"], roles: "admin", project: "admin",
+                                             extra: ["all_projects": true, "unredacted": true])
+                #expect(admin.status == .created, "\(admin.text)")
+                // unredacted is the cloud admin's, and an all-projects subscription's only.
+                #expect(try await create(["field": "payload.state", "op": "eq", "value": "active"], extra: ["unredacted": true]).status == .forbidden)
+                #expect(try await create(["field": "payload.state", "op": "eq", "value": "active"], roles: "admin", project: "admin", extra: ["unredacted": true]).status == .badRequest)
+            }
+        }
+    }
+}

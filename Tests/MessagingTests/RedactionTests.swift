@@ -60,7 +60,7 @@ struct RedactionTests {
     @Test("the shipped rules parse: one rule for every event type")
     func defaults() throws {
         let rules = RedactionRules.defaults.rules
-        #expect(rules.count == 1)
+        #expect(rules.map(\.patterns) == [["*"], ["*"], ["scheduler.*", "compute_task.*"], ["router.*"]])
         let rule = try #require(rules.first)
         #expect(rule.patterns == ["*"])
         #expect(rule.origin.hasPrefix("defaults:"))
@@ -76,10 +76,12 @@ struct RedactionTests {
         let payload = try #require(try object(event.json)["payload"] as? [String: Any])
         #expect(payload["host"] as? String == "compute-3")
         #expect(payload["node"] != nil)
-        try expectRedacted(event, removed: ["payload.host", "payload.node", "publisher_id"]) { input in
+        #expect(payload["image_ref_url"] != nil)
+        try expectRedacted(event, removed: ["payload.host", "payload.image_ref_url", "payload.node", "publisher_id"]) { input in
             var expected = edited(input, at: ["payload"]) {
                 $0["host"] = nil
                 $0["node"] = nil
+                $0["image_ref_url"] = nil
             }
             expected["publisher_id"] = "compute"
             return expected
@@ -113,6 +115,38 @@ struct RedactionTests {
             expected["publisher_id"] = "network"
             return expected
         }
+    }
+
+    @Test("neutron: a network's provider attributes go; ironic: a node's driver-internal state goes")
+    func providerAndIronic() throws {
+        let network = try decoded("neutron-network.create.end.json")
+        try expectRedacted(network, removed: ["payload.*.provider:*", "publisher_id"]) { input in
+            var expected = edited(input, at: ["payload", "network"]) { network in
+                let provider = network.keys.filter { $0.hasPrefix("provider:") }
+                #expect(provider.count == 3)
+                for key in provider { network[key] = nil }
+            }
+            expected["publisher_id"] = "network"
+            return expected
+        }
+        let node = try decoded("ironic-baremetal.node.provision_set.end-leased.json")
+        let redacted = try #require(try RedactionRules.defaults.redact(node))
+        #expect(redacted.removed.contains("payload.'ironic_object.data'.driver_internal_info"))
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(redacted.json)) as? [String: Any])
+        #expect(((object["payload"] as? [String: Any])?["ironic_object.data"] as? [String: Any])?["driver_internal_info"] == nil)
+    }
+
+    @Test("nova scheduler and compute_task events: the hosts a request spec names go, at the top and inside request_spec")
+    func requestSpec() throws {
+        let spec = #"{"nova_object.data":{"ignore_hosts":["c1"],"force_hosts":null,"requested_destination":{"nova_object.data":{"host":"c2"}},"retry":{"nova_object.data":{"hosts":[]}},"flavor":{}}}"#
+        let scheduler = event(#"{"event_type":"scheduler.select_destinations.start","payload":"# + spec + "}", type: "scheduler.select_destinations.start")
+        let cut = try #require(try RedactionRules.defaults.redact(scheduler))
+        #expect(String(decoding: cut.json, as: UTF8.self) == #"{"event_type":"scheduler.select_destinations.start","payload":{"nova_object.data":{"flavor":{}}}}"#)
+        let task = event(#"{"payload":{"nova_object.data":{"request_spec":"# + spec + #","reason":{"nova_object.data":{"traceback":"Traceback...","exception":"NoValidHost"}}}}}"#, type: "compute_task.build_instances.error")
+        let cutTask = try #require(try RedactionRules.defaults.redact(task))
+        #expect(String(decoding: cutTask.json, as: UTF8.self) == #"{"payload":{"nova_object.data":{"request_spec":{"nova_object.data":{"flavor":{}}},"reason":{"nova_object.data":{"exception":"NoValidHost"}}}}}"#)
+        // Another service's event of another type keeps such keys.
+        #expect(try RedactionRules.defaults.redact(event(#"{"payload":{"nova_object.data":{"retry":1}}}"#, type: "image.update")) == nil)
     }
 
     @Test("a list of ports: the array is transparent")

@@ -5,6 +5,7 @@ import HTTPTypes
 import HeraldModel
 import Hummingbird
 import Logging
+import Notifications
 
 /// What the API needs from the node it runs in; tests give it the same parts over the real servers.
 struct APIServices: Sendable {
@@ -34,6 +35,9 @@ struct APIServices: Sendable {
     var parking: ParkingLedger? = nil
     /// HERALD_DELIVERY_RETRY_HORIZON, to say when parked messages would be given up.
     var retryHorizon: Duration = .seconds(86_400)
+    /// What tenants never receive (HERALD_REDACTION_FILE over the shipped rules): conditions
+    /// may not read it either.
+    var redaction: RedactionRules = .defaults
 }
 
 /// What one project may do through the API (docs/security.md).
@@ -167,6 +171,7 @@ struct HeraldAPI: Sendable {
     private func create(_ subscription: Subscription, caller: Caller, trust: Bool) async throws -> Subscription {
         var subscription = subscription
         _ = try await store { try subscription.validate() }
+        try checkConditions(subscription)
         try checkEndpoint(subscription.target)
         try await takeChange(subscription.project)
         if trust {
@@ -286,6 +291,7 @@ struct HeraldAPI: Sendable {
         let changed = subscription
         let updated = try await audited("update", caller, subscription: changed.id, context: context) { () async throws -> Subscription in
             _ = try await store { try changed.validate() }
+            try checkConditions(changed)
             if keys.contains("target") { try checkEndpoint(changed.target) }
             try await takeChange(changed.project)
             guard let updated = try await store({ try await services.registry.update(changed) }) else {
@@ -486,6 +492,25 @@ struct HeraldAPI: Sendable {
     }
 
     // MARK: Helpers
+
+    /// A condition must not read what tenants never receive: at or under a redacted field,
+    /// only `exists`; on an object around one, no structured operand (it would compare the
+    /// hidden member too). An unredacted subscription (an admin's) may.
+    private func checkConditions(_ subscription: Subscription) throws {
+        guard subscription.unredacted != true else { return }
+        for (index, condition) in subscription.conditions.enumerated() {
+            guard condition.op != .exists, let (path, within) = services.redaction.covering(condition.field) else { continue }
+            let structured: Bool
+            switch condition.value {
+            case .object?: structured = true
+            case .array(let items)?: structured = items.contains { if case .object = $0 { return true } else if case .array = $0 { return true } else { return false } }
+            default: structured = false
+            }
+            if within || structured {
+                throw HTTPError(.badRequest, message: "conditions[\(index)].field: '\(SafeText.clean(condition.field, limit: 120))' is \(within ? "" : "around ")what tenants do not receive (redaction rule \(path)); only 'exists' may test it")
+            }
+        }
+    }
 
     /// A target's `zaqar_url` must be one the operator allows (400 naming the field and the list).
     private func checkEndpoint(_ target: Target) throws {

@@ -1,0 +1,61 @@
+import AsyncHTTPClient
+import Foundation
+import HeraldModel
+import Testing
+import TestSupport
+
+extension PipelineSuites {
+    /// Herald on a three-node RabbitMQ cluster (`scripts/servers cluster`), its URL naming all
+    /// three nodes, with quorum queues: the node Herald is connected to stops under it.
+    @Suite("A RabbitMQ cluster: the node Herald uses stops", .serialized, .timeLimit(.minutes(5)))
+    struct RabbitClusterTests {
+        @Test("the node Herald is connected to stops mid-run: Herald moves to the next, and every event published before and after arrives")
+        func nodeStops() async throws {
+            let clusterURL = try TestServers.value("HERALD_TEST_AMQP_CLUSTER_URL")
+            let run = try await PipelineRun(partitions: 8, clusterURL: clusterURL)
+            defer { Task { await run.stopAll() } }
+            let project = "c1a5e7b9d2f44e6a8b0c1d2e3f4a5b6c"
+            let subscription = Subscription(project: project, eventTypes: ["compute.instance.*"], target: Target(queue: run.queue("cluster")))
+            try await run.registry.create(subscription)
+            run.trackQueues([(project, subscription.target.queue)])
+            try await run.startNodes(1, extra: ["HERALD_QUEUE_TYPE": "quorum", "HERALD_EXCHANGES": "nova"])
+            try await run.waitAllPartitionsHeld()
+
+            func lines(_ range: Range<Int>) -> [[String: Any]] {
+                range.map { seq in
+                    ["exchange": "nova", "event_type": "compute.instance.update", "project": project,
+                     "payload": ["tenant_id": project, "instance_id": "i-\(seq % 40)", "seq": seq]]
+                }
+            }
+            // Before: published (into quorum queues, on every node) while Herald works on them.
+            let before = try run.publish(lines(0..<600))
+            #expect(await before.wait() == 0, "\(before.tail())")
+            // The first host of the URL is the one Herald connected to.
+            try await TestServers.control("cluster", "stop", "1")
+            var restarted = false
+            do {
+                // After: the publisher, given all three hosts, finds the nodes that are left.
+                let after = try run.publish(lines(600..<900))
+                #expect(await after.wait() == 0, "\(after.tail())")
+                let seen = try await eventually(timeout: .seconds(120)) {
+                    let seqs = Set(try await run.zaqar.bodies(queue: subscription.target.queue, project: project).compactMap { body -> Int? in
+                        ((body["event"] as? [String: Any])?["payload"] as? [String: Any])?["seq"] as? Int
+                    })
+                    guard seqs.count >= 900 else { throw TestFailure("\(seqs.count) of 900 events arrived; missing e.g. \(Set(0..<900).subtracting(seqs).sorted().prefix(5))") }
+                    return seqs
+                }
+                #expect(seen == Set(0..<900), "nothing lost across the node's loss")
+                // The node kept running and is ready again, on another node of the cluster.
+                let port = try #require(run.nodes["node-1"]?.apiPort)
+                let ready = try await HTTPClient.shared.execute(HTTPClientRequest(url: "http://127.0.0.1:\(port)/readyz"), timeout: .seconds(10))
+                #expect(ready.status.code == 200)
+                #expect(try await run.deadLetters.recent(project: project, count: 10).isEmpty)
+                try await TestServers.control("cluster", "start", "1")
+                restarted = true
+            } catch {
+                if !restarted { try? await TestServers.control("cluster", "start", "1") }
+                throw error
+            }
+        }
+    }
+}

@@ -40,7 +40,7 @@ def set_value(values, dotted, value):
     for key in keys[:-1]:
         values = values.setdefault(key, {})
     # Helm's --set turns digits into numbers; the schema wants service.port as one.
-    values[keys[-1]] = int(value) if value.isdigit() and not keys[0] in ("config", "secret") else value
+    values[keys[-1]] = int(value) if value.isdigit() and keys[0] not in ("config", "secret") else value
 
 
 def main():

@@ -11,6 +11,8 @@ struct RedisConfigurationTests {
         ("redis://:s3cret@db.example:6380", .tcp(host: "db.example", port: 6380), 0, nil, "s3cret"),
         ("redis://herald:p%40ss@10.0.0.1:6379/2", .tcp(host: "10.0.0.1", port: 6379), 2, "herald", "p@ss"),
         ("unix:///run/redis.sock?db=5", .unix(path: "/run/redis.sock"), 5, nil, nil),
+        ("redis+sentinel://:pw@s1:26380,s2/mymaster/2", .sentinel(master: "mymaster", sentinels: [.init(host: "s1", port: 26380), .init(host: "s2", port: 26379)]), 2, nil, "pw"),
+        ("redis+sentinel://s1/herald", .sentinel(master: "herald", sentinels: [.init(host: "s1", port: 26379)]), 0, nil, nil),
     ])
     func parses(url: String, endpoint: RedisConfiguration.Endpoint, database: Int, user: String?, password: String?) throws {
         let configuration = try RedisConfiguration(url: url)
@@ -26,6 +28,11 @@ struct RedisConfigurationTests {
         ("redis://127.0.0.1:99999", "port"),
         ("rediss://127.0.0.1", "TLS"),
         ("unix://", "no socket path"),
+        ("redis+sentinel://:secret@s1,s2/", "names the master"),
+        ("redis+sentinel://:secret@s1:99999/m", "sentinel port"),
+        ("redis+sentinel://:secret@s1/m/x", "not a database number"),
+        ("redis+sentinel://:secret@s1/m?frobnicate=1", "unknown option 'frobnicate'"),
+        ("redis+sentinel:///m", "sentinels"),
     ])
     func rejects(url: String, mention: String) {
         do {
@@ -34,6 +41,7 @@ struct RedisConfigurationTests {
         } catch let error as CoordinationError {
             #expect(error.code == .invalidConfiguration)
             #expect(error.description.contains(mention), "\(error) should mention \(mention)")
+            #expect(!error.description.contains("secret"), "a password never appears: \(error)")
         } catch {
             Issue.record("unexpected error \(error)")
         }

@@ -57,7 +57,8 @@ final class PipelineRun: @unchecked Sendable {
     /// - Parameter clusterURL: a RabbitMQ cluster's URL (all its hosts) to run on, in its
     ///   default vhost (the cluster names keep runs apart), instead of a vhost of the test
     ///   RabbitMQ's own.
-    init(partitions: Int, clusterURL: String? = nil) async throws {
+    /// - Parameter redisURL: the Redis to coordinate in (e.g. a Sentinel URL) instead of the test Redis.
+    init(partitions: Int, clusterURL: String? = nil, redisURL: String? = nil) async throws {
         self.partitions = partitions
         if let clusterURL {
             vhost = "/"
@@ -69,9 +70,9 @@ final class PipelineRun: @unchecked Sendable {
             let base = try TestServers.amqpURL()
             amqpURL = base.replacingOccurrences(of: "/%2F", with: "/" + vhost)
         }
-        redisURL = try TestServers.redisURL()
+        self.redisURL = try redisURL ?? TestServers.redisURL()
         zaqar = ZaqarReader(baseURL: try TestServers.zaqarURL())
-        let redisConfiguration = try RedisConfiguration(url: redisURL)
+        let redisConfiguration = try RedisConfiguration(url: self.redisURL)
         registry = SubscriptionRegistry(redis: redisConfiguration, keyPrefix: prefix)
         redis = RedisClient(configuration: redisConfiguration)
         deadLetters = DeadLetterStore(redis: redis, keyPrefix: prefix)

@@ -29,6 +29,8 @@ final class HiredisContext: @unchecked Sendable {
             made = redisConnectWithTimeout(host, Int32(port), configuration.connectTimeout.timeval)
         case .unix(let path):
             made = redisConnectUnixWithTimeout(path, configuration.connectTimeout.timeval)
+        case .sentinel:
+            return try connectToMaster(configuration)
         }
         guard let made else {
             throw CoordinationError(.connectionFailed, "cannot allocate a Redis context for \(configuration.endpoint)")
@@ -66,6 +68,49 @@ final class HiredisContext: @unchecked Sendable {
             }
         }
         return context
+    }
+
+    /// The master the sentinels name, connected, and checked with `ROLE` (a sentinel's view can
+    /// lag a failover: a node that no longer is the master is refused, and the next attempt
+    /// asks again).
+    private static func connectToMaster(_ configuration: RedisConfiguration) throws -> HiredisContext {
+        let (host, port) = try masterAddress(configuration)
+        var direct = configuration
+        direct.endpoint = .tcp(host: host, port: port)
+        let context = try connect(direct)
+        let role = try context.command(RedisCommand("ROLE"))
+        guard role.array?.first?.string == "master" else {
+            throw CoordinationError(.connectionFailed, "Redis at \(host):\(port), which the sentinels name master of \(configuration.endpoint), answers ROLE \(role.array?.first?.string ?? "\(role)"); asking again")
+        }
+        return context
+    }
+
+    /// Where the sentinels say the master is: the first sentinel that answers decides.
+    /// - Throws: `CoordinationError.connectionFailed` naming every sentinel's failure.
+    static func masterAddress(_ configuration: RedisConfiguration) throws -> (host: String, port: Int) {
+        guard case .sentinel(let master, let sentinels) = configuration.endpoint else {
+            throw CoordinationError(.invalidConfiguration, "\(configuration.endpoint) is not a sentinel endpoint")
+        }
+        var failures: [String] = []
+        for sentinel in sentinels {
+            var asking = RedisConfiguration(endpoint: .tcp(host: sentinel.host, port: sentinel.port), password: configuration.sentinelPassword)
+            asking.connectTimeout = min(configuration.connectTimeout, .seconds(1))
+            asking.commandTimeout = min(configuration.commandTimeout, .seconds(1))
+            do {
+                let context = try connect(asking)
+                let reply = try context.command(RedisCommand("SENTINEL", "get-master-addr-by-name", master))
+                guard let parts = reply.array, parts.count == 2, let host = parts[0].string, !host.isEmpty,
+                      let port = parts[1].string.flatMap(Int.init), (1...65535).contains(port)
+                else {
+                    failures.append("\(sentinel.host):\(sentinel.port) answered \(String("\(reply)".prefix(120)))")
+                    continue
+                }
+                return (host, port)
+            } catch {
+                failures.append("\(sentinel.host):\(sentinel.port): \(error)")
+            }
+        }
+        throw CoordinationError(.connectionFailed, "no sentinel named the master of '\(master)'", underlying: failures.joined(separator: "; "))
     }
 
     /// The socket's file descriptor, for `poll`.

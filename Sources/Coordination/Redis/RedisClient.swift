@@ -69,7 +69,9 @@ public final class RedisClient: Sendable {
     public func send(_ command: RedisCommand) async throws -> RedisReply {
         let reply = try await onQueue { slot in
             let context = try slot.connected(logger: self.logger, stats: self.stats)
-            return try slot.guarding { try context.command(command) }
+            let reply = try slot.guarding { try context.command(command) }
+            slot.noteReadOnly(reply, logger: self.logger)
+            return reply
         }
         stats.withLock {
             $0.commands += 1
@@ -99,6 +101,7 @@ public final class RedisClient: Sendable {
                 var replies: [RedisReply] = []
                 replies.reserveCapacity(commands.count)
                 for _ in commands { replies.append(try context.readReply()) }
+                for reply in replies { slot.noteReadOnly(reply, logger: self.logger) }
                 return replies
             }
         }
@@ -169,7 +172,10 @@ private final class ConnectionSlot: @unchecked Sendable {
 
     func connected(logger: Logger, stats: borrowing Mutex<RedisClientStatistics>) throws -> HiredisContext {
         if isClosed { throw CoordinationError(.closed, "the Redis client for \(configuration.endpoint) is closed") }
-        if let context { return context }
+        if let context {
+            guard case .sentinel = configuration.endpoint, !masterMoved(from: context, logger: logger) else { return context }
+            self.context = nil
+        }
         let now = ContinuousClock.now
         if let retryAt, now < retryAt {
             let wait = retryAt - now
@@ -197,6 +203,31 @@ private final class ConnectionSlot: @unchecked Sendable {
             }
             throw error
         }
+    }
+
+    private var nextSentinelCheck: ContinuousClock.Instant?
+
+    /// With sentinels: whether they now name another master than the one `context` is
+    /// connected to, asked at most every `sentinelCheckInterval` (an old master can take
+    /// writes for seconds after a failover before it is demoted, and those writes are lost).
+    private func masterMoved(from context: HiredisContext, logger: Logger) -> Bool {
+        let now = ContinuousClock.now
+        if let nextSentinelCheck, now < nextSentinelCheck { return false }
+        nextSentinelCheck = now + configuration.sentinelCheckInterval
+        guard case .tcp(let host, let port) = context.endpoint, let named = try? HiredisContext.masterAddress(configuration) else { return false }
+        guard named.host != host || named.port != port else { return false }
+        logger.warning("the sentinels name a new Redis master; reconnecting", metadata: [
+            "redis.endpoint": "\(configuration.endpoint)", "redis.old_master": "\(host):\(port)", "redis.new_master": "\(named.host):\(named.port)",
+        ])
+        return true
+    }
+
+    /// A `READONLY` answer: this node is a replica now (a failover demoted it); the next call
+    /// reconnects to whatever is the master.
+    func noteReadOnly(_ reply: RedisReply, logger: Logger) {
+        guard case .error(let text) = reply, text.hasPrefix("READONLY"), context != nil else { return }
+        logger.warning("Redis answered READONLY: the node is a replica now; reconnecting", metadata: ["redis.endpoint": "\(configuration.endpoint)"])
+        context = nil
     }
 
     /// Runs a command exchange; a broken connection is dropped so the next call reconnects.

@@ -10,14 +10,35 @@ public struct RedisConfiguration: Sendable, Equatable {
     public enum Endpoint: Sendable, Equatable, CustomStringConvertible {
         case tcp(host: String, port: Int)
         case unix(path: String)
+        /// The master the sentinels name `master`, asked of the first sentinel that answers.
+        case sentinel(master: String, sentinels: [Sentinel])
 
         public var description: String {
             switch self {
             case .tcp(let host, let port): return "\(host):\(port)"
             case .unix(let path): return "unix:\(path)"
+            case .sentinel(let master, let sentinels): return "sentinel:\(master)@" + sentinels.map { "\($0.host):\($0.port)" }.joined(separator: ",")
             }
         }
     }
+
+    /// One Redis Sentinel.
+    public struct Sentinel: Sendable, Equatable {
+        public var host: String
+        public var port: Int
+
+        public init(host: String, port: Int) {
+            self.host = host
+            self.port = port
+        }
+    }
+
+    /// With `.sentinel`: the sentinels' own password (`sentinel_password=` in the URL), if they have one.
+    public var sentinelPassword: String?
+    /// With `.sentinel`: how often a connection asks the sentinels whether its master is
+    /// still the master, and moves when it is not (a failover can leave the old master
+    /// taking writes for seconds before it is demoted). Default 1 s.
+    public var sentinelCheckInterval: Duration = .seconds(1)
 
     public var endpoint: Endpoint
     /// ACL user name; `nil` with a password means the legacy `AUTH password`.
@@ -58,9 +79,15 @@ public struct RedisConfiguration: Sendable, Equatable {
         self.clientName = clientName
     }
 
-    /// Parses a `redis://` or `unix://` URL.
+    /// Parses a `redis://`, `unix://` or `redis+sentinel://` URL. The Sentinel form:
+    /// `redis+sentinel://[[user]:password@]h1:26379,h2:26379,h3:26379/mastername[/db]`
+    /// (`?sentinel_password=` when the sentinels have a password of their own).
     /// - Throws: `CoordinationError` with code `.invalidConfiguration` naming the bad part.
     public init(url: String) throws {
+        if url.lowercased().hasPrefix("redis+sentinel://") {
+            try self.init(sentinelURL: url)
+            return
+        }
         guard let components = URLComponents(string: url), let scheme = components.scheme?.lowercased() else {
             throw CoordinationError(.invalidConfiguration, "Redis URL '\(url)' is not a URL; expected redis://host:port/db or unix:///path")
         }
@@ -109,12 +136,71 @@ public struct RedisConfiguration: Sendable, Equatable {
         }
     }
 
+    /// At most this many sentinels in one URL.
+    public static let maxSentinels = 16
+
+    private init(sentinelURL url: String) throws {
+        let rest = url.dropFirst("redis+sentinel://".count)
+        let queryStart = rest.firstIndex(of: "?") ?? rest.endIndex
+        let pathStart = rest[..<queryStart].firstIndex(of: "/") ?? queryStart
+        var authority = rest[..<pathStart]
+        var user: String?
+        var password: String?
+        if let at = authority.lastIndex(of: "@") {
+            let credentials = authority[..<at]
+            authority = authority[authority.index(after: at)...]
+            if let colon = credentials.firstIndex(of: ":") {
+                user = String(credentials[..<colon]).removingPercentEncoding.flatMap { $0.isEmpty ? nil : $0 }
+                password = String(credentials[credentials.index(after: colon)...]).removingPercentEncoding
+            } else {
+                password = String(credentials).removingPercentEncoding
+            }
+        }
+        let shown = "redis+sentinel://" + (password == nil ? "" : "***@") + authority + rest[pathStart...]
+        let hosts = authority.split(separator: ",", omittingEmptySubsequences: false)
+        guard !authority.isEmpty, hosts.count <= Self.maxSentinels else {
+            throw CoordinationError(.invalidConfiguration, "Redis URL '\(shown)': name 1 to \(Self.maxSentinels) sentinels, comma-separated")
+        }
+        var sentinels: [Sentinel] = []
+        for host in hosts {
+            guard let components = URLComponents(string: "redis://" + host), let name = components.host, !name.isEmpty else {
+                throw CoordinationError(.invalidConfiguration, "Redis URL '\(shown)': sentinel '\(host)' is not host:port")
+            }
+            let port = components.port ?? 26379
+            guard (1...65535).contains(port) else {
+                throw CoordinationError(.invalidConfiguration, "Redis URL '\(shown)': sentinel port \(port) is out of range")
+            }
+            sentinels.append(Sentinel(host: name, port: port))
+        }
+        let path = rest[pathStart..<queryStart].split(separator: "/")
+        guard let master = path.first.map(String.init), !master.isEmpty, master.utf8.count <= 255 else {
+            throw CoordinationError(.invalidConfiguration, "Redis URL '\(shown)': the path names the master, e.g. /mymaster/0")
+        }
+        var database = 0
+        if path.count > 1 {
+            guard path.count == 2, let value = Int(path[1]), value >= 0 else {
+                throw CoordinationError(.invalidConfiguration, "Redis URL '\(shown)': '/\(path.dropFirst().joined(separator: "/"))' after the master is not a database number")
+            }
+            database = value
+        }
+        self.init(endpoint: .sentinel(master: master, sentinels: sentinels), user: user, password: password, database: database)
+        for item in URLComponents(string: "redis://h" + rest[queryStart...])?.queryItems ?? [] {
+            switch item.name {
+            case "sentinel_password": sentinelPassword = item.value
+            default:
+                throw CoordinationError(.invalidConfiguration, "Redis URL '\(shown)': unknown option '\(item.name)' (known: sentinel_password)")
+            }
+        }
+    }
+
     /// The URL without its password, for logs.
     public var redactedDescription: String {
         let auth = user.map { "\($0)@" } ?? (password != nil ? "***@" : "")
         switch endpoint {
         case .tcp(let host, let port): return "redis://\(auth)\(host):\(port)/\(database)"
         case .unix(let path): return "unix://\(path)?db=\(database)"
+        case .sentinel(let master, let sentinels):
+            return "redis+sentinel://\(auth)" + sentinels.map { "\($0.host):\($0.port)" }.joined(separator: ",") + "/\(master)/\(database)"
         }
     }
 }

@@ -1,0 +1,55 @@
+import AsyncHTTPClient
+import Foundation
+import HeraldModel
+import Testing
+import TestSupport
+
+extension PipelineSuites {
+    /// A herald node coordinating in a Redis behind Sentinel (`scripts/servers sentinel`):
+    /// the master is killed mid-run.
+    @Suite("Redis with Sentinel: the master is killed under a herald node", .serialized, .timeLimit(.minutes(5)))
+    struct RedisSentinelPipelineTests {
+        @Test("the master is killed mid-run: the node follows the sentinels to the new master, takes its partitions again, and every event arrives")
+        func masterKilled() async throws {
+            let run = try await PipelineRun(partitions: 8, redisURL: try TestServers.value("HERALD_TEST_REDIS_SENTINEL_URL"))
+            defer { Task { await run.stopAll() } }
+            let project = "5e1a7c9b3d2f4a6e8b0c1d2e3f4a5b6c"
+            let subscription = Subscription(project: project, eventTypes: ["compute.instance.*"], target: Target(queue: run.queue("sentinel")))
+            try await run.registry.create(subscription)
+            run.trackQueues([(project, subscription.target.queue)])
+            try await run.startNodes(1, extra: ["HERALD_EXCHANGES": "nova"])
+            try await run.waitAllPartitionsHeld()
+
+            func lines(_ range: Range<Int>) -> [[String: Any]] {
+                range.map { seq in
+                    ["exchange": "nova", "event_type": "compute.instance.update", "project": project,
+                     "payload": ["tenant_id": project, "instance_id": "i-\(seq % 40)", "seq": seq]]
+                }
+            }
+            let before = try run.publish(lines(0..<600))
+            #expect(await before.wait() == 0, "\(before.tail())")
+            try await TestServers.control("sentinel", "kill-master")
+            do {
+                let after = try run.publish(lines(600..<900))
+                #expect(await after.wait() == 0, "\(after.tail())")
+                let seen = try await eventually(timeout: .seconds(120)) {
+                    let seqs = Set(try await run.zaqar.bodies(queue: subscription.target.queue, project: project).compactMap { body -> Int? in
+                        ((body["event"] as? [String: Any])?["payload"] as? [String: Any])?["seq"] as? Int
+                    })
+                    guard seqs.count >= 900 else { throw TestFailure("\(seqs.count) of 900 events arrived; missing e.g. \(Set(0..<900).subtracting(seqs).sorted().prefix(5))") }
+                    return seqs
+                }
+                #expect(seen == Set(0..<900), "nothing lost across the failover")
+                // Every partition is held again, in the new master.
+                try await run.waitAllPartitionsHeld()
+                let port = try #require(run.nodes["node-1"]?.apiPort)
+                let ready = try await HTTPClient.shared.execute(HTTPClientRequest(url: "http://127.0.0.1:\(port)/readyz"), timeout: .seconds(10))
+                #expect(ready.status.code == 200)
+                try await TestServers.control("sentinel", "restart-old")
+            } catch {
+                try? await TestServers.control("sentinel", "restart-old")
+                throw error
+            }
+        }
+    }
+}

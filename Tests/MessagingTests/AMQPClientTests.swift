@@ -266,6 +266,35 @@ struct AMQPClientTests {
         #expect(try await channel.declareQueuePassive(queue).messageCount <= 1)
     }
 
+    @Test("TLS: the broker's certificate is checked against the system's CAs by default, a cacertfile, or not at all with verify=false; a wrong CA is refused naming the fix")
+    func tls() async throws {
+        let url = try TestServers.value("HERALD_TEST_AMQPS_URL")
+        let ca = try TestServers.value("HERALD_TEST_CA_FILE")
+        let other = try TestServers.value("HERALD_TEST_OTHER_CA_FILE")
+        // The local CA: connected, and usable.
+        let trusted = try await AMQPConnection.connect(try AMQPConfiguration(url: url + "?cacertfile=" + ca))
+        let channel = try await trusted.openChannel()
+        let queue = TestServers.uniqueName("herald-test.tls")
+        _ = try await channel.declareQueue(queue, options: AMQPQueueOptions(durable: false, autoDelete: true))
+        await trusted.close()
+        // The system's CAs (the default) and another CA: refused, saying what to set.
+        for refused in [url, url + "?cacertfile=" + other] {
+            do {
+                let connection = try await AMQPConnection.connect(try AMQPConfiguration(url: refused))
+                await connection.close()
+                Issue.record("\(refused) connected with a certificate its CAs did not sign")
+            } catch let error as MessagingError {
+                #expect(error.code == .connectionFailed)
+                #expect("\(error)".contains("over TLS") && "\(error)".contains("cacertfile"), "\(error)")
+            }
+        }
+        // verify=false: connected (with a warning in the log).
+        let unchecked = try AMQPConfiguration(url: url + "?verify=false")
+        #expect(!unchecked.verifyPeer)
+        let insecure = try await AMQPConnection.connect(unchecked)
+        await insecure.close()
+    }
+
     @Test("heartbeats keep an idle connection open")
     func heartbeats() async throws {
         let connection = try await connect(heartbeat: .seconds(1))

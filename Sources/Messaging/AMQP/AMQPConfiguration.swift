@@ -59,8 +59,14 @@ public struct AMQPConfiguration: Sendable, Equatable {
     public var password: String
     /// TLS via rabbitmq-c's OpenSSL socket.
     public var tls: Bool
-    /// CA bundle used to verify the broker; `nil` means do not verify (development only).
+    /// CA bundle used to verify the broker (`cacertfile=` in the URL); nil: the system's CAs
+    /// (`systemCABundle`).
     public var caCertificatePath: String?
+    /// Whether the broker's certificate and host name are checked (`verify=false` in the URL
+    /// turns it off, for development only: the connection logs a warning).
+    public var verifyPeer = true
+    /// Debian's bundle of the system's CAs (the `ca-certificates` package).
+    public static let systemCABundle = "/etc/ssl/certs/ca-certificates.crt"
     /// AMQP heartbeat interval negotiated with the broker. Default 10 s.
     public var heartbeat: Duration
     /// How long opening the socket and logging in may take. Default 5 s.
@@ -179,9 +185,19 @@ public struct AMQPConfiguration: Sendable, Equatable {
                 }
                 connectTimeout = .milliseconds(millis)
             case "cacertfile":
-                caCertificatePath = item.value
+                guard let path = item.value, !path.isEmpty else {
+                    throw MessagingError(.invalidConfiguration, "AMQP URL '\(Self.hidingPasswords(url))': cacertfile needs a path")
+                }
+                caCertificatePath = path
+            case "verify":
+                switch item.value?.lowercased() {
+                case "true", "1", "yes": verifyPeer = true
+                case "false", "0", "no": verifyPeer = false
+                default:
+                    throw MessagingError(.invalidConfiguration, "AMQP URL '\(Self.hidingPasswords(url))': verify '\(item.value ?? "")' is not true or false")
+                }
             default:
-                throw MessagingError(.invalidConfiguration, "AMQP URL '\(Self.hidingPasswords(url))': unknown option '\(item.name)' (known: heartbeat, connection_timeout, cacertfile)")
+                throw MessagingError(.invalidConfiguration, "AMQP URL '\(Self.hidingPasswords(url))': unknown option '\(item.name)' (known: heartbeat, connection_timeout, cacertfile, verify)")
             }
         }
     }

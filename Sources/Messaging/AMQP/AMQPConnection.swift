@@ -23,6 +23,9 @@ public final class AMQPConnection: Sendable {
     /// Connects and logs in.
     /// - Throws: `MessagingError.connectionFailed` naming the broker and its reason.
     public static func connect(_ configuration: AMQPConfiguration, logger: Logger = Logger(label: "herald.amqp")) async throws -> AMQPConnection {
+        if configuration.tls, !configuration.verifyPeer {
+            logger.warning("TLS to RabbitMQ without checking its certificate (verify=false in the AMQP URL): anyone on the path can read and change the traffic; for development only")
+        }
         let engine = AMQPEngine(configuration: configuration, logger: logger)
         // The blocking connect runs on a thread of its own, not the cooperative pool.
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in

@@ -45,9 +45,10 @@ final class RabbitMQConnection: @unchecked Sendable {
         if configuration.tls {
             socket = amqp_ssl_socket_new(state)
             if let socket {
-                if let ca = configuration.caCertificatePath {
+                if configuration.verifyPeer {
+                    let ca = configuration.caCertificatePath ?? AMQPConfiguration.systemCABundle
                     if amqp_ssl_socket_set_cacert(socket, ca) != statusOK {
-                        throw MessagingError(.connectionFailed, "cannot read the CA certificate '\(ca)'")
+                        throw MessagingError(.connectionFailed, "cannot read the CA certificates '\(ca)' to check RabbitMQ's certificate with (set cacertfile= in the AMQP URL)")
                     }
                     amqp_ssl_socket_set_verify_peer(socket, 1)
                     amqp_ssl_socket_set_verify_hostname(socket, 1)
@@ -65,6 +66,10 @@ final class RabbitMQConnection: @unchecked Sendable {
         var timeout = configuration.connectTimeout.timeval
         let opened = amqp_socket_open_noblock(socket, configuration.host, Int32(configuration.port), &timeout)
         if opened != statusOK {
+            if configuration.tls, configuration.verifyPeer {
+                let ca = configuration.caCertificatePath ?? "the system's CAs (\(AMQPConfiguration.systemCABundle))"
+                throw MessagingError(.connectionFailed, "cannot connect to RabbitMQ at \(where_) over TLS: its certificate must be valid for that host name and signed by a CA in \(ca) (set cacertfile= in the AMQP URL)", replyText: errorString(opened))
+            }
             throw MessagingError(.connectionFailed, "cannot connect to RabbitMQ at \(where_)", replyText: errorString(opened))
         }
         var handshake = configuration.connectTimeout.timeval

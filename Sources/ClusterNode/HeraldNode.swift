@@ -113,7 +113,7 @@ final class HeraldNode: Sendable {
             }
         }
 
-        let zaqar = ZaqarClient(requestTimeout: configuration.deliveryTimeout, tokens: keystone)
+        let zaqar = ZaqarClient(requestTimeout: configuration.deliveryTimeout, tokens: keystone, caFile: configuration.zaqarCAFile)
         var delivery = DeliveryConfiguration()
         delivery.linger = configuration.deliveryLinger
         delivery.projectMaxMessages = configuration.deliveryProjectMaxMessages

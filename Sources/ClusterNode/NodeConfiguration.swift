@@ -83,6 +83,8 @@ struct NodeConfiguration: Sendable {
     /// them, added to the shipped rules or replacing them. Default: the shipped rules
     /// (docs/security.md, "What tenants receive").
     var redaction: RedactionRules = .defaults
+    /// HERALD_ZAQAR_CA_FILE: the CAs that sign the Zaqar endpoints' certificates; nil: the system's.
+    var zaqarCAFile: String?
     /// HERALD_NOTIFICATION_TOPICS: oslo.messaging topics bound on every exchange. Default notifications,versioned_notifications.
     var notificationTopics: [String]
     /// HERALD_PRIORITIES: priorities bound, as `<topic>.<priority>`. Default every one but debug.
@@ -115,7 +117,7 @@ struct NodeConfiguration: Sendable {
         "HERALD_POLICY_FILE", "HERALD_ADMIN_PROJECT", "HERALD_DELIVERY_RETRY_HORIZON", "HERALD_PARKING_AFTER_ATTEMPTS",
         "HERALD_PARKING_RETRY_BASE_SECONDS", "HERALD_PARKING_RETRY_CAP_SECONDS", "HERALD_PARKING_PROJECT_MAX_MESSAGES", "HERALD_PARKING_PROJECT_MAX_BYTES",
         "HERALD_PARKING_SUBSCRIPTION_MAX_MESSAGES", "HERALD_PARKING_DRAINS", "HERALD_KEYSTONE_NEGATIVE_CACHE_SECONDS",
-        "HERALD_KEYSTONE_VALIDATIONS_PER_SECOND", "HERALD_SERVICE_TYPE", "HERALD_REDACTION_FILE", "HERALD_TRUSTED_PROXIES",
+        "HERALD_KEYSTONE_VALIDATIONS_PER_SECOND", "HERALD_SERVICE_TYPE", "HERALD_REDACTION_FILE", "HERALD_TRUSTED_PROXIES", "HERALD_ZAQAR_CA_FILE", "HERALD_KEYSTONE_CA_FILE",
     ]
 
     /// oslo.messaging's notification priorities (the routing key's last part).
@@ -203,6 +205,15 @@ struct NodeConfiguration: Sendable {
         } else {
             eventDefinitions = .defaults
         }
+        func caFile(_ key: String) throws -> String? {
+            guard let path = environment[key], !path.isEmpty else { return nil }
+            guard FileManager.default.isReadableFile(atPath: path) else {
+                throw ConfigurationError(key: key, value: path, expected: "a readable file of PEM CA certificates")
+            }
+            return path
+        }
+        let zaqarCAFile = try caFile("HERALD_ZAQAR_CA_FILE")
+        let keystoneCAFile = try caFile("HERALD_KEYSTONE_CA_FILE")
         var redaction = RedactionRules.defaults
         if let path = environment["HERALD_REDACTION_FILE"], !path.isEmpty {
             do {
@@ -274,7 +285,8 @@ struct NodeConfiguration: Sendable {
                     projectDomain: string("HERALD_KEYSTONE_PROJECT_DOMAIN", "Default"), cacheTTL: .seconds(keystoneCacheSeconds),
                     trustRoles: trustRoles, adminProject: environment["HERALD_ADMIN_PROJECT"].flatMap { $0.isEmpty ? nil : $0 },
                     negativeCacheTTL: .seconds(keystoneNegativeSeconds), validationsPerSecond: keystoneValidations, serviceType: serviceType,
-                    trustedProxies: Set(string("HERALD_TRUSTED_PROXIES", "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty })
+                    trustedProxies: Set(string("HERALD_TRUSTED_PROXIES", "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }),
+                    caFile: keystoneCAFile
                 )
             },
             ingestWatchInterval: .seconds(try integer("HERALD_INGEST_WATCH_SECONDS", 10, 1...3600)),
@@ -296,6 +308,7 @@ struct NodeConfiguration: Sendable {
             deadLetterBudget: deadLetterBudget,
             eventDefinitions: eventDefinitions,
             redaction: redaction,
+            zaqarCAFile: zaqarCAFile,
             notificationTopics: topics,
             priorities: priorities,
             policy: policy,

@@ -37,7 +37,7 @@ struct NodeAssembly: Sendable {
                      signals: [UnixSignal] = [.sigterm, .sigint],
                      onListening: @escaping @Sendable (Int) -> Void = { _ in }) throws -> NodeAssembly {
         let node = try HeraldNode(configuration: configuration, logger: logger)
-        let zaqar = ZaqarClient(requestTimeout: configuration.deliveryTimeout, tokens: node.keystone)
+        let zaqar = ZaqarClient(requestTimeout: configuration.deliveryTimeout, tokens: node.keystone, caFile: configuration.zaqarCAFile)
         let gauges = NodeGauges(registry: metrics)
         let services = APIServices(
             registry: node.registry, deadLetters: node.deadLetters, defaultZaqarURL: configuration.zaqarURL,
@@ -81,7 +81,7 @@ struct NodeAssembly: Sendable {
                 // Shut down in reverse order, each after the one before has finished: readiness
                 // off, the pipeline, the replay client, the API last.
                 .init(service: application),
-                .init(service: ZaqarClientService(client: zaqar)),
+                .init(service: ZaqarClientService(client: zaqar, keystone: node.keystone)),
                 .init(service: PipelineService(node: node)),
                 .init(service: ShutdownNotice(node: node)),
             ],
@@ -103,13 +103,15 @@ struct ShutdownNotice: Service {
     }
 }
 
-/// Closes the API's own Zaqar client (dead-letter replays) after everything else.
+/// Closes the API's own Zaqar client (dead-letter replays) and Keystone's, after everything else.
 struct ZaqarClientService: Service {
     let client: ZaqarClient
+    var keystone: KeystoneClient?
 
     func run() async throws {
         try? await gracefulShutdown()
         await client.shutdown()
+        await keystone?.shutdown()
     }
 }
 

@@ -1,4 +1,5 @@
 import AsyncHTTPClient
+import NIOSSL
 import Foundation
 import HeraldModel
 import NIOCore
@@ -68,14 +69,21 @@ public final class ZaqarClient: Sendable {
     ///   - retryAfterCap: the longest `Retry-After` honoured; longer ones are cut to it.
     ///   - tokens: trust-scoped tokens for targets with `.trust` credentials; without it
     ///     such targets are refused (401) as if the trust were gone.
+    ///   - caFile: the CAs that sign the targets' certificates (HERALD_ZAQAR_CA_FILE); nil: the
+    ///     system's. Certificates and host names are always checked.
     public init(
         clientID: UUID = UUID(), connectTimeout: Duration = .seconds(2), requestTimeout: Duration = .seconds(10), poolSize: Int = 8,
-        retryAfterCap: Duration = .seconds(60), tokens: (any ZaqarTokenSource)? = nil
+        retryAfterCap: Duration = .seconds(60), tokens: (any ZaqarTokenSource)? = nil, caFile: String? = nil
     ) {
         self.tokens = tokens
         var configuration = HTTPClient.Configuration(
             timeout: .init(connect: .milliseconds(connectTimeout.milliseconds), read: .milliseconds(requestTimeout.milliseconds))
         )
+        if let caFile {
+            var tls = TLSConfiguration.makeClientConfiguration()
+            tls.trustRoots = .file(caFile)
+            configuration.tlsConfiguration = tls
+        }
         configuration.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: poolSize)
         configuration.redirectConfiguration = .disallow
         self.http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)

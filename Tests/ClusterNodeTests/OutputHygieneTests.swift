@@ -23,6 +23,15 @@ struct OutputHygieneTests {
             #expect(!"\(error)".contains("topsecret"), "\(error)")
             #expect("\(error)".contains("HERALD_REDIS_URL"))
         }
+        // A Sentinel URL's password, and CA files that cannot be read.
+        for (key, value) in [("HERALD_REDIS_URL", "redis+sentinel://:topsecret@s1:notaport/m"), ("HERALD_ZAQAR_CA_FILE", "/nonexistent/ca.pem"), ("HERALD_KEYSTONE_CA_FILE", "/nonexistent/ca.pem")] {
+            do {
+                _ = try NodeConfiguration.fromEnvironment([key: value, "HERALD_API_AUTH": "trusted-header"])
+                Issue.record("\(key)=\(value) was accepted")
+            } catch {
+                #expect(!"\(error)".contains("topsecret") && "\(error)".contains(key), "\(error)")
+            }
+        }
     }
 
     @Test("the text log handler cleans messages and metadata: no new line or escape from outside reaches a line")

@@ -5,6 +5,7 @@ import Logging
 import NIOCore
 import NIOFoundationCompat
 import NIOHTTP1
+import NIOSSL
 import Synchronization
 
 /// Herald's own Keystone identity (the service user), how long validations are kept, and what
@@ -40,6 +41,8 @@ struct KeystoneConfiguration: Sendable {
     /// HERALD_TRUSTED_PROXIES: addresses of the proxies in front of Herald (an ingress); from
     /// them, the client is the last address of `X-Forwarded-For` that is not one of them.
     var trustedProxies: Set<String> = []
+    /// HERALD_KEYSTONE_CA_FILE: the CAs that sign Keystone's certificate; nil: the system's.
+    var caFile: String?
 
     var base: String {
         var base = url
@@ -97,9 +100,28 @@ final class KeystoneClient: Sendable {
     private let validations = Atomic<Int>(0)
     private let trustTokenRequests = Atomic<Int>(0)
 
-    init(configuration: KeystoneConfiguration, http: HTTPClient = .shared, logger: Logger) {
+    /// Whether `http` is this client's own (made for `caFile`), to shut down with it.
+    private let ownsHTTP: Bool
+
+    /// - Parameter http: the HTTP client to use; nil: the shared one, or one of its own
+    ///   trusting `configuration.caFile` when that is set.
+    init(configuration: KeystoneConfiguration, http: HTTPClient? = nil, logger: Logger) {
         self.configuration = configuration
-        self.http = http
+        if let http {
+            self.http = http
+            ownsHTTP = false
+        } else if let caFile = configuration.caFile {
+            var tls = TLSConfiguration.makeClientConfiguration()
+            tls.trustRoots = .file(caFile)
+            var settings = HTTPClient.Configuration()
+            settings.tlsConfiguration = tls
+            settings.redirectConfiguration = .disallow
+            self.http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: settings)
+            ownsHTTP = true
+        } else {
+            self.http = .shared
+            ownsHTTP = false
+        }
         self.logger = logger
         let rate = Double(configuration.validationsPerSecond)
         state = Mutex(State(rateLimit: ValidationRateLimit(perSecond: rate, burst: 2 * rate)))
@@ -108,6 +130,11 @@ final class KeystoneClient: Sendable {
     /// The longest token looked at; longer ones are refused without asking Keystone (Fernet
     /// tokens are about 200 bytes, JWS tokens under 1 KiB).
     static let maxTokenBytes = 4096
+
+    /// Closes its own HTTP client, if it made one.
+    func shutdown() async {
+        if ownsHTTP { try? await http.shutdown() }
+    }
 
     /// Round trips to Keystone's token validation (the cache is working when this stays low).
     var validationCount: Int { validations.load(ordering: .relaxed) }

@@ -32,13 +32,41 @@ extension PipelineSuites {
             return ["signature": signed.signature, "expires": signed.expires, "methods": signed.methods, "paths": signed.paths, "project": signed.project]
         }
 
+        /// Answers 201 to everything and appends each request line and headers to the log.
+        static let recorder = """
+        import http.server, sys
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def record(self):
+                if self.path != "/probe":
+                    with open(sys.argv[2], "a") as log:
+                        log.write(self.requestline + "\\n" + str(self.headers) + "\\n")
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                self.send_response(201)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+            do_GET = do_POST = do_PUT = record
+            def log_message(self, *args):
+                pass
+        http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+        """
+
         @Test("a user's subscriptions deliver through a trust and through pre-signed URLs; renewal, expiry warnings, dead letters, trust deletion")
         func trustsAndSignedURLs() async throws {
             let keystone = try await KeystoneFixture.make()
             let zaqarURL = try TestServers.value("HERALD_TEST_KEYSTONE_ZAQAR_URL")
             let run = try await PipelineRun(partitions: 8)
             defer { Task { await run.stopAll() } }
+            // A server that records every request it gets: where a second member would point the
+            // trustor's subscription to capture the trustor's token. Allowed as an endpoint, so
+            // only the trust rule stands between them.
+            let recorderPort = try TestServers.freePort()
+            let recorderLog = "\(run.directory)/recorder.log"
+            let recorderScript = "\(run.directory)/recorder.py"
+            try Self.recorder.write(toFile: recorderScript, atomically: true, encoding: .utf8)
+            let recorder = try ChildProcess(name: "recorder", argv: ["/usr/bin/python3", recorderScript, "\(recorderPort)", recorderLog], environment: [:], log: "\(run.directory)/recorder.out")
+            defer { recorder.send(SIGTERM) }
             let settings = [
+                "HERALD_ZAQAR_ALLOWED_URLS": "\(zaqarURL),http://127.0.0.1:\(recorderPort)",
                 "HERALD_API_AUTH": "keystone", "HERALD_ZAQAR_URL": zaqarURL,
                 "HERALD_KEYSTONE_URL": keystone.url + "/v3", "HERALD_KEYSTONE_USERNAME": keystone.serviceUser,
                 "HERALD_KEYSTONE_PASSWORD": keystone.servicePassword, "HERALD_KEYSTONE_PROJECT": keystone.serviceProject,
@@ -59,6 +87,14 @@ extension PipelineSuites {
             #expect(created == 201, "\(trusted)")
             let trustID = try #require(trusted["trust_id"] as? String)
             let trustSubscription = try #require(trusted["id"] as? String)
+            // Another member of the project cannot point it at their server: 403 naming target,
+            // nothing stored, and (below, after events flowed) nothing reached that server.
+            let secondMember = try await keystone.user("member2", role: "member", on: "a")
+            let (moved, movedBody) = try await call(run, .PATCH, "/v1/subscriptions/\(trustSubscription)", token: secondMember.token, json: [
+                "target": ["queue": trustQueue, "zaqar_url": "http://127.0.0.1:\(recorderPort)"],
+            ])
+            #expect(moved == 403, "\(movedBody)")
+            #expect((movedBody["message"] as? String ?? "\(movedBody)").contains("target"), "\(movedBody)")
 
             // 2. Through a pre-signed URL the user made, good for an hour, no trust.
             let signedQueue = run.queue("signed")
@@ -133,6 +169,9 @@ extension PipelineSuites {
             }
             #expect(letters.allSatisfy { $0["reason"] as? String == "signed_url_expired" }, "\(letters.map { $0["reason"] ?? "" })")
             #expect(try await user.bodies(queue: doomedQueue, project: project).isEmpty)
+            let recorded = (try? String(contentsOfFile: recorderLog, encoding: .utf8)) ?? ""
+            #expect(recorded.isEmpty, "the second member's server got requests: \(recorded.prefix(300))")
+            #expect(try await ZaqarReader(baseURL: "http://127.0.0.1:\(recorderPort)").request("/probe", project: project).0 == 201, "the recorder was listening")
 
             // A trust deleted in Keystone behind Herald's back: the events are dead-lettered as
             // unauthorized (Zaqar refuses the cached token, Keystone refuses a new one), not lost.

@@ -23,7 +23,10 @@ struct Load: AsyncParsableCommand {
         (503s), sink-stall:SECONDS (answers held back), zaqar-outage:SECONDS (every connection to the sink, \
         or through it to the real Zaqar, is closed unanswered), target-fail:PROJECT:SECONDS (that project's \
         queues answer 503), slow-target:PROJECT:SECONDS (that project's queues answer after 5 s), \
-        redis-outage:SECONDS (Redis stopped, its data kept, then started again). Latency is \
+        redis-outage:SECONDS (Redis stopped, its data kept, then started again), \
+        rabbitmq-node-kill:N:SECONDS (node N of `scripts/servers cluster` stopped, then started again; \
+        give --amqp-url all three hosts), redis-failover:SECONDS (the master of `scripts/servers sentinel` \
+        killed, started again as a replica later; give --redis-url the sentinel URL). Latency is \
         measured from each event's intended send time (no coordinated omission), in all and per project.
         """
     )
@@ -160,6 +163,7 @@ struct ScenarioEvent: Codable, Sendable {
         case addNode = "add-node", sigterm, kill9, pause, restartRedis = "restart-redis", restartRabbitMQ = "restart-rabbitmq"
         case sinkFail = "sink-fail", sinkStall = "sink-stall", zaqarOutage = "zaqar-outage", targetFail = "target-fail", slowTarget = "slow-target"
         case redisOutage = "redis-outage"
+        case rabbitmqNodeKill = "rabbitmq-node-kill", redisFailover = "redis-failover"
     }
 
     var at: Double
@@ -173,7 +177,7 @@ struct ScenarioEvent: Codable, Sendable {
     init(_ text: String) throws {
         let parts = text.split(separator: ":").map(String.init)
         guard parts.count >= 2, let at = Double(parts[0]), at >= 0, let action = Action(rawValue: parts[1]) else {
-            throw ValidationError("--event '\(text)': expected SECONDS:ACTION[:ARGS], ACTION one of add-node, sigterm, kill9, pause, restart-redis, restart-rabbitmq, sink-fail, sink-stall, zaqar-outage, target-fail, slow-target, redis-outage")
+            throw ValidationError("--event '\(text)': expected SECONDS:ACTION[:ARGS], ACTION one of add-node, sigterm, kill9, pause, restart-redis, restart-rabbitmq, sink-fail, sink-stall, zaqar-outage, target-fail, slow-target, redis-outage, rabbitmq-node-kill, redis-failover")
         }
         self.at = at
         self.action = action
@@ -194,6 +198,17 @@ struct ScenarioEvent: Codable, Sendable {
                 throw ValidationError("--event '\(text)': \(action.rawValue) needs a project and seconds, e.g. 20:\(action.rawValue):project-3:120")
             }
             project = parts[2]
+            self.seconds = seconds
+        case .rabbitmqNodeKill:
+            guard parts.count == 4, ["1", "2", "3"].contains(parts[2]), let seconds = Double(parts[3]), seconds > 0 else {
+                throw ValidationError("--event '\(text)': rabbitmq-node-kill needs the cluster node (1-3) and seconds until it starts again, e.g. 60:rabbitmq-node-kill:1:30")
+            }
+            node = parts[2]
+            self.seconds = seconds
+        case .redisFailover:
+            guard parts.count == 3, let seconds = Double(parts[2]), seconds > 0 else {
+                throw ValidationError("--event '\(text)': redis-failover needs seconds until the killed master starts again (as a replica), e.g. 60:redis-failover:20")
+            }
             self.seconds = seconds
         case .addNode, .restartRedis, .restartRabbitMQ:
             guard parts.count == 2 else { throw ValidationError("--event '\(text)': \(action.rawValue) takes no arguments") }

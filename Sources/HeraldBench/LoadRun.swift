@@ -114,6 +114,10 @@ final class LoadRun: @unchecked Sendable {
     /// Foundation's Process: `restart redis` leaves a daemon holding the descriptors Process
     /// watches for the end of its child, and waitUntilExit then never returned.
     func control(_ arguments: String...) throws {
+        try control(arguments)
+    }
+
+    func control(_ arguments: [String]) throws {
         let argv = ["/usr/bin/env", "bash", options.servers] + arguments
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
@@ -279,8 +283,10 @@ final class LoadRun: @unchecked Sendable {
     func execute() async throws -> LoadResult {
         let options = options
         if options.attach == nil {
-            try control("rabbitmqctl", "add_vhost", vhost)
-            try control("rabbitmqctl", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+            // Several hosts: the cluster of `scripts/servers cluster`.
+            let broker = options.amqpURL.contains(",") ? ["cluster", "rabbitmqctl"] : ["rabbitmqctl"]
+            try control(broker + ["add_vhost", vhost])
+            try control(broker + ["set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"])
         }
 
         // What each template reaches, by the same index the nodes use.
@@ -510,6 +516,21 @@ final class LoadRun: @unchecked Sendable {
                     Task {
                         try? await Task.sleep(for: .seconds(seconds))
                         do { try self.control("start", "redis") } catch { self.log("starting Redis again failed: \(error)") }
+                    }
+                case .rabbitmqNodeKill:
+                    let node = event.node ?? "1"
+                    try control("cluster", "stop", node)
+                    let seconds = event.seconds ?? 0
+                    Task {
+                        try? await Task.sleep(for: .seconds(seconds))
+                        do { try self.control("cluster", "start", node) } catch { self.log("starting RabbitMQ node \(node) again failed: \(error)") }
+                    }
+                case .redisFailover:
+                    try control("sentinel", "kill-master")
+                    let seconds = event.seconds ?? 0
+                    Task {
+                        try? await Task.sleep(for: .seconds(seconds))
+                        do { try self.control("sentinel", "restart-old") } catch { self.log("starting the old Redis master again failed: \(error)") }
                     }
                 case .targetFail, .slowTarget:
                     let project = event.project ?? ""

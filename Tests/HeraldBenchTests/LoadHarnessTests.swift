@@ -7,7 +7,7 @@ import Testing
 struct LoadHarnessTests {
     @Test("scenario events parse, and a bad one is refused naming what is wrong", arguments: [
         ("20:kill9:node-2", true), ("5:pause:node-1:3", true), ("30:sink-stall:2.5", true), ("12:add-node", true), ("40:restart-rabbitmq", true),
-        ("60:zaqar-outage:600", true), ("30:target-fail:project-3:120", true), ("30:slow-target:project-1:120", true), ("30:redis-outage:60", true), ("30:redis-outage", false),
+        ("60:zaqar-outage:600", true), ("30:target-fail:project-3:120", true), ("30:slow-target:project-1:120", true), ("30:redis-outage:60", true), ("30:redis-outage", false), ("60:rabbitmq-node-kill:1:30", true), ("60:rabbitmq-node-kill:4:30", false), ("60:rabbitmq-node-kill:1", false), ("60:redis-failover:20", true), ("60:redis-failover", false),
         ("20:kill9", false), ("x:add-node", false), ("5:pause:node-1", false), ("12:add-node:extra", false), ("3:explode", false),
         ("30:target-fail:120", false), ("30:slow-target:project-1", false), ("60:zaqar-outage", false), ("60:zaqar-outage:-5", false),
     ])

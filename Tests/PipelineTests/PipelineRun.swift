@@ -43,6 +43,8 @@ final class PipelineRun: @unchecked Sendable {
     let id = String(UUID().uuidString.prefix(8).lowercased())
     let vhost: String
     let amqpURL: String
+    /// On the RabbitMQ cluster: the nodes then use quorum queues.
+    let onCluster: Bool
     let redisURL: String
     let zaqar: ZaqarReader
     let registry: SubscriptionRegistry
@@ -60,6 +62,9 @@ final class PipelineRun: @unchecked Sendable {
     /// - Parameter redisURL: the Redis to coordinate in (e.g. a Sentinel URL) instead of the test Redis.
     init(partitions: Int, clusterURL: String? = nil, redisURL: String? = nil) async throws {
         self.partitions = partitions
+        // HERALD_TEST_E2E_ON_CLUSTER=1: every run on the three-node cluster, with quorum queues.
+        let clusterURL = try clusterURL ?? (ProcessInfo.processInfo.environment["HERALD_TEST_E2E_ON_CLUSTER"] == "1" ? TestServers.value("HERALD_TEST_AMQP_CLUSTER_URL") : nil)
+        onCluster = clusterURL != nil
         if let clusterURL {
             vhost = "/"
             amqpURL = clusterURL
@@ -86,7 +91,7 @@ final class PipelineRun: @unchecked Sendable {
                 "HERALD_REDIS_URL": redisURL, "HERALD_AMQP_URL": amqpURL, "HERALD_ZAQAR_URL": zaqar.baseURL,
                 "HERALD_KEY_PREFIX": prefix, "HERALD_PARTITIONS": "\(partitions)", "HERALD_EXCHANGES": "nova,neutron,cinder",
                 "HERALD_LOG_LEVEL": "warning", "HERALD_SHUTDOWN_BUDGET_SECONDS": "\(Self.shutdownBudget)", "HERALD_API_HOST": "127.0.0.1", "HERALD_API_AUTH": "trusted-header",
-            ]
+            ].merging(onCluster ? ["HERALD_QUEUE_TYPE": "quorum"] : [:]) { $1 }
         }
     }
 

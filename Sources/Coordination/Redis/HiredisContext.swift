@@ -87,15 +87,16 @@ final class HiredisContext: @unchecked Sendable {
 
     /// Where the sentinels say the master is: the first sentinel that answers decides.
     /// - Throws: `CoordinationError.connectionFailed` naming every sentinel's failure.
-    static func masterAddress(_ configuration: RedisConfiguration) throws -> (host: String, port: Int) {
+    /// - Parameter timeout: how long each sentinel may take to connect and answer (at most 1 s).
+    static func masterAddress(_ configuration: RedisConfiguration, timeout: Duration = .seconds(1)) throws -> (host: String, port: Int) {
         guard case .sentinel(let master, let sentinels) = configuration.endpoint else {
             throw CoordinationError(.invalidConfiguration, "\(configuration.endpoint) is not a sentinel endpoint")
         }
         var failures: [String] = []
         for sentinel in sentinels {
             var asking = RedisConfiguration(endpoint: .tcp(host: sentinel.host, port: sentinel.port), password: configuration.sentinelPassword)
-            asking.connectTimeout = min(configuration.connectTimeout, .seconds(1))
-            asking.commandTimeout = min(configuration.commandTimeout, .seconds(1))
+            asking.connectTimeout = min(configuration.connectTimeout, timeout, .seconds(1))
+            asking.commandTimeout = min(configuration.commandTimeout, timeout, .seconds(1))
             do {
                 let context = try connect(asking)
                 let reply = try context.command(RedisCommand("SENTINEL", "get-master-addr-by-name", master))

@@ -214,7 +214,13 @@ private final class ConnectionSlot: @unchecked Sendable {
         let now = ContinuousClock.now
         if let nextSentinelCheck, now < nextSentinelCheck { return false }
         nextSentinelCheck = now + configuration.sentinelCheckInterval
-        guard case .tcp(let host, let port) = context.endpoint, let named = try? HiredisContext.masterAddress(configuration) else { return false }
+        guard case .tcp(let host, let port) = context.endpoint else { return false }
+        // On the client's own queue, before a command: quick, and rarer while the sentinels
+        // cannot answer (the master in use is kept meanwhile).
+        guard let named = try? HiredisContext.masterAddress(configuration, timeout: .milliseconds(200)) else {
+            nextSentinelCheck = now + configuration.sentinelCheckInterval * 5
+            return false
+        }
         guard named.host != host || named.port != port else { return false }
         logger.warning("the sentinels name a new Redis master; reconnecting", metadata: [
             "redis.endpoint": "\(configuration.endpoint)", "redis.old_master": "\(host):\(port)", "redis.new_master": "\(named.host):\(named.port)",

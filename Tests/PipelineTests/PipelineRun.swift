@@ -201,6 +201,30 @@ final class PipelineRun: @unchecked Sendable {
         return result
     }
 
+    /// Notifications for `project`, numbered by `seq` in their payload (nova's, 40 servers).
+    func numberedLines(project: String, _ range: Range<Int>) -> [[String: Any]] {
+        range.map { seq in
+            ["exchange": "nova", "event_type": "compute.instance.update", "project": project,
+             "payload": ["tenant_id": project, "instance_id": "i-\(seq % 40)", "seq": seq]]
+        }
+    }
+
+    /// The `seq`s in `queue` now.
+    func numbered(queue: String, project: String) async throws -> Set<Int> {
+        Set(try await zaqar.bodies(queue: queue, project: project).compactMap { body -> Int? in
+            ((body["event"] as? [String: Any])?["payload"] as? [String: Any])?["seq"] as? Int
+        })
+    }
+
+    /// Waits until `queue` holds every `seq` of `0..<count` at least once; returns those seen.
+    func waitForNumbered(queue: String, project: String, count: Int, timeout: Duration = .seconds(120)) async throws -> Set<Int> {
+        try await eventually(timeout: timeout) {
+            let seqs = try await numbered(queue: queue, project: project).filter { (0..<count).contains($0) }
+            guard seqs.count >= count else { throw TestFailure("\(seqs.count) of \(count) events arrived; missing e.g. \(Set(0..<count).subtracting(seqs).sorted().prefix(5))") }
+            return seqs
+        }
+    }
+
     /// Queues to delete at the end.
     func trackQueues(_ more: [(project: String, queue: String)]) {
         queues += more

@@ -20,25 +20,13 @@ extension PipelineSuites {
             try await run.startNodes(1, extra: ["HERALD_EXCHANGES": "nova"])
             try await run.waitAllPartitionsHeld()
 
-            func lines(_ range: Range<Int>) -> [[String: Any]] {
-                range.map { seq in
-                    ["exchange": "nova", "event_type": "compute.instance.update", "project": project,
-                     "payload": ["tenant_id": project, "instance_id": "i-\(seq % 40)", "seq": seq]]
-                }
-            }
-            let before = try run.publish(lines(0..<600))
+            let before = try run.publish(run.numberedLines(project: project, 0..<600))
             #expect(await before.wait() == 0, "\(before.tail())")
             try await TestServers.control("sentinel", "kill-master")
             do {
-                let after = try run.publish(lines(600..<900))
+                let after = try run.publish(run.numberedLines(project: project, 600..<900))
                 #expect(await after.wait() == 0, "\(after.tail())")
-                let seen = try await eventually(timeout: .seconds(120)) {
-                    let seqs = Set(try await run.zaqar.bodies(queue: subscription.target.queue, project: project).compactMap { body -> Int? in
-                        ((body["event"] as? [String: Any])?["payload"] as? [String: Any])?["seq"] as? Int
-                    })
-                    guard seqs.count >= 900 else { throw TestFailure("\(seqs.count) of 900 events arrived; missing e.g. \(Set(0..<900).subtracting(seqs).sorted().prefix(5))") }
-                    return seqs
-                }
+                let seen = try await run.waitForNumbered(queue: subscription.target.queue, project: project, count: 900)
                 #expect(seen == Set(0..<900), "nothing lost across the failover")
                 // Every partition is held again, in the new master.
                 try await run.waitAllPartitionsHeld()

@@ -691,13 +691,9 @@ struct RedactionWalker {
             if reached.count > childStart { reached.removeLast(reached.count - childStart) }
             members.previousEnd = valueEnd
 
-            i = skipSpace(valueEnd)
-            guard i < input.count else { throw RedactionError("the JSON ends early", offset: i) }
-            if input[i] == UInt8(ascii: ",") {
-                i = skipSpace(i + 1)
-                continue
-            }
-            guard input[i] == UInt8(ascii: "}") else { throw RedactionError("expected ',' or '}'", offset: i) }
+            let (next, more) = try separator(after: valueEnd, closing: UInt8(ascii: "}"))
+            i = next
+            if more { continue }
             closeMembers(members, at: i)
             return i + 1
         }
@@ -710,13 +706,9 @@ struct RedactionWalker {
         guard i < input.count else { throw RedactionError("the JSON ends early", offset: i) }
         if input[i] == UInt8(ascii: "]") { return i + 1 }
         while true {
-            i = skipSpace(try value(at: i, depth: depth, reach: reach))
-            guard i < input.count else { throw RedactionError("the JSON ends early", offset: i) }
-            if input[i] == UInt8(ascii: ",") {
-                i = skipSpace(i + 1)
-                continue
-            }
-            guard input[i] == UInt8(ascii: "]") else { throw RedactionError("expected ',' or ']'", offset: i) }
+            let (next, more) = try separator(after: try value(at: i, depth: depth, reach: reach), closing: UInt8(ascii: "]"))
+            i = next
+            if more { continue }
             return i + 1
         }
     }
@@ -764,13 +756,9 @@ struct RedactionWalker {
                             if position == 2, input[itemStart] == UInt8(ascii: "\"") { traitValue = itemStart }
                         }
                         position += 1
-                        j = skipSpace(itemEnd)
-                        guard j < input.count else { throw RedactionError("the JSON ends early", offset: j) }
-                        if input[j] == UInt8(ascii: ",") {
-                            j = skipSpace(j + 1)
-                            continue
-                        }
-                        guard input[j] == UInt8(ascii: "]") else { throw RedactionError("expected ',' or ']'", offset: j) }
+                        let (next, more) = try separator(after: itemEnd, closing: UInt8(ascii: "]"))
+                        j = next
+                        if more { continue }
                         end = j + 1
                         break
                     }
@@ -791,14 +779,12 @@ struct RedactionWalker {
             }
             members.previousEnd = end
 
-            i = skipSpace(end)
-            guard i < input.count else { throw RedactionError("the JSON ends early", offset: i) }
-            if input[i] == UInt8(ascii: ",") {
-                i = skipSpace(i + 1)
+            let (next, more) = try separator(after: end, closing: UInt8(ascii: "]"))
+            i = next
+            if more {
                 guard i < input.count else { throw RedactionError("the JSON ends early", offset: i) }
                 continue
             }
-            guard input[i] == UInt8(ascii: "]") else { throw RedactionError("expected ',' or ']'", offset: i) }
             closeMembers(members, at: i)
             return i + 1
         }
@@ -842,6 +828,17 @@ struct RedactionWalker {
     }
 
     // MARK: Scanning
+
+    /// After a member or an element: past the `,` and the space after it (`more`), or at the
+    /// `closing` byte.
+    /// - Throws: `RedactionError` when the JSON ends, or has something else there.
+    func separator(after start: Int, closing: UInt8) throws(RedactionError) -> (index: Int, more: Bool) {
+        let i = skipSpace(start)
+        guard i < input.count else { throw RedactionError("the JSON ends early", offset: i) }
+        if input[i] == UInt8(ascii: ",") { return (skipSpace(i + 1), true) }
+        guard input[i] == closing else { throw RedactionError("expected ',' or '\(Character(UnicodeScalar(closing)))'", offset: i) }
+        return (i, false)
+    }
 
     func skipSpace(_ start: Int) -> Int {
         var i = start

@@ -119,7 +119,8 @@ final class HeraldNode: Sendable {
         delivery.projectMaxMessages = configuration.deliveryProjectMaxMessages
         delivery.attemptsBeforeParking = configuration.parking.afterAttempts
         let parking = TargetParking(
-            connection: connection, ledger: parkingLedger, names: configuration.names, queueType: configuration.queueType, settings: configuration.parking, logger: logger
+            connection: connection, ledger: parkingLedger, names: configuration.names, queueType: configuration.queueType, owner: coordinator.owner,
+            settings: configuration.parking, logger: logger
         )
         let batcher = try DeliveryBatcher(
             configuration: delivery, zaqar: zaqar, deadLetters: deadLetters, endpoints: try ZaqarEndpoints(urls: configuration.zaqarAllowedURLs), parking: parking,
@@ -131,7 +132,7 @@ final class HeraldNode: Sendable {
                 do { return .some(try await registry.get(id: id, project: project)) } catch { return nil }
             },
             isLeader: { [coordinator] in coordinator.isLeader }, names: configuration.names,
-            nodeID: configuration.nodeID, defaultZaqarURL: configuration.zaqarURL, logger: logger
+            owner: coordinator.owner, defaultZaqarURL: configuration.zaqarURL, logger: logger
         )
         // Knows which subscriptions are parked before any partition is consumed.
         await drainer.refreshBeforeConsuming()

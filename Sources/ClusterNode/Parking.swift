@@ -25,9 +25,11 @@ struct ParkingSettings: Sendable {
     /// HERALD_PARKING_PROJECT_MAX_BYTES: bytes one project may have parked, cluster-wide (also each
     /// of its queues' `x-max-length-bytes`). Default 1 GiB.
     var projectMaxBytes = 1 << 30
-    /// How long a parked subscription's queue must stay empty while messages are still counted
-    /// before the count is dropped (a node stopped between counting and publishing). Default 300 s.
-    var emptyWindow: Duration = .seconds(300)
+    /// How long a parked subscription's queue must stay empty while more messages are counted
+    /// than live nodes are publishing before the excess is dropped (an uncount lost after its
+    /// ack). What a dead node reserved is dropped at once. Default 10 s: while it runs, the
+    /// subscription's new messages may be held in their lanes (a closed parking).
+    var emptyWindow: Duration = .seconds(10)
     /// HERALD_PARKING_SUBSCRIPTION_MAX_MESSAGES: messages one subscription may have parked (its
     /// queue's `x-max-length`, with `reject-publish`). Default 50000.
     var subscriptionMaxMessages = 50_000
@@ -79,6 +81,8 @@ final class TargetParking: DeliveryParking {
     private let ledger: ParkingLedger
     private let names: ClusterNames
     private let queueType: String
+    /// This process (`<node>#<incarnation>`), named on its reservations.
+    private let owner: String
     let settings: ParkingSettings
     private let logger: Logger
     private let channel = Mutex<AMQPChannel?>(nil)
@@ -93,11 +97,12 @@ final class TargetParking: DeliveryParking {
         var applied: UInt64 = 0
     }
 
-    init(connection: AMQPConnection, ledger: ParkingLedger, names: ClusterNames, queueType: String, settings: ParkingSettings, logger: Logger) {
+    init(connection: AMQPConnection, ledger: ParkingLedger, names: ClusterNames, queueType: String, owner: String, settings: ParkingSettings, logger: Logger) {
         self.connection = connection
         self.ledger = ledger
         self.names = names
         self.queueType = queueType
+        self.owner = owner
         self.settings = settings
         self.logger = logger
     }
@@ -148,7 +153,7 @@ final class TargetParking: DeliveryParking {
             reservation = try await ledger.reserve(
                 subscription: subscription, project: project, count: messages.count, bytes: bytes, projectMax: settings.projectMaxMessages,
                 projectMaxBytes: settings.projectMaxBytes, subscriptionMax: settings.subscriptionMaxMessages,
-                delay: failed ? settings.delay(attempt: 0, using: &random) : .zero, error: reason, onlyIfParked: !failed
+                delay: failed ? settings.delay(attempt: 0, using: &random) : .zero, error: reason, onlyIfParked: !failed, owner: owner
             )
         } catch {
             ParkingMetrics.refused["unavailable"]?.increment()
@@ -177,14 +182,14 @@ final class TargetParking: DeliveryParking {
         do {
             try await publish(messages, subscription: subscription, parkedAt: parkedAt)
         } catch {
-            // Some of the batch may be in the queue all the same (a nack or a return for part of
-            // it): the count stays, too high rather than too low (the lane parks them again; a
-            // count above what the queue holds only keeps the subscription parked a while longer).
+            // Uncounted: the lane parks them again. Some may be in the queue all the same (a nack
+            // or a return for part of it); the drainer that finds them counts them again.
+            try? await ledger.unreserve(subscription: subscription, count: messages.count, bytes: bytes, owner: owner)
             ParkingMetrics.refused["unavailable"]?.increment()
             throw ParkingRefused(description: "RabbitMQ did not take the parked messages: \(error)")
         }
         // The record may have gone while they were on their way (a drainer saw the queue empty first).
-        if (try? await ledger.confirm(subscription: subscription, project: project, count: messages.count, bytes: bytes)) == true {
+        if (try? await ledger.confirm(subscription: subscription, project: project, count: messages.count, bytes: bytes, owner: owner)) == true {
             logger.warning("parked messages arrived after their subscription's record went; recorded again", metadata: ["subscription": "\(subscription)"])
         }
         if failed {
@@ -277,14 +282,16 @@ final class ParkingDrainer: Sendable {
     private let lookup: @Sendable (_ id: String, _ project: String) async -> Subscription??
     private let isLeader: @Sendable () -> Bool
     private let names: ClusterNames
-    private let nodeID: String
+    /// This process (`<node>#<incarnation>`): it holds claims under this name, so that another
+    /// node takes over at once when it dies (ParkingLedger).
+    private let owner: String
     private let defaultZaqarURL: String
     private let logger: Logger
     private let active = Mutex<Set<String>>([])
 
     init(connection: AMQPConnection, ledger: ParkingLedger, parking: TargetParking, batcher: DeliveryBatcher, index: Locked<SubscriptionIndex>,
          lookup: @escaping @Sendable (_ id: String, _ project: String) async -> Subscription??, isLeader: @escaping @Sendable () -> Bool = { true },
-         names: ClusterNames, nodeID: String, defaultZaqarURL: String, logger: Logger) {
+         names: ClusterNames, owner: String, defaultZaqarURL: String, logger: Logger) {
         self.connection = connection
         self.ledger = ledger
         self.parking = parking
@@ -293,7 +300,7 @@ final class ParkingDrainer: Sendable {
         self.lookup = lookup
         self.isLeader = isLeader
         self.names = names
-        self.nodeID = nodeID
+        self.owner = owner
         self.defaultZaqarURL = defaultZaqarURL
         self.logger = logger
     }
@@ -308,7 +315,7 @@ final class ParkingDrainer: Sendable {
                 await refresh(gauges: ticks % 5 == 0)
                 ticks += 1
                 let free = settings.concurrentDrains - active.withLock { $0.count }
-                if free > 0, let claimed = try? await ledger.claimDue(node: nodeID, lease: settings.claimLease, limit: free) {
+                if free > 0, let claimed = try? await ledger.claimDue(node: owner, lease: settings.claimLease, limit: free) {
                     for subscription in claimed {
                         guard active.withLock({ $0.insert(subscription).inserted }) else { continue }
                         group.addTask {
@@ -363,37 +370,59 @@ final class ParkingDrainer: Sendable {
             channel = try await connection.openChannel()
         } catch {
             logger.warning("cannot open a channel to retry parked messages", metadata: ["subscription": "\(subscriptionID)", "error": "\(error)"])
-            try? await ledger.finished(subscription: subscriptionID, node: nodeID, delay: settings.tick * 5)
+            try? await ledger.finished(subscription: subscriptionID, node: owner, delay: settings.tick * 5)
             return
         }
-        await drain(subscriptionID, on: channel)
-        // Closing requeues, at the head of the queue, whatever was taken and not settled.
+        let caughtUp = await drain(subscriptionID, on: channel)
+        // Closing requeues, at the head of the queue, whatever was taken and not settled
+        // (including what came after the consumer's last batch): only then may the queue be
+        // judged empty.
         await channel.close()
+        guard caughtUp else { return }
+        do {
+            let checking = try await connection.openChannel()
+            let after: AMQPQueueState
+            do { after = try await checking.declareQueuePassive(names.parkingQueue(subscriptionID)) } catch {
+                await checking.close()
+                throw error
+            }
+            await checking.close()
+            if after.messageCount == 0 && after.consumerCount == 0 {
+                await observeEmpty(subscriptionID)
+            } else {
+                try? await ledger.finished(subscription: subscriptionID, node: owner, delay: .zero)
+            }
+        } catch {
+            logger.warning("cannot check whether a parked subscription's queue is empty", metadata: ["subscription": "\(subscriptionID)", "error": "\(error)"])
+            try? await ledger.finished(subscription: subscriptionID, node: owner, delay: settings.tick * 5)
+        }
     }
 
-    private func drain(_ subscriptionID: String, on channel: AMQPChannel) async {
+    /// Drains what the queue has now. Answers true when it caught up (nothing more came for a
+    /// while): the caller then checks, with this channel closed, whether the queue is empty.
+    private func drain(_ subscriptionID: String, on channel: AMQPChannel) async -> Bool {
         let queue = names.parkingQueue(subscriptionID)
         do {
             let state = try await parking.declare(queue, on: channel)
             if state.consumerCount > 0 {
                 // Another node still drains it (its claim ran out under a long attempt): not twice.
-                try? await ledger.finished(subscription: subscriptionID, node: nodeID, delay: settings.tick * 5)
-                return
+                try? await ledger.finished(subscription: subscriptionID, node: owner, delay: settings.tick * 5)
+                return false
             }
-            guard let record = try await ledger.state(subscription: subscriptionID) else { return }
+            guard let record = try await ledger.state(subscription: subscriptionID) else { return false }
             guard let subscription = await subscription(subscriptionID, project: record.project) else {
-                try? await ledger.finished(subscription: subscriptionID, node: nodeID, delay: settings.tick * 5)
-                return
+                try? await ledger.finished(subscription: subscriptionID, node: owner, delay: settings.tick * 5)
+                return false
             }
             guard let subscription else {
                 await dropAll(subscriptionID, queue: queue, channel: channel)
-                return
+                return false
             }
             if state.messageCount == 0 {
                 await observeEmpty(subscriptionID)
-                return
+                return false
             }
-            guard try await ledger.renew(subscription: subscriptionID, node: nodeID, lease: settings.claimLease, atLeast: state.messageCount) else { return }
+            guard try await ledger.renew(subscription: subscriptionID, node: owner, lease: settings.claimLease, atLeast: state.messageCount) else { return false }
             let consumer = try await channel.consume(queue, prefetch: UInt16(clamping: settings.batchMessages))
             let inbox = DeliveryInbox()
             let drained = await withTaskGroup(of: Bool?.self) { group in
@@ -412,17 +441,11 @@ final class ParkingDrainer: Sendable {
                 for await result in group { if let result { drained = result } }
                 return drained
             }
-            guard drained else { return }
-            // Nothing came for a while: empty, or only what another node holds unacked?
-            let after = try await channel.declareQueuePassive(queue)
-            if after.messageCount == 0 && after.consumerCount == 0 {
-                await observeEmpty(subscriptionID)
-            } else {
-                try? await ledger.finished(subscription: subscriptionID, node: nodeID, delay: .zero)
-            }
+            return drained
         } catch {
             logger.warning("cannot retry parked messages", metadata: ["subscription": "\(subscriptionID)", "error": "\(error)"])
-            try? await ledger.finished(subscription: subscriptionID, node: nodeID, delay: settings.tick * 5)
+            try? await ledger.finished(subscription: subscriptionID, node: owner, delay: settings.tick * 5)
+            return false
         }
     }
 
@@ -444,13 +467,13 @@ final class ParkingDrainer: Sendable {
         while !Task.isCancelled {
             // A subscription whose messages keep coming must not keep the slot from the others.
             if !closing, ContinuousClock.now - started >= settings.drainSession {
-                try? await ledger.finished(subscription: subscriptionID, node: nodeID, delay: .zero)
+                try? await ledger.finished(subscription: subscriptionID, node: owner, delay: .zero)
                 return false
             }
             let deliveries = await inbox.take(max: settings.batchMessages, firstWithin: closing ? .milliseconds(500) : .seconds(2), moreWithin: .milliseconds(20))
             guard !deliveries.isEmpty else { return true }
             // Still ours? (A claim that ran out and was taken: stop; what was taken goes back.)
-            guard (try? await ledger.renew(subscription: subscriptionID, node: nodeID, lease: settings.claimLease)) != false else { return false }
+            guard (try? await ledger.renew(subscription: subscriptionID, node: owner, lease: settings.claimLease)) != false else { return false }
             let messages = deliveries.map { delivery in
                 ZaqarOutgoingMessage(
                     target: target, body: delivery.body, subscriptionID: subscriptionID,
@@ -467,16 +490,18 @@ final class ParkingDrainer: Sendable {
                 settled = count
                 failure = (error, retryAfter)
             }
-            for delivery in deliveries.prefix(settled) { channel.ack(delivery) }
+            // Uncounted before they are acked: a node dying between the two leaves a count too low
+            // (the next drainer raises it to what the queue holds), never one that no message backs.
             if settled > 0 {
-                try? await ledger.release(subscription: subscriptionID, count: settled, bytes: deliveries.prefix(settled).reduce(0) { $0 + $1.body.count })
+                _ = try? await ledger.release(subscription: subscriptionID, count: settled, bytes: deliveries.prefix(settled).reduce(0) { $0 + $1.body.count })
                 ParkingMetrics.delivered.increment(by: settled)
             }
+            for delivery in deliveries.prefix(settled) { channel.ack(delivery) }
             guard let failure else {
                 // Caught up (the queue gave less than a batch): close it, so that new messages stop
                 // joining it and it can end; they wait in their lanes until it is unparked.
                 if !closing, deliveries.count < settings.batchMessages {
-                    closing = (try? await ledger.close(subscription: subscriptionID, node: nodeID)) ?? false
+                    closing = (try? await ledger.close(subscription: subscriptionID, node: owner)) ?? false
                 }
                 continue
             }
@@ -495,29 +520,29 @@ final class ParkingDrainer: Sendable {
             if let oldest = expired.first {
                 let detail = "retried for \((now - parkedAt(oldest)) / 1000) s (\(attempts + 1) attempts after parking) without delivery; HERALD_DELIVERY_RETRY_HORIZON is \(settings.horizon.seconds) s; last error: \(failure.error)"
                 await batcher.deadLetterExpired(Array(messages.dropFirst(settled).prefix(expired.count)), detail: detail)
+                _ = try? await ledger.release(subscription: subscriptionID, count: expired.count, bytes: expired.reduce(0) { $0 + $1.body.count })
                 for delivery in expired { channel.ack(delivery) }
-                try? await ledger.release(subscription: subscriptionID, count: expired.count, bytes: expired.reduce(0) { $0 + $1.body.count })
             }
             guard let last = rest.dropFirst(expired.count).last, let head = rest.dropFirst(expired.count).first else { continue }
             channel.nack(last, multiple: true, requeue: true)
             let delay = max(settings.delay(attempt: attempts, using: &random), failure.retryAfter ?? .zero)
-            _ = try? await ledger.retryLater(subscription: subscriptionID, node: nodeID, delay: delay, error: SafeText.clean(failure.error, limit: 200), since: parkedAt(head))
+            _ = try? await ledger.retryLater(subscription: subscriptionID, node: owner, delay: delay, error: SafeText.clean(failure.error, limit: 200), since: parkedAt(head))
             logger.info("parked messages still fail; retrying later", metadata: [
                 "subscription": "\(subscriptionID)", "herald.attempt": "\(attempts + 1)", "herald.next_seconds": "\(delay.seconds)",
                 "error": "\(SafeText.clean(failure.error, limit: 200))",
             ])
             return false
         }
-        try? await ledger.finished(subscription: subscriptionID, node: nodeID, delay: .zero)
+        try? await ledger.finished(subscription: subscriptionID, node: owner, delay: .zero)
         return false
     }
 
     /// The claimer saw the queue empty: unpark, or wait for what is still counted.
     private func observeEmpty(_ subscriptionID: String) async {
-        switch try? await ledger.observeEmpty(subscription: subscriptionID, node: nodeID, window: settings.emptyWindow, delay: settings.tick) {
+        switch try? await ledger.observeEmpty(subscription: subscriptionID, node: owner, window: settings.emptyWindow, delay: settings.tick) {
         case .reconciled(let count):
             ParkingMetrics.reconciled.increment(by: count)
-            logger.warning("a parked subscription's queue stayed empty while messages were counted; count dropped", metadata: [
+            logger.warning("a parked subscription's queue is empty while messages were counted (reserved by a node that died, or an uncount lost); count dropped", metadata: [
                 "subscription": "\(subscriptionID)", "delivery.count": "\(count)",
             ])
         case .unparked, .waiting, nil:

@@ -24,17 +24,25 @@ struct ParkingRig {
     let registry: Locked<[String: Subscription]>
     let drainer: ParkingDrainer
     let settings: ParkingSettings
+    /// The rig's process identity, alive (its coordinator liveness key set) until `die()`.
+    let owner = "test-node#" + UUID().uuidString.prefix(8).lowercased()
+    let prefix: String
+    let redis: RedisClient
 
     init(settings: ParkingSettings, subscriptions: [Subscription], connection: AMQPConnection? = nil, names: ClusterNames? = nil, keyPrefix: String? = nil) async throws {
         let logger = Logger(label: "herald.test.parking")
         self.settings = settings
         self.connection = if let connection { connection } else { try await AMQPConnection.connect(url: TestServers.amqpURL()) }
         let prefix = keyPrefix ?? TestServers.uniqueName("herald-test.parking") + ":"
+        self.prefix = prefix
         self.names = try names ?? ClusterNames(cluster: TestServers.uniqueName("park"))
+        redis = try RedisClient(url: TestServers.redisURL())
+        // What a node's coordinator keeps alive while the process lives (here for 10 minutes).
+        _ = try await redis.send("SET", prefix + "alive:" + owner, "test-node", "PX", 600_000)
         ledger = ParkingLedger(redis: try RedisClient(url: TestServers.redisURL()), keyPrefix: prefix)
         deadLetters = DeadLetterStore(redis: try RedisClient(url: TestServers.redisURL()), keyPrefix: prefix)
         zaqar = ZaqarClient(requestTimeout: .seconds(5))
-        parking = TargetParking(connection: self.connection, ledger: ledger, names: self.names, queueType: "classic", settings: settings, logger: logger)
+        parking = TargetParking(connection: self.connection, ledger: ledger, names: self.names, queueType: "classic", owner: owner, settings: settings, logger: logger)
         var delivery = DeliveryConfiguration()
         delivery.attemptsBeforeParking = settings.afterAttempts
         delivery.retryBase = .milliseconds(10)
@@ -45,9 +53,14 @@ struct ParkingRig {
         self.registry = registry
         drainer = ParkingDrainer(
             connection: self.connection, ledger: ledger, parking: parking, batcher: batcher, index: index,
-            lookup: { id, _ in .some(registry.withLock { $0[id] }) }, names: self.names, nodeID: "test-node",
+            lookup: { id, _ in .some(registry.withLock { $0[id] }) }, names: self.names, owner: owner,
             defaultZaqarURL: "http://127.0.0.1:1", logger: logger
         )
+    }
+
+    /// The process is gone, as its coordinator's liveness key expiring says.
+    func die() async throws {
+        _ = try await redis.send("DEL", prefix + "alive:" + owner)
     }
 
     /// One message per event id, for a subscription's target.
@@ -277,8 +290,9 @@ struct ParkingTests {
         let prefix = TestServers.uniqueName("herald-test.parking") + ":"
         let first = try await ParkingRig(settings: Self.fastSettings(), subscriptions: [subscription], keyPrefix: prefix)
         #expect(await first.submitEach(ParkingRig.messages(subscription, 0..<10)).parked == 10)
-        // The first node goes away: its connection closes; what remains is the broker's queue and Redis.
+        // The first node goes away: its connection closes, its liveness lapses; what remains is the broker's queue and Redis.
         await first.connection.close()
+        try await first.die()
         await first.zaqar.shutdown()
         down.store(false, ordering: .relaxed)
         let second = try await ParkingRig(settings: Self.fastSettings(), subscriptions: [subscription], names: first.names, keyPrefix: prefix)
@@ -369,6 +383,94 @@ struct ParkingTests {
         try await untilArrived(6, at: zaqar, queue: "undercounted")
         #expect(eventIDs(zaqar, queue: "undercounted") == (0..<6).map { "e-\($0)" })
         try await rig.untilUnparked(subscription)
+        draining.cancel()
+        await draining.value
+        await rig.shutdown(deleting: [subscription])
+        await zaqar.close()
+    }
+
+    @Test("what a process that died left in the ledger (a count it never published, a closing, a claim) stops holding the subscription at once; what it published stays counted")
+    func deadProcesses() async throws {
+        let redis = try RedisClient(url: TestServers.redisURL())
+        let prefix = TestServers.uniqueName("herald-test.parking") + ":"
+        let ledger = ParkingLedger(redis: redis, keyPrefix: prefix)
+        func alive(_ owners: String...) async throws {
+            for owner in owners { _ = try await redis.send("SET", prefix + "alive:" + owner, "n", "PX", 600_000) }
+        }
+        func dies(_ owner: String) async throws { _ = try await redis.send("DEL", prefix + "alive:" + owner) }
+        func reserve(_ subscription: String, _ count: Int, owner: String) async throws -> ParkingLedger.Reservation {
+            try await ledger.reserve(subscription: subscription, project: "p1", count: count, projectMax: 1000, subscriptionMax: 1000, delay: .zero, error: "503", owner: owner)
+        }
+        try await alive("a#1", "b#1", "c#1", "d#1", "e#1", "f#1")
+
+        // A reservation whose process is alive may still be published: waited for. Once it died: dropped.
+        guard case .reserved = try await reserve("s1", 10, owner: "a#1") else { Issue.record("s1 reserved"); return }
+        #expect(try await ledger.claimDue(node: "b#1", lease: .seconds(60), limit: 10).contains("s1"))
+        #expect(try await ledger.observeEmpty(subscription: "s1", node: "b#1", window: .seconds(3600), delay: .zero) == .waiting)
+        try await dies("a#1")
+        #expect(try await ledger.claimDue(node: "b#1", lease: .seconds(60), limit: 10).contains("s1"))
+        #expect(try await ledger.observeEmpty(subscription: "s1", node: "b#1", window: .seconds(3600), delay: .zero) == .reconciled(count: 10))
+        #expect(try await ledger.parkedSubscriptions().contains("s1") == false, "unparked")
+
+        // Confirmed by the broker: in the queue as far as the ledger knows, counted after its publisher died.
+        guard case .reserved = try await reserve("s2", 5, owner: "c#1") else { Issue.record("s2 reserved"); return }
+        #expect(try await ledger.confirm(subscription: "s2", project: "p1", count: 5, owner: "c#1") == false)
+        try await dies("c#1")
+        #expect(try await ledger.claimDue(node: "b#1", lease: .seconds(60), limit: 10).contains("s2"))
+        #expect(try await ledger.observeEmpty(subscription: "s2", node: "b#1", window: .seconds(3600), delay: .zero) == .waiting)
+        #expect(try await ledger.state(subscription: "s2")?.count == 5)
+
+        // Refused by the broker: uncounted by its own process.
+        guard case .reserved = try await reserve("s3", 4, owner: "b#1") else { Issue.record("s3 reserved"); return }
+        try await ledger.unreserve(subscription: "s3", count: 4, owner: "b#1")
+        #expect(try await ledger.state(subscription: "s3")?.count == 0)
+        #expect(try await ledger.claimDue(node: "b#1", lease: .seconds(60), limit: 10).contains("s3"))
+        #expect(try await ledger.observeEmpty(subscription: "s3", node: "b#1", window: .seconds(3600), delay: .zero) == .unparked)
+
+        // Closed by a claimer that is alive: new messages wait. By one that died: they are parked again.
+        guard case .reserved = try await reserve("s4", 1, owner: "b#1") else { Issue.record("s4 reserved"); return }
+        #expect(try await ledger.claimDue(node: "d#1", lease: .seconds(60), limit: 10).contains("s4"))
+        #expect(try await ledger.close(subscription: "s4", node: "d#1"))
+        #expect(try await reserve("s4", 1, owner: "b#1") == .closing)
+        try await dies("d#1")
+        guard case .reserved = try await reserve("s4", 1, owner: "b#1") else { Issue.record("a dead claimer's closing holds no message"); return }
+
+        // A claim is another node's until its lease runs out, or at once when its holder died.
+        guard case .reserved = try await reserve("s5", 1, owner: "b#1") else { Issue.record("s5 reserved"); return }
+        #expect(try await ledger.claimDue(node: "e#1", lease: .seconds(60), limit: 10).contains("s5"))
+        #expect(try await ledger.claimDue(node: "f#1", lease: .seconds(60), limit: 10).contains("s5") == false, "e#1 holds it")
+        try await dies("e#1")
+        #expect(try await ledger.claimDue(node: "f#1", lease: .seconds(60), limit: 10).contains("s5"), "e#1 died")
+        #expect(try await ledger.state(subscription: "s5")?.claimedBy == "f#1")
+    }
+
+    @Test("a node killed between counting and publishing, after it closed the parking it was draining, does not hold the subscription: another node takes it over at once, its new messages arrive, it is unparked")
+    func killedMidParking() async throws {
+        let zaqar = try await HostileZaqar { _ in .accept }
+        let subscription = Self.subscription(queue: "orphaned", zaqar: zaqar)
+        var settings = Self.fastSettings()
+        // Neither the empty window nor the claim's lease may be what frees it.
+        settings.emptyWindow = .seconds(3600)
+        settings.claimLease = .seconds(600)
+        let rig = try await ParkingRig(settings: settings, subscriptions: [subscription])
+        // What the killed node left: 7 counted and never published, a claim, a closing.
+        let dead = "node-x#dead"
+        guard case .reserved = try await rig.ledger.reserve(
+            subscription: subscription.id, project: subscription.project, count: 7, projectMax: 1000, subscriptionMax: 1000, delay: .zero, error: "timeout", owner: dead
+        ) else { Issue.record("reserved"); return }
+        #expect(try await rig.ledger.claimDue(node: dead, lease: .seconds(600), limit: 10) == [subscription.id])
+        #expect(try await rig.ledger.close(subscription: subscription.id, node: dead))
+        await rig.drainer.refresh(gauges: false)
+        #expect(rig.parking.isParked(subscription.id))
+
+        let draining = Task { await rig.drainer.run() }
+        let outcome = await rig.submitEach(ParkingRig.messages(subscription, 0..<3))
+        #expect(outcome.delivered + outcome.parked == 3 && outcome.deadLettered == 0, "\(outcome)")
+        try await untilArrived(3, at: zaqar, queue: "orphaned")
+        try await rig.untilUnparked(subscription, timeout: .seconds(15))
+        let direct = await rig.submitEach(ParkingRig.messages(subscription, 3..<4))
+        #expect(direct.delivered == 1, "unparked: straight to Zaqar \(direct)")
+        #expect(eventIDs(zaqar, queue: "orphaned") == (0..<4).map { "e-\($0)" })
         draining.cancel()
         await draining.value
         await rig.shutdown(deleting: [subscription])

@@ -181,6 +181,25 @@ extension PipelineSuites {
                 .compactMap { line in line.split(separator: " ").first { $0.hasPrefix("delivery.count=") }.flatMap { Int($0.dropFirst("delivery.count=".count)) } }
                 .reduce(0, +)
             print("e2e \(disruption): \(notificationCount) notifications, \(total) expected messages, lost \(lost), unexpected \(unexpected), duplicates \(duplicates), out of order \(outOfOrder), dead letters \(letters.count); nodes logged \(lostLeases) lost leases, \(shortDrains) handoff drains out of time, \(ambiguousRetries) messages retried after a timeout")
+            if lost > 0 {
+                // What a failure needs to be understood: where the missing ones were going, who holds what, what is still queued.
+                var lostByType: [String: Int] = [:], lostByQueue: [String: Int] = [:]
+                for (subscription, wanted) in expected {
+                    let missing = wanted.subtracting((received[subscription.target.queue] ?? []).map(\.seq))
+                    if !missing.isEmpty { lostByQueue[subscription.target.queue] = missing.count }
+                    for seq in missing { lostByType[published[seq].eventType, default: 0] += 1 }
+                }
+                print("e2e \(disruption): lost by event type \(lostByType.sorted { $0.key < $1.key }); by queue \(lostByQueue.sorted { $0.value > $1.value }.prefix(10))")
+                print("e2e \(disruption): lease holders \((try? await run.leaseHolders()) ?? [])")
+                if run.vhost != "/" {
+                    try? await TestServers.control("rabbitmqctl", "list_queues", "-p", run.vhost, "name", "messages_ready", "messages_unacknowledged", "consumers")
+                }
+                for node in run.nodes.values.sorted(by: { $0.name < $1.name }) {
+                    let log = (try? String(contentsOfFile: node.process.log, encoding: .utf8)) ?? ""
+                    let lines = log.split(separator: "\n")
+                    print("e2e \(disruption): \(node.name) logged \(lines.count) lines; the last 15:\n" + lines.suffix(15).map { "  " + $0.prefix(400) }.joined(separator: "\n"))
+                }
+            }
             #expect(lost == 0)
             #expect(unexpected == 0)
             #expect(outOfOrder == 0)

@@ -237,5 +237,7 @@ final class PipelineRun: @unchecked Sendable {
         for (project, queue) in queues { _ = try? await zaqar.request("/v2/queues/\(queue)", project: project, method: .DELETE) }
         queues = []
         if vhost != "/" { try? await TestServers.control("rabbitmqctl", "delete_vhost", vhost) }
+        // The logs stay for a look after a failure; the input (15 MB in the end-to-end test) goes.
+        try? FileManager.default.removeItem(atPath: "\(directory)/notifications.jsonl")
     }
 }

@@ -8,8 +8,14 @@
 /// that nothing waits any more. Only then may a node deliver that subscription's new messages
 /// directly again without overtaking parked ones (docs/pipeline.md, "Outages").
 ///
+/// Nodes are named here by their process identity (`<node>#<incarnation>`, the coordinator's
+/// owner), so that what a dead process left behind is known as such: its `alive:<owner>` key
+/// (the coordinator's, a 1.5 s TTL) is gone. A count it reserved and never published, a
+/// `closing` it set and a claim it held then stop holding the subscription.
+///
 /// Keys (under the prefix): `park:<subscription>` (hash: count, project, since, attempts, next,
-/// error, claimed, bytes, empty_since), `park-due` (sorted set: subscription by its next attempt,
+/// error, claimed, bytes, empty_since, closing, and `pending:<owner>`: messages that owner
+/// counted and has not yet seen confirmed by the broker), `park-due` (sorted set: subscription by its next attempt,
 /// Redis time in ms), `park-projects` and `park-project-bytes` (hash: project → messages and
 /// bytes parked, for the per-project bounds),
 /// `park-failing:<subscription>` (a lane's recent failure, expiring).
@@ -61,7 +67,7 @@ public final class ParkingLedger: Sendable {
     """#
 
     private static let reserve = RedisScript(clock + "\n" + #"""
-    local p, sub, project, n, pmax, smax, delay, err, bytes, bmax, onlyIfParked = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10]), ARGV[11]
+    local p, sub, project, n, pmax, smax, delay, err, bytes, bmax, onlyIfParked, owner = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10]), ARGV[11], ARGV[12]
     local key = p .. 'park:' .. sub
     if onlyIfParked == '1' and redis.call('EXISTS', key) == 0 then return {-5, 0} end
     local used = tonumber(redis.call('HGET', p .. 'park-projects', project) or '0')
@@ -70,7 +76,12 @@ public final class ParkingLedger: Sendable {
     if usedBytes + bytes > bmax then return {-3, usedBytes} end
     local count = tonumber(redis.call('HGET', key, 'count') or '0')
     if count + n > smax then return {-2, count} end
-    if redis.call('HGET', key, 'closing') == '1' then return {-4, 0} end
+    if redis.call('HGET', key, 'closing') == '1' then
+      -- Closed by a claimer still alive: wait for it. Closed by one that died: open again.
+      local claimer = redis.call('HGET', key, 'claimed') or ''
+      if claimer ~= '' and redis.call('EXISTS', p .. 'alive:' .. claimer) == 1 then return {-4, 0} end
+      redis.call('HDEL', key, 'closing')
+    end
     if redis.call('EXISTS', key) == 0 then
       redis.call('HSET', key, 'project', project, 'since', now, 'attempts', 0, 'next', now + delay, 'error', err, 'count', 0, 'bytes', 0, 'claimed', '')
       redis.call('ZADD', p .. 'park-due', now + delay, sub)
@@ -80,6 +91,7 @@ public final class ParkingLedger: Sendable {
     redis.call('HINCRBY', p .. 'park-project-bytes', project, bytes)
     redis.call('HINCRBY', key, 'bytes', bytes)
     redis.call('HINCRBY', key, 'count', n)
+    if owner ~= '' then redis.call('HINCRBY', key, 'pending:' .. owner, n) end
     return {0, now}
     """#)
 
@@ -89,14 +101,16 @@ public final class ParkingLedger: Sendable {
     /// - Parameters:
     ///   - delay: when a subscription that was not parked should first be retried.
     ///   - error: why (shown in `herald status` and the API).
+    ///   - owner: the process counting them (`<node>#<incarnation>`); its reservation is pending
+    ///     until it calls `confirm` or `unreserve`, and is dropped if it dies before.
     /// - Throws: `CoordinationError` when Redis cannot be asked.
     public func reserve(
         subscription: String, project: String, count: Int, bytes: Int = 0, projectMax: Int, projectMaxBytes: Int = Int.max / 2, subscriptionMax: Int,
-        delay: Duration, error: String, onlyIfParked: Bool = false
+        delay: Duration, error: String, onlyIfParked: Bool = false, owner: String = ""
     ) async throws -> Reservation {
         let reply = try await redis.evalSHA(Self.reserve, arguments: [
             prefix, subscription, project, count, projectMax, subscriptionMax, Int(max(0, delay.milliseconds)), String(error.prefix(300)), bytes, projectMaxBytes,
-            onlyIfParked ? "1" : "0",
+            onlyIfParked ? "1" : "0", owner,
         ])
         guard let items = reply.array, items.count == 2, let first = items[0].integer, let second = items[1].integer else {
             throw CoordinationError(.unexpectedReply, "the parking script answered \(reply)")
@@ -112,9 +126,14 @@ public final class ParkingLedger: Sendable {
     }
 
     private static let confirm = RedisScript(clock + "\n" + #"""
-    local p, sub, project, n, bytes = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+    local p, sub, project, n, bytes, owner = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
     local key = p .. 'park:' .. sub
-    if redis.call('EXISTS', key) == 1 then return 0 end
+    if redis.call('EXISTS', key) == 1 then
+      if owner ~= '' and redis.call('HEXISTS', key, 'pending:' .. owner) == 1 then
+        if redis.call('HINCRBY', key, 'pending:' .. owner, -n) <= 0 then redis.call('HDEL', key, 'pending:' .. owner) end
+      end
+      return 0
+    end
     redis.call('HSET', key, 'project', project, 'since', now, 'attempts', 0, 'next', now, 'error', 'parked while its record was gone', 'count', n, 'bytes', bytes, 'claimed', '')
     redis.call('HINCRBY', p .. 'park-projects', project, n)
     redis.call('HINCRBY', p .. 'park-project-bytes', project, bytes)
@@ -122,12 +141,32 @@ public final class ParkingLedger: Sendable {
     return 1
     """#)
 
-    /// After the broker confirmed parked messages: when the subscription's record went meanwhile
-    /// (a drainer saw the queue empty before they arrived), it is made again, due now, so that the
-    /// messages are never left in a queue nobody retries. Answers whether it had to be made.
+    /// After the broker confirmed parked messages: they are pending no more (they are in the
+    /// queue, where the count's drainer will find them). When the subscription's record went
+    /// meanwhile (a drainer saw the queue empty before they arrived, or dropped the count of an
+    /// owner it took for dead), it is made again, due now, so that the messages are never left
+    /// in a queue nobody retries. Answers whether it had to be made.
     @discardableResult
-    public func confirm(subscription: String, project: String, count: Int, bytes: Int = 0) async throws -> Bool {
-        try await redis.evalSHA(Self.confirm, arguments: [prefix, subscription, project, count, bytes]).integer == 1
+    public func confirm(subscription: String, project: String, count: Int, bytes: Int = 0, owner: String = "") async throws -> Bool {
+        try await redis.evalSHA(Self.confirm, arguments: [prefix, subscription, project, count, bytes, owner]).integer == 1
+    }
+
+    private static let unreserve = RedisScript(#"""
+    local p, sub, owner, n = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+    local key = p .. 'park:' .. sub
+    if owner ~= '' and redis.call('HEXISTS', key, 'pending:' .. owner) == 1 then
+      if redis.call('HINCRBY', key, 'pending:' .. owner, -n) <= 0 then redis.call('HDEL', key, 'pending:' .. owner) end
+    end
+    return 1
+    """#)
+
+    /// The broker did not take messages counted by `reserve`: they are uncounted and pending no
+    /// more (the lane still holds them and parks them again). Any that reached the queue all the
+    /// same are counted again by the drainer that finds them (`renew(atLeast:)`): a count too low
+    /// corrects itself, a count too high would hold the subscription parked.
+    public func unreserve(subscription: String, count: Int, bytes: Int = 0, owner: String = "") async throws {
+        _ = try await redis.evalSHA(Self.unreserve, arguments: [prefix, subscription, owner, count])
+        _ = try await release(subscription: subscription, count: count, bytes: bytes)
     }
 
     private static let release = RedisScript(#"""
@@ -158,6 +197,16 @@ public final class ParkingLedger: Sendable {
     private static let claim = RedisScript(clock + "\n" + #"""
     local p, node, lease, limit = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
     local due = redis.call('ZRANGEBYSCORE', p .. 'park-due', '-inf', now, 'LIMIT', 0, limit)
+    -- Claims whose holder died: taken at once rather than when their lease runs out (the
+    -- soonest 100 of the claimed or waiting ones are looked at, a bounded scan).
+    if #due < limit then
+      local later = redis.call('ZRANGEBYSCORE', p .. 'park-due', '(' .. now, '+inf', 'LIMIT', 0, 100)
+      for _, sub in ipairs(later) do
+        if #due >= limit then break end
+        local holder = redis.call('HGET', p .. 'park:' .. sub, 'claimed') or ''
+        if holder ~= '' and holder ~= node and redis.call('EXISTS', p .. 'alive:' .. holder) == 0 then table.insert(due, sub) end
+      end
+    end
     for _, sub in ipairs(due) do
       redis.call('ZADD', p .. 'park-due', 'XX', now + lease, sub)
       redis.call('HSET', p .. 'park:' .. sub, 'claimed', node)
@@ -165,8 +214,9 @@ public final class ParkingLedger: Sendable {
     return due
     """#)
 
-    /// Takes up to `limit` subscriptions whose next attempt is due, for `lease`: no other node
-    /// takes them until the lease passes; only the claimer may reschedule them meanwhile.
+    /// Takes up to `limit` subscriptions whose next attempt is due, or whose claim is held by a
+    /// process that died (its `alive:` key went), for `lease`: no other node takes them until the
+    /// lease passes or the claimer dies; only the claimer may reschedule them meanwhile.
     public func claimDue(node: String, lease: Duration, limit: Int) async throws -> [String] {
         let reply = try await redis.evalSHA(Self.claim, arguments: [prefix, node, Int(lease.milliseconds), limit])
         return reply.array?.compactMap(\.string) ?? []
@@ -186,6 +236,8 @@ public final class ParkingLedger: Sendable {
     end
     if mode ~= 'renew' then redis.call('HDEL', key, 'closing') end
     if since > 0 then redis.call('HSET', key, 'since', since) end
+    -- The drainer saw messages in the queue: an earlier sight of it empty counts no more.
+    if atLeast > 0 then redis.call('HDEL', key, 'empty_since') end
     local count = tonumber(redis.call('HGET', key, 'count') or '0')
     if atLeast > count then
       local project = redis.call('HGET', key, 'project')
@@ -249,10 +301,13 @@ public final class ParkingLedger: Sendable {
     public enum EmptyQueue: Sendable, Equatable {
         /// Nothing counted: the subscription is parked no more.
         case unparked
-        /// Messages counted but not in the queue (publishes under way, or left by a node that
-        /// stopped between counting and publishing): looked at again later.
+        /// Messages counted but not in the queue (publishes under way, or messages a drainer has
+        /// just put back): looked at again later.
         case waiting
-        /// They stayed missing for the whole window: the count was dropped and the subscription unparked.
+        /// Counts that no message in the queue backs were dropped: those reserved by processes that
+        /// died before publishing (at once), and any other excess over what live processes are
+        /// still publishing once the queue stayed empty for the whole window (an ack whose uncount
+        /// was lost). The subscription is unparked unless live publishes are still under way.
         case reconciled(count: Int)
     }
 
@@ -262,23 +317,70 @@ public final class ParkingLedger: Sendable {
     if redis.call('EXISTS', key) == 0 then return {1, 0} end
     local claimed = redis.call('HGET', key, 'claimed') or ''
     if claimed ~= node and claimed ~= '' then return {2, 0} end
+    local project = redis.call('HGET', key, 'project')
     local count = tonumber(redis.call('HGET', key, 'count') or '0')
-    if count <= 0 then drop(p, sub, key) return {1, 0} end
-    local since = tonumber(redis.call('HGET', key, 'empty_since') or '-1')
-    if since < 0 then
-      redis.call('HSET', key, 'empty_since', now)
-    elseif now - since >= window then
+    -- Reservations by processes that are gone will never be published: uncounted now.
+    local fields = redis.call('HGETALL', key)
+    local live, dropped = 0, 0
+    for i = 1, #fields, 2 do
+      local field = fields[i]
+      if string.sub(field, 1, 8) == 'pending:' then
+        local n = tonumber(fields[i + 1]) or 0
+        if redis.call('EXISTS', p .. 'alive:' .. string.sub(field, 9)) == 1 then
+          live = live + math.max(n, 0)
+        else
+          redis.call('HDEL', key, field)
+          dropped = dropped + math.max(n, 0)
+        end
+      end
+    end
+    local function trim(n)
+      if n > count then n = count end
+      if n <= 0 then return end
+      if redis.call('HINCRBY', p .. 'park-projects', project, -n) <= 0 then redis.call('HDEL', p .. 'park-projects', project) end
+      count = count - n
+      redis.call('HSET', key, 'count', count)
+      if count == 0 then
+        local bytes = tonumber(redis.call('HGET', key, 'bytes') or '0')
+        if bytes > 0 and redis.call('HINCRBY', p .. 'park-project-bytes', project, -bytes) <= 0 then redis.call('HDEL', p .. 'park-project-bytes', project) end
+        redis.call('HSET', key, 'bytes', 0)
+      end
+    end
+    local reconciled = math.min(dropped, math.max(count, 0))
+    trim(dropped)
+    if count <= 0 then
       drop(p, sub, key)
-      return {3, count}
+      if reconciled > 0 then return {3, reconciled} end
+      return {1, 0}
+    end
+    if count > live then
+      -- More counted than live processes are publishing, and the queue is empty: an uncount
+      -- lost after its ack, or messages a drainer is just putting back. After the window, dropped.
+      local since = tonumber(redis.call('HGET', key, 'empty_since') or '-1')
+      if since < 0 then
+        redis.call('HSET', key, 'empty_since', now)
+      elseif now - since >= window then
+        reconciled = reconciled + count - live
+        trim(count - live)
+        redis.call('HDEL', key, 'empty_since')
+        if count <= 0 then
+          drop(p, sub, key)
+          return {3, reconciled}
+        end
+      end
+    else
+      redis.call('HDEL', key, 'empty_since')
     end
     redis.call('HSET', key, 'next', now + delay, 'claimed', '')
     redis.call('ZADD', p .. 'park-due', 'XX', now + delay, sub)
+    if reconciled > 0 then return {3, reconciled} end
     return {2, count}
     """#)
 
     /// The claimer saw the subscription's queue empty with no consumer on it: unparks it when
-    /// nothing is counted; otherwise waits (`delay`) for publishes under way, up to `window`
-    /// of emptiness, then drops the count (a node stopped between counting and publishing).
+    /// nothing is counted; drops what dead processes reserved; otherwise waits (`delay`) for
+    /// publishes under way, and drops any count beyond what live processes are publishing once
+    /// the queue stayed empty for `window`.
     public func observeEmpty(subscription: String, node: String, window: Duration, delay: Duration) async throws -> EmptyQueue {
         let reply = try await redis.evalSHA(Self.observeEmpty, arguments: [prefix, subscription, node, Int(window.milliseconds), Int(max(0, delay.milliseconds))])
         guard let items = reply.array, items.count == 2, let code = items[0].integer, let count = items[1].integer else {

@@ -366,6 +366,24 @@ extern "C" int herald_scan(herald_scanner *scanner, const uint8_t *data, size_t 
     }
 }
 
+extern "C" int herald_lookup_raw(herald_scanner *scanner, const uint8_t *data, size_t length, const char *pointer, size_t pointer_length,
+                                 herald_bytes *out) {
+    *out = herald_bytes{nullptr, 0};
+    try {
+        ondemand::document document;
+        if (scanner->parser.iterate(padded(scanner->envelope, reinterpret_cast<const char *>(data), length)).get(document)) return 1;
+        ondemand::value value;
+        if (document.at_pointer(std::string_view(pointer, pointer_length)).get(value)) return 1;
+        std::string_view text;
+        if (!raw(value, text)) return 1;
+        scanner->body.assign(text);
+        *out = bytes(scanner->body);
+        return 0;
+    } catch (...) {
+        return 1;
+    }
+}
+
 extern "C" int herald_lookup(herald_scanner *scanner, const uint8_t *data, size_t length, const char *pointer, size_t pointer_length,
                              herald_json_value *out) {
     out->kind = HERALD_JSON_MISSING;

@@ -407,6 +407,9 @@ final class PartitionOwners: Sendable {
             let body = NotificationDecoder.encode(event)
             // What tenants receive: cut once per event, only when a subscription takes it redacted.
             var redacted: Redacted??
+            // CloudEvents subscriptions: the attributes once per event, the data once per cut.
+            var cloudEvent: ZaqarMessageEncoding.CloudEventAttributes?
+            var cloudData: [Bool: [UInt8]] = [:]
             for subscription in matches {
                 var delivered = body
                 var removed: [String] = []
@@ -429,13 +432,29 @@ final class PartitionOwners: Sendable {
                         removed = cut.removed
                     }
                 }
-                messages.append(ZaqarOutgoingMessage(
-                    target: subscription.zaqarTarget(defaultURL: configuration.zaqarURL),
-                    body: ZaqarMessageEncoding.message(
+                let message: [UInt8]
+                if subscription.format == .cloudevents {
+                    let attributes = cloudEvent ?? ZaqarMessageEncoding.CloudEventAttributes.of(
+                        eventType: event.eventType, messageID: event.messageID, publisherID: event.value(at: "publisher_id")?.stringValue,
+                        timestamp: (event.value(at: "timestamp") ?? event.value(at: "generated"))?.stringValue, resourceID: event.resourceID
+                    )
+                    cloudEvent = attributes
+                    let cut = !removed.isEmpty
+                    // The payload, as delivered (a Ceilometer event has none: the whole event).
+                    let data = cloudData[cut] ?? NotificationScanner.rawValue(delivered, path: ["payload"]) ?? delivered
+                    cloudData[cut] = data
+                    message = ZaqarMessageEncoding.cloudEvent(
+                        data: data, attributes: attributes, ttl: subscription.messageTTL, subscriptionID: subscription.id, partition: partition, epoch: owned.epoch,
+                        project: event.project, actorProject: event.actorProject, redacted: removed
+                    )
+                } else {
+                    message = ZaqarMessageEncoding.message(
                         event: delivered, ttl: subscription.messageTTL, subscriptionID: subscription.id, eventID: event.messageID, partition: partition, epoch: owned.epoch,
                         project: event.project, actorProject: event.actorProject, resourceID: event.resourceID, redacted: removed
-                    ),
-                    subscriptionID: subscription.id, eventID: event.messageID
+                    )
+                }
+                messages.append(ZaqarOutgoingMessage(
+                    target: subscription.zaqarTarget(defaultURL: configuration.zaqarURL), body: message, subscriptionID: subscription.id, eventID: event.messageID
                 ))
             }
         }

@@ -130,6 +130,111 @@ public enum ZaqarMessageEncoding {
         return out
     }
 
+    /// The attributes of a CloudEvents 1.0 event besides `data`, from the notification.
+    public struct CloudEventAttributes: Sendable, Equatable {
+        public var id: String
+        /// A URI reference: `/openstack/<service>`.
+        public var source: String
+        public var type: String
+        /// RFC 3339, or nil when the notification's timestamp is missing or not a timestamp.
+        public var time: String?
+        public var subject: String?
+
+        public init(id: String, source: String, type: String, time: String?, subject: String?) {
+            self.id = id
+            self.source = source
+            self.type = type
+            self.time = time
+            self.subject = subject
+        }
+
+        /// From a notification: `source` is `/openstack/` and the service that published it (its
+        /// `publisher_id` up to the first dot, `compute` of `compute.host1`; else the event type's
+        /// first word), percent-encoded; `time` its `timestamp` (or a Ceilometer event's
+        /// `generated`), which oslo writes as `2024-05-01 12:00:00.123456` in UTC.
+        public static func of(eventType: String, messageID: String, publisherID: String?, timestamp: String?, resourceID: String?) -> CloudEventAttributes {
+            // Up to the first dot, never past it (".host" has no service; the host stays out).
+            func first(_ text: String) -> String? {
+                text.split(separator: ".", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init).flatMap { $0.isEmpty ? nil : $0 }
+            }
+            let service = publisherID.flatMap(first) ?? first(eventType) ?? "unknown"
+            let safe = service.prefix(64).addingPercentEncoding(withAllowedCharacters: unreserved) ?? "unknown"
+            return CloudEventAttributes(id: messageID, source: "/openstack/" + safe, type: eventType, time: timestamp.flatMap(rfc3339), subject: resourceID)
+        }
+
+        /// RFC 3986's unreserved characters (ASCII only): everything else is percent-encoded.
+        static let unreserved = CharacterSet(charactersIn: "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+        /// `2024-05-01 12:00:00.123456` (oslo, UTC), `2024-05-01T12:00:00Z` or with an offset, as
+        /// RFC 3339; nil for anything else.
+        public static func rfc3339(_ text: String) -> String? {
+            let bytes = Array(text.utf8)
+            guard bytes.count >= 19, bytes.count <= 40 else { return nil }
+            func digits(_ range: Range<Int>) -> Bool { range.allSatisfy { (48...57).contains(bytes[$0]) } }
+            guard digits(0..<4), bytes[4] == 45, digits(5..<7), bytes[7] == 45, digits(8..<10),
+                  bytes[10] == 32 || bytes[10] == 84, digits(11..<13), bytes[13] == 58, digits(14..<16), bytes[16] == 58, digits(17..<19)
+            else { return nil }
+            var index = 19
+            if index < bytes.count, bytes[index] == 46 {
+                index += 1
+                let start = index
+                while index < bytes.count, (48...57).contains(bytes[index]) { index += 1 }
+                guard index > start, index - start <= 9 else { return nil }
+            }
+            var zone = "Z"
+            if index < bytes.count {
+                let rest = Array(bytes[index...])
+                if rest == [90] {
+                    zone = ""
+                } else if rest.count == 6, rest[0] == 43 || rest[0] == 45, (48...57).contains(rest[1]), (48...57).contains(rest[2]), rest[3] == 58,
+                          (48...57).contains(rest[4]), (48...57).contains(rest[5]) {
+                    zone = ""
+                } else {
+                    return nil
+                }
+            }
+            var out = bytes
+            out[10] = 84
+            return String(decoding: out, as: UTF8.self) + zone
+        }
+    }
+
+    /// A message whose body is a CloudEvents 1.0 event in structured JSON mode:
+    /// `{"ttl": T, "body": {"specversion": "1.0", "id", "source", "type", "time", "subject",
+    /// "datacontenttype": "application/json", "data": <data>, "heraldsubscription",
+    /// "heraldpartition", "heraldepoch", "heraldproject", "heraldactorproject", "heraldredacted"}}`.
+    /// Herald's fields are extension attributes (lowercase letters, at most 20 characters; an
+    /// epoch beyond CloudEvents' 32-bit Integer goes as a string; `heraldredacted` is the rule
+    /// paths joined by commas, since attributes cannot be arrays).
+    /// - Parameter data: JSON, copied as it is (the payload, redacted as the subscription takes it).
+    public static func cloudEvent(
+        data: [UInt8], attributes: CloudEventAttributes, ttl: Int, subscriptionID: String, partition: Int, epoch: UInt64,
+        project: String? = nil, actorProject: String? = nil, redacted: [String] = []
+    ) -> [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(data.count + 400 + attributes.type.utf8.count + subscriptionID.utf8.count)
+        out += Array("{\"ttl\":\(ttl),\"body\":{\"specversion\":\"1.0\",\"id\":".utf8)
+        appendString(attributes.id, to: &out)
+        for (key, value) in [("source", attributes.source), ("type", attributes.type), ("time", attributes.time), ("subject", attributes.subject)] {
+            guard let value else { continue }
+            out += Array(",\"\(key)\":".utf8)
+            appendString(value, to: &out)
+        }
+        out += Array(",\"datacontenttype\":\"application/json\",\"data\":".utf8)
+        out += data
+        out += Array(",\"heraldsubscription\":".utf8)
+        appendString(subscriptionID, to: &out)
+        out += Array(",\"heraldpartition\":\(partition)".utf8)
+        out += Array((epoch <= UInt64(Int32.max) ? ",\"heraldepoch\":\(epoch)" : ",\"heraldepoch\":\"\(epoch)\"").utf8)
+        for (key, value) in [("heraldproject", project), ("heraldactorproject", actorProject), ("heraldredacted", redacted.isEmpty ? nil : redacted.joined(separator: ","))] {
+            guard let value else { continue }
+            out += Array(",\"\(key)\":".utf8)
+            appendString(value, to: &out)
+        }
+        out += Array("}}".utf8)
+        return out
+    }
+
     /// Appends `text` as a JSON string literal.
     static func appendString(_ text: String, to out: inout [UInt8]) {
         out.append(UInt8(ascii: "\""))

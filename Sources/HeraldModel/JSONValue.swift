@@ -57,6 +57,12 @@ public enum JSONValue: Codable, Sendable, Hashable, CustomStringConvertible {
         }
     }
 
+    /// The text of a string value; nil for any other kind.
+    public var stringValue: String? {
+        if case .string(let text) = self { return text }
+        return nil
+    }
+
     /// The kind of value, for error messages.
     public var kind: String {
         switch self {

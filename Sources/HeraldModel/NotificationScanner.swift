@@ -36,15 +36,7 @@ public enum NotificationScanner {
     /// The value at `path` (dotted: `payload.state`) in `json`, nil when absent. Scalars come
     /// straight from simdjson; an object or array is decoded from its JSON text.
     static func lookup(_ json: [UInt8], path: [String]) -> JSONValue? {
-        var pointer = ""
-        for segment in path {
-            pointer += "/"
-            if segment.utf8.contains(where: { $0 == UInt8(ascii: "~") || $0 == UInt8(ascii: "/") }) {
-                pointer += segment.replacingOccurrences(of: "~", with: "~0").replacingOccurrences(of: "/", with: "~1")
-            } else {
-                pointer += segment
-            }
-        }
+        let pointer = jsonPointer(path)
         return withScanner { scanner -> JSONValue? in
             var out = herald_json_value()
             let status = json.withUnsafeBufferPointer { buffer in
@@ -61,6 +53,34 @@ public enum NotificationScanner {
             default: return nil
             }
         }
+    }
+
+    /// The value at `path` as JSON text, exactly as it stands in `json` (nil when absent or
+    /// when `json` is not JSON): a payload handed on without being decoded and encoded again.
+    public static func rawValue(_ json: [UInt8], path: [String]) -> [UInt8]? {
+        let pointer = jsonPointer(path)
+        return withScanner { scanner -> [UInt8]? in
+            var out = herald_bytes()
+            let status = json.withUnsafeBufferPointer { buffer in
+                pointer.withCString { herald_lookup_raw(scanner, buffer.baseAddress, buffer.count, $0, strlen($0), &out) }
+            }
+            guard status == 0, let data = out.data else { return nil }
+            return Array(UnsafeBufferPointer(start: data, count: out.length))
+        }
+    }
+
+    /// An RFC 6901 pointer to `path` (`~` and `/` in a segment escaped).
+    static func jsonPointer(_ path: [String]) -> String {
+        var pointer = ""
+        for segment in path {
+            pointer += "/"
+            if segment.utf8.contains(where: { $0 == UInt8(ascii: "~") || $0 == UInt8(ascii: "/") }) {
+                pointer += segment.replacingOccurrences(of: "~", with: "~0").replacingOccurrences(of: "/", with: "~1")
+            } else {
+                pointer += segment
+            }
+        }
+        return pointer
     }
 
     /// The event, or nil when the fast path does not apply (the slow path then decides). It

@@ -37,6 +37,9 @@ public struct Subscription: Codable, Sendable, Equatable, Identifiable {
     /// hypervisors, port bindings, Ceilometer's raw notification): an admin's all-projects
     /// subscription only. nil or false: redacted, as every tenant receives them.
     public var unredacted: Bool?
+    /// The shape of each message's body: Herald's envelope (nil or `herald`) or a CloudEvents 1.0
+    /// event in structured JSON mode (`cloudevents`).
+    public var format: MessageFormat?
     /// The user who made it (with Keystone: the trust's trustor) and who changed it last.
     public var createdBy: String?
     public var updatedBy: String?
@@ -81,7 +84,7 @@ public struct Subscription: Codable, Sendable, Equatable, Identifiable {
         case trustID = "trust_id"
         case includeActor = "include_actor"
         case resourceID = "resource_id"
-        case origin, unredacted
+        case origin, unredacted, format
         case createdBy = "created_by"
         case updatedBy = "updated_by"
         case createdAt = "created_at"
@@ -155,6 +158,14 @@ public struct Subscription: Codable, Sendable, Equatable, Identifiable {
             throw fail("subscription", "is \(encoded) bytes encoded; at most \(Limits.encodedBytes)")
         }
     }
+}
+
+/// What a delivered message's body is (see `Subscription.format`).
+public enum MessageFormat: String, Codable, Sendable, CaseIterable {
+    /// `{"event": <the notification>, "herald": {...}}` (DESIGN.md).
+    case herald
+    /// A CloudEvents 1.0 event, structured JSON mode: `data` is the payload.
+    case cloudevents
 }
 
 /// Where an event came from (see `Subscription.origin`).

@@ -166,6 +166,8 @@ extension APISuites {
                 _ = try await call(.get, "/v1/subscriptions/nope", "/v1/subscriptions/{id}")
                 _ = try await call(.get, "/v1/subscriptions/\(id)/delivery", "/v1/subscriptions/{id}/delivery")
                 _ = try await call(.get, "/v1/subscriptions/nope/delivery", "/v1/subscriptions/{id}/delivery")
+                _ = try await call(.post, "/v1/subscriptions/\(id)/test", "/v1/subscriptions/{id}/test")
+                _ = try await call(.post, "/v1/subscriptions/nope/test", "/v1/subscriptions/{id}/test")
                 _ = try await call(.patch, "/v1/subscriptions/\(id)", "/v1/subscriptions/{id}", json: ["message_ttl": 120])
                 _ = try await call(.patch, "/v1/subscriptions/\(id)", "/v1/subscriptions/{id}", json: ["message_ttl": 1])
                 _ = try await call(.patch, "/v1/subscriptions/nope", "/v1/subscriptions/{id}", json: ["message_ttl": 120])

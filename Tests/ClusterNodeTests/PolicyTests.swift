@@ -115,6 +115,11 @@ extension APISuites {
                 #expect(try await call(client, Self.reader, .get, "/v1/subscriptions/\(id)").status == .ok)
                 #expect(try await call(client, Self.reader, .get, "/v1/subscriptions").status == .ok)
                 #expect(try await call(client, Self.stranger, .get, "/v1/subscriptions/\(id)").status == .notFound)
+                // A test event: members yes, readers no, another project not found.
+                #expect(try await call(client, Self.reader, .post, "/v1/subscriptions/\(id)/test").status == .forbidden)
+                #expect(try await call(client, Self.stranger, .post, "/v1/subscriptions/\(id)/test").status == .notFound)
+                let tested = try await call(client, Self.otherMember, .post, "/v1/subscriptions/\(id)/test")
+                #expect(tested.status == .ok && tested.object["delivered"] as? Bool == true, "\(tested.text)")
                 // Change and delete: members yes, readers no.
                 #expect(try await call(client, Self.reader, .patch, "/v1/subscriptions/\(id)", json: ["message_ttl": 600]).status == .forbidden)
                 let patched = try await call(client, Self.otherMember, .patch, "/v1/subscriptions/\(id)", json: ["message_ttl": 600])

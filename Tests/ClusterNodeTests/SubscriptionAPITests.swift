@@ -1,4 +1,5 @@
 @testable import ClusterNode
+import Delivery
 import Foundation
 import HTTPTypes
 import HeraldModel
@@ -232,6 +233,78 @@ extension APISuites {
                 #expect(bad.status == .badRequest)
                 #expect(bad.message.hasPrefix("origin"), "\(bad.message)")
             }
+        }
+
+        @Test("format: herald by default, cloudevents on request, changed by PATCH, anything else a 400 naming the field")
+        func format() async throws {
+            try await harness.test { client in
+                let plain = try await client.call(.post, "/v1/subscriptions", json: ["event_types": ["volume.*"], "target": ["queue": "plain"]])
+                #expect(plain.status == .created && plain.object["format"] == nil, "\(plain.text)")
+                let cloud = try await client.call(.post, "/v1/subscriptions", json: ["event_types": ["volume.*"], "target": ["queue": "cloud"], "format": "cloudevents"])
+                #expect(cloud.status == .created, "\(cloud.text)")
+                #expect(cloud.object["format"] as? String == "cloudevents")
+                let id = try #require(cloud.object["id"] as? String)
+                #expect(try await harness.registry.get(id: id, project: "p1")?.format == .cloudevents)
+                let back = try await client.call(.patch, "/v1/subscriptions/\(id)", json: ["format": "herald"])
+                #expect(back.status == .ok && back.object["format"] as? String == "herald", "\(back.text)")
+                for body: [String: Any] in [["format": "xml"], ["format": 1], ["format": NSNull()]] {
+                    let bad = try await client.call(.patch, "/v1/subscriptions/\(id)", json: body)
+                    #expect(bad.status == .badRequest, "\(body): \(bad.text)")
+                    #expect(bad.message.hasPrefix("format"), "\(bad.message)")
+                }
+                let badCreate = try await client.call(.post, "/v1/subscriptions", json: ["event_types": ["volume.*"], "target": ["queue": "q"], "format": "CloudEvents"])
+                #expect(badCreate.status == .badRequest && badCreate.message.hasPrefix("format"), "\(badCreate.text)")
+            }
+        }
+
+        @Test("POST /v1/subscriptions/{id}/test posts a herald.test event into the target and answers what it said: taken by the real Zaqar (in either format), a 403 from a broken one, nothing sent to an endpoint not allowed; HERALD_RATE_TESTS a minute")
+        func testEvent() async throws {
+            let refusing = try await HostileZaqar { _ in .answer(status: 403, body: #"{"title": "Forbidden", "description": "the trust is gone"}"#) }
+            let queue = "test-event-" + UUID().uuidString.prefix(8).lowercased()
+            try await harness.test { client in
+                let created = try await client.call(.post, "/v1/subscriptions", user: "u1", json: ["event_types": ["volume.*"], "target": ["queue": queue]])
+                let id = try #require(created.object["id"] as? String, "\(created.text)")
+                let sent = try await client.call(.post, "/v1/subscriptions/\(id)/test", user: "u1")
+                #expect(sent.status == .ok, "\(sent.text)")
+                #expect(sent.object["delivered"] as? Bool == true && sent.object["status"] as? Int == 201, "\(sent.text)")
+                let eventID = try #require(sent.object["event_id"] as? String)
+                let bodies = try await harness.zaqar.bodies(queue: queue, project: "p1")
+                let event = try #require(bodies.first { ($0["herald"] as? [String: Any])?["event_id"] as? String == eventID }, "the test event is in the queue: \(bodies)")
+                let inner = try #require(event["event"] as? [String: Any])
+                #expect(inner["event_type"] as? String == "herald.test")
+                #expect((inner["payload"] as? [String: Any])?["test"] as? Bool == true)
+                #expect((inner["payload"] as? [String: Any])?["requested_by"] as? String == "u1")
+
+                // As a CloudEvent when the subscription takes CloudEvents.
+                #expect(try await client.call(.patch, "/v1/subscriptions/\(id)", json: ["format": "cloudevents"]).status == .ok)
+                let cloud = try await client.call(.post, "/v1/subscriptions/\(id)/test")
+                let cloudID = try #require(cloud.object["event_id"] as? String, "\(cloud.text)")
+                let cloudEvent = try #require(try await harness.zaqar.bodies(queue: queue, project: "p1").first { $0["id"] as? String == cloudID })
+                #expect(cloudEvent["specversion"] as? String == "1.0" && cloudEvent["type"] as? String == "herald.test" && cloudEvent["source"] as? String == "/herald")
+
+                // A broken target: what it said, not a 5xx of Herald's.
+                let broken = try await client.call(.post, "/v1/subscriptions", json: ["event_types": ["volume.*"], "target": ["queue": "q", "zaqar_url": refusing.url]])
+                let brokenID = try #require(broken.object["id"] as? String, "\(broken.text)")
+                let refused = try await client.call(.post, "/v1/subscriptions/\(brokenID)/test")
+                #expect(refused.status == .ok)
+                #expect(refused.object["delivered"] as? Bool == false && refused.object["status"] as? Int == 403, "\(refused.text)")
+                #expect((refused.object["error"] as? String)?.contains("403") == true, "\(refused.text)")
+                #expect(try await client.call(.post, "/v1/subscriptions/\(brokenID)/test", project: "p2").status == .notFound)
+            }
+            // An endpoint the operator does not allow is never contacted; a project's tests are rated.
+            let limited = try APIHarness(endpoints: try ZaqarEndpoints(urls: [try TestServers.zaqarURL()]), limits: APILimits(testsPerMinute: 2), rates: true)
+            try await limited.registry.create(Subscription(id: "outside", project: "p1", eventTypes: ["volume.*"], target: Target(queue: "q", zaqarURL: refusing.url)))
+            try await limited.test { client in
+                let outside = try await client.call(.post, "/v1/subscriptions/outside/test")
+                #expect(outside.object["delivered"] as? Bool == false && outside.object["status"] == nil, "\(outside.text)")
+                #expect((outside.object["error"] as? String)?.contains("HERALD_ZAQAR_ALLOWED_URLS") == true)
+                #expect(try await client.call(.post, "/v1/subscriptions/outside/test").status == .ok)
+                let third = try await client.call(.post, "/v1/subscriptions/outside/test")
+                #expect(third.status == .tooManyRequests && third.headers[.retryAfter] != nil, "\(third.text)")
+                #expect(third.message.contains("HERALD_RATE_TESTS"))
+            }
+            #expect(refusing.requests(queue: "q") == 1, "only the allowed harness' test reached it")
+            await refusing.close()
         }
 
         @Test("alias errors name the field", arguments: [

@@ -63,6 +63,42 @@ struct DeliveryPolicyTests {
         #expect(String(decoding: bytes, as: UTF8.self).contains(String(decoding: event, as: UTF8.self)), "the event's bytes are copied, not re-encoded")
     }
 
+    @Test("CloudEvents: oslo, Zulu and offset timestamps become RFC 3339, anything else none; the source is the service, percent-encoded; the message is JSON whatever the ids hold")
+    func cloudEvent() throws {
+        typealias Attributes = ZaqarMessageEncoding.CloudEventAttributes
+        #expect(Attributes.rfc3339("2026-12-05 04:10:00.123456") == "2026-12-05T04:10:00.123456Z")
+        #expect(Attributes.rfc3339("2026-12-05T04:10:00Z") == "2026-12-05T04:10:00Z")
+        #expect(Attributes.rfc3339("2026-12-05T04:10:00+02:00") == "2026-12-05T04:10:00+02:00")
+        for bad in ["", "yesterday", "2026-12-05", "2026-12-05 04:10", "2026-12-05 04:10:00.", "2026-12-05 04:10:00.1234567890",
+                    "2026-12-05 04:10:00 UTC", "2026-12-05x04:10:00", "2026-12-05 04:10:00+2", String(repeating: "9", count: 5000)] {
+            #expect(Attributes.rfc3339(bad) == nil, "\(bad.prefix(40))")
+        }
+        #expect(Attributes.of(eventType: "compute.instance.update", messageID: "m", publisherID: "compute.cmp-17", timestamp: nil, resourceID: nil).source == "/openstack/compute")
+        #expect(Attributes.of(eventType: "volume.create.end", messageID: "m", publisherID: nil, timestamp: nil, resourceID: nil).source == "/openstack/volume")
+        #expect(Attributes.of(eventType: "port.create.end", messageID: "m", publisherID: ".host", timestamp: nil, resourceID: nil).source == "/openstack/port")
+        #expect(Attributes.of(eventType: "x", messageID: "m", publisherID: "caf\u{e9} /?#.h", timestamp: nil, resourceID: nil).source == "/openstack/caf%C3%A9%20%2F%3F%23")
+        #expect(Attributes.of(eventType: "x", messageID: "m", publisherID: String(repeating: "a", count: 10_000), timestamp: nil, resourceID: nil).source.count == "/openstack/".count + 64)
+
+        let attributes = Attributes.of(eventType: "compute.\"instance\\", messageID: "id\u{0}\n", publisherID: "compute.h", timestamp: "2026-12-05 04:10:00", resourceID: "r\"")
+        let body = ZaqarMessageEncoding.cloudEvent(
+            data: Array(#"{"a":[1,2.5e300,"\u2603"]}"#.utf8), attributes: attributes, ttl: 60, subscriptionID: "s\"", partition: 3, epoch: UInt64(Int32.max) + 1,
+            project: "p", redacted: ["payload.host", "payload.node"]
+        )
+        let message = try #require(try JSONSerialization.jsonObject(with: Data(body)) as? [String: Any])
+        #expect(message["ttl"] as? Int == 60)
+        let event = try #require(message["body"] as? [String: Any])
+        #expect(event["specversion"] as? String == "1.0")
+        #expect(event["id"] as? String == "id\u{0}\n")
+        #expect(event["type"] as? String == "compute.\"instance\\")
+        #expect(event["time"] as? String == "2026-12-05T04:10:00Z")
+        #expect(event["subject"] as? String == "r\"")
+        #expect(event["heraldepoch"] as? String == "\(UInt64(Int32.max) + 1)", "beyond a CloudEvents Integer: a string")
+        #expect(event["heraldpartition"] as? Int == 3)
+        #expect(event["heraldredacted"] as? String == "payload.host,payload.node")
+        #expect(event["heraldactorproject"] == nil)
+        #expect((event["data"] as? [String: Any])?["a"] != nil)
+    }
+
     @Test("bad settings are refused with the setting named")
     func configuration() {
         var configuration = DeliveryConfiguration()

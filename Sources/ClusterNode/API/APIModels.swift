@@ -1,4 +1,5 @@
 import Coordination
+import Delivery
 import Foundation
 import HeraldModel
 import Hummingbird
@@ -18,9 +19,10 @@ struct SubscriptionInput: Decodable {
     var resourceID: String?
     var origin: Origin?
     var unredacted: Bool?
+    var format: MessageFormat?
 
     enum CodingKeys: String, CodingKey {
-        case conditions, target, project, trust, unredacted
+        case conditions, target, project, trust, unredacted, format
         case includeActor = "include_actor"
         case resourceID = "resource_id"
         case origin
@@ -193,6 +195,60 @@ struct DeadLetterPage: Encodable {
 
 struct ReplayInput: Decodable {
     var ids: [String]
+}
+
+/// `POST /v1/subscriptions/{id}/test`: what the target said to the test event.
+struct TestEventResult: Encodable {
+    /// Zaqar took it (2xx).
+    var delivered: Bool
+    /// The test event's id (`herald.event_id`, or the CloudEvent's `id`): the message to look for.
+    var eventID: String
+    var queue: String
+    var zaqarURL: String
+    /// Zaqar's HTTP status; absent when it did not answer.
+    var status: Int?
+    /// Why not, as the target put it (cut and cleaned).
+    var error: String?
+
+    enum CodingKeys: String, CodingKey {
+        case delivered, queue, status, error
+        case eventID = "event_id"
+        case zaqarURL = "zaqar_url"
+    }
+}
+
+/// The test event a user asks for: a `herald.test` notification, marked as such in its type,
+/// its publisher and its payload, in the subscription's format.
+enum TestEvent {
+    static func message(for subscription: Subscription, eventID: String, requestedBy user: String?, now: Date = Date()) -> [UInt8] {
+        let formatter = DateFormatter()
+        formatter.locale = Locale(identifier: "en_US_POSIX")
+        formatter.timeZone = TimeZone(identifier: "UTC")
+        formatter.dateFormat = "yyyy-MM-dd HH:mm:ss.SSSSSS"
+        let timestamp = formatter.string(from: now)
+        var payload: [String: Any] = [
+            "test": true, "subscription_id": subscription.id,
+            "message": "A test event sent by POST /v1/subscriptions/\(subscription.id)/test; not an OpenStack event.",
+        ]
+        if let user { payload["requested_by"] = user }
+        let encode = { (value: Any) -> [UInt8] in
+            Array((try? JSONSerialization.data(withJSONObject: value, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data("{}".utf8))
+        }
+        switch subscription.format ?? .herald {
+        case .cloudevents:
+            let attributes = ZaqarMessageEncoding.CloudEventAttributes(
+                id: eventID, source: "/herald", type: "herald.test", time: ZaqarMessageEncoding.CloudEventAttributes.rfc3339(timestamp), subject: nil
+            )
+            return ZaqarMessageEncoding.cloudEvent(data: encode(payload), attributes: attributes, ttl: subscription.messageTTL, subscriptionID: subscription.id,
+                                                   partition: 0, epoch: 0, project: subscription.project)
+        case .herald:
+            let event: [String: Any] = [
+                "event_type": "herald.test", "message_id": eventID, "priority": "INFO", "publisher_id": "herald", "timestamp": timestamp, "payload": payload,
+            ]
+            return ZaqarMessageEncoding.message(event: encode(event), ttl: subscription.messageTTL, subscriptionID: subscription.id, eventID: eventID,
+                                                partition: 0, epoch: 0, project: subscription.project)
+        }
+    }
 }
 
 struct ReplayResult: Encodable {

@@ -50,6 +50,8 @@ struct APILimits: Sendable {
     var replayPerCall = 100
     /// HERALD_RATE_REPLAYS: dead letters replayed per project per minute. Default 1000.
     var replaysPerMinute = 1000
+    /// HERALD_RATE_TESTS: test events (`POST /v1/subscriptions/{id}/test`) per project per minute. Default 10.
+    var testsPerMinute = 10
 }
 
 /// One route: its method and OpenAPI-style path, whether it needs a caller, and its handler.
@@ -66,8 +68,8 @@ struct APIRoute: Sendable {
 struct HeraldAPI: Sendable {
     let services: APIServices
 
-    static let subscriptionFields: Set<String> = ["event_types", "conditions", "target", "message_ttl", "all_projects", "project", "trust", "include_actor", "resource_id", "origin", "unredacted"]
-    static let patchFields: Set<String> = ["event_types", "conditions", "target", "message_ttl", "all_projects", "include_actor", "resource_id", "origin", "unredacted"]
+    static let subscriptionFields: Set<String> = ["event_types", "conditions", "target", "message_ttl", "all_projects", "project", "trust", "include_actor", "resource_id", "origin", "unredacted", "format"]
+    static let patchFields: Set<String> = ["event_types", "conditions", "target", "message_ttl", "all_projects", "include_actor", "resource_id", "origin", "unredacted", "format"]
     static let aliasFields: Set<String> = ["source", "target", "message_ttl"]
 
     var routes: [APIRoute] {
@@ -90,6 +92,7 @@ struct HeraldAPI: Sendable {
             APIRoute(method: .patch, path: "/v1/subscriptions/{id}", authenticated: true, handler: patchSubscription),
             APIRoute(method: .delete, path: "/v1/subscriptions/{id}", authenticated: true, handler: deleteSubscription),
             APIRoute(method: .get, path: "/v1/subscriptions/{id}/delivery", authenticated: true, handler: getDelivery),
+            APIRoute(method: .post, path: "/v1/subscriptions/{id}/test", authenticated: true, handler: testSubscription),
             APIRoute(method: .post, path: "/v1/subscription", authenticated: true, handler: createAlias),
             APIRoute(method: .get, path: "/v1/subscription", authenticated: true, handler: listAlias),
             APIRoute(method: .get, path: "/v1/subscription/{id}", authenticated: true, handler: getAlias),
@@ -155,6 +158,7 @@ struct HeraldAPI: Sendable {
             target: target, messageTTL: input.messageTTL ?? 3600, includeActor: input.includeActor, resourceID: input.resourceID, origin: input.origin
         )
         subscription.unredacted = input.unredacted
+        subscription.format = input.format
         subscription.createdBy = caller.userID
         subscription.updatedBy = caller.userID
         // A trust by default in keystone mode, unless the subscriber brought a pre-signed URL.
@@ -250,6 +254,37 @@ struct HeraldAPI: Sendable {
         return try APIJSON.response(view)
     }
 
+    /// Posts one clearly marked test event (`herald.test`, in the subscription's format) to the
+    /// subscription's target with its credentials, and answers what the target said: a user
+    /// checks a queue, a trust or a pre-signed URL at once instead of waiting for an event.
+    @Sendable func testSubscription(_ request: Request, _ context: APIContext) async throws -> Response {
+        let caller = try context.requireCaller()
+        let subscription = try await owned(context)
+        try authorize("subscription:test", caller, project: subscription.project, context: context)
+        if let rates = services.rates, let wait = try await rates.take("test:" + caller.project, limit: services.limits.testsPerMinute, per: .seconds(60)) {
+            throw tooManyRequests(wait, "test: project \(caller.project) sent \(services.limits.testsPerMinute) test events this minute, its limit (HERALD_RATE_TESTS)")
+        }
+        let target = subscription.zaqarTarget(defaultURL: services.defaultZaqarURL)
+        var result = TestEventResult(delivered: false, eventID: UUID().uuidString.lowercased(), queue: target.queue, zaqarURL: target.baseURL)
+        if let endpoints = services.endpoints, !endpoints.permits(target.baseURL) {
+            result.error = "the subscription's Zaqar endpoint is not one the operator allows (HERALD_ZAQAR_ALLOWED_URLS); nothing was sent"
+            return try APIJSON.response(result)
+        }
+        let message = TestEvent.message(for: subscription, eventID: result.eventID, requestedBy: caller.userID)
+        do {
+            let response = try await services.deliver(target, message)
+            result.status = response.status
+            result.delivered = (200..<300).contains(response.status)
+            if !result.delivered {
+                result.error = "Zaqar answered \(response.status)\(response.message.map { ": \($0)" } ?? "")"
+            }
+        } catch {
+            result.error = TargetAnswer.cut(TargetAnswer.sanitise("\(error)"))
+        }
+        audit("test", caller, outcome: result.delivered ? "success" : "failure", detail: "subscription \(subscription.id): \(result.status.map(String.init) ?? "no answer")", context: context)
+        return try APIJSON.response(result)
+    }
+
     @Sendable func patchSubscription(_ request: Request, _ context: APIContext) async throws -> Response {
         let caller = try context.requireCaller()
         var subscription = try await owned(context)
@@ -281,6 +316,7 @@ struct HeraldAPI: Sendable {
             case "resource_id": subscription.resourceID = input.resourceID
             case "origin": subscription.origin = try present(input.origin, key)
             case "unredacted": subscription.unredacted = try present(input.unredacted, key)
+            case "format": subscription.format = try present(input.format, key)
             case "all_projects":
                 subscription.allProjects = try present(input.allProjects, key)
             default: break

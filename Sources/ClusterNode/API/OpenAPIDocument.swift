@@ -23,6 +23,7 @@ enum OpenAPIDocument {
           "BadRequest": {"description": "A bad field, named in the message.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
           "Unauthorized": {"description": "No caller identity.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
           "Forbidden": {"description": "The policy does not allow it for the caller's roles (GET /v1/policy).", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+          "TooManyRequests": {"description": "The project's rate for this is used up; Retry-After says when to try again.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
           "NotFound": {"description": "None in the caller's project.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
         },
         "schemas": {
@@ -67,6 +68,7 @@ enum OpenAPIDocument {
               "resource_id": {"type": ["string", "null"], "description": "Only events about this resource (a server's uuid, a port's id, ...), as the event definitions find it."},
               "origin": {"type": "string", "enum": ["notification", "ceilometer", "any"], "default": "any", "description": "The service's notification, the Ceilometer event built from it (same message id), or both."},
               "unredacted": {"type": "boolean", "default": false, "description": "Admin only (policy subscription:unredacted), all-projects subscriptions only: the events with the fields OpenStack shows only to admins (hosts, port bindings, Ceilometer's raw notification), which every other subscription receives removed."},
+              "format": {"type": "string", "enum": ["herald", "cloudevents"], "default": "herald", "description": "Each message body: Herald's envelope ({event, herald}) or a CloudEvents 1.0 event in structured JSON mode (specversion, id = the notification's message id, source /openstack/<service>, type = the event type, time, subject = the resource id, data = the payload; extensions heraldsubscription, heraldpartition, heraldepoch, heraldproject, heraldactorproject, heraldredacted)."},
               "trust": {"type": "boolean", "description": "Keystone mode: make a trust from the caller to Herald (role member on the caller's project), used to post into a Keystone-protected Zaqar and to renew the pre-signed URL. Default true unless target.signed_url is given."}
             }
           },
@@ -81,7 +83,7 @@ enum OpenAPIDocument {
               "message_ttl": {"type": "integer"}, "created_at": {"type": "number"}, "updated_at": {"type": "number"},
               "trust_id": {"type": "string", "description": "The Keystone trust Herald made for this subscription; deleted with it."},
               "include_actor": {"type": "boolean"}, "resource_id": {"type": "string"}, "origin": {"type": "string", "enum": ["notification", "ceilometer", "any"]},
-              "unredacted": {"type": "boolean"},
+              "unredacted": {"type": "boolean"}, "format": {"type": "string", "enum": ["herald", "cloudevents"]},
               "warnings": {"type": "array", "items": {"type": "string"}, "description": "What needs the subscriber, e.g. a pre-signed URL near expiry with no trust to renew it."}
             }
           },
@@ -189,6 +191,22 @@ enum OpenAPIDocument {
                 "given_up_after": {"type": "string", "format": "date-time"}}}}}},
               "401": {"$ref": "#/components/responses/Unauthorized"}, "404": {"$ref": "#/components/responses/NotFound"},
               "503": {"description": "Redis cannot be read now."}
+            }
+          }
+        },
+        "/v1/subscriptions/{id}/test": {
+          "parameters": [{"$ref": "#/components/parameters/id"}],
+          "post": {
+            "summary": "Post one test event (event type herald.test, marked test in its payload, in the subscription's format) to the subscription's target with its credentials, and answer what the target said. HERALD_RATE_TESTS a minute per project.",
+            "security": [{"projectHeader": []}],
+            "responses": {
+              "200": {"description": "Sent or refused; delivered says which.", "content": {"application/json": {"schema": {"type": "object", "required": ["delivered", "event_id", "queue", "zaqar_url"], "properties": {
+                "delivered": {"type": "boolean"}, "event_id": {"type": "string", "description": "The test event's herald.event_id (a CloudEvent's id)."},
+                "queue": {"type": "string"}, "zaqar_url": {"type": "string"},
+                "status": {"type": "integer", "description": "Zaqar's HTTP status; absent when it did not answer."},
+                "error": {"type": "string", "description": "Why it was not delivered."}}}}}},
+              "401": {"$ref": "#/components/responses/Unauthorized"}, "403": {"$ref": "#/components/responses/Forbidden"},
+              "404": {"$ref": "#/components/responses/NotFound"}, "429": {"$ref": "#/components/responses/TooManyRequests"}
             }
           }
         },

@@ -1,0 +1,114 @@
+import Foundation
+import HeraldModel
+import Logging
+import Synchronization
+import Testing
+import TestSupport
+import WSClient
+
+extension PipelineSuites {
+    @Suite("Zaqar's WebSocket: events pushed to a subscribed socket", .serialized, .timeLimit(.minutes(5)))
+    struct WebSocketPushTests {
+        /// What the socket received, as text: Zaqar's answers to requests, and pushed messages.
+        struct Frames {
+            var answers: [String] = []
+            var pushed: [String] = []
+        }
+
+        static func object(_ text: String) -> [String: Any]? {
+            (try? JSONSerialization.jsonObject(with: Data(text.utf8))) as? [String: Any]
+        }
+
+        @Test("a user subscribed to their queue over Zaqar's WebSocket is pushed every matching event as Herald delivers it, and nothing of another project with a queue of the same name")
+        func pushed() async throws {
+            let socketURL = try TestServers.value("HERALD_TEST_ZAQAR_WS_URL")
+            let run = try await PipelineRun(partitions: 8)
+            defer { Task { await run.stopAll() } }
+            // Two projects, one queue name: Zaqar keeps them apart by project, Herald by subscription.
+            let queue = run.queue("pushed")
+            let mine = Subscription(project: "ws-p1", eventTypes: ["compute.instance.*"], target: Target(queue: queue), messageTTL: 3600)
+            let theirs = Subscription(project: "ws-p2", eventTypes: ["compute.instance.*"], target: Target(queue: queue), messageTTL: 3600)
+            try await run.registry.create(mine)
+            try await run.registry.create(theirs)
+            run.trackQueues([(mine.project, queue), (theirs.project, queue)])
+            try await run.startNodes(2)
+            try await run.waitAllPartitionsHeld()
+
+            // 60 notifications: project ws-p1's instances (wanted), its volumes (not subscribed), ws-p2's instances.
+            var lines: [[String: Any]] = []
+            var wanted = Set<Int>()
+            for seq in 0..<60 {
+                let (exchange, type, project): (String, String, String) = switch seq % 3 {
+                case 0: ("nova", ["compute.instance.create.end", "compute.instance.update", "compute.instance.delete.end"][seq % 9 / 3], "ws-p1")
+                case 1: ("cinder", "volume.create.end", "ws-p1")
+                default: ("nova", "compute.instance.update", "ws-p2")
+                }
+                if seq % 3 == 0 { wanted.insert(seq) }
+                lines.append(["exchange": exchange, "event_type": type, "project": project, "payload": ["tenant_id": project, "instance_id": "i-\(seq % 7)", "seq": seq]])
+            }
+
+            let frames = Mutex(Frames())
+            let (answers, answered) = AsyncStream.makeStream(of: Int.self)
+            let expected = wanted.count
+            let socket = Task {
+                try await WebSocketClient.connect(url: socketURL, logger: Logger(label: "herald.test.websocket")) { inbound, outbound, _ in
+                    // What python-zaqarclient's WebSocket transport sends; no `authenticate` (this Zaqar is noauth).
+                    let request: [String: Any] = [
+                        "action": "subscription_create",
+                        "headers": ["Client-ID": UUID().uuidString.lowercased(), "X-Project-ID": mine.project],
+                        "body": ["queue_name": queue, "ttl": 600],
+                    ]
+                    try await outbound.write(.text(String(decoding: try JSONSerialization.data(withJSONObject: request), as: UTF8.self)))
+                    for try await message in inbound.messages(maxSize: 1 << 20) {
+                        guard case .text(let text) = message, let object = Self.object(text) else { continue }
+                        if object["Message_Type"] != nil {
+                            let count = frames.withLock { frames in
+                                frames.pushed.append(text)
+                                return frames.pushed.count
+                            }
+                            if count >= expected { break }
+                        } else {
+                            frames.withLock { $0.answers.append(text) }
+                            answered.yield(((object["headers"] as? [String: Any])?["status"] as? Int) ?? 0)
+                        }
+                    }
+                }
+            }
+            var statuses = answers.makeAsyncIterator()
+            let status = await statuses.next()
+            #expect(status == 201, "subscription_create answered \(frames.withLock { $0.answers.description })")
+
+            let publisher = try run.publish(lines)
+            #expect(await publisher.wait() == 0, "the publisher failed: \(publisher.tail())")
+            // Pushed while Herald delivers: the socket's reader ends once it has as many as expected.
+            let outcome = try await withThrowingTaskGroup(of: Bool.self) { group in
+                group.addTask { _ = try await socket.value; return true }
+                group.addTask {
+                    try await Task.sleep(for: .seconds(90))
+                    return false
+                }
+                let first = try await group.next() ?? false
+                group.cancelAll()
+                return first
+            }
+            socket.cancel()
+            let pushed = frames.withLock { $0.pushed }.compactMap(Self.object)
+            #expect(outcome, "\(pushed.count) of \(expected) events pushed within 90 s")
+
+            var seqs: [Int] = []
+            for message in pushed {
+                let body = message["body"] as? [String: Any]
+                let herald = body?["herald"] as? [String: Any]
+                let payload = (body?["event"] as? [String: Any])?["payload"] as? [String: Any]
+                #expect(message["queue_name"] as? String == queue)
+                #expect(herald?["project"] as? String == mine.project, "another project's event pushed: \(message)")
+                #expect(herald?["subscription_id"] as? String == mine.id)
+                if let seq = payload?["seq"] as? Int { seqs.append(seq) }
+            }
+            #expect(Set(seqs) == wanted, "missing \(wanted.subtracting(seqs).sorted()), unexpected \(Set(seqs).subtracting(wanted).sorted())")
+            // The other project's queue of the same name got its own events, through REST as before.
+            let theirSeqs = try await run.numbered(queue: queue, project: theirs.project)
+            #expect(theirSeqs == Set((0..<60).filter { $0 % 3 == 2 }))
+        }
+    }
+}

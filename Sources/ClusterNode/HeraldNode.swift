@@ -44,6 +44,8 @@ final class HeraldNode: Sendable {
     let deadLetters: DeadLetterStore
     /// Which subscriptions have messages parked (their targets failed), cluster-wide.
     let parkingLedger: ParkingLedger
+    /// Each subscription's counts, last delivery and last error (the API's health view).
+    let stats: SubscriptionStats
     /// Herald's Keystone client (HERALD_KEYSTONE_URL): API tokens, trusts, trust-scoped tokens.
     let keystone: KeystoneClient?
     let statistics = Locked(PipelineStatistics())
@@ -81,6 +83,7 @@ final class HeraldNode: Sendable {
         registry = SubscriptionRegistry(redis: redis, keyPrefix: configuration.keyPrefix, logger: logger)
         deadLetters = DeadLetterStore(redis: RedisClient(configuration: redis, logger: logger), keyPrefix: configuration.keyPrefix, budget: configuration.deadLetterBudget)
         parkingLedger = ParkingLedger(redis: RedisClient(configuration: redis, logger: logger), keyPrefix: configuration.keyPrefix)
+        stats = SubscriptionStats(redis: RedisClient(configuration: redis, logger: logger), keyPrefix: configuration.keyPrefix)
         keystone = configuration.keystone.map { KeystoneClient(configuration: $0, logger: logger) }
     }
 
@@ -124,7 +127,7 @@ final class HeraldNode: Sendable {
         )
         let batcher = try DeliveryBatcher(
             configuration: delivery, zaqar: zaqar, deadLetters: deadLetters, endpoints: try ZaqarEndpoints(urls: configuration.zaqarAllowedURLs), parking: parking,
-            logger: logger
+            activity: stats, logger: logger
         )
         let drainer = ParkingDrainer(
             connection: connection, ledger: parkingLedger, parking: parking, batcher: batcher, index: index,
@@ -138,7 +141,8 @@ final class HeraldNode: Sendable {
         await drainer.refreshBeforeConsuming()
         let retrying = Task { await drainer.run() }
         let owners = PartitionOwners(connection: connection, coordinator: coordinator, batcher: batcher, index: index, configuration: configuration,
-                                     deadLetters: deadLetters, statistics: statistics, logger: logger, beforeConsuming: { await drainer.refreshBeforeConsuming() })
+                                     deadLetters: deadLetters, statistics: statistics, stats: stats, logger: logger,
+                                     beforeConsuming: { await drainer.refreshBeforeConsuming() })
         let ownership = Task { await owners.run() }
         try await coordinator.start()
         let ingest = IngestService(connection: connection, configuration: configuration, deadLetters: deadLetters, statistics: statistics, logger: logger)
@@ -150,7 +154,25 @@ final class HeraldNode: Sendable {
             isLeader: { [coordinator] in coordinator.isLeader }, logger: logger
         )
         let keeping = Task { await keeper.run() }
-        parts.withLock { $0 = Parts(connection: connection, zaqar: zaqar, batcher: batcher, ingest: ingest, tasks: [watcher, ownership, ingesting, keeping, retrying]) }
+        // Each subscription's counts, written once a second (the delivery path only counts).
+        let counting = Task { [stats, logger] in
+            var failures = 0
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .seconds(1))
+                do {
+                    try await stats.flush()
+                    failures = 0
+                } catch {
+                    failures += 1
+                    if failures == 1 || failures % 60 == 0 {
+                        logger.warning("cannot write subscription counts to Redis; keeping them for the next try", metadata: ["error": "\(error)"])
+                    }
+                }
+            }
+        }
+        parts.withLock {
+            $0 = Parts(connection: connection, zaqar: zaqar, batcher: batcher, ingest: ingest, tasks: [watcher, ownership, ingesting, keeping, retrying, counting])
+        }
         logger.info("node started", metadata: ["herald.partitions": "\(configuration.partitions)", "herald.exchanges": "\(configuration.exchanges)"])
     }
 
@@ -187,6 +209,7 @@ final class HeraldNode: Sendable {
         await coordinator.leave(drainTimeout: configuration.shutdownBudget)
         _ = await parts.batcher.drain(timeout: .seconds(2))
         for task in parts.tasks { task.cancel() }
+        _ = try? await stats.flush()
         await parts.connection.close()
         await parts.zaqar.shutdown()
         logger.info("stopped", metadata: ["herald.statistics": "\(statistics.withLock { $0 })"])

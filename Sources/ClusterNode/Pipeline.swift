@@ -310,6 +310,8 @@ final class PartitionOwners: Sendable {
     private let deadLetters: DeadLetterStore
     private let logger: Logger
     let statistics: Locked<PipelineStatistics>
+    /// Events matched per subscription (the API's health view); nil: not counted.
+    private let stats: SubscriptionStats?
     private let owned = Mutex<[Int: Owned]>([:])
     /// Runs before a newly acquired partition is consumed (the parked subscriptions are re-read,
     /// so that a new owner does not deliver directly what the old one parked behind).
@@ -330,8 +332,10 @@ final class PartitionOwners: Sendable {
     }
 
     init(connection: AMQPConnection, coordinator: ClusterCoordinator, batcher: DeliveryBatcher, index: Locked<SubscriptionIndex>, configuration: NodeConfiguration,
-         deadLetters: DeadLetterStore, statistics: Locked<PipelineStatistics>, logger: Logger, beforeConsuming: @escaping @Sendable () async -> Void = {}) {
+         deadLetters: DeadLetterStore, statistics: Locked<PipelineStatistics>, stats: SubscriptionStats? = nil, logger: Logger,
+         beforeConsuming: @escaping @Sendable () async -> Void = {}) {
         self.beforeConsuming = beforeConsuming
+        self.stats = stats
         self.connection = connection
         self.coordinator = coordinator
         self.batcher = batcher
@@ -459,6 +463,7 @@ final class PartitionOwners: Sendable {
             }
         }
         statistics.count(messages.isEmpty ? .unmatched : .matched)
+        stats?.count(messages.lazy.map(\.subscriptionID), \.matched)
         guard !messages.isEmpty else {
             owned.channel.ack(delivery)
             return

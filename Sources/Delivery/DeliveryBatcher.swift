@@ -67,6 +67,7 @@ public final class DeliveryBatcher: Sendable {
     private let endpoints: ZaqarEndpoints?
     /// When set, a target that keeps failing has its messages parked instead of dead-lettered.
     private let parking: (any DeliveryParking)?
+    private let activity: (any DeliveryActivity)?
     private let logger: Logger
     private let state: Mutex<State>
     private let origin = ContinuousClock.now
@@ -126,7 +127,7 @@ public final class DeliveryBatcher: Sendable {
     /// - Parameter endpoints: the Zaqar endpoints the operator allows; nil allows every one (tests).
     public init(
         configuration: DeliveryConfiguration = DeliveryConfiguration(), zaqar: ZaqarClient, deadLetters: any DeadLetterSink, endpoints: ZaqarEndpoints? = nil,
-        parking: (any DeliveryParking)? = nil, logger: Logger = Logger(label: "herald.delivery")
+        parking: (any DeliveryParking)? = nil, activity: (any DeliveryActivity)? = nil, logger: Logger = Logger(label: "herald.delivery")
     ) throws {
         try configuration.validate()
         self.configuration = configuration
@@ -134,6 +135,7 @@ public final class DeliveryBatcher: Sendable {
         self.deadLetters = deadLetters
         self.endpoints = endpoints
         self.parking = parking
+        self.activity = activity
         self.logger = logger
         self.state = Mutex(State())
     }
@@ -472,7 +474,11 @@ public final class DeliveryBatcher: Sendable {
             logger.warning("retrying a batch", metadata: [
                 "zaqar.target": "\(target)", "delivery.count": "\(batch.count)", "delivery.attempt": "\(attempt)", "error": "\(failure)",
             ])
-            if attempt == 1, let parking { await parking.failing(Set(batch.map(\.message.subscriptionID)), error: failure) }
+            if attempt == 1 {
+                let subscriptions = Set(batch.map(\.message.subscriptionID))
+                activity?.failed(subscriptions, error: failure)
+                if let parking { await parking.failing(subscriptions, error: failure) }
+            }
             if parking != nil, attempt >= configuration.attemptsBeforeParking {
                 let unparked = await park(batch, reason: failure, failed: true)
                 if !unparked.isEmpty { await send(unparked, to: target) }
@@ -571,7 +577,11 @@ public final class DeliveryBatcher: Sendable {
     /// never retries by itself; uses no room in the buffers (the messages wait in their queue).
     public func attemptParked(_ messages: [ZaqarOutgoingMessage]) async -> ParkedAttempt {
         guard let target = messages.first?.target else { return .settled(delivered: 0, deadLettered: 0) }
-        return await attempt(unbuffered(messages), to: target)
+        let outcome = await attempt(unbuffered(messages), to: target)
+        if case .failed(let settled, let error, _) = outcome {
+            activity?.failed(Set(messages.dropFirst(settled).map(\.subscriptionID)), error: error)
+        }
+        return outcome
     }
 
     private func attempt(_ batch: [Pending], to target: ZaqarTarget) async -> ParkedAttempt {
@@ -673,6 +683,10 @@ public final class DeliveryBatcher: Sendable {
     /// Settles messages and runs the completions of groups that are now whole.
     private func complete(_ batch: [Pending], delivered: Bool) {
         if delivered { state.withLock { $0.statistics.delivered += batch.count } }
+        if let activity {
+            let subscriptions = batch.map(\.message.subscriptionID)
+            if delivered { activity.delivered(subscriptions) } else { activity.deadLettered(subscriptions) }
+        }
         settle(batch) { outcome in
             if delivered { outcome.delivered += 1 } else { outcome.deadLettered += 1 }
         }
@@ -726,6 +740,9 @@ public final class DeliveryBatcher: Sendable {
         }
         state.withLock { $0.statistics.deadLettered[reason, default: 0] += batch.count }
         DeliveryMetrics.deadLettered(reason).increment(by: batch.count)
+        if let activity, let first = batch.first {
+            activity.failed(Set(batch.map(\.message.subscriptionID)), error: "dead-lettered (\(reason.rawValue)): \(detail(first))")
+        }
         logger.warning("dead-lettered messages", metadata: ["delivery.reason": "\(reason.rawValue)", "delivery.count": "\(batch.count)", "zaqar.target": "\(batch.first?.message.target.description ?? "")"])
         complete(batch, delivered: false)
     }

@@ -29,6 +29,15 @@ public struct ParkingNotNeeded: Error, Sendable {
 /// (5xx, 429, timeouts, connection errors, and 401/403 from a trust that may come back), and
 /// parks at once every message of a subscription that `isParked` says is parked, so that new
 /// messages queue behind the parked ones instead of overtaking them.
+/// Each subscription's life as its owner sees it (`SubscriptionStats` in a node): told of every
+/// message delivered or dead-lettered and of the first failure of each failing spell. Called on
+/// the delivery path: it must only count, never wait.
+public protocol DeliveryActivity: Sendable {
+    func delivered(_ subscriptionIDs: [String])
+    func deadLettered(_ subscriptionIDs: [String])
+    func failed(_ subscriptionIDs: Set<String>, error: String)
+}
+
 public protocol DeliveryParking: Sendable {
     /// Whether this subscription has messages parked now (a cheap, local answer).
     func isParked(_ subscriptionID: String) -> Bool

@@ -51,7 +51,8 @@ struct APIHarness {
             endpoints: endpoints,
             limits: limits,
             rates: rates ? RateLimiter(redis: RedisClient(configuration: redis), keyPrefix: prefix) : nil,
-            parking: parking
+            parking: parking,
+            stats: SubscriptionStats(redis: RedisClient(configuration: redis), keyPrefix: prefix)
         ))
     }
 

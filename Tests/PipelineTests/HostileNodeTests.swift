@@ -50,11 +50,13 @@ extension PipelineSuites {
             try await run.waitAllPartitionsHeld()
             let port = try #require(run.nodes["node-1"]?.apiPort)
 
+            var ids: [String: String] = [:]
             for kind in ["inf", "nan", "huge", "day", "redirect", "silent", "html"] {
                 let (status, body) = try await call(port, .POST, "/v1/subscriptions", project: "evil", json: [
                     "event_types": ["compute.instance.*"], "target": ["queue": "\(kind)-\(run.id)", "zaqar_url": hostile.url],
                 ])
                 #expect(status == 201, "\(kind): \(body)")
+                ids[kind] = ((try? JSONSerialization.jsonObject(with: Data(body.utf8))) as? [String: Any])?["id"] as? String
             }
             let (refused, refusal) = try await call(port, .POST, "/v1/subscriptions", project: "evil", json: [
                 "event_types": ["compute.instance.*"], "target": ["queue": "elsewhere", "zaqar_url": forbidden.url],
@@ -100,6 +102,25 @@ extension PipelineSuites {
             let exited = await run.exited("node-1")
             #expect(!exited, "the node died: \(run.nodes["node-1"]?.process.tail(40) ?? "")")
             #expect(forbidden.totalRequests == 0, "a refused endpoint is never contacted")
+
+            // Each subscription's health says what its target did: the 503s as its recent error,
+            // the refused 400s as dead letters with the reason.
+            for (kind, expected) in [("inf", "503"), ("html", "dead-lettered")] {
+                let id = try #require(ids[kind])
+                try await eventually(timeout: .seconds(20)) {
+                    var request = HTTPClientRequest(url: "http://127.0.0.1:\(port)/v1/subscriptions/\(id)/delivery")
+                    request.headers.add(name: "X-Project-Id", value: "evil")
+                    let response = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
+                    let text = String(buffer: try await response.body.collect(upTo: 1 << 20))
+                    let health = (try? JSONSerialization.jsonObject(with: Data(text.utf8))) as? [String: Any] ?? [:]
+                    guard (health["recent_error"] as? String)?.contains(expected) == true, health["recent_error_at"] is String,
+                          (health["total"] as? [String: Any])?["matched"] as? Int == 20
+                    else { throw TestFailure("\(kind): \(text)") }
+                    if kind == "html" {
+                        guard ((health["total"] as? [String: Any])?["dead_lettered"] as? Int ?? 0) > 0 else { throw TestFailure("\(kind): no dead letters counted: \(text)") }
+                    }
+                }
+            }
         }
 
         @Test("two clusters in one vhost: each ingests every notification into its own queues")

@@ -70,6 +70,22 @@ extension PipelineSuites {
             run.trackQueues([("p1", queue)])
             #expect(arrived.count == 10)
 
+            // Its health, counted by whichever nodes delivered: 10 matched and delivered, in the
+            // last hour and in all; a test event to a target that refuses shows as its recent error.
+            let id = object(body)["id"] as? String ?? ""
+            let health = try await eventually(timeout: .seconds(10)) {
+                let (status, text) = try await call(run, "node-1", .GET, "/v1/subscriptions/\(id)/delivery")
+                let health = object(text)
+                guard status == 200, (health["total"] as? [String: Any])?["delivered"] as? Int == 10 else { throw TestFailure("\(status) \(text)") }
+                return health
+            }
+            #expect(health["state"] as? String == "healthy")
+            #expect((health["total"] as? [String: Any])?["matched"] as? Int == 10)
+            #expect((health["last_hour"] as? [String: Any])?["delivered"] as? Int == 10)
+            #expect((health["total"] as? [String: Any])?["dead_lettered"] as? Int == 0)
+            #expect(health["last_delivered_at"] is String)
+            #expect(health["recent_error"] == nil)
+
             // Metrics of a real node: the pipeline's counters and the ownership gauge.
             var ingested = 0.0
             var owned = 0.0

@@ -62,9 +62,35 @@ struct DeliveryStateView: Encodable {
     var parkedMessages: Int?
     var oldestParkedAgeSeconds: Double?
     var givenUpAfter: String?
+    /// Events matched, delivered and dead-lettered in the last hour and in all (counted by the
+    /// nodes, written within a second or so).
+    var lastHour: Counts?
+    var total: Counts?
+    var lastDeliveredAt: String?
+    /// The last error delivering to its target (or why messages were dead-lettered), and when:
+    /// kept after the target recovered, unlike `last_error` of a failing or parked state.
+    var recentError: String?
+    var recentErrorAt: String?
+    /// What needs the subscriber (a pre-signed URL near expiry with no trust to renew it).
+    var warnings: [String] = []
+
+    struct Counts: Encodable {
+        var matched: Int
+        var delivered: Int
+        var deadLettered: Int
+
+        enum CodingKeys: String, CodingKey {
+            case matched, delivered
+            case deadLettered = "dead_lettered"
+        }
+    }
 
     enum CodingKeys: String, CodingKey {
-        case state, since, attempts
+        case state, since, attempts, total, warnings
+        case lastHour = "last_hour"
+        case lastDeliveredAt = "last_delivered_at"
+        case recentError = "recent_error"
+        case recentErrorAt = "recent_error_at"
         case subscriptionID = "subscription_id"
         case lastError = "last_error"
         case nextAttempt = "next_attempt"

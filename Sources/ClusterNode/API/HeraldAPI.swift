@@ -33,6 +33,8 @@ struct APIServices: Sendable {
     var policy = Policy()
     /// Which subscriptions' targets fail or have messages parked; nil: every target shows healthy.
     var parking: ParkingLedger? = nil
+    /// Each subscription's counts, last delivery and last error; nil: none shown.
+    var stats: SubscriptionStats? = nil
     /// HERALD_DELIVERY_RETRY_HORIZON, to say when parked messages would be given up.
     var retryHorizon: Duration = .seconds(86_400)
     /// What tenants never receive (HERALD_REDACTION_FILE over the shipped rules): conditions
@@ -225,12 +227,29 @@ struct HeraldAPI: Sendable {
         return try APIJSON.response(view(subscription))
     }
 
-    /// How the subscription's target is doing: healthy, failing (a lane's recent errors) or parked
-    /// (messages waiting in its parking queue, retried on a schedule until the horizon).
+    /// The subscription's health: how its target is doing (healthy, failing: a lane's recent
+    /// errors, or parked: messages waiting in its parking queue, retried on a schedule until the
+    /// horizon), its counts (last hour and total), last delivery, last error, and warnings.
     @Sendable func getDelivery(_ request: Request, _ context: APIContext) async throws -> Response {
         let subscription = try await owned(context)
         try authorize("subscription:get", try context.requireCaller(), project: subscription.project, context: context)
         var view = DeliveryStateView(subscriptionID: subscription.id, state: "healthy")
+        view.warnings = self.view(subscription).warnings
+        if let stats = services.stats {
+            do {
+                let health = try await stats.health(subscription: subscription.id)
+                func counts(_ counts: SubscriptionStats.Counts) -> DeliveryStateView.Counts {
+                    .init(matched: counts.matched, delivered: counts.delivered, deadLettered: counts.deadLettered)
+                }
+                view.lastHour = counts(health.lastHour)
+                view.total = counts(health.total)
+                view.lastDeliveredAt = health.lastDeliveredAt.map { APIDates.format(Double($0) / 1000) }
+                view.recentError = health.lastError
+                view.recentErrorAt = health.lastErrorAt.map { APIDates.format(Double($0) / 1000) }
+            } catch {
+                throw HTTPError(.serviceUnavailable, message: "the subscription's counts cannot be read from Redis now; try again")
+            }
+        }
         guard let parking = services.parking else { return try APIJSON.response(view) }
         let now = Date().timeIntervalSince1970
         do {

@@ -87,6 +87,10 @@ enum OpenAPIDocument {
               "warnings": {"type": "array", "items": {"type": "string"}, "description": "What needs the subscriber, e.g. a pre-signed URL near expiry with no trust to renew it."}
             }
           },
+          "Counts": {
+            "type": "object", "required": ["matched", "delivered", "dead_lettered"],
+            "properties": {"matched": {"type": "integer"}, "delivered": {"type": "integer"}, "dead_lettered": {"type": "integer"}}
+          },
           "SubscriptionPage": {
             "type": "object", "required": ["subscriptions"],
             "properties": {"subscriptions": {"type": "array", "items": {"$ref": "#/components/schemas/Subscription"}}, "next": {"type": "string"}}
@@ -181,10 +185,13 @@ enum OpenAPIDocument {
         "/v1/subscriptions/{id}/delivery": {
           "parameters": [{"$ref": "#/components/parameters/id"}],
           "get": {
-            "summary": "How the subscription's target is doing: healthy, failing (since, last error) or parked (messages waiting, oldest age, retries, next attempt, when they would be given up).",
+            "summary": "The subscription's health: how its target is doing (healthy, failing: since, last error; parked: messages waiting, oldest age, retries, next attempt, when they would be given up), events matched, delivered and dead-lettered in the last hour and in all, the last delivery, the last error (kept after recovery), and warnings.",
             "security": [{"projectHeader": []}],
             "responses": {
-              "200": {"description": "The state.", "content": {"application/json": {"schema": {"type": "object", "required": ["subscription_id", "state"], "properties": {
+              "200": {"description": "The state.", "content": {"application/json": {"schema": {"type": "object", "required": ["subscription_id", "state", "warnings"], "properties": {
+                "last_hour": {"$ref": "#/components/schemas/Counts"}, "total": {"$ref": "#/components/schemas/Counts"},
+                "last_delivered_at": {"type": "string", "format": "date-time"}, "recent_error": {"type": "string"}, "recent_error_at": {"type": "string", "format": "date-time"},
+                "warnings": {"type": "array", "items": {"type": "string"}},
                 "subscription_id": {"type": "string"}, "state": {"type": "string", "enum": ["healthy", "failing", "parked"]},
                 "since": {"type": "string", "format": "date-time"}, "last_error": {"type": "string"}, "next_attempt": {"type": "string", "format": "date-time"},
                 "attempts": {"type": "integer"}, "parked_messages": {"type": "integer"}, "oldest_parked_age_seconds": {"type": "number"},

@@ -46,6 +46,8 @@ final class HeraldNode: Sendable {
     let parkingLedger: ParkingLedger
     /// Each subscription's counts, last delivery and last error (the API's health view).
     let stats: SubscriptionStats
+    /// The event types seen per project (GET /v1/event-types).
+    let catalog: EventTypeCatalog
     /// Herald's Keystone client (HERALD_KEYSTONE_URL): API tokens, trusts, trust-scoped tokens.
     let keystone: KeystoneClient?
     let statistics = Locked(PipelineStatistics())
@@ -84,6 +86,7 @@ final class HeraldNode: Sendable {
         deadLetters = DeadLetterStore(redis: RedisClient(configuration: redis, logger: logger), keyPrefix: configuration.keyPrefix, budget: configuration.deadLetterBudget)
         parkingLedger = ParkingLedger(redis: RedisClient(configuration: redis, logger: logger), keyPrefix: configuration.keyPrefix)
         stats = SubscriptionStats(redis: RedisClient(configuration: redis, logger: logger), keyPrefix: configuration.keyPrefix)
+        catalog = EventTypeCatalog(redis: RedisClient(configuration: redis, logger: logger), keyPrefix: configuration.keyPrefix)
         keystone = configuration.keystone.map { KeystoneClient(configuration: $0, logger: logger) }
     }
 
@@ -141,7 +144,7 @@ final class HeraldNode: Sendable {
         await drainer.refreshBeforeConsuming()
         let retrying = Task { await drainer.run() }
         let owners = PartitionOwners(connection: connection, coordinator: coordinator, batcher: batcher, index: index, configuration: configuration,
-                                     deadLetters: deadLetters, statistics: statistics, stats: stats, logger: logger,
+                                     deadLetters: deadLetters, statistics: statistics, stats: stats, catalog: catalog, logger: logger,
                                      beforeConsuming: { await drainer.refreshBeforeConsuming() })
         let ownership = Task { await owners.run() }
         try await coordinator.start()
@@ -155,12 +158,13 @@ final class HeraldNode: Sendable {
         )
         let keeping = Task { await keeper.run() }
         // Each subscription's counts, written once a second (the delivery path only counts).
-        let counting = Task { [stats, logger] in
+        let counting = Task { [stats, catalog, logger] in
             var failures = 0
             while !Task.isCancelled {
                 try? await Task.sleep(for: .seconds(1))
                 do {
                     try await stats.flush()
+                    try await catalog.flush()
                     failures = 0
                 } catch {
                     failures += 1
@@ -210,6 +214,7 @@ final class HeraldNode: Sendable {
         _ = await parts.batcher.drain(timeout: .seconds(2))
         for task in parts.tasks { task.cancel() }
         _ = try? await stats.flush()
+        _ = try? await catalog.flush()
         await parts.connection.close()
         await parts.zaqar.shutdown()
         logger.info("stopped", metadata: ["herald.statistics": "\(statistics.withLock { $0 })"])

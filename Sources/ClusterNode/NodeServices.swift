@@ -53,7 +53,7 @@ struct NodeAssembly: Sendable {
             limits: configuration.limits,
             rates: RateLimiter(redis: RedisClient(configuration: try RedisConfiguration(url: configuration.redisURL), logger: logger), keyPrefix: configuration.keyPrefix),
             policy: configuration.policy,
-            parking: node.parkingLedger, stats: node.stats,
+            parking: node.parkingLedger, stats: node.stats, catalog: node.catalog,
             retryHorizon: configuration.parking.horizon, redaction: configuration.redaction
         )
         let api = HeraldAPI(services: services)

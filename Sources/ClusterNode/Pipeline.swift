@@ -312,6 +312,8 @@ final class PartitionOwners: Sendable {
     let statistics: Locked<PipelineStatistics>
     /// Events matched per subscription (the API's health view); nil: not counted.
     private let stats: SubscriptionStats?
+    /// The event types seen per project, with a redacted sample (GET /v1/event-types); nil: none.
+    private let catalog: EventTypeCatalog?
     private let owned = Mutex<[Int: Owned]>([:])
     /// Runs before a newly acquired partition is consumed (the parked subscriptions are re-read,
     /// so that a new owner does not deliver directly what the old one parked behind).
@@ -332,10 +334,11 @@ final class PartitionOwners: Sendable {
     }
 
     init(connection: AMQPConnection, coordinator: ClusterCoordinator, batcher: DeliveryBatcher, index: Locked<SubscriptionIndex>, configuration: NodeConfiguration,
-         deadLetters: DeadLetterStore, statistics: Locked<PipelineStatistics>, stats: SubscriptionStats? = nil, logger: Logger,
+         deadLetters: DeadLetterStore, statistics: Locked<PipelineStatistics>, stats: SubscriptionStats? = nil, catalog: EventTypeCatalog? = nil, logger: Logger,
          beforeConsuming: @escaping @Sendable () async -> Void = {}) {
         self.beforeConsuming = beforeConsuming
         self.stats = stats
+        self.catalog = catalog
         self.connection = connection
         self.coordinator = coordinator
         self.batcher = batcher
@@ -406,6 +409,15 @@ final class PartitionOwners: Sendable {
         let current = index.withLock { $0 }
         var messages: [ZaqarOutgoingMessage] = []
         for event in events {
+            // What exists, per project: counted, and now and then kept as tenants would see it.
+            if let catalog, let project = event.project, catalog.seen(project: project, eventType: event.eventType) {
+                do {
+                    let cut = try configuration.redaction.redact(event)
+                    catalog.sample(project: project, eventType: event.eventType, json: cut?.json ?? event.json)
+                } catch {
+                    // The redactor refused it: no sample, never an uncut one.
+                }
+            }
             let matches = current.matches(event)
             guard !matches.isEmpty else { continue }
             let body = NotificationDecoder.encode(event)

@@ -52,7 +52,8 @@ struct APIHarness {
             limits: limits,
             rates: rates ? RateLimiter(redis: RedisClient(configuration: redis), keyPrefix: prefix) : nil,
             parking: parking,
-            stats: SubscriptionStats(redis: RedisClient(configuration: redis), keyPrefix: prefix)
+            stats: SubscriptionStats(redis: RedisClient(configuration: redis), keyPrefix: prefix),
+            catalog: EventTypeCatalog(redis: RedisClient(configuration: redis), keyPrefix: prefix)
         ))
     }
 

@@ -307,6 +307,44 @@ extension APISuites {
             await refusing.close()
         }
 
+        @Test("the project's feed: PUT turns it on (every event type by default) and changes it, one per project with an id of its own, listed among the subscriptions; GET and DELETE; errors name the field")
+        func feed() async throws {
+            try await harness.test { client in
+                #expect(try await client.call(.get, "/v1/feed").status == .notFound)
+                let missing = try await client.call(.put, "/v1/feed", json: ["event_types": ["*"]])
+                #expect(missing.status == .badRequest && missing.message.hasPrefix("queue"), "\(missing.text)")
+                let stray = try await client.call(.put, "/v1/feed", json: ["queue": "events", "target": ["queue": "x"]])
+                #expect(stray.status == .badRequest && stray.message.contains("target"), "\(stray.text)")
+
+                let on = try await client.call(.put, "/v1/feed", json: ["queue": "events"])
+                #expect(on.status == .created, "\(on.text)")
+                let id = try #require(on.object["id"] as? String)
+                #expect(id.hasPrefix("feed-") && id.count == 37)
+                #expect(on.object["event_types"] as? [String] == ["*"])
+                #expect((on.object["target"] as? [String: Any])?["queue"] as? String == "events")
+                let listed = try await client.call(.get, "/v1/subscriptions?limit=1000").object["subscriptions"] as? [[String: Any]] ?? []
+                #expect(listed.contains { $0["id"] as? String == id }, "a subscription like any other")
+
+                let changed = try await client.call(.put, "/v1/feed", json: ["queue": "all-events", "event_types": ["compute.*", "volume.*"], "format": "cloudevents"])
+                #expect(changed.status == .ok, "\(changed.text)")
+                #expect(changed.object["id"] as? String == id, "the same feed")
+                #expect(changed.object["format"] as? String == "cloudevents")
+                #expect(try await client.call(.get, "/v1/feed").object["event_types"] as? [String] == ["compute.*", "volume.*"])
+                let bad = try await client.call(.put, "/v1/feed", json: ["queue": "no/slash"])
+                #expect(bad.status == .badRequest && bad.message.contains("queue"), "\(bad.text)")
+
+                // Another project's feed is its own.
+                #expect(try await client.call(.get, "/v1/feed", project: "p2").status == .notFound)
+                let theirs = try await client.call(.put, "/v1/feed", project: "p2", json: ["queue": "events"])
+                #expect(theirs.status == .created && theirs.object["id"] as? String != id, "\(theirs.text)")
+                #expect(try await client.call(.delete, "/v1/feed", project: "p2").status == .noContent)
+
+                #expect(try await client.call(.delete, "/v1/feed").status == .noContent)
+                #expect(try await client.call(.get, "/v1/feed").status == .notFound)
+                #expect(try await client.call(.get, "/v1/subscriptions/\(id)").status == .notFound)
+            }
+        }
+
         @Test("alias errors name the field", arguments: [
             (#"{"target": "q"}"#, "source"),
             (#"{"source": "compute", "target": "a/b"}"#, "target"),

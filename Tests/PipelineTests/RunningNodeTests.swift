@@ -132,6 +132,52 @@ extension PipelineSuites {
             #expect(text.contains(try run.names.ingest))
         }
 
+        @Test("a project's feed (PUT /v1/feed) receives every event of the project, of every service, and none of another project's")
+        func feed() async throws {
+            let run = try await PipelineRun(partitions: 8)
+            defer { Task { await run.stopAll() } }
+            try await run.startNodes(1)
+            try await run.waitAllPartitionsHeld()
+            let queue = run.queue("feed")
+            let (status, body) = try await call(run, "node-1", .PUT, "/v1/feed", project: "feed-p1", json: ["queue": queue])
+            #expect(status == 201, "\(body)")
+            run.trackQueues([("feed-p1", queue)])
+            try await Task.sleep(for: .seconds(2))
+            let types = [("nova", "compute.instance.create.end"), ("cinder", "volume.attach.end"), ("neutron", "port.update.end"), ("nova", "compute.instance.power_off.end")]
+            let lines: [[String: Any]] = (0..<24).map { seq in
+                let (exchange, type) = types[seq % types.count]
+                let project = seq % 3 == 2 ? "feed-p2" : "feed-p1"
+                return ["exchange": exchange, "event_type": type, "project": project, "payload": ["tenant_id": project, "seq": seq, "host": "cmp-\(seq)"]]
+            }
+            let publisher = try run.publish(lines)
+            #expect(await publisher.wait() == 0, "\(publisher.tail())")
+            let wanted = Set((0..<24).filter { $0 % 3 != 2 })
+            let seqs = try await eventually(timeout: .seconds(30)) {
+                let seqs = try await run.numbered(queue: queue, project: "feed-p1")
+                guard seqs.isSuperset(of: wanted) else { throw TestFailure("missing \(wanted.subtracting(seqs).sorted())") }
+                return seqs
+            }
+            #expect(seqs == wanted, "every event of feed-p1, none of feed-p2: unexpected \(seqs.subtracting(wanted).sorted())")
+
+            // What exists: each project sees its own event types, counted, with a sample as its
+            // subscribers receive it (nova's host cut).
+            let listed = try await eventually(timeout: .seconds(10)) {
+                let (status, text) = try await call(run, "node-1", .GET, "/v1/event-types", project: "feed-p1")
+                let entries = object(text)["event_types"] as? [[String: Any]] ?? []
+                guard status == 200, entries.reduce(0, { $0 + ($1["count"] as? Int ?? 0) }) == 16 else { throw TestFailure("\(status) \(text)") }
+                return entries
+            }
+            #expect(Set(listed.compactMap { $0["event_type"] as? String }) == Set(types.map(\.1)))
+            let created = try #require(listed.first { $0["event_type"] as? String == "compute.instance.create.end" })
+            let sample = try #require(created["sample"] as? [String: Any], "\(created)")
+            let payload = try #require(sample["payload"] as? [String: Any])
+            #expect(payload["tenant_id"] as? String == "feed-p1" && payload["host"] == nil, "redacted: \(payload)")
+            #expect(created["last_seen"] is String)
+            let (_, other) = try await call(run, "node-1", .GET, "/v1/event-types", project: "feed-p2")
+            let theirs = object(other)["event_types"] as? [[String: Any]] ?? []
+            #expect(theirs.reduce(0) { $0 + ($1["count"] as? Int ?? 0) } == 8, "feed-p2's own 8 only: \(other)")
+        }
+
         @Test("ingest comes back by itself when RabbitMQ cancels its consumer (herald.ingest deleted under it)")
         func ingestRecovers() async throws {
             let run = try await PipelineRun(partitions: 8)

@@ -223,6 +223,68 @@ struct ReplayInput: Decodable {
     var ids: [String]
 }
 
+/// `GET /v1/event-types`.
+struct EventTypesView: Encodable {
+    struct Entry: Encodable {
+        var eventType: String
+        var count: Int
+        var lastSeen: String?
+        /// The latest event of the type, as the project's subscribers receive it (redacted).
+        var sample: JSONValue?
+
+        enum CodingKeys: String, CodingKey {
+            case count, sample
+            case eventType = "event_type"
+            case lastSeen = "last_seen"
+        }
+    }
+
+    var eventTypes: [Entry]
+    /// The most event types kept per project.
+    var limit: Int
+
+    enum CodingKeys: String, CodingKey {
+        case limit
+        case eventTypes = "event_types"
+    }
+}
+
+/// The body of `PUT /v1/feed`.
+struct FeedInput: Decodable {
+    var queue: String?
+    var eventTypes: [String]?
+    var format: MessageFormat?
+    var messageTTL: Int?
+
+    enum CodingKeys: String, CodingKey {
+        case queue, format
+        case eventTypes = "event_types"
+        case messageTTL = "message_ttl"
+    }
+}
+
+/// The id of a project's feed subscription: `feed-` and 32 hex digits of two FNV-1a hashes of
+/// the project id, the same on every node and in every release (Swift's `Hasher` is seeded
+/// per process). A collision cannot hand one project another's feed: ids are looked up with
+/// their project, and a create over an existing id fails.
+enum FeedID {
+    static func of(_ project: String) -> String {
+        func fnv(_ basis: UInt64) -> UInt64 {
+            var hash = basis
+            for byte in project.utf8 {
+                hash ^= UInt64(byte)
+                hash = hash &* 0x0000_0100_0000_01b3
+            }
+            return hash
+        }
+        let hex = { (value: UInt64) -> String in
+            let digits = String(value, radix: 16)
+            return String(repeating: "0", count: 16 - digits.count) + digits
+        }
+        return "feed-" + hex(fnv(0xcbf2_9ce4_8422_2325)) + hex(fnv(0x6c62_272e_07bb_0142))
+    }
+}
+
 /// `POST /v1/subscriptions/{id}/test`: what the target said to the test event.
 struct TestEventResult: Encodable {
     /// Zaqar took it (2xx).

@@ -35,6 +35,8 @@ struct APIServices: Sendable {
     var parking: ParkingLedger? = nil
     /// Each subscription's counts, last delivery and last error; nil: none shown.
     var stats: SubscriptionStats? = nil
+    /// The event types seen per project; nil: none listed.
+    var catalog: EventTypeCatalog? = nil
     /// HERALD_DELIVERY_RETRY_HORIZON, to say when parked messages would be given up.
     var retryHorizon: Duration = .seconds(86_400)
     /// What tenants never receive (HERALD_REDACTION_FILE over the shipped rules): conditions
@@ -95,6 +97,10 @@ struct HeraldAPI: Sendable {
             APIRoute(method: .delete, path: "/v1/subscriptions/{id}", authenticated: true, handler: deleteSubscription),
             APIRoute(method: .get, path: "/v1/subscriptions/{id}/delivery", authenticated: true, handler: getDelivery),
             APIRoute(method: .post, path: "/v1/subscriptions/{id}/test", authenticated: true, handler: testSubscription),
+            APIRoute(method: .get, path: "/v1/event-types", authenticated: true, handler: listEventTypes),
+            APIRoute(method: .get, path: "/v1/feed", authenticated: true, handler: getFeed),
+            APIRoute(method: .put, path: "/v1/feed", authenticated: true, handler: putFeed),
+            APIRoute(method: .delete, path: "/v1/feed", authenticated: true, handler: deleteFeed),
             APIRoute(method: .post, path: "/v1/subscription", authenticated: true, handler: createAlias),
             APIRoute(method: .get, path: "/v1/subscription", authenticated: true, handler: listAlias),
             APIRoute(method: .get, path: "/v1/subscription/{id}", authenticated: true, handler: getAlias),
@@ -302,6 +308,103 @@ struct HeraldAPI: Sendable {
         }
         audit("test", caller, outcome: result.delivered ? "success" : "failure", detail: "subscription \(subscription.id): \(result.status.map(String.init) ?? "no answer")", context: context)
         return try APIJSON.response(result)
+    }
+
+    // MARK: What events exist
+
+    /// The event types Herald has seen for the caller's project, most frequent first, each with
+    /// its count, when it was last seen and the latest one as the project's subscribers receive it.
+    @Sendable func listEventTypes(_ request: Request, _ context: APIContext) async throws -> Response {
+        let caller = try context.requireCaller()
+        try authorize("event_type:list", caller, project: caller.project, context: context)
+        guard let catalog = services.catalog else { return try APIJSON.response(EventTypesView(eventTypes: [], limit: 0)) }
+        let entries: [EventTypeCatalog.Entry]
+        do {
+            entries = try await catalog.list(project: caller.project)
+        } catch {
+            throw HTTPError(.serviceUnavailable, message: "the event types cannot be read from Redis now; try again")
+        }
+        return try APIJSON.response(EventTypesView(eventTypes: entries.map { entry in
+            EventTypesView.Entry(
+                eventType: entry.eventType, count: entry.count, lastSeen: entry.lastSeen.map { APIDates.format(Double($0) / 1000) },
+                sample: entry.sample.flatMap { try? JSONDecoder().decode(JSONValue.self, from: Data($0.utf8)) }
+            )
+        }, limit: catalog.maxTypesPerProject))
+    }
+
+    // MARK: The project's feed
+
+    static let feedFields: Set<String> = ["queue", "event_types", "format", "message_ttl"]
+
+    /// The project's feed: every event of the project (or those of `event_types`) into one queue,
+    /// without writing subscriptions. It is a subscription like any other (it lists, counts
+    /// against the quota, has a trust and a health), with an id derived from the project, so
+    /// that every node finds the same one.
+    @Sendable func getFeed(_ request: Request, _ context: APIContext) async throws -> Response {
+        let caller = try context.requireCaller()
+        try authorize("subscription:get", caller, project: caller.project, context: context)
+        guard let feed = try await services.registry.get(id: FeedID.of(caller.project), project: caller.project) else {
+            throw HTTPError(.notFound, message: "project \(caller.project) has no feed; PUT /v1/feed {\"queue\": \"events\"} turns it on")
+        }
+        return try APIJSON.response(view(feed))
+    }
+
+    /// Turns the feed on (201) or changes it (200): `queue` is required; `event_types` defaults to
+    /// every event (`["*"]`).
+    @Sendable func putFeed(_ request: Request, _ context: APIContext) async throws -> Response {
+        let caller = try context.requireCaller()
+        let (data, keys) = try await APIJSON.object(request, allowed: Self.feedFields)
+        let input = try APIJSON.decode(FeedInput.self, from: data)
+        guard let queue = input.queue else { throw HTTPError(.badRequest, message: "queue: required, e.g. \"events\"") }
+        let target = Target(queue: queue)
+        if var feed = try await services.registry.get(id: FeedID.of(caller.project), project: caller.project) {
+            try authorize("subscription:update", caller, project: feed.project, context: context)
+            if feed.target != target, feed.trustID != nil {
+                try authorize("subscription:update_trusted_target", caller, project: feed.project, field: "queue",
+                              extra: feed.createdBy.map { ["trustor_id": $0] } ?? [:], context: context)
+            }
+            feed.target = target
+            if keys.contains("event_types") { feed.eventTypes = try present(input.eventTypes, "event_types") }
+            if keys.contains("format") { feed.format = try present(input.format, "format") }
+            if keys.contains("message_ttl") { feed.messageTTL = try present(input.messageTTL, "message_ttl") }
+            feed.updatedAt = Date().timeIntervalSince1970
+            feed.updatedBy = caller.userID
+            let changed = feed
+            let updated = try await audited("update", caller, subscription: changed.id, context: context) { () async throws -> Subscription in
+                _ = try await store { try changed.validate() }
+                try checkEndpoint(changed.target)
+                try await takeChange(changed.project)
+                guard let updated = try await store({ try await services.registry.update(changed) }) else {
+                    throw HTTPError(.notFound, message: "project \(caller.project)'s feed went meanwhile; PUT again")
+                }
+                return updated
+            }
+            return try APIJSON.response(view(updated))
+        }
+        try authorize("subscription:create", caller, project: caller.project, context: context)
+        var feed = Subscription(id: FeedID.of(caller.project), project: caller.project, eventTypes: input.eventTypes ?? ["*"], target: target,
+                                messageTTL: input.messageTTL ?? 3600)
+        feed.format = input.format
+        feed.createdBy = caller.userID
+        feed.updatedBy = caller.userID
+        let created = try await audited("create", caller, context: context) {
+            try await create(feed, caller: caller, trust: caller.token != nil && caller.systemScope == nil)
+        }
+        var headers = HTTPFields()
+        headers[.location] = "/v1/feed"
+        return try APIJSON.response(view(created), status: .created, headers: headers)
+    }
+
+    @Sendable func deleteFeed(_ request: Request, _ context: APIContext) async throws -> Response {
+        let caller = try context.requireCaller()
+        guard let feed = try await services.registry.get(id: FeedID.of(caller.project), project: caller.project) else {
+            throw HTTPError(.notFound, message: "project \(caller.project) has no feed")
+        }
+        try authorize("subscription:delete", caller, project: feed.project, context: context)
+        try await audited("delete", caller, subscription: feed.id, context: context) {
+            try await remove(feed, caller: caller)
+        }
+        return Response(status: .noContent)
     }
 
     @Sendable func patchSubscription(_ request: Request, _ context: APIContext) async throws -> Response {

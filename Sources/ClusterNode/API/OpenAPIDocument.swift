@@ -201,6 +201,55 @@ enum OpenAPIDocument {
             }
           }
         },
+        "/v1/event-types": {
+          "get": {
+            "summary": "The event types Herald has seen for the caller's project, most frequent first: count, last seen, and the latest event as the project's subscribers receive it (redacted). At most limit types per project.",
+            "security": [{"projectHeader": []}],
+            "responses": {
+              "200": {"description": "The types.", "content": {"application/json": {"schema": {"type": "object", "required": ["event_types", "limit"], "properties": {
+                "limit": {"type": "integer"},
+                "event_types": {"type": "array", "items": {"type": "object", "required": ["event_type", "count"], "properties": {
+                  "event_type": {"type": "string"}, "count": {"type": "integer"}, "last_seen": {"type": "string", "format": "date-time"}, "sample": {}}}}}}}}},
+              "401": {"$ref": "#/components/responses/Unauthorized"}, "403": {"$ref": "#/components/responses/Forbidden"},
+              "503": {"description": "Redis cannot be read now."}
+            }
+          }
+        },
+        "/v1/feed": {
+          "get": {
+            "summary": "The project's feed: the subscription PUT /v1/feed made (id feed-...).", "security": [{"projectHeader": []}],
+            "responses": {
+              "200": {"description": "The feed.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Subscription"}}}},
+              "401": {"$ref": "#/components/responses/Unauthorized"}, "403": {"$ref": "#/components/responses/Forbidden"},
+              "404": {"description": "No feed; PUT /v1/feed turns it on.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+            }
+          },
+          "put": {
+            "summary": "Turn on (201) or change (200) the project's feed: every event of the project, or those of event_types, into one queue, without writing subscriptions. It lists among the subscriptions and counts against the quota.",
+            "security": [{"projectHeader": []}],
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {
+              "type": "object", "required": ["queue"], "additionalProperties": false,
+              "properties": {
+                "queue": {"type": "string", "description": "A Zaqar queue of the project, e.g. events."},
+                "event_types": {"type": "array", "items": {"type": "string"}, "default": ["*"]},
+                "format": {"type": "string", "enum": ["herald", "cloudevents"], "default": "herald"},
+                "message_ttl": {"type": "integer", "minimum": 60, "maximum": 1209600, "default": 3600}
+              }}}}},
+            "responses": {
+              "200": {"description": "Changed.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Subscription"}}}},
+              "201": {"description": "Turned on.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Subscription"}}}},
+              "400": {"$ref": "#/components/responses/BadRequest"}, "401": {"$ref": "#/components/responses/Unauthorized"},
+              "403": {"$ref": "#/components/responses/Forbidden"}, "429": {"$ref": "#/components/responses/TooManyRequests"}
+            }
+          },
+          "delete": {
+            "summary": "Turn the project's feed off.", "security": [{"projectHeader": []}],
+            "responses": {
+              "204": {"description": "Off."}, "401": {"$ref": "#/components/responses/Unauthorized"},
+              "403": {"$ref": "#/components/responses/Forbidden"}, "404": {"$ref": "#/components/responses/NotFound"}
+            }
+          }
+        },
         "/v1/subscriptions/{id}/test": {
           "parameters": [{"$ref": "#/components/parameters/id"}],
           "post": {

@@ -19,6 +19,7 @@ struct Policy: Sendable {
         ("subscription:update", "rule:project_member or rule:cloud_admin", "PATCH /v1/subscriptions/{id}"),
         ("subscription:delete", "rule:project_member or rule:cloud_admin", "DELETE /v1/subscriptions/{id}"),
         ("subscription:test", "rule:project_member or rule:cloud_admin", "POST /v1/subscriptions/{id}/test: post a test event to the target"),
+        ("event_type:list", "rule:project_reader or rule:cloud_admin", "GET /v1/event-types: the event types seen for the project, with a redacted sample"),
         ("subscription:create_for_project", "rule:cloud_admin", "a subscription for another project than the caller's"),
         ("subscription:create_all_projects", "rule:cloud_admin", "create, change or delete a subscription to every project's events"),
         ("subscription:update_trusted_target", "user_id:%(trustor_id)s or rule:cloud_admin", "change the target or credentials of a subscription that posts through someone's trust"),

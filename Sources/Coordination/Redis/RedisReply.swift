@@ -38,6 +38,18 @@ public enum RedisReply: Sendable, Equatable, CustomStringConvertible {
         return nil
     }
 
+    /// An HGETALL answer as a dictionary (string fields and values; others are skipped).
+    public var hashFields: [String: String] {
+        var out: [String: String] = [:]
+        let items = array ?? []
+        var index = 0
+        while index + 1 < items.count {
+            if let key = items[index].string { out[key] = items[index + 1].string ?? "" }
+            index += 2
+        }
+        return out
+    }
+
     public var isNull: Bool {
         if case .null = self { return true }
         return false

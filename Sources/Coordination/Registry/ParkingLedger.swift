@@ -432,13 +432,7 @@ public final class ParkingLedger: Sendable {
         guard !subscriptions.isEmpty else { return [] }
         let replies = try await redis.pipeline(subscriptions.map { RedisCommand("HGETALL", prefix + "park:" + $0) })
         return zip(subscriptions, replies).compactMap { subscription, reply in
-            guard let items = reply.array, items.count >= 2 else { return nil }
-            var fields: [String: String] = [:]
-            var index = 0
-            while index + 1 < items.count {
-                if let key = items[index].string { fields[key] = items[index + 1].string ?? "" }
-                index += 2
-            }
+            let fields = reply.hashFields
             guard fields["project"] != nil else { return nil }
             let count = fields["count"].flatMap { Int($0) } ?? 0
             return State(

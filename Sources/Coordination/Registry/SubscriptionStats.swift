@@ -161,24 +161,14 @@ public final class SubscriptionStats: Sendable {
         var commands = [RedisCommand("HGETALL", prefix + "stats:" + subscription)]
         commands += (0..<60).map { RedisCommand("HGETALL", prefix + "stats-min:\(subscription):\(minute - Int64($0))") }
         let replies = try await redis.pipeline(commands)
-        func fields(_ reply: RedisReply) -> [String: String] {
-            var out: [String: String] = [:]
-            let items = reply.array ?? []
-            var index = 0
-            while index + 1 < items.count {
-                if let key = items[index].string { out[key] = items[index + 1].string ?? "" }
-                index += 2
-            }
-            return out
-        }
         func counts(_ fields: [String: String]) -> Counts {
             Counts(matched: fields["matched"].flatMap { Int($0) } ?? 0, delivered: fields["delivered"].flatMap { Int($0) } ?? 0,
                    deadLettered: fields["dead_lettered"].flatMap { Int($0) } ?? 0)
         }
-        let main = fields(replies.first ?? .null)
+        let main = replies.first?.hashFields ?? [:]
         var health = Health(total: counts(main))
         for reply in replies.dropFirst() {
-            let bucket = counts(fields(reply))
+            let bucket = counts(reply.hashFields)
             health.lastHour.matched += bucket.matched
             health.lastHour.delivered += bucket.delivered
             health.lastHour.deadLettered += bucket.deadLettered

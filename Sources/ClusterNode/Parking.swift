@@ -188,9 +188,23 @@ final class TargetParking: DeliveryParking {
             ParkingMetrics.refused["unavailable"]?.increment()
             throw ParkingRefused(description: "RabbitMQ did not take the parked messages: \(error)")
         }
-        // The record may have gone while they were on their way (a drainer saw the queue empty first).
-        if (try? await ledger.confirm(subscription: subscription, project: project, count: messages.count, bytes: bytes, owner: owner)) == true {
-            logger.warning("parked messages arrived after their subscription's record went; recorded again", metadata: ["subscription": "\(subscription)"])
+        // The record may have gone while they were on their way (a drainer saw the queue empty
+        // first): it is written again, so that they are never left in a queue nobody retries.
+        // Tried a few times: this is the one step that brings such a record back.
+        for attempt in 0..<5 {
+            do {
+                if try await ledger.confirm(subscription: subscription, project: project, count: messages.count, bytes: bytes, owner: owner) {
+                    logger.warning("parked messages arrived after their subscription's record went; recorded again", metadata: ["subscription": "\(subscription)"])
+                }
+                break
+            } catch {
+                if attempt == 4 {
+                    logger.error("cannot confirm parked messages in Redis; if their record went meanwhile, they wait until the subscription parks again", metadata: [
+                        "subscription": "\(subscription)", "error": "\(error)",
+                    ])
+                }
+                try? await Task.sleep(for: .milliseconds(200 * (attempt + 1)))
+            }
         }
         if failed {
             logger.warning("parked messages of a failing target", metadata: [
@@ -465,8 +479,9 @@ final class ParkingDrainer: Sendable {
         let started = ContinuousClock.now
         var closing = false
         while !Task.isCancelled {
-            // A subscription whose messages keep coming must not keep the slot from the others.
-            if !closing, ContinuousClock.now - started >= settings.drainSession {
+            // A subscription whose messages keep coming must not keep the slot from the others
+            // (closing or not: a closing another node reopened would otherwise never end).
+            if ContinuousClock.now - started >= settings.drainSession {
                 try? await ledger.finished(subscription: subscriptionID, node: owner, delay: .zero)
                 return false
             }

@@ -21,14 +21,6 @@ public struct ParkingNotNeeded: Error, Sendable {
     public init() {}
 }
 
-/// Where a lane moves the messages of a target that keeps failing, so that they stop holding
-/// the partition they came from (and every other tenant's events behind it): durable parking
-/// that retries them later (`herald node`: a RabbitMQ queue per subscription, docs/pipeline.md).
-///
-/// The batcher parks a batch after `DeliveryConfiguration.attemptsBeforeParking` failed attempts
-/// (5xx, 429, timeouts, connection errors, and 401/403 from a trust that may come back), and
-/// parks at once every message of a subscription that `isParked` says is parked, so that new
-/// messages queue behind the parked ones instead of overtaking them.
 /// Each subscription's life as its owner sees it (`SubscriptionStats` in a node): told of every
 /// message delivered or dead-lettered and of the first failure of each failing spell. Called on
 /// the delivery path: it must only count, never wait.
@@ -38,6 +30,14 @@ public protocol DeliveryActivity: Sendable {
     func failed(_ subscriptionIDs: Set<String>, error: String)
 }
 
+/// Where a lane moves the messages of a target that keeps failing, so that they stop holding
+/// the partition they came from (and every other tenant's events behind it): durable parking
+/// that retries them later (`herald node`: a RabbitMQ queue per subscription, docs/pipeline.md).
+///
+/// The batcher parks a batch after `DeliveryConfiguration.attemptsBeforeParking` failed attempts
+/// (5xx, 429, timeouts, connection errors, and 401/403 from a trust that may come back), and
+/// parks at once every message of a subscription that `isParked` says is parked, so that new
+/// messages queue behind the parked ones instead of overtaking them.
 public protocol DeliveryParking: Sendable {
     /// Whether this subscription has messages parked now (a cheap, local answer).
     func isParked(_ subscriptionID: String) -> Bool

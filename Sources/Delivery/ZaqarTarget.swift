@@ -149,21 +149,20 @@ public enum ZaqarMessageEncoding {
         }
 
         /// From a notification: `source` is `/openstack/` and the service that published it (its
-        /// `publisher_id` up to the first dot, `compute` of `compute.host1`; else the event type's
-        /// first word), percent-encoded; `time` its `timestamp` (or a Ceilometer event's
-        /// `generated`), which oslo writes as `2024-05-01 12:00:00.123456` in UTC.
+        /// `publisher_id` up to the first character that is not a letter, digit, `-` or `_`:
+        /// `compute` of `compute.host1`, `nova-compute` of nova's `nova-compute:cmp-3.example.org`,
+        /// so the host never shows; else the event type's first word); `time` its `timestamp` (or a
+        /// Ceilometer event's `generated`), which oslo writes as `2024-05-01 12:00:00.123456` in UTC.
         public static func of(eventType: String, messageID: String, publisherID: String?, timestamp: String?, resourceID: String?) -> CloudEventAttributes {
-            // Up to the first dot, never past it (".host" has no service; the host stays out).
-            func first(_ text: String) -> String? {
-                text.split(separator: ".", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init).flatMap { $0.isEmpty ? nil : $0 }
+            func service(_ text: String) -> String? {
+                let name = text.utf8.prefix { byte in
+                    (0x30...0x39).contains(byte) || (0x41...0x5A).contains(byte) || (0x61...0x7A).contains(byte) || byte == 0x2D || byte == 0x5F
+                }.prefix(64)
+                return name.isEmpty ? nil : String(decoding: name, as: UTF8.self)
             }
-            let service = publisherID.flatMap(first) ?? first(eventType) ?? "unknown"
-            let safe = service.prefix(64).addingPercentEncoding(withAllowedCharacters: unreserved) ?? "unknown"
-            return CloudEventAttributes(id: messageID, source: "/openstack/" + safe, type: eventType, time: timestamp.flatMap(rfc3339), subject: resourceID)
+            let name = publisherID.flatMap(service) ?? service(eventType) ?? "unknown"
+            return CloudEventAttributes(id: messageID, source: "/openstack/" + name, type: eventType, time: timestamp.flatMap(rfc3339), subject: resourceID)
         }
-
-        /// RFC 3986's unreserved characters (ASCII only): everything else is percent-encoded.
-        static let unreserved = CharacterSet(charactersIn: "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 
         /// `2024-05-01 12:00:00.123456` (oslo, UTC), `2024-05-01T12:00:00Z` or with an offset, as
         /// RFC 3339; nil for anything else.
@@ -173,6 +172,10 @@ public enum ZaqarMessageEncoding {
             func digits(_ range: Range<Int>) -> Bool { range.allSatisfy { (48...57).contains(bytes[$0]) } }
             guard digits(0..<4), bytes[4] == 45, digits(5..<7), bytes[7] == 45, digits(8..<10),
                   bytes[10] == 32 || bytes[10] == 84, digits(11..<13), bytes[13] == 58, digits(14..<16), bytes[16] == 58, digits(17..<19)
+            else { return nil }
+            // A date and time that exist (a leap second allowed), or none: strict readers refuse the whole event otherwise.
+            func number(_ range: Range<Int>) -> Int { range.reduce(0) { $0 * 10 + Int(bytes[$1] - 48) } }
+            guard (1...12).contains(number(5..<7)), (1...31).contains(number(8..<10)), number(11..<13) <= 23, number(14..<16) <= 59, number(17..<19) <= 60
             else { return nil }
             var index = 19
             if index < bytes.count, bytes[index] == 46 {
@@ -187,7 +190,8 @@ public enum ZaqarMessageEncoding {
                 if rest == [90] {
                     zone = ""
                 } else if rest.count == 6, rest[0] == 43 || rest[0] == 45, (48...57).contains(rest[1]), (48...57).contains(rest[2]), rest[3] == 58,
-                          (48...57).contains(rest[4]), (48...57).contains(rest[5]) {
+                          (48...57).contains(rest[4]), (48...57).contains(rest[5]), Int(rest[1] - 48) * 10 + Int(rest[2] - 48) <= 23,
+                          Int(rest[4] - 48) * 10 + Int(rest[5] - 48) <= 59 {
                     zone = ""
                 } else {
                     return nil

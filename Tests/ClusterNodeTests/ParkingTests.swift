@@ -398,6 +398,10 @@ struct ParkingTests {
             for owner in owners { _ = try await redis.send("SET", prefix + "alive:" + owner, "n", "PX", 600_000) }
         }
         func dies(_ owner: String) async throws { _ = try await redis.send("DEL", prefix + "alive:" + owner) }
+        /// Its `alive:` key has been missing for longer than the grace, as a record remembers it.
+        func goneLongAgo(_ owner: String, from subscription: String) async throws {
+            _ = try await redis.send("HSET", prefix + "park:" + subscription, "gone:" + owner, 0)
+        }
         func reserve(_ subscription: String, _ count: Int, owner: String) async throws -> ParkingLedger.Reservation {
             try await ledger.reserve(subscription: subscription, project: "p1", count: count, projectMax: 1000, subscriptionMax: 1000, delay: .zero, error: "503", owner: owner)
         }
@@ -409,6 +413,10 @@ struct ParkingTests {
         #expect(try await ledger.observeEmpty(subscription: "s1", node: "b#1", window: .seconds(3600), delay: .zero) == .waiting)
         try await dies("a#1")
         #expect(try await ledger.claimDue(node: "b#1", lease: .seconds(60), limit: 10).contains("s1"))
+        #expect(try await ledger.observeEmpty(subscription: "s1", node: "b#1", window: .seconds(3600), delay: .zero) == .waiting,
+                "a key just missing may be a live process' lapse (a slow beat, a failover): not taken for death yet")
+        try await goneLongAgo("a#1", from: "s1")
+        #expect(try await ledger.claimDue(node: "b#1", lease: .seconds(60), limit: 10).contains("s1"))
         #expect(try await ledger.observeEmpty(subscription: "s1", node: "b#1", window: .seconds(3600), delay: .zero) == .reconciled(count: 10))
         #expect(try await ledger.parkedSubscriptions().contains("s1") == false, "unparked")
 
@@ -416,9 +424,16 @@ struct ParkingTests {
         guard case .reserved = try await reserve("s2", 5, owner: "c#1") else { Issue.record("s2 reserved"); return }
         #expect(try await ledger.confirm(subscription: "s2", project: "p1", count: 5, owner: "c#1") == false)
         try await dies("c#1")
+        try await goneLongAgo("c#1", from: "s2")
         #expect(try await ledger.claimDue(node: "b#1", lease: .seconds(60), limit: 10).contains("s2"))
         #expect(try await ledger.observeEmpty(subscription: "s2", node: "b#1", window: .seconds(3600), delay: .zero) == .waiting)
         #expect(try await ledger.state(subscription: "s2")?.count == 5)
+
+        // A live process' reservation that no confirm followed for two minutes is stale.
+        guard case .reserved = try await reserve("s6", 3, owner: "b#1") else { Issue.record("s6 reserved"); return }
+        _ = try await redis.send("HSET", prefix + "park:s6", "pending-at:b#1", Int64(Date().timeIntervalSince1970 * 1000) - 121_000)
+        #expect(try await ledger.claimDue(node: "f#1", lease: .seconds(60), limit: 10).contains("s6"))
+        #expect(try await ledger.observeEmpty(subscription: "s6", node: "f#1", window: .seconds(3600), delay: .zero) == .reconciled(count: 3))
 
         // Refused by the broker: uncounted by its own process.
         guard case .reserved = try await reserve("s3", 4, owner: "b#1") else { Issue.record("s3 reserved"); return }
@@ -433,6 +448,8 @@ struct ParkingTests {
         #expect(try await ledger.close(subscription: "s4", node: "d#1"))
         #expect(try await reserve("s4", 1, owner: "b#1") == .closing)
         try await dies("d#1")
+        #expect(try await reserve("s4", 1, owner: "b#1") == .closing, "a lapse is not a death")
+        try await goneLongAgo("d#1", from: "s4")
         guard case .reserved = try await reserve("s4", 1, owner: "b#1") else { Issue.record("a dead claimer's closing holds no message"); return }
 
         // A claim is another node's until its lease runs out, or at once when its holder died.
@@ -440,6 +457,8 @@ struct ParkingTests {
         #expect(try await ledger.claimDue(node: "e#1", lease: .seconds(60), limit: 10).contains("s5"))
         #expect(try await ledger.claimDue(node: "f#1", lease: .seconds(60), limit: 10).contains("s5") == false, "e#1 holds it")
         try await dies("e#1")
+        #expect(try await ledger.claimDue(node: "f#1", lease: .seconds(60), limit: 10).contains("s5") == false, "e#1's key lapsed: not dead yet")
+        try await goneLongAgo("e#1", from: "s5")
         #expect(try await ledger.claimDue(node: "f#1", lease: .seconds(60), limit: 10).contains("s5"), "e#1 died")
         #expect(try await ledger.state(subscription: "s5")?.claimedBy == "f#1")
     }
@@ -460,6 +479,8 @@ struct ParkingTests {
         ) else { Issue.record("reserved"); return }
         #expect(try await rig.ledger.claimDue(node: dead, lease: .seconds(600), limit: 10) == [subscription.id])
         #expect(try await rig.ledger.close(subscription: subscription.id, node: dead))
+        // Its liveness key has been missing past the grace (the record remembers since when).
+        _ = try await rig.redis.send("HSET", rig.prefix + "park:" + subscription.id, "gone:" + dead, 0)
         await rig.drainer.refresh(gauges: false)
         #expect(rig.parking.isParked(subscription.id))
 

@@ -27,18 +27,26 @@ struct SubscriptionStatsTests {
         #expect(two.total == SubscriptionStats.Counts(matched: 1) && two.lastDeliveredAt == nil && two.lastError == nil)
         #expect(try await stats.health(subscription: "none") == SubscriptionStats.Health())
 
-        // Counted two hours ago: in no last hour.
-        let minute = Int64(Date().timeIntervalSince1970) / 60 - 120
-        _ = try await redis.send("HSET", prefix + "stats-min:s2:\(minute)", "delivered", 5)
+        // A slot last used two hours ago (another slot than now's, so that this flush leaves it)
+        // is in no last hour; its counts are in the total as they were when counted.
+        let minute = Int64(Date().timeIntervalSince1970) / 60
+        let old = (minute + 30) % 60
+        _ = try await redis.send("HSET", prefix + "stats:s2", "s\(old)", minute - 90, "s\(old):d", 5)
         stats.count(["s2"], \.delivered)
         try await stats.flush()
         let later = try await stats.health(subscription: "s2")
         #expect(later.lastHour.delivered == 1 && later.total.delivered == 1)
+        #expect(try await redis.send("EXISTS", prefix + "stats-min:s2:\(minute)").integer == 0, "one key per subscription")
 
         let small = SubscriptionStats(redis: redis, keyPrefix: prefix, maxPending: 2)
         small.count(["a", "b", "c", "a"], \.matched)
         #expect(small.droppedSubscriptions == 1)
         #expect(try await small.flush() == 2)
+        #expect(small.droppedSubscriptions == 1, "since the start, not since the last flush")
+        stats.failed(["s3"], error: "line\nbreak\u{7}" + String(repeating: "e", count: 1000))
+        try await stats.flush()
+        let cleaned = try #require(try await stats.health(subscription: "s3").lastError)
+        #expect(cleaned.count <= 301 && !cleaned.contains("\n") && !cleaned.contains("\u{7}"), "\(cleaned.prefix(40))")
         #expect(try await small.health(subscription: "a").total.matched == 2)
     }
 

@@ -70,13 +70,19 @@ struct DeliveryPolicyTests {
         #expect(Attributes.rfc3339("2026-12-05T04:10:00Z") == "2026-12-05T04:10:00Z")
         #expect(Attributes.rfc3339("2026-12-05T04:10:00+02:00") == "2026-12-05T04:10:00+02:00")
         for bad in ["", "yesterday", "2026-12-05", "2026-12-05 04:10", "2026-12-05 04:10:00.", "2026-12-05 04:10:00.1234567890",
-                    "2026-12-05 04:10:00 UTC", "2026-12-05x04:10:00", "2026-12-05 04:10:00+2", String(repeating: "9", count: 5000)] {
+                    "2026-12-05 04:10:00 UTC", "2026-12-05x04:10:00", "2026-12-05 04:10:00+2", String(repeating: "9", count: 5000),
+                    "2024-13-45 99:99:99", "2024-00-01 00:00:00", "2024-01-00 00:00:00", "2024-01-01 24:00:00", "2024-01-01 00:60:00",
+                    "2024-01-01 00:00:61", "2024-01-01T00:00:00+24:00", "2024-01-01T00:00:00+01:60"] {
             #expect(Attributes.rfc3339(bad) == nil, "\(bad.prefix(40))")
         }
         #expect(Attributes.of(eventType: "compute.instance.update", messageID: "m", publisherID: "compute.cmp-17", timestamp: nil, resourceID: nil).source == "/openstack/compute")
         #expect(Attributes.of(eventType: "volume.create.end", messageID: "m", publisherID: nil, timestamp: nil, resourceID: nil).source == "/openstack/volume")
+        #expect(Attributes.rfc3339("2024-12-31 23:59:60") == "2024-12-31T23:59:60Z", "a leap second")
         #expect(Attributes.of(eventType: "port.create.end", messageID: "m", publisherID: ".host", timestamp: nil, resourceID: nil).source == "/openstack/port")
-        #expect(Attributes.of(eventType: "x", messageID: "m", publisherID: "caf\u{e9} /?#.h", timestamp: nil, resourceID: nil).source == "/openstack/caf%C3%A9%20%2F%3F%23")
+        #expect(Attributes.of(eventType: "x", messageID: "m", publisherID: "nova-compute:cmp-3.example.org", timestamp: nil, resourceID: nil).source == "/openstack/nova-compute",
+                "nova's versioned publisher: the service, not the host")
+        #expect(Attributes.of(eventType: "x", messageID: "m", publisherID: ":cmp-3", timestamp: nil, resourceID: nil).source == "/openstack/x")
+        #expect(Attributes.of(eventType: "x", messageID: "m", publisherID: "caf\u{e9} /?#.h", timestamp: nil, resourceID: nil).source == "/openstack/caf")
         #expect(Attributes.of(eventType: "x", messageID: "m", publisherID: String(repeating: "a", count: 10_000), timestamp: nil, resourceID: nil).source.count == "/openstack/".count + 64)
 
         let attributes = Attributes.of(eventType: "compute.\"instance\\", messageID: "id\u{0}\n", publisherID: "compute.h", timestamp: "2026-12-05 04:10:00", resourceID: "r\"")

@@ -40,7 +40,7 @@ extension PipelineSuites {
                 lines.append(["exchange": "nova", "driver": "messagingv2", "event_type": "compute.instance.create.end", "publisher_id": "compute.cmp-\(index)",
                               "payload": ["tenant_id": Self.project, "instance_id": server, "host": "cmp-\(index)", "node": "cmp-\(index).example", "state": "active", "seq": index]])
             }
-            lines.append(["exchange": "cinder", "driver": "messagingv2", "event_type": "volume.create.end", "publisher_id": "volume.vol-host@lvm",
+            lines.append(["exchange": "cinder", "driver": "messagingv2", "event_type": "volume.create.end", "publisher_id": "volume:vol-host@lvm",
                           "payload": ["tenant_id": Self.project, "volume_id": "vol-1", "size": 10, "host": "vol-host@lvm#pool", "seq": 10]])
             lines.append(["exchange": "nova", "driver": "messagingv2", "event_type": "compute.instance.update", "publisher_id": "comp ute/\u{e9}\"x.cmp-9",
                           "project": Self.project, "payload": ["tenant_id": Self.project, "instance_id": servers[0], "seq": 11, "note": "quote \" and \\ and \u{2603}"]])
@@ -97,7 +97,7 @@ extension PipelineSuites {
                     #expect(event["source"] as? String == "/openstack/compute", "the service, never the host")
                     #expect(event["subject"] as? String == servers[seq])
                 case 10: #expect(event["source"] as? String == "/openstack/volume")
-                default: #expect(event["source"] as? String == "/openstack/comp%20ute%2F%C3%A9%22x", "percent-encoded")
+                default: #expect(event["source"] as? String == "/openstack/comp", "up to the first character a service name does not hold")
                 }
             }
         }

@@ -70,14 +70,14 @@ typedef struct {
     herald_bytes text;
 } herald_json_value;
 
-/// The value at `pointer` (RFC 6901, e.g. `/payload/state`) in the JSON document at `data`;
-/// returns 0 when found, 1 when not (or not JSON).
 /// The value at `pointer` (an RFC 6901 JSON pointer) as its JSON text, byte for byte as it
 /// stands in the document (a string with its quotes and escapes); valid until the scanner's
 /// next use. 0 when found.
 int herald_lookup_raw(herald_scanner *scanner, const uint8_t *data, size_t length, const char *pointer, size_t pointer_length,
                       herald_bytes *out);
 
+/// The value at `pointer` (RFC 6901, e.g. `/payload/state`) in the JSON document at `data`;
+/// returns 0 when found, 1 when not (or not JSON).
 int herald_lookup(herald_scanner *scanner, const uint8_t *data, size_t length, const char *pointer, size_t pointer_length,
                   herald_json_value *out);
 

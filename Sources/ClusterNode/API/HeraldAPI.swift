@@ -293,6 +293,7 @@ struct HeraldAPI: Sendable {
         var result = TestEventResult(delivered: false, eventID: UUID().uuidString.lowercased(), queue: target.queue, zaqarURL: target.baseURL)
         if let endpoints = services.endpoints, !endpoints.permits(target.baseURL) {
             result.error = "the subscription's Zaqar endpoint is not one the operator allows (HERALD_ZAQAR_ALLOWED_URLS); nothing was sent"
+            audit("test", caller, outcome: "failure", detail: "subscription \(subscription.id): endpoint not allowed, nothing sent", context: context)
             return try APIJSON.response(result)
         }
         let message = TestEvent.message(for: subscription, eventID: result.eventID, requestedBy: caller.userID)

@@ -299,7 +299,10 @@ final class KeystoneClient: Sendable {
             try Self.setJSON(&request, ["auth": ["identity": passwordIdentity, "scope": ["OS-TRUST:trust": ["id": trust]]]])
             answer = try await send(request)
         } catch {
-            throw .unavailable(error.description)
+            // The detail (Keystone's internal address) is the operator's; the subscriber's health
+            // shows this error, so it says only what failed.
+            logger.warning("cannot get a token for a trust", metadata: ["keystone.trust": "\(trust)", "error": "\(error.description)"])
+            throw .unavailable("Keystone could not be reached for a token of trust \(trust)")
         }
         let (status, body, headers) = answer
         guard status == 201, let token = headers.first(name: "X-Subject-Token") else {

@@ -10,12 +10,15 @@
 ///
 /// Nodes are named here by their process identity (`<node>#<incarnation>`, the coordinator's
 /// owner), so that what a dead process left behind is known as such: its `alive:<owner>` key
-/// (the coordinator's, a 1.5 s TTL) is gone. A count it reserved and never published, a
-/// `closing` it set and a claim it held then stop holding the subscription.
+/// (the coordinator's, a 1.5 s TTL) stays missing for 10 s (`graceMilliseconds`; one lapse of
+/// a live process is not its death). A count it reserved and never published, a `closing` it
+/// set and a claim it held then stop holding the subscription; so does a reservation of a live
+/// process that no confirm followed for 2 minutes.
 ///
 /// Keys (under the prefix): `park:<subscription>` (hash: count, project, since, attempts, next,
-/// error, claimed, bytes, empty_since, closing, and `pending:<owner>`: messages that owner
-/// counted and has not yet seen confirmed by the broker), `park-due` (sorted set: subscription by its next attempt,
+/// error, claimed, bytes, empty_since, closing, `pending:<owner>`: messages that owner counted
+/// and has not yet seen confirmed by the broker, `pending-at:<owner>`: its latest reservation,
+/// `gone:<owner>`: when its `alive:` key was first seen missing), `park-due` (sorted set: subscription by its next attempt,
 /// Redis time in ms), `park-projects` and `park-project-bytes` (hash: project → messages and
 /// bytes parked, for the per-project bounds),
 /// `park-failing:<subscription>` (a lane's recent failure, expiring).
@@ -51,6 +54,34 @@ public final class ParkingLedger: Sendable {
     local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
     """#
 
+    /// Whether a process named in a record is gone: its `alive:` key missing, and missing when
+    /// looked at `grace` ms before too (a mark `gone:<owner>` in the record remembers the first
+    /// time). The coordinator writes the key again on its next beat, so one lapse of a live
+    /// process (a slow beat, a Redis failover) is not taken for its death.
+    private static let gone = #"""
+    local function gone(p, key, owner, now, grace)
+      local mark = 'gone:' .. owner
+      if redis.call('EXISTS', p .. 'alive:' .. owner) == 1 then
+        redis.call('HDEL', key, mark)
+        return false
+      end
+      local since = tonumber(redis.call('HGET', key, mark) or '-1')
+      if since < 0 then
+        if redis.call('EXISTS', key) == 1 then redis.call('HSET', key, mark, now) end
+        return false
+      end
+      return now - since >= grace
+    end
+    """#
+
+    /// How long a process' `alive:` key must stay missing before what it left in a record is
+    /// taken as a dead process' (ms): twice the coordinator's member deadline.
+    static let graceMilliseconds = 10_000
+
+    /// A reservation not confirmed within this long (ms) is stale, whoever made it: its publish
+    /// has long failed or ended, and the confirm or unreserve that should have followed was lost.
+    static let staleReservationMilliseconds = 120_000
+
     /// Takes a subscription's record out with its share of the project's counters.
     private static let drop = #"""
     local function drop(p, sub, key)
@@ -66,8 +97,8 @@ public final class ParkingLedger: Sendable {
     end
     """#
 
-    private static let reserve = RedisScript(clock + "\n" + #"""
-    local p, sub, project, n, pmax, smax, delay, err, bytes, bmax, onlyIfParked, owner = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10]), ARGV[11], ARGV[12]
+    private static let reserve = RedisScript(clock + "\n" + gone + "\n" + #"""
+    local p, sub, project, n, pmax, smax, delay, err, bytes, bmax, onlyIfParked, owner, grace = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10]), ARGV[11], ARGV[12], tonumber(ARGV[13])
     local key = p .. 'park:' .. sub
     if onlyIfParked == '1' and redis.call('EXISTS', key) == 0 then return {-5, 0} end
     local used = tonumber(redis.call('HGET', p .. 'park-projects', project) or '0')
@@ -79,7 +110,7 @@ public final class ParkingLedger: Sendable {
     if redis.call('HGET', key, 'closing') == '1' then
       -- Closed by a claimer still alive: wait for it. Closed by one that died: open again.
       local claimer = redis.call('HGET', key, 'claimed') or ''
-      if claimer ~= '' and redis.call('EXISTS', p .. 'alive:' .. claimer) == 1 then return {-4, 0} end
+      if claimer ~= '' and not gone(p, key, claimer, now, grace) then return {-4, 0} end
       redis.call('HDEL', key, 'closing')
     end
     if redis.call('EXISTS', key) == 0 then
@@ -91,7 +122,10 @@ public final class ParkingLedger: Sendable {
     redis.call('HINCRBY', p .. 'park-project-bytes', project, bytes)
     redis.call('HINCRBY', key, 'bytes', bytes)
     redis.call('HINCRBY', key, 'count', n)
-    if owner ~= '' then redis.call('HINCRBY', key, 'pending:' .. owner, n) end
+    if owner ~= '' then
+      redis.call('HINCRBY', key, 'pending:' .. owner, n)
+      redis.call('HSET', key, 'pending-at:' .. owner, now)
+    end
     return {0, now}
     """#)
 
@@ -110,7 +144,7 @@ public final class ParkingLedger: Sendable {
     ) async throws -> Reservation {
         let reply = try await redis.evalSHA(Self.reserve, arguments: [
             prefix, subscription, project, count, projectMax, subscriptionMax, Int(max(0, delay.milliseconds)), String(error.prefix(300)), bytes, projectMaxBytes,
-            onlyIfParked ? "1" : "0", owner,
+            onlyIfParked ? "1" : "0", owner, Self.graceMilliseconds,
         ])
         guard let items = reply.array, items.count == 2, let first = items[0].integer, let second = items[1].integer else {
             throw CoordinationError(.unexpectedReply, "the parking script answered \(reply)")
@@ -130,7 +164,7 @@ public final class ParkingLedger: Sendable {
     local key = p .. 'park:' .. sub
     if redis.call('EXISTS', key) == 1 then
       if owner ~= '' and redis.call('HEXISTS', key, 'pending:' .. owner) == 1 then
-        if redis.call('HINCRBY', key, 'pending:' .. owner, -n) <= 0 then redis.call('HDEL', key, 'pending:' .. owner) end
+        if redis.call('HINCRBY', key, 'pending:' .. owner, -n) <= 0 then redis.call('HDEL', key, 'pending:' .. owner, 'pending-at:' .. owner) end
       end
       return 0
     end
@@ -155,7 +189,7 @@ public final class ParkingLedger: Sendable {
     local p, sub, owner, n = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
     local key = p .. 'park:' .. sub
     if owner ~= '' and redis.call('HEXISTS', key, 'pending:' .. owner) == 1 then
-      if redis.call('HINCRBY', key, 'pending:' .. owner, -n) <= 0 then redis.call('HDEL', key, 'pending:' .. owner) end
+      if redis.call('HINCRBY', key, 'pending:' .. owner, -n) <= 0 then redis.call('HDEL', key, 'pending:' .. owner, 'pending-at:' .. owner) end
     end
     return 1
     """#)
@@ -194,8 +228,8 @@ public final class ParkingLedger: Sendable {
         return Int(left)
     }
 
-    private static let claim = RedisScript(clock + "\n" + #"""
-    local p, node, lease, limit = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+    private static let claim = RedisScript(clock + "\n" + gone + "\n" + #"""
+    local p, node, lease, limit, grace = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
     local due = redis.call('ZRANGEBYSCORE', p .. 'park-due', '-inf', now, 'LIMIT', 0, limit)
     -- Claims whose holder died: taken at once rather than when their lease runs out (the
     -- soonest 100 of the claimed or waiting ones are looked at, a bounded scan).
@@ -204,7 +238,7 @@ public final class ParkingLedger: Sendable {
       for _, sub in ipairs(later) do
         if #due >= limit then break end
         local holder = redis.call('HGET', p .. 'park:' .. sub, 'claimed') or ''
-        if holder ~= '' and holder ~= node and redis.call('EXISTS', p .. 'alive:' .. holder) == 0 then table.insert(due, sub) end
+        if holder ~= '' and holder ~= node and gone(p, p .. 'park:' .. sub, holder, now, grace) then table.insert(due, sub) end
       end
     end
     for _, sub in ipairs(due) do
@@ -218,7 +252,7 @@ public final class ParkingLedger: Sendable {
     /// process that died (its `alive:` key went), for `lease`: no other node takes them until the
     /// lease passes or the claimer dies; only the claimer may reschedule them meanwhile.
     public func claimDue(node: String, lease: Duration, limit: Int) async throws -> [String] {
-        let reply = try await redis.evalSHA(Self.claim, arguments: [prefix, node, Int(lease.milliseconds), limit])
+        let reply = try await redis.evalSHA(Self.claim, arguments: [prefix, node, Int(lease.milliseconds), limit, Self.graceMilliseconds])
         return reply.array?.compactMap(\.string) ?? []
     }
 
@@ -311,26 +345,29 @@ public final class ParkingLedger: Sendable {
         case reconciled(count: Int)
     }
 
-    private static let observeEmpty = RedisScript(clock + "\n" + drop + "\n" + #"""
-    local p, sub, node, window, delay = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+    private static let observeEmpty = RedisScript(clock + "\n" + drop + "\n" + gone + "\n" + #"""
+    local p, sub, node, window, delay, grace, stale = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
     local key = p .. 'park:' .. sub
     if redis.call('EXISTS', key) == 0 then return {1, 0} end
     local claimed = redis.call('HGET', key, 'claimed') or ''
     if claimed ~= node and claimed ~= '' then return {2, 0} end
     local project = redis.call('HGET', key, 'project')
     local count = tonumber(redis.call('HGET', key, 'count') or '0')
-    -- Reservations by processes that are gone will never be published: uncounted now.
+    -- Reservations by processes that are gone, or that no confirm followed for long, will
+    -- never be published: uncounted now.
     local fields = redis.call('HGETALL', key)
     local live, dropped = 0, 0
     for i = 1, #fields, 2 do
       local field = fields[i]
       if string.sub(field, 1, 8) == 'pending:' then
+        local owner = string.sub(field, 9)
         local n = tonumber(fields[i + 1]) or 0
-        if redis.call('EXISTS', p .. 'alive:' .. string.sub(field, 9)) == 1 then
-          live = live + math.max(n, 0)
-        else
-          redis.call('HDEL', key, field)
+        local at = tonumber(redis.call('HGET', key, 'pending-at:' .. owner) or '0')
+        if now - at >= stale or gone(p, key, owner, now, grace) then
+          redis.call('HDEL', key, field, 'pending-at:' .. owner, 'gone:' .. owner)
           dropped = dropped + math.max(n, 0)
+        else
+          live = live + math.max(n, 0)
         end
       end
     end
@@ -382,7 +419,9 @@ public final class ParkingLedger: Sendable {
     /// publishes under way, and drops any count beyond what live processes are publishing once
     /// the queue stayed empty for `window`.
     public func observeEmpty(subscription: String, node: String, window: Duration, delay: Duration) async throws -> EmptyQueue {
-        let reply = try await redis.evalSHA(Self.observeEmpty, arguments: [prefix, subscription, node, Int(window.milliseconds), Int(max(0, delay.milliseconds))])
+        let reply = try await redis.evalSHA(Self.observeEmpty, arguments: [
+            prefix, subscription, node, Int(window.milliseconds), Int(max(0, delay.milliseconds)), Self.graceMilliseconds, Self.staleReservationMilliseconds,
+        ])
         guard let items = reply.array, items.count == 2, let code = items[0].integer, let count = items[1].integer else {
             throw CoordinationError(.unexpectedReply, "the parking script answered \(reply)")
         }

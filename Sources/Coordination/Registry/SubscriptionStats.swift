@@ -1,4 +1,5 @@
 import Foundation
+import HeraldModel
 import Synchronization
 
 /// Each subscription's recent life, for its owner: events matched, delivered and dead-lettered
@@ -6,10 +7,12 @@ import Synchronization
 ///
 /// Nodes count in memory (a lock and a dictionary add on the delivery path) and write what
 /// they counted once a second (`flush`, one script call per 500 subscriptions), so the hot path
-/// never waits on Redis; a flush that fails keeps its counts for the next one. Keys (under the
-/// prefix): `stats:<subscription>` (hash: matched, delivered, dead_lettered, last_delivered_at,
-/// last_error, last_error_at; Redis time in ms; kept 30 days after the last write) and
-/// `stats-min:<subscription>:<minute>` (hash: matched, delivered, dead_lettered; kept 65 minutes).
+/// never waits on Redis; a flush that fails keeps its counts for the next one. One key per
+/// subscription (under the prefix): `stats:<subscription>`, a hash kept 30 days after its last
+/// write: matched, delivered, dead_lettered, last_delivered_at, last_error, last_error_at (Redis
+/// time in ms), and 60 minute slots (`s<minute % 60>` = the minute it counts, `s<n>:m`, `:d`,
+/// `:x`), a slot reset when a new minute reuses it: the last hour is the slots of the last 60
+/// minutes, at most 245 small fields per subscription.
 public final class SubscriptionStats: Sendable {
     /// Counts of one subscription.
     public struct Counts: Sendable, Equatable {
@@ -67,9 +70,10 @@ public final class SubscriptionStats: Sendable {
         }
     }
 
-    /// A delivery to these subscriptions' target failed (the first failure of a spell).
+    /// A delivery to these subscriptions' target failed (the first failure of a spell). The text
+    /// is shown to the subscription's project: control characters go, at most 300 characters.
     public func failed(_ subscriptionIDs: some Sequence<String>, error: String) {
-        let error = String(error.prefix(300))
+        let error = SafeText.clean(error, limit: 300)
         pending.withLock { pending in
             for id in subscriptionIDs where pending.errors[id] != nil || pending.errors.count < maxPending {
                 pending.errors[id] = error
@@ -86,17 +90,19 @@ public final class SubscriptionStats: Sendable {
     while i + 4 <= #ARGV do
       local sub, matched, delivered, dead, err = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), ARGV[i + 4]
       local key = p .. 'stats:' .. sub
-      local bucket = p .. 'stats-min:' .. sub .. ':' .. minute
-      for field, n in pairs({matched = matched, delivered = delivered, dead_lettered = dead}) do
-        if n > 0 then
-          redis.call('HINCRBY', key, field, n)
-          redis.call('HINCRBY', bucket, field, n)
+      local slot = 's' .. (minute % 60)
+      if tonumber(redis.call('HGET', key, slot) or '-1') ~= minute then
+        redis.call('HSET', key, slot, minute, slot .. ':m', 0, slot .. ':d', 0, slot .. ':x', 0)
+      end
+      for _, counted in ipairs({{'matched', matched, ':m'}, {'delivered', delivered, ':d'}, {'dead_lettered', dead, ':x'}}) do
+        if counted[2] > 0 then
+          redis.call('HINCRBY', key, counted[1], counted[2])
+          redis.call('HINCRBY', key, slot .. counted[3], counted[2])
         end
       end
       if delivered > 0 then redis.call('HSET', key, 'last_delivered_at', now) end
       if err ~= '' then redis.call('HSET', key, 'last_error', err, 'last_error_at', now) end
       redis.call('PEXPIRE', key, 2592000000)
-      if redis.call('EXISTS', bucket) == 1 then redis.call('PEXPIRE', bucket, 3900000) end
       i = i + 5
     end
     return 1
@@ -107,7 +113,7 @@ public final class SubscriptionStats: Sendable {
     @discardableResult
     public func flush() async throws -> Int {
         let taken = pending.withLock { pending -> Pending in
-            defer { pending = Pending() }
+            defer { pending = Pending(dropped: pending.dropped) }
             return pending
         }
         let ids = Set(taken.counts.keys).union(taken.errors.keys).sorted()
@@ -127,6 +133,11 @@ public final class SubscriptionStats: Sendable {
             let rest = ids.dropFirst(written)
             pending.withLock { pending in
                 for id in rest {
+                    // Still within the table's bound, as when they were counted.
+                    if pending.counts[id] == nil, pending.errors[id] == nil, max(pending.counts.count, pending.errors.count) >= maxPending {
+                        pending.dropped += 1
+                        continue
+                    }
                     if let counts = taken.counts[id] {
                         var merged = pending.counts[id] ?? Counts()
                         merged.matched += counts.matched
@@ -136,7 +147,6 @@ public final class SubscriptionStats: Sendable {
                     }
                     if let error = taken.errors[id], pending.errors[id] == nil { pending.errors[id] = error }
                 }
-                pending.dropped += taken.dropped
             }
             throw error
         }
@@ -147,35 +157,31 @@ public final class SubscriptionStats: Sendable {
     func pending(_ id: String) -> Counts? { pending.withLock { $0.counts[id] } }
     func pendingError(_ id: String) -> String? { pending.withLock { $0.errors[id] } }
 
-    /// Subscriptions whose counts were dropped because too many were pending (since the start).
+    /// Subscriptions whose counts were dropped because too many were pending (since the start;
+    /// a lost script answer may also count a flush twice: these counts are for people, not bills).
     public var droppedSubscriptions: Int { pending.withLock { $0.dropped } }
 
     /// One subscription's life: totals, the last hour (the current minute and the 59 before it,
     /// by Redis' clock), the last delivery and error.
     public func health(subscription: String) async throws -> Health {
-        let time = try await redis.send("TIME")
-        guard let seconds = time.array?.first?.string.flatMap({ Int64($0) }) else {
-            throw CoordinationError(.unexpectedReply, "TIME answered \(time)")
+        let replies = try await redis.pipeline([RedisCommand("TIME"), RedisCommand("HGETALL", prefix + "stats:" + subscription)])
+        guard let seconds = replies.first?.array?.first?.string.flatMap({ Int64($0) }) else {
+            throw CoordinationError(.unexpectedReply, "TIME answered \(replies.first ?? .null)")
         }
         let minute = seconds / 60
-        var commands = [RedisCommand("HGETALL", prefix + "stats:" + subscription)]
-        commands += (0..<60).map { RedisCommand("HGETALL", prefix + "stats-min:\(subscription):\(minute - Int64($0))") }
-        let replies = try await redis.pipeline(commands)
-        func counts(_ fields: [String: String]) -> Counts {
-            Counts(matched: fields["matched"].flatMap { Int($0) } ?? 0, delivered: fields["delivered"].flatMap { Int($0) } ?? 0,
-                   deadLettered: fields["dead_lettered"].flatMap { Int($0) } ?? 0)
+        let fields = replies.dropFirst().first?.hashFields ?? [:]
+        func number(_ key: String) -> Int { fields[key].flatMap { Int($0) } ?? 0 }
+        var health = Health(total: Counts(matched: number("matched"), delivered: number("delivered"), deadLettered: number("dead_lettered")))
+        for slot in 0..<60 {
+            guard let counted = fields["s\(slot)"].flatMap({ Int64($0) }), counted > minute - 60, counted <= minute else { continue }
+            health.lastHour.matched += number("s\(slot):m")
+            health.lastHour.delivered += number("s\(slot):d")
+            health.lastHour.deadLettered += number("s\(slot):x")
         }
-        let main = replies.first?.hashFields ?? [:]
-        var health = Health(total: counts(main))
-        for reply in replies.dropFirst() {
-            let bucket = counts(reply.hashFields)
-            health.lastHour.matched += bucket.matched
-            health.lastHour.delivered += bucket.delivered
-            health.lastHour.deadLettered += bucket.deadLettered
-        }
-        health.lastDeliveredAt = main["last_delivered_at"].flatMap { Int64($0) }
-        health.lastError = main["last_error"].flatMap { $0.isEmpty ? nil : $0 }
-        health.lastErrorAt = main["last_error_at"].flatMap { Int64($0) }
+        health.lastDeliveredAt = fields["last_delivered_at"].flatMap { Int64($0) }
+        health.lastError = fields["last_error"].flatMap { $0.isEmpty ? nil : $0 }
+        health.lastErrorAt = fields["last_error_at"].flatMap { Int64($0) }
         return health
     }
+
 }

@@ -1,16 +1,19 @@
 #!/usr/bin/env python3
 """Creates the service accounts the local servers need in the test Keystone (idempotent):
-keystone-setup.py KEYSTONE_URL ADMIN_PASSWORD SERVICE_PASSWORD
+keystone-setup.py KEYSTONE_URL ADMIN_PASSWORD SERVICE_PASSWORD [ZAQAR_URL]
 
 Project `service`; users `zaqar` (for the Keystone-protected Zaqar's keystonemiddleware)
 and `herald` (Herald's own service user), each with the `service` role there, which
-Keystone's default policy requires to validate other users' tokens. Standard library only."""
+Keystone's default policy requires to validate other users' tokens. With ZAQAR_URL, Zaqar
+in the catalog as OpenStack registers it: service `zaqar` of type `messaging`, public and
+internal endpoints in RegionOne. Standard library only."""
 import json
 import sys
 import urllib.error
 import urllib.request
 
 base, admin_password, service_password = sys.argv[1].rstrip("/") + "/v3", sys.argv[2], sys.argv[3]
+zaqar_url = sys.argv[4] if len(sys.argv) > 4 else None
 
 
 def call(method, path, token=None, body=None):
@@ -47,3 +50,10 @@ for user in ("zaqar", "herald"):
     user_id = ensure("users", user, {"domain_id": "default", "password": service_password})
     call("PUT", f"/projects/{project}/users/{user_id}/roles/{role}", admin)
 print("keystone-setup: project service, users zaqar and herald with role service")
+if zaqar_url:
+    service = ensure("services", "zaqar", {"type": "messaging", "description": "Zaqar, OpenStack's messaging service"})
+    for interface in ("public", "internal"):
+        _, found = call("GET", f"/endpoints?service_id={service}&interface={interface}", admin)
+        if not found["endpoints"]:
+            call("POST", "/endpoints", admin, {"endpoint": {"service_id": service, "interface": interface, "url": zaqar_url, "region_id": "RegionOne"}})
+    print(f"keystone-setup: zaqar (messaging) at {zaqar_url} in the catalog")

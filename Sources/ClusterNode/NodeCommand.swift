@@ -78,7 +78,7 @@ struct Node: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let configuration: NodeConfiguration
+        var configuration: NodeConfiguration
         do {
             configuration = try resolve()
         } catch {
@@ -96,6 +96,12 @@ struct Node: AsyncParsableCommand {
         let metrics = PrometheusCollectorRegistry()
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: metrics))
         let logger = Logger(label: "herald")
+        // HERALD_ZAQAR_URL unset, Keystone set: Zaqar is where the catalog says.
+        do {
+            configuration = try await configuration.resolvingZaqarFromCatalog(logger: logger)
+        } catch let error as ConfigurationError {
+            throw ValidationError("\(error)")
+        }
         let assembly = try NodeAssembly.make(configuration: configuration, logger: logger, metrics: metrics)
         try await assembly.group.run()
     }

@@ -15,8 +15,16 @@ struct NodeConfiguration: Sendable {
     var redisURL: String
     /// HERALD_AMQP_URL. Default amqp://guest:guest@127.0.0.1:5672/%2F.
     var amqpURL: String
-    /// HERALD_ZAQAR_URL: where subscriptions without their own endpoint deliver. Default http://127.0.0.1:8888.
+    /// HERALD_ZAQAR_URL: where subscriptions without their own endpoint deliver. Unset with
+    /// Keystone configured: the catalog's (`zaqarCatalog`, resolved at start-up). Otherwise
+    /// default http://127.0.0.1:8888.
     var zaqarURL: String
+    /// Where to find Zaqar in Keystone's catalog when HERALD_ZAQAR_URL is not set:
+    /// HERALD_ZAQAR_SERVICE_TYPE (messaging), HERALD_ZAQAR_INTERFACE (public, internal or admin;
+    /// default public, as keystoneauth's), HERALD_ZAQAR_REGION (any when unset).
+    var zaqarCatalog: ZaqarCatalogLookup?
+    /// Whether HERALD_ZAQAR_ALLOWED_URLS was given (else it follows the Zaqar URL).
+    var zaqarAllowedURLsGiven = false
     /// HERALD_PARTITIONS: P, fixed at cluster creation. Default 256.
     var partitions: Int
     /// HERALD_KEY_PREFIX: Redis key prefix. Default herald:.
@@ -111,7 +119,8 @@ struct NodeConfiguration: Sendable {
         "HERALD_KEYSTONE_CACHE_SECONDS", "HERALD_KEYSTONE_TRUST_ROLES", "HERALD_SIGNED_URL_RENEW_SECONDS",
         "HERALD_SIGNED_URL_LIFETIME_SECONDS", "HERALD_SIGNED_URL_CHECK_SECONDS", "HERALD_INGEST_WATCH_SECONDS",
         "HERALD_DELIVERY_LINGER_MS", "HERALD_ZAQAR_ALLOWED_URLS", "HERALD_QUOTA_SUBSCRIPTIONS", "HERALD_RATE_SUBSCRIPTION_CHANGES",
-        "HERALD_REPLAY_MAX", "HERALD_RATE_REPLAYS", "HERALD_RATE_TESTS", "HERALD_DELIVERY_TIMEOUT_SECONDS", "HERALD_DELIVERY_PROJECT_MAX_MESSAGES",
+        "HERALD_REPLAY_MAX", "HERALD_RATE_REPLAYS", "HERALD_RATE_TESTS",
+        "HERALD_ZAQAR_SERVICE_TYPE", "HERALD_ZAQAR_INTERFACE", "HERALD_ZAQAR_REGION", "HERALD_DELIVERY_TIMEOUT_SECONDS", "HERALD_DELIVERY_PROJECT_MAX_MESSAGES",
         "HERALD_CLUSTER", "HERALD_DEAD_LETTERS_MAX", "HERALD_DEAD_LETTERS_PROJECT_MAX", "HERALD_DEAD_LETTER_BODY_BYTES",
         "HERALD_DEAD_LETTERS_IDLE_DAYS", "HERALD_EVENT_DEFINITIONS", "HERALD_NOTIFICATION_TOPICS", "HERALD_PRIORITIES",
         "HERALD_POLICY_FILE", "HERALD_ADMIN_PROJECT", "HERALD_DELIVERY_RETRY_HORIZON", "HERALD_PARKING_AFTER_ATTEMPTS",
@@ -181,7 +190,21 @@ struct NodeConfiguration: Sendable {
         guard !trustRoles.isEmpty else {
             throw ConfigurationError(key: "HERALD_KEYSTONE_TRUST_ROLES", value: environment["HERALD_KEYSTONE_TRUST_ROLES"] ?? "", expected: "a comma-separated list of role names, such as member")
         }
-        let zaqarURL = string("HERALD_ZAQAR_URL", "http://127.0.0.1:8888")
+        let keystoneURL = environment["HERALD_KEYSTONE_URL"].flatMap { $0.isEmpty ? nil : $0 }
+        let zaqarFromCatalog = keystoneURL != nil && (environment["HERALD_ZAQAR_URL"] ?? "").isEmpty
+        let zaqarURL = zaqarFromCatalog ? ZaqarCatalogLookup.unresolved : string("HERALD_ZAQAR_URL", "http://127.0.0.1:8888")
+        var zaqarCatalog: ZaqarCatalogLookup?
+        if zaqarFromCatalog {
+            let interface = string("HERALD_ZAQAR_INTERFACE", "public")
+            guard ["public", "internal", "admin"].contains(interface) else {
+                throw ConfigurationError(key: "HERALD_ZAQAR_INTERFACE", value: interface, expected: "public, internal or admin: the catalog endpoint Herald posts to")
+            }
+            let type = string("HERALD_ZAQAR_SERVICE_TYPE", "messaging")
+            guard (1...64).contains(type.count) else {
+                throw ConfigurationError(key: "HERALD_ZAQAR_SERVICE_TYPE", value: type, expected: "Zaqar's service type in the catalog, such as messaging")
+            }
+            zaqarCatalog = ZaqarCatalogLookup(type: type, interface: interface, region: environment["HERALD_ZAQAR_REGION"].flatMap { $0.isEmpty ? nil : $0 })
+        }
         let keyPrefix = string("HERALD_KEY_PREFIX", "herald:")
         let clusterName = string("HERALD_CLUSTER", ClusterNames.derived(fromKeyPrefix: keyPrefix))
         let names: ClusterNames
@@ -259,7 +282,7 @@ struct NodeConfiguration: Sendable {
                 throw ConfigurationError(key: "HERALD_POLICY_FILE", value: path, expected: "\(error)")
             }
         }
-        let configuration = NodeConfiguration(
+        var configuration = NodeConfiguration(
             nodeID: string("HERALD_NODE_ID", ProcessInfo.processInfo.hostName),
             redisURL: string("HERALD_REDIS_URL", "redis://127.0.0.1:6379/0"),
             amqpURL: string("HERALD_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F"),
@@ -318,6 +341,8 @@ struct NodeConfiguration: Sendable {
             logLevel: string("HERALD_LOG_LEVEL", "info"),
             logFormat: string("HERALD_LOG_FORMAT", "text")
         )
+        configuration.zaqarCatalog = zaqarCatalog
+        configuration.zaqarAllowedURLsGiven = !(environment["HERALD_ZAQAR_ALLOWED_URLS"] ?? "").isEmpty
         try configuration.validate()
         return configuration
     }
@@ -325,16 +350,19 @@ struct NodeConfiguration: Sendable {
     func validate() throws {
         do { _ = try RedisConfiguration(url: redisURL) } catch { throw ConfigurationError(key: "HERALD_REDIS_URL", value: redisURL, expected: "\(error)") }
         do { _ = try AMQPConfiguration(url: amqpURL) } catch { throw ConfigurationError(key: "HERALD_AMQP_URL", value: amqpURL, expected: "\(error)") }
-        guard let zaqar = URL(string: zaqarURL), ["http", "https"].contains(zaqar.scheme ?? ""), zaqar.host != nil else {
-            throw ConfigurationError(key: "HERALD_ZAQAR_URL", value: zaqarURL, expected: "an http(s) URL such as http://zaqar:8888")
-        }
-        do {
-            let endpoints = try ZaqarEndpoints(urls: zaqarAllowedURLs)
-            guard endpoints.permits(zaqarURL) else {
-                throw ConfigurationError(key: "HERALD_ZAQAR_ALLOWED_URLS", value: zaqarAllowedURLs.joined(separator: ","), expected: "a list that includes HERALD_ZAQAR_URL (\(zaqarURL))")
+        // A Zaqar still to be found in the catalog is checked once it is (`resolvingZaqar`).
+        if zaqarCatalog == nil {
+            guard let zaqar = URL(string: zaqarURL), ["http", "https"].contains(zaqar.scheme ?? ""), zaqar.host != nil else {
+                throw ConfigurationError(key: "HERALD_ZAQAR_URL", value: zaqarURL, expected: "an http(s) URL such as http://zaqar:8888")
             }
-        } catch let error as DeliveryError {
-            throw ConfigurationError(key: "HERALD_ZAQAR_ALLOWED_URLS", value: zaqarAllowedURLs.joined(separator: ","), expected: "comma-separated http(s) URLs: \(error.message)")
+            do {
+                let endpoints = try ZaqarEndpoints(urls: zaqarAllowedURLs)
+                guard endpoints.permits(zaqarURL) else {
+                    throw ConfigurationError(key: "HERALD_ZAQAR_ALLOWED_URLS", value: zaqarAllowedURLs.joined(separator: ","), expected: "a list that includes HERALD_ZAQAR_URL (\(zaqarURL))")
+                }
+            } catch let error as DeliveryError {
+                throw ConfigurationError(key: "HERALD_ZAQAR_ALLOWED_URLS", value: zaqarAllowedURLs.joined(separator: ","), expected: "comma-separated http(s) URLs: \(error.message)")
+            }
         }
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ConfigurationError(key: "HERALD_LOG_LEVEL", value: logLevel, expected: "one of " + Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))
@@ -436,5 +464,69 @@ enum ConfigurationFile {
             values[line[..<equals].trimmingCharacters(in: .whitespaces)] = value
         }
         return values
+    }
+}
+
+/// Where Zaqar is in Keystone's catalog, when HERALD_ZAQAR_URL does not say.
+struct ZaqarCatalogLookup: Sendable, Equatable {
+    /// What `zaqarURL` holds until the catalog answered (never contacted: start-up resolves it first).
+    static let unresolved = "http://zaqar-from-the-keystone-catalog.invalid"
+
+    var type: String
+    var interface: String
+    var region: String?
+
+    var described: String { "service type \(type), interface \(interface)" + (region.map { ", region \($0)" } ?? "") }
+}
+
+extension NodeConfiguration {
+    /// The configuration with Zaqar's URL from the catalog: it also becomes the allowed endpoint
+    /// when HERALD_ZAQAR_ALLOWED_URLS was not given.
+    func resolvingZaqar(_ url: String) throws -> NodeConfiguration {
+        var resolved = self
+        resolved.zaqarURL = url
+        resolved.zaqarCatalog = nil
+        if !zaqarAllowedURLsGiven { resolved.zaqarAllowedURLs = [url] }
+        do {
+            try resolved.validate()
+        } catch let error as ConfigurationError {
+            throw ConfigurationError(key: "HERALD_ZAQAR_URL (from the Keystone catalog)", value: url, expected: error.expected)
+        }
+        return resolved
+    }
+
+    /// Asks Keystone's catalog for Zaqar, a few times (Keystone may be starting too); a clear
+    /// error when it has none or cannot be asked.
+    func resolvingZaqarFromCatalog(logger: Logger, attempts: Int = 6) async throws -> NodeConfiguration {
+        guard let lookup = zaqarCatalog, let keystoneConfiguration = keystone else { return self }
+        let client = KeystoneClient(configuration: keystoneConfiguration, logger: logger)
+        let result: Result<NodeConfiguration, any Error>
+        do {
+            result = .success(try await resolvingZaqar(from: client, lookup: lookup, logger: logger, attempts: attempts))
+        } catch {
+            result = .failure(error)
+        }
+        await client.shutdown()
+        return try result.get()
+    }
+
+    private func resolvingZaqar(from client: KeystoneClient, lookup: ZaqarCatalogLookup, logger: Logger, attempts: Int) async throws -> NodeConfiguration {
+        var lastError = ""
+        for attempt in 0..<attempts {
+            do {
+                guard let url = try await client.catalogURL(type: lookup.type, interface: lookup.interface, region: lookup.region) else {
+                    throw ConfigurationError(key: "HERALD_ZAQAR_URL", value: "", expected: "a Zaqar URL: it is not set, and Keystone's catalog has no endpoint for \(lookup.described) (HERALD_ZAQAR_SERVICE_TYPE, HERALD_ZAQAR_INTERFACE, HERALD_ZAQAR_REGION)")
+                }
+                logger.info("Zaqar from the Keystone catalog", metadata: ["zaqar.url": "\(url)", "keystone.catalog": "\(lookup.described)"])
+                return try resolvingZaqar(url)
+            } catch let error as ConfigurationError {
+                throw error
+            } catch {
+                lastError = "\(error)"
+                logger.warning("cannot read Keystone's catalog yet", metadata: ["error": "\(lastError)", "herald.attempt": "\(attempt + 1)"])
+                try await Task.sleep(for: .seconds(2))
+            }
+        }
+        throw ConfigurationError(key: "HERALD_ZAQAR_URL", value: "", expected: "a Zaqar URL: it is not set, and Keystone's catalog could not be read (\(lastError))")
     }
 }

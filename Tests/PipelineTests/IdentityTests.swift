@@ -50,6 +50,37 @@ extension PipelineSuites {
         http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
         """
 
+        @Test("HERALD_ZAQAR_URL unset: a node in keystone mode takes Zaqar from Keystone's catalog (messaging, public), and a catalog without it stops start-up naming the setting")
+        func zaqarFromCatalog() async throws {
+            let keystone = try await KeystoneFixture.make()
+            let zaqarURL = try TestServers.value("HERALD_TEST_KEYSTONE_ZAQAR_URL")
+            let run = try await PipelineRun(partitions: 4)
+            defer { Task { await run.stopAll() } }
+            let settings = [
+                "HERALD_API_AUTH": "keystone", "HERALD_ZAQAR_URL": "", "HERALD_LOG_LEVEL": "info",
+                "HERALD_KEYSTONE_URL": keystone.url + "/v3", "HERALD_KEYSTONE_USERNAME": keystone.serviceUser,
+                "HERALD_KEYSTONE_PASSWORD": keystone.servicePassword, "HERALD_KEYSTONE_PROJECT": keystone.serviceProject,
+            ]
+            try await run.startNodes(1, extra: settings)
+            try await run.waitAllPartitionsHeld()
+            let log = try #require(run.nodes["node-1"]?.process.log)
+            let line = try await eventually(timeout: .seconds(20)) {
+                let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+                guard let line = text.split(separator: "\n").first(where: { $0.contains("Zaqar from the Keystone catalog") }) else { throw TestFailure("not logged yet") }
+                return String(line)
+            }
+            #expect(line.contains("zaqar.url=\(zaqarURL)"), "the catalog's messaging endpoint (scripts/keystone-setup.py registers the Keystone-protected Zaqar): \(line)")
+
+            // A service type the catalog does not have: the node stops, naming what to set.
+            try await run.startNodes(1, extra: settings.merging(["HERALD_ZAQAR_SERVICE_TYPE": "no-such-service"]) { $1 })
+            let failed = try #require(run.nodes["node-2"])
+            let status = await failed.process.wait()
+            failed.exitStatus = status
+            #expect(status != 0)
+            let output = (try? String(contentsOfFile: failed.process.log, encoding: .utf8)) ?? ""
+            #expect(output.contains("HERALD_ZAQAR_URL") && output.contains("service type no-such-service"), "\(output.suffix(600))")
+        }
+
         @Test("a user's subscriptions deliver through a trust and through pre-signed URLs; renewal, expiry warnings, dead letters, trust deletion")
         func trustsAndSignedURLs() async throws {
             let keystone = try await KeystoneFixture.make()

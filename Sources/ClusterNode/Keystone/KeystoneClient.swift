@@ -81,6 +81,8 @@ final class KeystoneClient: Sendable {
         var token: String
         var userID: String
         var until: ContinuousClock.Instant
+        /// The catalog that came with it: where the cloud's services listen.
+        var catalog = ServiceCatalog()
     }
 
     private struct State {
@@ -353,9 +355,19 @@ final class KeystoneClient: Sendable {
             logger.error("Keystone refused Herald's service user", metadata: ["keystone.status": "\(status)", "keystone.user": "\(configuration.username)"])
             throw .unavailable("Keystone refused Herald's service user \(configuration.username) (\(status)): \(Self.errorMessage(body))")
         }
-        let current = ServiceToken(token: token, userID: userID, until: Self.renewal(of: body, now: now))
+        let current = ServiceToken(token: token, userID: userID, until: Self.renewal(of: body, now: now), catalog: ServiceCatalog(token: body))
         state.withLock { $0.service = current }
         return current
+    }
+
+    /// The URL of a service in the catalog of Herald's own token (nil when the catalog has none).
+    /// - Throws: when Keystone cannot be reached or refuses Herald's service user.
+    func catalogURL(type: String, interface: String, region: String?) async throws -> String? {
+        do {
+            return try await service(renew: false).catalog.url(type: type, interface: interface, region: region)
+        } catch {
+            throw KeystoneUnavailable(description: error.description)
+        }
     }
 
     // MARK: HTTP
@@ -404,4 +416,9 @@ extension KeystoneClient: ZaqarTokenSource {
             if state.trustTokens[trust]?.token == token { state.trustTokens[trust] = nil }
         }
     }
+}
+
+/// Keystone could not answer Herald's own request (its service token or catalog).
+struct KeystoneUnavailable: Error, CustomStringConvertible {
+    var description: String
 }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Coordination
 import Delivery
 import Foundation
 import HeraldModel
@@ -130,6 +131,34 @@ struct HotPath: AsyncParsableCommand {
                                              redacted: result?.removed ?? [])
         }
         print("  redact   event + message (baseline)   \(format(encode)) /s   redacted + message \(format(redacted)) /s   ratio \(ratio(redacted, encode))   (\(String(format: "%.1f", 1e6 / redacted - 1e6 / encode)) µs more per event; \(cut * 100 / max(1, events * rounds))% of events had something cut)")
+        // A CloudEvents subscription: the attributes from the event, the payload copied as raw JSON.
+        let cloud = rate(events) { index in
+            let event = decoded[index % decoded.count]
+            let body = NotificationDecoder.encode(event)
+            let attributes = ZaqarMessageEncoding.CloudEventAttributes.of(
+                eventType: event.eventType, messageID: event.messageID, publisherID: event.value(at: "publisher_id")?.stringValue,
+                timestamp: event.value(at: "timestamp")?.stringValue, resourceID: event.resourceID
+            )
+            let data = NotificationScanner.rawValue(body, path: ["payload"]) ?? body
+            _ = ZaqarMessageEncoding.cloudEvent(data: data, attributes: attributes, ttl: 3600, subscriptionID: "3f1c0c86-5d47-4a57-9a0c-0f1f3b2a9d11", partition: 7, epoch: 3)
+        }
+        print("  cloud    event + message (baseline)   \(format(encode)) /s   CloudEvent         \(format(cloud)) /s   ratio \(ratio(cloud, encode))   (\(String(format: "%.1f", 1e6 / cloud - 1e6 / encode)) µs more per event)")
+        // What the health and event-type views cost the delivery path: counting per subscription
+        // and per (project, event type), in memory (Redis is written once a second, elsewhere).
+        let redis = RedisClient(configuration: try! RedisConfiguration(url: "redis://127.0.0.1:1/0"))
+        let stats = SubscriptionStats(redis: redis)
+        let catalog = EventTypeCatalog(redis: redis)
+        let counted = rate(events) { index in
+            let event = decoded[index % decoded.count]
+            let body = NotificationDecoder.encode(event)
+            if let project = event.project, catalog.seen(project: project, eventType: event.eventType) {
+                catalog.sample(project: project, eventType: event.eventType, json: body)
+            }
+            _ = ZaqarMessageEncoding.message(event: body, ttl: 3600, subscriptionID: "3f1c0c86-5d47-4a57-9a0c-0f1f3b2a9d11", eventID: event.messageID, partition: 7, epoch: 3)
+            stats.count(CollectionOfOne("3f1c0c86-5d47-4a57-9a0c-0f1f3b2a9d11"), \.matched)
+            stats.count(CollectionOfOne("3f1c0c86-5d47-4a57-9a0c-0f1f3b2a9d11"), \.delivered)
+        }
+        print("  count    event + message (baseline)   \(format(encode)) /s   + health, types    \(format(counted)) /s   ratio \(ratio(counted, encode))   (\(String(format: "%.2f", 1e6 / counted - 1e6 / encode)) µs more per event)")
 
     }
 

@@ -56,4 +56,7 @@ if zaqar_url:
         _, found = call("GET", f"/endpoints?service_id={service}&interface={interface}", admin)
         if not found["endpoints"]:
             call("POST", "/endpoints", admin, {"endpoint": {"service_id": service, "interface": interface, "url": zaqar_url, "region_id": "RegionOne"}})
+        elif found["endpoints"][0]["url"] != zaqar_url:
+            # The servers came up on other ports than when Keystone was first set up.
+            call("PATCH", f"/endpoints/{found['endpoints'][0]['id']}", admin, {"endpoint": {"url": zaqar_url}})
     print(f"keystone-setup: zaqar (messaging) at {zaqar_url} in the catalog")

@@ -50,6 +50,55 @@ extension PipelineSuites {
         http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
         """
 
+        @Test("a user authenticates to Zaqar's WebSocket with their Keystone token, subscribes to their queue and is pushed what Herald delivers through their trust; a bad token, or another project's queue, gets nothing")
+        func pushedBehindKeystone() async throws {
+            let keystone = try await KeystoneFixture.make()
+            let zaqarURL = try TestServers.value("HERALD_TEST_KEYSTONE_ZAQAR_URL")
+            let socketURL = try TestServers.value("HERALD_TEST_KEYSTONE_ZAQAR_WS_URL")
+            let run = try await PipelineRun(partitions: 4)
+            defer { Task { await run.stopAll() } }
+            try await run.startNodes(1, extra: [
+                "HERALD_API_AUTH": "keystone", "HERALD_ZAQAR_URL": zaqarURL,
+                "HERALD_KEYSTONE_URL": keystone.url + "/v3", "HERALD_KEYSTONE_USERNAME": keystone.serviceUser,
+                "HERALD_KEYSTONE_PASSWORD": keystone.servicePassword, "HERALD_KEYSTONE_PROJECT": keystone.serviceProject,
+            ])
+            try await run.waitAllPartitionsHeld()
+            let project = try #require(keystone.projects["a"])
+            let token = try await keystone.userToken("a")
+            let queue = run.queue("pushed")
+            let (created, body) = try await call(run, .POST, "/v1/subscriptions", token: token, json: ["event_types": ["compute.instance.*"], "target": ["queue": queue]])
+            #expect(created == 201, "\(body)")
+            run.trackQueues([(project, queue)])
+
+            // A bad token: refused by Zaqar's socket.
+            let stranger = ZaqarSocket(url: socketURL)
+            defer { stranger.close() }
+            let refused = try await stranger.request("authenticate", headers: ["X-Auth-Token": "not-a-token", "X-Project-ID": project])
+            #expect(refused == 401 || refused == 403, "\(refused)")
+            #expect(try await stranger.request("subscription_create", headers: ["X-Project-ID": project], body: ["queue_name": queue, "ttl": 600]) == 403)
+
+            // The user: authenticated, subscribed to their queue; asking for another project's queue is refused.
+            let socket = ZaqarSocket(url: socketURL)
+            defer { socket.close() }
+            #expect(try await socket.request("authenticate", headers: ["X-Auth-Token": token, "X-Project-ID": project]) == 200)
+            let other = try #require(keystone.projects["b"] ?? keystone.projects.values.first { $0 != project })
+            #expect(try await socket.request("subscription_create", headers: ["X-Project-ID": other], body: ["queue_name": queue, "ttl": 600]) == 403)
+            #expect(try await socket.request("subscription_create", headers: ["X-Project-ID": project], body: ["queue_name": queue, "ttl": 600]) == 201)
+
+            try await Task.sleep(for: .seconds(1))
+            let publisher = try run.publish((0..<10).map { seq in
+                ["exchange": "nova", "event_type": "compute.instance.update", "project": project, "payload": ["tenant_id": project, "instance_id": "i-\(seq % 3)", "seq": seq]]
+            })
+            #expect(await publisher.wait() == 0, "\(publisher.tail())")
+            let seqs = try await eventually(timeout: .seconds(60)) {
+                let seqs = Set(socket.pushed.compactMap { (($0["body"] as? [String: Any])?["event"] as? [String: Any]).flatMap { ($0["payload"] as? [String: Any])?["seq"] as? Int } })
+                guard seqs.count >= 10 else { throw TestFailure("\(seqs.count) of 10 pushed") }
+                return seqs
+            }
+            #expect(seqs == Set(0..<10))
+            #expect(stranger.pushed.isEmpty, "nothing for a socket that never authenticated")
+        }
+
         @Test("HERALD_ZAQAR_URL unset: a node in keystone mode takes Zaqar from Keystone's catalog (messaging, public), and a catalog without it stops start-up naming the setting")
         func zaqarFromCatalog() async throws {
             let keystone = try await KeystoneFixture.make()

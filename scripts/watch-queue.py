@@ -36,17 +36,21 @@ def main():
         socket.send(json.dumps(frame))
         # Pushed messages may come before the answer; the answer names the action.
         while True:
-            answer = json.loads(socket.recv())
-            if answer.get("request", {}).get("action") == action:
+            answer = parse(socket.recv())
+            if isinstance(answer.get("request"), dict) and answer["request"].get("action") == action:
                 return answer
             show(answer)
 
+    def status(answer):
+        headers = answer.get("headers")
+        return headers.get("status") if isinstance(headers, dict) else None
+
     if args.token:
         answer = request("authenticate", headers={"X-Auth-Token": args.token})
-        if answer["headers"].get("status") != 200:
+        if status(answer) != 200:
             sys.exit("authenticate: %s" % answer.get("body"))
     answer = request("subscription_create", {"queue_name": args.queue, "ttl": int(args.wait) + 60})
-    if answer["headers"].get("status") != 201:
+    if status(answer) != 201:
         sys.exit("subscription_create: %s" % answer.get("body"))
     print("subscribed to queue %s of project %s over %s; waiting for pushes" % (args.queue, args.project, args.url), flush=True)
     if args.ready_file:
@@ -60,7 +64,7 @@ def main():
             break
         socket.settimeout(left)
         try:
-            frame = json.loads(socket.recv())
+            frame = parse(socket.recv())
         except websocket.WebSocketTimeoutException:
             break
         if show(frame):
@@ -71,12 +75,27 @@ def main():
         sys.exit("expected %d pushed messages, got %d" % (args.expect, pushed))
 
 
+def parse(text):
+    """A frame as a dict (anything else as an empty one)."""
+    try:
+        frame = json.loads(text)
+    except ValueError:
+        return {}
+    return frame if isinstance(frame, dict) else {}
+
+
 def show(frame):
-    """Prints a pushed message (Zaqar marks them Message_Type: Notification); answers whether it was one."""
+    """Prints a pushed message (Zaqar marks them Message_Type: Notification), in Herald's envelope
+    or as a CloudEvent; answers whether it was one."""
     if frame.get("Message_Type") is None:
         return False
-    body = frame.get("body", {})
-    event, herald = body.get("event", {}), body.get("herald", {})
+    body = frame.get("body") if isinstance(frame.get("body"), dict) else {}
+    if body.get("specversion"):
+        data = body.get("data") if isinstance(body.get("data"), dict) else {}
+        event, herald = {"event_type": body.get("type"), "payload": data}, {"event_id": str(body.get("id", "")), "project": body.get("heraldproject")}
+    else:
+        event = body.get("event") if isinstance(body.get("event"), dict) else {}
+        herald = body.get("herald") if isinstance(body.get("herald"), dict) else {}
     payload = event.get("payload", {}) if isinstance(event.get("payload"), dict) else {}
     shown = {k: payload[k] for k in sorted(payload) if k in ("instance_id", "volume_id", "state", "size")}
     print("%s pushed  %-28s %-24s event_id=%s project=%s" % (

@@ -218,6 +218,8 @@ final class TargetParking: DeliveryParking {
         let channel = try await publishingChannel()
         if !declared.withLock({ $0.contains(queue) }) {
             _ = try await declare(queue, on: channel)
+            // Known to the sweep, which finds a queue whose record was lost.
+            try await ledger.noteQueue(subscription: subscription)
             declared.withLock { declared in
                 if declared.count >= 10_000 { declared.removeAll() }
                 declared.insert(queue)
@@ -302,6 +304,8 @@ final class ParkingDrainer: Sendable {
     private let defaultZaqarURL: String
     private let logger: Logger
     private let active = Mutex<Set<String>>([])
+    /// Where the leader's sweep over the parking queues is (`sweep`).
+    private let sweepCursor = Mutex("0")
 
     init(connection: AMQPConnection, ledger: ParkingLedger, parking: TargetParking, batcher: DeliveryBatcher, index: Locked<SubscriptionIndex>,
          lookup: @escaping @Sendable (_ id: String, _ project: String) async -> Subscription??, isLeader: @escaping @Sendable () -> Bool = { true },
@@ -327,6 +331,7 @@ final class ParkingDrainer: Sendable {
         await withDiscardingTaskGroup { group in
             while !Task.isCancelled {
                 await refresh(gauges: ticks % 5 == 0)
+                if ticks % 30 == 29 { await sweep() }
                 ticks += 1
                 let free = settings.concurrentDrains - active.withLock { $0.count }
                 if free > 0, let claimed = try? await ledger.claimDue(node: owner, lease: settings.claimLease, limit: free) {
@@ -339,6 +344,43 @@ final class ParkingDrainer: Sendable {
                     }
                 }
                 try? await Task.sleep(for: settings.tick)
+            }
+        }
+    }
+
+    /// The leader, now and then: parking queues whose record went (a node that lost its Redis
+    /// writes, a confirm that never reached Redis) are given a record again when they hold
+    /// messages, so that nothing waits in a queue nobody retries; queues that are gone are
+    /// forgotten. Looks at up to 100 subscriptions with a parking queue a time, in turn.
+    func sweep() async {
+        guard isLeader() else { return }
+        guard let (next, orphans) = try? await ledger.queuesWithoutRecord(cursor: sweepCursor.withLock { $0 }) else { return }
+        sweepCursor.withLock { $0 = next }
+        for subscriptionID in orphans.prefix(20) {
+            guard let channel = try? await connection.openChannel() else { return }
+            let state: AMQPQueueState
+            do {
+                state = try await channel.declareQueuePassive(names.parkingQueue(subscriptionID))
+                await channel.close()
+            } catch let error as MessagingError where error.replyCode == 404 {
+                await channel.close()
+                try? await ledger.forgetQueue(subscription: subscriptionID)
+                continue
+            } catch {
+                await channel.close()
+                continue
+            }
+            guard state.messageCount > 0 else { continue }
+            guard let project = index.withLock({ $0.subscription(id: subscriptionID) })?.project else {
+                logger.warning("a parking queue holds messages of a subscription this node does not know; left for a node that does", metadata: [
+                    "subscription": "\(subscriptionID)", "delivery.count": "\(state.messageCount)",
+                ])
+                continue
+            }
+            if (try? await ledger.confirm(subscription: subscriptionID, project: project, count: state.messageCount)) == true {
+                logger.warning("parked messages without a record found; recorded again, to be retried", metadata: [
+                    "subscription": "\(subscriptionID)", "delivery.count": "\(state.messageCount)",
+                ])
             }
         }
     }

@@ -498,6 +498,34 @@ struct ParkingTests {
         await zaqar.close()
     }
 
+    @Test("parked messages whose record was lost are found by the leader's sweep, recorded again and delivered; a swept queue that is gone is forgotten")
+    func sweepFindsOrphans() async throws {
+        let (target, subscription, rig) = try await Self.parked(5, queue: "orphans")
+        let zaqar = target.zaqar
+        #expect(try await rig.ledger.queuesWithoutRecord(cursor: "0").subscriptions.isEmpty, "recorded: no orphan")
+        // The record goes, as a Redis failover that lost the writes would take it.
+        _ = try await rig.redis.send("DEL", rig.prefix + "park:" + subscription.id)
+        _ = try await rig.redis.send("ZREM", rig.prefix + "park-due", subscription.id)
+        #expect(try await rig.ledger.queuesWithoutRecord(cursor: "0").subscriptions == [subscription.id])
+        target.recover()
+        // Nobody retries them now: nothing is due.
+        #expect(try await rig.ledger.claimDue(node: rig.owner, lease: .seconds(1), limit: 10).isEmpty)
+        await rig.drainer.sweep()
+        let state = try #require(try await rig.ledger.state(subscription: subscription.id), "recorded again")
+        #expect(state.count == 5)
+        let draining = Task { await rig.drainer.run() }
+        try await untilArrived(5, at: zaqar, queue: "orphans")
+        #expect(eventIDs(zaqar, queue: "orphans") == (0..<5).map { "e-\($0)" })
+        try await rig.untilUnparked(subscription)
+        draining.cancel()
+        await draining.value
+        // A queue that went (with its subscription, by hand) is forgotten by the next sweep.
+        await rig.shutdown(deleting: [subscription])
+        await rig.drainer.sweep()
+        #expect(try await rig.redis.send("SISMEMBER", rig.prefix + "park-queues", subscription.id).integer == 0)
+        await zaqar.close()
+    }
+
     @Test("a subscription whose events keep coming is unparked once its retrier catches up: the queue is closed, later messages wait briefly and then go directly, all in order")
     func unparkedUnderFlow() async throws {
         let (target, subscription, rig) = try await Self.parked(10, queue: "steady")

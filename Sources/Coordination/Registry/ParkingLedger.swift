@@ -435,8 +435,41 @@ public final class ParkingLedger: Sendable {
     private static let forget = RedisScript(drop + "\n" + #"""
     local p, sub = ARGV[1], ARGV[2]
     drop(p, sub, p .. 'park:' .. sub)
+    redis.call('SREM', p .. 'park-queues', sub)
     return 1
     """#)
+
+    /// Remembers that a subscription has a parking queue (`park-queues`), so that a sweep can
+    /// find a queue whose record was lost (`queuesWithoutRecord`).
+    public func noteQueue(subscription: String) async throws {
+        _ = try await redis.send("SADD", prefix + "park-queues", subscription)
+    }
+
+    /// Forgets a parking queue that no longer exists.
+    public func forgetQueue(subscription: String) async throws {
+        _ = try await redis.send("SREM", prefix + "park-queues", subscription)
+    }
+
+    private static let orphans = RedisScript(#"""
+    local p, cursor, count = ARGV[1], ARGV[2], tonumber(ARGV[3])
+    local scan = redis.call('SSCAN', p .. 'park-queues', cursor, 'COUNT', count)
+    local out = {scan[1]}
+    for _, sub in ipairs(scan[2]) do
+      if redis.call('EXISTS', p .. 'park:' .. sub) == 0 then out[#out + 1] = sub end
+    end
+    return out
+    """#)
+
+    /// One step of a sweep over the subscriptions with a parking queue: those of them that have no
+    /// record (parked messages may wait there that nobody would retry). Start with cursor "0"; a
+    /// returned cursor "0" means the sweep went round.
+    public func queuesWithoutRecord(cursor: String, count: Int = 100) async throws -> (next: String, subscriptions: [String]) {
+        let reply = try await redis.evalSHA(Self.orphans, arguments: [prefix, cursor, count])
+        guard let items = reply.array, let next = items.first?.string else {
+            throw CoordinationError(.unexpectedReply, "the sweep script answered \(reply)")
+        }
+        return (next, items.dropFirst().compactMap(\.string))
+    }
 
     /// Forgets a subscription's parking record (its queue went with the subscription).
     public func forget(subscription: String) async throws {

@@ -35,7 +35,8 @@ struct TLSTargetTests {
         try Self.server.write(toFile: script, atomically: true, encoding: .utf8)
         let log = FileManager.default.temporaryDirectory.appendingPathComponent("tls-target-\(port).log").path
         let process = try ChildProcess(name: "tls-target", argv: ["/usr/bin/python3", script, "\(port)", directory.appendingPathComponent("server.pem").path, directory.appendingPathComponent("server.key").path], environment: [:], log: log)
-        defer { process.send(SIGTERM) }
+        // SIGKILL: the server script outlives SIGTERM (it left a process behind after every run).
+        defer { process.send(SIGKILL) }
         try await eventually(timeout: .seconds(20)) {
             guard ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").contains("ready") else { throw TestFailure("the TLS server is not up: \(process.tail())") }
         }

@@ -371,15 +371,8 @@ struct HeraldAPI: Sendable {
             feed.updatedAt = Date().timeIntervalSince1970
             feed.updatedBy = caller.userID
             let changed = feed
-            let updated = try await audited("update", caller, subscription: changed.id, context: context) { () async throws -> Subscription in
-                _ = try await store { try changed.validate() }
-                try checkEndpoint(changed.target)
-                try await takeChange(changed.project)
-                guard let updated = try await store({ try await services.registry.update(changed) }) else {
-                    throw HTTPError(.notFound, message: "project \(caller.project)'s feed went meanwhile; PUT again")
-                }
-                return updated
-            }
+            let updated = try await update(changed, targetChanged: true, caller: caller, context: context,
+                                           gone: "project \(caller.project)'s feed went meanwhile; PUT again")
             return try APIJSON.response(view(updated))
         }
         try authorize("subscription:create", caller, project: caller.project, context: context)
@@ -448,17 +441,25 @@ struct HeraldAPI: Sendable {
         subscription.updatedAt = Date().timeIntervalSince1970
         subscription.updatedBy = caller.userID
         let changed = subscription
-        let updated = try await audited("update", caller, subscription: changed.id, context: context) { () async throws -> Subscription in
+        let updated = try await update(changed, targetChanged: keys.contains("target"), caller: caller, context: context,
+                                       gone: "no subscription \(changed.id) in project \(caller.project)")
+        return try APIJSON.response(view(updated))
+    }
+
+    /// Validates and stores a changed subscription (PATCH, and PUT /v1/feed), audited: its
+    /// conditions, its endpoint when the target changed, the project's rate of changes.
+    /// - Parameter gone: the 404's message when the subscription went meanwhile.
+    private func update(_ changed: Subscription, targetChanged: Bool, caller: Caller, context: APIContext, gone: String) async throws -> Subscription {
+        try await audited("update", caller, subscription: changed.id, context: context) { () async throws -> Subscription in
             _ = try await store { try changed.validate() }
             try checkConditions(changed)
-            if keys.contains("target") { try checkEndpoint(changed.target) }
+            if targetChanged { try checkEndpoint(changed.target) }
             try await takeChange(changed.project)
             guard let updated = try await store({ try await services.registry.update(changed) }) else {
-                throw HTTPError(.notFound, message: "no subscription \(changed.id) in project \(caller.project)")
+                throw HTTPError(.notFound, message: gone)
             }
             return updated
         }
-        return try APIJSON.response(view(updated))
     }
 
     /// Deletes the subscription and its trust; while Keystone cannot be reached, neither (503).

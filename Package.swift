@@ -40,6 +40,13 @@ let package = Package(
             pkgConfig: "hiredis",
             providers: [.apt(["libhiredis-dev"])]
         ),
+        // TLS for hiredis 0.14 (Debian 12's has none): OpenSSL moves the bytes, hiredis
+        // formats commands and parses replies.
+        .target(
+            name: "CRedisTLS",
+            dependencies: ["CHiredis"],
+            linkerSettings: [.linkedLibrary("ssl"), .linkedLibrary("crypto")]
+        ),
         .target(
             name: "CRabbitMQ",
             linkerSettings: [.linkedLibrary("rabbitmq")]
@@ -74,6 +81,7 @@ let package = Package(
             name: "Coordination",
             dependencies: [
                 "CHiredis",
+                "CRedisTLS",
                 "HeraldModel",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),

@@ -31,6 +31,16 @@ from oslo_config import cfg
 from oslo_context import context as oslo_context
 
 
+def kombu_url(url):
+    """oslo.messaging's multi-host form (amqp://u:p@h1:5672,u:p@h2:5672/vhost) as kombu's
+    failover list (amqp://u:p@h1:5672/vhost;amqp://u:p@h2:5672/vhost); kombu reads the
+    comma form as one host and its login fails."""
+    scheme, rest = url.split("://", 1)
+    hosts, _, vhost = rest.partition("/")
+    vhost = "" if vhost in ("", "%2F") else vhost
+    return ";".join("%s://%s/%s" % (scheme, host, vhost) for host in hosts.split(","))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", required=True, help="amqp://user:password@host:port/vhost")
@@ -69,7 +79,7 @@ def main():
             notifiers[key] = oslo_messaging.Notifier(transport, publisher_id=publisher_id, driver=driver, topics=[topic])
         return notifiers[key]
 
-    with kombu.Connection(args.url.replace("/%2F", "/")) as raw_connection:
+    with kombu.Connection(kombu_url(args.url)) as raw_connection:
         producer = raw_connection.Producer()
         for done, item in enumerate(items):
             if done % 200 == 0:

@@ -100,10 +100,16 @@ final class HeraldNode: Sendable {
     }
 
     func start() async throws {
+        // HERALD_QUEUE_TYPE unset: the cluster's recorded type (quorum for a new cluster).
+        var configuration = self.configuration
+        let settings = RedisClient(configuration: try RedisConfiguration(url: configuration.redisURL), logger: logger)
+        configuration.queueType = try await ClusterQueueType.resolve(configured: configuration.queueType, redis: settings, keyPrefix: configuration.keyPrefix)
         let connection = try await AMQPConnection.connect(try AMQPConfiguration(url: configuration.amqpURL), logger: logger)
         let control = try await connection.openChannel()
         try await Topology.declare(on: control, configuration: configuration)
         await control.close()
+        try await ClusterQueueType.record(configuration.queueType, redis: settings, keyPrefix: configuration.keyPrefix)
+        await settings.close()
 
         // The subscription index, rebuilt on every registry change and swapped in.
         let index = Locked(SubscriptionIndex([]))

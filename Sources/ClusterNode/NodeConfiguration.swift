@@ -44,7 +44,8 @@ struct NodeConfiguration: Sendable {
     var ingestPrefetch: UInt16
     /// HERALD_PARTITION_PREFETCH: unacked events per owned partition. Default 100.
     var partitionPrefetch: UInt16
-    /// HERALD_QUEUE_TYPE: classic or quorum, for herald.ingest and the partition queues. Default classic.
+    /// HERALD_QUEUE_TYPE: classic or quorum, for Herald's queues. Unset (empty): the cluster's
+    /// recorded type, quorum for a new cluster (`ClusterQueueType`).
     var queueType: String
     /// HERALD_SHUTDOWN_BUDGET_SECONDS: how long a graceful stop may take. Default 20.
     var shutdownBudget: Duration
@@ -295,7 +296,7 @@ struct NodeConfiguration: Sendable {
             ingestOrdered: try boolean("HERALD_INGEST_ORDERED", true),
             ingestPrefetch: UInt16(try integer("HERALD_INGEST_PREFETCH", 200, 1...65535)),
             partitionPrefetch: UInt16(try integer("HERALD_PARTITION_PREFETCH", 100, 1...65535)),
-            queueType: string("HERALD_QUEUE_TYPE", "classic"),
+            queueType: string("HERALD_QUEUE_TYPE", ""),
             shutdownBudget: .seconds(try integer("HERALD_SHUTDOWN_BUDGET_SECONDS", 20, 1...3600)),
             handoffDrain: .seconds(try integer("HERALD_HANDOFF_DRAIN_SECONDS", 120, 1...3600)),
             apiHost: string("HERALD_API_HOST", "0.0.0.0"),
@@ -390,8 +391,8 @@ struct NodeConfiguration: Sendable {
                 expected: "more than HERALD_SIGNED_URL_RENEW_SECONDS (\(Int(signedURLs.renewBefore.seconds))), or every renewed URL would be due again at once"
             )
         }
-        guard ["classic", "quorum"].contains(queueType) else {
-            throw ConfigurationError(key: "HERALD_QUEUE_TYPE", value: queueType, expected: "classic or quorum")
+        guard queueType.isEmpty || ClusterQueueType.known.contains(queueType) else {
+            throw ConfigurationError(key: "HERALD_QUEUE_TYPE", value: queueType, expected: "classic or quorum (or unset: the cluster's own, quorum for a new cluster)")
         }
         guard !exchanges.isEmpty || ceilometerEvents else {
             throw ConfigurationError(key: "HERALD_EXCHANGES", value: exchanges.joined(separator: ","), expected: "at least one exchange (or HERALD_CEILOMETER_EVENTS=true)")

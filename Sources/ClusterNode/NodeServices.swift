@@ -123,10 +123,10 @@ struct NodeGauges: Sendable {
     let ready: Prometheus.Gauge
 
     init(registry: PrometheusCollectorRegistry) {
-        partitionsOwned = registry.makeGauge(name: "herald_partitions_owned", help: "Partitions this node holds the lease of and acts on.")
-        isLeader = registry.makeGauge(name: "herald_leader", help: "1 when this node is the cluster's leader.")
-        bufferedMessages = registry.makeGauge(name: "herald_delivery_buffered_messages", help: "Messages held for delivery (queued or in flight).")
-        ready = registry.makeGauge(name: "herald_ready", help: "1 when /readyz answers 200.")
+        partitionsOwned = registry.makeGauge(descriptor: MetricNameDescriptor(metricName: "herald_partitions_owned", unitName: "", helpText: "Partitions this node holds the lease of and acts on."))
+        isLeader = registry.makeGauge(descriptor: MetricNameDescriptor(metricName: "herald_leader", unitName: "", helpText: "1 when this node is the cluster's leader."))
+        bufferedMessages = registry.makeGauge(descriptor: MetricNameDescriptor(metricName: "herald_delivery_buffered_messages", unitName: "", helpText: "Messages held for delivery (queued or in flight)."))
+        ready = registry.makeGauge(descriptor: MetricNameDescriptor(metricName: "herald_ready", unitName: "", helpText: "1 when /readyz answers 200."))
     }
 
     func update(from node: HeraldNode) {

@@ -8,6 +8,46 @@ import Metrics
 import Notifications
 import Synchronization
 
+/// The queue type a node declares its queues with (HERALD_QUEUE_TYPE).
+///
+/// RabbitMQ refuses to redeclare a queue with another type, so the type is the cluster's,
+/// recorded in Redis (`<prefix>queue-type`) once the queues exist. A new cluster gets quorum
+/// queues, which survive the loss of a RabbitMQ node; a cluster created before the record
+/// existed (its partition count is stored, its queue type is not) kept the old default, classic.
+enum ClusterQueueType {
+    static let known = ["classic", "quorum"]
+
+    /// - Parameters:
+    ///   - configured: HERALD_QUEUE_TYPE, empty when unset.
+    ///   - recorded: what the cluster recorded, if anything.
+    ///   - clusterExists: whether the cluster's partition count is stored.
+    /// - Throws: `ConfigurationError` when the record holds a type Herald does not know.
+    static func choose(configured: String, recorded: String?, clusterExists: Bool) throws -> String {
+        if !configured.isEmpty { return configured }
+        if let recorded {
+            guard known.contains(recorded) else {
+                throw ConfigurationError(
+                    key: "HERALD_QUEUE_TYPE", value: "(unset)",
+                    expected: "classic or quorum: the cluster's record in Redis says '\(recorded.prefix(40))', which this version does not know; set HERALD_QUEUE_TYPE")
+            }
+            return recorded
+        }
+        return clusterExists ? "classic" : "quorum"
+    }
+
+    /// The type to declare with, read from the cluster's keys in Redis.
+    static func resolve(configured: String, redis: RedisClient, keyPrefix: String) async throws -> String {
+        if !configured.isEmpty { return configured }
+        let replies = try await redis.pipeline([RedisCommand("GET", keyPrefix + "queue-type"), RedisCommand("EXISTS", keyPrefix + "partitions")])
+        return try choose(configured: configured, recorded: replies.first?.string, clusterExists: (replies.last?.integer ?? 0) > 0)
+    }
+
+    /// Records the type once the queues were declared with it, so later nodes declare the same.
+    static func record(_ type: String, redis: RedisClient, keyPrefix: String) async throws {
+        try await redis.send("SET", keyPrefix + "queue-type", type)
+    }
+}
+
 /// Herald's AMQP names (DESIGN.md, "Partitions"), with the cluster's name (`ClusterNames`).
 enum Topology {
     /// Declares the notification exchanges as oslo.messaging does (topic), Herald's own

@@ -26,7 +26,9 @@ struct RedisConfigurationTests {
         ("http://127.0.0.1:6379", "scheme 'http'"),
         ("redis://127.0.0.1:6379/abc", "'/abc' is not a database number"),
         ("redis://127.0.0.1:99999", "port"),
-        ("rediss://127.0.0.1", "TLS"),
+        ("rediss://127.0.0.1?cacertfile=/nonexistent/ca.pem", "cacertfile '/nonexistent/ca.pem' is not a readable file"),
+        ("rediss://127.0.0.1?verify=false", "always checked"),
+        ("rediss://:secret@127.0.0.1?certfile=/etc/hostname", "certfile and keyfile go together"),
         ("unix://", "no socket path"),
         ("redis+sentinel://:secret@s1,s2/", "names the master"),
         ("redis+sentinel://:secret@s1:99999/m", "sentinel port"),
@@ -48,11 +50,98 @@ struct RedisConfigurationTests {
     }
 }
 
+@Suite("Redis TLS settings from rediss:// URLs")
+struct RedisTLSConfigurationTests {
+    @Test("rediss:// is TCP with TLS, checked against the system's CAs unless a CA file is named")
+    func parsesTLS() throws {
+        let plain = try RedisConfiguration(url: "rediss://:pw@redis.example:6380/2")
+        #expect(plain.endpoint == .tcp(host: "redis.example", port: 6380))
+        #expect(plain.database == 2)
+        #expect(plain.tls == RedisConfiguration.TLS())
+        #expect(plain.redactedDescription == "rediss://***@redis.example:6380/2")
+        #expect(try RedisConfiguration(url: "redis://redis.example").tls == nil)
+
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent(TestServers.uniqueName("ca") + ".pem").path
+        #expect(FileManager.default.createFile(atPath: file, contents: Data("x".utf8)))
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        let named = try RedisConfiguration(url: "rediss://redis.example?cacertfile=\(file)&certfile=\(file)&keyfile=\(file)")
+        #expect(named.tls == RedisConfiguration.TLS(caFile: file, certificateFile: file, keyFile: file))
+    }
+}
+
 /// Every suite that uses the test Redis lives in here: serialised, because one test restarts it.
 @Suite("Against the real Redis", .serialized)
 enum RedisServerTests {}
 
 extension RedisServerTests {
+@Suite("Redis over TLS against a real Redis (rediss://)", .timeLimit(.minutes(2)))
+struct RedisTLSTests {
+    /// The test Redis's TLS port, which asks for a client certificate (Redis's default).
+    func url(host: String = "localhost", ca: String? = nil, clientCertificate: Bool = true) throws -> String {
+        let port = try TestServers.value("HERALD_TEST_REDIS_TLS_PORT")
+        var options = ["cacertfile=\(try ca ?? TestServers.value("HERALD_TEST_CA_FILE"))"]
+        if clientCertificate {
+            options += ["certfile=\(try TestServers.value("HERALD_TEST_CLIENT_CERT_FILE"))", "keyfile=\(try TestServers.value("HERALD_TEST_CLIENT_KEY_FILE"))"]
+        }
+        return "rediss://\(host):\(port)/0?" + options.joined(separator: "&")
+    }
+
+    @Test("commands, a pipeline of 1,000 with a 1 MiB value, and pub/sub go through TLS", arguments: ["localhost", "127.0.0.1"])
+    func roundTrips(host: String) async throws {
+        let client = try RedisClient(url: url(host: host))
+        let key = TestServers.uniqueName("herald-test.tls")
+        let big = [UInt8]((0..<(1 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 31) })
+        try await client.send(RedisCommand("SET", key, big, "EX", 60))
+        #expect(try await client.send(RedisCommand("GET", key)) == .bulk(big))
+        let replies = try await client.pipeline((0..<1000).map { _ in RedisCommand("INCR", key + ".n") })
+        #expect(replies.last == .integer(1000))
+        _ = try await client.send("DEL", key + ".n")
+        // The plain port sees what went in over TLS: the same server.
+        #expect(try await RedisClient(url: TestServers.redisURL()).send("STRLEN", key) == .integer(Int64(big.count)))
+
+        let channel = TestServers.uniqueName("herald-test.tls-channel")
+        let subscriber = RedisSubscriber(configuration: try RedisConfiguration(url: url(host: host)))
+        var events = subscriber.subscribe(to: [channel]).makeAsyncIterator()
+        #expect(await events.next() == .subscribed(reconnected: false))
+        for index in 0..<50 {
+            #expect(try await client.send(RedisCommand("PUBLISH", channel, "message \(index)")) == .integer(1))
+        }
+        for index in 0..<50 {
+            #expect(await events.next() == .message(channel: channel, payload: Array("message \(index)".utf8)))
+        }
+    }
+
+    @Test("a certificate no trusted CA signed is refused, naming why", arguments: ["other", "system"])
+    func wrongCA(trusting: String) async throws {
+        let configuration: RedisConfiguration
+        if trusting == "other" {
+            configuration = try RedisConfiguration(url: url(ca: TestServers.value("HERALD_TEST_OTHER_CA_FILE")))
+        } else {
+            var system = try RedisConfiguration(url: url())
+            system.tls?.caFile = nil
+            configuration = system
+        }
+        do {
+            try await RedisClient(configuration: configuration).send("PING")
+            Issue.record("TLS succeeded trusting the \(trusting) CA")
+        } catch let error as CoordinationError {
+            #expect(error.code == .connectionFailed)
+            #expect(error.description.contains("certificate was refused"), "\(error)")
+            #expect(error.description.contains(trusting == "other" ? "checked against" : "system's CAs"), "\(error)")
+        }
+    }
+
+    @Test("without the client certificate the server refuses the connection")
+    func clientCertificateRequired() async throws {
+        do {
+            try await RedisClient(url: url(clientCertificate: false)).send("PING")
+            Issue.record("the server took a connection without a client certificate")
+        } catch let error as CoordinationError {
+            #expect([.connectionFailed, .connectionLost].contains(error.code), "\(error)")
+        }
+    }
+}
+
 @Suite("Redis client against a real Redis", .timeLimit(.minutes(2)))
 struct RedisClientTests {
     let client: RedisClient

@@ -40,4 +40,27 @@ extension PipelineSuites {
             }
         }
     }
+
+    @Suite("Herald nodes coordinating in Redis over TLS (rediss://)", .serialized, .timeLimit(.minutes(5)))
+    struct RedisTLSPipelineTests {
+        @Test("two nodes on rediss:// with a client certificate: leases, registry changes and every event")
+        func overTLS() async throws {
+            let url = "rediss://localhost:\(try TestServers.value("HERALD_TEST_REDIS_TLS_PORT"))/0?cacertfile=\(try TestServers.value("HERALD_TEST_CA_FILE"))"
+                + "&certfile=\(try TestServers.value("HERALD_TEST_CLIENT_CERT_FILE"))&keyfile=\(try TestServers.value("HERALD_TEST_CLIENT_KEY_FILE"))"
+            let run = try await PipelineRun(partitions: 8, redisURL: url)
+            defer { Task { await run.stopAll() } }
+            try await run.startNodes(2, extra: ["HERALD_EXCHANGES": "nova"])
+            try await run.waitAllPartitionsHeld()
+            // Created after the nodes started: it reaches them through the registry over TLS.
+            let project = "7d2e4f6a8b0c1d3e5f7a9b1c2d3e4f5a"
+            let subscription = Subscription(project: project, eventTypes: ["compute.instance.*"], target: Target(queue: run.queue("tls")))
+            try await run.registry.create(subscription)
+            run.trackQueues([(project, subscription.target.queue)])
+            try await Task.sleep(for: .seconds(2))
+            let publisher = try run.publish(run.numberedLines(project: project, 0..<300))
+            #expect(await publisher.wait() == 0, "\(publisher.tail())")
+            let seen = try await run.waitForNumbered(queue: subscription.target.queue, project: project, count: 300)
+            #expect(seen == Set(0..<300))
+        }
+    }
 }

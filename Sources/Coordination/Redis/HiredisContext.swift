@@ -1,4 +1,5 @@
 import CHiredis
+import CRedisTLS
 import Foundation
 
 /// The one owner of a hiredis `redisContext`.
@@ -10,6 +11,9 @@ import Foundation
 final class HiredisContext: @unchecked Sendable {
     private let context: UnsafeMutablePointer<redisContext>
     let endpoint: RedisConfiguration.Endpoint
+    /// With `rediss://`: the TLS session every byte goes through (hiredis 0.14 has no TLS
+    /// of its own; it still formats commands and parses replies).
+    private var tls: OpaquePointer?
 
     private init(context: UnsafeMutablePointer<redisContext>, endpoint: RedisConfiguration.Endpoint) {
         self.context = context
@@ -17,6 +21,7 @@ final class HiredisContext: @unchecked Sendable {
     }
 
     deinit {
+        herald_redis_tls_free(tls)
         redisFree(context)
     }
 
@@ -38,6 +43,9 @@ final class HiredisContext: @unchecked Sendable {
         let context = HiredisContext(context: made, endpoint: configuration.endpoint)
         if made.pointee.err != 0 {
             throw CoordinationError(.connectionFailed, "cannot connect to Redis at \(configuration.endpoint)", underlying: context.errorText)
+        }
+        if let settings = configuration.tls {
+            try context.startTLS(settings, configuration: configuration)
         }
         if redisSetTimeout(made, configuration.commandTimeout.timeval) != REDIS_OK {
             throw CoordinationError(.connectionFailed, "cannot set the command timeout on \(configuration.endpoint)", underlying: context.errorText)
@@ -68,6 +76,23 @@ final class HiredisContext: @unchecked Sendable {
             }
         }
         return context
+    }
+
+    /// The TLS handshake on the connected socket, within the connect timeout.
+    private func startTLS(_ settings: RedisConfiguration.TLS, configuration: RedisConfiguration) throws {
+        guard case .tcp(let host, _) = configuration.endpoint else {
+            throw CoordinationError(.invalidConfiguration, "TLS needs a TCP endpoint, not \(configuration.endpoint)")
+        }
+        if redisSetTimeout(context, configuration.connectTimeout.timeval) != REDIS_OK {
+            throw CoordinationError(.connectionFailed, "cannot set the connect timeout on \(configuration.endpoint)", underlying: errorText)
+        }
+        var reason = [CChar](repeating: 0, count: 512)
+        tls = herald_redis_tls_connect(context, host, settings.caFile, settings.certificateFile, settings.keyFile, &reason, reason.count)
+        if tls == nil {
+            let text = String(decoding: reason.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            let hint = settings.caFile.map { " (checked against \($0))" } ?? " (checked against the system's CAs; name a private CA with ?cacertfile=)"
+            throw CoordinationError(.connectionFailed, "TLS to Redis at \(configuration.endpoint) failed\(hint)", underlying: text)
+        }
     }
 
     /// The master the sentinels name, connected, and checked with `ROLE` (a sentinel's view can
@@ -125,13 +150,33 @@ final class HiredisContext: @unchecked Sendable {
         }
     }
 
-    private func lostError(_ what: String) -> CoordinationError {
-        CoordinationError(.connectionLost, "\(what) on Redis at \(endpoint) failed", underlying: errorText)
+    private func lostError(_ what: String, reason: String? = nil) -> CoordinationError {
+        CoordinationError(.connectionLost, "\(what) on Redis at \(endpoint) failed", underlying: reason ?? errorText)
+    }
+
+    /// Runs one TLS transfer; a failure names OpenSSL's reason.
+    private func transfer(_ what: String, _ body: (OpaquePointer, UnsafeMutablePointer<CChar>, Int) -> Int32) throws {
+        guard let tls else { return }
+        var reason = [CChar](repeating: 0, count: 512)
+        if body(tls, &reason, reason.count) != 0 {
+            throw lostError(what, reason: String(decoding: reason.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
+        }
+    }
+
+    /// Bytes already decrypted and waiting, which `poll` cannot see.
+    var hasPendingInput: Bool {
+        guard let tls else { return false }
+        return herald_redis_tls_pending(tls) > 0
     }
 
     /// Sends one command and waits for its reply. An error reply is returned, not thrown.
     /// - Throws: `CoordinationError.connectionLost` when the socket fails or times out; the context is then unusable.
     func command(_ command: RedisCommand) throws -> RedisReply {
+        if tls != nil {
+            try append(command)
+            try flush()
+            return try readReply()
+        }
         let raw = Self.withArgv(command.arguments) { argc, argv, lengths in
             redisCommandArgv(context, argc, argv, lengths)
         }
@@ -150,6 +195,10 @@ final class HiredisContext: @unchecked Sendable {
 
     /// Writes everything queued by `append` to the socket.
     func flush() throws {
+        if tls != nil {
+            try transfer("writing") { herald_redis_tls_flush($0, context, $1, $2) }
+            return
+        }
         var done: Int32 = 0
         while done == 0 {
             if redisBufferWrite(context, &done) != REDIS_OK { throw lostError("writing a pipeline") }
@@ -158,6 +207,12 @@ final class HiredisContext: @unchecked Sendable {
 
     /// Waits for the next reply.
     func readReply() throws -> RedisReply {
+        if tls != nil {
+            while true {
+                if let reply = try bufferedReply() { return reply }
+                try readAvailable()
+            }
+        }
         var raw: UnsafeMutableRawPointer?
         if redisGetReply(context, &raw) != REDIS_OK || raw == nil { throw lostError("reading a reply") }
         defer { freeReplyObject(raw) }
@@ -175,6 +230,10 @@ final class HiredisContext: @unchecked Sendable {
 
     /// Reads what the socket has into hiredis' buffer (call after `poll` says readable).
     func readAvailable() throws {
+        if tls != nil {
+            try transfer("reading") { herald_redis_tls_read($0, context, $1, $2) }
+            return
+        }
         if redisBufferRead(context) != REDIS_OK { throw lostError("reading") }
     }
 

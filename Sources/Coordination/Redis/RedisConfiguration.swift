@@ -5,8 +5,26 @@ import HeraldModel
 ///
 /// Built from a URL:
 /// - `redis://[[user]:password@]host[:port][/db]`: TCP; `db` selects the database.
+/// - `rediss://[[user]:password@]host[:port][/db][?cacertfile=...&certfile=...&keyfile=...]`: TCP with TLS;
+///   the server's certificate is checked against the system's CAs (or `cacertfile`) and the host name.
 /// - `unix:///path/to/redis.sock[?db=N&user=U&password=P]`: a unix socket.
 public struct RedisConfiguration: Sendable, Equatable {
+    /// TLS settings (`rediss://`). The server's certificate is always checked: there is no
+    /// switch to turn that off.
+    public struct TLS: Sendable, Equatable {
+        /// PEM file of the CAs to trust instead of the system's (`cacertfile=`).
+        public var caFile: String?
+        /// Client certificate chain and key, for servers that ask for one (`certfile=`, `keyfile=`).
+        public var certificateFile: String?
+        public var keyFile: String?
+
+        public init(caFile: String? = nil, certificateFile: String? = nil, keyFile: String? = nil) {
+            self.caFile = caFile
+            self.certificateFile = certificateFile
+            self.keyFile = keyFile
+        }
+    }
+
     public enum Endpoint: Sendable, Equatable, CustomStringConvertible {
         case tcp(host: String, port: Int)
         case unix(path: String)
@@ -56,6 +74,8 @@ public struct RedisConfiguration: Sendable, Equatable {
     public var reconnectMaxDelay: Duration
     /// Name set with `CLIENT SETNAME` on every (re)connect, if any.
     public var clientName: String?
+    /// TLS on the TCP connection (`rediss://`); `nil` for plain TCP.
+    public var tls: TLS?
 
     public init(
         endpoint: Endpoint,
@@ -66,7 +86,8 @@ public struct RedisConfiguration: Sendable, Equatable {
         commandTimeout: Duration = .seconds(5),
         reconnectBaseDelay: Duration = .milliseconds(50),
         reconnectMaxDelay: Duration = .seconds(2),
-        clientName: String? = nil
+        clientName: String? = nil,
+        tls: TLS? = nil
     ) {
         self.endpoint = endpoint
         self.user = user
@@ -77,6 +98,7 @@ public struct RedisConfiguration: Sendable, Equatable {
         self.reconnectBaseDelay = reconnectBaseDelay
         self.reconnectMaxDelay = reconnectMaxDelay
         self.clientName = clientName
+        self.tls = tls
     }
 
     /// Parses a `redis://`, `unix://` or `redis+sentinel://` URL. The Sentinel form:
@@ -108,7 +130,7 @@ public struct RedisConfiguration: Sendable, Equatable {
         if let queryPassword = query["password"] { password = queryPassword }
 
         switch scheme {
-        case "redis":
+        case "redis", "rediss":
             guard let host = components.host, !host.isEmpty else {
                 throw CoordinationError(.invalidConfiguration, "Redis URL '\(url)' has no host")
             }
@@ -124,16 +146,38 @@ public struct RedisConfiguration: Sendable, Equatable {
                 database = value
             }
             self.init(endpoint: .tcp(host: host, port: port), user: user, password: password, database: database)
+            if scheme == "rediss" {
+                tls = TLS()  // so errors show rediss://
+                tls = try Self.tlsSettings(query, shown: redactedDescription)
+            }
         case "unix":
             guard !components.path.isEmpty else {
                 throw CoordinationError(.invalidConfiguration, "Redis URL '\(url)' has no socket path")
             }
             self.init(endpoint: .unix(path: components.path), user: user, password: password, database: database)
-        case "rediss":
-            throw CoordinationError(.invalidConfiguration, "Redis URL '\(url)': TLS (rediss://) is not supported by the hiredis build Herald uses; use a TLS proxy or a unix socket")
         default:
-            throw CoordinationError(.invalidConfiguration, "Redis URL '\(url)': scheme '\(scheme)' is not redis:// or unix://")
+            throw CoordinationError(.invalidConfiguration, "Redis URL '\(url)': scheme '\(scheme)' is not redis://, rediss://, redis+sentinel:// or unix://")
         }
+    }
+
+    /// The TLS options of a `rediss://` URL; each file must be readable now, so a typo stops
+    /// start-up instead of every connection.
+    private static func tlsSettings(_ query: [String: String], shown: String) throws -> TLS {
+        func file(_ name: String) throws -> String? {
+            guard let path = query[name] else { return nil }
+            guard !path.isEmpty, FileManager.default.isReadableFile(atPath: path) else {
+                throw CoordinationError(.invalidConfiguration, "Redis URL '\(shown)': \(name) '\(path)' is not a readable file")
+            }
+            return path
+        }
+        let settings = TLS(caFile: try file("cacertfile"), certificateFile: try file("certfile"), keyFile: try file("keyfile"))
+        guard (settings.certificateFile == nil) == (settings.keyFile == nil) else {
+            throw CoordinationError(.invalidConfiguration, "Redis URL '\(shown)': certfile and keyfile go together (a client certificate and its key)")
+        }
+        if let insecure = query["verify"] {
+            throw CoordinationError(.invalidConfiguration, "Redis URL '\(shown)': verify=\(insecure) is not an option; the server's certificate is always checked (name its CA with cacertfile=)")
+        }
+        return settings
     }
 
     /// At most this many sentinels in one URL.
@@ -197,7 +241,7 @@ public struct RedisConfiguration: Sendable, Equatable {
     public var redactedDescription: String {
         let auth = user.map { "\($0)@" } ?? (password != nil ? "***@" : "")
         switch endpoint {
-        case .tcp(let host, let port): return "redis://\(auth)\(host):\(port)/\(database)"
+        case .tcp(let host, let port): return "\(tls == nil ? "redis" : "rediss")://\(auth)\(host):\(port)/\(database)"
         case .unix(let path): return "unix://\(path)?db=\(database)"
         case .sentinel(let master, let sentinels):
             return "redis+sentinel://\(auth)" + sentinels.map { "\($0.host):\($0.port)" }.joined(separator: ",") + "/\(master)/\(database)"

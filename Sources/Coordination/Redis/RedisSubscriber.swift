@@ -78,6 +78,10 @@ private final class SubscriptionLoop: @unchecked Sendable {
                 while let reply = try active.bufferedReply() {
                     handle(reply, confirmed: &confirmed, subscribedBefore: &subscribedBefore)
                 }
+                if active.hasPendingInput {
+                    try active.readAvailable()
+                    continue
+                }
                 // Wake up regularly to notice `stop()`.
                 var descriptor = pollfd(fd: active.fileDescriptor, events: Int16(POLLIN), revents: 0)
                 let ready = poll(&descriptor, 1, 200)

@@ -100,15 +100,19 @@ final class HeraldNode: Sendable {
     }
 
     func start() async throws {
-        // HERALD_QUEUE_TYPE unset: the cluster's recorded type (quorum for a new cluster).
+        // The queues' type and bounds: the settings, else the cluster's record (ClusterQueueShape).
         var configuration = self.configuration
         let settings = RedisClient(configuration: try RedisConfiguration(url: configuration.redisURL), logger: logger)
-        configuration.queueType = try await ClusterQueueType.resolve(configured: configuration.queueType, redis: settings, keyPrefix: configuration.keyPrefix)
+        configuration.queueShape = try await ClusterQueueShape.resolve(configured: configuration.queueSettings, redis: settings, keyPrefix: configuration.keyPrefix)
         let connection = try await AMQPConnection.connect(try AMQPConfiguration(url: configuration.amqpURL), logger: logger)
         let control = try await connection.openChannel()
         try await Topology.declare(on: control, configuration: configuration)
         await control.close()
-        try await ClusterQueueType.record(configuration.queueType, redis: settings, keyPrefix: configuration.keyPrefix)
+        try await ClusterQueueShape.record(configuration.queueShape, redis: settings, keyPrefix: configuration.keyPrefix)
+        logger.info("queues declared", metadata: [
+            "amqp.queue_type": "\(configuration.queueShape.type)", "amqp.ingest_max_messages": "\(configuration.queueShape.ingestMaxMessages)",
+            "amqp.partition_max_messages": "\(configuration.queueShape.partitionMaxMessages)",
+        ])
         await settings.close()
 
         // The subscription index, rebuilt on every registry change and swapped in.
@@ -131,7 +135,7 @@ final class HeraldNode: Sendable {
         delivery.projectMaxMessages = configuration.deliveryProjectMaxMessages
         delivery.attemptsBeforeParking = configuration.parking.afterAttempts
         let parking = TargetParking(
-            connection: connection, ledger: parkingLedger, names: configuration.names, queueType: configuration.queueType, owner: coordinator.owner,
+            connection: connection, ledger: parkingLedger, names: configuration.names, queueType: configuration.queueShape.type, owner: coordinator.owner,
             settings: configuration.parking, logger: logger
         )
         let batcher = try DeliveryBatcher(

@@ -44,9 +44,13 @@ struct NodeConfiguration: Sendable {
     var ingestPrefetch: UInt16
     /// HERALD_PARTITION_PREFETCH: unacked events per owned partition. Default 100.
     var partitionPrefetch: UInt16
-    /// HERALD_QUEUE_TYPE: classic or quorum, for Herald's queues. Unset (empty): the cluster's
-    /// recorded type, quorum for a new cluster (`ClusterQueueType`).
-    var queueType: String
+    /// HERALD_QUEUE_TYPE (classic or quorum), HERALD_INGEST_QUEUE_MAX_MESSAGES and
+    /// HERALD_PARTITION_QUEUE_MAX_MESSAGES (0: no bound), as set; unset, the cluster's record
+    /// decides (`ClusterQueueShape`).
+    var queueSettings: QueueShapeSettings
+    /// What the queues are declared with: `HeraldNode.start` resolves it from `queueSettings`
+    /// and the cluster's record before declaring anything; until then, a new cluster's shape.
+    var queueShape: QueueShape
     /// HERALD_SHUTDOWN_BUDGET_SECONDS: how long a graceful stop may take. Default 20.
     var shutdownBudget: Duration
     /// HERALD_HANDOFF_DRAIN_SECONDS: how long a partition handed over in a rebalance may take
@@ -114,7 +118,7 @@ struct NodeConfiguration: Sendable {
     static let keys: Set<String> = [
         "HERALD_NODE_ID", "HERALD_REDIS_URL", "HERALD_AMQP_URL", "HERALD_ZAQAR_URL", "HERALD_PARTITIONS", "HERALD_KEY_PREFIX",
         "HERALD_EXCHANGES", "HERALD_EXCHANGES_DURABLE", "HERALD_CEILOMETER_EVENTS", "HERALD_INGEST_ORDERED", "HERALD_INGEST_PREFETCH",
-        "HERALD_PARTITION_PREFETCH", "HERALD_QUEUE_TYPE", "HERALD_SHUTDOWN_BUDGET_SECONDS", "HERALD_HANDOFF_DRAIN_SECONDS", "HERALD_API_HOST", "HERALD_API_PORT",
+        "HERALD_PARTITION_PREFETCH", "HERALD_QUEUE_TYPE", "HERALD_INGEST_QUEUE_MAX_MESSAGES", "HERALD_PARTITION_QUEUE_MAX_MESSAGES", "HERALD_SHUTDOWN_BUDGET_SECONDS", "HERALD_HANDOFF_DRAIN_SECONDS", "HERALD_API_HOST", "HERALD_API_PORT",
         "HERALD_API_AUTH", "HERALD_LOG_LEVEL", "HERALD_LOG_FORMAT", "HERALD_KEYSTONE_URL", "HERALD_KEYSTONE_USERNAME",
         "HERALD_KEYSTONE_PASSWORD", "HERALD_KEYSTONE_PROJECT", "HERALD_KEYSTONE_USER_DOMAIN", "HERALD_KEYSTONE_PROJECT_DOMAIN",
         "HERALD_KEYSTONE_CACHE_SECONDS", "HERALD_KEYSTONE_TRUST_ROLES", "HERALD_SIGNED_URL_RENEW_SECONDS",
@@ -206,6 +210,15 @@ struct NodeConfiguration: Sendable {
             }
             zaqarCatalog = ZaqarCatalogLookup(type: type, interface: interface, region: environment["HERALD_ZAQAR_REGION"].flatMap { $0.isEmpty ? nil : $0 })
         }
+        func optionalInteger(_ key: String, _ range: ClosedRange<Int>) throws -> Int? {
+            guard let text = environment[key], !text.isEmpty else { return nil }
+            return try integer(key, 0, range)
+        }
+        let queueSettings = QueueShapeSettings(
+            type: string("HERALD_QUEUE_TYPE", ""),
+            ingestMaxMessages: try optionalInteger("HERALD_INGEST_QUEUE_MAX_MESSAGES", 0...1_000_000_000),
+            partitionMaxMessages: try optionalInteger("HERALD_PARTITION_QUEUE_MAX_MESSAGES", 0...1_000_000_000)
+        )
         let keyPrefix = string("HERALD_KEY_PREFIX", "herald:")
         let clusterName = string("HERALD_CLUSTER", ClusterNames.derived(fromKeyPrefix: keyPrefix))
         let names: ClusterNames
@@ -296,7 +309,8 @@ struct NodeConfiguration: Sendable {
             ingestOrdered: try boolean("HERALD_INGEST_ORDERED", true),
             ingestPrefetch: UInt16(try integer("HERALD_INGEST_PREFETCH", 200, 1...65535)),
             partitionPrefetch: UInt16(try integer("HERALD_PARTITION_PREFETCH", 100, 1...65535)),
-            queueType: string("HERALD_QUEUE_TYPE", ""),
+            queueSettings: queueSettings,
+            queueShape: try ClusterQueueShape.choose(configured: queueSettings, recorded: [:], clusterExists: false),
             shutdownBudget: .seconds(try integer("HERALD_SHUTDOWN_BUDGET_SECONDS", 20, 1...3600)),
             handoffDrain: .seconds(try integer("HERALD_HANDOFF_DRAIN_SECONDS", 120, 1...3600)),
             apiHost: string("HERALD_API_HOST", "0.0.0.0"),
@@ -391,8 +405,8 @@ struct NodeConfiguration: Sendable {
                 expected: "more than HERALD_SIGNED_URL_RENEW_SECONDS (\(Int(signedURLs.renewBefore.seconds))), or every renewed URL would be due again at once"
             )
         }
-        guard queueType.isEmpty || ClusterQueueType.known.contains(queueType) else {
-            throw ConfigurationError(key: "HERALD_QUEUE_TYPE", value: queueType, expected: "classic or quorum (or unset: the cluster's own, quorum for a new cluster)")
+        guard queueSettings.type.isEmpty || ClusterQueueShape.knownTypes.contains(queueSettings.type) else {
+            throw ConfigurationError(key: "HERALD_QUEUE_TYPE", value: queueSettings.type, expected: "classic or quorum (or unset: the cluster's own, quorum for a new cluster)")
         }
         guard !exchanges.isEmpty || ceilometerEvents else {
             throw ConfigurationError(key: "HERALD_EXCHANGES", value: exchanges.joined(separator: ","), expected: "at least one exchange (or HERALD_CEILOMETER_EVENTS=true)")

@@ -8,44 +8,85 @@ import Metrics
 import Notifications
 import Synchronization
 
-/// The queue type a node declares its queues with (HERALD_QUEUE_TYPE).
+/// What Herald's queues are declared with: their type and their length bounds.
+struct QueueShape: Equatable, Sendable {
+    /// classic or quorum.
+    var type: String
+    /// At most this many messages wait in `<cluster>.ingest`; 0: no bound.
+    var ingestMaxMessages: Int
+    /// At most this many messages wait in each `<cluster>.p.<n>` (and in `<cluster>.dead`); 0: no bound.
+    var partitionMaxMessages: Int
+
+    /// A new cluster's: quorum queues, which survive the loss of a RabbitMQ node, and bounds.
+    static let newCluster = QueueShape(type: "quorum", ingestMaxMessages: 1_000_000, partitionMaxMessages: 50_000)
+    /// A cluster made before the record existed: classic queues without bounds (the old defaults).
+    static let legacy = QueueShape(type: "classic", ingestMaxMessages: 0, partitionMaxMessages: 0)
+}
+
+/// The queue shape a node declares with (HERALD_QUEUE_TYPE, HERALD_INGEST_QUEUE_MAX_MESSAGES,
+/// HERALD_PARTITION_QUEUE_MAX_MESSAGES).
 ///
-/// RabbitMQ refuses to redeclare a queue with another type, so the type is the cluster's,
-/// recorded in Redis (`<prefix>queue-type`) once the queues exist. A new cluster gets quorum
-/// queues, which survive the loss of a RabbitMQ node; a cluster created before the record
-/// existed (its partition count is stored, its queue type is not) kept the old default, classic.
-enum ClusterQueueType {
-    static let known = ["classic", "quorum"]
+/// RabbitMQ refuses to redeclare a queue with other arguments (406), so the shape is the
+/// cluster's, recorded in Redis (`<prefix>queue-shape`, a hash) once a node has declared the
+/// queues with it. Each value is, in order: the node's setting; the cluster's record; for a
+/// cluster made before the record existed (its partition count is stored, no shape), `legacy`;
+/// for a new cluster, `newCluster`.
+enum ClusterQueueShape {
+    static let knownTypes = ["classic", "quorum"]
 
     /// - Parameters:
-    ///   - configured: HERALD_QUEUE_TYPE, empty when unset.
-    ///   - recorded: what the cluster recorded, if anything.
+    ///   - configured: the node's settings (nil or empty: unset).
+    ///   - recorded: the cluster's record (empty when there is none).
     ///   - clusterExists: whether the cluster's partition count is stored.
-    /// - Throws: `ConfigurationError` when the record holds a type Herald does not know.
-    static func choose(configured: String, recorded: String?, clusterExists: Bool) throws -> String {
-        if !configured.isEmpty { return configured }
-        if let recorded {
-            guard known.contains(recorded) else {
+    /// - Throws: `ConfigurationError` naming the setting when the record holds a value this version cannot use.
+    static func choose(configured: QueueShapeSettings, recorded: [String: String], clusterExists: Bool) throws -> QueueShape {
+        let fallback = recorded.isEmpty && !clusterExists ? QueueShape.newCluster : .legacy
+        func recordedCount(_ field: String, key: String, _ otherwise: Int) throws -> Int {
+            guard let text = recorded[field] else { return otherwise }
+            guard let value = Int(text), value >= 0 else {
+                throw ConfigurationError(key: key, value: "(unset)", expected: "a whole number: the cluster's record in Redis says \(field) '\(text.prefix(40))'; set \(key)")
+            }
+            return value
+        }
+        var shape = fallback
+        if !configured.type.isEmpty {
+            shape.type = configured.type
+        } else if let type = recorded["type"] {
+            guard knownTypes.contains(type) else {
                 throw ConfigurationError(
                     key: "HERALD_QUEUE_TYPE", value: "(unset)",
-                    expected: "classic or quorum: the cluster's record in Redis says '\(recorded.prefix(40))', which this version does not know; set HERALD_QUEUE_TYPE")
+                    expected: "classic or quorum: the cluster's record in Redis says '\(type.prefix(40))', which this version does not know; set HERALD_QUEUE_TYPE")
             }
-            return recorded
+            shape.type = type
         }
-        return clusterExists ? "classic" : "quorum"
+        shape.ingestMaxMessages = try configured.ingestMaxMessages
+            ?? recordedCount("ingest-max-messages", key: "HERALD_INGEST_QUEUE_MAX_MESSAGES", fallback.ingestMaxMessages)
+        shape.partitionMaxMessages = try configured.partitionMaxMessages
+            ?? recordedCount("partition-max-messages", key: "HERALD_PARTITION_QUEUE_MAX_MESSAGES", fallback.partitionMaxMessages)
+        return shape
     }
 
-    /// The type to declare with, read from the cluster's keys in Redis.
-    static func resolve(configured: String, redis: RedisClient, keyPrefix: String) async throws -> String {
-        if !configured.isEmpty { return configured }
-        let replies = try await redis.pipeline([RedisCommand("GET", keyPrefix + "queue-type"), RedisCommand("EXISTS", keyPrefix + "partitions")])
-        return try choose(configured: configured, recorded: replies.first?.string, clusterExists: (replies.last?.integer ?? 0) > 0)
+    /// The shape to declare with, from the settings and the cluster's keys in Redis.
+    static func resolve(configured: QueueShapeSettings, redis: RedisClient, keyPrefix: String) async throws -> QueueShape {
+        let replies = try await redis.pipeline([RedisCommand("HGETALL", keyPrefix + "queue-shape"), RedisCommand("EXISTS", keyPrefix + "partitions")])
+        let recorded = replies.first?.hashFields ?? [:]
+        return try choose(configured: configured, recorded: recorded, clusterExists: (replies.last?.integer ?? 0) > 0)
     }
 
-    /// Records the type once the queues were declared with it, so later nodes declare the same.
-    static func record(_ type: String, redis: RedisClient, keyPrefix: String) async throws {
-        try await redis.send("SET", keyPrefix + "queue-type", type)
+    /// Records the shape once the queues were declared with it, so later nodes declare the same.
+    static func record(_ shape: QueueShape, redis: RedisClient, keyPrefix: String) async throws {
+        try await redis.send(
+            "HSET", keyPrefix + "queue-shape", "type", shape.type,
+            "ingest-max-messages", shape.ingestMaxMessages, "partition-max-messages", shape.partitionMaxMessages
+        )
     }
+}
+
+/// A node's own queue settings; nil (or an empty type) is unset: the cluster's record decides.
+struct QueueShapeSettings: Equatable, Sendable {
+    var type: String = ""
+    var ingestMaxMessages: Int?
+    var partitionMaxMessages: Int?
 }
 
 /// Herald's AMQP names (DESIGN.md, "Partitions"), with the cluster's name (`ClusterNames`).
@@ -61,18 +102,26 @@ enum Topology {
         let keys = configuration.notificationTopics.flatMap { topic in configuration.priorities.map { "\(topic).\($0)" } }
         var sources = configuration.exchanges.flatMap { exchange in keys.map { (exchange, $0) } }
         if configuration.ceilometerEvents { sources.append(("ceilometer", "event.sample")) }
-        let queueArguments: AMQPTable = ["x-queue-type": .string(configuration.queueType)]
+        let shape = configuration.queueShape
+        let queueArguments: AMQPTable = ["x-queue-type": .string(shape.type)]
         var ingestArguments = queueArguments
         // Ordered ingest: one active consumer, the other nodes on standby (DESIGN.md had competing
         // consumers, which reorder events of a partition across nodes).
         if configuration.ingestOrdered { ingestArguments["x-single-active-consumer"] = .bool(true) }
+        // Bounded: a full ingest queue refuses what the services publish to it (their other
+        // queues, Ceilometer's, still get it), so RabbitMQ, which the whole cloud shares, never
+        // reaches a memory or disk alarm because of Herald.
+        if shape.ingestMaxMessages > 0 {
+            ingestArguments["x-max-length"] = .int(Int64(shape.ingestMaxMessages))
+            ingestArguments["x-overflow"] = .string("reject-publish")
+        }
         do {
             try await channel.declareQueue(ingest, options: AMQPQueueOptions(durable: true, arguments: ingestArguments))
         } catch let error as MessagingError where error.replyCode == 406 {
             // The queue exists with other arguments: a node of another configuration or version declared it.
             throw ConfigurationError(
                 key: "HERALD_INGEST_ORDERED", value: "\(configuration.ingestOrdered)",
-                expected: "\(ingest) already exists with other arguments (\(error.replyText ?? "406")); set HERALD_INGEST_ORDERED and HERALD_QUEUE_TYPE as the running nodes have them, or delete \(ingest) while no node runs")
+                expected: "\(ingest) already exists with other arguments (\(error.replyText ?? "406")); set HERALD_INGEST_ORDERED, HERALD_QUEUE_TYPE and HERALD_INGEST_QUEUE_MAX_MESSAGES as the running nodes have them (or leave them unset: the cluster's record in Redis decides), or delete \(ingest) while no node runs")
         }
         for exchange in Set(sources.map(\.0)).sorted() {
             try await channel.declareExchange(exchange, options: AMQPExchangeOptions(type: "topic", durable: configuration.exchangesDurable))
@@ -82,16 +131,68 @@ enum Topology {
         }
         try await channel.declareExchange(partitions, options: AMQPExchangeOptions(type: "direct", durable: true))
         try await channel.declareExchange(dead, options: AMQPExchangeOptions(type: "fanout", durable: true))
-        try await channel.declareQueue(dead, options: AMQPQueueOptions(durable: true, arguments: queueArguments))
+        var deadArguments = queueArguments
+        var partitionArguments: AMQPTable = [
+            "x-single-active-consumer": .bool(true),
+            "x-dead-letter-exchange": .string(dead),
+            "x-queue-type": .string(shape.type),
+        ]
+        if shape.partitionMaxMessages > 0 {
+            // A full partition queue refuses the ingest's publish (a nack): the ingest holds the
+            // notification and waits (`IngestBackpressure`), so the backlog stays in the ingest queue.
+            partitionArguments["x-max-length"] = .int(Int64(shape.partitionMaxMessages))
+            partitionArguments["x-overflow"] = .string("reject-publish")
+            // Nothing consumes the dead queue: it keeps the newest.
+            deadArguments["x-max-length"] = .int(Int64(shape.partitionMaxMessages))
+        }
+        try await channel.declareQueue(dead, options: AMQPQueueOptions(durable: true, arguments: deadArguments))
         try await channel.bindQueue(dead, to: dead, routingKey: "")
         for partition in 0..<configuration.partitions {
-            try await channel.declareQueue(names.partitionQueue(partition), options: AMQPQueueOptions(durable: true, arguments: [
-                "x-single-active-consumer": .bool(true),
-                "x-dead-letter-exchange": .string(dead),
-                "x-queue-type": .string(configuration.queueType),
-            ]))
+            try await channel.declareQueue(names.partitionQueue(partition), options: AMQPQueueOptions(durable: true, arguments: partitionArguments))
             try await channel.bindQueue(names.partitionQueue(partition), to: partitions, routingKey: "\(partition)")
         }
+    }
+}
+
+/// How long ingest waits before its next publish while partition queues refuse them.
+///
+/// Each refusal doubles the wait (from 50 ms up to 5 s); a publish taken again ends it. A
+/// value type that takes the time as an argument, so tests drive it without sleeping.
+struct IngestBackpressure {
+    static let firstWait: Duration = .milliseconds(50)
+    static let longestWait: Duration = .seconds(5)
+    /// `herald_partition_publish_refused_total`: alert when it grows (a partition queue is full).
+    static let refused = Counter(label: "herald_partition_publish_refused_total")
+    /// `herald_ingest_queue_messages` (ready in the ingest queue, sampled every
+    /// HERALD_INGEST_WATCH_SECONDS) over `herald_ingest_queue_max_messages` (its bound, 0: none):
+    /// alert well before 1, where RabbitMQ refuses the services' notifications to Herald.
+    static let ingestDepth = Gauge(label: "herald_ingest_queue_messages")
+    static let ingestBound = Gauge(label: "herald_ingest_queue_max_messages")
+
+    private(set) var refusals = 0
+    private var until: ContinuousClock.Instant?
+    private var step: Duration = .zero
+
+    /// A refusal: the next publish waits longer. Returns the refusals so far and whether this
+    /// one began a spell of them (for logging).
+    mutating func refused(at now: ContinuousClock.Instant) -> (refusals: Int, first: Bool) {
+        let first = step == .zero
+        step = first ? Self.firstWait : min(step * 2, Self.longestWait)
+        until = now + step
+        refusals += 1
+        return (refusals, first)
+    }
+
+    /// A publish was taken: no more waiting.
+    mutating func accepted() {
+        step = .zero
+        until = nil
+    }
+
+    /// How long to wait before the next publish, if at all.
+    func wait(at now: ContinuousClock.Instant) -> Duration? {
+        guard let until, until > now else { return nil }
+        return until - now
     }
 }
 
@@ -149,12 +250,8 @@ final class IngestService: Sendable {
     let statistics: Locked<PipelineStatistics>
     private let consumer = Mutex<AMQPConsumer?>(nil)
     private let stopped = Atomic<Bool>(false)
-    /// Republish failures per notification (FNV-1a of its body), so that one the broker refuses
-    /// for a reason of its own is dead-lettered after `maxRepublishFailures` instead of being
-    /// requeued for ever. Bounded: emptied when it reaches `failureMemory` entries.
-    private let republishFailures = Mutex<[UInt64: Int]>([:])
-    static let maxRepublishFailures = 3
-    static let failureMemory = 10_000
+    /// Slows ingest down while partition queues refuse its publishes (full).
+    private let backpressure = Mutex(IngestBackpressure())
     /// The longest event type, message id or project routed: AMQP short strings hold 255 bytes.
     static let maxRoutedField = 255
 
@@ -199,29 +296,36 @@ final class IngestService: Sendable {
         let watchdog = Task { await watch(consumer) }
         defer { watchdog.cancel() }
         // Confirms are awaited in order on a second task, so publishing never waits for them.
-        let (pending, pendingContinuation) = AsyncStream.makeStream(of: (AMQPDelivery, AMQPPublishTicket?, UInt64).self)
+        let (pending, pendingContinuation) = AsyncStream.makeStream(of: (AMQPDelivery, AMQPPublishTicket?).self)
         let acker = Task {
-            for await (delivery, ticket, fingerprint) in pending {
+            for await (delivery, ticket) in pending {
                 do {
                     try await ticket?.wait()
                     consuming.ack(delivery)
+                    backpressure.withLock { $0.accepted() }
                 } catch {
-                    // Not confirmed: give it back to the queue to be routed again (up to a limit: route()).
-                    let failures = republishFailures.withLock { failures in
-                        if failures.count >= Self.failureMemory { failures.removeAll() }
-                        failures[fingerprint, default: 0] += 1
-                        return failures[fingerprint, default: 0]
+                    // Not confirmed: a partition queue at its bound (x-overflow reject-publish) or
+                    // a broker in trouble. The notification goes back to the ingest queue, and
+                    // ingest slows down until publishes are taken again: the backlog waits in
+                    // the ingest queue, nothing is dropped or dead-lettered.
+                    IngestBackpressure.refused.increment()
+                    let (refusals, first) = backpressure.withLock { $0.refused(at: .now) }
+                    if first || refusals % 100 == 0 {
+                        logger.warning("a partition queue refused a notification (full, HERALD_PARTITION_QUEUE_MAX_MESSAGES, or the broker in trouble); requeued, ingest slows down", metadata: [
+                            "error": "\(error)", "herald.refusals": "\(refusals)",
+                        ])
                     }
-                    logger.warning("republishing to a partition failed; requeueing", metadata: ["error": "\(error)", "herald.attempt": "\(failures)"])
                     consuming.nack(delivery, requeue: true)
                 }
             }
         }
         do {
             for try await delivery in consumer {
-                let fingerprint = PartitionHash.fnv1a64(delivery.body)
-                let routed = await route(delivery, fingerprint: fingerprint)
-                pendingContinuation.yield((delivery, routed.map { publishing.publishInOrder($0) }, fingerprint))
+                if let wait = backpressure.withLock({ $0.wait(at: .now) }) {
+                    try? await Task.sleep(for: wait)
+                }
+                let routed = await route(delivery)
+                pendingContinuation.yield((delivery, routed.map { publishing.publishInOrder($0) }))
             }
         } catch {
             pendingContinuation.finish()
@@ -244,6 +348,10 @@ final class IngestService: Sendable {
             let answer: Result<AMQPQueueState, any Error>
             do { answer = .success(try await channel.declareQueuePassive(configuration.names.ingest)) } catch { answer = .failure(error) }
             await channel.close()
+            if case .success(let state) = answer {
+                IngestBackpressure.ingestDepth.record(state.messageCount)
+                IngestBackpressure.ingestBound.record(configuration.queueShape.ingestMaxMessages)
+            }
             switch answer {
             case .success(let state) where state.consumerCount == 0:
                 logger.error("RabbitMQ lists no consumer on \(configuration.names.ingest) although this node consumes it; consuming anew", metadata: [
@@ -260,7 +368,7 @@ final class IngestService: Sendable {
     }
 
     /// The messages to publish for a delivery, or nil when it was dead-lettered.
-    private func route(_ delivery: AMQPDelivery, fingerprint: UInt64) async -> [AMQPOutgoingMessage]? {
+    private func route(_ delivery: AMQPDelivery) async -> [AMQPOutgoingMessage]? {
         statistics.count(.ingested)
         let events: [NotificationEvent]
         do {
@@ -268,10 +376,6 @@ final class IngestService: Sendable {
                 var event = event
                 configuration.eventDefinitions.attribute(&event)
                 return event
-            }
-            if let failures = republishFailures.withLock({ $0[fingerprint] }), failures >= Self.maxRepublishFailures {
-                republishFailures.withLock { _ = $0.removeValue(forKey: fingerprint) }
-                throw NotificationDecodingError("RabbitMQ refused to take this notification into a partition queue \(failures) times; it is set aside so that the ones behind it flow")
             }
             // The decoder refused event types and message ids too long for a header; the projects
             // and resource id the definitions (or the decoder's guess) found are checked here.
@@ -336,6 +440,9 @@ final class IngestService: Sendable {
         stopped.store(true, ordering: .relaxed)
         try? await consumer.withLock { $0 }?.cancel()
     }
+
+    /// Publishes the partition queues refused since the start.
+    var refusals: Int { backpressure.withLock { $0.refusals } }
 }
 
 /// Consumes the partitions this node owns: `acquired` starts a consumer on

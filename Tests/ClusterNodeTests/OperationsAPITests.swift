@@ -1,6 +1,7 @@
 @testable import ClusterNode
 import Foundation
 import HTTPTypes
+import Prometheus
 import HeraldModel
 import Testing
 import TestSupport
@@ -78,7 +79,7 @@ extension APISuites {
 
         @Test("healthz always 200; readyz 503 naming the failing check, 200 when all pass; metrics in Prometheus text")
         func health() async throws {
-            let gauge = harness.metrics.makeGauge(name: "herald_test_gauge")
+            let gauge = harness.metrics.makeGauge(descriptor: MetricNameDescriptor(metricName: "herald_test_gauge", unitName: "", helpText: ""))
             gauge.set(to: 3)
             try await harness.test { client in
                 #expect(try await client.call(.get, "/healthz", project: nil).status == .ok)

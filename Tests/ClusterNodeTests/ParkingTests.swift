@@ -363,6 +363,26 @@ struct ParkingTests {
         }
     }
 
+    @Test("retry slots are shared between projects: a project with many parked subscriptions due first takes one slot per round, not all of them")
+    func fairClaims() async throws {
+        let ledger = ParkingLedger(redis: try RedisClient(url: TestServers.redisURL()), keyPrefix: TestServers.uniqueName("herald-test.fair") + ":")
+        func park(_ subscription: String, _ project: String) async throws {
+            guard case .reserved = try await ledger.reserve(subscription: subscription, project: project, count: 1, projectMax: 100, subscriptionMax: 100, delay: .zero, error: "503") else {
+                Issue.record("\(subscription) reserved"); return
+            }
+        }
+        // The hog's eight are due before the others' (parked first).
+        for index in 0..<8 { try await park("hog-\(index)", "hog") }
+        try await Task.sleep(for: .milliseconds(20))
+        try await park("b-0", "b")
+        try await park("b-1", "b")
+        try await park("c-0", "c")
+        let first = try await ledger.claimDue(node: "n#1", lease: .seconds(60), limit: 3)
+        #expect(first == ["hog-0", "b-0", "c-0"], "one per project, each project's oldest first: \(first)")
+        let second = try await ledger.claimDue(node: "n#1", lease: .seconds(60), limit: 3)
+        #expect(second == ["hog-1", "b-1", "hog-2"], "then the next of each, the hog again once the others ran out: \(second)")
+    }
+
     @Test("a count that fell below what the queue holds (an ack lost with a connection counts twice) keeps the subscription parked until its queue is really empty")
     func countBelowQueue() async throws {
         let (target, subscription, rig) = try await Self.parked(5, queue: "undercounted")

@@ -230,7 +230,26 @@ public final class ParkingLedger: Sendable {
 
     private static let claim = RedisScript(clock + "\n" + gone + "\n" + #"""
     local p, node, lease, limit, grace = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-    local due = redis.call('ZRANGEBYSCORE', p .. 'park-due', '-inf', now, 'LIMIT', 0, limit)
+    -- Fair between projects: of the first 200 due (oldest first), one per project in turn, so a
+    -- project with many parked subscriptions cannot take every retry slot while others wait.
+    local candidates = redis.call('ZRANGEBYSCORE', p .. 'park-due', '-inf', now, 'LIMIT', 0, 200)
+    local byProject, projects = {}, {}
+    for _, sub in ipairs(candidates) do
+      local project = redis.call('HGET', p .. 'park:' .. sub, 'project') or ''
+      if byProject[project] == nil then byProject[project] = {}; table.insert(projects, project) end
+      table.insert(byProject[project], sub)
+    end
+    local due = {}
+    local round = 1
+    while #due < limit do
+      local took = false
+      for _, project in ipairs(projects) do
+        local sub = byProject[project][round]
+        if sub and #due < limit then table.insert(due, sub); took = true end
+      end
+      if not took then break end
+      round = round + 1
+    end
     -- Claims whose holder died: taken at once rather than when their lease runs out (the
     -- soonest 100 of the claimed or waiting ones are looked at, a bounded scan).
     if #due < limit then
@@ -248,8 +267,9 @@ public final class ParkingLedger: Sendable {
     return due
     """#)
 
-    /// Takes up to `limit` subscriptions whose next attempt is due, or whose claim is held by a
-    /// process that died (its `alive:` key went), for `lease`: no other node takes them until the
+    /// Takes up to `limit` subscriptions whose next attempt is due (one per project in turn, oldest
+    /// first, of the first 200 due), or whose claim is held by a process that died (its `alive:`
+    /// key went), for `lease`: no other node takes them until the
     /// lease passes or the claimer dies; only the claimer may reschedule them meanwhile.
     public func claimDue(node: String, lease: Duration, limit: Int) async throws -> [String] {
         let reply = try await redis.evalSHA(Self.claim, arguments: [prefix, node, Int(lease.milliseconds), limit, Self.graceMilliseconds])

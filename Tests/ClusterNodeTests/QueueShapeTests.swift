@@ -1,0 +1,171 @@
+@testable import ClusterNode
+import Coordination
+import Foundation
+import HeraldModel
+import Logging
+import Messaging
+import Testing
+import TestSupport
+
+@Suite("The cluster's queue shape: type and length bounds")
+struct QueueShapeChoiceTests {
+    static let none = QueueShapeSettings()
+
+    @Test("a setting wins; else the cluster's record; else the old shape for a cluster older than the record, quorum and bounds for a new one", arguments: [
+        (QueueShapeSettings(type: "classic"), ["type": "quorum"], true, QueueShape(type: "classic", ingestMaxMessages: 0, partitionMaxMessages: 0)),
+        (QueueShapeSettings(type: "quorum", partitionMaxMessages: 7), [:], true, QueueShape(type: "quorum", ingestMaxMessages: 0, partitionMaxMessages: 7)),
+        (none, ["type": "classic", "ingest-max-messages": "10", "partition-max-messages": "3"], false, QueueShape(type: "classic", ingestMaxMessages: 10, partitionMaxMessages: 3)),
+        (QueueShapeSettings(ingestMaxMessages: 99), ["type": "quorum", "ingest-max-messages": "10", "partition-max-messages": "3"], true, QueueShape(type: "quorum", ingestMaxMessages: 99, partitionMaxMessages: 3)),
+        (none, [:], true, QueueShape.legacy),
+        (none, [:], false, QueueShape.newCluster),
+    ])
+    func choice(configured: QueueShapeSettings, recorded: [String: String], clusterExists: Bool, expected: QueueShape) throws {
+        #expect(try ClusterQueueShape.choose(configured: configured, recorded: recorded, clusterExists: clusterExists) == expected)
+    }
+
+    @Test("a record this version cannot use, or a bad setting, stops start-up naming the key")
+    func refused() {
+        #expect(throws: ConfigurationError.self) { try ClusterQueueShape.choose(configured: Self.none, recorded: ["type": "stream"], clusterExists: true) }
+        #expect(throws: ConfigurationError.self) { try ClusterQueueShape.choose(configured: Self.none, recorded: ["partition-max-messages": "-4"], clusterExists: true) }
+        #expect(throws: ConfigurationError.self) { try NodeConfiguration.fromEnvironment(["HERALD_QUEUE_TYPE": "stream", "HERALD_API_AUTH": "trusted-header"]) }
+        #expect(throws: ConfigurationError.self) { try NodeConfiguration.fromEnvironment(["HERALD_PARTITION_QUEUE_MAX_MESSAGES": "lots", "HERALD_API_AUTH": "trusted-header"]) }
+        let unset = try? NodeConfiguration.fromEnvironment(["HERALD_API_AUTH": "trusted-header"])
+        #expect(unset?.queueSettings == Self.none)
+    }
+
+    @Test("ingest waits longer after each refusal (50 ms doubling up to 5 s) and not at all once a publish is taken")
+    func backpressure() {
+        var state = IngestBackpressure()
+        let start = ContinuousClock.now
+        #expect(state.wait(at: start) == nil)
+        #expect(state.refused(at: start) == (1, true))
+        #expect(state.wait(at: start) == .milliseconds(50))
+        #expect(state.wait(at: start + .milliseconds(20)) == .milliseconds(30))
+        #expect(state.wait(at: start + .milliseconds(50)) == nil)
+        #expect(state.refused(at: start) == (2, false))
+        #expect(state.wait(at: start) == .milliseconds(100))
+        for _ in 0..<20 { _ = state.refused(at: start) }
+        #expect(state.wait(at: start) == .seconds(5))
+        state.accepted()
+        #expect(state.wait(at: start) == nil)
+        #expect(state.refused(at: start) == (23, true))
+        #expect(state.wait(at: start) == .milliseconds(50))
+    }
+}
+
+@Suite("Queue shape and bounds against the real Redis and RabbitMQ", .serialized, .timeLimit(.minutes(3)))
+struct QueueShapeTests {
+    /// A cluster of its own: its names, key prefix and notification exchange (so no other
+    /// test's ingest queue is bound to what this one publishes).
+    static func configuration(_ extra: [String: String] = [:]) throws -> (NodeConfiguration, String) {
+        let cluster = TestServers.uniqueName("qshape")
+        let exchange = TestServers.uniqueName("qshape-x")
+        let environment = [
+            "HERALD_API_AUTH": "trusted-header", "HERALD_CLUSTER": cluster, "HERALD_KEY_PREFIX": cluster + ":", "HERALD_PARTITIONS": "1",
+            "HERALD_EXCHANGES": exchange, "HERALD_REDIS_URL": try TestServers.redisURL(), "HERALD_AMQP_URL": try TestServers.amqpURL(),
+            "HERALD_INGEST_WATCH_SECONDS": "1",
+        ].merging(extra) { $1 }
+        return (try NodeConfiguration.fromEnvironment(environment), exchange)
+    }
+
+    @Test("a new cluster's queues are quorum queues with bounds, recorded for the nodes that follow")
+    func newClusterIsQuorum() async throws {
+        var (configuration, exchange) = try Self.configuration()
+        let prefix = configuration.keyPrefix
+        let redis = try RedisClient(url: TestServers.redisURL())
+        configuration.queueShape = try await ClusterQueueShape.resolve(configured: configuration.queueSettings, redis: redis, keyPrefix: prefix)
+        #expect(configuration.queueShape == .newCluster)
+
+        let connection = try await AMQPConnection.connect(url: TestServers.amqpURL())
+        try await Topology.declare(on: try await connection.openChannel(), configuration: configuration)
+        try await ClusterQueueShape.record(configuration.queueShape, redis: redis, keyPrefix: prefix)
+        let names = configuration.names
+        let queues = [names.ingest, names.dead, names.partitionQueue(0)]
+        // RabbitMQ says how a queue was made by refusing other arguments (406 PRECONDITION_FAILED).
+        for queue in queues {
+            let probe = try await connection.openChannel()
+            do {
+                _ = try await probe.declareQueue(queue, options: AMQPQueueOptions(durable: true, arguments: ["x-queue-type": .string("classic")]))
+                Issue.record("\(queue) took a classic redeclaration: it is not a quorum queue")
+            } catch let error as MessagingError {
+                #expect(error.replyCode == 406, "\(queue): \(error)")
+            }
+        }
+
+        // A node started later (the partition count stored meanwhile) follows the record.
+        _ = try await redis.send("SET", prefix + "partitions", 1)
+        #expect(try await ClusterQueueShape.resolve(configured: QueueShapeSettings(), redis: redis, keyPrefix: prefix) == .newCluster)
+        // A cluster made before the record existed keeps the old shape.
+        _ = try await redis.send("DEL", prefix + "queue-shape")
+        #expect(try await ClusterQueueShape.resolve(configured: QueueShapeSettings(), redis: redis, keyPrefix: prefix) == .legacy)
+
+        let cleanup = try await connection.openChannel()
+        for queue in queues { _ = try? await cleanup.deleteQueue(queue) }
+        _ = try await redis.send("DEL", prefix + "partitions")
+        _ = exchange
+        await connection.close()
+    }
+
+    @Test("a full partition queue holds the rest in the ingest queue (nothing dropped or dead-lettered) until it drains; a full ingest queue refuses the overflow")
+    func boundedQueues() async throws {
+        var (configuration, exchange) = try Self.configuration([
+            "HERALD_QUEUE_TYPE": "classic", "HERALD_PARTITION_QUEUE_MAX_MESSAGES": "5", "HERALD_INGEST_QUEUE_MAX_MESSAGES": "30",
+        ])
+        let redis = try RedisClient(url: TestServers.redisURL())
+        configuration.queueShape = try await ClusterQueueShape.resolve(configured: configuration.queueSettings, redis: redis, keyPrefix: configuration.keyPrefix)
+        #expect(configuration.queueShape == QueueShape(type: "classic", ingestMaxMessages: 30, partitionMaxMessages: 5))
+        let names = configuration.names
+        let connection = try await AMQPConnection.connect(url: TestServers.amqpURL())
+        defer { Task { await connection.close() } }
+        let deadLetters = DeadLetterStore(redis: redis, keyPrefix: configuration.keyPrefix)
+        let ingest = IngestService(connection: connection, configuration: configuration, deadLetters: deadLetters, statistics: Locked(PipelineStatistics()), logger: Logger(label: "herald.test.ingest"))
+        let running = Task { try await ingest.run() }
+
+        let control = try await connection.openChannel()
+        func notification(_ seq: Int) -> AMQPOutgoingMessage {
+            let message: [String: Any] = [
+                "message_id": "m-\(seq)", "publisher_id": "compute.host", "event_type": "compute.instance.update", "priority": "INFO",
+                "payload": ["seq": seq], "timestamp": "2026-12-05 07:00:00.000000", "_context_project_id": "p1",
+            ]
+            let body = try! JSONSerialization.data(withJSONObject: message)
+            return AMQPOutgoingMessage(exchange: exchange, routingKey: "notifications.info", body: Array(body))
+        }
+        try await eventually(timeout: .seconds(20)) {
+            guard try await control.declareQueuePassive(names.ingest).consumerCount == 1 else { throw TestFailure("ingest not consuming yet") }
+        }
+        try await control.publish((0..<20).map(notification))
+
+        // The partition queue stops at its bound; the other 15 wait for it, not in dead letters.
+        try await eventually(timeout: .seconds(20)) {
+            let depth = try await control.declareQueuePassive(names.partitionQueue(0)).messageCount
+            guard depth == 5, ingest.refusals > 0 else { throw TestFailure("partition queue holds \(depth), \(ingest.refusals) refusals") }
+        }
+        try await Task.sleep(for: .seconds(1))
+        #expect(try await control.declareQueuePassive(names.partitionQueue(0)).messageCount == 5)
+        #expect(try await deadLetters.count() == 0)
+
+        // Drained, the partition takes the rest: all 20, each once.
+        let consumer = try await connection.openChannel()
+        var seen: [String] = []
+        let deliveries = try await consumer.consume(names.partitionQueue(0), prefetch: 50)
+        for try await delivery in deliveries {
+            seen.append(delivery.properties.messageID ?? "?")
+            consumer.ack(delivery)
+            if seen.count == 20 { break }
+        }
+        #expect(Set(seen) == Set((0..<20).map { "m-\($0)" }), "\(seen)")
+        #expect(seen.count == 20)
+
+        // With ingest stopped, the ingest queue keeps 30 and refuses the rest.
+        await ingest.stop()
+        _ = try await running.value
+        try await control.publish((100..<140).map(notification))
+        try await eventually(timeout: .seconds(10)) {
+            let depth = try await control.declareQueuePassive(names.ingest).messageCount
+            guard depth == 30 else { throw TestFailure("ingest queue holds \(depth)") }
+        }
+
+        for queue in [names.ingest, names.dead, names.partitionQueue(0)] { _ = try? await control.deleteQueue(queue) }
+        _ = try await redis.send("DEL", configuration.keyPrefix + "queue-shape")
+    }
+}

@@ -5,7 +5,8 @@ helm binary) for every values file in charts/herald/ci, and check what comes out
 - values.schema.json accepts the values (Helm checks it while rendering), and refuses a
   value of the wrong type;
 - every manifest validates against the Kubernetes schemas (kubernetes-validate, offline);
-  the CRDs it has no schema for (KEDA ScaledObject, ServiceMonitor) get checks of ours;
+  the CRDs it has no schema for (KEDA ScaledObject, ServiceMonitor, PrometheusRule) get
+  checks of ours (an alert reads only metrics the code defines);
 - what schemas cannot see: probes point at paths the API serves (read from the OpenAPI
   document), liveness does not depend on the brokers, the grace period exceeds the
   shutdown budget, every HERALD_* key exists in the README's configuration table, the
@@ -129,6 +130,17 @@ def check_custom_resource(values_file, path, document):
     elif kind == "ServiceMonitor" and document["apiVersion"] == "monitoring.coreos.com/v1":
         endpoint = spec.get("endpoints", [{}])[0]
         if spec.get("selector", {}).get("matchLabels") and endpoint.get("path") == "/metrics" and endpoint.get("port") == "http":
+            return
+    elif kind == "PrometheusRule" and document["apiVersion"] == "monitoring.coreos.com/v1":
+        rules = [rule for group in spec.get("groups", []) for rule in group.get("rules", [])]
+        if rules and all(rule.get("alert") and rule.get("expr") for rule in rules):
+            # Every metric an alert reads is one the code defines (a renamed metric would leave
+            # an alert that never fires).
+            defined = set(re.findall(r'label: "(herald_[a-z_]+)"', "\n".join(
+                path.read_text() for path in (ROOT / "Sources").rglob("*.swift"))))
+            named = {name for rule in rules for name in re.findall(r"\b(herald_[a-z_]+)", rule["expr"])}
+            if not named <= defined:
+                fail("%s: %s: alerts read metrics the code does not define: %s" % (values_file.name, path, ", ".join(sorted(named - defined))))
             return
     fail("%s: %s: an unexpected or malformed %s %s" % (values_file.name, path, document.get("apiVersion"), kind))
 

@@ -48,8 +48,7 @@ struct ParkingSettings: Sendable {
 
     /// The delay before retry `attempt` (0 for the first): half the ceiling plus a random half.
     func delay<R: RandomNumberGenerator>(attempt: Int, using random: inout R) -> Duration {
-        let ceiling = Backoff(base: retryBase, cap: retryCap).ceiling(attempt: attempt)
-        return ceiling / 2 + (ceiling / 2) * Double.random(in: 0...1, using: &random)
+        Backoff(base: retryBase, cap: retryCap, floor: 0.5).delay(attempt: attempt, using: &random)
     }
 }
 

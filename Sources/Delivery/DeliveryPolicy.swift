@@ -51,27 +51,6 @@ public struct DeliveryConfiguration: Sendable {
     }
 }
 
-/// Exponential backoff with full jitter: a random delay in `[0, min(cap, base * 2^attempt)]`.
-public struct Backoff: Sendable {
-    public var base: Duration
-    public var cap: Duration
-
-    public init(base: Duration, cap: Duration) {
-        self.base = base
-        self.cap = cap
-    }
-
-    /// The ceiling for `attempt` (0 for the first retry).
-    public func ceiling(attempt: Int) -> Duration {
-        let factor = Double(1 << min(attempt, 30))
-        return min(cap, base * factor)
-    }
-
-    public func delay<R: RandomNumberGenerator>(attempt: Int, using random: inout R) -> Duration {
-        ceiling(attempt: attempt) * Double.random(in: 0...1, using: &random)
-    }
-}
-
 /// A lane's circuit breaker as a value type with time passed in.
 ///
 /// Closed: requests flow. After `threshold` consecutive failures it opens: nothing

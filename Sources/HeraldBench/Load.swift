@@ -555,7 +555,7 @@ final class RecordingSink: Sendable {
                     let loop = context.eventLoop
                     let handler = NIOLoopBound(self, eventLoop: loop)
                     let contextBox = NIOLoopBound(context, eventLoop: loop)
-                    func retry() {
+                    @Sendable func retry() {
                         if sink.current == .stalling {
                             loop.scheduleTask(in: .milliseconds(50)) { retry() }
                         } else {

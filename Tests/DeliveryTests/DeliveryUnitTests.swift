@@ -1,5 +1,6 @@
 @testable import Delivery
 import Foundation
+import HeraldModel
 import Testing
 
 @Suite("Delivery policies")
@@ -45,6 +46,13 @@ struct DeliveryPolicyTests {
             let delay = backoff.delay(attempt: attempt, using: &random)
             #expect(delay >= .zero && delay <= backoff.ceiling(attempt: attempt))
         }
+        // A floor of 0.5 (reconnects, parked retries) never waits less than half the ceiling.
+        let reconnect = Backoff(base: .milliseconds(50), cap: .seconds(2), floor: 0.5)
+        for attempt in 0..<12 {
+            let delay = reconnect.delay(attempt: attempt, using: &random)
+            #expect(delay >= reconnect.ceiling(attempt: attempt) / 2 && delay <= reconnect.ceiling(attempt: attempt))
+        }
+        #expect(Backoff(base: .seconds(1), cap: .seconds(8)).ceiling(attempt: -3) == .seconds(1), "a negative attempt is the first")
     }
 
     @Test("the delivered message wraps the event bytes untouched and escapes the ids")

@@ -7,7 +7,7 @@ VENV="${HERALD_VENV:-$ROOT/.local/venv}"
 
 DEBIAN_PACKAGES=(redis-server redis-tools rabbitmq-server libhiredis-dev librabbitmq-dev libsimdjson-dev libssl-dev pkg-config libcurl4-openssl-dev curl python3-venv)
 # Pinned: the versions DESIGN.md's facts were checked against.
-PYTHON_PACKAGES=("zaqar==23.0.1" "oslo.messaging==18.3.1" "python-zaqarclient==4.7.0" "websocket-client==1.9.2" "jsonschema==4.26.0" "redis>=5,<9" "oslo.context" "helm-python-sdk==0.2.2" "kubernetes-validate==1.37.0")
+PYTHON_PACKAGES=("zaqar==23.0.1" "oslo.messaging==18.3.1" "python-zaqarclient==4.7.0" "websocket-client==1.9.2" "jsonschema==4.26.0" "redis>=5,<9" "oslo.context" "helm-python-sdk==0.2.2" "kubernetes-validate==1.37.0" "gunicorn==23.0.0")
 
 install_system_packages() {
     local missing=() pkg

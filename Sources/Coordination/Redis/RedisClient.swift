@@ -1,5 +1,6 @@
 import Dispatch
 import Foundation
+import HeraldModel
 import Logging
 import Synchronization
 
@@ -194,10 +195,8 @@ private final class ConnectionSlot: @unchecked Sendable {
             return made
         } catch {
             failures += 1
-            // Exponential backoff with full jitter, so many nodes do not reconnect in step.
-            let base = configuration.reconnectBaseDelay.seconds
-            let ceiling = min(configuration.reconnectMaxDelay.seconds, base * pow(2, Double(min(failures, 20))))
-            retryAt = now + .milliseconds(Int(Double.random(in: 0.5...1.0) * ceiling * 1000))
+            // Jittered, so many nodes do not reconnect in step.
+            retryAt = now + configuration.reconnectBackoff.delay(attempt: failures)
             if failures == 1 || failures % 20 == 0 {
                 logger.warning("cannot reach Redis", metadata: ["redis.endpoint": "\(configuration.endpoint)", "redis.failures": "\(failures)", "error": "\(error)"])
             }

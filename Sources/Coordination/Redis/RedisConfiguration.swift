@@ -237,6 +237,12 @@ public struct RedisConfiguration: Sendable, Equatable {
         }
     }
 
+    /// The waits between reconnect attempts: from `reconnectBaseDelay` doubling up to
+    /// `reconnectMaxDelay`, each at least half its ceiling.
+    var reconnectBackoff: Backoff {
+        Backoff(base: reconnectBaseDelay, cap: reconnectMaxDelay, floor: 0.5)
+    }
+
     /// The URL without its password, for logs.
     public var redactedDescription: String {
         let auth = user.map { "\($0)@" } ?? (password != nil ? "***@" : "")

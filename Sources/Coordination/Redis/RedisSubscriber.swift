@@ -1,4 +1,5 @@
 import Foundation
+import HeraldModel
 import Logging
 import Synchronization
 
@@ -92,8 +93,7 @@ private final class SubscriptionLoop: @unchecked Sendable {
                 if failures == 1 || failures % 20 == 0 {
                     logger.warning("Redis subscription interrupted; reconnecting", metadata: ["redis.endpoint": "\(configuration.endpoint)", "error": "\(error)"])
                 }
-                let delay = min(configuration.reconnectMaxDelay.seconds, configuration.reconnectBaseDelay.seconds * pow(2, Double(min(failures, 20))))
-                sleepUnlessStopped(Double.random(in: 0.5...1.0) * delay)
+                sleepUnlessStopped(configuration.reconnectBackoff.delay(attempt: failures).seconds)
             }
         }
         continuation.finish()

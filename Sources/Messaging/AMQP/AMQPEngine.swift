@@ -1,4 +1,5 @@
 import Foundation
+import HeraldModel
 import Logging
 import Synchronization
 
@@ -515,8 +516,7 @@ final class AMQPEngine: @unchecked Sendable {
             failures += 1
             let tried = endpoint
             endpointIndex += 1
-            let ceiling = min(configuration.reconnectMaxDelay.seconds, configuration.reconnectBaseDelay.seconds * pow(2, Double(min(failures, 20))))
-            retryAt = now + .milliseconds(Int(Double.random(in: 0.5...1.0) * ceiling * 1000))
+            retryAt = now + Backoff(base: configuration.reconnectBaseDelay, cap: configuration.reconnectMaxDelay, floor: 0.5).delay(attempt: failures)
             status.withLock { $0.lastError = "\(error)" }
             if failures == 1 || failures % 10 == 0 {
                 logger.warning("cannot reconnect to RabbitMQ yet", metadata: ["amqp.endpoint": "\(tried)", "amqp.failures": "\(failures)", "error": "\(error)"])

@@ -139,7 +139,7 @@ enum Topology {
         ]
         if shape.partitionMaxMessages > 0 {
             // A full partition queue refuses the ingest's publish (a nack): the ingest holds the
-            // notification and waits (`IngestBackpressure`), so the backlog stays in the ingest queue.
+            // notification unacked and tries again (`IngestHold`); the backlog stays in the ingest queue.
             partitionArguments["x-max-length"] = .int(Int64(shape.partitionMaxMessages))
             partitionArguments["x-overflow"] = .string("reject-publish")
             // Nothing consumes the dead queue: it keeps the newest.
@@ -154,46 +154,104 @@ enum Topology {
     }
 }
 
-/// How long ingest waits before its next publish while partition queues refuse them.
+/// Notifications a partition queue refused (full: `x-overflow reject-publish`), held unacked
+/// and published again in order, with those that came later for the same partitions behind them.
 ///
-/// Each refusal doubles the wait (from 50 ms up to 5 s); a publish taken again ends it. A
+/// The ingest goes on with notifications for other partitions; what is held stays unacked, so
+/// at most the ingest prefetch is held and then the ingest queue keeps the backlog. Nothing is
+/// requeued (a requeued notification would come straight back and spin against the full
+/// queue), dropped or dead-lettered. The first held notification is tried again after 50 ms,
+/// the wait doubling to 5 s while it is refused; once one is taken the next goes at once. A
 /// value type that takes the time as an argument, so tests drive it without sleeping.
-struct IngestBackpressure {
-    static let firstWait: Duration = .milliseconds(50)
-    static let longestWait: Duration = .seconds(5)
+struct IngestHold<Item: Sendable>: Sendable {
+    struct Entry: Sendable {
+        /// The order in which ingest took the notification.
+        let sequence: UInt64
+        let partitions: Set<Int>
+        let item: Item
+    }
+
+    static var firstWait: Duration { .milliseconds(50) }
+    static var longestWait: Duration { .seconds(5) }
+
+    /// In ingest order.
+    private(set) var entries: [Entry] = []
+    private var inFlight = false
+    private var step: Duration = .zero
+    private var due: ContinuousClock.Instant?
+    /// Refusals so far.
+    private(set) var refusals = 0
+
+    /// Whether a notification for these partitions must wait behind held ones.
+    func holds(_ partitions: Set<Int>) -> Bool {
+        entries.contains { !$0.partitions.isDisjoint(with: partitions) }
+    }
+
+    /// Holds a notification behind earlier held ones of its partitions (it was not published).
+    mutating func hold(_ entry: Entry) {
+        insert(entry)
+        if due == nil { due = .now }
+    }
+
+    /// A partition queue refused a notification published in the ordinary way: held, and the
+    /// first held one is tried again after the next wait. Returns whether this began a spell.
+    mutating func refused(_ entry: Entry, at now: ContinuousClock.Instant) -> Bool {
+        insert(entry)
+        return backOff(at: now)
+    }
+
+    /// The first held notification, to publish again, when it is due and none is in flight.
+    mutating func next(at now: ContinuousClock.Instant) -> Entry? {
+        guard !inFlight, let first = entries.first, let due, due <= now else { return nil }
+        inFlight = true
+        return first
+    }
+
+    /// What became of the notification `next` gave. Taken: it leaves and the next goes at once.
+    /// Refused: it stays first and waits longer. Returns whether a refusal began a spell.
+    @discardableResult
+    mutating func published(accepted: Bool, at now: ContinuousClock.Instant) -> Bool {
+        inFlight = false
+        guard accepted else { return backOff(at: now) }
+        if !entries.isEmpty { entries.removeFirst() }
+        step = .zero
+        due = entries.isEmpty ? nil : now
+        return false
+    }
+
+    /// How long until the first held notification is due; nil when none is held or one is in flight.
+    func wait(at now: ContinuousClock.Instant) -> Duration? {
+        guard !inFlight, !entries.isEmpty, let due else { return nil }
+        return due > now ? due - now : .zero
+    }
+
+    private mutating func insert(_ entry: Entry) {
+        let index = entries.firstIndex { $0.sequence > entry.sequence } ?? entries.endIndex
+        // The one in flight stays first: a refusal that arrives late for an earlier notification
+        // goes right behind it.
+        entries.insert(entry, at: inFlight && index == 0 && !entries.isEmpty ? 1 : index)
+    }
+
+    private mutating func backOff(at now: ContinuousClock.Instant) -> Bool {
+        refusals += 1
+        let first = step == .zero
+        step = first ? Self.firstWait : min(step * 2, Self.longestWait)
+        due = now + step
+        return first
+    }
+}
+
+/// The ingest's metrics for bounded queues (`Topology`).
+enum IngestMetrics {
     /// `herald_partition_publish_refused_total`: alert when it grows (a partition queue is full).
     static let refused = Counter(label: "herald_partition_publish_refused_total")
+    /// `herald_ingest_held_notifications`: notifications held unacked for a full partition queue.
+    static let held = Gauge(label: "herald_ingest_held_notifications")
     /// `herald_ingest_queue_messages` (ready in the ingest queue, sampled every
     /// HERALD_INGEST_WATCH_SECONDS) over `herald_ingest_queue_max_messages` (its bound, 0: none):
     /// alert well before 1, where RabbitMQ refuses the services' notifications to Herald.
     static let ingestDepth = Gauge(label: "herald_ingest_queue_messages")
     static let ingestBound = Gauge(label: "herald_ingest_queue_max_messages")
-
-    private(set) var refusals = 0
-    private var until: ContinuousClock.Instant?
-    private var step: Duration = .zero
-
-    /// A refusal: the next publish waits longer. Returns the refusals so far and whether this
-    /// one began a spell of them (for logging).
-    mutating func refused(at now: ContinuousClock.Instant) -> (refusals: Int, first: Bool) {
-        let first = step == .zero
-        step = first ? Self.firstWait : min(step * 2, Self.longestWait)
-        until = now + step
-        refusals += 1
-        return (refusals, first)
-    }
-
-    /// A publish was taken: no more waiting.
-    mutating func accepted() {
-        step = .zero
-        until = nil
-    }
-
-    /// How long to wait before the next publish, if at all.
-    func wait(at now: ContinuousClock.Instant) -> Duration? {
-        guard let until, until > now else { return nil }
-        return until - now
-    }
 }
 
 /// Counters of the pipeline, for the log line at exit and `herald_events_total{stage}`.
@@ -250,8 +308,9 @@ final class IngestService: Sendable {
     let statistics: Locked<PipelineStatistics>
     private let consumer = Mutex<AMQPConsumer?>(nil)
     private let stopped = Atomic<Bool>(false)
-    /// Slows ingest down while partition queues refuse its publishes (full).
-    private let backpressure = Mutex(IngestBackpressure())
+    /// Notifications held for full partition queues, during one `consumeOnce`; only the count
+    /// outlives it.
+    private let refusalCount = Atomic<Int>(0)
     /// The longest event type, message id or project routed: AMQP short strings hold 255 bytes.
     static let maxRoutedField = 255
 
@@ -296,44 +355,100 @@ final class IngestService: Sendable {
         let watchdog = Task { await watch(consumer) }
         defer { watchdog.cancel() }
         // Confirms are awaited in order on a second task, so publishing never waits for them.
-        let (pending, pendingContinuation) = AsyncStream.makeStream(of: (AMQPDelivery, AMQPPublishTicket?).self)
+        typealias Published = (delivery: AMQPDelivery, messages: [AMQPOutgoingMessage], partitions: Set<Int>)
+        let (pending, pendingContinuation) = AsyncStream.makeStream(of: (UInt64, Published?, AMQPDelivery, AMQPPublishTicket?).self)
+        // What full partition queues refused, held and published again in order (IngestHold).
+        let hold = Locked(IngestHold<Published>())
+        let (wakes, wake) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+        let noteRefusal: @Sendable (Bool, any Error) -> Void = { [self] first, error in
+            IngestMetrics.refused.increment()
+            let refusals = refusalCount.add(1, ordering: .relaxed).newValue
+            if first || refusals % 100 == 0 {
+                logger.warning("a partition queue refused a notification (full: HERALD_PARTITION_QUEUE_MAX_MESSAGES, or the broker in trouble); held and tried again, later ones for its partition wait behind it", metadata: [
+                    "error": "\(error)", "herald.refusals": "\(refusals)",
+                ])
+            }
+        }
         let acker = Task {
-            for await (delivery, ticket) in pending {
+            for await (sequence, published, delivery, ticket) in pending {
                 do {
                     try await ticket?.wait()
                     consuming.ack(delivery)
-                    backpressure.withLock { $0.accepted() }
                 } catch {
-                    // Not confirmed: a partition queue at its bound (x-overflow reject-publish) or
-                    // a broker in trouble. The notification goes back to the ingest queue, and
-                    // ingest slows down until publishes are taken again: the backlog waits in
-                    // the ingest queue, nothing is dropped or dead-lettered.
-                    IngestBackpressure.refused.increment()
-                    let (refusals, first) = backpressure.withLock { $0.refused(at: .now) }
-                    if first || refusals % 100 == 0 {
-                        logger.warning("a partition queue refused a notification (full, HERALD_PARTITION_QUEUE_MAX_MESSAGES, or the broker in trouble); requeued, ingest slows down", metadata: [
-                            "error": "\(error)", "herald.refusals": "\(refusals)",
-                        ])
+                    guard let published else { continue }
+                    let first = hold.withLock { hold in
+                        let first = hold.refused(.init(sequence: sequence, partitions: published.partitions, item: published), at: .now)
+                        IngestMetrics.held.record(hold.entries.count)
+                        return first
                     }
-                    consuming.nack(delivery, requeue: true)
+                    noteRefusal(first, error)
+                    wake.yield()
                 }
             }
         }
+        // Publishes the held notifications again, one at a time, in order. Awaited below.
+        let retrier = Task {
+            var wakeups = wakes.makeAsyncIterator()
+            while !Task.isCancelled {
+                let (entry, wait) = hold.withLock { hold in (hold.next(at: .now), hold.wait(at: .now)) }
+                guard let entry else {
+                    if let wait { try? await Task.sleep(for: wait) } else { _ = await wakeups.next() }
+                    continue
+                }
+                do {
+                    try await publishing.publishInOrder(entry.item.messages).wait()
+                    consuming.ack(entry.item.delivery)
+                    hold.withLock { hold in
+                        hold.published(accepted: true, at: .now)
+                        IngestMetrics.held.record(hold.entries.count)
+                    }
+                } catch {
+                    if Task.isCancelled { return }
+                    let first = hold.withLock { $0.published(accepted: false, at: .now) }
+                    noteRefusal(first, error)
+                }
+            }
+        }
+        var sequence: UInt64 = 0
         do {
             for try await delivery in consumer {
-                if let wait = backpressure.withLock({ $0.wait(at: .now) }) {
-                    try? await Task.sleep(for: wait)
+                sequence += 1
+                guard let routed = await route(delivery) else {
+                    pendingContinuation.yield((sequence, nil, delivery, nil))
+                    continue
                 }
-                let routed = await route(delivery)
-                pendingContinuation.yield((delivery, routed.map { publishing.publishInOrder($0) }))
+                let published: Published = (delivery, routed, Set(routed.compactMap { Int($0.routingKey) }))
+                let held = hold.withLock { hold in
+                    guard hold.holds(published.partitions) else { return false }
+                    hold.hold(.init(sequence: sequence, partitions: published.partitions, item: published))
+                    IngestMetrics.held.record(hold.entries.count)
+                    return true
+                }
+                if held {
+                    wake.yield()
+                    continue
+                }
+                pendingContinuation.yield((sequence, published, delivery, publishing.publishInOrder(routed)))
             }
         } catch {
             pendingContinuation.finish()
             await acker.value
+            await stopRetrying(retrier, wake: wake, publishing: publishing)
             throw error
         }
         pendingContinuation.finish()
         await acker.value
+        await stopRetrying(retrier, wake: wake, publishing: publishing)
+    }
+
+    /// Ends the retrier of a consumer that ended: what it still holds is unacked, and RabbitMQ
+    /// gives it back to the ingest queue when the channels close.
+    private func stopRetrying(_ retrier: Task<Void, Never>, wake: AsyncStream<Void>.Continuation, publishing: AMQPChannel) async {
+        retrier.cancel()
+        wake.finish()
+        await publishing.close()
+        await retrier.value
+        IngestMetrics.held.record(0)
     }
 
     /// Every `ingestWatchInterval`: when RabbitMQ lists no consumer on herald.ingest (or no
@@ -349,8 +464,8 @@ final class IngestService: Sendable {
             do { answer = .success(try await channel.declareQueuePassive(configuration.names.ingest)) } catch { answer = .failure(error) }
             await channel.close()
             if case .success(let state) = answer {
-                IngestBackpressure.ingestDepth.record(state.messageCount)
-                IngestBackpressure.ingestBound.record(configuration.queueShape.ingestMaxMessages)
+                IngestMetrics.ingestDepth.record(state.messageCount)
+                IngestMetrics.ingestBound.record(configuration.queueShape.ingestMaxMessages)
             }
             switch answer {
             case .success(let state) where state.consumerCount == 0:
@@ -442,7 +557,7 @@ final class IngestService: Sendable {
     }
 
     /// Publishes the partition queues refused since the start.
-    var refusals: Int { backpressure.withLock { $0.refusals } }
+    var refusals: Int { refusalCount.load(ordering: .relaxed) }
 }
 
 /// Consumes the partitions this node owns: `acquired` starts a consumer on

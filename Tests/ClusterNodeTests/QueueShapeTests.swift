@@ -33,23 +33,51 @@ struct QueueShapeChoiceTests {
         #expect(unset?.queueSettings == Self.none)
     }
 
-    @Test("ingest waits longer after each refusal (50 ms doubling up to 5 s) and not at all once a publish is taken")
-    func backpressure() {
-        var state = IngestBackpressure()
+    @Test("a refused notification is held with later ones of its partitions behind it, tried again after 50 ms doubling to 5 s, and the next goes at once when one is taken")
+    func hold() {
+        typealias Hold = IngestHold<String>
+        var hold = Hold()
         let start = ContinuousClock.now
-        #expect(state.wait(at: start) == nil)
-        #expect(state.refused(at: start) == (1, true))
-        #expect(state.wait(at: start) == .milliseconds(50))
-        #expect(state.wait(at: start + .milliseconds(20)) == .milliseconds(30))
-        #expect(state.wait(at: start + .milliseconds(50)) == nil)
-        #expect(state.refused(at: start) == (2, false))
-        #expect(state.wait(at: start) == .milliseconds(100))
-        for _ in 0..<20 { _ = state.refused(at: start) }
-        #expect(state.wait(at: start) == .seconds(5))
-        state.accepted()
-        #expect(state.wait(at: start) == nil)
-        #expect(state.refused(at: start) == (23, true))
-        #expect(state.wait(at: start) == .milliseconds(50))
+        #expect(!hold.holds([3]))
+        let began = hold.refused(.init(sequence: 1, partitions: [3], item: "n1"), at: start)
+        #expect(began, "a first refusal begins a spell")
+        #expect(hold.holds([3]) && hold.holds([3, 7]) && !hold.holds([7]), "later notifications of partition 3 wait; 7 flows")
+        hold.hold(.init(sequence: 4, partitions: [3], item: "n4"))
+        let again = hold.refused(.init(sequence: 2, partitions: [3], item: "n2"), at: start)
+        #expect(!again, "a second refusal continues the spell")
+        #expect(hold.entries.map(\.item) == ["n1", "n2", "n4"], "a late refusal of an earlier one goes in order")
+        let early = hold.next(at: start)
+        #expect(early == nil, "not before the wait")
+        #expect(hold.wait(at: start) == .milliseconds(100), "two refusals: 50 ms, then 100 ms")
+        let first = hold.next(at: start + .milliseconds(100))
+        #expect(first?.item == "n1")
+        let second = hold.next(at: start + .seconds(60))
+        #expect(second == nil, "one at a time")
+        #expect(hold.wait(at: start + .seconds(60)) == nil, "none to wait for while one is in flight")
+        // Refused again and again: the wait doubles up to 5 s.
+        hold.published(accepted: false, at: start)
+        #expect(hold.wait(at: start) == .milliseconds(200))
+        for _ in 0..<10 {
+            _ = hold.next(at: start + .seconds(3600))
+            hold.published(accepted: false, at: start)
+        }
+        #expect(hold.wait(at: start) == .seconds(5))
+        #expect(hold.entries.first?.item == "n1", "a refused one stays first")
+        // Taken: the next goes at once, and a spell that ends begins anew at 50 ms.
+        _ = hold.next(at: start + .seconds(5))
+        hold.published(accepted: true, at: start + .seconds(5))
+        let n2 = hold.next(at: start + .seconds(5))
+        #expect(n2?.item == "n2")
+        hold.published(accepted: true, at: start + .seconds(5))
+        let n4 = hold.next(at: start + .seconds(5))
+        #expect(n4?.item == "n4")
+        hold.published(accepted: true, at: start + .seconds(5))
+        #expect(hold.entries.isEmpty && !hold.holds([3]))
+        #expect(hold.wait(at: start) == nil)
+        let anew = hold.refused(.init(sequence: 9, partitions: [3], item: "n9"), at: start + .seconds(6))
+        #expect(anew)
+        #expect(hold.wait(at: start + .seconds(6)) == .milliseconds(50))
+        #expect(hold.refusals == 14)
     }
 }
 
@@ -106,7 +134,7 @@ struct QueueShapeTests {
         await connection.close()
     }
 
-    @Test("a full partition queue holds the rest in the ingest queue (nothing dropped or dead-lettered) until it drains; a full ingest queue refuses the overflow")
+    @Test("a full partition queue: the rest are held (nothing requeued, dropped or dead-lettered) and arrive in order once it drains; a full ingest queue refuses the overflow")
     func boundedQueues() async throws {
         var (configuration, exchange) = try Self.configuration([
             "HERALD_QUEUE_TYPE": "classic", "HERALD_PARTITION_QUEUE_MAX_MESSAGES": "5", "HERALD_INGEST_QUEUE_MAX_MESSAGES": "30",
@@ -135,7 +163,7 @@ struct QueueShapeTests {
         }
         try await control.publish((0..<20).map(notification))
 
-        // The partition queue stops at its bound; the other 15 wait for it, not in dead letters.
+        // The partition queue stops at its bound; the other 15 are held for it, not in dead letters.
         try await eventually(timeout: .seconds(20)) {
             let depth = try await control.declareQueuePassive(names.partitionQueue(0)).messageCount
             guard depth == 5, ingest.refusals > 0 else { throw TestFailure("partition queue holds \(depth), \(ingest.refusals) refusals") }
@@ -143,6 +171,9 @@ struct QueueShapeTests {
         try await Task.sleep(for: .seconds(1))
         #expect(try await control.declareQueuePassive(names.partitionQueue(0)).messageCount == 5)
         #expect(try await deadLetters.count() == 0)
+        // Held, not requeued: a requeued notification would come straight back and be refused
+        // again at once (thousands of refusals a second); held ones are retried with backoff.
+        #expect(ingest.refusals < 60, "\(ingest.refusals) refusals: spinning against the full queue")
 
         // Drained, the partition takes the rest: all 20, each once.
         let consumer = try await connection.openChannel()
@@ -153,8 +184,7 @@ struct QueueShapeTests {
             consumer.ack(delivery)
             if seen.count == 20 { break }
         }
-        #expect(Set(seen) == Set((0..<20).map { "m-\($0)" }), "\(seen)")
-        #expect(seen.count == 20)
+        #expect(seen == (0..<20).map { "m-\($0)" }, "all 20, once each, in order: \(seen)")
 
         // With ingest stopped, the ingest queue keeps 30 and refuses the rest.
         await ingest.stop()

@@ -34,6 +34,22 @@ static void describe(char *error, size_t size, const char *what, int ssl_error) 
     ERR_clear_error();
 }
 
+/// Encrypted client keys are not supported: without this, OpenSSL would ask for the
+/// passphrase on the terminal and block the connection's thread.
+static int no_passphrase(char *buffer, int size, int rwflag, void *userdata) {
+    (void)buffer; (void)size; (void)rwflag; (void)userdata;
+    return 0;
+}
+
+/// Whether a failed SSL_read/SSL_write was only interrupted by a signal (then it is tried again;
+/// a timeout, EAGAIN, is not).
+static int interrupted(const herald_redis_tls *tls, int result) {
+    int saved = errno;
+    int code = SSL_get_error(tls->ssl, result);
+    errno = saved;
+    return saved == EINTR && (code == SSL_ERROR_WANT_READ || code == SSL_ERROR_WANT_WRITE || code == SSL_ERROR_SYSCALL);
+}
+
 void herald_redis_tls_free(herald_redis_tls *tls) {
     if (tls == NULL) return;
     if (tls->ssl != NULL) SSL_free(tls->ssl);
@@ -56,6 +72,7 @@ herald_redis_tls *herald_redis_tls_connect(redisContext *context, const char *ho
         goto fail;
     }
     SSL_CTX_set_min_proto_version(tls->ctx, TLS1_2_VERSION);
+    SSL_CTX_set_default_passwd_cb(tls->ctx, no_passphrase);
     SSL_CTX_set_verify(tls->ctx, SSL_VERIFY_PEER, NULL);
     if (ca_file != NULL) {
         if (SSL_CTX_load_verify_locations(tls->ctx, ca_file, NULL) != 1) {
@@ -73,7 +90,7 @@ herald_redis_tls *herald_redis_tls_connect(redisContext *context, const char *ho
         }
         if (SSL_CTX_use_PrivateKey_file(tls->ctx, key_file, SSL_FILETYPE_PEM) != 1 ||
             SSL_CTX_check_private_key(tls->ctx) != 1) {
-            describe(error, error_size, "cannot use the client key", 0);
+            describe(error, error_size, "cannot use the client key (it must match the certificate and not be encrypted)", 0);
             goto fail;
         }
     }
@@ -122,9 +139,12 @@ int herald_redis_tls_flush(herald_redis_tls *tls, redisContext *context, char *e
     while (sdslen(context->obuf) > 0) {
         size_t length = sdslen(context->obuf);
         int chunk = length > (size_t)(1 << 30) ? (1 << 30) : (int)length;
-        ERR_clear_error();
-        errno = 0;
-        int written = SSL_write(tls->ssl, context->obuf, chunk);
+        int written;
+        do {
+            ERR_clear_error();
+            errno = 0;
+            written = SSL_write(tls->ssl, context->obuf, chunk);
+        } while (written <= 0 && interrupted(tls, written));
         if (written <= 0) {
             describe(error, error_size, "TLS write", SSL_get_error(tls->ssl, written));
             return -1;
@@ -140,9 +160,12 @@ int herald_redis_tls_flush(herald_redis_tls *tls, redisContext *context, char *e
 
 int herald_redis_tls_read(herald_redis_tls *tls, redisContext *context, char *error, size_t error_size) {
     char buffer[16 * 1024];
-    ERR_clear_error();
-    errno = 0;
-    int count = SSL_read(tls->ssl, buffer, sizeof buffer);
+    int count;
+    do {
+        ERR_clear_error();
+        errno = 0;
+        count = SSL_read(tls->ssl, buffer, sizeof buffer);
+    } while (count <= 0 && interrupted(tls, count));
     if (count <= 0) {
         describe(error, error_size, "TLS read", SSL_get_error(tls->ssl, count));
         return -1;

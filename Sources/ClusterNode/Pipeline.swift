@@ -94,6 +94,14 @@ enum Topology {
     /// Declares the notification exchanges as oslo.messaging does (topic), Herald's own
     /// ingest queue bound to them (never the shared notifications.info queue), the
     /// partition exchange, the dead-letter exchange, and the P partition queues.
+    /// RabbitMQ 4 gives quorum queues a delivery limit of 20 unless one is set, after which a
+    /// message given back that often (requeued after lost channels, handovers) is dropped or
+    /// dead-lettered. Herald's queues set one that is never reached. Only with the bounded shape
+    /// (a cluster made since then): adding it to an existing queue would be a 406.
+    static func deliveryLimit(_ shape: QueueShape) -> AMQPTable {
+        shape.type == "quorum" ? ["x-delivery-limit": .int(1_000_000)] : [:]
+    }
+
     static func declare(on channel: AMQPChannel, configuration: NodeConfiguration) async throws {
         let names = configuration.names
         let ingest = names.ingest, partitions = names.partitions, dead = names.dead
@@ -114,6 +122,7 @@ enum Topology {
         if shape.ingestMaxMessages > 0 {
             ingestArguments["x-max-length"] = .int(Int64(shape.ingestMaxMessages))
             ingestArguments["x-overflow"] = .string("reject-publish")
+            ingestArguments.merge(Self.deliveryLimit(shape)) { first, _ in first }
         }
         do {
             try await channel.declareQueue(ingest, options: AMQPQueueOptions(durable: true, arguments: ingestArguments))
@@ -142,6 +151,7 @@ enum Topology {
             // notification unacked and tries again (`IngestHold`); the backlog stays in the ingest queue.
             partitionArguments["x-max-length"] = .int(Int64(shape.partitionMaxMessages))
             partitionArguments["x-overflow"] = .string("reject-publish")
+            partitionArguments.merge(Self.deliveryLimit(shape)) { first, _ in first }
             // Nothing consumes the dead queue: it keeps the newest.
             deadArguments["x-max-length"] = .int(Int64(shape.partitionMaxMessages))
         }
@@ -155,20 +165,21 @@ enum Topology {
 }
 
 /// Notifications a partition queue refused (full: `x-overflow reject-publish`), held unacked
-/// and published again in order, with those that came later for the same partitions behind them.
+/// and published again, in order.
 ///
-/// The ingest goes on with notifications for other partitions; what is held stays unacked, so
-/// at most the ingest prefetch is held and then the ingest queue keeps the backlog. Nothing is
+/// While any is held, ingest publishes nothing new: later notifications are held behind them,
+/// so a partition's events keep their order and a full partition queue stops the ingest (at
+/// most the ingest prefetch is held, then the ingest queue keeps the backlog). Nothing is
 /// requeued (a requeued notification would come straight back and spin against the full
-/// queue), dropped or dead-lettered. The first held notification is tried again after 50 ms,
-/// the wait doubling to 5 s while it is refused; once one is taken the next goes at once. A
-/// value type that takes the time as an argument, so tests drive it without sleeping.
+/// queue), dropped or dead-lettered. The first held notification is tried alone after 50 ms,
+/// the wait doubling to 5 s while it is refused; once it is taken, all held ones are published
+/// together. A value type that takes the time as an argument, so tests drive it without sleeping.
 struct IngestHold<Item: Sendable>: Sendable {
     struct Entry: Sendable {
         /// The order in which ingest took the notification.
         let sequence: UInt64
-        let partitions: Set<Int>
-        let item: Item
+        /// What is still to publish of it.
+        var item: Item
     }
 
     static var firstWait: Duration { .milliseconds(50) }
@@ -177,49 +188,52 @@ struct IngestHold<Item: Sendable>: Sendable {
     /// In ingest order.
     private(set) var entries: [Entry] = []
     private var inFlight = false
+    /// Non-zero while refusals go on: then only the first entry is tried.
     private var step: Duration = .zero
     private var due: ContinuousClock.Instant?
     /// Refusals so far.
     private(set) var refusals = 0
 
-    /// Whether a notification for these partitions must wait behind held ones.
-    func holds(_ partitions: Set<Int>) -> Bool {
-        entries.contains { !$0.partitions.isDisjoint(with: partitions) }
-    }
+    /// Whether new notifications must be held behind earlier ones.
+    var isHolding: Bool { !entries.isEmpty }
 
-    /// Holds a notification behind earlier held ones of its partitions (it was not published).
+    /// Holds a notification behind the held ones (it was not published).
     mutating func hold(_ entry: Entry) {
         insert(entry)
-        if due == nil { due = .now }
     }
 
-    /// A partition queue refused a notification published in the ordinary way: held, and the
-    /// first held one is tried again after the next wait. Returns whether this began a spell.
+    /// A partition queue refused (part of) a notification published in the ordinary way: held,
+    /// and the first held one is tried again after the next wait. Returns whether this began a spell.
     mutating func refused(_ entry: Entry, at now: ContinuousClock.Instant) -> Bool {
         insert(entry)
         return backOff(at: now)
     }
 
-    /// The first held notification, to publish again, when it is due and none is in flight.
-    mutating func next(at now: ContinuousClock.Instant) -> Entry? {
+    /// What to publish now, when it is due and nothing is in flight: the first held entry alone
+    /// while refusals go on, every held entry once one was taken.
+    mutating func take(at now: ContinuousClock.Instant) -> [Entry]? {
         guard !inFlight, let first = entries.first, let due, due <= now else { return nil }
         inFlight = true
-        return first
+        return step == .zero ? entries : [first]
     }
 
-    /// What became of the notification `next` gave. Taken: it leaves and the next goes at once.
-    /// Refused: it stays first and waits longer. Returns whether a refusal began a spell.
+    /// What became of what `take` gave: for each entry, what is still to publish of it (nil:
+    /// done, or dropped). A refusal waits longer and tries the first alone; otherwise the rest
+    /// goes at once. Returns whether a refusal began a spell.
     @discardableResult
-    mutating func published(accepted: Bool, at now: ContinuousClock.Instant) -> Bool {
+    mutating func settle(_ outcomes: [(sequence: UInt64, rest: Item?)], refused: Bool, at now: ContinuousClock.Instant) -> Bool {
         inFlight = false
-        guard accepted else { return backOff(at: now) }
-        if !entries.isEmpty { entries.removeFirst() }
+        for outcome in outcomes {
+            guard let index = entries.firstIndex(where: { $0.sequence == outcome.sequence }) else { continue }
+            if let rest = outcome.rest { entries[index].item = rest } else { entries.remove(at: index) }
+        }
+        if refused { return backOff(at: now) }
         step = .zero
         due = entries.isEmpty ? nil : now
         return false
     }
 
-    /// How long until the first held notification is due; nil when none is held or one is in flight.
+    /// How long until the held notifications are due; nil when none is held or some are in flight.
     func wait(at now: ContinuousClock.Instant) -> Duration? {
         guard !inFlight, !entries.isEmpty, let due else { return nil }
         return due > now ? due - now : .zero
@@ -227,9 +241,7 @@ struct IngestHold<Item: Sendable>: Sendable {
 
     private mutating func insert(_ entry: Entry) {
         let index = entries.firstIndex { $0.sequence > entry.sequence } ?? entries.endIndex
-        // The one in flight stays first: a refusal that arrives late for an earlier notification
-        // goes right behind it.
-        entries.insert(entry, at: inFlight && index == 0 && !entries.isEmpty ? 1 : index)
+        entries.insert(entry, at: index)
     }
 
     private mutating func backOff(at now: ContinuousClock.Instant) -> Bool {
@@ -355,58 +367,103 @@ final class IngestService: Sendable {
         let watchdog = Task { await watch(consumer) }
         defer { watchdog.cancel() }
         // Confirms are awaited in order on a second task, so publishing never waits for them.
-        typealias Published = (delivery: AMQPDelivery, messages: [AMQPOutgoingMessage], partitions: Set<Int>)
-        let (pending, pendingContinuation) = AsyncStream.makeStream(of: (UInt64, Published?, AMQPDelivery, AMQPPublishTicket?).self)
+        // Each partition's message has a ticket of its own, so a refusal names what to publish again.
+        typealias Held = (delivery: AMQPDelivery, messages: [AMQPOutgoingMessage])
+        typealias Ticketed = [(message: AMQPOutgoingMessage, ticket: AMQPPublishTicket)]
+        let (pending, pendingContinuation) = AsyncStream.makeStream(of: (UInt64, AMQPDelivery, Ticketed).self)
         // What full partition queues refused, held and published again in order (IngestHold).
-        let hold = Locked(IngestHold<Published>())
+        let hold = Locked(IngestHold<Held>())
         let (wakes, wake) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
         let noteRefusal: @Sendable (Bool, any Error) -> Void = { [self] first, error in
             IngestMetrics.refused.increment()
             let refusals = refusalCount.add(1, ordering: .relaxed).newValue
             if first || refusals % 100 == 0 {
-                logger.warning("a partition queue refused a notification (full: HERALD_PARTITION_QUEUE_MAX_MESSAGES, or the broker in trouble); held and tried again, later ones for its partition wait behind it", metadata: [
+                logger.warning("a partition queue refused a notification (full: HERALD_PARTITION_QUEUE_MAX_MESSAGES); it is held and tried again, and ingest publishes nothing new until it is taken", metadata: [
                     "error": "\(error)", "herald.refusals": "\(refusals)",
                 ])
             }
         }
-        let acker = Task {
-            for await (sequence, published, delivery, ticket) in pending {
+        /// Awaits the tickets in order: what the broker refused (a nack), and whether the
+        /// channel or connection failed instead (then the broker gives the delivery again).
+        let outcome: @Sendable (Ticketed) async -> (refused: [AMQPOutgoingMessage], nack: (any Error)?, failed: Bool) = { tickets in
+            var refused: [AMQPOutgoingMessage] = []
+            var nack: (any Error)?
+            var failed = false
+            for (message, ticket) in tickets {
                 do {
-                    try await ticket?.wait()
-                    consuming.ack(delivery)
+                    try await ticket.wait()
+                } catch let error as MessagingError where error.code == .publishNacked {
+                    refused.append(message)
+                    nack = error
                 } catch {
-                    guard let published else { continue }
+                    failed = true
+                }
+            }
+            return (refused, nack, failed)
+        }
+        let acker = Task {
+            for await (sequence, delivery, tickets) in pending {
+                let (refused, nack, failed) = await outcome(tickets)
+                if failed {
+                    // Not a refusal: the channel or the connection went. Given back (skipped when
+                    // that delivery's channel is gone, since the broker requeued it already).
+                    consuming.nack(delivery, requeue: true)
+                } else if refused.isEmpty {
+                    consuming.ack(delivery)
+                } else {
                     let first = hold.withLock { hold in
-                        let first = hold.refused(.init(sequence: sequence, partitions: published.partitions, item: published), at: .now)
+                        let first = hold.refused(.init(sequence: sequence, item: (delivery, refused)), at: .now)
                         IngestMetrics.held.record(hold.entries.count)
                         return first
                     }
-                    noteRefusal(first, error)
+                    if let nack { noteRefusal(first, nack) }
                     wake.yield()
                 }
             }
         }
-        // Publishes the held notifications again, one at a time, in order. Awaited below.
+        // Publishes the held notifications again. Awaited in `stopRetrying`.
         let retrier = Task {
             var wakeups = wakes.makeAsyncIterator()
             while !Task.isCancelled {
-                let (entry, wait) = hold.withLock { hold in (hold.next(at: .now), hold.wait(at: .now)) }
-                guard let entry else {
+                let (taken, wait) = hold.withLock { hold in (hold.take(at: .now), hold.wait(at: .now)) }
+                guard let taken else {
                     if let wait { try? await Task.sleep(for: wait) } else { _ = await wakeups.next() }
                     continue
                 }
-                do {
-                    try await publishing.publishInOrder(entry.item.messages).wait()
-                    consuming.ack(entry.item.delivery)
-                    hold.withLock { hold in
-                        hold.published(accepted: true, at: .now)
-                        IngestMetrics.held.record(hold.entries.count)
+                var published: [(sequence: UInt64, delivery: AMQPDelivery, tickets: Ticketed?)] = []
+                for entry in taken {
+                    // A delivery whose channel went is the broker's again: dropped here, not published twice.
+                    guard await consuming.canSettle(entry.item.delivery) else {
+                        published.append((entry.sequence, entry.item.delivery, nil))
+                        continue
                     }
-                } catch {
-                    if Task.isCancelled { return }
-                    let first = hold.withLock { $0.published(accepted: false, at: .now) }
-                    noteRefusal(first, error)
+                    published.append((entry.sequence, entry.item.delivery, entry.item.messages.map { ($0, publishing.publishInOrder([$0])) }))
                 }
+                var outcomes: [(sequence: UInt64, rest: Held?)] = []
+                var lastNack: (any Error)?
+                for (sequence, delivery, tickets) in published {
+                    guard let tickets else {
+                        outcomes.append((sequence, nil))
+                        continue
+                    }
+                    let (refused, nack, failed) = await outcome(tickets)
+                    if failed {
+                        consuming.nack(delivery, requeue: true)
+                        outcomes.append((sequence, nil))
+                    } else if refused.isEmpty {
+                        consuming.ack(delivery)
+                        outcomes.append((sequence, nil))
+                    } else {
+                        outcomes.append((sequence, (delivery, refused)))
+                        lastNack = nack
+                    }
+                }
+                let first = hold.withLock { hold in
+                    let first = hold.settle(outcomes, refused: lastNack != nil, at: .now)
+                    IngestMetrics.held.record(hold.entries.count)
+                    return first
+                }
+                if let lastNack { noteRefusal(first, lastNack) }
             }
         }
         var sequence: UInt64 = 0
@@ -414,13 +471,12 @@ final class IngestService: Sendable {
             for try await delivery in consumer {
                 sequence += 1
                 guard let routed = await route(delivery) else {
-                    pendingContinuation.yield((sequence, nil, delivery, nil))
+                    pendingContinuation.yield((sequence, delivery, []))
                     continue
                 }
-                let published: Published = (delivery, routed, Set(routed.compactMap { Int($0.routingKey) }))
                 let held = hold.withLock { hold in
-                    guard hold.holds(published.partitions) else { return false }
-                    hold.hold(.init(sequence: sequence, partitions: published.partitions, item: published))
+                    guard hold.isHolding else { return false }
+                    hold.hold(.init(sequence: sequence, item: (delivery, routed)))
                     IngestMetrics.held.record(hold.entries.count)
                     return true
                 }
@@ -428,7 +484,7 @@ final class IngestService: Sendable {
                     wake.yield()
                     continue
                 }
-                pendingContinuation.yield((sequence, published, delivery, publishing.publishInOrder(routed)))
+                pendingContinuation.yield((sequence, delivery, routed.map { ($0, publishing.publishInOrder([$0])) }))
             }
         } catch {
             pendingContinuation.finish()

@@ -231,7 +231,8 @@ public final class ParkingLedger: Sendable {
     private static let claim = RedisScript(clock + "\n" + gone + "\n" + #"""
     local p, node, lease, limit, grace = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
     -- Fair between projects: of the first 200 due (oldest first), one per project in turn, so a
-    -- project with many parked subscriptions cannot take every retry slot while others wait.
+    -- project with many parked subscriptions cannot take every retry slot while others wait. A
+    -- bounded window: a project with 200 or more due before any other's still fills a claim.
     local candidates = redis.call('ZRANGEBYSCORE', p .. 'park-due', '-inf', now, 'LIMIT', 0, 200)
     local byProject, projects = {}, {}
     for _, sub in ipairs(candidates) do

@@ -218,6 +218,12 @@ public struct AMQPChannel: Sendable {
         engine.submit { engine in engine.ack(delivery, multiple: multiple) }
     }
 
+    /// Whether `delivery` may still be acked: false once the channel it came on closed or was
+    /// reopened after a reconnect (the broker has given the message back to its queue).
+    public func canSettle(_ delivery: AMQPDelivery) async -> Bool {
+        (try? await engine.perform { engine in engine.canSettle(delivery) }) ?? false
+    }
+
     /// Negatively acknowledges a delivery; with `requeue: false` it goes to the queue's dead-letter exchange.
     public func nack(_ delivery: AMQPDelivery, multiple: Bool = false, requeue: Bool) {
         engine.submit { engine in engine.refuse(delivery, multiple: multiple, requeue: requeue) }

@@ -352,6 +352,12 @@ final class AMQPEngine: @unchecked Sendable {
         consumer.continuation.finish()
     }
 
+    /// Whether a delivery may still be settled: its channel incarnation is open.
+    func canSettle(_ delivery: AMQPDelivery) -> Bool {
+        guard wire != nil, let record = channels[delivery.channelID] else { return false }
+        return record.isOpen && record.incarnation == delivery.incarnation
+    }
+
     /// The channel record a delivery may still be settled on, or `nil` when that
     /// channel closed since (the broker has requeued the message already).
     private func liveRecord(for delivery: AMQPDelivery) -> ChannelRecord? {

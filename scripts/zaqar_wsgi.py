@@ -11,11 +11,9 @@ from oslo_config import cfg
 from oslo_log import log
 
 from zaqar import bootstrap
-from zaqar.common import consts
 
 CONF = cfg.CONF
 log.register_options(CONF)
 CONF(project="zaqar", args=["--config-file", os.environ["HERALD_ZAQAR_CONFIG"]])
 log.setup(CONF, "zaqar")
-CONF.drivers.transport = consts.TRANSPORT_WSGI
 application = bootstrap.Bootstrap(CONF).transport.app

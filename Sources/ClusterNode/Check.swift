@@ -41,11 +41,16 @@ struct ServerOptions: ParsableArguments {
     var redisURL: String = ProcessInfo.processInfo.environment["HERALD_REDIS_URL"] ?? "redis://127.0.0.1:6379/0"
 
     @Option(help: "RabbitMQ URL: amqp://user:password@host:port/vhost. Env: HERALD_AMQP_URL.")
-    var amqpURL: String = ProcessInfo.processInfo.environment["HERALD_AMQP_URL"] ?? "amqp://guest:guest@127.0.0.1:5672/%2F"
+    var amqpURL: String =
+        ProcessInfo.processInfo.environment["HERALD_AMQP_URL"] ?? "amqp://guest:guest@127.0.0.1:5672/%2F"
 
     func validate() throws {
-        do { _ = try RedisConfiguration(url: redisURL) } catch { throw ValidationError("--redis-url (HERALD_REDIS_URL): \(error)") }
-        do { _ = try AMQPConfiguration(url: amqpURL) } catch { throw ValidationError("--amqp-url (HERALD_AMQP_URL): \(error)") }
+        do { _ = try RedisConfiguration(url: redisURL) } catch {
+            throw ValidationError("--redis-url (HERALD_REDIS_URL): \(error)")
+        }
+        do { _ = try AMQPConfiguration(url: amqpURL) } catch {
+            throw ValidationError("--amqp-url (HERALD_AMQP_URL): \(error)")
+        }
     }
 }
 
@@ -65,10 +70,14 @@ enum ConnectivityCheck {
         ])
         let elapsed = ContinuousClock.now - start
         guard replies[1].string == "ok" else {
-            throw CoordinationError(.unexpectedReply, "SET then GET on \(configuration.redactedDescription) read back \(replies[1])")
+            throw CoordinationError(
+                .unexpectedReply, "SET then GET on \(configuration.redactedDescription) read back \(replies[1])")
         }
-        let version = replies[3].string?.split(separator: "\r\n").first { $0.hasPrefix("redis_version:") }?.dropFirst("redis_version:".count) ?? "?"
-        return "\(configuration.redactedDescription), Redis \(version), SET/GET/DEL/INFO pipelined in \(elapsed.formatted(.units(allowed: [.milliseconds], fractionalPart: .show(length: 1))))"
+        let version =
+            replies[3].string?.split(separator: "\r\n").first { $0.hasPrefix("redis_version:") }?.dropFirst(
+                "redis_version:".count) ?? "?"
+        return
+            "\(configuration.redactedDescription), Redis \(version), SET/GET/DEL/INFO pipelined in \(elapsed.formatted(.units(allowed: [.milliseconds], fractionalPart: .show(length: 1))))"
     }
 
     static func rabbitMQ(url: String, logger: Logger) async throws -> String {
@@ -77,7 +86,8 @@ enum ConnectivityCheck {
         let connection = try await AMQPConnection.connect(configuration, logger: logger)
         defer { Task { await connection.close() } }
         let channel = try await connection.openChannel()
-        let queue = try await channel.declareQueue("", options: AMQPQueueOptions(durable: false, exclusive: true, autoDelete: true))
+        let queue = try await channel.declareQueue(
+            "", options: AMQPQueueOptions(durable: false, exclusive: true, autoDelete: true))
         try await channel.enableConfirms()
         let body = Array("herald check \(UUID())".utf8)
         try await channel.publish(AMQPOutgoingMessage(exchange: "", routingKey: queue.name, body: body))
@@ -88,6 +98,7 @@ enum ConnectivityCheck {
         }
         channel.ack(delivery)
         let elapsed = ContinuousClock.now - start
-        return "\(configuration.redactedDescription), connect + declare + publish (confirmed) + consume in \(elapsed.formatted(.units(allowed: [.milliseconds], fractionalPart: .show(length: 1))))"
+        return
+            "\(configuration.redactedDescription), connect + declare + publish (confirmed) + consume in \(elapsed.formatted(.units(allowed: [.milliseconds], fractionalPart: .show(length: 1))))"
     }
 }

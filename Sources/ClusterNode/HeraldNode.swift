@@ -16,18 +16,22 @@ extension DeadLetterStore: DeadLetterSink {
 /// `herald_dead_letters_dropped_total{reason}`: older letters trimmed to keep within the budget
 /// (bounded labels: the reasons Herald knows, else `other`).
 enum DeadLetterMetrics {
-    static let counters = Dictionary(uniqueKeysWithValues: (DeadLetter.Reason.allCases.map(\.rawValue) + ["other"]).map {
-        ($0, Counter(label: "herald_dead_letters_dropped_total", dimensions: [("reason", $0)]))
-    })
+    static let counters = Dictionary(
+        uniqueKeysWithValues: (DeadLetter.Reason.allCases.map(\.rawValue) + ["other"]).map {
+            ($0, Counter(label: "herald_dead_letters_dropped_total", dimensions: [("reason", $0)]))
+        })
 
     static func trimmed(_ byReason: [String: Int]) {
         for (reason, count) in byReason {
             (counters[reason] ?? counters["other"])?.increment(by: count)
         }
         if !byReason.isEmpty {
-            logger.warning("dead letters trimmed to keep within the budget (HERALD_DEAD_LETTERS_MAX, HERALD_DEAD_LETTERS_PROJECT_MAX)", metadata: [
-                "herald.trimmed": "\(byReason.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ","))",
-            ])
+            logger.warning(
+                "dead letters trimmed to keep within the budget (HERALD_DEAD_LETTERS_MAX, HERALD_DEAD_LETTERS_PROJECT_MAX)",
+                metadata: [
+                    "herald.trimmed":
+                        "\(byReason.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ","))"
+                ])
         }
     }
 
@@ -77,16 +81,22 @@ final class HeraldNode: Sendable {
         let redis = try RedisConfiguration(url: configuration.redisURL)
         coordinator = try ClusterCoordinator(
             configuration: ClusterConfiguration(
-                nodeID: configuration.nodeID, keyPrefix: configuration.keyPrefix, partitionCount: configuration.partitions,
+                nodeID: configuration.nodeID, keyPrefix: configuration.keyPrefix,
+                partitionCount: configuration.partitions,
                 address: "\(ProcessInfo.processInfo.hostName):\(configuration.apiPort)", version: Herald.version
             ),
             redis: redis, logger: logger
         )
         registry = SubscriptionRegistry(redis: redis, keyPrefix: configuration.keyPrefix, logger: logger)
-        deadLetters = DeadLetterStore(redis: RedisClient(configuration: redis, logger: logger), keyPrefix: configuration.keyPrefix, budget: configuration.deadLetterBudget)
-        parkingLedger = ParkingLedger(redis: RedisClient(configuration: redis, logger: logger), keyPrefix: configuration.keyPrefix)
-        stats = SubscriptionStats(redis: RedisClient(configuration: redis, logger: logger), keyPrefix: configuration.keyPrefix)
-        catalog = EventTypeCatalog(redis: RedisClient(configuration: redis, logger: logger), keyPrefix: configuration.keyPrefix)
+        deadLetters = DeadLetterStore(
+            redis: RedisClient(configuration: redis, logger: logger), keyPrefix: configuration.keyPrefix,
+            budget: configuration.deadLetterBudget)
+        parkingLedger = ParkingLedger(
+            redis: RedisClient(configuration: redis, logger: logger), keyPrefix: configuration.keyPrefix)
+        stats = SubscriptionStats(
+            redis: RedisClient(configuration: redis, logger: logger), keyPrefix: configuration.keyPrefix)
+        catalog = EventTypeCatalog(
+            redis: RedisClient(configuration: redis, logger: logger), keyPrefix: configuration.keyPrefix)
         keystone = configuration.keystone.map { KeystoneClient(configuration: $0, logger: logger) }
     }
 
@@ -103,16 +113,22 @@ final class HeraldNode: Sendable {
         // The queues' type and bounds: the settings, else the cluster's record (ClusterQueueShape).
         var configuration = self.configuration
         let settings = RedisClient(configuration: try RedisConfiguration(url: configuration.redisURL), logger: logger)
-        configuration.queueShape = try await ClusterQueueShape.resolve(configured: configuration.queueSettings, redis: settings, keyPrefix: configuration.keyPrefix)
-        let connection = try await AMQPConnection.connect(try AMQPConfiguration(url: configuration.amqpURL), logger: logger)
+        configuration.queueShape = try await ClusterQueueShape.resolve(
+            configured: configuration.queueSettings, redis: settings, keyPrefix: configuration.keyPrefix)
+        let connection = try await AMQPConnection.connect(
+            try AMQPConfiguration(url: configuration.amqpURL), logger: logger)
         let control = try await connection.openChannel()
         try await Topology.declare(on: control, configuration: configuration)
         await control.close()
-        try await ClusterQueueShape.record(configuration.queueShape, redis: settings, keyPrefix: configuration.keyPrefix)
-        logger.info("queues declared", metadata: [
-            "amqp.queue_type": "\(configuration.queueShape.type)", "amqp.ingest_max_messages": "\(configuration.queueShape.ingestMaxMessages)",
-            "amqp.partition_max_messages": "\(configuration.queueShape.partitionMaxMessages)",
-        ])
+        try await ClusterQueueShape.record(
+            configuration.queueShape, redis: settings, keyPrefix: configuration.keyPrefix)
+        logger.info(
+            "queues declared",
+            metadata: [
+                "amqp.queue_type": "\(configuration.queueShape.type)",
+                "amqp.ingest_max_messages": "\(configuration.queueShape.ingestMaxMessages)",
+                "amqp.partition_max_messages": "\(configuration.queueShape.partitionMaxMessages)",
+            ])
         await settings.close()
 
         // The subscription index, rebuilt on every registry change and swapped in.
@@ -124,22 +140,30 @@ final class HeraldNode: Sendable {
         let watcher = Task { [logger] in
             while let snapshot = await snapshots.next() {
                 index.withLock { $0 = SubscriptionIndex(snapshot.subscriptions) }
-                logger.info("subscription index rebuilt", metadata: ["registry.version": "\(snapshot.version)", "registry.subscriptions": "\(snapshot.subscriptions.count)"])
+                logger.info(
+                    "subscription index rebuilt",
+                    metadata: [
+                        "registry.version": "\(snapshot.version)",
+                        "registry.subscriptions": "\(snapshot.subscriptions.count)",
+                    ])
                 Self.returnFreedMemory()
             }
         }
 
-        let zaqar = ZaqarClient(requestTimeout: configuration.deliveryTimeout, tokens: keystone, caFile: configuration.zaqarCAFile)
+        let zaqar = ZaqarClient(
+            requestTimeout: configuration.deliveryTimeout, tokens: keystone, caFile: configuration.zaqarCAFile)
         var delivery = DeliveryConfiguration()
         delivery.linger = configuration.deliveryLinger
         delivery.projectMaxMessages = configuration.deliveryProjectMaxMessages
         delivery.attemptsBeforeParking = configuration.parking.afterAttempts
         let parking = TargetParking(
-            connection: connection, ledger: parkingLedger, names: configuration.names, queueType: configuration.queueShape.type, owner: coordinator.owner,
+            connection: connection, ledger: parkingLedger, names: configuration.names,
+            queueType: configuration.queueShape.type, owner: coordinator.owner,
             settings: configuration.parking, logger: logger
         )
         let batcher = try DeliveryBatcher(
-            configuration: delivery, zaqar: zaqar, deadLetters: deadLetters, endpoints: try ZaqarEndpoints(urls: configuration.zaqarAllowedURLs), parking: parking,
+            configuration: delivery, zaqar: zaqar, deadLetters: deadLetters,
+            endpoints: try ZaqarEndpoints(urls: configuration.zaqarAllowedURLs), parking: parking,
             activity: stats, logger: logger
         )
         let drainer = ParkingDrainer(
@@ -153,17 +177,22 @@ final class HeraldNode: Sendable {
         // Knows which subscriptions are parked before any partition is consumed.
         await drainer.refreshBeforeConsuming()
         let retrying = Task { await drainer.run() }
-        let owners = PartitionOwners(connection: connection, coordinator: coordinator, batcher: batcher, index: index, configuration: configuration,
-                                     deadLetters: deadLetters, statistics: statistics, stats: stats, catalog: catalog, logger: logger,
-                                     beforeConsuming: { await drainer.refreshBeforeConsuming() })
+        let owners = PartitionOwners(
+            connection: connection, coordinator: coordinator, batcher: batcher, index: index,
+            configuration: configuration,
+            deadLetters: deadLetters, statistics: statistics, stats: stats, catalog: catalog, logger: logger,
+            beforeConsuming: { await drainer.refreshBeforeConsuming() })
         let ownership = Task { await owners.run() }
         try await coordinator.start()
-        let ingest = IngestService(connection: connection, configuration: configuration, deadLetters: deadLetters, statistics: statistics, logger: logger)
+        let ingest = IngestService(
+            connection: connection, configuration: configuration, deadLetters: deadLetters, statistics: statistics,
+            logger: logger)
         let ingesting = Task { [logger] in
             do { try await ingest.run() } catch { logger.error("ingest stopped", metadata: ["error": "\(error)"]) }
         }
         let keeper = SignedURLKeeper(
-            registry: registry, keystone: keystone, zaqar: zaqar, defaultZaqarURL: configuration.zaqarURL, policy: configuration.signedURLs,
+            registry: registry, keystone: keystone, zaqar: zaqar, defaultZaqarURL: configuration.zaqarURL,
+            policy: configuration.signedURLs,
             isLeader: { [coordinator] in coordinator.isLeader }, logger: logger
         )
         let keeping = Task { await keeper.run() }
@@ -179,15 +208,23 @@ final class HeraldNode: Sendable {
                 } catch {
                     failures += 1
                     if failures == 1 || failures % 60 == 0 {
-                        logger.warning("cannot write subscription counts to Redis; keeping them for the next try", metadata: ["error": "\(error)"])
+                        logger.warning(
+                            "cannot write subscription counts to Redis; keeping them for the next try",
+                            metadata: ["error": "\(error)"])
                     }
                 }
             }
         }
         parts.withLock {
-            $0 = Parts(connection: connection, zaqar: zaqar, batcher: batcher, ingest: ingest, tasks: [watcher, ownership, ingesting, keeping, retrying, counting])
+            $0 = Parts(
+                connection: connection, zaqar: zaqar, batcher: batcher, ingest: ingest,
+                tasks: [watcher, ownership, ingesting, keeping, retrying, counting])
         }
-        logger.info("node started", metadata: ["herald.partitions": "\(configuration.partitions)", "herald.exchanges": "\(configuration.exchanges)"])
+        logger.info(
+            "node started",
+            metadata: [
+                "herald.partitions": "\(configuration.partitions)", "herald.exchanges": "\(configuration.exchanges)",
+            ])
     }
 
     /// The checks behind `/readyz`: every one must be true for the node to take traffic.

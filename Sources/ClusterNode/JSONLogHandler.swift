@@ -26,7 +26,10 @@ struct JSONLogHandler: LogHandler {
         fields["logger"] = label
         fields["message"] = "\(event.message)"
         fields["source"] = event.source
-        guard var line = try? JSONSerialization.data(withJSONObject: fields, options: [.sortedKeys, .withoutEscapingSlashes]) else { return }
+        guard
+            var line = try? JSONSerialization.data(
+                withJSONObject: fields, options: [.sortedKeys, .withoutEscapingSlashes])
+        else { return }
         line.append(0x0A)
         FileHandle.standardError.write(line)
     }

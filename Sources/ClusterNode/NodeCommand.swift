@@ -24,7 +24,10 @@ struct Node: AsyncParsableCommand {
     @Option(help: "A file of HERALD_*=value lines (HERALD_CONFIG_FILE).")
     var config: String?
 
-    @Option(name: .customLong("set"), help: ArgumentHelp("Set any HERALD_* key, e.g. --set HERALD_PARTITIONS=512. Repeatable.", valueName: "KEY=VALUE"))
+    @Option(
+        name: .customLong("set"),
+        help: ArgumentHelp(
+            "Set any HERALD_* key, e.g. --set HERALD_PARTITIONS=512. Repeatable.", valueName: "KEY=VALUE"))
     var settings: [String] = []
 
     @Option(help: "This node's id, the pod name in Kubernetes (HERALD_NODE_ID).")
@@ -70,10 +73,12 @@ struct Node: AsyncParsableCommand {
         try NodeConfiguration.checkKeys(set, source: "--set")
         values.merge(set) { _, new in new }
         let flags: [(String, String?)] = [
-            ("HERALD_NODE_ID", nodeID), ("HERALD_REDIS_URL", redisURL), ("HERALD_AMQP_URL", amqpURL), ("HERALD_ZAQAR_URL", zaqarURL),
-            ("HERALD_API_HOST", apiHost), ("HERALD_API_PORT", apiPort), ("HERALD_LOG_LEVEL", logLevel), ("HERALD_LOG_FORMAT", logFormat),
+            ("HERALD_NODE_ID", nodeID), ("HERALD_REDIS_URL", redisURL), ("HERALD_AMQP_URL", amqpURL),
+            ("HERALD_ZAQAR_URL", zaqarURL),
+            ("HERALD_API_HOST", apiHost), ("HERALD_API_PORT", apiPort), ("HERALD_LOG_LEVEL", logLevel),
+            ("HERALD_LOG_FORMAT", logFormat),
         ]
-        for case let (key, value?) in flags { values[key] = value }
+        for case (let key, let value?) in flags { values[key] = value }
         return try NodeConfiguration.fromEnvironment(values)
     }
 
@@ -88,7 +93,8 @@ struct Node: AsyncParsableCommand {
         let nodeID = configuration.nodeID
         let json = configuration.logFormat == "json"
         LoggingSystem.bootstrap { label in
-            var handler: any LogHandler = json ? JSONLogHandler(label: label) : CleanTextLogHandler(StreamLogHandler.standardError(label: label))
+            var handler: any LogHandler =
+                json ? JSONLogHandler(label: label) : CleanTextLogHandler(StreamLogHandler.standardError(label: label))
             handler.logLevel = level
             handler.metadata["node"] = "\(nodeID)"
             return handler

@@ -2,9 +2,9 @@ import Coordination
 import Delivery
 import Foundation
 import HeraldModel
-import Notifications
 import Logging
 import Messaging
+import Notifications
 
 /// Everything a node is configured with, read from `HERALD_*` environment variables.
 /// An invalid value stops start-up with a message naming the variable and the value.
@@ -116,22 +116,31 @@ struct NodeConfiguration: Sendable {
 
     /// Every key a configuration file or `--set` may name.
     static let keys: Set<String> = [
-        "HERALD_NODE_ID", "HERALD_REDIS_URL", "HERALD_AMQP_URL", "HERALD_ZAQAR_URL", "HERALD_PARTITIONS", "HERALD_KEY_PREFIX",
-        "HERALD_EXCHANGES", "HERALD_EXCHANGES_DURABLE", "HERALD_CEILOMETER_EVENTS", "HERALD_INGEST_ORDERED", "HERALD_INGEST_PREFETCH",
-        "HERALD_PARTITION_PREFETCH", "HERALD_QUEUE_TYPE", "HERALD_INGEST_QUEUE_MAX_MESSAGES", "HERALD_PARTITION_QUEUE_MAX_MESSAGES", "HERALD_SHUTDOWN_BUDGET_SECONDS", "HERALD_HANDOFF_DRAIN_SECONDS", "HERALD_API_HOST", "HERALD_API_PORT",
+        "HERALD_NODE_ID", "HERALD_REDIS_URL", "HERALD_AMQP_URL", "HERALD_ZAQAR_URL", "HERALD_PARTITIONS",
+        "HERALD_KEY_PREFIX",
+        "HERALD_EXCHANGES", "HERALD_EXCHANGES_DURABLE", "HERALD_CEILOMETER_EVENTS", "HERALD_INGEST_ORDERED",
+        "HERALD_INGEST_PREFETCH",
+        "HERALD_PARTITION_PREFETCH", "HERALD_QUEUE_TYPE", "HERALD_INGEST_QUEUE_MAX_MESSAGES",
+        "HERALD_PARTITION_QUEUE_MAX_MESSAGES", "HERALD_SHUTDOWN_BUDGET_SECONDS", "HERALD_HANDOFF_DRAIN_SECONDS",
+        "HERALD_API_HOST", "HERALD_API_PORT",
         "HERALD_API_AUTH", "HERALD_LOG_LEVEL", "HERALD_LOG_FORMAT", "HERALD_KEYSTONE_URL", "HERALD_KEYSTONE_USERNAME",
-        "HERALD_KEYSTONE_PASSWORD", "HERALD_KEYSTONE_PROJECT", "HERALD_KEYSTONE_USER_DOMAIN", "HERALD_KEYSTONE_PROJECT_DOMAIN",
+        "HERALD_KEYSTONE_PASSWORD", "HERALD_KEYSTONE_PROJECT", "HERALD_KEYSTONE_USER_DOMAIN",
+        "HERALD_KEYSTONE_PROJECT_DOMAIN",
         "HERALD_KEYSTONE_CACHE_SECONDS", "HERALD_KEYSTONE_TRUST_ROLES", "HERALD_SIGNED_URL_RENEW_SECONDS",
         "HERALD_SIGNED_URL_LIFETIME_SECONDS", "HERALD_SIGNED_URL_CHECK_SECONDS", "HERALD_INGEST_WATCH_SECONDS",
-        "HERALD_DELIVERY_LINGER_MS", "HERALD_ZAQAR_ALLOWED_URLS", "HERALD_QUOTA_SUBSCRIPTIONS", "HERALD_RATE_SUBSCRIPTION_CHANGES",
+        "HERALD_DELIVERY_LINGER_MS", "HERALD_ZAQAR_ALLOWED_URLS", "HERALD_QUOTA_SUBSCRIPTIONS",
+        "HERALD_RATE_SUBSCRIPTION_CHANGES",
         "HERALD_REPLAY_MAX", "HERALD_RATE_REPLAYS", "HERALD_RATE_TESTS",
-        "HERALD_ZAQAR_SERVICE_TYPE", "HERALD_ZAQAR_INTERFACE", "HERALD_ZAQAR_REGION", "HERALD_DELIVERY_TIMEOUT_SECONDS", "HERALD_DELIVERY_PROJECT_MAX_MESSAGES",
+        "HERALD_ZAQAR_SERVICE_TYPE", "HERALD_ZAQAR_INTERFACE", "HERALD_ZAQAR_REGION", "HERALD_DELIVERY_TIMEOUT_SECONDS",
+        "HERALD_DELIVERY_PROJECT_MAX_MESSAGES",
         "HERALD_CLUSTER", "HERALD_DEAD_LETTERS_MAX", "HERALD_DEAD_LETTERS_PROJECT_MAX", "HERALD_DEAD_LETTER_BODY_BYTES",
         "HERALD_DEAD_LETTERS_IDLE_DAYS", "HERALD_EVENT_DEFINITIONS", "HERALD_NOTIFICATION_TOPICS", "HERALD_PRIORITIES",
         "HERALD_POLICY_FILE", "HERALD_ADMIN_PROJECT", "HERALD_DELIVERY_RETRY_HORIZON", "HERALD_PARKING_AFTER_ATTEMPTS",
-        "HERALD_PARKING_RETRY_BASE_SECONDS", "HERALD_PARKING_RETRY_CAP_SECONDS", "HERALD_PARKING_PROJECT_MAX_MESSAGES", "HERALD_PARKING_PROJECT_MAX_BYTES",
+        "HERALD_PARKING_RETRY_BASE_SECONDS", "HERALD_PARKING_RETRY_CAP_SECONDS", "HERALD_PARKING_PROJECT_MAX_MESSAGES",
+        "HERALD_PARKING_PROJECT_MAX_BYTES",
         "HERALD_PARKING_SUBSCRIPTION_MAX_MESSAGES", "HERALD_PARKING_DRAINS", "HERALD_KEYSTONE_NEGATIVE_CACHE_SECONDS",
-        "HERALD_KEYSTONE_VALIDATIONS_PER_SECOND", "HERALD_SERVICE_TYPE", "HERALD_REDACTION_FILE", "HERALD_TRUSTED_PROXIES", "HERALD_ZAQAR_CA_FILE", "HERALD_KEYSTONE_CA_FILE",
+        "HERALD_KEYSTONE_VALIDATIONS_PER_SECOND", "HERALD_SERVICE_TYPE", "HERALD_REDACTION_FILE",
+        "HERALD_TRUSTED_PROXIES", "HERALD_ZAQAR_CA_FILE", "HERALD_KEYSTONE_CA_FILE",
     ]
 
     /// oslo.messaging's notification priorities (the routing key's last part).
@@ -146,26 +155,36 @@ struct NodeConfiguration: Sendable {
             unit = factor
             digits = digits.dropLast()
         }
-        guard !digits.isEmpty, digits.count <= 9, digits.allSatisfy(\.isASCII), let value = Int(digits), value >= 0 else { return nil }
+        guard !digits.isEmpty, digits.count <= 9, digits.allSatisfy(\.isASCII), let value = Int(digits), value >= 0
+        else { return nil }
         return .seconds(value * unit)
     }
 
     /// An unknown key is a typo that would otherwise be ignored: it stops start-up.
     static func checkKeys(_ values: [String: String], source: String) throws {
         if let unknown = values.keys.filter({ !keys.contains($0) }).sorted().first {
-            throw ConfigurationError(key: unknown, value: values[unknown] ?? "", expected: "a known key (in \(source)); see `herald node --help` and the README's table")
+            throw ConfigurationError(
+                key: unknown, value: values[unknown] ?? "",
+                expected: "a known key (in \(source)); see `herald node --help` and the README's table")
         }
     }
 
-    static let defaultExchanges = ["nova", "neutron", "cinder", "glance", "heat", "keystone", "designate", "octavia", "ironic", "manila", "magnum"]
+    static let defaultExchanges = [
+        "nova", "neutron", "cinder", "glance", "heat", "keystone", "designate", "octavia", "ironic", "manila", "magnum",
+    ]
 
     /// - Throws: `ConfigurationError` naming the variable and its bad value.
-    static func fromEnvironment(_ environment: [String: String] = ProcessInfo.processInfo.environment) throws -> NodeConfiguration {
-        func string(_ key: String, _ fallback: String) -> String { environment[key].flatMap { $0.isEmpty ? nil : $0 } ?? fallback }
+    static func fromEnvironment(
+        _ environment: [String: String] = ProcessInfo.processInfo.environment
+    ) throws -> NodeConfiguration {
+        func string(_ key: String, _ fallback: String) -> String {
+            environment[key].flatMap { $0.isEmpty ? nil : $0 } ?? fallback
+        }
         func integer(_ key: String, _ fallback: Int, _ range: ClosedRange<Int>) throws -> Int {
             guard let text = environment[key], !text.isEmpty else { return fallback }
             guard let value = Int(text), range.contains(value) else {
-                throw ConfigurationError(key: key, value: text, expected: "a whole number from \(range.lowerBound) to \(range.upperBound)")
+                throw ConfigurationError(
+                    key: key, value: text, expected: "a whole number from \(range.lowerBound) to \(range.upperBound)")
             }
             return value
         }
@@ -177,10 +196,12 @@ struct NodeConfiguration: Sendable {
             default: throw ConfigurationError(key: key, value: text, expected: "true or false")
             }
         }
-        func choice<T: RawRepresentable & CaseIterable>(_ key: String, _ fallback: T) throws -> T where T.RawValue == String {
+        func choice<T: RawRepresentable & CaseIterable>(_ key: String, _ fallback: T) throws -> T
+        where T.RawValue == String {
             guard let text = environment[key], !text.isEmpty else { return fallback }
             guard let value = T(rawValue: text) else {
-                throw ConfigurationError(key: key, value: text, expected: "one of " + T.allCases.map(\.rawValue).joined(separator: ", "))
+                throw ConfigurationError(
+                    key: key, value: text, expected: "one of " + T.allCases.map(\.rawValue).joined(separator: ", "))
             }
             return value
         }
@@ -188,27 +209,45 @@ struct NodeConfiguration: Sendable {
         let keystoneNegativeSeconds = try integer("HERALD_KEYSTONE_NEGATIVE_CACHE_SECONDS", 10, 0...300)
         let keystoneValidations = try integer("HERALD_KEYSTONE_VALIDATIONS_PER_SECOND", 10, 0...100_000)
         let serviceType = string("HERALD_SERVICE_TYPE", "events")
-        guard (1...64).contains(serviceType.utf8.count), serviceType.utf8.allSatisfy({ $0 == UInt8(ascii: "-") || (0x30...0x39).contains($0) || (0x61...0x7A).contains($0) }) else {
-            throw ConfigurationError(key: "HERALD_SERVICE_TYPE", value: serviceType, expected: "Herald's service type in the Keystone catalog: lower-case letters, digits and -, such as events")
+        guard (1...64).contains(serviceType.utf8.count),
+            serviceType.utf8.allSatisfy({
+                $0 == UInt8(ascii: "-") || (0x30...0x39).contains($0) || (0x61...0x7A).contains($0)
+            })
+        else {
+            throw ConfigurationError(
+                key: "HERALD_SERVICE_TYPE", value: serviceType,
+                expected:
+                    "Herald's service type in the Keystone catalog: lower-case letters, digits and -, such as events")
         }
-        let trustRoles = string("HERALD_KEYSTONE_TRUST_ROLES", "member").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        let trustRoles = string("HERALD_KEYSTONE_TRUST_ROLES", "member").split(separator: ",").map {
+            $0.trimmingCharacters(in: .whitespaces)
+        }.filter { !$0.isEmpty }
         guard !trustRoles.isEmpty else {
-            throw ConfigurationError(key: "HERALD_KEYSTONE_TRUST_ROLES", value: environment["HERALD_KEYSTONE_TRUST_ROLES"] ?? "", expected: "a comma-separated list of role names, such as member")
+            throw ConfigurationError(
+                key: "HERALD_KEYSTONE_TRUST_ROLES", value: environment["HERALD_KEYSTONE_TRUST_ROLES"] ?? "",
+                expected: "a comma-separated list of role names, such as member")
         }
         let keystoneURL = environment["HERALD_KEYSTONE_URL"].flatMap { $0.isEmpty ? nil : $0 }
         let zaqarFromCatalog = keystoneURL != nil && (environment["HERALD_ZAQAR_URL"] ?? "").isEmpty
-        let zaqarURL = zaqarFromCatalog ? ZaqarCatalogLookup.unresolved : string("HERALD_ZAQAR_URL", "http://127.0.0.1:8888")
+        let zaqarURL =
+            zaqarFromCatalog ? ZaqarCatalogLookup.unresolved : string("HERALD_ZAQAR_URL", "http://127.0.0.1:8888")
         var zaqarCatalog: ZaqarCatalogLookup?
         if zaqarFromCatalog {
             let interface = string("HERALD_ZAQAR_INTERFACE", "public")
             guard ["public", "internal", "admin"].contains(interface) else {
-                throw ConfigurationError(key: "HERALD_ZAQAR_INTERFACE", value: interface, expected: "public, internal or admin: the catalog endpoint Herald posts to")
+                throw ConfigurationError(
+                    key: "HERALD_ZAQAR_INTERFACE", value: interface,
+                    expected: "public, internal or admin: the catalog endpoint Herald posts to")
             }
             let type = string("HERALD_ZAQAR_SERVICE_TYPE", "messaging")
             guard (1...64).contains(type.count) else {
-                throw ConfigurationError(key: "HERALD_ZAQAR_SERVICE_TYPE", value: type, expected: "Zaqar's service type in the catalog, such as messaging")
+                throw ConfigurationError(
+                    key: "HERALD_ZAQAR_SERVICE_TYPE", value: type,
+                    expected: "Zaqar's service type in the catalog, such as messaging")
             }
-            zaqarCatalog = ZaqarCatalogLookup(type: type, interface: interface, region: environment["HERALD_ZAQAR_REGION"].flatMap { $0.isEmpty ? nil : $0 })
+            zaqarCatalog = ZaqarCatalogLookup(
+                type: type, interface: interface,
+                region: environment["HERALD_ZAQAR_REGION"].flatMap { $0.isEmpty ? nil : $0 })
         }
         func optionalInteger(_ key: String, _ range: ClosedRange<Int>) throws -> Int? {
             guard let text = environment[key], !text.isEmpty else { return nil }
@@ -225,7 +264,9 @@ struct NodeConfiguration: Sendable {
         do {
             names = try ClusterNames(cluster: clusterName)
         } catch {
-            throw ConfigurationError(key: environment["HERALD_CLUSTER"].map { $0.isEmpty ? "HERALD_KEY_PREFIX" : "HERALD_CLUSTER" } ?? "HERALD_KEY_PREFIX", value: clusterName, expected: "a cluster name for AMQP: \(error)")
+            throw ConfigurationError(
+                key: environment["HERALD_CLUSTER"].map { $0.isEmpty ? "HERALD_KEY_PREFIX" : "HERALD_CLUSTER" }
+                    ?? "HERALD_KEY_PREFIX", value: clusterName, expected: "a cluster name for AMQP: \(error)")
         }
         var deadLetterBudget = DeadLetterBudget()
         deadLetterBudget.max = try integer("HERALD_DEAD_LETTERS_MAX", 20_000, 100...10_000_000)
@@ -260,21 +301,32 @@ struct NodeConfiguration: Sendable {
             }
         }
         func list(_ key: String, _ fallback: String) -> [String] {
-            string(key, fallback).split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+            string(key, fallback).split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter {
+                !$0.isEmpty
+            }
         }
         let topics = list("HERALD_NOTIFICATION_TOPICS", "notifications,versioned_notifications")
         let topicCharacters = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
-        guard !topics.isEmpty, topics.allSatisfy({ !$0.isEmpty && $0.count <= 100 && $0.allSatisfy { topicCharacters.contains($0) } }) else {
-            throw ConfigurationError(key: "HERALD_NOTIFICATION_TOPICS", value: environment["HERALD_NOTIFICATION_TOPICS"] ?? "", expected: "comma-separated topic names such as notifications,versioned_notifications")
+        guard !topics.isEmpty,
+            topics.allSatisfy({ !$0.isEmpty && $0.count <= 100 && $0.allSatisfy { topicCharacters.contains($0) } })
+        else {
+            throw ConfigurationError(
+                key: "HERALD_NOTIFICATION_TOPICS", value: environment["HERALD_NOTIFICATION_TOPICS"] ?? "",
+                expected: "comma-separated topic names such as notifications,versioned_notifications")
         }
         let priorities = list("HERALD_PRIORITIES", "audit,info,warn,error,critical,sample").map { $0.lowercased() }
         if let unknown = priorities.first(where: { !knownPriorities.contains($0) }) ?? (priorities.isEmpty ? "" : nil) {
-            throw ConfigurationError(key: "HERALD_PRIORITIES", value: environment["HERALD_PRIORITIES"] ?? "", expected: "comma-separated priorities of \(knownPriorities.joined(separator: ", ")) ('\(unknown)' is none)")
+            throw ConfigurationError(
+                key: "HERALD_PRIORITIES", value: environment["HERALD_PRIORITIES"] ?? "",
+                expected:
+                    "comma-separated priorities of \(knownPriorities.joined(separator: ", ")) ('\(unknown)' is none)")
         }
         var parking = ParkingSettings()
         if let text = environment["HERALD_DELIVERY_RETRY_HORIZON"], !text.isEmpty {
             guard let horizon = Self.duration(text), horizon >= .seconds(10), horizon <= .seconds(14 * 86_400) else {
-                throw ConfigurationError(key: "HERALD_DELIVERY_RETRY_HORIZON", value: text, expected: "a duration from 10s to 14d: seconds, or a number with s, m, h or d (24h)")
+                throw ConfigurationError(
+                    key: "HERALD_DELIVERY_RETRY_HORIZON", value: text,
+                    expected: "a duration from 10s to 14d: seconds, or a number with s, m, h or d (24h)")
             }
             parking.horizon = horizon
         }
@@ -282,11 +334,14 @@ struct NodeConfiguration: Sendable {
         parking.retryBase = .seconds(try integer("HERALD_PARKING_RETRY_BASE_SECONDS", 5, 1...3600))
         parking.retryCap = .seconds(try integer("HERALD_PARKING_RETRY_CAP_SECONDS", 60, 1...86_400))
         if parking.retryCap < parking.retryBase {
-            throw ConfigurationError(key: "HERALD_PARKING_RETRY_CAP_SECONDS", value: "\(parking.retryCap.seconds)", expected: "at least HERALD_PARKING_RETRY_BASE_SECONDS (\(parking.retryBase.seconds))")
+            throw ConfigurationError(
+                key: "HERALD_PARKING_RETRY_CAP_SECONDS", value: "\(parking.retryCap.seconds)",
+                expected: "at least HERALD_PARKING_RETRY_BASE_SECONDS (\(parking.retryBase.seconds))")
         }
         parking.projectMaxMessages = try integer("HERALD_PARKING_PROJECT_MAX_MESSAGES", 100_000, 100...100_000_000)
         parking.projectMaxBytes = try integer("HERALD_PARKING_PROJECT_MAX_BYTES", 1 << 30, 1 << 20...1 << 40)
-        parking.subscriptionMaxMessages = try integer("HERALD_PARKING_SUBSCRIPTION_MAX_MESSAGES", 50_000, 100...100_000_000)
+        parking.subscriptionMaxMessages = try integer(
+            "HERALD_PARKING_SUBSCRIPTION_MAX_MESSAGES", 50_000, 100...100_000_000)
         parking.concurrentDrains = try integer("HERALD_PARKING_DRAINS", 4, 1...64)
         var policy = Policy()
         if let path = environment["HERALD_POLICY_FILE"], !path.isEmpty {
@@ -303,7 +358,9 @@ struct NodeConfiguration: Sendable {
             zaqarURL: zaqarURL,
             partitions: try integer("HERALD_PARTITIONS", 256, 1...65536),
             keyPrefix: keyPrefix,
-            exchanges: string("HERALD_EXCHANGES", defaultExchanges.joined(separator: ",")).split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty },
+            exchanges: string("HERALD_EXCHANGES", defaultExchanges.joined(separator: ",")).split(separator: ",").map {
+                $0.trimmingCharacters(in: .whitespaces)
+            }.filter { !$0.isEmpty },
             exchangesDurable: try boolean("HERALD_EXCHANGES_DURABLE", false),
             ceilometerEvents: try boolean("HERALD_CEILOMETER_EVENTS", false),
             ingestOrdered: try boolean("HERALD_INGEST_ORDERED", true),
@@ -318,12 +375,20 @@ struct NodeConfiguration: Sendable {
             apiAuth: try choice("HERALD_API_AUTH", .keystone),
             keystone: environment["HERALD_KEYSTONE_URL"].flatMap { $0.isEmpty ? nil : $0 }.map { url in
                 KeystoneConfiguration(
-                    url: url, username: string("HERALD_KEYSTONE_USERNAME", "herald"), password: string("HERALD_KEYSTONE_PASSWORD", ""),
-                    project: string("HERALD_KEYSTONE_PROJECT", "service"), userDomain: string("HERALD_KEYSTONE_USER_DOMAIN", "Default"),
-                    projectDomain: string("HERALD_KEYSTONE_PROJECT_DOMAIN", "Default"), cacheTTL: .seconds(keystoneCacheSeconds),
-                    trustRoles: trustRoles, adminProject: environment["HERALD_ADMIN_PROJECT"].flatMap { $0.isEmpty ? nil : $0 },
-                    negativeCacheTTL: .seconds(keystoneNegativeSeconds), validationsPerSecond: keystoneValidations, serviceType: serviceType,
-                    trustedProxies: Set(string("HERALD_TRUSTED_PROXIES", "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }),
+                    url: url, username: string("HERALD_KEYSTONE_USERNAME", "herald"),
+                    password: string("HERALD_KEYSTONE_PASSWORD", ""),
+                    project: string("HERALD_KEYSTONE_PROJECT", "service"),
+                    userDomain: string("HERALD_KEYSTONE_USER_DOMAIN", "Default"),
+                    projectDomain: string("HERALD_KEYSTONE_PROJECT_DOMAIN", "Default"),
+                    cacheTTL: .seconds(keystoneCacheSeconds),
+                    trustRoles: trustRoles,
+                    adminProject: environment["HERALD_ADMIN_PROJECT"].flatMap { $0.isEmpty ? nil : $0 },
+                    negativeCacheTTL: .seconds(keystoneNegativeSeconds), validationsPerSecond: keystoneValidations,
+                    serviceType: serviceType,
+                    trustedProxies: Set(
+                        string("HERALD_TRUSTED_PROXIES", "").split(separator: ",").map {
+                            $0.trimmingCharacters(in: .whitespaces)
+                        }.filter { !$0.isEmpty }),
                     caFile: keystoneCAFile
                 )
             },
@@ -334,7 +399,9 @@ struct NodeConfiguration: Sendable {
                 lifetime: .seconds(try integer("HERALD_SIGNED_URL_LIFETIME_SECONDS", 604_800, 300...31_536_000)),
                 checkEvery: .seconds(try integer("HERALD_SIGNED_URL_CHECK_SECONDS", 60, 1...3600))
             ),
-            zaqarAllowedURLs: string("HERALD_ZAQAR_ALLOWED_URLS", zaqarURL).split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty },
+            zaqarAllowedURLs: string("HERALD_ZAQAR_ALLOWED_URLS", zaqarURL).split(separator: ",").map {
+                $0.trimmingCharacters(in: .whitespaces)
+            }.filter { !$0.isEmpty },
             limits: APILimits(
                 subscriptionsPerProject: try integer("HERALD_QUOTA_SUBSCRIPTIONS", 100, 1...100_000),
                 changesPerMinute: try integer("HERALD_RATE_SUBSCRIPTION_CHANGES", 60, 1...100_000),
@@ -363,53 +430,81 @@ struct NodeConfiguration: Sendable {
     }
 
     func validate() throws {
-        do { _ = try RedisConfiguration(url: redisURL) } catch { throw ConfigurationError(key: "HERALD_REDIS_URL", value: redisURL, expected: "\(error)") }
-        do { _ = try AMQPConfiguration(url: amqpURL) } catch { throw ConfigurationError(key: "HERALD_AMQP_URL", value: amqpURL, expected: "\(error)") }
+        do { _ = try RedisConfiguration(url: redisURL) } catch {
+            throw ConfigurationError(key: "HERALD_REDIS_URL", value: redisURL, expected: "\(error)")
+        }
+        do { _ = try AMQPConfiguration(url: amqpURL) } catch {
+            throw ConfigurationError(key: "HERALD_AMQP_URL", value: amqpURL, expected: "\(error)")
+        }
         // A Zaqar still to be found in the catalog is checked once it is (`resolvingZaqar`).
         if zaqarCatalog == nil {
-            guard let zaqar = URL(string: zaqarURL), ["http", "https"].contains(zaqar.scheme ?? ""), zaqar.host != nil else {
-                throw ConfigurationError(key: "HERALD_ZAQAR_URL", value: zaqarURL, expected: "an http(s) URL such as http://zaqar:8888")
+            guard let zaqar = URL(string: zaqarURL), ["http", "https"].contains(zaqar.scheme ?? ""), zaqar.host != nil
+            else {
+                throw ConfigurationError(
+                    key: "HERALD_ZAQAR_URL", value: zaqarURL, expected: "an http(s) URL such as http://zaqar:8888")
             }
             do {
                 let endpoints = try ZaqarEndpoints(urls: zaqarAllowedURLs)
                 guard endpoints.permits(zaqarURL) else {
-                    throw ConfigurationError(key: "HERALD_ZAQAR_ALLOWED_URLS", value: zaqarAllowedURLs.joined(separator: ","), expected: "a list that includes HERALD_ZAQAR_URL (\(zaqarURL))")
+                    throw ConfigurationError(
+                        key: "HERALD_ZAQAR_ALLOWED_URLS", value: zaqarAllowedURLs.joined(separator: ","),
+                        expected: "a list that includes HERALD_ZAQAR_URL (\(zaqarURL))")
                 }
             } catch let error as DeliveryError {
-                throw ConfigurationError(key: "HERALD_ZAQAR_ALLOWED_URLS", value: zaqarAllowedURLs.joined(separator: ","), expected: "comma-separated http(s) URLs: \(error.message)")
+                throw ConfigurationError(
+                    key: "HERALD_ZAQAR_ALLOWED_URLS", value: zaqarAllowedURLs.joined(separator: ","),
+                    expected: "comma-separated http(s) URLs: \(error.message)")
             }
         }
         guard Logger.Level(rawValue: logLevel) != nil else {
-            throw ConfigurationError(key: "HERALD_LOG_LEVEL", value: logLevel, expected: "one of " + Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))
+            throw ConfigurationError(
+                key: "HERALD_LOG_LEVEL", value: logLevel,
+                expected: "one of " + Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))
         }
         guard ["text", "json"].contains(logFormat) else {
             throw ConfigurationError(key: "HERALD_LOG_FORMAT", value: logFormat, expected: "text or json")
         }
         guard !apiHost.isEmpty, !apiHost.contains(" ") else {
-            throw ConfigurationError(key: "HERALD_API_HOST", value: apiHost, expected: "an address to listen on, such as 0.0.0.0 or 127.0.0.1")
+            throw ConfigurationError(
+                key: "HERALD_API_HOST", value: apiHost,
+                expected: "an address to listen on, such as 0.0.0.0 or 127.0.0.1")
         }
         if apiAuth == .keystone {
             guard let keystone else {
-                throw ConfigurationError(key: "HERALD_KEYSTONE_URL", value: "", expected: "Keystone's URL, e.g. http://keystone:5000/v3, since HERALD_API_AUTH=keystone (or HERALD_API_AUTH=trusted-header, for development only)")
+                throw ConfigurationError(
+                    key: "HERALD_KEYSTONE_URL", value: "",
+                    expected:
+                        "Keystone's URL, e.g. http://keystone:5000/v3, since HERALD_API_AUTH=keystone (or HERALD_API_AUTH=trusted-header, for development only)"
+                )
             }
-            guard let url = URL(string: keystone.url), ["http", "https"].contains(url.scheme ?? ""), url.host != nil else {
-                throw ConfigurationError(key: "HERALD_KEYSTONE_URL", value: keystone.url, expected: "an http(s) URL such as http://keystone:5000/v3")
+            guard let url = URL(string: keystone.url), ["http", "https"].contains(url.scheme ?? ""), url.host != nil
+            else {
+                throw ConfigurationError(
+                    key: "HERALD_KEYSTONE_URL", value: keystone.url,
+                    expected: "an http(s) URL such as http://keystone:5000/v3")
             }
             guard !keystone.password.isEmpty else {
-                throw ConfigurationError(key: "HERALD_KEYSTONE_PASSWORD", value: "", expected: "the password of Herald's service user \(keystone.username)")
+                throw ConfigurationError(
+                    key: "HERALD_KEYSTONE_PASSWORD", value: "",
+                    expected: "the password of Herald's service user \(keystone.username)")
             }
         }
         guard signedURLs.lifetime > signedURLs.renewBefore else {
             throw ConfigurationError(
                 key: "HERALD_SIGNED_URL_LIFETIME_SECONDS", value: "\(Int(signedURLs.lifetime.seconds))",
-                expected: "more than HERALD_SIGNED_URL_RENEW_SECONDS (\(Int(signedURLs.renewBefore.seconds))), or every renewed URL would be due again at once"
+                expected:
+                    "more than HERALD_SIGNED_URL_RENEW_SECONDS (\(Int(signedURLs.renewBefore.seconds))), or every renewed URL would be due again at once"
             )
         }
         guard queueSettings.type.isEmpty || ClusterQueueShape.knownTypes.contains(queueSettings.type) else {
-            throw ConfigurationError(key: "HERALD_QUEUE_TYPE", value: queueSettings.type, expected: "classic or quorum (or unset: the cluster's own, quorum for a new cluster)")
+            throw ConfigurationError(
+                key: "HERALD_QUEUE_TYPE", value: queueSettings.type,
+                expected: "classic or quorum (or unset: the cluster's own, quorum for a new cluster)")
         }
         guard !exchanges.isEmpty || ceilometerEvents else {
-            throw ConfigurationError(key: "HERALD_EXCHANGES", value: exchanges.joined(separator: ","), expected: "at least one exchange (or HERALD_CEILOMETER_EVENTS=true)")
+            throw ConfigurationError(
+                key: "HERALD_EXCHANGES", value: exchanges.joined(separator: ","),
+                expected: "at least one exchange (or HERALD_CEILOMETER_EVENTS=true)")
         }
         do {
             try ClusterConfiguration(nodeID: nodeID, keyPrefix: keyPrefix, partitionCount: partitions).validate()
@@ -427,14 +522,16 @@ struct ConfigurationError: Error, CustomStringConvertible {
     /// the `expected` text (which may quote the value) is cleaned the same way.
     var description: String {
         let shown = key.contains("PASSWORD") ? (value.isEmpty ? "" : "***") : Self.redacted(value)
-        return "invalid configuration: \(key)=\(SafeText.quoted(shown, limit: 300)): \(SafeText.clean(Self.redacted(expected), limit: 600))"
+        return
+            "invalid configuration: \(key)=\(SafeText.quoted(shown, limit: 300)): \(SafeText.clean(Self.redacted(expected), limit: 600))"
     }
 
     /// `scheme://user:secret@host` → `scheme://user:***@host` (and `,user:secret@host2` of a
     /// multi-host URL), wherever it appears in `text`.
     static func redacted(_ text: String) -> String {
         guard let pattern = try? NSRegularExpression(pattern: "((?:://|,)[^:/@\\s,]*):[^@\\s,]*@") else { return text }
-        return pattern.stringByReplacingMatches(in: text, range: NSRange(text.startIndex..., in: text), withTemplate: "$1:***@")
+        return pattern.stringByReplacingMatches(
+            in: text, range: NSRange(text.startIndex..., in: text), withTemplate: "$1:***@")
     }
 }
 
@@ -463,14 +560,17 @@ enum ConfigurationFile {
         do {
             text = try String(contentsOfFile: path, encoding: .utf8)
         } catch {
-            throw ConfigurationError(key: "--config", value: path, expected: "a readable file (\(error.localizedDescription))")
+            throw ConfigurationError(
+                key: "--config", value: path, expected: "a readable file (\(error.localizedDescription))")
         }
         var values: [String: String] = [:]
         for (number, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
             let line = raw.trimmingCharacters(in: .whitespaces)
             if line.isEmpty || line.hasPrefix("#") { continue }
             guard let equals = line.firstIndex(of: "="), line[..<equals].hasPrefix("HERALD_") else {
-                throw ConfigurationError(key: "--config", value: "\(path):\(number + 1)", expected: "KEY=VALUE with a HERALD_ key, found '\(line)'")
+                throw ConfigurationError(
+                    key: "--config", value: "\(path):\(number + 1)",
+                    expected: "KEY=VALUE with a HERALD_ key, found '\(line)'")
             }
             var value = line[line.index(after: equals)...].trimmingCharacters(in: .whitespaces)
             if value.count >= 2, let first = value.first, first == "\"" || first == "'", value.last == first {
@@ -505,7 +605,8 @@ extension NodeConfiguration {
         do {
             try resolved.validate()
         } catch let error as ConfigurationError {
-            throw ConfigurationError(key: "HERALD_ZAQAR_URL (from the Keystone catalog)", value: url, expected: error.expected)
+            throw ConfigurationError(
+                key: "HERALD_ZAQAR_URL (from the Keystone catalog)", value: url, expected: error.expected)
         }
         return resolved
     }
@@ -517,7 +618,8 @@ extension NodeConfiguration {
         let client = KeystoneClient(configuration: keystoneConfiguration, logger: logger)
         let result: Result<NodeConfiguration, any Error>
         do {
-            result = .success(try await resolvingZaqar(from: client, lookup: lookup, logger: logger, attempts: attempts))
+            result = .success(
+                try await resolvingZaqar(from: client, lookup: lookup, logger: logger, attempts: attempts))
         } catch {
             result = .failure(error)
         }
@@ -525,23 +627,38 @@ extension NodeConfiguration {
         return try result.get()
     }
 
-    private func resolvingZaqar(from client: KeystoneClient, lookup: ZaqarCatalogLookup, logger: Logger, attempts: Int) async throws -> NodeConfiguration {
+    private func resolvingZaqar(
+        from client: KeystoneClient, lookup: ZaqarCatalogLookup, logger: Logger, attempts: Int
+    ) async throws -> NodeConfiguration {
         var lastError = ""
         for attempt in 0..<attempts {
             do {
-                guard let url = try await client.catalogURL(type: lookup.type, interface: lookup.interface, region: lookup.region) else {
-                    throw ConfigurationError(key: "HERALD_ZAQAR_URL", value: "", expected: "a Zaqar URL: it is not set, and Keystone's catalog has no endpoint for \(lookup.described) (HERALD_ZAQAR_SERVICE_TYPE, HERALD_ZAQAR_INTERFACE, HERALD_ZAQAR_REGION)")
+                guard
+                    let url = try await client.catalogURL(
+                        type: lookup.type, interface: lookup.interface, region: lookup.region)
+                else {
+                    throw ConfigurationError(
+                        key: "HERALD_ZAQAR_URL", value: "",
+                        expected:
+                            "a Zaqar URL: it is not set, and Keystone's catalog has no endpoint for \(lookup.described) (HERALD_ZAQAR_SERVICE_TYPE, HERALD_ZAQAR_INTERFACE, HERALD_ZAQAR_REGION)"
+                    )
                 }
-                logger.info("Zaqar from the Keystone catalog", metadata: ["zaqar.url": "\(url)", "keystone.catalog": "\(lookup.described)"])
+                logger.info(
+                    "Zaqar from the Keystone catalog",
+                    metadata: ["zaqar.url": "\(url)", "keystone.catalog": "\(lookup.described)"])
                 return try resolvingZaqar(url)
             } catch let error as ConfigurationError {
                 throw error
             } catch {
                 lastError = "\(error)"
-                logger.warning("cannot read Keystone's catalog yet", metadata: ["error": "\(lastError)", "herald.attempt": "\(attempt + 1)"])
+                logger.warning(
+                    "cannot read Keystone's catalog yet",
+                    metadata: ["error": "\(lastError)", "herald.attempt": "\(attempt + 1)"])
                 try await Task.sleep(for: .seconds(2))
             }
         }
-        throw ConfigurationError(key: "HERALD_ZAQAR_URL", value: "", expected: "a Zaqar URL: it is not set, and Keystone's catalog could not be read (\(lastError))")
+        throw ConfigurationError(
+            key: "HERALD_ZAQAR_URL", value: "",
+            expected: "a Zaqar URL: it is not set, and Keystone's catalog could not be read (\(lastError))")
     }
 }

@@ -33,11 +33,14 @@ struct NodeAssembly: Sendable {
     /// Where the API listens, once it does.
     let boundPort: Locked<Int?>
 
-    static func make(configuration: NodeConfiguration, logger: Logger, metrics: PrometheusCollectorRegistry,
-                     signals: [UnixSignal] = [.sigterm, .sigint],
-                     onListening: @escaping @Sendable (Int) -> Void = { _ in }) throws -> NodeAssembly {
+    static func make(
+        configuration: NodeConfiguration, logger: Logger, metrics: PrometheusCollectorRegistry,
+        signals: [UnixSignal] = [.sigterm, .sigint],
+        onListening: @escaping @Sendable (Int) -> Void = { _ in }
+    ) throws -> NodeAssembly {
         let node = try HeraldNode(configuration: configuration, logger: logger)
-        let zaqar = ZaqarClient(requestTimeout: configuration.deliveryTimeout, tokens: node.keystone, caFile: configuration.zaqarCAFile)
+        let zaqar = ZaqarClient(
+            requestTimeout: configuration.deliveryTimeout, tokens: node.keystone, caFile: configuration.zaqarCAFile)
         let gauges = NodeGauges(registry: metrics)
         let services = APIServices(
             registry: node.registry, deadLetters: node.deadLetters, defaultZaqarURL: configuration.zaqarURL,
@@ -51,7 +54,9 @@ struct NodeAssembly: Sendable {
             signedURLs: configuration.signedURLs,
             endpoints: try ZaqarEndpoints(urls: configuration.zaqarAllowedURLs),
             limits: configuration.limits,
-            rates: RateLimiter(redis: RedisClient(configuration: try RedisConfiguration(url: configuration.redisURL), logger: logger), keyPrefix: configuration.keyPrefix),
+            rates: RateLimiter(
+                redis: RedisClient(configuration: try RedisConfiguration(url: configuration.redisURL), logger: logger),
+                keyPrefix: configuration.keyPrefix),
             policy: configuration.policy,
             parking: node.parkingLedger, stats: node.stats, catalog: node.catalog,
             retryHorizon: configuration.parking.horizon, redaction: configuration.redaction
@@ -61,13 +66,16 @@ struct NodeAssembly: Sendable {
         if let keystone = node.keystone, configuration.apiAuth == .keystone {
             router = api.router(authenticator: KeystoneAuthenticator(keystone: keystone))
         } else {
-            logger.warning("the API trusts the X-Project-Id header: development mode (HERALD_API_AUTH=trusted-header); never expose it beyond a test machine")
+            logger.warning(
+                "the API trusts the X-Project-Id header: development mode (HERALD_API_AUTH=trusted-header); never expose it beyond a test machine"
+            )
             router = api.router(authenticator: TrustedHeaderAuthenticator())
         }
         let boundPort = Locked<Int?>(nil)
         let application = Application(
             router: router,
-            configuration: ApplicationConfiguration(address: .hostname(configuration.apiHost, port: configuration.apiPort), serverName: "herald"),
+            configuration: ApplicationConfiguration(
+                address: .hostname(configuration.apiHost, port: configuration.apiPort), serverName: "herald"),
             onServerRunning: { channel in
                 let port = channel.localAddress?.port ?? configuration.apiPort
                 boundPort.withLock { $0 = port }
@@ -89,7 +97,9 @@ struct NodeAssembly: Sendable {
             logger: logger
         )
         groupConfiguration.maximumGracefulShutdownDuration = configuration.shutdownBudget
-        return NodeAssembly(node: node, application: application, group: ServiceGroup(configuration: groupConfiguration), boundPort: boundPort)
+        return NodeAssembly(
+            node: node, application: application, group: ServiceGroup(configuration: groupConfiguration),
+            boundPort: boundPort)
     }
 }
 
@@ -123,10 +133,20 @@ struct NodeGauges: Sendable {
     let ready: Prometheus.Gauge
 
     init(registry: PrometheusCollectorRegistry) {
-        partitionsOwned = registry.makeGauge(descriptor: MetricNameDescriptor(metricName: "herald_partitions_owned", unitName: "", helpText: "Partitions this node holds the lease of and acts on."))
-        isLeader = registry.makeGauge(descriptor: MetricNameDescriptor(metricName: "herald_leader", unitName: "", helpText: "1 when this node is the cluster's leader."))
-        bufferedMessages = registry.makeGauge(descriptor: MetricNameDescriptor(metricName: "herald_delivery_buffered_messages", unitName: "", helpText: "Messages held for delivery (queued or in flight)."))
-        ready = registry.makeGauge(descriptor: MetricNameDescriptor(metricName: "herald_ready", unitName: "", helpText: "1 when /readyz answers 200."))
+        partitionsOwned = registry.makeGauge(
+            descriptor: MetricNameDescriptor(
+                metricName: "herald_partitions_owned", unitName: "",
+                helpText: "Partitions this node holds the lease of and acts on."))
+        isLeader = registry.makeGauge(
+            descriptor: MetricNameDescriptor(
+                metricName: "herald_leader", unitName: "", helpText: "1 when this node is the cluster's leader."))
+        bufferedMessages = registry.makeGauge(
+            descriptor: MetricNameDescriptor(
+                metricName: "herald_delivery_buffered_messages", unitName: "",
+                helpText: "Messages held for delivery (queued or in flight)."))
+        ready = registry.makeGauge(
+            descriptor: MetricNameDescriptor(
+                metricName: "herald_ready", unitName: "", helpText: "1 when /readyz answers 200."))
     }
 
     func update(from node: HeraldNode) {

@@ -61,9 +61,10 @@ enum ParkingMetrics {
     static let retries = Counter(label: "herald_parked_retries_total")
     static let dropped = Counter(label: "herald_parked_dropped_total", dimensions: [("reason", "subscription_deleted")])
     static let reconciled = Counter(label: "herald_parked_dropped_total", dimensions: [("reason", "count_reconciled")])
-    static let refused = Dictionary(uniqueKeysWithValues: ["project_full", "subscription_full", "unavailable"].map {
-        ($0, Counter(label: "herald_parking_refused_total", dimensions: [("reason", $0)]))
-    })
+    static let refused = Dictionary(
+        uniqueKeysWithValues: ["project_full", "subscription_full", "unavailable"].map {
+            ($0, Counter(label: "herald_parking_refused_total", dimensions: [("reason", $0)]))
+        })
 }
 
 /// Parking impossible for now (Redis or RabbitMQ unavailable): the lane holds the messages.
@@ -96,7 +97,10 @@ final class TargetParking: DeliveryParking {
         var applied: UInt64 = 0
     }
 
-    init(connection: AMQPConnection, ledger: ParkingLedger, names: ClusterNames, queueType: String, owner: String, settings: ParkingSettings, logger: Logger) {
+    init(
+        connection: AMQPConnection, ledger: ParkingLedger, names: ClusterNames, queueType: String, owner: String,
+        settings: ParkingSettings, logger: Logger
+    ) {
         self.connection = connection
         self.ledger = ledger
         self.names = names
@@ -109,13 +113,15 @@ final class TargetParking: DeliveryParking {
     /// A parking queue's arguments: durable, one consumer at a time, bounded with `reject-publish`
     /// (a full queue refuses, and the confirm says so: the lane keeps the messages).
     var queueOptions: AMQPQueueOptions {
-        AMQPQueueOptions(durable: true, arguments: [
-            "x-queue-type": .string(queueType),
-            "x-single-active-consumer": .bool(true),
-            "x-max-length": .int(Int64(settings.subscriptionMaxMessages)),
-            "x-max-length-bytes": .int(Int64(settings.projectMaxBytes)),
-            "x-overflow": .string("reject-publish"),
-        ].merging(queueType == "quorum" ? ["x-delivery-limit": .int(1_000_000)] : [:]) { first, _ in first })
+        AMQPQueueOptions(
+            durable: true,
+            arguments: [
+                "x-queue-type": .string(queueType),
+                "x-single-active-consumer": .bool(true),
+                "x-max-length": .int(Int64(settings.subscriptionMaxMessages)),
+                "x-max-length-bytes": .int(Int64(settings.projectMaxBytes)),
+                "x-overflow": .string("reject-publish"),
+            ].merging(queueType == "quorum" ? ["x-delivery-limit": .int(1_000_000)] : [:]) { first, _ in first })
     }
 
     func isParked(_ subscriptionID: String) -> Bool {
@@ -150,9 +156,11 @@ final class TargetParking: DeliveryParking {
         let reservation: ParkingLedger.Reservation
         do {
             reservation = try await ledger.reserve(
-                subscription: subscription, project: project, count: messages.count, bytes: bytes, projectMax: settings.projectMaxMessages,
+                subscription: subscription, project: project, count: messages.count, bytes: bytes,
+                projectMax: settings.projectMaxMessages,
                 projectMaxBytes: settings.projectMaxBytes, subscriptionMax: settings.subscriptionMaxMessages,
-                delay: failed ? settings.delay(attempt: 0, using: &random) : .zero, error: reason, onlyIfParked: !failed, owner: owner
+                delay: failed ? settings.delay(attempt: 0, using: &random) : .zero, error: reason,
+                onlyIfParked: !failed, owner: owner
             )
         } catch {
             ParkingMetrics.refused["unavailable"]?.increment()
@@ -162,13 +170,19 @@ final class TargetParking: DeliveryParking {
         switch reservation {
         case .projectFull(let parked):
             ParkingMetrics.refused["project_full"]?.increment()
-            throw ParkingFull("project \(project) has \(parked) messages parked, its share (HERALD_PARKING_PROJECT_MAX_MESSAGES) is \(settings.projectMaxMessages)")
+            throw ParkingFull(
+                "project \(project) has \(parked) messages parked, its share (HERALD_PARKING_PROJECT_MAX_MESSAGES) is \(settings.projectMaxMessages)"
+            )
         case .projectBytesFull(let parkedBytes):
             ParkingMetrics.refused["project_full"]?.increment()
-            throw ParkingFull("project \(project) has \(parkedBytes) bytes parked, its share (HERALD_PARKING_PROJECT_MAX_BYTES) is \(settings.projectMaxBytes)")
+            throw ParkingFull(
+                "project \(project) has \(parkedBytes) bytes parked, its share (HERALD_PARKING_PROJECT_MAX_BYTES) is \(settings.projectMaxBytes)"
+            )
         case .subscriptionFull(let parked):
             ParkingMetrics.refused["subscription_full"]?.increment()
-            throw ParkingFull("subscription \(subscription) has \(parked) messages parked, at most \(settings.subscriptionMaxMessages) (HERALD_PARKING_SUBSCRIPTION_MAX_MESSAGES)")
+            throw ParkingFull(
+                "subscription \(subscription) has \(parked) messages parked, at most \(settings.subscriptionMaxMessages) (HERALD_PARKING_SUBSCRIPTION_MAX_MESSAGES)"
+            )
         case .closing:
             throw ParkingClosing()
         case .notParked:
@@ -192,23 +206,32 @@ final class TargetParking: DeliveryParking {
         // Tried a few times: this is the one step that brings such a record back.
         for attempt in 0..<5 {
             do {
-                if try await ledger.confirm(subscription: subscription, project: project, count: messages.count, bytes: bytes, owner: owner) {
-                    logger.warning("parked messages arrived after their subscription's record went; recorded again", metadata: ["subscription": "\(subscription)"])
+                if try await ledger.confirm(
+                    subscription: subscription, project: project, count: messages.count, bytes: bytes, owner: owner)
+                {
+                    logger.warning(
+                        "parked messages arrived after their subscription's record went; recorded again",
+                        metadata: ["subscription": "\(subscription)"])
                 }
                 break
             } catch {
                 if attempt == 4 {
-                    logger.error("cannot confirm parked messages in Redis; if their record went meanwhile, they wait until the subscription parks again", metadata: [
-                        "subscription": "\(subscription)", "error": "\(error)",
-                    ])
+                    logger.error(
+                        "cannot confirm parked messages in Redis; if their record went meanwhile, they wait until the subscription parks again",
+                        metadata: [
+                            "subscription": "\(subscription)", "error": "\(error)",
+                        ])
                 }
                 try? await Task.sleep(for: .milliseconds(200 * (attempt + 1)))
             }
         }
         if failed {
-            logger.warning("parked messages of a failing target", metadata: [
-                "subscription": "\(subscription)", "delivery.count": "\(messages.count)", "error": "\(SafeText.clean(reason, limit: 200))",
-            ])
+            logger.warning(
+                "parked messages of a failing target",
+                metadata: [
+                    "subscription": "\(subscription)", "delivery.count": "\(messages.count)",
+                    "error": "\(SafeText.clean(reason, limit: 200))",
+                ])
         }
     }
 
@@ -225,16 +248,18 @@ final class TargetParking: DeliveryParking {
             }
         }
         let outgoing = messages.map { message in
-            AMQPOutgoingMessage(exchange: "", routingKey: queue, body: message.body, properties: AMQPMessageProperties(
-                contentType: "application/json",
-                headers: [
-                    "herald-subscription-id": .string(message.subscriptionID),
-                    "herald-event-id": .string(message.eventID),
-                    "herald-parked-at": .int(parkedAt),
-                ],
-                persistent: true,
-                messageID: message.eventID
-            ))
+            AMQPOutgoingMessage(
+                exchange: "", routingKey: queue, body: message.body,
+                properties: AMQPMessageProperties(
+                    contentType: "application/json",
+                    headers: [
+                        "herald-subscription-id": .string(message.subscriptionID),
+                        "herald-event-id": .string(message.eventID),
+                        "herald-parked-at": .int(parkedAt),
+                    ],
+                    persistent: true,
+                    messageID: message.eventID
+                ))
         }
         do {
             // Mandatory: a queue deleted meanwhile returns the message instead of dropping it.
@@ -252,7 +277,9 @@ final class TargetParking: DeliveryParking {
         do {
             return try await channel.declareQueue(queue, options: queueOptions)
         } catch let error as MessagingError where error.replyCode == 406 {
-            logger.warning("a parking queue exists with other arguments; using it as it is", metadata: ["amqp.queue": "\(queue)", "error": "\(error)"])
+            logger.warning(
+                "a parking queue exists with other arguments; using it as it is",
+                metadata: ["amqp.queue": "\(queue)", "error": "\(error)"])
             return try await channel.declareQueuePassive(queue)
         }
     }
@@ -270,7 +297,8 @@ final class TargetParking: DeliveryParking {
 
     func failing(_ subscriptionIDs: Set<String>, error: String) async {
         for subscription in subscriptionIDs {
-            try? await ledger.noteFailure(subscription: subscription, error: SafeText.clean(error, limit: 200), ttl: settings.failingShownFor)
+            try? await ledger.noteFailure(
+                subscription: subscription, error: SafeText.clean(error, limit: 200), ttl: settings.failingShownFor)
         }
     }
 
@@ -306,9 +334,13 @@ final class ParkingDrainer: Sendable {
     /// Where the leader's sweep over the parking queues is (`sweep`).
     private let sweepCursor = Mutex("0")
 
-    init(connection: AMQPConnection, ledger: ParkingLedger, parking: TargetParking, batcher: DeliveryBatcher, index: Locked<SubscriptionIndex>,
-         lookup: @escaping @Sendable (_ id: String, _ project: String) async -> Subscription??, isLeader: @escaping @Sendable () -> Bool = { true },
-         names: ClusterNames, owner: String, defaultZaqarURL: String, logger: Logger) {
+    init(
+        connection: AMQPConnection, ledger: ParkingLedger, parking: TargetParking, batcher: DeliveryBatcher,
+        index: Locked<SubscriptionIndex>,
+        lookup: @escaping @Sendable (_ id: String, _ project: String) async -> Subscription??,
+        isLeader: @escaping @Sendable () -> Bool = { true },
+        names: ClusterNames, owner: String, defaultZaqarURL: String, logger: Logger
+    ) {
         self.connection = connection
         self.ledger = ledger
         self.parking = parking
@@ -333,7 +365,9 @@ final class ParkingDrainer: Sendable {
                 if ticks % 30 == 29 { await sweep() }
                 ticks += 1
                 let free = settings.concurrentDrains - active.withLock { $0.count }
-                if free > 0, let claimed = try? await ledger.claimDue(node: owner, lease: settings.claimLease, limit: free) {
+                if free > 0,
+                    let claimed = try? await ledger.claimDue(node: owner, lease: settings.claimLease, limit: free)
+                {
                     for subscription in claimed {
                         guard active.withLock({ $0.insert(subscription).inserted }) else { continue }
                         group.addTask {
@@ -353,7 +387,9 @@ final class ParkingDrainer: Sendable {
     /// forgotten. Looks at up to 100 subscriptions with a parking queue a time, in turn.
     func sweep() async {
         guard isLeader() else { return }
-        guard let (next, orphans) = try? await ledger.queuesWithoutRecord(cursor: sweepCursor.withLock { $0 }) else { return }
+        guard let (next, orphans) = try? await ledger.queuesWithoutRecord(cursor: sweepCursor.withLock { $0 }) else {
+            return
+        }
         sweepCursor.withLock { $0 = next }
         for subscriptionID in orphans.prefix(20) {
             guard let channel = try? await connection.openChannel() else { return }
@@ -371,15 +407,21 @@ final class ParkingDrainer: Sendable {
             }
             guard state.messageCount > 0 else { continue }
             guard let project = index.withLock({ $0.subscription(id: subscriptionID) })?.project else {
-                logger.warning("a parking queue holds messages of a subscription this node does not know; left for a node that does", metadata: [
-                    "subscription": "\(subscriptionID)", "delivery.count": "\(state.messageCount)",
-                ])
+                logger.warning(
+                    "a parking queue holds messages of a subscription this node does not know; left for a node that does",
+                    metadata: [
+                        "subscription": "\(subscriptionID)", "delivery.count": "\(state.messageCount)",
+                    ])
                 continue
             }
-            if (try? await ledger.confirm(subscription: subscriptionID, project: project, count: state.messageCount)) == true {
-                logger.warning("parked messages without a record found; recorded again, to be retried", metadata: [
-                    "subscription": "\(subscriptionID)", "delivery.count": "\(state.messageCount)",
-                ])
+            if (try? await ledger.confirm(subscription: subscriptionID, project: project, count: state.messageCount))
+                == true
+            {
+                logger.warning(
+                    "parked messages without a record found; recorded again, to be retried",
+                    metadata: [
+                        "subscription": "\(subscriptionID)", "delivery.count": "\(state.messageCount)",
+                    ])
             }
         }
     }
@@ -414,7 +456,9 @@ final class ParkingDrainer: Sendable {
             if await refresh(gauges: false) { return }
             try? await Task.sleep(for: .milliseconds(100 * (attempt + 1)))
         }
-        logger.warning("could not read which subscriptions are parked before consuming a partition; new messages of a parked subscription may overtake parked ones until the next refresh")
+        logger.warning(
+            "could not read which subscriptions are parked before consuming a partition; new messages of a parked subscription may overtake parked ones until the next refresh"
+        )
     }
 
     /// Retries one claimed subscription's parked messages until its queue is empty, the target
@@ -424,7 +468,9 @@ final class ParkingDrainer: Sendable {
         do {
             channel = try await connection.openChannel()
         } catch {
-            logger.warning("cannot open a channel to retry parked messages", metadata: ["subscription": "\(subscriptionID)", "error": "\(error)"])
+            logger.warning(
+                "cannot open a channel to retry parked messages",
+                metadata: ["subscription": "\(subscriptionID)", "error": "\(error)"])
             try? await ledger.finished(subscription: subscriptionID, node: owner, delay: settings.tick * 5)
             return
         }
@@ -448,7 +494,9 @@ final class ParkingDrainer: Sendable {
                 try? await ledger.finished(subscription: subscriptionID, node: owner, delay: .zero)
             }
         } catch {
-            logger.warning("cannot check whether a parked subscription's queue is empty", metadata: ["subscription": "\(subscriptionID)", "error": "\(error)"])
+            logger.warning(
+                "cannot check whether a parked subscription's queue is empty",
+                metadata: ["subscription": "\(subscriptionID)", "error": "\(error)"])
             try? await ledger.finished(subscription: subscriptionID, node: owner, delay: settings.tick * 5)
         }
     }
@@ -477,7 +525,10 @@ final class ParkingDrainer: Sendable {
                 await observeEmpty(subscriptionID)
                 return false
             }
-            guard try await ledger.renew(subscription: subscriptionID, node: owner, lease: settings.claimLease, atLeast: state.messageCount) else { return false }
+            guard
+                try await ledger.renew(
+                    subscription: subscriptionID, node: owner, lease: settings.claimLease, atLeast: state.messageCount)
+            else { return false }
             let consumer = try await channel.consume(queue, prefetch: UInt16(clamping: settings.batchMessages))
             let inbox = DeliveryInbox()
             let drained = await withTaskGroup(of: Bool?.self) { group in
@@ -498,7 +549,8 @@ final class ParkingDrainer: Sendable {
             }
             return drained
         } catch {
-            logger.warning("cannot retry parked messages", metadata: ["subscription": "\(subscriptionID)", "error": "\(error)"])
+            logger.warning(
+                "cannot retry parked messages", metadata: ["subscription": "\(subscriptionID)", "error": "\(error)"])
             try? await ledger.finished(subscription: subscriptionID, node: owner, delay: settings.tick * 5)
             return false
         }
@@ -526,14 +578,20 @@ final class ParkingDrainer: Sendable {
                 try? await ledger.finished(subscription: subscriptionID, node: owner, delay: .zero)
                 return false
             }
-            let deliveries = await inbox.take(max: settings.batchMessages, firstWithin: closing ? .milliseconds(500) : .seconds(2), moreWithin: .milliseconds(20))
+            let deliveries = await inbox.take(
+                max: settings.batchMessages, firstWithin: closing ? .milliseconds(500) : .seconds(2),
+                moreWithin: .milliseconds(20))
             guard !deliveries.isEmpty else { return true }
             // Still ours? (A claim that ran out and was taken: stop; what was taken goes back.)
-            guard (try? await ledger.renew(subscription: subscriptionID, node: owner, lease: settings.claimLease)) != false else { return false }
+            guard
+                (try? await ledger.renew(subscription: subscriptionID, node: owner, lease: settings.claimLease))
+                    != false
+            else { return false }
             let messages = deliveries.map { delivery in
                 ZaqarOutgoingMessage(
                     target: target, body: delivery.body, subscriptionID: subscriptionID,
-                    eventID: delivery.properties.headers["herald-event-id"]?.string ?? delivery.properties.messageID ?? ""
+                    eventID: delivery.properties.headers["herald-event-id"]?.string ?? delivery.properties.messageID
+                        ?? ""
                 )
             }
             let outcome = await batcher.attemptParked(messages)
@@ -549,7 +607,9 @@ final class ParkingDrainer: Sendable {
             // Uncounted before they are acked: a node dying between the two leaves a count too low
             // (the next drainer raises it to what the queue holds), never one that no message backs.
             if settled > 0 {
-                _ = try? await ledger.release(subscription: subscriptionID, count: settled, bytes: deliveries.prefix(settled).reduce(0) { $0 + $1.body.count })
+                _ = try? await ledger.release(
+                    subscription: subscriptionID, count: settled,
+                    bytes: deliveries.prefix(settled).reduce(0) { $0 + $1.body.count })
                 ParkingMetrics.delivered.increment(by: settled)
             }
             for delivery in deliveries.prefix(settled) { channel.ack(delivery) }
@@ -567,26 +627,38 @@ final class ParkingDrainer: Sendable {
             let now = Int64(Date().timeIntervalSince1970 * 1000)
             // Herald's own header, but read as hostile: a value outside [0, now] is taken as now.
             func parkedAt(_ delivery: AMQPDelivery) -> Int64 {
-                guard let value = delivery.properties.headers["herald-parked-at"]?.int, value >= 0, value <= now else { return now }
+                guard let value = delivery.properties.headers["herald-parked-at"]?.int, value >= 0, value <= now else {
+                    return now
+                }
                 return value
             }
             let horizon = settings.horizon.milliseconds
             let expired = rest.prefix { parkedAt($0) <= now - horizon }
             let attempts = (try? await ledger.state(subscription: subscriptionID))?.attempts ?? 0
             if let oldest = expired.first {
-                let detail = "retried for \((now - parkedAt(oldest)) / 1000) s (\(attempts + 1) attempts after parking) without delivery; HERALD_DELIVERY_RETRY_HORIZON is \(settings.horizon.seconds) s; last error: \(failure.error)"
-                await batcher.deadLetterExpired(Array(messages.dropFirst(settled).prefix(expired.count)), detail: detail)
-                _ = try? await ledger.release(subscription: subscriptionID, count: expired.count, bytes: expired.reduce(0) { $0 + $1.body.count })
+                let detail =
+                    "retried for \((now - parkedAt(oldest)) / 1000) s (\(attempts + 1) attempts after parking) without delivery; HERALD_DELIVERY_RETRY_HORIZON is \(settings.horizon.seconds) s; last error: \(failure.error)"
+                await batcher.deadLetterExpired(
+                    Array(messages.dropFirst(settled).prefix(expired.count)), detail: detail)
+                _ = try? await ledger.release(
+                    subscription: subscriptionID, count: expired.count, bytes: expired.reduce(0) { $0 + $1.body.count })
                 for delivery in expired { channel.ack(delivery) }
             }
-            guard let last = rest.dropFirst(expired.count).last, let head = rest.dropFirst(expired.count).first else { continue }
+            guard let last = rest.dropFirst(expired.count).last, let head = rest.dropFirst(expired.count).first else {
+                continue
+            }
             channel.nack(last, multiple: true, requeue: true)
             let delay = max(settings.delay(attempt: attempts, using: &random), failure.retryAfter ?? .zero)
-            _ = try? await ledger.retryLater(subscription: subscriptionID, node: owner, delay: delay, error: SafeText.clean(failure.error, limit: 200), since: parkedAt(head))
-            logger.info("parked messages still fail; retrying later", metadata: [
-                "subscription": "\(subscriptionID)", "herald.attempt": "\(attempts + 1)", "herald.next_seconds": "\(delay.seconds)",
-                "error": "\(SafeText.clean(failure.error, limit: 200))",
-            ])
+            _ = try? await ledger.retryLater(
+                subscription: subscriptionID, node: owner, delay: delay,
+                error: SafeText.clean(failure.error, limit: 200), since: parkedAt(head))
+            logger.info(
+                "parked messages still fail; retrying later",
+                metadata: [
+                    "subscription": "\(subscriptionID)", "herald.attempt": "\(attempts + 1)",
+                    "herald.next_seconds": "\(delay.seconds)",
+                    "error": "\(SafeText.clean(failure.error, limit: 200))",
+                ])
             return false
         }
         try? await ledger.finished(subscription: subscriptionID, node: owner, delay: .zero)
@@ -595,12 +667,16 @@ final class ParkingDrainer: Sendable {
 
     /// The claimer saw the queue empty: unpark, or wait for what is still counted.
     private func observeEmpty(_ subscriptionID: String) async {
-        switch try? await ledger.observeEmpty(subscription: subscriptionID, node: owner, window: settings.emptyWindow, delay: settings.tick) {
+        switch try? await ledger.observeEmpty(
+            subscription: subscriptionID, node: owner, window: settings.emptyWindow, delay: settings.tick)
+        {
         case .reconciled(let count):
             ParkingMetrics.reconciled.increment(by: count)
-            logger.warning("a parked subscription's queue is empty while messages were counted (reserved by a node that died, or an uncount lost); count dropped", metadata: [
-                "subscription": "\(subscriptionID)", "delivery.count": "\(count)",
-            ])
+            logger.warning(
+                "a parked subscription's queue is empty while messages were counted (reserved by a node that died, or an uncount lost); count dropped",
+                metadata: [
+                    "subscription": "\(subscriptionID)", "delivery.count": "\(count)",
+                ])
         case .unparked, .waiting, nil:
             break
         }
@@ -612,7 +688,9 @@ final class ParkingDrainer: Sendable {
         let dropped = (try? await channel.deleteQueue(queue)) ?? 0
         try? await ledger.forget(subscription: subscriptionID)
         ParkingMetrics.dropped.increment(by: dropped)
-        logger.info("dropped the parked messages of a deleted subscription", metadata: ["subscription": "\(subscriptionID)", "delivery.count": "\(dropped)"])
+        logger.info(
+            "dropped the parked messages of a deleted subscription",
+            metadata: ["subscription": "\(subscriptionID)", "delivery.count": "\(dropped)"])
     }
 }
 

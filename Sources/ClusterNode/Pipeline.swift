@@ -39,12 +39,17 @@ enum ClusterQueueShape {
     ///   - recorded: the cluster's record (empty when there is none).
     ///   - clusterExists: whether the cluster's partition count is stored.
     /// - Throws: `ConfigurationError` naming the setting when the record holds a value this version cannot use.
-    static func choose(configured: QueueShapeSettings, recorded: [String: String], clusterExists: Bool) throws -> QueueShape {
+    static func choose(
+        configured: QueueShapeSettings, recorded: [String: String], clusterExists: Bool
+    ) throws -> QueueShape {
         let fallback = recorded.isEmpty && !clusterExists ? QueueShape.newCluster : .legacy
         func recordedCount(_ field: String, key: String, _ otherwise: Int) throws -> Int {
             guard let text = recorded[field] else { return otherwise }
             guard let value = Int(text), value >= 0 else {
-                throw ConfigurationError(key: key, value: "(unset)", expected: "a whole number: the cluster's record in Redis says \(field) '\(text.prefix(40))'; set \(key)")
+                throw ConfigurationError(
+                    key: key, value: "(unset)",
+                    expected:
+                        "a whole number: the cluster's record in Redis says \(field) '\(text.prefix(40))'; set \(key)")
             }
             return value
         }
@@ -55,20 +60,29 @@ enum ClusterQueueShape {
             guard knownTypes.contains(type) else {
                 throw ConfigurationError(
                     key: "HERALD_QUEUE_TYPE", value: "(unset)",
-                    expected: "classic or quorum: the cluster's record in Redis says '\(type.prefix(40))', which this version does not know; set HERALD_QUEUE_TYPE")
+                    expected:
+                        "classic or quorum: the cluster's record in Redis says '\(type.prefix(40))', which this version does not know; set HERALD_QUEUE_TYPE"
+                )
             }
             shape.type = type
         }
-        shape.ingestMaxMessages = try configured.ingestMaxMessages
+        shape.ingestMaxMessages =
+            try configured.ingestMaxMessages
             ?? recordedCount("ingest-max-messages", key: "HERALD_INGEST_QUEUE_MAX_MESSAGES", fallback.ingestMaxMessages)
-        shape.partitionMaxMessages = try configured.partitionMaxMessages
-            ?? recordedCount("partition-max-messages", key: "HERALD_PARTITION_QUEUE_MAX_MESSAGES", fallback.partitionMaxMessages)
+        shape.partitionMaxMessages =
+            try configured.partitionMaxMessages
+            ?? recordedCount(
+                "partition-max-messages", key: "HERALD_PARTITION_QUEUE_MAX_MESSAGES", fallback.partitionMaxMessages)
         return shape
     }
 
     /// The shape to declare with, from the settings and the cluster's keys in Redis.
-    static func resolve(configured: QueueShapeSettings, redis: RedisClient, keyPrefix: String) async throws -> QueueShape {
-        let replies = try await redis.pipeline([RedisCommand("HGETALL", keyPrefix + "queue-shape"), RedisCommand("EXISTS", keyPrefix + "partitions")])
+    static func resolve(
+        configured: QueueShapeSettings, redis: RedisClient, keyPrefix: String
+    ) async throws -> QueueShape {
+        let replies = try await redis.pipeline([
+            RedisCommand("HGETALL", keyPrefix + "queue-shape"), RedisCommand("EXISTS", keyPrefix + "partitions"),
+        ])
         let recorded = replies.first?.hashFields ?? [:]
         return try choose(configured: configured, recorded: recorded, clusterExists: (replies.last?.integer ?? 0) > 0)
     }
@@ -104,10 +118,13 @@ enum Topology {
 
     static func declare(on channel: AMQPChannel, configuration: NodeConfiguration) async throws {
         let names = configuration.names
-        let ingest = names.ingest, partitions = names.partitions, dead = names.dead
+        let ingest = names.ingest
+        let partitions = names.partitions
+        let dead = names.dead
         // Every `<topic>.<priority>` on every exchange: nova's versioned notifications and warn,
         // critical, audit and sample ones as well as info and error.
-        let keys = configuration.notificationTopics.flatMap { topic in configuration.priorities.map { "\(topic).\($0)" } }
+        let keys = configuration.notificationTopics.flatMap { topic in configuration.priorities.map { "\(topic).\($0)" }
+        }
         var sources = configuration.exchanges.flatMap { exchange in keys.map { (exchange, $0) } }
         if configuration.ceilometerEvents { sources.append(("ceilometer", "event.sample")) }
         let shape = configuration.queueShape
@@ -130,10 +147,13 @@ enum Topology {
             // The queue exists with other arguments: a node of another configuration or version declared it.
             throw ConfigurationError(
                 key: "HERALD_INGEST_ORDERED", value: "\(configuration.ingestOrdered)",
-                expected: "\(ingest) already exists with other arguments (\(error.replyText ?? "406")); set HERALD_INGEST_ORDERED, HERALD_QUEUE_TYPE and HERALD_INGEST_QUEUE_MAX_MESSAGES as the running nodes have them (or leave them unset: the cluster's record in Redis decides), or delete \(ingest) while no node runs")
+                expected:
+                    "\(ingest) already exists with other arguments (\(error.replyText ?? "406")); set HERALD_INGEST_ORDERED, HERALD_QUEUE_TYPE and HERALD_INGEST_QUEUE_MAX_MESSAGES as the running nodes have them (or leave them unset: the cluster's record in Redis decides), or delete \(ingest) while no node runs"
+            )
         }
         for exchange in Set(sources.map(\.0)).sorted() {
-            try await channel.declareExchange(exchange, options: AMQPExchangeOptions(type: "topic", durable: configuration.exchangesDurable))
+            try await channel.declareExchange(
+                exchange, options: AMQPExchangeOptions(type: "topic", durable: configuration.exchangesDurable))
         }
         for (exchange, key) in sources {
             try await channel.bindQueue(ingest, to: exchange, routingKey: key)
@@ -158,7 +178,9 @@ enum Topology {
         try await channel.declareQueue(dead, options: AMQPQueueOptions(durable: true, arguments: deadArguments))
         try await channel.bindQueue(dead, to: dead, routingKey: "")
         for partition in 0..<configuration.partitions {
-            try await channel.declareQueue(names.partitionQueue(partition), options: AMQPQueueOptions(durable: true, arguments: partitionArguments))
+            try await channel.declareQueue(
+                names.partitionQueue(partition), options: AMQPQueueOptions(durable: true, arguments: partitionArguments)
+            )
             try await channel.bindQueue(names.partitionQueue(partition), to: partitions, routingKey: "\(partition)")
         }
     }
@@ -221,7 +243,9 @@ struct IngestHold<Item: Sendable>: Sendable {
     /// done, or dropped). A refusal waits longer and tries the first alone; otherwise the rest
     /// goes at once. Returns whether a refusal began a spell.
     @discardableResult
-    mutating func settle(_ outcomes: [(sequence: UInt64, rest: Item?)], refused: Bool, at now: ContinuousClock.Instant) -> Bool {
+    mutating func settle(
+        _ outcomes: [(sequence: UInt64, rest: Item?)], refused: Bool, at now: ContinuousClock.Instant
+    ) -> Bool {
         inFlight = false
         for outcome in outcomes {
             guard let index = entries.firstIndex(where: { $0.sequence == outcome.sequence }) else { continue }
@@ -285,9 +309,10 @@ enum PipelineStage: String, CaseIterable {
 }
 
 enum PipelineMetrics {
-    static let counters = Dictionary(uniqueKeysWithValues: PipelineStage.allCases.map {
-        ($0, Counter(label: "herald_events_total", dimensions: [("stage", $0.rawValue)]))
-    })
+    static let counters = Dictionary(
+        uniqueKeysWithValues: PipelineStage.allCases.map {
+            ($0, Counter(label: "herald_events_total", dimensions: [("stage", $0.rawValue)]))
+        })
 }
 
 extension Locked where Value == PipelineStatistics {
@@ -326,7 +351,10 @@ final class IngestService: Sendable {
     /// The longest event type, message id or project routed: AMQP short strings hold 255 bytes.
     static let maxRoutedField = 255
 
-    init(connection: AMQPConnection, configuration: NodeConfiguration, deadLetters: DeadLetterStore, statistics: Locked<PipelineStatistics>, logger: Logger) {
+    init(
+        connection: AMQPConnection, configuration: NodeConfiguration, deadLetters: DeadLetterStore,
+        statistics: Locked<PipelineStatistics>, logger: Logger
+    ) {
         self.connection = connection
         self.configuration = configuration
         self.deadLetters = deadLetters
@@ -348,7 +376,8 @@ final class IngestService: Sendable {
             } catch {
                 failures += 1
                 if stopped.load(ordering: .relaxed) { break }
-                logger.error("ingest failed; consuming again", metadata: ["error": "\(error)", "herald.attempt": "\(failures)"])
+                logger.error(
+                    "ingest failed; consuming again", metadata: ["error": "\(error)", "herald.attempt": "\(failures)"])
             }
             try? await Task.sleep(for: .milliseconds(min(5000, 500 * (failures + 1))))
         }
@@ -358,7 +387,12 @@ final class IngestService: Sendable {
     private func consumeOnce() async throws {
         let consuming = try await connection.openChannel()
         let publishing = try await connection.openChannel()
-        defer { Task { await consuming.close(); await publishing.close() } }
+        defer {
+            Task {
+                await consuming.close()
+                await publishing.close()
+            }
+        }
         try await Topology.declare(on: publishing, configuration: configuration)
         try await publishing.enableConfirms()
         let consumer = try await consuming.consume(configuration.names.ingest, prefetch: configuration.ingestPrefetch)
@@ -378,29 +412,32 @@ final class IngestService: Sendable {
             IngestMetrics.refused.increment()
             let refusals = refusalCount.add(1, ordering: .relaxed).newValue
             if first || refusals % 100 == 0 {
-                logger.warning("a partition queue refused a notification (full: HERALD_PARTITION_QUEUE_MAX_MESSAGES); it is held and tried again, and ingest publishes nothing new until it is taken", metadata: [
-                    "error": "\(error)", "herald.refusals": "\(refusals)",
-                ])
+                logger.warning(
+                    "a partition queue refused a notification (full: HERALD_PARTITION_QUEUE_MAX_MESSAGES); it is held and tried again, and ingest publishes nothing new until it is taken",
+                    metadata: [
+                        "error": "\(error)", "herald.refusals": "\(refusals)",
+                    ])
             }
         }
         /// Awaits the tickets in order: what the broker refused (a nack), and whether the
         /// channel or connection failed instead (then the broker gives the delivery again).
-        let outcome: @Sendable (Ticketed) async -> (refused: [AMQPOutgoingMessage], nack: (any Error)?, failed: Bool) = { tickets in
-            var refused: [AMQPOutgoingMessage] = []
-            var nack: (any Error)?
-            var failed = false
-            for (message, ticket) in tickets {
-                do {
-                    try await ticket.wait()
-                } catch let error as MessagingError where error.code == .publishNacked {
-                    refused.append(message)
-                    nack = error
-                } catch {
-                    failed = true
+        let outcome: @Sendable (Ticketed) async -> (refused: [AMQPOutgoingMessage], nack: (any Error)?, failed: Bool) =
+            { tickets in
+                var refused: [AMQPOutgoingMessage] = []
+                var nack: (any Error)?
+                var failed = false
+                for (message, ticket) in tickets {
+                    do {
+                        try await ticket.wait()
+                    } catch let error as MessagingError where error.code == .publishNacked {
+                        refused.append(message)
+                        nack = error
+                    } catch {
+                        failed = true
+                    }
                 }
+                return (refused, nack, failed)
             }
-            return (refused, nack, failed)
-        }
         let acker = Task {
             for await (sequence, delivery, tickets) in pending {
                 let (refused, nack, failed) = await outcome(tickets)
@@ -437,7 +474,11 @@ final class IngestService: Sendable {
                         published.append((entry.sequence, entry.item.delivery, nil))
                         continue
                     }
-                    published.append((entry.sequence, entry.item.delivery, entry.item.messages.map { ($0, publishing.publishInOrder([$0])) }))
+                    published.append(
+                        (
+                            entry.sequence, entry.item.delivery,
+                            entry.item.messages.map { ($0, publishing.publishInOrder([$0])) }
+                        ))
                 }
                 var outcomes: [(sequence: UInt64, rest: Held?)] = []
                 var lastNack: (any Error)?
@@ -499,7 +540,9 @@ final class IngestService: Sendable {
 
     /// Ends the retrier of a consumer that ended: what it still holds is unacked, and RabbitMQ
     /// gives it back to the ingest queue when the channels close.
-    private func stopRetrying(_ retrier: Task<Void, Never>, wake: AsyncStream<Void>.Continuation, publishing: AMQPChannel) async {
+    private func stopRetrying(
+        _ retrier: Task<Void, Never>, wake: AsyncStream<Void>.Continuation, publishing: AMQPChannel
+    ) async {
         retrier.cancel()
         wake.finish()
         await publishing.close()
@@ -517,7 +560,9 @@ final class IngestService: Sendable {
             if Task.isCancelled || stopped.load(ordering: .relaxed) { return }
             guard connection.isConnected, let channel = try? await connection.openChannel() else { continue }
             let answer: Result<AMQPQueueState, any Error>
-            do { answer = .success(try await channel.declareQueuePassive(configuration.names.ingest)) } catch { answer = .failure(error) }
+            do { answer = .success(try await channel.declareQueuePassive(configuration.names.ingest)) } catch {
+                answer = .failure(error)
+            }
             await channel.close()
             if case .success(let state) = answer {
                 IngestMetrics.ingestDepth.record(state.messageCount)
@@ -525,11 +570,15 @@ final class IngestService: Sendable {
             }
             switch answer {
             case .success(let state) where state.consumerCount == 0:
-                logger.error("RabbitMQ lists no consumer on \(configuration.names.ingest) although this node consumes it; consuming anew", metadata: [
-                    "amqp.messages": "\(state.messageCount)", "amqp.consumer": "\(consumer.tag)",
-                ])
+                logger.error(
+                    "RabbitMQ lists no consumer on \(configuration.names.ingest) although this node consumes it; consuming anew",
+                    metadata: [
+                        "amqp.messages": "\(state.messageCount)", "amqp.consumer": "\(consumer.tag)",
+                    ])
             case .failure(let error as MessagingError) where error.replyCode == 404:
-                logger.error("\(configuration.names.ingest) is gone; declaring it again and consuming anew", metadata: ["amqp.consumer": "\(consumer.tag)"])
+                logger.error(
+                    "\(configuration.names.ingest) is gone; declaring it again and consuming anew",
+                    metadata: ["amqp.consumer": "\(consumer.tag)"])
             default:
                 continue
             }
@@ -551,15 +600,21 @@ final class IngestService: Sendable {
             // The decoder refused event types and message ids too long for a header; the projects
             // and resource id the definitions (or the decoder's guess) found are checked here.
             for event in events {
-                for (field, value) in [("project", event.project ?? ""), ("actor project", event.actorProject ?? ""), ("resource id", event.resourceID ?? "")]
+                for (field, value) in [
+                    ("project", event.project ?? ""), ("actor project", event.actorProject ?? ""),
+                    ("resource id", event.resourceID ?? ""),
+                ]
                 where value.utf8.count > Self.maxRoutedField {
-                    throw NotificationDecodingError("\(field) is \(value.utf8.count) bytes; at most \(Self.maxRoutedField) fit an AMQP header (\(SafeText.quoted(value, limit: 40)))")
+                    throw NotificationDecodingError(
+                        "\(field) is \(value.utf8.count) bytes; at most \(Self.maxRoutedField) fit an AMQP header (\(SafeText.quoted(value, limit: 40)))"
+                    )
                 }
             }
         } catch {
             statistics.count(.malformed)
             let letter = DeadLetter(
-                reason: .malformed, detail: SafeText.clean("\(error)", limit: 500), target: "\(delivery.exchange)/\(delivery.routingKey)",
+                reason: .malformed, detail: SafeText.clean("\(error)", limit: 500),
+                target: "\(delivery.exchange)/\(delivery.routingKey)",
                 body: String(decoding: delivery.body.prefix(64 << 10), as: UTF8.self), at: Date().timeIntervalSince1970
             )
             await store([letter])
@@ -573,18 +628,20 @@ final class IngestService: Sendable {
         }
         statistics.count(.routed, by: byPartition.count)
         return byPartition.sorted { $0.key < $1.key }.map { partition, event in
-            AMQPOutgoingMessage(exchange: configuration.names.partitions, routingKey: "\(partition)", body: delivery.body, properties: AMQPMessageProperties(
-                contentType: "application/json",
-                headers: [
-                    "herald-event-type": .string(event.eventType),
-                    "herald-project": .string(event.project ?? ""),
-                    "herald-actor-project": .string(event.actorProject ?? ""),
-                    "herald-resource-id": .string(event.resourceID ?? ""),
-                    "herald-message-id": .string(event.messageID),
-                ],
-                persistent: true,
-                messageID: event.messageID
-            ))
+            AMQPOutgoingMessage(
+                exchange: configuration.names.partitions, routingKey: "\(partition)", body: delivery.body,
+                properties: AMQPMessageProperties(
+                    contentType: "application/json",
+                    headers: [
+                        "herald-event-type": .string(event.eventType),
+                        "herald-project": .string(event.project ?? ""),
+                        "herald-actor-project": .string(event.actorProject ?? ""),
+                        "herald-resource-id": .string(event.resourceID ?? ""),
+                        "herald-message-id": .string(event.messageID),
+                    ],
+                    persistent: true,
+                    messageID: event.messageID
+                ))
         }
     }
 
@@ -599,7 +656,9 @@ final class IngestService: Sendable {
                 attempt += 1
                 DeadLetterWriteFailures.counter.increment()
                 if attempt == 1 || attempt % 10 == 0 {
-                    logger.error("cannot store a dead letter; holding the notification and retrying", metadata: ["error": "\(error)", "herald.attempt": "\(attempt)"])
+                    logger.error(
+                        "cannot store a dead letter; holding the notification and retrying",
+                        metadata: ["error": "\(error)", "herald.attempt": "\(attempt)"])
                 }
                 try? await Task.sleep(for: .milliseconds(min(2000, 50 * attempt)))
             }
@@ -651,9 +710,13 @@ final class PartitionOwners: Sendable {
         }
     }
 
-    init(connection: AMQPConnection, coordinator: ClusterCoordinator, batcher: DeliveryBatcher, index: Locked<SubscriptionIndex>, configuration: NodeConfiguration,
-         deadLetters: DeadLetterStore, statistics: Locked<PipelineStatistics>, stats: SubscriptionStats? = nil, catalog: EventTypeCatalog? = nil, logger: Logger,
-         beforeConsuming: @escaping @Sendable () async -> Void = {}) {
+    init(
+        connection: AMQPConnection, coordinator: ClusterCoordinator, batcher: DeliveryBatcher,
+        index: Locked<SubscriptionIndex>, configuration: NodeConfiguration,
+        deadLetters: DeadLetterStore, statistics: Locked<PipelineStatistics>, stats: SubscriptionStats? = nil,
+        catalog: EventTypeCatalog? = nil, logger: Logger,
+        beforeConsuming: @escaping @Sendable () async -> Void = {}
+    ) {
         self.beforeConsuming = beforeConsuming
         self.stats = stats
         self.catalog = catalog
@@ -675,7 +738,9 @@ final class PartitionOwners: Sendable {
                 do {
                     try await start(partition, epoch: epoch)
                 } catch {
-                    logger.error("cannot consume an acquired partition", metadata: ["partition": "\(partition)", "error": "\(error)"])
+                    logger.error(
+                        "cannot consume an acquired partition",
+                        metadata: ["partition": "\(partition)", "error": "\(error)"])
                 }
             case .revoke(let partition):
                 Task {
@@ -691,7 +756,8 @@ final class PartitionOwners: Sendable {
     private func start(_ partition: Int, epoch: UInt64) async throws {
         await beforeConsuming()
         let channel = try await connection.openChannel()
-        let consumer = try await channel.consume(configuration.names.partitionQueue(partition), prefetch: configuration.partitionPrefetch)
+        let consumer = try await channel.consume(
+            configuration.names.partitionQueue(partition), prefetch: configuration.partitionPrefetch)
         let owned = Owned(epoch: epoch, channel: channel, consumer: consumer)
         self.owned.withLock { $0[partition] = owned }
         let task = Task {
@@ -700,7 +766,8 @@ final class PartitionOwners: Sendable {
                     await self.handle(delivery, partition: partition, owned: owned)
                 }
             } catch {
-                logger.warning("partition consumer ended", metadata: ["partition": "\(partition)", "error": "\(error)"])
+                logger.warning(
+                    "partition consumer ended", metadata: ["partition": "\(partition)", "error": "\(error)"])
             }
         }
         owned.task.withLock { $0 = task }
@@ -717,7 +784,8 @@ final class PartitionOwners: Sendable {
             events = try NotificationDecoder.decode(delivery.body).compactMap { event in
                 var event = event
                 configuration.eventDefinitions.attribute(&event)
-                return PartitionHash.partition(of: event.partitionKey, count: configuration.partitions) == partition ? event : nil
+                return PartitionHash.partition(of: event.partitionKey, count: configuration.partitions) == partition
+                    ? event : nil
             }
         } catch {
             // Ingest validated it; a body that fails here is dead-lettered all the same.
@@ -754,9 +822,12 @@ final class PartitionOwners: Sendable {
                         } catch {
                             // The decoder accepted these bytes, so this is Herald's bug: never
                             // deliver them uncut; the broker dead-letters the notification.
-                            logger.error("cannot redact an event; the notification goes to the dead-letter queue", metadata: [
-                                "herald.event_type": "\(event.eventType)", "herald.event_id": "\(event.messageID)", "error": "\(error)",
-                            ])
+                            logger.error(
+                                "cannot redact an event; the notification goes to the dead-letter queue",
+                                metadata: [
+                                    "herald.event_type": "\(event.eventType)", "herald.event_id": "\(event.messageID)",
+                                    "error": "\(error)",
+                                ])
                             owned.channel.reject(delivery, requeue: false)
                             return
                         }
@@ -768,28 +839,37 @@ final class PartitionOwners: Sendable {
                 }
                 let message: [UInt8]
                 if subscription.format == .cloudevents {
-                    let attributes = cloudEvent ?? ZaqarMessageEncoding.CloudEventAttributes.of(
-                        eventType: event.eventType, messageID: event.messageID, publisherID: event.value(at: "publisher_id")?.stringValue,
-                        timestamp: (event.value(at: "timestamp") ?? event.value(at: "generated"))?.stringValue, resourceID: event.resourceID
-                    )
+                    let attributes =
+                        cloudEvent
+                        ?? ZaqarMessageEncoding.CloudEventAttributes.of(
+                            eventType: event.eventType, messageID: event.messageID,
+                            publisherID: event.value(at: "publisher_id")?.stringValue,
+                            timestamp: (event.value(at: "timestamp") ?? event.value(at: "generated"))?.stringValue,
+                            resourceID: event.resourceID
+                        )
                     cloudEvent = attributes
                     let cut = !removed.isEmpty
                     // The payload, as delivered (a Ceilometer event has none: the whole event).
                     let data = cloudData[cut] ?? NotificationScanner.rawValue(delivered, path: ["payload"]) ?? delivered
                     cloudData[cut] = data
                     message = ZaqarMessageEncoding.cloudEvent(
-                        data: data, attributes: attributes, ttl: subscription.messageTTL, subscriptionID: subscription.id, partition: partition, epoch: owned.epoch,
+                        data: data, attributes: attributes, ttl: subscription.messageTTL,
+                        subscriptionID: subscription.id, partition: partition, epoch: owned.epoch,
                         project: event.project, actorProject: event.actorProject, redacted: removed
                     )
                 } else {
                     message = ZaqarMessageEncoding.message(
-                        event: delivered, ttl: subscription.messageTTL, subscriptionID: subscription.id, eventID: event.messageID, partition: partition, epoch: owned.epoch,
-                        project: event.project, actorProject: event.actorProject, resourceID: event.resourceID, redacted: removed
+                        event: delivered, ttl: subscription.messageTTL, subscriptionID: subscription.id,
+                        eventID: event.messageID, partition: partition, epoch: owned.epoch,
+                        project: event.project, actorProject: event.actorProject, resourceID: event.resourceID,
+                        redacted: removed
                     )
                 }
-                messages.append(ZaqarOutgoingMessage(
-                    target: subscription.zaqarTarget(defaultURL: configuration.zaqarURL), body: message, subscriptionID: subscription.id, eventID: event.messageID
-                ))
+                messages.append(
+                    ZaqarOutgoingMessage(
+                        target: subscription.zaqarTarget(defaultURL: configuration.zaqarURL), body: message,
+                        subscriptionID: subscription.id, eventID: event.messageID
+                    ))
             }
         }
         statistics.count(messages.isEmpty ? .unmatched : .matched)
@@ -822,11 +902,16 @@ final class PartitionOwners: Sendable {
             let left = owned.inFlight.withLock { $0 }
             let took = ContinuousClock.now - started
             if left > 0 {
-                logger.warning("handoff drain ran out of time; the next owner gets these events again", metadata: [
-                    "partition": "\(partition)", "herald.in_flight": "\(left)", "herald.drain_seconds": "\(took.seconds)",
-                ])
+                logger.warning(
+                    "handoff drain ran out of time; the next owner gets these events again",
+                    metadata: [
+                        "partition": "\(partition)", "herald.in_flight": "\(left)",
+                        "herald.drain_seconds": "\(took.seconds)",
+                    ])
             } else if took > .seconds(1) {
-                logger.info("partition drained for handoff", metadata: ["partition": "\(partition)", "herald.drain_seconds": "\(took.seconds)"])
+                logger.info(
+                    "partition drained for handoff",
+                    metadata: ["partition": "\(partition)", "herald.drain_seconds": "\(took.seconds)"])
             }
         }
         await owned.channel.close()
@@ -838,7 +923,10 @@ extension Subscription {
     /// or its trust (or, on a noauth Zaqar, neither).
     func zaqarTarget(defaultURL: String) -> ZaqarTarget {
         let credentials: ZaqarTarget.Credentials =
-            if let signed = target.signedURL { .signedURL(signed, trust: trustID) } else if let trustID { .trust(trustID) } else { .noAuth }
-        return ZaqarTarget(baseURL: target.zaqarURL ?? defaultURL, project: project, queue: target.queue, credentials: credentials)
+            if let signed = target.signedURL { .signedURL(signed, trust: trustID) } else if let trustID {
+                .trust(trustID)
+            } else { .noAuth }
+        return ZaqarTarget(
+            baseURL: target.zaqarURL ?? defaultURL, project: project, queue: target.queue, credentials: credentials)
     }
 }

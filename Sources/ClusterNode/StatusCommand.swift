@@ -9,7 +9,8 @@ import Messaging
 struct Status: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Show the cluster: members, partitions per member, leases, leader, queue depths, dead letters.",
-        discussion: "Reads HERALD_REDIS_URL, HERALD_AMQP_URL, HERALD_KEY_PREFIX and HERALD_PARTITIONS like a node; changes nothing."
+        discussion:
+            "Reads HERALD_REDIS_URL, HERALD_AMQP_URL, HERALD_KEY_PREFIX and HERALD_PARTITIONS like a node; changes nothing."
     )
 
     @OptionGroup var servers: ServerOptions
@@ -21,8 +22,11 @@ struct Status: AsyncParsableCommand {
     var partitions: Int = Int(ProcessInfo.processInfo.environment["HERALD_PARTITIONS"] ?? "") ?? 256
     @Option(help: "How many of the deepest partition queues to show.")
     var top: Int = 10
-    @Option(help: "Pre-signed URLs expiring sooner than this many seconds are listed. Env: HERALD_SIGNED_URL_RENEW_SECONDS.")
-    var signedURLWindow: Int = Int(ProcessInfo.processInfo.environment["HERALD_SIGNED_URL_RENEW_SECONDS"] ?? "") ?? 21_600
+    @Option(
+        help: "Pre-signed URLs expiring sooner than this many seconds are listed. Env: HERALD_SIGNED_URL_RENEW_SECONDS."
+    )
+    var signedURLWindow: Int =
+        Int(ProcessInfo.processInfo.environment["HERALD_SIGNED_URL_RENEW_SECONDS"] ?? "") ?? 21_600
     @Flag(help: "Print JSON, for scripts.")
     var json = false
 
@@ -118,10 +122,12 @@ struct Status: AsyncParsableCommand {
         var ingest: Report.Queue?
         var partitionQueues: [Report.Queue] = []
         do {
-            let connection = try await AMQPConnection.connect(try AMQPConfiguration(url: servers.amqpURL), logger: logger)
+            let connection = try await AMQPConnection.connect(
+                try AMQPConfiguration(url: servers.amqpURL), logger: logger)
             defer { Task { await connection.close() } }
             let channel = try await connection.openChannel()
-            let named = cluster ?? ProcessInfo.processInfo.environment["HERALD_CLUSTER"].flatMap { $0.isEmpty ? nil : $0 }
+            let named =
+                cluster ?? ProcessInfo.processInfo.environment["HERALD_CLUSTER"].flatMap { $0.isEmpty ? nil : $0 }
             let names = try ClusterNames(cluster: named ?? ClusterNames.derived(fromKeyPrefix: keyPrefix))
             for name in [names.ingest] + (0..<view.partitionCount).map(names.partitionQueue) {
                 do {
@@ -151,16 +157,20 @@ struct Status: AsyncParsableCommand {
             problems.append("\(member.node) holds leases but is not a member (its leases run out within the alive TTL)")
         }
         if view.leases.count < view.partitionCount {
-            problems.append("\(view.partitionCount - view.leases.count) of \(view.partitionCount) partitions have no lease holder")
+            problems.append(
+                "\(view.partitionCount - view.leases.count) of \(view.partitionCount) partitions have no lease holder")
         }
         if view.leader == nil { problems.append("no leader") }
-        let subscriptions = try await SubscriptionRegistry(redis: try RedisConfiguration(url: servers.redisURL), keyPrefix: keyPrefix, logger: logger)
-            .snapshot().subscriptions
+        let subscriptions = try await SubscriptionRegistry(
+            redis: try RedisConfiguration(url: servers.redisURL), keyPrefix: keyPrefix, logger: logger
+        )
+        .snapshot().subscriptions
         var signedURLs: [Report.SignedURLRow] = []
         var signedURLCount = 0
         let now = Date()
         for subscription in subscriptions {
-            guard let standing = SignedURLStanding(subscription, now: now, renewBefore: .seconds(signedURLWindow)) else { continue }
+            guard let standing = SignedURLStanding(subscription, now: now, renewBefore: .seconds(signedURLWindow))
+            else { continue }
             signedURLCount += 1
             let state: String
             switch standing {
@@ -170,36 +180,45 @@ struct Status: AsyncParsableCommand {
             case .expired: state = "expired"
             case .unreadable: state = "unreadable"
             }
-            signedURLs.append(.init(
-                subscription: subscription.id, project: subscription.project, queue: subscription.target.queue,
-                expires: subscription.target.signedURL?.expires ?? "", state: state
-            ))
-            if let warning = standing.warning(now: now) { problems.append("subscription \(subscription.id) (project \(subscription.project)): \(warning)") }
+            signedURLs.append(
+                .init(
+                    subscription: subscription.id, project: subscription.project, queue: subscription.target.queue,
+                    expires: subscription.target.signedURL?.expires ?? "", state: state
+                ))
+            if let warning = standing.warning(now: now) {
+                problems.append("subscription \(subscription.id) (project \(subscription.project)): \(warning)")
+            }
         }
         let nowMilliseconds = now.timeIntervalSince1970 * 1000
         let parked = try await ParkingLedger(redis: redis, keyPrefix: keyPrefix).allStates().map { state in
             ParkedRow(
                 subscription: state.subscription, project: state.project, messages: state.count,
                 oldestAgeSeconds: max(0, (nowMilliseconds - Double(state.since)) / 1000), attempts: state.attempts,
-                nextAttemptInSeconds: (Double(state.nextAttempt) - nowMilliseconds) / 1000, lastError: state.lastError, retryingNode: state.claimedBy
+                nextAttemptInSeconds: (Double(state.nextAttempt) - nowMilliseconds) / 1000, lastError: state.lastError,
+                retryingNode: state.claimedBy
             )
         }
         let deepest = partitionQueues.sorted { ($0.messages, $1.name) > ($1.messages, $0.name) }.prefix(top)
         return Report(
-            members: members, leader: view.leader, partitionCount: view.partitionCount, partitionsHeld: view.leases.count,
+            members: members, leader: view.leader, partitionCount: view.partitionCount,
+            partitionsHeld: view.leases.count,
             assignmentEpoch: view.assignmentEpoch, ingest: ingest, deepestPartitions: Array(deepest),
             partitionMessages: partitionQueues.reduce(0) { $0 + $1.messages },
             deadLetters: Dictionary(uniqueKeysWithValues: letters.map { ($0.key.rawValue, $0.value) }),
             deadLettersDropped: dropped,
-            signedUrlCount: signedURLCount, signedUrls: signedURLs.sorted { ($0.expires, $0.subscription) < ($1.expires, $1.subscription) },
+            signedUrlCount: signedURLCount,
+            signedUrls: signedURLs.sorted { ($0.expires, $0.subscription) < ($1.expires, $1.subscription) },
             parked: parked, parkedMessages: parked.reduce(0) { $0 + $1.messages }, problems: problems
         )
     }
 
     static func text(_ report: Report) -> String {
         var out = "Herald cluster: \(report.members.count) members, leader \(report.leader ?? "none"), "
-        out += "\(report.partitionsHeld) of \(report.partitionCount) partitions held, assignment epoch \(report.assignmentEpoch.map(String.init) ?? "-")\n\n"
-        out += pad("member", 24) + pad("address", 28) + pad("version", 9) + pad("age", 10) + pad("partitions", 11) + "lease epochs\n"
+        out +=
+            "\(report.partitionsHeld) of \(report.partitionCount) partitions held, assignment epoch \(report.assignmentEpoch.map(String.init) ?? "-")\n\n"
+        out +=
+            pad("member", 24) + pad("address", 28) + pad("version", 9) + pad("age", 10) + pad("partitions", 11)
+            + "lease epochs\n"
         for member in report.members {
             let epochs = member.epochs.isEmpty ? "-" : "\(member.epochs.min()!)..\(member.epochs.max()!)"
             out += pad(member.node + (member.leader ? " *" : ""), 24) + pad(member.address, 28) + pad(member.version, 9)
@@ -207,7 +226,8 @@ struct Status: AsyncParsableCommand {
         }
         out += "\nqueues\n"
         if let ingest = report.ingest {
-            out += "  " + pad(ingest.name, 22) + pad("\(ingest.messages) messages", 18) + "\(ingest.consumers) consumers\n"
+            out +=
+                "  " + pad(ingest.name, 22) + pad("\(ingest.messages) messages", 18) + "\(ingest.consumers) consumers\n"
         }
         out += "  " + pad("partition queues", 22) + "\(report.partitionMessages) messages in all; deepest:\n"
         for queue in report.deepestPartitions where queue.messages > 0 {
@@ -219,22 +239,32 @@ struct Status: AsyncParsableCommand {
             out += "  " + pad(reason, 22) + "\(count)\n"
         }
         if !report.deadLettersDropped.isEmpty {
-            out += "dead letters trimmed to keep within the budget (HERALD_DEAD_LETTERS_MAX, HERALD_DEAD_LETTERS_PROJECT_MAX)\n"
+            out +=
+                "dead letters trimmed to keep within the budget (HERALD_DEAD_LETTERS_MAX, HERALD_DEAD_LETTERS_PROJECT_MAX)\n"
             for (reason, count) in report.deadLettersDropped.sorted(by: { $0.key < $1.key }) {
                 out += "  " + pad(reason, 22) + "\(count)\n"
             }
         }
         out += "\npre-signed URLs: \(report.signedUrlCount) in use, \(report.signedUrls.count) near or past expiry\n"
         for row in report.signedUrls {
-            out += "  " + pad(row.subscription, 38) + pad(row.project, 34) + pad(row.queue, 20) + pad(row.expires, 21) + row.state + "\n"
+            out +=
+                "  " + pad(row.subscription, 38) + pad(row.project, 34) + pad(row.queue, 20) + pad(row.expires, 21)
+                + row.state + "\n"
         }
-        out += "\nparked (failing targets, retried until HERALD_DELIVERY_RETRY_HORIZON): \(report.parked.count) subscriptions, \(report.parkedMessages) messages\n"
+        out +=
+            "\nparked (failing targets, retried until HERALD_DELIVERY_RETRY_HORIZON): \(report.parked.count) subscriptions, \(report.parkedMessages) messages\n"
         if !report.parked.isEmpty {
-            out += "  " + pad("subscription", 38) + pad("project", 34) + pad("messages", 10) + pad("oldest", 8) + pad("retries", 9) + pad("next", 8) + "last error\n"
+            out +=
+                "  " + pad("subscription", 38) + pad("project", 34) + pad("messages", 10) + pad("oldest", 8)
+                + pad("retries", 9) + pad("next", 8) + "last error\n"
         }
         for row in report.parked.prefix(50) {
-            let next = row.retryingNode != nil ? "now" : (row.nextAttemptInSeconds <= 0 ? "due" : age(row.nextAttemptInSeconds))
-            out += "  " + pad(row.subscription, 38) + pad(row.project, 34) + pad("\(row.messages)", 10) + pad(age(row.oldestAgeSeconds), 8)
+            let next =
+                row.retryingNode != nil
+                ? "now" : (row.nextAttemptInSeconds <= 0 ? "due" : age(row.nextAttemptInSeconds))
+            out +=
+                "  " + pad(row.subscription, 38) + pad(row.project, 34) + pad("\(row.messages)", 10)
+                + pad(age(row.oldestAgeSeconds), 8)
             out += pad("\(row.attempts)", 9) + pad(next, 8) + SafeText.clean(row.lastError, limit: 80) + "\n"
         }
         if report.parked.count > 50 { out += "  ... and \(report.parked.count - 50) more (--json lists every one)\n" }
@@ -244,7 +274,9 @@ struct Status: AsyncParsableCommand {
         // Every field above may carry text from outside (project ids, queue names, node ids,
         // reasons): no line of the report may hold a control character that forges a line or
         // moves the terminal. Cleaned line by line, so the report's own new lines stay.
-        return out.split(separator: "\n", omittingEmptySubsequences: false).map { SafeText.clean(String($0), limit: 1_000) }.joined(separator: "\n")
+        return out.split(separator: "\n", omittingEmptySubsequences: false).map {
+            SafeText.clean(String($0), limit: 1_000)
+        }.joined(separator: "\n")
     }
 
     private static func pad(_ text: String, _ width: Int) -> String {

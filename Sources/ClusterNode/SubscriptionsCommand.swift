@@ -29,10 +29,15 @@ struct Subscriptions: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Create a subscription and print it as JSON.")
         @OptionGroup var options: RegistryOptions
         @Option(help: "The owning project.") var project: String
-        @Option(name: .customLong("event-type"), help: "An event type pattern (glob; a leading ! excludes). Repeat for more.") var eventTypes: [String]
+        @Option(
+            name: .customLong("event-type"),
+            help: "An event type pattern (glob; a leading ! excludes). Repeat for more.") var eventTypes: [String]
         @Option(help: "The Zaqar queue to deliver into.") var queue: String
         @Option(help: "Message TTL in seconds (60 to 1209600).") var ttl: Int = 3600
-        @Option(help: "A condition as JSON, e.g. '{\"field\":\"payload.state\",\"op\":\"eq\",\"value\":\"active\"}'. Repeat for more.")
+        @Option(
+            help:
+                "A condition as JSON, e.g. '{\"field\":\"payload.state\",\"op\":\"eq\",\"value\":\"active\"}'. Repeat for more."
+        )
         var condition: [String] = []
         @Flag(help: "Receive every project's events (admin).") var allProjects = false
 
@@ -42,7 +47,9 @@ struct Subscriptions: AsyncParsableCommand {
                     throw ValidationError("--condition '\(text)' is not a condition: \(error)")
                 }
             }
-            let subscription = Subscription(project: project, allProjects: allProjects, eventTypes: eventTypes, conditions: conditions, target: Target(queue: queue), messageTTL: ttl)
+            let subscription = Subscription(
+                project: project, allProjects: allProjects, eventTypes: eventTypes, conditions: conditions,
+                target: Target(queue: queue), messageTTL: ttl)
             do {
                 try await options.registry().create(subscription)
             } catch let error as SubscriptionValidationError {
@@ -55,7 +62,8 @@ struct Subscriptions: AsyncParsableCommand {
     }
 
     struct List: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "List a project's subscriptions, one JSON object per line.")
+        static let configuration = CommandConfiguration(
+            abstract: "List a project's subscriptions, one JSON object per line.")
         @OptionGroup var options: RegistryOptions
         @Option(help: "The project.") var project: String
 
@@ -66,7 +74,9 @@ struct Subscriptions: AsyncParsableCommand {
             var marker: String?
             repeat {
                 let page = try await registry.list(project: project, limit: 1000, marker: marker)
-                for subscription in page.subscriptions { print(String(decoding: try encoder.encode(subscription), as: UTF8.self)) }
+                for subscription in page.subscriptions {
+                    print(String(decoding: try encoder.encode(subscription), as: UTF8.self))
+                }
                 marker = page.next
             } while marker != nil
         }

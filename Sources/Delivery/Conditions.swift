@@ -32,8 +32,12 @@ struct ComparableValue: Sendable {
     /// Digits, sign, dot and exponent only, at most 64 bytes: never `nan`, `inf` or hex forms.
     private static func numeric(_ text: String) -> Double? {
         guard !text.isEmpty, text.utf8.count <= 64,
-              text.utf8.allSatisfy({ ($0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9")) || $0 == UInt8(ascii: "-") || $0 == UInt8(ascii: "+") || $0 == UInt8(ascii: ".") || $0 == UInt8(ascii: "e") || $0 == UInt8(ascii: "E") }),
-              let value = Double(text), value.isFinite
+            text.utf8.allSatisfy({
+                ($0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9")) || $0 == UInt8(ascii: "-")
+                    || $0 == UInt8(ascii: "+") || $0 == UInt8(ascii: ".") || $0 == UInt8(ascii: "e")
+                    || $0 == UInt8(ascii: "E")
+            }),
+            let value = Double(text), value.isFinite
         else { return nil }
         return value
     }
@@ -65,7 +69,9 @@ struct ComparableValue: Sendable {
     static func equal(_ a: ComparableValue, _ b: ComparableValue) -> Bool {
         // Two strings that are not both instants: equal as text (what `compare` would say, at
         // the cost of one comparison instead of two).
-        if case .string(let x) = a.value, case .string(let y) = b.value, a.instant == nil || b.instant == nil { return x == y }
+        if case .string(let x) = a.value, case .string(let y) = b.value, a.instant == nil || b.instant == nil {
+            return x == y
+        }
         if let order = compare(a, b) { return order == 0 }
         return a.value == b.value
     }
@@ -97,7 +103,8 @@ struct CompiledCondition: Sendable {
         case (.ne, let value?): test = .notEqual(ComparableValue(value))
         case (.in, .array(let items)?): test = .oneOf(items.map(ComparableValue.init))
         case (.prefix, .string(let text)?): test = .prefix(text)
-        case (.lt, let value?), (.le, let value?), (.gt, let value?), (.ge, let value?): test = .order(condition.op, ComparableValue(value))
+        case (.lt, let value?), (.le, let value?), (.gt, let value?), (.ge, let value?):
+            test = .order(condition.op, ComparableValue(value))
         default: test = .never
         }
     }
@@ -176,13 +183,14 @@ enum Timestamps {
             position += 1
             return true
         }
-        guard let year = digits(4), expect(UInt8(ascii: "-")), let month = digits(2), expect(UInt8(ascii: "-")), let day = digits(2),
-              (1...12).contains(month), (1...Self.daysIn(month: month, year: year)).contains(day)
+        guard let year = digits(4), expect(UInt8(ascii: "-")), let month = digits(2), expect(UInt8(ascii: "-")),
+            let day = digits(2),
+            (1...12).contains(month), (1...Self.daysIn(month: month, year: year)).contains(day)
         else { return nil }
         var seconds = Double(Self.daysSince1970(year: year, month: month, day: day)) * 86_400
         if position == bytes.count { return seconds }
         guard expect(UInt8(ascii: "T")) || expect(UInt8(ascii: " ")),
-              let hour = digits(2), expect(UInt8(ascii: ":")), let minute = digits(2), hour < 24, minute < 60
+            let hour = digits(2), expect(UInt8(ascii: ":")), let minute = digits(2), hour < 24, minute < 60
         else { return nil }
         seconds += Double(hour * 3600 + minute * 60)
         if expect(UInt8(ascii: ":")) {
@@ -191,7 +199,8 @@ enum Timestamps {
             if expect(UInt8(ascii: ".")) {
                 var scale = 0.1
                 var any = false
-                while position < bytes.count, bytes[position] >= UInt8(ascii: "0"), bytes[position] <= UInt8(ascii: "9") {
+                while position < bytes.count, bytes[position] >= UInt8(ascii: "0"), bytes[position] <= UInt8(ascii: "9")
+                {
                     seconds += Double(bytes[position] - UInt8(ascii: "0")) * scale
                     scale /= 10
                     position += 1

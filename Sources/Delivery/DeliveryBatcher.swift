@@ -126,8 +126,10 @@ public final class DeliveryBatcher: Sendable {
     /// - Throws: `DeliveryError.invalidConfiguration` naming the bad setting.
     /// - Parameter endpoints: the Zaqar endpoints the operator allows; nil allows every one (tests).
     public init(
-        configuration: DeliveryConfiguration = DeliveryConfiguration(), zaqar: ZaqarClient, deadLetters: any DeadLetterSink, endpoints: ZaqarEndpoints? = nil,
-        parking: (any DeliveryParking)? = nil, activity: (any DeliveryActivity)? = nil, logger: Logger = Logger(label: "herald.delivery")
+        configuration: DeliveryConfiguration = DeliveryConfiguration(), zaqar: ZaqarClient,
+        deadLetters: any DeadLetterSink, endpoints: ZaqarEndpoints? = nil,
+        parking: (any DeliveryParking)? = nil, activity: (any DeliveryActivity)? = nil,
+        logger: Logger = Logger(label: "herald.delivery")
     ) throws {
         try configuration.validate()
         self.configuration = configuration
@@ -162,7 +164,9 @@ public final class DeliveryBatcher: Sendable {
     /// Queues messages (one incoming event's matches, say). Returns once they are all
     /// buffered, which may mean waiting for room; `completion` runs when every one of
     /// them is delivered or dead-lettered: then the caller acks the incoming delivery.
-    public func submit(_ messages: [ZaqarOutgoingMessage], completion: @escaping @Sendable (DeliveryOutcome) -> Void) async {
+    public func submit(
+        _ messages: [ZaqarOutgoingMessage], completion: @escaping @Sendable (DeliveryOutcome) -> Void
+    ) async {
         guard !messages.isEmpty else {
             completion(DeliveryOutcome())
             return
@@ -199,7 +203,9 @@ public final class DeliveryBatcher: Sendable {
             await enqueue(pending)
         }
         if !notAllowed.isEmpty {
-            await deadLetter(notAllowed, reason: .targetNotAllowed, status: nil, zaqarMessage: nil) { Self.notAllowed($0.message.target) }
+            await deadLetter(notAllowed, reason: .targetNotAllowed, status: nil, zaqarMessage: nil) {
+                Self.notAllowed($0.message.target)
+            }
         }
         if !tooLarge.isEmpty {
             await deadLetter(tooLarge, reason: .tooLarge, status: nil, zaqarMessage: nil) { pending in
@@ -256,25 +262,30 @@ public final class DeliveryBatcher: Sendable {
     /// keeps submission order): whether its lane needs a worker; nil when it must wait.
     private func admitIfRoom(_ state: inout State, _ pending: Pending) -> Bool? {
         let target = pending.message.target
-        guard fits(state, pending) && !state.waiters.contains(where: { $0.pending.message.target == target }) else { return nil }
+        guard fits(state, pending) && !state.waiters.contains(where: { $0.pending.message.target == target }) else {
+            return nil
+        }
         return admit(&state, pending)
     }
 
     /// Accounts and queues a message (under the lock); true when its lane needs a worker.
     private func admit(_ state: inout State, _ pending: Pending) -> Bool {
         // In place (one hash of the target, no copy of the lane's queue).
-        let (needsWorker, laneMessages) = Self.push(pending, into: &state.lanes[pending.message.target, default: newLane()])
+        let (needsWorker, laneMessages) = Self.push(
+            pending, into: &state.lanes[pending.message.target, default: newLane()])
         Self.count(pending, into: &state.projects[pending.message.target.project, default: ProjectUsage()])
         state.statistics.bufferedMessages += 1
         state.statistics.bufferedBytes += pending.size
-        state.statistics.peakBufferedMessages = max(state.statistics.peakBufferedMessages, state.statistics.bufferedMessages)
+        state.statistics.peakBufferedMessages = max(
+            state.statistics.peakBufferedMessages, state.statistics.bufferedMessages)
         state.statistics.peakBufferedBytes = max(state.statistics.peakBufferedBytes, state.statistics.bufferedBytes)
         state.statistics.peakLaneMessages = max(state.statistics.peakLaneMessages, laneMessages)
         return needsWorker
     }
 
     private func newLane() -> Lane {
-        Lane(circuit: CircuitBreaker(threshold: configuration.circuitThreshold, cooldown: configuration.circuitCooldown))
+        Lane(
+            circuit: CircuitBreaker(threshold: configuration.circuitThreshold, cooldown: configuration.circuitCooldown))
     }
 
     /// Accounts a message to its project's usage (in place: one hash of the project).
@@ -347,7 +358,9 @@ public final class DeliveryBatcher: Sendable {
                 guard let queued = state.lanes[target]?.queued, queued > 0 else {
                     // An idle lane with a clean circuit is the same as a new one: forget it, so
                     // every target ever seen does not keep a lane for the life of the process.
-                    if let lane = state.lanes[target], lane.messages == 0, lane.circuit.state == .closed, lane.circuit.consecutiveFailures == 0 {
+                    if let lane = state.lanes[target], lane.messages == 0, lane.circuit.state == .closed,
+                        lane.circuit.consecutiveFailures == 0
+                    {
                         state.lanes[target] = nil
                     } else {
                         state.lanes[target]?.working = false
@@ -397,7 +410,9 @@ public final class DeliveryBatcher: Sendable {
             // Messages of a parked subscription queue behind its parked ones.
             let parked = Set(batch.lazy.map(\.message.subscriptionID).filter(parking.isParked))
             if !parked.isEmpty {
-                let unparked = await park(batch.filter { parked.contains($0.message.subscriptionID) }, reason: "behind messages parked earlier", failed: false)
+                let unparked = await park(
+                    batch.filter { parked.contains($0.message.subscriptionID) },
+                    reason: "behind messages parked earlier", failed: false)
                 batch.removeAll { parked.contains($0.message.subscriptionID) }
                 batch += unparked
                 if batch.isEmpty { return }
@@ -438,10 +453,13 @@ public final class DeliveryBatcher: Sendable {
                     // A trust may come back (a user regains the role, Keystone recovers): park, retry
                     // until the horizon, dead-letter only then.
                     retryAfter = nil
-                    failure = "HTTP \(response.status): \(response.message ?? "the subscription's credentials do not reach this queue")"
+                    failure =
+                        "HTTP \(response.status): \(response.message ?? "the subscription's credentials do not reach this queue")"
                 case 401, 403:
                     circuitSucceeded(target)
-                    await deadLetter(batch, reason: .unauthorized, status: response.status, zaqarMessage: response.message) { _ in
+                    await deadLetter(
+                        batch, reason: .unauthorized, status: response.status, zaqarMessage: response.message
+                    ) { _ in
                         "Zaqar answered \(response.status) for \(target): the subscription's credentials do not reach this queue (\(response.message ?? "no reason given")); a trust deleted in Keystone or a user without the trust's roles ends here"
                     }
                     return
@@ -467,13 +485,17 @@ public final class DeliveryBatcher: Sendable {
                 return isOpen && !wasOpen
             }
             if opened {
-                logger.warning("circuit opened for a Zaqar target", metadata: ["zaqar.target": "\(target)", "error": "\(failure)"])
+                logger.warning(
+                    "circuit opened for a Zaqar target", metadata: ["zaqar.target": "\(target)", "error": "\(failure)"])
             }
             // A request that timed out or lost its connection may have been taken all the same:
             // its retry can deliver those messages twice (at least once; event_id tells them apart).
-            logger.warning("retrying a batch", metadata: [
-                "zaqar.target": "\(target)", "delivery.count": "\(batch.count)", "delivery.attempt": "\(attempt)", "error": "\(failure)",
-            ])
+            logger.warning(
+                "retrying a batch",
+                metadata: [
+                    "zaqar.target": "\(target)", "delivery.count": "\(batch.count)", "delivery.attempt": "\(attempt)",
+                    "error": "\(failure)",
+                ])
             if attempt == 1 {
                 let subscriptions = Set(batch.map(\.message.subscriptionID))
                 activity?.failed(subscriptions, error: failure)
@@ -539,11 +561,16 @@ public final class DeliveryBatcher: Sendable {
                 } catch {
                     attempt += 1
                     if attempt == 1 || attempt % 10 == 0 {
-                        logger.error("cannot park messages of a failing target; holding them and trying again", metadata: [
-                            "subscription": "\(subscription)", "delivery.count": "\(messages.count)", "error": "\(error)", "herald.attempt": "\(attempt)",
-                        ])
+                        logger.error(
+                            "cannot park messages of a failing target; holding them and trying again",
+                            metadata: [
+                                "subscription": "\(subscription)", "delivery.count": "\(messages.count)",
+                                "error": "\(error)", "herald.attempt": "\(attempt)",
+                            ])
                     }
-                    try? await Task.sleep(for: Backoff(base: .milliseconds(200), cap: .seconds(5)).delay(attempt: attempt, using: &random))
+                    try? await Task.sleep(
+                        for: Backoff(base: .milliseconds(200), cap: .seconds(5)).delay(attempt: attempt, using: &random)
+                    )
                 }
             }
             if direct {
@@ -586,10 +613,14 @@ public final class DeliveryBatcher: Sendable {
 
     private func attempt(_ batch: [Pending], to target: ZaqarTarget) async -> ParkedAttempt {
         if let endpoints, !endpoints.permits(target.baseURL) {
-            await deadLetter(batch, reason: .targetNotAllowed, status: nil, zaqarMessage: nil) { _ in Self.notAllowed(target) }
+            await deadLetter(batch, reason: .targetNotAllowed, status: nil, zaqarMessage: nil) { _ in
+                Self.notAllowed(target)
+            }
             return .settled(delivered: 0, deadLettered: batch.count)
         }
-        if await deadLetterIfSignedURLExpired(batch, target: target) { return .settled(delivered: 0, deadLettered: batch.count) }
+        if await deadLetterIfSignedURLExpired(batch, target: target) {
+            return .settled(delivered: 0, deadLettered: batch.count)
+        }
         countRequest(of: batch.count)
         let response: ZaqarResponse
         do {
@@ -623,7 +654,9 @@ public final class DeliveryBatcher: Sendable {
             }
             return .settled(delivered: 0, deadLettered: batch.count)
         default:
-            return .failed(settled: 0, error: "HTTP \(response.status): \(response.message ?? "")", retryAfter: response.retryAfter)
+            return .failed(
+                settled: 0, error: "HTTP \(response.status): \(response.message ?? "")", retryAfter: response.retryAfter
+            )
         }
     }
 
@@ -713,7 +746,9 @@ public final class DeliveryBatcher: Sendable {
     }
 
     /// Stores dead letters, retrying until the sink takes them, then settles the messages.
-    private func deadLetter(_ batch: [Pending], reason: DeadLetter.Reason, status: Int?, zaqarMessage: String?, detail: (Pending) -> String) async {
+    private func deadLetter(
+        _ batch: [Pending], reason: DeadLetter.Reason, status: Int?, zaqarMessage: String?, detail: (Pending) -> String
+    ) async {
         let at = Date().timeIntervalSince1970
         let letters = batch.map { pending in
             DeadLetter(
@@ -733,17 +768,26 @@ public final class DeliveryBatcher: Sendable {
                 attempt += 1
                 DeadLetterWriteFailures.counter.increment()
                 if attempt == 1 || attempt % 10 == 0 {
-                    logger.error("cannot store dead letters; holding them and retrying", metadata: ["error": "\(error)", "delivery.count": "\(letters.count)"])
+                    logger.error(
+                        "cannot store dead letters; holding them and retrying",
+                        metadata: ["error": "\(error)", "delivery.count": "\(letters.count)"])
                 }
-                try? await Task.sleep(for: Backoff(base: .milliseconds(100), cap: .seconds(5)).delay(attempt: attempt, using: &random))
+                try? await Task.sleep(
+                    for: Backoff(base: .milliseconds(100), cap: .seconds(5)).delay(attempt: attempt, using: &random))
             }
         }
         state.withLock { $0.statistics.deadLettered[reason, default: 0] += batch.count }
         DeliveryMetrics.deadLettered(reason).increment(by: batch.count)
         if let activity, let first = batch.first {
-            activity.failed(Set(batch.map(\.message.subscriptionID)), error: "dead-lettered (\(reason.rawValue)): \(detail(first))")
+            activity.failed(
+                Set(batch.map(\.message.subscriptionID)), error: "dead-lettered (\(reason.rawValue)): \(detail(first))")
         }
-        logger.warning("dead-lettered messages", metadata: ["delivery.reason": "\(reason.rawValue)", "delivery.count": "\(batch.count)", "zaqar.target": "\(batch.first?.message.target.description ?? "")"])
+        logger.warning(
+            "dead-lettered messages",
+            metadata: [
+                "delivery.reason": "\(reason.rawValue)", "delivery.count": "\(batch.count)",
+                "zaqar.target": "\(batch.first?.message.target.description ?? "")",
+            ])
         complete(batch, delivered: false)
     }
 }

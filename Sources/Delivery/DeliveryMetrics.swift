@@ -13,9 +13,10 @@ enum DeliveryMetrics {
     static let batchSize = Recorder(label: "herald_delivery_batch_size", aggregate: true)
     /// From the message's submission to the batcher until Zaqar took it.
     static let latency = Metrics.Timer(label: "herald_delivery_latency_seconds")
-    private static let deadLetters = Dictionary(uniqueKeysWithValues: DeadLetter.Reason.allCases.map {
-        ($0, Counter(label: "herald_dead_letters_total", dimensions: [("reason", $0.rawValue)]))
-    })
+    private static let deadLetters = Dictionary(
+        uniqueKeysWithValues: DeadLetter.Reason.allCases.map {
+            ($0, Counter(label: "herald_dead_letters_total", dimensions: [("reason", $0.rawValue)]))
+        })
 
     static func deadLettered(_ reason: DeadLetter.Reason) -> Counter {
         deadLetters[reason]!

@@ -38,13 +38,25 @@ public struct DeliveryConfiguration: Sendable {
         }
         try check(maxBatchMessages >= 1, "max batch messages \(maxBatchMessages) must be at least 1")
         try check(maxRequestBytes >= 1024, "max request bytes \(maxRequestBytes) must be at least 1024")
-        try check(laneMaxMessages >= maxBatchMessages, "lane max messages \(laneMaxMessages) must be at least the batch size \(maxBatchMessages)")
-        try check(laneMaxBytes >= maxRequestBytes, "lane max bytes \(laneMaxBytes) must be at least the request size \(maxRequestBytes)")
-        try check(projectMaxMessages >= laneMaxMessages, "project max messages \(projectMaxMessages) must be at least a lane's \(laneMaxMessages)")
-        try check(projectMaxBytes >= laneMaxBytes, "project max bytes \(projectMaxBytes) must be at least a lane's \(laneMaxBytes)")
+        try check(
+            laneMaxMessages >= maxBatchMessages,
+            "lane max messages \(laneMaxMessages) must be at least the batch size \(maxBatchMessages)")
+        try check(
+            laneMaxBytes >= maxRequestBytes,
+            "lane max bytes \(laneMaxBytes) must be at least the request size \(maxRequestBytes)")
+        try check(
+            projectMaxMessages >= laneMaxMessages,
+            "project max messages \(projectMaxMessages) must be at least a lane's \(laneMaxMessages)")
+        try check(
+            projectMaxBytes >= laneMaxBytes,
+            "project max bytes \(projectMaxBytes) must be at least a lane's \(laneMaxBytes)")
         // A project's share above the total is simply the total (one project alone may use it all).
-        try check(globalMaxMessages >= laneMaxMessages, "global max messages \(globalMaxMessages) must be at least a lane's \(laneMaxMessages)")
-        try check(globalMaxBytes >= laneMaxBytes, "global max bytes \(globalMaxBytes) must be at least a lane's \(laneMaxBytes)")
+        try check(
+            globalMaxMessages >= laneMaxMessages,
+            "global max messages \(globalMaxMessages) must be at least a lane's \(laneMaxMessages)")
+        try check(
+            globalMaxBytes >= laneMaxBytes,
+            "global max bytes \(globalMaxBytes) must be at least a lane's \(laneMaxBytes)")
         try check(maxAttempts >= 1, "max attempts \(maxAttempts) must be at least 1")
         try check(attemptsBeforeParking >= 1, "attempts before parking \(attemptsBeforeParking) must be at least 1")
         try check(circuitThreshold >= 1, "circuit threshold \(circuitThreshold) must be at least 1")

@@ -51,7 +51,8 @@ public struct SubscriptionIndex: Sendable {
                 let entry = Entry(subscription: index, pattern: Array(pattern.utf8))
                 buckets[scope, default: [:]][Self.literalPrefix(pattern), default: []].append(entry)
                 if subscription.includeActor == true, !subscription.allProjects {
-                    actorBuckets[subscription.project, default: [:]][Self.literalPrefix(pattern), default: []].append(entry)
+                    actorBuckets[subscription.project, default: [:]][Self.literalPrefix(pattern), default: []].append(
+                        entry)
                 }
             }
         }
@@ -72,14 +73,18 @@ public struct SubscriptionIndex: Sendable {
         var result: [Subscription] = []
         // The event's fields as conditions read them, parsed once per event however many read them.
         var fields = EventFields(event: event)
-        var scopes: [(scope: String?, actor: Bool)] = event.project.map { [($0, false), (nil, false)] } ?? [(nil, false)]
+        var scopes: [(scope: String?, actor: Bool)] =
+            event.project.map { [($0, false), (nil, false)] } ?? [(nil, false)]
         if let actor = event.actorProject, actor != event.project { scopes.append((actor, true)) }
         for (scope, actor) in scopes {
             guard let byPrefix = actor ? actorBuckets[scope] : buckets[scope] else { continue }
             let key = CandidateCache.Key(scope: scope, actor: actor, eventType: event.eventType)
             let taken = candidates.get(key) ?? candidates.put(key, patternMatches(byPrefix, eventType: event.eventType))
-            for index in taken where origins[index].takes(fromCeilometer: event.fromCeilometer)
-                && (resourceIDs[index] == nil || resourceIDs[index] == event.resourceID) && conditions[index].allSatisfy({ $0.holds(&fields) }) {
+            for index in taken
+            where origins[index].takes(fromCeilometer: event.fromCeilometer)
+                && (resourceIDs[index] == nil || resourceIDs[index] == event.resourceID)
+                && conditions[index].allSatisfy({ $0.holds(&fields) })
+            {
                 result.append(subscriptions[index])
             }
         }
@@ -117,7 +122,10 @@ public struct SubscriptionIndex: Sendable {
         for (index, segment) in segments.enumerated() {
             if segment.contains("*") || segment.contains("?") { break }
             // The last segment is literal only if the whole pattern is: `compute.instance` files under itself.
-            if index == segments.count - 1 { literal.append(segment); break }
+            if index == segments.count - 1 {
+                literal.append(segment)
+                break
+            }
             literal.append(segment)
         }
         return literal.joined(separator: ".")

@@ -23,7 +23,8 @@ public enum TargetAnswer {
         let seconds: Double
         if text.utf8.allSatisfy({ ($0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9")) || $0 == UInt8(ascii: ".") }) {
             // Digits only (and a dot, which some servers send): no sign, exponent, "inf" or "nan".
-            guard text.utf8.filter({ $0 == UInt8(ascii: ".") }).count <= 1, let value = Double(text), value.isFinite else { return nil }
+            guard text.utf8.filter({ $0 == UInt8(ascii: ".") }).count <= 1, let value = Double(text), value.isFinite
+            else { return nil }
             seconds = value
         } else if let date = httpDate(text) {
             seconds = max(0, date.timeIntervalSince(now))
@@ -41,13 +42,14 @@ public enum TargetAnswer {
         formatter.withLock { $0.date(from: text) }
     }
 
-    private static let formatter = Mutex<DateFormatter>({
-        let formatter = DateFormatter()
-        formatter.locale = Locale(identifier: "en_US_POSIX")
-        formatter.timeZone = TimeZone(identifier: "GMT")
-        formatter.dateFormat = "EEE, dd MMM yyyy HH:mm:ss 'GMT'"
-        return formatter
-    }())
+    private static let formatter = Mutex<DateFormatter>(
+        {
+            let formatter = DateFormatter()
+            formatter.locale = Locale(identifier: "en_US_POSIX")
+            formatter.timeZone = TimeZone(identifier: "GMT")
+            formatter.dateFormat = "EEE, dd MMM yyyy HH:mm:ss 'GMT'"
+            return formatter
+        }())
 
     /// The reason kept from an error answer: Zaqar's `{"title", "description"}` when the body
     /// is that, else only what kind of body it was ("a text/html body of 5123 bytes"). Control

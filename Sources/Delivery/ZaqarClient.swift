@@ -1,9 +1,9 @@
 import AsyncHTTPClient
-import NIOSSL
 import Foundation
 import HeraldModel
 import NIOCore
 import NIOFoundationCompat
+import NIOSSL
 
 /// What Zaqar answered to one POST.
 public struct ZaqarResponse: Sendable {
@@ -72,19 +72,22 @@ public final class ZaqarClient: Sendable {
     ///   - caFile: the CAs that sign the targets' certificates (HERALD_ZAQAR_CA_FILE); nil: the
     ///     system's. Certificates and host names are always checked.
     public init(
-        clientID: UUID = UUID(), connectTimeout: Duration = .seconds(2), requestTimeout: Duration = .seconds(10), poolSize: Int = 8,
+        clientID: UUID = UUID(), connectTimeout: Duration = .seconds(2), requestTimeout: Duration = .seconds(10),
+        poolSize: Int = 8,
         retryAfterCap: Duration = .seconds(60), tokens: (any ZaqarTokenSource)? = nil, caFile: String? = nil
     ) {
         self.tokens = tokens
         var configuration = HTTPClient.Configuration(
-            timeout: .init(connect: .milliseconds(connectTimeout.milliseconds), read: .milliseconds(requestTimeout.milliseconds))
+            timeout: .init(
+                connect: .milliseconds(connectTimeout.milliseconds), read: .milliseconds(requestTimeout.milliseconds))
         )
         if let caFile {
             var tls = TLSConfiguration.makeClientConfiguration()
             tls.trustRoots = .file(caFile)
             configuration.tlsConfiguration = tls
         }
-        configuration.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: poolSize)
+        configuration.connectionPool = .init(
+            idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: poolSize)
         configuration.redirectConfiguration = .disallow
         self.http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
         self.clientID = clientID.uuidString.lowercased()
@@ -133,14 +136,20 @@ public final class ZaqarClient: Sendable {
         }
         guard let trust else { return try await send(request) }
         // A node without Keystone is misconfigured, the trust may be fine: not "gone".
-        guard let tokens else { return ZaqarResponse(status: 401, message: "this node has no Keystone to get a token for trust \(trust)") }
+        guard let tokens else {
+            return ZaqarResponse(status: 401, message: "this node has no Keystone to get a token for trust \(trust)")
+        }
         request.headers.add(name: "X-Project-ID", value: target.project)
         for attempt in 0..<2 {
             let token: String
             do {
                 token = try await tokens.token(trust: trust)
             } catch .refused(let reason) {
-                return ZaqarResponse(status: 401, message: "Keystone refused a token for trust \(trust): \(TargetAnswer.cut(TargetAnswer.sanitise(reason)))", credentialsGone: true)
+                return ZaqarResponse(
+                    status: 401,
+                    message:
+                        "Keystone refused a token for trust \(trust): \(TargetAnswer.cut(TargetAnswer.sanitise(reason)))",
+                    credentialsGone: true)
             } catch {
                 throw error
             }
@@ -169,19 +178,24 @@ public final class ZaqarClient: Sendable {
         }
         guard !(200..<300).contains(status) else { return ZaqarResponse(status: status) }
         if (300..<400).contains(status) {
-            return ZaqarResponse(status: status, message: "the target answered \(status) (a redirect, which Herald never follows)")
+            return ZaqarResponse(
+                status: status, message: "the target answered \(status) (a redirect, which Herald never follows)")
         }
         return ZaqarResponse(
             status: status,
-            message: TargetAnswer.reason(body: body, contentType: response.headers.first(name: "Content-Type"), truncated: truncated),
-            retryAfter: TargetAnswer.retryAfter(response.headers.first(name: "Retry-After"), now: Date(), cap: retryAfterCap)
+            message: TargetAnswer.reason(
+                body: body, contentType: response.headers.first(name: "Content-Type"), truncated: truncated),
+            retryAfter: TargetAnswer.retryAfter(
+                response.headers.first(name: "Retry-After"), now: Date(), cap: retryAfterCap)
         )
     }
 
     /// A new pre-signed URL for posting into `queue` (`POST /v2/queues/{queue}/share`), made
     /// with a token of the queue's project.
     /// - Throws: `ZaqarShareError` naming Zaqar's answer, or a transport error.
-    public func share(baseURL: String, queue: String, project: String, token: String, expires: Date) async throws -> SignedURL {
+    public func share(
+        baseURL: String, queue: String, project: String, token: String, expires: Date
+    ) async throws -> SignedURL {
         let base = baseURL.hasSuffix("/") ? String(baseURL.dropLast()) : baseURL
         var request = HTTPClientRequest(url: "\(base)/v2/queues/\(queue)/share")
         request.method = .POST
@@ -189,18 +203,23 @@ public final class ZaqarClient: Sendable {
         request.headers.add(name: "Client-ID", value: clientID)
         request.headers.add(name: "X-Project-ID", value: project)
         request.headers.add(name: "X-Auth-Token", value: token)
-        let document: [String: Any] = ["methods": ["POST"], "paths": ["messages"], "expires": ZaqarDates.format(expires)]
+        let document: [String: Any] = [
+            "methods": ["POST"], "paths": ["messages"], "expires": ZaqarDates.format(expires),
+        ]
         request.body = .bytes(ByteBuffer(bytes: try JSONSerialization.data(withJSONObject: document)))
         let response = try await http.execute(request, timeout: .milliseconds(requestTimeout.milliseconds))
         let collected = try await response.body.collect(upTo: 1 << 20)
         guard response.status == .ok || response.status == .created,
-              let object = try? JSONSerialization.jsonObject(with: Data(buffer: collected)) as? [String: Any],
-              let signature = object["signature"] as? String, let expiresText = object["expires"] as? String,
-              let methods = object["methods"] as? [String], let paths = object["paths"] as? [String], let owner = object["project"] as? String
+            let object = try? JSONSerialization.jsonObject(with: Data(buffer: collected)) as? [String: Any],
+            let signature = object["signature"] as? String, let expiresText = object["expires"] as? String,
+            let methods = object["methods"] as? [String], let paths = object["paths"] as? [String],
+            let owner = object["project"] as? String
         else {
             throw ZaqarShareError(
                 status: Int(response.status.code),
-                message: TargetAnswer.reason(body: Array(collected.readableBytesView), contentType: response.headers.first(name: "Content-Type"), truncated: false) ?? "no body"
+                message: TargetAnswer.reason(
+                    body: Array(collected.readableBytesView), contentType: response.headers.first(name: "Content-Type"),
+                    truncated: false) ?? "no body"
             )
         }
         return SignedURL(signature: signature, expires: expiresText, methods: methods, paths: paths, project: owner)
@@ -221,7 +240,9 @@ public struct ZaqarShareError: Error, CustomStringConvertible {
 
 /// Runs `operation` and throws `DeliveryError.deadlineExceeded` when it has not finished after
 /// `timeout` (it is cancelled then: AsyncHTTPClient closes the request's connection).
-func withDeadline<T: Sendable>(_ timeout: Duration, _ operation: @escaping @Sendable () async throws -> T) async throws -> T {
+func withDeadline<T: Sendable>(
+    _ timeout: Duration, _ operation: @escaping @Sendable () async throws -> T
+) async throws -> T {
     try await withThrowingTaskGroup(of: T?.self) { group in
         group.addTask { try await operation() }
         group.addTask {

@@ -22,7 +22,8 @@ public struct ZaqarEndpoints: Sendable, CustomStringConvertible {
         var allowed: [Endpoint] = []
         for url in urls {
             guard let endpoint = Self.parse(url) else {
-                throw DeliveryError(.invalidConfiguration, "'\(url)' is not an http(s) URL with a host and no user, query or fragment")
+                throw DeliveryError(
+                    .invalidConfiguration, "'\(url)' is not an http(s) URL with a host and no user, query or fragment")
             }
             allowed.append(endpoint)
         }
@@ -36,7 +37,8 @@ public struct ZaqarEndpoints: Sendable, CustomStringConvertible {
         guard let endpoint = Self.parse(url) else { return false }
         return allowed.contains { allowed in
             allowed.scheme == endpoint.scheme && allowed.host == endpoint.host && allowed.port == endpoint.port
-                && (allowed.path.isEmpty || endpoint.path == allowed.path || endpoint.path.hasPrefix(allowed.path + "/"))
+                && (allowed.path.isEmpty || endpoint.path == allowed.path
+                    || endpoint.path.hasPrefix(allowed.path + "/"))
         }
     }
 
@@ -44,15 +46,17 @@ public struct ZaqarEndpoints: Sendable, CustomStringConvertible {
 
     static func parse(_ text: String) -> Endpoint? {
         guard text.utf8.count <= 2048, let components = URLComponents(string: text),
-              let scheme = components.scheme?.lowercased(), scheme == "http" || scheme == "https",
-              let host = components.host?.lowercased(), !host.isEmpty,
-              components.user == nil, components.password == nil, components.query == nil, components.fragment == nil
+            let scheme = components.scheme?.lowercased(), scheme == "http" || scheme == "https",
+            let host = components.host?.lowercased(), !host.isEmpty,
+            components.user == nil, components.password == nil, components.query == nil, components.fragment == nil
         else { return nil }
         let port = components.port ?? (scheme == "https" ? 443 : 80)
         guard (1...65535).contains(port) else { return nil }
         var path = components.percentEncodedPath
         // A path that climbs (`/zaqar/../admin`) or is encoded to hide its segments is refused.
-        guard !path.split(separator: "/").contains(where: { $0 == ".." || $0 == "." }), !path.contains("%") else { return nil }
+        guard !path.split(separator: "/").contains(where: { $0 == ".." || $0 == "." }), !path.contains("%") else {
+            return nil
+        }
         while path.hasSuffix("/") { path.removeLast() }
         return Endpoint(scheme: scheme, host: host, port: port, path: path)
     }

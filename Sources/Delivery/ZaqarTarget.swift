@@ -51,7 +51,11 @@ public struct ZaqarTarget: Hashable, Sendable, CustomStringConvertible {
 /// Keystone as `2026-11-24T23:05:21.000000Z`.
 public enum ZaqarDates {
     /// Built once (a signed URL's expiry is read for every request to its queue), used under a lock.
-    private static let parsers = Mutex(["yyyy-MM-dd'T'HH:mm:ss", "yyyy-MM-dd'T'HH:mm:ss.SSSSSS", "yyyy-MM-dd'T'HH:mm:ssXXXXX", "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXXXX"].map(formatter))
+    private static let parsers = Mutex(
+        [
+            "yyyy-MM-dd'T'HH:mm:ss", "yyyy-MM-dd'T'HH:mm:ss.SSSSSS", "yyyy-MM-dd'T'HH:mm:ssXXXXX",
+            "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXXXX",
+        ].map(formatter))
     private static let writer = Mutex(formatter("yyyy-MM-dd'T'HH:mm:ss"))
 
     private static func formatter(_ format: String) -> DateFormatter {
@@ -153,15 +157,20 @@ public enum ZaqarMessageEncoding {
         /// `compute` of `compute.host1`, `nova-compute` of nova's `nova-compute:cmp-3.example.org`,
         /// so the host never shows; else the event type's first word); `time` its `timestamp` (or a
         /// Ceilometer event's `generated`), which oslo writes as `2024-05-01 12:00:00.123456` in UTC.
-        public static func of(eventType: String, messageID: String, publisherID: String?, timestamp: String?, resourceID: String?) -> CloudEventAttributes {
+        public static func of(
+            eventType: String, messageID: String, publisherID: String?, timestamp: String?, resourceID: String?
+        ) -> CloudEventAttributes {
             func service(_ text: String) -> String? {
                 let name = text.utf8.prefix { byte in
-                    (0x30...0x39).contains(byte) || (0x41...0x5A).contains(byte) || (0x61...0x7A).contains(byte) || byte == 0x2D || byte == 0x5F
+                    (0x30...0x39).contains(byte) || (0x41...0x5A).contains(byte) || (0x61...0x7A).contains(byte)
+                        || byte == 0x2D || byte == 0x5F
                 }.prefix(64)
                 return name.isEmpty ? nil : String(decoding: name, as: UTF8.self)
             }
             let name = publisherID.flatMap(service) ?? service(eventType) ?? "unknown"
-            return CloudEventAttributes(id: messageID, source: "/openstack/" + name, type: eventType, time: timestamp.flatMap(rfc3339), subject: resourceID)
+            return CloudEventAttributes(
+                id: messageID, source: "/openstack/" + name, type: eventType, time: timestamp.flatMap(rfc3339),
+                subject: resourceID)
         }
 
         /// `2024-05-01 12:00:00.123456` (oslo, UTC), `2024-05-01T12:00:00Z` or with an offset, as
@@ -171,11 +180,13 @@ public enum ZaqarMessageEncoding {
             guard bytes.count >= 19, bytes.count <= 40 else { return nil }
             func digits(_ range: Range<Int>) -> Bool { range.allSatisfy { (48...57).contains(bytes[$0]) } }
             guard digits(0..<4), bytes[4] == 45, digits(5..<7), bytes[7] == 45, digits(8..<10),
-                  bytes[10] == 32 || bytes[10] == 84, digits(11..<13), bytes[13] == 58, digits(14..<16), bytes[16] == 58, digits(17..<19)
+                bytes[10] == 32 || bytes[10] == 84, digits(11..<13), bytes[13] == 58, digits(14..<16), bytes[16] == 58,
+                digits(17..<19)
             else { return nil }
             // A date and time that exist (a leap second allowed), or none: strict readers refuse the whole event otherwise.
             func number(_ range: Range<Int>) -> Int { range.reduce(0) { $0 * 10 + Int(bytes[$1] - 48) } }
-            guard (1...12).contains(number(5..<7)), (1...31).contains(number(8..<10)), number(11..<13) <= 23, number(14..<16) <= 59, number(17..<19) <= 60
+            guard (1...12).contains(number(5..<7)), (1...31).contains(number(8..<10)), number(11..<13) <= 23,
+                number(14..<16) <= 59, number(17..<19) <= 60
             else { return nil }
             var index = 19
             if index < bytes.count, bytes[index] == 46 {
@@ -189,9 +200,12 @@ public enum ZaqarMessageEncoding {
                 let rest = Array(bytes[index...])
                 if rest == [90] {
                     zone = ""
-                } else if rest.count == 6, rest[0] == 43 || rest[0] == 45, (48...57).contains(rest[1]), (48...57).contains(rest[2]), rest[3] == 58,
-                          (48...57).contains(rest[4]), (48...57).contains(rest[5]), Int(rest[1] - 48) * 10 + Int(rest[2] - 48) <= 23,
-                          Int(rest[4] - 48) * 10 + Int(rest[5] - 48) <= 59 {
+                } else if rest.count == 6, rest[0] == 43 || rest[0] == 45, (48...57).contains(rest[1]),
+                    (48...57).contains(rest[2]), rest[3] == 58,
+                    (48...57).contains(rest[4]), (48...57).contains(rest[5]),
+                    Int(rest[1] - 48) * 10 + Int(rest[2] - 48) <= 23,
+                    Int(rest[4] - 48) * 10 + Int(rest[5] - 48) <= 59
+                {
                     zone = ""
                 } else {
                     return nil
@@ -212,14 +226,18 @@ public enum ZaqarMessageEncoding {
     /// paths joined by commas, since attributes cannot be arrays).
     /// - Parameter data: JSON, copied as it is (the payload, redacted as the subscription takes it).
     public static func cloudEvent(
-        data: [UInt8], attributes: CloudEventAttributes, ttl: Int, subscriptionID: String, partition: Int, epoch: UInt64,
+        data: [UInt8], attributes: CloudEventAttributes, ttl: Int, subscriptionID: String, partition: Int,
+        epoch: UInt64,
         project: String? = nil, actorProject: String? = nil, redacted: [String] = []
     ) -> [UInt8] {
         var out: [UInt8] = []
         out.reserveCapacity(data.count + 400 + attributes.type.utf8.count + subscriptionID.utf8.count)
         out += Array("{\"ttl\":\(ttl),\"body\":{\"specversion\":\"1.0\",\"id\":".utf8)
         appendString(attributes.id, to: &out)
-        for (key, value) in [("source", attributes.source), ("type", attributes.type), ("time", attributes.time), ("subject", attributes.subject)] {
+        for (key, value) in [
+            ("source", attributes.source), ("type", attributes.type), ("time", attributes.time),
+            ("subject", attributes.subject),
+        ] {
             guard let value else { continue }
             out += Array(",\"\(key)\":".utf8)
             appendString(value, to: &out)
@@ -230,7 +248,10 @@ public enum ZaqarMessageEncoding {
         appendString(subscriptionID, to: &out)
         out += Array(",\"heraldpartition\":\(partition)".utf8)
         out += Array((epoch <= UInt64(Int32.max) ? ",\"heraldepoch\":\(epoch)" : ",\"heraldepoch\":\"\(epoch)\"").utf8)
-        for (key, value) in [("heraldproject", project), ("heraldactorproject", actorProject), ("heraldredacted", redacted.isEmpty ? nil : redacted.joined(separator: ","))] {
+        for (key, value) in [
+            ("heraldproject", project), ("heraldactorproject", actorProject),
+            ("heraldredacted", redacted.isEmpty ? nil : redacted.joined(separator: ",")),
+        ] {
             guard let value else { continue }
             out += Array(",\"\(key)\":".utf8)
             appendString(value, to: &out)

@@ -12,7 +12,8 @@ import Synchronization
 /// (wall-clock seconds). Revokes are confirmed at once (nothing to drain).
 /// SIGTERM leaves gracefully and exits 0.
 struct Member: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Run one cluster member and print its ownership changes (used by `failover`).")
+    static let configuration = CommandConfiguration(
+        abstract: "Run one cluster member and print its ownership changes (used by `failover`).")
 
     @Option(help: "Redis URL.") var redisURL: String
     @Option(help: "Key prefix of the cluster.") var prefix: String
@@ -72,7 +73,9 @@ final class MemberProcess: @unchecked Sendable {
     let pid: pid_t
 
     /// Spawns `executable member ...`; a thread reads its lines into `timeline`.
-    init(executable: String, name: String, redisURL: String, prefix: String, partitions: Int, timeline: OwnershipTimeline) throws {
+    init(
+        executable: String, name: String, redisURL: String, prefix: String, partitions: Int, timeline: OwnershipTimeline
+    ) throws {
         self.name = name
         var fds: [Int32] = [0, 0]
         guard pipe(&fds) == 0 else { throw ValidationError("pipe() failed: \(errno)") }
@@ -81,13 +84,18 @@ final class MemberProcess: @unchecked Sendable {
         posix_spawn_file_actions_adddup2(&actions, fds[1], 1)
         posix_spawn_file_actions_addclose(&actions, fds[0])
         defer { posix_spawn_file_actions_destroy(&actions) }
-        let argv = [executable, "member", "--redis-url", redisURL, "--prefix", prefix, "--node-id", name, "--partitions", "\(partitions)"]
+        let argv = [
+            executable, "member", "--redis-url", redisURL, "--prefix", prefix, "--node-id", name, "--partitions",
+            "\(partitions)",
+        ]
         let cArguments = argv.map { strdup($0) } + [nil]
         defer { cArguments.forEach { free($0) } }
         var pid: pid_t = 0
         let status = posix_spawn(&pid, executable, &actions, nil, cArguments, environ)
         close(fds[1])
-        guard status == 0 else { throw ValidationError("cannot start \(executable): \(String(cString: strerror(status)))") }
+        guard status == 0 else {
+            throw ValidationError("cannot start \(executable): \(String(cString: strerror(status)))")
+        }
         self.pid = pid
         let readFD = fds[0]
         let thread = Thread {
@@ -102,7 +110,11 @@ final class MemberProcess: @unchecked Sendable {
                 while let newline = buffer.firstIndex(of: UInt8(ascii: "\n")) {
                     let line = String(decoding: buffer[buffer.startIndex..<newline], as: UTF8.self)
                     buffer.removeSubrange(buffer.startIndex...newline)
-                    if let observation = Self.parse(line) { timeline.record(name, observation) } else if ProcessInfo.processInfo.environment["HERALD_BENCH_DEBUG"] != nil { FileHandle.standardError.write(Data("unparsed from \(name): \(line)\n".utf8)) }
+                    if let observation = Self.parse(line) {
+                        timeline.record(name, observation)
+                    } else if ProcessInfo.processInfo.environment["HERALD_BENCH_DEBUG"] != nil {
+                        FileHandle.standardError.write(Data("unparsed from \(name): \(line)\n".utf8))
+                    }
                 }
             }
         }
@@ -112,11 +124,15 @@ final class MemberProcess: @unchecked Sendable {
     static func parse(_ line: String) -> ClusterObservation? {
         let parts = line.split(separator: " ")
         switch (parts.first, parts.count) {
-        case ("valid", 3): return Double(parts[1]).flatMap { until in Double(parts[2]).map { .valid(until: until, at: $0) } }
+        case ("valid", 3):
+            return Double(parts[1]).flatMap { until in Double(parts[2]).map { .valid(until: until, at: $0) } }
         case ("acquired", 4):
-            guard let partition = Int(parts[1]), let epoch = UInt64(parts[2]), let at = Double(parts[3]) else { return nil }
+            guard let partition = Int(parts[1]), let epoch = UInt64(parts[2]), let at = Double(parts[3]) else {
+                return nil
+            }
             return .acquired(partition: partition, epoch: epoch, at: at)
-        case ("released", 3): return Int(parts[1]).flatMap { p in Double(parts[2]).map { .released(partition: p, at: $0) } }
+        case ("released", 3):
+            return Int(parts[1]).flatMap { p in Double(parts[2]).map { .released(partition: p, at: $0) } }
         case ("lost", 3): return Int(parts[1]).flatMap { p in Double(parts[2]).map { .lost(partition: p, at: $0) } }
         default: return nil
         }

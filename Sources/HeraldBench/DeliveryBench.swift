@@ -11,7 +11,8 @@ import Synchronization
 /// the seed service's one POST per event) and with the batcher's automatic
 /// batching, then into a sink that answers 201 at once (Herald's own ceiling).
 struct DeliveryBenchmark: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "delivery", abstract: "Messages/s into Zaqar by batch size, and into an instant sink.")
+    static let configuration = CommandConfiguration(
+        commandName: "delivery", abstract: "Messages/s into Zaqar by batch size, and into an instant sink.")
 
     @Option(help: "Zaqar URL (default: $HERALD_TEST_ZAQAR_URL).")
     var zaqarURL: String = ProcessInfo.processInfo.environment["HERALD_TEST_ZAQAR_URL"] ?? "http://127.0.0.1:8888"
@@ -21,22 +22,33 @@ struct DeliveryBenchmark: AsyncParsableCommand {
 
     func run() async throws {
         let project = "bench-" + UUID().uuidString.prefix(8).lowercased()
-        print("Delivery: \(size) B events, one lane (Zaqar's built-in server takes one connection at a time), project \(project)")
+        print(
+            "Delivery: \(size) B events, one lane (Zaqar's built-in server takes one connection at a time), project \(project)"
+        )
         print("  run                      messages   msg/s      vs batch 1")
-        let one = try await measure(label: "zaqar, batch size 1", url: zaqarURL, project: project, count: singles, batch: 1, separately: false)
+        let one = try await measure(
+            label: "zaqar, batch size 1", url: zaqarURL, project: project, count: singles, batch: 1, separately: false)
         for batch in [10, 50] {
-            _ = try await measure(label: "zaqar, batch size \(batch)", url: zaqarURL, project: project, count: messages, batch: batch, separately: false, baseline: one)
+            _ = try await measure(
+                label: "zaqar, batch size \(batch)", url: zaqarURL, project: project, count: messages, batch: batch,
+                separately: false, baseline: one)
         }
-        let auto = try await measure(label: "zaqar, automatic", url: zaqarURL, project: project, count: messages, batch: nil, separately: true, baseline: one)
+        let auto = try await measure(
+            label: "zaqar, automatic", url: zaqarURL, project: project, count: messages, batch: nil, separately: true,
+            baseline: one)
         print(String(format: "  automatic / batch 1 = %.1fx   (goal >= 10x)", auto / one))
         let sink = try await InstantSink.start()
-        _ = try await measure(label: "instant sink, automatic", url: sink.url, project: project, count: messages * 5, batch: nil, separately: true, baseline: one)
+        _ = try await measure(
+            label: "instant sink, automatic", url: sink.url, project: project, count: messages * 5, batch: nil,
+            separately: true, baseline: one)
         await sink.stop()
     }
 
     /// Delivers `count` messages into a fresh queue; `batch` fixes the batch size (nil: the defaults),
     /// `separately` submits each message as its own delivery, as the pipeline does.
-    func measure(label: String, url: String, project: String, count: Int, batch: Int?, separately: Bool, baseline: Double? = nil) async throws -> Double {
+    func measure(
+        label: String, url: String, project: String, count: Int, batch: Int?, separately: Bool, baseline: Double? = nil
+    ) async throws -> Double {
         var configuration = DeliveryConfiguration()
         if let batch {
             configuration.maxBatchMessages = batch
@@ -45,13 +57,17 @@ struct DeliveryBenchmark: AsyncParsableCommand {
         let sink = CountingDeadLetters()
         let zaqar = ZaqarClient(requestTimeout: .seconds(30))
         let batcher = try DeliveryBatcher(configuration: configuration, zaqar: zaqar, deadLetters: sink)
-        let target = ZaqarTarget(baseURL: url, project: project, queue: "bench-" + UUID().uuidString.prefix(8).lowercased())
+        let target = ZaqarTarget(
+            baseURL: url, project: project, queue: "bench-" + UUID().uuidString.prefix(8).lowercased())
         let pad = String(repeating: "x", count: max(0, size - 120))
         let outgoing = (0..<count).map { index in
-            let event = Array("{\"event_type\":\"compute.instance.update\",\"message_id\":\"\(index)\",\"payload\":{\"pad\":\"\(pad)\"}}".utf8)
+            let event = Array(
+                "{\"event_type\":\"compute.instance.update\",\"message_id\":\"\(index)\",\"payload\":{\"pad\":\"\(pad)\"}}"
+                    .utf8)
             return ZaqarOutgoingMessage(
                 target: target,
-                body: ZaqarMessageEncoding.message(event: event, ttl: 300, subscriptionID: "bench", eventID: "\(index)", partition: 0, epoch: 1),
+                body: ZaqarMessageEncoding.message(
+                    event: event, ttl: 300, subscriptionID: "bench", eventID: "\(index)", partition: 0, epoch: 1),
                 subscriptionID: "bench", eventID: "\(index)"
             )
         }
@@ -69,11 +85,14 @@ struct DeliveryBenchmark: AsyncParsableCommand {
         let seconds = (ContinuousClock.now - start).seconds
         await zaqar.shutdown()
         guard outcome.delivered == count, sink.count == 0 else {
-            throw ValidationError("\(label): delivered \(outcome.delivered) of \(count), dead letters \(sink.count): \(sink.first ?? "")")
+            throw ValidationError(
+                "\(label): delivered \(outcome.delivered) of \(count), dead letters \(sink.count): \(sink.first ?? "")")
         }
         let rate = Double(count) / seconds
         let ratio = baseline.map { String(format: "%6.1fx", rate / $0) } ?? "     -"
-        print("  \(label.padding(toLength: 24, withPad: " ", startingAt: 0)) \(String(format: "%8d   %8.0f   %@", count, rate, ratio))  (\(batcher.statistics.requests) requests)")
+        print(
+            "  \(label.padding(toLength: 24, withPad: " ", startingAt: 0)) \(String(format: "%8d   %8.0f   %@", count, rate, ratio))  (\(batcher.statistics.requests) requests)"
+        )
         return rate
     }
 }
@@ -132,7 +151,9 @@ struct InstantSink {
             guard case .end = unwrapInboundIn(data) else { return }
             var headers = HTTPHeaders()
             headers.add(name: "Content-Length", value: "2")
-            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .created, headers: headers))), promise: nil)
+            context.write(
+                wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .created, headers: headers))),
+                promise: nil)
             context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: "{}")))), promise: nil)
             context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
         }

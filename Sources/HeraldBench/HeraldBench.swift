@@ -12,14 +12,18 @@ struct HeraldBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "herald-bench",
         abstract: "Benchmarks of Herald's Redis and AMQP clients against baselines in the same run.",
-        subcommands: [Clients.self, AMQP.self, Redis.self, Failover.self, ClusterLoad.self, DeliveryBenchmark.self, HotPath.self, Load.self, Member.self, PartitionBalance.self],
+        subcommands: [
+            Clients.self, AMQP.self, Redis.self, Failover.self, ClusterLoad.self, DeliveryBenchmark.self, HotPath.self,
+            Load.self, Member.self, PartitionBalance.self,
+        ],
         defaultSubcommand: Clients.self
     )
 }
 
 struct ServerOptions: ParsableArguments {
     @Option(help: "RabbitMQ URL (default: $HERALD_TEST_AMQP_URL).")
-    var amqpURL: String = ProcessInfo.processInfo.environment["HERALD_TEST_AMQP_URL"] ?? "amqp://guest:guest@127.0.0.1:5672/%2F"
+    var amqpURL: String =
+        ProcessInfo.processInfo.environment["HERALD_TEST_AMQP_URL"] ?? "amqp://guest:guest@127.0.0.1:5672/%2F"
 
     @Option(help: "Redis URL (default: $HERALD_TEST_REDIS_URL).")
     var redisURL: String = ProcessInfo.processInfo.environment["HERALD_TEST_REDIS_URL"] ?? "redis://127.0.0.1:6379/0"
@@ -44,7 +48,8 @@ struct Clients: AsyncParsableCommand {
 }
 
 struct AMQP: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Consume-and-ack messages/s: Swift client vs a plain C loop over rabbitmq-c.")
+    static let configuration = CommandConfiguration(
+        abstract: "Consume-and-ack messages/s: Swift client vs a plain C loop over rabbitmq-c.")
 
     @OptionGroup var servers: ServerOptions
     @Option(help: "Messages per round.") var messages: Int = 50_000
@@ -94,7 +99,9 @@ struct AMQPBenchmark {
         let queue = "herald.bench.\(UUID().uuidString.prefix(8).lowercased())"
         try await control.declareQueue(queue, options: AMQPQueueOptions(durable: false, autoDelete: false))
         try await control.enableConfirms()
-        print("AMQP consume-and-ack: \(messages) messages of \(size) B per round, prefetch \(prefetch), \(servers.rounds) rounds, queue \(queue)")
+        print(
+            "AMQP consume-and-ack: \(messages) messages of \(size) B per round, prefetch \(prefetch), \(servers.rounds) rounds, queue \(queue)"
+        )
         print("  round        C msg/s   Swift msg/s   Swift/C")
 
         var cRates: [Double] = []
@@ -106,10 +113,14 @@ struct AMQPBenchmark {
             let swiftRate = try await consumeWithSwift(connection, queue)
             cRates.append(cRate)
             swiftRates.append(swiftRate)
-            print("  \(round)      \(format(cRate))    \(format(swiftRate))     \(String(format: "%.2f", swiftRate / cRate))")
+            print(
+                "  \(round)      \(format(cRate))    \(format(swiftRate))     \(String(format: "%.2f", swiftRate / cRate))"
+            )
         }
         let ratio = median(swiftRates) / median(cRates)
-        print("  median \(format(median(cRates)))    \(format(median(swiftRates)))     \(String(format: "%.2f", ratio))   (goal >= 0.80)")
+        print(
+            "  median \(format(median(cRates)))    \(format(median(swiftRates)))     \(String(format: "%.2f", ratio))   (goal >= 0.80)"
+        )
         _ = try? await control.deleteQueue(queue)
         await connection.close()
     }
@@ -119,7 +130,8 @@ struct AMQPBenchmark {
         var sent = 0
         while sent < messages {
             let batch = min(1000, messages - sent)
-            try await channel.publish(Array(repeating: AMQPOutgoingMessage(exchange: "", routingKey: queue, body: body), count: batch))
+            try await channel.publish(
+                Array(repeating: AMQPOutgoingMessage(exchange: "", routingKey: queue, body: body), count: batch))
             sent += batch
         }
     }
@@ -137,7 +149,12 @@ struct AMQPBenchmark {
                 if status == 0 {
                     continuation.resume(returning: .success(Double(messages) / seconds))
                 } else {
-                    continuation.resume(returning: .failure(MessagingError(.protocolError, String(decoding: error.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))))
+                    continuation.resume(
+                        returning: .failure(
+                            MessagingError(
+                                .protocolError,
+                                String(decoding: error.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
+                        ))
                 }
             }
             thread.start()
@@ -176,7 +193,9 @@ struct RedisBenchmark {
         }
         let client = RedisClient(configuration: configuration)
         try await client.connect()
-        print("Redis pipelined SET: \(requests) commands per round, \(pipeline) per pipeline, 1 connection, \(servers.rounds) rounds")
+        print(
+            "Redis pipelined SET: \(requests) commands per round, \(pipeline) per pipeline, 1 connection, \(servers.rounds) rounds"
+        )
         print("  round  redis-benchmark SET/s   Swift SET/s   Swift/baseline")
         var baseline: [Double] = []
         var swift: [Double] = []
@@ -185,10 +204,14 @@ struct RedisBenchmark {
             let measured = try await swiftPipelined(client)
             baseline.append(reference)
             swift.append(measured)
-            print("  \(round)      \(format(reference))          \(format(measured))     \(String(format: "%.2f", measured / reference))")
+            print(
+                "  \(round)      \(format(reference))          \(format(measured))     \(String(format: "%.2f", measured / reference))"
+            )
         }
         let ratio = median(swift) / median(baseline)
-        print("  median \(format(median(baseline)))          \(format(median(swift)))     \(String(format: "%.2f", ratio))   (goal >= 0.50)")
+        print(
+            "  median \(format(median(baseline)))          \(format(median(swift)))     \(String(format: "%.2f", ratio))   (goal >= 0.50)"
+        )
         let fifty = try redisBenchmark(host: host, port: port, clients: 50)
         print("  for scale: redis-benchmark with its default 50 connections: \(format(fifty)) SET/s")
         await client.close()
@@ -201,7 +224,10 @@ struct RedisBenchmark {
         var commands: [[RedisCommand]] = []
         commands.reserveCapacity(batches)
         for _ in 0..<batches {
-            commands.append((0..<pipeline).map { _ in RedisCommand("SET", "key:\(String(format: "%012d", Int.random(in: 0..<100_000)))", value) })
+            commands.append(
+                (0..<pipeline).map { _ in
+                    RedisCommand("SET", "key:\(String(format: "%012d", Int.random(in: 0..<100_000)))", value)
+                })
         }
         let start = ContinuousClock.now
         for batch in commands {
@@ -218,7 +244,10 @@ struct RedisBenchmark {
     private func redisBenchmark(host: String, port: Int, clients: Int) throws -> Double {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["redis-benchmark", "-h", host, "-p", "\(port)", "-t", "set", "-n", "\(requests)", "-P", "\(pipeline)", "-c", "\(clients)", "-r", "100000", "-q"]
+        process.arguments = [
+            "redis-benchmark", "-h", host, "-p", "\(port)", "-t", "set", "-n", "\(requests)", "-P", "\(pipeline)", "-c",
+            "\(clients)", "-r", "100000", "-q",
+        ]
         let output = Pipe()
         process.standardOutput = output
         try process.run()
@@ -226,8 +255,9 @@ struct RedisBenchmark {
         process.waitUntilExit()
         let text = String(decoding: data, as: UTF8.self)
         // "SET: 123456.78 requests per second, p50=0.055 msec" (after \r progress lines)
-        guard let line = text.split(whereSeparator: { $0 == "\n" || $0 == "\r" }).last(where: { $0.hasPrefix("SET: ") }),
-              let number = line.dropFirst(5).split(separator: " ").first, let rate = Double(number)
+        guard
+            let line = text.split(whereSeparator: { $0 == "\n" || $0 == "\r" }).last(where: { $0.hasPrefix("SET: ") }),
+            let number = line.dropFirst(5).split(separator: " ").first, let rate = Double(number)
         else {
             throw ValidationError("cannot read redis-benchmark's output: \(text)")
         }

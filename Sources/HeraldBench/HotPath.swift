@@ -12,7 +12,8 @@ import Notifications
 /// matching against 10 to 100,000 subscriptions (vs 10), and building the Zaqar messages (vs
 /// JSONSerialization of the same message).
 struct HotPath: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "hotpath", abstract: "Decode, match and encode per event, against baselines in the same run.")
+    static let configuration = CommandConfiguration(
+        commandName: "hotpath", abstract: "Decode, match and encode per event, against baselines in the same run.")
 
     @Option(help: "Distinct notifications (each about --size bytes) cycled through.") var notifications: Int = 1_000
     @Option(help: "Approximate notification size in bytes.") var size: Int = 2_500
@@ -20,14 +21,18 @@ struct HotPath: AsyncParsableCommand {
     @Option(help: "Events per match round.") var matchEvents: Int = 200_000
     @Option(help: "Projects the events and subscriptions belong to.") var projects: Int = 1_000
     @Option(help: "Rounds of each measurement; the median is reported.") var rounds: Int = 3
-    @Option(help: "Which parts: decode, encode, match, worst (comma-separated).") var parts: String = "decode,encode,match,worst"
-    @Option(help: "Subscription counts for match (comma-separated).") var subscriptionCounts: String = "10,1000,10000,100000"
+    @Option(help: "Which parts: decode, encode, match, worst (comma-separated).") var parts: String =
+        "decode,encode,match,worst"
+    @Option(help: "Subscription counts for match (comma-separated).") var subscriptionCounts: String =
+        "10,1000,10000,100000"
 
     func run() async throws {
         let corpus = NotificationCorpus(count: notifications, size: size, projects: projects)
         let bodies = corpus.envelopes
         let average = bodies.reduce(0) { $0 + $1.count } / bodies.count
-        print("Hot path: \(bodies.count) distinct messagingv2 envelopes, \(average) B on average, \(projects) projects; median of \(rounds) rounds")
+        print(
+            "Hot path: \(bodies.count) distinct messagingv2 envelopes, \(average) B on average, \(projects) projects; median of \(rounds) rounds"
+        )
 
         let parts = Set(parts.split(separator: ",").map(String.init))
         if parts.contains("decode") { measureDecode(bodies) }
@@ -49,7 +54,10 @@ struct HotPath: AsyncParsableCommand {
         func speed(_ index: SubscriptionIndex) -> Double {
             rate(matchEvents / 4) { i in
                 let event = sample[i % sample.count]
-                _ = index.matches(NotificationEvent(eventType: event.eventType, messageID: event.messageID, project: event.project, json: event.json))
+                _ = index.matches(
+                    NotificationEvent(
+                        eventType: event.eventType, messageID: event.messageID, project: event.project, json: event.json
+                    ))
             }
         }
         let base = speed(without)
@@ -61,10 +69,17 @@ struct HotPath: AsyncParsableCommand {
         let event = sample[0]
         let started = ContinuousClock.now
         for round in 0..<typeRounds {
-            _ = with.matches(NotificationEvent(eventType: "compute.instance.type\(round).end", messageID: "m", project: event.project, json: event.json))
+            _ = with.matches(
+                NotificationEvent(
+                    eventType: "compute.instance.type\(round).end", messageID: "m", project: event.project,
+                    json: event.json))
         }
         let firstOfType = (ContinuousClock.now - started).seconds / Double(typeRounds) * 1e6
-        print(String(format: "  worst    10,000 subscriptions: %.2f µs/event; with the worst allowed one added: %.2f µs/event; its cost %.2f µs/event (goal 20); an event of a type not seen before (globs, then cached) %.1f µs", 1e6 / base, 1e6 / loaded, cost, firstOfType))
+        print(
+            String(
+                format:
+                    "  worst    10,000 subscriptions: %.2f µs/event; with the worst allowed one added: %.2f µs/event; its cost %.2f µs/event (goal 20); an event of a type not seen before (globs, then cached) %.1f µs",
+                1e6 / base, 1e6 / loaded, cost, firstOfType))
     }
 
     /// One subscription at every limit: the most patterns, each as long and wild as allowed (none
@@ -86,9 +101,13 @@ struct HotPath: AsyncParsableCommand {
         }
         // As long as the items can be with the most of them inside the operand's encoded limit.
         let itemLength = limits.operandBytes / limits.inItems - 4
-        let items = (0..<limits.inItems).map { JSONValue.string(String(repeating: "y", count: itemLength - 3) + String(format: "%03d", $0)) }
+        let items = (0..<limits.inItems).map {
+            JSONValue.string(String(repeating: "y", count: itemLength - 3) + String(format: "%03d", $0))
+        }
         conditions.append(Condition(field: "payload.display_name", op: .in, value: .array(items)))
-        return Subscription(project: "admin", allProjects: true, eventTypes: patterns, conditions: conditions, target: Target(queue: "worst"))
+        return Subscription(
+            project: "admin", allProjects: true, eventTypes: patterns, conditions: conditions,
+            target: Target(queue: "worst"))
     }
 
     func measureDecode(_ bodies: [[UInt8]]) {
@@ -98,7 +117,9 @@ struct HotPath: AsyncParsableCommand {
             _ = try! JSONSerialization.jsonObject(with: Data((outer["oslo.message"] as! String).utf8))
         }
         let decode = rate(events) { index in _ = try! NotificationDecoder.decode(bodies[index % bodies.count]) }
-        print("  decode   JSONSerialization (baseline) \(format(baseline)) /s   NotificationDecoder \(format(decode)) /s   ratio \(ratio(decode, baseline))")
+        print(
+            "  decode   JSONSerialization (baseline) \(format(baseline)) /s   NotificationDecoder \(format(decode)) /s   ratio \(ratio(decode, baseline))"
+        )
 
     }
 
@@ -107,17 +128,28 @@ struct HotPath: AsyncParsableCommand {
         let decoded = bodies.prefix(200).map { try! NotificationDecoder.decode($0)[0] }
         let encodeBaseline = rate(events) { index in
             let event = decoded[index % decoded.count]
-            let object: [String: Any] = ["ttl": 3600, "body": ["event": event.body.foundationObject, "herald": [
-                "subscription_id": "3f1c0c86-5d47-4a57-9a0c-0f1f3b2a9d11", "event_id": event.messageID, "partition": 7, "epoch": 3,
-            ]]]
+            let object: [String: Any] = [
+                "ttl": 3600,
+                "body": [
+                    "event": event.body.foundationObject,
+                    "herald": [
+                        "subscription_id": "3f1c0c86-5d47-4a57-9a0c-0f1f3b2a9d11", "event_id": event.messageID,
+                        "partition": 7, "epoch": 3,
+                    ],
+                ],
+            ]
             _ = try! JSONSerialization.data(withJSONObject: object)
         }
         let encode = rate(events) { index in
             let event = decoded[index % decoded.count]
             let body = NotificationDecoder.encode(event)
-            _ = ZaqarMessageEncoding.message(event: body, ttl: 3600, subscriptionID: "3f1c0c86-5d47-4a57-9a0c-0f1f3b2a9d11", eventID: event.messageID, partition: 7, epoch: 3)
+            _ = ZaqarMessageEncoding.message(
+                event: body, ttl: 3600, subscriptionID: "3f1c0c86-5d47-4a57-9a0c-0f1f3b2a9d11",
+                eventID: event.messageID, partition: 7, epoch: 3)
         }
-        print("  encode   JSONSerialization (baseline) \(format(encodeBaseline)) /s   event + message    \(format(encode)) /s   ratio \(ratio(encode, encodeBaseline))")
+        print(
+            "  encode   JSONSerialization (baseline) \(format(encodeBaseline)) /s   event + message    \(format(encode)) /s   ratio \(ratio(encode, encodeBaseline))"
+        )
         // What tenants receive: the same message with the admin-only fields cut (the shipped
         // rules), against the uncut message above.
         let rules = RedactionRules.defaults
@@ -127,22 +159,31 @@ struct HotPath: AsyncParsableCommand {
             let body = NotificationDecoder.encode(event)
             let result = try! rules.redact(event)
             if result != nil { cut &+= 1 }
-            _ = ZaqarMessageEncoding.message(event: result?.json ?? body, ttl: 3600, subscriptionID: "3f1c0c86-5d47-4a57-9a0c-0f1f3b2a9d11", eventID: event.messageID, partition: 7, epoch: 3,
-                                             redacted: result?.removed ?? [])
+            _ = ZaqarMessageEncoding.message(
+                event: result?.json ?? body, ttl: 3600, subscriptionID: "3f1c0c86-5d47-4a57-9a0c-0f1f3b2a9d11",
+                eventID: event.messageID, partition: 7, epoch: 3,
+                redacted: result?.removed ?? [])
         }
-        print("  redact   event + message (baseline)   \(format(encode)) /s   redacted + message \(format(redacted)) /s   ratio \(ratio(redacted, encode))   (\(String(format: "%.1f", 1e6 / redacted - 1e6 / encode)) µs more per event; \(cut * 100 / max(1, events * rounds))% of events had something cut)")
+        print(
+            "  redact   event + message (baseline)   \(format(encode)) /s   redacted + message \(format(redacted)) /s   ratio \(ratio(redacted, encode))   (\(String(format: "%.1f", 1e6 / redacted - 1e6 / encode)) µs more per event; \(cut * 100 / max(1, events * rounds))% of events had something cut)"
+        )
         // A CloudEvents subscription: the attributes from the event, the payload copied as raw JSON.
         let cloud = rate(events) { index in
             let event = decoded[index % decoded.count]
             let body = NotificationDecoder.encode(event)
             let attributes = ZaqarMessageEncoding.CloudEventAttributes.of(
-                eventType: event.eventType, messageID: event.messageID, publisherID: event.value(at: "publisher_id")?.stringValue,
+                eventType: event.eventType, messageID: event.messageID,
+                publisherID: event.value(at: "publisher_id")?.stringValue,
                 timestamp: event.value(at: "timestamp")?.stringValue, resourceID: event.resourceID
             )
             let data = NotificationScanner.rawValue(body, path: ["payload"]) ?? body
-            _ = ZaqarMessageEncoding.cloudEvent(data: data, attributes: attributes, ttl: 3600, subscriptionID: "3f1c0c86-5d47-4a57-9a0c-0f1f3b2a9d11", partition: 7, epoch: 3)
+            _ = ZaqarMessageEncoding.cloudEvent(
+                data: data, attributes: attributes, ttl: 3600, subscriptionID: "3f1c0c86-5d47-4a57-9a0c-0f1f3b2a9d11",
+                partition: 7, epoch: 3)
         }
-        print("  cloud    event + message (baseline)   \(format(encode)) /s   CloudEvent         \(format(cloud)) /s   ratio \(ratio(cloud, encode))   (\(String(format: "%.1f", 1e6 / cloud - 1e6 / encode)) µs more per event)")
+        print(
+            "  cloud    event + message (baseline)   \(format(encode)) /s   CloudEvent         \(format(cloud)) /s   ratio \(ratio(cloud, encode))   (\(String(format: "%.1f", 1e6 / cloud - 1e6 / encode)) µs more per event)"
+        )
         // What the health and event-type views cost the delivery path: counting per subscription
         // and per (project, event type), in memory (Redis is written once a second, elsewhere).
         let redis = RedisClient(configuration: try! RedisConfiguration(url: "redis://127.0.0.1:1/0"))
@@ -154,11 +195,15 @@ struct HotPath: AsyncParsableCommand {
             if let project = event.project, catalog.seen(project: project, eventType: event.eventType) {
                 catalog.sample(project: project, eventType: event.eventType, json: body)
             }
-            _ = ZaqarMessageEncoding.message(event: body, ttl: 3600, subscriptionID: "3f1c0c86-5d47-4a57-9a0c-0f1f3b2a9d11", eventID: event.messageID, partition: 7, epoch: 3)
+            _ = ZaqarMessageEncoding.message(
+                event: body, ttl: 3600, subscriptionID: "3f1c0c86-5d47-4a57-9a0c-0f1f3b2a9d11",
+                eventID: event.messageID, partition: 7, epoch: 3)
             stats.count(CollectionOfOne("3f1c0c86-5d47-4a57-9a0c-0f1f3b2a9d11"), \.matched)
             stats.count(CollectionOfOne("3f1c0c86-5d47-4a57-9a0c-0f1f3b2a9d11"), \.delivered)
         }
-        print("  count    event + message (baseline)   \(format(encode)) /s   + health, types    \(format(counted)) /s   ratio \(ratio(counted, encode))   (\(String(format: "%.2f", 1e6 / counted - 1e6 / encode)) µs more per event)")
+        print(
+            "  count    event + message (baseline)   \(format(encode)) /s   + health, types    \(format(counted)) /s   ratio \(ratio(counted, encode))   (\(String(format: "%.2f", 1e6 / counted - 1e6 / encode)) µs more per event)"
+        )
 
     }
 
@@ -175,12 +220,20 @@ struct HotPath: AsyncParsableCommand {
             // A fresh event each time, as in the pipeline: a condition's field is looked up anew.
             let speed = rate(matchEvents) { i in
                 let event = sample[i % sample.count]
-                matched &+= index.matches(NotificationEvent(eventType: event.eventType, messageID: event.messageID, project: event.project, json: event.json)).count
+                matched &+=
+                    index.matches(
+                        NotificationEvent(
+                            eventType: event.eventType, messageID: event.messageID, project: event.project,
+                            json: event.json)
+                    ).count
             }
             let perEvent = Double(matched) / Double(matchEvents * rounds)
             let reference = base ?? speed
             base = base ?? speed
-            print(String(format: "           %13d   %9.3f   %@   %8.2f   %13.2f   %.2fx slower", count, compile, format(speed), 1e6 / speed, perEvent, reference / speed))
+            print(
+                String(
+                    format: "           %13d   %9.3f   %@   %8.2f   %13.2f   %.2fx slower", count, compile,
+                    format(speed), 1e6 / speed, perEvent, reference / speed))
         }
     }
 
@@ -204,10 +257,14 @@ struct HotPath: AsyncParsableCommand {
 /// and subscriptions over them (globs, exclusions, conditions), deterministic from a seed.
 struct NotificationCorpus {
     static let eventTypes = [
-        "compute.instance.update", "compute.instance.create.start", "compute.instance.create.end", "compute.instance.delete.start",
-        "compute.instance.delete.end", "compute.instance.power_off.end", "compute.instance.power_on.end", "compute.instance.resize.end",
-        "port.create.end", "port.update.end", "port.delete.end", "network.create.end", "subnet.create.end", "floatingip.update.end",
-        "volume.create.start", "volume.create.end", "volume.attach.end", "volume.detach.end", "volume.delete.end", "snapshot.create.end",
+        "compute.instance.update", "compute.instance.create.start", "compute.instance.create.end",
+        "compute.instance.delete.start",
+        "compute.instance.delete.end", "compute.instance.power_off.end", "compute.instance.power_on.end",
+        "compute.instance.resize.end",
+        "port.create.end", "port.update.end", "port.delete.end", "network.create.end", "subnet.create.end",
+        "floatingip.update.end",
+        "volume.create.start", "volume.create.end", "volume.attach.end", "volume.detach.end", "volume.delete.end",
+        "snapshot.create.end",
     ]
 
     let count: Int
@@ -223,7 +280,9 @@ struct NotificationCorpus {
         var random = SplitMix(seed: 42)
         envelopes = (0..<count).map { index in
             let type = Self.eventTypes[Self.zipf(&random, Self.eventTypes.count)]
-            return Self.envelope(type: type, project: "project-\(random.next() % UInt64(projects))", index: index, size: size, messageID: messageID ?? UUID().uuidString)
+            return Self.envelope(
+                type: type, project: "project-\(random.next() % UInt64(projects))", index: index, size: size,
+                messageID: messageID ?? UUID().uuidString)
         }
     }
 
@@ -238,14 +297,25 @@ struct NotificationCorpus {
         return n - 1
     }
 
-    static func envelope(type: String, project: String, index: Int, size: Int, messageID: String = UUID().uuidString) -> [UInt8] {
+    static func envelope(
+        type: String, project: String, index: Int, size: Int, messageID: String = UUID().uuidString
+    ) -> [UInt8] {
         var payload: [String: Any] = [
             "project_id": project, "tenant_id": project, "user_id": "user-\(index % 97)",
-            "state": index % 3 == 0 ? "active" : "building", "host": "compute-\(index % 40)", "availability_zone": "nova",
-            "instance_id": UUID().uuidString, "display_name": "server-\(index)", "flavor": ["name": "m1.small", "vcpus": 1, "memory_mb": 2048, "root_gb": 20],
-            "image_meta": ["os_distro": index % 2 == 0 ? "ubuntu" : "fedora", "min_disk": "20", "container_format": "bare"],
+            "state": index % 3 == 0 ? "active" : "building", "host": "compute-\(index % 40)",
+            "availability_zone": "nova",
+            "instance_id": UUID().uuidString, "display_name": "server-\(index)",
+            "flavor": ["name": "m1.small", "vcpus": 1, "memory_mb": 2048, "root_gb": 20],
+            "image_meta": [
+                "os_distro": index % 2 == 0 ? "ubuntu" : "fedora", "min_disk": "20", "container_format": "bare",
+            ],
             "created_at": "2026-11-24 10:00:00+00:00", "launched_at": "2026-11-24 10:01:\(10 + index % 50)+00:00",
-            "fixed_ips": [["address": "10.0.\(index % 250).\(index % 200 + 2)", "version": 4, "type": "fixed", "label": "private"]],
+            "fixed_ips": [
+                [
+                    "address": "10.0.\(index % 250).\(index % 200 + 2)", "version": 4, "type": "fixed",
+                    "label": "private",
+                ]
+            ],
         ]
         var filler = 0
         while (try! JSONSerialization.data(withJSONObject: payload)).count < size - 600 {
@@ -253,9 +323,11 @@ struct NotificationCorpus {
             filler += 1
         }
         let message: [String: Any] = [
-            "message_id": messageID, "event_type": type, "priority": "INFO", "publisher_id": "compute.host-\(index % 40)",
+            "message_id": messageID, "event_type": type, "priority": "INFO",
+            "publisher_id": "compute.host-\(index % 40)",
             "timestamp": "2026-11-24 10:01:00.000000", "payload": payload,
-            "_context_project_id": project, "_context_user_name": "someone", "_context_roles": ["member"], "_context_request_id": "req-\(index)",
+            "_context_project_id": project, "_context_user_name": "someone", "_context_roles": ["member"],
+            "_context_request_id": "req-\(index)",
         ]
         let inner = String(decoding: try! JSONSerialization.data(withJSONObject: message), as: UTF8.self)
         return Array(try! JSONSerialization.data(withJSONObject: ["oslo.version": "2.0", "oslo.message": inner]))
@@ -265,7 +337,10 @@ struct NotificationCorpus {
     /// some an exact type, some with an exclusion or a condition.
     func subscriptions(_ count: Int) -> [Subscription] {
         var random = SplitMix(seed: 7)
-        let globs = ["compute.instance.*", "compute.instance.create.*", "compute.instance.delete.*", "port.*", "network.*", "volume.*", "volume.attach.*", "snapshot.*"]
+        let globs = [
+            "compute.instance.*", "compute.instance.create.*", "compute.instance.delete.*", "port.*", "network.*",
+            "volume.*", "volume.attach.*", "snapshot.*",
+        ]
         return (0..<count).map { index in
             let project = "project-\(random.next() % UInt64(projects))"
             var types: [String]
@@ -275,8 +350,10 @@ struct NotificationCorpus {
             case 2: types = ["compute.instance.*", "!compute.instance.update"]
             default: types = [globs[Int(random.next() % UInt64(globs.count))], "volume.*"]
             }
-            let conditions = index % 5 == 0 ? [Condition(field: "payload.state", op: .eq, value: .string("active"))] : []
-            return Subscription(project: project, eventTypes: types, conditions: conditions, target: Target(queue: "q\(index)"))
+            let conditions =
+                index % 5 == 0 ? [Condition(field: "payload.state", op: .eq, value: .string("active"))] : []
+            return Subscription(
+                project: project, eventTypes: types, conditions: conditions, target: Target(queue: "q\(index)"))
         }
     }
 }

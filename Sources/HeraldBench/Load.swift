@@ -16,19 +16,20 @@ import Synchronization
 /// result and an HTML report with plots.
 struct Load: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Open-loop load through RabbitMQ and herald nodes into a recording sink, with failure scenarios; JSON and HTML out.",
+        abstract:
+            "Open-loop load through RabbitMQ and herald nodes into a recording sink, with failure scenarios; JSON and HTML out.",
         discussion: """
-        Events (--event, repeatable) are SECONDS:ACTION[:ARGS]: add-node, sigterm:NODE, kill9:NODE, \
-        pause:NODE:SECONDS (SIGSTOP, then SIGCONT), restart-redis, restart-rabbitmq, sink-fail:SECONDS \
-        (503s), sink-stall:SECONDS (answers held back), zaqar-outage:SECONDS (every connection to the sink, \
-        or through it to the real Zaqar, is closed unanswered), target-fail:PROJECT:SECONDS (that project's \
-        queues answer 503), slow-target:PROJECT:SECONDS (that project's queues answer after 5 s), \
-        redis-outage:SECONDS (Redis stopped, its data kept, then started again), \
-        rabbitmq-node-kill:N:SECONDS (node N of `scripts/servers cluster` stopped, then started again; \
-        give --amqp-url all three hosts), redis-failover:SECONDS (the master of `scripts/servers sentinel` \
-        killed, started again as a replica later; give --redis-url the sentinel URL). Latency is \
-        measured from each event's intended send time (no coordinated omission), in all and per project.
-        """
+            Events (--event, repeatable) are SECONDS:ACTION[:ARGS]: add-node, sigterm:NODE, kill9:NODE, \
+            pause:NODE:SECONDS (SIGSTOP, then SIGCONT), restart-redis, restart-rabbitmq, sink-fail:SECONDS \
+            (503s), sink-stall:SECONDS (answers held back), zaqar-outage:SECONDS (every connection to the sink, \
+            or through it to the real Zaqar, is closed unanswered), target-fail:PROJECT:SECONDS (that project's \
+            queues answer 503), slow-target:PROJECT:SECONDS (that project's queues answer after 5 s), \
+            redis-outage:SECONDS (Redis stopped, its data kept, then started again), \
+            rabbitmq-node-kill:N:SECONDS (node N of `scripts/servers cluster` stopped, then started again; \
+            give --amqp-url all three hosts), redis-failover:SECONDS (the master of `scripts/servers sentinel` \
+            killed, started again as a replica later; give --redis-url the sentinel URL). Latency is \
+            measured from each event's intended send time (no coordinated omission), in all and per project.
+            """
     )
 
     @Option(help: "Events published per second (open loop).") var rate: Int = 1_000
@@ -41,20 +42,32 @@ struct Load: AsyncParsableCommand {
     @Option(help: "Approximate notification size in bytes.") var size: Int = 2_500
     @Option(name: .customLong("event"), help: "A scenario event, SECONDS:ACTION[:ARGS].") var events: [String] = []
     @Option(help: "Seconds to wait after publishing for the last deliveries.") var drain: Int = 60
-    @Flag(help: "Publish the notifications persistent (delivery mode 2) to durable exchanges, and run the nodes with HERALD_EXCHANGES_DURABLE=true (oslo.messaging's amqp_durable_queues). By default oslo.messaging sends transient messages to transient exchanges: a RabbitMQ restart loses the messages and the exchanges' bindings, so notifications published before Herald binds again are dropped. A restart-rabbitmq run needs this to expect nothing lost.")
+    @Flag(
+        help:
+            "Publish the notifications persistent (delivery mode 2) to durable exchanges, and run the nodes with HERALD_EXCHANGES_DURABLE=true (oslo.messaging's amqp_durable_queues). By default oslo.messaging sends transient messages to transient exchanges: a RabbitMQ restart loses the messages and the exchanges' bindings, so notifications published before Herald binds again are dropped. A restart-rabbitmq run needs this to expect nothing lost."
+    )
     var persistent = false
     @Option(help: "HERALD_LOG_LEVEL of the nodes (their logs are in --out).") var nodeLogLevel: String = "warning"
-    @Option(name: .customLong("node-set"), help: "A HERALD_ setting for every node, KEY=VALUE (repeatable), e.g. HERALD_QUEUE_TYPE=quorum.")
+    @Option(
+        name: .customLong("node-set"),
+        help: "A HERALD_ setting for every node, KEY=VALUE (repeatable), e.g. HERALD_QUEUE_TYPE=quorum.")
     var nodeSettings: [String] = []
-    @Option(help: "Where the nodes deliver: builtin (answers 201 at once), zaqar (the local Zaqar at $HERALD_TEST_ZAQAR_URL), or a Zaqar URL. Into a Zaqar the built-in sink forwards each request and records the messages of those Zaqar answered 201; the run ends by checking Zaqar's queue stats against that.")
+    @Option(
+        help:
+            "Where the nodes deliver: builtin (answers 201 at once), zaqar (the local Zaqar at $HERALD_TEST_ZAQAR_URL), or a Zaqar URL. Into a Zaqar the built-in sink forwards each request and records the messages of those Zaqar answered 201; the run ends by checking Zaqar's queue stats against that."
+    )
     var sink: String = "builtin"
-    @Option(help: "Use running herald nodes instead of starting them: their API URLs, comma-separated (HERALD_API_AUTH=trusted-header). --amqp-url is then their vhost's URL, --key-prefix their HERALD_KEY_PREFIX and --partitions their HERALD_PARTITIONS. The subscriptions carry the sink's URL as their zaqar_url and are deleted at the end; nothing else of the cluster is touched. Node events, add-node and --baselines need nodes the harness started.")
+    @Option(
+        help:
+            "Use running herald nodes instead of starting them: their API URLs, comma-separated (HERALD_API_AUTH=trusted-header). --amqp-url is then their vhost's URL, --key-prefix their HERALD_KEY_PREFIX and --partitions their HERALD_PARTITIONS. The subscriptions carry the sink's URL as their zaqar_url and are deleted at the end; nothing else of the cluster is touched. Node events, add-node and --baselines need nodes the harness started."
+    )
     var attach: String?
     @Option(help: "With --attach: the running nodes' HERALD_KEY_PREFIX.") var keyPrefix: String = "herald:"
     @Option(help: "Directory for result.json, report.html and node logs.") var out: String = "bench-results/load"
     @Option(help: "The herald executable (default: next to herald-bench).") var herald: String?
     @Option(help: "RabbitMQ URL (default: $HERALD_TEST_AMQP_URL); a vhost of the run's own is made on it.")
-    var amqpURL: String = ProcessInfo.processInfo.environment["HERALD_TEST_AMQP_URL"] ?? "amqp://guest:guest@127.0.0.1:5672/%2F"
+    var amqpURL: String =
+        ProcessInfo.processInfo.environment["HERALD_TEST_AMQP_URL"] ?? "amqp://guest:guest@127.0.0.1:5672/%2F"
     @Option(help: "Redis URL (default: $HERALD_TEST_REDIS_URL).")
     var redisURL: String = ProcessInfo.processInfo.environment["HERALD_TEST_REDIS_URL"] ?? "redis://127.0.0.1:6379/0"
     @Option(help: "scripts/servers, for vhosts and restarts (default: $HERALD_TEST_SERVERS).")
@@ -66,20 +79,33 @@ struct Load: AsyncParsableCommand {
         guard nodes > 0 else { throw ValidationError("--nodes \(nodes): must be above 0") }
         guard subscriptions > 0 else { throw ValidationError("--subscriptions \(subscriptions): must be above 0") }
         for event in events { _ = try ScenarioEvent(event) }
-        guard baselineEvents >= 1_000 else { throw ValidationError("--baseline-events \(baselineEvents): at least 1000") }
-        guard onePostEvents > 0, onePostConnections > 0 else { throw ValidationError("--one-post-events and --one-post-connections must be above 0") }
+        guard baselineEvents >= 1_000 else {
+            throw ValidationError("--baseline-events \(baselineEvents): at least 1000")
+        }
+        guard onePostEvents > 0, onePostConnections > 0 else {
+            throw ValidationError("--one-post-events and --one-post-connections must be above 0")
+        }
         if let rateOfMax {
-            guard baselines else { throw ValidationError("--rate-of-max needs --baselines (the maximum is measured there)") }
-            guard rateOfMax > 0 && rateOfMax <= 2 else { throw ValidationError("--rate-of-max \(rateOfMax): expected a fraction above 0, at most 2") }
+            guard baselines else {
+                throw ValidationError("--rate-of-max needs --baselines (the maximum is measured there)")
+            }
+            guard rateOfMax > 0 && rateOfMax <= 2 else {
+                throw ValidationError("--rate-of-max \(rateOfMax): expected a fraction above 0, at most 2")
+            }
         }
         _ = try zaqarURL
         if let attach {
             for url in attachedAPIs where URL(string: url)?.host == nil || !url.hasPrefix("http") {
                 throw ValidationError("--attach '\(attach)': '\(url)' is not a node's API URL (http://host:port)")
             }
-            guard !baselines else { throw ValidationError("--attach: --baselines stops and restarts the nodes; it needs nodes the harness started") }
-            for event in try events.map(ScenarioEvent.init) where [.addNode, .sigterm, .kill9, .pause].contains(event.action) {
-                throw ValidationError("--event '\(event.label)': with --attach the harness has no node processes to start or signal")
+            guard !baselines else {
+                throw ValidationError(
+                    "--attach: --baselines stops and restarts the nodes; it needs nodes the harness started")
+            }
+            for event in try events.map(ScenarioEvent.init)
+            where [.addNode, .sigterm, .kill9, .pause].contains(event.action) {
+                throw ValidationError(
+                    "--event '\(event.label)': with --attach the harness has no node processes to start or signal")
             }
         }
         for setting in nodeSettings where !setting.hasPrefix("HERALD_") || !setting.contains("=") {
@@ -94,7 +120,8 @@ struct Load: AsyncParsableCommand {
             case "builtin": return nil
             case "zaqar":
                 guard let url = ProcessInfo.processInfo.environment["HERALD_TEST_ZAQAR_URL"] else {
-                    throw ValidationError("--sink zaqar: HERALD_TEST_ZAQAR_URL is not set (scripts/bench sets it; or give the URL)")
+                    throw ValidationError(
+                        "--sink zaqar: HERALD_TEST_ZAQAR_URL is not set (scripts/bench sets it; or give the URL)")
                 }
                 return url
             default:
@@ -108,7 +135,8 @@ struct Load: AsyncParsableCommand {
 
     /// The running nodes' API URLs of --attach (none: the harness starts its own).
     var attachedAPIs: [String] {
-        (attach ?? "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }.map { $0.hasSuffix("/") ? String($0.dropLast()) : $0 }
+        (attach ?? "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }.map
+        { $0.hasSuffix("/") ? String($0.dropLast()) : $0 }
     }
 
     /// --node-set as the nodes' environment sees it (a later setting of a key wins).
@@ -120,19 +148,27 @@ struct Load: AsyncParsableCommand {
     }
 
     @Option(help: "Only write report.html next to this earlier result.json (no run).") var reportFrom: String?
-    @Flag(help: "Before the open-loop run: the broker's ceiling for Herald's topology (a plain rabbitmq-c loop), the nodes' maximum on the same notifications, one POST per delivery into the same sink, ready time, idle RSS, CPU and Redis commands per notification.")
+    @Flag(
+        help:
+            "Before the open-loop run: the broker's ceiling for Herald's topology (a plain rabbitmq-c loop), the nodes' maximum on the same notifications, one POST per delivery into the same sink, ready time, idle RSS, CPU and Redis commands per notification."
+    )
     var baselines = false
     @Option(help: "Notifications for each saturation phase of --baselines.") var baselineEvents: Int = 50_000
-    @Option(help: "Notifications whose deliveries the one-POST baseline sends (at most --baseline-events).") var onePostEvents: Int = 10_000
-    @Option(help: "Concurrent connections of the one-POST baseline (a node's pool has 8).") var onePostConnections: Int = 8
-    @Option(help: "With --baselines: publish at this fraction of the nodes' measured maximum instead of --rate.") var rateOfMax: Double?
+    @Option(help: "Notifications whose deliveries the one-POST baseline sends (at most --baseline-events).")
+    var onePostEvents: Int = 10_000
+    @Option(help: "Concurrent connections of the one-POST baseline (a node's pool has 8).") var onePostConnections:
+        Int = 8
+    @Option(help: "With --baselines: publish at this fraction of the nodes' measured maximum instead of --rate.")
+    var rateOfMax: Double?
 
     func run() async throws {
         if let reportFrom {
             let decoder = JSONDecoder()
             decoder.keyDecodingStrategy = .convertFromSnakeCase
             let result = try decoder.decode(LoadResult.self, from: Data(contentsOf: URL(fileURLWithPath: reportFrom)))
-            let html = URL(fileURLWithPath: reportFrom).deletingLastPathComponent().appendingPathComponent("report.html").path
+            let html = URL(fileURLWithPath: reportFrom).deletingLastPathComponent().appendingPathComponent(
+                "report.html"
+            ).path
             try LoadReport.html(result).write(toFile: html, atomically: true, encoding: .utf8)
             print("wrote \(html)")
             return
@@ -160,10 +196,18 @@ struct Load: AsyncParsableCommand {
 /// One scenario event: what happens to the cluster, and when.
 struct ScenarioEvent: Codable, Sendable {
     enum Action: String, Codable, Sendable {
-        case addNode = "add-node", sigterm, kill9, pause, restartRedis = "restart-redis", restartRabbitMQ = "restart-rabbitmq"
-        case sinkFail = "sink-fail", sinkStall = "sink-stall", zaqarOutage = "zaqar-outage", targetFail = "target-fail", slowTarget = "slow-target"
+        case addNode = "add-node"
+        case sigterm, kill9, pause
+        case restartRedis = "restart-redis"
+        case restartRabbitMQ = "restart-rabbitmq"
+        case sinkFail = "sink-fail"
+        case sinkStall = "sink-stall"
+        case zaqarOutage = "zaqar-outage"
+        case targetFail = "target-fail"
+        case slowTarget = "slow-target"
         case redisOutage = "redis-outage"
-        case rabbitmqNodeKill = "rabbitmq-node-kill", redisFailover = "redis-failover"
+        case rabbitmqNodeKill = "rabbitmq-node-kill"
+        case redisFailover = "redis-failover"
     }
 
     var at: Double
@@ -177,41 +221,60 @@ struct ScenarioEvent: Codable, Sendable {
     init(_ text: String) throws {
         let parts = text.split(separator: ":").map(String.init)
         guard parts.count >= 2, let at = Double(parts[0]), at >= 0, let action = Action(rawValue: parts[1]) else {
-            throw ValidationError("--event '\(text)': expected SECONDS:ACTION[:ARGS], ACTION one of add-node, sigterm, kill9, pause, restart-redis, restart-rabbitmq, sink-fail, sink-stall, zaqar-outage, target-fail, slow-target, redis-outage, rabbitmq-node-kill, redis-failover")
+            throw ValidationError(
+                "--event '\(text)': expected SECONDS:ACTION[:ARGS], ACTION one of add-node, sigterm, kill9, pause, restart-redis, restart-rabbitmq, sink-fail, sink-stall, zaqar-outage, target-fail, slow-target, redis-outage, rabbitmq-node-kill, redis-failover"
+            )
         }
         self.at = at
         self.action = action
         label = parts.dropFirst().joined(separator: " ")
         switch action {
         case .sigterm, .kill9:
-            guard parts.count == 3 else { throw ValidationError("--event '\(text)': \(action.rawValue) needs a node, e.g. 20:\(action.rawValue):node-2") }
+            guard parts.count == 3 else {
+                throw ValidationError(
+                    "--event '\(text)': \(action.rawValue) needs a node, e.g. 20:\(action.rawValue):node-2")
+            }
             node = parts[2]
         case .pause:
-            guard parts.count == 4, let seconds = Double(parts[3]) else { throw ValidationError("--event '\(text)': pause needs a node and seconds, e.g. 20:pause:node-2:5") }
+            guard parts.count == 4, let seconds = Double(parts[3]) else {
+                throw ValidationError("--event '\(text)': pause needs a node and seconds, e.g. 20:pause:node-2:5")
+            }
             node = parts[2]
             self.seconds = seconds
         case .sinkFail, .sinkStall, .zaqarOutage, .redisOutage:
-            guard parts.count == 3, let seconds = Double(parts[2]), seconds > 0 else { throw ValidationError("--event '\(text)': \(action.rawValue) needs seconds, e.g. 20:\(action.rawValue):5") }
+            guard parts.count == 3, let seconds = Double(parts[2]), seconds > 0 else {
+                throw ValidationError(
+                    "--event '\(text)': \(action.rawValue) needs seconds, e.g. 20:\(action.rawValue):5")
+            }
             self.seconds = seconds
         case .targetFail, .slowTarget:
             guard parts.count == 4, !parts[2].isEmpty, let seconds = Double(parts[3]), seconds > 0 else {
-                throw ValidationError("--event '\(text)': \(action.rawValue) needs a project and seconds, e.g. 20:\(action.rawValue):project-3:120")
+                throw ValidationError(
+                    "--event '\(text)': \(action.rawValue) needs a project and seconds, e.g. 20:\(action.rawValue):project-3:120"
+                )
             }
             project = parts[2]
             self.seconds = seconds
         case .rabbitmqNodeKill:
-            guard parts.count == 4, ["1", "2", "3"].contains(parts[2]), let seconds = Double(parts[3]), seconds > 0 else {
-                throw ValidationError("--event '\(text)': rabbitmq-node-kill needs the cluster node (1-3) and seconds until it starts again, e.g. 60:rabbitmq-node-kill:1:30")
+            guard parts.count == 4, ["1", "2", "3"].contains(parts[2]), let seconds = Double(parts[3]), seconds > 0
+            else {
+                throw ValidationError(
+                    "--event '\(text)': rabbitmq-node-kill needs the cluster node (1-3) and seconds until it starts again, e.g. 60:rabbitmq-node-kill:1:30"
+                )
             }
             node = parts[2]
             self.seconds = seconds
         case .redisFailover:
             guard parts.count == 3, let seconds = Double(parts[2]), seconds > 0 else {
-                throw ValidationError("--event '\(text)': redis-failover needs seconds until the killed master starts again (as a replica), e.g. 60:redis-failover:20")
+                throw ValidationError(
+                    "--event '\(text)': redis-failover needs seconds until the killed master starts again (as a replica), e.g. 60:redis-failover:20"
+                )
             }
             self.seconds = seconds
         case .addNode, .restartRedis, .restartRabbitMQ:
-            guard parts.count == 2 else { throw ValidationError("--event '\(text)': \(action.rawValue) takes no arguments") }
+            guard parts.count == 2 else {
+                throw ValidationError("--event '\(text)': \(action.rawValue) takes no arguments")
+            }
         }
     }
 }
@@ -297,42 +360,88 @@ struct LoadResult: Codable {
 
     func printSummary() {
         if let b = baselines {
-            print(String(format: "baselines (%d notifications each): broker ceiling %.0f/s; herald %.0f/s (%.0f deliveries/s) = %.2fx the ceiling (goal >= 0.7)",
-                         b.events, b.brokerCeilingPerSecond, b.heraldPerSecond, b.heraldDeliveriesPerSecond, b.heraldToBrokerCeiling))
-            print(String(format: "  one POST per delivery: %.0f deliveries/s; herald %.2fx that (goal >= 10 into Zaqar); %.1f deliveries per request", b.onePostDeliveriesPerSecond, b.heraldToOnePost, b.messagesPerRequest ?? .nan))
-            print(String(format: "  batches of %d straight into the sink: %.0f deliveries/s; herald %.2fx that (goal >= 0.9 into Zaqar)", b.sameBatchSize, b.sameBatchDeliveriesPerSecond, b.heraldToSameBatch))
-            print(String(format: "  cpu %.1f µs per notification (goal <= 10; the plain rabbitmq-c loop alone %.1f µs); Redis %.4f commands per notification (goal <= 0.05)", b.cpuMicrosecondsPerEvent, b.brokerLoopCPUMicrosecondsPerEvent, b.redisCommandsPerEvent))
-            print("  ready after " + b.readySeconds.map { String(format: "%.2f s", $0) }.joined(separator: ", ") + " (goal <= 2 s); idle RSS " + zip(b.idleRSSMegabytes, b.idleAnonymousMegabytes).map { String(format: "%.1f MB (%.1f anonymous)", $0, $1) }.joined(separator: ", ") + " (goal <= 50 MB)")
+            print(
+                String(
+                    format:
+                        "baselines (%d notifications each): broker ceiling %.0f/s; herald %.0f/s (%.0f deliveries/s) = %.2fx the ceiling (goal >= 0.7)",
+                    b.events, b.brokerCeilingPerSecond, b.heraldPerSecond, b.heraldDeliveriesPerSecond,
+                    b.heraldToBrokerCeiling))
+            print(
+                String(
+                    format:
+                        "  one POST per delivery: %.0f deliveries/s; herald %.2fx that (goal >= 10 into Zaqar); %.1f deliveries per request",
+                    b.onePostDeliveriesPerSecond, b.heraldToOnePost, b.messagesPerRequest ?? .nan))
+            print(
+                String(
+                    format:
+                        "  batches of %d straight into the sink: %.0f deliveries/s; herald %.2fx that (goal >= 0.9 into Zaqar)",
+                    b.sameBatchSize, b.sameBatchDeliveriesPerSecond, b.heraldToSameBatch))
+            print(
+                String(
+                    format:
+                        "  cpu %.1f µs per notification (goal <= 10; the plain rabbitmq-c loop alone %.1f µs); Redis %.4f commands per notification (goal <= 0.05)",
+                    b.cpuMicrosecondsPerEvent, b.brokerLoopCPUMicrosecondsPerEvent, b.redisCommandsPerEvent))
+            print(
+                "  ready after " + b.readySeconds.map { String(format: "%.2f s", $0) }.joined(separator: ", ")
+                    + " (goal <= 2 s); idle RSS "
+                    + zip(b.idleRSSMegabytes, b.idleAnonymousMegabytes).map {
+                        String(format: "%.1f MB (%.1f anonymous)", $0, $1)
+                    }.joined(separator: ", ") + " (goal <= 50 MB)")
         }
         if let zaqar {
             let stored = zaqar.grew.map { "\($0)" } ?? "unknown"
-            print("zaqar \(zaqar.url): took \(zaqar.accepted) messages of the open loop; its queue stats grew by \(stored)" +
-                  (zaqar.refusedByStatus.isEmpty ? "" : "; refused requests by status: " + zaqar.refusedByStatus.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")))
+            print(
+                "zaqar \(zaqar.url): took \(zaqar.accepted) messages of the open loop; its queue stats grew by \(stored)"
+                    + (zaqar.refusedByStatus.isEmpty
+                        ? ""
+                        : "; refused requests by status: "
+                            + zaqar.refusedByStatus.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(
+                                separator: " ")))
         }
-        print(String(format: "published %d at %d/s for %d s; deliveries %d of %d expected, not delivered %d, duplicates %d; still queued in RabbitMQ %d, dead letters %d",
-                     published, rate, duration, delivered, expectedDeliveries, lost, duplicates, stillQueued, deadLetters))
+        print(
+            String(
+                format:
+                    "published %d at %d/s for %d s; deliveries %d of %d expected, not delivered %d, duplicates %d; still queued in RabbitMQ %d, dead letters %d",
+                published, rate, duration, delivered, expectedDeliveries, lost, duplicates, stillQueued, deadLetters))
         if let latency = latencyMs {
-            print(String(format: "latency from intended send time (ms): p50 %.1f  p75 %.1f  p95 %.1f  p99 %.1f  p99.9 %.1f  p99.99 %.1f  max %.1f",
-                         latency.p50, latency.p75, latency.p95, latency.p99, latency.p999, latency.p9999, latency.max))
+            print(
+                String(
+                    format:
+                        "latency from intended send time (ms): p50 %.1f  p75 %.1f  p95 %.1f  p99 %.1f  p99.9 %.1f  p99.99 %.1f  max %.1f",
+                    latency.p50, latency.p75, latency.p95, latency.p99, latency.p999, latency.p9999, latency.max))
         }
         if let projects = projectLatency, !projects.faulted.isEmpty {
             for project in projects.faulted {
                 if let p = projects.byProject[project] {
-                    print(String(format: "latency of faulted %@ (ms): p50 %.1f  p99 %.1f  max %.1f (%d deliveries)", project, p.p50, p.p99, p.max, p.count))
+                    print(
+                        String(
+                            format: "latency of faulted %@ (ms): p50 %.1f  p99 %.1f  max %.1f (%d deliveries)", project,
+                            p.p50, p.p99, p.max, p.count))
                 }
             }
             if let p = projects.others {
-                print(String(format: "latency of every other project (ms): p50 %.1f  p95 %.1f  p99 %.1f  p99.9 %.1f  max %.1f (%d deliveries)", p.p50, p.p95, p.p99, p.p999, p.max, p.count))
+                print(
+                    String(
+                        format:
+                            "latency of every other project (ms): p50 %.1f  p95 %.1f  p99 %.1f  p99.9 %.1f  max %.1f (%d deliveries)",
+                        p.p50, p.p95, p.p99, p.p999, p.max, p.count))
             }
         }
         for process in processes {
-            print("cpu " + process.name.padding(toLength: 10, withPad: " ", startingAt: 0) + String(format: " %7.2f s  %7.1f µs per published event", process.cpuSeconds, process.cpuMicrosecondsPerEvent))
+            print(
+                "cpu " + process.name.padding(toLength: 10, withPad: " ", startingAt: 0)
+                    + String(
+                        format: " %7.2f s  %7.1f µs per published event", process.cpuSeconds,
+                        process.cpuMicrosecondsPerEvent))
         }
         let nodes = processes.filter { $0.name != "harness" }
         if nodes.isEmpty {
             print("cpu of the nodes: not measured (running nodes, --attach)")
         } else {
-            print(String(format: "cpu of all nodes: %.1f µs per published event (publishing to the end of the drain)", nodes.reduce(0) { $0 + $1.cpuMicrosecondsPerEvent }))
+            print(
+                String(
+                    format: "cpu of all nodes: %.1f µs per published event (publishing to the end of the drain)",
+                    nodes.reduce(0) { $0 + $1.cpuMicrosecondsPerEvent }))
         }
     }
 }
@@ -362,7 +471,10 @@ final class DeliveryRecorder: Sendable {
     /// What the message ids of the recorded events begin with (then a sequence number).
     let eventMarker: [UInt8]
 
-    init(start: UInt64, rate: Int, subscriptionIndex: [String: Int], subscriptionProjects: [String] = [], eventPrefix: String = "load-") {
+    init(
+        start: UInt64, rate: Int, subscriptionIndex: [String: Int], subscriptionProjects: [String] = [],
+        eventPrefix: String = "load-"
+    ) {
         self.subscriptionProjects = subscriptionProjects
         self.start = start
         self.rate = rate
@@ -386,9 +498,12 @@ final class DeliveryRecorder: Sendable {
         while let at = Self.find(marker, in: bytes, from: cursor) {
             let idStart = at + marker.count
             guard let idEnd = bytes[idStart...].firstIndex(of: UInt8(ascii: "\"")),
-                  let eventAt = Self.find(eventMarker, in: bytes, from: idEnd),
-                  let seqEnd = bytes[(eventAt + eventMarker.count)...].firstIndex(of: UInt8(ascii: "\""))
-            else { malformed += 1; break }
+                let eventAt = Self.find(eventMarker, in: bytes, from: idEnd),
+                let seqEnd = bytes[(eventAt + eventMarker.count)...].firstIndex(of: UInt8(ascii: "\""))
+            else {
+                malformed += 1
+                break
+            }
             let id = String(decoding: bytes[idStart..<idEnd], as: UTF8.self)
             let seq = Int(String(decoding: bytes[(eventAt + eventMarker.count)..<seqEnd], as: UTF8.self))
             if let index = subscriptionIndex[id], let seq { found.append((index, seq)) } else { malformed += 1 }
@@ -401,15 +516,26 @@ final class DeliveryRecorder: Sendable {
                 let key = seq * subscriptionCount + subscription
                 let count = state.counts[key, default: 0]
                 state.counts[key] = count &+ 1
-                if count > 0 { state.duplicates += 1; continue }
+                if count > 0 {
+                    state.duplicates += 1
+                    continue
+                }
                 state.delivered += 1
                 state.perSecond[second, default: 0] += 1
                 let micros = now > intended(seq) ? (now - intended(seq)) / 1_000 : 0
                 _ = state.latency.record(min(micros, 3_600_000_000))
-                _ = state.latencyPerSecond[second, default: Histogram<UInt64>(highestTrackableValue: 3_600_000_000, numberOfSignificantValueDigits: .two)].record(min(micros, 3_600_000_000))
+                _ = state.latencyPerSecond[
+                    second,
+                    default: Histogram<UInt64>(
+                        highestTrackableValue: 3_600_000_000, numberOfSignificantValueDigits: .two)
+                ].record(min(micros, 3_600_000_000))
                 if subscription < subscriptionProjects.count {
-                    _ = state.latencyByProject[subscriptionProjects[subscription], default: Histogram<UInt64>(highestTrackableValue: 3_600_000_000, numberOfSignificantValueDigits: .three)]
-                        .record(min(micros, 3_600_000_000))
+                    _ = state.latencyByProject[
+                        subscriptionProjects[subscription],
+                        default: Histogram<UInt64>(
+                            highestTrackableValue: 3_600_000_000, numberOfSignificantValueDigits: .three)
+                    ]
+                    .record(min(micros, 3_600_000_000))
                 }
             }
         }
@@ -420,7 +546,9 @@ final class DeliveryRecorder: Sendable {
         var index = start
         let first = needle[0]
         while index <= haystack.count - needle.count {
-            if haystack[index] == first && haystack[index..<(index + needle.count)].elementsEqual(needle) { return index }
+            if haystack[index] == first && haystack[index..<(index + needle.count)].elementsEqual(needle) {
+                return index
+            }
             index += 1
         }
         return nil
@@ -429,8 +557,9 @@ final class DeliveryRecorder: Sendable {
     static func percentiles(_ histogram: Histogram<UInt64>) -> LoadResult.Percentiles? {
         guard histogram.totalCount > 0 else { return nil }
         func ms(_ p: Double) -> Double { Double(histogram.valueAtPercentile(p)) / 1000 }
-        return LoadResult.Percentiles(p50: ms(50), p75: ms(75), p95: ms(95), p99: ms(99), p999: ms(99.9), p9999: ms(99.99),
-                                      max: Double(histogram.max) / 1000, count: Int(histogram.totalCount))
+        return LoadResult.Percentiles(
+            p50: ms(50), p75: ms(75), p95: ms(95), p99: ms(99), p999: ms(99.9), p9999: ms(99.99),
+            max: Double(histogram.max) / 1000, count: Int(histogram.totalCount))
     }
 }
 
@@ -439,7 +568,12 @@ final class DeliveryRecorder: Sendable {
 /// With an upstream (a real Zaqar) it forwards each request there and records its messages
 /// when Zaqar answered 201, passing Zaqar's answer back to the node.
 final class RecordingSink: Sendable {
-    enum Mode: Int { case normal = 0, failing = 1, stalling = 2, down = 3 }
+    enum Mode: Int {
+        case normal = 0
+        case failing = 1
+        case stalling = 2
+        case down = 3
+    }
 
     /// What one project's queues do (target-fail, slow-target).
     enum ProjectFault: Sendable { case failing, slow }
@@ -485,8 +619,11 @@ final class RecordingSink: Sendable {
             .bind(host: "127.0.0.1", port: 0).get()
         let upstream = url.map { url in
             var configuration = HTTPClient.Configuration()
-            configuration.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: 8)
-            return Upstream(url: url.hasSuffix("/") ? String(url.dropLast()) : url, client: HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration))
+            configuration.connectionPool = .init(
+                idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: 8)
+            return Upstream(
+                url: url.hasSuffix("/") ? String(url.dropLast()) : url,
+                client: HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration))
         }
         let sink = RecordingSink(channel: channel, upstream: upstream)
         box.withLock { $0 = sink }
@@ -495,7 +632,9 @@ final class RecordingSink: Sendable {
 
     func set(_ newMode: Mode) { mode.store(newMode.rawValue, ordering: .relaxed) }
     func set(_ fault: ProjectFault?, project: String) { projectFaults.withLock { $0[project] = fault } }
-    func fault(project: String?) -> ProjectFault? { project.flatMap { project in projectFaults.withLock { $0[project] } } }
+    func fault(project: String?) -> ProjectFault? {
+        project.flatMap { project in projectFaults.withLock { $0[project] } }
+    }
     var current: Mode { Mode(rawValue: mode.load(ordering: .relaxed)) ?? .normal }
 
     func stop() async {
@@ -535,20 +674,29 @@ final class RecordingSink: Sendable {
                 }
                 switch sink.fault(project: head.headers.first(name: "X-Project-ID")) {
                 case .failing:
-                    respond(context, status: .serviceUnavailable, text: #"{"title": "Service Unavailable", "description": "this project's target is failing on purpose"}"#)
+                    respond(
+                        context, status: .serviceUnavailable,
+                        text:
+                            #"{"title": "Service Unavailable", "description": "this project's target is failing on purpose"}"#
+                    )
                     return
                 case .slow:
                     let body = body
                     let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
                     let contextBox = NIOLoopBound(context, eventLoop: context.eventLoop)
-                    context.eventLoop.scheduleTask(in: RecordingSink.slowAnswer) { handler.value.take(contextBox.value, head: head, body: body, sink: sink) }
+                    context.eventLoop.scheduleTask(in: RecordingSink.slowAnswer) {
+                        handler.value.take(contextBox.value, head: head, body: body, sink: sink)
+                    }
                     return
                 case nil:
                     break
                 }
                 switch sink.current {
                 case .failing:
-                    respond(context, status: .serviceUnavailable, text: #"{"title": "Service Unavailable", "description": "the load sink is failing on purpose"}"#)
+                    respond(
+                        context, status: .serviceUnavailable,
+                        text: #"{"title": "Service Unavailable", "description": "the load sink is failing on purpose"}"#
+                    )
                 case .stalling:
                     // Held back until the stall ends, then taken.
                     let body = body
@@ -582,8 +730,10 @@ final class RecordingSink: Sendable {
             let handler = NIOLoopBound(self, eventLoop: loop)
             let contextBox = NIOLoopBound(context, eventLoop: loop)
             do {
-                let request = try HTTPClient.Request(url: upstream.url + head.uri, method: head.method, headers: headers, body: .byteBuffer(body))
-                upstream.client.execute(request: request, eventLoop: .delegate(on: loop)).hop(to: loop).whenComplete { result in
+                let request = try HTTPClient.Request(
+                    url: upstream.url + head.uri, method: head.method, headers: headers, body: .byteBuffer(body))
+                upstream.client.execute(request: request, eventLoop: .delegate(on: loop)).hop(to: loop).whenComplete {
+                    result in
                     switch result {
                     case .success(let response):
                         if response.status == .created {
@@ -591,14 +741,24 @@ final class RecordingSink: Sendable {
                         } else {
                             sink.refused.withLock { $0[Int(response.status.code), default: 0] += 1 }
                         }
-                        handler.value.respond(contextBox.value, status: response.status, text: response.body.map { String(buffer: $0) } ?? "")
+                        handler.value.respond(
+                            contextBox.value, status: response.status,
+                            text: response.body.map { String(buffer: $0) } ?? "")
                     case .failure(let error):
                         sink.refused.withLock { $0[502, default: 0] += 1 }
-                        handler.value.respond(contextBox.value, status: .badGateway, text: #"{"title": "Bad Gateway", "description": "the load sink could not reach Zaqar: \#(error)"}"#)
+                        handler.value.respond(
+                            contextBox.value, status: .badGateway,
+                            text:
+                                #"{"title": "Bad Gateway", "description": "the load sink could not reach Zaqar: \#(error)"}"#
+                        )
                     }
                 }
             } catch {
-                respond(context, status: .badRequest, text: #"{"title": "Bad Request", "description": "the load sink cannot forward \#(head.uri): \#(error)"}"#)
+                respond(
+                    context, status: .badRequest,
+                    text:
+                        #"{"title": "Bad Request", "description": "the load sink cannot forward \#(head.uri): \#(error)"}"#
+                )
             }
         }
 
@@ -606,7 +766,9 @@ final class RecordingSink: Sendable {
             var headers = HTTPHeaders()
             headers.add(name: "Content-Type", value: "application/json")
             headers.add(name: "Content-Length", value: "\(text.utf8.count)")
-            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
+            context.write(
+                wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))),
+                promise: nil)
             context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: text)))), promise: nil)
             context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
         }

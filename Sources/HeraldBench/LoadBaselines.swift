@@ -57,40 +57,67 @@ extension LoadRun {
     func measureBaselines() async throws -> LoadBaselines {
         let count = options.baselineEvents
         let idleRSS = nodes.values.sorted { $0.name < $1.name }.map { LoadNode.residentMegabytes(pid: $0.pid) ?? 0 }
-        let idleAnonymous = nodes.values.sorted { $0.name < $1.name }.map { LoadNode.residentMegabytes(pid: $0.pid, field: "RssAnon") ?? 0 }
-        log("idle RSS of the nodes: " + zip(idleRSS, idleAnonymous).map { String(format: "%.1f MB (%.1f MB anonymous)", $0, $1) }.joined(separator: ", "))
+        let idleAnonymous = nodes.values.sorted { $0.name < $1.name }.map {
+            LoadNode.residentMegabytes(pid: $0.pid, field: "RssAnon") ?? 0
+        }
+        log(
+            "idle RSS of the nodes: "
+                + zip(idleRSS, idleAnonymous).map { String(format: "%.1f MB (%.1f MB anonymous)", $0, $1) }.joined(
+                    separator: ", "))
 
         let (broker, brokerCPU) = try await brokerCeiling(count: count)
-        log(String(format: "broker ceiling (plain rabbitmq-c loop, Herald's topology): %.0f notifications/s, the loop's CPU %.1f µs per notification", broker, brokerCPU))
+        log(
+            String(
+                format:
+                    "broker ceiling (plain rabbitmq-c loop, Herald's topology): %.0f notifications/s, the loop's CPU %.1f µs per notification",
+                broker, brokerCPU))
 
         let drain = try await heraldDrain(count: count)
-        log(String(format: "herald: %.0f notifications/s (%.0f deliveries/s) = %.2fx the broker ceiling; cpu %.1f µs and %.3f Redis commands per notification",
-                   drain.perSecond, drain.deliveriesPerSecond, drain.perSecond / broker, drain.cpuMicroseconds, drain.redisCommands))
+        log(
+            String(
+                format:
+                    "herald: %.0f notifications/s (%.0f deliveries/s) = %.2fx the broker ceiling; cpu %.1f µs and %.3f Redis commands per notification",
+                drain.perSecond, drain.deliveriesPerSecond, drain.perSecond / broker, drain.cpuMicroseconds,
+                drain.redisCommands))
 
         let onePost = try await postDirect(events: min(count, options.onePostEvents), batch: 1)
-        log(String(format: "one POST per delivery into the same sink: %.0f deliveries/s; herald %.2fx that", onePost, drain.deliveriesPerSecond / onePost))
+        log(
+            String(
+                format: "one POST per delivery into the same sink: %.0f deliveries/s; herald %.2fx that", onePost,
+                drain.deliveriesPerSecond / onePost))
         // What the sink (Zaqar) takes at Herald's own batch size, Herald's work left out.
         let batch = max(1, Int((drain.messagesPerRequest ?? 1).rounded()))
         let atBatch = try await postDirect(events: min(count, options.onePostEvents * batch), batch: batch)
-        log(String(format: "batches of %d straight into the same sink: %.0f deliveries/s; herald %.2fx that", batch, atBatch, drain.deliveriesPerSecond / atBatch))
+        log(
+            String(
+                format: "batches of %d straight into the same sink: %.0f deliveries/s; herald %.2fx that", batch,
+                atBatch, drain.deliveriesPerSecond / atBatch))
         return LoadBaselines(
-            events: count, brokerCeilingPerSecond: broker, brokerLoopCPUMicrosecondsPerEvent: brokerCPU, heraldPerSecond: drain.perSecond, heraldDeliveriesPerSecond: drain.deliveriesPerSecond,
-            heraldToBrokerCeiling: drain.perSecond / broker, onePostDeliveriesPerSecond: onePost, heraldToOnePost: drain.deliveriesPerSecond / onePost,
-            sameBatchSize: batch, sameBatchDeliveriesPerSecond: atBatch, heraldToSameBatch: drain.deliveriesPerSecond / atBatch,
-            cpuMicrosecondsPerEvent: drain.cpuMicroseconds, redisCommandsPerEvent: drain.redisCommands, messagesPerRequest: drain.messagesPerRequest,
+            events: count, brokerCeilingPerSecond: broker, brokerLoopCPUMicrosecondsPerEvent: brokerCPU,
+            heraldPerSecond: drain.perSecond, heraldDeliveriesPerSecond: drain.deliveriesPerSecond,
+            heraldToBrokerCeiling: drain.perSecond / broker, onePostDeliveriesPerSecond: onePost,
+            heraldToOnePost: drain.deliveriesPerSecond / onePost,
+            sameBatchSize: batch, sameBatchDeliveriesPerSecond: atBatch,
+            heraldToSameBatch: drain.deliveriesPerSecond / atBatch,
+            cpuMicrosecondsPerEvent: drain.cpuMicroseconds, redisCommandsPerEvent: drain.redisCommands,
+            messagesPerRequest: drain.messagesPerRequest,
             readySeconds: drain.readySeconds, idleRSSMegabytes: idleRSS, idleAnonymousMegabytes: idleAnonymous
         )
     }
 
     /// Publishes `count` notifications (the run's templates, message ids `base-<seq>`) to an
     /// exchange, transient as oslo.messaging sends them.
-    private func fill(_ channel: AMQPChannel, exchange: String, routingKey: String, count: Int, prefix: String) async throws {
+    private func fill(
+        _ channel: AMQPChannel, exchange: String, routingKey: String, count: Int, prefix: String
+    ) async throws {
         var seq = 0
         while seq < count {
             var batch: [AMQPOutgoingMessage] = []
             while seq < count && batch.count < 500 {
-                batch.append(AMQPOutgoingMessage(exchange: exchange, routingKey: routingKey, body: envelope(seq, prefix: prefix),
-                                                 properties: AMQPMessageProperties(contentType: "application/json")))
+                batch.append(
+                    AMQPOutgoingMessage(
+                        exchange: exchange, routingKey: routingKey, body: envelope(seq, prefix: prefix),
+                        properties: AMQPMessageProperties(contentType: "application/json")))
                 seq += 1
             }
             try await channel.publish(batch)
@@ -100,7 +127,9 @@ extension LoadRun {
     private func waitForMessages(_ channel: AMQPChannel, queue: String, count: Int) async throws {
         let deadline = ContinuousClock.now + .seconds(120)
         while try await channel.declareQueuePassive(queue).messageCount < count {
-            guard ContinuousClock.now < deadline else { throw ValidationError("\(queue) did not reach \(count) messages within 120 s") }
+            guard ContinuousClock.now < deadline else {
+                throw ValidationError("\(queue) did not reach \(count) messages within 120 s")
+            }
             try await Task.sleep(for: .milliseconds(100))
         }
     }
@@ -118,13 +147,22 @@ extension LoadRun {
         let channel = try await connection.openChannel()
         try await channel.enableConfirms()
         let queueType = options.nodeEnvironment["HERALD_QUEUE_TYPE"] ?? "classic"
-        let ingest = "baseline.ingest", exchange = "baseline"
-        _ = try await channel.declareQueue(ingest, options: AMQPQueueOptions(durable: true, arguments: ["x-queue-type": .string(queueType), "x-single-active-consumer": .bool(true)]))
+        let ingest = "baseline.ingest"
+        let exchange = "baseline"
+        _ = try await channel.declareQueue(
+            ingest,
+            options: AMQPQueueOptions(
+                durable: true, arguments: ["x-queue-type": .string(queueType), "x-single-active-consumer": .bool(true)])
+        )
         try await channel.declareExchange(exchange, options: AMQPExchangeOptions(type: "direct", durable: true))
         for partition in 0..<options.partitions {
-            _ = try await channel.declareQueue("\(exchange).p.\(partition)", options: AMQPQueueOptions(durable: true, arguments: [
-                "x-single-active-consumer": .bool(true), "x-queue-type": .string(queueType),
-            ]))
+            _ = try await channel.declareQueue(
+                "\(exchange).p.\(partition)",
+                options: AMQPQueueOptions(
+                    durable: true,
+                    arguments: [
+                        "x-single-active-consumer": .bool(true), "x-queue-type": .string(queueType),
+                    ]))
             try await channel.bindQueue("\(exchange).p.\(partition)", to: exchange, routingKey: "\(partition)")
         }
         log("broker ceiling: filling \(ingest) with \(count) notifications")
@@ -140,14 +178,21 @@ extension LoadRun {
                 // The loop runs on this thread alone: its CPU time is the client's cost.
                 let cpuBefore = Self.threadCPUSeconds()
                 let status = herald_baseline_topology(
-                    configuration.host, Int32(configuration.port), configuration.virtualHost, configuration.user, configuration.password,
+                    configuration.host, Int32(configuration.port), configuration.virtualHost, configuration.user,
+                    configuration.password,
                     ingest, exchange, partitions, prefetch, count, &seconds, &error, Int32(error.count)
                 )
                 let cpu = Self.threadCPUSeconds() - cpuBefore
                 if status == 0 {
                     continuation.resume(returning: .success((Double(count) / seconds, cpu * 1e6 / Double(count))))
                 } else {
-                    continuation.resume(returning: .failure(ValidationError("broker ceiling: " + String(decoding: error.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))))
+                    continuation.resume(
+                        returning: .failure(
+                            ValidationError(
+                                "broker ceiling: "
+                                    + String(
+                                        decoding: error.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+                            )))
                 }
             }.start()
         }
@@ -197,17 +242,26 @@ extension LoadRun {
         let thresholds = [expected / 10, expected * 9 / 10]
         while true {
             for name in names where ready[name] == nil {
-                if await isReady(nodes[name]!, timeout: .seconds(1)) { ready[name] = (ContinuousClock.now - launched[name]!).seconds }
+                if await isReady(nodes[name]!, timeout: .seconds(1)) {
+                    ready[name] = (ContinuousClock.now - launched[name]!).seconds
+                }
             }
             let delivered = recorder.state.withLock { $0.delivered }
             if marks.count < thresholds.count && delivered >= thresholds[marks.count] {
                 for node in nodes.values { node.sampleCPU() }
-                marks.append((delivered, .now, nodes.values.reduce(0) { $0 + $1.cpuSeconds }, try await redisCommandsProcessed()))
+                marks.append(
+                    (delivered, .now, nodes.values.reduce(0) { $0 + $1.cpuSeconds }, try await redisCommandsProcessed())
+                )
             }
             if delivered >= expected { break }
-            if delivered != last { last = delivered; still = .now }
+            if delivered != last {
+                last = delivered
+                still = .now
+            }
             if ContinuousClock.now - still > .seconds(options.drain) {
-                throw ValidationError("herald drain: \(delivered) of \(expected) deliveries, then nothing for \(options.drain) s; see \(options.out)/node-*.log")
+                throw ValidationError(
+                    "herald drain: \(delivered) of \(expected) deliveries, then nothing for \(options.drain) s; see \(options.out)/node-*.log"
+                )
             }
             try await Task.sleep(for: .milliseconds(ready.count == names.count ? 20 : 5))
         }
@@ -222,7 +276,8 @@ extension LoadRun {
         return Drain(
             perSecond: deliveriesPerSecond * perDelivery, deliveriesPerSecond: deliveriesPerSecond,
             cpuMicroseconds: (to.2 - from.2) * 1e6 / events, redisCommands: Double(to.3 - from.3) / events,
-            messagesPerRequest: requests > 0 ? Double(expected) / requests : nil, readySeconds: names.map { ready[$0] ?? .nan }
+            messagesPerRequest: requests > 0 ? Double(expected) / requests : nil,
+            readySeconds: names.map { ready[$0] ?? .nan }
         )
     }
 
@@ -233,8 +288,10 @@ extension LoadRun {
             var request = HTTPClientRequest(url: "http://127.0.0.1:\(node.apiPort)/metrics")
             request.method = .GET
             guard let response = try? await HTTPClient.shared.execute(request, timeout: .seconds(2)),
-                  let body = try? await response.body.collect(upTo: 8 << 20) else { continue }
-            for line in String(buffer: body).split(separator: "\n") where line.hasPrefix(name + " ") || line.hasPrefix(name + "{") {
+                let body = try? await response.body.collect(upTo: 8 << 20)
+            else { continue }
+            for line in String(buffer: body).split(separator: "\n")
+            where line.hasPrefix(name + " ") || line.hasPrefix(name + "{") {
                 total += Double(line.split(separator: " ").last ?? "") ?? 0
             }
         }
@@ -260,7 +317,9 @@ extension LoadRun {
             let event = try NotificationDecoder.decode(envelope(seq, prefix: "post\(batch)"))[0]
             let body = NotificationDecoder.encode(event)
             for subscription in template.matches {
-                let message = ZaqarMessageEncoding.message(event: body, ttl: 3600, subscriptionID: subscriptionIDs[subscription], eventID: event.messageID, partition: 0, epoch: 1)
+                let message = ZaqarMessageEncoding.message(
+                    event: body, ttl: 3600, subscriptionID: subscriptionIDs[subscription], eventID: event.messageID,
+                    partition: 0, epoch: 1)
                 let queue = "q\(subscription)"
                 if byQueue[queue] == nil { order.append(queue) }
                 byQueue[queue, default: (event.project ?? "", [])].messages.append(message)
@@ -277,16 +336,23 @@ extension LoadRun {
                 guard from < messages.count else { continue }
                 any = true
                 let slice = messages[from..<min(from + batch, messages.count)]
-                requests.append((queue, project, Array("{\"messages\":[".utf8) + Array(slice.joined(separator: [UInt8(ascii: ",")])) + Array("]}".utf8), slice.count))
+                requests.append(
+                    (
+                        queue, project,
+                        Array("{\"messages\":[".utf8) + Array(slice.joined(separator: [UInt8(ascii: ",")]))
+                            + Array("]}".utf8), slice.count
+                    ))
             }
             if !any { break }
             round += 1
         }
         let deliveries = requests.reduce(0) { $0 + $1.count }
-        let recorder = recorder(start: DispatchTime.now().uptimeNanoseconds, rate: 1_000_000_000, eventPrefix: "post\(batch)-")
+        let recorder = recorder(
+            start: DispatchTime.now().uptimeNanoseconds, rate: 1_000_000_000, eventPrefix: "post\(batch)-")
         sink!.use(recorder)
         var configuration = HTTPClient.Configuration()
-        configuration.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: options.onePostConnections)
+        configuration.connectionPool = .init(
+            idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: options.onePostConnections)
         let client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
         let url = sink!.url
         let all = requests
@@ -307,7 +373,11 @@ extension LoadRun {
                         request.body = .bytes(ByteBuffer(bytes: all[index].body))
                         let response = try await client.execute(request, timeout: .seconds(30))
                         let answer = try await response.body.collect(upTo: 1 << 20)
-                        guard response.status == .created else { throw ValidationError("posting batches of \(batch): the sink answered \(response.status): \(String(buffer: answer))") }
+                        guard response.status == .created else {
+                            throw ValidationError(
+                                "posting batches of \(batch): the sink answered \(response.status): \(String(buffer: answer))"
+                            )
+                        }
                     }
                 }
             }
@@ -316,7 +386,9 @@ extension LoadRun {
         let seconds = (ContinuousClock.now - start).seconds
         try await client.shutdown()
         let delivered = recorder.state.withLock { $0.delivered }
-        guard delivered == deliveries else { throw ValidationError("posting batches of \(batch): the sink recorded \(delivered) of \(deliveries)") }
+        guard delivered == deliveries else {
+            throw ValidationError("posting batches of \(batch): the sink recorded \(delivered) of \(deliveries)")
+        }
         return Double(deliveries) / seconds
     }
 }

@@ -3,8 +3,8 @@ import AsyncHTTPClient
 import Coordination
 import Delivery
 import Foundation
-import Histogram
 import HeraldModel
+import Histogram
 import Messaging
 import NIOCore
 import NIOHTTP1
@@ -48,7 +48,8 @@ final class LoadNode: @unchecked Sendable {
 
     static func cpuSeconds(pid: pid_t) -> Double? {
         guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-              let close = text.lastIndex(of: ")") else { return nil }
+            let close = text.lastIndex(of: ")")
+        else { return nil }
         let fields = text[text.index(after: close)...].split(separator: " ")
         // After the command: state is field 3, utime 14 and stime 15 (1-based over the whole line).
         guard fields.count > 13, let user = Double(fields[11]), let system = Double(fields[12]) else { return nil }
@@ -99,16 +100,24 @@ final class LoadRun: @unchecked Sendable {
             prefix = "herald-load-\(id):"
             vhost = "herald-load-\(id)"
             guard options.amqpURL.hasSuffix("/%2F") || options.amqpURL.hasSuffix("/") else {
-                throw ValidationError("--amqp-url \(options.amqpURL): give the broker's root vhost URL (…/%2F); the run makes a vhost of its own")
+                throw ValidationError(
+                    "--amqp-url \(options.amqpURL): give the broker's root vhost URL (…/%2F); the run makes a vhost of its own"
+                )
             }
-            vhostURL = options.amqpURL.replacingOccurrences(of: "/%2F", with: "") .trimmingCharacters(in: CharacterSet(charactersIn: "/")) + "/" + vhost
+            vhostURL =
+                options.amqpURL.replacingOccurrences(of: "/%2F", with: "").trimmingCharacters(
+                    in: CharacterSet(charactersIn: "/")) + "/" + vhost
         }
-        executable = try options.herald ?? URL(fileURLWithPath: FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
+        executable =
+            try options.herald
+            ?? URL(fileURLWithPath: FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
             .deletingLastPathComponent().appendingPathComponent("herald").path
         guard FileManager.default.isExecutableFile(atPath: executable) else {
-            throw ValidationError("--herald \(executable): not an executable; build it with swift build -c release --product herald")
+            throw ValidationError(
+                "--herald \(executable): not an executable; build it with swift build -c release --product herald")
         }
-        corpus = NotificationCorpus(count: options.templates, size: options.size, projects: options.projects, messageID: Self.placeholder)
+        corpus = NotificationCorpus(
+            count: options.templates, size: options.size, projects: options.projects, messageID: Self.placeholder)
         redis = RedisClient(configuration: try RedisConfiguration(url: options.redisURL))
     }
 
@@ -125,20 +134,26 @@ final class LoadRun: @unchecked Sendable {
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
         for descriptor: Int32 in [0, 1, 2] {
-            posix_spawn_file_actions_addopen(&actions, descriptor, "/dev/null", descriptor == 0 ? O_RDONLY : O_WRONLY, 0)
+            posix_spawn_file_actions_addopen(
+                &actions, descriptor, "/dev/null", descriptor == 0 ? O_RDONLY : O_WRONLY, 0)
         }
         var pid: pid_t = 0
         let cArguments = argv.map { strdup($0) } + [nil]
         defer { for argument in cArguments { free(argument) } }
         let spawned = posix_spawn(&pid, argv[0], &actions, nil, cArguments, environ)
-        guard spawned == 0 else { throw ValidationError("\(options.servers) \(arguments.joined(separator: " ")): cannot start it (errno \(spawned))") }
+        guard spawned == 0 else {
+            throw ValidationError(
+                "\(options.servers) \(arguments.joined(separator: " ")): cannot start it (errno \(spawned))")
+        }
         var status: Int32 = 0
         while waitpid(pid, &status, 0) == -1 && errno == EINTR {}
         // WIFEXITED and WEXITSTATUS, spelled out (the macros do not come through to Swift).
         let exited = status & 0x7f == 0
         let code = (status >> 8) & 0xff
         guard exited && code == 0 else {
-            throw ValidationError("\(options.servers) \(arguments.joined(separator: " ")) failed (\(exited ? "exit status \(code)" : "signal \(status & 0x7f)"))")
+            throw ValidationError(
+                "\(options.servers) \(arguments.joined(separator: " ")) failed (\(exited ? "exit status \(code)" : "signal \(status & 0x7f)"))"
+            )
         }
     }
 
@@ -149,7 +164,9 @@ final class LoadRun: @unchecked Sendable {
     /// Starts a node: a new one, or `name` again (its log is appended to).
     func startNode(name given: String? = nil) throws -> String {
         let name: String
-        if let given { name = given } else {
+        if let given {
+            name = given
+        } else {
             nodeCounter += 1
             name = "node-\(nodeCounter)"
         }
@@ -158,28 +175,39 @@ final class LoadRun: @unchecked Sendable {
         address.sin_family = sa_family_t(AF_INET)
         address.sin_addr.s_addr = inet_addr("127.0.0.1")
         var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(socket, $0, length) } }
-        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(socket, $0, &length) } }
+        _ = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(socket, $0, length) }
+        }
+        _ = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(socket, $0, &length) }
+        }
         let port = Int(UInt16(bigEndian: address.sin_port))
         close(socket)
         var environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("HERALD_") }
         environment.merge([
-            "HERALD_NODE_ID": name, "HERALD_REDIS_URL": options.redisURL, "HERALD_AMQP_URL": vhostURL, "HERALD_ZAQAR_URL": sink!.url,
-            "HERALD_KEY_PREFIX": prefix, "HERALD_PARTITIONS": "\(options.partitions)", "HERALD_EXCHANGES": "nova,neutron,cinder",
-            "HERALD_API_HOST": "127.0.0.1", "HERALD_API_PORT": "\(port)", "HERALD_API_AUTH": "trusted-header", "HERALD_LOG_LEVEL": options.nodeLogLevel,
+            "HERALD_NODE_ID": name, "HERALD_REDIS_URL": options.redisURL, "HERALD_AMQP_URL": vhostURL,
+            "HERALD_ZAQAR_URL": sink!.url,
+            "HERALD_KEY_PREFIX": prefix, "HERALD_PARTITIONS": "\(options.partitions)",
+            "HERALD_EXCHANGES": "nova,neutron,cinder",
+            "HERALD_API_HOST": "127.0.0.1", "HERALD_API_PORT": "\(port)", "HERALD_API_AUTH": "trusted-header",
+            "HERALD_LOG_LEVEL": options.nodeLogLevel,
         ]) { _, new in new }
         // Persistent notifications come with durable exchanges (oslo.messaging's
         // amqp_durable_queues): only then do Herald's bindings survive a broker restart.
         if options.persistent { environment["HERALD_EXCHANGES_DURABLE"] = "true" }
         environment.merge(options.nodeEnvironment) { _, new in new }
         try FileManager.default.createDirectory(atPath: options.out, withIntermediateDirectories: true)
-        nodes[name] = try LoadNode(name: name, executable: executable, environment: environment, log: "\(options.out)/\(name).log")
+        nodes[name] = try LoadNode(
+            name: name, executable: executable, environment: environment, log: "\(options.out)/\(name).log")
         return name
     }
 
     /// Node → partitions whose lease it holds.
     func partitionsByNode() async -> [String: Int] {
-        guard let view = try? await ClusterInspector(redis: redis, keyPrefix: prefix).view(partitionCount: options.partitions) else { return [:] }
+        guard
+            let view = try? await ClusterInspector(redis: redis, keyPrefix: prefix).view(
+                partitionCount: options.partitions)
+        else { return [:] }
         return view.leases.reduce(into: [:]) { counts, lease in counts[lease.node, default: 0] += 1 }
     }
 
@@ -194,13 +222,17 @@ final class LoadRun: @unchecked Sendable {
             }
             try await Task.sleep(for: .milliseconds(200))
         }
-        throw ValidationError("the nodes did not become ready with every partition held within \(timeout)" +
-                              (options.attach == nil ? "; see \(options.out)/node-*.log" : " (are --key-prefix \(prefix) and --partitions \(options.partitions) the nodes' own?)"))
+        throw ValidationError(
+            "the nodes did not become ready with every partition held within \(timeout)"
+                + (options.attach == nil
+                    ? "; see \(options.out)/node-*.log"
+                    : " (are --key-prefix \(prefix) and --partitions \(options.partitions) the nodes' own?)"))
     }
 
     /// The API of every node: those the harness started, or those of --attach.
     var nodeAPIs: [String] {
-        options.attach == nil ? nodes.values.sorted { $0.name < $1.name }.map { "http://127.0.0.1:\($0.apiPort)" } : options.attachedAPIs
+        options.attach == nil
+            ? nodes.values.sorted { $0.name < $1.name }.map { "http://127.0.0.1:\($0.apiPort)" } : options.attachedAPIs
     }
 
     /// Whether the node's /readyz answers 200.
@@ -211,7 +243,8 @@ final class LoadRun: @unchecked Sendable {
     func isReady(api: String, timeout: Duration) async -> Bool {
         var request = HTTPClientRequest(url: "\(api)/readyz")
         request.method = .GET
-        return (try? await HTTPClient.shared.execute(request, timeout: .milliseconds(timeout.milliseconds)).status) == .ok
+        return (try? await HTTPClient.shared.execute(request, timeout: .milliseconds(timeout.milliseconds)).status)
+            == .ok
     }
 
     /// Template `seq % templates` with message id `<prefix>-<seq, 12 digits>`.
@@ -223,7 +256,8 @@ final class LoadRun: @unchecked Sendable {
     /// A recorder of the run's subscriptions for events whose ids begin with `eventPrefix`.
     func recorder(start: UInt64, rate: Int, eventPrefix: String = "load-") -> DeliveryRecorder {
         DeliveryRecorder(
-            start: start, rate: rate, subscriptionIndex: Dictionary(uniqueKeysWithValues: subscriptionIDs.enumerated().map { ($1, $0) }),
+            start: start, rate: rate,
+            subscriptionIndex: Dictionary(uniqueKeysWithValues: subscriptionIDs.enumerated().map { ($1, $0) }),
             subscriptionProjects: subscriptionProjects, eventPrefix: eventPrefix
         )
     }
@@ -247,15 +281,24 @@ final class LoadRun: @unchecked Sendable {
                     request.headers.add(name: "X-Project-Id", value: subscription.project)
                     request.headers.add(name: "Content-Type", value: "application/json")
                     let body: [String: Any] = [
-                        "event_types": subscription.eventTypes, "target": ["queue": subscription.target.queue, "zaqar_url": zaqarURL.map { $0 as Any } ?? NSNull()],
-                        "conditions": subscription.conditions.map { ["field": $0.field, "op": $0.op.rawValue, "value": $0.value?.foundationObject ?? NSNull()] },
+                        "event_types": subscription.eventTypes,
+                        "target": [
+                            "queue": subscription.target.queue, "zaqar_url": zaqarURL.map { $0 as Any } ?? NSNull(),
+                        ],
+                        "conditions": subscription.conditions.map {
+                            ["field": $0.field, "op": $0.op.rawValue, "value": $0.value?.foundationObject ?? NSNull()]
+                        },
                     ]
                     request.body = .bytes(ByteBuffer(bytes: try JSONSerialization.data(withJSONObject: body)))
                     let response = try await HTTPClient.shared.execute(request, timeout: .seconds(30))
                     let data = try await response.body.collect(upTo: 1 << 20)
-                    guard response.status == .created, let object = try? JSONSerialization.jsonObject(with: Data(buffer: data)) as? [String: Any],
-                          let id = object["id"] as? String
-                    else { throw ValidationError("creating subscription \(index): \(response.status) \(String(buffer: data))") }
+                    guard response.status == .created,
+                        let object = try? JSONSerialization.jsonObject(with: Data(buffer: data)) as? [String: Any],
+                        let id = object["id"] as? String
+                    else {
+                        throw ValidationError(
+                            "creating subscription \(index): \(response.status) \(String(buffer: data))")
+                    }
                     return (index, id)
                 }
             }
@@ -279,7 +322,11 @@ final class LoadRun: @unchecked Sendable {
             let status = try? await HTTPClient.shared.execute(request, timeout: .seconds(30)).status
             if status != .noContent && status != .ok { failed += 1 }
         }
-        if failed > 0 { log("could not delete \(failed) of the run's \(subscriptionIDs.count) subscriptions; delete them through the API") }
+        if failed > 0 {
+            log(
+                "could not delete \(failed) of the run's \(subscriptionIDs.count) subscriptions; delete them through the API"
+            )
+        }
     }
 
     func execute() async throws -> LoadResult {
@@ -296,9 +343,14 @@ final class LoadRun: @unchecked Sendable {
         let index = SubscriptionIndex(subscriptions)
         let placeholder = Array(Self.placeholder.utf8)
         templates = try corpus.envelopes.map { envelope in
-            guard let at = DeliveryRecorder.find(placeholder, in: envelope, from: 0) else { throw ValidationError("template without its message id placeholder") }
+            guard let at = DeliveryRecorder.find(placeholder, in: envelope, from: 0) else {
+                throw ValidationError("template without its message id placeholder")
+            }
             let event = try NotificationDecoder.decode(envelope)[0]
-            return (Array(envelope[..<at]), Array(envelope[(at + placeholder.count)...]), index.matches(event).map { subscriptions.firstIndex(of: $0)! })
+            return (
+                Array(envelope[..<at]), Array(envelope[(at + placeholder.count)...]),
+                index.matches(event).map { subscriptions.firstIndex(of: $0)! }
+            )
         }
         let averageBytes = corpus.envelopes.reduce(0) { $0 + $1.count } / corpus.envelopes.count
 
@@ -307,7 +359,9 @@ final class LoadRun: @unchecked Sendable {
         sink = try await RecordingSink.start(upstream: zaqarURL)
         if options.attach == nil {
             for _ in 0..<options.nodes { _ = try startNode() }
-            log("\(options.nodes) nodes starting (\(executable)), vhost \(vhost), key prefix \(prefix), sink \(sink!.url)")
+            log(
+                "\(options.nodes) nodes starting (\(executable)), vhost \(vhost), key prefix \(prefix), sink \(sink!.url)"
+            )
         } else {
             log("using the running nodes \(nodeAPIs.joined(separator: ", ")), key prefix \(prefix), sink \(sink!.url)")
         }
@@ -332,14 +386,20 @@ final class LoadRun: @unchecked Sendable {
 
         let expectedPerTemplate = templates.map(\.matches.count)
         let total = rate * options.duration
-        log(String(format: "publishing %d events at %d/s for %d s (%d B each on average); %.2f deliveries per event expected", total, rate, options.duration, averageBytes,
-                   Double(templates.reduce(0) { $0 + $1.matches.count }) / Double(templates.count)))
+        log(
+            String(
+                format:
+                    "publishing %d events at %d/s for %d s (%d B each on average); %.2f deliveries per event expected",
+                total, rate, options.duration, averageBytes,
+                Double(templates.reduce(0) { $0 + $1.matches.count }) / Double(templates.count)))
         for node in nodes.values {
             node.sampleCPU()
             node.cpuAtStart = node.cpuSeconds
         }
         let harnessAtStart = LoadNode.cpuSeconds(pid: getpid()) ?? 0
-        let publisher = Task { try await self.publish(total: total, recorder: recorder, expectedPerTemplate: expectedPerTemplate) }
+        let publisher = Task {
+            try await self.publish(total: total, recorder: recorder, expectedPerTemplate: expectedPerTemplate)
+        }
         let scenarioTask = Task { await self.runScenario(start: start) }
         let sampler = Task { await self.sample(start: start, recorder: recorder, until: { false }) }
         try await publisher.value
@@ -349,8 +409,14 @@ final class LoadRun: @unchecked Sendable {
         while true {
             let delivered = recorder.state.withLock { $0.delivered }
             if delivered >= expectedSoFar.load(ordering: .relaxed) { break }
-            if delivered != last { last = delivered; still = .now }
-            if ContinuousClock.now - still > .seconds(options.drain) { log("no progress for \(options.drain) s: giving up on the rest"); break }
+            if delivered != last {
+                last = delivered
+                still = .now
+            }
+            if ContinuousClock.now - still > .seconds(options.drain) {
+                log("no progress for \(options.drain) s: giving up on the rest")
+                break
+            }
             try await Task.sleep(for: .milliseconds(200))
         }
         try await Task.sleep(for: .seconds(1))  // late duplicates
@@ -375,8 +441,11 @@ final class LoadRun: @unchecked Sendable {
         var zaqar: LoadResult.ZaqarCheck?
         if let zaqarURL {
             let accepted = recorder.state.withLock { $0.delivered + $0.duplicates }
-            zaqar = LoadResult.ZaqarCheck(url: zaqarURL, storedBefore: storedBefore, storedAfter: await zaqarStored(subscriptions, url: zaqarURL), accepted: accepted,
-                                          refusedByStatus: Dictionary(uniqueKeysWithValues: sink!.refused.withLock { $0 }.map { ("\($0.key)", $0.value) }))
+            zaqar = LoadResult.ZaqarCheck(
+                url: zaqarURL, storedBefore: storedBefore, storedAfter: await zaqarStored(subscriptions, url: zaqarURL),
+                accepted: accepted,
+                refusedByStatus: Dictionary(
+                    uniqueKeysWithValues: sink!.refused.withLock { $0 }.map { ("\($0.key)", $0.value) }))
         }
         let deadLetters = await deadLetterCount() - deadLettersBefore
         _ = await sampler.value
@@ -389,18 +458,27 @@ final class LoadRun: @unchecked Sendable {
         let state = recorder.state.withLock { $0 }
         var lost = 0
         for seq in 0..<publishedCount {
-            for subscription in templates[seq % templates.count].matches where state.counts[seq * subscriptions.count + subscription] == nil { lost += 1 }
+            for subscription in templates[seq % templates.count].matches
+            where state.counts[seq * subscriptions.count + subscription] == nil { lost += 1 }
         }
         let harnessCPU = (LoadNode.cpuSeconds(pid: getpid()) ?? 0) - harnessAtStart
         var processes = nodes.values.sorted { $0.name < $1.name }.map {
-            LoadResult.Process(name: $0.name, cpuSeconds: $0.cpuSeconds - $0.cpuAtStart, cpuMicrosecondsPerEvent: ($0.cpuSeconds - $0.cpuAtStart) * 1e6 / Double(max(publishedCount, 1)),
-                               exitStatus: $0.process.isRunning ? nil : $0.process.terminationStatus)
+            LoadResult.Process(
+                name: $0.name, cpuSeconds: $0.cpuSeconds - $0.cpuAtStart,
+                cpuMicrosecondsPerEvent: ($0.cpuSeconds - $0.cpuAtStart) * 1e6 / Double(max(publishedCount, 1)),
+                exitStatus: $0.process.isRunning ? nil : $0.process.terminationStatus)
         }
-        processes.append(.init(name: "harness", cpuSeconds: harnessCPU, cpuMicrosecondsPerEvent: harnessCPU * 1e6 / Double(max(publishedCount, 1)), exitStatus: nil))
+        processes.append(
+            .init(
+                name: "harness", cpuSeconds: harnessCPU,
+                cpuMicrosecondsPerEvent: harnessCPU * 1e6 / Double(max(publishedCount, 1)), exitStatus: nil))
         return LoadResult(
-            rate: rate, duration: options.duration, nodes: options.attach == nil ? options.nodes : nodeAPIs.count, subscriptions: options.subscriptions, projects: options.projects,
-            partitions: options.partitions, averageEventBytes: averageBytes, published: publishedCount, expectedDeliveries: expectedSoFar.load(ordering: .relaxed),
-            delivered: state.delivered, lost: lost, duplicates: state.duplicates, stillQueued: stillQueued, deadLetters: deadLetters, latencyMs: DeliveryRecorder.percentiles(state.latency),
+            rate: rate, duration: options.duration, nodes: options.attach == nil ? options.nodes : nodeAPIs.count,
+            subscriptions: options.subscriptions, projects: options.projects,
+            partitions: options.partitions, averageEventBytes: averageBytes, published: publishedCount,
+            expectedDeliveries: expectedSoFar.load(ordering: .relaxed),
+            delivered: state.delivered, lost: lost, duplicates: state.duplicates, stillQueued: stillQueued,
+            deadLetters: deadLetters, latencyMs: DeliveryRecorder.percentiles(state.latency),
             projectLatency: projectLatency(state),
             intervals: intervals, events: scenario, processes: processes, baselines: baselines, zaqar: zaqar
         )
@@ -414,7 +492,8 @@ final class LoadRun: @unchecked Sendable {
         // Same settings for all (add() requires it).
         for (project, histogram) in state.latencyByProject where !faulted.contains(project) { others.add(histogram) }
         return LoadResult.ProjectLatency(
-            byProject: state.latencyByProject.compactMapValues(DeliveryRecorder.percentiles), faulted: faulted.sorted(), others: DeliveryRecorder.percentiles(others)
+            byProject: state.latencyByProject.compactMapValues(DeliveryRecorder.percentiles), faulted: faulted.sorted(),
+            others: DeliveryRecorder.percentiles(others)
         )
     }
 
@@ -438,8 +517,8 @@ final class LoadRun: @unchecked Sendable {
                 let response = try await HTTPClient.shared.execute(request, timeout: .seconds(30))
                 let body = try await response.body.collect(upTo: 1 << 20)
                 guard response.status == .ok,
-                      let object = try JSONSerialization.jsonObject(with: Data(buffer: body)) as? [String: Any],
-                      let messages = object["messages"] as? [String: Any], let count = messages["total"] as? Int
+                    let object = try JSONSerialization.jsonObject(with: Data(buffer: body)) as? [String: Any],
+                    let messages = object["messages"] as? [String: Any], let count = messages["total"] as? Int
                 else { throw ValidationError("\(response.status) \(String(buffer: body))") }
                 total += count
             } catch {
@@ -458,7 +537,8 @@ final class LoadRun: @unchecked Sendable {
         // notification counted as published is one the broker took.
         var channel = try await connection.openChannel()
         try await channel.enableConfirms()
-        try await channel.declareExchange("nova", options: AMQPExchangeOptions(type: "topic", durable: options.persistent))
+        try await channel.declareExchange(
+            "nova", options: AMQPExchangeOptions(type: "topic", durable: options.persistent))
         var seq = 0
         while seq < total {
             let now = DispatchTime.now().uptimeNanoseconds
@@ -470,7 +550,11 @@ final class LoadRun: @unchecked Sendable {
             var batch: [AMQPOutgoingMessage] = []
             var expected = 0
             while seq < total && recorder.intended(seq) <= now && batch.count < 500 {
-                batch.append(AMQPOutgoingMessage(exchange: "nova", routingKey: "notifications.info", body: envelope(seq, prefix: "load"), properties: AMQPMessageProperties(contentType: "application/json", persistent: options.persistent)))
+                batch.append(
+                    AMQPOutgoingMessage(
+                        exchange: "nova", routingKey: "notifications.info", body: envelope(seq, prefix: "load"),
+                        properties: AMQPMessageProperties(
+                            contentType: "application/json", persistent: options.persistent)))
                 expected += expectedPerTemplate[seq % templates.count]
                 seq += 1
             }
@@ -482,7 +566,9 @@ final class LoadRun: @unchecked Sendable {
                     // The broker restarting: the same batch again (may duplicate what got through).
                     log("publish failed (\(error)); retrying")
                     try await Task.sleep(for: .milliseconds(500))
-                    if let fresh = try? await connection.openChannel(), (try? await fresh.enableConfirms()) != nil { channel = fresh }
+                    if let fresh = try? await connection.openChannel(), (try? await fresh.enableConfirms()) != nil {
+                        channel = fresh
+                    }
                 }
             }
             published.add(batch.count, ordering: .relaxed)
@@ -501,23 +587,33 @@ final class LoadRun: @unchecked Sendable {
                 switch event.action {
                 case .addNode: _ = try startNode()
                 case .sigterm: nodes[event.node!]?.signal(SIGTERM)
-                case .kill9: nodes[event.node!]?.sampleCPU(); nodes[event.node!]?.signal(SIGKILL)
+                case .kill9:
+                    nodes[event.node!]?.sampleCPU()
+                    nodes[event.node!]?.signal(SIGKILL)
                 case .pause:
                     let node = nodes[event.node!]
                     node?.signal(SIGSTOP)
-                    Task { try? await Task.sleep(for: .seconds(event.seconds!)); node?.signal(SIGCONT) }
+                    Task {
+                        try? await Task.sleep(for: .seconds(event.seconds!))
+                        node?.signal(SIGCONT)
+                    }
                 case .restartRedis: try control("restart", "redis")
                 case .restartRabbitMQ: try control("restart", "rabbitmq")
                 case .sinkFail, .sinkStall, .zaqarOutage:
                     sink?.set(event.action == .sinkFail ? .failing : event.action == .sinkStall ? .stalling : .down)
                     let sink = sink
-                    Task { try? await Task.sleep(for: .seconds(event.seconds!)); sink?.set(.normal) }
+                    Task {
+                        try? await Task.sleep(for: .seconds(event.seconds!))
+                        sink?.set(.normal)
+                    }
                 case .redisOutage:
                     try control("stop", "redis", "keep")
                     let seconds = event.seconds ?? 0
                     Task {
                         try? await Task.sleep(for: .seconds(seconds))
-                        do { try self.control("start", "redis") } catch { self.log("starting Redis again failed: \(error)") }
+                        do { try self.control("start", "redis") } catch {
+                            self.log("starting Redis again failed: \(error)")
+                        }
                     }
                 case .rabbitmqNodeKill:
                     let node = event.node ?? "1"
@@ -525,20 +621,27 @@ final class LoadRun: @unchecked Sendable {
                     let seconds = event.seconds ?? 0
                     Task {
                         try? await Task.sleep(for: .seconds(seconds))
-                        do { try self.control("cluster", "start", node) } catch { self.log("starting RabbitMQ node \(node) again failed: \(error)") }
+                        do { try self.control("cluster", "start", node) } catch {
+                            self.log("starting RabbitMQ node \(node) again failed: \(error)")
+                        }
                     }
                 case .redisFailover:
                     try control("sentinel", "kill-master")
                     let seconds = event.seconds ?? 0
                     Task {
                         try? await Task.sleep(for: .seconds(seconds))
-                        do { try self.control("sentinel", "restart-old") } catch { self.log("starting the old Redis master again failed: \(error)") }
+                        do { try self.control("sentinel", "restart-old") } catch {
+                            self.log("starting the old Redis master again failed: \(error)")
+                        }
                     }
                 case .targetFail, .slowTarget:
                     let project = event.project ?? ""
                     sink?.set(event.action == .targetFail ? .failing : .slow, project: project)
                     let sink = sink
-                    Task { try? await Task.sleep(for: .seconds(event.seconds!)); sink?.set(nil, project: project) }
+                    Task {
+                        try? await Task.sleep(for: .seconds(event.seconds!))
+                        sink?.set(nil, project: project)
+                    }
                 }
             } catch {
                 log("scenario event \(event.label) failed: \(error)")
@@ -562,15 +665,18 @@ final class LoadRun: @unchecked Sendable {
             for node in nodes.values { node.sampleCPU() }
             let interval = LoadResult.Interval(
                 second: second, published: publishedNow - lastPublished, delivered: delivered - lastDelivered,
-                backlog: expectedSoFar.load(ordering: .relaxed) - delivered, latencyMs: histogram.flatMap(DeliveryRecorder.percentiles), partitions: partitions
+                backlog: expectedSoFar.load(ordering: .relaxed) - delivered,
+                latencyMs: histogram.flatMap(DeliveryRecorder.percentiles), partitions: partitions
             )
             intervals.append(interval)
             let p99 = interval.latencyMs.map { String(format: "%.1f", $0.p99) } ?? "-"
-            FileHandle.standardError.write(Data(String(
-                format: "t=%3d s  published %6d/s  delivered %6d/s  backlog %7d  p99 %8@ ms  partitions %@\n",
-                second, interval.published, interval.delivered, interval.backlog, p99,
-                partitions.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
-            ).utf8))
+            FileHandle.standardError.write(
+                Data(
+                    String(
+                        format: "t=%3d s  published %6d/s  delivered %6d/s  backlog %7d  p99 %8@ ms  partitions %@\n",
+                        second, interval.published, interval.delivered, interval.backlog, p99,
+                        partitions.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
+                    ).utf8))
             lastPublished = publishedNow
             lastDelivered = delivered
             second += 1
@@ -590,6 +696,10 @@ final class LoadRun: @unchecked Sendable {
         }
         await sink?.stop()
         try? control("rabbitmqctl", "delete_vhost", vhost)
-        _ = try? await redis.pipeline([RedisCommand("EVAL", "for _, k in ipairs(redis.call('KEYS', ARGV[1] .. '*')) do redis.call('DEL', k) end return 1", "0", prefix)])
+        _ = try? await redis.pipeline([
+            RedisCommand(
+                "EVAL", "for _, k in ipairs(redis.call('KEYS', ARGV[1] .. '*')) do redis.call('DEL', k) end return 1",
+                "0", prefix)
+        ])
     }
 }

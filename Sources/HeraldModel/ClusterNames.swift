@@ -9,7 +9,8 @@ public struct ClusterNames: Sendable, Equatable {
     /// - Throws: `SubscriptionValidationError`-free: a `ClusterNameError` naming what is wrong.
     public init(cluster: String) throws(ClusterNameError) {
         let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
-        guard (1...64).contains(cluster.count), cluster.allSatisfy({ allowed.contains($0) }), !cluster.hasPrefix("amq.") else {
+        guard (1...64).contains(cluster.count), cluster.allSatisfy({ allowed.contains($0) }), !cluster.hasPrefix("amq.")
+        else {
             throw ClusterNameError(name: cluster)
         }
         self.cluster = cluster

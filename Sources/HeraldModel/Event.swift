@@ -61,7 +61,9 @@ public struct NotificationEvent: Sendable, Equatable {
 
     /// An event from its JSON bytes; `body` is parsed from them only when something asks
     /// (a condition on a payload field).
-    public init(eventType: String, messageID: String, project: String?, json: [UInt8], traits: [String: JSONValue] = [:]) {
+    public init(
+        eventType: String, messageID: String, project: String?, json: [UInt8], traits: [String: JSONValue] = [:]
+    ) {
         self.eventType = eventType
         self.messageID = messageID
         self.project = project
@@ -71,10 +73,14 @@ public struct NotificationEvent: Sendable, Equatable {
     }
 
     /// An event from a parsed value (encoded once, keys sorted).
-    public init(eventType: String, messageID: String, project: String?, body: JSONValue, traits: [String: JSONValue] = [:]) {
+    public init(
+        eventType: String, messageID: String, project: String?, body: JSONValue, traits: [String: JSONValue] = [:]
+    ) {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        self.init(eventType: eventType, messageID: messageID, project: project, json: Array((try? encoder.encode(body)) ?? Data("{}".utf8)), traits: traits)
+        self.init(
+            eventType: eventType, messageID: messageID, project: project,
+            json: Array((try? encoder.encode(body)) ?? Data("{}".utf8)), traits: traits)
         parsed.store(body)
     }
 
@@ -82,7 +88,8 @@ public struct NotificationEvent: Sendable, Equatable {
     public var body: JSONValue { parsed.value }
 
     public static func == (lhs: NotificationEvent, rhs: NotificationEvent) -> Bool {
-        lhs.eventType == rhs.eventType && lhs.messageID == rhs.messageID && lhs.project == rhs.project && lhs.traits == rhs.traits && lhs.body == rhs.body
+        lhs.eventType == rhs.eventType && lhs.messageID == rhs.messageID && lhs.project == rhs.project
+            && lhs.traits == rhs.traits && lhs.body == rhs.body
             && lhs.contextProject == rhs.contextProject
     }
 
@@ -149,7 +156,9 @@ final class ParsedJSON: Sendable {
                 current = next
             case .array(let items):
                 // As a JSON pointer reads it: a decimal index.
-                guard let index = Int(segment), index >= 0, index < items.count, String(index) == segment else { return nil }
+                guard let index = Int(segment), index >= 0, index < items.count, String(index) == segment else {
+                    return nil
+                }
                 current = items[index]
             default:
                 return nil

@@ -1,8 +1,10 @@
 /// fnmatch-style matching of `*` and `?` over bytes.
 public enum Glob {
     public static func matches(_ pattern: [UInt8], _ text: [UInt8]) -> Bool {
-        var p = 0, t = 0
-        var star = -1, mark = 0
+        var p = 0
+        var t = 0
+        var star = -1
+        var mark = 0
         while t < text.count {
             if p < pattern.count && (pattern[p] == UInt8(ascii: "?") || pattern[p] == text[t]) {
                 p += 1
@@ -23,4 +25,3 @@ public enum Glob {
         return p == pattern.count
     }
 }
-

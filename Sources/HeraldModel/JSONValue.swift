@@ -43,7 +43,9 @@ public enum JSONValue: Codable, Sendable, Hashable, CustomStringConvertible {
         case .number(let value): return value == value.rounded() && abs(value) < 1e15 ? "\(Int64(value))" : "\(value)"
         case .string(let value): return "\"\(value)\""
         case .array(let value): return "[" + value.map(\.description).joined(separator: ", ") + "]"
-        case .object(let value): return "{" + value.sorted { $0.key < $1.key }.map { "\"\($0.key)\": \($0.value)" }.joined(separator: ", ") + "}"
+        case .object(let value):
+            return "{" + value.sorted { $0.key < $1.key }.map { "\"\($0.key)\": \($0.value)" }.joined(separator: ", ")
+                + "}"
         }
     }
 

@@ -40,7 +40,9 @@ public enum NotificationScanner {
         return withScanner { scanner -> JSONValue? in
             var out = herald_json_value()
             let status = json.withUnsafeBufferPointer { buffer in
-                pointer.withCString { herald_lookup(scanner, buffer.baseAddress, buffer.count, $0, pointer.utf8.count, &out) }
+                pointer.withCString {
+                    herald_lookup(scanner, buffer.baseAddress, buffer.count, $0, pointer.utf8.count, &out)
+                }
             }
             guard status == 0 else { return nil }
             let text = UnsafeBufferPointer(start: out.text.data, count: out.text.length)
@@ -62,7 +64,9 @@ public enum NotificationScanner {
         return withScanner { scanner -> [UInt8]? in
             var out = herald_bytes()
             let status = json.withUnsafeBufferPointer { buffer in
-                pointer.withCString { herald_lookup_raw(scanner, buffer.baseAddress, buffer.count, $0, pointer.utf8.count, &out) }
+                pointer.withCString {
+                    herald_lookup_raw(scanner, buffer.baseAddress, buffer.count, $0, pointer.utf8.count, &out)
+                }
             }
             guard status == 0, let data = out.data else { return nil }
             return Array(UnsafeBufferPointer(start: data, count: out.length))

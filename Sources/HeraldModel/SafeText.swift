@@ -12,7 +12,9 @@ public enum SafeText {
                 break
             }
             let category = scalar.properties.generalCategory
-            out.append(category == .control || category == .format || category == .lineSeparator || category == .paragraphSeparator ? "?" : scalar)
+            out.append(
+                category == .control || category == .format || category == .lineSeparator
+                    || category == .paragraphSeparator ? "?" : scalar)
             count += 1
         }
         return String(out)

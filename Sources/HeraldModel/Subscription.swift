@@ -120,8 +120,12 @@ public struct Subscription: Codable, Sendable, Equatable, Identifiable {
             SubscriptionValidationError(field: field, message: message)
         }
         guard !project.isEmpty, project.count <= 255 else { throw fail("project", "must be 1 to 255 characters") }
-        guard !eventTypes.isEmpty else { throw fail("event_types", "needs at least one pattern, e.g. \"compute.instance.*\"") }
-        guard eventTypes.count <= Limits.patterns else { throw fail("event_types", "has \(eventTypes.count) patterns; at most \(Limits.patterns)") }
+        guard !eventTypes.isEmpty else {
+            throw fail("event_types", "needs at least one pattern, e.g. \"compute.instance.*\"")
+        }
+        guard eventTypes.count <= Limits.patterns else {
+            throw fail("event_types", "has \(eventTypes.count) patterns; at most \(Limits.patterns)")
+        }
         let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-*?:")
         for (index, pattern) in eventTypes.enumerated() {
             let body = pattern.hasPrefix("!") ? pattern.dropFirst() : Substring(pattern)
@@ -129,7 +133,10 @@ public struct Subscription: Codable, Sendable, Equatable, Identifiable {
                 throw fail("event_types[\(index)]", "is \(body.count) characters; at most \(Limits.patternCharacters)")
             }
             guard !body.isEmpty, body.allSatisfy({ allowed.contains($0) }) else {
-                throw fail("event_types[\(index)]", "'\(pattern)' must be letters, digits, '.', '_', '-', ':' and the wildcards '*' '?', optionally after one leading '!'")
+                throw fail(
+                    "event_types[\(index)]",
+                    "'\(pattern)' must be letters, digits, '.', '_', '-', ':' and the wildcards '*' '?', optionally after one leading '!'"
+                )
             }
             let wildcards = body.filter { $0 == "*" || $0 == "?" }.count
             guard wildcards <= Limits.wildcardsPerPattern else {
@@ -139,19 +146,26 @@ public struct Subscription: Codable, Sendable, Equatable, Identifiable {
         guard eventTypes.contains(where: { !$0.hasPrefix("!") }) else {
             throw fail("event_types", "has only exclusions ('!...'); add a pattern that includes events")
         }
-        guard conditions.count <= Limits.conditions else { throw fail("conditions", "has \(conditions.count) conditions; at most \(Limits.conditions)") }
+        guard conditions.count <= Limits.conditions else {
+            throw fail("conditions", "has \(conditions.count) conditions; at most \(Limits.conditions)")
+        }
         for (index, condition) in conditions.enumerated() {
             try condition.validate(field: "conditions[\(index)]")
         }
         try target.validate(field: "target")
         if unredacted == true, !allProjects {
-            throw fail("unredacted", "only an all-projects subscription (an admin's) may take events unredacted; tenants receive them as OpenStack's APIs show them")
+            throw fail(
+                "unredacted",
+                "only an all-projects subscription (an admin's) may take events unredacted; tenants receive them as OpenStack's APIs show them"
+            )
         }
         guard Self.ttlRange.contains(messageTTL) else {
             throw fail("message_ttl", "\(messageTTL) is outside Zaqar's range of 60 to 1209600 seconds")
         }
         if let resourceID {
-            guard !resourceID.isEmpty, resourceID.utf8.count <= 255 else { throw fail("resource_id", "must be 1 to 255 bytes") }
+            guard !resourceID.isEmpty, resourceID.utf8.count <= 255 else {
+                throw fail("resource_id", "must be 1 to 255 bytes")
+            }
         }
         let encoded = (try? JSONEncoder().encode(self).count) ?? Int.max
         guard encoded <= Limits.encodedBytes else {
@@ -223,7 +237,8 @@ public struct Condition: Codable, Sendable, Equatable, Hashable {
                 throw fail("value is \(bytes) bytes encoded; at most \(Subscription.Limits.operandBytes)")
             }
             if let long = value.longestString, long > Subscription.Limits.operandStringCharacters {
-                throw fail("value has a string of \(long) characters; at most \(Subscription.Limits.operandStringCharacters)")
+                throw fail(
+                    "value has a string of \(long) characters; at most \(Subscription.Limits.operandStringCharacters)")
             }
         }
         switch op {
@@ -232,11 +247,17 @@ public struct Condition: Codable, Sendable, Equatable, Hashable {
         case .lt, .le, .gt, .ge:
             switch value {
             case .number, .string: break
-            default: throw fail("\(op.rawValue) needs a number or a string (text or datetime), not \(value?.kind ?? "nothing")")
+            default:
+                throw fail(
+                    "\(op.rawValue) needs a number or a string (text or datetime), not \(value?.kind ?? "nothing")")
             }
         case .in:
-            guard case .array(let items) = value, !items.isEmpty else { throw fail("in needs a non-empty array of values") }
-            guard items.count <= Subscription.Limits.inItems else { throw fail("in has \(items.count) items; at most \(Subscription.Limits.inItems)") }
+            guard case .array(let items) = value, !items.isEmpty else {
+                throw fail("in needs a non-empty array of values")
+            }
+            guard items.count <= Subscription.Limits.inItems else {
+                throw fail("in has \(items.count) items; at most \(Subscription.Limits.inItems)")
+            }
         case .exists:
             switch value {
             case nil, .bool: break
@@ -272,14 +293,21 @@ public struct Target: Codable, Sendable, Equatable, Hashable {
     public func validate(field name: String) throws {
         let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
         guard !queue.isEmpty, queue.count <= 64, queue.allSatisfy({ allowed.contains($0) }) else {
-            throw SubscriptionValidationError(field: "\(name).queue", message: "'\(queue)' must be 1 to 64 of letters, digits, '_' and '-' (Zaqar's rule)")
+            throw SubscriptionValidationError(
+                field: "\(name).queue",
+                message: "'\(queue)' must be 1 to 64 of letters, digits, '_' and '-' (Zaqar's rule)")
         }
         if let zaqarURL {
             guard zaqarURL.count <= Subscription.Limits.zaqarURLCharacters else {
-                throw SubscriptionValidationError(field: "\(name).zaqar_url", message: "is \(zaqarURL.count) characters; at most \(Subscription.Limits.zaqarURLCharacters)")
+                throw SubscriptionValidationError(
+                    field: "\(name).zaqar_url",
+                    message: "is \(zaqarURL.count) characters; at most \(Subscription.Limits.zaqarURLCharacters)")
             }
-            guard let url = URL(string: zaqarURL), let scheme = url.scheme, ["http", "https"].contains(scheme), url.host != nil else {
-                throw SubscriptionValidationError(field: "\(name).zaqar_url", message: "'\(zaqarURL)' is not an http(s) URL")
+            guard let url = URL(string: zaqarURL), let scheme = url.scheme, ["http", "https"].contains(scheme),
+                url.host != nil
+            else {
+                throw SubscriptionValidationError(
+                    field: "\(name).zaqar_url", message: "'\(zaqarURL)' is not an http(s) URL")
             }
         }
         try signedURL?.validate(field: "\(name).signed_url")
@@ -305,21 +333,29 @@ public struct SignedURL: Codable, Sendable, Equatable, Hashable {
 
     public func validate(field name: String) throws {
         let limit = Subscription.Limits.signedURLFieldCharacters
-        for (key, text) in [("signature", signature), ("expires", expires), ("project", project)] where text.count > limit {
-            throw SubscriptionValidationError(field: "\(name).\(key)", message: "is \(text.count) characters; at most \(limit)")
+        for (key, text) in [("signature", signature), ("expires", expires), ("project", project)]
+        where text.count > limit {
+            throw SubscriptionValidationError(
+                field: "\(name).\(key)", message: "is \(text.count) characters; at most \(limit)")
         }
         for (key, list) in [("methods", methods), ("paths", paths)] {
             guard list.count <= Subscription.Limits.signedURLListItems else {
-                throw SubscriptionValidationError(field: "\(name).\(key)", message: "has \(list.count) items; at most \(Subscription.Limits.signedURLListItems)")
+                throw SubscriptionValidationError(
+                    field: "\(name).\(key)",
+                    message: "has \(list.count) items; at most \(Subscription.Limits.signedURLListItems)")
             }
             if let long = list.first(where: { $0.count > 64 }) {
-                throw SubscriptionValidationError(field: "\(name).\(key)", message: "'\(long.prefix(20))...' is longer than 64 characters")
+                throw SubscriptionValidationError(
+                    field: "\(name).\(key)", message: "'\(long.prefix(20))...' is longer than 64 characters")
             }
         }
-        guard !signature.isEmpty else { throw SubscriptionValidationError(field: "\(name).signature", message: "is empty") }
+        guard !signature.isEmpty else {
+            throw SubscriptionValidationError(field: "\(name).signature", message: "is empty")
+        }
         guard !expires.isEmpty else { throw SubscriptionValidationError(field: "\(name).expires", message: "is empty") }
         guard methods.contains("POST") else {
-            throw SubscriptionValidationError(field: "\(name).methods", message: "\(methods) does not include POST, which delivery needs")
+            throw SubscriptionValidationError(
+                field: "\(name).methods", message: "\(methods) does not include POST, which delivery needs")
         }
         guard !paths.isEmpty else { throw SubscriptionValidationError(field: "\(name).paths", message: "is empty") }
         guard !project.isEmpty else { throw SubscriptionValidationError(field: "\(name).project", message: "is empty") }

@@ -65,8 +65,10 @@ public enum NotificationDecoder {
         // Before anything caches or splits them (definitions, the index, AMQP headers): an event
         // type or id longer than an AMQP short string is refused whole.
         for event in events {
-            for (field, value) in [("event_type", event.eventType), ("message_id", event.messageID)] where value.utf8.count > maxIDBytes {
-                throw NotificationDecodingError("\(field) is \(value.utf8.count) bytes; at most \(maxIDBytes) fit an AMQP header")
+            for (field, value) in [("event_type", event.eventType), ("message_id", event.messageID)]
+            where value.utf8.count > maxIDBytes {
+                throw NotificationDecodingError(
+                    "\(field) is \(value.utf8.count) bytes; at most \(maxIDBytes) fit an AMQP header")
             }
         }
         return events
@@ -84,7 +86,8 @@ public enum NotificationDecoder {
         var message = try parse(body, what: "the notification")
         if case .object(let envelope) = message, envelope["oslo.version"] != nil || envelope["oslo.message"] != nil {
             guard let version = envelope["oslo.version"] else {
-                throw NotificationDecodingError("an envelope needs both 'oslo.version' and 'oslo.message'; this one has no 'oslo.version'")
+                throw NotificationDecodingError(
+                    "an envelope needs both 'oslo.version' and 'oslo.message'; this one has no 'oslo.version'")
             }
             guard case .string(let inner) = envelope["oslo.message"] else {
                 throw NotificationDecodingError("oslo.version \(version) envelope without an 'oslo.message' string")
@@ -95,7 +98,9 @@ public enum NotificationDecoder {
             throw NotificationDecodingError("the notification is a JSON \(message.kind), not an object")
         }
         guard case .string(let eventType) = fields["event_type"], !eventType.isEmpty else {
-            throw NotificationDecodingError(fields["event_type"] == nil ? "the notification has no event_type" : "event_type is not a non-empty string")
+            throw NotificationDecodingError(
+                fields["event_type"] == nil
+                    ? "the notification has no event_type" : "event_type is not a non-empty string")
         }
         let contextProject = fields["_context_project_id"]?.nonEmptyString ?? fields["_context_tenant"]?.nonEmptyString
         // By bytes, as the fast path does: `hasPrefix` compares characters, and a combining mark
@@ -103,7 +108,9 @@ public enum NotificationDecoder {
         for key in fields.keys where key.utf8.starts(with: "_context_".utf8) { fields[key] = nil }
 
         if eventType.utf8.elementsEqual("event".utf8), case .array(let events)? = fields["payload"] {
-            return try events.enumerated().map { index, element in try ceilometerEvent(element, index: index, contextProject: contextProject) }
+            return try events.enumerated().map { index, element in
+                try ceilometerEvent(element, index: index, contextProject: contextProject)
+            }
         }
         guard case .string(let messageID) = fields["message_id"], !messageID.isEmpty else {
             throw NotificationDecodingError("the notification '\(eventType)' has no message_id")
@@ -112,12 +119,15 @@ public enum NotificationDecoder {
         if case .object(let payload)? = fields["payload"] {
             project = payload["project_id"]?.nonEmptyString ?? payload["tenant_id"]?.nonEmptyString
         }
-        var event = NotificationEvent(eventType: eventType, messageID: messageID, project: project ?? contextProject, body: .object(fields))
+        var event = NotificationEvent(
+            eventType: eventType, messageID: messageID, project: project ?? contextProject, body: .object(fields))
         event.contextProject = contextProject
         return [event]
     }
 
-    private static func ceilometerEvent(_ element: JSONValue, index: Int, contextProject: String?) throws -> NotificationEvent {
+    private static func ceilometerEvent(
+        _ element: JSONValue, index: Int, contextProject: String?
+    ) throws -> NotificationEvent {
         guard case .object(let event) = element else {
             throw NotificationDecodingError("Ceilometer event \(index) is a JSON \(element.kind), not an object")
         }
@@ -131,13 +141,15 @@ public enum NotificationDecoder {
         if case .array(let list)? = event["traits"] {
             for trait in list {
                 guard case .array(let parts) = trait, parts.count == 3, case .string(let name) = parts[0] else {
-                    throw NotificationDecodingError("Ceilometer event \(index) ('\(eventType)') has a trait that is not [name, dtype, value]")
+                    throw NotificationDecodingError(
+                        "Ceilometer event \(index) ('\(eventType)') has a trait that is not [name, dtype, value]")
                 }
                 traits[name] = parts[2]
             }
         }
         let project = traits["project_id"]?.nonEmptyString ?? traits["tenant_id"]?.nonEmptyString ?? contextProject
-        var decoded = NotificationEvent(eventType: eventType, messageID: messageID, project: project, body: .object(event), traits: traits)
+        var decoded = NotificationEvent(
+            eventType: eventType, messageID: messageID, project: project, body: .object(event), traits: traits)
         decoded.contextProject = contextProject
         decoded.fromCeilometer = true
         return decoded
@@ -214,10 +226,12 @@ enum StrictJSON {
             case .syntax(let detail):
                 return "\(what) is not JSON: \(detail) at byte \(offset)"
             case .duplicateKey(let key):
-                return "\(what) has the key \(String(key.prefix(64)).debugDescription) twice in one object (at byte \(offset)); "
+                return
+                    "\(what) has the key \(String(key.prefix(64)).debugDescription) twice in one object (at byte \(offset)); "
                     + "refused, as JSON parsers differ on which one counts"
             case .tooDeep:
-                return "\(what) nests arrays and objects more than \(StrictJSON.maxDepth) deep (at byte \(offset)); \(StrictJSON.maxDepth) is the limit"
+                return
+                    "\(what) nests arrays and objects more than \(StrictJSON.maxDepth) deep (at byte \(offset)); \(StrictJSON.maxDepth) is the limit"
             case .number(let text):
                 return "\(what) has the number \(text.prefix(40)) at byte \(offset), which does not fit in a double"
             }
@@ -296,7 +310,9 @@ enum StrictJSON {
             }
             var keys = Set<String>()
             while true {
-                guard current == UInt8(ascii: "\"") else { throw syntax("\(describe(current)) where a key in quotes should be") }
+                guard current == UInt8(ascii: "\"") else {
+                    throw syntax("\(describe(current)) where a key in quotes should be")
+                }
                 let offset = index
                 let key = try string(keeping: true)
                 guard keys.insert(key).inserted else { throw Refusal(kind: .duplicateKey(key), offset: offset) }
@@ -347,7 +363,8 @@ enum StrictJSON {
         private mutating func literal(_ word: StaticString) throws(Refusal) {
             let start = index
             let expected = UnsafeBufferPointer(start: word.utf8Start, count: word.utf8CodeUnitCount)
-            guard bytes.count - index >= expected.count, bytes[index..<index + expected.count].elementsEqual(expected) else {
+            guard bytes.count - index >= expected.count, bytes[index..<index + expected.count].elementsEqual(expected)
+            else {
                 throw syntax("\(describe(current)) where a value should be", at: start)
             }
             index += expected.count
@@ -437,7 +454,8 @@ enum StrictJSON {
                     throw syntax("a lone UTF-16 surrogate (\\u\(String(code, radix: 16))) in a string", at: start)
                 }
                 if (0xD800...0xDBFF).contains(code) {
-                    guard current == UInt8(ascii: "\\"), index + 1 < bytes.count, bytes[index + 1] == UInt8(ascii: "u") else {
+                    guard current == UInt8(ascii: "\\"), index + 1 < bytes.count, bytes[index + 1] == UInt8(ascii: "u")
+                    else {
                         throw syntax("a lone UTF-16 surrogate (\\u\(String(code, radix: 16))) in a string", at: start)
                     }
                     index += 2

@@ -72,13 +72,15 @@ public struct EventDefinitions: Sendable {
         do {
             let attributes = try FileManager.default.attributesOfItem(atPath: path)
             if let size = attributes[.size] as? Int, size > 1 << 20 {
-                throw EventDefinitionsError(origin: path, line: nil, message: "the file is \(size) bytes; at most 1 MiB")
+                throw EventDefinitionsError(
+                    origin: path, line: nil, message: "the file is \(size) bytes; at most 1 MiB")
             }
             text = try String(contentsOfFile: path, encoding: .utf8)
         } catch let error as EventDefinitionsError {
             throw error
         } catch {
-            throw EventDefinitionsError(origin: path, line: nil, message: "cannot be read (\(error.localizedDescription))")
+            throw EventDefinitionsError(
+                origin: path, line: nil, message: "cannot be read (\(error.localizedDescription))")
         }
         let (definitions, replace) = try parse(yaml: text, origin: path)
         return EventDefinitions(replace ? definitions : definitions + Self.defaults.definitions)
@@ -141,9 +143,12 @@ public struct EventDefinitions: Sendable {
         do {
             root = try Yams.compose(yaml: yaml)
         } catch let error as YamlError {
-            throw EventDefinitionsError(origin: origin, line: Self.line(of: error), message: "not YAML: \(SafeText.clean("\(error)", limit: 200))")
+            throw EventDefinitionsError(
+                origin: origin, line: Self.line(of: error),
+                message: "not YAML: \(SafeText.clean("\(error)", limit: 200))")
         } catch {
-            throw EventDefinitionsError(origin: origin, line: nil, message: "not YAML: \(SafeText.clean("\(error)", limit: 200))")
+            throw EventDefinitionsError(
+                origin: origin, line: nil, message: "not YAML: \(SafeText.clean("\(error)", limit: 200))")
         }
         guard let root else { return ([], false) }
         var list = root
@@ -153,18 +158,28 @@ public struct EventDefinitions: Sendable {
                 switch key.string {
                 case "definitions": list = value
                 case "replace_defaults":
-                    guard let flag = value.bool else { throw EventDefinitionsError(origin: origin, line: value.mark?.line, message: "replace_defaults must be true or false") }
+                    guard let flag = value.bool else {
+                        throw EventDefinitionsError(
+                            origin: origin, line: value.mark?.line, message: "replace_defaults must be true or false")
+                    }
                     replace = flag
                 default:
-                    throw EventDefinitionsError(origin: origin, line: key.mark?.line, message: "unknown key '\(SafeText.clean(key.string ?? "?", limit: 60))'; a definitions file is a list, or has 'definitions' and 'replace_defaults'")
+                    throw EventDefinitionsError(
+                        origin: origin, line: key.mark?.line,
+                        message:
+                            "unknown key '\(SafeText.clean(key.string ?? "?", limit: 60))'; a definitions file is a list, or has 'definitions' and 'replace_defaults'"
+                    )
                 }
             }
         }
         guard let sequence = list.sequence else {
-            throw EventDefinitionsError(origin: origin, line: list.mark?.line, message: "expected a list of definitions")
+            throw EventDefinitionsError(
+                origin: origin, line: list.mark?.line, message: "expected a list of definitions")
         }
         guard sequence.count <= maxDefinitions else {
-            throw EventDefinitionsError(origin: origin, line: list.mark?.line, message: "\(sequence.count) definitions; at most \(maxDefinitions)")
+            throw EventDefinitionsError(
+                origin: origin, line: list.mark?.line,
+                message: "\(sequence.count) definitions; at most \(maxDefinitions)")
         }
         return (try sequence.map { try definition($0, origin: origin) }, replace)
     }
@@ -177,42 +192,58 @@ public struct EventDefinitions: Sendable {
         guard let mapping = node.mapping else { throw fail("a definition is a mapping with event_type, owner, ...") }
         var patterns: [String]?
         var family: String?
-        var owner: [FieldPath] = [], resourceID: [FieldPath] = [], actor: [FieldPath] = []
+        var owner: [FieldPath] = []
+        var resourceID: [FieldPath] = []
+        var actor: [FieldPath] = []
         for (key, value) in mapping {
             switch key.string {
             case "event_type":
                 patterns = try strings(value, field: "event_type", origin: origin)
             case "family":
                 if value.null == nil {
-                    guard let text = value.string, !text.isEmpty, text.count <= 128 else { throw fail("family must be a name such as compute.instance, or null", at: value) }
+                    guard let text = value.string, !text.isEmpty, text.count <= 128 else {
+                        throw fail("family must be a name such as compute.instance, or null", at: value)
+                    }
                     family = text
                 }
             case "owner": owner = try paths(value, field: "owner", origin: origin)
             case "resource_id": resourceID = try paths(value, field: "resource_id", origin: origin)
             case "actor": actor = try paths(value, field: "actor", origin: origin)
             default:
-                throw fail("unknown key '\(SafeText.clean(key.string ?? "?", limit: 60))'; known: event_type, family, owner, resource_id, actor", at: key)
+                throw fail(
+                    "unknown key '\(SafeText.clean(key.string ?? "?", limit: 60))'; known: event_type, family, owner, resource_id, actor",
+                    at: key)
             }
         }
-        guard let patterns, !patterns.isEmpty else { throw fail("event_type is required: a list of patterns such as [\"compute.instance.*\"]") }
+        guard let patterns, !patterns.isEmpty else {
+            throw fail("event_type is required: a list of patterns such as [\"compute.instance.*\"]")
+        }
         let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-*?:")
         for pattern in patterns {
             let body = pattern.hasPrefix("!") ? pattern.dropFirst() : Substring(pattern)
             guard !body.isEmpty, body.count <= 255, body.allSatisfy({ allowed.contains($0) }) else {
-                throw fail("event_type '\(SafeText.clean(pattern, limit: 60))' must be letters, digits, '.', '_', '-', ':' and the wildcards '*' '?', optionally after '!'")
+                throw fail(
+                    "event_type '\(SafeText.clean(pattern, limit: 60))' must be letters, digits, '.', '_', '-', ':' and the wildcards '*' '?', optionally after '!'"
+                )
             }
         }
         guard patterns.contains(where: { !$0.hasPrefix("!") }) else { throw fail("event_type has only exclusions") }
-        return Definition(patterns: patterns, family: family, owner: owner, resourceID: resourceID, actor: actor, origin: "\(origin):\(line ?? 0)")
+        return Definition(
+            patterns: patterns, family: family, owner: owner, resourceID: resourceID, actor: actor,
+            origin: "\(origin):\(line ?? 0)")
     }
 
     private static func strings(_ node: Node, field: String, origin: String) throws -> [String] {
         if let text = node.string, node.sequence == nil { return [text] }
         guard let sequence = node.sequence, sequence.count <= 100 else {
-            throw EventDefinitionsError(origin: origin, line: node.mark?.line, message: "\(field) must be a list of at most 100 strings")
+            throw EventDefinitionsError(
+                origin: origin, line: node.mark?.line, message: "\(field) must be a list of at most 100 strings")
         }
         return try sequence.map { item in
-            guard let text = item.string else { throw EventDefinitionsError(origin: origin, line: item.mark?.line, message: "\(field) must hold strings") }
+            guard let text = item.string else {
+                throw EventDefinitionsError(
+                    origin: origin, line: item.mark?.line, message: "\(field) must hold strings")
+            }
             return text
         }
     }
@@ -245,19 +276,28 @@ public struct FieldPath: Sendable, Equatable, CustomStringConvertible {
 
     /// - Throws: `FieldPathError` naming what is wrong.
     public init(parsing text: String) throws {
-        guard !text.isEmpty, text.count <= 255 else { throw FieldPathError(text: text, message: "must be 1 to 255 characters") }
+        guard !text.isEmpty, text.count <= 255 else {
+            throw FieldPathError(text: text, message: "must be 1 to 255 characters")
+        }
         var segments: [String] = []
         var current = ""
         var quoted = false
         var justClosed = false
         for character in text {
             if quoted {
-                if character == "'" { quoted = false; justClosed = true } else { current.append(character) }
+                if character == "'" {
+                    quoted = false
+                    justClosed = true
+                } else {
+                    current.append(character)
+                }
                 continue
             }
             switch character {
             case "'":
-                guard current.isEmpty, !justClosed else { throw FieldPathError(text: text, message: "a quote may only open a segment") }
+                guard current.isEmpty, !justClosed else {
+                    throw FieldPathError(text: text, message: "a quote may only open a segment")
+                }
                 quoted = true
             case ".":
                 guard !current.isEmpty else { throw FieldPathError(text: text, message: "has an empty segment") }
@@ -265,7 +305,9 @@ public struct FieldPath: Sendable, Equatable, CustomStringConvertible {
                 current = ""
                 justClosed = false
             default:
-                guard !justClosed else { throw FieldPathError(text: text, message: "a quoted segment must end at a dot") }
+                guard !justClosed else {
+                    throw FieldPathError(text: text, message: "a quoted segment must end at a dot")
+                }
                 current.append(character)
             }
         }

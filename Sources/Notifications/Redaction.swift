@@ -38,7 +38,10 @@ public struct RedactionRules: Sendable {
         /// Where it was written (`defaults:5`, `/etc/herald/redaction.yaml:3`), for messages.
         public var origin: String
 
-        public init(patterns: [String], remove: [FieldPath] = [], stripHost: [FieldPath] = [], keep: [FieldPath] = [], origin: String) {
+        public init(
+            patterns: [String], remove: [FieldPath] = [], stripHost: [FieldPath] = [], keep: [FieldPath] = [],
+            origin: String
+        ) {
             self.patterns = patterns
             self.remove = remove
             self.stripHost = stripHost
@@ -93,7 +96,8 @@ public struct RedactionRules: Sendable {
         } catch let error as RedactionRulesError {
             throw error
         } catch {
-            throw RedactionRulesError(origin: path, line: nil, message: "cannot be read (\(SafeText.clean(error.localizedDescription)))")
+            throw RedactionRulesError(
+                origin: path, line: nil, message: "cannot be read (\(SafeText.clean(error.localizedDescription)))")
         }
         return try RedactionRules(yaml: text, origin: path, includeDefaults: true)
     }
@@ -129,7 +133,9 @@ public struct RedactionRules: Sendable {
     /// those any of them keeps.
     public func paths(for eventType: String) -> (remove: [FieldPath], stripHost: [FieldPath]) {
         let type = Array(eventType.utf8)
-        var remove: [FieldPath] = [], stripHost: [FieldPath] = [], keep: [FieldPath] = []
+        var remove: [FieldPath] = []
+        var stripHost: [FieldPath] = []
+        var keep: [FieldPath] = []
         for rule in rules where rule.takes(type) {
             remove += rule.remove
             stripHost += rule.stripHost
@@ -167,13 +173,18 @@ public struct RedactionRules: Sendable {
         do {
             root = try Yams.compose(yaml: yaml)
         } catch let error as YamlError {
-            throw RedactionRulesError(origin: origin, line: Self.line(of: error), message: "not YAML: \(SafeText.clean("\(error)", limit: 200))")
+            throw RedactionRulesError(
+                origin: origin, line: Self.line(of: error),
+                message: "not YAML: \(SafeText.clean("\(error)", limit: 200))")
         } catch {
-            throw RedactionRulesError(origin: origin, line: nil, message: "not YAML: \(SafeText.clean("\(error)", limit: 200))")
+            throw RedactionRulesError(
+                origin: origin, line: nil, message: "not YAML: \(SafeText.clean("\(error)", limit: 200))")
         }
         guard let root else { return ([], true) }
         guard let mapping = root.mapping else {
-            throw RedactionRulesError(origin: origin, line: root.mark?.line, message: "a redaction file is a mapping with 'rules' and optionally 'defaults'")
+            throw RedactionRulesError(
+                origin: origin, line: root.mark?.line,
+                message: "a redaction file is a mapping with 'rules' and optionally 'defaults'")
         }
         var rules: [Rule] = []
         var defaults = true
@@ -181,24 +192,32 @@ public struct RedactionRules: Sendable {
         for (key, value) in mapping {
             let name = key.string ?? "?"
             guard seen.insert(name).inserted else {
-                throw RedactionRulesError(origin: origin, line: key.mark?.line, message: "'\(SafeText.clean(name, limit: 60))' is given twice")
+                throw RedactionRulesError(
+                    origin: origin, line: key.mark?.line, message: "'\(SafeText.clean(name, limit: 60))' is given twice"
+                )
             }
             switch name {
             case "defaults":
                 guard value.scalar != nil, let flag = value.bool else {
-                    throw RedactionRulesError(origin: origin, line: value.mark?.line, message: "defaults must be true or false")
+                    throw RedactionRulesError(
+                        origin: origin, line: value.mark?.line, message: "defaults must be true or false")
                 }
                 defaults = flag
             case "rules":
                 guard let sequence = value.sequence else {
-                    throw RedactionRulesError(origin: origin, line: value.mark?.line, message: "rules must be a list of rules")
+                    throw RedactionRulesError(
+                        origin: origin, line: value.mark?.line, message: "rules must be a list of rules")
                 }
                 guard sequence.count <= maxRules else {
-                    throw RedactionRulesError(origin: origin, line: value.mark?.line, message: "\(sequence.count) rules; at most \(maxRules)")
+                    throw RedactionRulesError(
+                        origin: origin, line: value.mark?.line, message: "\(sequence.count) rules; at most \(maxRules)")
                 }
                 rules = try sequence.enumerated().map { index, node in try rule(node, index: index, origin: origin) }
             default:
-                throw RedactionRulesError(origin: origin, line: key.mark?.line, message: "unknown key '\(SafeText.clean(name, limit: 60))'; a redaction file has 'rules' and 'defaults'")
+                throw RedactionRulesError(
+                    origin: origin, line: key.mark?.line,
+                    message:
+                        "unknown key '\(SafeText.clean(name, limit: 60))'; a redaction file has 'rules' and 'defaults'")
             }
         }
         return (rules, defaults)
@@ -214,46 +233,67 @@ public struct RedactionRules: Sendable {
             throw fail("\(field): a rule is a mapping with event_types and remove, strip_host or keep")
         }
         var patterns: [(text: String, node: Node)]?
-        var remove: [FieldPath] = [], stripHost: [FieldPath] = [], keep: [FieldPath] = []
+        var remove: [FieldPath] = []
+        var stripHost: [FieldPath] = []
+        var keep: [FieldPath] = []
         var seen: Set<String> = []
         for (key, value) in mapping {
             let name = key.string ?? "?"
-            guard seen.insert(name).inserted else { throw fail("\(field): '\(SafeText.clean(name, limit: 60))' is given twice", at: key) }
+            guard seen.insert(name).inserted else {
+                throw fail("\(field): '\(SafeText.clean(name, limit: 60))' is given twice", at: key)
+            }
             switch name {
-            case "event_types": patterns = try strings(value, field: "\(field).event_types", limit: maxPatterns, origin: origin)
+            case "event_types":
+                patterns = try strings(value, field: "\(field).event_types", limit: maxPatterns, origin: origin)
             case "remove": remove = try paths(value, field: "\(field).remove", origin: origin)
             case "strip_host": stripHost = try paths(value, field: "\(field).strip_host", origin: origin)
             case "keep": keep = try paths(value, field: "\(field).keep", origin: origin)
             default:
-                throw fail("\(field): unknown key '\(SafeText.clean(name, limit: 60))'; known: event_types, remove, strip_host, keep", at: key)
+                throw fail(
+                    "\(field): unknown key '\(SafeText.clean(name, limit: 60))'; known: event_types, remove, strip_host, keep",
+                    at: key)
             }
         }
-        guard let patterns else { throw fail("\(field): event_types is required: a list of patterns such as [\"compute.instance.*\"]") }
+        guard let patterns else {
+            throw fail("\(field): event_types is required: a list of patterns such as [\"compute.instance.*\"]")
+        }
         guard !patterns.isEmpty else { throw fail("\(field).event_types: at least one pattern") }
         let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-*?:")
         for (position, pattern) in patterns.enumerated() {
             let body = pattern.text.hasPrefix("!") ? pattern.text.dropFirst() : Substring(pattern.text)
             guard !body.isEmpty, body.count <= 255, body.allSatisfy({ allowed.contains($0) }) else {
-                throw fail("\(field).event_types[\(position)]: '\(SafeText.clean(pattern.text, limit: 60))' must be letters, digits, '.', '_', '-', ':' and the wildcards '*' '?', optionally after '!'", at: pattern.node)
+                throw fail(
+                    "\(field).event_types[\(position)]: '\(SafeText.clean(pattern.text, limit: 60))' must be letters, digits, '.', '_', '-', ':' and the wildcards '*' '?', optionally after '!'",
+                    at: pattern.node)
             }
         }
-        guard patterns.contains(where: { !$0.text.hasPrefix("!") }) else { throw fail("\(field).event_types has only exclusions") }
+        guard patterns.contains(where: { !$0.text.hasPrefix("!") }) else {
+            throw fail("\(field).event_types has only exclusions")
+        }
         guard !(remove.isEmpty && stripHost.isEmpty && keep.isEmpty) else {
             throw fail("\(field): a rule needs at least one path in remove, strip_host or keep")
         }
-        return Rule(patterns: patterns.map(\.text), remove: remove, stripHost: stripHost, keep: keep, origin: "\(origin):\(line ?? 0)")
+        return Rule(
+            patterns: patterns.map(\.text), remove: remove, stripHost: stripHost, keep: keep,
+            origin: "\(origin):\(line ?? 0)")
     }
 
-    private static func strings(_ node: Node, field: String, limit: Int, origin: String) throws -> [(text: String, node: Node)] {
+    private static func strings(
+        _ node: Node, field: String, limit: Int, origin: String
+    ) throws -> [(text: String, node: Node)] {
         guard let sequence = node.sequence else {
-            throw RedactionRulesError(origin: origin, line: node.mark?.line, message: "\(field) must be a list of strings")
+            throw RedactionRulesError(
+                origin: origin, line: node.mark?.line, message: "\(field) must be a list of strings")
         }
         guard sequence.count <= limit else {
-            throw RedactionRulesError(origin: origin, line: node.mark?.line, message: "\(field) has \(sequence.count) entries; at most \(limit)")
+            throw RedactionRulesError(
+                origin: origin, line: node.mark?.line,
+                message: "\(field) has \(sequence.count) entries; at most \(limit)")
         }
         return try sequence.enumerated().map { position, item in
             guard item.scalar != nil, let text = item.string else {
-                throw RedactionRulesError(origin: origin, line: item.mark?.line, message: "\(field)[\(position)] must be a string")
+                throw RedactionRulesError(
+                    origin: origin, line: item.mark?.line, message: "\(field)[\(position)] must be a string")
             }
             return (text, item)
         }
@@ -264,7 +304,8 @@ public struct RedactionRules: Sendable {
             do {
                 return try FieldPath(parsing: item.text)
             } catch {
-                throw RedactionRulesError(origin: origin, line: item.node.mark?.line, message: "\(field)[\(position)]: \(error)")
+                throw RedactionRulesError(
+                    origin: origin, line: item.node.mark?.line, message: "\(field)[\(position)]: \(error)")
             }
         }
     }
@@ -325,67 +366,67 @@ public struct RedactionRulesError: Error, CustomStringConvertible, Sendable {
 /// paths back with `keep`, or replaces these (`defaults: false`).
 public enum DefaultRedactionRules {
     public static let yaml = #"""
-# What OpenStack's APIs show to admins only, cut from every event before delivery.
-rules:
-  - event_types: ["*"]
-    remove:
-      # nova, legacy notifications: the compute host and the hypervisor node a server runs
-      # on (the API shows OS-EXT-SRV-ATTR:host / :hypervisor_hostname to admins only).
-      - payload.host
-      - payload.node
-      # nova, versioned notifications: the same two, inside the nova object.
-      - "payload.'nova_object.data'.host"
-      - "payload.'nova_object.data'.node"
-      # neutron: a port's binding:host_id, binding:profile, binding:vif_type and
-      # binding:vif_details name the host and its plumbing (admin-only in neutron's policy).
-      - "payload.*.binding:*"
-      # Ceilometer events: `raw` is the original notification, with the acting user's
-      # context and token; `message_signature` is Ceilometer's internal HMAC.
-      - raw
-      - message_signature
-      # Ceilometer traits holding the host and node above.
-      - traits.host
-      - traits.node
-    strip_host:
-      # "<service>.<host>" or "<binary>:<host>": the host part names the hypervisor or agent
-      # host (compute.compute-3 -> compute, nova-compute:compute-3 -> nova-compute).
-      - publisher_id
-      - traits.service
-  - event_types: ["*"]
-    remove:
-      # nova: an instance fault's traceback (the API shows a 500 fault's details to admins
-      # only), and the legacy payload's image URL, which names the internal glance endpoint.
-      - "payload.'nova_object.data'.fault.'nova_object.data'.traceback"
-      - payload.image_ref_url
-      # neutron: a network's provider attributes and segments (physical network, VLAN id)
-      # are admin-only in neutron's policy.
-      - "payload.*.provider:*"
-      - payload.network.segments
-      - payload.networks.segments
-      # ironic: a node's driver-internal state (admin-only).
-      - "payload.'ironic_object.data'.driver_internal_info"
-  - event_types: ["scheduler.*", "compute_task.*"]
-    remove:
-      # nova's request spec: the hosts and nodes a server was steered to or away from, and
-      # the hosts already tried (hypervisor host names), at the top of scheduler events and
-      # inside compute_task events; compute_task's reason carries a traceback.
-      - "payload.'nova_object.data'.ignore_hosts"
-      - "payload.'nova_object.data'.force_hosts"
-      - "payload.'nova_object.data'.force_nodes"
-      - "payload.'nova_object.data'.requested_destination"
-      - "payload.'nova_object.data'.retry"
-      - "payload.'nova_object.data'.request_spec.'nova_object.data'.ignore_hosts"
-      - "payload.'nova_object.data'.request_spec.'nova_object.data'.force_hosts"
-      - "payload.'nova_object.data'.request_spec.'nova_object.data'.force_nodes"
-      - "payload.'nova_object.data'.request_spec.'nova_object.data'.requested_destination"
-      - "payload.'nova_object.data'.request_spec.'nova_object.data'.retry"
-      - "payload.'nova_object.data'.reason.'nova_object.data'.traceback"
-  - event_types: ["router.*"]
-    remove:
-      # neutron: whether a router is distributed or highly available (admin-only).
-      - payload.router.distributed
-      - payload.router.ha
-"""#
+        # What OpenStack's APIs show to admins only, cut from every event before delivery.
+        rules:
+          - event_types: ["*"]
+            remove:
+              # nova, legacy notifications: the compute host and the hypervisor node a server runs
+              # on (the API shows OS-EXT-SRV-ATTR:host / :hypervisor_hostname to admins only).
+              - payload.host
+              - payload.node
+              # nova, versioned notifications: the same two, inside the nova object.
+              - "payload.'nova_object.data'.host"
+              - "payload.'nova_object.data'.node"
+              # neutron: a port's binding:host_id, binding:profile, binding:vif_type and
+              # binding:vif_details name the host and its plumbing (admin-only in neutron's policy).
+              - "payload.*.binding:*"
+              # Ceilometer events: `raw` is the original notification, with the acting user's
+              # context and token; `message_signature` is Ceilometer's internal HMAC.
+              - raw
+              - message_signature
+              # Ceilometer traits holding the host and node above.
+              - traits.host
+              - traits.node
+            strip_host:
+              # "<service>.<host>" or "<binary>:<host>": the host part names the hypervisor or agent
+              # host (compute.compute-3 -> compute, nova-compute:compute-3 -> nova-compute).
+              - publisher_id
+              - traits.service
+          - event_types: ["*"]
+            remove:
+              # nova: an instance fault's traceback (the API shows a 500 fault's details to admins
+              # only), and the legacy payload's image URL, which names the internal glance endpoint.
+              - "payload.'nova_object.data'.fault.'nova_object.data'.traceback"
+              - payload.image_ref_url
+              # neutron: a network's provider attributes and segments (physical network, VLAN id)
+              # are admin-only in neutron's policy.
+              - "payload.*.provider:*"
+              - payload.network.segments
+              - payload.networks.segments
+              # ironic: a node's driver-internal state (admin-only).
+              - "payload.'ironic_object.data'.driver_internal_info"
+          - event_types: ["scheduler.*", "compute_task.*"]
+            remove:
+              # nova's request spec: the hosts and nodes a server was steered to or away from, and
+              # the hosts already tried (hypervisor host names), at the top of scheduler events and
+              # inside compute_task events; compute_task's reason carries a traceback.
+              - "payload.'nova_object.data'.ignore_hosts"
+              - "payload.'nova_object.data'.force_hosts"
+              - "payload.'nova_object.data'.force_nodes"
+              - "payload.'nova_object.data'.requested_destination"
+              - "payload.'nova_object.data'.retry"
+              - "payload.'nova_object.data'.request_spec.'nova_object.data'.ignore_hosts"
+              - "payload.'nova_object.data'.request_spec.'nova_object.data'.force_hosts"
+              - "payload.'nova_object.data'.request_spec.'nova_object.data'.force_nodes"
+              - "payload.'nova_object.data'.request_spec.'nova_object.data'.requested_destination"
+              - "payload.'nova_object.data'.request_spec.'nova_object.data'.retry"
+              - "payload.'nova_object.data'.reason.'nova_object.data'.traceback"
+          - event_types: ["router.*"]
+            remove:
+              # neutron: whether a router is distributed or highly available (admin-only).
+              - payload.router.distributed
+              - payload.router.ha
+        """#
 }
 
 // MARK: - The walk
@@ -458,7 +499,10 @@ final class RedactionPlan: Sendable {
     var isEmpty: Bool { childCount[0] == 0 && traits.isEmpty }
 
     init(remove: [FieldPath], stripHost: [FieldPath], ceilometer: Bool) {
-        var segments: [[UInt8]] = [[]], actions: [Action] = [.none], children: [[Int]] = [[]], descriptions = [""]
+        var segments: [[UInt8]] = [[]]
+        var actions: [Action] = [.none]
+        var children: [[Int]] = [[]]
+        var descriptions = [""]
         var traits: [Trait] = []
         func insert(_ path: FieldPath, _ action: Action) {
             if ceilometer, path.segments.count >= 2, path.segments[0] == "traits" {
@@ -467,7 +511,8 @@ final class RedactionPlan: Sendable {
                     // Removing wins over stripping.
                     if action == .remove { traits[index].action = .remove }
                 } else {
-                    traits.append(Trait(name: name, pattern: Pattern(name), action: action, description: path.description))
+                    traits.append(
+                        Trait(name: name, pattern: Pattern(name), action: action, description: path.description))
                 }
                 return
             }
@@ -561,7 +606,9 @@ struct RedactionWalker {
         out.reserveCapacity(input.count)
         let start = skipSpace(0)
         let end = try value(at: start, depth: 0, reach: 0..<1)
-        guard skipSpace(end) == input.count else { throw RedactionError("bytes after the JSON value", offset: skipSpace(end)) }
+        guard skipSpace(end) == input.count else {
+            throw RedactionError("bytes after the JSON value", offset: skipSpace(end))
+        }
         guard !hits.isEmpty || !traitHits.isEmpty else { return nil }
         flush(to: input.count)
         var removed: Set<String> = []
@@ -633,18 +680,24 @@ struct RedactionWalker {
     }
 
     mutating func object(at open: Int, depth: Int, reach: Range<Int>) throws(RedactionError) -> Int {
-        guard depth <= RedactionRules.maxDepth else { throw RedactionError("nested deeper than \(RedactionRules.maxDepth)", offset: open) }
+        guard depth <= RedactionRules.maxDepth else {
+            throw RedactionError("nested deeper than \(RedactionRules.maxDepth)", offset: open)
+        }
         var members = Members(open: open)
         var i = skipSpace(open + 1)
         guard i < input.count else { throw RedactionError("the JSON ends early", offset: i) }
         if input[i] == UInt8(ascii: "}") { return i + 1 }
         while true {
-            guard i < input.count, input[i] == UInt8(ascii: "\"") else { throw RedactionError("expected a key", offset: i) }
+            guard i < input.count, input[i] == UInt8(ascii: "\"") else {
+                throw RedactionError("expected a key", offset: i)
+            }
             let keyStart = i
             let (keyEnd, escaped) = try stringEnd(from: i)
             try readKey(from: keyStart + 1, to: keyEnd - 1, escaped: escaped)
             i = skipSpace(keyEnd)
-            guard i < input.count, input[i] == UInt8(ascii: ":") else { throw RedactionError("expected ':'", offset: i) }
+            guard i < input.count, input[i] == UInt8(ascii: ":") else {
+                throw RedactionError("expected ':'", offset: i)
+            }
             i = skipSpace(i + 1)
             guard i < input.count else { throw RedactionError("the JSON ends early", offset: i) }
             let valueStart = i
@@ -655,7 +708,8 @@ struct RedactionWalker {
             for index in reach {
                 let node = Int(reached[index])
                 let first = Int(firstChild[node])
-                for child in first..<(first + Int(childCount[node])) where keyMatches(segments[child], patterns[child]) {
+                for child in first..<(first + Int(childCount[node])) where keyMatches(segments[child], patterns[child])
+                {
                     switch action[child] {
                     case .remove:
                         remove = true
@@ -680,7 +734,9 @@ struct RedactionWalker {
                         for strip in strips where !hits.contains(strip) { hits.append(strip) }
                     }
                     valueEnd = end
-                } else if depth == 1, ceilometer, !plan.traits.isEmpty, byte == UInt8(ascii: "["), keyMatches(Self.traitsKey, .literal) {
+                } else if depth == 1, ceilometer, !plan.traits.isEmpty, byte == UInt8(ascii: "["),
+                    keyMatches(Self.traitsKey, .literal)
+                {
                     valueEnd = try traits(at: valueStart, depth: depth + 1)
                 } else if reached.count > childStart, byte == UInt8(ascii: "{") || byte == UInt8(ascii: "[") {
                     valueEnd = try value(at: valueStart, depth: depth, reach: childStart..<reached.count)
@@ -701,12 +757,15 @@ struct RedactionWalker {
 
     /// An array on a path: transparent, each element walked with the same nodes.
     mutating func array(at open: Int, depth: Int, reach: Range<Int>) throws(RedactionError) -> Int {
-        guard depth <= RedactionRules.maxDepth else { throw RedactionError("nested deeper than \(RedactionRules.maxDepth)", offset: open) }
+        guard depth <= RedactionRules.maxDepth else {
+            throw RedactionError("nested deeper than \(RedactionRules.maxDepth)", offset: open)
+        }
         var i = skipSpace(open + 1)
         guard i < input.count else { throw RedactionError("the JSON ends early", offset: i) }
         if input[i] == UInt8(ascii: "]") { return i + 1 }
         while true {
-            let (next, more) = try separator(after: try value(at: i, depth: depth, reach: reach), closing: UInt8(ascii: "]"))
+            let (next, more) = try separator(
+                after: try value(at: i, depth: depth, reach: reach), closing: UInt8(ascii: "]"))
             i = next
             if more { continue }
             return i + 1
@@ -715,7 +774,9 @@ struct RedactionWalker {
 
     /// A Ceilometer event's `traits`: `[[name, dtype, value], ...]`.
     mutating func traits(at open: Int, depth: Int) throws(RedactionError) -> Int {
-        guard depth <= RedactionRules.maxDepth else { throw RedactionError("nested deeper than \(RedactionRules.maxDepth)", offset: open) }
+        guard depth <= RedactionRules.maxDepth else {
+            throw RedactionError("nested deeper than \(RedactionRules.maxDepth)", offset: open)
+        }
         var members = Members(open: open)
         var i = skipSpace(open + 1)
         guard i < input.count else { throw RedactionError("the JSON ends early", offset: i) }
@@ -727,7 +788,9 @@ struct RedactionWalker {
             var traitValue: Int?
             if !strips.isEmpty { strips.removeAll(keepingCapacity: true) }
             if input[i] == UInt8(ascii: "[") {
-                guard depth + 1 <= RedactionRules.maxDepth else { throw RedactionError("nested deeper than \(RedactionRules.maxDepth)", offset: i) }
+                guard depth + 1 <= RedactionRules.maxDepth else {
+                    throw RedactionError("nested deeper than \(RedactionRules.maxDepth)", offset: i)
+                }
                 var j = skipSpace(i + 1)
                 guard j < input.count else { throw RedactionError("the JSON ends early", offset: j) }
                 if input[j] == UInt8(ascii: "]") {
@@ -805,20 +868,37 @@ struct RedactionWalker {
         }
         text.removeAll(keepingCapacity: true)
         try Self.unescape(input, from: start + 1, to: close, into: &text)
-        guard let cut = text.firstIndex(where: { $0 == UInt8(ascii: ".") || $0 == UInt8(ascii: ":") }) else { return (end, false) }
+        guard let cut = text.firstIndex(where: { $0 == UInt8(ascii: ".") || $0 == UInt8(ascii: ":") }) else {
+            return (end, false)
+        }
         flush(to: start)
         out.append(UInt8(ascii: "\""))
         for byte in text[..<cut] {
             switch byte {
-            case UInt8(ascii: "\""), UInt8(ascii: "\\"): out.append(UInt8(ascii: "\\")); out.append(byte)
-            case 0x08: out.append(UInt8(ascii: "\\")); out.append(UInt8(ascii: "b"))
-            case 0x0C: out.append(UInt8(ascii: "\\")); out.append(UInt8(ascii: "f"))
-            case 0x0A: out.append(UInt8(ascii: "\\")); out.append(UInt8(ascii: "n"))
-            case 0x0D: out.append(UInt8(ascii: "\\")); out.append(UInt8(ascii: "r"))
-            case 0x09: out.append(UInt8(ascii: "\\")); out.append(UInt8(ascii: "t"))
+            case UInt8(ascii: "\""), UInt8(ascii: "\\"):
+                out.append(UInt8(ascii: "\\"))
+                out.append(byte)
+            case 0x08:
+                out.append(UInt8(ascii: "\\"))
+                out.append(UInt8(ascii: "b"))
+            case 0x0C:
+                out.append(UInt8(ascii: "\\"))
+                out.append(UInt8(ascii: "f"))
+            case 0x0A:
+                out.append(UInt8(ascii: "\\"))
+                out.append(UInt8(ascii: "n"))
+            case 0x0D:
+                out.append(UInt8(ascii: "\\"))
+                out.append(UInt8(ascii: "r"))
+            case 0x09:
+                out.append(UInt8(ascii: "\\"))
+                out.append(UInt8(ascii: "t"))
             case 0..<0x20:
                 let hex = Array("0123456789abcdef".utf8)
-                out.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "u"), UInt8(ascii: "0"), UInt8(ascii: "0"), hex[Int(byte >> 4)], hex[Int(byte & 0xF)]])
+                out.append(contentsOf: [
+                    UInt8(ascii: "\\"), UInt8(ascii: "u"), UInt8(ascii: "0"), UInt8(ascii: "0"), hex[Int(byte >> 4)],
+                    hex[Int(byte & 0xF)],
+                ])
             default: out.append(byte)
             }
         }
@@ -836,7 +916,9 @@ struct RedactionWalker {
         let i = skipSpace(start)
         guard i < input.count else { throw RedactionError("the JSON ends early", offset: i) }
         if input[i] == UInt8(ascii: ",") { return (skipSpace(i + 1), true) }
-        guard input[i] == closing else { throw RedactionError("expected ',' or '\(Character(UnicodeScalar(closing)))'", offset: i) }
+        guard input[i] == closing else {
+            throw RedactionError("expected ',' or '\(Character(UnicodeScalar(closing)))'", offset: i)
+        }
         return (i, false)
     }
 
@@ -883,7 +965,9 @@ struct RedactionWalker {
             var i = start + 1
             while i < input.count {
                 switch input[i] {
-                case UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "."), UInt8(ascii: "e"), UInt8(ascii: "E"), UInt8(ascii: "+"), UInt8(ascii: "-"): i += 1
+                case UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "."), UInt8(ascii: "e"), UInt8(ascii: "E"),
+                    UInt8(ascii: "+"), UInt8(ascii: "-"):
+                    i += 1
                 default: return i
                 }
             }
@@ -914,11 +998,15 @@ struct RedactionWalker {
                 i = try stringEnd(from: i).end
                 continue
             case UInt8(ascii: "{"), UInt8(ascii: "["):
-                guard depth + level + 1 <= RedactionRules.maxDepth else { throw RedactionError("nested deeper than \(RedactionRules.maxDepth)", offset: i) }
+                guard depth + level + 1 <= RedactionRules.maxDepth else {
+                    throw RedactionError("nested deeper than \(RedactionRules.maxDepth)", offset: i)
+                }
                 brackets[level] = byte
                 level += 1
             case UInt8(ascii: "}"), UInt8(ascii: "]"):
-                guard level > 0, brackets[level - 1] == (byte == UInt8(ascii: "}") ? UInt8(ascii: "{") : UInt8(ascii: "[")) else {
+                guard level > 0,
+                    brackets[level - 1] == (byte == UInt8(ascii: "}") ? UInt8(ascii: "{") : UInt8(ascii: "["))
+                else {
                     throw RedactionError("unbalanced '\(Character(Unicode.Scalar(byte)))'", offset: i)
                 }
                 level -= 1
@@ -956,7 +1044,8 @@ struct RedactionWalker {
         case .any:
             return true
         case .literal where !keyEscaped:
-            return pattern.count == keyRange.count && UnsafeBufferPointer(rebasing: input[keyRange]).elementsEqual(pattern)
+            return pattern.count == keyRange.count
+                && UnsafeBufferPointer(rebasing: input[keyRange]).elementsEqual(pattern)
         case .literal:
             return pattern == key
         case .glob:
@@ -970,7 +1059,9 @@ struct RedactionWalker {
     }
 
     /// The UTF-8 text of a JSON string's contents (`start..<end`, between the quotes).
-    static func unescape(_ input: UnsafeBufferPointer<UInt8>, from start: Int, to end: Int, into text: inout [UInt8]) throws(RedactionError) {
+    static func unescape(
+        _ input: UnsafeBufferPointer<UInt8>, from start: Int, to end: Int, into text: inout [UInt8]
+    ) throws(RedactionError) {
         func hex(at i: Int) -> UInt32? {
             guard i + 4 <= end else { return nil }
             var value: UInt32 = 0
@@ -1007,7 +1098,9 @@ struct RedactionWalker {
                 guard var scalar = hex(at: i + 2) else { throw RedactionError("an invalid \\u escape", offset: i) }
                 i += 6
                 if (0xD800...0xDBFF).contains(scalar) {
-                    guard i + 1 < end, input[i] == UInt8(ascii: "\\"), input[i + 1] == UInt8(ascii: "u"), let low = hex(at: i + 2), (0xDC00...0xDFFF).contains(low) else {
+                    guard i + 1 < end, input[i] == UInt8(ascii: "\\"), input[i + 1] == UInt8(ascii: "u"),
+                        let low = hex(at: i + 2), (0xDC00...0xDFFF).contains(low)
+                    else {
                         throw RedactionError("a lone UTF-16 surrogate in a \\u escape", offset: i - 6)
                     }
                     scalar = 0x10000 + ((scalar - 0xD800) << 10) + (low - 0xDC00)

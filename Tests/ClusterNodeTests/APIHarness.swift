@@ -1,4 +1,3 @@
-@testable import ClusterNode
 import Coordination
 import Delivery
 import Foundation
@@ -11,6 +10,8 @@ import NIOFoundationCompat
 import Prometheus
 import TestSupport
 
+@testable import ClusterNode
+
 /// The API over the real Redis (registry and dead letters under a key prefix of its own) and
 /// the real Zaqar (replays), driven in-process through HummingbirdTesting.
 struct APIHarness {
@@ -18,7 +19,9 @@ struct APIHarness {
     let registry: SubscriptionRegistry
     let deadLetters: DeadLetterStore
     let zaqar: ZaqarReader
-    let readiness = Locked<[String: Bool]>(["rabbitmq": true, "registry": true, "membership": true, "not_stopping": true])
+    let readiness = Locked<[String: Bool]>([
+        "rabbitmq": true, "registry": true, "membership": true, "not_stopping": true,
+    ])
     let metrics = PrometheusCollectorRegistry()
     let api: HeraldAPI
     /// The parking record the delivery-state route reads (same key prefix).
@@ -43,18 +46,19 @@ struct APIHarness {
         let metrics = metrics
         let parking = ParkingLedger(redis: RedisClient(configuration: redis), keyPrefix: prefix)
         self.parking = parking
-        api = HeraldAPI(services: APIServices(
-            registry: registry, deadLetters: deadLetters, defaultZaqarURL: zaqar.baseURL,
-            deliver: { target, message in try await client.post(target, messages: [message]) },
-            readiness: { readiness.value },
-            metrics: { metrics.emitToString() },
-            endpoints: endpoints,
-            limits: limits,
-            rates: rates ? RateLimiter(redis: RedisClient(configuration: redis), keyPrefix: prefix) : nil,
-            parking: parking,
-            stats: SubscriptionStats(redis: RedisClient(configuration: redis), keyPrefix: prefix),
-            catalog: EventTypeCatalog(redis: RedisClient(configuration: redis), keyPrefix: prefix)
-        ))
+        api = HeraldAPI(
+            services: APIServices(
+                registry: registry, deadLetters: deadLetters, defaultZaqarURL: zaqar.baseURL,
+                deliver: { target, message in try await client.post(target, messages: [message]) },
+                readiness: { readiness.value },
+                metrics: { metrics.emitToString() },
+                endpoints: endpoints,
+                limits: limits,
+                rates: rates ? RateLimiter(redis: RedisClient(configuration: redis), keyPrefix: prefix) : nil,
+                parking: parking,
+                stats: SubscriptionStats(redis: RedisClient(configuration: redis), keyPrefix: prefix),
+                catalog: EventTypeCatalog(redis: RedisClient(configuration: redis), keyPrefix: prefix)
+            ))
     }
 
     /// Runs `body` against the router.
@@ -68,8 +72,11 @@ struct APIHarness {
         let client: any TestClientProtocol
 
         @discardableResult
-        func call(_ method: HTTPRequest.Method, _ uri: String, project: String? = "p1", admin: Bool = false, roles: String? = nil, user: String? = nil,
-                  json: Any? = nil, raw: String? = nil) async throws -> Reply {
+        func call(
+            _ method: HTTPRequest.Method, _ uri: String, project: String? = "p1", admin: Bool = false,
+            roles: String? = nil, user: String? = nil,
+            json: Any? = nil, raw: String? = nil
+        ) async throws -> Reply {
             var headers = HTTPFields()
             if let project { headers[.projectID] = project }
             if admin { headers[.roles] = "member,admin" }
@@ -85,7 +92,10 @@ struct APIHarness {
     }
 
     /// One request to an application behind Keystone, with `X-Auth-Token` when given.
-    static func call(_ client: any TestClientProtocol, _ method: HTTPRequest.Method, _ uri: String, token: String?, json: [String: Any]? = nil) async throws -> Reply {
+    static func call(
+        _ client: any TestClientProtocol, _ method: HTTPRequest.Method, _ uri: String, token: String?,
+        json: [String: Any]? = nil
+    ) async throws -> Reply {
         var headers = HTTPFields()
         if let token { headers[.authToken] = token }
         var body: ByteBuffer?

@@ -1,11 +1,12 @@
-@testable import ClusterNode
 import Coordination
 import Delivery
 import Foundation
 import HTTPTypes
 import HeraldModel
-import Testing
 import TestSupport
+import Testing
+
+@testable import ClusterNode
 
 extension APISuites {
     @Suite("The API against a hostile tenant: endpoints, caps, quotas, rates")
@@ -16,21 +17,29 @@ extension APISuites {
             return ["event_types": ["compute.instance.*"], "target": target]
         }
 
-        @Test("a zaqar_url outside HERALD_ZAQAR_ALLOWED_URLS is a 400 naming the field and the allowed list, on create and on patch")
+        @Test(
+            "a zaqar_url outside HERALD_ZAQAR_ALLOWED_URLS is a 400 naming the field and the allowed list, on create and on patch"
+        )
         func endpoints() async throws {
             let harness = try APIHarness(endpoints: try ZaqarEndpoints(urls: ["http://zaqar.internal:8888"]))
             try await harness.test { client in
-                let refused = try await client.call(.post, "/v1/subscriptions", json: Self.subscription(zaqarURL: "http://169.254.169.254/latest"))
+                let refused = try await client.call(
+                    .post, "/v1/subscriptions", json: Self.subscription(zaqarURL: "http://169.254.169.254/latest"))
                 #expect(refused.status == .badRequest)
                 #expect(refused.message.hasPrefix("target.zaqar_url:"), "\(refused.message)")
                 #expect(refused.message.contains("http://zaqar.internal:8888"))
-                let allowed = try await client.call(.post, "/v1/subscriptions", json: Self.subscription(zaqarURL: "http://zaqar.internal:8888"))
+                let allowed = try await client.call(
+                    .post, "/v1/subscriptions", json: Self.subscription(zaqarURL: "http://zaqar.internal:8888"))
                 #expect(allowed.status == .created, "\(allowed.text)")
                 let id = try #require(allowed.object["id"] as? String)
-                let patched = try await client.call(.patch, "/v1/subscriptions/\(id)", json: ["target": ["queue": "q", "zaqar_url": "http://keystone.internal:5000"]])
+                let patched = try await client.call(
+                    .patch, "/v1/subscriptions/\(id)",
+                    json: ["target": ["queue": "q", "zaqar_url": "http://keystone.internal:5000"]])
                 #expect(patched.status == .badRequest)
                 #expect(patched.message.hasPrefix("target.zaqar_url:"))
-                #expect(try await harness.registry.get(id: id, project: "p1")?.target.zaqarURL == "http://zaqar.internal:8888", "the refused change was not stored")
+                #expect(
+                    try await harness.registry.get(id: id, project: "p1")?.target.zaqarURL
+                        == "http://zaqar.internal:8888", "the refused change was not stored")
             }
         }
 
@@ -41,15 +50,20 @@ extension APISuites {
             let harness = try APIHarness(limits: limits)
             try await harness.test { client in
                 for index in 0..<3 {
-                    #expect(try await client.call(.post, "/v1/subscriptions", json: Self.subscription(queue: "q\(index)")).status == .created)
+                    #expect(
+                        try await client.call(.post, "/v1/subscriptions", json: Self.subscription(queue: "q\(index)"))
+                            .status == .created)
                 }
                 let refused = try await client.call(.post, "/v1/subscriptions", json: Self.subscription(queue: "q4"))
                 #expect(refused.status == .forbidden)
                 #expect(refused.message.hasPrefix("subscriptions:"), "\(refused.message)")
                 #expect(refused.message.contains("HERALD_QUOTA_SUBSCRIPTIONS"))
-                let alias = try await client.call(.post, "/v1/subscription", json: ["source": "compute.instance", "target": "zaqar://q5"])
+                let alias = try await client.call(
+                    .post, "/v1/subscription", json: ["source": "compute.instance", "target": "zaqar://q5"])
                 #expect(alias.status == .forbidden, "the seed alias counts too")
-                #expect(try await client.call(.post, "/v1/subscriptions", project: "p2", json: Self.subscription()).status == .created)
+                #expect(
+                    try await client.call(.post, "/v1/subscriptions", project: "p2", json: Self.subscription()).status
+                        == .created)
                 #expect(try await harness.registry.count(project: "p1") == 3)
             }
         }
@@ -63,16 +77,22 @@ extension APISuites {
                 let created = try await client.call(.post, "/v1/subscriptions", json: Self.subscription())
                 let id = try #require(created.object["id"] as? String)
                 for ttl in [120, 180, 240] {
-                    #expect(try await client.call(.patch, "/v1/subscriptions/\(id)", json: ["message_ttl": ttl]).status == .ok)
+                    #expect(
+                        try await client.call(.patch, "/v1/subscriptions/\(id)", json: ["message_ttl": ttl]).status
+                            == .ok)
                 }
                 let limited = try await client.call(.patch, "/v1/subscriptions/\(id)", json: ["message_ttl": 300])
                 // A minute window may have just rolled over; then the next call is the fifth of the new one.
-                let refused = limited.status == .tooManyRequests ? limited : try await client.call(.post, "/v1/subscriptions", json: Self.subscription(queue: "q2"))
+                let refused =
+                    limited.status == .tooManyRequests
+                    ? limited : try await client.call(.post, "/v1/subscriptions", json: Self.subscription(queue: "q2"))
                 #expect(refused.status == .tooManyRequests, "\(refused.text)")
                 let retryAfter = try #require(refused.headers[.retryAfter].flatMap { Int($0) })
                 #expect((1...60).contains(retryAfter))
                 #expect(refused.message.contains("HERALD_RATE_SUBSCRIPTION_CHANGES"))
-                #expect(try await client.call(.post, "/v1/subscriptions", project: "p2", json: Self.subscription()).status == .created, "per project")
+                #expect(
+                    try await client.call(.post, "/v1/subscriptions", project: "p2", json: Self.subscription()).status
+                        == .created, "per project")
             }
         }
 
@@ -84,12 +104,18 @@ extension APISuites {
                 body["event_types"] = (0...Subscription.Limits.patterns).map { "compute.t\($0).*" }
                 let patterns = try await client.call(.post, "/v1/subscriptions", json: body)
                 #expect(patterns.status == .badRequest)
-                #expect(patterns.message.hasPrefix("event_types:") && patterns.message.contains("at most \(Subscription.Limits.patterns)"), "\(patterns.message)")
+                #expect(
+                    patterns.message.hasPrefix("event_types:")
+                        && patterns.message.contains("at most \(Subscription.Limits.patterns)"), "\(patterns.message)")
                 body = Self.subscription()
-                body["conditions"] = [["field": "payload.state", "op": "in", "value": Array(0...Subscription.Limits.inItems)]]
+                body["conditions"] = [
+                    ["field": "payload.state", "op": "in", "value": Array(0...Subscription.Limits.inItems)]
+                ]
                 let items = try await client.call(.post, "/v1/subscriptions", json: body)
                 #expect(items.status == .badRequest)
-                #expect(items.message.hasPrefix("conditions[0]:") && items.message.contains("at most \(Subscription.Limits.inItems)"), "\(items.message)")
+                #expect(
+                    items.message.hasPrefix("conditions[0]:")
+                        && items.message.contains("at most \(Subscription.Limits.inItems)"), "\(items.message)")
             }
         }
 
@@ -99,9 +125,12 @@ extension APISuites {
             limits.replayPerCall = 2
             let harness = try APIHarness(limits: limits, rates: true)
             try await harness.test { client in
-                let refused = try await client.call(.post, "/v1/dead-letters/replay", json: ["ids": ["1-0", "2-0", "3-0"]])
+                let refused = try await client.call(
+                    .post, "/v1/dead-letters/replay", json: ["ids": ["1-0", "2-0", "3-0"]])
                 #expect(refused.status == .badRequest)
-                #expect(refused.message.hasPrefix("ids:") && refused.message.contains("HERALD_REPLAY_MAX"), "\(refused.message)")
+                #expect(
+                    refused.message.hasPrefix("ids:") && refused.message.contains("HERALD_REPLAY_MAX"),
+                    "\(refused.message)")
             }
         }
     }

@@ -1,4 +1,3 @@
-@testable import ClusterNode
 import Foundation
 import HTTPTypes
 import Hummingbird
@@ -6,8 +5,10 @@ import HummingbirdTesting
 import Logging
 import NIOCore
 import NIOFoundationCompat
-import Testing
 import TestSupport
+import Testing
+
+@testable import ClusterNode
 
 extension APISuites {
     @Suite("The API with Keystone tokens and trusts (a real Keystone)")
@@ -21,7 +22,8 @@ extension APISuites {
         /// With the cloud's admin project set (without it no project-scoped token is a cloud admin).
         func configuration(_ keystone: KeystoneFixture) -> KeystoneConfiguration {
             var configuration = KeystoneConfiguration(
-                url: keystone.url + "/v3", username: keystone.serviceUser, password: keystone.servicePassword, project: keystone.serviceProject,
+                url: keystone.url + "/v3", username: keystone.serviceUser, password: keystone.servicePassword,
+                project: keystone.serviceProject,
                 userDomain: "Default", projectDomain: "Default", cacheTTL: .seconds(60)
             )
             configuration.adminProject = keystone.adminProjectID
@@ -32,10 +34,14 @@ extension APISuites {
         func application(_ client: KeystoneClient) -> some ApplicationProtocol {
             var services = harness.api.services
             services.keystone = client
-            return Application(router: HeraldAPI(services: services).router(authenticator: KeystoneAuthenticator(keystone: client)))
+            return Application(
+                router: HeraldAPI(services: services).router(authenticator: KeystoneAuthenticator(keystone: client)))
         }
 
-        func call(_ client: any TestClientProtocol, _ method: HTTPRequest.Method, _ uri: String, token: String?, json: [String: Any]? = nil) async throws -> APIHarness.Reply {
+        func call(
+            _ client: any TestClientProtocol, _ method: HTTPRequest.Method, _ uri: String, token: String?,
+            json: [String: Any]? = nil
+        ) async throws -> APIHarness.Reply {
             try await APIHarness.call(client, method, uri, token: token, json: json)
         }
 
@@ -48,7 +54,8 @@ extension APISuites {
             let revoked = try await keystone.userToken("a")
             let expiring = try await keystone.shortLivedToken("a", seconds: 3)
             let admin = try await keystone.adminToken()
-            let (revokedStatus, _, _) = try await KeystoneFixture.request(keystone.url + "/v3/auth/tokens", .DELETE, token: admin, subject: revoked)
+            let (revokedStatus, _, _) = try await KeystoneFixture.request(
+                keystone.url + "/v3/auth/tokens", .DELETE, token: admin, subject: revoked)
             #expect(revokedStatus == 204)
             let projectA = try #require(keystone.projects["a"])
 
@@ -64,17 +71,24 @@ extension APISuites {
                 let expired = try await call(http, .get, "/v1/subscriptions", token: expiring)
                 #expect(expired.status == .unauthorized, "an expired token is refused: \(expired.text)")
 
-                let created = try await call(http, .post, "/v1/subscriptions", token: tokenA, json: ["event_types": ["compute.*"], "target": ["queue": "ks-events"], "trust": false])
+                let created = try await call(
+                    http, .post, "/v1/subscriptions", token: tokenA,
+                    json: ["event_types": ["compute.*"], "target": ["queue": "ks-events"], "trust": false])
                 #expect(created.status == .created, "\(created.text)")
                 #expect(created.object["project"] as? String == projectA, "the project comes from the token")
                 let id = try #require(created.object["id"] as? String)
                 #expect(try await call(http, .get, "/v1/subscriptions/\(id)", token: tokenA).status == .ok)
                 #expect(try await call(http, .get, "/v1/subscriptions/\(id)", token: tokenB).status == .notFound)
-                #expect(try await call(http, .patch, "/v1/subscriptions/\(id)", token: tokenB, json: ["message_ttl": 120]).status == .notFound)
+                #expect(
+                    try await call(http, .patch, "/v1/subscriptions/\(id)", token: tokenB, json: ["message_ttl": 120])
+                        .status == .notFound)
                 #expect(try await call(http, .delete, "/v1/subscriptions/\(id)", token: tokenB).status == .notFound)
                 #expect(try await harness.registry.get(id: id, project: projectA) != nil, "B changed nothing")
 
-                let everything: [String: Any] = ["event_types": ["compute.*"], "target": ["queue": "all-events"], "all_projects": true, "trust": false]
+                let everything: [String: Any] = [
+                    "event_types": ["compute.*"], "target": ["queue": "all-events"], "all_projects": true,
+                    "trust": false,
+                ]
                 let member = try await call(http, .post, "/v1/subscriptions", token: tokenA, json: everything)
                 #expect(member.status == .forbidden)
                 #expect(member.message.contains("all_projects"))
@@ -89,7 +103,10 @@ extension APISuites {
             unset.adminProject = nil
             let noAdminProject = KeystoneClient(configuration: unset, logger: Logger(label: "test"))
             try await application(noAdminProject).test(.router) { http in
-                let everything: [String: Any] = ["event_types": ["compute.*"], "target": ["queue": "all-events"], "all_projects": true, "trust": false]
+                let everything: [String: Any] = [
+                    "event_types": ["compute.*"], "target": ["queue": "all-events"], "all_projects": true,
+                    "trust": false,
+                ]
                 let refused = try await call(http, .post, "/v1/subscriptions", token: admin, json: everything)
                 #expect(refused.status == .forbidden, "\(refused.text)")
             }
@@ -103,15 +120,19 @@ extension APISuites {
             let client = KeystoneClient(configuration: configuration(keystone), logger: Logger(label: "test"))
             let tokenA = try await keystone.userToken("a")
             try await application(client).test(.router) { http in
-                let created = try await call(http, .post, "/v1/subscriptions", token: tokenA, json: ["event_types": ["compute.*"], "target": ["queue": "trusted"]])
+                let created = try await call(
+                    http, .post, "/v1/subscriptions", token: tokenA,
+                    json: ["event_types": ["compute.*"], "target": ["queue": "trusted"]])
                 #expect(created.status == .created, "\(created.text)")
                 let id = try #require(created.object["id"] as? String)
-                let trust = try #require(created.object["trust_id"] as? String, "the trust is in the answer: \(created.text)")
+                let trust = try #require(
+                    created.object["trust_id"] as? String, "the trust is in the answer: \(created.text)")
                 #expect(try await keystone.trusts(of: "a") == [trust], "the trust exists in Keystone, given by user a")
                 // Herald can act through it: a token scoped to a's project.
                 _ = try await client.trustToken(trust)
 
-                let seed = try await call(http, .post, "/v1/subscription", token: tokenA, json: ["source": "volume", "target": "seed-queue"])
+                let seed = try await call(
+                    http, .post, "/v1/subscription", token: tokenA, json: ["source": "volume", "target": "seed-queue"])
                 #expect(seed.status == .created, "\(seed.text)")
                 #expect(try await keystone.trusts(of: "a").count == 2, "the seed alias gets a trust too")
                 let seedID = try #require(seed.object["id"] as? String)

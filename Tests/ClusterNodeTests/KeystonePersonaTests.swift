@@ -1,4 +1,3 @@
-@testable import ClusterNode
 import Foundation
 import HTTPTypes
 import HeraldModel
@@ -7,8 +6,10 @@ import HummingbirdTesting
 import Logging
 import NIOCore
 import NIOFoundationCompat
-import Testing
 import TestSupport
+import Testing
+
+@testable import ClusterNode
 
 extension APISuites {
     /// docs/identity.md's "Answers per persona" table, route by route and persona by persona,
@@ -30,22 +31,34 @@ extension APISuites {
 
         /// The table: requests (first column) by persona (header), each cell an HTTP status.
         static func table() throws -> (personas: [String], rows: [(request: String, statuses: [Int])]) {
-            let path = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            let path = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+                .deletingLastPathComponent()
                 .appendingPathComponent("docs/identity.md").path
             let text = try String(contentsOfFile: path, encoding: .utf8)
-            guard let start = text.range(of: "## Answers per persona") else { throw TestFailure("docs/identity.md has no \"## Answers per persona\" section") }
-            let lines = text[start.upperBound...].split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
-            func cells(_ line: String) -> [String] {
-                line.split(separator: "|", omittingEmptySubsequences: false).dropFirst().dropLast().map { $0.trimmingCharacters(in: .whitespaces) }
+            guard let start = text.range(of: "## Answers per persona") else {
+                throw TestFailure("docs/identity.md has no \"## Answers per persona\" section")
             }
-            guard let header = lines.firstIndex(where: { $0.hasPrefix("|") }) else { throw TestFailure("no table under Answers per persona") }
+            let lines = text[start.upperBound...].split(separator: "\n", omittingEmptySubsequences: false).map(
+                String.init)
+            func cells(_ line: String) -> [String] {
+                line.split(separator: "|", omittingEmptySubsequences: false).dropFirst().dropLast().map {
+                    $0.trimmingCharacters(in: .whitespaces)
+                }
+            }
+            guard let header = lines.firstIndex(where: { $0.hasPrefix("|") }) else {
+                throw TestFailure("no table under Answers per persona")
+            }
             let personas = Array(cells(lines[header]).dropFirst())
             var rows: [(String, [Int])] = []
             for line in lines[(header + 2)...] {
                 guard line.hasPrefix("|") else { break }
                 let row = cells(line)
                 let statuses = row.dropFirst().compactMap { Int($0) }
-                guard statuses.count == personas.count else { throw TestFailure("docs/identity.md row '\(row.first ?? "")' has \(statuses.count) statuses for \(personas.count) personas") }
+                guard statuses.count == personas.count else {
+                    throw TestFailure(
+                        "docs/identity.md row '\(row.first ?? "")' has \(statuses.count) statuses for \(personas.count) personas"
+                    )
+                }
                 rows.append((row[0], statuses))
             }
             return (personas, rows)
@@ -64,58 +77,83 @@ extension APISuites {
                 "project admin": Persona(token: try await keystone.user("padmin", role: "admin", on: "a").token),
                 "system admin": Persona(token: try await keystone.systemAdminToken(), query: "project_id=\(projectA)"),
                 "cloud admin": Persona(token: try await keystone.adminToken()),
-                "app credential for compute": Persona(token: try await keystone.applicationCredentialToken("a", accessRules: [
-                    ["service": "compute", "path": "/v2.1/servers", "method": "GET"],
-                ])),
-                "app credential reading subscriptions": Persona(token: try await keystone.applicationCredentialToken("a", accessRules: [
-                    ["service": "events", "path": "/v1/subscriptions", "method": "GET"],
-                    ["service": "events", "path": "/v1/subscriptions/*", "method": "GET"],
-                ])),
+                "app credential for compute": Persona(
+                    token: try await keystone.applicationCredentialToken(
+                        "a",
+                        accessRules: [
+                            ["service": "compute", "path": "/v2.1/servers", "method": "GET"]
+                        ])),
+                "app credential reading subscriptions": Persona(
+                    token: try await keystone.applicationCredentialToken(
+                        "a",
+                        accessRules: [
+                            ["service": "events", "path": "/v1/subscriptions", "method": "GET"],
+                            ["service": "events", "path": "/v1/subscriptions/*", "method": "GET"],
+                        ])),
             ]
             let (columns, rows) = try Self.table()
             #expect(Set(columns) == Set(personas.keys), "the table's personas are the ones this test makes")
             #expect(rows.count >= 12)
 
             var configuration = KeystoneConfiguration(
-                url: keystone.url + "/v3", username: keystone.serviceUser, password: keystone.servicePassword, project: keystone.serviceProject,
+                url: keystone.url + "/v3", username: keystone.serviceUser, password: keystone.servicePassword,
+                project: keystone.serviceProject,
                 userDomain: "Default", projectDomain: "Default", cacheTTL: .seconds(60)
             )
             configuration.adminProject = keystone.adminProjectID
             let client = KeystoneClient(configuration: configuration, logger: Logger(label: "test"))
             var services = harness.api.services
             services.keystone = client
-            let application = Application(router: HeraldAPI(services: services).router(authenticator: KeystoneAuthenticator(keystone: client)))
+            let application = Application(
+                router: HeraldAPI(services: services).router(authenticator: KeystoneAuthenticator(keystone: client)))
             try await application.test(.router) { http in
-                let body: [String: Any] = ["event_types": ["compute.*"], "target": ["queue": "persona"], "trust": false]
+                let body: [String: Any] = [
+                    "event_types": ["compute.*"], "target": ["queue": "persona"], "trust": false,
+                ]
                 for (request, statuses) in rows {
                     for (column, expected) in zip(columns, statuses) {
                         let persona = try #require(personas[column])
                         // A subscription of project A for each cell: made by the member, with a
                         // trust of theirs (never used here: only its trustor is checked).
-                        var made = Subscription(project: projectA, eventTypes: ["compute.*"], target: Target(queue: "persona"), trustID: "trust-\(UUID().uuidString)")
+                        var made = Subscription(
+                            project: projectA, eventTypes: ["compute.*"], target: Target(queue: "persona"),
+                            trustID: "trust-\(UUID().uuidString)")
                         made.createdBy = trustor
                         try await harness.registry.create(made)
                         let id = made.id
-                        let (method, path, json): (HTTPRequest.Method, String, [String: Any]?) = switch request {
-                        case "`GET /v1/subscriptions`": (.get, "/v1/subscriptions", nil)
-                        case "`GET /v1/subscriptions/{id}`": (.get, "/v1/subscriptions/\(id)", nil)
-                        case "`POST /v1/subscriptions`": (.post, "/v1/subscriptions", body)
-                        case "`POST /v1/subscriptions` for another project": (.post, "/v1/subscriptions", body.merging(["project": "f0e1d2c3b4a5968778695a4b3c2d1e0f"]) { $1 })
-                        case "`POST /v1/subscriptions` all projects": (.post, "/v1/subscriptions", body.merging(["all_projects": true]) { $1 })
-                        case "`PATCH /v1/subscriptions/{id}` message_ttl": (.patch, "/v1/subscriptions/\(id)", ["message_ttl": 900])
-                        case "`PATCH /v1/subscriptions/{id}` target, the member's trust": (.patch, "/v1/subscriptions/\(id)", ["target": ["queue": "elsewhere"]])
-                        case "`DELETE /v1/subscriptions/{id}`": (.delete, "/v1/subscriptions/\(id)", nil)
-                        case "`GET /v1/dead-letters`": (.get, "/v1/dead-letters", nil)
-                        case "`POST /v1/dead-letters/replay`": (.post, "/v1/dead-letters/replay", nil)
-                        case "`DELETE /v1/dead-letters`": (.delete, "/v1/dead-letters", nil)
-                        case "`GET /v1/policy`": (.get, "/v1/policy", nil)
-                        default: throw TestFailure("docs/identity.md names a request this test cannot make: \(request)")
-                        }
+                        let (method, path, json): (HTTPRequest.Method, String, [String: Any]?) =
+                            switch request {
+                            case "`GET /v1/subscriptions`": (.get, "/v1/subscriptions", nil)
+                            case "`GET /v1/subscriptions/{id}`": (.get, "/v1/subscriptions/\(id)", nil)
+                            case "`POST /v1/subscriptions`": (.post, "/v1/subscriptions", body)
+                            case "`POST /v1/subscriptions` for another project":
+                                (
+                                    .post, "/v1/subscriptions",
+                                    body.merging(["project": "f0e1d2c3b4a5968778695a4b3c2d1e0f"]) { $1 }
+                                )
+                            case "`POST /v1/subscriptions` all projects":
+                                (.post, "/v1/subscriptions", body.merging(["all_projects": true]) { $1 })
+                            case "`PATCH /v1/subscriptions/{id}` message_ttl":
+                                (.patch, "/v1/subscriptions/\(id)", ["message_ttl": 900])
+                            case "`PATCH /v1/subscriptions/{id}` target, the member's trust":
+                                (.patch, "/v1/subscriptions/\(id)", ["target": ["queue": "elsewhere"]])
+                            case "`DELETE /v1/subscriptions/{id}`": (.delete, "/v1/subscriptions/\(id)", nil)
+                            case "`GET /v1/dead-letters`": (.get, "/v1/dead-letters", nil)
+                            case "`POST /v1/dead-letters/replay`": (.post, "/v1/dead-letters/replay", nil)
+                            case "`DELETE /v1/dead-letters`": (.delete, "/v1/dead-letters", nil)
+                            case "`GET /v1/policy`": (.get, "/v1/policy", nil)
+                            default:
+                                throw TestFailure("docs/identity.md names a request this test cannot make: \(request)")
+                            }
                         let uri = persona.query.isEmpty ? path : path + "?" + persona.query
                         let reply = try await APIHarness.call(http, method, uri, token: persona.token, json: json)
-                        #expect(Int(reply.status.code) == expected, "\(request) as \(column): \(reply.status.code) \(reply.message)")
+                        #expect(
+                            Int(reply.status.code) == expected,
+                            "\(request) as \(column): \(reply.status.code) \(reply.message)")
                         if method == .patch, column == "second member", path.hasSuffix(id), json?["target"] != nil {
-                            #expect(try await harness.registry.get(id: id, project: projectA)?.target.queue == "persona", "a refused target change stores nothing")
+                            #expect(
+                                try await harness.registry.get(id: id, project: projectA)?.target.queue == "persona",
+                                "a refused target change stores nothing")
                         }
                     }
                 }

@@ -1,10 +1,11 @@
-@testable import ClusterNode
 import Foundation
 import HTTPTypes
-import Prometheus
 import HeraldModel
-import Testing
+import Prometheus
 import TestSupport
+import Testing
+
+@testable import ClusterNode
 
 extension APISuites {
     @Suite("Dead letters API")
@@ -16,15 +17,21 @@ extension APISuites {
         }
 
         func letter(_ subscriptionID: String?, project: String, event: String) -> DeadLetter {
-            let body = #"{"ttl": 300, "body": {"event": {"event_type": "compute.instance.create.end"}, "herald": {"event_id": "\#(event)"}}}"#
-            return DeadLetter(reason: .retriesExhausted, detail: "Zaqar answered 503 five times", httpStatus: 503, target: "zaqar p/q",
-                              subscriptionID: subscriptionID, eventID: event, project: project, body: body, at: Date().timeIntervalSince1970)
+            let body =
+                #"{"ttl": 300, "body": {"event": {"event_type": "compute.instance.create.end"}, "herald": {"event_id": "\#(event)"}}}"#
+            return DeadLetter(
+                reason: .retriesExhausted, detail: "Zaqar answered 503 five times", httpStatus: 503,
+                target: "zaqar p/q",
+                subscriptionID: subscriptionID, eventID: event, project: project, body: body,
+                at: Date().timeIntervalSince1970)
         }
 
-        @Test("list newest first, replay into the real Zaqar (what fails again stays), purge; only the caller's project")
+        @Test(
+            "list newest first, replay into the real Zaqar (what fails again stays), purge; only the caller's project")
         func listReplayPurge() async throws {
             let queue = "dead-replay-" + UUID().uuidString.prefix(8).lowercased()
-            let subscription = try await harness.registry.create(Subscription(project: "p1", eventTypes: ["compute.*"], target: Target(queue: queue)))
+            let subscription = try await harness.registry.create(
+                Subscription(project: "p1", eventTypes: ["compute.*"], target: Target(queue: queue)))
             try await harness.deadLetters.append([
                 letter(subscription.id, project: "p1", event: "e1"),
                 letter("gone", project: "p1", event: "e2"),
@@ -51,7 +58,10 @@ extension APISuites {
                 #expect(bodies.compactMap { ($0["herald"] as? [String: Any])?["event_id"] as? String } == ["e1"])
 
                 let after = try await client.call(.get, "/v1/dead-letters")
-                #expect((after.object["dead_letters"] as? [[String: Any]])?.compactMap { $0["event_id"] as? String } == ["e2"])
+                #expect(
+                    (after.object["dead_letters"] as? [[String: Any]])?.compactMap { $0["event_id"] as? String } == [
+                        "e2"
+                    ])
                 let unknown = try await client.call(.post, "/v1/dead-letters/replay", json: ["ids": ["0-1"]])
                 #expect(unknown.status == .notFound)
                 #expect(unknown.message.hasPrefix("ids"))
@@ -61,7 +71,8 @@ extension APISuites {
 
                 let purged = try await client.call(.delete, "/v1/dead-letters")
                 #expect(purged.object["purged"] as? Int == 1)
-                #expect((try await client.call(.get, "/v1/dead-letters").object["dead_letters"] as? [Any])?.isEmpty == true)
+                #expect(
+                    (try await client.call(.get, "/v1/dead-letters").object["dead_letters"] as? [Any])?.isEmpty == true)
                 let other = try await client.call(.get, "/v1/dead-letters", project: "p2")
                 #expect((other.object["dead_letters"] as? [Any])?.count == 1, "p2's letters are untouched")
             }
@@ -79,7 +90,8 @@ extension APISuites {
 
         @Test("healthz always 200; readyz 503 naming the failing check, 200 when all pass; metrics in Prometheus text")
         func health() async throws {
-            let gauge = harness.metrics.makeGauge(descriptor: MetricNameDescriptor(metricName: "herald_test_gauge", unitName: "", helpText: ""))
+            let gauge = harness.metrics.makeGauge(
+                descriptor: MetricNameDescriptor(metricName: "herald_test_gauge", unitName: "", helpText: ""))
             gauge.set(to: 3)
             try await harness.test { client in
                 #expect(try await client.call(.get, "/healthz", project: nil).status == .ok)
@@ -107,24 +119,31 @@ extension APISuites {
         }
 
         var document: [String: Any] {
-            get throws { try #require(try JSONSerialization.jsonObject(with: Data(OpenAPIDocument.json.utf8)) as? [String: Any]) }
+            get throws {
+                try #require(try JSONSerialization.jsonObject(with: Data(OpenAPIDocument.json.utf8)) as? [String: Any])
+            }
         }
 
         @Test("the document lists exactly the routes the API serves")
         func sameRoutes() throws {
             let paths = try #require(try document["paths"] as? [String: [String: Any]])
-            let documented = Set(paths.flatMap { path, item in
-                item.keys.filter { $0 != "parameters" }.map { "\($0.uppercased()) \(path)" }
-            })
+            let documented = Set(
+                paths.flatMap { path, item in
+                    item.keys.filter { $0 != "parameters" }.map { "\($0.uppercased()) \(path)" }
+                })
             let served = Set(harness.api.routes.map { "\($0.method.rawValue) \($0.path)" })
-            #expect(documented == served, "only documented: \(documented.subtracting(served).sorted()); only served: \(served.subtracting(documented).sorted())")
+            #expect(
+                documented == served,
+                "only documented: \(documented.subtracting(served).sorted()); only served: \(served.subtracting(documented).sorted())"
+            )
         }
 
         @Test("every route answers with a documented status, and 2xx JSON bodies carry the schema's required fields")
         func behaviourMatches() async throws {
             let document = try document
             let paths = try #require(document["paths"] as? [String: [String: Any]])
-            let schemas = try #require((document["components"] as? [String: Any])?["schemas"] as? [String: [String: Any]])
+            let schemas = try #require(
+                (document["components"] as? [String: Any])?["schemas"] as? [String: [String: Any]])
             func resolve(_ schema: [String: Any]?) -> [String: Any]? {
                 guard let reference = schema?["$ref"] as? String else { return schema }
                 return schemas[String(reference.split(separator: "/").last ?? "")]
@@ -133,19 +152,28 @@ extension APISuites {
                 let operation = paths[path]?[method.lowercased()] as? [String: Any]
                 let responses = operation?["responses"] as? [String: Any] ?? [:]
                 let code = "\(reply.status.code)"
-                #expect(responses[code] != nil, "\(method) \(path) answered \(code), documented: \(responses.keys.sorted())")
+                #expect(
+                    responses[code] != nil, "\(method) \(path) answered \(code), documented: \(responses.keys.sorted())"
+                )
                 guard (200..<300).contains(reply.status.code), reply.status.code != 204,
-                      let response = responses[code] as? [String: Any],
-                      let schema = resolve(((response["content"] as? [String: Any])?["application/json"] as? [String: Any])?["schema"] as? [String: Any])
+                    let response = responses[code] as? [String: Any],
+                    let schema = resolve(
+                        ((response["content"] as? [String: Any])?["application/json"] as? [String: Any])?["schema"]
+                            as? [String: Any])
                 else { return }
                 for field in schema["required"] as? [String] ?? [] {
-                    #expect(reply.object[field] != nil, "\(method) \(path): \(field) is required by the document, missing in \(reply.text.prefix(300))")
+                    #expect(
+                        reply.object[field] != nil,
+                        "\(method) \(path): \(field) is required by the document, missing in \(reply.text.prefix(300))")
                 }
             }
             let queue = "openapi-" + UUID().uuidString.prefix(8).lowercased()
             let calls = try await harness.test { client in
                 var calls: [(String, String, APIHarness.Reply)] = []
-                func call(_ method: HTTPRequest.Method, _ uri: String, _ route: String, project: String? = "p1", json: Any? = nil) async throws -> APIHarness.Reply {
+                func call(
+                    _ method: HTTPRequest.Method, _ uri: String, _ route: String, project: String? = "p1",
+                    json: Any? = nil
+                ) async throws -> APIHarness.Reply {
                     let reply = try await client.call(method, uri, project: project, json: json)
                     calls.append((method.rawValue, route, reply))
                     return reply
@@ -160,7 +188,9 @@ extension APISuites {
                 let id = created.object["id"] as? String ?? "none"
                 _ = try await call(.post, "/v1/subscriptions", "/v1/subscriptions", json: ["target": ["queue": "q"]])
                 _ = try await call(.post, "/v1/subscriptions", "/v1/subscriptions", project: nil, json: body)
-                _ = try await call(.post, "/v1/subscriptions", "/v1/subscriptions", json: ["event_types": ["compute.*"], "target": ["queue": "q"], "all_projects": true])
+                _ = try await call(
+                    .post, "/v1/subscriptions", "/v1/subscriptions",
+                    json: ["event_types": ["compute.*"], "target": ["queue": "q"], "all_projects": true])
                 _ = try await call(.get, "/v1/subscriptions", "/v1/subscriptions")
                 _ = try await call(.get, "/v1/subscriptions?limit=0", "/v1/subscriptions")
                 _ = try await call(.get, "/v1/subscriptions/\(id)", "/v1/subscriptions/{id}")
@@ -177,15 +207,21 @@ extension APISuites {
                 _ = try await call(.get, "/v1/feed", "/v1/feed")
                 _ = try await call(.delete, "/v1/feed", "/v1/feed")
                 _ = try await call(.delete, "/v1/feed", "/v1/feed")
-                _ = try await call(.patch, "/v1/subscriptions/\(id)", "/v1/subscriptions/{id}", json: ["message_ttl": 120])
-                _ = try await call(.patch, "/v1/subscriptions/\(id)", "/v1/subscriptions/{id}", json: ["message_ttl": 1])
-                _ = try await call(.patch, "/v1/subscriptions/nope", "/v1/subscriptions/{id}", json: ["message_ttl": 120])
-                let alias = try await call(.post, "/v1/subscription", "/v1/subscription", json: ["source": "compute", "target": queue])
+                _ = try await call(
+                    .patch, "/v1/subscriptions/\(id)", "/v1/subscriptions/{id}", json: ["message_ttl": 120])
+                _ = try await call(
+                    .patch, "/v1/subscriptions/\(id)", "/v1/subscriptions/{id}", json: ["message_ttl": 1])
+                _ = try await call(
+                    .patch, "/v1/subscriptions/nope", "/v1/subscriptions/{id}", json: ["message_ttl": 120])
+                let alias = try await call(
+                    .post, "/v1/subscription", "/v1/subscription", json: ["source": "compute", "target": queue])
                 _ = try await call(.post, "/v1/subscription", "/v1/subscription", json: ["target": queue])
                 _ = try await call(.get, "/v1/subscription", "/v1/subscription")
-                _ = try await call(.get, "/v1/subscription/\(alias.object["id"] as? String ?? "none")", "/v1/subscription/{id}")
+                _ = try await call(
+                    .get, "/v1/subscription/\(alias.object["id"] as? String ?? "none")", "/v1/subscription/{id}")
                 _ = try await call(.get, "/v1/subscription/nope", "/v1/subscription/{id}")
-                _ = try await call(.delete, "/v1/subscription/\(alias.object["id"] as? String ?? "none")", "/v1/subscription/{id}")
+                _ = try await call(
+                    .delete, "/v1/subscription/\(alias.object["id"] as? String ?? "none")", "/v1/subscription/{id}")
                 _ = try await call(.delete, "/v1/subscription/nope", "/v1/subscription/{id}")
                 _ = try await call(.get, "/v1/dead-letters", "/v1/dead-letters")
                 _ = try await call(.get, "/v1/dead-letters?limit=5000", "/v1/dead-letters")
@@ -202,7 +238,9 @@ extension APISuites {
             for (method, path, reply) in calls { check(method, path, reply) }
             let exercised = Set(calls.map { "\($0.0) \($0.1)" })
             let served = Set(harness.api.routes.map { "\($0.method.rawValue) \($0.path)" })
-            #expect(served.subtracting(exercised).isEmpty, "routes this test does not call: \(served.subtracting(exercised).sorted())")
+            #expect(
+                served.subtracting(exercised).isEmpty,
+                "routes this test does not call: \(served.subtracting(exercised).sorted())")
         }
     }
 }

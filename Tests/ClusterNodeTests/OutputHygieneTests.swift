@@ -1,30 +1,38 @@
-@testable import ClusterNode
 import Foundation
 import Logging
 import Synchronization
 import Testing
 
+@testable import ClusterNode
+
 @Suite("Output hygiene: no passwords, no forged lines")
 struct OutputHygieneTests {
     @Test("configuration errors never print a password: URLs (each host of a multi-host one) and *_PASSWORD values")
     func redaction() throws {
-        let amqp = ConfigurationError(key: "HERALD_AMQP_URL", value: "amqp://herald:s3cret@h1:5672,herald:0ther@h2:5672/vhost", expected: "bad")
+        let amqp = ConfigurationError(
+            key: "HERALD_AMQP_URL", value: "amqp://herald:s3cret@h1:5672,herald:0ther@h2:5672/vhost", expected: "bad")
         #expect(!amqp.description.contains("s3cret") && !amqp.description.contains("0ther"), "\(amqp)")
         #expect(amqp.description.contains("herald:***@h1:5672"))
-        let set = ConfigurationError(key: "--set", value: "HERALD_REDIS_URL=redis://:pw123@redis:6379/0", expected: "KEY=VALUE")
+        let set = ConfigurationError(
+            key: "--set", value: "HERALD_REDIS_URL=redis://:pw123@redis:6379/0", expected: "KEY=VALUE")
         #expect(!set.description.contains("pw123"), "\(set)")
         let password = ConfigurationError(key: "HERALD_KEYSTONE_PASSWORD", value: "hunter2", expected: "x")
         #expect(!password.description.contains("hunter2"))
         // Through the real reader: a bad Redis URL with a password.
         do {
-            _ = try NodeConfiguration.fromEnvironment(["HERALD_REDIS_URL": "redis://:topsecret@host:notaport/0", "HERALD_API_AUTH": "trusted-header"])
+            _ = try NodeConfiguration.fromEnvironment([
+                "HERALD_REDIS_URL": "redis://:topsecret@host:notaport/0", "HERALD_API_AUTH": "trusted-header",
+            ])
             Issue.record("a bad URL was accepted")
         } catch {
             #expect(!"\(error)".contains("topsecret"), "\(error)")
             #expect("\(error)".contains("HERALD_REDIS_URL"))
         }
         // A Sentinel URL's password, and CA files that cannot be read.
-        for (key, value) in [("HERALD_REDIS_URL", "redis+sentinel://:topsecret@s1:notaport/m"), ("HERALD_ZAQAR_CA_FILE", "/nonexistent/ca.pem"), ("HERALD_KEYSTONE_CA_FILE", "/nonexistent/ca.pem")] {
+        for (key, value) in [
+            ("HERALD_REDIS_URL", "redis+sentinel://:topsecret@s1:notaport/m"),
+            ("HERALD_ZAQAR_CA_FILE", "/nonexistent/ca.pem"), ("HERALD_KEYSTONE_CA_FILE", "/nonexistent/ca.pem"),
+        ] {
             do {
                 _ = try NodeConfiguration.fromEnvironment([key: value, "HERALD_API_AUTH": "trusted-header"])
                 Issue.record("\(key)=\(value) was accepted")

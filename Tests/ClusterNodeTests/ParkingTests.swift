@@ -1,4 +1,3 @@
-@testable import ClusterNode
 import Coordination
 import Delivery
 import Foundation
@@ -6,8 +5,10 @@ import HeraldModel
 import Logging
 import Messaging
 import Synchronization
-import Testing
 import TestSupport
+import Testing
+
+@testable import ClusterNode
 
 /// A batcher with parking, its drainer and ledger, on the real RabbitMQ and Redis, under a
 /// cluster name and key prefix of its own; targets are a `HostileZaqar`.
@@ -29,10 +30,14 @@ struct ParkingRig {
     let prefix: String
     let redis: RedisClient
 
-    init(settings: ParkingSettings, subscriptions: [Subscription], connection: AMQPConnection? = nil, names: ClusterNames? = nil, keyPrefix: String? = nil) async throws {
+    init(
+        settings: ParkingSettings, subscriptions: [Subscription], connection: AMQPConnection? = nil,
+        names: ClusterNames? = nil, keyPrefix: String? = nil
+    ) async throws {
         let logger = Logger(label: "herald.test.parking")
         self.settings = settings
-        self.connection = if let connection { connection } else { try await AMQPConnection.connect(url: TestServers.amqpURL()) }
+        self.connection =
+            if let connection { connection } else { try await AMQPConnection.connect(url: TestServers.amqpURL()) }
         let prefix = keyPrefix ?? TestServers.uniqueName("herald-test.parking") + ":"
         self.prefix = prefix
         self.names = try names ?? ClusterNames(cluster: TestServers.uniqueName("park"))
@@ -42,12 +47,15 @@ struct ParkingRig {
         ledger = ParkingLedger(redis: try RedisClient(url: TestServers.redisURL()), keyPrefix: prefix)
         deadLetters = DeadLetterStore(redis: try RedisClient(url: TestServers.redisURL()), keyPrefix: prefix)
         zaqar = ZaqarClient(requestTimeout: .seconds(5))
-        parking = TargetParking(connection: self.connection, ledger: ledger, names: self.names, queueType: "classic", owner: owner, settings: settings, logger: logger)
+        parking = TargetParking(
+            connection: self.connection, ledger: ledger, names: self.names, queueType: "classic", owner: owner,
+            settings: settings, logger: logger)
         var delivery = DeliveryConfiguration()
         delivery.attemptsBeforeParking = settings.afterAttempts
         delivery.retryBase = .milliseconds(10)
         delivery.retryCap = .milliseconds(50)
-        batcher = try DeliveryBatcher(configuration: delivery, zaqar: zaqar, deadLetters: deadLetters, parking: parking, logger: logger)
+        batcher = try DeliveryBatcher(
+            configuration: delivery, zaqar: zaqar, deadLetters: deadLetters, parking: parking, logger: logger)
         index = Locked(SubscriptionIndex(subscriptions))
         let registry = Locked(Dictionary(uniqueKeysWithValues: subscriptions.map { ($0.id, $0) }))
         self.registry = registry
@@ -64,11 +72,17 @@ struct ParkingRig {
     }
 
     /// One message per event id, for a subscription's target.
-    static func messages(_ subscription: Subscription, _ events: some Sequence<Int>, label: String = "e") -> [ZaqarOutgoingMessage] {
+    static func messages(
+        _ subscription: Subscription, _ events: some Sequence<Int>, label: String = "e"
+    ) -> [ZaqarOutgoingMessage] {
         events.map { number in
             let event = Array("{\"event_type\":\"compute.instance.update\",\"n\":\(number)}".utf8)
-            let body = ZaqarMessageEncoding.message(event: event, ttl: 300, subscriptionID: subscription.id, eventID: "\(label)-\(number)", partition: 0, epoch: 1)
-            return ZaqarOutgoingMessage(target: subscription.zaqarTarget(defaultURL: "http://127.0.0.1:1"), body: body, subscriptionID: subscription.id, eventID: "\(label)-\(number)")
+            let body = ZaqarMessageEncoding.message(
+                event: event, ttl: 300, subscriptionID: subscription.id, eventID: "\(label)-\(number)", partition: 0,
+                epoch: 1)
+            return ZaqarOutgoingMessage(
+                target: subscription.zaqarTarget(defaultURL: "http://127.0.0.1:1"), body: body,
+                subscriptionID: subscription.id, eventID: "\(label)-\(number)")
         }
     }
 
@@ -93,21 +107,27 @@ struct ParkingRig {
     /// Waits until the subscription's parking record is gone (its queue was seen empty).
     func untilUnparked(_ subscription: Subscription, timeout: Duration = .seconds(15)) async throws {
         try await eventually(timeout: timeout) {
-            guard try await ledger.state(subscription: subscription.id) == nil else { throw TestFailure("\(subscription.id) still parked") }
+            guard try await ledger.state(subscription: subscription.id) == nil else {
+                throw TestFailure("\(subscription.id) still parked")
+            }
         }
     }
 
     func queueDepth(_ subscription: Subscription) async throws -> Int {
         let channel = try await connection.openChannel()
         let depth: Result<Int, any Error>
-        do { depth = .success(try await channel.declareQueuePassive(names.parkingQueue(subscription.id)).messageCount) } catch { depth = .failure(error) }
+        do {
+            depth = .success(try await channel.declareQueuePassive(names.parkingQueue(subscription.id)).messageCount)
+        } catch { depth = .failure(error) }
         await channel.close()
         return try depth.get()
     }
 
     func shutdown(deleting subscriptions: [Subscription]) async {
         if let channel = try? await connection.openChannel() {
-            for subscription in subscriptions { _ = try? await channel.deleteQueue(names.parkingQueue(subscription.id)) }
+            for subscription in subscriptions {
+                _ = try? await channel.deleteQueue(names.parkingQueue(subscription.id))
+            }
             await channel.close()
         }
         await zaqar.shutdown()
@@ -143,7 +163,9 @@ func untilArrived(_ count: Int, at zaqar: HostileZaqar, queue: String) async thr
 /// The event ids a queue received, in arrival order.
 func eventIDs(_ zaqar: HostileZaqar, queue: String) -> [String] {
     zaqar.accepted(queue: queue).compactMap { body in
-        guard let object = try? JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any], let herald = object["herald"] as? [String: Any] else { return nil }
+        guard let object = try? JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any],
+            let herald = object["herald"] as? [String: Any]
+        else { return nil }
         return herald["event_id"] as? String
     }
 }
@@ -151,7 +173,8 @@ func eventIDs(_ zaqar: HostileZaqar, queue: String) -> [String] {
 @Suite("Parking failing targets in RabbitMQ (real RabbitMQ, Redis and HTTP)", .serialized, .timeLimit(.minutes(3)))
 struct ParkingTests {
     static func subscription(queue: String, zaqar: HostileZaqar, project: String = "p1") -> Subscription {
-        Subscription(project: project, eventTypes: ["compute.instance.*"], target: .init(queue: queue, zaqarURL: zaqar.url))
+        Subscription(
+            project: project, eventTypes: ["compute.instance.*"], target: .init(queue: queue, zaqarURL: zaqar.url))
     }
 
     /// A target answering 503 until `recover()`, a subscription on it, and its first `count`
@@ -173,7 +196,9 @@ struct ParkingTests {
         return settings
     }
 
-    @Test("a failing target's messages are parked and acked; a healthy target beside it keeps flowing; after recovery every parked message arrives, and new ones queue behind them in order")
+    @Test(
+        "a failing target's messages are parked and acked; a healthy target beside it keeps flowing; after recovery every parked message arrives, and new ones queue behind them in order"
+    )
     func parkAndRecover() async throws {
         let down = Atomic<Bool>(true)
         let zaqar = try await HostileZaqar { request in
@@ -198,16 +223,24 @@ struct ParkingTests {
         // The target is back, but the drainer has not run yet: new messages do not overtake.
         down.store(false, ordering: .relaxed)
         let later = await rig.submitEach(ParkingRig.messages(failing, 20..<25))
-        #expect(later.parked == 5 && later.delivered == 0, "new messages of a parked subscription wait behind the parked ones: \(later)")
+        #expect(
+            later.parked == 5 && later.delivered == 0,
+            "new messages of a parked subscription wait behind the parked ones: \(later)")
         #expect(eventIDs(zaqar, queue: "failing").isEmpty)
 
         let draining = Task { await rig.drainer.run() }
         try await eventually(timeout: .seconds(30)) {
-            guard eventIDs(zaqar, queue: "failing").count >= 25 else { throw TestFailure("\(eventIDs(zaqar, queue: "failing").count) of 25 arrived") }
+            guard eventIDs(zaqar, queue: "failing").count >= 25 else {
+                throw TestFailure("\(eventIDs(zaqar, queue: "failing").count) of 25 arrived")
+            }
         }
-        #expect(eventIDs(zaqar, queue: "failing") == (0..<25).map { "e-\($0)" }, "in the order they were submitted, each once")
+        #expect(
+            eventIDs(zaqar, queue: "failing") == (0..<25).map { "e-\($0)" },
+            "in the order they were submitted, each once")
         try await eventually {
-            guard try await rig.ledger.state(subscription: failing.id) == nil, !rig.parking.isParked(failing.id) else { throw TestFailure("still parked") }
+            guard try await rig.ledger.state(subscription: failing.id) == nil, !rig.parking.isParked(failing.id) else {
+                throw TestFailure("still parked")
+            }
         }
         // Parked no more: the next message goes straight to Zaqar.
         let direct = await rig.submitEach(ParkingRig.messages(failing, 25..<26))
@@ -219,7 +252,9 @@ struct ParkingTests {
         await zaqar.close()
     }
 
-    @Test("parked messages are retried on their schedule: each failed retry is counted and the next one waits its backoff")
+    @Test(
+        "parked messages are retried on their schedule: each failed retry is counted and the next one waits its backoff"
+    )
     func retriedAfterDelay() async throws {
         let requests = Mutex<[ContinuousClock.Instant]>([])
         let zaqar = try await HostileZaqar { _ in
@@ -237,7 +272,9 @@ struct ParkingTests {
         #expect(lane == 2, "two attempts in the lane (HERALD_PARKING_AFTER_ATTEMPTS=2), then parked: \(lane)")
         let draining = Task { await rig.drainer.run() }
         try await eventually(timeout: .seconds(30)) {
-            guard let state = try await rig.ledger.state(subscription: subscription.id), state.attempts >= 3 else { throw TestFailure("fewer than 3 retries") }
+            guard let state = try await rig.ledger.state(subscription: subscription.id), state.attempts >= 3 else {
+                throw TestFailure("fewer than 3 retries")
+            }
         }
         draining.cancel()
         await draining.value
@@ -252,7 +289,9 @@ struct ParkingTests {
         await zaqar.close()
     }
 
-    @Test("past the retry horizon the parked messages become dead letters (retry_horizon), with the attempts counted; not before")
+    @Test(
+        "past the retry horizon the parked messages become dead letters (retry_horizon), with the attempts counted; not before"
+    )
     func horizon() async throws {
         let zaqar = try await HostileZaqar { _ in .status(503) }
         let subscription = Self.subscription(queue: "gone-for-good", zaqar: zaqar)
@@ -270,7 +309,9 @@ struct ParkingTests {
         for letter in letters {
             #expect(letter.reason == .retryHorizon)
             #expect(letter.at >= parkedAt + 3, "dead-lettered \(letter.at - parkedAt) s after parking, horizon 3 s")
-            #expect(letter.detail.contains("HERALD_DELIVERY_RETRY_HORIZON") && letter.detail.contains("attempts"), "\(letter.detail)")
+            #expect(
+                letter.detail.contains("HERALD_DELIVERY_RETRY_HORIZON") && letter.detail.contains("attempts"),
+                "\(letter.detail)")
         }
         // Retried several times within the horizon (every 300 to 600 ms) before giving up.
         #expect(zaqar.requests(queue: "gone-for-good") >= 4, "\(zaqar.requests(queue: "gone-for-good")) requests")
@@ -282,20 +323,24 @@ struct ParkingTests {
         await zaqar.close()
     }
 
-    @Test("parked messages outlive the node that parked them: another node's drainer delivers them once the target is back")
+    @Test(
+        "parked messages outlive the node that parked them: another node's drainer delivers them once the target is back"
+    )
     func survivesTheNode() async throws {
         let down = Atomic<Bool>(true)
         let zaqar = try await HostileZaqar { _ in down.load(ordering: .relaxed) ? .reset : .accept }
         let subscription = Self.subscription(queue: "survivor", zaqar: zaqar)
         let prefix = TestServers.uniqueName("herald-test.parking") + ":"
-        let first = try await ParkingRig(settings: Self.fastSettings(), subscriptions: [subscription], keyPrefix: prefix)
+        let first = try await ParkingRig(
+            settings: Self.fastSettings(), subscriptions: [subscription], keyPrefix: prefix)
         #expect(await first.submitEach(ParkingRig.messages(subscription, 0..<10)).parked == 10)
         // The first node goes away: its connection closes, its liveness lapses; what remains is the broker's queue and Redis.
         await first.connection.close()
         try await first.die()
         await first.zaqar.shutdown()
         down.store(false, ordering: .relaxed)
-        let second = try await ParkingRig(settings: Self.fastSettings(), subscriptions: [subscription], names: first.names, keyPrefix: prefix)
+        let second = try await ParkingRig(
+            settings: Self.fastSettings(), subscriptions: [subscription], names: first.names, keyPrefix: prefix)
         let draining = Task { await second.drainer.run() }
         try await untilArrived(10, at: zaqar, queue: "survivor")
         #expect(eventIDs(zaqar, queue: "survivor") == (0..<10).map { "e-\($0)" })
@@ -318,33 +363,70 @@ struct ParkingTests {
         draining.cancel()
         await draining.value
         #expect(eventIDs(zaqar, queue: "deleted").isEmpty)
-        await #expect(throws: (any Error).self, "the parking queue was deleted") { try await rig.queueDepth(subscription) }
+        await #expect(throws: (any Error).self, "the parking queue was deleted") {
+            try await rig.queueDepth(subscription)
+        }
         await rig.shutdown(deleting: [subscription])
         await zaqar.close()
     }
 
-    @Test("the ledger: per-project shares (messages and bytes) and per-subscription bounds; releases never unpark; only a claimer that saw the queue empty does, and a count without messages is dropped after the window; only the claimer reschedules")
+    @Test(
+        "the ledger: per-project shares (messages and bytes) and per-subscription bounds; releases never unpark; only a claimer that saw the queue empty does, and a count without messages is dropped after the window; only the claimer reschedules"
+    )
     func ledger() async throws {
-        let ledger = ParkingLedger(redis: try RedisClient(url: TestServers.redisURL()), keyPrefix: TestServers.uniqueName("herald-test.share") + ":")
-        guard case .reserved = try await ledger.reserve(subscription: "s1", project: "p1", count: 80, projectMax: 100, subscriptionMax: 1000, delay: .seconds(1), error: "503") else {
-            Issue.record("first reservation"); return
+        let ledger = ParkingLedger(
+            redis: try RedisClient(url: TestServers.redisURL()),
+            keyPrefix: TestServers.uniqueName("herald-test.share") + ":")
+        guard
+            case .reserved = try await ledger.reserve(
+                subscription: "s1", project: "p1", count: 80, projectMax: 100, subscriptionMax: 1000,
+                delay: .seconds(1), error: "503")
+        else {
+            Issue.record("first reservation")
+            return
         }
-        #expect(try await ledger.reserve(subscription: "s2", project: "p1", count: 30, projectMax: 100, subscriptionMax: 1000, delay: .zero, error: "") == .projectFull(parked: 80))
-        #expect(try await ledger.reserve(subscription: "s1", project: "p1", count: 20, projectMax: 1000, subscriptionMax: 90, delay: .zero, error: "") == .subscriptionFull(parked: 80))
-        guard case .reserved = try await ledger.reserve(subscription: "s3", project: "p2", count: 30, projectMax: 100, subscriptionMax: 1000, delay: .zero, error: "") else {
-            Issue.record("another project parks"); return
+        #expect(
+            try await ledger.reserve(
+                subscription: "s2", project: "p1", count: 30, projectMax: 100, subscriptionMax: 1000, delay: .zero,
+                error: "") == .projectFull(parked: 80))
+        #expect(
+            try await ledger.reserve(
+                subscription: "s1", project: "p1", count: 20, projectMax: 1000, subscriptionMax: 90, delay: .zero,
+                error: "") == .subscriptionFull(parked: 80))
+        guard
+            case .reserved = try await ledger.reserve(
+                subscription: "s3", project: "p2", count: 30, projectMax: 100, subscriptionMax: 1000, delay: .zero,
+                error: "")
+        else {
+            Issue.record("another project parks")
+            return
         }
         #expect(try await ledger.release(subscription: "s1", count: 50) == 30)
-        guard case .reserved = try await ledger.reserve(subscription: "s2", project: "p1", count: 30, projectMax: 100, subscriptionMax: 1000, delay: .zero, error: "") else {
-            Issue.record("room again after a release"); return
+        guard
+            case .reserved = try await ledger.reserve(
+                subscription: "s2", project: "p1", count: 30, projectMax: 100, subscriptionMax: 1000, delay: .zero,
+                error: "")
+        else {
+            Issue.record("room again after a release")
+            return
         }
-        guard case .reserved = try await ledger.reserve(subscription: "s4", project: "p3", count: 1, bytes: 600, projectMax: 100, projectMaxBytes: 1000, subscriptionMax: 100, delay: .zero, error: "") else {
-            Issue.record("bytes within the share"); return
+        guard
+            case .reserved = try await ledger.reserve(
+                subscription: "s4", project: "p3", count: 1, bytes: 600, projectMax: 100, projectMaxBytes: 1000,
+                subscriptionMax: 100, delay: .zero, error: "")
+        else {
+            Issue.record("bytes within the share")
+            return
         }
-        #expect(try await ledger.reserve(subscription: "s4", project: "p3", count: 1, bytes: 600, projectMax: 100, projectMaxBytes: 1000, subscriptionMax: 100, delay: .zero, error: "") == .projectBytesFull(parkedBytes: 600))
+        #expect(
+            try await ledger.reserve(
+                subscription: "s4", project: "p3", count: 1, bytes: 600, projectMax: 100, projectMaxBytes: 1000,
+                subscriptionMax: 100, delay: .zero, error: "") == .projectBytesFull(parkedBytes: 600))
         #expect(try await ledger.parkedSubscriptions() == ["s1", "s2", "s3", "s4"])
         #expect(try await ledger.release(subscription: "s1", count: 999) == 0, "a release never goes below zero")
-        #expect(try await ledger.parkedSubscriptions().contains("s1"), "a count of zero does not unpark: only the queue seen empty does")
+        #expect(
+            try await ledger.parkedSubscriptions().contains("s1"),
+            "a count of zero does not unpark: only the queue seen empty does")
 
         // Claims: only the claimer reschedules; the others' calls change nothing.
         try await Task.sleep(for: .seconds(1.1))
@@ -353,22 +435,42 @@ struct ParkingTests {
         #expect(try await ledger.retryLater(subscription: "s2", node: "node-b", delay: .zero, error: "x") < 0)
         #expect(try await ledger.renew(subscription: "s2", node: "node-b", lease: .seconds(1)) == false)
         #expect(try await ledger.state(subscription: "s2")?.claimedBy == "node-a")
-        #expect(try await ledger.observeEmpty(subscription: "s1", node: "node-a", window: .seconds(3600), delay: .zero) == .unparked)
-        #expect(try await ledger.observeEmpty(subscription: "s2", node: "node-a", window: .seconds(3600), delay: .zero) == .waiting, "30 counted: publishes may be under way")
-        #expect(try await ledger.observeEmpty(subscription: "s2", node: "node-a", window: .zero, delay: .zero) == .reconciled(count: 30))
+        #expect(
+            try await ledger.observeEmpty(subscription: "s1", node: "node-a", window: .seconds(3600), delay: .zero)
+                == .unparked)
+        #expect(
+            try await ledger.observeEmpty(subscription: "s2", node: "node-a", window: .seconds(3600), delay: .zero)
+                == .waiting, "30 counted: publishes may be under way")
+        #expect(
+            try await ledger.observeEmpty(subscription: "s2", node: "node-a", window: .zero, delay: .zero)
+                == .reconciled(count: 30))
         #expect(try await ledger.parkedSubscriptions() == ["s3", "s4"])
         // The project's share came back with the dropped count.
-        guard case .reserved = try await ledger.reserve(subscription: "s5", project: "p1", count: 100, projectMax: 100, subscriptionMax: 1000, delay: .zero, error: "") else {
-            Issue.record("p1's share is whole again"); return
+        guard
+            case .reserved = try await ledger.reserve(
+                subscription: "s5", project: "p1", count: 100, projectMax: 100, subscriptionMax: 1000, delay: .zero,
+                error: "")
+        else {
+            Issue.record("p1's share is whole again")
+            return
         }
     }
 
-    @Test("retry slots are shared between projects: a project with many parked subscriptions due first takes one slot per round, not all of them")
+    @Test(
+        "retry slots are shared between projects: a project with many parked subscriptions due first takes one slot per round, not all of them"
+    )
     func fairClaims() async throws {
-        let ledger = ParkingLedger(redis: try RedisClient(url: TestServers.redisURL()), keyPrefix: TestServers.uniqueName("herald-test.fair") + ":")
+        let ledger = ParkingLedger(
+            redis: try RedisClient(url: TestServers.redisURL()),
+            keyPrefix: TestServers.uniqueName("herald-test.fair") + ":")
         func park(_ subscription: String, _ project: String) async throws {
-            guard case .reserved = try await ledger.reserve(subscription: subscription, project: project, count: 1, projectMax: 100, subscriptionMax: 100, delay: .zero, error: "503") else {
-                Issue.record("\(subscription) reserved"); return
+            guard
+                case .reserved = try await ledger.reserve(
+                    subscription: subscription, project: project, count: 1, projectMax: 100, subscriptionMax: 100,
+                    delay: .zero, error: "503")
+            else {
+                Issue.record("\(subscription) reserved")
+                return
             }
         }
         // The hog's eight are due before the others' (parked first).
@@ -380,10 +482,14 @@ struct ParkingTests {
         let first = try await ledger.claimDue(node: "n#1", lease: .seconds(60), limit: 3)
         #expect(first == ["hog-0", "b-0", "c-0"], "one per project, each project's oldest first: \(first)")
         let second = try await ledger.claimDue(node: "n#1", lease: .seconds(60), limit: 3)
-        #expect(second == ["hog-1", "b-1", "hog-2"], "then the next of each, the hog again once the others ran out: \(second)")
+        #expect(
+            second == ["hog-1", "b-1", "hog-2"],
+            "then the next of each, the hog again once the others ran out: \(second)")
     }
 
-    @Test("a count that fell below what the queue holds (an ack lost with a connection counts twice) keeps the subscription parked until its queue is really empty")
+    @Test(
+        "a count that fell below what the queue holds (an ack lost with a connection counts twice) keeps the subscription parked until its queue is really empty"
+    )
     func countBelowQueue() async throws {
         let (target, subscription, rig) = try await Self.parked(5, queue: "undercounted")
         let zaqar = target.zaqar
@@ -409,7 +515,9 @@ struct ParkingTests {
         await zaqar.close()
     }
 
-    @Test("what a process that died left in the ledger (a count it never published, a closing, a claim) stops holding the subscription at once; what it published stays counted")
+    @Test(
+        "what a process that died left in the ledger (a count it never published, a closing, a claim) stops holding the subscription at once; what it published stays counted"
+    )
     func deadProcesses() async throws {
         let redis = try RedisClient(url: TestServers.redisURL())
         let prefix = TestServers.uniqueName("herald-test.parking") + ":"
@@ -423,67 +531,109 @@ struct ParkingTests {
             _ = try await redis.send("HSET", prefix + "park:" + subscription, "gone:" + owner, 0)
         }
         func reserve(_ subscription: String, _ count: Int, owner: String) async throws -> ParkingLedger.Reservation {
-            try await ledger.reserve(subscription: subscription, project: "p1", count: count, projectMax: 1000, subscriptionMax: 1000, delay: .zero, error: "503", owner: owner)
+            try await ledger.reserve(
+                subscription: subscription, project: "p1", count: count, projectMax: 1000, subscriptionMax: 1000,
+                delay: .zero, error: "503", owner: owner)
         }
         try await alive("a#1", "b#1", "c#1", "d#1", "e#1", "f#1")
 
         // A reservation whose process is alive may still be published: waited for. Once it died: dropped.
-        guard case .reserved = try await reserve("s1", 10, owner: "a#1") else { Issue.record("s1 reserved"); return }
+        guard case .reserved = try await reserve("s1", 10, owner: "a#1") else {
+            Issue.record("s1 reserved")
+            return
+        }
         #expect(try await ledger.claimDue(node: "b#1", lease: .seconds(60), limit: 10).contains("s1"))
-        #expect(try await ledger.observeEmpty(subscription: "s1", node: "b#1", window: .seconds(3600), delay: .zero) == .waiting)
+        #expect(
+            try await ledger.observeEmpty(subscription: "s1", node: "b#1", window: .seconds(3600), delay: .zero)
+                == .waiting)
         try await dies("a#1")
         #expect(try await ledger.claimDue(node: "b#1", lease: .seconds(60), limit: 10).contains("s1"))
-        #expect(try await ledger.observeEmpty(subscription: "s1", node: "b#1", window: .seconds(3600), delay: .zero) == .waiting,
-                "a key just missing may be a live process' lapse (a slow beat, a failover): not taken for death yet")
+        #expect(
+            try await ledger.observeEmpty(subscription: "s1", node: "b#1", window: .seconds(3600), delay: .zero)
+                == .waiting,
+            "a key just missing may be a live process' lapse (a slow beat, a failover): not taken for death yet")
         try await goneLongAgo("a#1", from: "s1")
         #expect(try await ledger.claimDue(node: "b#1", lease: .seconds(60), limit: 10).contains("s1"))
-        #expect(try await ledger.observeEmpty(subscription: "s1", node: "b#1", window: .seconds(3600), delay: .zero) == .reconciled(count: 10))
+        #expect(
+            try await ledger.observeEmpty(subscription: "s1", node: "b#1", window: .seconds(3600), delay: .zero)
+                == .reconciled(count: 10))
         #expect(try await ledger.parkedSubscriptions().contains("s1") == false, "unparked")
 
         // Confirmed by the broker: in the queue as far as the ledger knows, counted after its publisher died.
-        guard case .reserved = try await reserve("s2", 5, owner: "c#1") else { Issue.record("s2 reserved"); return }
+        guard case .reserved = try await reserve("s2", 5, owner: "c#1") else {
+            Issue.record("s2 reserved")
+            return
+        }
         #expect(try await ledger.confirm(subscription: "s2", project: "p1", count: 5, owner: "c#1") == false)
         try await dies("c#1")
         try await goneLongAgo("c#1", from: "s2")
         #expect(try await ledger.claimDue(node: "b#1", lease: .seconds(60), limit: 10).contains("s2"))
-        #expect(try await ledger.observeEmpty(subscription: "s2", node: "b#1", window: .seconds(3600), delay: .zero) == .waiting)
+        #expect(
+            try await ledger.observeEmpty(subscription: "s2", node: "b#1", window: .seconds(3600), delay: .zero)
+                == .waiting)
         #expect(try await ledger.state(subscription: "s2")?.count == 5)
 
         // A live process' reservation that no confirm followed for two minutes is stale.
-        guard case .reserved = try await reserve("s6", 3, owner: "b#1") else { Issue.record("s6 reserved"); return }
-        _ = try await redis.send("HSET", prefix + "park:s6", "pending-at:b#1", Int64(Date().timeIntervalSince1970 * 1000) - 121_000)
+        guard case .reserved = try await reserve("s6", 3, owner: "b#1") else {
+            Issue.record("s6 reserved")
+            return
+        }
+        _ = try await redis.send(
+            "HSET", prefix + "park:s6", "pending-at:b#1", Int64(Date().timeIntervalSince1970 * 1000) - 121_000)
         #expect(try await ledger.claimDue(node: "f#1", lease: .seconds(60), limit: 10).contains("s6"))
-        #expect(try await ledger.observeEmpty(subscription: "s6", node: "f#1", window: .seconds(3600), delay: .zero) == .reconciled(count: 3))
+        #expect(
+            try await ledger.observeEmpty(subscription: "s6", node: "f#1", window: .seconds(3600), delay: .zero)
+                == .reconciled(count: 3))
 
         // Refused by the broker: uncounted by its own process.
-        guard case .reserved = try await reserve("s3", 4, owner: "b#1") else { Issue.record("s3 reserved"); return }
+        guard case .reserved = try await reserve("s3", 4, owner: "b#1") else {
+            Issue.record("s3 reserved")
+            return
+        }
         try await ledger.unreserve(subscription: "s3", count: 4, owner: "b#1")
         #expect(try await ledger.state(subscription: "s3")?.count == 0)
         #expect(try await ledger.claimDue(node: "b#1", lease: .seconds(60), limit: 10).contains("s3"))
-        #expect(try await ledger.observeEmpty(subscription: "s3", node: "b#1", window: .seconds(3600), delay: .zero) == .unparked)
+        #expect(
+            try await ledger.observeEmpty(subscription: "s3", node: "b#1", window: .seconds(3600), delay: .zero)
+                == .unparked)
 
         // Closed by a claimer that is alive: new messages wait. By one that died: they are parked again.
-        guard case .reserved = try await reserve("s4", 1, owner: "b#1") else { Issue.record("s4 reserved"); return }
+        guard case .reserved = try await reserve("s4", 1, owner: "b#1") else {
+            Issue.record("s4 reserved")
+            return
+        }
         #expect(try await ledger.claimDue(node: "d#1", lease: .seconds(60), limit: 10).contains("s4"))
         #expect(try await ledger.close(subscription: "s4", node: "d#1"))
         #expect(try await reserve("s4", 1, owner: "b#1") == .closing)
         try await dies("d#1")
         #expect(try await reserve("s4", 1, owner: "b#1") == .closing, "a lapse is not a death")
         try await goneLongAgo("d#1", from: "s4")
-        guard case .reserved = try await reserve("s4", 1, owner: "b#1") else { Issue.record("a dead claimer's closing holds no message"); return }
+        guard case .reserved = try await reserve("s4", 1, owner: "b#1") else {
+            Issue.record("a dead claimer's closing holds no message")
+            return
+        }
 
         // A claim is another node's until its lease runs out, or at once when its holder died.
-        guard case .reserved = try await reserve("s5", 1, owner: "b#1") else { Issue.record("s5 reserved"); return }
+        guard case .reserved = try await reserve("s5", 1, owner: "b#1") else {
+            Issue.record("s5 reserved")
+            return
+        }
         #expect(try await ledger.claimDue(node: "e#1", lease: .seconds(60), limit: 10).contains("s5"))
-        #expect(try await ledger.claimDue(node: "f#1", lease: .seconds(60), limit: 10).contains("s5") == false, "e#1 holds it")
+        #expect(
+            try await ledger.claimDue(node: "f#1", lease: .seconds(60), limit: 10).contains("s5") == false,
+            "e#1 holds it")
         try await dies("e#1")
-        #expect(try await ledger.claimDue(node: "f#1", lease: .seconds(60), limit: 10).contains("s5") == false, "e#1's key lapsed: not dead yet")
+        #expect(
+            try await ledger.claimDue(node: "f#1", lease: .seconds(60), limit: 10).contains("s5") == false,
+            "e#1's key lapsed: not dead yet")
         try await goneLongAgo("e#1", from: "s5")
         #expect(try await ledger.claimDue(node: "f#1", lease: .seconds(60), limit: 10).contains("s5"), "e#1 died")
         #expect(try await ledger.state(subscription: "s5")?.claimedBy == "f#1")
     }
 
-    @Test("a node killed between counting and publishing, after it closed the parking it was draining, does not hold the subscription: another node takes it over at once, its new messages arrive, it is unparked")
+    @Test(
+        "a node killed between counting and publishing, after it closed the parking it was draining, does not hold the subscription: another node takes it over at once, its new messages arrive, it is unparked"
+    )
     func killedMidParking() async throws {
         let zaqar = try await HostileZaqar { _ in .accept }
         let subscription = Self.subscription(queue: "orphaned", zaqar: zaqar)
@@ -494,9 +644,15 @@ struct ParkingTests {
         let rig = try await ParkingRig(settings: settings, subscriptions: [subscription])
         // What the killed node left: 7 counted and never published, a claim, a closing.
         let dead = "node-x#dead"
-        guard case .reserved = try await rig.ledger.reserve(
-            subscription: subscription.id, project: subscription.project, count: 7, projectMax: 1000, subscriptionMax: 1000, delay: .zero, error: "timeout", owner: dead
-        ) else { Issue.record("reserved"); return }
+        guard
+            case .reserved = try await rig.ledger.reserve(
+                subscription: subscription.id, project: subscription.project, count: 7, projectMax: 1000,
+                subscriptionMax: 1000, delay: .zero, error: "timeout", owner: dead
+            )
+        else {
+            Issue.record("reserved")
+            return
+        }
         #expect(try await rig.ledger.claimDue(node: dead, lease: .seconds(600), limit: 10) == [subscription.id])
         #expect(try await rig.ledger.close(subscription: subscription.id, node: dead))
         // Its liveness key has been missing past the grace (the record remembers since when).
@@ -518,7 +674,9 @@ struct ParkingTests {
         await zaqar.close()
     }
 
-    @Test("parked messages whose record was lost are found by the leader's sweep, recorded again and delivered; a swept queue that is gone is forgotten")
+    @Test(
+        "parked messages whose record was lost are found by the leader's sweep, recorded again and delivered; a swept queue that is gone is forgotten"
+    )
     func sweepFindsOrphans() async throws {
         let (target, subscription, rig) = try await Self.parked(5, queue: "orphans")
         let zaqar = target.zaqar
@@ -546,7 +704,9 @@ struct ParkingTests {
         await zaqar.close()
     }
 
-    @Test("a subscription whose events keep coming is unparked once its retrier catches up: the queue is closed, later messages wait briefly and then go directly, all in order")
+    @Test(
+        "a subscription whose events keep coming is unparked once its retrier catches up: the queue is closed, later messages wait briefly and then go directly, all in order"
+    )
     func unparkedUnderFlow() async throws {
         let (target, subscription, rig) = try await Self.parked(10, queue: "steady")
         let zaqar = target.zaqar
@@ -580,7 +740,9 @@ struct ParkingTests {
         }
     }
 
-    @Test("a project over its parking share gets dead letters (parking_full) naming the share, instead of holding the partitions every tenant shares")
+    @Test(
+        "a project over its parking share gets dead letters (parking_full) naming the share, instead of holding the partitions every tenant shares"
+    )
     func shareFull() async throws {
         let zaqar = try await HostileZaqar { _ in .status(503) }
         let subscription = Self.subscription(queue: "full", zaqar: zaqar)
@@ -591,7 +753,11 @@ struct ParkingTests {
         let over = await rig.submitEach(ParkingRig.messages(subscription, 4..<7))
         #expect(over.deadLettered == 3 && over.parked == 0, "\(over)")
         let letters = try await rig.deadLetters.recent(count: 10)
-        #expect(letters.count == 3 && letters.allSatisfy { $0.reason == .parkingFull && $0.detail.contains("HERALD_PARKING_PROJECT_MAX_MESSAGES") }, "\(letters.map(\.detail))")
+        #expect(
+            letters.count == 3
+                && letters.allSatisfy {
+                    $0.reason == .parkingFull && $0.detail.contains("HERALD_PARKING_PROJECT_MAX_MESSAGES")
+                }, "\(letters.map(\.detail))")
         #expect(try await rig.queueDepth(subscription) == 4)
         await rig.shutdown(deleting: [subscription])
         await zaqar.close()
@@ -601,22 +767,29 @@ struct ParkingTests {
 extension APISuites {
     @Suite("The delivery state of a subscription's target")
     struct DeliveryStateAPITests {
-        @Test("GET /v1/subscriptions/{id}/delivery answers healthy, failing (since, last error) or parked (messages, age, retries, next attempt, horizon); another project gets 404")
+        @Test(
+            "GET /v1/subscriptions/{id}/delivery answers healthy, failing (since, last error) or parked (messages, age, retries, next attempt, horizon); another project gets 404"
+        )
         func states() async throws {
             let harness = try APIHarness()
             try await harness.test { client in
                 var ids: [String] = []
                 for queue in ["calm", "flaky", "down"] {
-                    let created = try await client.call(.post, "/v1/subscriptions", json: ["event_types": ["compute.*"], "target": ["queue": queue]])
+                    let created = try await client.call(
+                        .post, "/v1/subscriptions", json: ["event_types": ["compute.*"], "target": ["queue": queue]])
                     #expect(created.status == .created, "\(created.text)")
                     ids.append(created.object["id"] as? String ?? "?")
                 }
                 try await harness.parking.noteFailure(subscription: ids[1], error: "HTTP 503: busy", ttl: .seconds(60))
-                _ = try await harness.parking.reserve(subscription: ids[2], project: "p1", count: 42, projectMax: 1000, subscriptionMax: 1000, delay: .seconds(30), error: "HTTP 502: gateway")
+                _ = try await harness.parking.reserve(
+                    subscription: ids[2], project: "p1", count: 42, projectMax: 1000, subscriptionMax: 1000,
+                    delay: .seconds(30), error: "HTTP 502: gateway")
                 let calm = try await client.call(.get, "/v1/subscriptions/\(ids[0])/delivery")
                 #expect(calm.status == .ok && calm.object["state"] as? String == "healthy", "\(calm.text)")
                 let flaky = try await client.call(.get, "/v1/subscriptions/\(ids[1])/delivery")
-                #expect(flaky.object["state"] as? String == "failing" && flaky.object["last_error"] as? String == "HTTP 503: busy", "\(flaky.text)")
+                #expect(
+                    flaky.object["state"] as? String == "failing"
+                        && flaky.object["last_error"] as? String == "HTTP 503: busy", "\(flaky.text)")
                 #expect(flaky.object["since"] is String)
                 let down = try await client.call(.get, "/v1/subscriptions/\(ids[2])/delivery")
                 #expect(down.object["state"] as? String == "parked", "\(down.text)")

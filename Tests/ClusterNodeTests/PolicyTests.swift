@@ -1,13 +1,16 @@
-@testable import ClusterNode
 import Foundation
 import HTTPTypes
 import HeraldModel
-import Testing
 import TestSupport
+import Testing
+
+@testable import ClusterNode
 
 @Suite("Policy rules in oslo.policy's syntax")
 struct PolicyRuleTests {
-    func credentials(_ roles: [String], project: String = "p1", user: String? = "u1", adminProject: Bool = false) -> PolicyCredentials {
+    func credentials(
+        _ roles: [String], project: String = "p1", user: String? = "u1", adminProject: Bool = false
+    ) -> PolicyCredentials {
         Caller(project: project, roles: roles, isAdminProject: adminProject, userID: user).credentials
     }
 
@@ -17,10 +20,13 @@ struct PolicyRuleTests {
             "member": try PolicyRule(parsing: "role:member and project_id:%(project_id)s"),
             "either": try PolicyRule(parsing: "rule:member or (role:admin and is_admin_project:True)"),
             "negated": try PolicyRule(parsing: "not role:reader"),
-            "always": try PolicyRule(parsing: "@"), "never": try PolicyRule(parsing: "!"), "empty": try PolicyRule(parsing: ""),
+            "always": try PolicyRule(parsing: "@"), "never": try PolicyRule(parsing: "!"),
+            "empty": try PolicyRule(parsing: ""),
             "owner": try PolicyRule(parsing: "user_id:%(trustor_id)s"),
         ]
-        func holds(_ name: String, _ credentials: PolicyCredentials, _ target: [String: String] = ["project_id": "p1"]) -> Bool {
+        func holds(
+            _ name: String, _ credentials: PolicyCredentials, _ target: [String: String] = ["project_id": "p1"]
+        ) -> Bool {
             rules[name]!.holds(credentials, target, rules: rules, depth: 0)
         }
         #expect(holds("member", credentials(["member"])))
@@ -30,7 +36,9 @@ struct PolicyRuleTests {
         #expect(holds("either", credentials(["admin"], adminProject: true), ["project_id": "p9"]))
         #expect(!holds("either", credentials(["admin"], adminProject: false), ["project_id": "p9"]))
         #expect(!holds("negated", credentials(["member"])), "member implies reader")
-        #expect(holds("always", credentials([])) && !holds("never", credentials(["admin"])) && holds("empty", credentials([])))
+        #expect(
+            holds("always", credentials([])) && !holds("never", credentials(["admin"]))
+                && holds("empty", credentials([])))
         #expect(holds("owner", credentials(["member"]), ["trustor_id": "u1"]))
         #expect(!holds("owner", credentials(["member"], user: "u2"), ["trustor_id": "u1"]))
         for bad in ["role:", "and role:x", "(role:x", "role:x or", "http://x/check", "justaword"] {
@@ -40,7 +48,8 @@ struct PolicyRuleTests {
 
     @Test("every default parses and refers only to rules that exist")
     func defaults() throws {
-        for (name, text) in Policy.building.map({ ($0.name, $0.rule) }) + Policy.operations.map({ ($0.name, $0.rule) }) {
+        for (name, text) in Policy.building.map({ ($0.name, $0.rule) }) + Policy.operations.map({ ($0.name, $0.rule) })
+        {
             let rule = try PolicyRule(parsing: text)
             #expect(rule != .never || text == "!", "\(name)")
             let known = Set(Policy.building.map(\.name) + Policy.operations.map(\.name))
@@ -51,24 +60,28 @@ struct PolicyRuleTests {
     @Test("a policy file changes a rule; an unknown rule name stops start-up naming it and its line")
     func files() throws {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent(UUID().uuidString + ".yaml").path
-        try "\"dead_letter:purge\": \"role:admin and project_id:%(project_id)s\"\n".write(toFile: path, atomically: true, encoding: .utf8)
+        try "\"dead_letter:purge\": \"role:admin and project_id:%(project_id)s\"\n".write(
+            toFile: path, atomically: true, encoding: .utf8)
         let policy = try Policy.load(path: path)
         #expect(!policy.allows("dead_letter:purge", credentials: credentials(["member"]), target: ["project_id": "p1"]))
         #expect(policy.allows("dead_letter:purge", credentials: credentials(["admin"]), target: ["project_id": "p1"]))
         #expect(policy.effective.first { $0.name == "dead_letter:purge" }?.overridden == true)
-        try "\"subscription:get\": \"@\"\n\"subscription:frobnicate\": \"@\"\n".write(toFile: path, atomically: true, encoding: .utf8)
+        try "\"subscription:get\": \"@\"\n\"subscription:frobnicate\": \"@\"\n".write(
+            toFile: path, atomically: true, encoding: .utf8)
         #expect {
             _ = try Policy.load(path: path)
         } throws: { error in
             "\(error)".contains("unknown rule 'subscription:frobnicate'") && "\(error)".contains(":2:")
         }
-        try "\"project_reader\": \"rule:cloud_admin\"\n\"cloud_admin\": \"not rule:project_reader\"\n".write(toFile: path, atomically: true, encoding: .utf8)
+        try "\"project_reader\": \"rule:cloud_admin\"\n\"cloud_admin\": \"not rule:project_reader\"\n".write(
+            toFile: path, atomically: true, encoding: .utf8)
         #expect {
             _ = try Policy.load(path: path)
         } throws: { error in
             "\(error)".contains("cycle")
         }
-        try "\"subscription:get\": \"@\"\n\"subscription:frobnicate\": \"@\"\n".write(toFile: path, atomically: true, encoding: .utf8)
+        try "\"subscription:get\": \"@\"\n\"subscription:frobnicate\": \"@\"\n".write(
+            toFile: path, atomically: true, encoding: .utf8)
         do {
             _ = try NodeConfiguration.fromEnvironment(["HERALD_POLICY_FILE": path, "HERALD_API_AUTH": "trusted-header"])
             Issue.record("accepted an unknown rule")
@@ -96,17 +109,23 @@ extension APISuites {
         static let stranger = Persona(name: "member of another project", project: "p2", roles: "member", user: "s1")
         static let admin = Persona(name: "cloud admin", project: "admin", roles: "admin", user: "a1")
 
-        func call(_ client: APIHarness.Client, _ persona: Persona, _ method: HTTPRequest.Method, _ uri: String, json: Any? = nil) async throws -> APIHarness.Reply {
-            try await client.call(method, uri, project: persona.project, roles: persona.roles, user: persona.user, json: json)
+        func call(
+            _ client: APIHarness.Client, _ persona: Persona, _ method: HTTPRequest.Method, _ uri: String,
+            json: Any? = nil
+        ) async throws -> APIHarness.Reply {
+            try await client.call(
+                method, uri, project: persona.project, roles: persona.roles, user: persona.user, json: json)
         }
 
-        @Test("readers read, members write, only the trustor changes a trusted target, all-projects is the cloud admin's")
+        @Test(
+            "readers read, members write, only the trustor changes a trusted target, all-projects is the cloud admin's")
         func table() async throws {
             let harness = try APIHarness()
             try await harness.test { client in
                 let body: [String: Any] = ["event_types": ["compute.*"], "target": ["queue": "q"]]
                 // Create: members yes, readers no.
-                #expect(try await call(client, Self.reader, .post, "/v1/subscriptions", json: body).status == .forbidden)
+                #expect(
+                    try await call(client, Self.reader, .post, "/v1/subscriptions", json: body).status == .forbidden)
                 let created = try await call(client, Self.member, .post, "/v1/subscriptions", json: body)
                 #expect(created.status == .created, "\(created.text)")
                 let id = try #require(created.object["id"] as? String)
@@ -117,12 +136,16 @@ extension APISuites {
                 #expect(try await call(client, Self.stranger, .get, "/v1/subscriptions/\(id)").status == .notFound)
                 // A test event: members yes, readers no, another project not found.
                 #expect(try await call(client, Self.reader, .post, "/v1/subscriptions/\(id)/test").status == .forbidden)
-                #expect(try await call(client, Self.stranger, .post, "/v1/subscriptions/\(id)/test").status == .notFound)
+                #expect(
+                    try await call(client, Self.stranger, .post, "/v1/subscriptions/\(id)/test").status == .notFound)
                 let tested = try await call(client, Self.otherMember, .post, "/v1/subscriptions/\(id)/test")
                 #expect(tested.status == .ok && tested.object["delivered"] as? Bool == true, "\(tested.text)")
                 // Change and delete: members yes, readers no.
-                #expect(try await call(client, Self.reader, .patch, "/v1/subscriptions/\(id)", json: ["message_ttl": 600]).status == .forbidden)
-                let patched = try await call(client, Self.otherMember, .patch, "/v1/subscriptions/\(id)", json: ["message_ttl": 600])
+                #expect(
+                    try await call(client, Self.reader, .patch, "/v1/subscriptions/\(id)", json: ["message_ttl": 600])
+                        .status == .forbidden)
+                let patched = try await call(
+                    client, Self.otherMember, .patch, "/v1/subscriptions/\(id)", json: ["message_ttl": 600])
                 #expect(patched.status == .ok)
                 #expect(patched.object["updated_by"] as? String == "m2")
                 // Dead letters: readers list, only members replay and purge.
@@ -140,14 +163,20 @@ extension APISuites {
                 // Another project's subscription: the cloud admin may make one, a member may not.
                 var forOther = body
                 forOther["project"] = "p2"
-                #expect(try await call(client, Self.member, .post, "/v1/subscriptions", json: forOther).status == .forbidden)
-                #expect(try await call(client, Self.admin, .post, "/v1/subscriptions", json: forOther).status == .created)
+                #expect(
+                    try await call(client, Self.member, .post, "/v1/subscriptions", json: forOther).status == .forbidden
+                )
+                #expect(
+                    try await call(client, Self.admin, .post, "/v1/subscriptions", json: forOther).status == .created)
                 #expect(try await call(client, Self.reader, .delete, "/v1/subscriptions/\(id)").status == .forbidden)
                 #expect(try await call(client, Self.member, .delete, "/v1/subscriptions/\(id)").status == .noContent)
                 // The rules in force, for everyone who is someone.
                 let rules = try await call(client, Self.reader, .get, "/v1/policy")
                 #expect(rules.status == .ok)
-                #expect((rules.object["rules"] as? [[String: Any]])?.contains { $0["name"] as? String == "subscription:update_trusted_target" } == true)
+                #expect(
+                    (rules.object["rules"] as? [[String: Any]])?.contains {
+                        $0["name"] as? String == "subscription:update_trusted_target"
+                    } == true)
             }
         }
 
@@ -155,18 +184,29 @@ extension APISuites {
         func trustedTarget() async throws {
             let harness = try APIHarness()
             // A subscription with a trust of member m1, as the Keystone flow stores it.
-            var made = Subscription(project: "p1", eventTypes: ["compute.*"], target: Target(queue: "q"), trustID: "trust-of-m1")
+            var made = Subscription(
+                project: "p1", eventTypes: ["compute.*"], target: Target(queue: "q"), trustID: "trust-of-m1")
             made.createdBy = "m1"
             let subscription = made
             try await harness.registry.create(subscription)
             try await harness.test { client in
-                let moved = try await call(client, Self.otherMember, .patch, "/v1/subscriptions/\(subscription.id)", json: ["target": ["queue": "q", "zaqar_url": "http://attacker.example:8888"]])
+                let moved = try await call(
+                    client, Self.otherMember, .patch, "/v1/subscriptions/\(subscription.id)",
+                    json: ["target": ["queue": "q", "zaqar_url": "http://attacker.example:8888"]])
                 #expect(moved.status == .forbidden)
                 #expect(moved.message.hasPrefix("target:"), "\(moved.message)")
-                #expect(try await harness.registry.get(id: subscription.id, project: "p1")?.target.zaqarURL == nil, "nothing changed")
+                #expect(
+                    try await harness.registry.get(id: subscription.id, project: "p1")?.target.zaqarURL == nil,
+                    "nothing changed")
                 // Other fields stay open to the project's members; the trustor may move the target.
-                #expect(try await call(client, Self.otherMember, .patch, "/v1/subscriptions/\(subscription.id)", json: ["message_ttl": 900]).status == .ok)
-                let own = try await call(client, Self.member, .patch, "/v1/subscriptions/\(subscription.id)", json: ["target": ["queue": "q2"]])
+                #expect(
+                    try await call(
+                        client, Self.otherMember, .patch, "/v1/subscriptions/\(subscription.id)",
+                        json: ["message_ttl": 900]
+                    ).status == .ok)
+                let own = try await call(
+                    client, Self.member, .patch, "/v1/subscriptions/\(subscription.id)",
+                    json: ["target": ["queue": "q2"]])
                 #expect(own.status == .ok, "\(own.text)")
             }
         }
@@ -176,14 +216,22 @@ extension APISuites {
 extension APISuites {
     @Suite("Conditions cannot read what tenants never receive")
     struct RedactedConditionTests {
-        @Test("a condition on a redacted field is a 400 naming it (create and PATCH); exists, other fields and an admin's unredacted subscription pass")
+        @Test(
+            "a condition on a redacted field is a 400 naming it (create and PATCH); exists, other fields and an admin's unredacted subscription pass"
+        )
         func conditions() async throws {
             let harness = try APIHarness()
             try await harness.test { client in
-                func create(_ condition: [String: Any], roles: String = "member", project: String = "p1", extra: [String: Any] = [:]) async throws -> APIHarness.Reply {
-                    var body: [String: Any] = ["event_types": ["compute.*", "port.*"], "target": ["queue": "q"], "conditions": [condition]]
+                func create(
+                    _ condition: [String: Any], roles: String = "member", project: String = "p1",
+                    extra: [String: Any] = [:]
+                ) async throws -> APIHarness.Reply {
+                    var body: [String: Any] = [
+                        "event_types": ["compute.*", "port.*"], "target": ["queue": "q"], "conditions": [condition],
+                    ]
                     body.merge(extra) { $1 }
-                    return try await client.call(.post, "/v1/subscriptions", project: project, roles: roles, user: "u1", json: body)
+                    return try await client.call(
+                        .post, "/v1/subscriptions", project: project, roles: roles, user: "u1", json: body)
                 }
                 for refused: [String: Any] in [
                     ["field": "payload.host", "op": "prefix", "value": "compute-1"],
@@ -209,15 +257,25 @@ extension APISuites {
                 }
                 let made = try await create(["field": "payload.state", "op": "eq", "value": "active"])
                 let id = try #require(made.object["id"] as? String)
-                let patched = try await client.call(.patch, "/v1/subscriptions/\(id)", project: "p1", roles: "member", user: "u1", json: ["conditions": [["field": "payload.node", "op": "eq", "value": "n1"]]])
+                let patched = try await client.call(
+                    .patch, "/v1/subscriptions/\(id)", project: "p1", roles: "member", user: "u1",
+                    json: ["conditions": [["field": "payload.node", "op": "eq", "value": "n1"]]])
                 #expect(patched.status == .badRequest, "\(patched.text)")
                 // The cloud admin's unredacted feed sees the hosts, so it may test them.
-                let admin = try await create(["field": "payload.host", "op": "prefix", "value": "compute-1"], roles: "admin", project: "admin",
-                                             extra: ["all_projects": true, "unredacted": true])
+                let admin = try await create(
+                    ["field": "payload.host", "op": "prefix", "value": "compute-1"], roles: "admin", project: "admin",
+                    extra: ["all_projects": true, "unredacted": true])
                 #expect(admin.status == .created, "\(admin.text)")
                 // unredacted is the cloud admin's, and an all-projects subscription's only.
-                #expect(try await create(["field": "payload.state", "op": "eq", "value": "active"], extra: ["unredacted": true]).status == .forbidden)
-                #expect(try await create(["field": "payload.state", "op": "eq", "value": "active"], roles: "admin", project: "admin", extra: ["unredacted": true]).status == .badRequest)
+                #expect(
+                    try await create(
+                        ["field": "payload.state", "op": "eq", "value": "active"], extra: ["unredacted": true]
+                    ).status == .forbidden)
+                #expect(
+                    try await create(
+                        ["field": "payload.state", "op": "eq", "value": "active"], roles: "admin", project: "admin",
+                        extra: ["unredacted": true]
+                    ).status == .badRequest)
             }
         }
     }

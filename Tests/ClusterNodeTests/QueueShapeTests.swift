@@ -1,39 +1,72 @@
-@testable import ClusterNode
 import Coordination
 import Foundation
 import HeraldModel
 import Logging
 import Messaging
-import Testing
 import TestSupport
+import Testing
+
+@testable import ClusterNode
 
 @Suite("The cluster's queue shape: type and length bounds")
 struct QueueShapeChoiceTests {
     static let none = QueueShapeSettings()
 
-    @Test("a setting wins; else the cluster's record; else the old shape for a cluster older than the record, quorum and bounds for a new one", arguments: [
-        (QueueShapeSettings(type: "classic"), ["type": "quorum"], true, QueueShape(type: "classic", ingestMaxMessages: 0, partitionMaxMessages: 0)),
-        (QueueShapeSettings(type: "quorum", partitionMaxMessages: 7), [:], true, QueueShape(type: "quorum", ingestMaxMessages: 0, partitionMaxMessages: 7)),
-        (none, ["type": "classic", "ingest-max-messages": "10", "partition-max-messages": "3"], false, QueueShape(type: "classic", ingestMaxMessages: 10, partitionMaxMessages: 3)),
-        (QueueShapeSettings(ingestMaxMessages: 99), ["type": "quorum", "ingest-max-messages": "10", "partition-max-messages": "3"], true, QueueShape(type: "quorum", ingestMaxMessages: 99, partitionMaxMessages: 3)),
-        (none, [:], true, QueueShape.legacy),
-        (none, [:], false, QueueShape.newCluster),
-    ])
-    func choice(configured: QueueShapeSettings, recorded: [String: String], clusterExists: Bool, expected: QueueShape) throws {
-        #expect(try ClusterQueueShape.choose(configured: configured, recorded: recorded, clusterExists: clusterExists) == expected)
+    @Test(
+        "a setting wins; else the cluster's record; else the old shape for a cluster older than the record, quorum and bounds for a new one",
+        arguments: [
+            (
+                QueueShapeSettings(type: "classic"), ["type": "quorum"], true,
+                QueueShape(type: "classic", ingestMaxMessages: 0, partitionMaxMessages: 0)
+            ),
+            (
+                QueueShapeSettings(type: "quorum", partitionMaxMessages: 7), [:], true,
+                QueueShape(type: "quorum", ingestMaxMessages: 0, partitionMaxMessages: 7)
+            ),
+            (
+                none, ["type": "classic", "ingest-max-messages": "10", "partition-max-messages": "3"], false,
+                QueueShape(type: "classic", ingestMaxMessages: 10, partitionMaxMessages: 3)
+            ),
+            (
+                QueueShapeSettings(ingestMaxMessages: 99),
+                ["type": "quorum", "ingest-max-messages": "10", "partition-max-messages": "3"], true,
+                QueueShape(type: "quorum", ingestMaxMessages: 99, partitionMaxMessages: 3)
+            ),
+            (none, [:], true, QueueShape.legacy),
+            (none, [:], false, QueueShape.newCluster),
+        ])
+    func choice(
+        configured: QueueShapeSettings, recorded: [String: String], clusterExists: Bool, expected: QueueShape
+    ) throws {
+        #expect(
+            try ClusterQueueShape.choose(configured: configured, recorded: recorded, clusterExists: clusterExists)
+                == expected)
     }
 
     @Test("a record this version cannot use, or a bad setting, stops start-up naming the key")
     func refused() {
-        #expect(throws: ConfigurationError.self) { try ClusterQueueShape.choose(configured: Self.none, recorded: ["type": "stream"], clusterExists: true) }
-        #expect(throws: ConfigurationError.self) { try ClusterQueueShape.choose(configured: Self.none, recorded: ["partition-max-messages": "-4"], clusterExists: true) }
-        #expect(throws: ConfigurationError.self) { try NodeConfiguration.fromEnvironment(["HERALD_QUEUE_TYPE": "stream", "HERALD_API_AUTH": "trusted-header"]) }
-        #expect(throws: ConfigurationError.self) { try NodeConfiguration.fromEnvironment(["HERALD_PARTITION_QUEUE_MAX_MESSAGES": "lots", "HERALD_API_AUTH": "trusted-header"]) }
+        #expect(throws: ConfigurationError.self) {
+            try ClusterQueueShape.choose(configured: Self.none, recorded: ["type": "stream"], clusterExists: true)
+        }
+        #expect(throws: ConfigurationError.self) {
+            try ClusterQueueShape.choose(
+                configured: Self.none, recorded: ["partition-max-messages": "-4"], clusterExists: true)
+        }
+        #expect(throws: ConfigurationError.self) {
+            try NodeConfiguration.fromEnvironment(["HERALD_QUEUE_TYPE": "stream", "HERALD_API_AUTH": "trusted-header"])
+        }
+        #expect(throws: ConfigurationError.self) {
+            try NodeConfiguration.fromEnvironment([
+                "HERALD_PARTITION_QUEUE_MAX_MESSAGES": "lots", "HERALD_API_AUTH": "trusted-header",
+            ])
+        }
         let unset = try? NodeConfiguration.fromEnvironment(["HERALD_API_AUTH": "trusted-header"])
         #expect(unset?.queueSettings == Self.none)
     }
 
-    @Test("a refused notification is held and every later one behind it; the first is tried alone after 50 ms doubling to 5 s; once it is taken the others go together; only a refused part stays")
+    @Test(
+        "a refused notification is held and every later one behind it; the first is tried alone after 50 ms doubling to 5 s; once it is taken the others go together; only a refused part stays"
+    )
     func hold() {
         var hold = IngestHold<String>()
         let start = ContinuousClock.now
@@ -85,8 +118,10 @@ struct QueueShapeTests {
         let cluster = TestServers.uniqueName("qshape")
         let exchange = TestServers.uniqueName("qshape-x")
         let environment = [
-            "HERALD_API_AUTH": "trusted-header", "HERALD_CLUSTER": cluster, "HERALD_KEY_PREFIX": cluster + ":", "HERALD_PARTITIONS": "1",
-            "HERALD_EXCHANGES": exchange, "HERALD_REDIS_URL": try TestServers.redisURL(), "HERALD_AMQP_URL": try TestServers.amqpURL(),
+            "HERALD_API_AUTH": "trusted-header", "HERALD_CLUSTER": cluster, "HERALD_KEY_PREFIX": cluster + ":",
+            "HERALD_PARTITIONS": "1",
+            "HERALD_EXCHANGES": exchange, "HERALD_REDIS_URL": try TestServers.redisURL(),
+            "HERALD_AMQP_URL": try TestServers.amqpURL(),
             "HERALD_INGEST_WATCH_SECONDS": "1",
         ].merging(extra) { $1 }
         return (try NodeConfiguration.fromEnvironment(environment), exchange)
@@ -97,7 +132,8 @@ struct QueueShapeTests {
         var (configuration, exchange) = try Self.configuration()
         let prefix = configuration.keyPrefix
         let redis = try RedisClient(url: TestServers.redisURL())
-        configuration.queueShape = try await ClusterQueueShape.resolve(configured: configuration.queueSettings, redis: redis, keyPrefix: prefix)
+        configuration.queueShape = try await ClusterQueueShape.resolve(
+            configured: configuration.queueSettings, redis: redis, keyPrefix: prefix)
         #expect(configuration.queueShape == .newCluster)
 
         let connection = try await AMQPConnection.connect(url: TestServers.amqpURL())
@@ -109,7 +145,8 @@ struct QueueShapeTests {
         for queue in queues {
             let probe = try await connection.openChannel()
             do {
-                _ = try await probe.declareQueue(queue, options: AMQPQueueOptions(durable: true, arguments: ["x-queue-type": .string("classic")]))
+                _ = try await probe.declareQueue(
+                    queue, options: AMQPQueueOptions(durable: true, arguments: ["x-queue-type": .string("classic")]))
                 Issue.record("\(queue) took a classic redeclaration: it is not a quorum queue")
             } catch let error as MessagingError {
                 #expect(error.replyCode == 406, "\(queue): \(error)")
@@ -118,10 +155,14 @@ struct QueueShapeTests {
 
         // A node started later (the partition count stored meanwhile) follows the record.
         _ = try await redis.send("SET", prefix + "partitions", 1)
-        #expect(try await ClusterQueueShape.resolve(configured: QueueShapeSettings(), redis: redis, keyPrefix: prefix) == .newCluster)
+        #expect(
+            try await ClusterQueueShape.resolve(configured: QueueShapeSettings(), redis: redis, keyPrefix: prefix)
+                == .newCluster)
         // A cluster made before the record existed keeps the old shape.
         _ = try await redis.send("DEL", prefix + "queue-shape")
-        #expect(try await ClusterQueueShape.resolve(configured: QueueShapeSettings(), redis: redis, keyPrefix: prefix) == .legacy)
+        #expect(
+            try await ClusterQueueShape.resolve(configured: QueueShapeSettings(), redis: redis, keyPrefix: prefix)
+                == .legacy)
 
         let cleanup = try await connection.openChannel()
         for queue in queues { _ = try? await cleanup.deleteQueue(queue) }
@@ -130,39 +171,50 @@ struct QueueShapeTests {
         await connection.close()
     }
 
-    @Test("a full partition queue: the rest are held (nothing requeued, dropped or dead-lettered) and arrive in order once it drains; a full ingest queue refuses the overflow")
+    @Test(
+        "a full partition queue: the rest are held (nothing requeued, dropped or dead-lettered) and arrive in order once it drains; a full ingest queue refuses the overflow"
+    )
     func boundedQueues() async throws {
         var (configuration, exchange) = try Self.configuration([
-            "HERALD_QUEUE_TYPE": "classic", "HERALD_PARTITION_QUEUE_MAX_MESSAGES": "5", "HERALD_INGEST_QUEUE_MAX_MESSAGES": "30",
+            "HERALD_QUEUE_TYPE": "classic", "HERALD_PARTITION_QUEUE_MAX_MESSAGES": "5",
+            "HERALD_INGEST_QUEUE_MAX_MESSAGES": "30",
         ])
         let redis = try RedisClient(url: TestServers.redisURL())
-        configuration.queueShape = try await ClusterQueueShape.resolve(configured: configuration.queueSettings, redis: redis, keyPrefix: configuration.keyPrefix)
+        configuration.queueShape = try await ClusterQueueShape.resolve(
+            configured: configuration.queueSettings, redis: redis, keyPrefix: configuration.keyPrefix)
         #expect(configuration.queueShape == QueueShape(type: "classic", ingestMaxMessages: 30, partitionMaxMessages: 5))
         let names = configuration.names
         let connection = try await AMQPConnection.connect(url: TestServers.amqpURL())
         defer { Task { await connection.close() } }
         let deadLetters = DeadLetterStore(redis: redis, keyPrefix: configuration.keyPrefix)
-        let ingest = IngestService(connection: connection, configuration: configuration, deadLetters: deadLetters, statistics: Locked(PipelineStatistics()), logger: Logger(label: "herald.test.ingest"))
+        let ingest = IngestService(
+            connection: connection, configuration: configuration, deadLetters: deadLetters,
+            statistics: Locked(PipelineStatistics()), logger: Logger(label: "herald.test.ingest"))
         let running = Task { try await ingest.run() }
 
         let control = try await connection.openChannel()
         func notification(_ seq: Int) -> AMQPOutgoingMessage {
             let message: [String: Any] = [
-                "message_id": "m-\(seq)", "publisher_id": "compute.host", "event_type": "compute.instance.update", "priority": "INFO",
+                "message_id": "m-\(seq)", "publisher_id": "compute.host", "event_type": "compute.instance.update",
+                "priority": "INFO",
                 "payload": ["seq": seq], "timestamp": "2026-12-05 07:00:00.000000", "_context_project_id": "p1",
             ]
             let body = try! JSONSerialization.data(withJSONObject: message)
             return AMQPOutgoingMessage(exchange: exchange, routingKey: "notifications.info", body: Array(body))
         }
         try await eventually(timeout: .seconds(20)) {
-            guard try await control.declareQueuePassive(names.ingest).consumerCount == 1 else { throw TestFailure("ingest not consuming yet") }
+            guard try await control.declareQueuePassive(names.ingest).consumerCount == 1 else {
+                throw TestFailure("ingest not consuming yet")
+            }
         }
         try await control.publish((0..<20).map(notification))
 
         // The partition queue stops at its bound; the other 15 are held for it, not in dead letters.
         try await eventually(timeout: .seconds(20)) {
             let depth = try await control.declareQueuePassive(names.partitionQueue(0)).messageCount
-            guard depth == 5, ingest.refusals > 0 else { throw TestFailure("partition queue holds \(depth), \(ingest.refusals) refusals") }
+            guard depth == 5, ingest.refusals > 0 else {
+                throw TestFailure("partition queue holds \(depth), \(ingest.refusals) refusals")
+            }
         }
         try await Task.sleep(for: .seconds(1))
         #expect(try await control.declareQueuePassive(names.partitionQueue(0)).messageCount == 5)

@@ -1,10 +1,11 @@
-@testable import ClusterNode
 import Delivery
 import Foundation
 import HTTPTypes
 import HeraldModel
-import Testing
 import TestSupport
+import Testing
+
+@testable import ClusterNode
 
 /// The API suites share the real Redis; `scripts/test` runs them in the pass without restarts.
 @Suite("API against the real Redis and Zaqar", .serialized)
@@ -21,10 +22,10 @@ extension APISuites {
 
         static var valid: [String: Any] {
             [
-            "event_types": ["compute.instance.*", "!compute.instance.update"],
-            "conditions": [["field": "payload.state", "op": "eq", "value": "active"]],
-            "target": ["queue": "my-events"],
-            "message_ttl": 600,
+                "event_types": ["compute.instance.*", "!compute.instance.update"],
+                "conditions": [["field": "payload.state", "op": "eq", "value": "active"]],
+                "target": ["queue": "my-events"],
+                "message_ttl": 600,
             ]
         }
 
@@ -36,7 +37,8 @@ extension APISuites {
                 let id = try #require(created.object["id"] as? String)
                 #expect(created.headers[.location] == "/v1/subscriptions/\(id)")
                 #expect(created.object["project"] as? String == "p1")
-                #expect(created.object["event_types"] as? [String] == ["compute.instance.*", "!compute.instance.update"])
+                #expect(
+                    created.object["event_types"] as? [String] == ["compute.instance.*", "!compute.instance.update"])
                 #expect(created.object["message_ttl"] as? Int == 600)
 
                 let got = try await client.call(.get, "/v1/subscriptions/\(id)")
@@ -44,13 +46,18 @@ extension APISuites {
                 #expect(got.object["id"] as? String == id)
                 #expect(try await client.call(.get, "/v1/subscriptions/\(id)", project: "p2").status == .notFound)
                 #expect(try await client.call(.delete, "/v1/subscriptions/\(id)", project: "p2").status == .notFound)
-                #expect(try await client.call(.patch, "/v1/subscriptions/\(id)", project: "p2", json: ["message_ttl": 60]).status == .notFound)
+                #expect(
+                    try await client.call(.patch, "/v1/subscriptions/\(id)", project: "p2", json: ["message_ttl": 60])
+                        .status == .notFound)
 
-                let patched = try await client.call(.patch, "/v1/subscriptions/\(id)", json: ["message_ttl": 7200, "conditions": [] as [Any]])
+                let patched = try await client.call(
+                    .patch, "/v1/subscriptions/\(id)", json: ["message_ttl": 7200, "conditions": [] as [Any]])
                 #expect(patched.status == .ok, "\(patched.text)")
                 #expect(patched.object["message_ttl"] as? Int == 7200)
                 #expect((patched.object["conditions"] as? [Any])?.isEmpty == true)
-                #expect(patched.object["event_types"] as? [String] == ["compute.instance.*", "!compute.instance.update"], "untouched fields stay")
+                #expect(
+                    patched.object["event_types"] as? [String] == ["compute.instance.*", "!compute.instance.update"],
+                    "untouched fields stay")
                 let stored = try await harness.registry.get(id: id, project: "p1")
                 #expect(stored?.messageTTL == 7200)
 
@@ -67,7 +74,9 @@ extension APISuites {
                 for index in 0..<5 {
                     var body = Self.valid
                     body["target"] = ["queue": "q\(index)"]
-                    ids.append(try #require(try await client.call(.post, "/v1/subscriptions", json: body).object["id"] as? String))
+                    ids.append(
+                        try #require(
+                            try await client.call(.post, "/v1/subscriptions", json: body).object["id"] as? String))
                 }
                 try await client.call(.post, "/v1/subscriptions", project: "p2", json: Self.valid)
                 var seen: [String] = []
@@ -88,18 +97,26 @@ extension APISuites {
             }
         }
 
-        @Test("bad requests are 400 naming the field, and nothing is stored", arguments: [
-            (#"{"target": {"queue": "q"}}"#, "event_types"),
-            (#"{"event_types": ["compute.*"]}"#, "target"),
-            (#"{"event_types": "compute.*", "target": {"queue": "q"}}"#, "event_types"),
-            (#"{"event_types": ["compute.*"], "target": {"queue": "q"}, "message_ttl": 5}"#, "message_ttl"),
-            (#"{"event_types": ["compute.*"], "target": {"queue": "q"}, "conditions": [{"field": "payload.x", "op": "like", "value": 1}]}"#, "conditions[0].op"),
-            (#"{"event_types": ["compute.*"], "target": {"queue": "q"}, "conditions": [{"field": "payload.x", "op": "in", "value": 1}]}"#, "conditions[0]"),
-            (#"{"event_types": ["bad type!"], "target": {"queue": "q"}}"#, "event_types[0]"),
-            (#"{"event_types": ["!compute.*"], "target": {"queue": "q"}}"#, "event_types"),
-            (#"{"event_types": ["compute.*"], "target": {}}"#, "target.queue"),
-            (#"{"event_type": ["compute.*"], "target": {"queue": "q"}}"#, "event_type"),
-        ])
+        @Test(
+            "bad requests are 400 naming the field, and nothing is stored",
+            arguments: [
+                (#"{"target": {"queue": "q"}}"#, "event_types"),
+                (#"{"event_types": ["compute.*"]}"#, "target"),
+                (#"{"event_types": "compute.*", "target": {"queue": "q"}}"#, "event_types"),
+                (#"{"event_types": ["compute.*"], "target": {"queue": "q"}, "message_ttl": 5}"#, "message_ttl"),
+                (
+                    #"{"event_types": ["compute.*"], "target": {"queue": "q"}, "conditions": [{"field": "payload.x", "op": "like", "value": 1}]}"#,
+                    "conditions[0].op"
+                ),
+                (
+                    #"{"event_types": ["compute.*"], "target": {"queue": "q"}, "conditions": [{"field": "payload.x", "op": "in", "value": 1}]}"#,
+                    "conditions[0]"
+                ),
+                (#"{"event_types": ["bad type!"], "target": {"queue": "q"}}"#, "event_types[0]"),
+                (#"{"event_types": ["!compute.*"], "target": {"queue": "q"}}"#, "event_types"),
+                (#"{"event_types": ["compute.*"], "target": {}}"#, "target.queue"),
+                (#"{"event_type": ["compute.*"], "target": {"queue": "q"}}"#, "event_type"),
+            ])
         func invalid(body: String, field: String) async throws {
             try await harness.test { client in
                 let reply = try await client.call(.post, "/v1/subscriptions", raw: body)
@@ -122,14 +139,17 @@ extension APISuites {
                 let empty = try await client.call(.post, "/v1/subscriptions", raw: "")
                 #expect(empty.status == .badRequest)
 
-                let id = try #require(try await client.call(.post, "/v1/subscriptions", json: Self.valid).object["id"] as? String)
+                let id = try #require(
+                    try await client.call(.post, "/v1/subscriptions", json: Self.valid).object["id"] as? String)
                 let null = try await client.call(.patch, "/v1/subscriptions/\(id)", raw: "{\"target\": null}")
                 #expect(null.status == .badRequest)
                 #expect(null.message.hasPrefix("target"), "\(null.message)")
                 let badTTL = try await client.call(.patch, "/v1/subscriptions/\(id)", json: ["message_ttl": 99_999_999])
                 #expect(badTTL.status == .badRequest)
                 #expect(badTTL.message.hasPrefix("message_ttl"))
-                #expect(try await harness.registry.get(id: id, project: "p1")?.messageTTL == 600, "a refused patch changes nothing")
+                #expect(
+                    try await harness.registry.get(id: id, project: "p1")?.messageTTL == 600,
+                    "a refused patch changes nothing")
                 let unknown = try await client.call(.patch, "/v1/subscriptions/\(id)", json: ["project": "p9"])
                 #expect(unknown.status == .badRequest)
                 #expect(unknown.message.hasPrefix("project"))
@@ -166,7 +186,9 @@ extension APISuites {
                 #expect(forOther.object["project"] as? String == "p7")
                 let id = try #require(allowed.object["id"] as? String)
                 let demote = try await client.call(.patch, "/v1/subscriptions/\(id)", json: ["all_projects": true])
-                #expect(demote.status == .forbidden, "a member may not switch all_projects on, even on an admin's subscription")
+                #expect(
+                    demote.status == .forbidden,
+                    "a member may not switch all_projects on, even on an admin's subscription")
             }
         }
     }
@@ -182,7 +204,9 @@ extension APISuites {
         @Test("POST, GET, GET one, DELETE /v1/subscription with source, target, message_ttl")
         func alias() async throws {
             try await harness.test { client in
-                let created = try await client.call(.post, "/v1/subscription", json: ["source": "compute.instance", "target": "zaqar://my-events", "message_ttl": 300])
+                let created = try await client.call(
+                    .post, "/v1/subscription",
+                    json: ["source": "compute.instance", "target": "zaqar://my-events", "message_ttl": 300])
                 #expect(created.status == .created, "\(created.text)")
                 let id = try #require(created.object["id"] as? String)
                 #expect(created.object["source"] as? String == "compute.instance")
@@ -193,29 +217,38 @@ extension APISuites {
                 #expect(stored.target.queue == "my-events")
                 #expect(stored.messageTTL == 300)
 
-                let plain = try await client.call(.post, "/v1/subscription", json: ["source": "volume.", "target": "vols"])
+                let plain = try await client.call(
+                    .post, "/v1/subscription", json: ["source": "volume.", "target": "vols"])
                 #expect(plain.status == .created)
                 #expect(plain.object["message_ttl"] as? Int == 3600)
 
                 let listed = try await client.call(.get, "/v1/subscription")
                 #expect(listed.status == .ok)
                 #expect((listed.object["subscriptions"] as? [[String: Any]])?.count == 2)
-                #expect(try await client.call(.get, "/v1/subscription/\(id)").object["source"] as? String == "compute.instance")
+                #expect(
+                    try await client.call(.get, "/v1/subscription/\(id)").object["source"] as? String
+                        == "compute.instance")
                 #expect(try await client.call(.get, "/v1/subscription/\(id)", project: "p2").status == .notFound)
                 #expect(try await client.call(.delete, "/v1/subscription/\(id)").status == .noContent)
                 #expect(try await client.call(.get, "/v1/subscription/\(id)").status == .notFound)
-                #expect(try await client.call(.get, "/v1/subscriptions/\(id)").status == .notFound, "one registry behind both APIs")
+                #expect(
+                    try await client.call(.get, "/v1/subscriptions/\(id)").status == .notFound,
+                    "one registry behind both APIs")
             }
         }
 
-        @Test("nabu's instance pinning: a prefix and an instance id become the prefix's pattern and a resource_id filter")
+        @Test(
+            "nabu's instance pinning: a prefix and an instance id become the prefix's pattern and a resource_id filter")
         func pinned() async throws {
             try await harness.test { client in
                 let instance = "178b0921-8f85-4257-88b6-2e743b5a975c"
-                let created = try await client.call(.post, "/v1/subscription", json: ["source": "compute.instance.\(instance)", "target": "zaqar://mine"])
+                let created = try await client.call(
+                    .post, "/v1/subscription",
+                    json: ["source": "compute.instance.\(instance)", "target": "zaqar://mine"])
                 #expect(created.status == .created, "\(created.text)")
                 let id = try #require(created.object["id"] as? String)
-                #expect(created.object["source"] as? String == "compute.instance.\(instance)", "it reads back as written")
+                #expect(
+                    created.object["source"] as? String == "compute.instance.\(instance)", "it reads back as written")
                 let stored = try #require(try await harness.registry.get(id: id, project: "p1"))
                 #expect(stored.eventTypes == ["compute.instance.*"])
                 #expect(stored.resourceID == instance)
@@ -223,8 +256,12 @@ extension APISuites {
                 let native = try await client.call(.get, "/v1/subscriptions/\(id)")
                 #expect(native.object["resource_id"] as? String == instance)
                 // include_actor is the project admin's (docs/identity.md).
-                #expect(try await client.call(.patch, "/v1/subscriptions/\(id)", json: ["include_actor": true]).status == .forbidden)
-                let widened = try await client.call(.patch, "/v1/subscriptions/\(id)", admin: true, json: ["resource_id": NSNull(), "include_actor": true, "origin": "any"])
+                #expect(
+                    try await client.call(.patch, "/v1/subscriptions/\(id)", json: ["include_actor": true]).status
+                        == .forbidden)
+                let widened = try await client.call(
+                    .patch, "/v1/subscriptions/\(id)", admin: true,
+                    json: ["resource_id": NSNull(), "include_actor": true, "origin": "any"])
                 #expect(widened.status == .ok, "\(widened.text)")
                 #expect(widened.object["resource_id"] == nil)
                 #expect(widened.object["include_actor"] as? Bool == true)
@@ -235,12 +272,16 @@ extension APISuites {
             }
         }
 
-        @Test("format: herald by default, cloudevents on request, changed by PATCH, anything else a 400 naming the field")
+        @Test(
+            "format: herald by default, cloudevents on request, changed by PATCH, anything else a 400 naming the field")
         func format() async throws {
             try await harness.test { client in
-                let plain = try await client.call(.post, "/v1/subscriptions", json: ["event_types": ["volume.*"], "target": ["queue": "plain"]])
+                let plain = try await client.call(
+                    .post, "/v1/subscriptions", json: ["event_types": ["volume.*"], "target": ["queue": "plain"]])
                 #expect(plain.status == .created && plain.object["format"] == nil, "\(plain.text)")
-                let cloud = try await client.call(.post, "/v1/subscriptions", json: ["event_types": ["volume.*"], "target": ["queue": "cloud"], "format": "cloudevents"])
+                let cloud = try await client.call(
+                    .post, "/v1/subscriptions",
+                    json: ["event_types": ["volume.*"], "target": ["queue": "cloud"], "format": "cloudevents"])
                 #expect(cloud.status == .created, "\(cloud.text)")
                 #expect(cloud.object["format"] as? String == "cloudevents")
                 let id = try #require(cloud.object["id"] as? String)
@@ -252,51 +293,80 @@ extension APISuites {
                     #expect(bad.status == .badRequest, "\(body): \(bad.text)")
                     #expect(bad.message.hasPrefix("format"), "\(bad.message)")
                 }
-                let badCreate = try await client.call(.post, "/v1/subscriptions", json: ["event_types": ["volume.*"], "target": ["queue": "q"], "format": "CloudEvents"])
+                let badCreate = try await client.call(
+                    .post, "/v1/subscriptions",
+                    json: ["event_types": ["volume.*"], "target": ["queue": "q"], "format": "CloudEvents"])
                 #expect(badCreate.status == .badRequest && badCreate.message.hasPrefix("format"), "\(badCreate.text)")
             }
         }
 
-        @Test("POST /v1/subscriptions/{id}/test posts a herald.test event into the target and answers what it said: taken by the real Zaqar (in either format), a 403 from a broken one, nothing sent to an endpoint not allowed; HERALD_RATE_TESTS a minute")
+        @Test(
+            "POST /v1/subscriptions/{id}/test posts a herald.test event into the target and answers what it said: taken by the real Zaqar (in either format), a 403 from a broken one, nothing sent to an endpoint not allowed; HERALD_RATE_TESTS a minute"
+        )
         func testEvent() async throws {
-            let refusing = try await HostileZaqar { _ in .answer(status: 403, body: #"{"title": "Forbidden", "description": "the trust is gone"}"#) }
+            let refusing = try await HostileZaqar { _ in
+                .answer(status: 403, body: #"{"title": "Forbidden", "description": "the trust is gone"}"#)
+            }
             let queue = "test-event-" + UUID().uuidString.prefix(8).lowercased()
             try await harness.test { client in
-                let created = try await client.call(.post, "/v1/subscriptions", user: "u1", json: ["event_types": ["volume.*"], "target": ["queue": queue]])
+                let created = try await client.call(
+                    .post, "/v1/subscriptions", user: "u1",
+                    json: ["event_types": ["volume.*"], "target": ["queue": queue]])
                 let id = try #require(created.object["id"] as? String, "\(created.text)")
                 let sent = try await client.call(.post, "/v1/subscriptions/\(id)/test", user: "u1")
                 #expect(sent.status == .ok, "\(sent.text)")
-                #expect(sent.object["delivered"] as? Bool == true && sent.object["status"] as? Int == 201, "\(sent.text)")
+                #expect(
+                    sent.object["delivered"] as? Bool == true && sent.object["status"] as? Int == 201, "\(sent.text)")
                 let eventID = try #require(sent.object["event_id"] as? String)
                 let bodies = try await harness.zaqar.bodies(queue: queue, project: "p1")
-                let event = try #require(bodies.first { ($0["herald"] as? [String: Any])?["event_id"] as? String == eventID }, "the test event is in the queue: \(bodies)")
+                let event = try #require(
+                    bodies.first { ($0["herald"] as? [String: Any])?["event_id"] as? String == eventID },
+                    "the test event is in the queue: \(bodies)")
                 let inner = try #require(event["event"] as? [String: Any])
                 #expect(inner["event_type"] as? String == "herald.test")
                 #expect((inner["payload"] as? [String: Any])?["test"] as? Bool == true)
                 #expect((inner["payload"] as? [String: Any])?["requested_by"] as? String == "u1")
 
                 // As a CloudEvent when the subscription takes CloudEvents.
-                #expect(try await client.call(.patch, "/v1/subscriptions/\(id)", json: ["format": "cloudevents"]).status == .ok)
+                #expect(
+                    try await client.call(.patch, "/v1/subscriptions/\(id)", json: ["format": "cloudevents"]).status
+                        == .ok)
                 let cloud = try await client.call(.post, "/v1/subscriptions/\(id)/test")
                 let cloudID = try #require(cloud.object["event_id"] as? String, "\(cloud.text)")
-                let cloudEvent = try #require(try await harness.zaqar.bodies(queue: queue, project: "p1").first { $0["id"] as? String == cloudID })
-                #expect(cloudEvent["specversion"] as? String == "1.0" && cloudEvent["type"] as? String == "herald.test" && cloudEvent["source"] as? String == "/herald")
+                let cloudEvent = try #require(
+                    try await harness.zaqar.bodies(queue: queue, project: "p1").first { $0["id"] as? String == cloudID }
+                )
+                #expect(
+                    cloudEvent["specversion"] as? String == "1.0" && cloudEvent["type"] as? String == "herald.test"
+                        && cloudEvent["source"] as? String == "/herald")
 
                 // A broken target: what it said, not a 5xx of Herald's.
-                let broken = try await client.call(.post, "/v1/subscriptions", json: ["event_types": ["volume.*"], "target": ["queue": "q", "zaqar_url": refusing.url]])
+                let broken = try await client.call(
+                    .post, "/v1/subscriptions",
+                    json: ["event_types": ["volume.*"], "target": ["queue": "q", "zaqar_url": refusing.url]])
                 let brokenID = try #require(broken.object["id"] as? String, "\(broken.text)")
                 let refused = try await client.call(.post, "/v1/subscriptions/\(brokenID)/test")
                 #expect(refused.status == .ok)
-                #expect(refused.object["delivered"] as? Bool == false && refused.object["status"] as? Int == 403, "\(refused.text)")
+                #expect(
+                    refused.object["delivered"] as? Bool == false && refused.object["status"] as? Int == 403,
+                    "\(refused.text)")
                 #expect((refused.object["error"] as? String)?.contains("403") == true, "\(refused.text)")
-                #expect(try await client.call(.post, "/v1/subscriptions/\(brokenID)/test", project: "p2").status == .notFound)
+                #expect(
+                    try await client.call(.post, "/v1/subscriptions/\(brokenID)/test", project: "p2").status
+                        == .notFound)
             }
             // An endpoint the operator does not allow is never contacted; a project's tests are rated.
-            let limited = try APIHarness(endpoints: try ZaqarEndpoints(urls: [try TestServers.zaqarURL()]), limits: APILimits(testsPerMinute: 2), rates: true)
-            try await limited.registry.create(Subscription(id: "outside", project: "p1", eventTypes: ["volume.*"], target: Target(queue: "q", zaqarURL: refusing.url)))
+            let limited = try APIHarness(
+                endpoints: try ZaqarEndpoints(urls: [try TestServers.zaqarURL()]), limits: APILimits(testsPerMinute: 2),
+                rates: true)
+            try await limited.registry.create(
+                Subscription(
+                    id: "outside", project: "p1", eventTypes: ["volume.*"],
+                    target: Target(queue: "q", zaqarURL: refusing.url)))
             try await limited.test { client in
                 let outside = try await client.call(.post, "/v1/subscriptions/outside/test")
-                #expect(outside.object["delivered"] as? Bool == false && outside.object["status"] == nil, "\(outside.text)")
+                #expect(
+                    outside.object["delivered"] as? Bool == false && outside.object["status"] == nil, "\(outside.text)")
                 #expect((outside.object["error"] as? String)?.contains("HERALD_ZAQAR_ALLOWED_URLS") == true)
                 #expect(try await client.call(.post, "/v1/subscriptions/outside/test").status == .ok)
                 let third = try await client.call(.post, "/v1/subscriptions/outside/test")
@@ -307,13 +377,16 @@ extension APISuites {
             await refusing.close()
         }
 
-        @Test("the project's feed: PUT turns it on (every event type by default) and changes it, one per project with an id of its own, listed among the subscriptions; GET and DELETE; errors name the field")
+        @Test(
+            "the project's feed: PUT turns it on (every event type by default) and changes it, one per project with an id of its own, listed among the subscriptions; GET and DELETE; errors name the field"
+        )
         func feed() async throws {
             try await harness.test { client in
                 #expect(try await client.call(.get, "/v1/feed").status == .notFound)
                 let missing = try await client.call(.put, "/v1/feed", json: ["event_types": ["*"]])
                 #expect(missing.status == .badRequest && missing.message.hasPrefix("queue"), "\(missing.text)")
-                let stray = try await client.call(.put, "/v1/feed", json: ["queue": "events", "target": ["queue": "x"]])
+                let stray = try await client.call(
+                    .put, "/v1/feed", json: ["queue": "events", "target": ["queue": "x"]])
                 #expect(stray.status == .badRequest && stray.message.contains("target"), "\(stray.text)")
 
                 let on = try await client.call(.put, "/v1/feed", json: ["queue": "events"])
@@ -322,14 +395,21 @@ extension APISuites {
                 #expect(id.hasPrefix("feed-") && id.count == 37)
                 #expect(on.object["event_types"] as? [String] == ["*"])
                 #expect((on.object["target"] as? [String: Any])?["queue"] as? String == "events")
-                let listed = try await client.call(.get, "/v1/subscriptions?limit=1000").object["subscriptions"] as? [[String: Any]] ?? []
+                let listed =
+                    try await client.call(.get, "/v1/subscriptions?limit=1000").object["subscriptions"]
+                    as? [[String: Any]] ?? []
                 #expect(listed.contains { $0["id"] as? String == id }, "a subscription like any other")
 
-                let changed = try await client.call(.put, "/v1/feed", json: ["queue": "all-events", "event_types": ["compute.*", "volume.*"], "format": "cloudevents"])
+                let changed = try await client.call(
+                    .put, "/v1/feed",
+                    json: ["queue": "all-events", "event_types": ["compute.*", "volume.*"], "format": "cloudevents"])
                 #expect(changed.status == .ok, "\(changed.text)")
                 #expect(changed.object["id"] as? String == id, "the same feed")
                 #expect(changed.object["format"] as? String == "cloudevents")
-                #expect(try await client.call(.get, "/v1/feed").object["event_types"] as? [String] == ["compute.*", "volume.*"])
+                #expect(
+                    try await client.call(.get, "/v1/feed").object["event_types"] as? [String] == [
+                        "compute.*", "volume.*",
+                    ])
                 let bad = try await client.call(.put, "/v1/feed", json: ["queue": "no/slash"])
                 #expect(bad.status == .badRequest && bad.message.contains("queue"), "\(bad.text)")
 
@@ -345,13 +425,15 @@ extension APISuites {
             }
         }
 
-        @Test("alias errors name the field", arguments: [
-            (#"{"target": "q"}"#, "source"),
-            (#"{"source": "compute", "target": "a/b"}"#, "target"),
-            (#"{"source": "", "target": "q"}"#, "source"),
-            (#"{"source": "compute", "target": "q", "message_ttl": 1}"#, "message_ttl"),
-            (#"{"source": "compute", "target": "q", "queue": "x"}"#, "queue"),
-        ])
+        @Test(
+            "alias errors name the field",
+            arguments: [
+                (#"{"target": "q"}"#, "source"),
+                (#"{"source": "compute", "target": "a/b"}"#, "target"),
+                (#"{"source": "", "target": "q"}"#, "source"),
+                (#"{"source": "compute", "target": "q", "message_ttl": 1}"#, "message_ttl"),
+                (#"{"source": "compute", "target": "q", "queue": "x"}"#, "queue"),
+            ])
         func aliasErrors(body: String, field: String) async throws {
             try await harness.test { client in
                 let reply = try await client.call(.post, "/v1/subscription", raw: body)

@@ -1,4 +1,3 @@
-@testable import ClusterNode
 import Foundation
 import HTTPTypes
 import Hummingbird
@@ -6,14 +5,18 @@ import HummingbirdTesting
 import Logging
 import NIOCore
 import NIOFoundationCompat
-import Testing
 import TestSupport
+import Testing
+
+@testable import ClusterNode
 
 @Suite("Access rules, system scope and the validation limit (pure logic)")
 struct TokenRuleTests {
     @Test("paths match as keystonemiddleware matches them: * one segment, ** anything, the rest literal")
     func paths() {
-        func matches(_ pattern: String, _ path: String) -> Bool { AccessRule.matches(Array(pattern.utf8)[...], Array(path.utf8)[...]) }
+        func matches(_ pattern: String, _ path: String) -> Bool {
+            AccessRule.matches(Array(pattern.utf8)[...], Array(path.utf8)[...])
+        }
         #expect(matches("/v1/subscriptions", "/v1/subscriptions"))
         #expect(!matches("/v1/subscriptions", "/v1/subscriptions/x"))
         #expect(matches("/v1/subscriptions/*", "/v1/subscriptions/abc"))
@@ -52,7 +55,9 @@ struct TokenRuleTests {
         small.capacity = 100
         for index in 0..<1000 { small.charge("10.1.\(index / 256).\(index % 256)", now: start) }
         #expect(small.sources <= 101)
-        #expect(small.check("10.9.9.9", now: start) != nil || small.check("10.1.0.1", now: start) != nil, "new sources past the capacity share a spent bucket")
+        #expect(
+            small.check("10.9.9.9", now: start) != nil || small.check("10.1.0.1", now: start) != nil,
+            "new sources past the capacity share a spent bucket")
         var off = ValidationRateLimit(perSecond: 0, burst: 0)
         for _ in 0..<100 { off.charge("x", now: start) }
         #expect(off.check("x", now: start) == nil, "rate 0: no limit")
@@ -63,36 +68,67 @@ struct TokenRuleTests {
         func client(_ peer: String, _ forwarded: [String], trusted: Set<String>) -> String {
             var headers = HTTPFields()
             for value in forwarded { headers.append(HTTPField(name: .forwardedFor, value: value)) }
-            let request = Request(head: HTTPRequest(method: .get, scheme: nil, authority: nil, path: "/v1/subscriptions", headerFields: headers), body: RequestBody(buffer: ByteBuffer()))
+            let request = Request(
+                head: HTTPRequest(
+                    method: .get, scheme: nil, authority: nil, path: "/v1/subscriptions", headerFields: headers),
+                body: RequestBody(buffer: ByteBuffer()))
             return KeystoneAuthenticator.client(request, peer: peer, trusted: trusted)
         }
         #expect(client("10.0.0.5", ["203.0.113.7"], trusted: []) == "10.0.0.5", "an untrusted peer's header is ignored")
-        #expect(client("10.0.0.5", ["198.51.100.1, 203.0.113.7"], trusted: ["10.0.0.5"]) == "203.0.113.7", "the client can prepend anything; the proxy's own hop counts")
+        #expect(
+            client("10.0.0.5", ["198.51.100.1, 203.0.113.7"], trusted: ["10.0.0.5"]) == "203.0.113.7",
+            "the client can prepend anything; the proxy's own hop counts")
         #expect(client("10.0.0.5", ["203.0.113.7", "10.0.0.4"], trusted: ["10.0.0.5", "10.0.0.4"]) == "203.0.113.7")
         #expect(client("10.0.0.5", [], trusted: ["10.0.0.5"]) == "10.0.0.5")
     }
 
     @Test("Keystone's answers: project scope, system scope, access rules; other scopes refused")
     func scopes() throws {
-        let project: [String: Any] = ["project": ["id": "p1"], "roles": [["name": "Member"]], "user": ["id": "u1"], "is_admin_project": false]
+        let project: [String: Any] = [
+            "project": ["id": "p1"], "roles": [["name": "Member"]], "user": ["id": "u1"], "is_admin_project": false,
+        ]
         let caller = try KeystoneClient.caller(project, token: "t", adminProject: nil)
-        #expect(caller.project == "p1" && caller.roles.contains("member") && caller.systemScope == nil && caller.accessRules == nil)
+        #expect(
+            caller.project == "p1" && caller.roles.contains("member") && caller.systemScope == nil
+                && caller.accessRules == nil)
         #expect(caller.credentials.projectID == "p1")
         let system: [String: Any] = ["system": ["all": true], "roles": [["name": "admin"]], "user": ["id": "u2"]]
         let admin = try KeystoneClient.caller(system, token: "t", adminProject: "adm")
-        #expect(admin.systemScope == "all" && admin.credentials.projectID == nil && admin.credentials.systemScope == "all")
-        #expect(Policy().allows("subscription:create_all_projects", credentials: admin.credentials, target: ["project_id": "p9"]))
-        #expect(!Policy().allows("subscription:create", credentials: try KeystoneClient.caller(["system": ["all": true], "roles": [["name": "reader"]]], token: "t", adminProject: nil).credentials, target: ["project_id": "p9"]))
-        #expect(Policy().allows("subscription:list", credentials: try KeystoneClient.caller(["system": ["all": true], "roles": [["name": "reader"]]], token: "t", adminProject: nil).credentials, target: ["project_id": "p9"]))
+        #expect(
+            admin.systemScope == "all" && admin.credentials.projectID == nil && admin.credentials.systemScope == "all")
+        #expect(
+            Policy().allows(
+                "subscription:create_all_projects", credentials: admin.credentials, target: ["project_id": "p9"]))
+        #expect(
+            !Policy().allows(
+                "subscription:create",
+                credentials: try KeystoneClient.caller(
+                    ["system": ["all": true], "roles": [["name": "reader"]]], token: "t", adminProject: nil
+                ).credentials, target: ["project_id": "p9"]))
+        #expect(
+            Policy().allows(
+                "subscription:list",
+                credentials: try KeystoneClient.caller(
+                    ["system": ["all": true], "roles": [["name": "reader"]]], token: "t", adminProject: nil
+                ).credentials, target: ["project_id": "p9"]))
         var restricted = project
-        restricted["application_credential"] = ["id": "ac", "access_rules": [["id": "r1", "service": "events", "path": "/v1/**", "method": "GET"]]]
-        #expect(try KeystoneClient.caller(restricted, token: "t", adminProject: nil).accessRules == [AccessRule(service: "events", path: "/v1/**", method: "GET")])
+        restricted["application_credential"] = [
+            "id": "ac", "access_rules": [["id": "r1", "service": "events", "path": "/v1/**", "method": "GET"]],
+        ]
+        #expect(
+            try KeystoneClient.caller(restricted, token: "t", adminProject: nil).accessRules == [
+                AccessRule(service: "events", path: "/v1/**", method: "GET")
+            ])
         var unrestricted = project
         unrestricted["application_credential"] = ["id": "ac"]
         #expect(try KeystoneClient.caller(unrestricted, token: "t", adminProject: nil).accessRules == nil)
         let domain: [String: Any] = ["domain": ["id": "default"], "roles": [["name": "admin"]]]
-        #expect(throws: KeystoneClient.Failure.self) { try KeystoneClient.caller(domain, token: "t", adminProject: nil) }
-        #expect(throws: KeystoneClient.Failure.self) { try KeystoneClient.caller(["system": ["all": false], "roles": []], token: "t", adminProject: nil) }
+        #expect(throws: KeystoneClient.Failure.self) {
+            try KeystoneClient.caller(domain, token: "t", adminProject: nil)
+        }
+        #expect(throws: KeystoneClient.Failure.self) {
+            try KeystoneClient.caller(["system": ["all": false], "roles": []], token: "t", adminProject: nil)
+        }
     }
 }
 
@@ -107,7 +143,8 @@ extension APISuites {
 
         func client(_ keystone: KeystoneFixture, perSecond: Int, negative: Duration) -> KeystoneClient {
             var configuration = KeystoneConfiguration(
-                url: keystone.url + "/v3", username: keystone.serviceUser, password: keystone.servicePassword, project: keystone.serviceProject,
+                url: keystone.url + "/v3", username: keystone.serviceUser, password: keystone.servicePassword,
+                project: keystone.serviceProject,
                 userDomain: "Default", projectDomain: "Default", cacheTTL: .seconds(60)
             )
             configuration.validationsPerSecond = perSecond
@@ -121,14 +158,17 @@ extension APISuites {
             return try await http.execute(uri: "/v1/subscriptions", method: .get, headers: headers, body: nil).status
         }
 
-        @Test("a refused token is refused again without asking Keystone; past the per-source limit, 429 with Retry-After")
+        @Test(
+            "a refused token is refused again without asking Keystone; past the per-source limit, 429 with Retry-After")
         func flood() async throws {
             let keystone = try await KeystoneFixture.make()
             let good = try await keystone.userToken("a")
             let keystoneClient = client(keystone, perSecond: 1, negative: .seconds(30))
             var services = harness.api.services
             services.keystone = keystoneClient
-            let application = Application(router: HeraldAPI(services: services).router(authenticator: KeystoneAuthenticator(keystone: keystoneClient)))
+            let application = Application(
+                router: HeraldAPI(services: services).router(
+                    authenticator: KeystoneAuthenticator(keystone: keystoneClient)))
             try await application.test(.router) { http in
                 #expect(try await get(http, token: good) == .ok)
                 #expect(keystoneClient.validationCount == 1)
@@ -142,7 +182,8 @@ extension APISuites {
                 // nothing): the next unknown token from this address waits.
                 var headers = HTTPFields()
                 headers[.authToken] = "gAAAAA-bogus-3"
-                let throttled = try await http.execute(uri: "/v1/subscriptions", method: .get, headers: headers, body: nil)
+                let throttled = try await http.execute(
+                    uri: "/v1/subscriptions", method: .get, headers: headers, body: nil)
                 #expect(throttled.status == .tooManyRequests)
                 #expect(throttled.headers[.retryAfter] == "1")
                 #expect(keystoneClient.validationCount == 3, "throttled before Keystone")

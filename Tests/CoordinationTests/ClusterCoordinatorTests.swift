@@ -1,8 +1,8 @@
 import Coordination
 import Foundation
 import Synchronization
-import Testing
 import TestSupport
+import Testing
 
 /// Several coordinators in this process against the real Redis, each with its own key
 /// prefix; an `OwnershipTimeline` records every node's acting set and fails on any overlap.
@@ -20,7 +20,8 @@ final class TestCluster: Sendable {
 
     @discardableResult
     func add(_ name: String, partitions: Int? = nil) async throws -> ClusterCoordinator {
-        let configuration = ClusterConfiguration(nodeID: name, keyPrefix: prefix, partitionCount: partitions ?? self.partitions)
+        let configuration = ClusterConfiguration(
+            nodeID: name, keyPrefix: prefix, partitionCount: partitions ?? self.partitions)
         let timeline = timeline
         let coordinator = try ClusterCoordinator(
             configuration: configuration,
@@ -50,7 +51,8 @@ final class TestCluster: Sendable {
             let total = shares.reduce(0, +)
             let union = names.reduce(into: Set<Int>()) { $0.formUnion(self.node($1).acting().keys) }
             guard total == partitions, union.count == partitions, shares.max()! - shares.min()! <= 1 else {
-                throw CoordinationError(.unexpectedReply, "not balanced yet: \(zip(names, shares).map { "\($0)=\($1)" })")
+                throw CoordinationError(
+                    .unexpectedReply, "not balanced yet: \(zip(names, shares).map { "\($0)=\($1)" })")
             }
         }
         return now - start
@@ -67,115 +69,120 @@ final class TestCluster: Sendable {
 }
 
 extension RedisServerTests {
-@Suite("Cluster coordination in one process", .timeLimit(.minutes(3)))
-struct ClusterCoordinatorTests {
-    @Test("three nodes converge on a balanced assignment, each partition acted on once")
-    func convergence() async throws {
-        let cluster = TestCluster(partitions: 64)
-        for name in ["a", "b", "c"] { try await cluster.add(name) }
-        let took = try await cluster.waitBalanced(["a", "b", "c"])
-        #expect(took < 5)
-        let leaders = ["a", "b", "c"].filter { cluster.node($0).isLeader }
-        #expect(leaders.count == 1, "exactly one leader: \(leaders)")
-        cluster.expectNoOverlap()
-        await cluster.shutdown()
-    }
-
-    @Test("a graceful leave hands its partitions over, drained before released")
-    func gracefulLeave() async throws {
-        let cluster = TestCluster(partitions: 64)
-        for name in ["a", "b", "c"] { try await cluster.add(name) }
-        _ = try await cluster.waitBalanced(["a", "b", "c"])
-        let leaving = cluster.node("c")
-        let started = cluster.now
-        await leaving.leave()
-        cluster.remove("c")
-        let took = try await cluster.waitBalanced(["a", "b"])
-        #expect(took < 2, "took \(took) s after the leave")
-        #expect(cluster.timeline.fullCoverage(after: started, partitionCount: 64, now: cluster.now) != nil)
-        cluster.expectNoOverlap()
-        await cluster.shutdown()
-    }
-
-    @Test("a crashed node's partitions are taken over once its leases expire")
-    func crash() async throws {
-        let cluster = TestCluster(partitions: 64)
-        for name in ["a", "b", "c"] { try await cluster.add(name) }
-        _ = try await cluster.waitBalanced(["a", "b", "c"])
-        let crashed = cluster.node("b")
-        let crashedAt = cluster.now
-        await crashed.abandon()  // closes its Redis connection without releasing, as kill -9 would
-        cluster.timeline.died("b", at: crashedAt)
-        cluster.remove("b")
-        _ = try await cluster.waitBalanced(["a", "c"])
-        let recovered = try #require(cluster.timeline.fullCoverage(after: crashedAt, partitionCount: 64, now: cluster.now))
-        #expect(recovered - crashedAt < 3, "all partitions acted on again after \(recovered - crashedAt) s")
-        cluster.expectNoOverlap()
-        await cluster.shutdown()
-    }
-
-    @Test("a paused node (as under SIGSTOP) loses its partitions and acts on none of them when resumed")
-    func pause() async throws {
-        let cluster = TestCluster(partitions: 32)
-        for name in ["a", "b", "c"] { try await cluster.add(name) }
-        _ = try await cluster.waitBalanced(["a", "b", "c"])
-        let paused = cluster.node("c")
-        let held = paused.acting()
-        #expect(!held.isEmpty)
-        let pausedAt = cluster.now
-        paused.pause()
-        // After the member deadline (5 s) the others take everything over.
-        try await eventually(timeout: .seconds(12)) {
-            let union = ["a", "b"].reduce(into: Set<Int>()) { $0.formUnion(cluster.node($1).acting().keys) }
-            guard union.count == 32 else { throw CoordinationError(.unexpectedReply, "\(union.count) of 32 covered") }
+    @Suite("Cluster coordination in one process", .timeLimit(.minutes(3)))
+    struct ClusterCoordinatorTests {
+        @Test("three nodes converge on a balanced assignment, each partition acted on once")
+        func convergence() async throws {
+            let cluster = TestCluster(partitions: 64)
+            for name in ["a", "b", "c"] { try await cluster.add(name) }
+            let took = try await cluster.waitBalanced(["a", "b", "c"])
+            #expect(took < 5)
+            let leaders = ["a", "b", "c"].filter { cluster.node($0).isLeader }
+            #expect(leaders.count == 1, "exactly one leader: \(leaders)")
+            cluster.expectNoOverlap()
+            await cluster.shutdown()
         }
-        #expect(cluster.now - pausedAt < 8)
-        // Resumed: before it even beats, it acts on nothing it held.
-        paused.resume()
-        #expect(paused.acting().isEmpty)
-        cluster.expectNoOverlap()
-        // It rejoins and gets a fair share back.
-        _ = try await cluster.waitBalanced(["a", "b", "c"])
-        cluster.expectNoOverlap()
-        await cluster.shutdown()
-    }
 
-    @Test("the leader lease moves when its holder dies, and the new leader reassigns")
-    func leaderChange() async throws {
-        let cluster = TestCluster(partitions: 16)
-        for name in ["a", "b", "c"] { try await cluster.add(name) }
-        _ = try await cluster.waitBalanced(["a", "b", "c"])
-        let leader = try #require(["a", "b", "c"].first { cluster.node($0).isLeader })
-        let crashedAt = cluster.now
-        await cluster.node(leader).abandon()
-        cluster.timeline.died(leader, at: crashedAt)
-        cluster.remove(leader)
-        let survivors = ["a", "b", "c"].filter { $0 != leader }
-        _ = try await cluster.waitBalanced(survivors)
-        #expect(survivors.filter { cluster.node($0).isLeader }.count == 1)
-        cluster.expectNoOverlap()
-        await cluster.shutdown()
-    }
-
-    @Test("a node configured with another partition count refuses to start, naming both counts")
-    func partitionCountMismatch() async throws {
-        let cluster = TestCluster(partitions: 64)
-        try await cluster.add("a")
-        do {
-            try await cluster.add("b", partitions: 128)
-            Issue.record("a node with 128 partitions joined a 64-partition cluster")
-        } catch let error as CoordinationError {
-            #expect(error.code == .invalidConfiguration)
-            #expect(error.description.contains("64") && error.description.contains("128"), "\(error)")
+        @Test("a graceful leave hands its partitions over, drained before released")
+        func gracefulLeave() async throws {
+            let cluster = TestCluster(partitions: 64)
+            for name in ["a", "b", "c"] { try await cluster.add(name) }
+            _ = try await cluster.waitBalanced(["a", "b", "c"])
+            let leaving = cluster.node("c")
+            let started = cluster.now
+            await leaving.leave()
+            cluster.remove("c")
+            let took = try await cluster.waitBalanced(["a", "b"])
+            #expect(took < 2, "took \(took) s after the leave")
+            #expect(cluster.timeline.fullCoverage(after: started, partitionCount: 64, now: cluster.now) != nil)
+            cluster.expectNoOverlap()
+            await cluster.shutdown()
         }
-        await cluster.shutdown()
-    }
 
-    @Test("a bad node id is refused before anything starts")
-    func badNodeID() throws {
-        #expect(throws: CoordinationError.self) {
-            _ = try ClusterCoordinator(configuration: ClusterConfiguration(nodeID: "bad id|x"), redis: RedisConfiguration(url: "redis://127.0.0.1:1"))
+        @Test("a crashed node's partitions are taken over once its leases expire")
+        func crash() async throws {
+            let cluster = TestCluster(partitions: 64)
+            for name in ["a", "b", "c"] { try await cluster.add(name) }
+            _ = try await cluster.waitBalanced(["a", "b", "c"])
+            let crashed = cluster.node("b")
+            let crashedAt = cluster.now
+            await crashed.abandon()  // closes its Redis connection without releasing, as kill -9 would
+            cluster.timeline.died("b", at: crashedAt)
+            cluster.remove("b")
+            _ = try await cluster.waitBalanced(["a", "c"])
+            let recovered = try #require(
+                cluster.timeline.fullCoverage(after: crashedAt, partitionCount: 64, now: cluster.now))
+            #expect(recovered - crashedAt < 3, "all partitions acted on again after \(recovered - crashedAt) s")
+            cluster.expectNoOverlap()
+            await cluster.shutdown()
+        }
+
+        @Test("a paused node (as under SIGSTOP) loses its partitions and acts on none of them when resumed")
+        func pause() async throws {
+            let cluster = TestCluster(partitions: 32)
+            for name in ["a", "b", "c"] { try await cluster.add(name) }
+            _ = try await cluster.waitBalanced(["a", "b", "c"])
+            let paused = cluster.node("c")
+            let held = paused.acting()
+            #expect(!held.isEmpty)
+            let pausedAt = cluster.now
+            paused.pause()
+            // After the member deadline (5 s) the others take everything over.
+            try await eventually(timeout: .seconds(12)) {
+                let union = ["a", "b"].reduce(into: Set<Int>()) { $0.formUnion(cluster.node($1).acting().keys) }
+                guard union.count == 32 else {
+                    throw CoordinationError(.unexpectedReply, "\(union.count) of 32 covered")
+                }
+            }
+            #expect(cluster.now - pausedAt < 8)
+            // Resumed: before it even beats, it acts on nothing it held.
+            paused.resume()
+            #expect(paused.acting().isEmpty)
+            cluster.expectNoOverlap()
+            // It rejoins and gets a fair share back.
+            _ = try await cluster.waitBalanced(["a", "b", "c"])
+            cluster.expectNoOverlap()
+            await cluster.shutdown()
+        }
+
+        @Test("the leader lease moves when its holder dies, and the new leader reassigns")
+        func leaderChange() async throws {
+            let cluster = TestCluster(partitions: 16)
+            for name in ["a", "b", "c"] { try await cluster.add(name) }
+            _ = try await cluster.waitBalanced(["a", "b", "c"])
+            let leader = try #require(["a", "b", "c"].first { cluster.node($0).isLeader })
+            let crashedAt = cluster.now
+            await cluster.node(leader).abandon()
+            cluster.timeline.died(leader, at: crashedAt)
+            cluster.remove(leader)
+            let survivors = ["a", "b", "c"].filter { $0 != leader }
+            _ = try await cluster.waitBalanced(survivors)
+            #expect(survivors.filter { cluster.node($0).isLeader }.count == 1)
+            cluster.expectNoOverlap()
+            await cluster.shutdown()
+        }
+
+        @Test("a node configured with another partition count refuses to start, naming both counts")
+        func partitionCountMismatch() async throws {
+            let cluster = TestCluster(partitions: 64)
+            try await cluster.add("a")
+            do {
+                try await cluster.add("b", partitions: 128)
+                Issue.record("a node with 128 partitions joined a 64-partition cluster")
+            } catch let error as CoordinationError {
+                #expect(error.code == .invalidConfiguration)
+                #expect(error.description.contains("64") && error.description.contains("128"), "\(error)")
+            }
+            await cluster.shutdown()
+        }
+
+        @Test("a bad node id is refused before anything starts")
+        func badNodeID() throws {
+            #expect(throws: CoordinationError.self) {
+                _ = try ClusterCoordinator(
+                    configuration: ClusterConfiguration(nodeID: "bad id|x"),
+                    redis: RedisConfiguration(url: "redis://127.0.0.1:1"))
+            }
         }
     }
-}
 }

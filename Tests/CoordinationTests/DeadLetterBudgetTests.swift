@@ -1,8 +1,8 @@
 import Coordination
 import Foundation
 import HeraldModel
-import Testing
 import TestSupport
+import Testing
 
 @Suite("Dead letters within a budget, against a real Redis")
 struct DeadLetterBudgetTests {
@@ -10,7 +10,9 @@ struct DeadLetterBudgetTests {
         DeadLetter(reason: reason, detail: "n\(index)", project: project, body: body, at: Double(index))
     }
 
-    @Test("the oldest beyond a cap are trimmed and counted by reason; long bodies are cut and marked; a project's stream expires when idle")
+    @Test(
+        "the oldest beyond a cap are trimmed and counted by reason; long bodies are cut and marked; a project's stream expires when idle"
+    )
     func budget() async throws {
         var budget = DeadLetterBudget()
         budget.max = 100
@@ -23,7 +25,9 @@ struct DeadLetterBudgetTests {
         var trimmed: [String: Int] = [:]
         for index in 0..<5 {
             let reason: DeadLetter.Reason = index < 2 ? .notFound : .rejected
-            for (key, count) in try await store.append([letter(index, reason: reason)]) { trimmed[key, default: 0] += count }
+            for (key, count) in try await store.append([letter(index, reason: reason)]) {
+                trimmed[key, default: 0] += count
+            }
         }
         #expect(trimmed == ["not_found": 2], "the two oldest (not_found) went to make room")
         let kept = try await store.recent(project: "p1", count: 10)
@@ -31,7 +35,8 @@ struct DeadLetterBudgetTests {
         #expect(try await store.droppedByReason() == ["not_found": 2])
         #expect(try await store.count() == 5, "the cluster-wide stream is under its own cap")
 
-        try await store.append([letter(9, reason: .rejected, project: "p2", body: String(repeating: "b", count: 5_000))])
+        try await store.append([letter(9, reason: .rejected, project: "p2", body: String(repeating: "b", count: 5_000))]
+        )
         let long = try #require(try await store.recent(project: "p2", count: 1).first?.letter)
         #expect(long.body.utf8.count == 1_024)
         #expect(long.bodyTruncated == true)

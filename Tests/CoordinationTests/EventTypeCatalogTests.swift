@@ -1,21 +1,27 @@
 import Coordination
 import Foundation
-import Testing
 import TestSupport
+import Testing
 
 @Suite("Event types per project in Redis", .serialized)
 struct EventTypeCatalogTests {
-    @Test("types are counted per project, most frequent first, with the last sample; a project keeps at most its limit of types (more are refused, not grown); samples over the size bound are not kept; a sample is asked for once per type and project between flushes")
+    @Test(
+        "types are counted per project, most frequent first, with the last sample; a project keeps at most its limit of types (more are refused, not grown); samples over the size bound are not kept; a sample is asked for once per type and project between flushes"
+    )
     func catalog() async throws {
         let redis = try RedisClient(url: TestServers.redisURL())
         let prefix = TestServers.uniqueName("herald-test.types") + ":"
         let catalog = EventTypeCatalog(redis: redis, keyPrefix: prefix, maxTypesPerProject: 3, sampleBytes: 64)
         #expect(catalog.seen(project: "p1", eventType: "compute.instance.update"))
         #expect(!catalog.seen(project: "p1", eventType: "compute.instance.update"), "one sample per flush")
-        catalog.sample(project: "p1", eventType: "compute.instance.update", json: Array(#"{"event_type":"compute.instance.update","n":1}"#.utf8))
+        catalog.sample(
+            project: "p1", eventType: "compute.instance.update",
+            json: Array(#"{"event_type":"compute.instance.update","n":1}"#.utf8))
         _ = catalog.seen(project: "p1", eventType: "compute.instance.update")
         #expect(catalog.seen(project: "p1", eventType: "volume.create.end"))
-        catalog.sample(project: "p1", eventType: "volume.create.end", json: Array(("{\"x\":\"" + String(repeating: "y", count: 100) + "\"}").utf8))
+        catalog.sample(
+            project: "p1", eventType: "volume.create.end",
+            json: Array(("{\"x\":\"" + String(repeating: "y", count: 100) + "\"}").utf8))
         #expect(catalog.seen(project: "p2", eventType: "port.create.end"))
         #expect(try await catalog.flush() == 3)
 
@@ -29,7 +35,9 @@ struct EventTypeCatalogTests {
         #expect(try await catalog.list(project: "p3").isEmpty)
 
         // At most 3 types for p1: the fourth and fifth are refused; known ones still count.
-        for type in ["a.b", "c.d", "e.f", "compute.instance.update"] { _ = catalog.seen(project: "p1", eventType: type) }
+        for type in ["a.b", "c.d", "e.f", "compute.instance.update"] {
+            _ = catalog.seen(project: "p1", eventType: type)
+        }
         try await catalog.flush()
         let capped = try await catalog.list(project: "p1")
         #expect(capped.count == 3, "\(capped.map(\.eventType))")
@@ -39,7 +47,9 @@ struct EventTypeCatalogTests {
 
     @Test("pairs beyond the pending bound are dropped and counted, not grown")
     func bounded() async throws {
-        let catalog = EventTypeCatalog(redis: try RedisClient(url: TestServers.redisURL()), keyPrefix: TestServers.uniqueName("herald-test.types") + ":", maxPending: 2)
+        let catalog = EventTypeCatalog(
+            redis: try RedisClient(url: TestServers.redisURL()),
+            keyPrefix: TestServers.uniqueName("herald-test.types") + ":", maxPending: 2)
         #expect(catalog.seen(project: "p", eventType: "a"))
         #expect(catalog.seen(project: "p", eventType: "b"))
         #expect(!catalog.seen(project: "p", eventType: "c"))

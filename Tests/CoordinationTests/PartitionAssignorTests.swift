@@ -54,9 +54,12 @@ struct PartitionAssignorTests {
             let n = Int.random(in: 1...99, using: &random)
             let members = (0..<n).map { "node-\($0)" }
             let before = PartitionAssignor.assign(partitionCount: partitions, current: [], members: members)
-            let after = PartitionAssignor.assign(partitionCount: partitions, current: before, members: members + ["joiner"])
+            let after = PartitionAssignor.assign(
+                partitionCount: partitions, current: before, members: members + ["joiner"])
             let minimum = (partitions + n) / (n + 1)  // ceil(P/(n+1))
-            #expect(Double(moved(before, after)) <= 1.1 * Double(minimum), "P=\(partitions) n=\(n): moved \(moved(before, after)), minimum \(minimum)")
+            #expect(
+                Double(moved(before, after)) <= 1.1 * Double(minimum),
+                "P=\(partitions) n=\(n): moved \(moved(before, after)), minimum \(minimum)")
             #expect(after.filter { $0 == "joiner" }.count >= partitions / (n + 1))
         }
     }
@@ -69,9 +72,12 @@ struct PartitionAssignorTests {
             let members = (0..<n).map { "node-\($0)" }
             let before = PartitionAssignor.assign(partitionCount: partitions, current: [], members: members)
             let leaver = members[Int.random(in: 0..<n, using: &random)]
-            let after = PartitionAssignor.assign(partitionCount: partitions, current: before, members: members.filter { $0 != leaver })
+            let after = PartitionAssignor.assign(
+                partitionCount: partitions, current: before, members: members.filter { $0 != leaver })
             let minimum = before.filter { $0 == leaver }.count
-            #expect(Double(moved(before, after)) <= 1.1 * Double(minimum), "P=\(partitions) n=\(n): moved \(moved(before, after)), leaver had \(minimum)")
+            #expect(
+                Double(moved(before, after)) <= 1.1 * Double(minimum),
+                "P=\(partitions) n=\(n): moved \(moved(before, after)), leaver had \(minimum)")
             #expect(!after.contains(leaver))
         }
     }
@@ -82,7 +88,8 @@ struct PartitionAssignorTests {
         let members = (0..<17).map { "node-\($0)" }
         let current: [String?] = (0..<partitions).map { _ in "node-\(Int.random(in: 0..<25, using: &random))" }
         let first = PartitionAssignor.assign(partitionCount: partitions, current: current, members: members)
-        let again = PartitionAssignor.assign(partitionCount: partitions, current: current, members: members.shuffled(using: &random))
+        let again = PartitionAssignor.assign(
+            partitionCount: partitions, current: current, members: members.shuffled(using: &random))
         #expect(first == again)
     }
 

@@ -1,7 +1,7 @@
 import Coordination
 import Foundation
-import Testing
 import TestSupport
+import Testing
 
 /// Redis behind Sentinel (`scripts/servers sentinel`): a master, a replica, three sentinels.
 /// Serialised: the test kills the master.

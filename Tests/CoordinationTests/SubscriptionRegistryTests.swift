@@ -1,16 +1,18 @@
 import Coordination
 import Foundation
 import HeraldModel
-import Testing
 import TestSupport
+import Testing
 
 @Suite("Subscription validation")
 struct SubscriptionValidationTests {
     static func valid() -> Subscription {
-        Subscription(project: "p1", eventTypes: ["compute.instance.*", "!compute.instance.exists"], conditions: [
-            Condition(field: "payload.state", op: .eq, value: .string("active")),
-            Condition(field: "traits.memory_mb", op: .ge, value: .number(1024)),
-        ], target: Target(queue: "my-events"), messageTTL: 3600)
+        Subscription(
+            project: "p1", eventTypes: ["compute.instance.*", "!compute.instance.exists"],
+            conditions: [
+                Condition(field: "payload.state", op: .eq, value: .string("active")),
+                Condition(field: "traits.memory_mb", op: .ge, value: .number(1024)),
+            ], target: Target(queue: "my-events"), messageTTL: 3600)
     }
 
     @Test("a well-formed subscription passes and survives a JSON round trip with snake_case keys")
@@ -23,17 +25,34 @@ struct SubscriptionValidationTests {
         #expect(try JSONDecoder().decode(Subscription.self, from: json) == subscription)
     }
 
-    @Test("each bad field is named", arguments: [
-        ("event_types", { @Sendable (s: inout Subscription) in s.eventTypes = [] }),
-        ("event_types", { @Sendable (s: inout Subscription) in s.eventTypes = ["!compute.*"] }),
-        ("event_types[1]", { @Sendable (s: inout Subscription) in s.eventTypes = ["a.*", "bad type"] }),
-        ("target.queue", { @Sendable (s: inout Subscription) in s.target.queue = "no/slashes" }),
-        ("target.zaqar_url", { @Sendable (s: inout Subscription) in s.target.zaqarURL = "ftp://x" }),
-        ("message_ttl", { @Sendable (s: inout Subscription) in s.messageTTL = 59 }),
-        ("conditions[0]", { @Sendable (s: inout Subscription) in s.conditions = [Condition(field: "payload.x", op: .in, value: .string("a"))] }),
-        ("conditions[0]", { @Sendable (s: inout Subscription) in s.conditions = [Condition(field: "payload..x", op: .eq, value: .null)] }),
-        ("conditions[2]", { @Sendable (s: inout Subscription) in s.conditions.append(Condition(field: "payload.size", op: .gt, value: .bool(true))) }),
-    ] as [(String, @Sendable (inout Subscription) -> Void)])
+    @Test(
+        "each bad field is named",
+        arguments: [
+            ("event_types", { @Sendable (s: inout Subscription) in s.eventTypes = [] }),
+            ("event_types", { @Sendable (s: inout Subscription) in s.eventTypes = ["!compute.*"] }),
+            ("event_types[1]", { @Sendable (s: inout Subscription) in s.eventTypes = ["a.*", "bad type"] }),
+            ("target.queue", { @Sendable (s: inout Subscription) in s.target.queue = "no/slashes" }),
+            ("target.zaqar_url", { @Sendable (s: inout Subscription) in s.target.zaqarURL = "ftp://x" }),
+            ("message_ttl", { @Sendable (s: inout Subscription) in s.messageTTL = 59 }),
+            (
+                "conditions[0]",
+                { @Sendable (s: inout Subscription) in
+                    s.conditions = [Condition(field: "payload.x", op: .in, value: .string("a"))]
+                }
+            ),
+            (
+                "conditions[0]",
+                { @Sendable (s: inout Subscription) in
+                    s.conditions = [Condition(field: "payload..x", op: .eq, value: .null)]
+                }
+            ),
+            (
+                "conditions[2]",
+                { @Sendable (s: inout Subscription) in
+                    s.conditions.append(Condition(field: "payload.size", op: .gt, value: .bool(true)))
+                }
+            ),
+        ] as [(String, @Sendable (inout Subscription) -> Void)])
     func invalid(field: String, breakIt: @Sendable (inout Subscription) -> Void) {
         var subscription = Self.valid()
         breakIt(&subscription)
@@ -49,125 +68,129 @@ struct SubscriptionValidationTests {
 }
 
 extension RedisServerTests {
-@Suite("Subscription registry against a real Redis", .timeLimit(.minutes(2)))
-struct SubscriptionRegistryTests {
-    let prefix = TestServers.uniqueName("herald-test.registry") + ":"
+    @Suite("Subscription registry against a real Redis", .timeLimit(.minutes(2)))
+    struct SubscriptionRegistryTests {
+        let prefix = TestServers.uniqueName("herald-test.registry") + ":"
 
-    func registry() throws -> SubscriptionRegistry {
-        SubscriptionRegistry(redis: try RedisConfiguration(url: TestServers.redisURL()), keyPrefix: prefix)
-    }
-
-    func subscription(_ project: String, _ queue: String = "q") -> Subscription {
-        Subscription(project: project, eventTypes: ["compute.instance.*"], target: Target(queue: queue))
-    }
-
-    @Test("create, get, update, delete; another project sees nothing")
-    func crud() async throws {
-        let registry = try registry()
-        let created = try await registry.create(subscription("p1"))
-        #expect(try await registry.get(id: created.id, project: "p1") == created)
-        #expect(try await registry.get(id: created.id, project: "p2") == nil)
-        #expect(try await registry.get(id: created.id, project: nil) == created, "an admin (no project filter) sees it")
-
-        var changed = created
-        changed.messageTTL = 7200
-        var stolen = changed
-        stolen.project = "p2"
-        #expect(try await registry.update(stolen) == nil, "p2 cannot update p1's subscription")
-        let updated = try #require(try await registry.update(changed))
-        #expect(updated.messageTTL == 7200)
-        #expect(updated.updatedAt >= created.updatedAt)
-        #expect(try await registry.get(id: created.id, project: "p1")?.messageTTL == 7200)
-
-        #expect(try await registry.delete(id: created.id, project: "p2") == false)
-        #expect(try await registry.delete(id: created.id, project: "p1") == true)
-        #expect(try await registry.get(id: created.id, project: "p1") == nil)
-        #expect(try await registry.delete(id: created.id, project: "p1") == false)
-    }
-
-    @Test("an invalid subscription is refused before it is stored")
-    func invalidIsRefused() async throws {
-        let registry = try registry()
-        var bad = subscription("p1")
-        bad.messageTTL = 10
-        await #expect(throws: SubscriptionValidationError.self) { try await registry.create(bad) }
-        #expect(try await registry.version() == 0)
-    }
-
-    @Test("pages of a project follow the marker, in id order, and end")
-    func pagination() async throws {
-        let registry = try registry()
-        var ids: [String] = []
-        for index in 0..<25 {
-            ids.append(try await registry.create(subscription("paged", "q\(index)")).id)
+        func registry() throws -> SubscriptionRegistry {
+            SubscriptionRegistry(redis: try RedisConfiguration(url: TestServers.redisURL()), keyPrefix: prefix)
         }
-        try await registry.create(subscription("other"))
-        var seen: [String] = []
-        var marker: String?
-        var pages = 0
-        repeat {
-            let page = try await registry.list(project: "paged", limit: 10, marker: marker)
-            seen += page.subscriptions.map(\.id)
-            marker = page.next
-            pages += 1
-        } while marker != nil
-        #expect(pages == 3)
-        #expect(seen == ids.sorted())
-        await #expect(throws: SubscriptionValidationError.self) { _ = try await registry.list(project: "paged", limit: 0) }
-    }
 
-    @Test("every change bumps the version; a watcher gets a fresh snapshot on the notice")
-    func watcherOnNotice() async throws {
-        let registry = try registry()
-        var snapshots = registry.watch(poll: .seconds(30)).makeAsyncIterator()
-        let first = try #require(await snapshots.next())
-        #expect(first.subscriptions.isEmpty)
-        let created = try await registry.create(subscription("p1"))
-        // With a 30 s poll, only the pub/sub notice can bring this in time.
-        let second = try #require(await snapshots.next())
-        #expect(second.version == first.version + 1)
-        #expect(second.subscriptions.map(\.id) == [created.id])
-    }
+        func subscription(_ project: String, _ queue: String = "q") -> Subscription {
+            Subscription(project: project, eventTypes: ["compute.instance.*"], target: Target(queue: queue))
+        }
 
-    @Test("a lost notice costs at most one poll: the version is compared anyway")
-    func lostNotice() async throws {
-        let registry = try registry()
-        var snapshots = registry.watch(poll: .milliseconds(300)).makeAsyncIterator()
-        _ = try #require(await snapshots.next())
-        // Let the watcher's own subscription settle, so nothing but the poll can notice what follows.
-        try await Task.sleep(for: .milliseconds(200))
-        // Change the registry behind the watcher's back: no PUBLISH.
-        let raw = try RedisClient(url: TestServers.redisURL())
-        let sneaky = subscription("p1")
-        try await raw.send("SET", prefix + "sub:" + sneaky.id, String(decoding: try JSONEncoder().encode(sneaky), as: UTF8.self))
-        try await raw.send("SADD", prefix + "subs:all", sneaky.id)
-        try await raw.send("INCR", prefix + "subs:version")
-        let started = ContinuousClock.now
-        let next = try #require(await snapshots.next())
-        #expect(next.subscriptions.map(\.id) == [sneaky.id])
-        #expect(ContinuousClock.now - started < .seconds(2))
-    }
-}
+        @Test("create, get, update, delete; another project sees nothing")
+        func crud() async throws {
+            let registry = try registry()
+            let created = try await registry.create(subscription("p1"))
+            #expect(try await registry.get(id: created.id, project: "p1") == created)
+            #expect(try await registry.get(id: created.id, project: "p2") == nil)
+            #expect(
+                try await registry.get(id: created.id, project: nil) == created, "an admin (no project filter) sees it")
 
-@Suite("Cluster coordination across processes", .timeLimit(.minutes(4)))
-struct ClusterProcessTests {
-    @Test("member processes under kill -9, SIGTERM, SIGSTOP and scale-out: never two actors, always recovered")
-    func failoverRound() async throws {
-        let binaries = try TestServers.value("HERALD_TEST_BIN_DIR")
-        let json = FileManager.default.temporaryDirectory.appendingPathComponent("failover-\(UUID()).json").path
-        let status = try await TestServers.run([
-            binaries + "/herald-bench", "failover", "--redis-url", try TestServers.redisURL(),
-            "--rounds", "1", "--nodes", "3", "--partitions", "64", "--json", json,
-        ])
-        #expect(status == 0, "herald-bench failover exited with \(status) (2 means two actors were seen)")
-        let data = try Data(contentsOf: URL(fileURLWithPath: json))
-        let result = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
-        #expect((result["violations"] as? [String])?.isEmpty == true)
-        let scenarios = try #require(result["scenarios"] as? [String: [String: Any]])
-        for name in ["kill9", "sigterm", "sigstop", "scaleout"] {
-            let recoveries = scenarios[name]?["recoveries"] as? [Double] ?? []
-            #expect(recoveries.count == 1, "\(name) recovered in \(recoveries)")
+            var changed = created
+            changed.messageTTL = 7200
+            var stolen = changed
+            stolen.project = "p2"
+            #expect(try await registry.update(stolen) == nil, "p2 cannot update p1's subscription")
+            let updated = try #require(try await registry.update(changed))
+            #expect(updated.messageTTL == 7200)
+            #expect(updated.updatedAt >= created.updatedAt)
+            #expect(try await registry.get(id: created.id, project: "p1")?.messageTTL == 7200)
+
+            #expect(try await registry.delete(id: created.id, project: "p2") == false)
+            #expect(try await registry.delete(id: created.id, project: "p1") == true)
+            #expect(try await registry.get(id: created.id, project: "p1") == nil)
+            #expect(try await registry.delete(id: created.id, project: "p1") == false)
+        }
+
+        @Test("an invalid subscription is refused before it is stored")
+        func invalidIsRefused() async throws {
+            let registry = try registry()
+            var bad = subscription("p1")
+            bad.messageTTL = 10
+            await #expect(throws: SubscriptionValidationError.self) { try await registry.create(bad) }
+            #expect(try await registry.version() == 0)
+        }
+
+        @Test("pages of a project follow the marker, in id order, and end")
+        func pagination() async throws {
+            let registry = try registry()
+            var ids: [String] = []
+            for index in 0..<25 {
+                ids.append(try await registry.create(subscription("paged", "q\(index)")).id)
+            }
+            try await registry.create(subscription("other"))
+            var seen: [String] = []
+            var marker: String?
+            var pages = 0
+            repeat {
+                let page = try await registry.list(project: "paged", limit: 10, marker: marker)
+                seen += page.subscriptions.map(\.id)
+                marker = page.next
+                pages += 1
+            } while marker != nil
+            #expect(pages == 3)
+            #expect(seen == ids.sorted())
+            await #expect(throws: SubscriptionValidationError.self) {
+                _ = try await registry.list(project: "paged", limit: 0)
+            }
+        }
+
+        @Test("every change bumps the version; a watcher gets a fresh snapshot on the notice")
+        func watcherOnNotice() async throws {
+            let registry = try registry()
+            var snapshots = registry.watch(poll: .seconds(30)).makeAsyncIterator()
+            let first = try #require(await snapshots.next())
+            #expect(first.subscriptions.isEmpty)
+            let created = try await registry.create(subscription("p1"))
+            // With a 30 s poll, only the pub/sub notice can bring this in time.
+            let second = try #require(await snapshots.next())
+            #expect(second.version == first.version + 1)
+            #expect(second.subscriptions.map(\.id) == [created.id])
+        }
+
+        @Test("a lost notice costs at most one poll: the version is compared anyway")
+        func lostNotice() async throws {
+            let registry = try registry()
+            var snapshots = registry.watch(poll: .milliseconds(300)).makeAsyncIterator()
+            _ = try #require(await snapshots.next())
+            // Let the watcher's own subscription settle, so nothing but the poll can notice what follows.
+            try await Task.sleep(for: .milliseconds(200))
+            // Change the registry behind the watcher's back: no PUBLISH.
+            let raw = try RedisClient(url: TestServers.redisURL())
+            let sneaky = subscription("p1")
+            try await raw.send(
+                "SET", prefix + "sub:" + sneaky.id, String(decoding: try JSONEncoder().encode(sneaky), as: UTF8.self))
+            try await raw.send("SADD", prefix + "subs:all", sneaky.id)
+            try await raw.send("INCR", prefix + "subs:version")
+            let started = ContinuousClock.now
+            let next = try #require(await snapshots.next())
+            #expect(next.subscriptions.map(\.id) == [sneaky.id])
+            #expect(ContinuousClock.now - started < .seconds(2))
         }
     }
-}
+
+    @Suite("Cluster coordination across processes", .timeLimit(.minutes(4)))
+    struct ClusterProcessTests {
+        @Test("member processes under kill -9, SIGTERM, SIGSTOP and scale-out: never two actors, always recovered")
+        func failoverRound() async throws {
+            let binaries = try TestServers.value("HERALD_TEST_BIN_DIR")
+            let json = FileManager.default.temporaryDirectory.appendingPathComponent("failover-\(UUID()).json").path
+            let status = try await TestServers.run([
+                binaries + "/herald-bench", "failover", "--redis-url", try TestServers.redisURL(),
+                "--rounds", "1", "--nodes", "3", "--partitions", "64", "--json", json,
+            ])
+            #expect(status == 0, "herald-bench failover exited with \(status) (2 means two actors were seen)")
+            let data = try Data(contentsOf: URL(fileURLWithPath: json))
+            let result = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+            #expect((result["violations"] as? [String])?.isEmpty == true)
+            let scenarios = try #require(result["scenarios"] as? [String: [String: Any]])
+            for name in ["kill9", "sigterm", "sigstop", "scaleout"] {
+                let recoveries = scenarios[name]?["recoveries"] as? [Double] ?? []
+                #expect(recoveries.count == 1, "\(name) recovered in \(recoveries)")
+            }
+        }
+    }
 }

@@ -1,11 +1,14 @@
-@testable import Coordination
 import Foundation
-import Testing
 import TestSupport
+import Testing
+
+@testable import Coordination
 
 @Suite("Subscription counts in Redis", .serialized)
 struct SubscriptionStatsTests {
-    @Test("counts and errors written by a flush read back as totals and the last hour (a bucket older than an hour is left out); a flush writes only what came since the last; past the table's bound counts are dropped and counted")
+    @Test(
+        "counts and errors written by a flush read back as totals and the last hour (a bucket older than an hour is left out); a flush writes only what came since the last; past the table's bound counts are dropped and counted"
+    )
     func counts() async throws {
         let redis = try RedisClient(url: TestServers.redisURL())
         let prefix = TestServers.uniqueName("herald-test.stats") + ":"
@@ -36,7 +39,8 @@ struct SubscriptionStatsTests {
         try await stats.flush()
         let later = try await stats.health(subscription: "s2")
         #expect(later.lastHour.delivered == 1 && later.total.delivered == 1)
-        #expect(try await redis.send("EXISTS", prefix + "stats-min:s2:\(minute)").integer == 0, "one key per subscription")
+        #expect(
+            try await redis.send("EXISTS", prefix + "stats-min:s2:\(minute)").integer == 0, "one key per subscription")
 
         let small = SubscriptionStats(redis: redis, keyPrefix: prefix, maxPending: 2)
         small.count(["a", "b", "c", "a"], \.matched)
@@ -50,10 +54,13 @@ struct SubscriptionStatsTests {
         #expect(try await small.health(subscription: "a").total.matched == 2)
     }
 
-    @Test("a flush that cannot reach Redis keeps its counts and errors, added to what comes meanwhile, for the next flush")
+    @Test(
+        "a flush that cannot reach Redis keeps its counts and errors, added to what comes meanwhile, for the next flush"
+    )
     func keptOnFailure() async throws {
         // Nothing listens on port 1.
-        let away = SubscriptionStats(redis: try RedisClient(url: "redis://127.0.0.1:1/0"), keyPrefix: "herald-test.stats:")
+        let away = SubscriptionStats(
+            redis: try RedisClient(url: "redis://127.0.0.1:1/0"), keyPrefix: "herald-test.stats:")
         away.count(["s1", "s1"], \.delivered)
         away.failed(["s1"], error: "timeout")
         await #expect(throws: (any Error).self) { try await away.flush() }

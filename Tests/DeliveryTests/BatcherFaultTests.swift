@@ -3,8 +3,8 @@ import Delivery
 import Foundation
 import HeraldModel
 import Synchronization
-import Testing
 import TestSupport
+import Testing
 
 extension DeadLetterStore: DeadLetterSink {
     public func deadLetter(_ letters: [DeadLetter]) async throws {
@@ -18,7 +18,8 @@ struct DeliveryHarness {
     let deadLetters: DeadLetterStore
     let zaqar: ZaqarClient
 
-    init(configuration: DeliveryConfiguration = DeliveryConfiguration(), requestTimeout: Duration = .seconds(10)) throws {
+    init(configuration: DeliveryConfiguration = DeliveryConfiguration(), requestTimeout: Duration = .seconds(10)) throws
+    {
         let redis = try RedisClient(url: TestServers.redisURL())
         deadLetters = DeadLetterStore(redis: redis, keyPrefix: TestServers.uniqueName("herald-test.delivery") + ":")
         // Validated first: a client dropped without shutdown() traps in AsyncHTTPClient.
@@ -27,12 +28,17 @@ struct DeliveryHarness {
         batcher = try DeliveryBatcher(configuration: configuration, zaqar: zaqar, deadLetters: deadLetters)
     }
 
-    static func messages(_ count: Int, to target: ZaqarTarget, label: String = "m", padding: Int = 0) -> [ZaqarOutgoingMessage] {
+    static func messages(
+        _ count: Int, to target: ZaqarTarget, label: String = "m", padding: Int = 0
+    ) -> [ZaqarOutgoingMessage] {
         let pad = String(repeating: "x", count: padding)
         return (0..<count).map { index in
             let event = Array("{\"n\":\(index),\"label\":\"\(label)\",\"pad\":\"\(pad)\"}".utf8)
-            let body = ZaqarMessageEncoding.message(event: event, ttl: 300, subscriptionID: "sub-\(label)", eventID: "\(label)-\(index)", partition: 0, epoch: 1)
-            return ZaqarOutgoingMessage(target: target, body: body, subscriptionID: "sub-\(label)", eventID: "\(label)-\(index)")
+            let body = ZaqarMessageEncoding.message(
+                event: event, ttl: 300, subscriptionID: "sub-\(label)", eventID: "\(label)-\(index)", partition: 0,
+                epoch: 1)
+            return ZaqarOutgoingMessage(
+                target: target, body: body, subscriptionID: "sub-\(label)", eventID: "\(label)-\(index)")
         }
     }
 
@@ -89,198 +95,210 @@ final class Tally: @unchecked Sendable {
 enum RedisBackedDeliveryTests {}
 
 extension RedisBackedDeliveryTests {
-@Suite("Batcher against a fault-injecting HTTP sink", .timeLimit(.minutes(2)))
-struct BatcherFaultTests {
-    func fastRetries() -> DeliveryConfiguration {
-        var configuration = DeliveryConfiguration()
-        configuration.retryBase = .milliseconds(10)
-        configuration.retryCap = .milliseconds(50)
-        return configuration
-    }
-
-    @Test("503s are retried until Zaqar takes the batch: nothing lost, nothing duplicated")
-    func retriesAfter503() async throws {
-        let sink = try await HostileZaqar { $0.index <= 3 ? .status(503) : .accept }
-        let harness = try DeliveryHarness(configuration: fastRetries())
-        let target = ZaqarTarget(baseURL: sink.url, project: "p", queue: "q")
-        let outcome = await harness.batcher.deliver(DeliveryHarness.messages(50, to: target))
-        #expect(outcome == DeliveryOutcome(delivered: 50, deadLettered: 0))
-        let accepted = sink.accepted(queue: "q")
-        #expect(accepted.count == 50)
-        #expect(Set(accepted).count == 50)
-        #expect(harness.batcher.statistics.retries == 3)
-        #expect(try await harness.deadLetters.count() == 0)
-        await sink.close()
-        await harness.shutdown()
-    }
-
-    @Test("a 400 is narrowed down to the one message Zaqar refuses, which is dead-lettered once")
-    func poisonMessage() async throws {
-        let sink = try await HostileZaqar { $0.body.contains("poison") ? .status(400) : .accept }
-        let harness = try DeliveryHarness(configuration: fastRetries())
-        let target = ZaqarTarget(baseURL: sink.url, project: "p", queue: "q")
-        var messages = DeliveryHarness.messages(20, to: target)
-        messages[7] = DeliveryHarness.messages(1, to: target, label: "poison")[0]
-        let outcome = await harness.batcher.deliver(messages)
-        #expect(outcome == DeliveryOutcome(delivered: 19, deadLettered: 1))
-        #expect(sink.accepted(queue: "q").count == 19)
-        let letters = try await harness.deadLetters.recent()
-        #expect(letters.count == 1)
-        #expect(letters.first?.reason == .rejected)
-        #expect(letters.first?.httpStatus == 400)
-        #expect(letters.first?.eventID == "poison-0")
-        #expect(letters.first?.zaqarMessage?.contains("the sink answered 400") == true)
-        await sink.close()
-        await harness.shutdown()
-    }
-
-    @Test("a 404 is permanent: dead-lettered with the reason, not retried")
-    func notFound() async throws {
-        let sink = try await HostileZaqar { _ in .status(404) }
-        let harness = try DeliveryHarness(configuration: fastRetries())
-        let target = ZaqarTarget(baseURL: sink.url, project: "p", queue: "gone")
-        let outcome = await harness.batcher.deliver(DeliveryHarness.messages(5, to: target))
-        #expect(outcome == DeliveryOutcome(delivered: 0, deadLettered: 5))
-        #expect(sink.totalRequests == 1)
-        #expect(try await harness.deadLetters.recent().allSatisfy { $0.reason == .notFound && $0.detail.contains("404") })
-        await sink.close()
-        await harness.shutdown()
-    }
-
-    @Test("429 with Retry-After waits as told")
-    func retryAfter() async throws {
-        let sink = try await HostileZaqar { $0.index == 1 ? .status(429, retryAfter: 1) : .accept }
-        let harness = try DeliveryHarness(configuration: fastRetries())
-        let target = ZaqarTarget(baseURL: sink.url, project: "p", queue: "q")
-        let started = ContinuousClock.now
-        let outcome = await harness.batcher.deliver(DeliveryHarness.messages(3, to: target))
-        #expect(outcome.delivered == 3)
-        #expect(ContinuousClock.now - started >= .milliseconds(950), "Retry-After: 1 was honoured")
-        await sink.close()
-        await harness.shutdown()
-    }
-
-    @Test("a reset connection is retried")
-    func reset() async throws {
-        let sink = try await HostileZaqar { $0.index <= 2 ? .reset : .accept }
-        let harness = try DeliveryHarness(configuration: fastRetries())
-        let target = ZaqarTarget(baseURL: sink.url, project: "p", queue: "q")
-        let outcome = await harness.batcher.deliver(DeliveryHarness.messages(10, to: target))
-        #expect(outcome.delivered == 10)
-        #expect(sink.accepted(queue: "q").count == 10)
-        await sink.close()
-        await harness.shutdown()
-    }
-
-    @Test("the circuit opens after repeated failures and closes after a good probe")
-    func circuit() async throws {
-        let failing = Counter()
-        let sink = try await HostileZaqar { _ in failing.value == 0 ? .status(503) : .accept }
-        var configuration = fastRetries()
-        configuration.circuitThreshold = 3
-        configuration.circuitCooldown = .milliseconds(300)
-        configuration.maxAttempts = 100
-        let harness = try DeliveryHarness(configuration: configuration)
-        let target = ZaqarTarget(baseURL: sink.url, project: "p", queue: "q")
-        let task = Task { await harness.batcher.deliver(DeliveryHarness.messages(5, to: target)) }
-        try await eventually {
-            guard case .open = harness.batcher.circuit(for: target) else { throw DeliveryError(.closed, "circuit not open yet") }
+    @Suite("Batcher against a fault-injecting HTTP sink", .timeLimit(.minutes(2)))
+    struct BatcherFaultTests {
+        func fastRetries() -> DeliveryConfiguration {
+            var configuration = DeliveryConfiguration()
+            configuration.retryBase = .milliseconds(10)
+            configuration.retryCap = .milliseconds(50)
+            return configuration
         }
-        let requestsWhileOpen = sink.totalRequests
-        try await Task.sleep(for: .milliseconds(150))
-        #expect(sink.totalRequests == requestsWhileOpen, "nothing is sent while the circuit is open")
-        failing.increment()
-        let outcome = await task.value
-        #expect(outcome.delivered == 5)
-        #expect(harness.batcher.circuit(for: target) == .closed)
-        #expect(harness.batcher.statistics.circuitOpenings >= 1)
-        await sink.close()
-        await harness.shutdown()
-    }
 
-    @Test("an idle lane with a clean circuit is forgotten; one with failures is kept")
-    func idleLanesForgotten() async throws {
-        let sink = try await HostileZaqar { request in request.path.contains("/failing/") ? .status(503) : .accept }
-        var configuration = fastRetries()
-        configuration.circuitThreshold = 100
-        configuration.maxAttempts = 2
-        let harness = try DeliveryHarness(configuration: configuration)
-        let targets = (0..<40).map { ZaqarTarget(baseURL: sink.url, project: "p", queue: "q\($0)") }
-        let outcome = await harness.deliverEach(targets.flatMap { DeliveryHarness.messages(3, to: $0, label: $0.queue) })
-        #expect(outcome.delivered == 120)
-        try await eventually {
-            guard harness.batcher.laneCount == 0 else { throw DeliveryError(.closed, "\(harness.batcher.laneCount) lanes left") }
+        @Test("503s are retried until Zaqar takes the batch: nothing lost, nothing duplicated")
+        func retriesAfter503() async throws {
+            let sink = try await HostileZaqar { $0.index <= 3 ? .status(503) : .accept }
+            let harness = try DeliveryHarness(configuration: fastRetries())
+            let target = ZaqarTarget(baseURL: sink.url, project: "p", queue: "q")
+            let outcome = await harness.batcher.deliver(DeliveryHarness.messages(50, to: target))
+            #expect(outcome == DeliveryOutcome(delivered: 50, deadLettered: 0))
+            let accepted = sink.accepted(queue: "q")
+            #expect(accepted.count == 50)
+            #expect(Set(accepted).count == 50)
+            #expect(harness.batcher.statistics.retries == 3)
+            #expect(try await harness.deadLetters.count() == 0)
+            await sink.close()
+            await harness.shutdown()
         }
-        let failing = ZaqarTarget(baseURL: sink.url, project: "p", queue: "failing")
-        let failed = await harness.batcher.deliver(DeliveryHarness.messages(1, to: failing, label: "f"))
-        #expect(failed.deadLettered == 1)
-        try await Task.sleep(for: .milliseconds(100))
-        #expect(harness.batcher.laneCount == 1, "the failing target's lane keeps its circuit's failures")
-        await sink.close()
-        await harness.shutdown()
-    }
 
-    @Test("a stalled lane leaves another lane's throughput unchanged")
-    func stalledLane() async throws {
-        let sink = try await HostileZaqar { $0.path.contains("/stalled/") ? .stall : .accept }
-        let harness = try DeliveryHarness(configuration: fastRetries(), requestTimeout: .seconds(60))
-        let healthy = ZaqarTarget(baseURL: sink.url, project: "p", queue: "healthy")
-        let stalled = ZaqarTarget(baseURL: sink.url, project: "p", queue: "stalled")
+        @Test("a 400 is narrowed down to the one message Zaqar refuses, which is dead-lettered once")
+        func poisonMessage() async throws {
+            let sink = try await HostileZaqar { $0.body.contains("poison") ? .status(400) : .accept }
+            let harness = try DeliveryHarness(configuration: fastRetries())
+            let target = ZaqarTarget(baseURL: sink.url, project: "p", queue: "q")
+            var messages = DeliveryHarness.messages(20, to: target)
+            messages[7] = DeliveryHarness.messages(1, to: target, label: "poison")[0]
+            let outcome = await harness.batcher.deliver(messages)
+            #expect(outcome == DeliveryOutcome(delivered: 19, deadLettered: 1))
+            #expect(sink.accepted(queue: "q").count == 19)
+            let letters = try await harness.deadLetters.recent()
+            #expect(letters.count == 1)
+            #expect(letters.first?.reason == .rejected)
+            #expect(letters.first?.httpStatus == 400)
+            #expect(letters.first?.eventID == "poison-0")
+            #expect(letters.first?.zaqarMessage?.contains("the sink answered 400") == true)
+            await sink.close()
+            await harness.shutdown()
+        }
 
-        var started = ContinuousClock.now
-        _ = await harness.deliverEach(DeliveryHarness.messages(2000, to: healthy, label: "alone"))
-        let alone = ContinuousClock.now - started
+        @Test("a 404 is permanent: dead-lettered with the reason, not retried")
+        func notFound() async throws {
+            let sink = try await HostileZaqar { _ in .status(404) }
+            let harness = try DeliveryHarness(configuration: fastRetries())
+            let target = ZaqarTarget(baseURL: sink.url, project: "p", queue: "gone")
+            let outcome = await harness.batcher.deliver(DeliveryHarness.messages(5, to: target))
+            #expect(outcome == DeliveryOutcome(delivered: 0, deadLettered: 5))
+            #expect(sink.totalRequests == 1)
+            #expect(
+                try await harness.deadLetters.recent().allSatisfy {
+                    $0.reason == .notFound && $0.detail.contains("404")
+                })
+            await sink.close()
+            await harness.shutdown()
+        }
 
-        let stuck = Task { await harness.batcher.deliver(DeliveryHarness.messages(300, to: stalled, label: "stuck")) }
-        try await Task.sleep(for: .milliseconds(100))
-        started = ContinuousClock.now
-        let outcome = await harness.deliverEach(DeliveryHarness.messages(2000, to: healthy, label: "beside"))
-        let beside = ContinuousClock.now - started
-        #expect(outcome.delivered == 2000)
-        // Compared in the same run: with a stalled neighbour the healthy lane is not slower
-        // than twice its time alone (noise allowance; head-of-line blocking would never finish).
-        #expect(beside < alone * 2 + .milliseconds(200), "alone \(alone), beside a stalled lane \(beside)")
-        sink.releaseStalls()
-        #expect(await stuck.value.delivered == 300, "the stalled lane delivers once the stall ends")
-        await sink.close()
-        await harness.shutdown()
-    }
+        @Test("429 with Retry-After waits as told")
+        func retryAfter() async throws {
+            let sink = try await HostileZaqar { $0.index == 1 ? .status(429, retryAfter: 1) : .accept }
+            let harness = try DeliveryHarness(configuration: fastRetries())
+            let target = ZaqarTarget(baseURL: sink.url, project: "p", queue: "q")
+            let started = ContinuousClock.now
+            let outcome = await harness.batcher.deliver(DeliveryHarness.messages(3, to: target))
+            #expect(outcome.delivered == 3)
+            #expect(ContinuousClock.now - started >= .milliseconds(950), "Retry-After: 1 was honoured")
+            await sink.close()
+            await harness.shutdown()
+        }
 
-    @Test("with the sink stalled, buffered messages never exceed the bounds and submitters wait")
-    func boundedMemory() async throws {
-        let sink = try await HostileZaqar { _ in .stall }
-        var configuration = fastRetries()
-        configuration.maxBatchMessages = 10
-        configuration.laneMaxMessages = 50
-        configuration.globalMaxMessages = 80
-        let harness = try DeliveryHarness(configuration: configuration, requestTimeout: .seconds(60))
-        let targets = (0..<3).map { ZaqarTarget(baseURL: sink.url, project: "p", queue: "lane\($0)") }
-        let submitted = Counter()
-        let submitters = Task {
-            await withTaskGroup(of: Void.self) { group in
-                for target in targets {
-                    group.addTask {
-                        for message in DeliveryHarness.messages(200, to: target) {
-                            await harness.batcher.submit([message]) { _ in }
-                            submitted.increment()
+        @Test("a reset connection is retried")
+        func reset() async throws {
+            let sink = try await HostileZaqar { $0.index <= 2 ? .reset : .accept }
+            let harness = try DeliveryHarness(configuration: fastRetries())
+            let target = ZaqarTarget(baseURL: sink.url, project: "p", queue: "q")
+            let outcome = await harness.batcher.deliver(DeliveryHarness.messages(10, to: target))
+            #expect(outcome.delivered == 10)
+            #expect(sink.accepted(queue: "q").count == 10)
+            await sink.close()
+            await harness.shutdown()
+        }
+
+        @Test("the circuit opens after repeated failures and closes after a good probe")
+        func circuit() async throws {
+            let failing = Counter()
+            let sink = try await HostileZaqar { _ in failing.value == 0 ? .status(503) : .accept }
+            var configuration = fastRetries()
+            configuration.circuitThreshold = 3
+            configuration.circuitCooldown = .milliseconds(300)
+            configuration.maxAttempts = 100
+            let harness = try DeliveryHarness(configuration: configuration)
+            let target = ZaqarTarget(baseURL: sink.url, project: "p", queue: "q")
+            let task = Task { await harness.batcher.deliver(DeliveryHarness.messages(5, to: target)) }
+            try await eventually {
+                guard case .open = harness.batcher.circuit(for: target) else {
+                    throw DeliveryError(.closed, "circuit not open yet")
+                }
+            }
+            let requestsWhileOpen = sink.totalRequests
+            try await Task.sleep(for: .milliseconds(150))
+            #expect(sink.totalRequests == requestsWhileOpen, "nothing is sent while the circuit is open")
+            failing.increment()
+            let outcome = await task.value
+            #expect(outcome.delivered == 5)
+            #expect(harness.batcher.circuit(for: target) == .closed)
+            #expect(harness.batcher.statistics.circuitOpenings >= 1)
+            await sink.close()
+            await harness.shutdown()
+        }
+
+        @Test("an idle lane with a clean circuit is forgotten; one with failures is kept")
+        func idleLanesForgotten() async throws {
+            let sink = try await HostileZaqar { request in request.path.contains("/failing/") ? .status(503) : .accept }
+            var configuration = fastRetries()
+            configuration.circuitThreshold = 100
+            configuration.maxAttempts = 2
+            let harness = try DeliveryHarness(configuration: configuration)
+            let targets = (0..<40).map { ZaqarTarget(baseURL: sink.url, project: "p", queue: "q\($0)") }
+            let outcome = await harness.deliverEach(
+                targets.flatMap { DeliveryHarness.messages(3, to: $0, label: $0.queue) })
+            #expect(outcome.delivered == 120)
+            try await eventually {
+                guard harness.batcher.laneCount == 0 else {
+                    throw DeliveryError(.closed, "\(harness.batcher.laneCount) lanes left")
+                }
+            }
+            let failing = ZaqarTarget(baseURL: sink.url, project: "p", queue: "failing")
+            let failed = await harness.batcher.deliver(DeliveryHarness.messages(1, to: failing, label: "f"))
+            #expect(failed.deadLettered == 1)
+            try await Task.sleep(for: .milliseconds(100))
+            #expect(harness.batcher.laneCount == 1, "the failing target's lane keeps its circuit's failures")
+            await sink.close()
+            await harness.shutdown()
+        }
+
+        @Test("a stalled lane leaves another lane's throughput unchanged")
+        func stalledLane() async throws {
+            let sink = try await HostileZaqar { $0.path.contains("/stalled/") ? .stall : .accept }
+            let harness = try DeliveryHarness(configuration: fastRetries(), requestTimeout: .seconds(60))
+            let healthy = ZaqarTarget(baseURL: sink.url, project: "p", queue: "healthy")
+            let stalled = ZaqarTarget(baseURL: sink.url, project: "p", queue: "stalled")
+
+            var started = ContinuousClock.now
+            _ = await harness.deliverEach(DeliveryHarness.messages(2000, to: healthy, label: "alone"))
+            let alone = ContinuousClock.now - started
+
+            let stuck = Task {
+                await harness.batcher.deliver(DeliveryHarness.messages(300, to: stalled, label: "stuck"))
+            }
+            try await Task.sleep(for: .milliseconds(100))
+            started = ContinuousClock.now
+            let outcome = await harness.deliverEach(DeliveryHarness.messages(2000, to: healthy, label: "beside"))
+            let beside = ContinuousClock.now - started
+            #expect(outcome.delivered == 2000)
+            // Compared in the same run: with a stalled neighbour the healthy lane is not slower
+            // than twice its time alone (noise allowance; head-of-line blocking would never finish).
+            #expect(beside < alone * 2 + .milliseconds(200), "alone \(alone), beside a stalled lane \(beside)")
+            sink.releaseStalls()
+            #expect(await stuck.value.delivered == 300, "the stalled lane delivers once the stall ends")
+            await sink.close()
+            await harness.shutdown()
+        }
+
+        @Test("with the sink stalled, buffered messages never exceed the bounds and submitters wait")
+        func boundedMemory() async throws {
+            let sink = try await HostileZaqar { _ in .stall }
+            var configuration = fastRetries()
+            configuration.maxBatchMessages = 10
+            configuration.laneMaxMessages = 50
+            configuration.globalMaxMessages = 80
+            let harness = try DeliveryHarness(configuration: configuration, requestTimeout: .seconds(60))
+            let targets = (0..<3).map { ZaqarTarget(baseURL: sink.url, project: "p", queue: "lane\($0)") }
+            let submitted = Counter()
+            let submitters = Task {
+                await withTaskGroup(of: Void.self) { group in
+                    for target in targets {
+                        group.addTask {
+                            for message in DeliveryHarness.messages(200, to: target) {
+                                await harness.batcher.submit([message]) { _ in }
+                                submitted.increment()
+                            }
                         }
                     }
                 }
             }
+            try await Task.sleep(for: .milliseconds(500))
+            let statistics = harness.batcher.statistics
+            #expect(statistics.peakLaneMessages <= 50)
+            #expect(statistics.peakBufferedMessages <= 80)
+            #expect(statistics.bufferedMessages == 80, "the global bound is reached and held")
+            #expect(submitted.value <= 80, "submitters wait for room instead of buffering more")
+            sink.releaseStalls()
+            await submitters.value
+            #expect(await harness.batcher.drain(timeout: .seconds(30)))
+            #expect(harness.batcher.statistics.peakBufferedMessages <= 80)
+            #expect(
+                harness.batcher.statistics.delivered == 600
+                    - harness.batcher.statistics.deadLettered.values.reduce(0, +))
+            await sink.close()
+            await harness.shutdown()
         }
-        try await Task.sleep(for: .milliseconds(500))
-        let statistics = harness.batcher.statistics
-        #expect(statistics.peakLaneMessages <= 50)
-        #expect(statistics.peakBufferedMessages <= 80)
-        #expect(statistics.bufferedMessages == 80, "the global bound is reached and held")
-        #expect(submitted.value <= 80, "submitters wait for room instead of buffering more")
-        sink.releaseStalls()
-        await submitters.value
-        #expect(await harness.batcher.drain(timeout: .seconds(30)))
-        #expect(harness.batcher.statistics.peakBufferedMessages <= 80)
-        #expect(harness.batcher.statistics.delivered == 600 - harness.batcher.statistics.deadLettered.values.reduce(0, +))
-        await sink.close()
-        await harness.shutdown()
     }
-}
 }

@@ -1,7 +1,8 @@
-@testable import Delivery
 import Foundation
 import HeraldModel
 import Testing
+
+@testable import Delivery
 
 @Suite("Delivery policies")
 struct DeliveryPolicyTests {
@@ -52,13 +53,16 @@ struct DeliveryPolicyTests {
             let delay = reconnect.delay(attempt: attempt, using: &random)
             #expect(delay >= reconnect.ceiling(attempt: attempt) / 2 && delay <= reconnect.ceiling(attempt: attempt))
         }
-        #expect(Backoff(base: .seconds(1), cap: .seconds(8)).ceiling(attempt: -3) == .seconds(1), "a negative attempt is the first")
+        #expect(
+            Backoff(base: .seconds(1), cap: .seconds(8)).ceiling(attempt: -3) == .seconds(1),
+            "a negative attempt is the first")
     }
 
     @Test("the delivered message wraps the event bytes untouched and escapes the ids")
     func encoding() throws {
         let event = Array(#"{"event_type":"compute.instance.create.end","payload":{"state":"active"}}"#.utf8)
-        let bytes = ZaqarMessageEncoding.message(event: event, ttl: 300, subscriptionID: "sub\"1", eventID: "e\\2\n", partition: 17, epoch: 42)
+        let bytes = ZaqarMessageEncoding.message(
+            event: event, ttl: 300, subscriptionID: "sub\"1", eventID: "e\\2\n", partition: 17, epoch: 42)
         let object = try #require(try JSONSerialization.jsonObject(with: Data(bytes)) as? [String: Any])
         #expect(object["ttl"] as? Int == 300)
         let body = try #require(object["body"] as? [String: Any])
@@ -68,34 +72,68 @@ struct DeliveryPolicyTests {
         #expect(herald["partition"] as? Int == 17)
         #expect(herald["epoch"] as? Int == 42)
         #expect((body["event"] as? [String: Any])?["event_type"] as? String == "compute.instance.create.end")
-        #expect(String(decoding: bytes, as: UTF8.self).contains(String(decoding: event, as: UTF8.self)), "the event's bytes are copied, not re-encoded")
+        #expect(
+            String(decoding: bytes, as: UTF8.self).contains(String(decoding: event, as: UTF8.self)),
+            "the event's bytes are copied, not re-encoded")
     }
 
-    @Test("CloudEvents: oslo, Zulu and offset timestamps become RFC 3339, anything else none; the source is the service, percent-encoded; the message is JSON whatever the ids hold")
+    @Test(
+        "CloudEvents: oslo, Zulu and offset timestamps become RFC 3339, anything else none; the source is the service, percent-encoded; the message is JSON whatever the ids hold"
+    )
     func cloudEvent() throws {
         typealias Attributes = ZaqarMessageEncoding.CloudEventAttributes
         #expect(Attributes.rfc3339("2026-12-05 04:10:00.123456") == "2026-12-05T04:10:00.123456Z")
         #expect(Attributes.rfc3339("2026-12-05T04:10:00Z") == "2026-12-05T04:10:00Z")
         #expect(Attributes.rfc3339("2026-12-05T04:10:00+02:00") == "2026-12-05T04:10:00+02:00")
-        for bad in ["", "yesterday", "2026-12-05", "2026-12-05 04:10", "2026-12-05 04:10:00.", "2026-12-05 04:10:00.1234567890",
-                    "2026-12-05 04:10:00 UTC", "2026-12-05x04:10:00", "2026-12-05 04:10:00+2", String(repeating: "9", count: 5000),
-                    "2024-13-45 99:99:99", "2024-00-01 00:00:00", "2024-01-00 00:00:00", "2024-01-01 24:00:00", "2024-01-01 00:60:00",
-                    "2024-01-01 00:00:61", "2024-01-01T00:00:00+24:00", "2024-01-01T00:00:00+01:60"] {
+        for bad in [
+            "", "yesterday", "2026-12-05", "2026-12-05 04:10", "2026-12-05 04:10:00.", "2026-12-05 04:10:00.1234567890",
+            "2026-12-05 04:10:00 UTC", "2026-12-05x04:10:00", "2026-12-05 04:10:00+2",
+            String(repeating: "9", count: 5000),
+            "2024-13-45 99:99:99", "2024-00-01 00:00:00", "2024-01-00 00:00:00", "2024-01-01 24:00:00",
+            "2024-01-01 00:60:00",
+            "2024-01-01 00:00:61", "2024-01-01T00:00:00+24:00", "2024-01-01T00:00:00+01:60",
+        ] {
             #expect(Attributes.rfc3339(bad) == nil, "\(bad.prefix(40))")
         }
-        #expect(Attributes.of(eventType: "compute.instance.update", messageID: "m", publisherID: "compute.cmp-17", timestamp: nil, resourceID: nil).source == "/openstack/compute")
-        #expect(Attributes.of(eventType: "volume.create.end", messageID: "m", publisherID: nil, timestamp: nil, resourceID: nil).source == "/openstack/volume")
+        #expect(
+            Attributes.of(
+                eventType: "compute.instance.update", messageID: "m", publisherID: "compute.cmp-17", timestamp: nil,
+                resourceID: nil
+            ).source == "/openstack/compute")
+        #expect(
+            Attributes.of(
+                eventType: "volume.create.end", messageID: "m", publisherID: nil, timestamp: nil, resourceID: nil
+            ).source == "/openstack/volume")
         #expect(Attributes.rfc3339("2024-12-31 23:59:60") == "2024-12-31T23:59:60Z", "a leap second")
-        #expect(Attributes.of(eventType: "port.create.end", messageID: "m", publisherID: ".host", timestamp: nil, resourceID: nil).source == "/openstack/port")
-        #expect(Attributes.of(eventType: "x", messageID: "m", publisherID: "nova-compute:cmp-3.example.org", timestamp: nil, resourceID: nil).source == "/openstack/nova-compute",
-                "nova's versioned publisher: the service, not the host")
-        #expect(Attributes.of(eventType: "x", messageID: "m", publisherID: ":cmp-3", timestamp: nil, resourceID: nil).source == "/openstack/x")
-        #expect(Attributes.of(eventType: "x", messageID: "m", publisherID: "caf\u{e9} /?#.h", timestamp: nil, resourceID: nil).source == "/openstack/caf")
-        #expect(Attributes.of(eventType: "x", messageID: "m", publisherID: String(repeating: "a", count: 10_000), timestamp: nil, resourceID: nil).source.count == "/openstack/".count + 64)
+        #expect(
+            Attributes.of(
+                eventType: "port.create.end", messageID: "m", publisherID: ".host", timestamp: nil, resourceID: nil
+            ).source == "/openstack/port")
+        #expect(
+            Attributes.of(
+                eventType: "x", messageID: "m", publisherID: "nova-compute:cmp-3.example.org", timestamp: nil,
+                resourceID: nil
+            ).source == "/openstack/nova-compute",
+            "nova's versioned publisher: the service, not the host")
+        #expect(
+            Attributes.of(eventType: "x", messageID: "m", publisherID: ":cmp-3", timestamp: nil, resourceID: nil).source
+                == "/openstack/x")
+        #expect(
+            Attributes.of(
+                eventType: "x", messageID: "m", publisherID: "caf\u{e9} /?#.h", timestamp: nil, resourceID: nil
+            ).source == "/openstack/caf")
+        #expect(
+            Attributes.of(
+                eventType: "x", messageID: "m", publisherID: String(repeating: "a", count: 10_000), timestamp: nil,
+                resourceID: nil
+            ).source.count == "/openstack/".count + 64)
 
-        let attributes = Attributes.of(eventType: "compute.\"instance\\", messageID: "id\u{0}\n", publisherID: "compute.h", timestamp: "2026-12-05 04:10:00", resourceID: "r\"")
+        let attributes = Attributes.of(
+            eventType: "compute.\"instance\\", messageID: "id\u{0}\n", publisherID: "compute.h",
+            timestamp: "2026-12-05 04:10:00", resourceID: "r\"")
         let body = ZaqarMessageEncoding.cloudEvent(
-            data: Array(#"{"a":[1,2.5e300,"\u2603"]}"#.utf8), attributes: attributes, ttl: 60, subscriptionID: "s\"", partition: 3, epoch: UInt64(Int32.max) + 1,
+            data: Array(#"{"a":[1,2.5e300,"\u2603"]}"#.utf8), attributes: attributes, ttl: 60, subscriptionID: "s\"",
+            partition: 3, epoch: UInt64(Int32.max) + 1,
             project: "p", redacted: ["payload.host", "payload.node"]
         )
         let message = try #require(try JSONSerialization.jsonObject(with: Data(body)) as? [String: Any])
@@ -128,7 +166,10 @@ struct DeliveryPolicyTests {
     @Test("Zaqar's and Keystone's dates parse to the same instant; a new expiry is written the way Zaqar takes it")
     func dates() {
         let instant = Date(timeIntervalSince1970: 1_795_561_521)  // 2026-11-24T23:05:21Z
-        for text in ["2026-11-24T23:05:21", "2026-11-24T23:05:21.000000", "2026-11-24T23:05:21+00:00", "2026-11-24T23:05:21.000000Z", "2026-11-25T01:05:21+02:00"] {
+        for text in [
+            "2026-11-24T23:05:21", "2026-11-24T23:05:21.000000", "2026-11-24T23:05:21+00:00",
+            "2026-11-24T23:05:21.000000Z", "2026-11-25T01:05:21+02:00",
+        ] {
             #expect(ZaqarDates.parse(text) == instant, "\(text)")
         }
         #expect(ZaqarDates.parse("tomorrow") == nil)

@@ -1,20 +1,28 @@
 import Coordination
-@testable import Delivery
 import Foundation
 import HeraldModel
-import Testing
 import TestSupport
+import Testing
+
+@testable import Delivery
 
 /// Targets that answer as an attacker or a broken service would, over real HTTP
 /// (`HostileZaqar`), with dead letters in the real Redis.
 @Suite("Hostile targets", .serialized, .timeLimit(.minutes(3)))
 struct HostileTargetTests {
-    func harness(_ configuration: DeliveryConfiguration = Self.quick, requestTimeout: Duration = .seconds(2), endpoints: ZaqarEndpoints? = nil) throws -> (DeliveryBatcher, DeadLetterStore, ZaqarClient) {
+    func harness(
+        _ configuration: DeliveryConfiguration = Self.quick, requestTimeout: Duration = .seconds(2),
+        endpoints: ZaqarEndpoints? = nil
+    ) throws -> (DeliveryBatcher, DeadLetterStore, ZaqarClient) {
         try configuration.validate()  // before the client: one dropped without shutdown() traps
         let redis = try RedisClient(url: TestServers.redisURL())
         let deadLetters = DeadLetterStore(redis: redis, keyPrefix: TestServers.uniqueName("herald-test.hostile") + ":")
         let zaqar = ZaqarClient(requestTimeout: requestTimeout, retryAfterCap: .milliseconds(200))
-        return (try DeliveryBatcher(configuration: configuration, zaqar: zaqar, deadLetters: deadLetters, endpoints: endpoints), deadLetters, zaqar)
+        return (
+            try DeliveryBatcher(
+                configuration: configuration, zaqar: zaqar, deadLetters: deadLetters, endpoints: endpoints),
+            deadLetters, zaqar
+        )
     }
 
     /// Short retries, so that a test sees several attempts in well under a second each.
@@ -27,7 +35,11 @@ struct HostileTargetTests {
         return configuration
     }
 
-    @Test("Retry-After inf, nan, 1e300, -5, 86400 and a date: no trap; retried within the cap, then delivered", arguments: ["inf", "nan", "1e300", "-5", "86400", "Wed, 21 Oct 2099 07:28:00 GMT", "0x10", "9223372036854775807"])
+    @Test(
+        "Retry-After inf, nan, 1e300, -5, 86400 and a date: no trap; retried within the cap, then delivered",
+        arguments: [
+            "inf", "nan", "1e300", "-5", "86400", "Wed, 21 Oct 2099 07:28:00 GMT", "0x10", "9223372036854775807",
+        ])
     func retryAfter(value: String) async throws {
         let first = Counter()
         let server = try await HostileZaqar { _ in
@@ -42,7 +54,8 @@ struct HostileTargetTests {
         let (batcher, _, zaqar) = try harness()
         defer { Task { await zaqar.shutdown() } }
         let started = ContinuousClock.now
-        let outcome = await batcher.deliver(DeliveryHarness.messages(1, to: ZaqarTarget(baseURL: server.url, project: "p1", queue: "q")))
+        let outcome = await batcher.deliver(
+            DeliveryHarness.messages(1, to: ZaqarTarget(baseURL: server.url, project: "p1", queue: "q")))
         #expect(outcome.delivered == 1)
         #expect(server.requests(queue: "q") == 2)
         // The delay was the capped Retry-After (0.2 s) or the normal backoff, never the header's.
@@ -57,7 +70,8 @@ struct HostileTargetTests {
         defer { Task { await server.close() } }
         let (batcher, deadLetters, zaqar) = try harness()
         defer { Task { await zaqar.shutdown() } }
-        let outcome = await batcher.deliver(DeliveryHarness.messages(2, to: ZaqarTarget(baseURL: server.url, project: "p1", queue: "q")))
+        let outcome = await batcher.deliver(
+            DeliveryHarness.messages(2, to: ZaqarTarget(baseURL: server.url, project: "p1", queue: "q")))
         #expect(outcome.deadLettered == 2)
         #expect(elsewhere.totalRequests == 0, "a 3xx must never be followed")
         let letters = try await deadLetters.recent(count: 10)
@@ -69,15 +83,25 @@ struct HostileTargetTests {
         let server = try await HostileZaqar { request in
             switch request.queue {
             case "huge": return .huge(status: 400, bytes: 5 << 20)
-            case "html": return .answer(status: 404, headers: ["Content-Type": "text/html"], body: "<html>internal admin console: secret=hunter2</html>")
-            default: return .answer(status: 400, headers: ["Content-Type": "application/json"], body: "{\"title\": \"Bad\\u001b[31m\", \"description\": \"line\\nforged: yes \(String(repeating: "y", count: 1000))\"}")
+            case "html":
+                return .answer(
+                    status: 404, headers: ["Content-Type": "text/html"],
+                    body: "<html>internal admin console: secret=hunter2</html>")
+            default:
+                return .answer(
+                    status: 400, headers: ["Content-Type": "application/json"],
+                    body:
+                        "{\"title\": \"Bad\\u001b[31m\", \"description\": \"line\\nforged: yes \(String(repeating: "y", count: 1000))\"}"
+                )
             }
         }
         defer { Task { await server.close() } }
         let (batcher, deadLetters, zaqar) = try harness()
         defer { Task { await zaqar.shutdown() } }
         for queue in ["huge", "html", "escapes"] {
-            let outcome = await batcher.deliver(DeliveryHarness.messages(1, to: ZaqarTarget(baseURL: server.url, project: "p1", queue: queue), label: queue))
+            let outcome = await batcher.deliver(
+                DeliveryHarness.messages(
+                    1, to: ZaqarTarget(baseURL: server.url, project: "p1", queue: queue), label: queue))
             #expect(outcome.deadLettered == 1, "\(queue)")
         }
         let letters = try await deadLetters.recent(count: 10)
@@ -100,8 +124,10 @@ struct HostileTargetTests {
         configuration.maxAttempts = 2
         let (batcher, _, zaqar) = try harness(configuration, requestTimeout: .milliseconds(500))
         defer { Task { await zaqar.shutdown() } }
-        async let stuck = batcher.deliver(DeliveryHarness.messages(1, to: ZaqarTarget(baseURL: server.url, project: "p1", queue: "silent")))
-        let fine = await batcher.deliver(DeliveryHarness.messages(3, to: ZaqarTarget(baseURL: server.url, project: "p2", queue: "fine")))
+        async let stuck = batcher.deliver(
+            DeliveryHarness.messages(1, to: ZaqarTarget(baseURL: server.url, project: "p1", queue: "silent")))
+        let fine = await batcher.deliver(
+            DeliveryHarness.messages(3, to: ZaqarTarget(baseURL: server.url, project: "p2", queue: "fine")))
         #expect(fine.delivered == 3, "another target flows while one is silent")
         let outcome = await stuck
         #expect(outcome.deadLettered == 1)
@@ -123,17 +149,23 @@ struct HostileTargetTests {
         // Ten queues of project "greedy", 20 messages each: 200 wanted, its share is 60.
         let submitter = Task {
             for queue in 0..<10 {
-                for message in DeliveryHarness.messages(20, to: ZaqarTarget(baseURL: server.url, project: "greedy", queue: "stuck-\(queue)"), label: "g\(queue)") {
+                for message in DeliveryHarness.messages(
+                    20, to: ZaqarTarget(baseURL: server.url, project: "greedy", queue: "stuck-\(queue)"),
+                    label: "g\(queue)")
+                {
                     await batcher.submit([message]) { _ in }
                 }
             }
         }
         defer { submitter.cancel() }
         try await eventually(timeout: .seconds(10)) {
-            guard batcher.bufferedMessages(project: "greedy") == 60 else { throw TestFailure("greedy holds \(batcher.bufferedMessages(project: "greedy"))") }
+            guard batcher.bufferedMessages(project: "greedy") == 60 else {
+                throw TestFailure("greedy holds \(batcher.bufferedMessages(project: "greedy"))")
+            }
         }
         // The node's buffers are not full: another project's messages go through at once.
-        let other = await batcher.deliver(DeliveryHarness.messages(30, to: ZaqarTarget(baseURL: server.url, project: "polite", queue: "fine")))
+        let other = await batcher.deliver(
+            DeliveryHarness.messages(30, to: ZaqarTarget(baseURL: server.url, project: "polite", queue: "fine")))
         #expect(other.delivered == 30)
         #expect(batcher.bufferedMessages(project: "greedy") == 60, "the greedy project never holds more than its share")
         #expect(batcher.statistics.peakBufferedMessages <= 90)
@@ -143,9 +175,11 @@ struct HostileTargetTests {
     func endpointNotAllowed() async throws {
         let server = try await HostileZaqar { _ in .accept }
         defer { Task { await server.close() } }
-        let (batcher, deadLetters, zaqar) = try harness(endpoints: try ZaqarEndpoints(urls: ["http://127.0.0.1:1/zaqar"]))
+        let (batcher, deadLetters, zaqar) = try harness(
+            endpoints: try ZaqarEndpoints(urls: ["http://127.0.0.1:1/zaqar"]))
         defer { Task { await zaqar.shutdown() } }
-        let outcome = await batcher.deliver(DeliveryHarness.messages(2, to: ZaqarTarget(baseURL: server.url, project: "p1", queue: "q")))
+        let outcome = await batcher.deliver(
+            DeliveryHarness.messages(2, to: ZaqarTarget(baseURL: server.url, project: "p1", queue: "q")))
         #expect(outcome.deadLettered == 2)
         #expect(server.totalRequests == 0)
         #expect(try await deadLetters.recent(count: 5).allSatisfy { $0.reason == .targetNotAllowed })
@@ -154,38 +188,58 @@ struct HostileTargetTests {
 
 @Suite("Parsing what targets and tenants send")
 struct HostileParsingTests {
-    @Test("Retry-After", arguments: [
-        ("120", 120.0), ("0", 0.0), ("1.5", 1.5), ("inf", nil), ("nan", nil), ("1e300", nil), ("-5", nil), ("", nil),
-        ("86400", 200.0), ("99999999999999999999999999", 200.0), ("0x10", nil), ("Wed, 21 Oct 2099 07:28:00 GMT", 200.0), ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),
-        ("tomorrow", nil),
-    ] as [(String, Double?)])
+    @Test(
+        "Retry-After",
+        arguments: [
+            ("120", 120.0), ("0", 0.0), ("1.5", 1.5), ("inf", nil), ("nan", nil), ("1e300", nil), ("-5", nil),
+            ("", nil),
+            ("86400", 200.0), ("99999999999999999999999999", 200.0), ("0x10", nil),
+            ("Wed, 21 Oct 2099 07:28:00 GMT", 200.0), ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),
+            ("tomorrow", nil),
+        ] as [(String, Double?)])
     func retryAfter(header: String, seconds: Double?) {
-        let parsed = TargetAnswer.retryAfter(header, now: Date(timeIntervalSince1970: 1_800_000_000), cap: .seconds(200))
+        let parsed = TargetAnswer.retryAfter(
+            header, now: Date(timeIntervalSince1970: 1_800_000_000), cap: .seconds(200))
         #expect(parsed.map(\.seconds) == seconds, "\(header)")
     }
 
-    @Test("allowed Zaqar endpoints: scheme, host, port and path prefix", arguments: [
-        ("http://zaqar:8888", true), ("http://ZAQAR:8888/", true), ("http://zaqar:8888/v2", true), ("https://zaqar:8888", false),
-        ("http://zaqar:8889", false), ("http://zaqar", false), ("http://other:8888", false), ("http://user:pw@zaqar:8888", false),
-        ("http://zaqar:8888?x=1", false), ("http://zaqar.evil:8888", false),
-        ("https://cloud.example/messaging", true), ("https://cloud.example/messaging/v2", true), ("https://cloud.example/messaging-admin", false),
-        ("https://cloud.example/messaging/../admin", false), ("https://cloud.example:443/messaging", true), ("https://cloud.example/", false),
-    ])
+    @Test(
+        "allowed Zaqar endpoints: scheme, host, port and path prefix",
+        arguments: [
+            ("http://zaqar:8888", true), ("http://ZAQAR:8888/", true), ("http://zaqar:8888/v2", true),
+            ("https://zaqar:8888", false),
+            ("http://zaqar:8889", false), ("http://zaqar", false), ("http://other:8888", false),
+            ("http://user:pw@zaqar:8888", false),
+            ("http://zaqar:8888?x=1", false), ("http://zaqar.evil:8888", false),
+            ("https://cloud.example/messaging", true), ("https://cloud.example/messaging/v2", true),
+            ("https://cloud.example/messaging-admin", false),
+            ("https://cloud.example/messaging/../admin", false), ("https://cloud.example:443/messaging", true),
+            ("https://cloud.example/", false),
+        ])
     func endpoints(url: String, allowed: Bool) throws {
         let endpoints = try ZaqarEndpoints(urls: ["http://zaqar:8888", "https://cloud.example/messaging/"])
         #expect(endpoints.permits(url) == allowed, "\(url)")
     }
 
-    @Test("timestamps by hand", arguments: [
-        ("2026-11-24 16:37:41.367798", 1_795_538_261.367798), ("2026-11-24T16:37:41Z", 1_795_538_261), ("2026-11-24T16:37:41+02:00", 1_795_531_061),
-        ("2026-11-24T16:37:41.5-0130", 1_795_543_661.5), ("2026-02-28", 1_772_236_800), ("2024-02-29T00:00:00", 1_709_164_800), ("1969-12-31T23:59:59", -1),
-    ] as [(String, Double)])
+    @Test(
+        "timestamps by hand",
+        arguments: [
+            ("2026-11-24 16:37:41.367798", 1_795_538_261.367798), ("2026-11-24T16:37:41Z", 1_795_538_261),
+            ("2026-11-24T16:37:41+02:00", 1_795_531_061),
+            ("2026-11-24T16:37:41.5-0130", 1_795_543_661.5), ("2026-02-28", 1_772_236_800),
+            ("2024-02-29T00:00:00", 1_709_164_800), ("1969-12-31T23:59:59", -1),
+        ] as [(String, Double)])
     func timestamps(text: String, epoch: Double) throws {
         let parsed = try #require(Timestamps.parse(text))
         #expect(abs(parsed - epoch) < 0.000_01, "\(text): \(parsed)")
     }
 
-    @Test("timestamps that are not", arguments: ["2026-13-01", "2026-02-30", "2026-11-24T25:00:00", "2026-11-24X16:37", "nan", "2026-11-24T16:37:41.", "2026-11-24T16:37:41+2", String(repeating: "2", count: 100)])
+    @Test(
+        "timestamps that are not",
+        arguments: [
+            "2026-13-01", "2026-02-30", "2026-11-24T25:00:00", "2026-11-24X16:37", "nan", "2026-11-24T16:37:41.",
+            "2026-11-24T16:37:41+2", String(repeating: "2", count: 100),
+        ])
     func notTimestamps(text: String) {
         #expect(Timestamps.parse(text) == nil, "\(text)")
     }
@@ -206,12 +260,51 @@ struct HostileParsingTests {
             ("event_types", { $0.eventTypes = (0...limits.patterns).map { "a\($0).*" } }),
             ("event_types[0]", { $0.eventTypes = [String(repeating: "a", count: limits.patternCharacters + 1)] }),
             ("event_types[0]", { $0.eventTypes = [String(repeating: "*a", count: limits.wildcardsPerPattern + 1)] }),
-            ("conditions", { $0.conditions = (0...limits.conditions).map { _ in Condition(field: "payload.a", op: .exists) } }),
-            ("conditions[0]", { $0.conditions = [Condition(field: "payload.s", op: .in, value: .array((0...limits.inItems).map { .number(Double($0)) }))] }),
-            ("conditions[0]", { $0.conditions = [Condition(field: "payload.s", op: .eq, value: .string(String(repeating: "v", count: limits.operandStringCharacters + 1)))] }),
-            ("conditions[0]", { $0.conditions = [Condition(field: (0...limits.fieldSegments).map { _ in "a" }.joined(separator: "."), op: .exists)] }),
-            ("target.zaqar_url", { $0.target.zaqarURL = "http://z/" + String(repeating: "a", count: limits.zaqarURLCharacters) }),
-            ("target.signed_url.signature", { $0.target.signedURL = SignedURL(signature: String(repeating: "s", count: 600), expires: "2030-01-01T00:00:00", methods: ["POST"], paths: ["messages"], project: "p") }),
+            (
+                "conditions",
+                { $0.conditions = (0...limits.conditions).map { _ in Condition(field: "payload.a", op: .exists) } }
+            ),
+            (
+                "conditions[0]",
+                {
+                    $0.conditions = [
+                        Condition(
+                            field: "payload.s", op: .in, value: .array((0...limits.inItems).map { .number(Double($0)) })
+                        )
+                    ]
+                }
+            ),
+            (
+                "conditions[0]",
+                {
+                    $0.conditions = [
+                        Condition(
+                            field: "payload.s", op: .eq,
+                            value: .string(String(repeating: "v", count: limits.operandStringCharacters + 1)))
+                    ]
+                }
+            ),
+            (
+                "conditions[0]",
+                {
+                    $0.conditions = [
+                        Condition(
+                            field: (0...limits.fieldSegments).map { _ in "a" }.joined(separator: "."), op: .exists)
+                    ]
+                }
+            ),
+            (
+                "target.zaqar_url",
+                { $0.target.zaqarURL = "http://z/" + String(repeating: "a", count: limits.zaqarURLCharacters) }
+            ),
+            (
+                "target.signed_url.signature",
+                {
+                    $0.target.signedURL = SignedURL(
+                        signature: String(repeating: "s", count: 600), expires: "2030-01-01T00:00:00",
+                        methods: ["POST"], paths: ["messages"], project: "p")
+                }
+            ),
         ]
         for (field, change) in cases {
             var subscription = base

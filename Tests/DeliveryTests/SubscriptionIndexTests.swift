@@ -1,28 +1,39 @@
-@testable import Delivery
 import HeraldModel
 import Testing
 
+@testable import Delivery
+
 @Suite("Matching events to subscriptions")
 struct SubscriptionIndexTests {
-    func event(_ type: String, project: String? = "p1", payload: [String: JSONValue] = [:], traits: [String: JSONValue] = [:]) -> NotificationEvent {
-        NotificationEvent(eventType: type, messageID: "m", project: project, body: .object(["event_type": .string(type), "payload": .object(payload)]), traits: traits)
+    func event(
+        _ type: String, project: String? = "p1", payload: [String: JSONValue] = [:], traits: [String: JSONValue] = [:]
+    ) -> NotificationEvent {
+        NotificationEvent(
+            eventType: type, messageID: "m", project: project,
+            body: .object(["event_type": .string(type), "payload": .object(payload)]), traits: traits)
     }
 
-    func subscription(_ patterns: [String], project: String = "p1", allProjects: Bool = false, conditions: [Condition] = []) -> Subscription {
-        Subscription(project: project, allProjects: allProjects, eventTypes: patterns, conditions: conditions, target: Target(queue: "q"))
+    func subscription(
+        _ patterns: [String], project: String = "p1", allProjects: Bool = false, conditions: [Condition] = []
+    ) -> Subscription {
+        Subscription(
+            project: project, allProjects: allProjects, eventTypes: patterns, conditions: conditions,
+            target: Target(queue: "q"))
     }
 
-    @Test("globs in the fnmatch sense", arguments: [
-        ("compute.instance.*", "compute.instance.create.end", true),
-        ("compute.instance.*", "compute.instance", false),
-        ("compute.*.end", "compute.instance.create.end", true),
-        ("*", "anything.at.all", true),
-        ("compute.instance.create.?nd", "compute.instance.create.end", true),
-        ("compute.instance.create.end", "compute.instance.create.end", true),
-        ("compute.instance.create.end", "compute.instance.create.start", false),
-        ("volume*", "volume.attach.end", true),
-        ("network.*", "compute.instance.create.end", false),
-    ])
+    @Test(
+        "globs in the fnmatch sense",
+        arguments: [
+            ("compute.instance.*", "compute.instance.create.end", true),
+            ("compute.instance.*", "compute.instance", false),
+            ("compute.*.end", "compute.instance.create.end", true),
+            ("*", "anything.at.all", true),
+            ("compute.instance.create.?nd", "compute.instance.create.end", true),
+            ("compute.instance.create.end", "compute.instance.create.end", true),
+            ("compute.instance.create.end", "compute.instance.create.start", false),
+            ("volume*", "volume.attach.end", true),
+            ("network.*", "compute.instance.create.end", false),
+        ])
     func globs(pattern: String, type: String, matches: Bool) {
         let index = SubscriptionIndex([subscription([pattern])])
         #expect(index.matches(event(type)).count == (matches ? 1 : 0))
@@ -49,18 +60,51 @@ struct SubscriptionIndexTests {
     @Test("conditions on payload paths and traits, compared by type")
     func conditions() {
         let cases: [(Condition, NotificationEvent, Bool)] = [
-            (Condition(field: "payload.state", op: .eq, value: .string("active")), event("x", payload: ["state": .string("active")]), true),
-            (Condition(field: "payload.state", op: .ne, value: .string("active")), event("x", payload: ["state": .string("error")]), true),
-            (Condition(field: "payload.memory_mb", op: .ge, value: .number(1024)), event("x", payload: ["memory_mb": .number(2048)]), true),
-            (Condition(field: "payload.memory_mb", op: .lt, value: .number(1024)), event("x", payload: ["memory_mb": .number(2048)]), false),
-            (Condition(field: "payload.memory_mb", op: .gt, value: .number(100)), event("x", payload: ["memory_mb": .string("512")]), true),
-            (Condition(field: "payload.state", op: .in, value: .array([.string("active"), .string("paused")])), event("x", payload: ["state": .string("paused")]), true),
-            (Condition(field: "payload.image_meta.os_distro", op: .exists), event("x", payload: ["image_meta": .object(["os_distro": .string("u")])]), true),
+            (
+                Condition(field: "payload.state", op: .eq, value: .string("active")),
+                event("x", payload: ["state": .string("active")]), true
+            ),
+            (
+                Condition(field: "payload.state", op: .ne, value: .string("active")),
+                event("x", payload: ["state": .string("error")]), true
+            ),
+            (
+                Condition(field: "payload.memory_mb", op: .ge, value: .number(1024)),
+                event("x", payload: ["memory_mb": .number(2048)]), true
+            ),
+            (
+                Condition(field: "payload.memory_mb", op: .lt, value: .number(1024)),
+                event("x", payload: ["memory_mb": .number(2048)]), false
+            ),
+            (
+                Condition(field: "payload.memory_mb", op: .gt, value: .number(100)),
+                event("x", payload: ["memory_mb": .string("512")]), true
+            ),
+            (
+                Condition(field: "payload.state", op: .in, value: .array([.string("active"), .string("paused")])),
+                event("x", payload: ["state": .string("paused")]), true
+            ),
+            (
+                Condition(field: "payload.image_meta.os_distro", op: .exists),
+                event("x", payload: ["image_meta": .object(["os_distro": .string("u")])]), true
+            ),
             (Condition(field: "payload.missing", op: .exists, value: .bool(false)), event("x"), true),
-            (Condition(field: "payload.host", op: .prefix, value: .string("compute-")), event("x", payload: ["host": .string("compute-7")]), true),
-            (Condition(field: "payload.launched_at", op: .gt, value: .string("2026-11-24T12:00:00")), event("x", payload: ["launched_at": .string("2026-11-24 16:37:41.367798")]), true),
-            (Condition(field: "payload.launched_at", op: .lt, value: .string("2026-11-24T12:00:00Z")), event("x", payload: ["launched_at": .string("2026-11-24 16:37:41.367798")]), false),
-            (Condition(field: "traits.memory_mb", op: .le, value: .number(4096)), event("x", traits: ["memory_mb": .number(2048)]), true),
+            (
+                Condition(field: "payload.host", op: .prefix, value: .string("compute-")),
+                event("x", payload: ["host": .string("compute-7")]), true
+            ),
+            (
+                Condition(field: "payload.launched_at", op: .gt, value: .string("2026-11-24T12:00:00")),
+                event("x", payload: ["launched_at": .string("2026-11-24 16:37:41.367798")]), true
+            ),
+            (
+                Condition(field: "payload.launched_at", op: .lt, value: .string("2026-11-24T12:00:00Z")),
+                event("x", payload: ["launched_at": .string("2026-11-24 16:37:41.367798")]), false
+            ),
+            (
+                Condition(field: "traits.memory_mb", op: .le, value: .number(4096)),
+                event("x", traits: ["memory_mb": .number(2048)]), true
+            ),
             (Condition(field: "payload.state", op: .eq, value: .string("active")), event("x"), false),
         ]
         for (condition, event, expected) in cases {
@@ -79,7 +123,8 @@ struct SubscriptionIndexTests {
 @Suite("Matching by owner, actor and resource")
 struct AttributionMatchingTests {
     func event(_ type: String, owner: String?, actor: String?, resource: String? = nil) -> NotificationEvent {
-        var event = NotificationEvent(eventType: type, messageID: "m", project: owner, body: .object(["event_type": .string(type)]))
+        var event = NotificationEvent(
+            eventType: type, messageID: "m", project: owner, body: .object(["event_type": .string(type)]))
         event.actorProject = actor
         event.resourceID = resource
         return event
@@ -89,20 +134,29 @@ struct AttributionMatchingTests {
     func ownerAndActor() {
         let tenant = Subscription(project: "tenant", eventTypes: ["port.*"], target: Target(queue: "q"))
         let admin = Subscription(project: "admin", eventTypes: ["port.*"], target: Target(queue: "q"))
-        let adminActions = Subscription(project: "admin", eventTypes: ["port.*"], target: Target(queue: "q"), includeActor: true)
-        let other = Subscription(project: "other", eventTypes: ["port.*"], target: Target(queue: "q"), includeActor: true)
+        let adminActions = Subscription(
+            project: "admin", eventTypes: ["port.*"], target: Target(queue: "q"), includeActor: true)
+        let other = Subscription(
+            project: "other", eventTypes: ["port.*"], target: Target(queue: "q"), includeActor: true)
         let index = SubscriptionIndex([tenant, admin, adminActions, other])
         // An admin creates a port for the tenant.
-        #expect(Set(index.matches(event("port.create.end", owner: "tenant", actor: "admin")).map(\.id)) == [tenant.id, adminActions.id])
+        #expect(
+            Set(index.matches(event("port.create.end", owner: "tenant", actor: "admin")).map(\.id)) == [
+                tenant.id, adminActions.id,
+            ])
         // The tenant acts on its own port: no actor subscription twice.
         #expect(Set(index.matches(event("port.update.end", owner: "tenant", actor: "tenant")).map(\.id)) == [tenant.id])
         // The admin acts on its own port: its subscriptions once each.
-        #expect(Set(index.matches(event("port.update.end", owner: "admin", actor: "admin")).map(\.id)) == [admin.id, adminActions.id])
+        #expect(
+            Set(index.matches(event("port.update.end", owner: "admin", actor: "admin")).map(\.id)) == [
+                admin.id, adminActions.id,
+            ])
     }
 
     @Test("resource_id keeps only that resource's events")
     func resource() {
-        let pinned = Subscription(project: "p", eventTypes: ["compute.instance.*"], target: Target(queue: "q"), resourceID: "i-1")
+        let pinned = Subscription(
+            project: "p", eventTypes: ["compute.instance.*"], target: Target(queue: "q"), resourceID: "i-1")
         let index = SubscriptionIndex([pinned])
         #expect(index.matches(event("compute.instance.create.end", owner: "p", actor: "p", resource: "i-1")).count == 1)
         #expect(index.matches(event("compute.instance.create.end", owner: "p", actor: "p", resource: "i-2")).isEmpty)

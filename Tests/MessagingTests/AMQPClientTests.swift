@@ -1,17 +1,19 @@
 import Foundation
 import Messaging
 import Synchronization
-import Testing
 import TestSupport
+import Testing
 
 @Suite("AMQP configuration from URLs")
 struct AMQPConfigurationTests {
-    @Test("valid URLs", arguments: [
-        ("amqp://guest:guest@127.0.0.1:5673/%2F", "127.0.0.1", 5673, "/", "guest", false),
-        ("amqp://herald:p%40ss@rabbit.example/openstack", "rabbit.example", 5672, "openstack", "herald", false),
-        ("amqps://u:p@rabbit.example", "rabbit.example", 5671, "/", "u", true),
-        ("amqp://u:p@h:1/a%2Fb", "h", 1, "a/b", "u", false),
-    ])
+    @Test(
+        "valid URLs",
+        arguments: [
+            ("amqp://guest:guest@127.0.0.1:5673/%2F", "127.0.0.1", 5673, "/", "guest", false),
+            ("amqp://herald:p%40ss@rabbit.example/openstack", "rabbit.example", 5672, "openstack", "herald", false),
+            ("amqps://u:p@rabbit.example", "rabbit.example", 5671, "/", "u", true),
+            ("amqp://u:p@h:1/a%2Fb", "h", 1, "a/b", "u", false),
+        ])
     func parses(url: String, host: String, port: Int, vhost: String, user: String, tls: Bool) throws {
         let configuration = try AMQPConfiguration(url: url)
         #expect(configuration.host == host)
@@ -21,18 +23,26 @@ struct AMQPConfigurationTests {
         #expect(configuration.tls == tls)
     }
 
-    @Test("several hosts, as oslo.messaging's transport_url writes them: each its own credentials, one vhost and options")
+    @Test(
+        "several hosts, as oslo.messaging's transport_url writes them: each its own credentials, one vhost and options")
     func severalHosts() throws {
         let configuration = try AMQPConfiguration(url: "amqp://a:pa@h1:5672,b:p%2Cb@h2:5673,h3/nova?heartbeat=4")
-        #expect(configuration.endpoints == [
-            .init(host: "h1", port: 5672, user: "a", password: "pa"), .init(host: "h2", port: 5673, user: "b", password: "p,b"),
-            .init(host: "h3", port: 5672, user: "guest", password: "guest"),
-        ])
+        #expect(
+            configuration.endpoints == [
+                .init(host: "h1", port: 5672, user: "a", password: "pa"),
+                .init(host: "h2", port: 5673, user: "b", password: "p,b"),
+                .init(host: "h3", port: 5672, user: "guest", password: "guest"),
+            ])
         #expect(configuration.virtualHost == "nova" && configuration.heartbeat == .seconds(4))
         let second = configuration.aimed(at: 4)
-        #expect(second.host == "h2" && second.user == "b" && second.endpoints.map(\.host) == ["h2", "h3", "h1"], "aimed round-robin")
+        #expect(
+            second.host == "h2" && second.user == "b" && second.endpoints.map(\.host) == ["h2", "h3", "h1"],
+            "aimed round-robin")
         #expect(configuration.redactedDescription == "amqp://a@h1:5672,b@h2:5673,guest@h3:5672/nova")
-        for bad in ["amqp://u:secret@h1,,h3/", "amqp://u:secret@h1,u:secret@h2:99999/", "amqp://" + Array(repeating: "h", count: 17).joined(separator: ",")] {
+        for bad in [
+            "amqp://u:secret@h1,,h3/", "amqp://u:secret@h1,u:secret@h2:99999/",
+            "amqp://" + Array(repeating: "h", count: 17).joined(separator: ","),
+        ] {
             do {
                 _ = try AMQPConfiguration(url: bad)
                 Issue.record("\(bad) was accepted")
@@ -48,13 +58,15 @@ struct AMQPConfigurationTests {
         #expect(try AMQPConfiguration(url: "amqp://h").heartbeat == .seconds(10))
     }
 
-    @Test("invalid URLs name the bad part", arguments: [
-        ("http://h", "scheme 'http'"),
-        ("amqp://", "no host"),
-        ("amqp://h:70000", "port"),
-        ("amqp://h?heartbeat=often", "heartbeat 'often'"),
-        ("amqp://h?frobnicate=1", "unknown option 'frobnicate'"),
-    ])
+    @Test(
+        "invalid URLs name the bad part",
+        arguments: [
+            ("http://h", "scheme 'http'"),
+            ("amqp://", "no host"),
+            ("amqp://h:70000", "port"),
+            ("amqp://h?heartbeat=often", "heartbeat 'often'"),
+            ("amqp://h?frobnicate=1", "unknown option 'frobnicate'"),
+        ])
     func rejects(url: String, mention: String) {
         do {
             _ = try AMQPConfiguration(url: url)
@@ -97,7 +109,9 @@ struct AMQPClientTests {
     }
 
     func message(_ queue: String, _ body: String, persistent: Bool = false) -> AMQPOutgoingMessage {
-        AMQPOutgoingMessage(exchange: "", routingKey: queue, body: Array(body.utf8), properties: AMQPMessageProperties(persistent: persistent))
+        AMQPOutgoingMessage(
+            exchange: "", routingKey: queue, body: Array(body.utf8),
+            properties: AMQPMessageProperties(persistent: persistent))
     }
 
     @Test("a single-active-consumer queue with a dead-letter exchange: a rejected message is dead-lettered")
@@ -107,15 +121,20 @@ struct AMQPClientTests {
         let channel = try await connection.openChannel()
         let dead = TestServers.uniqueName("herald-test.dead")
         let queue = TestServers.uniqueName("herald-test.sac")
-        try await channel.declareExchange(dead, options: AMQPExchangeOptions(type: "fanout", durable: false, autoDelete: true))
+        try await channel.declareExchange(
+            dead, options: AMQPExchangeOptions(type: "fanout", durable: false, autoDelete: true))
         try await channel.declareQueue(dead, options: AMQPQueueOptions(durable: false, autoDelete: true))
         try await channel.bindQueue(dead, to: dead, routingKey: "")
-        let state = try await channel.declareQueue(queue, options: AMQPQueueOptions(durable: true, arguments: [
-            "x-single-active-consumer": .bool(true),
-            "x-dead-letter-exchange": .string(dead),
-            "x-queue-type": .string("quorum"),
-            "x-delivery-limit": .int(5),
-        ]))
+        let state = try await channel.declareQueue(
+            queue,
+            options: AMQPQueueOptions(
+                durable: true,
+                arguments: [
+                    "x-single-active-consumer": .bool(true),
+                    "x-dead-letter-exchange": .string(dead),
+                    "x-queue-type": .string("quorum"),
+                    "x-delivery-limit": .int(5),
+                ]))
         defer { Task { _ = try? await channel.deleteQueue(queue) } }
         #expect(state.name == queue)
         #expect(state.messageCount == 0)
@@ -147,7 +166,8 @@ struct AMQPClientTests {
         try await publisher.enableConfirms()
         let padding = String(repeating: "x", count: 1000)
         for batch in stride(from: 0, to: 10_000, by: 500) {
-            try await publisher.publish((batch..<batch + 500).map { message(queue, String(format: "%05d", $0) + padding, persistent: true) })
+            try await publisher.publish(
+                (batch..<batch + 500).map { message(queue, String(format: "%05d", $0) + padding, persistent: true) })
         }
         #expect(try await publisher.declareQueuePassive(queue).messageCount == 10_000)
 
@@ -179,9 +199,12 @@ struct AMQPClientTests {
         defer { Task { await connection.close() } }
         let channel = try await connection.openChannel()
         let queue = TestServers.uniqueName("herald-test.conflict")
-        try await channel.declareQueue(queue, options: AMQPQueueOptions(durable: false, autoDelete: true, arguments: ["x-max-length": .int(10)]))
+        try await channel.declareQueue(
+            queue, options: AMQPQueueOptions(durable: false, autoDelete: true, arguments: ["x-max-length": .int(10)]))
         do {
-            try await channel.declareQueue(queue, options: AMQPQueueOptions(durable: false, autoDelete: true, arguments: ["x-max-length": .int(20)]))
+            try await channel.declareQueue(
+                queue,
+                options: AMQPQueueOptions(durable: false, autoDelete: true, arguments: ["x-max-length": .int(20)]))
             Issue.record("the conflicting declare succeeded")
         } catch let error as MessagingError {
             #expect(error.code == .channelClosed)
@@ -212,7 +235,10 @@ struct AMQPClientTests {
         defer { Task { await connection.close() } }
         let control = try await connection.openChannel()
         let queue = TestServers.uniqueName("herald-test.sac2")
-        try await control.declareQueue(queue, options: AMQPQueueOptions(durable: false, autoDelete: false, arguments: ["x-single-active-consumer": .bool(true)]))
+        try await control.declareQueue(
+            queue,
+            options: AMQPQueueOptions(
+                durable: false, autoDelete: false, arguments: ["x-single-active-consumer": .bool(true)]))
         defer { Task { _ = try? await control.deleteQueue(queue) } }
 
         let channelA = try await connection.openChannel()
@@ -253,7 +279,8 @@ struct AMQPClientTests {
         let live = try AMQPConfiguration(url: TestServers.amqpURL())
         // A port nothing listens on stands for a cluster node that is down.
         var configuration = live
-        configuration.endpoints = [.init(host: "127.0.0.1", port: 1, user: live.user, password: live.password)] + live.endpoints
+        configuration.endpoints =
+            [.init(host: "127.0.0.1", port: 1, user: live.user, password: live.password)] + live.endpoints
         configuration.reconnectMaxDelay = .milliseconds(200)
         let connection = try await AMQPConnection.connect(configuration)
         defer { Task { await connection.close() } }
@@ -266,7 +293,9 @@ struct AMQPClientTests {
         #expect(try await channel.declareQueuePassive(queue).messageCount <= 1)
     }
 
-    @Test("TLS: the broker's certificate is checked against the system's CAs by default, a cacertfile, or not at all with verify=false; a wrong CA is refused naming the fix")
+    @Test(
+        "TLS: the broker's certificate is checked against the system's CAs by default, a cacertfile, or not at all with verify=false; a wrong CA is refused naming the fix"
+    )
     func tls() async throws {
         let url = try TestServers.value("HERALD_TEST_AMQPS_URL")
         let ca = try TestServers.value("HERALD_TEST_CA_FILE")
@@ -304,7 +333,10 @@ struct AMQPClientTests {
         #expect(connection.isConnected)
         #expect(connection.reconnects == 0)
         let channel = try await connection.openChannel()
-        #expect(try await channel.declareQueue("", options: AMQPQueueOptions(durable: false, exclusive: true, autoDelete: true)).name.hasPrefix("amq.gen-"))
+        #expect(
+            try await channel.declareQueue(
+                "", options: AMQPQueueOptions(durable: false, exclusive: true, autoDelete: true)
+            ).name.hasPrefix("amq.gen-"))
     }
 
     @Test("recovers after stop_app/start_app and consumes what was published meanwhile")
@@ -345,11 +377,14 @@ struct AMQPClientTests {
         while !expected.isSubset(of: Set(received.bodies)) && ContinuousClock.now < deadline {
             try await Task.sleep(for: .milliseconds(20))
         }
-        #expect(Set(received.bodies) == expected, "missing: \(expected.subtracting(received.bodies).sorted().prefix(10))")
+        #expect(
+            Set(received.bodies) == expected, "missing: \(expected.subtracting(received.bodies).sorted().prefix(10))")
         // The topology and the consumer came back by themselves; publishing on the old channel works again.
         try await channel.publish(message(queue, "late", persistent: true))
         try await eventually {
-            guard received.bodies.contains("late") else { throw MessagingError(.protocolError, "late message not yet received") }
+            guard received.bodies.contains("late") else {
+                throw MessagingError(.protocolError, "late message not yet received")
+            }
         }
         try await consumer.cancel()
         _ = await task.result

@@ -1,5 +1,6 @@
-@testable import Messaging
 import Testing
+
+@testable import Messaging
 
 @Suite("Coalescing acks")
 struct AckTrackerTests {

@@ -11,7 +11,10 @@ struct EventDefinitionsTests {
 
     /// A messagingv2 envelope of a notification with the given context project.
     func notification(_ type: String, payload: [String: Any], context: String?) throws -> NotificationEvent {
-        var message: [String: Any] = ["message_id": UUID().uuidString, "event_type": type, "priority": "INFO", "publisher_id": "x.host", "timestamp": "2026-12-04 10:00:00.000000", "payload": payload]
+        var message: [String: Any] = [
+            "message_id": UUID().uuidString, "event_type": type, "priority": "INFO", "publisher_id": "x.host",
+            "timestamp": "2026-12-04 10:00:00.000000", "payload": payload,
+        ]
         if let context { message["_context_project_id"] = context }
         let inner = String(decoding: try JSONSerialization.data(withJSONObject: message), as: UTF8.self)
         let body = Array(try JSONSerialization.data(withJSONObject: ["oslo.version": "2.0", "oslo.message": inner]))
@@ -28,7 +31,9 @@ struct EventDefinitionsTests {
 
     @Test("nova legacy: the instance's project owns it; the resource is the instance")
     func novaLegacy() throws {
-        let event = try notification("compute.instance.create.end", payload: ["tenant_id": Self.tenant, "instance_id": "i-1"], context: Self.admin)
+        let event = try notification(
+            "compute.instance.create.end", payload: ["tenant_id": Self.tenant, "instance_id": "i-1"],
+            context: Self.admin)
         #expect(event.project == Self.tenant)
         #expect(event.actorProject == Self.admin)
         #expect(event.resourceID == "i-1")
@@ -39,15 +44,23 @@ struct EventDefinitionsTests {
     @Test("nova versioned: owner and actor from the nova object")
     func novaVersioned() throws {
         let data: [String: Any] = ["tenant_id": Self.tenant, "uuid": "u-1", "action_initiator_project": Self.admin]
-        let event = try notification("instance.power_off.end", payload: ["nova_object.name": "InstanceActionPayload", "nova_object.data": data], context: "5e7c9a1b3d5f4e6a8b0c2d4e6f8a0b1c")
+        let event = try notification(
+            "instance.power_off.end", payload: ["nova_object.name": "InstanceActionPayload", "nova_object.data": data],
+            context: "5e7c9a1b3d5f4e6a8b0c2d4e6f8a0b1c")
         #expect(event.project == Self.tenant)
-        #expect(event.actorProject == Self.admin, "action_initiator_project comes before the context (a service acting for the user)")
+        #expect(
+            event.actorProject == Self.admin,
+            "action_initiator_project comes before the context (a service acting for the user)")
         #expect(event.resourceID == "u-1")
     }
 
-    @Test("neutron: an admin's port for a tenant belongs to the tenant; a delete with only an id falls back to the context")
+    @Test(
+        "neutron: an admin's port for a tenant belongs to the tenant; a delete with only an id falls back to the context"
+    )
     func neutron() throws {
-        let created = try notification("port.create.end", payload: ["port": ["id": "p-1", "project_id": Self.tenant, "tenant_id": Self.tenant]], context: Self.admin)
+        let created = try notification(
+            "port.create.end", payload: ["port": ["id": "p-1", "project_id": Self.tenant, "tenant_id": Self.tenant]],
+            context: Self.admin)
         #expect(created.project == Self.tenant)
         #expect(created.actorProject == Self.admin)
         #expect(created.resourceID == "p-1")
@@ -59,18 +72,28 @@ struct EventDefinitionsTests {
 
     @Test("glance: the image's owner, not the uploader")
     func glance() throws {
-        let event = try notification("image.update", payload: ["id": "img-1", "owner": Self.tenant], context: Self.admin)
+        let event = try notification(
+            "image.update", payload: ["id": "img-1", "owner": Self.tenant], context: Self.admin)
         #expect(event.project == Self.tenant)
         #expect(event.actorProject == Self.admin)
     }
 
     @Test("events of one resource share a partition; other resources spread")
     func partitions() throws {
-        let keys = try ["compute.instance.create.start", "compute.instance.create.end", "compute.instance.power_off.end", "compute.instance.delete.end"].map {
-            try notification($0, payload: ["tenant_id": Self.tenant, "instance_id": "same"], context: Self.tenant).partitionKey
+        let keys = try [
+            "compute.instance.create.start", "compute.instance.create.end", "compute.instance.power_off.end",
+            "compute.instance.delete.end",
+        ].map {
+            try notification($0, payload: ["tenant_id": Self.tenant, "instance_id": "same"], context: Self.tenant)
+                .partitionKey
         }
         #expect(Set(keys).count == 1)
-        let spread = Set(try (0..<200).map { try notification("compute.instance.update", payload: ["tenant_id": Self.tenant, "instance_id": "i-\($0)"], context: nil) }.map { PartitionHash.partition(of: $0.partitionKey, count: 16) })
+        let spread = Set(
+            try (0..<200).map {
+                try notification(
+                    "compute.instance.update", payload: ["tenant_id": Self.tenant, "instance_id": "i-\($0)"],
+                    context: nil)
+            }.map { PartitionHash.partition(of: $0.partitionKey, count: 16) })
         #expect(spread.count == 16, "200 servers cover all 16 partitions")
     }
 
@@ -83,19 +106,23 @@ struct EventDefinitionsTests {
             try text.write(toFile: path, atomically: true, encoding: .utf8)
             return path
         }
-        let extending = try EventDefinitions.load(path: try write("""
-        - event_type: ["compute.instance.*"]
-          family: server
-          owner: ["payload.owner_project"]
-        """))
+        let extending = try EventDefinitions.load(
+            path: try write(
+                """
+                - event_type: ["compute.instance.*"]
+                  family: server
+                  owner: ["payload.owner_project"]
+                """))
         #expect(extending.definitions.first?.family == "server")
         #expect(extending.definitions.count == EventDefinitions.defaults.definitions.count + 1)
-        let replacing = try EventDefinitions.load(path: try write("""
-        replace_defaults: true
-        definitions:
-          - event_type: ["*"]
-            owner: ["payload.x"]
-        """))
+        let replacing = try EventDefinitions.load(
+            path: try write(
+                """
+                replace_defaults: true
+                definitions:
+                  - event_type: ["*"]
+                    owner: ["payload.x"]
+                """))
         #expect(replacing.definitions.count == 1)
         for (text, line, words) in [
             ("- event_type: [\"a.*\"]\n  owner: [\"payload.x\"]\n  colour: blue\n", 3, "unknown key 'colour'"),
@@ -118,7 +145,10 @@ struct EventDefinitionsTests {
 
     @Test("paths: dots inside quotes, errors for empty segments and stray quotes")
     func paths() throws {
-        #expect(try FieldPath(parsing: "payload.'nova_object.data'.uuid").segments == ["payload", "nova_object.data", "uuid"])
+        #expect(
+            try FieldPath(parsing: "payload.'nova_object.data'.uuid").segments == [
+                "payload", "nova_object.data", "uuid",
+            ])
         #expect(try FieldPath(parsing: "_context_project_id").segments == ["_context_project_id"])
         for bad in ["", "a..b", "a.'b", "a'b'.c", "'a'b", "a."] {
             #expect(throws: FieldPathError.self, "\(bad)") { try FieldPath(parsing: bad) }

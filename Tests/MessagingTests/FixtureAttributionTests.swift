@@ -16,7 +16,8 @@ struct FixtureAttributionTests {
         var object: [String: Any] { ((try? JSONSerialization.jsonObject(with: data)) as? [String: Any]) ?? [:] }
     }
 
-    static let directory = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("Fixtures/notifications")
+    static let directory = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("Fixtures/notifications")
 
     static var fixtures: [Fixture] {
         let names = (try? FileManager.default.contentsOfDirectory(atPath: directory.path)) ?? []
@@ -40,7 +41,10 @@ struct FixtureAttributionTests {
     func coverage() {
         let names = Self.fixtures.map(\.name)
         #expect(names.count >= 30)
-        for service in ["nova-legacy", "nova-versioned", "neutron", "cinder", "glance", "heat", "keystone", "octavia", "designate", "ironic", "manila", "magnum", "ceilometer"] {
+        for service in [
+            "nova-legacy", "nova-versioned", "neutron", "cinder", "glance", "heat", "keystone", "octavia", "designate",
+            "ironic", "manila", "magnum", "ceilometer",
+        ] {
             #expect(names.contains { $0.hasPrefix(service) }, "\(service)")
         }
     }

@@ -5,11 +5,13 @@ import Testing
 
 @Suite("Partition hash")
 struct PartitionHashTests {
-    @Test("FNV-1a 64 matches the reference vectors", arguments: [
-        ("", 0xcbf2_9ce4_8422_2325 as UInt64),
-        ("a", 0xaf63_dc4c_8601_ec8c),
-        ("foobar", 0x8594_4171_f739_67e8),
-    ])
+    @Test(
+        "FNV-1a 64 matches the reference vectors",
+        arguments: [
+            ("", 0xcbf2_9ce4_8422_2325 as UInt64),
+            ("a", 0xaf63_dc4c_8601_ec8c),
+            ("foobar", 0x8594_4171_f739_67e8),
+        ])
     func vectors(text: String, hash: UInt64) {
         #expect(PartitionHash.fnv1a64(text.utf8) == hash)
     }
@@ -17,7 +19,9 @@ struct PartitionHashTests {
     @Test("partitions of real event types are fixed for good")
     func partitions() {
         // Changing these would move every event type to another partition in a running cluster.
-        #expect(PartitionHash.partition(of: "compute.instance.create.end", count: 256) == Int(PartitionHash.fnv1a64("compute.instance.create.end".utf8) % 256))
+        #expect(
+            PartitionHash.partition(of: "compute.instance.create.end", count: 256)
+                == Int(PartitionHash.fnv1a64("compute.instance.create.end".utf8) % 256))
         #expect((0..<256).contains(PartitionHash.partition(of: "volume.attach.end", count: 256)))
         #expect(PartitionHash.partition(of: "x", count: 1) == 0)
     }
@@ -31,7 +35,10 @@ struct NotificationDecoderTests {
         "event_type": "compute.instance.create.end",
         "priority": "INFO",
         "timestamp": "2026-11-24 16:37:41.367798",
-        "payload": ["instance_id": "i-1", "state": "active", "tenant_id": "tenant-payload", "image_meta": ["os_distro": "ubuntu"]],
+        "payload": [
+            "instance_id": "i-1", "state": "active", "tenant_id": "tenant-payload",
+            "image_meta": ["os_distro": "ubuntu"],
+        ],
         "_context_project_id": "project-context",
         "_context_user_name": "alice",
         "_context_roles": ["admin"],
@@ -68,13 +75,20 @@ struct NotificationDecoderTests {
     @Test("Ceilometer events: each element of the payload is an event, traits by name, project from traits")
     func ceilometer() throws {
         let notification: [String: Any] = [
-            "message_id": "outer", "event_type": "event", "publisher_id": "ceilometer.notification", "priority": "SAMPLE",
+            "message_id": "outer", "event_type": "event", "publisher_id": "ceilometer.notification",
+            "priority": "SAMPLE",
             "timestamp": "2026-11-24 16:37:41.367798",
             "payload": [
-                ["message_id": "e1", "event_type": "compute.instance.update", "generated": "2026-11-24T16:37:41.367798",
-                 "traits": [["project_id", 1, "p1"], ["memory_mb", 2, 2048], ["state", 1, "active"]], "raw": [:], "message_signature": "sig"],
-                ["message_id": "e2", "event_type": "volume.attach.end", "generated": "2026-11-24T16:37:42",
-                 "traits": [["tenant_id", 1, "p2"]], "raw": [:], "message_signature": "sig"],
+                [
+                    "message_id": "e1", "event_type": "compute.instance.update",
+                    "generated": "2026-11-24T16:37:41.367798",
+                    "traits": [["project_id", 1, "p1"], ["memory_mb", 2, 2048], ["state", 1, "active"]], "raw": [:],
+                    "message_signature": "sig",
+                ],
+                [
+                    "message_id": "e2", "event_type": "volume.attach.end", "generated": "2026-11-24T16:37:42",
+                    "traits": [["tenant_id", 1, "p2"]], "raw": [:], "message_signature": "sig",
+                ],
             ],
         ]
         let events = try NotificationDecoder.decode(try bytes(notification))
@@ -84,16 +98,21 @@ struct NotificationDecoderTests {
         #expect(events[0].value(at: "traits.memory_mb") == .number(2048))
     }
 
-    @Test("malformed input is refused with a reason", arguments: [
-        (Array("{not json".utf8), "not JSON"),
-        ([0xff, 0xfe, 0x7b], "UTF-8"),
-        (Array("[1,2]".utf8), "not an object"),
-        (Array("{\"message_id\":\"m\",\"payload\":{}}".utf8), "no event_type"),
-        (Array("{\"event_type\":42,\"message_id\":\"m\"}".utf8), "event_type is not"),
-        (Array("{\"event_type\":\"a.b\"}".utf8), "no message_id"),
-        (Array("{\"oslo.version\":\"2.0\",\"oslo.message\":7}".utf8), "oslo.message"),
-        (Array("{\"event_type\":\"event\",\"message_id\":\"m\",\"payload\":[{\"event_type\":\"x\"}]}".utf8), "no message_id"),
-    ])
+    @Test(
+        "malformed input is refused with a reason",
+        arguments: [
+            (Array("{not json".utf8), "not JSON"),
+            ([0xff, 0xfe, 0x7b], "UTF-8"),
+            (Array("[1,2]".utf8), "not an object"),
+            (Array("{\"message_id\":\"m\",\"payload\":{}}".utf8), "no event_type"),
+            (Array("{\"event_type\":42,\"message_id\":\"m\"}".utf8), "event_type is not"),
+            (Array("{\"event_type\":\"a.b\"}".utf8), "no message_id"),
+            (Array("{\"oslo.version\":\"2.0\",\"oslo.message\":7}".utf8), "oslo.message"),
+            (
+                Array("{\"event_type\":\"event\",\"message_id\":\"m\",\"payload\":[{\"event_type\":\"x\"}]}".utf8),
+                "no message_id"
+            ),
+        ])
     func malformed(body: [UInt8], reason: String) {
         do {
             _ = try NotificationDecoder.decode(body)
@@ -107,7 +126,9 @@ struct NotificationDecoderTests {
 
     @Test("a body over the size limit is refused before parsing")
     func tooLarge() {
-        #expect(throws: NotificationDecodingError.self) { try NotificationDecoder.decode(Array(repeating: 0x20, count: 100), maxBytes: 99) }
+        #expect(throws: NotificationDecodingError.self) {
+            try NotificationDecoder.decode(Array(repeating: 0x20, count: 100), maxBytes: 99)
+        }
     }
 }
 
@@ -126,23 +147,29 @@ struct NotificationFastPathTests {
 
     @Test("same type, id, project and body; no _context_ key delivered", arguments: cases)
     func agrees(_ text: String) throws {
-        let fast = try [#require(NotificationDecoder.decodeFastlyForTesting(Array(text.utf8)), "the fast path takes it")]
+        let fast = try [
+            #require(NotificationDecoder.decodeFastlyForTesting(Array(text.utf8)), "the fast path takes it")
+        ]
         let slow = try NotificationDecoder.decodeSlowlyForTesting(Array(text.utf8))
         #expect(fast == slow)
         #expect(fast.count == 1)
         let delivered = try #require(fast.first).json
         let reparsed = try JSONDecoder().decode(JSONValue.self, from: Data(delivered))
-        #expect(reparsed == slow[0].body, "the copied bytes are the same JSON: \(String(decoding: delivered, as: UTF8.self))")
+        #expect(
+            reparsed == slow[0].body,
+            "the copied bytes are the same JSON: \(String(decoding: delivered, as: UTF8.self))")
         #expect(!String(decoding: delivered, as: UTF8.self).contains("_context_"))
     }
 
-    @Test("Ceilometer lists and malformed notifications go the general way", arguments: [
-        #"{"event_type": "event", "message_id": "m", "payload": [{"event_type": "compute.instance.update", "message_id": "e1", "traits": []}]}"#,
-        #"{"event_type": "x", "payload": {}}"#,
-        #"{"event_type": 5, "message_id": "m"}"#,
-        #"[1, 2]"#,
-        #"{"event_type": "x", "message_id": "m", "payload": {"a": }"#,
-    ])
+    @Test(
+        "Ceilometer lists and malformed notifications go the general way",
+        arguments: [
+            #"{"event_type": "event", "message_id": "m", "payload": [{"event_type": "compute.instance.update", "message_id": "e1", "traits": []}]}"#,
+            #"{"event_type": "x", "payload": {}}"#,
+            #"{"event_type": 5, "message_id": "m"}"#,
+            #"[1, 2]"#,
+            #"{"event_type": "x", "message_id": "m", "payload": {"a": }"#,
+        ])
     func handsOver(_ text: String) {
         #expect(NotificationDecoder.decodeFastlyForTesting(Array(text.utf8)) == nil)
     }
@@ -151,17 +178,25 @@ struct NotificationFastPathTests {
     func corpus() throws {
         for index in 0..<200 {
             let message: [String: Any] = [
-                "message_id": "m-\(index)", "event_type": ["compute.instance.create.end", "port.update.end", "volume.attach.end"][index % 3],
-                "payload": ["project_id": index % 4 == 0 ? "" : "p\(index % 7)", "tenant_id": "t\(index)", "state": "active", "n": index, "f": Double(index) / 7,
-                            "nested": ["a": [1, 2, ["b": "c\u{00e9}"]], "empty": [:] as [String: Any]]],
+                "message_id": "m-\(index)",
+                "event_type": ["compute.instance.create.end", "port.update.end", "volume.attach.end"][index % 3],
+                "payload": [
+                    "project_id": index % 4 == 0 ? "" : "p\(index % 7)", "tenant_id": "t\(index)", "state": "active",
+                    "n": index, "f": Double(index) / 7,
+                    "nested": ["a": [1, 2, ["b": "c\u{00e9}"]], "empty": [:] as [String: Any]],
+                ],
                 "_context_project_id": "ctx-\(index)", "_context_auth_token": "secret",
             ]
             let inner = String(decoding: try JSONSerialization.data(withJSONObject: message), as: UTF8.self)
-            let body = Array(try JSONSerialization.data(withJSONObject: ["oslo.version": "2.0", "oslo.message": inner]))
+            let body = Array(
+                try JSONSerialization.data(withJSONObject: ["oslo.version": "2.0", "oslo.message": inner]))
             let fast = try #require(NotificationDecoder.decodeFastlyForTesting(body), "the fast path takes it")
             let slow = try NotificationDecoder.decodeSlowlyForTesting(body)
             // Fields first (looked up in the bytes), then the whole tree.
-            for path in ["payload.state", "payload.n", "payload.f", "payload.nested.a.2.b", "payload.nested.a.1", "payload.nested.empty", "payload.missing", "event_type", "payload.nested.a.9", "_context_project_id"] {
+            for path in [
+                "payload.state", "payload.n", "payload.f", "payload.nested.a.2.b", "payload.nested.a.1",
+                "payload.nested.empty", "payload.missing", "event_type", "payload.nested.a.9", "_context_project_id",
+            ] {
                 #expect(fast.value(at: path) == slow[0].value(at: path), "\(path)")
             }
             #expect([fast] == slow)

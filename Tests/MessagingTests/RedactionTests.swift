@@ -16,7 +16,8 @@ struct RedactionTests {
         return try #require(events.first)
     }
 
-    func event(_ json: String, type: String = "compute.instance.update", ceilometer: Bool = false) -> NotificationEvent {
+    func event(_ json: String, type: String = "compute.instance.update", ceilometer: Bool = false) -> NotificationEvent
+    {
         var event = NotificationEvent(eventType: type, messageID: "m-1", project: nil, json: Array(json.utf8))
         event.fromCeilometer = ceilometer
         return event
@@ -31,7 +32,9 @@ struct RedactionTests {
     }
 
     /// `object` with `change` applied to the object at `path`.
-    func edited(_ object: [String: Any], at path: [String] = [], _ change: (inout [String: Any]) -> Void) -> [String: Any] {
+    func edited(
+        _ object: [String: Any], at path: [String] = [], _ change: (inout [String: Any]) -> Void
+    ) -> [String: Any] {
         var object = object
         guard let first = path.first else {
             change(&object)
@@ -42,11 +45,16 @@ struct RedactionTests {
     }
 
     /// Redacts `event` and expects the input minus exactly what `change` does, and `removed`.
-    func expectRedacted(_ event: NotificationEvent, rules: RedactionRules = .defaults, removed: [String], sourceLocation: SourceLocation = #_sourceLocation, _ change: ([String: Any]) -> [String: Any]) throws {
+    func expectRedacted(
+        _ event: NotificationEvent, rules: RedactionRules = .defaults, removed: [String],
+        sourceLocation: SourceLocation = #_sourceLocation, _ change: ([String: Any]) -> [String: Any]
+    ) throws {
         let input = try object(event.json)
         let redacted = try #require(try rules.redact(event), sourceLocation: sourceLocation)
         let output = try object(redacted.json)
-        #expect(NSDictionary(dictionary: output) == NSDictionary(dictionary: change(input)), "\(String(decoding: redacted.json, as: UTF8.self))", sourceLocation: sourceLocation)
+        #expect(
+            NSDictionary(dictionary: output) == NSDictionary(dictionary: change(input)),
+            "\(String(decoding: redacted.json, as: UTF8.self))", sourceLocation: sourceLocation)
         #expect(NSDictionary(dictionary: output) != NSDictionary(dictionary: input), sourceLocation: sourceLocation)
         #expect(redacted.removed == removed, sourceLocation: sourceLocation)
     }
@@ -64,7 +72,11 @@ struct RedactionTests {
         let rule = try #require(rules.first)
         #expect(rule.patterns == ["*"])
         #expect(rule.origin.hasPrefix("defaults:"))
-        #expect(rule.remove.map(\.description) == ["payload.host", "payload.node", "payload.'nova_object.data'.host", "payload.'nova_object.data'.node", "payload.*.binding:*", "raw", "message_signature", "traits.host", "traits.node"])
+        #expect(
+            rule.remove.map(\.description) == [
+                "payload.host", "payload.node", "payload.'nova_object.data'.host", "payload.'nova_object.data'.node",
+                "payload.*.binding:*", "raw", "message_signature", "traits.host", "traits.node",
+            ])
         #expect(rule.remove[4].segments == ["payload", "*", "binding:*"])
         #expect(rule.stripHost.map(\.description) == ["publisher_id", "traits.service"])
         #expect(rule.keep.isEmpty)
@@ -77,7 +89,8 @@ struct RedactionTests {
         #expect(payload["host"] as? String == "compute-3")
         #expect(payload["node"] != nil)
         #expect(payload["image_ref_url"] != nil)
-        try expectRedacted(event, removed: ["payload.host", "payload.image_ref_url", "payload.node", "publisher_id"]) { input in
+        try expectRedacted(event, removed: ["payload.host", "payload.image_ref_url", "payload.node", "publisher_id"]) {
+            input in
             var expected = edited(input, at: ["payload"]) {
                 $0["host"] = nil
                 $0["node"] = nil
@@ -91,7 +104,9 @@ struct RedactionTests {
     @Test("nova versioned: host and node go from the nova object; nova-compute:host becomes nova-compute")
     func novaVersioned() throws {
         let event = try decoded("nova-versioned-instance.create.end.json")
-        try expectRedacted(event, removed: ["payload.'nova_object.data'.host", "payload.'nova_object.data'.node", "publisher_id"]) { input in
+        try expectRedacted(
+            event, removed: ["payload.'nova_object.data'.host", "payload.'nova_object.data'.node", "publisher_id"]
+        ) { input in
             #expect(input["publisher_id"] as? String == "nova-compute:compute-3")
             var expected = edited(input, at: ["payload", "nova_object.data"]) {
                 #expect($0["host"] != nil && $0["node"] != nil && $0["host_name"] != nil)
@@ -109,7 +124,11 @@ struct RedactionTests {
         try expectRedacted(event, removed: ["payload.*.binding:*", "publisher_id"]) { input in
             var expected = edited(input, at: ["payload", "port"]) { port in
                 let bindings = port.keys.filter { $0.hasPrefix("binding:") }
-                #expect(Set(bindings) == ["binding:vnic_type", "binding:host_id", "binding:vif_type", "binding:vif_details", "binding:profile"])
+                #expect(
+                    Set(bindings) == [
+                        "binding:vnic_type", "binding:host_id", "binding:vif_type", "binding:vif_details",
+                        "binding:profile",
+                    ])
                 for key in bindings { port[key] = nil }
             }
             expected["publisher_id"] = "network"
@@ -133,26 +152,46 @@ struct RedactionTests {
         let redacted = try #require(try RedactionRules.defaults.redact(node))
         #expect(redacted.removed.contains("payload.'ironic_object.data'.driver_internal_info"))
         let object = try #require(try JSONSerialization.jsonObject(with: Data(redacted.json)) as? [String: Any])
-        #expect(((object["payload"] as? [String: Any])?["ironic_object.data"] as? [String: Any])?["driver_internal_info"] == nil)
+        #expect(
+            ((object["payload"] as? [String: Any])?["ironic_object.data"] as? [String: Any])?["driver_internal_info"]
+                == nil)
     }
 
-    @Test("nova scheduler and compute_task events: the hosts a request spec names go, at the top and inside request_spec")
+    @Test(
+        "nova scheduler and compute_task events: the hosts a request spec names go, at the top and inside request_spec")
     func requestSpec() throws {
-        let spec = #"{"nova_object.data":{"ignore_hosts":["c1"],"force_hosts":null,"requested_destination":{"nova_object.data":{"host":"c2"}},"retry":{"nova_object.data":{"hosts":[]}},"flavor":{}}}"#
-        let scheduler = event(#"{"event_type":"scheduler.select_destinations.start","payload":"# + spec + "}", type: "scheduler.select_destinations.start")
+        let spec =
+            #"{"nova_object.data":{"ignore_hosts":["c1"],"force_hosts":null,"requested_destination":{"nova_object.data":{"host":"c2"}},"retry":{"nova_object.data":{"hosts":[]}},"flavor":{}}}"#
+        let scheduler = event(
+            #"{"event_type":"scheduler.select_destinations.start","payload":"# + spec + "}",
+            type: "scheduler.select_destinations.start")
         let cut = try #require(try RedactionRules.defaults.redact(scheduler))
-        #expect(String(decoding: cut.json, as: UTF8.self) == #"{"event_type":"scheduler.select_destinations.start","payload":{"nova_object.data":{"flavor":{}}}}"#)
-        let task = event(#"{"payload":{"nova_object.data":{"request_spec":"# + spec + #","reason":{"nova_object.data":{"traceback":"Traceback...","exception":"NoValidHost"}}}}}"#, type: "compute_task.build_instances.error")
+        #expect(
+            String(decoding: cut.json, as: UTF8.self)
+                == #"{"event_type":"scheduler.select_destinations.start","payload":{"nova_object.data":{"flavor":{}}}}"#
+        )
+        let task = event(
+            #"{"payload":{"nova_object.data":{"request_spec":"# + spec
+                + #","reason":{"nova_object.data":{"traceback":"Traceback...","exception":"NoValidHost"}}}}}"#,
+            type: "compute_task.build_instances.error")
         let cutTask = try #require(try RedactionRules.defaults.redact(task))
-        #expect(String(decoding: cutTask.json, as: UTF8.self) == #"{"payload":{"nova_object.data":{"request_spec":{"nova_object.data":{"flavor":{}}},"reason":{"nova_object.data":{"exception":"NoValidHost"}}}}}"#)
+        #expect(
+            String(decoding: cutTask.json, as: UTF8.self)
+                == #"{"payload":{"nova_object.data":{"request_spec":{"nova_object.data":{"flavor":{}}},"reason":{"nova_object.data":{"exception":"NoValidHost"}}}}}"#
+        )
         // Another service's event of another type keeps such keys.
-        #expect(try RedactionRules.defaults.redact(event(#"{"payload":{"nova_object.data":{"retry":1}}}"#, type: "image.update")) == nil)
+        #expect(
+            try RedactionRules.defaults.redact(
+                event(#"{"payload":{"nova_object.data":{"retry":1}}}"#, type: "image.update")) == nil)
     }
 
     @Test("a list of ports: the array is transparent")
     func portList() throws {
-        let event = event(#"{"payload":{"ports":[{"id":"p1","binding:host_id":"h1"},{"binding:profile":{},"id":"p2"}],"binding:x":1}}"#, type: "port.create.end")
-        let redacted = try rules(#"rules: [{event_types: ["port.*"], remove: ["payload.ports.binding:*"]}]"#).redact(event)
+        let event = event(
+            #"{"payload":{"ports":[{"id":"p1","binding:host_id":"h1"},{"binding:profile":{},"id":"p2"}],"binding:x":1}}"#,
+            type: "port.create.end")
+        let redacted = try rules(#"rules: [{event_types: ["port.*"], remove: ["payload.ports.binding:*"]}]"#).redact(
+            event)
         #expect(bytes(redacted) == #"{"payload":{"ports":[{"id":"p1"},{"id":"p2"}],"binding:x":1}}"#)
         #expect(redacted?.removed == ["payload.ports.binding:*"])
     }
@@ -190,12 +229,16 @@ struct RedactionTests {
 
         let agent = try decoded("ceilometer-event-compute.instance.create.end.json") { fixture in
             var events = fixture["payload"] as? [[String: Any]] ?? []
-            events[0]["traits"] = (events[0]["traits"] as? [[Any]] ?? []).map { $0.first as? String == "service" ? ["service", 1, "nova-compute:compute-3"] as [Any] : $0 }
+            events[0]["traits"] = (events[0]["traits"] as? [[Any]] ?? []).map {
+                $0.first as? String == "service" ? ["service", 1, "nova-compute:compute-3"] as [Any] : $0
+            }
             fixture["payload"] = events
         }
         try expectRedacted(agent, removed: ["message_signature", "raw", "traits.host", "traits.service"]) { input in
             var expected = withoutHost(input)
-            expected["traits"] = (expected["traits"] as? [[Any]] ?? []).map { $0.first as? String == "service" ? ["service", 1, "nova-compute"] as [Any] : $0 }
+            expected["traits"] = (expected["traits"] as? [[Any]] ?? []).map {
+                $0.first as? String == "service" ? ["service", 1, "nova-compute"] as [Any] : $0
+            }
             return expected
         }
     }
@@ -212,9 +255,13 @@ struct RedactionTests {
         ] {
             #expect(bytes(try rules.redact(event(json, ceilometer: true))) == expected, "\(json)")
         }
-        #expect(try rules.redact(event(#"{"traits":[["hostname",1,"h"],["service",1,"compute"]]}"#, ceilometer: true)) == nil)
+        #expect(
+            try rules.redact(event(#"{"traits":[["hostname",1,"h"],["service",1,"compute"]]}"#, ceilometer: true))
+                == nil)
         #expect(bytes(try rules.redact(event(#"{"traits":{"host":"h","a":1}}"#))) == #"{"traits":{"a":1}}"#)
-        #expect(try rules.redact(event(#"{"traits":[["host",1,"h"]]}"#)) == nil, "not a Ceilometer event: a list, not a trait")
+        #expect(
+            try rules.redact(event(#"{"traits":[["host",1,"h"]]}"#)) == nil,
+            "not a Ceilometer event: a list, not a trait")
     }
 
     // MARK: Bytes
@@ -222,15 +269,15 @@ struct RedactionTests {
     @Test("everything not removed is copied byte for byte: big integers, 1.0, escapes, whitespace, key order")
     func bytesPreserved() throws {
         let input = #"""
-        { "z" : 0, "event_type" : "compute.instance.update",
-          "payload":{"big":12345678901234567890 , "ratio": 1.0,"host" :  "compute-1","name":"caf\u00e9 \"x\"\/", "l" : [ 1 ,2.50, -0e+3 ]},
-          "publisher_id":"nova-compute:h\u00e9st",	"n":null }
-        """#
+            { "z" : 0, "event_type" : "compute.instance.update",
+              "payload":{"big":12345678901234567890 , "ratio": 1.0,"host" :  "compute-1","name":"caf\u00e9 \"x\"\/", "l" : [ 1 ,2.50, -0e+3 ]},
+              "publisher_id":"nova-compute:h\u00e9st",	"n":null }
+            """#
         let expected = #"""
-        { "z" : 0, "event_type" : "compute.instance.update",
-          "payload":{"big":12345678901234567890 , "ratio": 1.0,"name":"caf\u00e9 \"x\"\/", "l" : [ 1 ,2.50, -0e+3 ]},
-          "publisher_id":"nova-compute",	"n":null }
-        """#
+            { "z" : 0, "event_type" : "compute.instance.update",
+              "payload":{"big":12345678901234567890 , "ratio": 1.0,"name":"caf\u00e9 \"x\"\/", "l" : [ 1 ,2.50, -0e+3 ]},
+              "publisher_id":"nova-compute",	"n":null }
+            """#
         let redacted = try #require(try RedactionRules.defaults.redact(event(input)))
         #expect(String(decoding: redacted.json, as: UTF8.self) == expected)
         #expect(redacted.removed == ["payload.host", "publisher_id"])
@@ -241,7 +288,8 @@ struct RedactionTests {
         let rules = try rules(#"rules: [{event_types: ["*"], strip_host: [publisher_id]}]"#)
         for (value, stripped) in [
             ("compute.host1", "compute"), ("nova-compute:host1", "nova-compute"), ("volume.host@lvm", "volume"),
-            (#"a\"b\u00e9\\c.host"#, #"a\"bé\\c"#), (#"x\u003ahost"#, "x"), (#"t\tab\u002ehost"#, #"t\tab"#), (".host", ""),
+            (#"a\"b\u00e9\\c.host"#, #"a\"bé\\c"#), (#"x\u003ahost"#, "x"), (#"t\tab\u002ehost"#, #"t\tab"#),
+            (".host", ""),
         ] {
             let redacted = try rules.redact(event(#"{"publisher_id": "\#(value)", "a": 1}"#))
             #expect(bytes(redacted) == #"{"publisher_id": "\#(stripped)", "a": 1}"#, "\(value)")
@@ -267,7 +315,10 @@ struct RedactionTests {
             ("{\n  \"payload\": {\n    \"a\": 1,\n    \"x\": 2\n  }\n}", "{\n  \"payload\": {\n    \"a\": 1\n  }\n}"),
             ("{\n  \"payload\": {\n    \"x\": 1,\n    \"a\": 2\n  }\n}", "{\n  \"payload\": {\n    \"a\": 2\n  }\n}"),
             ("{\n  \"payload\": {\n    \"x\": 1\n  }\n}", "{\n  \"payload\": {}\n}"),
-            (#"{"payload":[{"x":1,"a":2},{"a":3,"x":4},{"x":5},[{"y":6}],7]}"#, #"{"payload":[{"a":2},{"a":3},{},[{}],7]}"#),
+            (
+                #"{"payload":[{"x":1,"a":2},{"a":3,"x":4},{"x":5},[{"y":6}],7]}"#,
+                #"{"payload":[{"a":2},{"a":3},{},[{}],7]}"#
+            ),
         ] {
             let redacted = try rules.redact(event(json))
             #expect(bytes(redacted) == expected, "\(json)")
@@ -277,7 +328,8 @@ struct RedactionTests {
 
     @Test("keys compare unescaped: \\u0068ost is host; hostname is not host")
     func escapedKeys() throws {
-        let redacted = try RedactionRules.defaults.redact(event(#"{"payload":{"\u0068ost":"h","hostname":"n","no\u0064e":"x"}}"#))
+        let redacted = try RedactionRules.defaults.redact(
+            event(#"{"payload":{"\u0068ost":"h","hostname":"n","no\u0064e":"x"}}"#))
         #expect(bytes(redacted) == #"{"payload":{"hostname":"n"}}"#)
         #expect(redacted?.removed == ["payload.host", "payload.node"])
         let glob = try rules(#"rules: [{event_types: ["*"], remove: ["payload.caf\u00e9*"]}]"#)
@@ -286,28 +338,33 @@ struct RedactionTests {
 
     @Test("nothing to cut: nil")
     func nothing() throws {
-        let json = #"{"event_type":"x","payload":{"hostname":"h","nodes":[{"hostname":"n"}],"port":{"bindings":1}},"publisher_id":"compute","rawdata":1}"#
+        let json =
+            #"{"event_type":"x","payload":{"hostname":"h","nodes":[{"hostname":"n"}],"port":{"bindings":1}},"publisher_id":"compute","rawdata":1}"#
         #expect(try RedactionRules.defaults.redact(event(json)) == nil)
-        #expect(try rules(#"rules: [{event_types: ["volume.*"], remove: [payload.x]}]"#).redact(event(#"{"payload":{"x":1}}"#)) == nil, "another event type")
+        #expect(
+            try rules(#"rules: [{event_types: ["volume.*"], remove: [payload.x]}]"#).redact(
+                event(#"{"payload":{"x":1}}"#)) == nil, "another event type")
     }
 
     // MARK: Operator files
 
     func write(_ text: String) throws -> String {
-        let path = FileManager.default.temporaryDirectory.appendingPathComponent("redaction-\(UUID().uuidString).yaml").path
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("redaction-\(UUID().uuidString).yaml")
+            .path
         try text.write(toFile: path, atomically: true, encoding: .utf8)
         return path
     }
 
     @Test("keep takes a default back for the rule's event types only; defaults: false drops the shipped rules")
     func keepAndDefaults() throws {
-        let path = try write("""
-        rules:
-          - event_types: ["compute.instance.*", "!compute.instance.exists"]
-            keep: ["payload.node"]
-          - event_types: ["image.*"]
-            remove: ["payload.locations"]
-        """)
+        let path = try write(
+            """
+            rules:
+              - event_types: ["compute.instance.*", "!compute.instance.exists"]
+                keep: ["payload.node"]
+              - event_types: ["image.*"]
+                remove: ["payload.locations"]
+            """)
         let loaded = try RedactionRules.load(path: path)
         #expect(loaded.rules.count == 2 + RedactionRules.defaults.rules.count)
         #expect(loaded.rules[0].origin == "\(path):2")
@@ -315,35 +372,52 @@ struct RedactionTests {
         let kept = try loaded.redact(event(json, type: "compute.instance.create.end"))
         #expect(bytes(kept) == #"{"payload":{"node":"n","locations":[]}}"#)
         #expect(kept?.removed == ["payload.host"])
-        #expect(!loaded.paths(for: "compute.instance.create.end").remove.contains(try FieldPath(parsing: "payload.node")))
-        #expect(bytes(try loaded.redact(event(json, type: "compute.instance.exists"))) == #"{"payload":{"locations":[]}}"#)
+        #expect(
+            !loaded.paths(for: "compute.instance.create.end").remove.contains(try FieldPath(parsing: "payload.node")))
+        #expect(
+            bytes(try loaded.redact(event(json, type: "compute.instance.exists"))) == #"{"payload":{"locations":[]}}"#)
         #expect(bytes(try loaded.redact(event(json, type: "volume.create.end"))) == #"{"payload":{"locations":[]}}"#)
         let image = try loaded.redact(event(json, type: "image.update"))
         #expect(bytes(image) == #"{"payload":{}}"#)
         #expect(image?.removed == ["payload.host", "payload.locations", "payload.node"])
 
-        let alone = try RedactionRules.load(path: try write("""
-        defaults: false
-        rules:
-          - event_types: ["*"]
-            remove: ["payload.secret"]
-        """))
+        let alone = try RedactionRules.load(
+            path: try write(
+                """
+                defaults: false
+                rules:
+                  - event_types: ["*"]
+                    remove: ["payload.secret"]
+                """))
         #expect(alone.rules.count == 1)
-        #expect(bytes(try alone.redact(event(#"{"payload":{"host":"h","secret":"s"}}"#))) == #"{"payload":{"host":"h"}}"#)
+        #expect(
+            bytes(try alone.redact(event(#"{"payload":{"host":"h","secret":"s"}}"#))) == #"{"payload":{"host":"h"}}"#)
         #expect(try RedactionRules.load(path: try write("defaults: false\n")).rules.isEmpty)
     }
 
     @Test("file errors name the file, the line and the field")
     func fileErrors() throws {
         for (text, line, words) in [
-            ("rules:\n  - event_types: [\"*\"]\n    remove: [payload.x]\n    colour: blue\n", 4, "rules[0]: unknown key 'colour'"),
-            ("rules:\n  - event_types: [\"*\"]\n    remove:\n      - payload.ok\n      - payload..x\n", 5, "rules[0].remove[1]: 'payload..x' has an empty segment"),
+            (
+                "rules:\n  - event_types: [\"*\"]\n    remove: [payload.x]\n    colour: blue\n", 4,
+                "rules[0]: unknown key 'colour'"
+            ),
+            (
+                "rules:\n  - event_types: [\"*\"]\n    remove:\n      - payload.ok\n      - payload..x\n", 5,
+                "rules[0].remove[1]: 'payload..x' has an empty segment"
+            ),
             ("rule:\n  - event_types: [\"*\"]\n", 1, "unknown key 'rule'"),
             ("rules:\n  - event_types: [\"*\"]\n", 2, "rules[0]: a rule needs at least one path"),
             ("rules:\n  - remove: [payload.x]\n", 2, "rules[0]: event_types is required"),
-            ("rules:\n  - event_types: [\"a\"]\n    remove: [x]\n  - event_types: [\"\"]\n    keep: [x]\n", 4, "rules[1].event_types[0]: '' must be"),
+            (
+                "rules:\n  - event_types: [\"a\"]\n    remove: [x]\n  - event_types: [\"\"]\n    keep: [x]\n", 4,
+                "rules[1].event_types[0]: '' must be"
+            ),
             ("rules:\n  - event_types: [\"!a.*\"]\n    keep: [x]\n", 2, "only exclusions"),
-            ("rules:\n  - event_types: [\"*\"]\n    strip_host: publisher_id\n", 3, "rules[0].strip_host must be a list"),
+            (
+                "rules:\n  - event_types: [\"*\"]\n    strip_host: publisher_id\n", 3,
+                "rules[0].strip_host must be a list"
+            ),
             ("rules:\n  - event_types: [\"*\"]\n    keep: [[a]]\n", 3, "rules[0].keep[0] must be a string"),
             ("defaults: maybe\n", 1, "defaults must be true or false"),
             ("rules: {a: 1}\n", 1, "rules must be a list"),
@@ -380,7 +454,10 @@ struct RedactionTests {
             ("200 objects under payload.*", Array(#"{"payload":\#(nested(200, #"{"a":"#, "}", inner: "1"))}"#.utf8)),
             ("131 levels", Array(#"{"payload":\#(nested(130, "[", "]"))}"#.utf8)),
             ("garbage", [0xFF, 0xFE, 0x00, 0x7B]),
-            ("garbage inside a skipped value", Array(#"{"payload":{"host":1},"x":[1,"#.utf8) + [0xFF] + Array("]}".utf8)),
+            (
+                "garbage inside a skipped value",
+                Array(#"{"payload":{"host":1},"x":[1,"#.utf8) + [0xFF] + Array("]}".utf8)
+            ),
             ("nothing", []),
             ("trailing comma", Array(#"{"payload":{"host":"x",}}"#.utf8)),
             ("no colon", Array(#"{"payload":{"host" "x"}}"#.utf8)),
@@ -399,11 +476,14 @@ struct RedactionTests {
             ("a lone backslash at the end", Array(#"{"payload":{"a\"#.utf8)),
         ]
         for (label, bytes) in inputs {
-            let hostile = NotificationEvent(eventType: "compute.instance.update", messageID: "m", project: nil, json: bytes)
+            let hostile = NotificationEvent(
+                eventType: "compute.instance.update", messageID: "m", project: nil, json: bytes)
             #expect(throws: RedactionError.self, "\(label)") { try RedactionRules.defaults.redact(hostile) }
         }
         let ceilometer = try rules(#"rules: [{event_types: ["*"], remove: [traits.host]}]"#)
-        for json in [#"{"traits":[["host",1,"h"]"#, #"{"traits":[["host" 1]]}"#, #"{"traits":[[\#(nested(200, "[", "]"))]]}"#] {
+        for json in [
+            #"{"traits":[["host",1,"h"]"#, #"{"traits":[["host" 1]]}"#, #"{"traits":[[\#(nested(200, "[", "]"))]]}"#,
+        ] {
             #expect(throws: RedactionError.self, "\(json)") { try ceilometer.redact(event(json, ceilometer: true)) }
         }
         // The deepest accepted: the object and 129 arrays.

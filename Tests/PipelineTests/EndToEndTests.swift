@@ -2,8 +2,8 @@ import Coordination
 import Foundation
 import HeraldModel
 import Messaging
-import Testing
 import TestSupport
+import Testing
 
 /// What the test publishes, and what it expects from it, computed here and not by Herald.
 struct PublishedNotification {
@@ -17,7 +17,10 @@ struct PublishedNotification {
     var projectInPayload: Bool
 
     var json: [String: Any] {
-        var item: [String: Any] = ["exchange": exchange, "driver": driver, "event_type": eventType, "payload": payload, "publisher_id": "\(exchange).host1"]
+        var item: [String: Any] = [
+            "exchange": exchange, "driver": driver, "event_type": eventType, "payload": payload,
+            "publisher_id": "\(exchange).host1",
+        ]
         if let project, !projectInPayload { item["project"] = project }
         return item
     }
@@ -37,7 +40,8 @@ struct ExpectedSubscription {
             let field = condition.field.replacingOccurrences(of: "payload.", with: "")
             switch (condition.op, condition.value) {
             case (.eq, .string(let wanted)?): if notification.payload[field] as? String != wanted { return false }
-            case (.ge, .number(let bound)?): if Double(notification.payload[field] as? Int ?? Int.min) < bound { return false }
+            case (.ge, .number(let bound)?):
+                if Double(notification.payload[field] as? Int ?? Int.min) < bound { return false }
             default: Issue.record("the test does not model \(condition)")
             }
         }
@@ -45,7 +49,10 @@ struct ExpectedSubscription {
     }
 
     static func glob(_ pattern: String, _ text: String) -> Bool {
-        let regex = "^" + NSRegularExpression.escapedPattern(for: pattern).replacingOccurrences(of: "\\*", with: ".*").replacingOccurrences(of: "\\?", with: ".") + "$"
+        let regex =
+            "^"
+            + NSRegularExpression.escapedPattern(for: pattern).replacingOccurrences(of: "\\*", with: ".*")
+            .replacingOccurrences(of: "\\?", with: ".") + "$"
         return text.range(of: regex, options: .regularExpression) != nil
     }
 }
@@ -64,11 +71,17 @@ extension PipelineSuites {
     @Suite("End to end: oslo.messaging -> RabbitMQ -> herald nodes -> Zaqar", .serialized, .timeLimit(.minutes(10)))
     struct EndToEndTests {
         static let eventTypes: [String: [String]] = [
-            "nova": ["compute.instance.create.start", "compute.instance.create.end", "compute.instance.delete.end", "compute.instance.update"],
+            "nova": [
+                "compute.instance.create.start", "compute.instance.create.end", "compute.instance.delete.end",
+                "compute.instance.update",
+            ],
             "neutron": ["port.create.end", "port.delete.end", "network.create.end"],
             "cinder": ["volume.create.end", "volume.attach.end", "volume.delete.end"],
         ]
-        static let patterns = ["compute.instance.*", "compute.instance.create.*", "*.create.end", "volume.*", "port.*", "network.create.end", "*", "volume.attach.end"]
+        static let patterns = [
+            "compute.instance.*", "compute.instance.create.*", "*.create.end", "volume.*", "port.*",
+            "network.create.end", "*", "volume.attach.end",
+        ]
         static let projects = ["p1", "p2", "p3"]
 
         var notificationCount: Int {
@@ -77,10 +90,12 @@ extension PipelineSuites {
 
         @Test("every expected message arrives, none unexpected, in partition order", arguments: Disruption.allCases)
         func endToEnd(disruption: Disruption) async throws {
-        // HERALD_E2E_DISRUPTIONS=sigterm,kill9 runs only those (for experiments); all by default.
-        if let only = ProcessInfo.processInfo.environment["HERALD_E2E_DISRUPTIONS"], !only.split(separator: ",").contains(Substring(disruption.rawValue)) {
-            return
-        }
+            // HERALD_E2E_DISRUPTIONS=sigterm,kill9 runs only those (for experiments); all by default.
+            if let only = ProcessInfo.processInfo.environment["HERALD_E2E_DISRUPTIONS"],
+                !only.split(separator: ",").contains(Substring(disruption.rawValue))
+            {
+                return
+            }
             var random = SystemRandomNumberGenerator()
             let run = try await PipelineRun(partitions: 32)
             defer { Task { await run.stopAll() } }
@@ -91,11 +106,19 @@ extension PipelineSuites {
                 var types = [Self.patterns[index % Self.patterns.count]]
                 if index % 7 == 3 { types.append("!compute.instance.update") }
                 var conditions: [Condition] = []
-                if index % 5 == 1 { conditions.append(Condition(field: "payload.flavor", op: .eq, value: .string("m1.small"))) }
+                if index % 5 == 1 {
+                    conditions.append(Condition(field: "payload.flavor", op: .eq, value: .string("m1.small")))
+                }
                 if index % 5 == 2 { conditions.append(Condition(field: "payload.size", op: .ge, value: .number(10))) }
-                subscriptions.append(Subscription(project: Self.projects[index % 3], eventTypes: types, conditions: conditions, target: Target(queue: run.queue("e2e-\(index)")), messageTTL: 3600))
+                subscriptions.append(
+                    Subscription(
+                        project: Self.projects[index % 3], eventTypes: types, conditions: conditions,
+                        target: Target(queue: run.queue("e2e-\(index)")), messageTTL: 3600))
             }
-            subscriptions.append(Subscription(project: "admin", allProjects: true, eventTypes: ["compute.*"], target: Target(queue: run.queue("e2e-admin")), messageTTL: 3600))
+            subscriptions.append(
+                Subscription(
+                    project: "admin", allProjects: true, eventTypes: ["compute.*"],
+                    target: Target(queue: run.queue("e2e-admin")), messageTTL: 3600))
             for subscription in subscriptions { try await run.registry.create(subscription) }
             try await run.startNodes(3)
             try await run.waitAllPartitionsHeld()
@@ -104,12 +127,19 @@ extension PipelineSuites {
             var published: [PublishedNotification] = []
             for seq in 0..<notificationCount {
                 let exchange = ["nova", "neutron", "cinder"].randomElement(using: &random)!
-                let project: String? = Int.random(in: 0..<20, using: &random) == 0 ? nil : Self.projects.randomElement(using: &random)!
-                var payload: [String: Any] = ["seq": seq, "flavor": ["m1.small", "m1.large"].randomElement(using: &random)!, "size": Int.random(in: 1...20, using: &random), "note": String(repeating: "n", count: 600)]
+                let project: String? =
+                    Int.random(in: 0..<20, using: &random) == 0 ? nil : Self.projects.randomElement(using: &random)!
+                var payload: [String: Any] = [
+                    "seq": seq, "flavor": ["m1.small", "m1.large"].randomElement(using: &random)!,
+                    "size": Int.random(in: 1...20, using: &random), "note": String(repeating: "n", count: 600),
+                ]
                 let inPayload = project != nil && Bool.random(using: &random)
                 if inPayload { payload["tenant_id"] = project }
-                published.append(PublishedNotification(seq: seq, exchange: exchange, driver: Bool.random(using: &random) ? "messaging" : "messagingv2",
-                                                       eventType: Self.eventTypes[exchange]!.randomElement(using: &random)!, project: project, payload: payload, projectInPayload: inPayload))
+                published.append(
+                    PublishedNotification(
+                        seq: seq, exchange: exchange, driver: Bool.random(using: &random) ? "messaging" : "messagingv2",
+                        eventType: Self.eventTypes[exchange]!.randomElement(using: &random)!, project: project,
+                        payload: payload, projectInPayload: inPayload))
             }
             let malformed: [[String: Any]] = [
                 ["raw": "{not json", "exchange": "nova"],
@@ -119,7 +149,9 @@ extension PipelineSuites {
                 ["raw": "{\"event_type\": \"compute.instance.update\"}", "exchange": "nova"],
             ]
             var lines = published.map(\.json)
-            for (offset, bad) in malformed.enumerated() { lines.insert(bad, at: min(lines.count, (offset + 1) * lines.count / (malformed.count + 1))) }
+            for (offset, bad) in malformed.enumerated() {
+                lines.insert(bad, at: min(lines.count, (offset + 1) * lines.count / (malformed.count + 1)))
+            }
 
             // Publish in the background; disrupt a third of the way through.
             let publisher = try run.publish(lines)
@@ -132,7 +164,9 @@ extension PipelineSuites {
                     let started = ContinuousClock.now
                     try await run.stop("node-2", signal: SIGTERM)
                     let took = ContinuousClock.now - started
-                    print("e2e sigterm: node-2 exited \(run.nodes["node-2"]?.exitStatus ?? -1) after \(took) (budget \(PipelineRun.shutdownBudget) s)")
+                    print(
+                        "e2e sigterm: node-2 exited \(run.nodes["node-2"]?.exitStatus ?? -1) after \(took) (budget \(PipelineRun.shutdownBudget) s)"
+                    )
                     #expect(took < .seconds(PipelineRun.shutdownBudget))
                     try await run.waitAllPartitionsHeld()
                     #expect(try await run.leaseHolders().contains("node-2") == false)
@@ -145,12 +179,19 @@ extension PipelineSuites {
 
             // Expected messages, by queue.
             let expected = subscriptions.map { subscription in
-                (subscription, Set(published.filter { ExpectedSubscription(subscription: subscription).matches($0) }.map(\.seq)))
+                (
+                    subscription,
+                    Set(published.filter { ExpectedSubscription(subscription: subscription).matches($0) }.map(\.seq))
+                )
             }
             let total = expected.reduce(0) { $0 + $1.1.count }
             let received = try await run.readUntil(expected: expected, timeout: .seconds(240))
 
-            var lost = 0, unexpected = 0, duplicates = 0, outOfOrder = 0, handoffDuplicates = 0
+            var lost = 0
+            var unexpected = 0
+            var duplicates = 0
+            var outOfOrder = 0
+            var handoffDuplicates = 0
             for (subscription, wanted) in expected {
                 let messages = received[subscription.target.queue] ?? []
                 let seqs = messages.map(\.seq)
@@ -160,7 +201,9 @@ extension PipelineSuites {
                 duplicates += messages.count - Set(messages.map(\.eventID)).count
                 // Which ones, and by which owners: the same epoch twice is a delivery retry, two epochs a handoff.
                 for (eventID, copies) in Dictionary(grouping: messages, by: \.eventID) where copies.count > 1 {
-                    print("e2e \(disruption): duplicate \(eventID) in \(subscription.target.queue), partition \(copies[0].partition), epochs \(copies.map(\.epoch))")
+                    print(
+                        "e2e \(disruption): duplicate \(eventID) in \(subscription.target.queue), partition \(copies[0].partition), epochs \(copies.map(\.epoch))"
+                    )
                     if Set(copies.map(\.epoch)).count > 1 { handoffDuplicates += copies.count - 1 }
                 }
                 // Per partition, first occurrences arrive in publish order.
@@ -172,32 +215,48 @@ extension PipelineSuites {
                 }
             }
             let letters = try await run.deadLetters.recent(count: 1000)
-            let nodeLogs = run.nodes.values.map { (try? String(contentsOfFile: $0.process.log, encoding: .utf8)) ?? "" }.joined()
+            let nodeLogs = run.nodes.values.map { (try? String(contentsOfFile: $0.process.log, encoding: .utf8)) ?? "" }
+                .joined()
             let lostLeases = nodeLogs.components(separatedBy: "lost a partition lease").count - 1
             let shortDrains = nodeLogs.components(separatedBy: "handoff drain ran out of time").count - 1
             // Messages in batches retried after an ambiguous failure (the request may have been taken:
             // a timeout after sending, not a refused connection): at least once allows these twice.
-            let ambiguousRetries = nodeLogs.split(separator: "\n").filter { $0.contains("retrying a batch") && !$0.contains("connectTimeout") }
-                .compactMap { line in line.split(separator: " ").first { $0.hasPrefix("delivery.count=") }.flatMap { Int($0.dropFirst("delivery.count=".count)) } }
-                .reduce(0, +)
-            print("e2e \(disruption): \(notificationCount) notifications, \(total) expected messages, lost \(lost), unexpected \(unexpected), duplicates \(duplicates), out of order \(outOfOrder), dead letters \(letters.count); nodes logged \(lostLeases) lost leases, \(shortDrains) handoff drains out of time, \(ambiguousRetries) messages retried after a timeout")
+            let ambiguousRetries = nodeLogs.split(separator: "\n").filter {
+                $0.contains("retrying a batch") && !$0.contains("connectTimeout")
+            }
+            .compactMap { line in
+                line.split(separator: " ").first { $0.hasPrefix("delivery.count=") }.flatMap {
+                    Int($0.dropFirst("delivery.count=".count))
+                }
+            }
+            .reduce(0, +)
+            print(
+                "e2e \(disruption): \(notificationCount) notifications, \(total) expected messages, lost \(lost), unexpected \(unexpected), duplicates \(duplicates), out of order \(outOfOrder), dead letters \(letters.count); nodes logged \(lostLeases) lost leases, \(shortDrains) handoff drains out of time, \(ambiguousRetries) messages retried after a timeout"
+            )
             if lost > 0 {
                 // What a failure needs to be understood: where the missing ones were going, who holds what, what is still queued.
-                var lostByType: [String: Int] = [:], lostByQueue: [String: Int] = [:]
+                var lostByType: [String: Int] = [:]
+                var lostByQueue: [String: Int] = [:]
                 for (subscription, wanted) in expected {
                     let missing = wanted.subtracting((received[subscription.target.queue] ?? []).map(\.seq))
                     if !missing.isEmpty { lostByQueue[subscription.target.queue] = missing.count }
                     for seq in missing { lostByType[published[seq].eventType, default: 0] += 1 }
                 }
-                print("e2e \(disruption): lost by event type \(lostByType.sorted { $0.key < $1.key }); by queue \(lostByQueue.sorted { $0.value > $1.value }.prefix(10))")
+                print(
+                    "e2e \(disruption): lost by event type \(lostByType.sorted { $0.key < $1.key }); by queue \(lostByQueue.sorted { $0.value > $1.value }.prefix(10))"
+                )
                 print("e2e \(disruption): lease holders \((try? await run.leaseHolders()) ?? [])")
                 if run.vhost != "/" {
-                    try? await TestServers.control("rabbitmqctl", "list_queues", "-p", run.vhost, "name", "messages_ready", "messages_unacknowledged", "consumers")
+                    try? await TestServers.control(
+                        "rabbitmqctl", "list_queues", "-p", run.vhost, "name", "messages_ready",
+                        "messages_unacknowledged", "consumers")
                 }
                 for node in run.nodes.values.sorted(by: { $0.name < $1.name }) {
                     let log = (try? String(contentsOfFile: node.process.log, encoding: .utf8)) ?? ""
                     let lines = log.split(separator: "\n")
-                    print("e2e \(disruption): \(node.name) logged \(lines.count) lines; the last 15:\n" + lines.suffix(15).map { "  " + $0.prefix(400) }.joined(separator: "\n"))
+                    print(
+                        "e2e \(disruption): \(node.name) logged \(lines.count) lines; the last 15:\n"
+                            + lines.suffix(15).map { "  " + $0.prefix(400) }.joined(separator: "\n"))
                 }
             }
             #expect(lost == 0)
@@ -207,13 +266,17 @@ extension PipelineSuites {
                 // A handoff (revoke, drain, release) never delivers an event twice; the only other
                 // duplicates allowed are retries of requests that timed out after Zaqar took them.
                 #expect(handoffDuplicates == 0, "duplicates delivered by two owners")
-                #expect(duplicates <= ambiguousRetries, "\(duplicates) duplicates, only \(ambiguousRetries) messages retried after an ambiguous failure")
+                #expect(
+                    duplicates <= ambiguousRetries,
+                    "\(duplicates) duplicates, only \(ambiguousRetries) messages retried after an ambiguous failure")
             }
             #expect(letters.filter { $0.reason == .malformed }.count == malformed.count, "\(letters.map(\.detail))")
             #expect(letters.allSatisfy { $0.reason == .malformed })
             await run.stopAll()
             for node in run.nodes.values where node.exitStatus != nil {
-                #expect(node.exitStatus == 0 || node.name == "node-3" && disruption == .kill9, "\(node.name) exited \(node.exitStatus!): \(node.process.tail())")
+                #expect(
+                    node.exitStatus == 0 || node.name == "node-3" && disruption == .kill9,
+                    "\(node.name) exited \(node.exitStatus!): \(node.process.tail())")
             }
         }
     }

@@ -1,8 +1,8 @@
 import Coordination
 import Foundation
 import HeraldModel
-import Testing
 import TestSupport
+import Testing
 
 /// One delivered message as read back from Zaqar.
 struct Delivered {
@@ -63,7 +63,10 @@ final class PipelineRun: @unchecked Sendable {
     init(partitions: Int, clusterURL: String? = nil, redisURL: String? = nil) async throws {
         self.partitions = partitions
         // HERALD_TEST_E2E_ON_CLUSTER=1: every run on the three-node cluster, with quorum queues.
-        let clusterURL = try clusterURL ?? (ProcessInfo.processInfo.environment["HERALD_TEST_E2E_ON_CLUSTER"] == "1" ? TestServers.value("HERALD_TEST_AMQP_CLUSTER_URL") : nil)
+        let clusterURL =
+            try clusterURL
+            ?? (ProcessInfo.processInfo.environment["HERALD_TEST_E2E_ON_CLUSTER"] == "1"
+                ? TestServers.value("HERALD_TEST_AMQP_CLUSTER_URL") : nil)
         onCluster = clusterURL != nil
         if let clusterURL {
             vhost = "/"
@@ -89,8 +92,10 @@ final class PipelineRun: @unchecked Sendable {
         get throws {
             [
                 "HERALD_REDIS_URL": redisURL, "HERALD_AMQP_URL": amqpURL, "HERALD_ZAQAR_URL": zaqar.baseURL,
-                "HERALD_KEY_PREFIX": prefix, "HERALD_PARTITIONS": "\(partitions)", "HERALD_EXCHANGES": "nova,neutron,cinder",
-                "HERALD_LOG_LEVEL": "warning", "HERALD_SHUTDOWN_BUDGET_SECONDS": "\(Self.shutdownBudget)", "HERALD_API_HOST": "127.0.0.1", "HERALD_API_AUTH": "trusted-header",
+                "HERALD_KEY_PREFIX": prefix, "HERALD_PARTITIONS": "\(partitions)",
+                "HERALD_EXCHANGES": "nova,neutron,cinder",
+                "HERALD_LOG_LEVEL": "warning", "HERALD_SHUTDOWN_BUDGET_SECONDS": "\(Self.shutdownBudget)",
+                "HERALD_API_HOST": "127.0.0.1", "HERALD_API_AUTH": "trusted-header",
             ].merging(onCluster ? ["HERALD_QUEUE_TYPE": "quorum"] : [:]) { $1 }
         }
     }
@@ -110,7 +115,8 @@ final class PipelineRun: @unchecked Sendable {
             environment["HERALD_NODE_ID"] = name
             environment["HERALD_API_PORT"] = "\(port)"
             environment.merge(extra) { _, new in new }
-            let process = try ChildProcess(name: name, argv: [binary, "node"], environment: environment, log: "\(directory)/\(name).log")
+            let process = try ChildProcess(
+                name: name, argv: [binary, "node"], environment: environment, log: "\(directory)/\(name).log")
             nodes[name] = NodeHandle(name: name, process: process, apiPort: port)
         }
     }
@@ -118,7 +124,8 @@ final class PipelineRun: @unchecked Sendable {
     /// The node ids holding a partition lease now.
     func leaseHolders() async throws -> Set<String> {
         let leases = try await redis.pipeline((0..<partitions).map { RedisCommand("GET", prefix + "lease:\($0)") })
-        return Set(leases.compactMap { $0.string?.split(separator: "|").first?.split(separator: "#").first.map(String.init) })
+        return Set(
+            leases.compactMap { $0.string?.split(separator: "|").first?.split(separator: "#").first.map(String.init) })
     }
 
     /// Waits until every partition's lease is held by a live owner.
@@ -136,19 +143,25 @@ final class PipelineRun: @unchecked Sendable {
 
     func publish(_ lines: [[String: Any]]) throws -> ChildProcess {
         let input = "\(directory)/notifications.jsonl"
-        let text = try lines.map { String(decoding: try JSONSerialization.data(withJSONObject: $0), as: UTF8.self) }.joined(separator: "\n")
+        let text = try lines.map { String(decoding: try JSONSerialization.data(withJSONObject: $0), as: UTF8.self) }
+            .joined(separator: "\n")
         try text.write(toFile: input, atomically: true, encoding: .utf8)
         let log = "\(directory)/publisher.log"
         publisherLog = log
-        let script = URL(fileURLWithPath: try TestServers.value("HERALD_TEST_SERVERS")).deletingLastPathComponent().appendingPathComponent("publish-notifications.py").path
-        return try ChildProcess(name: "publisher", argv: [try TestServers.value("HERALD_TEST_PYTHON"), script, "--url", amqpURL, "--input", input], environment: [:], log: log)
+        let script = URL(fileURLWithPath: try TestServers.value("HERALD_TEST_SERVERS")).deletingLastPathComponent()
+            .appendingPathComponent("publish-notifications.py").path
+        return try ChildProcess(
+            name: "publisher",
+            argv: [try TestServers.value("HERALD_TEST_PYTHON"), script, "--url", amqpURL, "--input", input],
+            environment: [:], log: log)
     }
 
     /// Waits until the publisher reports `count` published.
     func waitForIngested(_ count: Int, timeout: Duration) async throws {
         try await eventually(timeout: timeout) {
             let text = publisherLog.flatMap { try? String(contentsOfFile: $0, encoding: .utf8) } ?? ""
-            let progress = text.split(separator: "\n").last { $0.hasPrefix("progress ") }.flatMap { Int($0.dropFirst(9)) } ?? 0
+            let progress =
+                text.split(separator: "\n").last { $0.hasPrefix("progress ") }.flatMap { Int($0.dropFirst(9)) } ?? 0
             guard progress >= count else { throw TestFailure("published \(progress) of \(count)") }
         }
     }
@@ -177,7 +190,8 @@ final class PipelineRun: @unchecked Sendable {
         while ContinuousClock.now < deadline {
             var short = 0
             for (subscription, wanted) in expected {
-                let (_, json) = try await zaqar.request("/v2/queues/\(subscription.target.queue)/stats", project: subscription.project)
+                let (_, json) = try await zaqar.request(
+                    "/v2/queues/\(subscription.target.queue)/stats", project: subscription.project)
                 let total = ((json as? [String: Any])?["messages"] as? [String: Any])?["total"] as? Int ?? 0
                 if total < wanted.count { short += 1 }
             }
@@ -191,11 +205,13 @@ final class PipelineRun: @unchecked Sendable {
             let bodies = try await zaqar.bodies(queue: subscription.target.queue, project: subscription.project)
             result[subscription.target.queue] = bodies.compactMap { body in
                 guard let event = body["event"] as? [String: Any], let herald = body["herald"] as? [String: Any],
-                      let payload = event["payload"] as? [String: Any], let seq = payload["seq"] as? Int,
-                      let eventID = herald["event_id"] as? String, let subscriptionID = herald["subscription_id"] as? String,
-                      let partition = herald["partition"] as? Int, let epoch = herald["epoch"] as? Int
+                    let payload = event["payload"] as? [String: Any], let seq = payload["seq"] as? Int,
+                    let eventID = herald["event_id"] as? String,
+                    let subscriptionID = herald["subscription_id"] as? String,
+                    let partition = herald["partition"] as? Int, let epoch = herald["epoch"] as? Int
                 else { return nil }
-                return Delivered(seq: seq, eventID: eventID, subscriptionID: subscriptionID, partition: partition, epoch: epoch)
+                return Delivered(
+                    seq: seq, eventID: eventID, subscriptionID: subscriptionID, partition: partition, epoch: epoch)
             }
         }
         return result
@@ -204,23 +220,32 @@ final class PipelineRun: @unchecked Sendable {
     /// Notifications for `project`, numbered by `seq` in their payload (nova's, 40 servers).
     func numberedLines(project: String, _ range: Range<Int>) -> [[String: Any]] {
         range.map { seq in
-            ["exchange": "nova", "event_type": "compute.instance.update", "project": project,
-             "payload": ["tenant_id": project, "instance_id": "i-\(seq % 40)", "seq": seq]]
+            [
+                "exchange": "nova", "event_type": "compute.instance.update", "project": project,
+                "payload": ["tenant_id": project, "instance_id": "i-\(seq % 40)", "seq": seq],
+            ]
         }
     }
 
     /// The `seq`s in `queue` now.
     func numbered(queue: String, project: String) async throws -> Set<Int> {
-        Set(try await zaqar.bodies(queue: queue, project: project).compactMap { body -> Int? in
-            ((body["event"] as? [String: Any])?["payload"] as? [String: Any])?["seq"] as? Int
-        })
+        Set(
+            try await zaqar.bodies(queue: queue, project: project).compactMap { body -> Int? in
+                ((body["event"] as? [String: Any])?["payload"] as? [String: Any])?["seq"] as? Int
+            })
     }
 
     /// Waits until `queue` holds every `seq` of `0..<count` at least once; returns those seen.
-    func waitForNumbered(queue: String, project: String, count: Int, timeout: Duration = .seconds(120)) async throws -> Set<Int> {
+    func waitForNumbered(
+        queue: String, project: String, count: Int, timeout: Duration = .seconds(120)
+    ) async throws -> Set<Int> {
         try await eventually(timeout: timeout) {
             let seqs = try await numbered(queue: queue, project: project).filter { (0..<count).contains($0) }
-            guard seqs.count >= count else { throw TestFailure("\(seqs.count) of \(count) events arrived; missing e.g. \(Set(0..<count).subtracting(seqs).sorted().prefix(5))") }
+            guard seqs.count >= count else {
+                throw TestFailure(
+                    "\(seqs.count) of \(count) events arrived; missing e.g. \(Set(0..<count).subtracting(seqs).sorted().prefix(5))"
+                )
+            }
             return seqs
         }
     }
@@ -234,7 +259,9 @@ final class PipelineRun: @unchecked Sendable {
     func stopAll() async {
         for node in nodes.values where node.exitStatus == nil { node.process.send(SIGTERM) }
         for node in nodes.values where node.exitStatus == nil { node.exitStatus = await node.process.wait() }
-        for (project, queue) in queues { _ = try? await zaqar.request("/v2/queues/\(queue)", project: project, method: .DELETE) }
+        for (project, queue) in queues {
+            _ = try? await zaqar.request("/v2/queues/\(queue)", project: project, method: .DELETE)
+        }
         queues = []
         if vhost != "/" { try? await TestServers.control("rabbitmqctl", "delete_vhost", vhost) }
         // The logs stay for a look after a failure; the input (15 MB in the end-to-end test) goes.

@@ -1,20 +1,24 @@
 import AsyncHTTPClient
 import Foundation
 import HeraldModel
-import Testing
 import TestSupport
+import Testing
 
 extension PipelineSuites {
     /// A herald node coordinating in a Redis behind Sentinel (`scripts/servers sentinel`):
     /// the master is killed mid-run.
     @Suite("Redis with Sentinel: the master is killed under a herald node", .serialized, .timeLimit(.minutes(5)))
     struct RedisSentinelPipelineTests {
-        @Test("the master is killed mid-run: the node follows the sentinels to the new master, takes its partitions again, and every event arrives")
+        @Test(
+            "the master is killed mid-run: the node follows the sentinels to the new master, takes its partitions again, and every event arrives"
+        )
         func masterKilled() async throws {
-            let run = try await PipelineRun(partitions: 8, redisURL: try TestServers.value("HERALD_TEST_REDIS_SENTINEL_URL"))
+            let run = try await PipelineRun(
+                partitions: 8, redisURL: try TestServers.value("HERALD_TEST_REDIS_SENTINEL_URL"))
             defer { Task { await run.stopAll() } }
             let project = "5e1a7c9b3d2f4a6e8b0c1d2e3f4a5b6c"
-            let subscription = Subscription(project: project, eventTypes: ["compute.instance.*"], target: Target(queue: run.queue("sentinel")))
+            let subscription = Subscription(
+                project: project, eventTypes: ["compute.instance.*"], target: Target(queue: run.queue("sentinel")))
             try await run.registry.create(subscription)
             run.trackQueues([(project, subscription.target.queue)])
             try await run.startNodes(1, extra: ["HERALD_EXCHANGES": "nova"])
@@ -31,7 +35,8 @@ extension PipelineSuites {
                 // Every partition is held again, in the new master.
                 try await run.waitAllPartitionsHeld()
                 let port = try #require(run.nodes["node-1"]?.apiPort)
-                let ready = try await HTTPClient.shared.execute(HTTPClientRequest(url: "http://127.0.0.1:\(port)/readyz"), timeout: .seconds(10))
+                let ready = try await HTTPClient.shared.execute(
+                    HTTPClientRequest(url: "http://127.0.0.1:\(port)/readyz"), timeout: .seconds(10))
                 #expect(ready.status.code == 200)
                 try await TestServers.control("sentinel", "restart-old")
             } catch {
@@ -45,7 +50,8 @@ extension PipelineSuites {
     struct RedisTLSPipelineTests {
         @Test("two nodes on rediss:// with a client certificate: leases, registry changes and every event")
         func overTLS() async throws {
-            let url = "rediss://localhost:\(try TestServers.value("HERALD_TEST_REDIS_TLS_PORT"))/0?cacertfile=\(try TestServers.value("HERALD_TEST_CA_FILE"))"
+            let url =
+                "rediss://localhost:\(try TestServers.value("HERALD_TEST_REDIS_TLS_PORT"))/0?cacertfile=\(try TestServers.value("HERALD_TEST_CA_FILE"))"
                 + "&certfile=\(try TestServers.value("HERALD_TEST_CLIENT_CERT_FILE"))&keyfile=\(try TestServers.value("HERALD_TEST_CLIENT_KEY_FILE"))"
             let run = try await PipelineRun(partitions: 8, redisURL: url)
             defer { Task { await run.stopAll() } }
@@ -53,7 +59,8 @@ extension PipelineSuites {
             try await run.waitAllPartitionsHeld()
             // Created after the nodes started: it reaches them through the registry over TLS.
             let project = "7d2e4f6a8b0c1d3e5f7a9b1c2d3e4f5a"
-            let subscription = Subscription(project: project, eventTypes: ["compute.instance.*"], target: Target(queue: run.queue("tls")))
+            let subscription = Subscription(
+                project: project, eventTypes: ["compute.instance.*"], target: Target(queue: run.queue("tls")))
             try await run.registry.create(subscription)
             run.trackQueues([(project, subscription.target.queue)])
             try await Task.sleep(for: .seconds(2))

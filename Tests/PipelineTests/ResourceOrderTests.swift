@@ -1,8 +1,8 @@
 import Coordination
 import Foundation
 import HeraldModel
-import Testing
 import TestSupport
+import Testing
 
 extension PipelineSuites {
     @Suite("Order per resource", .serialized, .timeLimit(.minutes(8)))
@@ -11,10 +11,15 @@ extension PipelineSuites {
         /// three nodes, one killed (-9) a third of the way and another stopped with SIGTERM two
         /// thirds of the way (a node joins after the kill). For every server, the first arrival of
         /// each event is in publish order, and every event arrives.
-        @Test("300 servers' interleaved lifecycles, kill -9 and SIGTERM midway: first arrivals in publish order per server, nothing lost")
+        @Test(
+            "300 servers' interleaved lifecycles, kill -9 and SIGTERM midway: first arrivals in publish order per server, nothing lost"
+        )
         func lifecycles() async throws {
             let servers = 300
-            let steps = ["compute.instance.create.end", "compute.instance.power_off.end", "compute.instance.power_on.end", "compute.instance.delete.end"]
+            let steps = [
+                "compute.instance.create.end", "compute.instance.power_off.end", "compute.instance.power_on.end",
+                "compute.instance.delete.end",
+            ]
             var random = SystemRandomNumberGenerator()
             var next = Array(repeating: 0, count: servers)
             var open = Array(0..<servers)
@@ -25,8 +30,13 @@ extension PipelineSuites {
                 let server = open[pick]
                 let instance = "server-\(server)"
                 let seq = lines.count
-                lines.append(["exchange": "nova", "driver": "messagingv2", "event_type": steps[next[server]], "project": "p1",
-                              "payload": ["tenant_id": "p1", "instance_id": instance, "seq": seq, "note": String(repeating: "n", count: 400)]])
+                lines.append([
+                    "exchange": "nova", "driver": "messagingv2", "event_type": steps[next[server]], "project": "p1",
+                    "payload": [
+                        "tenant_id": "p1", "instance_id": instance, "seq": seq,
+                        "note": String(repeating: "n", count: 400),
+                    ],
+                ])
                 order[instance, default: []].append(seq)
                 next[server] += 1
                 if next[server] == steps.count { open.remove(at: pick) }
@@ -34,7 +44,8 @@ extension PipelineSuites {
 
             let run = try await PipelineRun(partitions: 24)
             defer { Task { await run.stopAll() } }
-            let subscription = Subscription(project: "p1", eventTypes: ["compute.instance.*"], target: Target(queue: run.queue("servers")))
+            let subscription = Subscription(
+                project: "p1", eventTypes: ["compute.instance.*"], target: Target(queue: run.queue("servers")))
             try await run.registry.create(subscription)
             try await run.startNodes(3)
             try await run.waitAllPartitionsHeld()
@@ -46,20 +57,28 @@ extension PipelineSuites {
             try await run.stop("node-2", signal: SIGTERM)
             #expect(await publisher.wait() == 0, "\(publisher.tail())")
 
-            let received = try await run.readUntil(expected: [(subscription, Set(0..<lines.count))], timeout: .seconds(240))
+            let received = try await run.readUntil(
+                expected: [(subscription, Set(0..<lines.count))], timeout: .seconds(240))
             let messages = received[subscription.target.queue] ?? []
             var seen = Set<String>()
             var arrivals: [String: [Int]] = [:]
-            let instanceOf = Dictionary(uniqueKeysWithValues: order.flatMap { instance, seqs in seqs.map { ($0, instance) } })
+            let instanceOf = Dictionary(
+                uniqueKeysWithValues: order.flatMap { instance, seqs in seqs.map { ($0, instance) } })
             for message in messages where seen.insert(message.eventID).inserted {
                 guard let instance = instanceOf[message.seq] else { continue }
                 arrivals[instance, default: []].append(message.seq)
             }
             let lost = Set(0..<lines.count).subtracting(messages.map(\.seq)).count
-            let disordered = order.keys.filter { arrivals[$0] != order[$0] && arrivals[$0].map { $0 != $0.sorted() } ?? false }
-            print("order: \(lines.count) events of \(servers) servers, \(messages.count) messages (\(messages.count - seen.count) duplicates), lost \(lost), servers out of order \(disordered.count)")
+            let disordered = order.keys.filter {
+                arrivals[$0] != order[$0] && arrivals[$0].map { $0 != $0.sorted() } ?? false
+            }
+            print(
+                "order: \(lines.count) events of \(servers) servers, \(messages.count) messages (\(messages.count - seen.count) duplicates), lost \(lost), servers out of order \(disordered.count)"
+            )
             #expect(lost == 0)
-            #expect(disordered.isEmpty, "out of order: \(disordered.sorted().prefix(5).map { "\($0): \(arrivals[$0] ?? [])" })")
+            #expect(
+                disordered.isEmpty,
+                "out of order: \(disordered.sorted().prefix(5).map { "\($0): \(arrivals[$0] ?? [])" })")
         }
     }
 }

@@ -4,14 +4,17 @@ import HeraldModel
 import NIOCore
 import NIOFoundationCompat
 import NIOHTTP1
-import Testing
 import TestSupport
+import Testing
 
 extension PipelineSuites {
     @Suite("Running herald nodes: the API over HTTP, herald status", .serialized, .timeLimit(.minutes(5)))
     struct RunningNodeTests {
         /// One HTTP call to a node's API.
-        func call(_ run: PipelineRun, _ node: String, _ method: HTTPMethod, _ path: String, project: String? = "p1", json: [String: Any]? = nil) async throws -> (Int, String) {
+        func call(
+            _ run: PipelineRun, _ node: String, _ method: HTTPMethod, _ path: String, project: String? = "p1",
+            json: [String: Any]? = nil
+        ) async throws -> (Int, String) {
             let port = try #require(run.nodes[node]?.apiPort)
             var request = HTTPClientRequest(url: "http://127.0.0.1:\(port)\(path)")
             request.method = method
@@ -29,7 +32,9 @@ extension PipelineSuites {
             ((try? JSONSerialization.jsonObject(with: Data(text.utf8))) as? [String: Any]) ?? [:]
         }
 
-        @Test("3 nodes: subscribe over HTTP on one node, events arrive in Zaqar; readyz, metrics; herald status shows the cluster")
+        @Test(
+            "3 nodes: subscribe over HTTP on one node, events arrive in Zaqar; readyz, metrics; herald status shows the cluster"
+        )
         func runningCluster() async throws {
             let run = try await PipelineRun(partitions: 24)
             defer { Task { await run.stopAll() } }
@@ -44,9 +49,13 @@ extension PipelineSuites {
 
             // The API of a real node process, over HTTP.
             let queue = run.queue("http")
-            let (created, body) = try await call(run, "node-2", .POST, "/v1/subscriptions", json: ["event_types": ["compute.instance.*"], "target": ["queue": queue]])
+            let (created, body) = try await call(
+                run, "node-2", .POST, "/v1/subscriptions",
+                json: ["event_types": ["compute.instance.*"], "target": ["queue": queue]])
             #expect(created == 201, "\(body)")
-            let (refused, refusal) = try await call(run, "node-1", .POST, "/v1/subscriptions", json: ["event_types": ["compute.*"], "target": ["queue": queue], "message_ttl": 1])
+            let (refused, refusal) = try await call(
+                run, "node-1", .POST, "/v1/subscriptions",
+                json: ["event_types": ["compute.*"], "target": ["queue": queue], "message_ttl": 1])
             #expect(refused == 400)
             #expect(refusal.contains("message_ttl"))
             #expect(try await call(run, "node-3", .GET, "/v1/subscriptions", project: nil).0 == 401)
@@ -57,8 +66,11 @@ extension PipelineSuites {
             // The nodes pick the subscription up from the registry; then events flow.
             try await Task.sleep(for: .seconds(2))
             let lines: [[String: Any]] = (0..<20).map { seq in
-                ["exchange": "nova", "driver": "messagingv2", "event_type": seq % 2 == 0 ? "compute.instance.create.end" : "volume.create.end",
-                 "project": "p1", "payload": ["seq": seq]]
+                [
+                    "exchange": "nova", "driver": "messagingv2",
+                    "event_type": seq % 2 == 0 ? "compute.instance.create.end" : "volume.create.end",
+                    "project": "p1", "payload": ["seq": seq],
+                ]
             }
             let publisher = try run.publish(lines)
             #expect(await publisher.wait() == 0, "\(publisher.tail())")
@@ -76,7 +88,9 @@ extension PipelineSuites {
             let health = try await eventually(timeout: .seconds(10)) {
                 let (status, text) = try await call(run, "node-1", .GET, "/v1/subscriptions/\(id)/delivery")
                 let health = object(text)
-                guard status == 200, (health["total"] as? [String: Any])?["delivered"] as? Int == 10 else { throw TestFailure("\(status) \(text)") }
+                guard status == 200, (health["total"] as? [String: Any])?["delivered"] as? Int == 10 else {
+                    throw TestFailure("\(status) \(text)")
+                }
                 return health
             }
             #expect(health["state"] as? String == "healthy")
@@ -92,7 +106,10 @@ extension PipelineSuites {
             for node in ["node-1", "node-2", "node-3"] {
                 let (status, text) = try await call(run, node, .GET, "/metrics", project: nil)
                 #expect(status == 200)
-                #expect(text.contains(#"hb_requests{http_route="/readyz",http_request_method="GET",http_response_status_code="200"}"#), "request metrics by route pattern")
+                #expect(
+                    text.contains(
+                        #"hb_requests{http_route="/readyz",http_request_method="GET",http_response_status_code="200"}"#),
+                    "request metrics by route pattern")
                 for line in text.split(separator: "\n") where !line.hasPrefix("#") {
                     let parts = line.split(separator: " ")
                     guard parts.count == 2, let value = Double(parts[1]) else { continue }
@@ -106,7 +123,9 @@ extension PipelineSuites {
             // herald status, as JSON and as text.
             let binary = try TestServers.value("HERALD_TEST_BIN_DIR") + "/herald"
             let environment = try run.environment
-            let statusJSON = try ChildProcess(name: "status", argv: [binary, "status", "--json"], environment: environment, log: "\(run.directory)/status.json")
+            let statusJSON = try ChildProcess(
+                name: "status", argv: [binary, "status", "--json"], environment: environment,
+                log: "\(run.directory)/status.json")
             #expect(await statusJSON.wait() == 0, "\(statusJSON.tail())")
             let report = object(try String(contentsOfFile: statusJSON.log, encoding: .utf8))
             let members = report["members"] as? [[String: Any]] ?? []
@@ -125,7 +144,8 @@ extension PipelineSuites {
             #expect((report["problems"] as? [Any])?.isEmpty == true, "\(report["problems"] ?? "")")
             #expect((report["deepest_partitions"] as? [Any])?.count == 10)
 
-            let statusText = try ChildProcess(name: "status", argv: [binary, "status"], environment: environment, log: "\(run.directory)/status.txt")
+            let statusText = try ChildProcess(
+                name: "status", argv: [binary, "status"], environment: environment, log: "\(run.directory)/status.txt")
             #expect(await statusText.wait() == 0)
             let text = try String(contentsOfFile: statusText.log, encoding: .utf8)
             #expect(text.contains("3 members"), "\(text)")
@@ -134,39 +154,54 @@ extension PipelineSuites {
             #expect(text.contains(try run.names.ingest))
         }
 
-        @Test("a project's feed (PUT /v1/feed) receives every event of the project, of every service, and none of another project's")
+        @Test(
+            "a project's feed (PUT /v1/feed) receives every event of the project, of every service, and none of another project's"
+        )
         func feed() async throws {
             let run = try await PipelineRun(partitions: 8)
             defer { Task { await run.stopAll() } }
             try await run.startNodes(1)
             try await run.waitAllPartitionsHeld()
             let queue = run.queue("feed")
-            let (status, body) = try await call(run, "node-1", .PUT, "/v1/feed", project: "feed-p1", json: ["queue": queue])
+            let (status, body) = try await call(
+                run, "node-1", .PUT, "/v1/feed", project: "feed-p1", json: ["queue": queue])
             #expect(status == 201, "\(body)")
             run.trackQueues([("feed-p1", queue)])
             try await Task.sleep(for: .seconds(2))
-            let types = [("nova", "compute.instance.create.end"), ("cinder", "volume.attach.end"), ("neutron", "port.update.end"), ("nova", "compute.instance.power_off.end")]
+            let types = [
+                ("nova", "compute.instance.create.end"), ("cinder", "volume.attach.end"),
+                ("neutron", "port.update.end"), ("nova", "compute.instance.power_off.end"),
+            ]
             let lines: [[String: Any]] = (0..<24).map { seq in
                 let (exchange, type) = types[seq % types.count]
                 let project = seq % 3 == 2 ? "feed-p2" : "feed-p1"
-                return ["exchange": exchange, "event_type": type, "project": project, "payload": ["tenant_id": project, "seq": seq, "host": "cmp-\(seq)"]]
+                return [
+                    "exchange": exchange, "event_type": type, "project": project,
+                    "payload": ["tenant_id": project, "seq": seq, "host": "cmp-\(seq)"],
+                ]
             }
             let publisher = try run.publish(lines)
             #expect(await publisher.wait() == 0, "\(publisher.tail())")
             let wanted = Set((0..<24).filter { $0 % 3 != 2 })
             let seqs = try await eventually(timeout: .seconds(30)) {
                 let seqs = try await run.numbered(queue: queue, project: "feed-p1")
-                guard seqs.isSuperset(of: wanted) else { throw TestFailure("missing \(wanted.subtracting(seqs).sorted())") }
+                guard seqs.isSuperset(of: wanted) else {
+                    throw TestFailure("missing \(wanted.subtracting(seqs).sorted())")
+                }
                 return seqs
             }
-            #expect(seqs == wanted, "every event of feed-p1, none of feed-p2: unexpected \(seqs.subtracting(wanted).sorted())")
+            #expect(
+                seqs == wanted,
+                "every event of feed-p1, none of feed-p2: unexpected \(seqs.subtracting(wanted).sorted())")
 
             // What exists: each project sees its own event types, counted, with a sample as its
             // subscribers receive it (nova's host cut).
             let listed = try await eventually(timeout: .seconds(10)) {
                 let (status, text) = try await call(run, "node-1", .GET, "/v1/event-types", project: "feed-p1")
                 let entries = object(text)["event_types"] as? [[String: Any]] ?? []
-                guard status == 200, entries.reduce(0, { $0 + ($1["count"] as? Int ?? 0) }) == 16 else { throw TestFailure("\(status) \(text)") }
+                guard status == 200, entries.reduce(0, { $0 + ($1["count"] as? Int ?? 0) }) == 16 else {
+                    throw TestFailure("\(status) \(text)")
+                }
                 return entries
             }
             #expect(Set(listed.compactMap { $0["event_type"] as? String }) == Set(types.map(\.1)))
@@ -187,7 +222,9 @@ extension PipelineSuites {
             try await run.startNodes(1)
             try await run.waitAllPartitionsHeld()
             let queue = run.queue("recover")
-            let (created, body) = try await call(run, "node-1", .POST, "/v1/subscriptions", json: ["event_types": ["compute.*"], "target": ["queue": queue]])
+            let (created, body) = try await call(
+                run, "node-1", .POST, "/v1/subscriptions",
+                json: ["event_types": ["compute.*"], "target": ["queue": queue]])
             #expect(created == 201, "\(body)")
             run.trackQueues([("p1", queue)])
             try await Task.sleep(for: .seconds(2))
@@ -198,11 +235,16 @@ extension PipelineSuites {
                 guard status == 200 else { throw TestFailure("not ready") }
                 try await TestServers.control("rabbitmqctl", "list_queues", "-p", run.vhost, "name")
                 let log = (try? String(contentsOfFile: "\(run.directory)/node-1.log", encoding: .utf8)) ?? ""
-                guard log.contains("consuming again") || log.contains("consuming anew") else { throw TestFailure("the node has not logged a new consumer yet") }
+                guard log.contains("consuming again") || log.contains("consuming anew") else {
+                    throw TestFailure("the node has not logged a new consumer yet")
+                }
             }
             try await Task.sleep(for: .seconds(2))
             let lines: [[String: Any]] = (0..<5).map { seq in
-                ["exchange": "nova", "driver": "messagingv2", "event_type": "compute.instance.update", "project": "p1", "payload": ["seq": seq]]
+                [
+                    "exchange": "nova", "driver": "messagingv2", "event_type": "compute.instance.update",
+                    "project": "p1", "payload": ["seq": seq],
+                ]
             }
             let publisher = try run.publish(lines)
             #expect(await publisher.wait() == 0, "\(publisher.tail())")
@@ -219,10 +261,15 @@ extension PipelineSuites {
             let run = try await PipelineRun(partitions: 8)
             defer { Task { await run.stopAll() } }
             let binary = try TestServers.value("HERALD_TEST_BIN_DIR") + "/herald"
-            for (key, value) in [("HERALD_PARTITIONS", "zero"), ("HERALD_API_AUTH", "kerberos"), ("HERALD_QUEUE_TYPE", "stream"), ("HERALD_LOG_FORMAT", "xml")] {
+            for (key, value) in [
+                ("HERALD_PARTITIONS", "zero"), ("HERALD_API_AUTH", "kerberos"), ("HERALD_QUEUE_TYPE", "stream"),
+                ("HERALD_LOG_FORMAT", "xml"),
+            ] {
                 var environment = try run.environment
                 environment[key] = value
-                let node = try ChildProcess(name: "bad", argv: [binary, "node"], environment: environment, log: "\(run.directory)/bad-\(key).log")
+                let node = try ChildProcess(
+                    name: "bad", argv: [binary, "node"], environment: environment,
+                    log: "\(run.directory)/bad-\(key).log")
                 let status = await node.wait()
                 #expect(status != 0)
                 let output = node.tail()
@@ -230,7 +277,9 @@ extension PipelineSuites {
             }
             let file = "\(run.directory)/herald.conf"
             try "# a typo\nHERALD_PARTITONS=8\n".write(toFile: file, atomically: true, encoding: .utf8)
-            let typo = try ChildProcess(name: "typo", argv: [binary, "node", "--config", file], environment: try run.environment, log: "\(run.directory)/typo.log")
+            let typo = try ChildProcess(
+                name: "typo", argv: [binary, "node", "--config", file], environment: try run.environment,
+                log: "\(run.directory)/typo.log")
             #expect(await typo.wait() != 0)
             #expect(typo.tail().contains("HERALD_PARTITONS"), "\(typo.tail())")
         }

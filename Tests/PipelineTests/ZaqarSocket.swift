@@ -23,7 +23,8 @@ final class ZaqarSocket: Sendable {
         self.outgoing = outgoing
         let frames = frames
         connection = Task {
-            try await WebSocketClient.connect(url: url, logger: Logger(label: "herald.test.websocket")) { inbound, outbound, _ in
+            try await WebSocketClient.connect(url: url, logger: Logger(label: "herald.test.websocket")) {
+                inbound, outbound, _ in
                 try await withThrowingTaskGroup(of: Void.self) { group in
                     group.addTask {
                         for await text in toSend { try await outbound.write(.text(text)) }
@@ -48,7 +49,9 @@ final class ZaqarSocket: Sendable {
 
     /// Sends a request and waits (up to 10 s) for Zaqar's answer to it: its status.
     func request(_ action: String, headers: [String: String], body: [String: Any]? = nil) async throws -> Int {
-        var frame: [String: Any] = ["action": action, "headers": headers.merging(["Client-ID": clientID]) { first, _ in first }]
+        var frame: [String: Any] = [
+            "action": action, "headers": headers.merging(["Client-ID": clientID]) { first, _ in first },
+        ]
         if let body { frame["body"] = body }
         let before = frames.answers.withLock { $0.count }
         outgoing.yield(String(decoding: try JSONSerialization.data(withJSONObject: frame), as: UTF8.self))

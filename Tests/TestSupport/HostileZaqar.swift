@@ -102,11 +102,13 @@ public final class HostileZaqar: Sendable {
     /// The `body` of each message in a `{"messages": [...]}` request, re-serialised with sorted keys.
     static func messages(in body: String) -> [String] {
         guard let object = try? JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any],
-              let messages = object["messages"] as? [[String: Any]]
+            let messages = object["messages"] as? [[String: Any]]
         else { return [] }
         return messages.compactMap { message in
             guard let body = message["body"] else { return nil }
-            return (try? JSONSerialization.data(withJSONObject: body, options: [.sortedKeys])).map { String(decoding: $0, as: UTF8.self) }
+            return (try? JSONSerialization.data(withJSONObject: body, options: [.sortedKeys])).map {
+                String(decoding: $0, as: UTF8.self)
+            }
         }
     }
 
@@ -143,11 +145,16 @@ private final class HostileHandler: ChannelInboundHandler, @unchecked Sendable {
             let path = head.map { String($0.uri.split(separator: "?").first ?? "") } ?? ""
             switch server.answer(path: path, body: String(buffer: body)) {
             case .accept:
-                write(context: context, status: 201, headers: ["Content-Type": "application/json"], body: ByteBuffer(string: "{\"resources\": []}"))
+                write(
+                    context: context, status: 201, headers: ["Content-Type": "application/json"],
+                    body: ByteBuffer(string: "{\"resources\": []}"))
             case .status(let code, let retryAfter):
                 var headers = ["Content-Type": "application/json"]
                 if let retryAfter { headers["Retry-After"] = "\(retryAfter)" }
-                write(context: context, status: code, headers: headers, body: ByteBuffer(string: "{\"title\": \"Scripted\", \"description\": \"the sink answered \(code)\"}"))
+                write(
+                    context: context, status: code, headers: headers,
+                    body: ByteBuffer(
+                        string: "{\"title\": \"Scripted\", \"description\": \"the sink answered \(code)\"}"))
             case .stall:
                 holdUntilReleased(NIOLoopBound(context, eventLoop: context.eventLoop))
             case .reset:
@@ -159,7 +166,9 @@ private final class HostileHandler: ChannelInboundHandler, @unchecked Sendable {
             case .silent:
                 break
             case .huge(let status, let bytes, let contentType):
-                write(context: context, status: status, headers: ["Content-Type": contentType], body: ByteBuffer(repeating: UInt8(ascii: "x"), count: bytes))
+                write(
+                    context: context, status: status, headers: ["Content-Type": contentType],
+                    body: ByteBuffer(repeating: UInt8(ascii: "x"), count: bytes))
             }
         }
     }
@@ -167,7 +176,9 @@ private final class HostileHandler: ChannelInboundHandler, @unchecked Sendable {
     /// Answers 503 once the test releases the stalls, checking every 10 ms.
     private func holdUntilReleased(_ context: NIOLoopBound<ChannelHandlerContext>) {
         if server.stallsReleased {
-            write(context: context.value, status: 503, headers: ["Content-Type": "application/json"], body: ByteBuffer(string: "{\"description\": \"released from a stall\"}"))
+            write(
+                context: context.value, status: 503, headers: ["Content-Type": "application/json"],
+                body: ByteBuffer(string: "{\"description\": \"released from a stall\"}"))
         } else {
             context.value.eventLoop.scheduleTask(in: .milliseconds(10)) { self.holdUntilReleased(context) }
         }

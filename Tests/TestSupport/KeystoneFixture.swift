@@ -21,18 +21,31 @@ public struct KeystoneFixture: Sendable {
     public static func make() async throws -> KeystoneFixture {
         let url = try TestServers.value("HERALD_TEST_KEYSTONE_URL")
         let suffix = String(UUID().uuidString.prefix(8).lowercased())
-        let admin = try await token(url: url, user: "admin", password: try TestServers.value("HERALD_TEST_KEYSTONE_ADMIN_PASSWORD"), project: "admin")
+        let admin = try await token(
+            url: url, user: "admin", password: try TestServers.value("HERALD_TEST_KEYSTONE_ADMIN_PASSWORD"),
+            project: "admin")
         let (_, roles, _) = try await request(url + "/v3/roles?name=member", .GET, token: admin)
-        guard let member = (roles["roles"] as? [[String: Any]])?.first?["id"] as? String else { throw TestFailure("Keystone has no member role: \(roles)") }
+        guard let member = (roles["roles"] as? [[String: Any]])?.first?["id"] as? String else {
+            throw TestFailure("Keystone has no member role: \(roles)")
+        }
         var projects: [String: String] = [:]
         var users: [String: String] = [:]
         for letter in ["a", "b"] {
-            let (status, body, _) = try await request(url + "/v3/projects", .POST, token: admin, json: ["project": ["name": "ks-\(letter)-\(suffix)", "domain_id": "default"]])
-            guard status == 201, let project = (body["project"] as? [String: Any])?["id"] as? String else { throw TestFailure("project \(letter): \(status) \(body)") }
+            let (status, body, _) = try await request(
+                url + "/v3/projects", .POST, token: admin,
+                json: ["project": ["name": "ks-\(letter)-\(suffix)", "domain_id": "default"]])
+            guard status == 201, let project = (body["project"] as? [String: Any])?["id"] as? String else {
+                throw TestFailure("project \(letter): \(status) \(body)")
+            }
             let name = "user-\(letter)-\(suffix)"
-            let (created, user, _) = try await request(url + "/v3/users", .POST, token: admin, json: ["user": ["name": name, "password": "secret-\(name)", "domain_id": "default"]])
-            guard created == 201, let id = (user["user"] as? [String: Any])?["id"] as? String else { throw TestFailure("user \(name): \(created) \(user)") }
-            let (granted, _, _) = try await request(url + "/v3/projects/\(project)/users/\(id)/roles/\(member)", .PUT, token: admin)
+            let (created, user, _) = try await request(
+                url + "/v3/users", .POST, token: admin,
+                json: ["user": ["name": name, "password": "secret-\(name)", "domain_id": "default"]])
+            guard created == 201, let id = (user["user"] as? [String: Any])?["id"] as? String else {
+                throw TestFailure("user \(name): \(created) \(user)")
+            }
+            let (granted, _, _) = try await request(
+                url + "/v3/projects/\(project)/users/\(id)/roles/\(member)", .PUT, token: admin)
             guard granted == 204 else { throw TestFailure("grant member to \(name): \(granted)") }
             projects[letter] = project
             users[letter] = id
@@ -48,7 +61,9 @@ public struct KeystoneFixture: Sendable {
     }
 
     /// One request to Keystone: status, JSON body, headers.
-    public static func request(_ url: String, _ method: HTTPMethod, token: String?, json: [String: Any]? = nil, subject: String? = nil) async throws -> (Int, [String: Any], HTTPHeaders) {
+    public static func request(
+        _ url: String, _ method: HTTPMethod, token: String?, json: [String: Any]? = nil, subject: String? = nil
+    ) async throws -> (Int, [String: Any], HTTPHeaders) {
         var request = HTTPClientRequest(url: url)
         request.method = method
         if let token { request.headers.add(name: "X-Auth-Token", value: token) }
@@ -64,22 +79,36 @@ public struct KeystoneFixture: Sendable {
     }
 
     /// A token for `user` scoped to `project` (names, domain Default), or to a trust.
-    public static func token(url: String, user: String, password: String, project: String? = nil, trust: String? = nil) async throws -> String {
-        var auth: [String: Any] = ["identity": ["methods": ["password"], "password": ["user": ["name": user, "domain": ["id": "default"], "password": password]]]]
+    public static func token(
+        url: String, user: String, password: String, project: String? = nil, trust: String? = nil
+    ) async throws -> String {
+        var auth: [String: Any] = [
+            "identity": [
+                "methods": ["password"],
+                "password": ["user": ["name": user, "domain": ["id": "default"], "password": password]],
+            ]
+        ]
         if let project { auth["scope"] = ["project": ["name": project, "domain": ["id": "default"]]] }
         if let trust { auth["scope"] = ["OS-TRUST:trust": ["id": trust]] }
-        let (status, body, headers) = try await request(url + "/v3/auth/tokens", .POST, token: nil, json: ["auth": auth])
-        guard status == 201, let token = headers.first(name: "X-Subject-Token") else { throw TestFailure("token for \(user): \(status) \(body)") }
+        let (status, body, headers) = try await request(
+            url + "/v3/auth/tokens", .POST, token: nil, json: ["auth": auth])
+        guard status == 201, let token = headers.first(name: "X-Subject-Token") else {
+            throw TestFailure("token for \(user): \(status) \(body)")
+        }
         return token
     }
 
     public func adminToken() async throws -> String {
-        try await Self.token(url: url, user: "admin", password: try TestServers.value("HERALD_TEST_KEYSTONE_ADMIN_PASSWORD"), project: "admin")
+        try await Self.token(
+            url: url, user: "admin", password: try TestServers.value("HERALD_TEST_KEYSTONE_ADMIN_PASSWORD"),
+            project: "admin")
     }
 
     /// A token of user `letter` scoped to their project.
     public func userToken(_ letter: String) async throws -> String {
-        try await Self.token(url: url, user: "user-\(letter)-\(suffix)", password: "secret-user-\(letter)-\(suffix)", project: "ks-\(letter)-\(suffix)")
+        try await Self.token(
+            url: url, user: "user-\(letter)-\(suffix)", password: "secret-user-\(letter)-\(suffix)",
+            project: "ks-\(letter)-\(suffix)")
     }
 
     /// Password of user `letter`.
@@ -87,7 +116,8 @@ public struct KeystoneFixture: Sendable {
 
     /// The trusts user `letter` has given (ids), as the admin sees them.
     public func trusts(of letter: String) async throws -> [String] {
-        let (status, body, _) = try await Self.request(url + "/v3/OS-TRUST/trusts?trustor_user_id=\(users[letter]!)", .GET, token: try await adminToken())
+        let (status, body, _) = try await Self.request(
+            url + "/v3/OS-TRUST/trusts?trustor_user_id=\(users[letter]!)", .GET, token: try await adminToken())
         guard status == 200 else { throw TestFailure("listing trusts: \(status) \(body)") }
         return (body["trusts"] as? [[String: Any]] ?? []).compactMap { $0["id"] as? String }
     }
@@ -97,12 +127,20 @@ public struct KeystoneFixture: Sendable {
     public func shortLivedToken(_ letter: String, seconds: Int) async throws -> String {
         let other = letter == "a" ? "b" : "a"
         let formatter = ISO8601DateFormatter()
-        let expires = formatter.string(from: Date().addingTimeInterval(Double(seconds))).replacingOccurrences(of: "Z", with: ".000000Z")
-        let (status, body, _) = try await Self.request(url + "/v3/OS-TRUST/trusts", .POST, token: try await userToken(letter), json: ["trust": [
-            "trustor_user_id": users[letter]!, "trustee_user_id": users[other]!, "project_id": projects[letter]!,
-            "impersonation": true, "roles": [["name": "member"]], "expires_at": expires,
-        ]])
-        guard status == 201, let trust = (body["trust"] as? [String: Any])?["id"] as? String else { throw TestFailure("short trust: \(status) \(body)") }
+        let expires = formatter.string(from: Date().addingTimeInterval(Double(seconds))).replacingOccurrences(
+            of: "Z", with: ".000000Z")
+        let (status, body, _) = try await Self.request(
+            url + "/v3/OS-TRUST/trusts", .POST, token: try await userToken(letter),
+            json: [
+                "trust": [
+                    "trustor_user_id": users[letter]!, "trustee_user_id": users[other]!,
+                    "project_id": projects[letter]!,
+                    "impersonation": true, "roles": [["name": "member"]], "expires_at": expires,
+                ]
+            ])
+        guard status == 201, let trust = (body["trust"] as? [String: Any])?["id"] as? String else {
+            throw TestFailure("short trust: \(status) \(body)")
+        }
         return try await Self.token(url: url, user: "user-\(other)-\(suffix)", password: password(other), trust: trust)
     }
 
@@ -113,13 +151,21 @@ public struct KeystoneFixture: Sendable {
     public func user(_ name: String, role: String, on letter: String) async throws -> (id: String, token: String) {
         let admin = try await adminToken()
         let userName = "\(name)-\(suffix)"
-        let (created, user, _) = try await Self.request(url + "/v3/users", .POST, token: admin, json: ["user": ["name": userName, "password": "secret-\(userName)", "domain_id": "default"]])
-        guard created == 201, let id = (user["user"] as? [String: Any])?["id"] as? String else { throw TestFailure("user \(userName): \(created) \(user)") }
+        let (created, user, _) = try await Self.request(
+            url + "/v3/users", .POST, token: admin,
+            json: ["user": ["name": userName, "password": "secret-\(userName)", "domain_id": "default"]])
+        guard created == 201, let id = (user["user"] as? [String: Any])?["id"] as? String else {
+            throw TestFailure("user \(userName): \(created) \(user)")
+        }
         let (_, roles, _) = try await Self.request(url + "/v3/roles?name=\(role)", .GET, token: admin)
-        guard let roleID = (roles["roles"] as? [[String: Any]])?.first?["id"] as? String else { throw TestFailure("Keystone has no role \(role)") }
-        let (granted, _, _) = try await Self.request(url + "/v3/projects/\(projects[letter]!)/users/\(id)/roles/\(roleID)", .PUT, token: admin)
+        guard let roleID = (roles["roles"] as? [[String: Any]])?.first?["id"] as? String else {
+            throw TestFailure("Keystone has no role \(role)")
+        }
+        let (granted, _, _) = try await Self.request(
+            url + "/v3/projects/\(projects[letter]!)/users/\(id)/roles/\(roleID)", .PUT, token: admin)
         guard granted == 204 else { throw TestFailure("grant \(role) to \(userName): \(granted)") }
-        let token = try await Self.token(url: url, user: userName, password: "secret-\(userName)", project: "ks-\(letter)-\(suffix)")
+        let token = try await Self.token(
+            url: url, user: userName, password: "secret-\(userName)", project: "ks-\(letter)-\(suffix)")
         return (id, token)
     }
 
@@ -127,26 +173,49 @@ public struct KeystoneFixture: Sendable {
     /// role on the system).
     public func systemAdminToken() async throws -> String {
         let auth: [String: Any] = [
-            "identity": ["methods": ["password"], "password": ["user": ["name": "admin", "domain": ["id": "default"], "password": try TestServers.value("HERALD_TEST_KEYSTONE_ADMIN_PASSWORD")]]],
+            "identity": [
+                "methods": ["password"],
+                "password": [
+                    "user": [
+                        "name": "admin", "domain": ["id": "default"],
+                        "password": try TestServers.value("HERALD_TEST_KEYSTONE_ADMIN_PASSWORD"),
+                    ]
+                ],
+            ],
             "scope": ["system": ["all": true]],
         ]
-        let (status, body, headers) = try await Self.request(url + "/v3/auth/tokens", .POST, token: nil, json: ["auth": auth])
-        guard status == 201, let token = headers.first(name: "X-Subject-Token") else { throw TestFailure("system-scoped token: \(status) \(body)") }
+        let (status, body, headers) = try await Self.request(
+            url + "/v3/auth/tokens", .POST, token: nil, json: ["auth": auth])
+        guard status == 201, let token = headers.first(name: "X-Subject-Token") else {
+            throw TestFailure("system-scoped token: \(status) \(body)")
+        }
         return token
     }
 
     /// A token of an application credential that user `letter` makes with these access rules
     /// (`service`, `path`, `method` each).
     public func applicationCredentialToken(_ letter: String, accessRules: [[String: String]]) async throws -> String {
-        let (status, body, _) = try await Self.request(url + "/v3/users/\(users[letter]!)/application_credentials", .POST, token: try await userToken(letter), json: [
-            "application_credential": ["name": "herald-test-\(UUID().uuidString.prefix(8))", "access_rules": accessRules],
-        ])
-        guard status == 201, let credential = body["application_credential"] as? [String: Any], let id = credential["id"] as? String,
-              let secret = credential["secret"] as? String
+        let (status, body, _) = try await Self.request(
+            url + "/v3/users/\(users[letter]!)/application_credentials", .POST, token: try await userToken(letter),
+            json: [
+                "application_credential": [
+                    "name": "herald-test-\(UUID().uuidString.prefix(8))", "access_rules": accessRules,
+                ]
+            ])
+        guard status == 201, let credential = body["application_credential"] as? [String: Any],
+            let id = credential["id"] as? String,
+            let secret = credential["secret"] as? String
         else { throw TestFailure("application credential: \(status) \(body)") }
-        let auth: [String: Any] = ["identity": ["methods": ["application_credential"], "application_credential": ["id": id, "secret": secret]]]
-        let (made, answer, headers) = try await Self.request(url + "/v3/auth/tokens", .POST, token: nil, json: ["auth": auth])
-        guard made == 201, let token = headers.first(name: "X-Subject-Token") else { throw TestFailure("application credential token: \(made) \(answer)") }
+        let auth: [String: Any] = [
+            "identity": [
+                "methods": ["application_credential"], "application_credential": ["id": id, "secret": secret],
+            ]
+        ]
+        let (made, answer, headers) = try await Self.request(
+            url + "/v3/auth/tokens", .POST, token: nil, json: ["auth": auth])
+        guard made == 201, let token = headers.first(name: "X-Subject-Token") else {
+            throw TestFailure("application credential token: \(made) \(answer)")
+        }
         return token
     }
 }

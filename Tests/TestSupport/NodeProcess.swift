@@ -26,7 +26,9 @@ public final class ChildProcess: @unchecked Sendable {
         posix_spawn_file_actions_adddup2(&actions, 1, 2)
         var pid: pid_t = 0
         let status = posix_spawn(&pid, argv[0], &actions, nil, args, env)
-        guard status == 0 else { throw TestServers.Missing(variable: "cannot start \(argv[0]): \(String(cString: strerror(status)));") }
+        guard status == 0 else {
+            throw TestServers.Missing(variable: "cannot start \(argv[0]): \(String(cString: strerror(status)));")
+        }
         self.pid = pid
     }
 

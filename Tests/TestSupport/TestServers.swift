@@ -5,7 +5,9 @@ import Foundation
 public enum TestServers {
     public struct Missing: Error, CustomStringConvertible {
         let variable: String
-        public var description: String { "\(variable) is not set: run the tests through scripts/test, which starts the servers" }
+        public var description: String {
+            "\(variable) is not set: run the tests through scripts/test, which starts the servers"
+        }
     }
 
     public static func value(_ variable: String) throws -> String {
@@ -67,7 +69,9 @@ public enum TestServers {
         address.sin_port = 0
         var length = socklen_t(MemoryLayout<sockaddr_in>.size)
         let bound = withUnsafeMutablePointer(to: &address) { pointer in
-            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0
+            }
         }
         guard bound else { throw Missing(variable: "a free port (bind failed: \(String(cString: strerror(errno))));") }
         return Int(UInt16(bigEndian: address.sin_port))

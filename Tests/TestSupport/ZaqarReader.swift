@@ -20,7 +20,9 @@ public struct ZaqarReader: Sendable {
 
     /// One request. GETs are retried on transport errors (a connect or deadline lost to a busy
     /// single-threaded Zaqar whose listen backlog is full), up to five attempts.
-    public func request(_ path: String, project: String, method: HTTPMethod = .GET, body: [String: Any]? = nil) async throws -> (Int, Any?) {
+    public func request(
+        _ path: String, project: String, method: HTTPMethod = .GET, body: [String: Any]? = nil
+    ) async throws -> (Int, Any?) {
         var attempt = 1
         while true {
             do {
@@ -33,7 +35,9 @@ public struct ZaqarReader: Sendable {
         }
     }
 
-    func requestOnce(_ path: String, project: String, method: HTTPMethod, body: [String: Any]?) async throws -> (Int, Any?) {
+    func requestOnce(
+        _ path: String, project: String, method: HTTPMethod, body: [String: Any]?
+    ) async throws -> (Int, Any?) {
         var request = HTTPClientRequest(url: baseURL + path)
         request.method = method
         request.headers.add(name: "Client-ID", value: clientID)
@@ -70,7 +74,10 @@ public struct ZaqarReader: Sendable {
             if messages.isEmpty { return bodies }
             bodies += messages.compactMap { $0["body"] as? [String: Any] }
             if messages.count < limit { return bodies }
-            guard let next = (object?["links"] as? [[String: Any]])?.first(where: { $0["rel"] as? String == "next" })?["href"] as? String else { return bodies }
+            guard
+                let next = (object?["links"] as? [[String: Any]])?.first(where: { $0["rel"] as? String == "next" })?[
+                    "href"] as? String
+            else { return bodies }
             path = next
         }
     }
@@ -81,16 +88,18 @@ public struct ZaqarReader: Sendable {
         formatter.locale = Locale(identifier: "en_US_POSIX")
         formatter.timeZone = TimeZone(identifier: "UTC")
         formatter.dateFormat = "yyyy-MM-dd'T'HH:mm:ss"
-        let (status, json) = try await request("/v2/queues/\(queue)/share", project: project, method: .POST, body: [
-            "methods": ["POST"], "paths": ["messages"], "expires": formatter.string(from: expires),
-        ])
+        let (status, json) = try await request(
+            "/v2/queues/\(queue)/share", project: project, method: .POST,
+            body: [
+                "methods": ["POST"], "paths": ["messages"], "expires": formatter.string(from: expires),
+            ])
         guard status == 200, let object = json as? [String: Any], let signature = object["signature"] as? String,
-              let expiresText = object["expires"] as? String, let methods = object["methods"] as? [String],
-              let paths = object["paths"] as? [String], let signedProject = object["project"] as? String
+            let expiresText = object["expires"] as? String, let methods = object["methods"] as? [String],
+            let paths = object["paths"] as? [String], let signedProject = object["project"] as? String
         else {
             throw TestServers.Missing(variable: "Zaqar's share answered \(status): \(String(describing: json));")
         }
-        return SignedURL(signature: signature, expires: expiresText, methods: methods, paths: paths, project: signedProject)
+        return SignedURL(
+            signature: signature, expires: expiresText, methods: methods, paths: paths, project: signedProject)
     }
 }
-

@@ -20,7 +20,10 @@ struct Caller: Sendable, Equatable {
     /// An application credential's access rules; nil: the token is not restricted by any.
     var accessRules: [AccessRule]?
 
-    init(project: String, roles: [String], isAdminProject: Bool, userID: String? = nil, token: String? = nil, systemScope: String? = nil, accessRules: [AccessRule]? = nil) {
+    init(
+        project: String, roles: [String], isAdminProject: Bool, userID: String? = nil, token: String? = nil,
+        systemScope: String? = nil, accessRules: [AccessRule]? = nil
+    ) {
         self.project = project
         self.roles = Self.implied(roles)
         self.isAdminProject = isAdminProject
@@ -39,7 +42,9 @@ struct Caller: Sendable, Equatable {
     }
 
     var credentials: PolicyCredentials {
-        PolicyCredentials(roles: roles, projectID: systemScope == nil ? project : nil, userID: userID, systemScope: systemScope, isAdminProject: isAdminProject)
+        PolicyCredentials(
+            roles: roles, projectID: systemScope == nil ? project : nil, userID: userID, systemScope: systemScope,
+            isAdminProject: isAdminProject)
     }
 }
 
@@ -75,17 +80,25 @@ extension HTTPField.Name {
 struct TrustedHeaderAuthenticator: RouterMiddleware {
     typealias Context = APIContext
 
-    func handle(_ request: Request, context: APIContext, next: (Request, APIContext) async throws -> Response) async throws -> Response {
+    func handle(
+        _ request: Request, context: APIContext, next: (Request, APIContext) async throws -> Response
+    ) async throws -> Response {
         guard let project = request.headers[.projectID]?.trimmingCharacters(in: .whitespaces), !project.isEmpty else {
-            throw HTTPError(.unauthorized, message: "missing X-Project-Id header (this node trusts it: HERALD_API_AUTH=trusted-header)")
+            throw HTTPError(
+                .unauthorized,
+                message: "missing X-Project-Id header (this node trusts it: HERALD_API_AUTH=trusted-header)")
         }
         guard project.count <= 255 else {
             throw HTTPError(.badRequest, message: "X-Project-Id: longer than 255 characters")
         }
-        let listed = request.headers[.roles].map { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces).lowercased() }.filter { !$0.isEmpty } }
+        let listed = request.headers[.roles].map {
+            $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces).lowercased() }.filter { !$0.isEmpty }
+        }
         let roles = listed ?? ["member"]
         var context = context
-        context.caller = Caller(project: project, roles: roles, isAdminProject: roles.contains("admin"), userID: request.headers[.userID].flatMap { $0.isEmpty ? nil : String($0.prefix(255)) })
+        context.caller = Caller(
+            project: project, roles: roles, isAdminProject: roles.contains("admin"),
+            userID: request.headers[.userID].flatMap { $0.isEmpty ? nil : String($0.prefix(255)) })
         return try await next(request, context)
     }
 }

@@ -8,12 +8,16 @@ enum APIJSON {
     static let maxBody = 1 << 20
 
     /// A JSON response, keys sorted so documents compare and read the same every time.
-    static func response(_ value: some Encodable, status: HTTPResponse.Status = .ok, headers: HTTPFields = [:]) throws -> Response {
+    static func response(
+        _ value: some Encodable, status: HTTPResponse.Status = .ok, headers: HTTPFields = [:]
+    ) throws -> Response {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         var headers = headers
         headers[.contentType] = "application/json"
-        return Response(status: status, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(bytes: try encoder.encode(value))))
+        return Response(
+            status: status, headers: headers,
+            body: ResponseBody(byteBuffer: ByteBuffer(bytes: try encoder.encode(value))))
     }
 
     /// A JSON object body, checked against the keys the route knows: an unknown key is a 400
@@ -33,10 +37,14 @@ enum APIJSON {
         } catch {
             throw HTTPError(.badRequest, message: "the body is not valid JSON")
         }
-        guard let object = parsed as? [String: Any] else { throw HTTPError(.badRequest, message: "the body must be a JSON object") }
+        guard let object = parsed as? [String: Any] else {
+            throw HTTPError(.badRequest, message: "the body must be a JSON object")
+        }
         let keys = Set(object.keys)
         if let unknown = keys.subtracting(allowed).sorted().first {
-            throw HTTPError(.badRequest, message: "\(unknown): unknown field; known fields are \(allowed.sorted().joined(separator: ", "))")
+            throw HTTPError(
+                .badRequest,
+                message: "\(unknown): unknown field; known fields are \(allowed.sorted().joined(separator: ", "))")
         }
         return (data, keys)
     }
@@ -54,7 +62,11 @@ enum APIJSON {
         func path(_ codingPath: [any CodingKey], _ last: (any CodingKey)? = nil) -> String {
             var text = ""
             for key in codingPath + (last.map { [$0] } ?? []) {
-                if let index = key.intValue { text += "[\(index)]" } else { text += (text.isEmpty ? "" : ".") + key.stringValue }
+                if let index = key.intValue {
+                    text += "[\(index)]"
+                } else {
+                    text += (text.isEmpty ? "" : ".") + key.stringValue
+                }
             }
             return text.isEmpty ? "body" : text
         }

@@ -160,10 +160,17 @@ struct AliasSubscription: Encodable {
     /// that resource only: the pattern and a resource id filter.
     static func pattern(fromSource source: String) throws -> (pattern: String, resourceID: String?) {
         let trimmed = source.trimmingCharacters(in: .whitespaces)
-        guard !trimmed.isEmpty else { throw HTTPError(.badRequest, message: "source: must be an event type prefix such as \"compute.instance\"") }
+        guard !trimmed.isEmpty else {
+            throw HTTPError(.badRequest, message: "source: must be an event type prefix such as \"compute.instance\"")
+        }
         if let dot = trimmed.lastIndex(of: "."), isResourceID(trimmed[trimmed.index(after: dot)...]) {
             let prefix = String(trimmed[..<dot])
-            guard !prefix.isEmpty else { throw HTTPError(.badRequest, message: "source: an instance id needs an event type prefix before it, such as compute.instance.<id>") }
+            guard !prefix.isEmpty else {
+                throw HTTPError(
+                    .badRequest,
+                    message:
+                        "source: an instance id needs an event type prefix before it, such as compute.instance.<id>")
+            }
             return (prefix + ".*", String(trimmed[trimmed.index(after: dot)...]))
         }
         return (trimmed.hasSuffix("*") ? trimmed : trimmed + "*", nil)
@@ -180,7 +187,9 @@ struct AliasSubscription: Encodable {
     static func queue(fromTarget target: String) throws -> String {
         let queue = target.hasPrefix("zaqar://") ? String(target.dropFirst("zaqar://".count)) : target
         guard !queue.isEmpty, !queue.contains("/") else {
-            throw HTTPError(.badRequest, message: "target: '\(target)' must be a Zaqar queue name, as my-events or zaqar://my-events")
+            throw HTTPError(
+                .badRequest,
+                message: "target: '\(target)' must be a Zaqar queue name, as my-events or zaqar://my-events")
         }
         return queue
     }
@@ -308,7 +317,9 @@ struct TestEventResult: Encodable {
 /// The test event a user asks for: a `herald.test` notification, marked as such in its type,
 /// its publisher and its payload, in the subscription's format.
 enum TestEvent {
-    static func message(for subscription: Subscription, eventID: String, requestedBy user: String?, now: Date = Date()) -> [UInt8] {
+    static func message(
+        for subscription: Subscription, eventID: String, requestedBy user: String?, now: Date = Date()
+    ) -> [UInt8] {
         let formatter = DateFormatter()
         formatter.locale = Locale(identifier: "en_US_POSIX")
         formatter.timeZone = TimeZone(identifier: "UTC")
@@ -320,21 +331,28 @@ enum TestEvent {
         ]
         if let user { payload["requested_by"] = user }
         let encode = { (value: Any) -> [UInt8] in
-            Array((try? JSONSerialization.data(withJSONObject: value, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data("{}".utf8))
+            Array(
+                (try? JSONSerialization.data(withJSONObject: value, options: [.sortedKeys, .withoutEscapingSlashes]))
+                    ?? Data("{}".utf8))
         }
         switch subscription.format ?? .herald {
         case .cloudevents:
             let attributes = ZaqarMessageEncoding.CloudEventAttributes(
-                id: eventID, source: "/herald", type: "herald.test", time: ZaqarMessageEncoding.CloudEventAttributes.rfc3339(timestamp), subject: nil
+                id: eventID, source: "/herald", type: "herald.test",
+                time: ZaqarMessageEncoding.CloudEventAttributes.rfc3339(timestamp), subject: nil
             )
-            return ZaqarMessageEncoding.cloudEvent(data: encode(payload), attributes: attributes, ttl: subscription.messageTTL, subscriptionID: subscription.id,
-                                                   partition: 0, epoch: 0, project: subscription.project)
+            return ZaqarMessageEncoding.cloudEvent(
+                data: encode(payload), attributes: attributes, ttl: subscription.messageTTL,
+                subscriptionID: subscription.id,
+                partition: 0, epoch: 0, project: subscription.project)
         case .herald:
             let event: [String: Any] = [
-                "event_type": "herald.test", "message_id": eventID, "priority": "INFO", "publisher_id": "herald", "timestamp": timestamp, "payload": payload,
+                "event_type": "herald.test", "message_id": eventID, "priority": "INFO", "publisher_id": "herald",
+                "timestamp": timestamp, "payload": payload,
             ]
-            return ZaqarMessageEncoding.message(event: encode(event), ttl: subscription.messageTTL, subscriptionID: subscription.id, eventID: eventID,
-                                                partition: 0, epoch: 0, project: subscription.project)
+            return ZaqarMessageEncoding.message(
+                event: encode(event), ttl: subscription.messageTTL, subscriptionID: subscription.id, eventID: eventID,
+                partition: 0, epoch: 0, project: subscription.project)
         }
     }
 }

@@ -72,23 +72,35 @@ struct APIRoute: Sendable {
 struct HeraldAPI: Sendable {
     let services: APIServices
 
-    static let subscriptionFields: Set<String> = ["event_types", "conditions", "target", "message_ttl", "all_projects", "project", "trust", "include_actor", "resource_id", "origin", "unredacted", "format"]
-    static let patchFields: Set<String> = ["event_types", "conditions", "target", "message_ttl", "all_projects", "include_actor", "resource_id", "origin", "unredacted", "format"]
+    static let subscriptionFields: Set<String> = [
+        "event_types", "conditions", "target", "message_ttl", "all_projects", "project", "trust", "include_actor",
+        "resource_id", "origin", "unredacted", "format",
+    ]
+    static let patchFields: Set<String> = [
+        "event_types", "conditions", "target", "message_ttl", "all_projects", "include_actor", "resource_id", "origin",
+        "unredacted", "format",
+    ]
     static let aliasFields: Set<String> = ["source", "target", "message_ttl"]
 
     var routes: [APIRoute] {
         [
-            APIRoute(method: .get, path: "/healthz", authenticated: false) { _, _ in try APIJSON.response(["status": "alive"]) },
+            APIRoute(method: .get, path: "/healthz", authenticated: false) { _, _ in
+                try APIJSON.response(["status": "alive"])
+            },
             APIRoute(method: .get, path: "/readyz", authenticated: false, handler: readyz),
             APIRoute(method: .get, path: "/metrics", authenticated: false) { [services] _, _ in
                 var headers = HTTPFields()
                 headers[.contentType] = "text/plain; version=0.0.4; charset=utf-8"
-                return Response(status: .ok, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(string: services.metrics())))
+                return Response(
+                    status: .ok, headers: headers,
+                    body: ResponseBody(byteBuffer: ByteBuffer(string: services.metrics())))
             },
             APIRoute(method: .get, path: "/v1/openapi.json", authenticated: false) { _, _ in
                 var headers = HTTPFields()
                 headers[.contentType] = "application/json"
-                return Response(status: .ok, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(string: OpenAPIDocument.json)))
+                return Response(
+                    status: .ok, headers: headers,
+                    body: ResponseBody(byteBuffer: ByteBuffer(string: OpenAPIDocument.json)))
             },
             APIRoute(method: .post, path: "/v1/subscriptions", authenticated: true, handler: createSubscription),
             APIRoute(method: .get, path: "/v1/subscriptions", authenticated: true, handler: listSubscriptions),
@@ -96,7 +108,8 @@ struct HeraldAPI: Sendable {
             APIRoute(method: .patch, path: "/v1/subscriptions/{id}", authenticated: true, handler: patchSubscription),
             APIRoute(method: .delete, path: "/v1/subscriptions/{id}", authenticated: true, handler: deleteSubscription),
             APIRoute(method: .get, path: "/v1/subscriptions/{id}/delivery", authenticated: true, handler: getDelivery),
-            APIRoute(method: .post, path: "/v1/subscriptions/{id}/test", authenticated: true, handler: testSubscription),
+            APIRoute(
+                method: .post, path: "/v1/subscriptions/{id}/test", authenticated: true, handler: testSubscription),
             APIRoute(method: .get, path: "/v1/event-types", authenticated: true, handler: listEventTypes),
             APIRoute(method: .get, path: "/v1/feed", authenticated: true, handler: getFeed),
             APIRoute(method: .put, path: "/v1/feed", authenticated: true, handler: putFeed),
@@ -113,7 +126,8 @@ struct HeraldAPI: Sendable {
     }
 
     /// The router: open routes as they are, the others behind `authenticator`.
-    func router<Authenticator: RouterMiddleware>(authenticator: Authenticator) -> Router<APIContext> where Authenticator.Context == APIContext {
+    func router<Authenticator: RouterMiddleware>(authenticator: Authenticator) -> Router<APIContext>
+    where Authenticator.Context == APIContext {
         let router = Router(context: APIContext.self)
         // Request counts and durations by method, route pattern and status (bounded labels).
         router.add(middleware: MetricsMiddleware())
@@ -122,11 +136,13 @@ struct HeraldAPI: Sendable {
         for route in routes {
             let handler = route.handler
             if route.authenticated {
-                protected.on(RouterPath(route.path), method: route.method) { (request: Request, context: APIContext) async throws -> Response in
+                protected.on(RouterPath(route.path), method: route.method) {
+                    (request: Request, context: APIContext) async throws -> Response in
                     try await handler(request, context)
                 }
             } else {
-                router.on(RouterPath(route.path), method: route.method) { (request: Request, context: APIContext) async throws -> Response in
+                router.on(RouterPath(route.path), method: route.method) {
+                    (request: Request, context: APIContext) async throws -> Response in
                     try await handler(request, context)
                 }
             }
@@ -139,7 +155,8 @@ struct HeraldAPI: Sendable {
     @Sendable func readyz(_ request: Request, _ context: APIContext) async throws -> Response {
         let checks = await services.readiness()
         let ready = !checks.isEmpty && checks.values.allSatisfy { $0 }
-        return try APIJSON.response(ReadinessBody(ready: ready, checks: checks), status: ready ? .ok : .serviceUnavailable)
+        return try APIJSON.response(
+            ReadinessBody(ready: ready, checks: checks), status: ready ? .ok : .serviceUnavailable)
     }
 
     // MARK: Subscriptions
@@ -148,22 +165,35 @@ struct HeraldAPI: Sendable {
         let caller = try context.requireCaller()
         let (data, _) = try await APIJSON.object(request, allowed: Self.subscriptionFields)
         let input = try APIJSON.decode(SubscriptionInput.self, from: data)
-        guard let eventTypes = input.eventTypes else { throw HTTPError(.badRequest, message: "event_types: required, e.g. [\"compute.instance.*\"]") }
-        guard let target = input.target else { throw HTTPError(.badRequest, message: "target: required, e.g. {\"queue\": \"my-events\"}") }
+        guard let eventTypes = input.eventTypes else {
+            throw HTTPError(.badRequest, message: "event_types: required, e.g. [\"compute.instance.*\"]")
+        }
+        guard let target = input.target else {
+            throw HTTPError(.badRequest, message: "target: required, e.g. {\"queue\": \"my-events\"}")
+        }
         let project = input.project ?? caller.project
         try authorize("subscription:create", caller, project: project, context: context)
         if project != caller.project {
-            try authorize("subscription:create_for_project", caller, project: project, field: "project", context: context)
+            try authorize(
+                "subscription:create_for_project", caller, project: project, field: "project", context: context)
         }
         if input.allProjects == true {
             try checkAllProjectsOwner(project, caller: caller)
-            try authorize("subscription:create_all_projects", caller, project: project, field: "all_projects", context: context)
+            try authorize(
+                "subscription:create_all_projects", caller, project: project, field: "all_projects", context: context)
         }
-        if input.includeActor == true { try authorize("subscription:include_actor", caller, project: project, field: "include_actor", context: context) }
-        if input.unredacted == true { try authorize("subscription:unredacted", caller, project: project, field: "unredacted", context: context) }
+        if input.includeActor == true {
+            try authorize(
+                "subscription:include_actor", caller, project: project, field: "include_actor", context: context)
+        }
+        if input.unredacted == true {
+            try authorize("subscription:unredacted", caller, project: project, field: "unredacted", context: context)
+        }
         var subscription = Subscription(
-            project: project, allProjects: input.allProjects ?? false, eventTypes: eventTypes, conditions: input.conditions ?? [],
-            target: target, messageTTL: input.messageTTL ?? 3600, includeActor: input.includeActor, resourceID: input.resourceID, origin: input.origin
+            project: project, allProjects: input.allProjects ?? false, eventTypes: eventTypes,
+            conditions: input.conditions ?? [],
+            target: target, messageTTL: input.messageTTL ?? 3600, includeActor: input.includeActor,
+            resourceID: input.resourceID, origin: input.origin
         )
         subscription.unredacted = input.unredacted
         subscription.format = input.format
@@ -171,7 +201,9 @@ struct HeraldAPI: Sendable {
         subscription.updatedBy = caller.userID
         // A trust by default in keystone mode, unless the subscriber brought a pre-signed URL.
         let created = try await audited("create", caller, context: context) {
-            try await create(subscription, caller: caller, trust: input.trust ?? (caller.token != nil && caller.systemScope == nil && target.signedURL == nil))
+            try await create(
+                subscription, caller: caller,
+                trust: input.trust ?? (caller.token != nil && caller.systemScope == nil && target.signedURL == nil))
         }
         var headers = HTTPFields()
         headers[.location] = "/v1/subscriptions/\(created.id)"
@@ -188,13 +220,24 @@ struct HeraldAPI: Sendable {
         try await takeChange(subscription.project)
         if trust {
             guard let keystone = services.keystone, caller.token != nil else {
-                throw HTTPError(.badRequest, message: "trust: Herald makes a Keystone trust only with HERALD_API_AUTH=keystone and a Keystone token")
+                throw HTTPError(
+                    .badRequest,
+                    message:
+                        "trust: Herald makes a Keystone trust only with HERALD_API_AUTH=keystone and a Keystone token")
             }
             guard caller.systemScope == nil else {
-                throw HTTPError(.badRequest, message: "trust: a system-scoped token holds no project's roles to delegate; use a token scoped to project \(subscription.project), or a pre-signed URL")
+                throw HTTPError(
+                    .badRequest,
+                    message:
+                        "trust: a system-scoped token holds no project's roles to delegate; use a token scoped to project \(subscription.project), or a pre-signed URL"
+                )
             }
             guard subscription.project == caller.project else {
-                throw HTTPError(.badRequest, message: "trust: your token is scoped to \(caller.project), so a trust can only reach that project, not \(subscription.project)")
+                throw HTTPError(
+                    .badRequest,
+                    message:
+                        "trust: your token is scoped to \(caller.project), so a trust can only reach that project, not \(subscription.project)"
+                )
             }
             do {
                 subscription.trustID = try await keystone.createTrust(for: caller)
@@ -205,7 +248,9 @@ struct HeraldAPI: Sendable {
             }
         }
         do {
-            return try await store { try await services.registry.create(subscription, quota: services.limits.subscriptionsPerProject) }
+            return try await store {
+                try await services.registry.create(subscription, quota: services.limits.subscriptionsPerProject)
+            }
         } catch {
             if let trust = subscription.trustID { try? await services.keystone?.deleteTrust(trust) }
             throw error
@@ -215,7 +260,8 @@ struct HeraldAPI: Sendable {
     /// A subscription as answered: itself, plus warnings a subscriber should act on.
     private func view(_ subscription: Subscription) -> SubscriptionView {
         let now = Date()
-        let warning = SignedURLStanding(subscription, now: now, renewBefore: services.signedURLs.renewBefore)?.warning(now: now)
+        let warning = SignedURLStanding(subscription, now: now, renewBefore: services.signedURLs.renewBefore)?.warning(
+            now: now)
         return SubscriptionView(subscription: subscription, warnings: warning.map { [$0] } ?? [])
     }
 
@@ -223,8 +269,12 @@ struct HeraldAPI: Sendable {
         let caller = try context.requireCaller()
         try authorize("subscription:list", caller, project: caller.project, context: context)
         let (limit, marker) = try page(request)
-        let (subscriptions, next) = try await services.registry.list(project: caller.project, limit: limit, marker: marker)
-        return try APIJSON.response(SubscriptionPage(subscriptions: subscriptions.map(view), next: next.map { "/v1/subscriptions?limit=\(limit)&marker=\($0)" }))
+        let (subscriptions, next) = try await services.registry.list(
+            project: caller.project, limit: limit, marker: marker)
+        return try APIJSON.response(
+            SubscriptionPage(
+                subscriptions: subscriptions.map(view),
+                next: next.map { "/v1/subscriptions?limit=\(limit)&marker=\($0)" }))
     }
 
     @Sendable func getSubscription(_ request: Request, _ context: APIContext) async throws -> Response {
@@ -253,7 +303,8 @@ struct HeraldAPI: Sendable {
                 view.recentError = health.lastError
                 view.recentErrorAt = health.lastErrorAt.map { APIDates.format(Double($0) / 1000) }
             } catch {
-                throw HTTPError(.serviceUnavailable, message: "the subscription's counts cannot be read from Redis now; try again")
+                throw HTTPError(
+                    .serviceUnavailable, message: "the subscription's counts cannot be read from Redis now; try again")
             }
         }
         guard let parking = services.parking else { return try APIJSON.response(view) }
@@ -286,14 +337,24 @@ struct HeraldAPI: Sendable {
         let caller = try context.requireCaller()
         let subscription = try await owned(context)
         try authorize("subscription:test", caller, project: subscription.project, context: context)
-        if let rates = services.rates, let wait = try await rates.take("test:" + caller.project, limit: services.limits.testsPerMinute, per: .seconds(60)) {
-            throw tooManyRequests(wait, "test: project \(caller.project) sent \(services.limits.testsPerMinute) test events this minute, its limit (HERALD_RATE_TESTS)")
+        if let rates = services.rates,
+            let wait = try await rates.take(
+                "test:" + caller.project, limit: services.limits.testsPerMinute, per: .seconds(60))
+        {
+            throw tooManyRequests(
+                wait,
+                "test: project \(caller.project) sent \(services.limits.testsPerMinute) test events this minute, its limit (HERALD_RATE_TESTS)"
+            )
         }
         let target = subscription.zaqarTarget(defaultURL: services.defaultZaqarURL)
-        var result = TestEventResult(delivered: false, eventID: UUID().uuidString.lowercased(), queue: target.queue, zaqarURL: target.baseURL)
+        var result = TestEventResult(
+            delivered: false, eventID: UUID().uuidString.lowercased(), queue: target.queue, zaqarURL: target.baseURL)
         if let endpoints = services.endpoints, !endpoints.permits(target.baseURL) {
-            result.error = "the subscription's Zaqar endpoint is not one the operator allows (HERALD_ZAQAR_ALLOWED_URLS); nothing was sent"
-            audit("test", caller, outcome: "failure", detail: "subscription \(subscription.id): endpoint not allowed, nothing sent", context: context)
+            result.error =
+                "the subscription's Zaqar endpoint is not one the operator allows (HERALD_ZAQAR_ALLOWED_URLS); nothing was sent"
+            audit(
+                "test", caller, outcome: "failure",
+                detail: "subscription \(subscription.id): endpoint not allowed, nothing sent", context: context)
             return try APIJSON.response(result)
         }
         let message = TestEvent.message(for: subscription, eventID: result.eventID, requestedBy: caller.userID)
@@ -307,7 +368,10 @@ struct HeraldAPI: Sendable {
         } catch {
             result.error = TargetAnswer.cut(TargetAnswer.sanitise("\(error)"))
         }
-        audit("test", caller, outcome: result.delivered ? "success" : "failure", detail: "subscription \(subscription.id): \(result.status.map(String.init) ?? "no answer")", context: context)
+        audit(
+            "test", caller, outcome: result.delivered ? "success" : "failure",
+            detail: "subscription \(subscription.id): \(result.status.map(String.init) ?? "no answer")",
+            context: context)
         return try APIJSON.response(result)
     }
 
@@ -318,19 +382,24 @@ struct HeraldAPI: Sendable {
     @Sendable func listEventTypes(_ request: Request, _ context: APIContext) async throws -> Response {
         let caller = try context.requireCaller()
         try authorize("event_type:list", caller, project: caller.project, context: context)
-        guard let catalog = services.catalog else { return try APIJSON.response(EventTypesView(eventTypes: [], limit: 0)) }
+        guard let catalog = services.catalog else {
+            return try APIJSON.response(EventTypesView(eventTypes: [], limit: 0))
+        }
         let entries: [EventTypeCatalog.Entry]
         do {
             entries = try await catalog.list(project: caller.project)
         } catch {
             throw HTTPError(.serviceUnavailable, message: "the event types cannot be read from Redis now; try again")
         }
-        return try APIJSON.response(EventTypesView(eventTypes: entries.map { entry in
-            EventTypesView.Entry(
-                eventType: entry.eventType, count: entry.count, lastSeen: entry.lastSeen.map { APIDates.format(Double($0) / 1000) },
-                sample: entry.sample.flatMap { try? JSONDecoder().decode(JSONValue.self, from: Data($0.utf8)) }
-            )
-        }, limit: catalog.maxTypesPerProject))
+        return try APIJSON.response(
+            EventTypesView(
+                eventTypes: entries.map { entry in
+                    EventTypesView.Entry(
+                        eventType: entry.eventType, count: entry.count,
+                        lastSeen: entry.lastSeen.map { APIDates.format(Double($0) / 1000) },
+                        sample: entry.sample.flatMap { try? JSONDecoder().decode(JSONValue.self, from: Data($0.utf8)) }
+                    )
+                }, limit: catalog.maxTypesPerProject))
     }
 
     // MARK: The project's feed
@@ -345,7 +414,9 @@ struct HeraldAPI: Sendable {
         let caller = try context.requireCaller()
         try authorize("subscription:get", caller, project: caller.project, context: context)
         guard let feed = try await services.registry.get(id: FeedID.of(caller.project), project: caller.project) else {
-            throw HTTPError(.notFound, message: "project \(caller.project) has no feed; PUT /v1/feed {\"queue\": \"events\"} turns it on")
+            throw HTTPError(
+                .notFound,
+                message: "project \(caller.project) has no feed; PUT /v1/feed {\"queue\": \"events\"} turns it on")
         }
         return try APIJSON.response(view(feed))
     }
@@ -361,8 +432,9 @@ struct HeraldAPI: Sendable {
         if var feed = try await services.registry.get(id: FeedID.of(caller.project), project: caller.project) {
             try authorize("subscription:update", caller, project: feed.project, context: context)
             if feed.target != target, feed.trustID != nil {
-                try authorize("subscription:update_trusted_target", caller, project: feed.project, field: "queue",
-                              extra: feed.createdBy.map { ["trustor_id": $0] } ?? [:], context: context)
+                try authorize(
+                    "subscription:update_trusted_target", caller, project: feed.project, field: "queue",
+                    extra: feed.createdBy.map { ["trustor_id": $0] } ?? [:], context: context)
             }
             feed.target = target
             if keys.contains("event_types") { feed.eventTypes = try present(input.eventTypes, "event_types") }
@@ -371,13 +443,16 @@ struct HeraldAPI: Sendable {
             feed.updatedAt = Date().timeIntervalSince1970
             feed.updatedBy = caller.userID
             let changed = feed
-            let updated = try await update(changed, targetChanged: true, caller: caller, context: context,
-                                           gone: "project \(caller.project)'s feed went meanwhile; PUT again")
+            let updated = try await update(
+                changed, targetChanged: true, caller: caller, context: context,
+                gone: "project \(caller.project)'s feed went meanwhile; PUT again")
             return try APIJSON.response(view(updated))
         }
         try authorize("subscription:create", caller, project: caller.project, context: context)
-        var feed = Subscription(id: FeedID.of(caller.project), project: caller.project, eventTypes: input.eventTypes ?? ["*"], target: target,
-                                messageTTL: input.messageTTL ?? 3600)
+        var feed = Subscription(
+            id: FeedID.of(caller.project), project: caller.project, eventTypes: input.eventTypes ?? ["*"],
+            target: target,
+            messageTTL: input.messageTTL ?? 3600)
         feed.format = input.format
         feed.createdBy = caller.userID
         feed.updatedBy = caller.userID
@@ -408,17 +483,29 @@ struct HeraldAPI: Sendable {
         let input = try APIJSON.decode(SubscriptionInput.self, from: data)
         try authorize("subscription:update", caller, project: subscription.project, context: context)
         if subscription.allProjects || input.allProjects == true {
-            if input.allProjects == true, !subscription.allProjects { try checkAllProjectsOwner(subscription.project, caller: caller) }
-            try authorize("subscription:create_all_projects", caller, project: subscription.project, field: "all_projects", context: context)
+            if input.allProjects == true, !subscription.allProjects {
+                try checkAllProjectsOwner(subscription.project, caller: caller)
+            }
+            try authorize(
+                "subscription:create_all_projects", caller, project: subscription.project, field: "all_projects",
+                context: context)
         }
-        if input.includeActor == true { try authorize("subscription:include_actor", caller, project: subscription.project, field: "include_actor", context: context) }
-        if input.unredacted == true { try authorize("subscription:unredacted", caller, project: subscription.project, field: "unredacted", context: context) }
+        if input.includeActor == true {
+            try authorize(
+                "subscription:include_actor", caller, project: subscription.project, field: "include_actor",
+                context: context)
+        }
+        if input.unredacted == true {
+            try authorize(
+                "subscription:unredacted", caller, project: subscription.project, field: "unredacted", context: context)
+        }
         // Whoever changes where a trust-backed subscription posts would have Herald post, as the
         // trust's owner, wherever they point it: only the trustor (or a cloud admin) may.
         if keys.contains("target"), subscription.trustID != nil {
             // Without a recorded trustor, only the rule's other branches (a cloud admin) can pass.
-            try authorize("subscription:update_trusted_target", caller, project: subscription.project, field: "target",
-                          extra: subscription.createdBy.map { ["trustor_id": $0] } ?? [:], context: context)
+            try authorize(
+                "subscription:update_trusted_target", caller, project: subscription.project, field: "target",
+                extra: subscription.createdBy.map { ["trustor_id": $0] } ?? [:], context: context)
         }
         for key in keys.sorted() {
             // A field given as null is a 400 too: only conditions may be emptied, and with [].
@@ -441,16 +528,20 @@ struct HeraldAPI: Sendable {
         subscription.updatedAt = Date().timeIntervalSince1970
         subscription.updatedBy = caller.userID
         let changed = subscription
-        let updated = try await update(changed, targetChanged: keys.contains("target"), caller: caller, context: context,
-                                       gone: "no subscription \(changed.id) in project \(caller.project)")
+        let updated = try await update(
+            changed, targetChanged: keys.contains("target"), caller: caller, context: context,
+            gone: "no subscription \(changed.id) in project \(caller.project)")
         return try APIJSON.response(view(updated))
     }
 
     /// Validates and stores a changed subscription (PATCH, and PUT /v1/feed), audited: its
     /// conditions, its endpoint when the target changed, the project's rate of changes.
     /// - Parameter gone: the 404's message when the subscription went meanwhile.
-    private func update(_ changed: Subscription, targetChanged: Bool, caller: Caller, context: APIContext, gone: String) async throws -> Subscription {
-        try await audited("update", caller, subscription: changed.id, context: context) { () async throws -> Subscription in
+    private func update(
+        _ changed: Subscription, targetChanged: Bool, caller: Caller, context: APIContext, gone: String
+    ) async throws -> Subscription {
+        try await audited("update", caller, subscription: changed.id, context: context) {
+            () async throws -> Subscription in
             _ = try await store { try changed.validate() }
             try checkConditions(changed)
             if targetChanged { try checkEndpoint(changed.target) }
@@ -468,7 +559,9 @@ struct HeraldAPI: Sendable {
         let subscription = try await owned(context)
         try authorize("subscription:delete", caller, project: subscription.project, context: context)
         if subscription.allProjects {
-            try authorize("subscription:create_all_projects", caller, project: subscription.project, field: "all_projects", context: context)
+            try authorize(
+                "subscription:create_all_projects", caller, project: subscription.project, field: "all_projects",
+                context: context)
         }
         try await audited("delete", caller, subscription: subscription.id, context: context) {
             try await remove(subscription, caller: caller)
@@ -479,12 +572,19 @@ struct HeraldAPI: Sendable {
     private func remove(_ subscription: Subscription, caller: Caller) async throws {
         if let trust = subscription.trustID {
             guard let keystone = services.keystone else {
-                throw HTTPError(.serviceUnavailable, message: "subscription \(subscription.id) has Keystone trust \(trust), and this node has no Keystone to delete it with (HERALD_KEYSTONE_URL)")
+                throw HTTPError(
+                    .serviceUnavailable,
+                    message:
+                        "subscription \(subscription.id) has Keystone trust \(trust), and this node has no Keystone to delete it with (HERALD_KEYSTONE_URL)"
+                )
             }
             do {
                 try await keystone.deleteTrust(trust)
             } catch {
-                throw HTTPError(.serviceUnavailable, message: "the subscription's trust \(trust) could not be deleted, so the subscription stays: \(error)")
+                throw HTTPError(
+                    .serviceUnavailable,
+                    message:
+                        "the subscription's trust \(trust) could not be deleted, so the subscription stays: \(error)")
             }
         }
         guard try await services.registry.delete(id: subscription.id, project: caller.project) else {
@@ -507,7 +607,9 @@ struct HeraldAPI: Sendable {
         )
         subscription.createdBy = caller.userID
         subscription.updatedBy = caller.userID
-        let created = try await audited("create", caller, context: context) { try await create(subscription, caller: caller, trust: caller.token != nil && caller.systemScope == nil) }
+        let created = try await audited("create", caller, context: context) {
+            try await create(subscription, caller: caller, trust: caller.token != nil && caller.systemScope == nil)
+        }
         var headers = HTTPFields()
         headers[.location] = "/v1/subscription/\(created.id)"
         return try APIJSON.response(AliasSubscription(created), status: .created, headers: headers)
@@ -517,8 +619,12 @@ struct HeraldAPI: Sendable {
         let caller = try context.requireCaller()
         try authorize("subscription:list", caller, project: caller.project, context: context)
         let (limit, marker) = try page(request)
-        let (subscriptions, next) = try await services.registry.list(project: caller.project, limit: limit, marker: marker)
-        return try APIJSON.response(AliasPage(subscriptions: subscriptions.map(AliasSubscription.init), next: next.map { "/v1/subscription?limit=\(limit)&marker=\($0)" }))
+        let (subscriptions, next) = try await services.registry.list(
+            project: caller.project, limit: limit, marker: marker)
+        return try APIJSON.response(
+            AliasPage(
+                subscriptions: subscriptions.map(AliasSubscription.init),
+                next: next.map { "/v1/subscription?limit=\(limit)&marker=\($0)" }))
     }
 
     @Sendable func getAlias(_ request: Request, _ context: APIContext) async throws -> Response {
@@ -535,7 +641,8 @@ struct HeraldAPI: Sendable {
         let (limit, marker) = try page(request)
         let entries = try await services.deadLetters.recent(project: caller.project, count: limit, before: marker)
         let next = entries.count == limit ? entries.last.map { "/v1/dead-letters?limit=\(limit)&marker=\($0.id)" } : nil
-        return try APIJSON.response(DeadLetterPage(deadLetters: entries.map { DeadLetterEntry(id: $0.id, letter: $0.letter) }, next: next))
+        return try APIJSON.response(
+            DeadLetterPage(deadLetters: entries.map { DeadLetterEntry(id: $0.id, letter: $0.letter) }, next: next))
     }
 
     /// Posts letters again, to their subscription's current target; each one Zaqar takes
@@ -551,33 +658,54 @@ struct HeraldAPI: Sendable {
         let perCall = services.limits.replayPerCall
         let entries: [(id: String, letter: DeadLetter)]
         if let ids {
-            guard ids.count <= perCall else { throw HTTPError(.badRequest, message: "ids: \(ids.count) ids; at most \(perCall) at once (HERALD_REPLAY_MAX)") }
+            guard ids.count <= perCall else {
+                throw HTTPError(
+                    .badRequest, message: "ids: \(ids.count) ids; at most \(perCall) at once (HERALD_REPLAY_MAX)")
+            }
             entries = try await services.deadLetters.letters(project: caller.project, ids: ids)
             if let missing = Set(ids).subtracting(entries.map(\.id)).sorted().first {
-                throw HTTPError(.notFound, message: "ids: no dead letter \(SafeText.quoted(missing)) in project \(caller.project)")
+                throw HTTPError(
+                    .notFound, message: "ids: no dead letter \(SafeText.quoted(missing)) in project \(caller.project)")
             }
         } else {
             entries = try await services.deadLetters.recent(project: caller.project, count: perCall)
         }
         if let rates = services.rates, !entries.isEmpty,
-           let wait = try await rates.take("replay:" + caller.project, amount: entries.count, limit: services.limits.replaysPerMinute, per: .seconds(60)) {
-            throw tooManyRequests(wait, "ids: replaying \(entries.count) would pass project \(caller.project)'s \(services.limits.replaysPerMinute) replays a minute (HERALD_RATE_REPLAYS)")
+            let wait = try await rates.take(
+                "replay:" + caller.project, amount: entries.count, limit: services.limits.replaysPerMinute,
+                per: .seconds(60))
+        {
+            throw tooManyRequests(
+                wait,
+                "ids: replaying \(entries.count) would pass project \(caller.project)'s \(services.limits.replaysPerMinute) replays a minute (HERALD_RATE_REPLAYS)"
+            )
         }
         var result = ReplayResult(replayed: [], failed: [])
         for (id, letter) in entries.reversed() {
             if letter.bodyTruncated == true {
-                result.failed.append(.init(id: id, reason: "its body was cut to the dead-letter budget when it was stored (HERALD_DEAD_LETTER_BODY_BYTES), so it cannot be posted again"))
+                result.failed.append(
+                    .init(
+                        id: id,
+                        reason:
+                            "its body was cut to the dead-letter budget when it was stored (HERALD_DEAD_LETTER_BODY_BYTES), so it cannot be posted again"
+                    ))
                 continue
             }
             guard let subscriptionID = letter.subscriptionID,
-                  let subscription = try await services.registry.get(id: subscriptionID, project: caller.project)
+                let subscription = try await services.registry.get(id: subscriptionID, project: caller.project)
             else {
-                result.failed.append(.init(id: id, reason: "its subscription \(letter.subscriptionID ?? "-") no longer exists"))
+                result.failed.append(
+                    .init(id: id, reason: "its subscription \(letter.subscriptionID ?? "-") no longer exists"))
                 continue
             }
             let target = subscription.zaqarTarget(defaultURL: services.defaultZaqarURL)
             if let endpoints = services.endpoints, !endpoints.permits(target.baseURL) {
-                result.failed.append(.init(id: id, reason: "its subscription's Zaqar endpoint is not one the operator allows (HERALD_ZAQAR_ALLOWED_URLS)"))
+                result.failed.append(
+                    .init(
+                        id: id,
+                        reason:
+                            "its subscription's Zaqar endpoint is not one the operator allows (HERALD_ZAQAR_ALLOWED_URLS)"
+                    ))
                 continue
             }
             do {
@@ -585,21 +713,28 @@ struct HeraldAPI: Sendable {
                 if (200..<300).contains(response.status) {
                     result.replayed.append(id)
                 } else {
-                    result.failed.append(.init(id: id, reason: "Zaqar answered \(response.status)\(response.message.map { ": \($0)" } ?? "")"))
+                    result.failed.append(
+                        .init(
+                            id: id,
+                            reason: "Zaqar answered \(response.status)\(response.message.map { ": \($0)" } ?? "")"))
                 }
             } catch {
                 result.failed.append(.init(id: id, reason: TargetAnswer.cut(TargetAnswer.sanitise("\(error)"))))
             }
         }
         try await services.deadLetters.remove(project: caller.project, ids: result.replayed)
-        audit("replay", caller, outcome: "success", detail: "\(result.replayed.count) replayed, \(result.failed.count) failed", context: context)
+        audit(
+            "replay", caller, outcome: "success",
+            detail: "\(result.replayed.count) replayed, \(result.failed.count) failed", context: context)
         return try APIJSON.response(result)
     }
 
     @Sendable func purgeDeadLetters(_ request: Request, _ context: APIContext) async throws -> Response {
         let caller = try context.requireCaller()
         try authorize("dead_letter:purge", caller, project: caller.project, context: context)
-        let purged = try await audited("purge", caller, context: context) { try await services.deadLetters.purge(project: caller.project) }
+        let purged = try await audited("purge", caller, context: context) {
+            try await services.deadLetters.purge(project: caller.project)
+        }
         return try APIJSON.response(["purged": purged])
     }
 
@@ -609,39 +744,57 @@ struct HeraldAPI: Sendable {
     @Sendable func getPolicy(_ request: Request, _ context: APIContext) async throws -> Response {
         let caller = try context.requireCaller()
         try authorize("policy:get", caller, project: caller.project, context: context)
-        return try APIJSON.response(PolicyView(rules: services.policy.effective.map {
-            PolicyView.Rule(name: $0.name, rule: $0.rule, description: $0.description, overridden: $0.overridden)
-        }))
+        return try APIJSON.response(
+            PolicyView(
+                rules: services.policy.effective.map {
+                    PolicyView.Rule(
+                        name: $0.name, rule: $0.rule, description: $0.description, overridden: $0.overridden)
+                }))
     }
 
     /// 403 naming the operation (and the field that asked for it) when the policy says no.
-    private func authorize(_ operation: String, _ caller: Caller, project: String, field: String? = nil, extra: [String: String] = [:], context: APIContext) throws {
+    private func authorize(
+        _ operation: String, _ caller: Caller, project: String, field: String? = nil, extra: [String: String] = [:],
+        context: APIContext
+    ) throws {
         var target = ["project_id": project]
         target.merge(extra) { $1 }
         guard services.policy.allows(operation, credentials: caller.credentials, target: target) else {
             audit(operation, caller, outcome: "denied", detail: "policy", context: context)
             let roles = caller.roles.sorted().joined(separator: ", ")
-            throw HTTPError(.forbidden, message: "\(field.map { "\($0): " } ?? "")policy does not allow \(operation) on project \(project) for your roles (\(roles.isEmpty ? "none" : roles)); GET /v1/policy shows the rules")
+            throw HTTPError(
+                .forbidden,
+                message:
+                    "\(field.map { "\($0): " } ?? "")policy does not allow \(operation) on project \(project) for your roles (\(roles.isEmpty ? "none" : roles)); GET /v1/policy shows the rules"
+            )
         }
     }
 
     /// Runs a change and writes its audit line, whatever the outcome.
     @discardableResult
-    private func audited<T>(_ action: String, _ caller: Caller, subscription: String? = nil, context: APIContext, _ body: () async throws -> T) async throws -> T {
+    private func audited<T>(
+        _ action: String, _ caller: Caller, subscription: String? = nil, context: APIContext,
+        _ body: () async throws -> T
+    ) async throws -> T {
         do {
             let result = try await body()
             let id = (result as? Subscription)?.id ?? subscription
             audit(action, caller, outcome: "success", subscription: id, context: context)
             return result
         } catch {
-            audit(action, caller, outcome: "failure", subscription: subscription, detail: (error as? HTTPError)?.status.code.description ?? "error", context: context)
+            audit(
+                action, caller, outcome: "failure", subscription: subscription,
+                detail: (error as? HTTPError)?.status.code.description ?? "error", context: context)
             throw error
         }
     }
 
     /// One structured line per change, CADF-shaped (`action`, `outcome`, `initiator`, `target`);
     /// never a token.
-    private func audit(_ action: String, _ caller: Caller, outcome: String, subscription: String? = nil, detail: String? = nil, context: APIContext) {
+    private func audit(
+        _ action: String, _ caller: Caller, outcome: String, subscription: String? = nil, detail: String? = nil,
+        context: APIContext
+    ) {
         var metadata: Logger.Metadata = [
             "audit.action": "\(action)", "audit.outcome": "\(outcome)",
             "audit.initiator.project": "\(caller.project)", "audit.initiator.user": "\(caller.userID ?? "-")",
@@ -659,15 +812,24 @@ struct HeraldAPI: Sendable {
     private func checkConditions(_ subscription: Subscription) throws {
         guard subscription.unredacted != true else { return }
         for (index, condition) in subscription.conditions.enumerated() {
-            guard condition.op != .exists, let (path, within) = services.redaction.covering(condition.field) else { continue }
+            guard condition.op != .exists, let (path, within) = services.redaction.covering(condition.field) else {
+                continue
+            }
             let structured: Bool
             switch condition.value {
             case .object?: structured = true
-            case .array(let items)?: structured = items.contains { if case .object = $0 { return true } else if case .array = $0 { return true } else { return false } }
+            case .array(let items)?:
+                structured = items.contains {
+                    if case .object = $0 { return true } else if case .array = $0 { return true } else { return false }
+                }
             default: structured = false
             }
             if within || structured {
-                throw HTTPError(.badRequest, message: "conditions[\(index)].field: '\(SafeText.clean(condition.field, limit: 120))' is \(within ? "" : "around ")what tenants do not receive (redaction rule \(path)); only 'exists' may test it")
+                throw HTTPError(
+                    .badRequest,
+                    message:
+                        "conditions[\(index)].field: '\(SafeText.clean(condition.field, limit: 120))' is \(within ? "" : "around ")what tenants do not receive (redaction rule \(path)); only 'exists' may test it"
+                )
             }
         }
     }
@@ -676,7 +838,10 @@ struct HeraldAPI: Sendable {
     private func checkEndpoint(_ target: Target) throws {
         guard let endpoints = services.endpoints, let url = target.zaqarURL else { return }
         guard endpoints.permits(url) else {
-            throw HTTPError(.badRequest, message: "target.zaqar_url: \(SafeText.quoted(url)) is not an allowed Zaqar endpoint; allowed: \(endpoints)")
+            throw HTTPError(
+                .badRequest,
+                message:
+                    "target.zaqar_url: \(SafeText.quoted(url)) is not an allowed Zaqar endpoint; allowed: \(endpoints)")
         }
     }
 
@@ -686,10 +851,17 @@ struct HeraldAPI: Sendable {
     private func checkAllProjectsOwner(_ project: String, caller: Caller) throws {
         if caller.systemScope != nil {
             guard let admin = services.keystone?.configuration.adminProject, project == admin else {
-                throw HTTPError(.badRequest, message: "all_projects: with a system-scoped token, an all-projects subscription may only belong to the cloud's admin project (HERALD_ADMIN_PROJECT\(services.keystone?.configuration.adminProject == nil ? ", which is not set" : ""))")
+                throw HTTPError(
+                    .badRequest,
+                    message:
+                        "all_projects: with a system-scoped token, an all-projects subscription may only belong to the cloud's admin project (HERALD_ADMIN_PROJECT\(services.keystone?.configuration.adminProject == nil ? ", which is not set" : ""))"
+                )
             }
         } else if project != caller.project {
-            throw HTTPError(.badRequest, message: "all_projects: an all-projects subscription belongs to the admin who makes it; leave out project")
+            throw HTTPError(
+                .badRequest,
+                message:
+                    "all_projects: an all-projects subscription belongs to the admin who makes it; leave out project")
         }
     }
 
@@ -698,7 +870,10 @@ struct HeraldAPI: Sendable {
         guard let rates = services.rates else { return }
         let limit = services.limits.changesPerMinute
         if let wait = try await rates.take("changes:" + project, limit: limit, per: .seconds(60)) {
-            throw tooManyRequests(wait, "subscriptions: project \(project) made \(limit) creates and updates this minute, its limit (HERALD_RATE_SUBSCRIPTION_CHANGES)")
+            throw tooManyRequests(
+                wait,
+                "subscriptions: project \(project) made \(limit) creates and updates this minute, its limit (HERALD_RATE_SUBSCRIPTION_CHANGES)"
+            )
         }
     }
 

@@ -7,14 +7,19 @@ struct KeystoneAuthenticator: RouterMiddleware {
     typealias Context = APIContext
     let keystone: KeystoneClient
 
-    func handle(_ request: Request, context: APIContext, next: (Request, APIContext) async throws -> Response) async throws -> Response {
+    func handle(
+        _ request: Request, context: APIContext, next: (Request, APIContext) async throws -> Response
+    ) async throws -> Response {
         guard let token = request.headers[.authToken], !token.isEmpty else {
-            throw HTTPError(.unauthorized, message: "missing X-Auth-Token header: send a Keystone token scoped to your project")
+            throw HTTPError(
+                .unauthorized, message: "missing X-Auth-Token header: send a Keystone token scoped to your project")
         }
         var context = context
         var caller: Caller
         do {
-            caller = try await keystone.caller(token: token, source: Self.client(request, peer: context.source, trusted: keystone.configuration.trustedProxies))
+            caller = try await keystone.caller(
+                token: token,
+                source: Self.client(request, peer: context.source, trusted: keystone.configuration.trustedProxies))
         } catch .invalid(let reason) {
             throw HTTPError(.unauthorized, message: "X-Auth-Token: \(reason)")
         } catch .unavailable(let reason) {
@@ -23,25 +28,43 @@ struct KeystoneAuthenticator: RouterMiddleware {
             let seconds = max(1, Int(wait.seconds.rounded(.up)))
             var headers = HTTPFields()
             headers[.retryAfter] = "\(seconds)"
-            throw HTTPError(.tooManyRequests, headers: headers, message: "X-Auth-Token: this address sent more unknown tokens than Keystone is asked to check (HERALD_KEYSTONE_VALIDATIONS_PER_SECOND); try again in \(seconds) s")
+            throw HTTPError(
+                .tooManyRequests, headers: headers,
+                message:
+                    "X-Auth-Token: this address sent more unknown tokens than Keystone is asked to check (HERALD_KEYSTONE_VALIDATIONS_PER_SECOND); try again in \(seconds) s"
+            )
         }
         let path = request.uri.path
         if let rules = caller.accessRules {
             let method = request.method.rawValue
             let serviceType = keystone.configuration.serviceType
             guard AccessRule.allow(rules, method: method, path: path, serviceType: serviceType) else {
-                throw HTTPError(.forbidden, message: "X-Auth-Token: the application credential's access rules do not allow \(method) \(SafeText.clean(path, limit: 200)) on service type \(serviceType)")
+                throw HTTPError(
+                    .forbidden,
+                    message:
+                        "X-Auth-Token: the application credential's access rules do not allow \(method) \(SafeText.clean(path, limit: 200)) on service type \(serviceType)"
+                )
             }
         }
         if caller.systemScope != nil {
             // A system-scoped token belongs to no project: the request names the one it acts on.
             if let named = request.uri.queryParameters.get("project_id"), !named.isEmpty {
-                guard named.utf8.count <= 64, named.utf8.allSatisfy({ $0 == UInt8(ascii: "-") || $0 == UInt8(ascii: "_") || (0x30...0x39).contains($0) || (0x41...0x5A).contains($0) || (0x61...0x7A).contains($0) }) else {
-                    throw HTTPError(.badRequest, message: "project_id: must be a project id (letters, digits, - and _, at most 64)")
+                guard named.utf8.count <= 64,
+                    named.utf8.allSatisfy({
+                        $0 == UInt8(ascii: "-") || $0 == UInt8(ascii: "_") || (0x30...0x39).contains($0)
+                            || (0x41...0x5A).contains($0) || (0x61...0x7A).contains($0)
+                    })
+                else {
+                    throw HTTPError(
+                        .badRequest, message: "project_id: must be a project id (letters, digits, - and _, at most 64)")
                 }
                 caller.project = named
             } else if path != "/v1/policy" {
-                throw HTTPError(.badRequest, message: "project_id: a system-scoped token belongs to no project; name the project this request acts on with ?project_id=")
+                throw HTTPError(
+                    .badRequest,
+                    message:
+                        "project_id: a system-scoped token belongs to no project; name the project this request acts on with ?project_id="
+                )
             }
         }
         context.caller = caller

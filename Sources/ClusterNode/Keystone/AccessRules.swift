@@ -34,7 +34,8 @@ struct AccessRule: Sendable, Equatable {
 
     /// Whether this rule lets `method` `path` through on a service of type `serviceType`.
     func allows(method: String, path: String, serviceType: String) -> Bool {
-        service == serviceType && self.method == method && Self.matches(Array(self.path.utf8)[...], Array(path.utf8)[...])
+        service == serviceType && self.method == method
+            && Self.matches(Array(self.path.utf8)[...], Array(path.utf8)[...])
     }
 
     private enum Token: Equatable {
@@ -54,7 +55,9 @@ struct AccessRule: Sendable, Equatable {
         while index < pattern.endIndex {
             let byte = pattern[index]
             if byte == UInt8(ascii: "*") {
-                if pattern.index(after: index) < pattern.endIndex, pattern[pattern.index(after: index)] == UInt8(ascii: "*") {
+                if pattern.index(after: index) < pattern.endIndex,
+                    pattern[pattern.index(after: index)] == UInt8(ascii: "*")
+                {
                     tokens.append(.any)
                     index += 2
                 } else {
@@ -141,7 +144,8 @@ struct ValidationRateLimit: Sendable {
 
     private static let overflow = "*"
 
-    private func level(_ bucket: (tokens: Double, at: ContinuousClock.Instant)?, now: ContinuousClock.Instant) -> Double {
+    private func level(_ bucket: (tokens: Double, at: ContinuousClock.Instant)?, now: ContinuousClock.Instant) -> Double
+    {
         guard let bucket else { return burst }
         return min(burst, bucket.tokens + max(0, (now - bucket.at).seconds) * rate)
     }
@@ -151,7 +155,9 @@ struct ValidationRateLimit: Sendable {
         guard source.contains(":") else { return source }
         var address = in6_addr()
         guard inet_pton(AF_INET6, source, &address) == 1 else { return source }
-        return withUnsafeBytes(of: &address) { bytes in bytes.prefix(8).map { String($0, radix: 16) }.joined(separator: ".") } + "/64"
+        return withUnsafeBytes(of: &address) { bytes in
+            bytes.prefix(8).map { String($0, radix: 16) }.joined(separator: ".")
+        } + "/64"
     }
 
     private mutating func makeRoom(now: ContinuousClock.Instant) {

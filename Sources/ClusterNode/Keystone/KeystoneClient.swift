@@ -149,12 +149,16 @@ final class KeystoneClient: Sendable {
     /// - Parameter source: who sent it (the peer's address), for the per-source limit on
     ///   validations that reach Keystone.
     func caller(token: String, source: String = "-") async throws(Failure) -> Caller {
-        guard token.utf8.count <= Self.maxTokenBytes else { throw .invalid("longer than \(Self.maxTokenBytes) bytes; no Keystone token is") }
+        guard token.utf8.count <= Self.maxTokenBytes else {
+            throw .invalid("longer than \(Self.maxTokenBytes) bytes; no Keystone token is")
+        }
         let now = ContinuousClock.now
         let known = state.withLock { state -> Result<Caller?, Failure> in
             if let entry = state.cache[token], entry.until > now { return .success(entry.caller) }
             if let until = state.refused[token] {
-                if until > now { return .failure(.invalid("Keystone does not accept this token (unknown, expired or revoked)")) }
+                if until > now {
+                    return .failure(.invalid("Keystone does not accept this token (unknown, expired or revoked)"))
+                }
                 state.refused[token] = nil
             }
             if let wait = state.rateLimit.check(source, now: now) { return .failure(.throttled(wait)) }
@@ -174,14 +178,20 @@ final class KeystoneClient: Sendable {
         let (status, body, _) = try await asService(request)
         switch status {
         case 200:
-            guard let object = body["token"] as? [String: Any] else { throw .unavailable("Keystone's validation answer has no token") }
+            guard let object = body["token"] as? [String: Any] else {
+                throw .unavailable("Keystone's validation answer has no token")
+            }
             let caller = try Self.caller(object, token: token, adminProject: configuration.adminProject)
             let expires = Self.expiry(object["expires_at"] as? String)
-            let until = min(now + configuration.cacheTTL, expires.map { now + .seconds(max(0, $0.timeIntervalSinceNow)) } ?? now + configuration.cacheTTL)
+            let until = min(
+                now + configuration.cacheTTL,
+                expires.map { now + .seconds(max(0, $0.timeIntervalSinceNow)) } ?? now + configuration.cacheTTL)
             state.withLock { state in
                 if state.cache.count >= configuration.cacheCapacity {
                     state.cache = state.cache.filter { $0.value.until > now }
-                    if state.cache.count >= configuration.cacheCapacity, let key = state.cache.keys.first { state.cache[key] = nil }
+                    if state.cache.count >= configuration.cacheCapacity, let key = state.cache.keys.first {
+                        state.cache[key] = nil
+                    }
                 }
                 state.cache[token] = Entry(caller: caller, until: until)
             }
@@ -192,7 +202,9 @@ final class KeystoneClient: Sendable {
                 state.withLock { state in
                     if state.refused.count >= configuration.cacheCapacity {
                         state.refused = state.refused.filter { $0.value > now }
-                        if state.refused.count >= configuration.cacheCapacity { state.refused.removeAll(keepingCapacity: true) }
+                        if state.refused.count >= configuration.cacheCapacity {
+                            state.refused.removeAll(keepingCapacity: true)
+                        }
                     }
                     state.refused[token] = now + configuration.negativeCacheTTL
                 }
@@ -208,29 +220,41 @@ final class KeystoneClient: Sendable {
     /// application credential's access rules when it has any. Other scopes (domain, none)
     /// are refused.
     static func caller(_ object: [String: Any], token: String, adminProject: String?) throws(Failure) -> Caller {
-        let roles = (object["roles"] as? [[String: Any]] ?? []).prefix(256).compactMap { ($0["name"] as? String)?.lowercased() }
+        let roles = (object["roles"] as? [[String: Any]] ?? []).prefix(256).compactMap {
+            ($0["name"] as? String)?.lowercased()
+        }
         let userID = (object["user"] as? [String: Any])?["id"] as? String
         var accessRules: [AccessRule]?
-        if let credential = object["application_credential"] as? [String: Any], let listed = credential["access_rules"] {
+        if let credential = object["application_credential"] as? [String: Any], let listed = credential["access_rules"]
+        {
             // Present but unreadable: no rule, so nothing is allowed (never unrestricted).
             let rules = listed as? [[String: Any]] ?? []
-            guard rules.count <= AccessRule.maxRules else { throw .invalid("the application credential has more than \(AccessRule.maxRules) access rules") }
+            guard rules.count <= AccessRule.maxRules else {
+                throw .invalid("the application credential has more than \(AccessRule.maxRules) access rules")
+            }
             accessRules = rules.map {
-                AccessRule(service: $0["service"] as? String ?? "", path: $0["path"] as? String ?? "", method: $0["method"] as? String ?? "")
+                AccessRule(
+                    service: $0["service"] as? String ?? "", path: $0["path"] as? String ?? "",
+                    method: $0["method"] as? String ?? "")
             }
         }
         if let system = object["system"] as? [String: Any], system["all"] as? Bool == true {
-            return Caller(project: "", roles: roles, isAdminProject: false, userID: userID, token: token, systemScope: "all", accessRules: accessRules)
+            return Caller(
+                project: "", roles: roles, isAdminProject: false, userID: userID, token: token, systemScope: "all",
+                accessRules: accessRules)
         }
         guard let project = (object["project"] as? [String: Any])?["id"] as? String, !project.isEmpty else {
-            throw .invalid("the token is scoped to neither a project nor the system; ask Keystone for a project-scoped token")
+            throw .invalid(
+                "the token is scoped to neither a project nor the system; ask Keystone for a project-scoped token")
         }
         // By id only: names are unique only within a domain, and a domain admin could make one.
         // Unset, no project is the admin project: Keystone calls every project its admin project
         // unless its own `admin_project_name` is set, which would make every project's admins
         // the cloud's. Cloud admins then come with system-scoped tokens.
         let isAdminProject = adminProject.map { $0 == project } ?? false
-        return Caller(project: project, roles: roles, isAdminProject: isAdminProject, userID: userID, token: token, accessRules: accessRules)
+        return Caller(
+            project: project, roles: roles, isAdminProject: isAdminProject, userID: userID, token: token,
+            accessRules: accessRules)
     }
 
     // MARK: Trusts
@@ -247,15 +271,21 @@ final class KeystoneClient: Sendable {
         var request = HTTPClientRequest(url: configuration.base + "/v3/OS-TRUST/trusts")
         request.method = .POST
         request.headers.add(name: "X-Auth-Token", value: token)
-        try Self.setJSON(&request, ["trust": [
-            "trustor_user_id": trustor, "trustee_user_id": trustee, "project_id": caller.project,
-            "impersonation": true, "roles": configuration.trustRoles.map { ["name": $0] },
-        ]])
+        try Self.setJSON(
+            &request,
+            [
+                "trust": [
+                    "trustor_user_id": trustor, "trustee_user_id": trustee, "project_id": caller.project,
+                    "impersonation": true, "roles": configuration.trustRoles.map { ["name": $0] },
+                ]
+            ])
         let (status, body, _) = try await send(request)
         guard status == 201, let id = (body["trust"] as? [String: Any])?["id"] as? String else {
             let reason = Self.errorMessage(body)
             if (400..<500).contains(status) {
-                throw .invalid("Keystone refused a trust to Herald (\(status)): \(reason); the trust delegates the role(s) \(configuration.trustRoles.joined(separator: ", ")) on project \(caller.project), which you must hold")
+                throw .invalid(
+                    "Keystone refused a trust to Herald (\(status)): \(reason); the trust delegates the role(s) \(configuration.trustRoles.joined(separator: ", ")) on project \(caller.project), which you must hold"
+                )
             }
             throw .unavailable("Keystone answered \(status) to creating a trust: \(reason)")
         }
@@ -298,12 +328,15 @@ final class KeystoneClient: Sendable {
         request.method = .POST
         let answer: (Int, [String: Any], HTTPHeaders)
         do {
-            try Self.setJSON(&request, ["auth": ["identity": passwordIdentity, "scope": ["OS-TRUST:trust": ["id": trust]]]])
+            try Self.setJSON(
+                &request, ["auth": ["identity": passwordIdentity, "scope": ["OS-TRUST:trust": ["id": trust]]]])
             answer = try await send(request)
         } catch {
             // The detail (Keystone's internal address) is the operator's; the subscriber's health
             // shows this error, so it says only what failed.
-            logger.warning("cannot get a token for a trust", metadata: ["keystone.trust": "\(trust)", "error": "\(error.description)"])
+            logger.warning(
+                "cannot get a token for a trust",
+                metadata: ["keystone.trust": "\(trust)", "error": "\(error.description)"])
             throw .unavailable("Keystone could not be reached for a token of trust \(trust)")
         }
         let (status, body, headers) = answer
@@ -321,9 +354,15 @@ final class KeystoneClient: Sendable {
     // MARK: Herald's own token
 
     private var passwordIdentity: [String: Any] {
-        ["methods": ["password"], "password": ["user": [
-            "name": configuration.username, "domain": ["name": configuration.userDomain], "password": configuration.password,
-        ]]]
+        [
+            "methods": ["password"],
+            "password": [
+                "user": [
+                    "name": configuration.username, "domain": ["name": configuration.userDomain],
+                    "password": configuration.password,
+                ]
+            ],
+        ]
     }
 
     /// Sends `request` with Herald's service token, getting a new one once if Keystone refuses it.
@@ -344,18 +383,29 @@ final class KeystoneClient: Sendable {
         if !renew, let current = state.withLock({ $0.service }), current.until > now { return current }
         var request = HTTPClientRequest(url: configuration.base + "/v3/auth/tokens")
         request.method = .POST
-        try Self.setJSON(&request, ["auth": [
-            "identity": passwordIdentity,
-            "scope": ["project": ["name": configuration.project, "domain": ["name": configuration.projectDomain]]],
-        ]])
+        try Self.setJSON(
+            &request,
+            [
+                "auth": [
+                    "identity": passwordIdentity,
+                    "scope": [
+                        "project": ["name": configuration.project, "domain": ["name": configuration.projectDomain]]
+                    ],
+                ]
+            ])
         let (status, body, headers) = try await send(request)
         guard status == 201, let token = headers.first(name: "X-Subject-Token"),
-              let userID = ((body["token"] as? [String: Any])?["user"] as? [String: Any])?["id"] as? String
+            let userID = ((body["token"] as? [String: Any])?["user"] as? [String: Any])?["id"] as? String
         else {
-            logger.error("Keystone refused Herald's service user", metadata: ["keystone.status": "\(status)", "keystone.user": "\(configuration.username)"])
-            throw .unavailable("Keystone refused Herald's service user \(configuration.username) (\(status)): \(Self.errorMessage(body))")
+            logger.error(
+                "Keystone refused Herald's service user",
+                metadata: ["keystone.status": "\(status)", "keystone.user": "\(configuration.username)"])
+            throw .unavailable(
+                "Keystone refused Herald's service user \(configuration.username) (\(status)): \(Self.errorMessage(body))"
+            )
         }
-        let current = ServiceToken(token: token, userID: userID, until: Self.renewal(of: body, now: now), catalog: ServiceCatalog(token: body))
+        let current = ServiceToken(
+            token: token, userID: userID, until: Self.renewal(of: body, now: now), catalog: ServiceCatalog(token: body))
         state.withLock { $0.service = current }
         return current
     }
@@ -384,7 +434,9 @@ final class KeystoneClient: Sendable {
     }
 
     private static func setJSON(_ request: inout HTTPClientRequest, _ object: [String: Any]) throws(Failure) {
-        guard let data = try? JSONSerialization.data(withJSONObject: object) else { throw .unavailable("cannot encode a request to Keystone") }
+        guard let data = try? JSONSerialization.data(withJSONObject: object) else {
+            throw .unavailable("cannot encode a request to Keystone")
+        }
         request.headers.replaceOrAdd(name: "Content-Type", value: "application/json")
         request.body = .bytes(ByteBuffer(bytes: data))
     }

@@ -24,8 +24,10 @@ struct ServiceCatalog: Sendable, Equatable {
         for case let service as [String: Any] in services.prefix(200) {
             guard let type = service["type"] as? String, !type.isEmpty, type.count <= 64 else { continue }
             for case let endpoint as [String: Any] in ((service["endpoints"] as? [Any]) ?? []).prefix(50) {
-                guard let interface = endpoint["interface"] as? String, let url = endpoint["url"] as? String, url.count <= 1024,
-                      let parsed = URL(string: url), ["http", "https"].contains(parsed.scheme?.lowercased() ?? ""), parsed.host?.isEmpty == false
+                guard let interface = endpoint["interface"] as? String, let url = endpoint["url"] as? String,
+                    url.count <= 1024,
+                    let parsed = URL(string: url), ["http", "https"].contains(parsed.scheme?.lowercased() ?? ""),
+                    parsed.host?.isEmpty == false
                 else { continue }
                 let region = (endpoint["region_id"] as? String) ?? (endpoint["region"] as? String)
                 endpoints.append(Endpoint(type: type, interface: interface, region: region, url: url))

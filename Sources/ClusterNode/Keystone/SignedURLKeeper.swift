@@ -41,12 +41,15 @@ enum SignedURLStanding: Equatable, Sendable {
         case .fine, .renewable:
             return nil
         case .expiring(let expires):
-            return "target.signed_url expires at \(stamp(expires)) (in \(Self.span(expires.timeIntervalSince(now)))) and the subscription has no Keystone trust to renew it: "
+            return
+                "target.signed_url expires at \(stamp(expires)) (in \(Self.span(expires.timeIntervalSince(now)))) and the subscription has no Keystone trust to renew it: "
                 + "give it a new signed_url made with a later 'expires', or events will be dead-lettered as signed_url_expired"
         case .expired(let expires):
-            return "target.signed_url expired at \(stamp(expires)): events are dead-lettered as signed_url_expired until the subscription gets a new signed_url"
+            return
+                "target.signed_url expired at \(stamp(expires)): events are dead-lettered as signed_url_expired until the subscription gets a new signed_url"
         case .unreadable(let text):
-            return "target.signed_url.expires '\(text)' is not a date Herald can read, so it cannot warn before it expires"
+            return
+                "target.signed_url.expires '\(text)' is not a date Herald can read, so it cannot warn before it expires"
         }
     }
 
@@ -74,9 +77,11 @@ final class SignedURLKeeper: Sendable {
     /// Subscription id -> the expiry last warned about.
     private let warned = Mutex<[String: String]>([:])
 
-
-    init(registry: SubscriptionRegistry, keystone: KeystoneClient?, zaqar: ZaqarClient, defaultZaqarURL: String, policy: SignedURLPolicy,
-         isLeader: @escaping @Sendable () -> Bool, logger: Logger) {
+    init(
+        registry: SubscriptionRegistry, keystone: KeystoneClient?, zaqar: ZaqarClient, defaultZaqarURL: String,
+        policy: SignedURLPolicy,
+        isLeader: @escaping @Sendable () -> Bool, logger: Logger
+    ) {
         self.registry = registry
         self.keystone = keystone
         self.zaqar = zaqar
@@ -96,7 +101,9 @@ final class SignedURLKeeper: Sendable {
     func run() async {
         while !Task.isCancelled {
             if isLeader() {
-                do { _ = try await check() } catch { logger.warning("pre-signed URL check failed", metadata: ["error": "\(error)"]) }
+                do { _ = try await check() } catch {
+                    logger.warning("pre-signed URL check failed", metadata: ["error": "\(error)"])
+                }
             }
             try? await Task.sleep(for: policy.checkEvery)
         }
@@ -106,7 +113,9 @@ final class SignedURLKeeper: Sendable {
     func check(now: Date = Date()) async throws -> Pass {
         var pass = Pass()
         for subscription in try await registry.snapshot().subscriptions {
-            guard let standing = SignedURLStanding(subscription, now: now, renewBefore: policy.renewBefore) else { continue }
+            guard let standing = SignedURLStanding(subscription, now: now, renewBefore: policy.renewBefore) else {
+                continue
+            }
             switch standing {
             case .fine:
                 continue
@@ -116,10 +125,12 @@ final class SignedURLKeeper: Sendable {
                     pass.renewed.append(subscription.id)
                 } catch {
                     pass.failed.append(subscription.id)
-                    logger.error("renewing a pre-signed URL failed; trying again at the next check", metadata: [
-                        "subscription": "\(subscription.id)", "keystone.trust": "\(subscription.trustID ?? "")",
-                        "zaqar.expires": "\(ISO8601DateFormatter().string(from: expires))", "error": "\(error)",
-                    ])
+                    logger.error(
+                        "renewing a pre-signed URL failed; trying again at the next check",
+                        metadata: [
+                            "subscription": "\(subscription.id)", "keystone.trust": "\(subscription.trustID ?? "")",
+                            "zaqar.expires": "\(ISO8601DateFormatter().string(from: expires))", "error": "\(error)",
+                        ])
                 }
             case .expiring, .expired, .unreadable:
                 let expires = subscription.target.signedURL?.expires ?? ""
@@ -129,9 +140,12 @@ final class SignedURLKeeper: Sendable {
                 }
                 if first, let warning = standing.warning(now: now) {
                     pass.warned.append(subscription.id)
-                    logger.warning("pre-signed URL cannot be renewed", metadata: [
-                        "subscription": "\(subscription.id)", "project": "\(subscription.project)", "problem": "\(warning)",
-                    ])
+                    logger.warning(
+                        "pre-signed URL cannot be renewed",
+                        metadata: [
+                            "subscription": "\(subscription.id)", "project": "\(subscription.project)",
+                            "problem": "\(warning)",
+                        ])
                 }
             }
         }
@@ -139,21 +153,28 @@ final class SignedURLKeeper: Sendable {
     }
 
     private func renew(_ subscription: Subscription, now: Date) async throws {
-        guard let keystone, let trust = subscription.trustID else { throw KeystoneClient.Failure.unavailable("this node has no Keystone configured") }
+        guard let keystone, let trust = subscription.trustID else {
+            throw KeystoneClient.Failure.unavailable("this node has no Keystone configured")
+        }
         let token = try await keystone.trustToken(trust)
         let expires = now.addingTimeInterval(policy.lifetime.seconds)
         let signed = try await zaqar.share(
-            baseURL: subscription.target.zaqarURL ?? defaultZaqarURL, queue: subscription.target.queue, project: subscription.project,
+            baseURL: subscription.target.zaqarURL ?? defaultZaqarURL, queue: subscription.target.queue,
+            project: subscription.project,
             token: token, expires: expires
         )
         // Read it again: the user may have changed it meanwhile; only the URL is replaced.
         guard var current = try await registry.get(id: subscription.id, project: subscription.project),
-              current.target.signedURL == subscription.target.signedURL else { return }
+            current.target.signedURL == subscription.target.signedURL
+        else { return }
         current.target.signedURL = signed
         current.updatedAt = now.timeIntervalSince1970
         _ = try await registry.update(current)
-        logger.info("pre-signed URL renewed through the trust", metadata: [
-            "subscription": "\(subscription.id)", "zaqar.expires": "\(signed.expires)", "zaqar.previous_expires": "\(subscription.target.signedURL?.expires ?? "")",
-        ])
+        logger.info(
+            "pre-signed URL renewed through the trust",
+            metadata: [
+                "subscription": "\(subscription.id)", "zaqar.expires": "\(signed.expires)",
+                "zaqar.previous_expires": "\(subscription.target.signedURL?.expires ?? "")",
+            ])
     }
 }

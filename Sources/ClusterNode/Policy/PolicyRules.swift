@@ -13,19 +13,46 @@ import Yams
 struct Policy: Sendable {
     /// Every operation Herald checks, with its default rule and what it guards.
     static let operations: [(name: String, rule: String, description: String)] = [
-        ("subscription:list", "rule:project_reader or rule:system_reader or rule:cloud_admin", "GET /v1/subscriptions, GET /v1/subscription"),
-        ("subscription:get", "rule:project_reader or rule:system_reader or rule:cloud_admin", "GET /v1/subscriptions/{id}"),
-        ("subscription:create", "rule:project_member or rule:cloud_admin", "POST /v1/subscriptions, POST /v1/subscription"),
+        (
+            "subscription:list", "rule:project_reader or rule:system_reader or rule:cloud_admin",
+            "GET /v1/subscriptions, GET /v1/subscription"
+        ),
+        (
+            "subscription:get", "rule:project_reader or rule:system_reader or rule:cloud_admin",
+            "GET /v1/subscriptions/{id}"
+        ),
+        (
+            "subscription:create", "rule:project_member or rule:cloud_admin",
+            "POST /v1/subscriptions, POST /v1/subscription"
+        ),
         ("subscription:update", "rule:project_member or rule:cloud_admin", "PATCH /v1/subscriptions/{id}"),
         ("subscription:delete", "rule:project_member or rule:cloud_admin", "DELETE /v1/subscriptions/{id}"),
-        ("subscription:test", "rule:project_member or rule:cloud_admin", "POST /v1/subscriptions/{id}/test: post a test event to the target"),
-        ("event_type:list", "rule:project_reader or rule:cloud_admin", "GET /v1/event-types: the event types seen for the project, with a redacted sample"),
+        (
+            "subscription:test", "rule:project_member or rule:cloud_admin",
+            "POST /v1/subscriptions/{id}/test: post a test event to the target"
+        ),
+        (
+            "event_type:list", "rule:project_reader or rule:cloud_admin",
+            "GET /v1/event-types: the event types seen for the project, with a redacted sample"
+        ),
         ("subscription:create_for_project", "rule:cloud_admin", "a subscription for another project than the caller's"),
-        ("subscription:create_all_projects", "rule:cloud_admin", "create, change or delete a subscription to every project's events"),
-        ("subscription:update_trusted_target", "user_id:%(trustor_id)s or rule:cloud_admin", "change the target or credentials of a subscription that posts through someone's trust"),
+        (
+            "subscription:create_all_projects", "rule:cloud_admin",
+            "create, change or delete a subscription to every project's events"
+        ),
+        (
+            "subscription:update_trusted_target", "user_id:%(trustor_id)s or rule:cloud_admin",
+            "change the target or credentials of a subscription that posts through someone's trust"
+        ),
         // A project's actions on others' resources reach into their events: its admins decide.
-        ("subscription:include_actor", "rule:project_admin or rule:cloud_admin", "ask for the events the project caused on other projects' resources"),
-        ("subscription:unredacted", "rule:cloud_admin", "take events with the fields OpenStack shows only to admins (all-projects subscriptions only)"),
+        (
+            "subscription:include_actor", "rule:project_admin or rule:cloud_admin",
+            "ask for the events the project caused on other projects' resources"
+        ),
+        (
+            "subscription:unredacted", "rule:cloud_admin",
+            "take events with the fields OpenStack shows only to admins (all-projects subscriptions only)"
+        ),
         ("dead_letter:list", "rule:project_reader or rule:system_reader or rule:cloud_admin", "GET /v1/dead-letters"),
         ("dead_letter:replay", "rule:project_member or rule:cloud_admin", "POST /v1/dead-letters/replay"),
         ("dead_letter:purge", "rule:project_member or rule:cloud_admin", "DELETE /v1/dead-letters"),
@@ -79,7 +106,10 @@ struct Policy: Sendable {
             throw PolicyError(message: "\(path): not YAML (\(SafeText.clean("\(error)", limit: 200)))")
         }
         guard let root else { return policy }
-        guard let mapping = root.mapping else { throw PolicyError(message: "\(path): expected a mapping of rule names to rules, as oslo.policy's policy.yaml") }
+        guard let mapping = root.mapping else {
+            throw PolicyError(
+                message: "\(path): expected a mapping of rule names to rules, as oslo.policy's policy.yaml")
+        }
         for (key, value) in mapping {
             let line = key.mark?.line ?? 0
             guard let name = key.string, let ruleText = value.string else {
@@ -87,7 +117,10 @@ struct Policy: Sendable {
             }
             guard policy.texts[name] != nil else {
                 let known = (building.map(\.name) + operations.map(\.name)).sorted().joined(separator: ", ")
-                throw PolicyError(message: "\(path):\(line): unknown rule '\(SafeText.clean(name, limit: 80))'; Herald's rules are \(known)")
+                throw PolicyError(
+                    message:
+                        "\(path):\(line): unknown rule '\(SafeText.clean(name, limit: 80))'; Herald's rules are \(known)"
+                )
             }
             do {
                 policy.rules[name] = try PolicyRule(parsing: ruleText)
@@ -108,7 +141,8 @@ struct Policy: Sendable {
         for name in policy.rules.keys.sorted() {
             var visiting: [String] = []
             if let cycle = policy.cycle(from: name, visiting: &visiting) {
-                throw PolicyError(message: "\(path): the rules refer to each other in a cycle: \(cycle.joined(separator: " -> "))")
+                throw PolicyError(
+                    message: "\(path): the rules refer to each other in a cycle: \(cycle.joined(separator: " -> "))")
             }
         }
         return policy
@@ -185,7 +219,10 @@ indirect enum PolicyRule: Sendable, Equatable {
             return
         }
         let rule = try parser.expression(depth: 0)
-        guard parser.position == parser.tokens.count else { throw PolicyError(message: "unexpected '\(parser.tokens[parser.position])' in '\(SafeText.clean(text, limit: 120))'") }
+        guard parser.position == parser.tokens.count else {
+            throw PolicyError(
+                message: "unexpected '\(parser.tokens[parser.position])' in '\(SafeText.clean(text, limit: 120))'")
+        }
         self = rule
     }
 
@@ -198,13 +235,16 @@ indirect enum PolicyRule: Sendable, Equatable {
         }
     }
 
-    func holds(_ credentials: PolicyCredentials, _ target: [String: String], rules: [String: PolicyRule], depth: Int) -> Bool {
+    func holds(
+        _ credentials: PolicyCredentials, _ target: [String: String], rules: [String: PolicyRule], depth: Int
+    ) -> Bool {
         guard depth < 32 else { return false }  // a cycle of rule: references denies
         switch self {
         case .always: return true
         case .never: return false
         case .role(let name): return credentials.roles.contains(name.lowercased())
-        case .reference(let name): return rules[name]?.holds(credentials, target, rules: rules, depth: depth + 1) ?? false
+        case .reference(let name):
+            return rules[name]?.holds(credentials, target, rules: rules, depth: depth + 1) ?? false
         case .match(let key, let value):
             guard let actual = credentials.value(key) else { return false }
             if value.hasPrefix("%{"), value.hasSuffix("}") {
@@ -229,16 +269,23 @@ struct PolicyParser {
         // `%(project_id)s` holds parentheses of its own: written `%{project_id}` while splitting.
         var protected = text
         if let pattern = try? NSRegularExpression(pattern: "%\\(([A-Za-z0-9_.]+)\\)s") {
-            protected = pattern.stringByReplacingMatches(in: text, range: NSRange(text.startIndex..., in: text), withTemplate: "%{$1}")
+            protected = pattern.stringByReplacingMatches(
+                in: text, range: NSRange(text.startIndex..., in: text), withTemplate: "%{$1}")
         }
         var tokens: [String] = []
         var current = ""
         for character in protected {
             if character == "(" || character == ")" {
-                if !current.isEmpty { tokens.append(current); current = "" }
+                if !current.isEmpty {
+                    tokens.append(current)
+                    current = ""
+                }
                 tokens.append(String(character))
             } else if character.isWhitespace {
-                if !current.isEmpty { tokens.append(current); current = "" }
+                if !current.isEmpty {
+                    tokens.append(current)
+                    current = ""
+                }
             } else {
                 current.append(character)
             }
@@ -281,16 +328,23 @@ struct PolicyParser {
         switch token {
         case "(":
             let inner = try expression(depth: depth + 1)
-            guard position < tokens.count, tokens[position] == ")" else { throw PolicyError(message: "a '(' is not closed") }
+            guard position < tokens.count, tokens[position] == ")" else {
+                throw PolicyError(message: "a '(' is not closed")
+            }
             position += 1
             return inner
         case "@": return .always
         case "!": return .never
         case ")", "and", "or": throw PolicyError(message: "unexpected '\(token)'")
         default:
-            guard let colon = token.firstIndex(of: ":") else { throw PolicyError(message: "'\(SafeText.clean(token, limit: 60))' is not a check (kind:value)") }
-            let kind = String(token[..<colon]), value = String(token[token.index(after: colon)...])
-            guard !kind.isEmpty, !value.isEmpty else { throw PolicyError(message: "'\(SafeText.clean(token, limit: 60))' is not a check (kind:value)") }
+            guard let colon = token.firstIndex(of: ":") else {
+                throw PolicyError(message: "'\(SafeText.clean(token, limit: 60))' is not a check (kind:value)")
+            }
+            let kind = String(token[..<colon])
+            let value = String(token[token.index(after: colon)...])
+            guard !kind.isEmpty, !value.isEmpty else {
+                throw PolicyError(message: "'\(SafeText.clean(token, limit: 60))' is not a check (kind:value)")
+            }
             switch kind {
             case "role": return .role(value)
             case "rule": return .reference(value)

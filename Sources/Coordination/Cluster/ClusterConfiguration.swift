@@ -54,25 +54,34 @@ public struct ClusterConfiguration: Sendable {
     public func validate() throws {
         let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._:-")
         guard !nodeID.isEmpty, nodeID.count <= 200, nodeID.allSatisfy({ allowed.contains($0) }) else {
-            throw CoordinationError(.invalidConfiguration, "node id '\(nodeID)' must be 1 to 200 of letters, digits, '.', '_', ':' and '-'")
+            throw CoordinationError(
+                .invalidConfiguration, "node id '\(nodeID)' must be 1 to 200 of letters, digits, '.', '_', ':' and '-'")
         }
         guard (1...65536).contains(partitionCount) else {
-            throw CoordinationError(.invalidConfiguration, "partition count \(partitionCount) must be between 1 and 65536")
+            throw CoordinationError(
+                .invalidConfiguration, "partition count \(partitionCount) must be between 1 and 65536")
         }
         guard heartbeat > .zero else {
             throw CoordinationError(.invalidConfiguration, "heartbeat \(heartbeat) must be positive")
         }
         guard aliveTTL > heartbeat * 2 else {
-            throw CoordinationError(.invalidConfiguration, "alive TTL \(aliveTTL) must exceed two heartbeats (\(heartbeat * 2)) so one late beat does not drop every lease")
+            throw CoordinationError(
+                .invalidConfiguration,
+                "alive TTL \(aliveTTL) must exceed two heartbeats (\(heartbeat * 2)) so one late beat does not drop every lease"
+            )
         }
         guard margin > .zero, margin < aliveTTL - heartbeat else {
-            throw CoordinationError(.invalidConfiguration, "margin \(margin) must be positive and below alive TTL minus heartbeat (\(aliveTTL - heartbeat))")
+            throw CoordinationError(
+                .invalidConfiguration,
+                "margin \(margin) must be positive and below alive TTL minus heartbeat (\(aliveTTL - heartbeat))")
         }
         guard memberDeadline > aliveTTL else {
-            throw CoordinationError(.invalidConfiguration, "member deadline \(memberDeadline) must exceed the alive TTL \(aliveTTL)")
+            throw CoordinationError(
+                .invalidConfiguration, "member deadline \(memberDeadline) must exceed the alive TTL \(aliveTTL)")
         }
         guard leaderTTL > heartbeat else {
-            throw CoordinationError(.invalidConfiguration, "leader TTL \(leaderTTL) must exceed the heartbeat \(heartbeat)")
+            throw CoordinationError(
+                .invalidConfiguration, "leader TTL \(leaderTTL) must exceed the heartbeat \(heartbeat)")
         }
     }
 }

@@ -114,7 +114,8 @@ public final class ClusterCoordinator: Sendable {
                 )
             }
         }
-        let info = MemberInfo(owner: owner, address: configuration.address, version: configuration.version, started: wall())
+        let info = MemberInfo(
+            owner: owner, address: configuration.address, version: configuration.version, started: wall())
         let metadata = String(decoding: try JSONEncoder().encode(info), as: UTF8.self)
         control.withLock { $0.metadata = metadata }
         try await beat()
@@ -132,7 +133,9 @@ public final class ClusterCoordinator: Sendable {
             $0.loop = loop
             $0.watcher = watcher
         }
-        logger.info("joined the cluster", metadata: ["cluster.owner": "\(owner)", "cluster.partitions": "\(configuration.partitionCount)"])
+        logger.info(
+            "joined the cluster",
+            metadata: ["cluster.owner": "\(owner)", "cluster.partitions": "\(configuration.partitionCount)"])
     }
 
     /// The consumer finished draining a revoked partition; its lease is released.
@@ -194,7 +197,12 @@ public final class ClusterCoordinator: Sendable {
 
     /// Pauses the loop as SIGSTOP would: no beats, no events until `resume()` (for tests).
     public func pause() { control.withLock { $0.paused = true } }
-    public func resume() { control.withLock { $0.paused = false; $0.wake = true } }
+    public func resume() {
+        control.withLock {
+            $0.paused = false
+            $0.wake = true
+        }
+    }
 
     private func stopLoop() async {
         let (loop, watcher) = control.withLock { control -> (Task<Void, Never>?, Task<Void, Never>?) in
@@ -249,20 +257,25 @@ public final class ClusterCoordinator: Sendable {
     private func beat() async throws {
         let sentAt = now()
         let metadata = control.withLock { $0.metadata }
-        let reply = try await redis.evalSHA(ClusterScripts.beat, arguments: [
-            prefix, configuration.nodeID, owner,
-            Int(configuration.memberDeadline.milliseconds), Int(configuration.aliveTTL.milliseconds),
-            Int(configuration.leaderTTL.milliseconds), metadata,
-        ])
+        let reply = try await redis.evalSHA(
+            ClusterScripts.beat,
+            arguments: [
+                prefix, configuration.nodeID, owner,
+                Int(configuration.memberDeadline.milliseconds), Int(configuration.aliveTTL.milliseconds),
+                Int(configuration.leaderTTL.milliseconds), metadata,
+            ])
         guard let items = reply.array, items.count == 4, let intact = items[0].integer, let leader = items[1].string,
-              let membership = items[2].integer, let assignmentEpoch = items[3].integer
+            let membership = items[2].integer, let assignmentEpoch = items[3].integer
         else {
             throw CoordinationError(.unexpectedReply, "the beat script answered \(reply)")
         }
         let received = now()
         CoordinationMetrics.heartbeat.recordNanoseconds((received - sentAt).nanoseconds)
         let actions = state.withLock { $0.beatSucceeded(sentAt: sentAt, intact: intact == 1, now: received) }
-        observer?(.valid(until: wall() + (sentAt + configuration.aliveTTL - configuration.margin - received).seconds, at: wall()))
+        observer?(
+            .valid(
+                until: wall() + (sentAt + configuration.aliveTTL - configuration.margin - received).seconds, at: wall())
+        )
         await execute(actions)
 
         let isLeader = leader.hasPrefix(configuration.nodeID + "|")
@@ -283,12 +296,15 @@ public final class ClusterCoordinator: Sendable {
         var membership = membership
         // A crashed process closes its connections at once: evict members with none left,
         // long before their deadline would run out.
-        let replies = try await redis.pipeline([RedisCommand("HGETALL", prefix + "members"), RedisCommand("CLIENT", "LIST", "TYPE", "normal")])
+        let replies = try await redis.pipeline([
+            RedisCommand("HGETALL", prefix + "members"), RedisCommand("CLIENT", "LIST", "TYPE", "normal"),
+        ])
         let members = parseMembers(replies[0])
-        let connected = Set((replies[1].string ?? "").split(separator: "\n").compactMap { line -> Substring? in
-            guard let range = line.range(of: " name=") else { return nil }
-            return line[range.upperBound...].prefix { $0 != " " }
-        })
+        let connected = Set(
+            (replies[1].string ?? "").split(separator: "\n").compactMap { line -> Substring? in
+                guard let range = line.range(of: " name=") else { return nil }
+                return line[range.upperBound...].prefix { $0 != " " }
+            })
         let gone = members.filter { !connected.contains(Substring("herald:\($0.value.owner)")) }.map(\.key).sorted()
         if !gone.isEmpty {
             let evicted = try await redis.evalSHA(ClusterScripts.evict, arguments: [prefix, leader] + gone)
@@ -301,17 +317,22 @@ public final class ClusterCoordinator: Sendable {
         guard current?.membership != membership else { return }
         let live = try await redis.send("HKEYS", prefix + "members").array?.compactMap(\.string) ?? []
         let owners = (0..<configuration.partitionCount).map { current?.owner(of: $0) }
-        let target = PartitionAssignor.assign(partitionCount: configuration.partitionCount, current: owners, members: live)
+        let target = PartitionAssignor.assign(
+            partitionCount: configuration.partitionCount, current: owners, members: live)
         let memberList = Array(Set(target)).sorted()
         let index = Dictionary(uniqueKeysWithValues: memberList.enumerated().map { ($1, $0) })
         let stored = StoredAssignment(membership: membership, members: memberList, owners: target.map { index[$0]! })
         let json = String(decoding: try JSONEncoder().encode(stored), as: UTF8.self)
         let epoch = try await redis.evalSHA(ClusterScripts.writeAssignment, arguments: [prefix, leader, json])
         if let value = epoch.integer, value > 0 {
-            let moved = (0..<configuration.partitionCount).filter { owners[$0] != nil && owners[$0] != target[$0] }.count
-            logger.info("wrote an assignment", metadata: [
-                "cluster.assignment_epoch": "\(value)", "cluster.members": "\(memberList.count)", "cluster.moved": "\(moved)",
-            ])
+            let moved = (0..<configuration.partitionCount).filter { owners[$0] != nil && owners[$0] != target[$0] }
+                .count
+            logger.info(
+                "wrote an assignment",
+                metadata: [
+                    "cluster.assignment_epoch": "\(value)", "cluster.members": "\(memberList.count)",
+                    "cluster.moved": "\(moved)",
+                ])
         }
     }
 
@@ -320,7 +341,8 @@ public final class ClusterCoordinator: Sendable {
         var members: [String: MemberInfo] = [:]
         for index in stride(from: 0, to: items.count - 1, by: 2) {
             if let node = items[index].string, let bytes = items[index + 1].bytes,
-               let info = try? JSONDecoder().decode(MemberInfo.self, from: Data(bytes)) {
+                let info = try? JSONDecoder().decode(MemberInfo.self, from: Data(bytes))
+            {
                 members[node] = info
             }
         }
@@ -335,7 +357,9 @@ public final class ClusterCoordinator: Sendable {
     // MARK: Converging on the assignment
 
     private func loadAssignment() async throws {
-        let replies = try await redis.pipeline([RedisCommand("GET", prefix + "assignment"), RedisCommand("GET", prefix + "assignment-epoch")])
+        let replies = try await redis.pipeline([
+            RedisCommand("GET", prefix + "assignment"), RedisCommand("GET", prefix + "assignment-epoch"),
+        ])
         guard let bytes = replies[0].bytes, let epoch = replies[1].integer else { return }
         let assignment = try JSONDecoder().decode(StoredAssignment.self, from: Data(bytes))
         let proceed = control.withLock { control -> Bool in
@@ -373,7 +397,8 @@ public final class ClusterCoordinator: Sendable {
             case .emit(let event):
                 eventsContinuation.yield(event)
                 switch event {
-                case .acquired(let partition, let epoch): observer?(.acquired(partition: partition, epoch: epoch, at: wall()))
+                case .acquired(let partition, let epoch):
+                    observer?(.acquired(partition: partition, epoch: epoch, at: wall()))
                 case .lost(let partition):
                     observer?(.lost(partition: partition, at: wall()))
                     logger.warning("lost a partition lease", metadata: ["cluster.partition": "\(partition)"])
@@ -381,9 +406,12 @@ public final class ClusterCoordinator: Sendable {
                 }
             case .acquire(let partitions):
                 do {
-                    let reply = try await redis.evalSHA(ClusterScripts.acquire, arguments: [prefix, owner] + partitions)
+                    let reply = try await redis.evalSHA(
+                        ClusterScripts.acquire, arguments: [prefix, owner] + partitions)
                     let epochs = reply.array?.map { $0.integer ?? 0 } ?? []
-                    let won = zip(partitions, epochs).filter { $0.1 > 0 }.map { OwnershipState.Lease(partition: $0.0, epoch: UInt64($0.1)) }
+                    let won = zip(partitions, epochs).filter { $0.1 > 0 }.map {
+                        OwnershipState.Lease(partition: $0.0, epoch: UInt64($0.1))
+                    }
                     let now = now()
                     let follow = state.withLock { $0.acquired(won, now: now) }
                     if won.count < partitions.count {
@@ -395,12 +423,16 @@ public final class ClusterCoordinator: Sendable {
                     control.withLock { $0.nextAcquire = self.now() + configuration.acquireRetry }
                 }
             case .release(let leases):
-                let pairs: [any RedisArgument] = leases.flatMap { [$0.partition, Int64($0.epoch)] as [any RedisArgument] }
+                let pairs: [any RedisArgument] = leases.flatMap {
+                    [$0.partition, Int64($0.epoch)] as [any RedisArgument]
+                }
                 do {
                     try await redis.evalSHA(ClusterScripts.release, arguments: [prefix, owner] + pairs)
                 } catch {
                     // The alive key expires on its own; the leases then free themselves.
-                    logger.warning("releasing leases failed", metadata: ["error": "\(error)", "cluster.partitions": "\(leases.map(\.partition))"])
+                    logger.warning(
+                        "releasing leases failed",
+                        metadata: ["error": "\(error)", "cluster.partitions": "\(leases.map(\.partition))"])
                 }
             }
         }

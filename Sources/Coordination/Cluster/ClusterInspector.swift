@@ -33,29 +33,39 @@ public struct ClusterInspector: Sendable {
     public func view(partitionCount: Int) async throws -> ClusterView {
         let head = try await redis.pipeline([
             RedisCommand("HGETALL", prefix + "members"), RedisCommand("GET", prefix + "leader"),
-            RedisCommand("GET", prefix + "assignment"), RedisCommand("GET", prefix + "assignment-epoch"), RedisCommand("TIME"),
+            RedisCommand("GET", prefix + "assignment"), RedisCommand("GET", prefix + "assignment-epoch"),
+            RedisCommand("TIME"),
         ])
         var members: [String: MemberInfo] = [:]
         let items = head[0].array ?? []
         for index in stride(from: 0, to: items.count - 1, by: 2) {
             if let node = items[index].string, let bytes = items[index + 1].bytes,
-               let info = try? JSONDecoder().decode(MemberInfo.self, from: Data(bytes)) {
+                let info = try? JSONDecoder().decode(MemberInfo.self, from: Data(bytes))
+            {
                 members[node] = info
             }
         }
-        let leader = head[1].string.flatMap { $0.split(separator: "|").first }.map { String($0.split(separator: "#").first ?? $0) }
+        let leader = head[1].string.flatMap { $0.split(separator: "|").first }.map {
+            String($0.split(separator: "#").first ?? $0)
+        }
         var count = partitionCount
-        if let bytes = head[2].bytes, let assignment = try? JSONDecoder().decode(StoredAssignment.self, from: Data(bytes)) {
+        if let bytes = head[2].bytes,
+            let assignment = try? JSONDecoder().decode(StoredAssignment.self, from: Data(bytes))
+        {
             count = assignment.owners.count
         }
         let time = head[4].array ?? []
         let now = (time.first?.string.flatMap(Double.init) ?? 0) + (time.last?.string.flatMap(Double.init) ?? 0) / 1e6
         let leaseReplies = try await redis.pipeline((0..<count).map { RedisCommand("GET", prefix + "lease:\($0)") })
         let leases = leaseReplies.enumerated().compactMap { partition, reply -> ClusterView.Lease? in
-            guard let parts = reply.string?.split(separator: "|"), parts.count == 2, let epoch = UInt64(parts[1]) else { return nil }
-            return ClusterView.Lease(partition: partition, node: String(parts[0].split(separator: "#").first ?? parts[0]), epoch: epoch)
+            guard let parts = reply.string?.split(separator: "|"), parts.count == 2, let epoch = UInt64(parts[1]) else {
+                return nil
+            }
+            return ClusterView.Lease(
+                partition: partition, node: String(parts[0].split(separator: "#").first ?? parts[0]), epoch: epoch)
         }
-        return ClusterView(members: members, leader: leader, partitionCount: count, leases: leases,
-                           assignmentEpoch: head[3].integer.map(Int.init) ?? head[3].string.flatMap(Int.init), now: now)
+        return ClusterView(
+            members: members, leader: leader, partitionCount: count, leases: leases,
+            assignmentEpoch: head[3].integer.map(Int.init) ?? head[3].string.flatMap(Int.init), now: now)
     }
 }

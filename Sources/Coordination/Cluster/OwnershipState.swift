@@ -87,7 +87,8 @@ public struct OwnershipState: Sendable {
     public mutating func setTarget(_ partitions: Set<Int>, now: Duration) -> [Action] {
         target = partitions
         var actions: [Action] = []
-        for (partition, lease) in held.sorted(by: { $0.key < $1.key }) where !partitions.contains(partition) && !lease.revoking {
+        for (partition, lease) in held.sorted(by: { $0.key < $1.key })
+        where !partitions.contains(partition) && !lease.revoking {
             held[partition]!.revoking = true
             actions.append(.emit(.revoke(partition: partition)))
         }

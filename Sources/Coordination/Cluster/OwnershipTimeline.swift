@@ -46,7 +46,10 @@ public final class OwnershipTimeline: Sendable {
             var open: [Int: (epoch: UInt64, start: Double)] = [:]
             func close(_ partition: Int, at time: Double) {
                 guard let entry = open.removeValue(forKey: partition) else { return }
-                result.append(Interval(node: node, partition: partition, epoch: entry.epoch, start: entry.start, end: min(time, validUntil)))
+                result.append(
+                    Interval(
+                        node: node, partition: partition, epoch: entry.epoch, start: entry.start,
+                        end: min(time, validUntil)))
             }
             let ordered = log.observations.sorted { time(of: $0) < time(of: $1) }
             for observation in ordered {
@@ -79,7 +82,9 @@ public final class OwnershipTimeline: Sendable {
             var latest = sorted[0]
             for interval in sorted.dropFirst() {
                 if interval.start < latest.end {
-                    problems.append("partition \(partition): \(latest.node) (epoch \(latest.epoch)) until \(latest.end) and \(interval.node) (epoch \(interval.epoch)) from \(interval.start)")
+                    problems.append(
+                        "partition \(partition): \(latest.node) (epoch \(latest.epoch)) until \(latest.end) and \(interval.node) (epoch \(interval.epoch)) from \(interval.start)"
+                    )
                 }
                 if interval.end > latest.end { latest = interval }
             }
@@ -105,7 +110,9 @@ public final class OwnershipTimeline: Sendable {
 
     /// Partitions per node acting at `time`.
     public func shares(at time: Double, now: Double) -> [String: Int] {
-        intervals(now: now).filter { $0.start <= time && time < $0.end }.reduce(into: [:]) { $0[$1.node, default: 0] += 1 }
+        intervals(now: now).filter { $0.start <= time && time < $0.end }.reduce(into: [:]) {
+            $0[$1.node, default: 0] += 1
+        }
     }
 
     private func time(of observation: ClusterObservation) -> Double {

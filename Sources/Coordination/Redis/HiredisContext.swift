@@ -42,17 +42,23 @@ final class HiredisContext: @unchecked Sendable {
         }
         let context = HiredisContext(context: made, endpoint: configuration.endpoint)
         if made.pointee.err != 0 {
-            throw CoordinationError(.connectionFailed, "cannot connect to Redis at \(configuration.endpoint)", underlying: context.errorText)
+            throw CoordinationError(
+                .connectionFailed, "cannot connect to Redis at \(configuration.endpoint)", underlying: context.errorText
+            )
         }
         if let settings = configuration.tls {
             try context.startTLS(settings, configuration: configuration)
         }
         if redisSetTimeout(made, configuration.commandTimeout.timeval) != REDIS_OK {
-            throw CoordinationError(.connectionFailed, "cannot set the command timeout on \(configuration.endpoint)", underlying: context.errorText)
+            throw CoordinationError(
+                .connectionFailed, "cannot set the command timeout on \(configuration.endpoint)",
+                underlying: context.errorText)
         }
         // Keepalive on a unix socket fails and would leave the context in an error state.
         if case .tcp = configuration.endpoint, redisEnableKeepAlive(made) != REDIS_OK {
-            throw CoordinationError(.connectionFailed, "cannot enable TCP keepalive on \(configuration.endpoint)", underlying: context.errorText)
+            throw CoordinationError(
+                .connectionFailed, "cannot enable TCP keepalive on \(configuration.endpoint)",
+                underlying: context.errorText)
         }
 
         var setup: [RedisCommand] = []
@@ -72,7 +78,8 @@ final class HiredisContext: @unchecked Sendable {
         for command in setup {
             let reply = try context.command(command)
             if case .error(let text) = reply {
-                throw CoordinationError(.serverError, "Redis at \(configuration.endpoint) refused \(command.name)", underlying: text)
+                throw CoordinationError(
+                    .serverError, "Redis at \(configuration.endpoint) refused \(command.name)", underlying: text)
             }
         }
         return context
@@ -84,14 +91,19 @@ final class HiredisContext: @unchecked Sendable {
             throw CoordinationError(.invalidConfiguration, "TLS needs a TCP endpoint, not \(configuration.endpoint)")
         }
         if redisSetTimeout(context, configuration.connectTimeout.timeval) != REDIS_OK {
-            throw CoordinationError(.connectionFailed, "cannot set the connect timeout on \(configuration.endpoint)", underlying: errorText)
+            throw CoordinationError(
+                .connectionFailed, "cannot set the connect timeout on \(configuration.endpoint)", underlying: errorText)
         }
         var reason = [CChar](repeating: 0, count: 512)
-        tls = herald_redis_tls_connect(context, host, settings.caFile, settings.certificateFile, settings.keyFile, &reason, reason.count)
+        tls = herald_redis_tls_connect(
+            context, host, settings.caFile, settings.certificateFile, settings.keyFile, &reason, reason.count)
         if tls == nil {
             let text = String(decoding: reason.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-            let hint = settings.caFile.map { " (checked against \($0))" } ?? " (checked against the system's CAs; name a private CA with ?cacertfile=)"
-            throw CoordinationError(.connectionFailed, "TLS to Redis at \(configuration.endpoint) failed\(hint)", underlying: text)
+            let hint =
+                settings.caFile.map { " (checked against \($0))" }
+                ?? " (checked against the system's CAs; name a private CA with ?cacertfile=)"
+            throw CoordinationError(
+                .connectionFailed, "TLS to Redis at \(configuration.endpoint) failed\(hint)", underlying: text)
         }
     }
 
@@ -105,7 +117,10 @@ final class HiredisContext: @unchecked Sendable {
         let context = try connect(direct)
         let role = try context.command(RedisCommand("ROLE"))
         guard role.array?.first?.string == "master" else {
-            throw CoordinationError(.connectionFailed, "Redis at \(host):\(port), which the sentinels name master of \(configuration.endpoint), answers ROLE \(role.array?.first?.string ?? "\(role)"); asking again")
+            throw CoordinationError(
+                .connectionFailed,
+                "Redis at \(host):\(port), which the sentinels name master of \(configuration.endpoint), answers ROLE \(role.array?.first?.string ?? "\(role)"); asking again"
+            )
         }
         return context
     }
@@ -113,20 +128,23 @@ final class HiredisContext: @unchecked Sendable {
     /// Where the sentinels say the master is: the first sentinel that answers decides.
     /// - Throws: `CoordinationError.connectionFailed` naming every sentinel's failure.
     /// - Parameter timeout: how long each sentinel may take to connect and answer (at most 1 s).
-    static func masterAddress(_ configuration: RedisConfiguration, timeout: Duration = .seconds(1)) throws -> (host: String, port: Int) {
+    static func masterAddress(
+        _ configuration: RedisConfiguration, timeout: Duration = .seconds(1)
+    ) throws -> (host: String, port: Int) {
         guard case .sentinel(let master, let sentinels) = configuration.endpoint else {
             throw CoordinationError(.invalidConfiguration, "\(configuration.endpoint) is not a sentinel endpoint")
         }
         var failures: [String] = []
         for sentinel in sentinels {
-            var asking = RedisConfiguration(endpoint: .tcp(host: sentinel.host, port: sentinel.port), password: configuration.sentinelPassword)
+            var asking = RedisConfiguration(
+                endpoint: .tcp(host: sentinel.host, port: sentinel.port), password: configuration.sentinelPassword)
             asking.connectTimeout = min(configuration.connectTimeout, timeout, .seconds(1))
             asking.commandTimeout = min(configuration.commandTimeout, timeout, .seconds(1))
             do {
                 let context = try connect(asking)
                 let reply = try context.command(RedisCommand("SENTINEL", "get-master-addr-by-name", master))
                 guard let parts = reply.array, parts.count == 2, let host = parts[0].string, !host.isEmpty,
-                      let port = parts[1].string.flatMap(Int.init), (1...65535).contains(port)
+                    let port = parts[1].string.flatMap(Int.init), (1...65535).contains(port)
                 else {
                     failures.append("\(sentinel.host):\(sentinel.port) answered \(String("\(reply)".prefix(120)))")
                     continue
@@ -136,7 +154,9 @@ final class HiredisContext: @unchecked Sendable {
                 failures.append("\(sentinel.host):\(sentinel.port): \(error)")
             }
         }
-        throw CoordinationError(.connectionFailed, "no sentinel named the master of '\(master)'", underlying: failures.joined(separator: "; "))
+        throw CoordinationError(
+            .connectionFailed, "no sentinel named the master of '\(master)'",
+            underlying: failures.joined(separator: "; "))
     }
 
     /// The socket's file descriptor, for `poll`.
@@ -159,7 +179,8 @@ final class HiredisContext: @unchecked Sendable {
         guard let tls else { return }
         var reason = [CChar](repeating: 0, count: 512)
         if body(tls, &reason, reason.count) != 0 {
-            throw lostError(what, reason: String(decoding: reason.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
+            throw lostError(
+                what, reason: String(decoding: reason.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
         }
     }
 
@@ -268,7 +289,9 @@ final class HiredisContext: @unchecked Sendable {
 
     private static func bytes(_ pointer: UnsafeMutablePointer<CChar>?, count: Int) -> [UInt8] {
         guard let pointer, count > 0 else { return [] }
-        return pointer.withMemoryRebound(to: UInt8.self, capacity: count) { Array(UnsafeBufferPointer(start: $0, count: count)) }
+        return pointer.withMemoryRebound(to: UInt8.self, capacity: count) {
+            Array(UnsafeBufferPointer(start: $0, count: count))
+        }
     }
 
     /// Lays the arguments out in one buffer and hands hiredis pointers and lengths into it.

@@ -116,13 +116,17 @@ public final class RedisClient: Sendable {
     /// Runs a Lua script by its SHA1, loading it first when Redis does not know it.
     /// - Throws: `CoordinationError.serverError` when the script itself fails.
     @discardableResult
-    public func evalSHA(_ script: RedisScript, keys: [any RedisArgument] = [], arguments: [any RedisArgument] = []) async throws -> RedisReply {
+    public func evalSHA(
+        _ script: RedisScript, keys: [any RedisArgument] = [], arguments: [any RedisArgument] = []
+    ) async throws -> RedisReply {
         var sha = loadedScripts.withLock { $0[script.source] }
         if sha == nil { sha = try await load(script) }
         let tail: [any RedisArgument] = [keys.count] + keys + arguments
         do {
             return try await send(RedisCommand(["EVALSHA", sha!] + tail))
-        } catch let error as CoordinationError where error.code == .serverError && (error.underlying ?? "").hasPrefix("NOSCRIPT") {
+        } catch let error as CoordinationError
+            where error.code == .serverError && (error.underlying ?? "").hasPrefix("NOSCRIPT")
+        {
             logger.debug("Redis lost a script; loading it again", metadata: ["redis.sha": "\(sha!)"])
             let reloaded = try await load(script)
             return try await send(RedisCommand(["EVALSHA", reloaded] + tail))
@@ -174,19 +178,25 @@ private final class ConnectionSlot: @unchecked Sendable {
     func connected(logger: Logger, stats: borrowing Mutex<RedisClientStatistics>) throws -> HiredisContext {
         if isClosed { throw CoordinationError(.closed, "the Redis client for \(configuration.endpoint) is closed") }
         if let context {
-            guard case .sentinel = configuration.endpoint, !masterMoved(from: context, logger: logger) else { return context }
+            guard case .sentinel = configuration.endpoint, !masterMoved(from: context, logger: logger) else {
+                return context
+            }
             self.context = nil
         }
         let now = ContinuousClock.now
         if let retryAt, now < retryAt {
             let wait = retryAt - now
-            throw CoordinationError(.reconnecting, "Redis at \(configuration.endpoint) is unreachable; next attempt in \(Int(wait.seconds * 1000)) ms")
+            throw CoordinationError(
+                .reconnecting,
+                "Redis at \(configuration.endpoint) is unreachable; next attempt in \(Int(wait.seconds * 1000)) ms")
         }
         do {
             let made = try HiredisContext.connect(configuration)
             if everConnected {
                 stats.withLock { $0.reconnects += 1 }
-                logger.info("reconnected to Redis", metadata: ["redis.endpoint": "\(configuration.endpoint)", "redis.failures": "\(failures)"])
+                logger.info(
+                    "reconnected to Redis",
+                    metadata: ["redis.endpoint": "\(configuration.endpoint)", "redis.failures": "\(failures)"])
             }
             everConnected = true
             failures = 0
@@ -198,7 +208,12 @@ private final class ConnectionSlot: @unchecked Sendable {
             // Jittered, so many nodes do not reconnect in step.
             retryAt = now + configuration.reconnectBackoff.delay(attempt: failures)
             if failures == 1 || failures % 20 == 0 {
-                logger.warning("cannot reach Redis", metadata: ["redis.endpoint": "\(configuration.endpoint)", "redis.failures": "\(failures)", "error": "\(error)"])
+                logger.warning(
+                    "cannot reach Redis",
+                    metadata: [
+                        "redis.endpoint": "\(configuration.endpoint)", "redis.failures": "\(failures)",
+                        "error": "\(error)",
+                    ])
             }
             throw error
         }
@@ -221,9 +236,12 @@ private final class ConnectionSlot: @unchecked Sendable {
             return false
         }
         guard named.host != host || named.port != port else { return false }
-        logger.warning("the sentinels name a new Redis master; reconnecting", metadata: [
-            "redis.endpoint": "\(configuration.endpoint)", "redis.old_master": "\(host):\(port)", "redis.new_master": "\(named.host):\(named.port)",
-        ])
+        logger.warning(
+            "the sentinels name a new Redis master; reconnecting",
+            metadata: [
+                "redis.endpoint": "\(configuration.endpoint)", "redis.old_master": "\(host):\(port)",
+                "redis.new_master": "\(named.host):\(named.port)",
+            ])
         return true
     }
 
@@ -231,7 +249,9 @@ private final class ConnectionSlot: @unchecked Sendable {
     /// reconnects to whatever is the master.
     func noteReadOnly(_ reply: RedisReply, logger: Logger) {
         guard case .error(let text) = reply, text.hasPrefix("READONLY"), context != nil else { return }
-        logger.warning("Redis answered READONLY: the node is a replica now; reconnecting", metadata: ["redis.endpoint": "\(configuration.endpoint)"])
+        logger.warning(
+            "Redis answered READONLY: the node is a replica now; reconnecting",
+            metadata: ["redis.endpoint": "\(configuration.endpoint)"])
         context = nil
     }
 

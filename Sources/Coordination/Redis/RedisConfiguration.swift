@@ -35,7 +35,8 @@ public struct RedisConfiguration: Sendable, Equatable {
             switch self {
             case .tcp(let host, let port): return "\(host):\(port)"
             case .unix(let path): return "unix:\(path)"
-            case .sentinel(let master, let sentinels): return "sentinel:\(master)@" + sentinels.map { "\($0.host):\($0.port)" }.joined(separator: ",")
+            case .sentinel(let master, let sentinels):
+                return "sentinel:\(master)@" + sentinels.map { "\($0.host):\($0.port)" }.joined(separator: ",")
             }
         }
     }
@@ -111,7 +112,8 @@ public struct RedisConfiguration: Sendable, Equatable {
             return
         }
         guard let components = URLComponents(string: url), let scheme = components.scheme?.lowercased() else {
-            throw CoordinationError(.invalidConfiguration, "Redis URL '\(url)' is not a URL; expected redis://host:port/db or unix:///path")
+            throw CoordinationError(
+                .invalidConfiguration, "Redis URL '\(url)' is not a URL; expected redis://host:port/db or unix:///path")
         }
         let query = Dictionary(
             (components.queryItems ?? []).map { ($0.name, $0.value ?? "") },
@@ -120,7 +122,8 @@ public struct RedisConfiguration: Sendable, Equatable {
         var database = 0
         if let db = query["db"] {
             guard let value = Int(db), value >= 0 else {
-                throw CoordinationError(.invalidConfiguration, "Redis URL '\(url)': db '\(db)' is not a database number")
+                throw CoordinationError(
+                    .invalidConfiguration, "Redis URL '\(url)': db '\(db)' is not a database number")
             }
             database = value
         }
@@ -141,7 +144,8 @@ public struct RedisConfiguration: Sendable, Equatable {
             let path = components.path.trimmingCharacters(in: CharacterSet(charactersIn: "/"))
             if !path.isEmpty {
                 guard let value = Int(path), value >= 0 else {
-                    throw CoordinationError(.invalidConfiguration, "Redis URL '\(url)': path '/\(path)' is not a database number")
+                    throw CoordinationError(
+                        .invalidConfiguration, "Redis URL '\(url)': path '/\(path)' is not a database number")
                 }
                 database = value
             }
@@ -156,7 +160,9 @@ public struct RedisConfiguration: Sendable, Equatable {
             }
             self.init(endpoint: .unix(path: components.path), user: user, password: password, database: database)
         default:
-            throw CoordinationError(.invalidConfiguration, "Redis URL '\(url)': scheme '\(scheme)' is not redis://, rediss://, redis+sentinel:// or unix://")
+            throw CoordinationError(
+                .invalidConfiguration,
+                "Redis URL '\(url)': scheme '\(scheme)' is not redis://, rediss://, redis+sentinel:// or unix://")
         }
     }
 
@@ -166,16 +172,23 @@ public struct RedisConfiguration: Sendable, Equatable {
         func file(_ name: String) throws -> String? {
             guard let path = query[name] else { return nil }
             guard !path.isEmpty, FileManager.default.isReadableFile(atPath: path) else {
-                throw CoordinationError(.invalidConfiguration, "Redis URL '\(shown)': \(name) '\(path)' is not a readable file")
+                throw CoordinationError(
+                    .invalidConfiguration, "Redis URL '\(shown)': \(name) '\(path)' is not a readable file")
             }
             return path
         }
-        let settings = TLS(caFile: try file("cacertfile"), certificateFile: try file("certfile"), keyFile: try file("keyfile"))
+        let settings = TLS(
+            caFile: try file("cacertfile"), certificateFile: try file("certfile"), keyFile: try file("keyfile"))
         guard (settings.certificateFile == nil) == (settings.keyFile == nil) else {
-            throw CoordinationError(.invalidConfiguration, "Redis URL '\(shown)': certfile and keyfile go together (a client certificate and its key)")
+            throw CoordinationError(
+                .invalidConfiguration,
+                "Redis URL '\(shown)': certfile and keyfile go together (a client certificate and its key)")
         }
         if let insecure = query["verify"] {
-            throw CoordinationError(.invalidConfiguration, "Redis URL '\(shown)': verify=\(insecure) is not an option; the server's certificate is always checked (name its CA with cacertfile=)")
+            throw CoordinationError(
+                .invalidConfiguration,
+                "Redis URL '\(shown)': verify=\(insecure) is not an option; the server's certificate is always checked (name its CA with cacertfile=)"
+            )
         }
         return settings
     }
@@ -203,36 +216,49 @@ public struct RedisConfiguration: Sendable, Equatable {
         let shown = "redis+sentinel://" + (password == nil ? "" : "***@") + authority + rest[pathStart...]
         let hosts = authority.split(separator: ",", omittingEmptySubsequences: false)
         guard !authority.isEmpty, hosts.count <= Self.maxSentinels else {
-            throw CoordinationError(.invalidConfiguration, "Redis URL '\(shown)': name 1 to \(Self.maxSentinels) sentinels, comma-separated")
+            throw CoordinationError(
+                .invalidConfiguration, "Redis URL '\(shown)': name 1 to \(Self.maxSentinels) sentinels, comma-separated"
+            )
         }
         var sentinels: [Sentinel] = []
         for host in hosts {
-            guard let components = URLComponents(string: "redis://" + host), let name = components.host, !name.isEmpty else {
-                throw CoordinationError(.invalidConfiguration, "Redis URL '\(shown)': sentinel '\(host)' is not host:port")
+            guard let components = URLComponents(string: "redis://" + host), let name = components.host, !name.isEmpty
+            else {
+                throw CoordinationError(
+                    .invalidConfiguration, "Redis URL '\(shown)': sentinel '\(host)' is not host:port")
             }
             let port = components.port ?? 26379
             guard (1...65535).contains(port) else {
-                throw CoordinationError(.invalidConfiguration, "Redis URL '\(shown)': sentinel port \(port) is out of range")
+                throw CoordinationError(
+                    .invalidConfiguration, "Redis URL '\(shown)': sentinel port \(port) is out of range")
             }
             sentinels.append(Sentinel(host: name, port: port))
         }
         let path = rest[pathStart..<queryStart].split(separator: "/")
         guard let master = path.first.map(String.init), !master.isEmpty, master.utf8.count <= 255 else {
-            throw CoordinationError(.invalidConfiguration, "Redis URL '\(shown)': the path names the master, e.g. /mymaster/0")
+            throw CoordinationError(
+                .invalidConfiguration, "Redis URL '\(shown)': the path names the master, e.g. /mymaster/0")
         }
         var database = 0
         if path.count > 1 {
             guard path.count == 2, let value = Int(path[1]), value >= 0 else {
-                throw CoordinationError(.invalidConfiguration, "Redis URL '\(shown)': '/\(path.dropFirst().joined(separator: "/"))' after the master is not a database number")
+                throw CoordinationError(
+                    .invalidConfiguration,
+                    "Redis URL '\(shown)': '/\(path.dropFirst().joined(separator: "/"))' after the master is not a database number"
+                )
             }
             database = value
         }
-        self.init(endpoint: .sentinel(master: master, sentinels: sentinels), user: user, password: password, database: database)
+        self.init(
+            endpoint: .sentinel(master: master, sentinels: sentinels), user: user, password: password,
+            database: database)
         for item in URLComponents(string: "redis://h" + rest[queryStart...])?.queryItems ?? [] {
             switch item.name {
             case "sentinel_password": sentinelPassword = item.value
             default:
-                throw CoordinationError(.invalidConfiguration, "Redis URL '\(shown)': unknown option '\(item.name)' (known: sentinel_password)")
+                throw CoordinationError(
+                    .invalidConfiguration,
+                    "Redis URL '\(shown)': unknown option '\(item.name)' (known: sentinel_password)")
             }
         }
     }
@@ -250,7 +276,8 @@ public struct RedisConfiguration: Sendable, Equatable {
         case .tcp(let host, let port): return "\(tls == nil ? "redis" : "rediss")://\(auth)\(host):\(port)/\(database)"
         case .unix(let path): return "unix://\(path)?db=\(database)"
         case .sentinel(let master, let sentinels):
-            return "redis+sentinel://\(auth)" + sentinels.map { "\($0.host):\($0.port)" }.joined(separator: ",") + "/\(master)/\(database)"
+            return "redis+sentinel://\(auth)" + sentinels.map { "\($0.host):\($0.port)" }.joined(separator: ",")
+                + "/\(master)/\(database)"
         }
     }
 }

@@ -30,8 +30,10 @@ public final class RedisSubscriber: Sendable {
     /// Subscribes to `channels`. The subscription lasts until the consumer of the
     /// returned sequence stops iterating (or its task is cancelled).
     public func subscribe(to channels: [String]) -> AsyncStream<RedisPubSubEvent> {
-        let (stream, continuation) = AsyncStream.makeStream(of: RedisPubSubEvent.self, bufferingPolicy: .bufferingNewest(10_000))
-        let loop = SubscriptionLoop(configuration: configuration, channels: channels, continuation: continuation, logger: logger)
+        let (stream, continuation) = AsyncStream.makeStream(
+            of: RedisPubSubEvent.self, bufferingPolicy: .bufferingNewest(10_000))
+        let loop = SubscriptionLoop(
+            configuration: configuration, channels: channels, continuation: continuation, logger: logger)
         continuation.onTermination = { _ in loop.stop() }
         let thread = Thread { loop.run() }
         thread.name = "herald.redis.pubsub"
@@ -49,7 +51,10 @@ private final class SubscriptionLoop: @unchecked Sendable {
     let logger: Logger
     private let stopped = Atomic<Bool>(false)
 
-    init(configuration: RedisConfiguration, channels: [String], continuation: AsyncStream<RedisPubSubEvent>.Continuation, logger: Logger) {
+    init(
+        configuration: RedisConfiguration, channels: [String], continuation: AsyncStream<RedisPubSubEvent>.Continuation,
+        logger: Logger
+    ) {
         self.configuration = configuration
         self.channels = channels
         self.continuation = continuation
@@ -91,7 +96,9 @@ private final class SubscriptionLoop: @unchecked Sendable {
                 context = nil
                 failures += 1
                 if failures == 1 || failures % 20 == 0 {
-                    logger.warning("Redis subscription interrupted; reconnecting", metadata: ["redis.endpoint": "\(configuration.endpoint)", "error": "\(error)"])
+                    logger.warning(
+                        "Redis subscription interrupted; reconnecting",
+                        metadata: ["redis.endpoint": "\(configuration.endpoint)", "error": "\(error)"])
                 }
                 sleepUnlessStopped(configuration.reconnectBackoff.delay(attempt: failures).seconds)
             }

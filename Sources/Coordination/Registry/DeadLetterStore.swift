@@ -46,25 +46,26 @@ public final class DeadLetterStore: Sendable {
     /// Appends one letter to a stream, first trimming the oldest entries beyond the cap and
     /// counting them by reason. KEYS: the stream, the dropped-counts hash. ARGV: cap, idle ms
     /// (0: none), reason, project, letter. Returns the reasons of what was trimmed.
-    private static let append = RedisScript(#"""
-    local stream, dropped = KEYS[1], KEYS[2]
-    local cap, idle = tonumber(ARGV[1]), tonumber(ARGV[2])
-    local trimmed = {}
-    local length = redis.call('XLEN', stream)
-    if length >= cap then
-      local old = redis.call('XRANGE', stream, '-', '+', 'COUNT', length - cap + 1)
-      for _, entry in ipairs(old) do
-        local fields, reason = entry[2], 'unknown'
-        for i = 1, #fields, 2 do if fields[i] == 'reason' then reason = fields[i + 1] end end
-        redis.call('HINCRBY', dropped, reason, 1)
-        redis.call('XDEL', stream, entry[1])
-        trimmed[#trimmed + 1] = reason
-      end
-    end
-    redis.call('XADD', stream, '*', 'reason', ARGV[3], 'project', ARGV[4], 'letter', ARGV[5])
-    if idle > 0 then redis.call('PEXPIRE', stream, idle) end
-    return trimmed
-    """#)
+    private static let append = RedisScript(
+        #"""
+        local stream, dropped = KEYS[1], KEYS[2]
+        local cap, idle = tonumber(ARGV[1]), tonumber(ARGV[2])
+        local trimmed = {}
+        local length = redis.call('XLEN', stream)
+        if length >= cap then
+          local old = redis.call('XRANGE', stream, '-', '+', 'COUNT', length - cap + 1)
+          for _, entry in ipairs(old) do
+            local fields, reason = entry[2], 'unknown'
+            for i = 1, #fields, 2 do if fields[i] == 'reason' then reason = fields[i + 1] end end
+            redis.call('HINCRBY', dropped, reason, 1)
+            redis.call('XDEL', stream, entry[1])
+            trimmed[#trimmed + 1] = reason
+          end
+        end
+        redis.call('XADD', stream, '*', 'reason', ARGV[3], 'project', ARGV[4], 'letter', ARGV[5])
+        if idle > 0 then redis.call('PEXPIRE', stream, idle) end
+        return trimmed
+        """#)
 
     /// Appends letters (bodies cut to the budget), trimming the oldest beyond the caps.
     /// - Returns: how many older letters were trimmed to make room, by reason.
@@ -80,15 +81,25 @@ public final class DeadLetterStore: Sendable {
                 letter.bodyTruncated = true
             }
             let json = String(decoding: try encoder.encode(letter), as: UTF8.self)
-            var replies = [try await redis.evalSHA(Self.append, keys: [key, droppedKey], arguments: [budget.max, 0, letter.reason.rawValue, letter.project ?? "", json])]
+            var replies = [
+                try await redis.evalSHA(
+                    Self.append, keys: [key, droppedKey],
+                    arguments: [budget.max, 0, letter.reason.rawValue, letter.project ?? "", json])
+            ]
             if let project = letter.project, !project.isEmpty {
-                replies.append(try await redis.evalSHA(
-                    Self.append, keys: [projectKey(project), droppedKey],
-                    arguments: [budget.projectMax, Int(budget.projectIdle.milliseconds), letter.reason.rawValue, project, json]
-                ))
+                replies.append(
+                    try await redis.evalSHA(
+                        Self.append, keys: [projectKey(project), droppedKey],
+                        arguments: [
+                            budget.projectMax, Int(budget.projectIdle.milliseconds), letter.reason.rawValue, project,
+                            json,
+                        ]
+                    ))
             }
             for reply in replies {
-                if case .error(let message) = reply { throw CoordinationError(.serverError, "Redis refused a dead letter", underlying: message) }
+                if case .error(let message) = reply {
+                    throw CoordinationError(.serverError, "Redis refused a dead letter", underlying: message)
+                }
                 for reason in reply.array?.compactMap(\.string) ?? [] { trimmed[reason, default: 0] += 1 }
             }
         }
@@ -101,7 +112,9 @@ public final class DeadLetterStore: Sendable {
         let items = reply.array ?? []
         var counts: [String: Int] = [:]
         for index in stride(from: 0, to: items.count - 1, by: 2) {
-            if let reason = items[index].string, let count = items[index + 1].string.flatMap({ Int($0) }) { counts[reason] = count }
+            if let reason = items[index].string, let count = items[index + 1].string.flatMap({ Int($0) }) {
+                counts[reason] = count
+            }
         }
         return counts
     }
@@ -112,7 +125,9 @@ public final class DeadLetterStore: Sendable {
     }
 
     /// A project's letters, newest first: at most `count`, older than the entry id `before` when given.
-    public func recent(project: String, count: Int = 100, before: String? = nil) async throws -> [(id: String, letter: DeadLetter)] {
+    public func recent(
+        project: String, count: Int = 100, before: String? = nil
+    ) async throws -> [(id: String, letter: DeadLetter)] {
         try await entries(key: projectKey(project), count: count, before: before)
     }
 
@@ -132,7 +147,9 @@ public final class DeadLetterStore: Sendable {
 
     /// Removes every letter of a project; returns how many there were.
     public func purge(project: String) async throws -> Int {
-        let replies = try await redis.pipeline([RedisCommand("XLEN", projectKey(project)), RedisCommand("DEL", projectKey(project))])
+        let replies = try await redis.pipeline([
+            RedisCommand("XLEN", projectKey(project)), RedisCommand("DEL", projectKey(project)),
+        ])
         return Int(replies[0].integer ?? 0)
     }
 
@@ -143,7 +160,9 @@ public final class DeadLetterStore: Sendable {
         for entry in reply.array ?? [] {
             guard let fields = entry.array?.last?.array else { continue }
             for index in stride(from: 0, to: fields.count - 1, by: 2) where fields[index].string == "reason" {
-                if let reason = fields[index + 1].string.flatMap(DeadLetter.Reason.init(rawValue:)) { counts[reason, default: 0] += 1 }
+                if let reason = fields[index + 1].string.flatMap(DeadLetter.Reason.init(rawValue:)) {
+                    counts[reason, default: 0] += 1
+                }
             }
         }
         return counts
@@ -157,9 +176,12 @@ public final class DeadLetterStore: Sendable {
     private static func decode(_ reply: RedisReply) -> [(id: String, letter: DeadLetter)] {
         let decoder = JSONDecoder()
         return (reply.array ?? []).compactMap { entry in
-            guard let parts = entry.array, parts.count == 2, let id = parts[0].string, let fields = parts[1].array else { return nil }
+            guard let parts = entry.array, parts.count == 2, let id = parts[0].string, let fields = parts[1].array
+            else { return nil }
             for index in stride(from: 0, to: fields.count - 1, by: 2) where fields[index].string == "letter" {
-                return fields[index + 1].bytes.flatMap { try? decoder.decode(DeadLetter.self, from: Data($0)) }.map { (id, $0) }
+                return fields[index + 1].bytes.flatMap { try? decoder.decode(DeadLetter.self, from: Data($0)) }.map {
+                    (id, $0)
+                }
             }
             return nil
         }

@@ -39,7 +39,10 @@ public final class EventTypeCatalog: Sendable {
     public let maxTypesPerProject: Int
     public let sampleBytes: Int
 
-    public init(redis: RedisClient, keyPrefix: String = "herald:", maxPending: Int = 10_000, maxTypesPerProject: Int = 200, sampleBytes: Int = 8192) {
+    public init(
+        redis: RedisClient, keyPrefix: String = "herald:", maxPending: Int = 10_000, maxTypesPerProject: Int = 200,
+        sampleBytes: Int = 8192
+    ) {
         self.redis = redis
         self.prefix = keyPrefix
         self.maxPending = maxPending
@@ -75,30 +78,31 @@ public final class EventTypeCatalog: Sendable {
     /// Pairs dropped because too many were pending between flushes (since the start).
     public var droppedPairs: Int { pending.withLock { $0.dropped } }
 
-    private static let write = RedisScript(#"""
-    local p, max = ARGV[1], tonumber(ARGV[2])
-    local t = redis.call('TIME')
-    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-    local refused = 0
-    local i = 3
-    while i + 3 <= #ARGV do
-      local project, kind, n, sample = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3]
-      local counts, seen, samples = p .. 'types:' .. project, p .. 'types-seen:' .. project, p .. 'types-sample:' .. project
-      if redis.call('HEXISTS', counts, kind) == 1 or redis.call('HLEN', counts) < max then
-        redis.call('HINCRBY', counts, kind, n)
-        redis.call('HSET', seen, kind, now)
-        if sample ~= '' then redis.call('HSET', samples, kind, sample) end
-        for _, key in ipairs({counts, seen, samples}) do
-          if redis.call('EXISTS', key) == 1 then redis.call('PEXPIRE', key, 2592000000) end
+    private static let write = RedisScript(
+        #"""
+        local p, max = ARGV[1], tonumber(ARGV[2])
+        local t = redis.call('TIME')
+        local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+        local refused = 0
+        local i = 3
+        while i + 3 <= #ARGV do
+          local project, kind, n, sample = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3]
+          local counts, seen, samples = p .. 'types:' .. project, p .. 'types-seen:' .. project, p .. 'types-sample:' .. project
+          if redis.call('HEXISTS', counts, kind) == 1 or redis.call('HLEN', counts) < max then
+            redis.call('HINCRBY', counts, kind, n)
+            redis.call('HSET', seen, kind, now)
+            if sample ~= '' then redis.call('HSET', samples, kind, sample) end
+            for _, key in ipairs({counts, seen, samples}) do
+              if redis.call('EXISTS', key) == 1 then redis.call('PEXPIRE', key, 2592000000) end
+            end
+          else
+            refused = refused + 1
+          end
+          i = i + 4
         end
-      else
-        refused = refused + 1
-      end
-      i = i + 4
-    end
-    if refused > 0 then redis.call('HINCRBY', p .. 'types-refused', 'count', refused) end
-    return refused
-    """#)
+        if refused > 0 then redis.call('HINCRBY', p .. 'types-refused', 'count', refused) end
+        return refused
+        """#)
 
     /// Writes what was counted since the last flush (up to 500 pairs per script call). On
     /// failure, what was not written is kept for the next flush.
@@ -118,7 +122,10 @@ public final class EventTypeCatalog: Sendable {
                 let chunk = keys[written..<min(keys.count, written + 500)]
                 var arguments: [any RedisArgument] = [prefix, maxTypesPerProject]
                 for key in chunk {
-                    arguments += [key.project, key.eventType, taken.counts[key] ?? 0, taken.samples[key].map { String(decoding: $0, as: UTF8.self) } ?? ""]
+                    arguments += [
+                        key.project, key.eventType, taken.counts[key] ?? 0,
+                        taken.samples[key].map { String(decoding: $0, as: UTF8.self) } ?? "",
+                    ]
                 }
                 _ = try await redis.evalSHA(Self.write, arguments: arguments)
                 written += chunk.count
@@ -142,9 +149,13 @@ public final class EventTypeCatalog: Sendable {
             RedisCommand("HGETALL", prefix + "types-seen:" + project),
             RedisCommand("HGETALL", prefix + "types-sample:" + project),
         ])
-        let counts = replies.first?.hashFields ?? [:], seen = replies.dropFirst().first?.hashFields ?? [:], samples = replies.dropFirst(2).first?.hashFields ?? [:]
+        let counts = replies.first?.hashFields ?? [:]
+        let seen = replies.dropFirst().first?.hashFields ?? [:]
+        let samples = replies.dropFirst(2).first?.hashFields ?? [:]
         return counts.map { type, count in
-            Entry(eventType: type, count: Int(count) ?? 0, lastSeen: seen[type].flatMap { Int64($0) }, sample: samples[type])
+            Entry(
+                eventType: type, count: Int(count) ?? 0, lastSeen: seen[type].flatMap { Int64($0) },
+                sample: samples[type])
         }.sorted { ($0.count, $1.eventType) > ($1.count, $0.eventType) }
     }
 }

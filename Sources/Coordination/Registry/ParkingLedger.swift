@@ -50,29 +50,29 @@ public final class ParkingLedger: Sendable {
 
     /// Redis time in ms, as every script reads it.
     private static let clock = #"""
-    local t = redis.call('TIME')
-    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-    """#
+        local t = redis.call('TIME')
+        local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+        """#
 
     /// Whether a process named in a record is gone: its `alive:` key missing, and missing when
     /// looked at `grace` ms before too (a mark `gone:<owner>` in the record remembers the first
     /// time). The coordinator writes the key again on its next beat, so one lapse of a live
     /// process (a slow beat, a Redis failover) is not taken for its death.
     private static let gone = #"""
-    local function gone(p, key, owner, now, grace)
-      local mark = 'gone:' .. owner
-      if redis.call('EXISTS', p .. 'alive:' .. owner) == 1 then
-        redis.call('HDEL', key, mark)
-        return false
-      end
-      local since = tonumber(redis.call('HGET', key, mark) or '-1')
-      if since < 0 then
-        if redis.call('EXISTS', key) == 1 then redis.call('HSET', key, mark, now) end
-        return false
-      end
-      return now - since >= grace
-    end
-    """#
+        local function gone(p, key, owner, now, grace)
+          local mark = 'gone:' .. owner
+          if redis.call('EXISTS', p .. 'alive:' .. owner) == 1 then
+            redis.call('HDEL', key, mark)
+            return false
+          end
+          local since = tonumber(redis.call('HGET', key, mark) or '-1')
+          if since < 0 then
+            if redis.call('EXISTS', key) == 1 then redis.call('HSET', key, mark, now) end
+            return false
+          end
+          return now - since >= grace
+        end
+        """#
 
     /// How long a process' `alive:` key must stay missing before what it left in a record is
     /// taken as a dead process' (ms): twice the coordinator's member deadline.
@@ -84,50 +84,51 @@ public final class ParkingLedger: Sendable {
 
     /// Takes a subscription's record out with its share of the project's counters.
     private static let drop = #"""
-    local function drop(p, sub, key)
-      local project = redis.call('HGET', key, 'project')
-      if project then
-        local count = tonumber(redis.call('HGET', key, 'count') or '0')
-        local bytes = tonumber(redis.call('HGET', key, 'bytes') or '0')
-        if count > 0 and redis.call('HINCRBY', p .. 'park-projects', project, -count) <= 0 then redis.call('HDEL', p .. 'park-projects', project) end
-        if bytes > 0 and redis.call('HINCRBY', p .. 'park-project-bytes', project, -bytes) <= 0 then redis.call('HDEL', p .. 'park-project-bytes', project) end
-      end
-      redis.call('DEL', key)
-      redis.call('ZREM', p .. 'park-due', sub)
-    end
-    """#
+        local function drop(p, sub, key)
+          local project = redis.call('HGET', key, 'project')
+          if project then
+            local count = tonumber(redis.call('HGET', key, 'count') or '0')
+            local bytes = tonumber(redis.call('HGET', key, 'bytes') or '0')
+            if count > 0 and redis.call('HINCRBY', p .. 'park-projects', project, -count) <= 0 then redis.call('HDEL', p .. 'park-projects', project) end
+            if bytes > 0 and redis.call('HINCRBY', p .. 'park-project-bytes', project, -bytes) <= 0 then redis.call('HDEL', p .. 'park-project-bytes', project) end
+          end
+          redis.call('DEL', key)
+          redis.call('ZREM', p .. 'park-due', sub)
+        end
+        """#
 
-    private static let reserve = RedisScript(clock + "\n" + gone + "\n" + #"""
-    local p, sub, project, n, pmax, smax, delay, err, bytes, bmax, onlyIfParked, owner, grace = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10]), ARGV[11], ARGV[12], tonumber(ARGV[13])
-    local key = p .. 'park:' .. sub
-    if onlyIfParked == '1' and redis.call('EXISTS', key) == 0 then return {-5, 0} end
-    local used = tonumber(redis.call('HGET', p .. 'park-projects', project) or '0')
-    if used + n > pmax then return {-1, used} end
-    local usedBytes = tonumber(redis.call('HGET', p .. 'park-project-bytes', project) or '0')
-    if usedBytes + bytes > bmax then return {-3, usedBytes} end
-    local count = tonumber(redis.call('HGET', key, 'count') or '0')
-    if count + n > smax then return {-2, count} end
-    if redis.call('HGET', key, 'closing') == '1' then
-      -- Closed by a claimer still alive: wait for it. Closed by one that died: open again.
-      local claimer = redis.call('HGET', key, 'claimed') or ''
-      if claimer ~= '' and not gone(p, key, claimer, now, grace) then return {-4, 0} end
-      redis.call('HDEL', key, 'closing')
-    end
-    if redis.call('EXISTS', key) == 0 then
-      redis.call('HSET', key, 'project', project, 'since', now, 'attempts', 0, 'next', now + delay, 'error', err, 'count', 0, 'bytes', 0, 'claimed', '')
-      redis.call('ZADD', p .. 'park-due', now + delay, sub)
-    end
-    redis.call('HDEL', key, 'empty_since')
-    redis.call('HINCRBY', p .. 'park-projects', project, n)
-    redis.call('HINCRBY', p .. 'park-project-bytes', project, bytes)
-    redis.call('HINCRBY', key, 'bytes', bytes)
-    redis.call('HINCRBY', key, 'count', n)
-    if owner ~= '' then
-      redis.call('HINCRBY', key, 'pending:' .. owner, n)
-      redis.call('HSET', key, 'pending-at:' .. owner, now)
-    end
-    return {0, now}
-    """#)
+    private static let reserve = RedisScript(
+        clock + "\n" + gone + "\n" + #"""
+            local p, sub, project, n, pmax, smax, delay, err, bytes, bmax, onlyIfParked, owner, grace = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10]), ARGV[11], ARGV[12], tonumber(ARGV[13])
+            local key = p .. 'park:' .. sub
+            if onlyIfParked == '1' and redis.call('EXISTS', key) == 0 then return {-5, 0} end
+            local used = tonumber(redis.call('HGET', p .. 'park-projects', project) or '0')
+            if used + n > pmax then return {-1, used} end
+            local usedBytes = tonumber(redis.call('HGET', p .. 'park-project-bytes', project) or '0')
+            if usedBytes + bytes > bmax then return {-3, usedBytes} end
+            local count = tonumber(redis.call('HGET', key, 'count') or '0')
+            if count + n > smax then return {-2, count} end
+            if redis.call('HGET', key, 'closing') == '1' then
+              -- Closed by a claimer still alive: wait for it. Closed by one that died: open again.
+              local claimer = redis.call('HGET', key, 'claimed') or ''
+              if claimer ~= '' and not gone(p, key, claimer, now, grace) then return {-4, 0} end
+              redis.call('HDEL', key, 'closing')
+            end
+            if redis.call('EXISTS', key) == 0 then
+              redis.call('HSET', key, 'project', project, 'since', now, 'attempts', 0, 'next', now + delay, 'error', err, 'count', 0, 'bytes', 0, 'claimed', '')
+              redis.call('ZADD', p .. 'park-due', now + delay, sub)
+            end
+            redis.call('HDEL', key, 'empty_since')
+            redis.call('HINCRBY', p .. 'park-projects', project, n)
+            redis.call('HINCRBY', p .. 'park-project-bytes', project, bytes)
+            redis.call('HINCRBY', key, 'bytes', bytes)
+            redis.call('HINCRBY', key, 'count', n)
+            if owner ~= '' then
+              redis.call('HINCRBY', key, 'pending:' .. owner, n)
+              redis.call('HSET', key, 'pending-at:' .. owner, now)
+            end
+            return {0, now}
+            """#)
 
     /// Counts `count` messages (`bytes` in all) of a subscription as parked, before they are
     /// published. A subscription stays parked (its record exists) until a drainer has seen its
@@ -139,14 +140,19 @@ public final class ParkingLedger: Sendable {
     ///     until it calls `confirm` or `unreserve`, and is dropped if it dies before.
     /// - Throws: `CoordinationError` when Redis cannot be asked.
     public func reserve(
-        subscription: String, project: String, count: Int, bytes: Int = 0, projectMax: Int, projectMaxBytes: Int = Int.max / 2, subscriptionMax: Int,
+        subscription: String, project: String, count: Int, bytes: Int = 0, projectMax: Int,
+        projectMaxBytes: Int = Int.max / 2, subscriptionMax: Int,
         delay: Duration, error: String, onlyIfParked: Bool = false, owner: String = ""
     ) async throws -> Reservation {
-        let reply = try await redis.evalSHA(Self.reserve, arguments: [
-            prefix, subscription, project, count, projectMax, subscriptionMax, Int(max(0, delay.milliseconds)), String(error.prefix(300)), bytes, projectMaxBytes,
-            onlyIfParked ? "1" : "0", owner, Self.graceMilliseconds,
-        ])
-        guard let items = reply.array, items.count == 2, let first = items[0].integer, let second = items[1].integer else {
+        let reply = try await redis.evalSHA(
+            Self.reserve,
+            arguments: [
+                prefix, subscription, project, count, projectMax, subscriptionMax, Int(max(0, delay.milliseconds)),
+                String(error.prefix(300)), bytes, projectMaxBytes,
+                onlyIfParked ? "1" : "0", owner, Self.graceMilliseconds,
+            ])
+        guard let items = reply.array, items.count == 2, let first = items[0].integer, let second = items[1].integer
+        else {
             throw CoordinationError(.unexpectedReply, "the parking script answered \(reply)")
         }
         switch first {
@@ -159,21 +165,22 @@ public final class ParkingLedger: Sendable {
         }
     }
 
-    private static let confirm = RedisScript(clock + "\n" + #"""
-    local p, sub, project, n, bytes, owner = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
-    local key = p .. 'park:' .. sub
-    if redis.call('EXISTS', key) == 1 then
-      if owner ~= '' and redis.call('HEXISTS', key, 'pending:' .. owner) == 1 then
-        if redis.call('HINCRBY', key, 'pending:' .. owner, -n) <= 0 then redis.call('HDEL', key, 'pending:' .. owner, 'pending-at:' .. owner) end
-      end
-      return 0
-    end
-    redis.call('HSET', key, 'project', project, 'since', now, 'attempts', 0, 'next', now, 'error', 'parked while its record was gone', 'count', n, 'bytes', bytes, 'claimed', '')
-    redis.call('HINCRBY', p .. 'park-projects', project, n)
-    redis.call('HINCRBY', p .. 'park-project-bytes', project, bytes)
-    redis.call('ZADD', p .. 'park-due', now, sub)
-    return 1
-    """#)
+    private static let confirm = RedisScript(
+        clock + "\n" + #"""
+            local p, sub, project, n, bytes, owner = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
+            local key = p .. 'park:' .. sub
+            if redis.call('EXISTS', key) == 1 then
+              if owner ~= '' and redis.call('HEXISTS', key, 'pending:' .. owner) == 1 then
+                if redis.call('HINCRBY', key, 'pending:' .. owner, -n) <= 0 then redis.call('HDEL', key, 'pending:' .. owner, 'pending-at:' .. owner) end
+              end
+              return 0
+            end
+            redis.call('HSET', key, 'project', project, 'since', now, 'attempts', 0, 'next', now, 'error', 'parked while its record was gone', 'count', n, 'bytes', bytes, 'claimed', '')
+            redis.call('HINCRBY', p .. 'park-projects', project, n)
+            redis.call('HINCRBY', p .. 'park-project-bytes', project, bytes)
+            redis.call('ZADD', p .. 'park-due', now, sub)
+            return 1
+            """#)
 
     /// After the broker confirmed parked messages: they are pending no more (they are in the
     /// queue, where the count's drainer will find them). When the subscription's record went
@@ -181,18 +188,22 @@ public final class ParkingLedger: Sendable {
     /// owner it took for dead), it is made again, due now, so that the messages are never left
     /// in a queue nobody retries. Answers whether it had to be made.
     @discardableResult
-    public func confirm(subscription: String, project: String, count: Int, bytes: Int = 0, owner: String = "") async throws -> Bool {
-        try await redis.evalSHA(Self.confirm, arguments: [prefix, subscription, project, count, bytes, owner]).integer == 1
+    public func confirm(
+        subscription: String, project: String, count: Int, bytes: Int = 0, owner: String = ""
+    ) async throws -> Bool {
+        try await redis.evalSHA(Self.confirm, arguments: [prefix, subscription, project, count, bytes, owner]).integer
+            == 1
     }
 
-    private static let unreserve = RedisScript(#"""
-    local p, sub, owner, n = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-    local key = p .. 'park:' .. sub
-    if owner ~= '' and redis.call('HEXISTS', key, 'pending:' .. owner) == 1 then
-      if redis.call('HINCRBY', key, 'pending:' .. owner, -n) <= 0 then redis.call('HDEL', key, 'pending:' .. owner, 'pending-at:' .. owner) end
-    end
-    return 1
-    """#)
+    private static let unreserve = RedisScript(
+        #"""
+        local p, sub, owner, n = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+        local key = p .. 'park:' .. sub
+        if owner ~= '' and redis.call('HEXISTS', key, 'pending:' .. owner) == 1 then
+          if redis.call('HINCRBY', key, 'pending:' .. owner, -n) <= 0 then redis.call('HDEL', key, 'pending:' .. owner, 'pending-at:' .. owner) end
+        end
+        return 1
+        """#)
 
     /// The broker did not take messages counted by `reserve`: they are uncounted and pending no
     /// more (the lane still holds them and parks them again). Any that reached the queue all the
@@ -203,20 +214,21 @@ public final class ParkingLedger: Sendable {
         _ = try await release(subscription: subscription, count: count, bytes: bytes)
     }
 
-    private static let release = RedisScript(#"""
-    local p, sub, n, bytes = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-    local key = p .. 'park:' .. sub
-    local project = redis.call('HGET', key, 'project')
-    if not project then return 0 end
-    local count = tonumber(redis.call('HGET', key, 'count') or '0')
-    local held = tonumber(redis.call('HGET', key, 'bytes') or '0')
-    if n > count then n = count end
-    if bytes > held then bytes = held end
-    if n > 0 and redis.call('HINCRBY', p .. 'park-projects', project, -n) <= 0 then redis.call('HDEL', p .. 'park-projects', project) end
-    if bytes > 0 and redis.call('HINCRBY', p .. 'park-project-bytes', project, -bytes) <= 0 then redis.call('HDEL', p .. 'park-project-bytes', project) end
-    redis.call('HSET', key, 'count', count - n, 'bytes', held - bytes)
-    return count - n
-    """#)
+    private static let release = RedisScript(
+        #"""
+        local p, sub, n, bytes = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+        local key = p .. 'park:' .. sub
+        local project = redis.call('HGET', key, 'project')
+        if not project then return 0 end
+        local count = tonumber(redis.call('HGET', key, 'count') or '0')
+        local held = tonumber(redis.call('HGET', key, 'bytes') or '0')
+        if n > count then n = count end
+        if bytes > held then bytes = held end
+        if n > 0 and redis.call('HINCRBY', p .. 'park-projects', project, -n) <= 0 then redis.call('HDEL', p .. 'park-projects', project) end
+        if bytes > 0 and redis.call('HINCRBY', p .. 'park-project-bytes', project, -bytes) <= 0 then redis.call('HDEL', p .. 'park-project-bytes', project) end
+        redis.call('HSET', key, 'count', count - n, 'bytes', held - bytes)
+        return count - n
+        """#)
 
     /// Uncounts messages that left parking (delivered, dead-lettered, dropped). The record stays
     /// (the subscription stays parked) until a drainer sees the queue empty. Answers how many
@@ -224,90 +236,101 @@ public final class ParkingLedger: Sendable {
     @discardableResult
     public func release(subscription: String, count: Int, bytes: Int = 0) async throws -> Int {
         let reply = try await redis.evalSHA(Self.release, arguments: [prefix, subscription, count, bytes])
-        guard let left = reply.integer else { throw CoordinationError(.unexpectedReply, "the parking script answered \(reply)") }
+        guard let left = reply.integer else {
+            throw CoordinationError(.unexpectedReply, "the parking script answered \(reply)")
+        }
         return Int(left)
     }
 
-    private static let claim = RedisScript(clock + "\n" + gone + "\n" + #"""
-    local p, node, lease, limit, grace = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-    -- Fair between projects: of the first 200 due (oldest first), one per project in turn, so a
-    -- project with many parked subscriptions cannot take every retry slot while others wait. A
-    -- bounded window: a project with 200 or more due before any other's still fills a claim.
-    local candidates = redis.call('ZRANGEBYSCORE', p .. 'park-due', '-inf', now, 'LIMIT', 0, 200)
-    local byProject, projects = {}, {}
-    for _, sub in ipairs(candidates) do
-      local project = redis.call('HGET', p .. 'park:' .. sub, 'project') or ''
-      if byProject[project] == nil then byProject[project] = {}; table.insert(projects, project) end
-      table.insert(byProject[project], sub)
-    end
-    local due = {}
-    local round = 1
-    while #due < limit do
-      local took = false
-      for _, project in ipairs(projects) do
-        local sub = byProject[project][round]
-        if sub and #due < limit then table.insert(due, sub); took = true end
-      end
-      if not took then break end
-      round = round + 1
-    end
-    -- Claims whose holder died: taken at once rather than when their lease runs out (the
-    -- soonest 100 of the claimed or waiting ones are looked at, a bounded scan).
-    if #due < limit then
-      local later = redis.call('ZRANGEBYSCORE', p .. 'park-due', '(' .. now, '+inf', 'LIMIT', 0, 100)
-      for _, sub in ipairs(later) do
-        if #due >= limit then break end
-        local holder = redis.call('HGET', p .. 'park:' .. sub, 'claimed') or ''
-        if holder ~= '' and holder ~= node and gone(p, p .. 'park:' .. sub, holder, now, grace) then table.insert(due, sub) end
-      end
-    end
-    for _, sub in ipairs(due) do
-      redis.call('ZADD', p .. 'park-due', 'XX', now + lease, sub)
-      redis.call('HSET', p .. 'park:' .. sub, 'claimed', node)
-    end
-    return due
-    """#)
+    private static let claim = RedisScript(
+        clock + "\n" + gone + "\n" + #"""
+            local p, node, lease, limit, grace = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+            -- Fair between projects: of the first 200 due (oldest first), one per project in turn, so a
+            -- project with many parked subscriptions cannot take every retry slot while others wait. A
+            -- bounded window: a project with 200 or more due before any other's still fills a claim.
+            local candidates = redis.call('ZRANGEBYSCORE', p .. 'park-due', '-inf', now, 'LIMIT', 0, 200)
+            local byProject, projects = {}, {}
+            for _, sub in ipairs(candidates) do
+              local project = redis.call('HGET', p .. 'park:' .. sub, 'project') or ''
+              if byProject[project] == nil then byProject[project] = {}; table.insert(projects, project) end
+              table.insert(byProject[project], sub)
+            end
+            local due = {}
+            local round = 1
+            while #due < limit do
+              local took = false
+              for _, project in ipairs(projects) do
+                local sub = byProject[project][round]
+                if sub and #due < limit then table.insert(due, sub); took = true end
+              end
+              if not took then break end
+              round = round + 1
+            end
+            -- Claims whose holder died: taken at once rather than when their lease runs out (the
+            -- soonest 100 of the claimed or waiting ones are looked at, a bounded scan).
+            if #due < limit then
+              local later = redis.call('ZRANGEBYSCORE', p .. 'park-due', '(' .. now, '+inf', 'LIMIT', 0, 100)
+              for _, sub in ipairs(later) do
+                if #due >= limit then break end
+                local holder = redis.call('HGET', p .. 'park:' .. sub, 'claimed') or ''
+                if holder ~= '' and holder ~= node and gone(p, p .. 'park:' .. sub, holder, now, grace) then table.insert(due, sub) end
+              end
+            end
+            for _, sub in ipairs(due) do
+              redis.call('ZADD', p .. 'park-due', 'XX', now + lease, sub)
+              redis.call('HSET', p .. 'park:' .. sub, 'claimed', node)
+            end
+            return due
+            """#)
 
     /// Takes up to `limit` subscriptions whose next attempt is due (one per project in turn, oldest
     /// first, of the first 200 due), or whose claim is held by a process that died (its `alive:`
     /// key went), for `lease`: no other node takes them until the
     /// lease passes or the claimer dies; only the claimer may reschedule them meanwhile.
     public func claimDue(node: String, lease: Duration, limit: Int) async throws -> [String] {
-        let reply = try await redis.evalSHA(Self.claim, arguments: [prefix, node, Int(lease.milliseconds), limit, Self.graceMilliseconds])
+        let reply = try await redis.evalSHA(
+            Self.claim, arguments: [prefix, node, Int(lease.milliseconds), limit, Self.graceMilliseconds])
         return reply.array?.compactMap(\.string) ?? []
     }
 
     /// Reschedules a claimed subscription, only for the node holding the claim (a drainer whose
     /// claim ran out and was taken changes nothing). mode: failed, finished or renew.
-    private static let schedule = RedisScript(clock + "\n" + #"""
-    local p, sub, node, delay, mode, err, since, atLeast = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5], ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
-    local key = p .. 'park:' .. sub
-    if redis.call('EXISTS', key) == 0 then return {-1, now} end
-    local claimed = redis.call('HGET', key, 'claimed') or ''
-    if claimed ~= node and claimed ~= '' then return {-2, now} end
-    if mode == 'failed' then
-      redis.call('HINCRBY', key, 'attempts', 1)
-      redis.call('HSET', key, 'error', err)
-    end
-    if mode ~= 'renew' then redis.call('HDEL', key, 'closing') end
-    if since > 0 then redis.call('HSET', key, 'since', since) end
-    -- The drainer saw messages in the queue: an earlier sight of it empty counts no more.
-    if atLeast > 0 then redis.call('HDEL', key, 'empty_since') end
-    local count = tonumber(redis.call('HGET', key, 'count') or '0')
-    if atLeast > count then
-      local project = redis.call('HGET', key, 'project')
-      redis.call('HINCRBY', p .. 'park-projects', project, atLeast - count)
-      redis.call('HSET', key, 'count', atLeast)
-    end
-    redis.call('HSET', key, 'next', now + delay, 'claimed', mode == 'renew' and node or '')
-    redis.call('ZADD', p .. 'park-due', 'XX', now + delay, sub)
-    return {tonumber(redis.call('HGET', key, 'attempts') or '0'), now}
-    """#)
+    private static let schedule = RedisScript(
+        clock + "\n" + #"""
+            local p, sub, node, delay, mode, err, since, atLeast = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5], ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
+            local key = p .. 'park:' .. sub
+            if redis.call('EXISTS', key) == 0 then return {-1, now} end
+            local claimed = redis.call('HGET', key, 'claimed') or ''
+            if claimed ~= node and claimed ~= '' then return {-2, now} end
+            if mode == 'failed' then
+              redis.call('HINCRBY', key, 'attempts', 1)
+              redis.call('HSET', key, 'error', err)
+            end
+            if mode ~= 'renew' then redis.call('HDEL', key, 'closing') end
+            if since > 0 then redis.call('HSET', key, 'since', since) end
+            -- The drainer saw messages in the queue: an earlier sight of it empty counts no more.
+            if atLeast > 0 then redis.call('HDEL', key, 'empty_since') end
+            local count = tonumber(redis.call('HGET', key, 'count') or '0')
+            if atLeast > count then
+              local project = redis.call('HGET', key, 'project')
+              redis.call('HINCRBY', p .. 'park-projects', project, atLeast - count)
+              redis.call('HSET', key, 'count', atLeast)
+            end
+            redis.call('HSET', key, 'next', now + delay, 'claimed', mode == 'renew' and node or '')
+            redis.call('ZADD', p .. 'park-due', 'XX', now + delay, sub)
+            return {tonumber(redis.call('HGET', key, 'attempts') or '0'), now}
+            """#)
 
-    private func schedule(_ subscription: String, node: String, delay: Duration, mode: String, error: String = "", since: Int64 = 0, atLeast: Int = 0) async throws -> Int {
-        let reply = try await redis.evalSHA(Self.schedule, arguments: [
-            prefix, subscription, node, Int(max(0, delay.milliseconds)), mode, String(error.prefix(300)), since, atLeast,
-        ])
+    private func schedule(
+        _ subscription: String, node: String, delay: Duration, mode: String, error: String = "", since: Int64 = 0,
+        atLeast: Int = 0
+    ) async throws -> Int {
+        let reply = try await redis.evalSHA(
+            Self.schedule,
+            arguments: [
+                prefix, subscription, node, Int(max(0, delay.milliseconds)), mode, String(error.prefix(300)), since,
+                atLeast,
+            ])
         guard let items = reply.array, items.count == 2, let attempts = items[0].integer else {
             throw CoordinationError(.unexpectedReply, "the parking script answered \(reply)")
         }
@@ -318,7 +341,9 @@ public final class ParkingLedger: Sendable {
     /// (`since`, Redis ms; 0 keeps it), and sets the next attempt `delay` from now.
     /// - Returns: attempts so far (negative when this node no longer holds the claim).
     @discardableResult
-    public func retryLater(subscription: String, node: String, delay: Duration, error: String, since: Int64 = 0) async throws -> Int {
+    public func retryLater(
+        subscription: String, node: String, delay: Duration, error: String, since: Int64 = 0
+    ) async throws -> Int {
         try await schedule(subscription, node: node, delay: delay, mode: "failed", error: error, since: since)
     }
 
@@ -335,13 +360,14 @@ public final class ParkingLedger: Sendable {
         try await schedule(subscription, node: node, delay: lease, mode: "renew", atLeast: atLeast) >= 0
     }
 
-    private static let close = RedisScript(#"""
-    local p, sub, node = ARGV[1], ARGV[2], ARGV[3]
-    local key = p .. 'park:' .. sub
-    if redis.call('EXISTS', key) == 0 or redis.call('HGET', key, 'claimed') ~= node then return 0 end
-    redis.call('HSET', key, 'closing', '1')
-    return 1
-    """#)
+    private static let close = RedisScript(
+        #"""
+        local p, sub, node = ARGV[1], ARGV[2], ARGV[3]
+        local key = p .. 'park:' .. sub
+        if redis.call('EXISTS', key) == 0 or redis.call('HGET', key, 'claimed') ~= node then return 0 end
+        redis.call('HSET', key, 'closing', '1')
+        return 1
+        """#)
 
     /// The claimer has caught up with a subscription's queue: from now on no new message is
     /// parked for it (`reserve` answers `.closing`), so the queue can end; the claimer empties
@@ -366,84 +392,91 @@ public final class ParkingLedger: Sendable {
         case reconciled(count: Int)
     }
 
-    private static let observeEmpty = RedisScript(clock + "\n" + drop + "\n" + gone + "\n" + #"""
-    local p, sub, node, window, delay, grace, stale = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-    local key = p .. 'park:' .. sub
-    if redis.call('EXISTS', key) == 0 then return {1, 0} end
-    local claimed = redis.call('HGET', key, 'claimed') or ''
-    if claimed ~= node and claimed ~= '' then return {2, 0} end
-    local project = redis.call('HGET', key, 'project')
-    local count = tonumber(redis.call('HGET', key, 'count') or '0')
-    -- Reservations by processes that are gone, or that no confirm followed for long, will
-    -- never be published: uncounted now.
-    local fields = redis.call('HGETALL', key)
-    local live, dropped = 0, 0
-    for i = 1, #fields, 2 do
-      local field = fields[i]
-      if string.sub(field, 1, 8) == 'pending:' then
-        local owner = string.sub(field, 9)
-        local n = tonumber(fields[i + 1]) or 0
-        local at = tonumber(redis.call('HGET', key, 'pending-at:' .. owner) or '0')
-        if now - at >= stale or gone(p, key, owner, now, grace) then
-          redis.call('HDEL', key, field, 'pending-at:' .. owner, 'gone:' .. owner)
-          dropped = dropped + math.max(n, 0)
-        else
-          live = live + math.max(n, 0)
-        end
-      end
-    end
-    local function trim(n)
-      if n > count then n = count end
-      if n <= 0 then return end
-      if redis.call('HINCRBY', p .. 'park-projects', project, -n) <= 0 then redis.call('HDEL', p .. 'park-projects', project) end
-      count = count - n
-      redis.call('HSET', key, 'count', count)
-      if count == 0 then
-        local bytes = tonumber(redis.call('HGET', key, 'bytes') or '0')
-        if bytes > 0 and redis.call('HINCRBY', p .. 'park-project-bytes', project, -bytes) <= 0 then redis.call('HDEL', p .. 'park-project-bytes', project) end
-        redis.call('HSET', key, 'bytes', 0)
-      end
-    end
-    local reconciled = math.min(dropped, math.max(count, 0))
-    trim(dropped)
-    if count <= 0 then
-      drop(p, sub, key)
-      if reconciled > 0 then return {3, reconciled} end
-      return {1, 0}
-    end
-    if count > live then
-      -- More counted than live processes are publishing, and the queue is empty: an uncount
-      -- lost after its ack, or messages a drainer is just putting back. After the window, dropped.
-      local since = tonumber(redis.call('HGET', key, 'empty_since') or '-1')
-      if since < 0 then
-        redis.call('HSET', key, 'empty_since', now)
-      elseif now - since >= window then
-        reconciled = reconciled + count - live
-        trim(count - live)
-        redis.call('HDEL', key, 'empty_since')
-        if count <= 0 then
-          drop(p, sub, key)
-          return {3, reconciled}
-        end
-      end
-    else
-      redis.call('HDEL', key, 'empty_since')
-    end
-    redis.call('HSET', key, 'next', now + delay, 'claimed', '')
-    redis.call('ZADD', p .. 'park-due', 'XX', now + delay, sub)
-    if reconciled > 0 then return {3, reconciled} end
-    return {2, count}
-    """#)
+    private static let observeEmpty = RedisScript(
+        clock + "\n" + drop + "\n" + gone + "\n" + #"""
+            local p, sub, node, window, delay, grace, stale = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+            local key = p .. 'park:' .. sub
+            if redis.call('EXISTS', key) == 0 then return {1, 0} end
+            local claimed = redis.call('HGET', key, 'claimed') or ''
+            if claimed ~= node and claimed ~= '' then return {2, 0} end
+            local project = redis.call('HGET', key, 'project')
+            local count = tonumber(redis.call('HGET', key, 'count') or '0')
+            -- Reservations by processes that are gone, or that no confirm followed for long, will
+            -- never be published: uncounted now.
+            local fields = redis.call('HGETALL', key)
+            local live, dropped = 0, 0
+            for i = 1, #fields, 2 do
+              local field = fields[i]
+              if string.sub(field, 1, 8) == 'pending:' then
+                local owner = string.sub(field, 9)
+                local n = tonumber(fields[i + 1]) or 0
+                local at = tonumber(redis.call('HGET', key, 'pending-at:' .. owner) or '0')
+                if now - at >= stale or gone(p, key, owner, now, grace) then
+                  redis.call('HDEL', key, field, 'pending-at:' .. owner, 'gone:' .. owner)
+                  dropped = dropped + math.max(n, 0)
+                else
+                  live = live + math.max(n, 0)
+                end
+              end
+            end
+            local function trim(n)
+              if n > count then n = count end
+              if n <= 0 then return end
+              if redis.call('HINCRBY', p .. 'park-projects', project, -n) <= 0 then redis.call('HDEL', p .. 'park-projects', project) end
+              count = count - n
+              redis.call('HSET', key, 'count', count)
+              if count == 0 then
+                local bytes = tonumber(redis.call('HGET', key, 'bytes') or '0')
+                if bytes > 0 and redis.call('HINCRBY', p .. 'park-project-bytes', project, -bytes) <= 0 then redis.call('HDEL', p .. 'park-project-bytes', project) end
+                redis.call('HSET', key, 'bytes', 0)
+              end
+            end
+            local reconciled = math.min(dropped, math.max(count, 0))
+            trim(dropped)
+            if count <= 0 then
+              drop(p, sub, key)
+              if reconciled > 0 then return {3, reconciled} end
+              return {1, 0}
+            end
+            if count > live then
+              -- More counted than live processes are publishing, and the queue is empty: an uncount
+              -- lost after its ack, or messages a drainer is just putting back. After the window, dropped.
+              local since = tonumber(redis.call('HGET', key, 'empty_since') or '-1')
+              if since < 0 then
+                redis.call('HSET', key, 'empty_since', now)
+              elseif now - since >= window then
+                reconciled = reconciled + count - live
+                trim(count - live)
+                redis.call('HDEL', key, 'empty_since')
+                if count <= 0 then
+                  drop(p, sub, key)
+                  return {3, reconciled}
+                end
+              end
+            else
+              redis.call('HDEL', key, 'empty_since')
+            end
+            redis.call('HSET', key, 'next', now + delay, 'claimed', '')
+            redis.call('ZADD', p .. 'park-due', 'XX', now + delay, sub)
+            if reconciled > 0 then return {3, reconciled} end
+            return {2, count}
+            """#)
 
     /// The claimer saw the subscription's queue empty with no consumer on it: unparks it when
     /// nothing is counted; drops what dead processes reserved; otherwise waits (`delay`) for
     /// publishes under way, and drops any count beyond what live processes are publishing once
     /// the queue stayed empty for `window`.
-    public func observeEmpty(subscription: String, node: String, window: Duration, delay: Duration) async throws -> EmptyQueue {
-        let reply = try await redis.evalSHA(Self.observeEmpty, arguments: [
-            prefix, subscription, node, Int(window.milliseconds), Int(max(0, delay.milliseconds)), Self.graceMilliseconds, Self.staleReservationMilliseconds,
-        ])
-        guard let items = reply.array, items.count == 2, let code = items[0].integer, let count = items[1].integer else {
+    public func observeEmpty(
+        subscription: String, node: String, window: Duration, delay: Duration
+    ) async throws -> EmptyQueue {
+        let reply = try await redis.evalSHA(
+            Self.observeEmpty,
+            arguments: [
+                prefix, subscription, node, Int(window.milliseconds), Int(max(0, delay.milliseconds)),
+                Self.graceMilliseconds, Self.staleReservationMilliseconds,
+            ])
+        guard let items = reply.array, items.count == 2, let code = items[0].integer, let count = items[1].integer
+        else {
             throw CoordinationError(.unexpectedReply, "the parking script answered \(reply)")
         }
         switch code {
@@ -453,12 +486,13 @@ public final class ParkingLedger: Sendable {
         }
     }
 
-    private static let forget = RedisScript(drop + "\n" + #"""
-    local p, sub = ARGV[1], ARGV[2]
-    drop(p, sub, p .. 'park:' .. sub)
-    redis.call('SREM', p .. 'park-queues', sub)
-    return 1
-    """#)
+    private static let forget = RedisScript(
+        drop + "\n" + #"""
+            local p, sub = ARGV[1], ARGV[2]
+            drop(p, sub, p .. 'park:' .. sub)
+            redis.call('SREM', p .. 'park-queues', sub)
+            return 1
+            """#)
 
     /// Remembers that a subscription has a parking queue (`park-queues`), so that a sweep can
     /// find a queue whose record was lost (`queuesWithoutRecord`).
@@ -471,20 +505,23 @@ public final class ParkingLedger: Sendable {
         _ = try await redis.send("SREM", prefix + "park-queues", subscription)
     }
 
-    private static let orphans = RedisScript(#"""
-    local p, cursor, count = ARGV[1], ARGV[2], tonumber(ARGV[3])
-    local scan = redis.call('SSCAN', p .. 'park-queues', cursor, 'COUNT', count)
-    local out = {scan[1]}
-    for _, sub in ipairs(scan[2]) do
-      if redis.call('EXISTS', p .. 'park:' .. sub) == 0 then out[#out + 1] = sub end
-    end
-    return out
-    """#)
+    private static let orphans = RedisScript(
+        #"""
+        local p, cursor, count = ARGV[1], ARGV[2], tonumber(ARGV[3])
+        local scan = redis.call('SSCAN', p .. 'park-queues', cursor, 'COUNT', count)
+        local out = {scan[1]}
+        for _, sub in ipairs(scan[2]) do
+          if redis.call('EXISTS', p .. 'park:' .. sub) == 0 then out[#out + 1] = sub end
+        end
+        return out
+        """#)
 
     /// One step of a sweep over the subscriptions with a parking queue: those of them that have no
     /// record (parked messages may wait there that nobody would retry). Start with cursor "0"; a
     /// returned cursor "0" means the sweep went round.
-    public func queuesWithoutRecord(cursor: String, count: Int = 100) async throws -> (next: String, subscriptions: [String]) {
+    public func queuesWithoutRecord(
+        cursor: String, count: Int = 100
+    ) async throws -> (next: String, subscriptions: [String]) {
         let reply = try await redis.evalSHA(Self.orphans, arguments: [prefix, cursor, count])
         guard let items = reply.array, let next = items.first?.string else {
             throw CoordinationError(.unexpectedReply, "the sweep script answered \(reply)")
@@ -529,8 +566,10 @@ public final class ParkingLedger: Sendable {
             guard fields["project"] != nil else { return nil }
             let count = fields["count"].flatMap { Int($0) } ?? 0
             return State(
-                subscription: subscription, project: fields["project"] ?? "", count: count, since: fields["since"].flatMap { Int64($0) } ?? 0,
-                attempts: fields["attempts"].flatMap { Int($0) } ?? 0, nextAttempt: fields["next"].flatMap { Int64($0) } ?? 0,
+                subscription: subscription, project: fields["project"] ?? "", count: count,
+                since: fields["since"].flatMap { Int64($0) } ?? 0,
+                attempts: fields["attempts"].flatMap { Int($0) } ?? 0,
+                nextAttempt: fields["next"].flatMap { Int64($0) } ?? 0,
                 lastError: fields["error"] ?? "", claimedBy: fields["claimed"].flatMap { $0.isEmpty ? nil : $0 }
             )
         }
@@ -545,14 +584,17 @@ public final class ParkingLedger: Sendable {
 
     /// A lane's failure, kept for `ttl` (a lane that keeps failing parks its messages soon after).
     public func noteFailure(subscription: String, error: String, ttl: Duration) async throws {
-        _ = try await redis.evalSHA(Self.noteFailure, arguments: [prefix + "park-failing:" + subscription, String(error.prefix(300)), Int(ttl.milliseconds)])
+        _ = try await redis.evalSHA(
+            Self.noteFailure,
+            arguments: [prefix + "park-failing:" + subscription, String(error.prefix(300)), Int(ttl.milliseconds)])
     }
 
     /// Since when (Redis time) and why, set once per failing spell (NX), in one round trip.
-    private static let noteFailure = RedisScript(clock + "\n" + #"""
-    redis.call('SET', ARGV[1], now .. ' ' .. ARGV[2], 'PX', tonumber(ARGV[3]), 'NX')
-    return 1
-    """#)
+    private static let noteFailure = RedisScript(
+        clock + "\n" + #"""
+            redis.call('SET', ARGV[1], now .. ' ' .. ARGV[2], 'PX', tonumber(ARGV[3]), 'NX')
+            return 1
+            """#)
 
     public func clearFailure(subscription: String) async throws {
         _ = try await redis.send("DEL", prefix + "park-failing:" + subscription)

@@ -21,7 +21,10 @@ public final class SubscriptionRegistry: Sendable {
     private let prefix: String
     private let logger: Logger
 
-    public init(redis redisConfiguration: RedisConfiguration, keyPrefix: String = "herald:", logger: Logger = Logger(label: "herald.registry")) {
+    public init(
+        redis redisConfiguration: RedisConfiguration, keyPrefix: String = "herald:",
+        logger: Logger = Logger(label: "herald.registry")
+    ) {
         self.redis = RedisClient(configuration: redisConfiguration, logger: logger)
         self.subscriber = RedisSubscriber(configuration: redisConfiguration, logger: logger)
         self.prefix = keyPrefix
@@ -29,49 +32,53 @@ public final class SubscriptionRegistry: Sendable {
     }
 
     /// ARGV[5]: the project's quota (0: none); -1 when the project is at it, 0 when the id exists.
-    private static let create = RedisScript(#"""
-    local prefix, id, project, quota = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[5])
-    if quota > 0 and redis.call('ZCARD', prefix .. 'subs:project:' .. project) >= quota then return -1 end
-    if redis.call('SET', prefix .. 'sub:' .. id, ARGV[4], 'NX') == false then return 0 end
-    redis.call('ZADD', prefix .. 'subs:project:' .. project, 0, id)
-    redis.call('SADD', prefix .. 'subs:all', id)
-    local version = redis.call('INCR', prefix .. 'subs:version')
-    redis.call('PUBLISH', prefix .. 'subs:changed', version .. ' ' .. id)
-    return version
-    """#)
+    private static let create = RedisScript(
+        #"""
+        local prefix, id, project, quota = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[5])
+        if quota > 0 and redis.call('ZCARD', prefix .. 'subs:project:' .. project) >= quota then return -1 end
+        if redis.call('SET', prefix .. 'sub:' .. id, ARGV[4], 'NX') == false then return 0 end
+        redis.call('ZADD', prefix .. 'subs:project:' .. project, 0, id)
+        redis.call('SADD', prefix .. 'subs:all', id)
+        local version = redis.call('INCR', prefix .. 'subs:version')
+        redis.call('PUBLISH', prefix .. 'subs:changed', version .. ' ' .. id)
+        return version
+        """#)
 
-    private static let update = RedisScript(#"""
-    local prefix, id, project = ARGV[1], ARGV[2], ARGV[3]
-    if redis.call('ZSCORE', prefix .. 'subs:project:' .. project, id) == false then return 0 end
-    redis.call('SET', prefix .. 'sub:' .. id, ARGV[4])
-    local version = redis.call('INCR', prefix .. 'subs:version')
-    redis.call('PUBLISH', prefix .. 'subs:changed', version .. ' ' .. id)
-    return version
-    """#)
+    private static let update = RedisScript(
+        #"""
+        local prefix, id, project = ARGV[1], ARGV[2], ARGV[3]
+        if redis.call('ZSCORE', prefix .. 'subs:project:' .. project, id) == false then return 0 end
+        redis.call('SET', prefix .. 'sub:' .. id, ARGV[4])
+        local version = redis.call('INCR', prefix .. 'subs:version')
+        redis.call('PUBLISH', prefix .. 'subs:changed', version .. ' ' .. id)
+        return version
+        """#)
 
-    private static let delete = RedisScript(#"""
-    local prefix, id, project = ARGV[1], ARGV[2], ARGV[3]
-    if redis.call('ZREM', prefix .. 'subs:project:' .. project, id) == 0 then return 0 end
-    redis.call('DEL', prefix .. 'sub:' .. id)
-    redis.call('SREM', prefix .. 'subs:all', id)
-    local version = redis.call('INCR', prefix .. 'subs:version')
-    redis.call('PUBLISH', prefix .. 'subs:changed', version .. ' ' .. id)
-    return version
-    """#)
+    private static let delete = RedisScript(
+        #"""
+        local prefix, id, project = ARGV[1], ARGV[2], ARGV[3]
+        if redis.call('ZREM', prefix .. 'subs:project:' .. project, id) == 0 then return 0 end
+        redis.call('DEL', prefix .. 'sub:' .. id)
+        redis.call('SREM', prefix .. 'subs:all', id)
+        local version = redis.call('INCR', prefix .. 'subs:version')
+        redis.call('PUBLISH', prefix .. 'subs:changed', version .. ' ' .. id)
+        return version
+        """#)
 
     /// Version and every record, read atomically.
-    private static let snapshot = RedisScript(#"""
-    local prefix = ARGV[1]
-    local ids = redis.call('SMEMBERS', prefix .. 'subs:all')
-    local out = { redis.call('GET', prefix .. 'subs:version') or '0' }
-    for i = 1, #ids, 1000 do
-      local keys = {}
-      for j = i, math.min(i + 999, #ids) do keys[#keys + 1] = prefix .. 'sub:' .. ids[j] end
-      local values = redis.call('MGET', unpack(keys))
-      for _, value in ipairs(values) do if value then out[#out + 1] = value end end
-    end
-    return out
-    """#)
+    private static let snapshot = RedisScript(
+        #"""
+        local prefix = ARGV[1]
+        local ids = redis.call('SMEMBERS', prefix .. 'subs:all')
+        local out = { redis.call('GET', prefix .. 'subs:version') or '0' }
+        for i = 1, #ids, 1000 do
+          local keys = {}
+          for j = i, math.min(i + 999, #ids) do keys[#keys + 1] = prefix .. 'sub:' .. ids[j] end
+          local values = redis.call('MGET', unpack(keys))
+          for _, value in ipairs(values) do if value then out[#out + 1] = value end end
+        end
+        return out
+        """#)
 
     // MARK: CRUD
 
@@ -83,7 +90,9 @@ public final class SubscriptionRegistry: Sendable {
     @discardableResult
     public func create(_ subscription: Subscription, quota: Int? = nil) async throws -> Subscription {
         try subscription.validate()
-        let version = try await redis.evalSHA(Self.create, arguments: [prefix, subscription.id, subscription.project, try encode(subscription), quota ?? 0])
+        let version = try await redis.evalSHA(
+            Self.create,
+            arguments: [prefix, subscription.id, subscription.project, try encode(subscription), quota ?? 0])
         if version.integer == -1 { throw SubscriptionQuotaExceeded(project: subscription.project, quota: quota ?? 0) }
         guard (version.integer ?? 0) > 0 else {
             throw CoordinationError(.serverError, "subscription \(subscription.id) exists already")
@@ -109,12 +118,16 @@ public final class SubscriptionRegistry: Sendable {
     ///   - limit: 1 to 1000.
     ///   - marker: the last id of the previous page.
     /// - Returns: the page and the marker of the next one (`nil` on the last page).
-    public func list(project: String, limit: Int = 100, marker: String? = nil) async throws -> (subscriptions: [Subscription], next: String?) {
+    public func list(
+        project: String, limit: Int = 100, marker: String? = nil
+    ) async throws -> (subscriptions: [Subscription], next: String?) {
         guard (1...1000).contains(limit) else {
             throw SubscriptionValidationError(field: "limit", message: "\(limit) must be between 1 and 1000")
         }
         let start = marker.map { "(" + $0 } ?? "-"
-        let ids = try await redis.send("ZRANGEBYLEX", prefix + "subs:project:" + project, start, "+", "LIMIT", 0, limit + 1).array?.compactMap(\.string) ?? []
+        let ids =
+            try await redis.send("ZRANGEBYLEX", prefix + "subs:project:" + project, start, "+", "LIMIT", 0, limit + 1)
+            .array?.compactMap(\.string) ?? []
         let page = Array(ids.prefix(limit))
         guard !page.isEmpty else { return ([], nil) }
         let values = try await redis.send(RedisCommand(["MGET"] + page.map { prefix + "sub:" + $0 })).array ?? []
@@ -128,7 +141,8 @@ public final class SubscriptionRegistry: Sendable {
         var updated = subscription
         updated.updatedAt = Date().timeIntervalSince1970
         try updated.validate()
-        let version = try await redis.evalSHA(Self.update, arguments: [prefix, updated.id, updated.project, try encode(updated)])
+        let version = try await redis.evalSHA(
+            Self.update, arguments: [prefix, updated.id, updated.project, try encode(updated)])
         return (version.integer ?? 0) > 0 ? updated : nil
     }
 
@@ -169,8 +183,10 @@ public final class SubscriptionRegistry: Sendable {
     /// versions, a reconnect, or a version seen to differ on the `poll` (a lost notice costs at
     /// most one poll) reads the whole registry again. Ends when the consumer stops iterating.
     public func watch(poll: Duration = .seconds(1)) -> AsyncStream<RegistrySnapshot> {
-        let (stream, continuation) = AsyncStream.makeStream(of: RegistrySnapshot.self, bufferingPolicy: .bufferingNewest(1))
-        let (changes, changed) = AsyncStream.makeStream(of: RegistryChange.self, bufferingPolicy: .bufferingNewest(1024))
+        let (stream, continuation) = AsyncStream.makeStream(
+            of: RegistrySnapshot.self, bufferingPolicy: .bufferingNewest(1))
+        let (changes, changed) = AsyncStream.makeStream(
+            of: RegistryChange.self, bufferingPolicy: .bufferingNewest(1024))
         let notices = subscriber.subscribe(to: [prefix + "subs:changed"])
         let listener = Task {
             for await event in notices {

@@ -81,32 +81,33 @@ public final class SubscriptionStats: Sendable {
         }
     }
 
-    private static let write = RedisScript(#"""
-    local p = ARGV[1]
-    local t = redis.call('TIME')
-    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-    local minute = math.floor(tonumber(t[1]) / 60)
-    local i = 2
-    while i + 4 <= #ARGV do
-      local sub, matched, delivered, dead, err = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), ARGV[i + 4]
-      local key = p .. 'stats:' .. sub
-      local slot = 's' .. (minute % 60)
-      if tonumber(redis.call('HGET', key, slot) or '-1') ~= minute then
-        redis.call('HSET', key, slot, minute, slot .. ':m', 0, slot .. ':d', 0, slot .. ':x', 0)
-      end
-      for _, counted in ipairs({{'matched', matched, ':m'}, {'delivered', delivered, ':d'}, {'dead_lettered', dead, ':x'}}) do
-        if counted[2] > 0 then
-          redis.call('HINCRBY', key, counted[1], counted[2])
-          redis.call('HINCRBY', key, slot .. counted[3], counted[2])
+    private static let write = RedisScript(
+        #"""
+        local p = ARGV[1]
+        local t = redis.call('TIME')
+        local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+        local minute = math.floor(tonumber(t[1]) / 60)
+        local i = 2
+        while i + 4 <= #ARGV do
+          local sub, matched, delivered, dead, err = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), ARGV[i + 4]
+          local key = p .. 'stats:' .. sub
+          local slot = 's' .. (minute % 60)
+          if tonumber(redis.call('HGET', key, slot) or '-1') ~= minute then
+            redis.call('HSET', key, slot, minute, slot .. ':m', 0, slot .. ':d', 0, slot .. ':x', 0)
+          end
+          for _, counted in ipairs({{'matched', matched, ':m'}, {'delivered', delivered, ':d'}, {'dead_lettered', dead, ':x'}}) do
+            if counted[2] > 0 then
+              redis.call('HINCRBY', key, counted[1], counted[2])
+              redis.call('HINCRBY', key, slot .. counted[3], counted[2])
+            end
+          end
+          if delivered > 0 then redis.call('HSET', key, 'last_delivered_at', now) end
+          if err ~= '' then redis.call('HSET', key, 'last_error', err, 'last_error_at', now) end
+          redis.call('PEXPIRE', key, 2592000000)
+          i = i + 5
         end
-      end
-      if delivered > 0 then redis.call('HSET', key, 'last_delivered_at', now) end
-      if err ~= '' then redis.call('HSET', key, 'last_error', err, 'last_error_at', now) end
-      redis.call('PEXPIRE', key, 2592000000)
-      i = i + 5
-    end
-    return 1
-    """#)
+        return 1
+        """#)
 
     /// Writes what was counted since the last flush; on failure the counts stay for the next.
     /// - Returns: subscriptions written.
@@ -134,7 +135,9 @@ public final class SubscriptionStats: Sendable {
             pending.withLock { pending in
                 for id in rest {
                     // Still within the table's bound, as when they were counted.
-                    if pending.counts[id] == nil, pending.errors[id] == nil, max(pending.counts.count, pending.errors.count) >= maxPending {
+                    if pending.counts[id] == nil, pending.errors[id] == nil,
+                        max(pending.counts.count, pending.errors.count) >= maxPending
+                    {
                         pending.dropped += 1
                         continue
                     }
@@ -164,16 +167,21 @@ public final class SubscriptionStats: Sendable {
     /// One subscription's life: totals, the last hour (the current minute and the 59 before it,
     /// by Redis' clock), the last delivery and error.
     public func health(subscription: String) async throws -> Health {
-        let replies = try await redis.pipeline([RedisCommand("TIME"), RedisCommand("HGETALL", prefix + "stats:" + subscription)])
+        let replies = try await redis.pipeline([
+            RedisCommand("TIME"), RedisCommand("HGETALL", prefix + "stats:" + subscription),
+        ])
         guard let seconds = replies.first?.array?.first?.string.flatMap({ Int64($0) }) else {
             throw CoordinationError(.unexpectedReply, "TIME answered \(replies.first ?? .null)")
         }
         let minute = seconds / 60
         let fields = replies.dropFirst().first?.hashFields ?? [:]
         func number(_ key: String) -> Int { fields[key].flatMap { Int($0) } ?? 0 }
-        var health = Health(total: Counts(matched: number("matched"), delivered: number("delivered"), deadLettered: number("dead_lettered")))
+        var health = Health(
+            total: Counts(
+                matched: number("matched"), delivered: number("delivered"), deadLettered: number("dead_lettered")))
         for slot in 0..<60 {
-            guard let counted = fields["s\(slot)"].flatMap({ Int64($0) }), counted > minute - 60, counted <= minute else { continue }
+            guard let counted = fields["s\(slot)"].flatMap({ Int64($0) }), counted > minute - 60, counted <= minute
+            else { continue }
             health.lastHour.matched += number("s\(slot):m")
             health.lastHour.delivered += number("s\(slot):d")
             health.lastHour.deadLettered += number("s\(slot):x")

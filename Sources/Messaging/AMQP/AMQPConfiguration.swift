@@ -115,7 +115,9 @@ public struct AMQPConfiguration: Sendable, Equatable {
     /// - Throws: `MessagingError.invalidConfiguration` naming the bad part.
     public init(url: String) throws {
         guard let schemeEnd = url.range(of: "://") else {
-            throw MessagingError(.invalidConfiguration, "AMQP URL '\(Self.hidingPasswords(url))' is not a URL; expected amqp://user:password@host:port/vhost")
+            throw MessagingError(
+                .invalidConfiguration,
+                "AMQP URL '\(Self.hidingPasswords(url))' is not a URL; expected amqp://user:password@host:port/vhost")
         }
         let afterScheme = url[schemeEnd.upperBound...]
         let authorityEnd = afterScheme.firstIndex { $0 == "/" || $0 == "?" } ?? afterScheme.endIndex
@@ -129,7 +131,9 @@ public struct AMQPConfiguration: Sendable, Equatable {
             var parsed: [AMQPConfiguration] = []
             for (index, host) in hosts.enumerated() {
                 guard !host.isEmpty else {
-                    throw MessagingError(.invalidConfiguration, "AMQP URL '\(Self.hidingPasswords(url))': host \(index + 1) of \(hosts.count) is empty")
+                    throw MessagingError(
+                        .invalidConfiguration,
+                        "AMQP URL '\(Self.hidingPasswords(url))': host \(index + 1) of \(hosts.count) is empty")
                 }
                 parsed.append(try AMQPConfiguration(single: String(prefix + host + rest)))
             }
@@ -143,10 +147,14 @@ public struct AMQPConfiguration: Sendable, Equatable {
     /// One host's URL.
     private init(single url: String) throws {
         guard let components = URLComponents(string: url), let scheme = components.scheme?.lowercased() else {
-            throw MessagingError(.invalidConfiguration, "AMQP URL '\(Self.hidingPasswords(url))' is not a URL; expected amqp://user:password@host:port/vhost")
+            throw MessagingError(
+                .invalidConfiguration,
+                "AMQP URL '\(Self.hidingPasswords(url))' is not a URL; expected amqp://user:password@host:port/vhost")
         }
         guard scheme == "amqp" || scheme == "amqps" else {
-            throw MessagingError(.invalidConfiguration, "AMQP URL '\(Self.hidingPasswords(url))': scheme '\(scheme)' is not amqp:// or amqps://")
+            throw MessagingError(
+                .invalidConfiguration,
+                "AMQP URL '\(Self.hidingPasswords(url))': scheme '\(scheme)' is not amqp:// or amqps://")
         }
         guard let host = components.host, !host.isEmpty else {
             throw MessagingError(.invalidConfiguration, "AMQP URL '\(Self.hidingPasswords(url))' has no host")
@@ -154,13 +162,16 @@ public struct AMQPConfiguration: Sendable, Equatable {
         let tls = scheme == "amqps"
         let port = components.port ?? (tls ? 5671 : 5672)
         guard (1...65535).contains(port) else {
-            throw MessagingError(.invalidConfiguration, "AMQP URL '\(Self.hidingPasswords(url))': port \(port) is out of range")
+            throw MessagingError(
+                .invalidConfiguration, "AMQP URL '\(Self.hidingPasswords(url))': port \(port) is out of range")
         }
         var vhost = "/"
         let rawPath = components.percentEncodedPath
         if rawPath.count > 1 {
             guard let decoded = String(rawPath.dropFirst()).removingPercentEncoding else {
-                throw MessagingError(.invalidConfiguration, "AMQP URL '\(Self.hidingPasswords(url))': vhost '\(rawPath)' is not valid percent-encoding")
+                throw MessagingError(
+                    .invalidConfiguration,
+                    "AMQP URL '\(Self.hidingPasswords(url))': vhost '\(rawPath)' is not valid percent-encoding")
             }
             vhost = decoded
         }
@@ -176,17 +187,24 @@ public struct AMQPConfiguration: Sendable, Equatable {
             switch item.name {
             case "heartbeat":
                 guard let seconds = item.value.flatMap(Int.init), seconds >= 0 else {
-                    throw MessagingError(.invalidConfiguration, "AMQP URL '\(Self.hidingPasswords(url))': heartbeat '\(item.value ?? "")' is not a number of seconds")
+                    throw MessagingError(
+                        .invalidConfiguration,
+                        "AMQP URL '\(Self.hidingPasswords(url))': heartbeat '\(item.value ?? "")' is not a number of seconds"
+                    )
                 }
                 heartbeat = .seconds(seconds)
             case "connection_timeout":
                 guard let millis = item.value.flatMap(Int.init), millis > 0 else {
-                    throw MessagingError(.invalidConfiguration, "AMQP URL '\(Self.hidingPasswords(url))': connection_timeout '\(item.value ?? "")' is not a number of milliseconds")
+                    throw MessagingError(
+                        .invalidConfiguration,
+                        "AMQP URL '\(Self.hidingPasswords(url))': connection_timeout '\(item.value ?? "")' is not a number of milliseconds"
+                    )
                 }
                 connectTimeout = .milliseconds(millis)
             case "cacertfile":
                 guard let path = item.value, !path.isEmpty else {
-                    throw MessagingError(.invalidConfiguration, "AMQP URL '\(Self.hidingPasswords(url))': cacertfile needs a path")
+                    throw MessagingError(
+                        .invalidConfiguration, "AMQP URL '\(Self.hidingPasswords(url))': cacertfile needs a path")
                 }
                 caCertificatePath = path
             case "verify":
@@ -194,10 +212,15 @@ public struct AMQPConfiguration: Sendable, Equatable {
                 case "true", "1", "yes": verifyPeer = true
                 case "false", "0", "no": verifyPeer = false
                 default:
-                    throw MessagingError(.invalidConfiguration, "AMQP URL '\(Self.hidingPasswords(url))': verify '\(item.value ?? "")' is not true or false")
+                    throw MessagingError(
+                        .invalidConfiguration,
+                        "AMQP URL '\(Self.hidingPasswords(url))': verify '\(item.value ?? "")' is not true or false")
                 }
             default:
-                throw MessagingError(.invalidConfiguration, "AMQP URL '\(Self.hidingPasswords(url))': unknown option '\(item.name)' (known: heartbeat, connection_timeout, cacertfile, verify)")
+                throw MessagingError(
+                    .invalidConfiguration,
+                    "AMQP URL '\(Self.hidingPasswords(url))': unknown option '\(item.name)' (known: heartbeat, connection_timeout, cacertfile, verify)"
+                )
             }
         }
     }
@@ -207,18 +230,21 @@ public struct AMQPConfiguration: Sendable, Equatable {
         guard let schemeEnd = url.range(of: "://") else { return url }
         let afterScheme = url[schemeEnd.upperBound...]
         let authorityEnd = afterScheme.firstIndex { $0 == "/" || $0 == "?" } ?? afterScheme.endIndex
-        let hosts = afterScheme[..<authorityEnd].split(separator: ",", omittingEmptySubsequences: false).map { host -> String in
+        let hosts = afterScheme[..<authorityEnd].split(separator: ",", omittingEmptySubsequences: false).map {
+            host -> String in
             guard let at = host.lastIndex(of: "@") else { return String(host) }
             let credentials = host[..<at]
             guard let colon = credentials.firstIndex(of: ":") else { return String(host) }
             return String(credentials[..<colon]) + ":***" + String(host[at...])
         }
-        return String(url[..<schemeEnd.upperBound]) + hosts.joined(separator: ",") + String(afterScheme[authorityEnd...])
+        return String(url[..<schemeEnd.upperBound]) + hosts.joined(separator: ",")
+            + String(afterScheme[authorityEnd...])
     }
 
     /// The URL without its password, for logs.
     public var redactedDescription: String {
         let vhost = virtualHost.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? virtualHost
-        return "\(tls ? "amqps" : "amqp")://" + endpoints.map { "\($0.user)@\($0.host):\($0.port)" }.joined(separator: ",") + "/\(vhost)"
+        return "\(tls ? "amqps" : "amqp")://"
+            + endpoints.map { "\($0.user)@\($0.host):\($0.port)" }.joined(separator: ",") + "/\(vhost)"
     }
 }

@@ -22,9 +22,13 @@ public final class AMQPConnection: Sendable {
 
     /// Connects and logs in.
     /// - Throws: `MessagingError.connectionFailed` naming the broker and its reason.
-    public static func connect(_ configuration: AMQPConfiguration, logger: Logger = Logger(label: "herald.amqp")) async throws -> AMQPConnection {
+    public static func connect(
+        _ configuration: AMQPConfiguration, logger: Logger = Logger(label: "herald.amqp")
+    ) async throws -> AMQPConnection {
         if configuration.tls, !configuration.verifyPeer {
-            logger.warning("TLS to RabbitMQ without checking its certificate (verify=false in the AMQP URL): anyone on the path can read and change the traffic; for development only")
+            logger.warning(
+                "TLS to RabbitMQ without checking its certificate (verify=false in the AMQP URL): anyone on the path can read and change the traffic; for development only"
+            )
         }
         let engine = AMQPEngine(configuration: configuration, logger: logger)
         // The blocking connect runs on a thread of its own, not the cooperative pool.
@@ -38,7 +42,9 @@ public final class AMQPConnection: Sendable {
     }
 
     /// Connects to an `amqp://` URL.
-    public static func connect(url: String, logger: Logger = Logger(label: "herald.amqp")) async throws -> AMQPConnection {
+    public static func connect(
+        url: String, logger: Logger = Logger(label: "herald.amqp")
+    ) async throws -> AMQPConnection {
         try await connect(try AMQPConfiguration(url: url), logger: logger)
     }
 
@@ -56,7 +62,10 @@ public final class AMQPConnection: Sendable {
         let deadline = ContinuousClock.now + timeout
         while !isConnected {
             if ContinuousClock.now >= deadline {
-                throw MessagingError(.notConnected, "RabbitMQ at \(configuration.endpoints.map { "\($0.host):\($0.port)" }.joined(separator: ", ")) not reachable within \(timeout)", replyText: engine.status.withLock { $0.lastError })
+                throw MessagingError(
+                    .notConnected,
+                    "RabbitMQ at \(configuration.endpoints.map { "\($0.host):\($0.port)" }.joined(separator: ", ")) not reachable within \(timeout)",
+                    replyText: engine.status.withLock { $0.lastError })
             }
             try await Task.sleep(for: .milliseconds(20))
         }
@@ -89,7 +98,8 @@ public struct AMQPChannel: Sendable {
     public func declareExchange(_ name: String, options: AMQPExchangeOptions = AMQPExchangeOptions()) async throws {
         let id = id
         try await engine.perform { engine in
-            try engine.guarded(id) { wire in try wire.declareExchange(id, name: name, options: options, passive: false) }
+            try engine.guarded(id) { wire in try wire.declareExchange(id, name: name, options: options, passive: false)
+            }
             engine.remember(.exchange(name: name, options: options))
         }
     }
@@ -99,7 +109,9 @@ public struct AMQPChannel: Sendable {
     public func declareExchangePassive(_ name: String) async throws {
         let id = id
         try await engine.perform { engine in
-            try engine.guarded(id) { wire in try wire.declareExchange(id, name: name, options: AMQPExchangeOptions(), passive: true) }
+            try engine.guarded(id) { wire in
+                try wire.declareExchange(id, name: name, options: AMQPExchangeOptions(), passive: true)
+            }
         }
     }
 
@@ -118,10 +130,14 @@ public struct AMQPChannel: Sendable {
     /// Declares a queue; remembered and re-declared after a reconnect.
     /// - Throws: `.channelClosed` with 406 PRECONDITION_FAILED when it exists with other arguments.
     @discardableResult
-    public func declareQueue(_ name: String, options: AMQPQueueOptions = AMQPQueueOptions()) async throws -> AMQPQueueState {
+    public func declareQueue(
+        _ name: String, options: AMQPQueueOptions = AMQPQueueOptions()
+    ) async throws -> AMQPQueueState {
         let id = id
         return try await engine.perform { engine in
-            let state = try engine.guarded(id) { wire in try wire.declareQueue(id, name: name, options: options, passive: false) }
+            let state = try engine.guarded(id) { wire in
+                try wire.declareQueue(id, name: name, options: options, passive: false)
+            }
             if !name.isEmpty { engine.remember(.queue(name: name, options: options)) }
             return state
         }
@@ -132,7 +148,9 @@ public struct AMQPChannel: Sendable {
     public func declareQueuePassive(_ name: String) async throws -> AMQPQueueState {
         let id = id
         return try await engine.perform { engine in
-            try engine.guarded(id) { wire in try wire.declareQueue(id, name: name, options: AMQPQueueOptions(), passive: true) }
+            try engine.guarded(id) { wire in
+                try wire.declareQueue(id, name: name, options: AMQPQueueOptions(), passive: true)
+            }
         }
     }
 
@@ -160,20 +178,30 @@ public struct AMQPChannel: Sendable {
     }
 
     /// Binds a queue to an exchange; remembered and re-bound after a reconnect.
-    public func bindQueue(_ queue: String, to exchange: String, routingKey: String, arguments: AMQPTable = [:]) async throws {
+    public func bindQueue(
+        _ queue: String, to exchange: String, routingKey: String, arguments: AMQPTable = [:]
+    ) async throws {
         let id = id
         try await engine.perform { engine in
-            try engine.guarded(id) { wire in try wire.bindQueue(id, queue: queue, exchange: exchange, routingKey: routingKey, arguments: arguments) }
+            try engine.guarded(id) { wire in
+                try wire.bindQueue(id, queue: queue, exchange: exchange, routingKey: routingKey, arguments: arguments)
+            }
             engine.remember(.binding(queue: queue, exchange: exchange, routingKey: routingKey, arguments: arguments))
         }
     }
 
-    public func unbindQueue(_ queue: String, from exchange: String, routingKey: String, arguments: AMQPTable = [:]) async throws {
+    public func unbindQueue(
+        _ queue: String, from exchange: String, routingKey: String, arguments: AMQPTable = [:]
+    ) async throws {
         let id = id
         try await engine.perform { engine in
-            try engine.guarded(id) { wire in try wire.unbindQueue(id, queue: queue, exchange: exchange, routingKey: routingKey, arguments: arguments) }
+            try engine.guarded(id) { wire in
+                try wire.unbindQueue(id, queue: queue, exchange: exchange, routingKey: routingKey, arguments: arguments)
+            }
             engine.forget { item in
-                if case .binding(let q, let e, let k, _) = item { return q == queue && e == exchange && k == routingKey }
+                if case .binding(let q, let e, let k, _) = item {
+                    return q == queue && e == exchange && k == routingKey
+                }
                 return false
             }
         }
@@ -197,13 +225,16 @@ public struct AMQPChannel: Sendable {
     ///   - prefetch: `basic.qos` for this channel, set before consuming.
     ///   - exclusive: ask to be the queue's only consumer.
     ///   - arguments: `basic.consume` arguments.
-    public func consume(_ queue: String, prefetch: UInt16, exclusive: Bool = false, arguments: AMQPTable = [:]) async throws -> AMQPConsumer {
+    public func consume(
+        _ queue: String, prefetch: UInt16, exclusive: Bool = false, arguments: AMQPTable = [:]
+    ) async throws -> AMQPConsumer {
         try await qos(prefetch: prefetch)
         let tag = "herald.\(UUID().uuidString.prefix(8).lowercased()).\(queue)"
         let (stream, continuation) = AsyncThrowingStream.makeStream(of: AMQPDelivery.self, throwing: (any Error).self)
         let id = id
         try await engine.perform { engine in
-            try engine.consume(id, queue: queue, tag: tag, exclusive: exclusive, arguments: arguments, continuation: continuation)
+            try engine.consume(
+                id, queue: queue, tag: tag, exclusive: exclusive, arguments: arguments, continuation: continuation)
         }
         return AMQPConsumer(channel: self, tag: tag, queue: queue, stream: stream)
     }

@@ -87,7 +87,13 @@ final class AMQPEngine: @unchecked Sendable {
             } catch {
                 lastError = error
                 if configuration.endpoints.count > 1 {
-                    logger.warning("cannot connect to a RabbitMQ node; trying the next", metadata: ["amqp.endpoint": "\(configuration.aimed(at: index).host):\(configuration.aimed(at: index).port)", "error": "\(error)"])
+                    logger.warning(
+                        "cannot connect to a RabbitMQ node; trying the next",
+                        metadata: [
+                            "amqp.endpoint":
+                                "\(configuration.aimed(at: index).host):\(configuration.aimed(at: index).port)",
+                            "error": "\(error)",
+                        ])
                 }
             }
         }
@@ -208,7 +214,8 @@ final class AMQPEngine: @unchecked Sendable {
     private func handle(_ event: WireEvent) {
         switch event {
         case .delivery(var delivery):
-            guard let channel = channels[delivery.channelID], let consumer = channel.consumers[delivery.consumerTag] else {
+            guard let channel = channels[delivery.channelID], let consumer = channel.consumers[delivery.consumerTag]
+            else {
                 // No consumer for it any more: give it back to the queue rather than leave it unacked.
                 try? wire?.reject(delivery.channelID, tag: delivery.deliveryTag, requeue: true)
                 return
@@ -228,19 +235,29 @@ final class AMQPEngine: @unchecked Sendable {
         case .confirm(let channelID, let tag, let multiple, let ack):
             channels[channelID]?.confirm(tag: tag, multiple: multiple, ack: ack)
         case .returned(let channelID, let code, let text, let exchange, let routingKey):
-            logger.warning("RabbitMQ returned an unroutable message", metadata: [
-                "amqp.channel": "\(channelID)", "amqp.exchange": "\(exchange)", "amqp.routing_key": "\(routingKey)",
-                "amqp.reply": "\(code) \(text)",
-            ])
-            channels[channelID]?.returnedPending = MessagingError(.publishNacked, "message to '\(exchange)' with routing key '\(routingKey)' was unroutable", replyCode: code, replyText: text)
+            logger.warning(
+                "RabbitMQ returned an unroutable message",
+                metadata: [
+                    "amqp.channel": "\(channelID)", "amqp.exchange": "\(exchange)", "amqp.routing_key": "\(routingKey)",
+                    "amqp.reply": "\(code) \(text)",
+                ])
+            channels[channelID]?.returnedPending = MessagingError(
+                .publishNacked, "message to '\(exchange)' with routing key '\(routingKey)' was unroutable",
+                replyCode: code, replyText: text)
         case .channelClosed(let channelID, let code, let text):
-            let error = MessagingError(.channelClosed, "RabbitMQ closed channel \(channelID)", replyCode: code, replyText: text)
-            logger.warning("channel closed by RabbitMQ", metadata: ["amqp.channel": "\(channelID)", "error": "\(error)"])
+            let error = MessagingError(
+                .channelClosed, "RabbitMQ closed channel \(channelID)", replyCode: code, replyText: text)
+            logger.warning(
+                "channel closed by RabbitMQ", metadata: ["amqp.channel": "\(channelID)", "error": "\(error)"])
             reopen(channelID, after: error)
         case .consumerCancelled(let channelID, let tag):
             if let consumer = channels[channelID]?.consumers.removeValue(forKey: tag) {
-                logger.warning("RabbitMQ cancelled a consumer", metadata: ["amqp.consumer": "\(tag)", "amqp.queue": "\(consumer.queue)"])
-                consumer.continuation.finish(throwing: MessagingError(.closed, "RabbitMQ cancelled the consumer on '\(consumer.queue)' (was the queue deleted?)"))
+                logger.warning(
+                    "RabbitMQ cancelled a consumer",
+                    metadata: ["amqp.consumer": "\(tag)", "amqp.queue": "\(consumer.queue)"])
+                consumer.continuation.finish(
+                    throwing: MessagingError(
+                        .closed, "RabbitMQ cancelled the consumer on '\(consumer.queue)' (was the queue deleted?)"))
             }
         case .blocked(let reason):
             logger.warning("RabbitMQ blocked publishing on this connection", metadata: ["amqp.reason": "\(reason)"])
@@ -253,7 +270,9 @@ final class AMQPEngine: @unchecked Sendable {
 
     func connected() throws -> RabbitMQConnection {
         guard let wire else {
-            throw MessagingError(.notConnected, "not connected to RabbitMQ at \(endpoint); reconnecting", replyText: status.withLock { $0.lastError })
+            throw MessagingError(
+                .notConnected, "not connected to RabbitMQ at \(endpoint); reconnecting",
+                replyText: status.withLock { $0.lastError })
         }
         return wire
     }
@@ -328,13 +347,19 @@ final class AMQPEngine: @unchecked Sendable {
         record.nextSequence = 1
     }
 
-    func consume(_ id: UInt16, queue: String, tag: String, exclusive: Bool, arguments: AMQPTable, continuation: AsyncThrowingStream<AMQPDelivery, any Error>.Continuation) throws {
+    func consume(
+        _ id: UInt16, queue: String, tag: String, exclusive: Bool, arguments: AMQPTable,
+        continuation: AsyncThrowingStream<AMQPDelivery, any Error>.Continuation
+    ) throws {
         let record = try record(id)
-        let consumer = ConsumerRecord(queue: queue, tag: tag, exclusive: exclusive, arguments: arguments, continuation: continuation)
+        let consumer = ConsumerRecord(
+            queue: queue, tag: tag, exclusive: exclusive, arguments: arguments, continuation: continuation)
         // Registered before basic.consume so deliveries that follow consume-ok find it.
         record.consumers[tag] = consumer
         do {
-            try guarded(id) { wire in try wire.consume(id, queue: queue, consumerTag: tag, exclusive: exclusive, arguments: arguments) }
+            try guarded(id) { wire in
+                try wire.consume(id, queue: queue, consumerTag: tag, exclusive: exclusive, arguments: arguments)
+            }
         } catch {
             record.consumers[tag] = nil
             throw error
@@ -361,8 +386,12 @@ final class AMQPEngine: @unchecked Sendable {
     /// The channel record a delivery may still be settled on, or `nil` when that
     /// channel closed since (the broker has requeued the message already).
     private func liveRecord(for delivery: AMQPDelivery) -> ChannelRecord? {
-        guard wire != nil, let record = channels[delivery.channelID], record.isOpen, record.incarnation == delivery.incarnation else {
-            logger.debug("skipping settlement of a delivery from a closed channel", metadata: ["amqp.delivery_tag": "\(delivery.deliveryTag)"])
+        guard wire != nil, let record = channels[delivery.channelID], record.isOpen,
+            record.incarnation == delivery.incarnation
+        else {
+            logger.debug(
+                "skipping settlement of a delivery from a closed channel",
+                metadata: ["amqp.delivery_tag": "\(delivery.deliveryTag)"])
             return nil
         }
         return record
@@ -426,7 +455,10 @@ final class AMQPEngine: @unchecked Sendable {
     }
 
     /// Publishes messages; with confirms on, `completion` runs once every one is confirmed.
-    func publish(_ id: UInt16, _ messages: [AMQPOutgoingMessage], mandatory: Bool, completion: @escaping @Sendable (Result<Void, MessagingError>) -> Void) {
+    func publish(
+        _ id: UInt16, _ messages: [AMQPOutgoingMessage], mandatory: Bool,
+        completion: @escaping @Sendable (Result<Void, MessagingError>) -> Void
+    ) {
         do {
             let record = try record(id)
             guard record.isOpen else { throw MessagingError(.notConnected, "channel \(id) is being re-opened") }
@@ -438,7 +470,8 @@ final class AMQPEngine: @unchecked Sendable {
                 }
             }
             if record.confirmMode && !messages.isEmpty {
-                record.waiters.append(ConfirmWaiter(first: first, last: record.nextSequence - 1, completion: completion))
+                record.waiters.append(
+                    ConfirmWaiter(first: first, last: record.nextSequence - 1, completion: completion))
             } else {
                 completion(.success(()))
             }
@@ -476,14 +509,18 @@ final class AMQPEngine: @unchecked Sendable {
         if let prefetch = record.prefetch { try wire.qos(record.id, prefetch: prefetch) }
         if record.confirmMode { try wire.confirmSelect(record.id) }
         for consumer in record.consumers.values {
-            try wire.consume(record.id, queue: consumer.queue, consumerTag: consumer.tag, exclusive: consumer.exclusive, arguments: consumer.arguments)
+            try wire.consume(
+                record.id, queue: consumer.queue, consumerTag: consumer.tag, exclusive: consumer.exclusive,
+                arguments: consumer.arguments)
         }
         record.isOpen = true
     }
 
     private func connectionLost(_ error: any Error) {
         guard wire != nil else { return }
-        logger.warning("lost the connection to RabbitMQ; reconnecting", metadata: ["amqp.endpoint": "\(endpoint)", "error": "\(error)"])
+        logger.warning(
+            "lost the connection to RabbitMQ; reconnecting",
+            metadata: ["amqp.endpoint": "\(endpoint)", "error": "\(error)"])
         wire = nil  // the socket is closed with the object
         // The node is likely gone: the next one first (oslo.messaging does the same).
         endpointIndex += 1
@@ -517,15 +554,22 @@ final class AMQPEngine: @unchecked Sendable {
                 $0.reconnects += 1
                 $0.endpoint = endpoint
             }
-            logger.info("reconnected to RabbitMQ", metadata: ["amqp.endpoint": "\(endpoint)", "amqp.channels": "\(channels.count)"])
+            logger.info(
+                "reconnected to RabbitMQ",
+                metadata: ["amqp.endpoint": "\(endpoint)", "amqp.channels": "\(channels.count)"])
         } catch {
             failures += 1
             let tried = endpoint
             endpointIndex += 1
-            retryAt = now + Backoff(base: configuration.reconnectBaseDelay, cap: configuration.reconnectMaxDelay, floor: 0.5).delay(attempt: failures)
+            retryAt =
+                now
+                + Backoff(base: configuration.reconnectBaseDelay, cap: configuration.reconnectMaxDelay, floor: 0.5)
+                .delay(attempt: failures)
             status.withLock { $0.lastError = "\(error)" }
             if failures == 1 || failures % 10 == 0 {
-                logger.warning("cannot reconnect to RabbitMQ yet", metadata: ["amqp.endpoint": "\(tried)", "amqp.failures": "\(failures)", "error": "\(error)"])
+                logger.warning(
+                    "cannot reconnect to RabbitMQ yet",
+                    metadata: ["amqp.endpoint": "\(tried)", "amqp.failures": "\(failures)", "error": "\(error)"])
             }
         }
     }
@@ -575,7 +619,8 @@ final class ChannelRecord {
     }
 
     func confirm(tag: UInt64, multiple: Bool, ack: Bool) {
-        var error: MessagingError? = ack ? nil : MessagingError(.publishNacked, "RabbitMQ refused a published message (basic.nack)")
+        var error: MessagingError? =
+            ack ? nil : MessagingError(.publishNacked, "RabbitMQ refused a published message (basic.nack)")
         if let returned = returnedPending {
             error = returned
             returnedPending = nil
@@ -694,7 +739,10 @@ final class ConsumerRecord {
     let arguments: AMQPTable
     let continuation: AsyncThrowingStream<AMQPDelivery, any Error>.Continuation
 
-    init(queue: String, tag: String, exclusive: Bool, arguments: AMQPTable, continuation: AsyncThrowingStream<AMQPDelivery, any Error>.Continuation) {
+    init(
+        queue: String, tag: String, exclusive: Bool, arguments: AMQPTable,
+        continuation: AsyncThrowingStream<AMQPDelivery, any Error>.Continuation
+    ) {
         self.queue = queue
         self.tag = tag
         self.exclusive = exclusive
@@ -713,7 +761,8 @@ enum TopologyRecord: Sendable {
         switch (self, other) {
         case (.exchange(let a, _), .exchange(let b, _)): return a == b
         case (.queue(let a, _), .queue(let b, _)): return a == b
-        case (.binding(let q1, let e1, let k1, _), .binding(let q2, let e2, let k2, _)): return q1 == q2 && e1 == e2 && k1 == k2
+        case (.binding(let q1, let e1, let k1, _), .binding(let q2, let e2, let k2, _)):
+            return q1 == q2 && e1 == e2 && k1 == k2
         default: return false
         }
     }

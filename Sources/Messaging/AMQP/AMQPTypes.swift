@@ -87,7 +87,9 @@ public struct AMQPOutgoingMessage: Sendable {
     public var body: [UInt8]
     public var properties: AMQPMessageProperties
 
-    public init(exchange: String, routingKey: String, body: [UInt8], properties: AMQPMessageProperties = AMQPMessageProperties()) {
+    public init(
+        exchange: String, routingKey: String, body: [UInt8], properties: AMQPMessageProperties = AMQPMessageProperties()
+    ) {
         self.exchange = exchange
         self.routingKey = routingKey
         self.body = body
@@ -142,7 +144,10 @@ public struct AMQPExchangeOptions: Sendable, Equatable {
     public var `internal`: Bool
     public var arguments: AMQPTable
 
-    public init(type: String = "topic", durable: Bool = false, autoDelete: Bool = false, internal: Bool = false, arguments: AMQPTable = [:]) {
+    public init(
+        type: String = "topic", durable: Bool = false, autoDelete: Bool = false, internal: Bool = false,
+        arguments: AMQPTable = [:]
+    ) {
         self.type = type
         self.durable = durable
         self.autoDelete = autoDelete

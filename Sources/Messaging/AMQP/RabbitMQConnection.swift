@@ -48,7 +48,10 @@ final class RabbitMQConnection: @unchecked Sendable {
                 if configuration.verifyPeer {
                     let ca = configuration.caCertificatePath ?? AMQPConfiguration.systemCABundle
                     if amqp_ssl_socket_set_cacert(socket, ca) != statusOK {
-                        throw MessagingError(.connectionFailed, "cannot read the CA certificates '\(ca)' to check RabbitMQ's certificate with (set cacertfile= in the AMQP URL)")
+                        throw MessagingError(
+                            .connectionFailed,
+                            "cannot read the CA certificates '\(ca)' to check RabbitMQ's certificate with (set cacertfile= in the AMQP URL)"
+                        )
                     }
                     amqp_ssl_socket_set_verify_peer(socket, 1)
                     amqp_ssl_socket_set_verify_hostname(socket, 1)
@@ -68,9 +71,13 @@ final class RabbitMQConnection: @unchecked Sendable {
         if opened != statusOK {
             if configuration.tls, configuration.verifyPeer {
                 let ca = configuration.caCertificatePath ?? "the system's CAs (\(AMQPConfiguration.systemCABundle))"
-                throw MessagingError(.connectionFailed, "cannot connect to RabbitMQ at \(where_) over TLS: its certificate must be valid for that host name and signed by a CA in \(ca) (set cacertfile= in the AMQP URL)", replyText: errorString(opened))
+                throw MessagingError(
+                    .connectionFailed,
+                    "cannot connect to RabbitMQ at \(where_) over TLS: its certificate must be valid for that host name and signed by a CA in \(ca) (set cacertfile= in the AMQP URL)",
+                    replyText: errorString(opened))
             }
-            throw MessagingError(.connectionFailed, "cannot connect to RabbitMQ at \(where_)", replyText: errorString(opened))
+            throw MessagingError(
+                .connectionFailed, "cannot connect to RabbitMQ at \(where_)", replyText: errorString(opened))
         }
         var handshake = configuration.connectTimeout.timeval
         _ = amqp_set_handshake_timeout(state, &handshake)
@@ -85,7 +92,10 @@ final class RabbitMQConnection: @unchecked Sendable {
         )
         if reply.reply_type != AMQP_RESPONSE_NORMAL {
             let (code, text) = describe(reply)
-            throw MessagingError(.connectionFailed, "RabbitMQ at \(where_) refused the login of '\(configuration.user)' to vhost '\(configuration.virtualHost)'", replyCode: code, replyText: text)
+            throw MessagingError(
+                .connectionFailed,
+                "RabbitMQ at \(where_) refused the login of '\(configuration.user)' to vhost '\(configuration.virtualHost)'",
+                replyCode: code, replyText: text)
         }
         var rpc = configuration.rpcTimeout.timeval
         _ = amqp_set_rpc_timeout(state, &rpc)
@@ -155,7 +165,9 @@ final class RabbitMQConnection: @unchecked Sendable {
         }
     }
 
-    func declareQueue(_ channel: UInt16, name: String, options: AMQPQueueOptions, passive: Bool) throws -> AMQPQueueState {
+    func declareQueue(
+        _ channel: UInt16, name: String, options: AMQPQueueOptions, passive: Bool
+    ) throws -> AMQPQueueState {
         try withBytes(name) { nameBytes in
             try withTable(options.arguments) { arguments in
                 let ok = amqp_queue_declare(
@@ -164,7 +176,9 @@ final class RabbitMQConnection: @unchecked Sendable {
                     arguments
                 )
                 try check(amqp_get_rpc_reply(state), channel: channel, "queue.declare '\(name)'")
-                guard let ok else { throw MessagingError(.protocolError, "queue.declare '\(name)' returned no queue.declare-ok") }
+                guard let ok else {
+                    throw MessagingError(.protocolError, "queue.declare '\(name)' returned no queue.declare-ok")
+                }
                 return AMQPQueueState(
                     name: string(ok.pointee.queue),
                     messageCount: Int(ok.pointee.message_count),
@@ -190,26 +204,32 @@ final class RabbitMQConnection: @unchecked Sendable {
         }
     }
 
-    func bindQueue(_ channel: UInt16, queue: String, exchange: String, routingKey: String, arguments: AMQPTable) throws {
+    func bindQueue(_ channel: UInt16, queue: String, exchange: String, routingKey: String, arguments: AMQPTable) throws
+    {
         try withBytes(queue) { queueBytes in
             try withBytes(exchange) { exchangeBytes in
                 try withBytes(routingKey) { keyBytes in
                     try withTable(arguments) { table in
                         _ = amqp_queue_bind(state, channel, queueBytes, exchangeBytes, keyBytes, table)
-                        try check(amqp_get_rpc_reply(state), channel: channel, "queue.bind '\(queue)' to '\(exchange)' with '\(routingKey)'")
+                        try check(
+                            amqp_get_rpc_reply(state), channel: channel,
+                            "queue.bind '\(queue)' to '\(exchange)' with '\(routingKey)'")
                     }
                 }
             }
         }
     }
 
-    func unbindQueue(_ channel: UInt16, queue: String, exchange: String, routingKey: String, arguments: AMQPTable) throws {
+    func unbindQueue(
+        _ channel: UInt16, queue: String, exchange: String, routingKey: String, arguments: AMQPTable
+    ) throws {
         try withBytes(queue) { queueBytes in
             try withBytes(exchange) { exchangeBytes in
                 try withBytes(routingKey) { keyBytes in
                     try withTable(arguments) { table in
                         _ = amqp_queue_unbind(state, channel, queueBytes, exchangeBytes, keyBytes, table)
-                        try check(amqp_get_rpc_reply(state), channel: channel, "queue.unbind '\(queue)' from '\(exchange)'")
+                        try check(
+                            amqp_get_rpc_reply(state), channel: channel, "queue.unbind '\(queue)' from '\(exchange)'")
                     }
                 }
             }
@@ -255,8 +275,10 @@ final class RabbitMQConnection: @unchecked Sendable {
             try withBytes(message.exchange) { exchangeBytes in
                 try withBytes(message.routingKey) { keyBytes in
                     try message.body.withUnsafeBytes { body in
-                        let bodyBytes = amqp_bytes_t(len: body.count, bytes: UnsafeMutableRawPointer(mutating: body.baseAddress))
-                        let status = amqp_basic_publish(state, channel, exchangeBytes, keyBytes, mandatory ? 1 : 0, 0, properties, bodyBytes)
+                        let bodyBytes = amqp_bytes_t(
+                            len: body.count, bytes: UnsafeMutableRawPointer(mutating: body.baseAddress))
+                        let status = amqp_basic_publish(
+                            state, channel, exchangeBytes, keyBytes, mandatory ? 1 : 0, 0, properties, bodyBytes)
                         try checkStatus(status, "basic.publish to '\(message.exchange)'")
                     }
                 }
@@ -277,17 +299,18 @@ final class RabbitMQConnection: @unchecked Sendable {
         switch reply.reply_type {
         case AMQP_RESPONSE_NORMAL:
             defer { amqp_destroy_envelope(&envelope) }
-            return .delivery(AMQPDelivery(
-                body: bytes(envelope.message.body),
-                exchange: string(envelope.exchange),
-                routingKey: string(envelope.routing_key),
-                redelivered: envelope.redelivered != 0,
-                deliveryTag: envelope.delivery_tag,
-                consumerTag: string(envelope.consumer_tag),
-                properties: decodeProperties(envelope.message.properties),
-                channelID: envelope.channel,
-                incarnation: 0
-            ))
+            return .delivery(
+                AMQPDelivery(
+                    body: bytes(envelope.message.body),
+                    exchange: string(envelope.exchange),
+                    routingKey: string(envelope.routing_key),
+                    redelivered: envelope.redelivered != 0,
+                    deliveryTag: envelope.delivery_tag,
+                    consumerTag: string(envelope.consumer_tag),
+                    properties: decodeProperties(envelope.message.properties),
+                    channelID: envelope.channel,
+                    incarnation: 0
+                ))
         case AMQP_RESPONSE_LIBRARY_EXCEPTION where reply.library_error == Int32(AMQP_STATUS_TIMEOUT.rawValue):
             return nil
         case AMQP_RESPONSE_LIBRARY_EXCEPTION where reply.library_error == Int32(AMQP_STATUS_UNEXPECTED_STATE.rawValue):
@@ -298,7 +321,9 @@ final class RabbitMQConnection: @unchecked Sendable {
             return try methodEvent(frame)
         default:
             let (code, text) = describe(reply)
-            throw MessagingError(.connectionLost, "reading from RabbitMQ at \(configuration.host):\(configuration.port) failed", replyCode: code, replyText: text)
+            throw MessagingError(
+                .connectionLost, "reading from RabbitMQ at \(configuration.host):\(configuration.port) failed",
+                replyCode: code, replyText: text)
         }
     }
 
@@ -329,11 +354,14 @@ final class RabbitMQConnection: @unchecked Sendable {
         case AMQP_CHANNEL_CLOSE_METHOD:
             let close = method.decoded.assumingMemoryBound(to: amqp_channel_close_t.self).pointee
             sendChannelCloseOK(frame.channel)
-            return .channelClosed(channel: frame.channel, replyCode: Int(close.reply_code), replyText: string(close.reply_text))
+            return .channelClosed(
+                channel: frame.channel, replyCode: Int(close.reply_code), replyText: string(close.reply_text))
         case AMQP_CONNECTION_CLOSE_METHOD:
             let close = method.decoded.assumingMemoryBound(to: amqp_connection_close_t.self).pointee
             sendConnectionCloseOK()
-            throw MessagingError(.connectionClosed, "RabbitMQ closed the connection", replyCode: Int(close.reply_code), replyText: string(close.reply_text))
+            throw MessagingError(
+                .connectionClosed, "RabbitMQ closed the connection", replyCode: Int(close.reply_code),
+                replyText: string(close.reply_text))
         case AMQP_BASIC_CANCEL_METHOD:
             let cancel = method.decoded.assumingMemoryBound(to: amqp_basic_cancel_t.self).pointee
             return .consumerCancelled(channel: frame.channel, consumerTag: string(cancel.consumer_tag))
@@ -371,13 +399,18 @@ final class RabbitMQConnection: @unchecked Sendable {
             case AMQP_CHANNEL_CLOSE_METHOD:
                 let close = reply.reply.decoded.assumingMemoryBound(to: amqp_channel_close_t.self).pointee
                 sendChannelCloseOK(channel)
-                throw MessagingError(.channelClosed, "\(what) failed; RabbitMQ closed channel \(channel)", replyCode: Int(close.reply_code), replyText: string(close.reply_text))
+                throw MessagingError(
+                    .channelClosed, "\(what) failed; RabbitMQ closed channel \(channel)",
+                    replyCode: Int(close.reply_code), replyText: string(close.reply_text))
             case AMQP_CONNECTION_CLOSE_METHOD:
                 let close = reply.reply.decoded.assumingMemoryBound(to: amqp_connection_close_t.self).pointee
                 sendConnectionCloseOK()
-                throw MessagingError(.connectionClosed, "\(what) failed; RabbitMQ closed the connection", replyCode: Int(close.reply_code), replyText: string(close.reply_text))
+                throw MessagingError(
+                    .connectionClosed, "\(what) failed; RabbitMQ closed the connection",
+                    replyCode: Int(close.reply_code), replyText: string(close.reply_text))
             default:
-                throw MessagingError(.protocolError, "\(what) failed with an unexpected method 0x\(String(reply.reply.id, radix: 16))")
+                throw MessagingError(
+                    .protocolError, "\(what) failed with an unexpected method 0x\(String(reply.reply.id, radix: 16))")
             }
         case AMQP_RESPONSE_LIBRARY_EXCEPTION:
             throw MessagingError(.connectionLost, "\(what) failed", replyText: Self.errorString(reply.library_error))
@@ -474,7 +507,8 @@ final class RabbitMQConnection: @unchecked Sendable {
         case AMQP_FIELD_KIND_I32.rawValue: return .int(Int64(value.value.i32))
         case AMQP_FIELD_KIND_U32.rawValue: return .int(Int64(value.value.u32))
         case AMQP_FIELD_KIND_I64.rawValue: return .int(value.value.i64)
-        case AMQP_FIELD_KIND_U64.rawValue, AMQP_FIELD_KIND_TIMESTAMP.rawValue: return .int(Int64(truncatingIfNeeded: value.value.u64))
+        case AMQP_FIELD_KIND_U64.rawValue, AMQP_FIELD_KIND_TIMESTAMP.rawValue:
+            return .int(Int64(truncatingIfNeeded: value.value.u64))
         case AMQP_FIELD_KIND_F32.rawValue: return .double(Double(value.value.f32))
         case AMQP_FIELD_KIND_F64.rawValue: return .double(value.value.f64)
         case AMQP_FIELD_KIND_UTF8.rawValue: return .string(string(value.value.bytes))
@@ -494,7 +528,9 @@ final class RabbitMQConnection: @unchecked Sendable {
         return try body(arena.table(table))
     }
 
-    private func withProperties<R>(_ properties: AMQPMessageProperties, _ body: (UnsafePointer<amqp_basic_properties_t>) throws -> R) rethrows -> R {
+    private func withProperties<R>(
+        _ properties: AMQPMessageProperties, _ body: (UnsafePointer<amqp_basic_properties_t>) throws -> R
+    ) rethrows -> R {
         let arena = CArena()
         var flags: Int32 = 0
         var value = amqp_basic_properties_t()

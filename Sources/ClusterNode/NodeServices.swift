@@ -133,20 +133,14 @@ struct NodeGauges: Sendable {
     let ready: Prometheus.Gauge
 
     init(registry: PrometheusCollectorRegistry) {
-        partitionsOwned = registry.makeGauge(
-            descriptor: MetricNameDescriptor(
-                metricName: "herald_partitions_owned", unitName: "",
-                helpText: "Partitions this node holds the lease of and acts on."))
-        isLeader = registry.makeGauge(
-            descriptor: MetricNameDescriptor(
-                metricName: "herald_leader", unitName: "", helpText: "1 when this node is the cluster's leader."))
-        bufferedMessages = registry.makeGauge(
-            descriptor: MetricNameDescriptor(
-                metricName: "herald_delivery_buffered_messages", unitName: "",
-                helpText: "Messages held for delivery (queued or in flight)."))
-        ready = registry.makeGauge(
-            descriptor: MetricNameDescriptor(
-                metricName: "herald_ready", unitName: "", helpText: "1 when /readyz answers 200."))
+        func gauge(_ name: String, _ help: String) -> Prometheus.Gauge {
+            registry.makeGauge(descriptor: MetricNameDescriptor(metricName: name, unitName: "", helpText: help))
+        }
+        partitionsOwned = gauge("herald_partitions_owned", "Partitions this node holds the lease of and acts on.")
+        isLeader = gauge("herald_leader", "1 when this node is the cluster's leader.")
+        bufferedMessages = gauge(
+            "herald_delivery_buffered_messages", "Messages held for delivery (queued or in flight).")
+        ready = gauge("herald_ready", "1 when /readyz answers 200.")
     }
 
     func update(from node: HeraldNode) {

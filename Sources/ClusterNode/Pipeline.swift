@@ -105,9 +105,6 @@ struct QueueShapeSettings: Equatable, Sendable {
 
 /// Herald's AMQP names (DESIGN.md, "Partitions"), with the cluster's name (`ClusterNames`).
 enum Topology {
-    /// Declares the notification exchanges as oslo.messaging does (topic), Herald's own
-    /// ingest queue bound to them (never the shared notifications.info queue), the
-    /// partition exchange, the dead-letter exchange, and the P partition queues.
     /// RabbitMQ 4 gives quorum queues a delivery limit of 20 unless one is set, after which a
     /// message given back that often (requeued after lost channels, handovers) is dropped or
     /// dead-lettered. Herald's queues set one that is never reached. Only with the bounded shape
@@ -116,6 +113,9 @@ enum Topology {
         shape.type == "quorum" ? ["x-delivery-limit": .int(1_000_000)] : [:]
     }
 
+    /// Declares the notification exchanges as oslo.messaging does (topic), Herald's own
+    /// ingest queue bound to them (never the shared notifications.info queue), the
+    /// partition exchange, the dead-letter exchange, and the P partition queues.
     static func declare(on channel: AMQPChannel, configuration: NodeConfiguration) async throws {
         let names = configuration.names
         let ingest = names.ingest
@@ -204,14 +204,15 @@ struct IngestHold<Item: Sendable>: Sendable {
         var item: Item
     }
 
-    static var firstWait: Duration { .milliseconds(50) }
-    static var longestWait: Duration { .seconds(5) }
+    /// The waits between tries of the first held notification: 50 ms doubling to 5 s.
+    static var retries: Backoff { Backoff(base: .milliseconds(50), cap: .seconds(5)) }
 
     /// In ingest order.
     private(set) var entries: [Entry] = []
     private var inFlight = false
-    /// Non-zero while refusals go on: then only the first entry is tried.
-    private var step: Duration = .zero
+    /// Refusals in the current spell; non-zero while refusals go on, and then only the first
+    /// entry is tried.
+    private var spell = 0
     private var due: ContinuousClock.Instant?
     /// Refusals so far.
     private(set) var refusals = 0
@@ -236,7 +237,7 @@ struct IngestHold<Item: Sendable>: Sendable {
     mutating func take(at now: ContinuousClock.Instant) -> [Entry]? {
         guard !inFlight, let first = entries.first, let due, due <= now else { return nil }
         inFlight = true
-        return step == .zero ? entries : [first]
+        return spell == 0 ? entries : [first]
     }
 
     /// What became of what `take` gave: for each entry, what is still to publish of it (nil:
@@ -252,7 +253,7 @@ struct IngestHold<Item: Sendable>: Sendable {
             if let rest = outcome.rest { entries[index].item = rest } else { entries.remove(at: index) }
         }
         if refused { return backOff(at: now) }
-        step = .zero
+        spell = 0
         due = entries.isEmpty ? nil : now
         return false
     }
@@ -270,10 +271,9 @@ struct IngestHold<Item: Sendable>: Sendable {
 
     private mutating func backOff(at now: ContinuousClock.Instant) -> Bool {
         refusals += 1
-        let first = step == .zero
-        step = first ? Self.firstWait : min(step * 2, Self.longestWait)
-        due = now + step
-        return first
+        spell += 1
+        due = now + Self.retries.ceiling(attempt: spell - 1)
+        return spell == 1
     }
 }
 
@@ -345,8 +345,8 @@ final class IngestService: Sendable {
     let statistics: Locked<PipelineStatistics>
     private let consumer = Mutex<AMQPConsumer?>(nil)
     private let stopped = Atomic<Bool>(false)
-    /// Notifications held for full partition queues, during one `consumeOnce`; only the count
-    /// outlives it.
+    /// Publishes that full partition queues refused, since the start (each `consumeOnce` has an
+    /// `IngestHold` of its own).
     private let refusalCount = Atomic<Int>(0)
     /// The longest event type, message id or project routed: AMQP short strings hold 255 bytes.
     static let maxRoutedField = 255
@@ -419,43 +419,43 @@ final class IngestService: Sendable {
                     ])
             }
         }
-        /// Awaits the tickets in order: what the broker refused (a nack), and whether the
-        /// channel or connection failed instead (then the broker gives the delivery again).
-        let outcome: @Sendable (Ticketed) async -> (refused: [AMQPOutgoingMessage], nack: (any Error)?, failed: Bool) =
-            { tickets in
-                var refused: [AMQPOutgoingMessage] = []
-                var nack: (any Error)?
-                var failed = false
-                for (message, ticket) in tickets {
-                    do {
-                        try await ticket.wait()
-                    } catch let error as MessagingError where error.code == .publishNacked {
-                        refused.append(message)
-                        nack = error
-                    } catch {
-                        failed = true
-                    }
+        /// Awaits a notification's tickets in order and settles it: acked when every message was
+        /// taken, given back when the channel or the connection failed (skipped when that
+        /// delivery's channel is gone: the broker requeued it already). Otherwise it answers what
+        /// the broker refused (a nack), to hold; empty when there is nothing to hold.
+        let settle: @Sendable (AMQPDelivery, Ticketed) async -> (refused: [AMQPOutgoingMessage], nack: (any Error)?) = {
+            delivery, tickets in
+            var refused: [AMQPOutgoingMessage] = []
+            var nack: (any Error)?
+            var failed = false
+            for (message, ticket) in tickets {
+                do {
+                    try await ticket.wait()
+                } catch let error as MessagingError where error.code == .publishNacked {
+                    refused.append(message)
+                    nack = error
+                } catch {
+                    failed = true
                 }
-                return (refused, nack, failed)
             }
+            if failed {
+                consuming.nack(delivery, requeue: true)
+                return ([], nil)
+            }
+            if refused.isEmpty { consuming.ack(delivery) }
+            return (refused, nack)
+        }
         let acker = Task {
             for await (sequence, delivery, tickets) in pending {
-                let (refused, nack, failed) = await outcome(tickets)
-                if failed {
-                    // Not a refusal: the channel or the connection went. Given back (skipped when
-                    // that delivery's channel is gone, since the broker requeued it already).
-                    consuming.nack(delivery, requeue: true)
-                } else if refused.isEmpty {
-                    consuming.ack(delivery)
-                } else {
-                    let first = hold.withLock { hold in
-                        let first = hold.refused(.init(sequence: sequence, item: (delivery, refused)), at: .now)
-                        IngestMetrics.held.record(hold.entries.count)
-                        return first
-                    }
-                    if let nack { noteRefusal(first, nack) }
-                    wake.yield()
+                let (refused, nack) = await settle(delivery, tickets)
+                guard let nack, !refused.isEmpty else { continue }
+                let first = hold.withLock { hold in
+                    let first = hold.refused(.init(sequence: sequence, item: (delivery, refused)), at: .now)
+                    IngestMetrics.held.record(hold.entries.count)
+                    return first
                 }
+                noteRefusal(first, nack)
+                wake.yield()
             }
         }
         // Publishes the held notifications again. Awaited in `stopRetrying`.
@@ -487,17 +487,9 @@ final class IngestService: Sendable {
                         outcomes.append((sequence, nil))
                         continue
                     }
-                    let (refused, nack, failed) = await outcome(tickets)
-                    if failed {
-                        consuming.nack(delivery, requeue: true)
-                        outcomes.append((sequence, nil))
-                    } else if refused.isEmpty {
-                        consuming.ack(delivery)
-                        outcomes.append((sequence, nil))
-                    } else {
-                        outcomes.append((sequence, (delivery, refused)))
-                        lastNack = nack
-                    }
+                    let (refused, nack) = await settle(delivery, tickets)
+                    outcomes.append((sequence, refused.isEmpty ? nil : (delivery, refused)))
+                    if !refused.isEmpty { lastNack = nack }
                 }
                 let first = hold.withLock { hold in
                     let first = hold.settle(outcomes, refused: lastNack != nil, at: .now)

@@ -94,11 +94,12 @@ final class HiredisContext: @unchecked Sendable {
             throw CoordinationError(
                 .connectionFailed, "cannot set the connect timeout on \(configuration.endpoint)", underlying: errorText)
         }
-        var reason = [CChar](repeating: 0, count: 512)
-        tls = herald_redis_tls_connect(
-            context, host, settings.caFile, settings.certificateFile, settings.keyFile, &reason, reason.count)
+        let (made, text) = Self.withReason { reason, size in
+            herald_redis_tls_connect(
+                context, host, settings.caFile, settings.certificateFile, settings.keyFile, reason, size)
+        }
+        tls = made
         if tls == nil {
-            let text = String(decoding: reason.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
             let hint =
                 settings.caFile.map { " (checked against \($0))" }
                 ?? " (checked against the system's CAs; name a private CA with ?cacertfile=)"
@@ -174,14 +175,22 @@ final class HiredisContext: @unchecked Sendable {
         CoordinationError(.connectionLost, "\(what) on Redis at \(endpoint) failed", underlying: reason ?? errorText)
     }
 
+    /// Calls a CRedisTLS function with room for the reason it writes on failure; answers its
+    /// result and that reason as text.
+    private static func withReason<Result>(
+        _ body: (UnsafeMutablePointer<CChar>, Int) -> Result
+    ) -> (result: Result, reason: String) {
+        let size = 512
+        var buffer = [CChar](repeating: 0, count: size)
+        let result = body(&buffer, size)
+        return (result, String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
+    }
+
     /// Runs one TLS transfer; a failure names OpenSSL's reason.
     private func transfer(_ what: String, _ body: (OpaquePointer, UnsafeMutablePointer<CChar>, Int) -> Int32) throws {
         guard let tls else { return }
-        var reason = [CChar](repeating: 0, count: 512)
-        if body(tls, &reason, reason.count) != 0 {
-            throw lostError(
-                what, reason: String(decoding: reason.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
-        }
+        let (status, reason) = Self.withReason { body(tls, $0, $1) }
+        if status != 0 { throw lostError(what, reason: reason) }
     }
 
     /// Bytes already decrypted and waiting, which `poll` cannot see.

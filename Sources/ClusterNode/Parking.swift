@@ -310,7 +310,7 @@ final class TargetParking: DeliveryParking {
 /// Retries parked subscriptions: every tick it refreshes which subscriptions are parked (for the
 /// batcher), then claims due ones in Redis and drains each from its queue in order, a batch at a
 /// time, through `DeliveryBatcher.attemptParked`: delivered and dead-lettered messages are acked
-/// and uncounted; on a failure the rest go back to the head of the queue (nack, requeue) and the
+/// and uncounted; on a failure the rest go back to the head of the queue (the channel closes) and the
 /// next attempt is scheduled with backoff. Past the horizon, messages still failing are
 /// dead-lettered (`retry_horizon`). A deleted subscription's parked messages are dropped, counted.
 /// A subscription is unparked only when its claimer sees its queue empty with no consumer on it.
@@ -644,10 +644,10 @@ final class ParkingDrainer: Sendable {
                     subscription: subscriptionID, count: expired.count, bytes: expired.reduce(0) { $0 + $1.body.count })
                 for delivery in expired { channel.ack(delivery) }
             }
-            guard let last = rest.dropFirst(expired.count).last, let head = rest.dropFirst(expired.count).first else {
-                continue
-            }
-            channel.nack(last, multiple: true, requeue: true)
+            guard let head = rest.dropFirst(expired.count).first else { continue }
+            // The rest stay unacked: closing the channel (`drain`) gives them back at the head of
+            // the queue, in order with what the consumer took after them. A nack would put them
+            // at the back of a quorum queue, behind newer messages of the same subscription.
             let delay = max(settings.delay(attempt: attempts, using: &random), failure.retryAfter ?? .zero)
             _ = try? await ledger.retryLater(
                 subscription: subscriptionID, node: owner, delay: delay,
@@ -656,6 +656,7 @@ final class ParkingDrainer: Sendable {
                 "parked messages still fail; retrying later",
                 metadata: [
                     "subscription": "\(subscriptionID)", "herald.attempt": "\(attempts + 1)",
+                    "delivery.count": "\(rest.count - expired.count)",
                     "herald.next_seconds": "\(delay.seconds)",
                     "error": "\(SafeText.clean(failure.error, limit: 200))",
                 ])

@@ -420,8 +420,8 @@ final class IngestService: Sendable {
             }
         }
         /// Awaits a notification's tickets in order and settles it: acked when every message was
-        /// taken, given back when the channel or the connection failed (skipped when that
-        /// delivery's channel is gone: the broker requeued it already). Otherwise it answers what
+        /// taken; when the channel or the connection failed, left unacked and the consumer ended
+        /// (the broker gives it back when the channels close). Otherwise it answers what
         /// the broker refused (a nack), to hold; empty when there is nothing to hold.
         let settle: @Sendable (AMQPDelivery, Ticketed) async -> (refused: [AMQPOutgoingMessage], nack: (any Error)?) = {
             delivery, tickets in
@@ -439,7 +439,10 @@ final class IngestService: Sendable {
                 }
             }
             if failed {
-                consuming.nack(delivery, requeue: true)
+                // Left unacked, and the consumer ends: closing the channels gives this one and
+                // every later one back to the head of the ingest queue, in order (a nack would put
+                // it at the back of a quorum queue, behind notifications of its partition).
+                try? await consumer.cancel()
                 return ([], nil)
             }
             if refused.isEmpty { consuming.ack(delivery) }

@@ -32,7 +32,7 @@ struct ParkingRig {
 
     init(
         settings: ParkingSettings, subscriptions: [Subscription], connection: AMQPConnection? = nil,
-        names: ClusterNames? = nil, keyPrefix: String? = nil
+        names: ClusterNames? = nil, keyPrefix: String? = nil, queueType: String = "classic"
     ) async throws {
         let logger = Logger(label: "herald.test.parking")
         self.settings = settings
@@ -48,7 +48,7 @@ struct ParkingRig {
         deadLetters = DeadLetterStore(redis: try RedisClient(url: TestServers.redisURL()), keyPrefix: prefix)
         zaqar = ZaqarClient(requestTimeout: .seconds(5))
         parking = TargetParking(
-            connection: self.connection, ledger: ledger, names: self.names, queueType: "classic", owner: owner,
+            connection: self.connection, ledger: ledger, names: self.names, queueType: queueType, owner: owner,
             settings: settings, logger: logger)
         var delivery = DeliveryConfiguration()
         delivery.attemptsBeforeParking = settings.afterAttempts
@@ -249,6 +249,56 @@ struct ParkingTests {
         draining.cancel()
         await draining.value
         await rig.shutdown(deleting: [failing, healthy])
+        await zaqar.close()
+    }
+
+    /// How the parking queue of `orderAcrossFailedRetries` was declared.
+    enum ParkingQueueShape: String, CaseIterable, CustomStringConvertible {
+        case quorum, classic
+        /// Declared by an older node: a quorum queue without `x-delivery-limit`, where RabbitMQ
+        /// 3.10 puts a nacked (requeued) message at the back of the queue.
+        case quorumWithoutDeliveryLimit
+        var description: String { rawValue }
+    }
+
+    @Test(
+        "retries that fail while more of the queue waits behind what the drainer took leave the taken ones at its head: every message arrives once, in order",
+        arguments: ParkingQueueShape.allCases)
+    func orderAcrossFailedRetries(shape: ParkingQueueShape) async throws {
+        // Down while the lane parks; then every third request fails.
+        let down = Atomic<Bool>(true)
+        let calls = Atomic<Int>(0)
+        let zaqar = try await HostileZaqar { _ in
+            if down.load(ordering: .relaxed) { return .status(503) }
+            return calls.add(1, ordering: .relaxed).newValue % 3 == 1 ? .status(503) : .accept
+        }
+        let subscription = Self.subscription(queue: "flaky", zaqar: zaqar)
+        var settings = Self.fastSettings()
+        settings.batchMessages = 10
+        settings.retryBase = .milliseconds(50)
+        settings.retryCap = .milliseconds(100)
+        let rig = try await ParkingRig(
+            settings: settings, subscriptions: [subscription], queueType: shape == .classic ? "classic" : "quorum")
+        if shape == .quorumWithoutDeliveryLimit {
+            let channel = try await rig.connection.openChannel()
+            try await channel.declareQueue(
+                rig.names.parkingQueue(subscription.id),
+                options: AMQPQueueOptions(
+                    durable: true,
+                    arguments: ["x-queue-type": .string("quorum"), "x-single-active-consumer": .bool(true)]
+                ))
+            await channel.close()
+        }
+        #expect(await rig.submitEach(ParkingRig.messages(subscription, 0..<60)).parked == 60)
+        down.store(false, ordering: .relaxed)
+        let draining = Task { await rig.drainer.run() }
+        try await untilArrived(60, at: zaqar, queue: "flaky")
+        #expect(eventIDs(zaqar, queue: "flaky") == (0..<60).map { "e-\($0)" }, "in order, each once")
+        #expect(calls.load(ordering: .relaxed) >= 9, "retries failed: \(calls.load(ordering: .relaxed)) requests")
+        try await rig.untilUnparked(subscription)
+        draining.cancel()
+        await draining.value
+        await rig.shutdown(deleting: [subscription])
         await zaqar.close()
     }
 

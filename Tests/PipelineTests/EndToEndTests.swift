@@ -208,10 +208,17 @@ extension PipelineSuites {
                 }
                 // Per partition, first occurrences arrive in publish order.
                 var seen = Set<String>()
-                var lastByPartition: [Int: Int] = [:]
+                var lastByPartition: [Int: Delivered] = [:]
                 for message in messages where seen.insert(message.eventID).inserted {
-                    if let last = lastByPartition[message.partition], message.seq < last { outOfOrder += 1 }
-                    lastByPartition[message.partition] = message.seq
+                    if let last = lastByPartition[message.partition], message.seq < last.seq {
+                        outOfOrder += 1
+                        if outOfOrder <= 20 {
+                            print(
+                                "e2e \(disruption): out of order in \(subscription.target.queue), partition \(message.partition): seq \(message.seq) epoch \(message.epoch) after seq \(last.seq) epoch \(last.epoch)"
+                            )
+                        }
+                    }
+                    lastByPartition[message.partition] = message
                 }
             }
             let letters = try await run.deadLetters.recent(count: 1000)
@@ -220,9 +227,11 @@ extension PipelineSuites {
             let lostLeases = nodeLogs.components(separatedBy: "lost a partition lease").count - 1
             let shortDrains = nodeLogs.components(separatedBy: "handoff drain ran out of time").count - 1
             // Messages in batches retried after an ambiguous failure (the request may have been taken:
-            // a timeout after sending, not a refused connection): at least once allows these twice.
+            // a timeout after sending, not a refused connection), by a lane or by a parked
+            // subscription's drainer: at least once allows these twice.
             let ambiguousRetries = nodeLogs.split(separator: "\n").filter {
-                $0.contains("retrying a batch") && !$0.contains("connectTimeout")
+                ($0.contains("retrying a batch") || $0.contains("parked messages still fail"))
+                    && !$0.contains("connectTimeout")
             }
             .compactMap { line in
                 line.split(separator: " ").first { $0.hasPrefix("delivery.count=") }.flatMap {

@@ -97,6 +97,19 @@ final class PipelineRun: @unchecked Sendable {
                 "HERALD_LOG_LEVEL": "warning", "HERALD_SHUTDOWN_BUDGET_SECONDS": "\(Self.shutdownBudget)",
                 "HERALD_API_HOST": "127.0.0.1", "HERALD_API_AUTH": "trusted-header",
             ].merging(onCluster ? ["HERALD_QUEUE_TYPE": "quorum"] : [:]) { $1 }
+                .merging(Self.experimentSettings) { $1 }
+        }
+    }
+
+    /// For experiments: `HERALD_E2E_NODE_<NAME>=<value>` in the test's environment gives every
+    /// node `<NAME>=<value>` (e.g. HERALD_E2E_NODE_HERALD_DELIVERY_TIMEOUT_SECONDS=1: a Zaqar that
+    /// times out often).
+    static var experimentSettings: [String: String] {
+        let prefix = "HERALD_E2E_NODE_"
+        return ProcessInfo.processInfo.environment.reduce(into: [:]) { settings, variable in
+            if variable.key.hasPrefix(prefix) {
+                settings[String(variable.key.dropFirst(prefix.count))] = variable.value
+            }
         }
     }
 

@@ -256,6 +256,8 @@ public struct AMQPChannel: Sendable {
     }
 
     /// Negatively acknowledges a delivery; with `requeue: false` it goes to the queue's dead-letter exchange.
+    /// With `requeue: true` a classic queue puts it back where it was, a quorum queue (RabbitMQ 3.10,
+    /// checked) at its back, behind messages that came after it.
     public func nack(_ delivery: AMQPDelivery, multiple: Bool = false, requeue: Bool) {
         engine.submit { engine in engine.refuse(delivery, multiple: multiple, requeue: requeue) }
     }
@@ -353,6 +355,10 @@ public struct AMQPConsumer: AsyncSequence, Sendable {
 
     /// Stops the consumer. Deliveries already received stay unacked until the caller
     /// acks or nacks them, so a consumer can finish in-flight work before handing over.
+    /// Deliveries the broker sent before it saw the cancel stay unacked on the channel: closing
+    /// the channel gives every unacked delivery back in order, at the head of the queue. (A nack
+    /// or reject with requeue puts a message at the back of a quorum queue: where order matters,
+    /// close the channel instead.)
     public func cancel() async throws {
         let id = channel.id
         let tag = tag

@@ -216,8 +216,10 @@ final class AMQPEngine: @unchecked Sendable {
         case .delivery(var delivery):
             guard let channel = channels[delivery.channelID], let consumer = channel.consumers[delivery.consumerTag]
             else {
-                // No consumer for it any more: give it back to the queue rather than leave it unacked.
-                try? wire?.reject(delivery.channelID, tag: delivery.deliveryTag, requeue: true)
+                // No consumer for it any more (it came between basic.cancel and cancel-ok): left
+                // unacked, the broker gives it back when the channel closes, in order with the
+                // channel's other unacked deliveries. A reject would put it at the back of a quorum
+                // queue, behind messages that came after it.
                 return
             }
             delivery = AMQPDelivery(
@@ -366,7 +368,8 @@ final class AMQPEngine: @unchecked Sendable {
         }
     }
 
-    /// Cancels a consumer; deliveries that arrived before cancel-ok still reach it, then it finishes.
+    /// Cancels a consumer; deliveries already read still reach it, then it finishes. Deliveries
+    /// still on their way stay unacked until the channel closes: close it after a cancel.
     func cancel(_ id: UInt16, tag: String) throws {
         guard let record = channels[id], let consumer = record.consumers[tag] else { return }
         if wire != nil && record.isOpen {

@@ -112,6 +112,18 @@ def check_variant(values_file, paths, keys):
     scaled = kinds.get("ScaledObject")
     if scaled and scaled["spec"]["maxReplicaCount"] > int(config["data"].get("HERALD_PARTITIONS", "256")):
         fail("%s: KEDA may scale beyond the partition count" % values_file.name)
+    if scaled:
+        # The trigger sums the backlog more nodes can drain: every ingest and partition queue of
+        # this cluster, nothing else (parking queues, the dead letters, another cluster's).
+        cluster = config["data"].get("HERALD_CLUSTER") or \
+            config["data"].get("HERALD_KEY_PREFIX", "herald:").rstrip(":").replace(":", ".")
+        pattern = re.compile(scaled["spec"]["triggers"][0]["metadata"]["queueName"])
+        for name in [cluster + ".ingest", cluster + ".ingest.nova", cluster + ".ingest.designate", cluster + ".p.0", cluster + ".p.255"]:
+            if not pattern.search(name):
+                fail("%s: the KEDA trigger leaves out %s" % (values_file.name, name))
+        for name in [cluster + ".dead", cluster + ".park.7f3e", cluster + ".partitions", "x" + cluster + ".p.1", cluster + ".p.1x"]:
+            if pattern.search(name):
+                fail("%s: the KEDA trigger counts %s" % (values_file.name, name))
     autoscaled = "HorizontalPodAutoscaler" in kinds or scaled is not None
     if autoscaled == ("replicas" in deployment["spec"]):
         fail("%s: the Deployment must leave replicas to the autoscaler, and only then" % values_file.name)
@@ -123,8 +135,10 @@ def check_custom_resource(values_file, path, document):
     kind, spec = document["kind"], document.get("spec", {})
     if kind == "ScaledObject" and document["apiVersion"] == "keda.sh/v1alpha1":
         trigger = spec.get("triggers", [{}])[0]
+        metadata = trigger.get("metadata", {})
         if spec.get("scaleTargetRef", {}).get("name") and trigger.get("type") == "rabbitmq" \
-                and str(trigger.get("metadata", {}).get("queueName", "")).endswith(".ingest") \
+                and metadata.get("protocol") == "http" and metadata.get("useRegex") == "true" \
+                and metadata.get("operation") == "sum" and metadata.get("mode") == "QueueLength" \
                 and isinstance(spec.get("minReplicaCount"), int) and isinstance(spec.get("maxReplicaCount"), int):
             return
     elif kind == "ServiceMonitor" and document["apiVersion"] == "monitoring.coreos.com/v1":

@@ -68,7 +68,7 @@ final class HeraldNode: Sendable {
         var connection: AMQPConnection
         var zaqar: ZaqarClient
         var batcher: DeliveryBatcher
-        var ingest: IngestService
+        var ingest: IngestOwners
         var tasks: [Task<Void, Never>]
     }
 
@@ -184,12 +184,9 @@ final class HeraldNode: Sendable {
             beforeConsuming: { await drainer.refreshBeforeConsuming() })
         let ownership = Task { await owners.run() }
         try await coordinator.start()
-        let ingest = IngestService(
-            connection: connection, configuration: configuration, deadLetters: deadLetters, statistics: statistics,
-            logger: logger)
-        let ingesting = Task { [logger] in
-            do { try await ingest.run() } catch { logger.error("ingest stopped", metadata: ["error": "\(error)"]) }
-        }
+        let ingest = try ingestOwners(connection: connection, configuration: configuration)
+        let ingesting = Task { await ingest.run() }  // ends after `ingest.shutdown` (awaited in `shutdown`)
+        try await ingest.start()
         let keeper = SignedURLKeeper(
             registry: registry, keystone: keystone, zaqar: zaqar, defaultZaqarURL: configuration.zaqarURL,
             policy: configuration.signedURLs,
@@ -227,6 +224,40 @@ final class HeraldNode: Sendable {
             ])
     }
 
+    /// The node's ingest: its queues (`Topology.ingestQueues`), shared out by leases of their own
+    /// when there is one per exchange and order is kept (`IngestOwners`).
+    private func ingestOwners(connection: AMQPConnection, configuration: NodeConfiguration) throws -> IngestOwners {
+        let queues = Topology.ingestQueues(configuration).map(\.queue)
+        let make: @Sendable (String) -> IngestService = { [deadLetters, statistics, logger] queue in
+            IngestService(
+                connection: connection, queue: queue, configuration: configuration, deadLetters: deadLetters,
+                statistics: statistics, logger: logger)
+        }
+        let perExchange = configuration.queueShape.ingestLayout == .perExchange
+        var coordinator: ClusterCoordinator?
+        if perExchange && configuration.ingestOrdered {
+            var ingestLogger = logger
+            ingestLogger[metadataKey: "cluster.domain"] = "ingest"
+            coordinator = try ClusterCoordinator(
+                configuration: ClusterConfiguration(
+                    nodeID: configuration.nodeID,
+                    keyPrefix: IngestOwners.keyPrefix(configuration.keyPrefix, queues: queues),
+                    partitionCount: queues.count,
+                    address: "\(ProcessInfo.processInfo.hostName):\(configuration.apiPort)", version: Herald.version
+                ),
+                redis: try RedisConfiguration(url: configuration.redisURL), logger: ingestLogger
+            )
+        }
+        return IngestOwners(
+            queues: queues, coordinator: coordinator, logger: logger,
+            before: { [logger] stopping in
+                guard perExchange else { return }
+                await LegacyIngest.drain(
+                    connection: connection, configuration: configuration, logger: logger, stopping: stopping, make: make
+                )
+            }, make: make)
+    }
+
     /// The checks behind `/readyz`: every one must be true for the node to take traffic.
     func readiness() -> [String: Bool] {
         let flags = flags.withLock { $0 }
@@ -234,7 +265,8 @@ final class HeraldNode: Sendable {
         return [
             "rabbitmq": connected,
             "registry": flags.registryLoaded,
-            "membership": coordinator.isMembershipCurrent,
+            "membership": coordinator.isMembershipCurrent
+                && (parts.withLock { $0?.ingest.isMembershipCurrent } ?? true),
             "not_stopping": !flags.stopping,
         ]
     }
@@ -255,7 +287,7 @@ final class HeraldNode: Sendable {
         markStopping()
         guard let parts = parts.withLock({ $0 }) else { return }
         logger.info("shutting down")
-        await parts.ingest.stop()
+        await parts.ingest.shutdown(drainTimeout: configuration.shutdownBudget / 2)
         await parts.tasks[2].value
         await coordinator.leave(drainTimeout: configuration.shutdownBudget)
         _ = await parts.batcher.drain(timeout: .seconds(2))

@@ -29,7 +29,8 @@ struct NodeConfiguration: Sendable {
     var partitions: Int
     /// HERALD_KEY_PREFIX: Redis key prefix. Default herald:.
     var keyPrefix: String
-    /// HERALD_EXCHANGES: comma-separated notification exchanges bound to herald.ingest.
+    /// HERALD_EXCHANGES: comma-separated notification exchanges, each bound to an ingest queue
+    /// of its own (`<cluster>.ingest.<exchange>`; one `<cluster>.ingest` in an older cluster).
     var exchanges: [String]
     /// HERALD_EXCHANGES_DURABLE: declare them durable (must match how the services declare them). Default false.
     var exchangesDurable: Bool
@@ -45,8 +46,8 @@ struct NodeConfiguration: Sendable {
     /// HERALD_PARTITION_PREFETCH: unacked events per owned partition. Default 100.
     var partitionPrefetch: UInt16
     /// HERALD_QUEUE_TYPE (classic or quorum), HERALD_INGEST_QUEUE_MAX_MESSAGES and
-    /// HERALD_PARTITION_QUEUE_MAX_MESSAGES (0: no bound), as set; unset, the cluster's record
-    /// decides (`ClusterQueueShape`).
+    /// HERALD_PARTITION_QUEUE_MAX_MESSAGES (0: no bound), HERALD_INGEST_LAYOUT (single or
+    /// per-exchange), as set; unset, the cluster's record decides (`ClusterQueueShape`).
     var queueSettings: QueueShapeSettings
     /// What the queues are declared with: `HeraldNode.start` resolves it from `queueSettings`
     /// and the cluster's record before declaring anything; until then, a new cluster's shape.
@@ -120,7 +121,7 @@ struct NodeConfiguration: Sendable {
         "HERALD_KEY_PREFIX",
         "HERALD_EXCHANGES", "HERALD_EXCHANGES_DURABLE", "HERALD_CEILOMETER_EVENTS", "HERALD_INGEST_ORDERED",
         "HERALD_INGEST_PREFETCH",
-        "HERALD_PARTITION_PREFETCH", "HERALD_QUEUE_TYPE", "HERALD_INGEST_QUEUE_MAX_MESSAGES",
+        "HERALD_PARTITION_PREFETCH", "HERALD_QUEUE_TYPE", "HERALD_INGEST_QUEUE_MAX_MESSAGES", "HERALD_INGEST_LAYOUT",
         "HERALD_PARTITION_QUEUE_MAX_MESSAGES", "HERALD_SHUTDOWN_BUDGET_SECONDS", "HERALD_HANDOFF_DRAIN_SECONDS",
         "HERALD_API_HOST", "HERALD_API_PORT",
         "HERALD_API_AUTH", "HERALD_LOG_LEVEL", "HERALD_LOG_FORMAT", "HERALD_KEYSTONE_URL", "HERALD_KEYSTONE_USERNAME",
@@ -253,10 +254,22 @@ struct NodeConfiguration: Sendable {
             guard let text = environment[key], !text.isEmpty else { return nil }
             return try integer(key, 0, range)
         }
+        let layoutText = string("HERALD_INGEST_LAYOUT", "")
+        var layout: IngestLayout?
+        if !layoutText.isEmpty {
+            guard let known = IngestLayout(rawValue: layoutText) else {
+                throw ConfigurationError(
+                    key: "HERALD_INGEST_LAYOUT", value: layoutText,
+                    expected:
+                        "single or per-exchange (or unset: the cluster's own, per-exchange for a new cluster)")
+            }
+            layout = known
+        }
         let queueSettings = QueueShapeSettings(
             type: string("HERALD_QUEUE_TYPE", ""),
             ingestMaxMessages: try optionalInteger("HERALD_INGEST_QUEUE_MAX_MESSAGES", 0...1_000_000_000),
-            partitionMaxMessages: try optionalInteger("HERALD_PARTITION_QUEUE_MAX_MESSAGES", 0...1_000_000_000)
+            partitionMaxMessages: try optionalInteger("HERALD_PARTITION_QUEUE_MAX_MESSAGES", 0...1_000_000_000),
+            ingestLayout: layout
         )
         let keyPrefix = string("HERALD_KEY_PREFIX", "herald:")
         let clusterName = string("HERALD_CLUSTER", ClusterNames.derived(fromKeyPrefix: keyPrefix))
@@ -500,6 +513,16 @@ struct NodeConfiguration: Sendable {
             throw ConfigurationError(
                 key: "HERALD_QUEUE_TYPE", value: queueSettings.type,
                 expected: "classic or quorum (or unset: the cluster's own, quorum for a new cluster)")
+        }
+        // An exchange names a queue of its own (`<cluster>.ingest.<exchange>`), at most 255 bytes.
+        let exchangeCharacters = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.:-")
+        for exchange in exchanges
+        where exchange.count > 127 || !exchange.allSatisfy({ exchangeCharacters.contains($0) }) {
+            throw ConfigurationError(
+                key: "HERALD_EXCHANGES", value: exchanges.joined(separator: ","),
+                expected:
+                    "exchange names of 1 to 127 letters, digits, '_', '.', ':' and '-' ('\(SafeText.clean(exchange, limit: 60))' is not)"
+            )
         }
         guard !exchanges.isEmpty || ceilometerEvents else {
             throw ConfigurationError(

@@ -8,23 +8,39 @@ import Metrics
 import Notifications
 import Synchronization
 
-/// What Herald's queues are declared with: their type and their length bounds.
+/// How notifications come in: one ingest queue bound to every exchange, or one per exchange.
+enum IngestLayout: String, Equatable, Sendable, CaseIterable {
+    /// `<cluster>.ingest`, bound to every exchange: one node ingests at a time (clusters made
+    /// before ingest spread over nodes).
+    case single
+    /// `<cluster>.ingest.<exchange>`, one per exchange: the nodes share them out through leases
+    /// of their own (an event type comes from one exchange, so its order is kept), so up to as
+    /// many nodes as exchanges ingest at once.
+    case perExchange = "per-exchange"
+}
+
+/// What Herald's queues are declared with: their type, their length bounds and the ingest layout.
 struct QueueShape: Equatable, Sendable {
     /// classic or quorum.
     var type: String
-    /// At most this many messages wait in `<cluster>.ingest`; 0: no bound.
+    /// At most this many messages wait in each ingest queue; 0: no bound.
     var ingestMaxMessages: Int
     /// At most this many messages wait in each `<cluster>.p.<n>` (and in `<cluster>.dead`); 0: no bound.
     var partitionMaxMessages: Int
+    var ingestLayout: IngestLayout
 
-    /// A new cluster's: quorum queues, which survive the loss of a RabbitMQ node, and bounds.
-    static let newCluster = QueueShape(type: "quorum", ingestMaxMessages: 1_000_000, partitionMaxMessages: 50_000)
-    /// A cluster made before the record existed: classic queues without bounds (the old defaults).
-    static let legacy = QueueShape(type: "classic", ingestMaxMessages: 0, partitionMaxMessages: 0)
+    /// A new cluster's: quorum queues, which survive the loss of a RabbitMQ node, bounds, and
+    /// an ingest queue per exchange.
+    static let newCluster = QueueShape(
+        type: "quorum", ingestMaxMessages: 1_000_000, partitionMaxMessages: 50_000, ingestLayout: .perExchange)
+    /// A cluster made before the record existed: classic queues without bounds, one ingest queue
+    /// (the old defaults).
+    static let legacy = QueueShape(
+        type: "classic", ingestMaxMessages: 0, partitionMaxMessages: 0, ingestLayout: .single)
 }
 
 /// The queue shape a node declares with (HERALD_QUEUE_TYPE, HERALD_INGEST_QUEUE_MAX_MESSAGES,
-/// HERALD_PARTITION_QUEUE_MAX_MESSAGES).
+/// HERALD_PARTITION_QUEUE_MAX_MESSAGES, HERALD_INGEST_LAYOUT).
 ///
 /// RabbitMQ refuses to redeclare a queue with other arguments (406), so the shape is the
 /// cluster's, recorded in Redis (`<prefix>queue-shape`, a hash) once a node has declared the
@@ -73,6 +89,18 @@ enum ClusterQueueShape {
             try configured.partitionMaxMessages
             ?? recordedCount(
                 "partition-max-messages", key: "HERALD_PARTITION_QUEUE_MAX_MESSAGES", fallback.partitionMaxMessages)
+        if let layout = configured.ingestLayout {
+            shape.ingestLayout = layout
+        } else if let text = recorded["ingest-layout"] {
+            guard let layout = IngestLayout(rawValue: text) else {
+                throw ConfigurationError(
+                    key: "HERALD_INGEST_LAYOUT", value: "(unset)",
+                    expected:
+                        "single or per-exchange: the cluster's record in Redis says '\(text.prefix(40))', which this version does not know; set HERALD_INGEST_LAYOUT"
+                )
+            }
+            shape.ingestLayout = layout
+        }
         return shape
     }
 
@@ -91,7 +119,8 @@ enum ClusterQueueShape {
     static func record(_ shape: QueueShape, redis: RedisClient, keyPrefix: String) async throws {
         try await redis.send(
             "HSET", keyPrefix + "queue-shape", "type", shape.type,
-            "ingest-max-messages", shape.ingestMaxMessages, "partition-max-messages", shape.partitionMaxMessages
+            "ingest-max-messages", shape.ingestMaxMessages, "partition-max-messages", shape.partitionMaxMessages,
+            "ingest-layout", shape.ingestLayout.rawValue
         )
     }
 }
@@ -101,6 +130,7 @@ struct QueueShapeSettings: Equatable, Sendable {
     var type: String = ""
     var ingestMaxMessages: Int?
     var partitionMaxMessages: Int?
+    var ingestLayout: IngestLayout?
 }
 
 /// Herald's AMQP names (DESIGN.md, "Partitions"), with the cluster's name (`ClusterNames`).
@@ -113,50 +143,77 @@ enum Topology {
         shape.type == "quorum" ? ["x-delivery-limit": .int(1_000_000)] : [:]
     }
 
-    /// Declares the notification exchanges as oslo.messaging does (topic), Herald's own
-    /// ingest queue bound to them (never the shared notifications.info queue), the
-    /// partition exchange, the dead-letter exchange, and the P partition queues.
-    static func declare(on channel: AMQPChannel, configuration: NodeConfiguration) async throws {
-        let names = configuration.names
-        let ingest = names.ingest
-        let partitions = names.partitions
-        let dead = names.dead
-        // Every `<topic>.<priority>` on every exchange: nova's versioned notifications and warn,
-        // critical, audit and sample ones as well as info and error.
+    /// What each exchange is bound with: every `<topic>.<priority>` (nova's versioned
+    /// notifications and warn, critical, audit and sample ones as well as info and error), and
+    /// Ceilometer's `event.sample` when its events are asked for. In exchange order.
+    static func sources(_ configuration: NodeConfiguration) -> [(exchange: String, keys: [String])] {
         let keys = configuration.notificationTopics.flatMap { topic in configuration.priorities.map { "\(topic).\($0)" }
         }
-        var sources = configuration.exchanges.flatMap { exchange in keys.map { (exchange, $0) } }
-        if configuration.ceilometerEvents { sources.append(("ceilometer", "event.sample")) }
+        var sources: [String: [String]] = [:]
+        for exchange in configuration.exchanges { sources[exchange, default: []] += keys }
+        if configuration.ceilometerEvents { sources["ceilometer", default: []].append("event.sample") }
+        return sources.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
+    }
+
+    /// The ingest queues and the exchanges each is bound to: `<cluster>.ingest` bound to every
+    /// exchange (`single`), or `<cluster>.ingest.<exchange>` each bound to its own, in exchange
+    /// order (`perExchange`: the ingest leases number them in this order).
+    static func ingestQueues(_ configuration: NodeConfiguration) -> [(queue: String, exchanges: [String])] {
+        let exchanges = sources(configuration).map(\.exchange)
+        switch configuration.queueShape.ingestLayout {
+        case .single: return [(configuration.names.ingest, exchanges)]
+        case .perExchange: return exchanges.map { (configuration.names.ingestQueue(exchange: $0), [$0]) }
+        }
+    }
+
+    /// The arguments of every ingest queue.
+    static func ingestArguments(_ configuration: NodeConfiguration) -> AMQPTable {
         let shape = configuration.queueShape
-        let queueArguments: AMQPTable = ["x-queue-type": .string(shape.type)]
-        var ingestArguments = queueArguments
+        var arguments: AMQPTable = ["x-queue-type": .string(shape.type)]
         // Ordered ingest: one active consumer, the other nodes on standby (DESIGN.md had competing
         // consumers, which reorder events of a partition across nodes).
-        if configuration.ingestOrdered { ingestArguments["x-single-active-consumer"] = .bool(true) }
+        if configuration.ingestOrdered { arguments["x-single-active-consumer"] = .bool(true) }
         // Bounded: a full ingest queue refuses what the services publish to it (their other
         // queues, Ceilometer's, still get it), so RabbitMQ, which the whole cloud shares, never
         // reaches a memory or disk alarm because of Herald.
         if shape.ingestMaxMessages > 0 {
-            ingestArguments["x-max-length"] = .int(Int64(shape.ingestMaxMessages))
-            ingestArguments["x-overflow"] = .string("reject-publish")
-            ingestArguments.merge(Self.deliveryLimit(shape)) { first, _ in first }
+            arguments["x-max-length"] = .int(Int64(shape.ingestMaxMessages))
+            arguments["x-overflow"] = .string("reject-publish")
+            arguments.merge(Self.deliveryLimit(shape)) { first, _ in first }
         }
-        do {
-            try await channel.declareQueue(ingest, options: AMQPQueueOptions(durable: true, arguments: ingestArguments))
-        } catch let error as MessagingError where error.replyCode == 406 {
-            // The queue exists with other arguments: a node of another configuration or version declared it.
-            throw ConfigurationError(
-                key: "HERALD_INGEST_ORDERED", value: "\(configuration.ingestOrdered)",
-                expected:
-                    "\(ingest) already exists with other arguments (\(error.replyText ?? "406")); set HERALD_INGEST_ORDERED, HERALD_QUEUE_TYPE and HERALD_INGEST_QUEUE_MAX_MESSAGES as the running nodes have them (or leave them unset: the cluster's record in Redis decides), or delete \(ingest) while no node runs"
-            )
-        }
-        for exchange in Set(sources.map(\.0)).sorted() {
+        return arguments
+    }
+
+    /// Declares the notification exchanges as oslo.messaging does (topic), Herald's own
+    /// ingest queues bound to them (never the shared notifications.info queue), the
+    /// partition exchange, the dead-letter exchange, and the P partition queues.
+    static func declare(on channel: AMQPChannel, configuration: NodeConfiguration) async throws {
+        let names = configuration.names
+        let partitions = names.partitions
+        let dead = names.dead
+        let sources = Self.sources(configuration)
+        let shape = configuration.queueShape
+        let queueArguments: AMQPTable = ["x-queue-type": .string(shape.type)]
+        for (exchange, _) in sources {
             try await channel.declareExchange(
                 exchange, options: AMQPExchangeOptions(type: "topic", durable: configuration.exchangesDurable))
         }
-        for (exchange, key) in sources {
-            try await channel.bindQueue(ingest, to: exchange, routingKey: key)
+        let keys = Dictionary(uniqueKeysWithValues: sources.map { ($0.exchange, $0.keys) })
+        for (queue, exchanges) in ingestQueues(configuration) {
+            do {
+                try await channel.declareQueue(
+                    queue, options: AMQPQueueOptions(durable: true, arguments: ingestArguments(configuration)))
+            } catch let error as MessagingError where error.replyCode == 406 {
+                // The queue exists with other arguments: a node of another configuration or version declared it.
+                throw ConfigurationError(
+                    key: "HERALD_INGEST_ORDERED", value: "\(configuration.ingestOrdered)",
+                    expected:
+                        "\(queue) already exists with other arguments (\(error.replyText ?? "406")); set HERALD_INGEST_ORDERED, HERALD_QUEUE_TYPE and HERALD_INGEST_QUEUE_MAX_MESSAGES as the running nodes have them (or leave them unset: the cluster's record in Redis decides), or delete \(queue) while no node runs"
+                )
+            }
+            for exchange in exchanges {
+                for key in keys[exchange] ?? [] { try await channel.bindQueue(queue, to: exchange, routingKey: key) }
+            }
         }
         try await channel.declareExchange(partitions, options: AMQPExchangeOptions(type: "direct", durable: true))
         try await channel.declareExchange(dead, options: AMQPExchangeOptions(type: "fanout", durable: true))
@@ -282,12 +339,18 @@ enum IngestMetrics {
     /// `herald_partition_publish_refused_total`: alert when it grows (a partition queue is full).
     static let refused = Counter(label: "herald_partition_publish_refused_total")
     /// `herald_ingest_held_notifications`: notifications held unacked for a full partition queue.
-    static let held = Gauge(label: "herald_ingest_held_notifications")
+    static func held(_ queue: String) -> Gauge {
+        Gauge(label: "herald_ingest_held_notifications", dimensions: [("queue", queue)])
+    }
     /// `herald_ingest_queue_messages` (ready in the ingest queue, sampled every
     /// HERALD_INGEST_WATCH_SECONDS) over `herald_ingest_queue_max_messages` (its bound, 0: none):
     /// alert well before 1, where RabbitMQ refuses the services' notifications to Herald.
-    static let ingestDepth = Gauge(label: "herald_ingest_queue_messages")
-    static let ingestBound = Gauge(label: "herald_ingest_queue_max_messages")
+    static func depth(_ queue: String) -> Gauge {
+        Gauge(label: "herald_ingest_queue_messages", dimensions: [("queue", queue)])
+    }
+    static func bound(_ queue: String) -> Gauge {
+        Gauge(label: "herald_ingest_queue_max_messages", dimensions: [("queue", queue)])
+    }
 }
 
 /// Counters of the pipeline, for the log line at exit and `herald_events_total{stage}`.
@@ -332,14 +395,21 @@ extension Locked where Value == PipelineStatistics {
     }
 }
 
-/// Every node: consumes herald.ingest (the single active consumer, or a competing one when
+/// Consumes one ingest queue (the single active consumer, or a competing one when
 /// HERALD_INGEST_ORDERED=false), finds each event's
 /// partition, republishes the untouched body to herald.partitions with routing key =
 /// partition and headers, and acks only after the broker confirmed. Undecodable input
 /// is dead-lettered with the reason, then acked.
 final class IngestService: Sendable {
     private let connection: AMQPConnection
+    /// The ingest queue this service consumes (`Topology.ingestQueues`).
+    let queue: String
     private let configuration: NodeConfiguration
+    /// The queue's length and bound, sampled by `watch`.
+    private let depth: Gauge
+    private let bound: Gauge
+    /// Notifications held for a full partition queue (`IngestHold`).
+    private let held: Gauge
     private let deadLetters: DeadLetterStore
     private let logger: Logger
     let statistics: Locked<PipelineStatistics>
@@ -352,10 +422,14 @@ final class IngestService: Sendable {
     static let maxRoutedField = 255
 
     init(
-        connection: AMQPConnection, configuration: NodeConfiguration, deadLetters: DeadLetterStore,
+        connection: AMQPConnection, queue: String, configuration: NodeConfiguration, deadLetters: DeadLetterStore,
         statistics: Locked<PipelineStatistics>, logger: Logger
     ) {
         self.connection = connection
+        self.queue = queue
+        depth = IngestMetrics.depth(queue)
+        bound = IngestMetrics.bound(queue)
+        held = IngestMetrics.held(queue)
         self.configuration = configuration
         self.deadLetters = deadLetters
         self.logger = logger
@@ -372,7 +446,7 @@ final class IngestService: Sendable {
                 try await consumeOnce()
                 failures = 0
                 if stopped.load(ordering: .relaxed) { break }
-                logger.error("the \(configuration.names.ingest) consumer ended without a stop; consuming again")
+                logger.error("the \(queue) consumer ended without a stop; consuming again")
             } catch {
                 failures += 1
                 if stopped.load(ordering: .relaxed) { break }
@@ -383,19 +457,29 @@ final class IngestService: Sendable {
         }
     }
 
-    /// One consumer on herald.ingest, until it ends; then every delivery taken is acked.
+    /// One consumer on the ingest queue, until it ends; then every delivery taken is acked or
+    /// given back: it returns once both channels are closed (what was taken and not acked is
+    /// the queue's again, at its head, before a next owner of the queue consumes).
     private func consumeOnce() async throws {
         let consuming = try await connection.openChannel()
-        let publishing = try await connection.openChannel()
-        defer {
-            Task {
-                await consuming.close()
-                await publishing.close()
-            }
+        let publishing: AMQPChannel
+        do { publishing = try await connection.openChannel() } catch {
+            await consuming.close()
+            throw error
         }
+        let result: Result<Void, any Error>
+        do { result = .success(try await consume(consuming: consuming, publishing: publishing)) } catch {
+            result = .failure(error)
+        }
+        await consuming.close()
+        await publishing.close()
+        try result.get()
+    }
+
+    private func consume(consuming: AMQPChannel, publishing: AMQPChannel) async throws {
         try await Topology.declare(on: publishing, configuration: configuration)
         try await publishing.enableConfirms()
-        let consumer = try await consuming.consume(configuration.names.ingest, prefetch: configuration.ingestPrefetch)
+        let consumer = try await consuming.consume(queue, prefetch: configuration.ingestPrefetch)
         self.consumer.withLock { $0 = consumer }
         if stopped.load(ordering: .relaxed) { try? await consumer.cancel() }
         let watchdog = Task { await watch(consumer) }
@@ -454,7 +538,7 @@ final class IngestService: Sendable {
                 guard let nack, !refused.isEmpty else { continue }
                 let first = hold.withLock { hold in
                     let first = hold.refused(.init(sequence: sequence, item: (delivery, refused)), at: .now)
-                    IngestMetrics.held.record(hold.entries.count)
+                    held.record(hold.entries.count)
                     return first
                 }
                 noteRefusal(first, nack)
@@ -496,7 +580,7 @@ final class IngestService: Sendable {
                 }
                 let first = hold.withLock { hold in
                     let first = hold.settle(outcomes, refused: lastNack != nil, at: .now)
-                    IngestMetrics.held.record(hold.entries.count)
+                    held.record(hold.entries.count)
                     return first
                 }
                 if let lastNack { noteRefusal(first, lastNack) }
@@ -510,13 +594,13 @@ final class IngestService: Sendable {
                     pendingContinuation.yield((sequence, delivery, []))
                     continue
                 }
-                let held = hold.withLock { hold in
+                let isHeld = hold.withLock { hold in
                     guard hold.isHolding else { return false }
                     hold.hold(.init(sequence: sequence, item: (delivery, routed)))
-                    IngestMetrics.held.record(hold.entries.count)
+                    self.held.record(hold.entries.count)
                     return true
                 }
-                if held {
+                if isHeld {
                     wake.yield()
                     continue
                 }
@@ -542,10 +626,10 @@ final class IngestService: Sendable {
         wake.finish()
         await publishing.close()
         await retrier.value
-        IngestMetrics.held.record(0)
+        held.record(0)
     }
 
-    /// Every `ingestWatchInterval`: when RabbitMQ lists no consumer on herald.ingest (or no
+    /// Every `ingestWatchInterval`: when RabbitMQ lists no consumer on the ingest queue (or no
     /// such queue) while this node believes it consumes, the broker has dropped this node's
     /// consumer (seen under load-test failure scenarios: every node's ingest channel open, no
     /// consumer left, notifications piling up): cancel it so that `run` consumes anew.
@@ -555,24 +639,24 @@ final class IngestService: Sendable {
             if Task.isCancelled || stopped.load(ordering: .relaxed) { return }
             guard connection.isConnected, let channel = try? await connection.openChannel() else { continue }
             let answer: Result<AMQPQueueState, any Error>
-            do { answer = .success(try await channel.declareQueuePassive(configuration.names.ingest)) } catch {
+            do { answer = .success(try await channel.declareQueuePassive(queue)) } catch {
                 answer = .failure(error)
             }
             await channel.close()
             if case .success(let state) = answer {
-                IngestMetrics.ingestDepth.record(state.messageCount)
-                IngestMetrics.ingestBound.record(configuration.queueShape.ingestMaxMessages)
+                depth.record(state.messageCount)
+                bound.record(configuration.queueShape.ingestMaxMessages)
             }
             switch answer {
             case .success(let state) where state.consumerCount == 0:
                 logger.error(
-                    "RabbitMQ lists no consumer on \(configuration.names.ingest) although this node consumes it; consuming anew",
+                    "RabbitMQ lists no consumer on \(queue) although this node consumes it; consuming anew",
                     metadata: [
                         "amqp.messages": "\(state.messageCount)", "amqp.consumer": "\(consumer.tag)",
                     ])
             case .failure(let error as MessagingError) where error.replyCode == 404:
                 logger.error(
-                    "\(configuration.names.ingest) is gone; declaring it again and consuming anew",
+                    "\(queue) is gone; declaring it again and consuming anew",
                     metadata: ["amqp.consumer": "\(consumer.tag)"])
             default:
                 continue
@@ -664,6 +748,13 @@ final class IngestService: Sendable {
     func stop() async {
         stopped.store(true, ordering: .relaxed)
         try? await consumer.withLock { $0 }?.cancel()
+    }
+
+    /// A queue this node no longer consumes: its gauges say nothing rather than a stale length
+    /// (the node consuming it now reports it).
+    func clearGauges() {
+        depth.record(0)
+        held.record(0)
     }
 
     /// Publishes the partition queues refused since the start.

@@ -20,6 +20,13 @@ struct Status: AsyncParsableCommand {
     var cluster: String?
     @Option(help: "P, when no assignment is stored yet. Env: HERALD_PARTITIONS.")
     var partitions: Int = Int(ProcessInfo.processInfo.environment["HERALD_PARTITIONS"] ?? "") ?? 256
+    @Option(
+        help:
+            "The notification exchanges, whose ingest queues (<cluster>.ingest.<exchange>) are shown. Env: HERALD_EXCHANGES."
+    )
+    var exchanges: String =
+        ProcessInfo.processInfo.environment["HERALD_EXCHANGES"].flatMap { $0.isEmpty ? nil : $0 }
+        ?? NodeConfiguration.defaultExchanges.joined(separator: ",")
     @Option(help: "How many of the deepest partition queues to show.")
     var top: Int = 10
     @Option(
@@ -62,7 +69,8 @@ struct Status: AsyncParsableCommand {
         var partitionCount: Int
         var partitionsHeld: Int
         var assignmentEpoch: Int?
-        var ingest: Queue?
+        /// The ingest queues: the cluster's one `<cluster>.ingest`, or one per exchange.
+        var ingest: [Queue]
         var deepestPartitions: [Queue]
         var partitionMessages: Int
         var deadLetters: [String: Int]
@@ -119,7 +127,7 @@ struct Status: AsyncParsableCommand {
         let dropped = try await store.droppedByReason()
         var problems: [String] = []
 
-        var ingest: Report.Queue?
+        var ingest: [Report.Queue] = []
         var partitionQueues: [Report.Queue] = []
         do {
             let connection = try await AMQPConnection.connect(
@@ -129,11 +137,27 @@ struct Status: AsyncParsableCommand {
             let named =
                 cluster ?? ProcessInfo.processInfo.environment["HERALD_CLUSTER"].flatMap { $0.isEmpty ? nil : $0 }
             let names = try ClusterNames(cluster: named ?? ClusterNames.derived(fromKeyPrefix: keyPrefix))
-            for name in [names.ingest] + (0..<view.partitionCount).map(names.partitionQueue) {
+            // Whichever ingest queues exist (a passive declare of a missing one closes its channel).
+            let candidates =
+                [names.ingest]
+                + (exchanges.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } + ["ceilometer"])
+                .filter { !$0.isEmpty }.map { names.ingestQueue(exchange: $0) }
+            for name in Set(candidates).sorted() {
+                guard let probe = try? await connection.openChannel() else { continue }
+                if let state = try? await probe.declareQueuePassive(name) {
+                    ingest.append(
+                        Report.Queue(name: name, messages: state.messageCount, consumers: state.consumerCount))
+                }
+                await probe.close()
+            }
+            if ingest.isEmpty {
+                problems.append("no ingest queue found (\(names.ingest) or \(names.ingest).<exchange>)")
+            }
+            for name in (0..<view.partitionCount).map(names.partitionQueue) {
                 do {
                     let state = try await channel.declareQueuePassive(name)
-                    let queue = Report.Queue(name: name, messages: state.messageCount, consumers: state.consumerCount)
-                    if name == names.ingest { ingest = queue } else { partitionQueues.append(queue) }
+                    partitionQueues.append(
+                        Report.Queue(name: name, messages: state.messageCount, consumers: state.consumerCount))
                 } catch {
                     problems.append("\(name): \(error)")
                 }
@@ -225,7 +249,7 @@ struct Status: AsyncParsableCommand {
             out += pad(age(member.ageSeconds), 10) + pad("\(member.partitions.count)", 11) + epochs + "\n"
         }
         out += "\nqueues\n"
-        if let ingest = report.ingest {
+        for ingest in report.ingest {
             out +=
                 "  " + pad(ingest.name, 22) + pad("\(ingest.messages) messages", 18) + "\(ingest.consumers) consumers\n"
         }

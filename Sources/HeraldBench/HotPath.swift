@@ -272,14 +272,26 @@ struct NotificationCorpus {
     let projects: Int
     private(set) var envelopes: [[UInt8]] = []
 
-    /// - Parameter messageID: one message id for every envelope (a placeholder the load harness replaces).
-    init(count: Int, size: Int, projects: Int, messageID: String? = nil) {
+    /// The event types each service's exchange carries (`eventTypes` by service).
+    static let serviceEventTypes: [String: [String]] = [
+        "nova": eventTypes.filter { $0.hasPrefix("compute.") },
+        "neutron": eventTypes.filter { ["port.", "network.", "subnet.", "floatingip."].contains(where: $0.hasPrefix) },
+        "cinder": eventTypes.filter { $0.hasPrefix("volume.") || $0.hasPrefix("snapshot.") },
+    ]
+
+    /// - Parameters:
+    ///   - messageID: one message id for every envelope (a placeholder the load harness replaces).
+    ///   - services: none, a Zipf mix of every event type; else template `i` is an event of
+    ///     service `services[i % services.count]` (Zipf within its types): an even mix of exchanges.
+    init(count: Int, size: Int, projects: Int, messageID: String? = nil, services: [String] = []) {
         self.count = count
         self.size = size
         self.projects = projects
         var random = SplitMix(seed: 42)
         envelopes = (0..<count).map { index in
-            let type = Self.eventTypes[Self.zipf(&random, Self.eventTypes.count)]
+            let types =
+                services.isEmpty ? Self.eventTypes : Self.serviceEventTypes[services[index % services.count]] ?? []
+            let type = types[Self.zipf(&random, types.count)]
             return Self.envelope(
                 type: type, project: "project-\(random.next() % UInt64(projects))", index: index, size: size,
                 messageID: messageID ?? UUID().uuidString)

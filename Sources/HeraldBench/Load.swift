@@ -32,6 +32,13 @@ struct Load: AsyncParsableCommand {
             """
     )
 
+    @Option(
+        help:
+            "Exchanges the notifications are published to (nova, neutron, cinder): with more than one, each gets an even share, its own service's event types (the nodes' ingest spreads over one queue per exchange)."
+    )
+    var exchanges: String = "nova"
+    /// `--exchanges`, split.
+    var exchangeList: [String] { exchanges.split(separator: ",").map { String($0) } }
     @Option(help: "Events published per second (open loop).") var rate: Int = 1_000
     @Option(help: "Seconds of publishing.") var duration: Int = 30
     @Option(help: "herald node processes started at the beginning.") var nodes: Int = 3
@@ -77,8 +84,16 @@ struct Load: AsyncParsableCommand {
         guard rate > 0 else { throw ValidationError("--rate \(rate): must be above 0") }
         guard duration > 0 else { throw ValidationError("--duration \(duration): must be above 0") }
         guard nodes > 0 else { throw ValidationError("--nodes \(nodes): must be above 0") }
+        guard !exchangeList.isEmpty, Set(exchangeList).count == exchangeList.count,
+            exchangeList.allSatisfy({ NotificationCorpus.serviceEventTypes[$0] != nil })
+        else {
+            throw ValidationError("--exchanges \(exchanges): one to three of nova, neutron, cinder, each once")
+        }
         guard subscriptions > 0 else { throw ValidationError("--subscriptions \(subscriptions): must be above 0") }
         for event in events { _ = try ScenarioEvent(event) }
+        guard drainNodeCounts.allSatisfy({ (1...nodes).contains($0) }),
+            drainNodeCounts.count == drainNodes.split(separator: ",").count
+        else { throw ValidationError("--drain-nodes \(drainNodes): node counts between 1 and --nodes \(nodes)") }
         guard baselineEvents >= 1_000 else {
             throw ValidationError("--baseline-events \(baselineEvents): at least 1000")
         }
@@ -154,6 +169,13 @@ struct Load: AsyncParsableCommand {
     )
     var baselines = false
     @Option(help: "Notifications for each saturation phase of --baselines.") var baselineEvents: Int = 50_000
+    @Option(
+        help:
+            "With --baselines: also drain the pre-filled ingest queues with only this many of the nodes running, for each count given (e.g. 1,3), and print the throughput of each against the first (the cluster's ingest scaling; use --exchanges nova,neutron,cinder)."
+    )
+    var drainNodes: String = ""
+    /// `--drain-nodes`, parsed.
+    var drainNodeCounts: [Int] { drainNodes.split(separator: ",").compactMap { Int($0) } }
     @Option(help: "Notifications whose deliveries the one-POST baseline sends (at most --baseline-events).")
     var onePostEvents: Int = 10_000
     @Option(help: "Concurrent connections of the one-POST baseline (a node's pool has 8).") var onePostConnections:
@@ -325,6 +347,9 @@ struct LoadResult: Codable {
     /// Expected (subscription, event) deliveries that never arrived by the end of the run.
     var lost: Int
     var duplicates: Int
+    /// First deliveries below one delivered before, per (subscription, partition, exchange);
+    /// nil in results written before it was counted.
+    var outOfOrder: Int?
     /// Notifications still in Herald's queues when the run ended (ingest, partitions, dead):
     /// nonzero means `lost` counts work the cluster had not finished, not work it dropped;
     /// -1: they could not be counted (the run's log says why).
@@ -401,8 +426,9 @@ struct LoadResult: Codable {
         print(
             String(
                 format:
-                    "published %d at %d/s for %d s; deliveries %d of %d expected, not delivered %d, duplicates %d; still queued in RabbitMQ %d, dead letters %d",
-                published, rate, duration, delivered, expectedDeliveries, lost, duplicates, stillQueued, deadLetters))
+                    "published %d at %d/s for %d s; deliveries %d of %d expected, not delivered %d, duplicates %d, out of order %d; still queued in RabbitMQ %d, dead letters %d",
+                published, rate, duration, delivered, expectedDeliveries, lost, duplicates, outOfOrder ?? -1,
+                stillQueued, deadLetters))
         if let latency = latencyMs {
             print(
                 String(
@@ -458,9 +484,15 @@ final class DeliveryRecorder: Sendable {
         /// By the project of the delivery's subscription.
         var latencyByProject: [String: Histogram<UInt64>] = [:]
         var malformed = 0
+        /// First deliveries of a (subscription, partition, exchange) whose seq is below one
+        /// delivered before: what one ingest queue carries into one partition must keep its order.
+        var outOfOrder = 0
+        var lastSeq: [Int: Int] = [:]
     }
 
     let start: UInt64
+    /// The index of the exchange notification `seq` was published to.
+    let exchangeOf: @Sendable (Int) -> Int
     let rate: Int
     let subscriptionIndex: [String: Int]
     let subscriptionCount: Int
@@ -473,8 +505,9 @@ final class DeliveryRecorder: Sendable {
 
     init(
         start: UInt64, rate: Int, subscriptionIndex: [String: Int], subscriptionProjects: [String] = [],
-        eventPrefix: String = "load-"
+        eventPrefix: String = "load-", exchangeOf: @escaping @Sendable (Int) -> Int = { _ in 0 }
     ) {
+        self.exchangeOf = exchangeOf
         self.subscriptionProjects = subscriptionProjects
         self.start = start
         self.rate = rate
@@ -491,10 +524,11 @@ final class DeliveryRecorder: Sendable {
     /// Records one request's messages (`"subscription_id":"..","event_id":"load-<seq>"` each).
     func record(_ body: ByteBuffer, now: UInt64) {
         let bytes = Array(body.readableBytesView)
-        var found: [(Int, Int)] = []
+        var found: [(Int, Int, Int)] = []  // subscription, seq, partition (-1: not found)
         var malformed = 0
         var cursor = 0
         let marker = Array(#""subscription_id":""#.utf8)
+        let partitionMarker = Array(#""partition":"#.utf8)
         while let at = Self.find(marker, in: bytes, from: cursor) {
             let idStart = at + marker.count
             guard let idEnd = bytes[idStart...].firstIndex(of: UInt8(ascii: "\"")),
@@ -506,13 +540,27 @@ final class DeliveryRecorder: Sendable {
             }
             let id = String(decoding: bytes[idStart..<idEnd], as: UTF8.self)
             let seq = Int(String(decoding: bytes[(eventAt + eventMarker.count)..<seqEnd], as: UTF8.self))
-            if let index = subscriptionIndex[id], let seq { found.append((index, seq)) } else { malformed += 1 }
+            var partition = -1
+            if let at = Self.find(partitionMarker, in: bytes, from: seqEnd), at - seqEnd < 8 {
+                var value = 0
+                var index = at + partitionMarker.count
+                while index < bytes.count, bytes[index] >= 48, bytes[index] <= 57, value < 1_000_000 {
+                    value = value * 10 + Int(bytes[index] - 48)
+                    index += 1
+                }
+                partition = value
+            }
+            if let index = subscriptionIndex[id], let seq {
+                found.append((index, seq, partition))
+            } else {
+                malformed += 1
+            }
             cursor = seqEnd
         }
         let second = Int((now - start) / 1_000_000_000)
         state.withLock { state in
             state.malformed += malformed
-            for (subscription, seq) in found {
+            for (subscription, seq, partition) in found {
                 let key = seq * subscriptionCount + subscription
                 let count = state.counts[key, default: 0]
                 state.counts[key] = count &+ 1
@@ -521,6 +569,11 @@ final class DeliveryRecorder: Sendable {
                     continue
                 }
                 state.delivered += 1
+                if partition >= 0 {
+                    let stream = (subscription * 1_000_003 + partition) * 8 + exchangeOf(seq)
+                    if let last = state.lastSeq[stream], seq < last { state.outOfOrder += 1 }
+                    state.lastSeq[stream] = max(seq, state.lastSeq[stream] ?? -1)
+                }
                 state.perSecond[second, default: 0] += 1
                 let micros = now > intended(seq) ? (now - intended(seq)) / 1_000 : 0
                 _ = state.latency.record(min(micros, 3_600_000_000))

@@ -21,7 +21,7 @@ struct LoadBaselines: Codable {
     /// CPU (user + system) of that loop's thread per notification: the client's share of the
     /// broker work Herald does too, with nothing else (the broker's own CPU not counted).
     var brokerLoopCPUMicrosecondsPerEvent: Double
-    /// The nodes draining the same number of notifications from a pre-filled `herald.ingest`
+    /// The nodes draining the same number of notifications from a pre-filled ingest queue
     /// into the sink, between 10% and 90% of the expected deliveries. Notifications per second.
     var heraldPerSecond: Double
     var heraldDeliveriesPerSecond: Double
@@ -50,10 +50,22 @@ struct LoadBaselines: Codable {
     /// The anonymous part of it (heap, stacks): what the node itself holds, code and other
     /// file pages (shared, reclaimable) left out.
     var idleAnonymousMegabytes: [Double]
+    /// `--drain-nodes`: the same drain with only some of the nodes running.
+    var scaling: [ScalingDrain]?
+
+    struct ScalingDrain: Codable {
+        var nodes: Int
+        var perSecond: Double
+        var deliveriesPerSecond: Double
+        /// Against the first count's.
+        var ratio: Double
+        /// First deliveries below one delivered before, per (subscription, partition, exchange).
+        var outOfOrder: Int
+    }
 }
 
 extension LoadRun {
-    /// Runs the baselines; leaves the nodes running (restarted) and `herald.ingest` empty.
+    /// Runs the baselines; leaves the nodes running (restarted) and the ingest queue empty.
     func measureBaselines() async throws -> LoadBaselines {
         let count = options.baselineEvents
         let idleRSS = nodes.values.sorted { $0.name < $1.name }.map { LoadNode.residentMegabytes(pid: $0.pid) ?? 0 }
@@ -80,6 +92,22 @@ extension LoadRun {
                 drain.perSecond, drain.deliveriesPerSecond, drain.perSecond / broker, drain.cpuMicroseconds,
                 drain.redisCommands))
 
+        var scaling: [LoadBaselines.ScalingDrain] = []
+        for running in options.drainNodeCounts {
+            let measured = try await heraldDrain(count: count, running: running)
+            let ratio = measured.perSecond / (scaling.first?.perSecond ?? measured.perSecond)
+            scaling.append(
+                .init(
+                    nodes: running, perSecond: measured.perSecond, deliveriesPerSecond: measured.deliveriesPerSecond,
+                    ratio: ratio, outOfOrder: measured.outOfOrder))
+            log(
+                String(
+                    format:
+                        "herald with %d of the nodes running: %.0f notifications/s (%.0f deliveries/s), %.2fx with %d; %d out of order",
+                    running, measured.perSecond, measured.deliveriesPerSecond, ratio, scaling[0].nodes,
+                    measured.outOfOrder))
+        }
+
         let onePost = try await postDirect(events: min(count, options.onePostEvents), batch: 1)
         log(
             String(
@@ -101,14 +129,15 @@ extension LoadRun {
             heraldToSameBatch: drain.deliveriesPerSecond / atBatch,
             cpuMicrosecondsPerEvent: drain.cpuMicroseconds, redisCommandsPerEvent: drain.redisCommands,
             messagesPerRequest: drain.messagesPerRequest,
-            readySeconds: drain.readySeconds, idleRSSMegabytes: idleRSS, idleAnonymousMegabytes: idleAnonymous
+            readySeconds: drain.readySeconds, idleRSSMegabytes: idleRSS, idleAnonymousMegabytes: idleAnonymous,
+            scaling: scaling.isEmpty ? nil : scaling
         )
     }
 
     /// Publishes `count` notifications (the run's templates, message ids `base-<seq>`) to an
     /// exchange, transient as oslo.messaging sends them.
     private func fill(
-        _ channel: AMQPChannel, exchange: String, routingKey: String, count: Int, prefix: String
+        _ channel: AMQPChannel, exchange: String? = nil, routingKey: String, count: Int, prefix: String
     ) async throws {
         var seq = 0
         while seq < count {
@@ -116,7 +145,8 @@ extension LoadRun {
             while seq < count && batch.count < 500 {
                 batch.append(
                     AMQPOutgoingMessage(
-                        exchange: exchange, routingKey: routingKey, body: envelope(seq, prefix: prefix),
+                        exchange: exchange ?? self.exchange(seq), routingKey: routingKey,
+                        body: envelope(seq, prefix: prefix),
                         properties: AMQPMessageProperties(contentType: "application/json")))
                 seq += 1
             }
@@ -124,11 +154,14 @@ extension LoadRun {
         }
     }
 
-    private func waitForMessages(_ channel: AMQPChannel, queue: String, count: Int) async throws {
+    private func waitForMessages(_ channel: AMQPChannel, queues: [String], count: Int) async throws {
         let deadline = ContinuousClock.now + .seconds(120)
-        while try await channel.declareQueuePassive(queue).messageCount < count {
+        while true {
+            var held = 0
+            for queue in queues { held += try await channel.declareQueuePassive(queue).messageCount }
+            if held >= count { return }
             guard ContinuousClock.now < deadline else {
-                throw ValidationError("\(queue) did not reach \(count) messages within 120 s")
+                throw ValidationError("\(queues.joined(separator: ", ")) did not reach \(count) messages within 120 s")
             }
             try await Task.sleep(for: .milliseconds(100))
         }
@@ -167,7 +200,7 @@ extension LoadRun {
         }
         log("broker ceiling: filling \(ingest) with \(count) notifications")
         try await fill(channel, exchange: "", routingKey: ingest, count: count, prefix: "base")
-        try await waitForMessages(channel, queue: ingest, count: count)
+        try await waitForMessages(channel, queues: [ingest], count: count)
         let configuration = try AMQPConfiguration(url: vhostURL)
         let prefetch = options.nodeEnvironment["HERALD_INGEST_PREFETCH"].flatMap { Int32($0) } ?? 200
         let partitions = Int32(options.partitions)
@@ -209,21 +242,28 @@ extension LoadRun {
         var redisCommands: Double
         var messagesPerRequest: Double?
         var readySeconds: [Double]
+        var outOfOrder: Int
     }
 
-    /// Stops the nodes (SIGTERM), fills `herald.ingest`, starts them again and measures how fast
-    /// they deliver everything into the sink.
-    private func heraldDrain(count: Int) async throws -> Drain {
-        let names = nodes.keys.sorted()
+    /// Stops the nodes (SIGTERM), fills the ingest queues (of `--exchanges`), starts them again
+    /// (the first `running` of them; the others after the measurement) and measures how fast they
+    /// deliver everything into the sink.
+    private func heraldDrain(count: Int, running: Int? = nil) async throws -> Drain {
+        let all = nodes.keys.sorted()
+        let names = Array(all.prefix(running ?? all.count))
         for node in nodes.values { node.signal(SIGTERM) }
         for node in nodes.values { node.process.waitUntilExit() }
         let connection = try await AMQPConnection.connect(url: vhostURL)
         let channel = try await connection.openChannel()
         try await channel.enableConfirms()
-        let ingest = try clusterNames.ingest
-        log("herald: nodes stopped; filling \(ingest) with \(count) notifications")
-        try await fill(channel, exchange: "nova", routingKey: "notifications.info", count: count, prefix: "drain")
-        try await waitForMessages(channel, queue: ingest, count: count)
+        var ingest: [String] = []
+        for exchange in options.exchangeList {
+            ingest.append(try await ingestQueue(exchange: exchange, connection: connection))
+        }
+        ingest = Array(Set(ingest)).sorted()
+        log("herald: nodes stopped; filling \(ingest.joined(separator: ", ")) with \(count) notifications")
+        try await fill(channel, routingKey: "notifications.info", count: count, prefix: "drain")
+        try await waitForMessages(channel, queues: ingest, count: count)
         await connection.close()
 
         let expected = (0..<count).reduce(0) { $0 + templates[$1 % templates.count].matches.count }
@@ -272,12 +312,14 @@ extension LoadRun {
         let deliveriesPerSecond = Double(to.0 - from.0) / seconds
         let perDelivery = Double(count) / Double(expected)
         let events = Double(to.0 - from.0) * perDelivery
+        for name in all where !names.contains(name) { _ = try startNode(name: name) }
         try await waitReady(timeout: .seconds(30))
         return Drain(
             perSecond: deliveriesPerSecond * perDelivery, deliveriesPerSecond: deliveriesPerSecond,
             cpuMicroseconds: (to.2 - from.2) * 1e6 / events, redisCommands: Double(to.3 - from.3) / events,
             messagesPerRequest: requests > 0 ? Double(expected) / requests : nil,
-            readySeconds: names.map { ready[$0] ?? .nan }
+            readySeconds: names.map { ready[$0] ?? .nan },
+            outOfOrder: recorder.state.withLock { $0.outOfOrder }
         )
     }
 

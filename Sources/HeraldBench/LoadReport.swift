@@ -78,6 +78,9 @@ enum LoadReport {
                     ? " (still in Herald's queues when the run ended: \(result.stillQueued) notifications; dead letters: \(result.deadLetters))"
                     : ""))
         row("duplicates", "\(result.duplicates)")
+        if let outOfOrder = result.outOfOrder {
+            row("out of order (per subscription, partition, exchange)", "\(outOfOrder)")
+        }
         if let l = result.latencyMs {
             row(
                 "latency (ms)",
@@ -185,7 +188,7 @@ enum LoadReport {
             <table><tr><th>measure</th><th>Herald</th><th>baseline</th><th>ratio</th><th>goal</th></tr>
             \(body)
             </table>
-            <p>Saturation phases run before the open-loop load: the broker ceiling drains a pre-filled queue through a plain rabbitmq-c loop (consume, publish with confirms to a partition queue, consume and ack); Herald's nodes drain the same number of notifications from a pre-filled herald.ingest, measured between 10% and 90% of the deliveries; the one-POST baseline posts each delivery on its own into the same sink, and the batch baseline posts the same kind of messages in batches of Herald's measured size (deliveries per request, rounded), over the same number of connections. CPU and Redis commands are counted over the same 10–90% window.</p>
+            <p>Saturation phases run before the open-loop load: the broker ceiling drains a pre-filled queue through a plain rabbitmq-c loop (consume, publish with confirms to a partition queue, consume and ack); Herald's nodes drain the same number of notifications from a pre-filled ingest queue, measured between 10% and 90% of the deliveries; the one-POST baseline posts each delivery on its own into the same sink, and the batch baseline posts the same kind of messages in batches of Herald's measured size (deliveries per request, rounded), over the same number of connections. CPU and Redis commands are counted over the same 10–90% window.</p>
             """
     }
 

@@ -67,6 +67,18 @@ final class LoadRun: @unchecked Sendable {
     var clusterNames: ClusterNames {
         get throws { try ClusterNames(cluster: ClusterNames.derived(fromKeyPrefix: prefix)) }
     }
+    /// The ingest queue notifications published to `exchange` wait in: the cluster's one
+    /// `<cluster>.ingest` when it has it (HERALD_INGEST_LAYOUT=single, or an older cluster), else
+    /// the exchange's own.
+    func ingestQueue(exchange: String, connection: AMQPConnection) async throws -> String {
+        let names = try clusterNames
+        // A passive declare of a missing queue closes its channel: one of its own.
+        let channel = try await connection.openChannel()
+        let single = (try? await channel.declareQueuePassive(names.ingest)) != nil
+        await channel.close()
+        return single ? names.ingest : names.ingestQueue(exchange: exchange)
+    }
+
     let vhost: String
     let vhostURL: String
     let executable: String
@@ -116,8 +128,10 @@ final class LoadRun: @unchecked Sendable {
             throw ValidationError(
                 "--herald \(executable): not an executable; build it with swift build -c release --product herald")
         }
+        let exchanges = options.exchangeList
         corpus = NotificationCorpus(
-            count: options.templates, size: options.size, projects: options.projects, messageID: Self.placeholder)
+            count: options.templates, size: options.size, projects: options.projects, messageID: Self.placeholder,
+            services: exchanges.count > 1 ? exchanges : [])
         redis = RedisClient(configuration: try RedisConfiguration(url: options.redisURL))
     }
 
@@ -248,6 +262,12 @@ final class LoadRun: @unchecked Sendable {
     }
 
     /// Template `seq % templates` with message id `<prefix>-<seq, 12 digits>`.
+    /// The exchange notification `seq` is published to: its template's service's.
+    func exchange(_ seq: Int) -> String {
+        let exchanges = options.exchangeList
+        return exchanges.count > 1 ? exchanges[(seq % templates.count) % exchanges.count] : (exchanges.first ?? "nova")
+    }
+
     func envelope(_ seq: Int, prefix: String) -> [UInt8] {
         let template = templates[seq % templates.count]
         return template.head + Array((prefix + String(format: "-%012d", seq)).utf8) + template.tail
@@ -258,7 +278,10 @@ final class LoadRun: @unchecked Sendable {
         DeliveryRecorder(
             start: start, rate: rate,
             subscriptionIndex: Dictionary(uniqueKeysWithValues: subscriptionIDs.enumerated().map { ($1, $0) }),
-            subscriptionProjects: subscriptionProjects, eventPrefix: eventPrefix
+            subscriptionProjects: subscriptionProjects, eventPrefix: eventPrefix,
+            exchangeOf: { [templates, exchanges = options.exchangeList] seq in
+                (seq % max(1, templates.count)) % max(1, exchanges.count)
+            }
         )
     }
 
@@ -428,9 +451,13 @@ final class LoadRun: @unchecked Sendable {
         var connection: AMQPConnection?
         do {
             connection = try await AMQPConnection.connect(url: vhostURL)
-            let channel = try await connection!.openChannel()
             let names = try clusterNames
-            for name in [names.ingest, names.dead] + (0..<options.partitions).map(names.partitionQueue) {
+            var ingest: [String] = []
+            for exchange in ["nova", "neutron", "cinder"] {
+                ingest.append(try await ingestQueue(exchange: exchange, connection: connection!))
+            }
+            let channel = try await connection!.openChannel()
+            for name in Set(ingest).sorted() + [names.dead] + (0..<options.partitions).map(names.partitionQueue) {
                 stillQueued += try await channel.declareQueuePassive(name).messageCount
             }
         } catch {
@@ -477,7 +504,8 @@ final class LoadRun: @unchecked Sendable {
             subscriptions: options.subscriptions, projects: options.projects,
             partitions: options.partitions, averageEventBytes: averageBytes, published: publishedCount,
             expectedDeliveries: expectedSoFar.load(ordering: .relaxed),
-            delivered: state.delivered, lost: lost, duplicates: state.duplicates, stillQueued: stillQueued,
+            delivered: state.delivered, lost: lost, duplicates: state.duplicates, outOfOrder: state.outOfOrder,
+            stillQueued: stillQueued,
             deadLetters: deadLetters, latencyMs: DeliveryRecorder.percentiles(state.latency),
             projectLatency: projectLatency(state),
             intervals: intervals, events: scenario, processes: processes, baselines: baselines, zaqar: zaqar
@@ -537,8 +565,10 @@ final class LoadRun: @unchecked Sendable {
         // notification counted as published is one the broker took.
         var channel = try await connection.openChannel()
         try await channel.enableConfirms()
-        try await channel.declareExchange(
-            "nova", options: AMQPExchangeOptions(type: "topic", durable: options.persistent))
+        for exchange in options.exchangeList {
+            try await channel.declareExchange(
+                exchange, options: AMQPExchangeOptions(type: "topic", durable: options.persistent))
+        }
         var seq = 0
         while seq < total {
             let now = DispatchTime.now().uptimeNanoseconds
@@ -552,7 +582,7 @@ final class LoadRun: @unchecked Sendable {
             while seq < total && recorder.intended(seq) <= now && batch.count < 500 {
                 batch.append(
                     AMQPOutgoingMessage(
-                        exchange: "nova", routingKey: "notifications.info", body: envelope(seq, prefix: "load"),
+                        exchange: exchange(seq), routingKey: "notifications.info", body: envelope(seq, prefix: "load"),
                         properties: AMQPMessageProperties(
                             contentType: "application/json", persistent: options.persistent)))
                 expected += expectedPerTemplate[seq % templates.count]

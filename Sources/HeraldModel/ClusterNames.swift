@@ -1,5 +1,6 @@
 /// Herald's AMQP names, which carry the cluster's name so that two Herald clusters sharing a
-/// RabbitMQ vhost never consume each other's queues: `<cluster>.ingest`, `<cluster>.partitions`,
+/// RabbitMQ vhost never consume each other's queues: `<cluster>.ingest.<exchange>` (or one
+/// `<cluster>.ingest` in a cluster made before ingest spread over nodes), `<cluster>.partitions`,
 /// `<cluster>.dead`, `<cluster>.p.<n>`. The name is `HERALD_CLUSTER`, or else the Redis key
 /// prefix without its trailing `:` (a cluster is one prefix), so the default prefix `herald:`
 /// keeps the names `herald.ingest`, `herald.p.0`, ...
@@ -27,6 +28,9 @@ public struct ClusterNames: Sendable, Equatable {
     public var partitions: String { cluster + ".partitions" }
     public var dead: String { cluster + ".dead" }
 
+    /// The ingest queue of one exchange (`<cluster>.ingest.<exchange>`), in the per-exchange
+    /// layout: each is single-active-consumer, and the nodes share them out (docs/pipeline.md).
+    public func ingestQueue(exchange: String) -> String { "\(cluster).ingest.\(exchange)" }
     public func partitionQueue(_ partition: Int) -> String { "\(cluster).p.\(partition)" }
     /// Where a subscription's messages wait while its target fails (docs/pipeline.md, "Outages").
     public func parkingQueue(_ subscriptionID: String) -> String { "\(cluster).park.\(subscriptionID)" }

@@ -13,24 +13,32 @@ struct QueueShapeChoiceTests {
     static let none = QueueShapeSettings()
 
     @Test(
-        "a setting wins; else the cluster's record; else the old shape for a cluster older than the record, quorum and bounds for a new one",
+        "a setting wins; else the cluster's record; else the old shape for a cluster older than the record, quorum, bounds and an ingest queue per exchange for a new one",
         arguments: [
             (
                 QueueShapeSettings(type: "classic"), ["type": "quorum"], true,
-                QueueShape(type: "classic", ingestMaxMessages: 0, partitionMaxMessages: 0)
+                QueueShape(type: "classic", ingestMaxMessages: 0, partitionMaxMessages: 0, ingestLayout: .single)
             ),
             (
                 QueueShapeSettings(type: "quorum", partitionMaxMessages: 7), [:], true,
-                QueueShape(type: "quorum", ingestMaxMessages: 0, partitionMaxMessages: 7)
+                QueueShape(type: "quorum", ingestMaxMessages: 0, partitionMaxMessages: 7, ingestLayout: .single)
             ),
             (
                 none, ["type": "classic", "ingest-max-messages": "10", "partition-max-messages": "3"], false,
-                QueueShape(type: "classic", ingestMaxMessages: 10, partitionMaxMessages: 3)
+                QueueShape(type: "classic", ingestMaxMessages: 10, partitionMaxMessages: 3, ingestLayout: .single)
             ),
             (
                 QueueShapeSettings(ingestMaxMessages: 99),
                 ["type": "quorum", "ingest-max-messages": "10", "partition-max-messages": "3"], true,
-                QueueShape(type: "quorum", ingestMaxMessages: 99, partitionMaxMessages: 3)
+                QueueShape(type: "quorum", ingestMaxMessages: 99, partitionMaxMessages: 3, ingestLayout: .single)
+            ),
+            (
+                QueueShapeSettings(ingestLayout: .perExchange), ["type": "classic"], true,
+                QueueShape(type: "classic", ingestMaxMessages: 0, partitionMaxMessages: 0, ingestLayout: .perExchange)
+            ),
+            (
+                none, ["type": "quorum", "ingest-layout": "per-exchange"], true,
+                QueueShape(type: "quorum", ingestMaxMessages: 0, partitionMaxMessages: 0, ingestLayout: .perExchange)
             ),
             (none, [:], true, QueueShape.legacy),
             (none, [:], false, QueueShape.newCluster),
@@ -59,6 +67,21 @@ struct QueueShapeChoiceTests {
             try NodeConfiguration.fromEnvironment([
                 "HERALD_PARTITION_QUEUE_MAX_MESSAGES": "lots", "HERALD_API_AUTH": "trusted-header",
             ])
+        }
+        #expect(throws: ConfigurationError.self) {
+            try ClusterQueueShape.choose(
+                configured: Self.none, recorded: ["ingest-layout": "sharded"], clusterExists: true)
+        }
+        #expect(throws: ConfigurationError.self) {
+            try NodeConfiguration.fromEnvironment([
+                "HERALD_INGEST_LAYOUT": "sharded", "HERALD_API_AUTH": "trusted-header",
+            ])
+        }
+        // An exchange names a queue of its own: nothing a queue name cannot hold.
+        for bad in ["nova,ne utron", "nova,x/y", String(repeating: "x", count: 128)] {
+            #expect(throws: ConfigurationError.self) {
+                try NodeConfiguration.fromEnvironment(["HERALD_EXCHANGES": bad, "HERALD_API_AUTH": "trusted-header"])
+            }
         }
         let unset = try? NodeConfiguration.fromEnvironment(["HERALD_API_AUTH": "trusted-header"])
         #expect(unset?.queueSettings == Self.none)
@@ -140,7 +163,8 @@ struct QueueShapeTests {
         try await Topology.declare(on: try await connection.openChannel(), configuration: configuration)
         try await ClusterQueueShape.record(configuration.queueShape, redis: redis, keyPrefix: prefix)
         let names = configuration.names
-        let queues = [names.ingest, names.dead, names.partitionQueue(0)]
+        let queues = [names.ingestQueue(exchange: exchange), names.dead, names.partitionQueue(0)]
+        #expect(Topology.ingestQueues(configuration).map(\.queue) == [names.ingestQueue(exchange: exchange)])
         // RabbitMQ says how a queue was made by refusing other arguments (406 PRECONDITION_FAILED).
         for queue in queues {
             let probe = try await connection.openChannel()
@@ -182,13 +206,17 @@ struct QueueShapeTests {
         let redis = try RedisClient(url: TestServers.redisURL())
         configuration.queueShape = try await ClusterQueueShape.resolve(
             configured: configuration.queueSettings, redis: redis, keyPrefix: configuration.keyPrefix)
-        #expect(configuration.queueShape == QueueShape(type: "classic", ingestMaxMessages: 30, partitionMaxMessages: 5))
+        #expect(
+            configuration.queueShape
+                == QueueShape(
+                    type: "classic", ingestMaxMessages: 30, partitionMaxMessages: 5, ingestLayout: .perExchange))
         let names = configuration.names
+        let ingestQueue = names.ingestQueue(exchange: exchange)
         let connection = try await AMQPConnection.connect(url: TestServers.amqpURL())
         defer { Task { await connection.close() } }
         let deadLetters = DeadLetterStore(redis: redis, keyPrefix: configuration.keyPrefix)
         let ingest = IngestService(
-            connection: connection, configuration: configuration, deadLetters: deadLetters,
+            connection: connection, queue: ingestQueue, configuration: configuration, deadLetters: deadLetters,
             statistics: Locked(PipelineStatistics()), logger: Logger(label: "herald.test.ingest"))
         let running = Task { try await ingest.run() }
 
@@ -203,7 +231,7 @@ struct QueueShapeTests {
             return AMQPOutgoingMessage(exchange: exchange, routingKey: "notifications.info", body: Array(body))
         }
         try await eventually(timeout: .seconds(20)) {
-            guard try await control.declareQueuePassive(names.ingest).consumerCount == 1 else {
+            guard try await control.declareQueuePassive(ingestQueue).consumerCount == 1 else {
                 throw TestFailure("ingest not consuming yet")
             }
         }
@@ -239,11 +267,11 @@ struct QueueShapeTests {
         _ = try await running.value
         try await control.publish((100..<140).map(notification))
         try await eventually(timeout: .seconds(10)) {
-            let depth = try await control.declareQueuePassive(names.ingest).messageCount
+            let depth = try await control.declareQueuePassive(ingestQueue).messageCount
             guard depth == 30 else { throw TestFailure("ingest queue holds \(depth)") }
         }
 
-        for queue in [names.ingest, names.dead, names.partitionQueue(0)] { _ = try? await control.deleteQueue(queue) }
+        for queue in [ingestQueue, names.dead, names.partitionQueue(0)] { _ = try? await control.deleteQueue(queue) }
         _ = try await redis.send("DEL", configuration.keyPrefix + "queue-shape")
     }
 }

@@ -7,6 +7,7 @@ import Testing
 /// One delivered message as read back from Zaqar.
 struct Delivered {
     var seq: Int
+    var eventType: String
     var eventID: String
     var subscriptionID: String
     var partition: Int
@@ -141,6 +142,21 @@ final class PipelineRun: @unchecked Sendable {
             leases.compactMap { $0.string?.split(separator: "|").first?.split(separator: "#").first.map(String.init) })
     }
 
+    /// The nodes holding the ingest queues' leases (one lease per exchange, `<prefix>ingest:<fingerprint>:lease:<n>`),
+    /// by lease key.
+    func ingestLeaseHolders() async throws -> [String: String] {
+        let keys = try await redis.send("KEYS", prefix + "ingest:*:lease:*").array?.compactMap(\.string) ?? []
+        guard !keys.isEmpty else { return [:] }
+        let values = try await redis.pipeline(keys.map { RedisCommand("GET", $0) })
+        var holders: [String: String] = [:]
+        for (key, value) in zip(keys, values) {
+            if let node = value.string?.split(separator: "|").first?.split(separator: "#").first {
+                holders[key] = String(node)
+            }
+        }
+        return holders
+    }
+
     /// Waits until every partition's lease is held by a live owner.
     func waitAllPartitionsHeld(timeout: Duration = .seconds(60)) async throws {
         try await eventually(timeout: timeout) {
@@ -224,7 +240,8 @@ final class PipelineRun: @unchecked Sendable {
                     let partition = herald["partition"] as? Int, let epoch = herald["epoch"] as? Int
                 else { return nil }
                 return Delivered(
-                    seq: seq, eventID: eventID, subscriptionID: subscriptionID, partition: partition, epoch: epoch)
+                    seq: seq, eventType: event["event_type"] as? String ?? "", eventID: eventID,
+                    subscriptionID: subscriptionID, partition: partition, epoch: epoch)
             }
         }
         return result

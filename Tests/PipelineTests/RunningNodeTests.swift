@@ -136,9 +136,16 @@ extension PipelineSuites {
             #expect(members.allSatisfy { ($0["epochs"] as? [Int] ?? []).allSatisfy { $0 >= 1 } })
             #expect(members.filter { $0["leader"] as? Bool == true }.count == 1)
             #expect(["node-1", "node-2", "node-3"].contains(report["leader"] as? String ?? ""))
-            // A new cluster's ingest queue is a quorum queue with a single active consumer, for which
-            // RabbitMQ counts the active consumer only (a classic one counts the standbys too).
-            #expect((report["ingest"] as? [String: Any])?["consumers"] as? Int == 1, "one node consumes herald.ingest")
+            // A new cluster has an ingest queue per exchange, each a quorum queue consumed by the one
+            // node holding its lease: three exchanges over three nodes, one each.
+            let ingestQueues = report["ingest"] as? [[String: Any]] ?? []
+            #expect(
+                Set(ingestQueues.compactMap { $0["name"] as? String })
+                    == Set(try ["cinder", "neutron", "nova"].map { try run.names.ingestQueue(exchange: $0) }),
+                "\(ingestQueues)")
+            #expect(ingestQueues.allSatisfy { $0["consumers"] as? Int == 1 }, "one consumer each: \(ingestQueues)")
+            let ingestHolders = try await run.ingestLeaseHolders()
+            #expect(ingestHolders.count == 3 && Set(ingestHolders.values).count == 3, "\(ingestHolders)")
             #expect(report["partition_count"] as? Int == 24)
             #expect(report["partitions_held"] as? Int == 24)
             #expect((report["problems"] as? [Any])?.isEmpty == true, "\(report["problems"] ?? "")")
@@ -151,7 +158,7 @@ extension PipelineSuites {
             #expect(text.contains("3 members"), "\(text)")
             #expect(text.contains("24 of 24 partitions held"))
             for node in ["node-1", "node-2", "node-3"] { #expect(text.contains(node)) }
-            #expect(text.contains(try run.names.ingest))
+            #expect(text.contains(try run.names.ingestQueue(exchange: "nova")))
         }
 
         @Test(
@@ -215,7 +222,7 @@ extension PipelineSuites {
             #expect(theirs.reduce(0) { $0 + ($1["count"] as? Int ?? 0) } == 8, "feed-p2's own 8 only: \(other)")
         }
 
-        @Test("ingest comes back by itself when RabbitMQ cancels its consumer (herald.ingest deleted under it)")
+        @Test("ingest comes back by itself when RabbitMQ cancels its consumer (its ingest queue deleted under it)")
         func ingestRecovers() async throws {
             let run = try await PipelineRun(partitions: 8)
             defer { Task { await run.stopAll() } }
@@ -229,7 +236,8 @@ extension PipelineSuites {
             run.trackQueues([("p1", queue)])
             try await Task.sleep(for: .seconds(2))
             // The broker cancels every consumer of a deleted queue; the node must declare it again and consume.
-            try await TestServers.control("rabbitmqctl", "delete_queue", "-p", run.vhost, try run.names.ingest)
+            try await TestServers.control(
+                "rabbitmqctl", "delete_queue", "-p", run.vhost, try run.names.ingestQueue(exchange: "nova"))
             try await eventually(timeout: .seconds(30)) {
                 let (status, _) = try await call(run, "node-1", .GET, "/readyz", project: nil)
                 guard status == 200 else { throw TestFailure("not ready") }
@@ -254,6 +262,53 @@ extension PipelineSuites {
                 return bodies
             }
             #expect(bodies.count == 5, "events published after the recovery arrive, once each")
+        }
+
+        @Test(
+            "a cluster with one ingest queue moves to one per exchange: the old queue is emptied first, then deleted; every event arrives once, each server's in order"
+        )
+        func ingestLayoutMove() async throws {
+            let run = try await PipelineRun(partitions: 8)
+            defer { Task { await run.stopAll() } }
+            let queue = run.queue("move")
+            try await run.registry.create(
+                Subscription(
+                    project: "p1", eventTypes: ["compute.instance.update"], target: Target(queue: queue),
+                    messageTTL: 3600))
+            run.trackQueues([("p1", queue)])
+            try await run.startNodes(1, extra: ["HERALD_INGEST_LAYOUT": "single"])
+            try await run.waitAllPartitionsHeld()
+            let first = try run.publish(run.numberedLines(project: "p1", 0..<100))
+            #expect(await first.wait() == 0, "\(first.tail())")
+            _ = try await run.waitForNumbered(queue: queue, project: "p1", count: 100)
+            try await run.stop("node-1", signal: SIGTERM)
+            // No node runs: these wait in the old queue.
+            let waiting = try run.publish(run.numberedLines(project: "p1", 100..<400))
+            #expect(await waiting.wait() == 0, "\(waiting.tail())")
+            try await run.startNodes(2, extra: ["HERALD_INGEST_LAYOUT": "per-exchange", "HERALD_LOG_LEVEL": "info"])
+            // And these while the nodes move: they go to the new queue, and wait for the old one to empty.
+            let more = try run.publish(run.numberedLines(project: "p1", 400..<700))
+            #expect(await more.wait() == 0, "\(more.tail())")
+            _ = try await run.waitForNumbered(queue: queue, project: "p1", count: 700)
+
+            let bodies = try await run.zaqar.bodies(queue: queue, project: "p1")
+            let seqs = bodies.compactMap {
+                ((($0["event"] as? [String: Any])?["payload"] as? [String: Any])?["seq"] as? Int)
+            }
+            #expect(seqs.count == 700, "each once: \(seqs.count) delivered")
+            // Per server (the partition key: compute.instance and the instance id), in publish order.
+            var last: [Int: Int] = [:]
+            var outOfOrder: [(Int, Int)] = []
+            for seq in seqs {
+                if let previous = last[seq % 40], seq < previous { outOfOrder.append((previous, seq)) }
+                last[seq % 40] = max(seq, last[seq % 40] ?? -1)
+            }
+            #expect(outOfOrder.isEmpty, "out of order (after, seq): \(outOfOrder.prefix(10))")
+            let logs = ["node-2", "node-3"].map {
+                (try? String(contentsOfFile: "\(run.directory)/\($0).log", encoding: .utf8)) ?? ""
+            }.joined()
+            #expect(logs.contains("emptying the old queue first"), "a node said it moves the cluster")
+            #expect(logs.contains("the old ingest queue is empty and deleted"))
         }
 
         @Test("a bad configuration value stops start-up, naming the key and the value")

@@ -154,12 +154,13 @@ public struct AMQPChannel: Sendable {
         }
     }
 
-    /// Deletes a queue and returns how many messages it held.
+    /// Deletes a queue and returns how many messages it held. `ifEmpty`: only an empty one
+    /// (RabbitMQ answers 406 otherwise; for a quorum queue it closes the connection: 540).
     @discardableResult
-    public func deleteQueue(_ name: String) async throws -> Int {
+    public func deleteQueue(_ name: String, ifEmpty: Bool = false) async throws -> Int {
         let id = id
         return try await engine.perform { engine in
-            let count = try engine.guarded(id) { wire in try wire.deleteQueue(id, name: name) }
+            let count = try engine.guarded(id) { wire in try wire.deleteQueue(id, name: name, ifEmpty: ifEmpty) }
             engine.forget { item in
                 if case .queue(let declared, _) = item { return declared == name }
                 if case .binding(let queue, _, _, _) = item { return queue == name }

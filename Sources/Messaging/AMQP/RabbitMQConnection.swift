@@ -188,9 +188,9 @@ final class RabbitMQConnection: @unchecked Sendable {
         }
     }
 
-    func deleteQueue(_ channel: UInt16, name: String) throws -> Int {
+    func deleteQueue(_ channel: UInt16, name: String, ifEmpty: Bool = false) throws -> Int {
         try withBytes(name) { nameBytes in
-            let ok = amqp_queue_delete(state, channel, nameBytes, 0, 0)
+            let ok = amqp_queue_delete(state, channel, nameBytes, 0, ifEmpty ? 1 : 0)
             try check(amqp_get_rpc_reply(state), channel: channel, "queue.delete '\(name)'")
             return Int(ok?.pointee.message_count ?? 0)
         }

@@ -1,0 +1,243 @@
+import Coordination
+import Foundation
+import HeraldModel
+import Logging
+import Messaging
+import Synchronization
+
+/// Runs a node's ingest: one `IngestService` per ingest queue it may consume (`Topology.ingestQueues`).
+///
+/// - One ingest queue (`single`), or unordered ingest: every queue on every node; a
+///   single-active-consumer queue keeps one node active and the others on standby.
+/// - One queue per exchange, ordered: the queues are shared out by leases of their own, a
+///   `ClusterCoordinator` under `<prefix>ingest:<fingerprint>:` whose "partitions" are the
+///   queues (`ingestDomain`). A node consumes a queue only while it holds its lease; a handover
+///   stops the consumer, waits until what it took is acked or given back (its channels closed),
+///   and only then releases the lease, so the next node starts after the last one's
+///   notifications: an event type, which comes from one exchange, keeps its order.
+final class IngestOwners: Sendable {
+    private let queues: [String]
+    private let coordinator: ClusterCoordinator?
+    private let make: @Sendable (String) -> IngestService
+    private let logger: Logger
+    private let running = Mutex<[Int: Running]>([:])
+    /// Set by `shutdown`: nothing starts any more.
+    private let stopping = Atomic<Bool>(false)
+    /// Runs before any queue is consumed, and stops early when the node stops: a cluster's old
+    /// single ingest queue is emptied first (`LegacyIngest`), so that nothing older comes after.
+    private let before: @Sendable (_ stopping: @escaping @Sendable () -> Bool) async -> Void
+
+    struct Running: Sendable {
+        let service: IngestService
+        /// `service.run()`; awaited in `stop(_:)`.
+        let task: Task<Void, Never>
+    }
+
+    init(
+        queues: [String], coordinator: ClusterCoordinator?, logger: Logger,
+        before: @escaping @Sendable (_ stopping: @escaping @Sendable () -> Bool) async -> Void = { _ in },
+        make: @escaping @Sendable (String) -> IngestService
+    ) {
+        self.queues = queues
+        self.coordinator = coordinator
+        self.logger = logger
+        self.before = before
+        self.make = make
+    }
+
+    /// The Redis key prefix of the ingest leases: one lease domain per list of ingest queues, so
+    /// that nodes configured with other exchanges (a rolling change) never share numbers that
+    /// mean other queues. `<prefix>ingest:<first 8 hex digits of FNV-1a 64 of the names>:`.
+    static func keyPrefix(_ keyPrefix: String, queues: [String]) -> String {
+        let fingerprint = PartitionHash.fnv1a64(queues.joined(separator: "\n").utf8)
+        return keyPrefix + "ingest:" + String(String(fingerprint, radix: 16).prefix(8)) + ":"
+    }
+
+    /// Joins the ingest leases' group (when the queues are shared out by leases).
+    func start() async throws {
+        try await coordinator?.start()
+    }
+
+    /// Whether this node's ingest leases stand (readiness); true without leases.
+    var isMembershipCurrent: Bool { coordinator?.isMembershipCurrent ?? true }
+
+    /// The services running now (for tests and `herald status`): queue names.
+    var consuming: [String] {
+        running.withLock { running in running.keys.sorted().map { queues[$0] } }
+    }
+
+    /// Follows the lease events until they end (or, without leases, starts every queue).
+    func run() async {
+        await before { [self] in stopping.load(ordering: .relaxed) }
+        guard let coordinator else {
+            for index in queues.indices { start(index) }
+            return
+        }
+        for await event in coordinator.events {
+            switch event {
+            case .acquired(let index, _):
+                start(index)
+            case .revoke(let index):
+                await stop(index)
+                coordinator.confirmRevoked(index)
+            case .lost(let index):
+                await stop(index)
+            }
+        }
+    }
+
+    private func start(_ index: Int) {
+        guard queues.indices.contains(index), !stopping.load(ordering: .relaxed) else { return }
+        let service = make(queues[index])
+        let started = running.withLock { running -> Bool in
+            guard running[index] == nil else { return false }
+            let task = Task { [logger] in
+                do { try await service.run() } catch {
+                    logger.error("ingest stopped", metadata: ["amqp.queue": "\(service.queue)", "error": "\(error)"])
+                }
+            }
+            running[index] = Running(service: service, task: task)
+            return true
+        }
+        if started { logger.info("ingesting", metadata: ["amqp.queue": "\(queues[index])"]) }
+    }
+
+    /// Stops one queue's consumer and waits until what it took is acked or given back.
+    private func stop(_ index: Int) async {
+        guard let stopped = running.withLock({ $0.removeValue(forKey: index) }) else { return }
+        await stopped.service.stop()
+        await stopped.task.value
+        stopped.service.clearGauges()
+        logger.info("stopped ingesting", metadata: ["amqp.queue": "\(stopped.service.queue)"])
+    }
+
+    /// Stops every queue's consumer (with leases: hands them over, within `drainTimeout`).
+    func shutdown(drainTimeout: Duration) async {
+        stopping.store(true, ordering: .relaxed)
+        if let coordinator { await coordinator.leave(drainTimeout: drainTimeout) }
+        for index in running.withLock({ Array($0.keys) }) { await stop(index) }
+    }
+}
+
+/// A cluster that had one ingest queue (`<cluster>.ingest`) and now has one per exchange: the
+/// old queue is unbound from every exchange (nothing new reaches it), consumed until it is empty,
+/// then deleted; only then does a node consume the new queues, so that nothing older arrives
+/// after something newer. Every node consumes it (single-active-consumer: one at a time).
+enum LegacyIngest {
+    /// What a passive declare said of the old queue.
+    private enum Answer {
+        case found(AMQPQueueState)
+        case gone
+        /// The node stops (while RabbitMQ could not answer).
+        case stopping
+    }
+
+    /// Empties the old queue, if there is one; returns when it is gone or the node stops.
+    static func drain(
+        connection: AMQPConnection, configuration: NodeConfiguration, logger: Logger,
+        stopping: @escaping @Sendable () -> Bool,
+        make: @escaping @Sendable (String) -> IngestService
+    ) async {
+        let legacy = configuration.names.ingest
+        // None: a new cluster, or one that moved already.
+        guard case .found(let first) = await answer(legacy, connection: connection, stopping: stopping) else { return }
+        logger.warning(
+            "this cluster's ingest moves to a queue per exchange: emptying the old queue first",
+            metadata: ["amqp.queue": "\(legacy)", "amqp.messages": "\(first.messageCount)"])
+        do { try await unbind(legacy, connection: connection, configuration: configuration) } catch {
+            logger.error(
+                "cannot unbind the old ingest queue; it is emptied all the same, and deleted once empty",
+                metadata: ["amqp.queue": "\(legacy)", "error": "\(error)"])
+        }
+        var running: (service: IngestService, task: Task<Void, Never>)?
+        func stopConsuming() async {
+            guard let (service, task) = running else { return }
+            running = nil
+            await service.stop()
+            await task.value  // acked or given back, its channels closed
+            service.clearGauges()
+        }
+        while !stopping() {
+            guard case .found(let now) = await answer(legacy, connection: connection, stopping: stopping) else { break }
+            if now.messageCount > 0 {
+                if running == nil {
+                    let service = make(legacy)
+                    running = (service, Task { try? await service.run() })  // awaited in stopConsuming
+                }
+                try? await Task.sleep(for: .seconds(1))
+                continue
+            }
+            // Nothing ready: stop consuming (what this node took is acked or given back: its
+            // channels are closed), and delete it once no node consumes it either and nothing
+            // came back. Unbound, nothing new reaches it. (A classic queue is deleted only if
+            // empty; a quorum queue cannot be asked that, RabbitMQ closes the connection.)
+            await stopConsuming()
+            if case .found(let after) = await answer(legacy, connection: connection, stopping: stopping),
+                after.messageCount == 0, after.consumerCount == 0,
+                let dropped = await delete(
+                    legacy, ifEmpty: configuration.queueShape.type == "classic", connection: connection)
+            {
+                if dropped > 0 {
+                    logger.error(
+                        "the old ingest queue held notifications when it was deleted (a node of the old layout still consuming it?)",
+                        metadata: ["amqp.queue": "\(legacy)", "amqp.messages": "\(dropped)"])
+                }
+                logger.info("the old ingest queue is empty and deleted", metadata: ["amqp.queue": "\(legacy)"])
+                return
+            }
+            try? await Task.sleep(for: .seconds(1))
+        }
+        await stopConsuming()
+    }
+
+    /// The queue's ready messages and consumers. Asks again while RabbitMQ cannot say (a
+    /// connection down): `gone` only on its 404.
+    private static func answer(
+        _ queue: String, connection: AMQPConnection, stopping: @Sendable () -> Bool
+    ) async -> Answer {
+        var attempt = 0
+        var random = SystemRandomNumberGenerator()
+        while !stopping() {
+            do {
+                // A passive declare of a missing queue closes its channel: a channel of its own.
+                let channel = try await connection.openChannel()
+                let result: Result<AMQPQueueState, any Error>
+                do { result = .success(try await channel.declareQueuePassive(queue)) } catch {
+                    result = .failure(error)
+                }
+                await channel.close()
+                return .found(try result.get())
+            } catch let error as MessagingError where error.replyCode == 404 {
+                return .gone
+            } catch {
+                attempt += 1
+                try? await Task.sleep(
+                    for: Backoff(base: .milliseconds(200), cap: .seconds(5)).delay(attempt: attempt, using: &random))
+            }
+        }
+        return .stopping
+    }
+
+    private static func unbind(
+        _ queue: String, connection: AMQPConnection, configuration: NodeConfiguration
+    ) async throws {
+        let channel = try await connection.openChannel()
+        do {
+            for (exchange, keys) in Topology.sources(configuration) {
+                for key in keys { try await channel.unbindQueue(queue, from: exchange, routingKey: key) }
+            }
+        } catch {
+            await channel.close()
+            throw error
+        }
+        await channel.close()
+    }
+
+    /// Deletes `queue`; the messages it held, or nil when it was not deleted.
+    private static func delete(_ queue: String, ifEmpty: Bool, connection: AMQPConnection) async -> Int? {
+        guard let channel = try? await connection.openChannel() else { return nil }
+        let held = try? await channel.deleteQueue(queue, ifEmpty: ifEmpty)
+        await channel.close()
+        return held
+    }
+}

@@ -117,7 +117,11 @@ def check_variant(values_file, paths, keys):
         # this cluster, nothing else (parking queues, the dead letters, another cluster's).
         cluster = config["data"].get("HERALD_CLUSTER") or \
             config["data"].get("HERALD_KEY_PREFIX", "herald:").rstrip(":").replace(":", ".")
-        pattern = re.compile(scaled["spec"]["triggers"][0]["metadata"]["queueName"])
+        metadata = scaled["spec"]["triggers"][0]["metadata"]
+        pattern = re.compile(metadata["queueName"])
+        exchanges = len(config["data"].get("HERALD_EXCHANGES", "").split(",")) + 2  # ceilometer, the old single queue
+        if int(metadata.get("pageSize", "100")) < int(config["data"].get("HERALD_PARTITIONS", "256")) + exchanges:
+            fail("%s: the KEDA trigger's pageSize leaves queues out (KEDA then fails)" % values_file.name)
         for name in [cluster + ".ingest", cluster + ".ingest.nova", cluster + ".ingest.designate", cluster + ".p.0", cluster + ".p.255"]:
             if not pattern.search(name):
                 fail("%s: the KEDA trigger leaves out %s" % (values_file.name, name))
@@ -167,6 +171,7 @@ def check_refusals():
         ({"config": {"HERALD_NODE_ID": "x"}}, "HERALD_NODE_ID in config"),
         ({"terminationGracePeriodSeconds": 10}, "a grace period below the budget"),
         ({"autoscaling": {"keda": {"enabled": True, "maxReplicas": 300}}}, "KEDA beyond the partitions"),
+        ({"autoscaling": {"keda": {"enabled": True}}, "config": {"HERALD_PARTITIONS": "450"}}, "KEDA over 400 partitions"),
         ({"replica": 3}, "a misspelt key"),
     ]
     for values, what in bad_values:

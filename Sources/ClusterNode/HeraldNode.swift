@@ -120,6 +120,13 @@ final class HeraldNode: Sendable {
         let control = try await connection.openChannel()
         try await Topology.declare(on: control, configuration: configuration)
         await control.close()
+        if configuration.queueShape.ingestLayout == .perExchange {
+            // An older cluster's one ingest queue gets nothing more, from now on (`LegacyIngest`).
+            do { try await LegacyIngest.unbindIfPresent(connection: connection, configuration: configuration) } catch {
+                logger.error(
+                    "cannot unbind the old ingest queue; the move tries again", metadata: ["error": "\(error)"])
+            }
+        }
         try await ClusterQueueShape.record(
             configuration.queueShape, redis: settings, keyPrefix: configuration.keyPrefix)
         logger.info(
@@ -248,13 +255,16 @@ final class HeraldNode: Sendable {
                 redis: try RedisConfiguration(url: configuration.redisURL), logger: ingestLogger
             )
         }
+        let lock = LegacyIngest.moveLock(
+            redis: RedisClient(configuration: try RedisConfiguration(url: configuration.redisURL), logger: logger),
+            keyPrefix: configuration.keyPrefix, owner: self.coordinator.owner)
         return IngestOwners(
             queues: queues, coordinator: coordinator, logger: logger,
             before: { [logger] stopping in
                 guard perExchange else { return }
                 await LegacyIngest.drain(
-                    connection: connection, configuration: configuration, logger: logger, stopping: stopping, make: make
-                )
+                    connection: connection, configuration: configuration, logger: logger, lock: lock,
+                    stopping: stopping, make: make)
             }, make: make)
     }
 
@@ -265,8 +275,7 @@ final class HeraldNode: Sendable {
         return [
             "rabbitmq": connected,
             "registry": flags.registryLoaded,
-            "membership": coordinator.isMembershipCurrent
-                && (parts.withLock { $0?.ingest.isMembershipCurrent } ?? true),
+            "membership": coordinator.isMembershipCurrent,
             "not_stopping": !flags.stopping,
         ]
     }
@@ -287,9 +296,13 @@ final class HeraldNode: Sendable {
         markStopping()
         guard let parts = parts.withLock({ $0 }) else { return }
         logger.info("shutting down")
-        await parts.ingest.shutdown(drainTimeout: configuration.shutdownBudget / 2)
+        // One budget: the ingest's handover takes up to half of it, the partitions what is left
+        // (less 2 s for the batcher's last requests).
+        let started = ContinuousClock.now
+        let budget = configuration.shutdownBudget
+        await parts.ingest.shutdown(drainTimeout: budget / 2)
         await parts.tasks[2].value
-        await coordinator.leave(drainTimeout: configuration.shutdownBudget)
+        await coordinator.leave(drainTimeout: max(.seconds(1), budget - (ContinuousClock.now - started) - .seconds(2)))
         _ = await parts.batcher.drain(timeout: .seconds(2))
         for task in parts.tasks { task.cancel() }
         _ = try? await stats.flush()

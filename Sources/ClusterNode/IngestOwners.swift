@@ -58,9 +58,6 @@ final class IngestOwners: Sendable {
         try await coordinator?.start()
     }
 
-    /// Whether this node's ingest leases stand (readiness); true without leases.
-    var isMembershipCurrent: Bool { coordinator?.isMembershipCurrent ?? true }
-
     /// The services running now (for tests and `herald status`): queue names.
     var consuming: [String] {
         running.withLock { running in running.keys.sorted().map { queues[$0] } }
@@ -87,10 +84,11 @@ final class IngestOwners: Sendable {
     }
 
     private func start(_ index: Int) {
-        guard queues.indices.contains(index), !stopping.load(ordering: .relaxed) else { return }
+        guard queues.indices.contains(index) else { return }
         let service = make(queues[index])
         let started = running.withLock { running -> Bool in
-            guard running[index] == nil else { return false }
+            // Checked under the lock `shutdown` lists the running ones under, after it set `stopping`.
+            guard running[index] == nil, !stopping.load(ordering: .relaxed) else { return false }
             let task = Task { [logger] in
                 do { try await service.run() } catch {
                     logger.error("ingest stopped", metadata: ["amqp.queue": "\(service.queue)", "error": "\(error)"])
@@ -122,7 +120,10 @@ final class IngestOwners: Sendable {
 /// A cluster that had one ingest queue (`<cluster>.ingest`) and now has one per exchange: the
 /// old queue is unbound from every exchange (nothing new reaches it), consumed until it is empty,
 /// then deleted; only then does a node consume the new queues, so that nothing older arrives
-/// after something newer. Every node consumes it (single-active-consumer: one at a time).
+/// after something newer. One node moves it, the holder of `<prefix>ingest-move` in Redis (a
+/// lock renewed every second, taken over 15 s after its holder stops renewing): only it consumes
+/// and deletes, so no node deletes the queue while another still holds notifications of it. The
+/// others wait until it is gone.
 enum LegacyIngest {
     /// What a passive declare said of the old queue.
     private enum Answer {
@@ -132,9 +133,47 @@ enum LegacyIngest {
         case stopping
     }
 
+    /// The Redis lock of the node moving the old queue: taken or renewed (true), or held by another (false).
+    typealias MoveLock = @Sendable () async -> Bool
+
+    /// The lock on the Redis key `<prefix>ingest-move`, for `owner` (15 s, renewed on each call).
+    static func moveLock(redis: RedisClient, keyPrefix: String, owner: String) -> MoveLock {
+        let script = RedisScript(
+            #"""
+            if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+            if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+            return 0
+            """#)
+        return {
+            let answer = try? await redis.evalSHA(
+                script, keys: [keyPrefix + "ingest-move"], arguments: [owner, "15000"])
+            return answer?.integer == 1
+        }
+    }
+
+    /// Unbinds the old queue, if there is one, from every exchange (done at start, before the
+    /// node consumes anything, and again on every pass of `drain`: a node still on the old
+    /// layout binds it again when it reconnects). Without an old queue, nothing.
+    static func unbindIfPresent(connection: AMQPConnection, configuration: NodeConfiguration) async throws {
+        let legacy = configuration.names.ingest
+        let probe = try await connection.openChannel()
+        let exists: Bool
+        do {
+            _ = try await probe.declareQueuePassive(legacy)
+            exists = true
+        } catch let error as MessagingError where error.replyCode == 404 {
+            exists = false
+        } catch {
+            await probe.close()
+            throw error
+        }
+        await probe.close()
+        if exists { try await unbind(legacy, connection: connection, configuration: configuration) }
+    }
+
     /// Empties the old queue, if there is one; returns when it is gone or the node stops.
     static func drain(
-        connection: AMQPConnection, configuration: NodeConfiguration, logger: Logger,
+        connection: AMQPConnection, configuration: NodeConfiguration, logger: Logger, lock: MoveLock,
         stopping: @escaping @Sendable () -> Bool,
         make: @escaping @Sendable (String) -> IngestService
     ) async {
@@ -144,11 +183,6 @@ enum LegacyIngest {
         logger.warning(
             "this cluster's ingest moves to a queue per exchange: emptying the old queue first",
             metadata: ["amqp.queue": "\(legacy)", "amqp.messages": "\(first.messageCount)"])
-        do { try await unbind(legacy, connection: connection, configuration: configuration) } catch {
-            logger.error(
-                "cannot unbind the old ingest queue; it is emptied all the same, and deleted once empty",
-                metadata: ["amqp.queue": "\(legacy)", "error": "\(error)"])
-        }
         var running: (service: IngestService, task: Task<Void, Never>)?
         func stopConsuming() async {
             guard let (service, task) = running else { return }
@@ -157,8 +191,23 @@ enum LegacyIngest {
             await task.value  // acked or given back, its channels closed
             service.clearGauges()
         }
+        var unbindFailures = 0
         while !stopping() {
+            do { try await unbind(legacy, connection: connection, configuration: configuration) } catch {
+                unbindFailures += 1
+                if unbindFailures == 1 || unbindFailures % 60 == 0 {
+                    logger.error(
+                        "cannot unbind the old ingest queue; new notifications may still reach it (and the new queues)",
+                        metadata: ["amqp.queue": "\(legacy)", "error": "\(error)"])
+                }
+            }
             guard case .found(let now) = await answer(legacy, connection: connection, stopping: stopping) else { break }
+            guard await lock() else {
+                // Another node moves it: this one waits until the queue is gone.
+                await stopConsuming()
+                try? await Task.sleep(for: .seconds(1))
+                continue
+            }
             if now.messageCount > 0 {
                 if running == nil {
                     let service = make(legacy)
@@ -168,12 +217,12 @@ enum LegacyIngest {
                 continue
             }
             // Nothing ready: stop consuming (what this node took is acked or given back: its
-            // channels are closed), and delete it once no node consumes it either and nothing
-            // came back. Unbound, nothing new reaches it. (A classic queue is deleted only if
-            // empty; a quorum queue cannot be asked that, RabbitMQ closes the connection.)
+            // channels are closed), and delete it once no consumer is on it either and nothing
+            // came back. (A classic queue is deleted only if empty; a quorum queue cannot be
+            // asked that: RabbitMQ closes the connection.)
             await stopConsuming()
             if case .found(let after) = await answer(legacy, connection: connection, stopping: stopping),
-                after.messageCount == 0, after.consumerCount == 0,
+                after.messageCount == 0, after.consumerCount == 0, await lock(),
                 let dropped = await delete(
                     legacy, ifEmpty: configuration.queueShape.type == "classic", connection: connection)
             {

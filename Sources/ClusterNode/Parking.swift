@@ -474,11 +474,15 @@ final class ParkingDrainer: Sendable {
             try? await ledger.finished(subscription: subscriptionID, node: owner, delay: settings.tick * 5)
             return
         }
-        let caughtUp = await drain(subscriptionID, on: channel)
+        // What gives up the claim (when retry ends it) runs after the channel closed: another
+        // node that claims it then finds every unsettled message back in the queue, in order.
+        let afterClose = Locked<(@Sendable () async -> Void)?>(nil)
+        let caughtUp = await drain(subscriptionID, on: channel, afterClose: afterClose)
         // Closing requeues, at the head of the queue, whatever was taken and not settled
         // (including what came after the consumer's last batch): only then may the queue be
         // judged empty.
         await channel.close()
+        if let release = afterClose.value { await release() }
         guard caughtUp else { return }
         do {
             let checking = try await connection.openChannel()
@@ -503,7 +507,9 @@ final class ParkingDrainer: Sendable {
 
     /// Drains what the queue has now. Answers true when it caught up (nothing more came for a
     /// while): the caller then checks, with this channel closed, whether the queue is empty.
-    private func drain(_ subscriptionID: String, on channel: AMQPChannel) async -> Bool {
+    private func drain(
+        _ subscriptionID: String, on channel: AMQPChannel, afterClose: Locked<(@Sendable () async -> Void)?>
+    ) async -> Bool {
         let queue = names.parkingQueue(subscriptionID)
         do {
             let state = try await parking.declare(queue, on: channel)
@@ -538,7 +544,8 @@ final class ParkingDrainer: Sendable {
                     return nil
                 }
                 group.addTask {
-                    let drained = await self.retry(subscription, from: inbox, channel: channel)
+                    let drained = await self.retry(
+                        subscription, from: inbox, channel: channel, afterClose: afterClose)
                     try? await consumer.cancel()
                     inbox.finish()
                     return drained
@@ -551,7 +558,10 @@ final class ParkingDrainer: Sendable {
         } catch {
             logger.warning(
                 "cannot retry parked messages", metadata: ["subscription": "\(subscriptionID)", "error": "\(error)"])
-            try? await ledger.finished(subscription: subscriptionID, node: owner, delay: settings.tick * 5)
+            let (ledger, owner, delay) = (ledger, owner, settings.tick * 5)
+            afterClose.withLock {
+                $0 = { try? await ledger.finished(subscription: subscriptionID, node: owner, delay: delay) }
+            }
             return false
         }
     }
@@ -565,7 +575,13 @@ final class ParkingDrainer: Sendable {
 
     /// Takes batches until the queue has nothing more for now (true), or the target fails, the
     /// claim is lost or the node stops (false).
-    private func retry(_ subscription: Subscription, from inbox: DeliveryInbox, channel: AMQPChannel) async -> Bool {
+    /// Gives up its claim through `afterClose` (run once the channel is closed), never directly.
+    private func retry(
+        _ subscription: Subscription, from inbox: DeliveryInbox, channel: AMQPChannel,
+        afterClose: Locked<(@Sendable () async -> Void)?>
+    ) async -> Bool {
+        let ledger = ledger
+        let owner = owner
         let subscriptionID = subscription.id
         var random = SystemRandomNumberGenerator()
         let target = subscription.zaqarTarget(defaultURL: defaultZaqarURL)
@@ -575,7 +591,9 @@ final class ParkingDrainer: Sendable {
             // A subscription whose messages keep coming must not keep the slot from the others
             // (closing or not: a closing another node reopened would otherwise never end).
             if ContinuousClock.now - started >= settings.drainSession {
-                try? await ledger.finished(subscription: subscriptionID, node: owner, delay: .zero)
+                afterClose.withLock {
+                    $0 = { try? await ledger.finished(subscription: subscriptionID, node: owner, delay: .zero) }
+                }
                 return false
             }
             let deliveries = await inbox.take(
@@ -649,9 +667,14 @@ final class ParkingDrainer: Sendable {
             // the queue, in order with what the consumer took after them. A nack would put them
             // at the back of a quorum queue, behind newer messages of the same subscription.
             let delay = max(settings.delay(attempt: attempts, using: &random), failure.retryAfter ?? .zero)
-            _ = try? await ledger.retryLater(
-                subscription: subscriptionID, node: owner, delay: delay,
-                error: SafeText.clean(failure.error, limit: 200), since: parkedAt(head))
+            let error = SafeText.clean(failure.error, limit: 200)
+            let since = parkedAt(head)
+            afterClose.withLock {
+                $0 = {
+                    _ = try? await ledger.retryLater(
+                        subscription: subscriptionID, node: owner, delay: delay, error: error, since: since)
+                }
+            }
             logger.info(
                 "parked messages still fail; retrying later",
                 metadata: [
@@ -662,7 +685,9 @@ final class ParkingDrainer: Sendable {
                 ])
             return false
         }
-        try? await ledger.finished(subscription: subscriptionID, node: owner, delay: .zero)
+        afterClose.withLock {
+            $0 = { try? await ledger.finished(subscription: subscriptionID, node: owner, delay: .zero) }
+        }
         return false
     }
 

@@ -90,6 +90,15 @@ enum ClusterQueueShape {
             ?? recordedCount(
                 "partition-max-messages", key: "HERALD_PARTITION_QUEUE_MAX_MESSAGES", fallback.partitionMaxMessages)
         if let layout = configured.ingestLayout {
+            // Back to one queue would bind it again beside the per-exchange ones: every
+            // notification twice, and the per-exchange queues filling with nobody on them.
+            if layout == .single && recorded["ingest-layout"] == IngestLayout.perExchange.rawValue {
+                throw ConfigurationError(
+                    key: "HERALD_INGEST_LAYOUT", value: layout.rawValue,
+                    expected:
+                        "per-exchange (or unset): this cluster moved to an ingest queue per exchange, and going back is not supported (docs/pipeline.md, \"Ingest\")"
+                )
+            }
             shape.ingestLayout = layout
         } else if let text = recorded["ingest-layout"] {
             guard let layout = IngestLayout(rawValue: text) else {
@@ -507,6 +516,9 @@ final class IngestService: Sendable {
         /// taken; when the channel or the connection failed, left unacked and the consumer ended
         /// (the broker gives it back when the channels close). Otherwise it answers what
         /// the broker refused (a nack), to hold; empty when there is nothing to hold.
+        // Set once a publish failed (not refused): nothing later is published or acked; the
+        // channels' close gives it all back, in order.
+        let broken = Locked(false)
         let settle: @Sendable (AMQPDelivery, Ticketed) async -> (refused: [AMQPOutgoingMessage], nack: (any Error)?) = {
             delivery, tickets in
             var refused: [AMQPOutgoingMessage] = []
@@ -522,10 +534,11 @@ final class IngestService: Sendable {
                     failed = true
                 }
             }
-            if failed {
+            if failed || broken.value {
                 // Left unacked, and the consumer ends: closing the channels gives this one and
                 // every later one back to the head of the ingest queue, in order (a nack would put
                 // it at the back of a quorum queue, behind notifications of its partition).
+                broken.withLock { $0 = true }
                 try? await consumer.cancel()
                 return ([], nil)
             }
@@ -590,6 +603,8 @@ final class IngestService: Sendable {
         do {
             for try await delivery in consumer {
                 sequence += 1
+                // After a failed publish: left for the channels' close (see `broken`).
+                if broken.value { continue }
                 guard let routed = await route(delivery) else {
                     pendingContinuation.yield((sequence, delivery, []))
                     continue

@@ -91,6 +91,9 @@ struct Load: AsyncParsableCommand {
         }
         guard subscriptions > 0 else { throw ValidationError("--subscriptions \(subscriptions): must be above 0") }
         for event in events { _ = try ScenarioEvent(event) }
+        guard drainNodes.isEmpty || baselines else {
+            throw ValidationError("--drain-nodes \(drainNodes): only with --baselines (it is one of their phases)")
+        }
         guard drainNodeCounts.allSatisfy({ (1...nodes).contains($0) }),
             drainNodeCounts.count == drainNodes.split(separator: ",").count
         else { throw ValidationError("--drain-nodes \(drainNodes): node counts between 1 and --nodes \(nodes)") }

@@ -77,6 +77,12 @@ struct QueueShapeChoiceTests {
                 "HERALD_INGEST_LAYOUT": "sharded", "HERALD_API_AUTH": "trusted-header",
             ])
         }
+        // Back to one ingest queue after the move: refused (every notification would come twice).
+        #expect(throws: ConfigurationError.self) {
+            try ClusterQueueShape.choose(
+                configured: QueueShapeSettings(ingestLayout: .single), recorded: ["ingest-layout": "per-exchange"],
+                clusterExists: true)
+        }
         // An exchange names a queue of its own: nothing a queue name cannot hold.
         for bad in ["nova,ne utron", "nova,x/y", String(repeating: "x", count: 128)] {
             #expect(throws: ConfigurationError.self) {

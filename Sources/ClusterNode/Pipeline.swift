@@ -801,7 +801,7 @@ final class PartitionOwners: Sendable {
         let epoch: UInt64
         let channel: AMQPChannel
         let consumer: AMQPConsumer
-        let inFlight = Mutex(0)
+        let inFlight = InFlight()
         let task = Mutex<Task<Void, Never>?>(nil)
 
         init(epoch: UInt64, channel: AMQPChannel, consumer: AMQPConsumer) {
@@ -979,11 +979,11 @@ final class PartitionOwners: Sendable {
             owned.channel.ack(delivery)
             return
         }
-        owned.inFlight.withLock { $0 += 1 }
+        owned.inFlight.add()
         await batcher.submit(messages) { _ in
             // Delivered or dead-lettered, every one of them: now the event may go.
             owned.channel.ack(delivery)
-            owned.inFlight.withLock { $0 -= 1 }
+            owned.inFlight.remove()
         }
     }
 
@@ -997,10 +997,8 @@ final class PartitionOwners: Sendable {
         await owned.task.withLock { $0 }?.value
         if let drain {
             let started = ContinuousClock.now
-            while owned.inFlight.withLock({ $0 }) > 0 && ContinuousClock.now < started + drain {
-                try? await Task.sleep(for: .milliseconds(2))
-            }
-            let left = owned.inFlight.withLock { $0 }
+            _ = await owned.inFlight.waitUntilZero(timeout: drain)
+            let left = owned.inFlight.count
             let took = ContinuousClock.now - started
             if left > 0 {
                 logger.warning(

@@ -70,6 +70,8 @@ public final class DeliveryBatcher: Sendable {
     private let activity: (any DeliveryActivity)?
     private let logger: Logger
     private let state: Mutex<State>
+    /// The buffered messages again, for `drain` to await (changed together with `state`, under its lock).
+    private let buffered = InFlight()
     private let origin = ContinuousClock.now
 
     /// One submission's messages, completed when the last of them is settled.
@@ -223,12 +225,7 @@ public final class DeliveryBatcher: Sendable {
 
     /// Waits until nothing is buffered or `timeout` passes; true when drained.
     public func drain(timeout: Duration) async -> Bool {
-        let deadline = ContinuousClock.now + timeout
-        while state.withLock({ $0.statistics.bufferedMessages }) > 0 {
-            if ContinuousClock.now >= deadline { return false }
-            try? await Task.sleep(for: .milliseconds(5))
-        }
-        return true
+        await buffered.waitUntilZero(timeout: timeout)
     }
 
     private func fits(_ state: State, _ pending: Pending) -> Bool {
@@ -275,6 +272,7 @@ public final class DeliveryBatcher: Sendable {
             pending, into: &state.lanes[pending.message.target, default: newLane()])
         Self.count(pending, into: &state.projects[pending.message.target.project, default: ProjectUsage()])
         state.statistics.bufferedMessages += 1
+        buffered.add()
         state.statistics.bufferedBytes += pending.size
         state.statistics.peakBufferedMessages = max(
             state.statistics.peakBufferedMessages, state.statistics.bufferedMessages)
@@ -318,6 +316,7 @@ public final class DeliveryBatcher: Sendable {
                 if usage.messages > 0 { state.projects[target.project] = usage }
             }
             state.statistics.bufferedMessages -= batch.count
+            buffered.remove(batch.count)
             state.statistics.bufferedBytes -= bytes
             var resumed: [CheckedContinuation<Void, Never>] = []
             var workers: [ZaqarTarget] = []

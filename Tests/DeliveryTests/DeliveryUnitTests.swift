@@ -176,3 +176,40 @@ struct DeliveryPolicyTests {
         #expect(ZaqarDates.format(instant) == "2026-11-24T23:05:21")
     }
 }
+
+@Suite("InFlight: waiting for work in flight to end, without polling")
+struct InFlightTests {
+    @Test("a waiter goes on when the count reaches zero, not before; at zero it does not wait at all")
+    func waitsForZero() async {
+        let work = InFlight()
+        #expect(await work.waitUntilZero(timeout: .seconds(3600)), "nothing in flight: at once")
+        work.add(2)
+        let waiter = Task { await work.waitUntilZero(timeout: .seconds(3600)) }
+        work.remove()
+        #expect(work.count == 1)
+        work.remove()
+        // An hour's timeout: only the count reaching zero can end this wait.
+        #expect(await waiter.value)
+        work.remove(5)
+        #expect(work.count == 0, "never below zero")
+    }
+
+    @Test("the timeout ends a wait while work is still in flight, and says so")
+    func timesOut() async {
+        let work = InFlight()
+        work.add()
+        #expect(await work.waitUntilZero(timeout: .milliseconds(20)) == false)
+        #expect(work.count == 1)
+    }
+
+    @Test("a cancelled waiter ends at once and leaves no waiter behind")
+    func cancelled() async {
+        let work = InFlight()
+        work.add()
+        let waiter = Task { await work.waitUntilZero(timeout: .seconds(3600)) }
+        waiter.cancel()
+        #expect(await waiter.value == false)
+        work.remove()
+        #expect(await work.waitUntilZero(timeout: .seconds(3600)))
+    }
+}

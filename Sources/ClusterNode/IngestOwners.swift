@@ -155,20 +155,9 @@ enum LegacyIngest {
     /// node consumes anything, and again on every pass of `drain`: a node still on the old
     /// layout binds it again when it reconnects). Without an old queue, nothing.
     static func unbindIfPresent(connection: AMQPConnection, configuration: NodeConfiguration) async throws {
-        let legacy = configuration.names.ingest
-        let probe = try await connection.openChannel()
-        let exists: Bool
-        do {
-            _ = try await probe.declareQueuePassive(legacy)
-            exists = true
-        } catch let error as MessagingError where error.replyCode == 404 {
-            exists = false
-        } catch {
-            await probe.close()
-            throw error
+        if try await connection.queueState(configuration.names.ingest) != nil {
+            try await unbind(configuration.names.ingest, connection: connection, configuration: configuration)
         }
-        await probe.close()
-        if exists { try await unbind(legacy, connection: connection, configuration: configuration) }
     }
 
     /// Empties the old queue, if there is one; returns when it is gone or the node stops.
@@ -248,16 +237,8 @@ enum LegacyIngest {
         var random = SystemRandomNumberGenerator()
         while !stopping() {
             do {
-                // A passive declare of a missing queue closes its channel: a channel of its own.
-                let channel = try await connection.openChannel()
-                let result: Result<AMQPQueueState, any Error>
-                do { result = .success(try await channel.declareQueuePassive(queue)) } catch {
-                    result = .failure(error)
-                }
-                await channel.close()
-                return .found(try result.get())
-            } catch let error as MessagingError where error.replyCode == 404 {
-                return .gone
+                guard let state = try await connection.queueState(queue) else { return .gone }
+                return .found(state)
             } catch {
                 attempt += 1
                 try? await Task.sleep(

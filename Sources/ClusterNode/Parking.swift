@@ -392,17 +392,10 @@ final class ParkingDrainer: Sendable {
         }
         sweepCursor.withLock { $0 = next }
         for subscriptionID in orphans.prefix(20) {
-            guard let channel = try? await connection.openChannel() else { return }
-            let state: AMQPQueueState
-            do {
-                state = try await channel.declareQueuePassive(names.parkingQueue(subscriptionID))
-                await channel.close()
-            } catch let error as MessagingError where error.replyCode == 404 {
-                await channel.close()
+            let answer: AMQPQueueState?
+            do { answer = try await connection.queueState(names.parkingQueue(subscriptionID)) } catch { continue }
+            guard let state = answer else {
                 try? await ledger.forgetQueue(subscription: subscriptionID)
-                continue
-            } catch {
-                await channel.close()
                 continue
             }
             guard state.messageCount > 0 else { continue }
@@ -485,13 +478,9 @@ final class ParkingDrainer: Sendable {
         if let release = afterClose.value { await release() }
         guard caughtUp else { return }
         do {
-            let checking = try await connection.openChannel()
-            let after: AMQPQueueState
-            do { after = try await checking.declareQueuePassive(names.parkingQueue(subscriptionID)) } catch {
-                await checking.close()
-                throw error
+            guard let after = try await connection.queueState(names.parkingQueue(subscriptionID)) else {
+                throw MessagingError(.channelClosed, "\(names.parkingQueue(subscriptionID)) is gone", replyCode: 404)
             }
-            await checking.close()
             if after.messageCount == 0 && after.consumerCount == 0 {
                 await observeEmpty(subscriptionID)
             } else {

@@ -652,24 +652,21 @@ final class IngestService: Sendable {
         while !Task.isCancelled {
             try? await Task.sleep(for: configuration.ingestWatchInterval)
             if Task.isCancelled || stopped.load(ordering: .relaxed) { return }
-            guard connection.isConnected, let channel = try? await connection.openChannel() else { continue }
-            let answer: Result<AMQPQueueState, any Error>
-            do { answer = .success(try await channel.declareQueuePassive(queue)) } catch {
-                answer = .failure(error)
-            }
-            await channel.close()
-            if case .success(let state) = answer {
+            guard connection.isConnected else { continue }
+            let answer: Result<AMQPQueueState?, any Error>
+            do { answer = .success(try await connection.queueState(queue)) } catch { answer = .failure(error) }
+            if case .success(let state?) = answer {
                 depth.record(state.messageCount)
                 bound.record(configuration.queueShape.ingestMaxMessages)
             }
             switch answer {
-            case .success(let state) where state.consumerCount == 0:
+            case .success(let state?) where state.consumerCount == 0:
                 logger.error(
                     "RabbitMQ lists no consumer on \(queue) although this node consumes it; consuming anew",
                     metadata: [
                         "amqp.messages": "\(state.messageCount)", "amqp.consumer": "\(consumer.tag)",
                     ])
-            case .failure(let error as MessagingError) where error.replyCode == 404:
+            case .success(nil):
                 logger.error(
                     "\(queue) is gone; declaring it again and consuming anew",
                     metadata: ["amqp.consumer": "\(consumer.tag)"])

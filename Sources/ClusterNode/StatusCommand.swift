@@ -137,18 +137,16 @@ struct Status: AsyncParsableCommand {
             let named =
                 cluster ?? ProcessInfo.processInfo.environment["HERALD_CLUSTER"].flatMap { $0.isEmpty ? nil : $0 }
             let names = try ClusterNames(cluster: named ?? ClusterNames.derived(fromKeyPrefix: keyPrefix))
-            // Whichever ingest queues exist (a passive declare of a missing one closes its channel).
+            // Whichever ingest queues exist.
             let candidates =
                 [names.ingest]
                 + (exchanges.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } + ["ceilometer"])
                 .filter { !$0.isEmpty }.map { names.ingestQueue(exchange: $0) }
             for name in Set(candidates).sorted() {
-                guard let probe = try? await connection.openChannel() else { continue }
-                if let state = try? await probe.declareQueuePassive(name) {
+                if let state = try? await connection.queueState(name) {
                     ingest.append(
                         Report.Queue(name: name, messages: state.messageCount, consumers: state.consumerCount))
                 }
-                await probe.close()
             }
             if ingest.isEmpty {
                 problems.append("no ingest queue found (\(names.ingest) or \(names.ingest).<exchange>)")

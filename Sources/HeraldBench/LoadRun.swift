@@ -72,10 +72,7 @@ final class LoadRun: @unchecked Sendable {
     /// the exchange's own.
     func ingestQueue(exchange: String, connection: AMQPConnection) async throws -> String {
         let names = try clusterNames
-        // A passive declare of a missing queue closes its channel: one of its own.
-        let channel = try await connection.openChannel()
-        let single = (try? await channel.declareQueuePassive(names.ingest)) != nil
-        await channel.close()
+        let single = ((try? await connection.queueState(names.ingest)) ?? nil) != nil
         return single ? names.ingest : names.ingestQueue(exchange: exchange)
     }
 

@@ -229,6 +229,23 @@ struct AMQPClientTests {
         }
     }
 
+    @Test("queueState: nil for a missing queue, the counts of an existing one, and the connection's channels unharmed")
+    func queueState() async throws {
+        let connection = try await connect()
+        defer { Task { await connection.close() } }
+        let channel = try await connection.openChannel()
+        let queue = TestServers.uniqueName("herald-test.state")
+        #expect(try await connection.queueState(queue) == nil)
+        try await channel.declareQueue(queue, options: AMQPQueueOptions(durable: false, autoDelete: false))
+        defer { Task { _ = try? await channel.deleteQueue(queue) } }
+        try await channel.enableConfirms()
+        try await channel.publish((0..<3).map { message(queue, "m-\($0)") })
+        let state = try #require(try await connection.queueState(queue))
+        #expect(state.messageCount == 3 && state.consumerCount == 0, "\(state)")
+        // The 404 closed only the channel it was asked on.
+        #expect(try await channel.declareQueuePassive(queue).messageCount == 3)
+    }
+
     @Test("two consumers on a single-active-consumer queue: only one receives until it cancels")
     func singleActiveConsumer() async throws {
         let connection = try await connect()

@@ -77,6 +77,24 @@ public final class AMQPConnection: Sendable {
         return AMQPChannel(engine: engine, id: id)
     }
 
+    /// A queue's message and consumer counts, read by a passive declare on a channel of its own
+    /// (RabbitMQ closes the channel that asks for a missing queue).
+    /// - Returns: nil when the queue does not exist (404).
+    /// - Throws: when RabbitMQ cannot be asked (no connection, another refusal).
+    public func queueState(_ name: String) async throws -> AMQPQueueState? {
+        let channel = try await openChannel()
+        let answer: Result<AMQPQueueState?, any Error>
+        do { answer = .success(try await channel.declareQueuePassive(name)) } catch let error as MessagingError
+            where error.replyCode == 404
+        {
+            answer = .success(nil)
+        } catch {
+            answer = .failure(error)
+        }
+        await channel.close()
+        return try answer.get()
+    }
+
     /// Closes the connection: consumers finish, unconfirmed publishes fail.
     public func close() async {
         await engine.stop()

@@ -170,3 +170,10 @@ int herald_baseline_topology(const char *host, int port, const char *vhost,
     amqp_destroy_connection(conn);
     return 0;
 }
+
+#include <malloc.h>
+
+size_t herald_heap_in_use(void) {
+    struct mallinfo2 info = mallinfo2();
+    return info.uordblks + info.hblkhd;
+}

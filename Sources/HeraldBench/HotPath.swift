@@ -1,4 +1,5 @@
 import ArgumentParser
+import CBaseline
 import Coordination
 import Delivery
 import Foundation
@@ -21,8 +22,8 @@ struct HotPath: AsyncParsableCommand {
     @Option(help: "Events per match round.") var matchEvents: Int = 200_000
     @Option(help: "Projects the events and subscriptions belong to.") var projects: Int = 1_000
     @Option(help: "Rounds of each measurement; the median is reported.") var rounds: Int = 3
-    @Option(help: "Which parts: decode, encode, match, worst (comma-separated).") var parts: String =
-        "decode,encode,match,worst"
+    @Option(help: "Which parts: decode, encode, match, worst, memory (comma-separated).") var parts: String =
+        "decode,encode,match,worst,memory"
     @Option(help: "Subscription counts for match (comma-separated).") var subscriptionCounts: String =
         "10,1000,10000,100000"
 
@@ -39,6 +40,47 @@ struct HotPath: AsyncParsableCommand {
         if parts.contains("encode") { measureEncode(bodies) }
         if parts.contains("match") { measureMatch(corpus, bodies) }
         if parts.contains("worst") { measureWorst(corpus, bodies) }
+        if parts.contains("memory") { measureMemory(corpus) }
+    }
+
+    /// The heap a node keeps per subscription: the registry as decoded from Redis (the watch
+    /// holds it to build each index) and the index built from it, for the largest of the
+    /// subscription counts. Subscriptions as Keystone deployments store them: 32-hex project,
+    /// user and trust ids. The baseline is the stored JSON itself.
+    func measureMemory(_ corpus: NotificationCorpus) {
+        let count = subscriptionCounts.split(separator: ",").compactMap({ Int($0) }).max() ?? 10_000
+        let stored = corpus.subscriptions(count).enumerated().map { index, subscription in
+            var subscription = subscription
+            subscription.project = NotificationCorpus.hexID(subscription.project)
+            subscription.trustID = NotificationCorpus.hexID("trust-\(index)")
+            subscription.createdBy = NotificationCorpus.hexID("user-\(index % 997)")
+            subscription.updatedBy = subscription.createdBy
+            return Array(try! JSONEncoder().encode(subscription))
+        }
+        let storedBytes = stored.reduce(0) { $0 + $1.count }
+        let start = herald_heap_in_use()
+        var byID: [String: Subscription] = [:]
+        for bytes in stored {
+            let subscription = try! JSONDecoder().decode(Subscription.self, from: Data(bytes))
+            byID[subscription.id] = subscription
+        }
+        let decoded = herald_heap_in_use()
+        var index: SubscriptionIndex? = SubscriptionIndex(Array(byID.values))
+        let indexed = herald_heap_in_use()
+        byID = [:]
+        let indexAlone = herald_heap_in_use()
+        let kept = index?.count ?? 0
+        index = nil
+        func perSubscription(_ bytes: Int) -> String { String(format: "%7.0f B", Double(bytes) / Double(count)) }
+        print("  memory   \(count) subscriptions (heap in use, glibc mallinfo2), per subscription:")
+        print("           stored JSON (baseline)           \(perSubscription(storedBytes))")
+        print(
+            "           decoded registry                 \(perSubscription(decoded - start))   ratio \(ratio(Double(decoded - start), Double(storedBytes)))"
+        )
+        print("           + the index built from it        \(perSubscription(indexed - decoded))")
+        print(
+            "           the index alone (\(kept))        \(perSubscription(indexAlone - start))   ratio \(ratio(Double(indexAlone - start), Double(storedBytes)))"
+        )
     }
 
     /// The most one allowed subscription can cost per event: 10,000 ordinary subscriptions, then
@@ -343,6 +385,13 @@ struct NotificationCorpus {
         ]
         let inner = String(decoding: try! JSONSerialization.data(withJSONObject: message), as: UTF8.self)
         return Array(try! JSONSerialization.data(withJSONObject: ["oslo.version": "2.0", "oslo.message": inner]))
+    }
+
+    /// A 32-hex id (Keystone's shape) derived from `seed`.
+    static func hexID(_ seed: String) -> String {
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in seed.utf8 { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }
+        return String(format: "%016llx%016llx", hash, hash &* 0x9E37_79B9_7F4A_7C15)
     }
 
     /// `count` subscriptions spread over the projects: most a glob of one service's events,

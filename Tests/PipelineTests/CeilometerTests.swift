@@ -24,77 +24,77 @@ extension PipelineSuites {
 
         @Test("each event of a Ceilometer list is an event of its own; trait conditions select them")
         func traitConditions() async throws {
-            let run = try await PipelineRun(partitions: 8)
-            defer { Task { await run.stopAll() } }
-            let big = Subscription(
-                project: "p1", eventTypes: ["compute.instance.*"],
-                conditions: [Condition(field: "traits.memory_mb", op: .ge, value: .number(2048))],
-                target: Target(queue: run.queue("ceilo-big")))
-            let active = Subscription(
-                project: "p1", eventTypes: ["*"],
-                conditions: [Condition(field: "traits.state", op: .eq, value: .string("active"))],
-                target: Target(queue: run.queue("ceilo-active")))
-            let other = Subscription(project: "p2", eventTypes: ["*"], target: Target(queue: run.queue("ceilo-p2")))
-            for subscription in [big, active, other] { try await run.registry.create(subscription) }
-            try await run.startNodes(2, extra: ["HERALD_CEILOMETER_EVENTS": "true", "HERALD_EXCHANGES": "nova"])
-            try await run.waitAllPartitionsHeld()
+            try await PipelineRun.with(partitions: 8) { run in
+                let big = Subscription(
+                    project: "p1", eventTypes: ["compute.instance.*"],
+                    conditions: [Condition(field: "traits.memory_mb", op: .ge, value: .number(2048))],
+                    target: Target(queue: run.queue("ceilo-big")))
+                let active = Subscription(
+                    project: "p1", eventTypes: ["*"],
+                    conditions: [Condition(field: "traits.state", op: .eq, value: .string("active"))],
+                    target: Target(queue: run.queue("ceilo-active")))
+                let other = Subscription(project: "p2", eventTypes: ["*"], target: Target(queue: run.queue("ceilo-p2")))
+                for subscription in [big, active, other] { try await run.registry.create(subscription) }
+                try await run.startNodes(2, extra: ["HERALD_CEILOMETER_EVENTS": "true", "HERALD_EXCHANGES": "nova"])
+                try await run.waitAllPartitionsHeld()
 
-            let batches: [[[String: Any]]] = [
-                [
-                    event(
-                        "e1", "compute.instance.create.end",
-                        [
-                            Trait(name: "project_id", dtype: 1, value: "p1"),
-                            Trait(name: "memory_mb", dtype: 2, value: 4096),
-                            Trait(name: "state", dtype: 1, value: "active"),
-                        ]),
-                    event(
-                        "e2", "compute.instance.create.end",
-                        [
-                            Trait(name: "project_id", dtype: 1, value: "p1"),
-                            Trait(name: "memory_mb", dtype: 2, value: 512),
-                            Trait(name: "state", dtype: 1, value: "building"),
-                        ]),
-                ],
-                [
-                    event(
-                        "e3", "volume.attach.end",
-                        [
-                            Trait(name: "tenant_id", dtype: 1, value: "p1"),
-                            Trait(name: "state", dtype: 1, value: "active"),
-                        ]),
-                    event(
-                        "e4", "compute.instance.delete.end",
-                        [
-                            Trait(name: "project_id", dtype: 1, value: "p2"),
-                            Trait(name: "memory_mb", dtype: 2, value: 8192),
-                        ]),
-                    event(
-                        "e5", "compute.instance.update",
-                        [
-                            Trait(name: "project_id", dtype: 1, value: "p1"),
-                            Trait(name: "memory_mb", dtype: 2, value: 2048),
-                        ]),
-                ],
-            ]
-            let lines: [[String: Any]] = batches.map {
-                [
-                    "exchange": "ceilometer", "topic": "event", "priority": "sample", "driver": "messagingv2",
-                    "publisher_id": "ceilometer.publisher.host1", "event_type": "event", "payload": $0,
+                let batches: [[[String: Any]]] = [
+                    [
+                        event(
+                            "e1", "compute.instance.create.end",
+                            [
+                                Trait(name: "project_id", dtype: 1, value: "p1"),
+                                Trait(name: "memory_mb", dtype: 2, value: 4096),
+                                Trait(name: "state", dtype: 1, value: "active"),
+                            ]),
+                        event(
+                            "e2", "compute.instance.create.end",
+                            [
+                                Trait(name: "project_id", dtype: 1, value: "p1"),
+                                Trait(name: "memory_mb", dtype: 2, value: 512),
+                                Trait(name: "state", dtype: 1, value: "building"),
+                            ]),
+                    ],
+                    [
+                        event(
+                            "e3", "volume.attach.end",
+                            [
+                                Trait(name: "tenant_id", dtype: 1, value: "p1"),
+                                Trait(name: "state", dtype: 1, value: "active"),
+                            ]),
+                        event(
+                            "e4", "compute.instance.delete.end",
+                            [
+                                Trait(name: "project_id", dtype: 1, value: "p2"),
+                                Trait(name: "memory_mb", dtype: 2, value: 8192),
+                            ]),
+                        event(
+                            "e5", "compute.instance.update",
+                            [
+                                Trait(name: "project_id", dtype: 1, value: "p1"),
+                                Trait(name: "memory_mb", dtype: 2, value: 2048),
+                            ]),
+                    ],
                 ]
-            }
-            let publisher = try run.publish(lines)
-            #expect(await publisher.wait() == 0, "\(publisher.tail())")
+                let lines: [[String: Any]] = batches.map {
+                    [
+                        "exchange": "ceilometer", "topic": "event", "priority": "sample", "driver": "messagingv2",
+                        "publisher_id": "ceilometer.publisher.host1", "event_type": "event", "payload": $0,
+                    ]
+                }
+                let publisher = try run.publish(lines)
+                #expect(await publisher.wait() == 0, "\(publisher.tail())")
 
-            let expected: [(Subscription, Set<String>)] = [
-                (big, ["e1", "e5"]), (active, ["e1", "e3"]), (other, ["e4"]),
-            ]
-            let received = try await run.readEvents(expected: expected, timeout: .seconds(60))
-            for (subscription, ids) in expected {
-                #expect(Set(received[subscription.target.queue] ?? []) == ids, "\(subscription.target.queue)")
-                #expect(
-                    (received[subscription.target.queue] ?? []).count == ids.count,
-                    "no duplicates in \(subscription.target.queue)")
+                let expected: [(Subscription, Set<String>)] = [
+                    (big, ["e1", "e5"]), (active, ["e1", "e3"]), (other, ["e4"]),
+                ]
+                let received = try await run.readEvents(expected: expected, timeout: .seconds(60))
+                for (subscription, ids) in expected {
+                    #expect(Set(received[subscription.target.queue] ?? []) == ids, "\(subscription.target.queue)")
+                    #expect(
+                        (received[subscription.target.queue] ?? []).count == ids.count,
+                        "no duplicates in \(subscription.target.queue)")
+                }
             }
         }
     }

@@ -40,157 +40,166 @@ extension PipelineSuites {
                 }
             }
             let forbidden = try await HostileZaqar { _ in .accept }
-            let run = try await PipelineRun(partitions: 8)
-            defer {
-                Task {
-                    await run.stopAll()
-                    await hostile.close()
-                    await forbidden.close()
-                }
-            }
-            try await run.startNodes(
-                1,
-                extra: [
-                    "HERALD_ZAQAR_ALLOWED_URLS": "\(run.zaqar.baseURL),\(hostile.url)",
-                    "HERALD_DELIVERY_TIMEOUT_SECONDS": "2",
-                ])
-            try await run.waitAllPartitionsHeld()
-            let port = try #require(run.nodes["node-1"]?.apiPort)
+            do {
+                try await PipelineRun.with(partitions: 8) { run in
+                    try await run.startNodes(
+                        1,
+                        extra: [
+                            "HERALD_ZAQAR_ALLOWED_URLS": "\(run.zaqar.baseURL),\(hostile.url)",
+                            "HERALD_DELIVERY_TIMEOUT_SECONDS": "2",
+                        ])
+                    try await run.waitAllPartitionsHeld()
+                    let port = try #require(run.nodes["node-1"]?.apiPort)
 
-            var ids: [String: String] = [:]
-            for kind in ["inf", "nan", "huge", "day", "redirect", "silent", "html"] {
-                let (status, body) = try await call(
-                    port, .POST, "/v1/subscriptions", project: "evil",
-                    json: [
-                        "event_types": ["compute.instance.*"],
-                        "target": ["queue": "\(kind)-\(run.id)", "zaqar_url": hostile.url],
-                    ])
-                #expect(status == 201, "\(kind): \(body)")
-                ids[kind] =
-                    ((try? JSONSerialization.jsonObject(with: Data(body.utf8))) as? [String: Any])?["id"] as? String
-            }
-            let (refused, refusal) = try await call(
-                port, .POST, "/v1/subscriptions", project: "evil",
-                json: [
-                    "event_types": ["compute.instance.*"],
-                    "target": ["queue": "elsewhere", "zaqar_url": forbidden.url],
-                ])
-            #expect(refused == 400)
-            #expect(refusal.contains("target.zaqar_url"), "\(refusal)")
-            let good = run.queue("good")
-            let (created, answer) = try await call(
-                port, .POST, "/v1/subscriptions", project: "good",
-                json: ["event_types": ["volume.*"], "target": ["queue": good]])
-            #expect(created == 201, "\(answer)")
-            run.trackQueues([("good", good)])
-            try await Task.sleep(for: .seconds(2))
+                    var ids: [String: String] = [:]
+                    for kind in ["inf", "nan", "huge", "day", "redirect", "silent", "html"] {
+                        let (status, body) = try await call(
+                            port, .POST, "/v1/subscriptions", project: "evil",
+                            json: [
+                                "event_types": ["compute.instance.*"],
+                                "target": ["queue": "\(kind)-\(run.id)", "zaqar_url": hostile.url],
+                            ])
+                        #expect(status == 201, "\(kind): \(body)")
+                        ids[kind] =
+                            ((try? JSONSerialization.jsonObject(with: Data(body.utf8))) as? [String: Any])?["id"]
+                            as? String
+                    }
+                    let (refused, refusal) = try await call(
+                        port, .POST, "/v1/subscriptions", project: "evil",
+                        json: [
+                            "event_types": ["compute.instance.*"],
+                            "target": ["queue": "elsewhere", "zaqar_url": forbidden.url],
+                        ])
+                    #expect(refused == 400)
+                    #expect(refusal.contains("target.zaqar_url"), "\(refusal)")
+                    let good = run.queue("good")
+                    let (created, answer) = try await call(
+                        port, .POST, "/v1/subscriptions", project: "good",
+                        json: ["event_types": ["volume.*"], "target": ["queue": good]])
+                    #expect(created == 201, "\(answer)")
+                    run.trackQueues([("good", good)])
+                    try await Task.sleep(for: .seconds(2))
 
-            var lines: [[String: Any]] = []
-            for seq in 0..<20 {
-                lines.append([
-                    "exchange": "nova", "event_type": "compute.instance.create.end", "project": "evil",
-                    "payload": ["seq": seq],
-                ])
-                lines.append([
-                    "exchange": "cinder", "event_type": "volume.create.end", "project": "good", "payload": ["seq": seq],
-                ])
-            }
-            let poisonID = String(repeating: "p", count: 300)
-            let poison =
-                "{\"event_type\": \"compute.instance.poison\", \"message_id\": \"\(poisonID)\", \"priority\": \"INFO\", \"publisher_id\": \"x\", \"timestamp\": \"2026-12-04 00:00:00\", \"payload\": {\"project_id\": \"evil\"}}"
-            lines.insert(["raw": poison, "exchange": "nova"], at: 10)
-            let publisher = try run.publish(lines)
-            #expect(await publisher.wait() == 0, "\(publisher.tail())")
+                    var lines: [[String: Any]] = []
+                    for seq in 0..<20 {
+                        lines.append([
+                            "exchange": "nova", "event_type": "compute.instance.create.end", "project": "evil",
+                            "payload": ["seq": seq],
+                        ])
+                        lines.append([
+                            "exchange": "cinder", "event_type": "volume.create.end", "project": "good",
+                            "payload": ["seq": seq],
+                        ])
+                    }
+                    let poisonID = String(repeating: "p", count: 300)
+                    let poison =
+                        "{\"event_type\": \"compute.instance.poison\", \"message_id\": \"\(poisonID)\", \"priority\": \"INFO\", \"publisher_id\": \"x\", \"timestamp\": \"2026-12-04 00:00:00\", \"payload\": {\"project_id\": \"evil\"}}"
+                    lines.insert(["raw": poison, "exchange": "nova"], at: 10)
+                    let publisher = try run.publish(lines)
+                    #expect(await publisher.wait() == 0, "\(publisher.tail())")
 
-            let arrived = try await eventually(timeout: .seconds(60)) {
-                let bodies = try await run.zaqar.bodies(queue: good, project: "good")
-                guard bodies.count >= 20 else { throw TestFailure("\(bodies.count) of 20 in \(good)") }
-                return bodies
-            }
-            #expect(arrived.count == 20, "the other project's events flow while evil's targets misbehave")
-            try await eventually(timeout: .seconds(30)) {
-                let letters = try await run.deadLetters.recent(count: 100)
-                guard
-                    letters.contains(where: { $0.reason == .malformed && $0.detail.contains("message_id is 300 bytes") }
-                    )
-                else {
-                    throw TestFailure("no dead letter for the poison notification: \(letters.map(\.detail))")
-                }
-            }
-            // Every hostile target was tried, and the node is still there.
-            try await eventually(timeout: .seconds(30)) {
-                for kind in ["inf", "nan", "huge", "day", "redirect", "silent", "html"]
-                where hostile.requests(queue: "\(kind)-\(run.id)") == 0 {
-                    throw TestFailure("\(kind) was never tried")
-                }
-            }
-            try await Task.sleep(for: .seconds(3))
-            let exited = await run.exited("node-1")
-            #expect(!exited, "the node died: \(run.nodes["node-1"]?.process.tail(40) ?? "")")
-            #expect(forbidden.totalRequests == 0, "a refused endpoint is never contacted")
+                    let arrived = try await eventually(timeout: .seconds(60)) {
+                        let bodies = try await run.zaqar.bodies(queue: good, project: "good")
+                        guard bodies.count >= 20 else { throw TestFailure("\(bodies.count) of 20 in \(good)") }
+                        return bodies
+                    }
+                    #expect(arrived.count == 20, "the other project's events flow while evil's targets misbehave")
+                    try await eventually(timeout: .seconds(30)) {
+                        let letters = try await run.deadLetters.recent(count: 100)
+                        guard
+                            letters.contains(where: {
+                                $0.reason == .malformed && $0.detail.contains("message_id is 300 bytes")
+                            }
+                            )
+                        else {
+                            throw TestFailure("no dead letter for the poison notification: \(letters.map(\.detail))")
+                        }
+                    }
+                    // Every hostile target was tried, and the node is still there.
+                    try await eventually(timeout: .seconds(30)) {
+                        for kind in ["inf", "nan", "huge", "day", "redirect", "silent", "html"]
+                        where hostile.requests(queue: "\(kind)-\(run.id)") == 0 {
+                            throw TestFailure("\(kind) was never tried")
+                        }
+                    }
+                    try await Task.sleep(for: .seconds(3))
+                    let exited = await run.exited("node-1")
+                    #expect(!exited, "the node died: \(run.nodes["node-1"]?.process.tail(40) ?? "")")
+                    #expect(forbidden.totalRequests == 0, "a refused endpoint is never contacted")
 
-            // Each subscription's health says what its target did: the 503s as its recent error,
-            // the refused 400s as dead letters with the reason.
-            for (kind, expected) in [("inf", "503"), ("html", "dead-lettered")] {
-                let id = try #require(ids[kind])
-                try await eventually(timeout: .seconds(20)) {
-                    var request = HTTPClientRequest(url: "http://127.0.0.1:\(port)/v1/subscriptions/\(id)/delivery")
-                    request.headers.add(name: "X-Project-Id", value: "evil")
-                    let response = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
-                    let text = String(buffer: try await response.body.collect(upTo: 1 << 20))
-                    let health = (try? JSONSerialization.jsonObject(with: Data(text.utf8))) as? [String: Any] ?? [:]
-                    guard (health["recent_error"] as? String)?.contains(expected) == true,
-                        health["recent_error_at"] is String,
-                        (health["total"] as? [String: Any])?["matched"] as? Int == 20
-                    else { throw TestFailure("\(kind): \(text)") }
-                    if kind == "html" {
-                        guard ((health["total"] as? [String: Any])?["dead_lettered"] as? Int ?? 0) > 0 else {
-                            throw TestFailure("\(kind): no dead letters counted: \(text)")
+                    // Each subscription's health says what its target did: the 503s as its recent error,
+                    // the refused 400s as dead letters with the reason.
+                    for (kind, expected) in [("inf", "503"), ("html", "dead-lettered")] {
+                        let id = try #require(ids[kind])
+                        try await eventually(timeout: .seconds(20)) {
+                            var request = HTTPClientRequest(
+                                url: "http://127.0.0.1:\(port)/v1/subscriptions/\(id)/delivery")
+                            request.headers.add(name: "X-Project-Id", value: "evil")
+                            let response = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
+                            let text = String(buffer: try await response.body.collect(upTo: 1 << 20))
+                            let health =
+                                (try? JSONSerialization.jsonObject(with: Data(text.utf8))) as? [String: Any] ?? [:]
+                            guard (health["recent_error"] as? String)?.contains(expected) == true,
+                                health["recent_error_at"] is String,
+                                (health["total"] as? [String: Any])?["matched"] as? Int == 20
+                            else { throw TestFailure("\(kind): \(text)") }
+                            if kind == "html" {
+                                guard ((health["total"] as? [String: Any])?["dead_lettered"] as? Int ?? 0) > 0 else {
+                                    throw TestFailure("\(kind): no dead letters counted: \(text)")
+                                }
+                            }
                         }
                     }
                 }
+            } catch {
+                await hostile.close()
+                await forbidden.close()
+                throw error
             }
+            await hostile.close()
+            await forbidden.close()
         }
 
         @Test("two clusters in one vhost: each ingests every notification into its own queues")
         func twoClusters() async throws {
-            let run = try await PipelineRun(partitions: 4)
-            defer { Task { await run.stopAll() } }
-            let otherPrefix = TestServers.uniqueName("herald-e2e-b") + ":"
-            try await run.startNodes(1)
-            try await run.startNodes(1, extra: ["HERALD_KEY_PREFIX": otherPrefix])
-            try await run.waitAllPartitionsHeld()
-            try await eventually(timeout: .seconds(60)) {
-                let leases = try await run.redis.pipeline(
-                    (0..<4).map { RedisCommand("GET", otherPrefix + "lease:\($0)") })
-                guard leases.allSatisfy({ $0.string != nil }) else {
-                    throw TestFailure("the second cluster holds not all its partitions yet")
+            try await PipelineRun.with(partitions: 4) { run in
+                let otherPrefix = TestServers.uniqueName("herald-e2e-b") + ":"
+                try await run.startNodes(1)
+                try await run.startNodes(1, extra: ["HERALD_KEY_PREFIX": otherPrefix])
+                try await run.waitAllPartitionsHeld()
+                try await eventually(timeout: .seconds(60)) {
+                    let leases = try await run.redis.pipeline(
+                        (0..<4).map { RedisCommand("GET", otherPrefix + "lease:\($0)") })
+                    guard leases.allSatisfy({ $0.string != nil }) else {
+                        throw TestFailure("the second cluster holds not all its partitions yet")
+                    }
                 }
-            }
-            let other = SubscriptionRegistry(redis: try RedisConfiguration(url: run.redisURL), keyPrefix: otherPrefix)
-            let queueA = run.queue("cluster-a")
-            let queueB = run.queue("cluster-b")
-            try await run.registry.create(
-                Subscription(project: "p1", eventTypes: ["compute.*"], target: Target(queue: queueA)))
-            try await other.create(
-                Subscription(project: "p1", eventTypes: ["compute.*"], target: Target(queue: queueB)))
-            run.trackQueues([("p1", queueA), ("p1", queueB)])
-            try await Task.sleep(for: .seconds(2))
-            let publisher = try run.publish(
-                (0..<20).map {
-                    [
-                        "exchange": "nova", "event_type": "compute.instance.create.end", "project": "p1",
-                        "payload": ["seq": $0],
-                    ]
-                })
-            #expect(await publisher.wait() == 0, "\(publisher.tail())")
-            for queue in [queueA, queueB] {
-                let bodies = try await eventually(timeout: .seconds(60)) {
-                    let bodies = try await run.zaqar.bodies(queue: queue, project: "p1")
-                    guard bodies.count >= 20 else { throw TestFailure("\(bodies.count) of 20 in \(queue)") }
-                    return bodies
+                let other = SubscriptionRegistry(
+                    redis: try RedisConfiguration(url: run.redisURL), keyPrefix: otherPrefix)
+                let queueA = run.queue("cluster-a")
+                let queueB = run.queue("cluster-b")
+                try await run.registry.create(
+                    Subscription(project: "p1", eventTypes: ["compute.*"], target: Target(queue: queueA)))
+                try await other.create(
+                    Subscription(project: "p1", eventTypes: ["compute.*"], target: Target(queue: queueB)))
+                run.trackQueues([("p1", queueA), ("p1", queueB)])
+                try await Task.sleep(for: .seconds(2))
+                let publisher = try run.publish(
+                    (0..<20).map {
+                        [
+                            "exchange": "nova", "event_type": "compute.instance.create.end", "project": "p1",
+                            "payload": ["seq": $0],
+                        ]
+                    })
+                #expect(await publisher.wait() == 0, "\(publisher.tail())")
+                for queue in [queueA, queueB] {
+                    let bodies = try await eventually(timeout: .seconds(60)) {
+                        let bodies = try await run.zaqar.bodies(queue: queue, project: "p1")
+                        guard bodies.count >= 20 else { throw TestFailure("\(bodies.count) of 20 in \(queue)") }
+                        return bodies
+                    }
+                    #expect(bodies.count == 20, "\(queue): every notification once, none taken by the other cluster")
                 }
-                #expect(bodies.count == 20, "\(queue): every notification once, none taken by the other cluster")
             }
         }
     }

@@ -55,11 +55,11 @@ final class PipelineRun: @unchecked Sendable {
     var nodes: [String: NodeHandle] = [:]
     private var counter = 0
     private var publisherLog: String?
+    private var vhostDeleted = false
     private var queues: [(project: String, queue: String)] = []
 
-    /// - Parameter clusterURL: a RabbitMQ cluster's URL (all its hosts) to run on, in its
-    ///   default vhost (the cluster names keep runs apart), instead of a vhost of the test
-    ///   RabbitMQ's own.
+    /// - Parameter clusterURL: a RabbitMQ cluster's URL (all its hosts) to run on, in a vhost of
+    ///   the run's own there, instead of one of the test RabbitMQ's.
     /// - Parameter redisURL: the Redis to coordinate in (e.g. a Sentinel URL) instead of the test Redis.
     init(partitions: Int, clusterURL: String? = nil, redisURL: String? = nil) async throws {
         self.partitions = partitions
@@ -69,16 +69,13 @@ final class PipelineRun: @unchecked Sendable {
             ?? (ProcessInfo.processInfo.environment["HERALD_TEST_E2E_ON_CLUSTER"] == "1"
                 ? TestServers.value("HERALD_TEST_AMQP_CLUSTER_URL") : nil)
         onCluster = clusterURL != nil
-        if let clusterURL {
-            vhost = "/"
-            amqpURL = clusterURL
-        } else {
-            vhost = "herald-e2e-" + id
-            try await TestServers.control("rabbitmqctl", "add_vhost", vhost)
-            try await TestServers.control("rabbitmqctl", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-            let base = try TestServers.amqpURL()
-            amqpURL = base.replacingOccurrences(of: "/%2F", with: "/" + vhost)
-        }
+        // A vhost of its own on the cluster too: a run's queues stay bound to the shared
+        // exchanges after it ends, and in a shared vhost every later run's notifications
+        // would pile up in them (on a cluster, each into a quorum queue on three nodes).
+        vhost = "herald-e2e-" + id
+        try await Self.rabbitmqctl(onCluster: onCluster, "add_vhost", vhost)
+        try await Self.rabbitmqctl(onCluster: onCluster, "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        amqpURL = try (clusterURL ?? TestServers.amqpURL()).replacingOccurrences(of: "/%2F", with: "/" + vhost)
         self.redisURL = try redisURL ?? TestServers.redisURL()
         zaqar = ZaqarReader(baseURL: try TestServers.zaqarURL())
         let redisConfiguration = try RedisConfiguration(url: self.redisURL)
@@ -170,6 +167,20 @@ final class PipelineRun: @unchecked Sendable {
         }
     }
 
+    /// `rabbitmqctl ARGS` on the RabbitMQ this run uses (its output goes to the test's).
+    func rabbitmqctl(_ arguments: String...) async throws {
+        try await Self.rabbitmqctl(onCluster: onCluster, arguments)
+    }
+
+    private static func rabbitmqctl(onCluster: Bool, _ arguments: String...) async throws {
+        try await rabbitmqctl(onCluster: onCluster, arguments)
+    }
+
+    private static func rabbitmqctl(onCluster: Bool, _ arguments: [String]) async throws {
+        try await TestServers.control(
+            arguments: (onCluster ? ["cluster", "rabbitmqctl"] : ["rabbitmqctl"]) + arguments)
+    }
+
     func publish(_ lines: [[String: Any]]) throws -> ChildProcess {
         let input = "\(directory)/notifications.jsonl"
         let text = try lines.map { String(decoding: try JSONSerialization.data(withJSONObject: $0), as: UTF8.self) }
@@ -185,14 +196,31 @@ final class PipelineRun: @unchecked Sendable {
             environment: [:], log: log)
     }
 
-    /// Waits until the publisher reports `count` published.
+    /// Waits until the publisher reports `count` published. When it does not, prints what
+    /// the publisher said last, the broker's alarms and this run's queues.
     func waitForIngested(_ count: Int, timeout: Duration) async throws {
-        try await eventually(timeout: timeout) {
-            let text = publisherLog.flatMap { try? String(contentsOfFile: $0, encoding: .utf8) } ?? ""
-            let progress =
-                text.split(separator: "\n").last { $0.hasPrefix("progress ") }.flatMap { Int($0.dropFirst(9)) } ?? 0
-            guard progress >= count else { throw TestFailure("published \(progress) of \(count)") }
+        do {
+            try await eventually(timeout: timeout) {
+                let progress =
+                    publisherOutput.split(separator: "\n").last { $0.hasPrefix("progress ") }.flatMap {
+                        Int($0.dropFirst(9))
+                    } ?? 0
+                guard progress >= count else { throw TestFailure("published \(progress) of \(count)") }
+            }
+        } catch {
+            print(
+                "publisher stalled; its last lines:\n"
+                    + publisherOutput.split(separator: "\n").suffix(20).map { "  " + $0.prefix(400) }.joined(
+                        separator: "\n"))
+            try? await rabbitmqctl("list_alarms")
+            try? await rabbitmqctl(
+                "list_queues", "-p", vhost, "name", "type", "messages_ready", "messages_unacknowledged", "consumers")
+            throw error
         }
+    }
+
+    private var publisherOutput: String {
+        publisherLog.flatMap { try? String(contentsOfFile: $0, encoding: .utf8) } ?? ""
     }
 
     /// Whether a node's process has ended (reaped without waiting when it has).
@@ -285,6 +313,23 @@ final class PipelineRun: @unchecked Sendable {
         queues += more
     }
 
+    /// Runs `body` with a new run, then stops its nodes and removes its vhost and queues, awaited,
+    /// whether `body` threw or not (the next test starts on a clean machine).
+    static func with<Result>(
+        partitions: Int, clusterURL: String? = nil, redisURL: String? = nil,
+        _ body: (PipelineRun) async throws -> Result
+    ) async throws -> Result {
+        let run = try await PipelineRun(partitions: partitions, clusterURL: clusterURL, redisURL: redisURL)
+        do {
+            let result = try await body(run)
+            await run.stopAll()
+            return result
+        } catch {
+            await run.stopAll()
+            throw error
+        }
+    }
+
     /// SIGTERM every node still running, then clean up the vhost and the queues.
     func stopAll() async {
         for node in nodes.values where node.exitStatus == nil { node.process.send(SIGTERM) }
@@ -293,7 +338,10 @@ final class PipelineRun: @unchecked Sendable {
             _ = try? await zaqar.request("/v2/queues/\(queue)", project: project, method: .DELETE)
         }
         queues = []
-        if vhost != "/" { try? await TestServers.control("rabbitmqctl", "delete_vhost", vhost) }
+        if !vhostDeleted {
+            vhostDeleted = true
+            try? await rabbitmqctl("delete_vhost", vhost)
+        }
         // The logs stay for a look after a failure; the input (15 MB in the end-to-end test) goes.
         try? FileManager.default.removeItem(atPath: "\(directory)/notifications.jsonl")
     }

@@ -42,43 +42,43 @@ extension PipelineSuites {
                 if next[server] == steps.count { open.remove(at: pick) }
             }
 
-            let run = try await PipelineRun(partitions: 24)
-            defer { Task { await run.stopAll() } }
-            let subscription = Subscription(
-                project: "p1", eventTypes: ["compute.instance.*"], target: Target(queue: run.queue("servers")))
-            try await run.registry.create(subscription)
-            try await run.startNodes(3)
-            try await run.waitAllPartitionsHeld()
-            let publisher = try run.publish(lines)
-            try await run.waitForIngested(lines.count / 3, timeout: .seconds(120))
-            try await run.stop("node-1", signal: SIGKILL)
-            try await run.startNodes(1)
-            try await run.waitForIngested(2 * lines.count / 3, timeout: .seconds(120))
-            try await run.stop("node-2", signal: SIGTERM)
-            #expect(await publisher.wait() == 0, "\(publisher.tail())")
+            try await PipelineRun.with(partitions: 24) { run in
+                let subscription = Subscription(
+                    project: "p1", eventTypes: ["compute.instance.*"], target: Target(queue: run.queue("servers")))
+                try await run.registry.create(subscription)
+                try await run.startNodes(3)
+                try await run.waitAllPartitionsHeld()
+                let publisher = try run.publish(lines)
+                try await run.waitForIngested(lines.count / 3, timeout: .seconds(120))
+                try await run.stop("node-1", signal: SIGKILL)
+                try await run.startNodes(1)
+                try await run.waitForIngested(2 * lines.count / 3, timeout: .seconds(120))
+                try await run.stop("node-2", signal: SIGTERM)
+                #expect(await publisher.wait() == 0, "\(publisher.tail())")
 
-            let received = try await run.readUntil(
-                expected: [(subscription, Set(0..<lines.count))], timeout: .seconds(240))
-            let messages = received[subscription.target.queue] ?? []
-            var seen = Set<String>()
-            var arrivals: [String: [Int]] = [:]
-            let instanceOf = Dictionary(
-                uniqueKeysWithValues: order.flatMap { instance, seqs in seqs.map { ($0, instance) } })
-            for message in messages where seen.insert(message.eventID).inserted {
-                guard let instance = instanceOf[message.seq] else { continue }
-                arrivals[instance, default: []].append(message.seq)
+                let received = try await run.readUntil(
+                    expected: [(subscription, Set(0..<lines.count))], timeout: .seconds(240))
+                let messages = received[subscription.target.queue] ?? []
+                var seen = Set<String>()
+                var arrivals: [String: [Int]] = [:]
+                let instanceOf = Dictionary(
+                    uniqueKeysWithValues: order.flatMap { instance, seqs in seqs.map { ($0, instance) } })
+                for message in messages where seen.insert(message.eventID).inserted {
+                    guard let instance = instanceOf[message.seq] else { continue }
+                    arrivals[instance, default: []].append(message.seq)
+                }
+                let lost = Set(0..<lines.count).subtracting(messages.map(\.seq)).count
+                let disordered = order.keys.filter {
+                    arrivals[$0] != order[$0] && arrivals[$0].map { $0 != $0.sorted() } ?? false
+                }
+                print(
+                    "order: \(lines.count) events of \(servers) servers, \(messages.count) messages (\(messages.count - seen.count) duplicates), lost \(lost), servers out of order \(disordered.count)"
+                )
+                #expect(lost == 0)
+                #expect(
+                    disordered.isEmpty,
+                    "out of order: \(disordered.sorted().prefix(5).map { "\($0): \(arrivals[$0] ?? [])" })")
             }
-            let lost = Set(0..<lines.count).subtracting(messages.map(\.seq)).count
-            let disordered = order.keys.filter {
-                arrivals[$0] != order[$0] && arrivals[$0].map { $0 != $0.sorted() } ?? false
-            }
-            print(
-                "order: \(lines.count) events of \(servers) servers, \(messages.count) messages (\(messages.count - seen.count) duplicates), lost \(lost), servers out of order \(disordered.count)"
-            )
-            #expect(lost == 0)
-            #expect(
-                disordered.isEmpty,
-                "out of order: \(disordered.sorted().prefix(5).map { "\($0): \(arrivals[$0] ?? [])" })")
         }
     }
 }

@@ -36,307 +36,310 @@ extension PipelineSuites {
             "3 nodes: subscribe over HTTP on one node, events arrive in Zaqar; readyz, metrics; herald status shows the cluster"
         )
         func runningCluster() async throws {
-            let run = try await PipelineRun(partitions: 24)
-            defer { Task { await run.stopAll() } }
-            try await run.startNodes(3)
-            try await run.waitAllPartitionsHeld()
-            for node in ["node-1", "node-2", "node-3"] {
-                try await eventually(timeout: .seconds(20)) {
-                    let (status, body) = try await call(run, node, .GET, "/readyz", project: nil)
-                    guard status == 200 else { throw TestFailure("\(node) /readyz: \(status) \(body)") }
+            try await PipelineRun.with(partitions: 24) { run in
+                try await run.startNodes(3)
+                try await run.waitAllPartitionsHeld()
+                for node in ["node-1", "node-2", "node-3"] {
+                    try await eventually(timeout: .seconds(20)) {
+                        let (status, body) = try await call(run, node, .GET, "/readyz", project: nil)
+                        guard status == 200 else { throw TestFailure("\(node) /readyz: \(status) \(body)") }
+                    }
                 }
-            }
 
-            // The API of a real node process, over HTTP.
-            let queue = run.queue("http")
-            let (created, body) = try await call(
-                run, "node-2", .POST, "/v1/subscriptions",
-                json: ["event_types": ["compute.instance.*"], "target": ["queue": queue]])
-            #expect(created == 201, "\(body)")
-            let (refused, refusal) = try await call(
-                run, "node-1", .POST, "/v1/subscriptions",
-                json: ["event_types": ["compute.*"], "target": ["queue": queue], "message_ttl": 1])
-            #expect(refused == 400)
-            #expect(refusal.contains("message_ttl"))
-            #expect(try await call(run, "node-3", .GET, "/v1/subscriptions", project: nil).0 == 401)
-            let (listed, listing) = try await call(run, "node-3", .GET, "/v1/subscriptions")
-            #expect(listed == 200)
-            #expect((object(listing)["subscriptions"] as? [Any])?.count == 1, "one registry behind every node")
+                // The API of a real node process, over HTTP.
+                let queue = run.queue("http")
+                let (created, body) = try await call(
+                    run, "node-2", .POST, "/v1/subscriptions",
+                    json: ["event_types": ["compute.instance.*"], "target": ["queue": queue]])
+                #expect(created == 201, "\(body)")
+                let (refused, refusal) = try await call(
+                    run, "node-1", .POST, "/v1/subscriptions",
+                    json: ["event_types": ["compute.*"], "target": ["queue": queue], "message_ttl": 1])
+                #expect(refused == 400)
+                #expect(refusal.contains("message_ttl"))
+                #expect(try await call(run, "node-3", .GET, "/v1/subscriptions", project: nil).0 == 401)
+                let (listed, listing) = try await call(run, "node-3", .GET, "/v1/subscriptions")
+                #expect(listed == 200)
+                #expect((object(listing)["subscriptions"] as? [Any])?.count == 1, "one registry behind every node")
 
-            // The nodes pick the subscription up from the registry; then events flow.
-            try await Task.sleep(for: .seconds(2))
-            let lines: [[String: Any]] = (0..<20).map { seq in
-                [
-                    "exchange": "nova", "driver": "messagingv2",
-                    "event_type": seq % 2 == 0 ? "compute.instance.create.end" : "volume.create.end",
-                    "project": "p1", "payload": ["seq": seq],
-                ]
-            }
-            let publisher = try run.publish(lines)
-            #expect(await publisher.wait() == 0, "\(publisher.tail())")
-            let arrived = try await eventually(timeout: .seconds(30)) {
-                let bodies = try await run.zaqar.bodies(queue: queue, project: "p1")
-                guard bodies.count >= 10 else { throw TestFailure("\(bodies.count) of 10 in \(queue)") }
-                return bodies
-            }
-            run.trackQueues([("p1", queue)])
-            #expect(arrived.count == 10)
-
-            // Its health, counted by whichever nodes delivered: 10 matched and delivered, in the
-            // last hour and in all; a test event to a target that refuses shows as its recent error.
-            let id = object(body)["id"] as? String ?? ""
-            let health = try await eventually(timeout: .seconds(10)) {
-                let (status, text) = try await call(run, "node-1", .GET, "/v1/subscriptions/\(id)/delivery")
-                let health = object(text)
-                guard status == 200, (health["total"] as? [String: Any])?["delivered"] as? Int == 10 else {
-                    throw TestFailure("\(status) \(text)")
+                // The nodes pick the subscription up from the registry; then events flow.
+                try await Task.sleep(for: .seconds(2))
+                let lines: [[String: Any]] = (0..<20).map { seq in
+                    [
+                        "exchange": "nova", "driver": "messagingv2",
+                        "event_type": seq % 2 == 0 ? "compute.instance.create.end" : "volume.create.end",
+                        "project": "p1", "payload": ["seq": seq],
+                    ]
                 }
-                return health
-            }
-            #expect(health["state"] as? String == "healthy")
-            #expect((health["total"] as? [String: Any])?["matched"] as? Int == 10)
-            #expect((health["last_hour"] as? [String: Any])?["delivered"] as? Int == 10)
-            #expect((health["total"] as? [String: Any])?["dead_lettered"] as? Int == 0)
-            #expect(health["last_delivered_at"] is String)
-            #expect(health["recent_error"] == nil)
+                let publisher = try run.publish(lines)
+                #expect(await publisher.wait() == 0, "\(publisher.tail())")
+                let arrived = try await eventually(timeout: .seconds(30)) {
+                    let bodies = try await run.zaqar.bodies(queue: queue, project: "p1")
+                    guard bodies.count >= 10 else { throw TestFailure("\(bodies.count) of 10 in \(queue)") }
+                    return bodies
+                }
+                run.trackQueues([("p1", queue)])
+                #expect(arrived.count == 10)
 
-            // Metrics of a real node: the pipeline's counters and the ownership gauge.
-            var ingested = 0.0
-            var owned = 0.0
-            for node in ["node-1", "node-2", "node-3"] {
-                let (status, text) = try await call(run, node, .GET, "/metrics", project: nil)
-                #expect(status == 200)
+                // Its health, counted by whichever nodes delivered: 10 matched and delivered, in the
+                // last hour and in all; a test event to a target that refuses shows as its recent error.
+                let id = object(body)["id"] as? String ?? ""
+                let health = try await eventually(timeout: .seconds(10)) {
+                    let (status, text) = try await call(run, "node-1", .GET, "/v1/subscriptions/\(id)/delivery")
+                    let health = object(text)
+                    guard status == 200, (health["total"] as? [String: Any])?["delivered"] as? Int == 10 else {
+                        throw TestFailure("\(status) \(text)")
+                    }
+                    return health
+                }
+                #expect(health["state"] as? String == "healthy")
+                #expect((health["total"] as? [String: Any])?["matched"] as? Int == 10)
+                #expect((health["last_hour"] as? [String: Any])?["delivered"] as? Int == 10)
+                #expect((health["total"] as? [String: Any])?["dead_lettered"] as? Int == 0)
+                #expect(health["last_delivered_at"] is String)
+                #expect(health["recent_error"] == nil)
+
+                // Metrics of a real node: the pipeline's counters and the ownership gauge.
+                var ingested = 0.0
+                var owned = 0.0
+                for node in ["node-1", "node-2", "node-3"] {
+                    let (status, text) = try await call(run, node, .GET, "/metrics", project: nil)
+                    #expect(status == 200)
+                    #expect(
+                        text.contains(
+                            #"hb_requests{http_route="/readyz",http_request_method="GET",http_response_status_code="200"}"#
+                        ),
+                        "request metrics by route pattern")
+                    for line in text.split(separator: "\n") where !line.hasPrefix("#") {
+                        let parts = line.split(separator: " ")
+                        guard parts.count == 2, let value = Double(parts[1]) else { continue }
+                        if parts[0] == #"herald_events_total{stage="ingested"}"# { ingested += value }
+                        if parts[0] == "herald_partitions_owned" { owned += value }
+                    }
+                }
+                #expect(ingested == 20, "the cluster ingested every notification once")
+                #expect(owned == 24, "every partition is owned by exactly one node")
+
+                // herald status, as JSON and as text.
+                let binary = try TestServers.value("HERALD_TEST_BIN_DIR") + "/herald"
+                let environment = try run.environment
+                let statusJSON = try ChildProcess(
+                    name: "status", argv: [binary, "status", "--json"], environment: environment,
+                    log: "\(run.directory)/status.json")
+                #expect(await statusJSON.wait() == 0, "\(statusJSON.tail())")
+                let report = object(try String(contentsOfFile: statusJSON.log, encoding: .utf8))
+                let members = report["members"] as? [[String: Any]] ?? []
+                #expect(members.compactMap { $0["node"] as? String } == ["node-1", "node-2", "node-3"])
+                let counts = members.map { ($0["partitions"] as? [Int] ?? []).count }
+                #expect(counts.reduce(0, +) == 24)
+                #expect(counts.allSatisfy { $0 == 8 }, "24 partitions over 3 nodes: 8 each, \(counts)")
+                #expect(members.allSatisfy { ($0["epochs"] as? [Int] ?? []).allSatisfy { $0 >= 1 } })
+                #expect(members.filter { $0["leader"] as? Bool == true }.count == 1)
+                #expect(["node-1", "node-2", "node-3"].contains(report["leader"] as? String ?? ""))
+                // A new cluster has an ingest queue per exchange, each a quorum queue consumed by the one
+                // node holding its lease: three exchanges over three nodes, one each.
+                let ingestQueues = report["ingest"] as? [[String: Any]] ?? []
                 #expect(
-                    text.contains(
-                        #"hb_requests{http_route="/readyz",http_request_method="GET",http_response_status_code="200"}"#),
-                    "request metrics by route pattern")
-                for line in text.split(separator: "\n") where !line.hasPrefix("#") {
-                    let parts = line.split(separator: " ")
-                    guard parts.count == 2, let value = Double(parts[1]) else { continue }
-                    if parts[0] == #"herald_events_total{stage="ingested"}"# { ingested += value }
-                    if parts[0] == "herald_partitions_owned" { owned += value }
-                }
+                    Set(ingestQueues.compactMap { $0["name"] as? String })
+                        == Set(try ["cinder", "neutron", "nova"].map { try run.names.ingestQueue(exchange: $0) }),
+                    "\(ingestQueues)")
+                #expect(ingestQueues.allSatisfy { $0["consumers"] as? Int == 1 }, "one consumer each: \(ingestQueues)")
+                let ingestHolders = try await run.ingestLeaseHolders()
+                #expect(ingestHolders.count == 3 && Set(ingestHolders.values).count == 3, "\(ingestHolders)")
+                #expect(report["partition_count"] as? Int == 24)
+                #expect(report["partitions_held"] as? Int == 24)
+                #expect((report["problems"] as? [Any])?.isEmpty == true, "\(report["problems"] ?? "")")
+                #expect((report["deepest_partitions"] as? [Any])?.count == 10)
+
+                let statusText = try ChildProcess(
+                    name: "status", argv: [binary, "status"], environment: environment,
+                    log: "\(run.directory)/status.txt")
+                #expect(await statusText.wait() == 0)
+                let text = try String(contentsOfFile: statusText.log, encoding: .utf8)
+                #expect(text.contains("3 members"), "\(text)")
+                #expect(text.contains("24 of 24 partitions held"))
+                for node in ["node-1", "node-2", "node-3"] { #expect(text.contains(node)) }
+                #expect(text.contains(try run.names.ingestQueue(exchange: "nova")))
             }
-            #expect(ingested == 20, "the cluster ingested every notification once")
-            #expect(owned == 24, "every partition is owned by exactly one node")
-
-            // herald status, as JSON and as text.
-            let binary = try TestServers.value("HERALD_TEST_BIN_DIR") + "/herald"
-            let environment = try run.environment
-            let statusJSON = try ChildProcess(
-                name: "status", argv: [binary, "status", "--json"], environment: environment,
-                log: "\(run.directory)/status.json")
-            #expect(await statusJSON.wait() == 0, "\(statusJSON.tail())")
-            let report = object(try String(contentsOfFile: statusJSON.log, encoding: .utf8))
-            let members = report["members"] as? [[String: Any]] ?? []
-            #expect(members.compactMap { $0["node"] as? String } == ["node-1", "node-2", "node-3"])
-            let counts = members.map { ($0["partitions"] as? [Int] ?? []).count }
-            #expect(counts.reduce(0, +) == 24)
-            #expect(counts.allSatisfy { $0 == 8 }, "24 partitions over 3 nodes: 8 each, \(counts)")
-            #expect(members.allSatisfy { ($0["epochs"] as? [Int] ?? []).allSatisfy { $0 >= 1 } })
-            #expect(members.filter { $0["leader"] as? Bool == true }.count == 1)
-            #expect(["node-1", "node-2", "node-3"].contains(report["leader"] as? String ?? ""))
-            // A new cluster has an ingest queue per exchange, each a quorum queue consumed by the one
-            // node holding its lease: three exchanges over three nodes, one each.
-            let ingestQueues = report["ingest"] as? [[String: Any]] ?? []
-            #expect(
-                Set(ingestQueues.compactMap { $0["name"] as? String })
-                    == Set(try ["cinder", "neutron", "nova"].map { try run.names.ingestQueue(exchange: $0) }),
-                "\(ingestQueues)")
-            #expect(ingestQueues.allSatisfy { $0["consumers"] as? Int == 1 }, "one consumer each: \(ingestQueues)")
-            let ingestHolders = try await run.ingestLeaseHolders()
-            #expect(ingestHolders.count == 3 && Set(ingestHolders.values).count == 3, "\(ingestHolders)")
-            #expect(report["partition_count"] as? Int == 24)
-            #expect(report["partitions_held"] as? Int == 24)
-            #expect((report["problems"] as? [Any])?.isEmpty == true, "\(report["problems"] ?? "")")
-            #expect((report["deepest_partitions"] as? [Any])?.count == 10)
-
-            let statusText = try ChildProcess(
-                name: "status", argv: [binary, "status"], environment: environment, log: "\(run.directory)/status.txt")
-            #expect(await statusText.wait() == 0)
-            let text = try String(contentsOfFile: statusText.log, encoding: .utf8)
-            #expect(text.contains("3 members"), "\(text)")
-            #expect(text.contains("24 of 24 partitions held"))
-            for node in ["node-1", "node-2", "node-3"] { #expect(text.contains(node)) }
-            #expect(text.contains(try run.names.ingestQueue(exchange: "nova")))
         }
 
         @Test(
             "a project's feed (PUT /v1/feed) receives every event of the project, of every service, and none of another project's"
         )
         func feed() async throws {
-            let run = try await PipelineRun(partitions: 8)
-            defer { Task { await run.stopAll() } }
-            try await run.startNodes(1)
-            try await run.waitAllPartitionsHeld()
-            let queue = run.queue("feed")
-            let (status, body) = try await call(
-                run, "node-1", .PUT, "/v1/feed", project: "feed-p1", json: ["queue": queue])
-            #expect(status == 201, "\(body)")
-            run.trackQueues([("feed-p1", queue)])
-            try await Task.sleep(for: .seconds(2))
-            let types = [
-                ("nova", "compute.instance.create.end"), ("cinder", "volume.attach.end"),
-                ("neutron", "port.update.end"), ("nova", "compute.instance.power_off.end"),
-            ]
-            let lines: [[String: Any]] = (0..<24).map { seq in
-                let (exchange, type) = types[seq % types.count]
-                let project = seq % 3 == 2 ? "feed-p2" : "feed-p1"
-                return [
-                    "exchange": exchange, "event_type": type, "project": project,
-                    "payload": ["tenant_id": project, "seq": seq, "host": "cmp-\(seq)"],
+            try await PipelineRun.with(partitions: 8) { run in
+                try await run.startNodes(1)
+                try await run.waitAllPartitionsHeld()
+                let queue = run.queue("feed")
+                let (status, body) = try await call(
+                    run, "node-1", .PUT, "/v1/feed", project: "feed-p1", json: ["queue": queue])
+                #expect(status == 201, "\(body)")
+                run.trackQueues([("feed-p1", queue)])
+                try await Task.sleep(for: .seconds(2))
+                let types = [
+                    ("nova", "compute.instance.create.end"), ("cinder", "volume.attach.end"),
+                    ("neutron", "port.update.end"), ("nova", "compute.instance.power_off.end"),
                 ]
-            }
-            let publisher = try run.publish(lines)
-            #expect(await publisher.wait() == 0, "\(publisher.tail())")
-            let wanted = Set((0..<24).filter { $0 % 3 != 2 })
-            let seqs = try await eventually(timeout: .seconds(30)) {
-                let seqs = try await run.numbered(queue: queue, project: "feed-p1")
-                guard seqs.isSuperset(of: wanted) else {
-                    throw TestFailure("missing \(wanted.subtracting(seqs).sorted())")
+                let lines: [[String: Any]] = (0..<24).map { seq in
+                    let (exchange, type) = types[seq % types.count]
+                    let project = seq % 3 == 2 ? "feed-p2" : "feed-p1"
+                    return [
+                        "exchange": exchange, "event_type": type, "project": project,
+                        "payload": ["tenant_id": project, "seq": seq, "host": "cmp-\(seq)"],
+                    ]
                 }
-                return seqs
-            }
-            #expect(
-                seqs == wanted,
-                "every event of feed-p1, none of feed-p2: unexpected \(seqs.subtracting(wanted).sorted())")
+                let publisher = try run.publish(lines)
+                #expect(await publisher.wait() == 0, "\(publisher.tail())")
+                let wanted = Set((0..<24).filter { $0 % 3 != 2 })
+                let seqs = try await eventually(timeout: .seconds(30)) {
+                    let seqs = try await run.numbered(queue: queue, project: "feed-p1")
+                    guard seqs.isSuperset(of: wanted) else {
+                        throw TestFailure("missing \(wanted.subtracting(seqs).sorted())")
+                    }
+                    return seqs
+                }
+                #expect(
+                    seqs == wanted,
+                    "every event of feed-p1, none of feed-p2: unexpected \(seqs.subtracting(wanted).sorted())")
 
-            // What exists: each project sees its own event types, counted, with a sample as its
-            // subscribers receive it (nova's host cut).
-            let listed = try await eventually(timeout: .seconds(10)) {
-                let (status, text) = try await call(run, "node-1", .GET, "/v1/event-types", project: "feed-p1")
-                let entries = object(text)["event_types"] as? [[String: Any]] ?? []
-                guard status == 200, entries.reduce(0, { $0 + ($1["count"] as? Int ?? 0) }) == 16 else {
-                    throw TestFailure("\(status) \(text)")
+                // What exists: each project sees its own event types, counted, with a sample as its
+                // subscribers receive it (nova's host cut).
+                let listed = try await eventually(timeout: .seconds(10)) {
+                    let (status, text) = try await call(run, "node-1", .GET, "/v1/event-types", project: "feed-p1")
+                    let entries = object(text)["event_types"] as? [[String: Any]] ?? []
+                    guard status == 200, entries.reduce(0, { $0 + ($1["count"] as? Int ?? 0) }) == 16 else {
+                        throw TestFailure("\(status) \(text)")
+                    }
+                    return entries
                 }
-                return entries
+                #expect(Set(listed.compactMap { $0["event_type"] as? String }) == Set(types.map(\.1)))
+                let created = try #require(
+                    listed.first { $0["event_type"] as? String == "compute.instance.create.end" })
+                let sample = try #require(created["sample"] as? [String: Any], "\(created)")
+                let payload = try #require(sample["payload"] as? [String: Any])
+                #expect(payload["tenant_id"] as? String == "feed-p1" && payload["host"] == nil, "redacted: \(payload)")
+                #expect(created["last_seen"] is String)
+                let (_, other) = try await call(run, "node-1", .GET, "/v1/event-types", project: "feed-p2")
+                let theirs = object(other)["event_types"] as? [[String: Any]] ?? []
+                #expect(theirs.reduce(0) { $0 + ($1["count"] as? Int ?? 0) } == 8, "feed-p2's own 8 only: \(other)")
             }
-            #expect(Set(listed.compactMap { $0["event_type"] as? String }) == Set(types.map(\.1)))
-            let created = try #require(listed.first { $0["event_type"] as? String == "compute.instance.create.end" })
-            let sample = try #require(created["sample"] as? [String: Any], "\(created)")
-            let payload = try #require(sample["payload"] as? [String: Any])
-            #expect(payload["tenant_id"] as? String == "feed-p1" && payload["host"] == nil, "redacted: \(payload)")
-            #expect(created["last_seen"] is String)
-            let (_, other) = try await call(run, "node-1", .GET, "/v1/event-types", project: "feed-p2")
-            let theirs = object(other)["event_types"] as? [[String: Any]] ?? []
-            #expect(theirs.reduce(0) { $0 + ($1["count"] as? Int ?? 0) } == 8, "feed-p2's own 8 only: \(other)")
         }
 
         @Test("ingest comes back by itself when RabbitMQ cancels its consumer (its ingest queue deleted under it)")
         func ingestRecovers() async throws {
-            let run = try await PipelineRun(partitions: 8)
-            defer { Task { await run.stopAll() } }
-            try await run.startNodes(1)
-            try await run.waitAllPartitionsHeld()
-            let queue = run.queue("recover")
-            let (created, body) = try await call(
-                run, "node-1", .POST, "/v1/subscriptions",
-                json: ["event_types": ["compute.*"], "target": ["queue": queue]])
-            #expect(created == 201, "\(body)")
-            run.trackQueues([("p1", queue)])
-            try await Task.sleep(for: .seconds(2))
-            // The broker cancels every consumer of a deleted queue; the node must declare it again and consume.
-            try await TestServers.control(
-                "rabbitmqctl", "delete_queue", "-p", run.vhost, try run.names.ingestQueue(exchange: "nova"))
-            try await eventually(timeout: .seconds(30)) {
-                let (status, _) = try await call(run, "node-1", .GET, "/readyz", project: nil)
-                guard status == 200 else { throw TestFailure("not ready") }
-                try await TestServers.control("rabbitmqctl", "list_queues", "-p", run.vhost, "name")
-                let log = (try? String(contentsOfFile: "\(run.directory)/node-1.log", encoding: .utf8)) ?? ""
-                guard log.contains("consuming again") || log.contains("consuming anew") else {
-                    throw TestFailure("the node has not logged a new consumer yet")
+            try await PipelineRun.with(partitions: 8) { run in
+                try await run.startNodes(1)
+                try await run.waitAllPartitionsHeld()
+                let queue = run.queue("recover")
+                let (created, body) = try await call(
+                    run, "node-1", .POST, "/v1/subscriptions",
+                    json: ["event_types": ["compute.*"], "target": ["queue": queue]])
+                #expect(created == 201, "\(body)")
+                run.trackQueues([("p1", queue)])
+                try await Task.sleep(for: .seconds(2))
+                // The broker cancels every consumer of a deleted queue; the node must declare it again and consume.
+                try await run.rabbitmqctl("delete_queue", "-p", run.vhost, try run.names.ingestQueue(exchange: "nova"))
+                try await eventually(timeout: .seconds(30)) {
+                    let (status, _) = try await call(run, "node-1", .GET, "/readyz", project: nil)
+                    guard status == 200 else { throw TestFailure("not ready") }
+                    try await run.rabbitmqctl("list_queues", "-p", run.vhost, "name")
+                    let log = (try? String(contentsOfFile: "\(run.directory)/node-1.log", encoding: .utf8)) ?? ""
+                    guard log.contains("consuming again") || log.contains("consuming anew") else {
+                        throw TestFailure("the node has not logged a new consumer yet")
+                    }
                 }
+                try await Task.sleep(for: .seconds(2))
+                let lines: [[String: Any]] = (0..<5).map { seq in
+                    [
+                        "exchange": "nova", "driver": "messagingv2", "event_type": "compute.instance.update",
+                        "project": "p1", "payload": ["seq": seq],
+                    ]
+                }
+                let publisher = try run.publish(lines)
+                #expect(await publisher.wait() == 0, "\(publisher.tail())")
+                let bodies = try await eventually(timeout: .seconds(30)) {
+                    let bodies = try await run.zaqar.bodies(queue: queue, project: "p1")
+                    guard bodies.count >= 5 else { throw TestFailure("\(bodies.count) of 5 in \(queue)") }
+                    return bodies
+                }
+                #expect(bodies.count == 5, "events published after the recovery arrive, once each")
             }
-            try await Task.sleep(for: .seconds(2))
-            let lines: [[String: Any]] = (0..<5).map { seq in
-                [
-                    "exchange": "nova", "driver": "messagingv2", "event_type": "compute.instance.update",
-                    "project": "p1", "payload": ["seq": seq],
-                ]
-            }
-            let publisher = try run.publish(lines)
-            #expect(await publisher.wait() == 0, "\(publisher.tail())")
-            let bodies = try await eventually(timeout: .seconds(30)) {
-                let bodies = try await run.zaqar.bodies(queue: queue, project: "p1")
-                guard bodies.count >= 5 else { throw TestFailure("\(bodies.count) of 5 in \(queue)") }
-                return bodies
-            }
-            #expect(bodies.count == 5, "events published after the recovery arrive, once each")
         }
 
         @Test(
             "a cluster with one ingest queue moves to one per exchange: the old queue is emptied first, then deleted; every event arrives once, each server's in order"
         )
         func ingestLayoutMove() async throws {
-            let run = try await PipelineRun(partitions: 8)
-            defer { Task { await run.stopAll() } }
-            let queue = run.queue("move")
-            try await run.registry.create(
-                Subscription(
-                    project: "p1", eventTypes: ["compute.instance.update"], target: Target(queue: queue),
-                    messageTTL: 3600))
-            run.trackQueues([("p1", queue)])
-            try await run.startNodes(1, extra: ["HERALD_INGEST_LAYOUT": "single"])
-            try await run.waitAllPartitionsHeld()
-            let first = try run.publish(run.numberedLines(project: "p1", 0..<100))
-            #expect(await first.wait() == 0, "\(first.tail())")
-            _ = try await run.waitForNumbered(queue: queue, project: "p1", count: 100)
-            try await run.stop("node-1", signal: SIGTERM)
-            // No node runs: these wait in the old queue.
-            let waiting = try run.publish(run.numberedLines(project: "p1", 100..<400))
-            #expect(await waiting.wait() == 0, "\(waiting.tail())")
-            try await run.startNodes(2, extra: ["HERALD_INGEST_LAYOUT": "per-exchange", "HERALD_LOG_LEVEL": "info"])
-            // And these while the nodes move: they go to the new queue, and wait for the old one to empty.
-            let more = try run.publish(run.numberedLines(project: "p1", 400..<700))
-            #expect(await more.wait() == 0, "\(more.tail())")
-            _ = try await run.waitForNumbered(queue: queue, project: "p1", count: 700)
+            try await PipelineRun.with(partitions: 8) { run in
+                let queue = run.queue("move")
+                try await run.registry.create(
+                    Subscription(
+                        project: "p1", eventTypes: ["compute.instance.update"], target: Target(queue: queue),
+                        messageTTL: 3600))
+                run.trackQueues([("p1", queue)])
+                try await run.startNodes(1, extra: ["HERALD_INGEST_LAYOUT": "single"])
+                try await run.waitAllPartitionsHeld()
+                let first = try run.publish(run.numberedLines(project: "p1", 0..<100))
+                #expect(await first.wait() == 0, "\(first.tail())")
+                _ = try await run.waitForNumbered(queue: queue, project: "p1", count: 100)
+                try await run.stop("node-1", signal: SIGTERM)
+                // No node runs: these wait in the old queue.
+                let waiting = try run.publish(run.numberedLines(project: "p1", 100..<400))
+                #expect(await waiting.wait() == 0, "\(waiting.tail())")
+                try await run.startNodes(
+                    2, extra: ["HERALD_INGEST_LAYOUT": "per-exchange", "HERALD_LOG_LEVEL": "info"])
+                // And these while the nodes move: they go to the new queue, and wait for the old one to empty.
+                let more = try run.publish(run.numberedLines(project: "p1", 400..<700))
+                #expect(await more.wait() == 0, "\(more.tail())")
+                _ = try await run.waitForNumbered(queue: queue, project: "p1", count: 700)
 
-            let bodies = try await run.zaqar.bodies(queue: queue, project: "p1")
-            let seqs = bodies.compactMap {
-                ((($0["event"] as? [String: Any])?["payload"] as? [String: Any])?["seq"] as? Int)
+                let bodies = try await run.zaqar.bodies(queue: queue, project: "p1")
+                let seqs = bodies.compactMap {
+                    ((($0["event"] as? [String: Any])?["payload"] as? [String: Any])?["seq"] as? Int)
+                }
+                #expect(seqs.count == 700, "each once: \(seqs.count) delivered")
+                // Per server (the partition key: compute.instance and the instance id), in publish order.
+                var last: [Int: Int] = [:]
+                var outOfOrder: [(Int, Int)] = []
+                for seq in seqs {
+                    if let previous = last[seq % 40], seq < previous { outOfOrder.append((previous, seq)) }
+                    last[seq % 40] = max(seq, last[seq % 40] ?? -1)
+                }
+                #expect(outOfOrder.isEmpty, "out of order (after, seq): \(outOfOrder.prefix(10))")
+                let logs = ["node-2", "node-3"].map {
+                    (try? String(contentsOfFile: "\(run.directory)/\($0).log", encoding: .utf8)) ?? ""
+                }.joined()
+                #expect(logs.contains("emptying the old queue first"), "a node said it moves the cluster")
+                #expect(logs.contains("the old ingest queue is empty and deleted"))
             }
-            #expect(seqs.count == 700, "each once: \(seqs.count) delivered")
-            // Per server (the partition key: compute.instance and the instance id), in publish order.
-            var last: [Int: Int] = [:]
-            var outOfOrder: [(Int, Int)] = []
-            for seq in seqs {
-                if let previous = last[seq % 40], seq < previous { outOfOrder.append((previous, seq)) }
-                last[seq % 40] = max(seq, last[seq % 40] ?? -1)
-            }
-            #expect(outOfOrder.isEmpty, "out of order (after, seq): \(outOfOrder.prefix(10))")
-            let logs = ["node-2", "node-3"].map {
-                (try? String(contentsOfFile: "\(run.directory)/\($0).log", encoding: .utf8)) ?? ""
-            }.joined()
-            #expect(logs.contains("emptying the old queue first"), "a node said it moves the cluster")
-            #expect(logs.contains("the old ingest queue is empty and deleted"))
         }
 
         @Test("a bad configuration value stops start-up, naming the key and the value")
         func badConfiguration() async throws {
-            let run = try await PipelineRun(partitions: 8)
-            defer { Task { await run.stopAll() } }
-            let binary = try TestServers.value("HERALD_TEST_BIN_DIR") + "/herald"
-            for (key, value) in [
-                ("HERALD_PARTITIONS", "zero"), ("HERALD_API_AUTH", "kerberos"), ("HERALD_QUEUE_TYPE", "stream"),
-                ("HERALD_LOG_FORMAT", "xml"),
-            ] {
-                var environment = try run.environment
-                environment[key] = value
-                let node = try ChildProcess(
-                    name: "bad", argv: [binary, "node"], environment: environment,
-                    log: "\(run.directory)/bad-\(key).log")
-                let status = await node.wait()
-                #expect(status != 0)
-                let output = node.tail()
-                #expect(output.contains(key) && output.contains(value), "\(key)=\(value): \(output)")
+            try await PipelineRun.with(partitions: 8) { run in
+                let binary = try TestServers.value("HERALD_TEST_BIN_DIR") + "/herald"
+                for (key, value) in [
+                    ("HERALD_PARTITIONS", "zero"), ("HERALD_API_AUTH", "kerberos"), ("HERALD_QUEUE_TYPE", "stream"),
+                    ("HERALD_LOG_FORMAT", "xml"),
+                ] {
+                    var environment = try run.environment
+                    environment[key] = value
+                    let node = try ChildProcess(
+                        name: "bad", argv: [binary, "node"], environment: environment,
+                        log: "\(run.directory)/bad-\(key).log")
+                    let status = await node.wait()
+                    #expect(status != 0)
+                    let output = node.tail()
+                    #expect(output.contains(key) && output.contains(value), "\(key)=\(value): \(output)")
+                }
+                let file = "\(run.directory)/herald.conf"
+                try "# a typo\nHERALD_PARTITONS=8\n".write(toFile: file, atomically: true, encoding: .utf8)
+                let typo = try ChildProcess(
+                    name: "typo", argv: [binary, "node", "--config", file], environment: try run.environment,
+                    log: "\(run.directory)/typo.log")
+                #expect(await typo.wait() != 0)
+                #expect(typo.tail().contains("HERALD_PARTITONS"), "\(typo.tail())")
             }
-            let file = "\(run.directory)/herald.conf"
-            try "# a typo\nHERALD_PARTITONS=8\n".write(toFile: file, atomically: true, encoding: .utf8)
-            let typo = try ChildProcess(
-                name: "typo", argv: [binary, "node", "--config", file], environment: try run.environment,
-                log: "\(run.directory)/typo.log")
-            #expect(await typo.wait() != 0)
-            #expect(typo.tail().contains("HERALD_PARTITONS"), "\(typo.tail())")
         }
     }
 }

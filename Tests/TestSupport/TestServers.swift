@@ -27,6 +27,11 @@ public enum TestServers {
     /// posix_spawn and waitpid on a thread of its own: Foundation's `Process.waitUntilExit`
     /// was seen to hang here once the script had daemonised a server.
     public static func control(_ arguments: String...) async throws {
+        try await control(arguments: arguments)
+    }
+
+    /// `control`, with the arguments as an array.
+    public static func control(arguments: [String]) async throws {
         let script = try value("HERALD_TEST_SERVERS")
         let status: Int32 = await withCheckedContinuation { continuation in
             let thread = Thread {

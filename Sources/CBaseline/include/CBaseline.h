@@ -1,5 +1,6 @@
 #ifndef HERALD_CBASELINE_H
 #define HERALD_CBASELINE_H
+#include <stddef.h>
 #include <stdint.h>
 /// Consumes `count` messages from `queue` with basic.qos `prefetch` and acks each
 /// one: the plain C loop over rabbitmq-c that the Swift client is compared with.
@@ -18,4 +19,8 @@ int herald_baseline_topology(const char *host, int port, const char *vhost,
                              const char *ingest, const char *exchange, int partitions,
                              int prefetch, long count, double *seconds,
                              char *error, int error_len);
+
+/// Bytes of the heap in use (glibc's mallinfo2: allocated chunks and mmapped blocks), for the
+/// memory benchmark's before and after.
+size_t herald_heap_in_use(void);
 #endif

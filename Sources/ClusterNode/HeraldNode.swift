@@ -138,22 +138,36 @@ final class HeraldNode: Sendable {
             ])
         await settings.close()
 
-        // The subscription index, rebuilt on every registry change and swapped in.
-        let index = Locked(SubscriptionIndex([]))
-        var snapshots = registry.watch().makeAsyncIterator()
-        if let first = await snapshots.next() { index.withLock { $0 = SubscriptionIndex(first.subscriptions) } }
+        // The subscription index: made anew from the registry's changes (only the changed
+        // subscriptions compiled again) and swapped in.
+        let index = Locked(SubscriptionIndex([], defaultZaqarURL: configuration.zaqarURL))
+        let zaqarURL = configuration.zaqarURL
+        var updates = registry.watch().makeAsyncIterator()
+        /// Applies the next update; what it held (possibly every subscription, decoded) is freed
+        /// when this returns, so the heap is trimmed after it.
+        func applyNext() async -> (version: Int64, changed: String)? {
+            guard let update = await updates.next() else { return nil }
+            let current = index.withLock { $0 }
+            let next =
+                update.replacesAll
+                ? SubscriptionIndex(update.subscriptions(logger: logger), defaultZaqarURL: zaqarURL)
+                : current.updated(with: update.changed)
+            index.withLock { $0 = next }
+            return (update.version, update.replacesAll ? "all" : "\(update.changed.count)")
+        }
+        _ = await applyNext()
         Self.returnFreedMemory()
         flags.withLock { $0.registryLoaded = true }
         let watcher = Task { [logger] in
-            while let snapshot = await snapshots.next() {
-                index.withLock { $0 = SubscriptionIndex(snapshot.subscriptions) }
-                logger.info(
-                    "subscription index rebuilt",
-                    metadata: [
-                        "registry.version": "\(snapshot.version)",
-                        "registry.subscriptions": "\(snapshot.subscriptions.count)",
-                    ])
+            while let applied = await applyNext() {
                 Self.returnFreedMemory()
+                logger.info(
+                    "subscription index updated",
+                    metadata: [
+                        "registry.version": "\(applied.version)",
+                        "registry.changed": "\(applied.changed)",
+                        "registry.subscriptions": "\(index.withLock { $0.count })",
+                    ])
             }
         }
 

@@ -399,7 +399,7 @@ final class ParkingDrainer: Sendable {
                 continue
             }
             guard state.messageCount > 0 else { continue }
-            guard let project = index.withLock({ $0.subscription(id: subscriptionID) })?.project else {
+            guard let project = index.withLock({ $0.route(id: subscriptionID) })?.project else {
                 logger.warning(
                     "a parking queue holds messages of a subscription this node does not know; left for a node that does",
                     metadata: [
@@ -557,23 +557,25 @@ final class ParkingDrainer: Sendable {
 
     /// The subscription as the index has it, else as the registry has it; .some(nil) when the
     /// registry says it is gone; nil when that cannot be known now.
-    private func subscription(_ id: String, project: String) async -> Subscription?? {
-        if let known = index.withLock({ $0.subscription(id: id) }) { return .some(known) }
-        return await lookup(id, project)
+    private func subscription(_ id: String, project: String) async -> SubscriptionRoute?? {
+        if let known = index.withLock({ $0.route(id: id) }) { return .some(known) }
+        return await lookup(id, project).map { found in
+            found.map { SubscriptionRoute($0, defaultZaqarURL: defaultZaqarURL) }
+        }
     }
 
     /// Takes batches until the queue has nothing more for now (true), or the target fails, the
     /// claim is lost or the node stops (false).
     /// Gives up its claim through `afterClose` (run once the channel is closed), never directly.
     private func retry(
-        _ subscription: Subscription, from inbox: DeliveryInbox, channel: AMQPChannel,
+        _ subscription: SubscriptionRoute, from inbox: DeliveryInbox, channel: AMQPChannel,
         afterClose: Locked<(@Sendable () async -> Void)?>
     ) async -> Bool {
         let ledger = ledger
         let owner = owner
         let subscriptionID = subscription.id
         var random = SystemRandomNumberGenerator()
-        let target = subscription.zaqarTarget(defaultURL: defaultZaqarURL)
+        let target = subscription.target
         let started = ContinuousClock.now
         var closing = false
         while !Task.isCancelled {

@@ -910,10 +910,10 @@ final class PartitionOwners: Sendable {
             // CloudEvents subscriptions: the attributes once per event, the data once per cut.
             var cloudEvent: ZaqarMessageEncoding.CloudEventAttributes?
             var cloudData: [Bool: [UInt8]] = [:]
-            for subscription in matches {
+            for route in matches {
                 var delivered = body
                 var removed: [String] = []
-                if subscription.unredacted != true {
+                if !route.unredacted {
                     if redacted == nil {
                         do {
                             redacted = .some(try configuration.redaction.redact(event))
@@ -936,7 +936,7 @@ final class PartitionOwners: Sendable {
                     }
                 }
                 let message: [UInt8]
-                if subscription.format == .cloudevents {
+                if route.format == .cloudevents {
                     let attributes =
                         cloudEvent
                         ?? ZaqarMessageEncoding.CloudEventAttributes.of(
@@ -951,13 +951,13 @@ final class PartitionOwners: Sendable {
                     let data = cloudData[cut] ?? NotificationScanner.rawValue(delivered, path: ["payload"]) ?? delivered
                     cloudData[cut] = data
                     message = ZaqarMessageEncoding.cloudEvent(
-                        data: data, attributes: attributes, ttl: subscription.messageTTL,
-                        subscriptionID: subscription.id, partition: partition, epoch: owned.epoch,
+                        data: data, attributes: attributes, ttl: route.messageTTL,
+                        subscriptionID: route.id, partition: partition, epoch: owned.epoch,
                         project: event.project, actorProject: event.actorProject, redacted: removed
                     )
                 } else {
                     message = ZaqarMessageEncoding.message(
-                        event: delivered, ttl: subscription.messageTTL, subscriptionID: subscription.id,
+                        event: delivered, ttl: route.messageTTL, subscriptionID: route.id,
                         eventID: event.messageID, partition: partition, epoch: owned.epoch,
                         project: event.project, actorProject: event.actorProject, resourceID: event.resourceID,
                         redacted: removed
@@ -965,8 +965,7 @@ final class PartitionOwners: Sendable {
                 }
                 messages.append(
                     ZaqarOutgoingMessage(
-                        target: subscription.zaqarTarget(defaultURL: configuration.zaqarURL), body: message,
-                        subscriptionID: subscription.id, eventID: event.messageID
+                        target: route.target, body: message, subscriptionID: route.id, eventID: event.messageID
                     ))
             }
         }
@@ -1011,18 +1010,5 @@ final class PartitionOwners: Sendable {
             }
         }
         await owned.channel.close()
-    }
-}
-
-extension Subscription {
-    /// Where this subscription's messages go: its own Zaqar URL or the node's, with its signed URL
-    /// or its trust (or, on a noauth Zaqar, neither).
-    func zaqarTarget(defaultURL: String) -> ZaqarTarget {
-        let credentials: ZaqarTarget.Credentials =
-            if let signed = target.signedURL { .signedURL(signed, trust: trustID) } else if let trustID {
-                .trust(trustID)
-            } else { .noAuth }
-        return ZaqarTarget(
-            baseURL: target.zaqarURL ?? defaultURL, project: project, queue: target.queue, credentials: credentials)
     }
 }

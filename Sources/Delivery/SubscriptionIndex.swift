@@ -2,8 +2,77 @@ import Foundation
 import HeraldModel
 import Synchronization
 
-/// The registry compiled for matching, rebuilt on every registry change (build a
-/// new one and swap it in; matching never pauses).
+/// One subscription as the index keeps it: what delivering to it needs (made once, not per
+/// message) and what matching reads, not the whole subscription (no audit fields, no pattern
+/// text). Shared by every index that holds it, so a registry change recompiles only what changed.
+public final class SubscriptionRoute: Sendable {
+    public let id: String
+    /// Where its messages go, with the credentials to post them.
+    public let target: ZaqarTarget
+    public var project: String { target.project }
+    /// Seconds Zaqar keeps each message.
+    public let messageTTL: Int
+    /// It takes events as they came (an admin's all-projects subscription), not redacted.
+    public let unredacted: Bool
+    public let format: MessageFormat
+    /// Made by an admin for every project's events.
+    let allProjects: Bool
+    /// Also its project's actions on other projects' resources (`include_actor`).
+    let includeActor: Bool
+    /// The include patterns and the exclusions (without their `!`), as bytes.
+    let includes: [[UInt8]]
+    let exclusions: [[UInt8]]
+    /// Its conditions, each path split and operand parsed once.
+    let conditions: [CompiledCondition]
+    let resourceID: String?
+    let origin: Origin
+
+    /// - Parameters:
+    ///   - defaultZaqarURL: the node's Zaqar, for a subscription that names none.
+    ///   - patterns: byte forms of patterns other routes already use, shared instead of copied.
+    public convenience init(_ subscription: Subscription, defaultZaqarURL: String) {
+        var patterns: [String: [UInt8]] = [:]
+        self.init(subscription, defaultZaqarURL: defaultZaqarURL, patterns: &patterns)
+    }
+
+    init(_ subscription: Subscription, defaultZaqarURL: String, patterns: inout [String: [UInt8]]) {
+        func bytes(_ pattern: Substring) -> [UInt8] {
+            let text = String(pattern)
+            if let known = patterns[text] { return known }
+            let made = Array(text.utf8)
+            patterns[text] = made
+            return made
+        }
+        id = subscription.id
+        target = subscription.zaqarTarget(defaultURL: defaultZaqarURL)
+        messageTTL = subscription.messageTTL
+        unredacted = subscription.unredacted == true
+        format = subscription.format ?? .herald
+        allProjects = subscription.allProjects
+        includeActor = subscription.includeActor == true && !subscription.allProjects
+        includes = subscription.eventTypes.filter { !$0.hasPrefix("!") }.map { bytes(Substring($0)) }
+        exclusions = subscription.eventTypes.filter { $0.hasPrefix("!") }.map { bytes($0.dropFirst()) }
+        conditions = subscription.conditions.map(CompiledCondition.init)
+        resourceID = subscription.resourceID
+        origin = subscription.origin ?? .any
+    }
+}
+
+extension Subscription {
+    /// Where this subscription's messages go, with the credentials to post them.
+    public func zaqarTarget(defaultURL: String) -> ZaqarTarget {
+        let credentials: ZaqarTarget.Credentials =
+            if let signed = target.signedURL { .signedURL(signed, trust: trustID) } else if let trustID {
+                .trust(trustID)
+            } else { .noAuth }
+        return ZaqarTarget(
+            baseURL: target.zaqarURL ?? defaultURL, project: project, queue: target.queue, credentials: credentials)
+    }
+}
+
+/// The registry compiled for matching. A registry change makes a new index (`updated`) from
+/// the routes of the old one and the changed subscriptions, and swaps it in: matching never
+/// pauses, and neither the index nor the registry watch keeps decoded subscriptions.
 ///
 /// Patterns are globs in the Ceilometer/Aodh (fnmatch) sense: `*` matches any run
 /// of characters, dots included; `?` one character; a leading `!` excludes. Each
@@ -13,9 +82,10 @@ import Synchronization
 /// and of the all-projects subscriptions: the cost follows the patterns that could
 /// match, not the number of subscriptions.
 public struct SubscriptionIndex: Sendable {
+    /// An include pattern of a route: `routes[route].includes[pattern]`.
     struct Entry: Sendable {
-        var subscription: Int
-        var pattern: [UInt8]
+        var route: Int32
+        var pattern: Int32
     }
 
     /// project (nil: all-projects subscriptions) → literal prefix → entries.
@@ -23,72 +93,101 @@ public struct SubscriptionIndex: Sendable {
     /// The same for subscriptions that also take their project's actions on other projects'
     /// resources (`include_actor`), by that project: matched against the event's actor.
     private var actorBuckets: [String?: [String: [Entry]]] = [:]
-    /// Each subscription's resource id filter.
-    private let resourceIDs: [String?]
-    /// Each subscription's choice of notifications, Ceilometer events or both.
-    private let origins: [Origin]
-    public let subscriptions: [Subscription]
-    private let byID: [String: Int]
-    private let exclusions: [[[UInt8]]]
-    /// Each subscription's conditions with their paths split and operands parsed, once.
-    private let conditions: [[CompiledCondition]]
+    /// Every subscription, in id order (looked up by binary search).
+    private let routes: [SubscriptionRoute]
+    /// The node's Zaqar, for subscriptions that name none.
+    public let defaultZaqarURL: String
     /// Which subscriptions' patterns take an event type, per scope: globs are run once per
     /// (scope, event type), not once per event. OpenStack has a few hundred event types and
     /// only scopes with subscriptions are cached; the cache is emptied when it reaches its size.
     private let candidates = CandidateCache()
 
-    public init(_ subscriptions: [Subscription]) {
-        self.subscriptions = subscriptions
-        byID = Dictionary(subscriptions.enumerated().map { ($1.id, $0) }, uniquingKeysWith: { first, _ in first })
-        conditions = subscriptions.map { $0.conditions.map(CompiledCondition.init) }
-        resourceIDs = subscriptions.map(\.resourceID)
-        origins = subscriptions.map { $0.origin ?? .any }
-        var exclusions: [[[UInt8]]] = []
-        for (index, subscription) in subscriptions.enumerated() {
-            exclusions.append(subscription.eventTypes.filter { $0.hasPrefix("!") }.map { Array($0.dropFirst().utf8) })
-            let scope: String? = subscription.allProjects ? nil : subscription.project
-            for pattern in subscription.eventTypes where !pattern.hasPrefix("!") {
-                let entry = Entry(subscription: index, pattern: Array(pattern.utf8))
-                buckets[scope, default: [:]][Self.literalPrefix(pattern), default: []].append(entry)
-                if subscription.includeActor == true, !subscription.allProjects {
-                    actorBuckets[subscription.project, default: [:]][Self.literalPrefix(pattern), default: []].append(
-                        entry)
-                }
-            }
+    /// - Parameters:
+    ///   - subscriptions: read once, one at a time: a lazy sequence that decodes each as it is
+    ///     read never holds them all (the index keeps only routes).
+    ///   - defaultZaqarURL: the node's Zaqar, for subscriptions that name none.
+    public init(_ subscriptions: some Sequence<Subscription>, defaultZaqarURL: String) {
+        var patterns: [String: [UInt8]] = [:]
+        var routes: [SubscriptionRoute] = []
+        routes.reserveCapacity(subscriptions.underestimatedCount)
+        for subscription in subscriptions {
+            routes.append(SubscriptionRoute(subscription, defaultZaqarURL: defaultZaqarURL, patterns: &patterns))
         }
-        self.exclusions = exclusions
+        self.init(routes: routes, defaultZaqarURL: defaultZaqarURL)
     }
 
-    public var count: Int { subscriptions.count }
+    private init(routes unsorted: [SubscriptionRoute], defaultZaqarURL: String) {
+        self.defaultZaqarURL = defaultZaqarURL
+        // One route per id (the registry has no two; a record written around it could).
+        var routes: [SubscriptionRoute] = []
+        routes.reserveCapacity(unsorted.count)
+        for route in unsorted.sorted(by: { $0.id < $1.id }) where routes.last?.id != route.id { routes.append(route) }
+        self.routes = routes
+        for (index, route) in routes.enumerated() {
+            let scope: String? = route.allProjects ? nil : route.project
+            for (number, pattern) in route.includes.enumerated() {
+                let entry = Entry(route: Int32(truncatingIfNeeded: index), pattern: Int32(truncatingIfNeeded: number))
+                let prefix = Self.literalPrefix(pattern)
+                buckets[scope, default: [:]][prefix, default: []].append(entry)
+                if route.includeActor { actorBuckets[route.project, default: [:]][prefix, default: []].append(entry) }
+            }
+        }
+    }
+
+    /// This index with the registry's changes applied: `changes` by id, nil for a deleted
+    /// subscription. Unchanged subscriptions keep their routes; nothing is decoded again.
+    public func updated(with changes: [String: Subscription?]) -> SubscriptionIndex {
+        var patterns: [String: [UInt8]] = [:]
+        var routes = self.routes.filter { changes[$0.id] == nil }
+        for case let subscription? in changes.values {
+            routes.append(SubscriptionRoute(subscription, defaultZaqarURL: defaultZaqarURL, patterns: &patterns))
+        }
+        return SubscriptionIndex(routes: routes, defaultZaqarURL: defaultZaqarURL)
+    }
+
+    public var count: Int { routes.count }
 
     /// The subscription with this id, if the registry has it.
-    public func subscription(id: String) -> Subscription? {
-        byID[id].map { subscriptions[$0] }
+    public func route(id: String) -> SubscriptionRoute? {
+        var low = 0
+        var high = routes.count
+        while low < high {
+            let middle = (low + high) / 2
+            if routes[middle].id < id { low = middle + 1 } else { high = middle }
+        }
+        return low < routes.count && routes[low].id == id ? routes[low] : nil
     }
 
     /// The subscriptions this event reaches: its owner's, the all-projects ones (an event with
     /// no owner reaches only those), and, when another project acted, that project's
     /// subscriptions with `include_actor`; whose patterns, resource id and conditions hold.
-    public func matches(_ event: NotificationEvent) -> [Subscription] {
-        var result: [Subscription] = []
+    public func matches(_ event: NotificationEvent) -> [SubscriptionRoute] {
+        var result: [SubscriptionRoute] = []
         // The event's fields as conditions read them, parsed once per event however many read them.
         var fields = EventFields(event: event)
-        var scopes: [(scope: String?, actor: Bool)] =
-            event.project.map { [($0, false), (nil, false)] } ?? [(nil, false)]
-        if let actor = event.actorProject, actor != event.project { scopes.append((actor, true)) }
-        for (scope, actor) in scopes {
-            guard let byPrefix = actor ? actorBuckets[scope] : buckets[scope] else { continue }
-            let key = CandidateCache.Key(scope: scope, actor: actor, eventType: event.eventType)
-            let taken = candidates.get(key) ?? candidates.put(key, patternMatches(byPrefix, eventType: event.eventType))
-            for index in taken
-            where origins[index].takes(fromCeilometer: event.fromCeilometer)
-                && (resourceIDs[index] == nil || resourceIDs[index] == event.resourceID)
-                && conditions[index].allSatisfy({ $0.holds(&fields) })
-            {
-                result.append(subscriptions[index])
-            }
+        if let project = event.project { collect(scope: project, actor: false, event, &fields, into: &result) }
+        collect(scope: nil, actor: false, event, &fields, into: &result)
+        if let actor = event.actorProject, actor != event.project {
+            collect(scope: actor, actor: true, event, &fields, into: &result)
         }
         return result
+    }
+
+    private func collect(
+        scope: String?, actor: Bool, _ event: NotificationEvent, _ fields: inout EventFields,
+        into result: inout [SubscriptionRoute]
+    ) {
+        guard let byPrefix = actor ? actorBuckets[scope] : buckets[scope] else { return }
+        let key = CandidateCache.Key(scope: scope, actor: actor, eventType: event.eventType)
+        let taken = candidates.get(key) ?? candidates.put(key, patternMatches(byPrefix, eventType: event.eventType))
+        for index in taken {
+            let route = routes[index]
+            guard route.origin.takes(fromCeilometer: event.fromCeilometer),
+                route.resourceID == nil || route.resourceID == event.resourceID,
+                route.conditions.allSatisfy({ $0.holds(&fields) })
+            else { continue }
+            result.append(route)
+        }
     }
 
     /// The subscriptions of one scope whose include patterns take `eventType` and whose
@@ -105,14 +204,20 @@ public struct SubscriptionIndex: Sendable {
         var seen = Set<Int>()
         var taken: [Int] = []
         for prefix in prefixes {
-            for entry in byPrefix[prefix] ?? [] where !seen.contains(entry.subscription) {
-                guard Glob.matches(entry.pattern, type) else { continue }
-                seen.insert(entry.subscription)
-                if exclusions[entry.subscription].contains(where: { Glob.matches($0, type) }) { continue }
-                taken.append(entry.subscription)
+            for entry in byPrefix[prefix] ?? [] where !seen.contains(Int(entry.route)) {
+                let route = routes[Int(entry.route)]
+                guard Glob.matches(route.includes[Int(entry.pattern)], type) else { continue }
+                seen.insert(Int(entry.route))
+                if route.exclusions.contains(where: { Glob.matches($0, type) }) { continue }
+                taken.append(Int(entry.route))
             }
         }
         return taken.sorted()
+    }
+
+    /// The dot-segments before the first one with a wildcard: `compute.instance.*` → `compute.instance`.
+    static func literalPrefix(_ pattern: [UInt8]) -> String {
+        literalPrefix(String(decoding: pattern, as: UTF8.self))
     }
 
     /// The dot-segments before the first one with a wildcard: `compute.instance.*` → `compute.instance`.

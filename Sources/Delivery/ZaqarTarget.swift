@@ -12,8 +12,9 @@ public struct ZaqarTarget: Hashable, Sendable, CustomStringConvertible {
         /// trust-scoped token from the client's `ZaqarTokenSource` (Zaqar takes the project from it).
         case trust(String)
         /// The four headers of a pre-signed URL from `/v2/queues/{queue}/share`; past its expiry
-        /// the trust, when there is one, carries the request instead.
-        case signedURL(SignedURL, trust: String?)
+        /// the trust, when there is one, carries the request instead. Boxed (`indirect`): few
+        /// subscriptions have one, and every target would otherwise carry its size inline.
+        indirect case signedURL(SignedURL, trust: String?)
     }
 
     /// `http://zaqar.example:8888`, no trailing slash.

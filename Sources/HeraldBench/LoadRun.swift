@@ -360,7 +360,10 @@ final class LoadRun: @unchecked Sendable {
 
         // What each template reaches, by the same index the nodes use.
         let subscriptions = corpus.subscriptions(options.subscriptions)
-        let index = SubscriptionIndex(subscriptions)
+        // Only which subscriptions an event reaches is read here, not where they deliver.
+        let index = SubscriptionIndex(subscriptions, defaultZaqarURL: "")
+        let position = Dictionary(
+            subscriptions.enumerated().map { ($1.id, $0) }, uniquingKeysWith: { first, _ in first })
         let placeholder = Array(Self.placeholder.utf8)
         templates = try corpus.envelopes.map { envelope in
             guard let at = DeliveryRecorder.find(placeholder, in: envelope, from: 0) else {
@@ -369,7 +372,7 @@ final class LoadRun: @unchecked Sendable {
             let event = try NotificationDecoder.decode(envelope)[0]
             return (
                 Array(envelope[..<at]), Array(envelope[(at + placeholder.count)...]),
-                index.matches(event).map { subscriptions.firstIndex(of: $0)! }
+                index.matches(event).compactMap { position[$0.id] }
             )
         }
         let averageBytes = corpus.envelopes.reduce(0) { $0 + $1.count } / corpus.envelopes.count

@@ -56,7 +56,7 @@ struct ParkingRig {
         delivery.retryCap = .milliseconds(50)
         batcher = try DeliveryBatcher(
             configuration: delivery, zaqar: zaqar, deadLetters: deadLetters, parking: parking, logger: logger)
-        index = Locked(SubscriptionIndex(subscriptions))
+        index = Locked(SubscriptionIndex(subscriptions, defaultZaqarURL: "http://127.0.0.1:1"))
         let registry = Locked(Dictionary(uniqueKeysWithValues: subscriptions.map { ($0.id, $0) }))
         self.registry = registry
         drainer = ParkingDrainer(
@@ -405,7 +405,7 @@ struct ParkingTests {
     func deletedSubscription() async throws {
         let (target, subscription, rig) = try await Self.parked(7, queue: "deleted")
         let zaqar = target.zaqar
-        rig.index.withLock { $0 = SubscriptionIndex([]) }
+        rig.index.withLock { $0 = SubscriptionIndex([], defaultZaqarURL: "http://127.0.0.1:1") }
         rig.registry.withLock { $0 = [:] }
         target.recover()
         let draining = Task { await rig.drainer.run() }

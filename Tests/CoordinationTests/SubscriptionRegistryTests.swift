@@ -1,6 +1,7 @@
 import Coordination
 import Foundation
 import HeraldModel
+import Logging
 import TestSupport
 import Testing
 
@@ -138,24 +139,50 @@ extension RedisServerTests {
             }
         }
 
-        @Test("every change bumps the version; a watcher gets a fresh snapshot on the notice")
+        @Test("every change bumps the version; a watcher gets the whole registry, then the change on its notice")
         func watcherOnNotice() async throws {
             let registry = try registry()
-            var snapshots = registry.watch(poll: .seconds(30)).makeAsyncIterator()
-            let first = try #require(await snapshots.next())
-            #expect(first.subscriptions.isEmpty)
+            var updates = registry.watch(poll: .seconds(30)).makeAsyncIterator()
+            let first = try #require(await updates.next())
+            #expect(first.replacesAll && first.all?.isEmpty == true)
             let created = try await registry.create(subscription("p1"))
             // With a 30 s poll, only the pub/sub notice can bring this in time.
-            let second = try #require(await snapshots.next())
+            let second = try #require(await updates.next())
             #expect(second.version == first.version + 1)
-            #expect(second.subscriptions.map(\.id) == [created.id])
+            #expect(!second.replacesAll)
+            #expect(second.changed.mapValues { $0?.id } == [created.id: created.id])
+            try await registry.delete(id: created.id, project: "p1")
+            let third = try #require(await updates.next())
+            #expect(third.changed.count == 1 && third.changed[created.id] == .some(nil), "a deletion is a nil")
+        }
+
+        @Test("changes made while the watcher is not looking all arrive, none dropped")
+        func mergedChanges() async throws {
+            let registry = try registry()
+            var updates = registry.watch(poll: .seconds(30)).makeAsyncIterator()
+            let first = try #require(await updates.next())
+            var made: [Subscription] = []
+            for _ in 0..<5 { made.append(try await registry.create(subscription("p1"))) }
+            try await registry.delete(id: made[0].id, project: "p1")
+            // Until the watcher has read all six notices; none of them is dropped meanwhile.
+            var version = first.version
+            var live: Set<String> = []
+            while version < first.version + 6 {
+                let next = try #require(await updates.next())
+                if next.replacesAll { live = Set(next.subscriptions(logger: Logger(label: "test")).map(\.id)) }
+                for (id, subscription) in next.changed {
+                    if subscription == nil { live.remove(id) } else { live.insert(id) }
+                }
+                version = next.version
+            }
+            #expect(live == Set(made.dropFirst().map(\.id)))
         }
 
         @Test("a lost notice costs at most one poll: the version is compared anyway")
         func lostNotice() async throws {
             let registry = try registry()
-            var snapshots = registry.watch(poll: .milliseconds(300)).makeAsyncIterator()
-            _ = try #require(await snapshots.next())
+            var updates = registry.watch(poll: .milliseconds(300)).makeAsyncIterator()
+            _ = try #require(await updates.next())
             // Let the watcher's own subscription settle, so nothing but the poll can notice what follows.
             try await Task.sleep(for: .milliseconds(200))
             // Change the registry behind the watcher's back: no PUBLISH.
@@ -166,8 +193,9 @@ extension RedisServerTests {
             try await raw.send("SADD", prefix + "subs:all", sneaky.id)
             try await raw.send("INCR", prefix + "subs:version")
             let started = ContinuousClock.now
-            let next = try #require(await snapshots.next())
-            #expect(next.subscriptions.map(\.id) == [sneaky.id])
+            let next = try #require(await updates.next())
+            #expect(next.replacesAll)
+            #expect(next.subscriptions(logger: Logger(label: "test")).map(\.id) == [sneaky.id])
             #expect(ContinuousClock.now - started < .seconds(2))
         }
     }

@@ -35,13 +35,14 @@ struct SubscriptionIndexTests {
             ("network.*", "compute.instance.create.end", false),
         ])
     func globs(pattern: String, type: String, matches: Bool) {
-        let index = SubscriptionIndex([subscription([pattern])])
+        let index = SubscriptionIndex([subscription([pattern])], defaultZaqarURL: "http://zaqar.test")
         #expect(index.matches(event(type)).count == (matches ? 1 : 0))
     }
 
     @Test("a leading ! excludes")
     func exclusion() {
-        let index = SubscriptionIndex([subscription(["compute.instance.*", "!compute.instance.exists"])])
+        let index = SubscriptionIndex(
+            [subscription(["compute.instance.*", "!compute.instance.exists"])], defaultZaqarURL: "http://zaqar.test")
         #expect(index.matches(event("compute.instance.create.end")).count == 1)
         #expect(index.matches(event("compute.instance.exists")).isEmpty)
     }
@@ -51,7 +52,7 @@ struct SubscriptionIndexTests {
         let own = subscription(["*"], project: "p1")
         let other = subscription(["*"], project: "p2")
         let admin = subscription(["*"], project: "admin", allProjects: true)
-        let index = SubscriptionIndex([own, other, admin])
+        let index = SubscriptionIndex([own, other, admin], defaultZaqarURL: "http://zaqar.test")
         #expect(Set(index.matches(event("a.b", project: "p1")).map(\.id)) == [own.id, admin.id])
         #expect(Set(index.matches(event("a.b", project: "p2")).map(\.id)) == [other.id, admin.id])
         #expect(index.matches(event("a.b", project: nil)).map(\.id) == [admin.id])
@@ -108,14 +109,54 @@ struct SubscriptionIndexTests {
             (Condition(field: "payload.state", op: .eq, value: .string("active")), event("x"), false),
         ]
         for (condition, event, expected) in cases {
-            let index = SubscriptionIndex([subscription(["*"], conditions: [condition])])
+            let index = SubscriptionIndex(
+                [subscription(["*"], conditions: [condition])], defaultZaqarURL: "http://zaqar.test")
             #expect(index.matches(event).isEmpty == !expected, "\(condition) on \(event.body)")
         }
     }
 
+    @Test("a registry change compiles only what changed: the others keep their routes, deleted ones go")
+    func updated() {
+        let (a, b, c, d) = (
+            subscription(["compute.*"]), subscription(["volume.*"]), subscription(["port.*"]),
+            subscription(["image.*"])
+        )
+        let index = SubscriptionIndex([a, b, d], defaultZaqarURL: "http://zaqar.test")
+        var changed = b
+        changed.eventTypes = ["network.*"]
+        let changes: [String: Subscription?] = [a.id: nil, changed.id: changed, c.id: c]
+        let next = index.updated(with: changes)
+        #expect(next.count == 3)
+        #expect(next.route(id: a.id) == nil)
+        #expect(next.matches(event("compute.instance.create.end")).isEmpty)
+        #expect(next.matches(event("volume.create.end")).isEmpty)
+        #expect(next.matches(event("network.create.end")).map(\.id) == [b.id])
+        #expect(next.matches(event("port.create.end")).map(\.id) == [c.id])
+        #expect(next.route(id: d.id) === index.route(id: d.id), "an unchanged subscription is not compiled again")
+        #expect(index.matches(event("compute.instance.create.end")).map(\.id) == [a.id], "the old index is untouched")
+    }
+
+    @Test("a route carries the target: the subscription's Zaqar or the node's, with its trust")
+    func routeTarget() {
+        var own = subscription(["*"])
+        own.target = Target(queue: "mine", zaqarURL: "https://zaqar.other:8888/")
+        own.trustID = "t-1"
+        let plain = subscription(["*"])
+        let index = SubscriptionIndex([own, plain], defaultZaqarURL: "http://zaqar.test")
+        let ownRoute = index.route(id: own.id)
+        #expect(
+            ownRoute?.target
+                == ZaqarTarget(
+                    baseURL: "https://zaqar.other:8888", project: "p1", queue: "mine", credentials: .trust("t-1")))
+        #expect(
+            index.route(id: plain.id)?.target == ZaqarTarget(baseURL: "http://zaqar.test", project: "p1", queue: "q"))
+        #expect(index.route(id: "missing") == nil)
+    }
+
     @Test("each subscription matches an event once, even through several patterns")
     func once() {
-        let index = SubscriptionIndex([subscription(["compute.*", "compute.instance.*", "*"])])
+        let index = SubscriptionIndex(
+            [subscription(["compute.*", "compute.instance.*", "*"])], defaultZaqarURL: "http://zaqar.test")
         #expect(index.matches(event("compute.instance.create.end")).count == 1)
     }
 }
@@ -138,7 +179,7 @@ struct AttributionMatchingTests {
             project: "admin", eventTypes: ["port.*"], target: Target(queue: "q"), includeActor: true)
         let other = Subscription(
             project: "other", eventTypes: ["port.*"], target: Target(queue: "q"), includeActor: true)
-        let index = SubscriptionIndex([tenant, admin, adminActions, other])
+        let index = SubscriptionIndex([tenant, admin, adminActions, other], defaultZaqarURL: "http://zaqar.test")
         // An admin creates a port for the tenant.
         #expect(
             Set(index.matches(event("port.create.end", owner: "tenant", actor: "admin")).map(\.id)) == [
@@ -157,7 +198,7 @@ struct AttributionMatchingTests {
     func resource() {
         let pinned = Subscription(
             project: "p", eventTypes: ["compute.instance.*"], target: Target(queue: "q"), resourceID: "i-1")
-        let index = SubscriptionIndex([pinned])
+        let index = SubscriptionIndex([pinned], defaultZaqarURL: "http://zaqar.test")
         #expect(index.matches(event("compute.instance.create.end", owner: "p", actor: "p", resource: "i-1")).count == 1)
         #expect(index.matches(event("compute.instance.create.end", owner: "p", actor: "p", resource: "i-2")).isEmpty)
         #expect(index.matches(event("compute.instance.create.end", owner: "p", actor: "p", resource: nil)).isEmpty)

@@ -23,4 +23,6 @@ int herald_baseline_topology(const char *host, int port, const char *vhost,
 /// Bytes of the heap in use (glibc's mallinfo2: allocated chunks and mmapped blocks), for the
 /// memory benchmark's before and after.
 size_t herald_heap_in_use(void);
+/// Returns the heap's free pages to the system (malloc_trim), then the resident set in bytes.
+size_t herald_heap_trim_and_resident(void);
 #endif

@@ -158,33 +158,32 @@ public final class SubscriptionRegistry: Sendable {
     }
 
     public func snapshot() async throws -> RegistrySnapshot {
+        let (version, records) = try await storedRecords()
+        let subscriptions = Array(RegistryUpdate.decoding(records, logger: logger))
+        return RegistrySnapshot(version: version, subscriptions: subscriptions.sorted { $0.id < $1.id })
+    }
+
+    /// The version and every stored record, as stored (JSON), read atomically by one script.
+    func storedRecords() async throws -> (version: Int64, records: [[UInt8]]) {
         let reply = try await redis.evalSHA(Self.snapshot, arguments: [prefix])
         guard let items = reply.array, let version = items.first?.integer else {
             throw CoordinationError(.unexpectedReply, "the snapshot script answered \(reply)")
         }
-        var subscriptions: [Subscription] = []
-        subscriptions.reserveCapacity(items.count - 1)
-        for item in items.dropFirst() {
-            guard let bytes = item.bytes else { continue }
-            do {
-                subscriptions.append(try decode(bytes))
-            } catch {
-                // One unreadable record must not take the others down with it.
-                logger.error("skipping an unreadable subscription record", metadata: ["error": "\(error)"])
-            }
-        }
-        return RegistrySnapshot(version: version, subscriptions: subscriptions.sorted { $0.id < $1.id })
+        return (version, items.dropFirst().compactMap(\.bytes))
     }
 
     // MARK: Watching
 
-    /// A fresh snapshot now and after every change. A change notice (`<version> <id>`, pub/sub)
-    /// that follows the version held is applied by reading that one record; a gap in the
-    /// versions, a reconnect, or a version seen to differ on the `poll` (a lost notice costs at
-    /// most one poll) reads the whole registry again. Ends when the consumer stops iterating.
-    public func watch(poll: Duration = .seconds(1)) -> AsyncStream<RegistrySnapshot> {
-        let (stream, continuation) = AsyncStream.makeStream(
-            of: RegistrySnapshot.self, bufferingPolicy: .bufferingNewest(1))
+    /// The whole registry now, then what changed after every change. A change notice
+    /// (`<version> <id>`, pub/sub) that follows the version held is passed on by reading that one
+    /// record; a gap in the versions, a reconnect, or a version seen to differ on the `poll` (a
+    /// lost notice costs at most one poll) reads the whole registry again. Updates the consumer
+    /// has not taken yet are merged, so a slow consumer gets one update with every change since
+    /// it last looked. The watch keeps no subscriptions of its own. Ends when the consumer stops
+    /// iterating.
+    public func watch(poll: Duration = .seconds(1)) -> RegistryWatch {
+        let pending = RegistryWatch.Pending()
+        let (wakes, wake) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
         let (changes, changed) = AsyncStream.makeStream(
             of: RegistryChange.self, bufferingPolicy: .bufferingNewest(1024))
         let notices = subscriber.subscribe(to: [prefix + "subs:changed"])
@@ -204,36 +203,40 @@ public final class SubscriptionRegistry: Sendable {
             }
         }
         let loop = Task {
-            var held = RegistryState()
+            var version: Int64 = -1
             var needsResync = true
             for await change in changes {
                 if Task.isCancelled { break }
                 do {
-                    if case .notice(let version, let id) = change, !needsResync, version == held.version + 1 {
-                        held.apply(version: version, id: id, record: try await get(id: id, project: nil))
-                        continuation.yield(held.snapshot)
+                    if case .notice(let next, let id) = change, !needsResync, next == version + 1 {
+                        let record = try await get(id: id, project: nil)
+                        version = next
+                        pending.merge(RegistryUpdate(version: next, changed: [id: record]))
+                        wake.yield()
                         continue
                     }
-                    if case .notice(let version, _) = change, !needsResync, version <= held.version { continue }
-                    if case .poll = change, !needsResync, try await self.version() == held.version { continue }
-                    held = RegistryState(try await snapshot())
+                    if case .notice(let next, _) = change, !needsResync, next <= version { continue }
+                    if case .poll = change, !needsResync, try await self.version() == version { continue }
+                    let whole = try await storedRecords()
+                    version = whole.version
                     needsResync = false
-                    continuation.yield(held.snapshot)
+                    pending.merge(RegistryUpdate(version: whole.version, all: whole.records, changed: [:]))
+                    wake.yield()
                 } catch {
                     needsResync = true
                     logger.warning("reading the registry failed; retrying", metadata: ["error": "\(error)"])
                 }
             }
         }
-        // The first snapshot at once, not after the first poll.
+        // The whole registry at once, not after the first poll.
         changed.yield(.resync)
-        continuation.onTermination = { _ in
+        wake.onTermination = { _ in
             loop.cancel()
             poller.cancel()
             listener.cancel()
             changed.finish()
         }
-        return stream
+        return RegistryWatch(wakes: wakes, pending: pending)
     }
 
     private func encode(_ subscription: Subscription) throws -> String {
@@ -261,26 +264,103 @@ enum RegistryChange: Sendable {
     }
 }
 
-/// The registry as one node holds it between snapshots: applied change by change.
-struct RegistryState {
-    var version: Int64 = -1
-    var byID: [String: Subscription] = [:]
+/// What a registry watcher learns at once: the whole registry, or the subscriptions that changed.
+public struct RegistryUpdate: Sendable {
+    /// The registry's version after these changes.
+    public var version: Int64
+    /// The whole registry as stored (a first read, or a read again after a gap): whatever the
+    /// watcher held before is gone. Records, not subscriptions, so that the watcher decodes
+    /// them one at a time (`subscriptions`) and never holds them all decoded.
+    public var all: [[UInt8]]?
+    /// By id: the subscription as it is now, nil when it was deleted; after `all`, these win.
+    public var changed: [String: Subscription?]
 
-    init() {}
-
-    init(_ snapshot: RegistrySnapshot) {
-        version = snapshot.version
-        byID = Dictionary(snapshot.subscriptions.map { ($0.id, $0) }, uniquingKeysWith: { _, last in last })
-    }
-
-    /// The record as read after the notice (nil: deleted).
-    mutating func apply(version: Int64, id: String, record: Subscription?) {
+    public init(version: Int64, all: [[UInt8]]? = nil, changed: [String: Subscription?]) {
         self.version = version
-        byID[id] = record
+        self.all = all
+        self.changed = changed
     }
 
-    var snapshot: RegistrySnapshot {
-        RegistrySnapshot(version: version, subscriptions: byID.values.sorted { $0.id < $1.id })
+    /// Whether this is the whole registry.
+    public var replacesAll: Bool { all != nil }
+
+    /// With `all`: every subscription, decoded one at a time as the sequence is read, the
+    /// changes applied. Unreadable records are skipped and logged.
+    public func subscriptions(logger: Logger) -> some Sequence<Subscription> {
+        let changed = changed
+        let kept = Self.decoding(all ?? [], logger: logger).filter { changed[$0.id] == nil }
+        return [AnySequence(kept), AnySequence(changed.values.lazy.compactMap { $0 })].lazy.joined()
+    }
+
+    /// Records decoded one at a time; one unreadable record must not take the others down with it.
+    static func decoding(
+        _ records: [[UInt8]], logger: Logger
+    ) -> LazyMapSequence<
+        LazyFilterSequence<LazyMapSequence<[[UInt8]], Subscription?>>, Subscription
+    > {
+        records.lazy.compactMap { bytes -> Subscription? in
+            do {
+                return try JSONDecoder().decode(Subscription.self, from: Data(bytes))
+            } catch {
+                logger.error("skipping an unreadable subscription record", metadata: ["error": "\(error)"])
+                return nil
+            }
+        }
+    }
+
+    /// This update followed by `later`, as one.
+    mutating func merge(_ later: RegistryUpdate) {
+        if later.replacesAll {
+            self = later
+            return
+        }
+        version = later.version
+        changed.merge(later.changed) { $1 }
+    }
+}
+
+/// The updates of `SubscriptionRegistry.watch`: at most one waits, with every change merged into it.
+public struct RegistryWatch: AsyncSequence, Sendable {
+    /// The update the consumer has not taken yet.
+    final class Pending: Sendable {
+        private let update = Mutex<RegistryUpdate?>(nil)
+
+        func merge(_ later: RegistryUpdate) {
+            update.withLock { update in
+                guard var current = update.take() else {
+                    update = later
+                    return
+                }
+                current.merge(later)
+                update = current
+            }
+        }
+
+        func take() -> RegistryUpdate? {
+            update.withLock { update in
+                defer { update = nil }
+                return update
+            }
+        }
+    }
+
+    let wakes: AsyncStream<Void>
+    let pending: Pending
+
+    public struct AsyncIterator: AsyncIteratorProtocol {
+        var wakes: AsyncStream<Void>.AsyncIterator
+        let pending: Pending
+
+        public mutating func next() async -> RegistryUpdate? {
+            while true {
+                if let update = pending.take() { return update }
+                guard await wakes.next() != nil else { return nil }
+            }
+        }
+    }
+
+    public func makeAsyncIterator() -> AsyncIterator {
+        AsyncIterator(wakes: wakes.makeAsyncIterator(), pending: pending)
     }
 }
 

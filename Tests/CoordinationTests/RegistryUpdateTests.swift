@@ -1,0 +1,58 @@
+import Foundation
+import HeraldModel
+import Logging
+import Testing
+
+@testable import Coordination
+
+@Suite("Registry updates a watcher has not taken yet are merged")
+struct RegistryUpdateTests {
+    static let deleted: Subscription? = nil
+    let logger = Logger(label: "herald.test.registry")
+
+    func subscription(_ id: String) -> Subscription {
+        Subscription(id: id, project: "p1", eventTypes: ["*"], target: Target(queue: "q"))
+    }
+
+    func stored(_ ids: String...) throws -> [[UInt8]] {
+        try ids.map { Array(try JSONEncoder().encode(subscription($0))) }
+    }
+
+    @Test("three changes waiting are taken as one, with the last word on each subscription")
+    func changesMerge() {
+        let pending = RegistryWatch.Pending()
+        pending.merge(RegistryUpdate(version: 5, changed: ["a": subscription("a")]))
+        pending.merge(RegistryUpdate(version: 6, changed: ["b": subscription("b")]))
+        pending.merge(RegistryUpdate(version: 7, changed: ["a": Self.deleted]))
+        let taken = pending.take()
+        #expect(taken?.version == 7)
+        #expect(taken?.replacesAll == false)
+        #expect(taken?.changed.mapValues { $0?.id } == ["a": String?.none, "b": "b"])
+        #expect(pending.take() == nil, "taken once")
+    }
+
+    @Test("after the whole registry, a deletion removes a subscription from it and a change adds one")
+    func afterWholeRegistry() throws {
+        var update = RegistryUpdate(version: 3, all: try stored("a", "b"), changed: [:])
+        update.merge(RegistryUpdate(version: 4, changed: ["a": Self.deleted]))
+        update.merge(RegistryUpdate(version: 5, changed: ["c": subscription("c")]))
+        #expect(update.replacesAll)
+        #expect(update.version == 5)
+        #expect(update.subscriptions(logger: logger).map(\.id).sorted() == ["b", "c"])
+    }
+
+    @Test("the whole registry read again replaces whatever changes were waiting")
+    func wholeRegistryReplaces() throws {
+        var update = RegistryUpdate(version: 3, changed: ["a": Self.deleted, "x": subscription("x")])
+        update.merge(RegistryUpdate(version: 9, all: try stored("z"), changed: [:]))
+        #expect(update.replacesAll && update.version == 9)
+        #expect(update.subscriptions(logger: logger).map(\.id) == ["z"])
+    }
+
+    @Test("an unreadable record is skipped; the others are read")
+    func unreadableRecord() throws {
+        let update = RegistryUpdate(
+            version: 1, all: try stored("a") + [Array("{not json".utf8)] + stored("b"), changed: [:])
+        #expect(update.subscriptions(logger: logger).map(\.id) == ["a", "b"])
+    }
+}

@@ -56,6 +56,12 @@ let package = Package(
             name: "CBaseline",
             dependencies: ["CRabbitMQ"]
         ),
+        // libcurl's multi interface, for the benchmark that compares it with AsyncHTTPClient
+        // (Debian's libcurl4-openssl-dev; its setters are variadic, hence the shim).
+        .target(
+            name: "CCurl",
+            linkerSettings: [.linkedLibrary("curl")]
+        ),
         // The notification decoder's fast path: simdjson's On-Demand API behind a small C API.
         .target(
             name: "CNotificationScan",
@@ -142,6 +148,7 @@ let package = Package(
                 "Delivery",
                 "HeraldModel",
                 "CBaseline",
+                "CCurl",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -14,7 +14,7 @@ struct HeraldBench: AsyncParsableCommand {
         abstract: "Benchmarks of Herald's Redis and AMQP clients against baselines in the same run.",
         subcommands: [
             Clients.self, AMQP.self, Redis.self, Failover.self, ClusterLoad.self, DeliveryBenchmark.self, HotPath.self,
-            Load.self, Member.self, PartitionBalance.self,
+            Load.self, Member.self, PartitionBalance.self, HTTPClients.self, InstantSinkCommand.self,
         ],
         defaultSubcommand: Clients.self
     )

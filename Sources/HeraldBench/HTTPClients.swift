@@ -1,0 +1,220 @@
+import ArgumentParser
+import Delivery
+import Foundation
+import HeraldModel
+import Synchronization
+
+/// `herald-bench http-clients`: CPU per request of Herald's Zaqar client (AsyncHTTPClient on
+/// NIO's event loops) against a client over libcurl's multi interface on a thread of its own,
+/// posting the same Zaqar batches into the same instant sink. The sink runs in a child process,
+/// so the CPU this process uses (getrusage) is the client's alone. Each client runs flat out
+/// (`--concurrency` requests in flight), then at the same fixed rate (half the slower one's
+/// flat-out rate unless `--rate`), where "CPU per request at equal throughput" is read; the
+/// rounds alternate the clients.
+struct HTTPClients: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "http-clients",
+        abstract: "CPU per request: AsyncHTTPClient (Herald's ZaqarClient) against libcurl's multi interface.")
+
+    @Option(help: "Requests per measurement.") var requests: Int = 20_000
+    @Option(help: "Requests in flight (Herald's pool: 8 connections a host).") var concurrency: Int = 8
+    @Option(help: "Messages per request (Herald sends about 3 a request at 100 subscriptions).") var batch: Int = 3
+    @Option(help: "Event size in bytes.") var size: Int = 1_000
+    @Option(help: "Rounds; the median is reported.") var rounds: Int = 3
+    @Option(help: "Requests/s of the paced runs (default: half the slower client's flat-out rate).") var rate: Double?
+
+    func run() async throws {
+        let sink = try SinkProcess.start()
+        defer { sink.stop() }
+        let target = ZaqarTarget(baseURL: sink.url, project: "bench", queue: "http-clients")
+        let pad = String(repeating: "x", count: max(0, size - 120))
+        let messages = (0..<batch).map { index in
+            ZaqarMessageEncoding.message(
+                event: Array(
+                    "{\"event_type\":\"compute.instance.update\",\"message_id\":\"\(index)\",\"payload\":{\"pad\":\"\(pad)\"}}"
+                        .utf8),
+                ttl: 300, subscriptionID: "bench", eventID: "\(index)", partition: 0, epoch: 1)
+        }
+        let zaqar = ZaqarClient(requestTimeout: .seconds(30), poolSize: concurrency)
+        let curl = try CurlPostClient(connectionsPerHost: concurrency)
+        let clientID = UUID().uuidString.lowercased()
+        let url = "\(target.baseURL)/v2/queues/\(target.queue)/messages"
+        let clients: [(name: String, post: @Sendable () async -> Bool)] = [
+            (
+                "AsyncHTTPClient (ZaqarClient.post)",
+                {
+                    guard let response = try? await zaqar.post(target, messages: messages) else { return false }
+                    return response.status == 201
+                }
+            ),
+            (
+                "libcurl multi, own thread",
+                {
+                    // The body built per request, as ZaqarClient builds its own.
+                    var body: [UInt8] = []
+                    body.reserveCapacity(messages.reduce(16) { $0 + $1.count + 1 })
+                    body += Array("{\"messages\":[".utf8)
+                    for (index, message) in messages.enumerated() {
+                        if index > 0 { body.append(UInt8(ascii: ",")) }
+                        body += message
+                    }
+                    body += Array("]}".utf8)
+                    let answer = await curl.post(
+                        CurlPostClient.Request(
+                            url: url,
+                            headers: [
+                                "Content-Type: application/json", "Client-ID: \(clientID)",
+                                "X-Project-ID: \(target.project)",
+                            ], body: body))
+                    return answer == .status(201)
+                }
+            ),
+        ]
+        print(
+            "HTTP clients: \(requests) POSTs of \(batch) messages (\(size) B events) per measurement, \(concurrency) in flight, into an instant sink in a child process; median of \(rounds) rounds, clients alternating"
+        )
+        // Warm both (connections made, code paths paged in).
+        for client in clients { _ = await measure(client.post, count: 500, pace: nil) }
+
+        var flat: [[Measurement]] = Array(repeating: [], count: clients.count)
+        for _ in 0..<rounds {
+            for (number, client) in clients.enumerated() {
+                flat[number].append(await measure(client.post, count: requests, pace: nil))
+            }
+        }
+        let flatMedians = flat.map(Measurement.median)
+        let pace = rate ?? (flatMedians.map(\.rate).min() ?? 1_000) / 2
+        var paced: [[Measurement]] = Array(repeating: [], count: clients.count)
+        for _ in 0..<rounds {
+            for (number, client) in clients.enumerated() {
+                paced[number].append(await measure(client.post, count: requests, pace: pace))
+            }
+        }
+        let pacedMedians = paced.map(Measurement.median)
+        print("  client                                 run        requests/s   CPU µs/request   failed")
+        for (number, client) in clients.enumerated() {
+            for (label, result) in [
+                ("flat out", flatMedians[number]), (String(format: "at %.0f/s", pace), pacedMedians[number]),
+            ] {
+                print(
+                    String(
+                        format: "  %@ %@   %10.0f   %14.1f   %6d",
+                        client.name.padding(toLength: 38, withPad: " ", startingAt: 0),
+                        label.padding(toLength: 10, withPad: " ", startingAt: 0), result.rate, result.cpuMicroseconds,
+                        result.failed))
+            }
+        }
+        print(
+            String(
+                format: "  libcurl / AsyncHTTPClient, CPU per request: %.2fx flat out, %.2fx at the same rate",
+                flatMedians[1].cpuMicroseconds / flatMedians[0].cpuMicroseconds,
+                pacedMedians[1].cpuMicroseconds / pacedMedians[0].cpuMicroseconds))
+        await curl.close()
+        await zaqar.shutdown()
+    }
+
+    struct Measurement {
+        var rate: Double
+        var cpuMicroseconds: Double
+        var failed: Int
+
+        static func median(_ runs: [Measurement]) -> Measurement {
+            let sorted = runs.sorted { $0.cpuMicroseconds < $1.cpuMicroseconds }
+            return sorted[sorted.count / 2]
+        }
+    }
+
+    /// `count` posts by `concurrency` workers, flat out or on a fixed schedule of `pace` a second.
+    func measure(_ post: @escaping @Sendable () async -> Bool, count: Int, pace: Double?) async -> Measurement {
+        final class Counters: Sendable {
+            let next = Atomic<Int>(0)
+            let failed = Atomic<Int>(0)
+        }
+        let counters = Counters()
+        let cpuBefore = Self.processCPUSeconds()
+        let started = ContinuousClock.now
+        await withTaskGroup(of: Void.self) { group in
+            for _ in 0..<concurrency {
+                group.addTask {
+                    while true {
+                        let index = counters.next.add(1, ordering: .relaxed).oldValue
+                        guard index < count else { return }
+                        if let pace {
+                            let due = started + .seconds(Double(index) / pace)
+                            if due > .now { try? await Task.sleep(until: due) }
+                        }
+                        if await !post() { counters.failed.add(1, ordering: .relaxed) }
+                    }
+                }
+            }
+        }
+        let seconds = (ContinuousClock.now - started).seconds
+        let cpu = Self.processCPUSeconds() - cpuBefore
+        return Measurement(
+            rate: Double(count) / seconds, cpuMicroseconds: cpu / Double(count) * 1e6,
+            failed: counters.failed.load(ordering: .relaxed))
+    }
+
+    /// User and system CPU of this process so far.
+    static func processCPUSeconds() -> Double {
+        var usage = rusage()
+        getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &usage)
+        return Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec)
+            + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6
+    }
+}
+
+/// `herald-bench instant-sink`: the instant sink (201 at once) on its own, for benchmarks that
+/// must not count its CPU; prints its URL, serves until its standard input closes.
+struct InstantSinkCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "instant-sink", abstract: "An HTTP sink answering 201 at once, until stdin closes.",
+        shouldDisplay: false)
+
+    func run() async throws {
+        let sink = try await InstantSink.start()
+        print(sink.url)
+        fflush(nil)
+        // Blocking reads of stdin, off the cooperative pool.
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            Thread {
+                while let line = readLine() { _ = line }
+                continuation.resume()
+            }.start()
+        }
+        await sink.stop()
+    }
+}
+
+/// The instant sink in a child process: `herald-bench instant-sink`.
+struct SinkProcess {
+    let process: Process
+    let input: Pipe
+    let url: String
+
+    static func start() throws -> SinkProcess {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+        process.arguments = ["instant-sink"]
+        let input = Pipe()
+        let output = Pipe()
+        process.standardInput = input
+        process.standardOutput = output
+        try process.run()
+        var line: [UInt8] = []
+        while let byte = try output.fileHandleForReading.read(upToCount: 1)?.first, byte != UInt8(ascii: "\n") {
+            line.append(byte)
+        }
+        let url = String(decoding: line, as: UTF8.self)
+        guard url.hasPrefix("http://") else {
+            process.terminate()
+            throw ValidationError("the instant sink did not start (it said \"\(url)\")")
+        }
+        return SinkProcess(process: process, input: input, url: url)
+    }
+
+    func stop() {
+        try? input.fileHandleForWriting.close()
+        process.waitUntilExit()
+    }
+}

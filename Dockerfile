@@ -27,7 +27,7 @@ RUN swift build -c release --product herald --static-swift-stdlib \
 FROM debian:bookworm-slim AS runtime
 # Only the shared libraries herald links (hiredis, rabbitmq-c with OpenSSL, simdjson with
 # libstdc++), CA certificates for https targets and time zones.
-ARG RUNTIME_PACKAGES="libhiredis0.14 librabbitmq4 libsimdjson14 libssl3 ca-certificates tzdata"
+ARG RUNTIME_PACKAGES="libhiredis0.14 librabbitmq4 libsimdjson14 libssl3 libcurl4 ca-certificates tzdata"
 RUN apt-get update \
  && apt-get install -y --no-install-recommends $RUNTIME_PACKAGES \
  && rm -rf /var/lib/apt/lists/*

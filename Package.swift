@@ -56,8 +56,8 @@ let package = Package(
             name: "CBaseline",
             dependencies: ["CRabbitMQ"]
         ),
-        // libcurl's multi interface, for the benchmark that compares it with AsyncHTTPClient
-        // (Debian's libcurl4-openssl-dev; its setters are variadic, hence the shim).
+        // libcurl's multi interface, Zaqar's transport (Debian's libcurl4-openssl-dev; its
+        // setters are variadic, hence the shim).
         .target(
             name: "CCurl",
             linkerSettings: [.linkedLibrary("curl")]
@@ -107,6 +107,7 @@ let package = Package(
             name: "Delivery",
             dependencies: [
                 "HeraldModel",
+                "CCurl",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "DequeModule", package: "swift-collections"),
@@ -148,12 +149,12 @@ let package = Package(
                 "Delivery",
                 "HeraldModel",
                 "CBaseline",
-                "CCurl",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],

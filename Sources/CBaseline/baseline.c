@@ -171,7 +171,9 @@ int herald_baseline_topology(const char *host, int port, const char *vhost,
     return 0;
 }
 
+#ifdef __GLIBC__
 #include <malloc.h>
+#include <unistd.h>
 
 size_t herald_heap_in_use(void) {
     struct mallinfo2 info = mallinfo2();
@@ -185,5 +187,9 @@ size_t herald_heap_trim_and_resident(void) {
     if (statm == NULL) return 0;
     if (fscanf(statm, "%ld %ld", &pages, &resident) != 2) resident = 0;
     fclose(statm);
-    return (size_t)resident * 4096;
+    return (size_t)resident * (size_t)sysconf(_SC_PAGESIZE);
 }
+#else
+size_t herald_heap_in_use(void) { return 0; }
+size_t herald_heap_trim_and_resident(void) { return 0; }
+#endif

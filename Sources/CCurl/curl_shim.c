@@ -1,30 +1,107 @@
 #include "CCurl.h"
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
 
-static size_t discard(char *data, size_t size, size_t count, void *user) {
-    (void)data;
-    (void)user;
-    return size * count;
-}
-
-CURLM *herald_curl_multi_new(long per_host) {
+CURLM *herald_curl_multi_new(long per_host, long cache) {
     CURLM *multi = curl_multi_init();
     if (multi == NULL) return NULL;
     curl_multi_setopt(multi, CURLMOPT_MAX_HOST_CONNECTIONS, per_host);
+    curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, cache);
     curl_multi_setopt(multi, CURLMOPT_PIPELINING, (long)CURLPIPE_NOTHING);
     return multi;
 }
 
-CURL *herald_curl_post_new(const char *url, struct curl_slist *headers, const void *body, long length,
-                           long timeout_ms) {
+herald_curl_answer *herald_curl_answer_new(size_t max_body) {
+    herald_curl_answer *answer = calloc(1, sizeof(herald_curl_answer));
+    if (answer == NULL) return NULL;
+    answer->max_body = max_body;
+    return answer;
+}
+
+void herald_curl_answer_free(herald_curl_answer *answer) {
+    if (answer == NULL) return;
+    free(answer->body);
+    free(answer);
+}
+
+/// Keeps up to `max_body` bytes; one byte more ends the transfer (the connection is closed
+/// rather than read to its end for a target that sends megabytes).
+static size_t collect(char *data, size_t size, size_t count, void *user) {
+    herald_curl_answer *answer = user;
+    size_t length = size * count;
+    size_t room = answer->max_body - answer->body_length;
+    size_t kept = length < room ? length : room;
+    if (kept > 0) {
+        if (answer->body_length + kept > answer->body_capacity) {
+            // Room grows by doubling from 4 KiB, up to the limit: most answers are a few hundred bytes.
+            size_t capacity = answer->body_capacity > 0 ? answer->body_capacity : 4096;
+            while (capacity < answer->body_length + kept) capacity *= 2;
+            if (capacity > answer->max_body) capacity = answer->max_body;
+            unsigned char *grown = realloc(answer->body, capacity);
+            if (grown == NULL) return 0;
+            answer->body = grown;
+            answer->body_capacity = capacity;
+        }
+        memcpy(answer->body + answer->body_length, data, kept);
+        answer->body_length += kept;
+    }
+    if (kept < length) {
+        answer->truncated = 1;
+        return 0;
+    }
+    return length;
+}
+
+/// Copies a header's value (after `name:`, spaces and the line end trimmed) into `into`, cut to its size.
+static void header_value(const char *line, size_t length, size_t name_length, char *into, size_t size) {
+    size_t start = name_length;
+    while (start < length && (line[start] == ' ' || line[start] == '\t')) start++;
+    size_t end = length;
+    while (end > start && (line[end - 1] == '\r' || line[end - 1] == '\n' || line[end - 1] == ' ')) end--;
+    size_t copied = end - start < size - 1 ? end - start : size - 1;
+    memcpy(into, line + start, copied);
+    into[copied] = 0;
+}
+
+static size_t headers(char *line, size_t size, size_t count, void *user) {
+    herald_curl_answer *answer = user;
+    size_t length = size * count;
+    if (length >= 5 && strncmp(line, "HTTP/", 5) == 0) {
+        // A new response (after a 100 Continue, say): only the last one's headers count.
+        answer->content_type[0] = 0;
+        answer->retry_after[0] = 0;
+    } else if (length >= 13 && strncasecmp(line, "content-type:", 13) == 0) {
+        header_value(line, length, 13, answer->content_type, sizeof(answer->content_type));
+    } else if (length >= 12 && strncasecmp(line, "retry-after:", 12) == 0) {
+        header_value(line, length, 12, answer->retry_after, sizeof(answer->retry_after));
+    }
+    return length;
+}
+
+CURL *herald_curl_request_new(const char *url, struct curl_slist *headers_list, const void *body, long length,
+                              long connect_timeout_ms, long timeout_ms, const char *ca_file,
+                              herald_curl_answer *answer) {
     CURL *easy = curl_easy_init();
     if (easy == NULL) return NULL;
     curl_easy_setopt(easy, CURLOPT_URL, url);
-    curl_easy_setopt(easy, CURLOPT_HTTPHEADER, headers);
+    curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(easy, CURLOPT_FOLLOWLOCATION, 0L);
+    curl_easy_setopt(easy, CURLOPT_NOPROXY, "*");
+    curl_easy_setopt(easy, CURLOPT_HTTPHEADER, headers_list);
     curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE, length);
     curl_easy_setopt(easy, CURLOPT_COPYPOSTFIELDS, body);
-    curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, discard);
+    curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, collect);
+    curl_easy_setopt(easy, CURLOPT_WRITEDATA, answer);
+    curl_easy_setopt(easy, CURLOPT_HEADERFUNCTION, headers);
+    curl_easy_setopt(easy, CURLOPT_HEADERDATA, answer);
+    curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, answer->error);
+    curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS, connect_timeout_ms);
     curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, timeout_ms);
     curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(easy, CURLOPT_SSL_VERIFYPEER, 1L);
+    curl_easy_setopt(easy, CURLOPT_SSL_VERIFYHOST, 2L);
+    if (ca_file != NULL) curl_easy_setopt(easy, CURLOPT_CAINFO, ca_file);
     return easy;
 }
 

@@ -1,9 +1,5 @@
-import AsyncHTTPClient
 import Foundation
 import HeraldModel
-import NIOCore
-import NIOFoundationCompat
-import NIOSSL
 
 /// What Zaqar answered to one POST.
 public struct ZaqarResponse: Sendable {
@@ -48,8 +44,8 @@ public enum ZaqarTokenError: Error, CustomStringConvertible {
     }
 }
 
-/// Posts batches of messages into Zaqar queues over one owned AsyncHTTPClient
-/// (keep-alive pool, connect and read timeouts).
+/// Posts batches of messages into Zaqar queues over libcurl (`CurlTransport`: keep-alive
+/// connections, at most `poolSize` a host, on a thread of its own).
 ///
 /// Targets are treated as hostile: redirects are never followed (a 3xx is the target's
 /// error: following one would carry `X-Project-ID` and tokens to wherever it points), every
@@ -57,7 +53,7 @@ public enum ZaqarTokenError: Error, CustomStringConvertible {
 /// drips its body cannot hold a lane), at most `TargetAnswer.maxBodyBytes` of an answer are
 /// read, and only a status and a sanitised reason are kept.
 public final class ZaqarClient: Sendable {
-    private let http: HTTPClient
+    private let transport: CurlTransport
     private let tokens: (any ZaqarTokenSource)?
     /// Zaqar wants a `Client-ID` (a UUID) on every request; one per node.
     public let clientID: String
@@ -77,19 +73,9 @@ public final class ZaqarClient: Sendable {
         retryAfterCap: Duration = .seconds(60), tokens: (any ZaqarTokenSource)? = nil, caFile: String? = nil
     ) {
         self.tokens = tokens
-        var configuration = HTTPClient.Configuration(
-            timeout: .init(
-                connect: .milliseconds(connectTimeout.milliseconds), read: .milliseconds(requestTimeout.milliseconds))
-        )
-        if let caFile {
-            var tls = TLSConfiguration.makeClientConfiguration()
-            tls.trustRoots = .file(caFile)
-            configuration.tlsConfiguration = tls
-        }
-        configuration.connectionPool = .init(
-            idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: poolSize)
-        configuration.redirectConfiguration = .disallow
-        self.http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
+        transport = CurlTransport(
+            connectionsPerHost: poolSize, connectTimeout: connectTimeout, requestTimeout: requestTimeout,
+            caFile: caFile)
         self.clientID = clientID.uuidString.lowercased()
         self.requestTimeout = requestTimeout
         self.retryAfterCap = retryAfterCap
@@ -100,60 +86,57 @@ public final class ZaqarClient: Sendable {
     /// - Throws: transport errors (connection refused or reset, timeouts, the deadline) and
     ///   Keystone being unreachable: the caller retries those.
     public func post(_ target: ZaqarTarget, messages: [[UInt8]]) async throws -> ZaqarResponse {
-        try await withDeadline(requestTimeout) { try await self.postWithoutDeadline(target, messages: messages) }
-    }
-
-    private func postWithoutDeadline(_ target: ZaqarTarget, messages: [[UInt8]]) async throws -> ZaqarResponse {
-        var body = ByteBuffer()
+        var body: [UInt8] = []
         body.reserveCapacity(messages.reduce(ZaqarMessageEncoding.envelopeBytes) { $0 + $1.count + 1 })
-        body.writeString("{\"messages\":[")
+        body += "{\"messages\":[".utf8
         for (index, message) in messages.enumerated() {
-            if index > 0 { body.writeInteger(UInt8(ascii: ",")) }
-            body.writeBytes(message)
+            if index > 0 { body.append(UInt8(ascii: ",")) }
+            body += message
         }
-        body.writeString("]}")
-        var request = HTTPClientRequest(url: "\(target.baseURL)/v2/queues/\(target.queue)/messages")
-        request.method = .POST
-        request.headers.add(name: "Content-Type", value: "application/json")
-        request.headers.add(name: "Client-ID", value: clientID)
-        request.body = .bytes(body)
+        body += "]}".utf8
+        var request = CurlTransport.Request(
+            url: "\(target.baseURL)/v2/queues/\(target.queue)/messages",
+            headers: ["Content-Type: application/json", "Client-ID: \(clientID)"], body: body,
+            maxBody: TargetAnswer.maxBodyBytes)
         var trust: String?
         switch target.credentials {
         case .noAuth:
-            request.headers.add(name: "X-Project-ID", value: target.project)
+            request.headers.append("X-Project-ID: \(target.project)")
         case .trust(let id):
             trust = id
         case .signedURL(let signed, let fallback):
             if let fallback, let expiry = target.signedURLExpiry, expiry <= Date() {
                 trust = fallback  // expired and not yet renewed: the trust still reaches the queue
             } else {
-                request.headers.add(name: "X-Project-ID", value: signed.project)
-                request.headers.add(name: "URL-Signature", value: signed.signature)
-                request.headers.add(name: "URL-Expires", value: signed.expires)
-                request.headers.add(name: "URL-Methods", value: signed.methods.joined(separator: ","))
-                request.headers.add(name: "URL-Paths", value: signed.paths.joined(separator: ","))
+                request.headers += [
+                    "X-Project-ID: \(signed.project)", "URL-Signature: \(signed.signature)",
+                    "URL-Expires: \(signed.expires)", "URL-Methods: \(signed.methods.joined(separator: ","))",
+                    "URL-Paths: \(signed.paths.joined(separator: ","))",
+                ]
             }
         }
+        // libcurl bounds the exchange itself (the request timeout covers it whole).
         guard let trust else { return try await send(request) }
         // A node without Keystone is misconfigured, the trust may be fine: not "gone".
         guard let tokens else {
             return ZaqarResponse(status: 401, message: "this node has no Keystone to get a token for trust \(trust)")
         }
-        request.headers.add(name: "X-Project-ID", value: target.project)
+        request.headers.append("X-Project-ID: \(target.project)")
+        let withoutToken = request.headers
         for attempt in 0..<2 {
             let token: String
             do {
-                token = try await tokens.token(trust: trust)
-            } catch .refused(let reason) {
+                // Keystone is asked within the same deadline a whole request has.
+                token = try await withDeadline(requestTimeout) { try await tokens.token(trust: trust) }
+            } catch let error as ZaqarTokenError {
+                guard case .refused(let reason) = error else { throw error }
                 return ZaqarResponse(
                     status: 401,
                     message:
                         "Keystone refused a token for trust \(trust): \(TargetAnswer.cut(TargetAnswer.sanitise(reason)))",
                     credentialsGone: true)
-            } catch {
-                throw error
             }
-            request.headers.replaceOrAdd(name: "X-Auth-Token", value: token)
+            request.headers = withoutToken + ["X-Auth-Token: \(token)"]
             let response = try await send(request)
             guard response.status == 401, attempt == 0 else { return response }
             tokens.refused(trust: trust, token: token)
@@ -162,20 +145,9 @@ public final class ZaqarClient: Sendable {
         return ZaqarResponse(status: 401, message: "Zaqar refused two trust-scoped tokens for trust \(trust)")
     }
 
-    private func send(_ request: HTTPClientRequest) async throws -> ZaqarResponse {
-        let response = try await http.execute(request, timeout: .milliseconds(requestTimeout.milliseconds))
-        let status = Int(response.status.code)
-        var body: [UInt8] = []
-        var truncated = false
-        for try await chunk in response.body {
-            let room = TargetAnswer.maxBodyBytes - body.count
-            if chunk.readableBytes > room {
-                body += chunk.readableBytesView.prefix(room)
-                truncated = true
-                break  // the rest is not read: the connection is closed instead of reused
-            }
-            body += chunk.readableBytesView
-        }
+    private func send(_ request: CurlTransport.Request) async throws -> ZaqarResponse {
+        let answer = try await transport.post(request)
+        let status = answer.status
         guard !(200..<300).contains(status) else { return ZaqarResponse(status: status) }
         if (300..<400).contains(status) {
             return ZaqarResponse(
@@ -184,9 +156,8 @@ public final class ZaqarClient: Sendable {
         return ZaqarResponse(
             status: status,
             message: TargetAnswer.reason(
-                body: body, contentType: response.headers.first(name: "Content-Type"), truncated: truncated),
-            retryAfter: TargetAnswer.retryAfter(
-                response.headers.first(name: "Retry-After"), now: Date(), cap: retryAfterCap)
+                body: answer.body, contentType: answer.contentType, truncated: answer.truncated),
+            retryAfter: TargetAnswer.retryAfter(answer.retryAfter, now: Date(), cap: retryAfterCap)
         )
     }
 
@@ -197,36 +168,33 @@ public final class ZaqarClient: Sendable {
         baseURL: String, queue: String, project: String, token: String, expires: Date
     ) async throws -> SignedURL {
         let base = baseURL.hasSuffix("/") ? String(baseURL.dropLast()) : baseURL
-        var request = HTTPClientRequest(url: "\(base)/v2/queues/\(queue)/share")
-        request.method = .POST
-        request.headers.add(name: "Content-Type", value: "application/json")
-        request.headers.add(name: "Client-ID", value: clientID)
-        request.headers.add(name: "X-Project-ID", value: project)
-        request.headers.add(name: "X-Auth-Token", value: token)
         let document: [String: Any] = [
             "methods": ["POST"], "paths": ["messages"], "expires": ZaqarDates.format(expires),
         ]
-        request.body = .bytes(ByteBuffer(bytes: try JSONSerialization.data(withJSONObject: document)))
-        let response = try await http.execute(request, timeout: .milliseconds(requestTimeout.milliseconds))
-        let collected = try await response.body.collect(upTo: 1 << 20)
-        guard response.status == .ok || response.status == .created,
-            let object = try? JSONSerialization.jsonObject(with: Data(buffer: collected)) as? [String: Any],
+        let answer = try await transport.post(
+            CurlTransport.Request(
+                url: "\(base)/v2/queues/\(queue)/share",
+                headers: [
+                    "Content-Type: application/json", "Client-ID: \(clientID)", "X-Project-ID: \(project)",
+                    "X-Auth-Token: \(token)",
+                ], body: Array(try JSONSerialization.data(withJSONObject: document)), maxBody: 1 << 20))
+        guard answer.status == 200 || answer.status == 201, !answer.truncated,
+            let object = try? JSONSerialization.jsonObject(with: Data(answer.body)) as? [String: Any],
             let signature = object["signature"] as? String, let expiresText = object["expires"] as? String,
             let methods = object["methods"] as? [String], let paths = object["paths"] as? [String],
             let owner = object["project"] as? String
         else {
             throw ZaqarShareError(
-                status: Int(response.status.code),
+                status: answer.status,
                 message: TargetAnswer.reason(
-                    body: Array(collected.readableBytesView), contentType: response.headers.first(name: "Content-Type"),
-                    truncated: false) ?? "no body"
+                    body: answer.body, contentType: answer.contentType, truncated: answer.truncated) ?? "no body"
             )
         }
         return SignedURL(signature: signature, expires: expiresText, methods: methods, paths: paths, project: owner)
     }
 
     public func shutdown() async {
-        try? await http.shutdown()
+        await transport.shutdown()
     }
 }
 
@@ -239,7 +207,7 @@ public struct ZaqarShareError: Error, CustomStringConvertible {
 }
 
 /// Runs `operation` and throws `DeliveryError.deadlineExceeded` when it has not finished after
-/// `timeout` (it is cancelled then: AsyncHTTPClient closes the request's connection).
+/// `timeout` (it is cancelled then).
 func withDeadline<T: Sendable>(
     _ timeout: Duration, _ operation: @escaping @Sendable () async throws -> T
 ) async throws -> T {

@@ -1,12 +1,15 @@
 import ArgumentParser
+import AsyncHTTPClient
 import Delivery
 import Foundation
 import HeraldModel
+import NIOCore
 import Synchronization
 
-/// `herald-bench http-clients`: CPU per request of Herald's Zaqar client (AsyncHTTPClient on
-/// NIO's event loops) against a client over libcurl's multi interface on a thread of its own,
-/// posting the same Zaqar batches into the same instant sink. The sink runs in a child process,
+/// `herald-bench http-clients`: CPU per request of a plain AsyncHTTPClient (NIO's event loops,
+/// what Herald's Zaqar client used before) against libcurl's multi interface on a thread of its
+/// own, as Herald's `ZaqarClient` uses it now and bare (`CurlTransport`), posting the same
+/// Zaqar batches into the same instant sink. The sink runs in a child process,
 /// so the CPU this process uses (getrusage) is the client's alone. Each client runs flat out
 /// (`--concurrency` requests in flight), then at the same fixed rate (half the slower one's
 /// flat-out rate unless `--rate`), where "CPU per request at equal throughput" is read; the
@@ -14,7 +17,7 @@ import Synchronization
 struct HTTPClients: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "http-clients",
-        abstract: "CPU per request: AsyncHTTPClient (Herald's ZaqarClient) against libcurl's multi interface.")
+        abstract: "CPU per request: AsyncHTTPClient against libcurl's multi interface (Herald's ZaqarClient).")
 
     @Option(help: "Requests per measurement.") var requests: Int = 20_000
     @Option(help: "Requests in flight (Herald's pool: 8 connections a host).") var concurrency: Int = 8
@@ -36,37 +39,62 @@ struct HTTPClients: AsyncParsableCommand {
                 ttl: 300, subscriptionID: "bench", eventID: "\(index)", partition: 0, epoch: 1)
         }
         let zaqar = ZaqarClient(requestTimeout: .seconds(30), poolSize: concurrency)
-        let curl = try CurlPostClient(connectionsPerHost: concurrency)
+        var configuration = HTTPClient.Configuration(
+            timeout: .init(connect: .seconds(2), read: .seconds(30)))
+        configuration.connectionPool = .init(
+            idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: concurrency)
+        configuration.redirectConfiguration = .disallow
+        let plain = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
+        let curl = CurlTransport(
+            connectionsPerHost: concurrency, connectTimeout: .seconds(2), requestTimeout: .seconds(30), caFile: nil)
         let clientID = UUID().uuidString.lowercased()
         let url = "\(target.baseURL)/v2/queues/\(target.queue)/messages"
+        // The body built per request, as ZaqarClient builds its own.
+        @Sendable func body() -> [UInt8] {
+            var body: [UInt8] = []
+            body.reserveCapacity(messages.reduce(16) { $0 + $1.count + 1 })
+            body += Array("{\"messages\":[".utf8)
+            for (index, message) in messages.enumerated() {
+                if index > 0 { body.append(UInt8(ascii: ",")) }
+                body += message
+            }
+            body += Array("]}".utf8)
+            return body
+        }
         let clients: [(name: String, post: @Sendable () async -> Bool)] = [
             (
-                "AsyncHTTPClient (ZaqarClient.post)",
+                "AsyncHTTPClient, plain execute",
+                {
+                    var request = HTTPClientRequest(url: url)
+                    request.method = .POST
+                    request.headers.add(name: "Content-Type", value: "application/json")
+                    request.headers.add(name: "Client-ID", value: clientID)
+                    request.headers.add(name: "X-Project-ID", value: target.project)
+                    request.body = .bytes(ByteBuffer(bytes: body()))
+                    guard let response = try? await plain.execute(request, timeout: .seconds(30)),
+                        (try? await response.body.collect(upTo: 64 << 10)) != nil
+                    else { return false }
+                    return response.status.code == 201
+                }
+            ),
+            (
+                "libcurl, ZaqarClient.post",
                 {
                     guard let response = try? await zaqar.post(target, messages: messages) else { return false }
                     return response.status == 201
                 }
             ),
             (
-                "libcurl multi, own thread",
+                "libcurl, CurlTransport.post",
                 {
-                    // The body built per request, as ZaqarClient builds its own.
-                    var body: [UInt8] = []
-                    body.reserveCapacity(messages.reduce(16) { $0 + $1.count + 1 })
-                    body += Array("{\"messages\":[".utf8)
-                    for (index, message) in messages.enumerated() {
-                        if index > 0 { body.append(UInt8(ascii: ",")) }
-                        body += message
-                    }
-                    body += Array("]}".utf8)
-                    let answer = await curl.post(
-                        CurlPostClient.Request(
+                    let answer = try? await curl.post(
+                        CurlTransport.Request(
                             url: url,
                             headers: [
                                 "Content-Type: application/json", "Client-ID: \(clientID)",
                                 "X-Project-ID: \(target.project)",
-                            ], body: body))
-                    return answer == .status(201)
+                            ], body: body(), maxBody: 16 << 10))
+                    return answer?.status == 201
                 }
             ),
         ]
@@ -104,13 +132,16 @@ struct HTTPClients: AsyncParsableCommand {
                         result.failed))
             }
         }
-        print(
-            String(
-                format: "  libcurl / AsyncHTTPClient, CPU per request: %.2fx flat out, %.2fx at the same rate",
-                flatMedians[1].cpuMicroseconds / flatMedians[0].cpuMicroseconds,
-                pacedMedians[1].cpuMicroseconds / pacedMedians[0].cpuMicroseconds))
-        await curl.close()
+        for (number, name) in [(1, "ZaqarClient.post (libcurl)"), (2, "CurlTransport.post")] {
+            print(
+                String(
+                    format: "  %@ / plain AsyncHTTPClient, CPU per request: %.2fx flat out, %.2fx at the same rate",
+                    name, flatMedians[number].cpuMicroseconds / flatMedians[0].cpuMicroseconds,
+                    pacedMedians[number].cpuMicroseconds / pacedMedians[0].cpuMicroseconds))
+        }
+        await curl.shutdown()
         await zaqar.shutdown()
+        try? await plain.shutdown()
     }
 
     struct Measurement {

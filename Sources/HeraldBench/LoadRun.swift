@@ -7,6 +7,7 @@ import HeraldModel
 import Histogram
 import Messaging
 import NIOCore
+import NIOFoundationCompat
 import NIOHTTP1
 import Synchronization
 

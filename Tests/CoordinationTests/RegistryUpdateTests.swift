@@ -14,8 +14,8 @@ struct RegistryUpdateTests {
         Subscription(id: id, project: "p1", eventTypes: ["*"], target: Target(queue: "q"))
     }
 
-    func stored(_ ids: String...) throws -> [[UInt8]] {
-        try ids.map { Array(try JSONEncoder().encode(subscription($0))) }
+    func stored(_ ids: String...) throws -> [StoredSubscription] {
+        try ids.map { StoredSubscription(id: $0, bytes: Array(try JSONEncoder().encode(subscription($0)))) }
     }
 
     @Test("three changes waiting are taken as one, with the last word on each subscription")
@@ -49,10 +49,19 @@ struct RegistryUpdateTests {
         #expect(update.subscriptions(logger: logger).map(\.id) == ["z"])
     }
 
+    @Test("a record stored under another subscription's key is skipped, not taken for that one")
+    func recordUnderAnotherKey() throws {
+        let forged = StoredSubscription(id: "k", bytes: try stored("a")[0].bytes)
+        let update = RegistryUpdate(version: 1, all: [forged] + (try stored("b")), changed: [:])
+        #expect(update.subscriptions(logger: logger).map(\.id) == ["b"])
+    }
+
     @Test("an unreadable record is skipped; the others are read")
     func unreadableRecord() throws {
         let update = RegistryUpdate(
-            version: 1, all: try stored("a") + [Array("{not json".utf8)] + stored("b"), changed: [:])
+            version: 1,
+            all: try stored("a") + [StoredSubscription(id: "x", bytes: Array("{not json".utf8))] + stored("b"),
+            changed: [:])
         #expect(update.subscriptions(logger: logger).map(\.id) == ["a", "b"])
     }
 }

@@ -75,7 +75,12 @@ public final class SubscriptionRegistry: Sendable {
           local keys = {}
           for j = i, math.min(i + 999, #ids) do keys[#keys + 1] = prefix .. 'sub:' .. ids[j] end
           local values = redis.call('MGET', unpack(keys))
-          for _, value in ipairs(values) do if value then out[#out + 1] = value end end
+          for k = 1, #keys do
+            if values[k] then
+              out[#out + 1] = ids[i + k - 1]
+              out[#out + 1] = values[k]
+            end
+          end
         end
         return out
         """#)
@@ -109,6 +114,13 @@ public final class SubscriptionRegistry: Sendable {
     public func get(id: String, project: String?) async throws -> Subscription? {
         guard let bytes = try await redis.send("GET", prefix + "sub:" + id).bytes else { return nil }
         let subscription = try decode(bytes)
+        // A record written around the API under another subscription's key is not that one.
+        guard subscription.id == id else {
+            logger.error(
+                "skipping a subscription record whose id differs from its key",
+                metadata: ["subscription": "\(id)", "registry.record_id": "\(subscription.id)"])
+            return nil
+        }
         if let project, subscription.project != project { return nil }
         return subscription
     }
@@ -163,13 +175,24 @@ public final class SubscriptionRegistry: Sendable {
         return RegistrySnapshot(version: version, subscriptions: subscriptions.sorted { $0.id < $1.id })
     }
 
-    /// The version and every stored record, as stored (JSON), read atomically by one script.
-    func storedRecords() async throws -> (version: Int64, records: [[UInt8]]) {
+    /// The version and every stored record with its key's id, as stored (JSON), read
+    /// atomically by one script.
+    func storedRecords() async throws -> (version: Int64, records: [StoredSubscription]) {
         let reply = try await redis.evalSHA(Self.snapshot, arguments: [prefix])
         guard let items = reply.array, let version = items.first?.integer else {
             throw CoordinationError(.unexpectedReply, "the snapshot script answered \(reply)")
         }
-        return (version, items.dropFirst().compactMap(\.bytes))
+        let pairs = items.dropFirst()
+        var records: [StoredSubscription] = []
+        records.reserveCapacity(pairs.count / 2)
+        var index = pairs.startIndex
+        while index + 1 < pairs.endIndex {
+            if let id = pairs[index].string, let bytes = pairs[index + 1].bytes {
+                records.append(StoredSubscription(id: id, bytes: bytes))
+            }
+            index += 2
+        }
+        return (version, records)
     }
 
     // MARK: Watching
@@ -208,7 +231,7 @@ public final class SubscriptionRegistry: Sendable {
             for await change in changes {
                 if Task.isCancelled { break }
                 do {
-                    if case .notice(let next, let id) = change, !needsResync, next == version + 1 {
+                    if case .notice(let next, let id) = change, !needsResync, version != .max, next == version + 1 {
                         let record = try await get(id: id, project: nil)
                         version = next
                         pending.merge(RegistryUpdate(version: next, changed: [id: record]))
@@ -230,13 +253,16 @@ public final class SubscriptionRegistry: Sendable {
         }
         // The whole registry at once, not after the first poll.
         changed.yield(.resync)
-        wake.onTermination = { _ in
+        @Sendable func stop() {
             loop.cancel()
             poller.cancel()
             listener.cancel()
             changed.finish()
         }
-        return RegistryWatch(wakes: wakes, pending: pending)
+        wake.onTermination = { _ in stop() }
+        // The loop keeps the wake stream alive, so its end alone would never come: the watch
+        // stops when its consumer's task is cancelled or when the sequence and its iterator go.
+        return RegistryWatch(wakes: wakes, pending: pending, lifetime: RegistryWatch.Lifetime(stop: stop))
     }
 
     private func encode(_ subscription: Subscription) throws -> String {
@@ -264,6 +290,17 @@ enum RegistryChange: Sendable {
     }
 }
 
+/// One subscription as Redis stores it: its key's id and its JSON.
+public struct StoredSubscription: Sendable {
+    public var id: String
+    public var bytes: [UInt8]
+
+    public init(id: String, bytes: [UInt8]) {
+        self.id = id
+        self.bytes = bytes
+    }
+}
+
 /// What a registry watcher learns at once: the whole registry, or the subscriptions that changed.
 public struct RegistryUpdate: Sendable {
     /// The registry's version after these changes.
@@ -271,11 +308,11 @@ public struct RegistryUpdate: Sendable {
     /// The whole registry as stored (a first read, or a read again after a gap): whatever the
     /// watcher held before is gone. Records, not subscriptions, so that the watcher decodes
     /// them one at a time (`subscriptions`) and never holds them all decoded.
-    public var all: [[UInt8]]?
+    public var all: [StoredSubscription]?
     /// By id: the subscription as it is now, nil when it was deleted; after `all`, these win.
     public var changed: [String: Subscription?]
 
-    public init(version: Int64, all: [[UInt8]]? = nil, changed: [String: Subscription?]) {
+    public init(version: Int64, all: [StoredSubscription]? = nil, changed: [String: Subscription?]) {
         self.version = version
         self.all = all
         self.changed = changed
@@ -292,17 +329,27 @@ public struct RegistryUpdate: Sendable {
         return [AnySequence(kept), AnySequence(changed.values.lazy.compactMap { $0 })].lazy.joined()
     }
 
-    /// Records decoded one at a time; one unreadable record must not take the others down with it.
+    /// Records decoded one at a time; one unreadable record (or one whose id is not its key's)
+    /// must not take the others down with it.
     static func decoding(
-        _ records: [[UInt8]], logger: Logger
+        _ records: [StoredSubscription], logger: Logger
     ) -> LazyMapSequence<
-        LazyFilterSequence<LazyMapSequence<[[UInt8]], Subscription?>>, Subscription
+        LazyFilterSequence<LazyMapSequence<[StoredSubscription], Subscription?>>, Subscription
     > {
-        records.lazy.compactMap { bytes -> Subscription? in
+        records.lazy.compactMap { record -> Subscription? in
             do {
-                return try JSONDecoder().decode(Subscription.self, from: Data(bytes))
+                let subscription = try JSONDecoder().decode(Subscription.self, from: Data(record.bytes))
+                guard subscription.id == record.id else {
+                    logger.error(
+                        "skipping a subscription record whose id differs from its key",
+                        metadata: ["subscription": "\(record.id)", "registry.record_id": "\(subscription.id)"])
+                    return nil
+                }
+                return subscription
             } catch {
-                logger.error("skipping an unreadable subscription record", metadata: ["error": "\(error)"])
+                logger.error(
+                    "skipping an unreadable subscription record",
+                    metadata: ["subscription": "\(record.id)", "error": "\(error)"])
                 return nil
             }
         }
@@ -319,7 +366,8 @@ public struct RegistryUpdate: Sendable {
     }
 }
 
-/// The updates of `SubscriptionRegistry.watch`: at most one waits, with every change merged into it.
+/// The updates of `SubscriptionRegistry.watch`: at most one waits, with every change merged into
+/// it. For one consumer.
 public struct RegistryWatch: AsyncSequence, Sendable {
     /// The update the consumer has not taken yet.
     final class Pending: Sendable {
@@ -344,12 +392,24 @@ public struct RegistryWatch: AsyncSequence, Sendable {
         }
     }
 
+    /// Stops the watch's tasks when the last copy of the sequence or its iterator goes.
+    final class Lifetime: Sendable {
+        let stop: @Sendable () -> Void
+
+        init(stop: @escaping @Sendable () -> Void) { self.stop = stop }
+
+        deinit { stop() }
+    }
+
     let wakes: AsyncStream<Void>
     let pending: Pending
+    let lifetime: Lifetime
 
+    /// One consumer: iterate it once (a second iterator would share the first one's updates).
     public struct AsyncIterator: AsyncIteratorProtocol {
         var wakes: AsyncStream<Void>.AsyncIterator
         let pending: Pending
+        let lifetime: Lifetime
 
         public mutating func next() async -> RegistryUpdate? {
             while true {
@@ -360,7 +420,7 @@ public struct RegistryWatch: AsyncSequence, Sendable {
     }
 
     public func makeAsyncIterator() -> AsyncIterator {
-        AsyncIterator(wakes: wakes.makeAsyncIterator(), pending: pending)
+        AsyncIterator(wakes: wakes.makeAsyncIterator(), pending: pending, lifetime: lifetime)
     }
 }
 

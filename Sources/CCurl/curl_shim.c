@@ -53,20 +53,25 @@ static size_t collect(char *data, size_t size, size_t count, void *user) {
     return length;
 }
 
-/// Copies a header's value (after `name:`, spaces and the line end trimmed) into `into`, cut to its size.
+/// Copies a header's value (after `name:`, spaces and the line end trimmed) into `into`, unless
+/// one came already in this response (the first counts); a value too long for `into` counts as
+/// none (cut, it could read as something else).
 static void header_value(const char *line, size_t length, size_t name_length, char *into, size_t size) {
+    if (into[0] != 0) return;
     size_t start = name_length;
     while (start < length && (line[start] == ' ' || line[start] == '\t')) start++;
     size_t end = length;
     while (end > start && (line[end - 1] == '\r' || line[end - 1] == '\n' || line[end - 1] == ' ')) end--;
-    size_t copied = end - start < size - 1 ? end - start : size - 1;
-    memcpy(into, line + start, copied);
-    into[copied] = 0;
+    if (end - start > size - 1) return;
+    memcpy(into, line + start, end - start);
+    into[end - start] = 0;
 }
 
 static size_t headers(char *line, size_t size, size_t count, void *user) {
     herald_curl_answer *answer = user;
     size_t length = size * count;
+    // Trailers (after a chunked body) are not the answer's headers.
+    if (answer->body_length > 0 || answer->truncated) return length;
     if (length >= 5 && strncmp(line, "HTTP/", 5) == 0) {
         // A new response (after a 100 Continue, say): only the last one's headers count.
         answer->content_type[0] = 0;
@@ -84,24 +89,36 @@ CURL *herald_curl_request_new(const char *url, struct curl_slist *headers_list, 
                               herald_curl_answer *answer) {
     CURL *easy = curl_easy_init();
     if (easy == NULL) return NULL;
-    curl_easy_setopt(easy, CURLOPT_URL, url);
-    curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(easy, CURLOPT_FOLLOWLOCATION, 0L);
-    curl_easy_setopt(easy, CURLOPT_NOPROXY, "*");
-    curl_easy_setopt(easy, CURLOPT_HTTPHEADER, headers_list);
-    curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE, length);
-    curl_easy_setopt(easy, CURLOPT_COPYPOSTFIELDS, body);
-    curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, collect);
-    curl_easy_setopt(easy, CURLOPT_WRITEDATA, answer);
-    curl_easy_setopt(easy, CURLOPT_HEADERFUNCTION, headers);
-    curl_easy_setopt(easy, CURLOPT_HEADERDATA, answer);
-    curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, answer->error);
-    curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS, connect_timeout_ms);
-    curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, timeout_ms);
-    curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(easy, CURLOPT_SSL_VERIFYPEER, 1L);
-    curl_easy_setopt(easy, CURLOPT_SSL_VERIFYHOST, 2L);
-    if (ca_file != NULL) curl_easy_setopt(easy, CURLOPT_CAINFO, ca_file);
+    // The options that keep a hostile target in its place: any one refused means no request.
+    int refused = curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https") != CURLE_OK
+        || curl_easy_setopt(easy, CURLOPT_FOLLOWLOCATION, 0L) != CURLE_OK
+        || curl_easy_setopt(easy, CURLOPT_NOPROXY, "*") != CURLE_OK
+        || curl_easy_setopt(easy, CURLOPT_SSL_VERIFYPEER, 1L) != CURLE_OK
+        || curl_easy_setopt(easy, CURLOPT_SSL_VERIFYHOST, 2L) != CURLE_OK
+        || curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS, connect_timeout_ms) != CURLE_OK
+        || curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, timeout_ms) != CURLE_OK
+        // A name lookup still running at the timeout is left to its thread, not waited for
+        // (libcurl would wait on the one thread that drives every transfer).
+        || curl_easy_setopt(easy, CURLOPT_QUICK_EXIT, 1L) != CURLE_OK
+        || curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L) != CURLE_OK
+        || curl_easy_setopt(easy, CURLOPT_URL, url) != CURLE_OK
+        || curl_easy_setopt(easy, CURLOPT_HTTPHEADER, headers_list) != CURLE_OK
+        || curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE, length) != CURLE_OK
+        || curl_easy_setopt(easy, CURLOPT_COPYPOSTFIELDS, body) != CURLE_OK
+        || curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, collect) != CURLE_OK
+        || curl_easy_setopt(easy, CURLOPT_WRITEDATA, answer) != CURLE_OK
+        || curl_easy_setopt(easy, CURLOPT_HEADERFUNCTION, headers) != CURLE_OK
+        || curl_easy_setopt(easy, CURLOPT_HEADERDATA, answer) != CURLE_OK
+        || curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, answer->error) != CURLE_OK;
+    // HERALD_ZAQAR_CA_FILE alone: Debian's libcurl also reads /etc/ssl/certs unless told not to.
+    if (!refused && ca_file != NULL) {
+        refused = curl_easy_setopt(easy, CURLOPT_CAINFO, ca_file) != CURLE_OK
+            || curl_easy_setopt(easy, CURLOPT_CAPATH, NULL) != CURLE_OK;
+    }
+    if (refused) {
+        curl_easy_cleanup(easy);
+        return NULL;
+    }
     return easy;
 }
 

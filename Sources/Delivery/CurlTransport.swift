@@ -49,8 +49,23 @@ package final class CurlTransport: Sendable {
     }
 
     private struct Queued: Sendable {
+        var number: UInt64
         var request: Request
+        /// The whole request's limit, counted from when it was queued: waiting for one of the
+        /// host's connections counts too.
+        var deadline: ContinuousClock.Instant
         var done: CheckedContinuation<Result<Answer, Failure>, Never>
+    }
+
+    /// What other threads hand the loop, under one lock; `curl_multi_wakeup` is called under it
+    /// too, so that it never meets a multi handle the loop has freed (`gone`).
+    private struct Inbox: Sendable {
+        var requests: [Queued] = []
+        /// Requests whose callers were cancelled: given up, answered with a failure.
+        var cancelled: [UInt64] = []
+        var next: UInt64 = 0
+        var closing = false
+        var gone = false
     }
 
     /// A C pointer that only the transport's thread dereferences (`curl_multi_wakeup`, which
@@ -60,26 +75,29 @@ package final class CurlTransport: Sendable {
     }
 
     private let multi: Handle?
-    private let queued = Mutex<(requests: [Queued], closing: Bool)>(([], false))
+    private let inbox = Mutex(Inbox())
     private let finished = Mutex<(done: Bool, waiting: [CheckedContinuation<Void, Never>])>((false, []))
     private let connectTimeoutMilliseconds: Int
-    private let requestTimeoutMilliseconds: Int
+    private let requestTimeout: Duration
     private let caFile: String?
 
     /// libcurl's process-wide set-up, once, before any handle (it is not thread-safe itself).
     private static let initialised: Bool = curl_global_init(Int(CURL_GLOBAL_DEFAULT)) == CURLE_OK
 
     /// - Parameters:
-    ///   - connectionsPerHost: at most this many connections to one host; more requests wait.
-    ///   - caFile: the CAs that sign the servers' certificates; nil: the system's.
+    ///   - connectionsPerHost: at most this many connections to one host; more requests wait
+    ///     (within their request timeout).
+    ///   - requestTimeout: the limit of a whole request, from the moment it is queued.
+    ///   - caFile: the CAs that sign the servers' certificates (those alone); nil: the system's.
     package init(connectionsPerHost: Int, connectTimeout: Duration, requestTimeout: Duration, caFile: String?) {
         connectTimeoutMilliseconds = max(1, Int(connectTimeout.milliseconds))
-        requestTimeoutMilliseconds = max(1, Int(requestTimeout.milliseconds))
+        self.requestTimeout = max(requestTimeout, .milliseconds(1))
         self.caFile = caFile
         let multi = Self.initialised ? herald_curl_multi_new(max(1, connectionsPerHost), 64) : nil
         self.multi = multi.map(Handle.init)
         guard multi != nil else {
             // Out of memory at start: every request fails with that reason, nothing traps.
+            inbox.withLock { $0.gone = true }
             finished.withLock { $0.done = true }
             return
         }
@@ -88,25 +106,36 @@ package final class CurlTransport: Sendable {
         thread.start()
     }
 
-    /// Posts `request` and waits for its answer (at most the request timeout, plus a wake-up).
+    /// Posts `request` and waits for its answer: at most the request timeout (and a wake-up of
+    /// the transport's thread); a cancelled caller gets a failure at once.
     /// - Throws: `Failure` when no complete answer came (connection refused or reset, TLS
-    ///   refused, timed out), or the transport is shut down.
+    ///   refused, timed out, cancelled), or the transport is shut down.
     package func post(_ request: Request) async throws(Failure) -> Answer {
-        let result: Result<Answer, Failure> = await withCheckedContinuation { continuation in
-            guard let multi else {
-                continuation.resume(returning: .failure(Failure(code: -1, message: "libcurl could not start")))
-                return
+        let number = Mutex<UInt64?>(nil)
+        let result: Result<Answer, Failure> = await withTaskCancellationHandler {
+            await withCheckedContinuation { continuation in
+                let refusal: String? = inbox.withLock { state in
+                    guard let multi, !state.gone else { return "libcurl could not start" }
+                    guard !state.closing else { return "the HTTP transport is shut down" }
+                    guard !Task.isCancelled else { return "cancelled" }
+                    let assigned = state.next
+                    state.next &+= 1
+                    number.withLock { $0 = assigned }
+                    state.requests.append(
+                        Queued(
+                            number: assigned, request: request, deadline: .now + requestTimeout,
+                            done: continuation))
+                    curl_multi_wakeup(multi.pointer)
+                    return nil
+                }
+                if let refusal { continuation.resume(returning: .failure(Failure(code: -1, message: refusal))) }
             }
-            let accepted = queued.withLock { state in
-                guard !state.closing else { return false }
-                state.requests.append(Queued(request: request, done: continuation))
-                return true
+        } onCancel: {
+            inbox.withLock { state in
+                guard let multi, !state.gone, let assigned = number.withLock({ $0 }) else { return }
+                state.cancelled.append(assigned)
+                curl_multi_wakeup(multi.pointer)
             }
-            guard accepted else {
-                continuation.resume(returning: .failure(Failure(code: -1, message: "the HTTP transport is shut down")))
-                return
-            }
-            curl_multi_wakeup(multi.pointer)
         }
         return try result.get()
     }
@@ -122,27 +151,35 @@ package final class CurlTransport: Sendable {
                 continuation.resume()
                 return
             }
-            queued.withLock { $0.closing = true }
-            if let multi { curl_multi_wakeup(multi.pointer) }
+            inbox.withLock { state in
+                state.closing = true
+                if let multi, !state.gone { curl_multi_wakeup(multi.pointer) }
+            }
         }
     }
 
-    /// One transfer in flight: who waits for it, and what libcurl reads and writes meanwhile.
+    /// One transfer in flight: who waits for it, until when, and what libcurl reads and writes meanwhile.
     private struct Transfer {
+        var number: UInt64
+        var deadline: ContinuousClock.Instant
         var done: CheckedContinuation<Result<Answer, Failure>, Never>
         var headers: UnsafeMutablePointer<curl_slist>?
         var answer: UnsafeMutablePointer<herald_curl_answer>
     }
 
-    /// The thread's loop: adds what was queued, lets libcurl work, answers what finished, and
-    /// sleeps in `curl_multi_poll` until a socket or a wake-up needs it.
+    /// The thread's loop: adds what was queued, lets libcurl work, answers what finished, gives
+    /// up what is past its deadline or cancelled, and sleeps in `curl_multi_poll` until a
+    /// socket, a wake-up or the next deadline needs it.
     private func loop() {
         guard let multi = multi?.pointer else { return }
         var inFlight: [UnsafeMutableRawPointer: Transfer] = [:]
         while true {
-            let (requests, closing) = queued.withLock { state in
-                defer { state.requests.removeAll(keepingCapacity: true) }
-                return (state.requests, state.closing)
+            let (requests, cancelled, closing) = inbox.withLock { state in
+                defer {
+                    state.requests.removeAll(keepingCapacity: true)
+                    state.cancelled.removeAll(keepingCapacity: true)
+                }
+                return (state.requests, state.cancelled, state.closing)
             }
             for item in requests { start(item, on: multi, into: &inFlight) }
             var running: Int32 = 0
@@ -151,17 +188,35 @@ package final class CurlTransport: Sendable {
             var status = 0
             var result: Int32 = 0
             while herald_curl_next_done(multi, &easy, &status, &result) == 1, let done = easy {
-                curl_multi_remove_handle(multi, done)
-                if let transfer = inFlight.removeValue(forKey: done) {
-                    transfer.done.resume(
-                        returning: Self.outcome(transfer.answer.pointee, status: status, result: result))
-                    curl_slist_free_all(transfer.headers)
-                    herald_curl_answer_free(transfer.answer)
-                }
-                curl_easy_cleanup(done)
+                guard let transfer = inFlight.removeValue(forKey: done) else { continue }
+                finish(
+                    transfer, easy: done, on: multi,
+                    with: Self.outcome(transfer.answer.pointee, status: status, result: result))
             }
-            if closing && inFlight.isEmpty { break }
-            curl_multi_poll(multi, nil, 0, 1000, nil)
+            // libcurl counts its timeout from a transfer's start, and a transfer waiting for a
+            // free connection has none: the deadline from the queue bounds both.
+            let now = ContinuousClock.now
+            for (handle, transfer) in inFlight where transfer.deadline <= now || cancelled.contains(transfer.number) {
+                inFlight[handle] = nil
+                let reason =
+                    transfer.deadline <= now
+                    ? "no complete answer within \(requestTimeout.seconds) s (the request timeout)" : "cancelled"
+                finish(transfer, easy: handle, on: multi, with: .failure(Failure(code: 28, message: reason)))
+            }
+            if closing && inFlight.isEmpty {
+                let stop = inbox.withLock { state -> Bool in
+                    guard state.requests.isEmpty else { return false }
+                    state.gone = true
+                    return true
+                }
+                if stop { break }
+            }
+            let untilDeadline = inFlight.values.map(\.deadline).min().map { $0 - now } ?? .seconds(1)
+            let wait = Int32(max(1, min(1000, untilDeadline.milliseconds + 1)))
+            if curl_multi_poll(multi, nil, 0, wait, nil) != CURLM_OK {
+                // Not expected; a pause instead of a loop at full speed.
+                Thread.sleep(forTimeInterval: 0.01)
+            }
         }
         curl_multi_cleanup(multi)
         let waiting = finished.withLock { state in
@@ -172,37 +227,65 @@ package final class CurlTransport: Sendable {
         for continuation in waiting { continuation.resume() }
     }
 
+    /// Takes a transfer out of the multi handle, frees it (the easy handle first: it points at
+    /// the header list and the answer), and answers its caller.
+    private func finish(
+        _ transfer: Transfer, easy: UnsafeMutableRawPointer, on multi: UnsafeMutableRawPointer,
+        with outcome: Result<Answer, Failure>
+    ) {
+        curl_multi_remove_handle(multi, easy)
+        curl_easy_cleanup(easy)
+        curl_slist_free_all(transfer.headers)
+        herald_curl_answer_free(transfer.answer)
+        transfer.done.resume(returning: outcome)
+    }
+
     private func start(
         _ item: Queued, on multi: UnsafeMutableRawPointer, into inFlight: inout [UnsafeMutableRawPointer: Transfer]
     ) {
+        func fail(_ message: String) {
+            item.done.resume(returning: .failure(Failure(code: -1, message: message)))
+        }
         // A line end or NUL in a header (a record written around the API's checks) would start
         // another header: refused, never sent.
         if item.request.headers.contains(where: { $0.utf8.contains { $0 == 10 || $0 == 13 || $0 == 0 } }) {
-            item.done.resume(
-                returning: .failure(Failure(code: -1, message: "a header holds a line end or NUL; not sent")))
+            fail("a header holds a line end or NUL; not sent")
             return
         }
-        guard let answer = herald_curl_answer_new(max(0, item.request.maxBody)) else {
-            item.done.resume(returning: .failure(Failure(code: -1, message: "out of memory")))
+        guard item.deadline > .now else {
+            fail("no complete answer within \(requestTimeout.seconds) s (the request timeout)")
             return
         }
         var headers: UnsafeMutablePointer<curl_slist>? = nil
-        for line in item.request.headers { headers = curl_slist_append(headers, line) }
-        // Without it, libcurl may ask for `100 Continue` and wait a second for a server that never sends one.
-        headers = curl_slist_append(headers, "Expect:")
+        // Without the last one, libcurl may ask for `100 Continue` and wait a second for a server that never sends one.
+        for line in item.request.headers + ["Expect:"] {
+            guard let longer = curl_slist_append(headers, line) else {
+                curl_slist_free_all(headers)
+                fail("out of memory")
+                return
+            }
+            headers = longer
+        }
+        guard let answer = herald_curl_answer_new(max(0, item.request.maxBody)) else {
+            curl_slist_free_all(headers)
+            fail("out of memory")
+            return
+        }
+        let remaining = max(1, Int((item.deadline - .now).milliseconds))
         let easy = item.request.body.withUnsafeBytes { body in
             herald_curl_request_new(
-                item.request.url, headers, body.baseAddress, body.count, connectTimeoutMilliseconds,
-                requestTimeoutMilliseconds, caFile, answer)
+                item.request.url, headers, body.baseAddress, body.count, min(connectTimeoutMilliseconds, remaining),
+                remaining, caFile, answer)
         }
         guard let easy, curl_multi_add_handle(multi, easy) == CURLM_OK else {
             if let easy { curl_easy_cleanup(easy) }
             curl_slist_free_all(headers)
             herald_curl_answer_free(answer)
-            item.done.resume(returning: .failure(Failure(code: -1, message: "libcurl could not start a request")))
+            fail("libcurl could not start a request")
             return
         }
-        inFlight[easy] = Transfer(done: item.done, headers: headers, answer: answer)
+        inFlight[easy] = Transfer(
+            number: item.number, deadline: item.deadline, done: item.done, headers: headers, answer: answer)
     }
 
     /// The answer, or why there is none. A body cut at its limit ends the transfer with a write
@@ -215,7 +298,9 @@ package final class CurlTransport: Sendable {
                 String(decoding: bytes.prefix { $0 != 0 }, as: UTF8.self)
             }
             let summary = String(cString: curl_easy_strerror(CURLcode(UInt32(bitPattern: result))))
-            return .failure(Failure(code: result, message: detail.isEmpty ? summary : detail))
+            // libcurl's words can quote the server (a certificate's subject): cleaned like any answer.
+            let words = TargetAnswer.cut(TargetAnswer.sanitise(detail.isEmpty ? summary : detail))
+            return .failure(Failure(code: result, message: words))
         }
         func text<T>(_ field: T) -> String? {
             var field = field

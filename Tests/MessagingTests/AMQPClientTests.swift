@@ -246,6 +246,15 @@ struct AMQPClientTests {
         #expect(try await channel.declareQueuePassive(queue).messageCount == 3)
     }
 
+    @Test("waitUntilConnected: at once when up; a closed connection refuses at once, not at its time limit")
+    func waitUntilConnected() async throws {
+        let connection = try await connect()
+        try await connection.waitUntilConnected(timeout: .seconds(3600))
+        await connection.close()
+        // An hour's limit and the suite's three minutes: only the engine's stop can end this wait.
+        await #expect(throws: MessagingError.self) { try await connection.waitUntilConnected(timeout: .seconds(3600)) }
+    }
+
     @Test("two consumers on a single-active-consumer queue: only one receives until it cancels")
     func singleActiveConsumer() async throws {
         let connection = try await connect()

@@ -56,19 +56,15 @@ public final class AMQPConnection: Sendable {
     /// The node in use (`host:port`), or the one tried next while reconnecting.
     public var endpoint: String { engine.status.withLock { $0.endpoint } }
 
-    /// Waits until the connection is up, polling every 20 ms.
-    /// - Throws: `MessagingError.notConnected` with the last connect error when `timeout` passes first.
+    /// Waits until the connection is up (the engine wakes its waiters when it connects).
+    /// - Throws: `MessagingError.notConnected` with the last connect error when `timeout` passes
+    ///   first, the connection is closed, or the caller is cancelled.
     public func waitUntilConnected(timeout: Duration) async throws {
-        let deadline = ContinuousClock.now + timeout
-        while !isConnected {
-            if ContinuousClock.now >= deadline {
-                throw MessagingError(
-                    .notConnected,
-                    "RabbitMQ at \(configuration.endpoints.map { "\($0.host):\($0.port)" }.joined(separator: ", ")) not reachable within \(timeout)",
-                    replyText: engine.status.withLock { $0.lastError })
-            }
-            try await Task.sleep(for: .milliseconds(20))
-        }
+        guard await !engine.whenConnected(within: timeout) else { return }
+        throw MessagingError(
+            .notConnected,
+            "RabbitMQ at \(configuration.endpoints.map { "\($0.host):\($0.port)" }.joined(separator: ", ")) not reachable within \(timeout)",
+            replyText: engine.status.withLock { $0.lastError })
     }
 
     /// Opens a new channel.

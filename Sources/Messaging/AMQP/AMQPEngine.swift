@@ -30,6 +30,20 @@ final class AMQPEngine: @unchecked Sendable {
         var lastError: String?
         /// The node connected to (or tried next): `host:port`.
         var endpoint = ""
+        /// The engine stopped: it will never connect again.
+        var stopped = false
+        /// Callers of `whenConnected`, resumed (true) when the connection is up, or (false) when
+        /// the engine stops, they are cancelled, or their time is up.
+        var waiters: [UInt64: CheckedContinuation<Bool, Never>] = [:]
+        var nextWaiter: UInt64 = 0
+
+        /// Marks the connection up or down; returns the waiters to resume (outside the lock).
+        mutating func set(connected: Bool) -> [CheckedContinuation<Bool, Never>] {
+            self.connected = connected
+            guard connected else { return [] }
+            defer { waiters.removeAll() }
+            return Array(waiters.values)
+        }
     }
 
     let configuration: AMQPConfiguration
@@ -100,10 +114,11 @@ final class AMQPEngine: @unchecked Sendable {
         guard let made else { throw lastError ?? MessagingError(.connectionFailed, "no RabbitMQ node to connect to") }
         wire = made
         let endpoint = endpoint
-        status.withLock {
-            $0.connected = true
+        let waiting = status.withLock {
             $0.endpoint = endpoint
+            return $0.set(connected: true)
         }
+        for waiter in waiting { waiter.resume(returning: true) }
         let thread = Thread { [self] in run() }
         thread.name = "herald.amqp"
         thread.start()
@@ -112,6 +127,46 @@ final class AMQPEngine: @unchecked Sendable {
     // MARK: Submitting work
 
     /// Queues a job for the connection thread.
+    /// Waits until the connection is up (true at once if it is), without polling: the engine
+    /// resumes its waiters when it connects. False when `timeout` passes first, the engine
+    /// stops, or the caller is cancelled.
+    func whenConnected(within timeout: Duration) async -> Bool {
+        let number = status.withLock { status -> UInt64 in
+            defer { status.nextWaiter &+= 1 }
+            return status.nextWaiter
+        }
+        @Sendable func giveUp() {
+            let waiter = status.withLock { $0.waiters.removeValue(forKey: number) }
+            waiter?.resume(returning: false)
+        }
+        return await withTaskGroup(of: Bool.self) { group in
+            group.addTask {
+                await withTaskCancellationHandler {
+                    await withCheckedContinuation { continuation in
+                        let now: Bool? = self.status.withLock { status in
+                            if status.connected { return true }
+                            if status.stopped || Task.isCancelled { return false }
+                            status.waiters[number] = continuation
+                            return nil
+                        }
+                        if let now { continuation.resume(returning: now) }
+                    }
+                } onCancel: {
+                    giveUp()
+                }
+            }
+            group.addTask {
+                // The time limit: ends the wait above (cancelled when that one ends first).
+                try? await Task.sleep(for: timeout)
+                giveUp()
+                return false
+            }
+            let first = await group.next() ?? false
+            group.cancelAll()
+            return first
+        }
+    }
+
     func submit(_ job: @escaping Job) {
         let wake = inbox.withLock { inbox -> Bool in
             inbox.jobs.append(job)
@@ -552,11 +607,12 @@ final class AMQPEngine: @unchecked Sendable {
             failures = 0
             retryAt = nil
             let endpoint = endpoint
-            status.withLock {
-                $0.connected = true
+            let waiting = status.withLock {
                 $0.reconnects += 1
                 $0.endpoint = endpoint
+                return $0.set(connected: true)
             }
+            for waiter in waiting { waiter.resume(returning: true) }
             logger.info(
                 "reconnected to RabbitMQ",
                 metadata: ["amqp.endpoint": "\(endpoint)", "amqp.channels": "\(channels.count)"])
@@ -586,7 +642,13 @@ final class AMQPEngine: @unchecked Sendable {
         channels.removeAll()
         wire?.close()
         wire = nil
-        status.withLock { $0.connected = false }
+        let waiting = status.withLock { status in
+            status.connected = false
+            status.stopped = true
+            defer { status.waiters.removeAll() }
+            return Array(status.waiters.values)
+        }
+        for waiter in waiting { waiter.resume(returning: false) }
         stopped?.resume()
         stopped = nil
         // Jobs submitted after stop: answer them so no caller waits forever.

@@ -56,6 +56,8 @@ final class HeraldNode: Sendable {
     let keystone: KeystoneClient?
     let statistics = Locked(PipelineStatistics())
     private let logger: Logger
+    /// HERALD_REDIS_URL, parsed once (every Redis client of the node is made from it).
+    private let redisConfiguration: RedisConfiguration
     private let parts = Mutex<Parts?>(nil)
     private let flags = Mutex(Flags())
 
@@ -79,6 +81,7 @@ final class HeraldNode: Sendable {
         logger[metadataKey: "node"] = "\(configuration.nodeID)"
         self.logger = logger
         let redis = try RedisConfiguration(url: configuration.redisURL)
+        redisConfiguration = redis
         coordinator = try ClusterCoordinator(
             configuration: ClusterConfiguration(
                 nodeID: configuration.nodeID, keyPrefix: configuration.keyPrefix,
@@ -112,7 +115,7 @@ final class HeraldNode: Sendable {
     func start() async throws {
         // The queues' type and bounds: the settings, else the cluster's record (ClusterQueueShape).
         var configuration = self.configuration
-        let settings = RedisClient(configuration: try RedisConfiguration(url: configuration.redisURL), logger: logger)
+        let settings = RedisClient(configuration: redisConfiguration, logger: logger)
         configuration.queueShape = try await ClusterQueueShape.resolve(
             configured: configuration.queueSettings, redis: settings, keyPrefix: configuration.keyPrefix)
         let connection = try await AMQPConnection.connect(
@@ -266,11 +269,11 @@ final class HeraldNode: Sendable {
                     partitionCount: queues.count,
                     address: "\(ProcessInfo.processInfo.hostName):\(configuration.apiPort)", version: Herald.version
                 ),
-                redis: try RedisConfiguration(url: configuration.redisURL), logger: ingestLogger
+                redis: redisConfiguration, logger: ingestLogger
             )
         }
         let lock = LegacyIngest.moveLock(
-            redis: RedisClient(configuration: try RedisConfiguration(url: configuration.redisURL), logger: logger),
+            redis: RedisClient(configuration: redisConfiguration, logger: logger),
             keyPrefix: configuration.keyPrefix, owner: self.coordinator.owner)
         return IngestOwners(
             queues: queues, coordinator: coordinator, logger: logger,

@@ -73,8 +73,7 @@ final class PipelineRun: @unchecked Sendable {
         // exchanges after it ends, and in a shared vhost every later run's notifications
         // would pile up in them (on a cluster, each into a quorum queue on three nodes).
         vhost = "herald-e2e-" + id
-        try await Self.rabbitmqctl(onCluster: onCluster, "add_vhost", vhost)
-        try await Self.rabbitmqctl(onCluster: onCluster, "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        // What can fail first, so that a vhost is made only when the run will exist to remove it.
         amqpURL = try (clusterURL ?? TestServers.amqpURL()).replacingOccurrences(of: "/%2F", with: "/" + vhost)
         self.redisURL = try redisURL ?? TestServers.redisURL()
         zaqar = ZaqarReader(baseURL: try TestServers.zaqarURL())
@@ -84,6 +83,13 @@ final class PipelineRun: @unchecked Sendable {
         deadLetters = DeadLetterStore(redis: redis, keyPrefix: prefix)
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("herald-e2e-" + id).path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        try await Self.rabbitmqctl(onCluster: onCluster, "add_vhost", vhost)
+        do {
+            try await Self.rabbitmqctl(onCluster: onCluster, "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        } catch {
+            try? await Self.rabbitmqctl(onCluster: onCluster, "delete_vhost", vhost)
+            throw error
+        }
     }
 
     var environment: [String: String] {

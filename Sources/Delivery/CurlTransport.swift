@@ -22,12 +22,15 @@ package final class CurlTransport: Sendable {
         package var body: [UInt8]
         /// The most of the answer's body kept.
         package var maxBody: Int
+        /// This request's limit, when not the transport's request timeout.
+        package var timeout: Duration?
 
-        package init(url: String, headers: [String], body: [UInt8], maxBody: Int) {
+        package init(url: String, headers: [String], body: [UInt8], maxBody: Int, timeout: Duration? = nil) {
             self.url = url
             self.headers = headers
             self.body = body
             self.maxBody = maxBody
+            self.timeout = timeout
         }
     }
 
@@ -123,7 +126,7 @@ package final class CurlTransport: Sendable {
                     number.withLock { $0 = assigned }
                     state.requests.append(
                         Queued(
-                            number: assigned, request: request, deadline: .now + requestTimeout,
+                            number: assigned, request: request, deadline: .now + (request.timeout ?? requestTimeout),
                             done: continuation))
                     curl_multi_wakeup(multi.pointer)
                     return nil

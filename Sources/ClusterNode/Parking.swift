@@ -528,7 +528,10 @@ final class ParkingDrainer: Sendable {
             let inbox = DeliveryInbox()
             let drained = await withTaskGroup(of: Bool?.self) { group in
                 group.addTask {
-                    do { for try await delivery in consumer { inbox.put(delivery) } } catch {}
+                    do {
+                        // One taken before a reconnect comes again: retried once, not twice.
+                        for try await delivery in consumer where consumer.isCurrent(delivery) { inbox.put(delivery) }
+                    } catch {}
                     inbox.finish()
                     return nil
                 }

@@ -602,6 +602,9 @@ final class IngestService: Sendable {
         var sequence: UInt64 = 0
         do {
             for try await delivery in consumer {
+                // Taken before a reconnect: the broker gives it again on the new connection, and
+                // publishing it now would put it twice, the first copy ahead of its neighbours.
+                guard consumer.isCurrent(delivery) else { continue }
                 sequence += 1
                 // After a failed publish: left for the channels' close (see `broken`).
                 if broken.value { continue }
@@ -860,7 +863,9 @@ final class PartitionOwners: Sendable {
         self.owned.withLock { $0[partition] = owned }
         let task = Task {
             do {
-                for try await delivery in consumer {
+                // One taken before a reconnect comes again on the new connection: delivering it
+                // now would deliver it twice, the first copy ahead of events after it.
+                for try await delivery in consumer where consumer.isCurrent(delivery) {
                     await self.handle(delivery, partition: partition, owned: owned)
                 }
             } catch {

@@ -378,8 +378,11 @@ struct AMQPClientTests {
         let consuming = try await connection.openChannel()
         let consumer = try await consuming.consume(queue, prefetch: 10)
         let received = Received()
+        // The first delivery, and the last one, as the consumer got them.
+        let firstAndLast = Mutex<(AMQPDelivery?, AMQPDelivery?)>((nil, nil))
         let task = Task {
             for try await delivery in consumer {
+                firstAndLast.withLock { $0 = ($0.0 ?? delivery, delivery) }
                 received.add(String(decoding: delivery.body, as: UTF8.self))
                 consuming.ack(delivery)
             }
@@ -412,6 +415,10 @@ struct AMQPClientTests {
                 throw MessagingError(.protocolError, "late message not yet received")
             }
         }
+        // A delivery of the lost connection is no longer current; one of the new connection is.
+        let (first, last) = firstAndLast.withLock { $0 }
+        #expect(try consumer.isCurrent(#require(first)) == false, "a delivery from before the restart")
+        #expect(try consumer.isCurrent(#require(last)), "the late message, after the reconnect")
         try await consumer.cancel()
         _ = await task.result
         _ = try? await channel.deleteQueue(queue)

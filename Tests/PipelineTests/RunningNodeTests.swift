@@ -138,11 +138,24 @@ extension PipelineSuites {
                 #expect(["node-1", "node-2", "node-3"].contains(report["leader"] as? String ?? ""))
                 // A new cluster has an ingest queue per exchange, each a quorum queue consumed by the one
                 // node holding its lease: three exchanges over three nodes, one each.
-                let ingestQueues = report["ingest"] as? [[String: Any]] ?? []
+                var ingestQueues = report["ingest"] as? [[String: Any]] ?? []
                 #expect(
                     Set(ingestQueues.compactMap { $0["name"] as? String })
                         == Set(try ["cinder", "neutron", "nova"].map { try run.names.ingestQueue(exchange: $0) }),
                     "\(ingestQueues)")
+                // A lease is held a moment before its holder's consumer is registered: asked again
+                // until every queue has its one consumer.
+                let deadline = ContinuousClock.now + .seconds(30)
+                while !ingestQueues.allSatisfy({ $0["consumers"] as? Int == 1 }) && ContinuousClock.now < deadline {
+                    try await Task.sleep(for: .milliseconds(500))
+                    let again = try ChildProcess(
+                        name: "status", argv: [binary, "status", "--json"], environment: environment,
+                        log: "\(run.directory)/status-again.json")
+                    guard await again.wait() == 0 else { continue }
+                    ingestQueues =
+                        object(try String(contentsOfFile: again.log, encoding: .utf8))["ingest"] as? [[String: Any]]
+                        ?? []
+                }
                 #expect(ingestQueues.allSatisfy { $0["consumers"] as? Int == 1 }, "one consumer each: \(ingestQueues)")
                 let ingestHolders = try await run.ingestLeaseHolders()
                 #expect(ingestHolders.count == 3 && Set(ingestHolders.values).count == 3, "\(ingestHolders)")

@@ -247,11 +247,11 @@ public struct AMQPChannel: Sendable {
         let tag = "herald.\(UUID().uuidString.prefix(8).lowercased()).\(queue)"
         let (stream, continuation) = AsyncThrowingStream.makeStream(of: AMQPDelivery.self, throwing: (any Error).self)
         let id = id
-        try await engine.perform { engine in
+        let liveness = try await engine.perform { engine in
             try engine.consume(
                 id, queue: queue, tag: tag, exclusive: exclusive, arguments: arguments, continuation: continuation)
         }
-        return AMQPConsumer(channel: self, tag: tag, queue: queue, stream: stream)
+        return AMQPConsumer(channel: self, tag: tag, queue: queue, stream: stream, liveness: liveness)
     }
 
     /// Acknowledges a delivery (and, with `multiple`, every earlier one on this channel).
@@ -363,6 +363,13 @@ public struct AMQPConsumer: AsyncSequence, Sendable {
     public let tag: String
     public let queue: String
     let stream: AsyncThrowingStream<AMQPDelivery, any Error>
+    let liveness: ChannelLiveness
+
+    /// Whether `delivery` came on the channel's incarnation open now, so that it can still be
+    /// settled. After a reconnect the stream may still hold deliveries of the lost connection:
+    /// the broker gives those again (unacked), so they are to be skipped, not handled twice.
+    /// Cheap: no hop to the connection thread.
+    public func isCurrent(_ delivery: AMQPDelivery) -> Bool { liveness.isCurrent(delivery) }
 
     public func makeAsyncIterator() -> AsyncThrowingStream<AMQPDelivery, any Error>.AsyncIterator {
         stream.makeAsyncIterator()

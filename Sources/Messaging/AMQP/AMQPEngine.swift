@@ -363,7 +363,7 @@ final class AMQPEngine: @unchecked Sendable {
         try guarded(id) { wire in try wire.openChannel(id) }
         incarnations += 1
         record.incarnation = incarnations
-        record.isOpen = true
+        record.markOpen(true)
         channels[id] = record
         return id
     }
@@ -371,9 +371,11 @@ final class AMQPEngine: @unchecked Sendable {
     func closeChannel(_ id: UInt16) {
         flushAcks()  // acks recorded before the close go out first
         guard let record = channels.removeValue(forKey: id) else { return }
+        let wasOpen = record.isOpen
+        record.markOpen(false)
         record.failAll(MessagingError(.closed, "channel \(id) was closed"))
         for consumer in record.consumers.values { consumer.continuation.finish() }
-        if record.isOpen { try? wire?.closeChannel(id) }
+        if wasOpen { try? wire?.closeChannel(id) }
     }
 
     func record(_ id: UInt16) throws -> ChannelRecord {
@@ -407,7 +409,7 @@ final class AMQPEngine: @unchecked Sendable {
     func consume(
         _ id: UInt16, queue: String, tag: String, exclusive: Bool, arguments: AMQPTable,
         continuation: AsyncThrowingStream<AMQPDelivery, any Error>.Continuation
-    ) throws {
+    ) throws -> ChannelLiveness {
         let record = try record(id)
         let consumer = ConsumerRecord(
             queue: queue, tag: tag, exclusive: exclusive, arguments: arguments, continuation: continuation)
@@ -421,10 +423,9 @@ final class AMQPEngine: @unchecked Sendable {
             record.consumers[tag] = nil
             throw error
         }
+        return record.liveness
     }
 
-    /// Cancels a consumer; deliveries already read still reach it, then it finishes. Deliveries
-    /// still on their way stay unacked until the channel closes: close it after a cancel.
     func cancel(_ id: UInt16, tag: String) throws {
         guard let record = channels[id], let consumer = record.consumers[tag] else { return }
         if wire != nil && record.isOpen {
@@ -548,7 +549,7 @@ final class AMQPEngine: @unchecked Sendable {
             return
         }
         guard let record = channels[id] else { return }
-        record.isOpen = false
+        record.markOpen(false)
         record.failAll(error)
         guard let wire else { return }
         do {
@@ -571,7 +572,7 @@ final class AMQPEngine: @unchecked Sendable {
                 record.id, queue: consumer.queue, consumerTag: consumer.tag, exclusive: consumer.exclusive,
                 arguments: consumer.arguments)
         }
-        record.isOpen = true
+        record.markOpen(true)
     }
 
     private func connectionLost(_ error: any Error) {
@@ -584,7 +585,7 @@ final class AMQPEngine: @unchecked Sendable {
         endpointIndex += 1
         let lost = (error as? MessagingError) ?? MessagingError(.connectionLost, "\(error)")
         for record in channels.values {
-            record.isOpen = false
+            record.markOpen(false)
             record.failAll(lost)
         }
         status.withLock {
@@ -636,6 +637,7 @@ final class AMQPEngine: @unchecked Sendable {
     private func shutdown() {
         let closed = MessagingError(.closed, "the AMQP connection was closed")
         for record in channels.values {
+            record.markOpen(false)
             record.failAll(closed)
             for consumer in record.consumers.values { consumer.continuation.finish() }
         }
@@ -661,11 +663,27 @@ final class AMQPEngine: @unchecked Sendable {
     }
 }
 
+/// The incarnation a channel is open in now (0: not open), readable from any thread: a
+/// consumer tells a delivery of an earlier incarnation (before a reconnect) without a hop to
+/// the connection thread.
+final class ChannelLiveness: Sendable {
+    private let current = Atomic<UInt64>(0)
+
+    func set(_ incarnation: UInt64) { current.store(incarnation, ordering: .releasing) }
+
+    /// Whether `delivery` came on the incarnation open now (one still open can be settled).
+    func isCurrent(_ delivery: AMQPDelivery) -> Bool {
+        delivery.incarnation != 0 && current.load(ordering: .acquiring) == delivery.incarnation
+    }
+}
+
 /// A channel's state on the connection thread.
 final class ChannelRecord {
     let id: UInt16
     var incarnation: UInt64 = 0
-    var isOpen = false
+    private(set) var isOpen = false
+    /// `isOpen` and `incarnation` as other threads may read them.
+    let liveness = ChannelLiveness()
     var prefetch: UInt16?
     var confirmMode = false
     var nextSequence: UInt64 = 1
@@ -681,6 +699,12 @@ final class ChannelRecord {
 
     init(id: UInt16) {
         self.id = id
+    }
+
+    /// Marks the channel open (in its current incarnation) or not.
+    func markOpen(_ open: Bool) {
+        isOpen = open
+        liveness.set(open ? incarnation : 0)
     }
 
     func confirm(tag: UInt64, multiple: Bool, ack: Bool) {

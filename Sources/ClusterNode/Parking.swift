@@ -528,16 +528,14 @@ final class ParkingDrainer: Sendable {
             let inbox = DeliveryInbox()
             let drained = await withTaskGroup(of: Bool?.self) { group in
                 group.addTask {
-                    do {
-                        // One taken before a reconnect comes again: retried once, not twice.
-                        for try await delivery in consumer where consumer.isCurrent(delivery) { inbox.put(delivery) }
-                    } catch {}
+                    do { for try await delivery in consumer { inbox.put(delivery) } } catch {}
                     inbox.finish()
                     return nil
                 }
                 group.addTask {
                     let drained = await self.retry(
-                        subscription, from: inbox, channel: channel, afterClose: afterClose)
+                        subscription, from: inbox, channel: channel, isCurrent: consumer.isCurrent,
+                        afterClose: afterClose)
                     try? await consumer.cancel()
                     inbox.finish()
                     return drained
@@ -572,7 +570,7 @@ final class ParkingDrainer: Sendable {
     /// Gives up its claim through `afterClose` (run once the channel is closed), never directly.
     private func retry(
         _ subscription: SubscriptionRoute, from inbox: DeliveryInbox, channel: AMQPChannel,
-        afterClose: Locked<(@Sendable () async -> Void)?>
+        isCurrent: @escaping @Sendable (AMQPDelivery) -> Bool, afterClose: Locked<(@Sendable () async -> Void)?>
     ) async -> Bool {
         let ledger = ledger
         let owner = owner
@@ -590,10 +588,14 @@ final class ParkingDrainer: Sendable {
                 }
                 return false
             }
-            let deliveries = await inbox.take(
+            let taken = await inbox.take(
                 max: settings.batchMessages, firstWithin: closing ? .milliseconds(500) : .seconds(2),
                 moreWithin: .milliseconds(20))
-            guard !deliveries.isEmpty else { return true }
+            guard !taken.isEmpty else { return true }
+            // Taken before a reconnect: the broker gives them again on the new connection, so they
+            // are retried once from there, not also now (fewer duplicates; at least once either way).
+            let deliveries = taken.filter(isCurrent)
+            if deliveries.isEmpty { continue }
             // Still ours? (A claim that ran out and was taken: stop; what was taken goes back.)
             guard
                 (try? await ledger.renew(subscription: subscriptionID, node: owner, lease: settings.claimLease))
@@ -628,7 +630,7 @@ final class ParkingDrainer: Sendable {
             guard let failure else {
                 // Caught up (the queue gave less than a batch): close it, so that new messages stop
                 // joining it and it can end; they wait in their lanes until it is unparked.
-                if !closing, deliveries.count < settings.batchMessages {
+                if !closing, taken.count < settings.batchMessages {
                     closing = (try? await ledger.close(subscription: subscriptionID, node: owner)) ?? false
                 }
                 continue

@@ -570,7 +570,7 @@ final class IngestService: Sendable {
                 var published: [(sequence: UInt64, delivery: AMQPDelivery, tickets: Ticketed?)] = []
                 for entry in taken {
                     // A delivery whose channel went is the broker's again: dropped here, not published twice.
-                    guard await consuming.canSettle(entry.item.delivery) else {
+                    guard consumer.isCurrent(entry.item.delivery) else {
                         published.append((entry.sequence, entry.item.delivery, nil))
                         continue
                     }
@@ -602,8 +602,9 @@ final class IngestService: Sendable {
         var sequence: UInt64 = 0
         do {
             for try await delivery in consumer {
-                // Taken before a reconnect: the broker gives it again on the new connection, and
-                // publishing it now would put it twice, the first copy ahead of its neighbours.
+                // Taken before a reconnect: the broker gives it again on the new connection;
+                // publishing it now as well would put it twice, the first copy ahead of its
+                // neighbours. (What was already in flight at the loss can still come twice.)
                 guard consumer.isCurrent(delivery) else { continue }
                 sequence += 1
                 // After a failed publish: left for the channels' close (see `broken`).
@@ -863,8 +864,9 @@ final class PartitionOwners: Sendable {
         self.owned.withLock { $0[partition] = owned }
         let task = Task {
             do {
-                // One taken before a reconnect comes again on the new connection: delivering it
-                // now would deliver it twice, the first copy ahead of events after it.
+                // One taken before a reconnect comes again on the new connection: delivering it now
+                // as well would deliver it twice, the first copy ahead of events after it. (What
+                // was already in the batcher at the loss can still come twice: at least once.)
                 for try await delivery in consumer where consumer.isCurrent(delivery) {
                     await self.handle(delivery, partition: partition, owned: owned)
                 }

@@ -156,7 +156,10 @@ extension PipelineSuites {
                         object(try String(contentsOfFile: again.log, encoding: .utf8))["ingest"] as? [[String: Any]]
                         ?? []
                 }
-                #expect(ingestQueues.allSatisfy { $0["consumers"] as? Int == 1 }, "one consumer each: \(ingestQueues)")
+                #expect(
+                    Set(ingestQueues.compactMap { $0["name"] as? String }).count == 3
+                        && ingestQueues.allSatisfy { $0["consumers"] as? Int == 1 },
+                    "one consumer each: \(ingestQueues)")
                 let ingestHolders = try await run.ingestLeaseHolders()
                 #expect(ingestHolders.count == 3 && Set(ingestHolders.values).count == 3, "\(ingestHolders)")
                 #expect(report["partition_count"] as? Int == 24)

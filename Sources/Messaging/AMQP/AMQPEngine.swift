@@ -426,6 +426,8 @@ final class AMQPEngine: @unchecked Sendable {
         return record.liveness
     }
 
+    /// Cancels a consumer; deliveries already read still reach it, then it finishes. Deliveries
+    /// still on their way stay unacked until the channel closes: close it after a cancel.
     func cancel(_ id: UInt16, tag: String) throws {
         guard let record = channels[id], let consumer = record.consumers[tag] else { return }
         if wire != nil && record.isOpen {

@@ -123,6 +123,15 @@ struct ParkingRig {
         return try depth.get()
     }
 
+    /// The end of a test: stops the drainer, removes the subscriptions' queues, closes the rig
+    /// and the test's Zaqar.
+    func finish(_ draining: Task<Void, Never>, deleting subscriptions: [Subscription], zaqar: HostileZaqar) async {
+        draining.cancel()
+        await draining.value
+        await shutdown(deleting: subscriptions)
+        await zaqar.close()
+    }
+
     func shutdown(deleting subscriptions: [Subscription]) async {
         if let channel = try? await connection.openChannel() {
             for subscription in subscriptions {
@@ -246,10 +255,7 @@ struct ParkingTests {
         let direct = await rig.submitEach(ParkingRig.messages(failing, 25..<26))
         #expect(direct.delivered == 1 && direct.parked == 0, "\(direct)")
         #expect(try await rig.deadLetters.count() == 0)
-        draining.cancel()
-        await draining.value
-        await rig.shutdown(deleting: [failing, healthy])
-        await zaqar.close()
+        await rig.finish(draining, deleting: [failing, healthy], zaqar: zaqar)
     }
 
     /// How the parking queue of `orderAcrossFailedRetries` was declared.
@@ -296,10 +302,7 @@ struct ParkingTests {
         #expect(eventIDs(zaqar, queue: "flaky") == (0..<60).map { "e-\($0)" }, "in order, each once")
         #expect(calls.load(ordering: .relaxed) >= 9, "retries failed: \(calls.load(ordering: .relaxed)) requests")
         try await rig.untilUnparked(subscription)
-        draining.cancel()
-        await draining.value
-        await rig.shutdown(deleting: [subscription])
-        await zaqar.close()
+        await rig.finish(draining, deleting: [subscription], zaqar: zaqar)
     }
 
     @Test(
@@ -367,10 +370,7 @@ struct ParkingTests {
         #expect(zaqar.requests(queue: "gone-for-good") >= 4, "\(zaqar.requests(queue: "gone-for-good")) requests")
         try await rig.untilUnparked(subscription)
         #expect(try await rig.queueDepth(subscription) == 0)
-        draining.cancel()
-        await draining.value
-        await rig.shutdown(deleting: [subscription])
-        await zaqar.close()
+        await rig.finish(draining, deleting: [subscription], zaqar: zaqar)
     }
 
     @Test(
@@ -559,10 +559,7 @@ struct ParkingTests {
         try await untilArrived(6, at: zaqar, queue: "undercounted")
         #expect(eventIDs(zaqar, queue: "undercounted") == (0..<6).map { "e-\($0)" })
         try await rig.untilUnparked(subscription)
-        draining.cancel()
-        await draining.value
-        await rig.shutdown(deleting: [subscription])
-        await zaqar.close()
+        await rig.finish(draining, deleting: [subscription], zaqar: zaqar)
     }
 
     @Test(
@@ -718,10 +715,7 @@ struct ParkingTests {
         let direct = await rig.submitEach(ParkingRig.messages(subscription, 3..<4))
         #expect(direct.delivered == 1, "unparked: straight to Zaqar \(direct)")
         #expect(eventIDs(zaqar, queue: "orphaned") == (0..<4).map { "e-\($0)" })
-        draining.cancel()
-        await draining.value
-        await rig.shutdown(deleting: [subscription])
-        await zaqar.close()
+        await rig.finish(draining, deleting: [subscription], zaqar: zaqar)
     }
 
     @Test(
@@ -775,10 +769,7 @@ struct ParkingTests {
         #expect(eventIDs(zaqar, queue: "steady") == (0..<90).map { "e-\($0)" }, "every message once, in order")
         #expect(outcomes.delivered > 0, "the flow went directly again before it ended: \(outcomes)")
         try await rig.untilUnparked(subscription)
-        draining.cancel()
-        await draining.value
-        await rig.shutdown(deleting: [subscription])
-        await zaqar.close()
+        await rig.finish(draining, deleting: [subscription], zaqar: zaqar)
     }
 
     @Test("the inbox never keeps a taker waiting past its time, however the timer and the wait interleave")

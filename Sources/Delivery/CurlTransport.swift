@@ -114,19 +114,20 @@ package final class CurlTransport: Sendable {
     /// - Throws: `Failure` when no complete answer came (connection refused or reset, TLS
     ///   refused, timed out, cancelled), or the transport is shut down.
     package func post(_ request: Request) async throws(Failure) -> Answer {
-        let number = Mutex<UInt64?>(nil)
+        // Numbered first, so that a cancellation can name it whether or not it is queued yet.
+        let number = inbox.withLock { state in
+            defer { state.next &+= 1 }
+            return state.next
+        }
         let result: Result<Answer, Failure> = await withTaskCancellationHandler {
             await withCheckedContinuation { continuation in
                 let refusal: String? = inbox.withLock { state in
                     guard let multi, !state.gone else { return "libcurl could not start" }
                     guard !state.closing else { return "the HTTP transport is shut down" }
                     guard !Task.isCancelled else { return "cancelled" }
-                    let assigned = state.next
-                    state.next &+= 1
-                    number.withLock { $0 = assigned }
                     state.requests.append(
                         Queued(
-                            number: assigned, request: request, deadline: .now + (request.timeout ?? requestTimeout),
+                            number: number, request: request, deadline: .now + (request.timeout ?? requestTimeout),
                             done: continuation))
                     curl_multi_wakeup(multi.pointer)
                     return nil
@@ -135,8 +136,8 @@ package final class CurlTransport: Sendable {
             }
         } onCancel: {
             inbox.withLock { state in
-                guard let multi, !state.gone, let assigned = number.withLock({ $0 }) else { return }
-                state.cancelled.append(assigned)
+                guard let multi, !state.gone else { return }
+                state.cancelled.append(number)
                 curl_multi_wakeup(multi.pointer)
             }
         }

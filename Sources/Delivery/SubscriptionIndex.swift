@@ -27,14 +27,14 @@ public final class SubscriptionRoute: Sendable {
     let resourceID: String?
     let origin: Origin
 
-    /// - Parameters:
-    ///   - defaultZaqarURL: the node's Zaqar, for a subscription that names none.
-    ///   - patterns: byte forms of patterns other routes already use, shared instead of copied.
+    /// - Parameter defaultZaqarURL: the node's Zaqar, for a subscription that names none.
     public convenience init(_ subscription: Subscription, defaultZaqarURL: String) {
         var patterns: [String: [UInt8]] = [:]
         self.init(subscription, defaultZaqarURL: defaultZaqarURL, patterns: &patterns)
     }
 
+    /// - Parameter patterns: byte forms of patterns other routes already use, shared instead of
+    ///   copied; the new ones are added.
     init(_ subscription: Subscription, defaultZaqarURL: String, patterns: inout [String: [UInt8]]) {
         func bytes(_ pattern: Substring) -> [UInt8] {
             let text = String(pattern)

@@ -86,17 +86,10 @@ public final class ZaqarClient: Sendable {
     /// - Throws: transport errors (connection refused or reset, timeouts, the deadline) and
     ///   Keystone being unreachable: the caller retries those.
     public func post(_ target: ZaqarTarget, messages: [[UInt8]]) async throws -> ZaqarResponse {
-        var body: [UInt8] = []
-        body.reserveCapacity(messages.reduce(ZaqarMessageEncoding.envelopeBytes) { $0 + $1.count + 1 })
-        body += "{\"messages\":[".utf8
-        for (index, message) in messages.enumerated() {
-            if index > 0 { body.append(UInt8(ascii: ",")) }
-            body += message
-        }
-        body += "]}".utf8
         var request = CurlTransport.Request(
             url: "\(target.baseURL)/v2/queues/\(target.queue)/messages",
-            headers: ["Content-Type: application/json", "Client-ID: \(clientID)"], body: body,
+            headers: ["Content-Type: application/json", "Client-ID: \(clientID)"],
+            body: ZaqarMessageEncoding.requestBody(messages),
             maxBody: TargetAnswer.maxBodyBytes)
         var trust: String?
         switch target.credentials {

@@ -277,4 +277,18 @@ public enum ZaqarMessageEncoding {
 
     /// Bytes a request adds around its messages: `{"messages":[` ... `]}`.
     static let envelopeBytes = 15
+
+    /// The body of `POST /v2/queues/{queue}/messages`: `{"messages":[...]}` around messages
+    /// already encoded.
+    public static func requestBody(_ messages: [[UInt8]]) -> [UInt8] {
+        var body: [UInt8] = []
+        body.reserveCapacity(messages.reduce(envelopeBytes) { $0 + $1.count + 1 })
+        body += "{\"messages\":[".utf8
+        for (index, message) in messages.enumerated() {
+            if index > 0 { body.append(UInt8(ascii: ",")) }
+            body += message
+        }
+        body += "]}".utf8
+        return body
+    }
 }

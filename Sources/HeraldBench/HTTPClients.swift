@@ -50,17 +50,7 @@ struct HTTPClients: AsyncParsableCommand {
         let clientID = UUID().uuidString.lowercased()
         let url = "\(target.baseURL)/v2/queues/\(target.queue)/messages"
         // The body built per request, as ZaqarClient builds its own.
-        @Sendable func body() -> [UInt8] {
-            var body: [UInt8] = []
-            body.reserveCapacity(messages.reduce(16) { $0 + $1.count + 1 })
-            body += Array("{\"messages\":[".utf8)
-            for (index, message) in messages.enumerated() {
-                if index > 0 { body.append(UInt8(ascii: ",")) }
-                body += message
-            }
-            body += Array("]}".utf8)
-            return body
-        }
+        @Sendable func body() -> [UInt8] { ZaqarMessageEncoding.requestBody(messages) }
         let clients: [(name: String, post: @Sendable () async -> Bool)] = [
             (
                 "AsyncHTTPClient, plain execute",

@@ -83,11 +83,12 @@ final class PipelineRun: @unchecked Sendable {
         deadLetters = DeadLetterStore(redis: redis, keyPrefix: prefix)
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("herald-e2e-" + id).path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        try await Self.rabbitmqctl(onCluster: onCluster, "add_vhost", vhost)
+        try await Self.rabbitmqctl(onCluster: onCluster, ["add_vhost", vhost])
         do {
-            try await Self.rabbitmqctl(onCluster: onCluster, "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+            try await Self.rabbitmqctl(
+                onCluster: onCluster, ["set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"])
         } catch {
-            try? await Self.rabbitmqctl(onCluster: onCluster, "delete_vhost", vhost)
+            try? await Self.rabbitmqctl(onCluster: onCluster, ["delete_vhost", vhost])
             throw error
         }
     }
@@ -176,10 +177,6 @@ final class PipelineRun: @unchecked Sendable {
     /// `rabbitmqctl ARGS` on the RabbitMQ this run uses (its output goes to the test's).
     func rabbitmqctl(_ arguments: String...) async throws {
         try await Self.rabbitmqctl(onCluster: onCluster, arguments)
-    }
-
-    private static func rabbitmqctl(onCluster: Bool, _ arguments: String...) async throws {
-        try await rabbitmqctl(onCluster: onCluster, arguments)
     }
 
     private static func rabbitmqctl(onCluster: Bool, _ arguments: [String]) async throws {

@@ -145,16 +145,19 @@ extension PipelineSuites {
                     "\(ingestQueues)")
                 // A lease is held a moment before its holder's consumer is registered: asked again
                 // until every queue has its one consumer.
-                let deadline = ContinuousClock.now + .seconds(30)
-                while !ingestQueues.allSatisfy({ $0["consumers"] as? Int == 1 }) && ContinuousClock.now < deadline {
-                    try await Task.sleep(for: .milliseconds(500))
-                    let again = try ChildProcess(
-                        name: "status", argv: [binary, "status", "--json"], environment: environment,
-                        log: "\(run.directory)/status-again.json")
-                    guard await again.wait() == 0 else { continue }
-                    ingestQueues =
-                        object(try String(contentsOfFile: again.log, encoding: .utf8))["ingest"] as? [[String: Any]]
-                        ?? []
+                if !ingestQueues.allSatisfy({ $0["consumers"] as? Int == 1 }) {
+                    _ = try? await eventually(timeout: .seconds(30)) {
+                        let again = try ChildProcess(
+                            name: "status", argv: [binary, "status", "--json"], environment: environment,
+                            log: "\(run.directory)/status-again.json")
+                        guard await again.wait() == 0 else { throw TestFailure("herald status: \(again.tail())") }
+                        ingestQueues =
+                            object(try String(contentsOfFile: again.log, encoding: .utf8))["ingest"]
+                            as? [[String: Any]] ?? []
+                        guard ingestQueues.allSatisfy({ $0["consumers"] as? Int == 1 }) else {
+                            throw TestFailure("not every ingest queue has its consumer yet")
+                        }
+                    }
                 }
                 #expect(
                     Set(ingestQueues.compactMap { $0["name"] as? String }).count == 3

@@ -88,6 +88,8 @@ final class TargetParking: DeliveryParking {
     private let channel = Mutex<AMQPChannel?>(nil)
     private let declared = Mutex<Set<String>>([])
     private let cache = Mutex(Cache())
+    /// Signalled whenever the parked set was read again (`apply`).
+    private let reread = Wakeup()
 
     struct Cache {
         /// Parked subscriptions, with the refresh generation they were last seen or added in.
@@ -128,6 +130,10 @@ final class TargetParking: DeliveryParking {
         cache.withLock { $0.parked[subscriptionID] != nil }
     }
 
+    func waitForChange(timeout: Duration) async {
+        await reread.wait(timeout: timeout)
+    }
+
     /// Starts a refresh: its generation, to be passed to `apply`.
     func beginRefresh() -> UInt64 {
         cache.withLock { cache in
@@ -145,6 +151,7 @@ final class TargetParking: DeliveryParking {
             cache.parked = cache.parked.filter { $0.value > generation }
             for subscription in parked { cache.parked[subscription] = max(cache.parked[subscription] ?? 0, generation) }
         }
+        reread.signal()
     }
 
     func park(_ messages: [ZaqarOutgoingMessage], reason: String, failed: Bool) async throws {

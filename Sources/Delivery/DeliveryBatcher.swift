@@ -550,13 +550,14 @@ public final class DeliveryBatcher: Sendable {
                     direct = true
                     break
                 } catch is ParkingClosing {
-                    // Its queue is being emptied: wait for the unparking (a refresh, about a second),
-                    // then send directly; parking again if it opens (its retry failed).
+                    // Its queue is being emptied: wait for the unparking (seen at the next read of the
+                    // parked set, about a second), then send directly; parking again if it opens (its
+                    // retry failed).
                     if !parking.isParked(subscription) {
                         direct = true
                         break
                     }
-                    try? await Task.sleep(for: .milliseconds(100))
+                    await parking.waitForChange(timeout: .seconds(1))
                 } catch {
                     attempt += 1
                     if attempt == 1 || attempt % 10 == 0 {

@@ -41,6 +41,9 @@ public protocol DeliveryActivity: Sendable {
 public protocol DeliveryParking: Sendable {
     /// Whether this subscription has messages parked now (a cheap, local answer).
     func isParked(_ subscriptionID: String) -> Bool
+    /// Returns when `isParked` may answer otherwise (the parked set was read again, about every
+    /// second), or after `timeout`: for a lane waiting until a closing subscription is unparked.
+    func waitForChange(timeout: Duration) async
     /// Parks these messages (of one subscription, in order) durably: returns once the broker has
     /// confirmed them, after which the batcher settles them as parked.
     /// - Parameters:

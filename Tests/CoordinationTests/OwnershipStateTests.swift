@@ -28,6 +28,20 @@ struct OwnershipStateTests {
         #expect(state.check(now: ms(1250)) == [.emit(.lost(partition: 1)), .emit(.lost(partition: 2))])
     }
 
+    @Test("the loop's next wake-up on the clock: the end of validity while leases are held, none otherwise")
+    func deadline() {
+        var fresh = OwnershipState(aliveTTL: ms(1500), margin: ms(250))
+        #expect(fresh.deadline == nil, "nothing held: nothing lapses")
+        _ = fresh.beatSucceeded(sentAt: ms(0), intact: false, now: ms(2))
+        #expect(fresh.deadline == nil, "valid, but holding nothing")
+        var state = holding()
+        #expect(state.deadline == ms(1250))
+        _ = state.beatSucceeded(sentAt: ms(500), intact: true, now: ms(600))
+        #expect(state.deadline == ms(1750), "a renewal moves it")
+        _ = state.check(now: ms(1750))
+        #expect(state.deadline == nil, "dropped at the deadline: nothing left to lapse")
+    }
+
     @Test("a renewal extends validity from when it was sent, not when it came back")
     func renewalFromSendTime() {
         var state = holding()

@@ -213,3 +213,37 @@ struct InFlightTests {
         #expect(await work.waitUntilZero(timeout: .seconds(3600)))
     }
 }
+
+@Suite("Wakeup: a loop sleeps until signalled, without polling")
+struct WakeupTests {
+    @Test("a signal wakes a waiter whose only other way out is an hour's timeout")
+    func signalWakesWaiter() async {
+        let wakeup = Wakeup()
+        let waiter = Task { await wakeup.wait(timeout: .seconds(3600)) }
+        // Until the waiter has registered, the signal is kept for it: either way it goes on.
+        wakeup.signal()
+        #expect(await waiter.value)
+    }
+
+    @Test("a signal sent while nobody waits is kept for the next wait, once")
+    func pendingSignalKept() async {
+        let wakeup = Wakeup()
+        wakeup.signal()
+        wakeup.signal()
+        #expect(await wakeup.wait(timeout: .seconds(3600)), "the kept signal: at once")
+        #expect(await wakeup.wait(timeout: .milliseconds(20)) == false, "two signals count as one")
+        #expect(await wakeup.wait(timeout: .zero) == false)
+    }
+
+    @Test("without a signal the timeout ends the wait; a cancelled waiter ends at once")
+    func timeoutAndCancel() async {
+        let wakeup = Wakeup()
+        #expect(await wakeup.wait(timeout: .milliseconds(20)) == false)
+        let waiter = Task { await wakeup.wait(timeout: nil) }
+        waiter.cancel()
+        #expect(await waiter.value == false)
+        // The cancelled waiter took nothing: a later signal still reaches the next wait.
+        wakeup.signal()
+        #expect(await wakeup.wait(timeout: .seconds(3600)))
+    }
+}

@@ -48,6 +48,10 @@ public final class ClusterCoordinator: Sendable {
     private let state: Mutex<OwnershipState>
     private let executor: DedicatedThreadExecutor
     private let control = Mutex(Control())
+    /// Wakes the loop: a Redis event, a confirmed revoke, a resume, a stop.
+    private let wakeup = Wakeup()
+    /// Signalled by the loop after each round, for `leave` to look at the leases again.
+    private let rounds = Wakeup()
     private let observer: (@Sendable (ClusterObservation) -> Void)?
     private let eventsContinuation: AsyncStream<OwnershipEvent>.Continuation
     /// Ownership events for the consumer side: acquired, revoke (drain, then `confirmRevoked`), lost.
@@ -144,6 +148,7 @@ public final class ClusterCoordinator: Sendable {
             $0.confirmed.append(partition)
             $0.wake = true
         }
+        wakeup.signal()
         observer?(.released(partition: partition, at: wall()))
     }
 
@@ -174,11 +179,13 @@ public final class ClusterCoordinator: Sendable {
         let revokes = state.withLock { $0.setTarget([], now: now) }
         control.withLock { $0.assignmentEpoch = Int64.max }  // ignore assignments from here on
         await execute(revokes)
+        // The loop releases each lease as its revoke is confirmed, and drops them all when the
+        // node's validity runs out: look again after each of its rounds.
         let deadline = ContinuousClock.now + drainTimeout
-        while ContinuousClock.now < deadline {
-            let remaining = state.withLock { $0.acting(at: self.now()).count }
-            if remaining == 0 { break }
-            try? await Task.sleep(for: .milliseconds(5))
+        while state.withLock({ !$0.acting(at: self.now()).isEmpty }) {
+            let left = deadline - ContinuousClock.now
+            if left <= .zero { break }
+            await rounds.wait(timeout: left)
         }
         await stopLoop()
         await execute(state.withLock { $0.leave() })
@@ -202,6 +209,7 @@ public final class ClusterCoordinator: Sendable {
             $0.paused = false
             $0.wake = true
         }
+        wakeup.signal()
     }
 
     private func stopLoop() async {
@@ -209,6 +217,7 @@ public final class ClusterCoordinator: Sendable {
             control.stopping = true
             return (control.loop, control.watcher)
         }
+        wakeup.signal()
         watcher?.cancel()
         await loop?.value
         executor.stop()
@@ -216,10 +225,14 @@ public final class ClusterCoordinator: Sendable {
 
     private func wakeUp() {
         control.withLock { $0.wake = true }
+        wakeup.signal()
     }
 
     // MARK: The loop
 
+    /// Beats every `heartbeat`, and at once when woken; between rounds it sleeps until it is woken
+    /// or until the next thing due on the clock alone: the next beat, a retry of leases it could not
+    /// take, or the end of its validity (its leases lapse by themselves then).
     private func run() async {
         var nextBeat = now() + configuration.heartbeat
         while true {
@@ -230,7 +243,7 @@ public final class ClusterCoordinator: Sendable {
             }
             if stopping { return }
             if paused {
-                try? await Task.sleep(for: .milliseconds(10))
+                await wakeup.wait(timeout: nil)
                 continue
             }
             let now = now()
@@ -250,8 +263,20 @@ public final class ClusterCoordinator: Sendable {
                 if !missing.isEmpty { await execute([.acquire(missing)]) }
             }
             await execute(state.withLock { $0.check(now: self.now()) })
-            try? await Task.sleep(for: .milliseconds(10))
+            rounds.signal()
+            await wakeup.wait(timeout: nextWake(beat: nextBeat) - self.now())
         }
+    }
+
+    /// The next instant due on the clock alone: the next beat, a lease retry (while target
+    /// partitions are missing), the end of validity (while leases are held).
+    private func nextWake(beat: Duration) -> Duration {
+        let now = now()
+        let (deadline, missing) = state.withLock { ($0.deadline, !$0.missing(now: now).isEmpty) }
+        var next = beat
+        if let deadline { next = min(next, deadline) }
+        if missing { next = min(next, control.withLock { $0.nextAcquire }) }
+        return next
     }
 
     private func beat() async throws {

@@ -60,6 +60,10 @@ public struct OwnershipState: Sendable {
         return now < validUntil
     }
 
+    /// When the clock alone next changes something (`check` drops the leases): the end of this
+    /// node's validity while it holds any; nil when nothing waits on time.
+    public var deadline: Duration? { held.isEmpty ? nil : validUntil }
+
     /// The partitions this node may act on at `now`, with their epochs (revoking ones included: they are draining).
     public func acting(at now: Duration) -> [Int: UInt64] {
         guard isValid(at: now) else { return [:] }

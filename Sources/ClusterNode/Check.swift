@@ -1,6 +1,7 @@
 import ArgumentParser
 import Coordination
 import Foundation
+import HeraldModel
 import Logging
 import Messaging
 
@@ -59,46 +60,48 @@ enum ConnectivityCheck {
     static func redis(url: String, logger: Logger) async throws -> String {
         let configuration = try RedisConfiguration(url: url)
         let client = RedisClient(configuration: configuration, logger: logger)
-        defer { Task { await client.close() } }
-        let start = ContinuousClock.now
-        let key = "herald:check:\(UUID().uuidString)"
-        let replies = try await client.pipeline([
-            RedisCommand("SET", key, "ok", "EX", 10),
-            RedisCommand("GET", key),
-            RedisCommand("DEL", key),
-            RedisCommand("INFO", "server"),
-        ])
-        let elapsed = ContinuousClock.now - start
-        guard replies[1].string == "ok" else {
-            throw CoordinationError(
-                .unexpectedReply, "SET then GET on \(configuration.redactedDescription) read back \(replies[1])")
+        return try await withClosing(client, close: { await $0.close() }) { client in
+            let start = ContinuousClock.now
+            let key = "herald:check:\(UUID().uuidString)"
+            let replies = try await client.pipeline([
+                RedisCommand("SET", key, "ok", "EX", 10),
+                RedisCommand("GET", key),
+                RedisCommand("DEL", key),
+                RedisCommand("INFO", "server"),
+            ])
+            let elapsed = ContinuousClock.now - start
+            guard replies[1].string == "ok" else {
+                throw CoordinationError(
+                    .unexpectedReply, "SET then GET on \(configuration.redactedDescription) read back \(replies[1])")
+            }
+            let version =
+                replies[3].string?.split(separator: "\r\n").first { $0.hasPrefix("redis_version:") }?.dropFirst(
+                    "redis_version:".count) ?? "?"
+            return
+                "\(configuration.redactedDescription), Redis \(version), SET/GET/DEL/INFO pipelined in \(elapsed.formatted(.units(allowed: [.milliseconds], fractionalPart: .show(length: 1))))"
         }
-        let version =
-            replies[3].string?.split(separator: "\r\n").first { $0.hasPrefix("redis_version:") }?.dropFirst(
-                "redis_version:".count) ?? "?"
-        return
-            "\(configuration.redactedDescription), Redis \(version), SET/GET/DEL/INFO pipelined in \(elapsed.formatted(.units(allowed: [.milliseconds], fractionalPart: .show(length: 1))))"
     }
 
     static func rabbitMQ(url: String, logger: Logger) async throws -> String {
         let configuration = try AMQPConfiguration(url: url)
         let start = ContinuousClock.now
         let connection = try await AMQPConnection.connect(configuration, logger: logger)
-        defer { Task { await connection.close() } }
-        let channel = try await connection.openChannel()
-        let queue = try await channel.declareQueue(
-            "", options: AMQPQueueOptions(durable: false, exclusive: true, autoDelete: true))
-        try await channel.enableConfirms()
-        let body = Array("herald check \(UUID())".utf8)
-        try await channel.publish(AMQPOutgoingMessage(exchange: "", routingKey: queue.name, body: body))
-        let consumer = try await channel.consume(queue.name, prefetch: 1)
-        var iterator = consumer.makeAsyncIterator()
-        guard let delivery = try await iterator.next(), delivery.body == body else {
-            throw MessagingError(.protocolError, "the test message did not come back from \(queue.name)")
+        return try await withClosing(connection, close: { await $0.close() }) { connection in
+            let channel = try await connection.openChannel()
+            let queue = try await channel.declareQueue(
+                "", options: AMQPQueueOptions(durable: false, exclusive: true, autoDelete: true))
+            try await channel.enableConfirms()
+            let body = Array("herald check \(UUID())".utf8)
+            try await channel.publish(AMQPOutgoingMessage(exchange: "", routingKey: queue.name, body: body))
+            let consumer = try await channel.consume(queue.name, prefetch: 1)
+            var iterator = consumer.makeAsyncIterator()
+            guard let delivery = try await iterator.next(), delivery.body == body else {
+                throw MessagingError(.protocolError, "the test message did not come back from \(queue.name)")
+            }
+            channel.ack(delivery)
+            let elapsed = ContinuousClock.now - start
+            return
+                "\(configuration.redactedDescription), connect + declare + publish (confirmed) + consume in \(elapsed.formatted(.units(allowed: [.milliseconds], fractionalPart: .show(length: 1))))"
         }
-        channel.ack(delivery)
-        let elapsed = ContinuousClock.now - start
-        return
-            "\(configuration.redactedDescription), connect + declare + publish (confirmed) + consume in \(elapsed.formatted(.units(allowed: [.milliseconds], fractionalPart: .show(length: 1))))"
     }
 }

@@ -71,7 +71,13 @@ final class HeraldNode: Sendable {
         var zaqar: ZaqarClient
         var batcher: DeliveryBatcher
         var ingest: IngestOwners
-        var tasks: [Task<Void, Never>]
+        /// The node's loops. `shutdown` awaits the ingest's (it ends after `ingest.shutdown`) and,
+        /// once cancelled, the others. The partitions' (`ownership`) is cancelled, not awaited: its
+        /// revoke drains may wait on a full batcher for up to HERALD_HANDOFF_DRAIN_SECONDS, past the
+        /// shutdown budget; the process ends and the broker gives back what they held.
+        var ingesting: Task<Void, Never>
+        var ownership: Task<Void, Never>
+        var others: [Task<Void, Never>]
     }
 
     /// Builds a node from its configuration; nothing connects until `start()`.
@@ -209,7 +215,7 @@ final class HeraldNode: Sendable {
         let ownership = Task { await owners.run() }
         try await coordinator.start()
         let ingest = try ingestOwners(connection: connection, configuration: configuration)
-        let ingesting = Task { await ingest.run() }  // ends after `ingest.shutdown` (awaited in `shutdown`)
+        let ingesting = Task { await ingest.run() }
         try await ingest.start()
         let keeper = SignedURLKeeper(
             registry: registry, keystone: keystone, zaqar: zaqar, defaultZaqarURL: configuration.zaqarURL,
@@ -239,7 +245,7 @@ final class HeraldNode: Sendable {
         parts.withLock {
             $0 = Parts(
                 connection: connection, zaqar: zaqar, batcher: batcher, ingest: ingest,
-                tasks: [watcher, ownership, ingesting, keeping, retrying, counting])
+                ingesting: ingesting, ownership: ownership, others: [watcher, keeping, retrying, counting])
         }
         logger.info(
             "node started",
@@ -318,10 +324,12 @@ final class HeraldNode: Sendable {
         let started = ContinuousClock.now
         let budget = configuration.shutdownBudget
         await parts.ingest.shutdown(drainTimeout: budget / 2)
-        await parts.tasks[2].value
+        await parts.ingesting.value
         await coordinator.leave(drainTimeout: max(.seconds(1), budget - (ContinuousClock.now - started) - .seconds(2)))
         _ = await parts.batcher.drain(timeout: .seconds(2))
-        for task in parts.tasks { task.cancel() }
+        parts.ownership.cancel()
+        for task in parts.others { task.cancel() }
+        for task in parts.others { await task.value }
         _ = try? await stats.flush()
         _ = try? await catalog.flush()
         await parts.connection.close()

@@ -535,11 +535,16 @@ final class IngestService: Sendable {
                 }
             }
             if failed || broken.value {
-                // Left unacked, and the consumer ends: closing the channels gives this one and
+                // Left unacked, and the consumer ends: closing the channel gives this one and
                 // every later one back to the head of the ingest queue, in order (a nack would put
-                // it at the back of a quorum queue, behind notifications of its partition).
-                broken.withLock { $0 = true }
-                try? await consumer.cancel()
+                // it at the back of a quorum queue, behind notifications of its partition). Closed
+                // with the consumer on it, not cancelled first: RabbitMQ then puts them back before
+                // it confirms the close, so the next consumer cannot be given later ones first.
+                let first = !broken.withLock { broken in
+                    defer { broken = true }
+                    return broken
+                }
+                if first { await consuming.close() }
                 return ([], nil)
             }
             if refused.isEmpty { consuming.ack(delivery) }
@@ -832,25 +837,28 @@ final class PartitionOwners: Sendable {
         self.logger = logger
     }
 
-    /// Follows the coordinator's ownership events until they end.
+    /// Follows the coordinator's ownership events until they end; returns once the drains of
+    /// revoked partitions (which run beside the events, each in a child task) have ended too.
     func run() async {
-        for await event in coordinator.events {
-            switch event {
-            case .acquired(let partition, let epoch):
-                do {
-                    try await start(partition, epoch: epoch)
-                } catch {
-                    logger.error(
-                        "cannot consume an acquired partition",
-                        metadata: ["partition": "\(partition)", "error": "\(error)"])
+        await withDiscardingTaskGroup { group in
+            for await event in coordinator.events {
+                switch event {
+                case .acquired(let partition, let epoch):
+                    do {
+                        try await start(partition, epoch: epoch)
+                    } catch {
+                        logger.error(
+                            "cannot consume an acquired partition",
+                            metadata: ["partition": "\(partition)", "error": "\(error)"])
+                    }
+                case .revoke(let partition):
+                    group.addTask {
+                        await self.stop(partition, drain: self.configuration.handoffDrain)
+                        self.coordinator.confirmRevoked(partition)
+                    }
+                case .lost(let partition):
+                    await stop(partition, drain: nil)
                 }
-            case .revoke(let partition):
-                Task {
-                    await self.stop(partition, drain: self.configuration.handoffDrain)
-                    self.coordinator.confirmRevoked(partition)
-                }
-            case .lost(let partition):
-                await stop(partition, drain: nil)
             }
         }
     }

@@ -120,7 +120,10 @@ struct Status: AsyncParsableCommand {
 
     func gather(logger: Logger) async throws -> Report {
         let redis = RedisClient(configuration: try RedisConfiguration(url: servers.redisURL), logger: logger)
-        defer { Task { await redis.close() } }
+        return try await withClosing(redis, close: { await $0.close() }) { try await gather(redis: $0, logger: logger) }
+    }
+
+    private func gather(redis: RedisClient, logger: Logger) async throws -> Report {
         let view = try await ClusterInspector(redis: redis, keyPrefix: keyPrefix).view(partitionCount: partitions)
         let store = DeadLetterStore(redis: redis, keyPrefix: keyPrefix)
         let letters = try await store.countsByReason()
@@ -132,32 +135,33 @@ struct Status: AsyncParsableCommand {
         do {
             let connection = try await AMQPConnection.connect(
                 try AMQPConfiguration(url: servers.amqpURL), logger: logger)
-            defer { Task { await connection.close() } }
-            let channel = try await connection.openChannel()
-            let named =
-                cluster ?? ProcessInfo.processInfo.environment["HERALD_CLUSTER"].flatMap { $0.isEmpty ? nil : $0 }
-            let names = try ClusterNames(cluster: named ?? ClusterNames.derived(fromKeyPrefix: keyPrefix))
-            // Whichever ingest queues exist.
-            let candidates =
-                [names.ingest]
-                + (exchanges.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } + ["ceilometer"])
-                .filter { !$0.isEmpty }.map { names.ingestQueue(exchange: $0) }
-            for name in Set(candidates).sorted() {
-                if let state = try? await connection.queueState(name) {
-                    ingest.append(
-                        Report.Queue(name: name, messages: state.messageCount, consumers: state.consumerCount))
+            try await withClosing(connection, close: { await $0.close() }) { connection in
+                let channel = try await connection.openChannel()
+                let named =
+                    cluster ?? ProcessInfo.processInfo.environment["HERALD_CLUSTER"].flatMap { $0.isEmpty ? nil : $0 }
+                let names = try ClusterNames(cluster: named ?? ClusterNames.derived(fromKeyPrefix: keyPrefix))
+                // Whichever ingest queues exist.
+                let candidates =
+                    [names.ingest]
+                    + (exchanges.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } + ["ceilometer"])
+                    .filter { !$0.isEmpty }.map { names.ingestQueue(exchange: $0) }
+                for name in Set(candidates).sorted() {
+                    if let state = try? await connection.queueState(name) {
+                        ingest.append(
+                            Report.Queue(name: name, messages: state.messageCount, consumers: state.consumerCount))
+                    }
                 }
-            }
-            if ingest.isEmpty {
-                problems.append("no ingest queue found (\(names.ingest) or \(names.ingest).<exchange>)")
-            }
-            for name in (0..<view.partitionCount).map(names.partitionQueue) {
-                do {
-                    let state = try await channel.declareQueuePassive(name)
-                    partitionQueues.append(
-                        Report.Queue(name: name, messages: state.messageCount, consumers: state.consumerCount))
-                } catch {
-                    problems.append("\(name): \(error)")
+                if ingest.isEmpty {
+                    problems.append("no ingest queue found (\(names.ingest) or \(names.ingest).<exchange>)")
+                }
+                for name in (0..<view.partitionCount).map(names.partitionQueue) {
+                    do {
+                        let state = try await channel.declareQueuePassive(name)
+                        partitionQueues.append(
+                            Report.Queue(name: name, messages: state.messageCount, consumers: state.consumerCount))
+                    } catch {
+                        problems.append("\(name): \(error)")
+                    }
                 }
             }
         } catch {

@@ -218,9 +218,13 @@ public final class DeliveryBatcher: Sendable {
 
     /// Submits and waits for the outcome.
     public func deliver(_ messages: [ZaqarOutgoingMessage]) async -> DeliveryOutcome {
-        await withCheckedContinuation { continuation in
-            Task { await submit(messages) { continuation.resume(returning: $0) } }
+        let (outcomes, outcome) = AsyncStream.makeStream(of: DeliveryOutcome.self)
+        await submit(messages) {
+            outcome.yield($0)
+            outcome.finish()
         }
+        for await settled in outcomes { return settled }
+        return DeliveryOutcome()  // not reached: `submit` always settles every message
     }
 
     /// Waits until nothing is buffered or `timeout` passes; true when drained.
@@ -341,6 +345,9 @@ public final class DeliveryBatcher: Sendable {
 
     // MARK: Lanes
 
+    /// A lane's worker: unstructured on purpose, one per busy target, ending when its lane is
+    /// empty. Its work is awaited through the messages it holds: `drain` waits for the buffered
+    /// count (`buffered`) to reach zero, and every caller of `submit` for its completion.
     private func startWorker(_ target: ZaqarTarget) {
         Task { await self.runLane(target) }
     }

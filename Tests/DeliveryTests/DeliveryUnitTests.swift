@@ -247,3 +247,24 @@ struct WakeupTests {
         #expect(await wakeup.wait(timeout: .seconds(3600)))
     }
 }
+
+@Suite("withClosing: async cleanup that is awaited")
+struct WithClosingTests {
+    struct Failed: Error {}
+
+    @Test("the resource is closed after the body, whether it returned or threw, and before the caller goes on")
+    func closesBothWays() async throws {
+        let closed = InFlight()
+        closed.add(2)
+        let answer = try await withClosing(closed, close: { $0.remove() }) { resource in
+            #expect(resource.count == 2, "open while the body runs")
+            return 42
+        }
+        #expect(answer == 42)
+        #expect(closed.count == 1, "closed once the call returned")
+        await #expect(throws: Failed.self) {
+            try await withClosing(closed, close: { $0.remove() }) { _ in throw Failed() }
+        }
+        #expect(closed.count == 0, "closed after the body threw too")
+    }
+}

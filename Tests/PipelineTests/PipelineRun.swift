@@ -215,7 +215,8 @@ final class PipelineRun: @unchecked Sendable {
                 "publisher stalled; its last lines:\n"
                     + publisherOutput.split(separator: "\n").suffix(20).map { "  " + $0.prefix(400) }.joined(
                         separator: "\n"))
-            try? await rabbitmqctl("list_alarms")
+            // rabbitmqctl has no list_alarms (that is rabbitmq-diagnostics); its status lists them.
+            try? await rabbitmqctl("status")
             try? await rabbitmqctl(
                 "list_queues", "-p", vhost, "name", "type", "messages_ready", "messages_unacknowledged", "consumers")
             throw error

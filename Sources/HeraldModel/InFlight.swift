@@ -34,16 +34,7 @@ public final class InFlight: Sendable {
     /// - Returns: whether the count was zero.
     public func waitUntilZero(timeout: Duration) async -> Bool {
         if count == 0 { return true }
-        return await withTaskGroup(of: Bool.self) { group in
-            group.addTask { await self.zero() }
-            group.addTask {
-                try? await Task.sleep(for: timeout)
-                return false
-            }
-            let first = await group.next() ?? false
-            group.cancelAll()
-            return first || count == 0
-        }
+        return await answer(within: timeout) { await self.zero() } || count == 0
     }
 
     /// Returns when the count is zero (true) or the task is cancelled (false).
@@ -66,5 +57,21 @@ public final class InFlight: Sendable {
             state.withLock { $0.waiters.removeValue(forKey: id) }?.resume()
         }
         return count == 0
+    }
+}
+
+/// `wait`'s answer, or false once `timeout` has passed (`wait` is then cancelled, and should
+/// answer false for that unless what it waited for came at the same time: that answer wins).
+func answer(within timeout: Duration, _ wait: @escaping @Sendable () async -> Bool) async -> Bool {
+    await withTaskGroup(of: Bool.self) { group in
+        group.addTask { await wait() }
+        group.addTask {
+            try? await Task.sleep(for: timeout)
+            return false
+        }
+        var answered = await group.next() ?? false
+        group.cancelAll()
+        while let late = await group.next() { answered = answered || late }
+        return answered
     }
 }

@@ -40,18 +40,7 @@ public final class Wakeup: Sendable {
         }
         guard let timeout else { return await signalled() }
         if timeout <= .zero { return false }
-        return await withTaskGroup(of: Bool.self) { group in
-            group.addTask { await self.signalled() }
-            group.addTask {
-                try? await Task.sleep(for: timeout)
-                return false
-            }
-            var woken = await group.next() ?? false
-            group.cancelAll()
-            // A signal that came as the timeout passed was taken by the cancelled waiter: keep it.
-            while let result = await group.next() { woken = woken || result }
-            return woken
-        }
+        return await answer(within: timeout) { await self.signalled() }
     }
 
     /// Returns true on a signal, false when the task is cancelled.

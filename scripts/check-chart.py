@@ -44,7 +44,11 @@ def served_paths():
 
 
 def readme_keys():
-    return set(re.findall(r"^\| `(HERALD_[A-Z_]+)` \|", (ROOT / "README.md").read_text(), re.M))
+    # Every key in the first column of the configuration table (a row may name two: "`A` / `B`").
+    keys = set()
+    for cell in re.findall(r"^\| (`HERALD_[^|]*)\|", (ROOT / "README.md").read_text(), re.M):
+        keys.update(re.findall(r"`(HERALD_[A-Z0-9_]+)`", cell))
+    return keys
 
 
 def render(values, name="herald"):

@@ -1,0 +1,59 @@
+import Foundation
+import Testing
+
+@testable import ClusterNode
+
+@Suite("Configuration keys: declared once, documented once")
+struct ConfigurationKeysTests {
+    /// Every `HERALD_*` key named in the first column of the README's configuration table
+    /// (a row may name two: "`A` / `B`").
+    static func readmeKeys() throws -> Set<String> {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent()
+        let readme = try String(contentsOf: root.appendingPathComponent("README.md"), encoding: .utf8)
+        var keys = Set<String>()
+        for line in readme.split(separator: "\n") where line.hasPrefix("| `HERALD_") {
+            let cells = line.split(separator: "|", omittingEmptySubsequences: false)
+            guard cells.count > 1 else { continue }
+            for piece in cells[1].split(separator: "`") where piece.hasPrefix("HERALD_") {
+                keys.insert(String(piece))
+            }
+        }
+        return keys
+    }
+
+    @Test("the README's table documents exactly the keys a configuration file or --set may name")
+    func readmeMatchesDeclaration() throws {
+        let documented = try Self.readmeKeys()
+        #expect(documented.count > 50, "the table was read (\(documented.count) keys)")
+        #expect(
+            NodeConfiguration.keys.subtracting(documented).isEmpty,
+            "declared but not in the README's table: \(NodeConfiguration.keys.subtracting(documented).sorted())")
+        #expect(
+            documented.subtracting(NodeConfiguration.keys).isEmpty,
+            "in the README's table but not declared: \(documented.subtracting(NodeConfiguration.keys).sorted())")
+    }
+
+    @Test("every HERALD_* key the node reads is declared")
+    func everyReadKeyDeclared() throws {
+        let sources = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("Sources/ClusterNode/NodeConfiguration.swift")
+        let text = try String(contentsOf: sources, encoding: .utf8)
+        // Quoted keys in the file that parses them (not the bare prefix); HERALD_CONFIG_FILE names
+        // the file itself.
+        var read = Set<String>()
+        for piece in text.split(separator: "\"")
+        where piece.hasPrefix("HERALD_") && !piece.hasSuffix("_")
+            && piece.allSatisfy({
+                $0.isUppercase || $0 == "_" || $0.isNumber
+            })
+        {
+            read.insert(String(piece))
+        }
+        read.remove("HERALD_CONFIG_FILE")
+        #expect(read.count > 50)
+        #expect(
+            read.subtracting(NodeConfiguration.keys).isEmpty,
+            "read but not declared: \(read.subtracting(NodeConfiguration.keys).sorted())")
+    }
+}

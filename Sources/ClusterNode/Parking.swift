@@ -543,13 +543,15 @@ final class ParkingDrainer: Sendable {
                     let drained = await self.retry(
                         subscription, from: inbox, channel: channel, isCurrent: consumer.isCurrent,
                         afterClose: afterClose)
-                    // Closed with its consumer on it, not cancelled first: RabbitMQ then puts what
-                    // was taken and not settled back at the head of the queue before it confirms
-                    // the close. A cancelled consumer's unsettled messages go back only when the
-                    // queue learns the channel went, after the close returned, and a next drainer
-                    // could start before them: later messages first (seen once in the end-to-end
-                    // test). The close ends the consumer's stream, and the caller's close is then
-                    // a no-op.
+                    // Closed with its consumer on it, not cancelled first: for a classic queue
+                    // RabbitMQ then puts what was taken and not settled back at the head of the
+                    // queue before it confirms the close. A cancelled consumer's unsettled messages
+                    // go back only when the queue learns the channel went, after the close
+                    // returned, and a next drainer could start before them: later messages first
+                    // (seen once in the end-to-end test, on classic queues). A quorum queue takes
+                    // them back through its log either way; single-active-consumer hands the queue
+                    // over in the same step. The close ends the consumer's stream, and the
+                    // caller's close is then a no-op.
                     await channel.close()
                     inbox.finish()
                     return drained

@@ -535,16 +535,13 @@ final class IngestService: Sendable {
                 }
             }
             if failed || broken.value {
-                // Left unacked, and the consumer ends: closing the channel gives this one and
+                // Left unacked, and the consumer ends: closing the channels gives this one and
                 // every later one back to the head of the ingest queue, in order (a nack would put
-                // it at the back of a quorum queue, behind notifications of its partition). Closed
-                // with the consumer on it, not cancelled first: RabbitMQ then puts them back before
-                // it confirms the close, so the next consumer cannot be given later ones first.
-                let first = !broken.withLock { broken in
-                    defer { broken = true }
-                    return broken
-                }
-                if first { await consuming.close() }
+                // it at the back of a quorum queue, behind notifications of its partition). The
+                // consumer is cancelled, not its channel closed here: the acker and the retrier
+                // both settle, and an ack the other sends after this must still go out.
+                broken.withLock { $0 = true }
+                try? await consumer.cancel()
                 return ([], nil)
             }
             if refused.isEmpty { consuming.ack(delivery) }

@@ -218,13 +218,34 @@ public final class DeliveryBatcher: Sendable {
 
     /// Submits and waits for the outcome.
     public func deliver(_ messages: [ZaqarOutgoingMessage]) async -> DeliveryOutcome {
-        let (outcomes, outcome) = AsyncStream.makeStream(of: DeliveryOutcome.self)
-        await submit(messages) {
-            outcome.yield($0)
-            outcome.finish()
+        // The outcome, or the caller's continuation, whichever comes first; not cut short by
+        // the caller's cancellation (the messages are in flight either way).
+        enum Meeting {
+            case none
+            case outcome(DeliveryOutcome)
+            case waiting(CheckedContinuation<DeliveryOutcome, Never>)
         }
-        for await settled in outcomes { return settled }
-        return DeliveryOutcome()  // not reached: `submit` always settles every message
+        let meeting = Mutex(Meeting.none)
+        await submit(messages) { outcome in
+            let waiting = meeting.withLock { meeting -> CheckedContinuation<DeliveryOutcome, Never>? in
+                guard case .waiting(let continuation) = meeting else {
+                    meeting = .outcome(outcome)
+                    return nil
+                }
+                return continuation
+            }
+            waiting?.resume(returning: outcome)
+        }
+        return await withCheckedContinuation { continuation in
+            let ready = meeting.withLock { meeting -> DeliveryOutcome? in
+                guard case .outcome(let outcome) = meeting else {
+                    meeting = .waiting(continuation)
+                    return nil
+                }
+                return outcome
+            }
+            if let ready { continuation.resume(returning: ready) }
+        }
     }
 
     /// Waits until nothing is buffered or `timeout` passes; true when drained.

@@ -4,6 +4,11 @@ import Synchronization
 /// called since the last wait), when its timeout passes, or when the task is cancelled. A signal
 /// with nobody waiting is kept for the next wait, so one sent between a loop's check and its
 /// wait is never lost; several signals before a wait count as one.
+///
+/// Made for one waiter at a time (a loop). With several, a signal wakes those already waiting and
+/// is kept only if there are none: one about to wait may miss it and wait for the next signal or
+/// its timeout (the parked set's re-reads, every second, are used so: a lane then waits a second
+/// more at worst).
 public final class Wakeup: Sendable {
     private struct State {
         var pending = false

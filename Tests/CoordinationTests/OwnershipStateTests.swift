@@ -42,6 +42,18 @@ struct OwnershipStateTests {
         #expect(state.deadline == nil, "dropped at the deadline: nothing left to lapse")
     }
 
+    @Test("leaving revokes everything, and an assignment read before it cannot give partitions back")
+    func leavingIgnoresAssignments() {
+        var state = holding()
+        #expect(
+            state.beginLeaving(now: ms(10)) == [.emit(.revoke(partition: 1)), .emit(.revoke(partition: 2))])
+        #expect(state.isLeaving)
+        #expect(state.setTarget([1, 2, 3], now: ms(11)).isEmpty, "no acquire, no un-revoke")
+        #expect(state.target.isEmpty)
+        #expect(state.missing(now: ms(12)).isEmpty)
+        #expect(state.confirmRevoked(1) == [.release([Lease(partition: 1, epoch: 5)])], "drains still release")
+    }
+
     @Test("a renewal extends validity from when it was sent, not when it came back")
     func renewalFromSendTime() {
         var state = holding()

@@ -64,6 +64,9 @@ public struct ClusterConfiguration: Sendable {
         guard heartbeat > .zero else {
             throw CoordinationError(.invalidConfiguration, "heartbeat \(heartbeat) must be positive")
         }
+        guard acquireRetry > .zero else {
+            throw CoordinationError(.invalidConfiguration, "acquire retry \(acquireRetry) must be positive")
+        }
         guard aliveTTL > heartbeat * 2 else {
             throw CoordinationError(
                 .invalidConfiguration,

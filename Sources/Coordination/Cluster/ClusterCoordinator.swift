@@ -176,16 +176,19 @@ public final class ClusterCoordinator: Sendable {
     /// revoke, or `drainTimeout` passes), releases the leases, leaves the group.
     public func leave(drainTimeout: Duration = .seconds(10)) async {
         let now = now()
-        let revokes = state.withLock { $0.setTarget([], now: now) }
         control.withLock { $0.assignmentEpoch = Int64.max }  // ignore assignments from here on
+        // Under the state's lock: an assignment read before the line above cannot give partitions back.
+        let revokes = state.withLock { $0.beginLeaving(now: now) }
         await execute(revokes)
         // The loop releases each lease as its revoke is confirmed, and drops them all when the
         // node's validity runs out: look again after each of its rounds.
         let deadline = ContinuousClock.now + drainTimeout
-        while state.withLock({ !$0.acting(at: self.now()).isEmpty }) {
+        while !Task.isCancelled {
+            let (acting, lapse) = state.withLock { (!$0.acting(at: self.now()).isEmpty, $0.deadline) }
             let left = deadline - ContinuousClock.now
-            if left <= .zero { break }
-            await rounds.wait(timeout: left)
+            if !acting || left <= .zero { break }
+            // The leases also lapse on their own, at the end of validity, round or no round.
+            await rounds.wait(timeout: min(left, (lapse ?? self.now() + left) - self.now()))
         }
         await stopLoop()
         await execute(state.withLock { $0.leave() })
@@ -235,6 +238,9 @@ public final class ClusterCoordinator: Sendable {
     /// take, or the end of its validity (its leases lapse by themselves then).
     private func run() async {
         var nextBeat = now() + configuration.heartbeat
+        var lastBeat = Duration.zero - Self.eventBeatGap
+        // Woken by an event and not beaten for it yet (events closer than `eventBeatGap` share a beat).
+        var eventPending = false
         while true {
             let (stopping, paused, woken) = control.withLock { control -> (Bool, Bool, Bool) in
                 let woken = control.wake
@@ -247,8 +253,11 @@ public final class ClusterCoordinator: Sendable {
                 continue
             }
             let now = now()
-            if woken || now >= nextBeat {
+            if woken { eventPending = true }
+            if (eventPending && now >= lastBeat + Self.eventBeatGap) || now >= nextBeat {
                 nextBeat = now + configuration.heartbeat
+                lastBeat = now
+                eventPending = false
                 do {
                     try await beat()
                 } catch {
@@ -264,9 +273,14 @@ public final class ClusterCoordinator: Sendable {
             }
             await execute(state.withLock { $0.check(now: self.now()) })
             rounds.signal()
-            await wakeup.wait(timeout: nextWake(beat: nextBeat) - self.now())
+            let beatAt = eventPending ? min(nextBeat, lastBeat + Self.eventBeatGap) : nextBeat
+            await wakeup.wait(timeout: nextWake(beat: beatAt) - self.now())
         }
     }
+
+    /// The shortest time between two beats that events asked for: a burst of events (a
+    /// rebalance publishes one per released lease) costs a beat per 10 ms, not one per event.
+    static let eventBeatGap: Duration = .milliseconds(10)
 
     /// The next instant due on the clock alone: the next beat, a lease retry (while target
     /// partitions are missing), the end of validity (while leases are held).

@@ -47,6 +47,8 @@ public struct OwnershipState: Sendable {
     private(set) var held: [Int: Held] = [:]
     /// Until when (monotonic) this node may act; `nil` before the first successful beat.
     public private(set) var validUntil: Duration?
+    /// Set by `beginLeaving`: no assignment gives this node partitions any more.
+    public private(set) var isLeaving = false
 
     public init(aliveTTL: Duration, margin: Duration) {
         precondition(margin < aliveTTL, "the margin must be shorter than the alive TTL")
@@ -87,8 +89,17 @@ public struct OwnershipState: Sendable {
         return dropAll()
     }
 
-    /// A new assignment: revoke what moved away, ask for what came.
+    /// Leaving: revoke everything, as an empty assignment would, and ignore assignments from
+    /// now on (one read before the node began leaving may still arrive).
+    public mutating func beginLeaving(now: Duration) -> [Action] {
+        let actions = setTarget([], now: now)
+        isLeaving = true
+        return actions
+    }
+
+    /// A new assignment: revoke what moved away, ask for what came. Ignored once leaving.
     public mutating func setTarget(_ partitions: Set<Int>, now: Duration) -> [Action] {
+        if isLeaving { return [] }
         target = partitions
         var actions: [Action] = []
         for (partition, lease) in held.sorted(by: { $0.key < $1.key })

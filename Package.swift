@@ -68,6 +68,11 @@ let package = Package(
             linkerSettings: [.linkedLibrary("simdjson")]
         ),
         // Plain value types shared by the modules: subscriptions and their validation.
+        // Starting and reaping child processes (the tests' and the benchmarks' one way).
+        .target(
+            name: "ChildProcesses",
+            swiftSettings: swiftSettings
+        ),
         .target(
             name: "HeraldModel",
             dependencies: ["CNotificationScan"],
@@ -143,6 +148,7 @@ let package = Package(
         .executableTarget(
             name: "HeraldBench",
             dependencies: [
+                "ChildProcesses",
                 "Coordination",
                 "Notifications",
                 "Messaging",
@@ -164,6 +170,7 @@ let package = Package(
         .target(
             name: "TestSupport",
             dependencies: [
+                "ChildProcesses",
                 "HeraldModel",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),

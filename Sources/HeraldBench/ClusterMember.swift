@@ -1,4 +1,5 @@
 import ArgumentParser
+import ChildProcesses
 import Coordination
 import Dispatch
 import Foundation
@@ -71,33 +72,22 @@ final class LineOutput: Sendable {
 final class MemberProcess: @unchecked Sendable {
     let name: String
     let pid: pid_t
+    let process: ChildProcess
 
     /// Spawns `executable member ...`; a thread reads its lines into `timeline`.
     init(
         executable: String, name: String, redisURL: String, prefix: String, partitions: Int, timeline: OwnershipTimeline
     ) throws {
         self.name = name
-        var fds: [Int32] = [0, 0]
-        guard pipe(&fds) == 0 else { throw ValidationError("pipe() failed: \(errno)") }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        posix_spawn_file_actions_adddup2(&actions, fds[1], 1)
-        posix_spawn_file_actions_addclose(&actions, fds[0])
-        defer { posix_spawn_file_actions_destroy(&actions) }
         let argv = [
             executable, "member", "--redis-url", redisURL, "--prefix", prefix, "--node-id", name, "--partitions",
             "\(partitions)",
         ]
-        let cArguments = argv.map { strdup($0) } + [nil]
-        defer { cArguments.forEach { free($0) } }
-        var pid: pid_t = 0
-        let status = posix_spawn(&pid, executable, &actions, nil, cArguments, environ)
-        close(fds[1])
-        guard status == 0 else {
-            throw ValidationError("cannot start \(executable): \(String(cString: strerror(status)))")
-        }
-        self.pid = pid
-        let readFD = fds[0]
+        let process = try ChildProcess(argv, name: name, output: .pipe, errors: .inherit)
+        self.process = process
+        self.pid = process.pid
+        // The pipe's read end (`.pipe` was asked for).
+        let readFD = process.output ?? -1
         let thread = Thread {
             defer { close(readFD) }
             var buffer = Data()
@@ -139,19 +129,11 @@ final class MemberProcess: @unchecked Sendable {
     }
 
     func send(_ signal: Int32) {
-        kill(pid, signal)
+        process.send(signal)
     }
 
     /// Waits for the process to exit; returns its exit status.
     func wait() async -> Int32 {
-        let pid = pid
-        return await withCheckedContinuation { continuation in
-            let thread = Thread {
-                var status: Int32 = 0
-                while waitpid(pid, &status, 0) == -1 && errno == EINTR {}
-                continuation.resume(returning: status)
-            }
-            thread.start()
-        }
+        await process.wait()
     }
 }

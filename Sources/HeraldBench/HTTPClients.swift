@@ -1,5 +1,6 @@
 import ArgumentParser
 import AsyncHTTPClient
+import ChildProcesses
 import Delivery
 import Foundation
 import HeraldModel
@@ -27,8 +28,10 @@ struct HTTPClients: AsyncParsableCommand {
     @Option(help: "Requests/s of the paced runs (default: half the slower client's flat-out rate).") var rate: Double?
 
     func run() async throws {
-        let sink = try SinkProcess.start()
-        defer { sink.stop() }
+        try await withClosing(try SinkProcess.start(), close: { await $0.stop() }) { try await compare(into: $0) }
+    }
+
+    private func compare(into sink: SinkProcess) async throws {
         let target = ZaqarTarget(baseURL: sink.url, project: "bench", queue: "http-clients")
         let pad = String(repeating: "x", count: max(0, size - 120))
         let messages = (0..<batch).map { index in
@@ -207,35 +210,31 @@ struct InstantSinkCommand: AsyncParsableCommand {
     }
 }
 
-/// The instant sink in a child process: `herald-bench instant-sink`.
+/// The instant sink in a child process: `herald-bench instant-sink`. It prints its URL, and ends
+/// when its standard input closes.
 struct SinkProcess {
-    let process: Process
-    let input: Pipe
+    let process: ChildProcess
     let url: String
 
     static func start() throws -> SinkProcess {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
-        process.arguments = ["instant-sink"]
-        let input = Pipe()
-        let output = Pipe()
-        process.standardInput = input
-        process.standardOutput = output
-        try process.run()
+        let executable = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
+        let process = try ChildProcess([executable, "instant-sink"], input: .pipe, output: .pipe, errors: .inherit)
         var line: [UInt8] = []
-        while let byte = try output.fileHandleForReading.read(upToCount: 1)?.first, byte != UInt8(ascii: "\n") {
+        var byte: UInt8 = 0
+        while let output = process.output, read(output, &byte, 1) == 1, byte != UInt8(ascii: "\n") {
             line.append(byte)
         }
         let url = String(decoding: line, as: UTF8.self)
         guard url.hasPrefix("http://") else {
-            process.terminate()
+            process.send(SIGTERM)
             throw ValidationError("the instant sink did not start (it said \"\(url)\")")
         }
-        return SinkProcess(process: process, input: input, url: url)
+        return SinkProcess(process: process, url: url)
     }
 
-    func stop() {
-        try? input.fileHandleForWriting.close()
-        process.waitUntilExit()
+    func stop() async {
+        if let input = process.input { close(input) }
+        _ = await process.wait()
+        if let output = process.output { close(output) }
     }
 }

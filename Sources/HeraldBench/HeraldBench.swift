@@ -1,5 +1,6 @@
 import ArgumentParser
 import CBaseline
+import ChildProcesses
 import Coordination
 import Foundation
 import Logging
@@ -200,7 +201,7 @@ struct RedisBenchmark {
         var baseline: [Double] = []
         var swift: [Double] = []
         for round in 1...servers.rounds {
-            let reference = try redisBenchmark(host: host, port: port, clients: 1)
+            let reference = try await redisBenchmark(host: host, port: port, clients: 1)
             let measured = try await swiftPipelined(client)
             baseline.append(reference)
             swift.append(measured)
@@ -212,7 +213,7 @@ struct RedisBenchmark {
         print(
             "  median \(format(median(baseline)))          \(format(median(swift)))     \(String(format: "%.2f", ratio))   (goal >= 0.50)"
         )
-        let fifty = try redisBenchmark(host: host, port: port, clients: 50)
+        let fifty = try await redisBenchmark(host: host, port: port, clients: 50)
         print("  for scale: redis-benchmark with its default 50 connections: \(format(fifty)) SET/s")
         await client.close()
     }
@@ -241,19 +242,14 @@ struct RedisBenchmark {
     }
 
     /// Runs `redis-benchmark -t set -P N -q` and reads its requests per second.
-    private func redisBenchmark(host: String, port: Int, clients: Int) throws -> Double {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = [
-            "redis-benchmark", "-h", host, "-p", "\(port)", "-t", "set", "-n", "\(requests)", "-P", "\(pipeline)", "-c",
-            "\(clients)", "-r", "100000", "-q",
-        ]
-        let output = Pipe()
-        process.standardOutput = output
-        try process.run()
-        let data = output.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        let text = String(decoding: data, as: UTF8.self)
+    private func redisBenchmark(host: String, port: Int, clients: Int) async throws -> Double {
+        let process = try ChildProcess(
+            [
+                "/usr/bin/env", "redis-benchmark", "-h", host, "-p", "\(port)", "-t", "set", "-n", "\(requests)", "-P",
+                "\(pipeline)", "-c", "\(clients)", "-r", "100000", "-q",
+            ], output: .pipe, errors: .inherit)
+        let text = process.readOutputToEnd()
+        _ = await process.wait()
         // "SET: 123456.78 requests per second, p50=0.055 msec" (after \r progress lines)
         guard
             let line = text.split(whereSeparator: { $0 == "\n" || $0 == "\r" }).last(where: { $0.hasPrefix("SET: ") }),

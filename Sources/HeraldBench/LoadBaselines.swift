@@ -1,6 +1,7 @@
 import ArgumentParser
 import AsyncHTTPClient
 import CBaseline
+import ChildProcesses
 import Coordination
 import Delivery
 import Foundation
@@ -252,7 +253,7 @@ extension LoadRun {
         let all = nodes.keys.sorted()
         let names = Array(all.prefix(running ?? all.count))
         for node in nodes.values { node.signal(SIGTERM) }
-        for node in nodes.values { node.process.waitUntilExit() }
+        for node in nodes.values { _ = await node.process.wait() }
         let connection = try await AMQPConnection.connect(url: vhostURL)
         let channel = try await connection.openChannel()
         try await channel.enableConfirms()

@@ -1,5 +1,6 @@
 import ArgumentParser
 import AsyncHTTPClient
+import ChildProcesses
 import Coordination
 import Delivery
 import Foundation
@@ -14,7 +15,7 @@ import Synchronization
 /// A `herald node` process of the load run, its log in the output directory.
 final class LoadNode: @unchecked Sendable {
     let name: String
-    let process: Process
+    let process: ChildProcess
     let apiPort: Int
     /// The last CPU seconds read from /proc (kept after the process is gone).
     var cpuSeconds = 0.0
@@ -24,20 +25,11 @@ final class LoadNode: @unchecked Sendable {
     init(name: String, executable: String, environment: [String: String], log: String) throws {
         self.name = name
         apiPort = Int(environment["HERALD_API_PORT"] ?? "0") ?? 0
-        process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = ["node"]
-        process.environment = environment
-        guard FileManager.default.createFile(atPath: log, contents: nil) else {
-            throw ValidationError("cannot create the node's log \(log)")
-        }
-        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
-        process.standardOutput = handle
-        process.standardError = handle
-        try process.run()
+        process = try ChildProcess(
+            [executable, "node"], name: name, environment: .exactly(environment), output: .file(log))
     }
 
-    var pid: pid_t { process.processIdentifier }
+    var pid: pid_t { process.pid }
 
     func signal(_ signal: Int32) { kill(pid, signal) }
 
@@ -133,38 +125,24 @@ final class LoadRun: @unchecked Sendable {
         redis = RedisClient(configuration: try RedisConfiguration(url: options.redisURL))
     }
 
-    /// Runs `scripts/servers ARGUMENTS...` to its end. Through posix_spawn and waitpid rather than
-    /// Foundation's Process: `restart redis` leaves a daemon holding the descriptors Process
-    /// watches for the end of its child, and waitUntilExit then never returned.
-    func control(_ arguments: String...) throws {
-        try control(arguments)
+    /// Runs `scripts/servers ARGUMENTS...` to its end (`ChildProcess`: `restart redis` leaves a
+    /// daemon holding the descriptors Foundation's Process watches, whose waitUntilExit then
+    /// never returned).
+    func control(_ arguments: String...) async throws {
+        try await control(arguments)
     }
 
-    func control(_ arguments: [String]) throws {
+    func control(_ arguments: [String]) async throws {
         let argv = ["/usr/bin/env", "bash", options.servers] + arguments
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        for descriptor: Int32 in [0, 1, 2] {
-            posix_spawn_file_actions_addopen(
-                &actions, descriptor, "/dev/null", descriptor == 0 ? O_RDONLY : O_WRONLY, 0)
+        let code: Int32
+        do {
+            code = try await ChildProcess.run(argv, input: .null, output: .null)
+        } catch {
+            throw ValidationError("\(options.servers) \(arguments.joined(separator: " ")): \(error)")
         }
-        var pid: pid_t = 0
-        let cArguments = argv.map { strdup($0) } + [nil]
-        defer { for argument in cArguments { free(argument) } }
-        let spawned = posix_spawn(&pid, argv[0], &actions, nil, cArguments, environ)
-        guard spawned == 0 else {
+        guard code == 0 else {
             throw ValidationError(
-                "\(options.servers) \(arguments.joined(separator: " ")): cannot start it (errno \(spawned))")
-        }
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) == -1 && errno == EINTR {}
-        // WIFEXITED and WEXITSTATUS, spelled out (the macros do not come through to Swift).
-        let exited = status & 0x7f == 0
-        let code = (status >> 8) & 0xff
-        guard exited && code == 0 else {
-            throw ValidationError(
-                "\(options.servers) \(arguments.joined(separator: " ")) failed (\(exited ? "exit status \(code)" : "signal \(status & 0x7f)"))"
+                "\(options.servers) \(arguments.joined(separator: " ")) failed (\(code > 128 ? "signal \(code - 128)" : "exit status \(code)"))"
             )
         }
     }
@@ -355,8 +333,8 @@ final class LoadRun: @unchecked Sendable {
         if options.attach == nil {
             // Several hosts: the cluster of `scripts/servers cluster`.
             let broker = options.amqpURL.contains(",") ? ["cluster", "rabbitmqctl"] : ["rabbitmqctl"]
-            try control(broker + ["add_vhost", vhost])
-            try control(broker + ["set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"])
+            try await control(broker + ["add_vhost", vhost])
+            try await control(broker + ["set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"])
         }
 
         // What each template reaches, by the same index the nodes use.
@@ -479,7 +457,7 @@ final class LoadRun: @unchecked Sendable {
         _ = await sampler.value
         for node in nodes.values { node.sampleCPU() }
         for node in nodes.values where node.process.isRunning { node.signal(SIGTERM) }
-        for node in nodes.values { node.process.waitUntilExit() }
+        for node in nodes.values { _ = await node.process.wait() }
 
         // Lost: expected pairs never seen. Unexpected pairs would show as delivered beyond the expected.
         let publishedCount = published.load(ordering: .relaxed)
@@ -494,7 +472,7 @@ final class LoadRun: @unchecked Sendable {
             LoadResult.Process(
                 name: $0.name, cpuSeconds: $0.cpuSeconds - $0.cpuAtStart,
                 cpuMicrosecondsPerEvent: ($0.cpuSeconds - $0.cpuAtStart) * 1e6 / Double(max(publishedCount, 1)),
-                exitStatus: $0.process.isRunning ? nil : $0.process.terminationStatus)
+                exitStatus: $0.process.exitStatus)
         }
         processes.append(
             .init(
@@ -628,8 +606,8 @@ final class LoadRun: @unchecked Sendable {
                         try? await Task.sleep(for: .seconds(event.seconds!))
                         node?.signal(SIGCONT)
                     }
-                case .restartRedis: try control("restart", "redis")
-                case .restartRabbitMQ: try control("restart", "rabbitmq")
+                case .restartRedis: try await control("restart", "redis")
+                case .restartRabbitMQ: try await control("restart", "rabbitmq")
                 case .sinkFail, .sinkStall, .zaqarOutage:
                     sink?.set(event.action == .sinkFail ? .failing : event.action == .sinkStall ? .stalling : .down)
                     let sink = sink
@@ -638,30 +616,30 @@ final class LoadRun: @unchecked Sendable {
                         sink?.set(.normal)
                     }
                 case .redisOutage:
-                    try control("stop", "redis", "keep")
+                    try await control("stop", "redis", "keep")
                     let seconds = event.seconds ?? 0
                     Task {
                         try? await Task.sleep(for: .seconds(seconds))
-                        do { try self.control("start", "redis") } catch {
+                        do { try await self.control("start", "redis") } catch {
                             self.log("starting Redis again failed: \(error)")
                         }
                     }
                 case .rabbitmqNodeKill:
                     let node = event.node ?? "1"
-                    try control("cluster", "stop", node)
+                    try await control("cluster", "stop", node)
                     let seconds = event.seconds ?? 0
                     Task {
                         try? await Task.sleep(for: .seconds(seconds))
-                        do { try self.control("cluster", "start", node) } catch {
+                        do { try await self.control("cluster", "start", node) } catch {
                             self.log("starting RabbitMQ node \(node) again failed: \(error)")
                         }
                     }
                 case .redisFailover:
-                    try control("sentinel", "kill-master")
+                    try await control("sentinel", "kill-master")
                     let seconds = event.seconds ?? 0
                     Task {
                         try? await Task.sleep(for: .seconds(seconds))
-                        do { try self.control("sentinel", "restart-old") } catch {
+                        do { try await self.control("sentinel", "restart-old") } catch {
                             self.log("starting the old Redis master again failed: \(error)")
                         }
                     }
@@ -726,7 +704,7 @@ final class LoadRun: @unchecked Sendable {
             node.signal(SIGKILL)
         }
         await sink?.stop()
-        try? control("rabbitmqctl", "delete_vhost", vhost)
+        try? await control("rabbitmqctl", "delete_vhost", vhost)
         _ = try? await redis.pipeline([
             RedisCommand(
                 "EVAL", "for _, k in ipairs(redis.call('KEYS', ARGV[1] .. '*')) do redis.call('DEL', k) end return 1",

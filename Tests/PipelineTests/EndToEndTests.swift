@@ -231,8 +231,9 @@ extension PipelineSuites {
                     }
                 }
                 let letters = try await run.deadLetters.recent(count: 1000)
-                let nodeLogs = run.nodes.values.map {
-                    (try? String(contentsOfFile: $0.process.log, encoding: .utf8)) ?? ""
+                let nodeLogs: String = run.nodes.values.map { node -> String in
+                    guard let log = node.process.log else { return "" }
+                    return (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
                 }
                 .joined()
                 let lostLeases = nodeLogs.components(separatedBy: "lost a partition lease").count - 1
@@ -240,16 +241,13 @@ extension PipelineSuites {
                 // Messages in batches retried after an ambiguous failure (the request may have been taken:
                 // a timeout after sending, not a refused connection), by a lane or by a parked
                 // subscription's drainer: at least once allows these twice.
-                let ambiguousRetries = nodeLogs.split(separator: "\n").filter {
-                    ($0.contains("retrying a batch") || $0.contains("parked messages still fail"))
-                        && !$0.contains("connectTimeout")
+                var ambiguousRetries = 0
+                for line in nodeLogs.split(separator: "\n") {
+                    let retried = line.contains("retrying a batch") || line.contains("parked messages still fail")
+                    guard retried && !line.contains("connectTimeout") else { continue }
+                    let field = line.split(separator: " ").first { $0.hasPrefix("delivery.count=") }
+                    ambiguousRetries += field.flatMap { Int($0.dropFirst("delivery.count=".count)) } ?? 0
                 }
-                .compactMap { line in
-                    line.split(separator: " ").first { $0.hasPrefix("delivery.count=") }.flatMap {
-                        Int($0.dropFirst("delivery.count=".count))
-                    }
-                }
-                .reduce(0, +)
                 print(
                     "e2e \(disruption): \(notificationCount) notifications, \(total) expected messages, lost \(lost), unexpected \(unexpected), duplicates \(duplicates), out of order \(outOfOrder), dead letters \(letters.count); nodes logged \(lostLeases) lost leases, \(shortDrains) handoff drains out of time, \(ambiguousRetries) messages retried after a timeout"
                 )
@@ -270,7 +268,7 @@ extension PipelineSuites {
                         "list_queues", "-p", run.vhost, "name", "messages_ready", "messages_unacknowledged", "consumers"
                     )
                     for node in run.nodes.values.sorted(by: { $0.name < $1.name }) {
-                        let log = (try? String(contentsOfFile: node.process.log, encoding: .utf8)) ?? ""
+                        let log = (try? String(contentsOfFile: node.process.log ?? "", encoding: .utf8)) ?? ""
                         let lines = log.split(separator: "\n")
                         print(
                             "e2e \(disruption): \(node.name) logged \(lines.count) lines; the last 15:\n"

@@ -177,7 +177,7 @@ extension PipelineSuites {
                 let status = await failed.process.wait()
                 failed.exitStatus = status
                 #expect(status != 0)
-                let output = (try? String(contentsOfFile: failed.process.log, encoding: .utf8)) ?? ""
+                let output = (try? String(contentsOfFile: failed.process.log ?? "", encoding: .utf8)) ?? ""
                 #expect(
                     output.contains("HERALD_ZAQAR_URL") && output.contains("service type no-such-service"),
                     "\(output.suffix(600))")
@@ -312,7 +312,7 @@ extension PipelineSuites {
                     log: "\(run.directory)/status.json")
                 #expect(await status.wait() == 0, "\(status.tail())")
                 let report =
-                    (try? JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: status.log))))
+                    (try? JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: status.log ?? ""))))
                     as? [String: Any] ?? [:]
                 let rows = report["signed_urls"] as? [[String: Any]] ?? []
                 #expect(

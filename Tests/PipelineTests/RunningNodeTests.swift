@@ -127,7 +127,7 @@ extension PipelineSuites {
                     name: "status", argv: [binary, "status", "--json"], environment: environment,
                     log: "\(run.directory)/status.json")
                 #expect(await statusJSON.wait() == 0, "\(statusJSON.tail())")
-                let report = object(try String(contentsOfFile: statusJSON.log, encoding: .utf8))
+                let report = object(try String(contentsOfFile: statusJSON.log ?? "", encoding: .utf8))
                 let members = report["members"] as? [[String: Any]] ?? []
                 #expect(members.compactMap { $0["node"] as? String } == ["node-1", "node-2", "node-3"])
                 let counts = members.map { ($0["partitions"] as? [Int] ?? []).count }
@@ -152,7 +152,7 @@ extension PipelineSuites {
                             log: "\(run.directory)/status-again.json")
                         guard await again.wait() == 0 else { throw TestFailure("herald status: \(again.tail())") }
                         ingestQueues =
-                            object(try String(contentsOfFile: again.log, encoding: .utf8))["ingest"]
+                            object(try String(contentsOfFile: again.log ?? "", encoding: .utf8))["ingest"]
                             as? [[String: Any]] ?? []
                         guard ingestQueues.allSatisfy({ $0["consumers"] as? Int == 1 }) else {
                             throw TestFailure("not every ingest queue has its consumer yet")
@@ -174,7 +174,7 @@ extension PipelineSuites {
                     name: "status", argv: [binary, "status"], environment: environment,
                     log: "\(run.directory)/status.txt")
                 #expect(await statusText.wait() == 0)
-                let text = try String(contentsOfFile: statusText.log, encoding: .utf8)
+                let text = try String(contentsOfFile: statusText.log ?? "", encoding: .utf8)
                 #expect(text.contains("3 members"), "\(text)")
                 #expect(text.contains("24 of 24 partitions held"))
                 for node in ["node-1", "node-2", "node-3"] { #expect(text.contains(node)) }

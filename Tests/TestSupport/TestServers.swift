@@ -1,3 +1,4 @@
+@_exported import ChildProcesses
 import Foundation
 
 /// The real servers that `scripts/test` (through `scripts/servers up`) started.
@@ -23,9 +24,6 @@ public enum TestServers {
     public static func zaqarURL() throws -> String { try value("HERALD_TEST_ZAQAR_URL") }
 
     /// Runs `scripts/servers ARGS` (restart a server, run rabbitmqctl) and fails on a non-zero exit.
-    ///
-    /// posix_spawn and waitpid on a thread of its own: Foundation's `Process.waitUntilExit`
-    /// was seen to hang here once the script had daemonised a server.
     public static func control(_ arguments: String...) async throws {
         try await control(arguments: arguments)
     }
@@ -33,34 +31,15 @@ public enum TestServers {
     /// `control`, with the arguments as an array.
     public static func control(arguments: [String]) async throws {
         let script = try value("HERALD_TEST_SERVERS")
-        let status: Int32 = await withCheckedContinuation { continuation in
-            let thread = Thread {
-                continuation.resume(returning: run([script] + arguments))
-            }
-            thread.start()
-        }
+        let status = try await ChildProcess.run([script] + arguments)
         if status != 0 {
             throw Missing(variable: "scripts/servers \(arguments.joined(separator: " ")) exited with \(status);")
         }
     }
 
-    /// Runs a program to completion on a thread of its own; returns its exit status.
+    /// Runs a program to completion; returns its exit status.
     public static func run(_ argv: [String]) async throws -> Int32 {
-        await withCheckedContinuation { continuation in
-            let thread = Thread { continuation.resume(returning: run(argv)) }
-            thread.start()
-        }
-    }
-
-    private static func run(_ argv: [String]) -> Int32 {
-        var pid: pid_t = 0
-        let cArguments = argv.map { strdup($0) } + [nil]
-        defer { cArguments.forEach { free($0) } }
-        let spawned = posix_spawn(&pid, argv[0], nil, nil, cArguments, environ)
-        guard spawned == 0 else { return -1 }
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) == -1 && errno == EINTR {}
-        return (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+        try await ChildProcess.run(argv)
     }
 
     /// A TCP port nothing listens on right now, on 127.0.0.1 (the kernel's pick).

@@ -49,7 +49,8 @@ public struct DeliveryStatistics: Sendable {
 /// - One request in flight per lane, so a lane's messages arrive in submission
 ///   order; lanes run independently, so a slow or failing target holds only its own.
 /// - A batch closes at `maxBatchMessages`, at `maxRequestBytes` of request body, or
-///   when its oldest message has waited `linger`.
+///   when its oldest message has waited `linger`; while no lane sent within
+///   `lingerWindow`, nothing lingers (on a quiet node a lone event goes at once).
 /// - Buffers are bounded per lane, per project and in total (messages and bytes, queued
 ///   and in flight); `submit` waits for room. A lane's bound is below its project's and a
 ///   project's below the total, so one stalled lane, or one project's many stalled lanes,
@@ -123,6 +124,8 @@ public final class DeliveryBatcher: Sendable {
         var projects: [String: ProjectUsage] = [:]
         var waiters: [Waiter] = []
         var statistics = DeliveryStatistics()
+        /// When any lane last took a batch to send (the batcher's clock); nil: never.
+        var lastSent: Duration?
     }
 
     /// - Throws: `DeliveryError.invalidConfiguration` naming the bad setting.
@@ -395,7 +398,7 @@ public final class DeliveryBatcher: Sendable {
                     return .idle
                 }
                 // The lane is there (the guard read its queue); `default` only spares a force unwrap.
-                return take(from: &state.lanes[target, default: newLane()])
+                return take(from: &state.lanes[target, default: newLane()], lastSent: &state.lastSent)
             }
             switch next {
             case .idle:
@@ -410,14 +413,15 @@ public final class DeliveryBatcher: Sendable {
     }
 
     /// The next batch of a lane with messages queued (in place, under the lock), or how long to
-    /// linger for company: unless a full batch is waiting or the oldest has waited enough.
-    private func take(from lane: inout Lane) -> Next {
-        let age = now() - lane.queue[0].enqueuedAt
-        if lane.queued < configuration.maxBatchMessages && age < configuration.linger {
-            let queuedBytes = lane.queue.reduce(0) { $0 + $1.size }
-            if queuedBytes + ZaqarMessageEncoding.envelopeBytes < configuration.maxRequestBytes {
-                return .wait(configuration.linger - age)
-            }
+    /// linger for company (`lingering`). `lastSent`: when any lane last sent, updated.
+    private func take(from lane: inout Lane, lastSent: inout Duration?) -> Next {
+        let now = now()
+        let queuedBytes = lane.queue.reduce(0) { $0 + $1.size }
+        if let wait = Self.lingering(
+            queued: lane.queued, queuedBytes: queuedBytes, oldestAge: now - lane.queue[0].enqueuedAt,
+            sinceLastSent: lastSent.map { now - $0 }, configuration: configuration)
+        {
+            return .wait(wait)
         }
         var batch: [Pending] = []
         batch.reserveCapacity(min(lane.queued, configuration.maxBatchMessages))
@@ -427,7 +431,22 @@ public final class DeliveryBatcher: Sendable {
             batch.append(lane.queue.removeFirst())
             bytes += next.size
         }
+        lastSent = now
         return .send(batch)
+    }
+
+    /// How much longer a lane's queued messages wait for company, or nil to send now. They wait
+    /// only while the batcher is busy (some lane sent within `lingerWindow`: under load, fewer and
+    /// fuller requests), no full batch is queued and the oldest has waited less than `linger`. On
+    /// a quiet node an event that comes alone goes at once.
+    static func lingering(
+        queued: Int, queuedBytes: Int, oldestAge: Duration, sinceLastSent: Duration?,
+        configuration: DeliveryConfiguration
+    ) -> Duration? {
+        guard let sinceLastSent, sinceLastSent < configuration.lingerWindow else { return nil }
+        guard queued < configuration.maxBatchMessages, oldestAge < configuration.linger else { return nil }
+        guard queuedBytes + ZaqarMessageEncoding.envelopeBytes < configuration.maxRequestBytes else { return nil }
+        return configuration.linger - oldestAge
     }
 
     /// Sends one batch until every message is delivered, dead-lettered or parked.

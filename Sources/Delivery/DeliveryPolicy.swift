@@ -4,8 +4,13 @@ public struct DeliveryConfiguration: Sendable {
     public var maxBatchMessages: Int = 100
     /// ... or at this many request bytes: Zaqar's `max_messages_post_size`. Default 262144.
     public var maxRequestBytes: Int = 262_144
-    /// ... or this long after its first message, if the lane was idle. Default 5 ms.
+    /// ... or this long after its first message, while the batcher is busy (see `lingerWindow`).
+    /// Default 5 ms.
     public var linger: Duration = .milliseconds(5)
+    /// Lanes linger only while some lane sent a request within this long: under load a batch waits
+    /// `linger` for company (fewer, fuller requests); on a quiet node an event that comes alone goes
+    /// at once, without `linger` added. Default 10 ms.
+    public var lingerWindow: Duration = .milliseconds(10)
     /// Messages (and bytes) one lane may hold, queued or in flight. Default 5000 / 16 MiB.
     public var laneMaxMessages: Int = 5_000
     public var laneMaxBytes: Int = 16 << 20
@@ -38,6 +43,8 @@ public struct DeliveryConfiguration: Sendable {
         }
         try check(maxBatchMessages >= 1, "max batch messages \(maxBatchMessages) must be at least 1")
         try check(maxRequestBytes >= 1024, "max request bytes \(maxRequestBytes) must be at least 1024")
+        try check(linger >= .zero, "linger \(linger) must not be negative")
+        try check(lingerWindow >= .zero, "linger window \(lingerWindow) must not be negative")
         try check(
             laneMaxMessages >= maxBatchMessages,
             "lane max messages \(laneMaxMessages) must be at least the batch size \(maxBatchMessages)")

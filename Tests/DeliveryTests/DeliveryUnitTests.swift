@@ -268,3 +268,37 @@ struct WithClosingTests {
         #expect(closed.count == 0, "closed after the body threw too")
     }
 }
+
+@Suite("Linger: batches wait for company only while the batcher is busy")
+struct LingerTests {
+    let configuration = DeliveryConfiguration()  // linger 5 ms, window 10 ms, 100 messages, 256 KiB
+
+    func ms(_ value: Int) -> Duration { .milliseconds(value) }
+
+    func lingering(queued: Int = 1, bytes: Int = 500, age: Duration, sinceLastSent: Duration?) -> Duration? {
+        DeliveryBatcher.lingering(
+            queued: queued, queuedBytes: bytes, oldestAge: age, sinceLastSent: sinceLastSent,
+            configuration: configuration)
+    }
+
+    @Test("on a quiet batcher (nothing sent yet, or nothing within the window) a lone message goes at once")
+    func quietSendsAtOnce() {
+        #expect(lingering(age: .zero, sinceLastSent: nil) == nil)
+        #expect(lingering(age: .zero, sinceLastSent: ms(10)) == nil)
+        #expect(lingering(age: .zero, sinceLastSent: ms(500)) == nil)
+    }
+
+    @Test("while busy, a batch waits for what is left of the linger after its oldest message")
+    func busyLingers() {
+        #expect(lingering(age: .zero, sinceLastSent: ms(1)) == ms(5))
+        #expect(lingering(age: ms(3), sinceLastSent: ms(9)) == ms(2))
+        #expect(lingering(age: ms(5), sinceLastSent: ms(1)) == nil, "the oldest has waited enough")
+    }
+
+    @Test("a full batch, by count or by bytes, goes at once even while busy")
+    func fullBatchGoes() {
+        #expect(lingering(queued: 100, age: .zero, sinceLastSent: ms(1)) == nil)
+        #expect(lingering(queued: 99, age: .zero, sinceLastSent: ms(1)) == ms(5))
+        #expect(lingering(queued: 3, bytes: 262_144, age: .zero, sinceLastSent: ms(1)) == nil)
+    }
+}

@@ -49,8 +49,8 @@ public struct DeliveryStatistics: Sendable {
 /// - One request in flight per lane, so a lane's messages arrive in submission
 ///   order; lanes run independently, so a slow or failing target holds only its own.
 /// - A batch closes at `maxBatchMessages`, at `maxRequestBytes` of request body, or
-///   when its oldest message has waited `linger`; while no lane sent within
-///   `lingerWindow`, nothing lingers (on a quiet node a lone event goes at once).
+///   when its oldest message has waited `linger`; a lane that sent nothing within
+///   `lingerWindow` does not linger (a message that comes alone goes at once).
 /// - Buffers are bounded per lane, per project and in total (messages and bytes, queued
 ///   and in flight); `submit` waits for room. A lane's bound is below its project's and a
 ///   project's below the total, so one stalled lane, or one project's many stalled lanes,
@@ -124,8 +124,47 @@ public final class DeliveryBatcher: Sendable {
         var projects: [String: ProjectUsage] = [:]
         var waiters: [Waiter] = []
         var statistics = DeliveryStatistics()
-        /// When any lane last took a batch to send (the batcher's clock); nil: never.
-        var lastSent: Duration?
+        /// When each lane last took a batch to send, for the lanes that did lately.
+        var recent = RecentSends()
+    }
+
+    /// When lanes last sent, kept for at least `window` after each send and about twice that at
+    /// most, whether or not the lane itself is kept: an idle lane is forgotten, its recent send
+    /// is not. Two generations of `window` each, the older dropped whole as time moves on.
+    struct RecentSends {
+        private var current: [ZaqarTarget: Duration] = [:]
+        private var previous: [ZaqarTarget: Duration] = [:]
+        private var currentSince: Duration?
+
+        /// How long ago `target` last sent, if within the last one or two windows.
+        mutating func sinceLastSent(_ target: ZaqarTarget, now: Duration, window: Duration) -> Duration? {
+            rotate(now: now, window: window)
+            return (current[target] ?? previous[target]).map { now - $0 }
+        }
+
+        mutating func sent(_ target: ZaqarTarget, at now: Duration, window: Duration) {
+            rotate(now: now, window: window)
+            current[target] = now
+        }
+
+        /// Lanes remembered (for tests).
+        var count: Int { Set(current.keys).union(previous.keys).count }
+
+        private mutating func rotate(now: Duration, window: Duration) {
+            guard let since = currentSince else {
+                currentSince = now
+                return
+            }
+            if now - since >= window * 2 {
+                previous = [:]
+                current = [:]
+                currentSince = now
+            } else if now - since >= window {
+                previous = current
+                current = [:]
+                currentSince = now
+            }
+        }
     }
 
     /// - Throws: `DeliveryError.invalidConfiguration` naming the bad setting.
@@ -398,7 +437,7 @@ public final class DeliveryBatcher: Sendable {
                     return .idle
                 }
                 // The lane is there (the guard read its queue); `default` only spares a force unwrap.
-                return take(from: &state.lanes[target, default: newLane()], lastSent: &state.lastSent)
+                return take(target, from: &state.lanes[target, default: newLane()], recent: &state.recent)
             }
             switch next {
             case .idle:
@@ -413,13 +452,14 @@ public final class DeliveryBatcher: Sendable {
     }
 
     /// The next batch of a lane with messages queued (in place, under the lock), or how long to
-    /// linger for company (`lingering`). `lastSent`: when any lane last sent, updated.
-    private func take(from lane: inout Lane, lastSent: inout Duration?) -> Next {
+    /// linger for company (`lingering`). `recent`: when lanes last sent, updated.
+    private func take(_ target: ZaqarTarget, from lane: inout Lane, recent: inout RecentSends) -> Next {
         let now = now()
         let queuedBytes = lane.queue.reduce(0) { $0 + $1.size }
         if let wait = Self.lingering(
             queued: lane.queued, queuedBytes: queuedBytes, oldestAge: now - lane.queue[0].enqueuedAt,
-            sinceLastSent: lastSent.map { now - $0 }, configuration: configuration)
+            sinceLastSent: recent.sinceLastSent(target, now: now, window: configuration.lingerWindow),
+            configuration: configuration)
         {
             return .wait(wait)
         }
@@ -431,14 +471,14 @@ public final class DeliveryBatcher: Sendable {
             batch.append(lane.queue.removeFirst())
             bytes += next.size
         }
-        lastSent = now
+        recent.sent(target, at: now, window: configuration.lingerWindow)
         return .send(batch)
     }
 
     /// How much longer a lane's queued messages wait for company, or nil to send now. They wait
-    /// only while the batcher is busy (some lane sent within `lingerWindow`: under load, fewer and
-    /// fuller requests), no full batch is queued and the oldest has waited less than `linger`. On
-    /// a quiet node an event that comes alone goes at once.
+    /// only while their lane is busy (it sent within `lingerWindow`: under load, fewer and fuller
+    /// requests), no full batch is queued and the oldest has waited less than `linger`. A message
+    /// that comes alone to a quiet lane goes at once.
     static func lingering(
         queued: Int, queuedBytes: Int, oldestAge: Duration, sinceLastSent: Duration?,
         configuration: DeliveryConfiguration

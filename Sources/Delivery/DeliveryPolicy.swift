@@ -4,12 +4,11 @@ public struct DeliveryConfiguration: Sendable {
     public var maxBatchMessages: Int = 100
     /// ... or at this many request bytes: Zaqar's `max_messages_post_size`. Default 262144.
     public var maxRequestBytes: Int = 262_144
-    /// ... or this long after its first message, while the batcher is busy (see `lingerWindow`).
-    /// Default 5 ms.
+    /// ... or this long after its first message, on a busy lane (see `lingerWindow`). Default 5 ms.
     public var linger: Duration = .milliseconds(5)
-    /// Lanes linger only while some lane sent a request within this long: under load a batch waits
-    /// `linger` for company (fewer, fuller requests); on a quiet node an event that comes alone goes
-    /// at once, without `linger` added. Default 10 ms.
+    /// A lane lingers only when it sent a request within this long: a busy lane's batch waits
+    /// `linger` for company (fewer, fuller requests under load); a message that comes alone to a
+    /// quiet lane goes at once, without `linger` added. Default 10 ms.
     public var lingerWindow: Duration = .milliseconds(10)
     /// Messages (and bytes) one lane may hold, queued or in flight. Default 5000 / 16 MiB.
     public var laneMaxMessages: Int = 5_000

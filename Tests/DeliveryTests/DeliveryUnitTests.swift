@@ -302,3 +302,26 @@ struct LingerTests {
         #expect(lingering(queued: 3, bytes: 262_144, age: .zero, sinceLastSent: ms(1)) == nil)
     }
 }
+
+@Suite("Recent sends: a lane's last send outlives the lane for a window")
+struct RecentSendsTests {
+    func ms(_ value: Int) -> Duration { .milliseconds(value) }
+
+    @Test("a send is remembered for at least the window and forgotten within two")
+    func rememberedForTheWindow() {
+        var recent = DeliveryBatcher.RecentSends()
+        let a = ZaqarTarget(baseURL: "http://127.0.0.1:1", project: "p", queue: "a")
+        let b = ZaqarTarget(baseURL: "http://127.0.0.1:1", project: "p", queue: "b")
+        let window = ms(10)
+        #expect(recent.sinceLastSent(a, now: ms(0), window: window) == nil, "never sent")
+        recent.sent(a, at: ms(3), window: window)
+        #expect(recent.sinceLastSent(a, now: ms(7), window: window) == ms(4))
+        #expect(recent.sinceLastSent(b, now: ms(7), window: window) == nil, "per lane")
+        #expect(recent.sinceLastSent(a, now: ms(12), window: window) == ms(9), "kept across a rotation")
+        #expect(recent.sinceLastSent(a, now: ms(13), window: window) == ms(10), "still within two windows")
+        #expect(recent.sinceLastSent(a, now: ms(25), window: window) == nil, "forgotten after two")
+        #expect(recent.count == 0, "nothing kept once every send is old")
+        recent.sent(b, at: ms(100), window: window)
+        #expect(recent.sinceLastSent(b, now: ms(150), window: window) == nil, "a long gap drops both generations")
+    }
+}

@@ -70,7 +70,7 @@ struct NodeConfiguration: Sendable {
     /// HERALD_INGEST_WATCH_SECONDS: how often a node checks that RabbitMQ still lists a consumer
     /// on herald.ingest (and consumes anew when it lists none while messages wait). Default 10.
     var ingestWatchInterval: Duration
-    /// HERALD_DELIVERY_LINGER_MS: how long a batch waits for company while the node is busy
+    /// HERALD_DELIVERY_LINGER_MS: how long a batch waits for company on a busy lane
     /// before it is sent. While a queue's request is in flight its messages batch up anyway.
     /// Default 5.
     var deliveryLinger: Duration

@@ -220,7 +220,7 @@ let package = Package(
         ),
         .testTarget(
             name: "HeraldBenchTests",
-            dependencies: ["HeraldBench", .product(name: "NIOCore", package: "swift-nio")],
+            dependencies: ["HeraldBench", "ChildProcesses", .product(name: "NIOCore", package: "swift-nio")],
             swiftSettings: swiftSettings
         ),
         .testTarget(

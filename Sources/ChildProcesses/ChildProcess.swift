@@ -140,12 +140,28 @@ public final class ChildProcess: Sendable {
             cArguments.forEach { free($0) }
             cEnvironment?.forEach { free($0) }
         }
+        // Every signal unblocked and at its default in the child. Without this it inherits the
+        // spawning thread's mask, and Swift's tasks run on dispatch's worker threads, which block
+        // nearly every signal: a child then ignored SIGTERM (the tests' "outlives SIGTERM"
+        // workarounds). Foundation's Process did the same reset.
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var none = sigset_t()
+        sigemptyset(&none)
+        posix_spawnattr_setsigmask(&attributes, &none)
+        var all = sigset_t()
+        sigfillset(&all)
+        sigdelset(&all, SIGKILL)
+        sigdelset(&all, SIGSTOP)
+        posix_spawnattr_setsigdefault(&attributes, &all)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
         var pid: pid_t = 0
         let spawned: Int32
         if let cEnvironment {
-            spawned = posix_spawn(&pid, program, &actions, nil, cArguments, cEnvironment)
+            spawned = posix_spawn(&pid, program, &actions, &attributes, cArguments, cEnvironment)
         } else {
-            spawned = posix_spawn(&pid, program, &actions, nil, cArguments, environ)
+            spawned = posix_spawn(&pid, program, &actions, &attributes, cArguments, environ)
         }
         guard spawned == 0 else {
             parentEnds.forEach { close($0) }
@@ -169,13 +185,14 @@ public final class ChildProcess: Sendable {
     public var isRunning: Bool {
         if case .exited = reaping.withLock({ $0 }) { return false }
         guard kill(pid, 0) == 0 else { return false }
+        // Unreadable: it was reaped in between.
         let stat = (try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8)) ?? ""
-        guard let close = stat.lastIndex(of: ")") else { return true }
+        guard let close = stat.lastIndex(of: ")") else { return false }
         return !stat[stat.index(after: close)...].hasPrefix(" Z")
     }
 
     /// Waits for the exit (on a thread of its own); the exit status, 128 + the signal when one
-    /// ended it. Any number of callers may wait.
+    /// ended it, -1 when it could not be learnt. Any number of callers may wait.
     public func wait() async -> Int32 {
         await withCheckedContinuation { (continuation: CheckedContinuation<Int32, Never>) in
             let start = reaping.withLock { reaping -> Int32?? in
@@ -247,7 +264,10 @@ public final class ChildProcess: Sendable {
 
     private static func reap(_ pid: pid_t) -> Int32 {
         var status: Int32 = 0
-        while waitpid(pid, &status, 0) == -1 && errno == EINTR {}
+        var reaped: pid_t
+        repeat { reaped = waitpid(pid, &status, 0) } while reaped == -1 && errno == EINTR
+        // Not ours to reap (ECHILD): how it ended is unknown, which is not success.
+        guard reaped == pid else { return -1 }
         // WIFEXITED and WEXITSTATUS, spelled out (the macros do not come through to Swift).
         return (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
     }

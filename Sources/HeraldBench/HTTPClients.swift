@@ -28,7 +28,7 @@ struct HTTPClients: AsyncParsableCommand {
     @Option(help: "Requests/s of the paced runs (default: half the slower client's flat-out rate).") var rate: Double?
 
     func run() async throws {
-        try await withClosing(try SinkProcess.start(), close: { await $0.stop() }) { try await compare(into: $0) }
+        try await withClosing(try await SinkProcess.start(), close: { await $0.stop() }) { try await compare(into: $0) }
     }
 
     private func compare(into sink: SinkProcess) async throws {
@@ -216,7 +216,7 @@ struct SinkProcess {
     let process: ChildProcess
     let url: String
 
-    static func start() throws -> SinkProcess {
+    static func start() async throws -> SinkProcess {
         let executable = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
         let process = try ChildProcess([executable, "instant-sink"], input: .pipe, output: .pipe, errors: .inherit)
         var line: [UInt8] = []
@@ -225,11 +225,13 @@ struct SinkProcess {
             line.append(byte)
         }
         let url = String(decoding: line, as: UTF8.self)
+        let sink = SinkProcess(process: process, url: url)
         guard url.hasPrefix("http://") else {
-            process.send(SIGTERM)
+            process.send(SIGKILL)
+            await sink.stop()
             throw ValidationError("the instant sink did not start (it said \"\(url)\")")
         }
-        return SinkProcess(process: process, url: url)
+        return sink
     }
 
     func stop() async {

@@ -113,6 +113,9 @@ final class SignedURLKeeper: Sendable {
     func check(now: Date = Date()) async throws -> Pass {
         var pass = Pass()
         for subscription in try await registry.snapshot().subscriptions {
+            // A node stopping ends the pass here (its shutdown awaits this task); the next leader
+            // goes on from the registry.
+            if Task.isCancelled { break }
             guard let standing = SignedURLStanding(subscription, now: now, renewBefore: policy.renewBefore) else {
                 continue
             }

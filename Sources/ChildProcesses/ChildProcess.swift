@@ -81,21 +81,17 @@ public final class ChildProcess: Sendable {
         var parentEnds: [Int32] = []
         var childEnds: [Int32] = []
         defer { childEnds.forEach { close($0) } }
-        func pipeEnds() throws -> (read: Int32, write: Int32) {
+        // A pipe for the child's `descriptor` (its end put there); the parent's end.
+        func pipeOnto(_ descriptor: Int32, childReads: Bool) throws -> Int32 {
             var fds: [Int32] = [0, 0]
             guard pipe(&fds) == 0 else {
                 parentEnds.forEach { close($0) }
                 throw ChildProcessError("pipe() failed: \(String(cString: strerror(errno)))")
             }
-            // Close-on-exec (pipe2 is not in Swift's Glibc): the child gets its copies through
+            // Close-on-exec (pipe2 is not in Swift's Glibc): the child gets its copy through
             // dup2, which clears the flag, and other programs started later get neither end.
             for end in fds { _ = fcntl(end, F_SETFD, FD_CLOEXEC) }
-            return (fds[0], fds[1])
-        }
-        // A pipe for the child's `descriptor` (its end put there); the parent's end.
-        func pipeOnto(_ descriptor: Int32, childReads: Bool) throws -> Int32 {
-            let ends = try pipeEnds()
-            let (child, parent) = childReads ? (ends.read, ends.write) : (ends.write, ends.read)
+            let (child, parent) = childReads ? (fds[0], fds[1]) : (fds[1], fds[0])
             parentEnds.append(parent)
             childEnds.append(child)
             posix_spawn_file_actions_adddup2(&actions, child, descriptor)

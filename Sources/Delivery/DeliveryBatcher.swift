@@ -128,15 +128,15 @@ public final class DeliveryBatcher: Sendable {
         var recent = RecentSends()
     }
 
-    /// When lanes last sent, kept for at least `window` after each send and about twice that at
-    /// most, whether or not the lane itself is kept: an idle lane is forgotten, its recent send
-    /// is not. Two generations of `window` each, the older dropped whole as time moves on.
+    /// When lanes last sent, kept for at least `window` after each send and under three windows
+    /// at most, whether or not the lane itself is kept: an idle lane is forgotten, its recent
+    /// send is not. Two generations of `window` each, the older dropped whole as time moves on.
     struct RecentSends {
         private var current: [ZaqarTarget: Duration] = [:]
         private var previous: [ZaqarTarget: Duration] = [:]
         private var currentSince: Duration?
 
-        /// How long ago `target` last sent, if within the last one or two windows.
+        /// How long ago `target` last sent, if it is still remembered (always within one window).
         mutating func sinceLastSent(_ target: ZaqarTarget, now: Duration, window: Duration) -> Duration? {
             rotate(now: now, window: window)
             return (current[target] ?? previous[target]).map { now - $0 }

@@ -71,8 +71,8 @@ final class LineOutput: Sendable {
 /// A `member` child process whose stdout feeds an `OwnershipTimeline`.
 final class MemberProcess: @unchecked Sendable {
     let name: String
-    let pid: pid_t
     let process: ChildProcess
+    var pid: pid_t { process.pid }
 
     /// Spawns `executable member ...`; a thread reads its lines into `timeline`.
     init(
@@ -85,7 +85,6 @@ final class MemberProcess: @unchecked Sendable {
         ]
         let process = try ChildProcess(argv, name: name, output: .pipe, errors: .inherit)
         self.process = process
-        self.pid = process.pid
         // The pipe's read end (`.pipe` was asked for).
         let readFD = process.output ?? -1
         let thread = Thread {

@@ -31,7 +31,7 @@ final class LoadNode: @unchecked Sendable {
 
     var pid: pid_t { process.pid }
 
-    func signal(_ signal: Int32) { kill(pid, signal) }
+    func signal(_ signal: Int32) { process.send(signal) }
 
     /// utime + stime of a running process, from /proc/PID/stat.
     func sampleCPU() {

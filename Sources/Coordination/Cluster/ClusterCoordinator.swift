@@ -185,10 +185,11 @@ public final class ClusterCoordinator: Sendable {
         let deadline = ContinuousClock.now + drainTimeout
         while !Task.isCancelled {
             let (acting, lapse) = state.withLock { (!$0.acting(at: self.now()).isEmpty, $0.deadline) }
-            let left = deadline - ContinuousClock.now
-            if !acting || left <= .zero { break }
+            var wait = deadline - ContinuousClock.now
+            if !acting || wait <= .zero { break }
             // The leases also lapse on their own, at the end of validity, round or no round.
-            await rounds.wait(timeout: min(left, (lapse ?? self.now() + left) - self.now()))
+            if let lapse { wait = min(wait, lapse - self.now()) }
+            await rounds.wait(timeout: wait)
         }
         await stopLoop()
         await execute(state.withLock { $0.leave() })

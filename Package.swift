@@ -75,17 +75,24 @@ let package = Package(
         ),
         .target(
             name: "HeraldModel",
-            dependencies: ["CNotificationScan"],
             swiftSettings: swiftSettings
         ),
-        // Who an event belongs to: the event definitions (owner, actor, resource id, family) read
-        // from YAML, and the partition key they give.
+        // Notifications, read: the oslo envelopes and Ceilometer's event lists (NotificationDecoder,
+        // over simdjson's NotificationScanner), the event (NotificationEvent), who it belongs to
+        // (EventDefinitions, read from YAML) and what tenants may see of it (RedactionRules).
         .target(
             name: "Notifications",
             dependencies: [
+                "CNotificationScan",
                 "HeraldModel",
                 .product(name: "Yams", package: "Yams"),
             ],
+            swiftSettings: swiftSettings
+        ),
+        // Matching: which subscriptions an event goes to (SubscriptionIndex, Conditions).
+        .target(
+            name: "Routing",
+            dependencies: ["HeraldModel", "Notifications", "Delivery"],
             swiftSettings: swiftSettings
         ),
         .target(
@@ -128,6 +135,7 @@ let package = Package(
             dependencies: [
                 "Coordination",
                 "Notifications",
+                "Routing",
                 "Messaging",
                 "Delivery",
                 "HeraldModel",
@@ -151,6 +159,7 @@ let package = Package(
                 "ChildProcesses",
                 "Coordination",
                 "Notifications",
+                "Routing",
                 "Messaging",
                 "Delivery",
                 "HeraldModel",
@@ -188,13 +197,23 @@ let package = Package(
         ),
         .testTarget(
             name: "MessagingTests",
-            dependencies: ["Messaging", "Notifications", "HeraldModel", "TestSupport"],
+            dependencies: ["Messaging", "HeraldModel", "TestSupport"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "NotificationsTests",
+            dependencies: ["Notifications", "HeraldModel"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "RoutingTests",
+            dependencies: ["Routing", "Notifications", "Delivery", "HeraldModel"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "PipelineTests",
             dependencies: [
-                "Coordination", "Messaging", "HeraldModel", "TestSupport",
+                "Coordination", "Messaging", "Notifications", "HeraldModel", "TestSupport",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -206,7 +225,7 @@ let package = Package(
         .testTarget(
             name: "ClusterNodeTests",
             dependencies: [
-                "ClusterNode", "Coordination", "Delivery", "HeraldModel", "Messaging", "TestSupport",
+                "ClusterNode", "Coordination", "Delivery", "HeraldModel", "Messaging", "Notifications", "Routing", "TestSupport",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "Prometheus", package: "swift-prometheus"),

@@ -5,6 +5,7 @@ import HeraldModel
 import Logging
 import Messaging
 import Metrics
+import Routing
 import Synchronization
 
 extension DeadLetterStore: DeadLetterSink {

@@ -3,6 +3,7 @@ import Foundation
 import HeraldModel
 import Logging
 import Messaging
+import Notifications
 import Synchronization
 
 /// Runs a node's ingest: one `IngestService` per ingest queue it may consume (`Topology.ingestQueues`).

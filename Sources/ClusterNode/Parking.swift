@@ -6,6 +6,7 @@ import HeraldModel
 import Logging
 import Messaging
 import Metrics
+import Routing
 import Synchronization
 
 /// How failing targets are parked and retried (docs/pipeline.md, "Outages").

@@ -6,6 +6,7 @@ import Logging
 import Messaging
 import Metrics
 import Notifications
+import Routing
 import Synchronization
 
 /// How notifications come in: one ingest queue bound to every exchange, or one per exchange.

@@ -7,6 +7,7 @@ import HeraldModel
 import Logging
 import Messaging
 import Notifications
+import Routing
 
 /// `herald-bench hotpath`: the per-event work of a partition owner, in one process, each part
 /// against a baseline from the same run: decoding oslo.messaging v2 envelopes of realistic nova,

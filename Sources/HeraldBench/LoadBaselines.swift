@@ -8,6 +8,7 @@ import Foundation
 import HeraldModel
 import Messaging
 import NIOCore
+import Notifications
 import Synchronization
 
 /// What `herald-bench load --baselines` measures before the open-loop run, all in the same run:

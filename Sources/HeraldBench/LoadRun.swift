@@ -10,6 +10,8 @@ import Messaging
 import NIOCore
 import NIOFoundationCompat
 import NIOHTTP1
+import Notifications
+import Routing
 import Synchronization
 
 /// A `herald node` process of the load run, its log in the output directory.

@@ -2,6 +2,7 @@ import ArgumentParser
 import Coordination
 import Foundation
 import HeraldModel
+import Notifications
 
 /// `herald-bench partitions`: how evenly a realistic mix of events spreads over partitions and
 /// nodes, keyed by event type (wave 1) and by resource family + resource id (now). A cloud has

@@ -4,6 +4,7 @@ import Foundation
 import HeraldModel
 import Logging
 import Messaging
+import Routing
 import Synchronization
 import TestSupport
 import Testing

@@ -1,5 +1,6 @@
 import CNotificationScan
 import Foundation
+import HeraldModel
 import Synchronization
 
 /// The fast path: simdjson's On-Demand parser (the C target CNotificationScan) finds event

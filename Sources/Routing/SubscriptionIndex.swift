@@ -1,5 +1,7 @@
+import Delivery
 import Foundation
 import HeraldModel
+import Notifications
 import Synchronization
 
 /// One subscription as the index keeps it: what delivering to it needs (made once, not per

@@ -1,6 +1,5 @@
 import Foundation
 import HeraldModel
-import Messaging
 import Notifications
 import Testing
 

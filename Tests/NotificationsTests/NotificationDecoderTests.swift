@@ -1,6 +1,6 @@
 import Foundation
 import HeraldModel
-import Messaging
+import Notifications
 import Testing
 
 @Suite("Partition hash")

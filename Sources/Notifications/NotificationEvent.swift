@@ -1,4 +1,5 @@
 import Foundation
+import HeraldModel
 import Synchronization
 
 /// `partition = FNV-1a-64(event_type as UTF-8) mod P`: documented, stable, and

@@ -1,4 +1,5 @@
 import HeraldModel
+import Notifications
 
 /// A JSON value with what comparisons need read from it once: a number (a JSON number, or a
 /// string that reads as one) and an instant (a string that reads as an OpenStack timestamp).

@@ -1,7 +1,9 @@
+import Delivery
 import HeraldModel
+import Notifications
 import Testing
 
-@testable import Delivery
+@testable import Routing
 
 @Suite("Matching events to subscriptions")
 struct SubscriptionIndexTests {

@@ -1,6 +1,6 @@
 import Foundation
 import HeraldModel
-import Messaging
+import Notifications
 import Testing
 
 // The decoder's two paths (the simdjson scan and Foundation) held against each other over a

@@ -130,9 +130,46 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-        .executableTarget(
-            name: "ClusterNode",
+        // Keystone (tokens, trusts, the catalog, application credentials' access rules), the
+        // policy file's rules, and the keeper of pre-signed Zaqar URLs.
+        .target(
+            name: "Identity",
             dependencies: [
+                "Coordination",
+                "Delivery",
+                "HeraldModel",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Yams", package: "Yams"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // The HTTP API (Hummingbird): subscriptions, dead letters, event types, health, OpenAPI.
+        .target(
+            name: "HTTPAPI",
+            dependencies: [
+                "Identity",
+                "Coordination",
+                "Notifications",
+                "Delivery",
+                "HeraldModel",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // The node: its configuration, ingest, partition owners, topology, parking in RabbitMQ,
+        // and the assembly of all of it with the API into one ServiceGroup (buildNode).
+        .target(
+            name: "Pipeline",
+            dependencies: [
+                "HTTPAPI",
+                "Identity",
                 "Coordination",
                 "Notifications",
                 "Routing",
@@ -140,16 +177,35 @@ let package = Package(
                 "Delivery",
                 "HeraldModel",
                 .product(name: "Logging", package: "swift-log"),
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // The herald executable: argument parsing, logging and metrics bootstrap, the commands.
+        .executableTarget(
+            name: "ClusterNode",
+            dependencies: [
+                "Pipeline",
+                "HTTPAPI",
+                "Identity",
+                "Coordination",
+                "Notifications",
+                "Messaging",
+                "Delivery",
+                "HeraldModel",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOHTTP1", package: "swift-nio"),
-                .product(name: "NIOFoundationCompat", package: "swift-nio"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -213,7 +269,8 @@ let package = Package(
         .testTarget(
             name: "PipelineTests",
             dependencies: [
-                "Coordination", "Messaging", "Notifications", "HeraldModel", "TestSupport",
+                "Pipeline", "Coordination", "Messaging", "Notifications", "HeraldModel", "TestSupport",
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -225,7 +282,8 @@ let package = Package(
         .testTarget(
             name: "ClusterNodeTests",
             dependencies: [
-                "ClusterNode", "Coordination", "Delivery", "HeraldModel", "Messaging", "Notifications", "Routing", "TestSupport",
+                "ClusterNode", "Pipeline", "HTTPAPI", "Identity", "Coordination", "Delivery", "HeraldModel", "Messaging",
+                "Notifications", "Routing", "TestSupport",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "Prometheus", package: "swift-prometheus"),

@@ -38,7 +38,7 @@ def fail(message):
 
 
 def served_paths():
-    source = (ROOT / "Sources" / "ClusterNode" / "API" / "OpenAPIDocument.swift").read_text()
+    source = (ROOT / "Sources" / "HTTPAPI" / "OpenAPIDocument.swift").read_text()
     document = json.loads(source.split('#"""', 1)[1].rsplit('"""#', 1)[0])
     return set(document["paths"])
 

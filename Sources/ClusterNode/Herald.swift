@@ -1,10 +1,9 @@
 import ArgumentParser
+import Pipeline
 
 /// The `herald` executable. Kept thin: argument parsing here, the work in the subcommands' files.
 @main
 struct Herald: AsyncParsableCommand {
-    static let version = "0.1.0"
-
     static let configuration = CommandConfiguration(
         commandName: "herald",
         abstract: "Pushes OpenStack notifications into the Zaqar queues of their subscribers.",
@@ -14,7 +13,7 @@ struct Herald: AsyncParsableCommand {
             RabbitMQ and post matching events into Zaqar. Every option can also be set
             through the environment variable named in its help.
             """,
-        version: version,
+        version: HeraldNode.version,
         subcommands: [Node.self, Status.self, Subscriptions.self, Check.self]
     )
 }

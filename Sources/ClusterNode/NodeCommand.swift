@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import Metrics
+import Pipeline
 import Prometheus
 import ServiceLifecycle
 
@@ -108,7 +109,7 @@ struct Node: AsyncParsableCommand {
         } catch let error as ConfigurationError {
             throw ValidationError("\(error)")
         }
-        let assembly = try NodeAssembly.make(configuration: configuration, logger: logger, metrics: metrics)
+        let assembly = try buildNode(configuration: configuration, logger: logger, metrics: metrics)
         try await assembly.group.run()
     }
 }

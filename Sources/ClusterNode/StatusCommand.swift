@@ -2,8 +2,10 @@ import ArgumentParser
 import Coordination
 import Foundation
 import HeraldModel
+import Identity
 import Logging
 import Messaging
+import Pipeline
 
 /// `herald status`: the cluster at a glance, from Redis and RabbitMQ.
 struct Status: AsyncParsableCommand {

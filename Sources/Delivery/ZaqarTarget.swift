@@ -292,3 +292,15 @@ public enum ZaqarMessageEncoding {
         return body
     }
 }
+
+extension Subscription {
+    /// Where this subscription's messages go, with the credentials to post them.
+    public func zaqarTarget(defaultURL: String) -> ZaqarTarget {
+        let credentials: ZaqarTarget.Credentials =
+            if let signed = target.signedURL { .signedURL(signed, trust: trustID) } else if let trustID {
+                .trust(trustID)
+            } else { .noAuth }
+        return ZaqarTarget(
+            baseURL: target.zaqarURL ?? defaultURL, project: project, queue: target.queue, credentials: credentials)
+    }
+}

@@ -60,18 +60,6 @@ public final class SubscriptionRoute: Sendable {
     }
 }
 
-extension Subscription {
-    /// Where this subscription's messages go, with the credentials to post them.
-    public func zaqarTarget(defaultURL: String) -> ZaqarTarget {
-        let credentials: ZaqarTarget.Credentials =
-            if let signed = target.signedURL { .signedURL(signed, trust: trustID) } else if let trustID {
-                .trust(trustID)
-            } else { .noAuth }
-        return ZaqarTarget(
-            baseURL: target.zaqarURL ?? defaultURL, project: project, queue: target.queue, credentials: credentials)
-    }
-}
-
 /// The registry compiled for matching. A registry change makes a new index (`updated`) from
 /// the routes of the old one and the changed subscriptions, and swaps it in: matching never
 /// pauses, and neither the index nor the registry watch keeps decoded subscriptions.

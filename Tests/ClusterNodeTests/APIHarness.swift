@@ -10,7 +10,9 @@ import NIOFoundationCompat
 import Prometheus
 import TestSupport
 
-@testable import ClusterNode
+@testable import HTTPAPI
+@testable import Identity
+@testable import Pipeline
 
 /// The API over the real Redis (registry and dead letters under a key prefix of its own) and
 /// the real Zaqar (replays), driven in-process through HummingbirdTesting.

@@ -1,7 +1,9 @@
 import Foundation
 import Testing
 
-@testable import ClusterNode
+@testable import HTTPAPI
+@testable import Identity
+@testable import Pipeline
 
 @Suite("Configuration keys: declared once, documented once")
 struct ConfigurationKeysTests {
@@ -37,7 +39,7 @@ struct ConfigurationKeysTests {
     @Test("every HERALD_* key the node reads is declared")
     func everyReadKeyDeclared() throws {
         let sources = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-            .deletingLastPathComponent().appendingPathComponent("Sources/ClusterNode/NodeConfiguration.swift")
+            .deletingLastPathComponent().appendingPathComponent("Sources/Pipeline/NodeConfiguration.swift")
         let text = try String(contentsOf: sources, encoding: .utf8)
         // Quoted keys in the file that parses them (not the bare prefix); HERALD_CONFIG_FILE names
         // the file itself.

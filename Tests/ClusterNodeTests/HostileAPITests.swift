@@ -6,7 +6,9 @@ import HeraldModel
 import TestSupport
 import Testing
 
-@testable import ClusterNode
+@testable import HTTPAPI
+@testable import Identity
+@testable import Pipeline
 
 extension APISuites {
     @Suite("The API against a hostile tenant: endpoints, caps, quotas, rates")

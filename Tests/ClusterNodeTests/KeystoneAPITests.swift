@@ -8,7 +8,9 @@ import NIOFoundationCompat
 import TestSupport
 import Testing
 
-@testable import ClusterNode
+@testable import HTTPAPI
+@testable import Identity
+@testable import Pipeline
 
 extension APISuites {
     @Suite("The API with Keystone tokens and trusts (a real Keystone)")

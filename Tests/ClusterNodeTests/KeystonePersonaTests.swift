@@ -9,7 +9,9 @@ import NIOFoundationCompat
 import TestSupport
 import Testing
 
-@testable import ClusterNode
+@testable import HTTPAPI
+@testable import Identity
+@testable import Pipeline
 
 extension APISuites {
     /// docs/identity.md's "Answers per persona" table, route by route and persona by persona,

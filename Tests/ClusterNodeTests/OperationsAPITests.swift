@@ -5,7 +5,9 @@ import Prometheus
 import TestSupport
 import Testing
 
-@testable import ClusterNode
+@testable import HTTPAPI
+@testable import Identity
+@testable import Pipeline
 
 extension APISuites {
     @Suite("Dead letters API")

@@ -4,6 +4,9 @@ import Synchronization
 import Testing
 
 @testable import ClusterNode
+@testable import HTTPAPI
+@testable import Identity
+@testable import Pipeline
 
 @Suite("Output hygiene: no passwords, no forged lines")
 struct OutputHygieneTests {

@@ -9,7 +9,9 @@ import Synchronization
 import TestSupport
 import Testing
 
-@testable import ClusterNode
+@testable import HTTPAPI
+@testable import Identity
+@testable import Pipeline
 
 /// A batcher with parking, its drainer and ledger, on the real RabbitMQ and Redis, under a
 /// cluster name and key prefix of its own; targets are a `HostileZaqar`.

@@ -4,7 +4,9 @@ import HeraldModel
 import TestSupport
 import Testing
 
-@testable import ClusterNode
+@testable import HTTPAPI
+@testable import Identity
+@testable import Pipeline
 
 @Suite("Policy rules in oslo.policy's syntax")
 struct PolicyRuleTests {

@@ -6,7 +6,9 @@ import Messaging
 import TestSupport
 import Testing
 
-@testable import ClusterNode
+@testable import HTTPAPI
+@testable import Identity
+@testable import Pipeline
 
 @Suite("The cluster's queue shape: type and length bounds")
 struct QueueShapeChoiceTests {

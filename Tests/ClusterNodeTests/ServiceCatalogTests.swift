@@ -1,7 +1,9 @@
 import Foundation
 import Testing
 
-@testable import ClusterNode
+@testable import HTTPAPI
+@testable import Identity
+@testable import Pipeline
 
 @Suite("Zaqar from Keystone's catalog")
 struct ServiceCatalogTests {

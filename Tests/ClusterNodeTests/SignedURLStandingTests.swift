@@ -2,7 +2,9 @@ import Foundation
 import HeraldModel
 import Testing
 
-@testable import ClusterNode
+@testable import HTTPAPI
+@testable import Identity
+@testable import Pipeline
 
 @Suite("Where a pre-signed URL stands (pure logic, a fixed clock)")
 struct SignedURLStandingTests {

@@ -5,7 +5,9 @@ import HeraldModel
 import TestSupport
 import Testing
 
-@testable import ClusterNode
+@testable import HTTPAPI
+@testable import Identity
+@testable import Pipeline
 
 /// The API suites share the real Redis; `scripts/test` runs them in the pass without restarts.
 @Suite("API against the real Redis and Zaqar", .serialized)

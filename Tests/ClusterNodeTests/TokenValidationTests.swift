@@ -8,7 +8,9 @@ import NIOFoundationCompat
 import TestSupport
 import Testing
 
-@testable import ClusterNode
+@testable import HTTPAPI
+@testable import Identity
+@testable import Pipeline
 
 @Suite("Access rules, system scope and the validation limit (pure logic)")
 struct TokenRuleTests {

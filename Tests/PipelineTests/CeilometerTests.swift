@@ -35,7 +35,8 @@ extension PipelineSuites {
                     target: Target(queue: run.queue("ceilo-active")))
                 let other = Subscription(project: "p2", eventTypes: ["*"], target: Target(queue: run.queue("ceilo-p2")))
                 for subscription in [big, active, other] { try await run.registry.create(subscription) }
-                try await run.startNodes(2, extra: ["HERALD_CEILOMETER_EVENTS": "true", "HERALD_EXCHANGES": "nova"])
+                try await run.startNodes(
+                    2, extra: ["HERALD_CEILOMETER_EVENTS": "true", "HERALD_EXCHANGES": "nova"], as: .inProcess)
                 try await run.waitAllPartitionsHeld()
 
                 let batches: [[[String: Any]]] = [

@@ -39,7 +39,7 @@ extension PipelineSuites {
                     target: Target(queue: run.queue("envelope")))
                 for subscription in [cloud, plain] { try await run.registry.create(subscription) }
                 run.trackQueues([(cloud.project, cloud.target.queue), (plain.project, plain.target.queue)])
-                try await run.startNodes(1)
+                try await run.startNodes(1, as: .inProcess)
                 try await run.waitAllPartitionsHeld()
 
                 // nova and cinder as they publish (oslo adds the timestamp), a publisher id that is

@@ -232,8 +232,7 @@ extension PipelineSuites {
                 }
                 let letters = try await run.deadLetters.recent(count: 1000)
                 let nodeLogs: String = run.nodes.values.map { node -> String in
-                    guard let log = node.process.log else { return "" }
-                    return (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+                    (try? String(contentsOfFile: node.log, encoding: .utf8)) ?? ""
                 }
                 .joined()
                 let lostLeases = nodeLogs.components(separatedBy: "lost a partition lease").count - 1
@@ -268,7 +267,7 @@ extension PipelineSuites {
                         "list_queues", "-p", run.vhost, "name", "messages_ready", "messages_unacknowledged", "consumers"
                     )
                     for node in run.nodes.values.sorted(by: { $0.name < $1.name }) {
-                        let log = (try? String(contentsOfFile: node.process.log ?? "", encoding: .utf8)) ?? ""
+                        let log = (try? String(contentsOfFile: node.log, encoding: .utf8)) ?? ""
                         let lines = log.split(separator: "\n")
                         print(
                             "e2e \(disruption): \(node.name) logged \(lines.count) lines; the last 15:\n"
@@ -293,7 +292,7 @@ extension PipelineSuites {
                 for node in run.nodes.values where node.exitStatus != nil {
                     #expect(
                         node.exitStatus == 0 || node.name == "node-3" && disruption == .kill9,
-                        "\(node.name) exited \(node.exitStatus!): \(node.process.tail())")
+                        "\(node.name) exited \(node.exitStatus!): \(node.tail())")
                 }
             }
         }

@@ -47,7 +47,7 @@ extension PipelineSuites {
                         extra: [
                             "HERALD_ZAQAR_ALLOWED_URLS": "\(run.zaqar.baseURL),\(hostile.url)",
                             "HERALD_DELIVERY_TIMEOUT_SECONDS": "2",
-                        ])
+                        ], as: .inProcess)
                     try await run.waitAllPartitionsHeld()
                     let port = try #require(run.nodes["node-1"]?.apiPort)
 
@@ -124,7 +124,7 @@ extension PipelineSuites {
                     }
                     try await Task.sleep(for: .seconds(3))
                     let exited = await run.exited("node-1")
-                    #expect(!exited, "the node died: \(run.nodes["node-1"]?.process.tail(40) ?? "")")
+                    #expect(!exited, "the node died: \(run.nodes["node-1"]?.tail(40) ?? "")")
                     #expect(forbidden.totalRequests == 0, "a refused endpoint is never contacted")
 
                     // Each subscription's health says what its target did: the 503s as its recent error,
@@ -164,8 +164,8 @@ extension PipelineSuites {
         func twoClusters() async throws {
             try await PipelineRun.with(partitions: 4) { run in
                 let otherPrefix = TestServers.uniqueName("herald-e2e-b") + ":"
-                try await run.startNodes(1)
-                try await run.startNodes(1, extra: ["HERALD_KEY_PREFIX": otherPrefix])
+                try await run.startNodes(1, as: .inProcess)
+                try await run.startNodes(1, extra: ["HERALD_KEY_PREFIX": otherPrefix], as: .inProcess)
                 try await run.waitAllPartitionsHeld()
                 try await eventually(timeout: .seconds(60)) {
                     let leases = try await run.redis.pipeline(

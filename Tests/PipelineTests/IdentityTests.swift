@@ -155,7 +155,7 @@ extension PipelineSuites {
                 ]
                 try await run.startNodes(1, extra: settings)
                 try await run.waitAllPartitionsHeld()
-                let log = try #require(run.nodes["node-1"]?.process.log)
+                let log = try #require(run.nodes["node-1"]?.log)
                 let line = try await eventually(timeout: .seconds(20)) {
                     let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
                     guard
@@ -174,10 +174,10 @@ extension PipelineSuites {
                 try await run.startNodes(
                     1, extra: settings.merging(["HERALD_ZAQAR_SERVICE_TYPE": "no-such-service"]) { $1 })
                 let failed = try #require(run.nodes["node-2"])
-                let status = await failed.process.wait()
+                let status = try await #require(failed.process).wait()
                 failed.exitStatus = status
                 #expect(status != 0)
-                let output = (try? String(contentsOfFile: failed.process.log ?? "", encoding: .utf8)) ?? ""
+                let output = (try? String(contentsOfFile: failed.log, encoding: .utf8)) ?? ""
                 #expect(
                     output.contains("HERALD_ZAQAR_URL") && output.contains("service type no-such-service"),
                     "\(output.suffix(600))")

@@ -121,7 +121,7 @@ extension PipelineSuites {
                         "HERALD_EXCHANGES":
                             "nova,neutron,cinder,glance,heat,keystone,designate,octavia,ironic,manila,magnum,trove",
                         "HERALD_CEILOMETER_EVENTS": "true",
-                    ])
+                    ], as: .inProcess)
                 try await run.waitAllPartitionsHeld()
                 let publisher = try run.publish(lines)
                 #expect(await publisher.wait() == 0, "\(publisher.tail())")

@@ -1,6 +1,7 @@
 import Coordination
 import Foundation
 import HeraldModel
+import Pipeline
 import TestSupport
 import Testing
 
@@ -18,18 +19,46 @@ struct Delivered {
 /// A cluster of `herald node` processes in a RabbitMQ vhost and Redis key prefix of
 /// their own, with the publisher and the Zaqar reader the end-to-end tests use.
 final class PipelineRun: @unchecked Sendable {
+    /// One node of the run: a `herald node` process, or a node built in the test process by
+    /// `buildNode` (`InProcessNode`). Either writes its log to `log`.
     final class NodeHandle {
+        enum Runner {
+            case process(ChildProcess)
+            case inProcess(InProcessNode)
+        }
+
         let name: String
-        let process: ChildProcess
+        let runner: Runner
         /// Where its API listens, on 127.0.0.1.
         let apiPort: Int
+        let log: String
         var exitStatus: Int32?
 
-        init(name: String, process: ChildProcess, apiPort: Int) {
+        init(name: String, runner: Runner, apiPort: Int, log: String) {
             self.name = name
-            self.process = process
+            self.runner = runner
             self.apiPort = apiPort
+            self.log = log
         }
+
+        /// The process, for a node that is one.
+        var process: ChildProcess? {
+            if case .process(let process) = runner { process } else { nil }
+        }
+
+        /// The last lines of its log.
+        func tail(_ lines: Int = 20) -> String {
+            let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+            return text.split(separator: "\n").suffix(lines).joined(separator: "\n")
+        }
+    }
+
+    /// How a test's nodes run: in the test process (the default: nothing to spawn, the same code
+    /// as `herald node` but the command line), or as processes, for what only a process has: a
+    /// signal (kill -9, SIGTERM), an exit status, the command's own start-up (the catalog lookup).
+    enum NodeKind {
+        case inProcess
+        case process
     }
 
     let partitions: Int
@@ -123,8 +152,7 @@ final class PipelineRun: @unchecked Sendable {
         "\(name)-\(id)"
     }
 
-    func startNodes(_ count: Int, extra: [String: String] = [:]) async throws {
-        let binary = try TestServers.value("HERALD_TEST_BIN_DIR") + "/herald"
+    func startNodes(_ count: Int, extra: [String: String] = [:], as kind: NodeKind = .process) async throws {
         for _ in 0..<count {
             counter += 1
             let name = "node-\(counter)"
@@ -133,9 +161,17 @@ final class PipelineRun: @unchecked Sendable {
             environment["HERALD_NODE_ID"] = name
             environment["HERALD_API_PORT"] = "\(port)"
             environment.merge(extra) { _, new in new }
-            let process = try ChildProcess(
-                name: name, argv: [binary, "node"], environment: environment, log: "\(directory)/\(name).log")
-            nodes[name] = NodeHandle(name: name, process: process, apiPort: port)
+            let log = "\(directory)/\(name).log"
+            let runner: NodeHandle.Runner
+            switch kind {
+            case .process:
+                let binary = try TestServers.value("HERALD_TEST_BIN_DIR") + "/herald"
+                runner = .process(
+                    try ChildProcess(name: name, argv: [binary, "node"], environment: environment, log: log))
+            case .inProcess:
+                runner = .inProcess(try InProcessNode(environment: environment, log: log))
+            }
+            nodes[name] = NodeHandle(name: name, runner: runner, apiPort: port, log: log)
         }
     }
 
@@ -227,20 +263,36 @@ final class PipelineRun: @unchecked Sendable {
         publisherLog.flatMap { try? String(contentsOfFile: $0, encoding: .utf8) } ?? ""
     }
 
-    /// Whether a node's process has ended (reaped without waiting when it has).
+    /// Whether a node has ended (a process reaped without waiting when it has).
     func exited(_ name: String) async -> Bool {
         guard let node = nodes[name] else { return true }
         if node.exitStatus != nil { return true }
-        var status: Int32 = 0
-        let reaped = waitpid(node.process.pid, &status, WNOHANG)
-        if reaped == node.process.pid { node.exitStatus = status }
-        return reaped == node.process.pid
+        switch node.runner {
+        case .process(let process):
+            var status: Int32 = 0
+            let reaped = waitpid(process.pid, &status, WNOHANG)
+            if reaped == process.pid { node.exitStatus = status }
+            return reaped == process.pid
+        case .inProcess(let inProcess):
+            return inProcess.hasEnded
+        }
     }
 
+    /// Sends `signal` to a node's process and waits for its end; an in-process node takes only
+    /// SIGTERM (its group's graceful shutdown).
     func stop(_ name: String, signal: Int32) async throws {
         guard let node = nodes[name] else { return }
-        node.process.send(signal)
-        node.exitStatus = await node.process.wait()
+        switch node.runner {
+        case .process(let process):
+            process.send(signal)
+            node.exitStatus = await process.wait()
+        case .inProcess(let inProcess):
+            guard signal == SIGTERM else {
+                throw TestFailure(
+                    "\(name) runs in the test process: only SIGTERM can stop it (start it `as: .process`)")
+            }
+            node.exitStatus = await inProcess.stop()
+        }
     }
 
     /// Waits until every queue holds at least what is expected (Zaqar's queue stats),
@@ -336,8 +388,22 @@ final class PipelineRun: @unchecked Sendable {
 
     /// SIGTERM every node still running, then clean up the vhost and the queues.
     func stopAll() async {
-        for node in nodes.values where node.exitStatus == nil { node.process.send(SIGTERM) }
-        for node in nodes.values where node.exitStatus == nil { node.exitStatus = await node.process.wait() }
+        // All at once, as a rollout's SIGTERMs would come.
+        let stopping = nodes.values.filter { $0.exitStatus == nil }
+        let statuses = await withTaskGroup(of: (String, Int32).self) { group in
+            for node in stopping {
+                let name = node.name
+                switch node.runner {
+                case .process(let process):
+                    process.send(SIGTERM)
+                    group.addTask { (name, await process.wait()) }
+                case .inProcess(let inProcess):
+                    group.addTask { (name, await inProcess.stop()) }
+                }
+            }
+            return await group.reduce(into: [String: Int32]()) { $0[$1.0] = $1.1 }
+        }
+        for node in stopping { node.exitStatus = statuses[node.name] }
         for (project, queue) in queues {
             _ = try? await zaqar.request("/v2/queues/\(queue)", project: project, method: .DELETE)
         }

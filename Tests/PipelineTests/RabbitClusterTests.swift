@@ -20,7 +20,8 @@ extension PipelineSuites {
                     project: project, eventTypes: ["compute.instance.*"], target: Target(queue: run.queue("cluster")))
                 try await run.registry.create(subscription)
                 run.trackQueues([(project, subscription.target.queue)])
-                try await run.startNodes(1, extra: ["HERALD_QUEUE_TYPE": "quorum", "HERALD_EXCHANGES": "nova"])
+                try await run.startNodes(
+                    1, extra: ["HERALD_QUEUE_TYPE": "quorum", "HERALD_EXCHANGES": "nova"], as: .inProcess)
                 try await run.waitAllPartitionsHeld()
 
                 // Before: published (into quorum queues, on every node) while Herald works on them.

@@ -21,7 +21,7 @@ extension PipelineSuites {
                     project: project, eventTypes: ["compute.instance.*"], target: Target(queue: run.queue("sentinel")))
                 try await run.registry.create(subscription)
                 run.trackQueues([(project, subscription.target.queue)])
-                try await run.startNodes(1, extra: ["HERALD_EXCHANGES": "nova"])
+                try await run.startNodes(1, extra: ["HERALD_EXCHANGES": "nova"], as: .inProcess)
                 try await run.waitAllPartitionsHeld()
 
                 let before = try run.publish(run.numberedLines(project: project, 0..<600))
@@ -56,7 +56,7 @@ extension PipelineSuites {
                 "rediss://localhost:\(try TestServers.value("HERALD_TEST_REDIS_TLS_PORT"))/0?cacertfile=\(try TestServers.value("HERALD_TEST_CA_FILE"))"
                 + "&certfile=\(try TestServers.value("HERALD_TEST_CLIENT_CERT_FILE"))&keyfile=\(try TestServers.value("HERALD_TEST_CLIENT_KEY_FILE"))"
             try await PipelineRun.with(partitions: 8, redisURL: url) { run in
-                try await run.startNodes(2, extra: ["HERALD_EXCHANGES": "nova"])
+                try await run.startNodes(2, extra: ["HERALD_EXCHANGES": "nova"], as: .inProcess)
                 try await run.waitAllPartitionsHeld()
                 // Created after the nodes started: it reaches them through the registry over TLS.
                 let project = "7d2e4f6a8b0c1d3e5f7a9b1c2d3e4f5a"

@@ -23,7 +23,7 @@ extension PipelineSuites {
                 try await run.registry.create(mine)
                 try await run.registry.create(theirs)
                 run.trackQueues([(mine.project, queue), (theirs.project, queue)])
-                try await run.startNodes(2)
+                try await run.startNodes(2, as: .inProcess)
                 try await run.waitAllPartitionsHeld()
 
                 // 60 notifications: project ws-p1's instances (wanted), its volumes (not subscribed), ws-p2's instances.

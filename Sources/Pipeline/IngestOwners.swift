@@ -16,7 +16,7 @@ import Synchronization
 ///   stops the consumer, waits until what it took is acked or given back (its channels closed),
 ///   and only then releases the lease, so the next node starts after the last one's
 ///   notifications: an event type, which comes from one exchange, keeps its order.
-final class IngestOwners: Sendable {
+package final class IngestOwners: Sendable {
     private let queues: [String]
     private let coordinator: ClusterCoordinator?
     private let make: @Sendable (String) -> IngestService
@@ -125,7 +125,7 @@ final class IngestOwners: Sendable {
 /// lock renewed every second, taken over 15 s after its holder stops renewing): only it consumes
 /// and deletes, so no node deletes the queue while another still holds notifications of it. The
 /// others wait until it is gone.
-enum LegacyIngest {
+package enum LegacyIngest {
     /// What a passive declare said of the old queue.
     private enum Answer {
         case found(AMQPQueueState)

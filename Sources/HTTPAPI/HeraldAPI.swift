@@ -4,11 +4,12 @@ import Foundation
 import HTTPTypes
 import HeraldModel
 import Hummingbird
+import Identity
 import Logging
 import Notifications
 
 /// What the API needs from the node it runs in; tests give it the same parts over the real servers.
-struct APIServices: Sendable {
+package struct APIServices: Sendable {
     var registry: SubscriptionRegistry
     var deadLetters: DeadLetterStore
     /// Where a subscription without a Zaqar URL of its own delivers (HERALD_ZAQAR_URL).
@@ -42,10 +43,39 @@ struct APIServices: Sendable {
     /// What tenants never receive (HERALD_REDACTION_FILE over the shipped rules): conditions
     /// may not read it either.
     var redaction: RedactionRules = .defaults
+
+    package init(
+        registry: SubscriptionRegistry, deadLetters: DeadLetterStore, defaultZaqarURL: String,
+        deliver: @escaping @Sendable (ZaqarTarget, [UInt8]) async throws -> ZaqarResponse,
+        readiness: @escaping @Sendable () async -> [String: Bool], metrics: @escaping @Sendable () -> String,
+        keystone: KeystoneClient? = nil, signedURLs: SignedURLPolicy = SignedURLPolicy(),
+        endpoints: ZaqarEndpoints? = nil, limits: APILimits = APILimits(), rates: RateLimiter? = nil,
+        policy: Policy = Policy(), parking: ParkingLedger? = nil, stats: SubscriptionStats? = nil,
+        catalog: EventTypeCatalog? = nil, retryHorizon: Duration = .seconds(86_400),
+        redaction: RedactionRules = .defaults
+    ) {
+        self.registry = registry
+        self.deadLetters = deadLetters
+        self.defaultZaqarURL = defaultZaqarURL
+        self.deliver = deliver
+        self.readiness = readiness
+        self.metrics = metrics
+        self.keystone = keystone
+        self.signedURLs = signedURLs
+        self.endpoints = endpoints
+        self.limits = limits
+        self.rates = rates
+        self.policy = policy
+        self.parking = parking
+        self.stats = stats
+        self.catalog = catalog
+        self.retryHorizon = retryHorizon
+        self.redaction = redaction
+    }
 }
 
 /// What one project may do through the API (docs/security.md).
-struct APILimits: Sendable {
+package struct APILimits: Sendable {
     /// HERALD_QUOTA_SUBSCRIPTIONS: subscriptions per project. Default 100.
     var subscriptionsPerProject = 100
     /// HERALD_RATE_SUBSCRIPTION_CHANGES: creates and updates per project per minute. Default 60.
@@ -56,11 +86,22 @@ struct APILimits: Sendable {
     var replaysPerMinute = 1000
     /// HERALD_RATE_TESTS: test events (`POST /v1/subscriptions/{id}/test`) per project per minute. Default 10.
     var testsPerMinute = 10
+
+    package init(
+        subscriptionsPerProject: Int = 100, changesPerMinute: Int = 60, replayPerCall: Int = 100,
+        replaysPerMinute: Int = 1000, testsPerMinute: Int = 10
+    ) {
+        self.subscriptionsPerProject = subscriptionsPerProject
+        self.changesPerMinute = changesPerMinute
+        self.replayPerCall = replayPerCall
+        self.replaysPerMinute = replaysPerMinute
+        self.testsPerMinute = testsPerMinute
+    }
 }
 
 /// One route: its method and OpenAPI-style path, whether it needs a caller, and its handler.
 /// The table is what the router serves and what the OpenAPI test compares the document with.
-struct APIRoute: Sendable {
+package struct APIRoute: Sendable {
     var method: HTTPRequest.Method
     var path: String
     var authenticated: Bool
@@ -69,8 +110,12 @@ struct APIRoute: Sendable {
 
 /// Herald's HTTP API: subscriptions (and the seed service's alias), dead letters, health,
 /// metrics and the OpenAPI document. Every subscription route is scoped to the caller's project.
-struct HeraldAPI: Sendable {
+package struct HeraldAPI: Sendable {
     let services: APIServices
+
+    package init(services: APIServices) {
+        self.services = services
+    }
 
     static let subscriptionFields: Set<String> = [
         "event_types", "conditions", "target", "message_ttl", "all_projects", "project", "trust", "include_actor",
@@ -126,7 +171,7 @@ struct HeraldAPI: Sendable {
     }
 
     /// The router: open routes as they are, the others behind `authenticator`.
-    func router<Authenticator: RouterMiddleware>(authenticator: Authenticator) -> Router<APIContext>
+    package func router<Authenticator: RouterMiddleware>(authenticator: Authenticator) -> Router<APIContext>
     where Authenticator.Context == APIContext {
         let router = Router(context: APIContext.self)
         // Request counts and durations by method, route pattern and status (bounded labels).

@@ -4,7 +4,7 @@ import Hummingbird
 import NIOCore
 
 /// JSON in and out of the API, with errors that name the field.
-enum APIJSON {
+package enum APIJSON {
     static let maxBody = 1 << 20
 
     /// A JSON response, keys sorted so documents compare and read the same every time.
@@ -98,7 +98,7 @@ enum APIJSON {
 }
 
 /// The error body every 4xx and 5xx carries: `{"error": {"message": "..."}}` (Hummingbird's shape).
-struct APIErrorBody: Codable {
+package struct APIErrorBody: Codable {
     struct Detail: Codable {
         var message: String
     }

@@ -3,7 +3,7 @@ import Foundation
 /// The service catalog of a Keystone token (`token.catalog`), as Herald reads it: where the
 /// cloud's services listen, by type, interface and region. Read as hostile input: at most 200
 /// services of 50 endpoints each, http(s) URLs of at most 1024 characters only.
-struct ServiceCatalog: Sendable, Equatable {
+package struct ServiceCatalog: Sendable, Equatable {
     struct Endpoint: Sendable, Equatable {
         var type: String
         var interface: String

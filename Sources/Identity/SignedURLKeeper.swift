@@ -5,8 +5,28 @@ import HeraldModel
 import Logging
 import Synchronization
 
+/// When Herald acts on pre-signed URLs: within `renewBefore` of expiry it renews one through the
+/// subscription's trust, or warns (log, API, `herald status`) when there is none.
+package struct SignedURLPolicy: Sendable {
+    package var renewBefore: Duration = .seconds(21_600)
+    /// A renewed URL expires this long after renewal (Zaqar's default of one day is what let the
+    /// seed service's URLs die quietly).
+    package var lifetime: Duration = .seconds(604_800)
+    /// How often the leader looks.
+    package var checkEvery: Duration = .seconds(60)
+
+    package init(
+        renewBefore: Duration = .seconds(21_600), lifetime: Duration = .seconds(604_800),
+        checkEvery: Duration = .seconds(60)
+    ) {
+        self.renewBefore = renewBefore
+        self.lifetime = lifetime
+        self.checkEvery = checkEvery
+    }
+}
+
 /// Where a subscription's pre-signed URL stands, judged against a renewal window.
-enum SignedURLStanding: Equatable, Sendable {
+package enum SignedURLStanding: Equatable, Sendable {
     /// Far enough from expiry.
     case fine(expires: Date)
     /// Within the window, and the subscription's trust can renew it.
@@ -18,7 +38,7 @@ enum SignedURLStanding: Equatable, Sendable {
     /// Zaqar's `expires` could not be read.
     case unreadable(String)
 
-    init?(_ subscription: Subscription, now: Date, renewBefore: Duration) {
+    package init?(_ subscription: Subscription, now: Date, renewBefore: Duration) {
         guard let signed = subscription.target.signedURL else { return nil }
         guard let expires = ZaqarDates.parse(signed.expires) else {
             self = .unreadable(signed.expires)
@@ -35,7 +55,7 @@ enum SignedURLStanding: Equatable, Sendable {
     }
 
     /// Words for the API and `herald status`, or nil when all is well.
-    func warning(now: Date) -> String? {
+    package func warning(now: Date) -> String? {
         let stamp = { (date: Date) in ISO8601DateFormatter().string(from: date) }
         switch self {
         case .fine, .renewable:
@@ -66,7 +86,7 @@ enum SignedURLStanding: Equatable, Sendable {
 /// subscription with one; within `renewBefore` of expiry it makes a new URL through the
 /// subscription's trust (`/share` with a trust-scoped token) and stores it, or, with no trust,
 /// warns once per expiry. Past expiry, delivery dead-letters with `signed_url_expired`.
-final class SignedURLKeeper: Sendable {
+package final class SignedURLKeeper: Sendable {
     let registry: SubscriptionRegistry
     let keystone: KeystoneClient?
     let zaqar: ZaqarClient
@@ -77,7 +97,7 @@ final class SignedURLKeeper: Sendable {
     /// Subscription id -> the expiry last warned about.
     private let warned = Mutex<[String: String]>([:])
 
-    init(
+    package init(
         registry: SubscriptionRegistry, keystone: KeystoneClient?, zaqar: ZaqarClient, defaultZaqarURL: String,
         policy: SignedURLPolicy,
         isLeader: @escaping @Sendable () -> Bool, logger: Logger
@@ -98,7 +118,7 @@ final class SignedURLKeeper: Sendable {
         var failed: [String] = []
     }
 
-    func run() async {
+    package func run() async {
         while !Task.isCancelled {
             if isLeader() {
                 do { _ = try await check() } catch {

@@ -10,11 +10,11 @@ import Synchronization
 
 /// Herald's own Keystone identity (the service user), how long validations are kept, and what
 /// a trust delegates.
-struct KeystoneConfiguration: Sendable {
+package struct KeystoneConfiguration: Sendable {
     /// HERALD_KEYSTONE_URL, e.g. http://keystone:5000 (with or without /v3).
-    var url: String
-    var username: String
-    var password: String
+    package var url: String
+    package var username: String
+    package var password: String
     var project: String
     var userDomain: String
     var projectDomain: String
@@ -28,7 +28,7 @@ struct KeystoneConfiguration: Sendable {
     /// HERALD_ADMIN_PROJECT: the cloud's admin project, by id; an admin there is an admin
     /// across projects. nil: none is (Keystone's `is_admin_project` is true for every project
     /// unless its `admin_project_name` is set); cloud admins use system-scoped tokens.
-    var adminProject: String?
+    package var adminProject: String?
     /// A token Keystone refused is refused without asking again for this long
     /// (HERALD_KEYSTONE_NEGATIVE_CACHE_SECONDS).
     var negativeCacheTTL: Duration = .seconds(10)
@@ -37,12 +37,35 @@ struct KeystoneConfiguration: Sendable {
     var validationsPerSecond = 10
     /// Herald's service type in the catalog (HERALD_SERVICE_TYPE): what application credentials'
     /// access rules must name to reach Herald.
-    var serviceType = "events"
+    package var serviceType = "events"
     /// HERALD_TRUSTED_PROXIES: addresses of the proxies in front of Herald (an ingress); from
     /// them, the client is the last address of `X-Forwarded-For` that is not one of them.
-    var trustedProxies: Set<String> = []
+    package var trustedProxies: Set<String> = []
     /// HERALD_KEYSTONE_CA_FILE: the CAs that sign Keystone's certificate; nil: the system's.
     var caFile: String?
+
+    package init(
+        url: String, username: String, password: String, project: String, userDomain: String, projectDomain: String,
+        cacheTTL: Duration, cacheCapacity: Int = 10_000, trustRoles: [String] = ["member"], adminProject: String? = nil,
+        negativeCacheTTL: Duration = .seconds(10), validationsPerSecond: Int = 10, serviceType: String = "events",
+        trustedProxies: Set<String> = [], caFile: String? = nil
+    ) {
+        self.url = url
+        self.username = username
+        self.password = password
+        self.project = project
+        self.userDomain = userDomain
+        self.projectDomain = projectDomain
+        self.cacheTTL = cacheTTL
+        self.cacheCapacity = cacheCapacity
+        self.trustRoles = trustRoles
+        self.adminProject = adminProject
+        self.negativeCacheTTL = negativeCacheTTL
+        self.validationsPerSecond = validationsPerSecond
+        self.serviceType = serviceType
+        self.trustedProxies = trustedProxies
+        self.caFile = caFile
+    }
 
     var base: String {
         var base = url
@@ -55,8 +78,8 @@ struct KeystoneConfiguration: Sendable {
 /// Herald's client of Keystone v3: validates users' tokens (`GET /v3/auth/tokens` with
 /// Herald's service token, cached until the token expires or `cacheTTL` passes), creates and
 /// deletes subscribers' trusts, and issues trust-scoped tokens for posting into their queues.
-final class KeystoneClient: Sendable {
-    enum Failure: Error, CustomStringConvertible {
+package final class KeystoneClient: Sendable {
+    package enum Failure: Error, CustomStringConvertible {
         /// Keystone does not accept the token (unknown, expired or revoked) or the request.
         case invalid(String)
         /// Keystone could not be asked (down, or refusing Herald's own credentials).
@@ -64,7 +87,7 @@ final class KeystoneClient: Sendable {
         /// This source sent more unknown tokens than `validationsPerSecond`: try again after this.
         case throttled(Duration)
 
-        var description: String {
+        package var description: String {
             switch self {
             case .invalid(let text), .unavailable(let text): return text
             case .throttled(let wait): return "too many token validations from this source; try again in \(wait)"
@@ -95,7 +118,7 @@ final class KeystoneClient: Sendable {
         var trustTokens: [String: (token: String, until: ContinuousClock.Instant)] = [:]
     }
 
-    let configuration: KeystoneConfiguration
+    package let configuration: KeystoneConfiguration
     private let http: HTTPClient
     private let logger: Logger
     private let state: Mutex<State>
@@ -107,7 +130,7 @@ final class KeystoneClient: Sendable {
 
     /// - Parameter http: the HTTP client to use; nil: the shared one, or one of its own
     ///   trusting `configuration.caFile` when that is set.
-    init(configuration: KeystoneConfiguration, http: HTTPClient? = nil, logger: Logger) {
+    package init(configuration: KeystoneConfiguration, http: HTTPClient? = nil, logger: Logger) {
         self.configuration = configuration
         if let http {
             self.http = http
@@ -134,7 +157,7 @@ final class KeystoneClient: Sendable {
     static let maxTokenBytes = 4096
 
     /// Closes its own HTTP client, if it made one.
-    func shutdown() async {
+    package func shutdown() async {
         if ownsHTTP { try? await http.shutdown() }
     }
 
@@ -148,7 +171,7 @@ final class KeystoneClient: Sendable {
     /// The caller a token stands for.
     /// - Parameter source: who sent it (the peer's address), for the per-source limit on
     ///   validations that reach Keystone.
-    func caller(token: String, source: String = "-") async throws(Failure) -> Caller {
+    package func caller(token: String, source: String = "-") async throws(Failure) -> Caller {
         guard token.utf8.count <= Self.maxTokenBytes else {
             throw .invalid("longer than \(Self.maxTokenBytes) bytes; no Keystone token is")
         }
@@ -263,7 +286,7 @@ final class KeystoneClient: Sendable {
     /// `trustRoles` with impersonation (Zaqar then sees the subscriber), made with the caller's
     /// own token as Keystone requires.
     /// - Returns: the trust's id.
-    func createTrust(for caller: Caller) async throws(Failure) -> String {
+    package func createTrust(for caller: Caller) async throws(Failure) -> String {
         guard let token = caller.token, let trustor = caller.userID else {
             throw .invalid("a trust needs the subscriber's Keystone token")
         }
@@ -295,7 +318,7 @@ final class KeystoneClient: Sendable {
 
     /// Deletes a trust through a token scoped by it (with impersonation that token acts as the
     /// trustor, whom Keystone's policy lets delete it). A trust already gone counts as deleted.
-    func deleteTrust(_ trust: String) async throws(Failure) {
+    package func deleteTrust(_ trust: String) async throws(Failure) {
         let token: String
         do {
             token = try await trustToken(trust, fresh: true)
@@ -412,7 +435,7 @@ final class KeystoneClient: Sendable {
 
     /// The URL of a service in the catalog of Herald's own token (nil when the catalog has none).
     /// - Throws: when Keystone cannot be reached or refuses Herald's service user.
-    func catalogURL(type: String, interface: String, region: String?) async throws -> String? {
+    package func catalogURL(type: String, interface: String, region: String?) async throws -> String? {
         do {
             return try await service(renew: false).catalog.url(type: type, interface: interface, region: region)
         } catch {
@@ -459,11 +482,11 @@ final class KeystoneClient: Sendable {
 }
 
 extension KeystoneClient: ZaqarTokenSource {
-    func token(trust: String) async throws(ZaqarTokenError) -> String {
+    package func token(trust: String) async throws(ZaqarTokenError) -> String {
         try await trustToken(trust)
     }
 
-    func refused(trust: String, token: String) {
+    package func refused(trust: String, token: String) {
         state.withLock { state in
             if state.trustTokens[trust]?.token == token { state.trustTokens[trust] = nil }
         }
@@ -471,6 +494,6 @@ extension KeystoneClient: ZaqarTokenSource {
 }
 
 /// Keystone could not answer Herald's own request (its service token or catalog).
-struct KeystoneUnavailable: Error, CustomStringConvertible {
-    var description: String
+package struct KeystoneUnavailable: Error, CustomStringConvertible {
+    package var description: String
 }

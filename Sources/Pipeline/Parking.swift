@@ -10,7 +10,7 @@ import Routing
 import Synchronization
 
 /// How failing targets are parked and retried (docs/pipeline.md, "Outages").
-struct ParkingSettings: Sendable {
+package struct ParkingSettings: Sendable {
     /// HERALD_DELIVERY_RETRY_HORIZON: how long parked messages are retried before they are
     /// dead-lettered (`retry_horizon`). Default 24 h.
     var horizon: Duration = .seconds(86_400)
@@ -54,7 +54,7 @@ struct ParkingSettings: Sendable {
 }
 
 /// `herald_parking_*` metrics (bounded labels; no project or subscription names).
-enum ParkingMetrics {
+package enum ParkingMetrics {
     static let parkedMessages = Gauge(label: "herald_parked_messages")
     static let parkedSubscriptions = Gauge(label: "herald_parked_subscriptions")
     static let oldestAge = Gauge(label: "herald_parked_oldest_age_seconds")
@@ -69,15 +69,15 @@ enum ParkingMetrics {
 }
 
 /// Parking impossible for now (Redis or RabbitMQ unavailable): the lane holds the messages.
-struct ParkingRefused: Error, CustomStringConvertible {
-    var description: String
+package struct ParkingRefused: Error, CustomStringConvertible {
+    package var description: String
 }
 
 /// Parks a failing subscription's messages in its own durable RabbitMQ queue
 /// (`<cluster>.park.<subscription>`), counted in the `ParkingLedger` before they are published,
 /// and tells the batcher which subscriptions are parked (a set refreshed from Redis every tick,
 /// plus the ones this node parked since).
-final class TargetParking: DeliveryParking {
+package final class TargetParking: DeliveryParking {
     private let connection: AMQPConnection
     private let ledger: ParkingLedger
     private let names: ClusterNames
@@ -127,11 +127,11 @@ final class TargetParking: DeliveryParking {
             ].merging(queueType == "quorum" ? ["x-delivery-limit": .int(1_000_000)] : [:]) { first, _ in first })
     }
 
-    func isParked(_ subscriptionID: String) -> Bool {
+    package func isParked(_ subscriptionID: String) -> Bool {
         cache.withLock { $0.parked[subscriptionID] != nil }
     }
 
-    func waitForChange(timeout: Duration) async {
+    package func waitForChange(timeout: Duration) async {
         await reread.wait(timeout: timeout)
     }
 
@@ -155,7 +155,7 @@ final class TargetParking: DeliveryParking {
         reread.signal()
     }
 
-    func park(_ messages: [ZaqarOutgoingMessage], reason: String, failed: Bool) async throws {
+    package func park(_ messages: [ZaqarOutgoingMessage], reason: String, failed: Bool) async throws {
         guard let first = messages.first else { return }
         let subscription = first.subscriptionID
         let project = first.target.project
@@ -303,14 +303,14 @@ final class TargetParking: DeliveryParking {
         }
     }
 
-    func failing(_ subscriptionIDs: Set<String>, error: String) async {
+    package func failing(_ subscriptionIDs: Set<String>, error: String) async {
         for subscription in subscriptionIDs {
             try? await ledger.noteFailure(
                 subscription: subscription, error: SafeText.clean(error, limit: 200), ttl: settings.failingShownFor)
         }
     }
 
-    func recovered(_ subscriptionIDs: Set<String>) async {
+    package func recovered(_ subscriptionIDs: Set<String>) async {
         for subscription in subscriptionIDs { try? await ledger.clearFailure(subscription: subscription) }
     }
 }
@@ -322,7 +322,7 @@ final class TargetParking: DeliveryParking {
 /// next attempt is scheduled with backoff. Past the horizon, messages still failing are
 /// dead-lettered (`retry_horizon`). A deleted subscription's parked messages are dropped, counted.
 /// A subscription is unparked only when its claimer sees its queue empty with no consumer on it.
-final class ParkingDrainer: Sendable {
+package final class ParkingDrainer: Sendable {
     private let connection: AMQPConnection
     private let ledger: ParkingLedger
     private let parking: TargetParking
@@ -734,7 +734,7 @@ final class ParkingDrainer: Sendable {
 }
 
 /// Deliveries of one consumer, taken in batches: `take` waits for the first and briefly for more.
-final class DeliveryInbox: Sendable {
+package final class DeliveryInbox: Sendable {
     private let state = Mutex(State())
 
     struct State {

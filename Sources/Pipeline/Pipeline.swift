@@ -10,7 +10,7 @@ import Routing
 import Synchronization
 
 /// How notifications come in: one ingest queue bound to every exchange, or one per exchange.
-enum IngestLayout: String, Equatable, Sendable, CaseIterable {
+package enum IngestLayout: String, Equatable, Sendable, CaseIterable {
     /// `<cluster>.ingest`, bound to every exchange: one node ingests at a time (clusters made
     /// before ingest spread over nodes).
     case single
@@ -21,7 +21,7 @@ enum IngestLayout: String, Equatable, Sendable, CaseIterable {
 }
 
 /// What Herald's queues are declared with: their type, their length bounds and the ingest layout.
-struct QueueShape: Equatable, Sendable {
+package struct QueueShape: Equatable, Sendable {
     /// classic or quorum.
     var type: String
     /// At most this many messages wait in each ingest queue; 0: no bound.
@@ -48,7 +48,7 @@ struct QueueShape: Equatable, Sendable {
 /// queues with it. Each value is, in order: the node's setting; the cluster's record; for a
 /// cluster made before the record existed (its partition count is stored, no shape), `legacy`;
 /// for a new cluster, `newCluster`.
-enum ClusterQueueShape {
+package enum ClusterQueueShape {
     static let knownTypes = ["classic", "quorum"]
 
     /// - Parameters:
@@ -136,7 +136,7 @@ enum ClusterQueueShape {
 }
 
 /// A node's own queue settings; nil (or an empty type) is unset: the cluster's record decides.
-struct QueueShapeSettings: Equatable, Sendable {
+package struct QueueShapeSettings: Equatable, Sendable {
     var type: String = ""
     var ingestMaxMessages: Int?
     var partitionMaxMessages: Int?
@@ -144,7 +144,7 @@ struct QueueShapeSettings: Equatable, Sendable {
 }
 
 /// Herald's AMQP names (DESIGN.md, "Partitions"), with the cluster's name (`ClusterNames`).
-enum Topology {
+package enum Topology {
     /// RabbitMQ 4 gives quorum queues a delivery limit of 20 unless one is set, after which a
     /// message given back that often (requeued after lost channels, handovers) is dropped or
     /// dead-lettered. Herald's queues set one that is never reached. Only with the bounded shape
@@ -263,7 +263,7 @@ enum Topology {
 /// queue), dropped or dead-lettered. The first held notification is tried alone after 50 ms,
 /// the wait doubling to 5 s while it is refused; once it is taken, all held ones are published
 /// together. A value type that takes the time as an argument, so tests drive it without sleeping.
-struct IngestHold<Item: Sendable>: Sendable {
+package struct IngestHold<Item: Sendable>: Sendable {
     struct Entry: Sendable {
         /// The order in which ingest took the notification.
         let sequence: UInt64
@@ -345,7 +345,7 @@ struct IngestHold<Item: Sendable>: Sendable {
 }
 
 /// The ingest's metrics for bounded queues (`Topology`).
-enum IngestMetrics {
+package enum IngestMetrics {
     /// `herald_partition_publish_refused_total`: alert when it grows (a partition queue is full).
     static let refused = Counter(label: "herald_partition_publish_refused_total")
     /// `herald_ingest_held_notifications`: notifications held unacked for a full partition queue.
@@ -364,7 +364,7 @@ enum IngestMetrics {
 }
 
 /// Counters of the pipeline, for the log line at exit and `herald_events_total{stage}`.
-struct PipelineStatistics: Sendable {
+package struct PipelineStatistics: Sendable {
     var ingested = 0
     var routed = 0
     var malformed = 0
@@ -374,14 +374,14 @@ struct PipelineStatistics: Sendable {
 }
 
 /// Where in the pipeline an event is counted.
-enum PipelineStage: String, CaseIterable {
+package enum PipelineStage: String, CaseIterable {
     case ingested, routed, malformed, consumed, matched, unmatched
 
     /// `herald_events_total{stage}` (bounded labels).
     var counter: Counter { PipelineMetrics.counters[self]! }
 }
 
-enum PipelineMetrics {
+package enum PipelineMetrics {
     static let counters = Dictionary(
         uniqueKeysWithValues: PipelineStage.allCases.map {
             ($0, Counter(label: "herald_events_total", dimensions: [("stage", $0.rawValue)]))
@@ -410,7 +410,7 @@ extension Locked where Value == PipelineStatistics {
 /// partition, republishes the untouched body to herald.partitions with routing key =
 /// partition and headers, and acks only after the broker confirmed. Undecodable input
 /// is dead-lettered with the reason, then acked.
-final class IngestService: Sendable {
+package final class IngestService: Sendable {
     private let connection: AMQPConnection
     /// The ingest queue this service consumes (`Topology.ingestQueues`).
     let queue: String
@@ -783,7 +783,7 @@ final class IngestService: Sendable {
 /// Consumes the partitions this node owns: `acquired` starts a consumer on
 /// herald.p.<n>; `revoke` cancels it, waits for in-flight deliveries to be delivered
 /// (or dead-lettered) and acked, then confirms; `lost` stops at once.
-final class PartitionOwners: Sendable {
+package final class PartitionOwners: Sendable {
     private let connection: AMQPConnection
     private let coordinator: ClusterCoordinator
     private let batcher: DeliveryBatcher

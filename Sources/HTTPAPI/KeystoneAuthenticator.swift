@@ -1,13 +1,18 @@
 import HTTPTypes
 import HeraldModel
 import Hummingbird
+import Identity
 
 /// `HERALD_API_AUTH=keystone`: the caller is whoever Keystone says `X-Auth-Token` belongs to.
-struct KeystoneAuthenticator: RouterMiddleware {
-    typealias Context = APIContext
+package struct KeystoneAuthenticator: RouterMiddleware {
+    package typealias Context = APIContext
     let keystone: KeystoneClient
 
-    func handle(
+    package init(keystone: KeystoneClient) {
+        self.keystone = keystone
+    }
+
+    package func handle(
         _ request: Request, context: APIContext, next: (Request, APIContext) async throws -> Response
     ) async throws -> Response {
         guard let token = request.headers[.authToken], !token.isEmpty else {
@@ -84,6 +89,6 @@ extension KeystoneAuthenticator {
 }
 
 extension HTTPField.Name {
-    static let authToken = Self("X-Auth-Token")!
-    static let forwardedFor = Self("X-Forwarded-For")!
+    package static let authToken = Self("X-Auth-Token")!
+    package static let forwardedFor = Self("X-Forwarded-For")!
 }

@@ -1,7 +1,9 @@
 import Coordination
 import Delivery
 import Foundation
+import HTTPAPI
 import Hummingbird
+import Identity
 import Logging
 import Metrics
 import NIOCore
@@ -12,10 +14,10 @@ import UnixSignals
 
 /// The pipeline as a service: starts the node, waits for the graceful-shutdown signal, then
 /// turns readiness off and stops (ingest, partitions handed over, group left).
-struct PipelineService: Service {
+package struct PipelineService: Service {
     let node: HeraldNode
 
-    func run() async throws {
+    package func run() async throws {
         try await node.start()
         try? await gracefulShutdown()
         await node.shutdown()
@@ -25,18 +27,17 @@ struct PipelineService: Service {
 /// One `herald node`, assembled: the pipeline and the HTTP API in one ServiceGroup. On SIGTERM
 /// or SIGINT the group stops the pipeline first (the API keeps answering, `/readyz` with 503),
 /// then the API; whatever is still running when the budget is spent is cancelled.
-struct NodeAssembly: Sendable {
-    let node: HeraldNode
-    let application: Application<RouterResponder<APIContext>>
-    let group: ServiceGroup
+package struct NodeAssembly: Sendable {
+    package let node: HeraldNode
+    package let application: Application<RouterResponder<APIContext>>
+    package let group: ServiceGroup
 
     /// Where the API listens, once it does.
-    let boundPort: Locked<Int?>
+    package let boundPort: Locked<Int?>
 
-    static func make(
+    fileprivate static func make(
         configuration: NodeConfiguration, logger: Logger, metrics: PrometheusCollectorRegistry,
-        signals: [UnixSignal] = [.sigterm, .sigint],
-        onListening: @escaping @Sendable (Int) -> Void = { _ in }
+        signals: [UnixSignal], onListening: @escaping @Sendable (Int) -> Void
     ) throws -> NodeAssembly {
         let node = try HeraldNode(configuration: configuration, logger: logger)
         let zaqar = ZaqarClient(
@@ -103,22 +104,43 @@ struct NodeAssembly: Sendable {
     }
 }
 
+/// Builds one node from its configuration (the Hummingbird template's `buildApplication`):
+/// the pipeline and the API as services of one `ServiceGroup`, returned with the parts a caller
+/// may look at. Nothing connects until the group runs; `group.triggerGracefulShutdown()` (or one
+/// of `signals`) stops it as SIGTERM does. Tests run several in one process with `signals: []`.
+///
+/// - Parameters:
+///   - configuration: the node's settings, already validated (`NodeConfiguration.fromEnvironment`).
+///   - logger: the node's logger; the node adds its id as metadata.
+///   - metrics: where `/metrics` reads from (Prometheus is bootstrapped only by the executable).
+///   - signals: the signals that begin the graceful shutdown.
+///   - onListening: called with the API's port once it listens.
+/// - Throws: a `ConfigurationError` or a `RedisConfiguration` error for settings that cannot be used.
+package func buildNode(
+    configuration: NodeConfiguration, logger: Logger,
+    metrics: PrometheusCollectorRegistry = PrometheusCollectorRegistry(),
+    signals: [UnixSignal] = [.sigterm, .sigint], onListening: @escaping @Sendable (Int) -> Void = { _ in }
+) throws -> NodeAssembly {
+    try NodeAssembly.make(
+        configuration: configuration, logger: logger, metrics: metrics, signals: signals, onListening: onListening)
+}
+
 /// Turns readiness off the moment the graceful shutdown begins, before anything stops.
-struct ShutdownNotice: Service {
+package struct ShutdownNotice: Service {
     let node: HeraldNode
 
-    func run() async throws {
+    package func run() async throws {
         try? await gracefulShutdown()
         node.markStopping()
     }
 }
 
 /// Closes the API's own Zaqar client (dead-letter replays) and Keystone's, after everything else.
-struct ZaqarClientService: Service {
+package struct ZaqarClientService: Service {
     let client: ZaqarClient
     var keystone: KeystoneClient?
 
-    func run() async throws {
+    package func run() async throws {
         try? await gracefulShutdown()
         await client.shutdown()
         await keystone?.shutdown()
@@ -126,7 +148,7 @@ struct ZaqarClientService: Service {
 }
 
 /// Gauges read at scrape time from the node's state.
-struct NodeGauges: Sendable {
+package struct NodeGauges: Sendable {
     let partitionsOwned: Prometheus.Gauge
     let isLeader: Prometheus.Gauge
     let bufferedMessages: Prometheus.Gauge

@@ -6,7 +6,7 @@ import Foundation
 /// Paths match as keystonemiddleware matches them: `*` (or `{name}`) is exactly one non-empty
 /// path segment, `**` is any run of characters, slashes included, possibly none; everything
 /// else is literal. The whole request path must match; the query is not part of it.
-struct AccessRule: Sendable, Equatable {
+package struct AccessRule: Sendable, Equatable {
     var service: String
     var path: String
     var method: String
@@ -21,7 +21,7 @@ struct AccessRule: Sendable, Equatable {
     static let maxPathBytes = 1024
 
     /// Whether one of `rules` lets the request through, within `matchBudget`.
-    static func allow(_ rules: [AccessRule], method: String, path: String, serviceType: String) -> Bool {
+    package static func allow(_ rules: [AccessRule], method: String, path: String, serviceType: String) -> Bool {
         guard path.utf8.count <= maxPathBytes else { return false }
         var spent = 0
         for rule in rules where rule.service == serviceType && rule.method == method {
@@ -101,7 +101,7 @@ struct AccessRule: Sendable, Equatable {
 /// (`rate` a second, up to `burst` at once), bounded in the sources it remembers. Only
 /// validations that reach Keystone count (cached answers, good or bad, cost nothing). A value
 /// type that is told the time, so tests drive it by hand.
-struct ValidationRateLimit: Sendable {
+package struct ValidationRateLimit: Sendable {
     var rate: Double
     var burst: Double
     /// Sources remembered at most; past this, sources whose bucket is full again are forgotten,

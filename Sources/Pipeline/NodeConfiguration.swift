@@ -1,16 +1,18 @@
 import Coordination
 import Delivery
 import Foundation
+import HTTPAPI
 import HeraldModel
+import Identity
 import Logging
 import Messaging
 import Notifications
 
 /// Everything a node is configured with, read from `HERALD_*` environment variables.
 /// An invalid value stops start-up with a message naming the variable and the value.
-struct NodeConfiguration: Sendable {
+package struct NodeConfiguration: Sendable {
     /// HERALD_NODE_ID: this node's id (the pod name in Kubernetes). Default: the host name.
-    var nodeID: String
+    package var nodeID: String
     /// HERALD_REDIS_URL. Default redis://127.0.0.1:6379/0.
     var redisURL: String
     /// HERALD_AMQP_URL. Default amqp://guest:guest@127.0.0.1:5672/%2F.
@@ -111,9 +113,9 @@ struct NodeConfiguration: Sendable {
     /// HERALD_DELIVERY_RETRY_HORIZON, HERALD_PARKING_*: how failing targets are parked and retried.
     var parking: ParkingSettings
     /// HERALD_LOG_LEVEL: trace, debug, info, notice, warning, error, critical. Default info.
-    var logLevel: String
+    package var logLevel: String
     /// HERALD_LOG_FORMAT: text or json (one JSON object per line). Default text.
-    var logFormat: String
+    package var logFormat: String
 
     /// Every key a configuration file or `--set` may name.
     static let keys: Set<String> = [
@@ -162,7 +164,7 @@ struct NodeConfiguration: Sendable {
     }
 
     /// An unknown key is a typo that would otherwise be ignored: it stops start-up.
-    static func checkKeys(_ values: [String: String], source: String) throws {
+    package static func checkKeys(_ values: [String: String], source: String) throws {
         if let unknown = values.keys.filter({ !keys.contains($0) }).sorted().first {
             throw ConfigurationError(
                 key: unknown, value: values[unknown] ?? "",
@@ -170,12 +172,12 @@ struct NodeConfiguration: Sendable {
         }
     }
 
-    static let defaultExchanges = [
+    package static let defaultExchanges = [
         "nova", "neutron", "cinder", "glance", "heat", "keystone", "designate", "octavia", "ironic", "manila", "magnum",
     ]
 
     /// - Throws: `ConfigurationError` naming the variable and its bad value.
-    static func fromEnvironment(
+    package static func fromEnvironment(
         _ environment: [String: String] = ProcessInfo.processInfo.environment
     ) throws -> NodeConfiguration {
         func string(_ key: String, _ fallback: String) -> String {
@@ -537,13 +539,19 @@ struct NodeConfiguration: Sendable {
     }
 }
 
-struct ConfigurationError: Error, CustomStringConvertible {
+package struct ConfigurationError: Error, CustomStringConvertible {
     var key: String
     var value: String
     var expected: String
+
+    package init(key: String, value: String, expected: String) {
+        self.key = key
+        self.value = value
+        self.expected = expected
+    }
     /// Never a password: a URL's is replaced by `***`, a password setting's whole value too, and
     /// the `expected` text (which may quote the value) is cleaned the same way.
-    var description: String {
+    package var description: String {
         let shown = key.contains("PASSWORD") ? (value.isEmpty ? "" : "***") : Self.redacted(value)
         return
             "invalid configuration: \(key)=\(SafeText.quoted(shown, limit: 300)): \(SafeText.clean(Self.redacted(expected), limit: 600))"
@@ -558,27 +566,16 @@ struct ConfigurationError: Error, CustomStringConvertible {
     }
 }
 
-/// When Herald acts on pre-signed URLs: within `renewBefore` of expiry it renews one through the
-/// subscription's trust, or warns (log, API, `herald status`) when there is none.
-struct SignedURLPolicy: Sendable {
-    var renewBefore: Duration = .seconds(21_600)
-    /// A renewed URL expires this long after renewal (Zaqar's default of one day is what let the
-    /// seed service's URLs die quietly).
-    var lifetime: Duration = .seconds(604_800)
-    /// How often the leader looks.
-    var checkEvery: Duration = .seconds(60)
-}
-
 /// How API callers are identified.
-enum APIAuthMode: String, CaseIterable, Sendable {
+package enum APIAuthMode: String, CaseIterable, Sendable {
     case keystone
     case trustedHeader = "trusted-header"
 }
 
 /// The `KEY=VALUE` lines of a configuration file (`herald node --config FILE`): the same
 /// keys as the environment; blank lines and `#` comments are skipped.
-enum ConfigurationFile {
-    static func read(_ path: String) throws -> [String: String] {
+package enum ConfigurationFile {
+    package static func read(_ path: String) throws -> [String: String] {
         let text: String
         do {
             text = try String(contentsOfFile: path, encoding: .utf8)
@@ -606,7 +603,7 @@ enum ConfigurationFile {
 }
 
 /// Where Zaqar is in Keystone's catalog, when HERALD_ZAQAR_URL does not say.
-struct ZaqarCatalogLookup: Sendable, Equatable {
+package struct ZaqarCatalogLookup: Sendable, Equatable {
     /// What `zaqarURL` holds until the catalog answered (never contacted: start-up resolves it first).
     static let unresolved = "http://zaqar-from-the-keystone-catalog.invalid"
 
@@ -636,7 +633,7 @@ extension NodeConfiguration {
 
     /// Asks Keystone's catalog for Zaqar, a few times (Keystone may be starting too); a clear
     /// error when it has none or cannot be asked.
-    func resolvingZaqarFromCatalog(logger: Logger, attempts: Int = 6) async throws -> NodeConfiguration {
+    package func resolvingZaqarFromCatalog(logger: Logger, attempts: Int = 6) async throws -> NodeConfiguration {
         guard let lookup = zaqarCatalog, let keystoneConfiguration = keystone else { return self }
         let client = KeystoneClient(configuration: keystoneConfiguration, logger: logger)
         let result: Result<NodeConfiguration, any Error>

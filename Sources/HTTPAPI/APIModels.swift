@@ -6,7 +6,7 @@ import Hummingbird
 
 /// The body of POST and PATCH `/v1/subscriptions`: every field optional here; the route
 /// says which are required.
-struct SubscriptionInput: Decodable {
+package struct SubscriptionInput: Decodable {
     var eventTypes: [String]?
     var conditions: [Condition]?
     var target: Target?
@@ -34,11 +34,11 @@ struct SubscriptionInput: Decodable {
 
 /// A subscription as the API answers it: its fields, and `warnings` when something needs the
 /// subscriber (a pre-signed URL about to expire with no trust to renew it).
-struct SubscriptionView: Encodable {
+package struct SubscriptionView: Encodable {
     var subscription: Subscription
     var warnings: [String]
 
-    func encode(to encoder: any Encoder) throws {
+    package func encode(to encoder: any Encoder) throws {
         try subscription.encode(to: encoder)
         if !warnings.isEmpty {
             var container = encoder.container(keyedBy: DeadLetterEntry.Key.self)
@@ -48,7 +48,7 @@ struct SubscriptionView: Encodable {
 }
 
 /// `GET /v1/subscriptions/{id}/delivery`.
-struct DeliveryStateView: Encodable {
+package struct DeliveryStateView: Encodable {
     var subscriptionID: String
     /// healthy, failing or parked.
     var state: String
@@ -101,14 +101,14 @@ struct DeliveryStateView: Encodable {
 }
 
 /// Instants in answers: ISO 8601, UTC, whole seconds.
-enum APIDates {
+package enum APIDates {
     static func format(_ seconds: Double) -> String {
         guard seconds.isFinite else { return "" }
         return ISO8601DateFormatter().string(from: Date(timeIntervalSince1970: seconds))
     }
 }
 
-struct SubscriptionPage: Encodable {
+package struct SubscriptionPage: Encodable {
     var subscriptions: [SubscriptionView]
     /// The next page's path, absent on the last page.
     var next: String?
@@ -116,7 +116,7 @@ struct SubscriptionPage: Encodable {
 
 /// The seed service's subscription: `source` is an event type prefix, `target` a queue
 /// name (`my-events` or `zaqar://my-events`).
-struct AliasInput: Decodable {
+package struct AliasInput: Decodable {
     var source: String
     var target: String
     var messageTTL: Int?
@@ -127,7 +127,7 @@ struct AliasInput: Decodable {
     }
 }
 
-struct AliasSubscription: Encodable {
+package struct AliasSubscription: Encodable {
     var id: String
     var source: String
     var target: String
@@ -195,16 +195,16 @@ struct AliasSubscription: Encodable {
     }
 }
 
-struct AliasPage: Encodable {
+package struct AliasPage: Encodable {
     var subscriptions: [AliasSubscription]
     var next: String?
 }
 
-struct DeadLetterEntry: Encodable {
+package struct DeadLetterEntry: Encodable {
     var id: String
     var letter: DeadLetter
 
-    func encode(to encoder: any Encoder) throws {
+    package func encode(to encoder: any Encoder) throws {
         try letter.encode(to: encoder)
         var container = encoder.container(keyedBy: Key.self)
         try container.encode(id, forKey: Key(stringValue: "id")!)
@@ -218,7 +218,7 @@ struct DeadLetterEntry: Encodable {
     }
 }
 
-struct DeadLetterPage: Encodable {
+package struct DeadLetterPage: Encodable {
     var deadLetters: [DeadLetterEntry]
     var next: String?
 
@@ -228,12 +228,12 @@ struct DeadLetterPage: Encodable {
     }
 }
 
-struct ReplayInput: Decodable {
+package struct ReplayInput: Decodable {
     var ids: [String]
 }
 
 /// `GET /v1/event-types`.
-struct EventTypesView: Encodable {
+package struct EventTypesView: Encodable {
     struct Entry: Encodable {
         var eventType: String
         var count: Int
@@ -259,7 +259,7 @@ struct EventTypesView: Encodable {
 }
 
 /// The body of `PUT /v1/feed`.
-struct FeedInput: Decodable {
+package struct FeedInput: Decodable {
     var queue: String?
     var eventTypes: [String]?
     var format: MessageFormat?
@@ -276,7 +276,7 @@ struct FeedInput: Decodable {
 /// the project id, the same on every node and in every release (Swift's `Hasher` is seeded
 /// per process). A collision cannot hand one project another's feed: ids are looked up with
 /// their project, and a create over an existing id fails.
-enum FeedID {
+package enum FeedID {
     static func of(_ project: String) -> String {
         func fnv(_ basis: UInt64) -> UInt64 {
             var hash = basis
@@ -295,7 +295,7 @@ enum FeedID {
 }
 
 /// `POST /v1/subscriptions/{id}/test`: what the target said to the test event.
-struct TestEventResult: Encodable {
+package struct TestEventResult: Encodable {
     /// Zaqar took it (2xx).
     var delivered: Bool
     /// The test event's id (`herald.event_id`, or the CloudEvent's `id`): the message to look for.
@@ -316,7 +316,7 @@ struct TestEventResult: Encodable {
 
 /// The test event a user asks for: a `herald.test` notification, marked as such in its type,
 /// its publisher and its payload, in the subscription's format.
-enum TestEvent {
+package enum TestEvent {
     static func message(
         for subscription: Subscription, eventID: String, requestedBy user: String?, now: Date = Date()
     ) -> [UInt8] {
@@ -357,7 +357,7 @@ enum TestEvent {
     }
 }
 
-struct ReplayResult: Encodable {
+package struct ReplayResult: Encodable {
     struct Failure: Encodable {
         var id: String
         var reason: String
@@ -367,13 +367,13 @@ struct ReplayResult: Encodable {
     var failed: [Failure]
 }
 
-struct ReadinessBody: Encodable {
+package struct ReadinessBody: Encodable {
     var ready: Bool
     var checks: [String: Bool]
 }
 
 /// `GET /v1/policy`: the rules in force.
-struct PolicyView: Encodable {
+package struct PolicyView: Encodable {
     struct Rule: Encodable {
         var name: String
         var rule: String

@@ -1,6 +1,6 @@
 /// The OpenAPI 3.1 document served at `/v1/openapi.json`. `OpenAPITests` checks that it
 /// lists exactly the routes `HeraldAPI` serves and that each answers with a documented status.
-enum OpenAPIDocument {
+package enum OpenAPIDocument {
     static let json = #"""
         {
           "openapi": "3.1.0",

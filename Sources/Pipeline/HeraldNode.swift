@@ -2,6 +2,7 @@ import Coordination
 import Delivery
 import Foundation
 import HeraldModel
+import Identity
 import Logging
 import Messaging
 import Metrics
@@ -16,7 +17,7 @@ extension DeadLetterStore: DeadLetterSink {
 
 /// `herald_dead_letters_dropped_total{reason}`: older letters trimmed to keep within the budget
 /// (bounded labels: the reasons Herald knows, else `other`).
-enum DeadLetterMetrics {
+package enum DeadLetterMetrics {
     static let counters = Dictionary(
         uniqueKeysWithValues: (DeadLetter.Reason.allCases.map(\.rawValue) + ["other"]).map {
             ($0, Counter(label: "herald_dead_letters_dropped_total", dimensions: [("reason", $0)]))
@@ -42,7 +43,10 @@ enum DeadLetterMetrics {
 /// One cluster node, assembled: ingest, owned partitions, delivery, the registry
 /// watch, the coordinator. `start()` then `shutdown()` (SIGTERM): stop ingest,
 /// hand the partitions over (drain, ack, release), leave the group, close.
-final class HeraldNode: Sendable {
+package final class HeraldNode: Sendable {
+    /// Herald's version, as `herald --version` prints it and the membership records say.
+    package static let version = "0.1.0"
+
     let configuration: NodeConfiguration
     let coordinator: ClusterCoordinator
     let registry: SubscriptionRegistry
@@ -93,7 +97,7 @@ final class HeraldNode: Sendable {
             configuration: ClusterConfiguration(
                 nodeID: configuration.nodeID, keyPrefix: configuration.keyPrefix,
                 partitionCount: configuration.partitions,
-                address: "\(ProcessInfo.processInfo.hostName):\(configuration.apiPort)", version: Herald.version
+                address: "\(ProcessInfo.processInfo.hostName):\(configuration.apiPort)", version: Self.version
             ),
             redis: redis, logger: logger
         )
@@ -274,7 +278,7 @@ final class HeraldNode: Sendable {
                     nodeID: configuration.nodeID,
                     keyPrefix: IngestOwners.keyPrefix(configuration.keyPrefix, queues: queues),
                     partitionCount: queues.count,
-                    address: "\(ProcessInfo.processInfo.hostName):\(configuration.apiPort)", version: Herald.version
+                    address: "\(ProcessInfo.processInfo.hostName):\(configuration.apiPort)", version: Self.version
                 ),
                 redis: redisConfiguration, logger: ingestLogger
             )

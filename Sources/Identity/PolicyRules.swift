@@ -10,7 +10,7 @@ import Yams
 /// `rule:<name>`, `<credential>:<value>` where the value is a literal or `%(<target key>)s`
 /// (`project_id:%(project_id)s`, `user_id:%(trustor_id)s`), `system_scope:all`,
 /// `is_admin_project:True`, combined with `and`, `or`, `not` and parentheses.
-struct Policy: Sendable {
+package struct Policy: Sendable {
     /// Every operation Herald checks, with its default rule and what it guards.
     static let operations: [(name: String, rule: String, description: String)] = [
         (
@@ -76,7 +76,7 @@ struct Policy: Sendable {
     /// Which rules a file changed.
     private(set) var overridden: Set<String> = []
 
-    init() {
+    package init() {
         var rules: [String: PolicyRule] = [:]
         var texts: [String: String] = [:]
         for (name, text) in Self.building.map({ ($0.name, $0.rule) }) + Self.operations.map({ ($0.name, $0.rule) }) {
@@ -90,7 +90,7 @@ struct Policy: Sendable {
 
     /// The defaults with a file's rules over them.
     /// - Throws: `PolicyError` naming the file, the line and the rule (unknown names included).
-    static func load(path: String) throws -> Policy {
+    package static func load(path: String) throws -> Policy {
         let text: String
         do {
             text = try String(contentsOfFile: path, encoding: .utf8)
@@ -160,20 +160,20 @@ struct Policy: Sendable {
     }
 
     /// Whether `credentials` may do `operation` on `target`.
-    func allows(_ operation: String, credentials: PolicyCredentials, target: [String: String]) -> Bool {
+    package func allows(_ operation: String, credentials: PolicyCredentials, target: [String: String]) -> Bool {
         guard let rule = rules[operation] else { return false }
         return rule.holds(credentials, target, rules: rules, depth: 0)
     }
 
     /// The effective rules, for `GET /v1/policy` and `herald policy`.
-    var effective: [(name: String, rule: String, description: String, overridden: Bool)] {
+    package var effective: [(name: String, rule: String, description: String, overridden: Bool)] {
         Self.building.map { ($0.name, texts[$0.name] ?? $0.rule, "building block", overridden.contains($0.name)) }
             + Self.operations.map { ($0.name, texts[$0.name] ?? $0.rule, $0.description, overridden.contains($0.name)) }
     }
 }
 
 /// What a caller brings to a policy check (from the Keystone token, or the trusted headers).
-struct PolicyCredentials: Sendable, Equatable {
+package struct PolicyCredentials: Sendable, Equatable {
     var roles: Set<String>
     var projectID: String?
     var userID: String?
@@ -193,9 +193,9 @@ struct PolicyCredentials: Sendable, Equatable {
     }
 }
 
-struct PolicyError: Error, CustomStringConvertible, Sendable {
+package struct PolicyError: Error, CustomStringConvertible, Sendable {
     var message: String
-    var description: String { message }
+    package var description: String { message }
 }
 
 /// One parsed rule.
@@ -261,7 +261,7 @@ indirect enum PolicyRule: Sendable, Equatable {
 }
 
 /// oslo.policy's grammar: `or` binds loosest, then `and`, then `not`; parentheses group.
-struct PolicyParser {
+package struct PolicyParser {
     var tokens: [String]
     var position = 0
 

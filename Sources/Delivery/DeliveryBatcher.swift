@@ -73,7 +73,8 @@ public final class DeliveryBatcher: Sendable {
     private let state: Mutex<State>
     /// The buffered messages again, for `drain` to await (changed together with `state`, under its lock).
     private let buffered = InFlight()
-    private let origin = ContinuousClock.now
+    /// What lingers, circuits, retries and waits are timed by (a manual clock in tests).
+    private let clock: ElapsedClock
 
     /// One submission's messages, completed when the last of them is settled.
     final class Group: @unchecked Sendable {
@@ -169,11 +170,12 @@ public final class DeliveryBatcher: Sendable {
 
     /// - Throws: `DeliveryError.invalidConfiguration` naming the bad setting.
     /// - Parameter endpoints: the Zaqar endpoints the operator allows; nil allows every one (tests).
+    /// - Parameter clock: what lingers, circuit cooldowns, retry delays and Retry-After are timed by.
     public init(
         configuration: DeliveryConfiguration = DeliveryConfiguration(), zaqar: ZaqarClient,
         deadLetters: any DeadLetterSink, endpoints: ZaqarEndpoints? = nil,
         parking: (any DeliveryParking)? = nil, activity: (any DeliveryActivity)? = nil,
-        logger: Logger = Logger(label: "herald.delivery")
+        logger: Logger = Logger(label: "herald.delivery"), clock: ElapsedClock = .continuous
     ) throws {
         try configuration.validate()
         self.configuration = configuration
@@ -183,10 +185,11 @@ public final class DeliveryBatcher: Sendable {
         self.parking = parking
         self.activity = activity
         self.logger = logger
+        self.clock = clock
         self.state = Mutex(State())
     }
 
-    private func now() -> Duration { ContinuousClock.now - origin }
+    private func now() -> Duration { clock.now() }
 
     public var statistics: DeliveryStatistics { state.withLock { $0.statistics } }
 
@@ -443,7 +446,7 @@ public final class DeliveryBatcher: Sendable {
             case .idle:
                 return
             case .wait(let duration):
-                try? await Task.sleep(for: duration)
+                try? await clock.sleep(for: duration)
             case .send(let batch):
                 await send(batch, to: target)
                 release(batch)
@@ -519,7 +522,7 @@ public final class DeliveryBatcher: Sendable {
         let backoff = Backoff(base: configuration.retryBase, cap: configuration.retryCap)
         while true {
             if let wait = state.withLock({ $0.lanes[target]?.circuit.wait(now: now()) }) {
-                try? await Task.sleep(for: wait)
+                try? await clock.sleep(for: wait)
                 continue
             }
             var retryAfter: Duration?
@@ -609,7 +612,7 @@ public final class DeliveryBatcher: Sendable {
             }
             // Retry-After was read defensively and cut to a cap (TargetAnswer.retryAfter).
             let delay = retryAfter ?? backoff.delay(attempt: attempt - 1, using: &random)
-            try? await Task.sleep(for: delay)
+            try? await clock.sleep(for: delay)
         }
     }
 
@@ -664,7 +667,7 @@ public final class DeliveryBatcher: Sendable {
                                 "error": "\(error)", "herald.attempt": "\(attempt)",
                             ])
                     }
-                    try? await Task.sleep(
+                    try? await clock.sleep(
                         for: Backoff(base: .milliseconds(200), cap: .seconds(5)).delay(attempt: attempt, using: &random)
                     )
                 }
@@ -868,7 +871,7 @@ public final class DeliveryBatcher: Sendable {
                         "cannot store dead letters; holding them and retrying",
                         metadata: ["error": "\(error)", "delivery.count": "\(letters.count)"])
                 }
-                try? await Task.sleep(
+                try? await clock.sleep(
                     for: Backoff(base: .milliseconds(100), cap: .seconds(5)).delay(attempt: attempt, using: &random))
             }
         }

@@ -18,14 +18,17 @@ struct DeliveryHarness {
     let deadLetters: DeadLetterStore
     let zaqar: ZaqarClient
 
-    init(configuration: DeliveryConfiguration = DeliveryConfiguration(), requestTimeout: Duration = .seconds(10)) throws
-    {
+    init(
+        configuration: DeliveryConfiguration = DeliveryConfiguration(), requestTimeout: Duration = .seconds(10),
+        clock: ElapsedClock = .continuous
+    ) throws {
         let redis = try RedisClient(url: TestServers.redisURL())
         deadLetters = DeadLetterStore(redis: redis, keyPrefix: TestServers.uniqueName("herald-test.delivery") + ":")
         // Validated first: a client dropped without shutdown() traps in AsyncHTTPClient.
         try configuration.validate()
         zaqar = ZaqarClient(requestTimeout: requestTimeout)
-        batcher = try DeliveryBatcher(configuration: configuration, zaqar: zaqar, deadLetters: deadLetters)
+        batcher = try DeliveryBatcher(
+            configuration: configuration, zaqar: zaqar, deadLetters: deadLetters, clock: clock)
     }
 
     static func messages(
@@ -156,15 +159,22 @@ extension RedisBackedDeliveryTests {
             await harness.shutdown()
         }
 
-        @Test("429 with Retry-After waits as told")
+        @Test("429 with Retry-After waits as told, on the batcher's clock")
         func retryAfter() async throws {
             let sink = try await HostileZaqar { $0.index == 1 ? .status(429, retryAfter: 1) : .accept }
-            let harness = try DeliveryHarness(configuration: fastRetries())
+            let clock = ManualClock()
+            let harness = try DeliveryHarness(configuration: fastRetries(), clock: ElapsedClock(clock))
             let target = ZaqarTarget(baseURL: sink.url, project: "p", queue: "q")
-            let started = ContinuousClock.now
-            let outcome = await harness.batcher.deliver(DeliveryHarness.messages(3, to: target))
+            let delivering = Task { await harness.batcher.deliver(DeliveryHarness.messages(3, to: target)) }
+            try await clock.waitForSleepers()
+            #expect(clock.requested == [.seconds(1)], "Retry-After: 1, not the backoff's delay")
+            clock.advance(by: .milliseconds(999))
+            #expect(clock.sleepers == 1, "still waiting a millisecond before the time it was told")
+            #expect(sink.totalRequests == 1)
+            clock.advance(by: .milliseconds(1))
+            let outcome = await delivering.value
             #expect(outcome.delivered == 3)
-            #expect(ContinuousClock.now - started >= .milliseconds(950), "Retry-After: 1 was honoured")
+            #expect(sink.totalRequests == 2)
             await sink.close()
             await harness.shutdown()
         }
@@ -181,30 +191,42 @@ extension RedisBackedDeliveryTests {
             await harness.shutdown()
         }
 
-        @Test("the circuit opens after repeated failures and closes after a good probe")
+        @Test(
+            "the circuit opens after repeated failures, sends nothing for its cooldown, and closes after a good probe")
         func circuit() async throws {
             let failing = Counter()
             let sink = try await HostileZaqar { _ in failing.value == 0 ? .status(503) : .accept }
             var configuration = fastRetries()
             configuration.circuitThreshold = 3
-            configuration.circuitCooldown = .milliseconds(300)
+            configuration.circuitCooldown = .seconds(30)
             configuration.maxAttempts = 100
-            let harness = try DeliveryHarness(configuration: configuration)
+            let clock = ManualClock()
+            let harness = try DeliveryHarness(configuration: configuration, clock: ElapsedClock(clock))
             let target = ZaqarTarget(baseURL: sink.url, project: "p", queue: "q")
-            let task = Task { await harness.batcher.deliver(DeliveryHarness.messages(5, to: target)) }
-            try await eventually {
-                guard case .open = harness.batcher.circuit(for: target) else {
-                    throw DeliveryError(.closed, "circuit not open yet")
-                }
+            let delivering = Task { await harness.batcher.deliver(DeliveryHarness.messages(5, to: target)) }
+            // Each failure waits its backoff on the clock: moved past each until the third opens the circuit.
+            try await clock.waitForSleepers()
+            while true {
+                if case .open = harness.batcher.circuit(for: target) { break }
+                clock.advance(by: clock.requested.last ?? .zero)
+                try await clock.waitForSleepers()
             }
-            let requestsWhileOpen = sink.totalRequests
-            try await Task.sleep(for: .milliseconds(150))
-            #expect(sink.totalRequests == requestsWhileOpen, "nothing is sent while the circuit is open")
+            #expect(sink.totalRequests == 3)
+            // The backoff after the third failure, then the rest of the cooldown: 30 s from the failure.
+            let backoff = clock.requested.last ?? .zero
+            clock.advance(by: backoff)
+            try await clock.waitForSleepers()
+            #expect(clock.requested.last == .seconds(30) - backoff, "\(clock.requested)")
+            clock.advance(by: .seconds(30) - backoff - .milliseconds(1))
+            #expect(clock.sleepers == 1)
+            #expect(sink.totalRequests == 3, "nothing is sent while the circuit is open")
             failing.increment()
-            let outcome = await task.value
+            clock.advance(by: .milliseconds(1))
+            let outcome = await delivering.value
             #expect(outcome.delivered == 5)
+            #expect(sink.totalRequests == 4, "one probe, which closes it")
             #expect(harness.batcher.circuit(for: target) == .closed)
-            #expect(harness.batcher.statistics.circuitOpenings >= 1)
+            #expect(harness.batcher.statistics.circuitOpenings == 1)
             await sink.close()
             await harness.shutdown()
         }

@@ -204,7 +204,10 @@ public final class SubscriptionRegistry: Sendable {
     /// has not taken yet are merged, so a slow consumer gets one update with every change since
     /// it last looked. The watch keeps no subscriptions of its own. Ends when the consumer stops
     /// iterating.
-    public func watch(poll: Duration = .seconds(1)) -> RegistryWatch {
+    /// - Parameters:
+    ///   - poll: how often the version is read, the safety net for lost notices.
+    ///   - clock: what the poll is timed by (a manual clock in tests).
+    public func watch(poll: Duration = .seconds(1), clock: ElapsedClock = .continuous) -> RegistryWatch {
         let pending = RegistryWatch.Pending()
         let (wakes, wake) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
         let (changes, changed) = AsyncStream.makeStream(
@@ -221,7 +224,7 @@ public final class SubscriptionRegistry: Sendable {
         }
         let poller = Task {
             while !Task.isCancelled {
-                try? await Task.sleep(for: poll)
+                try? await clock.sleep(for: poll)
                 changed.yield(.poll)
             }
         }

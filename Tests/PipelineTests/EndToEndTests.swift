@@ -85,7 +85,7 @@ extension PipelineSuites {
         static let projects = ["p1", "p2", "p3"]
 
         var notificationCount: Int {
-            Int(ProcessInfo.processInfo.environment["HERALD_E2E_NOTIFICATIONS"] ?? "") ?? 20_000
+            Int(ProcessInfo.processInfo.environment["HERALD_E2E_NOTIFICATIONS"] ?? "") ?? 10_000
         }
 
         @Test(

@@ -73,6 +73,16 @@ let package = Package(
             name: "ChildProcesses",
             swiftSettings: swiftSettings
         ),
+        // The Zaqar-like HTTP server the tests and the benchmarks share: real HTTP, scripted answers.
+        .target(
+            name: "ZaqarSink",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .target(
             name: "HeraldModel",
             swiftSettings: swiftSettings
@@ -213,6 +223,7 @@ let package = Package(
             name: "HeraldBench",
             dependencies: [
                 "ChildProcesses",
+                "ZaqarSink",
                 "Coordination",
                 "Notifications",
                 "Routing",
@@ -236,6 +247,7 @@ let package = Package(
             name: "TestSupport",
             dependencies: [
                 "ChildProcesses",
+                "ZaqarSink",
                 "HeraldModel",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -6,6 +6,7 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 import Synchronization
+import ZaqarSink
 
 /// `herald-bench delivery`: messages/s into a real Zaqar at fixed batch sizes (1 is
 /// the seed service's one POST per event) and with the batcher's automatic
@@ -37,11 +38,11 @@ struct DeliveryBenchmark: AsyncParsableCommand {
             label: "zaqar, automatic", url: zaqarURL, project: project, count: messages, batch: nil, separately: true,
             baseline: one)
         print(String(format: "  automatic / batch 1 = %.1fx   (goal >= 10x)", auto / one))
-        let sink = try await InstantSink.start()
+        let sink = try await ZaqarSink.instant()
         _ = try await measure(
             label: "instant sink, automatic", url: sink.url, project: project, count: messages * 5, batch: nil,
             separately: true, baseline: one)
-        await sink.stop()
+        await sink.close()
     }
 
     /// Delivers `count` messages into a fresh queue; `batch` fixes the batch size (nil: the defaults),
@@ -126,36 +127,9 @@ final class BenchTally: @unchecked Sendable {
     }
 }
 
-/// An HTTP server on 127.0.0.1 that answers every request 201 at once: what Herald can push when the target costs nothing.
-struct InstantSink {
-    let channel: any Channel
-    var url: String { "http://127.0.0.1:\(channel.localAddress!.port!)" }
-
-    static func start() async throws -> InstantSink {
-        let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
-            .childChannelInitializer { channel in
-                channel.pipeline.configureHTTPServerPipeline().flatMap { channel.pipeline.addHandler(Created()) }
-            }
-            .bind(host: "127.0.0.1", port: 0).get()
-        return InstantSink(channel: channel)
-    }
-
-    func stop() async { try? await channel.close() }
-
-    final class Created: ChannelInboundHandler, Sendable {
-        typealias InboundIn = HTTPServerRequestPart
-        typealias OutboundOut = HTTPServerResponsePart
-
-        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-            guard case .end = unwrapInboundIn(data) else { return }
-            var headers = HTTPHeaders()
-            headers.add(name: "Content-Length", value: "2")
-            context.write(
-                wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .created, headers: headers))),
-                promise: nil)
-            context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: "{}")))), promise: nil)
-            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
-        }
+extension ZaqarSink {
+    /// A sink that answers every request 201 at once: what Herald can push when the target costs nothing.
+    static func instant() async throws -> ZaqarSink {
+        try await ZaqarSink { _ in .accept }
     }
 }

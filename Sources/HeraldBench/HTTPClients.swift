@@ -6,6 +6,7 @@ import Foundation
 import HeraldModel
 import NIOCore
 import Synchronization
+import ZaqarSink
 
 /// `herald-bench http-clients`: CPU per request of a plain AsyncHTTPClient (NIO's event loops,
 /// what Herald's Zaqar client used before) against libcurl's multi interface on a thread of its
@@ -196,7 +197,7 @@ struct InstantSinkCommand: AsyncParsableCommand {
         shouldDisplay: false)
 
     func run() async throws {
-        let sink = try await InstantSink.start()
+        let sink = try await ZaqarSink.instant()
         print(sink.url)
         fflush(nil)
         // Blocking reads of stdin, off the cooperative pool.
@@ -206,7 +207,7 @@ struct InstantSinkCommand: AsyncParsableCommand {
                 continuation.resume()
             }.start()
         }
-        await sink.stop()
+        await sink.close()
     }
 }
 

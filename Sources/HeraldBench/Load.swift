@@ -10,6 +10,7 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 import Synchronization
+import ZaqarSink
 
 /// `herald-bench load`: open-loop load through the real brokers into N `herald node` processes
 /// and a built-in Zaqar-compatible sink, with scenario events at given times; writes a JSON
@@ -619,7 +620,7 @@ final class DeliveryRecorder: Sendable {
     }
 }
 
-/// A Zaqar-compatible sink on 127.0.0.1: takes `POST /v2/queues/{q}/messages`, records each
+/// The load harness's Zaqar (a `ZaqarSink`): takes `POST /v2/queues/{q}/messages`, records each
 /// message's subscription and event, answers 201 (or 503 while failing, late while stalled).
 /// With an upstream (a real Zaqar) it forwards each request there and records its messages
 /// when Zaqar answered 201, passing Zaqar's answer back to the node.
@@ -635,7 +636,7 @@ final class RecordingSink: Sendable {
     enum ProjectFault: Sendable { case failing, slow }
 
     /// How long a slow target takes to answer.
-    static let slowAnswer: TimeAmount = .seconds(5)
+    static let slowAnswer: Duration = .seconds(5)
 
     /// A real Zaqar the sink forwards to.
     struct Upstream: Sendable {
@@ -643,36 +644,36 @@ final class RecordingSink: Sendable {
         let client: HTTPClient
     }
 
-    let channel: any Channel
-    let upstream: Upstream?
-    private let recorderBox = Mutex<DeliveryRecorder?>(nil)
-    private let mode = Atomic<Int>(0)
-    private let projectFaults = Mutex<[String: ProjectFault]>([:])
-    /// Forwarded requests Zaqar refused (or the sink could not forward: 502), by status.
-    let refused = Mutex<[Int: Int]>([:])
-    var url: String { "http://127.0.0.1:\(channel.localAddress!.port!)" }
+    /// What the sink's script reads and records, shared with it by reference.
+    final class Books: Sendable {
+        let recorder = Mutex<DeliveryRecorder?>(nil)
+        let mode = Atomic<Int>(0)
+        let projectFaults = Mutex<[String: ProjectFault]>([:])
+        /// Forwarded requests Zaqar refused (or the sink could not forward: 502), by status.
+        let refused = Mutex<[Int: Int]>([:])
 
-    private init(channel: any Channel, upstream: Upstream?) {
-        self.channel = channel
+        var current: Mode { Mode(rawValue: mode.load(ordering: .relaxed)) ?? .normal }
+    }
+
+    private let server: ZaqarSink
+    private let books: Books
+    let upstream: Upstream?
+    /// Forwarded requests Zaqar refused (or the sink could not forward: 502), by status.
+    var refusedByStatus: [Int: Int] { books.refused.withLock { $0 } }
+    var url: String { server.url }
+
+    private init(server: ZaqarSink, books: Books, upstream: Upstream?) {
+        self.server = server
+        self.books = books
         self.upstream = upstream
     }
 
     /// Where deliveries are recorded from now on (before: answered, not recorded).
-    func use(_ recorder: DeliveryRecorder) { recorderBox.withLock { $0 = recorder } }
-    var recorder: DeliveryRecorder? { recorderBox.withLock { $0 } }
+    func use(_ recorder: DeliveryRecorder) { books.recorder.withLock { $0 = recorder } }
+    var recorder: DeliveryRecorder? { books.recorder.withLock { $0 } }
 
     /// `upstream`: a Zaqar URL to forward to (nil: answer 201 at once).
     static func start(upstream url: String? = nil) async throws -> RecordingSink {
-        let box = Mutex<RecordingSink?>(nil)
-        let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
-            .serverChannelOption(ChannelOptions.backlog, value: 256)
-            .childChannelInitializer { channel in
-                channel.pipeline.configureHTTPServerPipeline().flatMap {
-                    channel.pipeline.addHandler(Handler(sink: { box.withLock { $0 } }))
-                }
-            }
-            .bind(host: "127.0.0.1", port: 0).get()
         let upstream = url.map { url in
             var configuration = HTTPClient.Configuration()
             configuration.connectionPool = .init(
@@ -681,152 +682,89 @@ final class RecordingSink: Sendable {
                 url: url.hasSuffix("/") ? String(url.dropLast()) : url,
                 client: HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration))
         }
-        let sink = RecordingSink(channel: channel, upstream: upstream)
-        box.withLock { $0 = sink }
-        return sink
+        let books = Books()
+        // During a zaqar-outage every new connection is closed at once, and every request on an open one.
+        let server = try await ZaqarSink(accepting: { books.current != .down }) { request in
+            if books.current == .down { return .reset }
+            switch request.project.flatMap({ project in books.projectFaults.withLock { $0[project] } }) {
+            case .failing:
+                return .answer(
+                    status: 503, headers: ["Content-Type": "application/json"],
+                    body:
+                        #"{"title": "Service Unavailable", "description": "this project's target is failing on purpose"}"#
+                )
+            case .slow:
+                return .later {
+                    try? await Task.sleep(for: slowAnswer)
+                    return await take(request, books: books, upstream: upstream)
+                }
+            case nil:
+                break
+            }
+            switch books.current {
+            case .failing:
+                return .answer(
+                    status: 503, headers: ["Content-Type": "application/json"],
+                    body: #"{"title": "Service Unavailable", "description": "the load sink is failing on purpose"}"#)
+            case .stalling:
+                // Held back until the stall ends, then taken.
+                return .later {
+                    while books.current == .stalling { try? await Task.sleep(for: .milliseconds(50)) }
+                    return await take(request, books: books, upstream: upstream)
+                }
+            case .normal, .down:
+                guard upstream != nil else { return take(request, books: books) }
+                return .later { await take(request, books: books, upstream: upstream) }
+            }
+        }
+        return RecordingSink(server: server, books: books, upstream: upstream)
     }
 
-    func set(_ newMode: Mode) { mode.store(newMode.rawValue, ordering: .relaxed) }
-    func set(_ fault: ProjectFault?, project: String) { projectFaults.withLock { $0[project] = fault } }
-    func fault(project: String?) -> ProjectFault? {
-        project.flatMap { project in projectFaults.withLock { $0[project] } }
-    }
-    var current: Mode { Mode(rawValue: mode.load(ordering: .relaxed)) ?? .normal }
+    func set(_ newMode: Mode) { books.mode.store(newMode.rawValue, ordering: .relaxed) }
+    func set(_ fault: ProjectFault?, project: String) { books.projectFaults.withLock { $0[project] = fault } }
+    var current: Mode { books.current }
 
     func stop() async {
-        try? await channel.close()
+        await server.close()
         try? await upstream?.client.shutdown()
     }
 
-    final class Handler: ChannelInboundHandler, @unchecked Sendable {
-        typealias InboundIn = HTTPServerRequestPart
-        typealias OutboundOut = HTTPServerResponsePart
-        let sink: @Sendable () -> RecordingSink?
-        var head: HTTPRequestHead?
-        var body = ByteBuffer()
+    /// Records and answers 201.
+    private static func take(_ request: ZaqarSink.Request, books: Books) -> ZaqarSink.Answer {
+        books.recorder.withLock { $0 }?.record(request.body, now: DispatchTime.now().uptimeNanoseconds)
+        return .accept
+    }
 
-        init(sink: @escaping @Sendable () -> RecordingSink?) { self.sink = sink }
-
-        /// During a zaqar-outage every new connection is closed at once.
-        func channelActive(context: ChannelHandlerContext) {
-            if sink()?.current == .down {
-                context.close(promise: nil)
-                return
-            }
-            context.fireChannelActive()
+    /// Records and answers 201, or forwards to Zaqar and records what Zaqar took.
+    private static func take(
+        _ request: ZaqarSink.Request, books: Books, upstream: Upstream?
+    ) async
+        -> ZaqarSink.Answer
+    {
+        guard let upstream else { return take(request, books: books) }
+        var forwarded = HTTPClientRequest(url: upstream.url + request.uri)
+        forwarded.method = request.method
+        forwarded.headers = request.headers
+        for name in ["Host", "Content-Length", "Connection", "Transfer-Encoding"] {
+            forwarded.headers.remove(name: name)
         }
-
-        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-            switch unwrapInboundIn(data) {
-            case .head(let requestHead):
-                head = requestHead
-                body.clear()
-            case .body(var chunk): body.writeBuffer(&chunk)
-            case .end:
-                guard let sink = sink(), let head else { return }
-                if sink.current == .down {
-                    context.close(promise: nil)
-                    return
-                }
-                switch sink.fault(project: head.headers.first(name: "X-Project-ID")) {
-                case .failing:
-                    respond(
-                        context, status: .serviceUnavailable,
-                        text:
-                            #"{"title": "Service Unavailable", "description": "this project's target is failing on purpose"}"#
-                    )
-                    return
-                case .slow:
-                    let body = body
-                    let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
-                    let contextBox = NIOLoopBound(context, eventLoop: context.eventLoop)
-                    context.eventLoop.scheduleTask(in: RecordingSink.slowAnswer) {
-                        handler.value.take(contextBox.value, head: head, body: body, sink: sink)
-                    }
-                    return
-                case nil:
-                    break
-                }
-                switch sink.current {
-                case .failing:
-                    respond(
-                        context, status: .serviceUnavailable,
-                        text: #"{"title": "Service Unavailable", "description": "the load sink is failing on purpose"}"#
-                    )
-                case .stalling:
-                    // Held back until the stall ends, then taken.
-                    let body = body
-                    let loop = context.eventLoop
-                    let handler = NIOLoopBound(self, eventLoop: loop)
-                    let contextBox = NIOLoopBound(context, eventLoop: loop)
-                    @Sendable func retry() {
-                        if sink.current == .stalling {
-                            loop.scheduleTask(in: .milliseconds(50)) { retry() }
-                        } else {
-                            handler.value.take(contextBox.value, head: head, body: body, sink: sink)
-                        }
-                    }
-                    retry()
-                case .normal, .down:
-                    take(context, head: head, body: body, sink: sink)
-                }
+        forwarded.body = .bytes(request.body)
+        do {
+            let response = try await upstream.client.execute(forwarded, timeout: .seconds(60))
+            let body = try await response.body.collect(upTo: 1 << 20)
+            if response.status == .created {
+                books.recorder.withLock { $0 }?.record(request.body, now: DispatchTime.now().uptimeNanoseconds)
+            } else {
+                books.refused.withLock { $0[Int(response.status.code), default: 0] += 1 }
             }
-        }
-
-        /// Records and answers 201, or forwards to Zaqar and records what Zaqar took.
-        func take(_ context: ChannelHandlerContext, head: HTTPRequestHead, body: ByteBuffer, sink: RecordingSink) {
-            guard let upstream = sink.upstream else {
-                sink.recorder?.record(body, now: DispatchTime.now().uptimeNanoseconds)
-                respond(context, status: .created, text: #"{"resources": []}"#)
-                return
-            }
-            var headers = head.headers
-            for name in ["Host", "Content-Length", "Connection", "Transfer-Encoding"] { headers.remove(name: name) }
-            let loop = context.eventLoop
-            let handler = NIOLoopBound(self, eventLoop: loop)
-            let contextBox = NIOLoopBound(context, eventLoop: loop)
-            do {
-                let request = try HTTPClient.Request(
-                    url: upstream.url + head.uri, method: head.method, headers: headers, body: .byteBuffer(body))
-                upstream.client.execute(request: request, eventLoop: .delegate(on: loop)).hop(to: loop).whenComplete {
-                    result in
-                    switch result {
-                    case .success(let response):
-                        if response.status == .created {
-                            sink.recorder?.record(body, now: DispatchTime.now().uptimeNanoseconds)
-                        } else {
-                            sink.refused.withLock { $0[Int(response.status.code), default: 0] += 1 }
-                        }
-                        handler.value.respond(
-                            contextBox.value, status: response.status,
-                            text: response.body.map { String(buffer: $0) } ?? "")
-                    case .failure(let error):
-                        sink.refused.withLock { $0[502, default: 0] += 1 }
-                        handler.value.respond(
-                            contextBox.value, status: .badGateway,
-                            text:
-                                #"{"title": "Bad Gateway", "description": "the load sink could not reach Zaqar: \#(error)"}"#
-                        )
-                    }
-                }
-            } catch {
-                respond(
-                    context, status: .badRequest,
-                    text:
-                        #"{"title": "Bad Request", "description": "the load sink cannot forward \#(head.uri): \#(error)"}"#
-                )
-            }
-        }
-
-        func respond(_ context: ChannelHandlerContext, status: HTTPResponseStatus, text: String) {
-            var headers = HTTPHeaders()
-            headers.add(name: "Content-Type", value: "application/json")
-            headers.add(name: "Content-Length", value: "\(text.utf8.count)")
-            context.write(
-                wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))),
-                promise: nil)
-            context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: text)))), promise: nil)
-            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+            return .answer(
+                status: Int(response.status.code), headers: ["Content-Type": "application/json"],
+                body: String(buffer: body))
+        } catch {
+            books.refused.withLock { $0[502, default: 0] += 1 }
+            return .answer(
+                status: 502, headers: ["Content-Type": "application/json"],
+                body: #"{"title": "Bad Gateway", "description": "the load sink could not reach Zaqar: \#(error)"}"#)
         }
     }
 }

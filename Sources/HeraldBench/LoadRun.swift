@@ -453,7 +453,7 @@ final class LoadRun: @unchecked Sendable {
                 url: zaqarURL, storedBefore: storedBefore, storedAfter: await zaqarStored(subscriptions, url: zaqarURL),
                 accepted: accepted,
                 refusedByStatus: Dictionary(
-                    uniqueKeysWithValues: sink!.refused.withLock { $0 }.map { ("\($0.key)", $0.value) }))
+                    uniqueKeysWithValues: sink!.refusedByStatus.map { ("\($0.key)", $0.value) }))
         }
         let deadLetters = await deadLetterCount() - deadLettersBefore
         _ = await sampler.value

@@ -172,6 +172,7 @@ package final class HeraldNode: Sendable {
         _ = await applyNext()
         Self.returnFreedMemory()
         flags.withLock { $0.registryLoaded = true }
+        // The node's loops are held in `Parts` and ended by `shutdown` (see `Parts`).
         let watcher = Task { [logger] in
             while let applied = await applyNext() {
                 Self.returnFreedMemory()

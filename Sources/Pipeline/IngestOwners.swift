@@ -90,6 +90,7 @@ package final class IngestOwners: Sendable {
         let started = running.withLock { running -> Bool in
             // Checked under the lock `shutdown` lists the running ones under, after it set `stopping`.
             guard running[index] == nil, !stopping.load(ordering: .relaxed) else { return false }
+            // Held in `running`; awaited by `stop(_:)` (a lost lease, a shutdown).
             let task = Task { [logger] in
                 do { try await service.run() } catch {
                     logger.error("ingest stopped", metadata: ["amqp.queue": "\(service.queue)", "error": "\(error)"])

@@ -492,6 +492,7 @@ package final class IngestService: Sendable {
         let consumer = try await consuming.consume(queue, prefetch: configuration.ingestPrefetch)
         self.consumer.withLock { $0 = consumer }
         if stopped.load(ordering: .relaxed) { try? await consumer.cancel() }
+        // Only watches the consumer; cancelled when this returns (it holds nothing to hand back).
         let watchdog = Task { await watch(consumer) }
         defer { watchdog.cancel() }
         // Confirms are awaited in order on a second task, so publishing never waits for them.
@@ -548,6 +549,7 @@ package final class IngestService: Sendable {
             if refused.isEmpty { consuming.ack(delivery) }
             return (refused, nack)
         }
+        // Acks in publish order as the confirms come. Awaited below, before the retrier is stopped.
         let acker = Task {
             for await (sequence, delivery, tickets) in pending {
                 let (refused, nack) = await settle(delivery, tickets)
@@ -868,6 +870,7 @@ package final class PartitionOwners: Sendable {
             configuration.names.partitionQueue(partition), prefetch: configuration.partitionPrefetch)
         let owned = Owned(epoch: epoch, channel: channel, consumer: consumer)
         self.owned.withLock { $0[partition] = owned }
+        // The partition's consumer loop, held in `owned.task`; awaited by `stop(_:drain:)` once its consumer is cancelled.
         let task = Task {
             do {
                 // One taken before a reconnect comes again on the new connection: delivering it now

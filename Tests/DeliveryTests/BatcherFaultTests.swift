@@ -125,7 +125,7 @@ extension RedisBackedDeliveryTests {
 
         @Test("a 400 is narrowed down to the one message Zaqar refuses, which is dead-lettered once")
         func poisonMessage() async throws {
-            let sink = try await HostileZaqar { $0.body.contains("poison") ? .status(400) : .accept }
+            let sink = try await HostileZaqar { $0.text.contains("poison") ? .status(400) : .accept }
             let harness = try DeliveryHarness(configuration: fastRetries())
             let target = ZaqarTarget(baseURL: sink.url, project: "p", queue: "q")
             var messages = DeliveryHarness.messages(20, to: target)

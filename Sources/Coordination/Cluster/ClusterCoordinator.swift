@@ -124,6 +124,7 @@ public final class ClusterCoordinator: Sendable {
         control.withLock { $0.metadata = metadata }
         try await beat()
         let events = subscriber.subscribe(to: [prefix + "events"])
+        // Held in `control.watcher`; cancelled by `stopLoop` (leave, abandon).
         let watcher = Task { [weak self] in
             for await event in events {
                 guard let self else { return }

@@ -213,6 +213,7 @@ public final class SubscriptionRegistry: Sendable {
         let (changes, changed) = AsyncStream.makeStream(
             of: RegistryChange.self, bufferingPolicy: .bufferingNewest(1024))
         let notices = subscriber.subscribe(to: [prefix + "subs:changed"])
+        // The watch's three tasks are cancelled together by `stop()` below, when its consumer goes.
         let listener = Task {
             for await event in notices {
                 switch event {

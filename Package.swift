@@ -232,6 +232,7 @@ let package = Package(
                 "HeraldModel",
                 "CBaseline",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
+                .product(name: "MetricsTestKit", package: "swift-metrics"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -316,6 +317,7 @@ let package = Package(
             name: "DeliveryTests",
             dependencies: [
                 "Delivery", "Coordination", "HeraldModel", "TestSupport",
+                .product(name: "MetricsTestKit", package: "swift-metrics"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

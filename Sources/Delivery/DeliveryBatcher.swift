@@ -2,6 +2,7 @@ import DequeModule
 import Foundation
 import HeraldModel
 import Logging
+import Metrics
 import Synchronization
 
 /// Where dead letters go (a capped Redis stream in production: Coordination's `DeadLetterStore`).
@@ -25,16 +26,9 @@ public struct DeliveryOutcome: Sendable, Equatable {
 }
 
 /// Counters for metrics and tests.
+/// What the batcher holds, now and at most. Its counts (requests, deliveries, retries, dead
+/// letters, parked messages, circuit openings) are metrics, kept once (`DeliveryMetrics`).
 public struct DeliveryStatistics: Sendable {
-    public var requests = 0
-    public var delivered = 0
-    public var retries = 0
-    public var deadLettered: [DeadLetter.Reason: Int] = [:]
-    /// Messages moved into parking.
-    public var parked = 0
-    /// How many requests carried each batch size (bounded by the batch limit).
-    public var batchSizes: [Int: Int] = [:]
-    public var circuitOpenings = 0
     /// Messages held now (queued or in flight), and the most ever held at once.
     public var bufferedMessages = 0
     public var bufferedBytes = 0
@@ -75,6 +69,7 @@ public final class DeliveryBatcher: Sendable {
     private let buffered = InFlight()
     /// What lingers, circuits, retries and waits are timed by (a manual clock in tests).
     private let clock: ElapsedClock
+    private let metrics: DeliveryMetrics
 
     /// One submission's messages, completed when the last of them is settled.
     final class Group: @unchecked Sendable {
@@ -171,11 +166,13 @@ public final class DeliveryBatcher: Sendable {
     /// - Throws: `DeliveryError.invalidConfiguration` naming the bad setting.
     /// - Parameter endpoints: the Zaqar endpoints the operator allows; nil allows every one (tests).
     /// - Parameter clock: what lingers, circuit cooldowns, retry delays and Retry-After are timed by.
+    /// - Parameter metrics: where the counts go (the process's backend; a test's to read them).
     public init(
         configuration: DeliveryConfiguration = DeliveryConfiguration(), zaqar: ZaqarClient,
         deadLetters: any DeadLetterSink, endpoints: ZaqarEndpoints? = nil,
         parking: (any DeliveryParking)? = nil, activity: (any DeliveryActivity)? = nil,
-        logger: Logger = Logger(label: "herald.delivery"), clock: ElapsedClock = .continuous
+        logger: Logger = Logger(label: "herald.delivery"), clock: ElapsedClock = .continuous,
+        metrics: any MetricsFactory = MetricsSystem.factory
     ) throws {
         try configuration.validate()
         self.configuration = configuration
@@ -186,6 +183,7 @@ public final class DeliveryBatcher: Sendable {
         self.activity = activity
         self.logger = logger
         self.clock = clock
+        self.metrics = DeliveryMetrics(factory: metrics)
         self.state = Mutex(State())
     }
 
@@ -576,13 +574,12 @@ public final class DeliveryBatcher: Sendable {
             let opened = state.withLock { state -> Bool in
                 let wasOpen = state.lanes[target]?.circuit.isOpen ?? false
                 state.lanes[target]?.circuit.failed(now: now())
-                state.statistics.retries += 1
-                DeliveryMetrics.retries.increment()
                 let isOpen = state.lanes[target]?.circuit.isOpen ?? false
-                if isOpen && !wasOpen { state.statistics.circuitOpenings += 1 }
                 return isOpen && !wasOpen
             }
+            metrics.retries.increment()
             if opened {
+                metrics.circuitOpenings.increment()
                 logger.warning(
                     "circuit opened for a Zaqar target", metadata: ["zaqar.target": "\(target)", "error": "\(failure)"])
             }
@@ -682,8 +679,7 @@ public final class DeliveryBatcher: Sendable {
                 }
                 continue
             }
-            state.withLock { $0.statistics.parked += messages.count }
-            DeliveryMetrics.parked.increment(by: messages.count)
+            metrics.parked.increment(by: messages.count)
             settle(messages) { $0.parked += 1 }
         }
         return unparked
@@ -772,14 +768,10 @@ public final class DeliveryBatcher: Sendable {
         return messages.map { Pending(message: $0, size: $0.body.count + 1, group: group, enqueuedAt: enqueuedAt) }
     }
 
-    /// A request about to go to a target, in the statistics and the metrics.
+    /// A request about to go to a target, in the metrics.
     private func countRequest(of size: Int) {
-        state.withLock {
-            $0.statistics.requests += 1
-            $0.statistics.batchSizes[size, default: 0] += 1
-        }
-        DeliveryMetrics.requests.increment()
-        DeliveryMetrics.batchSize.record(size)
+        metrics.requests.increment()
+        metrics.batchSize.record(size)
     }
 
     /// Dead-letters the batch when the target's pre-signed URL (and no trust) has expired: true then.
@@ -814,7 +806,6 @@ public final class DeliveryBatcher: Sendable {
 
     /// Settles messages and runs the completions of groups that are now whole.
     private func complete(_ batch: [Pending], delivered: Bool) {
-        if delivered { state.withLock { $0.statistics.delivered += batch.count } }
         if let activity {
             let subscriptions = batch.map(\.message.subscriptionID)
             if delivered { activity.delivered(subscriptions) } else { activity.deadLettered(subscriptions) }
@@ -823,9 +814,9 @@ public final class DeliveryBatcher: Sendable {
             if delivered { outcome.delivered += 1 } else { outcome.deadLettered += 1 }
         }
         if delivered {
-            DeliveryMetrics.delivered.increment(by: batch.count)
+            metrics.delivered.increment(by: batch.count)
             let now = now()
-            for pending in batch { DeliveryMetrics.latency.recordNanoseconds((now - pending.enqueuedAt).nanoseconds) }
+            for pending in batch { metrics.latency.recordNanoseconds((now - pending.enqueuedAt).nanoseconds) }
         }
     }
 
@@ -875,8 +866,7 @@ public final class DeliveryBatcher: Sendable {
                     for: Backoff(base: .milliseconds(100), cap: .seconds(5)).delay(attempt: attempt, using: &random))
             }
         }
-        state.withLock { $0.statistics.deadLettered[reason, default: 0] += batch.count }
-        DeliveryMetrics.deadLettered(reason).increment(by: batch.count)
+        metrics.deadLettered(reason).increment(by: batch.count)
         if let activity, let first = batch.first {
             activity.failed(
                 Set(batch.map(\.message.subscriptionID)), error: "dead-lettered (\(reason.rawValue)): \(detail(first))")

@@ -2,6 +2,7 @@ import ArgumentParser
 import Delivery
 import Foundation
 import HeraldModel
+import MetricsTestKit
 import NIOCore
 import NIOHTTP1
 import NIOPosix
@@ -57,7 +58,9 @@ struct DeliveryBenchmark: AsyncParsableCommand {
         }
         let sink = CountingDeadLetters()
         let zaqar = ZaqarClient(requestTimeout: .seconds(30))
-        let batcher = try DeliveryBatcher(configuration: configuration, zaqar: zaqar, deadLetters: sink)
+        let counts = TestMetrics()
+        let batcher = try DeliveryBatcher(
+            configuration: configuration, zaqar: zaqar, deadLetters: sink, metrics: counts)
         let target = ZaqarTarget(
             baseURL: url, project: project, queue: "bench-" + UUID().uuidString.prefix(8).lowercased())
         let pad = String(repeating: "x", count: max(0, size - 120))
@@ -92,7 +95,7 @@ struct DeliveryBenchmark: AsyncParsableCommand {
         let rate = Double(count) / seconds
         let ratio = baseline.map { String(format: "%6.1fx", rate / $0) } ?? "     -"
         print(
-            "  \(label.padding(toLength: 24, withPad: " ", startingAt: 0)) \(String(format: "%8d   %8.0f   %@", count, rate, ratio))  (\(batcher.statistics.requests) requests)"
+            "  \(label.padding(toLength: 24, withPad: " ", startingAt: 0)) \(String(format: "%8d   %8.0f   %@", count, rate, ratio))  (\(counts.counterTotal(label: "herald_delivery_requests_total")) requests)"
         )
         return rate
     }

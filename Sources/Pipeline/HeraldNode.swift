@@ -59,7 +59,10 @@ package final class HeraldNode: Sendable {
     let catalog: EventTypeCatalog
     /// Herald's Keystone client (HERALD_KEYSTONE_URL): API tokens, trusts, trust-scoped tokens.
     let keystone: KeystoneClient?
-    let statistics = Locked(PipelineStatistics())
+    /// `herald_events_total{stage}`.
+    let counters: PipelineCounters
+    /// Where the node's own counts go (its `/metrics`).
+    private let metrics: any MetricsFactory
     private let logger: Logger
     /// HERALD_REDIS_URL, parsed once (every Redis client of the node is made from it).
     private let redisConfiguration: RedisConfiguration
@@ -86,8 +89,12 @@ package final class HeraldNode: Sendable {
     }
 
     /// Builds a node from its configuration; nothing connects until `start()`.
-    init(configuration: NodeConfiguration, logger: Logger) throws {
+    /// - Parameter metrics: where the node's counts go: its registry's factory, so that nodes in
+    ///   one process (tests) keep theirs apart.
+    init(configuration: NodeConfiguration, logger: Logger, metrics: any MetricsFactory = MetricsSystem.factory) throws {
         self.configuration = configuration
+        self.metrics = metrics
+        counters = PipelineCounters(factory: metrics)
         var logger = logger
         logger[metadataKey: "node"] = "\(configuration.nodeID)"
         self.logger = logger
@@ -200,7 +207,7 @@ package final class HeraldNode: Sendable {
         let batcher = try DeliveryBatcher(
             configuration: delivery, zaqar: zaqar, deadLetters: deadLetters,
             endpoints: try ZaqarEndpoints(urls: configuration.zaqarAllowedURLs), parking: parking,
-            activity: stats, logger: logger
+            activity: stats, logger: logger, metrics: metrics
         )
         let drainer = ParkingDrainer(
             connection: connection, ledger: parkingLedger, parking: parking, batcher: batcher, index: index,
@@ -216,7 +223,7 @@ package final class HeraldNode: Sendable {
         let owners = PartitionOwners(
             connection: connection, coordinator: coordinator, batcher: batcher, index: index,
             configuration: configuration,
-            deadLetters: deadLetters, statistics: statistics, stats: stats, catalog: catalog, logger: logger,
+            deadLetters: deadLetters, counters: counters, stats: stats, catalog: catalog, logger: logger,
             beforeConsuming: { await drainer.refreshBeforeConsuming() })
         let ownership = Task { await owners.run() }
         try await coordinator.start()
@@ -264,10 +271,10 @@ package final class HeraldNode: Sendable {
     /// when there is one per exchange and order is kept (`IngestOwners`).
     private func ingestOwners(connection: AMQPConnection, configuration: NodeConfiguration) throws -> IngestOwners {
         let queues = Topology.ingestQueues(configuration).map(\.queue)
-        let make: @Sendable (String) -> IngestService = { [deadLetters, statistics, logger] queue in
+        let make: @Sendable (String) -> IngestService = { [deadLetters, counters, logger] queue in
             IngestService(
                 connection: connection, queue: queue, configuration: configuration, deadLetters: deadLetters,
-                statistics: statistics, logger: logger)
+                counters: counters, logger: logger)
         }
         let perExchange = configuration.queueShape.ingestLayout == .perExchange
         var coordinator: ClusterCoordinator?
@@ -340,7 +347,7 @@ package final class HeraldNode: Sendable {
         _ = try? await catalog.flush()
         await parts.connection.close()
         await parts.zaqar.shutdown()
-        logger.info("stopped", metadata: ["herald.statistics": "\(statistics.withLock { $0 })"])
+        logger.info("stopped")
     }
 }
 

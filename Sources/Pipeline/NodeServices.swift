@@ -39,7 +39,8 @@ package struct NodeAssembly: Sendable {
         configuration: NodeConfiguration, logger: Logger, metrics: PrometheusCollectorRegistry,
         signals: [UnixSignal], onListening: @escaping @Sendable (Int) -> Void
     ) throws -> NodeAssembly {
-        let node = try HeraldNode(configuration: configuration, logger: logger)
+        let node = try HeraldNode(
+            configuration: configuration, logger: logger, metrics: PrometheusMetricsFactory(registry: metrics))
         let zaqar = ZaqarClient(
             requestTimeout: configuration.deliveryTimeout, tokens: node.keystone, caFile: configuration.zaqarCAFile)
         let gauges = NodeGauges(registry: metrics)

@@ -363,45 +363,29 @@ package enum IngestMetrics {
     }
 }
 
-/// Counters of the pipeline, for the log line at exit and `herald_events_total{stage}`.
-package struct PipelineStatistics: Sendable {
-    var ingested = 0
-    var routed = 0
-    var malformed = 0
-    var consumed = 0
-    var matched = 0
-    var unmatched = 0
-}
-
 /// Where in the pipeline an event is counted.
-package enum PipelineStage: String, CaseIterable {
+package enum PipelineStage: String, CaseIterable, Sendable {
     case ingested, routed, malformed, consumed, matched, unmatched
-
-    /// `herald_events_total{stage}` (bounded labels).
-    var counter: Counter { PipelineMetrics.counters[self]! }
 }
 
-package enum PipelineMetrics {
-    static let counters = Dictionary(
-        uniqueKeysWithValues: PipelineStage.allCases.map {
-            ($0, Counter(label: "herald_events_total", dimensions: [("stage", $0.rawValue)]))
-        })
-}
+/// `herald_events_total{stage}` (bounded labels): the events at each stage, kept once, in the
+/// metrics backend the counters are made from (Prometheus in a node; tests read theirs).
+package struct PipelineCounters: Sendable {
+    private let counters: [PipelineStage: Counter]
+    private let factory: any MetricsFactory
 
-extension Locked where Value == PipelineStatistics {
-    /// Counts events at a stage, in the statistics and in the metric.
+    package init(factory: any MetricsFactory = MetricsSystem.factory) {
+        self.factory = factory
+        counters = Dictionary(uniqueKeysWithValues: PipelineStage.allCases.map { ($0, Self.counter($0, factory)) })
+    }
+
+    private static func counter(_ stage: PipelineStage, _ factory: any MetricsFactory) -> Counter {
+        Counter(label: "herald_events_total", dimensions: [("stage", stage.rawValue)], factory: factory)
+    }
+
+    /// Counts events at a stage.
     func count(_ stage: PipelineStage, by amount: Int = 1) {
-        withLock { statistics in
-            switch stage {
-            case .ingested: statistics.ingested += amount
-            case .routed: statistics.routed += amount
-            case .malformed: statistics.malformed += amount
-            case .consumed: statistics.consumed += amount
-            case .matched: statistics.matched += amount
-            case .unmatched: statistics.unmatched += amount
-            }
-        }
-        stage.counter.increment(by: amount)
+        (counters[stage] ?? Self.counter(stage, factory)).increment(by: amount)
     }
 }
 
@@ -422,7 +406,7 @@ package final class IngestService: Sendable {
     private let held: Gauge
     private let deadLetters: DeadLetterStore
     private let logger: Logger
-    let statistics: Locked<PipelineStatistics>
+    let counters: PipelineCounters
     private let consumer = Mutex<AMQPConsumer?>(nil)
     private let stopped = Atomic<Bool>(false)
     /// Publishes that full partition queues refused, since the start (each `consumeOnce` has an
@@ -433,7 +417,7 @@ package final class IngestService: Sendable {
 
     init(
         connection: AMQPConnection, queue: String, configuration: NodeConfiguration, deadLetters: DeadLetterStore,
-        statistics: Locked<PipelineStatistics>, logger: Logger
+        counters: PipelineCounters, logger: Logger
     ) {
         self.connection = connection
         self.queue = queue
@@ -443,7 +427,7 @@ package final class IngestService: Sendable {
         self.configuration = configuration
         self.deadLetters = deadLetters
         self.logger = logger
-        self.statistics = statistics
+        self.counters = counters
     }
 
     /// Runs until `stop()`; returns once every delivery taken is acked. A consumer that ends
@@ -689,7 +673,7 @@ package final class IngestService: Sendable {
 
     /// The messages to publish for a delivery, or nil when it was dead-lettered.
     private func route(_ delivery: AMQPDelivery) async -> [AMQPOutgoingMessage]? {
-        statistics.count(.ingested)
+        counters.count(.ingested)
         let events: [NotificationEvent]
         do {
             events = try NotificationDecoder.decode(delivery.body).map { event in
@@ -711,7 +695,7 @@ package final class IngestService: Sendable {
                 }
             }
         } catch {
-            statistics.count(.malformed)
+            counters.count(.malformed)
             let letter = DeadLetter(
                 reason: .malformed, detail: SafeText.clean("\(error)", limit: 500),
                 target: "\(delivery.exchange)/\(delivery.routingKey)",
@@ -726,7 +710,7 @@ package final class IngestService: Sendable {
             let partition = PartitionHash.partition(of: event.partitionKey, count: configuration.partitions)
             if byPartition[partition] == nil { byPartition[partition] = event }
         }
-        statistics.count(.routed, by: byPartition.count)
+        counters.count(.routed, by: byPartition.count)
         return byPartition.sorted { $0.key < $1.key }.map { partition, event in
             AMQPOutgoingMessage(
                 exchange: configuration.names.partitions, routingKey: "\(partition)", body: delivery.body,
@@ -793,7 +777,7 @@ package final class PartitionOwners: Sendable {
     private let configuration: NodeConfiguration
     private let deadLetters: DeadLetterStore
     private let logger: Logger
-    let statistics: Locked<PipelineStatistics>
+    let counters: PipelineCounters
     /// Events matched per subscription (the API's health view); nil: not counted.
     private let stats: SubscriptionStats?
     /// The event types seen per project, with a redacted sample (GET /v1/event-types); nil: none.
@@ -820,7 +804,7 @@ package final class PartitionOwners: Sendable {
     init(
         connection: AMQPConnection, coordinator: ClusterCoordinator, batcher: DeliveryBatcher,
         index: Locked<SubscriptionIndex>, configuration: NodeConfiguration,
-        deadLetters: DeadLetterStore, statistics: Locked<PipelineStatistics>, stats: SubscriptionStats? = nil,
+        deadLetters: DeadLetterStore, counters: PipelineCounters, stats: SubscriptionStats? = nil,
         catalog: EventTypeCatalog? = nil, logger: Logger,
         beforeConsuming: @escaping @Sendable () async -> Void = {}
     ) {
@@ -833,7 +817,7 @@ package final class PartitionOwners: Sendable {
         self.index = index
         self.configuration = configuration
         self.deadLetters = deadLetters
-        self.statistics = statistics
+        self.counters = counters
         self.logger = logger
     }
 
@@ -888,7 +872,7 @@ package final class PartitionOwners: Sendable {
     }
 
     private func handle(_ delivery: AMQPDelivery, partition: Int, owned: Owned) async {
-        statistics.count(.consumed)
+        counters.count(.consumed)
         guard coordinator.isActing(partition, epoch: owned.epoch) else {
             // The lease is gone: do not deliver; the broker hands it to the next owner.
             return
@@ -985,7 +969,7 @@ package final class PartitionOwners: Sendable {
                     ))
             }
         }
-        statistics.count(messages.isEmpty ? .unmatched : .matched)
+        counters.count(messages.isEmpty ? .unmatched : .matched)
         stats?.count(messages.lazy.map(\.subscriptionID), \.matched)
         guard !messages.isEmpty else {
             owned.channel.ack(delivery)

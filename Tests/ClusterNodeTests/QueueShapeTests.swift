@@ -225,7 +225,7 @@ struct QueueShapeTests {
         let deadLetters = DeadLetterStore(redis: redis, keyPrefix: configuration.keyPrefix)
         let ingest = IngestService(
             connection: connection, queue: ingestQueue, configuration: configuration, deadLetters: deadLetters,
-            statistics: Locked(PipelineStatistics()), logger: Logger(label: "herald.test.ingest"))
+            counters: PipelineCounters(), logger: Logger(label: "herald.test.ingest"))
         let running = Task { try await ingest.run() }
 
         let control = try await connection.openChannel()

@@ -2,6 +2,7 @@ import Coordination
 import Delivery
 import Foundation
 import HeraldModel
+import MetricsTestKit
 import Synchronization
 import TestSupport
 import Testing
@@ -17,6 +18,8 @@ struct DeliveryHarness {
     let batcher: DeliveryBatcher
     let deadLetters: DeadLetterStore
     let zaqar: ZaqarClient
+    /// The batcher's metrics: the one place its counts are kept.
+    let metrics = TestMetrics()
 
     init(
         configuration: DeliveryConfiguration = DeliveryConfiguration(), requestTimeout: Duration = .seconds(10),
@@ -28,7 +31,7 @@ struct DeliveryHarness {
         try configuration.validate()
         zaqar = ZaqarClient(requestTimeout: requestTimeout)
         batcher = try DeliveryBatcher(
-            configuration: configuration, zaqar: zaqar, deadLetters: deadLetters, clock: clock)
+            configuration: configuration, zaqar: zaqar, deadLetters: deadLetters, clock: clock, metrics: metrics)
     }
 
     static func messages(
@@ -56,6 +59,11 @@ struct DeliveryHarness {
                 }
             }
         }
+    }
+
+    /// A counter's total (all its dimensions), e.g. `herald_delivery_requests_total`.
+    func count(_ label: String) -> Int {
+        Int(metrics.counterTotal(label: label))
     }
 
     func shutdown() async {
@@ -117,7 +125,7 @@ extension RedisBackedDeliveryTests {
             let accepted = sink.accepted(queue: "q")
             #expect(accepted.count == 50)
             #expect(Set(accepted).count == 50)
-            #expect(harness.batcher.statistics.retries == 3)
+            #expect(harness.count("herald_delivery_retries_total") == 3)
             #expect(try await harness.deadLetters.count() == 0)
             await sink.close()
             await harness.shutdown()
@@ -226,7 +234,7 @@ extension RedisBackedDeliveryTests {
             #expect(outcome.delivered == 5)
             #expect(sink.totalRequests == 4, "one probe, which closes it")
             #expect(harness.batcher.circuit(for: target) == .closed)
-            #expect(harness.batcher.statistics.circuitOpenings == 1)
+            #expect(harness.count("herald_delivery_circuit_openings_total") == 1)
             await sink.close()
             await harness.shutdown()
         }
@@ -317,8 +325,8 @@ extension RedisBackedDeliveryTests {
             #expect(await harness.batcher.drain(timeout: .seconds(30)))
             #expect(harness.batcher.statistics.peakBufferedMessages <= 80)
             #expect(
-                harness.batcher.statistics.delivered == 600
-                    - harness.batcher.statistics.deadLettered.values.reduce(0, +))
+                harness.count("herald_delivered_messages_total") == 600
+                    - harness.count("herald_dead_letters_total"))
             await sink.close()
             await harness.shutdown()
         }

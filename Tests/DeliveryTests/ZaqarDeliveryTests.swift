@@ -32,8 +32,8 @@ extension RedisBackedDeliveryTests {
             let outcome = await harness.deliverEach(all)
             #expect(outcome == DeliveryOutcome(delivered: 360, deadLettered: 0))
             #expect(
-                harness.batcher.statistics.requests < 360 / 4,
-                "batched: \(harness.batcher.statistics.requests) requests for 360 messages")
+                harness.count("herald_delivery_requests_total") < 360 / 4,
+                "batched: \(harness.count("herald_delivery_requests_total")) requests for 360 messages")
             for target in targets {
                 let bodies = try await reader.bodies(queue: target.queue, project: project)
                 let numbers = bodies.compactMap { ($0["event"] as? [String: Any])?["n"] as? Int }
@@ -52,8 +52,8 @@ extension RedisBackedDeliveryTests {
             let target = ZaqarTarget(baseURL: zaqarURL, project: project, queue: queue())
             let outcome = await harness.batcher.deliver(DeliveryHarness.messages(60, to: target, padding: 10_000))
             #expect(outcome == DeliveryOutcome(delivered: 60, deadLettered: 0))
-            #expect(harness.batcher.statistics.requests >= 3)
-            #expect(harness.batcher.statistics.deadLettered.isEmpty)
+            #expect(harness.count("herald_delivery_requests_total") >= 3)
+            #expect(harness.count("herald_dead_letters_total") == 0)
             #expect(try await reader.bodies(queue: target.queue, project: project).count == 60)
             await harness.shutdown()
         }

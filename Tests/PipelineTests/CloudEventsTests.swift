@@ -91,6 +91,10 @@ extension PipelineSuites {
                     return bodies
                 }
                 #expect(events.count == lines.count && envelopes.count == lines.count)
+                // The node's own counts (its registry, apart from any other node in this process).
+                let metrics = try await run.metrics(of: "node-1")
+                #expect(metrics["herald_events_total{stage=\"matched\"}"] == Double(lines.count), "\(metrics)")
+                #expect(metrics["herald_delivered_messages_total"] == Double(2 * lines.count), "\(metrics)")
 
                 // The schema says yes to all of them, and no to a broken one (so it can say no).
                 #expect(

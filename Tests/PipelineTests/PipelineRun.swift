@@ -1,3 +1,4 @@
+import AsyncHTTPClient
 import Coordination
 import Foundation
 import HeraldModel
@@ -362,6 +363,22 @@ final class PipelineRun: @unchecked Sendable {
             }
             return seqs
         }
+    }
+
+    /// A node's `/metrics`, as `name{labels}` -> value (Prometheus' text format; comments left out).
+    func metrics(of name: String) async throws -> [String: Double] {
+        let port = try #require(nodes[name]?.apiPort)
+        let response = try await HTTPClient.shared.execute(
+            HTTPClientRequest(url: "http://127.0.0.1:\(port)/metrics"), timeout: .seconds(10))
+        let text = String(buffer: try await response.body.collect(upTo: 4 << 20))
+        var values: [String: Double] = [:]
+        for line in text.split(separator: "\n") where !line.hasPrefix("#") {
+            guard let space = line.lastIndex(of: " "), let value = Double(line[line.index(after: space)...]) else {
+                continue
+            }
+            values[String(line[..<space])] = value
+        }
+        return values
     }
 
     /// Queues to delete at the end.

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import HeraldModel
 import Logging
 import Metrics
 import Pipeline
@@ -97,7 +98,7 @@ struct Node: AsyncParsableCommand {
             var handler: any LogHandler =
                 json ? JSONLogHandler(label: label) : CleanTextLogHandler(StreamLogHandler.standardError(label: label))
             handler.logLevel = level
-            handler.metadata["node"] = "\(nodeID)"
+            handler.metadata[LogKey.node] = "\(nodeID)"
             return handler
         }
         let metrics = PrometheusCollectorRegistry()

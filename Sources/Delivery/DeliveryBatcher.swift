@@ -581,15 +581,17 @@ public final class DeliveryBatcher: Sendable {
             if opened {
                 metrics.circuitOpenings.increment()
                 logger.warning(
-                    "circuit opened for a Zaqar target", metadata: ["zaqar.target": "\(target)", "error": "\(failure)"])
+                    "circuit opened for a Zaqar target",
+                    metadata: [LogKey.zaqarTarget: "\(target)", LogKey.error: "\(failure)"])
             }
             // A request that timed out or lost its connection may have been taken all the same:
             // its retry can deliver those messages twice (at least once; event_id tells them apart).
             logger.warning(
                 "retrying a batch",
                 metadata: [
-                    "zaqar.target": "\(target)", "delivery.count": "\(batch.count)", "delivery.attempt": "\(attempt)",
-                    "error": "\(failure)",
+                    LogKey.zaqarTarget: "\(target)", LogKey.deliveryCount: "\(batch.count)",
+                    LogKey.deliveryAttempt: "\(attempt)",
+                    LogKey.error: "\(failure)",
                 ])
             if attempt == 1 {
                 let subscriptions = Set(batch.map(\.message.subscriptionID))
@@ -660,8 +662,8 @@ public final class DeliveryBatcher: Sendable {
                         logger.error(
                             "cannot park messages of a failing target; holding them and trying again",
                             metadata: [
-                                "subscription": "\(subscription)", "delivery.count": "\(messages.count)",
-                                "error": "\(error)", "herald.attempt": "\(attempt)",
+                                LogKey.subscription: "\(subscription)", LogKey.deliveryCount: "\(messages.count)",
+                                LogKey.error: "\(error)", LogKey.heraldAttempt: "\(attempt)",
                             ])
                     }
                     try? await clock.sleep(
@@ -860,7 +862,7 @@ public final class DeliveryBatcher: Sendable {
                 if attempt == 1 || attempt % 10 == 0 {
                     logger.error(
                         "cannot store dead letters; holding them and retrying",
-                        metadata: ["error": "\(error)", "delivery.count": "\(letters.count)"])
+                        metadata: [LogKey.error: "\(error)", LogKey.deliveryCount: "\(letters.count)"])
                 }
                 try? await clock.sleep(
                     for: Backoff(base: .milliseconds(100), cap: .seconds(5)).delay(attempt: attempt, using: &random))
@@ -874,8 +876,8 @@ public final class DeliveryBatcher: Sendable {
         logger.warning(
             "dead-lettered messages",
             metadata: [
-                "delivery.reason": "\(reason.rawValue)", "delivery.count": "\(batch.count)",
-                "zaqar.target": "\(batch.first?.message.target.description ?? "")",
+                LogKey.deliveryReason: "\(reason.rawValue)", LogKey.deliveryCount: "\(batch.count)",
+                LogKey.zaqarTarget: "\(batch.first?.message.target.description ?? "")",
             ])
         complete(batch, delivered: false)
     }

@@ -841,11 +841,11 @@ package struct HeraldAPI: Sendable {
         context: APIContext
     ) {
         var metadata: Logger.Metadata = [
-            "audit.action": "\(action)", "audit.outcome": "\(outcome)",
-            "audit.initiator.project": "\(caller.project)", "audit.initiator.user": "\(caller.userID ?? "-")",
+            LogKey.auditAction: "\(action)", LogKey.auditOutcome: "\(outcome)",
+            LogKey.auditInitiatorProject: "\(caller.project)", LogKey.auditInitiatorUser: "\(caller.userID ?? "-")",
         ]
-        if let subscription { metadata["audit.target.subscription"] = "\(subscription)" }
-        if let detail { metadata["audit.reason"] = "\(detail)" }
+        if let subscription { metadata[LogKey.auditTargetSubscription] = "\(subscription)" }
+        if let detail { metadata[LogKey.auditReason] = "\(detail)" }
         context.logger.notice("audit", metadata: metadata)
     }
 

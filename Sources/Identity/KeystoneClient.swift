@@ -1,6 +1,7 @@
 import AsyncHTTPClient
 import Delivery
 import Foundation
+import HeraldModel
 import Logging
 import NIOCore
 import NIOFoundationCompat
@@ -312,7 +313,8 @@ package final class KeystoneClient: Sendable {
             }
             throw .unavailable("Keystone answered \(status) to creating a trust: \(reason)")
         }
-        logger.info("trust created", metadata: ["keystone.trust": "\(id)", "keystone.project": "\(caller.project)"])
+        logger.info(
+            "trust created", metadata: [LogKey.keystoneTrust: "\(id)", LogKey.keystoneProject: "\(caller.project)"])
         return id
     }
 
@@ -339,7 +341,7 @@ package final class KeystoneClient: Sendable {
         guard status == 204 || status == 404 else {
             throw .unavailable("Keystone answered \(status) to deleting trust \(trust): \(Self.errorMessage(body))")
         }
-        logger.info("trust deleted", metadata: ["keystone.trust": "\(trust)"])
+        logger.info("trust deleted", metadata: [LogKey.keystoneTrust: "\(trust)"])
     }
 
     /// A token scoped through `trust`, from the cache unless `fresh`.
@@ -359,7 +361,7 @@ package final class KeystoneClient: Sendable {
             // shows this error, so it says only what failed.
             logger.warning(
                 "cannot get a token for a trust",
-                metadata: ["keystone.trust": "\(trust)", "error": "\(error.description)"])
+                metadata: [LogKey.keystoneTrust: "\(trust)", LogKey.error: "\(error.description)"])
             throw .unavailable("Keystone could not be reached for a token of trust \(trust)")
         }
         let (status, body, headers) = answer
@@ -422,7 +424,7 @@ package final class KeystoneClient: Sendable {
         else {
             logger.error(
                 "Keystone refused Herald's service user",
-                metadata: ["keystone.status": "\(status)", "keystone.user": "\(configuration.username)"])
+                metadata: [LogKey.keystoneStatus: "\(status)", LogKey.keystoneUser: "\(configuration.username)"])
             throw .unavailable(
                 "Keystone refused Herald's service user \(configuration.username) (\(status)): \(Self.errorMessage(body))"
             )

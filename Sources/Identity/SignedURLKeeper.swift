@@ -122,7 +122,7 @@ package final class SignedURLKeeper: Sendable {
         while !Task.isCancelled {
             if isLeader() {
                 do { _ = try await check() } catch {
-                    logger.warning("pre-signed URL check failed", metadata: ["error": "\(error)"])
+                    logger.warning("pre-signed URL check failed", metadata: [LogKey.error: "\(error)"])
                 }
             }
             try? await Task.sleep(for: policy.checkEvery)
@@ -151,8 +151,10 @@ package final class SignedURLKeeper: Sendable {
                     logger.error(
                         "renewing a pre-signed URL failed; trying again at the next check",
                         metadata: [
-                            "subscription": "\(subscription.id)", "keystone.trust": "\(subscription.trustID ?? "")",
-                            "zaqar.expires": "\(ISO8601DateFormatter().string(from: expires))", "error": "\(error)",
+                            LogKey.subscription: "\(subscription.id)",
+                            LogKey.keystoneTrust: "\(subscription.trustID ?? "")",
+                            LogKey.zaqarExpires: "\(ISO8601DateFormatter().string(from: expires))",
+                            LogKey.error: "\(error)",
                         ])
                 }
             case .expiring, .expired, .unreadable:
@@ -166,8 +168,8 @@ package final class SignedURLKeeper: Sendable {
                     logger.warning(
                         "pre-signed URL cannot be renewed",
                         metadata: [
-                            "subscription": "\(subscription.id)", "project": "\(subscription.project)",
-                            "problem": "\(warning)",
+                            LogKey.subscription: "\(subscription.id)", LogKey.project: "\(subscription.project)",
+                            LogKey.problem: "\(warning)",
                         ])
                 }
             }
@@ -196,8 +198,8 @@ package final class SignedURLKeeper: Sendable {
         logger.info(
             "pre-signed URL renewed through the trust",
             metadata: [
-                "subscription": "\(subscription.id)", "zaqar.expires": "\(signed.expires)",
-                "zaqar.previous_expires": "\(subscription.target.signedURL?.expires ?? "")",
+                LogKey.subscription: "\(subscription.id)", LogKey.zaqarExpires: "\(signed.expires)",
+                LogKey.zaqarPreviousExpires: "\(subscription.target.signedURL?.expires ?? "")",
             ])
     }
 }

@@ -31,7 +31,7 @@ package enum DeadLetterMetrics {
             logger.warning(
                 "dead letters trimmed to keep within the budget (HERALD_DEAD_LETTERS_MAX, HERALD_DEAD_LETTERS_PROJECT_MAX)",
                 metadata: [
-                    "herald.trimmed":
+                    LogKey.heraldTrimmed:
                         "\(byReason.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ","))"
                 ])
         }
@@ -96,7 +96,7 @@ package final class HeraldNode: Sendable {
         self.metrics = metrics
         counters = PipelineCounters(factory: metrics)
         var logger = logger
-        logger[metadataKey: "node"] = "\(configuration.nodeID)"
+        logger[metadataKey: LogKey.node] = "\(configuration.nodeID)"
         self.logger = logger
         let redis = try RedisConfiguration(url: configuration.redisURL)
         redisConfiguration = redis
@@ -145,7 +145,7 @@ package final class HeraldNode: Sendable {
             // An older cluster's one ingest queue gets nothing more, from now on (`LegacyIngest`).
             do { try await LegacyIngest.unbindIfPresent(connection: connection, configuration: configuration) } catch {
                 logger.error(
-                    "cannot unbind the old ingest queue; the move tries again", metadata: ["error": "\(error)"])
+                    "cannot unbind the old ingest queue; the move tries again", metadata: [LogKey.error: "\(error)"])
             }
         }
         try await ClusterQueueShape.record(
@@ -153,9 +153,9 @@ package final class HeraldNode: Sendable {
         logger.info(
             "queues declared",
             metadata: [
-                "amqp.queue_type": "\(configuration.queueShape.type)",
-                "amqp.ingest_max_messages": "\(configuration.queueShape.ingestMaxMessages)",
-                "amqp.partition_max_messages": "\(configuration.queueShape.partitionMaxMessages)",
+                LogKey.amqpQueueType: "\(configuration.queueShape.type)",
+                LogKey.amqpIngestMaxMessages: "\(configuration.queueShape.ingestMaxMessages)",
+                LogKey.amqpPartitionMaxMessages: "\(configuration.queueShape.partitionMaxMessages)",
             ])
         await settings.close()
 
@@ -186,9 +186,9 @@ package final class HeraldNode: Sendable {
                 logger.info(
                     "subscription index updated",
                     metadata: [
-                        "registry.version": "\(applied.version)",
-                        "registry.changed": "\(applied.changed)",
-                        "registry.subscriptions": "\(index.withLock { $0.count })",
+                        LogKey.registryVersion: "\(applied.version)",
+                        LogKey.registryChanged: "\(applied.changed)",
+                        LogKey.registrySubscriptions: "\(index.withLock { $0.count })",
                     ])
             }
         }
@@ -250,7 +250,7 @@ package final class HeraldNode: Sendable {
                     if failures == 1 || failures % 60 == 0 {
                         logger.warning(
                             "cannot write subscription counts to Redis; keeping them for the next try",
-                            metadata: ["error": "\(error)"])
+                            metadata: [LogKey.error: "\(error)"])
                     }
                 }
             }
@@ -263,7 +263,8 @@ package final class HeraldNode: Sendable {
         logger.info(
             "node started",
             metadata: [
-                "herald.partitions": "\(configuration.partitions)", "herald.exchanges": "\(configuration.exchanges)",
+                LogKey.heraldPartitions: "\(configuration.partitions)",
+                LogKey.heraldExchanges: "\(configuration.exchanges)",
             ])
     }
 
@@ -280,7 +281,7 @@ package final class HeraldNode: Sendable {
         var coordinator: ClusterCoordinator?
         if perExchange && configuration.ingestOrdered {
             var ingestLogger = logger
-            ingestLogger[metadataKey: "cluster.domain"] = "ingest"
+            ingestLogger[metadataKey: LogKey.clusterDomain] = "ingest"
             coordinator = try ClusterCoordinator(
                 configuration: ClusterConfiguration(
                     nodeID: configuration.nodeID,

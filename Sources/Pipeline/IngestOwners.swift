@@ -93,13 +93,14 @@ package final class IngestOwners: Sendable {
             // Held in `running`; awaited by `stop(_:)` (a lost lease, a shutdown).
             let task = Task { [logger] in
                 do { try await service.run() } catch {
-                    logger.error("ingest stopped", metadata: ["amqp.queue": "\(service.queue)", "error": "\(error)"])
+                    logger.error(
+                        "ingest stopped", metadata: [LogKey.amqpQueue: "\(service.queue)", LogKey.error: "\(error)"])
                 }
             }
             running[index] = Running(service: service, task: task)
             return true
         }
-        if started { logger.info("ingesting", metadata: ["amqp.queue": "\(queues[index])"]) }
+        if started { logger.info("ingesting", metadata: [LogKey.amqpQueue: "\(queues[index])"]) }
     }
 
     /// Stops one queue's consumer and waits until what it took is acked or given back.
@@ -108,7 +109,7 @@ package final class IngestOwners: Sendable {
         await stopped.service.stop()
         await stopped.task.value
         stopped.service.clearGauges()
-        logger.info("stopped ingesting", metadata: ["amqp.queue": "\(stopped.service.queue)"])
+        logger.info("stopped ingesting", metadata: [LogKey.amqpQueue: "\(stopped.service.queue)"])
     }
 
     /// Stops every queue's consumer (with leases: hands them over, within `drainTimeout`).
@@ -173,7 +174,7 @@ package enum LegacyIngest {
         guard case .found(let first) = await answer(legacy, connection: connection, stopping: stopping) else { return }
         logger.warning(
             "this cluster's ingest moves to a queue per exchange: emptying the old queue first",
-            metadata: ["amqp.queue": "\(legacy)", "amqp.messages": "\(first.messageCount)"])
+            metadata: [LogKey.amqpQueue: "\(legacy)", LogKey.amqpMessages: "\(first.messageCount)"])
         var running: (service: IngestService, task: Task<Void, Never>)?
         func stopConsuming() async {
             guard let (service, task) = running else { return }
@@ -189,7 +190,7 @@ package enum LegacyIngest {
                 if unbindFailures == 1 || unbindFailures % 60 == 0 {
                     logger.error(
                         "cannot unbind the old ingest queue; new notifications may still reach it (and the new queues)",
-                        metadata: ["amqp.queue": "\(legacy)", "error": "\(error)"])
+                        metadata: [LogKey.amqpQueue: "\(legacy)", LogKey.error: "\(error)"])
                 }
             }
             guard case .found(let now) = await answer(legacy, connection: connection, stopping: stopping) else { break }
@@ -220,9 +221,9 @@ package enum LegacyIngest {
                 if dropped > 0 {
                     logger.error(
                         "the old ingest queue held notifications when it was deleted (a node of the old layout still consuming it?)",
-                        metadata: ["amqp.queue": "\(legacy)", "amqp.messages": "\(dropped)"])
+                        metadata: [LogKey.amqpQueue: "\(legacy)", LogKey.amqpMessages: "\(dropped)"])
                 }
-                logger.info("the old ingest queue is empty and deleted", metadata: ["amqp.queue": "\(legacy)"])
+                logger.info("the old ingest queue is empty and deleted", metadata: [LogKey.amqpQueue: "\(legacy)"])
                 return
             }
             try? await Task.sleep(for: .seconds(1))

@@ -665,7 +665,7 @@ extension NodeConfiguration {
                 }
                 logger.info(
                     "Zaqar from the Keystone catalog",
-                    metadata: ["zaqar.url": "\(url)", "keystone.catalog": "\(lookup.described)"])
+                    metadata: [LogKey.zaqarUrl: "\(url)", LogKey.keystoneCatalog: "\(lookup.described)"])
                 return try resolvingZaqar(url)
             } catch let error as ConfigurationError {
                 throw error
@@ -673,7 +673,7 @@ extension NodeConfiguration {
                 lastError = "\(error)"
                 logger.warning(
                     "cannot read Keystone's catalog yet",
-                    metadata: ["error": "\(lastError)", "herald.attempt": "\(attempt + 1)"])
+                    metadata: [LogKey.error: "\(lastError)", LogKey.heraldAttempt: "\(attempt + 1)"])
                 try await Task.sleep(for: .seconds(2))
             }
         }

@@ -1,6 +1,7 @@
 import Coordination
 import Delivery
 import Foundation
+import HeraldModel
 import HTTPAPI
 import Hummingbird
 import Identity
@@ -81,7 +82,7 @@ package struct NodeAssembly: Sendable {
             onServerRunning: { channel in
                 let port = channel.localAddress?.port ?? configuration.apiPort
                 boundPort.withLock { $0 = port }
-                logger.info("API listening", metadata: ["api.address": "\(configuration.apiHost):\(port)"])
+                logger.info("API listening", metadata: [LogKey.apiAddress: "\(configuration.apiHost):\(port)"])
                 onListening(port)
             },
             logger: logger

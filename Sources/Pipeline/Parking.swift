@@ -219,7 +219,7 @@ package final class TargetParking: DeliveryParking {
                 {
                     logger.warning(
                         "parked messages arrived after their subscription's record went; recorded again",
-                        metadata: ["subscription": "\(subscription)"])
+                        metadata: [LogKey.subscription: "\(subscription)"])
                 }
                 break
             } catch {
@@ -227,7 +227,7 @@ package final class TargetParking: DeliveryParking {
                     logger.error(
                         "cannot confirm parked messages in Redis; if their record went meanwhile, they wait until the subscription parks again",
                         metadata: [
-                            "subscription": "\(subscription)", "error": "\(error)",
+                            LogKey.subscription: "\(subscription)", LogKey.error: "\(error)",
                         ])
                 }
                 try? await Task.sleep(for: .milliseconds(200 * (attempt + 1)))
@@ -237,8 +237,8 @@ package final class TargetParking: DeliveryParking {
             logger.warning(
                 "parked messages of a failing target",
                 metadata: [
-                    "subscription": "\(subscription)", "delivery.count": "\(messages.count)",
-                    "error": "\(SafeText.clean(reason, limit: 200))",
+                    LogKey.subscription: "\(subscription)", LogKey.deliveryCount: "\(messages.count)",
+                    LogKey.error: "\(SafeText.clean(reason, limit: 200))",
                 ])
         }
     }
@@ -287,7 +287,7 @@ package final class TargetParking: DeliveryParking {
         } catch let error as MessagingError where error.replyCode == 406 {
             logger.warning(
                 "a parking queue exists with other arguments; using it as it is",
-                metadata: ["amqp.queue": "\(queue)", "error": "\(error)"])
+                metadata: [LogKey.amqpQueue: "\(queue)", LogKey.error: "\(error)"])
             return try await channel.declareQueuePassive(queue)
         }
     }
@@ -411,7 +411,7 @@ package final class ParkingDrainer: Sendable {
                 logger.warning(
                     "a parking queue holds messages of a subscription this node does not know; left for a node that does",
                     metadata: [
-                        "subscription": "\(subscriptionID)", "delivery.count": "\(state.messageCount)",
+                        LogKey.subscription: "\(subscriptionID)", LogKey.deliveryCount: "\(state.messageCount)",
                     ])
                 continue
             }
@@ -421,7 +421,7 @@ package final class ParkingDrainer: Sendable {
                 logger.warning(
                     "parked messages without a record found; recorded again, to be retried",
                     metadata: [
-                        "subscription": "\(subscriptionID)", "delivery.count": "\(state.messageCount)",
+                        LogKey.subscription: "\(subscriptionID)", LogKey.deliveryCount: "\(state.messageCount)",
                     ])
             }
         }
@@ -471,7 +471,7 @@ package final class ParkingDrainer: Sendable {
         } catch {
             logger.warning(
                 "cannot open a channel to retry parked messages",
-                metadata: ["subscription": "\(subscriptionID)", "error": "\(error)"])
+                metadata: [LogKey.subscription: "\(subscriptionID)", LogKey.error: "\(error)"])
             try? await ledger.finished(subscription: subscriptionID, node: owner, delay: settings.tick * 5)
             return
         }
@@ -497,7 +497,7 @@ package final class ParkingDrainer: Sendable {
         } catch {
             logger.warning(
                 "cannot check whether a parked subscription's queue is empty",
-                metadata: ["subscription": "\(subscriptionID)", "error": "\(error)"])
+                metadata: [LogKey.subscription: "\(subscriptionID)", LogKey.error: "\(error)"])
             try? await ledger.finished(subscription: subscriptionID, node: owner, delay: settings.tick * 5)
         }
     }
@@ -564,7 +564,8 @@ package final class ParkingDrainer: Sendable {
             return drained
         } catch {
             logger.warning(
-                "cannot retry parked messages", metadata: ["subscription": "\(subscriptionID)", "error": "\(error)"])
+                "cannot retry parked messages",
+                metadata: [LogKey.subscription: "\(subscriptionID)", LogKey.error: "\(error)"])
             let (ledger, owner, delay) = (ledger, owner, settings.tick * 5)
             afterClose.withLock {
                 $0 = { try? await ledger.finished(subscription: subscriptionID, node: owner, delay: delay) }
@@ -691,10 +692,10 @@ package final class ParkingDrainer: Sendable {
             logger.info(
                 "parked messages still fail; retrying later",
                 metadata: [
-                    "subscription": "\(subscriptionID)", "herald.attempt": "\(attempts + 1)",
-                    "delivery.count": "\(rest.count - expired.count)",
-                    "herald.next_seconds": "\(delay.seconds)",
-                    "error": "\(SafeText.clean(failure.error, limit: 200))",
+                    LogKey.subscription: "\(subscriptionID)", LogKey.heraldAttempt: "\(attempts + 1)",
+                    LogKey.deliveryCount: "\(rest.count - expired.count)",
+                    LogKey.heraldNextSeconds: "\(delay.seconds)",
+                    LogKey.error: "\(SafeText.clean(failure.error, limit: 200))",
                 ])
             return false
         }
@@ -714,7 +715,7 @@ package final class ParkingDrainer: Sendable {
             logger.warning(
                 "a parked subscription's queue is empty while messages were counted (reserved by a node that died, or an uncount lost); count dropped",
                 metadata: [
-                    "subscription": "\(subscriptionID)", "delivery.count": "\(count)",
+                    LogKey.subscription: "\(subscriptionID)", LogKey.deliveryCount: "\(count)",
                 ])
         case .unparked, .waiting, nil:
             break
@@ -729,7 +730,7 @@ package final class ParkingDrainer: Sendable {
         ParkingMetrics.dropped.increment(by: dropped)
         logger.info(
             "dropped the parked messages of a deleted subscription",
-            metadata: ["subscription": "\(subscriptionID)", "delivery.count": "\(dropped)"])
+            metadata: [LogKey.subscription: "\(subscriptionID)", LogKey.deliveryCount: "\(dropped)"])
     }
 }
 

@@ -445,7 +445,8 @@ package final class IngestService: Sendable {
                 failures += 1
                 if stopped.load(ordering: .relaxed) { break }
                 logger.error(
-                    "ingest failed; consuming again", metadata: ["error": "\(error)", "herald.attempt": "\(failures)"])
+                    "ingest failed; consuming again",
+                    metadata: [LogKey.error: "\(error)", LogKey.heraldAttempt: "\(failures)"])
             }
             try? await Task.sleep(for: .milliseconds(min(5000, 500 * (failures + 1))))
         }
@@ -494,7 +495,7 @@ package final class IngestService: Sendable {
                 logger.warning(
                     "a partition queue refused a notification (full: HERALD_PARTITION_QUEUE_MAX_MESSAGES); it is held and tried again, and ingest publishes nothing new until it is taken",
                     metadata: [
-                        "error": "\(error)", "herald.refusals": "\(refusals)",
+                        LogKey.error: "\(error)", LogKey.heraldRefusals: "\(refusals)",
                     ])
             }
         }
@@ -657,12 +658,12 @@ package final class IngestService: Sendable {
                 logger.error(
                     "RabbitMQ lists no consumer on \(queue) although this node consumes it; consuming anew",
                     metadata: [
-                        "amqp.messages": "\(state.messageCount)", "amqp.consumer": "\(consumer.tag)",
+                        LogKey.amqpMessages: "\(state.messageCount)", LogKey.amqpConsumer: "\(consumer.tag)",
                     ])
             case .success(nil):
                 logger.error(
                     "\(queue) is gone; declaring it again and consuming anew",
-                    metadata: ["amqp.consumer": "\(consumer.tag)"])
+                    metadata: [LogKey.amqpConsumer: "\(consumer.tag)"])
             default:
                 continue
             }
@@ -742,7 +743,7 @@ package final class IngestService: Sendable {
                 if attempt == 1 || attempt % 10 == 0 {
                     logger.error(
                         "cannot store a dead letter; holding the notification and retrying",
-                        metadata: ["error": "\(error)", "herald.attempt": "\(attempt)"])
+                        metadata: [LogKey.error: "\(error)", LogKey.heraldAttempt: "\(attempt)"])
                 }
                 try? await Task.sleep(for: .milliseconds(min(2000, 50 * attempt)))
             }
@@ -833,7 +834,7 @@ package final class PartitionOwners: Sendable {
                     } catch {
                         logger.error(
                             "cannot consume an acquired partition",
-                            metadata: ["partition": "\(partition)", "error": "\(error)"])
+                            metadata: [LogKey.partition: "\(partition)", LogKey.error: "\(error)"])
                     }
                 case .revoke(let partition):
                     group.addTask {
@@ -865,7 +866,7 @@ package final class PartitionOwners: Sendable {
                 }
             } catch {
                 logger.warning(
-                    "partition consumer ended", metadata: ["partition": "\(partition)", "error": "\(error)"])
+                    "partition consumer ended", metadata: [LogKey.partition: "\(partition)", LogKey.error: "\(error)"])
             }
         }
         owned.task.withLock { $0 = task }
@@ -923,8 +924,9 @@ package final class PartitionOwners: Sendable {
                             logger.error(
                                 "cannot redact an event; the notification goes to the dead-letter queue",
                                 metadata: [
-                                    "herald.event_type": "\(event.eventType)", "herald.event_id": "\(event.messageID)",
-                                    "error": "\(error)",
+                                    LogKey.heraldEventType: "\(event.eventType)",
+                                    LogKey.heraldEventId: "\(event.messageID)",
+                                    LogKey.error: "\(error)",
                                 ])
                             owned.channel.reject(delivery, requeue: false)
                             return
@@ -1000,13 +1002,13 @@ package final class PartitionOwners: Sendable {
                 logger.warning(
                     "handoff drain ran out of time; the next owner gets these events again",
                     metadata: [
-                        "partition": "\(partition)", "herald.in_flight": "\(left)",
-                        "herald.drain_seconds": "\(took.seconds)",
+                        LogKey.partition: "\(partition)", LogKey.heraldInFlight: "\(left)",
+                        LogKey.heraldDrainSeconds: "\(took.seconds)",
                     ])
             } else if took > .seconds(1) {
                 logger.info(
                     "partition drained for handoff",
-                    metadata: ["partition": "\(partition)", "herald.drain_seconds": "\(took.seconds)"])
+                    metadata: [LogKey.partition: "\(partition)", LogKey.heraldDrainSeconds: "\(took.seconds)"])
             }
         }
         await owned.channel.close()

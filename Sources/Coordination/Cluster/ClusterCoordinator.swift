@@ -89,7 +89,7 @@ public final class ClusterCoordinator: Sendable {
         self.redis = RedisClient(configuration: named, logger: logger)
         self.subscriber = RedisSubscriber(configuration: redisConfiguration, logger: logger)
         var logger = logger
-        logger[metadataKey: "node"] = "\(configuration.nodeID)"
+        logger[metadataKey: LogKey.node] = "\(configuration.nodeID)"
         self.logger = logger
         self.observer = observer
         self.state = Mutex(OwnershipState(aliveTTL: configuration.aliveTTL, margin: configuration.margin))
@@ -140,7 +140,7 @@ public final class ClusterCoordinator: Sendable {
         }
         logger.info(
             "joined the cluster",
-            metadata: ["cluster.owner": "\(owner)", "cluster.partitions": "\(configuration.partitionCount)"])
+            metadata: [LogKey.clusterOwner: "\(owner)", LogKey.clusterPartitions: "\(configuration.partitionCount)"])
     }
 
     /// The consumer finished draining a revoked partition; its lease is released.
@@ -263,7 +263,7 @@ public final class ClusterCoordinator: Sendable {
                 do {
                     try await beat()
                 } catch {
-                    logger.warning("beat failed", metadata: ["error": "\(error)"])
+                    logger.warning("beat failed", metadata: [LogKey.error: "\(error)"])
                     await execute(state.withLock { $0.check(now: self.now()) })
                 }
             }
@@ -326,7 +326,7 @@ public final class ClusterCoordinator: Sendable {
             control.leaderValue = leader
             return was
         }
-        if isLeader && !wasLeader { logger.info("became the leader", metadata: ["cluster.leader": "\(leader)"]) }
+        if isLeader && !wasLeader { logger.info("became the leader", metadata: [LogKey.clusterLeader: "\(leader)"]) }
         if isLeader { try await leaderDuties(leader: leader, membership: membership) }
         if assignmentEpoch != control.withLock({ $0.assignmentEpoch }) { try await loadAssignment() }
     }
@@ -350,7 +350,7 @@ public final class ClusterCoordinator: Sendable {
         if !gone.isEmpty {
             let evicted = try await redis.evalSHA(ClusterScripts.evict, arguments: [prefix, leader] + gone)
             if (evicted.integer ?? 0) > 0 {
-                logger.info("evicted members whose process is gone", metadata: ["cluster.members": "\(gone)"])
+                logger.info("evicted members whose process is gone", metadata: [LogKey.clusterMembers: "\(gone)"])
                 membership = try await redis.send("GET", prefix + "membership").integer ?? membership
             }
         }
@@ -371,8 +371,8 @@ public final class ClusterCoordinator: Sendable {
             logger.info(
                 "wrote an assignment",
                 metadata: [
-                    "cluster.assignment_epoch": "\(value)", "cluster.members": "\(memberList.count)",
-                    "cluster.moved": "\(moved)",
+                    LogKey.clusterAssignmentEpoch: "\(value)", LogKey.clusterMembers: "\(memberList.count)",
+                    LogKey.clusterMoved: "\(moved)",
                 ])
         }
     }
@@ -442,7 +442,7 @@ public final class ClusterCoordinator: Sendable {
                     observer?(.acquired(partition: partition, epoch: epoch, at: wall()))
                 case .lost(let partition):
                     observer?(.lost(partition: partition, at: wall()))
-                    logger.warning("lost a partition lease", metadata: ["cluster.partition": "\(partition)"])
+                    logger.warning("lost a partition lease", metadata: [LogKey.clusterPartition: "\(partition)"])
                 case .revoke: break
                 }
             case .acquire(let partitions):
@@ -460,7 +460,7 @@ public final class ClusterCoordinator: Sendable {
                     }
                     await execute(follow)
                 } catch {
-                    logger.warning("acquiring leases failed", metadata: ["error": "\(error)"])
+                    logger.warning("acquiring leases failed", metadata: [LogKey.error: "\(error)"])
                     control.withLock { $0.nextAcquire = self.now() + configuration.acquireRetry }
                 }
             case .release(let leases):
@@ -473,7 +473,7 @@ public final class ClusterCoordinator: Sendable {
                     // The alive key expires on its own; the leases then free themselves.
                     logger.warning(
                         "releasing leases failed",
-                        metadata: ["error": "\(error)", "cluster.partitions": "\(leases.map(\.partition))"])
+                        metadata: [LogKey.error: "\(error)", LogKey.clusterPartitions: "\(leases.map(\.partition))"])
                 }
             }
         }

@@ -127,7 +127,7 @@ public final class RedisClient: Sendable {
         } catch let error as CoordinationError
             where error.code == .serverError && (error.underlying ?? "").hasPrefix("NOSCRIPT")
         {
-            logger.debug("Redis lost a script; loading it again", metadata: ["redis.sha": "\(sha!)"])
+            logger.debug("Redis lost a script; loading it again", metadata: [LogKey.redisSha: "\(sha!)"])
             let reloaded = try await load(script)
             return try await send(RedisCommand(["EVALSHA", reloaded] + tail))
         }
@@ -196,7 +196,7 @@ private final class ConnectionSlot: @unchecked Sendable {
                 stats.withLock { $0.reconnects += 1 }
                 logger.info(
                     "reconnected to Redis",
-                    metadata: ["redis.endpoint": "\(configuration.endpoint)", "redis.failures": "\(failures)"])
+                    metadata: [LogKey.redisEndpoint: "\(configuration.endpoint)", LogKey.redisFailures: "\(failures)"])
             }
             everConnected = true
             failures = 0
@@ -211,8 +211,8 @@ private final class ConnectionSlot: @unchecked Sendable {
                 logger.warning(
                     "cannot reach Redis",
                     metadata: [
-                        "redis.endpoint": "\(configuration.endpoint)", "redis.failures": "\(failures)",
-                        "error": "\(error)",
+                        LogKey.redisEndpoint: "\(configuration.endpoint)", LogKey.redisFailures: "\(failures)",
+                        LogKey.error: "\(error)",
                     ])
             }
             throw error
@@ -239,8 +239,8 @@ private final class ConnectionSlot: @unchecked Sendable {
         logger.warning(
             "the sentinels name a new Redis master; reconnecting",
             metadata: [
-                "redis.endpoint": "\(configuration.endpoint)", "redis.old_master": "\(host):\(port)",
-                "redis.new_master": "\(named.host):\(named.port)",
+                LogKey.redisEndpoint: "\(configuration.endpoint)", LogKey.redisOldMaster: "\(host):\(port)",
+                LogKey.redisNewMaster: "\(named.host):\(named.port)",
             ])
         return true
     }
@@ -251,7 +251,7 @@ private final class ConnectionSlot: @unchecked Sendable {
         guard case .error(let text) = reply, text.hasPrefix("READONLY"), context != nil else { return }
         logger.warning(
             "Redis answered READONLY: the node is a replica now; reconnecting",
-            metadata: ["redis.endpoint": "\(configuration.endpoint)"])
+            metadata: [LogKey.redisEndpoint: "\(configuration.endpoint)"])
         context = nil
     }
 

@@ -98,7 +98,7 @@ private final class SubscriptionLoop: @unchecked Sendable {
                 if failures == 1 || failures % 20 == 0 {
                     logger.warning(
                         "Redis subscription interrupted; reconnecting",
-                        metadata: ["redis.endpoint": "\(configuration.endpoint)", "error": "\(error)"])
+                        metadata: [LogKey.redisEndpoint: "\(configuration.endpoint)", LogKey.error: "\(error)"])
                 }
                 sleepUnlessStopped(configuration.reconnectBackoff.delay(attempt: failures).seconds)
             }

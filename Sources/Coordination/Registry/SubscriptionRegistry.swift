@@ -118,7 +118,7 @@ public final class SubscriptionRegistry: Sendable {
         guard subscription.id == id else {
             logger.error(
                 "skipping a subscription record whose id differs from its key",
-                metadata: ["subscription": "\(id)", "registry.record_id": "\(subscription.id)"])
+                metadata: [LogKey.subscription: "\(id)", LogKey.registryRecordId: "\(subscription.id)"])
             return nil
         }
         if let project, subscription.project != project { return nil }
@@ -251,7 +251,7 @@ public final class SubscriptionRegistry: Sendable {
                     wake.yield()
                 } catch {
                     needsResync = true
-                    logger.warning("reading the registry failed; retrying", metadata: ["error": "\(error)"])
+                    logger.warning("reading the registry failed; retrying", metadata: [LogKey.error: "\(error)"])
                 }
             }
         }
@@ -346,14 +346,14 @@ public struct RegistryUpdate: Sendable {
                 guard subscription.id == record.id else {
                     logger.error(
                         "skipping a subscription record whose id differs from its key",
-                        metadata: ["subscription": "\(record.id)", "registry.record_id": "\(subscription.id)"])
+                        metadata: [LogKey.subscription: "\(record.id)", LogKey.registryRecordId: "\(subscription.id)"])
                     return nil
                 }
                 return subscription
             } catch {
                 logger.error(
                     "skipping an unreadable subscription record",
-                    metadata: ["subscription": "\(record.id)", "error": "\(error)"])
+                    metadata: [LogKey.subscription: "\(record.id)", LogKey.error: "\(error)"])
                 return nil
             }
         }

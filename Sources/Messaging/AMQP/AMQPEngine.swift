@@ -104,9 +104,9 @@ final class AMQPEngine: @unchecked Sendable {
                     logger.warning(
                         "cannot connect to a RabbitMQ node; trying the next",
                         metadata: [
-                            "amqp.endpoint":
+                            LogKey.amqpEndpoint:
                                 "\(configuration.aimed(at: index).host):\(configuration.aimed(at: index).port)",
-                            "error": "\(error)",
+                            LogKey.error: "\(error)",
                         ])
                 }
             }
@@ -295,8 +295,9 @@ final class AMQPEngine: @unchecked Sendable {
             logger.warning(
                 "RabbitMQ returned an unroutable message",
                 metadata: [
-                    "amqp.channel": "\(channelID)", "amqp.exchange": "\(exchange)", "amqp.routing_key": "\(routingKey)",
-                    "amqp.reply": "\(code) \(text)",
+                    LogKey.amqpChannel: "\(channelID)", LogKey.amqpExchange: "\(exchange)",
+                    LogKey.amqpRoutingKey: "\(routingKey)",
+                    LogKey.amqpReply: "\(code) \(text)",
                 ])
             channels[channelID]?.returnedPending = MessagingError(
                 .publishNacked, "message to '\(exchange)' with routing key '\(routingKey)' was unroutable",
@@ -305,19 +306,19 @@ final class AMQPEngine: @unchecked Sendable {
             let error = MessagingError(
                 .channelClosed, "RabbitMQ closed channel \(channelID)", replyCode: code, replyText: text)
             logger.warning(
-                "channel closed by RabbitMQ", metadata: ["amqp.channel": "\(channelID)", "error": "\(error)"])
+                "channel closed by RabbitMQ", metadata: [LogKey.amqpChannel: "\(channelID)", LogKey.error: "\(error)"])
             reopen(channelID, after: error)
         case .consumerCancelled(let channelID, let tag):
             if let consumer = channels[channelID]?.consumers.removeValue(forKey: tag) {
                 logger.warning(
                     "RabbitMQ cancelled a consumer",
-                    metadata: ["amqp.consumer": "\(tag)", "amqp.queue": "\(consumer.queue)"])
+                    metadata: [LogKey.amqpConsumer: "\(tag)", LogKey.amqpQueue: "\(consumer.queue)"])
                 consumer.continuation.finish(
                     throwing: MessagingError(
                         .closed, "RabbitMQ cancelled the consumer on '\(consumer.queue)' (was the queue deleted?)"))
             }
         case .blocked(let reason):
-            logger.warning("RabbitMQ blocked publishing on this connection", metadata: ["amqp.reason": "\(reason)"])
+            logger.warning("RabbitMQ blocked publishing on this connection", metadata: [LogKey.amqpReason: "\(reason)"])
         case .unblocked:
             logger.info("RabbitMQ unblocked publishing on this connection")
         }
@@ -452,7 +453,7 @@ final class AMQPEngine: @unchecked Sendable {
         else {
             logger.debug(
                 "skipping settlement of a delivery from a closed channel",
-                metadata: ["amqp.delivery_tag": "\(delivery.deliveryTag)"])
+                metadata: [LogKey.amqpDeliveryTag: "\(delivery.deliveryTag)"])
             return nil
         }
         return record
@@ -581,7 +582,7 @@ final class AMQPEngine: @unchecked Sendable {
         guard wire != nil else { return }
         logger.warning(
             "lost the connection to RabbitMQ; reconnecting",
-            metadata: ["amqp.endpoint": "\(endpoint)", "error": "\(error)"])
+            metadata: [LogKey.amqpEndpoint: "\(endpoint)", LogKey.error: "\(error)"])
         wire = nil  // the socket is closed with the object
         // The node is likely gone: the next one first (oslo.messaging does the same).
         endpointIndex += 1
@@ -618,7 +619,7 @@ final class AMQPEngine: @unchecked Sendable {
             for waiter in waiting { waiter.resume(returning: true) }
             logger.info(
                 "reconnected to RabbitMQ",
-                metadata: ["amqp.endpoint": "\(endpoint)", "amqp.channels": "\(channels.count)"])
+                metadata: [LogKey.amqpEndpoint: "\(endpoint)", LogKey.amqpChannels: "\(channels.count)"])
         } catch {
             failures += 1
             let tried = endpoint
@@ -631,7 +632,9 @@ final class AMQPEngine: @unchecked Sendable {
             if failures == 1 || failures % 10 == 0 {
                 logger.warning(
                     "cannot reconnect to RabbitMQ yet",
-                    metadata: ["amqp.endpoint": "\(tried)", "amqp.failures": "\(failures)", "error": "\(error)"])
+                    metadata: [
+                        LogKey.amqpEndpoint: "\(tried)", LogKey.amqpFailures: "\(failures)", LogKey.error: "\(error)",
+                    ])
             }
         }
     }

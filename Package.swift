@@ -232,7 +232,7 @@ let package = Package(
                 "HeraldModel",
                 "CBaseline",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
-                .product(name: "MetricsTestKit", package: "swift-metrics"),
+                .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

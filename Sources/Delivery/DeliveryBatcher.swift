@@ -25,7 +25,6 @@ public struct DeliveryOutcome: Sendable, Equatable {
     }
 }
 
-/// Counters for metrics and tests.
 /// What the batcher holds, now and at most. Its counts (requests, deliveries, retries, dead
 /// letters, parked messages, circuit openings) are metrics, kept once (`DeliveryMetrics`).
 public struct DeliveryStatistics: Sendable {
@@ -70,6 +69,8 @@ public final class DeliveryBatcher: Sendable {
     /// What lingers, circuits, retries and waits are timed by (a manual clock in tests).
     private let clock: ElapsedClock
     private let metrics: DeliveryMetrics
+    /// Set by `stop()`: lanes, retries and the parking and dead-letter loops give up at their next turn.
+    private let stopped = Atomic<Bool>(false)
 
     /// One submission's messages, completed when the last of them is settled.
     final class Group: @unchecked Sendable {
@@ -165,7 +166,9 @@ public final class DeliveryBatcher: Sendable {
 
     /// - Throws: `DeliveryError.invalidConfiguration` naming the bad setting.
     /// - Parameter endpoints: the Zaqar endpoints the operator allows; nil allows every one (tests).
-    /// - Parameter clock: what lingers, circuit cooldowns, retry delays and Retry-After are timed by.
+    /// - Parameter clock: what lingers, circuit cooldowns, retry delays, Retry-After and the parking
+    ///   and dead-letter retries are timed by. With a manual clock, every one of them waits until
+    ///   the test advances it (a lane that sent in the last `lingerWindow` lingers too).
     /// - Parameter metrics: where the counts go (the process's backend; a test's to read them).
     public init(
         configuration: DeliveryConfiguration = DeliveryConfiguration(), zaqar: ZaqarClient,
@@ -296,6 +299,16 @@ public final class DeliveryBatcher: Sendable {
         await buffered.waitUntilZero(timeout: timeout)
     }
 
+    /// Stops delivering, for a node that is stopping after `drain`: every lane, retry, and parking
+    /// or dead-letter attempt gives up at its next turn (at most one wait later), leaving what it
+    /// holds unsettled: those deliveries stay unacked, and the broker gives them to the next owner.
+    /// Nothing keeps retrying against a closed connection once the node has gone.
+    public func stop() {
+        stopped.store(true, ordering: .relaxed)
+    }
+
+    private var isStopped: Bool { stopped.load(ordering: .relaxed) }
+
     private func fits(_ state: State, _ pending: Pending) -> Bool {
         let lane = state.lanes[pending.message.target]
         let project = state.projects[pending.message.target.project]
@@ -423,7 +436,7 @@ public final class DeliveryBatcher: Sendable {
     }
 
     private func runLane(_ target: ZaqarTarget) async {
-        while true {
+        while !isStopped {
             let next = state.withLock { state -> Next in
                 guard let queued = state.lanes[target]?.queued, queued > 0 else {
                     // An idle lane with a clean circuit is the same as a new one: forget it, so
@@ -518,7 +531,7 @@ public final class DeliveryBatcher: Sendable {
         var attempt = 0
         var random = SystemRandomNumberGenerator()
         let backoff = Backoff(base: configuration.retryBase, cap: configuration.retryCap)
-        while true {
+        while !isStopped {
             if let wait = state.withLock({ $0.lanes[target]?.circuit.wait(now: now()) }) {
                 try? await clock.sleep(for: wait)
                 continue
@@ -638,6 +651,7 @@ public final class DeliveryBatcher: Sendable {
             var full: ParkingFull?
             var direct = false
             while true {
+                if isStopped { return [] }
                 do {
                     try await parking.park(messages.map(\.message), reason: reason, failed: failed)
                     break
@@ -808,17 +822,18 @@ public final class DeliveryBatcher: Sendable {
 
     /// Settles messages and runs the completions of groups that are now whole.
     private func complete(_ batch: [Pending], delivered: Bool) {
+        // Counted before they are settled: whoever learns they are delivered finds them counted.
+        if delivered {
+            metrics.delivered.increment(by: batch.count)
+            let now = now()
+            for pending in batch { metrics.latency.recordNanoseconds((now - pending.enqueuedAt).nanoseconds) }
+        }
         if let activity {
             let subscriptions = batch.map(\.message.subscriptionID)
             if delivered { activity.delivered(subscriptions) } else { activity.deadLettered(subscriptions) }
         }
         settle(batch) { outcome in
             if delivered { outcome.delivered += 1 } else { outcome.deadLettered += 1 }
-        }
-        if delivered {
-            metrics.delivered.increment(by: batch.count)
-            let now = now()
-            for pending in batch { metrics.latency.recordNanoseconds((now - pending.enqueuedAt).nanoseconds) }
         }
     }
 
@@ -853,6 +868,7 @@ public final class DeliveryBatcher: Sendable {
         var attempt = 0
         var random = SystemRandomNumberGenerator()
         while true {
+            if isStopped { return }
             do {
                 try await deadLetters.deadLetter(letters)
                 break

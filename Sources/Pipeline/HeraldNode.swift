@@ -341,6 +341,9 @@ package final class HeraldNode: Sendable {
         await parts.ingesting.value
         await coordinator.leave(drainTimeout: max(.seconds(1), budget - (ContinuousClock.now - started) - .seconds(2)))
         _ = await parts.batcher.drain(timeout: .seconds(2))
+        // What did not drain stays unacked for the next owner; nothing retries against the
+        // connection closed below (in a test process, nodes stop without the process ending).
+        parts.batcher.stop()
         parts.ownership.cancel()
         for task in parts.others { task.cancel() }
         for task in parts.others { await task.value }

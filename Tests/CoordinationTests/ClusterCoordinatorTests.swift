@@ -88,13 +88,16 @@ extension RedisServerTests {
             for name in ["a", "b", "c"] { try await cluster.add(name) }
             _ = try await cluster.waitBalanced(["a", "b", "c"])
             let leaving = cluster.node("c")
+            let redis = try RedisClient(url: TestServers.redisURL())
+            func holders() async throws -> [String] {
+                try await redis.pipeline((0..<64).map { RedisCommand("GET", cluster.prefix + "lease:\($0)") })
+                    .compactMap { $0.string?.split(separator: "|").first?.split(separator: "#").first.map(String.init) }
+            }
+            #expect(try await holders().contains("c"), "the leases name their holders as read here")
             let started = cluster.now
             await leaving.leave()
             // Released, not left to expire: once `leave` returns, no lease names it.
-            let redis = try RedisClient(url: TestServers.redisURL())
-            let holders = try await redis.pipeline(
-                (0..<64).map { RedisCommand("GET", cluster.prefix + "lease:\($0)") }
-            ).compactMap { $0.string?.split(separator: "|").first?.split(separator: "#").first.map(String.init) }
+            let holders = try await holders()
             #expect(
                 !holders.contains("c"), "leases still held by the node that left: \(holders.filter { $0 == "c" }.count)"
             )

@@ -175,9 +175,9 @@ extension RedisBackedDeliveryTests {
             let target = ZaqarTarget(baseURL: sink.url, project: "p", queue: "q")
             let delivering = Task { await harness.batcher.deliver(DeliveryHarness.messages(3, to: target)) }
             try await clock.waitForSleepers()
-            #expect(clock.requested == [.seconds(1)], "Retry-After: 1, not the backoff's delay")
+            try #require(clock.requested == [.seconds(1)], "Retry-After: 1, not the backoff's delay")
             clock.advance(by: .milliseconds(999))
-            #expect(clock.sleepers == 1, "still waiting a millisecond before the time it was told")
+            try #require(clock.sleepers == 1, "still waiting a millisecond before the time it was told")
             #expect(sink.totalRequests == 1)
             clock.advance(by: .milliseconds(1))
             let outcome = await delivering.value
@@ -224,9 +224,9 @@ extension RedisBackedDeliveryTests {
             let backoff = clock.requested.last ?? .zero
             clock.advance(by: backoff)
             try await clock.waitForSleepers()
-            #expect(clock.requested.last == .seconds(30) - backoff, "\(clock.requested)")
+            try #require(clock.requested.last == .seconds(30) - backoff, "\(clock.requested)")
             clock.advance(by: .seconds(30) - backoff - .milliseconds(1))
-            #expect(clock.sleepers == 1)
+            try #require(clock.sleepers == 1)
             #expect(sink.totalRequests == 3, "nothing is sent while the circuit is open")
             failing.increment()
             clock.advance(by: .milliseconds(1))

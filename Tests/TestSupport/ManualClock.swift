@@ -39,6 +39,8 @@ public final class ManualClock: Clock, Sendable {
             state.nextID += 1
             return state.nextID
         }
+        // A cancellation that came after the sleep ended leaves nothing behind.
+        defer { _ = state.withLock { $0.cancelled.remove(id) } }
         try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
                 let now: Result<Void, any Error>? = state.withLock { state in
@@ -62,8 +64,9 @@ public final class ManualClock: Clock, Sendable {
         }
     }
 
-    /// Moves the clock on and wakes every sleeper whose deadline has come.
+    /// Moves the clock on (never back) and wakes every sleeper whose deadline has come.
     public func advance(by duration: Duration) {
+        precondition(duration >= .zero, "a clock does not go back")
         let due = state.withLock { state -> [Sleeper] in
             state.now = state.now.advanced(by: duration)
             let now = state.now

@@ -230,7 +230,8 @@ package final class TargetParking: DeliveryParking {
                             LogKey.subscription: "\(subscription)", LogKey.error: "\(error)",
                         ])
                 }
-                try? await Task.sleep(for: .milliseconds(200 * (attempt + 1)))
+                try? await Task.sleep(
+                    for: Backoff(base: .milliseconds(200), cap: .seconds(5), floor: 0.5).delay(attempt: attempt))
             }
         }
         if failed {
@@ -455,7 +456,8 @@ package final class ParkingDrainer: Sendable {
     func refreshBeforeConsuming() async {
         for attempt in 0..<5 {
             if await refresh(gauges: false) { return }
-            try? await Task.sleep(for: .milliseconds(100 * (attempt + 1)))
+            try? await Task.sleep(
+                for: Backoff(base: .milliseconds(100), cap: .seconds(2), floor: 0.5).delay(attempt: attempt))
         }
         logger.warning(
             "could not read which subscriptions are parked before consuming a partition; new messages of a parked subscription may overtake parked ones until the next refresh"

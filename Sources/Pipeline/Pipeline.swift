@@ -448,7 +448,8 @@ package final class IngestService: Sendable {
                     "ingest failed; consuming again",
                     metadata: [LogKey.error: "\(error)", LogKey.heraldAttempt: "\(failures)"])
             }
-            try? await Task.sleep(for: .milliseconds(min(5000, 500 * (failures + 1))))
+            try? await Task.sleep(
+                for: Backoff(base: .milliseconds(500), cap: .seconds(5), floor: 0.5).delay(attempt: failures))
         }
     }
 
@@ -745,7 +746,8 @@ package final class IngestService: Sendable {
                         "cannot store a dead letter; holding the notification and retrying",
                         metadata: [LogKey.error: "\(error)", LogKey.heraldAttempt: "\(attempt)"])
                 }
-                try? await Task.sleep(for: .milliseconds(min(2000, 50 * attempt)))
+                try? await Task.sleep(
+                    for: Backoff(base: .milliseconds(50), cap: .seconds(2), floor: 0.5).delay(attempt: attempt - 1))
             }
         }
     }

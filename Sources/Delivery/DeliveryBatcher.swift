@@ -252,12 +252,12 @@ public final class DeliveryBatcher: Sendable {
         }
         if !notAllowed.isEmpty {
             await deadLetter(notAllowed, reason: .targetNotAllowed, status: nil, zaqarMessage: nil) {
-                Self.notAllowed($0.message.target)
+                DeadLetterDetail.endpointNotAllowed($0.message.target)
             }
         }
         if !tooLarge.isEmpty {
             await deadLetter(tooLarge, reason: .tooLarge, status: nil, zaqarMessage: nil) { pending in
-                "the message is \(pending.size) bytes; a request to Zaqar may carry at most \(self.configuration.maxRequestBytes) (max_messages_post_size)"
+                DeadLetterDetail.tooLarge(bytes: pending.size, limit: self.configuration.maxRequestBytes)
             }
         }
     }
@@ -569,7 +569,7 @@ public final class DeliveryBatcher: Sendable {
                     await deadLetter(
                         batch, reason: .unauthorized, status: response.status, zaqarMessage: response.message
                     ) { _ in
-                        "Zaqar answered \(response.status) for \(target): the subscription's credentials do not reach this queue (\(response.message ?? "no reason given")); a trust deleted in Keystone or a user without the trust's roles ends here"
+                        DeadLetterDetail.unauthorized(status: response.status, target: target, zaqar: response.message)
                     }
                     return
                 case 404:
@@ -691,7 +691,7 @@ public final class DeliveryBatcher: Sendable {
             }
             if let full {
                 await deadLetter(messages, reason: .parkingFull, status: nil, zaqarMessage: nil) { _ in
-                    "the target failed (\(SafeText.clean(reason, limit: 200))) and its messages cannot be parked: \(full.description)"
+                    DeadLetterDetail.parkingFull(failure: reason, full: full)
                 }
                 continue
             }
@@ -725,7 +725,7 @@ public final class DeliveryBatcher: Sendable {
     private func attempt(_ batch: [Pending], to target: ZaqarTarget) async -> ParkedAttempt {
         if let endpoints, !endpoints.permits(target.baseURL) {
             await deadLetter(batch, reason: .targetNotAllowed, status: nil, zaqarMessage: nil) { _ in
-                Self.notAllowed(target)
+                DeadLetterDetail.endpointNotAllowed(target)
             }
             return .settled(delivered: 0, deadLettered: batch.count)
         }
@@ -761,7 +761,7 @@ public final class DeliveryBatcher: Sendable {
             return .settled(delivered: 0, deadLettered: batch.count)
         case 401 where response.credentialsGone:
             await deadLetter(batch, reason: .unauthorized, status: 401, zaqarMessage: response.message) { _ in
-                "the subscription's trust no longer gives a token (\(response.message ?? "no reason given")); create the subscription again with a new trust"
+                DeadLetterDetail.trustGone(zaqar: response.message)
             }
             return .settled(delivered: 0, deadLettered: batch.count)
         default:
@@ -794,7 +794,7 @@ public final class DeliveryBatcher: Sendable {
     private func deadLetterIfSignedURLExpired(_ batch: [Pending], target: ZaqarTarget) async -> Bool {
         guard target.trust == nil, let expiry = target.signedURLExpiry, expiry <= Date() else { return false }
         await deadLetter(batch, reason: .signedURLExpired, status: nil, zaqarMessage: nil) { _ in
-            "the pre-signed URL for \(target.queue) expired at \(ISO8601DateFormatter().string(from: expiry)); create a new one with an explicit 'expires', or give the subscription a Keystone trust"
+            DeadLetterDetail.signedURLExpired(queue: target.queue, at: expiry)
         }
         return true
     }
@@ -808,12 +808,8 @@ public final class DeliveryBatcher: Sendable {
 
     private func deadLetterNotFound(_ batch: [Pending], target: ZaqarTarget, response: ZaqarResponse) async {
         await deadLetter(batch, reason: .notFound, status: 404, zaqarMessage: response.message) { _ in
-            "Zaqar answered 404 for \(target): the project or queue is unknown, or the signed URL is bad, expired or lacks POST (\(response.message ?? "no reason given"))"
+            DeadLetterDetail.notFound(target: target, zaqar: response.message)
         }
-    }
-
-    private static func notAllowed(_ target: ZaqarTarget) -> String {
-        "the subscription's Zaqar endpoint \(target.baseURL) is not one the operator allows (HERALD_ZAQAR_ALLOWED_URLS); nothing was sent there"
     }
 
     private func circuitSucceeded(_ target: ZaqarTarget) {

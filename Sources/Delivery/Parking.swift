@@ -7,6 +7,26 @@ public struct ParkingFull: Error, CustomStringConvertible, Sendable {
     public init(_ description: String) {
         self.description = description
     }
+
+    /// The project holds its share of parked messages (HERALD_PARKING_PROJECT_MAX_MESSAGES).
+    public static func projectMessages(_ project: String, parked: Int, share: Int) -> ParkingFull {
+        ParkingFull(
+            "project \(project) has \(parked) messages parked, its share (HERALD_PARKING_PROJECT_MAX_MESSAGES) is \(share)"
+        )
+    }
+
+    /// The project holds its share of parked bytes (HERALD_PARKING_PROJECT_MAX_BYTES).
+    public static func projectBytes(_ project: String, parked: Int, share: Int) -> ParkingFull {
+        ParkingFull(
+            "project \(project) has \(parked) bytes parked, its share (HERALD_PARKING_PROJECT_MAX_BYTES) is \(share)")
+    }
+
+    /// The subscription holds as many parked messages as one may (HERALD_PARKING_SUBSCRIPTION_MAX_MESSAGES).
+    public static func subscriptionMessages(_ subscription: String, parked: Int, limit: Int) -> ParkingFull {
+        ParkingFull(
+            "subscription \(subscription) has \(parked) messages parked, at most \(limit)"
+                + " (HERALD_PARKING_SUBSCRIPTION_MAX_MESSAGES)")
+    }
 }
 
 /// Parking is closing for this subscription: its retrier caught up and is emptying its queue.

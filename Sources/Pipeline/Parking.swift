@@ -178,19 +178,14 @@ package final class TargetParking: DeliveryParking {
         switch reservation {
         case .projectFull(let parked):
             ParkingMetrics.refused["project_full"]?.increment()
-            throw ParkingFull(
-                "project \(project) has \(parked) messages parked, its share (HERALD_PARKING_PROJECT_MAX_MESSAGES) is \(settings.projectMaxMessages)"
-            )
+            throw ParkingFull.projectMessages(project, parked: parked, share: settings.projectMaxMessages)
         case .projectBytesFull(let parkedBytes):
             ParkingMetrics.refused["project_full"]?.increment()
-            throw ParkingFull(
-                "project \(project) has \(parkedBytes) bytes parked, its share (HERALD_PARKING_PROJECT_MAX_BYTES) is \(settings.projectMaxBytes)"
-            )
+            throw ParkingFull.projectBytes(project, parked: parkedBytes, share: settings.projectMaxBytes)
         case .subscriptionFull(let parked):
             ParkingMetrics.refused["subscription_full"]?.increment()
-            throw ParkingFull(
-                "subscription \(subscription) has \(parked) messages parked, at most \(settings.subscriptionMaxMessages) (HERALD_PARKING_SUBSCRIPTION_MAX_MESSAGES)"
-            )
+            throw ParkingFull.subscriptionMessages(
+                subscription, parked: parked, limit: settings.subscriptionMaxMessages)
         case .closing:
             throw ParkingClosing()
         case .notParked:

@@ -226,7 +226,12 @@ public final class ChildProcess: Sendable {
     /// The last lines of its log file, for failure messages ("" without one).
     public func tail(_ lines: Int = 20) -> String {
         guard let log else { return "" }
-        let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+        return Self.tail(of: log, lines: lines)
+    }
+
+    /// The last lines of a log file ("" when it cannot be read).
+    public static func tail(of path: String, lines: Int = 20) -> String {
+        let text = (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
         return text.split(separator: "\n").suffix(lines).joined(separator: "\n")
     }
 

@@ -3,9 +3,6 @@ import CoreMetrics
 import Delivery
 import Foundation
 import HeraldModel
-import NIOCore
-import NIOHTTP1
-import NIOPosix
 import Synchronization
 import ZaqarSink
 

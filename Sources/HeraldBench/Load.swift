@@ -7,8 +7,6 @@ import HeraldModel
 import Histogram
 import Messaging
 import NIOCore
-import NIOHTTP1
-import NIOPosix
 import Synchronization
 import ZaqarSink
 
@@ -653,6 +651,11 @@ final class RecordingSink: Sendable {
         let refused = Mutex<[Int: Int]>([:])
 
         var current: Mode { Mode(rawValue: mode.load(ordering: .relaxed)) ?? .normal }
+
+        /// Records the messages of a request the sink (or Zaqar behind it) took.
+        func record(_ request: ZaqarSink.Request) {
+            recorder.withLock { $0 }?.record(request.body, now: DispatchTime.now().uptimeNanoseconds)
+        }
     }
 
     private let server: ZaqarSink
@@ -731,7 +734,7 @@ final class RecordingSink: Sendable {
 
     /// Records and answers 201.
     private static func take(_ request: ZaqarSink.Request, books: Books) -> ZaqarSink.Answer {
-        books.recorder.withLock { $0 }?.record(request.body, now: DispatchTime.now().uptimeNanoseconds)
+        books.record(request)
         return .accept
     }
 
@@ -753,7 +756,7 @@ final class RecordingSink: Sendable {
             let response = try await upstream.client.execute(forwarded, timeout: .seconds(60))
             // Zaqar's status decides; its answer's body is passed back when it can be read.
             if response.status == .created {
-                books.recorder.withLock { $0 }?.record(request.body, now: DispatchTime.now().uptimeNanoseconds)
+                books.record(request)
             } else {
                 books.refused.withLock { $0[Int(response.status.code), default: 0] += 1 }
             }

@@ -49,8 +49,7 @@ final class PipelineRun: @unchecked Sendable {
 
         /// The last lines of its log.
         func tail(_ lines: Int = 20) -> String {
-            let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
-            return text.split(separator: "\n").suffix(lines).joined(separator: "\n")
+            ChildProcess.tail(of: log, lines: lines)
         }
     }
 
@@ -370,7 +369,11 @@ final class PipelineRun: @unchecked Sendable {
         let port = try #require(nodes[name]?.apiPort)
         let response = try await HTTPClient.shared.execute(
             HTTPClientRequest(url: "http://127.0.0.1:\(port)/metrics"), timeout: .seconds(10))
-        let text = String(buffer: try await response.body.collect(upTo: 4 << 20))
+        return Self.metricValues(String(buffer: try await response.body.collect(upTo: 4 << 20)))
+    }
+
+    /// Prometheus' text format as `name{labels}` -> value (comments left out).
+    static func metricValues(_ text: String) -> [String: Double] {
         var values: [String: Double] = [:]
         for line in text.split(separator: "\n") where !line.hasPrefix("#") {
             guard let space = line.lastIndex(of: " "), let value = Double(line[line.index(after: space)...]) else {

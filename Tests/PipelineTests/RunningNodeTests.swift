@@ -110,12 +110,9 @@ extension PipelineSuites {
                             #"hb_requests{http_route="/readyz",http_request_method="GET",http_response_status_code="200"}"#
                         ),
                         "request metrics by route pattern")
-                    for line in text.split(separator: "\n") where !line.hasPrefix("#") {
-                        let parts = line.split(separator: " ")
-                        guard parts.count == 2, let value = Double(parts[1]) else { continue }
-                        if parts[0] == #"herald_events_total{stage="ingested"}"# { ingested += value }
-                        if parts[0] == "herald_partitions_owned" { owned += value }
-                    }
+                    let values = PipelineRun.metricValues(text)
+                    ingested += values[#"herald_events_total{stage="ingested"}"#] ?? 0
+                    owned += values["herald_partitions_owned"] ?? 0
                 }
                 #expect(ingested == 20, "the cluster ingested every notification once")
                 #expect(owned == 24, "every partition is owned by exactly one node")

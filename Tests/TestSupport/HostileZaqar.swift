@@ -91,7 +91,7 @@ public final class HostileZaqar: Sendable {
     /// Requests that reached a queue (any answer).
     public func requests(queue: String) -> Int { books.state.withLock { $0.requests[queue] ?? 0 } }
     /// Requests that reached the server at all.
-    public var totalRequests: Int { books.state.withLock { $0.requests.values.reduce(0, +) } }
+    public var totalRequests: Int { sink.requestCount }
     /// Message bodies accepted into a queue, in arrival order.
     public func accepted(queue: String) -> [String] { books.state.withLock { $0.accepted[queue] ?? [] } }
 

@@ -870,7 +870,7 @@ public final class DeliveryBatcher: Sendable {
                 break
             } catch {
                 attempt += 1
-                DeadLetterWriteFailures.counter.increment()
+                metrics.deadLetterWriteFailures.increment()
                 if attempt == 1 || attempt % 10 == 0 {
                     logger.error(
                         "cannot store dead letters; holding them and retrying",

@@ -16,6 +16,9 @@ struct DeliveryMetrics: Sendable {
     let batchSize: Recorder
     /// From the message's submission to the batcher until Zaqar took it.
     let latency: Metrics.Timer
+    /// `herald_dead_letter_write_failures_total`: Redis refused or could not take dead letters;
+    /// the batcher holds them and retries with backoff (an alert-worthy rate: nothing moves meanwhile).
+    let deadLetterWriteFailures: Counter
     private let deadLetters: [DeadLetter.Reason: Counter]
     private let factory: any MetricsFactory
 
@@ -28,6 +31,7 @@ struct DeliveryMetrics: Sendable {
         circuitOpenings = Counter(label: "herald_delivery_circuit_openings_total", factory: factory)
         batchSize = Recorder(label: "herald_delivery_batch_size", aggregate: true, factory: factory)
         latency = Metrics.Timer(label: "herald_delivery_latency_seconds", factory: factory)
+        deadLetterWriteFailures = Counter(label: "herald_dead_letter_write_failures_total", factory: factory)
         deadLetters = Dictionary(
             uniqueKeysWithValues: DeadLetter.Reason.allCases.map {
                 ($0, Self.deadLetterCounter($0, factory: factory))
@@ -41,10 +45,4 @@ struct DeliveryMetrics: Sendable {
     func deadLettered(_ reason: DeadLetter.Reason) -> Counter {
         deadLetters[reason] ?? Self.deadLetterCounter(reason, factory: factory)
     }
-}
-
-/// `herald_dead_letter_write_failures_total`: Redis refused or could not take dead letters; the
-/// node holds them and retries with backoff (an alert-worthy rate: nothing moves meanwhile).
-public enum DeadLetterWriteFailures {
-    public static let counter = Counter(label: "herald_dead_letter_write_failures_total")
 }

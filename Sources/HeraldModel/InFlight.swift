@@ -32,9 +32,10 @@ public final class InFlight: Sendable {
 
     /// Waits until the count is zero or `timeout` has passed (or the task is cancelled).
     /// - Returns: whether the count was zero.
-    public func waitUntilZero(timeout: Duration) async -> Bool {
+    /// - Parameter clock: what the timeout is measured on (a manual clock in tests).
+    public func waitUntilZero(timeout: Duration, clock: ElapsedClock = .continuous) async -> Bool {
         if count == 0 { return true }
-        return await answer(within: timeout) { await self.zero() } || count == 0
+        return await answer(within: timeout, clock: clock) { await self.zero() } || count == 0
     }
 
     /// Returns when the count is zero (true) or the task is cancelled (false).
@@ -62,11 +63,13 @@ public final class InFlight: Sendable {
 
 /// `wait`'s answer, or false once `timeout` has passed (`wait` is then cancelled, and should
 /// answer false for that unless what it waited for came at the same time: that answer wins).
-func answer(within timeout: Duration, _ wait: @escaping @Sendable () async -> Bool) async -> Bool {
+func answer(
+    within timeout: Duration, clock: ElapsedClock, _ wait: @escaping @Sendable () async -> Bool
+) async -> Bool {
     await withTaskGroup(of: Bool.self) { group in
         group.addTask { await wait() }
         group.addTask {
-            try? await Task.sleep(for: timeout)
+            try? await clock.sleep(for: timeout)
             return false
         }
         var answered = await group.next() ?? false

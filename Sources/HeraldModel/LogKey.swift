@@ -43,6 +43,7 @@ public enum LogKey {
     public static let heraldExchanges = "herald.exchanges"
     public static let heraldInFlight = "herald.in_flight"
     public static let heraldNextSeconds = "herald.next_seconds"
+    public static let heraldPart = "herald.part"
     public static let heraldPartitions = "herald.partitions"
     public static let heraldRefusals = "herald.refusals"
     public static let heraldTrimmed = "herald.trimmed"

@@ -33,10 +33,10 @@ public final class Wakeup: Sendable {
         for waiter in resumed { waiter.resume(returning: true) }
     }
 
-    /// Waits for a signal, at most `timeout` (nil: no limit).
+    /// Waits for a signal, at most `timeout` (nil: no limit) of `clock`'s time.
     /// - Returns: whether a signal came (false: the timeout passed or the task was cancelled).
     @discardableResult
-    public func wait(timeout: Duration?) async -> Bool {
+    public func wait(timeout: Duration?, clock: ElapsedClock = .continuous) async -> Bool {
         if state.withLock({ state in
             defer { state.pending = false }
             return state.pending
@@ -45,7 +45,7 @@ public final class Wakeup: Sendable {
         }
         guard let timeout else { return await signalled() }
         if timeout <= .zero { return false }
-        return await answer(within: timeout) { await self.signalled() }
+        return await answer(within: timeout, clock: clock) { await self.signalled() }
     }
 
     /// Returns true on a signal, false when the task is cancelled.

@@ -7,28 +7,49 @@ import Logging
 import Messaging
 import Metrics
 import Routing
+import ServiceLifecycle
 import Synchronization
 
-extension DeadLetterStore: DeadLetterSink {
-    public func deadLetter(_ letters: [DeadLetter]) async throws {
-        DeadLetterMetrics.trimmed(try await append(letters))
+/// The node's dead-letter store as the batcher and the ingest write to it: what the budget
+/// trims and what Redis refused are counted on the node's metrics.
+package struct CountedDeadLetters: DeadLetterSink {
+    let store: DeadLetterStore
+    let metrics: DeadLetterMetrics
+
+    package init(store: DeadLetterStore, metrics: DeadLetterMetrics = DeadLetterMetrics()) {
+        self.store = store
+        self.metrics = metrics
+    }
+
+    package func deadLetter(_ letters: [DeadLetter]) async throws {
+        metrics.trimmed(try await store.append(letters))
     }
 }
 
 /// `herald_dead_letters_dropped_total{reason}`: older letters trimmed to keep within the budget
-/// (bounded labels: the reasons Herald knows, else `other`).
-package enum DeadLetterMetrics {
-    static let counters = Dictionary(
-        uniqueKeysWithValues: (DeadLetter.Reason.allCases.map(\.rawValue) + ["other"]).map {
-            ($0, Counter(label: "herald_dead_letters_dropped_total", dimensions: [("reason", $0)]))
-        })
+/// (bounded labels: the reasons Herald knows, else `other`); `herald_dead_letter_write_failures_total`:
+/// Redis could not take dead letters (they are held and retried).
+package struct DeadLetterMetrics: Sendable {
+    private let dropped: [String: Counter]
+    private let droppedOther: Counter
+    let writeFailures: Counter
 
-    static func trimmed(_ byReason: [String: Int]) {
+    package init(factory: any MetricsFactory = MetricsSystem.factory) {
+        func dropped(_ reason: String) -> Counter {
+            Counter(label: "herald_dead_letters_dropped_total", dimensions: [("reason", reason)], factory: factory)
+        }
+        self.dropped = Dictionary(
+            uniqueKeysWithValues: DeadLetter.Reason.allCases.map(\.rawValue).map { ($0, dropped($0)) })
+        droppedOther = dropped("other")
+        writeFailures = Counter(label: "herald_dead_letter_write_failures_total", factory: factory)
+    }
+
+    func trimmed(_ byReason: [String: Int]) {
         for (reason, count) in byReason {
-            (counters[reason] ?? counters["other"])?.increment(by: count)
+            (dropped[reason] ?? droppedOther).increment(by: count)
         }
         if !byReason.isEmpty {
-            logger.warning(
+            Self.logger.warning(
                 "dead letters trimmed to keep within the budget (HERALD_DEAD_LETTERS_MAX, HERALD_DEAD_LETTERS_PROJECT_MAX)",
                 metadata: [
                     LogKey.heraldTrimmed:
@@ -41,8 +62,9 @@ package enum DeadLetterMetrics {
 }
 
 /// One cluster node, assembled: ingest, owned partitions, delivery, the registry
-/// watch, the coordinator. `start()` then `shutdown()` (SIGTERM): stop ingest,
-/// hand the partitions over (drain, ack, release), leave the group, close.
+/// watch, the coordinator. `prepare()` makes what its parts share, `parts(_:)` lists them in
+/// their shutdown order (SIGTERM: stop ingest, hand the partitions over (drain, ack, release),
+/// leave the group), `close(_:)` closes what they shared.
 package final class HeraldNode: Sendable {
     /// Herald's version, as `herald --version` prints it and the membership records say.
     package static let version = "0.1.0"
@@ -51,6 +73,12 @@ package final class HeraldNode: Sendable {
     let coordinator: ClusterCoordinator
     let registry: SubscriptionRegistry
     let deadLetters: DeadLetterStore
+    /// The same store as the batcher and the ingest write to it (trims and failures counted).
+    let deadLetterSink: CountedDeadLetters
+    /// The ingest's metrics (refused publishes, held notifications, queue depths).
+    let ingestMetrics: IngestMetrics
+    /// The parked messages' metrics.
+    let parkingMetrics: ParkingMetrics
     /// Which subscriptions have messages parked (their targets failed), cluster-wide.
     let parkingLedger: ParkingLedger
     /// Each subscription's counts, last delivery and last error (the API's health view).
@@ -63,32 +91,35 @@ package final class HeraldNode: Sendable {
     let counters: PipelineCounters
     /// Where the node's own counts go (its `/metrics`).
     private let metrics: any MetricsFactory
-    private let logger: Logger
+    let logger: Logger
     /// HERALD_REDIS_URL, parsed once (every Redis client of the node is made from it).
     private let redisConfiguration: RedisConfiguration
-    private let parts = Mutex<Parts?>(nil)
+    /// What `prepare` made and the readiness checks and gauges look at.
+    private let prepared = Mutex<Prepared?>(nil)
     private let flags = Mutex(Flags())
+    /// Signalled once the registry's first read is in the index (`registryLoaded`).
+    private let indexLoaded = Wakeup()
+    /// The Redis clients the node made, closed once the node and its API have stopped.
+    private let redisClients: [RedisClient]
 
     struct Flags {
         var registryLoaded = false
         var stopping = false
     }
 
-    struct Parts: Sendable {
+    /// The node's connections and the objects its parts share, made by `prepare`.
+    struct Prepared: Sendable {
         var connection: AMQPConnection
         var zaqar: ZaqarClient
         var batcher: DeliveryBatcher
+        var index: Locked<SubscriptionIndex>
+        var drainer: ParkingDrainer
+        var owners: PartitionOwners
         var ingest: IngestOwners
-        /// The node's loops. `shutdown` awaits the ingest's (it ends after `ingest.shutdown`) and,
-        /// once cancelled, the others. The partitions' (`ownership`) is cancelled, not awaited: its
-        /// revoke drains may wait on a full batcher for up to HERALD_HANDOFF_DRAIN_SECONDS, past the
-        /// shutdown budget; the process ends and the broker gives back what they held.
-        var ingesting: Task<Void, Never>
-        var ownership: Task<Void, Never>
-        var others: [Task<Void, Never>]
+        var keeper: SignedURLKeeper
     }
 
-    /// Builds a node from its configuration; nothing connects until `start()`.
+    /// Builds a node from its configuration; nothing connects until `prepare()`.
     /// - Parameter metrics: where the node's counts go: its registry's factory, so that nodes in
     ///   one process (tests) keep theirs apart.
     init(configuration: NodeConfiguration, logger: Logger, metrics: any MetricsFactory = MetricsSystem.factory) throws {
@@ -106,18 +137,19 @@ package final class HeraldNode: Sendable {
                 partitionCount: configuration.partitions,
                 address: "\(ProcessInfo.processInfo.hostName):\(configuration.apiPort)", version: Self.version
             ),
-            redis: redis, logger: logger
+            redis: redis, logger: logger, metrics: metrics
         )
         registry = SubscriptionRegistry(redis: redis, keyPrefix: configuration.keyPrefix, logger: logger)
+        let clients = (0..<4).map { _ in RedisClient(configuration: redis, logger: logger) }
+        redisClients = clients
         deadLetters = DeadLetterStore(
-            redis: RedisClient(configuration: redis, logger: logger), keyPrefix: configuration.keyPrefix,
-            budget: configuration.deadLetterBudget)
-        parkingLedger = ParkingLedger(
-            redis: RedisClient(configuration: redis, logger: logger), keyPrefix: configuration.keyPrefix)
-        stats = SubscriptionStats(
-            redis: RedisClient(configuration: redis, logger: logger), keyPrefix: configuration.keyPrefix)
-        catalog = EventTypeCatalog(
-            redis: RedisClient(configuration: redis, logger: logger), keyPrefix: configuration.keyPrefix)
+            redis: clients[0], keyPrefix: configuration.keyPrefix, budget: configuration.deadLetterBudget)
+        deadLetterSink = CountedDeadLetters(store: deadLetters, metrics: DeadLetterMetrics(factory: metrics))
+        ingestMetrics = IngestMetrics(factory: metrics)
+        parkingMetrics = ParkingMetrics(factory: metrics)
+        parkingLedger = ParkingLedger(redis: clients[1], keyPrefix: configuration.keyPrefix)
+        stats = SubscriptionStats(redis: clients[2], keyPrefix: configuration.keyPrefix)
+        catalog = EventTypeCatalog(redis: clients[3], keyPrefix: configuration.keyPrefix)
         keystone = configuration.keystone.map { KeystoneClient(configuration: $0, logger: logger) }
     }
 
@@ -130,14 +162,31 @@ package final class HeraldNode: Sendable {
         #endif
     }
 
-    func start() async throws {
+    /// Everything the node does once before its parts run: the queues' shape settled and
+    /// declared, the AMQP connection, the batcher, the parking drainer, the partitions' and the
+    /// ingest's owners. Nothing is consumed yet.
+    func prepare() async throws -> Prepared {
         // The queues' type and bounds: the settings, else the cluster's record (ClusterQueueShape).
         var configuration = self.configuration
         let settings = RedisClient(configuration: redisConfiguration, logger: logger)
+        defer { Task { await settings.close() } }  // a close only; nothing awaits it
         configuration.queueShape = try await ClusterQueueShape.resolve(
             configured: configuration.queueSettings, redis: settings, keyPrefix: configuration.keyPrefix)
         let connection = try await AMQPConnection.connect(
             try AMQPConfiguration(url: configuration.amqpURL), logger: logger)
+        do {
+            let prepared = try await prepare(connection: connection, configuration: configuration, settings: settings)
+            self.prepared.withLock { $0 = prepared }
+            return prepared
+        } catch {
+            await connection.close()
+            throw error
+        }
+    }
+
+    private func prepare(
+        connection: AMQPConnection, configuration: NodeConfiguration, settings: RedisClient
+    ) async throws -> Prepared {
         let control = try await connection.openChannel()
         try await Topology.declare(on: control, configuration: configuration)
         await control.close()
@@ -157,42 +206,9 @@ package final class HeraldNode: Sendable {
                 LogKey.amqpIngestMaxMessages: "\(configuration.queueShape.ingestMaxMessages)",
                 LogKey.amqpPartitionMaxMessages: "\(configuration.queueShape.partitionMaxMessages)",
             ])
-        await settings.close()
 
-        // The subscription index: made anew from the registry's changes (only the changed
-        // subscriptions compiled again) and swapped in.
+        // The subscription index: filled by the registry watch (a part of the node).
         let index = Locked(SubscriptionIndex([], defaultZaqarURL: configuration.zaqarURL))
-        let zaqarURL = configuration.zaqarURL
-        var updates = registry.watch().makeAsyncIterator()
-        /// Applies the next update; what it held (possibly every subscription, decoded) is freed
-        /// when this returns, so the heap is trimmed after it.
-        func applyNext() async -> (version: Int64, changed: String)? {
-            guard let update = await updates.next() else { return nil }
-            let current = index.withLock { $0 }
-            let next =
-                update.replacesAll
-                ? SubscriptionIndex(update.subscriptions(logger: logger), defaultZaqarURL: zaqarURL)
-                : current.updated(with: update.changed)
-            index.withLock { $0 = next }
-            return (update.version, update.replacesAll ? "all" : "\(update.changed.count)")
-        }
-        _ = await applyNext()
-        Self.returnFreedMemory()
-        flags.withLock { $0.registryLoaded = true }
-        // The node's loops are held in `Parts` and ended by `shutdown` (see `Parts`).
-        let watcher = Task { [logger] in
-            while let applied = await applyNext() {
-                Self.returnFreedMemory()
-                logger.info(
-                    "subscription index updated",
-                    metadata: [
-                        LogKey.registryVersion: "\(applied.version)",
-                        LogKey.registryChanged: "\(applied.changed)",
-                        LogKey.registrySubscriptions: "\(index.withLock { $0.count })",
-                    ])
-            }
-        }
-
         let zaqar = ZaqarClient(
             requestTimeout: configuration.deliveryTimeout, tokens: keystone, caFile: configuration.zaqarCAFile)
         var delivery = DeliveryConfiguration()
@@ -202,10 +218,10 @@ package final class HeraldNode: Sendable {
         let parking = TargetParking(
             connection: connection, ledger: parkingLedger, names: configuration.names,
             queueType: configuration.queueShape.type, owner: coordinator.owner,
-            settings: configuration.parking, logger: logger
+            settings: configuration.parking, metrics: parkingMetrics, logger: logger
         )
         let batcher = try DeliveryBatcher(
-            configuration: delivery, zaqar: zaqar, deadLetters: deadLetters,
+            configuration: delivery, zaqar: zaqar, deadLetters: deadLetterSink,
             endpoints: try ZaqarEndpoints(urls: configuration.zaqarAllowedURLs), parking: parking,
             activity: stats, logger: logger, metrics: metrics
         )
@@ -217,64 +233,153 @@ package final class HeraldNode: Sendable {
             isLeader: { [coordinator] in coordinator.isLeader }, names: configuration.names,
             owner: coordinator.owner, defaultZaqarURL: configuration.zaqarURL, logger: logger
         )
-        // Knows which subscriptions are parked before any partition is consumed.
-        await drainer.refreshBeforeConsuming()
-        let retrying = Task { await drainer.run() }
         let owners = PartitionOwners(
             connection: connection, coordinator: coordinator, batcher: batcher, index: index,
             configuration: configuration,
-            deadLetters: deadLetters, counters: counters, stats: stats, catalog: catalog, logger: logger,
+            counters: counters, stats: stats, catalog: catalog, logger: logger,
             beforeConsuming: { await drainer.refreshBeforeConsuming() })
-        let ownership = Task { await owners.run() }
-        try await coordinator.start()
         let ingest = try ingestOwners(connection: connection, configuration: configuration)
-        let ingesting = Task { await ingest.run() }
-        try await ingest.start()
         let keeper = SignedURLKeeper(
             registry: registry, keystone: keystone, zaqar: zaqar, defaultZaqarURL: configuration.zaqarURL,
             policy: configuration.signedURLs,
             isLeader: { [coordinator] in coordinator.isLeader }, logger: logger
         )
-        let keeping = Task { await keeper.run() }
-        // Each subscription's counts, written once a second (the delivery path only counts).
-        let counting = Task { [stats, catalog, logger] in
-            var failures = 0
-            while !Task.isCancelled {
-                try? await Task.sleep(for: .seconds(1))
-                do {
-                    try await stats.flush()
-                    try await catalog.flush()
-                    failures = 0
-                } catch {
-                    failures += 1
-                    if failures == 1 || failures % 60 == 0 {
-                        logger.warning(
-                            "cannot write subscription counts to Redis; keeping them for the next try",
-                            metadata: [LogKey.error: "\(error)"])
+        return Prepared(
+            connection: connection, zaqar: zaqar, batcher: batcher, index: index, drainer: drainer, owners: owners,
+            ingest: ingest, keeper: keeper)
+    }
+
+    /// The node's parts, in their order: started together, and on a graceful shutdown stopped one
+    /// at a time from the last to the first. So a stop runs: ingest (handed over within half the
+    /// budget), the signed-URL keeper, the membership (every partition revoked, drained, acked,
+    /// released; the group left), the partitions' consumers (drains still running are cut), the
+    /// batcher (its last requests, 2 s), the parking drainer, the registry watch and the counts (a
+    /// last write). The connections they share are closed after all of them have ended (`close`),
+    /// also when the budget ran out and they were cancelled together. Dependencies at start are
+    /// waited for explicitly: the membership joins (and partitions are consumed) only once the
+    /// index holds the registry and the parked subscriptions are known.
+    func parts(_ prepared: Prepared) -> [NodePart] {
+        let budget = ShutdownBudget(configuration.shutdownBudget)
+        let logger = logger
+        return [
+            subscriptionCounts(),
+            registryWatch(into: prepared.index),
+            .loop("parking drainer", logger: logger) { await prepared.drainer.run() },
+            .closing("delivery") {
+                _ = await prepared.batcher.drain(timeout: .seconds(2))
+                // What did not drain stays unacked for the next owner; nothing retries against the
+                // connection closed after this (in a test process, nodes stop without the process ending).
+                prepared.batcher.stop()
+            },
+            // Its revoke drains may wait on a full batcher for up to HERALD_HANDOFF_DRAIN_SECONDS,
+            // past the budget: once the membership has left, what is still draining is cut and
+            // the broker gives what it held to the next owner.
+            NodePart("partitions") {
+                await cancelWhenGracefulShutdown { await prepared.owners.run() }
+                // Its events end when the membership leaves; the part then waits for its turn to stop.
+                try? await gracefulShutdown()
+            },
+            NodePart("membership") { [self] in
+                let ready = await cancelWhenGracefulShutdown { [indexLoaded] in
+                    await indexLoaded.wait(timeout: nil)
+                }
+                if ready {
+                    // Knows which subscriptions are parked before any partition is consumed.
+                    await prepared.drainer.refreshBeforeConsuming()
+                    try await coordinator.start()
+                    logger.info(
+                        "node started",
+                        metadata: [
+                            LogKey.heraldPartitions: "\(configuration.partitions)",
+                            LogKey.heraldExchanges: "\(configuration.exchanges)",
+                        ])
+                    try? await gracefulShutdown()
+                }
+                // Half the budget went to the ingest; the partitions get what is left, less 3 s:
+                // 2 for the batcher's last requests, 1 for the parts after it.
+                await coordinator.leave(drainTimeout: max(.seconds(1), budget.left - .seconds(3)))
+            },
+            .loop("signed-URL keeper", logger: logger) { await prepared.keeper.run() },
+            NodePart("ingest") {
+                try await prepared.ingest.start()
+                await withDiscardingTaskGroup { group in
+                    // Ends after `shutdown` below (or at once without leases: the consumers run on).
+                    group.addTask { await prepared.ingest.run() }
+                    try? await gracefulShutdown()
+                    budget.begin()
+                    await prepared.ingest.shutdown(drainTimeout: budget.whole / 2)
+                }
+            },
+        ]
+    }
+
+    /// Each subscription's counts, written once a second (the delivery path only counts), and
+    /// a last time when the node stops.
+    private func subscriptionCounts() -> NodePart {
+        let (stats, catalog, logger) = (stats, catalog, logger)
+        return NodePart("subscription counts") {
+            await cancelWhenGracefulShutdown {
+                var failures = 0
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: .seconds(1))
+                    do {
+                        try await stats.flush()
+                        try await catalog.flush()
+                        failures = 0
+                    } catch {
+                        failures += 1
+                        if failures == 1 || failures % 60 == 0 {
+                            logger.warning(
+                                "cannot write subscription counts to Redis; keeping them for the next try",
+                                metadata: [LogKey.error: "\(error)"])
+                        }
                     }
                 }
             }
+            _ = try? await stats.flush()
+            _ = try? await catalog.flush()
         }
-        parts.withLock {
-            $0 = Parts(
-                connection: connection, zaqar: zaqar, batcher: batcher, ingest: ingest,
-                ingesting: ingesting, ownership: ownership, others: [watcher, keeping, retrying, counting])
+    }
+
+    /// The subscription index made anew from the registry's changes (only the changed
+    /// subscriptions compiled again) and swapped in; the first read signals `indexLoaded`.
+    private func registryWatch(into index: Locked<SubscriptionIndex>) -> NodePart {
+        .loop("registry watch", logger: logger) { [self] in
+            var updates = registry.watch().makeAsyncIterator()
+            var first = true
+            while let update = await updates.next() {
+                let next =
+                    update.replacesAll
+                    ? SubscriptionIndex(update.subscriptions(logger: logger), defaultZaqarURL: configuration.zaqarURL)
+                    : index.withLock { $0 }.updated(with: update.changed)
+                index.withLock { $0 = next }
+                // What the update held (possibly every subscription, decoded) is freed by now.
+                Self.returnFreedMemory()
+                if first {
+                    first = false
+                    flags.withLock { $0.registryLoaded = true }
+                    indexLoaded.signal()
+                    continue
+                }
+                logger.info(
+                    "subscription index updated",
+                    metadata: [
+                        LogKey.registryVersion: "\(update.version)",
+                        LogKey.registryChanged: "\(update.replacesAll ? "all" : "\(update.changed.count)")",
+                        LogKey.registrySubscriptions: "\(next.count)",
+                    ])
+            }
         }
-        logger.info(
-            "node started",
-            metadata: [
-                LogKey.heraldPartitions: "\(configuration.partitions)",
-                LogKey.heraldExchanges: "\(configuration.exchanges)",
-            ])
     }
 
     /// The node's ingest: its queues (`Topology.ingestQueues`), shared out by leases of their own
     /// when there is one per exchange and order is kept (`IngestOwners`).
     private func ingestOwners(connection: AMQPConnection, configuration: NodeConfiguration) throws -> IngestOwners {
         let queues = Topology.ingestQueues(configuration).map(\.queue)
-        let make: @Sendable (String) -> IngestService = { [deadLetters, counters, logger] queue in
+        let make: @Sendable (String) -> IngestService = { [deadLetterSink, ingestMetrics, counters, logger] queue in
             IngestService(
-                connection: connection, queue: queue, configuration: configuration, deadLetters: deadLetters,
+                connection: connection, queue: queue, configuration: configuration, deadLetters: deadLetterSink,
+                metrics: ingestMetrics,
                 counters: counters, logger: logger)
         }
         let perExchange = configuration.queueShape.ingestLayout == .perExchange
@@ -289,7 +394,7 @@ package final class HeraldNode: Sendable {
                     partitionCount: queues.count,
                     address: "\(ProcessInfo.processInfo.hostName):\(configuration.apiPort)", version: Self.version
                 ),
-                redis: redisConfiguration, logger: ingestLogger
+                redis: redisConfiguration, logger: ingestLogger, metrics: metrics
             )
         }
         let lock = LegacyIngest.moveLock(
@@ -308,7 +413,7 @@ package final class HeraldNode: Sendable {
     /// The checks behind `/readyz`: every one must be true for the node to take traffic.
     func readiness() -> [String: Bool] {
         let flags = flags.withLock { $0 }
-        let connected = parts.withLock { $0?.connection.isConnected } ?? false
+        let connected = prepared.withLock { $0?.connection.isConnected } ?? false
         return [
             "rabbitmq": connected,
             "registry": flags.registryLoaded,
@@ -324,34 +429,19 @@ package final class HeraldNode: Sendable {
     }
 
     var deliveryStatistics: DeliveryStatistics? {
-        parts.withLock { $0?.batcher.statistics }
+        prepared.withLock { $0?.batcher.statistics }
     }
 
-    /// Graceful stop within the shutdown budget: ingest first, then the partitions
-    /// (drained and acked before their leases are released), then the group.
-    func shutdown() async {
-        markStopping()
-        guard let parts = parts.withLock({ $0 }) else { return }
-        logger.info("shutting down")
-        // One budget: the ingest's handover takes up to half of it, the partitions what is left
-        // (less 2 s for the batcher's last requests).
-        let started = ContinuousClock.now
-        let budget = configuration.shutdownBudget
-        await parts.ingest.shutdown(drainTimeout: budget / 2)
-        await parts.ingesting.value
-        await coordinator.leave(drainTimeout: max(.seconds(1), budget - (ContinuousClock.now - started) - .seconds(2)))
-        _ = await parts.batcher.drain(timeout: .seconds(2))
-        // What did not drain stays unacked for the next owner; nothing retries against the
-        // connection closed below (in a test process, nodes stop without the process ending).
-        parts.batcher.stop()
-        parts.ownership.cancel()
-        for task in parts.others { task.cancel() }
-        for task in parts.others { await task.value }
-        _ = try? await stats.flush()
-        _ = try? await catalog.flush()
-        await parts.connection.close()
-        await parts.zaqar.shutdown()
-        logger.info("stopped")
+    /// Closes the connections the parts shared, once every part has ended.
+    func close(_ prepared: Prepared) async {
+        await prepared.connection.close()
+        await prepared.zaqar.shutdown()
+    }
+
+    /// Closes the node's Redis clients (the API's stores use them until the API stops).
+    func closeRedisClients() async {
+        for client in redisClients { await client.close() }
+        await registry.close()
     }
 }
 

@@ -1,8 +1,8 @@
 import Coordination
 import Delivery
 import Foundation
-import HeraldModel
 import HTTPAPI
+import HeraldModel
 import Hummingbird
 import Identity
 import Logging
@@ -13,15 +13,28 @@ import ServiceLifecycle
 import Synchronization
 import UnixSignals
 
-/// The pipeline as a service: starts the node, waits for the graceful-shutdown signal, then
-/// turns readiness off and stops (ingest, partitions handed over, group left).
+/// The pipeline as a service: prepares the node (queues, connections), then runs its parts
+/// (`HeraldNode.parts`) as a group of their own, which stops in the parts' order when this
+/// service is told to stop.
 package struct PipelineService: Service {
     let node: HeraldNode
 
     package func run() async throws {
-        try await node.start()
-        try? await gracefulShutdown()
-        await node.shutdown()
+        let prepared = try await node.prepare()
+        let parts = ServiceGroup(
+            configuration: ServiceGroupConfiguration(services: node.parts(prepared), logger: node.logger))
+        // The parts' scope: what they share outlives every one of them, even when they are
+        // cancelled together (a stop past its budget), when the group's order no longer holds.
+        let ended: Result<Void, any Error>
+        do {
+            try await parts.run()
+            ended = .success(())
+        } catch {
+            ended = .failure(error)
+        }
+        await node.close(prepared)
+        try ended.get()
+        node.logger.info("stopped")
     }
 }
 
@@ -45,6 +58,7 @@ package struct NodeAssembly: Sendable {
         let zaqar = ZaqarClient(
             requestTimeout: configuration.deliveryTimeout, tokens: node.keystone, caFile: configuration.zaqarCAFile)
         let gauges = NodeGauges(registry: metrics)
+        let rateLimits = RedisClient(configuration: try RedisConfiguration(url: configuration.redisURL), logger: logger)
         let services = APIServices(
             registry: node.registry, deadLetters: node.deadLetters, defaultZaqarURL: configuration.zaqarURL,
             deliver: { target, message in try await zaqar.post(target, messages: [message]) },
@@ -57,9 +71,7 @@ package struct NodeAssembly: Sendable {
             signedURLs: configuration.signedURLs,
             endpoints: try ZaqarEndpoints(urls: configuration.zaqarAllowedURLs),
             limits: configuration.limits,
-            rates: RateLimiter(
-                redis: RedisClient(configuration: try RedisConfiguration(url: configuration.redisURL), logger: logger),
-                keyPrefix: configuration.keyPrefix),
+            rates: RateLimiter(redis: rateLimits, keyPrefix: configuration.keyPrefix),
             policy: configuration.policy,
             parking: node.parkingLedger, stats: node.stats, catalog: node.catalog,
             retryHorizon: configuration.parking.horizon, redaction: configuration.redaction
@@ -90,7 +102,13 @@ package struct NodeAssembly: Sendable {
         var groupConfiguration = ServiceGroupConfiguration(
             services: [
                 // Shut down in reverse order, each after the one before has finished: readiness
-                // off, the pipeline, the replay client, the API last.
+                // off, the pipeline, the replay client, the API, and last the Redis clients the
+                // API's stores share with the node.
+                .init(
+                    service: NodePart.closing("redis clients") {
+                        await node.closeRedisClients()
+                        await rateLimits.close()
+                    }),
                 .init(service: application),
                 .init(service: ZaqarClientService(client: zaqar, keystone: node.keystone)),
                 .init(service: PipelineService(node: node)),

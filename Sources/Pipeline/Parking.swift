@@ -53,19 +53,38 @@ package struct ParkingSettings: Sendable {
     }
 }
 
-/// `herald_parking_*` metrics (bounded labels; no project or subscription names).
-package enum ParkingMetrics {
-    static let parkedMessages = Gauge(label: "herald_parked_messages")
-    static let parkedSubscriptions = Gauge(label: "herald_parked_subscriptions")
-    static let oldestAge = Gauge(label: "herald_parked_oldest_age_seconds")
-    static let delivered = Counter(label: "herald_parked_delivered_total")
-    static let retries = Counter(label: "herald_parked_retries_total")
-    static let dropped = Counter(label: "herald_parked_dropped_total", dimensions: [("reason", "subscription_deleted")])
-    static let reconciled = Counter(label: "herald_parked_dropped_total", dimensions: [("reason", "count_reconciled")])
-    static let refused = Dictionary(
-        uniqueKeysWithValues: ["project_full", "subscription_full", "unavailable"].map {
-            ($0, Counter(label: "herald_parking_refused_total", dimensions: [("reason", $0)]))
-        })
+/// `herald_parking_*` metrics (bounded labels; no project or subscription names), made from the
+/// node's metrics factory (so that nodes in one process keep theirs apart).
+package struct ParkingMetrics: Sendable {
+    let parkedMessages: Gauge
+    let parkedSubscriptions: Gauge
+    let oldestAge: Gauge
+    let delivered: Counter
+    let retries: Counter
+    let dropped: Counter
+    let reconciled: Counter
+    /// By reason: `project_full`, `subscription_full`, `unavailable`.
+    let refusedProjectFull: Counter
+    let refusedSubscriptionFull: Counter
+    let refusedUnavailable: Counter
+
+    package init(factory: any MetricsFactory = MetricsSystem.factory) {
+        parkedMessages = Gauge(label: "herald_parked_messages", factory: factory)
+        parkedSubscriptions = Gauge(label: "herald_parked_subscriptions", factory: factory)
+        oldestAge = Gauge(label: "herald_parked_oldest_age_seconds", factory: factory)
+        delivered = Counter(label: "herald_parked_delivered_total", factory: factory)
+        retries = Counter(label: "herald_parked_retries_total", factory: factory)
+        dropped = Counter(
+            label: "herald_parked_dropped_total", dimensions: [("reason", "subscription_deleted")], factory: factory)
+        reconciled = Counter(
+            label: "herald_parked_dropped_total", dimensions: [("reason", "count_reconciled")], factory: factory)
+        func refused(_ reason: String) -> Counter {
+            Counter(label: "herald_parking_refused_total", dimensions: [("reason", reason)], factory: factory)
+        }
+        refusedProjectFull = refused("project_full")
+        refusedSubscriptionFull = refused("subscription_full")
+        refusedUnavailable = refused("unavailable")
+    }
 }
 
 /// Parking impossible for now (Redis or RabbitMQ unavailable): the lane holds the messages.
@@ -85,6 +104,7 @@ package final class TargetParking: DeliveryParking {
     /// This process (`<node>#<incarnation>`), named on its reservations.
     private let owner: String
     let settings: ParkingSettings
+    let metrics: ParkingMetrics
     private let logger: Logger
     private let channel = Mutex<AMQPChannel?>(nil)
     private let declared = Mutex<Set<String>>([])
@@ -102,8 +122,9 @@ package final class TargetParking: DeliveryParking {
 
     init(
         connection: AMQPConnection, ledger: ParkingLedger, names: ClusterNames, queueType: String, owner: String,
-        settings: ParkingSettings, logger: Logger
+        settings: ParkingSettings, metrics: ParkingMetrics = ParkingMetrics(), logger: Logger
     ) {
+        self.metrics = metrics
         self.connection = connection
         self.ledger = ledger
         self.names = names
@@ -171,19 +192,19 @@ package final class TargetParking: DeliveryParking {
                 onlyIfParked: !failed, owner: owner
             )
         } catch {
-            ParkingMetrics.refused["unavailable"]?.increment()
+            metrics.refusedUnavailable.increment()
             throw ParkingRefused(description: "Redis could not count the parked messages: \(error)")
         }
         let parkedAt: Int64
         switch reservation {
         case .projectFull(let parked):
-            ParkingMetrics.refused["project_full"]?.increment()
+            metrics.refusedProjectFull.increment()
             throw ParkingFull.projectMessages(project, parked: parked, share: settings.projectMaxMessages)
         case .projectBytesFull(let parkedBytes):
-            ParkingMetrics.refused["project_full"]?.increment()
+            metrics.refusedProjectFull.increment()
             throw ParkingFull.projectBytes(project, parked: parkedBytes, share: settings.projectMaxBytes)
         case .subscriptionFull(let parked):
-            ParkingMetrics.refused["subscription_full"]?.increment()
+            metrics.refusedSubscriptionFull.increment()
             throw ParkingFull.subscriptionMessages(
                 subscription, parked: parked, limit: settings.subscriptionMaxMessages)
         case .closing:
@@ -201,7 +222,7 @@ package final class TargetParking: DeliveryParking {
             // Uncounted: the lane parks them again. Some may be in the queue all the same (a nack
             // or a return for part of it); the drainer that finds them counts them again.
             try? await ledger.unreserve(subscription: subscription, count: messages.count, bytes: bytes, owner: owner)
-            ParkingMetrics.refused["unavailable"]?.increment()
+            metrics.refusedUnavailable.increment()
             throw ParkingRefused(description: "RabbitMQ did not take the parked messages: \(error)")
         }
         // The record may have gone while they were on their way (a drainer saw the queue empty
@@ -337,14 +358,18 @@ package final class ParkingDrainer: Sendable {
     private let active = Mutex<Set<String>>([])
     /// Where the leader's sweep over the parking queues is (`sweep`).
     private let sweepCursor = Mutex("0")
+    /// The ticks' and the drain sessions' time (a manual clock in tests).
+    private let clock: ElapsedClock
 
     init(
         connection: AMQPConnection, ledger: ParkingLedger, parking: TargetParking, batcher: DeliveryBatcher,
         index: Locked<SubscriptionIndex>,
         lookup: @escaping @Sendable (_ id: String, _ project: String) async -> Subscription??,
         isLeader: @escaping @Sendable () -> Bool = { true },
-        names: ClusterNames, owner: String, defaultZaqarURL: String, logger: Logger
+        names: ClusterNames, owner: String, defaultZaqarURL: String, logger: Logger,
+        clock: ElapsedClock = .continuous
     ) {
+        self.clock = clock
         self.connection = connection
         self.ledger = ledger
         self.parking = parking
@@ -380,7 +405,7 @@ package final class ParkingDrainer: Sendable {
                         }
                     }
                 }
-                try? await Task.sleep(for: settings.tick)
+                try? await clock.sleep(for: settings.tick)
             }
         }
     }
@@ -433,16 +458,16 @@ package final class ParkingDrainer: Sendable {
         parking.apply(parked, generation: generation)
         guard gauges else { return true }
         guard isLeader() else {
-            ParkingMetrics.parkedSubscriptions.record(0)
-            ParkingMetrics.parkedMessages.record(0)
-            ParkingMetrics.oldestAge.record(0)
+            parking.metrics.parkedSubscriptions.record(0)
+            parking.metrics.parkedMessages.record(0)
+            parking.metrics.oldestAge.record(0)
             return true
         }
         guard let states = try? await ledger.allStates() else { return true }
         let now = Int64(Date().timeIntervalSince1970 * 1000)
-        ParkingMetrics.parkedSubscriptions.record(states.count)
-        ParkingMetrics.parkedMessages.record(states.reduce(0) { $0 + $1.count })
-        ParkingMetrics.oldestAge.record(Double(max(0, now - (states.map(\.since).min() ?? now))) / 1000)
+        parking.metrics.parkedSubscriptions.record(states.count)
+        parking.metrics.parkedMessages.record(states.reduce(0) { $0 + $1.count })
+        parking.metrics.oldestAge.record(Double(max(0, now - (states.map(\.since).min() ?? now))) / 1000)
         return true
     }
 
@@ -592,12 +617,12 @@ package final class ParkingDrainer: Sendable {
         let subscriptionID = subscription.id
         var random = SystemRandomNumberGenerator()
         let target = subscription.target
-        let started = ContinuousClock.now
+        let started = clock.now()
         var closing = false
         while !Task.isCancelled {
             // A subscription whose messages keep coming must not keep the slot from the others
             // (closing or not: a closing another node reopened would otherwise never end).
-            if ContinuousClock.now - started >= settings.drainSession {
+            if clock.now() - started >= settings.drainSession {
                 afterClose.withLock {
                     $0 = { try? await ledger.finished(subscription: subscriptionID, node: owner, delay: .zero) }
                 }
@@ -639,7 +664,7 @@ package final class ParkingDrainer: Sendable {
                 _ = try? await ledger.release(
                     subscription: subscriptionID, count: settled,
                     bytes: deliveries.prefix(settled).reduce(0) { $0 + $1.body.count })
-                ParkingMetrics.delivered.increment(by: settled)
+                parking.metrics.delivered.increment(by: settled)
             }
             for delivery in deliveries.prefix(settled) { channel.ack(delivery) }
             guard let failure else {
@@ -650,7 +675,7 @@ package final class ParkingDrainer: Sendable {
                 }
                 continue
             }
-            ParkingMetrics.retries.increment()
+            parking.metrics.retries.increment()
             // Past the horizon, what still fails is dead-lettered; the rest waits for the next attempt.
             let rest = Array(deliveries.dropFirst(settled))
             let now = Int64(Date().timeIntervalSince1970 * 1000)
@@ -708,7 +733,7 @@ package final class ParkingDrainer: Sendable {
             subscription: subscriptionID, node: owner, window: settings.emptyWindow, delay: settings.tick)
         {
         case .reconciled(let count):
-            ParkingMetrics.reconciled.increment(by: count)
+            parking.metrics.reconciled.increment(by: count)
             logger.warning(
                 "a parked subscription's queue is empty while messages were counted (reserved by a node that died, or an uncount lost); count dropped",
                 metadata: [
@@ -724,7 +749,7 @@ package final class ParkingDrainer: Sendable {
     private func dropAll(_ subscriptionID: String, queue: String, channel: AMQPChannel) async {
         let dropped = (try? await channel.deleteQueue(queue)) ?? 0
         try? await ledger.forget(subscription: subscriptionID)
-        ParkingMetrics.dropped.increment(by: dropped)
+        parking.metrics.dropped.increment(by: dropped)
         logger.info(
             "dropped the parked messages of a deleted subscription",
             metadata: [LogKey.subscription: "\(subscriptionID)", LogKey.deliveryCount: "\(dropped)"])

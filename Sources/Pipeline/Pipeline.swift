@@ -344,22 +344,30 @@ package struct IngestHold<Item: Sendable>: Sendable {
     }
 }
 
-/// The ingest's metrics for bounded queues (`Topology`).
-package enum IngestMetrics {
+/// The ingest's metrics for bounded queues (`Topology`), made from the node's metrics factory.
+/// The queue label is bounded: one per ingest queue of the configuration.
+package struct IngestMetrics: Sendable {
     /// `herald_partition_publish_refused_total`: alert when it grows (a partition queue is full).
-    static let refused = Counter(label: "herald_partition_publish_refused_total")
+    let refused: Counter
+    private let factory: any MetricsFactory
+
+    package init(factory: any MetricsFactory = MetricsSystem.factory) {
+        self.factory = factory
+        refused = Counter(label: "herald_partition_publish_refused_total", factory: factory)
+    }
+
     /// `herald_ingest_held_notifications`: notifications held unacked for a full partition queue.
-    static func held(_ queue: String) -> Gauge {
-        Gauge(label: "herald_ingest_held_notifications", dimensions: [("queue", queue)])
+    func held(_ queue: String) -> Gauge {
+        Gauge(label: "herald_ingest_held_notifications", dimensions: [("queue", queue)], factory: factory)
     }
     /// `herald_ingest_queue_messages` (ready in the ingest queue, sampled every
     /// HERALD_INGEST_WATCH_SECONDS) over `herald_ingest_queue_max_messages` (its bound, 0: none):
     /// alert well before 1, where RabbitMQ refuses the services' notifications to Herald.
-    static func depth(_ queue: String) -> Gauge {
-        Gauge(label: "herald_ingest_queue_messages", dimensions: [("queue", queue)])
+    func depth(_ queue: String) -> Gauge {
+        Gauge(label: "herald_ingest_queue_messages", dimensions: [("queue", queue)], factory: factory)
     }
-    static func bound(_ queue: String) -> Gauge {
-        Gauge(label: "herald_ingest_queue_max_messages", dimensions: [("queue", queue)])
+    func bound(_ queue: String) -> Gauge {
+        Gauge(label: "herald_ingest_queue_max_messages", dimensions: [("queue", queue)], factory: factory)
     }
 }
 
@@ -404,7 +412,8 @@ package final class IngestService: Sendable {
     private let bound: Gauge
     /// Notifications held for a full partition queue (`IngestHold`).
     private let held: Gauge
-    private let deadLetters: DeadLetterStore
+    private let deadLetters: CountedDeadLetters
+    private let metrics: IngestMetrics
     private let logger: Logger
     let counters: PipelineCounters
     private let consumer = Mutex<AMQPConsumer?>(nil)
@@ -416,14 +425,16 @@ package final class IngestService: Sendable {
     static let maxRoutedField = 255
 
     init(
-        connection: AMQPConnection, queue: String, configuration: NodeConfiguration, deadLetters: DeadLetterStore,
-        counters: PipelineCounters, logger: Logger
+        connection: AMQPConnection, queue: String, configuration: NodeConfiguration,
+        deadLetters: CountedDeadLetters, metrics: IngestMetrics = IngestMetrics(), counters: PipelineCounters,
+        logger: Logger
     ) {
         self.connection = connection
         self.queue = queue
-        depth = IngestMetrics.depth(queue)
-        bound = IngestMetrics.bound(queue)
-        held = IngestMetrics.held(queue)
+        self.metrics = metrics
+        depth = metrics.depth(queue)
+        bound = metrics.bound(queue)
+        held = metrics.held(queue)
         self.configuration = configuration
         self.deadLetters = deadLetters
         self.logger = logger
@@ -490,7 +501,7 @@ package final class IngestService: Sendable {
         let hold = Locked(IngestHold<Held>())
         let (wakes, wake) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
         let noteRefusal: @Sendable (Bool, any Error) -> Void = { [self] first, error in
-            IngestMetrics.refused.increment()
+            metrics.refused.increment()
             let refusals = refusalCount.add(1, ordering: .relaxed).newValue
             if first || refusals % 100 == 0 {
                 logger.warning(
@@ -736,11 +747,11 @@ package final class IngestService: Sendable {
         var attempt = 0
         while true {
             do {
-                DeadLetterMetrics.trimmed(try await deadLetters.append(letters))
+                try await deadLetters.deadLetter(letters)
                 return
             } catch {
                 attempt += 1
-                DeadLetterWriteFailures.counter.increment()
+                deadLetters.metrics.writeFailures.increment()
                 if attempt == 1 || attempt % 10 == 0 {
                     logger.error(
                         "cannot store a dead letter; holding the notification and retrying",
@@ -778,7 +789,6 @@ package final class PartitionOwners: Sendable {
     private let batcher: DeliveryBatcher
     private let index: Locked<SubscriptionIndex>
     private let configuration: NodeConfiguration
-    private let deadLetters: DeadLetterStore
     private let logger: Logger
     let counters: PipelineCounters
     /// Events matched per subscription (the API's health view); nil: not counted.
@@ -789,6 +799,8 @@ package final class PartitionOwners: Sendable {
     /// Runs before a newly acquired partition is consumed (the parked subscriptions are re-read,
     /// so that a new owner does not deliver directly what the old one parked behind).
     private let beforeConsuming: @Sendable () async -> Void
+    /// The handover drains' time (a manual clock in tests).
+    private let clock: ElapsedClock
 
     final class Owned: Sendable {
         let epoch: UInt64
@@ -807,11 +819,12 @@ package final class PartitionOwners: Sendable {
     init(
         connection: AMQPConnection, coordinator: ClusterCoordinator, batcher: DeliveryBatcher,
         index: Locked<SubscriptionIndex>, configuration: NodeConfiguration,
-        deadLetters: DeadLetterStore, counters: PipelineCounters, stats: SubscriptionStats? = nil,
+        counters: PipelineCounters, stats: SubscriptionStats? = nil,
         catalog: EventTypeCatalog? = nil, logger: Logger,
-        beforeConsuming: @escaping @Sendable () async -> Void = {}
+        beforeConsuming: @escaping @Sendable () async -> Void = {}, clock: ElapsedClock = .continuous
     ) {
         self.beforeConsuming = beforeConsuming
+        self.clock = clock
         self.stats = stats
         self.catalog = catalog
         self.connection = connection
@@ -819,7 +832,6 @@ package final class PartitionOwners: Sendable {
         self.batcher = batcher
         self.index = index
         self.configuration = configuration
-        self.deadLetters = deadLetters
         self.counters = counters
         self.logger = logger
     }
@@ -996,10 +1008,10 @@ package final class PartitionOwners: Sendable {
         try? await owned.consumer.cancel()
         await owned.task.withLock { $0 }?.value
         if let drain {
-            let started = ContinuousClock.now
-            _ = await owned.inFlight.waitUntilZero(timeout: drain)
+            let started = clock.now()
+            _ = await owned.inFlight.waitUntilZero(timeout: drain, clock: clock)
             let left = owned.inFlight.count
-            let took = ContinuousClock.now - started
+            let took = clock.now() - started
             if left > 0 {
                 logger.warning(
                     "handoff drain ran out of time; the next owner gets these events again",

@@ -58,7 +58,9 @@ struct ParkingRig {
         delivery.retryBase = .milliseconds(10)
         delivery.retryCap = .milliseconds(50)
         batcher = try DeliveryBatcher(
-            configuration: delivery, zaqar: zaqar, deadLetters: deadLetters, parking: parking, logger: logger)
+            configuration: delivery, zaqar: zaqar, deadLetters: CountedDeadLetters(store: deadLetters),
+            parking: parking,
+            logger: logger)
         index = Locked(SubscriptionIndex(subscriptions, defaultZaqarURL: "http://127.0.0.1:1"))
         let registry = Locked(Dictionary(uniqueKeysWithValues: subscriptions.map { ($0.id, $0) }))
         self.registry = registry

@@ -224,7 +224,8 @@ struct QueueShapeTests {
         defer { Task { await connection.close() } }
         let deadLetters = DeadLetterStore(redis: redis, keyPrefix: configuration.keyPrefix)
         let ingest = IngestService(
-            connection: connection, queue: ingestQueue, configuration: configuration, deadLetters: deadLetters,
+            connection: connection, queue: ingestQueue, configuration: configuration,
+            deadLetters: CountedDeadLetters(store: deadLetters),
             counters: PipelineCounters(), logger: Logger(label: "herald.test.ingest"))
         let running = Task { try await ingest.run() }
 

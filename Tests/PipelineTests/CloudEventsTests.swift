@@ -95,6 +95,13 @@ extension PipelineSuites {
                 let metrics = try await run.metrics(of: "node-1")
                 #expect(metrics["herald_events_total{stage=\"matched\"}"] == Double(lines.count), "\(metrics)")
                 #expect(metrics["herald_delivered_messages_total"] == Double(2 * lines.count), "\(metrics)")
+                // And the node's coordination, ingest and parking metrics, on its own /metrics too.
+                #expect((metrics["herald_rebalances_total"] ?? 0) >= 1, "\(metrics.keys.sorted())")
+                for name in [
+                    "herald_ingest_queue_max_messages", "herald_parked_subscriptions", "herald_lease_renew_seconds",
+                ] {
+                    #expect(metrics.keys.contains { $0.hasPrefix(name) }, "\(name) in \(metrics.keys.sorted())")
+                }
 
                 // The schema says yes to all of them, and no to a broken one (so it can say no).
                 #expect(

@@ -128,7 +128,8 @@ final class PipelineRun: @unchecked Sendable {
                 "HERALD_REDIS_URL": redisURL, "HERALD_AMQP_URL": amqpURL, "HERALD_ZAQAR_URL": zaqar.baseURL,
                 "HERALD_KEY_PREFIX": prefix, "HERALD_PARTITIONS": "\(partitions)",
                 "HERALD_EXCHANGES": "nova,neutron,cinder",
-                "HERALD_LOG_LEVEL": "warning", "HERALD_SHUTDOWN_BUDGET_SECONDS": "\(Self.shutdownBudget)",
+                "HERALD_LOG_LEVEL": ProcessInfo.processInfo.environment["HERALD_TEST_NODE_LOG_LEVEL"] ?? "warning",
+                "HERALD_SHUTDOWN_BUDGET_SECONDS": "\(Self.shutdownBudget)",
                 "HERALD_API_HOST": "127.0.0.1", "HERALD_API_AUTH": "trusted-header",
             ].merging(onCluster ? ["HERALD_QUEUE_TYPE": "quorum"] : [:]) { $1 }
                 .merging(Self.experimentSettings) { $1 }

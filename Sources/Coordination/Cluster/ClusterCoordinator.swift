@@ -44,7 +44,9 @@ public final class ClusterCoordinator: Sendable {
     private let redis: RedisClient
     private let subscriber: RedisSubscriber
     private let logger: Logger
-    private let origin = ContinuousClock.now
+    /// The clock of the heartbeat, the lease retries, the validity and the leave's drain.
+    private let clock: ElapsedClock
+    private let metrics: CoordinationMetrics
     private let state: Mutex<OwnershipState>
     private let executor: DedicatedThreadExecutor
     private let control = Mutex(Control())
@@ -74,14 +76,21 @@ public final class ClusterCoordinator: Sendable {
 
     /// - Parameters:
     ///   - observer: told of every change of the acting set, with wall-clock times (tests and benchmarks).
+    ///   - metrics: where its heartbeat round trips and rebalances are counted.
+    ///   - clock: what the node's own time is read from: when to beat, when to retry, until when its
+    ///     leases may be acted on (a manual clock in tests; Redis judges expiry by its own `TIME`).
     /// - Throws: `CoordinationError.invalidConfiguration` for a bad setting.
     public init(
         configuration: ClusterConfiguration,
         redis redisConfiguration: RedisConfiguration,
         logger: Logger = Logger(label: "herald.cluster"),
-        observer: (@Sendable (ClusterObservation) -> Void)? = nil
+        observer: (@Sendable (ClusterObservation) -> Void)? = nil,
+        metrics: any MetricsFactory = MetricsSystem.factory,
+        clock: ElapsedClock = .continuous
     ) throws {
         try configuration.validate()
+        self.clock = clock
+        self.metrics = CoordinationMetrics(factory: metrics)
         self.configuration = configuration
         self.owner = "\(configuration.nodeID)#\(UUID().uuidString.prefix(8).lowercased())"
         var named = redisConfiguration
@@ -98,7 +107,7 @@ public final class ClusterCoordinator: Sendable {
     }
 
     private var prefix: String { configuration.keyPrefix }
-    private func now() -> Duration { ContinuousClock.now - origin }
+    private func now() -> Duration { clock.now() }
     private func wall() -> Double { Date().timeIntervalSince1970 }
 
     // MARK: Public API
@@ -183,14 +192,14 @@ public final class ClusterCoordinator: Sendable {
         await execute(revokes)
         // The loop releases each lease as its revoke is confirmed, and drops them all when the
         // node's validity runs out: look again after each of its rounds.
-        let deadline = ContinuousClock.now + drainTimeout
+        let deadline = self.now() + drainTimeout
         while !Task.isCancelled {
             let (acting, lapse) = state.withLock { (!$0.acting(at: self.now()).isEmpty, $0.deadline) }
-            var wait = deadline - ContinuousClock.now
+            var wait = deadline - self.now()
             if !acting || wait <= .zero { break }
             // The leases also lapse on their own, at the end of validity, round or no round.
             if let lapse { wait = min(wait, lapse - self.now()) }
-            await rounds.wait(timeout: wait)
+            await rounds.wait(timeout: wait, clock: clock)
         }
         await stopLoop()
         await execute(state.withLock { $0.leave() })
@@ -276,7 +285,7 @@ public final class ClusterCoordinator: Sendable {
             await execute(state.withLock { $0.check(now: self.now()) })
             rounds.signal()
             let beatAt = eventPending ? min(nextBeat, lastBeat + Self.eventBeatGap) : nextBeat
-            await wakeup.wait(timeout: nextWake(beat: beatAt) - self.now())
+            await wakeup.wait(timeout: nextWake(beat: beatAt) - self.now(), clock: clock)
         }
     }
 
@@ -311,7 +320,7 @@ public final class ClusterCoordinator: Sendable {
             throw CoordinationError(.unexpectedReply, "the beat script answered \(reply)")
         }
         let received = now()
-        CoordinationMetrics.heartbeat.recordNanoseconds((received - sentAt).nanoseconds)
+        metrics.heartbeat.recordNanoseconds((received - sentAt).nanoseconds)
         let actions = state.withLock { $0.beatSucceeded(sentAt: sentAt, intact: intact == 1, now: received) }
         observer?(
             .valid(
@@ -410,7 +419,7 @@ public final class ClusterCoordinator: Sendable {
             return true
         }
         guard proceed else { return }
-        CoordinationMetrics.assignments.increment()
+        metrics.assignments.increment()
         let mine = Set((0..<configuration.partitionCount).filter { assignment.owner(of: $0) == configuration.nodeID })
         let now = now()
         await execute(state.withLock { $0.setTarget(mine, now: now) })

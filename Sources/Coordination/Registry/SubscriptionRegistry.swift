@@ -31,6 +31,11 @@ public final class SubscriptionRegistry: Sendable {
         self.logger = logger
     }
 
+    /// Closes the registry's Redis connection (its watches have their own); later calls throw.
+    public func close() async {
+        await redis.close()
+    }
+
     /// ARGV[5]: the project's quota (0: none); -1 when the project is at it, 0 when the id exists.
     private static let create = RedisScript(
         #"""

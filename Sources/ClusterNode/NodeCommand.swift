@@ -111,6 +111,6 @@ struct Node: AsyncParsableCommand {
             throw ValidationError("\(error)")
         }
         let assembly = try buildNode(configuration: configuration, logger: logger, metrics: metrics)
-        try await assembly.group.run()
+        try await assembly.run()
     }
 }

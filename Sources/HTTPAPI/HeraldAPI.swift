@@ -265,24 +265,13 @@ package struct HeraldAPI: Sendable {
         try await takeChange(subscription.project)
         if trust {
             guard let keystone = services.keystone, caller.token != nil else {
-                throw HTTPError(
-                    .badRequest,
-                    message:
-                        "trust: Herald makes a Keystone trust only with HERALD_API_AUTH=keystone and a Keystone token")
+                throw APIRefusal.trustNeedsKeystone
             }
             guard caller.systemScope == nil else {
-                throw HTTPError(
-                    .badRequest,
-                    message:
-                        "trust: a system-scoped token holds no project's roles to delegate; use a token scoped to project \(subscription.project), or a pre-signed URL"
-                )
+                throw APIRefusal.trustFromSystemScope(project: subscription.project)
             }
             guard subscription.project == caller.project else {
-                throw HTTPError(
-                    .badRequest,
-                    message:
-                        "trust: your token is scoped to \(caller.project), so a trust can only reach that project, not \(subscription.project)"
-                )
+                throw APIRefusal.trustOutsideScope(scope: caller.project, project: subscription.project)
             }
             do {
                 subscription.trustID = try await keystone.createTrust(for: caller)
@@ -348,8 +337,7 @@ package struct HeraldAPI: Sendable {
                 view.recentError = health.lastError
                 view.recentErrorAt = health.lastErrorAt.map { APIDates.format(Double($0) / 1000) }
             } catch {
-                throw HTTPError(
-                    .serviceUnavailable, message: "the subscription's counts cannot be read from Redis now; try again")
+                throw APIRefusal.unreadable("the subscription's counts")
             }
         }
         guard let parking = services.parking else { return try APIJSON.response(view) }
@@ -370,7 +358,7 @@ package struct HeraldAPI: Sendable {
                 view.lastError = failing.error
             }
         } catch {
-            throw HTTPError(.serviceUnavailable, message: "the delivery state cannot be read from Redis now; try again")
+            throw APIRefusal.unreadable("the delivery state")
         }
         return try APIJSON.response(view)
     }
@@ -434,7 +422,7 @@ package struct HeraldAPI: Sendable {
         do {
             entries = try await catalog.list(project: caller.project)
         } catch {
-            throw HTTPError(.serviceUnavailable, message: "the event types cannot be read from Redis now; try again")
+            throw APIRefusal.unreadable("the event types")
         }
         return try APIJSON.response(
             EventTypesView(
@@ -459,9 +447,7 @@ package struct HeraldAPI: Sendable {
         let caller = try context.requireCaller()
         try authorize("subscription:get", caller, project: caller.project, context: context)
         guard let feed = try await services.registry.get(id: FeedID.of(caller.project), project: caller.project) else {
-            throw HTTPError(
-                .notFound,
-                message: "project \(caller.project) has no feed; PUT /v1/feed {\"queue\": \"events\"} turns it on")
+            throw APIRefusal.noFeed(project: caller.project)
         }
         return try APIJSON.response(view(feed))
     }
@@ -617,23 +603,16 @@ package struct HeraldAPI: Sendable {
     private func remove(_ subscription: Subscription, caller: Caller) async throws {
         if let trust = subscription.trustID {
             guard let keystone = services.keystone else {
-                throw HTTPError(
-                    .serviceUnavailable,
-                    message:
-                        "subscription \(subscription.id) has Keystone trust \(trust), and this node has no Keystone to delete it with (HERALD_KEYSTONE_URL)"
-                )
+                throw APIRefusal.trustUndeletable(subscription: subscription.id, trust: trust)
             }
             do {
                 try await keystone.deleteTrust(trust)
             } catch {
-                throw HTTPError(
-                    .serviceUnavailable,
-                    message:
-                        "the subscription's trust \(trust) could not be deleted, so the subscription stays: \(error)")
+                throw APIRefusal.trustNotDeleted(trust, error: error)
             }
         }
         guard try await services.registry.delete(id: subscription.id, project: caller.project) else {
-            throw HTTPError(.notFound, message: "no subscription \(subscription.id) in project \(caller.project)")
+            throw APIRefusal.noSubscription(subscription.id, project: caller.project)
         }
     }
 
@@ -806,12 +785,7 @@ package struct HeraldAPI: Sendable {
         target.merge(extra) { $1 }
         guard services.policy.allows(operation, credentials: caller.credentials, target: target) else {
             audit(operation, caller, outcome: "denied", detail: "policy", context: context)
-            let roles = caller.roles.sorted().joined(separator: ", ")
-            throw HTTPError(
-                .forbidden,
-                message:
-                    "\(field.map { "\($0): " } ?? "")policy does not allow \(operation) on project \(project) for your roles (\(roles.isEmpty ? "none" : roles)); GET /v1/policy shows the rules"
-            )
+            throw APIRefusal.policyDenies(operation, project: project, roles: caller.roles, field: field)
         }
     }
 
@@ -870,11 +844,7 @@ package struct HeraldAPI: Sendable {
             default: structured = false
             }
             if within || structured {
-                throw HTTPError(
-                    .badRequest,
-                    message:
-                        "conditions[\(index)].field: '\(SafeText.clean(condition.field, limit: 120))' is \(within ? "" : "around ")what tenants do not receive (redaction rule \(path)); only 'exists' may test it"
-                )
+                throw APIRefusal.conditionOnRedacted(index: index, field: condition.field, rule: path, within: within)
             }
         }
     }
@@ -883,10 +853,7 @@ package struct HeraldAPI: Sendable {
     private func checkEndpoint(_ target: Target) throws {
         guard let endpoints = services.endpoints, let url = target.zaqarURL else { return }
         guard endpoints.permits(url) else {
-            throw HTTPError(
-                .badRequest,
-                message:
-                    "target.zaqar_url: \(SafeText.quoted(url)) is not an allowed Zaqar endpoint; allowed: \(endpoints)")
+            throw APIRefusal.endpointNotAllowed(url, allowed: "\(endpoints)")
         }
     }
 
@@ -896,17 +863,11 @@ package struct HeraldAPI: Sendable {
     private func checkAllProjectsOwner(_ project: String, caller: Caller) throws {
         if caller.systemScope != nil {
             guard let admin = services.keystone?.configuration.adminProject, project == admin else {
-                throw HTTPError(
-                    .badRequest,
-                    message:
-                        "all_projects: with a system-scoped token, an all-projects subscription may only belong to the cloud's admin project (HERALD_ADMIN_PROJECT\(services.keystone?.configuration.adminProject == nil ? ", which is not set" : ""))"
-                )
+                throw APIRefusal.allProjectsOutsideAdmin(
+                    adminProjectSet: services.keystone?.configuration.adminProject != nil)
             }
         } else if project != caller.project {
-            throw HTTPError(
-                .badRequest,
-                message:
-                    "all_projects: an all-projects subscription belongs to the admin who makes it; leave out project")
+            throw APIRefusal.allProjectsForOther
         }
     }
 
@@ -922,12 +883,8 @@ package struct HeraldAPI: Sendable {
         }
     }
 
-    /// 429 with `Retry-After` in whole seconds (at least 1).
     private func tooManyRequests(_ wait: Duration, _ message: String) -> HTTPError {
-        let seconds = max(1, Int((wait.seconds).rounded(.up)))
-        var headers = HTTPFields()
-        headers[.retryAfter] = "\(seconds)"
-        return HTTPError(.tooManyRequests, headers: headers, message: "\(message); try again in \(seconds) s")
+        APIRefusal.tooManyRequests(wait, message)
     }
 
     /// The subscription `{id}` of the caller's project; 404 when it is another project's or none.
@@ -935,7 +892,7 @@ package struct HeraldAPI: Sendable {
         let caller = try context.requireCaller()
         let id = try context.parameters.require("id")
         guard let subscription = try await services.registry.get(id: id, project: caller.project) else {
-            throw HTTPError(.notFound, message: "no subscription \(id) in project \(caller.project)")
+            throw APIRefusal.noSubscription(id, project: caller.project)
         }
         return subscription
     }

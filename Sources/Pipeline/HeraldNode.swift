@@ -97,10 +97,17 @@ package final class HeraldNode: Sendable {
     /// What `prepare` made and the readiness checks and gauges look at.
     private let prepared = Mutex<Prepared?>(nil)
     private let flags = Mutex(Flags())
-    /// Signalled once the registry's first read is in the index (`registryLoaded`).
+    /// Signalled once the registry's first read is in the index (`registryLoaded`); the
+    /// membership waits for it.
     private let indexLoaded = Wakeup()
+    /// Signalled once the node is a member of the cluster; the ingest waits for it.
+    private let joined = Wakeup()
+    /// HERALD_SHUTDOWN_BUDGET_SECONDS, begun when the graceful shutdown begins (`markStopping`).
+    let shutdownBudget: ShutdownBudget
     /// The Redis clients the node made, closed once the node and its API have stopped.
     private let redisClients: [RedisClient]
+    /// The legacy ingest's move lock (`LegacyIngest.moveLock`), one of `redisClients`.
+    private let ingestMoveLock: RedisClient
 
     struct Flags {
         var registryLoaded = false
@@ -140,7 +147,8 @@ package final class HeraldNode: Sendable {
             redis: redis, logger: logger, metrics: metrics
         )
         registry = SubscriptionRegistry(redis: redis, keyPrefix: configuration.keyPrefix, logger: logger)
-        let clients = (0..<4).map { _ in RedisClient(configuration: redis, logger: logger) }
+        shutdownBudget = ShutdownBudget(configuration.shutdownBudget)
+        let clients = (0..<5).map { _ in RedisClient(configuration: redis, logger: logger) }
         redisClients = clients
         deadLetters = DeadLetterStore(
             redis: clients[0], keyPrefix: configuration.keyPrefix, budget: configuration.deadLetterBudget)
@@ -150,6 +158,7 @@ package final class HeraldNode: Sendable {
         parkingLedger = ParkingLedger(redis: clients[1], keyPrefix: configuration.keyPrefix)
         stats = SubscriptionStats(redis: clients[2], keyPrefix: configuration.keyPrefix)
         catalog = EventTypeCatalog(redis: clients[3], keyPrefix: configuration.keyPrefix)
+        ingestMoveLock = clients[4]
         keystone = configuration.keystone.map { KeystoneClient(configuration: $0, logger: logger) }
     }
 
@@ -199,6 +208,10 @@ package final class HeraldNode: Sendable {
         }
         try await ClusterQueueShape.record(
             configuration.queueShape, redis: settings, keyPrefix: configuration.keyPrefix)
+        // Before anything is consumed: a node with another partition count stops here. (Not
+        // earlier: the count's key is what tells the shape's resolve that a cluster exists, and
+        // a node starting beside this one must find the shape recorded once it does.)
+        try await coordinator.checkPartitionCount()
         logger.info(
             "queues declared",
             metadata: [
@@ -207,6 +220,9 @@ package final class HeraldNode: Sendable {
                 LogKey.amqpPartitionMaxMessages: "\(configuration.queueShape.partitionMaxMessages)",
             ])
 
+        // What can refuse the settings, before anything that must be shut down is made.
+        let endpoints = try ZaqarEndpoints(urls: configuration.zaqarAllowedURLs)
+        let ingest = try ingestOwners(connection: connection, configuration: configuration)
         // The subscription index: filled by the registry watch (a part of the node).
         let index = Locked(SubscriptionIndex([], defaultZaqarURL: configuration.zaqarURL))
         let zaqar = ZaqarClient(
@@ -220,11 +236,15 @@ package final class HeraldNode: Sendable {
             queueType: configuration.queueShape.type, owner: coordinator.owner,
             settings: configuration.parking, metrics: parkingMetrics, logger: logger
         )
-        let batcher = try DeliveryBatcher(
-            configuration: delivery, zaqar: zaqar, deadLetters: deadLetterSink,
-            endpoints: try ZaqarEndpoints(urls: configuration.zaqarAllowedURLs), parking: parking,
-            activity: stats, logger: logger, metrics: metrics
-        )
+        let batcher: DeliveryBatcher
+        do {
+            batcher = try DeliveryBatcher(
+                configuration: delivery, zaqar: zaqar, deadLetters: deadLetterSink, endpoints: endpoints,
+                parking: parking, activity: stats, logger: logger, metrics: metrics)
+        } catch {
+            await zaqar.shutdown()
+            throw error
+        }
         let drainer = ParkingDrainer(
             connection: connection, ledger: parkingLedger, parking: parking, batcher: batcher, index: index,
             lookup: { [registry] id, project in
@@ -238,7 +258,6 @@ package final class HeraldNode: Sendable {
             configuration: configuration,
             counters: counters, stats: stats, catalog: catalog, logger: logger,
             beforeConsuming: { await drainer.refreshBeforeConsuming() })
-        let ingest = try ingestOwners(connection: connection, configuration: configuration)
         let keeper = SignedURLKeeper(
             registry: registry, keystone: keystone, zaqar: zaqar, defaultZaqarURL: configuration.zaqarURL,
             policy: configuration.signedURLs,
@@ -249,64 +268,67 @@ package final class HeraldNode: Sendable {
             ingest: ingest, keeper: keeper)
     }
 
-    /// The node's parts, in their order: started together, and on a graceful shutdown stopped one
-    /// at a time from the last to the first. So a stop runs: ingest (handed over within half the
-    /// budget), the signed-URL keeper, the membership (every partition revoked, drained, acked,
-    /// released; the group left), the partitions' consumers (drains still running are cut), the
-    /// batcher (its last requests, 2 s), the parking drainer, the registry watch and the counts (a
-    /// last write). The connections they share are closed after all of them have ended (`close`),
-    /// also when the budget ran out and they were cancelled together. Dependencies at start are
-    /// waited for explicitly: the membership joins (and partitions are consumed) only once the
-    /// index holds the registry and the parked subscriptions are known.
+    /// The node's parts: started together; on a graceful shutdown stopped one at a time from the
+    /// last in this list to the first, each once the one before it has ended. So a stop runs:
+    /// ingest (handed over within half the budget), the signed-URL keeper, the membership (every
+    /// partition revoked, drained, acked and released; the group left), the batcher (its last
+    /// requests, 2 s, then it stops), the partitions' consumers (drains still running are cut:
+    /// their leases are released and the broker gives what they held to the next owner), the
+    /// parking drainer, the registry watch and the counts (a last write). The connections they
+    /// share are closed once all of them have ended (`close`), also when the budget ran out and
+    /// they were cancelled together. What a part needs at start is waited for explicitly: the
+    /// membership joins (and partitions are consumed) once the index holds the registry and the
+    /// parked subscriptions are known; the ingest consumes once the node is a member.
     func parts(_ prepared: Prepared) -> [NodePart] {
-        let budget = ShutdownBudget(configuration.shutdownBudget)
-        let logger = logger
+        let (logger, budget) = (logger, shutdownBudget)
         return [
             subscriptionCounts(),
             registryWatch(into: prepared.index),
             .loop("parking drainer", logger: logger) { await prepared.drainer.run() },
+            NodePart("partitions") {
+                await cancelWhenGracefulShutdown { await prepared.owners.run() }
+                // Its events end when the membership leaves; the part then waits for its turn to stop.
+                try? await gracefulShutdown()
+            },
             .closing("delivery") {
                 _ = await prepared.batcher.drain(timeout: .seconds(2))
                 // What did not drain stays unacked for the next owner; nothing retries against the
                 // connection closed after this (in a test process, nodes stop without the process ending).
                 prepared.batcher.stop()
             },
-            // Its revoke drains may wait on a full batcher for up to HERALD_HANDOFF_DRAIN_SECONDS,
-            // past the budget: once the membership has left, what is still draining is cut and
-            // the broker gives what it held to the next owner.
-            NodePart("partitions") {
-                await cancelWhenGracefulShutdown { await prepared.owners.run() }
-                // Its events end when the membership leaves; the part then waits for its turn to stop.
-                try? await gracefulShutdown()
-            },
             NodePart("membership") { [self] in
                 let ready = await cancelWhenGracefulShutdown { [indexLoaded] in
                     await indexLoaded.wait(timeout: nil)
                 }
-                if ready {
-                    // Knows which subscriptions are parked before any partition is consumed.
-                    await prepared.drainer.refreshBeforeConsuming()
-                    try await coordinator.start()
-                    logger.info(
-                        "node started",
-                        metadata: [
-                            LogKey.heraldPartitions: "\(configuration.partitions)",
-                            LogKey.heraldExchanges: "\(configuration.exchanges)",
-                        ])
-                    try? await gracefulShutdown()
+                guard ready, !flags.withLock({ $0.stopping }) else {
+                    // Stopped before it joined: nothing to hand over, and no leave, which would
+                    // remove a member of this node's name that another process may be.
+                    await coordinator.abandon()
+                    return
                 }
+                // Knows which subscriptions are parked before any partition is consumed.
+                await prepared.drainer.refreshBeforeConsuming()
+                try await coordinator.start()
+                joined.signal()
+                logger.info(
+                    "node started",
+                    metadata: [
+                        LogKey.heraldPartitions: "\(configuration.partitions)",
+                        LogKey.heraldExchanges: "\(configuration.exchanges)",
+                    ])
+                try? await gracefulShutdown()
                 // Half the budget went to the ingest; the partitions get what is left, less 3 s:
                 // 2 for the batcher's last requests, 1 for the parts after it.
                 await coordinator.leave(drainTimeout: max(.seconds(1), budget.left - .seconds(3)))
             },
             .loop("signed-URL keeper", logger: logger) { await prepared.keeper.run() },
-            NodePart("ingest") {
+            NodePart("ingest") { [joined] in
+                guard await cancelWhenGracefulShutdown({ await joined.wait(timeout: nil) }) else { return }
                 try await prepared.ingest.start()
                 await withDiscardingTaskGroup { group in
                     // Ends after `shutdown` below (or at once without leases: the consumers run on).
                     group.addTask { await prepared.ingest.run() }
                     try? await gracefulShutdown()
-                    budget.begin()
                     await prepared.ingest.shutdown(drainTimeout: budget.whole / 2)
                 }
             },
@@ -398,8 +420,7 @@ package final class HeraldNode: Sendable {
             )
         }
         let lock = LegacyIngest.moveLock(
-            redis: RedisClient(configuration: redisConfiguration, logger: logger),
-            keyPrefix: configuration.keyPrefix, owner: self.coordinator.owner)
+            redis: ingestMoveLock, keyPrefix: configuration.keyPrefix, owner: self.coordinator.owner)
         return IngestOwners(
             queues: queues, coordinator: coordinator, logger: logger,
             before: { [logger] stopping in
@@ -424,6 +445,7 @@ package final class HeraldNode: Sendable {
 
     /// Readiness goes false: the graceful stop has begun.
     func markStopping() {
+        shutdownBudget.begin()
         flags.withLock { $0.stopping = true }
         logger.info("stopping: readiness is now false")
     }

@@ -5,11 +5,13 @@ import Synchronization
 
 /// One long-running part of a node (the registry watch, the partitions, the ingest, ...), as the
 /// node's `ServiceGroup` runs it. The group starts the parts together and, on a graceful shutdown,
-/// tells them one at a time in the reverse of their order, each after the one before has ended:
-/// the order of `HeraldNode.parts` is the node's shutdown order, written down as data.
+/// tells them one at a time from the last in its list to the first, each once the one before has
+/// ended: the list in `HeraldNode.parts` is the node's shutdown order, read bottom up. (When the
+/// shutdown budget runs out, the group cancels all that are left at once: that order is then gone.)
 ///
-/// A part's `run` returns only after the graceful shutdown (or when cancelled): a part that
-/// ended earlier would end the group, and with it the node.
+/// A part's `run` returns only after the graceful shutdown (or when cancelled): one that returns
+/// earlier ends the group, and with it the node; one that throws ends it with the error (as the
+/// membership does when the coordinator cannot join).
 package struct NodePart: Service, CustomStringConvertible {
     /// What the part is, for the group's logs.
     package let description: String
@@ -24,7 +26,7 @@ package struct NodePart: Service, CustomStringConvertible {
     package func run() async throws { try await body() }
 
     /// A loop that runs until the graceful shutdown, then is cancelled (what it was doing is
-    /// given up: the parts after it in the order have ended by then). One that ends on its own
+    /// given up: the parts listed after it have ended by then). One that ends on its own
     /// before is logged and the part waits for the shutdown, so that the node goes on without it
     /// as it would have before the parts were services.
     static func loop(
@@ -42,8 +44,8 @@ package struct NodePart: Service, CustomStringConvertible {
         }
     }
 
-    /// Nothing to run: `atShutdown` runs when the node stops (or is cancelled), after every part
-    /// later in the order has ended.
+    /// Nothing to run: `atShutdown` runs when the node stops, after every part listed after this
+    /// one has ended (or at once, beside them, when the group is cancelled).
     static func closing(_ name: String, atShutdown: @escaping @Sendable () async -> Void) -> NodePart {
         NodePart(name) {
             try? await gracefulShutdown()
@@ -53,7 +55,8 @@ package struct NodePart: Service, CustomStringConvertible {
 }
 
 /// The node's one shutdown budget (HERALD_SHUTDOWN_BUDGET_SECONDS), shared by the parts that
-/// stop in turn: the first to stop starts it, each later one gets what is left.
+/// stop in turn: it begins when the graceful shutdown does (`HeraldNode.markStopping`), and each
+/// part that waits takes what is left.
 package final class ShutdownBudget: Sendable {
     private let total: Duration
     private let clock: ElapsedClock

@@ -48,6 +48,26 @@ package struct NodeAssembly: Sendable {
 
     /// Where the API listens, once it does.
     package let boundPort: Locked<Int?>
+    /// The API's own Redis clients (the node's are its own to close).
+    let redisClients: [RedisClient]
+
+    /// Runs the group until it has stopped (`group.triggerGracefulShutdown()` or a signal), then
+    /// closes the Redis clients the node and its API shared: after every service has ended, also
+    /// when the shutdown budget ran out and they were cancelled together.
+    /// - Throws: what the group ended with (a part that could not start, such as the membership
+    ///   of a node with another partition count).
+    package func run() async throws {
+        let ended: Result<Void, any Error>
+        do {
+            try await group.run()
+            ended = .success(())
+        } catch {
+            ended = .failure(error)
+        }
+        await node.closeRedisClients()
+        for client in redisClients { await client.close() }
+        try ended.get()
+    }
 
     fileprivate static func make(
         configuration: NodeConfiguration, logger: Logger, metrics: PrometheusCollectorRegistry,
@@ -102,13 +122,8 @@ package struct NodeAssembly: Sendable {
         var groupConfiguration = ServiceGroupConfiguration(
             services: [
                 // Shut down in reverse order, each after the one before has finished: readiness
-                // off, the pipeline, the replay client, the API, and last the Redis clients the
-                // API's stores share with the node.
-                .init(
-                    service: NodePart.closing("redis clients") {
-                        await node.closeRedisClients()
-                        await rateLimits.close()
-                    }),
+                // off, the pipeline, the replay client, the API. (The Redis clients the API's
+                // stores share with the node are closed after the group, by `run`.)
                 .init(service: application),
                 .init(service: ZaqarClientService(client: zaqar, keystone: node.keystone)),
                 .init(service: PipelineService(node: node)),
@@ -120,7 +135,7 @@ package struct NodeAssembly: Sendable {
         groupConfiguration.maximumGracefulShutdownDuration = configuration.shutdownBudget
         return NodeAssembly(
             node: node, application: application, group: ServiceGroup(configuration: groupConfiguration),
-            boundPort: boundPort)
+            boundPort: boundPort, redisClients: [rateLimits])
     }
 }
 

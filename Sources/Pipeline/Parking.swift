@@ -476,7 +476,7 @@ package final class ParkingDrainer: Sendable {
     func refreshBeforeConsuming() async {
         for attempt in 0..<5 {
             if await refresh(gauges: false) { return }
-            try? await Task.sleep(
+            try? await clock.sleep(
                 for: Backoff(base: .milliseconds(100), cap: .seconds(2), floor: 0.5).delay(attempt: attempt))
         }
         logger.warning(

@@ -59,11 +59,11 @@ extension RedisServerTests {
             try await solo.joinAndAct()
             try await solo.clock.waitForSleepers(1)
             let before = solo.beatCount
+            // Its clock has not moved since it beat joining: the next beat is a heartbeat away.
             let asked = try #require(solo.clock.requested.last)
-            #expect(asked <= Solo.heartbeat, "the loop sleeps at most a heartbeat, asked \(asked)")
-            solo.clock.advance(by: asked - .milliseconds(1))
-            #expect(solo.clock.sleepers >= 1, "a millisecond early, the loop still sleeps")
-            #expect(solo.beatCount == before, "no beat before the heartbeat")
+            #expect(asked == Solo.heartbeat, "the loop sleeps until the next heartbeat, asked \(asked)")
+            solo.clock.advance(by: Solo.heartbeat - .milliseconds(1))
+            #expect(solo.clock.sleepers == 1, "a millisecond early, the loop still sleeps")
             solo.clock.advance(by: .milliseconds(1))
             try await eventually(timeout: .seconds(10)) {
                 guard solo.beatCount > before else { throw TestFailure("no beat after the clock reached it") }
@@ -104,15 +104,25 @@ extension RedisServerTests {
             // Nobody confirms a revoke: every partition's drain hangs.
             try await solo.joinAndAct()
             try await solo.clock.waitForSleepers(1)
+            // The loop waits for a signal alone from here (its rounds would wake the leave too):
+            // only the leave's own timeout can end its wait.
+            solo.coordinator.pause()
+            solo.clock.advance(by: Solo.heartbeat)
+            try await eventually(timeout: .seconds(10)) {
+                guard solo.clock.sleepers == 0 else { throw TestFailure("the paused loop still sleeps on the clock") }
+            }
             let left = Mutex(false)
             let leaving = Task {
                 await solo.coordinator.leave(drainTimeout: .seconds(30))
                 left.withLock { $0 = true }
             }
-            // The loop and the leave both sleep on the clock now.
-            try await solo.clock.waitForSleepers(2)
+            try await eventually(timeout: .seconds(10)) {
+                guard solo.clock.requested.last == .seconds(30) else {
+                    throw TestFailure("the leave does not sleep yet")
+                }
+            }
             solo.clock.advance(by: .seconds(29))
-            try await solo.clock.waitForSleepers(2)
+            try await solo.clock.waitForSleepers(1)
             #expect(!left.withLock { $0 }, "still waiting for the drains a second before the timeout")
             #expect(solo.coordinator.acting().count == 4)
             solo.clock.advance(by: .seconds(1))

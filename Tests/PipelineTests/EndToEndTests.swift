@@ -60,11 +60,20 @@ struct ExpectedSubscription {
 enum Disruption: String, CaseIterable, CustomStringConvertible {
     case none, addNode, sigterm, kill9
     var description: String { rawValue }
+
+    /// Where the run's nodes live: in the test process, unless a real signal is the point
+    /// (SIGTERM's exit within the budget, kill -9's crash), which only a process can take.
+    var nodes: PipelineRun.NodeKind {
+        switch self {
+        case .none, .addNode: .inProcess
+        case .sigterm, .kill9: .process
+        }
+    }
 }
 
 /// The pipeline suites, one at a time: they share the machine's two cores. `scripts/test`
 /// runs them in a pass of their own, since other suites restart Redis and RabbitMQ.
-@Suite("Pipeline with herald node processes", .serialized)
+@Suite("Pipeline with whole nodes, in the test process or as herald node processes", .serialized)
 enum PipelineSuites {}
 
 extension PipelineSuites {
@@ -123,7 +132,7 @@ extension PipelineSuites {
                         project: "admin", allProjects: true, eventTypes: ["compute.*"],
                         target: Target(queue: run.queue("e2e-admin")), messageTTL: 3600))
                 for subscription in subscriptions { try await run.registry.create(subscription) }
-                try await run.startNodes(3)
+                try await run.startNodes(3, as: disruption.nodes)
                 try await run.waitAllPartitionsHeld()
 
                 // Notifications: three exchanges, both drivers, projects in the payload or only in the context, some with none.
@@ -162,7 +171,7 @@ extension PipelineSuites {
                 if disruption != .none {
                     try await run.waitForIngested(notificationCount / 3, timeout: .seconds(120))
                     switch disruption {
-                    case .addNode: try await run.startNodes(1)
+                    case .addNode: try await run.startNodes(1, as: disruption.nodes)
                     case .sigterm:
                         // Under load: the node must be gone within its budget, its partitions held by the others.
                         let started = ContinuousClock.now

@@ -202,5 +202,41 @@ extension PipelineSuites {
                 }
             }
         }
+
+        @Test(
+            "a node configured with another partition count stops before it consumes anything, naming both counts; the cluster's events all arrive"
+        )
+        func wrongPartitionCount() async throws {
+            try await PipelineRun.with(partitions: 8) { run in
+                try await run.startNodes(1, as: .inProcess)
+                try await run.waitAllPartitionsHeld()
+                let queue = run.queue("counted")
+                try await run.registry.create(
+                    Subscription(project: "p1", eventTypes: ["compute.*"], target: Target(queue: queue)))
+                run.trackQueues([("p1", queue)])
+                try await run.startNodes(1, extra: ["HERALD_PARTITIONS": "16"], as: .inProcess)
+                try await eventually(timeout: .seconds(30)) {
+                    guard await run.exited("node-2") else { throw TestFailure("node-2 still runs") }
+                }
+                let log = run.nodes["node-2"]?.tail(40) ?? ""
+                #expect(log.contains("8 partitions") && log.contains("16"), "\(log)")
+                #expect(try await run.ingestLeaseHolders().values.allSatisfy { $0 == "node-1" })
+                // Had it ingested while it started, some of these would sit in its partitions 8 to 15.
+                let publisher = try run.publish(
+                    (0..<40).map {
+                        [
+                            "exchange": ["nova", "neutron", "cinder"][$0 % 3],
+                            "event_type": "compute.instance.create.end", "project": "p1", "payload": ["seq": $0],
+                        ]
+                    })
+                #expect(await publisher.wait() == 0, "\(publisher.tail())")
+                let bodies = try await eventually(timeout: .seconds(60)) {
+                    let bodies = try await run.zaqar.bodies(queue: queue, project: "p1")
+                    guard bodies.count >= 40 else { throw TestFailure("\(bodies.count) of 40 in \(queue)") }
+                    return bodies
+                }
+                #expect(bodies.count == 40)
+            }
+        }
     }
 }

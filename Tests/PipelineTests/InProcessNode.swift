@@ -26,7 +26,7 @@ final class InProcessNode: Sendable {
         running = Task {
             defer { ended.withLock { $0 = true } }
             do {
-                try await assembly.group.run()
+                try await assembly.run()
                 return 0
             } catch {
                 file.write("node ended with an error: \(error)")

@@ -112,10 +112,11 @@ public final class ClusterCoordinator: Sendable {
 
     // MARK: Public API
 
-    /// Checks the partition count, joins the group and starts beating.
-    /// - Throws: `CoordinationError.invalidConfiguration` when the cluster was created with another P;
-    ///   a connection error when Redis cannot be reached.
-    public func start() async throws {
+    /// Records the partition count of a new cluster, or checks this node's against the one
+    /// the cluster was created with (also done by `start`): a node that would route events to
+    /// partitions nobody else has must fail before it consumes anything.
+    /// - Throws: `CoordinationError.invalidConfiguration` naming both counts; a connection error.
+    public func checkPartitionCount() async throws {
         let key = prefix + "partitions"
         let created = try await redis.send("SET", key, configuration.partitionCount, "NX")
         if created.isNull {
@@ -127,6 +128,13 @@ public final class ClusterCoordinator: Sendable {
                 )
             }
         }
+    }
+
+    /// Checks the partition count, joins the group and starts beating.
+    /// - Throws: `CoordinationError.invalidConfiguration` when the cluster was created with another P;
+    ///   a connection error when Redis cannot be reached.
+    public func start() async throws {
+        try await checkPartitionCount()
         let info = MemberInfo(
             owner: owner, address: configuration.address, version: configuration.version, started: wall())
         let metadata = String(decoding: try JSONEncoder().encode(info), as: UTF8.self)

@@ -25,15 +25,7 @@ package struct PipelineService: Service {
             configuration: ServiceGroupConfiguration(services: node.parts(prepared), logger: node.logger))
         // The parts' scope: what they share outlives every one of them, even when they are
         // cancelled together (a stop past its budget), when the group's order no longer holds.
-        let ended: Result<Void, any Error>
-        do {
-            try await parts.run()
-            ended = .success(())
-        } catch {
-            ended = .failure(error)
-        }
-        await node.close(prepared)
-        try ended.get()
+        try await withClosing(prepared, close: node.close) { _ in try await parts.run() }
         node.logger.info("stopped")
     }
 }
@@ -57,16 +49,12 @@ package struct NodeAssembly: Sendable {
     /// - Throws: what the group ended with (a part that could not start, such as the membership
     ///   of a node with another partition count).
     package func run() async throws {
-        let ended: Result<Void, any Error>
-        do {
-            try await group.run()
-            ended = .success(())
-        } catch {
-            ended = .failure(error)
-        }
+        try await withClosing(self, close: { await $0.closeRedisClients() }) { try await $0.group.run() }
+    }
+
+    private func closeRedisClients() async {
         await node.closeRedisClients()
         for client in redisClients { await client.close() }
-        try ended.get()
     }
 
     fileprivate static func make(

@@ -36,6 +36,15 @@ extension RedisServerTests {
 
             var beatCount: Int { beats.count.withLock { $0 } }
 
+            /// The consumer side: every revoke confirmed at once (cancel the task to stop).
+            func confirmingRevokes() -> Task<Void, Never> {
+                Task { [coordinator] in
+                    for await event in coordinator.events {
+                        if case .revoke(let partition) = event { coordinator.confirmRevoked(partition) }
+                    }
+                }
+            }
+
             /// Joins and waits until it acts on all four partitions (its first round needs no
             /// time to pass: it beats once joining and takes the free leases at once).
             func joinAndAct() async throws {
@@ -51,11 +60,7 @@ extension RedisServerTests {
         @Test("it beats when its clock reaches the heartbeat, not before")
         func beatsOnTheClock() async throws {
             let solo = try Solo()
-            let confirming = Task {
-                for await event in solo.coordinator.events {
-                    if case .revoke(let partition) = event { solo.coordinator.confirmRevoked(partition) }
-                }
-            }
+            let confirming = solo.confirmingRevokes()
             try await solo.joinAndAct()
             try await solo.clock.waitForSleepers(1)
             let before = solo.beatCount
@@ -75,11 +80,7 @@ extension RedisServerTests {
         @Test("a node that cannot beat stops acting when its validity ends on its own clock")
         func validityOnTheClock() async throws {
             let solo = try Solo()
-            let confirming = Task {
-                for await event in solo.coordinator.events {
-                    if case .revoke(let partition) = event { solo.coordinator.confirmRevoked(partition) }
-                }
-            }
+            let confirming = solo.confirmingRevokes()
             try await solo.joinAndAct()
             try await solo.clock.waitForSleepers(1)
             solo.coordinator.pause()  // no beats from here, as under SIGSTOP

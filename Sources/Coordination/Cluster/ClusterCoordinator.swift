@@ -48,7 +48,7 @@ public final class ClusterCoordinator: Sendable {
     private let clock: ElapsedClock
     private let metrics: CoordinationMetrics
     private let state: Mutex<OwnershipState>
-    private let executor: DedicatedThreadExecutor
+    private let executor: BlockingExecutor
     private let control = Mutex(Control())
     /// Wakes the loop: a Redis event, a confirmed revoke, a resume, a stop.
     private let wakeup = Wakeup()
@@ -102,7 +102,7 @@ public final class ClusterCoordinator: Sendable {
         self.logger = logger
         self.observer = observer
         self.state = Mutex(OwnershipState(aliveTTL: configuration.aliveTTL, margin: configuration.margin))
-        self.executor = DedicatedThreadExecutor(name: "herald-leases")
+        self.executor = BlockingExecutor(label: "herald-leases")
         (events, eventsContinuation) = AsyncStream.makeStream(of: OwnershipEvent.self)
     }
 
@@ -149,7 +149,7 @@ public final class ClusterCoordinator: Sendable {
                 if case .subscribed(true) = event { self.wakeUp() }
             }
         }
-        // On a thread of its own (see DedicatedThreadExecutor); holds the coordinator until leave() or abandon() stops it.
+        // Off the cooperative pool (see BlockingExecutor); holds the coordinator until leave() or abandon() stops it.
         let loop = Task(executorPreference: executor) { await self.run() }
         control.withLock {
             $0.loop = loop
@@ -242,7 +242,6 @@ public final class ClusterCoordinator: Sendable {
         wakeup.signal()
         watcher?.cancel()
         await loop?.value
-        executor.stop()
     }
 
     private func wakeUp() {

@@ -26,8 +26,8 @@ public struct RedisClientStatistics: Sendable, Equatable {
 
 /// A Redis client over one hiredis connection.
 ///
-/// hiredis blocks, so every call runs on this client's own serial dispatch
-/// queue, never on Swift's cooperative pool; callers simply `await`. Commands
+/// hiredis blocks, so every call runs on this client's own `BlockingExecutor` (a
+/// serial queue), never on Swift's cooperative pool; callers simply `await`. Commands
 /// from concurrent callers are serialised on the one connection.
 ///
 /// When the connection breaks the failing call throws `.connectionLost` and the
@@ -35,7 +35,7 @@ public struct RedisClientStatistics: Sendable, Equatable {
 /// `.reconnecting` until the backoff delay has passed.
 public final class RedisClient: Sendable {
     public let configuration: RedisConfiguration
-    private let queue: DispatchQueue
+    private let executor: BlockingExecutor
     private let slot: ConnectionSlot
     private let loadedScripts = Mutex<[String: String]>([:])
     private let stats = Mutex(RedisClientStatistics())
@@ -45,7 +45,7 @@ public final class RedisClient: Sendable {
     public init(configuration: RedisConfiguration, logger: Logger = Logger(label: "herald.redis")) {
         self.configuration = configuration
         self.logger = logger
-        self.queue = DispatchQueue(label: "herald.redis.\(configuration.endpoint)")
+        self.executor = BlockingExecutor(label: "herald.redis.\(configuration.endpoint)")
         self.slot = ConnectionSlot(configuration: configuration)
     }
 
@@ -144,25 +144,16 @@ public final class RedisClient: Sendable {
 
     /// Closes the connection; later calls throw `.closed`.
     public func close() async {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            queue.async {
-                self.slot.close()
-                continuation.resume()
-            }
-        }
+        await executor.run { self.slot.close() }
     }
 
     private func onQueue<T: Sendable>(_ body: @escaping @Sendable (ConnectionSlot) throws -> T) async throws -> T {
-        try await withCheckedThrowingContinuation { continuation in
-            queue.async {
-                continuation.resume(with: Result { try body(self.slot) })
-            }
-        }
+        try await executor.run { try body(self.slot) }
     }
 }
 
-/// The connection and its reconnect state. Touched only on the client's serial
-/// queue, which is why it is `@unchecked Sendable`.
+/// The connection and its reconnect state. Touched only on the client's executor (one
+/// call at a time), which is why it is `@unchecked Sendable`.
 private final class ConnectionSlot: @unchecked Sendable {
     let configuration: RedisConfiguration
     private var context: HiredisContext?

@@ -1,4 +1,5 @@
 import Foundation
+import HeraldModel
 import Logging
 import Synchronization
 
@@ -31,13 +32,8 @@ public final class AMQPConnection: Sendable {
             )
         }
         let engine = AMQPEngine(configuration: configuration, logger: logger)
-        // The blocking connect runs on a thread of its own, not the cooperative pool.
-        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-            let thread = Thread {
-                continuation.resume(with: Result { try engine.start() })
-            }
-            thread.start()
-        }
+        // The blocking connect runs off the cooperative pool; the engine's thread takes over after.
+        try await BlockingExecutor(label: "herald-amqp-connect").run { try engine.start() }
         return AMQPConnection(engine: engine)
     }
 

@@ -302,9 +302,16 @@ public final class DeliveryBatcher: Sendable {
     /// Stops delivering, for a node that is stopping after `drain`: every lane, retry, and parking
     /// or dead-letter attempt gives up at its next turn (at most one wait later), leaving what it
     /// holds unsettled: those deliveries stay unacked, and the broker gives them to the next owner.
-    /// Nothing keeps retrying against a closed connection once the node has gone.
+    /// Nothing keeps retrying against a closed connection once the node has gone. Submitters
+    /// waiting for room go on without it (their messages are never settled either), so that a
+    /// consumer blocked in `submit` can end.
     public func stop() {
         stopped.store(true, ordering: .relaxed)
+        let waiting = state.withLock { state -> [Waiter] in
+            defer { state.waiters = [] }
+            return state.waiters
+        }
+        for waiter in waiting { waiter.continuation.resume() }
     }
 
     private var isStopped: Bool { stopped.load(ordering: .relaxed) }
@@ -324,6 +331,8 @@ public final class DeliveryBatcher: Sendable {
     private func enqueue(_ pending: Pending) async {
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             let start = state.withLock { state -> Bool? in
+                // Stopped: nothing is admitted or waits (`stop`); the message stays unsettled.
+                if isStopped { return false }
                 guard let needsWorker = admitIfRoom(&state, pending) else {
                     state.waiters.append(Waiter(pending: pending, continuation: continuation))
                     return nil

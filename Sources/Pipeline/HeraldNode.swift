@@ -189,6 +189,7 @@ package final class HeraldNode: Sendable {
             return prepared
         } catch {
             await connection.close()
+            await coordinator.abandon()  // closes its Redis client (the count's check used it)
             throw error
         }
     }
@@ -302,7 +303,9 @@ package final class HeraldNode: Sendable {
                 }
                 guard ready, !flags.withLock({ $0.stopping }) else {
                     // Stopped before it joined: nothing to hand over, and no leave, which would
-                    // remove a member of this node's name that another process may be.
+                    // remove a member of this node's name that another process may be. (Ends on
+                    // its turn: a part that returns earlier would end the group with an error.)
+                    try? await gracefulShutdown()
                     await coordinator.abandon()
                     return
                 }

@@ -115,6 +115,45 @@ extension RedisBackedDeliveryTests {
             return configuration
         }
 
+        @Test(
+            "stop() lets a submitter that waits for room in a full lane go on, its messages left unsettled (a stopping node's consumer must end)"
+        )
+        func stopReleasesWaitingSubmitters() async throws {
+            // A target that never answers: the lane's first batch stays in flight, the lane full.
+            let sink = try await HostileZaqar { _ in .silent }
+            var configuration = DeliveryConfiguration()
+            configuration.maxBatchMessages = 2
+            configuration.laneMaxMessages = 2
+            let harness = try DeliveryHarness(configuration: configuration, requestTimeout: .seconds(60))
+            let target = ZaqarTarget(baseURL: sink.url, project: "p", queue: "q")
+            let settled = Counter()
+            await harness.batcher.submit(DeliveryHarness.messages(2, to: target, label: "first")) { _ in
+                settled.increment()
+            }
+            let returned = Mutex(false)
+            let blocked = Task {
+                await harness.batcher.submit(DeliveryHarness.messages(1, to: target, label: "second")) { _ in
+                    settled.increment()
+                }
+                returned.withLock { $0 = true }
+            }
+            try await eventually(timeout: .seconds(10)) {
+                guard sink.totalRequests >= 1 else { throw TestFailure("the first batch was not sent yet") }
+            }
+            try await Task.sleep(for: .milliseconds(200))
+            #expect(!returned.withLock { $0 }, "the second submit waits for room while the lane is full")
+            harness.batcher.stop()
+            await blocked.value
+            #expect(returned.withLock { $0 })
+            // A submit after the stop does not wait either.
+            await harness.batcher.submit(DeliveryHarness.messages(3, to: target, label: "late")) { _ in
+                settled.increment()
+            }
+            #expect(settled.value == 0, "nothing was settled: the broker gives it to the next owner")
+            await sink.close()
+            await harness.shutdown()
+        }
+
         @Test("503s are retried until Zaqar takes the batch: nothing lost, nothing duplicated")
         func retriesAfter503() async throws {
             let sink = try await HostileZaqar { $0.index <= 3 ? .status(503) : .accept }

@@ -124,7 +124,8 @@ extension RedisBackedDeliveryTests {
             var configuration = DeliveryConfiguration()
             configuration.maxBatchMessages = 2
             configuration.laneMaxMessages = 2
-            let harness = try DeliveryHarness(configuration: configuration, requestTimeout: .seconds(60))
+            // A short timeout: the silent request ends (and is retried, the lane still full) soon after the test.
+            let harness = try DeliveryHarness(configuration: configuration, requestTimeout: .seconds(2))
             let target = ZaqarTarget(baseURL: sink.url, project: "p", queue: "q")
             let settled = Counter()
             await harness.batcher.submit(DeliveryHarness.messages(2, to: target, label: "first")) { _ in

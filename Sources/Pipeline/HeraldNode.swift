@@ -148,17 +148,21 @@ package final class HeraldNode: Sendable {
         )
         registry = SubscriptionRegistry(redis: redis, keyPrefix: configuration.keyPrefix, logger: logger)
         shutdownBudget = ShutdownBudget(configuration.shutdownBudget)
-        let clients = (0..<5).map { _ in RedisClient(configuration: redis, logger: logger) }
-        redisClients = clients
+        let (deadLetterRedis, parkingRedis, statsRedis, catalogRedis, moveLockRedis) = (
+            RedisClient(configuration: redis, logger: logger), RedisClient(configuration: redis, logger: logger),
+            RedisClient(configuration: redis, logger: logger), RedisClient(configuration: redis, logger: logger),
+            RedisClient(configuration: redis, logger: logger)
+        )
+        redisClients = [deadLetterRedis, parkingRedis, statsRedis, catalogRedis, moveLockRedis]
         deadLetters = DeadLetterStore(
-            redis: clients[0], keyPrefix: configuration.keyPrefix, budget: configuration.deadLetterBudget)
+            redis: deadLetterRedis, keyPrefix: configuration.keyPrefix, budget: configuration.deadLetterBudget)
         deadLetterSink = CountedDeadLetters(store: deadLetters, metrics: DeadLetterMetrics(factory: metrics))
         ingestMetrics = IngestMetrics(factory: metrics)
         parkingMetrics = ParkingMetrics(factory: metrics)
-        parkingLedger = ParkingLedger(redis: clients[1], keyPrefix: configuration.keyPrefix)
-        stats = SubscriptionStats(redis: clients[2], keyPrefix: configuration.keyPrefix)
-        catalog = EventTypeCatalog(redis: clients[3], keyPrefix: configuration.keyPrefix)
-        ingestMoveLock = clients[4]
+        parkingLedger = ParkingLedger(redis: parkingRedis, keyPrefix: configuration.keyPrefix)
+        stats = SubscriptionStats(redis: statsRedis, keyPrefix: configuration.keyPrefix)
+        catalog = EventTypeCatalog(redis: catalogRedis, keyPrefix: configuration.keyPrefix)
+        ingestMoveLock = moveLockRedis
         keystone = configuration.keystone.map { KeystoneClient(configuration: $0, logger: logger) }
     }
 
@@ -176,21 +180,24 @@ package final class HeraldNode: Sendable {
     /// ingest's owners. Nothing is consumed yet.
     func prepare() async throws -> Prepared {
         // The queues' type and bounds: the settings, else the cluster's record (ClusterQueueShape).
-        var configuration = self.configuration
-        let settings = RedisClient(configuration: redisConfiguration, logger: logger)
-        defer { Task { await settings.close() } }  // a close only; nothing awaits it
-        configuration.queueShape = try await ClusterQueueShape.resolve(
-            configured: configuration.queueSettings, redis: settings, keyPrefix: configuration.keyPrefix)
-        let connection = try await AMQPConnection.connect(
-            try AMQPConfiguration(url: configuration.amqpURL), logger: logger)
-        do {
-            let prepared = try await prepare(connection: connection, configuration: configuration, settings: settings)
-            self.prepared.withLock { $0 = prepared }
-            return prepared
-        } catch {
-            await connection.close()
-            await coordinator.abandon()  // closes its Redis client (the count's check used it)
-            throw error
+        try await withClosing(
+            RedisClient(configuration: redisConfiguration, logger: logger), close: { await $0.close() }
+        ) { settings in
+            var configuration = self.configuration
+            configuration.queueShape = try await ClusterQueueShape.resolve(
+                configured: configuration.queueSettings, redis: settings, keyPrefix: configuration.keyPrefix)
+            let connection = try await AMQPConnection.connect(
+                try AMQPConfiguration(url: configuration.amqpURL), logger: logger)
+            do {
+                let prepared = try await prepare(
+                    connection: connection, configuration: configuration, settings: settings)
+                self.prepared.withLock { $0 = prepared }
+                return prepared
+            } catch {
+                await connection.close()
+                await coordinator.abandon()  // closes its Redis client (the count's check used it)
+                throw error
+            }
         }
     }
 

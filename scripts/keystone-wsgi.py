@@ -2,9 +2,16 @@
 """Serves Keystone's WSGI application for the tests: keystone-wsgi.py CONFIG PORT.
 
 Keystone's app parses sys.argv through oslo.config, so the arguments are taken and
-cleared first. A threaded wsgiref server, on 127.0.0.1 only."""
+cleared first. A threaded wsgiref server, on 127.0.0.1 only.
+
+Its store is SQLite, which takes one writer at a time: two requests that both write (users,
+projects, trusts and role assignments made by suites running side by side) can fail with
+"database is locked" however long the busy timeout, when each has read first. So requests
+that may write (any method but GET and HEAD) take turns; reads, token validation among
+them, run at once."""
 import os
 import sys
+import threading
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -24,4 +31,18 @@ class Handler(WSGIRequestHandler):
         pass
 
 
-make_server("127.0.0.1", port, wsgi.initialize_public_application(), Server, handler_class=Handler).serve_forever()
+def one_writer(app):
+    writing = threading.Lock()
+
+    def serve(environ, start_response):
+        if environ.get("REQUEST_METHOD") in ("GET", "HEAD"):
+            return app(environ, start_response)
+        with writing:
+            # The whole body is produced under the lock: the write happens while it is made.
+            return list(app(environ, start_response))
+
+    return serve
+
+
+make_server("127.0.0.1", port, one_writer(wsgi.initialize_public_application()), Server,
+            handler_class=Handler).serve_forever()

@@ -71,9 +71,11 @@ enum Disruption: String, CaseIterable, CustomStringConvertible {
     }
 }
 
-/// The pipeline suites, one at a time: they share the machine's two cores. `scripts/test`
-/// runs them in a pass of their own, since other suites restart Redis and RabbitMQ.
-@Suite("Pipeline with whole nodes, in the test process or as herald node processes", .serialized)
+/// The pipeline suites. Each suite's tests run one at a time; suites run side by side (each has its
+/// own vhost, key prefix and queues). `scripts/test` runs them in a pass of their own, since other
+/// suites restart Redis and RabbitMQ, and the end-to-end suite in a pass of its own after them: its
+/// runs count lost leases and timed-out requests, which a starved machine makes.
+@Suite("Pipeline with whole nodes, in the test process or as herald node processes")
 enum PipelineSuites {}
 
 extension PipelineSuites {
@@ -92,6 +94,10 @@ extension PipelineSuites {
             "network.create.end", "*", "volume.attach.end",
         ]
         static let projects = ["p1", "p2", "p3"]
+
+        static func seconds(_ duration: Duration) -> String {
+            String(format: "%.1f", Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18)
+        }
 
         var notificationCount: Int {
             Int(ProcessInfo.processInfo.environment["HERALD_E2E_NOTIFICATIONS"] ?? "") ?? 10_000
@@ -167,6 +173,7 @@ extension PipelineSuites {
                 }
 
                 // Publish in the background; disrupt a third of the way through.
+                let publishStarted = ContinuousClock.now
                 let publisher = try run.publish(lines)
                 if disruption != .none {
                     try await run.waitForIngested(notificationCount / 3, timeout: .seconds(120))
@@ -188,6 +195,7 @@ extension PipelineSuites {
                     }
                 }
                 let publisherStatus = await publisher.wait()
+                let publishedAfter = ContinuousClock.now - publishStarted
                 #expect(publisherStatus == 0, "the publisher failed: \(publisher.tail())")
 
                 // Expected messages, by queue.
@@ -201,6 +209,7 @@ extension PipelineSuites {
                 }
                 let total = expected.reduce(0) { $0 + $1.1.count }
                 let received = try await run.readUntil(expected: expected, timeout: .seconds(240))
+                let arrivedAfter = ContinuousClock.now - publishStarted
 
                 var lost = 0
                 var unexpected = 0
@@ -257,7 +266,7 @@ extension PipelineSuites {
                     ambiguousRetries += field.flatMap { Int($0.dropFirst("delivery.count=".count)) } ?? 0
                 }
                 print(
-                    "e2e \(disruption): \(notificationCount) notifications, \(total) expected messages, lost \(lost), unexpected \(unexpected), duplicates \(duplicates), out of order \(outOfOrder), dead letters \(letters.count); nodes logged \(lostLeases) lost leases, \(shortDrains) handoff drains out of time, \(ambiguousRetries) messages retried after a timeout"
+                    "e2e \(disruption): \(notificationCount) notifications, \(total) expected messages, lost \(lost), unexpected \(unexpected), duplicates \(duplicates), out of order \(outOfOrder), dead letters \(letters.count); nodes logged \(lostLeases) lost leases, \(shortDrains) handoff drains out of time, \(ambiguousRetries) messages retried after a timeout; published in \(Self.seconds(publishedAfter)) s, all read by \(Self.seconds(arrivedAfter)) s"
                 )
                 if lost > 0 {
                     // What a failure needs to be understood: where the missing ones were going, who holds what, what is still queued.

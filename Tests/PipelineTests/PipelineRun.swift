@@ -105,7 +105,7 @@ final class PipelineRun: @unchecked Sendable {
         // What can fail first, so that a vhost is made only when the run will exist to remove it.
         amqpURL = try (clusterURL ?? TestServers.amqpURL()).replacingOccurrences(of: "/%2F", with: "/" + vhost)
         self.redisURL = try redisURL ?? TestServers.redisURL()
-        zaqar = ZaqarReader(baseURL: try TestServers.zaqarURL())
+        zaqar = ZaqarReader(baseURL: try TestServers.pipelineZaqarURL())
         let redisConfiguration = try RedisConfiguration(url: self.redisURL)
         registry = SubscriptionRegistry(redis: redisConfiguration, keyPrefix: prefix)
         redis = RedisClient(configuration: redisConfiguration)

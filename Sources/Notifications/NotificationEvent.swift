@@ -100,6 +100,13 @@ public struct NotificationEvent: Sendable, Equatable {
         value(atPath: path.split(separator: ".").map(String.init))
     }
 
+    /// The value at a path made once for many lookups (a compiled condition's field), looked up
+    /// anew each call: the caller keeps what it needs (matching keeps it for one event).
+    public func value(at path: LookupPath) -> JSONValue? {
+        if path.isTrait { return traits[path.traitName] }
+        return parsed.lookup(path)
+    }
+
     /// `value(at:)` with the path already split at its dots.
     public func value(atPath segments: [String]) -> JSONValue? {
         guard let first = segments.first else { return nil }
@@ -107,6 +114,28 @@ public struct NotificationEvent: Sendable, Equatable {
             return traits[segments.dropFirst().joined(separator: ".")]
         }
         return parsed.value(at: segments)
+    }
+}
+
+/// A field's dotted path made once for many lookups (a compiled condition's field): its
+/// segments and its RFC 6901 JSON pointer, which is what simdjson looks up.
+public final class LookupPath: Sendable {
+    public let segments: [String]
+    public let pointer: String
+    /// `traits.<name>`: a Ceilometer trait, by its name (dots and all).
+    let isTrait: Bool
+    let traitName: String
+
+    public init(_ segments: [String]) {
+        self.segments = segments
+        pointer = NotificationScanner.jsonPointer(segments)
+        isTrait = segments.first == "traits" && segments.count >= 2
+        traitName = isTrait ? segments.dropFirst().joined(separator: ".") : ""
+    }
+
+    /// Two paths to the same field (made apart, or the same one).
+    public func same(as other: LookupPath) -> Bool {
+        self === other || pointer == other.pointer
     }
 }
 
@@ -135,6 +164,13 @@ final class ParsedJSON: Sendable {
         let value = (try? JSONDecoder().decode(JSONValue.self, from: Data(json))) ?? .null
         state.withLock { $0.whole = value }
         return value
+    }
+
+    /// The value at a path: from the whole tree when it was parsed, else from the bytes (not
+    /// kept: `LookupPath` callers keep what they need).
+    func lookup(_ path: LookupPath) -> JSONValue? {
+        if let whole = state.withLock({ $0.whole }) { return Self.walk(whole, path.segments) }
+        return NotificationScanner.lookup(json, pointer: path.pointer)
     }
 
     func value(at segments: [String]) -> JSONValue? {

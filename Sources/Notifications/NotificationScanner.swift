@@ -37,8 +37,12 @@ public enum NotificationScanner {
     /// The value at `path` (dotted: `payload.state`) in `json`, nil when absent. Scalars come
     /// straight from simdjson; an object or array is decoded from its JSON text.
     static func lookup(_ json: [UInt8], path: [String]) -> JSONValue? {
-        let pointer = jsonPointer(path)
-        return withScanner { scanner -> JSONValue? in
+        lookup(json, pointer: jsonPointer(path))
+    }
+
+    /// `lookup(_:path:)` with the path as an RFC 6901 pointer (`/payload/state`).
+    static func lookup(_ json: [UInt8], pointer: String) -> JSONValue? {
+        withScanner { scanner -> JSONValue? in
             var out = herald_json_value()
             let status = json.withUnsafeBufferPointer { buffer in
                 pointer.withCString {

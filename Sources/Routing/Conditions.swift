@@ -92,11 +92,18 @@ struct CompiledCondition: Sendable {
         case never
     }
 
-    let path: [String]
+    let path: LookupPath
     let test: Test
 
-    init(_ condition: Condition) {
-        path = condition.field.split(separator: ".").map(String.init)
+    /// - Parameter paths: the lookup paths other conditions already use, by field, shared instead of
+    ///   made again (so that one event looks each up once, `EventFields`); the new ones are added.
+    init(_ condition: Condition, paths: inout [String: LookupPath]) {
+        if let known = paths[condition.field] {
+            path = known
+        } else {
+            path = LookupPath(condition.field.split(separator: ".").map(String.init))
+            paths[condition.field] = path
+        }
         switch (condition.op, condition.value) {
         case (.exists, .bool(let wanted)?): test = .exists(wanted)
         case (.exists, _): test = .exists(true)
@@ -144,20 +151,42 @@ struct CompiledCondition: Sendable {
 }
 
 /// One event's fields as conditions read them: each path looked up and parsed once per event,
-/// however many conditions (of however many subscriptions) read it.
+/// however many conditions (of however many subscriptions) read it. Most events meet one or two
+/// paths: the first is kept inline, a few more in a list compared by identity (routes share their
+/// paths), and past those by pointer in a dictionary, so that no number of paths costs a scan.
 struct EventFields {
     let event: NotificationEvent
-    private var cache: [[String]: ComparableValue?] = [:]
+    private var first: (path: LookupPath, value: ComparableValue?)?
+    private var few: [(path: LookupPath, value: ComparableValue?)] = []
+    private var many: [String: ComparableValue?] = [:]
+    static let fewLimit = 8
 
     init(event: NotificationEvent) {
         self.event = event
     }
 
-    mutating func value(at path: [String]) -> ComparableValue? {
-        if let cached = cache[path] { return cached }
-        let found = event.value(atPath: path).map(ComparableValue.init)
-        cache[path] = .some(found)
+    mutating func value(at path: LookupPath) -> ComparableValue? {
+        if let first {
+            if first.path.same(as: path) { return first.value }
+        } else {
+            let found = lookup(path)
+            first = (path, found)
+            return found
+        }
+        for entry in few where entry.path.same(as: path) { return entry.value }
+        if few.count < Self.fewLimit {
+            let found = lookup(path)
+            few.append((path, found))
+            return found
+        }
+        if let cached = many[path.pointer] { return cached }
+        let found = lookup(path)
+        many[path.pointer] = .some(found)
         return found
+    }
+
+    private func lookup(_ path: LookupPath) -> ComparableValue? {
+        event.value(at: path).map(ComparableValue.init)
     }
 }
 

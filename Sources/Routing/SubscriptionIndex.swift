@@ -32,12 +32,18 @@ public final class SubscriptionRoute: Sendable {
     /// - Parameter defaultZaqarURL: the node's Zaqar, for a subscription that names none.
     public convenience init(_ subscription: Subscription, defaultZaqarURL: String) {
         var patterns: [String: [UInt8]] = [:]
-        self.init(subscription, defaultZaqarURL: defaultZaqarURL, patterns: &patterns)
+        var paths: [String: LookupPath] = [:]
+        self.init(subscription, defaultZaqarURL: defaultZaqarURL, patterns: &patterns, paths: &paths)
     }
 
-    /// - Parameter patterns: byte forms of patterns other routes already use, shared instead of
-    ///   copied; the new ones are added.
-    init(_ subscription: Subscription, defaultZaqarURL: String, patterns: inout [String: [UInt8]]) {
+    /// - Parameters:
+    ///   - patterns: byte forms of patterns other routes already use, shared instead of copied; the
+    ///     new ones are added.
+    ///   - paths: the same for the fields conditions read.
+    init(
+        _ subscription: Subscription, defaultZaqarURL: String, patterns: inout [String: [UInt8]],
+        paths: inout [String: LookupPath]
+    ) {
         func bytes(_ pattern: Substring) -> [UInt8] {
             let text = String(pattern)
             if let known = patterns[text] { return known }
@@ -54,7 +60,7 @@ public final class SubscriptionRoute: Sendable {
         includeActor = subscription.includeActor == true && !subscription.allProjects
         includes = subscription.eventTypes.filter { !$0.hasPrefix("!") }.map { bytes(Substring($0)) }
         exclusions = subscription.eventTypes.filter { $0.hasPrefix("!") }.map { bytes($0.dropFirst()) }
-        conditions = subscription.conditions.map(CompiledCondition.init)
+        conditions = subscription.conditions.map { CompiledCondition($0, paths: &paths) }
         resourceID = subscription.resourceID
         origin = subscription.origin ?? .any
     }
@@ -78,11 +84,18 @@ public struct SubscriptionIndex: Sendable {
         var pattern: Int32
     }
 
-    /// project (nil: all-projects subscriptions) → literal prefix → entries.
-    private var buckets: [String?: [String: [Entry]]] = [:]
+    /// One scope's include patterns: literal prefix → entries. Its number keys the candidate
+    /// cache, which so hashes a number instead of a project id.
+    struct Scope: Sendable {
+        var number: Int32
+        var byPrefix: [String: [Entry]] = [:]
+    }
+
+    /// project (nil: all-projects subscriptions) → its patterns.
+    private var buckets: [String?: Scope] = [:]
     /// The same for subscriptions that also take their project's actions on other projects'
     /// resources (`include_actor`), by that project: matched against the event's actor.
-    private var actorBuckets: [String?: [String: [Entry]]] = [:]
+    private var actorBuckets: [String?: Scope] = [:]
     /// Every subscription, in id order (looked up by binary search).
     private let routes: [SubscriptionRoute]
     /// The node's Zaqar, for subscriptions that name none.
@@ -98,10 +111,12 @@ public struct SubscriptionIndex: Sendable {
     ///   - defaultZaqarURL: the node's Zaqar, for subscriptions that name none.
     public init(_ subscriptions: some Sequence<Subscription>, defaultZaqarURL: String) {
         var patterns: [String: [UInt8]] = [:]
+        var paths: [String: LookupPath] = [:]
         var routes: [SubscriptionRoute] = []
         routes.reserveCapacity(subscriptions.underestimatedCount)
         for subscription in subscriptions {
-            routes.append(SubscriptionRoute(subscription, defaultZaqarURL: defaultZaqarURL, patterns: &patterns))
+            routes.append(
+                SubscriptionRoute(subscription, defaultZaqarURL: defaultZaqarURL, patterns: &patterns, paths: &paths))
         }
         self.init(routes: routes, defaultZaqarURL: defaultZaqarURL)
     }
@@ -118,8 +133,13 @@ public struct SubscriptionIndex: Sendable {
             for (number, pattern) in route.includes.enumerated() {
                 let entry = Entry(route: Int32(truncatingIfNeeded: index), pattern: Int32(truncatingIfNeeded: number))
                 let prefix = Self.literalPrefix(pattern)
-                buckets[scope, default: [:]][prefix, default: []].append(entry)
-                if route.includeActor { actorBuckets[route.project, default: [:]][prefix, default: []].append(entry) }
+                let number = Int32(truncatingIfNeeded: buckets.count)
+                buckets[scope, default: Scope(number: number)].byPrefix[prefix, default: []].append(entry)
+                if route.includeActor {
+                    let number = Int32(truncatingIfNeeded: actorBuckets.count)
+                    actorBuckets[route.project, default: Scope(number: number)].byPrefix[prefix, default: []].append(
+                        entry)
+                }
             }
         }
     }
@@ -128,9 +148,11 @@ public struct SubscriptionIndex: Sendable {
     /// subscription. Unchanged subscriptions keep their routes; nothing is decoded again.
     public func updated(with changes: [String: Subscription?]) -> SubscriptionIndex {
         var patterns: [String: [UInt8]] = [:]
+        var paths: [String: LookupPath] = [:]
         var routes = self.routes.filter { changes[$0.id] == nil }
         for case let subscription? in changes.values {
-            routes.append(SubscriptionRoute(subscription, defaultZaqarURL: defaultZaqarURL, patterns: &patterns))
+            routes.append(
+                SubscriptionRoute(subscription, defaultZaqarURL: defaultZaqarURL, patterns: &patterns, paths: &paths))
         }
         return SubscriptionIndex(routes: routes, defaultZaqarURL: defaultZaqarURL)
     }
@@ -167,9 +189,10 @@ public struct SubscriptionIndex: Sendable {
         scope: String?, actor: Bool, _ event: NotificationEvent, _ fields: inout EventFields,
         into result: inout [SubscriptionRoute]
     ) {
-        guard let byPrefix = actor ? actorBuckets[scope] : buckets[scope] else { return }
-        let key = CandidateCache.Key(scope: scope, actor: actor, eventType: event.eventType)
-        let taken = candidates.get(key) ?? candidates.put(key, patternMatches(byPrefix, eventType: event.eventType))
+        guard let bucket = actor ? actorBuckets[scope] : buckets[scope] else { return }
+        let key = CandidateCache.Key(scope: bucket.number, actor: actor, eventType: event.eventType)
+        let taken =
+            candidates.get(key) ?? candidates.put(key, patternMatches(bucket.byPrefix, eventType: event.eventType))
         for index in taken {
             let route = routes[index]
             guard route.origin.takes(fromCeilometer: event.fromCeilometer),
@@ -230,7 +253,8 @@ public struct SubscriptionIndex: Sendable {
 /// Pattern results per (scope, event type), shared by the copies of one index.
 final class CandidateCache: Sendable {
     struct Key: Hashable, Sendable {
-        var scope: String?
+        /// The scope's number in its index (`SubscriptionIndex.Scope`).
+        var scope: Int32
         /// The scope is the acting project (subscriptions with include_actor).
         var actor: Bool
         var eventType: String

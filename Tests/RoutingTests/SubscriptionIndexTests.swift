@@ -117,6 +117,34 @@ struct SubscriptionIndexTests {
         }
     }
 
+    @Test(
+        "one event's fields are looked up once however many conditions read them: more fields than the inline and listed ones, from the JSON bytes, shared and unshared paths"
+    )
+    func manyFields() throws {
+        // 20 fields; subscription n wants payload.fn == n, and holds for even n only.
+        var payload: [String] = []
+        for n in 0..<20 { payload.append("\"f\(n)\": \(n % 2 == 0 ? n : -1)") }
+        let json = Array("{\"event_type\": \"x\", \"payload\": {\(payload.joined(separator: ", "))}}".utf8)
+        let event = NotificationEvent(eventType: "x", messageID: "m", project: "p1", json: json)
+        let subscriptions = (0..<20).map { n in
+            subscription(["*"], conditions: [Condition(field: "payload.f\(n)", op: .eq, value: .number(Double(n)))])
+        }
+        var index = SubscriptionIndex(subscriptions.prefix(10), defaultZaqarURL: "http://zaqar.test")
+        // The other ten come in a registry change: compiled apart, their paths are other objects,
+        // and two of them read fields the first ten read too.
+        var changes: [String: Subscription?] = [:]
+        for subscription in subscriptions.suffix(10) { changes[subscription.id] = subscription }
+        var again = subscription(["*"], conditions: [Condition(field: "payload.f4", op: .eq, value: .number(4))])
+        changes[again.id] = again
+        again = subscription(["*"], conditions: [Condition(field: "payload.f5", op: .eq, value: .number(5))])
+        changes[again.id] = again
+        index = index.updated(with: changes)
+        let matched = Set(index.matches(event).map(\.id))
+        var expected = Set((0..<20).filter { $0 % 2 == 0 }.map { subscriptions[$0].id })
+        expected.insert(try #require(changes.first { $0.value?.conditions.first?.field == "payload.f4" }?.key))
+        #expect(matched == expected)
+    }
+
     @Test("a registry change compiles only what changed: the others keep their routes, deleted ones go")
     func updated() {
         let (a, b, c, d) = (

@@ -426,7 +426,7 @@ package final class HeraldNode: Sendable {
                     partitionCount: queues.count,
                     address: "\(ProcessInfo.processInfo.hostName):\(configuration.apiPort)", version: Self.version
                 ),
-                redis: redisConfiguration, logger: ingestLogger, metrics: metrics
+                redis: redisConfiguration, logger: ingestLogger, metrics: metrics, metricsDomain: "ingest"
             )
         }
         let lock = LegacyIngest.moveLock(

@@ -96,7 +96,10 @@ extension PipelineSuites {
                 #expect(metrics["herald_events_total{stage=\"matched\"}"] == Double(lines.count), "\(metrics)")
                 #expect(metrics["herald_delivered_messages_total"] == Double(2 * lines.count), "\(metrics)")
                 // And the node's coordination, ingest and parking metrics, on its own /metrics too.
-                #expect((metrics["herald_rebalances_total"] ?? 0) >= 1, "\(metrics.keys.sorted())")
+                // Each of its coordinators counts apart: the partitions' and the ingest queues'.
+                #expect(
+                    (metrics["herald_rebalances_total{domain=\"partitions\"}"] ?? 0) >= 1, "\(metrics.keys.sorted())")
+                #expect((metrics["herald_rebalances_total{domain=\"ingest\"}"] ?? 0) >= 1, "\(metrics.keys.sorted())")
                 for name in [
                     "herald_ingest_queue_max_messages", "herald_parked_subscriptions", "herald_lease_renew_seconds",
                 ] {

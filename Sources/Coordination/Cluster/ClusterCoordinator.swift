@@ -77,6 +77,8 @@ public final class ClusterCoordinator: Sendable {
     /// - Parameters:
     ///   - observer: told of every change of the acting set, with wall-clock times (tests and benchmarks).
     ///   - metrics: where its heartbeat round trips and rebalances are counted.
+    ///   - metricsDomain: what its leases are for, the `domain` label of those metrics (`partitions`,
+    ///     `ingest`).
     ///   - clock: what the node's own time is read from: when to beat, when to retry, until when its
     ///     leases may be acted on (a manual clock in tests; Redis judges expiry by its own `TIME`).
     /// - Throws: `CoordinationError.invalidConfiguration` for a bad setting.
@@ -86,11 +88,12 @@ public final class ClusterCoordinator: Sendable {
         logger: Logger = Logger(label: "herald.cluster"),
         observer: (@Sendable (ClusterObservation) -> Void)? = nil,
         metrics: any MetricsFactory = MetricsSystem.factory,
+        metricsDomain: String = "partitions",
         clock: ElapsedClock = .continuous
     ) throws {
         try configuration.validate()
         self.clock = clock
-        self.metrics = CoordinationMetrics(factory: metrics)
+        self.metrics = CoordinationMetrics(factory: metrics, domain: metricsDomain)
         self.configuration = configuration
         self.owner = "\(configuration.nodeID)#\(UUID().uuidString.prefix(8).lowercased())"
         var named = redisConfiguration

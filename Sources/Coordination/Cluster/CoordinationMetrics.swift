@@ -8,8 +8,11 @@ struct CoordinationMetrics: Sendable {
     /// Assignments this node has taken up: one per rebalance of the cluster.
     let assignments: Counter
 
-    init(factory: any MetricsFactory) {
-        heartbeat = Metrics.Timer(label: "herald_lease_renew_seconds", factory: factory)
-        assignments = Counter(label: "herald_rebalances_total", factory: factory)
+    /// - Parameter domain: what the coordinator's leases are for (`partitions`, `ingest`): the
+    ///   `domain` label, so that a node's two coordinators count apart.
+    init(factory: any MetricsFactory, domain: String) {
+        let dimensions = [("domain", domain)]
+        heartbeat = Metrics.Timer(label: "herald_lease_renew_seconds", dimensions: dimensions, factory: factory)
+        assignments = Counter(label: "herald_rebalances_total", dimensions: dimensions, factory: factory)
     }
 }

@@ -39,7 +39,11 @@ def one_writer(app):
             return app(environ, start_response)
         with writing:
             # The whole body is produced under the lock: the write happens while it is made.
-            return list(app(environ, start_response))
+            body = app(environ, start_response)
+            try:
+                return list(body)
+            finally:
+                getattr(body, "close", lambda: None)()
 
     return serve
 

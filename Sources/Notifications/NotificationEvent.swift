@@ -103,6 +103,8 @@ public struct NotificationEvent: Sendable, Equatable {
     /// The value at a path made once for many lookups (a compiled condition's field), looked up
     /// anew each call: the caller keeps what it needs (matching keeps it for one event).
     public func value(at path: LookupPath) -> JSONValue? {
+        // No segments is no field (an empty pointer would be the whole document).
+        if path.segments.isEmpty { return nil }
         if path.isTrait { return traits[path.traitName] }
         return parsed.lookup(path)
     }

@@ -133,12 +133,13 @@ public struct SubscriptionIndex: Sendable {
             for (number, pattern) in route.includes.enumerated() {
                 let entry = Entry(route: Int32(truncatingIfNeeded: index), pattern: Int32(truncatingIfNeeded: number))
                 let prefix = Self.literalPrefix(pattern)
-                let number = Int32(truncatingIfNeeded: buckets.count)
-                buckets[scope, default: Scope(number: number)].byPrefix[prefix, default: []].append(entry)
+                // A new scope is numbered by how many came before it (the default is used only then).
+                let scopeNumber = Int32(truncatingIfNeeded: buckets.count)
+                buckets[scope, default: Scope(number: scopeNumber)].byPrefix[prefix, default: []].append(entry)
                 if route.includeActor {
-                    let number = Int32(truncatingIfNeeded: actorBuckets.count)
-                    actorBuckets[route.project, default: Scope(number: number)].byPrefix[prefix, default: []].append(
-                        entry)
+                    let actorScopeNumber = Int32(truncatingIfNeeded: actorBuckets.count)
+                    actorBuckets[route.project, default: Scope(number: actorScopeNumber)].byPrefix[prefix, default: []]
+                        .append(entry)
                 }
             }
         }

@@ -435,3 +435,54 @@ extern "C" int herald_lookup(herald_scanner *scanner, const uint8_t *data, size_
         return 1;
     }
 }
+
+extern "C" int herald_lookup_first_string(herald_scanner *scanner, const uint8_t *data, size_t length, const char *pointers,
+                                          const size_t *pointer_lengths, size_t count, size_t max_bytes, size_t *found,
+                                          herald_bytes *out) {
+    *found = count;
+    *out = herald_bytes{nullptr, 0};
+    try {
+        ondemand::document document;
+        bool iterated = false;
+        size_t offset = 0;
+        for (size_t i = 0; i < count; i++) {
+            std::string_view pointer(pointers + offset, pointer_lengths[i]);
+            offset += pointer_lengths[i];
+            // Stage 1 once; `at_pointer` rewinds the document for each pointer. After an error
+            // other than "not there", the next pointer gets a document iterated anew, so no
+            // pointer's answer depends on the pointers before it.
+            if (!iterated) {
+                if (scanner->parser.iterate(padded(scanner->envelope, reinterpret_cast<const char *>(data), length)).get(document))
+                    return 1;
+                iterated = true;
+            }
+            ondemand::value value;
+            auto error = document.at_pointer(pointer).get(value);
+            if (error) {
+                if (error != simdjson::NO_SUCH_FIELD && error != simdjson::INDEX_OUT_OF_BOUNDS &&
+                    error != simdjson::INCORRECT_TYPE)
+                    iterated = false;
+                continue;
+            }
+            ondemand::json_type type;
+            if (value.type().get(type)) {
+                iterated = false;
+                continue;
+            }
+            if (type != ondemand::json_type::string) continue;
+            std::string_view text;
+            if (value.get_string().get(text)) {
+                iterated = false;
+                continue;
+            }
+            if (text.empty() || text.size() > max_bytes) continue;
+            scanner->body.assign(text);
+            *out = bytes(scanner->body);
+            *found = i;
+            return 0;
+        }
+        return 1;
+    } catch (...) {
+        return 1;
+    }
+}

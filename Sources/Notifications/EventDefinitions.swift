@@ -42,8 +42,44 @@ public struct EventDefinitions: Sendable {
     }
 
     public let definitions: [Definition]
+    /// Each definition's owner, resource id and actor paths, compiled for lookups.
+    private let plans: [Plans]
     /// The definition index per event type seen (-1: none), bounded.
     private let chosen = ChoiceCache()
+
+    /// Where one answer is looked for, in order: the request context's project (kept by the
+    /// decoder), or a run of paths into the event, looked up together.
+    struct PathPlan: Sendable {
+        enum Step: Sendable {
+            case context
+            case event(LookupPathList)
+        }
+        let steps: [Step]
+
+        init(_ paths: [FieldPath]) {
+            var steps: [Step] = []
+            var run: [LookupPath] = []
+            for path in paths {
+                if EventDefinitions.isContext(path) {
+                    if !run.isEmpty { steps.append(.event(LookupPathList(run))) }
+                    run = []
+                    steps.append(.context)
+                } else {
+                    run.append(LookupPath(path.segments))
+                }
+            }
+            if !run.isEmpty { steps.append(.event(LookupPathList(run))) }
+            self.steps = steps
+        }
+    }
+
+    struct Plans: Sendable {
+        let owner: PathPlan
+        let resourceID: PathPlan
+        let actor: PathPlan
+    }
+
+    static let defaultActorPlan = PathPlan(defaultActor)
 
     /// The acting project when a definition names none.
     public static let defaultActor: [FieldPath] = [FieldPath(["_context_project_id"]), FieldPath(["_context_tenant"])]
@@ -52,6 +88,11 @@ public struct EventDefinitions: Sendable {
 
     public init(_ definitions: [Definition]) {
         self.definitions = definitions
+        plans = definitions.map {
+            Plans(
+                owner: PathPlan($0.owner), resourceID: PathPlan($0.resourceID),
+                actor: $0.actor.isEmpty ? Self.defaultActorPlan : PathPlan($0.actor))
+        }
     }
 
     /// The shipped defaults (`DefaultEventDefinitions.yaml`).
@@ -96,40 +137,51 @@ public struct EventDefinitions: Sendable {
 
     /// The definition for an event type, if any takes it.
     public func definition(for eventType: String) -> Definition? {
-        if let index = chosen.get(eventType) { return index >= 0 ? definitions[index] : nil }
+        index(for: eventType).map { definitions[$0] }
+    }
+
+    private func index(for eventType: String) -> Int? {
+        if let index = chosen.get(eventType) { return index >= 0 && index < definitions.count ? index : nil }
         let type = Array(eventType.utf8)
         let index = definitions.firstIndex { $0.takes(type) } ?? -1
         chosen.put(eventType, index)
-        return index >= 0 ? definitions[index] : nil
+        return index >= 0 ? index : nil
     }
 
     /// Sets the event's owner (`project`), actor, resource id and family from its definition.
     /// The owner falls back to the context's project; without a definition, the decoder's guess
     /// (payload `project_id`/`tenant_id`, then the context) stays and only the actor is set.
     public func attribute(_ event: inout NotificationEvent) {
-        guard let definition = definition(for: event.eventType) else {
-            event.actorProject = first(Self.defaultActor, in: event)
+        guard let index = index(for: event.eventType) else {
+            event.actorProject = first(Self.defaultActorPlan, in: event)
             return
         }
-        event.actorProject = first(definition.actor.isEmpty ? Self.defaultActor : definition.actor, in: event)
+        let plans = plans[index]
+        event.actorProject = first(plans.actor, in: event)
         // Without an owner in the definition's paths: the decoder's guess (payload or trait
         // project_id/tenant_id, else the context's project).
-        event.project = first(definition.owner, in: event) ?? event.project
-        event.resourceID = first(definition.resourceID, in: event)
-        event.family = definition.family
+        event.project = first(plans.owner, in: event) ?? event.project
+        event.resourceID = first(plans.resourceID, in: event)
+        event.family = definitions[index].family
     }
 
-    private func first(_ paths: [FieldPath], in event: NotificationEvent) -> String? {
-        for path in paths {
-            let value: JSONValue?
-            switch path.segments.first {
-            case "_context_project_id", "_context_tenant", "_context_tenant_id":
-                // Not in the event's JSON (context keys never leave Herald): the decoder kept it.
-                value = event.contextProject.map(JSONValue.string)
-            default:
-                value = event.value(atPath: path.segments)
+    static func isContext(_ path: FieldPath) -> Bool {
+        switch path.segments.first {
+        // Not in the event's JSON (context keys never leave Herald): the decoder kept it.
+        case "_context_project_id", "_context_tenant", "_context_tenant_id": return true
+        default: return false
+        }
+    }
+
+    /// The first non-empty string of at most `maxIDBytes` bytes along the plan's paths.
+    private func first(_ plan: PathPlan, in event: NotificationEvent) -> String? {
+        for step in plan.steps {
+            switch step {
+            case .context:
+                if let text = event.contextProject, !text.isEmpty, text.utf8.count <= Self.maxIDBytes { return text }
+            case .event(let paths):
+                if let text = event.firstString(at: paths, maxBytes: Self.maxIDBytes) { return text }
             }
-            if case .string(let text)? = value, !text.isEmpty, text.utf8.count <= Self.maxIDBytes { return text }
         }
         return nil
     }

@@ -109,6 +109,19 @@ public struct NotificationEvent: Sendable, Equatable {
         return parsed.lookup(path)
     }
 
+    /// The first of `paths` whose value is a string of 1 to `maxBytes` bytes (the event
+    /// definitions' rule for an id): in one pass over the JSON when it was not parsed whole.
+    public func firstString(at paths: LookupPathList, maxBytes: Int) -> String? {
+        if paths.scannable, !parsed.isWhole {
+            return NotificationScanner.firstString(
+                json, joinedPointers: paths.joinedPointers, lengths: paths.pointerLengths, maxBytes: maxBytes)
+        }
+        for path in paths.paths {
+            if case .string(let text)? = value(at: path), !text.isEmpty, text.utf8.count <= maxBytes { return text }
+        }
+        return nil
+    }
+
     /// `value(at:)` with the path already split at its dots.
     public func value(atPath segments: [String]) -> JSONValue? {
         guard let first = segments.first else { return nil }
@@ -141,6 +154,23 @@ public final class LookupPath: Sendable {
     }
 }
 
+/// Paths tried in order for one answer (`NotificationEvent.firstString`), with their pointers
+/// laid out once for simdjson.
+public struct LookupPathList: Sendable {
+    public let paths: [LookupPath]
+    let joinedPointers: [UInt8]
+    let pointerLengths: [Int]
+    /// More than one, none a trait and none empty: looked up in one pass over the bytes.
+    let scannable: Bool
+
+    public init(_ paths: [LookupPath]) {
+        self.paths = paths
+        joinedPointers = paths.flatMap { Array($0.pointer.utf8) }
+        pointerLengths = paths.map { $0.pointer.utf8.count }
+        scannable = paths.count > 1 && !paths.contains { $0.isTrait || $0.segments.isEmpty }
+    }
+}
+
 /// The event's JSON, read on demand: a condition's field is looked up in the bytes with
 /// simdjson (`NotificationScanner.lookup`) and only that value is decoded, once per path;
 /// the whole tree is decoded only when something asks for `body`.
@@ -156,6 +186,9 @@ final class ParsedJSON: Sendable {
     init(_ json: [UInt8]) {
         self.json = json
     }
+
+    /// The whole tree was parsed (or given): lookups walk it instead of the bytes.
+    var isWhole: Bool { state.withLock { $0.whole != nil } }
 
     func store(_ value: JSONValue) {
         state.withLock { $0.whole = value }

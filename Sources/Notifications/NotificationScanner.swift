@@ -62,6 +62,28 @@ public enum NotificationScanner {
         }
     }
 
+    /// The first of the pointers (RFC 6901, laid one after the other in `joinedPointers`,
+    /// `lengths[i]` bytes each) whose value in `json` is a string of 1 to `maxBytes` bytes: one
+    /// simdjson pass for all of them (`herald_lookup_first_string`).
+    static func firstString(_ json: [UInt8], joinedPointers: [UInt8], lengths: [Int], maxBytes: Int) -> String? {
+        guard lengths.reduce(0, +) == joinedPointers.count else { return nil }
+        return withScanner { scanner -> String? in
+            var found = 0
+            var out = herald_bytes()
+            let status = json.withUnsafeBufferPointer { buffer in
+                joinedPointers.withUnsafeBufferPointer { joined in
+                    joined.withMemoryRebound(to: CChar.self) { text in
+                        herald_lookup_first_string(
+                            scanner, buffer.baseAddress, buffer.count, text.baseAddress, lengths, lengths.count,
+                            max(0, maxBytes), &found, &out)
+                    }
+                }
+            }
+            guard status == 0, let data = out.data else { return nil }
+            return String(decoding: UnsafeBufferPointer(start: data, count: out.length), as: UTF8.self)
+        }
+    }
+
     /// The value at `path` as JSON text, exactly as it stands in `json` (nil when absent or
     /// when `json` is not JSON): a payload handed on without being decoded and encoded again.
     public static func rawValue(_ json: [UInt8], path: [String]) -> [UInt8]? {

@@ -81,6 +81,15 @@ int herald_lookup_raw(herald_scanner *scanner, const uint8_t *data, size_t lengt
 int herald_lookup(herald_scanner *scanner, const uint8_t *data, size_t length, const char *pointer, size_t pointer_length,
                   herald_json_value *out);
 
+/// The first of `count` pointers (RFC 6901; `pointers` holds them one after the other,
+/// `pointer_lengths[i]` bytes each) whose value is a string of 1 to `max_bytes` bytes,
+/// unescaped: one pass of simdjson's stage 1 for all of them (each pointer is walked from
+/// the document's start). Returns 0 and sets `found` (its position) and `out` (valid until the
+/// scanner's next use) when one is; 1 when none is, or not JSON.
+int herald_lookup_first_string(herald_scanner *scanner, const uint8_t *data, size_t length, const char *pointers,
+                               const size_t *pointer_lengths, size_t count, size_t max_bytes, size_t *found,
+                               herald_bytes *out);
+
 #ifdef __cplusplus
 }
 #endif

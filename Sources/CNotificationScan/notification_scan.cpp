@@ -448,9 +448,13 @@ extern "C" int herald_lookup_first_string(herald_scanner *scanner, const uint8_t
         for (size_t i = 0; i < count; i++) {
             std::string_view pointer(pointers + offset, pointer_lengths[i]);
             offset += pointer_lengths[i];
-            // Stage 1 once; `at_pointer` rewinds the document for each pointer. After an error
-            // other than "not there", the next pointer gets a document iterated anew, so no
-            // pointer's answer depends on the pointers before it.
+            // Stage 1 once; `at_pointer` rewinds the document for each pointer. After any error
+            // but a clean "no such field" or a non-index segment into an array (both returned
+            // before the iterator moves on: the document stays whole), or once the iterator was
+            // abandoned (a malformed array makes `at` give up and drop its parser, which a rewind
+            // would then read), the next pointer gets a document iterated anew: no pointer's
+            // answer depends on the pointers before it.
+            if (iterated && !document.is_alive()) iterated = false;
             if (!iterated) {
                 if (scanner->parser.iterate(padded(scanner->envelope, reinterpret_cast<const char *>(data), length)).get(document))
                     return 1;
@@ -459,9 +463,7 @@ extern "C" int herald_lookup_first_string(herald_scanner *scanner, const uint8_t
             ondemand::value value;
             auto error = document.at_pointer(pointer).get(value);
             if (error) {
-                if (error != simdjson::NO_SUCH_FIELD && error != simdjson::INDEX_OUT_OF_BOUNDS &&
-                    error != simdjson::INCORRECT_TYPE)
-                    iterated = false;
+                if (error != simdjson::NO_SUCH_FIELD && error != simdjson::INCORRECT_TYPE) iterated = false;
                 continue;
             }
             ondemand::json_type type;

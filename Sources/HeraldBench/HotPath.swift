@@ -210,12 +210,9 @@ struct HotPath: AsyncParsableCommand {
         }
         func firstOneAtATime(_ paths: [FieldPath], _ event: NotificationEvent) -> String? {
             for path in paths {
-                let value: JSONValue?
-                switch path.segments.first {
-                case "_context_project_id", "_context_tenant", "_context_tenant_id":
-                    value = event.contextProject.map(JSONValue.string)
-                default: value = event.value(atPath: path.segments)
-                }
+                let value =
+                    EventDefinitions.isContext(path)
+                    ? event.contextProject.map(JSONValue.string) : event.value(atPath: path.segments)
                 if case .string(let text)? = value, !text.isEmpty, text.utf8.count <= EventDefinitions.maxIDBytes {
                     return text
                 }

@@ -165,7 +165,9 @@ public struct EventDefinitions: Sendable {
         event.family = definitions[index].family
     }
 
-    static func isContext(_ path: FieldPath) -> Bool {
+    /// A path that names the request context's project, which the decoder kept aside (it is not
+    /// in the event's JSON).
+    public static func isContext(_ path: FieldPath) -> Bool {
         switch path.segments.first {
         // Not in the event's JSON (context keys never leave Herald): the decoder kept it.
         case "_context_project_id", "_context_tenant", "_context_tenant_id": return true

@@ -112,16 +112,17 @@ public struct NotificationEvent: Sendable, Equatable {
     /// The first of `paths` whose value is a string of 1 to `maxBytes` bytes (the event
     /// definitions' rule for an id): in one pass over the JSON when it was not parsed whole.
     public func firstString(at paths: LookupPathList, maxBytes: Int) -> String? {
+        func fits(_ text: String) -> Bool { !text.isEmpty && text.utf8.count <= maxBytes }
         if paths.scannable, !parsed.isWhole {
             let found = NotificationScanner.firstString(
                 json, joinedPointers: paths.joinedPointers, lengths: paths.pointerLengths, maxBytes: maxBytes)
             guard let found else { return nil }
             // Measured again as Swift has it: only a byte sequence Swift repairs could change its
             // length, and then the paths are tried one at a time below, as they were before.
-            if !found.isEmpty, found.utf8.count <= maxBytes { return found }
+            if fits(found) { return found }
         }
         for path in paths.paths {
-            if case .string(let text)? = value(at: path), !text.isEmpty, text.utf8.count <= maxBytes { return text }
+            if case .string(let text)? = value(at: path), fits(text) { return text }
         }
         return nil
     }

@@ -95,10 +95,6 @@ extension PipelineSuites {
         ]
         static let projects = ["p1", "p2", "p3"]
 
-        static func seconds(_ duration: Duration) -> String {
-            String(format: "%.1f", Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18)
-        }
-
         var notificationCount: Int {
             Int(ProcessInfo.processInfo.environment["HERALD_E2E_NOTIFICATIONS"] ?? "") ?? 10_000
         }
@@ -266,7 +262,7 @@ extension PipelineSuites {
                     ambiguousRetries += field.flatMap { Int($0.dropFirst("delivery.count=".count)) } ?? 0
                 }
                 print(
-                    "e2e \(disruption): \(notificationCount) notifications, \(total) expected messages, lost \(lost), unexpected \(unexpected), duplicates \(duplicates), out of order \(outOfOrder), dead letters \(letters.count); nodes logged \(lostLeases) lost leases, \(shortDrains) handoff drains out of time, \(ambiguousRetries) messages retried after a timeout; published in \(Self.seconds(publishedAfter)) s, all read by \(Self.seconds(arrivedAfter)) s"
+                    "e2e \(disruption): \(notificationCount) notifications, \(total) expected messages, lost \(lost), unexpected \(unexpected), duplicates \(duplicates), out of order \(outOfOrder), dead letters \(letters.count); nodes logged \(lostLeases) lost leases, \(shortDrains) handoff drains out of time, \(ambiguousRetries) messages retried after a timeout; published in \(String(format: "%.1f", publishedAfter.seconds)) s, all read by \(String(format: "%.1f", arrivedAfter.seconds)) s"
                 )
                 if lost > 0 {
                     // What a failure needs to be understood: where the missing ones were going, who holds what, what is still queued.

@@ -99,6 +99,16 @@ padded_string_view padded(std::vector<char> &buffer, const char *data, size_t le
     return padded_string_view(buffer.data(), length, buffer.size());
 }
 
+static_assert(HERALD_JSON_PADDING >= SIMDJSON_PADDING, "HERALD_JSON_PADDING is below simdjson's");
+
+/// The document at `data` read in place when `capacity` leaves simdjson its padding (it reads
+/// those bytes but what they hold does not change the result), else copied into `buffer`.
+padded_string_view readable(std::vector<char> &buffer, const uint8_t *data, size_t length, size_t capacity) {
+    if (data != nullptr && capacity >= length && capacity - length >= HERALD_JSON_PADDING)
+        return padded_string_view(reinterpret_cast<const char *>(data), length, capacity);
+    return padded(buffer, reinterpret_cast<const char *>(data), length);
+}
+
 herald_bytes bytes(const std::string &text) {
     return herald_bytes{reinterpret_cast<const uint8_t *>(text.data()), text.size()};
 }
@@ -356,22 +366,22 @@ int scan_message(herald_scanner *s, padded_string_view json, bool allow_envelope
 
 }  // namespace
 
-extern "C" int herald_scan(herald_scanner *scanner, const uint8_t *data, size_t length, herald_notification *out) {
+extern "C" int herald_scan(herald_scanner *scanner, const uint8_t *data, size_t length, size_t capacity, herald_notification *out) {
     out->status = 1;
     try {
-        return scan_message(scanner, padded(scanner->envelope, reinterpret_cast<const char *>(data), length), true, out);
+        return scan_message(scanner, readable(scanner->envelope, data, length, capacity), true, out);
     } catch (...) {
         out->status = 1;
         return 1;
     }
 }
 
-extern "C" int herald_lookup_raw(herald_scanner *scanner, const uint8_t *data, size_t length, const char *pointer, size_t pointer_length,
-                                 herald_bytes *out) {
+extern "C" int herald_lookup_raw(herald_scanner *scanner, const uint8_t *data, size_t length, size_t capacity, const char *pointer,
+                                 size_t pointer_length, herald_bytes *out) {
     *out = herald_bytes{nullptr, 0};
     try {
         ondemand::document document;
-        if (scanner->parser.iterate(padded(scanner->envelope, reinterpret_cast<const char *>(data), length)).get(document)) return 1;
+        if (scanner->parser.iterate(readable(scanner->envelope, data, length, capacity)).get(document)) return 1;
         ondemand::value value;
         if (document.at_pointer(std::string_view(pointer, pointer_length)).get(value)) return 1;
         std::string_view text;
@@ -384,14 +394,14 @@ extern "C" int herald_lookup_raw(herald_scanner *scanner, const uint8_t *data, s
     }
 }
 
-extern "C" int herald_lookup(herald_scanner *scanner, const uint8_t *data, size_t length, const char *pointer, size_t pointer_length,
-                             herald_json_value *out) {
+extern "C" int herald_lookup(herald_scanner *scanner, const uint8_t *data, size_t length, size_t capacity, const char *pointer,
+                             size_t pointer_length, herald_json_value *out) {
     out->kind = HERALD_JSON_MISSING;
     out->number = 0;
     out->text = herald_bytes{nullptr, 0};
     try {
         ondemand::document document;
-        if (scanner->parser.iterate(padded(scanner->envelope, reinterpret_cast<const char *>(data), length)).get(document)) return 1;
+        if (scanner->parser.iterate(readable(scanner->envelope, data, length, capacity)).get(document)) return 1;
         ondemand::value value;
         if (document.at_pointer(std::string_view(pointer, pointer_length)).get(value)) return 1;
         ondemand::json_type type;
@@ -436,7 +446,7 @@ extern "C" int herald_lookup(herald_scanner *scanner, const uint8_t *data, size_
     }
 }
 
-extern "C" int herald_lookup_first_string(herald_scanner *scanner, const uint8_t *data, size_t length, const char *pointers,
+extern "C" int herald_lookup_first_string(herald_scanner *scanner, const uint8_t *data, size_t length, size_t capacity, const char *pointers,
                                           const size_t *pointer_lengths, size_t count, size_t max_bytes, size_t *found,
                                           herald_bytes *out) {
     *found = count;
@@ -456,7 +466,7 @@ extern "C" int herald_lookup_first_string(herald_scanner *scanner, const uint8_t
             // answer depends on the pointers before it.
             if (iterated && !document.is_alive()) iterated = false;
             if (!iterated) {
-                if (scanner->parser.iterate(padded(scanner->envelope, reinterpret_cast<const char *>(data), length)).get(document))
+                if (scanner->parser.iterate(readable(scanner->envelope, data, length, capacity)).get(document))
                     return 1;
                 iterated = true;
             }

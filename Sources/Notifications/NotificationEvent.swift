@@ -103,10 +103,25 @@ public struct NotificationEvent: Sendable, Equatable {
     /// The value at a path made once for many lookups (a compiled condition's field), looked up
     /// anew each call: the caller keeps what it needs (matching keeps it for one event).
     public func value(at path: LookupPath) -> JSONValue? {
-        // No segments is no field (an empty pointer would be the whole document).
-        if path.segments.isEmpty { return nil }
-        if path.isTrait { return traits[path.traitName] }
-        return parsed.lookup(path)
+        fields.value(at: path)
+    }
+
+    /// What `value(at:)` reads, apart from the rest of the event: kept for one event's lookups
+    /// without copying the whole event (its strings, ids and projects).
+    public var fields: Fields { Fields(traits: traits, parsed: parsed) }
+
+    /// An event's traits and JSON, for lookups by `LookupPath`.
+    public struct Fields: Sendable {
+        let traits: [String: JSONValue]
+        let parsed: ParsedJSON
+
+        /// The value at `path` (see `NotificationEvent.value(at:)`).
+        public func value(at path: LookupPath) -> JSONValue? {
+            // No segments is no field (an empty pointer would be the whole document).
+            if path.segments.isEmpty { return nil }
+            if path.isTrait { return traits[path.traitName] }
+            return parsed.lookup(path)
+        }
     }
 
     /// The first of `paths` whose value is a string of 1 to `maxBytes` bytes (the event

@@ -46,7 +46,8 @@ public enum NotificationScanner {
             var out = herald_json_value()
             let status = json.withUnsafeBufferPointer { buffer in
                 pointer.withCString {
-                    herald_lookup(scanner, buffer.baseAddress, buffer.count, $0, pointer.utf8.count, &out)
+                    herald_lookup(
+                        scanner, buffer.baseAddress, buffer.count, json.capacity, $0, pointer.utf8.count, &out)
                 }
             }
             guard status == 0 else { return nil }
@@ -74,7 +75,8 @@ public enum NotificationScanner {
                 joinedPointers.withUnsafeBufferPointer { joined in
                     joined.withMemoryRebound(to: CChar.self) { text in
                         herald_lookup_first_string(
-                            scanner, buffer.baseAddress, buffer.count, text.baseAddress, lengths, lengths.count,
+                            scanner, buffer.baseAddress, buffer.count, json.capacity, text.baseAddress, lengths,
+                            lengths.count,
                             max(0, maxBytes), &found, &out)
                     }
                 }
@@ -92,7 +94,8 @@ public enum NotificationScanner {
             var out = herald_bytes()
             let status = json.withUnsafeBufferPointer { buffer in
                 pointer.withCString {
-                    herald_lookup_raw(scanner, buffer.baseAddress, buffer.count, $0, pointer.utf8.count, &out)
+                    herald_lookup_raw(
+                        scanner, buffer.baseAddress, buffer.count, json.capacity, $0, pointer.utf8.count, &out)
                 }
             }
             guard status == 0, let data = out.data else { return nil }
@@ -121,7 +124,7 @@ public enum NotificationScanner {
         withScanner { scanner -> NotificationEvent? in
             var out = herald_notification()
             let status = body.withUnsafeBufferPointer { buffer in
-                herald_scan(scanner, buffer.baseAddress, buffer.count, &out)
+                herald_scan(scanner, buffer.baseAddress, buffer.count, body.capacity, &out)
             }
             guard status == 0 else { return nil }
             return event(out)
@@ -135,7 +138,7 @@ public enum NotificationScanner {
         let project = out.project.length > 0 ? text(out.project) : nil
         var event = NotificationEvent(
             eventType: text(out.event_type), messageID: text(out.message_id), project: project,
-            json: Array(UnsafeBufferPointer(start: out.body.data, count: out.body.length))
+            json: DocumentBytes.copy(UnsafeBufferPointer(start: out.body.data, count: out.body.length))
         )
         event.contextProject = out.context_project.length > 0 ? text(out.context_project) : nil
         return event

@@ -3,6 +3,8 @@ import Notifications
 
 /// A JSON value with what comparisons need read from it once: a number (a JSON number, or a
 /// string that reads as one) and an instant (a string that reads as an OpenStack timestamp).
+/// An event's value is read as text first (`unparsed`): most conditions compare strings as
+/// text, and only those that compare numbers or instants have it parsed (`parsed()`).
 struct ComparableValue: Sendable {
     let value: JSONValue
     /// The value of a finite JSON number.
@@ -11,9 +13,12 @@ struct ComparableValue: Sendable {
     let numericText: Double?
     /// A string that reads as a timestamp, in seconds since 1970.
     let instant: Double?
+    /// A string whose number and instant were not read yet (nil until `parsed()`).
+    let isUnparsedString: Bool
 
     init(_ value: JSONValue) {
         self.value = value
+        isUnparsedString = false
         switch value {
         case .number(let number):
             self.number = number.isFinite ? number : nil
@@ -27,6 +32,38 @@ struct ComparableValue: Sendable {
             number = nil
             numericText = nil
             instant = nil
+        }
+    }
+
+    /// `value` with a string's number and instant left unread until `parsed()`.
+    init(unparsed value: JSONValue) {
+        guard case .string = value else {
+            self.init(value)
+            return
+        }
+        self.init(value: value, number: nil, numericText: nil, instant: nil, isUnparsedString: true)
+    }
+
+    private init(value: JSONValue, number: Double?, numericText: Double?, instant: Double?, isUnparsedString: Bool) {
+        self.value = value
+        self.number = number
+        self.numericText = numericText
+        self.instant = instant
+        self.isUnparsedString = isUnparsedString
+    }
+
+    /// This value with a string's number and instant read.
+    func parsed() -> ComparableValue {
+        isUnparsedString ? ComparableValue(value) : self
+    }
+
+    /// Whether comparing an event's value with this operand reads the event's number or instant
+    /// (a number, or a string that reads as an instant); else the event's value compares as it is.
+    var comparesParsed: Bool {
+        switch value {
+        case .number: return true
+        case .string: return instant != nil
+        default: return false
         }
     }
 
@@ -94,6 +131,8 @@ struct CompiledCondition: Sendable {
 
     let path: LookupPath
     let test: Test
+    /// The test reads the event's number or instant (`ComparableValue.parsed`), not only its text.
+    let readsParsed: Bool
 
     /// - Parameter paths: the lookup paths other conditions already use, by field, shared instead of
     ///   made again (so that one event looks each up once, `EventFields`); the new ones are added.
@@ -109,16 +148,22 @@ struct CompiledCondition: Sendable {
         case (.exists, _): test = .exists(true)
         case (.eq, let value?): test = .equal(ComparableValue(value))
         case (.ne, let value?): test = .notEqual(ComparableValue(value))
-        case (.in, .array(let items)?): test = .oneOf(items.map(ComparableValue.init))
+        case (.in, .array(let items)?): test = .oneOf(items.map { ComparableValue($0) })
         case (.prefix, .string(let text)?): test = .prefix(text)
         case (.lt, let value?), (.le, let value?), (.gt, let value?), (.ge, let value?):
             test = .order(condition.op, ComparableValue(value))
         default: test = .never
         }
+        switch test {
+        case .equal(let operand), .notEqual(let operand): readsParsed = operand.comparesParsed
+        case .oneOf(let operands): readsParsed = operands.contains(where: \.comparesParsed)
+        case .order: readsParsed = true
+        case .exists, .prefix, .never: readsParsed = false
+        }
     }
 
     func holds(_ fields: inout EventFields) -> Bool {
-        let actual = fields.value(at: path)
+        let actual = fields.value(at: path, parsed: readsParsed)
         switch test {
         case .never:
             return false
@@ -150,43 +195,60 @@ struct CompiledCondition: Sendable {
     }
 }
 
-/// One event's fields as conditions read them: each path looked up and parsed once per event,
-/// however many conditions (of however many subscriptions) read it. Most events meet one or two
-/// paths: the first is kept inline, a few more in a list compared by identity (routes share their
-/// paths), and past those by pointer in a dictionary, so that no number of paths costs a scan.
+/// One event's fields as conditions read them: each path looked up once per event, however
+/// many conditions (of however many subscriptions) read it, and a string's number and instant
+/// read only when a condition first needs them. Most events meet one or two paths: the first is
+/// kept inline, a few more in a list compared by identity (routes share their paths), and past
+/// those by pointer in a dictionary, so that no number of paths costs a scan.
 struct EventFields {
-    let event: NotificationEvent
+    let event: NotificationEvent.Fields
     private var first: (path: LookupPath, value: ComparableValue?)?
     private var few: [(path: LookupPath, value: ComparableValue?)] = []
     private var many: [String: ComparableValue?] = [:]
     static let fewLimit = 8
 
     init(event: NotificationEvent) {
-        self.event = event
+        self.event = event.fields
     }
 
-    mutating func value(at path: LookupPath) -> ComparableValue? {
+    /// - Parameter parsed: the caller compares numbers or instants (a string's are read then, once).
+    mutating func value(at path: LookupPath, parsed: Bool) -> ComparableValue? {
         if let first {
-            if first.path.same(as: path) { return first.value }
+            if first.path.same(as: path) {
+                guard parsed, let value = first.value, value.isUnparsedString else { return first.value }
+                let upgraded = value.parsed()
+                self.first = (path, upgraded)
+                return upgraded
+            }
         } else {
-            let found = lookup(path)
+            let found = lookup(path, parsed: parsed)
             first = (path, found)
             return found
         }
-        for entry in few where entry.path.same(as: path) { return entry.value }
+        if let index = few.firstIndex(where: { $0.path.same(as: path) }) {
+            guard parsed, let value = few[index].value, value.isUnparsedString else { return few[index].value }
+            let upgraded = value.parsed()
+            few[index].value = upgraded
+            return upgraded
+        }
         if few.count < Self.fewLimit {
-            let found = lookup(path)
+            let found = lookup(path, parsed: parsed)
             few.append((path, found))
             return found
         }
-        if let cached = many[path.pointer] { return cached }
-        let found = lookup(path)
+        if let cached = many[path.pointer] {
+            guard parsed, let value = cached, value.isUnparsedString else { return cached }
+            let upgraded = value.parsed()
+            many[path.pointer] = .some(upgraded)
+            return upgraded
+        }
+        let found = lookup(path, parsed: parsed)
         many[path.pointer] = .some(found)
         return found
     }
 
-    private func lookup(_ path: LookupPath) -> ComparableValue? {
-        event.value(at: path).map(ComparableValue.init)
+    private func lookup(_ path: LookupPath, parsed: Bool) -> ComparableValue? {
+        event.value(at: path).map { parsed ? ComparableValue($0) : ComparableValue(unparsed: $0) }
     }
 }
 

@@ -93,6 +93,8 @@ public struct SubscriptionIndex: Sendable {
 
     /// project (nil: all-projects subscriptions) → its patterns.
     private var buckets: [String?: Scope] = [:]
+    /// `buckets[nil]`, kept apart: every event looks at it.
+    private var allProjectsScope: Scope?
     /// The same for subscriptions that also take their project's actions on other projects'
     /// resources (`include_actor`), by that project: matched against the event's actor.
     private var actorBuckets: [String?: Scope] = [:]
@@ -100,9 +102,11 @@ public struct SubscriptionIndex: Sendable {
     private let routes: [SubscriptionRoute]
     /// The node's Zaqar, for subscriptions that name none.
     public let defaultZaqarURL: String
-    /// Which subscriptions' patterns take an event type, per scope: globs are run once per
-    /// (scope, event type), not once per event. OpenStack has a few hundred event types and
-    /// only scopes with subscriptions are cached; the cache is emptied when it reaches its size.
+    /// Which subscriptions' patterns take an event type, for the scopes an event meets (its
+    /// owner's, the all-projects ones, its acting project's): globs are run once per (scopes,
+    /// event type), not once per event, and an event costs one cache lookup. OpenStack has a few
+    /// hundred event types and only events that meet a scope with subscriptions are cached; the
+    /// cache is emptied when it reaches its size.
     private let candidates = CandidateCache()
 
     /// - Parameters:
@@ -143,6 +147,7 @@ public struct SubscriptionIndex: Sendable {
                 }
             }
         }
+        allProjectsScope = buckets[nil]
     }
 
     /// This index with the registry's changes applied: `changes` by id, nil for a deleted
@@ -175,25 +180,22 @@ public struct SubscriptionIndex: Sendable {
     /// no owner reaches only those), and, when another project acted, that project's
     /// subscriptions with `include_actor`; whose patterns, resource id and conditions hold.
     public func matches(_ event: NotificationEvent) -> [SubscriptionRoute] {
+        let owner = event.project.flatMap { buckets[$0] }
+        let everyProject = allProjectsScope
+        var acting: Scope?
+        if let actor = event.actorProject, actor != event.project { acting = actorBuckets[actor] }
+        // Most events of a large cloud meet no subscription: no cache, no allocation.
+        if owner == nil, everyProject == nil, acting == nil { return [] }
+        let key = CandidateCache.Key(
+            owner: owner?.number ?? -1, everyProject: everyProject != nil, actor: acting?.number ?? -1,
+            eventType: event.eventType)
+        let taken =
+            candidates.get(key) ?? candidates.put(key, patternCandidates(owner, everyProject, acting, event.eventType))
+        guard !taken.isEmpty else { return [] }
         var result: [SubscriptionRoute] = []
+        result.reserveCapacity(taken.count)
         // The event's fields as conditions read them, parsed once per event however many read them.
         var fields = EventFields(event: event)
-        if let project = event.project { collect(scope: project, actor: false, event, &fields, into: &result) }
-        collect(scope: nil, actor: false, event, &fields, into: &result)
-        if let actor = event.actorProject, actor != event.project {
-            collect(scope: actor, actor: true, event, &fields, into: &result)
-        }
-        return result
-    }
-
-    private func collect(
-        scope: String?, actor: Bool, _ event: NotificationEvent, _ fields: inout EventFields,
-        into result: inout [SubscriptionRoute]
-    ) {
-        guard let bucket = actor ? actorBuckets[scope] : buckets[scope] else { return }
-        let key = CandidateCache.Key(scope: bucket.number, actor: actor, eventType: event.eventType)
-        let taken =
-            candidates.get(key) ?? candidates.put(key, patternMatches(bucket.byPrefix, eventType: event.eventType))
         for index in taken {
             let route = routes[index]
             guard route.origin.takes(fromCeilometer: event.fromCeilometer),
@@ -202,6 +204,21 @@ public struct SubscriptionIndex: Sendable {
             else { continue }
             result.append(route)
         }
+        return result
+    }
+
+    /// The routes whose patterns take `eventType`, in the order events get them: the owner's
+    /// subscriptions, the all-projects ones, the acting project's `include_actor` ones. No route
+    /// is in two of these (an all-projects subscription has no `include_actor`, and the acting
+    /// project is not the owner).
+    private func patternCandidates(
+        _ owner: Scope?, _ everyProject: Scope?, _ acting: Scope?, _ eventType: String
+    ) -> [Int] {
+        var taken: [Int] = []
+        for scope in [owner, everyProject, acting] {
+            if let scope { taken += patternMatches(scope.byPrefix, eventType: eventType) }
+        }
+        return taken
     }
 
     /// The subscriptions of one scope whose include patterns take `eventType` and whose
@@ -251,13 +268,16 @@ public struct SubscriptionIndex: Sendable {
     }
 }
 
-/// Pattern results per (scope, event type), shared by the copies of one index.
+/// Pattern results per (owner's scope, acting project's scope, event type), shared by the copies
+/// of one index.
 final class CandidateCache: Sendable {
     struct Key: Hashable, Sendable {
-        /// The scope's number in its index (`SubscriptionIndex.Scope`).
-        var scope: Int32
-        /// The scope is the acting project (subscriptions with include_actor).
-        var actor: Bool
+        /// The owner's scope number in its index (`SubscriptionIndex.Scope`), -1 for none.
+        var owner: Int32
+        /// The index has all-projects subscriptions.
+        var everyProject: Bool
+        /// The acting project's scope number among the `include_actor` scopes, -1 for none.
+        var actor: Int32
         var eventType: String
     }
 

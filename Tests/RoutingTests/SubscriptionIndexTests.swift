@@ -147,6 +147,41 @@ struct SubscriptionIndexTests {
         #expect(matched == expected)
     }
 
+    @Test(
+        "a field read as text first is read as a number or instant when a later condition compares one",
+        arguments: [0, 3, 12])
+    func parsedOnDemand(fieldsReadBefore: Int) {
+        var payload = [#""launched_at": "2026-11-24 16:37:41.367798""#, #""memory": "512""#]
+        for n in 0..<fieldsReadBefore { payload.append("\"f\(n)\": \(n)") }
+        let json = Array("{\"event_type\": \"x\", \"payload\": {\(payload.joined(separator: ", "))}}".utf8)
+        let event = NotificationEvent(eventType: "x", messageID: "m", project: "p1", json: json)
+        func wanting(_ id: String, _ field: String, _ op: Condition.Operator, _ value: JSONValue) -> Subscription {
+            Subscription(
+                id: id, project: "p1", eventTypes: ["*"], conditions: [Condition(field: field, op: op, value: value)],
+                target: Target(queue: "q"))
+        }
+        // Routes are read in id order: the "a" fields first (so the two strings land inline, in
+        // the list or in the dictionary), then each string as text, then as an instant or number.
+        var subscriptions = (0..<fieldsReadBefore).map {
+            wanting(String(format: "a%02d", $0), "payload.f\($0)", .exists, .bool(true))
+        }
+        subscriptions += [
+            wanting("b1", "payload.launched_at", .prefix, .string("2026-11-24 ")),
+            wanting("b2", "payload.launched_at", .gt, .string("2026-11-24T16:00:00Z")),
+            wanting("b3", "payload.launched_at", .eq, .string("2026-11-24T16:37:41.367798Z")),
+            wanting("b4", "payload.launched_at", .lt, .string("2026-11-24T16:00:00Z")),
+            wanting("b5", "payload.memory", .prefix, .string("5")),
+            wanting("b6", "payload.memory", .eq, .number(512)),
+            wanting("b7", "payload.memory", .eq, .string("512")),
+            wanting("b8", "payload.memory", .gt, .number(1024)),
+        ]
+        let index = SubscriptionIndex(subscriptions, defaultZaqarURL: "http://zaqar.test")
+        let matched = Set(index.matches(event).map(\.id))
+        // As text "2026-11-24 16..." sorts before "2026-11-24T16..."; as instants it is later.
+        let expected = Set(subscriptions.prefix(fieldsReadBefore).map(\.id) + ["b1", "b2", "b3", "b5", "b6", "b7"])
+        #expect(matched == expected)
+    }
+
     @Test("a registry change compiles only what changed: the others keep their routes, deleted ones go")
     func updated() {
         let (a, b, c, d) = (

@@ -51,8 +51,14 @@ typedef struct herald_scanner herald_scanner;
 herald_scanner *herald_scanner_create(void);
 void herald_scanner_destroy(herald_scanner *scanner);
 
+/// Bytes a document's buffer needs past its end for the scanner to read it in place: each
+/// function below takes `capacity`, the bytes readable at `data` (at least `length`); with
+/// `HERALD_JSON_PADDING` or more past `length` the document is read where it is (what those
+/// bytes hold does not matter), else it is copied into the scanner's own padded buffer first.
+#define HERALD_JSON_PADDING 64
+
 /// Scans `length` bytes at `data`; fills `out`; returns `out->status`.
-int herald_scan(herald_scanner *scanner, const uint8_t *data, size_t length, herald_notification *out);
+int herald_scan(herald_scanner *scanner, const uint8_t *data, size_t length, size_t capacity, herald_notification *out);
 
 enum {
     HERALD_JSON_MISSING = 0,
@@ -73,20 +79,20 @@ typedef struct {
 /// The value at `pointer` (an RFC 6901 JSON pointer) as its JSON text, byte for byte as it
 /// stands in the document (a string with its quotes and escapes); valid until the scanner's
 /// next use. 0 when found.
-int herald_lookup_raw(herald_scanner *scanner, const uint8_t *data, size_t length, const char *pointer, size_t pointer_length,
-                      herald_bytes *out);
+int herald_lookup_raw(herald_scanner *scanner, const uint8_t *data, size_t length, size_t capacity, const char *pointer,
+                      size_t pointer_length, herald_bytes *out);
 
 /// The value at `pointer` (RFC 6901, e.g. `/payload/state`) in the JSON document at `data`;
 /// returns 0 when found, 1 when not (or not JSON).
-int herald_lookup(herald_scanner *scanner, const uint8_t *data, size_t length, const char *pointer, size_t pointer_length,
-                  herald_json_value *out);
+int herald_lookup(herald_scanner *scanner, const uint8_t *data, size_t length, size_t capacity, const char *pointer,
+                  size_t pointer_length, herald_json_value *out);
 
 /// The first of `count` pointers (RFC 6901; `pointers` holds them one after the other,
 /// `pointer_lengths[i]` bytes each) whose value is a string of 1 to `max_bytes` bytes,
 /// unescaped: one pass of simdjson's stage 1 for all of them (each pointer is walked from
 /// the document's start). Returns 0 and sets `found` (its position) and `out` (valid until the
 /// scanner's next use) when one is; 1 when none is, or not JSON.
-int herald_lookup_first_string(herald_scanner *scanner, const uint8_t *data, size_t length, const char *pointers,
+int herald_lookup_first_string(herald_scanner *scanner, const uint8_t *data, size_t length, size_t capacity, const char *pointers,
                                const size_t *pointer_lengths, size_t count, size_t max_bytes, size_t *found,
                                herald_bytes *out);
 

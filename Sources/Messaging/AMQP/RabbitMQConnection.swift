@@ -1,5 +1,6 @@
 import CRabbitMQ
 import Foundation
+import HeraldModel
 
 /// What reading the socket produced.
 enum WireEvent {
@@ -301,7 +302,7 @@ final class RabbitMQConnection: @unchecked Sendable {
             defer { amqp_destroy_envelope(&envelope) }
             return .delivery(
                 AMQPDelivery(
-                    body: bytes(envelope.message.body),
+                    body: body(envelope.message.body),
                     exchange: string(envelope.exchange),
                     routingKey: string(envelope.routing_key),
                     redelivered: envelope.redelivered != 0,
@@ -460,6 +461,12 @@ final class RabbitMQConnection: @unchecked Sendable {
     private func bytes(_ value: amqp_bytes_t) -> [UInt8] {
         guard value.len > 0, let base = value.bytes else { return [] }
         return Array(UnsafeRawBufferPointer(start: base, count: value.len))
+    }
+
+    /// A message body: with spare capacity, so that the notification scanner reads it in place.
+    private func body(_ value: amqp_bytes_t) -> [UInt8] {
+        guard value.len > 0, let base = value.bytes else { return [] }
+        return DocumentBytes.copy(UnsafeRawBufferPointer(start: base, count: value.len))
     }
 
     private func withBytes<R>(_ text: String, _ body: (amqp_bytes_t) throws -> R) rethrows -> R {

@@ -84,10 +84,15 @@ static size_t headers(char *line, size_t size, size_t count, void *user) {
     return length;
 }
 
-CURL *herald_curl_request_new(const char *url, struct curl_slist *headers_list, const void *body, long length,
-                              long connect_timeout_ms, long timeout_ms, const char *ca_file,
+CURL *herald_curl_request_new(CURL *reuse, const char *url, struct curl_slist *headers_list, const void *body,
+                              long length, long connect_timeout_ms, long timeout_ms, const char *ca_file,
                               herald_curl_answer *answer) {
-    CURL *easy = curl_easy_init();
+    CURL *easy = reuse;
+    if (easy != NULL) {
+        curl_easy_reset(easy);
+    } else {
+        easy = curl_easy_init();
+    }
     if (easy == NULL) return NULL;
     // The options that keep a hostile target in its place: any one refused means no request.
     int refused = curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https") != CURLE_OK

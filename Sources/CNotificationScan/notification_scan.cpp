@@ -101,10 +101,19 @@ padded_string_view padded(std::vector<char> &buffer, const char *data, size_t le
 
 static_assert(HERALD_JSON_PADDING >= SIMDJSON_PADDING, "HERALD_JSON_PADDING is below simdjson's");
 
-/// The document at `data` read in place when `capacity` leaves simdjson its padding (it reads
-/// those bytes but what they hold does not change the result), else copied into `buffer`.
+/// Whether the document at `data` can be read in place: `capacity` leaves simdjson its padding
+/// and those bytes are zero, as `padded` would leave them, so simdjson reads exactly what a copy
+/// would give it (it reads the padding, and peeks at the byte past the end when it checks that
+/// an invalid document is closed). Spare capacity that holds anything else is copied over.
+bool in_place(const uint8_t *data, size_t length, size_t capacity) {
+    if (data == nullptr || capacity < length || capacity - length < HERALD_JSON_PADDING) return false;
+    static const uint8_t zeros[HERALD_JSON_PADDING] = {};
+    return std::memcmp(data + length, zeros, HERALD_JSON_PADDING) == 0;
+}
+
+/// The document at `data` read in place when it can be (`in_place`), else copied into `buffer`.
 padded_string_view readable(std::vector<char> &buffer, const uint8_t *data, size_t length, size_t capacity) {
-    if (data != nullptr && capacity >= length && capacity - length >= HERALD_JSON_PADDING)
+    if (in_place(data, length, capacity))
         return padded_string_view(reinterpret_cast<const char *>(data), length, capacity);
     return padded(buffer, reinterpret_cast<const char *>(data), length);
 }
@@ -188,7 +197,8 @@ bool each_member(herald_scanner *s, ondemand::object object, int depth, Member m
         // key is its bytes. One with an escape is unescaped (into the parser's string buffer).
         const char *begin = raw_key.raw(), *end = begin;
         unsigned char bits = 0;
-        // (A NUL cannot be in a key, stage 1 refuses it unescaped: the padding stops the loop.)
+        // (Stage 1 refuses an unclosed string and an unescaped NUL, so the closing quote stops the
+        // loop; the zero padding, in place or copied, would stop it too.)
         while (*end != '"' && *end != '\\' && *end != '\0') bits |= static_cast<unsigned char>(*end++);
         if (*end == '\0') return false;
         std::string_view key(begin, static_cast<size_t>(end - begin));
@@ -365,6 +375,10 @@ int scan_message(herald_scanner *s, padded_string_view json, bool allow_envelope
 }
 
 }  // namespace
+
+extern "C" int herald_reads_in_place(const uint8_t *data, size_t length, size_t capacity) {
+    return in_place(data, length, capacity) ? 1 : 0;
+}
 
 extern "C" int herald_scan(herald_scanner *scanner, const uint8_t *data, size_t length, size_t capacity, herald_notification *out) {
     out->status = 1;

@@ -9,7 +9,8 @@ import Synchronization
 ///
 /// The multi handle, its easy handles, their header lists and answers belong to that thread
 /// alone; other threads only queue requests (under `queued`'s lock) and wake it with
-/// `curl_multi_wakeup`, which libcurl allows from any thread. `shutdown()` ends the thread once
+/// `curl_multi_wakeup`, which libcurl allows from any thread, when it sleeps (once per sleep).
+/// Finished transfers' easy handles are reset and used again (up to `idleHandles`). `shutdown()` ends the thread once
 /// what was queued is done. Each request is bounded as a whole (`requestTimeout`: connect,
 /// send, answer and body), reads at most `maxBody` bytes of an answer (more ends the transfer
 /// and closes the connection), follows no redirect, uses no proxy, speaks only http and https,
@@ -69,6 +70,15 @@ package final class CurlTransport: Sendable {
         var next: UInt64 = 0
         var closing = false
         var gone = false
+        /// The loop is in (or about to enter) `curl_multi_poll` with nothing queued: the next
+        /// request or cancellation wakes it. While it works, it finds them without a wake-up.
+        var sleeping = false
+
+        /// Whether the loop needs a wake-up for what was just queued (one per sleep).
+        mutating func wakeNeeded() -> Bool {
+            defer { sleeping = false }
+            return sleeping
+        }
     }
 
     /// A C pointer that only the transport's thread dereferences (`curl_multi_wakeup`, which
@@ -129,7 +139,7 @@ package final class CurlTransport: Sendable {
                         Queued(
                             number: number, request: request, deadline: .now + (request.timeout ?? requestTimeout),
                             done: continuation))
-                    curl_multi_wakeup(multi.pointer)
+                    if state.wakeNeeded() { curl_multi_wakeup(multi.pointer) }
                     return nil
                 }
                 if let refusal { continuation.resume(returning: .failure(Failure(code: -1, message: refusal))) }
@@ -138,7 +148,7 @@ package final class CurlTransport: Sendable {
             inbox.withLock { state in
                 guard let multi, !state.gone else { return }
                 state.cancelled.append(number)
-                curl_multi_wakeup(multi.pointer)
+                if state.wakeNeeded() { curl_multi_wakeup(multi.pointer) }
             }
         }
         return try result.get()
@@ -177,6 +187,9 @@ package final class CurlTransport: Sendable {
     private func loop() {
         guard let multi = multi?.pointer else { return }
         var inFlight: [UnsafeMutableRawPointer: Transfer] = [:]
+        // Easy handles of finished transfers, set up again for the next ones: libcurl keeps a
+        // handle's buffers (16 KiB and more) across a reset, which a new handle allocates anew.
+        var idle: [UnsafeMutableRawPointer] = []
         while true {
             let (requests, cancelled, closing) = inbox.withLock { state in
                 defer {
@@ -185,7 +198,7 @@ package final class CurlTransport: Sendable {
                 }
                 return (state.requests, state.cancelled, state.closing)
             }
-            for item in requests { start(item, on: multi, into: &inFlight) }
+            for item in requests { start(item, on: multi, into: &inFlight, idle: &idle) }
             var running: Int32 = 0
             curl_multi_perform(multi, &running)
             var easy: UnsafeMutableRawPointer?
@@ -194,7 +207,7 @@ package final class CurlTransport: Sendable {
             while herald_curl_next_done(multi, &easy, &status, &result) == 1, let done = easy {
                 guard let transfer = inFlight.removeValue(forKey: done) else { continue }
                 finish(
-                    transfer, easy: done, on: multi,
+                    transfer, easy: done, on: multi, idle: &idle,
                     with: Self.outcome(transfer.answer.pointee, status: status, result: result))
             }
             // libcurl counts its timeout from a transfer's start, and a transfer waiting for a
@@ -205,7 +218,8 @@ package final class CurlTransport: Sendable {
                 let reason =
                     transfer.deadline <= now
                     ? "no complete answer within \(requestTimeout.seconds) s (the request timeout)" : "cancelled"
-                finish(transfer, easy: handle, on: multi, with: .failure(Failure(code: 28, message: reason)))
+                finish(
+                    transfer, easy: handle, on: multi, idle: &idle, with: .failure(Failure(code: 28, message: reason)))
             }
             if closing && inFlight.isEmpty {
                 let stop = inbox.withLock { state -> Bool in
@@ -217,11 +231,19 @@ package final class CurlTransport: Sendable {
             }
             let untilDeadline = inFlight.values.map(\.deadline).min().map { $0 - now } ?? .seconds(1)
             let wait = Int32(max(1, min(1000, untilDeadline.milliseconds + 1)))
+            // Asleep only with nothing queued; what is queued from now on wakes the poll (a
+            // shutdown always does).
+            let sleep = inbox.withLock { state -> Bool in
+                state.sleeping = state.requests.isEmpty && state.cancelled.isEmpty
+                return state.sleeping
+            }
+            if !sleep { continue }
             if curl_multi_poll(multi, nil, 0, wait, nil) != CURLM_OK {
                 // Not expected; a pause instead of a loop at full speed.
                 Thread.sleep(forTimeInterval: 0.01)
             }
         }
+        for easy in idle { curl_easy_cleanup(easy) }
         curl_multi_cleanup(multi)
         let waiting = finished.withLock { state in
             state.done = true
@@ -235,17 +257,26 @@ package final class CurlTransport: Sendable {
     /// the header list and the answer), and answers its caller.
     private func finish(
         _ transfer: Transfer, easy: UnsafeMutableRawPointer, on multi: UnsafeMutableRawPointer,
-        with outcome: Result<Answer, Failure>
+        idle: inout [UnsafeMutableRawPointer], with outcome: Result<Answer, Failure>
     ) {
         curl_multi_remove_handle(multi, easy)
-        curl_easy_cleanup(easy)
+        // Kept for the next request (reset then), up to as many as transfers run at once here.
+        if idle.count < Self.idleHandles {
+            idle.append(easy)
+        } else {
+            curl_easy_cleanup(easy)
+        }
         curl_slist_free_all(transfer.headers)
         herald_curl_answer_free(transfer.answer)
         transfer.done.resume(returning: outcome)
     }
 
+    /// Easy handles kept between transfers.
+    private static let idleHandles = 16
+
     private func start(
-        _ item: Queued, on multi: UnsafeMutableRawPointer, into inFlight: inout [UnsafeMutableRawPointer: Transfer]
+        _ item: Queued, on multi: UnsafeMutableRawPointer, into inFlight: inout [UnsafeMutableRawPointer: Transfer],
+        idle: inout [UnsafeMutableRawPointer]
     ) {
         func fail(_ message: String) {
             item.done.resume(returning: .failure(Failure(code: -1, message: message)))
@@ -276,9 +307,11 @@ package final class CurlTransport: Sendable {
             return
         }
         let remaining = max(1, Int((item.deadline - .now).milliseconds))
+        let reuse = idle.popLast()
         let easy = item.request.body.withUnsafeBytes { body in
             herald_curl_request_new(
-                item.request.url, headers, body.baseAddress, body.count, min(connectTimeoutMilliseconds, remaining),
+                reuse, item.request.url, headers, body.baseAddress, body.count,
+                min(connectTimeoutMilliseconds, remaining),
                 remaining, caFile, answer)
         }
         guard let easy, curl_multi_add_handle(multi, easy) == CURLM_OK else {

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 /// The Zaqar endpoints the operator allows (`HERALD_ZAQAR_ALLOWED_URLS`, by default only
 /// `HERALD_ZAQAR_URL`). A subscription's `zaqar_url` must fall under one: same scheme, host
@@ -32,8 +33,27 @@ public struct ZaqarEndpoints: Sendable, CustomStringConvertible {
         self.urls = urls
     }
 
+    /// Verdicts by URL: every delivery is checked, and a cloud's subscriptions name a handful of
+    /// URLs (parsing one costs a `URLComponents`). Emptied when full: a bound whatever tenants write.
+    private final class Verdicts: Sendable {
+        static let limit = 1_024
+        let known = Mutex<[String: Bool]>([:])
+    }
+
+    private let verdicts = Verdicts()
+
     /// Whether Herald may post to `url` (a subscription's `zaqar_url` or the default endpoint).
     public func permits(_ url: String) -> Bool {
+        if let known = verdicts.known.withLock({ $0[url] }) { return known }
+        let verdict = judge(url)
+        verdicts.known.withLock { known in
+            if known.count >= Verdicts.limit { known.removeAll(keepingCapacity: true) }
+            known[url] = verdict
+        }
+        return verdict
+    }
+
+    private func judge(_ url: String) -> Bool {
         guard let endpoint = Self.parse(url) else { return false }
         return allowed.contains { allowed in
             allowed.scheme == endpoint.scheme && allowed.host == endpoint.host && allowed.port == endpoint.port

@@ -1,7 +1,7 @@
 /// JSON documents as byte arrays with room past their end: the notification scanner (simdjson)
 /// reads up to 64 bytes past a document's last byte, and reads a document in place when its
-/// array's capacity leaves it those bytes; otherwise it copies the document first. What the
-/// spare bytes hold does not matter (they are zeroed here all the same).
+/// array's capacity leaves it those bytes and they are zero, as here; otherwise it copies the
+/// document into a zero-padded buffer first (CNotificationScan's `HERALD_JSON_PADDING`).
 public enum DocumentBytes {
     /// Spare bytes kept past the end: at least `HERALD_JSON_PADDING` (CNotificationScan).
     public static let padding = 64

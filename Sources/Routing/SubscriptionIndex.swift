@@ -187,38 +187,45 @@ public struct SubscriptionIndex: Sendable {
         // Most events of a large cloud meet no subscription: no cache, no allocation.
         if owner == nil, everyProject == nil, acting == nil { return [] }
         let key = CandidateCache.Key(
-            owner: owner?.number ?? -1, everyProject: everyProject != nil, actor: acting?.number ?? -1,
-            eventType: event.eventType)
+            owner: owner?.number ?? -1, actor: acting?.number ?? -1, eventType: event.eventType)
         let taken =
             candidates.get(key) ?? candidates.put(key, patternCandidates(owner, everyProject, acting, event.eventType))
-        guard !taken.isEmpty else { return [] }
+        let count = taken.owner.count + taken.everyProject.count + taken.actor.count
+        guard count > 0 else { return [] }
         var result: [SubscriptionRoute] = []
-        result.reserveCapacity(taken.count)
+        result.reserveCapacity(count)
         // The event's fields as conditions read them, parsed once per event however many read them.
         var fields = EventFields(event: event)
-        for index in taken {
-            let route = routes[index]
-            guard route.origin.takes(fromCeilometer: event.fromCeilometer),
-                route.resourceID == nil || route.resourceID == event.resourceID,
-                route.conditions.allSatisfy({ $0.holds(&fields) })
-            else { continue }
-            result.append(route)
+        func take(_ list: [Int]) {
+            for index in list {
+                let route = routes[index]
+                guard route.origin.takes(fromCeilometer: event.fromCeilometer),
+                    route.resourceID == nil || route.resourceID == event.resourceID,
+                    route.conditions.allSatisfy({ $0.holds(&fields) })
+                else { continue }
+                result.append(route)
+            }
         }
+        take(taken.owner)
+        take(taken.everyProject)
+        take(taken.actor)
         return result
     }
 
-    /// The routes whose patterns take `eventType`, in the order events get them: the owner's
-    /// subscriptions, the all-projects ones, the acting project's `include_actor` ones. No route
-    /// is in two of these (an all-projects subscription has no `include_actor`, and the acting
-    /// project is not the owner).
+    /// The routes whose patterns take `eventType`, per scope an event meets. The all-projects
+    /// list is made once per event type and shared by every entry that holds it.
     private func patternCandidates(
         _ owner: Scope?, _ everyProject: Scope?, _ acting: Scope?, _ eventType: String
-    ) -> [Int] {
-        var taken: [Int] = []
-        for scope in [owner, everyProject, acting] {
-            if let scope { taken += patternMatches(scope.byPrefix, eventType: eventType) }
+    ) -> CandidateCache.Candidates {
+        var shared: [Int] = []
+        if let everyProject {
+            shared =
+                candidates.everyProject(eventType)
+                ?? candidates.putEveryProject(eventType, patternMatches(everyProject.byPrefix, eventType: eventType))
         }
-        return taken
+        return CandidateCache.Candidates(
+            owner: owner.map { patternMatches($0.byPrefix, eventType: eventType) } ?? [], everyProject: shared,
+            actor: acting.map { patternMatches($0.byPrefix, eventType: eventType) } ?? [])
     }
 
     /// The subscriptions of one scope whose include patterns take `eventType` and whose
@@ -274,26 +281,54 @@ final class CandidateCache: Sendable {
     struct Key: Hashable, Sendable {
         /// The owner's scope number in its index (`SubscriptionIndex.Scope`), -1 for none.
         var owner: Int32
-        /// The index has all-projects subscriptions.
-        var everyProject: Bool
         /// The acting project's scope number among the `include_actor` scopes, -1 for none.
         var actor: Int32
         var eventType: String
     }
 
-    /// Entries kept before the cache starts over: a bound on memory whatever the bus carries.
-    static let limit = 20_000
-    private let entries = Mutex<[Key: [Int]]>([:])
+    /// The routes whose patterns take an event type, by scope, in the order events get them: the
+    /// owner's subscriptions, the all-projects ones, the acting project's `include_actor` ones.
+    /// No route is in two of these (an all-projects subscription has no `include_actor`, and the
+    /// acting project is not the owner).
+    struct Candidates: Sendable {
+        var owner: [Int]
+        /// The same array (storage) in every entry of one event type.
+        var everyProject: [Int]
+        var actor: [Int]
+    }
 
-    func get(_ key: Key) -> [Int]? {
-        entries.withLock { $0[key] }
+    private struct Entries {
+        var byKey: [Key: Candidates] = [:]
+        var everyProject: [String: [Int]] = [:]
+    }
+
+    /// Entries kept before the cache starts over, in each of its two tables: a bound on memory
+    /// whatever the bus carries (an entry holds a project's routes; the all-projects routes are
+    /// held once per event type).
+    static let limit = 20_000
+    private let entries = Mutex(Entries())
+
+    func get(_ key: Key) -> Candidates? {
+        entries.withLock { $0.byKey[key] }
     }
 
     @discardableResult
-    func put(_ key: Key, _ value: [Int]) -> [Int] {
+    func put(_ key: Key, _ value: Candidates) -> Candidates {
         entries.withLock { entries in
-            if entries.count >= Self.limit { entries.removeAll(keepingCapacity: true) }
-            entries[key] = value
+            if entries.byKey.count >= Self.limit { entries.byKey.removeAll(keepingCapacity: true) }
+            entries.byKey[key] = value
+        }
+        return value
+    }
+
+    func everyProject(_ eventType: String) -> [Int]? {
+        entries.withLock { $0.everyProject[eventType] }
+    }
+
+    func putEveryProject(_ eventType: String, _ value: [Int]) -> [Int] {
+        entries.withLock { entries in
+            if entries.everyProject.count >= Self.limit { entries.everyProject.removeAll(keepingCapacity: true) }
+            entries.everyProject[eventType] = value
         }
         return value
     }

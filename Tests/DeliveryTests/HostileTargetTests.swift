@@ -228,6 +228,16 @@ struct HostileParsingTests {
         #expect(endpoints.permits(url) == allowed, "\(url)")
     }
 
+    @Test("allowed Zaqar endpoints: a verdict asked again, and after more URLs than are remembered, is the same")
+    func endpointVerdictsRemembered() throws {
+        let endpoints = try ZaqarEndpoints(urls: ["http://zaqar:8888"])
+        // One in three allowed, past the 1,024 remembered, twice over.
+        let urls = (0..<2_500).map { $0 % 3 == 0 ? "http://zaqar:8888/v2/\($0)" : "http://zaqar:\(9_000 + $0)" }
+        for _ in 0..<2 {
+            for (number, url) in urls.enumerated() { #expect(endpoints.permits(url) == (number % 3 == 0), "\(url)") }
+        }
+    }
+
     @Test("every subscription limit is a 400-worthy error naming the field and the limit")
     func limits() {
         let limits = Subscription.Limits.self

@@ -261,6 +261,43 @@ struct AttributionMatchingTests {
             ])
     }
 
+    @Test(
+        "one owner and event type, with and without another project acting, one after the other: each gets its own candidates, in order"
+    )
+    func sameOwnerOtherActors() {
+        let tenant = Subscription(id: "a-tenant", project: "tenant", eventTypes: ["port.*"], target: Target(queue: "q"))
+        let everyone = Subscription(
+            id: "b-all", project: "admin", allProjects: true, eventTypes: ["port.*"], target: Target(queue: "q"))
+        let adminActions = Subscription(
+            id: "c-admin", project: "admin", eventTypes: ["port.*"], target: Target(queue: "q"), includeActor: true)
+        let otherActions = Subscription(
+            id: "d-other", project: "other", eventTypes: ["port.create.*"], target: Target(queue: "q"),
+            includeActor: true)
+        let index = SubscriptionIndex(
+            [otherActions, adminActions, everyone, tenant], defaultZaqarURL: "http://zaqar.test")
+        // Twice each, so that the second of each comes from the cache; owner first, then all
+        // projects, then the acting project's.
+        for _ in 0..<2 {
+            #expect(
+                index.matches(event("port.create.end", owner: "tenant", actor: nil)).map(\.id) == ["a-tenant", "b-all"])
+            #expect(
+                index.matches(event("port.create.end", owner: "tenant", actor: "admin")).map(\.id) == [
+                    "a-tenant", "b-all", "c-admin",
+                ])
+            #expect(
+                index.matches(event("port.create.end", owner: "tenant", actor: "other")).map(\.id) == [
+                    "a-tenant", "b-all", "d-other",
+                ])
+            #expect(
+                index.matches(event("port.update.end", owner: "tenant", actor: "other")).map(\.id) == [
+                    "a-tenant", "b-all",
+                ])
+            #expect(
+                index.matches(event("port.create.end", owner: nil, actor: "admin")).map(\.id) == ["b-all", "c-admin"])
+            #expect(index.matches(event("port.create.end", owner: "nobody", actor: nil)).map(\.id) == ["b-all"])
+        }
+    }
+
     @Test("resource_id keeps only that resource's events")
     func resource() {
         let pinned = Subscription(

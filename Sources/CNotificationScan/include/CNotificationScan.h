@@ -51,11 +51,15 @@ typedef struct herald_scanner herald_scanner;
 herald_scanner *herald_scanner_create(void);
 void herald_scanner_destroy(herald_scanner *scanner);
 
-/// Bytes a document's buffer needs past its end for the scanner to read it in place: each
-/// function below takes `capacity`, the bytes readable at `data` (at least `length`); with
-/// `HERALD_JSON_PADDING` or more past `length` the document is read where it is (what those
-/// bytes hold does not matter), else it is copied into the scanner's own padded buffer first.
+/// Zero bytes a document's buffer needs past its end for the scanner to read it in place: each
+/// function below takes `capacity`, the bytes readable at `data` (at least `length`); when the
+/// `HERALD_JSON_PADDING` bytes past `length` are there and zero, the document is read where it
+/// is, else it is copied into the scanner's own zero-padded buffer first (the same bytes either
+/// way, so the same answers).
 #define HERALD_JSON_PADDING 64
+
+/// 1 when the document at `data` would be read in place (see `HERALD_JSON_PADDING`), else 0.
+int herald_reads_in_place(const uint8_t *data, size_t length, size_t capacity);
 
 /// Scans `length` bytes at `data`; fills `out`; returns `out->status`.
 int herald_scan(herald_scanner *scanner, const uint8_t *data, size_t length, size_t capacity, herald_notification *out);

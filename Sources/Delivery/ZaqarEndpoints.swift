@@ -34,7 +34,8 @@ public struct ZaqarEndpoints: Sendable, CustomStringConvertible {
     }
 
     /// Verdicts by URL: every delivery is checked, and a cloud's subscriptions name a handful of
-    /// URLs (parsing one costs a `URLComponents`). Emptied when full: a bound whatever tenants write.
+    /// URLs (parsing one costs a `URLComponents`). Only URLs `parse` would read (at most 2,048
+    /// bytes) are kept, at most 1,024 of them (emptied when full): a bound whatever tenants write.
     private final class Verdicts: Sendable {
         static let limit = 1_024
         let known = Mutex<[String: Bool]>([:])
@@ -44,14 +45,29 @@ public struct ZaqarEndpoints: Sendable, CustomStringConvertible {
 
     /// Whether Herald may post to `url` (a subscription's `zaqar_url` or the default endpoint).
     public func permits(_ url: String) -> Bool {
-        if let known = verdicts.known.withLock({ $0[url] }) { return known }
+        guard url.utf8.count <= Self.maxURLBytes else { return false }
+        let remembered = verdicts.known.withLock { known -> Bool? in
+            guard let index = known.index(forKey: url) else { return nil }
+            // Swift's strings compare by canonical equivalence (a Kelvin sign is a `K`): a verdict
+            // counts only for the very same bytes.
+            let entry = known[index]
+            return entry.key.utf8.elementsEqual(url.utf8) ? entry.value : nil
+        }
+        if let remembered { return remembered }
         let verdict = judge(url)
         verdicts.known.withLock { known in
+            if let index = known.index(forKey: url), !known[index].key.utf8.elementsEqual(url.utf8) { return }
             if known.count >= Verdicts.limit { known.removeAll(keepingCapacity: true) }
             known[url] = verdict
         }
         return verdict
     }
+
+    /// The longest URL read at all.
+    static let maxURLBytes = 2_048
+
+    /// Verdicts remembered now (for tests).
+    var rememberedCount: Int { verdicts.known.withLock { $0.count } }
 
     private func judge(_ url: String) -> Bool {
         guard let endpoint = Self.parse(url) else { return false }
@@ -65,7 +81,7 @@ public struct ZaqarEndpoints: Sendable, CustomStringConvertible {
     public var description: String { urls.joined(separator: ", ") }
 
     static func parse(_ text: String) -> Endpoint? {
-        guard text.utf8.count <= 2048, let components = URLComponents(string: text),
+        guard text.utf8.count <= maxURLBytes, let components = URLComponents(string: text),
             let scheme = components.scheme?.lowercased(), scheme == "http" || scheme == "https",
             let host = components.host?.lowercased(), !host.isEmpty,
             components.user == nil, components.password == nil, components.query == nil, components.fragment == nil

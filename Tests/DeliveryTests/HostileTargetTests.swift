@@ -236,6 +236,41 @@ struct HostileParsingTests {
         for _ in 0..<2 {
             for (number, url) in urls.enumerated() { #expect(endpoints.permits(url) == (number % 3 == 0), "\(url)") }
         }
+        #expect(endpoints.rememberedCount <= 1_024)
+        #expect(endpoints.rememberedCount > 0)
+    }
+
+    @Test(
+        "allowed Zaqar endpoints: a URL Swift holds equal to an allowed one but with other bytes gets its own verdict, in either order"
+    )
+    func endpointVerdictsByBytes() throws {
+        let allowed = "http://zaqar:8888/K/messages"
+        // U+212A KELVIN SIGN: canonically a `K`, so the two strings are equal to Swift; in a path it
+        // is percent-encoded, which the allow-list refuses.
+        let lookAlike = "http://zaqar:8888/\u{212A}/messages"
+        try #require(allowed == lookAlike)
+        try #require(!allowed.utf8.elementsEqual(lookAlike.utf8))
+        // What each gets from endpoints that remember nothing yet.
+        try #require(try ZaqarEndpoints(urls: ["http://zaqar:8888/K"]).permits(allowed) == true)
+        try #require(try ZaqarEndpoints(urls: ["http://zaqar:8888/K"]).permits(lookAlike) == false)
+        for first in [allowed, lookAlike] {
+            let endpoints = try ZaqarEndpoints(urls: ["http://zaqar:8888/K"])
+            _ = endpoints.permits(first)
+            #expect(endpoints.permits(allowed) == true)
+            #expect(endpoints.permits(lookAlike) == false)
+            #expect(endpoints.permits(allowed) == true)
+        }
+    }
+
+    @Test("allowed Zaqar endpoints: a URL longer than any read is refused and not remembered")
+    func endpointLongURLs() throws {
+        let endpoints = try ZaqarEndpoints(urls: ["http://zaqar:8888"])
+        let long = "http://zaqar:8888/" + String(repeating: "a", count: 3_000)
+        // One character to Swift, a megabyte of bytes.
+        let heavy = "http://zaqar:8888/a" + String(repeating: "\u{0301}", count: 500_000)
+        #expect(endpoints.permits(long) == false)
+        #expect(endpoints.permits(heavy) == false)
+        #expect(endpoints.rememberedCount == 0)
     }
 
     @Test("every subscription limit is a 400-worthy error naming the field and the limit")

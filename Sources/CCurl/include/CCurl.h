@@ -32,8 +32,9 @@ void herald_curl_answer_free(herald_curl_answer *answer);
 /// caller until the transfer is done; no redirects followed, no proxy, http and https only,
 /// certificates and host names checked (against `ca_file` when not NULL); `timeout_ms` bounds
 /// the whole exchange. `reuse`: a handle of a finished transfer to set up again (reset first,
-/// so that none of its options outlives it: libcurl keeps only its buffers), or NULL for a new
-/// one. NULL when refused; `reuse` is then freed.
+/// so that none of its options outlives it; libcurl keeps its buffers, and its TLS sessions,
+/// which a later transfer to the same host may resume under the same verification), or NULL
+/// for a new one. NULL when refused; `reuse` is then freed.
 CURL *herald_curl_request_new(CURL *reuse, const char *url, struct curl_slist *headers, const void *body, long length,
                               long connect_timeout_ms, long timeout_ms, const char *ca_file,
                               herald_curl_answer *answer);

@@ -193,6 +193,40 @@ struct AMQPClientTests {
         #expect(drained.messageCount == 0)
     }
 
+    @Test("bodies past the frame size (32 KiB) come whole and in order, between small ones, byte for byte")
+    func largeBodies() async throws {
+        let connection = try await connect()
+        defer { Task { await connection.close() } }
+        let publisher = try await connection.openChannel()
+        let queue = TestServers.uniqueName("herald-test.large")
+        try await publisher.declareQueue(queue, options: AMQPQueueOptions(durable: true))
+        defer { Task { _ = try? await publisher.deleteQueue(queue) } }
+        try await publisher.enableConfirms()
+        // Just under, at and past one frame, several frames, and a megabyte; small ones between.
+        let sizes = [32_760, 32_768, 32_769, 100_000, 300_001, 1 << 20, 17]
+        var bodies: [String] = []
+        for (index, size) in sizes.enumerated() {
+            let text =
+                String(format: "%02d", index) + String((0..<size).map { Character(UnicodeScalar(UInt8(97 + $0 % 26))) })
+            bodies.append(text)
+            bodies.append(String(format: "%02d", index) + "small")
+        }
+        try await publisher.publish(bodies.map { message(queue, $0, persistent: true) })
+        let consuming = try await connection.openChannel()
+        let consumer = try await consuming.consume(queue, prefetch: 4)
+        var received: [String] = []
+        for try await delivery in consumer {
+            received.append(String(decoding: delivery.body, as: UTF8.self))
+            consuming.ack(delivery)
+            if received.count == bodies.count { break }
+        }
+        try await consumer.cancel()
+        #expect(received.count == bodies.count)
+        for (got, sent) in zip(received, bodies) {
+            #expect(got == sent, "\(sent.prefix(2)): \(got.utf8.count) bytes received, \(sent.utf8.count) sent")
+        }
+    }
+
     @Test("a conflicting re-declare fails with PRECONDITION_FAILED and the channel is usable again")
     func conflictingRedeclare() async throws {
         let connection = try await connect()

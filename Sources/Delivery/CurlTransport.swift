@@ -10,8 +10,8 @@ import Synchronization
 /// The multi handle, its easy handles, their header lists and answers belong to that thread
 /// alone; other threads only queue requests (under `queued`'s lock) and wake it with
 /// `curl_multi_wakeup`, which libcurl allows from any thread, when it sleeps (once per sleep).
-/// Finished transfers' easy handles are reset and used again (up to `idleHandles`). `shutdown()` ends the thread once
-/// what was queued is done. Each request is bounded as a whole (`requestTimeout`: connect,
+/// Finished transfers' easy handles are reset and used again (up to `idleHandles`).
+/// `shutdown()` ends the thread once what was queued is done. Each request is bounded as a whole (`requestTimeout`: connect,
 /// send, answer and body), reads at most `maxBody` bytes of an answer (more ends the transfer
 /// and closes the connection), follows no redirect, uses no proxy, speaks only http and https,
 /// and checks certificates and host names (against `caFile` when given).

@@ -1,5 +1,5 @@
 import Foundation
-import Synchronization
+import HeraldModel
 
 /// The Zaqar endpoints the operator allows (`HERALD_ZAQAR_ALLOWED_URLS`, by default only
 /// `HERALD_ZAQAR_URL`). A subscription's `zaqar_url` must fall under one: same scheme, host
@@ -33,41 +33,35 @@ public struct ZaqarEndpoints: Sendable, CustomStringConvertible {
         self.urls = urls
     }
 
+    /// A URL as its bytes: Swift's strings compare by canonical equivalence (a Kelvin sign is a
+    /// `K`), and a verdict counts only for the very same bytes.
+    private struct ExactURL: Hashable, Sendable {
+        let text: String
+
+        static func == (a: ExactURL, b: ExactURL) -> Bool { a.text.utf8.elementsEqual(b.text.utf8) }
+
+        func hash(into hasher: inout Hasher) {
+            for byte in text.utf8 { hasher.combine(byte) }
+        }
+    }
+
     /// Verdicts by URL: every delivery is checked, and a cloud's subscriptions name a handful of
     /// URLs (parsing one costs a `URLComponents`). Only URLs `parse` would read (at most 2,048
     /// bytes) are kept, at most 1,024 of them (emptied when full): a bound whatever tenants write.
-    private final class Verdicts: Sendable {
-        static let limit = 1_024
-        let known = Mutex<[String: Bool]>([:])
-    }
-
-    private let verdicts = Verdicts()
+    private let verdicts = BoundedCache<ExactURL, Bool>(limit: 1_024)
 
     /// Whether Herald may post to `url` (a subscription's `zaqar_url` or the default endpoint).
     public func permits(_ url: String) -> Bool {
         guard url.utf8.count <= Self.maxURLBytes else { return false }
-        let remembered = verdicts.known.withLock { known -> Bool? in
-            guard let index = known.index(forKey: url) else { return nil }
-            // Swift's strings compare by canonical equivalence (a Kelvin sign is a `K`): a verdict
-            // counts only for the very same bytes.
-            let entry = known[index]
-            return entry.key.utf8.elementsEqual(url.utf8) ? entry.value : nil
-        }
-        if let remembered { return remembered }
-        let verdict = judge(url)
-        verdicts.known.withLock { known in
-            if let index = known.index(forKey: url), !known[index].key.utf8.elementsEqual(url.utf8) { return }
-            if known.count >= Verdicts.limit { known.removeAll(keepingCapacity: true) }
-            known[url] = verdict
-        }
-        return verdict
+        let key = ExactURL(text: url)
+        return verdicts.get(key) ?? verdicts.put(key, judge(url))
     }
 
     /// The longest URL read at all.
     static let maxURLBytes = 2_048
 
     /// Verdicts remembered now (for tests).
-    var rememberedCount: Int { verdicts.known.withLock { $0.count } }
+    var rememberedCount: Int { verdicts.count }
 
     private func judge(_ url: String) -> Bool {
         guard let endpoint = Self.parse(url) else { return false }

@@ -1,6 +1,5 @@
 import Foundation
 import HeraldModel
-import Synchronization
 import Yams
 
 /// Who an event belongs to, in the spirit of Ceilometer's `event_definitions.yaml`: a list of
@@ -44,8 +43,9 @@ public struct EventDefinitions: Sendable {
     public let definitions: [Definition]
     /// Each definition's owner, resource id and actor paths, compiled for lookups.
     private let plans: [Plans]
-    /// The definition index per event type seen (-1: none), bounded.
-    private let chosen = ChoiceCache()
+    /// The definition index per event type seen (-1: none), bounded (emptied when full), shared by
+    /// copies.
+    private let chosen = BoundedCache<String, Int>(limit: 10_000)
 
     /// Where one answer is looked for, in order: the request context's project (kept by the
     /// decoder), or a run of paths into the event, looked up together.
@@ -391,20 +391,5 @@ public struct EventDefinitionsError: Error, CustomStringConvertible, Sendable {
 
     public var description: String {
         "\(origin)\(line.map { ":\($0)" } ?? ""): \(message)"
-    }
-}
-
-/// The definition chosen per event type: bounded (emptied when full), shared by copies.
-final class ChoiceCache: Sendable {
-    static let limit = 10_000
-    private let entries = Mutex<[String: Int]>([:])
-
-    func get(_ type: String) -> Int? { entries.withLock { $0[type] } }
-
-    func put(_ type: String, _ index: Int) {
-        entries.withLock { entries in
-            if entries.count >= Self.limit { entries.removeAll(keepingCapacity: true) }
-            entries[type] = index
-        }
     }
 }

@@ -1,6 +1,5 @@
 import Foundation
 import HeraldModel
-import Synchronization
 import Yams
 
 /// What is cut from an event before a tenant sees it: members OpenStack's own APIs show to
@@ -64,8 +63,8 @@ public struct RedactionRules: Sendable {
     }
 
     public let rules: [Rule]
-    /// The compiled paths per event type seen, bounded.
-    private let plans = RedactionPlanCache()
+    /// The compiled paths per event type seen, bounded (emptied when full), shared by copies.
+    private let plans = BoundedCache<RedactionPlanKey, RedactionPlan>(limit: 10_000)
 
     public init(_ rules: [Rule]) {
         self.rules = rules
@@ -150,7 +149,7 @@ public struct RedactionRules: Sendable {
     }
 
     func plan(for eventType: String, ceilometer: Bool) -> RedactionPlan {
-        let key = RedactionPlanCache.Key(eventType: eventType, ceilometer: ceilometer)
+        let key = RedactionPlanKey(eventType: eventType, ceilometer: ceilometer)
         if let plan = plans.get(key) { return plan }
         let paths = paths(for: eventType)
         let plan = RedactionPlan(remove: paths.remove, stripHost: paths.stripHost, ceilometer: ceilometer)
@@ -431,24 +430,10 @@ public enum DefaultRedactionRules {
 
 // MARK: - The walk
 
-/// The plans per event type, bounded (emptied when full), shared by copies.
-final class RedactionPlanCache: Sendable {
-    struct Key: Hashable, Sendable {
-        var eventType: String
-        var ceilometer: Bool
-    }
-
-    static let limit = 10_000
-    private let entries = Mutex<[Key: RedactionPlan]>([:])
-
-    func get(_ key: Key) -> RedactionPlan? { entries.withLock { $0[key] } }
-
-    func put(_ key: Key, _ plan: RedactionPlan) {
-        entries.withLock { entries in
-            if entries.count >= Self.limit { entries.removeAll(keepingCapacity: true) }
-            entries[key] = plan
-        }
-    }
+/// A plan's key: the event type, and whether the event is a Ceilometer event.
+struct RedactionPlanKey: Hashable, Sendable {
+    var eventType: String
+    var ceilometer: Bool
 }
 
 /// One event type's paths as a trie of segments, so each key is matched once per path prefix.

@@ -213,21 +213,18 @@ struct EventFields {
 
     /// - Parameter parsed: the caller compares numbers or instants (a string's are read then, once).
     mutating func value(at path: LookupPath, parsed: Bool) -> ComparableValue? {
-        if let first {
-            if first.path.same(as: path) {
-                guard parsed, let value = first.value, value.isUnparsedString else { return first.value }
-                let upgraded = value.parsed()
-                self.first = (path, upgraded)
-                return upgraded
-            }
-        } else {
+        guard let held = first else {
             let found = lookup(path, parsed: parsed)
             first = (path, found)
             return found
         }
+        if held.path.same(as: path) {
+            guard let upgraded = Self.upgraded(held.value, parsed: parsed) else { return held.value }
+            first = (path, upgraded)
+            return upgraded
+        }
         if let index = few.firstIndex(where: { $0.path.same(as: path) }) {
-            guard parsed, let value = few[index].value, value.isUnparsedString else { return few[index].value }
-            let upgraded = value.parsed()
+            guard let upgraded = Self.upgraded(few[index].value, parsed: parsed) else { return few[index].value }
             few[index].value = upgraded
             return upgraded
         }
@@ -237,14 +234,20 @@ struct EventFields {
             return found
         }
         if let cached = many[path.pointer] {
-            guard parsed, let value = cached, value.isUnparsedString else { return cached }
-            let upgraded = value.parsed()
+            guard let upgraded = Self.upgraded(cached, parsed: parsed) else { return cached }
             many[path.pointer] = .some(upgraded)
             return upgraded
         }
         let found = lookup(path, parsed: parsed)
         many[path.pointer] = .some(found)
         return found
+    }
+
+    /// What a held value becomes for a caller that needs it `parsed`: the string read as a number
+    /// and instant, when it was not yet; nil when the held value serves as it is.
+    private static func upgraded(_ held: ComparableValue?, parsed: Bool) -> ComparableValue? {
+        guard parsed, let held, held.isUnparsedString else { return nil }
+        return held.parsed()
     }
 
     private func lookup(_ path: LookupPath, parsed: Bool) -> ComparableValue? {

@@ -2,7 +2,6 @@ import Delivery
 import Foundation
 import HeraldModel
 import Notifications
-import Synchronization
 
 /// One subscription as the index keeps it: what delivering to it needs (made once, not per
 /// message) and what matching reads, not the whole subscription (no audit fields, no pattern
@@ -297,39 +296,19 @@ final class CandidateCache: Sendable {
         var actor: [Int]
     }
 
-    private struct Entries {
-        var byKey: [Key: Candidates] = [:]
-        var everyProject: [String: [Int]] = [:]
-    }
-
-    /// Entries kept before the cache starts over, in each of its two tables: a bound on memory
-    /// whatever the bus carries (an entry holds a project's routes; the all-projects routes are
-    /// held once per event type).
+    /// Entries kept before a table starts over, in each of the two: a bound on memory whatever
+    /// the bus carries (an entry holds a project's routes; the all-projects routes are held once
+    /// per event type).
     static let limit = 20_000
-    private let entries = Mutex(Entries())
+    private let byKey = BoundedCache<Key, Candidates>(limit: CandidateCache.limit)
+    private let everyProjectByType = BoundedCache<String, [Int]>(limit: CandidateCache.limit)
 
-    func get(_ key: Key) -> Candidates? {
-        entries.withLock { $0.byKey[key] }
-    }
+    func get(_ key: Key) -> Candidates? { byKey.get(key) }
 
     @discardableResult
-    func put(_ key: Key, _ value: Candidates) -> Candidates {
-        entries.withLock { entries in
-            if entries.byKey.count >= Self.limit { entries.byKey.removeAll(keepingCapacity: true) }
-            entries.byKey[key] = value
-        }
-        return value
-    }
+    func put(_ key: Key, _ value: Candidates) -> Candidates { byKey.put(key, value) }
 
-    func everyProject(_ eventType: String) -> [Int]? {
-        entries.withLock { $0.everyProject[eventType] }
-    }
+    func everyProject(_ eventType: String) -> [Int]? { everyProjectByType.get(eventType) }
 
-    func putEveryProject(_ eventType: String, _ value: [Int]) -> [Int] {
-        entries.withLock { entries in
-            if entries.everyProject.count >= Self.limit { entries.everyProject.removeAll(keepingCapacity: true) }
-            entries.everyProject[eventType] = value
-        }
-        return value
-    }
+    func putEveryProject(_ eventType: String, _ value: [Int]) -> [Int] { everyProjectByType.put(eventType, value) }
 }

@@ -97,17 +97,17 @@ public struct Subscription: Codable, Sendable, Equatable, Identifiable {
     /// much per event or much memory (docs/security.md has the measured worst case).
     public enum Limits {
         public static let patterns = 20
-        public static let patternCharacters = 128
+        public static let patternBytes = 128
         public static let wildcardsPerPattern = 8
         public static let conditions = 12
-        public static let fieldCharacters = 255
+        public static let fieldBytes = 255
         public static let fieldSegments = 16
         public static let inItems = 100
         public static let operandStringCharacters = 256
         /// An `eq`/`ne`/`in` operand, encoded as JSON.
         public static let operandBytes = 4096
-        public static let zaqarURLCharacters = 1024
-        public static let signedURLFieldCharacters = 512
+        public static let zaqarURLBytes = 1024
+        public static let signedURLFieldBytes = 512
         public static let signedURLListItems = 8
         /// The whole subscription, encoded as stored.
         public static let encodedBytes = 32 << 10
@@ -119,7 +119,8 @@ public struct Subscription: Codable, Sendable, Equatable, Identifiable {
         func fail(_ field: String, _ message: String) -> SubscriptionValidationError {
             SubscriptionValidationError(field: field, message: message)
         }
-        guard !project.isEmpty, project.count <= 255 else { throw fail("project", "must be 1 to 255 characters") }
+        guard !project.isEmpty else { throw fail("project", "is empty") }
+        guard project.utf8.count <= 255 else { throw fail("project", "is \(project.utf8.count) bytes; at most 255") }
         guard !eventTypes.isEmpty else {
             throw fail("event_types", "needs at least one pattern, e.g. \"compute.instance.*\"")
         }
@@ -129,8 +130,8 @@ public struct Subscription: Codable, Sendable, Equatable, Identifiable {
         let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-*?:")
         for (index, pattern) in eventTypes.enumerated() {
             let body = pattern.hasPrefix("!") ? pattern.dropFirst() : Substring(pattern)
-            guard body.count <= Limits.patternCharacters else {
-                throw fail("event_types[\(index)]", "is \(body.count) characters; at most \(Limits.patternCharacters)")
+            guard body.utf8.count <= Limits.patternBytes else {
+                throw fail("event_types[\(index)]", "is \(body.utf8.count) bytes; at most \(Limits.patternBytes)")
             }
             guard !body.isEmpty, body.allSatisfy({ allowed.contains($0) }) else {
                 throw fail(
@@ -221,8 +222,8 @@ public struct Condition: Codable, Sendable, Equatable, Hashable {
         func fail(_ message: String) -> SubscriptionValidationError {
             SubscriptionValidationError(field: name, message: message)
         }
-        guard field.count <= Subscription.Limits.fieldCharacters else {
-            throw fail("field is \(field.count) characters; at most \(Subscription.Limits.fieldCharacters)")
+        guard field.utf8.count <= Subscription.Limits.fieldBytes else {
+            throw fail("field is \(field.utf8.count) bytes; at most \(Subscription.Limits.fieldBytes)")
         }
         let segments = field.split(separator: ".", omittingEmptySubsequences: false)
         guard !field.isEmpty, segments.allSatisfy({ !$0.isEmpty }) else {
@@ -292,16 +293,16 @@ public struct Target: Codable, Sendable, Equatable, Hashable {
 
     public func validate(field name: String) throws {
         let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
-        guard !queue.isEmpty, queue.count <= 64, queue.allSatisfy({ allowed.contains($0) }) else {
+        guard !queue.isEmpty, queue.utf8.count <= 64, queue.allSatisfy({ allowed.contains($0) }) else {
             throw SubscriptionValidationError(
                 field: "\(name).queue",
                 message: "'\(queue)' must be 1 to 64 of letters, digits, '_' and '-' (Zaqar's rule)")
         }
         if let zaqarURL {
-            guard zaqarURL.count <= Subscription.Limits.zaqarURLCharacters else {
+            guard zaqarURL.utf8.count <= Subscription.Limits.zaqarURLBytes else {
                 throw SubscriptionValidationError(
                     field: "\(name).zaqar_url",
-                    message: "is \(zaqarURL.count) characters; at most \(Subscription.Limits.zaqarURLCharacters)")
+                    message: "is \(zaqarURL.utf8.count) bytes; at most \(Subscription.Limits.zaqarURLBytes)")
             }
             guard let url = URL(string: zaqarURL), let scheme = url.scheme, ["http", "https"].contains(scheme),
                 url.host != nil
@@ -332,11 +333,11 @@ public struct SignedURL: Codable, Sendable, Equatable, Hashable {
     }
 
     public func validate(field name: String) throws {
-        let limit = Subscription.Limits.signedURLFieldCharacters
+        let limit = Subscription.Limits.signedURLFieldBytes
         for (key, text) in [("signature", signature), ("expires", expires), ("project", project)]
-        where text.count > limit {
+        where text.utf8.count > limit {
             throw SubscriptionValidationError(
-                field: "\(name).\(key)", message: "is \(text.count) characters; at most \(limit)")
+                field: "\(name).\(key)", message: "is \(text.utf8.count) bytes; at most \(limit)")
         }
         for (key, list) in [("methods", methods), ("paths", paths)] {
             guard list.count <= Subscription.Limits.signedURLListItems else {
@@ -344,9 +345,9 @@ public struct SignedURL: Codable, Sendable, Equatable, Hashable {
                     field: "\(name).\(key)",
                     message: "has \(list.count) items; at most \(Subscription.Limits.signedURLListItems)")
             }
-            if let long = list.first(where: { $0.count > 64 }) {
+            if let long = list.first(where: { $0.utf8.count > 64 }) {
                 throw SubscriptionValidationError(
-                    field: "\(name).\(key)", message: "'\(long.prefix(20))...' is longer than 64 characters")
+                    field: "\(name).\(key)", message: "'\(long.prefix(20))...' is longer than 64 bytes")
             }
         }
         guard !signature.isEmpty else {

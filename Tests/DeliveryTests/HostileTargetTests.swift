@@ -275,11 +275,13 @@ struct HostileParsingTests {
 
     @Test("every subscription limit is a 400-worthy error naming the field and the limit")
     func limits() {
+        /// `count` combining acute accents: 2 bytes each, no character of their own.
+        func marks(_ count: Int) -> String { String(repeating: "\u{0301}", count: count) }
         let limits = Subscription.Limits.self
         let base = Subscription(project: "p", eventTypes: ["compute.*"], target: Target(queue: "q"))
         let cases: [(String, (inout Subscription) -> Void)] = [
             ("event_types", { $0.eventTypes = (0...limits.patterns).map { "a\($0).*" } }),
-            ("event_types[0]", { $0.eventTypes = [String(repeating: "a", count: limits.patternCharacters + 1)] }),
+            ("event_types[0]", { $0.eventTypes = [String(repeating: "a", count: limits.patternBytes + 1)] }),
             ("event_types[0]", { $0.eventTypes = [String(repeating: "*a", count: limits.wildcardsPerPattern + 1)] }),
             (
                 "conditions",
@@ -316,7 +318,7 @@ struct HostileParsingTests {
             ),
             (
                 "target.zaqar_url",
-                { $0.target.zaqarURL = "http://z/" + String(repeating: "a", count: limits.zaqarURLCharacters) }
+                { $0.target.zaqarURL = "http://z/" + String(repeating: "a", count: limits.zaqarURLBytes) }
             ),
             (
                 "target.signed_url.signature",
@@ -326,7 +328,28 @@ struct HostileParsingTests {
                         methods: ["POST"], paths: ["messages"], project: "p")
                 }
             ),
+            // Limits count bytes: a few characters of combining marks are many bytes.
+            ("project", { $0.project = "p" + marks(300) }),
+            ("conditions[0]", { $0.conditions = [Condition(field: "payload.a" + marks(200), op: .exists)] }),
+            ("target.zaqar_url", { $0.target.zaqarURL = "http://z/a" + marks(600) }),
+            (
+                "target.signed_url.expires",
+                {
+                    $0.target.signedURL = SignedURL(
+                        signature: "s", expires: "2" + marks(300), methods: ["POST"], paths: ["messages"],
+                        project: "p")
+                }
+            ),
+            (
+                "target.signed_url.paths",
+                {
+                    $0.target.signedURL = SignedURL(
+                        signature: "s", expires: "2030-01-01T00:00:00", methods: ["POST"], paths: ["m" + marks(40)],
+                        project: "p")
+                }
+            ),
         ]
+        #expect(("a" + marks(600)).count == 1, "the marks make one character")
         for (field, change) in cases {
             var subscription = base
             change(&subscription)

@@ -8,7 +8,7 @@ import Synchronization
 /// BENCHMARKS.md, "HTTP clients").
 ///
 /// The multi handle, its easy handles, their header lists and answers belong to that thread
-/// alone; other threads only queue requests (under `queued`'s lock) and wake it with
+/// alone; other threads only queue requests (under `inbox`'s lock) and wake it with
 /// `curl_multi_wakeup`, which libcurl allows from any thread, when it sleeps (once per sleep).
 /// Finished transfers' easy handles are reset and used again (up to `idleHandles`).
 /// `shutdown()` ends the thread once what was queued is done. Each request is bounded as a whole (`requestTimeout`: connect,
@@ -67,7 +67,6 @@ package final class CurlTransport: Sendable {
         var requests: [Queued] = []
         /// Requests whose callers were cancelled: given up, answered with a failure.
         var cancelled: [UInt64] = []
-        var next: UInt64 = 0
         var closing = false
         var gone = false
         /// The loop is in (or about to enter) `curl_multi_poll` with nothing queued: the next
@@ -89,6 +88,8 @@ package final class CurlTransport: Sendable {
 
     private let multi: Handle?
     private let inbox = Mutex(Inbox())
+    /// Request numbers, taken without the inbox's lock.
+    private let numbers = Atomic<UInt64>(0)
     private let finished = Mutex<(done: Bool, waiting: [CheckedContinuation<Void, Never>])>((false, []))
     private let connectTimeoutMilliseconds: Int
     private let requestTimeout: Duration
@@ -125,10 +126,7 @@ package final class CurlTransport: Sendable {
     ///   refused, timed out, cancelled), or the transport is shut down.
     package func post(_ request: Request) async throws(Failure) -> Answer {
         // Numbered first, so that a cancellation can name it whether or not it is queued yet.
-        let number = inbox.withLock { state in
-            defer { state.next &+= 1 }
-            return state.next
-        }
+        let number = numbers.wrappingAdd(1, ordering: .relaxed).oldValue
         let result: Result<Answer, Failure> = await withTaskCancellationHandler {
             await withCheckedContinuation { continuation in
                 let refusal: String? = inbox.withLock { state in
@@ -190,13 +188,17 @@ package final class CurlTransport: Sendable {
         // Easy handles of finished transfers, set up again for the next ones: libcurl keeps a
         // handle's buffers (16 KiB and more) across a reset, which a new handle allocates anew.
         var idle: [UnsafeMutableRawPointer] = []
+        // The inbox's lists are swapped with these, emptied ones: nothing is allocated or copied
+        // under the lock, which every `post` takes.
+        var requests: [Queued] = []
+        var cancelled: [UInt64] = []
         while true {
-            let (requests, cancelled, closing) = inbox.withLock { state in
-                defer {
-                    state.requests.removeAll(keepingCapacity: true)
-                    state.cancelled.removeAll(keepingCapacity: true)
-                }
-                return (state.requests, state.cancelled, state.closing)
+            requests.removeAll(keepingCapacity: true)
+            cancelled.removeAll(keepingCapacity: true)
+            let closing = inbox.withLock { state in
+                swap(&state.requests, &requests)
+                swap(&state.cancelled, &cancelled)
+                return state.closing
             }
             for item in requests { start(item, on: multi, into: &inFlight, idle: &idle) }
             var running: Int32 = 0

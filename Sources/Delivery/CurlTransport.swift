@@ -193,8 +193,6 @@ package final class CurlTransport: Sendable {
         var requests: [Queued] = []
         var cancelled: [UInt64] = []
         while true {
-            requests.removeAll(keepingCapacity: true)
-            cancelled.removeAll(keepingCapacity: true)
             let closing = inbox.withLock { state in
                 swap(&state.requests, &requests)
                 swap(&state.cancelled, &cancelled)
@@ -223,6 +221,9 @@ package final class CurlTransport: Sendable {
                 finish(
                     transfer, easy: handle, on: multi, idle: &idle, with: .failure(Failure(code: 28, message: reason)))
             }
+            // Emptied before sleeping: what was just started is not held through the poll.
+            requests.removeAll(keepingCapacity: true)
+            cancelled.removeAll(keepingCapacity: true)
             if closing && inFlight.isEmpty {
                 let stop = inbox.withLock { state -> Bool in
                     guard state.requests.isEmpty else { return false }

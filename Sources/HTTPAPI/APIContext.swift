@@ -45,8 +45,8 @@ package struct TrustedHeaderAuthenticator: RouterMiddleware {
                 .unauthorized,
                 message: "missing X-Project-Id header (this node trusts it: HERALD_API_AUTH=trusted-header)")
         }
-        guard project.count <= 255 else {
-            throw HTTPError(.badRequest, message: "X-Project-Id: longer than 255 characters")
+        guard project.utf8.count <= 255 else {
+            throw HTTPError(.badRequest, message: "X-Project-Id: longer than 255 bytes")
         }
         let listed = request.headers[.roles].map {
             $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces).lowercased() }.filter { !$0.isEmpty }

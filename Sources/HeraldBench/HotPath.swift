@@ -164,7 +164,7 @@ struct HotPath: AsyncParsableCommand {
         let wild = String(repeating: "*a", count: limits.wildcardsPerPattern - 1) + "*"
         var patterns = (0..<(limits.patterns - 1)).map { index in
             let body = "\(index)" + wild
-            return body + String(repeating: "b", count: limits.patternBytes - body.count)
+            return body + String(repeating: "b", count: limits.patternBytes - body.utf8.count)
         }
         patterns.append("*")
         let long = String(repeating: "z", count: limits.operandStringCharacters - 3)

@@ -136,7 +136,7 @@ public struct Subscription: Codable, Sendable, Equatable, Identifiable {
             guard !body.isEmpty, body.allSatisfy({ allowed.contains($0) }) else {
                 throw fail(
                     "event_types[\(index)]",
-                    "'\(pattern)' must be letters, digits, '.', '_', '-', ':' and the wildcards '*' '?', optionally after one leading '!'"
+                    "\(SafeText.quoted(pattern, limit: 64)) must be letters, digits, '.', '_', '-', ':' and the wildcards '*' '?', optionally after one leading '!'"
                 )
             }
             let wildcards = body.filter { $0 == "*" || $0 == "?" }.count
@@ -227,7 +227,9 @@ public struct Condition: Codable, Sendable, Equatable, Hashable {
         }
         let segments = field.split(separator: ".", omittingEmptySubsequences: false)
         guard !field.isEmpty, segments.allSatisfy({ !$0.isEmpty }) else {
-            throw fail("field '\(field)' must be a dotted path such as payload.state or traits.project_id")
+            throw fail(
+                "field \(SafeText.quoted(field, limit: 64)) must be a dotted path such as payload.state or traits.project_id"
+            )
         }
         guard segments.count <= Subscription.Limits.fieldSegments else {
             throw fail("field has \(segments.count) segments; at most \(Subscription.Limits.fieldSegments)")
@@ -296,7 +298,9 @@ public struct Target: Codable, Sendable, Equatable, Hashable {
         guard !queue.isEmpty, queue.utf8.count <= 64, queue.allSatisfy({ allowed.contains($0) }) else {
             throw SubscriptionValidationError(
                 field: "\(name).queue",
-                message: "'\(queue)' must be 1 to 64 of letters, digits, '_' and '-' (Zaqar's rule)")
+                message:
+                    "\(SafeText.quoted(queue, limit: 64)) must be 1 to 64 of letters, digits, '_' and '-' (Zaqar's rule)"
+            )
         }
         if let zaqarURL {
             guard zaqarURL.utf8.count <= Subscription.Limits.zaqarURLBytes else {
@@ -308,7 +312,8 @@ public struct Target: Codable, Sendable, Equatable, Hashable {
                 url.host != nil
             else {
                 throw SubscriptionValidationError(
-                    field: "\(name).zaqar_url", message: "'\(zaqarURL)' is not an http(s) URL")
+                    field: "\(name).zaqar_url",
+                    message: "\(SafeText.quoted(zaqarURL, limit: 120)) is not an http(s) URL")
             }
         }
         try signedURL?.validate(field: "\(name).signed_url")
@@ -347,7 +352,7 @@ public struct SignedURL: Codable, Sendable, Equatable, Hashable {
             }
             if let long = list.first(where: { $0.utf8.count > 64 }) {
                 throw SubscriptionValidationError(
-                    field: "\(name).\(key)", message: "'\(long.prefix(20))...' is longer than 64 bytes")
+                    field: "\(name).\(key)", message: "\(SafeText.quoted(long, limit: 20)) is longer than 64 bytes")
             }
         }
         guard !signature.isEmpty else {

@@ -273,6 +273,43 @@ struct HostileParsingTests {
         #expect(endpoints.rememberedCount == 0)
     }
 
+    @Test("a value quoted in a validation error is cleaned and cut, however long or strange")
+    func quotedValuesCut() {
+        let base = Subscription(project: "p", eventTypes: ["compute.*"], target: Target(queue: "q"))
+        let huge = "q" + String(repeating: "\u{0301}", count: 300_000) + "\n\u{1b}[31m"
+        let cases: [(String, (inout Subscription) -> Void)] = [
+            ("target.queue", { $0.target.queue = String(repeating: "x", count: 200_000) + "\n" }),
+            ("target.queue", { $0.target.queue = huge }),
+            ("event_types[0]", { $0.eventTypes = ["compute.\u{1b}[2J\n"] }),
+            ("conditions[0]", { $0.conditions = [Condition(field: "payload..\u{1b}", op: .exists)] }),
+            ("target.zaqar_url", { $0.target.zaqarURL = "not a url \u{1b}[0m" + String(repeating: "x", count: 900) }),
+            (
+                "target.signed_url.paths",
+                {
+                    $0.target.signedURL = SignedURL(
+                        signature: "s", expires: "2030-01-01T00:00:00", methods: ["POST"], paths: [huge],
+                        project: "p")
+                }
+            ),
+        ]
+        for (field, change) in cases {
+            var subscription = base
+            change(&subscription)
+            do {
+                try subscription.validate()
+                Issue.record("\(field): accepted")
+            } catch let error as SubscriptionValidationError {
+                #expect(error.field == field, "\(error.field)")
+                #expect(error.message.utf8.count < 400, "\(field): \(error.message.utf8.count) bytes")
+                #expect(
+                    !error.message.unicodeScalars.contains { $0.value < 0x20 || $0.value == 0x7f },
+                    "\(field): control characters")
+            } catch {
+                Issue.record("\(error)")
+            }
+        }
+    }
+
     @Test("every subscription limit is a 400-worthy error naming the field and the limit")
     func limits() {
         /// `count` combining acute accents: 2 bytes each, no character of their own.

@@ -230,6 +230,7 @@ let package = Package(
                 "Messaging",
                 "Delivery",
                 "HeraldModel",
+                "Pipeline",
                 "CBaseline",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "Metrics", package: "swift-metrics"),

@@ -9,6 +9,7 @@ import HeraldModel
 import Messaging
 import NIOCore
 import Notifications
+import Pipeline
 import Synchronization
 
 /// What `herald-bench load --baselines` measures before the open-loop run, all in the same run:
@@ -83,8 +84,8 @@ extension LoadRun {
         log(
             String(
                 format:
-                    "broker ceiling (plain rabbitmq-c loop, Herald's topology): %.0f notifications/s, the loop's CPU %.1f µs per notification",
-                broker, brokerCPU))
+                    "broker ceiling (plain rabbitmq-c loop, Herald's topology, %@ queues): %.0f notifications/s, the loop's CPU %.1f µs per notification",
+                nodesQueueShape.type, broker, brokerCPU))
 
         let drain = try await heraldDrain(count: count)
         log(
@@ -175,29 +176,52 @@ extension LoadRun {
         return Double(time.tv_sec) + Double(time.tv_nsec) / 1e9
     }
 
-    /// The plain C loop over the same broker, queues declared as Herald declares its own:
-    /// notifications per second, and the loop's own CPU per notification (µs).
+    /// The queues' type and bounds the nodes of this run declare theirs with: their settings
+    /// (`--node-set`), else a new cluster's (the run's key prefix is new). The broker ceiling is
+    /// measured on the same shape: the queue type changes what the broker can do (the plain loop
+    /// here drained quorum queues about twice as fast as classic ones, BENCHMARKS.md).
+    var nodesQueueShape: (type: String, ingestMaxMessages: Int, partitionMaxMessages: Int) {
+        let settings = options.nodeEnvironment
+        let shape = QueueShape.newCluster
+        return (
+            settings["HERALD_QUEUE_TYPE"].flatMap { $0.isEmpty ? nil : $0 } ?? shape.type,
+            settings["HERALD_INGEST_QUEUE_MAX_MESSAGES"].flatMap { Int($0) } ?? shape.ingestMaxMessages,
+            settings["HERALD_PARTITION_QUEUE_MAX_MESSAGES"].flatMap { Int($0) } ?? shape.partitionMaxMessages
+        )
+    }
+
+    /// The plain C loop over the same broker, queues declared as Herald declares its own (type
+    /// and bounds as the nodes', `nodesQueueShape`): notifications per second, and the loop's
+    /// own CPU per notification (µs).
     private func brokerCeiling(count: Int) async throws -> (perSecond: Double, cpuMicroseconds: Double) {
         let connection = try await AMQPConnection.connect(url: vhostURL)
         let channel = try await connection.openChannel()
         try await channel.enableConfirms()
-        let queueType = options.nodeEnvironment["HERALD_QUEUE_TYPE"] ?? "classic"
+        let shape = nodesQueueShape
+        func bounded(_ arguments: AMQPTable, _ maxMessages: Int) -> AMQPTable {
+            guard maxMessages > 0 else { return arguments }
+            return arguments.merging(
+                ["x-max-length": .int(Int64(maxMessages)), "x-overflow": .string("reject-publish")]
+            ) { first, _ in first }
+        }
         let ingest = "baseline.ingest"
         let exchange = "baseline"
         _ = try await channel.declareQueue(
             ingest,
             options: AMQPQueueOptions(
-                durable: true, arguments: ["x-queue-type": .string(queueType), "x-single-active-consumer": .bool(true)])
-        )
+                durable: true,
+                arguments: bounded(
+                    ["x-queue-type": .string(shape.type), "x-single-active-consumer": .bool(true)],
+                    shape.ingestMaxMessages)))
         try await channel.declareExchange(exchange, options: AMQPExchangeOptions(type: "direct", durable: true))
         for partition in 0..<options.partitions {
             _ = try await channel.declareQueue(
                 "\(exchange).p.\(partition)",
                 options: AMQPQueueOptions(
                     durable: true,
-                    arguments: [
-                        "x-single-active-consumer": .bool(true), "x-queue-type": .string(queueType),
-                    ]))
+                    arguments: bounded(
+                        ["x-single-active-consumer": .bool(true), "x-queue-type": .string(shape.type)],
+                        shape.partitionMaxMessages)))
             try await channel.bindQueue("\(exchange).p.\(partition)", to: exchange, routingKey: "\(partition)")
         }
         log("broker ceiling: filling \(ingest) with \(count) notifications")

@@ -23,20 +23,20 @@ package enum IngestLayout: String, Equatable, Sendable, CaseIterable {
 /// What Herald's queues are declared with: their type, their length bounds and the ingest layout.
 package struct QueueShape: Equatable, Sendable {
     /// classic or quorum.
-    var type: String
+    package var type: String
     /// At most this many messages wait in each ingest queue; 0: no bound.
-    var ingestMaxMessages: Int
+    package var ingestMaxMessages: Int
     /// At most this many messages wait in each `<cluster>.p.<n>` (and in `<cluster>.dead`); 0: no bound.
-    var partitionMaxMessages: Int
+    package var partitionMaxMessages: Int
     var ingestLayout: IngestLayout
 
     /// A new cluster's: quorum queues, which survive the loss of a RabbitMQ node, bounds, and
     /// an ingest queue per exchange.
-    static let newCluster = QueueShape(
+    package static let newCluster = QueueShape(
         type: "quorum", ingestMaxMessages: 1_000_000, partitionMaxMessages: 50_000, ingestLayout: .perExchange)
     /// A cluster made before the record existed: classic queues without bounds, one ingest queue
     /// (the old defaults).
-    static let legacy = QueueShape(
+    package static let legacy = QueueShape(
         type: "classic", ingestMaxMessages: 0, partitionMaxMessages: 0, ingestLayout: .single)
 }
 

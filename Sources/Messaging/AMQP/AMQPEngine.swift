@@ -61,6 +61,16 @@ final class AMQPEngine: @unchecked Sendable {
     private var incarnations: UInt64 = 0
     private var failures = 0
     private var retryAt: ContinuousClock.Instant?
+    /// The poll's timeout while acks may be coming (ms; 0: none): acks are queued without a
+    /// wake-up (`submit(_:wake:)`), and found by a short poll instead. Set when deliveries go
+    /// out or queued jobs are found after a timeout; doubled by each timeout that finds none,
+    /// and off after `quickPollLongest`, so a quiet connection sleeps as before.
+    private var quickPoll: Int32 = 0
+    private var wokeByTimeout = false
+    static let quickPollFirst: Int32 = 2
+    static let quickPollLongest: Int32 = 64
+    /// Emptied jobs swapped with the inbox's, so nothing is allocated under its lock.
+    private var spareJobs: [Job] = []
     /// Which of the configuration's endpoints is in use (or tried next); moves on when one is
     /// lost or cannot be reached.
     private var endpointIndex = 0
@@ -167,12 +177,16 @@ final class AMQPEngine: @unchecked Sendable {
         }
     }
 
-    func submit(_ job: @escaping Job) {
-        let wake = inbox.withLock { inbox -> Bool in
+    /// Queues `job` for the connection thread.
+    /// - Parameter wake: wake the thread if it sleeps. An ack need not: while deliveries are
+    ///   out, the thread polls every few milliseconds (`quickPoll`) and finds it, and acks that
+    ///   wait together go out as one `basic.ack(multiple)`.
+    func submit(_ job: @escaping Job, wake: Bool = true) {
+        let sleeping = inbox.withLock { inbox -> Bool in
             inbox.jobs.append(job)
             return inbox.sleeping
         }
-        if wake { signal() }
+        if wake && sleeping { signal() }
     }
 
     /// Runs `body` on the connection thread and returns its result.
@@ -200,12 +214,19 @@ final class AMQPEngine: @unchecked Sendable {
 
     private func run() {
         while true {
-            let (jobs, stopping) = inbox.withLock { inbox -> ([Job], Bool) in
-                let jobs = inbox.jobs
-                inbox.jobs.removeAll(keepingCapacity: true)
-                return (jobs, inbox.stopping)
+            var jobs = spareJobs
+            spareJobs = []
+            let stopping = inbox.withLock { inbox -> Bool in
+                swap(&inbox.jobs, &jobs)
+                return inbox.stopping
             }
+            // Jobs found by a poll that timed out were queued without a wake-up (acks): more
+            // are likely, so the short poll goes on.
+            if wokeByTimeout && !jobs.isEmpty { quickPoll = Self.quickPollFirst }
+            wokeByTimeout = false
             for job in jobs { job(self) }
+            jobs.removeAll(keepingCapacity: true)
+            spareJobs = jobs
             flushAcks()
             if stopping, stopped != nil {
                 shutdown()
@@ -231,10 +252,15 @@ final class AMQPEngine: @unchecked Sendable {
             let wait = retryAt - ContinuousClock.now
             timeout = Int32(max(0, min(100, wait.seconds * 1000)))
         }
+        if quickPoll > 0 { timeout = min(timeout, quickPoll) }
         var descriptors = [pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0)]
         if let wire { descriptors.append(pollfd(fd: wire.socketDescriptor, events: Int16(POLLIN), revents: 0)) }
-        _ = poll(&descriptors, nfds_t(descriptors.count), timeout)
+        let ready = poll(&descriptors, nfds_t(descriptors.count), timeout)
         inbox.withLock { $0.sleeping = false }
+        if ready == 0 && quickPoll > 0 {
+            wokeByTimeout = true
+            quickPoll = quickPoll >= Self.quickPollLongest ? 0 : quickPoll * 2
+        }
         var drain = [UInt8](repeating: 0, count: 64)
         while read(wakeRead, &drain, drain.count) > 0 {}
     }
@@ -289,6 +315,8 @@ final class AMQPEngine: @unchecked Sendable {
                 incarnation: channel.incarnation
             )
             consumer.continuation.yield(delivery)
+            // Its ack will be queued without a wake-up: poll briefly for it.
+            quickPoll = Self.quickPollFirst
         case .confirm(let channelID, let tag, let multiple, let ack):
             channels[channelID]?.confirm(tag: tag, multiple: multiple, ack: ack)
         case .returned(let channelID, let code, let text, let exchange, let routingKey):

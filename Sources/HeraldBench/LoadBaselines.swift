@@ -180,14 +180,17 @@ extension LoadRun {
     /// (`--node-set`), else a new cluster's (the run's key prefix is new). The broker ceiling is
     /// measured on the same shape: the queue type changes what the broker can do (the plain loop
     /// here drained quorum queues about twice as fast as classic ones, BENCHMARKS.md).
-    var nodesQueueShape: (type: String, ingestMaxMessages: Int, partitionMaxMessages: Int) {
+    var nodesQueueShape: QueueShape {
         let settings = options.nodeEnvironment
-        let shape = QueueShape.newCluster
-        return (
-            settings["HERALD_QUEUE_TYPE"].flatMap { $0.isEmpty ? nil : $0 } ?? shape.type,
-            settings["HERALD_INGEST_QUEUE_MAX_MESSAGES"].flatMap { Int($0) } ?? shape.ingestMaxMessages,
-            settings["HERALD_PARTITION_QUEUE_MAX_MESSAGES"].flatMap { Int($0) } ?? shape.partitionMaxMessages
-        )
+        var shape = QueueShape.newCluster
+        if let type = settings["HERALD_QUEUE_TYPE"], !type.isEmpty { shape.type = type }
+        if let bound = settings["HERALD_INGEST_QUEUE_MAX_MESSAGES"].flatMap({ Int($0) }) {
+            shape.ingestMaxMessages = bound
+        }
+        if let bound = settings["HERALD_PARTITION_QUEUE_MAX_MESSAGES"].flatMap({ Int($0) }) {
+            shape.partitionMaxMessages = bound
+        }
+        return shape
     }
 
     /// The plain C loop over the same broker, queues declared as Herald declares its own (type
@@ -198,10 +201,13 @@ extension LoadRun {
         let channel = try await connection.openChannel()
         try await channel.enableConfirms()
         let shape = nodesQueueShape
+        // Bounded as the nodes bound theirs (with quorum's delivery limit); no dead-letter
+        // exchange: nothing is rejected here.
         func bounded(_ arguments: AMQPTable, _ maxMessages: Int) -> AMQPTable {
             guard maxMessages > 0 else { return arguments }
             return arguments.merging(
                 ["x-max-length": .int(Int64(maxMessages)), "x-overflow": .string("reject-publish")]
+                    .merging(Topology.deliveryLimit(shape)) { first, _ in first }
             ) { first, _ in first }
         }
         let ingest = "baseline.ingest"

@@ -149,7 +149,7 @@ package enum Topology {
     /// message given back that often (requeued after lost channels, handovers) is dropped or
     /// dead-lettered. Herald's queues set one that is never reached. Only with the bounded shape
     /// (a cluster made since then): adding it to an existing queue would be a 406.
-    static func deliveryLimit(_ shape: QueueShape) -> AMQPTable {
+    package static func deliveryLimit(_ shape: QueueShape) -> AMQPTable {
         shape.type == "quorum" ? ["x-delivery-limit": .int(1_000_000)] : [:]
     }
 

@@ -254,9 +254,9 @@ public struct AMQPChannel: Sendable {
     ///
     /// Returns at once; the ack goes out on the connection thread, where acks that
     /// arrive together are coalesced into one `basic.ack(multiple)` when they form a
-    /// contiguous run. It does not wake that thread: while deliveries flow the thread polls
-    /// every few milliseconds and finds it (`AMQPEngine.quickPoll`); otherwise it goes with the
-    /// thread's next job or frame, or its 100 ms poll at the latest. A delivery from before a
+    /// contiguous run. While deliveries flow it does not wake that thread, which then polls
+    /// every few milliseconds and finds it (at most 8 ms later, `AMQPEngine.quickPoll`); a
+    /// sleeping thread is woken as for any other job. A delivery from before a
     /// reconnect is skipped: the broker has requeued it already.
     public func ack(_ delivery: AMQPDelivery, multiple: Bool = false) {
         engine.submit({ engine in engine.ack(delivery, multiple: multiple) }, wake: false)

@@ -20,6 +20,9 @@ final class AMQPEngine: @unchecked Sendable {
     struct Inbox {
         var jobs: [Job] = []
         var sleeping = false
+        /// Asleep in a short poll (`quickPoll`): a job queued without a wake-up is found within
+        /// it. Otherwise such a job wakes the thread too.
+        var pollingQuickly = false
         var stopping = false
     }
 
@@ -62,13 +65,15 @@ final class AMQPEngine: @unchecked Sendable {
     private var failures = 0
     private var retryAt: ContinuousClock.Instant?
     /// The poll's timeout while acks may be coming (ms; 0: none): acks are queued without a
-    /// wake-up (`submit(_:wake:)`), and found by a short poll instead. Set when deliveries go
-    /// out or queued jobs are found after a timeout; doubled by each timeout that finds none,
-    /// and off after `quickPollLongest`, so a quiet connection sleeps as before.
+    /// wake-up (`submit(_:wake:)`) while the thread polls this briefly, and found by the poll's
+    /// timeout instead. Set when deliveries go out or queued jobs are found after a timeout;
+    /// doubled by each timeout that finds none, and off after `quickPollLongest`: a quiet
+    /// connection sleeps as before, and an ack then wakes it. So an ack waits at most
+    /// `quickPollLongest` ms for the thread.
     private var quickPoll: Int32 = 0
     private var wokeByTimeout = false
     static let quickPollFirst: Int32 = 2
-    static let quickPollLongest: Int32 = 64
+    static let quickPollLongest: Int32 = 8
     /// Emptied jobs swapped with the inbox's, so nothing is allocated under its lock.
     private var spareJobs: [Job] = []
     /// Which of the configuration's endpoints is in use (or tried next); moves on when one is
@@ -178,15 +183,16 @@ final class AMQPEngine: @unchecked Sendable {
     }
 
     /// Queues `job` for the connection thread.
-    /// - Parameter wake: wake the thread if it sleeps. An ack need not: while deliveries are
-    ///   out, the thread polls every few milliseconds (`quickPoll`) and finds it, and acks that
-    ///   wait together go out as one `basic.ack(multiple)`.
+    /// - Parameter wake: wake the thread if it sleeps. An ack need not while deliveries flow:
+    ///   the thread then sleeps in a short poll (`quickPoll`, at most `quickPollLongest` ms) and
+    ///   finds it, and acks that wait together go out as one `basic.ack(multiple)`. In a long
+    ///   sleep it is woken all the same.
     func submit(_ job: @escaping Job, wake: Bool = true) {
-        let sleeping = inbox.withLock { inbox -> Bool in
+        let signalNeeded = inbox.withLock { inbox -> Bool in
             inbox.jobs.append(job)
-            return inbox.sleeping
+            return inbox.sleeping && (wake || !inbox.pollingQuickly)
         }
-        if wake && sleeping { signal() }
+        if signalNeeded { signal() }
     }
 
     /// Runs `body` on the connection thread and returns its result.
@@ -240,12 +246,6 @@ final class AMQPEngine: @unchecked Sendable {
 
     private func sleepUntilWork() {
         if let wire, wire.hasBufferedInput { return }
-        let goToSleep = inbox.withLock { inbox -> Bool in
-            if !inbox.jobs.isEmpty || inbox.stopping { return false }
-            inbox.sleeping = true
-            return true
-        }
-        guard goToSleep else { return }
         // Wake at least every 100 ms so heartbeats go out on time and reconnects happen.
         var timeout: Int32 = 100
         if wire == nil, let retryAt {
@@ -253,14 +253,20 @@ final class AMQPEngine: @unchecked Sendable {
             timeout = Int32(max(0, min(100, wait.seconds * 1000)))
         }
         if quickPoll > 0 { timeout = min(timeout, quickPoll) }
+        let quickly = timeout <= Self.quickPollLongest
+        let goToSleep = inbox.withLock { inbox -> Bool in
+            if !inbox.jobs.isEmpty || inbox.stopping { return false }
+            inbox.sleeping = true
+            inbox.pollingQuickly = quickly
+            return true
+        }
+        guard goToSleep else { return }
         var descriptors = [pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0)]
         if let wire { descriptors.append(pollfd(fd: wire.socketDescriptor, events: Int16(POLLIN), revents: 0)) }
         let ready = poll(&descriptors, nfds_t(descriptors.count), timeout)
         inbox.withLock { $0.sleeping = false }
-        if ready == 0 && quickPoll > 0 {
-            wokeByTimeout = true
-            quickPoll = quickPoll >= Self.quickPollLongest ? 0 : quickPoll * 2
-        }
+        wokeByTimeout = ready == 0
+        if ready == 0 && quickPoll > 0 { quickPoll = quickPoll >= Self.quickPollLongest ? 0 : quickPoll * 2 }
         var drain = [UInt8](repeating: 0, count: 64)
         while read(wakeRead, &drain, drain.count) > 0 {}
     }

@@ -41,7 +41,8 @@ public struct ZaqarEndpoints: Sendable, CustomStringConvertible {
         static func == (a: ExactURL, b: ExactURL) -> Bool { a.text.utf8.elementsEqual(b.text.utf8) }
 
         func hash(into hasher: inout Hasher) {
-            for byte in text.utf8 { hasher.combine(byte) }
+            var text = text
+            text.withUTF8 { hasher.combine(bytes: UnsafeRawBufferPointer($0)) }
         }
     }
 

@@ -92,9 +92,7 @@ struct Load: AsyncParsableCommand {
         guard subscriptions > 0 else { throw ValidationError("--subscriptions \(subscriptions): must be above 0") }
         for event in events { _ = try ScenarioEvent(event) }
         // The broker ceiling fills one ingest queue with them, bounded as the nodes' are.
-        let ingestBound =
-            nodeEnvironment["HERALD_INGEST_QUEUE_MAX_MESSAGES"].flatMap { Int($0) }
-            ?? QueueShape.newCluster.ingestMaxMessages
+        let ingestBound = nodesQueueShape.ingestMaxMessages
         guard !baselines || ingestBound <= 0 || baselineEvents <= ingestBound else {
             throw ValidationError(
                 "--baseline-events \(baselineEvents): more than the ingest queues hold (HERALD_INGEST_QUEUE_MAX_MESSAGES \(ingestBound)); fewer events, or a larger bound with --node-set"

@@ -85,7 +85,7 @@ extension LoadRun {
             String(
                 format:
                     "broker ceiling (plain rabbitmq-c loop, Herald's topology, %@ queues): %.0f notifications/s, the loop's CPU %.1f µs per notification",
-                nodesQueueShape.type, broker, brokerCPU))
+                options.nodesQueueShape.type, broker, brokerCPU))
 
         let drain = try await heraldDrain(count: count)
         log(
@@ -176,31 +176,14 @@ extension LoadRun {
         return Double(time.tv_sec) + Double(time.tv_nsec) / 1e9
     }
 
-    /// The queues' type and bounds the nodes of this run declare theirs with: their settings
-    /// (`--node-set`), else a new cluster's (the run's key prefix is new). The broker ceiling is
-    /// measured on the same shape: the queue type changes what the broker can do (the plain loop
-    /// here drained quorum queues about twice as fast as classic ones, BENCHMARKS.md).
-    var nodesQueueShape: QueueShape {
-        let settings = options.nodeEnvironment
-        var shape = QueueShape.newCluster
-        if let type = settings["HERALD_QUEUE_TYPE"], !type.isEmpty { shape.type = type }
-        if let bound = settings["HERALD_INGEST_QUEUE_MAX_MESSAGES"].flatMap({ Int($0) }) {
-            shape.ingestMaxMessages = bound
-        }
-        if let bound = settings["HERALD_PARTITION_QUEUE_MAX_MESSAGES"].flatMap({ Int($0) }) {
-            shape.partitionMaxMessages = bound
-        }
-        return shape
-    }
-
     /// The plain C loop over the same broker, queues declared as Herald declares its own (type
-    /// and bounds as the nodes', `nodesQueueShape`): notifications per second, and the loop's
+    /// and bounds as the nodes', `Load.nodesQueueShape`): notifications per second, and the loop's
     /// own CPU per notification (µs).
     private func brokerCeiling(count: Int) async throws -> (perSecond: Double, cpuMicroseconds: Double) {
         let connection = try await AMQPConnection.connect(url: vhostURL)
         let channel = try await connection.openChannel()
         try await channel.enableConfirms()
-        let shape = nodesQueueShape
+        let shape = options.nodesQueueShape
         // Bounded as the nodes bound theirs (with quorum's delivery limit); no dead-letter
         // exchange: nothing is rejected here.
         func bounded(_ arguments: AMQPTable, _ maxMessages: Int) -> AMQPTable {
@@ -482,5 +465,24 @@ extension LoadNode {
             return line.split(separator: " ").dropFirst().first.flatMap { Double($0) }.map { $0 / 1024 }
         }
         return nil
+    }
+}
+
+extension Load {
+    /// The queues' type and bounds the nodes of this run declare theirs with: their settings
+    /// (`--node-set`), else a new cluster's (the run's key prefix is new). The broker ceiling is
+    /// measured on the same shape: the queue type changes what the broker can do (the plain loop
+    /// here drained quorum queues about twice as fast as classic ones, BENCHMARKS.md).
+    var nodesQueueShape: QueueShape {
+        let settings = nodeEnvironment
+        var shape = QueueShape.newCluster
+        if let type = settings["HERALD_QUEUE_TYPE"], !type.isEmpty { shape.type = type }
+        if let bound = settings["HERALD_INGEST_QUEUE_MAX_MESSAGES"].flatMap({ Int($0) }) {
+            shape.ingestMaxMessages = bound
+        }
+        if let bound = settings["HERALD_PARTITION_QUEUE_MAX_MESSAGES"].flatMap({ Int($0) }) {
+            shape.partitionMaxMessages = bound
+        }
+        return shape
     }
 }

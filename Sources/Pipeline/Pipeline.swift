@@ -36,7 +36,7 @@ package struct QueueShape: Equatable, Sendable {
         type: "quorum", ingestMaxMessages: 1_000_000, partitionMaxMessages: 50_000, ingestLayout: .perExchange)
     /// A cluster made before the record existed: classic queues without bounds, one ingest queue
     /// (the old defaults).
-    package static let legacy = QueueShape(
+    static let legacy = QueueShape(
         type: "classic", ingestMaxMessages: 0, partitionMaxMessages: 0, ingestLayout: .single)
 }
 

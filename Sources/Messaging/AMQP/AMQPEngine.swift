@@ -74,8 +74,6 @@ final class AMQPEngine: @unchecked Sendable {
     private var wokeByTimeout = false
     static let quickPollFirst: Int32 = 2
     static let quickPollLongest: Int32 = 8
-    /// Emptied jobs swapped with the inbox's, so nothing is allocated under its lock.
-    private var spareJobs: [Job] = []
     /// Which of the configuration's endpoints is in use (or tried next); moves on when one is
     /// lost or cannot be reached.
     private var endpointIndex = 0
@@ -219,9 +217,9 @@ final class AMQPEngine: @unchecked Sendable {
     // MARK: The loop
 
     private func run() {
+        // Swapped with the inbox's jobs, emptied: nothing is allocated or copied under its lock.
+        var jobs: [Job] = []
         while true {
-            var jobs = spareJobs
-            spareJobs = []
             let stopping = inbox.withLock { inbox -> Bool in
                 swap(&inbox.jobs, &jobs)
                 return inbox.stopping
@@ -232,7 +230,6 @@ final class AMQPEngine: @unchecked Sendable {
             wokeByTimeout = false
             for job in jobs { job(self) }
             jobs.removeAll(keepingCapacity: true)
-            spareJobs = jobs
             flushAcks()
             if stopping, stopped != nil {
                 shutdown()

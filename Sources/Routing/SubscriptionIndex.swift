@@ -27,6 +27,9 @@ public final class SubscriptionRoute: Sendable {
     let conditions: [CompiledCondition]
     let resourceID: String?
     let origin: Origin
+    /// It takes every event its patterns take: no origin, resource id or condition to check, so
+    /// a candidate list of such routes is the answer as it stands (no copy per event).
+    let takesEveryCandidate: Bool
 
     /// - Parameter defaultZaqarURL: the node's Zaqar, for a subscription that names none.
     public convenience init(_ subscription: Subscription, defaultZaqarURL: String) {
@@ -62,6 +65,18 @@ public final class SubscriptionRoute: Sendable {
         conditions = subscription.conditions.map { CompiledCondition($0, paths: &paths) }
         resourceID = subscription.resourceID
         origin = subscription.origin ?? .any
+        takesEveryCandidate = origin == .any && resourceID == nil && conditions.isEmpty
+    }
+
+    /// Whether the event meets what the patterns do not decide: origin, resource id, conditions.
+    @inline(__always)
+    func takes(_ event: NotificationEvent, _ fields: inout EventFields) -> Bool {
+        if takesEveryCandidate { return true }
+        guard origin.takes(fromCeilometer: event.fromCeilometer),
+            resourceID == nil || resourceID == event.resourceID
+        else { return false }
+        for condition in conditions where !condition.holds(&fields) { return false }
+        return true
     }
 }
 
@@ -189,25 +204,31 @@ public struct SubscriptionIndex: Sendable {
             owner: owner?.number ?? -1, actor: acting?.number ?? -1, eventType: event.eventType)
         let taken =
             candidates.get(key) ?? candidates.put(key, patternCandidates(owner, everyProject, acting, event.eventType))
-        let count = taken.owner.count + taken.everyProject.count + taken.actor.count
-        guard count > 0 else { return [] }
-        var result: [SubscriptionRoute] = []
-        result.reserveCapacity(count)
         // The event's fields as conditions read them, parsed once per event however many read them.
         var fields = EventFields(event: event)
-        func take(_ list: [Int]) {
-            for index in list {
-                let route = routes[index]
-                guard route.origin.takes(fromCeilometer: event.fromCeilometer),
-                    route.resourceID == nil || route.resourceID == event.resourceID,
-                    route.conditions.allSatisfy({ $0.holds(&fields) })
-                else { continue }
-                result.append(route)
-            }
-        }
-        take(taken.owner)
-        take(taken.everyProject)
-        take(taken.actor)
+        // One scope with candidates (the usual case): its list, shared by every event of the type,
+        // is the answer unless one of its routes refuses the event.
+        if taken.everyProject.isEmpty, taken.actor.isEmpty { return Self.taking(taken.owner, event, &fields) }
+        if taken.owner.isEmpty, taken.actor.isEmpty { return Self.taking(taken.everyProject, event, &fields) }
+        if taken.owner.isEmpty, taken.everyProject.isEmpty { return Self.taking(taken.actor, event, &fields) }
+        var result: [SubscriptionRoute] = []
+        result.reserveCapacity(taken.owner.count + taken.everyProject.count + taken.actor.count)
+        for route in taken.owner where route.takes(event, &fields) { result.append(route) }
+        for route in taken.everyProject where route.takes(event, &fields) { result.append(route) }
+        for route in taken.actor where route.takes(event, &fields) { result.append(route) }
+        return result
+    }
+
+    /// The routes of `list` that take the event: `list` itself when every one does.
+    private static func taking(
+        _ list: [SubscriptionRoute], _ event: NotificationEvent, _ fields: inout EventFields
+    ) -> [SubscriptionRoute] {
+        var index = 0
+        while index < list.count, list[index].takes(event, &fields) { index += 1 }
+        if index == list.count { return list }
+        var result = Array(list[..<index])
+        result.reserveCapacity(list.count - 1)
+        for route in list[(index + 1)...] where route.takes(event, &fields) { result.append(route) }
         return result
     }
 
@@ -216,7 +237,7 @@ public struct SubscriptionIndex: Sendable {
     private func patternCandidates(
         _ owner: Scope?, _ everyProject: Scope?, _ acting: Scope?, _ eventType: String
     ) -> CandidateCache.Candidates {
-        var shared: [Int] = []
+        var shared: [SubscriptionRoute] = []
         if let everyProject {
             shared =
                 candidates.everyProject(eventType)
@@ -229,7 +250,7 @@ public struct SubscriptionIndex: Sendable {
 
     /// The subscriptions of one scope whose include patterns take `eventType` and whose
     /// exclusions do not, each once, in index order.
-    private func patternMatches(_ byPrefix: [String: [Entry]], eventType: String) -> [Int] {
+    private func patternMatches(_ byPrefix: [String: [Entry]], eventType: String) -> [SubscriptionRoute] {
         let type = Array(eventType.utf8)
         // "", then every dot-prefix of the type: "compute", "compute.instance", ...
         var prefixes = [""]
@@ -249,7 +270,7 @@ public struct SubscriptionIndex: Sendable {
                 taken.append(Int(entry.route))
             }
         }
-        return taken.sorted()
+        return taken.sorted().map { routes[$0] }
     }
 
     /// The dot-segments before the first one with a wildcard: `compute.instance.*` → `compute.instance`.
@@ -290,10 +311,10 @@ final class CandidateCache: Sendable {
     /// No route is in two of these (an all-projects subscription has no `include_actor`, and the
     /// acting project is not the owner).
     struct Candidates: Sendable {
-        var owner: [Int]
+        var owner: [SubscriptionRoute]
         /// The same array (storage) in every entry of one event type.
-        var everyProject: [Int]
-        var actor: [Int]
+        var everyProject: [SubscriptionRoute]
+        var actor: [SubscriptionRoute]
     }
 
     /// Entries kept before a table starts over, in each of the two: a bound on memory whatever
@@ -301,14 +322,16 @@ final class CandidateCache: Sendable {
     /// per event type).
     static let limit = 20_000
     private let byKey = BoundedCache<Key, Candidates>(limit: CandidateCache.limit)
-    private let everyProjectByType = BoundedCache<String, [Int]>(limit: CandidateCache.limit)
+    private let everyProjectByType = BoundedCache<String, [SubscriptionRoute]>(limit: CandidateCache.limit)
 
     func get(_ key: Key) -> Candidates? { byKey.get(key) }
 
     @discardableResult
     func put(_ key: Key, _ value: Candidates) -> Candidates { byKey.put(key, value) }
 
-    func everyProject(_ eventType: String) -> [Int]? { everyProjectByType.get(eventType) }
+    func everyProject(_ eventType: String) -> [SubscriptionRoute]? { everyProjectByType.get(eventType) }
 
-    func putEveryProject(_ eventType: String, _ value: [Int]) -> [Int] { everyProjectByType.put(eventType, value) }
+    func putEveryProject(_ eventType: String, _ value: [SubscriptionRoute]) -> [SubscriptionRoute] {
+        everyProjectByType.put(eventType, value)
+    }
 }

@@ -226,6 +226,27 @@ struct SubscriptionIndexTests {
             [subscription(["compute.*", "compute.instance.*", "*"])], defaultZaqarURL: "http://zaqar.test")
         #expect(index.matches(event("compute.instance.create.end")).count == 1)
     }
+
+    @Test(
+        "a route that refuses one event (its condition) drops out of that answer alone: the event type's shared candidate list is not changed for the next events"
+    )
+    func refusalsDoNotStick() {
+        let first = subscription(["compute.*"])
+        let conditional = subscription(
+            ["compute.*"], conditions: [Condition(field: "payload.state", op: .eq, value: .string("active"))])
+        let last = subscription(["compute.*"])
+        let admin = subscription(["compute.*"], project: "admin", allProjects: true)
+        let inOrder = [first, conditional, last].sorted { $0.id < $1.id }.map(\.id)
+        for withAdmin in [false, true] {
+            let index = SubscriptionIndex(
+                [first, conditional, last] + (withAdmin ? [admin] : []), defaultZaqarURL: "http://zaqar.test")
+            let extra = withAdmin ? [admin.id] : []
+            for state in ["active", "building", "active", "deleted", "active"] {
+                let ids = index.matches(event("compute.instance.update", payload: ["state": .string(state)])).map(\.id)
+                #expect(ids == (state == "active" ? inOrder : inOrder.filter { $0 != conditional.id }) + extra)
+            }
+        }
+    }
 }
 
 @Suite("Matching by owner, actor and resource")

@@ -162,19 +162,7 @@ final class LoadRun: @unchecked Sendable {
             nodeCounter += 1
             name = "node-\(nodeCounter)"
         }
-        let socket = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(socket, $0, length) }
-        }
-        _ = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(socket, $0, &length) }
-        }
-        let port = Int(UInt16(bigEndian: address.sin_port))
-        close(socket)
+        let port = try LoopbackPort.pick()
         var environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("HERALD_") }
         environment.merge([
             "HERALD_NODE_ID": name, "HERALD_REDIS_URL": options.redisURL, "HERALD_AMQP_URL": vhostURL,

@@ -1,6 +1,7 @@
-import ChildProcesses
 import Foundation
 import Testing
+
+@testable import ChildProcesses
 
 @Suite("ChildProcess: the one way tests and benchmarks start programs")
 struct ChildProcessTests {
@@ -50,5 +51,32 @@ struct ChildProcessTests {
     @Test("a program that cannot be started says which")
     func missingProgram() {
         #expect(throws: ChildProcessError.self) { try ChildProcess(["/nonexistent/program"]) }
+    }
+}
+
+@Suite("Ports for the servers tests start")
+struct LoopbackPortTests {
+    @Test("below the kernel's range for outgoing connections, whatever it is configured to")
+    func range() {
+        #expect(LoopbackPort.candidates(localRange: "32768\t60999\n") == 10_000..<32_768)
+        #expect(LoopbackPort.candidates(localRange: "40000 65000") == 10_000..<40_000)
+        // A range that starts low leaves 2,000 ports; an unreadable one means the default.
+        #expect(LoopbackPort.candidates(localRange: "1024 65000") == 10_000..<12_000)
+        #expect(LoopbackPort.candidates(localRange: nil) == 10_000..<32_768)
+        #expect(LoopbackPort.candidates(localRange: "garbage") == 10_000..<32_768)
+    }
+
+    @Test("free when handed out, never twice, and a server can listen on it")
+    func picks() throws {
+        let range = LoopbackPort.candidates(
+            localRange: try? String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8))
+        var seen = Set<Int>()
+        for _ in 0..<300 {
+            let port = try LoopbackPort.pick()
+            #expect(seen.insert(port).inserted)
+            #expect(range.contains(port))
+        }
+        let port = try LoopbackPort.pick()
+        #expect(LoopbackPort.binds(port))
     }
 }

@@ -50,23 +50,10 @@ public enum TestServers {
         try await ChildProcess.run(argv)
     }
 
-    /// A TCP port nothing listens on right now, on 127.0.0.1 (the kernel's pick).
+    /// A TCP port on 127.0.0.1 for a server a test starts (`LoopbackPort.pick`: outside the
+    /// range the kernel gives outgoing connections, never handed out twice).
     public static func freePort() throws -> Int {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw Missing(variable: "a socket for a free port;") }
-        defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        address.sin_port = 0
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafeMutablePointer(to: &address) { pointer in
-            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0
-            }
-        }
-        guard bound else { throw Missing(variable: "a free port (bind failed: \(String(cString: strerror(errno))));") }
-        return Int(UInt16(bigEndian: address.sin_port))
+        try LoopbackPort.pick()
     }
 
     public static func uniqueName(_ prefix: String) -> String {

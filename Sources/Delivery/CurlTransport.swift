@@ -50,6 +50,9 @@ package final class CurlTransport: Sendable {
         package var code: Int32
         package var message: String
         package var description: String { "HTTP transport error \(code): \(message)" }
+        /// No complete answer within the request's time (libcurl's `CURLE_OPERATION_TIMEDOUT`,
+        /// or the transport's own deadline).
+        package var timedOut: Bool { code == Int32(CURLE_OPERATION_TIMEDOUT.rawValue) }
     }
 
     private struct Queued: Sendable {
@@ -219,7 +222,8 @@ package final class CurlTransport: Sendable {
                     transfer.deadline <= now
                     ? "no complete answer within \(requestTimeout.seconds) s (the request timeout)" : "cancelled"
                 finish(
-                    transfer, easy: handle, on: multi, idle: &idle, with: .failure(Failure(code: 28, message: reason)))
+                    transfer, easy: handle, on: multi, idle: &idle,
+                    with: .failure(Failure(code: Int32(CURLE_OPERATION_TIMEDOUT.rawValue), message: reason)))
             }
             // Emptied before sleeping: what was just started is not held through the poll.
             requests.removeAll(keepingCapacity: true)

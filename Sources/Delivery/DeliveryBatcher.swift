@@ -547,6 +547,8 @@ public final class DeliveryBatcher: Sendable {
             }
             var retryAfter: Duration?
             var failure: String
+            // The attempt took a whole request timeout (a target that never answers).
+            var timedOut = false
             countRequest(of: batch.count)
             do {
                 let response = try await zaqar.post(target, messages: batch.map(\.message.body))
@@ -591,6 +593,7 @@ public final class DeliveryBatcher: Sendable {
                 }
             } catch {
                 failure = "\(error)"
+                timedOut = (error as? CurlTransport.Failure)?.timedOut == true
             }
             attempt += 1
             let opened = state.withLock { state -> Bool in
@@ -620,7 +623,13 @@ public final class DeliveryBatcher: Sendable {
                 activity?.failed(subscriptions, error: failure)
                 if let parking { await parking.failing(subscriptions, error: failure) }
             }
-            if parking != nil, attempt >= configuration.attemptsBeforeParking {
+            // With parking, a failing batch holds its lane, and the prefetch of the partitions behind
+            // it, only for quick retries: a target that never answers, or asks for a longer wait than
+            // the lane may spend, goes to parking's schedule at once.
+            if parking != nil,
+                attempt >= configuration.attemptsBeforeParking || timedOut
+                    || (retryAfter ?? .zero) > configuration.longestWaitBeforeParking
+            {
                 let unparked = await park(batch, reason: failure, failed: true)
                 if !unparked.isEmpty { await send(unparked, to: target) }
                 return
@@ -716,6 +725,9 @@ public final class DeliveryBatcher: Sendable {
         case settled(delivered: Int, deadLettered: Int)
         /// The first `settled` messages were settled; the target failed on the rest.
         case failed(settled: Int, error: String, retryAfter: Duration?)
+        /// The first `settled` messages were settled; then the batcher stopped before the rest's
+        /// dead letters were stored: keep the rest (unacked) for the next drainer.
+        case stopped(settled: Int)
     }
 
     /// One attempt at parked messages of one subscription, in order, for the parking's retries:
@@ -732,14 +744,19 @@ public final class DeliveryBatcher: Sendable {
     }
 
     private func attempt(_ batch: [Pending], to target: ZaqarTarget) async -> ParkedAttempt {
-        if let endpoints, !endpoints.permits(target.baseURL) {
-            await deadLetter(batch, reason: .targetNotAllowed, status: nil, zaqarMessage: nil) { _ in
-                DeadLetterDetail.endpointNotAllowed(target)
-            }
-            return .settled(delivered: 0, deadLettered: batch.count)
+        // Settled only once stored: a stopping batcher stores none, and the parked messages stay
+        // in their queue (unacked) for the next drainer.
+        func deadLettered(_ stored: Bool) -> ParkedAttempt {
+            stored ? .settled(delivered: 0, deadLettered: batch.count) : .stopped(settled: 0)
         }
-        if await deadLetterIfSignedURLExpired(batch, target: target) {
-            return .settled(delivered: 0, deadLettered: batch.count)
+        if let endpoints, !endpoints.permits(target.baseURL) {
+            return deadLettered(
+                await deadLetter(batch, reason: .targetNotAllowed, status: nil, zaqarMessage: nil) { _ in
+                    DeadLetterDetail.endpointNotAllowed(target)
+                })
+        }
+        if let expiry = expiredSignedURL(target) {
+            return deadLettered(await deadLetterSignedURLExpired(batch, target: target, at: expiry))
         }
         countRequest(of: batch.count)
         let response: ZaqarResponse
@@ -761,18 +778,18 @@ public final class DeliveryBatcher: Sendable {
                 return .settled(delivered: delivered + more, deadLettered: deadLettered + moreDead)
             case .failed(let settled, let error, let retryAfter):
                 return .failed(settled: half + settled, error: error, retryAfter: retryAfter)
+            case .stopped(let settled):
+                return .stopped(settled: half + settled)
             }
         case 400, 413:
-            await deadLetterRejected(batch, response: response)
-            return .settled(delivered: 0, deadLettered: batch.count)
+            return deadLettered(await deadLetterRejected(batch, response: response))
         case 404:
-            await deadLetterNotFound(batch, target: target, response: response)
-            return .settled(delivered: 0, deadLettered: batch.count)
+            return deadLettered(await deadLetterNotFound(batch, target: target, response: response))
         case 401 where response.credentialsGone:
-            await deadLetter(batch, reason: .unauthorized, status: 401, zaqarMessage: response.message) { _ in
-                DeadLetterDetail.trustGone(zaqar: response.message)
-            }
-            return .settled(delivered: 0, deadLettered: batch.count)
+            return deadLettered(
+                await deadLetter(batch, reason: .unauthorized, status: 401, zaqarMessage: response.message) { _ in
+                    DeadLetterDetail.trustGone(zaqar: response.message)
+                })
         default:
             return .failed(
                 settled: 0, error: "HTTP \(response.status): \(response.message ?? "")", retryAfter: response.retryAfter
@@ -781,7 +798,8 @@ public final class DeliveryBatcher: Sendable {
     }
 
     /// Dead-letters parked messages whose retry horizon has passed (`HERALD_DELIVERY_RETRY_HORIZON`).
-    public func deadLetterExpired(_ messages: [ZaqarOutgoingMessage], detail: String) async {
+    /// - Returns: false when the batcher stopped first: none was stored, keep them.
+    public func deadLetterExpired(_ messages: [ZaqarOutgoingMessage], detail: String) async -> Bool {
         await deadLetter(unbuffered(messages), reason: .retryHorizon, status: nil, zaqarMessage: nil) { _ in detail }
     }
 
@@ -799,23 +817,36 @@ public final class DeliveryBatcher: Sendable {
         metrics.batchSize.record(size)
     }
 
+    /// When the target's pre-signed URL has expired and no trust stands behind it.
+    private func expiredSignedURL(_ target: ZaqarTarget) -> Date? {
+        guard target.trust == nil, let expiry = target.signedURLExpiry, expiry <= Date() else { return nil }
+        return expiry
+    }
+
     /// Dead-letters the batch when the target's pre-signed URL (and no trust) has expired: true then.
     private func deadLetterIfSignedURLExpired(_ batch: [Pending], target: ZaqarTarget) async -> Bool {
-        guard target.trust == nil, let expiry = target.signedURLExpiry, expiry <= Date() else { return false }
-        await deadLetter(batch, reason: .signedURLExpired, status: nil, zaqarMessage: nil) { _ in
-            DeadLetterDetail.signedURLExpired(queue: target.queue, at: expiry)
-        }
+        guard let expiry = expiredSignedURL(target) else { return false }
+        await deadLetterSignedURLExpired(batch, target: target, at: expiry)
         return true
     }
 
+    @discardableResult
+    private func deadLetterSignedURLExpired(_ batch: [Pending], target: ZaqarTarget, at expiry: Date) async -> Bool {
+        await deadLetter(batch, reason: .signedURLExpired, status: nil, zaqarMessage: nil) { _ in
+            DeadLetterDetail.signedURLExpired(queue: target.queue, at: expiry)
+        }
+    }
+
     /// A 400 or 413 on this very message.
-    private func deadLetterRejected(_ batch: [Pending], response: ZaqarResponse) async {
+    @discardableResult
+    private func deadLetterRejected(_ batch: [Pending], response: ZaqarResponse) async -> Bool {
         await deadLetter(batch, reason: .rejected, status: response.status, zaqarMessage: response.message) { _ in
             "Zaqar refused the message with \(response.status): \(response.message ?? "no reason given")"
         }
     }
 
-    private func deadLetterNotFound(_ batch: [Pending], target: ZaqarTarget, response: ZaqarResponse) async {
+    @discardableResult
+    private func deadLetterNotFound(_ batch: [Pending], target: ZaqarTarget, response: ZaqarResponse) async -> Bool {
         await deadLetter(batch, reason: .notFound, status: 404, zaqarMessage: response.message) { _ in
             DeadLetterDetail.notFound(target: target, zaqar: response.message)
         }
@@ -858,9 +889,12 @@ public final class DeliveryBatcher: Sendable {
     }
 
     /// Stores dead letters, retrying until the sink takes them, then settles the messages.
+    /// - Returns: false when the batcher stopped before the letters were stored: nothing was
+    ///   settled, and whoever holds the messages must keep them (not ack them).
+    @discardableResult
     private func deadLetter(
         _ batch: [Pending], reason: DeadLetter.Reason, status: Int?, zaqarMessage: String?, detail: (Pending) -> String
-    ) async {
+    ) async -> Bool {
         let at = Date().timeIntervalSince1970
         let letters = batch.map { pending in
             DeadLetter(
@@ -873,7 +907,7 @@ public final class DeliveryBatcher: Sendable {
         var attempt = 0
         var random = SystemRandomNumberGenerator()
         while true {
-            if isStopped { return }
+            if isStopped { return false }
             do {
                 try await deadLetters.deadLetter(letters)
                 break
@@ -901,5 +935,6 @@ public final class DeliveryBatcher: Sendable {
                 LogKey.zaqarTarget: "\(batch.first?.message.target.description ?? "")",
             ])
         complete(batch, delivered: false)
+        return true
     }
 }

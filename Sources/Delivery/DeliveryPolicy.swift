@@ -29,6 +29,11 @@ public struct DeliveryConfiguration: Sendable {
     /// With parking (`DeliveryParking`), failed attempts after which a batch is parked. Default 3
     /// (with the default backoff, within about a second).
     public var attemptsBeforeParking: Int = 3
+    /// With parking, the longest `Retry-After` a failing batch waits out in its lane: a target that
+    /// asks for longer has the batch parked at once (retried on parking's schedule), as has one
+    /// whose request timed out, so that one target cannot hold its partitions' deliveries for a
+    /// minute. Default 1 s.
+    public var longestWaitBeforeParking: Duration = .seconds(1)
     /// Consecutive failures that open a lane's circuit, and how long it stays open. Default 5, 5 s.
     public var circuitThreshold: Int = 5
     public var circuitCooldown: Duration = .seconds(5)
@@ -65,6 +70,9 @@ public struct DeliveryConfiguration: Sendable {
             "global max bytes \(globalMaxBytes) must be at least a lane's \(laneMaxBytes)")
         try check(maxAttempts >= 1, "max attempts \(maxAttempts) must be at least 1")
         try check(attemptsBeforeParking >= 1, "attempts before parking \(attemptsBeforeParking) must be at least 1")
+        try check(
+            longestWaitBeforeParking >= .zero,
+            "longest wait before parking \(longestWaitBeforeParking) must not be negative")
         try check(circuitThreshold >= 1, "circuit threshold \(circuitThreshold) must be at least 1")
     }
 }

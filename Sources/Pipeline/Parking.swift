@@ -651,12 +651,16 @@ package final class ParkingDrainer: Sendable {
             let outcome = await batcher.attemptParked(messages)
             let settled: Int
             var failure: (error: String, retryAfter: Duration?)?
+            var stopped = false
             switch outcome {
             case .settled:
                 settled = deliveries.count
             case .failed(let count, let error, let retryAfter):
                 settled = count
                 failure = (error, retryAfter)
+            case .stopped(let count):
+                settled = count
+                stopped = true
             }
             // Uncounted before they are acked: a node dying between the two leaves a count too low
             // (the next drainer raises it to what the queue holds), never one that no message backs.
@@ -667,6 +671,8 @@ package final class ParkingDrainer: Sendable {
                 parking.metrics.delivered.increment(by: settled)
             }
             for delivery in deliveries.prefix(settled) { channel.ack(delivery) }
+            // The node is stopping: the rest stay in the queue, unacked, for the next drainer.
+            if stopped { return false }
             guard let failure else {
                 // Caught up (the queue gave less than a batch): close it, so that new messages stop
                 // joining it and it can end; they wait in their lanes until it is unparked.
@@ -692,8 +698,10 @@ package final class ParkingDrainer: Sendable {
             if let oldest = expired.first {
                 let detail =
                     "retried for \((now - parkedAt(oldest)) / 1000) s (\(attempts + 1) attempts after parking) without delivery; HERALD_DELIVERY_RETRY_HORIZON is \(settings.horizon.seconds) s; last error: \(failure.error)"
-                await batcher.deadLetterExpired(
+                let stored = await batcher.deadLetterExpired(
                     Array(messages.dropFirst(settled).prefix(expired.count)), detail: detail)
+                // Stopping before they were stored: they stay in the queue for the next drainer.
+                guard stored else { return false }
                 _ = try? await ledger.release(
                     subscription: subscriptionID, count: expired.count, bytes: expired.reduce(0) { $0 + $1.body.count })
                 for delivery in expired { channel.ack(delivery) }

@@ -374,6 +374,9 @@ package struct IngestMetrics: Sendable {
 /// Where in the pipeline an event is counted.
 package enum PipelineStage: String, CaseIterable, Sendable {
     case ingested, routed, malformed, consumed, matched, unmatched
+    /// A partition's delivery its owner sent to `herald.dead`: it cannot decode it, or none of its
+    /// events falls in that partition (the nodes disagree on the event definitions).
+    case misrouted
 }
 
 /// `herald_events_total{stage}` (bounded labels): the events at each stage, kept once, in the
@@ -894,14 +897,36 @@ package final class PartitionOwners: Sendable {
         }
         let events: [NotificationEvent]
         do {
-            events = try NotificationDecoder.decode(delivery.body).compactMap { event in
+            let decoded = try NotificationDecoder.decode(delivery.body).map { event in
                 var event = event
                 configuration.eventDefinitions.attribute(&event)
-                return PartitionHash.partition(of: event.partitionKey, count: configuration.partitions) == partition
-                    ? event : nil
+                return event
+            }
+            events = decoded.filter {
+                PartitionHash.partition(of: $0.partitionKey, count: configuration.partitions) == partition
+            }
+            if events.isEmpty {
+                // Ingest put it here for an event of this partition: this node's definitions put
+                // every one elsewhere. Kept in herald.dead for the operator, not acked as unmatched.
+                counters.count(.misrouted)
+                logger.error(
+                    "no event of a partition's delivery falls in that partition: do all nodes run the same event definitions (HERALD_EVENT_DEFINITIONS)? The notification goes to herald.dead",
+                    metadata: [
+                        LogKey.partition: "\(partition)",
+                        LogKey.heraldEventType: "\(SafeText.clean(decoded.first?.eventType ?? "", limit: 100))",
+                        LogKey.heraldEventId: "\(SafeText.clean(decoded.first?.messageID ?? "", limit: 100))",
+                    ])
+                owned.channel.reject(delivery, requeue: false)
+                return
             }
         } catch {
-            // Ingest validated it; a body that fails here is dead-lettered all the same.
+            // Ingest validated it; a body that fails here goes to herald.dead all the same.
+            counters.count(.misrouted)
+            logger.error(
+                "cannot decode a partition's delivery; it goes to herald.dead",
+                metadata: [
+                    LogKey.partition: "\(partition)", LogKey.error: "\(SafeText.clean("\(error)", limit: 300))",
+                ])
             owned.channel.reject(delivery, requeue: false)
             return
         }

@@ -348,6 +348,55 @@ struct ParkingTests {
     }
 
     @Test(
+        "a target that never answers, or asks for a wait longer than a second, has its batch parked after that one attempt; a short Retry-After is waited out in the lane",
+        arguments: [
+            (HostileZaqar.Behaviour.silent, 1), (.status(503, retryAfter: 60), 1), (.status(429, retryAfter: 3600), 1),
+            (.status(503, retryAfter: 1), 2),
+        ])
+    func parkedWithoutHoldingTheLane(behaviour: HostileZaqar.Behaviour, attempts: Int) async throws {
+        let zaqar = try await HostileZaqar { _ in behaviour }
+        let subscription = Self.subscription(queue: "slow", zaqar: zaqar)
+        // Two attempts before parking otherwise (`fastSettings`).
+        let rig = try await ParkingRig(settings: Self.fastSettings(), subscriptions: [subscription])
+        let outcome = await rig.submitEach(ParkingRig.messages(subscription, 0..<3))
+        #expect(outcome.parked == 3)
+        #expect(zaqar.requests(queue: "slow") == attempts, "\(behaviour): \(zaqar.requests(queue: "slow")) requests")
+        #expect(try await rig.queueDepth(subscription) == 3)
+        #expect(try await rig.deadLetters.count() == 0)
+        await rig.shutdown(deleting: [subscription])
+        await zaqar.close()
+    }
+
+    @Test(
+        "a drainer whose batcher has stopped acks no parked message it could only dead-letter: they stay in their queue, none is lost"
+    )
+    func stoppingKeepsParked() async throws {
+        let answer = Mutex(503)
+        let zaqar = try await HostileZaqar { _ in .status(answer.withLock { $0 }) }
+        let subscription = Self.subscription(queue: "vanishing", zaqar: zaqar)
+        let rig = try await ParkingRig(settings: Self.fastSettings(), subscriptions: [subscription])
+        #expect(await rig.submitEach(ParkingRig.messages(subscription, 0..<3)).parked == 3)
+        // The queue is gone now (a 404 is permanent: dead letters), but the node is stopping.
+        answer.withLock { $0 = 404 }
+        let before = zaqar.requests(queue: "vanishing")
+        rig.batcher.stop()
+        let draining = Task { await rig.drainer.run() }
+        try await eventually(timeout: .seconds(30)) {
+            guard zaqar.requests(queue: "vanishing") > before else { throw TestFailure("not retried yet") }
+        }
+        draining.cancel()
+        await draining.value
+        // Given back when the drainer's channel closed: all three, and no letter was written.
+        try await eventually(timeout: .seconds(10)) {
+            let depth = try await rig.queueDepth(subscription)
+            guard depth == 3 else { throw TestFailure("\(depth) in the queue") }
+        }
+        #expect(try await rig.deadLetters.count() == 0)
+        await rig.shutdown(deleting: [subscription])
+        await zaqar.close()
+    }
+
+    @Test(
         "past the retry horizon the parked messages become dead letters (retry_horizon), with the attempts counted; not before"
     )
     func horizon() async throws {

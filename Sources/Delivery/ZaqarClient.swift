@@ -34,7 +34,8 @@ public protocol ZaqarTokenSource: Sendable {
 public enum ZaqarTokenError: Error, CustomStringConvertible {
     /// Keystone will not issue a token for the trust (deleted, expired, trustor gone): permanent.
     case refused(String)
-    /// Keystone could not be asked: worth retrying.
+    /// Keystone could not be asked, or refused Herald's own service user (a rotated password, a
+    /// locked account): worth retrying, not the trust's end.
     case unavailable(String)
 
     public var description: String {

@@ -1,5 +1,6 @@
 import Foundation
 import HTTPTypes
+import HeraldModel
 import Hummingbird
 import NIOCore
 
@@ -13,6 +14,8 @@ package enum APIJSON {
     ) throws -> Response {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        // A pre-signed URL's signature is write access to its queue: never in an answer.
+        if let key = SignedURL.withoutSignature { encoder.userInfo[key] = true }
         var headers = headers
         headers[.contentType] = "application/json"
         return Response(
@@ -23,6 +26,19 @@ package enum APIJSON {
     /// A JSON object body, checked against the keys the route knows: an unknown key is a 400
     /// naming it (a misspelt `event_type` must not be dropped silently).
     static func object(_ request: Request, allowed: Set<String>) async throws -> (data: Data, keys: Set<String>) {
+        guard let object = try await optionalObject(request, allowed: allowed) else {
+            throw HTTPError(.badRequest, message: "the body is empty; send a JSON object")
+        }
+        return object
+    }
+
+    /// `object`, or nil for an empty body (however it was sent: with a length of 0, chunked, or
+    /// with no length at all), for routes where the body is optional.
+    static func optionalObject(
+        _ request: Request, allowed: Set<String>
+    ) async throws -> (
+        data: Data, keys: Set<String>
+    )? {
         let buffer: ByteBuffer
         do {
             buffer = try await request.body.collect(upTo: maxBody)
@@ -30,7 +46,7 @@ package enum APIJSON {
             throw HTTPError(.contentTooLarge, message: "the body is larger than \(maxBody) bytes")
         }
         let data = Data(buffer: buffer)
-        guard !data.isEmpty else { throw HTTPError(.badRequest, message: "the body is empty; send a JSON object") }
+        guard !data.isEmpty else { return nil }
         let parsed: Any
         do {
             parsed = try JSONSerialization.jsonObject(with: data)
@@ -44,7 +60,9 @@ package enum APIJSON {
         if let unknown = keys.subtracting(allowed).sorted().first {
             throw HTTPError(
                 .badRequest,
-                message: "\(unknown): unknown field; known fields are \(allowed.sorted().joined(separator: ", "))")
+                message:
+                    "\(SafeText.clean(unknown, limit: 64)): unknown field; known fields are \(allowed.sorted().joined(separator: ", "))"
+            )
         }
         return (data, keys)
     }
@@ -54,7 +72,8 @@ package enum APIJSON {
         do {
             return try JSONDecoder().decode(type, from: data)
         } catch let error as DecodingError {
-            throw HTTPError(.badRequest, message: describe(error))
+            // The decoder's words can hold the bad value itself: cleaned and cut.
+            throw HTTPError(.badRequest, message: SafeText.clean(describe(error), limit: 300))
         }
     }
 

@@ -189,7 +189,9 @@ package struct AliasSubscription: Encodable {
         guard !queue.isEmpty, !queue.contains("/") else {
             throw HTTPError(
                 .badRequest,
-                message: "target: '\(target)' must be a Zaqar queue name, as my-events or zaqar://my-events")
+                message:
+                    "target: \(SafeText.quoted(target, limit: 80)) must be a Zaqar queue name, as my-events or zaqar://my-events"
+            )
         }
         return queue
     }

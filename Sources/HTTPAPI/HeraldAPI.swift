@@ -662,7 +662,7 @@ package struct HeraldAPI: Sendable {
     @Sendable func listDeadLetters(_ request: Request, _ context: APIContext) async throws -> Response {
         let caller = try context.requireCaller()
         try authorize("dead_letter:list", caller, project: caller.project, context: context)
-        let (limit, marker) = try page(request)
+        let (limit, marker) = try page(request, most: 100)
         let entries = try await services.deadLetters.recent(project: caller.project, count: limit, before: marker)
         let next = entries.count == limit ? entries.last.map { "/v1/dead-letters?limit=\(limit)&marker=\($0.id)" } : nil
         return try APIJSON.response(
@@ -675,9 +675,10 @@ package struct HeraldAPI: Sendable {
         let caller = try context.requireCaller()
         try authorize("dead_letter:replay", caller, project: caller.project, context: context)
         var ids: [String]?
-        if let length = request.headers[.contentLength].flatMap(Int.init), length > 0 {
-            let (data, _) = try await APIJSON.object(request, allowed: ["ids"])
-            ids = try APIJSON.decode(ReplayInput.self, from: data).ids
+        // Read whatever came, with a length or chunked: ids sent without a Content-Length must
+        // not be taken for "replay the most recent".
+        if let body = try await APIJSON.optionalObject(request, allowed: ["ids"]) {
+            ids = try APIJSON.decode(ReplayInput.self, from: body.data).ids
         }
         let perCall = services.limits.replayPerCall
         let entries: [(id: String, letter: DeadLetter)]
@@ -914,12 +915,17 @@ package struct HeraldAPI: Sendable {
     }
 
     /// `limit` (1 to 1000, default 100) and `marker` from the query.
-    private func page(_ request: Request) throws -> (Int, String?) {
+    /// - Parameter most: the largest page asked for (dead letters, up to tens of KiB each, take
+    ///   at most 100 a page, so that a few calls cannot hold gigabytes of a node's memory).
+    private func page(_ request: Request, most: Int = 1000) throws -> (Int, String?) {
         let query = request.uri.queryParameters
-        var limit = 100
+        var limit = min(100, most)
         if let text = query.get("limit") {
-            guard let value = Int(text), (1...1000).contains(value) else {
-                throw HTTPError(.badRequest, message: "limit: '\(text)' must be a whole number from 1 to 1000")
+            guard let value = Int(text), (1...most).contains(value) else {
+                throw HTTPError(
+                    .badRequest,
+                    message:
+                        "limit: \(SafeText.quoted(String(text), limit: 20)) must be a whole number from 1 to \(most)")
             }
             limit = value
         }

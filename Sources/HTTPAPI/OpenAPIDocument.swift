@@ -17,6 +17,7 @@ package enum OpenAPIDocument {
             "parameters": {
               "id": {"name": "id", "in": "path", "required": true, "schema": {"type": "string"}},
               "limit": {"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
+              "deadLetterLimit": {"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 100}},
               "marker": {"name": "marker", "in": "query", "required": false, "schema": {"type": "string"}, "description": "Where the page starts, from the previous page's next link."}
             },
             "responses": {
@@ -40,9 +41,9 @@ package enum OpenAPIDocument {
                 }
               },
               "SignedURL": {
-                "type": "object", "required": ["signature", "expires", "methods", "paths", "project"],
+                "type": "object", "required": ["expires", "methods", "paths", "project"],
                 "properties": {
-                  "signature": {"type": "string"}, "expires": {"type": "string"},
+                  "signature": {"type": "string", "description": "Required in requests; never in answers (it lets whoever holds it post into the queue)."}, "expires": {"type": "string"},
                   "methods": {"type": "array", "items": {"type": "string"}}, "paths": {"type": "array", "items": {"type": "string"}},
                   "project": {"type": "string"}
                 }
@@ -324,7 +325,7 @@ package enum OpenAPIDocument {
             "/v1/dead-letters": {
               "get": {
                 "summary": "The caller's project's dead letters, newest first.", "security": [{"projectHeader": []}],
-                "parameters": [{"$ref": "#/components/parameters/limit"}, {"$ref": "#/components/parameters/marker"}],
+                "parameters": [{"$ref": "#/components/parameters/deadLetterLimit"}, {"$ref": "#/components/parameters/marker"}],
                 "responses": {
                   "200": {"description": "A page.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/DeadLetterPage"}}}},
                   "400": {"$ref": "#/components/responses/BadRequest"}, "401": {"$ref": "#/components/responses/Unauthorized"}

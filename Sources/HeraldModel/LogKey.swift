@@ -51,6 +51,7 @@ public enum LogKey {
     public static let keystoneProject = "keystone.project"
     public static let keystoneStatus = "keystone.status"
     public static let keystoneTrust = "keystone.trust"
+    public static let keystoneURL = "keystone.url"
     public static let keystoneUser = "keystone.user"
     public static let node = "node"
     public static let partition = "partition"

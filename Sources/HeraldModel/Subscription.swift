@@ -337,6 +337,27 @@ public struct SignedURL: Codable, Sendable, Equatable, Hashable {
         self.project = project
     }
 
+    /// Set (true) in an encoder's `userInfo` for what callers read: the signature is left out, as
+    /// it lets whoever holds it post into the queue, which reading a subscription must not grant.
+    public static let withoutSignature = CodingUserInfoKey(rawValue: "herald.signed-url.without-signature")
+
+    enum CodingKeys: String, CodingKey {
+        case signature, expires, methods, paths, project
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        if let key = Self.withoutSignature, encoder.userInfo[key] as? Bool == true {
+            // Left out.
+        } else {
+            try container.encode(signature, forKey: .signature)
+        }
+        try container.encode(expires, forKey: .expires)
+        try container.encode(methods, forKey: .methods)
+        try container.encode(paths, forKey: .paths)
+        try container.encode(project, forKey: .project)
+    }
+
     public func validate(field name: String) throws {
         let limit = Subscription.Limits.signedURLFieldBytes
         for (key, text) in [("signature", signature), ("expires", expires), ("project", project)]
@@ -355,13 +376,31 @@ public struct SignedURL: Codable, Sendable, Equatable, Hashable {
                     field: "\(name).\(key)", message: "\(SafeText.quoted(long, limit: 20)) is longer than 64 bytes")
             }
         }
+        // Each goes into a request header (lists joined with commas): a line end, NUL or other
+        // control character would only make every delivery fail, so it is refused here.
+        func headerSafe(_ text: String) -> Bool { !text.utf8.contains { $0 < 0x20 || $0 == 0x7F } }
+        for (key, text) in [("signature", signature), ("expires", expires), ("project", project)]
+        where !headerSafe(text) {
+            throw SubscriptionValidationError(
+                field: "\(name).\(key)", message: "\(SafeText.quoted(text, limit: 20)) holds a control character")
+        }
+        for (key, list) in [("methods", methods), ("paths", paths)] {
+            if let bad = list.first(where: { !headerSafe($0) || $0.utf8.contains(UInt8(ascii: ",")) || $0.isEmpty }) {
+                throw SubscriptionValidationError(
+                    field: "\(name).\(key)",
+                    message: "\(SafeText.quoted(bad, limit: 20)) is empty or holds a comma or a control character")
+            }
+        }
         guard !signature.isEmpty else {
             throw SubscriptionValidationError(field: "\(name).signature", message: "is empty")
         }
         guard !expires.isEmpty else { throw SubscriptionValidationError(field: "\(name).expires", message: "is empty") }
         guard methods.contains("POST") else {
             throw SubscriptionValidationError(
-                field: "\(name).methods", message: "\(methods) does not include POST, which delivery needs")
+                field: "\(name).methods",
+                message:
+                    "\(SafeText.quoted(methods.joined(separator: ","), limit: 40)) does not include POST, which delivery needs"
+            )
         }
         guard !paths.isEmpty else { throw SubscriptionValidationError(field: "\(name).paths", message: "is empty") }
         guard !project.isEmpty else { throw SubscriptionValidationError(field: "\(name).project", message: "is empty") }

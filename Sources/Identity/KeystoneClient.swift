@@ -117,7 +117,13 @@ package final class KeystoneClient: Sendable {
         var rateLimit: ValidationRateLimit
         /// Trust-scoped tokens by trust, each until a minute before it expires.
         var trustTokens: [String: (token: String, until: ContinuousClock.Instant)] = [:]
+        /// Trusts Keystone refused a token for, until when that answer stands without asking again:
+        /// a tenant who deletes its trust must not cost Keystone a password login per batch.
+        var goneTrusts: [String: ContinuousClock.Instant] = [:]
     }
+
+    /// How long a trust Keystone refused is taken as gone without asking.
+    static let goneTrustTTL: Duration = .seconds(60)
 
     package let configuration: KeystoneConfiguration
     private let http: HTTPClient
@@ -348,6 +354,9 @@ package final class KeystoneClient: Sendable {
     func trustToken(_ trust: String, fresh: Bool = false) async throws(ZaqarTokenError) -> String {
         let now = ContinuousClock.now
         if !fresh, let cached = state.withLock({ $0.trustTokens[trust] }), cached.until > now { return cached.token }
+        if let until = state.withLock({ $0.goneTrusts[trust] }), until > now {
+            throw .refused("trust \(trust) is gone or unusable (Keystone said so within the last minute)")
+        }
         trustTokenRequests.add(1, ordering: .relaxed)
         var request = HTTPClientRequest(url: configuration.base + "/v3/auth/tokens")
         request.method = .POST
@@ -366,7 +375,28 @@ package final class KeystoneClient: Sendable {
         }
         let (status, body, headers) = answer
         guard status == 201, let token = headers.first(name: "X-Subject-Token") else {
+            if status == 401 {
+                // Keystone answers 401 both for a trust it has not got and for Herald's own
+                // password: a login of Herald's own tells them apart. Herald refused is the
+                // operator's to mend (retried, parked), not every trust's end.
+                do {
+                    _ = try await service(renew: true)
+                } catch {
+                    throw .unavailable("Keystone refused Herald's service user asked for a token of trust \(trust)")
+                }
+            }
             if status == 401 || status == 403 || status == 404 {
+                state.withLock { state in
+                    // Bounded as the token caches are: expired entries go first, then all of them.
+                    if state.goneTrusts.count >= configuration.cacheCapacity {
+                        state.goneTrusts = state.goneTrusts.filter { $0.value > now }
+                        if state.goneTrusts.count >= configuration.cacheCapacity {
+                            state.goneTrusts.removeAll(keepingCapacity: true)
+                        }
+                    }
+                    state.goneTrusts[trust] = now + Self.goneTrustTTL
+                    state.trustTokens[trust] = nil
+                }
                 throw .refused("trust \(trust) is gone or unusable (\(status): \(Self.errorMessage(body)))")
             }
             throw .unavailable("Keystone answered \(status) to a token for trust \(trust)")
@@ -454,7 +484,12 @@ package final class KeystoneClient: Sendable {
             let object = (try? JSONSerialization.jsonObject(with: Data(buffer: body))) as? [String: Any] ?? [:]
             return (Int(response.status.code), object, response.headers)
         } catch {
-            throw .unavailable("Keystone at \(configuration.base) cannot be reached: \(error)")
+            // Keystone's address and the network's words are the operator's: logged here, while
+            // the error (which API answers can carry to tenants) says only what failed.
+            logger.warning(
+                "Keystone cannot be reached",
+                metadata: [LogKey.keystoneURL: "\(configuration.base)", LogKey.error: "\(error)"])
+            throw .unavailable("Keystone cannot be reached")
         }
     }
 

@@ -69,7 +69,7 @@ package enum SignedURLStanding: Equatable, Sendable {
                 "target.signed_url expired at \(stamp(expires)): events are dead-lettered as signed_url_expired until the subscription gets a new signed_url"
         case .unreadable(let text):
             return
-                "target.signed_url.expires '\(text)' is not a date Herald can read, so it cannot warn before it expires"
+                "target.signed_url.expires \(SafeText.quoted(text, limit: 40)) is not a date Herald can read, so it cannot warn before it expires"
         }
     }
 
@@ -92,14 +92,18 @@ package final class SignedURLKeeper: Sendable {
     let zaqar: ZaqarClient
     let defaultZaqarURL: String
     let policy: SignedURLPolicy
+    /// The Zaqar endpoints Herald may use (`HERALD_ZAQAR_ALLOWED_URLS`): a renewal sends a token
+    /// acting as the subscriber, so an endpoint taken off the list gets none.
+    let endpoints: ZaqarEndpoints?
     let isLeader: @Sendable () -> Bool
     let logger: Logger
     /// Subscription id -> the expiry last warned about.
     private let warned = Mutex<[String: String]>([:])
 
+    /// - Parameter endpoints: nil only in tests that have no list.
     package init(
         registry: SubscriptionRegistry, keystone: KeystoneClient?, zaqar: ZaqarClient, defaultZaqarURL: String,
-        policy: SignedURLPolicy,
+        policy: SignedURLPolicy, endpoints: ZaqarEndpoints?,
         isLeader: @escaping @Sendable () -> Bool, logger: Logger
     ) {
         self.registry = registry
@@ -107,6 +111,7 @@ package final class SignedURLKeeper: Sendable {
         self.zaqar = zaqar
         self.defaultZaqarURL = defaultZaqarURL
         self.policy = policy
+        self.endpoints = endpoints
         self.isLeader = isLeader
         self.logger = logger
     }
@@ -116,6 +121,8 @@ package final class SignedURLKeeper: Sendable {
         var renewed: [String] = []
         var warned: [String] = []
         var failed: [String] = []
+        /// Not renewed: their Zaqar is no longer an allowed endpoint.
+        var notAllowed: [String] = []
     }
 
     package func run() async {
@@ -143,6 +150,23 @@ package final class SignedURLKeeper: Sendable {
             case .fine:
                 continue
             case .renewable(let expires):
+                let endpoint = subscription.target.zaqarURL ?? defaultZaqarURL
+                if let endpoints, !endpoints.permits(endpoint) {
+                    // Delivery dead-letters its messages (`not_allowed`); no token goes there.
+                    pass.notAllowed.append(subscription.id)
+                    let first = warned.withLock { seen in
+                        defer { seen[subscription.id] = "not allowed" }
+                        return seen[subscription.id] != "not allowed"
+                    }
+                    if first {
+                        logger.warning(
+                            "not renewing a pre-signed URL: its Zaqar is not in HERALD_ZAQAR_ALLOWED_URLS",
+                            metadata: [
+                                LogKey.subscription: "\(subscription.id)", LogKey.project: "\(subscription.project)",
+                            ])
+                    }
+                    continue
+                }
                 do {
                     try await renew(subscription, now: now)
                     pass.renewed.append(subscription.id)

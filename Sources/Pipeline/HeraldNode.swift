@@ -268,7 +268,7 @@ package final class HeraldNode: Sendable {
             beforeConsuming: { await drainer.refreshBeforeConsuming() })
         let keeper = SignedURLKeeper(
             registry: registry, keystone: keystone, zaqar: zaqar, defaultZaqarURL: configuration.zaqarURL,
-            policy: configuration.signedURLs,
+            policy: configuration.signedURLs, endpoints: endpoints,
             isLeader: { [coordinator] in coordinator.isLeader }, logger: logger
         )
         return Prepared(

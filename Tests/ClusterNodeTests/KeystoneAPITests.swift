@@ -1,3 +1,4 @@
+import Delivery
 import Foundation
 import HTTPTypes
 import Hummingbird
@@ -141,6 +142,22 @@ extension APISuites {
 
                 #expect(try await call(http, .delete, "/v1/subscriptions/\(id)", token: tokenA).status == .noContent)
                 #expect(try await keystone.trusts(of: "a").count == 1, "deleting the subscription deleted its trust")
+                // A trust Keystone has not got is gone: said once by Keystone, then remembered for a
+                // while, so deliveries to it cost no login each.
+                for _ in 0..<3 {
+                    do {
+                        _ = try await client.trustToken(trust)
+                        Issue.record("a token for a deleted trust")
+                    } catch {
+                        guard case ZaqarTokenError.refused = error else {
+                            Issue.record("\(error)")
+                            continue
+                        }
+                    }
+                }
+                let asked = client.trustTokenCount
+                _ = try? await client.trustToken(trust)
+                #expect(client.trustTokenCount == asked, "not asked again within a minute")
                 #expect(try await call(http, .delete, "/v1/subscription/\(seedID)", token: tokenA).status == .noContent)
                 #expect(try await keystone.trusts(of: "a").isEmpty)
             }
@@ -157,6 +174,19 @@ extension APISuites {
                 let reply = try await call(http, .get, "/v1/subscriptions", token: token)
                 #expect(reply.status == .serviceUnavailable)
                 #expect(reply.message.contains(keystone.serviceUser), "\(reply.message)")
+            }
+            // Keystone's 401 to a trust token asked with Herald's own password refused is Herald's
+            // problem (a password the operator fixes), not the trust's end: retried and parked,
+            // never dead-lettered as a trust gone.
+            do {
+                _ = try await client.trustToken("0123456789abcdef0123456789abcdef")
+                Issue.record("a token with a wrong password")
+            } catch {
+                guard case ZaqarTokenError.unavailable(let reason) = error else {
+                    Issue.record("\(error)")
+                    return
+                }
+                #expect(reason.contains("service user"), "\(reason)")
             }
         }
     }

@@ -47,6 +47,10 @@ extension APISuites {
                 #expect(letters.allSatisfy { $0["id"] is String && $0["reason"] as? String == "retries_exhausted" })
                 let paged = try await client.call(.get, "/v1/dead-letters?limit=1")
                 #expect((paged.object["dead_letters"] as? [Any])?.count == 1)
+                // Letters are large: at most 100 a page (other lists take 1,000).
+                #expect(try await client.call(.get, "/v1/dead-letters?limit=100").status == .ok)
+                let tooMany = try await client.call(.get, "/v1/dead-letters?limit=101")
+                #expect(tooMany.status == .badRequest && tooMany.message.hasPrefix("limit:"), "\(tooMany.text)")
                 let second = try await client.call(.get, try #require(paged.object["next"] as? String))
                 #expect(((second.object["dead_letters"] as? [[String: Any]])?.first?["event_id"] as? String) == "e1")
 

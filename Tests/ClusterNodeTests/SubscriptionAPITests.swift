@@ -2,6 +2,7 @@ import Delivery
 import Foundation
 import HTTPTypes
 import HeraldModel
+import Logging
 import TestSupport
 import Testing
 
@@ -20,6 +21,16 @@ extension APISuites {
 
         init() throws {
             harness = try APIHarness()
+        }
+
+        /// A create body with a pre-signed URL, one field replaced (JSON text, escapes and all).
+        static func signed(
+            signature: String = "abc", expires: String = "2099-01-01T00:00:00",
+            methods: String = #"["POST"]"#, paths: String = #"["/v2/queues/q/messages"]"#
+        ) -> String {
+            #"{"event_types": ["compute.*"], "target": {"queue": "q", "signed_url": {"signature": ""#
+                + signature + #"", "expires": ""# + expires + #"", "methods": "# + methods + #", "paths": "# + paths
+                + #", "project": "p1"}}}"#
         }
 
         static var valid: [String: Any] {
@@ -67,6 +78,68 @@ extension APISuites {
                 #expect(try await client.call(.delete, "/v1/subscriptions/\(id)").status == .notFound)
                 #expect(try await client.call(.get, "/v1/subscriptions/\(id)").status == .notFound)
             }
+        }
+
+        @Test(
+            "a pre-signed URL's signature is kept for delivery but never answered: not on create, get, list or patch"
+        )
+        func signatureNeverAnswered() async throws {
+            try await harness.test { client in
+                let signed: [String: Any] = [
+                    "signature": "secret-signature-0123456789abcdef", "expires": "2099-01-01T00:00:00",
+                    "methods": ["POST"], "paths": ["/v2/queues/signed/messages"], "project": "p1",
+                ]
+                var body = Self.valid
+                body["target"] = ["queue": "signed", "signed_url": signed]
+                let created = try await client.call(.post, "/v1/subscriptions", json: body)
+                #expect(created.status == .created, "\(created.text)")
+                let id = try #require(created.object["id"] as? String)
+                let patched = try await client.call(.patch, "/v1/subscriptions/\(id)", json: ["message_ttl": 900])
+                #expect(patched.status == .ok, "\(patched.text)")
+                let answers = [
+                    created, try await client.call(.get, "/v1/subscriptions/\(id)"),
+                    try await client.call(.get, "/v1/subscriptions"), patched,
+                ]
+                for answer in answers {
+                    #expect(!answer.text.contains("secret-signature"), "\(answer.text)")
+                    #expect(answer.text.contains("2099-01-01T00:00:00"), "the rest of it is answered: \(answer.text)")
+                }
+                let stored = try await harness.registry.get(id: id, project: "p1")
+                #expect(stored?.target.signedURL?.signature == "secret-signature-0123456789abcdef")
+                #expect(try await client.call(.delete, "/v1/subscriptions/\(id)").status == .noContent)
+            }
+        }
+
+        @Test(
+            "the renewer sends no token to a Zaqar taken off the allowed list; one still allowed is renewed (here: fails for want of Keystone)"
+        )
+        func renewerKeepsToAllowedEndpoints() async throws {
+            let now = Date()
+            let formatter = ISO8601DateFormatter()
+            formatter.formatOptions = [.withFullDate, .withTime, .withColonSeparatorInTime, .withDashSeparatorInDate]
+            let soon = String(formatter.string(from: now.addingTimeInterval(600)).prefix(19))
+            func expiring(_ url: String) -> Subscription {
+                Subscription(
+                    project: "p1", eventTypes: ["compute.*"],
+                    target: Target(
+                        queue: "q", zaqarURL: url,
+                        signedURL: SignedURL(
+                            signature: "s", expires: soon, methods: ["POST"], paths: ["/v2/queues/q/messages"],
+                            project: "p1")), trustID: "t")
+            }
+            let removed = try await harness.registry.create(expiring("http://removed.example:8888"))
+            let allowed = try await harness.registry.create(expiring("http://zaqar.example:8888"))
+            let zaqar = ZaqarClient()
+            let keeper = SignedURLKeeper(
+                registry: harness.registry, keystone: nil, zaqar: zaqar,
+                defaultZaqarURL: "http://zaqar.example:8888", policy: SignedURLPolicy(renewBefore: .seconds(3600)),
+                endpoints: try ZaqarEndpoints(urls: ["http://zaqar.example:8888"]), isLeader: { true },
+                logger: Logger(label: "test"))
+            let pass = try await keeper.check(now: now)
+            #expect(pass.notAllowed == [removed.id])
+            #expect(pass.failed == [allowed.id])
+            #expect(pass.renewed.isEmpty)
+            await zaqar.shutdown()
         }
 
         @Test("list pages follow the next link to the end, in id order, only the caller's project")
@@ -118,6 +191,13 @@ extension APISuites {
                 (#"{"event_types": ["!compute.*"], "target": {"queue": "q"}}"#, "event_types"),
                 (#"{"event_types": ["compute.*"], "target": {}}"#, "target.queue"),
                 (#"{"event_type": ["compute.*"], "target": {"queue": "q"}}"#, "event_type"),
+                (Self.signed(signature: #"s\r\nX-Injected: 1"#), "target.signed_url.signature"),
+                (Self.signed(expires: #"2099-01-01T00:00:00\u0000"#), "target.signed_url.expires"),
+                (
+                    Self.signed(paths: #"["/v2/queues/q/messages,/v2/queues/other/messages"]"#),
+                    "target.signed_url.paths"
+                ),
+                (Self.signed(methods: #"["POST", "GET\n"]"#), "target.signed_url.methods"),
             ])
         func invalid(body: String, field: String) async throws {
             try await harness.test { client in

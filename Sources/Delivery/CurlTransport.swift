@@ -49,10 +49,14 @@ package final class CurlTransport: Sendable {
     package struct Failure: Error, CustomStringConvertible {
         package var code: Int32
         package var message: String
+        /// The transfer had its connection and had begun: a timeout then is the target's silence,
+        /// not a wait for one of the host's connections (which other targets' requests can cause).
+        package var started = true
         package var description: String { "HTTP transport error \(code): \(message)" }
-        /// No complete answer within the request's time (libcurl's `CURLE_OPERATION_TIMEDOUT`,
-        /// or the transport's own deadline).
-        package var timedOut: Bool { code == Int32(CURLE_OPERATION_TIMEDOUT.rawValue) }
+        /// The target did not answer in time once the request was sent (libcurl's
+        /// `CURLE_OPERATION_TIMEDOUT`, or the transport's own deadline, for a transfer that had
+        /// started); not a request that timed out waiting for a connection, nor one cancelled.
+        package var timedOut: Bool { code == Int32(CURLE_OPERATION_TIMEDOUT.rawValue) && started }
     }
 
     private struct Queued: Sendable {
@@ -209,21 +213,31 @@ package final class CurlTransport: Sendable {
             var result: Int32 = 0
             while herald_curl_next_done(multi, &easy, &status, &result) == 1, let done = easy {
                 guard let transfer = inFlight.removeValue(forKey: done) else { continue }
-                finish(
-                    transfer, easy: done, on: multi, idle: &idle,
-                    with: Self.outcome(transfer.answer.pointee, status: status, result: result))
+                var outcome = Self.outcome(transfer.answer.pointee, status: status, result: result)
+                if case .failure(var failure) = outcome {
+                    failure.started = herald_curl_started(done) == 1
+                    outcome = .failure(failure)
+                }
+                finish(transfer, easy: done, on: multi, idle: &idle, with: outcome)
             }
             // libcurl counts its timeout from a transfer's start, and a transfer waiting for a
             // free connection has none: the deadline from the queue bounds both.
             let now = ContinuousClock.now
             for (handle, transfer) in inFlight where transfer.deadline <= now || cancelled.contains(transfer.number) {
                 inFlight[handle] = nil
-                let reason =
-                    transfer.deadline <= now
-                    ? "no complete answer within \(requestTimeout.seconds) s (the request timeout)" : "cancelled"
-                finish(
-                    transfer, easy: handle, on: multi, idle: &idle,
-                    with: .failure(Failure(code: Int32(CURLE_OPERATION_TIMEDOUT.rawValue), message: reason)))
+                let failure: Failure
+                if transfer.deadline <= now {
+                    let started = herald_curl_started(handle) == 1
+                    failure = Failure(
+                        code: Int32(CURLE_OPERATION_TIMEDOUT.rawValue),
+                        message: started
+                            ? "no complete answer within \(requestTimeout.seconds) s (the request timeout)"
+                            : "no connection to the target within \(requestTimeout.seconds) s (the request timeout; the host's connections were busy or it did not accept one)",
+                        started: started)
+                } else {
+                    failure = Failure(code: Int32(CURLE_ABORTED_BY_CALLBACK.rawValue), message: "cancelled")
+                }
+                finish(transfer, easy: handle, on: multi, idle: &idle, with: .failure(failure))
             }
             // Emptied before sleeping: what was just started is not held through the poll.
             requests.removeAll(keepingCapacity: true)

@@ -630,7 +630,7 @@ public final class DeliveryBatcher: Sendable {
                 attempt >= configuration.attemptsBeforeParking || timedOut
                     || (retryAfter ?? .zero) > configuration.longestWaitBeforeParking
             {
-                let unparked = await park(batch, reason: failure, failed: true)
+                let unparked = await park(batch, reason: failure, failed: true, retryAfter: retryAfter)
                 if !unparked.isEmpty { await send(unparked, to: target) }
                 return
             }
@@ -653,7 +653,8 @@ public final class DeliveryBatcher: Sendable {
     /// tenant's failing targets must not stall the partitions every tenant's events share.
     /// - Returns: messages not parked because their subscription was unparked meanwhile (its
     ///   parking was closing: they waited for that): the caller sends them directly.
-    private func park(_ batch: [Pending], reason: String, failed: Bool) async -> [Pending] {
+    private func park(_ batch: [Pending], reason: String, failed: Bool, retryAfter: Duration? = nil) async -> [Pending]
+    {
         guard let parking else { return batch }
         var unparked: [Pending] = []
         var order: [String] = []
@@ -671,7 +672,8 @@ public final class DeliveryBatcher: Sendable {
             while true {
                 if isStopped { return [] }
                 do {
-                    try await parking.park(messages.map(\.message), reason: reason, failed: failed)
+                    try await parking.park(
+                        messages.map(\.message), reason: reason, failed: failed, retryAfter: retryAfter)
                     break
                 } catch let error as ParkingFull {
                     full = error

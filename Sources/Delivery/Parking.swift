@@ -70,11 +70,13 @@ public protocol DeliveryParking: Sendable {
     ///   - reason: why (the target's last error, or "behind parked messages").
     ///   - failed: the target failed them (their first retry waits a backoff); false for
     ///     messages parked only to stay behind parked ones (retried as soon as possible).
+    ///   - retryAfter: the target asked for this wait (`Retry-After`): the first retry from parking
+    ///     waits at least that long.
     /// - Throws: `ParkingFull` when the project's parking share is used up (the batcher
     ///   dead-letters them); any other error when they could not be parked now (broker or Redis
     ///   unavailable): the lane keeps them and tries again, holding its room in the buffers,
     ///   which is the backpressure that slows the partitions feeding it.
-    func park(_ messages: [ZaqarOutgoingMessage], reason: String, failed: Bool) async throws
+    func park(_ messages: [ZaqarOutgoingMessage], reason: String, failed: Bool, retryAfter: Duration?) async throws
     /// A lane's attempt for this subscription failed (shown as "failing" until it parks or recovers).
     func failing(_ subscriptionIDs: Set<String>, error: String) async
     /// A lane that had failed delivered again.

@@ -142,6 +142,16 @@ package struct ValidationRateLimit: Sendable {
         return nil
     }
 
+    /// Gives back what `take` took, for a validation that did not count against its source (the
+    /// token was valid, or Keystone could not answer).
+    mutating func refund(_ source: String, now: ContinuousClock.Instant) {
+        guard rate > 0 else { return }
+        let key = key(source)
+        let slot = buckets[key] != nil ? key : Self.overflow
+        guard let bucket = buckets[slot] else { return }
+        buckets[slot] = (min(burst, level(bucket, now: now) + 1), now)
+    }
+
     private static let overflow = "*"
 
     private func level(_ bucket: (tokens: Double, at: ContinuousClock.Instant)?, now: ContinuousClock.Instant) -> Double
@@ -150,14 +160,18 @@ package struct ValidationRateLimit: Sendable {
         return min(burst, bucket.tokens + max(0, (now - bucket.at).seconds) * rate)
     }
 
-    /// An IPv6 source counts by its /64 (one host commonly holds the whole prefix).
-    private func key(_ source: String) -> String {
+    /// An IPv6 source counts by its /64 (one host commonly holds the whole prefix); an IPv4
+    /// address as an API listening on `::` sees it (`::ffff:a.b.c.d`) counts as that IPv4
+    /// address, not as the one /64 every IPv4 client would share.
+    func key(_ source: String) -> String {
         guard source.contains(":") else { return source }
         var address = in6_addr()
         guard inet_pton(AF_INET6, source, &address) == 1 else { return source }
-        return withUnsafeBytes(of: &address) { bytes in
-            bytes.prefix(8).map { String($0, radix: 16) }.joined(separator: ".")
-        } + "/64"
+        return withUnsafeBytes(of: &address) { bytes -> String in
+            let mapped = bytes.prefix(10).allSatisfy { $0 == 0 } && bytes[10] == 0xFF && bytes[11] == 0xFF
+            if mapped { return bytes.suffix(4).map { String($0) }.joined(separator: ".") }
+            return bytes.prefix(8).map { String($0, radix: 16) }.joined(separator: ".") + "/64"
+        }
     }
 
     private mutating func makeRoom(now: ContinuousClock.Instant) {

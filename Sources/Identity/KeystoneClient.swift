@@ -112,18 +112,26 @@ package final class KeystoneClient: Sendable {
     private struct State {
         var service: ServiceToken?
         var cache: [String: Entry] = [:]
-        /// Tokens Keystone refused, until when they are refused without asking.
-        var refused: [String: ContinuousClock.Instant] = [:]
+        /// Tokens refused (by Keystone, or by Herald after Keystone's answer: unscoped, domain
+        /// scope, rules it cannot read), until when they are refused without asking, and why.
+        var refused: [String: (until: ContinuousClock.Instant, reason: String)] = [:]
         var rateLimit: ValidationRateLimit
         /// Trust-scoped tokens by trust, each until a minute before it expires.
         var trustTokens: [String: (token: String, until: ContinuousClock.Instant)] = [:]
         /// Trusts Keystone refused a token for, until when that answer stands without asking again:
         /// a tenant who deletes its trust must not cost Keystone a password login per batch.
         var goneTrusts: [String: ContinuousClock.Instant] = [:]
+        /// Whether Herald's own login worked when last tried after a trust's 401, and until when
+        /// that stands: a refused password must not cost two failed logins per delivery attempt
+        /// (and bring on the account's lockout), nor many gone trusts a login each.
+        var serviceLogin: (works: Bool, until: ContinuousClock.Instant)?
     }
 
-    /// How long a trust Keystone refused is taken as gone without asking.
-    static let goneTrustTTL: Duration = .seconds(60)
+    /// How long a trust Keystone refused is taken as gone without asking: short, as one misread
+    /// answer (a flaky identity backend) dead-letters its events meanwhile.
+    static let goneTrustTTL: Duration = .seconds(15)
+    /// How long the verdict of Herald's own login stands (`State.serviceLogin`).
+    static let serviceLoginTTL: Duration = .seconds(15)
 
     package let configuration: KeystoneConfiguration
     private let http: HTTPClient
@@ -185,13 +193,13 @@ package final class KeystoneClient: Sendable {
         let now = ContinuousClock.now
         let known = state.withLock { state -> Result<Caller?, Failure> in
             if let entry = state.cache[token], entry.until > now { return .success(entry.caller) }
-            if let until = state.refused[token] {
-                if until > now {
-                    return .failure(.invalid("Keystone does not accept this token (unknown, expired or revoked)"))
-                }
+            if let refused = state.refused[token] {
+                if refused.until > now { return .failure(.invalid(refused.reason)) }
                 state.refused[token] = nil
             }
-            if let wait = state.rateLimit.check(source, now: now) { return .failure(.throttled(wait)) }
+            // Taken before Keystone is asked, given back unless Keystone refuses the token: many
+            // unknown tokens sent at once from one source cannot all reach Keystone.
+            if let wait = state.rateLimit.take(source, now: now) { return .failure(.throttled(wait)) }
             return .success(nil)
         }
         switch known {
@@ -205,13 +213,34 @@ package final class KeystoneClient: Sendable {
         // it does for services that cannot enforce them.
         request.headers.add(name: "OpenStack-Identity-Access-Rules", value: "1.0")
         validations.add(1, ordering: .relaxed)
-        let (status, body, _) = try await asService(request)
+        let answer: (Int, [String: Any], HTTPHeaders)
+        do {
+            answer = try await asService(request)
+        } catch {
+            state.withLock { $0.rateLimit.refund(source, now: now) }
+            throw error
+        }
+        let (status, body, _) = answer
         switch status {
         case 200:
             guard let object = body["token"] as? [String: Any] else {
+                state.withLock { $0.rateLimit.refund(source, now: now) }
                 throw .unavailable("Keystone's validation answer has no token")
             }
-            let caller = try Self.caller(object, token: token, adminProject: configuration.adminProject)
+            let caller: Caller
+            do {
+                caller = try Self.caller(object, token: token, adminProject: configuration.adminProject)
+            } catch {
+                // Keystone accepts it, Herald does not (unscoped, another scope, unreadable rules):
+                // remembered as a refusal (its charge kept), or each repeat would cost a validation.
+                if case .invalid(let reason) = error {
+                    refuse(token, reason: reason, now: now)
+                } else {
+                    state.withLock { $0.rateLimit.refund(source, now: now) }
+                }
+                throw error
+            }
+            state.withLock { $0.rateLimit.refund(source, now: now) }
             let expires = Self.expiry(object["expires_at"] as? String)
             let until = min(
                 now + configuration.cacheTTL,
@@ -227,21 +256,27 @@ package final class KeystoneClient: Sendable {
             }
             return caller
         case 404:
-            state.withLock { $0.rateLimit.charge(source, now: now) }
-            if configuration.negativeCacheTTL > .zero {
-                state.withLock { state in
-                    if state.refused.count >= configuration.cacheCapacity {
-                        state.refused = state.refused.filter { $0.value > now }
-                        if state.refused.count >= configuration.cacheCapacity {
-                            state.refused.removeAll(keepingCapacity: true)
-                        }
-                    }
-                    state.refused[token] = now + configuration.negativeCacheTTL
+            let reason = "Keystone does not accept this token (unknown, expired or revoked)"
+            refuse(token, reason: reason, now: now)
+            throw .invalid(reason)
+        default:
+            state.withLock { $0.rateLimit.refund(source, now: now) }
+            throw .unavailable("Keystone answered \(status) to the token validation")
+        }
+    }
+
+    /// A refused token (its source keeps the charge `take` made): the refusal remembered for
+    /// `negativeCacheTTL` (bounded: expired entries go first, then all of them).
+    private func refuse(_ token: String, reason: String, now: ContinuousClock.Instant) {
+        state.withLock { state in
+            guard configuration.negativeCacheTTL > .zero else { return }
+            if state.refused.count >= configuration.cacheCapacity {
+                state.refused = state.refused.filter { $0.value.until > now }
+                if state.refused.count >= configuration.cacheCapacity {
+                    state.refused.removeAll(keepingCapacity: true)
                 }
             }
-            throw .invalid("Keystone does not accept this token (unknown, expired or revoked)")
-        default:
-            throw .unavailable("Keystone answered \(status) to the token validation")
+            state.refused[token] = (now + configuration.negativeCacheTTL, reason)
         }
     }
 
@@ -355,7 +390,7 @@ package final class KeystoneClient: Sendable {
         let now = ContinuousClock.now
         if !fresh, let cached = state.withLock({ $0.trustTokens[trust] }), cached.until > now { return cached.token }
         if let until = state.withLock({ $0.goneTrusts[trust] }), until > now {
-            throw .refused("trust \(trust) is gone or unusable (Keystone said so within the last minute)")
+            throw .refused("trust \(trust) is gone or unusable (Keystone said so moments ago)")
         }
         trustTokenRequests.add(1, ordering: .relaxed)
         var request = HTTPClientRequest(url: configuration.base + "/v3/auth/tokens")
@@ -379,9 +414,22 @@ package final class KeystoneClient: Sendable {
                 // Keystone answers 401 both for a trust it has not got and for Herald's own
                 // password: a login of Herald's own tells them apart. Herald refused is the
                 // operator's to mend (retried, parked), not every trust's end.
-                do {
-                    _ = try await service(renew: true)
-                } catch {
+                let known = state.withLock { state -> Bool? in
+                    guard let login = state.serviceLogin, login.until > now else { return nil }
+                    return login.works
+                }
+                var works = known ?? false
+                if known == nil {
+                    do {
+                        _ = try await service(renew: true)
+                        works = true
+                    } catch {
+                        works = false
+                    }
+                    let verdict = works
+                    state.withLock { $0.serviceLogin = (verdict, now + Self.serviceLoginTTL) }
+                }
+                guard works else {
                     throw .unavailable("Keystone refused Herald's service user asked for a token of trust \(trust)")
                 }
             }

@@ -176,7 +176,9 @@ package final class TargetParking: DeliveryParking {
         reread.signal()
     }
 
-    package func park(_ messages: [ZaqarOutgoingMessage], reason: String, failed: Bool) async throws {
+    package func park(
+        _ messages: [ZaqarOutgoingMessage], reason: String, failed: Bool, retryAfter: Duration? = nil
+    ) async throws {
         guard let first = messages.first else { return }
         let subscription = first.subscriptionID
         let project = first.target.project
@@ -188,7 +190,8 @@ package final class TargetParking: DeliveryParking {
                 subscription: subscription, project: project, count: messages.count, bytes: bytes,
                 projectMax: settings.projectMaxMessages,
                 projectMaxBytes: settings.projectMaxBytes, subscriptionMax: settings.subscriptionMaxMessages,
-                delay: failed ? settings.delay(attempt: 0, using: &random) : .zero, error: reason,
+                delay: failed ? max(settings.delay(attempt: 0, using: &random), retryAfter ?? .zero) : .zero,
+                error: reason,
                 onlyIfParked: !failed, owner: owner
             )
         } catch {

@@ -793,6 +793,9 @@ package final class PartitionOwners: Sendable {
     private let index: Locked<SubscriptionIndex>
     private let configuration: NodeConfiguration
     private let logger: Logger
+    /// Misrouted deliveries seen: the first and then every 1,000th is logged (a rollout of new
+    /// event definitions would otherwise log one line per notification); all are counted.
+    private let misroutedSeen = Atomic<Int>(0)
     let counters: PipelineCounters
     /// Events matched per subscription (the API's health view); nil: not counted.
     private let stats: SubscriptionStats?
@@ -909,24 +912,28 @@ package final class PartitionOwners: Sendable {
                 // Ingest put it here for an event of this partition: this node's definitions put
                 // every one elsewhere. Kept in herald.dead for the operator, not acked as unmatched.
                 counters.count(.misrouted)
-                logger.error(
-                    "no event of a partition's delivery falls in that partition: do all nodes run the same event definitions (HERALD_EVENT_DEFINITIONS)? The notification goes to herald.dead",
-                    metadata: [
-                        LogKey.partition: "\(partition)",
-                        LogKey.heraldEventType: "\(SafeText.clean(decoded.first?.eventType ?? "", limit: 100))",
-                        LogKey.heraldEventId: "\(SafeText.clean(decoded.first?.messageID ?? "", limit: 100))",
-                    ])
+                if misroutedSeen.add(1, ordering: .relaxed).oldValue % 1_000 == 0 {
+                    logger.error(
+                        "no event of a partition's delivery falls in that partition: do all nodes run the same event definitions (HERALD_EVENT_DEFINITIONS)? The notification goes to herald.dead (first of such, then every 1,000th, logged; herald_events_total{stage=\"misrouted\"} counts them all)",
+                        metadata: [
+                            LogKey.partition: "\(partition)",
+                            LogKey.heraldEventType: "\(SafeText.clean(decoded.first?.eventType ?? "", limit: 100))",
+                            LogKey.heraldEventId: "\(SafeText.clean(decoded.first?.messageID ?? "", limit: 100))",
+                        ])
+                }
                 owned.channel.reject(delivery, requeue: false)
                 return
             }
         } catch {
             // Ingest validated it; a body that fails here goes to herald.dead all the same.
             counters.count(.misrouted)
-            logger.error(
-                "cannot decode a partition's delivery; it goes to herald.dead",
-                metadata: [
-                    LogKey.partition: "\(partition)", LogKey.error: "\(SafeText.clean("\(error)", limit: 300))",
-                ])
+            if misroutedSeen.add(1, ordering: .relaxed).oldValue % 1_000 == 0 {
+                logger.error(
+                    "cannot decode a partition's delivery; it goes to herald.dead (first of such, then every 1,000th, logged)",
+                    metadata: [
+                        LogKey.partition: "\(partition)", LogKey.error: "\(SafeText.clean("\(error)", limit: 300))",
+                    ])
+            }
             owned.channel.reject(delivery, requeue: false)
             return
         }

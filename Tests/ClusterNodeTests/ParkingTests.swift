@@ -362,6 +362,12 @@ struct ParkingTests {
         #expect(outcome.parked == 3)
         #expect(zaqar.requests(queue: "slow") == attempts, "\(behaviour): \(zaqar.requests(queue: "slow")) requests")
         #expect(try await rig.queueDepth(subscription) == 3)
+        if case .status(_, let retryAfter?) = behaviour, retryAfter > 1 {
+            // Parking's first retry waits what the target asked for (cut to the 60 s cap).
+            let state = try #require(try await rig.ledger.state(subscription: subscription.id))
+            #expect(
+                state.nextAttempt - state.since >= 55_000, "next attempt \(state.nextAttempt - state.since) ms after")
+        }
         #expect(try await rig.deadLetters.count() == 0)
         await rig.shutdown(deleting: [subscription])
         await zaqar.close()
@@ -384,13 +390,14 @@ struct ParkingTests {
         try await eventually(timeout: .seconds(30)) {
             guard zaqar.requests(queue: "vanishing") > before else { throw TestFailure("not retried yet") }
         }
-        draining.cancel()
-        await draining.value
-        // Given back when the drainer's channel closed: all three, and no letter was written.
-        try await eventually(timeout: .seconds(10)) {
+        // The drainer runs on: its attempt got the 404 and ended its turn; the channel it closed
+        // gave all three back (the old code acked them, no letter written: none would be back).
+        try await eventually(timeout: .seconds(20)) {
             let depth = try await rig.queueDepth(subscription)
             guard depth == 3 else { throw TestFailure("\(depth) in the queue") }
         }
+        draining.cancel()
+        await draining.value
         #expect(try await rig.deadLetters.count() == 0)
         await rig.shutdown(deleting: [subscription])
         await zaqar.close()

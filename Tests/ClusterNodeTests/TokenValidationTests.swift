@@ -52,6 +52,12 @@ struct TokenRuleTests {
         for suffix in 1...4 { limit.charge("2001:db8:1:2::\(suffix)", now: start) }
         #expect(limit.check("2001:db8:1:2:ffff::9", now: start) != nil)
         #expect(limit.check("2001:db8:1:3::1", now: start) == nil, "another /64 is another source")
+        // An IPv4 client of an API listening on `::` is its IPv4 address, not the one /64 (::ffff:0:0)
+        // every IPv4 client would share.
+        #expect(limit.key("::ffff:10.0.0.1") == "10.0.0.1")
+        #expect(limit.key("::ffff:192.0.2.200") == "192.0.2.200")
+        #expect(limit.check("::ffff:10.0.0.1", now: start) != nil, "the same client as 10.0.0.1, whose bucket is spent")
+        #expect(limit.check("::ffff:10.0.0.3", now: start) == nil, "another IPv4 client is another source")
         // Spraying addresses past the capacity lands in one shared bucket.
         var small = ValidationRateLimit(perSecond: 1, burst: 2)
         small.capacity = 100
@@ -60,6 +66,17 @@ struct TokenRuleTests {
         #expect(
             small.check("10.9.9.9", now: start) != nil || small.check("10.1.0.1", now: start) != nil,
             "new sources past the capacity share a spent bucket")
+        // Validations are taken before Keystone answers (so many unknown tokens at once from one
+        // source cannot all reach it) and given back for a valid token.
+        var taking = ValidationRateLimit(perSecond: 1, burst: 2)
+        #expect(taking.take("10.2.0.1", now: start) == nil)
+        #expect(taking.take("10.2.0.1", now: start) == nil)
+        #expect(taking.take("10.2.0.1", now: start) != nil, "a third one in flight at once waits")
+        taking.refund("10.2.0.1", now: start)
+        #expect(taking.take("10.2.0.1", now: start) == nil, "a valid token's validation was given back")
+        for _ in 0..<5 { taking.refund("10.2.0.1", now: start) }
+        #expect(taking.take("10.2.0.1", now: start) == nil && taking.take("10.2.0.1", now: start) == nil)
+        #expect(taking.take("10.2.0.1", now: start) != nil, "refunds never raise a bucket past its burst")
         var off = ValidationRateLimit(perSecond: 0, burst: 0)
         for _ in 0..<100 { off.charge("x", now: start) }
         #expect(off.check("x", now: start) == nil, "rate 0: no limit")
@@ -194,6 +211,29 @@ extension APISuites {
                 let huge = String(repeating: "A", count: 5000)
                 #expect(try await get(http, token: huge) == .unauthorized)
                 #expect(keystoneClient.validationCount == 3, "an oversized token is refused without asking")
+            }
+        }
+
+        @Test(
+            "a token Keystone accepts but Herald refuses (unscoped) is remembered and charged as a refusal: repeats cost no validation"
+        )
+        func refusedAfterValidation() async throws {
+            let keystone = try await KeystoneFixture.make()
+            let unscoped = try await KeystoneFixture.token(
+                url: keystone.url, user: "admin", password: try TestServers.value("HERALD_TEST_KEYSTONE_ADMIN_PASSWORD")
+            )
+            let keystoneClient = client(keystone, perSecond: 1, negative: .seconds(30))
+            var services = harness.api.services
+            services.keystone = keystoneClient
+            let application = Application(
+                router: HeraldAPI(services: services).router(
+                    authenticator: KeystoneAuthenticator(keystone: keystoneClient)))
+            try await application.test(.router) { http in
+                let first = try await get(http, token: unscoped)
+                #expect(first == .unauthorized || first == .forbidden, "\(first)")
+                #expect(keystoneClient.validationCount == 1)
+                for _ in 0..<10 { #expect(try await get(http, token: unscoped) == first) }
+                #expect(keystoneClient.validationCount == 1, "remembered: Keystone was asked once")
             }
         }
     }

@@ -40,12 +40,31 @@ struct CurlTransportTests {
         #expect(stalledEnded.value == 0, "it ended while the silent request still held the connection")
         switch result {
         case .success(let answer): Issue.record("answered \(answer.status) through a held connection")
-        case .failure(let failure): #expect(failure.code == 28, "\(failure)")
+        case .failure(let failure):
+            #expect(failure.code == 28, "\(failure)")
+            // It never had a connection: not its target's silence (parking does not take it for that).
+            #expect(!failure.timedOut && !failure.started, "\(failure)")
         }
         stalled.cancel()
         _ = await stalled.result
         // The host's connection is free again: the next request is answered.
         #expect(try await transport.post(request(server, queue: "fine")).status == 201)
+        await transport.shutdown()
+        await server.close()
+    }
+
+    @Test("a target that takes the request and never answers times out as its own silence")
+    func silentTarget() async throws {
+        let server = try await HostileZaqar { _ in .silent }
+        let transport = CurlTransport(
+            connectionsPerHost: 4, connectTimeout: .seconds(1), requestTimeout: .seconds(60), caFile: nil)
+        var silent = request(server, queue: "silent")
+        silent.timeout = .milliseconds(500)
+        let result = await attempt { () async throws(CurlTransport.Failure) in try await transport.post(silent) }
+        switch result {
+        case .success(let answer): Issue.record("answered \(answer.status)")
+        case .failure(let failure): #expect(failure.timedOut && failure.started, "\(failure)")
+        }
         await transport.shutdown()
         await server.close()
     }

@@ -2,9 +2,11 @@ import AsyncHTTPClient
 import Coordination
 import Foundation
 import HeraldModel
+import Messaging
 import NIOCore
 import NIOFoundationCompat
 import NIOHTTP1
+import Notifications
 import TestSupport
 import Testing
 
@@ -158,6 +160,44 @@ extension PipelineSuites {
             }
             await hostile.close()
             await forbidden.close()
+        }
+
+        @Test(
+            "a partition's delivery whose event falls in another partition (nodes on different definitions) goes to the dead queue, counted as misrouted, not acked as unmatched"
+        )
+        func misrouted() async throws {
+            try await PipelineRun.with(partitions: 4) { run in
+                try await run.startNodes(1, as: .inProcess)
+                try await run.waitAllPartitionsHeld()
+                let eventType = "compute.instance.update"
+                // No resource id: the event type is the partition key.
+                let wrong = (PartitionHash.partition(of: eventType, count: 4) + 1) % 4
+                let names = try run.names
+                let connection = try await AMQPConnection.connect(url: run.amqpURL)
+                let channel = try await connection.openChannel()
+                try await channel.publish(
+                    AMQPOutgoingMessage(
+                        exchange: names.partitions, routingKey: "\(wrong)",
+                        body: Array(
+                            #"{"event_type": "\#(eventType)", "message_id": "m-misrouted", "payload": {"project_id": "p1"}}"#
+                                .utf8),
+                        properties: AMQPMessageProperties(contentType: "application/json", persistent: true)))
+                let name = try #require(run.nodes.keys.first)
+                try await eventually(timeout: .seconds(30)) {
+                    let metrics = try await run.metrics(of: name)
+                    guard metrics["herald_events_total{stage=\"misrouted\"}"] == 1 else {
+                        throw TestFailure("misrouted: \(metrics.filter { $0.key.contains("stage") })")
+                    }
+                }
+                let dead = try await eventually(timeout: .seconds(30)) {
+                    let depth = try await channel.declareQueuePassive(names.dead).messageCount
+                    guard depth >= 1 else { throw TestFailure("nothing in \(names.dead)") }
+                    return depth
+                }
+                #expect(dead == 1)
+                await channel.close()
+                await connection.close()
+            }
         }
 
         @Test("two clusters in one vhost: each ingests every notification into its own queues")

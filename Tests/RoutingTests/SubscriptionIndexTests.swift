@@ -228,22 +228,29 @@ struct SubscriptionIndexTests {
     }
 
     @Test(
-        "a route that refuses one event (its condition) drops out of that answer alone: the event type's shared candidate list is not changed for the next events"
-    )
-    func refusalsDoNotStick() {
-        let first = subscription(["compute.*"])
-        let conditional = subscription(
-            ["compute.*"], conditions: [Condition(field: "payload.state", op: .eq, value: .string("active"))])
-        let last = subscription(["compute.*"])
-        let admin = subscription(["compute.*"], project: "admin", allProjects: true)
-        let inOrder = [first, conditional, last].sorted { $0.id < $1.id }.map(\.id)
+        "a route that refuses one event (its condition) drops out of that answer alone, first, middle or last in the list: the event type's shared candidate list is not changed for the next events",
+        arguments: [0, 1, 2])
+    func refusalsDoNotStick(refusing position: Int) {
+        // Fixed ids: the index keeps routes in id order, so `position` is the refusing one's place.
+        let ids = ["a-first", "b-middle", "c-last"]
+        let all = ids.enumerated().map { index, id in
+            Subscription(
+                id: id, project: "p1", eventTypes: ["compute.*"],
+                conditions: index == position
+                    ? [Condition(field: "payload.state", op: .eq, value: .string("active"))] : [],
+                target: Target(queue: "q"))
+        }
+        let admin = Subscription(
+            id: "z-admin", project: "admin", allProjects: true, eventTypes: ["compute.*"], target: Target(queue: "q"))
         for withAdmin in [false, true] {
-            let index = SubscriptionIndex(
-                [first, conditional, last] + (withAdmin ? [admin] : []), defaultZaqarURL: "http://zaqar.test")
+            let index = SubscriptionIndex(all + (withAdmin ? [admin] : []), defaultZaqarURL: "http://zaqar.test")
             let extra = withAdmin ? [admin.id] : []
             for state in ["active", "building", "active", "deleted", "active"] {
-                let ids = index.matches(event("compute.instance.update", payload: ["state": .string(state)])).map(\.id)
-                #expect(ids == (state == "active" ? inOrder : inOrder.filter { $0 != conditional.id }) + extra)
+                let matched = index.matches(event("compute.instance.update", payload: ["state": .string(state)])).map(
+                    \.id)
+                let expected =
+                    state == "active" ? ids : ids.enumerated().filter { $0.offset != position }.map(\.element)
+                #expect(matched == expected + extra, "\(state), refusing \(ids[position])")
             }
         }
     }

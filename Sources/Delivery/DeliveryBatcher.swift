@@ -100,6 +100,8 @@ public final class DeliveryBatcher: Sendable {
         var bytes = 0
         var working = false
         var circuit: CircuitBreaker
+        /// When its worker last found it empty (the batcher's clock).
+        var idleSince: Duration = .zero
 
         var queued: Int { queue.count }
     }
@@ -117,6 +119,8 @@ public final class DeliveryBatcher: Sendable {
 
     struct State {
         var lanes: [ZaqarTarget: Lane] = [:]
+        /// Lanes held before a new one has idle ones looked over (`forgetIdleLanes`).
+        var sweepAt = 0
         /// Only projects holding something (an entry goes when it is back to zero).
         var projects: [String: ProjectUsage] = [:]
         var waiters: [Waiter] = []
@@ -357,6 +361,11 @@ public final class DeliveryBatcher: Sendable {
 
     /// Accounts and queues a message (under the lock); true when its lane needs a worker.
     private func admit(_ state: inout State, _ pending: Pending) -> Bool {
+        if state.lanes.count >= max(state.sweepAt, configuration.laneSweepFloor),
+            state.lanes[pending.message.target] == nil
+        {
+            forgetIdleLanes(&state)
+        }
         // In place (one hash of the target, no copy of the lane's queue).
         let (needsWorker, laneMessages) = Self.push(
             pending, into: &state.lanes[pending.message.target, default: newLane()])
@@ -370,6 +379,21 @@ public final class DeliveryBatcher: Sendable {
         state.statistics.peakLaneMessages = max(state.statistics.peakLaneMessages, laneMessages)
         return needsWorker
     }
+
+    /// Forgets lanes idle for `idleLaneLifetime`, failures and all: a lane whose target failed
+    /// (its batches parked, or dead-lettered) is otherwise kept for its circuit, and targets
+    /// replaced by a PATCH or a renewed URL would pile up for the life of the process. Run when a
+    /// new lane would pass twice the count left by the last run (amortised: one look per lane).
+    private func forgetIdleLanes(_ state: inout State) {
+        let now = now()
+        state.lanes = state.lanes.filter { _, lane in
+            lane.messages > 0 || lane.working || now - lane.idleSince < Self.idleLaneLifetime
+        }
+        state.sweepAt = 2 * state.lanes.count
+    }
+
+    /// How long an idle lane that had failures is kept (its circuit's memory).
+    static let idleLaneLifetime: Duration = .seconds(600)
 
     private func newLane() -> Lane {
         Lane(
@@ -456,6 +480,7 @@ public final class DeliveryBatcher: Sendable {
                         state.lanes[target] = nil
                     } else {
                         state.lanes[target]?.working = false
+                        state.lanes[target]?.idleSince = now()
                     }
                     return .idle
                 }

@@ -37,6 +37,9 @@ public struct DeliveryConfiguration: Sendable {
     /// Consecutive failures that open a lane's circuit, and how long it stays open. Default 5, 5 s.
     public var circuitThreshold: Int = 5
     public var circuitCooldown: Duration = .seconds(5)
+    /// Lanes held before a new one has the idle ones looked over (those idle for 10 minutes are
+    /// forgotten, failures and all; the next look comes at twice what is left). Tests lower it.
+    package var laneSweepFloor: Int = 1_024
 
     public init() {}
 

@@ -687,7 +687,9 @@ package final class ParkingDrainer: Sendable {
             parking.metrics.retries.increment()
             // Past the horizon, what still fails is dead-lettered; the rest waits for the next attempt.
             let rest = Array(deliveries.dropFirst(settled))
-            let now = Int64(Date().timeIntervalSince1970 * 1000)
+            // Redis' clock, which stamped them: a node whose clock runs behind or ahead must not
+            // keep them past the horizon nor give them up early (its own clock only without Redis).
+            let now = (try? await ledger.now()) ?? Int64(Date().timeIntervalSince1970 * 1000)
             // Herald's own header, but read as hostile: a value outside [0, now] is taken as now.
             func parkedAt(_ delivery: AMQPDelivery) -> Int64 {
                 guard let value = delivery.properties.headers["herald-parked-at"]?.int, value >= 0, value <= now else {

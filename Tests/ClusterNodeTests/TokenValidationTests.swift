@@ -171,6 +171,17 @@ extension APISuites {
             return KeystoneClient(configuration: configuration, logger: Logger(label: "test"))
         }
 
+        /// The API of the harness, its callers identified by `keystone`, under test.
+        func behindKeystone(
+            _ keystone: KeystoneClient, _ body: @Sendable (any TestClientProtocol) async throws -> Void
+        ) async throws {
+            var services = harness.api.services
+            services.keystone = keystone
+            let application = Application(
+                router: HeraldAPI(services: services).router(authenticator: KeystoneAuthenticator(keystone: keystone)))
+            try await application.test(.router, body)
+        }
+
         func get(_ http: any TestClientProtocol, token: String) async throws -> HTTPResponse.Status {
             var headers = HTTPFields()
             headers[.authToken] = token
@@ -183,12 +194,7 @@ extension APISuites {
             let keystone = try await KeystoneFixture.make()
             let good = try await keystone.userToken("a")
             let keystoneClient = client(keystone, perSecond: 1, negative: .seconds(30))
-            var services = harness.api.services
-            services.keystone = keystoneClient
-            let application = Application(
-                router: HeraldAPI(services: services).router(
-                    authenticator: KeystoneAuthenticator(keystone: keystoneClient)))
-            try await application.test(.router) { http in
+            try await behindKeystone(keystoneClient) { http in
                 #expect(try await get(http, token: good) == .ok)
                 #expect(keystoneClient.validationCount == 1)
                 #expect(try await get(http, token: "gAAAAA-bogus-1") == .unauthorized)
@@ -223,12 +229,7 @@ extension APISuites {
                 url: keystone.url, user: "admin", password: try TestServers.value("HERALD_TEST_KEYSTONE_ADMIN_PASSWORD")
             )
             let keystoneClient = client(keystone, perSecond: 1, negative: .seconds(30))
-            var services = harness.api.services
-            services.keystone = keystoneClient
-            let application = Application(
-                router: HeraldAPI(services: services).router(
-                    authenticator: KeystoneAuthenticator(keystone: keystoneClient)))
-            try await application.test(.router) { http in
+            try await behindKeystone(keystoneClient) { http in
                 let first = try await get(http, token: unscoped)
                 #expect(first == .unauthorized || first == .forbidden, "\(first)")
                 #expect(keystoneClient.validationCount == 1)

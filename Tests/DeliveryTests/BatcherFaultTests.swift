@@ -304,6 +304,39 @@ extension RedisBackedDeliveryTests {
             await harness.shutdown()
         }
 
+        @Test(
+            "a lane whose target failed is forgotten once idle for ten minutes, when a new lane comes (not before)",
+            arguments: [(Duration.seconds(540), 1), (.seconds(601), 0)])
+        func failedLanesForgottenInTime(idle: Duration, left: Int) async throws {
+            let sink = try await HostileZaqar { request in request.path.contains("/failing/") ? .status(503) : .accept }
+            var configuration = fastRetries()
+            configuration.circuitThreshold = 100
+            configuration.maxAttempts = 2
+            // Every new lane has the idle ones looked over.
+            configuration.laneSweepFloor = 1
+            let clock = ManualClock()
+            let harness = try DeliveryHarness(configuration: configuration, clock: ElapsedClock(clock))
+            let failing = ZaqarTarget(baseURL: sink.url, project: "p", queue: "failing")
+            let failed = Task { await harness.batcher.deliver(DeliveryHarness.messages(1, to: failing, label: "f")) }
+            // The backoff after its first failure, then the second failure: dead-lettered.
+            try await clock.waitForSleepers()
+            clock.advance(by: clock.requested.last ?? .zero)
+            #expect(await failed.value.deadLettered == 1)
+            try await eventually {
+                guard harness.batcher.laneCount == 1 else { throw TestFailure("\(harness.batcher.laneCount) lanes") }
+            }
+            clock.advance(by: idle)
+            let fine = ZaqarTarget(baseURL: sink.url, project: "p", queue: "fine")
+            #expect(await harness.batcher.deliver(DeliveryHarness.messages(1, to: fine, label: "ok")).delivered == 1)
+            try await eventually {
+                guard harness.batcher.laneCount == left else {
+                    throw TestFailure("\(harness.batcher.laneCount) lanes, \(left) expected")
+                }
+            }
+            await sink.close()
+            await harness.shutdown()
+        }
+
         @Test("a stalled lane leaves another lane's throughput unchanged")
         func stalledLane() async throws {
             let sink = try await HostileZaqar { $0.path.contains("/stalled/") ? .stall : .accept }

@@ -554,6 +554,18 @@ public final class ParkingLedger: Sendable {
         public var claimedBy: String?
     }
 
+    /// Redis' clock, in milliseconds: what parking stamps messages with (`herald-parked-at`), so
+    /// what a horizon is judged by, whatever a node's own clock says.
+    public func now() async throws -> Int64 {
+        let reply = try await redis.send("TIME")
+        guard let parts = reply.array, parts.count == 2, let seconds = parts[0].string.flatMap({ Int64($0) }),
+            let micros = parts[1].string.flatMap({ Int64($0) })
+        else {
+            throw CoordinationError(.unexpectedReply, "TIME answered \(reply)")
+        }
+        return seconds &* 1000 &+ micros / 1000
+    }
+
     public func state(subscription: String) async throws -> State? {
         try await states(subscriptions: [subscription]).first
     }

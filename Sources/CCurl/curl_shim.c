@@ -141,8 +141,8 @@ int herald_curl_next_done(CURLM *multi, CURL **easy, long *status, int *result) 
     return 0;
 }
 
-int herald_curl_started(CURL *easy) {
+long long herald_curl_pretransfer_us(CURL *easy) {
     curl_off_t pretransfer = 0;
     if (curl_easy_getinfo(easy, CURLINFO_PRETRANSFER_TIME_T, &pretransfer) != CURLE_OK) return 0;
-    return pretransfer > 0 ? 1 : 0;
+    return pretransfer > 0 ? (long long)pretransfer : 0;
 }

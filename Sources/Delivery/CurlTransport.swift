@@ -49,14 +49,12 @@ package final class CurlTransport: Sendable {
     package struct Failure: Error, CustomStringConvertible {
         package var code: Int32
         package var message: String
-        /// The transfer had its connection and had begun: a timeout then is the target's silence,
-        /// not a wait for one of the host's connections (which other targets' requests can cause).
-        package var started = true
+        /// The target's own silence: it did not accept a connection in time (libcurl's connect
+        /// timeout), or it had the request for at least half the request's time and gave no
+        /// complete answer. Not a request that spent its time waiting for one of the host's
+        /// connections (other targets' requests can cause that), nor one cancelled.
+        package var timedOut = false
         package var description: String { "HTTP transport error \(code): \(message)" }
-        /// The target did not answer in time once the request was sent (libcurl's
-        /// `CURLE_OPERATION_TIMEDOUT`, or the transport's own deadline, for a transfer that had
-        /// started); not a request that timed out waiting for a connection, nor one cancelled.
-        package var timedOut: Bool { code == Int32(CURLE_OPERATION_TIMEDOUT.rawValue) && started }
     }
 
     private struct Queued: Sendable {
@@ -181,6 +179,8 @@ package final class CurlTransport: Sendable {
     private struct Transfer {
         var number: UInt64
         var deadline: ContinuousClock.Instant
+        /// When it was handed to libcurl (its times count from there).
+        var added: ContinuousClock.Instant
         var done: CheckedContinuation<Result<Answer, Failure>, Never>
         var headers: UnsafeMutablePointer<curl_slist>?
         var answer: UnsafeMutablePointer<herald_curl_answer>
@@ -214,8 +214,11 @@ package final class CurlTransport: Sendable {
             while herald_curl_next_done(multi, &easy, &status, &result) == 1, let done = easy {
                 guard let transfer = inFlight.removeValue(forKey: done) else { continue }
                 var outcome = Self.outcome(transfer.answer.pointee, status: status, result: result)
-                if case .failure(var failure) = outcome {
-                    failure.started = herald_curl_started(done) == 1
+                if case .failure(var failure) = outcome, result == Int32(CURLE_OPERATION_TIMEDOUT.rawValue) {
+                    // libcurl never times out a transfer still waiting for one of the host's
+                    // connections: before sending, this is the target not accepting one in time.
+                    let sent = herald_curl_pretransfer_us(done)
+                    failure.timedOut = sent == 0 || Self.targetHadTime(transfer, sentAfter: sent, now: .now)
                     outcome = .failure(failure)
                 }
                 finish(transfer, easy: done, on: multi, idle: &idle, with: outcome)
@@ -227,13 +230,13 @@ package final class CurlTransport: Sendable {
                 inFlight[handle] = nil
                 let failure: Failure
                 if transfer.deadline <= now {
-                    let started = herald_curl_started(handle) == 1
+                    let sent = herald_curl_pretransfer_us(handle)
                     failure = Failure(
                         code: Int32(CURLE_OPERATION_TIMEDOUT.rawValue),
-                        message: started
+                        message: sent > 0
                             ? "no complete answer within \(requestTimeout.seconds) s (the request timeout)"
-                            : "no connection to the target within \(requestTimeout.seconds) s (the request timeout; the host's connections were busy or it did not accept one)",
-                        started: started)
+                            : "no connection to the target within \(requestTimeout.seconds) s (the request timeout; the host's connections were busy)",
+                        timedOut: sent > 0 && Self.targetHadTime(transfer, sentAfter: sent, now: now))
                 } else {
                     failure = Failure(code: Int32(CURLE_ABORTED_BY_CALLBACK.rawValue), message: "cancelled")
                 }
@@ -343,7 +346,17 @@ package final class CurlTransport: Sendable {
             return
         }
         inFlight[easy] = Transfer(
-            number: item.number, deadline: item.deadline, done: item.done, headers: headers, answer: answer)
+            number: item.number, deadline: item.deadline, added: .now, done: item.done, headers: headers,
+            answer: answer)
+    }
+
+    /// Whether the target had the request for at least half the time the request had in all (the
+    /// rest may have gone waiting for a connection): only then is its silence its own.
+    private static func targetHadTime(
+        _ transfer: Transfer, sentAfter microseconds: Int64, now: ContinuousClock.Instant
+    ) -> Bool {
+        let sentAt = transfer.added + .microseconds(microseconds)
+        return now - sentAt >= (transfer.deadline - transfer.added) / 2
     }
 
     /// The answer, or why there is none. A body cut at its limit ends the transfer with a write

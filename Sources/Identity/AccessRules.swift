@@ -144,12 +144,15 @@ package struct ValidationRateLimit: Sendable {
 
     /// Gives back what `take` took, for a validation that did not count against its source (the
     /// token was valid, or Keystone could not answer).
+    /// Only the source's own bucket is credited (one that went meanwhile, or a charge taken from the
+    /// shared overflow bucket, is not refunded: stricter, never looser), and its time never moves
+    /// back (a refill is not counted twice).
     mutating func refund(_ source: String, now: ContinuousClock.Instant) {
         guard rate > 0 else { return }
         let key = key(source)
-        let slot = buckets[key] != nil ? key : Self.overflow
-        guard let bucket = buckets[slot] else { return }
-        buckets[slot] = (min(burst, level(bucket, now: now) + 1), now)
+        guard key != Self.overflow, let bucket = buckets[key] else { return }
+        let at = max(now, bucket.at)
+        buckets[key] = (min(burst, level(bucket, now: at) + 1), at)
     }
 
     private static let overflow = "*"

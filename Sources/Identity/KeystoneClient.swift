@@ -121,17 +121,18 @@ package final class KeystoneClient: Sendable {
         /// Trusts Keystone refused a token for, until when that answer stands without asking again:
         /// a tenant who deletes its trust must not cost Keystone a password login per batch.
         var goneTrusts: [String: ContinuousClock.Instant] = [:]
-        /// Whether Herald's own login worked when last tried after a trust's 401, and until when
-        /// that stands: a refused password must not cost two failed logins per delivery attempt
-        /// (and bring on the account's lockout), nor many gone trusts a login each.
-        var serviceLogin: (works: Bool, until: ContinuousClock.Instant)?
+        /// Until when Herald's own login is taken as refused (it was, after a trust's 401): trust
+        /// tokens are then not asked for at all (each is a password login, and a refused password
+        /// tried per delivery brings on the account's lockout). Only a refusal is remembered: a
+        /// login that worked says nothing of one a rotated password refuses the next second.
+        var serviceRefusedUntil: ContinuousClock.Instant?
     }
 
     /// How long a trust Keystone refused is taken as gone without asking: short, as one misread
     /// answer (a flaky identity backend) dead-letters its events meanwhile.
     static let goneTrustTTL: Duration = .seconds(15)
-    /// How long the verdict of Herald's own login stands (`State.serviceLogin`).
-    static let serviceLoginTTL: Duration = .seconds(15)
+    /// How long Herald's own login is taken as refused (`State.serviceRefusedUntil`).
+    static let serviceRefusalTTL: Duration = .seconds(15)
 
     package let configuration: KeystoneConfiguration
     private let http: HTTPClient
@@ -217,14 +218,14 @@ package final class KeystoneClient: Sendable {
         do {
             answer = try await asService(request)
         } catch {
-            state.withLock { $0.rateLimit.refund(source, now: now) }
+            state.withLock { $0.rateLimit.refund(source, now: .now) }
             throw error
         }
         let (status, body, _) = answer
         switch status {
         case 200:
             guard let object = body["token"] as? [String: Any] else {
-                state.withLock { $0.rateLimit.refund(source, now: now) }
+                state.withLock { $0.rateLimit.refund(source, now: .now) }
                 throw .unavailable("Keystone's validation answer has no token")
             }
             let caller: Caller
@@ -236,11 +237,11 @@ package final class KeystoneClient: Sendable {
                 if case .invalid(let reason) = error {
                     refuse(token, reason: reason, now: now)
                 } else {
-                    state.withLock { $0.rateLimit.refund(source, now: now) }
+                    state.withLock { $0.rateLimit.refund(source, now: .now) }
                 }
                 throw error
             }
-            state.withLock { $0.rateLimit.refund(source, now: now) }
+            state.withLock { $0.rateLimit.refund(source, now: .now) }
             let expires = Self.expiry(object["expires_at"] as? String)
             let until = min(
                 now + configuration.cacheTTL,
@@ -260,7 +261,7 @@ package final class KeystoneClient: Sendable {
             refuse(token, reason: reason, now: now)
             throw .invalid(reason)
         default:
-            state.withLock { $0.rateLimit.refund(source, now: now) }
+            state.withLock { $0.rateLimit.refund(source, now: .now) }
             throw .unavailable("Keystone answered \(status) to the token validation")
         }
     }
@@ -392,6 +393,10 @@ package final class KeystoneClient: Sendable {
         if let until = state.withLock({ $0.goneTrusts[trust] }), until > now {
             throw .refused("trust \(trust) is gone or unusable (Keystone said so moments ago)")
         }
+        if let until = state.withLock({ $0.serviceRefusedUntil }), until > now {
+            throw .unavailable(
+                "Keystone refused Herald's service user moments ago; not asking for a token of trust \(trust)")
+        }
         trustTokenRequests.add(1, ordering: .relaxed)
         var request = HTTPClientRequest(url: configuration.base + "/v3/auth/tokens")
         request.method = .POST
@@ -414,22 +419,11 @@ package final class KeystoneClient: Sendable {
                 // Keystone answers 401 both for a trust it has not got and for Herald's own
                 // password: a login of Herald's own tells them apart. Herald refused is the
                 // operator's to mend (retried, parked), not every trust's end.
-                let known = state.withLock { state -> Bool? in
-                    guard let login = state.serviceLogin, login.until > now else { return nil }
-                    return login.works
-                }
-                var works = known ?? false
-                if known == nil {
-                    do {
-                        _ = try await service(renew: true)
-                        works = true
-                    } catch {
-                        works = false
-                    }
-                    let verdict = works
-                    state.withLock { $0.serviceLogin = (verdict, now + Self.serviceLoginTTL) }
-                }
-                guard works else {
+                do {
+                    _ = try await service(renew: true)
+                } catch {
+                    let until = ContinuousClock.now + Self.serviceRefusalTTL
+                    state.withLock { $0.serviceRefusedUntil = until }
                     throw .unavailable("Keystone refused Herald's service user asked for a token of trust \(trust)")
                 }
             }

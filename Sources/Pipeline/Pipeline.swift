@@ -793,9 +793,11 @@ package final class PartitionOwners: Sendable {
     private let index: Locked<SubscriptionIndex>
     private let configuration: NodeConfiguration
     private let logger: Logger
-    /// Misrouted deliveries seen: the first and then every 1,000th is logged (a rollout of new
-    /// event definitions would otherwise log one line per notification); all are counted.
+    /// Misrouted deliveries seen, and undecodable ones: the first of each and then every 1,000th
+    /// is logged (a rollout of new event definitions would otherwise log one line per
+    /// notification); all are counted.
     private let misroutedSeen = Atomic<Int>(0)
+    private let undecodableSeen = Atomic<Int>(0)
     let counters: PipelineCounters
     /// Events matched per subscription (the API's health view); nil: not counted.
     private let stats: SubscriptionStats?
@@ -927,7 +929,7 @@ package final class PartitionOwners: Sendable {
         } catch {
             // Ingest validated it; a body that fails here goes to herald.dead all the same.
             counters.count(.misrouted)
-            if misroutedSeen.add(1, ordering: .relaxed).oldValue % 1_000 == 0 {
+            if undecodableSeen.add(1, ordering: .relaxed).oldValue % 1_000 == 0 {
                 logger.error(
                     "cannot decode a partition's delivery; it goes to herald.dead (first of such, then every 1,000th, logged)",
                     metadata: [

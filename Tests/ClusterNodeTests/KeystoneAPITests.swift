@@ -188,6 +188,21 @@ extension APISuites {
                 }
                 #expect(reason.contains("service user"), "\(reason)")
             }
+            // Remembered: the next trusts' tokens are not asked for (each is a password login, and
+            // failed ones bring on the account's lockout).
+            let asked = client.trustTokenCount
+            for trust in ["a", "b", "c"].map({ String(repeating: $0, count: 32) }) {
+                do {
+                    _ = try await client.trustToken(trust)
+                    Issue.record("a token with a wrong password")
+                } catch {
+                    guard case ZaqarTokenError.unavailable = error else {
+                        Issue.record("\(error)")
+                        continue
+                    }
+                }
+            }
+            #expect(client.trustTokenCount == asked, "Keystone not asked again")
         }
     }
 }

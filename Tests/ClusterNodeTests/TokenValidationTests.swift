@@ -235,6 +235,10 @@ extension APISuites {
                 #expect(keystoneClient.validationCount == 1)
                 for _ in 0..<10 { #expect(try await get(http, token: unscoped) == first) }
                 #expect(keystoneClient.validationCount == 1, "remembered: Keystone was asked once")
+                // And charged as a refusal: with one more (1 a second, bursts of 2), the next unknown
+                // token from this source waits.
+                #expect(try await get(http, token: "gAAAAA-bogus-after-unscoped") == .unauthorized)
+                #expect(try await get(http, token: "gAAAAA-bogus-after-that") == .tooManyRequests)
             }
         }
     }

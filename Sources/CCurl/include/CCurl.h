@@ -42,7 +42,7 @@ CURL *herald_curl_request_new(CURL *reuse, const char *url, struct curl_slist *h
 /// The next finished transfer of `multi`: 1 with its handle, HTTP status and CURLcode, or 0.
 int herald_curl_next_done(CURLM *multi, CURL **easy, long *status, int *result);
 
-/// 1 when `easy`'s transfer got a connection and began sending (libcurl's pre-transfer time is
-/// set), 0 while it still waited for a connection or a name.
-int herald_curl_started(CURL *easy);
+/// Microseconds from the transfer's start until it got its connection and began sending
+/// (libcurl's pre-transfer time); 0 while it still waited for a connection or a name.
+long long herald_curl_pretransfer_us(CURL *easy);
 #endif

@@ -198,12 +198,12 @@ public final class DeliveryBatcher: Sendable {
 
     public var statistics: DeliveryStatistics { state.withLock { $0.statistics } }
 
-    /// The circuit state of a target's lane (closed when it has none: a new lane starts closed).
     /// Whether the batcher keeps a lane for `target` now (for tests).
     package func hasLane(for target: ZaqarTarget) -> Bool {
         state.withLock { $0.lanes[target] != nil }
     }
 
+    /// The circuit state of a target's lane (closed when it has none: a new lane starts closed).
     public func circuit(for target: ZaqarTarget) -> CircuitBreaker.State {
         state.withLock { $0.lanes[target]?.circuit.state ?? .closed }
     }

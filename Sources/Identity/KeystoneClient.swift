@@ -218,14 +218,14 @@ package final class KeystoneClient: Sendable {
         do {
             answer = try await asService(request)
         } catch {
-            state.withLock { $0.rateLimit.refund(source, now: .now) }
+            refund(source)
             throw error
         }
         let (status, body, _) = answer
         switch status {
         case 200:
             guard let object = body["token"] as? [String: Any] else {
-                state.withLock { $0.rateLimit.refund(source, now: .now) }
+                refund(source)
                 throw .unavailable("Keystone's validation answer has no token")
             }
             let caller: Caller
@@ -237,11 +237,11 @@ package final class KeystoneClient: Sendable {
                 if case .invalid(let reason) = error {
                     refuse(token, reason: reason, now: now)
                 } else {
-                    state.withLock { $0.rateLimit.refund(source, now: .now) }
+                    refund(source)
                 }
                 throw error
             }
-            state.withLock { $0.rateLimit.refund(source, now: .now) }
+            refund(source)
             let expires = Self.expiry(object["expires_at"] as? String)
             let until = min(
                 now + configuration.cacheTTL,
@@ -261,24 +261,39 @@ package final class KeystoneClient: Sendable {
             refuse(token, reason: reason, now: now)
             throw .invalid(reason)
         default:
-            state.withLock { $0.rateLimit.refund(source, now: .now) }
+            refund(source)
             throw .unavailable("Keystone answered \(status) to the token validation")
         }
     }
 
     /// A refused token (its source keeps the charge `take` made): the refusal remembered for
-    /// `negativeCacheTTL` (bounded: expired entries go first, then all of them).
+    /// `negativeCacheTTL`.
     private func refuse(_ token: String, reason: String, now: ContinuousClock.Instant) {
+        guard configuration.negativeCacheTTL > .zero else { return }
         state.withLock { state in
-            guard configuration.negativeCacheTTL > .zero else { return }
-            if state.refused.count >= configuration.cacheCapacity {
-                state.refused = state.refused.filter { $0.value.until > now }
-                if state.refused.count >= configuration.cacheCapacity {
-                    state.refused.removeAll(keepingCapacity: true)
-                }
+            remember(token, (now + configuration.negativeCacheTTL, reason), in: &state.refused, now: now) {
+                $0.until
             }
-            state.refused[token] = (now + configuration.negativeCacheTTL, reason)
         }
+    }
+
+    /// A validation `take` charged that does not count against its source (a valid token, or
+    /// Keystone could not answer).
+    private func refund(_ source: String) {
+        state.withLock { $0.rateLimit.refund(source, now: .now) }
+    }
+
+    /// Adds an entry that holds until `until(value)`, bounded as the token caches are: at the
+    /// capacity, expired entries go first, then all of them.
+    private func remember<Value>(
+        _ key: String, _ value: Value, in entries: inout [String: Value], now: ContinuousClock.Instant,
+        until: (Value) -> ContinuousClock.Instant
+    ) {
+        if entries.count >= configuration.cacheCapacity {
+            entries = entries.filter { until($0.value) > now }
+            if entries.count >= configuration.cacheCapacity { entries.removeAll(keepingCapacity: true) }
+        }
+        entries[key] = value
     }
 
     /// The caller of a validated token (Keystone's `token` object): project-scoped, or
@@ -429,14 +444,7 @@ package final class KeystoneClient: Sendable {
             }
             if status == 401 || status == 403 || status == 404 {
                 state.withLock { state in
-                    // Bounded as the token caches are: expired entries go first, then all of them.
-                    if state.goneTrusts.count >= configuration.cacheCapacity {
-                        state.goneTrusts = state.goneTrusts.filter { $0.value > now }
-                        if state.goneTrusts.count >= configuration.cacheCapacity {
-                            state.goneTrusts.removeAll(keepingCapacity: true)
-                        }
-                    }
-                    state.goneTrusts[trust] = now + Self.goneTrustTTL
+                    remember(trust, now + Self.goneTrustTTL, in: &state.goneTrusts, now: now) { $0 }
                     state.trustTokens[trust] = nil
                 }
                 throw .refused("trust \(trust) is gone or unusable (\(status): \(Self.errorMessage(body)))")

@@ -460,23 +460,25 @@ package struct HeraldAPI: Sendable {
         let input = try APIJSON.decode(FeedInput.self, from: data)
         guard let queue = input.queue else { throw HTTPError(.badRequest, message: "queue: required, e.g. \"events\"") }
         let target = Target(queue: queue)
-        if var feed = try await services.registry.get(id: FeedID.of(caller.project), project: caller.project) {
-            try authorize("subscription:update", caller, project: feed.project, context: context)
-            if feed.target != target, feed.trustID != nil {
-                try authorize(
-                    "subscription:update_trusted_target", caller, project: feed.project, field: "queue",
-                    extra: feed.createdBy.map { ["trustor_id": $0] } ?? [:], context: context)
-            }
-            feed.target = target
-            if keys.contains("event_types") { feed.eventTypes = try present(input.eventTypes, "event_types") }
-            if keys.contains("format") { feed.format = try present(input.format, "format") }
-            if keys.contains("message_ttl") { feed.messageTTL = try present(input.messageTTL, "message_ttl") }
-            feed.updatedAt = Date().timeIntervalSince1970
-            feed.updatedBy = caller.userID
-            let changed = feed
+        if let feed = try await services.registry.get(id: FeedID.of(caller.project), project: caller.project) {
             let updated = try await update(
-                changed, targetChanged: true, caller: caller, context: context,
-                gone: "project \(caller.project)'s feed went meanwhile; PUT again")
+                feed, targetChanged: true, caller: caller, context: context,
+                gone: "project \(caller.project)'s feed went meanwhile; PUT again"
+            ) { stored in
+                var feed = stored
+                try authorize("subscription:update", caller, project: feed.project, context: context)
+                if feed.target != target, feed.trustID != nil {
+                    try authorize(
+                        "subscription:update_trusted_target", caller, project: feed.project, field: "queue",
+                        extra: feed.createdBy.map { ["trustor_id": $0] } ?? [:], context: context)
+                }
+                feed.target = target
+                if keys.contains("event_types") { feed.eventTypes = try present(input.eventTypes, "event_types") }
+                if keys.contains("format") { feed.format = try present(input.format, "format") }
+                if keys.contains("message_ttl") { feed.messageTTL = try present(input.messageTTL, "message_ttl") }
+                feed.updatedBy = caller.userID
+                return feed
+            }
             return try APIJSON.response(view(updated))
         }
         try authorize("subscription:create", caller, project: caller.project, context: context)
@@ -509,9 +511,23 @@ package struct HeraldAPI: Sendable {
 
     @Sendable func patchSubscription(_ request: Request, _ context: APIContext) async throws -> Response {
         let caller = try context.requireCaller()
-        var subscription = try await owned(context)
+        let subscription = try await owned(context)
         let (data, keys) = try await APIJSON.object(request, allowed: Self.patchFields)
         let input = try APIJSON.decode(SubscriptionInput.self, from: data)
+        let updated = try await update(
+            subscription, targetChanged: keys.contains("target"), caller: caller, context: context,
+            gone: "no subscription \(subscription.id) in project \(caller.project)"
+        ) { stored in
+            try patched(stored, keys: keys, input: input, caller: caller, context: context)
+        }
+        return try APIJSON.response(view(updated))
+    }
+
+    /// `stored` with a PATCH's fields, once the caller may change each of them.
+    private func patched(
+        _ stored: Subscription, keys: Set<String>, input: SubscriptionInput, caller: Caller, context: APIContext
+    ) throws -> Subscription {
+        var subscription = stored
         try authorize("subscription:update", caller, project: subscription.project, context: context)
         if subscription.allProjects || input.allProjects == true {
             if input.allProjects == true, !subscription.allProjects {
@@ -556,33 +572,53 @@ package struct HeraldAPI: Sendable {
             default: break
             }
         }
-        subscription.updatedAt = Date().timeIntervalSince1970
         subscription.updatedBy = caller.userID
-        let changed = subscription
-        let updated = try await update(
-            changed, targetChanged: keys.contains("target"), caller: caller, context: context,
-            gone: "no subscription \(changed.id) in project \(caller.project)")
-        return try APIJSON.response(view(updated))
+        return subscription
     }
 
-    /// Validates and stores a changed subscription (PATCH, and PUT /v1/feed), audited: its
-    /// conditions, its endpoint when the target changed, the project's rate of changes.
-    /// - Parameter gone: the 404's message when the subscription went meanwhile.
+    /// Changes a stored subscription (PATCH, and PUT /v1/feed) and stores it, audited: the
+    /// change's checks, its conditions, its endpoint when the target changed, the project's rate
+    /// of changes. Two changes made at once from the same record never lose one: when the record
+    /// changed after it was read, it is read again and the change (its authorization too) made
+    /// again from it, up to three times, then 409.
+    /// - Parameters:
+    ///   - stored: the record as read.
+    ///   - gone: the 404's message when the subscription went meanwhile.
+    ///   - change: the change, made from a stored record (throws when the caller may not make it).
     private func update(
-        _ changed: Subscription, targetChanged: Bool, caller: Caller, context: APIContext, gone: String
+        _ stored: Subscription, targetChanged: Bool, caller: Caller, context: APIContext, gone: String,
+        _ change: (Subscription) throws -> Subscription
     ) async throws -> Subscription {
-        try await audited("update", caller, subscription: changed.id, context: context) {
+        var original = stored
+        var changed = try change(original)
+        return try await audited("update", caller, subscription: stored.id, context: context) {
             () async throws -> Subscription in
-            _ = try await store { try changed.validate() }
-            try checkConditions(changed)
-            if targetChanged { try checkEndpoint(changed.target) }
-            try await takeChange(changed.project)
-            guard let updated = try await store({ try await services.registry.update(changed) }) else {
-                throw HTTPError(.notFound, message: gone)
+            for attempt in 1...Self.updateAttempts {
+                _ = try await store { try changed.validate() }
+                try checkConditions(changed)
+                if targetChanged { try checkEndpoint(changed.target) }
+                if attempt == 1 { try await takeChange(changed.project) }
+                switch try await store({ try await services.registry.update(changed, from: original) }) {
+                case .updated(let updated): return updated
+                case .missing: throw HTTPError(.notFound, message: gone)
+                case .changedMeanwhile:
+                    guard let again = try await services.registry.get(id: stored.id, project: stored.project) else {
+                        throw HTTPError(.notFound, message: gone)
+                    }
+                    original = again
+                    changed = try change(original)
+                }
             }
-            return updated
+            throw HTTPError(
+                .conflict,
+                message:
+                    "subscription \(stored.id) was changed by other requests \(Self.updateAttempts) times while this one was made; send it again"
+            )
         }
     }
+
+    /// How many times a change is made again from a record changed meanwhile before a 409.
+    static let updateAttempts = 3
 
     /// Deletes the subscription and its trust; while Keystone cannot be reached, neither (503).
     @Sendable func deleteSubscription(_ request: Request, _ context: APIContext) async throws -> Response {

@@ -25,7 +25,8 @@ package enum OpenAPIDocument {
               "Unauthorized": {"description": "No caller identity.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
               "Forbidden": {"description": "The policy does not allow it for the caller's roles (GET /v1/policy).", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
               "TooManyRequests": {"description": "The project's rate for this is used up; Retry-After says when to try again.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
-              "NotFound": {"description": "None in the caller's project.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+              "NotFound": {"description": "None in the caller's project.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+              "Conflict": {"description": "Other requests changed the subscription while this change was made (it is made again from the changed record, three times); send it again.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
             },
             "schemas": {
               "Error": {
@@ -240,7 +241,8 @@ package enum OpenAPIDocument {
                   "200": {"description": "Changed.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Subscription"}}}},
                   "201": {"description": "Turned on.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Subscription"}}}},
                   "400": {"$ref": "#/components/responses/BadRequest"}, "401": {"$ref": "#/components/responses/Unauthorized"},
-                  "403": {"$ref": "#/components/responses/Forbidden"}, "429": {"$ref": "#/components/responses/TooManyRequests"}
+                  "403": {"$ref": "#/components/responses/Forbidden"}, "409": {"$ref": "#/components/responses/Conflict"},
+                  "429": {"$ref": "#/components/responses/TooManyRequests"}
                 }
               },
               "delete": {
@@ -282,7 +284,8 @@ package enum OpenAPIDocument {
                 "responses": {
                   "200": {"description": "Updated.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Subscription"}}}},
                   "400": {"$ref": "#/components/responses/BadRequest"}, "401": {"$ref": "#/components/responses/Unauthorized"},
-                  "403": {"$ref": "#/components/responses/Forbidden"}, "404": {"$ref": "#/components/responses/NotFound"}
+                  "403": {"$ref": "#/components/responses/Forbidden"}, "404": {"$ref": "#/components/responses/NotFound"},
+                  "409": {"$ref": "#/components/responses/Conflict"}, "429": {"$ref": "#/components/responses/TooManyRequests"}
                 }
               },
               "delete": {

@@ -212,13 +212,31 @@ package final class SignedURLKeeper: Sendable {
             project: subscription.project,
             token: token, expires: expires
         )
-        // Read it again: the user may have changed it meanwhile; only the URL is replaced.
-        guard var current = try await registry.get(id: subscription.id, project: subscription.project),
-            current.target.signedURL == subscription.target.signedURL
-        else { return }
-        current.target.signedURL = signed
-        current.updatedAt = now.timeIntervalSince1970
-        _ = try await registry.update(current)
+        // Read it again: the user may have changed it meanwhile; only the URL is replaced, and
+        // only while the target is the one the URL was made for. A change made between this read
+        // and the write makes the write fail; the record is read again.
+        var attempts = 0
+        while true {
+            guard let current = try await registry.get(id: subscription.id, project: subscription.project),
+                current.target == subscription.target
+            else { return }
+            var renewed = current
+            renewed.target.signedURL = signed
+            switch try await registry.update(renewed, from: current) {
+            case .updated: break
+            case .missing: return
+            case .changedMeanwhile:
+                attempts += 1
+                guard attempts < 3 else {
+                    logger.warning(
+                        "the subscription kept changing while its pre-signed URL was renewed; trying on the next pass",
+                        metadata: [LogKey.subscription: "\(subscription.id)"])
+                    return
+                }
+                continue
+            }
+            break
+        }
         logger.info(
             "pre-signed URL renewed through the trust",
             metadata: [

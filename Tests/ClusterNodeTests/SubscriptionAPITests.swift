@@ -80,6 +80,44 @@ extension APISuites {
             }
         }
 
+        @Test("PATCHes of different fields sent at once: every answered change holds")
+        func concurrentPatches() async throws {
+            try await harness.test { client in
+                let created = try await client.call(.post, "/v1/subscriptions", json: Self.valid)
+                let id = try #require(created.object["id"] as? String)
+                let changes: [(String, Any)] = [
+                    ("message_ttl", 7200), ("event_types", ["image.*"]), ("conditions", [] as [Any]),
+                    ("target", ["queue": "elsewhere"]), ("resource_id", "r-1"), ("format", "cloudevents"),
+                ]
+                let answers = try await withThrowingTaskGroup(of: (String, HTTPResponse.Status).self) { group in
+                    for (key, value) in changes {
+                        let body = [key: value] as [String: Any]
+                        let json = try JSONSerialization.data(withJSONObject: body)
+                        group.addTask {
+                            let object = try JSONSerialization.jsonObject(with: json)
+                            let reply = try await client.call(.patch, "/v1/subscriptions/\(id)", json: object)
+                            return (key, reply.status)
+                        }
+                    }
+                    return try await group.reduce(into: [String: HTTPResponse.Status]()) { $0[$1.0] = $1.1 }
+                }
+                #expect(answers.values.allSatisfy { $0 == .ok || $0 == .conflict }, "\(answers)")
+                #expect(answers.values.contains(.ok))
+                let stored = try #require(try await harness.registry.get(id: id, project: "p1"))
+                let held: [String: Bool] = [
+                    "message_ttl": stored.messageTTL == 7200, "event_types": stored.eventTypes == ["image.*"],
+                    "conditions": stored.conditions.isEmpty, "target": stored.target.queue == "elsewhere",
+                    "resource_id": stored.resourceID == "r-1", "format": stored.format == .cloudevents,
+                ]
+                for (key, status) in answers where status == .ok {
+                    #expect(held[key] == true, "\(key) was answered 200 but is not stored")
+                }
+                for (key, status) in answers where status == .conflict {
+                    #expect(held[key] == false, "\(key) was answered 409 but is stored")
+                }
+            }
+        }
+
         @Test(
             "a pre-signed URL's signature is kept for delivery but never answered: not on create, get, list or patch"
         )

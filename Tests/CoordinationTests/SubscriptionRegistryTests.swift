@@ -94,8 +94,13 @@ extension RedisServerTests {
             changed.messageTTL = 7200
             var stolen = changed
             stolen.project = "p2"
-            #expect(try await registry.update(stolen) == nil, "p2 cannot update p1's subscription")
-            let updated = try #require(try await registry.update(changed))
+            var asP2 = created
+            asP2.project = "p2"
+            #expect(try await registry.update(stolen, from: asP2) == .missing, "p2 cannot update p1's subscription")
+            guard case .updated(let updated) = try await registry.update(changed, from: created) else {
+                Issue.record("the update was not made")
+                return
+            }
             #expect(updated.messageTTL == 7200)
             #expect(updated.updatedAt >= created.updatedAt)
             #expect(try await registry.get(id: created.id, project: "p1")?.messageTTL == 7200)
@@ -104,6 +109,56 @@ extension RedisServerTests {
             #expect(try await registry.delete(id: created.id, project: "p1") == true)
             #expect(try await registry.get(id: created.id, project: "p1") == nil)
             #expect(try await registry.delete(id: created.id, project: "p1") == false)
+        }
+
+        @Test("two changes made from the same record: the second is told to read again, and nothing is lost")
+        func changesFromOneRecord() async throws {
+            let registry = try registry()
+            let created = try await registry.create(subscription("p1"))
+            var longer = created
+            longer.messageTTL = 7200
+            var elsewhere = created
+            elsewhere.target = Target(queue: "elsewhere")
+            guard case .updated(let first) = try await registry.update(longer, from: created) else {
+                Issue.record("the first change was not made")
+                return
+            }
+            #expect(try await registry.update(elsewhere, from: created) == .changedMeanwhile)
+            #expect(try await registry.get(id: created.id, project: "p1") == first, "the second wrote nothing")
+
+            // Made again from what is stored now, it goes through, and both changes hold.
+            var again = try #require(try await registry.get(id: created.id, project: "p1"))
+            again.target = Target(queue: "elsewhere")
+            guard case .updated = try await registry.update(again, from: first) else {
+                Issue.record("the change made again was not made")
+                return
+            }
+            let stored = try #require(try await registry.get(id: created.id, project: "p1"))
+            #expect(stored.messageTTL == 7200 && stored.target.queue == "elsewhere")
+
+            try await registry.delete(id: created.id, project: "p1")
+            #expect(try await registry.update(again, from: stored) == .missing)
+        }
+
+        @Test("a record stored as other bytes (another writer's key order and spacing) still updates")
+        func otherBytesSameRecord() async throws {
+            let registry = try registry()
+            let created = try await registry.create(subscription("p1"))
+            let redis = try RedisClient(url: TestServers.redisURL())
+            let object = try JSONSerialization.jsonObject(with: try JSONEncoder().encode(created))
+            let respelled = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .prettyPrinted])
+            #expect(respelled != (try JSONEncoder().encode(created)), "the bytes differ")
+            _ = try await redis.send("SET", prefix + "sub:" + created.id, Array(respelled))
+            let read = try #require(try await registry.get(id: created.id, project: "p1"))
+            #expect(read == created)
+            var changed = read
+            changed.messageTTL = 120
+            guard case .updated = try await registry.update(changed, from: read) else {
+                Issue.record("a record in other bytes could not be updated")
+                return
+            }
+            #expect(try await registry.get(id: created.id, project: "p1")?.messageTTL == 120)
+            await redis.close()
         }
 
         @Test("an invalid subscription is refused before it is stored")

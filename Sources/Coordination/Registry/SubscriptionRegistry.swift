@@ -3,6 +3,15 @@ import HeraldModel
 import Logging
 import Synchronization
 
+/// What a conditional update of a subscription did.
+public enum RegistryUpdateOutcome: Sendable, Equatable {
+    case updated(Subscription)
+    /// The project has no such subscription (deleted meanwhile, or another project's).
+    case missing
+    /// The record changed after the change was made from it: read it again and redo the change.
+    case changedMeanwhile
+}
+
 /// Every subscription at one registry version.
 public struct RegistrySnapshot: Sendable {
     public var version: Int64
@@ -49,10 +58,12 @@ public final class SubscriptionRegistry: Sendable {
         return version
         """#)
 
+    /// ARGV[5]: the record as it was read; -2 when it is no longer that (changed meanwhile).
     private static let update = RedisScript(
         #"""
         local prefix, id, project = ARGV[1], ARGV[2], ARGV[3]
         if redis.call('ZSCORE', prefix .. 'subs:project:' .. project, id) == false then return 0 end
+        if redis.call('GET', prefix .. 'sub:' .. id) ~= ARGV[5] then return -2 end
         redis.call('SET', prefix .. 'sub:' .. id, ARGV[4])
         local version = redis.call('INCR', prefix .. 'subs:version')
         redis.call('PUBLISH', prefix .. 'subs:changed', version .. ' ' .. id)
@@ -152,15 +163,34 @@ public final class SubscriptionRegistry: Sendable {
         return (subscriptions, ids.count > limit ? page.last : nil)
     }
 
-    /// Replaces a subscription of `subscription.project`; `nil` when that project has no such id.
+    /// Replaces a subscription of `changed.project` with `changed`, unless it is no longer
+    /// `original` (the record the change was made from): two changes made at once from the same
+    /// record never lose one of them; the second is told to read the record again.
+    /// - Parameters:
+    ///   - changed: the new record (its `updatedAt` is set here).
+    ///   - original: the record as read before the change.
+    /// - Returns: `.updated` with the stored record; `.missing` when that project has no such id;
+    ///   `.changedMeanwhile` when the stored record differs from `original`.
     /// - Throws: `SubscriptionValidationError` naming the bad field.
-    public func update(_ subscription: Subscription) async throws -> Subscription? {
-        var updated = subscription
+    public func update(_ changed: Subscription, from original: Subscription) async throws -> RegistryUpdateOutcome {
+        var updated = changed
         updated.updatedAt = Date().timeIntervalSince1970
         try updated.validate()
+        guard changed.id == original.id, changed.project == original.project else { return .changedMeanwhile }
+        // The comparison is of what is stored, byte for byte, in the script; the record read here
+        // is only checked to be `original` (stored by this or an older Herald, its bytes may not
+        // be what encoding `original` would give).
+        guard let stored = try await redis.send("GET", prefix + "sub:" + changed.id).bytes else { return .missing }
+        let current = try? decode(stored)
+        if let current, current.project != changed.project { return .missing }
+        guard current == original else { return .changedMeanwhile }
         let version = try await redis.evalSHA(
-            Self.update, arguments: [prefix, updated.id, updated.project, try encode(updated)])
-        return (version.integer ?? 0) > 0 ? updated : nil
+            Self.update, arguments: [prefix, updated.id, updated.project, try encode(updated), stored])
+        switch version.integer ?? 0 {
+        case -2: return .changedMeanwhile
+        case ...0: return .missing
+        default: return .updated(updated)
+        }
     }
 
     /// Deletes a subscription of `project`; false when that project has no such id.

@@ -224,11 +224,57 @@ public final class DeliveryBatcher: Sendable {
     public func submit(
         _ messages: [ZaqarOutgoingMessage], completion: @escaping @Sendable (DeliveryOutcome) -> Void
     ) async {
-        guard !messages.isEmpty else {
-            completion(DeliveryOutcome())
-            return
+        let submission = submission(completion: completion)
+        await submission.add(messages)
+        submission.close()
+    }
+
+    /// Messages that belong together (one incoming delivery's matches), handed over in parts as
+    /// they are made, so that they need not all be in memory at once: a part waits for room in
+    /// the buffers like any message. `completion` runs once, after `close()`, when every message
+    /// added is delivered or dead-lettered.
+    public func submission(completion: @escaping @Sendable (DeliveryOutcome) -> Void) -> Submission {
+        Submission(batcher: self, group: Group(count: 1, completion: completion))
+    }
+
+    /// See `submission(completion:)`. Parts are added one at a time, by one task.
+    public final class Submission: Sendable {
+        private let batcher: DeliveryBatcher
+        /// Counts one hold for the submission itself, until `close()`.
+        private let group: Group
+        private let closed = Atomic<Bool>(false)
+
+        fileprivate init(batcher: DeliveryBatcher, group: Group) {
+            self.batcher = batcher
+            self.group = group
         }
-        let group = Group(count: messages.count, completion: completion)
+
+        /// Queues a part, in order after the parts before it; returns once it is all buffered.
+        public func add(_ messages: [ZaqarOutgoingMessage]) async {
+            guard !messages.isEmpty else { return }
+            precondition(!closed.load(ordering: .relaxed), "a part added to a closed submission")
+            await batcher.enqueue(messages, group: group)
+        }
+
+        /// No more parts: the completion runs once every message added is settled (now, when
+        /// they are or none was added). Later calls do nothing.
+        public func close() {
+            guard !closed.exchange(true, ordering: .relaxed) else { return }
+            batcher.release(group)
+        }
+    }
+
+    private func release(_ group: Group) {
+        let outcome = state.withLock { _ -> DeliveryOutcome? in
+            group.remaining -= 1
+            return group.remaining == 0 ? group.outcome : nil
+        }
+        if let outcome { group.completion(outcome) }
+    }
+
+    private func enqueue(_ messages: [ZaqarOutgoingMessage], group: Group) async {
+        // Counted before any of them can be settled.
+        state.withLock { _ in group.remaining += messages.count }
         var tooLarge: [Pending] = []
         var notAllowed: [Pending] = []
         var admissible: [Pending] = []

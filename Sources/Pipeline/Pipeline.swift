@@ -940,7 +940,32 @@ package final class PartitionOwners: Sendable {
             return
         }
         let current = index.withLock { $0 }
-        var messages: [ZaqarOutgoingMessage] = []
+        // The matches go to the batcher in parts as they are made (a Ceilometer list of many
+        // events, each taken by many subscriptions, is never all in memory at once), and the
+        // delivery is settled once, when the last part is: acked, or rejected when a match
+        // could not be made.
+        var part = DeliveryPart()
+        var submission: (parts: DeliveryBatcher.Submission, rejected: Locked<Bool>)?
+        var matchedAny = false
+        func send() async {
+            guard !part.messages.isEmpty else { return }
+            if submission == nil {
+                let rejected = Locked(false)
+                owned.inFlight.add()
+                let parts = batcher.submission { _ in
+                    if rejected.value {
+                        owned.channel.reject(delivery, requeue: false)
+                    } else {
+                        // Delivered or dead-lettered, every one of them: now the event may go.
+                        owned.channel.ack(delivery)
+                    }
+                    owned.inFlight.remove()
+                }
+                submission = (parts, rejected)
+            }
+            stats?.count(part.messages.lazy.map(\.subscriptionID), \.matched)
+            await submission?.parts.add(part.take())
+        }
         for event in events {
             // What exists, per project: counted, and now and then kept as tenants would see it.
             if let catalog, let project = event.project, catalog.seen(project: project, eventType: event.eventType) {
@@ -976,7 +1001,12 @@ package final class PartitionOwners: Sendable {
                                     LogKey.heraldEventId: "\(event.messageID)",
                                     LogKey.error: "\(error)",
                                 ])
-                            owned.channel.reject(delivery, requeue: false)
+                            if let submission {
+                                submission.rejected.withLock { $0 = true }
+                                submission.parts.close()
+                            } else {
+                                owned.channel.reject(delivery, requeue: false)
+                            }
                             return
                         }
                     }
@@ -1013,24 +1043,21 @@ package final class PartitionOwners: Sendable {
                         redacted: removed
                     )
                 }
-                messages.append(
+                matchedAny = true
+                part.append(
                     ZaqarOutgoingMessage(
                         target: route.target, body: message, subscriptionID: route.id, eventID: event.messageID
                     ))
+                if part.isFull { await send() }
             }
         }
-        counters.count(messages.isEmpty ? .unmatched : .matched)
-        stats?.count(messages.lazy.map(\.subscriptionID), \.matched)
-        guard !messages.isEmpty else {
+        counters.count(matchedAny ? .matched : .unmatched)
+        await send()
+        guard let submission else {
             owned.channel.ack(delivery)
             return
         }
-        owned.inFlight.add()
-        await batcher.submit(messages) { _ in
-            // Delivered or dead-lettered, every one of them: now the event may go.
-            owned.channel.ack(delivery)
-            owned.inFlight.remove()
-        }
+        submission.parts.close()
     }
 
     /// Stops consuming a partition; with a `drain` limit, waits up to that long until its
@@ -1060,5 +1087,31 @@ package final class PartitionOwners: Sendable {
             }
         }
         await owned.channel.close()
+    }
+}
+
+/// A part of one delivery's matches on its way to the batcher: full at `maxMessages` messages or
+/// `maxBytes` of bodies, whichever comes first.
+struct DeliveryPart {
+    static let maxMessages = 256
+    static let maxBytes = 1 << 20
+
+    private(set) var messages: [ZaqarOutgoingMessage] = []
+    private var bytes = 0
+
+    var isFull: Bool { messages.count >= Self.maxMessages || bytes >= Self.maxBytes }
+
+    mutating func append(_ message: ZaqarOutgoingMessage) {
+        messages.append(message)
+        bytes += message.body.count
+    }
+
+    /// The messages, leaving the part empty.
+    mutating func take() -> [ZaqarOutgoingMessage] {
+        defer {
+            messages = []
+            bytes = 0
+        }
+        return messages
     }
 }

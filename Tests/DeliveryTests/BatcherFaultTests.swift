@@ -77,6 +77,13 @@ final class Counter: Sendable {
     func increment() { count.withLock { $0 += 1 } }
 }
 
+/// Every outcome reported, in order.
+final class Outcomes: Sendable {
+    private let outcomes = Mutex([DeliveryOutcome]())
+    var value: [DeliveryOutcome] { outcomes.withLock { $0 } }
+    func append(_ outcome: DeliveryOutcome) { outcomes.withLock { $0.append(outcome) } }
+}
+
 /// Adds up outcomes and reports once all are in.
 final class Tally: @unchecked Sendable {
     private let lock = NSLock()
@@ -363,6 +370,60 @@ extension RedisBackedDeliveryTests {
             #expect(beside < alone * 2 + .milliseconds(200), "alone \(alone), beside a stalled lane \(beside)")
             sink.releaseStalls()
             #expect(await stuck.value.delivered == 300, "the stalled lane delivers once the stall ends")
+            await sink.close()
+            await harness.shutdown()
+        }
+
+        @Test("a submission's completion runs once, after close, when every part is settled")
+        func submissionSettlesAfterClose() async throws {
+            let sink = try await HostileZaqar { _ in .accept }
+            let harness = try DeliveryHarness(configuration: fastRetries())
+            let target = ZaqarTarget(baseURL: sink.url, project: "p", queue: "parts")
+            let outcomes = Outcomes()
+            let submission = harness.batcher.submission { outcomes.append($0) }
+            await submission.add(DeliveryHarness.messages(10, to: target, label: "a"))
+            await submission.add(DeliveryHarness.messages(5, to: target, label: "b"))
+            #expect(await harness.batcher.drain(timeout: .seconds(30)))
+            #expect(outcomes.value.isEmpty, "delivered, but more parts may come: not complete")
+            submission.close()
+            #expect(outcomes.value.count == 1)
+            #expect(outcomes.value.first?.delivered == 15)
+            submission.close()
+            #expect(outcomes.value.count == 1, "a second close does nothing")
+            await sink.close()
+            await harness.shutdown()
+        }
+
+        @Test("a submission's parts wait for room like single messages; nothing is lost")
+        func submissionPartsWaitForRoom() async throws {
+            let sink = try await HostileZaqar { _ in .stall }
+            var configuration = fastRetries()
+            configuration.maxBatchMessages = 10
+            configuration.laneMaxMessages = 50
+            configuration.globalMaxMessages = 80
+            let harness = try DeliveryHarness(configuration: configuration, requestTimeout: .seconds(60))
+            let target = ZaqarTarget(baseURL: sink.url, project: "p", queue: "parts")
+            let outcomes = Outcomes()
+            let partsAdded = Counter()
+            let submitter = Task {
+                let submission = harness.batcher.submission { outcomes.append($0) }
+                for part in 0..<4 {
+                    await submission.add(DeliveryHarness.messages(50, to: target, label: "part\(part)"))
+                    partsAdded.increment()
+                }
+                submission.close()
+            }
+            try await Task.sleep(for: .milliseconds(500))
+            #expect(harness.batcher.statistics.peakLaneMessages <= 50)
+            #expect(partsAdded.value <= 1, "the second part waits for room in the lane")
+            #expect(outcomes.value.isEmpty)
+            sink.releaseStalls()
+            await submitter.value
+            #expect(await harness.batcher.drain(timeout: .seconds(30)))
+            #expect(outcomes.value.count == 1)
+            let outcome = try #require(outcomes.value.first)
+            #expect(outcome.delivered + outcome.deadLettered == 200)
+            #expect(harness.batcher.statistics.peakLaneMessages <= 50)
             await sink.close()
             await harness.shutdown()
         }

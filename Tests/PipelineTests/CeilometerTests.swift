@@ -98,6 +98,41 @@ extension PipelineSuites {
                 }
             }
         }
+
+        @Test("a list whose matches fill several parts: every match delivered once, the notification settled once")
+        func matchesInParts() async throws {
+            try await PipelineRun.with(partitions: 4) { run in
+                let first = Subscription(
+                    project: "p1", eventTypes: ["compute.instance.update"], target: Target(queue: run.queue("parts-a")))
+                let second = Subscription(
+                    project: "p1", eventTypes: ["compute.*"], target: Target(queue: run.queue("parts-b")))
+                for subscription in [first, second] { try await run.registry.create(subscription) }
+                try await run.startNodes(
+                    1, extra: ["HERALD_CEILOMETER_EVENTS": "true", "HERALD_EXCHANGES": "nova"], as: .inProcess)
+                try await run.waitAllPartitionsHeld()
+
+                // One event type and no resource: one partition, one delivery of 150 events and
+                // 300 matches (parts hold at most 256).
+                let ids = (0..<150).map { "part-e\($0)" }
+                let events = ids.map {
+                    event($0, "compute.instance.update", [Trait(name: "project_id", dtype: 1, value: "p1")])
+                }
+                let line: [String: Any] = [
+                    "exchange": "ceilometer", "topic": "event", "priority": "sample", "driver": "messagingv2",
+                    "publisher_id": "ceilometer.publisher.host1", "event_type": "event", "payload": events,
+                ]
+                let publisher = try run.publish([line])
+                #expect(await publisher.wait() == 0, "\(publisher.tail())")
+
+                let expected: [(Subscription, Set<String>)] = [(first, Set(ids)), (second, Set(ids))]
+                let received = try await run.readEvents(expected: expected, timeout: .seconds(90))
+                for (subscription, ids) in expected {
+                    let got = received[subscription.target.queue] ?? []
+                    #expect(Set(got) == ids, "\(subscription.target.queue)")
+                    #expect(got.count == ids.count, "no duplicates in \(subscription.target.queue)")
+                }
+            }
+        }
     }
 }
 

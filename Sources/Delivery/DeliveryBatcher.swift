@@ -273,8 +273,6 @@ public final class DeliveryBatcher: Sendable {
     }
 
     private func enqueue(_ messages: [ZaqarOutgoingMessage], group: Group) async {
-        // Counted before any of them can be settled.
-        state.withLock { _ in group.remaining += messages.count }
         var tooLarge: [Pending] = []
         var notAllowed: [Pending] = []
         var admissible: [Pending] = []
@@ -290,9 +288,11 @@ public final class DeliveryBatcher: Sendable {
             }
         }
         // Under one lock, every message that fits now; from the first that does not, one by
-        // one in order, waiting for room.
+        // one in order, waiting for room. The group counts the part first: none of it can be
+        // settled before.
         var workers: [ZaqarTarget] = []
         let admitted = state.withLock { state -> Int in
+            group.remaining += messages.count
             var count = 0
             for pending in admissible {
                 guard let needsWorker = admitIfRoom(&state, pending) else { break }

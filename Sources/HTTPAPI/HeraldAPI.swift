@@ -602,6 +602,7 @@ package struct HeraldAPI: Sendable {
                 case .updated(let updated): return updated
                 case .missing: throw HTTPError(.notFound, message: gone)
                 case .changedMeanwhile:
+                    guard attempt < Self.updateAttempts else { break }
                     guard let again = try await services.registry.get(id: stored.id, project: stored.project) else {
                         throw HTTPError(.notFound, message: gone)
                     }

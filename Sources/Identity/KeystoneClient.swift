@@ -146,8 +146,21 @@ package final class KeystoneClient: Sendable {
 
     /// - Parameter http: the HTTP client to use; nil: the shared one, or one of its own
     ///   trusting `configuration.caFile` when that is set.
-    package init(configuration: KeystoneConfiguration, http: HTTPClient? = nil, logger: Logger) {
+    /// - Parameter clock: what the caches' lifetimes and the validation limit are timed by (a
+    ///   manual clock in tests).
+    /// The caches' time: `origin` plus `clock`'s (the monotonic clock itself unless a test drives it).
+    private let clock: ElapsedClock
+    private let origin: ContinuousClock.Instant
+
+    private func instant() -> ContinuousClock.Instant { origin + clock.now() }
+
+    package init(
+        configuration: KeystoneConfiguration, http: HTTPClient? = nil, logger: Logger,
+        clock: ElapsedClock = .continuous
+    ) {
         self.configuration = configuration
+        self.clock = clock
+        origin = ContinuousClock.now
         if let http {
             self.http = http
             ownsHTTP = false
@@ -191,7 +204,7 @@ package final class KeystoneClient: Sendable {
         guard token.utf8.count <= Self.maxTokenBytes else {
             throw .invalid("longer than \(Self.maxTokenBytes) bytes; no Keystone token is")
         }
-        let now = ContinuousClock.now
+        let now = instant()
         let known = state.withLock { state -> Result<Caller?, Failure> in
             if let entry = state.cache[token], entry.until > now { return .success(entry.caller) }
             if let refused = state.refused[token] {
@@ -280,7 +293,8 @@ package final class KeystoneClient: Sendable {
     /// A validation `take` charged that does not count against its source (a valid token, or
     /// Keystone could not answer).
     private func refund(_ source: String) {
-        state.withLock { $0.rateLimit.refund(source, now: .now) }
+        let now = instant()
+        state.withLock { $0.rateLimit.refund(source, now: now) }
     }
 
     /// Adds an entry that holds until `until(value)`, bounded as the token caches are: at the
@@ -403,7 +417,7 @@ package final class KeystoneClient: Sendable {
 
     /// A token scoped through `trust`, from the cache unless `fresh`.
     func trustToken(_ trust: String, fresh: Bool = false) async throws(ZaqarTokenError) -> String {
-        let now = ContinuousClock.now
+        let now = instant()
         if !fresh, let cached = state.withLock({ $0.trustTokens[trust] }), cached.until > now { return cached.token }
         if let until = state.withLock({ $0.goneTrusts[trust] }), until > now {
             throw .refused("trust \(trust) is gone or unusable (Keystone said so moments ago)")
@@ -437,7 +451,7 @@ package final class KeystoneClient: Sendable {
                 do {
                     _ = try await service(renew: true)
                 } catch {
-                    let until = ContinuousClock.now + Self.serviceRefusalTTL
+                    let until = instant() + Self.serviceRefusalTTL
                     state.withLock { $0.serviceRefusedUntil = until }
                     throw .unavailable("Keystone refused Herald's service user asked for a token of trust \(trust)")
                 }
@@ -484,7 +498,7 @@ package final class KeystoneClient: Sendable {
 
     /// Herald's service token and user id, renewed a minute before expiry or when refused.
     private func service(renew: Bool) async throws(Failure) -> ServiceToken {
-        let now = ContinuousClock.now
+        let now = instant()
         if !renew, let current = state.withLock({ $0.service }), current.until > now { return current }
         var request = HTTPClientRequest(url: configuration.base + "/v3/auth/tokens")
         request.method = .POST

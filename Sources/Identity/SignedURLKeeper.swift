@@ -168,8 +168,7 @@ package final class SignedURLKeeper: Sendable {
                     continue
                 }
                 do {
-                    try await renew(subscription, now: now)
-                    pass.renewed.append(subscription.id)
+                    if try await renew(subscription, now: now) { pass.renewed.append(subscription.id) }
                 } catch {
                     pass.failed.append(subscription.id)
                     logger.error(
@@ -201,7 +200,9 @@ package final class SignedURLKeeper: Sendable {
         return pass
     }
 
-    private func renew(_ subscription: Subscription, now: Date) async throws {
+    /// Renews the subscription's pre-signed URL; false when it was not stored (the subscription
+    /// went, its target changed, or it kept changing while this was written).
+    private func renew(_ subscription: Subscription, now: Date) async throws -> Bool {
         guard let keystone, let trust = subscription.trustID else {
             throw KeystoneClient.Failure.unavailable("this node has no Keystone configured")
         }
@@ -219,19 +220,19 @@ package final class SignedURLKeeper: Sendable {
         while true {
             guard let current = try await registry.get(id: subscription.id, project: subscription.project),
                 current.target == subscription.target
-            else { return }
+            else { return false }
             var renewed = current
             renewed.target.signedURL = signed
             switch try await registry.update(renewed, from: current) {
             case .updated: break
-            case .missing: return
+            case .missing: return false
             case .changedMeanwhile:
                 attempts += 1
                 guard attempts < 3 else {
                     logger.warning(
                         "the subscription kept changing while its pre-signed URL was renewed; trying on the next pass",
                         metadata: [LogKey.subscription: "\(subscription.id)"])
-                    return
+                    return false
                 }
                 continue
             }
@@ -243,5 +244,6 @@ package final class SignedURLKeeper: Sendable {
                 LogKey.subscription: "\(subscription.id)", LogKey.zaqarExpires: "\(signed.expires)",
                 LogKey.zaqarPreviousExpires: "\(subscription.target.signedURL?.expires ?? "")",
             ])
+        return true
     }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import HTTPTypes
+import HeraldModel
 import Hummingbird
 import HummingbirdTesting
 import Logging
@@ -160,7 +161,11 @@ extension APISuites {
             harness = try APIHarness()
         }
 
-        func client(_ keystone: KeystoneFixture, perSecond: Int, negative: Duration) -> KeystoneClient {
+        /// - Parameter clock: the validation limit's and the caches' time: a test's manual clock
+        ///   stands still unless the test moves it, so no refill comes from the test's own pace.
+        func client(
+            _ keystone: KeystoneFixture, perSecond: Int, negative: Duration, clock: ElapsedClock = .continuous
+        ) -> KeystoneClient {
             var configuration = KeystoneConfiguration(
                 url: keystone.url + "/v3", username: keystone.serviceUser, password: keystone.servicePassword,
                 project: keystone.serviceProject,
@@ -168,7 +173,7 @@ extension APISuites {
             )
             configuration.validationsPerSecond = perSecond
             configuration.negativeCacheTTL = negative
-            return KeystoneClient(configuration: configuration, logger: Logger(label: "test"))
+            return KeystoneClient(configuration: configuration, logger: Logger(label: "test"), clock: clock)
         }
 
         /// The API of the harness, its callers identified by `keystone`, under test.
@@ -193,7 +198,8 @@ extension APISuites {
         func flood() async throws {
             let keystone = try await KeystoneFixture.make()
             let good = try await keystone.userToken("a")
-            let keystoneClient = client(keystone, perSecond: 1, negative: .seconds(30))
+            let keystoneClient = client(
+                keystone, perSecond: 1, negative: .seconds(30), clock: ElapsedClock(ManualClock()))
             try await behindKeystone(keystoneClient) { http in
                 #expect(try await get(http, token: good) == .ok)
                 #expect(keystoneClient.validationCount == 1)
@@ -228,7 +234,8 @@ extension APISuites {
             let unscoped = try await KeystoneFixture.token(
                 url: keystone.url, user: "admin", password: try TestServers.value("HERALD_TEST_KEYSTONE_ADMIN_PASSWORD")
             )
-            let keystoneClient = client(keystone, perSecond: 1, negative: .seconds(30))
+            let clock = ManualClock()
+            let keystoneClient = client(keystone, perSecond: 1, negative: .seconds(30), clock: ElapsedClock(clock))
             try await behindKeystone(keystoneClient) { http in
                 let first = try await get(http, token: unscoped)
                 #expect(first == .unauthorized || first == .forbidden, "\(first)")
@@ -239,6 +246,9 @@ extension APISuites {
                 // token from this source waits.
                 #expect(try await get(http, token: "gAAAAA-bogus-after-unscoped") == .unauthorized)
                 #expect(try await get(http, token: "gAAAAA-bogus-after-that") == .tooManyRequests)
+                // A second later, one more.
+                clock.advance(by: .seconds(1))
+                #expect(try await get(http, token: "gAAAAA-bogus-a-second-later") == .unauthorized)
             }
         }
     }

@@ -411,7 +411,12 @@ struct NotificationCorpus {
     ///   - messageID: one message id for every envelope (a placeholder the load harness replaces).
     ///   - services: none, a Zipf mix of every event type; else template `i` is an event of
     ///     service `services[i % services.count]` (Zipf within its types): an even mix of exchanges.
-    init(count: Int, size: Int, projects: Int, messageID: String? = nil, services: [String] = []) {
+    ///   - unsubscribedFraction: about this share of the envelopes belong to projects no
+    ///     subscription of `subscriptions(_:)` has (`quiet-N`).
+    init(
+        count: Int, size: Int, projects: Int, messageID: String? = nil, services: [String] = [],
+        unsubscribedFraction: Double = 0
+    ) {
         self.count = count
         self.size = size
         self.projects = projects
@@ -420,9 +425,13 @@ struct NotificationCorpus {
             let types =
                 services.isEmpty ? Self.eventTypes : Self.serviceEventTypes[services[index % services.count]] ?? []
             let type = types[Self.zipf(&random, types.count)]
+            var project = "project-\(random.next() % UInt64(projects))"
+            // Without the option, the same draws as before: the same corpus.
+            if unsubscribedFraction > 0, Double(random.next() % 1_000_000) < unsubscribedFraction * 1_000_000 {
+                project = "quiet-" + project.dropFirst("project-".count)
+            }
             return Self.envelope(
-                type: type, project: "project-\(random.next() % UInt64(projects))", index: index, size: size,
-                messageID: messageID ?? UUID().uuidString)
+                type: type, project: project, index: index, size: size, messageID: messageID ?? UUID().uuidString)
         }
     }
 

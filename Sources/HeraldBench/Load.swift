@@ -47,6 +47,11 @@ struct Load: AsyncParsableCommand {
     @Option(help: "HERALD_PARTITIONS of the nodes.") var partitions: Int = 64
     @Option(help: "Distinct notification templates (about --size bytes each).") var templates: Int = 200
     @Option(help: "Approximate notification size in bytes.") var size: Int = 2_500
+    @Option(
+        help:
+            "Fraction (0 to 1) of the notification templates whose project has no subscription: most events of a real cloud meet none."
+    )
+    var unsubscribedFraction: Double = 0
     @Option(name: .customLong("event"), help: "A scenario event, SECONDS:ACTION[:ARGS].") var events: [String] = []
     @Option(help: "Seconds to wait after publishing for the last deliveries.") var drain: Int = 60
     @Flag(
@@ -90,6 +95,9 @@ struct Load: AsyncParsableCommand {
             throw ValidationError("--exchanges \(exchanges): one to three of nova, neutron, cinder, each once")
         }
         guard subscriptions > 0 else { throw ValidationError("--subscriptions \(subscriptions): must be above 0") }
+        guard (0...1).contains(unsubscribedFraction) else {
+            throw ValidationError("--unsubscribed-fraction \(unsubscribedFraction): must be between 0 and 1")
+        }
         for event in events { _ = try ScenarioEvent(event) }
         // The broker ceiling fills one ingest queue with them, bounded as the nodes' are.
         let ingestBound = nodesQueueShape.ingestMaxMessages

@@ -123,7 +123,7 @@ final class LoadRun: @unchecked Sendable {
         let exchanges = options.exchangeList
         corpus = NotificationCorpus(
             count: options.templates, size: options.size, projects: options.projects, messageID: Self.placeholder,
-            services: exchanges.count > 1 ? exchanges : [])
+            services: exchanges.count > 1 ? exchanges : [], unsubscribedFraction: options.unsubscribedFraction)
         redis = RedisClient(configuration: try RedisConfiguration(url: options.redisURL))
     }
 

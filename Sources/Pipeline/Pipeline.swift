@@ -721,14 +721,15 @@ package final class IngestService: Sendable {
             return nil
         }
         // One message per partition the events fall in (a Ceilometer list may span several).
-        var byPartition: [Int: NotificationEvent] = [:]
+        var byPartition: [Int: (first: NotificationEvent, count: Int)] = [:]
         for event in events {
             let partition = PartitionHash.partition(of: event.partitionKey, count: configuration.partitions)
-            if byPartition[partition] == nil { byPartition[partition] = event }
+            byPartition[partition, default: (event, 0)].count += 1
         }
         counters.count(.routed, by: byPartition.count)
-        return byPartition.sorted { $0.key < $1.key }.map { partition, event in
-            AMQPOutgoingMessage(
+        return byPartition.sorted { $0.key < $1.key }.map { partition, routed in
+            let event = routed.first
+            return AMQPOutgoingMessage(
                 exchange: configuration.names.partitions, routingKey: "\(partition)", body: delivery.body,
                 properties: AMQPMessageProperties(
                     contentType: "application/json",
@@ -738,6 +739,10 @@ package final class IngestService: Sendable {
                         "herald-actor-project": .string(event.actorProject ?? ""),
                         "herald-resource-id": .string(event.resourceID ?? ""),
                         "herald-message-id": .string(event.messageID),
+                        // How many of the body's events fall in this partition: with one, the
+                        // headers above say all the owner needs to know whether any
+                        // subscription could take it (`RoutedEvent`).
+                        "herald-events": .int(Int64(routed.count)),
                     ],
                     persistent: true,
                     messageID: event.messageID
@@ -900,6 +905,21 @@ package final class PartitionOwners: Sendable {
             // The lease is gone: do not deliver; the broker hands it to the next owner.
             return
         }
+        // Most events of a cloud meet no subscription: one whose type and projects (the ingest's
+        // headers) no subscription's project and patterns take is settled without decoding it,
+        // unless the event-type catalog wants it as a sample.
+        var sampleDue: Bool?
+        if let routed = RoutedEvent(delivery.properties.headers),
+            !index.withLock({ $0 }).mayMatch(
+                eventType: routed.eventType, project: routed.project, actorProject: routed.actorProject)
+        {
+            sampleDue = routed.project.map { catalog?.seen(project: $0, eventType: routed.eventType) ?? false }
+            if sampleDue != true {
+                counters.count(.unmatched)
+                owned.channel.ack(delivery)
+                return
+            }
+        }
         let events: [NotificationEvent]
         do {
             let decoded = try NotificationDecoder.decode(delivery.body).map { event in
@@ -968,7 +988,10 @@ package final class PartitionOwners: Sendable {
         }
         for event in events {
             // What exists, per project: counted, and now and then kept as tenants would see it.
-            if let catalog, let project = event.project, catalog.seen(project: project, eventType: event.eventType) {
+            // (Counted already when the headers were read: a sample is due.)
+            if let catalog, let project = event.project,
+                sampleDue ?? catalog.seen(project: project, eventType: event.eventType)
+            {
                 do {
                     let cut = try configuration.redaction.redact(event)
                     catalog.sample(project: project, eventType: event.eventType, json: cut?.json ?? event.json)
@@ -1113,5 +1136,24 @@ struct DeliveryPart {
             bytes = 0
         }
         return messages
+    }
+}
+
+/// What the ingest's headers say of a partition's delivery holding one event: its type and
+/// projects. Nil when they say the body holds more than one (a Ceilometer list), or lack a
+/// field (an older node's ingest): the body is decoded then.
+struct RoutedEvent {
+    var eventType: String
+    var project: String?
+    var actorProject: String?
+
+    init?(_ headers: AMQPTable) {
+        guard headers["herald-events"]?.int == 1, let eventType = headers["herald-event-type"]?.string,
+            !eventType.isEmpty, let project = headers["herald-project"]?.string,
+            let actor = headers["herald-actor-project"]?.string
+        else { return nil }
+        self.eventType = eventType
+        self.project = project.isEmpty ? nil : project
+        self.actorProject = actor.isEmpty ? nil : actor
     }
 }

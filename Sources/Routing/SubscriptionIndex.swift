@@ -194,16 +194,8 @@ public struct SubscriptionIndex: Sendable {
     /// no owner reaches only those), and, when another project acted, that project's
     /// subscriptions with `include_actor`; whose patterns, resource id and conditions hold.
     public func matches(_ event: NotificationEvent) -> [SubscriptionRoute] {
-        let owner = event.project.flatMap { buckets[$0] }
-        let everyProject = allProjectsScope
-        var acting: Scope?
-        if let actor = event.actorProject, actor != event.project { acting = actorBuckets[actor] }
-        // Most events of a large cloud meet no subscription: no cache, no allocation.
-        if owner == nil, everyProject == nil, acting == nil { return [] }
-        let key = CandidateCache.Key(
-            owner: owner?.number ?? -1, actor: acting?.number ?? -1, eventType: event.eventType)
-        let taken =
-            candidates.get(key) ?? candidates.put(key, patternCandidates(owner, everyProject, acting, event.eventType))
+        guard let taken = scopeCandidates(eventType: event.eventType, project: event.project, actor: event.actorProject)
+        else { return [] }
         // The event's fields as conditions read them, parsed once per event however many read them.
         var fields = EventFields(event: event)
         // One scope with candidates (the usual case): its list, shared by every event of the type,
@@ -217,6 +209,30 @@ public struct SubscriptionIndex: Sendable {
         for route in taken.everyProject where route.takes(event, &fields) { result.append(route) }
         for route in taken.actor where route.takes(event, &fields) { result.append(route) }
         return result
+    }
+
+    /// Whether an event of this type, owner and acting project can meet a subscription at all,
+    /// by the subscriptions' projects and patterns alone (no condition, origin or resource id is
+    /// asked): false lets a node settle the event without decoding it. `matches` of such an
+    /// event is never empty for this reason alone.
+    public func mayMatch(eventType: String, project: String?, actorProject: String?) -> Bool {
+        guard let taken = scopeCandidates(eventType: eventType, project: project, actor: actorProject) else {
+            return false
+        }
+        return !(taken.owner.isEmpty && taken.everyProject.isEmpty && taken.actor.isEmpty)
+    }
+
+    /// The routes whose projects and patterns take an event of this type, owner and acting
+    /// project, per scope; nil when no scope it meets has a subscription.
+    private func scopeCandidates(eventType: String, project: String?, actor: String?) -> CandidateCache.Candidates? {
+        let owner = project.flatMap { buckets[$0] }
+        let everyProject = allProjectsScope
+        var acting: Scope?
+        if let actor, actor != project { acting = actorBuckets[actor] }
+        // Most events of a large cloud meet no subscription: no cache, no allocation.
+        if owner == nil, everyProject == nil, acting == nil { return nil }
+        let key = CandidateCache.Key(owner: owner?.number ?? -1, actor: acting?.number ?? -1, eventType: eventType)
+        return candidates.get(key) ?? candidates.put(key, patternCandidates(owner, everyProject, acting, eventType))
     }
 
     /// The routes of `list` that take the event: `list` itself when every one does.

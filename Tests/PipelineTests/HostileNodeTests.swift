@@ -200,6 +200,65 @@ extension PipelineSuites {
             }
         }
 
+        @Test(
+            "a single event no subscription's project and patterns take is settled from the ingest's headers without being decoded; one a subscription could take is decoded"
+        )
+        func settledFromHeaders() async throws {
+            try await PipelineRun.with(partitions: 4) { run in
+                let taken = Subscription(
+                    project: "p1", eventTypes: ["compute.instance.*"], target: Target(queue: run.queue("headers")))
+                try await run.registry.create(taken)
+                try await run.startNodes(1, as: .inProcess)
+                try await run.waitAllPartitionsHeld()
+                let eventType = "compute.instance.update"
+                let partition = PartitionHash.partition(of: eventType, count: 4)
+                let names = try run.names
+                let connection = try await AMQPConnection.connect(url: run.amqpURL)
+                let channel = try await connection.openChannel()
+                // Not JSON: decoding it would send it to the dead queue as misrouted.
+                func publish(project: String) async throws {
+                    try await channel.publish(
+                        AMQPOutgoingMessage(
+                            exchange: names.partitions, routingKey: "\(partition)", body: Array("not json".utf8),
+                            properties: AMQPMessageProperties(
+                                contentType: "application/json",
+                                headers: [
+                                    "herald-event-type": .string(eventType), "herald-project": .string(project),
+                                    "herald-actor-project": .string(""), "herald-resource-id": .string(""),
+                                    "herald-message-id": .string("m-\(project)"), "herald-events": .int(1),
+                                ],
+                                persistent: true)))
+                }
+                let name = try #require(run.nodes.keys.first)
+                // No owner (the event-type catalog, which decodes an event of a project now and then
+                // for a sample, counts only events with one) and no all-projects subscription.
+                try await publish(project: "")
+                try await eventually(timeout: .seconds(30)) {
+                    let metrics = try await run.metrics(of: name)
+                    guard metrics["herald_events_total{stage=\"unmatched\"}"] == 1 else {
+                        throw TestFailure("unmatched: \(metrics.filter { $0.key.contains("stage") })")
+                    }
+                }
+                try await publish(project: "p1")
+                try await eventually(timeout: .seconds(30)) {
+                    let metrics = try await run.metrics(of: name)
+                    guard metrics["herald_events_total{stage=\"misrouted\"}"] == 1 else {
+                        throw TestFailure("misrouted: \(metrics.filter { $0.key.contains("stage") })")
+                    }
+                }
+                let dead = try await eventually(timeout: .seconds(30)) {
+                    let depth = try await channel.declareQueuePassive(names.dead).messageCount
+                    guard depth >= 1 else { throw TestFailure("nothing in \(names.dead)") }
+                    return depth
+                }
+                #expect(dead == 1, "only the event a subscription could take was decoded (and refused)")
+                let metrics = try await run.metrics(of: name)
+                #expect(metrics["herald_events_total{stage=\"unmatched\"}"] == 1)
+                await channel.close()
+                await connection.close()
+            }
+        }
+
         @Test("two clusters in one vhost: each ingests every notification into its own queues")
         func twoClusters() async throws {
             try await PipelineRun.with(partitions: 4) { run in

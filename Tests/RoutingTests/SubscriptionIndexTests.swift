@@ -326,6 +326,49 @@ struct AttributionMatchingTests {
         }
     }
 
+    @Test(
+        "mayMatch says whether projects and patterns alone can take an event: never false where matches is not empty, and true where a filterless subscription takes it"
+    )
+    func mayMatchAgreesWithMatches() {
+        let filterless = [
+            Subscription(project: "tenant", eventTypes: ["port.*", "!port.delete.*"], target: Target(queue: "q")),
+            Subscription(
+                project: "admin", eventTypes: ["compute.instance.*"], target: Target(queue: "q"), includeActor: true),
+            Subscription(
+                project: "admin", allProjects: true, eventTypes: ["volume.attach.*"], target: Target(queue: "q")),
+        ]
+        let filtered = Subscription(
+            project: "tenant", eventTypes: ["compute.*"],
+            conditions: [Condition(field: "payload.state", op: .eq, value: .string("active"))],
+            target: Target(queue: "q"))
+        let types = [
+            "port.create.end", "port.delete.end", "compute.instance.update", "volume.attach.end", "volume.detach.end",
+            "image.upload",
+        ]
+        let projects: [String?] = ["tenant", "admin", "other", nil]
+        for subscriptions in [filterless, filterless + [filtered]] {
+            let index = SubscriptionIndex(subscriptions, defaultZaqarURL: "http://zaqar.test")
+            for type in types {
+                for owner in projects {
+                    for actor in projects {
+                        let event = event(type, owner: owner, actor: actor)
+                        let may = index.mayMatch(eventType: type, project: owner, actorProject: actor)
+                        let matched = index.matches(event)
+                        #expect(may || matched.isEmpty, "\(type) \(owner ?? "-") \(actor ?? "-")")
+                        if subscriptions.count == filterless.count {
+                            #expect(may == !matched.isEmpty, "\(type) \(owner ?? "-") \(actor ?? "-")")
+                        }
+                    }
+                }
+            }
+        }
+        let index = SubscriptionIndex(filterless + [filtered], defaultZaqarURL: "http://zaqar.test")
+        #expect(
+            index.mayMatch(eventType: "compute.instance.update", project: "tenant", actorProject: nil),
+            "a subscription with a condition may take it: decoded to know")
+        #expect(!index.mayMatch(eventType: "image.upload", project: "tenant", actorProject: "admin"))
+    }
+
     @Test("resource_id keeps only that resource's events")
     func resource() {
         let pinned = Subscription(

@@ -234,7 +234,8 @@ package final class HeraldNode: Sendable {
         // The subscription index: filled by the registry watch (a part of the node).
         let index = Locked(SubscriptionIndex([], defaultZaqarURL: configuration.zaqarURL))
         let zaqar = ZaqarClient(
-            requestTimeout: configuration.deliveryTimeout, tokens: keystone, caFile: configuration.zaqarCAFile)
+            requestTimeout: configuration.deliveryTimeout, poolSize: configuration.zaqarConnections, tokens: keystone,
+            caFile: configuration.zaqarCAFile)
         var delivery = DeliveryConfiguration()
         delivery.linger = configuration.deliveryLinger
         delivery.projectMaxMessages = configuration.deliveryProjectMaxMessages

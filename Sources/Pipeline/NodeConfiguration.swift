@@ -86,6 +86,9 @@ package struct NodeConfiguration: Sendable {
     var limits: APILimits
     /// HERALD_DELIVERY_TIMEOUT_SECONDS: the deadline of one request to a target, whole. Default 10.
     var deliveryTimeout: Duration
+    /// HERALD_ZAQAR_CONNECTIONS: connections a node keeps at most to one Zaqar host, one request
+    /// each (every lane of that host shares them). Default 8.
+    var zaqarConnections: Int
     /// HERALD_DELIVERY_PROJECT_MAX_MESSAGES: messages one project's queues may hold in a node's
     /// delivery buffers (of 50000 in all). Default 10000.
     var deliveryProjectMaxMessages: Int
@@ -135,7 +138,7 @@ package struct NodeConfiguration: Sendable {
         "HERALD_RATE_SUBSCRIPTION_CHANGES",
         "HERALD_REPLAY_MAX", "HERALD_RATE_REPLAYS", "HERALD_RATE_TESTS",
         "HERALD_ZAQAR_SERVICE_TYPE", "HERALD_ZAQAR_INTERFACE", "HERALD_ZAQAR_REGION", "HERALD_DELIVERY_TIMEOUT_SECONDS",
-        "HERALD_DELIVERY_PROJECT_MAX_MESSAGES",
+        "HERALD_DELIVERY_PROJECT_MAX_MESSAGES", "HERALD_ZAQAR_CONNECTIONS",
         "HERALD_CLUSTER", "HERALD_DEAD_LETTERS_MAX", "HERALD_DEAD_LETTERS_PROJECT_MAX", "HERALD_DEAD_LETTER_BODY_BYTES",
         "HERALD_DEAD_LETTERS_IDLE_DAYS", "HERALD_EVENT_DEFINITIONS", "HERALD_NOTIFICATION_TOPICS", "HERALD_PRIORITIES",
         "HERALD_POLICY_FILE", "HERALD_ADMIN_PROJECT", "HERALD_DELIVERY_RETRY_HORIZON", "HERALD_PARKING_AFTER_ATTEMPTS",
@@ -425,6 +428,7 @@ package struct NodeConfiguration: Sendable {
                 testsPerMinute: try integer("HERALD_RATE_TESTS", 10, 1...10_000)
             ),
             deliveryTimeout: .seconds(try integer("HERALD_DELIVERY_TIMEOUT_SECONDS", 10, 1...300)),
+            zaqarConnections: try integer("HERALD_ZAQAR_CONNECTIONS", 8, 1...1_024),
             deliveryProjectMaxMessages: try integer("HERALD_DELIVERY_PROJECT_MAX_MESSAGES", 10_000, 5_000...50_000),
             deadLetterBudget: deadLetterBudget,
             eventDefinitions: eventDefinitions,

@@ -36,6 +36,22 @@ struct ConfigurationKeysTests {
             "in the README's table but not declared: \(documented.subtracting(NodeConfiguration.keys).sorted())")
     }
 
+    @Test("HERALD_ZAQAR_CONNECTIONS: 8 by default, 1 to 1024; anything else stops start-up naming the key")
+    func zaqarConnections() throws {
+        let base = ["HERALD_API_AUTH": "trusted-header"]
+        #expect(try NodeConfiguration.fromEnvironment(base).zaqarConnections == 8)
+        let more = try NodeConfiguration.fromEnvironment(base.merging(["HERALD_ZAQAR_CONNECTIONS": "64"]) { $1 })
+        #expect(more.zaqarConnections == 64)
+        for bad in ["0", "1025", "-3", "lots", "1e3", "9223372036854775808"] {
+            do {
+                _ = try NodeConfiguration.fromEnvironment(base.merging(["HERALD_ZAQAR_CONNECTIONS": bad]) { $1 })
+                Issue.record("HERALD_ZAQAR_CONNECTIONS=\(bad) was taken")
+            } catch {
+                #expect("\(error)".contains("HERALD_ZAQAR_CONNECTIONS"), "\(error)")
+            }
+        }
+    }
+
     @Test("every HERALD_* key the node reads is declared")
     func everyReadKeyDeclared() throws {
         let sources = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()

@@ -849,6 +849,29 @@ package final class PartitionOwners: Sendable {
         self.logger = logger
     }
 
+    /// Settles, on the AMQP connection's thread as it arrives, a delivery of one event that no
+    /// subscription's project and patterns take (the ingest's headers say so), when the
+    /// event-type catalog wants no sample of it: acked as unmatched, no task woken, nothing
+    /// decoded. Most events of a cloud meet no subscription. What it leaves goes to `handle`.
+    /// (The lease is not asked: a delivery acked without it is one its next owner would ack
+    /// unmatched too.)
+    private var unmatchedOnArrival: @Sendable (AMQPDelivery) -> Bool {
+        { [index, catalog, counters] delivery in
+            guard let routed = RoutedEvent(delivery.properties.headers),
+                !index.withLock({ $0 }).mayMatch(
+                    eventType: routed.eventType, project: routed.project, actorProject: routed.actorProject)
+            else { return false }
+            if let project = routed.project, let catalog,
+                !catalog.countedWithoutSample(project: project, eventType: routed.eventType)
+            {
+                return false
+            }
+            counters.count(.consumed)
+            counters.count(.unmatched)
+            return true
+        }
+    }
+
     /// Follows the coordinator's ownership events until they end; returns once the drains of
     /// revoked partitions (which run beside the events, each in a child task) have ended too.
     func run() async {
@@ -879,7 +902,8 @@ package final class PartitionOwners: Sendable {
         await beforeConsuming()
         let channel = try await connection.openChannel()
         let consumer = try await channel.consume(
-            configuration.names.partitionQueue(partition), prefetch: configuration.partitionPrefetch)
+            configuration.names.partitionQueue(partition), prefetch: configuration.partitionPrefetch,
+            settledOnArrival: unmatchedOnArrival)
         let owned = Owned(epoch: epoch, channel: channel, consumer: consumer)
         self.owned.withLock { $0[partition] = owned }
         // The partition's consumer loop, held in `owned.task`; awaited by `stop(_:drain:)` once its consumer is cancelled.

@@ -45,6 +45,24 @@ struct EventTypeCatalogTests {
         #expect(try await redis.send("HGET", prefix + "types-refused", "count").string == "2")
     }
 
+    @Test(
+        "countedWithoutSample counts an event only when no sample of it is due (its pair is pending, or no room for it): otherwise it leaves it to seen, counted once"
+    )
+    func countedWithoutSample() async throws {
+        let catalog = EventTypeCatalog(
+            redis: try RedisClient(url: TestServers.redisURL()),
+            keyPrefix: TestServers.uniqueName("herald-test.types") + ":", maxPending: 2)
+        #expect(!catalog.countedWithoutSample(project: "p", eventType: "a"), "a sample is due: not counted here")
+        #expect(catalog.seen(project: "p", eventType: "a"), "counted by seen, which asks for the sample")
+        #expect(catalog.countedWithoutSample(project: "p", eventType: "a"))
+        #expect(catalog.countedWithoutSample(project: "p", eventType: "a"))
+        #expect(catalog.seen(project: "p", eventType: "b"))
+        #expect(catalog.countedWithoutSample(project: "p", eventType: "c"), "no room: dropped, as seen would")
+        #expect(catalog.droppedPairs == 1)
+        try await catalog.flush()
+        #expect(try await catalog.list(project: "p").first { $0.eventType == "a" }?.count == 3)
+    }
+
     @Test("pairs beyond the pending bound are dropped and counted, not grown")
     func bounded() async throws {
         let catalog = EventTypeCatalog(

@@ -227,6 +227,39 @@ struct AMQPClientTests {
         }
     }
 
+    @Test(
+        "deliveries settled on arrival are acked on the connection's thread and never handed over; the rest come in order"
+    )
+    func settledOnArrival() async throws {
+        let connection = try await connect()
+        defer { Task { await connection.close() } }
+        let publisher = try await connection.openChannel()
+        let queue = TestServers.uniqueName("herald-test.settled")
+        try await publisher.declareQueue(queue, options: AMQPQueueOptions(durable: true))
+        defer { Task { _ = try? await publisher.deleteQueue(queue) } }
+        try await publisher.enableConfirms()
+        let bodies = (0..<200).map { $0 % 3 == 0 ? "kept-\($0)" : "skip-\($0)" }
+        try await publisher.publish(bodies.map { message(queue, $0, persistent: true) })
+        let consuming = try await connection.openChannel()
+        // Prefetch 5: the 133 settled ones must be acked for the rest to come at all.
+        let consumer = try await consuming.consume(queue, prefetch: 5) { delivery in
+            delivery.body.starts(with: Array("skip".utf8))
+        }
+        let kept = bodies.filter { $0.hasPrefix("kept") }
+        var received: [String] = []
+        for try await delivery in consumer {
+            received.append(String(decoding: delivery.body, as: UTF8.self))
+            consuming.ack(delivery)
+            if received.count == kept.count { break }
+        }
+        try await consumer.cancel()
+        #expect(received == kept)
+        // Every one acked: closing the channel (its acks go out first, and the broker answers
+        // close-ok once it has put back what was unacked) leaves nothing in the queue.
+        await consuming.close()
+        #expect(try await connection.queueState(queue)?.messageCount == 0)
+    }
+
     @Test("a conflicting re-declare fails with PRECONDITION_FAILED and the channel is usable again")
     func conflictingRedeclare() async throws {
         let connection = try await connect()

@@ -69,6 +69,23 @@ public final class EventTypeCatalog: Sendable {
         }
     }
 
+    /// Counts one event unless a sample of it is wanted (see `seen`): true when counted (no
+    /// sample wanted, or none can be kept now); false leaves it for `seen`, counted there.
+    public func countedWithoutSample(project: String, eventType: String) -> Bool {
+        let key = Key(project: project, eventType: eventType)
+        return pending.withLock { pending in
+            if let count = pending.counts[key] {
+                pending.counts[key] = count + 1
+                return true
+            }
+            guard pending.counts.count < maxPending else {
+                pending.dropped += 1
+                return true
+            }
+            return false
+        }
+    }
+
     /// The event as its project's subscribers receive it (too large: no sample).
     public func sample(project: String, eventType: String, json: [UInt8]) {
         guard json.count <= sampleBytes else { return }

@@ -236,8 +236,13 @@ public struct AMQPChannel: Sendable {
     ///   - prefetch: `basic.qos` for this channel, set before consuming.
     ///   - exclusive: ask to be the queue's only consumer.
     ///   - arguments: `basic.consume` arguments.
+    ///   - settledOnArrival: run on the connection's thread for each delivery as it arrives,
+    ///     before it is handed over: when it answers true, the delivery is acked there and never
+    ///     handed over (no task is woken for it). It must be quick and never block: every channel
+    ///     of the connection waits while it runs.
     public func consume(
-        _ queue: String, prefetch: UInt16, exclusive: Bool = false, arguments: AMQPTable = [:]
+        _ queue: String, prefetch: UInt16, exclusive: Bool = false, arguments: AMQPTable = [:],
+        settledOnArrival: (@Sendable (AMQPDelivery) -> Bool)? = nil
     ) async throws -> AMQPConsumer {
         try await qos(prefetch: prefetch)
         let tag = "herald.\(UUID().uuidString.prefix(8).lowercased()).\(queue)"
@@ -245,7 +250,8 @@ public struct AMQPChannel: Sendable {
         let id = id
         let liveness = try await engine.perform { engine in
             try engine.consume(
-                id, queue: queue, tag: tag, exclusive: exclusive, arguments: arguments, continuation: continuation)
+                id, queue: queue, tag: tag, exclusive: exclusive, arguments: arguments, continuation: continuation,
+                settledOnArrival: settledOnArrival)
         }
         return AMQPConsumer(channel: self, tag: tag, queue: queue, stream: stream, liveness: liveness)
     }

@@ -317,8 +317,13 @@ final class AMQPEngine: @unchecked Sendable {
                 channelID: delivery.channelID,
                 incarnation: channel.incarnation
             )
-            consumer.continuation.yield(delivery)
-            // Its ack will be queued without a wake-up: poll briefly for it.
+            if let settle = consumer.settledOnArrival, settle(delivery) {
+                // Acked here, with its neighbours at the next flush: no task woken for it.
+                channel.acks.pending.append(delivery.deliveryTag)
+            } else {
+                consumer.continuation.yield(delivery)
+            }
+            // Its ack will be queued without a wake-up (or is queued already): poll briefly for it.
             quickPoll = Self.quickPollFirst
         case .confirm(let channelID, let tag, let multiple, let ack):
             channels[channelID]?.confirm(tag: tag, multiple: multiple, ack: ack)
@@ -440,11 +445,13 @@ final class AMQPEngine: @unchecked Sendable {
 
     func consume(
         _ id: UInt16, queue: String, tag: String, exclusive: Bool, arguments: AMQPTable,
-        continuation: AsyncThrowingStream<AMQPDelivery, any Error>.Continuation
+        continuation: AsyncThrowingStream<AMQPDelivery, any Error>.Continuation,
+        settledOnArrival: (@Sendable (AMQPDelivery) -> Bool)? = nil
     ) throws -> ChannelLiveness {
         let record = try record(id)
         let consumer = ConsumerRecord(
-            queue: queue, tag: tag, exclusive: exclusive, arguments: arguments, continuation: continuation)
+            queue: queue, tag: tag, exclusive: exclusive, arguments: arguments, continuation: continuation,
+            settledOnArrival: settledOnArrival)
         // Registered before basic.consume so deliveries that follow consume-ok find it.
         record.consumers[tag] = consumer
         do {
@@ -863,16 +870,20 @@ final class ConsumerRecord {
     let exclusive: Bool
     let arguments: AMQPTable
     let continuation: AsyncThrowingStream<AMQPDelivery, any Error>.Continuation
+    /// See `AMQPChannel.consume(_:prefetch:exclusive:arguments:settledOnArrival:)`.
+    let settledOnArrival: (@Sendable (AMQPDelivery) -> Bool)?
 
     init(
         queue: String, tag: String, exclusive: Bool, arguments: AMQPTable,
-        continuation: AsyncThrowingStream<AMQPDelivery, any Error>.Continuation
+        continuation: AsyncThrowingStream<AMQPDelivery, any Error>.Continuation,
+        settledOnArrival: (@Sendable (AMQPDelivery) -> Bool)?
     ) {
         self.queue = queue
         self.tag = tag
         self.exclusive = exclusive
         self.arguments = arguments
         self.continuation = continuation
+        self.settledOnArrival = settledOnArrival
     }
 }
 

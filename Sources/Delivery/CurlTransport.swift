@@ -112,10 +112,10 @@ package final class CurlTransport: Sendable {
         connectTimeoutMilliseconds = max(1, Int(connectTimeout.milliseconds))
         self.requestTimeout = max(requestTimeout, .milliseconds(1))
         self.caFile = caFile
-        // Idle connections kept for reuse: every host's share, and some (libcurl closes the
-        // oldest idle one past it).
+        // Idle connections kept for reuse, all hosts together (libcurl closes the oldest idle one
+        // past it): the share of a few hosts.
         let perHost = max(1, connectionsPerHost)
-        let multi = Self.initialised ? herald_curl_multi_new(perHost, max(64, 2 * perHost)) : nil
+        let multi = Self.initialised ? herald_curl_multi_new(perHost, max(64, 4 * perHost)) : nil
         self.multi = multi.map(Handle.init)
         guard multi != nil else {
             // Out of memory at start: every request fails with that reason, nothing traps.

@@ -743,6 +743,8 @@ package final class IngestService: Sendable {
                         // headers above say all the owner needs to know whether any
                         // subscription could take it (`RoutedEvent`).
                         "herald-events": .int(Int64(routed.count)),
+                        // Which definitions attributed it: an owner on others decodes it itself.
+                        "herald-definitions": .string(configuration.eventDefinitions.fingerprint),
                     ],
                     persistent: true,
                     messageID: event.messageID
@@ -849,17 +851,20 @@ package final class PartitionOwners: Sendable {
         self.logger = logger
     }
 
-    /// Settles, on the AMQP connection's thread as it arrives, a delivery of one event that no
-    /// subscription's project and patterns take (the ingest's headers say so), when the
+    /// Settles, on the AMQP connection's thread as it arrives, a delivery of partition
+    /// `partition` (held under `epoch`) of one event that no subscription's project and patterns
+    /// take (the ingest's headers say so, under this node's event definitions), when the
     /// event-type catalog wants no sample of it: acked as unmatched, no task woken, nothing
-    /// decoded. Most events of a cloud meet no subscription. What it leaves goes to `handle`.
-    /// (The lease is not asked: a delivery acked without it is one its next owner would ack
-    /// unmatched too.)
-    private var unmatchedOnArrival: @Sendable (AMQPDelivery) -> Bool {
-        { [index, catalog, counters] delivery in
-            guard let routed = RoutedEvent(delivery.properties.headers),
-                !index.withLock({ $0 }).mayMatch(
-                    eventType: routed.eventType, project: routed.project, actorProject: routed.actorProject)
+    /// decoded. Most events of a cloud meet no subscription. Only what is known at once is
+    /// decided here (the lease, the candidate cache; no pattern is run on that thread, which
+    /// every channel shares); everything else goes to `handle`.
+    private func unmatchedOnArrival(partition: Int, epoch: UInt64) -> @Sendable (AMQPDelivery) -> Bool {
+        let definitions = configuration.eventDefinitions.fingerprint
+        return { [index, catalog, counters, coordinator] delivery in
+            guard let routed = RoutedEvent(delivery.properties.headers, definitions: definitions),
+                coordinator.isActing(partition, epoch: epoch),
+                index.withLock({ $0 }).mayMatchIfKnown(
+                    eventType: routed.eventType, project: routed.project, actorProject: routed.actorProject) == false
             else { return false }
             if let project = routed.project, let catalog,
                 !catalog.countedWithoutSample(project: project, eventType: routed.eventType)
@@ -903,7 +908,7 @@ package final class PartitionOwners: Sendable {
         let channel = try await connection.openChannel()
         let consumer = try await channel.consume(
             configuration.names.partitionQueue(partition), prefetch: configuration.partitionPrefetch,
-            settledOnArrival: unmatchedOnArrival)
+            settledOnArrival: unmatchedOnArrival(partition: partition, epoch: epoch))
         let owned = Owned(epoch: epoch, channel: channel, consumer: consumer)
         self.owned.withLock { $0[partition] = owned }
         // The partition's consumer loop, held in `owned.task`; awaited by `stop(_:drain:)` once its consumer is cancelled.
@@ -933,7 +938,8 @@ package final class PartitionOwners: Sendable {
         // headers) no subscription's project and patterns take is settled without decoding it,
         // unless the event-type catalog wants it as a sample.
         var sampleDue: Bool?
-        if let routed = RoutedEvent(delivery.properties.headers),
+        if let routed = RoutedEvent(
+            delivery.properties.headers, definitions: configuration.eventDefinitions.fingerprint),
             !index.withLock({ $0 }).mayMatch(
                 eventType: routed.eventType, project: routed.project, actorProject: routed.actorProject)
         {
@@ -1164,15 +1170,17 @@ struct DeliveryPart {
 }
 
 /// What the ingest's headers say of a partition's delivery holding one event: its type and
-/// projects. Nil when they say the body holds more than one (a Ceilometer list), or lack a
-/// field (an older node's ingest): the body is decoded then.
+/// projects. Nil when they say the body holds more than one (a Ceilometer list), lack a field
+/// (an older node's ingest), or come from other event definitions than `definitions` (a
+/// rollout of new ones): the body is decoded then.
 struct RoutedEvent {
     var eventType: String
     var project: String?
     var actorProject: String?
 
-    init?(_ headers: AMQPTable) {
-        guard headers["herald-events"]?.int == 1, let eventType = headers["herald-event-type"]?.string,
+    init?(_ headers: AMQPTable, definitions: String) {
+        guard headers["herald-events"]?.int == 1, headers["herald-definitions"]?.string == definitions,
+            let eventType = headers["herald-event-type"]?.string,
             !eventType.isEmpty, let project = headers["herald-project"]?.string,
             let actor = headers["herald-actor-project"]?.string
         else { return nil }

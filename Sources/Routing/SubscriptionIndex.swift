@@ -222,17 +222,37 @@ public struct SubscriptionIndex: Sendable {
         return !(taken.owner.isEmpty && taken.everyProject.isEmpty && taken.actor.isEmpty)
     }
 
+    /// `mayMatch` when it is known without running a pattern (the scopes, then the candidate
+    /// cache); nil when the patterns would have to be run. For a thread that must not wait.
+    public func mayMatchIfKnown(eventType: String, project: String?, actorProject: String?) -> Bool? {
+        switch scopeCandidates(eventType: eventType, project: project, actor: actorProject, computing: false) {
+        case .none: return false
+        case .some(.none): return nil
+        case .some(.some(let taken)):
+            return !(taken.owner.isEmpty && taken.everyProject.isEmpty && taken.actor.isEmpty)
+        }
+    }
+
     /// The routes whose projects and patterns take an event of this type, owner and acting
     /// project, per scope; nil when no scope it meets has a subscription.
     private func scopeCandidates(eventType: String, project: String?, actor: String?) -> CandidateCache.Candidates? {
+        scopeCandidates(eventType: eventType, project: project, actor: actor, computing: true) ?? nil
+    }
+
+    /// As above; without `computing`, `.some(nil)` where the patterns would have to be run.
+    private func scopeCandidates(
+        eventType: String, project: String?, actor: String?, computing: Bool
+    ) -> CandidateCache.Candidates?? {
         let owner = project.flatMap { buckets[$0] }
         let everyProject = allProjectsScope
         var acting: Scope?
         if let actor, actor != project { acting = actorBuckets[actor] }
         // Most events of a large cloud meet no subscription: no cache, no allocation.
-        if owner == nil, everyProject == nil, acting == nil { return nil }
+        if owner == nil, everyProject == nil, acting == nil { return .none }
         let key = CandidateCache.Key(owner: owner?.number ?? -1, actor: acting?.number ?? -1, eventType: eventType)
-        return candidates.get(key) ?? candidates.put(key, patternCandidates(owner, everyProject, acting, eventType))
+        if let known = candidates.get(key) { return .some(known) }
+        guard computing else { return .some(nil) }
+        return .some(candidates.put(key, patternCandidates(owner, everyProject, acting, eventType)))
     }
 
     /// The routes of `list` that take the event: `list` itself when every one does.

@@ -28,6 +28,22 @@ struct EventDefinitionsTests {
         #expect(EventDefinitions.defaults.definition(for: "anything.at.all") != nil, "a catch-all ends the list")
     }
 
+    @Test("the fingerprint: the same for the same definitions read twice, different when they say something else")
+    func fingerprint() throws {
+        let yaml = """
+            - event_type: ["compute.instance.*"]
+              family: compute.instance
+              owner: [payload.tenant_id]
+            """
+        let once = try EventDefinitions(yaml: yaml, origin: "a")
+        let again = try EventDefinitions(yaml: yaml, origin: "b")
+        #expect(once.fingerprint == again.fingerprint)
+        let other = try EventDefinitions(
+            yaml: yaml.replacingOccurrences(of: "tenant_id", with: "project_id"), origin: "a")
+        #expect(other.fingerprint != once.fingerprint)
+        #expect(EventDefinitions.defaults.fingerprint != once.fingerprint)
+    }
+
     @Test("nova legacy: the instance's project owns it; the resource is the instance")
     func novaLegacy() throws {
         let event = try notification(

@@ -201,7 +201,7 @@ extension PipelineSuites {
         }
 
         @Test(
-            "a single event no subscription's project and patterns take is settled from the ingest's headers without being decoded; one a subscription could take is decoded"
+            "a single event no subscription's project and patterns take is settled from the ingest's headers without being decoded; one a subscription could take, or attributed by other event definitions, is decoded"
         )
         func settledFromHeaders() async throws {
             try await PipelineRun.with(partitions: 4) { run in
@@ -216,7 +216,9 @@ extension PipelineSuites {
                 let connection = try await AMQPConnection.connect(url: run.amqpURL)
                 let channel = try await connection.openChannel()
                 // Not JSON: decoding it would send it to the dead queue as misrouted.
-                func publish(project: String) async throws {
+                let ours = EventDefinitions.defaults.fingerprint
+                func publish(project: String, definitions: String = EventDefinitions.defaults.fingerprint) async throws
+                {
                     try await channel.publish(
                         AMQPOutgoingMessage(
                             exchange: names.partitions, routingKey: "\(partition)", body: Array("not json".utf8),
@@ -226,6 +228,7 @@ extension PipelineSuites {
                                     "herald-event-type": .string(eventType), "herald-project": .string(project),
                                     "herald-actor-project": .string(""), "herald-resource-id": .string(""),
                                     "herald-message-id": .string("m-\(project)"), "herald-events": .int(1),
+                                    "herald-definitions": .string(definitions),
                                 ],
                                 persistent: true)))
                 }
@@ -240,18 +243,20 @@ extension PipelineSuites {
                     }
                 }
                 try await publish(project: "p1")
+                // Attributed by other event definitions (a rollout): this node decodes it itself.
+                try await publish(project: "", definitions: ours + "-other")
                 try await eventually(timeout: .seconds(30)) {
                     let metrics = try await run.metrics(of: name)
-                    guard metrics["herald_events_total{stage=\"misrouted\"}"] == 1 else {
+                    guard metrics["herald_events_total{stage=\"misrouted\"}"] == 2 else {
                         throw TestFailure("misrouted: \(metrics.filter { $0.key.contains("stage") })")
                     }
                 }
                 let dead = try await eventually(timeout: .seconds(30)) {
                     let depth = try await channel.declareQueuePassive(names.dead).messageCount
-                    guard depth >= 1 else { throw TestFailure("nothing in \(names.dead)") }
+                    guard depth >= 2 else { throw TestFailure("\(depth) in \(names.dead)") }
                     return depth
                 }
-                #expect(dead == 1, "only the event a subscription could take was decoded (and refused)")
+                #expect(dead == 2, "only the events a subscription could take, or of other definitions, were decoded")
                 let metrics = try await run.metrics(of: name)
                 #expect(metrics["herald_events_total{stage=\"unmatched\"}"] == 1)
                 await channel.close()

@@ -363,6 +363,19 @@ struct AttributionMatchingTests {
             }
         }
         let index = SubscriptionIndex(filterless + [filtered], defaultZaqarURL: "http://zaqar.test")
+        // Known at once only when no pattern must run: no scope met, or the candidates cached.
+        let projectOnly = SubscriptionIndex([filtered], defaultZaqarURL: "http://zaqar.test")
+        #expect(
+            projectOnly.mayMatchIfKnown(eventType: "image.upload", project: "other", actorProject: nil) == false,
+            "no subscription of that project, none of all projects")
+        #expect(
+            index.mayMatchIfKnown(eventType: "image.upload", project: "other", actorProject: nil) == nil,
+            "an all-projects subscription's patterns must run")
+        #expect(index.mayMatchIfKnown(eventType: "port.create.end", project: "tenant", actorProject: nil) == nil)
+        #expect(index.mayMatch(eventType: "port.create.end", project: "tenant", actorProject: nil))
+        #expect(index.mayMatchIfKnown(eventType: "port.create.end", project: "tenant", actorProject: nil) == true)
+        _ = index.mayMatch(eventType: "image.upload", project: "tenant", actorProject: nil)
+        #expect(index.mayMatchIfKnown(eventType: "image.upload", project: "tenant", actorProject: nil) == false)
         #expect(
             index.mayMatch(eventType: "compute.instance.update", project: "tenant", actorProject: nil),
             "a subscription with a condition may take it: decoded to know")

@@ -181,7 +181,8 @@ public final class ClusterCoordinator: Sendable {
 
     /// Whether this node may act on `partition` under `epoch` right now.
     public func isActing(_ partition: Int, epoch: UInt64) -> Bool {
-        acting()[partition] == epoch
+        let now = now()
+        return state.withLock { $0.isActing(partition, epoch: epoch, at: now) }
     }
 
     /// Whether this node holds the leader lease (as of its last beat).

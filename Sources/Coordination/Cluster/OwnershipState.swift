@@ -72,6 +72,11 @@ public struct OwnershipState: Sendable {
         return held.mapValues(\.epoch)
     }
 
+    /// Whether this node may act on `partition` under `epoch` at `now` (`acting(at:)` for one).
+    public func isActing(_ partition: Int, epoch: UInt64, at now: Duration) -> Bool {
+        isValid(at: now) && held[partition]?.epoch == epoch
+    }
+
     /// A beat sent at `sentAt` came back. `intact` is false when the alive key had
     /// expired before it (this node was cut off or paused): every lease may be someone else's now.
     public mutating func beatSucceeded(sentAt: Duration, intact: Bool, now: Duration) -> [Action] {

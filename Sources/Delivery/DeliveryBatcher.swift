@@ -203,6 +203,12 @@ public final class DeliveryBatcher: Sendable {
         state.withLock { $0.lanes[target] != nil }
     }
 
+    /// Whether the batcher keeps a lane for `target` whose worker has stopped, finding it empty
+    /// (for tests: its idle time counts from then).
+    package func hasIdleLane(for target: ZaqarTarget) -> Bool {
+        state.withLock { $0.lanes[target].map { !$0.working && $0.messages == 0 } ?? false }
+    }
+
     /// The circuit state of a target's lane (closed when it has none: a new lane starts closed).
     public func circuit(for target: ZaqarTarget) -> CircuitBreaker.State {
         state.withLock { $0.lanes[target]?.circuit.state ?? .closed }

@@ -81,19 +81,28 @@ public struct EventDefinitions: Sendable {
 
     static let defaultActorPlan = PathPlan(defaultActor)
 
-    /// The acting project when a definition names none.
-    /// Tells these definitions from others (a hash of what they say): nodes whose fingerprints
-    /// agree attribute every event alike (the ingest's headers then speak for the owner).
+    /// Tells these definitions from others (a hash of what they say and of how this build reads
+    /// them, `attributionVersion`): nodes whose fingerprints agree attribute every event alike
+    /// (the ingest's headers then speak for the owner).
     public let fingerprint: String
+    /// Changed with any change to how events are attributed beyond the definitions themselves
+    /// (the decoder's fallbacks, `defaultActor`, `maxIDBytes`): nodes of builds that differ there
+    /// then have different fingerprints.
+    static let attributionVersion = 1
+    /// The acting project when a definition names none.
     public static let defaultActor: [FieldPath] = [FieldPath(["_context_project_id"]), FieldPath(["_context_tenant"])]
     /// The longest project or resource id taken from an event (an AMQP header holds it).
     public static let maxIDBytes = 255
 
     public init(_ definitions: [Definition]) {
         self.definitions = definitions
-        // What attributes an event, not where it was written.
-        let said = definitions.map { ($0.patterns, $0.family, $0.owner, $0.resourceID, $0.actor) }
-        fingerprint = String(PartitionHash.fnv1a64(String(reflecting: said).utf8), radix: 16)
+        // What attributes an event, not where it was written; paths as their segments (quoted
+        // when printed: `a, b` in one segment is not two paths).
+        let said = definitions.map {
+            ($0.patterns, $0.family, $0.owner.map(\.segments), $0.resourceID.map(\.segments), $0.actor.map(\.segments))
+        }
+        fingerprint = String(
+            PartitionHash.fnv1a64("\(Self.attributionVersion) \(String(reflecting: said))".utf8), radix: 16)
         plans = definitions.map {
             Plans(
                 owner: PathPlan($0.owner), resourceID: PathPlan($0.resourceID),

@@ -169,6 +169,16 @@ package final class HeraldNode: Sendable {
     /// Gives freed heap pages back to the system. A registry snapshot and the index it replaces
     /// are garbage after a rebuild, and glibc keeps freed memory for reuse: without this the
     /// node's resident size stays at the peak of the largest rebuild.
+    /// Makes `next` the index, and answers how many subscriptions it has. The old index is
+    /// freed here, once the lock is released (the AMQP connection's thread takes that lock for
+    /// every partition delivery), and before the caller returns freed pages to the system.
+    private static func install(_ next: SubscriptionIndex, in index: Locked<SubscriptionIndex>) -> Int {
+        var next = next
+        let count = next.count
+        index.withLock { swap(&$0, &next) }
+        return count
+    }
+
     static func returnFreedMemory() {
         #if os(Linux)
         _ = glibcMallocTrim(0)
@@ -381,13 +391,12 @@ package final class HeraldNode: Sendable {
             var updates = registry.watch().makeAsyncIterator()
             var first = true
             while let update = await updates.next() {
-                var next =
+                let count = Self.install(
                     update.replacesAll
-                    ? SubscriptionIndex(update.subscriptions(logger: logger), defaultZaqarURL: configuration.zaqarURL)
-                    : index.withLock { $0 }.updated(with: update.changed)
-                // Swapped: the old index is freed with `next` at the end of this turn, not under
-                // the lock (the AMQP connection's thread takes it for every partition delivery).
-                index.withLock { swap(&$0, &next) }
+                        ? SubscriptionIndex(
+                            update.subscriptions(logger: logger), defaultZaqarURL: configuration.zaqarURL)
+                        : index.withLock { $0 }.updated(with: update.changed),
+                    in: index)
                 // Pages freed by the build and by earlier updates go back to the system. This update's
                 // records are freed when the iteration ends; trimming after that made no measurable
                 // difference to the idle RSS (BENCHMARKS.md, "Memory after traffic").
@@ -403,7 +412,7 @@ package final class HeraldNode: Sendable {
                     metadata: [
                         LogKey.registryVersion: "\(update.version)",
                         LogKey.registryChanged: "\(update.replacesAll ? "all" : "\(update.changed.count)")",
-                        LogKey.registrySubscriptions: "\(next.count)",
+                        LogKey.registrySubscriptions: "\(count)",
                     ])
             }
         }

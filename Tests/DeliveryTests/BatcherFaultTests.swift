@@ -115,6 +115,15 @@ enum RedisBackedDeliveryTests {}
 extension RedisBackedDeliveryTests {
     @Suite("Batcher against a fault-injecting HTTP sink", .timeLimit(.minutes(2)))
     struct BatcherFaultTests {
+        /// Batches of 10, 50 messages a lane, 80 in all (with `fastRetries`).
+        func smallBounds() -> DeliveryConfiguration {
+            var configuration = fastRetries()
+            configuration.maxBatchMessages = 10
+            configuration.laneMaxMessages = 50
+            configuration.globalMaxMessages = 80
+            return configuration
+        }
+
         func fastRetries() -> DeliveryConfiguration {
             var configuration = DeliveryConfiguration()
             configuration.retryBase = .milliseconds(10)
@@ -329,8 +338,12 @@ extension RedisBackedDeliveryTests {
             try await clock.waitForSleepers()
             clock.advance(by: clock.requested.last ?? .zero)
             #expect(await failed.value.deadLettered == 1)
+            // Its worker has found it empty and stopped (its idle time counts from that stamp, on
+            // the manual clock: only then may the clock move).
             try await eventually {
-                guard harness.batcher.laneCount == 1 else { throw TestFailure("\(harness.batcher.laneCount) lanes") }
+                guard harness.batcher.laneCount == 1, harness.batcher.hasIdleLane(for: failing) else {
+                    throw TestFailure("\(harness.batcher.laneCount) lanes, the failing one not idle yet")
+                }
             }
             clock.advance(by: idle)
             let fine = ZaqarTarget(baseURL: sink.url, project: "p", queue: "fine")
@@ -397,11 +410,7 @@ extension RedisBackedDeliveryTests {
         @Test("a submission's parts wait for room like single messages; nothing is lost")
         func submissionPartsWaitForRoom() async throws {
             let sink = try await HostileZaqar { _ in .stall }
-            var configuration = fastRetries()
-            configuration.maxBatchMessages = 10
-            configuration.laneMaxMessages = 50
-            configuration.globalMaxMessages = 80
-            let harness = try DeliveryHarness(configuration: configuration, requestTimeout: .seconds(60))
+            let harness = try DeliveryHarness(configuration: smallBounds(), requestTimeout: .seconds(60))
             let target = ZaqarTarget(baseURL: sink.url, project: "p", queue: "parts")
             let outcomes = Outcomes()
             let partsAdded = Counter()
@@ -431,11 +440,7 @@ extension RedisBackedDeliveryTests {
         @Test("with the sink stalled, buffered messages never exceed the bounds and submitters wait")
         func boundedMemory() async throws {
             let sink = try await HostileZaqar { _ in .stall }
-            var configuration = fastRetries()
-            configuration.maxBatchMessages = 10
-            configuration.laneMaxMessages = 50
-            configuration.globalMaxMessages = 80
-            let harness = try DeliveryHarness(configuration: configuration, requestTimeout: .seconds(60))
+            let harness = try DeliveryHarness(configuration: smallBounds(), requestTimeout: .seconds(60))
             let targets = (0..<3).map { ZaqarTarget(baseURL: sink.url, project: "p", queue: "lane\($0)") }
             let submitted = Counter()
             let submitters = Task {

@@ -28,19 +28,38 @@ struct EventDefinitionsTests {
         #expect(EventDefinitions.defaults.definition(for: "anything.at.all") != nil, "a catch-all ends the list")
     }
 
-    @Test("the fingerprint: the same for the same definitions read twice, different when they say something else")
+    @Test(
+        "the fingerprint: the same for the same definitions read twice (a fixed value: the same in every process), different when any field says something else"
+    )
     func fingerprint() throws {
         let yaml = """
             - event_type: ["compute.instance.*"]
               family: compute.instance
               owner: [payload.tenant_id]
+              resource_id: [payload.instance_id]
+              actor: [_context_project_id]
             """
         let once = try EventDefinitions(yaml: yaml, origin: "a")
         let again = try EventDefinitions(yaml: yaml, origin: "b")
-        #expect(once.fingerprint == again.fingerprint)
-        let other = try EventDefinitions(
-            yaml: yaml.replacingOccurrences(of: "tenant_id", with: "project_id"), origin: "a")
-        #expect(other.fingerprint != once.fingerprint)
+        #expect(once.fingerprint == again.fingerprint, "where they were written does not count")
+        #expect(once.fingerprint == "59fa7fa18cd78cf9", "as every node of this build computes it (a fixed vector)")
+        let changes = [
+            ("compute.instance.*", "compute.*"), ("family: compute.instance", "family: compute"),
+            ("owner: [payload.tenant_id]", "owner: [payload.project_id]"),
+            ("resource_id: [payload.instance_id]", "resource_id: [payload.uuid]"),
+            ("actor: [_context_project_id]", "actor: [_context_tenant]"),
+            // One path whose segment holds ", " against two paths: they print alike as strings.
+            ("owner: [payload.tenant_id]", "owner: [\"payload.'a, payload'.b\"]"),
+        ]
+        var seen: Set<String> = [once.fingerprint]
+        for (from, to) in changes {
+            let other = try EventDefinitions(yaml: yaml.replacingOccurrences(of: from, with: to), origin: "a")
+            #expect(seen.insert(other.fingerprint).inserted, "\(to) has a fingerprint of its own")
+        }
+        let twoPaths = try EventDefinitions(
+            yaml: yaml.replacingOccurrences(of: "owner: [payload.tenant_id]", with: "owner: [payload.a, payload.b]"),
+            origin: "a")
+        #expect(seen.insert(twoPaths.fingerprint).inserted)
         #expect(EventDefinitions.defaults.fingerprint != once.fingerprint)
     }
 

@@ -54,35 +54,31 @@ public final class EventTypeCatalog: Sendable {
     /// project since the last flush, so that an event is redacted for a sample at most once a
     /// second per type and project).
     public func seen(project: String, eventType: String) -> Bool {
-        let key = Key(project: project, eventType: eventType)
-        return pending.withLock { pending in
-            if let count = pending.counts[key] {
-                pending.counts[key] = count + 1
-                return false
-            }
-            guard pending.counts.count < maxPending else {
-                pending.dropped += 1
-                return false
-            }
-            pending.counts[key] = 1
-            return true
-        }
+        count(project: project, eventType: eventType, sampling: true)
     }
 
     /// Counts one event unless a sample of it is wanted (see `seen`): true when counted (no
     /// sample wanted, or none can be kept now); false leaves it for `seen`, counted there.
     public func countedWithoutSample(project: String, eventType: String) -> Bool {
+        count(project: project, eventType: eventType, sampling: false)
+    }
+
+    /// A pair already pending is counted; a new one past `maxPending` is dropped (counted as
+    /// such); a new one is counted only when `sampling`. Answers whether a sample is wanted
+    /// (`sampling`), or whether the event was counted.
+    private func count(project: String, eventType: String, sampling: Bool) -> Bool {
         let key = Key(project: project, eventType: eventType)
         return pending.withLock { pending in
             if let count = pending.counts[key] {
                 pending.counts[key] = count + 1
-                return true
+                return !sampling
             }
             guard pending.counts.count < maxPending else {
                 pending.dropped += 1
-                return true
+                return !sampling
             }
-            return false
+            if sampling { pending.counts[key] = 1 }
+            return sampling
         }
     }
 

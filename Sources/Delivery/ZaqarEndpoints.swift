@@ -48,7 +48,7 @@ public struct ZaqarEndpoints: Sendable, CustomStringConvertible {
 
     /// Verdicts by URL: every delivery is checked, and a cloud's subscriptions name a handful of
     /// URLs (parsing one costs a `URLComponents`). Only URLs `parse` would read (at most 2,048
-    /// bytes) are kept, at most 1,024 of them (emptied when full): a bound whatever tenants write.
+    /// bytes) are kept, at most 1,024 of them (`BoundedCache`): a bound whatever tenants write.
     private let verdicts = BoundedCache<ExactURL, Bool>(limit: 1_024)
 
     /// Whether Herald may post to `url` (a subscription's `zaqar_url` or the default endpoint).

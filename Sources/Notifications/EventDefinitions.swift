@@ -43,7 +43,7 @@ public struct EventDefinitions: Sendable {
     public let definitions: [Definition]
     /// Each definition's owner, resource id and actor paths, compiled for lookups.
     private let plans: [Plans]
-    /// The definition index per event type seen (-1: none), bounded (emptied when full), shared by
+    /// The definition index per event type seen (-1: none), bounded (`BoundedCache`), shared by
     /// copies.
     private let chosen = BoundedCache<String, Int>(limit: 10_000)
 

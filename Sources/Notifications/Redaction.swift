@@ -63,7 +63,7 @@ public struct RedactionRules: Sendable {
     }
 
     public let rules: [Rule]
-    /// The compiled paths per event type seen, bounded (emptied when full), shared by copies.
+    /// The compiled paths per event type seen, bounded (`BoundedCache`), shared by copies.
     private let plans = BoundedCache<RedactionPlanKey, RedactionPlan>(limit: 10_000)
 
     public init(_ rules: [Rule]) {

@@ -120,7 +120,7 @@ public struct SubscriptionIndex: Sendable {
     /// owner's, the all-projects ones, its acting project's): globs are run once per (scopes,
     /// event type), not once per event, and an event costs one cache lookup. OpenStack has a few
     /// hundred event types and only events that meet a scope with subscriptions are cached; the
-    /// cache is emptied when it reaches its size.
+    /// cache keeps two generations (`BoundedCache`): what is asked for again stays.
     private let candidates = CandidateCache()
 
     /// - Parameters:
@@ -353,7 +353,7 @@ final class CandidateCache: Sendable {
         var actor: [SubscriptionRoute]
     }
 
-    /// Entries kept before a table starts over, in each of the two: a bound on memory whatever
+    /// Entries kept at most, in each of the two tables: a bound on memory whatever
     /// the bus carries (an entry holds a project's routes; the all-projects routes are held once
     /// per event type).
     static let limit = 20_000

@@ -31,7 +31,7 @@ public final class BoundedCache<Key: Hashable & Sendable, Value: Sendable>: Send
         @inlinable
         mutating func keep(_ key: Key, _ value: Value, generation: Int) -> [Key: Value]? {
             var dropped: [Key: Value]?
-            if current.count >= generation {
+            if current.count >= generation, current[key] == nil {
                 dropped = previous
                 previous = current
                 current = [:]
@@ -61,6 +61,13 @@ public final class BoundedCache<Key: Hashable & Sendable, Value: Sendable>: Send
         }
         _ = dropped
         return value
+    }
+
+    /// `get` without moving an answer between generations: one look under the lock, nothing
+    /// allocated or freed (for a thread that must not wait).
+    @inlinable
+    public func peek(_ key: Key) -> Value? {
+        entries.withLock { $0.current[key] ?? $0.previous[key] }
     }
 
     /// Keeps `value` for `key` and returns it.

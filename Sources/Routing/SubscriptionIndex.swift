@@ -250,7 +250,8 @@ public struct SubscriptionIndex: Sendable {
         // Most events of a large cloud meet no subscription: no cache, no allocation.
         if owner == nil, everyProject == nil, acting == nil { return .none }
         let key = CandidateCache.Key(owner: owner?.number ?? -1, actor: acting?.number ?? -1, eventType: eventType)
-        if let known = candidates.get(key) { return .some(known) }
+        // Without computing (the AMQP connection's thread), a look that moves nothing.
+        if let known = computing ? candidates.get(key) : candidates.peek(key) { return .some(known) }
         guard computing else { return .some(nil) }
         return .some(candidates.put(key, patternCandidates(owner, everyProject, acting, eventType)))
     }
@@ -361,6 +362,7 @@ final class CandidateCache: Sendable {
     private let everyProjectByType = BoundedCache<String, [SubscriptionRoute]>(limit: CandidateCache.limit)
 
     func get(_ key: Key) -> Candidates? { byKey.get(key) }
+    func peek(_ key: Key) -> Candidates? { byKey.peek(key) }
 
     @discardableResult
     func put(_ key: Key, _ value: Candidates) -> Candidates { byKey.put(key, value) }

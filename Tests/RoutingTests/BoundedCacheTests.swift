@@ -26,6 +26,22 @@ struct BoundedCacheTests {
         #expect(cache.get(0) == nil)
     }
 
+    @Test("peek finds both generations and moves nothing; a key put again into a full generation does not turn it over")
+    func peekAndRefill() {
+        let cache = BoundedCache<String, Int>(limit: 4)
+        cache.put("a", 1)
+        cache.put("b", 2)
+        cache.put("c", 3)  // "a" and "b" are the previous generation now
+        #expect(cache.peek("a") == 1)
+        cache.put("d", 4)  // the current generation ("c", "d") is full
+        cache.put("d", 40)  // already in it: no turn-over
+        #expect(cache.peek("a") == 1, "still there: peeking moved nothing and the refill turned nothing over")
+        #expect(cache.peek("d") == 40)
+        cache.put("e", 5)  // now it turns over: "a" and "b" go
+        #expect(cache.peek("a") == nil)
+        #expect(cache.peek("c") == 3)
+    }
+
     @Test("a key put again takes its new value")
     func replaced() {
         let cache = BoundedCache<String, Int>(limit: 4)

@@ -83,6 +83,13 @@ public final class DeliveryBatcher: Sendable {
             self.remaining = count
             self.completion = completion
         }
+
+        /// One of its messages (or its submission's hold) is settled; under the batcher's lock.
+        /// - Returns: the outcome when that was the last, for `completion`.
+        func settleOne() -> DeliveryOutcome? {
+            remaining -= 1
+            return remaining == 0 ? outcome : nil
+        }
     }
 
     struct Pending: Sendable {
@@ -271,11 +278,7 @@ public final class DeliveryBatcher: Sendable {
     }
 
     private func release(_ group: Group) {
-        let outcome = state.withLock { _ -> DeliveryOutcome? in
-            group.remaining -= 1
-            return group.remaining == 0 ? group.outcome : nil
-        }
-        if let outcome { group.completion(outcome) }
+        if let outcome = state.withLock({ _ in group.settleOne() }) { group.completion(outcome) }
     }
 
     private func enqueue(_ messages: [ZaqarOutgoingMessage], group: Group) async {
@@ -964,8 +967,7 @@ public final class DeliveryBatcher: Sendable {
             for pending in batch {
                 let group = pending.group
                 count(&group.outcome)
-                group.remaining -= 1
-                if group.remaining == 0 { finished.append((group, group.outcome)) }
+                if let outcome = group.settleOne() { finished.append((group, outcome)) }
             }
             return finished
         }

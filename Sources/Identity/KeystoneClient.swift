@@ -144,16 +144,17 @@ package final class KeystoneClient: Sendable {
     /// Whether `http` is this client's own (made for `caFile`), to shut down with it.
     private let ownsHTTP: Bool
 
-    /// - Parameter http: the HTTP client to use; nil: the shared one, or one of its own
-    ///   trusting `configuration.caFile` when that is set.
-    /// - Parameter clock: what the caches' lifetimes and the validation limit are timed by (a
-    ///   manual clock in tests).
     /// The caches' time: `origin` plus `clock`'s (the monotonic clock itself unless a test drives it).
     private let clock: ElapsedClock
     private let origin: ContinuousClock.Instant
 
     private func instant() -> ContinuousClock.Instant { origin + clock.now() }
 
+    /// - Parameters:
+    ///   - http: the HTTP client to use; nil: the shared one, or one of its own trusting
+    ///     `configuration.caFile` when that is set.
+    ///   - clock: what the caches' lifetimes and the validation limit are timed by (a manual
+    ///     clock in tests).
     package init(
         configuration: KeystoneConfiguration, http: HTTPClient? = nil, logger: Logger,
         clock: ElapsedClock = .continuous

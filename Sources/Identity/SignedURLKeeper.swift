@@ -216,34 +216,28 @@ package final class SignedURLKeeper: Sendable {
         // Read it again: the user may have changed it meanwhile; only the URL is replaced, and
         // only while the target is the one the URL was made for. A change made between this read
         // and the write makes the write fail; the record is read again.
-        var attempts = 0
-        while true {
+        for _ in 0..<3 {
             guard let current = try await registry.get(id: subscription.id, project: subscription.project),
                 current.target == subscription.target
             else { return false }
             var renewed = current
             renewed.target.signedURL = signed
             switch try await registry.update(renewed, from: current) {
-            case .updated: break
+            case .updated:
+                logger.info(
+                    "pre-signed URL renewed through the trust",
+                    metadata: [
+                        LogKey.subscription: "\(subscription.id)", LogKey.zaqarExpires: "\(signed.expires)",
+                        LogKey.zaqarPreviousExpires: "\(subscription.target.signedURL?.expires ?? "")",
+                    ])
+                return true
             case .missing: return false
-            case .changedMeanwhile:
-                attempts += 1
-                guard attempts < 3 else {
-                    logger.warning(
-                        "the subscription kept changing while its pre-signed URL was renewed; trying on the next pass",
-                        metadata: [LogKey.subscription: "\(subscription.id)"])
-                    return false
-                }
-                continue
+            case .changedMeanwhile: continue
             }
-            break
         }
-        logger.info(
-            "pre-signed URL renewed through the trust",
-            metadata: [
-                LogKey.subscription: "\(subscription.id)", LogKey.zaqarExpires: "\(signed.expires)",
-                LogKey.zaqarPreviousExpires: "\(subscription.target.signedURL?.expires ?? "")",
-            ])
-        return true
+        logger.warning(
+            "the subscription kept changing while its pre-signed URL was renewed; trying on the next pass",
+            metadata: [LogKey.subscription: "\(subscription.id)"])
+        return false
     }
 }

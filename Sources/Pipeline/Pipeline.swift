@@ -859,12 +859,9 @@ package final class PartitionOwners: Sendable {
     /// decided here (the lease, the candidate cache; no pattern is run on that thread, which
     /// every channel shares); everything else goes to `handle`.
     private func unmatchedOnArrival(partition: Int, epoch: UInt64) -> @Sendable (AMQPDelivery) -> Bool {
-        let definitions = configuration.eventDefinitions.fingerprint
-        return { [index, catalog, counters, coordinator] delivery in
-            guard let routed = RoutedEvent(delivery.properties.headers, definitions: definitions),
-                coordinator.isActing(partition, epoch: epoch),
-                index.withLock({ $0 }).mayMatchIfKnown(
-                    eventType: routed.eventType, project: routed.project, actorProject: routed.actorProject) == false
+        { [self] delivery in
+            guard let routed = unmatched(delivery, runningPatterns: false),
+                coordinator.isActing(partition, epoch: epoch)
             else { return false }
             if let project = routed.project, let catalog,
                 !catalog.countedWithoutSample(project: project, eventType: routed.eventType)
@@ -875,6 +872,25 @@ package final class PartitionOwners: Sendable {
             counters.count(.unmatched)
             return true
         }
+    }
+
+    /// What the ingest's headers say of a delivery of one event that no subscription's project
+    /// and patterns take, under this node's event definitions; nil when the body is to be decoded
+    /// (several events, other definitions, or a subscription may take it). Without
+    /// `runningPatterns` (the AMQP connection's thread) only the candidate cache is asked, and
+    /// what it does not know is nil too.
+    private func unmatched(_ delivery: AMQPDelivery, runningPatterns: Bool) -> RoutedEvent? {
+        guard
+            let routed = RoutedEvent(
+                delivery.properties.headers, definitions: configuration.eventDefinitions.fingerprint)
+        else { return nil }
+        let index = index.withLock { $0 }
+        let takes =
+            runningPatterns
+            ? index.mayMatch(eventType: routed.eventType, project: routed.project, actorProject: routed.actorProject)
+            : index.mayMatchIfKnown(
+                eventType: routed.eventType, project: routed.project, actorProject: routed.actorProject)
+        return takes == false ? routed : nil
     }
 
     /// Follows the coordinator's ownership events until they end; returns once the drains of
@@ -938,11 +954,7 @@ package final class PartitionOwners: Sendable {
         // headers) no subscription's project and patterns take is settled without decoding it,
         // unless the event-type catalog wants it as a sample.
         var sampleDue: Bool?
-        if let routed = RoutedEvent(
-            delivery.properties.headers, definitions: configuration.eventDefinitions.fingerprint),
-            !index.withLock({ $0 }).mayMatch(
-                eventType: routed.eventType, project: routed.project, actorProject: routed.actorProject)
-        {
+        if let routed = unmatched(delivery, runningPatterns: true) {
             sampleDue = routed.project.map { catalog?.seen(project: $0, eventType: routed.eventType) ?? false }
             if sampleDue != true {
                 counters.count(.unmatched)

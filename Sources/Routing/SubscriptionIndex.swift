@@ -216,10 +216,7 @@ public struct SubscriptionIndex: Sendable {
     /// asked): false lets a node settle the event without decoding it. `matches` of such an
     /// event is never empty for this reason alone.
     public func mayMatch(eventType: String, project: String?, actorProject: String?) -> Bool {
-        guard let taken = scopeCandidates(eventType: eventType, project: project, actor: actorProject) else {
-            return false
-        }
-        return !(taken.owner.isEmpty && taken.everyProject.isEmpty && taken.actor.isEmpty)
+        scopeCandidates(eventType: eventType, project: project, actor: actorProject).map { !$0.isEmpty } ?? false
     }
 
     /// `mayMatch` when it is known without running a pattern (the scopes, then the candidate
@@ -228,8 +225,7 @@ public struct SubscriptionIndex: Sendable {
         switch scopeCandidates(eventType: eventType, project: project, actor: actorProject, computing: false) {
         case .none: return false
         case .some(.none): return nil
-        case .some(.some(let taken)):
-            return !(taken.owner.isEmpty && taken.everyProject.isEmpty && taken.actor.isEmpty)
+        case .some(.some(let taken)): return !taken.isEmpty
         }
     }
 
@@ -352,6 +348,9 @@ final class CandidateCache: Sendable {
         /// The same array (storage) in every entry of one event type.
         var everyProject: [SubscriptionRoute]
         var actor: [SubscriptionRoute]
+
+        /// No route of any scope: no subscription's project and patterns take the event.
+        var isEmpty: Bool { owner.isEmpty && everyProject.isEmpty && actor.isEmpty }
     }
 
     /// Entries kept at most, in each of the two tables: a bound on memory whatever

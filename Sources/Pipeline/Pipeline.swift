@@ -344,6 +344,58 @@ package struct IngestHold<Item: Sendable>: Sendable {
     }
 }
 
+/// What one ingest consumer's notifications are doing between the AMQP connection's thread
+/// (`IngestService.forwardOnArrival`) and the ingest's task: the thread forwards a notification
+/// only while nothing it handed over waits to be published (so the task's publishes are never
+/// overtaken), and the consumer ends only once what the thread published is settled.
+final class IngestArrivals: Sendable {
+    private struct State {
+        /// Handed over to the task and not yet published (or found to need no publish) by it.
+        var handedOver = 0
+        /// Published by the thread, not yet confirmed or refused.
+        var forwarding = 0
+        var settledWaiters: [CheckedContinuation<Void, Never>] = []
+    }
+
+    private let state = Mutex(State())
+
+    /// Whether the thread may publish a notification itself: nothing handed over waits.
+    var mayForward: Bool { state.withLock { $0.handedOver == 0 } }
+
+    /// The thread handed a notification over.
+    func handOver() { state.withLock { $0.handedOver += 1 } }
+
+    /// The task is done with one it was handed: published (called on the connection's thread,
+    /// after the publish), or it publishes nothing of it.
+    func handled() { state.withLock { $0.handedOver -= 1 } }
+
+    /// The thread published a notification.
+    func forwarding() { state.withLock { $0.forwarding += 1 } }
+
+    /// One the thread published was confirmed, refused or failed.
+    func forwardSettled() {
+        let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+            state.forwarding -= 1
+            guard state.forwarding == 0 else { return [] }
+            defer { state.settledWaiters.removeAll() }
+            return state.settledWaiters
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+
+    /// Returns once every notification the thread published is settled.
+    func forwardsSettled() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let now = state.withLock { state -> Bool in
+                if state.forwarding == 0 { return true }
+                state.settledWaiters.append(continuation)
+                return false
+            }
+            if now { continuation.resume() }
+        }
+    }
+}
+
 /// The ingest's metrics for bounded queues (`Topology`), made from the node's metrics factory.
 /// The queue label is bounded: one per ingest queue of the configuration.
 package struct IngestMetrics: Sendable {
@@ -424,8 +476,16 @@ package final class IngestService: Sendable {
     /// Publishes that full partition queues refused, since the start (each `consumeOnce` has an
     /// `IngestHold` of its own).
     private let refusalCount = Atomic<Int>(0)
+    /// Notifications published on the AMQP connection's thread (`forwardOnArrival`), since the start.
+    private let forwardedCount = Atomic<Int>(0)
     /// The longest event type, message id or project routed: AMQP short strings hold 255 bytes.
     static let maxRoutedField = 255
+    /// The largest notification decoded on the AMQP connection's thread (`forwardOnArrival`):
+    /// every channel of the node's connection waits while it is, so larger ones (Ceilometer's
+    /// lists) are decoded by the ingest's task.
+    static let forwardedBodyLimit = 32 << 10
+    /// A notification with what is still to publish of it (held for a full partition queue).
+    private typealias Held = (delivery: AMQPDelivery, messages: [AMQPOutgoingMessage])
 
     init(
         connection: AMQPConnection, queue: String, configuration: NodeConfiguration,
@@ -489,20 +549,18 @@ package final class IngestService: Sendable {
     private func consume(consuming: AMQPChannel, publishing: AMQPChannel) async throws {
         try await Topology.declare(on: publishing, configuration: configuration)
         try await publishing.enableConfirms()
-        let consumer = try await consuming.consume(queue, prefetch: configuration.ingestPrefetch)
-        self.consumer.withLock { $0 = consumer }
-        if stopped.load(ordering: .relaxed) { try? await consumer.cancel() }
-        // Only watches the consumer; cancelled when this returns (it holds nothing to hand back).
-        let watchdog = Task { await watch(consumer) }
-        defer { watchdog.cancel() }
         // Confirms are awaited in order on a second task, so publishing never waits for them.
         // Each partition's message has a ticket of its own, so a refusal names what to publish again.
-        typealias Held = (delivery: AMQPDelivery, messages: [AMQPOutgoingMessage])
         typealias Ticketed = [(message: AMQPOutgoingMessage, ticket: AMQPPublishTicket)]
         let (pending, pendingContinuation) = AsyncStream.makeStream(of: (UInt64, AMQPDelivery, Ticketed).self)
         // What full partition queues refused, held and published again in order (IngestHold).
         let hold = Locked(IngestHold<Held>())
         let (wakes, wake) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+        // Set once a publish failed (not refused): nothing later is published or acked; the
+        // channels' close gives it all back, in order.
+        let broken = Locked(false)
+        // What the connection's thread published itself (`forwardOnArrival`), and what it handed over.
+        let arrivals = IngestArrivals()
         let noteRefusal: @Sendable (Bool, any Error) -> Void = { [self] first, error in
             metrics.refused.increment()
             let refusals = refusalCount.add(1, ordering: .relaxed).newValue
@@ -514,13 +572,39 @@ package final class IngestService: Sendable {
                     ])
             }
         }
+        /// Holds what a partition queue refused of a notification, behind the held ones.
+        let holdRefused: @Sendable (UInt64, Held, any Error) -> Void = { [self] sequence, item, nack in
+            let first = hold.withLock { hold in
+                let first = hold.refused(.init(sequence: sequence, item: item), at: .now)
+                held.record(hold.entries.count)
+                return first
+            }
+            noteRefusal(first, nack)
+            wake.yield()
+        }
+        /// After a failed publish: every later notification is left unacked, and the consumer
+        /// ends: closing the channels gives them back to the head of the ingest queue, in order
+        /// (a nack would put one at the back of a quorum queue, behind notifications of its
+        /// partition). The consumer is cancelled, not its channel closed here: the acker and the
+        /// retrier both settle, and an ack the other sends after this must still go out.
+        let breakOff: @Sendable () async -> Void = { [self] in
+            broken.withLock { $0 = true }
+            try? await self.consumer.withLock { $0 }?.cancel()
+        }
+        let consumer = try await consuming.consume(
+            queue, prefetch: configuration.ingestPrefetch,
+            onArrival: forwardOnArrival(
+                publishing: publishing, arrivals: arrivals, hold: hold, broken: broken, holdRefused: holdRefused,
+                breakOff: breakOff))
+        self.consumer.withLock { $0 = consumer }
+        if stopped.load(ordering: .relaxed) || broken.value { try? await consumer.cancel() }
+        // Only watches the consumer; cancelled when this returns (it holds nothing to hand back).
+        let watchdog = Task { await watch(consumer) }
+        defer { watchdog.cancel() }
         /// Awaits a notification's tickets in order and settles it: acked when every message was
         /// taken; when the channel or the connection failed, left unacked and the consumer ended
-        /// (the broker gives it back when the channels close). Otherwise it answers what
-        /// the broker refused (a nack), to hold; empty when there is nothing to hold.
-        // Set once a publish failed (not refused): nothing later is published or acked; the
-        // channels' close gives it all back, in order.
-        let broken = Locked(false)
+        /// (`breakOff`). Otherwise it answers what the broker refused (a nack), to hold; empty
+        /// when there is nothing to hold.
         let settle: @Sendable (AMQPDelivery, Ticketed) async -> (refused: [AMQPOutgoingMessage], nack: (any Error)?) = {
             delivery, tickets in
             var refused: [AMQPOutgoingMessage] = []
@@ -537,13 +621,7 @@ package final class IngestService: Sendable {
                 }
             }
             if failed || broken.value {
-                // Left unacked, and the consumer ends: closing the channels gives this one and
-                // every later one back to the head of the ingest queue, in order (a nack would put
-                // it at the back of a quorum queue, behind notifications of its partition). The
-                // consumer is cancelled, not its channel closed here: the acker and the retrier
-                // both settle, and an ack the other sends after this must still go out.
-                broken.withLock { $0 = true }
-                try? await consumer.cancel()
+                await breakOff()
                 return ([], nil)
             }
             if refused.isEmpty { consuming.ack(delivery) }
@@ -554,13 +632,7 @@ package final class IngestService: Sendable {
             for await (sequence, delivery, tickets) in pending {
                 let (refused, nack) = await settle(delivery, tickets)
                 guard let nack, !refused.isEmpty else { continue }
-                let first = hold.withLock { hold in
-                    let first = hold.refused(.init(sequence: sequence, item: (delivery, refused)), at: .now)
-                    held.record(hold.entries.count)
-                    return first
-                }
-                noteRefusal(first, nack)
-                wake.yield()
+                holdRefused(sequence, (delivery, refused), nack)
             }
         }
         // Publishes the held notifications again. Awaited in `stopRetrying`.
@@ -604,17 +676,22 @@ package final class IngestService: Sendable {
                 if let lastNack { noteRefusal(first, lastNack) }
             }
         }
-        var sequence: UInt64 = 0
+        // What the connection's thread handed over, in order. Each one is `handled` once, when
+        // nothing of it can overtake what the thread forwards after it: at once when it is not
+        // published, and on the connection's thread right after its publish when it is.
         do {
             for try await delivery in consumer {
+                let sequence = delivery.arrivalOrder
                 // Taken before a reconnect: the broker gives it again on the new connection;
                 // publishing it now as well would put it twice, the first copy ahead of its
                 // neighbours. (What was already in flight at the loss can still come twice.)
-                guard consumer.isCurrent(delivery) else { continue }
-                sequence += 1
-                // After a failed publish: left for the channels' close (see `broken`).
-                if broken.value { continue }
+                // After a failed publish: left for the channels' close (see `breakOff`).
+                guard consumer.isCurrent(delivery), !broken.value else {
+                    arrivals.handled()
+                    continue
+                }
                 guard let routed = await route(delivery) else {
+                    arrivals.handled()
                     pendingContinuation.yield((sequence, delivery, []))
                     continue
                 }
@@ -625,20 +702,84 @@ package final class IngestService: Sendable {
                     return true
                 }
                 if isHeld {
+                    // Held: the hold keeps the thread from forwarding anything until it is published.
+                    arrivals.handled()
                     wake.yield()
                     continue
                 }
-                pendingContinuation.yield((sequence, delivery, routed.map { ($0, publishing.publishInOrder([$0])) }))
+                let tickets = routed.indices.map { index in
+                    let message = routed[index]
+                    let ticket =
+                        index == routed.count - 1
+                        ? publishing.publishInOrder([message], published: { arrivals.handled() })
+                        : publishing.publishInOrder([message])
+                    return (message, ticket)
+                }
+                // An empty Ceilometer list: nothing to publish, acked as it is.
+                if routed.isEmpty { arrivals.handled() }
+                pendingContinuation.yield((sequence, delivery, tickets))
             }
         } catch {
-            pendingContinuation.finish()
-            await acker.value
+            await finish(pendingContinuation, acker: acker, arrivals: arrivals)
             await stopRetrying(retrier, wake: wake, publishing: publishing)
             throw error
         }
-        pendingContinuation.finish()
-        await acker.value
+        await finish(pendingContinuation, acker: acker, arrivals: arrivals)
         await stopRetrying(retrier, wake: wake, publishing: publishing)
+    }
+
+    /// Waits until every notification taken is settled or held: the acker's, and what the
+    /// connection's thread published itself (a refusal among those is held before this returns).
+    private func finish<Element>(
+        _ pending: AsyncStream<Element>.Continuation, acker: Task<Void, Never>, arrivals: IngestArrivals
+    ) async {
+        pending.finish()
+        await acker.value
+        await arrivals.forwardsSettled()
+    }
+
+    /// The ingest's work on the connection's thread: a notification of at most
+    /// `forwardedBodyLimit` bytes whose events fall in one partition is decoded and published
+    /// there as it arrives, and acked there once the broker confirmed it: no task is woken for
+    /// it. Anything else is handed over to `consume`'s loop, and so is everything after it until
+    /// that loop has published it (or found nothing to publish): one path never overtakes the
+    /// other. While notifications are held for a full partition queue, or after a failed
+    /// publish, everything is handed over.
+    private func forwardOnArrival(
+        publishing: AMQPChannel, arrivals: IngestArrivals, hold: Locked<IngestHold<Held>>, broken: Locked<Bool>,
+        holdRefused: @escaping @Sendable (UInt64, Held, any Error) -> Void,
+        breakOff: @escaping @Sendable () async -> Void
+    ) -> @Sendable (AMQPDelivery) -> AMQPArrival {
+        { [self] delivery in
+            guard delivery.body.count <= Self.forwardedBodyLimit, arrivals.mayForward, !broken.value,
+                !hold.withLock({ $0.isHolding }),
+                let routed = try? routedMessages(delivery), routed.count == 1
+            else {
+                // Decoded again (and counted) there; one that cannot be is dead-lettered there.
+                arrivals.handOver()
+                return .handOver
+            }
+            counters.count(.ingested)
+            counters.count(.routed)
+            forwardedCount.add(1, ordering: .relaxed)
+            arrivals.forwarding()
+            return .forward(
+                routed, on: publishing,
+                settled: { result in
+                    defer { arrivals.forwardSettled() }
+                    switch result {
+                    case .success:
+                        return !broken.value
+                    case .failure(let error) where error.code == .publishNacked:
+                        if !broken.value { holdRefused(delivery.arrivalOrder, (delivery, routed), error) }
+                        return false
+                    case .failure:
+                        broken.withLock { $0 = true }
+                        Task { await breakOff() }
+                        return false
+                    }
+                })
+        }
     }
 
     /// Ends the retrier of a consumer that ended: what it still holds is unacked, and RabbitMQ
@@ -690,26 +831,9 @@ package final class IngestService: Sendable {
     /// The messages to publish for a delivery, or nil when it was dead-lettered.
     private func route(_ delivery: AMQPDelivery) async -> [AMQPOutgoingMessage]? {
         counters.count(.ingested)
-        let events: [NotificationEvent]
+        let messages: [AMQPOutgoingMessage]
         do {
-            events = try NotificationDecoder.decode(delivery.body).map { event in
-                var event = event
-                configuration.eventDefinitions.attribute(&event)
-                return event
-            }
-            // The decoder refused event types and message ids too long for a header; the projects
-            // and resource id the definitions (or the decoder's guess) found are checked here.
-            for event in events {
-                for (field, value) in [
-                    ("project", event.project ?? ""), ("actor project", event.actorProject ?? ""),
-                    ("resource id", event.resourceID ?? ""),
-                ]
-                where value.utf8.count > Self.maxRoutedField {
-                    throw NotificationDecodingError(
-                        "\(field) is \(value.utf8.count) bytes; at most \(Self.maxRoutedField) fit an AMQP header (\(SafeText.quoted(value, limit: 40)))"
-                    )
-                }
-            }
+            messages = try routedMessages(delivery)
         } catch {
             counters.count(.malformed)
             let letter = DeadLetter(
@@ -720,13 +844,38 @@ package final class IngestService: Sendable {
             await store([letter])
             return nil
         }
+        counters.count(.routed, by: messages.count)
+        return messages
+    }
+
+    /// One message per partition the delivery's events fall in (a Ceilometer list may span
+    /// several), with the headers the owner routes by.
+    /// - Throws: `NotificationDecodingError` when the body is not a notification Herald can route.
+    private func routedMessages(_ delivery: AMQPDelivery) throws -> [AMQPOutgoingMessage] {
+        let events = try NotificationDecoder.decode(delivery.body).map { event in
+            var event = event
+            configuration.eventDefinitions.attribute(&event)
+            return event
+        }
+        // The decoder refused event types and message ids too long for a header; the projects
+        // and resource id the definitions (or the decoder's guess) found are checked here.
+        for event in events {
+            for (field, value) in [
+                ("project", event.project ?? ""), ("actor project", event.actorProject ?? ""),
+                ("resource id", event.resourceID ?? ""),
+            ]
+            where value.utf8.count > Self.maxRoutedField {
+                throw NotificationDecodingError(
+                    "\(field) is \(value.utf8.count) bytes; at most \(Self.maxRoutedField) fit an AMQP header (\(SafeText.quoted(value, limit: 40)))"
+                )
+            }
+        }
         // One message per partition the events fall in (a Ceilometer list may span several).
         var byPartition: [Int: (first: NotificationEvent, count: Int)] = [:]
         for event in events {
             let partition = PartitionHash.partition(of: event.partitionKey, count: configuration.partitions)
             byPartition[partition, default: (event, 0)].count += 1
         }
-        counters.count(.routed, by: byPartition.count)
         return byPartition.sorted { $0.key < $1.key }.map { partition, routed in
             let event = routed.first
             return AMQPOutgoingMessage(
@@ -788,6 +937,10 @@ package final class IngestService: Sendable {
 
     /// Publishes the partition queues refused since the start.
     var refusals: Int { refusalCount.load(ordering: .relaxed) }
+
+    /// Notifications published on the AMQP connection's thread since the start; the rest went
+    /// through the ingest's task.
+    var forwardedOnArrival: Int { forwardedCount.load(ordering: .relaxed) }
 }
 
 /// Consumes the partitions this node owns: `acquired` starts a consumer on
@@ -858,19 +1011,19 @@ package final class PartitionOwners: Sendable {
     /// decoded. Most events of a cloud meet no subscription. Only what is known at once is
     /// decided here (the lease, the candidate cache; no pattern is run on that thread, which
     /// every channel shares); everything else goes to `handle`.
-    private func unmatchedOnArrival(partition: Int, epoch: UInt64) -> @Sendable (AMQPDelivery) -> Bool {
+    private func unmatchedOnArrival(partition: Int, epoch: UInt64) -> @Sendable (AMQPDelivery) -> AMQPArrival {
         { [self] delivery in
             guard let routed = unmatched(delivery, runningPatterns: false),
                 coordinator.isActing(partition, epoch: epoch)
-            else { return false }
+            else { return .handOver }
             if let project = routed.project, let catalog,
                 !catalog.countedWithoutSample(project: project, eventType: routed.eventType)
             {
-                return false
+                return .handOver
             }
             counters.count(.consumed)
             counters.count(.unmatched)
-            return true
+            return .ack
         }
     }
 
@@ -924,7 +1077,7 @@ package final class PartitionOwners: Sendable {
         let channel = try await connection.openChannel()
         let consumer = try await channel.consume(
             configuration.names.partitionQueue(partition), prefetch: configuration.partitionPrefetch,
-            settledOnArrival: unmatchedOnArrival(partition: partition, epoch: epoch))
+            onArrival: unmatchedOnArrival(partition: partition, epoch: epoch))
         let owned = Owned(epoch: epoch, channel: channel, consumer: consumer)
         self.owned.withLock { $0[partition] = owned }
         // The partition's consumer loop, held in `owned.task`; awaited by `stop(_:drain:)` once its consumer is cancelled.

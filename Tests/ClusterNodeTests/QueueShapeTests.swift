@@ -283,4 +283,86 @@ struct QueueShapeTests {
         for queue in [ingestQueue, names.dead, names.partitionQueue(0)] { _ = try? await control.deleteQueue(queue) }
         _ = try await redis.send("DEL", configuration.keyPrefix + "queue-shape")
     }
+
+    @Test(
+        "notifications published on the connection's thread and those left to the ingest's task (large, malformed, empty) reach the partition in arrival order, each once"
+    )
+    func forwardedInOrder() async throws {
+        var (configuration, exchange) = try Self.configuration(["HERALD_QUEUE_TYPE": "classic"])
+        let redis = try RedisClient(url: TestServers.redisURL())
+        configuration.queueShape = try await ClusterQueueShape.resolve(
+            configured: configuration.queueSettings, redis: redis, keyPrefix: configuration.keyPrefix)
+        let names = configuration.names
+        let ingestQueue = names.ingestQueue(exchange: exchange)
+        let connection = try await AMQPConnection.connect(url: TestServers.amqpURL())
+        defer { Task { await connection.close() } }
+        let deadLetters = DeadLetterStore(redis: redis, keyPrefix: configuration.keyPrefix)
+        let ingest = IngestService(
+            connection: connection, queue: ingestQueue, configuration: configuration,
+            deadLetters: CountedDeadLetters(store: deadLetters),
+            counters: PipelineCounters(), logger: Logger(label: "herald.test.ingest"))
+        let running = Task { try await ingest.run() }
+        let control = try await connection.openChannel()
+        try await eventually(timeout: .seconds(20)) {
+            guard try await control.declareQueuePassive(ingestQueue).consumerCount == 1 else {
+                throw TestFailure("ingest not consuming yet")
+            }
+        }
+        // Every 7th too large for the connection's thread, every 23rd not a notification, every
+        // 29th an empty Ceilometer list (nothing to publish, nothing to dead-letter).
+        let large = String(repeating: "x", count: IngestService.forwardedBodyLimit)
+        let publishes: @Sendable (Int) -> Bool = { $0 % 23 != 22 && $0 % 29 != 5 }
+        func notification(_ seq: Int) -> AMQPOutgoingMessage {
+            let body: Data
+            if seq % 23 == 22 {
+                body = Data("{\"not\": \"a notification \(seq)\"}".utf8)
+            } else if seq % 29 == 5 {
+                body = Data("{\"event_type\": \"event\", \"payload\": [], \"message_id\": \"e-\(seq)\"}".utf8)
+            } else {
+                let message: [String: Any] = [
+                    "message_id": "m-\(seq)", "publisher_id": "compute.host",
+                    "event_type": "compute.instance.update", "priority": "INFO",
+                    "payload": ["seq": seq, "padding": seq % 7 == 3 ? large : ""],
+                    "timestamp": "2026-12-06 07:00:00.000000", "_context_project_id": "p1",
+                ]
+                body = try! JSONSerialization.data(withJSONObject: message)
+            }
+            return AMQPOutgoingMessage(exchange: exchange, routingKey: "notifications.info", body: Array(body))
+        }
+        let sequence = 0..<300
+        let expected = sequence.filter(publishes).map { "m-\($0)" }
+        let consumer = try await connection.openChannel()
+        var seen: [String] = []
+        let deliveries = try await consumer.consume(names.partitionQueue(0), prefetch: 100)
+        var arrived = deliveries.makeAsyncIterator()
+        // In bursts of ten, each once the last is through: a burst starts on the thread, and
+        // behind a large one the rest wait for the task.
+        for burst in stride(from: 0, to: sequence.count, by: 10) {
+            let sent = burst..<min(burst + 10, sequence.count)
+            try await control.publish(sent.map(notification))
+            let due = sent.filter(publishes).count
+            for _ in 0..<due {
+                guard let delivery = try await arrived.next() else { break }
+                seen.append(delivery.properties.messageID ?? "?")
+                consumer.ack(delivery)
+            }
+        }
+        #expect(seen == expected, "each once, in arrival order")
+        try await eventually(timeout: .seconds(10)) {
+            guard try await deadLetters.count() == sequence.filter({ $0 % 23 == 22 }).count else {
+                throw TestFailure("\(try await deadLetters.count()) dead letters")
+            }
+        }
+        // Both ways were taken: the large, malformed and empty ones by the task, never on the
+        // thread, and the thread again after them (most bursts begin there).
+        let largeOnes = sequence.filter { $0 % 7 == 3 && publishes($0) }.count
+        #expect(
+            (10...(expected.count - largeOnes)).contains(ingest.forwardedOnArrival),
+            "\(ingest.forwardedOnArrival) published on the thread")
+        await ingest.stop()
+        _ = try await running.value
+        #expect(try await control.declareQueuePassive(ingestQueue).messageCount == 0, "every notification acked")
+        for queue in [ingestQueue, names.dead, names.partitionQueue(0)] { _ = try? await control.deleteQueue(queue) }
+        _ = try await redis.send("DEL", configuration.keyPrefix + "queue-shape")
+    }
 }

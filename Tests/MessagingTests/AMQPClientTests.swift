@@ -243,7 +243,7 @@ struct AMQPClientTests {
         let consuming = try await connection.openChannel()
         // Prefetch 5: the 133 settled ones must be acked for the rest to come at all.
         let consumer = try await consuming.consume(queue, prefetch: 5) { delivery in
-            delivery.body.starts(with: Array("skip".utf8))
+            delivery.body.starts(with: Array("skip".utf8)) ? .ack : .handOver
         }
         let kept = bodies.filter { $0.hasPrefix("kept") }
         var received: [String] = []
@@ -258,6 +258,101 @@ struct AMQPClientTests {
         // close-ok once it has put back what was unacked) leaves nothing in the queue.
         await consuming.close()
         #expect(try await connection.queueState(queue)?.messageCount == 0)
+    }
+
+    @Test(
+        "deliveries forwarded on arrival are published on the connection's thread and acked once confirmed; a refused one is left unacked and its outcome told"
+    )
+    func forwardedOnArrival() async throws {
+        let connection = try await connect()
+        defer { Task { await connection.close() } }
+        let control = try await connection.openChannel()
+        let source = TestServers.uniqueName("herald-test.forward-from")
+        let target = TestServers.uniqueName("herald-test.forward-to")
+        try await control.declareQueue(source, options: AMQPQueueOptions(durable: true))
+        // Room for 100: the broker refuses (nacks) the rest.
+        try await control.declareQueue(
+            target,
+            options: AMQPQueueOptions(
+                durable: true, arguments: ["x-max-length": .int(100), "x-overflow": .string("reject-publish")]))
+        defer {
+            Task {
+                _ = try? await control.deleteQueue(source)
+                _ = try? await control.deleteQueue(target)
+            }
+        }
+        try await control.enableConfirms()
+        let bodies = (0..<120).map { $0 % 4 == 0 ? "kept-\($0)" : "forward-\($0)" }
+        try await control.publish(bodies.map { message(source, $0, persistent: true) })
+        let publishing = try await connection.openChannel()
+        try await publishing.enableConfirms()
+        let consuming = try await connection.openChannel()
+        let outcomes = Mutex<(taken: [String], refused: [String])>(([], []))
+        // Prefetch 5: the forwarded ones must be acked for the rest to come at all.
+        let consumer = try await consuming.consume(source, prefetch: 5) { delivery in
+            let body = String(decoding: delivery.body, as: UTF8.self)
+            guard body.hasPrefix("forward") else { return .handOver }
+            return .forward(
+                [message(target, body, persistent: true)], on: publishing,
+                settled: { result in
+                    outcomes.withLock { outcomes in
+                        switch result {
+                        case .success: outcomes.taken.append(body)
+                        case .failure(let error):
+                            #expect(error.code == .publishNacked)
+                            outcomes.refused.append(body)
+                        }
+                    }
+                    return (try? result.get()) != nil
+                })
+        }
+        let kept = bodies.filter { $0.hasPrefix("kept") }
+        var received: [String] = []
+        for try await delivery in consumer {
+            received.append(String(decoding: delivery.body, as: UTF8.self))
+            consuming.ack(delivery)
+            if received.count == kept.count { break }
+        }
+        try await eventually(timeout: .seconds(10)) {
+            let settled = outcomes.withLock { $0.taken.count + $0.refused.count }
+            guard settled == 90 else { throw TestFailure("\(settled) of 90 forwarded settled") }
+        }
+        try await consumer.cancel()
+        #expect(received == kept)
+        let (taken, refused) = outcomes.withLock { $0 }
+        let forwarded = bodies.filter { $0.hasPrefix("forward") }
+        // Published in arrival order; all 90 fit the target's 100.
+        #expect(taken == forwarded && refused.isEmpty)
+        #expect(try await connection.queueState(target)?.messageCount == 90)
+        await consuming.close()
+        // Every forwarded and kept one acked: nothing left in the source.
+        #expect(try await connection.queueState(source)?.messageCount == 0)
+
+        // The target full: what is forwarded now is refused, told, and left in the source.
+        try await control.publish((0..<20).map { message(source, "forward-late-\($0)", persistent: true) })
+        let again = try await connection.openChannel()
+        let late = try await again.consume(source, prefetch: 50) { delivery in
+            let body = String(decoding: delivery.body, as: UTF8.self)
+            return .forward(
+                [message(target, body, persistent: true)], on: publishing,
+                settled: { result in
+                    outcomes.withLock { outcomes in
+                        if case .success = result { outcomes.taken.append(body) } else { outcomes.refused.append(body) }
+                    }
+                    return (try? result.get()) != nil
+                })
+        }
+        try await eventually(timeout: .seconds(10)) {
+            let settled = outcomes.withLock { $0.taken.count + $0.refused.count }
+            guard settled == 110 else { throw TestFailure("\(settled) of 110 forwarded settled") }
+        }
+        try await late.cancel()
+        let lateOutcomes = outcomes.withLock { $0 }
+        #expect(lateOutcomes.taken.count == 100, "10 more fit the target's 100")
+        #expect(lateOutcomes.refused == (10..<20).map { "forward-late-\($0)" })
+        await again.close()
+        #expect(try await connection.queueState(target)?.messageCount == 100)
+        #expect(try await connection.queueState(source)?.messageCount == 10, "the refused ones are given back")
     }
 
     @Test("a conflicting re-declare fails with PRECONDITION_FAILED and the channel is usable again")

@@ -236,13 +236,13 @@ public struct AMQPChannel: Sendable {
     ///   - prefetch: `basic.qos` for this channel, set before consuming.
     ///   - exclusive: ask to be the queue's only consumer.
     ///   - arguments: `basic.consume` arguments.
-    ///   - settledOnArrival: run on the connection's thread for each delivery as it arrives,
-    ///     before it is handed over: when it answers true, the delivery is acked there and never
-    ///     handed over (no task is woken for it). It must be quick and never block: every channel
-    ///     of the connection waits while it runs.
+    ///   - onArrival: run on the connection's thread for each delivery as it arrives, before it
+    ///     is handed over: what it answers (`AMQPArrival`) is done there, and only what it hands
+    ///     over reaches the sequence (no task is woken for the rest). It must be quick and never
+    ///     block: every channel of the connection waits while it runs.
     public func consume(
         _ queue: String, prefetch: UInt16, exclusive: Bool = false, arguments: AMQPTable = [:],
-        settledOnArrival: (@Sendable (AMQPDelivery) -> Bool)? = nil
+        onArrival: (@Sendable (AMQPDelivery) -> AMQPArrival)? = nil
     ) async throws -> AMQPConsumer {
         try await qos(prefetch: prefetch)
         let tag = "herald.\(UUID().uuidString.prefix(8).lowercased()).\(queue)"
@@ -251,7 +251,7 @@ public struct AMQPChannel: Sendable {
         let liveness = try await engine.perform { engine in
             try engine.consume(
                 id, queue: queue, tag: tag, exclusive: exclusive, arguments: arguments, continuation: continuation,
-                settledOnArrival: settledOnArrival)
+                onArrival: onArrival)
         }
         return AMQPConsumer(channel: self, tag: tag, queue: queue, stream: stream, liveness: liveness)
     }
@@ -316,10 +316,18 @@ public struct AMQPChannel: Sendable {
     /// Hands messages to the connection thread now, in call order, and returns a ticket
     /// to await their confirms later: a caller can keep publishing in order while earlier
     /// confirms are still on their way.
-    public func publishInOrder(_ messages: [AMQPOutgoingMessage], mandatory: Bool = false) -> AMQPPublishTicket {
+    /// - Parameter published: runs on the connection's thread once the messages were handed to
+    ///   the broker (or failed to be): what a consumer's `onArrival` forwards after that comes
+    ///   after them.
+    public func publishInOrder(
+        _ messages: [AMQPOutgoingMessage], mandatory: Bool = false, published: (@Sendable () -> Void)? = nil
+    ) -> AMQPPublishTicket {
         let ticket = AMQPPublishTicket()
         let id = id
-        engine.submit { engine in engine.publish(id, messages, mandatory: mandatory) { ticket.fulfill($0) } }
+        engine.submit { engine in
+            engine.publish(id, messages, mandatory: mandatory) { ticket.fulfill($0) }
+            published?()
+        }
         return ticket
     }
 
@@ -328,6 +336,22 @@ public struct AMQPChannel: Sendable {
         let id = id
         _ = try? await engine.perform { engine in engine.closeChannel(id) }
     }
+}
+
+/// What the connection's thread does with a delivery as it arrives
+/// (`AMQPChannel.consume(_:prefetch:exclusive:arguments:onArrival:)`).
+public enum AMQPArrival: Sendable {
+    /// Handed over to the consumer's sequence, in order with the other deliveries handed over.
+    case handOver
+    /// Acked there (with its neighbours, at the next flush) and never handed over.
+    case ack
+    /// Published there on `channel` (of the same connection, in confirm mode), before anything
+    /// queued later; once the broker confirmed or refused them, or the channel failed, `settled`
+    /// runs on the connection's thread (once) with the outcome, and the delivery is acked when it
+    /// answers true. `settled` must be as quick as the arrival's decision. A channel of another
+    /// connection: the delivery is handed over instead.
+    case forward(
+        [AMQPOutgoingMessage], on: AMQPChannel, settled: @Sendable (Result<Void, MessagingError>) -> Bool)
 }
 
 /// The confirms of messages handed over by `publishInOrder`.

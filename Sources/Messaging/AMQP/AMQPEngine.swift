@@ -317,11 +317,21 @@ final class AMQPEngine: @unchecked Sendable {
                 channelID: delivery.channelID,
                 incarnation: channel.incarnation
             )
-            if let settle = consumer.settledOnArrival, settle(delivery) {
+            switch consumer.onArrival?(delivery) ?? .handOver {
+            case .handOver:
+                consumer.continuation.yield(delivery)
+            case .ack:
                 // Acked here, with its neighbours at the next flush: no task woken for it.
                 channel.acks.pending.append(delivery.deliveryTag)
-            } else {
-                consumer.continuation.yield(delivery)
+            case .forward(let messages, let target, let settled):
+                guard target.engine === self else {
+                    consumer.continuation.yield(delivery)
+                    break
+                }
+                // The completion runs on this thread: when confirmed, or at once when the publish fails.
+                publish(target.id, messages, mandatory: false) { [self, delivery] result in
+                    if settled(result) { ack(delivery, multiple: false) }
+                }
             }
             // Its ack will be queued without a wake-up (or is queued already): poll briefly for it.
             quickPoll = Self.quickPollFirst
@@ -446,12 +456,12 @@ final class AMQPEngine: @unchecked Sendable {
     func consume(
         _ id: UInt16, queue: String, tag: String, exclusive: Bool, arguments: AMQPTable,
         continuation: AsyncThrowingStream<AMQPDelivery, any Error>.Continuation,
-        settledOnArrival: (@Sendable (AMQPDelivery) -> Bool)? = nil
+        onArrival: (@Sendable (AMQPDelivery) -> AMQPArrival)? = nil
     ) throws -> ChannelLiveness {
         let record = try record(id)
         let consumer = ConsumerRecord(
             queue: queue, tag: tag, exclusive: exclusive, arguments: arguments, continuation: continuation,
-            settledOnArrival: settledOnArrival)
+            onArrival: onArrival)
         // Registered before basic.consume so deliveries that follow consume-ok find it.
         record.consumers[tag] = consumer
         do {
@@ -870,20 +880,20 @@ final class ConsumerRecord {
     let exclusive: Bool
     let arguments: AMQPTable
     let continuation: AsyncThrowingStream<AMQPDelivery, any Error>.Continuation
-    /// See `AMQPChannel.consume(_:prefetch:exclusive:arguments:settledOnArrival:)`.
-    let settledOnArrival: (@Sendable (AMQPDelivery) -> Bool)?
+    /// See `AMQPChannel.consume(_:prefetch:exclusive:arguments:onArrival:)`.
+    let onArrival: (@Sendable (AMQPDelivery) -> AMQPArrival)?
 
     init(
         queue: String, tag: String, exclusive: Bool, arguments: AMQPTable,
         continuation: AsyncThrowingStream<AMQPDelivery, any Error>.Continuation,
-        settledOnArrival: (@Sendable (AMQPDelivery) -> Bool)?
+        onArrival: (@Sendable (AMQPDelivery) -> AMQPArrival)?
     ) {
         self.queue = queue
         self.tag = tag
         self.exclusive = exclusive
         self.arguments = arguments
         self.continuation = continuation
-        self.settledOnArrival = settledOnArrival
+        self.onArrival = onArrival
     }
 }
 

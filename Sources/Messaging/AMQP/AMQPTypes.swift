@@ -112,6 +112,11 @@ public struct AMQPDelivery: Sendable {
     /// to the broker and is skipped; the broker redelivers such messages.
     let channelID: UInt16
     let incarnation: UInt64
+
+    /// Grows with every delivery of one consumer, across reconnects: the channel's incarnation
+    /// (which grows with each open of a channel of the connection) above the delivery tag (which
+    /// grows within one), the tag's lowest 40 bits.
+    public var arrivalOrder: UInt64 { (incarnation &<< 40) | (deliveryTag & ((1 &<< 40) - 1)) }
 }
 
 /// What `queue.declare` answers.

@@ -572,32 +572,58 @@ package final class IngestService: Sendable {
                     ])
             }
         }
-        /// Holds what a partition queue refused of a notification, behind the held ones.
-        let holdRefused: @Sendable (UInt64, Held, any Error) -> Void = { [self] sequence, item, nack in
+        /// Holds what a partition queue refused of a notification, behind the held ones; returns
+        /// whether this began a spell of refusals (for `noteRefusal`).
+        let holdRefused: @Sendable (UInt64, Held) -> Bool = { [self] sequence, item in
             let first = hold.withLock { hold in
                 let first = hold.refused(.init(sequence: sequence, item: item), at: .now)
                 held.record(hold.entries.count)
                 return first
             }
-            noteRefusal(first, nack)
             wake.yield()
+            return first
         }
+        // This consumer, once it is made (for `breakOff`).
+        let current = Locked<AMQPConsumer?>(nil)
         /// After a failed publish: every later notification is left unacked, and the consumer
-        /// ends: closing the channels gives them back to the head of the ingest queue, in order
-        /// (a nack would put one at the back of a quorum queue, behind notifications of its
-        /// partition). The consumer is cancelled, not its channel closed here: the acker and the
-        /// retrier both settle, and an ack the other sends after this must still go out.
-        let breakOff: @Sendable () async -> Void = { [self] in
-            broken.withLock { $0 = true }
-            try? await self.consumer.withLock { $0 }?.cancel()
+        /// ends: closing the channels gives them back to the head of the ingest queue (a nack
+        /// would put one at the back of a quorum queue, behind notifications of its partition).
+        /// The consumer is cancelled, not its channel closed here: the acker and the retrier
+        /// both settle, and an ack the other sends after this must still go out. Runs once.
+        let breakOff: @Sendable () -> Void = {
+            guard
+                broken.withLock({ broken in
+                    defer { broken = true }
+                    return !broken
+                })
+            else { return }
+            Task { try? await current.value?.cancel() }
+        }
+        /// A publish of the task's failed or was refused: told on the connection's thread, so that
+        /// the thread forwards nothing after it (a failure: nothing more at all; a refusal: nothing
+        /// until the acker holds it).
+        let taskPublishFailed: @Sendable (MessagingError) -> Void = { error in
+            if error.code == .publishNacked { arrivals.handOver() } else { breakOff() }
         }
         let consumer = try await consuming.consume(
             queue, prefetch: configuration.ingestPrefetch,
             onArrival: forwardOnArrival(
-                publishing: publishing, arrivals: arrivals, hold: hold, broken: broken, holdRefused: holdRefused,
+                publishing: publishing, arrivals: arrivals, hold: hold, broken: broken,
+                refused: { sequence, item, error in
+                    let first = holdRefused(sequence, item)
+                    // Logged off the connection's thread.
+                    Task { noteRefusal(first, error) }
+                },
                 breakOff: breakOff))
+        current.withLock { $0 = consumer }
         self.consumer.withLock { $0 = consumer }
-        if stopped.load(ordering: .relaxed) || broken.value { try? await consumer.cancel() }
+        // Stopped before the consumer was made (`stop` found none to cancel).
+        if stopped.load(ordering: .relaxed) {
+            await spendCredit(consumer)
+            try? await consumer.cancel()
+        } else if broken.value {
+            try? await consumer.cancel()
+        }
         // Only watches the consumer; cancelled when this returns (it holds nothing to hand back).
         let watchdog = Task { await watch(consumer) }
         defer { watchdog.cancel() }
@@ -605,34 +631,39 @@ package final class IngestService: Sendable {
         /// taken; when the channel or the connection failed, left unacked and the consumer ended
         /// (`breakOff`). Otherwise it answers what the broker refused (a nack), to hold; empty
         /// when there is nothing to hold.
-        let settle: @Sendable (AMQPDelivery, Ticketed) async -> (refused: [AMQPOutgoingMessage], nack: (any Error)?) = {
-            delivery, tickets in
-            var refused: [AMQPOutgoingMessage] = []
-            var nack: (any Error)?
-            var failed = false
-            for (message, ticket) in tickets {
-                do {
-                    try await ticket.wait()
-                } catch let error as MessagingError where error.code == .publishNacked {
-                    refused.append(message)
-                    nack = error
-                } catch {
-                    failed = true
+        let settle:
+            @Sendable (AMQPDelivery, Ticketed) async -> (refused: [AMQPOutgoingMessage], nack: (any Error)?, nacks: Int) =
+                {
+                    delivery, tickets in
+                    var refused: [AMQPOutgoingMessage] = []
+                    var nack: (any Error)?
+                    var failed = false
+                    for (message, ticket) in tickets {
+                        do {
+                            try await ticket.wait()
+                        } catch let error as MessagingError where error.code == .publishNacked {
+                            refused.append(message)
+                            nack = error
+                        } catch {
+                            failed = true
+                        }
+                    }
+                    if failed || broken.value {
+                        breakOff()
+                        return ([], nil, refused.count)
+                    }
+                    if refused.isEmpty { consuming.ack(delivery) }
+                    return (refused, nack, refused.count)
                 }
-            }
-            if failed || broken.value {
-                await breakOff()
-                return ([], nil)
-            }
-            if refused.isEmpty { consuming.ack(delivery) }
-            return (refused, nack)
-        }
         // Acks in publish order as the confirms come. Awaited below, before the retrier is stopped.
         let acker = Task {
             for await (sequence, delivery, tickets) in pending {
-                let (refused, nack) = await settle(delivery, tickets)
-                guard let nack, !refused.isEmpty else { continue }
-                holdRefused(sequence, (delivery, refused), nack)
+                let (refused, nack, nacks) = await settle(delivery, tickets)
+                if let nack, !refused.isEmpty {
+                    noteRefusal(holdRefused(sequence, (delivery, refused)), nack)
+                }
+                // The refusals `taskPublishFailed` told the thread of are held now (or the consumer ends).
+                for _ in 0..<nacks { arrivals.handled() }
             }
         }
         // Publishes the held notifications again. Awaited in `stopRetrying`.
@@ -664,7 +695,7 @@ package final class IngestService: Sendable {
                         outcomes.append((sequence, nil))
                         continue
                     }
-                    let (refused, nack) = await settle(delivery, tickets)
+                    let (refused, nack, _) = await settle(delivery, tickets)
                     outcomes.append((sequence, refused.isEmpty ? nil : (delivery, refused)))
                     if !refused.isEmpty { lastNack = nack }
                 }
@@ -707,34 +738,45 @@ package final class IngestService: Sendable {
                     wake.yield()
                     continue
                 }
-                let tickets = routed.indices.map { index in
-                    let message = routed[index]
-                    let ticket =
-                        index == routed.count - 1
-                        ? publishing.publishInOrder([message], published: { arrivals.handled() })
-                        : publishing.publishInOrder([message])
-                    return (message, ticket)
+                let lastHandled: @Sendable () -> Void = { arrivals.handled() }
+                var tickets: Ticketed = []
+                for (index, message) in routed.enumerated() {
+                    let ticket = publishing.publishInOrder(
+                        [message], published: index == routed.count - 1 ? lastHandled : nil, failed: taskPublishFailed)
+                    tickets.append((message, ticket))
                 }
                 // An empty Ceilometer list: nothing to publish, acked as it is.
                 if routed.isEmpty { arrivals.handled() }
                 pendingContinuation.yield((sequence, delivery, tickets))
             }
         } catch {
-            await finish(pendingContinuation, acker: acker, arrivals: arrivals)
+            await finish(pendingContinuation, acker: acker, arrivals: arrivals, consuming: consuming)
             await stopRetrying(retrier, wake: wake, publishing: publishing)
             throw error
         }
-        await finish(pendingContinuation, acker: acker, arrivals: arrivals)
+        await finish(pendingContinuation, acker: acker, arrivals: arrivals, consuming: consuming)
         await stopRetrying(retrier, wake: wake, publishing: publishing)
     }
 
     /// Waits until every notification taken is settled or held: the acker's, and what the
-    /// connection's thread published itself (a refusal among those is held before this returns).
+    /// connection's thread published itself (a refusal among those is held before this returns),
+    /// including what came after the consumer's cancel (a quorum queue sends what was on its
+    /// way; the thread forwards it as any other, and what is given back at the close instead may
+    /// come back out of order): a `basic.qos` on the consuming channel is answered after what
+    /// the broker's channel still had for it, so while the thread forwarded more before that
+    /// answer, it waits and asks again (at most 20 rounds).
     private func finish<Element>(
-        _ pending: AsyncStream<Element>.Continuation, acker: Task<Void, Never>, arrivals: IngestArrivals
+        _ pending: AsyncStream<Element>.Continuation, acker: Task<Void, Never>, arrivals: IngestArrivals,
+        consuming: AMQPChannel
     ) async {
         pending.finish()
         await acker.value
+        for _ in 0..<20 {
+            await arrivals.forwardsSettled()
+            let before = forwardedCount.load(ordering: .relaxed)
+            do { try await consuming.qos(prefetch: configuration.ingestPrefetch) } catch { break }
+            if forwardedCount.load(ordering: .relaxed) == before { break }
+        }
         await arrivals.forwardsSettled()
     }
 
@@ -747,8 +789,8 @@ package final class IngestService: Sendable {
     /// publish, everything is handed over.
     private func forwardOnArrival(
         publishing: AMQPChannel, arrivals: IngestArrivals, hold: Locked<IngestHold<Held>>, broken: Locked<Bool>,
-        holdRefused: @escaping @Sendable (UInt64, Held, any Error) -> Void,
-        breakOff: @escaping @Sendable () async -> Void
+        refused: @escaping @Sendable (UInt64, Held, MessagingError) -> Void,
+        breakOff: @escaping @Sendable () -> Void
     ) -> @Sendable (AMQPDelivery) -> AMQPArrival {
         { [self] delivery in
             guard delivery.body.count <= Self.forwardedBodyLimit, arrivals.mayForward, !broken.value,
@@ -771,11 +813,10 @@ package final class IngestService: Sendable {
                     case .success:
                         return !broken.value
                     case .failure(let error) where error.code == .publishNacked:
-                        if !broken.value { holdRefused(delivery.arrivalOrder, (delivery, routed), error) }
+                        if !broken.value { refused(delivery.arrivalOrder, (delivery, routed), error) }
                         return false
                     case .failure:
-                        broken.withLock { $0 = true }
-                        Task { await breakOff() }
+                        breakOff()
                         return false
                     }
                 })
@@ -925,7 +966,37 @@ package final class IngestService: Sendable {
     /// Stops taking new notifications; `run()` returns once the ones taken are acked.
     func stop() async {
         stopped.store(true, ordering: .relaxed)
-        try? await consumer.withLock { $0 }?.cancel()
+        guard let consumer = consumer.withLock({ $0 }) else { return }
+        await spendCredit(consumer)
+        try? await consumer.cancel()
+    }
+
+    /// Before a consumer of a quorum queue is cancelled: what the queue sends it after the
+    /// cancel (for the acks it had before) never reaches it (RabbitMQ 3.10 drops it in the
+    /// broker's channel) and comes back only when the channel closes, and several given back
+    /// together come back out of order: the next node would republish them in another order
+    /// than they were published. So the consumer's acks are held back first: the queue sends
+    /// what it still may, up to the prefetch, and nothing more; once all of it came (the
+    /// prefetch is used up, or no message is ready and nothing came since the last look), the
+    /// cancel leaves nothing on its way. Bounded by 2 s (then cancelled as it is); the acks go
+    /// out when the channel closes.
+    private func spendCredit(_ consumer: AMQPConsumer) async {
+        let channel = consumer.channel
+        guard (try? await channel.withholdAcks(true)) != nil else { return }
+        let deadline = ContinuousClock.now + .seconds(2)
+        var lastReceived: UInt64?
+        while ContinuousClock.now < deadline {
+            // A barrier: what the broker's channel had for this one before its answer is handled.
+            guard (try? await channel.qos(prefetch: configuration.ingestPrefetch)) != nil,
+                let counts = try? await channel.deliveryCounts()
+            else { return }
+            if counts.unacked >= UInt64(configuration.ingestPrefetch) { return }
+            if counts.received == lastReceived { return }
+            lastReceived = nil
+            if case .some(let state?) = try? await connection.queueState(queue), state.messageCount == 0 {
+                lastReceived = counts.received
+            }
+        }
     }
 
     /// A queue this node no longer consumes: its gauges say nothing rather than a stale length

@@ -362,6 +362,9 @@ struct QueueShapeTests {
         await ingest.stop()
         _ = try await running.value
         #expect(try await control.declareQueuePassive(ingestQueue).messageCount == 0, "every notification acked")
+        await consumer.close()
+        #expect(
+            try await control.declareQueuePassive(names.partitionQueue(0)).messageCount == 0, "nothing published twice")
         for queue in [ingestQueue, names.dead, names.partitionQueue(0)] { _ = try? await control.deleteQueue(queue) }
         _ = try await redis.send("DEL", configuration.keyPrefix + "queue-shape")
     }

@@ -220,7 +220,10 @@ public struct AMQPChannel: Sendable {
 
     // MARK: Consuming
 
-    /// Sets `basic.qos`: at most `prefetch` unacked deliveries per consumer on this channel.
+    /// Sets `basic.qos`: at most `prefetch` unacked deliveries per consumer on this channel (of
+    /// consumers started after it). Every delivery that came on the channel before the broker's
+    /// answer has met its consumer's `onArrival` (or been handed over) when this returns: after a
+    /// cancel, a barrier for what the queue still sent.
     public func qos(prefetch: UInt16) async throws {
         let id = id
         try await engine.perform { engine in try engine.setQoS(id, prefetch: prefetch) }
@@ -266,6 +269,21 @@ public struct AMQPChannel: Sendable {
     /// reconnect is skipped: the broker has requeued it already.
     public func ack(_ delivery: AMQPDelivery, multiple: Bool = false) {
         engine.submit({ engine in engine.ack(delivery, multiple: multiple) }, wake: false)
+    }
+
+    /// Holds this channel's acks back (recorded, not sent) until released, or until the channel
+    /// closes (they go out first). A consumer whose acks are held gets no new credit: the broker
+    /// sends at most `prefetch` deliveries more than were acked before.
+    public func withholdAcks(_ withhold: Bool) async throws {
+        let id = id
+        try await engine.perform { engine in try engine.withholdAcks(id, withhold) }
+    }
+
+    /// The deliveries this channel received since it was (re)opened, and how many of them the
+    /// broker holds no ack for (withheld, or not yet sent, included).
+    public func deliveryCounts() async throws -> (received: UInt64, unacked: UInt64) {
+        let id = id
+        return try await engine.perform { engine in try engine.deliveryCounts(id) }
     }
 
     /// Whether `delivery` may still be acked: false once the channel it came on closed or was
@@ -316,16 +334,24 @@ public struct AMQPChannel: Sendable {
     /// Hands messages to the connection thread now, in call order, and returns a ticket
     /// to await their confirms later: a caller can keep publishing in order while earlier
     /// confirms are still on their way.
-    /// - Parameter published: runs on the connection's thread once the messages were handed to
-    ///   the broker (or failed to be): what a consumer's `onArrival` forwards after that comes
-    ///   after them.
+    /// - Parameters:
+    ///   - published: runs on the connection's thread once the messages were handed to the
+    ///     broker (or failed to be): what a consumer's `onArrival` forwards after that comes after
+    ///     them.
+    ///   - failed: runs on the connection's thread when the broker refused them or the channel
+    ///     failed, before the ticket tells it: what a consumer's `onArrival` decides after that
+    ///     can take it into account.
     public func publishInOrder(
-        _ messages: [AMQPOutgoingMessage], mandatory: Bool = false, published: (@Sendable () -> Void)? = nil
+        _ messages: [AMQPOutgoingMessage], mandatory: Bool = false, published: (@Sendable () -> Void)? = nil,
+        failed: (@Sendable (MessagingError) -> Void)? = nil
     ) -> AMQPPublishTicket {
         let ticket = AMQPPublishTicket()
         let id = id
         engine.submit { engine in
-            engine.publish(id, messages, mandatory: mandatory) { ticket.fulfill($0) }
+            engine.publish(id, messages, mandatory: mandatory) { result in
+                if case .failure(let error) = result { failed?(error) }
+                ticket.fulfill(result)
+            }
             published?()
         }
         return ticket
@@ -349,7 +375,7 @@ public enum AMQPArrival: Sendable {
     /// queued later; once the broker confirmed or refused them, or the channel failed, `settled`
     /// runs on the connection's thread (once) with the outcome, and the delivery is acked when it
     /// answers true. `settled` must be as quick as the arrival's decision. A channel of another
-    /// connection: the delivery is handed over instead.
+    /// connection: `settled` is told a failure, and the delivery is left unacked.
     case forward(
         [AMQPOutgoingMessage], on: AMQPChannel, settled: @Sendable (Result<Void, MessagingError>) -> Bool)
 }
@@ -405,8 +431,10 @@ public struct AMQPConsumer: AsyncSequence, Sendable {
 
     /// Stops the consumer. Deliveries already received stay unacked until the caller
     /// acks or nacks them, so a consumer can finish in-flight work before handing over.
-    /// Deliveries the broker sent before it saw the cancel stay unacked on the channel: closing
-    /// the channel gives every unacked delivery back in order, at the head of the queue. (A nack
+    /// Deliveries that come after the cancel (a quorum queue sends what was on its way) still
+    /// meet the consumer's `onArrival`, which may settle them; the rest stay unacked: closing
+    /// the channel gives every unacked delivery back, at the head of the queue (a quorum queue
+    /// may give several back in another order than they came: seen with RabbitMQ 3.10). (A nack
     /// or reject with requeue puts a message at the back of a quorum queue: where order matters,
     /// close the channel instead.)
     public func cancel() async throws {

@@ -298,14 +298,8 @@ final class AMQPEngine: @unchecked Sendable {
     private func handle(_ event: WireEvent) {
         switch event {
         case .delivery(var delivery):
-            guard let channel = channels[delivery.channelID], let consumer = channel.consumers[delivery.consumerTag]
-            else {
-                // No consumer for it any more (it came between basic.cancel and cancel-ok): left
-                // unacked, the broker gives it back when the channel closes, in order with the
-                // channel's other unacked deliveries. A reject would put it at the back of a quorum
-                // queue, behind messages that came after it.
-                return
-            }
+            guard let channel = channels[delivery.channelID] else { return }
+            channel.lastDeliveryTag = max(channel.lastDeliveryTag, delivery.deliveryTag)
             delivery = AMQPDelivery(
                 body: delivery.body,
                 exchange: delivery.exchange,
@@ -317,26 +311,27 @@ final class AMQPEngine: @unchecked Sendable {
                 channelID: delivery.channelID,
                 incarnation: channel.incarnation
             )
-            switch consumer.onArrival?(delivery) ?? .handOver {
-            case .handOver:
-                consumer.continuation.yield(delivery)
-            case .ack:
-                // Acked here, with its neighbours at the next flush: no task woken for it.
-                channel.acks.pending.append(delivery.deliveryTag)
-            case .forward(let messages, let target, let settled):
-                guard target.engine === self else {
+            if let consumer = channel.consumers[delivery.consumerTag] {
+                act(on: consumer.onArrival?(delivery) ?? .handOver, delivery, channel: channel) {
                     consumer.continuation.yield(delivery)
-                    break
                 }
-                // The completion runs on this thread: when confirmed, or at once when the publish fails.
-                publish(target.id, messages, mandatory: false) { [self, delivery] result in
-                    if settled(result) { ack(delivery, multiple: false) }
-                }
+            } else if let onArrival = channel.cancelledArrivals[delivery.consumerTag] {
+                // After basic.cancel-ok, a quorum queue can still deliver what was on its way
+                // (RabbitMQ 3.10): what the consumer's `onArrival` settles here (acked, or
+                // forwarded) is not given back; the rest is left as below.
+                act(on: onArrival(delivery), delivery, channel: channel) {}
             }
+            // Otherwise no consumer for it any more: left unacked, the broker gives it back when
+            // the channel closes. (A reject would put it at the back of a quorum queue, behind
+            // messages that came after it; one given back at a close may come back out of order
+            // with the others given back with it.)
+
             // Its ack will be queued without a wake-up (or is queued already): poll briefly for it.
             quickPoll = Self.quickPollFirst
         case .confirm(let channelID, let tag, let multiple, let ack):
             channels[channelID]?.confirm(tag: tag, multiple: multiple, ack: ack)
+            // A confirm may have settled a forwarded delivery, whose ack is now queued: poll briefly for it.
+            quickPoll = Self.quickPollFirst
         case .returned(let channelID, let code, let text, let exchange, let routingKey):
             logger.warning(
                 "RabbitMQ returned an unroutable message",
@@ -367,6 +362,31 @@ final class AMQPEngine: @unchecked Sendable {
             logger.warning("RabbitMQ blocked publishing on this connection", metadata: [LogKey.amqpReason: "\(reason)"])
         case .unblocked:
             logger.info("RabbitMQ unblocked publishing on this connection")
+        }
+    }
+
+    /// Does what a consumer's `onArrival` answered for a delivery; `handOver` hands it over.
+    private func act(
+        on arrival: AMQPArrival, _ delivery: AMQPDelivery, channel: ChannelRecord, handOver: () -> Void
+    ) {
+        switch arrival {
+        case .handOver:
+            handOver()
+        case .ack:
+            // Acked here, with its neighbours at the next flush: no task woken for it.
+            channel.acks.pending.append(delivery.deliveryTag)
+        case .forward(let messages, let target, let settled):
+            guard target.engine === self else {
+                // Not a channel of this connection: told as a failed publish, left unacked.
+                _ = settled(
+                    .failure(
+                        MessagingError(.protocolError, "a delivery was forwarded to a channel of another connection")))
+                return
+            }
+            // The completion runs on this thread: when confirmed, or at once when the publish fails.
+            publish(target.id, messages, mandatory: false) { [self, delivery] result in
+                if settled(result) { ack(delivery, multiple: false) }
+            }
         }
     }
 
@@ -416,6 +436,7 @@ final class AMQPEngine: @unchecked Sendable {
     }
 
     func closeChannel(_ id: UInt16) {
+        channels[id]?.acksWithheld = false
         flushAcks()  // acks recorded before the close go out first
         guard let record = channels.removeValue(forKey: id) else { return }
         let wasOpen = record.isOpen
@@ -443,6 +464,9 @@ final class AMQPEngine: @unchecked Sendable {
         let record = try record(id)
         try guarded(id) { wire in try wire.qos(id, prefetch: prefetch) }
         record.prefetch = prefetch
+        // What came on the channel before qos-ok is handled before the caller goes on
+        // (`AMQPChannel.qos`: a barrier).
+        pumpQueued()
     }
 
     func enableConfirms(_ id: UInt16) throws {
@@ -484,7 +508,23 @@ final class AMQPEngine: @unchecked Sendable {
             pumpQueued()
         }
         record.consumers[tag] = nil
+        if let onArrival = consumer.onArrival { record.cancelledArrivals[tag] = onArrival }
         consumer.continuation.finish()
+    }
+
+    /// Holds the channel's acks back (recorded, not sent) until released or the channel closes.
+    func withholdAcks(_ id: UInt16, _ withhold: Bool) throws {
+        let record = try record(id)
+        record.acksWithheld = withhold
+        if !withhold { flushAcks() }
+    }
+
+    /// The deliveries the channel's current incarnation received, and how many of them the
+    /// broker has no ack for yet (withheld or not yet sent ones included).
+    func deliveryCounts(_ id: UInt16) throws -> (received: UInt64, unacked: UInt64) {
+        let record = try record(id)
+        let acked = record.acks.sentCount
+        return (record.lastDeliveryTag, record.lastDeliveryTag > acked ? record.lastDeliveryTag - acked : 0)
     }
 
     /// Whether a delivery may still be settled: its channel incarnation is open.
@@ -548,7 +588,7 @@ final class AMQPEngine: @unchecked Sendable {
     /// above a gap go out one by one.
     private func flushAcks() {
         guard let wire else { return }
-        for record in channels.values where !record.acks.pending.isEmpty {
+        for record in channels.values where !record.acks.pending.isEmpty && !record.acksWithheld {
             guard record.isOpen else {
                 record.acks.pending.removeAll()
                 continue
@@ -616,6 +656,10 @@ final class AMQPEngine: @unchecked Sendable {
         record.incarnation = incarnations
         record.nextSequence = 1
         record.acks = AckTracker()
+        record.lastDeliveryTag = 0
+        record.acksWithheld = false
+        // Nothing of a consumer cancelled before comes on the new incarnation.
+        record.cancelledArrivals.removeAll()
         if let prefetch = record.prefetch { try wire.qos(record.id, prefetch: prefetch) }
         if record.confirmMode { try wire.confirmSelect(record.id) }
         for consumer in record.consumers.values {
@@ -742,7 +786,14 @@ final class ChannelRecord {
     var nextSequence: UInt64 = 1
     var waiters: [ConfirmWaiter] = []
     var consumers: [String: ConsumerRecord] = [:]
+    /// The `onArrival` of consumers cancelled on this incarnation of the channel, for deliveries
+    /// that come after their cancel-ok.
+    var cancelledArrivals: [String: @Sendable (AMQPDelivery) -> AMQPArrival] = [:]
     var acks = AckTracker()
+    /// `AMQPChannel.withholdAcks`: acks are recorded, not sent.
+    var acksWithheld = false
+    /// The highest delivery tag received on this incarnation.
+    var lastDeliveryTag: UInt64 = 0
     /// Set by `basic.return`; the broker's ack for that message follows it, and the
     /// waiter it lands on fails with this error.
     var returnedPending: MessagingError?
@@ -837,6 +888,9 @@ struct AckTracker {
         settledAbove = settledAbove.filter { $0 > tag }
         advance()
     }
+
+    /// How many tags were settled toward the broker (sent, or settled by a nack or reject).
+    var sentCount: UInt64 { settledThrough + UInt64(settledAbove.count) }
 
     /// Consumes `pending`: returns the tag for one multiple ack (if any) and the tags to ack singly.
     mutating func plan() -> (multipleThrough: UInt64?, singles: [UInt64]) {

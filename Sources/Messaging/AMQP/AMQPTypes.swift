@@ -115,7 +115,8 @@ public struct AMQPDelivery: Sendable {
 
     /// Grows with every delivery of one consumer, across reconnects: the channel's incarnation
     /// (which grows with each open of a channel of the connection) above the delivery tag (which
-    /// grows within one), the tag's lowest 40 bits.
+    /// grows within one), the tag's lowest 40 bits. (After 2^24 channel opens on one connection
+    /// the incarnation's high bits are lost: then it grows within one incarnation only.)
     public var arrivalOrder: UInt64 { (incarnation &<< 40) | (deliveryTag & ((1 &<< 40) - 1)) }
 }
 

@@ -616,11 +616,12 @@ package final class IngestService: Sendable {
                 },
                 breakOff: breakOff))
         current.withLock { $0 = consumer }
-        self.consumer.withLock { $0 = consumer }
-        // Stopped before the consumer was made (`stop` found none to cancel).
-        if stopped.load(ordering: .relaxed) {
-            await spendCredit(consumer)
-            try? await consumer.cancel()
+        // Stopped before the consumer was made (`stop` found none to cancel): both under one lock.
+        if self.consumer.withLock({ held in
+            held = consumer
+            return stopped.load(ordering: .relaxed)
+        }) {
+            try? await consumer.cancelAfterSpendingCredit(prefetch: configuration.ingestPrefetch)
         } else if broken.value {
             try? await consumer.cancel()
         }
@@ -750,33 +751,21 @@ package final class IngestService: Sendable {
                 pendingContinuation.yield((sequence, delivery, tickets))
             }
         } catch {
-            await finish(pendingContinuation, acker: acker, arrivals: arrivals, consuming: consuming)
+            await finish(pendingContinuation, acker: acker, arrivals: arrivals)
             await stopRetrying(retrier, wake: wake, publishing: publishing)
             throw error
         }
-        await finish(pendingContinuation, acker: acker, arrivals: arrivals, consuming: consuming)
+        await finish(pendingContinuation, acker: acker, arrivals: arrivals)
         await stopRetrying(retrier, wake: wake, publishing: publishing)
     }
 
     /// Waits until every notification taken is settled or held: the acker's, and what the
-    /// connection's thread published itself (a refusal among those is held before this returns),
-    /// including what came after the consumer's cancel (a quorum queue sends what was on its
-    /// way; the thread forwards it as any other, and what is given back at the close instead may
-    /// come back out of order): a `basic.qos` on the consuming channel is answered after what
-    /// the broker's channel still had for it, so while the thread forwarded more before that
-    /// answer, it waits and asks again (at most 20 rounds).
+    /// connection's thread published itself (a refusal among those is held before this returns).
     private func finish<Element>(
-        _ pending: AsyncStream<Element>.Continuation, acker: Task<Void, Never>, arrivals: IngestArrivals,
-        consuming: AMQPChannel
+        _ pending: AsyncStream<Element>.Continuation, acker: Task<Void, Never>, arrivals: IngestArrivals
     ) async {
         pending.finish()
         await acker.value
-        for _ in 0..<20 {
-            await arrivals.forwardsSettled()
-            let before = forwardedCount.load(ordering: .relaxed)
-            do { try await consuming.qos(prefetch: configuration.ingestPrefetch) } catch { break }
-            if forwardedCount.load(ordering: .relaxed) == before { break }
-        }
         await arrivals.forwardsSettled()
     }
 
@@ -965,38 +954,12 @@ package final class IngestService: Sendable {
 
     /// Stops taking new notifications; `run()` returns once the ones taken are acked.
     func stop() async {
-        stopped.store(true, ordering: .relaxed)
-        guard let consumer = consumer.withLock({ $0 }) else { return }
-        await spendCredit(consumer)
-        try? await consumer.cancel()
-    }
-
-    /// Before a consumer of a quorum queue is cancelled: what the queue sends it after the
-    /// cancel (for the acks it had before) never reaches it (RabbitMQ 3.10 drops it in the
-    /// broker's channel) and comes back only when the channel closes, and several given back
-    /// together come back out of order: the next node would republish them in another order
-    /// than they were published. So the consumer's acks are held back first: the queue sends
-    /// what it still may, up to the prefetch, and nothing more; once all of it came (the
-    /// prefetch is used up, or no message is ready and nothing came since the last look), the
-    /// cancel leaves nothing on its way. Bounded by 2 s (then cancelled as it is); the acks go
-    /// out when the channel closes.
-    private func spendCredit(_ consumer: AMQPConsumer) async {
-        let channel = consumer.channel
-        guard (try? await channel.withholdAcks(true)) != nil else { return }
-        let deadline = ContinuousClock.now + .seconds(2)
-        var lastReceived: UInt64?
-        while ContinuousClock.now < deadline {
-            // A barrier: what the broker's channel had for this one before its answer is handled.
-            guard (try? await channel.qos(prefetch: configuration.ingestPrefetch)) != nil,
-                let counts = try? await channel.deliveryCounts()
-            else { return }
-            if counts.unacked >= UInt64(configuration.ingestPrefetch) { return }
-            if counts.received == lastReceived { return }
-            lastReceived = nil
-            if case .some(let state?) = try? await connection.queueState(queue), state.messageCount == 0 {
-                lastReceived = counts.received
-            }
+        let consumer = consumer.withLock { consumer in
+            stopped.store(true, ordering: .relaxed)
+            return consumer
         }
+        // Nothing left on its way at the cancel: what is would come back out of order.
+        try? await consumer?.cancelAfterSpendingCredit(prefetch: configuration.ingestPrefetch)
     }
 
     /// A queue this node no longer consumes: its gauges say nothing rather than a stale length
@@ -1355,7 +1318,12 @@ package final class PartitionOwners: Sendable {
     /// may take seconds under load; what is still in flight at the limit comes twice.
     private func stop(_ partition: Int, drain: Duration?) async {
         guard let owned = owned.withLock({ $0.removeValue(forKey: partition) }) else { return }
-        try? await owned.consumer.cancel()
+        if drain != nil {
+            // Handed over: nothing left on its way at the cancel (it would come back out of order).
+            try? await owned.consumer.cancelAfterSpendingCredit(prefetch: configuration.partitionPrefetch)
+        } else {
+            try? await owned.consumer.cancel()
+        }
         await owned.task.withLock { $0 }?.value
         if let drain {
             let started = clock.now()

@@ -361,48 +361,54 @@ struct AMQPClientTests {
         #expect(try await connection.queueState(source)?.messageCount == 10, "the refused ones are given back")
     }
 
-    @Test("withheld acks give the broker no new credit; the channel's close sends them")
-    func withheldAcks() async throws {
+    @Test(
+        "withheld acks give the broker no new credit; released they go out; the channel's close sends them",
+        arguments: ["classic", "quorum"])
+    func withheldAcks(type: String) async throws {
         let connection = try await connect()
         defer { Task { await connection.close() } }
         let control = try await connection.openChannel()
         let queue = TestServers.uniqueName("herald-test.withheld")
-        try await control.declareQueue(queue, options: AMQPQueueOptions(durable: true))
+        try await control.declareQueue(
+            queue, options: AMQPQueueOptions(durable: true, arguments: ["x-queue-type": .string(type)]))
         defer { Task { _ = try? await control.deleteQueue(queue) } }
         try await control.enableConfirms()
         try await control.publish((0..<20).map { message(queue, "m-\($0)", persistent: true) })
         let consuming = try await connection.openChannel()
         try await consuming.withholdAcks(true)
         let consumer = try await consuming.consume(queue, prefetch: 5)
-        var received = 0
+        var taken: [AMQPDelivery] = []
         for try await delivery in consumer {
             consuming.ack(delivery)
-            received += 1
-            if received == 5 { break }
+            taken.append(delivery)
+            if taken.count == 5 { break }
         }
         // Acked, but held back: the broker sends nothing more (a qos round trip is answered
         // after anything it had sent before).
         try await consuming.qos(prefetch: 5)
-        var counts = try await consuming.deliveryCounts()
-        #expect(counts.received == 5 && counts.unacked == 5, "\(counts)")
+        var counts = try await consuming.deliveryCounts(of: consumer.tag)
+        #expect(counts.received == 5 && counts.unacked == 5 && counts.consuming, "\(counts)")
         // Time for acks, had they gone out, to bring more (their credit reaches the queue apart
         // from the round trip).
         try await Task.sleep(for: .milliseconds(200))
         try await consuming.qos(prefetch: 5)
-        counts = try await consuming.deliveryCounts()
+        counts = try await consuming.deliveryCounts(of: consumer.tag)
         #expect(counts.received == 5, "no new credit while acks are held: \(counts)")
         // Released: they go out, and the next five come.
         try await consuming.withholdAcks(false)
         for try await delivery in consumer {
-            consuming.ack(delivery)
-            received += 1
-            if received == 10 { break }
+            taken.append(delivery)
+            if taken.count == 10 { break }
         }
+        // Acked while held again: the close sends them.
         try await consuming.withholdAcks(true)
+        for delivery in taken.suffix(5) { consuming.ack(delivery) }
         try await consumer.cancel()
-        // The close sends the held acks: ten taken, ten left.
+        try await consuming.qos(prefetch: 5)
+        counts = try await consuming.deliveryCounts(of: consumer.tag)
+        #expect(counts.unacked == 5 && !counts.consuming, "\(counts)")
         await consuming.close()
-        #expect(try await connection.queueState(queue)?.messageCount == 10)
+        #expect(try await connection.queueState(queue)?.messageCount == 10, "ten taken and acked, ten left")
     }
 
     @Test("a conflicting re-declare fails with PRECONDITION_FAILED and the channel is usable again")

@@ -271,19 +271,23 @@ public struct AMQPChannel: Sendable {
         engine.submit({ engine in engine.ack(delivery, multiple: multiple) }, wake: false)
     }
 
-    /// Holds this channel's acks back (recorded, not sent) until released, or until the channel
-    /// closes (they go out first). A consumer whose acks are held gets no new credit: the broker
-    /// sends at most `prefetch` deliveries more than were acked before.
+    /// Holds this channel's single acks back (recorded, not sent) until released, or until the
+    /// channel or the connection closes (they go out first). A consumer whose acks are held gets
+    /// no new credit: the broker sends at most `prefetch` deliveries more than were acked before.
+    /// A multiple ack, a nack or a reject sends the held acks first, then itself. Kept across a
+    /// reconnect (the acks of the lost incarnation are dropped: the broker gave those back).
     public func withholdAcks(_ withhold: Bool) async throws {
         let id = id
         try await engine.perform { engine in try engine.withholdAcks(id, withhold) }
     }
 
-    /// The deliveries this channel received since it was (re)opened, and how many of them the
-    /// broker holds no ack for (withheld, or not yet sent, included).
-    public func deliveryCounts() async throws -> (received: UInt64, unacked: UInt64) {
+    /// What this channel received since it was (re)opened, how many of those the broker holds no
+    /// ack for (withheld, or not yet sent, included), and whether `consumer` still consumes.
+    /// With one consumer on the channel, `unacked` reaching its prefetch means the broker sends
+    /// it nothing more until acks go out.
+    public func deliveryCounts(of consumer: String) async throws -> AMQPDeliveryCounts {
         let id = id
-        return try await engine.perform { engine in try engine.deliveryCounts(id) }
+        return try await engine.perform { engine in try engine.deliveryCounts(id, consumer: consumer) }
     }
 
     /// Whether `delivery` may still be acked: false once the channel it came on closed or was
@@ -437,6 +441,50 @@ public struct AMQPConsumer: AsyncSequence, Sendable {
     /// may give several back in another order than they came: seen with RabbitMQ 3.10). (A nack
     /// or reject with requeue puts a message at the back of a quorum queue: where order matters,
     /// close the channel instead.)
+    /// Cancels the consumer once the queue has sent it all its credit allows, so that nothing is
+    /// on its way at the cancel.
+    ///
+    /// What a quorum queue sends a consumer after its `basic.cancel` (the credit of its last acks)
+    /// never reaches it: RabbitMQ 3.10 keeps it in the broker's channel and gives it back only at
+    /// the channel's close, several at once in another order than they were queued. So the
+    /// channel's acks are held back first (`withholdAcks`): the queue sends at most `prefetch`
+    /// unacked deliveries and then nothing. Once all came, the consumer is cancelled and the acks
+    /// go out (a cancelled consumer gets no new credit from them). "All came": the prefetch is
+    /// used up (certain, with one consumer on the channel), or at two looks 10 ms apart no
+    /// message was ready and nothing had come in between (likely: a message published in that
+    /// moment can still be on its way). Each look follows a `basic.qos` round trip, which the
+    /// broker answers after what it had sent before. At most `limit`, then cancelled as it is;
+    /// at once when the consumer no longer consumes or the queue is gone.
+    /// - Parameter prefetch: the consumer's prefetch (set again on the channel as the round trip).
+    public func cancelAfterSpendingCredit(prefetch: UInt16, within limit: Duration = .seconds(2)) async throws {
+        let engine = channel.engine
+        var probe: AMQPChannel?
+        do {
+            try await channel.withholdAcks(true)
+            let deadline = ContinuousClock.now + limit
+            var quiet: (incarnation: UInt64, received: UInt64)?
+            while ContinuousClock.now < deadline {
+                try await channel.qos(prefetch: prefetch)
+                let counts = try await channel.deliveryCounts(of: tag)
+                guard counts.consuming, counts.unacked < UInt64(prefetch) else { break }
+                if let quiet, quiet == (counts.incarnation, counts.received) { break }
+                if probe == nil {
+                    let id = try await engine.perform { engine in try engine.openChannel() }
+                    probe = AMQPChannel(engine: engine, id: id)
+                }
+                guard let ready = try await probe?.declareQueuePassive(queue).messageCount else { break }
+                quiet = ready == 0 ? (counts.incarnation, counts.received) : nil
+                try await Task.sleep(for: .milliseconds(10))
+            }
+        } catch {
+            // The channel or the connection failed, the queue is gone, or the caller was
+            // cancelled: cancelled as it is (the channel's close gives back the rest).
+        }
+        await probe?.close()
+        try await cancel()
+        try? await channel.withholdAcks(false)
+    }
+
     public func cancel() async throws {
         let id = channel.id
         let tag = tag

@@ -311,20 +311,17 @@ final class AMQPEngine: @unchecked Sendable {
                 channelID: delivery.channelID,
                 incarnation: channel.incarnation
             )
-            if let consumer = channel.consumers[delivery.consumerTag] {
-                act(on: consumer.onArrival?(delivery) ?? .handOver, delivery, channel: channel) {
-                    consumer.continuation.yield(delivery)
-                }
-            } else if let onArrival = channel.cancelledArrivals[delivery.consumerTag] {
-                // After basic.cancel-ok, a quorum queue can still deliver what was on its way
-                // (RabbitMQ 3.10): what the consumer's `onArrival` settles here (acked, or
-                // forwarded) is not given back; the rest is left as below.
-                act(on: onArrival(delivery), delivery, channel: channel) {}
+            guard let consumer = channel.consumers[delivery.consumerTag] else {
+                // No consumer for it any more (it came between basic.cancel and cancel-ok): left
+                // unacked, the broker gives it back when the channel closes. (A reject would put
+                // it at the back of a quorum queue, behind messages that came after it; several
+                // given back at a close may come back in another order: see
+                // `AMQPConsumer.cancelAfterSpendingCredit`.)
+                return
             }
-            // Otherwise no consumer for it any more: left unacked, the broker gives it back when
-            // the channel closes. (A reject would put it at the back of a quorum queue, behind
-            // messages that came after it; one given back at a close may come back out of order
-            // with the others given back with it.)
+            act(on: consumer.onArrival?(delivery) ?? .handOver, delivery, channel: channel) {
+                consumer.continuation.yield(delivery)
+            }
 
             // Its ack will be queued without a wake-up (or is queued already): poll briefly for it.
             quickPoll = Self.quickPollFirst
@@ -437,7 +434,7 @@ final class AMQPEngine: @unchecked Sendable {
 
     func closeChannel(_ id: UInt16) {
         channels[id]?.acksWithheld = false
-        flushAcks()  // acks recorded before the close go out first
+        flushAcks()  // acks recorded before the close go out first (withheld ones too)
         guard let record = channels.removeValue(forKey: id) else { return }
         let wasOpen = record.isOpen
         record.markOpen(false)
@@ -508,7 +505,6 @@ final class AMQPEngine: @unchecked Sendable {
             pumpQueued()
         }
         record.consumers[tag] = nil
-        if let onArrival = consumer.onArrival { record.cancelledArrivals[tag] = onArrival }
         consumer.continuation.finish()
     }
 
@@ -519,12 +515,15 @@ final class AMQPEngine: @unchecked Sendable {
         if !withhold { flushAcks() }
     }
 
-    /// The deliveries the channel's current incarnation received, and how many of them the
-    /// broker has no ack for yet (withheld or not yet sent ones included).
-    func deliveryCounts(_ id: UInt16) throws -> (received: UInt64, unacked: UInt64) {
+    /// What the channel's current incarnation received, and how many of those the broker has no
+    /// ack for yet (withheld or not yet sent ones included); whether `consumer` still consumes.
+    func deliveryCounts(_ id: UInt16, consumer: String) throws -> AMQPDeliveryCounts {
         let record = try record(id)
         let acked = record.acks.sentCount
-        return (record.lastDeliveryTag, record.lastDeliveryTag > acked ? record.lastDeliveryTag - acked : 0)
+        return AMQPDeliveryCounts(
+            incarnation: record.incarnation, received: record.lastDeliveryTag,
+            unacked: record.lastDeliveryTag > acked ? record.lastDeliveryTag - acked : 0,
+            consuming: record.isOpen && record.consumers[consumer] != nil)
     }
 
     /// Whether a delivery may still be settled: its channel incarnation is open.
@@ -551,7 +550,7 @@ final class AMQPEngine: @unchecked Sendable {
     func ack(_ delivery: AMQPDelivery, multiple: Bool) {
         guard let record = liveRecord(for: delivery) else { return }
         if multiple {
-            flushAcks()
+            flushAcks(includingWithheld: true)
             guard let wire else { return }
             do {
                 try wire.ack(record.id, tag: delivery.deliveryTag, multiple: true)
@@ -567,7 +566,7 @@ final class AMQPEngine: @unchecked Sendable {
     /// Sends a nack or reject at once (after any acks recorded before it).
     func refuse(_ delivery: AMQPDelivery, multiple: Bool, requeue: Bool) {
         guard let record = liveRecord(for: delivery) else { return }
-        flushAcks()
+        flushAcks(includingWithheld: true)
         guard let wire else { return }
         do {
             if multiple {
@@ -586,9 +585,12 @@ final class AMQPEngine: @unchecked Sendable {
     /// delivery tags goes out as one `basic.ack(multiple)` naming the highest
     /// acked tag (RabbitMQ requires that tag to be outstanding, and it is); acks
     /// above a gap go out one by one.
-    private func flushAcks() {
+    /// Withheld acks (`withholdAcks`) only `includingWithheld`: before a multiple ack or a
+    /// refusal, which would otherwise settle them otherwise or drop them.
+    private func flushAcks(includingWithheld: Bool = false) {
         guard let wire else { return }
-        for record in channels.values where !record.acks.pending.isEmpty && !record.acksWithheld {
+        for record in channels.values
+        where !record.acks.pending.isEmpty && (includingWithheld || !record.acksWithheld) {
             guard record.isOpen else {
                 record.acks.pending.removeAll()
                 continue
@@ -656,10 +658,9 @@ final class AMQPEngine: @unchecked Sendable {
         record.incarnation = incarnations
         record.nextSequence = 1
         record.acks = AckTracker()
+        // Acks stay withheld if they were (the caller's intent): the consumer restored below
+        // starts with fresh credit, and the caller sees the new incarnation in `deliveryCounts`.
         record.lastDeliveryTag = 0
-        record.acksWithheld = false
-        // Nothing of a consumer cancelled before comes on the new incarnation.
-        record.cancelledArrivals.removeAll()
         if let prefetch = record.prefetch { try wire.qos(record.id, prefetch: prefetch) }
         if record.confirmMode { try wire.confirmSelect(record.id) }
         for consumer in record.consumers.values {
@@ -732,6 +733,8 @@ final class AMQPEngine: @unchecked Sendable {
     }
 
     private func shutdown() {
+        // Withheld acks go out before the connection closes, as at a channel's close.
+        flushAcks(includingWithheld: true)
         let closed = MessagingError(.closed, "the AMQP connection was closed")
         for record in channels.values {
             record.markOpen(false)
@@ -786,9 +789,6 @@ final class ChannelRecord {
     var nextSequence: UInt64 = 1
     var waiters: [ConfirmWaiter] = []
     var consumers: [String: ConsumerRecord] = [:]
-    /// The `onArrival` of consumers cancelled on this incarnation of the channel, for deliveries
-    /// that come after their cancel-ok.
-    var cancelledArrivals: [String: @Sendable (AMQPDelivery) -> AMQPArrival] = [:]
     var acks = AckTracker()
     /// `AMQPChannel.withholdAcks`: acks are recorded, not sent.
     var acksWithheld = false

@@ -120,6 +120,18 @@ public struct AMQPDelivery: Sendable {
     public var arrivalOrder: UInt64 { (incarnation &<< 40) | (deliveryTag & ((1 &<< 40) - 1)) }
 }
 
+/// What a channel received and has not acked (`AMQPChannel.deliveryCounts(of:)`).
+public struct AMQPDeliveryCounts: Sendable, Equatable {
+    /// The channel's incarnation: counts restart when it is reopened (after a reconnect).
+    public var incarnation: UInt64
+    /// The highest delivery tag received on this incarnation.
+    public var received: UInt64
+    /// How many of those the broker holds no ack (or nack, reject) for.
+    public var unacked: UInt64
+    /// Whether the consumer asked about still consumes on the open channel.
+    public var consuming: Bool
+}
+
 /// What `queue.declare` answers.
 public struct AMQPQueueState: Sendable, Equatable {
     public var name: String

@@ -158,6 +158,18 @@ struct QueueShapeTests {
         return (try NodeConfiguration.fromEnvironment(environment), exchange)
     }
 
+    /// The ingest of `queue`, running, and the dead letters it writes.
+    static func startIngest(
+        _ configuration: NodeConfiguration, queue: String, connection: AMQPConnection, redis: RedisClient
+    ) -> (IngestService, Task<Void, any Error>, DeadLetterStore) {
+        let deadLetters = DeadLetterStore(redis: redis, keyPrefix: configuration.keyPrefix)
+        let ingest = IngestService(
+            connection: connection, queue: queue, configuration: configuration,
+            deadLetters: CountedDeadLetters(store: deadLetters),
+            counters: PipelineCounters(), logger: Logger(label: "herald.test.ingest"))
+        return (ingest, Task { try await ingest.run() }, deadLetters)
+    }
+
     @Test("a new cluster's queues are quorum queues with bounds, recorded for the nodes that follow")
     func newClusterIsQuorum() async throws {
         var (configuration, exchange) = try Self.configuration()
@@ -222,12 +234,8 @@ struct QueueShapeTests {
         let ingestQueue = names.ingestQueue(exchange: exchange)
         let connection = try await AMQPConnection.connect(url: TestServers.amqpURL())
         defer { Task { await connection.close() } }
-        let deadLetters = DeadLetterStore(redis: redis, keyPrefix: configuration.keyPrefix)
-        let ingest = IngestService(
-            connection: connection, queue: ingestQueue, configuration: configuration,
-            deadLetters: CountedDeadLetters(store: deadLetters),
-            counters: PipelineCounters(), logger: Logger(label: "herald.test.ingest"))
-        let running = Task { try await ingest.run() }
+        let (ingest, running, deadLetters) = Self.startIngest(
+            configuration, queue: ingestQueue, connection: connection, redis: redis)
 
         let control = try await connection.openChannel()
         func notification(_ seq: Int) -> AMQPOutgoingMessage {
@@ -296,12 +304,8 @@ struct QueueShapeTests {
         let ingestQueue = names.ingestQueue(exchange: exchange)
         let connection = try await AMQPConnection.connect(url: TestServers.amqpURL())
         defer { Task { await connection.close() } }
-        let deadLetters = DeadLetterStore(redis: redis, keyPrefix: configuration.keyPrefix)
-        let ingest = IngestService(
-            connection: connection, queue: ingestQueue, configuration: configuration,
-            deadLetters: CountedDeadLetters(store: deadLetters),
-            counters: PipelineCounters(), logger: Logger(label: "herald.test.ingest"))
-        let running = Task { try await ingest.run() }
+        let (ingest, running, deadLetters) = Self.startIngest(
+            configuration, queue: ingestQueue, connection: connection, redis: redis)
         let control = try await connection.openChannel()
         try await eventually(timeout: .seconds(20)) {
             guard try await control.declareQueuePassive(ingestQueue).consumerCount == 1 else {

@@ -288,11 +288,9 @@ struct AMQPClientTests {
         try await publishing.enableConfirms()
         let consuming = try await connection.openChannel()
         let outcomes = Mutex<(taken: [String], refused: [String], codes: [MessagingError.Code])>(([], [], []))
-        // Prefetch 5: the forwarded ones must be acked for the rest to come at all.
-        let consumer = try await consuming.consume(source, prefetch: 5) { delivery in
-            let body = String(decoding: delivery.body, as: UTF8.self)
-            guard body.hasPrefix("forward") else { return .handOver }
-            return .forward(
+        /// Forwards a delivery into the target, noting its outcome; acked when it was taken.
+        @Sendable func forward(_ body: String) -> AMQPArrival {
+            .forward(
                 [message(target, body, persistent: true)], on: publishing,
                 settled: { result in
                     outcomes.withLock { outcomes in
@@ -305,6 +303,11 @@ struct AMQPClientTests {
                     }
                     return (try? result.get()) != nil
                 })
+        }
+        // Prefetch 5: the forwarded ones must be acked for the rest to come at all.
+        let consumer = try await consuming.consume(source, prefetch: 5) { delivery in
+            let body = String(decoding: delivery.body, as: UTF8.self)
+            return body.hasPrefix("forward") ? forward(body) : .handOver
         }
         let kept = bodies.filter { $0.hasPrefix("kept") }
         var received: [String] = []
@@ -332,20 +335,7 @@ struct AMQPClientTests {
         try await control.publish((0..<20).map { message(source, "forward-late-\($0)", persistent: true) })
         let again = try await connection.openChannel()
         let late = try await again.consume(source, prefetch: 50) { delivery in
-            let body = String(decoding: delivery.body, as: UTF8.self)
-            return .forward(
-                [message(target, body, persistent: true)], on: publishing,
-                settled: { result in
-                    outcomes.withLock { outcomes in
-                        switch result {
-                        case .success: outcomes.taken.append(body)
-                        case .failure(let error):
-                            outcomes.refused.append(body)
-                            outcomes.codes.append(error.code)
-                        }
-                    }
-                    return (try? result.get()) != nil
-                })
+            forward(String(decoding: delivery.body, as: UTF8.self))
         }
         try await eventually(timeout: .seconds(10)) {
             let settled = outcomes.withLock { $0.taken.count + $0.refused.count }
@@ -409,6 +399,45 @@ struct AMQPClientTests {
         #expect(counts.unacked == 5 && !counts.consuming, "\(counts)")
         await consuming.close()
         #expect(try await connection.queueState(queue)?.messageCount == 10, "ten taken and acked, ten left")
+    }
+
+    @Test(
+        "a quorum queue's consumer cancelled after spending its credit leaves nothing on its way: the rest come next, in order, once each"
+    )
+    func cancelAfterSpendingCredit() async throws {
+        let connection = try await connect()
+        defer { Task { await connection.close() } }
+        let control = try await connection.openChannel()
+        let queue = TestServers.uniqueName("herald-test.credit")
+        try await control.declareQueue(
+            queue, options: AMQPQueueOptions(durable: true, arguments: ["x-queue-type": .string("quorum")]))
+        defer { Task { _ = try? await control.deleteQueue(queue) } }
+        try await control.enableConfirms()
+        try await control.publish((0..<600).map { message(queue, "\($0)", persistent: true) })
+        // Each acked as it comes: the queue keeps sending while the consumer is cancelled (after
+        // the 100th); the stream ends once what came before the cancel is taken.
+        let consuming = try await connection.openChannel()
+        let consumer = try await consuming.consume(queue, prefetch: 50)
+        var first: [Int] = []
+        for try await delivery in consumer {
+            first.append(Int(String(decoding: delivery.body, as: UTF8.self)) ?? -1)
+            consuming.ack(delivery)
+            if first.count == 100 { try await consumer.cancelAfterSpendingCredit(prefetch: 50) }
+        }
+        await consuming.close()
+        #expect(first == Array(0..<first.count), "taken in order")
+        #expect(first.count >= 100 && first.count <= 150, "at most the prefetch after the 100th: \(first.count)")
+        // What the first consumer did not take comes next, in order: nothing was given back
+        // shuffled at its channel's close.
+        let rest = try await connection.openChannel()
+        var next: [Int] = []
+        for try await delivery in try await rest.consume(queue, prefetch: 100) {
+            next.append(Int(String(decoding: delivery.body, as: UTF8.self)) ?? -1)
+            rest.ack(delivery)
+            if first.count + next.count == 600 { break }
+        }
+        await rest.close()
+        #expect(next == Array(first.count..<600), "the rest in order after \(first.count): \(next.prefix(20))")
     }
 
     @Test("a conflicting re-declare fails with PRECONDITION_FAILED and the channel is usable again")

@@ -597,7 +597,12 @@ package final class IngestService: Sendable {
                     return !broken
                 })
             else { return }
-            Task { try? await current.value?.cancel() }
+            // Nothing left on its way at the cancel (`cancelAfterSpendingCredit`): what the node
+            // received and did not ack comes back at the queue's head, in order; what is on its
+            // way at a plain cancel would come back behind later notifications.
+            Task { [prefetch = self.configuration.ingestPrefetch] in
+                try? await current.value?.cancelAfterSpendingCredit(prefetch: prefetch)
+            }
         }
         /// A publish of the task's failed or was refused: told on the connection's thread, so that
         /// the thread forwards nothing after it (a failure: nothing more at all; a refusal: nothing

@@ -39,7 +39,7 @@ public final class InFlight: Sendable {
     }
 
     /// Returns when the count is zero (true) or the task is cancelled (false).
-    private func zero() async -> Bool {
+    public func zero() async -> Bool {
         let id = state.withLock { state -> Int in
             state.nextWaiter += 1
             return state.nextWaiter

@@ -347,53 +347,22 @@ package struct IngestHold<Item: Sendable>: Sendable {
 /// What one ingest consumer's notifications are doing between the AMQP connection's thread
 /// (`IngestService.forwardOnArrival`) and the ingest's task: the thread forwards a notification
 /// only while nothing it handed over waits to be published (so the task's publishes are never
-/// overtaken), and the consumer ends only once what the thread published is settled.
+/// overtaken), and the consumer ends only once what the thread published is settled (`forwards`).
 final class IngestArrivals: Sendable {
-    private struct State {
-        /// Handed over to the task and not yet published (or found to need no publish) by it.
-        var handedOver = 0
-        /// Published by the thread, not yet confirmed or refused.
-        var forwarding = 0
-        var settledWaiters: [CheckedContinuation<Void, Never>] = []
-    }
-
-    private let state = Mutex(State())
+    /// Handed over to the task and not yet published (or found to need no publish) by it.
+    private let handedOver = Atomic<Int>(0)
+    /// Published by the thread, not yet confirmed or refused.
+    let forwards = InFlight()
 
     /// Whether the thread may publish a notification itself: nothing handed over waits.
-    var mayForward: Bool { state.withLock { $0.handedOver == 0 } }
+    var mayForward: Bool { handedOver.load(ordering: .acquiring) == 0 }
 
     /// The thread handed a notification over.
-    func handOver() { state.withLock { $0.handedOver += 1 } }
+    func handOver() { handedOver.add(1, ordering: .releasing) }
 
     /// The task is done with one it was handed: published (called on the connection's thread,
     /// after the publish), or it publishes nothing of it.
-    func handled() { state.withLock { $0.handedOver -= 1 } }
-
-    /// The thread published a notification.
-    func forwarding() { state.withLock { $0.forwarding += 1 } }
-
-    /// One the thread published was confirmed, refused or failed.
-    func forwardSettled() {
-        let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
-            state.forwarding -= 1
-            guard state.forwarding == 0 else { return [] }
-            defer { state.settledWaiters.removeAll() }
-            return state.settledWaiters
-        }
-        for waiter in waiters { waiter.resume() }
-    }
-
-    /// Returns once every notification the thread published is settled.
-    func forwardsSettled() async {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let now = state.withLock { state -> Bool in
-                if state.forwarding == 0 { return true }
-                state.settledWaiters.append(continuation)
-                return false
-            }
-            if now { continuation.resume() }
-        }
-    }
+    func handled() { handedOver.subtract(1, ordering: .releasing) }
 }
 
 /// The ingest's metrics for bounded queues (`Topology`), made from the node's metrics factory.
@@ -771,7 +740,7 @@ package final class IngestService: Sendable {
     ) async {
         pending.finish()
         await acker.value
-        await arrivals.forwardsSettled()
+        _ = await arrivals.forwards.zero()
     }
 
     /// The ingest's work on the connection's thread: a notification of at most
@@ -798,11 +767,11 @@ package final class IngestService: Sendable {
             counters.count(.ingested)
             counters.count(.routed)
             forwardedCount.add(1, ordering: .relaxed)
-            arrivals.forwarding()
+            arrivals.forwards.add()
             return .forward(
                 routed, on: publishing,
                 settled: { result in
-                    defer { arrivals.forwardSettled() }
+                    defer { arrivals.forwards.remove() }
                     switch result {
                     case .success:
                         return !broken.value

@@ -433,14 +433,6 @@ public struct AMQPConsumer: AsyncSequence, Sendable {
         stream.makeAsyncIterator()
     }
 
-    /// Stops the consumer. Deliveries already received stay unacked until the caller
-    /// acks or nacks them, so a consumer can finish in-flight work before handing over.
-    /// Deliveries that come after the cancel (a quorum queue sends what was on its way) still
-    /// meet the consumer's `onArrival`, which may settle them; the rest stay unacked: closing
-    /// the channel gives every unacked delivery back, at the head of the queue (a quorum queue
-    /// may give several back in another order than they came: seen with RabbitMQ 3.10). (A nack
-    /// or reject with requeue puts a message at the back of a quorum queue: where order matters,
-    /// close the channel instead.)
     /// Cancels the consumer once the queue has sent it all its credit allows, so that nothing is
     /// on its way at the cancel.
     ///
@@ -485,6 +477,14 @@ public struct AMQPConsumer: AsyncSequence, Sendable {
         try? await channel.withholdAcks(false)
     }
 
+    /// Stops the consumer. Deliveries already received stay unacked until the caller
+    /// acks or nacks them, so a consumer can finish in-flight work before handing over.
+    /// Deliveries that come between the cancel and its answer still meet the consumer's
+    /// `onArrival`; the rest stay unacked: closing the channel gives every unacked delivery it
+    /// received back, in order, at the head of the queue. What a quorum queue sent and the
+    /// consumer never received comes back behind later messages (RabbitMQ 3.10): where order
+    /// matters, `cancelAfterSpendingCredit`. (A nack or reject with requeue puts a message at
+    /// the back of a quorum queue: where order matters, close the channel instead.)
     public func cancel() async throws {
         let id = channel.id
         let tag = tag

@@ -158,16 +158,45 @@ struct QueueShapeTests {
         return (try NodeConfiguration.fromEnvironment(environment), exchange)
     }
 
-    /// The ingest of `queue`, running, and the dead letters it writes.
-    static func startIngest(
-        _ configuration: NodeConfiguration, queue: String, connection: AMQPConnection, redis: RedisClient
-    ) -> (IngestService, Task<Void, any Error>, DeadLetterStore) {
+    /// An ingest of a cluster of its own (`configuration(_:)` with `extra`, its queue shape
+    /// resolved), consuming its exchange's ingest queue, and what a test reads back with.
+    struct RunningIngest {
+        let configuration: NodeConfiguration
+        let exchange: String
+        let queue: String
+        let redis: RedisClient
+        let connection: AMQPConnection
+        /// A channel of the test's own.
+        let control: AMQPChannel
+        let service: IngestService
+        /// `service.run()`.
+        let task: Task<Void, any Error>
+        let deadLetters: DeadLetterStore
+    }
+
+    /// Starts a `RunningIngest` and returns once it consumes (close its connection after).
+    static func startIngest(_ extra: [String: String]) async throws -> RunningIngest {
+        var (configuration, exchange) = try Self.configuration(extra)
+        let redis = try RedisClient(url: TestServers.redisURL())
+        configuration.queueShape = try await ClusterQueueShape.resolve(
+            configured: configuration.queueSettings, redis: redis, keyPrefix: configuration.keyPrefix)
+        let queue = configuration.names.ingestQueue(exchange: exchange)
+        let connection = try await AMQPConnection.connect(url: TestServers.amqpURL())
         let deadLetters = DeadLetterStore(redis: redis, keyPrefix: configuration.keyPrefix)
-        let ingest = IngestService(
+        let service = IngestService(
             connection: connection, queue: queue, configuration: configuration,
             deadLetters: CountedDeadLetters(store: deadLetters),
             counters: PipelineCounters(), logger: Logger(label: "herald.test.ingest"))
-        return (ingest, Task { try await ingest.run() }, deadLetters)
+        let task = Task { try await service.run() }
+        let control = try await connection.openChannel()
+        try await eventually(timeout: .seconds(20)) {
+            guard try await control.declareQueuePassive(queue).consumerCount == 1 else {
+                throw TestFailure("ingest not consuming yet")
+            }
+        }
+        return RunningIngest(
+            configuration: configuration, exchange: exchange, queue: queue, redis: redis, connection: connection,
+            control: control, service: service, task: task, deadLetters: deadLetters)
     }
 
     @Test("a new cluster's queues are quorum queues with bounds, recorded for the nodes that follow")
@@ -219,25 +248,19 @@ struct QueueShapeTests {
         "a full partition queue: the rest are held (nothing requeued, dropped or dead-lettered) and arrive in order once it drains; a full ingest queue refuses the overflow"
     )
     func boundedQueues() async throws {
-        var (configuration, exchange) = try Self.configuration([
+        let run = try await Self.startIngest([
             "HERALD_QUEUE_TYPE": "classic", "HERALD_PARTITION_QUEUE_MAX_MESSAGES": "5",
             "HERALD_INGEST_QUEUE_MAX_MESSAGES": "30",
         ])
-        let redis = try RedisClient(url: TestServers.redisURL())
-        configuration.queueShape = try await ClusterQueueShape.resolve(
-            configured: configuration.queueSettings, redis: redis, keyPrefix: configuration.keyPrefix)
+        defer { Task { await run.connection.close() } }
+        let (configuration, exchange, redis, connection, control) =
+            (run.configuration, run.exchange, run.redis, run.connection, run.control)
+        let (ingest, running, deadLetters, ingestQueue) = (run.service, run.task, run.deadLetters, run.queue)
+        let names = configuration.names
         #expect(
             configuration.queueShape
                 == QueueShape(
                     type: "classic", ingestMaxMessages: 30, partitionMaxMessages: 5, ingestLayout: .perExchange))
-        let names = configuration.names
-        let ingestQueue = names.ingestQueue(exchange: exchange)
-        let connection = try await AMQPConnection.connect(url: TestServers.amqpURL())
-        defer { Task { await connection.close() } }
-        let (ingest, running, deadLetters) = Self.startIngest(
-            configuration, queue: ingestQueue, connection: connection, redis: redis)
-
-        let control = try await connection.openChannel()
         func notification(_ seq: Int) -> AMQPOutgoingMessage {
             let message: [String: Any] = [
                 "message_id": "m-\(seq)", "publisher_id": "compute.host", "event_type": "compute.instance.update",
@@ -246,11 +269,6 @@ struct QueueShapeTests {
             ]
             let body = try! JSONSerialization.data(withJSONObject: message)
             return AMQPOutgoingMessage(exchange: exchange, routingKey: "notifications.info", body: Array(body))
-        }
-        try await eventually(timeout: .seconds(20)) {
-            guard try await control.declareQueuePassive(ingestQueue).consumerCount == 1 else {
-                throw TestFailure("ingest not consuming yet")
-            }
         }
         try await control.publish((0..<20).map(notification))
 
@@ -296,22 +314,12 @@ struct QueueShapeTests {
         "notifications published on the connection's thread and those left to the ingest's task (large, malformed, empty) reach the partition in arrival order, each once"
     )
     func forwardedInOrder() async throws {
-        var (configuration, exchange) = try Self.configuration(["HERALD_QUEUE_TYPE": "classic"])
-        let redis = try RedisClient(url: TestServers.redisURL())
-        configuration.queueShape = try await ClusterQueueShape.resolve(
-            configured: configuration.queueSettings, redis: redis, keyPrefix: configuration.keyPrefix)
+        let run = try await Self.startIngest(["HERALD_QUEUE_TYPE": "classic"])
+        defer { Task { await run.connection.close() } }
+        let (configuration, exchange, redis, connection, control) =
+            (run.configuration, run.exchange, run.redis, run.connection, run.control)
+        let (ingest, running, deadLetters, ingestQueue) = (run.service, run.task, run.deadLetters, run.queue)
         let names = configuration.names
-        let ingestQueue = names.ingestQueue(exchange: exchange)
-        let connection = try await AMQPConnection.connect(url: TestServers.amqpURL())
-        defer { Task { await connection.close() } }
-        let (ingest, running, deadLetters) = Self.startIngest(
-            configuration, queue: ingestQueue, connection: connection, redis: redis)
-        let control = try await connection.openChannel()
-        try await eventually(timeout: .seconds(20)) {
-            guard try await control.declareQueuePassive(ingestQueue).consumerCount == 1 else {
-                throw TestFailure("ingest not consuming yet")
-            }
-        }
         // Every 7th too large for the connection's thread, every 23rd not a notification, every
         // 29th an empty Ceilometer list (nothing to publish, nothing to dead-letter).
         let large = String(repeating: "x", count: IngestService.forwardedBodyLimit)

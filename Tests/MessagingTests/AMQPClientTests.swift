@@ -1,8 +1,9 @@
 import Foundation
-import Messaging
 import Synchronization
 import TestSupport
 import Testing
+
+@testable import Messaging
 
 @Suite("AMQP configuration from URLs")
 struct AMQPConfigurationTests {
@@ -112,6 +113,37 @@ struct AMQPClientTests {
         AMQPOutgoingMessage(
             exchange: "", routingKey: queue, body: Array(body.utf8),
             properties: AMQPMessageProperties(persistent: persistent))
+    }
+
+    @Test(
+        "an RPC sent while the socket is corked goes out at once (the kernel would hold it 200 ms, past this RPC timeout), and what was corked arrives"
+    )
+    func corkedSocket() async throws {
+        var configuration = try AMQPConfiguration(url: TestServers.amqpURL())
+        configuration.rpcTimeout = .milliseconds(100)
+        let wire = try RabbitMQConnection.open(configuration)
+        defer { wire.close() }
+        try wire.openChannel(1)
+        let queue = TestServers.uniqueName("herald-test.cork")
+        let options = AMQPQueueOptions(durable: false, autoDelete: false)
+        _ = try wire.declareQueue(1, name: queue, options: options, passive: false)
+        defer { _ = try? wire.deleteQueue(1, name: queue) }
+        for round in 0..<3 {
+            wire.cork()
+            for index in 0..<3 { try wire.publish(1, message(queue, "\(round).\(index)"), mandatory: false) }
+            // Throws (an RPC timeout) if the request waited in the kernel.
+            _ = try wire.declareQueue(1, name: queue, options: options, passive: true)
+        }
+        wire.cork()
+        try wire.publish(1, message(queue, "last"), mandatory: false)
+        wire.uncork()
+        wire.uncork()
+        var count = 0
+        for _ in 0..<100 where count < 10 {
+            count = try wire.declareQueue(1, name: queue, options: options, passive: true).messageCount
+            if count < 10 { try await Task.sleep(for: .milliseconds(10)) }
+        }
+        #expect(count == 10)
     }
 
     @Test("a single-active-consumer queue with a dead-letter exchange: a rejected message is dead-lettered")

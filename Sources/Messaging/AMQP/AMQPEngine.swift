@@ -228,6 +228,8 @@ final class AMQPEngine: @unchecked Sendable {
             // are likely, so the short poll goes on.
             if wokeByTimeout && !jobs.isEmpty { quickPoll = Self.quickPollFirst }
             wokeByTimeout = false
+            // What this wake-up writes (publishes, acks) leaves together, before the thread sleeps.
+            wire?.cork()
             for job in jobs { job(self) }
             jobs.removeAll(keepingCapacity: true)
             flushAcks()
@@ -237,6 +239,7 @@ final class AMQPEngine: @unchecked Sendable {
             }
             if wire == nil { reconnectIfDue() }
             if wire != nil { pump(budget: 512) }
+            wire?.uncork()
             sleepUntilWork()
         }
     }

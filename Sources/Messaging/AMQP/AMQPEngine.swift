@@ -679,6 +679,9 @@ final class AMQPEngine: @unchecked Sendable {
         logger.warning(
             "lost the connection to RabbitMQ; reconnecting",
             metadata: [LogKey.amqpEndpoint: "\(endpoint)", LogKey.error: "\(error)"])
+        // What this wake-up corked goes out before the close: a socket closed with unread input
+        // is reset, and what it still held (acks) would be lost.
+        wire?.uncork()
         wire = nil  // the socket is closed with the object
         // The node is likely gone: the next one first (oslo.messaging does the same).
         endpointIndex += 1

@@ -120,10 +120,10 @@ final class RabbitMQConnection: @unchecked Sendable {
     /// one wake-up of the connection's thread (publishes of three frames each, acks) leave in as
     /// few TCP segments as fit, instead of a segment per publish and per ack, each of which costs
     /// a loopback or network send and the broker a read. Every RPC uncorks first (its request
-    /// must go out before it waits for the answer); the kernel sends what is corked after
-    /// 200 ms at the latest, and a full segment at once (64 KiB on loopback, about 25
-    /// notifications; one notification or less on a network's 1,448 bytes), so a long wake-up
-    /// holds its first publish back by little.
+    /// must go out before it waits for the answer). The kernel sends a full segment at once (64
+    /// KiB on loopback, about 25 notifications; one notification or less on a network's 1,448
+    /// bytes), so a long wake-up holds its first publish back by little, and what is corked
+    /// after 200 ms or so (Linux's probe timer) in any case.
     func cork() {
         guard !corked, setCork(true) else { return }
         corked = true
@@ -136,10 +136,18 @@ final class RabbitMQConnection: @unchecked Sendable {
         _ = setCork(false)
     }
 
+    /// Whether the kernel holds back what is written (TCP_CORK as the socket has it; for tests).
+    var isCorked: Bool {
+        var value: Int32 = 0
+        var size = socklen_t(MemoryLayout<Int32>.size)
+        return getsockopt(socketDescriptor, Int32(IPPROTO_TCP), TCP_CORK, &value, &size) == 0 && value != 0
+    }
+
     private func setCork(_ on: Bool) -> Bool {
         var value: Int32 = on ? 1 : 0
-        // TCP_CORK (Linux's netinet/tcp.h: 3); refused on a socket that is not TCP, then nothing is held.
-        return setsockopt(socketDescriptor, Int32(IPPROTO_TCP), 3, &value, socklen_t(MemoryLayout<Int32>.size)) == 0
+        // Refused on a socket already closed (rabbitmq-c sets its number to -1): nothing is held then.
+        return setsockopt(
+            socketDescriptor, Int32(IPPROTO_TCP), TCP_CORK, &value, socklen_t(MemoryLayout<Int32>.size)) == 0
     }
 
     /// Sends `connection.close` and waits briefly for close-ok.

@@ -972,6 +972,11 @@ package final class PartitionOwners: Sendable {
     /// The event types seen per project, with a redacted sample (GET /v1/event-types); nil: none.
     private let catalog: EventTypeCatalog?
     private let owned = Mutex<[Int: Owned]>([:])
+    /// Partitions acquired whose consumer could not start (RabbitMQ away or reconnecting, the
+    /// consume refused, ...), with the epoch they were acquired under
+    /// and the task trying again: until the consumer starts, or the partition is stopped or
+    /// acquired anew. Without it the lease would be held, and renewed, with nobody consuming.
+    private let retrying = Mutex<[Int: (epoch: UInt64, task: Task<Void, Never>)]>([:])
     /// Runs before a newly acquired partition is consumed (the parked subscriptions are re-read,
     /// so that a new owner does not deliver directly what the old one parked behind).
     private let beforeConsuming: @Sendable () async -> Void
@@ -1061,12 +1066,14 @@ package final class PartitionOwners: Sendable {
             for await event in coordinator.events {
                 switch event {
                 case .acquired(let partition, let epoch):
+                    retrying.withLock { $0.removeValue(forKey: partition) }?.task.cancel()
                     do {
                         try await start(partition, epoch: epoch)
                     } catch {
                         logger.error(
-                            "cannot consume an acquired partition",
+                            "cannot consume an acquired partition; trying again until it can",
                             metadata: [LogKey.partition: "\(partition)", LogKey.error: "\(error)"])
+                        retryStart(partition, epoch: epoch)
                     }
                 case .revoke(let partition):
                     group.addTask {
@@ -1080,14 +1087,79 @@ package final class PartitionOwners: Sendable {
         }
     }
 
-    private func start(_ partition: Int, epoch: UInt64) async throws {
+    /// Tries to start an acquired partition's consumer again, with backoff (0.2 s doubling to 5 s),
+    /// while this node still acts on it under `epoch` and it is not stopped or acquired anew.
+    private func retryStart(_ partition: Int, epoch: UInt64) {
+        let backoff = Backoff(base: .milliseconds(200), cap: .seconds(5))
+        // Registered under the lock before it can run: it finds itself there.
+        retrying.withLock { retrying in
+            let task = Task {
+                var random = SystemRandomNumberGenerator()
+                for attempt in 0... {
+                    do {
+                        try await clock.sleep(for: backoff.delay(attempt: attempt, using: &random))
+                    } catch {
+                        return  // cancelled: stopped, or acquired anew
+                    }
+                    guard isRetrying(partition, epoch: epoch), coordinator.isActing(partition, epoch: epoch) else {
+                        self.retrying.withLock { if $0[partition]?.epoch == epoch { $0[partition] = nil } }
+                        return
+                    }
+                    do {
+                        try await start(partition, epoch: epoch, wanted: { self.isRetrying(partition, epoch: epoch) })
+                        self.retrying.withLock { if $0[partition]?.epoch == epoch { $0[partition] = nil } }
+                        logger.notice(
+                            "consuming an acquired partition now", metadata: [LogKey.partition: "\(partition)"])
+                        return
+                    } catch is NotWanted {
+                        return
+                    } catch {
+                        // The first failure was logged; then every 10th attempt (about one a minute).
+                        if attempt % 10 == 9 {
+                            logger.error(
+                                "still cannot consume an acquired partition; trying again",
+                                metadata: [LogKey.partition: "\(partition)", LogKey.error: "\(error)"])
+                        }
+                    }
+                }
+            }
+            retrying[partition] = (epoch, task)
+        }
+    }
+
+    private func isRetrying(_ partition: Int, epoch: UInt64) -> Bool {
+        retrying.withLock { $0[partition]?.epoch == epoch }
+    }
+
+    /// A retried start that found its partition stopped or acquired anew meanwhile: its consumer was cancelled.
+    private struct NotWanted: Error {}
+
+    /// Starts consuming a partition. `wanted` is asked, under the lock of the partitions consumed,
+    /// before the new consumer is counted among them: when it says no (a retried start whose
+    /// partition was stopped meanwhile), the consumer is cancelled and `NotWanted` thrown.
+    private func start(_ partition: Int, epoch: UInt64, wanted: @Sendable () -> Bool = { true }) async throws {
         await beforeConsuming()
         let channel = try await connection.openChannel()
-        let consumer = try await channel.consume(
-            configuration.names.partitionQueue(partition), prefetch: configuration.partitionPrefetch,
-            onArrival: unmatchedOnArrival(partition: partition, epoch: epoch))
+        let consumer: AMQPConsumer
+        do {
+            consumer = try await channel.consume(
+                configuration.names.partitionQueue(partition), prefetch: configuration.partitionPrefetch,
+                onArrival: unmatchedOnArrival(partition: partition, epoch: epoch))
+        } catch {
+            await channel.close()
+            throw error
+        }
         let owned = Owned(epoch: epoch, channel: channel, consumer: consumer)
-        self.owned.withLock { $0[partition] = owned }
+        let counted = self.owned.withLock { consumed -> Bool in
+            guard wanted() else { return false }
+            consumed[partition] = owned
+            return true
+        }
+        guard counted else {
+            try? await consumer.cancel()
+            await channel.close()
+            throw NotWanted()
+        }
         // The partition's consumer loop, held in `owned.task`; awaited by `stop(_:drain:)` once its consumer is cancelled.
         let task = Task {
             do {
@@ -1291,6 +1363,8 @@ package final class PartitionOwners: Sendable {
     /// Its in-flight events can wait behind other partitions' in the batcher's lanes, so this
     /// may take seconds under load; what is still in flight at the limit comes twice.
     private func stop(_ partition: Int, drain: Duration?) async {
+        // A start still being retried gives up (first: a retry that starts now is not counted).
+        retrying.withLock { $0.removeValue(forKey: partition) }?.task.cancel()
         guard let owned = owned.withLock({ $0.removeValue(forKey: partition) }) else { return }
         if drain != nil {
             // Handed over: nothing left on its way at the cancel (it would come back out of order).

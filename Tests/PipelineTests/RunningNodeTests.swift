@@ -283,6 +283,50 @@ extension PipelineSuites {
         }
 
         @Test(
+            "a partition whose consumer cannot start when the node acquires it (RabbitMQ refuses to let it read the queue) is tried again until it starts; nothing is lost"
+        )
+        func partitionStartRetried() async throws {
+            try await PipelineRun.with(partitions: 4) { run in
+                try await run.startNodes(1)
+                try await run.waitAllPartitionsHeld()
+                let queue = run.queue("retried")
+                let (created, body) = try await call(
+                    run, "node-1", .POST, "/v1/subscriptions",
+                    json: ["event_types": ["compute.*"], "target": ["queue": queue]])
+                #expect(created == 201, "\(body)")
+                run.trackQueues([("p1", queue)])
+                // The partitions free, and the nodes' user no longer allowed to read their queues
+                // (it still declares, publishes and reads the ingest queues): a consumer of one
+                // fails with 403 ACCESS_REFUSED.
+                try await run.stop("node-1", signal: SIGTERM)
+                try await run.rabbitmqctl(
+                    "set_permissions", "-p", run.vhost, "guest", ".*", ".*", "^(?!.*\\.p\\.[0-9]+$).*")
+                try await run.startNodes(1)
+                try await eventually(timeout: .seconds(30)) {
+                    let log = (try? String(contentsOfFile: "\(run.directory)/node-2.log", encoding: .utf8)) ?? ""
+                    guard log.contains("cannot consume an acquired partition") else {
+                        throw TestFailure("node-2 has not failed to consume a partition yet")
+                    }
+                }
+                try await run.rabbitmqctl("set_permissions", "-p", run.vhost, "guest", ".*", ".*", ".*")
+                let lines: [[String: Any]] = (0..<8).map { seq in
+                    [
+                        "exchange": "nova", "driver": "messagingv2", "event_type": "compute.instance.update.\(seq)",
+                        "project": "p1", "payload": ["seq": seq],
+                    ]
+                }
+                let publisher = try run.publish(lines)
+                #expect(await publisher.wait() == 0, "\(publisher.tail())")
+                let bodies = try await eventually(timeout: .seconds(30)) {
+                    let bodies = try await run.zaqar.bodies(queue: queue, project: "p1")
+                    guard bodies.count >= 8 else { throw TestFailure("\(bodies.count) of 8 in \(queue)") }
+                    return bodies
+                }
+                #expect(bodies.count == 8, "the partitions consumed once the node may read them, each event once")
+            }
+        }
+
+        @Test(
             "a cluster with one ingest queue moves to one per exchange: the old queue is emptied first, then deleted; every event arrives once, each server's in order"
         )
         func ingestLayoutMove() async throws {

@@ -151,6 +151,33 @@ struct AMQPClientTests {
         #expect(count == 10)
     }
 
+    @Test(
+        "a refused basic.consume (its queue missing) costs its own channel only: the connection and another channel's consumer go on"
+    )
+    func refusedConsume() async throws {
+        let connection = try await connect()
+        defer { Task { await connection.close() } }
+        let channel = try await connection.openChannel()
+        let queue = TestServers.uniqueName("herald-test.refused")
+        try await channel.declareQueue(queue, options: AMQPQueueOptions(durable: false, autoDelete: true))
+        let consumer = try await channel.consume(queue, prefetch: 10)
+        let before = try await channel.deliveryCounts(of: consumer.tag)
+        let other = try await connection.openChannel()
+        await #expect(throws: MessagingError.self) {
+            _ = try await other.consume(TestServers.uniqueName("herald-test.missing"), prefetch: 1)
+        }
+        // A reconnect would have opened the channel again: a new incarnation.
+        let after = try await channel.deliveryCounts(of: consumer.tag)
+        #expect(after.incarnation == before.incarnation && after.consuming)
+        try await channel.publish(message(queue, "still here"))
+        var iterator = consumer.makeAsyncIterator()
+        let delivery = try #require(try await iterator.next())
+        #expect(String(decoding: delivery.body, as: UTF8.self) == "still here")
+        // The refused channel is usable again.
+        let state = try await other.declareQueue(queue, options: AMQPQueueOptions(durable: false, autoDelete: true))
+        #expect(state.consumerCount == 1)
+    }
+
     @Test("a single-active-consumer queue with a dead-letter exchange: a rejected message is dead-lettered")
     func singleActiveConsumerWithDeadLetters() async throws {
         let connection = try await connect()

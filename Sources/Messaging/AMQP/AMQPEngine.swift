@@ -403,13 +403,19 @@ final class AMQPEngine: @unchecked Sendable {
 
     /// Runs an operation on the wire and turns broker closes into recovery:
     /// a closed channel is re-opened, a lost connection is re-made later.
-    func guarded<T>(_ channelID: UInt16, _ body: (RabbitMQConnection) throws -> T) throws -> T {
+    /// - Parameter failed: runs when `body` throws, before the channel or connection is recovered
+    ///   (a consumer whose basic.consume was refused is forgotten there, or the channel's reopen
+    ///   would ask for it again, fail again, and take the whole connection down).
+    func guarded<T>(
+        _ channelID: UInt16, failed: () -> Void = {}, _ body: (RabbitMQConnection) throws -> T
+    ) throws -> T {
         let wire = try connected()
         flushAcks()
         do {
             let result = try body(wire)
             return result
         } catch let error as MessagingError {
+            failed()
             switch error.code {
             case .channelClosed:
                 reopen(channelID, after: error)
@@ -489,7 +495,7 @@ final class AMQPEngine: @unchecked Sendable {
         // Registered before basic.consume so deliveries that follow consume-ok find it.
         record.consumers[tag] = consumer
         do {
-            try guarded(id) { wire in
+            try guarded(id, failed: { record.consumers[tag] = nil }) { wire in
                 try wire.consume(id, queue: queue, consumerTag: tag, exclusive: exclusive, arguments: arguments)
             }
         } catch {

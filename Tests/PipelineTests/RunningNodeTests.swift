@@ -32,6 +32,35 @@ extension PipelineSuites {
             ((try? JSONSerialization.jsonObject(with: Data(text.utf8))) as? [String: Any]) ?? [:]
         }
 
+        /// Subscribes project p1 to compute.* events, into `queue` (this run's own).
+        func subscribeCompute(_ run: PipelineRun, on node: String, queue: String) async throws {
+            let (created, body) = try await call(
+                run, node, .POST, "/v1/subscriptions", json: ["event_types": ["compute.*"], "target": ["queue": queue]])
+            #expect(created == 201, "\(body)")
+            run.trackQueues([("p1", queue)])
+        }
+
+        /// Publishes `count` compute events of project p1 on nova's exchange (the event types
+        /// `eventType(seq)`) and waits until `queue` holds that many.
+        /// - Returns: what the queue holds then.
+        func publishCompute(
+            _ run: PipelineRun, count: Int, into queue: String, eventType: (Int) -> String
+        ) async throws -> [[String: Any]] {
+            let lines: [[String: Any]] = (0..<count).map { seq in
+                [
+                    "exchange": "nova", "driver": "messagingv2", "event_type": eventType(seq), "project": "p1",
+                    "payload": ["seq": seq],
+                ]
+            }
+            let publisher = try run.publish(lines)
+            #expect(await publisher.wait() == 0, "\(publisher.tail())")
+            return try await eventually(timeout: .seconds(30)) {
+                let bodies = try await run.zaqar.bodies(queue: queue, project: "p1")
+                guard bodies.count >= count else { throw TestFailure("\(bodies.count) of \(count) in \(queue)") }
+                return bodies
+            }
+        }
+
         @Test(
             "3 nodes: subscribe over HTTP on one node, events arrive in Zaqar; readyz, metrics; herald status shows the cluster"
         )
@@ -247,11 +276,7 @@ extension PipelineSuites {
                 try await run.startNodes(1)
                 try await run.waitAllPartitionsHeld()
                 let queue = run.queue("recover")
-                let (created, body) = try await call(
-                    run, "node-1", .POST, "/v1/subscriptions",
-                    json: ["event_types": ["compute.*"], "target": ["queue": queue]])
-                #expect(created == 201, "\(body)")
-                run.trackQueues([("p1", queue)])
+                try await subscribeCompute(run, on: "node-1", queue: queue)
                 try await Task.sleep(for: .seconds(2))
                 // The broker cancels every consumer of a deleted queue; the node must declare it again and consume.
                 try await run.rabbitmqctl("delete_queue", "-p", run.vhost, try run.names.ingestQueue(exchange: "nova"))
@@ -265,19 +290,7 @@ extension PipelineSuites {
                     }
                 }
                 try await Task.sleep(for: .seconds(2))
-                let lines: [[String: Any]] = (0..<5).map { seq in
-                    [
-                        "exchange": "nova", "driver": "messagingv2", "event_type": "compute.instance.update",
-                        "project": "p1", "payload": ["seq": seq],
-                    ]
-                }
-                let publisher = try run.publish(lines)
-                #expect(await publisher.wait() == 0, "\(publisher.tail())")
-                let bodies = try await eventually(timeout: .seconds(30)) {
-                    let bodies = try await run.zaqar.bodies(queue: queue, project: "p1")
-                    guard bodies.count >= 5 else { throw TestFailure("\(bodies.count) of 5 in \(queue)") }
-                    return bodies
-                }
+                let bodies = try await publishCompute(run, count: 5, into: queue) { _ in "compute.instance.update" }
                 #expect(bodies.count == 5, "events published after the recovery arrive, once each")
             }
         }
@@ -290,11 +303,7 @@ extension PipelineSuites {
                 try await run.startNodes(1)
                 try await run.waitAllPartitionsHeld()
                 let queue = run.queue("retried")
-                let (created, body) = try await call(
-                    run, "node-1", .POST, "/v1/subscriptions",
-                    json: ["event_types": ["compute.*"], "target": ["queue": queue]])
-                #expect(created == 201, "\(body)")
-                run.trackQueues([("p1", queue)])
+                try await subscribeCompute(run, on: "node-1", queue: queue)
                 // The partitions free, and the nodes' user no longer allowed to read their queues
                 // (it still declares, publishes and reads the ingest queues): a consumer of one
                 // fails with 403 ACCESS_REFUSED.
@@ -309,19 +318,7 @@ extension PipelineSuites {
                     }
                 }
                 try await run.rabbitmqctl("set_permissions", "-p", run.vhost, "guest", ".*", ".*", ".*")
-                let lines: [[String: Any]] = (0..<8).map { seq in
-                    [
-                        "exchange": "nova", "driver": "messagingv2", "event_type": "compute.instance.update.\(seq)",
-                        "project": "p1", "payload": ["seq": seq],
-                    ]
-                }
-                let publisher = try run.publish(lines)
-                #expect(await publisher.wait() == 0, "\(publisher.tail())")
-                let bodies = try await eventually(timeout: .seconds(30)) {
-                    let bodies = try await run.zaqar.bodies(queue: queue, project: "p1")
-                    guard bodies.count >= 8 else { throw TestFailure("\(bodies.count) of 8 in \(queue)") }
-                    return bodies
-                }
+                let bodies = try await publishCompute(run, count: 8, into: queue) { "compute.instance.update.\($0)" }
                 #expect(bodies.count == 8, "the partitions consumed once the node may read them, each event once")
             }
         }

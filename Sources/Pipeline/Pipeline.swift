@@ -973,10 +973,17 @@ package final class PartitionOwners: Sendable {
     private let catalog: EventTypeCatalog?
     private let owned = Mutex<[Int: Owned]>([:])
     /// Partitions acquired whose consumer could not start (RabbitMQ away or reconnecting, the
-    /// consume refused, ...), with the epoch they were acquired under
-    /// and the task trying again: until the consumer starts, or the partition is stopped or
-    /// acquired anew. Without it the lease would be held, and renewed, with nobody consuming.
-    private let retrying = Mutex<[Int: (epoch: UInt64, task: Task<Void, Never>)]>([:])
+    /// consume refused, ...) or ended without a stop, with the task trying again (and its token):
+    /// until the consumer starts, or the partition is stopped or acquired anew. Without it the
+    /// lease would be held, and renewed, with nobody consuming.
+    private let retrying = Mutex(Retrying())
+
+    struct Retrying {
+        var byPartition: [Int: (token: UInt64, task: Task<Void, Never>)] = [:]
+        var tokens: UInt64 = 0
+        /// Set when the ownership events ended: nothing is retried any more.
+        var closed = false
+    }
     /// Runs before a newly acquired partition is consumed (the parked subscriptions are re-read,
     /// so that a new owner does not deliver directly what the old one parked behind).
     private let beforeConsuming: @Sendable () async -> Void
@@ -1061,12 +1068,13 @@ package final class PartitionOwners: Sendable {
 
     /// Follows the coordinator's ownership events until they end; returns once the drains of
     /// revoked partitions (which run beside the events, each in a child task) have ended too.
+    /// Starts still being retried then give up.
     func run() async {
         await withDiscardingTaskGroup { group in
             for await event in coordinator.events {
                 switch event {
                 case .acquired(let partition, let epoch):
-                    retrying.withLock { $0.removeValue(forKey: partition) }?.task.cancel()
+                    retrying.withLock { $0.byPartition.removeValue(forKey: partition) }?.task.cancel()
                     do {
                         try await start(partition, epoch: epoch)
                     } catch {
@@ -1085,36 +1093,47 @@ package final class PartitionOwners: Sendable {
                 }
             }
         }
+        let left = retrying.withLock { retrying in
+            retrying.closed = true
+            defer { retrying.byPartition = [:] }
+            return retrying.byPartition.values.map(\.task)
+        }
+        for task in left { task.cancel() }
     }
 
-    /// Tries to start an acquired partition's consumer again, with backoff (0.2 s doubling to 5 s),
-    /// while this node still acts on it under `epoch` and it is not stopped or acquired anew.
+    /// Tries to start an acquired partition's consumer again, with backoff (0.2 s doubling to 5 s,
+    /// with jitter), while this node still acts on it under `epoch` and it is not stopped or
+    /// acquired anew (each retry has a token of its own: the same epoch can come back).
     private func retryStart(_ partition: Int, epoch: UInt64) {
         let backoff = Backoff(base: .milliseconds(200), cap: .seconds(5))
         // Registered under the lock before it can run: it finds itself there.
-        retrying.withLock { retrying in
+        let replaced = retrying.withLock { retrying -> Task<Void, Never>? in
+            guard !retrying.closed else { return nil }
+            retrying.tokens += 1
+            let token = retrying.tokens
             let task = Task {
                 var random = SystemRandomNumberGenerator()
                 for attempt in 0... {
                     do {
                         try await clock.sleep(for: backoff.delay(attempt: attempt, using: &random))
                     } catch {
-                        return  // cancelled: stopped, or acquired anew
+                        return  // cancelled: stopped, acquired anew, or the events ended
                     }
-                    guard isRetrying(partition, epoch: epoch), coordinator.isActing(partition, epoch: epoch) else {
-                        self.retrying.withLock { if $0[partition]?.epoch == epoch { $0[partition] = nil } }
-                        return
+                    guard isRetrying(partition, token: token) else { return }
+                    guard coordinator.isActing(partition, epoch: epoch) else {
+                        // The lease lapsed: `lost` follows (its stop ends this retry); if the lease
+                        // turns out to be renewed instead, the next attempt goes on.
+                        continue
                     }
                     do {
-                        try await start(partition, epoch: epoch, wanted: { self.isRetrying(partition, epoch: epoch) })
-                        self.retrying.withLock { if $0[partition]?.epoch == epoch { $0[partition] = nil } }
+                        try await start(partition, epoch: epoch, retry: token)
                         logger.notice(
                             "consuming an acquired partition now", metadata: [LogKey.partition: "\(partition)"])
                         return
                     } catch is NotWanted {
                         return
                     } catch {
-                        // The first failure was logged; then every 10th attempt (about one a minute).
+                        // The first failure was logged; then every 10th attempt (about every 25 s).
                         if attempt % 10 == 9 {
                             logger.error(
                                 "still cannot consume an acquired partition; trying again",
@@ -1123,21 +1142,25 @@ package final class PartitionOwners: Sendable {
                     }
                 }
             }
-            retrying[partition] = (epoch, task)
+            defer { retrying.byPartition[partition] = (token, task) }
+            return retrying.byPartition[partition]?.task
         }
+        replaced?.cancel()
     }
 
-    private func isRetrying(_ partition: Int, epoch: UInt64) -> Bool {
-        retrying.withLock { $0[partition]?.epoch == epoch }
+    private func isRetrying(_ partition: Int, token: UInt64) -> Bool {
+        retrying.withLock { $0.byPartition[partition]?.token == token && !Task.isCancelled }
     }
 
-    /// A retried start that found its partition stopped or acquired anew meanwhile: its consumer was cancelled.
+    /// A retried start whose partition was stopped or acquired anew meanwhile: its channel is closed.
     private struct NotWanted: Error {}
 
-    /// Starts consuming a partition. `wanted` is asked, under the lock of the partitions consumed,
-    /// before the new consumer is counted among them: when it says no (a retried start whose
-    /// partition was stopped meanwhile), the consumer is cancelled and `NotWanted` thrown.
-    private func start(_ partition: Int, epoch: UInt64, wanted: @Sendable () -> Bool = { true }) async throws {
+    /// Starts consuming a partition. A retried start (`retry`: its token) is counted among the
+    /// partitions consumed only while it is still the partition's retry and nothing else consumes
+    /// the partition, and stops being retried in the same step; otherwise its channel is closed
+    /// (not its consumer cancelled first: what the broker sent it comes back in order at the
+    /// close) and `NotWanted` thrown.
+    private func start(_ partition: Int, epoch: UInt64, retry: UInt64? = nil) async throws {
         await beforeConsuming()
         let channel = try await connection.openChannel()
         let consumer: AMQPConsumer
@@ -1151,30 +1174,54 @@ package final class PartitionOwners: Sendable {
         }
         let owned = Owned(epoch: epoch, channel: channel, consumer: consumer)
         let counted = self.owned.withLock { consumed -> Bool in
-            guard wanted() else { return false }
+            if let retry {
+                let current = retrying.withLock { retrying -> Bool in
+                    guard retrying.byPartition[partition]?.token == retry, !Task.isCancelled else { return false }
+                    retrying.byPartition[partition] = nil
+                    return true
+                }
+                guard current, consumed[partition] == nil else { return false }
+            }
             consumed[partition] = owned
+            // Set before `stop` can find it (the task runs only after this lock is released).
+            owned.task.withLock { $0 = consumerLoop(partition, owned: owned) }
             return true
         }
         guard counted else {
-            try? await consumer.cancel()
             await channel.close()
             throw NotWanted()
         }
-        // The partition's consumer loop, held in `owned.task`; awaited by `stop(_:drain:)` once its consumer is cancelled.
-        let task = Task {
+    }
+
+    /// The partition's consumer loop, held in `owned.task`; awaited by `stop(_:drain:)` once its
+    /// consumer is cancelled. A loop that ends without a stop (the broker cancelled the consumer:
+    /// its queue deleted, ...) leaves the partition and starts it again, retried as an acquired
+    /// one, while the lease is held: a lease is never held with nobody consuming.
+    private func consumerLoop(_ partition: Int, owned: Owned) -> Task<Void, Never> {
+        Task {
+            var failure: (any Error)?
             do {
                 // One taken before a reconnect comes again on the new connection: delivering it now
                 // as well would deliver it twice, the first copy ahead of events after it. (What
                 // was already in the batcher at the loss can still come twice: at least once.)
-                for try await delivery in consumer where consumer.isCurrent(delivery) {
+                for try await delivery in owned.consumer where owned.consumer.isCurrent(delivery) {
                     await self.handle(delivery, partition: partition, owned: owned)
                 }
             } catch {
-                logger.warning(
-                    "partition consumer ended", metadata: [LogKey.partition: "\(partition)", LogKey.error: "\(error)"])
+                failure = error
             }
+            let unstopped = self.owned.withLock { consumed -> Bool in
+                guard consumed[partition] === owned else { return false }
+                consumed[partition] = nil
+                return true
+            }
+            guard unstopped else { return }
+            logger.warning(
+                "partition consumer ended without a stop; consuming it again",
+                metadata: [LogKey.partition: "\(partition)", LogKey.error: "\(failure.map { "\($0)" } ?? "none")"])
+            await owned.channel.close()
+            retryStart(partition, epoch: owned.epoch)
         }
-        owned.task.withLock { $0 = task }
     }
 
     private func handle(_ delivery: AMQPDelivery, partition: Int, owned: Owned) async {
@@ -1364,7 +1411,7 @@ package final class PartitionOwners: Sendable {
     /// may take seconds under load; what is still in flight at the limit comes twice.
     private func stop(_ partition: Int, drain: Duration?) async {
         // A start still being retried gives up (first: a retry that starts now is not counted).
-        retrying.withLock { $0.removeValue(forKey: partition) }?.task.cancel()
+        retrying.withLock { $0.byPartition.removeValue(forKey: partition) }?.task.cancel()
         guard let owned = owned.withLock({ $0.removeValue(forKey: partition) }) else { return }
         if drain != nil {
             // Handed over: nothing left on its way at the cancel (it would come back out of order).

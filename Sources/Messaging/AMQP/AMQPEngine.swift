@@ -403,9 +403,10 @@ final class AMQPEngine: @unchecked Sendable {
 
     /// Runs an operation on the wire and turns broker closes into recovery:
     /// a closed channel is re-opened, a lost connection is re-made later.
-    /// - Parameter failed: runs when `body` throws, before the channel or connection is recovered
-    ///   (a consumer whose basic.consume was refused is forgotten there, or the channel's reopen
-    ///   would ask for it again, fail again, and take the whole connection down).
+    /// - Parameter failed: runs when `body` throws a `MessagingError`, before the channel or
+    ///   connection is recovered (a consumer whose basic.consume was refused is forgotten there,
+    ///   or the channel's reopen would ask for it again, fail again, and take the whole connection
+    ///   down).
     func guarded<T>(
         _ channelID: UInt16, failed: () -> Void = {}, _ body: (RabbitMQConnection) throws -> T
     ) throws -> T {
@@ -509,12 +510,19 @@ final class AMQPEngine: @unchecked Sendable {
     /// still on their way stay unacked until the channel closes: close it after a cancel.
     func cancel(_ id: UInt16, tag: String) throws {
         guard let record = channels[id], let consumer = record.consumers[tag] else { return }
+        // Forgotten and finished whatever the cancel's outcome: a cancel that failed with its
+        // channel or connection has ended the consumer too, and one left registered would be
+        // consumed again by the recovery, its stream never finished (its owner waits on it).
+        defer {
+            record.consumers[tag] = nil
+            consumer.continuation.finish()
+        }
         if wire != nil && record.isOpen {
-            try guarded(id) { wire in try wire.cancel(id, consumerTag: tag) }
+            try guarded(id, failed: { record.consumers[tag] = nil }) { wire in
+                try wire.cancel(id, consumerTag: tag)
+            }
             pumpQueued()
         }
-        record.consumers[tag] = nil
-        consumer.continuation.finish()
     }
 
     /// Holds the channel's acks back (recorded, not sent) until released or the channel closes.

@@ -1084,12 +1084,17 @@ package final class PartitionOwners: Sendable {
                         retryStart(partition, epoch: epoch)
                     }
                 case .revoke(let partition):
+                    // Taken out now, before later events: the drain runs beside them and must
+                    // never stop a newer consumer (or retry) of the same partition.
+                    let owned = leave(partition)
                     group.addTask {
-                        await self.stop(partition, drain: self.configuration.handoffDrain)
+                        if let owned {
+                            await self.stop(owned, partition: partition, drain: self.configuration.handoffDrain)
+                        }
                         self.coordinator.confirmRevoked(partition)
                     }
                 case .lost(let partition):
-                    await stop(partition, drain: nil)
+                    if let owned = leave(partition) { await stop(owned, partition: partition, drain: nil) }
                 }
             }
         }
@@ -1193,7 +1198,7 @@ package final class PartitionOwners: Sendable {
         }
     }
 
-    /// The partition's consumer loop, held in `owned.task`; awaited by `stop(_:drain:)` once its
+    /// The partition's consumer loop, held in `owned.task`; awaited by `stop(_:partition:drain:)` once its
     /// consumer is cancelled. A loop that ends without a stop (the broker cancelled the consumer:
     /// its queue deleted, ...) leaves the partition and starts it again, retried as an acquired
     /// one, while the lease is held: a lease is never held with nobody consuming.
@@ -1409,10 +1414,14 @@ package final class PartitionOwners: Sendable {
     /// in-flight events are delivered and acked, so the next owner gets none of them again.
     /// Its in-flight events can wait behind other partitions' in the batcher's lanes, so this
     /// may take seconds under load; what is still in flight at the limit comes twice.
-    private func stop(_ partition: Int, drain: Duration?) async {
-        // A start still being retried gives up (first: a retry that starts now is not counted).
+    /// Takes a partition out of those consumed (and ends a start still being retried: first, so
+    /// that a retry that starts now is not counted): what `stop` then stops, if it was consumed.
+    private func leave(_ partition: Int) -> Owned? {
         retrying.withLock { $0.byPartition.removeValue(forKey: partition) }?.task.cancel()
-        guard let owned = owned.withLock({ $0.removeValue(forKey: partition) }) else { return }
+        return owned.withLock { $0.removeValue(forKey: partition) }
+    }
+
+    private func stop(_ owned: Owned, partition: Int, drain: Duration?) async {
         if drain != nil {
             // Handed over: nothing left on its way at the cancel (it would come back out of order).
             try? await owned.consumer.cancelAfterSpendingCredit(prefetch: configuration.partitionPrefetch)

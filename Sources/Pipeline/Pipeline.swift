@@ -983,6 +983,11 @@ package final class PartitionOwners: Sendable {
         var tokens: UInt64 = 0
         /// Set when the ownership events ended: nothing is retried any more.
         var closed = false
+
+        /// Whether `token`'s retry is still the partition's, and its task not cancelled.
+        func holds(_ partition: Int, token: UInt64) -> Bool {
+            byPartition[partition]?.token == token && !Task.isCancelled
+        }
     }
     /// Runs before a newly acquired partition is consumed (the parked subscriptions are re-read,
     /// so that a new owner does not deliver directly what the old one parked behind).
@@ -1074,7 +1079,7 @@ package final class PartitionOwners: Sendable {
             for await event in coordinator.events {
                 switch event {
                 case .acquired(let partition, let epoch):
-                    retrying.withLock { $0.byPartition.removeValue(forKey: partition) }?.task.cancel()
+                    endRetry(partition)
                     do {
                         try await start(partition, epoch: epoch)
                     } catch {
@@ -1154,7 +1159,12 @@ package final class PartitionOwners: Sendable {
     }
 
     private func isRetrying(_ partition: Int, token: UInt64) -> Bool {
-        retrying.withLock { $0.byPartition[partition]?.token == token && !Task.isCancelled }
+        retrying.withLock { $0.holds(partition, token: token) }
+    }
+
+    /// Ends the partition's retry, if one runs.
+    private func endRetry(_ partition: Int) {
+        retrying.withLock { $0.byPartition.removeValue(forKey: partition) }?.task.cancel()
     }
 
     /// A retried start whose partition was stopped or acquired anew meanwhile: its channel is closed.
@@ -1181,7 +1191,7 @@ package final class PartitionOwners: Sendable {
         let counted = self.owned.withLock { consumed -> Bool in
             if let retry {
                 let current = retrying.withLock { retrying -> Bool in
-                    guard retrying.byPartition[partition]?.token == retry, !Task.isCancelled else { return false }
+                    guard retrying.holds(partition, token: retry) else { return false }
                     retrying.byPartition[partition] = nil
                     return true
                 }
@@ -1417,7 +1427,7 @@ package final class PartitionOwners: Sendable {
     /// Takes a partition out of those consumed (and ends a start still being retried: first, so
     /// that a retry that starts now is not counted): what `stop` then stops, if it was consumed.
     private func leave(_ partition: Int) -> Owned? {
-        retrying.withLock { $0.byPartition.removeValue(forKey: partition) }?.task.cancel()
+        endRetry(partition)
         return owned.withLock { $0.removeValue(forKey: partition) }
     }
 

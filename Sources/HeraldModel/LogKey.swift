@@ -17,6 +17,7 @@ public enum LogKey {
     public static let amqpReason = "amqp.reason"
     public static let amqpReply = "amqp.reply"
     public static let amqpRoutingKey = "amqp.routing_key"
+    public static let amqpTopology = "amqp.topology"
     public static let apiAddress = "api.address"
     public static let auditAction = "audit.action"
     public static let auditInitiatorProject = "audit.initiator.project"

@@ -228,28 +228,40 @@ package enum Topology {
         try await channel.declareExchange(partitions, options: AMQPExchangeOptions(type: "direct", durable: true))
         try await channel.declareExchange(dead, options: AMQPExchangeOptions(type: "fanout", durable: true))
         var deadArguments = queueArguments
-        var partitionArguments: AMQPTable = [
-            "x-single-active-consumer": .bool(true),
-            "x-dead-letter-exchange": .string(dead),
-            "x-queue-type": .string(shape.type),
-        ]
         if shape.partitionMaxMessages > 0 {
-            // A full partition queue refuses the ingest's publish (a nack): the ingest holds the
-            // notification unacked and tries again (`IngestHold`); the backlog stays in the ingest queue.
-            partitionArguments["x-max-length"] = .int(Int64(shape.partitionMaxMessages))
-            partitionArguments["x-overflow"] = .string("reject-publish")
-            partitionArguments.merge(Self.deliveryLimit(shape)) { first, _ in first }
             // Nothing consumes the dead queue: it keeps the newest.
             deadArguments["x-max-length"] = .int(Int64(shape.partitionMaxMessages))
         }
         try await channel.declareQueue(dead, options: AMQPQueueOptions(durable: true, arguments: deadArguments))
         try await channel.bindQueue(dead, to: dead, routingKey: "")
         for partition in 0..<configuration.partitions {
-            try await channel.declareQueue(
-                names.partitionQueue(partition), options: AMQPQueueOptions(durable: true, arguments: partitionArguments)
-            )
-            try await channel.bindQueue(names.partitionQueue(partition), to: partitions, routingKey: "\(partition)")
+            try await declarePartition(partition, on: channel, configuration: configuration)
         }
+    }
+
+    /// Declares one partition queue and binds it to the partition exchange (both exist after).
+    static func declarePartition(
+        _ partition: Int, on channel: AMQPChannel, configuration: NodeConfiguration
+    )
+        async throws
+    {
+        let names = configuration.names
+        let shape = configuration.queueShape
+        var arguments: AMQPTable = [
+            "x-single-active-consumer": .bool(true),
+            "x-dead-letter-exchange": .string(names.dead),
+            "x-queue-type": .string(shape.type),
+        ]
+        if shape.partitionMaxMessages > 0 {
+            // A full partition queue refuses the ingest's publish (a nack): the ingest holds the
+            // notification unacked and tries again (`IngestHold`); the backlog stays in the ingest queue.
+            arguments["x-max-length"] = .int(Int64(shape.partitionMaxMessages))
+            arguments["x-overflow"] = .string("reject-publish")
+            arguments.merge(Self.deliveryLimit(shape)) { first, _ in first }
+        }
+        try await channel.declareQueue(
+            names.partitionQueue(partition), options: AMQPQueueOptions(durable: true, arguments: arguments))
+        try await channel.bindQueue(names.partitionQueue(partition), to: names.partitions, routingKey: "\(partition)")
     }
 }
 
@@ -1180,6 +1192,11 @@ package final class PartitionOwners: Sendable {
         let channel = try await connection.openChannel()
         let consumer: AMQPConsumer
         do {
+            if retry != nil {
+                // The queue may be what failed: deleted under the node (the broker then ended its
+                // consumer), while the ingest's publishes to it are dropped as unroutable.
+                try await Topology.declarePartition(partition, on: channel, configuration: configuration)
+            }
             consumer = try await channel.consume(
                 configuration.names.partitionQueue(partition), prefetch: configuration.partitionPrefetch,
                 onArrival: unmatchedOnArrival(partition: partition, epoch: epoch))

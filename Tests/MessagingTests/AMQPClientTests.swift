@@ -178,6 +178,112 @@ struct AMQPClientTests {
         #expect(state.consumerCount == 1)
     }
 
+    /// A connection to a vhost of the test's own, whose permissions it may change without
+    /// touching other suites; the vhost is deleted afterwards.
+    func withOwnVhost(_ body: (AMQPConnection, String) async throws -> Void) async throws {
+        let vhost = TestServers.uniqueName("herald-test-vhost")
+        try await TestServers.control("rabbitmqctl", "add_vhost", vhost)
+        defer { Task { try? await TestServers.control("rabbitmqctl", "delete_vhost", vhost) } }
+        try await TestServers.control("rabbitmqctl", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        var configuration = try AMQPConfiguration(url: TestServers.amqpURL())
+        configuration.virtualHost = vhost
+        configuration.reconnectMaxDelay = .milliseconds(500)
+        let connection = try await AMQPConnection.connect(configuration)
+        defer { Task { await connection.close() } }
+        try await body(connection, vhost)
+    }
+
+    /// The consumer's next delivery or the error it ends with, or a failure after `limit`.
+    func next(of consumer: AMQPConsumer, within limit: Duration) async throws -> AMQPDelivery? {
+        try await withThrowingTaskGroup(of: AMQPDelivery?.self) { group in
+            group.addTask {
+                var iterator = consumer.makeAsyncIterator()
+                return try await iterator.next()
+            }
+            group.addTask {
+                try await Task.sleep(for: limit)
+                throw MessagingError(.protocolError, "nothing from the consumer within \(limit)")
+            }
+            defer { group.cancelAll() }
+            return try await group.next() ?? nil
+        }
+    }
+
+    @Test(
+        "a consumer RabbitMQ refuses while its channel is restored ends with the refusal; the connection, its other consumers and the channel go on"
+    )
+    func refusedWhileRestored() async throws {
+        try await withOwnVhost { connection, vhost in
+            let channel = try await connection.openChannel()
+            try await channel.declareQueue("refused", options: AMQPQueueOptions(durable: false))
+            let refused = try await channel.consume("refused", prefetch: 10)
+            let other = try await connection.openChannel()
+            try await other.declareQueue("kept", options: AMQPQueueOptions(durable: false))
+            let kept = try await other.consume("kept", prefetch: 10)
+            let before = try await other.deliveryCounts(of: kept.tag)
+            // Read access to "refused" withdrawn: consuming it is refused from now on.
+            try await TestServers.control(
+                "rabbitmqctl", "set_permissions", "-p", vhost, "guest", ".*", ".*", "^(?!refused$).*")
+            // A 404 closes the channel; the engine opens it again with its consumer, which is refused.
+            await #expect(throws: MessagingError.self) { _ = try await channel.declareQueuePassive("missing") }
+            do {
+                _ = try await next(of: refused, within: .seconds(20))
+                Issue.record("the refused consumer went on")
+            } catch let error as MessagingError {
+                #expect(error.replyCode == 403, "\(error)")
+            }
+            // Not a reconnect (that would open every channel again: a new incarnation).
+            let after = try await other.deliveryCounts(of: kept.tag)
+            #expect(after.incarnation == before.incarnation && after.consuming)
+            try await other.publish(message("kept", "still here"))
+            let delivery = try await next(of: kept, within: .seconds(20))
+            #expect(delivery.map { String(decoding: $0.body, as: UTF8.self) } == "still here")
+            // The refused consumer's channel is open and usable.
+            #expect(try await channel.declareQueuePassive("kept").consumerCount == 1)
+        }
+    }
+
+    @Test(
+        "a remembered declaration RabbitMQ refuses on reconnect is dropped with a warning; the connection comes back"
+    )
+    func refusedOnReconnect() async throws {
+        try await withOwnVhost { connection, vhost in
+            let channel = try await connection.openChannel()
+            // Remembered as a transient queue, then declared anew by someone else as a durable one.
+            try await channel.declareQueue("redeclared", options: AMQPQueueOptions(durable: false))
+            let other = try await connection.openChannel()
+            try await other.declareQueue("kept", options: AMQPQueueOptions(durable: false))
+            let kept = try await other.consume("kept", prefetch: 10)
+            let before = try await other.deliveryCounts(of: kept.tag)
+            let second = try await AMQPConnection.connect(
+                {
+                    var configuration = try AMQPConfiguration(url: TestServers.amqpURL())
+                    configuration.virtualHost = vhost
+                    return configuration
+                }())
+            let secondChannel = try await second.openChannel()
+            _ = try await secondChannel.deleteQueue("redeclared")
+            try await secondChannel.declareQueue("redeclared", options: AMQPQueueOptions(durable: true))
+            await second.close()
+            // Every connection of the vhost closed by the broker: the first reconnects, and its
+            // remembered declare of "redeclared" is refused (406) each time.
+            try await TestServers.control("rabbitmqctl", "close_all_connections", "-p", vhost, "herald test")
+            try await eventually(timeout: .seconds(20)) {
+                let after = try await other.deliveryCounts(of: kept.tag)
+                guard after.incarnation != before.incarnation, after.consuming else {
+                    throw MessagingError(.notConnected, "not restored yet")
+                }
+            }
+            try await other.publish(message("kept", "after the reconnect"))
+            let delivery = try await next(of: kept, within: .seconds(20))
+            #expect(delivery.map { String(decoding: $0.body, as: UTF8.self) } == "after the reconnect")
+            // The queue is the one declared since, untouched.
+            #expect(
+                try await channel.declareQueue("redeclared", options: AMQPQueueOptions(durable: true)).name
+                    == "redeclared")
+        }
+    }
+
     @Test("a single-active-consumer queue with a dead-letter exchange: a rejected message is dead-lettered")
     func singleActiveConsumerWithDeadLetters() async throws {
         let connection = try await connect()
@@ -563,6 +669,25 @@ struct AMQPClientTests {
         try await connection.waitUntilConnected(timeout: .seconds(3600))
         await connection.close()
         // An hour's limit and the suite's three minutes: only the engine's stop can end this wait.
+        await #expect(throws: MessagingError.self) { try await connection.waitUntilConnected(timeout: .seconds(3600)) }
+    }
+
+    @Test("after close(), every operation fails at once naming the close, and a second close() returns")
+    func operationsAfterClose() async throws {
+        let connection = try await connect()
+        let channel = try await connection.openChannel()
+        await connection.close()
+        // Each of these waited for a connection thread that had ended: a hang (the suite's time
+        // limit) before.
+        await #expect(throws: MessagingError.self) { _ = try await connection.openChannel() }
+        await #expect(throws: MessagingError.self) { _ = try await connection.queueState("herald-test-after-close") }
+        do {
+            _ = try await channel.declareQueue(TestServers.uniqueName("herald-test-after-close"))
+            Issue.record("a declare on a closed connection succeeded")
+        } catch let error as MessagingError {
+            #expect(error.code == .closed, "\(error)")
+        }
+        await connection.close()
         await #expect(throws: MessagingError.self) { try await connection.waitUntilConnected(timeout: .seconds(3600)) }
     }
 

@@ -1,6 +1,7 @@
 import AsyncHTTPClient
 import Foundation
 import HeraldModel
+import Messaging
 import NIOCore
 import NIOFoundationCompat
 import NIOHTTP1
@@ -320,6 +321,40 @@ extension PipelineSuites {
                 try await run.rabbitmqctl("set_permissions", "-p", run.vhost, "guest", ".*", ".*", ".*")
                 let bodies = try await publishCompute(run, count: 8, into: queue) { "compute.instance.update.\($0)" }
                 #expect(bodies.count == 8, "the partitions consumed once the node may read them, each event once")
+            }
+        }
+
+        @Test(
+            "partition queues deleted under a running node are declared again by it and consumed; events published after arrive, once each"
+        )
+        func partitionQueueRecreated() async throws {
+            try await PipelineRun.with(partitions: 4) { run in
+                try await run.startNodes(1)
+                try await run.waitAllPartitionsHeld()
+                let queue = run.queue("recreated")
+                try await subscribeCompute(run, on: "node-1", queue: queue)
+                let names = try run.names
+                // The broker ends each queue's consumer with its queue; until the node declares it
+                // again, what the ingest publishes to that partition is unroutable.
+                for partition in 0..<4 {
+                    try await run.rabbitmqctl("delete_queue", "-p", run.vhost, names.partitionQueue(partition))
+                }
+                let connection = try await AMQPConnection.connect(url: run.amqpURL)
+                let channel = try await connection.openChannel()
+                try await eventually(timeout: .seconds(30)) {
+                    for partition in 0..<4 {
+                        let state: AMQPQueueState
+                        do {
+                            state = try await channel.declareQueuePassive(names.partitionQueue(partition))
+                        } catch {
+                            throw TestFailure("partition \(partition) not declared again: \(error)")
+                        }
+                        guard state.consumerCount == 1 else { throw TestFailure("partition \(partition) not consumed") }
+                    }
+                }
+                await connection.close()
+                let bodies = try await publishCompute(run, count: 8, into: queue) { "compute.instance.update.\($0)" }
+                #expect(bodies.count == 8, "each event once")
             }
         }
 

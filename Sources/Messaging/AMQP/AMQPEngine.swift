@@ -24,6 +24,9 @@ final class AMQPEngine: @unchecked Sendable {
         /// it. Otherwise such a job wakes the thread too.
         var pollingQuickly = false
         var stopping = false
+        /// The thread has ended: jobs run on `afterEnd` instead (they find no connection and
+        /// no channels, and answer their callers with that).
+        var ended = false
     }
 
     /// What other threads may read about the connection.
@@ -81,7 +84,13 @@ final class AMQPEngine: @unchecked Sendable {
         let node = configuration.aimed(at: endpointIndex)
         return "\(node.host):\(node.port)"
     }
-    private var stopped: CheckedContinuation<Void, Never>?
+    /// Callers of `stop()`, resumed once the connection is closed (at once when it was already).
+    private var stopWaiters: [CheckedContinuation<Void, Never>] = []
+    /// Set by the thread as it ends, before `Inbox.ended`: what runs on `afterEnd` sees it.
+    private var threadEnded = false
+    /// Runs jobs submitted after the thread ended, one at a time, so that no caller waits for
+    /// ever (an `openChannel` after `close()`, a second `close()`).
+    private let afterEnd = DispatchQueue(label: "herald.amqp.ended")
     static let controlChannel: UInt16 = 1
 
     init(configuration: AMQPConfiguration, logger: Logger) {
@@ -186,10 +195,12 @@ final class AMQPEngine: @unchecked Sendable {
     ///   finds it, and acks that wait together go out as one `basic.ack(multiple)`. In a long
     ///   sleep it is woken all the same.
     func submit(_ job: @escaping Job, wake: Bool = true) {
-        let signalNeeded = inbox.withLock { inbox -> Bool in
+        let (signalNeeded, ended) = inbox.withLock { inbox -> (Bool, Bool) in
+            if inbox.ended { return (false, true) }
             inbox.jobs.append(job)
-            return inbox.sleeping && (wake || !inbox.pollingQuickly)
+            return (inbox.sleeping && (wake || !inbox.pollingQuickly), false)
         }
+        if ended { afterEnd.async { job(self) } }
         if signalNeeded { signal() }
     }
 
@@ -203,7 +214,13 @@ final class AMQPEngine: @unchecked Sendable {
     /// Stops the thread after it closes the connection; consumers finish, pending confirms fail.
     func stop() async {
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            submit { engine in engine.stopped = continuation }
+            submit { engine in
+                if engine.threadEnded {
+                    continuation.resume()
+                } else {
+                    engine.stopWaiters.append(continuation)
+                }
+            }
             inbox.withLock { $0.stopping = true }
             signal()
         }
@@ -233,7 +250,7 @@ final class AMQPEngine: @unchecked Sendable {
             for job in jobs { job(self) }
             jobs.removeAll(keepingCapacity: true)
             flushAcks()
-            if stopping, stopped != nil {
+            if stopping, !stopWaiters.isEmpty {
                 shutdown()
                 return
             }
@@ -393,6 +410,7 @@ final class AMQPEngine: @unchecked Sendable {
     // MARK: Operations (connection thread only)
 
     func connected() throws -> RabbitMQConnection {
+        if threadEnded { throw MessagingError(.closed, "the AMQP connection was closed") }
         guard let wire else {
             throw MessagingError(
                 .notConnected, "not connected to RabbitMQ at \(endpoint); reconnecting",
@@ -669,21 +687,47 @@ final class AMQPEngine: @unchecked Sendable {
         }
     }
 
+    /// Opens a channel again with its qos, confirm mode and consumers. A consumer the broker
+    /// refuses now (its queue deleted, read access withdrawn: the broker closes the channel)
+    /// ends with that refusal, and the channel is opened again for the others: one refused
+    /// consumer never takes the connection down (and with it every other channel), at a reopen
+    /// or on every reconnect attempt.
     private func restore(_ record: ChannelRecord, on wire: RabbitMQConnection) throws {
-        try wire.openChannel(record.id)
-        incarnations += 1
-        record.incarnation = incarnations
-        record.nextSequence = 1
-        record.acks = AckTracker()
-        // Acks stay withheld if they were (the caller's intent): the consumer restored below
-        // starts with fresh credit, and the caller sees the new incarnation in `deliveryCounts`.
-        record.lastDeliveryTag = 0
-        if let prefetch = record.prefetch { try wire.qos(record.id, prefetch: prefetch) }
-        if record.confirmMode { try wire.confirmSelect(record.id) }
-        for consumer in record.consumers.values {
-            try wire.consume(
-                record.id, queue: consumer.queue, consumerTag: consumer.tag, exclusive: consumer.exclusive,
-                arguments: consumer.arguments)
+        // Each pass either restores every consumer or ends one: at most one pass per consumer more.
+        while true {
+            try wire.openChannel(record.id)
+            incarnations += 1
+            record.incarnation = incarnations
+            record.nextSequence = 1
+            record.acks = AckTracker()
+            // Acks stay withheld if they were (the caller's intent): the consumer restored below
+            // starts with fresh credit, and the caller sees the new incarnation in `deliveryCounts`.
+            record.lastDeliveryTag = 0
+            if let prefetch = record.prefetch { try wire.qos(record.id, prefetch: prefetch) }
+            if record.confirmMode { try wire.confirmSelect(record.id) }
+            var refused: (consumer: ConsumerRecord, error: MessagingError)?
+            for consumer in record.consumers.values {
+                do {
+                    try wire.consume(
+                        record.id, queue: consumer.queue, consumerTag: consumer.tag, exclusive: consumer.exclusive,
+                        arguments: consumer.arguments)
+                } catch let error as MessagingError where error.code == .channelClosed {
+                    refused = (consumer, error)
+                    break
+                }
+            }
+            guard let refused else { break }
+            record.consumers[refused.consumer.tag] = nil
+            logger.warning(
+                "RabbitMQ refused a consumer while its channel was restored; it ends, the channel's others go on",
+                metadata: [
+                    LogKey.amqpChannel: "\(record.id)", LogKey.amqpConsumer: "\(refused.consumer.tag)",
+                    LogKey.amqpQueue: "\(refused.consumer.queue)", LogKey.error: "\(refused.error)",
+                ])
+            refused.consumer.continuation.finish(
+                throwing: MessagingError(
+                    .closed, "RabbitMQ refused the consumer on '\(refused.consumer.queue)' when it was restored",
+                    replyCode: refused.error.replyCode, replyText: refused.error.replyText))
         }
         record.markOpen(true)
     }
@@ -718,7 +762,20 @@ final class AMQPEngine: @unchecked Sendable {
         do {
             let made = try RabbitMQConnection.open(configuration.aimed(at: endpointIndex))
             try made.openChannel(Self.controlChannel)
-            for item in topology { try item.apply(on: made, channel: Self.controlChannel) }
+            for item in topology {
+                do {
+                    try item.apply(on: made, channel: Self.controlChannel)
+                } catch let error as MessagingError where error.code == .channelClosed {
+                    // Refused now (declared since with other arguments, access withdrawn): it
+                    // would be refused at every attempt, and the connection never come back.
+                    // Forgotten; whoever needs it declares it again and hears the refusal.
+                    forget { $0.replaces(item) }
+                    logger.warning(
+                        "RabbitMQ refused a remembered declaration on reconnect; it is not restored",
+                        metadata: [LogKey.amqpTopology: "\(item.summary)", LogKey.error: "\(error)"])
+                    try made.openChannel(Self.controlChannel)
+                }
+            }
             for record in channels.values.sorted(by: { $0.id < $1.id }) { try restore(record, on: made) }
             wire = made
             failures = 0
@@ -771,15 +828,17 @@ final class AMQPEngine: @unchecked Sendable {
             return Array(status.waiters.values)
         }
         for waiter in waiting { waiter.resume(returning: false) }
-        stopped?.resume()
-        stopped = nil
-        // Jobs submitted after stop: answer them so no caller waits forever.
+        for waiter in stopWaiters { waiter.resume() }
+        stopWaiters = []
+        // Jobs submitted after stop, now and from now on, run on `afterEnd`: no caller waits
+        // for ever. The thread touches nothing after this.
+        threadEnded = true
         let late = inbox.withLock { inbox -> [Job] in
-            let jobs = inbox.jobs
-            inbox.jobs.removeAll()
-            return jobs
+            inbox.ended = true
+            defer { inbox.jobs.removeAll() }
+            return inbox.jobs
         }
-        for job in late { job(self) }
+        for job in late { afterEnd.async { job(self) } }
     }
 }
 
@@ -976,6 +1035,16 @@ enum TopologyRecord: Sendable {
     case exchange(name: String, options: AMQPExchangeOptions)
     case queue(name: String, options: AMQPQueueOptions)
     case binding(queue: String, exchange: String, routingKey: String, arguments: AMQPTable)
+
+    /// What it declares, for a log line.
+    var summary: String {
+        switch self {
+        case .exchange(let name, _): return "exchange '\(name)'"
+        case .queue(let name, _): return "queue '\(name)'"
+        case .binding(let queue, let exchange, let routingKey, _):
+            return "binding of queue '\(queue)' to exchange '\(exchange)' with key '\(routingKey)'"
+        }
+    }
 
     func replaces(_ other: TopologyRecord) -> Bool {
         switch (self, other) {

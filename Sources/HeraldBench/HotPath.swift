@@ -28,6 +28,11 @@ struct HotPath: AsyncParsableCommand {
     var parts: String = "decode,attribute,encode,match,worst,memory"
     @Option(help: "Subscription counts for match (comma-separated).") var subscriptionCounts: String =
         "10,1000,10000,100000"
+    @Flag(
+        help:
+            "Match: past the first count, the subscriptions added are other tenants' (projects no event comes from), so every count meets the same matches per event."
+    )
+    var matchOtherTenants = false
 
     func run() async throws {
         let corpus = NotificationCorpus(count: notifications, size: size, projects: projects)
@@ -338,9 +343,16 @@ struct HotPath: AsyncParsableCommand {
     func measureMatch(_ corpus: NotificationCorpus, _ bodies: [[UInt8]]) {
         let sample = bodies.prefix(500).flatMap { try! NotificationDecoder.decode($0) }
         var base: Double?
-        print("  match    subscriptions   compile s   events/s     µs/event   matches/event   vs 10")
-        for count in subscriptionCounts.split(separator: ",").compactMap({ Int($0) }) {
-            let subscriptions = corpus.subscriptions(count)
+        let counts = subscriptionCounts.split(separator: ",").compactMap { Int($0) }
+        let first = counts.first ?? 0
+        print(
+            "  match    subscriptions   compile s   events/s     µs/event   matches/event   vs \(first)\(matchOtherTenants ? " (the rest other tenants')" : "")"
+        )
+        for count in counts {
+            let subscriptions =
+                matchOtherTenants && count > first
+                ? corpus.subscriptions(first) + corpus.subscriptions(count - first, tenant: "other-", seed: 11)
+                : corpus.subscriptions(count)
             let started = ContinuousClock.now
             let index = SubscriptionIndex(subscriptions, defaultZaqarURL: "")
             let compile = (ContinuousClock.now - started).seconds
@@ -491,14 +503,18 @@ struct NotificationCorpus {
 
     /// `count` subscriptions spread over the projects: most a glob of one service's events,
     /// some an exact type, some with an exclusion or a condition.
-    func subscriptions(_ count: Int) -> [Subscription] {
-        var random = SplitMix(seed: 7)
+    /// - Parameters:
+    ///   - tenant: the projects' prefix; the events' projects are `project-N` (or `quiet-N`), so
+    ///     another prefix makes subscriptions of the same shapes that no event matches.
+    ///   - seed: the draws of projects and patterns.
+    func subscriptions(_ count: Int, tenant: String = "project-", seed: UInt64 = 7) -> [Subscription] {
+        var random = SplitMix(seed: seed)
         let globs = [
             "compute.instance.*", "compute.instance.create.*", "compute.instance.delete.*", "port.*", "network.*",
             "volume.*", "volume.attach.*", "snapshot.*",
         ]
         return (0..<count).map { index in
-            let project = "project-\(random.next() % UInt64(projects))"
+            let project = "\(tenant)\(random.next() % UInt64(projects))"
             var types: [String]
             switch index % 4 {
             case 0: types = [globs[Int(random.next() % UInt64(globs.count))]]

@@ -84,6 +84,9 @@ final class AMQPEngine: @unchecked Sendable {
         let node = configuration.aimed(at: endpointIndex)
         return "\(node.host):\(node.port)"
     }
+    /// Events taken out of rabbitmq-c's queue to drop a closed channel's (`dropQueued`), kept
+    /// in order for `pump`; of the connection in use (cleared when it is lost).
+    private var deferred: [WireEvent] = []
     /// Callers of `stop()`, resumed once the connection is closed (at once when it was already).
     private var stopWaiters: [CheckedContinuation<Void, Never>] = []
     /// Set by the thread as it ends, before `Inbox.ended`: what runs on `afterEnd` sees it.
@@ -262,6 +265,7 @@ final class AMQPEngine: @unchecked Sendable {
     }
 
     private func sleepUntilWork() {
+        if !deferred.isEmpty { return }
         if let wire, wire.hasBufferedInput { return }
         // Wake at least every 100 ms so heartbeats go out on time and reconnects happen.
         var timeout: Int32 = 100
@@ -291,6 +295,12 @@ final class AMQPEngine: @unchecked Sendable {
     /// Reads and handles up to `budget` events without blocking.
     private func pump(budget: Int) {
         guard let wire else { return }
+        var budget = budget
+        while !deferred.isEmpty && budget > 0 {
+            handle(deferred.removeFirst())
+            budget -= 1
+            if self.wire == nil { return }
+        }
         do {
             for _ in 0..<budget {
                 guard let event = try wire.nextEvent() else { return }
@@ -305,6 +315,10 @@ final class AMQPEngine: @unchecked Sendable {
     /// Handles every complete frame already buffered (used after an RPC that may have queued deliveries).
     private func pumpQueued() {
         guard let wire else { return }
+        while !deferred.isEmpty {
+            handle(deferred.removeFirst())
+            if self.wire == nil { return }
+        }
         do {
             while wire.hasQueuedFrames {
                 guard let event = try wire.nextEvent() else { return }
@@ -687,6 +701,19 @@ final class AMQPEngine: @unchecked Sendable {
         }
     }
 
+    /// Takes what rabbitmq-c queued while it waited for RPC answers (it queues every other frame)
+    /// out of its queue once channel `id` is open again: what came on that channel until its
+    /// open-ok belongs to the incarnation the broker closed (RabbitMQ still sends deliveries
+    /// between its channel.close and our close-ok; it gives them back), and handled later it
+    /// would pass for the new one's, acked by the old one's tags (406, unknown delivery tag: the
+    /// channel closed again, and again). Dropped; the rest is kept, in order, for `pump`.
+    private func dropQueued(for id: UInt16, on wire: RabbitMQConnection) throws {
+        while wire.hasQueuedFrames {
+            guard let event = try wire.nextEvent() else { break }
+            if event.channelID != id { deferred.append(event) }
+        }
+    }
+
     /// Opens a channel again with its qos, confirm mode and consumers. A consumer the broker
     /// refuses now (its queue deleted, read access withdrawn: the broker closes the channel)
     /// ends with that refusal, and the channel is opened again for the others: one refused
@@ -696,6 +723,7 @@ final class AMQPEngine: @unchecked Sendable {
         // Each pass either restores every consumer or ends one: at most one pass per consumer more.
         while true {
             try wire.openChannel(record.id)
+            try dropQueued(for: record.id, on: wire)
             incarnations += 1
             record.incarnation = incarnations
             record.nextSequence = 1
@@ -717,6 +745,8 @@ final class AMQPEngine: @unchecked Sendable {
                 }
             }
             guard let refused else { break }
+            // What the consumers restored before the refusal received came on the closed
+            // incarnation: dropped after the next open.
             record.consumers[refused.consumer.tag] = nil
             logger.warning(
                 "RabbitMQ refused a consumer while its channel was restored; it ends, the channel's others go on",
@@ -741,6 +771,7 @@ final class AMQPEngine: @unchecked Sendable {
         // is reset, and what it still held (acks) would be lost.
         wire?.uncork()
         wire = nil  // the socket is closed with the object
+        deferred.removeAll()  // of the lost connection: its channels' incarnations end with it
         // The node is likely gone: the next one first (oslo.messaging does the same).
         endpointIndex += 1
         let lost = (error as? MessagingError) ?? MessagingError(.connectionLost, "\(error)")
@@ -762,16 +793,21 @@ final class AMQPEngine: @unchecked Sendable {
         do {
             let made = try RabbitMQConnection.open(configuration.aimed(at: endpointIndex))
             try made.openChannel(Self.controlChannel)
-            for item in topology {
+            // Exchanges, then queues, then bindings: a queue declared again since its binding was
+            // remembered comes before it.
+            let replay =
+                topology.filter(\.isExchange) + topology.filter(\.isQueue)
+                + topology.filter { !$0.isExchange && !$0.isQueue }
+            for item in replay {
                 do {
                     try item.apply(on: made, channel: Self.controlChannel)
                 } catch let error as MessagingError where error.code == .channelClosed {
-                    // Refused now (declared since with other arguments, access withdrawn): it
-                    // would be refused at every attempt, and the connection never come back.
-                    // Forgotten; whoever needs it declares it again and hears the refusal.
-                    forget { $0.replaces(item) }
+                    // Refused now (declared since with other arguments, access withdrawn, its
+                    // queue's node down): failing the reconnect would fail every attempt, and
+                    // the connection never come back. Skipped this time, still remembered (the
+                    // next reconnect tries it again); whoever needs it hears the refusal.
                     logger.warning(
-                        "RabbitMQ refused a remembered declaration on reconnect; it is not restored",
+                        "RabbitMQ refused a remembered declaration on reconnect; skipped",
                         metadata: [LogKey.amqpTopology: "\(item.summary)", LogKey.error: "\(error)"])
                     try made.openChannel(Self.controlChannel)
                 }
@@ -791,6 +827,8 @@ final class AMQPEngine: @unchecked Sendable {
                 "reconnected to RabbitMQ",
                 metadata: [LogKey.amqpEndpoint: "\(endpoint)", LogKey.amqpChannels: "\(channels.count)"])
         } catch {
+            // Taken from the connection that failed to come up (it is closed with `made`).
+            deferred.removeAll()
             failures += 1
             let tried = endpoint
             endpointIndex += 1
@@ -1035,6 +1073,16 @@ enum TopologyRecord: Sendable {
     case exchange(name: String, options: AMQPExchangeOptions)
     case queue(name: String, options: AMQPQueueOptions)
     case binding(queue: String, exchange: String, routingKey: String, arguments: AMQPTable)
+
+    var isExchange: Bool {
+        if case .exchange = self { return true }
+        return false
+    }
+
+    var isQueue: Bool {
+        if case .queue = self { return true }
+        return false
+    }
 
     /// What it declares, for a log line.
     var summary: String {

@@ -13,6 +13,17 @@ enum WireEvent {
     case consumerCancelled(channel: UInt16, consumerTag: String)
     case blocked(reason: String)
     case unblocked
+
+    /// The channel it came on; nil for the connection's own.
+    var channelID: UInt16? {
+        switch self {
+        case .delivery(let delivery): return delivery.channelID
+        case .confirm(let channel, _, _, _), .returned(let channel, _, _, _, _), .channelClosed(let channel, _, _),
+            .consumerCancelled(let channel, _):
+            return channel
+        case .blocked, .unblocked: return nil
+        }
+    }
 }
 
 /// The one owner of a rabbitmq-c `amqp_connection_state_t`.

@@ -28,11 +28,17 @@ struct HotPath: AsyncParsableCommand {
     var parts: String = "decode,attribute,encode,match,worst,memory"
     @Option(help: "Subscription counts for match (comma-separated).") var subscriptionCounts: String =
         "10,1000,10000,100000"
-    @Flag(
+    @Option(
         help:
-            "Match: past the first count, the subscriptions added are other tenants' (projects no event comes from), so every count meets the same matches per event."
+            "Match: what the subscriptions past the first count are. same: more of the corpus (more matches per event); other-tenants: of projects no event comes from; other-types: of the events' projects, for event types none of them has. With the last two, every count meets the same matches per event."
     )
-    var matchOtherTenants = false
+    var matchAdded: MatchAdded = .same
+
+    enum MatchAdded: String, ExpressibleByArgument, CaseIterable {
+        case same
+        case otherTenants = "other-tenants"
+        case otherTypes = "other-types"
+    }
 
     func run() async throws {
         let corpus = NotificationCorpus(count: notifications, size: size, projects: projects)
@@ -346,13 +352,19 @@ struct HotPath: AsyncParsableCommand {
         let counts = subscriptionCounts.split(separator: ",").compactMap { Int($0) }
         let first = counts.first ?? 0
         print(
-            "  match    subscriptions   compile s   events/s     µs/event   matches/event   vs \(first)\(matchOtherTenants ? " (the rest other tenants')" : "")"
+            "  match    subscriptions   compile s   events/s     µs/event   matches/event   vs \(first) (added: \(matchAdded.rawValue))"
         )
         for count in counts {
-            let subscriptions =
-                matchOtherTenants && count > first
-                ? corpus.subscriptions(first) + corpus.subscriptions(count - first, tenant: "other-", seed: 11)
-                : corpus.subscriptions(count)
+            let subscriptions: [Subscription]
+            switch matchAdded {
+            case _ where count <= first, .same: subscriptions = corpus.subscriptions(count)
+            case .otherTenants:
+                subscriptions =
+                    corpus.subscriptions(first) + corpus.subscriptions(count - first, tenant: "other-", seed: 11)
+            case .otherTypes:
+                subscriptions =
+                    corpus.subscriptions(first) + corpus.subscriptions(count - first, seed: 11, otherTypes: true)
+            }
             let started = ContinuousClock.now
             let index = SubscriptionIndex(subscriptions, defaultZaqarURL: "")
             let compile = (ContinuousClock.now - started).seconds
@@ -507,20 +519,41 @@ struct NotificationCorpus {
     ///   - tenant: the projects' prefix; the events' projects are `project-N` (or `quiet-N`), so
     ///     another prefix makes subscriptions of the same shapes that no event matches.
     ///   - seed: the draws of projects and patterns.
-    func subscriptions(_ count: Int, tenant: String = "project-", seed: UInt64 = 7) -> [Subscription] {
+    ///   - otherTypes: patterns of services the events never come from (glance, heat, designate,
+    ///     octavia, keystone), in the same shapes: subscriptions of the events' projects that no
+    ///     event matches.
+    func subscriptions(
+        _ count: Int, tenant: String = "project-", seed: UInt64 = 7, otherTypes: Bool = false
+    )
+        -> [Subscription]
+    {
         var random = SplitMix(seed: seed)
-        let globs = [
-            "compute.instance.*", "compute.instance.create.*", "compute.instance.delete.*", "port.*", "network.*",
-            "volume.*", "volume.attach.*", "snapshot.*",
-        ]
+        let globs =
+            otherTypes
+            ? [
+                "image.*", "image.upload.*", "orchestration.stack.*", "orchestration.stack.create.*", "dns.zone.*",
+                "dns.recordset.*", "octavia.loadbalancer.*", "identity.project.*",
+            ]
+            : [
+                "compute.instance.*", "compute.instance.create.*", "compute.instance.delete.*", "port.*",
+                "network.*", "volume.*", "volume.attach.*", "snapshot.*",
+            ]
+        let exact =
+            otherTypes
+            ? [
+                "image.update", "image.delete", "orchestration.stack.update.end", "dns.zone.create",
+                "identity.user.created",
+            ]
+            : Self.eventTypes
         return (0..<count).map { index in
             let project = "\(tenant)\(random.next() % UInt64(projects))"
             var types: [String]
             switch index % 4 {
             case 0: types = [globs[Int(random.next() % UInt64(globs.count))]]
-            case 1: types = [Self.eventTypes[Int(random.next() % UInt64(Self.eventTypes.count))]]
-            case 2: types = ["compute.instance.*", "!compute.instance.update"]
-            default: types = [globs[Int(random.next() % UInt64(globs.count))], "volume.*"]
+            case 1: types = [exact[Int(random.next() % UInt64(exact.count))]]
+            case 2:
+                types = otherTypes ? ["image.*", "!image.update"] : ["compute.instance.*", "!compute.instance.update"]
+            default: types = [globs[Int(random.next() % UInt64(globs.count))], otherTypes ? "dns.*" : "volume.*"]
             }
             let conditions =
                 index % 5 == 0 ? [Condition(field: "payload.state", op: .eq, value: .string("active"))] : []

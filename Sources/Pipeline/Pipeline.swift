@@ -547,7 +547,7 @@ package final class IngestService: Sendable {
             let refusals = refusalCount.add(1, ordering: .relaxed).newValue
             if first || refusals % 100 == 0 {
                 logger.warning(
-                    "a partition queue refused a notification (full: HERALD_PARTITION_QUEUE_MAX_MESSAGES); it is held and tried again, and ingest publishes nothing new until it is taken",
+                    "a partition queue refused a notification (full: HERALD_PARTITION_QUEUE_MAX_MESSAGES; or missing: declared again by its owner); it is held and tried again, and ingest publishes nothing new until it is taken",
                     metadata: [
                         LogKey.error: "\(error)", LogKey.heraldRefusals: "\(refusals)",
                     ])
@@ -672,7 +672,7 @@ package final class IngestService: Sendable {
                     published.append(
                         (
                             entry.sequence, entry.item.delivery,
-                            entry.item.messages.map { ($0, publishing.publishInOrder([$0])) }
+                            entry.item.messages.map { ($0, publishing.publishInOrder([$0], mandatory: true)) }
                         ))
                 }
                 var outcomes: [(sequence: UInt64, rest: Held?)] = []
@@ -728,8 +728,11 @@ package final class IngestService: Sendable {
                 let lastHandled: @Sendable () -> Void = { arrivals.handled() }
                 var tickets: Ticketed = []
                 for (index, message) in routed.enumerated() {
+                    // Mandatory: with its partition queue deleted, a notification comes back and is
+                    // held (as one a full queue refused), not dropped by the broker.
                     let ticket = publishing.publishInOrder(
-                        [message], published: index == routed.count - 1 ? lastHandled : nil, failed: taskPublishFailed)
+                        [message], mandatory: true, published: index == routed.count - 1 ? lastHandled : nil,
+                        failed: taskPublishFailed)
                     tickets.append((message, ticket))
                 }
                 // An empty Ceilometer list: nothing to publish, acked as it is.

@@ -170,8 +170,7 @@ struct AMQPClientTests {
         let after = try await channel.deliveryCounts(of: consumer.tag)
         #expect(after.incarnation == before.incarnation && after.consuming)
         try await channel.publish(message(queue, "still here"))
-        var iterator = consumer.makeAsyncIterator()
-        let delivery = try #require(try await iterator.next())
+        let delivery = try #require(try await next(of: consumer, within: .seconds(20)))
         #expect(String(decoding: delivery.body, as: UTF8.self) == "still here")
         // The refused channel is usable again.
         let state = try await other.declareQueue(queue, options: AMQPQueueOptions(durable: false, autoDelete: true))

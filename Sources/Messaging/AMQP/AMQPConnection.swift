@@ -379,7 +379,9 @@ public enum AMQPArrival: Sendable {
     /// queued later; once the broker confirmed or refused them, or the channel failed, `settled`
     /// runs on the connection's thread (once) with the outcome, and the delivery is acked when it
     /// answers true. `settled` must be as quick as the arrival's decision. A channel of another
-    /// connection: `settled` is told a failure, and the delivery is left unacked.
+    /// connection: `settled` is told a failure, and the delivery is left unacked. Published
+    /// mandatory: a message no queue takes (its queue deleted) comes back, and `settled` is told
+    /// `publishNacked`, as for a refusal.
     case forward(
         [AMQPOutgoingMessage], on: AMQPChannel, settled: @Sendable (Result<Void, MessagingError>) -> Bool)
 }

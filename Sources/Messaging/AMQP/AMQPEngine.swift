@@ -415,7 +415,7 @@ final class AMQPEngine: @unchecked Sendable {
                 return
             }
             // The completion runs on this thread: when confirmed, or at once when the publish fails.
-            publish(target.id, messages, mandatory: false) { [self, delivery] result in
+            publish(target.id, messages, mandatory: true) { [self, delivery] result in
                 if settled(result) { ack(delivery, multiple: false) }
             }
         }

@@ -542,12 +542,17 @@ package final class IngestService: Sendable {
         let broken = Locked(false)
         // What the connection's thread published itself (`forwardOnArrival`), and what it handed over.
         let arrivals = IngestArrivals()
+        // Set when a refusal was a return (312 NO_ROUTE: a partition queue or its binding is
+        // missing): the retrier declares the held notifications' partitions before it tries them
+        // again, whichever node owns them (or none).
+        let unroutable = Locked(false)
         let noteRefusal: @Sendable (Bool, any Error) -> Void = { [self] first, error in
+            if (error as? MessagingError)?.replyCode == 312 { unroutable.withLock { $0 = true } }
             metrics.refused.increment()
             let refusals = refusalCount.add(1, ordering: .relaxed).newValue
             if first || refusals % 100 == 0 {
                 logger.warning(
-                    "a partition queue refused a notification (full: HERALD_PARTITION_QUEUE_MAX_MESSAGES; or missing: declared again by its owner); it is held and tried again, and ingest publishes nothing new until it is taken",
+                    "a partition queue refused a notification (full: HERALD_PARTITION_QUEUE_MAX_MESSAGES; or missing, unroutable: declared again before the next try); it is held and tried again, and ingest publishes nothing new until it is taken",
                     metadata: [
                         LogKey.error: "\(error)", LogKey.heraldRefusals: "\(refusals)",
                     ])
@@ -661,6 +666,12 @@ package final class IngestService: Sendable {
                 guard let taken else {
                     if let wait { try? await Task.sleep(for: wait) } else { _ = await wakeups.next() }
                     continue
+                }
+                if unroutable.withLock({ unroutable in
+                    defer { unroutable = false }
+                    return unroutable
+                }) {
+                    await declarePartitions(of: taken.flatMap(\.item.messages))
                 }
                 var published: [(sequence: UInt64, delivery: AMQPDelivery, tickets: Ticketed?)] = []
                 for entry in taken {
@@ -848,6 +859,29 @@ package final class IngestService: Sendable {
     }
 
     /// The messages to publish for a delivery, or nil when it was dead-lettered.
+    /// Declares the partition queues (and bindings) `messages` go to, on a channel of its own
+    /// (a refusal closes that one, not the ingest's): a deleted queue or a removed binding comes
+    /// back even when no node consumes the partition.
+    private func declarePartitions(of messages: [AMQPOutgoingMessage]) async {
+        let partitions = Set(messages.compactMap { Int($0.routingKey) }).filter {
+            (0..<configuration.partitions).contains($0)
+        }
+        guard !partitions.isEmpty, let channel = try? await connection.openChannel() else { return }
+        do {
+            for partition in partitions.sorted() {
+                try await Topology.declarePartition(partition, on: channel, configuration: configuration)
+            }
+            logger.notice(
+                "declared partition queues that notifications could not reach",
+                metadata: [LogKey.partition: "\(partitions.sorted())"])
+        } catch {
+            logger.warning(
+                "cannot declare a partition queue that notifications could not reach; they stay held",
+                metadata: [LogKey.error: "\(error)"])
+        }
+        await channel.close()
+    }
+
     private func route(_ delivery: AMQPDelivery) async -> [AMQPOutgoingMessage]? {
         counters.count(.ingested)
         let messages: [AMQPOutgoingMessage]

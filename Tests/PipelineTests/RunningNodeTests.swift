@@ -41,6 +41,17 @@ extension PipelineSuites {
             run.trackQueues([("p1", queue)])
         }
 
+        /// Waits until nova's ingest queue has its consumer: the ingest declared the whole topology
+        /// before it consumes (a change to the topology made before that would be undone).
+        func waitIngesting(_ run: PipelineRun, on channel: AMQPChannel) async throws {
+            let ingest = try run.names.ingestQueue(exchange: "nova")
+            try await eventually(timeout: .seconds(30)) {
+                guard try await channel.declareQueuePassive(ingest).consumerCount >= 1 else {
+                    throw TestFailure("nobody consumes \(ingest) yet")
+                }
+            }
+        }
+
         /// `count` compute events of project p1 for nova's exchange (the event types
         /// `eventType(seq)`, `seq` in the payload).
         func computeLines(count: Int, eventType: (Int) -> String) -> [[String: Any]] {
@@ -52,9 +63,16 @@ extension PipelineSuites {
             }
         }
 
-        /// The payload's `seq` of a message body Herald delivered.
-        func payloadSeq(_ body: [String: Any]) -> Int? {
-            ((body["event"] as? [String: Any])?["payload"] as? [String: Any])?["seq"] as? Int
+        /// The payloads' `seq` of what p1's `queue` holds, once it holds `count` distinct ones
+        /// (copies included: at least once).
+        func arrivedSeqs(_ run: PipelineRun, queue: String, count: Int) async throws -> [Int] {
+            try await eventually(timeout: .seconds(30)) {
+                let seqs = try await run.zaqar.bodies(queue: queue, project: "p1").compactMap { body in
+                    ((body["event"] as? [String: Any])?["payload"] as? [String: Any])?["seq"] as? Int
+                }
+                guard Set(seqs).count >= count else { throw TestFailure("\(Set(seqs).count) of \(count) in \(queue)") }
+                return seqs
+            }
         }
 
         /// Publishes `count` compute events of project p1 on nova's exchange (the event types
@@ -332,11 +350,7 @@ extension PipelineSuites {
                 let publisher = try run.publish(computeLines(count: 8) { "compute.instance.update.\($0)" })
                 #expect(await publisher.wait() == 0, "\(publisher.tail())")
                 try await run.rabbitmqctl("set_permissions", "-p", run.vhost, "guest", ".*", ".*", ".*")
-                let arrived = try await eventually(timeout: .seconds(30)) {
-                    let seqs = try await run.zaqar.bodies(queue: queue, project: "p1").compactMap(payloadSeq)
-                    guard seqs.count >= 8 else { throw TestFailure("\(seqs.count) of 8") }
-                    return seqs
-                }
+                let arrived = try await arrivedSeqs(run, queue: queue, count: 8)
                 #expect(
                     arrived.sorted() == Array(0..<8),
                     "the partitions consumed once the node may read them, each event once")
@@ -353,6 +367,9 @@ extension PipelineSuites {
                 let queue = run.queue("recreated")
                 try await subscribeCompute(run, on: "node-1", queue: queue)
                 let names = try run.names
+                let connection = try await AMQPConnection.connect(url: run.amqpURL)
+                let channel = try await connection.openChannel()
+                try await waitIngesting(run, on: channel)
                 // The nodes' user may not declare partition queues for now: deleted, they stay gone
                 // until it may again. The broker ends each queue's consumer with its queue.
                 try await run.rabbitmqctl(
@@ -368,8 +385,6 @@ extension PipelineSuites {
                     guard log.contains("unroutable") else { throw TestFailure("nothing came back yet") }
                 }
                 try await run.rabbitmqctl("set_permissions", "-p", run.vhost, "guest", ".*", ".*", ".*")
-                let connection = try await AMQPConnection.connect(url: run.amqpURL)
-                let channel = try await connection.openChannel()
                 try await eventually(timeout: .seconds(30)) {
                     for partition in 0..<4 {
                         let state: AMQPQueueState
@@ -382,12 +397,33 @@ extension PipelineSuites {
                     }
                 }
                 await connection.close()
-                let arrived = try await eventually(timeout: .seconds(30)) {
-                    let seqs = Set(try await run.zaqar.bodies(queue: queue, project: "p1").compactMap(payloadSeq))
-                    guard seqs.count >= 8 else { throw TestFailure("\(seqs.count) of 8") }
-                    return seqs
+                let arrived = try await arrivedSeqs(run, queue: queue, count: 8)
+                #expect(Set(arrived) == Set(0..<8), "every event (at least once)")
+            }
+        }
+
+        @Test(
+            "partition queues whose bindings were removed (their consumers untouched): what the ingest publishes comes back, the ingest binds them again itself, every event arrives"
+        )
+        func partitionBindingRestored() async throws {
+            try await PipelineRun.with(partitions: 4) { run in
+                try await run.startNodes(1)
+                try await run.waitAllPartitionsHeld()
+                let queue = run.queue("rebound")
+                try await subscribeCompute(run, on: "node-1", queue: queue)
+                let names = try run.names
+                let connection = try await AMQPConnection.connect(url: run.amqpURL)
+                let channel = try await connection.openChannel()
+                try await waitIngesting(run, on: channel)
+                for partition in 0..<4 {
+                    try await channel.unbindQueue(
+                        names.partitionQueue(partition), from: names.partitions, routingKey: "\(partition)")
                 }
-                #expect(arrived == Set(0..<8), "every event (at least once)")
+                await connection.close()
+                let publisher = try run.publish(computeLines(count: 8) { "compute.instance.update.\($0)" })
+                #expect(await publisher.wait() == 0, "\(publisher.tail())")
+                let arrived = try await arrivedSeqs(run, queue: queue, count: 8)
+                #expect(Set(arrived) == Set(0..<8), "every event (at least once)")
             }
         }
 

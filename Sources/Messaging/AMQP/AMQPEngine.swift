@@ -295,15 +295,9 @@ final class AMQPEngine: @unchecked Sendable {
     /// Reads and handles up to `budget` events without blocking.
     private func pump(budget: Int) {
         guard let wire else { return }
-        var budget = budget
-        while !deferred.isEmpty && budget > 0 {
-            handle(deferred.removeFirst())
-            budget -= 1
-            if self.wire == nil { return }
-        }
         do {
             for _ in 0..<budget {
-                guard let event = try wire.nextEvent() else { return }
+                guard let event = try nextPending(on: wire, readingSocket: true) else { return }
                 handle(event)
                 if self.wire == nil { return }
             }
@@ -315,18 +309,23 @@ final class AMQPEngine: @unchecked Sendable {
     /// Handles every complete frame already buffered (used after an RPC that may have queued deliveries).
     private func pumpQueued() {
         guard let wire else { return }
-        while !deferred.isEmpty {
-            handle(deferred.removeFirst())
-            if self.wire == nil { return }
-        }
         do {
-            while wire.hasQueuedFrames {
-                guard let event = try wire.nextEvent() else { return }
+            while let event = try nextPending(on: wire, readingSocket: false) {
                 handle(event)
+                if self.wire == nil { return }
             }
         } catch {
             connectionLost(error)
         }
+    }
+
+    /// The oldest event not handled yet: what `dropQueued` kept comes before anything still in
+    /// rabbitmq-c (handling one event can keep more there: each is taken from there first).
+    /// - Parameter readingSocket: read the socket too, or only what is buffered already.
+    private func nextPending(on wire: RabbitMQConnection, readingSocket: Bool) throws -> WireEvent? {
+        if !deferred.isEmpty { return deferred.removeFirst() }
+        guard readingSocket || wire.hasQueuedFrames else { return nil }
+        return try wire.nextEvent()
     }
 
     private func handle(_ event: WireEvent) {
@@ -363,7 +362,7 @@ final class AMQPEngine: @unchecked Sendable {
             channels[channelID]?.confirm(tag: tag, multiple: multiple, ack: ack)
             // A confirm may have settled a forwarded delivery, whose ack is now queued: poll briefly for it.
             quickPoll = Self.quickPollFirst
-        case .returned(let channelID, let code, let text, let exchange, let routingKey):
+        case .returned(let channelID, let code, let text, let exchange, let routingKey, let sequence):
             logger.warning(
                 "RabbitMQ returned an unroutable message",
                 metadata: [
@@ -371,9 +370,11 @@ final class AMQPEngine: @unchecked Sendable {
                     LogKey.amqpRoutingKey: "\(routingKey)",
                     LogKey.amqpReply: "\(code) \(text)",
                 ])
-            channels[channelID]?.returnedPending = MessagingError(
-                .publishNacked, "message to '\(exchange)' with routing key '\(routingKey)' was unroutable",
-                replyCode: code, replyText: text)
+            channels[channelID]?.returned(
+                sequence,
+                MessagingError(
+                    .publishNacked, "message to '\(exchange)' with routing key '\(routingKey)' was unroutable",
+                    replyCode: code, replyText: text))
         case .channelClosed(let channelID, let code, let text):
             let error = MessagingError(
                 .channelClosed, "RabbitMQ closed channel \(channelID)", replyCode: code, replyText: text)
@@ -443,6 +444,10 @@ final class AMQPEngine: @unchecked Sendable {
         _ channelID: UInt16, failed: () -> Void = {}, _ body: (RabbitMQConnection) throws -> T
     ) throws -> T {
         let wire = try connected()
+        if let record = channels[channelID], !record.isOpen {
+            // Closed by the broker and not open again yet: a method on it now would close the connection.
+            throw MessagingError(.notConnected, "channel \(channelID) is being re-opened")
+        }
         flushAcks()
         do {
             let result = try body(wire)
@@ -666,7 +671,15 @@ final class AMQPEngine: @unchecked Sendable {
             let first = record.nextSequence
             try guarded(id) { wire in
                 for message in messages {
-                    try wire.publish(id, message, mandatory: mandatory)
+                    if mandatory && record.confirmMode {
+                        // Numbered, so that a return is charged to this publish, not the next confirm.
+                        var stamped = message
+                        stamped.properties.headers[RabbitMQConnection.publishSequenceHeader] = .int(
+                            Int64(clamping: record.nextSequence))
+                        try wire.publish(id, stamped, mandatory: true)
+                    } else {
+                        try wire.publish(id, message, mandatory: mandatory)
+                    }
                     record.nextSequence += 1
                 }
             }
@@ -708,9 +721,19 @@ final class AMQPEngine: @unchecked Sendable {
     /// would pass for the new one's, acked by the old one's tags (406, unknown delivery tag: the
     /// channel closed again, and again). Dropped; the rest is kept, in order, for `pump`.
     private func dropQueued(for id: UInt16, on wire: RabbitMQConnection) throws {
-        while wire.hasQueuedFrames {
-            guard let event = try wire.nextEvent() else { break }
-            if event.channelID != id { deferred.append(event) }
+        // Kept earlier, they are as old.
+        deferred.removeAll { $0.channelID == id }
+        // Each call takes one frame: the queue ends (the bound only guards against a surprise).
+        for _ in 0..<(1 << 20) {
+            guard wire.hasQueuedFrames else { return }
+            guard let event = try wire.nextEvent() else { continue }
+            guard event.channelID != id else { continue }
+            if case .channelClosed(let other, _, _) = event, let record = channels[other] {
+                // Its close-ok went out as it was read: nothing may be sent on it until it is
+                // opened again, when this event is handled.
+                record.markOpen(false)
+            }
+            deferred.append(event)
         }
     }
 
@@ -911,9 +934,11 @@ final class ChannelRecord {
     var acksWithheld = false
     /// The highest delivery tag received on this incarnation.
     var lastDeliveryTag: UInt64 = 0
-    /// Set by `basic.return`; the broker's ack for that message follows it, and the
-    /// waiter it lands on fails with this error.
+    /// Set by a `basic.return` that names no publish; the next confirm's waiter fails with it.
     var returnedPending: MessagingError?
+    /// Publishes returned, by number: each one's own confirm fails with its error (RabbitMQ may
+    /// send other publishes' confirms between a return and the returned one's).
+    private var returnedSequences: [UInt64: MessagingError] = [:]
     /// Sequence numbers at or below this are confirmed; single confirms above it wait in `confirmedAbove`.
     private var confirmedThrough: UInt64 = 0
     private var confirmedAbove: Set<UInt64> = []
@@ -926,6 +951,15 @@ final class ChannelRecord {
     func markOpen(_ open: Bool) {
         isOpen = open
         liveness.set(open ? incarnation : 0)
+    }
+
+    /// A publish came back (`sequence`: its number, when it was stamped with one).
+    func returned(_ sequence: UInt64?, _ error: MessagingError) {
+        if let sequence, sequence > confirmedThrough, sequence < nextSequence {
+            returnedSequences[sequence] = error
+        } else {
+            returnedPending = error
+        }
     }
 
     func confirm(tag: UInt64, multiple: Bool, ack: Bool) {
@@ -961,6 +995,7 @@ final class ChannelRecord {
     }
 
     private func settle(_ sequence: UInt64, _ error: MessagingError?) {
+        let error = returnedSequences.isEmpty ? error : returnedSequences.removeValue(forKey: sequence) ?? error
         for waiter in waiters where waiter.first <= sequence && sequence <= waiter.last {
             waiter.remaining -= 1
             if let error, waiter.error == nil { waiter.error = error }
@@ -976,6 +1011,7 @@ final class ChannelRecord {
         confirmedThrough = 0
         confirmedAbove.removeAll()
         returnedPending = nil
+        returnedSequences.removeAll()
         for waiter in pending {
             waiter.error = error
             waiter.finish()

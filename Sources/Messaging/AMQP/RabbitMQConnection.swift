@@ -6,7 +6,10 @@ import HeraldModel
 enum WireEvent {
     case delivery(AMQPDelivery)
     case confirm(channel: UInt16, tag: UInt64, multiple: Bool, ack: Bool)
-    case returned(channel: UInt16, replyCode: Int, replyText: String, exchange: String, routingKey: String)
+    /// `sequence`: the publish's number on its channel, from the header the engine stamps on
+    /// mandatory publishes in confirm mode (`publishSequenceHeader`); nil when absent.
+    case returned(
+        channel: UInt16, replyCode: Int, replyText: String, exchange: String, routingKey: String, sequence: UInt64?)
     /// The broker closed a channel; close-ok was already sent.
     case channelClosed(channel: UInt16, replyCode: Int, replyText: String)
     /// The broker cancelled a consumer (its queue was deleted, ...).
@@ -18,7 +21,7 @@ enum WireEvent {
     var channelID: UInt16? {
         switch self {
         case .delivery(let delivery): return delivery.channelID
-        case .confirm(let channel, _, _, _), .returned(let channel, _, _, _, _), .channelClosed(let channel, _, _),
+        case .confirm(let channel, _, _, _), .returned(let channel, _, _, _, _, _), .channelClosed(let channel, _, _),
             .consumerCancelled(let channel, _):
             return channel
         case .blocked, .unblocked: return nil
@@ -333,6 +336,11 @@ final class RabbitMQConnection: @unchecked Sendable {
 
     // MARK: Publishing
 
+    /// The header naming a mandatory publish's number on its channel, so that a `basic.return`
+    /// is charged to its own publish: RabbitMQ may send another publish's confirm between a
+    /// return and the returned one's.
+    static let publishSequenceHeader = "x-herald-publish-sequence"
+
     func publish(_ channel: UInt16, _ message: AMQPOutgoingMessage, mandatory: Bool) throws {
         try withProperties(message.properties) { properties in
             try withBytes(message.exchange) { exchangeBytes in
@@ -402,18 +410,24 @@ final class RabbitMQConnection: @unchecked Sendable {
             return .confirm(channel: frame.channel, tag: nack.delivery_tag, multiple: nack.multiple != 0, ack: false)
         case AMQP_BASIC_RETURN_METHOD:
             let returned = method.decoded.assumingMemoryBound(to: amqp_basic_return_t.self).pointee
-            let event = WireEvent.returned(
-                channel: frame.channel,
-                replyCode: Int(returned.reply_code),
-                replyText: string(returned.reply_text),
-                exchange: string(returned.exchange),
-                routingKey: string(returned.routing_key)
-            )
-            // The returned message's header and body follow; read them off the wire.
+            let (code, text) = (Int(returned.reply_code), string(returned.reply_text))
+            let (exchange, routingKey) = (string(returned.exchange), string(returned.routing_key))
+            // The returned message's header and body follow; read them off the wire, and its
+            // publish number (a confirm that follows need not be its own).
             var message = amqp_message_t()
             let reply = amqp_read_message(state, frame.channel, &message, 0)
-            if reply.reply_type == AMQP_RESPONSE_NORMAL { amqp_destroy_message(&message) }
-            return event
+            var sequence: UInt64?
+            if reply.reply_type == AMQP_RESPONSE_NORMAL {
+                if case .int(let number)? = decodeProperties(message.properties).headers[Self.publishSequenceHeader],
+                    number > 0
+                {
+                    sequence = UInt64(number)
+                }
+                amqp_destroy_message(&message)
+            }
+            return .returned(
+                channel: frame.channel, replyCode: code, replyText: text, exchange: exchange, routingKey: routingKey,
+                sequence: sequence)
         case AMQP_CHANNEL_CLOSE_METHOD:
             let close = method.decoded.assumingMemoryBound(to: amqp_channel_close_t.self).pointee
             sendChannelCloseOK(frame.channel)

@@ -380,13 +380,21 @@ final class IngestArrivals: Sendable {
 /// The ingest's metrics for bounded queues (`Topology`), made from the node's metrics factory.
 /// The queue label is bounded: one per ingest queue of the configuration.
 package struct IngestMetrics: Sendable {
-    /// `herald_partition_publish_refused_total`: alert when it grows (a partition queue is full).
-    let refused: Counter
+    /// `herald_partition_publish_refused_total{reason="full"}`: a partition queue at its bound
+    /// refused a publish (nack); alert when it grows.
+    let refusedFull: Counter
+    /// `herald_partition_publish_refused_total{reason="unroutable"}`: a publish came back, its
+    /// partition queue or binding missing (declared again before the next try); alert when it
+    /// keeps growing (the nodes cannot declare it).
+    let refusedUnroutable: Counter
     private let factory: any MetricsFactory
 
     package init(factory: any MetricsFactory = MetricsSystem.factory) {
         self.factory = factory
-        refused = Counter(label: "herald_partition_publish_refused_total", factory: factory)
+        refusedFull = Counter(
+            label: "herald_partition_publish_refused_total", dimensions: [("reason", "full")], factory: factory)
+        refusedUnroutable = Counter(
+            label: "herald_partition_publish_refused_total", dimensions: [("reason", "unroutable")], factory: factory)
     }
 
     /// `herald_ingest_held_notifications`: notifications held unacked for a full partition queue.
@@ -547,8 +555,12 @@ package final class IngestService: Sendable {
         // again, whichever node owns them (or none).
         let unroutable = Locked(false)
         let noteRefusal: @Sendable (Bool, any Error) -> Void = { [self] first, error in
-            if (error as? MessagingError)?.replyCode == 312 { unroutable.withLock { $0 = true } }
-            metrics.refused.increment()
+            if (error as? MessagingError)?.replyCode == 312 {
+                unroutable.withLock { $0 = true }
+                metrics.refusedUnroutable.increment()
+            } else {
+                metrics.refusedFull.increment()
+            }
             let refusals = refusalCount.add(1, ordering: .relaxed).newValue
             if first || refusals % 100 == 0 {
                 logger.warning(

@@ -424,6 +424,10 @@ extension PipelineSuites {
                 #expect(await publisher.wait() == 0, "\(publisher.tail())")
                 let arrived = try await arrivedSeqs(run, queue: queue, count: 8)
                 #expect(Set(arrived) == Set(0..<8), "every event (at least once)")
+                let metrics = try await run.metrics(of: "node-1")
+                #expect(
+                    (metrics["herald_partition_publish_refused_total{reason=\"unroutable\"}"] ?? 0) >= 1,
+                    "counted as unroutable: \(metrics.filter { $0.key.contains("refused") })")
             }
         }
 

@@ -384,9 +384,11 @@ package struct IngestMetrics: Sendable {
     /// refused a publish (nack); alert when it grows.
     let refusedFull: Counter
     /// `herald_partition_publish_refused_total{reason="unroutable"}`: a publish came back, its
-    /// partition queue or binding missing (declared again before the next try); alert when it
-    /// keeps growing (the nodes cannot declare it).
+    /// partition queue or binding missing (declared again before the next try).
     let refusedUnroutable: Counter
+    /// `herald_partition_declare_failures_total`: the ingest could not declare a partition queue
+    /// its notifications could not reach; alert when it keeps growing (ingest is stopped).
+    let declareFailures: Counter
     private let factory: any MetricsFactory
 
     package init(factory: any MetricsFactory = MetricsSystem.factory) {
@@ -395,6 +397,7 @@ package struct IngestMetrics: Sendable {
             label: "herald_partition_publish_refused_total", dimensions: [("reason", "full")], factory: factory)
         refusedUnroutable = Counter(
             label: "herald_partition_publish_refused_total", dimensions: [("reason", "unroutable")], factory: factory)
+        declareFailures = Counter(label: "herald_partition_declare_failures_total", factory: factory)
     }
 
     /// `herald_ingest_held_notifications`: notifications held unacked for a full partition queue.
@@ -465,6 +468,8 @@ package final class IngestService: Sendable {
     /// Publishes that full partition queues refused, since the start (each `consumeOnce` has an
     /// `IngestHold` of its own).
     private let refusalCount = Atomic<Int>(0)
+    /// Failed declares of partition queues notifications could not reach, since the start.
+    private let declareFailureCount = Atomic<Int>(0)
     /// Notifications published on the AMQP connection's thread (`forwardOnArrival`), since the start.
     private let forwardedCount = Atomic<Int>(0)
     /// The longest event type, message id or project routed: AMQP short strings hold 255 bytes.
@@ -679,10 +684,9 @@ package final class IngestService: Sendable {
                     if let wait { try? await Task.sleep(for: wait) } else { _ = await wakeups.next() }
                     continue
                 }
-                if unroutable.withLock({ unroutable in
-                    defer { unroutable = false }
-                    return unroutable
-                }) {
+                // Until a try goes through: a batch's last refusal may be another kind, and the
+                // returned one need not be the first taken.
+                if unroutable.value {
                     await declarePartitions(of: taken.flatMap(\.item.messages))
                 }
                 var published: [(sequence: UInt64, delivery: AMQPDelivery, tickets: Ticketed?)] = []
@@ -714,6 +718,7 @@ package final class IngestService: Sendable {
                     held.record(hold.entries.count)
                     return first
                 }
+                if lastNack == nil { unroutable.withLock { $0 = false } }
                 if let lastNack { noteRefusal(first, lastNack) }
             }
         }
@@ -870,10 +875,10 @@ package final class IngestService: Sendable {
         }
     }
 
-    /// The messages to publish for a delivery, or nil when it was dead-lettered.
     /// Declares the partition queues (and bindings) `messages` go to, on a channel of its own
     /// (a refusal closes that one, not the ingest's): a deleted queue or a removed binding comes
-    /// back even when no node consumes the partition.
+    /// back even when no node consumes the partition. A queue that exists with other arguments
+    /// (406) is bound all the same.
     private func declarePartitions(of messages: [AMQPOutgoingMessage]) async {
         let partitions = Set(messages.compactMap { Int($0.routingKey) }).filter {
             (0..<configuration.partitions).contains($0)
@@ -881,19 +886,32 @@ package final class IngestService: Sendable {
         guard !partitions.isEmpty, let channel = try? await connection.openChannel() else { return }
         do {
             for partition in partitions.sorted() {
-                try await Topology.declarePartition(partition, on: channel, configuration: configuration)
+                do {
+                    try await Topology.declarePartition(partition, on: channel, configuration: configuration)
+                } catch let error as MessagingError where error.replyCode == 406 {
+                    // The channel is open again (the engine reopens a channel the broker closed).
+                    try await channel.bindQueue(
+                        configuration.names.partitionQueue(partition), to: configuration.names.partitions,
+                        routingKey: "\(partition)")
+                }
             }
             logger.notice(
                 "declared partition queues that notifications could not reach",
                 metadata: [LogKey.partition: "\(partitions.sorted())"])
         } catch {
-            logger.warning(
-                "cannot declare a partition queue that notifications could not reach; they stay held",
-                metadata: [LogKey.error: "\(error)"])
+            metrics.declareFailures.increment()
+            // The first failure, then every 10th (the retrier comes back every 5 s at most).
+            let failures = declareFailureCount.add(1, ordering: .relaxed).newValue
+            if failures % 10 == 1 {
+                logger.warning(
+                    "cannot declare a partition queue that notifications could not reach; they stay held",
+                    metadata: [LogKey.error: "\(error)", LogKey.amqpFailures: "\(failures)"])
+            }
         }
         await channel.close()
     }
 
+    /// The messages to publish for a delivery, or nil when it was dead-lettered.
     private func route(_ delivery: AMQPDelivery) async -> [AMQPOutgoingMessage]? {
         counters.count(.ingested)
         let messages: [AMQPOutgoingMessage]

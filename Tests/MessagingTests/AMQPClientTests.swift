@@ -452,6 +452,37 @@ struct AMQPClientTests {
         #expect(state.messageCount == count - (count + 2) / 3)
     }
 
+    @Test(
+        "channel numbers wrap after 65535 and pass over those still open; 2,100 channels over a connection's life (past channel_max, 2047) are fine: the connection and a long-lived channel stay"
+    )
+    func channelNumbersReused() async throws {
+        let connection = try await connect()
+        defer { Task { await connection.close() } }
+        let kept = try await connection.openChannel()
+        let queue = TestServers.uniqueName("herald-test.kept")
+        try await kept.declareQueue(queue, options: AMQPQueueOptions(durable: false, autoDelete: true))
+        let consumer = try await kept.consume(queue, prefetch: 10)
+        let before = try await kept.deliveryCounts(of: consumer.tag)
+        // A node opens a short-lived channel for each queue-depth reading (every 10 s per ingest
+        // queue), parking drain and partition start: thousands over days.
+        for _ in 0..<2_100 {
+            let channel = try await connection.openChannel()
+            await channel.close()
+        }
+        // And past the last number (65535): numbering wraps, and must pass over the open ones.
+        try await connection.engine.perform { $0.skipChannelNumbers(to: 65_530) }
+        for _ in 0..<10 {
+            let channel = try await connection.openChannel()
+            #expect(channel.id != kept.id && channel.id != 1, "\(channel.id) is in use")
+            await channel.close()
+        }
+        let after = try await kept.deliveryCounts(of: consumer.tag)
+        #expect(after.incarnation == before.incarnation && after.consuming, "no reconnect: \(before) then \(after)")
+        try await kept.publish(message(queue, "still here"))
+        let delivery = try #require(try await next(of: consumer, within: .seconds(20)))
+        #expect(String(decoding: delivery.body, as: UTF8.self) == "still here")
+    }
+
     @Test("a single-active-consumer queue with a dead-letter exchange: a rejected message is dead-lettered")
     func singleActiveConsumerWithDeadLetters() async throws {
         let connection = try await connect()

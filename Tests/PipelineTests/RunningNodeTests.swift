@@ -384,6 +384,13 @@ extension PipelineSuites {
                     let log = (try? String(contentsOfFile: "\(run.directory)/node-1.log", encoding: .utf8)) ?? ""
                     guard log.contains("unroutable") else { throw TestFailure("nothing came back yet") }
                 }
+                // The ingest tries to declare them itself, and may not: counted (the alert's metric).
+                try await eventually(timeout: .seconds(30)) {
+                    let metrics = try await run.metrics(of: "node-1")
+                    guard (metrics["herald_partition_declare_failures_total"] ?? 0) >= 1 else {
+                        throw TestFailure("no failed declare counted: \(metrics.filter { $0.key.contains("declare") })")
+                    }
+                }
                 try await run.rabbitmqctl("set_permissions", "-p", run.vhost, "guest", ".*", ".*", ".*")
                 try await eventually(timeout: .seconds(30)) {
                     for partition in 0..<4 {

@@ -466,10 +466,23 @@ final class AMQPEngine: @unchecked Sendable {
         }
     }
 
+    /// Moves the next channel number (tests: a connection's long life without opening 65,000 channels).
+    func skipChannelNumbers(to number: UInt16) { nextChannelID = max(2, number) }
+
     func openChannel() throws -> UInt16 {
-        let id = nextChannelID
-        nextChannelID &+= 1
-        if nextChannelID < 2 { nextChannelID = 2 }
+        // Numbers wrap after 65535 over a long-lived connection (short-lived channels come and go
+        // all the time): one still open is passed over (a second channel.open of it is a
+        // connection error, 504). Channel 1 is the engine's own.
+        var id = nextChannelID
+        var tried = 0
+        while channels[id] != nil || id < 2 {
+            tried += 1
+            guard tried < Int(UInt16.max) else {
+                throw MessagingError(.protocolError, "every AMQP channel number of this connection is in use")
+            }
+            id = id == UInt16.max ? 2 : id + 1
+        }
+        nextChannelID = id == UInt16.max ? 2 : id + 1
         let record = ChannelRecord(id: id)
         try guarded(id) { wire in try wire.openChannel(id) }
         incarnations += 1

@@ -215,6 +215,28 @@ struct AMQPClientTests {
         }
     }
 
+    /// A connection, a channel in confirm mode and a durable quorum queue of the test's own:
+    /// the queue deleted, then the connection closed, whatever the body's outcome.
+    func withQuorumQueue(
+        _ prefix: String, _ body: (AMQPConnection, AMQPChannel, String) async throws -> Void
+    ) async throws {
+        let connection = try await connect()
+        let queue = TestServers.uniqueName(prefix)
+        let outcome: Result<Void, any Error>
+        do {
+            let channel = try await connection.openChannel()
+            try await channel.declareQueue(
+                queue, options: AMQPQueueOptions(durable: true, arguments: ["x-queue-type": .string("quorum")]))
+            try await channel.enableConfirms()
+            outcome = .success(try await body(connection, channel, queue))
+            _ = try? await channel.deleteQueue(queue)
+        } catch {
+            outcome = .failure(error)
+        }
+        await connection.close()
+        try outcome.get()
+    }
+
     @Test(
         "a consumer RabbitMQ refuses while its channel is restored ends with the refusal; the connection, its other consumers and the channel go on"
     )
@@ -421,35 +443,29 @@ struct AMQPClientTests {
         "mandatory publishes in confirm mode: each unroutable one fails as returned and each routed one succeeds, whatever order RabbitMQ sends their confirms in"
     )
     func returnsChargedToTheirOwnPublish() async throws {
-        let connection = try await connect()
-        defer { Task { await connection.close() } }
-        let channel = try await connection.openChannel()
         // A quorum queue confirms after its replication step; a return is confirmed at once: the
         // confirms of the two kinds interleave.
-        let queue = TestServers.uniqueName("herald-test.routed")
-        try await channel.declareQueue(
-            queue, options: AMQPQueueOptions(durable: true, arguments: ["x-queue-type": .string("quorum")]))
-        defer { Task { _ = try? await channel.deleteQueue(queue) } }
-        try await channel.enableConfirms()
-        let missing = TestServers.uniqueName("herald-test.nowhere")
-        let count = 400
-        let tickets = (0..<count).map { index in
-            channel.publishInOrder(
-                [message(index % 3 == 0 ? missing : queue, "m\(index)", persistent: true)], mandatory: true)
-        }
-        var wrong: [String] = []
-        for (index, ticket) in tickets.enumerated() {
-            let unroutable = index % 3 == 0
-            do {
-                try await ticket.wait()
-                if unroutable { wrong.append("m\(index) (unroutable) succeeded") }
-            } catch let error as MessagingError where error.code == .publishNacked {
-                if !unroutable { wrong.append("m\(index) (routed) failed: \(error)") }
+        try await withQuorumQueue("herald-test.routed") { _, channel, queue in
+            let missing = TestServers.uniqueName("herald-test.nowhere")
+            let count = 400
+            let tickets = (0..<count).map { index in
+                channel.publishInOrder(
+                    [message(index % 3 == 0 ? missing : queue, "m\(index)", persistent: true)], mandatory: true)
             }
+            var wrong: [String] = []
+            for (index, ticket) in tickets.enumerated() {
+                let unroutable = index % 3 == 0
+                do {
+                    try await ticket.wait()
+                    if unroutable { wrong.append("m\(index) (unroutable) succeeded") }
+                } catch let error as MessagingError where error.code == .publishNacked {
+                    if !unroutable { wrong.append("m\(index) (routed) failed: \(error)") }
+                }
+            }
+            #expect(wrong.isEmpty, "\(wrong.count) charged wrongly: \(wrong.prefix(5))")
+            let state = try await channel.declareQueuePassive(queue)
+            #expect(state.messageCount == count - (count + 2) / 3)
         }
-        #expect(wrong.isEmpty, "\(wrong.count) charged wrongly: \(wrong.prefix(5))")
-        let state = try await channel.declareQueuePassive(queue)
-        #expect(state.messageCount == count - (count + 2) / 3)
     }
 
     @Test(
@@ -774,39 +790,33 @@ struct AMQPClientTests {
         "a quorum queue's consumer cancelled after spending its credit leaves nothing on its way: the rest come next, in order, once each"
     )
     func cancelAfterSpendingCredit() async throws {
-        let connection = try await connect()
-        defer { Task { await connection.close() } }
-        let control = try await connection.openChannel()
-        let queue = TestServers.uniqueName("herald-test.credit")
-        try await control.declareQueue(
-            queue, options: AMQPQueueOptions(durable: true, arguments: ["x-queue-type": .string("quorum")]))
-        defer { Task { _ = try? await control.deleteQueue(queue) } }
-        try await control.enableConfirms()
-        try await control.publish((0..<600).map { message(queue, "\($0)", persistent: true) })
-        // Each acked as it comes: the queue keeps sending while the consumer is cancelled (after
-        // the 100th); the stream ends once what came before the cancel is taken.
-        let consuming = try await connection.openChannel()
-        let consumer = try await consuming.consume(queue, prefetch: 50)
-        var first: [Int] = []
-        for try await delivery in consumer {
-            first.append(Int(String(decoding: delivery.body, as: UTF8.self)) ?? -1)
-            consuming.ack(delivery)
-            if first.count == 100 { try await consumer.cancelAfterSpendingCredit(prefetch: 50) }
+        try await withQuorumQueue("herald-test.credit") { connection, control, queue in
+            try await control.publish((0..<600).map { message(queue, "\($0)", persistent: true) })
+            // Each acked as it comes: the queue keeps sending while the consumer is cancelled (after
+            // the 100th); the stream ends once what came before the cancel is taken.
+            let consuming = try await connection.openChannel()
+            let consumer = try await consuming.consume(queue, prefetch: 50)
+            var first: [Int] = []
+            for try await delivery in consumer {
+                first.append(Int(String(decoding: delivery.body, as: UTF8.self)) ?? -1)
+                consuming.ack(delivery)
+                if first.count == 100 { try await consumer.cancelAfterSpendingCredit(prefetch: 50) }
+            }
+            await consuming.close()
+            #expect(first == Array(0..<first.count), "taken in order")
+            #expect(first.count >= 100 && first.count <= 150, "at most the prefetch after the 100th: \(first.count)")
+            // What the first consumer did not take comes next, in order: nothing was given back
+            // shuffled at its channel's close.
+            let rest = try await connection.openChannel()
+            var next: [Int] = []
+            for try await delivery in try await rest.consume(queue, prefetch: 100) {
+                next.append(Int(String(decoding: delivery.body, as: UTF8.self)) ?? -1)
+                rest.ack(delivery)
+                if first.count + next.count == 600 { break }
+            }
+            await rest.close()
+            #expect(next == Array(first.count..<600), "the rest in order after \(first.count): \(next.prefix(20))")
         }
-        await consuming.close()
-        #expect(first == Array(0..<first.count), "taken in order")
-        #expect(first.count >= 100 && first.count <= 150, "at most the prefetch after the 100th: \(first.count)")
-        // What the first consumer did not take comes next, in order: nothing was given back
-        // shuffled at its channel's close.
-        let rest = try await connection.openChannel()
-        var next: [Int] = []
-        for try await delivery in try await rest.consume(queue, prefetch: 100) {
-            next.append(Int(String(decoding: delivery.body, as: UTF8.self)) ?? -1)
-            rest.ack(delivery)
-            if first.count + next.count == 600 { break }
-        }
-        await rest.close()
-        #expect(next == Array(first.count..<600), "the rest in order after \(first.count): \(next.prefix(20))")
     }
 
     @Test("a conflicting re-declare fails with PRECONDITION_FAILED and the channel is usable again")

@@ -52,6 +52,37 @@ extension PipelineSuites {
             }
         }
 
+        /// One node, p1 subscribed to compute events into the run's queue `name`, and a channel of
+        /// the test's own once the ingest consumes (`waitIngesting`).
+        func withIngestingNode(
+            queue name: String, _ body: (PipelineRun, String, AMQPChannel) async throws -> Void
+        ) async throws {
+            try await PipelineRun.with(partitions: 4) { run in
+                try await run.startNodes(1)
+                try await run.waitAllPartitionsHeld()
+                let queue = run.queue(name)
+                try await subscribeCompute(run, on: "node-1", queue: queue)
+                let connection = try await AMQPConnection.connect(url: run.amqpURL)
+                let outcome: Result<Void, any Error>
+                do {
+                    let channel = try await connection.openChannel()
+                    try await waitIngesting(run, on: channel)
+                    outcome = .success(try await body(run, queue, channel))
+                } catch {
+                    outcome = .failure(error)
+                }
+                await connection.close()
+                try outcome.get()
+            }
+        }
+
+        /// Publishes `count` compute events of p1 (`compute.instance.update.<seq>`) and waits until
+        /// the publisher is done (not for their delivery).
+        func publishUpdates(_ run: PipelineRun, count: Int) async throws {
+            let publisher = try run.publish(computeLines(count: count) { "compute.instance.update.\($0)" })
+            #expect(await publisher.wait() == 0, "\(publisher.tail())")
+        }
+
         /// `count` compute events of project p1 for nova's exchange (the event types
         /// `eventType(seq)`, `seq` in the payload).
         func computeLines(count: Int, eventType: (Int) -> String) -> [[String: Any]] {
@@ -347,8 +378,7 @@ extension PipelineSuites {
                     }
                 }
                 // Published while the partitions cannot be consumed: they wait in their queues.
-                let publisher = try run.publish(computeLines(count: 8) { "compute.instance.update.\($0)" })
-                #expect(await publisher.wait() == 0, "\(publisher.tail())")
+                try await publishUpdates(run, count: 8)
                 try await run.rabbitmqctl("set_permissions", "-p", run.vhost, "guest", ".*", ".*", ".*")
                 let arrived = try await arrivedSeqs(run, queue: queue, count: 8)
                 #expect(
@@ -361,15 +391,8 @@ extension PipelineSuites {
             "partition queues deleted under a running node: what the ingest publishes to them meanwhile comes back and is held, not dropped; the node declares them again and consumes them; every event arrives"
         )
         func partitionQueueRecreated() async throws {
-            try await PipelineRun.with(partitions: 4) { run in
-                try await run.startNodes(1)
-                try await run.waitAllPartitionsHeld()
-                let queue = run.queue("recreated")
-                try await subscribeCompute(run, on: "node-1", queue: queue)
+            try await withIngestingNode(queue: "recreated") { run, queue, channel in
                 let names = try run.names
-                let connection = try await AMQPConnection.connect(url: run.amqpURL)
-                let channel = try await connection.openChannel()
-                try await waitIngesting(run, on: channel)
                 // The nodes' user may not declare partition queues for now: deleted, they stay gone
                 // until it may again. The broker ends each queue's consumer with its queue.
                 try await run.rabbitmqctl(
@@ -377,8 +400,7 @@ extension PipelineSuites {
                 for partition in 0..<4 {
                     try await run.rabbitmqctl("delete_queue", "-p", run.vhost, names.partitionQueue(partition))
                 }
-                let publisher = try run.publish(computeLines(count: 8) { "compute.instance.update.\($0)" })
-                #expect(await publisher.wait() == 0, "\(publisher.tail())")
+                try await publishUpdates(run, count: 8)
                 // Unroutable now: published mandatory, they come back and are held.
                 try await eventually(timeout: .seconds(30)) {
                     let log = (try? String(contentsOfFile: "\(run.directory)/node-1.log", encoding: .utf8)) ?? ""
@@ -403,7 +425,6 @@ extension PipelineSuites {
                         guard state.consumerCount == 1 else { throw TestFailure("partition \(partition) not consumed") }
                     }
                 }
-                await connection.close()
                 let arrived = try await arrivedSeqs(run, queue: queue, count: 8)
                 #expect(Set(arrived) == Set(0..<8), "every event (at least once)")
             }
@@ -413,22 +434,13 @@ extension PipelineSuites {
             "partition queues whose bindings were removed (their consumers untouched): what the ingest publishes comes back, the ingest binds them again itself, every event arrives"
         )
         func partitionBindingRestored() async throws {
-            try await PipelineRun.with(partitions: 4) { run in
-                try await run.startNodes(1)
-                try await run.waitAllPartitionsHeld()
-                let queue = run.queue("rebound")
-                try await subscribeCompute(run, on: "node-1", queue: queue)
+            try await withIngestingNode(queue: "rebound") { run, queue, channel in
                 let names = try run.names
-                let connection = try await AMQPConnection.connect(url: run.amqpURL)
-                let channel = try await connection.openChannel()
-                try await waitIngesting(run, on: channel)
                 for partition in 0..<4 {
                     try await channel.unbindQueue(
                         names.partitionQueue(partition), from: names.partitions, routingKey: "\(partition)")
                 }
-                await connection.close()
-                let publisher = try run.publish(computeLines(count: 8) { "compute.instance.update.\($0)" })
-                #expect(await publisher.wait() == 0, "\(publisher.tail())")
+                try await publishUpdates(run, count: 8)
                 let arrived = try await arrivedSeqs(run, queue: queue, count: 8)
                 #expect(Set(arrived) == Set(0..<8), "every event (at least once)")
                 let metrics = try await run.metrics(of: "node-1")

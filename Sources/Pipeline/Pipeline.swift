@@ -261,6 +261,16 @@ package enum Topology {
         }
         try await channel.declareQueue(
             names.partitionQueue(partition), options: AMQPQueueOptions(durable: true, arguments: arguments))
+        try await bindPartition(partition, on: channel, configuration: configuration)
+    }
+
+    /// Binds one partition queue to the partition exchange (its routing key: the partition's number).
+    static func bindPartition(
+        _ partition: Int, on channel: AMQPChannel, configuration: NodeConfiguration
+    )
+        async throws
+    {
+        let names = configuration.names
         try await channel.bindQueue(names.partitionQueue(partition), to: names.partitions, routingKey: "\(partition)")
     }
 }
@@ -890,9 +900,7 @@ package final class IngestService: Sendable {
                     try await Topology.declarePartition(partition, on: channel, configuration: configuration)
                 } catch let error as MessagingError where error.replyCode == 406 {
                     // The channel is open again (the engine reopens a channel the broker closed).
-                    try await channel.bindQueue(
-                        configuration.names.partitionQueue(partition), to: configuration.names.partitions,
-                        routingKey: "\(partition)")
+                    try await Topology.bindPartition(partition, on: channel, configuration: configuration)
                 }
             }
             logger.notice(

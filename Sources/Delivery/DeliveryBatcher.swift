@@ -17,11 +17,15 @@ public struct DeliveryOutcome: Sendable, Equatable {
     public var deadLettered = 0
     /// Moved into durable parking (`DeliveryParking`), to be retried from there.
     public var parked = 0
+    /// Given back before they were sent (`DeliveryBatcher.giveBack`): not delivered, nor
+    /// dead-lettered; whoever submitted them leaves their source to the next owner.
+    public var givenBack = 0
 
-    public init(delivered: Int = 0, deadLettered: Int = 0, parked: Int = 0) {
+    public init(delivered: Int = 0, deadLettered: Int = 0, parked: Int = 0, givenBack: Int = 0) {
         self.delivered = delivered
         self.deadLettered = deadLettered
         self.parked = parked
+        self.givenBack = givenBack
     }
 }
 
@@ -72,15 +76,29 @@ public final class DeliveryBatcher: Sendable {
     /// Set by `stop()`: lanes, retries and the parking and dead-letter loops give up at their next turn.
     private let stopped = Atomic<Bool>(false)
 
+    /// Where submissions come from (a partition's consumer while it owns the partition), so that
+    /// what they queued and is not sent yet can be given back at once (`giveBack(_:)`).
+    public final class Origin: Sendable {
+        /// Set (under the batcher's lock) by `giveBack`: nothing of this origin is queued any more.
+        fileprivate let givenBack = Atomic<Bool>(false)
+
+        public init() {}
+
+        /// Whether `giveBack` was called for it: later parts are given back as they come.
+        public var isGivenBack: Bool { givenBack.load(ordering: .relaxed) }
+    }
+
     /// One submission's messages, completed when the last of them is settled.
     final class Group: @unchecked Sendable {
         // Mutated only under the batcher's lock.
         var remaining: Int
         var outcome = DeliveryOutcome()
+        let origin: Origin?
         let completion: @Sendable (DeliveryOutcome) -> Void
 
-        init(count: Int, completion: @escaping @Sendable (DeliveryOutcome) -> Void) {
+        init(count: Int, origin: Origin?, completion: @escaping @Sendable (DeliveryOutcome) -> Void) {
             self.remaining = count
+            self.origin = origin
             self.completion = completion
         }
 
@@ -115,7 +133,8 @@ public final class DeliveryBatcher: Sendable {
 
     struct Waiter {
         var pending: Pending
-        var continuation: CheckedContinuation<Void, Never>
+        /// Resumed with true when its origin was given back (`giveBack` settles it then).
+        var continuation: CheckedContinuation<Bool, Never>
     }
 
     /// What one project's lanes hold together, queued and in flight.
@@ -246,8 +265,13 @@ public final class DeliveryBatcher: Sendable {
     /// they are made, so that they need not all be in memory at once: a part waits for room in
     /// the buffers like any message. `completion` runs once, after `close()`, when every message
     /// added is delivered or dead-lettered.
-    public func submission(completion: @escaping @Sendable (DeliveryOutcome) -> Void) -> Submission {
-        Submission(batcher: self, group: Group(count: 1, completion: completion))
+    ///
+    /// With an `origin`, `giveBack(origin)` takes back what is not sent yet: the outcome then
+    /// counts those messages `givenBack`.
+    public func submission(
+        origin: Origin? = nil, completion: @escaping @Sendable (DeliveryOutcome) -> Void
+    ) -> Submission {
+        Submission(batcher: self, group: Group(count: 1, origin: origin, completion: completion))
     }
 
     /// See `submission(completion:)`. Parts are added one at a time, by one task.
@@ -300,8 +324,9 @@ public final class DeliveryBatcher: Sendable {
         // one in order, waiting for room. The group counts the part first: none of it can be
         // settled before.
         var workers: [ZaqarTarget] = []
-        let admitted = state.withLock { state -> Int in
+        let admitted = state.withLock { state -> Int? in
             group.remaining += messages.count
+            if group.origin?.isGivenBack == true { return nil }
             var count = 0
             for pending in admissible {
                 guard let needsWorker = admitIfRoom(&state, pending) else { break }
@@ -310,9 +335,18 @@ public final class DeliveryBatcher: Sendable {
             }
             return count
         }
+        guard let admitted else {
+            settle(notAllowed + tooLarge + admissible) { $0.givenBack += 1 }
+            return
+        }
         for target in workers { startWorker(target) }
         for pending in admissible[admitted...] {
             await enqueue(pending)
+        }
+        if group.origin?.isGivenBack == true {
+            // Given back while this part waited: what it could not queue goes back as well.
+            settle(notAllowed + tooLarge) { $0.givenBack += 1 }
+            return
         }
         if !notAllowed.isEmpty {
             await deadLetter(notAllowed, reason: .targetNotAllowed, status: nil, zaqarMessage: nil) {
@@ -375,7 +409,7 @@ public final class DeliveryBatcher: Sendable {
             defer { state.waiters = [] }
             return state.waiters
         }
-        for waiter in waiting { waiter.continuation.resume() }
+        for waiter in waiting { waiter.continuation.resume(returning: false) }
     }
 
     private var isStopped: Bool { stopped.load(ordering: .relaxed) }
@@ -391,22 +425,34 @@ public final class DeliveryBatcher: Sendable {
             && state.statistics.bufferedBytes + pending.size <= configuration.globalMaxBytes
     }
 
-    /// Puts a message in its lane, waiting for room; starts the lane's worker if idle.
+    /// Puts a message in its lane, waiting for room; starts the lane's worker if idle. A message
+    /// whose origin is given back, before or while it waits, is settled as given back.
     private func enqueue(_ pending: Pending) async {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let start = state.withLock { state -> Bool? in
+        let givenBack = await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
+            enum Admission {
+                case queued(needsWorker: Bool)
+                case waiting, stopped, givenBack
+            }
+            let admission = state.withLock { state -> Admission in
                 // Stopped: nothing is admitted or waits (`stop`); the message stays unsettled.
-                if isStopped { return false }
+                if isStopped { return .stopped }
+                if pending.group.origin?.isGivenBack == true { return .givenBack }
                 guard let needsWorker = admitIfRoom(&state, pending) else {
                     state.waiters.append(Waiter(pending: pending, continuation: continuation))
-                    return nil
+                    return .waiting
                 }
-                return needsWorker
+                return .queued(needsWorker: needsWorker)
             }
-            guard let start else { return }
-            if start { startWorker(pending.message.target) }
-            continuation.resume()
+            switch admission {
+            case .waiting: return
+            case .stopped: continuation.resume(returning: false)
+            case .givenBack: continuation.resume(returning: true)
+            case .queued(let needsWorker):
+                if needsWorker { startWorker(pending.message.target) }
+                continuation.resume(returning: false)
+            }
         }
+        if givenBack { settle([pending]) { $0.givenBack += 1 } }
     }
 
     /// Admits a message when there is room and no waiter of its lane is ahead of it (a lane
@@ -480,7 +526,7 @@ public final class DeliveryBatcher: Sendable {
     private func release(_ batch: [Pending]) {
         guard let target = batch.first?.message.target else { return }
         let bytes = batch.reduce(0) { $0 + $1.size }
-        let (resumed, workers) = state.withLock { state -> ([CheckedContinuation<Void, Never>], [ZaqarTarget]) in
+        let (resumed, workers) = state.withLock { state in
             // The lane exists: a lane with messages in flight is never forgotten (runLane).
             state.lanes[target]?.messages -= batch.count
             state.lanes[target]?.bytes -= bytes
@@ -492,25 +538,95 @@ public final class DeliveryBatcher: Sendable {
             state.statistics.bufferedMessages -= batch.count
             buffered.remove(batch.count)
             state.statistics.bufferedBytes -= bytes
-            var resumed: [CheckedContinuation<Void, Never>] = []
-            var workers: [ZaqarTarget] = []
-            var blocked = Set<ZaqarTarget>()
-            var remaining: [Waiter] = []
-            for waiter in state.waiters {
-                let lane = waiter.pending.message.target
-                if !blocked.contains(lane) && fits(state, waiter.pending) {
-                    if admit(&state, waiter.pending) { workers.append(lane) }
-                    resumed.append(waiter.continuation)
-                } else {
-                    blocked.insert(lane)
-                    remaining.append(waiter)
-                }
-            }
-            state.waiters = remaining
-            return (resumed, workers)
+            return admitWaiters(&state)
         }
         for target in workers { startWorker(target) }
-        for continuation in resumed { continuation.resume() }
+        for continuation in resumed { continuation.resume(returning: false) }
+    }
+
+    /// Admits the waiters that fit now, in order per lane (under the lock): their continuations
+    /// to resume, and the lanes that need a worker.
+    private func admitWaiters(
+        _ state: inout State
+    ) -> (resumed: [CheckedContinuation<Bool, Never>], workers: [ZaqarTarget]) {
+        var resumed: [CheckedContinuation<Bool, Never>] = []
+        var workers: [ZaqarTarget] = []
+        var blocked = Set<ZaqarTarget>()
+        var remaining: [Waiter] = []
+        for waiter in state.waiters {
+            let lane = waiter.pending.message.target
+            if !blocked.contains(lane) && fits(state, waiter.pending) {
+                if admit(&state, waiter.pending) { workers.append(lane) }
+                resumed.append(waiter.continuation)
+            } else {
+                blocked.insert(lane)
+                remaining.append(waiter)
+            }
+        }
+        state.waiters = remaining
+        return (resumed, workers)
+    }
+
+    /// Takes back every message of `origin` not sent yet: queued in a lane or waiting for room.
+    /// Each is settled as given back (its group's outcome counts it), and whatever `origin`
+    /// submits from now on is given back as it comes. Messages in a request already on its way
+    /// are not touched: they end as they would have. Frees their room for other submitters.
+    ///
+    /// For a partition handed over under a backlog: what it queued waits behind every other
+    /// partition's messages, while the next owner could send it at once.
+    /// - Returns: how many messages were given back now.
+    @discardableResult
+    public func giveBack(_ origin: Origin) -> Int {
+        let (taken, finished, admitted, waitersGivenBack, workers) = state.withLock { state in
+            origin.givenBack.store(true, ordering: .relaxed)
+            var taken: [Pending] = []
+            for index in state.lanes.indices
+            where state.lanes.values[index].queue.contains(where: { $0.group.origin === origin }) {
+                var kept = Deque<Pending>()
+                var bytes = 0
+                var count = 0
+                for pending in state.lanes.values[index].queue {
+                    if pending.group.origin === origin {
+                        taken.append(pending)
+                        bytes += pending.size
+                        count += 1
+                    } else {
+                        kept.append(pending)
+                    }
+                }
+                state.lanes.values[index].queue = kept
+                state.lanes.values[index].messages -= count
+                state.lanes.values[index].bytes -= bytes
+                state.statistics.bufferedMessages -= count
+                state.statistics.bufferedBytes -= bytes
+                buffered.remove(count)
+                let project = state.lanes.keys[index].project
+                if var usage = state.projects.removeValue(forKey: project) {
+                    usage.messages -= count
+                    usage.bytes -= bytes
+                    if usage.messages > 0 { state.projects[project] = usage }
+                }
+            }
+            var waitersGivenBack: [CheckedContinuation<Bool, Never>] = []
+            state.waiters.removeAll { waiter in
+                guard waiter.pending.group.origin === origin else { return false }
+                waitersGivenBack.append(waiter.continuation)
+                return true
+            }
+            var finished: [(Group, DeliveryOutcome)] = []
+            for pending in taken {
+                pending.group.outcome.givenBack += 1
+                if let outcome = pending.group.settleOne() { finished.append((pending.group, outcome)) }
+            }
+            let (admitted, workers) = admitWaiters(&state)
+            return (taken.count, finished, admitted, waitersGivenBack, workers)
+        }
+        for target in workers { startWorker(target) }
+        for continuation in admitted { continuation.resume(returning: false) }
+        // Each settles its own message as given back once it runs (`enqueue`).
+        for continuation in waitersGivenBack { continuation.resume(returning: true) }
+        for (group, outcome) in finished { group.completion(outcome) }
+        return taken + waitersGivenBack.count
     }
 
     // MARK: Lanes
@@ -893,7 +1009,7 @@ public final class DeliveryBatcher: Sendable {
     /// Messages settled outside the lanes (parked ones, which wait in their queue, not in the
     /// buffers): one group nobody awaits.
     private func unbuffered(_ messages: [ZaqarOutgoingMessage]) -> [Pending] {
-        let group = Group(count: messages.count) { _ in }
+        let group = Group(count: messages.count, origin: nil) { _ in }
         let enqueuedAt = now()
         return messages.map { Pending(message: $0, size: $0.body.count + 1, group: group, enqueuedAt: enqueuedAt) }
     }

@@ -43,6 +43,11 @@ public enum LogKey {
     public static let heraldEventType = "herald.event_type"
     public static let heraldExchanges = "herald.exchanges"
     public static let heraldInFlight = "herald.in_flight"
+    /// Messages not sent yet that a partition's handover gave back for the next owner.
+    public static let heraldGivenBack = "herald.given_back"
+    /// Messages already sent (or dead-lettered, or parked) of events given back at a handover:
+    /// the next owner handles them again.
+    public static let heraldRepeated = "herald.repeated"
     public static let heraldNextSeconds = "herald.next_seconds"
     public static let heraldPart = "herald.part"
     public static let heraldPartitions = "herald.partitions"

@@ -59,6 +59,11 @@ package struct NodeConfiguration: Sendable {
     /// HERALD_HANDOFF_DRAIN_SECONDS: how long a partition handed over in a rebalance may take
     /// to finish its in-flight events before the next owner gets them (again). Default 120.
     var handoffDrain: Duration
+    /// HERALD_HANDOFF_GIVE_BACK_SECONDS: how long a partition handed over may send its queued
+    /// messages as they are before what is not sent yet is given back for the next owner (which
+    /// then delivers those events, and those of them partly sent a second time). Default 1; 0
+    /// gives back at once.
+    var handoffGiveBack: Duration
     /// HERALD_API_HOST: where the HTTP API (subscriptions, health, metrics) listens. Default 0.0.0.0.
     var apiHost: String
     /// HERALD_API_PORT: its port; 0 takes any free port (logged). Default 8090.
@@ -128,6 +133,7 @@ package struct NodeConfiguration: Sendable {
         "HERALD_INGEST_PREFETCH",
         "HERALD_PARTITION_PREFETCH", "HERALD_QUEUE_TYPE", "HERALD_INGEST_QUEUE_MAX_MESSAGES", "HERALD_INGEST_LAYOUT",
         "HERALD_PARTITION_QUEUE_MAX_MESSAGES", "HERALD_SHUTDOWN_BUDGET_SECONDS", "HERALD_HANDOFF_DRAIN_SECONDS",
+        "HERALD_HANDOFF_GIVE_BACK_SECONDS",
         "HERALD_API_HOST", "HERALD_API_PORT",
         "HERALD_API_AUTH", "HERALD_LOG_LEVEL", "HERALD_LOG_FORMAT", "HERALD_KEYSTONE_URL", "HERALD_KEYSTONE_USERNAME",
         "HERALD_KEYSTONE_PASSWORD", "HERALD_KEYSTONE_PROJECT", "HERALD_KEYSTONE_USER_DOMAIN",
@@ -388,6 +394,7 @@ package struct NodeConfiguration: Sendable {
             queueShape: try ClusterQueueShape.choose(configured: queueSettings, recorded: [:], clusterExists: false),
             shutdownBudget: .seconds(try integer("HERALD_SHUTDOWN_BUDGET_SECONDS", 20, 1...3600)),
             handoffDrain: .seconds(try integer("HERALD_HANDOFF_DRAIN_SECONDS", 120, 1...3600)),
+            handoffGiveBack: .seconds(try integer("HERALD_HANDOFF_GIVE_BACK_SECONDS", 1, 0...3600)),
             apiHost: string("HERALD_API_HOST", "0.0.0.0"),
             apiPort: try integer("HERALD_API_PORT", 8090, 0...65535),
             apiAuth: try choice("HERALD_API_AUTH", .keystone),

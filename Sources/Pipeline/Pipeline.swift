@@ -1086,8 +1086,14 @@ package final class PartitionOwners: Sendable {
         let epoch: UInt64
         let channel: AMQPChannel
         let consumer: AMQPConsumer
+        /// Its events not yet settled, and one more while its consumer loop runs.
         let inFlight = InFlight()
         let task = Mutex<Task<Void, Never>?>(nil)
+        /// What it submits to the batcher: given back at a stop (`stop`).
+        let origin = DeliveryBatcher.Origin()
+        /// Messages of events given back after others of theirs went (delivered, dead-lettered
+        /// or parked): the next owner handles those again.
+        let repeated = Atomic<Int>(0)
 
         init(epoch: UInt64, channel: AMQPChannel, consumer: AMQPConsumer) {
             self.epoch = epoch
@@ -1179,9 +1185,15 @@ package final class PartitionOwners: Sendable {
                     // Taken out now, before later events: the drain runs beside them and must
                     // never stop a newer consumer (or retry) of the same partition.
                     let owned = leave(partition)
+                    // A node that stops (SIGTERM: a rolling restart) finishes what it took within
+                    // its budget, as the next owner has no backlog of its own to wait behind; in a
+                    // rebalance (a node joined) the next owner should not wait for this one's.
+                    let giveBackAfter = coordinator.isLeaving ? nil : configuration.handoffGiveBack
                     group.addTask {
                         if let owned {
-                            await self.stop(owned, partition: partition, drain: self.configuration.handoffDrain)
+                            await self.stop(
+                                owned, partition: partition, drain: self.configuration.handoffDrain,
+                                giveBackAfter: giveBackAfter)
                         }
                         self.coordinator.confirmRevoked(partition)
                     }
@@ -1305,7 +1317,9 @@ package final class PartitionOwners: Sendable {
     /// its queue deleted, ...) leaves the partition and starts it again, retried as an acquired
     /// one, while the lease is held: a lease is never held with nobody consuming.
     private func consumerLoop(_ partition: Int, owned: Owned) -> Task<Void, Never> {
-        Task {
+        // Counted before the task runs: a stop that comes first waits for it all the same.
+        owned.inFlight.add()
+        return Task {
             var failure: (any Error)?
             do {
                 // One taken before a reconnect comes again on the new connection: delivering it now
@@ -1317,6 +1331,7 @@ package final class PartitionOwners: Sendable {
             } catch {
                 failure = error
             }
+            owned.inFlight.remove()
             let unstopped = self.owned.withLock { consumed -> Bool in
                 guard consumed[partition] === owned else { return false }
                 consumed[partition] = nil
@@ -1333,8 +1348,10 @@ package final class PartitionOwners: Sendable {
 
     private func handle(_ delivery: AMQPDelivery, partition: Int, owned: Owned) async {
         counters.count(.consumed)
-        guard coordinator.isActing(partition, epoch: owned.epoch) else {
-            // The lease is gone: do not deliver; the broker hands it to the next owner.
+        guard coordinator.isActing(partition, epoch: owned.epoch), !owned.origin.isGivenBack else {
+            // The lease is gone, or the partition is being handed over and what is left goes to
+            // the next owner: not delivered here; left unacked, the broker gives it back at the
+            // channel's close.
             return
         }
         // Most events of a cloud meet no subscription: one whose type and projects (the ingest's
@@ -1401,8 +1418,13 @@ package final class PartitionOwners: Sendable {
             if submission == nil {
                 let rejected = Locked(false)
                 owned.inFlight.add()
-                let parts = batcher.submission { _ in
-                    if rejected.value {
+                let parts = batcher.submission(origin: owned.origin) { outcome in
+                    if outcome.givenBack > 0 {
+                        // Some of its messages were taken back at a stop: the next owner gets the
+                        // event again (those that went already come twice), from the channel's close.
+                        let went = outcome.delivered + outcome.deadLettered + outcome.parked
+                        if went > 0 { owned.repeated.add(went, ordering: .relaxed) }
+                    } else if rejected.value {
                         owned.channel.reject(delivery, requeue: false)
                     } else {
                         // Delivered or dead-lettered, every one of them: now the event may go.
@@ -1512,10 +1534,6 @@ package final class PartitionOwners: Sendable {
         submission.parts.close()
     }
 
-    /// Stops consuming a partition; with a `drain` limit, waits up to that long until its
-    /// in-flight events are delivered and acked, so the next owner gets none of them again.
-    /// Its in-flight events can wait behind other partitions' in the batcher's lanes, so this
-    /// may take seconds under load; what is still in flight at the limit comes twice.
     /// Takes a partition out of those consumed (and ends a start still being retried: first, so
     /// that a retry that starts now is not counted): what `stop` then stops, if it was consumed.
     private func leave(_ partition: Int) -> Owned? {
@@ -1523,31 +1541,61 @@ package final class PartitionOwners: Sendable {
         return owned.withLock { $0.removeValue(forKey: partition) }
     }
 
-    private func stop(_ owned: Owned, partition: Int, drain: Duration?) async {
-        if drain != nil {
-            // Handed over: nothing left on its way at the cancel (it would come back out of order).
-            try? await owned.consumer.cancelAfterSpendingCredit(prefetch: configuration.partitionPrefetch)
-        } else {
+    /// Stops consuming a partition. With a `drain` limit (a handover), waits up to that long until
+    /// its events are delivered and acked, so that the next owner gets none of them again; its
+    /// messages not sent after `giveBackAfter` (or at the limit) are given back instead
+    /// (`DeliveryBatcher.giveBack`), for the next owner. What is still in flight at the limit
+    /// comes twice. Without one (lost), gives back at once and waits for nothing.
+    private func stop(_ owned: Owned, partition: Int, drain: Duration?, giveBackAfter: Duration? = nil) async {
+        guard let drain else {
+            // Lost: another node may own it already. What this one has not sent yet is not sent
+            // from here (nor is a submitter left waiting for room); unacked, it comes back to the
+            // queue at the channel's close.
             try? await owned.consumer.cancel()
+            batcher.giveBack(owned.origin)
+            await owned.task.withLock { $0 }?.value
+            await owned.channel.close()
+            return
         }
+        // Handed over: nothing left on its way at the cancel (it would come back out of order).
+        try? await owned.consumer.cancelAfterSpendingCredit(prefetch: configuration.partitionPrefetch)
+        let started = clock.now()
+        // Its events go out as they are for a moment (a quiet node finishes them: no duplicates).
+        // Then what is not sent yet goes back: under a backlog it waits behind every other
+        // partition's messages, the node's whole buffer, while the next owner waits for it. At the
+        // drain's end in any case: the next owner gets those events, so they are not sent from here.
+        var givenBack = 0
+        if !(await owned.inFlight.waitUntilZero(timeout: min(giveBackAfter ?? drain, drain), clock: clock)) {
+            givenBack = batcher.giveBack(owned.origin)
+            let left = drain - (clock.now() - started)
+            if left > .zero { _ = await owned.inFlight.waitUntilZero(timeout: left, clock: clock) }
+        }
+        // Ends soon once given back: nothing it handles waits for room any more.
         await owned.task.withLock { $0 }?.value
-        if let drain {
-            let started = clock.now()
-            _ = await owned.inFlight.waitUntilZero(timeout: drain, clock: clock)
-            let left = owned.inFlight.count
-            let took = clock.now() - started
-            if left > 0 {
-                logger.warning(
-                    "handoff drain ran out of time; the next owner gets these events again",
-                    metadata: [
-                        LogKey.partition: "\(partition)", LogKey.heraldInFlight: "\(left)",
-                        LogKey.heraldDrainSeconds: "\(took.seconds)",
-                    ])
-            } else if took > .seconds(1) {
-                logger.info(
-                    "partition drained for handoff",
-                    metadata: [LogKey.partition: "\(partition)", LogKey.heraldDrainSeconds: "\(took.seconds)"])
-            }
+        let left = owned.inFlight.count
+        let took = clock.now() - started
+        let repeated = owned.repeated.load(ordering: .relaxed)
+        let metadata: Logger.Metadata = [
+            LogKey.partition: "\(partition)", LogKey.heraldGivenBack: "\(givenBack)",
+            LogKey.heraldRepeated: "\(repeated)", LogKey.heraldDrainSeconds: "\(took.seconds)",
+        ]
+        if left > 0 {
+            logger.warning(
+                "handoff drain ran out of time; the next owner gets these events again",
+                metadata: metadata.merging([LogKey.heraldInFlight: "\(left)"]) { $1 })
+        } else if repeated > 0 {
+            // Tenants see these twice (the same event_id): worth an operator's eye.
+            logger.warning(
+                "partition handed over; messages not sent yet were given back for the next owner, which sends again those of their events that went already",
+                metadata: metadata)
+        } else if givenBack > 0 {
+            logger.info(
+                "partition handed over; messages not sent yet were given back for the next owner",
+                metadata: metadata)
+        } else if took > .seconds(1) {
+            logger.info(
+                "partition drained for handoff",
+                metadata: [LogKey.partition: "\(partition)", LogKey.heraldDrainSeconds: "\(took.seconds)"])
         }
         await owned.channel.close()
     }

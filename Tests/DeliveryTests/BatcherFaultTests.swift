@@ -437,6 +437,68 @@ extension RedisBackedDeliveryTests {
             await harness.shutdown()
         }
 
+        @Test(
+            "giveBack takes back an origin's queued and waiting messages at once, frees their room, and gives back what it submits later; its batch in flight and other origins' messages are delivered"
+        )
+        func giveBackTakesQueuedMessages() async throws {
+            let sink = try await HostileZaqar { _ in .stall }
+            var configuration = fastRetries()
+            configuration.maxBatchMessages = 2
+            configuration.laneMaxMessages = 6
+            let harness = try DeliveryHarness(configuration: configuration, requestTimeout: .seconds(60))
+            let target = ZaqarTarget(baseURL: sink.url, project: "p", queue: "handover")
+            let handedOver = DeliveryBatcher.Origin()
+            let staying = DeliveryBatcher.Origin()
+            let outcomes = Mutex([String: DeliveryOutcome]())
+            let batcher = harness.batcher
+            let submission: @Sendable (String, DeliveryBatcher.Origin) -> DeliveryBatcher.Submission = { name, origin in
+                batcher.submission(origin: origin) { outcome in outcomes.withLock { $0[name] = outcome } }
+            }
+            // The first two go out (and stall); the next three queue behind them.
+            let first = submission("first", handedOver)
+            await first.add(DeliveryHarness.messages(2, to: target, label: "sent"))
+            try await eventually(timeout: .seconds(10)) {
+                guard sink.totalRequests >= 1 else { throw TestFailure("the first batch was not sent yet") }
+            }
+            await first.add(DeliveryHarness.messages(3, to: target, label: "queued"))
+            first.close()
+            let other = submission("other", staying)
+            await other.add(DeliveryHarness.messages(1, to: target, label: "other"))
+            other.close()
+            // The lane is full (6): this one waits for room.
+            let waiting = Task {
+                let late = submission("waiting", handedOver)
+                await late.add(DeliveryHarness.messages(2, to: target, label: "waiting"))
+                late.close()
+            }
+            try await Task.sleep(for: .milliseconds(200))
+            #expect(outcomes.withLock { $0["waiting"] } == nil, "it waits for room")
+            #expect(harness.batcher.statistics.bufferedMessages == 6)
+
+            // Three queued and the waiting part's first message (its second waits to be added after it).
+            #expect(harness.batcher.giveBack(handedOver) == 4)
+            await waiting.value
+            #expect(outcomes.withLock { $0["waiting"] } == DeliveryOutcome(givenBack: 2))
+            #expect(harness.batcher.statistics.bufferedMessages == 3, "the batch in flight and the other origin's")
+            #expect(outcomes.withLock { $0["first"] } == nil, "two of its messages are still in flight")
+            // What the origin submits from now on comes back at once.
+            let after = submission("after", handedOver)
+            await after.add(DeliveryHarness.messages(1, to: target, label: "after"))
+            after.close()
+            #expect(outcomes.withLock { $0["after"] } == DeliveryOutcome(givenBack: 1))
+
+            sink.releaseStalls()
+            #expect(await harness.batcher.drain(timeout: .seconds(30)))
+            #expect(outcomes.withLock { $0["first"] } == DeliveryOutcome(delivered: 2, givenBack: 3))
+            #expect(outcomes.withLock { $0["other"] } == DeliveryOutcome(delivered: 1))
+            let labels = sink.accepted(queue: "handover").map { body in
+                ["sent", "queued", "other", "waiting", "after"].first { body.contains(#""label":"\#($0)""#) } ?? body
+            }
+            #expect(labels == ["sent", "sent", "other"], "nothing given back was sent: \(labels)")
+            await sink.close()
+            await harness.shutdown()
+        }
+
         @Test("with the sink stalled, buffered messages never exceed the bounds and submitters wait")
         func boundedMemory() async throws {
             let sink = try await HostileZaqar { _ in .stall }

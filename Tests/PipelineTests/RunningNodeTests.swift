@@ -1,4 +1,5 @@
 import AsyncHTTPClient
+import Coordination
 import Foundation
 import HeraldModel
 import Messaging
@@ -448,6 +449,114 @@ extension PipelineSuites {
                     (metrics["herald_partition_publish_refused_total{reason=\"unroutable\"}"] ?? 0) >= 1,
                     "counted as unroutable: \(metrics.filter { $0.key.contains("refused") })")
             }
+        }
+
+        @Test(
+            "a partition handed over while its owner's Zaqar holds every request: what the owner had not sent yet is given back, delivered by the next owner (each server in order), never by the old owner afterwards"
+        )
+        func handoverGivesBackUnsent() async throws {
+            // node-1 posts into a Zaqar that holds every request until released; node-2 into one
+            // that takes everything. One subscription: one lane, one request in flight on node-1.
+            let held = try await HostileZaqar { _ in .stall }
+            let open = try await HostileZaqar { _ in .accept }
+            try await PipelineRun.with(partitions: 4) { run in
+                try await run.startNodes(
+                    1,
+                    extra: [
+                        "HERALD_ZAQAR_URL": held.url, "HERALD_DELIVERY_TIMEOUT_SECONDS": "120",
+                        "HERALD_HANDOFF_DRAIN_SECONDS": "3", "HERALD_LOG_LEVEL": "info",
+                    ])
+                try await run.waitAllPartitionsHeld()
+                try await subscribeCompute(run, on: "node-1", queue: "handover")
+                let count = 300
+                let publisher = try run.publish(run.numberedLines(project: "p1", 0..<count))
+                #expect(await publisher.wait() == 0, "\(publisher.tail())")
+                // Everything taken by node-1 (300 events over 4 partitions of prefetch 100 each
+                // may leave a few in RabbitMQ: they go to whoever owns their partition later).
+                try await eventually(timeout: .seconds(30)) {
+                    guard held.totalRequests >= 1 else { throw TestFailure("node-1 has not posted yet") }
+                    let metrics = try await run.metrics(of: "node-1")
+                    let buffered = metrics["herald_delivery_buffered_messages"] ?? 0
+                    guard buffered >= 200 else { throw TestFailure("node-1 holds \(buffered) messages") }
+                }
+
+                try await run.startNodes(1, extra: ["HERALD_ZAQAR_URL": open.url])
+                let owners = try await eventually(timeout: .seconds(60)) { () -> [String] in
+                    let leases = try await run.redis.pipeline(
+                        (0..<4).map { RedisCommand("GET", run.prefix + "lease:\($0)") })
+                    let owners = leases.map { $0.string?.split(separator: "|").first.map(String.init) ?? "" }
+                    guard owners.filter({ $0.hasPrefix("node-2") }).count == 2 else {
+                        throw TestFailure("leases: \(owners)")
+                    }
+                    return owners
+                }
+                let handedOver = Set(owners.indices.filter { owners[$0].hasPrefix("node-2") })
+                // node-2 delivers the handed-over partitions' events while node-1's Zaqar still holds.
+                try await eventually(timeout: .seconds(60)) {
+                    let partitions = Set(
+                        open.accepted(queue: "handover").compactMap { Self.herald($0)?.partition })
+                    guard partitions == handedOver else {
+                        throw TestFailure(
+                            "node-2 delivered partitions \(partitions.sorted()) of \(handedOver.sorted())")
+                    }
+                }
+                held.releaseStalls()
+                let all = try await eventually(timeout: .seconds(60)) { () -> [HeldOrOpen] in
+                    let delivered =
+                        held.accepted(queue: "handover").compactMap { Self.herald($0) }.map {
+                            HeldOrOpen(held: true, $0)
+                        }
+                        + open.accepted(queue: "handover").compactMap { Self.herald($0) }.map {
+                            HeldOrOpen(held: false, $0)
+                        }
+                    let seqs = Set(delivered.map(\.delivered.seq))
+                    guard seqs.count == count else { throw TestFailure("\(seqs.count) of \(count) events delivered") }
+                    return delivered
+                }
+                // Into the held Zaqar, node-1's first request goes again when released (one request
+                // in flight per queue: it is the first accepted); anything of a handed-over
+                // partition after it was sent by node-1 after the handover.
+                let heldMessages = all.filter(\.held).map(\.delivered)
+                let firstRequest = min(heldMessages.count, 100)  // the batch size
+                let late = heldMessages.dropFirst(firstRequest).filter { handedOver.contains($0.partition) }
+                #expect(
+                    late.isEmpty,
+                    "node-1 delivered \(late.count) events of handed-over partitions after the handover")
+                // The next owner delivers each server's events in order.
+                let byServer = Dictionary(grouping: all.filter { !$0.held }.map(\.delivered)) { $0.seq % 40 }
+                for (server, events) in byServer {
+                    let firstCopies = events.map(\.seq).reduce(into: [Int]()) { seen, seq in
+                        if !seen.contains(seq) { seen.append(seq) }
+                    }
+                    #expect(firstCopies == firstCopies.sorted(), "server \(server): \(firstCopies)")
+                }
+                let log = (try? String(contentsOfFile: "\(run.directory)/node-1.log", encoding: .utf8)) ?? ""
+                #expect(log.contains("given back"), "node-1 logged what it gave back")
+            }
+            await held.close()
+            await open.close()
+        }
+
+        struct HeldOrOpen {
+            var held: Bool
+            var delivered: Delivered
+
+            init(held: Bool, _ delivered: Delivered) {
+                self.held = held
+                self.delivered = delivered
+            }
+        }
+
+        /// What a body accepted by a `HostileZaqar` says of its event (nil for anything else).
+        static func herald(_ body: String) -> Delivered? {
+            guard let json = try? JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any],
+                let event = json["event"] as? [String: Any], let herald = json["herald"] as? [String: Any],
+                let payload = event["payload"] as? [String: Any], let seq = payload["seq"] as? Int,
+                let partition = herald["partition"] as? Int, let epoch = herald["epoch"] as? Int
+            else { return nil }
+            return Delivered(
+                seq: seq, eventType: event["event_type"] as? String ?? "", eventID: herald["event_id"] as? String ?? "",
+                subscriptionID: herald["subscription_id"] as? String ?? "", partition: partition, epoch: epoch)
         }
 
         @Test(

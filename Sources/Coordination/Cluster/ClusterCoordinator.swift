@@ -185,6 +185,9 @@ public final class ClusterCoordinator: Sendable {
         return state.withLock { $0.isActing(partition, epoch: epoch, at: now) }
     }
 
+    /// Whether `leave` has begun: its revokes hand the partitions over because the node stops.
+    public var isLeaving: Bool { state.withLock { $0.isLeaving } }
+
     /// Whether this node holds the leader lease (as of its last beat).
     public var isLeader: Bool { control.withLock { $0.isLeader } }
 

@@ -243,6 +243,9 @@ public final class DeliveryBatcher: Sendable {
     /// Lanes held: targets with messages queued or in flight, or whose circuit has failures.
     public var laneCount: Int { state.withLock { $0.lanes.count } }
 
+    /// Submitters waiting for room now (for tests).
+    package var waitingSubmitters: Int { state.withLock { $0.waiters.count } }
+
     /// Messages a project's lanes hold now, queued or in flight.
     public func bufferedMessages(project: String) -> Int {
         state.withLock { $0.projects[project]?.messages ?? 0 }
@@ -580,31 +583,20 @@ public final class DeliveryBatcher: Sendable {
         let (taken, finished, admitted, waitersGivenBack, workers) = state.withLock { state in
             origin.givenBack.store(true, ordering: .relaxed)
             var taken: [Pending] = []
-            for index in state.lanes.indices
-            where state.lanes.values[index].queue.contains(where: { $0.group.origin === origin }) {
-                var kept = Deque<Pending>()
-                var bytes = 0
-                var count = 0
-                for pending in state.lanes.values[index].queue {
-                    if pending.group.origin === origin {
-                        taken.append(pending)
-                        bytes += pending.size
-                        count += 1
-                    } else {
-                        kept.append(pending)
-                    }
-                }
-                state.lanes.values[index].queue = kept
-                state.lanes.values[index].messages -= count
-                state.lanes.values[index].bytes -= bytes
+            // The targets first: changing a lane while iterating the dictionary would copy it whole.
+            let targets = state.lanes.compactMap { target, lane in
+                lane.queue.contains { $0.group.origin === origin } ? target : nil
+            }
+            for target in targets {
+                // The lane is there (found above); `default` only spares a force unwrap.
+                let (count, bytes) = Self.take(origin, from: &state.lanes[target, default: newLane()], into: &taken)
                 state.statistics.bufferedMessages -= count
                 state.statistics.bufferedBytes -= bytes
                 buffered.remove(count)
-                let project = state.lanes.keys[index].project
-                if var usage = state.projects.removeValue(forKey: project) {
+                if var usage = state.projects.removeValue(forKey: target.project) {
                     usage.messages -= count
                     usage.bytes -= bytes
-                    if usage.messages > 0 { state.projects[project] = usage }
+                    if usage.messages > 0 { state.projects[target.project] = usage }
                 }
             }
             var waitersGivenBack: [CheckedContinuation<Bool, Never>] = []
@@ -627,6 +619,29 @@ public final class DeliveryBatcher: Sendable {
         for continuation in waitersGivenBack { continuation.resume(returning: true) }
         for (group, outcome) in finished { group.completion(outcome) }
         return taken + waitersGivenBack.count
+    }
+
+    /// Moves `origin`'s queued messages out of a lane (in place) into `taken`, in order: how many,
+    /// and their bytes.
+    private static func take(
+        _ origin: Origin, from lane: inout Lane, into taken: inout [Pending]
+    ) -> (count: Int, bytes: Int) {
+        var kept = Deque<Pending>()
+        kept.reserveCapacity(lane.queue.count)
+        var (count, bytes) = (0, 0)
+        for pending in lane.queue {
+            if pending.group.origin === origin {
+                taken.append(pending)
+                count += 1
+                bytes += pending.size
+            } else {
+                kept.append(pending)
+            }
+        }
+        lane.queue = kept
+        lane.messages -= count
+        lane.bytes -= bytes
+        return (count, bytes)
     }
 
     // MARK: Lanes
@@ -1110,6 +1125,12 @@ public final class DeliveryBatcher: Sendable {
         var random = SystemRandomNumberGenerator()
         while true {
             if isStopped { return false }
+            if attempt > 0, batch.allSatisfy({ $0.group.origin?.isGivenBack == true }) {
+                // Their events go to the next owner, which dead-letters them again if it must:
+                // not held here while the dead-letter store is down (a handover waits for them).
+                settle(batch) { $0.givenBack += 1 }
+                return true
+            }
             do {
                 try await deadLetters.deadLetter(letters)
                 break

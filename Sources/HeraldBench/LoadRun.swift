@@ -177,8 +177,17 @@ final class LoadRun: @unchecked Sendable {
         if options.persistent { environment["HERALD_EXCHANGES_DURABLE"] = "true" }
         environment.merge(options.nodeEnvironment) { _, new in new }
         try FileManager.default.createDirectory(atPath: options.out, withIntermediateDirectories: true)
-        nodes[name] = try LoadNode(
-            name: name, executable: executable, environment: environment, log: "\(options.out)/\(name).log")
+        // A node started again (the baselines' drains restart every node) keeps its earlier logs:
+        // node-1.log is the latest, node-1.1.log the first, node-1.2.log the next, ...
+        let log = "\(options.out)/\(name).log"
+        if nodes[name] != nil, FileManager.default.fileExists(atPath: log) {
+            let out = options.out
+            let earlier = (1...).lazy.map { "\(out)/\(name).\($0).log" }.first {
+                !FileManager.default.fileExists(atPath: $0)
+            }
+            if let earlier { try? FileManager.default.moveItem(atPath: log, toPath: earlier) }
+        }
+        nodes[name] = try LoadNode(name: name, executable: executable, environment: environment, log: log)
         return name
     }
 

@@ -1059,6 +1059,9 @@ package final class PartitionOwners: Sendable {
     /// The event types seen per project, with a redacted sample (GET /v1/event-types); nil: none.
     private let catalog: EventTypeCatalog?
     private let owned = Mutex<[Int: Owned]>([:])
+    /// Partitions revoked whose handover still drains: a `lost` that comes meanwhile gives back
+    /// what they have not sent.
+    private let draining = Mutex<[Int: Owned]>([:])
     /// Partitions acquired whose consumer could not start (RabbitMQ away or reconnecting, the
     /// consume refused, ...) or ended without a stop, with the task trying again (and its token):
     /// until the consumer starts, or the partition is stopped or acquired anew. Without it the
@@ -1173,8 +1176,25 @@ package final class PartitionOwners: Sendable {
                 switch event {
                 case .acquired(let partition, let epoch):
                     endRetry(partition)
+                    // Starts run one at a time: after a node joins, the partitions it takes from
+                    // this one are revoked while this one still starts those it got at first (the
+                    // events wait their turn). One revoked meanwhile is not started, only to be
+                    // stopped again: its revoke finds nothing to drain and confirms at once.
+                    if coordinator.isRevoking(partition, epoch: epoch) {
+                        logger.debug(
+                            "not starting a partition revoked before its turn",
+                            metadata: [LogKey.partition: "\(partition)"])
+                        continue
+                    }
+                    let starting = clock.now()
                     do {
                         try await start(partition, epoch: epoch)
+                        logger.debug(
+                            "consuming an acquired partition",
+                            metadata: [
+                                LogKey.partition: "\(partition)",
+                                LogKey.heraldStartSeconds: "\((clock.now() - starting).seconds)",
+                            ])
                     } catch {
                         logger.error(
                             "cannot consume an acquired partition; trying again until it can",
@@ -1185,20 +1205,38 @@ package final class PartitionOwners: Sendable {
                     // Taken out now, before later events: the drain runs beside them and must
                     // never stop a newer consumer (or retry) of the same partition.
                     let owned = leave(partition)
-                    // A node that stops (SIGTERM: a rolling restart) finishes what it took within
-                    // its budget, as the next owner has no backlog of its own to wait behind; in a
-                    // rebalance (a node joined) the next owner should not wait for this one's.
-                    let giveBackAfter = coordinator.isLeaving ? nil : configuration.handoffGiveBack
+                    // In a rebalance (a node joined) the next owner should not wait behind this
+                    // node's backlog: given back soon. A node that stops (SIGTERM: a rolling
+                    // restart) sends what it took for half of what its leave allows, and gives
+                    // back the rest in time for its channel to close before its leases go (after
+                    // that, the next owner would take later events first).
+                    let leaving = coordinator.leaveDrainTimeout
+                    let drain = leaving.map { min(configuration.handoffDrain, $0) } ?? configuration.handoffDrain
+                    let giveBackAfter = leaving.map { $0 / 2 } ?? configuration.handoffGiveBack
+                    if let owned { draining.withLock { $0[partition] = owned } }
+                    let revoked = clock.now()
                     group.addTask {
                         if let owned {
-                            await self.stop(
-                                owned, partition: partition, drain: self.configuration.handoffDrain,
-                                giveBackAfter: giveBackAfter)
+                            await self.stop(owned, partition: partition, drain: drain, giveBackAfter: giveBackAfter)
+                            self.draining.withLock { draining in
+                                if draining[partition] === owned { draining[partition] = nil }
+                            }
                         }
                         self.coordinator.confirmRevoked(partition)
+                        self.logger.debug(
+                            "revoked partition handed over",
+                            metadata: [
+                                LogKey.partition: "\(partition)",
+                                LogKey.heraldDrainSeconds: "\((self.clock.now() - revoked).seconds)",
+                            ])
                     }
                 case .lost(let partition):
-                    if let owned = leave(partition) { await stop(owned, partition: partition, drain: nil) }
+                    if let owned = leave(partition) {
+                        await stop(owned, partition: partition, drain: nil)
+                    } else if let handingOver = draining.withLock({ $0[partition] }) {
+                        // Lost while its handover drains: what it has not sent goes back now.
+                        batcher.giveBack(handingOver.origin)
+                    }
                 }
             }
         }
@@ -1341,6 +1379,8 @@ package final class PartitionOwners: Sendable {
             logger.warning(
                 "partition consumer ended without a stop; consuming it again",
                 metadata: [LogKey.partition: "\(partition)", LogKey.error: "\(failure.map { "\($0)" } ?? "none")"])
+            // Its events come again to the new consumer: what is not sent yet is not sent twice.
+            batcher.giveBack(owned.origin)
             await owned.channel.close()
             retryStart(partition, epoch: owned.epoch)
         }
@@ -1557,15 +1597,17 @@ package final class PartitionOwners: Sendable {
             await owned.channel.close()
             return
         }
+        // Counted from here: a leave's revokes must end within its own limit.
+        let started = clock.now()
         // Handed over: nothing left on its way at the cancel (it would come back out of order).
         try? await owned.consumer.cancelAfterSpendingCredit(prefetch: configuration.partitionPrefetch)
-        let started = clock.now()
         // Its events go out as they are for a moment (a quiet node finishes them: no duplicates).
         // Then what is not sent yet goes back: under a backlog it waits behind every other
         // partition's messages, the node's whole buffer, while the next owner waits for it. At the
         // drain's end in any case: the next owner gets those events, so they are not sent from here.
         var givenBack = 0
-        if !(await owned.inFlight.waitUntilZero(timeout: min(giveBackAfter ?? drain, drain), clock: clock)) {
+        let giveBackIn = min(giveBackAfter ?? drain, drain) - (clock.now() - started)
+        if !(await owned.inFlight.waitUntilZero(timeout: max(.zero, giveBackIn), clock: clock)) {
             givenBack = batcher.giveBack(owned.origin)
             let left = drain - (clock.now() - started)
             if left > .zero { _ = await owned.inFlight.waitUntilZero(timeout: left, clock: clock) }
@@ -1584,7 +1626,8 @@ package final class PartitionOwners: Sendable {
                 "handoff drain ran out of time; the next owner gets these events again",
                 metadata: metadata.merging([LogKey.heraldInFlight: "\(left)"]) { $1 })
         } else if repeated > 0 {
-            // Tenants see these twice (the same event_id): worth an operator's eye.
+            // Delivered ones reach tenants twice (the same event_id), dead-lettered ones are stored
+            // twice: worth an operator's eye.
             logger.warning(
                 "partition handed over; messages not sent yet were given back for the next owner, which sends again those of their events that went already",
                 metadata: metadata)

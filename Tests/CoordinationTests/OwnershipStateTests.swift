@@ -54,6 +54,20 @@ struct OwnershipStateTests {
         #expect(state.confirmRevoked(1) == [.release([Lease(partition: 1, epoch: 5)])], "drains still release")
     }
 
+    @Test(
+        "a partition is revoking from its revoke until the confirm, and only under the epoch it was held by (a consumer not yet started need not start)"
+    )
+    func revokingUntilConfirmed() {
+        var state = holding()
+        #expect(!state.isRevoking(1, epoch: 5) && !state.isRevoking(2, epoch: 6))
+        #expect(state.setTarget([2], now: ms(10)) == [.emit(.revoke(partition: 1))])
+        #expect(state.isRevoking(1, epoch: 5))
+        #expect(!state.isRevoking(1, epoch: 4), "another epoch's acquire is not this one")
+        #expect(!state.isRevoking(2, epoch: 6), "kept")
+        #expect(state.confirmRevoked(1) == [.release([Lease(partition: 1, epoch: 5)])])
+        #expect(!state.isRevoking(1, epoch: 5), "released: nothing held")
+    }
+
     @Test("a renewal extends validity from when it was sent, not when it came back")
     func renewalFromSendTime() {
         var state = holding()

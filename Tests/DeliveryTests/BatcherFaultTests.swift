@@ -465,21 +465,37 @@ extension RedisBackedDeliveryTests {
             let other = submission("other", staying)
             await other.add(DeliveryHarness.messages(1, to: target, label: "other"))
             other.close()
-            // The lane is full (6): this one waits for room.
+            // The lane is full (6): this one waits for room, and another origin's behind it.
             let waiting = Task {
                 let late = submission("waiting", handedOver)
                 await late.add(DeliveryHarness.messages(2, to: target, label: "waiting"))
                 late.close()
             }
-            try await Task.sleep(for: .milliseconds(200))
+            try await eventually(timeout: .seconds(10)) {
+                guard harness.batcher.waitingSubmitters == 1 else { throw TestFailure("not waiting yet") }
+            }
+            let behind = Task {
+                let late = submission("behind", staying)
+                await late.add(DeliveryHarness.messages(1, to: target, label: "behind"))
+                late.close()
+            }
+            try await eventually(timeout: .seconds(10)) {
+                guard harness.batcher.waitingSubmitters == 2 else { throw TestFailure("not waiting yet") }
+            }
             #expect(outcomes.withLock { $0["waiting"] } == nil, "it waits for room")
             #expect(harness.batcher.statistics.bufferedMessages == 6)
+            #expect(harness.batcher.bufferedMessages(project: "p") == 6)
 
             // Three queued and the waiting part's first message (its second waits to be added after it).
             #expect(harness.batcher.giveBack(handedOver) == 4)
             await waiting.value
+            await behind.value
             #expect(outcomes.withLock { $0["waiting"] } == DeliveryOutcome(givenBack: 2))
-            #expect(harness.batcher.statistics.bufferedMessages == 3, "the batch in flight and the other origin's")
+            #expect(harness.batcher.waitingSubmitters == 0, "the other origin's waiter took the room freed")
+            #expect(
+                harness.batcher.statistics.bufferedMessages == 4,
+                "the batch in flight and the other origin's two")
+            #expect(harness.batcher.bufferedMessages(project: "p") == 4)
             #expect(outcomes.withLock { $0["first"] } == nil, "two of its messages are still in flight")
             // What the origin submits from now on comes back at once.
             let after = submission("after", handedOver)
@@ -491,10 +507,14 @@ extension RedisBackedDeliveryTests {
             #expect(await harness.batcher.drain(timeout: .seconds(30)))
             #expect(outcomes.withLock { $0["first"] } == DeliveryOutcome(delivered: 2, givenBack: 3))
             #expect(outcomes.withLock { $0["other"] } == DeliveryOutcome(delivered: 1))
+            #expect(outcomes.withLock { $0["behind"] } == DeliveryOutcome(delivered: 1))
             let labels = sink.accepted(queue: "handover").map { body in
-                ["sent", "queued", "other", "waiting", "after"].first { body.contains(#""label":"\#($0)""#) } ?? body
+                ["sent", "queued", "other", "waiting", "behind", "after"].first {
+                    body.contains(#""label":"\#($0)""#)
+                } ?? body
             }
-            #expect(labels == ["sent", "sent", "other"], "nothing given back was sent: \(labels)")
+            #expect(labels == ["sent", "sent", "other", "behind"], "nothing given back was sent: \(labels)")
+            #expect(harness.batcher.bufferedMessages(project: "p") == 0)
             await sink.close()
             await harness.shutdown()
         }

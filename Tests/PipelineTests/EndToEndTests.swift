@@ -297,13 +297,21 @@ extension PipelineSuites {
                 #expect(lost == 0)
                 #expect(unexpected == 0)
                 #expect(outOfOrder == 0)
-                if disruption != .kill9 {
-                    // A handoff (revoke, drain, release) never delivers an event twice; the only other
-                    // duplicates allowed are retries of requests that timed out after Zaqar took them.
+                if disruption == .none {
+                    // Nothing is handed over: no event comes from two owners.
+                    #expect(handoffDuplicates == 0, "duplicates delivered by two owners")
+                } else if disruption != .kill9 && shortDrains == 0 && lostLeases == 0 {
+                    // A handover (revoke, drain, release) delivers an event twice only when it gave
+                    // it back after part of it went (logged); a drain out of time or a lost lease
+                    // leaves events behind that the logs do not count.
                     #expect(
                         handoffDuplicates <= repeatedAtHandover,
                         "\(handoffDuplicates) duplicates delivered by two owners, \(repeatedAtHandover) logged as sent again at handovers"
                     )
+                }
+                if disruption != .kill9 {
+                    // The only other duplicates allowed are retries of requests that timed out after
+                    // Zaqar took them.
                     #expect(
                         duplicates <= ambiguousRetries + repeatedAtHandover,
                         "\(duplicates) duplicates, only \(ambiguousRetries) messages retried after an ambiguous failure and \(repeatedAtHandover) sent again at handovers"

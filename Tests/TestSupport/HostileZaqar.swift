@@ -31,6 +31,7 @@ public final class HostileZaqar: Sendable {
     private struct State {
         var requests: [String: Int] = [:]
         var accepted: [String: [String]] = [:]
+        var acceptedRequests: [String: [[String]]] = [:]
         var stallsReleased = false
         var stalled: [CheckedContinuation<Void, Never>] = []
     }
@@ -59,7 +60,10 @@ public final class HostileZaqar: Sendable {
             switch chosen {
             case .accept:
                 let messages = Self.messages(in: request.text)
-                books.state.withLock { $0.accepted[request.queue, default: []] += messages }
+                books.state.withLock {
+                    $0.accepted[request.queue, default: []] += messages
+                    $0.acceptedRequests[request.queue, default: []].append(messages)
+                }
                 return .accept
             case .status(let code, let retryAfter): return .status(code, retryAfter: retryAfter)
             case .stall:
@@ -94,6 +98,10 @@ public final class HostileZaqar: Sendable {
     public var totalRequests: Int { sink.requestCount }
     /// Message bodies accepted into a queue, in arrival order.
     public func accepted(queue: String) -> [String] { books.state.withLock { $0.accepted[queue] ?? [] } }
+    /// The same, one list per accepted request.
+    public func acceptedRequests(queue: String) -> [[String]] {
+        books.state.withLock { $0.acceptedRequests[queue] ?? [] }
+    }
 
     /// Ends every stall: held requests are answered 503, later stalls accept.
     public func releaseStalls() {

@@ -69,6 +69,8 @@ public final class ClusterCoordinator: Sendable {
         var isLeader = false
         var leaderValue = ""
         var assignmentEpoch: Int64 = -1
+        /// Set by `leave`: how long its revokes may take before the leases go regardless.
+        var leaveDrainTimeout: Duration?
         var assignment: StoredAssignment?
         var nextAcquire: Duration = .zero
         var metadata = ""
@@ -185,8 +187,15 @@ public final class ClusterCoordinator: Sendable {
         return state.withLock { $0.isActing(partition, epoch: epoch, at: now) }
     }
 
-    /// Whether `leave` has begun: its revokes hand the partitions over because the node stops.
-    public var isLeaving: Bool { state.withLock { $0.isLeaving } }
+    /// Once `leave` has begun (its revokes hand the partitions over because the node stops): how
+    /// long they may take before the leases are released regardless. Nil before.
+    public var leaveDrainTimeout: Duration? { control.withLock { $0.leaveDrainTimeout } }
+
+    /// Whether `partition`, acquired under `epoch`, is already revoked (its `revoke` event is on
+    /// its way): a consumer that has not started need not start.
+    public func isRevoking(_ partition: Int, epoch: UInt64) -> Bool {
+        state.withLock { $0.isRevoking(partition, epoch: epoch) }
+    }
 
     /// Whether this node holds the leader lease (as of its last beat).
     public var isLeader: Bool { control.withLock { $0.isLeader } }
@@ -201,7 +210,10 @@ public final class ClusterCoordinator: Sendable {
     /// revoke, or `drainTimeout` passes), releases the leases, leaves the group.
     public func leave(drainTimeout: Duration = .seconds(10)) async {
         let now = now()
-        control.withLock { $0.assignmentEpoch = Int64.max }  // ignore assignments from here on
+        control.withLock {
+            $0.assignmentEpoch = Int64.max  // ignore assignments from here on
+            $0.leaveDrainTimeout = drainTimeout  // read by the revokes' consumers
+        }
         // Under the state's lock: an assignment read before the line above cannot give partitions back.
         let revokes = state.withLock { $0.beginLeaving(now: now) }
         await execute(revokes)

@@ -77,6 +77,12 @@ public struct OwnershipState: Sendable {
         isValid(at: now) && held[partition]?.epoch == epoch
     }
 
+    /// Whether the partition, held under `epoch`, is revoked already (its revoke emitted, not yet
+    /// confirmed).
+    public func isRevoking(_ partition: Int, epoch: UInt64) -> Bool {
+        held[partition].map { $0.epoch == epoch && $0.revoking } ?? false
+    }
+
     /// A beat sent at `sentAt` came back. `intact` is false when the alive key had
     /// expired before it (this node was cut off or paused): every lease may be someone else's now.
     public mutating func beatSucceeded(sentAt: Duration, intact: Bool, now: Duration) -> [Action] {

@@ -39,6 +39,8 @@ public enum LogKey {
     public static let error = "error"
     public static let heraldAttempt = "herald.attempt"
     public static let heraldDrainSeconds = "herald.drain_seconds"
+    /// How long a handed-over partition's consumer took to cancel (`cancelAfterSpendingCredit`).
+    public static let heraldCancelSeconds = "herald.cancel_seconds"
     /// How long a partition's consumer took to start.
     public static let heraldStartSeconds = "herald.start_seconds"
     public static let heraldEventId = "herald.event_id"

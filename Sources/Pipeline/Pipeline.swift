@@ -1601,6 +1601,7 @@ package final class PartitionOwners: Sendable {
         let started = clock.now()
         // Handed over: nothing left on its way at the cancel (it would come back out of order).
         try? await owned.consumer.cancelAfterSpendingCredit(prefetch: configuration.partitionPrefetch)
+        let cancelled = clock.now() - started
         // Its events go out as they are for a moment (a quiet node finishes them: no duplicates).
         // Then what is not sent yet goes back: under a backlog it waits behind every other
         // partition's messages, the node's whole buffer, while the next owner waits for it. At the
@@ -1620,6 +1621,7 @@ package final class PartitionOwners: Sendable {
         let metadata: Logger.Metadata = [
             LogKey.partition: "\(partition)", LogKey.heraldGivenBack: "\(givenBack)",
             LogKey.heraldRepeated: "\(repeated)", LogKey.heraldDrainSeconds: "\(took.seconds)",
+            LogKey.heraldCancelSeconds: "\(cancelled.seconds)",
         ]
         if left > 0 {
             logger.warning(
@@ -1636,9 +1638,9 @@ package final class PartitionOwners: Sendable {
                 "partition handed over; messages not sent yet were given back for the next owner",
                 metadata: metadata)
         } else if took > .seconds(1) {
-            logger.info(
-                "partition drained for handoff",
-                metadata: [LogKey.partition: "\(partition)", LogKey.heraldDrainSeconds: "\(took.seconds)"])
+            logger.info("partition drained for handoff", metadata: metadata)
+        } else {
+            logger.debug("partition drained for handoff", metadata: metadata)
         }
         await owned.channel.close()
     }

@@ -621,6 +621,21 @@ public final class DeliveryBatcher: Sendable {
         return taken + waitersGivenBack.count
     }
 
+    /// Settles the messages of `batch` whose origin was given back (`giveBack`) as given back and
+    /// takes them out: a retry, a parking or a dead letter goes on with the rest only.
+    /// - Returns: whether nothing is left.
+    private func settleGivenBack(_ batch: inout [Pending]) -> Bool {
+        guard batch.contains(where: { $0.group.origin?.isGivenBack == true }) else { return batch.isEmpty }
+        var back: [Pending] = []
+        batch.removeAll { pending in
+            guard pending.group.origin?.isGivenBack == true else { return false }
+            back.append(pending)
+            return true
+        }
+        settle(back) { $0.givenBack += 1 }
+        return batch.isEmpty
+    }
+
     /// Moves `origin`'s queued messages out of a lane (in place) into `taken`, in order: how many,
     /// and their bytes.
     private static func take(
@@ -757,6 +772,8 @@ public final class DeliveryBatcher: Sendable {
         var random = SystemRandomNumberGenerator()
         let backoff = Backoff(base: configuration.retryBase, cap: configuration.retryCap)
         while !isStopped {
+            // A retry leaves out what was given back meanwhile: the next owner sends it.
+            if attempt > 0, settleGivenBack(&batch) { return }
             if let wait = state.withLock({ $0.lanes[target]?.circuit.wait(now: now()) }) {
                 try? await clock.sleep(for: wait)
                 continue
@@ -881,12 +898,17 @@ public final class DeliveryBatcher: Sendable {
         }
         var random = SystemRandomNumberGenerator()
         for subscription in order {
-            let messages = bySubscription[subscription] ?? []
+            var messages = bySubscription[subscription] ?? []
             var attempt = 0
             var full: ParkingFull?
             var direct = false
+            var givenBack = false
             while true {
                 if isStopped { return [] }
+                if attempt > 0, settleGivenBack(&messages) {
+                    givenBack = true
+                    break
+                }
                 do {
                     try await parking.park(
                         messages.map(\.message), reason: reason, failed: failed, retryAfter: retryAfter)
@@ -921,6 +943,7 @@ public final class DeliveryBatcher: Sendable {
                     )
                 }
             }
+            if givenBack { continue }
             if direct {
                 unparked += messages
                 continue
@@ -1105,15 +1128,17 @@ public final class DeliveryBatcher: Sendable {
         for (group, outcome) in finished { group.completion(outcome) }
     }
 
-    /// Stores dead letters, retrying until the sink takes them, then settles the messages.
+    /// Stores dead letters, retrying until the sink takes them, then settles the messages (those
+    /// whose origin is given back while it retries are settled as given back instead).
     /// - Returns: false when the batcher stopped before the letters were stored: nothing was
-    ///   settled, and whoever holds the messages must keep them (not ack them).
+    ///   settled, and whoever holds the messages must keep them (not ack them); true when all
+    ///   are settled.
     @discardableResult
     private func deadLetter(
         _ batch: [Pending], reason: DeadLetter.Reason, status: Int?, zaqarMessage: String?, detail: (Pending) -> String
     ) async -> Bool {
         let at = Date().timeIntervalSince1970
-        let letters = batch.map { pending in
+        var letters = batch.map { pending in
             DeadLetter(
                 reason: reason, detail: detail(pending), httpStatus: status, zaqarMessage: zaqarMessage,
                 target: pending.message.target.description, subscriptionID: pending.message.subscriptionID,
@@ -1123,13 +1148,15 @@ public final class DeliveryBatcher: Sendable {
         }
         var attempt = 0
         var random = SystemRandomNumberGenerator()
+        var batch = batch
         while true {
             if isStopped { return false }
-            if attempt > 0, batch.allSatisfy({ $0.group.origin?.isGivenBack == true }) {
-                // Their events go to the next owner, which dead-letters them again if it must:
-                // not held here while the dead-letter store is down (a handover waits for them).
-                settle(batch) { $0.givenBack += 1 }
-                return true
+            // Their events go to the next owner, which dead-letters them again if it must: not
+            // held here while the dead-letter store is down (a handover waits for them).
+            if attempt > 0, batch.contains(where: { $0.group.origin?.isGivenBack == true }) {
+                let kept = batch.map { $0.group.origin?.isGivenBack != true }
+                letters = zip(letters, kept).filter(\.1).map(\.0)
+                if settleGivenBack(&batch) { return true }
             }
             do {
                 try await deadLetters.deadLetter(letters)

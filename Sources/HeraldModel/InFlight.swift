@@ -63,7 +63,7 @@ public final class InFlight: Sendable {
 
 /// `wait`'s answer, or false once `timeout` has passed (`wait` is then cancelled, and should
 /// answer false for that unless what it waited for came at the same time: that answer wins).
-func answer(
+package func answer(
     within timeout: Duration, clock: ElapsedClock, _ wait: @escaping @Sendable () async -> Bool
 ) async -> Bool {
     await withTaskGroup(of: Bool.self) { group in

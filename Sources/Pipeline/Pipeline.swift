@@ -1062,6 +1062,8 @@ package final class PartitionOwners: Sendable {
     /// Partitions revoked whose handover still drains: a `lost` that comes meanwhile gives back
     /// what they have not sent.
     private let draining = Mutex<[Int: Owned]>([:])
+    /// Set by the leave's first revoke (`leaveDeadlines`).
+    private let leaving = Mutex<LeaveDeadlines?>(nil)
     /// Partitions acquired whose consumer could not start (RabbitMQ away or reconnecting, the
     /// consume refused, ...) or ended without a stop, with the task trying again (and its token):
     /// until the consumer starts, or the partition is stopped or acquired anew. Without it the
@@ -1094,6 +1096,10 @@ package final class PartitionOwners: Sendable {
         let task = Mutex<Task<Void, Never>?>(nil)
         /// What it submits to the batcher: given back at a stop (`stop`).
         let origin = DeliveryBatcher.Origin()
+        /// Down to zero by `cutShort`: a handover's waits end (lost meanwhile, or the node leaves).
+        let cut = InFlight()
+        var isCutShort: Bool { cut.count == 0 }
+        func cutShort() { cut.remove() }
         /// Messages of events given back after others of theirs went (delivered, dead-lettered
         /// or parked): the next owner handles those again.
         let repeated = Atomic<Int>(0)
@@ -1102,6 +1108,7 @@ package final class PartitionOwners: Sendable {
             self.epoch = epoch
             self.channel = channel
             self.consumer = consumer
+            cut.add()
         }
     }
 
@@ -1180,7 +1187,8 @@ package final class PartitionOwners: Sendable {
                     // this one are revoked while this one still starts those it got at first (the
                     // events wait their turn). One revoked meanwhile is not started, only to be
                     // stopped again: its revoke finds nothing to drain and confirms at once.
-                    if coordinator.isRevoking(partition, epoch: epoch) {
+                    // (Released already, too: its revoke came before this event and was confirmed.)
+                    if coordinator.isRevoking(partition, epoch: epoch) || !coordinator.holds(partition, epoch: epoch) {
                         logger.debug(
                             "not starting a partition revoked before its turn",
                             metadata: [LogKey.partition: "\(partition)"])
@@ -1189,6 +1197,11 @@ package final class PartitionOwners: Sendable {
                     let starting = clock.now()
                     do {
                         try await start(partition, epoch: epoch)
+                        if !coordinator.holds(partition, epoch: epoch), let owned = leave(partition) {
+                            // Released while it started (no revoke is coming for it any more).
+                            await stop(owned, partition: partition, ending: .lost)
+                            continue
+                        }
                         logger.debug(
                             "consuming an acquired partition",
                             metadata: [
@@ -1210,14 +1223,14 @@ package final class PartitionOwners: Sendable {
                     // restart) sends what it took for half of what its leave allows, and gives
                     // back the rest in time for its channel to close before its leases go (after
                     // that, the next owner would take later events first).
-                    let leaving = coordinator.leaveDrainTimeout
-                    let drain = leaving.map { min(configuration.handoffDrain, $0) } ?? configuration.handoffDrain
-                    let giveBackAfter = leaving.map { $0 / 2 } ?? configuration.handoffGiveBack
+                    let ending: Ending =
+                        coordinator.leaveDrainTimeout.map { .leaving(leaveDeadlines(leaving: $0)) }
+                        ?? .rebalance(giveBackAfter: configuration.handoffGiveBack, drain: configuration.handoffDrain)
                     if let owned { draining.withLock { $0[partition] = owned } }
                     let revoked = clock.now()
                     group.addTask {
                         if let owned {
-                            await self.stop(owned, partition: partition, drain: drain, giveBackAfter: giveBackAfter)
+                            await self.stop(owned, partition: partition, ending: ending)
                             self.draining.withLock { draining in
                                 if draining[partition] === owned { draining[partition] = nil }
                             }
@@ -1232,10 +1245,12 @@ package final class PartitionOwners: Sendable {
                     }
                 case .lost(let partition):
                     if let owned = leave(partition) {
-                        await stop(owned, partition: partition, drain: nil)
+                        await stop(owned, partition: partition, ending: .lost)
                     } else if let handingOver = draining.withLock({ $0[partition] }) {
-                        // Lost while its handover drains: what it has not sent goes back now.
+                        // Lost while its handover drains: what it has not sent goes back now, and
+                        // its channel closes without waiting (the next owner may hold the lease).
                         batcher.giveBack(handingOver.origin)
+                        handingOver.cutShort()
                     }
                 }
             }
@@ -1581,37 +1596,99 @@ package final class PartitionOwners: Sendable {
         return owned.withLock { $0.removeValue(forKey: partition) }
     }
 
+    /// How a partition's consumer ends (`stop`).
+    enum Ending {
+        /// The lease is gone: at once.
+        case lost
+        /// Revoked for a node that joined: what is not sent after `giveBackAfter` is given back; the
+        /// channel closes after `drain` at the latest (both from the cancel).
+        case rebalance(giveBackAfter: Duration, drain: Duration)
+        /// Revoked because this node leaves: by the leave's own deadlines.
+        case leaving(LeaveDeadlines)
+    }
+
+    /// When a leaving node's handovers give back and close their channels (on `clock`): half-way
+    /// through what the leave allows, and a little before it releases the leases regardless.
+    struct LeaveDeadlines {
+        var giveBackAt: Duration
+        var closeBy: Duration
+    }
+
+    /// The leave's deadlines, fixed by its first revoke. Handovers of a rebalance still draining
+    /// then give back and close at once: the leave's limit holds for them too.
+    private func leaveDeadlines(leaving limit: Duration) -> LeaveDeadlines {
+        let (deadlines, first) = leaving.withLock { leaving -> (LeaveDeadlines, Bool) in
+            if let known = leaving { return (known, false) }
+            let now = clock.now()
+            let deadlines = LeaveDeadlines(
+                giveBackAt: now + limit / 2, closeBy: now + limit - min(.seconds(1), limit / 4))
+            leaving = deadlines
+            return (deadlines, true)
+        }
+        if first {
+            for owned in draining.withLock({ Array($0.values) }) {
+                batcher.giveBack(owned.origin)
+                owned.cutShort()
+            }
+        }
+        return deadlines
+    }
+
+    /// Waits until the consumer's events are all settled (true), its stop is cut short, or
+    /// `deadline` passes.
+    private func settled(_ owned: Owned, by deadline: Duration) async -> Bool {
+        let left = deadline - clock.now()
+        guard left > .zero, !owned.isCutShort else { return owned.inFlight.count == 0 }
+        return await answer(within: left, clock: clock) {
+            await withTaskGroup(of: Bool.self) { group in
+                group.addTask { await owned.inFlight.zero() }
+                group.addTask {
+                    _ = await owned.cut.zero()
+                    return false
+                }
+                let first = await group.next() ?? false
+                group.cancelAll()
+                return first
+            }
+        } || owned.inFlight.count == 0
+    }
+
     /// Stops consuming a partition. With a `drain` limit (a handover), waits up to that long until
     /// its events are delivered and acked, so that the next owner gets none of them again; its
     /// messages not sent after `giveBackAfter` (or at the limit) are given back instead
     /// (`DeliveryBatcher.giveBack`), for the next owner. What is still in flight at the limit
     /// comes twice. Without one (lost), gives back at once and waits for nothing.
-    private func stop(_ owned: Owned, partition: Int, drain: Duration?, giveBackAfter: Duration? = nil) async {
-        guard let drain else {
-            // Lost: another node may own it already. What this one has not sent yet is not sent
-            // from here (nor is a submitter left waiting for room); unacked, it comes back to the
-            // queue at the channel's close.
+    private func stop(_ owned: Owned, partition: Int, ending: Ending) async {
+        let started = clock.now()
+        let (giveBackAt, closeBy): (Duration, Duration)
+        switch ending {
+        case .lost:
+            // Another node may own it already. What this one has not sent yet is not sent from
+            // here (nor is a submitter left waiting for room); unacked, it comes back to the queue
+            // at the channel's close.
             try? await owned.consumer.cancel()
             batcher.giveBack(owned.origin)
             await owned.task.withLock { $0 }?.value
             await owned.channel.close()
             return
+        case .rebalance(let giveBackAfter, let drain):
+            // Handed over: nothing left on its way at the cancel (it would come back out of order).
+            try? await owned.consumer.cancelAfterSpendingCredit(prefetch: configuration.partitionPrefetch)
+            let cancelled = clock.now()
+            (giveBackAt, closeBy) = (cancelled + min(giveBackAfter, drain), cancelled + drain)
+        case .leaving(let deadlines):
+            try? await owned.consumer.cancelAfterSpendingCredit(prefetch: configuration.partitionPrefetch)
+            (giveBackAt, closeBy) = (deadlines.giveBackAt, deadlines.closeBy)
         }
-        // Counted from here: a leave's revokes must end within its own limit.
-        let started = clock.now()
-        // Handed over: nothing left on its way at the cancel (it would come back out of order).
-        try? await owned.consumer.cancelAfterSpendingCredit(prefetch: configuration.partitionPrefetch)
         let cancelled = clock.now() - started
         // Its events go out as they are for a moment (a quiet node finishes them: no duplicates).
         // Then what is not sent yet goes back: under a backlog it waits behind every other
         // partition's messages, the node's whole buffer, while the next owner waits for it. At the
         // drain's end in any case: the next owner gets those events, so they are not sent from here.
         var givenBack = 0
-        let giveBackIn = min(giveBackAfter ?? drain, drain) - (clock.now() - started)
-        if !(await owned.inFlight.waitUntilZero(timeout: max(.zero, giveBackIn), clock: clock)) {
+        if !(await settled(owned, by: giveBackAt)) {
             givenBack = batcher.giveBack(owned.origin)
-            let left = drain - (clock.now() - started)
-            if left > .zero { _ = await owned.inFlight.waitUntilZero(timeout: left, clock: clock) }
+            _ = await settled(owned, by: closeBy)
         }
         // Ends soon once given back: nothing it handles waits for room any more.
         await owned.task.withLock { $0 }?.value

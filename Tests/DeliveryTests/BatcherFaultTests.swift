@@ -438,7 +438,7 @@ extension RedisBackedDeliveryTests {
         }
 
         @Test(
-            "giveBack takes back an origin's queued and waiting messages at once, frees their room, and gives back what it submits later; its batch in flight and other origins' messages are delivered"
+            "giveBack takes back an origin's queued and waiting messages at once, frees their room, and gives back what it submits later; its batch in flight is not retried with them; other origins' messages are delivered"
         )
         func giveBackTakesQueuedMessages() async throws {
             let sink = try await HostileZaqar { _ in .stall }
@@ -503,9 +503,10 @@ extension RedisBackedDeliveryTests {
             after.close()
             #expect(outcomes.withLock { $0["after"] } == DeliveryOutcome(givenBack: 1))
 
+            // Released, the held request fails (503): its retry leaves the origin's two out as well.
             sink.releaseStalls()
             #expect(await harness.batcher.drain(timeout: .seconds(30)))
-            #expect(outcomes.withLock { $0["first"] } == DeliveryOutcome(delivered: 2, givenBack: 3))
+            #expect(outcomes.withLock { $0["first"] } == DeliveryOutcome(givenBack: 5))
             #expect(outcomes.withLock { $0["other"] } == DeliveryOutcome(delivered: 1))
             #expect(outcomes.withLock { $0["behind"] } == DeliveryOutcome(delivered: 1))
             let labels = sink.accepted(queue: "handover").map { body in
@@ -513,8 +514,41 @@ extension RedisBackedDeliveryTests {
                     body.contains(#""label":"\#($0)""#)
                 } ?? body
             }
-            #expect(labels == ["sent", "sent", "other", "behind"], "nothing given back was sent: \(labels)")
+            #expect(labels == ["other", "behind"], "nothing given back was sent: \(labels)")
             #expect(harness.batcher.bufferedMessages(project: "p") == 0)
+            await sink.close()
+            await harness.shutdown()
+        }
+
+        @Test(
+            "a batch being retried leaves out what was given back: the retries end for those messages, given back, not dead-lettered"
+        )
+        func giveBackEndsRetries() async throws {
+            let sink = try await HostileZaqar { _ in .status(503) }
+            var configuration = DeliveryConfiguration()
+            configuration.retryBase = .milliseconds(50)
+            configuration.retryCap = .milliseconds(50)
+            configuration.maxAttempts = 1_000
+            let harness = try DeliveryHarness(configuration: configuration)
+            let target = ZaqarTarget(baseURL: sink.url, project: "p", queue: "failing")
+            let origin = DeliveryBatcher.Origin()
+            let outcome = Mutex<DeliveryOutcome?>(nil)
+            let submission = harness.batcher.submission(origin: origin) { result in outcome.withLock { $0 = result } }
+            await submission.add(DeliveryHarness.messages(3, to: target, label: "failing"))
+            submission.close()
+            try await eventually(timeout: .seconds(10)) {
+                guard sink.requests(queue: "failing") >= 2 else { throw TestFailure("not retried yet") }
+            }
+            #expect(harness.batcher.giveBack(origin) == 0, "nothing queued: the three are in the batch in flight")
+            try await eventually(timeout: .seconds(10)) {
+                guard outcome.withLock({ $0 }) != nil else { throw TestFailure("still retried") }
+            }
+            #expect(outcome.withLock { $0 } == DeliveryOutcome(givenBack: 3))
+            #expect(await harness.batcher.drain(timeout: .seconds(5)), "nothing left in the buffers")
+            #expect(harness.count("herald_dead_letters_total") == 0)
+            let requests = sink.requests(queue: "failing")
+            try await Task.sleep(for: .milliseconds(300))
+            #expect(sink.requests(queue: "failing") == requests, "no retry after the give-back")
             await sink.close()
             await harness.shutdown()
         }

@@ -197,6 +197,11 @@ public final class ClusterCoordinator: Sendable {
         state.withLock { $0.isRevoking(partition, epoch: epoch) }
     }
 
+    /// Whether `partition` is still held under `epoch` (not yet released, valid or not).
+    public func holds(_ partition: Int, epoch: UInt64) -> Bool {
+        state.withLock { $0.holds(partition, epoch: epoch) }
+    }
+
     /// Whether this node holds the leader lease (as of its last beat).
     public var isLeader: Bool { control.withLock { $0.isLeader } }
 

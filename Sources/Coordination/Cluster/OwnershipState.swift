@@ -77,6 +77,11 @@ public struct OwnershipState: Sendable {
         isValid(at: now) && held[partition]?.epoch == epoch
     }
 
+    /// Whether the partition is held under `epoch` (valid or not, revoking or not).
+    public func holds(_ partition: Int, epoch: UInt64) -> Bool {
+        held[partition]?.epoch == epoch
+    }
+
     /// Whether the partition, held under `epoch`, is revoked already (its revoke emitted, not yet
     /// confirmed).
     public func isRevoking(_ partition: Int, epoch: UInt64) -> Bool {

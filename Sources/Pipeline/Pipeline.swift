@@ -1653,11 +1653,12 @@ package final class PartitionOwners: Sendable {
         } || owned.inFlight.count == 0
     }
 
-    /// Stops consuming a partition. With a `drain` limit (a handover), waits up to that long until
-    /// its events are delivered and acked, so that the next owner gets none of them again; its
-    /// messages not sent after `giveBackAfter` (or at the limit) are given back instead
-    /// (`DeliveryBatcher.giveBack`), for the next owner. What is still in flight at the limit
-    /// comes twice. Without one (lost), gives back at once and waits for nothing.
+    /// Stops consuming a partition. Handed over (`rebalance`, `leaving`): waits until its events
+    /// are delivered and acked, so that the next owner gets none of them again, until the time to
+    /// give back; what is not sent then is given back (`DeliveryBatcher.giveBack`) for the next
+    /// owner, and the channel closes once the requests on their way end, or at the close's
+    /// deadline (what is still in flight then comes twice). Cut short (`Owned.cutShort`), both
+    /// come at once. Lost: gives back at once and waits for nothing.
     private func stop(_ owned: Owned, partition: Int, ending: Ending) async {
         let started = clock.now()
         let (giveBackAt, closeBy): (Duration, Duration)

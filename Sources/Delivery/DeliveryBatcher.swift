@@ -605,11 +605,7 @@ public final class DeliveryBatcher: Sendable {
                 waitersGivenBack.append(waiter.continuation)
                 return true
             }
-            var finished: [(Group, DeliveryOutcome)] = []
-            for pending in taken {
-                pending.group.outcome.givenBack += 1
-                if let outcome = pending.group.settleOne() { finished.append((pending.group, outcome)) }
-            }
+            let finished = Self.settleLocked(taken) { $0.givenBack += 1 }
             let (admitted, workers) = admitWaiters(&state)
             return (taken.count, finished, admitted, waitersGivenBack, workers)
         }
@@ -1116,16 +1112,22 @@ public final class DeliveryBatcher: Sendable {
 
     /// Counts each message into its group's outcome; runs the completions of groups now whole.
     private func settle(_ batch: [Pending], _ count: (inout DeliveryOutcome) -> Void) {
-        let finished = state.withLock { _ -> [(Group, DeliveryOutcome)] in
-            var finished: [(Group, DeliveryOutcome)] = []
-            for pending in batch {
-                let group = pending.group
-                count(&group.outcome)
-                if let outcome = group.settleOne() { finished.append((group, outcome)) }
-            }
-            return finished
-        }
+        let finished = state.withLock { _ in Self.settleLocked(batch, count) }
         for (group, outcome) in finished { group.completion(outcome) }
+    }
+
+    /// `settle`'s counting, for a caller that holds the batcher's lock: the groups now whole, whose
+    /// completions the caller runs once the lock is released.
+    private static func settleLocked(
+        _ batch: [Pending], _ count: (inout DeliveryOutcome) -> Void
+    ) -> [(Group, DeliveryOutcome)] {
+        var finished: [(Group, DeliveryOutcome)] = []
+        for pending in batch {
+            let group = pending.group
+            count(&group.outcome)
+            if let outcome = group.settleOne() { finished.append((group, outcome)) }
+        }
+        return finished
     }
 
     /// Stores dead letters, retrying until the sink takes them, then settles the messages (those

@@ -1675,8 +1675,8 @@ package final class PartitionOwners: Sendable {
         case .rebalance(let giveBackAfter, let drain):
             // Handed over: nothing left on its way at the cancel (it would come back out of order).
             try? await owned.consumer.cancelAfterSpendingCredit(prefetch: configuration.partitionPrefetch)
-            let cancelled = clock.now()
-            (giveBackAt, closeBy) = (cancelled + min(giveBackAfter, drain), cancelled + drain)
+            let cancelledAt = clock.now()
+            (giveBackAt, closeBy) = (cancelledAt + min(giveBackAfter, drain), cancelledAt + drain)
         case .leaving(let deadlines):
             try? await owned.consumer.cancelAfterSpendingCredit(prefetch: configuration.partitionPrefetch)
             (giveBackAt, closeBy) = (deadlines.giveBackAt, deadlines.closeBy)

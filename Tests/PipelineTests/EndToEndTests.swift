@@ -253,19 +253,13 @@ extension PipelineSuites {
                 let shortDrains = nodeLogs.components(separatedBy: "handoff drain ran out of time").count - 1
                 // Messages of events a handover gave back after part of them went: the next owner
                 // sends those again (logged per partition).
-                let repeatedAtHandover = nodeLogs.split(separator: "\n").reduce(0) { total, line in
-                    let field = line.split(separator: " ").first { $0.hasPrefix("herald.repeated=") }
-                    return total + (field.flatMap { Int($0.dropFirst("herald.repeated=".count)) } ?? 0)
-                }
+                let repeatedAtHandover = loggedSum(nodeLogs, field: "herald.repeated")
                 // Messages in batches retried after an ambiguous failure (the request may have been taken:
                 // a timeout after sending, not a refused connection), by a lane or by a parked
                 // subscription's drainer: at least once allows these twice.
-                var ambiguousRetries = 0
-                for line in nodeLogs.split(separator: "\n") {
-                    let retried = line.contains("retrying a batch") || line.contains("parked messages still fail")
-                    guard retried && !line.contains("connectTimeout") else { continue }
-                    let field = line.split(separator: " ").first { $0.hasPrefix("delivery.count=") }
-                    ambiguousRetries += field.flatMap { Int($0.dropFirst("delivery.count=".count)) } ?? 0
+                let ambiguousRetries = loggedSum(nodeLogs, field: "delivery.count") { line in
+                    (line.contains("retrying a batch") || line.contains("parked messages still fail"))
+                        && !line.contains("connectTimeout")
                 }
                 print(
                     "e2e \(disruption): \(notificationCount) notifications, \(total) expected messages, lost \(lost), unexpected \(unexpected), duplicates \(duplicates), out of order \(outOfOrder), dead letters \(letters.count); nodes logged \(lostLeases) lost leases, \(shortDrains) handoff drains out of time, \(repeatedAtHandover) messages sent again at handovers, \(ambiguousRetries) messages retried after a timeout; published in \(String(format: "%.1f", publishedAfter.seconds)) s, all read by \(String(format: "%.1f", arrivedAfter.seconds)) s"

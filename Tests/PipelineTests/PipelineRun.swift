@@ -17,6 +17,39 @@ struct Delivered {
     var epoch: Int
 }
 
+extension Delivered {
+    /// A message body in Herald's format (`{"event": ..., "herald": ...}`, the event numbered by
+    /// `seq` in its payload); nil for anything else.
+    init?(body: [String: Any]) {
+        guard let event = body["event"] as? [String: Any], let herald = body["herald"] as? [String: Any],
+            let payload = event["payload"] as? [String: Any], let seq = payload["seq"] as? Int,
+            let eventID = herald["event_id"] as? String,
+            let subscriptionID = herald["subscription_id"] as? String,
+            let partition = herald["partition"] as? Int, let epoch = herald["epoch"] as? Int
+        else { return nil }
+        self.init(
+            seq: seq, eventType: event["event_type"] as? String ?? "", eventID: eventID,
+            subscriptionID: subscriptionID, partition: partition, epoch: epoch)
+    }
+
+    /// The same, from the body's JSON text (as a `HostileZaqar` keeps it).
+    init?(json: String) {
+        guard let body = try? JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any] else {
+            return nil
+        }
+        self.init(body: body)
+    }
+}
+
+/// The sum of an integer field (`key=N`, the nodes' text log format) over the log's lines that
+/// `including` accepts.
+func loggedSum(_ log: String, field key: String, including: (Substring) -> Bool = { _ in true }) -> Int {
+    log.split(separator: "\n").filter(including).reduce(0) { total, line in
+        let field = line.split(separator: " ").first { $0.hasPrefix(key + "=") }
+        return total + (field.flatMap { Int($0.dropFirst(key.count + 1)) } ?? 0)
+    }
+}
+
 /// A cluster of `herald node` processes in a RabbitMQ vhost and Redis key prefix of
 /// their own, with the publisher and the Zaqar reader the end-to-end tests use.
 final class PipelineRun: @unchecked Sendable {
@@ -317,17 +350,7 @@ final class PipelineRun: @unchecked Sendable {
         var result: [String: [Delivered]] = [:]
         for (subscription, _) in expected {
             let bodies = try await zaqar.bodies(queue: subscription.target.queue, project: subscription.project)
-            result[subscription.target.queue] = bodies.compactMap { body in
-                guard let event = body["event"] as? [String: Any], let herald = body["herald"] as? [String: Any],
-                    let payload = event["payload"] as? [String: Any], let seq = payload["seq"] as? Int,
-                    let eventID = herald["event_id"] as? String,
-                    let subscriptionID = herald["subscription_id"] as? String,
-                    let partition = herald["partition"] as? Int, let epoch = herald["epoch"] as? Int
-                else { return nil }
-                return Delivered(
-                    seq: seq, eventType: event["event_type"] as? String ?? "", eventID: eventID,
-                    subscriptionID: subscriptionID, partition: partition, epoch: epoch)
-            }
+            result[subscription.target.queue] = bodies.compactMap(Delivered.init(body:))
         }
         return result
     }

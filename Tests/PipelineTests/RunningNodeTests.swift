@@ -494,36 +494,31 @@ extension PipelineSuites {
                 // node-2 delivers the handed-over partitions' events while node-1's Zaqar still holds.
                 try await eventually(timeout: .seconds(60)) {
                     let partitions = Set(
-                        open.accepted(queue: "handover").compactMap { Self.herald($0)?.partition })
+                        open.accepted(queue: "handover").compactMap { Delivered(json: $0)?.partition })
                     guard partitions == handedOver else {
                         throw TestFailure(
                             "node-2 delivered partitions \(partitions.sorted()) of \(handedOver.sorted())")
                     }
                 }
                 held.releaseStalls()
-                let all = try await eventually(timeout: .seconds(60)) { () -> [HeldOrOpen] in
-                    let delivered =
-                        held.accepted(queue: "handover").compactMap { Self.herald($0) }.map {
-                            HeldOrOpen(held: true, $0)
-                        }
-                        + open.accepted(queue: "handover").compactMap { Self.herald($0) }.map {
-                            HeldOrOpen(held: false, $0)
-                        }
-                    let seqs = Set(delivered.map(\.delivered.seq))
+                // What node-2 delivered, once both Zaqars hold every event between them.
+                let fromOpen = try await eventually(timeout: .seconds(60)) { () -> [Delivered] in
+                    let fromHeld = held.accepted(queue: "handover").compactMap(Delivered.init(json:))
+                    let fromOpen = open.accepted(queue: "handover").compactMap(Delivered.init(json:))
+                    let seqs = Set((fromHeld + fromOpen).map(\.seq))
                     guard seqs.count == count else { throw TestFailure("\(seqs.count) of \(count) events delivered") }
-                    return delivered
+                    return fromOpen
                 }
                 // Into the held Zaqar, node-1's request held at the handover goes again when released
                 // (one request in flight per queue: it is the first accepted); anything of a
                 // handed-over partition in a later request was sent by node-1 after the handover.
-                let late = held.acceptedRequests(queue: "handover").dropFirst().joined().compactMap {
-                    Self.herald($0)
-                }.filter { handedOver.contains($0.partition) }
+                let late = held.acceptedRequests(queue: "handover").dropFirst().joined()
+                    .compactMap(Delivered.init(json:)).filter { handedOver.contains($0.partition) }
                 #expect(
                     late.isEmpty,
                     "node-1 delivered \(late.count) events of handed-over partitions after the handover")
                 // The next owner delivers each server's events in order.
-                let byServer = Dictionary(grouping: all.filter { !$0.held }.map(\.delivered)) { $0.seq % 40 }
+                let byServer = Dictionary(grouping: fromOpen) { $0.seq % 40 }
                 for (server, events) in byServer {
                     let firstCopies = events.map(\.seq).reduce(into: [Int]()) { seen, seq in
                         if !seen.contains(seq) { seen.append(seq) }
@@ -531,36 +526,11 @@ extension PipelineSuites {
                     #expect(firstCopies == firstCopies.sorted(), "server \(server): \(firstCopies)")
                 }
                 let log = (try? String(contentsOfFile: "\(run.directory)/node-1.log", encoding: .utf8)) ?? ""
-                let givenBack = log.split(separator: "\n").reduce(0) { total, line in
-                    let field = line.split(separator: " ").first { $0.hasPrefix("herald.given_back=") }
-                    return total + (field.flatMap { Int($0.dropFirst("herald.given_back=".count)) } ?? 0)
-                }
+                let givenBack = loggedSum(log, field: "herald.given_back")
                 #expect(givenBack > 0, "node-1 logged what it gave back")
             }
             await held.close()
             await open.close()
-        }
-
-        struct HeldOrOpen {
-            var held: Bool
-            var delivered: Delivered
-
-            init(held: Bool, _ delivered: Delivered) {
-                self.held = held
-                self.delivered = delivered
-            }
-        }
-
-        /// What a body accepted by a `HostileZaqar` says of its event (nil for anything else).
-        static func herald(_ body: String) -> Delivered? {
-            guard let json = try? JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any],
-                let event = json["event"] as? [String: Any], let herald = json["herald"] as? [String: Any],
-                let payload = event["payload"] as? [String: Any], let seq = payload["seq"] as? Int,
-                let partition = herald["partition"] as? Int, let epoch = herald["epoch"] as? Int
-            else { return nil }
-            return Delivered(
-                seq: seq, eventType: event["event_type"] as? String ?? "", eventID: herald["event_id"] as? String ?? "",
-                subscriptionID: herald["subscription_id"] as? String ?? "", partition: partition, epoch: epoch)
         }
 
         @Test(

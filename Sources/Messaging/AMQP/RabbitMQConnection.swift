@@ -367,7 +367,7 @@ final class RabbitMQConnection: @unchecked Sendable {
         // Releasing walks every channel's pool against each frame rabbitmq-c holds queued (those
         // an RPC read for other channels while it waited for its reply), so with thousands queued
         // after an RPC under a flood of deliveries, a release before each event was quadratic: 65%
-        // of a lone node's CPU (BENCHMARKS.md, "The frame queue walked for every event"). A queued
+        // of a lone node's CPU (BENCHMARKS.md, "Three nodes against one under a CPU quota"). A queued
         // frame's channel keeps its memory until it is handled anyway: released once none is left.
         if !hasQueuedFrames { amqp_maybe_release_buffers(state) }
         var envelope = amqp_envelope_t()

@@ -153,6 +153,10 @@ public final class DeliveryBatcher: Sendable {
         var statistics = DeliveryStatistics()
         /// When each lane last took a batch to send, for the lanes that did lately.
         var recent = RecentSends()
+        /// Batches waiting out a retry's backoff or an open circuit, by the origins of their
+        /// messages: `giveBack` wakes them (`pause`).
+        var pauses: [Int: (origins: Set<ObjectIdentifier>, wakeup: Wakeup)] = [:]
+        var nextPause = 0
     }
 
     /// When lanes last sent, kept for at least `window` after each send and under three windows
@@ -580,8 +584,9 @@ public final class DeliveryBatcher: Sendable {
     /// - Returns: how many messages were given back now.
     @discardableResult
     public func giveBack(_ origin: Origin) -> Int {
-        let (taken, finished, admitted, waitersGivenBack, workers) = state.withLock { state in
+        let (taken, finished, admitted, waitersGivenBack, workers, paused) = state.withLock { state in
             origin.givenBack.store(true, ordering: .relaxed)
+            let paused = state.pauses.values.filter { $0.origins.contains(ObjectIdentifier(origin)) }.map(\.wakeup)
             var taken: [Pending] = []
             // The targets first: changing a lane while iterating the dictionary would copy it whole.
             let targets = state.lanes.compactMap { target, lane in
@@ -607,14 +612,37 @@ public final class DeliveryBatcher: Sendable {
             }
             let finished = Self.settleLocked(taken) { $0.givenBack += 1 }
             let (admitted, workers) = admitWaiters(&state)
-            return (taken.count, finished, admitted, waitersGivenBack, workers)
+            return (taken.count, finished, admitted, waitersGivenBack, workers, paused)
         }
+        for wakeup in paused { wakeup.signal() }
         for target in workers { startWorker(target) }
         for continuation in admitted { continuation.resume(returning: false) }
         // Each settles its own message as given back once it runs (`enqueue`).
         for continuation in waitersGivenBack { continuation.resume(returning: true) }
         for (group, outcome) in finished { group.completion(outcome) }
         return taken + waitersGivenBack.count
+    }
+
+    /// Waits `delay` of the batcher's clock, or until an origin of `batch` is given back: its
+    /// messages are then the next owner's, and a retry's backoff (up to the retry cap) or an open
+    /// circuit must not hold the handover.
+    private func pause(_ delay: Duration, for batch: [Pending]) async {
+        let origins = Set(batch.compactMap { $0.group.origin.map(ObjectIdentifier.init) })
+        guard !origins.isEmpty else {
+            try? await clock.sleep(for: delay)
+            return
+        }
+        let wakeup = Wakeup()
+        let id = state.withLock { state in
+            state.nextPause += 1
+            state.pauses[state.nextPause] = (origins, wakeup)
+            return state.nextPause
+        }
+        defer { _ = state.withLock { $0.pauses.removeValue(forKey: id) } }
+        // A give-back before the registration is seen here (the flag is set under the same lock);
+        // one after it signals.
+        if batch.contains(where: { $0.group.origin?.isGivenBack == true }) { return }
+        await wakeup.wait(timeout: delay, clock: clock)
     }
 
     /// Settles the messages of `batch` whose origin was given back (`giveBack`) as given back and
@@ -768,10 +796,11 @@ public final class DeliveryBatcher: Sendable {
         var random = SystemRandomNumberGenerator()
         let backoff = Backoff(base: configuration.retryBase, cap: configuration.retryCap)
         while !isStopped {
-            // A retry leaves out what was given back meanwhile: the next owner sends it.
-            if attempt > 0, settleGivenBack(&batch) { return }
+            // A retry, or a first attempt after an open circuit's wait, leaves out what was given
+            // back meanwhile: the next owner sends it.
+            if settleGivenBack(&batch) { return }
             if let wait = state.withLock({ $0.lanes[target]?.circuit.wait(now: now()) }) {
-                try? await clock.sleep(for: wait)
+                await pause(wait, for: batch)
                 continue
             }
             var retryAfter: Duration?
@@ -871,7 +900,7 @@ public final class DeliveryBatcher: Sendable {
             }
             // Retry-After was read defensively and cut to a cap (TargetAnswer.retryAfter).
             let delay = retryAfter ?? backoff.delay(attempt: attempt - 1, using: &random)
-            try? await clock.sleep(for: delay)
+            await pause(delay, for: batch)
         }
     }
 
@@ -1145,7 +1174,8 @@ public final class DeliveryBatcher: Sendable {
                 reason: reason, detail: detail(pending), httpStatus: status, zaqarMessage: zaqarMessage,
                 target: pending.message.target.description, subscriptionID: pending.message.subscriptionID,
                 eventID: pending.message.eventID, project: pending.message.target.project,
-                body: String(decoding: pending.message.body, as: UTF8.self), at: at
+                body: String(decoding: pending.message.body, as: UTF8.self), at: at,
+                allProjects: pending.message.allProjects
             )
         }
         var attempt = 0
@@ -1171,8 +1201,9 @@ public final class DeliveryBatcher: Sendable {
                         "cannot store dead letters; holding them and retrying",
                         metadata: [LogKey.error: "\(error)", LogKey.deliveryCount: "\(letters.count)"])
                 }
-                try? await clock.sleep(
-                    for: Backoff(base: .milliseconds(100), cap: .seconds(5)).delay(attempt: attempt, using: &random))
+                await pause(
+                    Backoff(base: .milliseconds(100), cap: .seconds(5)).delay(attempt: attempt, using: &random),
+                    for: batch)
             }
         }
         metrics.deadLettered(reason).increment(by: batch.count)

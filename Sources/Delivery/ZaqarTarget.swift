@@ -84,12 +84,17 @@ public struct ZaqarOutgoingMessage: Sendable {
     public var body: [UInt8]
     public var subscriptionID: String
     public var eventID: String
+    /// For an admin's all-projects subscription: every project's events, so a dead letter of it
+    /// is kept apart from the admin project's own (`DeadLetter.allProjects`).
+    public var allProjects: Bool
 
-    public init(target: ZaqarTarget, body: [UInt8], subscriptionID: String, eventID: String) {
+    public init(target: ZaqarTarget, body: [UInt8], subscriptionID: String, eventID: String, allProjects: Bool = false)
+    {
         self.target = target
         self.body = body
         self.subscriptionID = subscriptionID
         self.eventID = eventID
+        self.allProjects = allProjects
     }
 }
 

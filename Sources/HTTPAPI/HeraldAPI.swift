@@ -699,9 +699,12 @@ package struct HeraldAPI: Sendable {
     @Sendable func listDeadLetters(_ request: Request, _ context: APIContext) async throws -> Response {
         let caller = try context.requireCaller()
         try authorize("dead_letter:list", caller, project: caller.project, context: context)
+        let scope = try deadLetterScope(request, caller, context: context)
         let (limit, marker) = try page(request, most: 100)
-        let entries = try await services.deadLetters.recent(project: caller.project, count: limit, before: marker)
-        let next = entries.count == limit ? entries.last.map { "/v1/dead-letters?limit=\(limit)&marker=\($0.id)" } : nil
+        let entries = try await services.deadLetters.recent(scope, count: limit, before: marker)
+        let all = scope == .allProjects ? "&all_projects=true" : ""
+        let next =
+            entries.count == limit ? entries.last.map { "/v1/dead-letters?limit=\(limit)&marker=\($0.id)\(all)" } : nil
         return try APIJSON.response(
             DeadLetterPage(deadLetters: entries.map { DeadLetterEntry(id: $0.id, letter: $0.letter) }, next: next))
     }
@@ -711,6 +714,7 @@ package struct HeraldAPI: Sendable {
     @Sendable func replayDeadLetters(_ request: Request, _ context: APIContext) async throws -> Response {
         let caller = try context.requireCaller()
         try authorize("dead_letter:replay", caller, project: caller.project, context: context)
+        let scope = try deadLetterScope(request, caller, context: context)
         var ids: [String]?
         // Read whatever came, with a length or chunked: ids sent without a Content-Length must
         // not be taken for "replay the most recent".
@@ -724,13 +728,12 @@ package struct HeraldAPI: Sendable {
                 throw HTTPError(
                     .badRequest, message: "ids: \(ids.count) ids; at most \(perCall) at once (HERALD_REPLAY_MAX)")
             }
-            entries = try await services.deadLetters.letters(project: caller.project, ids: ids)
+            entries = try await services.deadLetters.letters(scope, ids: ids)
             if let missing = Set(ids).subtracting(entries.map(\.id)).sorted().first {
-                throw HTTPError(
-                    .notFound, message: "ids: no dead letter \(SafeText.quoted(missing)) in project \(caller.project)")
+                throw HTTPError(.notFound, message: "ids: no dead letter \(SafeText.quoted(missing)) of \(scope)")
             }
         } else {
-            entries = try await services.deadLetters.recent(project: caller.project, count: perCall)
+            entries = try await services.deadLetters.recent(scope, count: perCall)
         }
         if let rates = services.rates, !entries.isEmpty,
             let wait = try await rates.take(
@@ -753,8 +756,10 @@ package struct HeraldAPI: Sendable {
                     ))
                 continue
             }
+            // An all-projects subscription belongs to the project that made it (the letter's).
+            let owner = scope == .allProjects ? letter.project ?? caller.project : caller.project
             guard let subscriptionID = letter.subscriptionID,
-                let subscription = try await services.registry.get(id: subscriptionID, project: caller.project)
+                let subscription = try await services.registry.get(id: subscriptionID, project: owner)
             else {
                 result.failed.append(
                     .init(id: id, reason: "its subscription \(letter.subscriptionID ?? "-") no longer exists"))
@@ -784,7 +789,7 @@ package struct HeraldAPI: Sendable {
                 result.failed.append(.init(id: id, reason: TargetAnswer.cut(TargetAnswer.sanitise("\(error)"))))
             }
         }
-        try await services.deadLetters.remove(project: caller.project, ids: result.replayed)
+        try await services.deadLetters.remove(scope, ids: result.replayed)
         audit(
             "replay", caller, outcome: "success",
             detail: "\(result.replayed.count) replayed, \(result.failed.count) failed", context: context)
@@ -794,10 +799,30 @@ package struct HeraldAPI: Sendable {
     @Sendable func purgeDeadLetters(_ request: Request, _ context: APIContext) async throws -> Response {
         let caller = try context.requireCaller()
         try authorize("dead_letter:purge", caller, project: caller.project, context: context)
+        let scope = try deadLetterScope(request, caller, context: context)
         let purged = try await audited("purge", caller, context: context) {
-            try await services.deadLetters.purge(project: caller.project)
+            try await services.deadLetters.purge(scope)
         }
         return try APIJSON.response(["purged": purged])
+    }
+
+    /// Whose dead letters a call means: the caller's project's, or with `?all_projects=true`
+    /// those of the all-projects subscriptions, which hold every project's events and so are the
+    /// cloud's admins' alone (`dead_letter:all_projects`), not the admin project's readers'.
+    private func deadLetterScope(
+        _ request: Request, _ caller: Caller, context: APIContext
+    ) throws -> DeadLetterStore.Scope {
+        guard let text = request.uri.queryParameters.get("all_projects") else { return .project(caller.project) }
+        switch text.lowercased() {
+        case "false", "0", "no": return .project(caller.project)
+        case "true", "1", "yes", "": break
+        default:
+            throw HTTPError(
+                .badRequest, message: "all_projects: \(SafeText.quoted(String(text), limit: 20)) must be true or false")
+        }
+        try authorize(
+            "dead_letter:all_projects", caller, project: caller.project, field: "all_projects", context: context)
+        return .allProjects
     }
 
     // MARK: Policy

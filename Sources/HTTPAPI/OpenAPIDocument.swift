@@ -18,7 +18,8 @@ package enum OpenAPIDocument {
               "id": {"name": "id", "in": "path", "required": true, "schema": {"type": "string"}},
               "limit": {"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
               "deadLetterLimit": {"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 100}},
-              "marker": {"name": "marker", "in": "query", "required": false, "schema": {"type": "string"}, "description": "Where the page starts, from the previous page's next link."}
+              "marker": {"name": "marker", "in": "query", "required": false, "schema": {"type": "string"}, "description": "Where the page starts, from the previous page's next link."},
+              "allProjects": {"name": "all_projects", "in": "query", "required": false, "schema": {"type": "boolean", "default": false}, "description": "The dead letters of the all-projects subscriptions instead of the caller's project's (policy dead_letter:all_projects, the cloud's admins by default)."}
             },
             "responses": {
               "BadRequest": {"description": "A bad field, named in the message.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
@@ -120,10 +121,12 @@ package enum OpenAPIDocument {
                 "type": "object", "required": ["id", "reason", "detail", "body", "at"],
                 "properties": {
                   "id": {"type": "string"},
-                  "reason": {"type": "string", "enum": ["rejected", "not_found", "signed_url_expired", "unauthorized", "too_large", "retries_exhausted", "malformed"]},
+                  "reason": {"type": "string", "enum": ["rejected", "not_found", "signed_url_expired", "unauthorized", "too_large", "retries_exhausted", "malformed", "target_not_allowed", "retry_horizon", "parking_full"]},
                   "detail": {"type": "string"}, "http_status": {"type": "integer"}, "zaqar_message": {"type": "string"},
                   "target": {"type": "string"}, "subscription_id": {"type": "string"}, "event_id": {"type": "string"},
-                  "project": {"type": "string"}, "body": {"type": "string"}, "at": {"type": "number"}
+                  "project": {"type": "string"}, "body": {"type": "string"}, "body_truncated": {"type": "boolean"},
+                  "all_projects": {"type": "boolean", "description": "A letter of an all-projects subscription (project is the admin project that made it)."},
+                  "at": {"type": "number"}
                 }
               },
               "DeadLetterPage": {
@@ -328,7 +331,7 @@ package enum OpenAPIDocument {
             "/v1/dead-letters": {
               "get": {
                 "summary": "The caller's project's dead letters, newest first.", "security": [{"projectHeader": []}],
-                "parameters": [{"$ref": "#/components/parameters/deadLetterLimit"}, {"$ref": "#/components/parameters/marker"}],
+                "parameters": [{"$ref": "#/components/parameters/deadLetterLimit"}, {"$ref": "#/components/parameters/marker"}, {"$ref": "#/components/parameters/allProjects"}],
                 "responses": {
                   "200": {"description": "A page.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/DeadLetterPage"}}}},
                   "400": {"$ref": "#/components/responses/BadRequest"}, "401": {"$ref": "#/components/responses/Unauthorized"}
@@ -336,9 +339,10 @@ package enum OpenAPIDocument {
               },
               "delete": {
                 "summary": "Drop every dead letter of the caller's project.", "security": [{"projectHeader": []}],
+                "parameters": [{"$ref": "#/components/parameters/allProjects"}],
                 "responses": {
                   "200": {"description": "How many were dropped.", "content": {"application/json": {"schema": {"type": "object", "required": ["purged"], "properties": {"purged": {"type": "integer"}}}}}},
-                  "401": {"$ref": "#/components/responses/Unauthorized"}
+                  "400": {"$ref": "#/components/responses/BadRequest"}, "401": {"$ref": "#/components/responses/Unauthorized"}, "403": {"$ref": "#/components/responses/Forbidden"}
                 }
               }
             },
@@ -354,6 +358,7 @@ package enum OpenAPIDocument {
             "/v1/dead-letters/replay": {
               "post": {
                 "summary": "Post dead letters again to their subscription's current target: the given ids, or the newest 1000.", "security": [{"projectHeader": []}],
+                "parameters": [{"$ref": "#/components/parameters/allProjects"}],
                 "requestBody": {"required": false, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ReplayInput"}}}},
                 "responses": {
                   "200": {"description": "What was replayed (and left the list) and what failed again.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ReplayResult"}}}},

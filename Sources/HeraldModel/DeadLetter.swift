@@ -40,11 +40,16 @@ public struct DeadLetter: Codable, Sendable, Equatable {
     public var body: String
     /// The body was cut to the dead-letter budget when stored (it cannot be replayed).
     public var bodyTruncated: Bool?
+    /// A letter of an admin's all-projects subscription (`project` is then the admin project):
+    /// it holds another project's event, so it is kept apart from the project's own letters and
+    /// only the cloud's admins list, replay or purge it (`?all_projects=true`).
+    public var allProjects: Bool?
     public var at: Double
 
     public init(
         reason: Reason, detail: String, httpStatus: Int? = nil, zaqarMessage: String? = nil, target: String? = nil,
-        subscriptionID: String? = nil, eventID: String? = nil, project: String? = nil, body: String, at: Double
+        subscriptionID: String? = nil, eventID: String? = nil, project: String? = nil, body: String, at: Double,
+        allProjects: Bool = false
     ) {
         self.reason = reason
         self.detail = detail
@@ -56,6 +61,7 @@ public struct DeadLetter: Codable, Sendable, Equatable {
         self.project = project
         self.body = body
         self.at = at
+        self.allProjects = allProjects ? true : nil
     }
 
     enum CodingKeys: String, CodingKey {
@@ -65,5 +71,6 @@ public struct DeadLetter: Codable, Sendable, Equatable {
         case subscriptionID = "subscription_id"
         case eventID = "event_id"
         case bodyTruncated = "body_truncated"
+        case allProjects = "all_projects"
     }
 }

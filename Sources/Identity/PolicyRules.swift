@@ -56,6 +56,11 @@ package struct Policy: Sendable {
         ("dead_letter:list", "rule:project_reader or rule:system_reader or rule:cloud_admin", "GET /v1/dead-letters"),
         ("dead_letter:replay", "rule:project_member or rule:cloud_admin", "POST /v1/dead-letters/replay"),
         ("dead_letter:purge", "rule:project_member or rule:cloud_admin", "DELETE /v1/dead-letters"),
+        // They hold every project's events, unredacted when the subscription takes them so.
+        (
+            "dead_letter:all_projects", "rule:cloud_admin",
+            "list, replay or purge the dead letters of the all-projects subscriptions (?all_projects=true)"
+        ),
         ("policy:get", "@", "GET /v1/policy"),
     ]
 

@@ -648,7 +648,7 @@ package final class ParkingDrainer: Sendable {
                 ZaqarOutgoingMessage(
                     target: target, body: delivery.body, subscriptionID: subscriptionID,
                     eventID: delivery.properties.headers["herald-event-id"]?.string ?? delivery.properties.messageID
-                        ?? ""
+                        ?? "", allProjects: subscription.allProjects
                 )
             }
             let outcome = await batcher.attemptParked(messages)

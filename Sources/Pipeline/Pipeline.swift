@@ -1575,7 +1575,8 @@ package final class PartitionOwners: Sendable {
                 matchedAny = true
                 part.append(
                     ZaqarOutgoingMessage(
-                        target: route.target, body: message, subscriptionID: route.id, eventID: event.messageID
+                        target: route.target, body: message, subscriptionID: route.id, eventID: event.messageID,
+                        allProjects: route.allProjects
                     ))
                 if part.isFull { await send() }
             }

@@ -17,7 +17,7 @@ public final class SubscriptionRoute: Sendable {
     public let unredacted: Bool
     public let format: MessageFormat
     /// Made by an admin for every project's events.
-    let allProjects: Bool
+    public let allProjects: Bool
     /// Also its project's actions on other projects' resources (`include_actor`).
     let includeActor: Bool
     /// The include patterns and the exclusions (without their `!`), as bytes.

@@ -141,13 +141,16 @@ extension APISuites {
                                 (.patch, "/v1/subscriptions/\(id)", ["target": ["queue": "elsewhere"]])
                             case "`DELETE /v1/subscriptions/{id}`": (.delete, "/v1/subscriptions/\(id)", nil)
                             case "`GET /v1/dead-letters`": (.get, "/v1/dead-letters", nil)
+                            case "`GET /v1/dead-letters?all_projects=true`":
+                                (.get, "/v1/dead-letters?all_projects=true", nil)
                             case "`POST /v1/dead-letters/replay`": (.post, "/v1/dead-letters/replay", nil)
                             case "`DELETE /v1/dead-letters`": (.delete, "/v1/dead-letters", nil)
                             case "`GET /v1/policy`": (.get, "/v1/policy", nil)
                             default:
                                 throw TestFailure("docs/identity.md names a request this test cannot make: \(request)")
                             }
-                        let uri = persona.query.isEmpty ? path : path + "?" + persona.query
+                        let uri =
+                            persona.query.isEmpty ? path : path + (path.contains("?") ? "&" : "?") + persona.query
                         let reply = try await APIHarness.call(http, method, uri, token: persona.token, json: json)
                         #expect(
                             Int(reply.status.code) == expected,

@@ -182,6 +182,56 @@ extension APISuites {
             }
         }
 
+        @Test(
+            "an all-projects subscription's dead letters hold every project's events: the admin project's readers and members do not see them, the cloud admin does with all_projects=true"
+        )
+        func allProjectsDeadLetters() async throws {
+            let harness = try APIHarness()
+            let adminReader = Persona(name: "admin project's reader", project: "admin", roles: "reader", user: "ar1")
+            let adminMember = Persona(name: "admin project's member", project: "admin", roles: "member", user: "am1")
+            func letter(_ event: String, allProjects: Bool) -> DeadLetter {
+                DeadLetter(
+                    reason: .notFound, detail: "no such queue", subscriptionID: "s-" + event, eventID: event,
+                    project: "admin", body: "{\"event\":{\"project\":\"p7\"}}", at: 1, allProjects: allProjects)
+            }
+            try await harness.deadLetters.append([
+                letter("own", allProjects: false), letter("every-project", allProjects: true),
+            ])
+            try await harness.test { client in
+                func events(_ reply: APIHarness.Reply) -> [String] {
+                    (reply.object["dead_letters"] as? [[String: Any]] ?? []).compactMap { $0["event_id"] as? String }
+                }
+                for persona in [adminReader, adminMember, Self.admin] {
+                    let own = try await call(client, persona, .get, "/v1/dead-letters")
+                    #expect(own.status == .ok && events(own) == ["own"], "\(persona.name): \(own.text)")
+                }
+                for persona in [adminReader, adminMember, Self.member] {
+                    for (method, uri) in [
+                        (HTTPRequest.Method.get, "/v1/dead-letters?all_projects=true"),
+                        (.post, "/v1/dead-letters/replay?all_projects=true"),
+                        (.delete, "/v1/dead-letters?all_projects=true"),
+                    ] {
+                        let refused = try await call(client, persona, method, uri)
+                        #expect(refused.status == .forbidden, "\(persona.name) \(method) \(uri): \(refused.text)")
+                    }
+                }
+                let bad = try await call(client, Self.admin, .get, "/v1/dead-letters?all_projects=maybe")
+                #expect(bad.status == .badRequest && bad.message.hasPrefix("all_projects:"), "\(bad.text)")
+                let every = try await call(client, Self.admin, .get, "/v1/dead-letters?all_projects=true")
+                #expect(every.status == .ok && events(every) == ["every-project"], "\(every.text)")
+                let first = (every.object["dead_letters"] as? [[String: Any]])?.first
+                #expect(first?["all_projects"] as? Bool == true)
+                // Its subscription is gone: the replay says so and keeps it.
+                let replay = try await call(client, Self.admin, .post, "/v1/dead-letters/replay?all_projects=true")
+                #expect(replay.status == .ok, "\(replay.text)")
+                #expect((replay.object["failed"] as? [[String: Any]])?.count == 1, "\(replay.text)")
+                let purged = try await call(client, Self.admin, .delete, "/v1/dead-letters?all_projects=true")
+                #expect(purged.object["purged"] as? Int == 1, "\(purged.text)")
+                let left = try await call(client, adminReader, .get, "/v1/dead-letters")
+                #expect(events(left) == ["own"], "the project's own letter stays: \(left.text)")
+            }
+        }
+
         @Test("the token-capture path is closed: a second member cannot point a trust-backed subscription elsewhere")
         func trustedTarget() async throws {
             let harness = try APIHarness()

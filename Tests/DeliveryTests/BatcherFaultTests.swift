@@ -553,6 +553,38 @@ extension RedisBackedDeliveryTests {
             await harness.shutdown()
         }
 
+        @Test("a give-back ends a retry's backoff at once: the handover does not wait out Retry-After")
+        func giveBackEndsBackoff() async throws {
+            // An hour's Retry-After (the cap is an hour too): the batch sleeps that long after its first 503.
+            let sink = try await HostileZaqar { _ in .status(503, retryAfter: 3600) }
+            var configuration = DeliveryConfiguration()
+            configuration.retryBase = .seconds(3600)
+            configuration.retryCap = .seconds(3600)
+            configuration.maxAttempts = 1_000
+            let harness = try DeliveryHarness(configuration: configuration)
+            let target = ZaqarTarget(baseURL: sink.url, project: "p", queue: "slow-retry")
+            let origin = DeliveryBatcher.Origin()
+            let outcome = Mutex<DeliveryOutcome?>(nil)
+            let submission = harness.batcher.submission(origin: origin) { result in outcome.withLock { $0 = result } }
+            await submission.add(DeliveryHarness.messages(3, to: target, label: "slow-retry"))
+            submission.close()
+            try await eventually(timeout: .seconds(10)) {
+                guard sink.requests(queue: "slow-retry") >= 1 else { throw TestFailure("not sent yet") }
+            }
+            // Past its first answer: the batch is in its backoff now (or about to be).
+            try await Task.sleep(for: .milliseconds(200))
+            #expect(outcome.withLock { $0 } == nil, "still held by the backoff")
+            harness.batcher.giveBack(origin)
+            try await eventually(timeout: .seconds(10)) {
+                guard outcome.withLock({ $0 }) != nil else { throw TestFailure("still in its backoff") }
+            }
+            #expect(outcome.withLock { $0 } == DeliveryOutcome(givenBack: 3))
+            #expect(sink.requests(queue: "slow-retry") == 1, "no retry after the give-back")
+            #expect(await harness.batcher.drain(timeout: .seconds(5)), "nothing left in the buffers")
+            await sink.close()
+            await harness.shutdown()
+        }
+
         @Test("with the sink stalled, buffered messages never exceed the bounds and submitters wait")
         func boundedMemory() async throws {
             let sink = try await HostileZaqar { _ in .stall }

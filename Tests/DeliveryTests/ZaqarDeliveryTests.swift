@@ -104,24 +104,37 @@ extension RedisBackedDeliveryTests {
             await harness.shutdown()
         }
 
-        @Test("Zaqar's 400 for a bad message is dead-lettered with Zaqar's own words")
+        @Test(
+            "Zaqar's 400 for a bad message is dead-lettered with Zaqar's own words; an all-projects subscription's letter is kept apart from its project's"
+        )
         func zaqarRejects() async throws {
             let harness = try DeliveryHarness()
-            let target = ZaqarTarget(baseURL: zaqarURL, project: "p-bad", queue: queue())
+            let project = "p-bad-" + UUID().uuidString.prefix(8).lowercased()
+            let target = ZaqarTarget(baseURL: zaqarURL, project: project, queue: queue())
             var messages = DeliveryHarness.messages(4, to: target)
             // A TTL below Zaqar's minimum of 60 s.
             let event = Array("{\"n\":99}".utf8)
-            messages[2] = ZaqarOutgoingMessage(
-                target: target,
-                body: ZaqarMessageEncoding.message(
-                    event: event, ttl: 1, subscriptionID: "s", eventID: "bad-ttl", partition: 0, epoch: 1),
-                subscriptionID: "s", eventID: "bad-ttl")
+            for (index, allProjects) in [(1, true), (2, false)] {
+                let id = allProjects ? "bad-ttl-all" : "bad-ttl"
+                messages[index] = ZaqarOutgoingMessage(
+                    target: target,
+                    body: ZaqarMessageEncoding.message(
+                        event: event, ttl: 1, subscriptionID: "s", eventID: id, partition: 0, epoch: 1),
+                    subscriptionID: "s", eventID: id, allProjects: allProjects)
+            }
             let outcome = await harness.batcher.deliver(messages)
-            #expect(outcome == DeliveryOutcome(delivered: 3, deadLettered: 1))
-            let letter = try #require(try await harness.deadLetters.recent().first)
-            #expect(letter.reason == .rejected)
-            #expect(letter.eventID == "bad-ttl")
-            #expect(letter.zaqarMessage?.lowercased().contains("ttl") == true, "\(letter.zaqarMessage ?? "")")
+            #expect(outcome == DeliveryOutcome(delivered: 2, deadLettered: 2))
+            let letters = try await harness.deadLetters.recent()
+            #expect(Set(letters.map(\.eventID)) == ["bad-ttl", "bad-ttl-all"])
+            for letter in letters {
+                #expect(letter.reason == .rejected)
+                #expect(letter.zaqarMessage?.lowercased().contains("ttl") == true, "\(letter.zaqarMessage ?? "")")
+                #expect(letter.project == project)
+                #expect((letter.allProjects == true) == (letter.eventID == "bad-ttl-all"))
+            }
+            // The project sees its own letter only; the other holds another project's event.
+            #expect(try await harness.deadLetters.recent(project: project).map(\.letter.eventID) == ["bad-ttl"])
+            #expect(try await harness.deadLetters.recent(.allProjects).map(\.letter.eventID) == ["bad-ttl-all"])
             await harness.shutdown()
         }
     }

@@ -14,11 +14,13 @@ extension PipelineSuites {
     @Suite("herald node against hostile tenants, targets and notifications", .serialized, .timeLimit(.minutes(5)))
     struct HostileNodeTests {
         func call(
-            _ port: Int, _ method: HTTPMethod, _ path: String, project: String, json: [String: Any]
+            _ port: Int, _ method: HTTPMethod, _ path: String, project: String, roles: String? = nil,
+            json: [String: Any]
         ) async throws -> (Int, String) {
             var request = HTTPClientRequest(url: "http://127.0.0.1:\(port)\(path)")
             request.method = method
             request.headers.add(name: "X-Project-Id", value: project)
+            if let roles { request.headers.add(name: "X-Roles", value: roles) }
             request.headers.add(name: "Content-Type", value: "application/json")
             request.body = .bytes(ByteBuffer(bytes: try JSONSerialization.data(withJSONObject: json)))
             let response = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
@@ -74,6 +76,17 @@ extension PipelineSuites {
                         ])
                     #expect(refused == 400)
                     #expect(refusal.contains("target.zaqar_url"), "\(refusal)")
+                    // The cloud admin's feed of every project into a target that refuses it: its dead
+                    // letters hold evil's events, so they are kept apart from the admin project's own.
+                    let (feedCreated, feed) = try await call(
+                        port, .POST, "/v1/subscriptions", project: "admin", roles: "admin",
+                        json: [
+                            "event_types": ["compute.instance.*"], "all_projects": true,
+                            "target": ["queue": "html-all-\(run.id)", "zaqar_url": hostile.url],
+                        ])
+                    #expect(feedCreated == 201, "\(feed)")
+                    let feedID =
+                        ((try? JSONSerialization.jsonObject(with: Data(feed.utf8))) as? [String: Any])?["id"] as? String
                     let good = run.queue("good")
                     let (created, answer) = try await call(
                         port, .POST, "/v1/subscriptions", project: "good",
@@ -117,6 +130,16 @@ extension PipelineSuites {
                             throw TestFailure("no dead letter for the poison notification: \(letters.map(\.detail))")
                         }
                     }
+                    try await eventually(timeout: .seconds(30)) {
+                        let apart = try await run.deadLetters.recent(.allProjects, count: 100).map(\.letter)
+                        guard apart.filter({ $0.subscriptionID == feedID }).count >= 20 else {
+                            throw TestFailure("\(apart.count) of the feed's 20 dead letters kept apart")
+                        }
+                        #expect(apart.allSatisfy { $0.allProjects == true && $0.project == "admin" })
+                    }
+                    #expect(
+                        try await run.deadLetters.recent(project: "admin", count: 100).isEmpty,
+                        "none in the admin project's own letters, which its readers list")
                     // Every hostile target was tried, and the node is still there.
                     try await eventually(timeout: .seconds(30)) {
                         for kind in ["inf", "nan", "huge", "day", "redirect", "silent", "html"]

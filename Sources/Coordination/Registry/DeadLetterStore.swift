@@ -24,8 +24,23 @@ public struct DeadLetterBudget: Sendable {
 /// the API. Both are bounded by count (the oldest go first), every letter's body by bytes, and
 /// a project's stream expires when idle. What is trimmed is never silent: it is counted by
 /// reason in `<prefix>dead-letters-dropped` (a hash; `herald status` shows it) and returned
-/// to the caller for its metric and log.
+/// to the caller for its metric and log. A letter of an admin's all-projects subscription holds
+/// another project's event: it goes to `<prefix>dead-letters-all-projects` instead of the admin
+/// project's stream, for the cloud's admins only (`Scope.allProjects`).
 public final class DeadLetterStore: Sendable {
+    /// Whose letters: a project's own, or those of the all-projects subscriptions.
+    public enum Scope: Sendable, Equatable, CustomStringConvertible {
+        case project(String)
+        case allProjects
+
+        public var description: String {
+            switch self {
+            case .project(let project): return "project \(project)"
+            case .allProjects: return "the all-projects subscriptions"
+            }
+        }
+    }
+
     private let redis: RedisClient
     private let key: String
     public let budget: DeadLetterBudget
@@ -42,6 +57,16 @@ public final class DeadLetterStore: Sendable {
 
     /// Not under `dead-letters:`: a project named `dropped` must not share its key.
     private var droppedKey: String { key + "-dropped" }
+
+    /// Not under `dead-letters:` either, for the same reason.
+    private var allProjectsKey: String { key + "-all-projects" }
+
+    private func streamKey(_ scope: Scope) -> String {
+        switch scope {
+        case .project(let project): return projectKey(project)
+        case .allProjects: return allProjectsKey
+        }
+    }
 
     /// Appends one letter to a stream, first trimming the oldest entries beyond the cap and
     /// counting them by reason. KEYS: the stream, the dropped-counts hash. ARGV: cap, idle ms
@@ -87,9 +112,10 @@ public final class DeadLetterStore: Sendable {
                     arguments: [budget.max, 0, letter.reason.rawValue, letter.project ?? "", json])
             ]
             if let project = letter.project, !project.isEmpty {
+                let stream = letter.allProjects == true ? allProjectsKey : projectKey(project)
                 replies.append(
                     try await redis.evalSHA(
-                        Self.append, keys: [projectKey(project), droppedKey],
+                        Self.append, keys: [stream, droppedKey],
                         arguments: [
                             budget.projectMax, Int(budget.projectIdle.milliseconds), letter.reason.rawValue, project,
                             json,
@@ -124,31 +150,38 @@ public final class DeadLetterStore: Sendable {
         try await entries(key: key, count: count, before: nil).map(\.letter)
     }
 
-    /// A project's letters, newest first: at most `count`, older than the entry id `before` when given.
+    /// A scope's letters, newest first: at most `count`, older than the entry id `before` when given.
+    public func recent(
+        _ scope: Scope, count: Int = 100, before: String? = nil
+    ) async throws -> [(id: String, letter: DeadLetter)] {
+        try await entries(key: streamKey(scope), count: count, before: before)
+    }
+
+    /// A project's letters, newest first (`recent(.project(project), ...)`).
     public func recent(
         project: String, count: Int = 100, before: String? = nil
     ) async throws -> [(id: String, letter: DeadLetter)] {
-        try await entries(key: projectKey(project), count: count, before: before)
+        try await recent(.project(project), count: count, before: before)
     }
 
-    /// A project's letters by entry id; ids it does not have are left out.
-    public func letters(project: String, ids: [String]) async throws -> [(id: String, letter: DeadLetter)] {
+    /// A scope's letters by entry id; ids it does not have are left out.
+    public func letters(_ scope: Scope, ids: [String]) async throws -> [(id: String, letter: DeadLetter)] {
         guard !ids.isEmpty else { return [] }
-        let replies = try await redis.pipeline(ids.map { RedisCommand("XRANGE", projectKey(project), $0, $0) })
+        let replies = try await redis.pipeline(ids.map { RedisCommand("XRANGE", streamKey(scope), $0, $0) })
         return replies.flatMap(Self.decode)
     }
 
-    /// Removes letters of a project (after a replay); returns how many were removed.
+    /// Removes letters of a scope (after a replay); returns how many were removed.
     @discardableResult
-    public func remove(project: String, ids: [String]) async throws -> Int {
+    public func remove(_ scope: Scope, ids: [String]) async throws -> Int {
         guard !ids.isEmpty else { return 0 }
-        return Int(try await redis.send(RedisCommand(["XDEL", projectKey(project)] + ids)).integer ?? 0)
+        return Int(try await redis.send(RedisCommand(["XDEL", streamKey(scope)] + ids)).integer ?? 0)
     }
 
-    /// Removes every letter of a project; returns how many there were.
-    public func purge(project: String) async throws -> Int {
+    /// Removes every letter of a scope; returns how many there were.
+    public func purge(_ scope: Scope) async throws -> Int {
         let replies = try await redis.pipeline([
-            RedisCommand("XLEN", projectKey(project)), RedisCommand("DEL", projectKey(project)),
+            RedisCommand("XLEN", streamKey(scope)), RedisCommand("DEL", streamKey(scope)),
         ])
         return Int(replies[0].integer ?? 0)
     }

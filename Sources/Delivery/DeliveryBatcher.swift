@@ -625,7 +625,8 @@ public final class DeliveryBatcher: Sendable {
 
     /// Waits `delay` of the batcher's clock, or until an origin of `batch` is given back: its
     /// messages are then the next owner's, and a retry's backoff (up to the retry cap) or an open
-    /// circuit must not hold the handover.
+    /// circuit must not hold the handover. The caller settles those and waits out the rest of its
+    /// delay for the others (a retry's time is kept as a deadline, not restarted).
     private func pause(_ delay: Duration, for batch: [Pending]) async {
         let origins = Set(batch.compactMap { $0.group.origin.map(ObjectIdentifier.init) })
         guard !origins.isEmpty else {
@@ -795,10 +796,16 @@ public final class DeliveryBatcher: Sendable {
         var attempt = 0
         var random = SystemRandomNumberGenerator()
         let backoff = Backoff(base: configuration.retryBase, cap: configuration.retryCap)
+        // When the next attempt is due (a retry's backoff or Retry-After).
+        var retryAt: Duration?
         while !isStopped {
             // A retry, or a first attempt after an open circuit's wait, leaves out what was given
-            // back meanwhile: the next owner sends it.
+            // back meanwhile: the next owner sends it. The rest waits out its backoff still.
             if settleGivenBack(&batch) { return }
+            if let retryAt, now() < retryAt, !Task.isCancelled {
+                await pause(retryAt - now(), for: batch)
+                continue
+            }
             if let wait = state.withLock({ $0.lanes[target]?.circuit.wait(now: now()) }) {
                 await pause(wait, for: batch)
                 continue
@@ -899,8 +906,7 @@ public final class DeliveryBatcher: Sendable {
                 return
             }
             // Retry-After was read defensively and cut to a cap (TargetAnswer.retryAfter).
-            let delay = retryAfter ?? backoff.delay(attempt: attempt - 1, using: &random)
-            await pause(delay, for: batch)
+            retryAt = now() + (retryAfter ?? backoff.delay(attempt: attempt - 1, using: &random))
         }
     }
 
@@ -1181,6 +1187,7 @@ public final class DeliveryBatcher: Sendable {
         var attempt = 0
         var random = SystemRandomNumberGenerator()
         var batch = batch
+        var retryAt: Duration?
         while true {
             if isStopped { return false }
             // Their events go to the next owner, which dead-letters them again if it must: not
@@ -1189,6 +1196,10 @@ public final class DeliveryBatcher: Sendable {
                 let kept = batch.map { $0.group.origin?.isGivenBack != true }
                 letters = zip(letters, kept).filter(\.1).map(\.0)
                 if settleGivenBack(&batch) { return true }
+            }
+            if let retryAt, now() < retryAt, !Task.isCancelled {
+                await pause(retryAt - now(), for: batch)
+                continue
             }
             do {
                 try await deadLetters.deadLetter(letters)
@@ -1201,9 +1212,8 @@ public final class DeliveryBatcher: Sendable {
                         "cannot store dead letters; holding them and retrying",
                         metadata: [LogKey.error: "\(error)", LogKey.deliveryCount: "\(letters.count)"])
                 }
-                await pause(
-                    Backoff(base: .milliseconds(100), cap: .seconds(5)).delay(attempt: attempt, using: &random),
-                    for: batch)
+                retryAt =
+                    now() + Backoff(base: .milliseconds(100), cap: .seconds(5)).delay(attempt: attempt, using: &random)
             }
         }
         metrics.deadLettered(reason).increment(by: batch.count)

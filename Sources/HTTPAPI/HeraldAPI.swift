@@ -308,7 +308,7 @@ package struct HeraldAPI: Sendable {
         return try APIJSON.response(
             SubscriptionPage(
                 subscriptions: subscriptions.map(view),
-                next: next.map { "/v1/subscriptions?limit=\(limit)&marker=\($0)" }))
+                next: next.map { "/v1/subscriptions?limit=\(limit)&marker=\($0)" + carried(caller) }))
     }
 
     @Sendable func getSubscription(_ request: Request, _ context: APIContext) async throws -> Response {
@@ -685,7 +685,7 @@ package struct HeraldAPI: Sendable {
         return try APIJSON.response(
             AliasPage(
                 subscriptions: subscriptions.map(AliasSubscription.init),
-                next: next.map { "/v1/subscription?limit=\(limit)&marker=\($0)" }))
+                next: next.map { "/v1/subscription?limit=\(limit)&marker=\($0)" + carried(caller) }))
     }
 
     @Sendable func getAlias(_ request: Request, _ context: APIContext) async throws -> Response {
@@ -702,9 +702,10 @@ package struct HeraldAPI: Sendable {
         let scope = try deadLetterScope(request, caller, context: context)
         let (limit, marker) = try page(request, most: 100)
         let entries = try await services.deadLetters.recent(scope, count: limit, before: marker)
-        let all = scope == .allProjects ? "&all_projects=true" : ""
         let next =
-            entries.count == limit ? entries.last.map { "/v1/dead-letters?limit=\(limit)&marker=\($0.id)\(all)" } : nil
+            entries.count == limit
+            ? entries.last.map { "/v1/dead-letters?limit=\(limit)&marker=\($0.id)" + carried(caller, scope: scope) }
+            : nil
         return try APIJSON.response(
             DeadLetterPage(deadLetters: entries.map { DeadLetterEntry(id: $0.id, letter: $0.letter) }, next: next))
     }
@@ -792,7 +793,7 @@ package struct HeraldAPI: Sendable {
         try await services.deadLetters.remove(scope, ids: result.replayed)
         audit(
             "replay", caller, outcome: "success",
-            detail: "\(result.replayed.count) replayed, \(result.failed.count) failed", context: context)
+            detail: "\(result.replayed.count) replayed, \(result.failed.count) failed, of \(scope)", context: context)
         return try APIJSON.response(result)
     }
 
@@ -800,10 +801,20 @@ package struct HeraldAPI: Sendable {
         let caller = try context.requireCaller()
         try authorize("dead_letter:purge", caller, project: caller.project, context: context)
         let scope = try deadLetterScope(request, caller, context: context)
-        let purged = try await audited("purge", caller, context: context) {
+        // The scope in the action's name: purging every project's feed letters reads apart.
+        let purged = try await audited(scope == .allProjects ? "purge all_projects" : "purge", caller, context: context)
+        {
             try await services.deadLetters.purge(scope)
         }
         return try APIJSON.response(["purged": purged])
+    }
+
+    /// The query a next page needs besides its limit and marker: the scope, and the project a
+    /// system-scoped token names (it has none of its own, so a link without it is a 400; the
+    /// authenticator checked it is letters, digits, `-` and `_`).
+    private func carried(_ caller: Caller, scope: DeadLetterStore.Scope = .project("")) -> String {
+        (scope == .allProjects ? "&all_projects=true" : "")
+            + (caller.systemScope != nil ? "&project_id=\(caller.project)" : "")
     }
 
     /// Whose dead letters a call means: the caller's project's, or with `?all_projects=true`
@@ -815,7 +826,7 @@ package struct HeraldAPI: Sendable {
         guard let text = request.uri.queryParameters.get("all_projects") else { return .project(caller.project) }
         switch text.lowercased() {
         case "false", "0", "no": return .project(caller.project)
-        case "true", "1", "yes", "": break
+        case "true", "1", "yes": break
         default:
             throw HTTPError(
                 .badRequest, message: "all_projects: \(SafeText.quoted(String(text), limit: 20)) must be true or false")

@@ -330,15 +330,15 @@ package enum OpenAPIDocument {
             },
             "/v1/dead-letters": {
               "get": {
-                "summary": "The caller's project's dead letters, newest first.", "security": [{"projectHeader": []}],
+                "summary": "The caller's project's dead letters, newest first (or, with all_projects=true, those of the all-projects subscriptions).", "security": [{"projectHeader": []}],
                 "parameters": [{"$ref": "#/components/parameters/deadLetterLimit"}, {"$ref": "#/components/parameters/marker"}, {"$ref": "#/components/parameters/allProjects"}],
                 "responses": {
                   "200": {"description": "A page.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/DeadLetterPage"}}}},
-                  "400": {"$ref": "#/components/responses/BadRequest"}, "401": {"$ref": "#/components/responses/Unauthorized"}
+                  "400": {"$ref": "#/components/responses/BadRequest"}, "401": {"$ref": "#/components/responses/Unauthorized"}, "403": {"$ref": "#/components/responses/Forbidden"}
                 }
               },
               "delete": {
-                "summary": "Drop every dead letter of the caller's project.", "security": [{"projectHeader": []}],
+                "summary": "Drop every dead letter of the caller's project (or, with all_projects=true, those of the all-projects subscriptions).", "security": [{"projectHeader": []}],
                 "parameters": [{"$ref": "#/components/parameters/allProjects"}],
                 "responses": {
                   "200": {"description": "How many were dropped.", "content": {"application/json": {"schema": {"type": "object", "required": ["purged"], "properties": {"purged": {"type": "integer"}}}}}},
@@ -362,7 +362,7 @@ package enum OpenAPIDocument {
                 "requestBody": {"required": false, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ReplayInput"}}}},
                 "responses": {
                   "200": {"description": "What was replayed (and left the list) and what failed again.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ReplayResult"}}}},
-                  "400": {"$ref": "#/components/responses/BadRequest"}, "401": {"$ref": "#/components/responses/Unauthorized"}, "404": {"$ref": "#/components/responses/NotFound"}
+                  "400": {"$ref": "#/components/responses/BadRequest"}, "401": {"$ref": "#/components/responses/Unauthorized"}, "403": {"$ref": "#/components/responses/Forbidden"}, "404": {"$ref": "#/components/responses/NotFound"}
                 }
               }
             }

@@ -284,6 +284,9 @@ package final class TargetParking: DeliveryParking {
                         "herald-subscription-id": .string(message.subscriptionID),
                         "herald-event-id": .string(message.eventID),
                         "herald-parked-at": .int(parkedAt),
+                        // Kept with the message: the subscription may be changed before it is
+                        // drained, and a dead letter of every project's events must stay apart.
+                        "herald-all-projects": .bool(message.allProjects),
                     ],
                     persistent: true,
                     messageID: message.eventID
@@ -648,7 +651,9 @@ package final class ParkingDrainer: Sendable {
                 ZaqarOutgoingMessage(
                     target: target, body: delivery.body, subscriptionID: subscriptionID,
                     eventID: delivery.properties.headers["herald-event-id"]?.string ?? delivery.properties.messageID
-                        ?? "", allProjects: subscription.allProjects
+                        ?? "",
+                    allProjects: subscription.allProjects
+                        || delivery.properties.headers["herald-all-projects"] == .bool(true)
                 )
             }
             let outcome = await batcher.attemptParked(messages)

@@ -413,7 +413,14 @@ struct ParkingTests {
         settings.horizon = .seconds(3)
         let rig = try await ParkingRig(settings: settings, subscriptions: [subscription])
         let parkedAt = Date().timeIntervalSince1970
-        #expect(await rig.submitEach(ParkingRig.messages(subscription, 0..<4)).parked == 4)
+        // The first two parked while it was an all-projects subscription (the index now has it as
+        // a project's): their letters hold other projects' events and stay apart all the same.
+        let messages = ParkingRig.messages(subscription, 0..<4).enumerated().map { index, message in
+            var message = message
+            message.allProjects = index < 2
+            return message
+        }
+        #expect(await rig.submitEach(messages).parked == 4)
         let draining = Task { await rig.drainer.run() }
         let letters = try await eventually(timeout: .seconds(30)) {
             let letters = try await rig.deadLetters.recent(count: 10)
@@ -427,6 +434,9 @@ struct ParkingTests {
                 letter.detail.contains("HERALD_DELIVERY_RETRY_HORIZON") && letter.detail.contains("attempts"),
                 "\(letter.detail)")
         }
+        #expect(Set(letters.filter { $0.allProjects == true }.compactMap(\.eventID)) == ["e-0", "e-1"])
+        #expect(Set(try await rig.deadLetters.recent(.allProjects).compactMap(\.letter.eventID)) == ["e-0", "e-1"])
+        #expect(Set(try await rig.deadLetters.recent(project: "p1").compactMap(\.letter.eventID)) == ["e-2", "e-3"])
         // Retried several times within the horizon (every 300 to 600 ms) before giving up.
         #expect(zaqar.requests(queue: "gone-for-good") >= 4, "\(zaqar.requests(queue: "gone-for-good")) requests")
         try await rig.untilUnparked(subscription)

@@ -189,7 +189,7 @@ extension APISuites {
             let harness = try APIHarness()
             let adminReader = Persona(name: "admin project's reader", project: "admin", roles: "reader", user: "ar1")
             let adminMember = Persona(name: "admin project's member", project: "admin", roles: "member", user: "am1")
-            func letter(_ event: String, allProjects: Bool) -> DeadLetter {
+            @Sendable func letter(_ event: String, allProjects: Bool) -> DeadLetter {
                 DeadLetter(
                     reason: .notFound, detail: "no such queue", subscriptionID: "s-" + event, eventID: event,
                     project: "admin", body: "{\"event\":{\"project\":\"p7\"}}", at: 1, allProjects: allProjects)
@@ -225,8 +225,27 @@ extension APISuites {
                 let replay = try await call(client, Self.admin, .post, "/v1/dead-letters/replay?all_projects=true")
                 #expect(replay.status == .ok, "\(replay.text)")
                 #expect((replay.object["failed"] as? [[String: Any]])?.count == 1, "\(replay.text)")
+                #expect(
+                    try await call(client, Self.admin, .get, "/v1/dead-letters?all_projects=").status == .badRequest,
+                    "an empty value is not taken for true")
+                // A letter of a live feed, replayed by a cloud admin acting in another project: its
+                // subscription is found under the project that owns it, and the message reaches its queue.
+                let queue = "feed-" + UUID().uuidString.prefix(8).lowercased()
+                let feed = try await call(
+                    client, Self.admin, .post, "/v1/subscriptions",
+                    json: ["event_types": ["compute.*"], "all_projects": true, "target": ["queue": queue]])
+                let feedID = try #require(feed.object["id"] as? String, "\(feed.text)")
+                var live = letter("live", allProjects: true)
+                live.subscriptionID = feedID
+                live.body = #"{"ttl": 600, "body": {"event": {"event_type": "compute.instance.update"}}}"#
+                try await harness.deadLetters.append([live])
+                let elsewhere = Persona(
+                    name: "cloud admin in another project", project: "p9", roles: "admin", user: "a2")
+                let replayed = try await call(client, elsewhere, .post, "/v1/dead-letters/replay?all_projects=true")
+                #expect((replayed.object["replayed"] as? [String])?.count == 1, "\(replayed.text)")
+                #expect(try await harness.zaqar.bodies(queue: queue, project: "admin").count == 1)
                 let purged = try await call(client, Self.admin, .delete, "/v1/dead-letters?all_projects=true")
-                #expect(purged.object["purged"] as? Int == 1, "\(purged.text)")
+                #expect(purged.object["purged"] as? Int == 1, "the replayed one left, the other stays: \(purged.text)")
                 let left = try await call(client, adminReader, .get, "/v1/dead-letters")
                 #expect(events(left) == ["own"], "the project's own letter stays: \(left.text)")
             }

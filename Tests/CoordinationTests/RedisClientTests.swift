@@ -55,6 +55,11 @@ struct RedisConfigurationTests {
             ("redis+sentinel://:secret@s1/m/x", "not a database number"),
             ("redis+sentinel://:secret@s1/m?frobnicate=1", "unknown option 'frobnicate'"),
             ("redis+sentinel:///m", "sentinels"),
+            ("redis+sentinel://:secret@s1/m?cacertfile=/etc/hostname", "unknown option 'cacertfile'"),
+            ("rediss+sentinel://:secret@s1/m?verify=false", "always checked"),
+            ("rediss+sentinel://:secret@s1/m?cacertfile=/nonexistent/ca.pem", "is not a readable file"),
+            ("rediss+sentinel://:secret@s1/m?certfile=/etc/hostname", "certfile and keyfile go together"),
+            ("rediss+sentinel://:secret@s1/m?frobnicate=1", "known: sentinel_password, cacertfile"),
         ])
     func rejects(url: String, mention: String) {
         do {
@@ -88,6 +93,18 @@ struct RedisTLSConfigurationTests {
         let named = try RedisConfiguration(
             url: "rediss://redis.example?cacertfile=\(file)&certfile=\(file)&keyfile=\(file)")
         #expect(named.tls == RedisConfiguration.TLS(caFile: file, certificateFile: file, keyFile: file))
+
+        // Behind Sentinel: the sentinels and the master they name, both over TLS.
+        let sentinels = try RedisConfiguration(
+            url: "rediss+sentinel://:pw@s1:26380,s2/mymaster/2?sentinel_password=sp&cacertfile=\(file)")
+        #expect(
+            sentinels.endpoint
+                == .sentinel(
+                    master: "mymaster", sentinels: [.init(host: "s1", port: 26380), .init(host: "s2", port: 26379)]))
+        #expect(sentinels.database == 2 && sentinels.password == "pw" && sentinels.sentinelPassword == "sp")
+        #expect(sentinels.tls == RedisConfiguration.TLS(caFile: file))
+        #expect(sentinels.redactedDescription == "rediss+sentinel://***@s1:26380,s2:26379/mymaster/2")
+        #expect(try RedisConfiguration(url: "redis+sentinel://s1/m").tls == nil)
     }
 }
 

@@ -1,7 +1,8 @@
-import Coordination
 import Foundation
 import TestSupport
 import Testing
+
+@testable import Coordination
 
 /// Redis behind Sentinel (`scripts/servers sentinel`): a master, a replica, three sentinels.
 /// Serialised: the test kills the master.
@@ -33,6 +34,70 @@ struct RedisSentinelTests {
         } catch {
             try? await TestServers.control("sentinel", "restart-old")
             throw error
+        }
+    }
+
+    @Test(
+        "over TLS (rediss+sentinel://): the sentinels and the master are reached with TLS, and after a failover the client follows the new master"
+    )
+    func failoverOverTLS() async throws {
+        let url = try TestServers.value("HERALD_TEST_REDIS_SENTINEL_TLS_URL")
+        var configuration = try RedisConfiguration(url: url)
+        #expect(configuration.tls != nil)
+        configuration.reconnectMaxDelay = .milliseconds(200)
+        let client = RedisClient(configuration: configuration)
+        defer { Task { await client.close() } }
+        let key = TestServers.uniqueName("herald-test:sentinel-tls")
+        try await client.send("SET", key, "before")
+        let before = try await client.send("ROLE")
+        #expect(before.array?.first?.string == "master")
+        // The master the sentinels name, and the port the client is on: the TLS-only node.
+        let (host, port) = try HiredisContext.masterAddress(configuration)
+        #expect(try await client.send("CONFIG", "GET", "tls-port").array?.last?.string == "\(port)")
+
+        // A failover the sentinels run (the old master stays up and is demoted): the client asks
+        // the sentinels every second and moves to the new master over TLS.
+        guard case .sentinel(_, let sentinels) = configuration.endpoint, let sentinel = sentinels.first else {
+            throw TestFailure("not a sentinel URL: \(url)")
+        }
+        var asking = RedisConfiguration(
+            endpoint: .tcp(host: sentinel.host, port: sentinel.port), tls: configuration.tls)
+        asking.connectTimeout = .seconds(2)
+        let sentinelClient = RedisClient(configuration: asking)
+        defer { Task { await sentinelClient.close() } }
+        #expect(try await sentinelClient.send("SENTINEL", "FAILOVER", "heraldtls").string == "OK")
+        let moved = try await eventually(timeout: .seconds(30)) {
+            let named = try HiredisContext.masterAddress(configuration)
+            guard named != (host, port) else { throw TestFailure("the sentinels still name \(host):\(port)") }
+            return named.port
+        }
+        // Writes land on the new master (one the old master took before its demotion is lost, and
+        // written again here).
+        try await eventually(timeout: .seconds(30)) {
+            try await client.send("SET", key, "after")
+            let on = try await client.send("CONFIG", "GET", "tls-port").array?.last?.string
+            guard on == "\(moved)", try await client.send("GET", key).string == "after" else {
+                throw TestFailure("on the node with tls-port \(on ?? "?"), not the new master's \(moved)")
+            }
+        }
+        #expect(try await client.send("ROLE").array?.first?.string == "master")
+    }
+
+    @Test("over TLS with a CA that did not sign the sentinels' certificates: refused, naming TLS and the CA")
+    func refusedOverTLS() async throws {
+        let url = try TestServers.value("HERALD_TEST_REDIS_SENTINEL_TLS_URL")
+        let other = try TestServers.value("HERALD_TEST_OTHER_CA_FILE")
+        let ca = try TestServers.value("HERALD_TEST_CA_FILE")
+        var configuration = try RedisConfiguration(url: url.replacingOccurrences(of: ca, with: other))
+        configuration.connectTimeout = .seconds(2)
+        configuration.commandTimeout = .seconds(2)
+        let client = RedisClient(configuration: configuration)
+        defer { Task { await client.close() } }
+        do {
+            _ = try await client.send("PING")
+            Issue.record("PING succeeded trusting another CA")
+        } catch {
+            #expect("\(error)".contains("TLS") && "\(error)".contains(other), "\(error)")
         }
     }
 }

@@ -585,6 +585,67 @@ extension RedisBackedDeliveryTests {
             await harness.shutdown()
         }
 
+        @Test(
+            "a batch of two partitions in its backoff: the one given back is settled at once, the other still waits out Retry-After"
+        )
+        func giveBackKeepsOthersBackoff() async throws {
+            // The first request stalls (so that what comes next queues behind it), the others get
+            // 503 with an hour's Retry-After.
+            let seen = Atomic<Int>(0)
+            let sink = try await HostileZaqar { _ in
+                seen.add(1, ordering: .relaxed).newValue == 1 ? .stall : .status(503, retryAfter: 3600)
+            }
+            var configuration = DeliveryConfiguration()
+            configuration.retryBase = .seconds(3600)
+            configuration.retryCap = .seconds(3600)
+            configuration.maxAttempts = 1_000
+            let harness = try DeliveryHarness(configuration: configuration)
+            let target = ZaqarTarget(baseURL: sink.url, project: "p", queue: "mixed")
+            let outcomes = Mutex<[String: DeliveryOutcome]>([:])
+            var origins: [String: DeliveryBatcher.Origin] = [:]
+            var submissions: [String: DeliveryBatcher.Submission] = [:]
+            for name in ["first", "a", "b"] {
+                let origin = DeliveryBatcher.Origin()
+                origins[name] = origin
+                submissions[name] = harness.batcher.submission(origin: origin) { result in
+                    outcomes.withLock { $0[name] = result }
+                }
+            }
+            await submissions["first"]?.add(DeliveryHarness.messages(1, to: target, label: "first"))
+            try await eventually(timeout: .seconds(10)) {
+                guard sink.requests(queue: "mixed") == 1 else { throw TestFailure("the first request not sent") }
+            }
+            // Queued behind the stalled request: they go out together as the lane's next batch.
+            await submissions["a"]?.add(DeliveryHarness.messages(3, to: target, label: "a"))
+            await submissions["b"]?.add(DeliveryHarness.messages(3, to: target, label: "b"))
+            for submission in submissions.values { submission.close() }
+            harness.batcher.giveBack(try #require(origins["first"]))
+            sink.releaseStalls()
+            try await eventually(timeout: .seconds(10)) {
+                guard sink.requests(queue: "mixed") == 2 else { throw TestFailure("a and b not sent") }
+            }
+            #expect(outcomes.withLock { $0["first"] } == DeliveryOutcome(givenBack: 1))
+            // The batch of a and b is in its hour's backoff now (or about to be).
+            try await Task.sleep(for: .milliseconds(200))
+            harness.batcher.giveBack(try #require(origins["a"]))
+            try await eventually(timeout: .seconds(10)) {
+                guard outcomes.withLock({ $0["a"] }) != nil else { throw TestFailure("a still in its backoff") }
+            }
+            #expect(outcomes.withLock { $0["a"] } == DeliveryOutcome(givenBack: 3))
+            try await Task.sleep(for: .milliseconds(500))
+            #expect(sink.requests(queue: "mixed") == 2, "b is not posted again before its Retry-After")
+            #expect(outcomes.withLock { $0["b"] } == nil, "b still waits")
+            harness.batcher.giveBack(try #require(origins["b"]))
+            try await eventually(timeout: .seconds(10)) {
+                guard outcomes.withLock({ $0["b"] }) != nil else { throw TestFailure("b still in its backoff") }
+            }
+            #expect(outcomes.withLock { $0["b"] } == DeliveryOutcome(givenBack: 3))
+            #expect(sink.requests(queue: "mixed") == 2)
+            #expect(await harness.batcher.drain(timeout: .seconds(5)), "nothing left in the buffers")
+            await sink.close()
+            await harness.shutdown()
+        }
+
         @Test("with the sink stalled, buffered messages never exceed the bounds and submitters wait")
         func boundedMemory() async throws {
             let sink = try await HostileZaqar { _ in .stall }

@@ -137,8 +137,10 @@ final class HiredisContext: @unchecked Sendable {
         }
         var failures: [String] = []
         for sentinel in sentinels {
+            // rediss+sentinel: the sentinels speak TLS too, with the same CAs and client certificate.
             var asking = RedisConfiguration(
-                endpoint: .tcp(host: sentinel.host, port: sentinel.port), password: configuration.sentinelPassword)
+                endpoint: .tcp(host: sentinel.host, port: sentinel.port), password: configuration.sentinelPassword,
+                tls: configuration.tls)
             asking.connectTimeout = min(configuration.connectTimeout, timeout, .seconds(1))
             asking.commandTimeout = min(configuration.commandTimeout, timeout, .seconds(1))
             do {

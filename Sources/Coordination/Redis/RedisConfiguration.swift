@@ -102,13 +102,16 @@ public struct RedisConfiguration: Sendable, Equatable {
         self.tls = tls
     }
 
-    /// Parses a `redis://`, `unix://` or `redis+sentinel://` URL. The Sentinel form:
-    /// `redis+sentinel://[[user]:password@]h1:26379,h2:26379,h3:26379/mastername[/db]`
-    /// (`?sentinel_password=` when the sentinels have a password of their own).
+    /// Parses a `redis://`, `rediss://`, `unix://`, `redis+sentinel://` or `rediss+sentinel://` URL.
+    /// The Sentinel form: `redis+sentinel://[[user]:password@]h1:26379,h2:26379,h3:26379/mastername[/db]`
+    /// (`?sentinel_password=` when the sentinels have a password of their own); `rediss+sentinel://`
+    /// speaks TLS to the sentinels and to the master they name, with `rediss://`'s options
+    /// (`cacertfile=`, `certfile=`, `keyfile=`), and checks each one's certificate against the
+    /// address it is reached at (the master's as the sentinels give it).
     /// - Throws: `CoordinationError` with code `.invalidConfiguration` naming the bad part.
     public init(url: String) throws {
-        if url.lowercased().hasPrefix("redis+sentinel://") {
-            try self.init(sentinelURL: url)
+        for scheme in ["redis+sentinel://", "rediss+sentinel://"] where url.lowercased().hasPrefix(scheme) {
+            try self.init(sentinelURL: url, scheme: scheme)
             return
         }
         guard let components = URLComponents(string: url), let scheme = components.scheme?.lowercased() else {
@@ -162,7 +165,8 @@ public struct RedisConfiguration: Sendable, Equatable {
         default:
             throw CoordinationError(
                 .invalidConfiguration,
-                "Redis URL '\(url)': scheme '\(scheme)' is not redis://, rediss://, redis+sentinel:// or unix://")
+                "Redis URL '\(url)': scheme '\(scheme)' is not redis://, rediss://, redis+sentinel://, rediss+sentinel:// or unix://"
+            )
         }
     }
 
@@ -196,8 +200,8 @@ public struct RedisConfiguration: Sendable, Equatable {
     /// At most this many sentinels in one URL.
     public static let maxSentinels = 16
 
-    private init(sentinelURL url: String) throws {
-        let rest = url.dropFirst("redis+sentinel://".count)
+    private init(sentinelURL url: String, scheme: String) throws {
+        let rest = url.dropFirst(scheme.count)
         let queryStart = rest.firstIndex(of: "?") ?? rest.endIndex
         let pathStart = rest[..<queryStart].firstIndex(of: "/") ?? queryStart
         var authority = rest[..<pathStart]
@@ -213,7 +217,7 @@ public struct RedisConfiguration: Sendable, Equatable {
                 password = String(credentials).removingPercentEncoding
             }
         }
-        let shown = "redis+sentinel://" + (password == nil ? "" : "***@") + authority + rest[pathStart...]
+        let shown = scheme + (password == nil ? "" : "***@") + authority + rest[pathStart...]
         let hosts = authority.split(separator: ",", omittingEmptySubsequences: false)
         guard !authority.isEmpty, hosts.count <= Self.maxSentinels else {
             throw CoordinationError(
@@ -252,15 +256,22 @@ public struct RedisConfiguration: Sendable, Equatable {
         self.init(
             endpoint: .sentinel(master: master, sentinels: sentinels), user: user, password: password,
             database: database)
+        let tlsOptions = ["cacertfile", "certfile", "keyfile", "verify"]
+        var tlsQuery: [String: String] = [:]
         for item in URLComponents(string: "redis://h" + rest[queryStart...])?.queryItems ?? [] {
             switch item.name {
             case "sentinel_password": sentinelPassword = item.value
+            case let name where scheme.hasPrefix("rediss") && tlsOptions.contains(name):
+                tlsQuery[name] = item.value ?? ""
             default:
+                let known =
+                    scheme.hasPrefix("rediss")
+                    ? "sentinel_password, cacertfile, certfile, keyfile" : "sentinel_password"
                 throw CoordinationError(
-                    .invalidConfiguration,
-                    "Redis URL '\(shown)': unknown option '\(item.name)' (known: sentinel_password)")
+                    .invalidConfiguration, "Redis URL '\(shown)': unknown option '\(item.name)' (known: \(known))")
             }
         }
+        if scheme.hasPrefix("rediss") { tls = try Self.tlsSettings(tlsQuery, shown: shown) }
     }
 
     /// The waits between reconnect attempts: from `reconnectBaseDelay` doubling up to
@@ -276,7 +287,8 @@ public struct RedisConfiguration: Sendable, Equatable {
         case .tcp(let host, let port): return "\(tls == nil ? "redis" : "rediss")://\(auth)\(host):\(port)/\(database)"
         case .unix(let path): return "unix://\(path)?db=\(database)"
         case .sentinel(let master, let sentinels):
-            return "redis+sentinel://\(auth)" + sentinels.map { "\($0.host):\($0.port)" }.joined(separator: ",")
+            return "\(tls == nil ? "redis" : "rediss")+sentinel://\(auth)"
+                + sentinels.map { "\($0.host):\($0.port)" }.joined(separator: ",")
                 + "/\(master)/\(database)"
         }
     }

@@ -1193,9 +1193,18 @@ public final class DeliveryBatcher: Sendable {
             // Their events go to the next owner, which dead-letters them again if it must: not
             // held here while the dead-letter store is down (a handover waits for them).
             if attempt > 0, batch.contains(where: { $0.group.origin?.isGivenBack == true }) {
-                let kept = batch.map { $0.group.origin?.isGivenBack != true }
-                letters = zip(letters, kept).filter(\.1).map(\.0)
-                if settleGivenBack(&batch) { return true }
+                // The flags read once, for the letters and the messages alike: an origin given back
+                // between two reads would otherwise leave a letter without its message.
+                let back = batch.map { $0.group.origin?.isGivenBack == true }
+                letters = zip(letters, back).filter { !$0.1 }.map(\.0)
+                var given: [Pending] = []
+                var kept: [Pending] = []
+                for (pending, isBack) in zip(batch, back) {
+                    if isBack { given.append(pending) } else { kept.append(pending) }
+                }
+                settle(given) { $0.givenBack += 1 }
+                batch = kept
+                if batch.isEmpty { return true }
             }
             if let retryAt, now() < retryAt, !Task.isCancelled {
                 await pause(retryAt - now(), for: batch)

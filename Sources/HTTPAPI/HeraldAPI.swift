@@ -801,9 +801,7 @@ package struct HeraldAPI: Sendable {
         let caller = try context.requireCaller()
         try authorize("dead_letter:purge", caller, project: caller.project, context: context)
         let scope = try deadLetterScope(request, caller, context: context)
-        // The scope in the action's name: purging every project's feed letters reads apart.
-        let purged = try await audited(scope == .allProjects ? "purge all_projects" : "purge", caller, context: context)
-        {
+        let purged = try await audited("purge", caller, detail: "of \(scope)", context: context) {
             try await services.deadLetters.purge(scope)
         }
         return try APIJSON.response(["purged": purged])
@@ -866,18 +864,19 @@ package struct HeraldAPI: Sendable {
     /// Runs a change and writes its audit line, whatever the outcome.
     @discardableResult
     private func audited<T>(
-        _ action: String, _ caller: Caller, subscription: String? = nil, context: APIContext,
+        _ action: String, _ caller: Caller, subscription: String? = nil, detail: String? = nil, context: APIContext,
         _ body: () async throws -> T
     ) async throws -> T {
         do {
             let result = try await body()
             let id = (result as? Subscription)?.id ?? subscription
-            audit(action, caller, outcome: "success", subscription: id, context: context)
+            audit(action, caller, outcome: "success", subscription: id, detail: detail, context: context)
             return result
         } catch {
+            let status = (error as? HTTPError)?.status.code.description ?? "error"
             audit(
                 action, caller, outcome: "failure", subscription: subscription,
-                detail: (error as? HTTPError)?.status.code.description ?? "error", context: context)
+                detail: detail.map { "\($0): \(status)" } ?? status, context: context)
             throw error
         }
     }

@@ -571,9 +571,17 @@ package struct ConfigurationError: Error, CustomStringConvertible {
     /// `scheme://user:secret@host` → `scheme://user:***@host` (and `,user:secret@host2` of a
     /// multi-host URL), wherever it appears in `text`.
     static func redacted(_ text: String) -> String {
-        guard let pattern = try? NSRegularExpression(pattern: "((?:://|,)[^:/@\\s,]*):[^@\\s,]*@") else { return text }
-        return pattern.stringByReplacingMatches(
-            in: text, range: NSRange(text.startIndex..., in: text), withTemplate: "$1:***@")
+        var text = text
+        if let pattern = try? NSRegularExpression(pattern: "((?:://|,)[^:/@\\s,]*):[^@\\s,]*@") {
+            text = pattern.stringByReplacingMatches(
+                in: text, range: NSRange(text.startIndex..., in: text), withTemplate: "$1:***@")
+        }
+        // A URL's password options too (`?password=`, a Sentinel URL's `sentinel_password=`).
+        if let option = try? NSRegularExpression(pattern: "([?&](?:sentinel_)?password=)[^&\\s'\"]*") {
+            text = option.stringByReplacingMatches(
+                in: text, range: NSRange(text.startIndex..., in: text), withTemplate: "$1***")
+        }
+        return text
     }
 }
 

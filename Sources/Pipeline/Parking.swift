@@ -652,8 +652,10 @@ package final class ParkingDrainer: Sendable {
                     target: target, body: delivery.body, subscriptionID: subscriptionID,
                     eventID: delivery.properties.headers["herald-event-id"]?.string ?? delivery.properties.messageID
                         ?? "",
-                    allProjects: subscription.allProjects
-                        || delivery.properties.headers["herald-all-projects"] == .bool(true)
+                    // As it was when parked (the subscription may have changed since); the
+                    // subscription's own for messages parked before the header existed.
+                    allProjects: delivery.properties.headers["herald-all-projects"].map { $0 == .bool(true) }
+                        ?? subscription.allProjects
                 )
             }
             let outcome = await batcher.attemptParked(messages)

@@ -34,6 +34,8 @@ struct OutputHygieneTests {
         // A Sentinel URL's password, and CA files that cannot be read.
         for (key, value) in [
             ("HERALD_REDIS_URL", "redis+sentinel://:topsecret@s1:notaport/m"),
+            ("HERALD_REDIS_URL", "rediss+sentinel://s1/m?sentinel_password=topsecret&cacertfile=/nonexistent/ca.pem"),
+            ("HERALD_REDIS_URL", "unix:///run/redis.sock?password=topsecret&db=x"),
             ("HERALD_ZAQAR_CA_FILE", "/nonexistent/ca.pem"), ("HERALD_KEYSTONE_CA_FILE", "/nonexistent/ca.pem"),
         ] {
             do {

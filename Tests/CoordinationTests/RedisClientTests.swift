@@ -60,6 +60,12 @@ struct RedisConfigurationTests {
             ("rediss+sentinel://:secret@s1/m?cacertfile=/nonexistent/ca.pem", "is not a readable file"),
             ("rediss+sentinel://:secret@s1/m?certfile=/etc/hostname", "certfile and keyfile go together"),
             ("rediss+sentinel://:secret@s1/m?frobnicate=1", "known: sentinel_password, cacertfile"),
+            (
+                "rediss+sentinel://s1/m?sentinel_password=secret&cacertfile=/nonexistent/ca.pem",
+                "is not a readable file"
+            ),
+            ("redis://:secret@127.0.0.1:6379/abc", "is not a database number"),
+            ("unix:///run/redis.sock?password=secret&db=x", "is not a database number"),
         ])
     func rejects(url: String, mention: String) {
         do {

@@ -116,7 +116,8 @@ public struct RedisConfiguration: Sendable, Equatable {
         }
         guard let components = URLComponents(string: url), let scheme = components.scheme?.lowercased() else {
             throw CoordinationError(
-                .invalidConfiguration, "Redis URL '\(url)' is not a URL; expected redis://host:port/db or unix:///path")
+                .invalidConfiguration,
+                "Redis URL '\(Self.hidingPasswords(url))' is not a URL; expected redis://host:port/db or unix:///path")
         }
         let query = Dictionary(
             (components.queryItems ?? []).map { ($0.name, $0.value ?? "") },
@@ -126,7 +127,8 @@ public struct RedisConfiguration: Sendable, Equatable {
         if let db = query["db"] {
             guard let value = Int(db), value >= 0 else {
                 throw CoordinationError(
-                    .invalidConfiguration, "Redis URL '\(url)': db '\(db)' is not a database number")
+                    .invalidConfiguration,
+                    "Redis URL '\(Self.hidingPasswords(url))': db '\(db)' is not a database number")
             }
             database = value
         }
@@ -138,17 +140,19 @@ public struct RedisConfiguration: Sendable, Equatable {
         switch scheme {
         case "redis", "rediss":
             guard let host = components.host, !host.isEmpty else {
-                throw CoordinationError(.invalidConfiguration, "Redis URL '\(url)' has no host")
+                throw CoordinationError(.invalidConfiguration, "Redis URL '\(Self.hidingPasswords(url))' has no host")
             }
             let port = components.port ?? 6379
             guard (1...65535).contains(port) else {
-                throw CoordinationError(.invalidConfiguration, "Redis URL '\(url)': port \(port) is out of range")
+                throw CoordinationError(
+                    .invalidConfiguration, "Redis URL '\(Self.hidingPasswords(url))': port \(port) is out of range")
             }
             let path = components.path.trimmingCharacters(in: CharacterSet(charactersIn: "/"))
             if !path.isEmpty {
                 guard let value = Int(path), value >= 0 else {
                     throw CoordinationError(
-                        .invalidConfiguration, "Redis URL '\(url)': path '/\(path)' is not a database number")
+                        .invalidConfiguration,
+                        "Redis URL '\(Self.hidingPasswords(url))': path '/\(path)' is not a database number")
                 }
                 database = value
             }
@@ -159,13 +163,14 @@ public struct RedisConfiguration: Sendable, Equatable {
             }
         case "unix":
             guard !components.path.isEmpty else {
-                throw CoordinationError(.invalidConfiguration, "Redis URL '\(url)' has no socket path")
+                throw CoordinationError(
+                    .invalidConfiguration, "Redis URL '\(Self.hidingPasswords(url))' has no socket path")
             }
             self.init(endpoint: .unix(path: components.path), user: user, password: password, database: database)
         default:
             throw CoordinationError(
                 .invalidConfiguration,
-                "Redis URL '\(url)': scheme '\(scheme)' is not redis://, rediss://, redis+sentinel://, rediss+sentinel:// or unix://"
+                "Redis URL '\(Self.hidingPasswords(url))': scheme '\(scheme)' is not redis://, rediss://, redis+sentinel://, rediss+sentinel:// or unix://"
             )
         }
     }
@@ -217,7 +222,7 @@ public struct RedisConfiguration: Sendable, Equatable {
                 password = String(credentials).removingPercentEncoding
             }
         }
-        let shown = scheme + (password == nil ? "" : "***@") + authority + rest[pathStart...]
+        let shown = Self.hidingPasswords(scheme + (password == nil ? "" : "***@") + authority + rest[pathStart...])
         let hosts = authority.split(separator: ",", omittingEmptySubsequences: false)
         guard !authority.isEmpty, hosts.count <= Self.maxSentinels else {
             throw CoordinationError(
@@ -258,7 +263,14 @@ public struct RedisConfiguration: Sendable, Equatable {
             database: database)
         let tlsOptions = ["cacertfile", "certfile", "keyfile", "verify"]
         var tlsQuery: [String: String] = [:]
-        for item in URLComponents(string: "redis://h" + rest[queryStart...])?.queryItems ?? [] {
+        // A query that does not parse is refused, not read as no options (a CA or a password dropped).
+        guard let query = URLComponents(string: "redis://h" + rest[queryStart...]) else {
+            throw CoordinationError(
+                .invalidConfiguration,
+                "Redis URL '\(shown)': the options after '?' are not a URL query (percent-encode spaces and '%' in paths and passwords)"
+            )
+        }
+        for item in query.queryItems ?? [] {
             switch item.name {
             case "sentinel_password": sentinelPassword = item.value
             case let name where scheme.hasPrefix("rediss") && tlsOptions.contains(name):
@@ -272,6 +284,21 @@ public struct RedisConfiguration: Sendable, Equatable {
             }
         }
         if scheme.hasPrefix("rediss") { tls = try Self.tlsSettings(tlsQuery, shown: shown) }
+    }
+
+    /// `url` with its passwords replaced by `***`: the user-info's and those of `password=` and
+    /// `sentinel_password=` options, for error messages.
+    static func hidingPasswords(_ url: String) -> String {
+        var text = url
+        if let userInfo = try? NSRegularExpression(pattern: "(://[^:/@\\s?]*):[^@\\s]*@") {
+            text = userInfo.stringByReplacingMatches(
+                in: text, range: NSRange(text.startIndex..., in: text), withTemplate: "$1:***@")
+        }
+        if let option = try? NSRegularExpression(pattern: "([?&](?:sentinel_)?password=)[^&\\s]*") {
+            text = option.stringByReplacingMatches(
+                in: text, range: NSRange(text.startIndex..., in: text), withTemplate: "$1***")
+        }
+        return text
     }
 
     /// The waits between reconnect attempts: from `reconnectBaseDelay` doubling up to

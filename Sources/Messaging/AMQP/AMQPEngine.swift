@@ -87,6 +87,10 @@ final class AMQPEngine: @unchecked Sendable {
     /// Events taken out of rabbitmq-c's queue to drop a closed channel's (`dropQueued`), kept
     /// in order for `pump`; of the connection in use (cleared when it is lost).
     private var deferred: [WireEvent] = []
+    /// Unroutable messages RabbitMQ returned since the last line about them, and when that line
+    /// went: a deleted queue returns every publish to it, one line each would flood the log.
+    private var returnsUnlogged = 0
+    private var returnsLoggedAt: ContinuousClock.Instant?
     /// Callers of `stop()`, resumed once the connection is closed (at once when it was already).
     private var stopWaiters: [CheckedContinuation<Void, Never>] = []
     /// Set by the thread as it ends, before `Inbox.ended`: what runs on `afterEnd` sees it.
@@ -363,13 +367,20 @@ final class AMQPEngine: @unchecked Sendable {
             // A confirm may have settled a forwarded delivery, whose ack is now queued: poll briefly for it.
             quickPoll = Self.quickPollFirst
         case .returned(let channelID, let code, let text, let exchange, let routingKey, let sequence):
-            logger.warning(
-                "RabbitMQ returned an unroutable message",
-                metadata: [
-                    LogKey.amqpChannel: "\(channelID)", LogKey.amqpExchange: "\(exchange)",
-                    LogKey.amqpRoutingKey: "\(routingKey)",
-                    LogKey.amqpReply: "\(code) \(text)",
-                ])
+            // The first of a spell, then at most one line every 10 s with how many came meanwhile.
+            returnsUnlogged += 1
+            let now = ContinuousClock.now
+            if returnsLoggedAt.map({ now - $0 >= .seconds(10) }) ?? true {
+                logger.warning(
+                    "RabbitMQ returned unroutable messages",
+                    metadata: [
+                        LogKey.amqpChannel: "\(channelID)", LogKey.amqpExchange: "\(exchange)",
+                        LogKey.amqpRoutingKey: "\(routingKey)",
+                        LogKey.amqpReply: "\(code) \(text)", LogKey.amqpMessages: "\(returnsUnlogged)",
+                    ])
+                returnsUnlogged = 0
+                returnsLoggedAt = now
+            }
             channels[channelID]?.returned(
                 sequence,
                 MessagingError(

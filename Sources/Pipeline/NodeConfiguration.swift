@@ -568,21 +568,8 @@ package struct ConfigurationError: Error, CustomStringConvertible {
             "invalid configuration: \(key)=\(SafeText.quoted(shown, limit: 300)): \(SafeText.clean(Self.redacted(expected), limit: 600))"
     }
 
-    /// `scheme://user:secret@host` → `scheme://user:***@host` (and `,user:secret@host2` of a
-    /// multi-host URL), wherever it appears in `text`.
-    static func redacted(_ text: String) -> String {
-        var text = text
-        if let pattern = try? NSRegularExpression(pattern: "((?:://|,)[^:/@\\s,]*):[^@\\s,]*@") {
-            text = pattern.stringByReplacingMatches(
-                in: text, range: NSRange(text.startIndex..., in: text), withTemplate: "$1:***@")
-        }
-        // A URL's password options too (`?password=`, a Sentinel URL's `sentinel_password=`).
-        if let option = try? NSRegularExpression(pattern: "([?&](?:sentinel_)?password=)[^&\\s'\"]*") {
-            text = option.stringByReplacingMatches(
-                in: text, range: NSRange(text.startIndex..., in: text), withTemplate: "$1***")
-        }
-        return text
-    }
+    /// The passwords of the URLs in `text` replaced by `***` (`SafeText.hidingPasswords`).
+    static func redacted(_ text: String) -> String { SafeText.hidingPasswords(text) }
 }
 
 /// How API callers are identified.

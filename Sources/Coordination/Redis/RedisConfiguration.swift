@@ -286,20 +286,8 @@ public struct RedisConfiguration: Sendable, Equatable {
         if scheme.hasPrefix("rediss") { tls = try Self.tlsSettings(tlsQuery, shown: shown) }
     }
 
-    /// `url` with its passwords replaced by `***`: the user-info's and those of `password=` and
-    /// `sentinel_password=` options, for error messages.
-    static func hidingPasswords(_ url: String) -> String {
-        var text = url
-        if let userInfo = try? NSRegularExpression(pattern: "(://[^:/@\\s?]*):[^@\\s]*@") {
-            text = userInfo.stringByReplacingMatches(
-                in: text, range: NSRange(text.startIndex..., in: text), withTemplate: "$1:***@")
-        }
-        if let option = try? NSRegularExpression(pattern: "([?&](?:sentinel_)?password=)[^&\\s]*") {
-            text = option.stringByReplacingMatches(
-                in: text, range: NSRange(text.startIndex..., in: text), withTemplate: "$1***")
-        }
-        return text
-    }
+    /// `url` with its passwords replaced by `***`, for error messages.
+    static func hidingPasswords(_ url: String) -> String { SafeText.hidingPasswords(url) }
 
     /// The waits between reconnect attempts: from `reconnectBaseDelay` doubling up to
     /// `reconnectMaxDelay`, each at least half its ceiling.

@@ -240,6 +240,11 @@ struct Status: AsyncParsableCommand {
         )
     }
 
+    /// `1 message`, `2 messages`.
+    static func counted(_ count: Int, _ noun: String) -> String {
+        "\(count) \(noun)" + (count == 1 ? "" : "s")
+    }
+
     static func text(_ report: Report) -> String {
         var out = "Herald cluster: \(report.members.count) members, leader \(report.leader ?? "none"), "
         out +=
@@ -253,13 +258,19 @@ struct Status: AsyncParsableCommand {
             out += pad(age(member.ageSeconds), 10) + pad("\(member.partitions.count)", 11) + epochs + "\n"
         }
         out += "\nqueues\n"
+        // As wide as the longest name: a cluster's name is part of each.
+        let nameWidth = max(22, (report.ingest.map(\.name.count).max() ?? 0) + 2)
         for ingest in report.ingest {
             out +=
-                "  " + pad(ingest.name, 22) + pad("\(ingest.messages) messages", 18) + "\(ingest.consumers) consumers\n"
+                "  " + pad(ingest.name, nameWidth) + pad(counted(ingest.messages, "message"), 18)
+                + counted(ingest.consumers, "consumer") + "\n"
         }
-        out += "  " + pad("partition queues", 22) + "\(report.partitionMessages) messages in all; deepest:\n"
-        for queue in report.deepestPartitions where queue.messages > 0 {
-            out += "    " + pad(queue.name, 20) + "\(queue.messages)\n"
+        let deepest = report.deepestPartitions.filter { $0.messages > 0 }
+        out +=
+            "  " + pad("partition queues", nameWidth) + counted(report.partitionMessages, "message") + " in all"
+            + (deepest.isEmpty ? "\n" : "; deepest:\n")
+        for queue in deepest {
+            out += "    " + pad(queue.name, nameWidth - 2) + "\(queue.messages)\n"
         }
         out += "\ndead letters (newest 10000, by reason)\n"
         if report.deadLetters.isEmpty { out += "  none\n" }

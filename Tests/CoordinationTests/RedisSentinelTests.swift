@@ -100,4 +100,23 @@ struct RedisSentinelTests {
             #expect("\(error)".contains("TLS") && "\(error)".contains(other), "\(error)")
         }
     }
+
+    @Test(
+        "behind sentinels the master's connection is kept between commands, checked with the sentinels every interval")
+    func masterConnectionKept() async throws {
+        var configuration = try RedisConfiguration(url: try TestServers.value("HERALD_TEST_REDIS_SENTINEL_URL"))
+        configuration.sentinelCheckInterval = .milliseconds(100)
+        let client = RedisClient(configuration: configuration)
+        defer { Task { await client.close() } }
+        let key = TestServers.uniqueName("herald-test:sentinel-kept")
+        // About 20 checks with the sentinels, one before each command.
+        for round in 1...20 {
+            try await client.send("SET", key, "\(round)")
+            try await Task.sleep(for: .milliseconds(110))
+        }
+        #expect(try await client.send("GET", key).string == "20")
+        #expect(
+            client.statistics.reconnects == 0,
+            "the master's connection was made again \(client.statistics.reconnects) times for 21 commands")
+    }
 }

@@ -169,7 +169,9 @@ private final class ConnectionSlot: @unchecked Sendable {
     func connected(logger: Logger, stats: borrowing Mutex<RedisClientStatistics>) throws -> HiredisContext {
         if isClosed { throw CoordinationError(.closed, "the Redis client for \(configuration.endpoint) is closed") }
         if let context {
-            guard case .sentinel = configuration.endpoint, !masterMoved(from: context, logger: logger) else {
+            // Behind sentinels the connection is dropped only when they name another master (asked at
+            // most every `sentinelCheckInterval`); otherwise, and without sentinels, it is kept.
+            guard case .sentinel = configuration.endpoint, masterMoved(from: context, logger: logger) else {
                 return context
             }
             self.context = nil

@@ -73,6 +73,8 @@ public enum LogKey {
     public static let redisOldMaster = "redis.old_master"
     public static let redisSha = "redis.sha"
     public static let registryChanged = "registry.changed"
+    /// How many subscriptions the node held before the registry was found to have lost some.
+    public static let registryHeld = "registry.held"
     public static let registryRecordId = "registry.record_id"
     public static let registrySubscriptions = "registry.subscriptions"
     public static let registryVersion = "registry.version"

@@ -166,9 +166,6 @@ package final class HeraldNode: Sendable {
         keystone = configuration.keystone.map { KeystoneClient(configuration: $0, logger: logger) }
     }
 
-    /// Gives freed heap pages back to the system. A registry snapshot and the index it replaces
-    /// are garbage after a rebuild, and glibc keeps freed memory for reuse: without this the
-    /// node's resident size stays at the peak of the largest rebuild.
     /// Makes `next` the index, and answers how many subscriptions it has. The old index is
     /// freed here, once the lock is released (the AMQP connection's thread takes that lock for
     /// every partition delivery), and before the caller returns freed pages to the system.
@@ -179,6 +176,9 @@ package final class HeraldNode: Sendable {
         return count
     }
 
+    /// Gives freed heap pages back to the system. A registry snapshot and the index it replaces
+    /// are garbage after a rebuild, and glibc keeps freed memory for reuse: without this the
+    /// node's resident size stays at the peak of the largest rebuild.
     static func returnFreedMemory() {
         #if os(Linux)
         _ = glibcMallocTrim(0)
@@ -385,12 +385,16 @@ package final class HeraldNode: Sendable {
     }
 
     /// The subscription index made anew from the registry's changes (only the changed
-    /// subscriptions compiled again) and swapped in; the first read signals `indexLoaded`.
+    /// subscriptions compiled again) and swapped in; the first read signals `indexLoaded`. A
+    /// registry found at a lower version than the one held lost subscriptions in Redis: it is
+    /// logged as an error and counted (`herald_registry_losses_total`), and what is left is used.
     private func registryWatch(into index: Locked<SubscriptionIndex>) -> NodePart {
-        .loop("registry watch", logger: logger) { [self] in
+        let losses = Counter(label: "herald_registry_losses_total", factory: metrics)
+        return .loop("registry watch", logger: logger) { [self] in
             var updates = registry.watch().makeAsyncIterator()
             var first = true
             while let update = await updates.next() {
+                let held = index.withLock { $0.count }
                 let count = Self.install(
                     update.replacesAll
                         ? SubscriptionIndex(
@@ -406,6 +410,16 @@ package final class HeraldNode: Sendable {
                     flags.withLock { $0.registryLoaded = true }
                     indexLoaded.signal()
                     continue
+                }
+                if let lost = update.lostVersion {
+                    losses.increment()
+                    logger.error(
+                        "Redis lost subscriptions: the registry this node held at version \(lost) is now at version \(update.version) or was made anew (a replica promoted before it had synced, or the keys flushed or deleted). Restore Redis from a backup (docs/coordination.md); until then only what is left is delivered",
+                        metadata: [
+                            LogKey.registryVersion: "\(update.version)",
+                            LogKey.registryHeld: "\(held)",
+                            LogKey.registrySubscriptions: "\(count)",
+                        ])
                 }
                 logger.info(
                     "subscription index updated",

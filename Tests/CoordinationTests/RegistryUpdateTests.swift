@@ -49,6 +49,34 @@ struct RegistryUpdateTests {
         #expect(update.subscriptions(logger: logger).map(\.id) == ["z"])
     }
 
+    @Test("a loss of the registry the watcher has not taken yet is kept when the registry is read again")
+    func lossKept() throws {
+        var update = RegistryUpdate(version: 1, all: try stored("a"), changed: [:], lostVersion: 40)
+        update.merge(RegistryUpdate(version: 2, changed: ["b": subscription("b")]))
+        update.merge(RegistryUpdate(version: 5, all: try stored("a", "b", "c"), changed: [:]))
+        #expect(update.lostVersion == 40)
+        #expect(update.subscriptions(logger: logger).map(\.id).sorted() == ["a", "b", "c"])
+        var plain = RegistryUpdate(version: 3, changed: [:])
+        plain.merge(RegistryUpdate(version: 9, all: try stored("z"), changed: [:]))
+        #expect(plain.lostVersion == nil)
+    }
+
+    @Test("a notice carries the registry's incarnation; an older Herald's has none")
+    func noticeIncarnation() {
+        guard case .notice(7, "s-1", let incarnation) = RegistryChange(Array("7 s-1 abc".utf8)) else {
+            Issue.record("not read as a notice")
+            return
+        }
+        #expect(incarnation == "abc")
+        guard case .notice(8, "s-2", let none) = RegistryChange(Array("8 s-2".utf8)) else {
+            Issue.record("an older notice not read")
+            return
+        }
+        #expect(none == nil)
+        #expect(RegistryChange(Array("x s-1 abc".utf8)) == nil)
+        #expect(RegistryChange(Array("9".utf8)) == nil)
+    }
+
     @Test("a record stored under another subscription's key is skipped, not taken for that one")
     func recordUnderAnotherKey() throws {
         let forged = StoredSubscription(id: "k", bytes: try stored("a")[0].bytes)

@@ -256,6 +256,73 @@ extension RedisServerTests {
             #expect(next.replacesAll)
             #expect(next.subscriptions(logger: Logger(label: "test")).map(\.id) == [sneaky.id])
         }
+
+        /// Every key of the registry under the test's prefix deleted, as when Redis promotes a
+        /// replica that had not synced (or the keys are flushed).
+        func loseRegistry(_ raw: RedisClient) async throws {
+            let keys = try await raw.send("KEYS", prefix + "sub*").array?.compactMap(\.string) ?? []
+            #expect(keys.contains(prefix + "subs:incarnation"), "\(keys)")
+            for key in keys { try await raw.send("DEL", key) }
+        }
+
+        @Test(
+            "a registry Redis lost is noticed though the version made again after the loss is the one held: the watcher gets what is left, with the version it had"
+        )
+        func registryLost() async throws {
+            let registry = try registry()
+            let raw = try RedisClient(url: TestServers.redisURL())
+            // The poll's clock never moves: only the notices can bring changes.
+            var updates = registry.watch(poll: .seconds(1), clock: ElapsedClock(ManualClock())).makeAsyncIterator()
+            let first = try #require(await updates.next())
+            #expect(first.lostVersion == nil)
+            for _ in 0..<2 { try await registry.create(subscription("p1")) }
+            var held = first.version
+            while held < first.version + 2 { held = try #require(await updates.next()).version }
+            try await loseRegistry(raw)
+            // Two changes again: the versions 1 and 2, the very ones the watcher held. Only the
+            // notices' new incarnation tells (without it, this waits out the suite's time limit).
+            var after: [String] = []
+            for _ in 0..<2 { after.append(try await registry.create(subscription("p2")).id) }
+            var lost: RegistryUpdate?
+            while lost == nil {
+                let next = try #require(await updates.next())
+                if next.lostVersion != nil { lost = next }
+            }
+            #expect(lost?.lostVersion == held)
+            #expect(lost?.replacesAll == true)
+            // What is left: the two made after the loss (a later notice may follow with the second).
+            var live = Set(lost?.subscriptions(logger: Logger(label: "test")).map(\.id) ?? [])
+            while live.count < 2 {
+                let next = try #require(await updates.next())
+                for (id, subscription) in next.changed where subscription != nil { live.insert(id) }
+            }
+            #expect(live == Set(after))
+            await raw.close()
+        }
+
+        @Test("a registry Redis lost part of (an older version, the incarnation kept) is noticed on the poll")
+        func registryPartlyLost() async throws {
+            let registry = try registry()
+            let raw = try RedisClient(url: TestServers.redisURL())
+            let clock = ManualClock()
+            var updates = registry.watch(poll: .seconds(1), clock: ElapsedClock(clock)).makeAsyncIterator()
+            _ = try #require(await updates.next())
+            let kept = try await registry.create(subscription("p1"))
+            let gone = try await registry.create(subscription("p1"))
+            var held: Int64 = 0
+            while held < 2 { held = try #require(await updates.next()).version }
+            // As a replica that had the first change and not the second: no notice, an older version.
+            try await raw.send("DEL", prefix + "sub:" + gone.id)
+            try await raw.send("SREM", prefix + "subs:all", gone.id)
+            try await raw.send("ZREM", prefix + "subs:project:p1", gone.id)
+            try await raw.send("SET", prefix + "subs:version", 1)
+            try await clock.waitForSleepers()
+            clock.advance(by: .seconds(1))
+            let next = try #require(await updates.next())
+            #expect(next.lostVersion == 2 && next.version == 1)
+            #expect(next.subscriptions(logger: Logger(label: "test")).map(\.id) == [kept.id])
+            await raw.close()
+        }
     }
 
     @Suite("Cluster coordination across processes", .timeLimit(.minutes(4)))

@@ -581,6 +581,34 @@ extension PipelineSuites {
             }
         }
 
+        @Test(
+            "a registry Redis lost under a running node (its keys deleted, as when a replica that had not synced is promoted) is logged as an error and counted; the subscription made after it is served, the lost one no longer"
+        )
+        func registryLost() async throws {
+            try await withIngestingNode(queue: "before-loss") { run, before, _ in
+                let keys = try await run.redis.send("KEYS", run.prefix + "sub*").array?.compactMap(\.string) ?? []
+                #expect(keys.contains(run.prefix + "subs:incarnation"), "\(keys)")
+                for key in keys { try await run.redis.send("DEL", key) }
+                let after = run.queue("after-loss")
+                try await subscribeCompute(run, on: "node-1", queue: after)
+                try await eventually(timeout: .seconds(30)) {
+                    let metrics = try await run.metrics(of: "node-1")
+                    guard (metrics["herald_registry_losses_total"] ?? 0) >= 1 else {
+                        throw TestFailure("no loss counted yet")
+                    }
+                }
+                let log = (try? String(contentsOfFile: "\(run.directory)/node-1.log", encoding: .utf8)) ?? ""
+                #expect(
+                    log.contains(
+                        "Redis lost subscriptions: the registry this node held at version 1 is now at version 1"),
+                    "\(run.nodes["node-1"]?.tail() ?? "")")
+                let bodies = try await publishCompute(run, count: 3, into: after) { _ in "compute.instance.update" }
+                #expect(bodies.count == 3)
+                #expect(
+                    try await run.zaqar.bodies(queue: before, project: "p1").isEmpty, "the lost subscription's queue")
+            }
+        }
+
         @Test("a bad configuration value stops start-up, naming the key and the value")
         func badConfiguration() async throws {
             try await PipelineRun.with(partitions: 8) { run in

@@ -45,8 +45,27 @@ public final class SubscriptionRegistry: Sendable {
         await redis.close()
     }
 
+    /// The registry's incarnation (`subs:incarnation`): set by the first script to run against a
+    /// registry without one, from the id it was given; changes only when Redis lost the key (and
+    /// so, most likely, the registry with it). Defined in the scripts that need it.
+    private static func withIncarnation(_ body: String) -> RedisScript {
+        RedisScript(incarnationFunction + body)
+    }
+
+    private static let incarnationFunction = """
+        local function incarnation(prefix, candidate)
+          local held = redis.call('GET', prefix .. 'subs:incarnation')
+          if held then return held end
+          redis.call('SET', prefix .. 'subs:incarnation', candidate)
+          return candidate
+        end
+
+        """
+
     /// ARGV[5]: the project's quota (0: none); -1 when the project is at it, 0 when the id exists.
-    private static let create = RedisScript(
+    /// ARGV[6] (`update`'s too, `delete`'s ARGV[4], `snapshot`'s ARGV[2]): an incarnation for a
+    /// registry without one.
+    private static let create = withIncarnation(
         #"""
         local prefix, id, project, quota = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[5])
         if quota > 0 and redis.call('ZCARD', prefix .. 'subs:project:' .. project) >= quota then return -1 end
@@ -54,39 +73,39 @@ public final class SubscriptionRegistry: Sendable {
         redis.call('ZADD', prefix .. 'subs:project:' .. project, 0, id)
         redis.call('SADD', prefix .. 'subs:all', id)
         local version = redis.call('INCR', prefix .. 'subs:version')
-        redis.call('PUBLISH', prefix .. 'subs:changed', version .. ' ' .. id)
+        redis.call('PUBLISH', prefix .. 'subs:changed', version .. ' ' .. id .. ' ' .. incarnation(prefix, ARGV[6]))
         return version
         """#)
 
     /// ARGV[5]: the record as it was read; -2 when it is no longer that (changed meanwhile).
-    private static let update = RedisScript(
+    private static let update = withIncarnation(
         #"""
         local prefix, id, project = ARGV[1], ARGV[2], ARGV[3]
         if redis.call('ZSCORE', prefix .. 'subs:project:' .. project, id) == false then return 0 end
         if redis.call('GET', prefix .. 'sub:' .. id) ~= ARGV[5] then return -2 end
         redis.call('SET', prefix .. 'sub:' .. id, ARGV[4])
         local version = redis.call('INCR', prefix .. 'subs:version')
-        redis.call('PUBLISH', prefix .. 'subs:changed', version .. ' ' .. id)
+        redis.call('PUBLISH', prefix .. 'subs:changed', version .. ' ' .. id .. ' ' .. incarnation(prefix, ARGV[6]))
         return version
         """#)
 
-    private static let delete = RedisScript(
+    private static let delete = withIncarnation(
         #"""
         local prefix, id, project = ARGV[1], ARGV[2], ARGV[3]
         if redis.call('ZREM', prefix .. 'subs:project:' .. project, id) == 0 then return 0 end
         redis.call('DEL', prefix .. 'sub:' .. id)
         redis.call('SREM', prefix .. 'subs:all', id)
         local version = redis.call('INCR', prefix .. 'subs:version')
-        redis.call('PUBLISH', prefix .. 'subs:changed', version .. ' ' .. id)
+        redis.call('PUBLISH', prefix .. 'subs:changed', version .. ' ' .. id .. ' ' .. incarnation(prefix, ARGV[4]))
         return version
         """#)
 
-    /// Version and every record, read atomically.
-    private static let snapshot = RedisScript(
+    /// Version, incarnation and every record, read atomically.
+    private static let snapshot = withIncarnation(
         #"""
         local prefix = ARGV[1]
         local ids = redis.call('SMEMBERS', prefix .. 'subs:all')
-        local out = { redis.call('GET', prefix .. 'subs:version') or '0' }
+        local out = { redis.call('GET', prefix .. 'subs:version') or '0', incarnation(prefix, ARGV[2]) }
         for i = 1, #ids, 1000 do
           local keys = {}
           for j = i, math.min(i + 999, #ids) do keys[#keys + 1] = prefix .. 'sub:' .. ids[j] end
@@ -113,7 +132,10 @@ public final class SubscriptionRegistry: Sendable {
         try subscription.validate()
         let version = try await redis.evalSHA(
             Self.create,
-            arguments: [prefix, subscription.id, subscription.project, try encode(subscription), quota ?? 0])
+            arguments: [
+                prefix, subscription.id, subscription.project, try encode(subscription), quota ?? 0,
+                Self.newIncarnation(),
+            ])
         if version.integer == -1 { throw SubscriptionQuotaExceeded(project: subscription.project, quota: quota ?? 0) }
         guard (version.integer ?? 0) > 0 else {
             throw CoordinationError(.serverError, "subscription \(subscription.id) exists already")
@@ -185,7 +207,8 @@ public final class SubscriptionRegistry: Sendable {
         if let current, current.project != changed.project { return .missing }
         guard current == original else { return .changedMeanwhile }
         let version = try await redis.evalSHA(
-            Self.update, arguments: [prefix, updated.id, updated.project, try encode(updated), stored])
+            Self.update,
+            arguments: [prefix, updated.id, updated.project, try encode(updated), stored, Self.newIncarnation()])
         switch version.integer ?? 0 {
         case -2: return .changedMeanwhile
         case ...0: return .missing
@@ -196,7 +219,7 @@ public final class SubscriptionRegistry: Sendable {
     /// Deletes a subscription of `project`; false when that project has no such id.
     @discardableResult
     public func delete(id: String, project: String) async throws -> Bool {
-        let version = try await redis.evalSHA(Self.delete, arguments: [prefix, id, project])
+        let version = try await redis.evalSHA(Self.delete, arguments: [prefix, id, project, Self.newIncarnation()])
         return (version.integer ?? 0) > 0
     }
 
@@ -204,20 +227,32 @@ public final class SubscriptionRegistry: Sendable {
         try await redis.send("GET", prefix + "subs:version").integer ?? 0
     }
 
-    public func snapshot() async throws -> RegistrySnapshot {
-        let (version, records) = try await storedRecords()
-        let subscriptions = Array(RegistryUpdate.decoding(records, logger: logger))
-        return RegistrySnapshot(version: version, subscriptions: subscriptions.sorted { $0.id < $1.id })
+    /// The version and the incarnation (nil: no change was made to this registry yet, or it was lost).
+    func position() async throws -> (version: Int64, incarnation: String?) {
+        let reply = try await redis.send("MGET", prefix + "subs:version", prefix + "subs:incarnation")
+        let values = reply.array ?? []
+        return (values.first?.integer ?? 0, values.dropFirst().first?.string)
     }
 
-    /// The version and every stored record with its key's id, as stored (JSON), read
-    /// atomically by one script.
-    func storedRecords() async throws -> (version: Int64, records: [StoredSubscription]) {
-        let reply = try await redis.evalSHA(Self.snapshot, arguments: [prefix])
-        guard let items = reply.array, let version = items.first?.integer else {
+    public func snapshot() async throws -> RegistrySnapshot {
+        let whole = try await storedRecords()
+        let subscriptions = Array(RegistryUpdate.decoding(whole.records, logger: logger))
+        return RegistrySnapshot(version: whole.version, subscriptions: subscriptions.sorted { $0.id < $1.id })
+    }
+
+    /// A new registry's incarnation, offered to the scripts (they keep the one they find).
+    private static func newIncarnation() -> String { UUID().uuidString.lowercased() }
+
+    /// The version, the incarnation and every stored record with its key's id, as stored
+    /// (JSON), read atomically by one script.
+    func storedRecords() async throws -> (version: Int64, incarnation: String, records: [StoredSubscription]) {
+        let reply = try await redis.evalSHA(Self.snapshot, arguments: [prefix, Self.newIncarnation()])
+        guard let items = reply.array, let version = items.first?.integer,
+            let incarnation = items.dropFirst().first?.string
+        else {
             throw CoordinationError(.unexpectedReply, "the snapshot script answered \(reply)")
         }
-        let pairs = items.dropFirst()
+        let pairs = items.dropFirst(2)
         var records: [StoredSubscription] = []
         records.reserveCapacity(pairs.count / 2)
         var index = pairs.startIndex
@@ -227,7 +262,7 @@ public final class SubscriptionRegistry: Sendable {
             }
             index += 2
         }
-        return (version, records)
+        return (version, incarnation, records)
     }
 
     // MARK: Watching
@@ -266,23 +301,35 @@ public final class SubscriptionRegistry: Sendable {
         }
         let loop = Task {
             var version: Int64 = -1
+            var incarnation: String?
             var needsResync = true
             for await change in changes {
                 if Task.isCancelled { break }
                 do {
-                    if case .notice(let next, let id) = change, !needsResync, version != .max, next == version + 1 {
-                        let record = try await get(id: id, project: nil)
-                        version = next
-                        pending.merge(RegistryUpdate(version: next, changed: [id: record]))
-                        wake.yield()
-                        continue
+                    // A notice of another incarnation (or of an older Herald's, without one) is
+                    // followed only by a whole read.
+                    if case .notice(let next, let id, let of) = change, !needsResync, of == nil || of == incarnation {
+                        if version != .max, next == version + 1 {
+                            let record = try await get(id: id, project: nil)
+                            version = next
+                            pending.merge(RegistryUpdate(version: next, changed: [id: record]))
+                            wake.yield()
+                            continue
+                        }
+                        if next <= version { continue }
                     }
-                    if case .notice(let next, _) = change, !needsResync, next <= version { continue }
-                    if case .poll = change, !needsResync, try await self.version() == version { continue }
+                    if case .poll = change, !needsResync, try await position() == (version, incarnation) { continue }
                     let whole = try await storedRecords()
+                    // The version only grows, and the incarnation changes only when its key went:
+                    // either way Redis lost the registry's changes up to the version held.
+                    let lost =
+                        version > 0 && (whole.version < version || whole.incarnation != incarnation)
+                        ? version : nil
                     version = whole.version
+                    incarnation = whole.incarnation
                     needsResync = false
-                    pending.merge(RegistryUpdate(version: whole.version, all: whole.records, changed: [:]))
+                    pending.merge(
+                        RegistryUpdate(version: whole.version, all: whole.records, changed: [:], lostVersion: lost))
                     wake.yield()
                 } catch {
                     needsResync = true
@@ -315,17 +362,18 @@ public final class SubscriptionRegistry: Sendable {
 
 /// What the registry watch reacts to.
 enum RegistryChange: Sendable {
-    /// A change notice: the version it made and the subscription it touched.
-    case notice(Int64, String)
+    /// A change notice: the version it made, the subscription it touched and the registry's
+    /// incarnation (nil from a Herald older than incarnations).
+    case notice(Int64, String, incarnation: String?)
     /// Time to compare versions (a notice may have been lost).
     case poll
     /// Read everything again (a reconnect, an unreadable notice).
     case resync
 
     init?(_ payload: [UInt8]) {
-        let parts = String(decoding: payload, as: UTF8.self).split(separator: " ", maxSplits: 1)
-        guard parts.count == 2, let version = Int64(parts[0]) else { return nil }
-        self = .notice(version, String(parts[1]))
+        let parts = String(decoding: payload, as: UTF8.self).split(separator: " ", maxSplits: 2)
+        guard parts.count >= 2, let version = Int64(parts[0]) else { return nil }
+        self = .notice(version, String(parts[1]), incarnation: parts.count > 2 ? String(parts[2]) : nil)
     }
 }
 
@@ -350,11 +398,18 @@ public struct RegistryUpdate: Sendable {
     public var all: [StoredSubscription]?
     /// By id: the subscription as it is now, nil when it was deleted; after `all`, these win.
     public var changed: [String: Subscription?]
+    /// With `all`: the version the watch had reached when it found the registry at a lower one
+    /// (the version only ever grows). Redis lost the registry's changes up to it: a replica that
+    /// had not synced was promoted, the keys were flushed or deleted. `all` is what is left.
+    public var lostVersion: Int64?
 
-    public init(version: Int64, all: [StoredSubscription]? = nil, changed: [String: Subscription?]) {
+    public init(
+        version: Int64, all: [StoredSubscription]? = nil, changed: [String: Subscription?], lostVersion: Int64? = nil
+    ) {
         self.version = version
         self.all = all
         self.changed = changed
+        self.lostVersion = lostVersion
     }
 
     /// Whether this is the whole registry.
@@ -397,7 +452,10 @@ public struct RegistryUpdate: Sendable {
     /// This update followed by `later`, as one.
     mutating func merge(_ later: RegistryUpdate) {
         if later.replacesAll {
+            // A loss the consumer has not been told of yet is not forgotten by a later read.
+            let lost = lostVersion ?? later.lostVersion
             self = later
+            lostVersion = lost
             return
         }
         version = later.version

@@ -650,14 +650,31 @@ public final class DeliveryBatcher: Sendable {
     /// takes them out: a retry, a parking or a dead letter goes on with the rest only.
     /// - Returns: whether nothing is left.
     private func settleGivenBack(_ batch: inout [Pending]) -> Bool {
-        guard batch.contains(where: { $0.group.origin?.isGivenBack == true }) else { return batch.isEmpty }
-        var back: [Pending] = []
-        batch.removeAll { pending in
-            guard pending.group.origin?.isGivenBack == true else { return false }
-            back.append(pending)
-            return true
+        var nothing: [Never] = []
+        return settleGivenBack(&batch, alongside: &nothing)
+    }
+
+    /// `settleGivenBack(_:)`, and what is `alongside` the messages (one for one: their dead
+    /// letters) taken out with them.
+    private func settleGivenBack<Paired>(_ batch: inout [Pending], alongside paired: inout [Paired]) -> Bool {
+        // The flags read once, for the messages and what goes with them alike: an origin given back
+        // between two reads would otherwise leave a letter without its message.
+        let back = batch.map { $0.group.origin?.isGivenBack == true }
+        guard back.contains(true) else { return batch.isEmpty }
+        var given: [Pending] = []
+        var kept: [Pending] = []
+        var keptPaired: [Paired] = []
+        for (offset, pending) in batch.enumerated() {
+            if back[offset] {
+                given.append(pending)
+                continue
+            }
+            kept.append(pending)
+            if offset < paired.count { keptPaired.append(paired[offset]) }
         }
-        settle(back) { $0.givenBack += 1 }
+        settle(given) { $0.givenBack += 1 }
+        batch = kept
+        paired = keptPaired
         return batch.isEmpty
     }
 
@@ -1192,20 +1209,7 @@ public final class DeliveryBatcher: Sendable {
             if isStopped { return false }
             // Their events go to the next owner, which dead-letters them again if it must: not
             // held here while the dead-letter store is down (a handover waits for them).
-            if attempt > 0, batch.contains(where: { $0.group.origin?.isGivenBack == true }) {
-                // The flags read once, for the letters and the messages alike: an origin given back
-                // between two reads would otherwise leave a letter without its message.
-                let back = batch.map { $0.group.origin?.isGivenBack == true }
-                letters = zip(letters, back).filter { !$0.1 }.map(\.0)
-                var given: [Pending] = []
-                var kept: [Pending] = []
-                for (pending, isBack) in zip(batch, back) {
-                    if isBack { given.append(pending) } else { kept.append(pending) }
-                }
-                settle(given) { $0.givenBack += 1 }
-                batch = kept
-                if batch.isEmpty { return true }
-            }
+            if attempt > 0, settleGivenBack(&batch, alongside: &letters) { return true }
             if let retryAt, now() < retryAt, !Task.isCancelled {
                 await pause(retryAt - now(), for: batch)
                 continue

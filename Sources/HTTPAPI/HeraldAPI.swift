@@ -810,7 +810,7 @@ package struct HeraldAPI: Sendable {
     /// The query a next page needs besides its limit and marker: the scope, and the project a
     /// system-scoped token names (it has none of its own, so a link without it is a 400; the
     /// authenticator checked it is letters, digits, `-` and `_`).
-    private func carried(_ caller: Caller, scope: DeadLetterStore.Scope = .project("")) -> String {
+    private func carried(_ caller: Caller, scope: DeadLetterStore.Scope? = nil) -> String {
         (scope == .allProjects ? "&all_projects=true" : "")
             + (caller.systemScope != nil ? "&project_id=\(caller.project)" : "")
     }

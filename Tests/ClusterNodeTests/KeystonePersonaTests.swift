@@ -66,6 +66,72 @@ extension APISuites {
             return (personas, rows)
         }
 
+        /// The harness's API behind Keystone (the fixture's service user), the fixture's admin
+        /// project the cloud admins'.
+        func application(_ keystone: KeystoneFixture) -> some ApplicationProtocol {
+            var configuration = KeystoneConfiguration(
+                url: keystone.url + "/v3", username: keystone.serviceUser, password: keystone.servicePassword,
+                project: keystone.serviceProject,
+                userDomain: "Default", projectDomain: "Default", cacheTTL: .seconds(60)
+            )
+            configuration.adminProject = keystone.adminProjectID
+            let client = KeystoneClient(configuration: configuration, logger: Logger(label: "test"))
+            var services = harness.api.services
+            services.keystone = client
+            return Application(
+                router: HeraldAPI(services: services).router(authenticator: KeystoneAuthenticator(keystone: client)))
+        }
+
+        @Test(
+            "a system-scoped admin follows every list's next links to the end: each link names the project it acts on (and all_projects when asked)"
+        )
+        func systemAdminPages() async throws {
+            let keystone = try await KeystoneFixture.make()
+            let projectA = try #require(keystone.projects["a"])
+            let token = try await keystone.systemAdminToken()
+            var subscriptions: Set<String> = []
+            for _ in 0..<5 {
+                let made = Subscription(project: projectA, eventTypes: ["compute.*"], target: Target(queue: "pages"))
+                try await harness.registry.create(made)
+                subscriptions.insert(made.id)
+            }
+            func letter(_ n: Int, allProjects: Bool) -> DeadLetter {
+                DeadLetter(
+                    reason: .rejected, detail: "page \(n)", project: projectA, body: "{}",
+                    at: Date().timeIntervalSince1970, allProjects: allProjects)
+            }
+            _ = try await harness.deadLetters.append((0..<5).map { letter($0, allProjects: false) })
+            _ = try await harness.deadLetters.append((0..<5).map { letter($0, allProjects: true) })
+            try await application(keystone).test(.router) { [subscriptions] http in
+                /// The items of every page from `first` on, following `next`.
+                func follow(_ first: String, items key: String) async throws -> [[String: Any]] {
+                    var items: [[String: Any]] = []
+                    var next: String? = first
+                    var pages = 0
+                    while let uri = next, pages < 10 {
+                        let reply = try await APIHarness.call(http, .get, uri, token: token)
+                        try #require(reply.status == .ok, "\(uri): \(reply.status.code) \(reply.message)")
+                        items += reply.object[key] as? [[String: Any]] ?? []
+                        next = reply.object["next"] as? String
+                        pages += 1
+                    }
+                    #expect(pages == 3, "5 items 2 at a time")
+                    return items
+                }
+                let listed = try await follow(
+                    "/v1/subscriptions?limit=2&project_id=\(projectA)", items: "subscriptions")
+                #expect(Set(listed.compactMap { $0["id"] as? String }) == subscriptions)
+                for query in ["", "&all_projects=true"] {
+                    let letters = try await follow(
+                        "/v1/dead-letters?limit=2&project_id=\(projectA)\(query)", items: "dead_letters")
+                    #expect(letters.count == 5, "\(query)")
+                    #expect(
+                        letters.allSatisfy { ($0["all_projects"] as? Bool ?? false) == !query.isEmpty },
+                        "\(query): only the scope asked for")
+                }
+            }
+        }
+
         @Test("every route answers every persona as docs/identity.md's table says")
         func personas() async throws {
             let keystone = try await KeystoneFixture.make()
@@ -97,18 +163,7 @@ extension APISuites {
             #expect(Set(columns) == Set(personas.keys), "the table's personas are the ones this test makes")
             #expect(rows.count >= 12)
 
-            var configuration = KeystoneConfiguration(
-                url: keystone.url + "/v3", username: keystone.serviceUser, password: keystone.servicePassword,
-                project: keystone.serviceProject,
-                userDomain: "Default", projectDomain: "Default", cacheTTL: .seconds(60)
-            )
-            configuration.adminProject = keystone.adminProjectID
-            let client = KeystoneClient(configuration: configuration, logger: Logger(label: "test"))
-            var services = harness.api.services
-            services.keystone = client
-            let application = Application(
-                router: HeraldAPI(services: services).router(authenticator: KeystoneAuthenticator(keystone: client)))
-            try await application.test(.router) { http in
+            try await application(keystone).test(.router) { http in
                 let body: [String: Any] = [
                     "event_types": ["compute.*"], "target": ["queue": "persona"], "trust": false,
                 ]

@@ -619,6 +619,77 @@ extension RedisBackedDeliveryTests {
             await harness.shutdown()
         }
 
+        @Test(
+            "dead letters held while their store refuses them: a give-back takes out its messages and their letters, and only the others' letters are stored when the store comes back"
+        )
+        func giveBackWhileLettersHeld() async throws {
+            /// The real store behind a switch: refuses while `refusing` (Redis down, as the batcher sees it).
+            final class SwitchedStore: DeadLetterSink {
+                let store: DeadLetterStore
+                let refusing = Atomic<Bool>(true)
+                let refused = Atomic<Int>(0)
+                init(_ store: DeadLetterStore) { self.store = store }
+                func deadLetter(_ letters: [DeadLetter]) async throws {
+                    guard !refusing.load(ordering: .relaxed) else {
+                        refused.add(1, ordering: .relaxed)
+                        throw TestFailure("the store refuses")
+                    }
+                    try await store.append(letters)
+                }
+            }
+            // The first request stalls (so that a and b queue behind it and go out together), the others get 404.
+            let seen = Atomic<Int>(0)
+            let sink = try await HostileZaqar { _ in
+                seen.add(1, ordering: .relaxed).newValue == 1 ? .stall : .status(404)
+            }
+            let harness = try DeliveryHarness()
+            let store = SwitchedStore(harness.deadLetters)
+            let batcher = try DeliveryBatcher(
+                configuration: DeliveryConfiguration(), zaqar: harness.zaqar, deadLetters: store)
+            let target = ZaqarTarget(baseURL: sink.url, project: "p", queue: "gone")
+            let outcomes = Mutex<[String: DeliveryOutcome]>([:])
+            var origins: [String: DeliveryBatcher.Origin] = [:]
+            var submissions: [String: DeliveryBatcher.Submission] = [:]
+            for name in ["first", "a", "b"] {
+                let origin = DeliveryBatcher.Origin()
+                origins[name] = origin
+                submissions[name] = batcher.submission(origin: origin) { result in
+                    outcomes.withLock { $0[name] = result }
+                }
+            }
+            await submissions["first"]?.add(DeliveryHarness.messages(1, to: target, label: "first"))
+            try await eventually(timeout: .seconds(10)) {
+                guard sink.requests(queue: "gone") == 1 else { throw TestFailure("the first request not sent") }
+            }
+            await submissions["a"]?.add(DeliveryHarness.messages(3, to: target, label: "a"))
+            await submissions["b"]?.add(DeliveryHarness.messages(3, to: target, label: "b"))
+            for submission in submissions.values { submission.close() }
+            batcher.giveBack(try #require(origins["first"]))
+            sink.releaseStalls()
+            // a and b's 404: their six letters refused twice, so they are held and retried.
+            try await eventually(timeout: .seconds(10)) {
+                guard store.refused.load(ordering: .relaxed) >= 2 else { throw TestFailure("no letters refused yet") }
+            }
+            #expect(sink.requests(queue: "gone") == 2)
+            batcher.giveBack(try #require(origins["a"]))
+            try await eventually(timeout: .seconds(10)) {
+                guard outcomes.withLock({ $0["a"] }) != nil else { throw TestFailure("a still held") }
+            }
+            #expect(outcomes.withLock { $0["a"] } == DeliveryOutcome(givenBack: 3))
+            #expect(outcomes.withLock { $0["b"] } == nil, "b's letters still held")
+            store.refusing.store(false, ordering: .relaxed)
+            try await eventually(timeout: .seconds(10)) {
+                guard outcomes.withLock({ $0["b"] }) != nil else { throw TestFailure("b's letters not stored yet") }
+            }
+            #expect(outcomes.withLock { $0["b"] } == DeliveryOutcome(deadLettered: 3))
+            let stored = try await harness.deadLetters.recent().compactMap(\.eventID)
+            #expect(stored.sorted() == ["b-0", "b-1", "b-2"], "b's letters, each with its own message; none of a's")
+            #expect(await batcher.drain(timeout: .seconds(5)))
+            batcher.stop()
+            await sink.close()
+            await harness.shutdown()
+        }
+
         @Test("with the sink stalled, buffered messages never exceed the bounds and submitters wait")
         func boundedMemory() async throws {
             let sink = try await HostileZaqar { _ in .stall }

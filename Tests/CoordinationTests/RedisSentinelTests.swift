@@ -102,7 +102,8 @@ struct RedisSentinelTests {
     }
 
     @Test(
-        "behind sentinels the master's connection is kept between commands, checked with the sentinels every interval")
+        "behind sentinels the master's connection is kept between commands, checked every interval with a sentinel whose connection is kept too"
+    )
     func masterConnectionKept() async throws {
         var configuration = try RedisConfiguration(url: try TestServers.value("HERALD_TEST_REDIS_SENTINEL_URL"))
         configuration.sentinelCheckInterval = .milliseconds(100)
@@ -118,5 +119,8 @@ struct RedisSentinelTests {
         #expect(
             client.statistics.reconnects == 0,
             "the master's connection was made again \(client.statistics.reconnects) times for 21 commands")
+        #expect(
+            client.statistics.sentinelConnects == 1,
+            "\(client.statistics.sentinelConnects) connections to a sentinel for about 20 checks: one is kept")
     }
 }

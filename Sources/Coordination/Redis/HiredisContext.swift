@@ -132,6 +132,14 @@ final class HiredisContext: @unchecked Sendable {
     static func masterAddress(
         _ configuration: RedisConfiguration, timeout: Duration = .seconds(1)
     ) throws -> (host: String, port: Int) {
+        try askSentinels(configuration, timeout: timeout).master
+    }
+
+    /// `masterAddress`, and the connection to the sentinel that answered, to ask it again
+    /// (`namedMaster`) instead of connecting anew each time.
+    static func askSentinels(
+        _ configuration: RedisConfiguration, timeout: Duration
+    ) throws -> (master: (host: String, port: Int), sentinel: HiredisContext) {
         guard case .sentinel(let master, let sentinels) = configuration.endpoint else {
             throw CoordinationError(.invalidConfiguration, "\(configuration.endpoint) is not a sentinel endpoint")
         }
@@ -145,14 +153,7 @@ final class HiredisContext: @unchecked Sendable {
             asking.commandTimeout = min(configuration.commandTimeout, timeout, .seconds(1))
             do {
                 let context = try connect(asking)
-                let reply = try context.command(RedisCommand("SENTINEL", "get-master-addr-by-name", master))
-                guard let parts = reply.array, parts.count == 2, let host = parts[0].string, !host.isEmpty,
-                    let port = parts[1].string.flatMap(Int.init), (1...65535).contains(port)
-                else {
-                    failures.append("\(sentinel.host):\(sentinel.port) answered \(String("\(reply)".prefix(120)))")
-                    continue
-                }
-                return (host, port)
+                return (try context.namedMaster(master), context)
             } catch {
                 failures.append("\(sentinel.host):\(sentinel.port): \(error)")
             }
@@ -160,6 +161,19 @@ final class HiredisContext: @unchecked Sendable {
         throw CoordinationError(
             .connectionFailed, "no sentinel named the master of '\(master)'",
             underlying: failures.joined(separator: "; "))
+    }
+
+    /// On a sentinel's connection: the address it names for `master`.
+    /// - Throws: `CoordinationError.unexpectedReply` quoting (cut short) an answer that is not
+    ///   a host and a port; `.connectionLost` when the exchange fails.
+    func namedMaster(_ master: String) throws -> (host: String, port: Int) {
+        let reply = try command(RedisCommand("SENTINEL", "get-master-addr-by-name", master))
+        guard let parts = reply.array, parts.count == 2, let host = parts[0].string, !host.isEmpty,
+            let port = parts[1].string.flatMap(Int.init), (1...65535).contains(port)
+        else {
+            throw CoordinationError(.unexpectedReply, "answered \(String("\(reply)".prefix(120)))")
+        }
+        return (host, port)
     }
 
     /// The socket's file descriptor, for `poll`.

@@ -22,6 +22,9 @@ public struct RedisClientStatistics: Sendable, Equatable {
     public var roundTrips: Int = 0
     /// Successful connects after the first.
     public var reconnects: Int = 0
+    /// Connections made to a sentinel by the checks of the master (behind sentinels): one is
+    /// kept and asked again, so a new one only after it failed.
+    public var sentinelConnects: Int = 0
 }
 
 /// A Redis client over one hiredis connection.
@@ -171,7 +174,8 @@ private final class ConnectionSlot: @unchecked Sendable {
         if let context {
             // Behind sentinels the connection is dropped only when they name another master (asked at
             // most every `sentinelCheckInterval`); otherwise, and without sentinels, it is kept.
-            guard case .sentinel = configuration.endpoint, masterMoved(from: context, logger: logger) else {
+            guard case .sentinel = configuration.endpoint, masterMoved(from: context, logger: logger, stats: stats)
+            else {
                 return context
             }
             self.context = nil
@@ -213,18 +217,32 @@ private final class ConnectionSlot: @unchecked Sendable {
     }
 
     private var nextSentinelCheck: ContinuousClock.Instant?
+    /// The connection to the sentinel that answered the last check, asked again by the next one
+    /// (over TLS a handshake per check otherwise); dropped when it fails.
+    private var sentinel: HiredisContext?
 
     /// With sentinels: whether they now name another master than the one `context` is
     /// connected to, asked at most every `sentinelCheckInterval` (an old master can take
     /// writes for seconds after a failover before it is demoted, and those writes are lost).
-    private func masterMoved(from context: HiredisContext, logger: Logger) -> Bool {
+    private func masterMoved(
+        from context: HiredisContext, logger: Logger, stats: borrowing Mutex<RedisClientStatistics>
+    ) -> Bool {
         let now = ContinuousClock.now
         if let nextSentinelCheck, now < nextSentinelCheck { return false }
         nextSentinelCheck = now + configuration.sentinelCheckInterval
-        guard case .tcp(let host, let port) = context.endpoint else { return false }
+        guard case .tcp(let host, let port) = context.endpoint, case .sentinel(let master, _) = configuration.endpoint
+        else { return false }
         // On the client's own queue, before a command: quick, and rarer while the sentinels
         // cannot answer (the master in use is kept meanwhile).
-        guard let named = try? HiredisContext.masterAddress(configuration, timeout: .milliseconds(200)) else {
+        var named = try? sentinel?.namedMaster(master)
+        if named == nil {
+            sentinel = nil
+            if let asked = try? HiredisContext.askSentinels(configuration, timeout: .milliseconds(200)) {
+                stats.withLock { $0.sentinelConnects += 1 }
+                (named, sentinel) = (asked.master, asked.sentinel)
+            }
+        }
+        guard let named else {
             nextSentinelCheck = now + configuration.sentinelCheckInterval * 5
             return false
         }
@@ -261,5 +279,6 @@ private final class ConnectionSlot: @unchecked Sendable {
     func close() {
         isClosed = true
         context = nil
+        sentinel = nil
     }
 }

@@ -657,6 +657,7 @@ public final class DeliveryBatcher: Sendable {
     /// `settleGivenBack(_:)`, and what is `alongside` the messages (one for one: their dead
     /// letters) taken out with them.
     private func settleGivenBack<Paired>(_ batch: inout [Pending], alongside paired: inout [Paired]) -> Bool {
+        guard batch.contains(where: { $0.group.origin?.isGivenBack == true }) else { return batch.isEmpty }
         // The flags read once, for the messages and what goes with them alike: an origin given back
         // between two reads would otherwise leave a letter without its message.
         let back = batch.map { $0.group.origin?.isGivenBack == true }

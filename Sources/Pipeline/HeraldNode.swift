@@ -386,8 +386,9 @@ package final class HeraldNode: Sendable {
 
     /// The subscription index made anew from the registry's changes (only the changed
     /// subscriptions compiled again) and swapped in; the first read signals `indexLoaded`. A
-    /// registry found at a lower version than the one held lost subscriptions in Redis: it is
-    /// logged as an error and counted (`herald_registry_losses_total`), and what is left is used.
+    /// registry that lost changes the node had taken in (`RegistryUpdate.lostVersion`) lost
+    /// subscriptions in Redis: it is logged as an error and counted
+    /// (`herald_registry_losses_total`), and what is left is used.
     private func registryWatch(into index: Locked<SubscriptionIndex>) -> NodePart {
         let losses = Counter(label: "herald_registry_losses_total", factory: metrics)
         return .loop("registry watch", logger: logger) { [self] in

@@ -61,20 +61,21 @@ struct RegistryUpdateTests {
         #expect(plain.lostVersion == nil)
     }
 
-    @Test("a notice carries the registry's incarnation; an older Herald's has none")
-    func noticeIncarnation() {
-        guard case .notice(7, "s-1", let incarnation) = RegistryChange(Array("7 s-1 abc".utf8)) else {
-            Issue.record("not read as a notice")
-            return
+    @Test("a notice names the heads before and after its change; an older Herald's names none; others are unreadable")
+    func noticeHeads() {
+        func heads(_ text: String) -> (version: Int64, id: String, heads: (String, String)?)? {
+            guard case .notice(let version, let id, let heads) = RegistryChange(Array(text.utf8)) else { return nil }
+            return (version, id, heads)
         }
-        #expect(incarnation == "abc")
-        guard case .notice(8, "s-2", let none) = RegistryChange(Array("8 s-2".utf8)) else {
-            Issue.record("an older notice not read")
-            return
+        let notice = heads("7:h0:h1 s-1")
+        #expect(notice?.version == 7 && notice?.id == "s-1")
+        #expect(notice?.heads?.0 == "h0" && notice?.heads?.1 == "h1")
+        #expect(heads("7::h1 s-1")?.heads?.0 == "", "the first change of a registry without a head")
+        let older = heads("8 s-2")
+        #expect(older?.version == 8 && older?.id == "s-2" && older?.heads == nil)
+        for unreadable in ["x:a:b s-1", "7:a s-1", "7:a:b:c s-1", "7:a: s-1", "9", "", "7:a:b"] {
+            #expect(RegistryChange(Array(unreadable.utf8)) == nil, "\(unreadable)")
         }
-        #expect(none == nil)
-        #expect(RegistryChange(Array("x s-1 abc".utf8)) == nil)
-        #expect(RegistryChange(Array("9".utf8)) == nil)
     }
 
     @Test("a record stored under another subscription's key is skipped, not taken for that one")

@@ -257,16 +257,16 @@ extension RedisServerTests {
             #expect(next.subscriptions(logger: Logger(label: "test")).map(\.id) == [sneaky.id])
         }
 
-        /// Every key of the registry under the test's prefix deleted, as when Redis promotes a
-        /// replica that had not synced (or the keys are flushed).
+        /// Every key of the registry under the test's prefix deleted at once, as when Redis
+        /// promotes a replica that had not synced (or the keys are flushed).
         func loseRegistry(_ raw: RedisClient) async throws {
             let keys = try await raw.send("KEYS", prefix + "sub*").array?.compactMap(\.string) ?? []
-            #expect(keys.contains(prefix + "subs:incarnation"), "\(keys)")
-            for key in keys { try await raw.send("DEL", key) }
+            #expect(keys.contains(prefix + "subs:head") && keys.contains(prefix + "subs:heads"), "\(keys)")
+            try await raw.send(RedisCommand(["DEL"] + keys))
         }
 
         @Test(
-            "a registry Redis lost is noticed though the version made again after the loss is the one held: the watcher gets what is left, with the version it had"
+            "a registry Redis lost is noticed though the changes made after the loss reach the very version held: the watcher gets what is left, with the version it had"
         )
         func registryLost() async throws {
             let registry = try registry()
@@ -280,28 +280,49 @@ extension RedisServerTests {
             while held < first.version + 2 { held = try #require(await updates.next()).version }
             try await loseRegistry(raw)
             // Two changes again: the versions 1 and 2, the very ones the watcher held. Only the
-            // notices' new incarnation tells (without it, this waits out the suite's time limit).
+            // second notice's head, not the one held, tells (without heads, this waits out the
+            // suite's time limit).
             var after: [String] = []
             for _ in 0..<2 { after.append(try await registry.create(subscription("p2")).id) }
-            var lost: RegistryUpdate?
-            while lost == nil {
-                let next = try #require(await updates.next())
-                if next.lostVersion != nil { lost = next }
-            }
-            #expect(lost?.lostVersion == held)
-            #expect(lost?.replacesAll == true)
-            // What is left: the two made after the loss (a later notice may follow with the second).
-            var live = Set(lost?.subscriptions(logger: Logger(label: "test")).map(\.id) ?? [])
-            while live.count < 2 {
-                let next = try #require(await updates.next())
-                for (id, subscription) in next.changed where subscription != nil { live.insert(id) }
-            }
-            #expect(live == Set(after))
+            let lost = try #require(await updates.next())
+            #expect(lost.lostVersion == held)
+            #expect(lost.replacesAll)
+            #expect(Set(lost.subscriptions(logger: Logger(label: "test")).map(\.id)) == Set(after))
             await raw.close()
         }
 
-        @Test("a registry Redis lost part of (an older version, the incarnation kept) is noticed on the poll")
-        func registryPartlyLost() async throws {
+        @Test(
+            "during a rolling upgrade: an older Herald's change (a notice without heads, the head left alone) is taken in by its version, not as a loss, and the next change with heads follows it"
+        )
+        func olderHeraldsChange() async throws {
+            let registry = try registry()
+            let raw = try RedisClient(url: TestServers.redisURL())
+            // No poll: what follows is taken in from the notices alone.
+            var updates = registry.watch(poll: .seconds(1), clock: ElapsedClock(ManualClock())).makeAsyncIterator()
+            _ = try #require(await updates.next())
+            try await registry.create(subscription("p1"))
+            _ = try #require(await updates.next())
+            // What an older Herald's create script does: no head, a notice `<version> <id>`.
+            let older = subscription("p1")
+            try await raw.send(
+                "SET", prefix + "sub:" + older.id, String(decoding: try JSONEncoder().encode(older), as: UTF8.self))
+            try await raw.send("SADD", prefix + "subs:all", older.id)
+            try await raw.send("ZADD", prefix + "subs:project:p1", 0, older.id)
+            let version = try #require(try await raw.send("INCR", prefix + "subs:version").integer)
+            try await raw.send("PUBLISH", prefix + "subs:changed", "\(version) \(older.id)")
+            let taken = try #require(await updates.next())
+            #expect(!taken.replacesAll && taken.lostVersion == nil)
+            #expect(taken.changed.keys.sorted() == [older.id])
+            let newer = try await registry.create(subscription("p1"))
+            let next = try #require(await updates.next())
+            #expect(!next.replacesAll && next.changed.keys.sorted() == [newer.id], "followed by its heads")
+            await raw.close()
+        }
+
+        @Test(
+            "a registry Redis lost the last change of (a replica that had the one before) is noticed, whether the next poll finds the older version or a change made since at the version held",
+            arguments: [0, 1])
+        func registryPartlyLost(changesSince: Int) async throws {
             let registry = try registry()
             let raw = try RedisClient(url: TestServers.redisURL())
             let clock = ManualClock()
@@ -311,16 +332,25 @@ extension RedisServerTests {
             let gone = try await registry.create(subscription("p1"))
             var held: Int64 = 0
             while held < 2 { held = try #require(await updates.next()).version }
-            // As a replica that had the first change and not the second: no notice, an older version.
-            try await raw.send("DEL", prefix + "sub:" + gone.id)
-            try await raw.send("SREM", prefix + "subs:all", gone.id)
-            try await raw.send("ZREM", prefix + "subs:project:p1", gone.id)
-            try await raw.send("SET", prefix + "subs:version", 1)
+            // The registry as it was after the first change: no notice of that.
+            let heads = try await raw.send("LRANGE", prefix + "subs:heads", 0, -1).array?.compactMap(\.string) ?? []
+            try #require(heads.count == 2)
+            for command in [
+                RedisCommand("DEL", prefix + "sub:" + gone.id), RedisCommand("SREM", prefix + "subs:all", gone.id),
+                RedisCommand("ZREM", prefix + "subs:project:p1", gone.id),
+                RedisCommand("SET", prefix + "subs:version", 1),
+                RedisCommand("SET", prefix + "subs:head", heads[1]), RedisCommand("LPOP", prefix + "subs:heads"),
+            ] {
+                try await raw.send(command)
+            }
+            var made: [String] = [kept.id]
+            for _ in 0..<changesSince { made.append(try await registry.create(subscription("p1")).id) }
             try await clock.waitForSleepers()
             clock.advance(by: .seconds(1))
-            let next = try #require(await updates.next())
-            #expect(next.lostVersion == 2 && next.version == 1)
-            #expect(next.subscriptions(logger: Logger(label: "test")).map(\.id) == [kept.id])
+            var next = try #require(await updates.next())
+            while next.lostVersion == nil && !next.replacesAll { next = try #require(await updates.next()) }
+            #expect(next.lostVersion == 2 && next.version == Int64(1 + changesSince))
+            #expect(Set(next.subscriptions(logger: Logger(label: "test")).map(\.id)) == Set(made))
             await raw.close()
         }
     }

@@ -20,10 +20,11 @@ public struct RegistrySnapshot: Sendable {
 
 /// The subscription registry in Redis: one JSON record per subscription, an
 /// index per project (ids in order, for `limit` + `marker` pages), a version
-/// bumped by every change and a pub/sub notice of it.
+/// bumped by every change, a head naming the last change, and a pub/sub notice of it.
 ///
 /// Keys under the prefix: `sub:<id>`, `subs:project:<project>` (zset by id),
-/// `subs:all` (set), `subs:version`; channel `subs:changed`.
+/// `subs:all` (set), `subs:version`, `subs:head` and `subs:heads` (the last
+/// `recentHeads` heads, newest first); channel `subs:changed`.
 public final class SubscriptionRegistry: Sendable {
     private let redis: RedisClient
     private let subscriber: RedisSubscriber
@@ -45,27 +46,37 @@ public final class SubscriptionRegistry: Sendable {
         await redis.close()
     }
 
-    /// The registry's incarnation (`subs:incarnation`): set by the first script to run against a
-    /// registry without one, from the id it was given; changes only when Redis lost the key (and
-    /// so, most likely, the registry with it). Defined in the scripts that need it.
-    private static func withIncarnation(_ body: String) -> RedisScript {
-        RedisScript(incarnationFunction + body)
+    /// How many heads of past changes `subs:heads` keeps: a watcher that held one of them only
+    /// missed notices; one that held a head no longer in the list saw changes Redis lost.
+    static let recentHeads = 1024
+
+    /// Each change is named by a head of its own (`subs:head`, a random id the caller gives),
+    /// and its notice names the head before it too: `<version>:<previous head>:<head> <id>`. A
+    /// watcher follows a notice only from the head it holds, so a history that forked (Redis
+    /// lost changes and others were made) is seen even at the very version it held. A Herald
+    /// older than heads reads such a notice as unreadable and reads the whole registry; its own
+    /// notices (`<version> <id>`) leave the head alone.
+    private static func advancingHead(_ body: String) -> RedisScript {
+        RedisScript(
+            """
+            local function advance(prefix, head)
+              local previous = redis.call('GET', prefix .. 'subs:head') or ''
+              redis.call('SET', prefix .. 'subs:head', head)
+              redis.call('LPUSH', prefix .. 'subs:heads', head)
+              redis.call('LTRIM', prefix .. 'subs:heads', 0, \(recentHeads - 1))
+              return previous
+            end
+            local function notify(prefix, version, id, head)
+              local previous = advance(prefix, head)
+              redis.call('PUBLISH', prefix .. 'subs:changed', version .. ':' .. previous .. ':' .. head .. ' ' .. id)
+            end
+
+            """ + body)
     }
 
-    private static let incarnationFunction = """
-        local function incarnation(prefix, candidate)
-          local held = redis.call('GET', prefix .. 'subs:incarnation')
-          if held then return held end
-          redis.call('SET', prefix .. 'subs:incarnation', candidate)
-          return candidate
-        end
-
-        """
-
     /// ARGV[5]: the project's quota (0: none); -1 when the project is at it, 0 when the id exists.
-    /// ARGV[6] (`update`'s too, `delete`'s ARGV[4], `snapshot`'s ARGV[2]): an incarnation for a
-    /// registry without one.
-    private static let create = withIncarnation(
+    /// ARGV[6] (`update`'s too, `delete`'s ARGV[4]): the change's head.
+    private static let create = advancingHead(
         #"""
         local prefix, id, project, quota = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[5])
         if quota > 0 and redis.call('ZCARD', prefix .. 'subs:project:' .. project) >= quota then return -1 end
@@ -73,39 +84,49 @@ public final class SubscriptionRegistry: Sendable {
         redis.call('ZADD', prefix .. 'subs:project:' .. project, 0, id)
         redis.call('SADD', prefix .. 'subs:all', id)
         local version = redis.call('INCR', prefix .. 'subs:version')
-        redis.call('PUBLISH', prefix .. 'subs:changed', version .. ' ' .. id .. ' ' .. incarnation(prefix, ARGV[6]))
+        notify(prefix, version, id, ARGV[6])
         return version
         """#)
 
     /// ARGV[5]: the record as it was read; -2 when it is no longer that (changed meanwhile).
-    private static let update = withIncarnation(
+    private static let update = advancingHead(
         #"""
         local prefix, id, project = ARGV[1], ARGV[2], ARGV[3]
         if redis.call('ZSCORE', prefix .. 'subs:project:' .. project, id) == false then return 0 end
         if redis.call('GET', prefix .. 'sub:' .. id) ~= ARGV[5] then return -2 end
         redis.call('SET', prefix .. 'sub:' .. id, ARGV[4])
         local version = redis.call('INCR', prefix .. 'subs:version')
-        redis.call('PUBLISH', prefix .. 'subs:changed', version .. ' ' .. id .. ' ' .. incarnation(prefix, ARGV[6]))
+        notify(prefix, version, id, ARGV[6])
         return version
         """#)
 
-    private static let delete = withIncarnation(
+    private static let delete = advancingHead(
         #"""
         local prefix, id, project = ARGV[1], ARGV[2], ARGV[3]
         if redis.call('ZREM', prefix .. 'subs:project:' .. project, id) == 0 then return 0 end
         redis.call('DEL', prefix .. 'sub:' .. id)
         redis.call('SREM', prefix .. 'subs:all', id)
         local version = redis.call('INCR', prefix .. 'subs:version')
-        redis.call('PUBLISH', prefix .. 'subs:changed', version .. ' ' .. id .. ' ' .. incarnation(prefix, ARGV[4]))
+        notify(prefix, version, id, ARGV[4])
         return version
         """#)
 
-    /// Version, incarnation and every record, read atomically.
-    private static let snapshot = withIncarnation(
+    /// Version, head, whether the head ARGV[2] is among the recent ones (1 or 0), and every
+    /// record, read atomically. Writes nothing (a master refusing writes still answers).
+    private static let snapshot = RedisScript(
         #"""
-        local prefix = ARGV[1]
+        local prefix, held = ARGV[1], ARGV[2]
+        local head = redis.call('GET', prefix .. 'subs:head') or ''
+        local known = 0
+        if held ~= '' then
+          if held == head then known = 1 else
+            for _, past in ipairs(redis.call('LRANGE', prefix .. 'subs:heads', 0, -1)) do
+              if past == held then known = 1 break end
+            end
+          end
+        end
         local ids = redis.call('SMEMBERS', prefix .. 'subs:all')
-        local out = { redis.call('GET', prefix .. 'subs:version') or '0', incarnation(prefix, ARGV[2]) }
+        local out = { redis.call('GET', prefix .. 'subs:version') or '0', head, known }
         for i = 1, #ids, 1000 do
           local keys = {}
           for j = i, math.min(i + 999, #ids) do keys[#keys + 1] = prefix .. 'sub:' .. ids[j] end
@@ -134,7 +155,7 @@ public final class SubscriptionRegistry: Sendable {
             Self.create,
             arguments: [
                 prefix, subscription.id, subscription.project, try encode(subscription), quota ?? 0,
-                Self.newIncarnation(),
+                Self.newHead(),
             ])
         if version.integer == -1 { throw SubscriptionQuotaExceeded(project: subscription.project, quota: quota ?? 0) }
         guard (version.integer ?? 0) > 0 else {
@@ -208,7 +229,7 @@ public final class SubscriptionRegistry: Sendable {
         guard current == original else { return .changedMeanwhile }
         let version = try await redis.evalSHA(
             Self.update,
-            arguments: [prefix, updated.id, updated.project, try encode(updated), stored, Self.newIncarnation()])
+            arguments: [prefix, updated.id, updated.project, try encode(updated), stored, Self.newHead()])
         switch version.integer ?? 0 {
         case -2: return .changedMeanwhile
         case ...0: return .missing
@@ -219,7 +240,7 @@ public final class SubscriptionRegistry: Sendable {
     /// Deletes a subscription of `project`; false when that project has no such id.
     @discardableResult
     public func delete(id: String, project: String) async throws -> Bool {
-        let version = try await redis.evalSHA(Self.delete, arguments: [prefix, id, project, Self.newIncarnation()])
+        let version = try await redis.evalSHA(Self.delete, arguments: [prefix, id, project, Self.newHead()])
         return (version.integer ?? 0) > 0
     }
 
@@ -227,32 +248,43 @@ public final class SubscriptionRegistry: Sendable {
         try await redis.send("GET", prefix + "subs:version").integer ?? 0
     }
 
-    /// The version and the incarnation (nil: no change was made to this registry yet, or it was lost).
-    func position() async throws -> (version: Int64, incarnation: String?) {
-        let reply = try await redis.send("MGET", prefix + "subs:version", prefix + "subs:incarnation")
+    /// The version and the head ("" when no change made one yet).
+    func position() async throws -> (version: Int64, head: String) {
+        let reply = try await redis.send("MGET", prefix + "subs:version", prefix + "subs:head")
         let values = reply.array ?? []
-        return (values.first?.integer ?? 0, values.dropFirst().first?.string)
+        return (values.first?.integer ?? 0, values.dropFirst().first?.string ?? "")
     }
 
     public func snapshot() async throws -> RegistrySnapshot {
-        let whole = try await storedRecords()
+        let whole = try await storedRecords(held: "")
         let subscriptions = Array(RegistryUpdate.decoding(whole.records, logger: logger))
         return RegistrySnapshot(version: whole.version, subscriptions: subscriptions.sorted { $0.id < $1.id })
     }
 
-    /// A new registry's incarnation, offered to the scripts (they keep the one they find).
-    private static func newIncarnation() -> String { UUID().uuidString.lowercased() }
+    /// A new change's head.
+    private static func newHead() -> String { UUID().uuidString.lowercased() }
 
-    /// The version, the incarnation and every stored record with its key's id, as stored
-    /// (JSON), read atomically by one script.
-    func storedRecords() async throws -> (version: Int64, incarnation: String, records: [StoredSubscription]) {
-        let reply = try await redis.evalSHA(Self.snapshot, arguments: [prefix, Self.newIncarnation()])
-        guard let items = reply.array, let version = items.first?.integer,
-            let incarnation = items.dropFirst().first?.string
+    /// The registry as one script reads it at once.
+    struct StoredRegistry {
+        var version: Int64
+        /// The last change's head ("" when no change made one yet).
+        var head: String
+        /// Whether the head asked about is this one or among the recent ones.
+        var knowsHeld: Bool
+        var records: [StoredSubscription]
+    }
+
+    /// The version, the head, whether `held` is among the recent heads, and every stored record
+    /// with its key's id, as stored (JSON), read atomically by one script.
+    func storedRecords(held: String) async throws -> StoredRegistry {
+        let reply = try await redis.evalSHA(Self.snapshot, arguments: [prefix, held])
+        let items = reply.array ?? []
+        guard items.count >= 3, let version = items[0].integer, let head = items[1].string,
+            let known = items[2].integer
         else {
-            throw CoordinationError(.unexpectedReply, "the snapshot script answered \(reply)")
+            throw CoordinationError(.unexpectedReply, "the snapshot script answered \(String("\(reply)".prefix(200)))")
         }
-        let pairs = items.dropFirst(2)
+        let pairs = items.dropFirst(3)
         var records: [StoredSubscription] = []
         records.reserveCapacity(pairs.count / 2)
         var index = pairs.startIndex
@@ -262,17 +294,20 @@ public final class SubscriptionRegistry: Sendable {
             }
             index += 2
         }
-        return (version, incarnation, records)
+        return StoredRegistry(version: version, head: head, knowsHeld: known == 1, records: records)
     }
 
     // MARK: Watching
 
     /// The whole registry now, then what changed after every change. A change notice
-    /// (`<version> <id>`, pub/sub) that follows the version held is passed on by reading that one
-    /// record; a gap in the versions, a reconnect, or a version seen to differ on the `poll` (a
-    /// lost notice costs at most one poll) reads the whole registry again. Updates the consumer
-    /// has not taken yet are merged, so a slow consumer gets one update with every change since
-    /// it last looked. The watch keeps no subscriptions of its own. Ends when the consumer stops
+    /// (`<version>:<previous head>:<head> <id>`, pub/sub) that follows the version and the head
+    /// held is passed on by reading that one record; a gap in the versions, another history (a
+    /// notice at the version held with another head), a reconnect, or a version or head seen to
+    /// differ on the `poll` (a lost notice costs at most one poll) reads the whole registry
+    /// again. A whole read at a lower version, or whose history does not hold the head held,
+    /// reports that Redis lost changes (`RegistryUpdate.lostVersion`). Updates the consumer has
+    /// not taken yet are merged, so a slow consumer gets one update with every change since it
+    /// last looked. The watch keeps no subscriptions of its own. Ends when the consumer stops
     /// iterating.
     /// - Parameters:
     ///   - poll: how often the version is read, the safety net for lost notices.
@@ -301,35 +336,36 @@ public final class SubscriptionRegistry: Sendable {
         }
         let loop = Task {
             var version: Int64 = -1
-            var incarnation: String?
+            var head = ""
             var needsResync = true
             for await change in changes {
                 if Task.isCancelled { break }
                 do {
-                    // A notice of another incarnation (or of an older Herald's, without one) is
-                    // followed only by a whole read.
-                    if case .notice(let next, let id, let of) = change, !needsResync, of == nil || of == incarnation {
-                        if version != .max, next == version + 1 {
+                    if case .notice(let next, let id, let heads) = change, !needsResync {
+                        // An older Herald's notice (no heads) leaves the head where it is.
+                        if version != .max, next == version + 1, heads == nil || heads?.previous == head {
                             let record = try await get(id: id, project: nil)
                             version = next
+                            head = heads?.head ?? head
                             pending.merge(RegistryUpdate(version: next, changed: [id: record]))
                             wake.yield()
                             continue
                         }
-                        if next <= version { continue }
+                        // Older than the version held: read already (or a fork the poll will see).
+                        if next < version || (next == version && (heads == nil || heads?.head == head)) { continue }
                     }
-                    if case .poll = change, !needsResync, try await position() == (version, incarnation) { continue }
-                    let whole = try await storedRecords()
-                    // The version only grows, and the incarnation changes only when its key went:
-                    // either way Redis lost the registry's changes up to the version held.
-                    let lost =
-                        version > 0 && (whole.version < version || whole.incarnation != incarnation)
-                        ? version : nil
-                    version = whole.version
-                    incarnation = whole.incarnation
-                    needsResync = false
+                    if case .poll = change, !needsResync, try await position() == (version, head) { continue }
+                    let whole = try await storedRecords(held: head)
+                    // The version only grows, and the heads of the last changes are kept: a lower
+                    // version, or a history without the head held, lost the changes up to it.
+                    let lost = version > 0 && (whole.version < version || (!head.isEmpty && !whole.knowsHeld))
                     pending.merge(
-                        RegistryUpdate(version: whole.version, all: whole.records, changed: [:], lostVersion: lost))
+                        RegistryUpdate(
+                            version: whole.version, all: whole.records, changed: [:],
+                            lostVersion: lost ? version : nil))
+                    version = whole.version
+                    head = whole.head
+                    needsResync = false
                     wake.yield()
                 } catch {
                     needsResync = true
@@ -362,18 +398,29 @@ public final class SubscriptionRegistry: Sendable {
 
 /// What the registry watch reacts to.
 enum RegistryChange: Sendable {
-    /// A change notice: the version it made, the subscription it touched and the registry's
-    /// incarnation (nil from a Herald older than incarnations).
-    case notice(Int64, String, incarnation: String?)
+    /// A change notice: the version it made, the subscription it touched, and the heads before
+    /// and after it (nil from a Herald older than heads).
+    case notice(Int64, String, heads: (previous: String, head: String)?)
     /// Time to compare versions (a notice may have been lost).
     case poll
     /// Read everything again (a reconnect, an unreadable notice).
     case resync
 
     init?(_ payload: [UInt8]) {
-        let parts = String(decoding: payload, as: UTF8.self).split(separator: " ", maxSplits: 2)
-        guard parts.count >= 2, let version = Int64(parts[0]) else { return nil }
-        self = .notice(version, String(parts[1]), incarnation: parts.count > 2 ? String(parts[2]) : nil)
+        let parts = String(decoding: payload, as: UTF8.self).split(separator: " ", maxSplits: 1)
+        guard parts.count == 2 else { return nil }
+        // `<version>:<previous head>:<head>` (the previous head is empty after a registry without one).
+        let position = parts[0].split(separator: ":", omittingEmptySubsequences: false)
+        switch position.count {
+        case 1:
+            guard let version = Int64(position[0]) else { return nil }
+            self = .notice(version, String(parts[1]), heads: nil)
+        case 3:
+            guard let version = Int64(position[0]), !position[2].isEmpty else { return nil }
+            self = .notice(version, String(parts[1]), heads: (String(position[1]), String(position[2])))
+        default:
+            return nil
+        }
     }
 }
 
@@ -399,8 +446,9 @@ public struct RegistryUpdate: Sendable {
     /// By id: the subscription as it is now, nil when it was deleted; after `all`, these win.
     public var changed: [String: Subscription?]
     /// With `all`: the version the watch had reached when it found the registry at a lower one
-    /// (the version only ever grows). Redis lost the registry's changes up to it: a replica that
-    /// had not synced was promoted, the keys were flushed or deleted. `all` is what is left.
+    /// (the version only ever grows) or with a history that does not hold the last change it
+    /// took in (its head). Redis lost the registry's changes up to it: a replica that had not
+    /// synced was promoted, the keys were flushed or deleted. `all` is what is left.
     public var lostVersion: Int64?
 
     public init(

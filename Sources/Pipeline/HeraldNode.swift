@@ -406,21 +406,21 @@ package final class HeraldNode: Sendable {
                 // records are freed when the iteration ends; trimming after that made no measurable
                 // difference to the idle RSS (BENCHMARKS.md, "Memory after traffic").
                 Self.returnFreedMemory()
-                if first {
-                    first = false
-                    flags.withLock { $0.registryLoaded = true }
-                    indexLoaded.signal()
-                    continue
-                }
                 if let lost = update.lostVersion {
                     losses.increment()
                     logger.error(
-                        "Redis lost subscriptions: the registry this node held at version \(lost) is now at version \(update.version) or was made anew (a replica promoted before it had synced, or the keys flushed or deleted). Restore Redis from a backup (docs/coordination.md); until then only what is left is delivered",
+                        "Redis lost subscriptions: the registry this node held at version \(lost) is now at version \(update.version) without the changes this node had taken in (a replica promoted before it had synced, or the keys flushed or deleted). Restore Redis from a backup (docs/coordination.md); until then only what is left is delivered",
                         metadata: [
                             LogKey.registryVersion: "\(update.version)",
                             LogKey.registryHeld: "\(held)",
                             LogKey.registrySubscriptions: "\(count)",
                         ])
+                }
+                if first {
+                    first = false
+                    flags.withLock { $0.registryLoaded = true }
+                    indexLoaded.signal()
+                    continue
                 }
                 logger.info(
                     "subscription index updated",

@@ -261,7 +261,7 @@ extension RedisServerTests {
         /// promotes a replica that had not synced (or the keys are flushed).
         func loseRegistry(_ raw: RedisClient) async throws {
             let keys = try await raw.send("KEYS", prefix + "sub*").array?.compactMap(\.string) ?? []
-            #expect(keys.contains(prefix + "subs:head") && keys.contains(prefix + "subs:heads"), "\(keys)")
+            #expect(keys.contains(prefix + "subs:head") && keys.contains(prefix + "subs:history"), "\(keys)")
             try await raw.send(RedisCommand(["DEL"] + keys))
         }
 
@@ -297,8 +297,9 @@ extension RedisServerTests {
         func olderHeraldsChange() async throws {
             let registry = try registry()
             let raw = try RedisClient(url: TestServers.redisURL())
-            // No poll: what follows is taken in from the notices alone.
-            var updates = registry.watch(poll: .seconds(1), clock: ElapsedClock(ManualClock())).makeAsyncIterator()
+            // The poll only when the test moves the clock, at the end.
+            let clock = ManualClock()
+            var updates = registry.watch(poll: .seconds(1), clock: ElapsedClock(clock)).makeAsyncIterator()
             _ = try #require(await updates.next())
             try await registry.create(subscription("p1"))
             _ = try #require(await updates.next())
@@ -316,6 +317,50 @@ extension RedisServerTests {
             let newer = try await registry.create(subscription("p1"))
             let next = try #require(await updates.next())
             #expect(!next.replacesAll && next.changed.keys.sorted() == [newer.id], "followed by its heads")
+            // An older Herald's change whose notice is lost: the poll finds the version moved and
+            // the head where it was, reads the whole registry, and that is no loss.
+            try await raw.send("SREM", prefix + "subs:all", older.id)
+            try await raw.send("ZREM", prefix + "subs:project:p1", older.id)
+            try await raw.send("DEL", prefix + "sub:" + older.id)
+            try await raw.send("INCR", prefix + "subs:version")
+            try await clock.waitForSleepers()
+            clock.advance(by: .seconds(1))
+            let polled = try #require(await updates.next())
+            #expect(polled.replacesAll && polled.lostVersion == nil)
+            #expect(!polled.subscriptions(logger: Logger(label: "test")).contains { $0.id == older.id })
+            await raw.close()
+        }
+
+        @Test(
+            "a watcher more than the history's length of changes behind is not told of a loss it cannot judge; it takes the registry in"
+        )
+        func fellBehind() async throws {
+            let registry = try registry()
+            let raw = try RedisClient(url: TestServers.redisURL())
+            let clock = ManualClock()
+            var updates = registry.watch(poll: .seconds(1), clock: ElapsedClock(clock)).makeAsyncIterator()
+            _ = try #require(await updates.next())
+            let made = try await registry.create(subscription("p1"))
+            _ = try #require(await updates.next())
+            // 1,100 changes whose notices this watcher never gets (its node paused, say): each
+            // moves the version and the head as a change does, the history keeping the last 1,024.
+            let behind = SubscriptionRegistry.recentHeads + 76
+            try await raw.send(
+                "EVAL",
+                """
+                for n = 1, tonumber(ARGV[2]) do
+                  local version = redis.call('INCR', ARGV[1] .. 'subs:version')
+                  local head = 'skipped-' .. n
+                  redis.call('SET', ARGV[1] .. 'subs:head', head)
+                  redis.call('ZADD', ARGV[1] .. 'subs:history', version, head)
+                  redis.call('ZREMRANGEBYRANK', ARGV[1] .. 'subs:history', 0, -\(SubscriptionRegistry.recentHeads + 1))
+                end
+                """, 0, prefix, behind)
+            try await clock.waitForSleepers()
+            clock.advance(by: .seconds(1))
+            let polled = try #require(await updates.next())
+            #expect(polled.replacesAll && polled.lostVersion == nil && polled.version == Int64(1 + behind))
+            #expect(polled.subscriptions(logger: Logger(label: "test")).map(\.id) == [made.id])
             await raw.close()
         }
 
@@ -333,13 +378,15 @@ extension RedisServerTests {
             var held: Int64 = 0
             while held < 2 { held = try #require(await updates.next()).version }
             // The registry as it was after the first change: no notice of that.
-            let heads = try await raw.send("LRANGE", prefix + "subs:heads", 0, -1).array?.compactMap(\.string) ?? []
+            // The heads by version: the first change's, then the second's.
+            let heads = try await raw.send("ZRANGE", prefix + "subs:history", 0, -1).array?.compactMap(\.string) ?? []
             try #require(heads.count == 2)
             for command in [
                 RedisCommand("DEL", prefix + "sub:" + gone.id), RedisCommand("SREM", prefix + "subs:all", gone.id),
                 RedisCommand("ZREM", prefix + "subs:project:p1", gone.id),
                 RedisCommand("SET", prefix + "subs:version", 1),
-                RedisCommand("SET", prefix + "subs:head", heads[1]), RedisCommand("LPOP", prefix + "subs:heads"),
+                RedisCommand("SET", prefix + "subs:head", heads[0]),
+                RedisCommand("ZREM", prefix + "subs:history", heads[1]),
             ] {
                 try await raw.send(command)
             }

@@ -586,10 +586,16 @@ extension PipelineSuites {
         )
         func registryLost() async throws {
             try await withIngestingNode(queue: "before-loss") { run, before, _ in
-                // At once: a poll between the deletions would see a registry half gone.
-                let keys = try await run.redis.send("KEYS", run.prefix + "sub*").array?.compactMap(\.string) ?? []
-                #expect(keys.contains(run.prefix + "subs:head"), "\(keys)")
-                try await run.redis.send(RedisCommand(["DEL"] + keys))
+                // At once, and to a registry with a history of its own at the version the node holds
+                // (1): only the heads can tell, whenever the node's poll comes.
+                try await run.redis.send(
+                    "EVAL",
+                    """
+                    for _, key in ipairs(redis.call('KEYS', ARGV[1] .. 'sub*')) do redis.call('DEL', key) end
+                    redis.call('SET', ARGV[1] .. 'subs:version', 1)
+                    redis.call('SET', ARGV[1] .. 'subs:head', ARGV[2])
+                    redis.call('ZADD', ARGV[1] .. 'subs:history', 1, ARGV[2])
+                    """, 0, run.prefix, UUID().uuidString.lowercased())
                 let after = run.queue("after-loss")
                 try await subscribeCompute(run, on: "node-1", queue: after)
                 try await eventually(timeout: .seconds(30)) {

@@ -23,8 +23,9 @@ public struct RegistrySnapshot: Sendable {
 /// bumped by every change, a head naming the last change, and a pub/sub notice of it.
 ///
 /// Keys under the prefix: `sub:<id>`, `subs:project:<project>` (zset by id),
-/// `subs:all` (set), `subs:version`, `subs:head` and `subs:heads` (the last
-/// `recentHeads` heads, newest first); channel `subs:changed`.
+/// `subs:all` (set), `subs:version`, `subs:head` and `subs:history` (the last
+/// `recentHeads` heads, scored by the version that made them); channels `subs:changes` (notices
+/// with heads) and `subs:changed` (the same changes as Heralds older than heads read them).
 public final class SubscriptionRegistry: Sendable {
     private let redis: RedisClient
     private let subscriber: RedisSubscriber
@@ -46,29 +47,29 @@ public final class SubscriptionRegistry: Sendable {
         await redis.close()
     }
 
-    /// How many heads of past changes `subs:heads` keeps: a watcher that held one of them only
-    /// missed notices; one that held a head no longer in the list saw changes Redis lost.
-    static let recentHeads = 1024
+    /// How many heads of past changes `subs:history` keeps. A watcher whose head is among them
+    /// at its version only missed notices; one whose head is missing while its version is within
+    /// the kept ones saw changes Redis lost; one older than all of them cannot be told either way.
+    public static let recentHeads = 1024
 
     /// Each change is named by a head of its own (`subs:head`, a random id the caller gives),
-    /// and its notice names the head before it too: `<version>:<previous head>:<head> <id>`. A
-    /// watcher follows a notice only from the head it holds, so a history that forked (Redis
-    /// lost changes and others were made) is seen even at the very version it held. A Herald
-    /// older than heads reads such a notice as unreadable and reads the whole registry; its own
-    /// notices (`<version> <id>`) leave the head alone.
+    /// and its notice on `subs:changes` names the head before it too: `<version>:<previous
+    /// head>:<head> <id>`. A watcher follows a notice only from the head it holds, so a history
+    /// that forked (Redis lost changes and others were made) is seen even at the very version
+    /// it held. The same change is published after it on `subs:changed` as `<version> <id>`,
+    /// for Heralds older than heads (a rolling upgrade): they follow it by version, and a
+    /// watcher with heads skips it as the change it already has. An older Herald's own changes
+    /// leave the head alone.
     private static func advancingHead(_ body: String) -> RedisScript {
         RedisScript(
             """
-            local function advance(prefix, head)
+            local function notify(prefix, version, id, head)
               local previous = redis.call('GET', prefix .. 'subs:head') or ''
               redis.call('SET', prefix .. 'subs:head', head)
-              redis.call('LPUSH', prefix .. 'subs:heads', head)
-              redis.call('LTRIM', prefix .. 'subs:heads', 0, \(recentHeads - 1))
-              return previous
-            end
-            local function notify(prefix, version, id, head)
-              local previous = advance(prefix, head)
-              redis.call('PUBLISH', prefix .. 'subs:changed', version .. ':' .. previous .. ':' .. head .. ' ' .. id)
+              redis.call('ZADD', prefix .. 'subs:history', version, head)
+              redis.call('ZREMRANGEBYRANK', prefix .. 'subs:history', 0, -\(recentHeads + 1))
+              redis.call('PUBLISH', prefix .. 'subs:changes', version .. ':' .. previous .. ':' .. head .. ' ' .. id)
+              redis.call('PUBLISH', prefix .. 'subs:changed', version .. ' ' .. id)
             end
 
             """ + body)
@@ -111,22 +112,29 @@ public final class SubscriptionRegistry: Sendable {
         return version
         """#)
 
-    /// Version, head, whether the head ARGV[2] is among the recent ones (1 or 0), and every
-    /// record, read atomically. Writes nothing (a master refusing writes still answers).
+    /// Version, head, the version that made the head, what the history says of the head ARGV[2]
+    /// made at version ARGV[3] (1: it is there, 0: it should be and is not, 2: nothing to tell,
+    /// it is older than the history or empty), and every record, read atomically. Writes
+    /// nothing (a master refusing writes still answers).
     private static let snapshot = RedisScript(
         #"""
-        local prefix, held = ARGV[1], ARGV[2]
+        local prefix, held, heldVersion = ARGV[1], ARGV[2], tonumber(ARGV[3])
+        local history = prefix .. 'subs:history'
         local head = redis.call('GET', prefix .. 'subs:head') or ''
-        local known = 0
+        local headVersion = 0
+        if head ~= '' then headVersion = tonumber(redis.call('ZSCORE', history, head) or '0') end
+        local verdict = 2
         if held ~= '' then
-          if held == head then known = 1 else
-            for _, past in ipairs(redis.call('LRANGE', prefix .. 'subs:heads', 0, -1)) do
-              if past == held then known = 1 break end
-            end
+          local score = redis.call('ZSCORE', history, held)
+          if score and tonumber(score) == heldVersion then
+            verdict = 1
+          else
+            local oldest = redis.call('ZRANGE', history, 0, 0, 'WITHSCORES')
+            if oldest[2] and heldVersion < tonumber(oldest[2]) then verdict = 2 else verdict = 0 end
           end
         end
         local ids = redis.call('SMEMBERS', prefix .. 'subs:all')
-        local out = { redis.call('GET', prefix .. 'subs:version') or '0', head, known }
+        local out = { redis.call('GET', prefix .. 'subs:version') or '0', head, headVersion, verdict }
         for i = 1, #ids, 1000 do
           local keys = {}
           for j = i, math.min(i + 999, #ids) do keys[#keys + 1] = prefix .. 'sub:' .. ids[j] end
@@ -256,7 +264,7 @@ public final class SubscriptionRegistry: Sendable {
     }
 
     public func snapshot() async throws -> RegistrySnapshot {
-        let whole = try await storedRecords(held: "")
+        let whole = try await storedRecords(held: "", heldVersion: 0)
         let subscriptions = Array(RegistryUpdate.decoding(whole.records, logger: logger))
         return RegistrySnapshot(version: whole.version, subscriptions: subscriptions.sorted { $0.id < $1.id })
     }
@@ -267,24 +275,35 @@ public final class SubscriptionRegistry: Sendable {
     /// The registry as one script reads it at once.
     struct StoredRegistry {
         var version: Int64
-        /// The last change's head ("" when no change made one yet).
+        /// The last change's head ("" when no change made one yet), and the version that made it.
         var head: String
-        /// Whether the head asked about is this one or among the recent ones.
-        var knowsHeld: Bool
+        var headVersion: Int64
+        /// What the history says of the head asked about.
+        var held: HeldHead
         var records: [StoredSubscription]
     }
 
-    /// The version, the head, whether `held` is among the recent heads, and every stored record
-    /// with its key's id, as stored (JSON), read atomically by one script.
-    func storedRecords(held: String) async throws -> StoredRegistry {
-        let reply = try await redis.evalSHA(Self.snapshot, arguments: [prefix, held])
+    /// What the registry's history says of a watcher's head.
+    enum HeldHead: Int64 {
+        /// Forked: the head should be in the history (its version is within it) and is not, or not
+        /// at that version: Redis lost the change that made it.
+        case lost = 0
+        case known = 1
+        /// No head asked about, or one older than the history keeps.
+        case untold = 2
+    }
+
+    /// The version, the head, what the history says of `held` (made at `heldVersion`), and every
+    /// stored record with its key's id, as stored (JSON), read atomically by one script.
+    func storedRecords(held: String, heldVersion: Int64) async throws -> StoredRegistry {
+        let reply = try await redis.evalSHA(Self.snapshot, arguments: [prefix, held, heldVersion])
         let items = reply.array ?? []
-        guard items.count >= 3, let version = items[0].integer, let head = items[1].string,
-            let known = items[2].integer
+        guard items.count >= 4, let version = items[0].integer, let head = items[1].string,
+            let headVersion = items[2].integer, let verdict = items[3].integer.flatMap(HeldHead.init(rawValue:))
         else {
             throw CoordinationError(.unexpectedReply, "the snapshot script answered \(String("\(reply)".prefix(200)))")
         }
-        let pairs = items.dropFirst(3)
+        let pairs = items.dropFirst(4)
         var records: [StoredSubscription] = []
         records.reserveCapacity(pairs.count / 2)
         var index = pairs.startIndex
@@ -294,7 +313,7 @@ public final class SubscriptionRegistry: Sendable {
             }
             index += 2
         }
-        return StoredRegistry(version: version, head: head, knowsHeld: known == 1, records: records)
+        return StoredRegistry(version: version, head: head, headVersion: headVersion, held: verdict, records: records)
     }
 
     // MARK: Watching
@@ -317,14 +336,14 @@ public final class SubscriptionRegistry: Sendable {
         let (wakes, wake) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
         let (changes, changed) = AsyncStream.makeStream(
             of: RegistryChange.self, bufferingPolicy: .bufferingNewest(1024))
-        let notices = subscriber.subscribe(to: [prefix + "subs:changed"])
+        let notices = subscriber.subscribe(to: [prefix + "subs:changes", prefix + "subs:changed"])
         // The watch's three tasks are cancelled together by `stop()` below, when its consumer goes.
         let listener = Task {
             for await event in notices {
                 switch event {
                 case .message(_, let payload): changed.yield(RegistryChange(payload) ?? .resync)
-                case .subscribed(reconnected: true): changed.yield(.resync)
-                case .subscribed(reconnected: false): break
+                // The first whole read once the notices are subscribed: no change falls between.
+                case .subscribed: changed.yield(.resync)
                 }
             }
         }
@@ -337,6 +356,7 @@ public final class SubscriptionRegistry: Sendable {
         let loop = Task {
             var version: Int64 = -1
             var head = ""
+            var headVersion: Int64 = 0
             var needsResync = true
             for await change in changes {
                 if Task.isCancelled { break }
@@ -346,7 +366,7 @@ public final class SubscriptionRegistry: Sendable {
                         if version != .max, next == version + 1, heads == nil || heads?.previous == head {
                             let record = try await get(id: id, project: nil)
                             version = next
-                            head = heads?.head ?? head
+                            if let heads { (head, headVersion) = (heads.head, next) }
                             pending.merge(RegistryUpdate(version: next, changed: [id: record]))
                             wake.yield()
                             continue
@@ -355,16 +375,21 @@ public final class SubscriptionRegistry: Sendable {
                         if next < version || (next == version && (heads == nil || heads?.head == head)) { continue }
                     }
                     if case .poll = change, !needsResync, try await position() == (version, head) { continue }
-                    let whole = try await storedRecords(held: head)
+                    let whole = try await storedRecords(held: head, heldVersion: headVersion)
                     // The version only grows, and the heads of the last changes are kept: a lower
                     // version, or a history without the head held, lost the changes up to it.
-                    let lost = version > 0 && (whole.version < version || (!head.isEmpty && !whole.knowsHeld))
+                    let lost = version > 0 && (whole.version < version || whole.held == .lost)
+                    if version > 0, !head.isEmpty, whole.held == .untold {
+                        logger.warning(
+                            "this node fell more than \(Self.recentHeads) registry changes behind (from version \(version) to \(whole.version)); whether Redis lost any of them cannot be told",
+                            metadata: [LogKey.registryVersion: "\(whole.version)"])
+                    }
                     pending.merge(
                         RegistryUpdate(
                             version: whole.version, all: whole.records, changed: [:],
                             lostVersion: lost ? version : nil))
                     version = whole.version
-                    head = whole.head
+                    (head, headVersion) = (whole.head, whole.headVersion)
                     needsResync = false
                     wake.yield()
                 } catch {
@@ -373,8 +398,6 @@ public final class SubscriptionRegistry: Sendable {
                 }
             }
         }
-        // The whole registry at once, not after the first poll.
-        changed.yield(.resync)
         @Sendable func stop() {
             loop.cancel()
             poller.cancel()

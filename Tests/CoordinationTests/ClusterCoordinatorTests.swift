@@ -186,6 +186,24 @@ extension RedisServerTests {
             await cluster.shutdown()
         }
 
+        @Test(
+            "the partition count Redis lost (a replica promoted before it synced) is written again by the next beat: a node with another count still cannot join"
+        )
+        func partitionCountRestored() async throws {
+            let cluster = TestCluster(partitions: 64)
+            try await cluster.add("a")
+            let raw = try RedisClient(url: TestServers.redisURL())
+            try await raw.send("DEL", cluster.prefix + "partitions")
+            try await eventually(timeout: .seconds(10)) {
+                guard try await raw.send("GET", cluster.prefix + "partitions").integer == 64 else {
+                    throw TestFailure("the partition count is not back yet")
+                }
+            }
+            await #expect(throws: CoordinationError.self) { try await cluster.add("b", partitions: 128) }
+            await raw.close()
+            await cluster.shutdown()
+        }
+
         @Test("a bad node id is refused before anything starts")
         func badNodeID() throws {
             #expect(throws: CoordinationError.self) {

@@ -343,7 +343,7 @@ public final class ClusterCoordinator: Sendable {
             arguments: [
                 prefix, configuration.nodeID, owner,
                 Int(configuration.memberDeadline.milliseconds), Int(configuration.aliveTTL.milliseconds),
-                Int(configuration.leaderTTL.milliseconds), metadata,
+                Int(configuration.leaderTTL.milliseconds), metadata, configuration.partitionCount,
             ])
         guard let items = reply.array, items.count == 4, let intact = items[0].integer, let leader = items[1].string,
             let membership = items[2].integer, let assignmentEpoch = items[3].integer

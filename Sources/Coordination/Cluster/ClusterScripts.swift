@@ -2,7 +2,8 @@
 /// own `TIME` or key expiry, never by a node's clock.
 ///
 /// Keys, under the prefix (default `herald:`):
-/// - `partitions`: P, set once when the cluster is created.
+/// - `partitions`: P, set when the cluster is created, and again by every beat while it is
+///   missing (Redis lost it), so that a node with another P still cannot join.
 /// - `members` (hash node → metadata JSON), `deadlines` (zset node → deadline, ms of Redis time),
 ///   `membership` (version, bumped on every join and leave).
 /// - `alive:<owner>`: the owner's liveness, with a short PX TTL; `<owner>` is `<node>#<incarnation>`.
@@ -15,11 +16,13 @@ enum ClusterScripts {
     /// owner), expire dead members, take or keep the leader lease, and report the
     /// versions a node compares. O(1) commands however many partitions the node holds.
     ///
-    /// ARGV: prefix, node, owner, member deadline ms, alive TTL ms, leader TTL ms, metadata JSON.
+    /// ARGV: prefix, node, owner, member deadline ms, alive TTL ms, leader TTL ms, metadata JSON,
+    /// the partition count.
     /// Returns: { intact (1: the alive key was ours already), leader value, membership version, assignment epoch }.
     static let beat = RedisScript(
         #"""
         local prefix, node, owner = ARGV[1], ARGV[2], ARGV[3]
+        redis.call('SET', prefix .. 'partitions', ARGV[8], 'NX')
         local t = redis.call('TIME')
         local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
         local changed = false

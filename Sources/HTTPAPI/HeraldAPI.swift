@@ -370,6 +370,7 @@ package struct HeraldAPI: Sendable {
         let caller = try context.requireCaller()
         let subscription = try await owned(context)
         try authorize("subscription:test", caller, project: subscription.project, context: context)
+        try authorizeAllProjects(subscription, caller, context: context)
         if let rates = services.rates,
             let wait = try await rates.take(
                 "test:" + caller.project, limit: services.limits.testsPerMinute, per: .seconds(60))
@@ -467,6 +468,7 @@ package struct HeraldAPI: Sendable {
             ) { stored in
                 var feed = stored
                 try authorize("subscription:update", caller, project: feed.project, context: context)
+                try authorizeAllProjects(feed, caller, context: context)
                 if feed.target != target, feed.trustID != nil {
                     try authorize(
                         "subscription:update_trusted_target", caller, project: feed.project, field: "queue",
@@ -503,6 +505,7 @@ package struct HeraldAPI: Sendable {
             throw HTTPError(.notFound, message: "project \(caller.project) has no feed")
         }
         try authorize("subscription:delete", caller, project: feed.project, context: context)
+        try authorizeAllProjects(feed, caller, context: context)
         try await audited("delete", caller, subscription: feed.id, context: context) {
             try await remove(feed, caller: caller)
         }
@@ -621,16 +624,21 @@ package struct HeraldAPI: Sendable {
     /// How many times a change is made again from a record changed meanwhile before a 409.
     static let updateAttempts = 3
 
+    /// An all-projects subscription is changed or deleted only by whoever may make one
+    /// (`subscription:create_all_projects`), whatever route names it (its id, or `/v1/feed`).
+    private func authorizeAllProjects(_ subscription: Subscription, _ caller: Caller, context: APIContext) throws {
+        guard subscription.allProjects else { return }
+        try authorize(
+            "subscription:create_all_projects", caller, project: subscription.project, field: "all_projects",
+            context: context)
+    }
+
     /// Deletes the subscription and its trust; while Keystone cannot be reached, neither (503).
     @Sendable func deleteSubscription(_ request: Request, _ context: APIContext) async throws -> Response {
         let caller = try context.requireCaller()
         let subscription = try await owned(context)
         try authorize("subscription:delete", caller, project: subscription.project, context: context)
-        if subscription.allProjects {
-            try authorize(
-                "subscription:create_all_projects", caller, project: subscription.project, field: "all_projects",
-                context: context)
-        }
+        try authorizeAllProjects(subscription, caller, context: context)
         try await audited("delete", caller, subscription: subscription.id, context: context) {
             try await remove(subscription, caller: caller)
         }
@@ -720,7 +728,9 @@ package struct HeraldAPI: Sendable {
         // Read whatever came, with a length or chunked: ids sent without a Content-Length must
         // not be taken for "replay the most recent".
         if let body = try await APIJSON.optionalObject(request, allowed: ["ids"]) {
-            ids = try APIJSON.decode(ReplayInput.self, from: body.data).ids
+            // Each letter once, however often it is named (it would be posted as often).
+            var seen = Set<String>()
+            ids = try APIJSON.decode(ReplayInput.self, from: body.data).ids.filter { seen.insert($0).inserted }
         }
         let perCall = services.limits.replayPerCall
         let entries: [(id: String, letter: DeadLetter)]

@@ -118,9 +118,13 @@ package final class KeystoneClient: Sendable {
         var rateLimit: ValidationRateLimit
         /// Trust-scoped tokens by trust, each until a minute before it expires.
         var trustTokens: [String: (token: String, until: ContinuousClock.Instant)] = [:]
-        /// Trusts Keystone refused a token for, until when that answer stands without asking again:
-        /// a tenant who deletes its trust must not cost Keystone a password login per batch.
-        var goneTrusts: [String: ContinuousClock.Instant] = [:]
+        /// Trusts Keystone refused a token for, until when that answer stands without asking again,
+        /// and how many times in a row it was refused: a tenant who deletes its trusts must not
+        /// cost Keystone a password login per batch, nor one per trust every `goneTrustTTL`.
+        var goneTrusts: [String: GoneTrust] = [:]
+        /// Until when a login of Herald's own that worked after a trust's 401 stands for the next
+        /// trusts' 401s (`serviceConfirmation`): many trusts gone at once cost one login.
+        var serviceConfirmedUntil: ContinuousClock.Instant?
         /// Until when Herald's own login is taken as refused (it was, after a trust's 401): trust
         /// tokens are then not asked for at all (each is a password login, and a refused password
         /// tried per delivery brings on the account's lockout). Only a refusal is remembered: a
@@ -128,9 +132,25 @@ package final class KeystoneClient: Sendable {
         var serviceRefusedUntil: ContinuousClock.Instant?
     }
 
-    /// How long a trust Keystone refused is taken as gone without asking: short, as one misread
-    /// answer (a flaky identity backend) dead-letters its events meanwhile.
+    /// A trust Keystone refused: until when, and how many refusals in a row.
+    struct GoneTrust {
+        var until: ContinuousClock.Instant
+        var refusals: Int
+    }
+
+    /// How long a trust Keystone refused once is taken as gone without asking: short, as one
+    /// misread answer (a flaky identity backend) dead-letters its events meanwhile. Each refusal
+    /// in a row doubles it, up to `goneTrustLongest`.
     static let goneTrustTTL: Duration = .seconds(15)
+    static let goneTrustLongest: Duration = .seconds(600)
+    /// How long a login of Herald's own after a trust's 401 answers for the next trusts' 401s.
+    static let serviceConfirmation: Duration = .seconds(5)
+
+    /// How long a trust refused `refusals` times in a row is taken as gone.
+    static func goneFor(refusals: Int) -> Duration {
+        let doublings = min(max(refusals - 1, 0), 10)
+        return min(goneTrustTTL * (1 << doublings), goneTrustLongest)
+    }
     /// How long Herald's own login is taken as refused (`State.serviceRefusedUntil`).
     static let serviceRefusalTTL: Duration = .seconds(15)
 
@@ -140,6 +160,7 @@ package final class KeystoneClient: Sendable {
     private let state: Mutex<State>
     private let validations = Atomic<Int>(0)
     private let trustTokenRequests = Atomic<Int>(0)
+    private let serviceLogins = Atomic<Int>(0)
 
     /// Whether `http` is this client's own (made for `caFile`), to shut down with it.
     private let ownsHTTP: Bool
@@ -174,13 +195,22 @@ package final class KeystoneClient: Sendable {
             self.http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: settings)
             ownsHTTP = true
         } else {
-            self.http = .shared
+            self.http = Self.withoutRedirects
             ownsHTTP = false
         }
         self.logger = logger
         let rate = Double(configuration.validationsPerSecond)
         state = Mutex(State(rateLimit: ValidationRateLimit(perSecond: rate, burst: 2 * rate)))
     }
+
+    /// The client of every KeystoneClient without a CA file of its own: as `HTTPClient.shared`
+    /// (the system's CAs, never shut down), but a redirect is not followed (a token or the
+    /// service password must not go where Keystone's answer points).
+    private static let withoutRedirects: HTTPClient = {
+        var settings = HTTPClient.Configuration()
+        settings.redirectConfiguration = .disallow
+        return HTTPClient(eventLoopGroupProvider: .singleton, configuration: settings)
+    }()
 
     /// The longest token looked at; longer ones are refused without asking Keystone (Fernet
     /// tokens are about 200 bytes, JWS tokens under 1 KiB).
@@ -195,6 +225,8 @@ package final class KeystoneClient: Sendable {
     var validationCount: Int { validations.load(ordering: .relaxed) }
     /// Trust-scoped tokens asked of Keystone.
     var trustTokenCount: Int { trustTokenRequests.load(ordering: .relaxed) }
+    /// Logins of Herald's own service user.
+    var serviceLoginCount: Int { serviceLogins.load(ordering: .relaxed) }
 
     // MARK: Users' tokens
 
@@ -420,7 +452,7 @@ package final class KeystoneClient: Sendable {
     func trustToken(_ trust: String, fresh: Bool = false) async throws(ZaqarTokenError) -> String {
         let now = instant()
         if !fresh, let cached = state.withLock({ $0.trustTokens[trust] }), cached.until > now { return cached.token }
-        if let until = state.withLock({ $0.goneTrusts[trust] }), until > now {
+        if let until = state.withLock({ $0.goneTrusts[trust]?.until }), until > now {
             throw .refused("trust \(trust) is gone or unusable (Keystone said so moments ago)")
         }
         if let until = state.withLock({ $0.serviceRefusedUntil }), until > now {
@@ -445,12 +477,15 @@ package final class KeystoneClient: Sendable {
         }
         let (status, body, headers) = answer
         guard status == 201, let token = headers.first(name: "X-Subject-Token") else {
-            if status == 401 {
+            if status == 401, state.withLock({ $0.serviceConfirmedUntil.map { $0 <= instant() } ?? true }) {
                 // Keystone answers 401 both for a trust it has not got and for Herald's own
-                // password: a login of Herald's own tells them apart. Herald refused is the
-                // operator's to mend (retried, parked), not every trust's end.
+                // password: a login of Herald's own tells them apart (one answers for the next
+                // trusts' 401s a few seconds). Herald refused is the operator's to mend (retried,
+                // parked), not every trust's end.
                 do {
                     _ = try await service(renew: true)
+                    let until = instant() + Self.serviceConfirmation
+                    state.withLock { $0.serviceConfirmedUntil = until }
                 } catch {
                     let until = instant() + Self.serviceRefusalTTL
                     state.withLock { $0.serviceRefusedUntil = until }
@@ -459,7 +494,9 @@ package final class KeystoneClient: Sendable {
             }
             if status == 401 || status == 403 || status == 404 {
                 state.withLock { state in
-                    remember(trust, now + Self.goneTrustTTL, in: &state.goneTrusts, now: now) { $0 }
+                    let refusals = (state.goneTrusts[trust]?.refusals ?? 0) + 1
+                    let gone = GoneTrust(until: now + Self.goneFor(refusals: refusals), refusals: refusals)
+                    remember(trust, gone, in: &state.goneTrusts, now: now) { $0.until }
                     state.trustTokens[trust] = nil
                 }
                 throw .refused("trust \(trust) is gone or unusable (\(status): \(Self.errorMessage(body)))")
@@ -467,7 +504,10 @@ package final class KeystoneClient: Sendable {
             throw .unavailable("Keystone answered \(status) to a token for trust \(trust)")
         }
         let until = Self.renewal(of: body, now: now)
-        state.withLock { $0.trustTokens[trust] = (token, until) }
+        state.withLock { state in
+            state.trustTokens[trust] = (token, until)
+            state.goneTrusts[trust] = nil
+        }
         return token
     }
 
@@ -501,6 +541,7 @@ package final class KeystoneClient: Sendable {
     private func service(renew: Bool) async throws(Failure) -> ServiceToken {
         let now = instant()
         if !renew, let current = state.withLock({ $0.service }), current.until > now { return current }
+        serviceLogins.add(1, ordering: .relaxed)
         var request = HTTPClientRequest(url: configuration.base + "/v3/auth/tokens")
         request.method = .POST
         try Self.setJSON(

@@ -425,6 +425,13 @@ public enum DefaultRedactionRules {
               # neutron: whether a router is distributed or highly available (admin-only).
               - payload.router.distributed
               - payload.router.ha
+          - event_types: ["identity.*", "magnum.*"]
+            remove:
+              # keystone and magnum, CADF: the initiator's client address and user agent (an
+              # admin's workstation when an admin changed the tenant's project or its roles),
+              # and its credential when one is given; no API shows these to the project.
+              - payload.initiator.host
+              - payload.initiator.credential
         """#
 }
 

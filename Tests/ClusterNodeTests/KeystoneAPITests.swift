@@ -1,6 +1,7 @@
 import Delivery
 import Foundation
 import HTTPTypes
+import HeraldModel
 import Hummingbird
 import HummingbirdTesting
 import Logging
@@ -160,6 +161,44 @@ extension APISuites {
                 #expect(client.trustTokenCount == asked, "not asked again moments later")
                 #expect(try await call(http, .delete, "/v1/subscription/\(seedID)", token: tokenA).status == .noContent)
                 #expect(try await keystone.trusts(of: "a").isEmpty)
+            }
+        }
+
+        @Test(
+            "trusts Keystone has not got: five at once cost one login of Herald's own, and each one's wait doubles with each refusal in a row (15 s, 30 s, 60 s, up to 10 minutes)"
+        )
+        func goneTrustsBackOff() async throws {
+            #expect(
+                [1, 2, 3, 6, 7, 100].map { KeystoneClient.goneFor(refusals: $0) } == [
+                    .seconds(15), .seconds(30), .seconds(60), .seconds(480), .seconds(600), .seconds(600),
+                ])
+            let keystone = try await KeystoneFixture.make()
+            let clock = ManualClock()
+            let client = KeystoneClient(
+                configuration: configuration(keystone), logger: Logger(label: "test"), clock: ElapsedClock(clock))
+            let trusts = (0..<5).map { String(repeating: "\($0)", count: 32) }
+            func refused(_ trust: String) async -> Bool {
+                do {
+                    _ = try await client.trustToken(trust)
+                    return false
+                } catch {
+                    if case ZaqarTokenError.refused = error { return true }
+                    Issue.record("\(error)")
+                    return false
+                }
+            }
+            let logins = client.serviceLoginCount
+            for trust in trusts { #expect(await refused(trust)) }
+            #expect(client.serviceLoginCount - logins == 1, "one login of Herald's own told the five 401s apart")
+            var asked = client.trustTokenCount
+            for wait in [15, 30, 60] {
+                clock.advance(by: .seconds(wait - 1))
+                #expect(await refused(trusts[0]))
+                #expect(client.trustTokenCount == asked, "not asked again before \(wait) s")
+                clock.advance(by: .seconds(1))
+                #expect(await refused(trusts[0]))
+                #expect(client.trustTokenCount == asked + 1, "asked again after \(wait) s")
+                asked = client.trustTokenCount
             }
         }
 

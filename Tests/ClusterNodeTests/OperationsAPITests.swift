@@ -74,6 +74,16 @@ extension APISuites {
                 let badIDs = try await client.call(.post, "/v1/dead-letters/replay", json: ["ids": "0-1"])
                 #expect(badIDs.status == .badRequest)
                 #expect(badIDs.message.hasPrefix("ids"))
+                // A letter named twice is posted once.
+                try await harness.deadLetters.append([letter(subscription.id, project: "p1", event: "e4")])
+                let fourth = try await client.call(.get, "/v1/dead-letters?limit=1")
+                let id = try #require((fourth.object["dead_letters"] as? [[String: Any]])?.first?["id"] as? String)
+                let twice = try await client.call(.post, "/v1/dead-letters/replay", json: ["ids": [id, id]])
+                #expect((twice.object["replayed"] as? [String]) == [id], "\(twice.text)")
+                let copies = try await harness.zaqar.bodies(queue: queue, project: "p1").filter {
+                    ($0["herald"] as? [String: Any])?["event_id"] as? String == "e4"
+                }
+                #expect(copies.count == 1, "one copy of e4")
 
                 let purged = try await client.call(.delete, "/v1/dead-letters")
                 #expect(purged.object["purged"] as? Int == 1)

@@ -251,6 +251,35 @@ extension APISuites {
             }
         }
 
+        @Test(
+            "the admin project's feed made all-projects by a cloud admin: its members can neither change, test nor delete it through /v1/feed or its id"
+        )
+        func allProjectsFeed() async throws {
+            let harness = try APIHarness()
+            let adminMember = Persona(name: "admin project's member", project: "admin", roles: "member", user: "am1")
+            try await harness.test { client in
+                let made = try await call(client, Self.admin, .put, "/v1/feed", json: ["queue": "every-event"])
+                #expect(made.status == .created, "\(made.text)")
+                let id = try #require(made.object["id"] as? String, "\(made.text)")
+                let widened = try await call(
+                    client, Self.admin, .patch, "/v1/subscriptions/\(id)", json: ["all_projects": true])
+                #expect(widened.status == .ok && widened.object["all_projects"] as? Bool == true, "\(widened.text)")
+                for (method, uri, json) in [
+                    (HTTPRequest.Method.put, "/v1/feed", ["queue": "mine"] as [String: Any]?),
+                    (.delete, "/v1/feed", nil), (.post, "/v1/subscriptions/\(id)/test", nil),
+                    (.patch, "/v1/subscriptions/\(id)", ["message_ttl": 900]),
+                    (.delete, "/v1/subscriptions/\(id)", nil),
+                ] {
+                    let refused = try await call(client, adminMember, method, uri, json: json)
+                    #expect(refused.status == .forbidden, "\(method) \(uri): \(refused.text)")
+                }
+                let stored = try #require(try await harness.registry.get(id: id, project: "admin"))
+                #expect(stored.target.queue == "every-event" && stored.allProjects, "nothing changed")
+                let gone = try await call(client, Self.admin, .delete, "/v1/feed")
+                #expect(gone.status == .noContent, "the cloud admin may: \(gone.text)")
+            }
+        }
+
         @Test("the token-capture path is closed: a second member cannot point a trust-backed subscription elsewhere")
         func trustedTarget() async throws {
             let harness = try APIHarness()

@@ -67,7 +67,10 @@ struct RedactionTests {
     @Test("the shipped rules parse: one rule for every event type")
     func defaults() throws {
         let rules = RedactionRules.defaults.rules
-        #expect(rules.map(\.patterns) == [["*"], ["*"], ["scheduler.*", "compute_task.*"], ["router.*"]])
+        #expect(
+            rules.map(\.patterns) == [
+                ["*"], ["*"], ["scheduler.*", "compute_task.*"], ["router.*"], ["identity.*", "magnum.*"],
+            ])
         let rule = try #require(rules.first)
         #expect(rule.patterns == ["*"])
         #expect(rule.origin.hasPrefix("defaults:"))
@@ -154,6 +157,19 @@ struct RedactionTests {
         #expect(
             ((object["payload"] as? [String: Any])?["ironic_object.data"] as? [String: Any])?["driver_internal_info"]
                 == nil)
+    }
+
+    @Test("keystone (CADF): the initiator's client address and agent go; who it was and its project stay")
+    func keystoneInitiator() throws {
+        let event = try decoded("keystone-identity.project.created.json")
+        try expectRedacted(event, removed: ["payload.initiator.host", "publisher_id"]) { input in
+            var expected = edited(input, at: ["payload", "initiator"]) { initiator in
+                #expect((initiator["host"] as? [String: Any])?["address"] as? String == "192.0.2.50")
+                initiator["host"] = nil
+            }
+            expected["publisher_id"] = "identity"
+            return expected
+        }
     }
 
     @Test(

@@ -80,7 +80,7 @@ package struct KeystoneAuthenticator: RouterMiddleware {
 extension KeystoneAuthenticator {
     /// The client's address: the peer, or behind trusted proxies the last `X-Forwarded-For`
     /// address that is not one of them (what the proxies themselves saw).
-    static func client(_ request: Request, peer: String, trusted: Set<String>) -> String {
+    static func client(_ request: Request, peer: String, trusted: AddressRanges) -> String {
         guard trusted.contains(peer) else { return peer }
         let hops = request.headers[values: .forwardedFor].joined(separator: ",").split(separator: ",").suffix(32)
             .map { $0.trimmingCharacters(in: .whitespaces) }

@@ -39,9 +39,10 @@ package struct KeystoneConfiguration: Sendable {
     /// Herald's service type in the catalog (HERALD_SERVICE_TYPE): what application credentials'
     /// access rules must name to reach Herald.
     package var serviceType = "events"
-    /// HERALD_TRUSTED_PROXIES: addresses of the proxies in front of Herald (an ingress); from
-    /// them, the client is the last address of `X-Forwarded-For` that is not one of them.
-    package var trustedProxies: Set<String> = []
+    /// HERALD_TRUSTED_PROXIES: addresses or CIDR ranges of the proxies in front of Herald (an
+    /// ingress); from them, the client is the last address of `X-Forwarded-For` that is not one
+    /// of them.
+    package var trustedProxies = AddressRanges()
     /// HERALD_KEYSTONE_CA_FILE: the CAs that sign Keystone's certificate; nil: the system's.
     var caFile: String?
 
@@ -49,7 +50,7 @@ package struct KeystoneConfiguration: Sendable {
         url: String, username: String, password: String, project: String, userDomain: String, projectDomain: String,
         cacheTTL: Duration, cacheCapacity: Int = 10_000, trustRoles: [String] = ["member"], adminProject: String? = nil,
         negativeCacheTTL: Duration = .seconds(10), validationsPerSecond: Int = 10, serviceType: String = "events",
-        trustedProxies: Set<String> = [], caFile: String? = nil
+        trustedProxies: AddressRanges = AddressRanges(), caFile: String? = nil
     ) {
         self.url = url
         self.username = username

@@ -217,6 +217,17 @@ package struct NodeConfiguration: Sendable {
             }
             return value
         }
+        let trustedProxies: AddressRanges
+        do {
+            trustedProxies = try AddressRanges(
+                string("HERALD_TRUSTED_PROXIES", "").split(separator: ",").map {
+                    $0.trimmingCharacters(in: .whitespaces)
+                }.filter { !$0.isEmpty })
+        } catch {
+            throw ConfigurationError(
+                key: "HERALD_TRUSTED_PROXIES", value: string("HERALD_TRUSTED_PROXIES", ""),
+                expected: "addresses or CIDR ranges, comma-separated, such as 10.42.0.0/16, fd00::/8 (\(error))")
+        }
         let keystoneCacheSeconds = try integer("HERALD_KEYSTONE_CACHE_SECONDS", 60, 0...3600)
         let keystoneNegativeSeconds = try integer("HERALD_KEYSTONE_NEGATIVE_CACHE_SECONDS", 10, 0...300)
         let keystoneValidations = try integer("HERALD_KEYSTONE_VALIDATIONS_PER_SECOND", 10, 0...100_000)
@@ -410,10 +421,7 @@ package struct NodeConfiguration: Sendable {
                     adminProject: environment["HERALD_ADMIN_PROJECT"].flatMap { $0.isEmpty ? nil : $0 },
                     negativeCacheTTL: .seconds(keystoneNegativeSeconds), validationsPerSecond: keystoneValidations,
                     serviceType: serviceType,
-                    trustedProxies: Set(
-                        string("HERALD_TRUSTED_PROXIES", "").split(separator: ",").map {
-                            $0.trimmingCharacters(in: .whitespaces)
-                        }.filter { !$0.isEmpty }),
+                    trustedProxies: trustedProxies,
                     caFile: keystoneCAFile
                 )
             },

@@ -52,6 +52,21 @@ struct ConfigurationKeysTests {
         }
     }
 
+    @Test("HERALD_TRUSTED_PROXIES: addresses and CIDR ranges; a bad entry stops start-up naming the key and the entry")
+    func trustedProxies() throws {
+        let base = ["HERALD_API_AUTH": "trusted-header"]
+        _ = try NodeConfiguration.fromEnvironment(
+            base.merging(["HERALD_TRUSTED_PROXIES": "10.42.0.0/16, fd00:10::/64,192.0.2.7"]) { $1 })
+        for bad in ["10.42.0.0/33", "ingress.local", "10.0.0.1,fd00::/200"] {
+            do {
+                _ = try NodeConfiguration.fromEnvironment(base.merging(["HERALD_TRUSTED_PROXIES": bad]) { $1 })
+                Issue.record("HERALD_TRUSTED_PROXIES=\(bad) was taken")
+            } catch {
+                #expect("\(error)".contains("HERALD_TRUSTED_PROXIES") && "\(error)".contains("CIDR"), "\(error)")
+            }
+        }
+    }
+
     @Test("every HERALD_* key the node reads is declared")
     func everyReadKeyDeclared() throws {
         let sources = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()

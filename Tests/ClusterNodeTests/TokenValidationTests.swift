@@ -84,22 +84,54 @@ struct TokenRuleTests {
     }
 
     @Test("behind trusted proxies the client is the last X-Forwarded-For hop that is not one of them")
-    func forwarded() {
-        func client(_ peer: String, _ forwarded: [String], trusted: Set<String>) -> String {
+    func forwarded() throws {
+        func client(_ peer: String, _ forwarded: [String], trusted: [String]) throws -> String {
             var headers = HTTPFields()
             for value in forwarded { headers.append(HTTPField(name: .forwardedFor, value: value)) }
             let request = Request(
                 head: HTTPRequest(
                     method: .get, scheme: nil, authority: nil, path: "/v1/subscriptions", headerFields: headers),
                 body: RequestBody(buffer: ByteBuffer()))
-            return KeystoneAuthenticator.client(request, peer: peer, trusted: trusted)
+            return KeystoneAuthenticator.client(request, peer: peer, trusted: try AddressRanges(trusted))
         }
-        #expect(client("10.0.0.5", ["203.0.113.7"], trusted: []) == "10.0.0.5", "an untrusted peer's header is ignored")
         #expect(
-            client("10.0.0.5", ["198.51.100.1, 203.0.113.7"], trusted: ["10.0.0.5"]) == "203.0.113.7",
+            try client("10.0.0.5", ["203.0.113.7"], trusted: []) == "10.0.0.5", "an untrusted peer's header is ignored")
+        #expect(
+            try client("10.0.0.5", ["198.51.100.1, 203.0.113.7"], trusted: ["10.0.0.5"]) == "203.0.113.7",
             "the client can prepend anything; the proxy's own hop counts")
-        #expect(client("10.0.0.5", ["203.0.113.7", "10.0.0.4"], trusted: ["10.0.0.5", "10.0.0.4"]) == "203.0.113.7")
-        #expect(client("10.0.0.5", [], trusted: ["10.0.0.5"]) == "10.0.0.5")
+        #expect(
+            try client("10.0.0.5", ["203.0.113.7", "10.0.0.4"], trusted: ["10.0.0.5", "10.0.0.4"]) == "203.0.113.7")
+        #expect(try client("10.0.0.5", [], trusted: ["10.0.0.5"]) == "10.0.0.5")
+        // An ingress's pods within their network's range, IPv4 and IPv6, and an IPv4 peer as `::` sees it.
+        #expect(
+            try client("10.42.7.9", ["203.0.113.7, 10.42.0.3"], trusted: ["10.42.0.0/16"]) == "203.0.113.7")
+        #expect(try client("::ffff:10.42.7.9", ["203.0.113.7"], trusted: ["10.42.0.0/16"]) == "203.0.113.7")
+        #expect(try client("fd00:10::8", ["2001:db8::1"], trusted: ["fd00:10::/64"]) == "2001:db8::1")
+        #expect(try client("10.43.0.1", ["203.0.113.7"], trusted: ["10.42.0.0/16"]) == "10.43.0.1", "outside the range")
+    }
+
+    @Test("address ranges: prefixes on and off byte boundaries, both families apart; bad entries named")
+    func addressRanges() throws {
+        let ranges = try AddressRanges(["10.42.0.0/16", "192.0.2.128/25", "2001:db8:a::/48", "198.51.100.7", "::1"])
+        for inside in ["10.42.255.1", "192.0.2.200", "2001:db8:a:ffff::1", "198.51.100.7", "::1", "::ffff:192.0.2.129"]
+        {
+            #expect(ranges.contains(inside), "\(inside)")
+        }
+        for outside in [
+            "10.43.0.1", "192.0.2.127", "2001:db8:b::1", "198.51.100.8", "::2", "", "x", "10.42.0.1%eth0",
+            "::ffff:10.43.0.1", String(repeating: "1", count: 100),
+        ] {
+            #expect(!ranges.contains(outside), "\(outside)")
+        }
+        #expect(try AddressRanges(["0.0.0.0/0"]).contains("203.0.113.9"))
+        #expect(!(try AddressRanges(["0.0.0.0/0"]).contains("2001:db8::1")), "an IPv4 range holds no IPv6 address")
+        for bad in ["10.0.0.0/33", "10.0.0.0/", "10.0.0.0/x", "10.0.0.0/+8", "ingress.local", "fd00::/129", "10.0.0/8"]
+        {
+            #expect(throws: AddressRangeError.self, "\(bad)") { try AddressRanges([bad]) }
+        }
+        #expect(throws: AddressRangeError.self) {
+            try AddressRanges(Array(repeating: "10.0.0.1", count: AddressRanges.maxEntries + 1))
+        }
     }
 
     @Test("Keystone's answers: project scope, system scope, access rules; other scopes refused")

@@ -265,6 +265,17 @@ extension RedisServerTests {
             try await raw.send(RedisCommand(["DEL"] + keys))
         }
 
+        /// A registry, a client of the same Redis for changes behind its back, and a watch of it
+        /// polled on `clock`, its first update (the whole registry) taken.
+        func watched(
+            _ clock: ManualClock
+        ) async throws -> (SubscriptionRegistry, RedisClient, RegistryWatch.AsyncIterator) {
+            let registry = try registry()
+            var updates = registry.watch(poll: .seconds(1), clock: ElapsedClock(clock)).makeAsyncIterator()
+            _ = try #require(await updates.next())
+            return (registry, try RedisClient(url: TestServers.redisURL()), updates)
+        }
+
         @Test(
             "a registry Redis lost is noticed though the changes made after the loss reach the very version held: the watcher gets what is left, with the version it had"
         )
@@ -295,12 +306,9 @@ extension RedisServerTests {
             "during a rolling upgrade: an older Herald's change (a notice without heads, the head left alone) is taken in by its version, not as a loss, and the next change with heads follows it"
         )
         func olderHeraldsChange() async throws {
-            let registry = try registry()
-            let raw = try RedisClient(url: TestServers.redisURL())
             // The poll only when the test moves the clock, at the end.
             let clock = ManualClock()
-            var updates = registry.watch(poll: .seconds(1), clock: ElapsedClock(clock)).makeAsyncIterator()
-            _ = try #require(await updates.next())
+            var (registry, raw, updates) = try await watched(clock)
             try await registry.create(subscription("p1"))
             _ = try #require(await updates.next())
             // What an older Herald's create script does: no head, a notice `<version> <id>`.
@@ -335,11 +343,8 @@ extension RedisServerTests {
             "a watcher more than the history's length of changes behind is not told of a loss it cannot judge; it takes the registry in"
         )
         func fellBehind() async throws {
-            let registry = try registry()
-            let raw = try RedisClient(url: TestServers.redisURL())
             let clock = ManualClock()
-            var updates = registry.watch(poll: .seconds(1), clock: ElapsedClock(clock)).makeAsyncIterator()
-            _ = try #require(await updates.next())
+            var (registry, raw, updates) = try await watched(clock)
             let made = try await registry.create(subscription("p1"))
             _ = try #require(await updates.next())
             // 1,100 changes whose notices this watcher never gets (its node paused, say): each
@@ -368,11 +373,8 @@ extension RedisServerTests {
             "a registry Redis lost the last change of (a replica that had the one before) is noticed, whether the next poll finds the older version or a change made since at the version held",
             arguments: [0, 1])
         func registryPartlyLost(changesSince: Int) async throws {
-            let registry = try registry()
-            let raw = try RedisClient(url: TestServers.redisURL())
             let clock = ManualClock()
-            var updates = registry.watch(poll: .seconds(1), clock: ElapsedClock(clock)).makeAsyncIterator()
-            _ = try #require(await updates.next())
+            var (registry, raw, updates) = try await watched(clock)
             let kept = try await registry.create(subscription("p1"))
             let gone = try await registry.create(subscription("p1"))
             var held: Int64 = 0

@@ -84,6 +84,46 @@ final class Outcomes: Sendable {
     func append(_ outcome: DeliveryOutcome) { outcomes.withLock { $0.append(outcome) } }
 }
 
+/// Each named submission's outcome, once reported.
+final class NamedOutcomes: Sendable {
+    private let outcomes = Mutex([String: DeliveryOutcome]())
+    subscript(name: String) -> DeliveryOutcome? { outcomes.withLock { $0[name] } }
+    func set(_ name: String, _ outcome: DeliveryOutcome) { outcomes.withLock { $0[name] = outcome } }
+}
+
+extension DeliveryBatcher {
+    /// Submissions `first`, `a` and `b` to `target`, their outcomes in `outcomes`: first's one
+    /// message goes out alone and stalls (`sink` must stall its first request), a's and b's three
+    /// each queue behind it, and first is given back before the stall ends, so that a and b go
+    /// out together as the lane's next batch (sent when this returns).
+    /// - Returns: the origins by name.
+    func stalledBehindFirst(
+        to target: ZaqarTarget, sink: HostileZaqar, outcomes: NamedOutcomes
+    ) async throws -> [String: Origin] {
+        var origins: [String: Origin] = [:]
+        var submissions: [String: Submission] = [:]
+        for name in ["first", "a", "b"] {
+            let origin = Origin()
+            origins[name] = origin
+            submissions[name] = submission(origin: origin) { outcomes.set(name, $0) }
+        }
+        await submissions["first"]?.add(DeliveryHarness.messages(1, to: target, label: "first"))
+        try await eventually(timeout: .seconds(10)) {
+            guard sink.requests(queue: target.queue) == 1 else { throw TestFailure("the first request not sent") }
+        }
+        // Queued behind the stalled request: they go out together as the lane's next batch.
+        await submissions["a"]?.add(DeliveryHarness.messages(3, to: target, label: "a"))
+        await submissions["b"]?.add(DeliveryHarness.messages(3, to: target, label: "b"))
+        for submission in submissions.values { submission.close() }
+        giveBack(try #require(origins["first"]))
+        sink.releaseStalls()
+        try await eventually(timeout: .seconds(10)) {
+            guard sink.requests(queue: target.queue) == 2 else { throw TestFailure("a and b not sent") }
+        }
+        return origins
+    }
+}
+
 /// Adds up outcomes and reports once all are in.
 final class Tally: @unchecked Sendable {
     private let lock = NSLock()
@@ -449,10 +489,10 @@ extension RedisBackedDeliveryTests {
             let target = ZaqarTarget(baseURL: sink.url, project: "p", queue: "handover")
             let handedOver = DeliveryBatcher.Origin()
             let staying = DeliveryBatcher.Origin()
-            let outcomes = Mutex([String: DeliveryOutcome]())
+            let outcomes = NamedOutcomes()
             let batcher = harness.batcher
             let submission: @Sendable (String, DeliveryBatcher.Origin) -> DeliveryBatcher.Submission = { name, origin in
-                batcher.submission(origin: origin) { outcome in outcomes.withLock { $0[name] = outcome } }
+                batcher.submission(origin: origin) { outcomes.set(name, $0) }
             }
             // The first two go out (and stall); the next three queue behind them.
             let first = submission("first", handedOver)
@@ -482,7 +522,7 @@ extension RedisBackedDeliveryTests {
             try await eventually(timeout: .seconds(10)) {
                 guard harness.batcher.waitingSubmitters == 2 else { throw TestFailure("not waiting yet") }
             }
-            #expect(outcomes.withLock { $0["waiting"] } == nil, "it waits for room")
+            #expect(outcomes["waiting"] == nil, "it waits for room")
             #expect(harness.batcher.statistics.bufferedMessages == 6)
             #expect(harness.batcher.bufferedMessages(project: "p") == 6)
 
@@ -490,25 +530,25 @@ extension RedisBackedDeliveryTests {
             #expect(harness.batcher.giveBack(handedOver) == 4)
             await waiting.value
             await behind.value
-            #expect(outcomes.withLock { $0["waiting"] } == DeliveryOutcome(givenBack: 2))
+            #expect(outcomes["waiting"] == DeliveryOutcome(givenBack: 2))
             #expect(harness.batcher.waitingSubmitters == 0, "the other origin's waiter took the room freed")
             #expect(
                 harness.batcher.statistics.bufferedMessages == 4,
                 "the batch in flight and the other origin's two")
             #expect(harness.batcher.bufferedMessages(project: "p") == 4)
-            #expect(outcomes.withLock { $0["first"] } == nil, "two of its messages are still in flight")
+            #expect(outcomes["first"] == nil, "two of its messages are still in flight")
             // What the origin submits from now on comes back at once.
             let after = submission("after", handedOver)
             await after.add(DeliveryHarness.messages(1, to: target, label: "after"))
             after.close()
-            #expect(outcomes.withLock { $0["after"] } == DeliveryOutcome(givenBack: 1))
+            #expect(outcomes["after"] == DeliveryOutcome(givenBack: 1))
 
             // Released, the held request fails (503): its retry leaves the origin's two out as well.
             sink.releaseStalls()
             #expect(await harness.batcher.drain(timeout: .seconds(30)))
-            #expect(outcomes.withLock { $0["first"] } == DeliveryOutcome(givenBack: 5))
-            #expect(outcomes.withLock { $0["other"] } == DeliveryOutcome(delivered: 1))
-            #expect(outcomes.withLock { $0["behind"] } == DeliveryOutcome(delivered: 1))
+            #expect(outcomes["first"] == DeliveryOutcome(givenBack: 5))
+            #expect(outcomes["other"] == DeliveryOutcome(delivered: 1))
+            #expect(outcomes["behind"] == DeliveryOutcome(delivered: 1))
             let labels = sink.accepted(queue: "handover").map { body in
                 ["sent", "queued", "other", "waiting", "behind", "after"].first {
                     body.contains(#""label":"\#($0)""#)
@@ -574,45 +614,24 @@ extension RedisBackedDeliveryTests {
             configuration.maxAttempts = 1_000
             let harness = try DeliveryHarness(configuration: configuration)
             let target = ZaqarTarget(baseURL: sink.url, project: "p", queue: "mixed")
-            let outcomes = Mutex<[String: DeliveryOutcome]>([:])
-            var origins: [String: DeliveryBatcher.Origin] = [:]
-            var submissions: [String: DeliveryBatcher.Submission] = [:]
-            for name in ["first", "a", "b"] {
-                let origin = DeliveryBatcher.Origin()
-                origins[name] = origin
-                submissions[name] = harness.batcher.submission(origin: origin) { result in
-                    outcomes.withLock { $0[name] = result }
-                }
-            }
-            await submissions["first"]?.add(DeliveryHarness.messages(1, to: target, label: "first"))
-            try await eventually(timeout: .seconds(10)) {
-                guard sink.requests(queue: "mixed") == 1 else { throw TestFailure("the first request not sent") }
-            }
-            // Queued behind the stalled request: they go out together as the lane's next batch.
-            await submissions["a"]?.add(DeliveryHarness.messages(3, to: target, label: "a"))
-            await submissions["b"]?.add(DeliveryHarness.messages(3, to: target, label: "b"))
-            for submission in submissions.values { submission.close() }
-            harness.batcher.giveBack(try #require(origins["first"]))
-            sink.releaseStalls()
-            try await eventually(timeout: .seconds(10)) {
-                guard sink.requests(queue: "mixed") == 2 else { throw TestFailure("a and b not sent") }
-            }
-            #expect(outcomes.withLock { $0["first"] } == DeliveryOutcome(givenBack: 1))
+            let outcomes = NamedOutcomes()
+            let origins = try await harness.batcher.stalledBehindFirst(to: target, sink: sink, outcomes: outcomes)
+            #expect(outcomes["first"] == DeliveryOutcome(givenBack: 1))
             // The batch of a and b is in its hour's backoff now (or about to be).
             try await Task.sleep(for: .milliseconds(200))
             harness.batcher.giveBack(try #require(origins["a"]))
             try await eventually(timeout: .seconds(10)) {
-                guard outcomes.withLock({ $0["a"] }) != nil else { throw TestFailure("a still in its backoff") }
+                guard outcomes["a"] != nil else { throw TestFailure("a still in its backoff") }
             }
-            #expect(outcomes.withLock { $0["a"] } == DeliveryOutcome(givenBack: 3))
+            #expect(outcomes["a"] == DeliveryOutcome(givenBack: 3))
             try await Task.sleep(for: .milliseconds(500))
             #expect(sink.requests(queue: "mixed") == 2, "b is not posted again before its Retry-After")
-            #expect(outcomes.withLock { $0["b"] } == nil, "b still waits")
+            #expect(outcomes["b"] == nil, "b still waits")
             harness.batcher.giveBack(try #require(origins["b"]))
             try await eventually(timeout: .seconds(10)) {
-                guard outcomes.withLock({ $0["b"] }) != nil else { throw TestFailure("b still in its backoff") }
+                guard outcomes["b"] != nil else { throw TestFailure("b still in its backoff") }
             }
-            #expect(outcomes.withLock { $0["b"] } == DeliveryOutcome(givenBack: 3))
+            #expect(outcomes["b"] == DeliveryOutcome(givenBack: 3))
             #expect(sink.requests(queue: "mixed") == 2)
             #expect(await harness.batcher.drain(timeout: .seconds(5)), "nothing left in the buffers")
             await sink.close()
@@ -647,25 +666,8 @@ extension RedisBackedDeliveryTests {
             let batcher = try DeliveryBatcher(
                 configuration: DeliveryConfiguration(), zaqar: harness.zaqar, deadLetters: store)
             let target = ZaqarTarget(baseURL: sink.url, project: "p", queue: "gone")
-            let outcomes = Mutex<[String: DeliveryOutcome]>([:])
-            var origins: [String: DeliveryBatcher.Origin] = [:]
-            var submissions: [String: DeliveryBatcher.Submission] = [:]
-            for name in ["first", "a", "b"] {
-                let origin = DeliveryBatcher.Origin()
-                origins[name] = origin
-                submissions[name] = batcher.submission(origin: origin) { result in
-                    outcomes.withLock { $0[name] = result }
-                }
-            }
-            await submissions["first"]?.add(DeliveryHarness.messages(1, to: target, label: "first"))
-            try await eventually(timeout: .seconds(10)) {
-                guard sink.requests(queue: "gone") == 1 else { throw TestFailure("the first request not sent") }
-            }
-            await submissions["a"]?.add(DeliveryHarness.messages(3, to: target, label: "a"))
-            await submissions["b"]?.add(DeliveryHarness.messages(3, to: target, label: "b"))
-            for submission in submissions.values { submission.close() }
-            batcher.giveBack(try #require(origins["first"]))
-            sink.releaseStalls()
+            let outcomes = NamedOutcomes()
+            let origins = try await batcher.stalledBehindFirst(to: target, sink: sink, outcomes: outcomes)
             // a and b's 404: their six letters refused twice, so they are held and retried.
             try await eventually(timeout: .seconds(10)) {
                 guard store.refused.load(ordering: .relaxed) >= 2 else { throw TestFailure("no letters refused yet") }
@@ -673,15 +675,15 @@ extension RedisBackedDeliveryTests {
             #expect(sink.requests(queue: "gone") == 2)
             batcher.giveBack(try #require(origins["a"]))
             try await eventually(timeout: .seconds(10)) {
-                guard outcomes.withLock({ $0["a"] }) != nil else { throw TestFailure("a still held") }
+                guard outcomes["a"] != nil else { throw TestFailure("a still held") }
             }
-            #expect(outcomes.withLock { $0["a"] } == DeliveryOutcome(givenBack: 3))
-            #expect(outcomes.withLock { $0["b"] } == nil, "b's letters still held")
+            #expect(outcomes["a"] == DeliveryOutcome(givenBack: 3))
+            #expect(outcomes["b"] == nil, "b's letters still held")
             store.refusing.store(false, ordering: .relaxed)
             try await eventually(timeout: .seconds(10)) {
-                guard outcomes.withLock({ $0["b"] }) != nil else { throw TestFailure("b's letters not stored yet") }
+                guard outcomes["b"] != nil else { throw TestFailure("b's letters not stored yet") }
             }
-            #expect(outcomes.withLock { $0["b"] } == DeliveryOutcome(deadLettered: 3))
+            #expect(outcomes["b"] == DeliveryOutcome(deadLettered: 3))
             let stored = try await harness.deadLetters.recent().compactMap(\.eventID)
             #expect(stored.sorted() == ["b-0", "b-1", "b-2"], "b's letters, each with its own message; none of a's")
             #expect(await batcher.drain(timeout: .seconds(5)))

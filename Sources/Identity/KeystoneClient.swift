@@ -36,6 +36,11 @@ package struct KeystoneConfiguration: Sendable {
     /// Tokens Keystone refuses that one source may send a second (HERALD_KEYSTONE_VALIDATIONS_PER_SECOND),
     /// in bursts of twice that; past it, that source's unknown tokens are not sent to Keystone. 0: no limit.
     var validationsPerSecond = 10
+    /// Validations Keystone is asked at once, from every source together
+    /// (HERALD_KEYSTONE_VALIDATIONS_IN_FLIGHT): past it, a token not in the cache gets a 503 at
+    /// once instead of queueing behind them (many sources, such as a tenant's IPv6 /64s, each
+    /// within its own limit, would otherwise hold up everyone's validations).
+    package var validationsInFlight = 64
     /// Herald's service type in the catalog (HERALD_SERVICE_TYPE): what application credentials'
     /// access rules must name to reach Herald.
     package var serviceType = "events"
@@ -50,7 +55,7 @@ package struct KeystoneConfiguration: Sendable {
         url: String, username: String, password: String, project: String, userDomain: String, projectDomain: String,
         cacheTTL: Duration, cacheCapacity: Int = 10_000, trustRoles: [String] = ["member"], adminProject: String? = nil,
         negativeCacheTTL: Duration = .seconds(10), validationsPerSecond: Int = 10, serviceType: String = "events",
-        trustedProxies: AddressRanges = AddressRanges(), caFile: String? = nil
+        trustedProxies: AddressRanges = AddressRanges(), caFile: String? = nil, validationsInFlight: Int = 64
     ) {
         self.url = url
         self.username = username
@@ -66,6 +71,7 @@ package struct KeystoneConfiguration: Sendable {
         self.validationsPerSecond = validationsPerSecond
         self.serviceType = serviceType
         self.trustedProxies = trustedProxies
+        self.validationsInFlight = validationsInFlight
         self.caFile = caFile
     }
 
@@ -162,6 +168,7 @@ package final class KeystoneClient: Sendable {
     private let validations = Atomic<Int>(0)
     private let trustTokenRequests = Atomic<Int>(0)
     private let serviceLogins = Atomic<Int>(0)
+    private let validationsAsked = Atomic<Int>(0)
 
     /// Whether `http` is this client's own (made for `caFile`), to shut down with it.
     private let ownsHTTP: Bool
@@ -255,6 +262,14 @@ package final class KeystoneClient: Sendable {
         case .success(nil): break
         case .failure(let failure): throw failure
         }
+        guard validationsAsked.add(1, ordering: .relaxed).newValue <= configuration.validationsInFlight else {
+            validationsAsked.subtract(1, ordering: .relaxed)
+            refund(source)
+            throw .unavailable(
+                "Keystone is checking \(configuration.validationsInFlight) tokens at once already (HERALD_KEYSTONE_VALIDATIONS_IN_FLIGHT); try again in a moment"
+            )
+        }
+        defer { validationsAsked.subtract(1, ordering: .relaxed) }
         var request = HTTPClientRequest(url: configuration.base + "/v3/auth/tokens")
         request.headers.add(name: "X-Subject-Token", value: token)
         // Without it Keystone refuses tokens of application credentials with access rules, as

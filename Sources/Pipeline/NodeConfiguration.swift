@@ -152,7 +152,8 @@ package struct NodeConfiguration: Sendable {
         "HERALD_PARKING_PROJECT_MAX_BYTES",
         "HERALD_PARKING_SUBSCRIPTION_MAX_MESSAGES", "HERALD_PARKING_DRAINS", "HERALD_KEYSTONE_NEGATIVE_CACHE_SECONDS",
         "HERALD_KEYSTONE_VALIDATIONS_PER_SECOND", "HERALD_SERVICE_TYPE", "HERALD_REDACTION_FILE",
-        "HERALD_TRUSTED_PROXIES", "HERALD_ZAQAR_CA_FILE", "HERALD_KEYSTONE_CA_FILE",
+        "HERALD_TRUSTED_PROXIES", "HERALD_KEYSTONE_VALIDATIONS_IN_FLIGHT", "HERALD_ZAQAR_CA_FILE",
+        "HERALD_KEYSTONE_CA_FILE",
     ]
 
     /// oslo.messaging's notification priorities (the routing key's last part).
@@ -231,6 +232,7 @@ package struct NodeConfiguration: Sendable {
         let keystoneCacheSeconds = try integer("HERALD_KEYSTONE_CACHE_SECONDS", 60, 0...3600)
         let keystoneNegativeSeconds = try integer("HERALD_KEYSTONE_NEGATIVE_CACHE_SECONDS", 10, 0...300)
         let keystoneValidations = try integer("HERALD_KEYSTONE_VALIDATIONS_PER_SECOND", 10, 0...100_000)
+        let keystoneInFlight = try integer("HERALD_KEYSTONE_VALIDATIONS_IN_FLIGHT", 64, 1...10_000)
         let serviceType = string("HERALD_SERVICE_TYPE", "events")
         guard (1...64).contains(serviceType.utf8.count),
             serviceType.utf8.allSatisfy({
@@ -422,7 +424,7 @@ package struct NodeConfiguration: Sendable {
                     negativeCacheTTL: .seconds(keystoneNegativeSeconds), validationsPerSecond: keystoneValidations,
                     serviceType: serviceType,
                     trustedProxies: trustedProxies,
-                    caFile: keystoneCAFile
+                    caFile: keystoneCAFile, validationsInFlight: keystoneInFlight
                 )
             },
             ingestWatchInterval: .seconds(try integer("HERALD_INGEST_WATCH_SECONDS", 10, 1...3600)),

@@ -110,6 +110,42 @@ struct TokenRuleTests {
         #expect(try client("10.43.0.1", ["203.0.113.7"], trusted: ["10.42.0.0/16"]) == "10.43.0.1", "outside the range")
     }
 
+    @Test(
+        "past the validations Keystone is asked at once (every source together), a token not in the cache is a 503 at once, not a wait behind them"
+    )
+    func validationsInFlight() async throws {
+        // A Keystone that holds every request until told: the first four stay in flight.
+        let keystone = try await HostileZaqar { _ in .stall }
+        var configuration = KeystoneConfiguration(
+            url: keystone.url + "/v3", username: "herald", password: "p", project: "service", userDomain: "Default",
+            projectDomain: "Default", cacheTTL: .seconds(60))
+        configuration.validationsInFlight = 4
+        let client = KeystoneClient(configuration: configuration, logger: Logger(label: "test"))
+        let outcomes = await withTaskGroup(of: String.self) { group in
+            // Forty sources, each well within its own limit.
+            for n in 0..<40 {
+                group.addTask {
+                    do {
+                        _ = try await client.caller(token: "gAAAAA-unknown-\(n)", source: "2001:db8:\(n)::1")
+                        return "accepted"
+                    } catch {
+                        return "\(error)"
+                    }
+                }
+            }
+            var outcomes: [String] = []
+            for await outcome in group {
+                outcomes.append(outcome)
+                if outcomes.count == 36 { keystone.releaseStalls() }
+            }
+            return outcomes
+        }
+        #expect(outcomes.count == 40)
+        #expect(outcomes.filter { $0.contains("4 tokens at once") }.count == 36, "\(Set(outcomes))")
+        #expect(keystone.totalRequests <= 4, "Keystone was asked \(keystone.totalRequests) times")
+        await keystone.close()
+    }
+
     @Test("address ranges: prefixes on and off byte boundaries, both families apart; bad entries named")
     func addressRanges() throws {
         let ranges = try AddressRanges(["10.42.0.0/16", "192.0.2.128/25", "2001:db8:a::/48", "198.51.100.7", "::1"])

@@ -912,23 +912,9 @@ package struct HeraldAPI: Sendable {
     /// only `exists`; on an object around one, no structured operand (it would compare the
     /// hidden member too). An unredacted subscription (an admin's) may.
     private func checkConditions(_ subscription: Subscription) throws {
-        guard subscription.unredacted != true else { return }
-        for (index, condition) in subscription.conditions.enumerated() {
-            guard condition.op != .exists, let (path, within) = services.redaction.covering(condition.field) else {
-                continue
-            }
-            let structured: Bool
-            switch condition.value {
-            case .object?: structured = true
-            case .array(let items)?:
-                structured = items.contains {
-                    if case .object = $0 { return true } else if case .array = $0 { return true } else { return false }
-                }
-            default: structured = false
-            }
-            if within || structured {
-                throw APIRefusal.conditionOnRedacted(index: index, field: condition.field, rule: path, within: within)
-            }
+        if let found = services.redaction.conditionOnRedacted(subscription) {
+            throw APIRefusal.conditionOnRedacted(
+                index: found.index, field: found.field, rule: found.rule, within: found.within)
         }
     }
 

@@ -1154,4 +1154,30 @@ extension RedactionRules {
         }
         return around.map { ($0, false) }
     }
+
+    /// The first of `subscription`'s conditions that reads what tenants never receive, and the
+    /// rule path it meets: at or under a redacted field anything but `exists`; on an object
+    /// around one, a structured operand (it would compare the hidden member too). nil when none,
+    /// or when the subscription takes events unredacted (an admin's). The API refuses such a
+    /// condition; a node leaves out of its index a stored subscription that has one (made
+    /// before the rule that covers it).
+    public func conditionOnRedacted(
+        _ subscription: Subscription
+    ) -> (index: Int, field: String, rule: String, within: Bool)? {
+        guard subscription.unredacted != true else { return nil }
+        for (index, condition) in subscription.conditions.enumerated() {
+            guard condition.op != .exists, let (path, within) = covering(condition.field) else { continue }
+            let structured: Bool
+            switch condition.value {
+            case .object?: structured = true
+            case .array(let items)?:
+                structured = items.contains {
+                    if case .object = $0 { return true } else if case .array = $0 { return true } else { return false }
+                }
+            default: structured = false
+            }
+            if within || structured { return (index, condition.field, path, within) }
+        }
+        return nil
+    }
 }

@@ -391,6 +391,18 @@ package final class HeraldNode: Sendable {
     /// (`herald_registry_losses_total`), and what is left is used.
     private func registryWatch(into index: Locked<SubscriptionIndex>) -> NodePart {
         let losses = Counter(label: "herald_registry_losses_total", factory: metrics)
+        let redaction = configuration.redaction
+        let logger = logger
+        /// A stored subscription with a condition on what tenants never receive (made before the
+        /// rule that now covers it) is left out of the index: matching it would tell its project
+        /// the hidden value by whether it fires.
+        @Sendable func admissible(_ subscription: Subscription) -> Bool {
+            guard let found = redaction.conditionOnRedacted(subscription) else { return true }
+            logger.error(
+                "subscription left out: its condition \(found.index) reads \(found.field), which the redaction rule \(found.rule) keeps from tenants; it receives nothing until the condition is changed or removed",
+                metadata: [LogKey.subscription: "\(subscription.id)", LogKey.project: "\(subscription.project)"])
+            return false
+        }
         return .loop("registry watch", logger: logger) { [self] in
             var updates = registry.watch().makeAsyncIterator()
             var first = true
@@ -399,8 +411,10 @@ package final class HeraldNode: Sendable {
                 let count = Self.install(
                     update.replacesAll
                         ? SubscriptionIndex(
-                            update.subscriptions(logger: logger), defaultZaqarURL: configuration.zaqarURL)
-                        : index.withLock { $0 }.updated(with: update.changed),
+                            update.subscriptions(logger: logger).lazy.filter { admissible($0) },
+                            defaultZaqarURL: configuration.zaqarURL)
+                        : index.withLock { $0 }.updated(
+                            with: update.changed.mapValues { $0.flatMap { admissible($0) ? $0 : nil } }),
                     in: index)
                 // Pages freed by the build and by earlier updates go back to the system. This update's
                 // records are freed when the iteration ends; trimming after that made no measurable

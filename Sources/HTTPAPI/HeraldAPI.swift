@@ -294,9 +294,19 @@ package struct HeraldAPI: Sendable {
     /// A subscription as answered: itself, plus warnings a subscriber should act on.
     private func view(_ subscription: Subscription) -> SubscriptionView {
         let now = Date()
-        let warning = SignedURLStanding(subscription, now: now, renewBefore: services.signedURLs.renewBefore)?.warning(
-            now: now)
-        return SubscriptionView(subscription: subscription, warnings: warning.map { [$0] } ?? [])
+        var warnings: [String] = []
+        if let warning = SignedURLStanding(subscription, now: now, renewBefore: services.signedURLs.renewBefore)?
+            .warning(now: now)
+        {
+            warnings.append(warning)
+        }
+        // Stored before the redaction rule that now covers its field: the nodes leave it out.
+        if let found = services.redaction.conditionOnRedacted(subscription) {
+            warnings.append(
+                "conditions[\(found.index)].field: \(SafeText.quoted(found.field, limit: 200)) reads what tenants never receive (redaction rule \(found.rule)); this subscription receives nothing until the condition is changed or removed"
+            )
+        }
+        return SubscriptionView(subscription: subscription, warnings: warnings)
     }
 
     @Sendable func listSubscriptions(_ request: Request, _ context: APIContext) async throws -> Response {

@@ -317,6 +317,25 @@ extension APISuites {
     @Suite("Conditions cannot read what tenants never receive")
     struct RedactedConditionTests {
         @Test(
+            "a stored subscription with a condition on a redacted field (made before the rule) says in its warnings that it receives nothing"
+        )
+        func storedConditionWarned() async throws {
+            let harness = try APIHarness()
+            let stored = try await harness.registry.create(
+                Subscription(
+                    project: "p1", eventTypes: ["compute.*"],
+                    conditions: [Condition(field: "payload.host", op: .eq, value: .string("compute-3"))],
+                    target: Target(queue: "q")))
+            try await harness.test { client in
+                let reply = try await client.call(.get, "/v1/subscriptions/\(stored.id)", project: "p1")
+                let warnings = reply.object["warnings"] as? [String] ?? []
+                #expect(
+                    warnings.contains { $0.hasPrefix("conditions[0].field") && $0.contains("receives nothing") },
+                    "\(reply.text)")
+            }
+        }
+
+        @Test(
             "a condition on a redacted field is a 400 naming it (create and PATCH); exists, other fields and an admin's unredacted subscription pass"
         )
         func conditions() async throws {

@@ -111,13 +111,33 @@ package final class KeystoneClient: Sendable {
     private struct ServiceToken {
         var token: String
         var userID: String
+        /// A minute before it expires: renewed then.
         var until: ContinuousClock.Instant
+        /// When it expires, and how long it was issued for: a trust-scoped token made from it
+        /// expires with it (Keystone keeps a rescoped token's expiry), so trusts ask for at least
+        /// `trustMinimumLife` of it.
+        var expires: ContinuousClock.Instant
+        var lifetime: Duration
         /// The catalog that came with it: where the cloud's services listen.
         var catalog = ServiceCatalog()
+
+        /// What a token made from this one lives at least: half its lifetime, at most 10 minutes.
+        var trustMinimumLife: Duration { min(lifetime / 2, .seconds(600)) }
+    }
+
+    /// Whether Keystone makes trust-scoped tokens from Herald's own token (`[token]
+    /// allow_rescope_scoped_token`, true by default): then a trust's token costs Keystone no
+    /// password check; when it refuses, each costs a password login, as before.
+    enum Rescoping {
+        case unknown, works, refused
     }
 
     private struct State {
         var service: ServiceToken?
+        /// The login under way, which every caller needing a new service token awaits: a node
+        /// starting with many trusts to serve logs in once, not once per trust.
+        var login: Task<ServiceToken, any Error>?
+        var rescoping = Rescoping.unknown
         var cache: [String: Entry] = [:]
         /// Tokens refused (by Keystone, or by Herald after Keystone's answer: unscoped, domain
         /// scope, rules it cannot read), until when they are refused without asking, and why.
@@ -129,13 +149,14 @@ package final class KeystoneClient: Sendable {
         /// and how many times in a row it was refused: a tenant who deletes its trusts must not
         /// cost Keystone a password login per batch, nor one per trust every `goneTrustTTL`.
         var goneTrusts: [String: GoneTrust] = [:]
-        /// Until when a login of Herald's own that worked after a trust's 401 stands for the next
-        /// trusts' 401s (`serviceConfirmation`): many trusts gone at once cost one login.
+        /// Until when Herald's own token, found good after a trust's refusal (a validation of
+        /// it, or a new login), stands for the next trusts' refusals (`serviceConfirmation`):
+        /// many trusts gone at once cost one check.
         var serviceConfirmedUntil: ContinuousClock.Instant?
-        /// Until when Herald's own login is taken as refused (it was, after a trust's 401): trust
-        /// tokens are then not asked for at all (each is a password login, and a refused password
-        /// tried per delivery brings on the account's lockout). Only a refusal is remembered: a
-        /// login that worked says nothing of one a rotated password refuses the next second.
+        /// Until when Herald's own login is taken as refused (Keystone refused it): trust tokens
+        /// are then not asked for at all (each needs a login, and a refused password tried per
+        /// delivery brings on the account's lockout). Only a refusal is remembered: a login that
+        /// worked says nothing of one a rotated password refuses the next second.
         var serviceRefusedUntil: ContinuousClock.Instant?
     }
 
@@ -150,7 +171,8 @@ package final class KeystoneClient: Sendable {
     /// in a row doubles it, up to `goneTrustLongest`.
     static let goneTrustTTL: Duration = .seconds(15)
     static let goneTrustLongest: Duration = .seconds(600)
-    /// How long a login of Herald's own after a trust's 401 answers for the next trusts' 401s.
+    /// How long Herald's own token found good after a trust's refusal answers for the next
+    /// trusts' refusals.
     static let serviceConfirmation: Duration = .seconds(5)
 
     /// How long a trust refused `refusals` times in a row is taken as gone.
@@ -168,6 +190,8 @@ package final class KeystoneClient: Sendable {
     private let validations = Atomic<Int>(0)
     private let trustTokenRequests = Atomic<Int>(0)
     private let serviceLogins = Atomic<Int>(0)
+    private let passwordTrustTokens = Atomic<Int>(0)
+    private let serviceChecks = Atomic<Int>(0)
     private let validationsAsked = Atomic<Int>(0)
 
     /// Whether `http` is this client's own (made for `caFile`), to shut down with it.
@@ -233,8 +257,15 @@ package final class KeystoneClient: Sendable {
     var validationCount: Int { validations.load(ordering: .relaxed) }
     /// Trust-scoped tokens asked of Keystone.
     var trustTokenCount: Int { trustTokenRequests.load(ordering: .relaxed) }
-    /// Logins of Herald's own service user.
+    /// Logins of Herald's own service user (each a password check in Keystone).
     var serviceLoginCount: Int { serviceLogins.load(ordering: .relaxed) }
+    /// Trust-scoped tokens asked with Herald's password (each a password check in Keystone).
+    var passwordTrustTokenCount: Int { passwordTrustTokens.load(ordering: .relaxed) }
+    /// Validations of Herald's own token (after a trust's refusal).
+    var serviceCheckCount: Int { serviceChecks.load(ordering: .relaxed) }
+    var rescoping: Rescoping { state.withLock { $0.rescoping } }
+    /// Herald's service token held now (tests revoke it).
+    var heldServiceToken: String? { state.withLock { $0.service?.token } }
 
     // MARK: Users' tokens
 
@@ -464,7 +495,9 @@ package final class KeystoneClient: Sendable {
         logger.info("trust deleted", metadata: [LogKey.keystoneTrust: "\(trust)"])
     }
 
-    /// A token scoped through `trust`, from the cache unless `fresh`.
+    /// A token scoped through `trust`, from the cache unless `fresh`. Asked with Herald's own
+    /// token (`methods: ["token"]`), which costs Keystone no password check; with Herald's
+    /// password only where Keystone refuses to rescope a scoped token.
     func trustToken(_ trust: String, fresh: Bool = false) async throws(ZaqarTokenError) -> String {
         let now = instant()
         if !fresh, let cached = state.withLock({ $0.trustTokens[trust] }), cached.until > now { return cached.token }
@@ -476,39 +509,59 @@ package final class KeystoneClient: Sendable {
                 "Keystone refused Herald's service user moments ago; not asking for a token of trust \(trust)")
         }
         trustTokenRequests.add(1, ordering: .relaxed)
-        var request = HTTPClientRequest(url: configuration.base + "/v3/auth/tokens")
-        request.method = .POST
-        let answer: (Int, [String: Any], HTTPHeaders)
+        var service: ServiceToken
         do {
-            try Self.setJSON(
-                &request, ["auth": ["identity": passwordIdentity, "scope": ["OS-TRUST:trust": ["id": trust]]]])
-            answer = try await send(request)
+            service = try await serviceForTrusts()
         } catch {
-            // The detail (Keystone's internal address) is the operator's; the subscriber's health
-            // shows this error, so it says only what failed.
-            logger.warning(
-                "cannot get a token for a trust",
-                metadata: [LogKey.keystoneTrust: "\(trust)", LogKey.error: "\(error.description)"])
-            throw .unavailable("Keystone could not be reached for a token of trust \(trust)")
+            throw .unavailable("\(error.description); no token of trust \(trust)")
+        }
+        var byPassword = state.withLock { $0.rescoping == .refused }
+        var answer = try await askTrustToken(trust, with: byPassword ? nil : service.token)
+        if Self.refusal(answer.status), state.withLock({ $0.serviceConfirmedUntil.map { $0 <= instant() } ?? true }) {
+            // Keystone refuses both a trust it has not got and a token of Herald's own it no
+            // longer takes (revoked, expired early, keys rotated): a validation of Herald's token
+            // (no password check) tells them apart, and answers for the next trusts' refusals a
+            // few seconds. Herald refused is the operator's to mend (retried, parked), not every
+            // trust's end.
+            // With the password, a login tells whether Keystone still takes it.
+            switch byPassword ? false : await serviceTokenValid(service.token) {
+            case true?:
+                let until = instant() + Self.serviceConfirmation
+                state.withLock { $0.serviceConfirmedUntil = until }
+            case false?:
+                do {
+                    service = try await self.service(renew: true)
+                } catch {
+                    throw .unavailable("\(error.description); no token of trust \(trust)")
+                }
+                let until = instant() + Self.serviceConfirmation
+                state.withLock { $0.serviceConfirmedUntil = until }
+                answer = try await askTrustToken(trust, with: byPassword ? nil : service.token)
+            case nil:
+                throw .unavailable("Keystone could not confirm Herald's own token, asked for a token of trust \(trust)")
+            }
+        }
+        if answer.status == 403, !byPassword, state.withLock({ $0.rescoping != .works }) {
+            // Keystone may refuse to rescope a scoped token (`allow_rescope_scoped_token =
+            // false`): the password tells that apart from a refused trust, once.
+            let withPassword = try await askTrustToken(trust, with: nil)
+            if withPassword.status == 201 {
+                let first = state.withLock { state in
+                    defer { state.rescoping = .refused }
+                    return state.rescoping != .refused
+                }
+                if first {
+                    logger.warning(
+                        "Keystone does not rescope Herald's token to a trust ([token] allow_rescope_scoped_token = false): each trust's token costs a password login"
+                    )
+                }
+            }
+            answer = withPassword
+            byPassword = true
         }
         let (status, body, headers) = answer
         guard status == 201, let token = headers.first(name: "X-Subject-Token") else {
-            if status == 401, state.withLock({ $0.serviceConfirmedUntil.map { $0 <= instant() } ?? true }) {
-                // Keystone answers 401 both for a trust it has not got and for Herald's own
-                // password: a login of Herald's own tells them apart (one answers for the next
-                // trusts' 401s a few seconds). Herald refused is the operator's to mend (retried,
-                // parked), not every trust's end.
-                do {
-                    _ = try await service(renew: true)
-                    let until = instant() + Self.serviceConfirmation
-                    state.withLock { $0.serviceConfirmedUntil = until }
-                } catch {
-                    let until = instant() + Self.serviceRefusalTTL
-                    state.withLock { $0.serviceRefusedUntil = until }
-                    throw .unavailable("Keystone refused Herald's service user asked for a token of trust \(trust)")
-                }
-            }
-            if status == 401 || status == 403 || status == 404 {
+            if Self.refusal(status) {
                 state.withLock { state in
                     let refusals = (state.goneTrusts[trust]?.refusals ?? 0) + 1
                     let gone = GoneTrust(until: now + Self.goneFor(refusals: refusals), refusals: refusals)
@@ -519,12 +572,59 @@ package final class KeystoneClient: Sendable {
             }
             throw .unavailable("Keystone answered \(status) to a token for trust \(trust)")
         }
-        let until = Self.renewal(of: body, now: now)
+        let until = Self.tokenTimes(of: body, now: instant()).renew
         state.withLock { state in
             state.trustTokens[trust] = (token, until)
             state.goneTrusts[trust] = nil
+            if !byPassword { state.rescoping = .works }
         }
         return token
+    }
+
+    /// 401, 403 and 404: what Keystone answers for a trust gone, expired, or not Herald's.
+    private static func refusal(_ status: Int) -> Bool { status == 401 || status == 403 || status == 404 }
+
+    /// Asks Keystone for a token scoped by `trust`: with Herald's `serviceToken`, or with its
+    /// password when nil.
+    private func askTrustToken(
+        _ trust: String, with serviceToken: String?
+    ) async throws(ZaqarTokenError) -> (status: Int, body: [String: Any], headers: HTTPHeaders) {
+        var request = HTTPClientRequest(url: configuration.base + "/v3/auth/tokens")
+        request.method = .POST
+        let identity: [String: Any]
+        if let serviceToken {
+            identity = ["methods": ["token"], "token": ["id": serviceToken]]
+        } else {
+            passwordTrustTokens.add(1, ordering: .relaxed)
+            identity = passwordIdentity
+        }
+        do {
+            try Self.setJSON(&request, ["auth": ["identity": identity, "scope": ["OS-TRUST:trust": ["id": trust]]]])
+            return try await send(request)
+        } catch {
+            // The detail (Keystone's internal address) is the operator's; the subscriber's health
+            // shows this error, so it says only what failed.
+            logger.warning(
+                "cannot get a token for a trust",
+                metadata: [LogKey.keystoneTrust: "\(trust)", LogKey.error: "\(error.description)"])
+            throw .unavailable("Keystone could not be reached for a token of trust \(trust)")
+        }
+    }
+
+    /// Whether Keystone still takes Herald's own `token` (a validation of it by itself, which
+    /// Keystone's policy lets a token's subject do); nil when Keystone gave no clear answer.
+    private func serviceTokenValid(_ token: String) async -> Bool? {
+        serviceChecks.add(1, ordering: .relaxed)
+        var request = HTTPClientRequest(url: configuration.base + "/v3/auth/tokens?nocatalog")
+        request.method = .GET
+        request.headers.add(name: "X-Auth-Token", value: token)
+        request.headers.add(name: "X-Subject-Token", value: token)
+        guard let (status, _, _) = try? await send(request) else { return nil }
+        switch status {
+        case 200: return true
+        case 401, 404: return false
+        default: return nil
+        }
     }
 
     // MARK: Herald's own token
@@ -555,8 +655,64 @@ package final class KeystoneClient: Sendable {
 
     /// Herald's service token and user id, renewed a minute before expiry or when refused.
     private func service(renew: Bool) async throws(Failure) -> ServiceToken {
+        if !renew, let current = state.withLock({ $0.service }), current.until > instant() { return current }
+        return try await login()
+    }
+
+    /// Herald's service token with at least `trustMinimumLife` left: a trust's token made from
+    /// it lives as long as it does.
+    private func serviceForTrusts() async throws(Failure) -> ServiceToken {
+        if let current = state.withLock({ $0.service }), current.until > instant(),
+            current.expires - instant() >= current.trustMinimumLife
+        {
+            return current
+        }
+        return try await login()
+    }
+
+    /// A new service token: the login under way if there is one, else a new one that every
+    /// caller meanwhile shares.
+    private func login() async throws(Failure) -> ServiceToken {
+        let task = state.withLock { state in
+            if let running = state.login { return running }
+            let task = Task<ServiceToken, any Error> {
+                var result: Result<ServiceToken, Failure>
+                do throws(Failure) { result = .success(try await self.passwordLogin()) } catch {
+                    result = .failure(error)
+                }
+                let now = self.instant()
+                self.state.withLock { state in
+                    state.login = nil
+                    switch result {
+                    case .success(let token):
+                        state.service = token
+                        state.serviceRefusedUntil = nil
+                    case .failure(.invalid(let reason)):
+                        // Remembered a while; to callers Keystone is unavailable (a 503, not the
+                        // caller's 401).
+                        state.serviceRefusedUntil = now + Self.serviceRefusalTTL
+                        result = .failure(.unavailable(reason))
+                    case .failure: break
+                    }
+                }
+                return try result.get()
+            }
+            state.login = task
+            return task
+        }
+        do {
+            return try await task.value
+        } catch let failure as Failure {
+            throw failure
+        } catch {
+            throw .unavailable("\(error)")
+        }
+    }
+
+    /// Logs Herald's service user in with its password.
+    /// - Throws: `.invalid` when Keystone refuses the user, `.unavailable` when it cannot be asked.
+    private func passwordLogin() async throws(Failure) -> ServiceToken {
         let now = instant()
-        if !renew, let current = state.withLock({ $0.service }), current.until > now { return current }
         serviceLogins.add(1, ordering: .relaxed)
         var request = HTTPClientRequest(url: configuration.base + "/v3/auth/tokens")
         request.method = .POST
@@ -577,14 +733,15 @@ package final class KeystoneClient: Sendable {
             logger.error(
                 "Keystone refused Herald's service user",
                 metadata: [LogKey.keystoneStatus: "\(status)", LogKey.keystoneUser: "\(configuration.username)"])
-            throw .unavailable(
+            let refusal =
                 "Keystone refused Herald's service user \(configuration.username) (\(status)): \(Self.errorMessage(body))"
-            )
+            // A 5xx is Keystone's trouble, not a refusal of the password.
+            throw status >= 500 ? .unavailable(refusal) : .invalid(refusal)
         }
-        let current = ServiceToken(
-            token: token, userID: userID, until: Self.renewal(of: body, now: now), catalog: ServiceCatalog(token: body))
-        state.withLock { $0.service = current }
-        return current
+        let times = Self.tokenTimes(of: body, now: now)
+        return ServiceToken(
+            token: token, userID: userID, until: times.renew, expires: times.expires, lifetime: times.lifetime,
+            catalog: ServiceCatalog(token: body))
     }
 
     /// The URL of a service in the catalog of Herald's own token (nil when the catalog has none).
@@ -633,10 +790,20 @@ package final class KeystoneClient: Sendable {
         text.flatMap(ZaqarDates.parse)
     }
 
-    /// Until a minute before a token Keystone issued expires (10 minutes when it gives no expiry).
-    private static func renewal(of body: [String: Any], now: ContinuousClock.Instant) -> ContinuousClock.Instant {
-        let expires = expiry((body["token"] as? [String: Any])?["expires_at"] as? String)
-        return now + .seconds(max(0, (expires?.timeIntervalSinceNow ?? 600) - 60))
+    /// When a token Keystone issued is renewed (a minute before it expires), when it expires
+    /// (10 minutes from `now` when Keystone gives no expiry), and how long it was issued for.
+    private static func tokenTimes(
+        of body: [String: Any], now: ContinuousClock.Instant
+    ) -> (renew: ContinuousClock.Instant, expires: ContinuousClock.Instant, lifetime: Duration) {
+        let token = body["token"] as? [String: Any]
+        let expiresAt = expiry(token?["expires_at"] as? String)
+        // Keystone's numbers, bounded before they become durations (a day at most).
+        let left = min(max(0, expiresAt?.timeIntervalSinceNow ?? 600), 86_400)
+        var lifetime = left
+        if let expiresAt, let issuedAt = expiry(token?["issued_at"] as? String) {
+            lifetime = min(max(left, expiresAt.timeIntervalSince(issuedAt)), 86_400)
+        }
+        return (now + .seconds(max(0, left - 60)), now + .seconds(left), .seconds(lifetime))
     }
 }
 

@@ -165,7 +165,7 @@ extension APISuites {
         }
 
         @Test(
-            "trusts Keystone has not got: five at once cost one login of Herald's own, and each one's wait doubles with each refusal in a row (15 s, 30 s, 60 s, up to 10 minutes)"
+            "trusts Keystone has not got: five at once cost one validation of Herald's own token, and each one's wait doubles with each refusal in a row (15 s, 30 s, 60 s, up to 10 minutes)"
         )
         func goneTrustsBackOff() async throws {
             #expect(
@@ -187,9 +187,10 @@ extension APISuites {
                     return false
                 }
             }
-            let logins = client.serviceLoginCount
             for trust in trusts { #expect(await refused(trust)) }
-            #expect(client.serviceLoginCount - logins == 1, "one login of Herald's own told the five 401s apart")
+            #expect(client.serviceLoginCount == 1, "Herald's own token, got once")
+            #expect(client.serviceCheckCount == 1, "one validation of Herald's own token told the five 401s apart")
+            #expect(client.passwordTrustTokenCount == 0, "no trust asked with the password")
             var asked = client.trustTokenCount
             for wait in [15, 30, 60] {
                 clock.advance(by: .seconds(wait - 1))
@@ -199,6 +200,96 @@ extension APISuites {
                 #expect(await refused(trusts[0]))
                 #expect(client.trustTokenCount == asked + 1, "asked again after \(wait) s")
                 asked = client.trustTokenCount
+            }
+        }
+
+        /// Whether Keystone takes `token` as one scoped by user `letter`'s trust (impersonation: the
+        /// user is the trustor, the project theirs).
+        func isTrustToken(_ token: String, of letter: String, _ keystone: KeystoneFixture) async throws -> Bool {
+            let (status, body, _) = try await KeystoneFixture.request(
+                keystone.url + "/v3/auth/tokens", .GET, token: try await keystone.adminToken(), subject: token)
+            let scoped = body["token"] as? [String: Any]
+            return status == 200 && (scoped?["user"] as? [String: Any])?["id"] as? String == keystone.users[letter]
+                && (scoped?["project"] as? [String: Any])?["id"] as? String == keystone.projects[letter]
+                && scoped?["OS-TRUST:trust"] != nil
+        }
+
+        @Test(
+            "trust tokens are asked with Herald's own token, no password each: six at once cost one login; a revoked service token is noticed and replaced; a service token near its end is renewed first"
+        )
+        func trustTokensByToken() async throws {
+            let keystone = try await KeystoneFixture.make()
+            let clock = ManualClock()
+            let client = KeystoneClient(
+                configuration: configuration(keystone), logger: Logger(label: "test"), clock: ElapsedClock(clock))
+            var trusts: [(letter: String, trust: String)] = []
+            for letter in ["a", "a", "a", "b", "b", "b"] {
+                trusts.append((letter, try await keystone.trustToHerald(letter)))
+            }
+            let tokens = try await withThrowingTaskGroup(of: (Int, String).self) { group in
+                for (number, entry) in trusts.enumerated() {
+                    group.addTask { (number, try await client.trustToken(entry.trust)) }
+                }
+                var tokens: [Int: String] = [:]
+                for try await (number, token) in group { tokens[number] = token }
+                return tokens
+            }
+            for (number, entry) in trusts.enumerated() {
+                let token = try #require(tokens[number])
+                #expect(try await isTrustToken(token, of: entry.letter, keystone), "trust \(number)")
+            }
+            #expect(client.serviceLoginCount == 1, "one login for the six (shared while under way)")
+            #expect(client.passwordTrustTokenCount == 0)
+            #expect(client.rescoping == .works)
+
+            // Herald's own token revoked (an operator, a key rotation): a trust's token asked with
+            // it is refused, a validation says whose fault that is, and one new login mends it.
+            let held = try #require(client.heldServiceToken)
+            let (revoked, _, _) = try await KeystoneFixture.request(
+                keystone.url + "/v3/auth/tokens", .DELETE, token: try await keystone.adminToken(), subject: held)
+            #expect(revoked == 204)
+            let again = try await client.trustToken(trusts[0].trust, fresh: true)
+            #expect(try await isTrustToken(again, of: "a", keystone))
+            #expect(client.serviceLoginCount == 2)
+            #expect(client.serviceCheckCount == 1)
+            #expect(client.heldServiceToken != held)
+
+            // A trust's token expires with the service token it was made from: with 9 minutes of
+            // a one-hour token left (less than its 10-minute minimum), a new login comes first.
+            clock.advance(by: .seconds(49 * 60))
+            _ = try await client.trustToken(trusts[1].trust, fresh: true)
+            #expect(client.serviceLoginCount == 2, "49 minutes in: the service token still serves")
+            clock.advance(by: .seconds(120))
+            _ = try await client.trustToken(trusts[1].trust, fresh: true)
+            #expect(client.serviceLoginCount == 3, "51 minutes in: renewed for the trust")
+            #expect(client.passwordTrustTokenCount == 0)
+        }
+
+        @Test(
+            "a Keystone that does not rescope scoped tokens (allow_rescope_scoped_token = false): trust tokens are asked with the password, found once"
+        )
+        func trustTokensWhereRescopeRefused() async throws {
+            let keystone = try await KeystoneFixture.make()
+            var strict = configuration(keystone)
+            strict.url = try TestServers.value("HERALD_TEST_KEYSTONE_STRICT_URL") + "/v3"
+            let client = KeystoneClient(configuration: strict, logger: Logger(label: "test"))
+            let first = try await keystone.trustToHerald("a")
+            let second = try await keystone.trustToHerald("b")
+            #expect(try await isTrustToken(try await client.trustToken(first), of: "a", keystone))
+            #expect(client.rescoping == .refused)
+            #expect(client.passwordTrustTokenCount == 1)
+            #expect(try await isTrustToken(try await client.trustToken(second), of: "b", keystone))
+            #expect(client.passwordTrustTokenCount == 2, "the second asked with the password at once")
+            #expect(client.serviceCheckCount == 1)
+            // A trust gone is still told apart: refused, not Herald's trouble.
+            do {
+                _ = try await client.trustToken(String(repeating: "7", count: 32))
+                Issue.record("a token for a trust Keystone has not got")
+            } catch {
+                guard case ZaqarTokenError.refused = error else {
+                    Issue.record("\(error)")
+                    return
+                }
             }
         }
 

@@ -122,6 +122,28 @@ public struct KeystoneFixture: Sendable {
         return (body["trusts"] as? [[String: Any]] ?? []).compactMap { $0["id"] as? String }
     }
 
+    /// A trust from user `letter` to Herald's service user on their project (member role,
+    /// impersonation), as a subscription gets one: its id.
+    public func trustToHerald(_ letter: String) async throws -> String {
+        let admin = try await adminToken()
+        let (_, found, _) = try await Self.request(url + "/v3/users?name=\(serviceUser)", .GET, token: admin)
+        guard let herald = (found["users"] as? [[String: Any]])?.first?["id"] as? String else {
+            throw TestFailure("no user \(serviceUser): \(found)")
+        }
+        let (status, body, _) = try await Self.request(
+            url + "/v3/OS-TRUST/trusts", .POST, token: try await userToken(letter),
+            json: [
+                "trust": [
+                    "trustor_user_id": users[letter]!, "trustee_user_id": herald, "project_id": projects[letter]!,
+                    "impersonation": true, "roles": [["name": "member"]],
+                ]
+            ])
+        guard status == 201, let trust = (body["trust"] as? [String: Any])?["id"] as? String else {
+            throw TestFailure("trust to Herald: \(status) \(body)")
+        }
+        return trust
+    }
+
     /// A token of user `letter` that expires within `seconds`: scoped through a short trust from
     /// user `letter` to the other user (Keystone ends such a token with its trust).
     public func shortLivedToken(_ letter: String, seconds: Int) async throws -> String {

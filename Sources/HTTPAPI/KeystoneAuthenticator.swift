@@ -21,6 +21,9 @@ package struct KeystoneAuthenticator: RouterMiddleware {
         }
         var context = context
         var caller: Caller
+        if Self.forwardedByUntrusted(request, peer: context.source, trusted: keystone.configuration.trustedProxies) {
+            keystone.warnOfUntrustedForwarder(context.source)
+        }
         do {
             caller = try await keystone.caller(
                 token: token,
@@ -78,6 +81,13 @@ package struct KeystoneAuthenticator: RouterMiddleware {
 }
 
 extension KeystoneAuthenticator {
+    /// The request carries `X-Forwarded-For` from a peer that is not a trusted proxy: the header
+    /// is ignored, which behind an ingress left out of `HERALD_TRUSTED_PROXIES` makes every
+    /// client one source for the limit on unknown tokens.
+    static func forwardedByUntrusted(_ request: Request, peer: String, trusted: AddressRanges) -> Bool {
+        request.headers[.forwardedFor] != nil && !trusted.contains(peer)
+    }
+
     /// The client's address: the peer, or behind trusted proxies the last `X-Forwarded-For`
     /// address that is not one of them (what the proxies themselves saw).
     static func client(_ request: Request, peer: String, trusted: AddressRanges) -> String {

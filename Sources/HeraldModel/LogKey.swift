@@ -19,6 +19,7 @@ public enum LogKey {
     public static let amqpRoutingKey = "amqp.routing_key"
     public static let amqpTopology = "amqp.topology"
     public static let apiAddress = "api.address"
+    public static let apiPeer = "api.peer"
     public static let auditAction = "audit.action"
     public static let auditInitiatorProject = "audit.initiator.project"
     public static let auditInitiatorUser = "audit.initiator.user"

@@ -191,6 +191,10 @@ package final class KeystoneClient: Sendable {
     private let trustTokenRequests = Atomic<Int>(0)
     private let serviceLogins = Atomic<Int>(0)
     private let passwordTrustTokens = Atomic<Int>(0)
+    /// Peers that sent `X-Forwarded-For` without being trusted proxies, each warned of once.
+    private let untrustedForwarders = Mutex<Set<String>>([])
+    /// How many such peers are warned of at most (anyone can send the header).
+    static let untrustedForwarderWarnings = 16
     private let serviceChecks = Atomic<Int>(0)
     private let validationsAsked = Atomic<Int>(0)
 
@@ -430,6 +434,26 @@ package final class KeystoneClient: Sendable {
         return Caller(
             project: project, roles: roles, isAdminProject: isAdminProject, userID: userID, token: token,
             accessRules: accessRules)
+    }
+
+    /// Logs once per peer (for the first `untrustedForwarderWarnings` peers) that `peer` sends
+    /// `X-Forwarded-For` but is not in `HERALD_TRUSTED_PROXIES`: an ingress left out makes every
+    /// client behind it one source for the limit on unknown tokens, so junk tokens from one
+    /// client lock everyone's new tokens out.
+    /// - Returns: whether this call logged.
+    @discardableResult
+    package func warnOfUntrustedForwarder(_ peer: String) -> Bool {
+        let first = untrustedForwarders.withLock { seen in
+            guard seen.count < Self.untrustedForwarderWarnings, !seen.contains(peer) else { return false }
+            seen.insert(peer)
+            return true
+        }
+        if first {
+            logger.warning(
+                "a peer that is not a trusted proxy sends X-Forwarded-For: the header is ignored; if this peer is your ingress or load balancer, every client behind it shares one limit on unknown tokens (HERALD_KEYSTONE_VALIDATIONS_PER_SECOND): add its address or range to HERALD_TRUSTED_PROXIES",
+                metadata: [LogKey.apiPeer: "\(SafeText.clean(peer, limit: 64))"])
+        }
+        return first
     }
 
     // MARK: Trusts

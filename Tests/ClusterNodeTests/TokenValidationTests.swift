@@ -111,6 +111,37 @@ struct TokenRuleTests {
     }
 
     @Test(
+        "X-Forwarded-For from a peer that is not a trusted proxy is warned of, once per peer, for 16 peers at most"
+    )
+    func untrustedForwarder() throws {
+        func request(_ forwarded: String?) -> Request {
+            var headers = HTTPFields()
+            if let forwarded { headers.append(HTTPField(name: .forwardedFor, value: forwarded)) }
+            return Request(
+                head: HTTPRequest(
+                    method: .get, scheme: nil, authority: nil, path: "/v1/subscriptions", headerFields: headers),
+                body: RequestBody(buffer: ByteBuffer()))
+        }
+        let ingress = try AddressRanges(["10.42.0.0/16"])
+        #expect(KeystoneAuthenticator.forwardedByUntrusted(request("203.0.113.7"), peer: "10.43.0.1", trusted: ingress))
+        #expect(
+            !KeystoneAuthenticator.forwardedByUntrusted(request("203.0.113.7"), peer: "10.42.0.1", trusted: ingress),
+            "a trusted proxy's header is read, not warned of")
+        #expect(
+            !KeystoneAuthenticator.forwardedByUntrusted(request(nil), peer: "10.43.0.1", trusted: ingress),
+            "no header, nothing to say")
+        let client = KeystoneClient(
+            configuration: KeystoneConfiguration(
+                url: "http://127.0.0.1:9/v3", username: "herald", password: "p", project: "service",
+                userDomain: "Default", projectDomain: "Default", cacheTTL: .seconds(60)),
+            logger: Logger(label: "test"))
+        #expect(client.warnOfUntrustedForwarder("10.43.0.1"))
+        #expect(!client.warnOfUntrustedForwarder("10.43.0.1"), "once per peer")
+        let warned = (0..<100).filter { client.warnOfUntrustedForwarder("10.44.0.\($0)") }.count
+        #expect(warned == KeystoneClient.untrustedForwarderWarnings - 1, "bounded: anyone can send the header")
+    }
+
+    @Test(
         "past the validations Keystone is asked at once (every source together), a token not in the cache is a 503 at once, not a wait behind them"
     )
     func validationsInFlight() async throws {

@@ -166,14 +166,23 @@ package struct ValidationRateLimit: Sendable {
     /// An IPv6 source counts by its /64 (one host commonly holds the whole prefix); an IPv4
     /// address as an API listening on `::` sees it (`::ffff:a.b.c.d`) counts as that IPv4
     /// address, not as the one /64 every IPv4 client would share.
-    func key(_ source: String) -> String {
+    func key(_ source: String) -> String { Self.prefix(source, bytes: 8) }
+
+    /// The network a source belongs to, for the share of validations in flight: an IPv6
+    /// address's /48 (a site's or a tenant's allocation: 65,536 /64s, each a source of its own);
+    /// anything else as `key` has it (an IPv4 address).
+    static func network(_ source: String) -> String { prefix(source, bytes: 6) }
+
+    /// An IPv6 address's first `bytes` bytes (`2001.db8.1/48`), a mapped IPv4 address as IPv4,
+    /// anything else as it is.
+    private static func prefix(_ source: String, bytes count: Int) -> String {
         guard source.contains(":") else { return source }
         var address = in6_addr()
         guard inet_pton(AF_INET6, source, &address) == 1 else { return source }
         return withUnsafeBytes(of: &address) { bytes -> String in
             let mapped = bytes.prefix(10).allSatisfy { $0 == 0 } && bytes[10] == 0xFF && bytes[11] == 0xFF
             if mapped { return bytes.suffix(4).map { String($0) }.joined(separator: ".") }
-            return bytes.prefix(8).map { String($0, radix: 16) }.joined(separator: ".") + "/64"
+            return bytes.prefix(count).map { String($0, radix: 16) }.joined(separator: ".") + "/\(count * 8)"
         }
     }
 

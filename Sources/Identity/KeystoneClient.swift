@@ -134,6 +134,9 @@ package final class KeystoneClient: Sendable {
 
     private struct State {
         var service: ServiceToken?
+        /// Validations in flight by the network they came from (`ValidationRateLimit.network`):
+        /// no more entries than validations in flight.
+        var networksInFlight: [String: Int] = [:]
         /// The login under way, which every caller needing a new service token awaits: a node
         /// starting with many trusts to serve logs in once, not once per trust.
         var login: Task<ServiceToken, any Error>?
@@ -268,6 +271,8 @@ package final class KeystoneClient: Sendable {
     /// Validations of Herald's own token (after a trust's refusal).
     var serviceCheckCount: Int { serviceChecks.load(ordering: .relaxed) }
     var rescoping: Rescoping { state.withLock { $0.rescoping } }
+    /// How many validations one network may have in flight: a quarter of all.
+    var networkShare: Int { max(1, configuration.validationsInFlight / 4) }
     /// Herald's service token held now (tests revoke it).
     var heldServiceToken: String? { state.withLock { $0.service?.token } }
 
@@ -281,6 +286,7 @@ package final class KeystoneClient: Sendable {
             throw .invalid("longer than \(Self.maxTokenBytes) bytes; no Keystone token is")
         }
         let now = instant()
+        let network = ValidationRateLimit.network(source)
         let known = state.withLock { state -> Result<Caller?, Failure> in
             if let entry = state.cache[token], entry.until > now { return .success(entry.caller) }
             if let refused = state.refused[token] {
@@ -290,12 +296,28 @@ package final class KeystoneClient: Sendable {
             // Taken before Keystone is asked, given back unless Keystone refuses the token: many
             // unknown tokens sent at once from one source cannot all reach Keystone.
             if let wait = state.rateLimit.take(source, now: now) { return .failure(.throttled(wait)) }
+            // One network (an IPv6 /48, which holds 65,536 sources of their own) holds at most its
+            // share of the validations in flight: the rest stay for everyone else's new tokens.
+            guard state.networksInFlight[network, default: 0] < networkShare else {
+                state.rateLimit.refund(source, now: now)
+                return .failure(
+                    .unavailable(
+                        "Keystone is checking \(networkShare) tokens from your network at once already (a quarter of HERALD_KEYSTONE_VALIDATIONS_IN_FLIGHT); try again in a moment"
+                    ))
+            }
+            state.networksInFlight[network, default: 0] += 1
             return .success(nil)
         }
         switch known {
         case .success(let caller?): return caller
         case .success(nil): break
         case .failure(let failure): throw failure
+        }
+        defer {
+            state.withLock { state in
+                let left = state.networksInFlight[network, default: 1] - 1
+                state.networksInFlight[network] = left > 0 ? left : nil
+            }
         }
         guard validationsAsked.add(1, ordering: .relaxed).newValue <= configuration.validationsInFlight else {
             validationsAsked.subtract(1, ordering: .relaxed)

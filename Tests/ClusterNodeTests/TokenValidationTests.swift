@@ -177,6 +177,49 @@ struct TokenRuleTests {
         await keystone.close()
     }
 
+    @Test(
+        "one network (an IPv6 /48 of 65,536 sources) holds at most a quarter of the validations in flight; another network's token is still let through"
+    )
+    func networkShare() async throws {
+        #expect(ValidationRateLimit.network("2001:db8:1:2::1") == ValidationRateLimit.network("2001:db8:1:ffff::9"))
+        #expect(ValidationRateLimit.network("2001:db8:1:2::1") != ValidationRateLimit.network("2001:db8:2::1"))
+        #expect(ValidationRateLimit.network("::ffff:10.0.0.1") == "10.0.0.1")
+        #expect(ValidationRateLimit.network("10.0.0.1") == "10.0.0.1")
+        // A Keystone that holds every request until told.
+        let keystone = try await HostileZaqar { _ in .stall }
+        var configuration = KeystoneConfiguration(
+            url: keystone.url + "/v3", username: "herald", password: "p", project: "service", userDomain: "Default",
+            projectDomain: "Default", cacheTTL: .seconds(60))
+        configuration.validationsInFlight = 16
+        let client = KeystoneClient(configuration: configuration, logger: Logger(label: "test"))
+        #expect(client.networkShare == 4)
+        let outcomes = await withTaskGroup(of: (String, String).self) { group in
+            // Forty /64s of one /48, each well within its own limit, and one source elsewhere.
+            let sources = (0..<40).map { "2001:db8:1:\($0)::1" } + ["2001:db8:2::1"]
+            for (n, source) in sources.enumerated() {
+                group.addTask {
+                    do {
+                        _ = try await client.caller(token: "gAAAAA-unknown-\(n)", source: source)
+                        return (source, "accepted")
+                    } catch {
+                        return (source, "\(error)")
+                    }
+                }
+            }
+            var outcomes: [(String, String)] = []
+            for await outcome in group {
+                outcomes.append(outcome)
+                if outcomes.count == 36 { keystone.releaseStalls() }
+            }
+            return outcomes
+        }
+        #expect(outcomes.count == 41)
+        let refused = outcomes.filter { $0.1.contains("4 tokens from your network at once") }
+        #expect(refused.count == 36, "\(Set(outcomes.map(\.1)))")
+        #expect(refused.allSatisfy { $0.0.hasPrefix("2001:db8:1:") })
+        await keystone.close()
+    }
+
     @Test("address ranges: prefixes on and off byte boundaries, both families apart; bad entries named")
     func addressRanges() throws {
         let ranges = try AddressRanges(["10.42.0.0/16", "192.0.2.128/25", "2001:db8:a::/48", "198.51.100.7", "::1"])

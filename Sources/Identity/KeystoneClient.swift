@@ -128,8 +128,18 @@ package final class KeystoneClient: Sendable {
     /// Whether Keystone makes trust-scoped tokens from Herald's own token (`[token]
     /// allow_rescope_scoped_token`, true by default): then a trust's token costs Keystone no
     /// password check; when it refuses, each costs a password login, as before.
-    enum Rescoping {
-        case unknown, works, refused
+    enum Rescoping: Equatable {
+        case unknown, works
+        /// Until when the password is used before Herald's token is tried again (the cloud may
+        /// change its setting back).
+        case refused(until: ContinuousClock.Instant)
+
+        var works: Bool { self == .works }
+
+        func usesPassword(now: ContinuousClock.Instant) -> Bool {
+            if case .refused(let until) = self { return until > now }
+            return false
+        }
     }
 
     private struct State {
@@ -152,10 +162,10 @@ package final class KeystoneClient: Sendable {
         /// and how many times in a row it was refused: a tenant who deletes its trusts must not
         /// cost Keystone a password login per batch, nor one per trust every `goneTrustTTL`.
         var goneTrusts: [String: GoneTrust] = [:]
-        /// Until when Herald's own token, found good after a trust's refusal (a validation of
-        /// it, or a new login), stands for the next trusts' refusals (`serviceConfirmation`):
-        /// many trusts gone at once cost one check.
-        var serviceConfirmedUntil: ContinuousClock.Instant?
+        /// Herald's own token found good after a trust's refusal (a validation of it, or a new
+        /// login), and until when that stands for the next trusts' refusals asked with that token
+        /// (`serviceConfirmation`): many trusts gone at once cost one check.
+        var serviceConfirmed: (token: String, until: ContinuousClock.Instant)?
         /// Until when Herald's own login is taken as refused (Keystone refused it): trust tokens
         /// are then not asked for at all (each needs a login, and a refused password tried per
         /// delivery brings on the account's lockout). Only a refusal is remembered: a login that
@@ -271,6 +281,10 @@ package final class KeystoneClient: Sendable {
     /// Validations of Herald's own token (after a trust's refusal).
     var serviceCheckCount: Int { serviceChecks.load(ordering: .relaxed) }
     var rescoping: Rescoping { state.withLock { $0.rescoping } }
+    var rescopeRefused: Bool {
+        if case .refused = rescoping { return true }
+        return false
+    }
     /// How many validations one network may have in flight: a quarter of all.
     var networkShare: Int { max(1, configuration.validationsInFlight / 4) }
     /// Herald's service token held now (tests revoke it).
@@ -555,46 +569,29 @@ package final class KeystoneClient: Sendable {
                 "Keystone refused Herald's service user moments ago; not asking for a token of trust \(trust)")
         }
         trustTokenRequests.add(1, ordering: .relaxed)
+        // What the subscriber's health shows: the login's own words (the user name, Keystone's
+        // reason) are the operator's, in the log.
+        let loginFailed = "Herald's service user could not log in to Keystone; no token of trust \(trust)"
         var service: ServiceToken
         do {
             service = try await serviceForTrusts()
         } catch {
-            throw .unavailable("\(error.description); no token of trust \(trust)")
+            throw .unavailable(loginFailed)
         }
-        var byPassword = state.withLock { $0.rescoping == .refused }
+        var byPassword = state.withLock { $0.rescoping.usesPassword(now: now) }
         var answer = try await askTrustToken(trust, with: byPassword ? nil : service.token)
-        if Self.refusal(answer.status), state.withLock({ $0.serviceConfirmedUntil.map { $0 <= instant() } ?? true }) {
-            // Keystone refuses both a trust it has not got and a token of Herald's own it no
-            // longer takes (revoked, expired early, keys rotated): a validation of Herald's token
-            // (no password check) tells them apart, and answers for the next trusts' refusals a
-            // few seconds. Herald refused is the operator's to mend (retried, parked), not every
-            // trust's end.
-            // With the password, a login tells whether Keystone still takes it.
-            switch byPassword ? false : await serviceTokenValid(service.token) {
-            case true?:
-                let until = instant() + Self.serviceConfirmation
-                state.withLock { $0.serviceConfirmedUntil = until }
-            case false?:
-                do {
-                    service = try await self.service(renew: true)
-                } catch {
-                    throw .unavailable("\(error.description); no token of trust \(trust)")
-                }
-                let until = instant() + Self.serviceConfirmation
-                state.withLock { $0.serviceConfirmedUntil = until }
-                answer = try await askTrustToken(trust, with: byPassword ? nil : service.token)
-            case nil:
-                throw .unavailable("Keystone could not confirm Herald's own token, asked for a token of trust \(trust)")
-            }
-        }
-        if answer.status == 403, !byPassword, state.withLock({ $0.rescoping != .works }) {
-            // Keystone may refuse to rescope a scoped token (`allow_rescope_scoped_token =
-            // false`): the password tells that apart from a refused trust, once.
-            let withPassword = try await askTrustToken(trust, with: nil)
-            if withPassword.status == 201 {
+        if answer.status == 403, !byPassword,
+            state.withLock({ !$0.rescoping.works }) || Self.errorMessage(answer.body).contains("rescope")
+        {
+            // Keystone may refuse to rescope a scoped token (`[token] allow_rescope_scoped_token =
+            // false`, set from the start or since): the password tells that apart from a refused
+            // trust; tried again with Herald's token after an hour.
+            answer = try await askTrustToken(trust, with: nil)
+            byPassword = true
+            if answer.status == 201 {
                 let first = state.withLock { state in
-                    defer { state.rescoping = .refused }
-                    return state.rescoping != .refused
+                    defer { state.rescoping = .refused(until: now + Self.rescopeRetry) }
+                    return state.rescoping.works || state.rescoping == .unknown
                 }
                 if first {
                     logger.warning(
@@ -602,8 +599,29 @@ package final class KeystoneClient: Sendable {
                     )
                 }
             }
-            answer = withPassword
-            byPassword = true
+        }
+        // Keystone's 404 to a token request is about the token it was asked with (never seen
+        // for a trust): checked each time, whatever was confirmed moments ago.
+        if Self.refusal(answer.status), answer.status == 404 || !serviceConfirmed(byPassword ? nil : service.token) {
+            // Keystone refuses alike a trust it has not got and Herald's own credentials it no
+            // longer takes: a token revoked or expired early (told by a validation of it, no
+            // password check), a password changed or locked (told by a login). Herald refused is
+            // the operator's to mend (retried, parked), not the trust's end. Either answers for
+            // the next trusts' refusals a few seconds.
+            switch byPassword ? false : await serviceTokenValid(service.token) {
+            case true?:
+                confirmService(service.token)
+            case false?:
+                do {
+                    service = try await replacement(for: service.token, login: byPassword)
+                } catch {
+                    throw .unavailable(loginFailed)
+                }
+                confirmService(service.token)
+                answer = try await askTrustToken(trust, with: byPassword ? nil : service.token)
+            case nil:
+                throw .unavailable("Keystone could not confirm Herald's own token, asked for a token of trust \(trust)")
+            }
         }
         let (status, body, headers) = answer
         guard status == 201, let token = headers.first(name: "X-Subject-Token") else {
@@ -625,6 +643,34 @@ package final class KeystoneClient: Sendable {
             if !byPassword { state.rescoping = .works }
         }
         return token
+    }
+
+    /// How long a Keystone that refused to rescope is asked with the password before Herald's
+    /// token is tried again.
+    static let rescopeRetry: Duration = .seconds(3600)
+
+    /// Whether Herald's own credentials were found good moments ago: `token` (the one a trust's
+    /// token was asked with) validated, or with nil, a login that made the token held now.
+    private func serviceConfirmed(_ token: String?) -> Bool {
+        let now = instant()
+        return state.withLock { state in
+            guard let confirmed = state.serviceConfirmed, confirmed.until > now else { return false }
+            return confirmed.token == (token ?? state.service?.token)
+        }
+    }
+
+    private func confirmService(_ token: String) {
+        let until = instant() + Self.serviceConfirmation
+        state.withLock { $0.serviceConfirmed = (token, until) }
+    }
+
+    /// A service token in place of `stale`, which Keystone no longer takes: the one held now if
+    /// another caller replaced it meanwhile, else a login (shared with any under way). With
+    /// `login`, always a login: it tells whether Keystone takes the password.
+    private func replacement(for stale: String, login: Bool) async throws(Failure) -> ServiceToken {
+        let now = instant()
+        if !login, let held = state.withLock({ $0.service }), held.token != stale, held.until > now { return held }
+        return try await self.login()
     }
 
     /// 401, 403 and 404: what Keystone answers for a trust gone, expired, or not Herald's.
@@ -719,8 +765,12 @@ package final class KeystoneClient: Sendable {
     /// A new service token: the login under way if there is one, else a new one that every
     /// caller meanwhile shares.
     private func login() async throws(Failure) -> ServiceToken {
-        let task = state.withLock { state in
+        let now = instant()
+        let task = state.withLock { state -> Task<ServiceToken, any Error>? in
             if let running = state.login { return running }
+            // A refusal stands a while for every caller (users' validations too): a refused
+            // password tried per request would bring on the account's lockout.
+            if let until = state.serviceRefusedUntil, until > now { return nil }
             let task = Task<ServiceToken, any Error> {
                 var result: Result<ServiceToken, Failure>
                 do throws(Failure) { result = .success(try await self.passwordLogin()) } catch {
@@ -745,6 +795,10 @@ package final class KeystoneClient: Sendable {
             }
             state.login = task
             return task
+        }
+        guard let task else {
+            throw .unavailable(
+                "Keystone refused Herald's service user \(configuration.username) moments ago; asking again shortly")
         }
         do {
             return try await task.value

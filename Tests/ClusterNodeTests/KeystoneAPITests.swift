@@ -165,7 +165,7 @@ extension APISuites {
         }
 
         @Test(
-            "trusts Keystone has not got: five at once cost one validation of Herald's own token, and each one's wait doubles with each refusal in a row (15 s, 30 s, 60 s, up to 10 minutes)"
+            "trusts Keystone has not got: five in a row cost one validation of Herald's own token, and each one's wait doubles with each refusal in a row (15 s, 30 s, 60 s, up to 10 minutes)"
         )
         func goneTrustsBackOff() async throws {
             #expect(
@@ -253,15 +253,33 @@ extension APISuites {
             #expect(client.serviceLoginCount == 2)
             #expect(client.serviceCheckCount == 1)
             #expect(client.heldServiceToken != held)
+            // Again, with six trusts' tokens asked at once with the revoked token: each refusal is
+            // checked, none taken as the trust's, and one login replaces the token for all.
+            let (again2, _, _) = try await KeystoneFixture.request(
+                keystone.url + "/v3/auth/tokens", .DELETE, token: try await keystone.adminToken(),
+                subject: try #require(client.heldServiceToken))
+            #expect(again2 == 204)
+            let renewed = try await withThrowingTaskGroup(of: (Int, String).self) { group in
+                for (number, entry) in trusts.enumerated() {
+                    group.addTask { (number, try await client.trustToken(entry.trust, fresh: true)) }
+                }
+                var tokens: [Int: String] = [:]
+                for try await (number, token) in group { tokens[number] = token }
+                return tokens
+            }
+            for (number, entry) in trusts.enumerated() {
+                #expect(try await isTrustToken(try #require(renewed[number]), of: entry.letter, keystone))
+            }
+            #expect(client.serviceLoginCount == 3, "one login for the six")
 
             // A trust's token expires with the service token it was made from: with 9 minutes of
             // a one-hour token left (less than its 10-minute minimum), a new login comes first.
             clock.advance(by: .seconds(49 * 60))
             _ = try await client.trustToken(trusts[1].trust, fresh: true)
-            #expect(client.serviceLoginCount == 2, "49 minutes in: the service token still serves")
+            #expect(client.serviceLoginCount == 3, "49 minutes in: the service token still serves")
             clock.advance(by: .seconds(120))
             _ = try await client.trustToken(trusts[1].trust, fresh: true)
-            #expect(client.serviceLoginCount == 3, "51 minutes in: renewed for the trust")
+            #expect(client.serviceLoginCount == 4, "51 minutes in: renewed for the trust")
             #expect(client.passwordTrustTokenCount == 0)
         }
 
@@ -276,11 +294,11 @@ extension APISuites {
             let first = try await keystone.trustToHerald("a")
             let second = try await keystone.trustToHerald("b")
             #expect(try await isTrustToken(try await client.trustToken(first), of: "a", keystone))
-            #expect(client.rescoping == .refused)
+            #expect(client.rescopeRefused)
             #expect(client.passwordTrustTokenCount == 1)
             #expect(try await isTrustToken(try await client.trustToken(second), of: "b", keystone))
             #expect(client.passwordTrustTokenCount == 2, "the second asked with the password at once")
-            #expect(client.serviceCheckCount == 1)
+            #expect(client.serviceCheckCount == 0, "the password's answer told: no validation needed")
             // A trust gone is still told apart: refused, not Herald's trouble.
             do {
                 _ = try await client.trustToken(String(repeating: "7", count: 32))
@@ -293,21 +311,65 @@ extension APISuites {
             }
         }
 
+        @Test(
+            "where trust tokens take the password, Herald's password changed is Herald's trouble (503, retried), not the trust's end"
+        )
+        func passwordChangedWhereRescopeRefused() async throws {
+            let keystone = try await KeystoneFixture.make()
+            // A service user of this test's own, whose password the test changes.
+            let herald = try await keystone.user("svc", role: "member", on: "a")
+            var strict = configuration(keystone)
+            strict.url = try TestServers.value("HERALD_TEST_KEYSTONE_STRICT_URL") + "/v3"
+            strict.username = "svc-\(keystone.suffix)"
+            strict.password = "secret-svc-\(keystone.suffix)"
+            strict.project = "ks-a-\(keystone.suffix)"
+            let clock = ManualClock()
+            let client = KeystoneClient(
+                configuration: strict, logger: Logger(label: "test"), clock: ElapsedClock(clock))
+            let trust = try await keystone.trust(from: "b", to: herald.id)
+            #expect(try await isTrustToken(try await client.trustToken(trust), of: "b", keystone))
+            #expect(client.rescopeRefused)
+            let (changed, _, _) = try await KeystoneFixture.request(
+                keystone.url + "/v3/users/\(herald.id)", .PATCH, token: try await keystone.adminToken(),
+                json: ["user": ["password": "changed-\(keystone.suffix)"]])
+            #expect(changed == 200)
+            clock.advance(by: .seconds(6))
+            do {
+                _ = try await client.trustToken(trust, fresh: true)
+                Issue.record("a trust token with a changed password")
+            } catch {
+                guard case ZaqarTokenError.unavailable(let reason) = error else {
+                    Issue.record("the trust was taken as gone: \(error)")
+                    return
+                }
+                #expect(reason.contains("service user"), "\(reason)")
+                #expect(!reason.contains("svc-"), "the user's name is the operator's: \(reason)")
+            }
+        }
+
         @Test("Keystone refusing Herald's own service user is a 503 naming it, not a 401")
         func badServiceUser() async throws {
             let keystone = try await KeystoneFixture.make()
             var configuration = configuration(keystone)
             configuration.password = "wrong"
-            let client = KeystoneClient(configuration: configuration, logger: Logger(label: "test"))
+            let clock = ManualClock()
+            let client = KeystoneClient(
+                configuration: configuration, logger: Logger(label: "test"), clock: ElapsedClock(clock))
             let token = try await keystone.userToken("a")
             try await application(client).test(.router) { http in
                 let reply = try await call(http, .get, "/v1/subscriptions", token: token)
                 #expect(reply.status == .serviceUnavailable)
                 #expect(reply.message.contains(keystone.serviceUser), "\(reply.message)")
+                // The refusal stands 15 s for every caller: no login per request (a refused
+                // password tried per request brings on the account's lockout).
+                let again = try await call(http, .get, "/v1/subscriptions", token: try await keystone.userToken("b"))
+                #expect(again.status == .serviceUnavailable)
             }
-            // Keystone's 401 to a trust token asked with Herald's own password refused is Herald's
+            #expect(client.serviceLoginCount == 1)
+            // Past the 15 s, a trust's token asks Herald's login again: refused, it is Herald's
             // problem (a password the operator fixes), not the trust's end: retried and parked,
             // never dead-lettered as a trust gone.
+            clock.advance(by: .seconds(16))
             do {
                 _ = try await client.trustToken("0123456789abcdef0123456789abcdef")
                 Issue.record("a token with a wrong password")
@@ -318,8 +380,8 @@ extension APISuites {
                 }
                 #expect(reason.contains("service user"), "\(reason)")
             }
-            // Remembered: the next trusts' tokens are not asked for (each is a password login, and
-            // failed ones bring on the account's lockout).
+            #expect(client.serviceLoginCount == 2)
+            // Remembered: the next trusts' tokens are not asked for.
             let asked = client.trustTokenCount
             for trust in ["a", "b", "c"].map({ String(repeating: $0, count: 32) }) {
                 do {
@@ -333,6 +395,7 @@ extension APISuites {
                 }
             }
             #expect(client.trustTokenCount == asked, "Keystone not asked again")
+            #expect(client.serviceLoginCount == 2)
         }
     }
 }

@@ -130,16 +130,22 @@ public struct KeystoneFixture: Sendable {
         guard let herald = (found["users"] as? [[String: Any]])?.first?["id"] as? String else {
             throw TestFailure("no user \(serviceUser): \(found)")
         }
+        return try await trust(from: letter, to: herald)
+    }
+
+    /// A trust from user `letter` to the user `trustee` (an id) on their project (member role,
+    /// impersonation): its id.
+    public func trust(from letter: String, to trustee: String) async throws -> String {
         let (status, body, _) = try await Self.request(
             url + "/v3/OS-TRUST/trusts", .POST, token: try await userToken(letter),
             json: [
                 "trust": [
-                    "trustor_user_id": users[letter]!, "trustee_user_id": herald, "project_id": projects[letter]!,
+                    "trustor_user_id": users[letter]!, "trustee_user_id": trustee, "project_id": projects[letter]!,
                     "impersonation": true, "roles": [["name": "member"]],
                 ]
             ])
         guard status == 201, let trust = (body["trust"] as? [String: Any])?["id"] as? String else {
-            throw TestFailure("trust to Herald: \(status) \(body)")
+            throw TestFailure("trust to \(trustee): \(status) \(body)")
         }
         return trust
     }

@@ -13,13 +13,16 @@ struct Check: AsyncParsableCommand {
     )
 
     @OptionGroup var servers: ServerOptions
+    @Option(help: "The cluster's Redis key prefix: the key the check writes is under it. Env: HERALD_KEY_PREFIX.")
+    var keyPrefix: String = ProcessInfo.processInfo.environment["HERALD_KEY_PREFIX"] ?? "herald:"
 
     func run() async throws {
         var logger = Logger(label: "herald.check")
         logger.logLevel = .warning
         var healthy = true
         do {
-            let report = try await ConnectivityCheck.redis(url: servers.redisURL, logger: logger)
+            let report = try await ConnectivityCheck.redis(
+                url: servers.redisURL, keyPrefix: keyPrefix, logger: logger)
             print("redis    ok    \(report)")
         } catch {
             healthy = false
@@ -57,12 +60,14 @@ struct ServerOptions: ParsableArguments {
 
 /// One round trip through each server, with what it took.
 enum ConnectivityCheck {
-    static func redis(url: String, logger: Logger) async throws -> String {
+    /// - Parameter keyPrefix: the cluster's key prefix: the key written and removed is under it (a
+    ///   Redis user may be allowed that prefix only).
+    static func redis(url: String, keyPrefix: String = "herald:", logger: Logger) async throws -> String {
         let configuration = try RedisConfiguration(url: url)
         let client = RedisClient(configuration: configuration, logger: logger)
         return try await withClosing(client, close: { await $0.close() }) { client in
             let start = ContinuousClock.now
-            let key = "herald:check:\(UUID().uuidString)"
+            let key = "\(keyPrefix)check:\(UUID().uuidString)"
             let replies = try await client.pipeline([
                 RedisCommand("SET", key, "ok", "EX", 10),
                 RedisCommand("GET", key),

@@ -104,6 +104,11 @@ struct Node: AsyncParsableCommand {
         let metrics = PrometheusCollectorRegistry()
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: metrics))
         let logger = Logger(label: "herald")
+        for key in NodeConfiguration.unknownEnvironmentKeys(ProcessInfo.processInfo.environment) {
+            logger.warning(
+                "an environment variable named like a setting is no setting of Herald's: ignored (misspelt? see the README's configuration table)",
+                metadata: [LogKey.configurationKey: "\(key)"])
+        }
         // HERALD_ZAQAR_URL unset, Keystone set: Zaqar is where the catalog says.
         do {
             configuration = try await configuration.resolvingZaqarFromCatalog(logger: logger)

@@ -39,6 +39,14 @@ struct Status: AsyncParsableCommand {
     @Flag(help: "Print JSON, for scripts.")
     var json = false
 
+    func validate() throws {
+        guard (0...100_000).contains(top) else { throw ValidationError("--top: from 0 to 100000, not \(top)") }
+        guard signedURLWindow >= 0 else {
+            throw ValidationError(
+                "--signed-url-window (HERALD_SIGNED_URL_RENEW_SECONDS): 0 or more, not \(signedURLWindow)")
+        }
+    }
+
     struct Report: Codable {
         struct Member: Codable {
             var node: String

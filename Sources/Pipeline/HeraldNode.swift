@@ -185,6 +185,53 @@ package final class HeraldNode: Sendable {
         #endif
     }
 
+    /// Waits until Redis and RabbitMQ accept a connection, asking again with a growing wait (1 s
+    /// doubling to 30 s), logged each time: a node started during an outage of either waits for
+    /// it (`/healthz` answers, `/readyz` says 503) instead of exiting into Kubernetes' growing
+    /// restart delay. Anything but a connection failure (a refused password, a bad URL) is left
+    /// to `prepare`, which stops the node naming it.
+    /// - Returns: false when the node was told to stop meanwhile.
+    func waitForBrokers() async -> Bool {
+        var wait = Duration.seconds(1)
+        while let (server, error) = await unreachableBroker() {
+            logger.warning(
+                "\(server) cannot be reached at start-up; asking again in \(Int(wait.seconds)) s",
+                metadata: [LogKey.error: "\(error)"])
+            do {
+                let pause = wait
+                try await cancelWhenGracefulShutdown { try await Task.sleep(for: pause) }
+            } catch {
+                return false
+            }
+            wait = min(wait * 2, .seconds(30))
+        }
+        return true
+    }
+
+    /// The first of Redis and RabbitMQ that refuses a connection, and why; nil when both take one
+    /// (or fail for another reason, which `prepare` reports).
+    private func unreachableBroker() async -> (String, String)? {
+        do {
+            try await withClosing(
+                RedisClient(configuration: redisConfiguration, logger: logger), close: { await $0.close() }
+            ) { client in _ = try await client.send(RedisCommand("PING")) }
+        } catch let error as CoordinationError
+            where [.connectionFailed, .connectionLost, .reconnecting].contains(error.code)
+        {
+            return ("Redis", error.description)
+        } catch {}
+        do {
+            let connection = try await AMQPConnection.connect(
+                try AMQPConfiguration(url: configuration.amqpURL), logger: logger)
+            await connection.close()
+        } catch let error as MessagingError
+            where [.connectionFailed, .connectionLost, .connectionClosed, .notConnected].contains(error.code)
+        {
+            return ("RabbitMQ", error.description)
+        } catch {}
+        return nil
+    }
+
     /// Everything the node does once before its parts run: the queues' shape settled and
     /// declared, the AMQP connection, the batcher, the parking drainer, the partitions' and the
     /// ingest's owners. Nothing is consumed yet.

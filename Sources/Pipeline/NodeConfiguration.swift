@@ -182,6 +182,35 @@ package struct NodeConfiguration: Sendable {
         }
     }
 
+    /// `HERALD_*` variables of the environment that are no setting: a misspelt key, which would
+    /// otherwise be ignored without a word. Left out: `HERALD_CONFIG_FILE`, the tests'
+    /// `HERALD_TEST_*`, and the variables Kubernetes makes for a Service named `herald...`
+    /// (`HERALD_SERVICE_HOST`, `HERALD_PORT_8090_TCP_ADDR`, ...). At most `limit`, sorted.
+    package static func unknownEnvironmentKeys(_ environment: [String: String], limit: Int = 20) -> [String] {
+        // Kubernetes' service links: <NAME>_SERVICE_HOST, <NAME>_SERVICE_PORT[_<port name>],
+        // <NAME>_PORT=tcp://..., <NAME>_PORT_<n>_<PROTOCOL>[_ADDR|_PORT|_PROTO].
+        func serviceLink(_ key: String, _ value: String) -> Bool {
+            if key.hasSuffix("_SERVICE_HOST") || key.contains("_SERVICE_PORT") { return true }
+            if key.hasSuffix("_PORT"), ["tcp://", "udp://", "sctp://"].contains(where: value.hasPrefix) { return true }
+            let parts = key.split(separator: "_")
+            guard
+                let port = parts.indices.last(where: {
+                    parts[$0] == "PORT" && $0 + 1 < parts.count && parts[$0 + 1].allSatisfy(\.isNumber)
+                })
+            else { return false }
+            let tail = parts[(port + 1)...]
+            guard tail.count == 2 || tail.count == 3, ["TCP", "UDP", "SCTP"].contains(parts[port + 2]) else {
+                return false
+            }
+            return tail.count == 2 || ["ADDR", "PORT", "PROTO"].contains(parts[port + 3])
+        }
+        let unknown = environment.filter { key, value in
+            key.hasPrefix("HERALD_") && !keys.contains(key) && key != "HERALD_CONFIG_FILE"
+                && !key.hasPrefix("HERALD_TEST_") && !serviceLink(key, value)
+        }.keys
+        return Array(unknown.sorted().prefix(limit))
+    }
+
     package static let defaultExchanges = [
         "nova", "neutron", "cinder", "glance", "heat", "keystone", "designate", "octavia", "ironic", "manila", "magnum",
     ]
@@ -308,6 +337,13 @@ package struct NodeConfiguration: Sendable {
         var deadLetterBudget = DeadLetterBudget()
         deadLetterBudget.max = try integer("HERALD_DEAD_LETTERS_MAX", 20_000, 100...10_000_000)
         deadLetterBudget.projectMax = try integer("HERALD_DEAD_LETTERS_PROJECT_MAX", 1_000, 10...1_000_000)
+        guard deadLetterBudget.projectMax <= deadLetterBudget.max else {
+            throw ConfigurationError(
+                key: "HERALD_DEAD_LETTERS_PROJECT_MAX", value: "\(deadLetterBudget.projectMax)",
+                expected:
+                    "at most HERALD_DEAD_LETTERS_MAX (\(deadLetterBudget.max)): a project's letters are kept in the cluster-wide stream too"
+            )
+        }
         deadLetterBudget.bodyBytes = try integer("HERALD_DEAD_LETTER_BODY_BYTES", 16_384, 1_024...1_048_576)
         deadLetterBudget.projectIdle = .seconds(86_400 * (try integer("HERALD_DEAD_LETTERS_IDLE_DAYS", 14, 1...365)))
         let eventDefinitions: EventDefinitions
@@ -370,6 +406,13 @@ package struct NodeConfiguration: Sendable {
         parking.afterAttempts = try integer("HERALD_PARKING_AFTER_ATTEMPTS", 3, 1...100)
         parking.retryBase = .seconds(try integer("HERALD_PARKING_RETRY_BASE_SECONDS", 5, 1...3600))
         parking.retryCap = .seconds(try integer("HERALD_PARKING_RETRY_CAP_SECONDS", 60, 1...86_400))
+        if parking.retryCap > parking.horizon {
+            throw ConfigurationError(
+                key: "HERALD_PARKING_RETRY_CAP_SECONDS", value: "\(Int(parking.retryCap.seconds))",
+                expected:
+                    "at most HERALD_DELIVERY_RETRY_HORIZON (\(Int(parking.horizon.seconds)) s): parked messages would reach their horizon before a retry"
+            )
+        }
         if parking.retryCap < parking.retryBase {
             throw ConfigurationError(
                 key: "HERALD_PARKING_RETRY_CAP_SECONDS", value: "\(parking.retryCap.seconds)",

@@ -20,6 +20,7 @@ package struct PipelineService: Service {
     let node: HeraldNode
 
     package func run() async throws {
+        guard await node.waitForBrokers() else { return }
         let prepared = try await node.prepare()
         let parts = ServiceGroup(
             configuration: ServiceGroupConfiguration(services: node.parts(prepared), logger: node.logger))
@@ -121,6 +122,9 @@ package struct NodeAssembly: Sendable {
             logger: logger
         )
         groupConfiguration.maximumGracefulShutdownDuration = configuration.shutdownBudget
+        // Past the budget the services are cancelled; one that still does not end leaves the
+        // process after this, well before Kubernetes' grace period (budget + 10 s at least).
+        groupConfiguration.maximumCancellationDuration = .seconds(5)
         return NodeAssembly(
             node: node, application: application, group: ServiceGroup(configuration: groupConfiguration),
             boundPort: boundPort, redisClients: [rateLimits])

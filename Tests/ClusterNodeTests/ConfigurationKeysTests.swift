@@ -24,6 +24,49 @@ struct ConfigurationKeysTests {
         return keys
     }
 
+    @Test(
+        "a HERALD_ environment variable that is no setting is named (a misspelt key); Kubernetes' service links, HERALD_CONFIG_FILE and the tests' variables are not"
+    )
+    func unknownEnvironmentKeys() {
+        let environment = [
+            "HERALD_KEYSTONE_CACHE_SECOND": "30", "HERALD_REDIS_URL": "redis://x", "HERALD_CONFIG_FILE": "/etc/h.yaml",
+            "HERALD_TEST_REDIS_URL": "redis://y", "HERALD_SERVICE_HOST": "10.0.0.9", "HERALD_SERVICE_PORT": "8090",
+            "HERALD_SERVICE_PORT_HTTP": "8090", "HERALD_PORT": "tcp://10.0.0.9:8090",
+            "HERALD_PORT_8090_TCP": "tcp://10.0.0.9:8090", "HERALD_PORT_8090_TCP_ADDR": "10.0.0.9",
+            "HERALD_PROD_HERALD_PORT_8090_TCP_PROTO": "tcp", "HERALD_API_PORT_8090": "1",
+            "HERALD_APY_PORT": "8090", "PATH": "/bin",
+        ]
+        #expect(
+            NodeConfiguration.unknownEnvironmentKeys(environment) == [
+                "HERALD_API_PORT_8090", "HERALD_APY_PORT", "HERALD_KEYSTONE_CACHE_SECOND",
+            ])
+        let many = Dictionary(uniqueKeysWithValues: (0..<100).map { ("HERALD_X\($0)", "1") })
+        #expect(NodeConfiguration.unknownEnvironmentKeys(many).count == 20, "bounded")
+    }
+
+    @Test("settings that contradict each other stop start-up naming the key")
+    func contradictions() throws {
+        func refusal(_ settings: [String: String]) -> String? {
+            do {
+                _ = try NodeConfiguration.fromEnvironment(
+                    settings.merging(["HERALD_API_AUTH": "trusted-header"]) { a, _ in a })
+                return nil
+            } catch let error as ConfigurationError {
+                return error.key
+            } catch {
+                return "\(error)"
+            }
+        }
+        #expect(
+            refusal(["HERALD_DEAD_LETTERS_MAX": "500", "HERALD_DEAD_LETTERS_PROJECT_MAX": "600"])
+                == "HERALD_DEAD_LETTERS_PROJECT_MAX")
+        #expect(refusal(["HERALD_DEAD_LETTERS_MAX": "600", "HERALD_DEAD_LETTERS_PROJECT_MAX": "600"]) == nil)
+        #expect(
+            refusal(["HERALD_DELIVERY_RETRY_HORIZON": "30s", "HERALD_PARKING_RETRY_CAP_SECONDS": "60"])
+                == "HERALD_PARKING_RETRY_CAP_SECONDS")
+        #expect(refusal(["HERALD_DELIVERY_RETRY_HORIZON": "60s", "HERALD_PARKING_RETRY_CAP_SECONDS": "60"]) == nil)
+    }
+
     @Test("the README's table documents exactly the keys a configuration file or --set may name")
     func readmeMatchesDeclaration() throws {
         let documented = try Self.readmeKeys()

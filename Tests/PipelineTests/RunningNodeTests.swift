@@ -678,6 +678,54 @@ extension PipelineSuites {
                     log: "\(run.directory)/typo.log")
                 #expect(await typo.wait() != 0)
                 #expect(typo.tail().contains("HERALD_PARTITONS"), "\(typo.tail())")
+                // A misspelt key in the environment is named (a warning: other tools share the prefix).
+                var environment = try run.environment
+                environment["HERALD_PARTITONS"] = "8"
+                environment["HERALD_LOG_LEVEL"] = "info"
+                let misspelt = try ChildProcess(
+                    name: "misspelt", argv: [binary, "node"], environment: environment,
+                    log: "\(run.directory)/misspelt.log")
+                try await eventually(timeout: .seconds(20)) {
+                    guard misspelt.tail(200).contains("HERALD_PARTITONS") else { throw TestFailure(misspelt.tail()) }
+                }
+                misspelt.send(SIGTERM)
+                _ = await misspelt.wait()
+            }
+        }
+
+        @Test(
+            "a node started while Redis is down waits for it (alive, not ready, saying so) and starts once it is up, instead of exiting"
+        )
+        func waitsForRedis() async throws {
+            try await PipelineRun.with(partitions: 8) { run in
+                let port = try TestServers.freePort()
+                try await run.startNodes(1, extra: ["HERALD_REDIS_URL": "redis://127.0.0.1:\(port)/0"])
+                let log = "\(run.directory)/node-1.log"
+                try await eventually(timeout: .seconds(20)) {
+                    let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+                    guard text.contains("Redis cannot be reached at start-up") else { throw TestFailure("not yet") }
+                }
+                // Alive (the liveness probe's /healthz), not ready, and still running after a few tries.
+                try await Task.sleep(for: .seconds(4))
+                #expect(try await call(run, "node-1", .GET, "/healthz", project: nil).0 == 200)
+                #expect(try await call(run, "node-1", .GET, "/readyz", project: nil).0 == 503)
+                let server = try #require(
+                    (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin").split(separator: ":")
+                        .map { "\($0)/redis-server" }.first { FileManager.default.isExecutableFile(atPath: $0) },
+                    "redis-server on the PATH")
+                let redis = try ChildProcess(
+                    name: "redis-late",
+                    argv: [server, "--port", "\(port)", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                    environment: [:], log: "\(run.directory)/redis-late.log")
+                defer { redis.send(SIGKILL) }
+                try await eventually(timeout: .seconds(60)) {
+                    let (status, body) = try await call(run, "node-1", .GET, "/readyz", project: nil)
+                    guard status == 200 else { throw TestFailure("/readyz \(status) \(body)") }
+                }
+                try await run.stop("node-1", signal: SIGTERM)
+                #expect(run.nodes["node-1"]?.exitStatus == 0)
+                redis.send(SIGTERM)
+                _ = await redis.wait()
             }
         }
     }

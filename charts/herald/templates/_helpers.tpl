@@ -26,8 +26,8 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{/* Refuses values that would make a broken cluster, naming the value. */}}
 {{- define "herald.checks" -}}
 {{- $budget := int (default "20" (index .Values.config "HERALD_SHUTDOWN_BUDGET_SECONDS")) -}}
-{{- if le (int .Values.terminationGracePeriodSeconds) $budget -}}
-{{- fail (printf "terminationGracePeriodSeconds (%d) must exceed config.HERALD_SHUTDOWN_BUDGET_SECONDS (%d), or Kubernetes kills nodes in the middle of their handover" (int .Values.terminationGracePeriodSeconds) $budget) -}}
+{{- if lt (int .Values.terminationGracePeriodSeconds) (add $budget 10) -}}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must be at least config.HERALD_SHUTDOWN_BUDGET_SECONDS (%d) + 10 (the node's 5 s of cancellation after the budget, and a margin), or Kubernetes kills nodes in the middle of their handover" (int .Values.terminationGracePeriodSeconds) $budget) -}}
 {{- end -}}
 {{- if and .Values.autoscaling.hpa.enabled .Values.autoscaling.keda.enabled -}}
 {{- fail "autoscaling.hpa.enabled and autoscaling.keda.enabled: choose one" -}}
@@ -41,5 +41,11 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 {{- if and (not .Values.existingSecret) (or (not .Values.secret.HERALD_REDIS_URL) (not .Values.secret.HERALD_AMQP_URL)) -}}
 {{- fail "secret.HERALD_REDIS_URL and secret.HERALD_AMQP_URL are required unless existingSecret names a Secret that has them" -}}
+{{- end -}}
+{{- if and (not .Values.existingSecret) (eq (default "keystone" (index .Values.config "HERALD_API_AUTH")) "keystone") (not .Values.secret.HERALD_KEYSTONE_PASSWORD) -}}
+{{- fail "secret.HERALD_KEYSTONE_PASSWORD is required with HERALD_API_AUTH=keystone unless existingSecret names a Secret that has it" -}}
+{{- end -}}
+{{- if and (not (or .Values.autoscaling.hpa.enabled .Values.autoscaling.keda.enabled)) (gt (int .Values.replicas) $partitions) -}}
+{{- fail (printf "replicas (%d) exceeds config.HERALD_PARTITIONS (%d): nodes beyond the partition count would own nothing" (int .Values.replicas) $partitions) -}}
 {{- end -}}
 {{- end -}}

@@ -6,6 +6,8 @@ import Identity
 import Logging
 import Messaging
 import Metrics
+import NIOCore
+import NIOPosix
 import Routing
 import ServiceLifecycle
 import Synchronization
@@ -185,18 +187,22 @@ package final class HeraldNode: Sendable {
         #endif
     }
 
-    /// Waits until Redis and RabbitMQ accept a connection, asking again with a growing wait (1 s
-    /// doubling to 30 s), logged each time: a node started during an outage of either waits for
-    /// it (`/healthz` answers, `/readyz` says 503) instead of exiting into Kubernetes' growing
-    /// restart delay. Anything but a connection failure (a refused password, a bad URL) is left
-    /// to `prepare`, which stops the node naming it.
+    /// Waits until something listens where Redis and RabbitMQ should be (a TCP connection, or a
+    /// unix socket's, is accepted at one of their addresses), asking again with a growing wait
+    /// (1 s doubling to 30 s), logged each time: a node started during an outage of either waits
+    /// for it (`/healthz` answers, `/readyz` says 503) instead of exiting into Kubernetes' growing
+    /// restart delay. Only the listening is waited for: a server that answers and refuses (a
+    /// password, a vhost, a certificate, a sentinel that names no master) is left to `prepare`,
+    /// which stops the node naming it.
     /// - Returns: false when the node was told to stop meanwhile.
     func waitForBrokers() async -> Bool {
         var wait = Duration.seconds(1)
-        while let (server, error) = await unreachableBroker() {
+        while let (server, addresses) = await Self.notListening(
+            redisURL: configuration.redisURL, amqpURL: configuration.amqpURL)
+        {
             logger.warning(
-                "\(server) cannot be reached at start-up; asking again in \(Int(wait.seconds)) s",
-                metadata: [LogKey.error: "\(error)"])
+                "nothing listens where \(server) should be (\(addresses)) at start-up; asking again in \(Int(wait.seconds)) s"
+            )
             do {
                 let pause = wait
                 try await cancelWhenGracefulShutdown { try await Task.sleep(for: pause) }
@@ -208,28 +214,61 @@ package final class HeraldNode: Sendable {
         return true
     }
 
-    /// The first of Redis and RabbitMQ that refuses a connection, and why; nil when both take one
-    /// (or fail for another reason, which `prepare` reports).
-    private func unreachableBroker() async -> (String, String)? {
-        do {
-            try await withClosing(
-                RedisClient(configuration: redisConfiguration, logger: logger), close: { await $0.close() }
-            ) { client in _ = try await client.send(RedisCommand("PING")) }
-        } catch let error as CoordinationError
-            where [.connectionFailed, .connectionLost, .reconnecting].contains(error.code)
-        {
-            return ("Redis", error.description)
-        } catch {}
-        do {
-            let connection = try await AMQPConnection.connect(
-                try AMQPConfiguration(url: configuration.amqpURL), logger: logger)
-            await connection.close()
-        } catch let error as MessagingError
-            where [.connectionFailed, .connectionLost, .connectionClosed, .notConnected].contains(error.code)
-        {
-            return ("RabbitMQ", error.description)
-        } catch {}
+    /// Where to connect to see whether something listens.
+    enum ListenAddress: CustomStringConvertible {
+        case tcp(host: String, port: Int)
+        case unix(path: String)
+
+        var description: String {
+            switch self {
+            case .tcp(let host, let port): return "\(host):\(port)"
+            case .unix(let path): return "unix:\(path)"
+            }
+        }
+    }
+
+    /// The first of Redis and RabbitMQ at none of whose addresses anything accepts a connection,
+    /// with those addresses (no credentials); nil when both listen, or a URL cannot be read
+    /// (`prepare` says so).
+    static func notListening(redisURL: String, amqpURL: String) async -> (String, String)? {
+        if let redis = try? RedisConfiguration(url: redisURL) {
+            let addresses: [ListenAddress] =
+                switch redis.endpoint {
+                case .tcp(let host, let port): [.tcp(host: host, port: port)]
+                case .unix(let path): [.unix(path: path)]
+                case .sentinel(_, let sentinels): sentinels.map { .tcp(host: $0.host, port: $0.port) }
+                }
+            if !(await anyListening(addresses)) {
+                let server = if case .sentinel = redis.endpoint { "Redis's sentinels" } else { "Redis" }
+                return (server, addresses.map(\.description).joined(separator: ", "))
+            }
+        }
+        if let amqp = try? AMQPConfiguration(url: amqpURL) {
+            let addresses = amqp.endpoints.map { ListenAddress.tcp(host: $0.host, port: $0.port) }
+            if !(await anyListening(addresses)) {
+                return ("RabbitMQ", addresses.map(\.description).joined(separator: ", "))
+            }
+        }
         return nil
+    }
+
+    /// Whether one of `addresses` accepts a connection within 3 s; closed at once.
+    static func anyListening(_ addresses: [ListenAddress]) async -> Bool {
+        let bootstrap = ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton).connectTimeout(.seconds(3))
+        for address in addresses {
+            do {
+                let channel =
+                    switch address {
+                    case .tcp(let host, let port): try await bootstrap.connect(host: host, port: port).get()
+                    case .unix(let path): try await bootstrap.connect(unixDomainSocketPath: path).get()
+                    }
+                try? await channel.close()
+                return true
+            } catch {
+                continue
+            }
+        }
+        return false
     }
 
     /// Everything the node does once before its parts run: the queues' shape settled and

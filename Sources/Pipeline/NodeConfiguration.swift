@@ -336,7 +336,9 @@ package struct NodeConfiguration: Sendable {
         }
         var deadLetterBudget = DeadLetterBudget()
         deadLetterBudget.max = try integer("HERALD_DEAD_LETTERS_MAX", 20_000, 100...10_000_000)
-        deadLetterBudget.projectMax = try integer("HERALD_DEAD_LETTERS_PROJECT_MAX", 1_000, 10...1_000_000)
+        // Unset, a project's bound follows a cluster bound set below it.
+        deadLetterBudget.projectMax = try integer(
+            "HERALD_DEAD_LETTERS_PROJECT_MAX", min(1_000, deadLetterBudget.max), 10...1_000_000)
         guard deadLetterBudget.projectMax <= deadLetterBudget.max else {
             throw ConfigurationError(
                 key: "HERALD_DEAD_LETTERS_PROJECT_MAX", value: "\(deadLetterBudget.projectMax)",
@@ -406,13 +408,6 @@ package struct NodeConfiguration: Sendable {
         parking.afterAttempts = try integer("HERALD_PARKING_AFTER_ATTEMPTS", 3, 1...100)
         parking.retryBase = .seconds(try integer("HERALD_PARKING_RETRY_BASE_SECONDS", 5, 1...3600))
         parking.retryCap = .seconds(try integer("HERALD_PARKING_RETRY_CAP_SECONDS", 60, 1...86_400))
-        if parking.retryCap > parking.horizon {
-            throw ConfigurationError(
-                key: "HERALD_PARKING_RETRY_CAP_SECONDS", value: "\(Int(parking.retryCap.seconds))",
-                expected:
-                    "at most HERALD_DELIVERY_RETRY_HORIZON (\(Int(parking.horizon.seconds)) s): parked messages would reach their horizon before a retry"
-            )
-        }
         if parking.retryCap < parking.retryBase {
             throw ConfigurationError(
                 key: "HERALD_PARKING_RETRY_CAP_SECONDS", value: "\(parking.retryCap.seconds)",

@@ -122,9 +122,6 @@ package struct NodeAssembly: Sendable {
             logger: logger
         )
         groupConfiguration.maximumGracefulShutdownDuration = configuration.shutdownBudget
-        // Past the budget the services are cancelled; one that still does not end leaves the
-        // process after this, well before Kubernetes' grace period (budget + 10 s at least).
-        groupConfiguration.maximumCancellationDuration = .seconds(5)
         return NodeAssembly(
             node: node, application: application, group: ServiceGroup(configuration: groupConfiguration),
             boundPort: boundPort, redisClients: [rateLimits])

@@ -690,6 +690,17 @@ extension PipelineSuites {
                 }
                 misspelt.send(SIGTERM)
                 _ = await misspelt.wait()
+                // A server that answers and refuses (RabbitMQ refusing the password) is not waited
+                // for, as one that does not listen is: the node stops, saying why.
+                var refused = try run.environment
+                let amqp = try #require(refused["HERALD_AMQP_URL"])
+                refused["HERALD_AMQP_URL"] = amqp.replacingOccurrences(of: "guest:guest@", with: "guest:wrong@")
+                #expect(refused["HERALD_AMQP_URL"] != amqp)
+                let wrongPassword = try ChildProcess(
+                    name: "wrong-password", argv: [binary, "node"], environment: refused,
+                    log: "\(run.directory)/wrong-password.log")
+                #expect(await wrongPassword.wait() != 0)
+                #expect(!wrongPassword.tail(200).contains("nothing listens"), "\(wrongPassword.tail())")
             }
         }
 
@@ -703,7 +714,7 @@ extension PipelineSuites {
                 let log = "\(run.directory)/node-1.log"
                 try await eventually(timeout: .seconds(20)) {
                     let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
-                    guard text.contains("Redis cannot be reached at start-up") else { throw TestFailure("not yet") }
+                    guard text.contains("nothing listens where Redis should be") else { throw TestFailure("not yet") }
                 }
                 // Alive (the liveness probe's /healthz), not ready, and still running after a few tries.
                 try await Task.sleep(for: .seconds(4))

@@ -42,8 +42,8 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- if and (not .Values.existingSecret) (or (not .Values.secret.HERALD_REDIS_URL) (not .Values.secret.HERALD_AMQP_URL)) -}}
 {{- fail "secret.HERALD_REDIS_URL and secret.HERALD_AMQP_URL are required unless existingSecret names a Secret that has them" -}}
 {{- end -}}
-{{- if and (not .Values.existingSecret) (eq (default "keystone" (index .Values.config "HERALD_API_AUTH")) "keystone") (not .Values.secret.HERALD_KEYSTONE_PASSWORD) -}}
-{{- fail "secret.HERALD_KEYSTONE_PASSWORD is required with HERALD_API_AUTH=keystone unless existingSecret names a Secret that has it" -}}
+{{- if and (not .Values.existingSecret) (index .Values.config "HERALD_KEYSTONE_URL") (not .Values.secret.HERALD_KEYSTONE_PASSWORD) -}}
+{{- fail "secret.HERALD_KEYSTONE_PASSWORD is required while config.HERALD_KEYSTONE_URL is set (the node logs in for tokens, trusts and the catalog whatever HERALD_API_AUTH is), unless existingSecret names a Secret that has it; set HERALD_KEYSTONE_URL to \"\" to run without Keystone" -}}
 {{- end -}}
 {{- if and (not (or .Values.autoscaling.hpa.enabled .Values.autoscaling.keda.enabled)) (gt (int .Values.replicas) $partitions) -}}
 {{- fail (printf "replicas (%d) exceeds config.HERALD_PARTITIONS (%d): nodes beyond the partition count would own nothing" (int .Values.replicas) $partitions) -}}

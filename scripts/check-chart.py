@@ -188,24 +188,28 @@ def check_refusals():
         render(REQUIRED)
     except Exception as error:  # noqa: BLE001
         fail("the chart refused its defaults with the required secrets: %s" % error)
+    # Each with what the refusal must name: refused for its own reason, not another.
     bad_values = [
-        ({}, "no secrets (Redis, RabbitMQ, Keystone)"),
-        ({"secret": {"HERALD_KEYSTONE_PASSWORD": ""}}, "Keystone without its password"),
-        ({"replicas": 300}, "more replicas than partitions"),
-        ({"replicas": "five"}, "a string for replicas"),
-        ({"config": {"HERALD_API_AUTH": "none"}}, "an unknown HERALD_API_AUTH"),
-        ({"config": {"HERALD_NODE_ID": "x"}}, "HERALD_NODE_ID in config"),
-        ({"terminationGracePeriodSeconds": 10}, "a grace period below the budget"),
-        ({"terminationGracePeriodSeconds": 25}, "a grace period within 10 s of the budget"),
-        ({"autoscaling": {"keda": {"enabled": True, "maxReplicas": 300}}}, "KEDA beyond the partitions"),
-        ({"autoscaling": {"keda": {"enabled": True}}, "config": {"HERALD_PARTITIONS": "450"}}, "KEDA over 400 partitions"),
-        ({"replica": 3}, "a misspelt key"),
+        ({}, "no secrets (Redis, RabbitMQ, Keystone)", "secret.HERALD_REDIS_URL"),
+        ({"secret": {"HERALD_KEYSTONE_PASSWORD": ""}}, "Keystone without its password", "secret.HERALD_KEYSTONE_PASSWORD"),
+        ({"replicas": 300}, "more replicas than partitions", "replicas (300)"),
+        ({"replicas": "five"}, "a string for replicas", "/replicas"),
+        ({"config": {"HERALD_API_AUTH": "none"}}, "an unknown HERALD_API_AUTH", "HERALD_API_AUTH"),
+        ({"config": {"HERALD_NODE_ID": "x"}}, "HERALD_NODE_ID in config", "HERALD_NODE_ID"),
+        ({"terminationGracePeriodSeconds": 10}, "a grace period below the budget", "terminationGracePeriodSeconds"),
+        ({"terminationGracePeriodSeconds": 25}, "a grace period within 10 s of the budget", "terminationGracePeriodSeconds"),
+        ({"autoscaling": {"keda": {"enabled": True, "maxReplicas": 300}}}, "KEDA beyond the partitions", "autoscaling.keda.maxReplicas"),
+        ({"autoscaling": {"keda": {"enabled": True}}, "config": {"HERALD_PARTITIONS": "450"}}, "KEDA over 400 partitions", "HERALD_PARTITIONS (450)"),
+        ({"replica": 3}, "a misspelt key", "'replica'"),
     ]
-    for values, what in bad_values:
+    for values, what, named in bad_values:
         try:
             render(merged(values) if values else values)
         except Exception as error:  # noqa: BLE001
-            print("check-chart: refused %-32s %s" % (what + ":", " ".join(str(error).split())[:220]))
+            text = " ".join(str(error).split())
+            if named not in text:
+                fail("the chart refused %s for another reason (expected %r): %s" % (what, named, text[:300]))
+            print("check-chart: refused %-32s %s" % (what + ":", text[:220]))
             continue
         fail("the chart accepted %s: %s" % (what, values))
 

@@ -108,6 +108,16 @@ def check_variant(values_file, paths, keys):
         fail("%s: HERALD_NODE_ID must come from the pod name" % values_file.name)
     if str(container["ports"][0]["containerPort"]) != config["data"]["HERALD_API_PORT"]:
         fail("%s: the container port and HERALD_API_PORT differ" % values_file.name)
+    ports = {port["name"]: str(port["containerPort"]) for port in container["ports"]}
+    if ports.get("metrics") != config["data"].get("HERALD_METRICS_PORT"):
+        fail("%s: the container's metrics port and HERALD_METRICS_PORT differ" % values_file.name)
+    services = [document for _, document in documents if document["kind"] == "Service"]
+    if not any(port.get("name") == "metrics" and service["spec"].get("type", "ClusterIP") == "ClusterIP"
+               for service in services for port in service["spec"]["ports"]):
+        fail("%s: no ClusterIP Service for the metrics port" % values_file.name)
+    if any(port.get("name") == "metrics" for service in services if service["spec"].get("type") != "ClusterIP"
+           for port in service["spec"]["ports"]):
+        fail("%s: the metrics port is on a Service that is not ClusterIP" % values_file.name)
     security = container.get("securityContext", {})
     if not (pod.get("securityContext", {}).get("runAsNonRoot") and security.get("readOnlyRootFilesystem")):
         fail("%s: the pod must run as non-root with a read-only root filesystem" % values_file.name)
@@ -151,7 +161,10 @@ def check_custom_resource(values_file, path, document):
             return
     elif kind == "ServiceMonitor" and document["apiVersion"] == "monitoring.coreos.com/v1":
         endpoint = spec.get("endpoints", [{}])[0]
-        if spec.get("selector", {}).get("matchLabels") and endpoint.get("path") == "/metrics" and endpoint.get("port") == "http":
+        # It scrapes the metrics Service's port (the API's port serves no /metrics then).
+        labels = spec.get("selector", {}).get("matchLabels") or {}
+        if labels.get("app.kubernetes.io/component") == "metrics" and endpoint.get("path") == "/metrics" \
+                and endpoint.get("port") == "metrics":
             return
     elif kind == "PrometheusRule" and document["apiVersion"] == "monitoring.coreos.com/v1":
         rules = [rule for group in spec.get("groups", []) for rule in group.get("rules", [])]

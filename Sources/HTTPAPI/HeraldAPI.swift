@@ -20,6 +20,8 @@ package struct APIServices: Sendable {
     var readiness: @Sendable () async -> [String: Bool]
     /// The Prometheus text exposition of the node's metrics.
     var metrics: @Sendable () -> String
+    /// `/metrics` is served on the API's port (false: on a port of its own, `metricsRouter`).
+    package var metricsOnAPIPort = true
     /// Keystone, for subscribers' trusts (keystone mode).
     var keystone: KeystoneClient? = nil
     /// When a pre-signed URL without a trust is flagged in answers.
@@ -127,18 +129,15 @@ package struct HeraldAPI: Sendable {
     ]
     static let aliasFields: Set<String> = ["source", "target", "message_ttl"]
 
+    /// What the API's port serves (`/metrics` only while `services.metricsOnAPIPort`).
     var routes: [APIRoute] {
-        [
+        let all = [
             APIRoute(method: .get, path: "/healthz", authenticated: false) { _, _ in
                 try APIJSON.response(["status": "alive"])
             },
             APIRoute(method: .get, path: "/readyz", authenticated: false, handler: readyz),
             APIRoute(method: .get, path: "/metrics", authenticated: false) { [services] _, _ in
-                var headers = HTTPFields()
-                headers[.contentType] = "text/plain; version=0.0.4; charset=utf-8"
-                return Response(
-                    status: .ok, headers: headers,
-                    body: ResponseBody(byteBuffer: ByteBuffer(string: services.metrics())))
+                Self.metricsResponse(services)
             },
             APIRoute(method: .get, path: "/v1/openapi.json", authenticated: false) { _, _ in
                 var headers = HTTPFields()
@@ -168,6 +167,7 @@ package struct HeraldAPI: Sendable {
             APIRoute(method: .delete, path: "/v1/dead-letters", authenticated: true, handler: purgeDeadLetters),
             APIRoute(method: .get, path: "/v1/policy", authenticated: true, handler: getPolicy),
         ]
+        return services.metricsOnAPIPort ? all : all.filter { $0.path != "/metrics" }
     }
 
     /// The router: open routes as they are, the others behind `authenticator`.
@@ -193,6 +193,21 @@ package struct HeraldAPI: Sendable {
             }
         }
         return router
+    }
+
+    /// `/metrics` alone, for a port of its own (HERALD_METRICS_PORT): Prometheus reaches it
+    /// where the API's clients do not.
+    package func metricsRouter() -> Router<BasicRequestContext> {
+        let router = Router(context: BasicRequestContext.self)
+        router.get("/metrics") { [services] _, _ in Self.metricsResponse(services) }
+        return router
+    }
+
+    private static func metricsResponse(_ services: APIServices) -> Response {
+        var headers = HTTPFields()
+        headers[.contentType] = "text/plain; version=0.0.4; charset=utf-8"
+        return Response(
+            status: .ok, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(string: services.metrics())))
     }
 
     // MARK: Health

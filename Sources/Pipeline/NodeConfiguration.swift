@@ -68,6 +68,9 @@ package struct NodeConfiguration: Sendable {
     var apiHost: String
     /// HERALD_API_PORT: its port; 0 takes any free port (logged). Default 8090.
     var apiPort: Int
+    /// HERALD_METRICS_PORT: `/metrics` on a port of its own (on HERALD_API_HOST), not on the
+    /// API's; nil (unset): on the API's port.
+    var metricsPort: Int? = nil
     /// HERALD_API_AUTH: how callers are identified. `keystone` (tokens validated against
     /// Keystone) or `trusted-header` (development only: trusts `X-Project-Id` and `X-Roles`,
     /// logged as a warning at start-up). Default keystone.
@@ -134,7 +137,7 @@ package struct NodeConfiguration: Sendable {
         "HERALD_PARTITION_PREFETCH", "HERALD_QUEUE_TYPE", "HERALD_INGEST_QUEUE_MAX_MESSAGES", "HERALD_INGEST_LAYOUT",
         "HERALD_PARTITION_QUEUE_MAX_MESSAGES", "HERALD_SHUTDOWN_BUDGET_SECONDS", "HERALD_HANDOFF_DRAIN_SECONDS",
         "HERALD_HANDOFF_GIVE_BACK_SECONDS",
-        "HERALD_API_HOST", "HERALD_API_PORT",
+        "HERALD_API_HOST", "HERALD_API_PORT", "HERALD_METRICS_PORT",
         "HERALD_API_AUTH", "HERALD_LOG_LEVEL", "HERALD_LOG_FORMAT", "HERALD_KEYSTONE_URL", "HERALD_KEYSTONE_USERNAME",
         "HERALD_KEYSTONE_PASSWORD", "HERALD_KEYSTONE_PROJECT", "HERALD_KEYSTONE_USER_DOMAIN",
         "HERALD_KEYSTONE_PROJECT_DOMAIN",
@@ -498,6 +501,16 @@ package struct NodeConfiguration: Sendable {
             logFormat: string("HERALD_LOG_FORMAT", "text")
         )
         configuration.zaqarCatalog = zaqarCatalog
+        if let text = environment["HERALD_METRICS_PORT"], !text.isEmpty {
+            configuration.metricsPort = try integer("HERALD_METRICS_PORT", 0, 0...65535)
+            if configuration.metricsPort == configuration.apiPort, configuration.apiPort != 0 {
+                throw ConfigurationError(
+                    key: "HERALD_METRICS_PORT", value: text,
+                    expected:
+                        "a port other than HERALD_API_PORT (\(configuration.apiPort)); unset: /metrics on the API's port"
+                )
+            }
+        }
         configuration.zaqarAllowedURLsGiven = !(environment["HERALD_ZAQAR_ALLOWED_URLS"] ?? "").isEmpty
         try configuration.validate()
         return configuration

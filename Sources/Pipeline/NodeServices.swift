@@ -85,7 +85,9 @@ package struct NodeAssembly: Sendable {
             parking: node.parkingLedger, stats: node.stats, catalog: node.catalog,
             retryHorizon: configuration.parking.horizon, redaction: configuration.redaction
         )
-        let api = HeraldAPI(services: services)
+        var apiServices = services
+        apiServices.metricsOnAPIPort = configuration.metricsPort == nil
+        let api = HeraldAPI(services: apiServices)
         let router: Router<APIContext>
         if let keystone = node.keystone, configuration.apiAuth == .keystone {
             router = api.router(authenticator: KeystoneAuthenticator(keystone: keystone))
@@ -108,16 +110,33 @@ package struct NodeAssembly: Sendable {
             },
             logger: logger
         )
+        // Shut down in reverse order, each after the one before has finished: readiness off, the
+        // pipeline, the replay client, the API, the metrics' own listener if any (scraped to the
+        // end). (The Redis clients the API's stores share with the node are closed after the
+        // group, by `run`.)
+        var parts: [ServiceGroupConfiguration.ServiceConfiguration] = []
+        if let metricsPort = configuration.metricsPort {
+            let metricsApplication = Application(
+                router: api.metricsRouter(),
+                configuration: ApplicationConfiguration(
+                    address: .hostname(configuration.apiHost, port: metricsPort), serverName: "herald"),
+                onServerRunning: { channel in
+                    let port = channel.localAddress?.port ?? metricsPort
+                    logger.info(
+                        "metrics listening", metadata: [LogKey.apiAddress: "\(configuration.apiHost):\(port)"])
+                },
+                logger: logger
+            )
+            parts.append(.init(service: metricsApplication))
+        }
+        parts += [
+            .init(service: application),
+            .init(service: ZaqarClientService(client: zaqar, keystone: node.keystone)),
+            .init(service: PipelineService(node: node)),
+            .init(service: ShutdownNotice(node: node)),
+        ]
         var groupConfiguration = ServiceGroupConfiguration(
-            services: [
-                // Shut down in reverse order, each after the one before has finished: readiness
-                // off, the pipeline, the replay client, the API. (The Redis clients the API's
-                // stores share with the node are closed after the group, by `run`.)
-                .init(service: application),
-                .init(service: ZaqarClientService(client: zaqar, keystone: node.keystone)),
-                .init(service: PipelineService(node: node)),
-                .init(service: ShutdownNotice(node: node)),
-            ],
+            services: parts,
             gracefulShutdownSignals: signals,
             logger: logger
         )

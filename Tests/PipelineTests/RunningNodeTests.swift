@@ -704,6 +704,27 @@ extension PipelineSuites {
             }
         }
 
+        @Test("with HERALD_METRICS_PORT, /metrics answers there and no longer on the API's port")
+        func metricsPort() async throws {
+            try await PipelineRun.with(partitions: 8) { run in
+                let metricsPort = try TestServers.freePort()
+                try await run.startNodes(1, extra: ["HERALD_METRICS_PORT": "\(metricsPort)"], as: .inProcess)
+                try await eventually(timeout: .seconds(30)) {
+                    let (status, body) = try await call(run, "node-1", .GET, "/readyz", project: nil)
+                    guard status == 200 else { throw TestFailure("/readyz \(status) \(body)") }
+                }
+                #expect(try await call(run, "node-1", .GET, "/metrics", project: nil).0 == 404)
+                let response = try await HTTPClient.shared.execute(
+                    HTTPClientRequest(url: "http://127.0.0.1:\(metricsPort)/metrics"), timeout: .seconds(10))
+                let body = String(buffer: try await response.body.collect(upTo: 4 << 20))
+                #expect(response.status.code == 200)
+                #expect(body.contains("herald_ready 1"), "\(body.prefix(500))")
+                let other = try await HTTPClient.shared.execute(
+                    HTTPClientRequest(url: "http://127.0.0.1:\(metricsPort)/v1/subscriptions"), timeout: .seconds(10))
+                #expect(other.status.code == 404, "the metrics port serves nothing else")
+            }
+        }
+
         @Test(
             "a node started while Redis is down waits for it (alive, not ready, saying so) and starts once it is up, instead of exiting"
         )

@@ -14,7 +14,8 @@ struct Check: AsyncParsableCommand {
 
     @OptionGroup var servers: ServerOptions
     @Option(help: "The cluster's Redis key prefix: the key the check writes is under it. Env: HERALD_KEY_PREFIX.")
-    var keyPrefix: String = ProcessInfo.processInfo.environment["HERALD_KEY_PREFIX"] ?? "herald:"
+    var keyPrefix: String =
+        ProcessInfo.processInfo.environment["HERALD_KEY_PREFIX"].flatMap { $0.isEmpty ? nil : $0 } ?? "herald:"
 
     func run() async throws {
         var logger = Logger(label: "herald.check")

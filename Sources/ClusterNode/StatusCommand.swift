@@ -17,7 +17,8 @@ struct Status: AsyncParsableCommand {
 
     @OptionGroup var servers: ServerOptions
     @Option(help: "Redis key prefix. Env: HERALD_KEY_PREFIX.")
-    var keyPrefix: String = ProcessInfo.processInfo.environment["HERALD_KEY_PREFIX"] ?? "herald:"
+    var keyPrefix: String =
+        ProcessInfo.processInfo.environment["HERALD_KEY_PREFIX"].flatMap { $0.isEmpty ? nil : $0 } ?? "herald:"
     @Option(help: "The cluster's name in its AMQP names. Env: HERALD_CLUSTER; default: the key prefix without its ':'.")
     var cluster: String?
     @Option(help: "P, when no assignment is stored yet. Env: HERALD_PARTITIONS.")

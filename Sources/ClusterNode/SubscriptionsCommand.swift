@@ -14,7 +14,8 @@ struct Subscriptions: AsyncParsableCommand {
         @Option(help: "Redis URL. Env: HERALD_REDIS_URL.")
         var redisURL: String = ProcessInfo.processInfo.environment["HERALD_REDIS_URL"] ?? "redis://127.0.0.1:6379/0"
         @Option(help: "Redis key prefix. Env: HERALD_KEY_PREFIX.")
-        var keyPrefix: String = ProcessInfo.processInfo.environment["HERALD_KEY_PREFIX"] ?? "herald:"
+        var keyPrefix: String =
+            ProcessInfo.processInfo.environment["HERALD_KEY_PREFIX"].flatMap { $0.isEmpty ? nil : $0 } ?? "herald:"
 
         func registry() throws -> SubscriptionRegistry {
             do {

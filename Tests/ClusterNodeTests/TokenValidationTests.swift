@@ -141,17 +141,23 @@ struct TokenRuleTests {
         #expect(warned == KeystoneClient.untrustedForwarderWarnings - 1, "bounded: anyone can send the header")
     }
 
+    /// A Keystone that holds every request until told, and a client of it asking at most
+    /// `validationsInFlight` validations at once.
+    static func stallingKeystone(validationsInFlight: Int) async throws -> (HostileZaqar, KeystoneClient) {
+        let keystone = try await HostileZaqar { _ in .stall }
+        var configuration = KeystoneConfiguration(
+            url: keystone.url + "/v3", username: "herald", password: "p", project: "service", userDomain: "Default",
+            projectDomain: "Default", cacheTTL: .seconds(60))
+        configuration.validationsInFlight = validationsInFlight
+        return (keystone, KeystoneClient(configuration: configuration, logger: Logger(label: "test")))
+    }
+
     @Test(
         "past the validations Keystone is asked at once (every source together), a token not in the cache is a 503 at once, not a wait behind them"
     )
     func validationsInFlight() async throws {
         // A Keystone that holds every request until told: the first four stay in flight.
-        let keystone = try await HostileZaqar { _ in .stall }
-        var configuration = KeystoneConfiguration(
-            url: keystone.url + "/v3", username: "herald", password: "p", project: "service", userDomain: "Default",
-            projectDomain: "Default", cacheTTL: .seconds(60))
-        configuration.validationsInFlight = 4
-        let client = KeystoneClient(configuration: configuration, logger: Logger(label: "test"))
+        let (keystone, client) = try await Self.stallingKeystone(validationsInFlight: 4)
         let outcomes = await withTaskGroup(of: String.self) { group in
             // Forty sources, each well within its own limit.
             for n in 0..<40 {
@@ -185,13 +191,7 @@ struct TokenRuleTests {
         #expect(ValidationRateLimit.network("2001:db8:1:2::1") != ValidationRateLimit.network("2001:db8:2::1"))
         #expect(ValidationRateLimit.network("::ffff:10.0.0.1") == "10.0.0.1")
         #expect(ValidationRateLimit.network("10.0.0.1") == "10.0.0.1")
-        // A Keystone that holds every request until told.
-        let keystone = try await HostileZaqar { _ in .stall }
-        var configuration = KeystoneConfiguration(
-            url: keystone.url + "/v3", username: "herald", password: "p", project: "service", userDomain: "Default",
-            projectDomain: "Default", cacheTTL: .seconds(60))
-        configuration.validationsInFlight = 16
-        let client = KeystoneClient(configuration: configuration, logger: Logger(label: "test"))
+        let (keystone, client) = try await Self.stallingKeystone(validationsInFlight: 16)
         #expect(client.networkShare == 4)
         let outcomes = await withTaskGroup(of: (String, String).self) { group in
             // Forty /64s of one /48, each well within its own limit, and one source elsewhere.

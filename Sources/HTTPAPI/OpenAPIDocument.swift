@@ -164,7 +164,7 @@ package enum OpenAPIDocument {
               }
             },
             "/metrics": {
-              "get": {"summary": "Prometheus text exposition.", "responses": {"200": {"description": "Metrics.", "content": {"text/plain": {"schema": {"type": "string"}}}}}}
+              "get": {"summary": "Prometheus text exposition (on HERALD_METRICS_PORT instead, and not here, when that is set).", "responses": {"200": {"description": "Metrics.", "content": {"text/plain": {"schema": {"type": "string"}}}}}}
             },
             "/v1/openapi.json": {
               "get": {"summary": "This document.", "responses": {"200": {"description": "OpenAPI 3.1.", "content": {"application/json": {"schema": {"type": "object"}}}}}}

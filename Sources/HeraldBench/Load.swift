@@ -144,6 +144,11 @@ struct Load: AsyncParsableCommand {
         for setting in nodeSettings where !setting.hasPrefix("HERALD_") || !setting.contains("=") {
             throw ValidationError("--node-set '\(setting)': expected HERALD_KEY=VALUE")
         }
+        if nodeSettings.contains(where: { $0.hasPrefix("HERALD_METRICS_PORT=") }) {
+            throw ValidationError(
+                "--node-set HERALD_METRICS_PORT: the harness reads each node's /metrics on its API port (and every node would take the same port)"
+            )
+        }
     }
 
     /// The real Zaqar of `--sink`, nil for the built-in sink.

@@ -345,7 +345,7 @@ extension LoadRun {
             var request = HTTPClientRequest(url: "http://127.0.0.1:\(node.apiPort)/metrics")
             request.method = .GET
             guard let response = try? await HTTPClient.shared.execute(request, timeout: .seconds(2)),
-                let body = try? await response.body.collect(upTo: 8 << 20)
+                response.status == .ok, let body = try? await response.body.collect(upTo: 8 << 20)
             else { continue }
             for line in String(buffer: body).split(separator: "\n")
             where line.hasPrefix(name + " ") || line.hasPrefix(name + "{") {

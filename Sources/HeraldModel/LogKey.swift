@@ -20,6 +20,7 @@ public enum LogKey {
     public static let amqpTopology = "amqp.topology"
     public static let apiAddress = "api.address"
     public static let apiPeer = "api.peer"
+    public static let metricsAddress = "metrics.address"
     public static let configurationKey = "configuration.key"
     public static let auditAction = "audit.action"
     public static let auditInitiatorProject = "audit.initiator.project"

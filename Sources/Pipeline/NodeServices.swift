@@ -123,7 +123,7 @@ package struct NodeAssembly: Sendable {
                 onServerRunning: { channel in
                     let port = channel.localAddress?.port ?? metricsPort
                     logger.info(
-                        "metrics listening", metadata: [LogKey.apiAddress: "\(configuration.apiHost):\(port)"])
+                        "metrics listening", metadata: [LogKey.metricsAddress: "\(configuration.apiHost):\(port)"])
                 },
                 logger: logger
             )

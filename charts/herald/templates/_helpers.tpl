@@ -19,6 +19,16 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 
+{{/* The metrics port: a default for releases upgraded with --reuse-values from a chart without it. */}}
+{{- define "herald.metricsPort" -}}
+{{- default 9102 .Values.service.metricsPort -}}
+{{- end -}}
+
+{{/* The metrics Service's name: the fullname cut to leave room for "-metrics" (63 at most). */}}
+{{- define "herald.metricsServiceName" -}}
+{{- printf "%s-metrics" (include "herald.fullname" . | trunc 55 | trimSuffix "-") -}}
+{{- end -}}
+
 {{- define "herald.secretName" -}}
 {{- default (include "herald.fullname" .) .Values.existingSecret -}}
 {{- end -}}
@@ -28,6 +38,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- $budget := int (default "20" (index .Values.config "HERALD_SHUTDOWN_BUDGET_SECONDS")) -}}
 {{- if lt (int .Values.terminationGracePeriodSeconds) (add $budget 10) -}}
 {{- fail (printf "terminationGracePeriodSeconds (%d) must be at least config.HERALD_SHUTDOWN_BUDGET_SECONDS (%d) + 10 (the node's 5 s of cancellation after the budget, and a margin), or Kubernetes kills nodes in the middle of their handover" (int .Values.terminationGracePeriodSeconds) $budget) -}}
+{{- end -}}
+{{- if eq (int (include "herald.metricsPort" .)) (int .Values.service.port) -}}
+{{- fail (printf "service.metricsPort (%d) must differ from service.port: /metrics has a port of its own" (int .Values.service.port)) -}}
 {{- end -}}
 {{- if and .Values.autoscaling.hpa.enabled .Values.autoscaling.keda.enabled -}}
 {{- fail "autoscaling.hpa.enabled and autoscaling.keda.enabled: choose one" -}}

@@ -206,6 +206,7 @@ def check_refusals():
         ({}, "no secrets (Redis, RabbitMQ, Keystone)", "secret.HERALD_REDIS_URL"),
         ({"secret": {"HERALD_KEYSTONE_PASSWORD": ""}}, "Keystone without its password", "secret.HERALD_KEYSTONE_PASSWORD"),
         ({"replicas": 300}, "more replicas than partitions", "replicas (300)"),
+        ({"service": {"port": 8090, "metricsPort": 8090}}, "the metrics port on the API's", "service.metricsPort"),
         ({"replicas": "five"}, "a string for replicas", "/replicas"),
         ({"config": {"HERALD_API_AUTH": "none"}}, "an unknown HERALD_API_AUTH", "HERALD_API_AUTH"),
         ({"config": {"HERALD_NODE_ID": "x"}}, "HERALD_NODE_ID in config", "HERALD_NODE_ID"),

@@ -145,7 +145,7 @@ package final class KeystoneClient: Sendable {
     private struct State {
         var service: ServiceToken?
         /// Validations in flight by the network they came from (`ValidationRateLimit.network`):
-        /// no more entries than validations in flight.
+        /// no more entries than callers waiting on a validation (each removes its own).
         var networksInFlight: [String: Int] = [:]
         /// The login under way, which every caller needing a new service token awaits: a node
         /// starting with many trusts to serve logs in once, not once per trust.
@@ -486,7 +486,7 @@ package final class KeystoneClient: Sendable {
         }
         if first {
             logger.warning(
-                "a peer that is not a trusted proxy sends X-Forwarded-For: the header is ignored; if this peer is your ingress or load balancer, every client behind it shares one limit on unknown tokens (HERALD_KEYSTONE_VALIDATIONS_PER_SECOND): add its address or range to HERALD_TRUSTED_PROXIES",
+                "a peer that is not a trusted proxy sends X-Forwarded-For: the header is ignored; if this peer is your ingress or load balancer, every client behind it shares one limit on unknown tokens (HERALD_KEYSTONE_VALIDATIONS_PER_SECOND) and one network's share (a quarter) of the validations in flight: add its address or range to HERALD_TRUSTED_PROXIES",
                 metadata: [LogKey.apiPeer: "\(SafeText.clean(peer, limit: 64))"])
         }
         return first
@@ -897,10 +897,18 @@ package final class KeystoneClient: Sendable {
     ) -> (renew: ContinuousClock.Instant, expires: ContinuousClock.Instant, lifetime: Duration) {
         let token = body["token"] as? [String: Any]
         let expiresAt = expiry(token?["expires_at"] as? String)
-        // Keystone's numbers, bounded before they become durations (a day at most).
-        let left = min(max(0, expiresAt?.timeIntervalSinceNow ?? 600), 86_400)
+        let issuedAt = expiry(token?["issued_at"] as? String)
+        // Keystone's own clock when it gives both (the token was just issued: a rescoped one
+        // keeps its parent's expiry), so Herald's clock being off does not shorten it; bounded
+        // before it becomes a duration (a day at most).
+        let left: Double
+        if let expiresAt, let issuedAt {
+            left = min(max(0, expiresAt.timeIntervalSince(issuedAt)), 86_400)
+        } else {
+            left = min(max(0, expiresAt?.timeIntervalSinceNow ?? 600), 86_400)
+        }
         var lifetime = left
-        if let expiresAt, let issuedAt = expiry(token?["issued_at"] as? String) {
+        if let expiresAt, let issuedAt {
             lifetime = min(max(left, expiresAt.timeIntervalSince(issuedAt)), 86_400)
         }
         return (now + .seconds(max(0, left - 60)), now + .seconds(left), .seconds(lifetime))

@@ -66,6 +66,8 @@ struct ConfigurationKeysTests {
             "HERALD_DEAD_LETTERS_MAX": "500", "HERALD_API_AUTH": "trusted-header",
         ])
         #expect(lowered.deadLetterBudget.projectMax == 500)
+        #expect(refusal(["HERALD_API_PORT": "8090", "HERALD_METRICS_PORT": "8090"]) == "HERALD_METRICS_PORT")
+        #expect(refusal(["HERALD_API_PORT": "8090", "HERALD_METRICS_PORT": "9102"]) == nil)
     }
 
     @Test("the README's table documents exactly the keys a configuration file or --set may name")

@@ -271,6 +271,7 @@ extension APISuites {
                 #expect(try await isTrustToken(try #require(renewed[number]), of: entry.letter, keystone))
             }
             #expect(client.serviceLoginCount == 3, "one login for the six")
+            #expect(client.serviceCheckCount >= 2, "the 404s were checked, whatever was confirmed moments before")
 
             // A trust's token expires with the service token it was made from: with 9 minutes of
             // a one-hour token left (less than its 10-minute minimum), a new login comes first.

@@ -217,6 +217,8 @@ struct TokenRuleTests {
         let refused = outcomes.filter { $0.1.contains("4 tokens from your network at once") }
         #expect(refused.count == 36, "\(Set(outcomes.map(\.1)))")
         #expect(refused.allSatisfy { $0.0.hasPrefix("2001:db8:1:") })
+        let elsewhere = outcomes.filter { $0.0 == "2001:db8:2::1" }.map(\.1)
+        #expect(elsewhere.count == 1 && !elsewhere[0].contains("at once already"), "\(elsewhere)")
         await keystone.close()
     }
 

@@ -10,7 +10,8 @@ helm binary) for every values file in charts/herald/ci, and check what comes out
 - what schemas cannot see: probes point at paths the API serves (read from the OpenAPI
   document), liveness does not depend on the brokers, the grace period exceeds the
   shutdown budget by 10 s, every HERALD_* key exists in the README's configuration table, the
-  node id comes from the pod name, KEDA never scales beyond the partition count;
+  node id comes from the pod name, KEDA never scales beyond the partition count, either
+  autoscaler adds or removes one node at a time;
 - a broken template fails to render.
 
 Exit status 1 and a message naming the file and the problem on the first failure.
@@ -126,6 +127,18 @@ def check_variant(values_file, paths, keys):
     scaled = kinds.get("ScaledObject")
     if scaled and scaled["spec"]["maxReplicaCount"] > int(config["data"].get("HERALD_PARTITIONS", "256")):
         fail("%s: KEDA may scale beyond the partition count" % values_file.name)
+    # One node at a time both ways: each change moves about P/n partitions.
+    autoscalers = []
+    if scaled:
+        advanced = scaled["spec"].get("advanced", {}).get("horizontalPodAutoscalerConfig", {})
+        autoscalers.append(("KEDA", advanced.get("behavior", {})))
+    if "HorizontalPodAutoscaler" in kinds:
+        autoscalers.append(("the HPA", kinds["HorizontalPodAutoscaler"]["spec"].get("behavior", {})))
+    for scaler, behavior in autoscalers:
+        for direction in ("scaleUp", "scaleDown"):
+            policies = behavior.get(direction, {}).get("policies", [])
+            if not policies or any(policy.get("type") != "Pods" or policy.get("value") != 1 for policy in policies):
+                fail("%s: %s may add or remove more than one node at a time (%s)" % (values_file.name, scaler, direction))
     if scaled:
         # The trigger sums the backlog more nodes can drain: every ingest and partition queue of
         # this cluster, nothing else (parking queues, the dead letters, another cluster's).

@@ -176,14 +176,10 @@ package struct ValidationRateLimit: Sendable {
     /// An IPv6 address's first `bytes` bytes (`2001.db8.1/48`), a mapped IPv4 address as IPv4,
     /// anything else as it is.
     private static func prefix(_ source: String, bytes count: Int) -> String {
-        guard source.contains(":") else { return source }
-        var address = in6_addr()
-        guard inet_pton(AF_INET6, source, &address) == 1 else { return source }
-        return withUnsafeBytes(of: &address) { bytes -> String in
-            let mapped = bytes.prefix(10).allSatisfy { $0 == 0 } && bytes[10] == 0xFF && bytes[11] == 0xFF
-            if mapped { return bytes.suffix(4).map { String($0) }.joined(separator: ".") }
-            return bytes.prefix(count).map { String($0, radix: 16) }.joined(separator: ".") + "/\(count * 8)"
-        }
+        guard source.contains(":"), let bytes = AddressRanges.bytes(source) else { return source }
+        // AddressRanges reads an IPv4-mapped address as its 4 bytes.
+        if bytes.count == 4 { return bytes.map { String($0) }.joined(separator: ".") }
+        return bytes.prefix(count).map { String($0, radix: 16) }.joined(separator: ".") + "/\(count * 8)"
     }
 
     private mutating func makeRoom(now: ContinuousClock.Instant) {

@@ -300,7 +300,6 @@ package final class KeystoneClient: Sendable {
             throw .invalid("longer than \(Self.maxTokenBytes) bytes; no Keystone token is")
         }
         let now = instant()
-        let network = ValidationRateLimit.network(source)
         let known = state.withLock { state -> Result<Caller?, Failure> in
             if let entry = state.cache[token], entry.until > now { return .success(entry.caller) }
             if let refused = state.refused[token] {
@@ -310,22 +309,27 @@ package final class KeystoneClient: Sendable {
             // Taken before Keystone is asked, given back unless Keystone refuses the token: many
             // unknown tokens sent at once from one source cannot all reach Keystone.
             if let wait = state.rateLimit.take(source, now: now) { return .failure(.throttled(wait)) }
-            // One network (an IPv6 /48, which holds 65,536 sources of their own) holds at most its
-            // share of the validations in flight: the rest stay for everyone else's new tokens.
-            guard state.networksInFlight[network, default: 0] < networkShare else {
-                state.rateLimit.refund(source, now: now)
-                return .failure(
-                    .unavailable(
-                        "Keystone is checking \(networkShare) tokens from your network at once already (a quarter of HERALD_KEYSTONE_VALIDATIONS_IN_FLIGHT); try again in a moment"
-                    ))
-            }
-            state.networksInFlight[network, default: 0] += 1
             return .success(nil)
         }
         switch known {
         case .success(let caller?): return caller
         case .success(nil): break
         case .failure(let failure): throw failure
+        }
+        // One network (an IPv6 /48, which holds 65,536 sources of their own) holds at most its
+        // share of the validations in flight: the rest stay for everyone else's new tokens. (Only
+        // for a token Keystone is to be asked about: a cached one costs no address parsing.)
+        let network = ValidationRateLimit.network(source)
+        let admitted = state.withLock { state in
+            guard state.networksInFlight[network, default: 0] < networkShare else { return false }
+            state.networksInFlight[network, default: 0] += 1
+            return true
+        }
+        guard admitted else {
+            refund(source)
+            throw .unavailable(
+                "Keystone is checking \(networkShare) tokens from your network at once already (a quarter of HERALD_KEYSTONE_VALIDATIONS_IN_FLIGHT); try again in a moment"
+            )
         }
         defer {
             state.withLock { state in
@@ -891,7 +895,7 @@ package final class KeystoneClient: Sendable {
     }
 
     /// When a token Keystone issued is renewed (a minute before it expires), when it expires
-    /// (10 minutes from `now` when Keystone gives no expiry), and how long it was issued for.
+    /// (10 minutes from `now` when Keystone gives no expiry), and how long it lives.
     private static func tokenTimes(
         of body: [String: Any], now: ContinuousClock.Instant
     ) -> (renew: ContinuousClock.Instant, expires: ContinuousClock.Instant, lifetime: Duration) {
@@ -907,11 +911,8 @@ package final class KeystoneClient: Sendable {
         } else {
             left = min(max(0, expiresAt?.timeIntervalSinceNow ?? 600), 86_400)
         }
-        var lifetime = left
-        if let expiresAt, let issuedAt {
-            lifetime = min(max(left, expiresAt.timeIntervalSince(issuedAt)), 86_400)
-        }
-        return (now + .seconds(max(0, left - 60)), now + .seconds(left), .seconds(lifetime))
+        // Just issued (or rescoped from a token that was), what it has left is its lifetime.
+        return (now + .seconds(max(0, left - 60)), now + .seconds(left), .seconds(left))
     }
 }
 

@@ -34,6 +34,20 @@ extension APISuites {
             return configuration
         }
 
+        /// The error `client.trustToken` ends with; nil, and an issue recorded naming `given`, when
+        /// it gives a token instead.
+        func trustTokenError(
+            _ client: KeystoneClient, _ trust: String, fresh: Bool = false, given: Comment
+        ) async -> ZaqarTokenError? {
+            do {
+                _ = try await client.trustToken(trust, fresh: fresh)
+            } catch {
+                return error
+            }
+            Issue.record(given)
+            return nil
+        }
+
         /// The harness's API behind Keystone.
         func application(_ client: KeystoneClient) -> some ApplicationProtocol {
             var services = harness.api.services
@@ -146,15 +160,8 @@ extension APISuites {
                 // A trust Keystone has not got is gone: said once by Keystone, then remembered for a
                 // while, so deliveries to it cost no login each.
                 for _ in 0..<3 {
-                    do {
-                        _ = try await client.trustToken(trust)
-                        Issue.record("a token for a deleted trust")
-                    } catch {
-                        guard case ZaqarTokenError.refused = error else {
-                            Issue.record("\(error)")
-                            continue
-                        }
-                    }
+                    let failure = await trustTokenError(client, trust, given: "a token for a deleted trust")
+                    #expect(failure == nil || failure?.isRefused == true, "\(String(describing: failure))")
                 }
                 let asked = client.trustTokenCount
                 _ = try? await client.trustToken(trust)
@@ -178,14 +185,7 @@ extension APISuites {
                 configuration: configuration(keystone), logger: Logger(label: "test"), clock: ElapsedClock(clock))
             let trusts = (0..<5).map { String(repeating: "\($0)", count: 32) }
             func refused(_ trust: String) async -> Bool {
-                do {
-                    _ = try await client.trustToken(trust)
-                    return false
-                } catch {
-                    if case ZaqarTokenError.refused = error { return true }
-                    Issue.record("\(error)")
-                    return false
-                }
+                await trustTokenError(client, trust, given: "a token for trust \(trust)")?.isRefused == true
             }
             for trust in trusts { #expect(await refused(trust)) }
             #expect(client.serviceLoginCount == 1, "Herald's own token, got once")
@@ -301,15 +301,9 @@ extension APISuites {
             #expect(client.passwordTrustTokenCount == 2, "the second asked with the password at once")
             #expect(client.serviceCheckCount == 0, "the password's answer told: no validation needed")
             // A trust gone is still told apart: refused, not Herald's trouble.
-            do {
-                _ = try await client.trustToken(String(repeating: "7", count: 32))
-                Issue.record("a token for a trust Keystone has not got")
-            } catch {
-                guard case ZaqarTokenError.refused = error else {
-                    Issue.record("\(error)")
-                    return
-                }
-            }
+            let failure = await trustTokenError(
+                client, String(repeating: "7", count: 32), given: "a token for a trust Keystone has not got")
+            #expect(failure == nil || failure?.isRefused == true, "\(String(describing: failure))")
         }
 
         @Test(
@@ -335,14 +329,10 @@ extension APISuites {
                 json: ["user": ["password": "changed-\(keystone.suffix)"]])
             #expect(changed == 200)
             clock.advance(by: .seconds(6))
-            do {
-                _ = try await client.trustToken(trust, fresh: true)
-                Issue.record("a trust token with a changed password")
-            } catch {
-                guard case ZaqarTokenError.unavailable(let reason) = error else {
-                    Issue.record("the trust was taken as gone: \(error)")
-                    return
-                }
+            if let failure = await trustTokenError(
+                client, trust, fresh: true, given: "a trust token with a changed password")
+            {
+                let reason = try #require(failure.unavailableReason, "the trust was taken as gone: \(failure)")
                 #expect(reason.contains("service user"), "\(reason)")
                 #expect(!reason.contains("svc-"), "the user's name is the operator's: \(reason)")
             }
@@ -371,32 +361,35 @@ extension APISuites {
             // problem (a password the operator fixes), not the trust's end: retried and parked,
             // never dead-lettered as a trust gone.
             clock.advance(by: .seconds(16))
-            do {
-                _ = try await client.trustToken("0123456789abcdef0123456789abcdef")
-                Issue.record("a token with a wrong password")
-            } catch {
-                guard case ZaqarTokenError.unavailable(let reason) = error else {
-                    Issue.record("\(error)")
-                    return
-                }
+            if let failure = await trustTokenError(
+                client, "0123456789abcdef0123456789abcdef", given: "a token with a wrong password")
+            {
+                let reason = try #require(failure.unavailableReason, "\(failure)")
                 #expect(reason.contains("service user"), "\(reason)")
             }
             #expect(client.serviceLoginCount == 2)
             // Remembered: the next trusts' tokens are not asked for.
             let asked = client.trustTokenCount
             for trust in ["a", "b", "c"].map({ String(repeating: $0, count: 32) }) {
-                do {
-                    _ = try await client.trustToken(trust)
-                    Issue.record("a token with a wrong password")
-                } catch {
-                    guard case ZaqarTokenError.unavailable = error else {
-                        Issue.record("\(error)")
-                        continue
-                    }
-                }
+                let failure = await trustTokenError(client, trust, given: "a token with a wrong password")
+                #expect(failure == nil || failure?.unavailableReason != nil, "\(String(describing: failure))")
             }
             #expect(client.trustTokenCount == asked, "Keystone not asked again")
             #expect(client.serviceLoginCount == 2)
         }
+    }
+}
+
+extension ZaqarTokenError {
+    /// Keystone (or Herald's memory of it) says the trust is gone.
+    var isRefused: Bool {
+        if case .refused = self { return true }
+        return false
+    }
+
+    /// The reason, when Herald could not ask (Keystone down, Herald's own login refused).
+    var unavailableReason: String? {
+        if case .unavailable(let reason) = self { return reason }
+        return nil
     }
 }

@@ -198,7 +198,7 @@ package final class HeraldNode: Sendable {
     func waitForBrokers() async -> Bool {
         var wait = Duration.seconds(1)
         while let (server, addresses) = await Self.notListening(
-            redisURL: configuration.redisURL, amqpURL: configuration.amqpURL)
+            redis: redisConfiguration, amqpURL: configuration.amqpURL)
         {
             logger.warning(
                 "nothing listens where \(server) should be (\(addresses)) at start-up; asking again in \(Int(wait.seconds)) s"
@@ -228,20 +228,18 @@ package final class HeraldNode: Sendable {
     }
 
     /// The first of Redis and RabbitMQ at none of whose addresses anything accepts a connection,
-    /// with those addresses (no credentials); nil when both listen, or a URL cannot be read
-    /// (`prepare` says so).
-    static func notListening(redisURL: String, amqpURL: String) async -> (String, String)? {
-        if let redis = try? RedisConfiguration(url: redisURL) {
-            let addresses: [ListenAddress] =
-                switch redis.endpoint {
-                case .tcp(let host, let port): [.tcp(host: host, port: port)]
-                case .unix(let path): [.unix(path: path)]
-                case .sentinel(_, let sentinels): sentinels.map { .tcp(host: $0.host, port: $0.port) }
-                }
-            if !(await anyListening(addresses)) {
-                let server = if case .sentinel = redis.endpoint { "Redis's sentinels" } else { "Redis" }
-                return (server, addresses.map(\.description).joined(separator: ", "))
+    /// with those addresses (no credentials); nil when both listen, or the AMQP URL cannot be
+    /// read (`prepare` says so).
+    static func notListening(redis: RedisConfiguration, amqpURL: String) async -> (String, String)? {
+        let redisAddresses: [ListenAddress] =
+            switch redis.endpoint {
+            case .tcp(let host, let port): [.tcp(host: host, port: port)]
+            case .unix(let path): [.unix(path: path)]
+            case .sentinel(_, let sentinels): sentinels.map { .tcp(host: $0.host, port: $0.port) }
             }
+        if !(await anyListening(redisAddresses)) {
+            let server = if case .sentinel = redis.endpoint { "Redis's sentinels" } else { "Redis" }
+            return (server, redisAddresses.map(\.description).joined(separator: ", "))
         }
         if let amqp = try? AMQPConfiguration(url: amqpURL) {
             let addresses = amqp.endpoints.map { ListenAddress.tcp(host: $0.host, port: $0.port) }

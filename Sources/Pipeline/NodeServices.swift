@@ -68,7 +68,7 @@ package struct NodeAssembly: Sendable {
             requestTimeout: configuration.deliveryTimeout, tokens: node.keystone, caFile: configuration.zaqarCAFile)
         let gauges = NodeGauges(registry: metrics)
         let rateLimits = RedisClient(configuration: try RedisConfiguration(url: configuration.redisURL), logger: logger)
-        let services = APIServices(
+        var services = APIServices(
             registry: node.registry, deadLetters: node.deadLetters, defaultZaqarURL: configuration.zaqarURL,
             deliver: { target, message in try await zaqar.post(target, messages: [message]) },
             readiness: { node.readiness() },
@@ -85,9 +85,8 @@ package struct NodeAssembly: Sendable {
             parking: node.parkingLedger, stats: node.stats, catalog: node.catalog,
             retryHorizon: configuration.parking.horizon, redaction: configuration.redaction
         )
-        var apiServices = services
-        apiServices.metricsOnAPIPort = configuration.metricsPort == nil
-        let api = HeraldAPI(services: apiServices)
+        services.metricsOnAPIPort = configuration.metricsPort == nil
+        let api = HeraldAPI(services: services)
         let router: Router<APIContext>
         if let keystone = node.keystone, configuration.apiAuth == .keystone {
             router = api.router(authenticator: KeystoneAuthenticator(keystone: keystone))

@@ -11,27 +11,23 @@ struct RedisSentinelTests {
     /// Waits until every sentinel names the same master, which says it is one, twice 2 s apart.
     static func settled(_ configuration: RedisConfiguration) async throws {
         guard case .sentinel(let name, let sentinels) = configuration.endpoint else { return }
-        func masters() async throws -> Set<String> {
-            var named = Set<String>()
-            for sentinel in sentinels {
-                var direct = configuration
-                direct.endpoint = .tcp(host: sentinel.host, port: sentinel.port)
-                direct.password = configuration.sentinelPassword
-                direct.user = nil
-                let client = RedisClient(configuration: direct)
-                let reply = try await client.send("SENTINEL", "get-master-addr-by-name", name)
-                await client.close()
-                named.insert(reply.array?.compactMap(\.string).joined(separator: ":") ?? "")
-            }
-            return named
+        // Each sentinel asked alone, as the client asks them (`HiredisContext.masterAddress`).
+        func masters() throws -> Set<String> {
+            Set(
+                try sentinels.map { sentinel in
+                    var one = configuration
+                    one.endpoint = .sentinel(master: name, sentinels: [sentinel])
+                    let (host, port) = try HiredisContext.masterAddress(one)
+                    return "\(host):\(port)"
+                })
         }
         try await eventually(timeout: .seconds(60)) {
-            let first = try await masters()
+            let first = try masters()
             guard first.count == 1, let master = first.first, !master.isEmpty else {
                 throw TestFailure("the sentinels name \(first)")
             }
             try await Task.sleep(for: .seconds(2))
-            guard try await masters() == first else { throw TestFailure("the sentinels moved on from \(master)") }
+            guard try masters() == first else { throw TestFailure("the sentinels moved on from \(master)") }
             let client = RedisClient(configuration: configuration)
             defer { Task { await client.close() } }
             guard try await client.send("ROLE").array?.first?.string == "master" else {

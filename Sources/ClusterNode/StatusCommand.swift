@@ -42,6 +42,9 @@ struct Status: AsyncParsableCommand {
 
     func validate() throws {
         guard (0...100_000).contains(top) else { throw ValidationError("--top: from 0 to 100000, not \(top)") }
+        guard (1...65_536).contains(partitions) else {
+            throw ValidationError("--partitions (HERALD_PARTITIONS): from 1 to 65536, not \(partitions)")
+        }
         guard signedURLWindow >= 0 else {
             throw ValidationError(
                 "--signed-url-window (HERALD_SIGNED_URL_RENEW_SECONDS): 0 or more, not \(signedURLWindow)")

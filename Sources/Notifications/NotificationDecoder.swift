@@ -176,6 +176,31 @@ public enum NotificationDecoder {
         try decodeSlowly(body)
     }
 
+    /// Events of one Ceilometer list as a list of their own (`event_type` "event", the list's
+    /// `_context_project_id`, the events as `payload`), which `decode` reads back as the same
+    /// events: the ingest publishes each partition only its part of a list that spans several.
+    /// nil when the part would be longer than `maxBytes` (an event re-encoded can be longer than
+    /// it came: `1e300` becomes `1e+300`).
+    public static func ceilometerList(_ events: [NotificationEvent], maxBytes: Int = defaultMaxBytes) -> [UInt8]? {
+        var body = Array(#"{"event_type":"event","#.utf8)
+        if let project = events.first?.contextProject {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = .withoutEscapingSlashes
+            guard let quoted = try? encoder.encode(project) else { return nil }
+            body += #""_context_project_id":"#.utf8
+            body += quoted
+            body.append(UInt8(ascii: ","))
+        }
+        body += #""payload":["#.utf8
+        for (index, event) in events.enumerated() {
+            if index > 0 { body.append(UInt8(ascii: ",")) }
+            body += event.json
+            if body.count > maxBytes { return nil }
+        }
+        body += "]}".utf8
+        return body.count <= maxBytes ? body : nil
+    }
+
     /// The event as JSON bytes, for the delivered message: the bytes it came with.
     public static func encode(_ event: NotificationEvent) -> [UInt8] {
         event.json

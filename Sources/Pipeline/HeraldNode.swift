@@ -8,6 +8,7 @@ import Messaging
 import Metrics
 import NIOCore
 import NIOPosix
+import Notifications
 import Routing
 import ServiceLifecycle
 import Synchronization
@@ -280,8 +281,11 @@ package final class HeraldNode: Sendable {
             var configuration = self.configuration
             configuration.queueShape = try await ClusterQueueShape.resolve(
                 configured: configuration.queueSettings, redis: settings, keyPrefix: configuration.keyPrefix)
-            let connection = try await AMQPConnection.connect(
-                try AMQPConfiguration(url: configuration.amqpURL), logger: logger)
+            // A notification over the decoder's bound is dead-lettered with its start only: held
+            // whole, a flood of them held prefetch x the broker's largest message per ingest queue.
+            var amqp = try AMQPConfiguration(url: configuration.amqpURL)
+            amqp.maxBodyBytes = NotificationDecoder.defaultMaxBytes
+            let connection = try await AMQPConnection.connect(amqp, logger: logger)
             do {
                 let prepared = try await prepare(
                     connection: connection, configuration: configuration, settings: settings)

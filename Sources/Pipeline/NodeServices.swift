@@ -205,6 +205,10 @@ package struct NodeGauges: Sendable {
         bufferedMessages = gauge(
             "herald_delivery_buffered_messages", "Messages held for delivery (queued or in flight).")
         ready = gauge("herald_ready", "1 when /readyz answers 200.")
+        // Set once: a pod's series whose value changes is a container that restarted (the
+        // HeraldRestarting alert counts the changes; a new pod is a new series).
+        gauge("herald_start_time_seconds", "When this node process started, in seconds since the Unix epoch.")
+            .set(to: Date().timeIntervalSince1970.rounded())
     }
 
     func update(from node: HeraldNode) {

@@ -943,6 +943,12 @@ package final class IngestService: Sendable {
     /// several), with the headers the owner routes by.
     /// - Throws: `NotificationDecodingError` when the body is not a notification Herald can route.
     private func routedMessages(_ delivery: AMQPDelivery) throws -> [AMQPOutgoingMessage] {
+        guard !delivery.isPartial else {
+            // The connection kept only its start (`AMQPConfiguration.maxBodyBytes`).
+            throw NotificationDecodingError(
+                "the notification is \(delivery.bodyLength) bytes; at most \(NotificationDecoder.defaultMaxBytes) are accepted (its first \(delivery.body.count) bytes were read)"
+            )
+        }
         let events = try NotificationDecoder.decode(delivery.body).map { event in
             var event = event
             configuration.eventDefinitions.attribute(&event)
@@ -962,15 +968,20 @@ package final class IngestService: Sendable {
             }
         }
         // One message per partition the events fall in (a Ceilometer list may span several).
-        var byPartition: [Int: (first: NotificationEvent, count: Int)] = [:]
+        var byPartition: [Int: (first: NotificationEvent, all: [NotificationEvent])] = [:]
         for event in events {
             let partition = PartitionHash.partition(of: event.partitionKey, count: configuration.partitions)
-            byPartition[partition, default: (event, 0)].count += 1
+            byPartition[partition, default: (event, [])].all.append(event)
         }
+        let spans = byPartition.count > 1
         return byPartition.sorted { $0.key < $1.key }.map { partition, routed in
             let event = routed.first
+            // A list spanning several partitions: each gets only its own events (whole, a batch
+            // of 100 events over 20 partitions was 20 copies, each decoded whole by its owner),
+            // unless that part would not fit the decoder's bound (then the list, as it came).
+            let body = spans ? NotificationDecoder.ceilometerList(routed.all) ?? delivery.body : delivery.body
             return AMQPOutgoingMessage(
-                exchange: configuration.names.partitions, routingKey: "\(partition)", body: delivery.body,
+                exchange: configuration.names.partitions, routingKey: "\(partition)", body: body,
                 properties: AMQPMessageProperties(
                     contentType: "application/json",
                     headers: [
@@ -982,7 +993,7 @@ package final class IngestService: Sendable {
                         // How many of the body's events fall in this partition: with one, the
                         // headers above say all the owner needs to know whether any
                         // subscription could take it (`RoutedEvent`).
-                        "herald-events": .int(Int64(routed.count)),
+                        "herald-events": .int(Int64(routed.all.count)),
                         // Which definitions attributed it: an owner on others decodes it itself.
                         "herald-definitions": .string(configuration.eventDefinitions.fingerprint),
                     ],

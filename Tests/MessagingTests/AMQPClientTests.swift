@@ -57,6 +57,7 @@ struct AMQPConfigurationTests {
     func heartbeat() throws {
         #expect(try AMQPConfiguration(url: "amqp://h?heartbeat=3").heartbeat == .seconds(3))
         #expect(try AMQPConfiguration(url: "amqp://h").heartbeat == .seconds(10))
+        #expect(try AMQPConfiguration(url: "amqp://h?heartbeat=65535").heartbeat == .seconds(65535))
     }
 
     @Test(
@@ -66,6 +67,10 @@ struct AMQPConfigurationTests {
             ("amqp://", "no host"),
             ("amqp://h:70000", "port"),
             ("amqp://h?heartbeat=often", "heartbeat 'often'"),
+            // AMQP's heartbeat is a short; a larger one trapped at the first connect.
+            ("amqp://h?heartbeat=3000000000", "heartbeat '3000000000' is not a number of seconds from 0 to 65535"),
+            ("amqp://h?heartbeat=65536", "heartbeat '65536'"),
+            ("amqp://h?connection_timeout=99999999999", "connection_timeout '99999999999'"),
             ("amqp://h?frobnicate=1", "unknown option 'frobnicate'"),
         ])
     func rejects(url: String, mention: String) {
@@ -102,9 +107,10 @@ final class Received: Sendable {
 /// Everything that touches the test RabbitMQ, serialised because one test stops the broker's app.
 @Suite("AMQP client against a real RabbitMQ", .serialized, .timeLimit(.minutes(3)))
 struct AMQPClientTests {
-    func connect(heartbeat: Duration = .seconds(10)) async throws -> AMQPConnection {
+    func connect(heartbeat: Duration = .seconds(10), maxBodyBytes: Int? = nil) async throws -> AMQPConnection {
         var configuration = try AMQPConfiguration(url: TestServers.amqpURL())
         configuration.heartbeat = heartbeat
+        configuration.maxBodyBytes = maxBodyBytes
         configuration.reconnectMaxDelay = .milliseconds(500)
         return try await AMQPConnection.connect(configuration)
     }
@@ -609,6 +615,36 @@ struct AMQPClientTests {
         #expect(received.count == bodies.count)
         for (got, sent) in zip(received, bodies) {
             #expect(got == sent, "\(sent.prefix(2)): \(got.utf8.count) bytes received, \(sent.utf8.count) sent")
+        }
+    }
+
+    @Test(
+        "with maxBodyBytes, a longer body comes as its first 64 KiB and its whole length; bodies up to the bound come whole"
+    )
+    func partialBodies() async throws {
+        let connection = try await connect(maxBodyBytes: 100_000)
+        defer { Task { await connection.close() } }
+        let channel = try await connection.openChannel()
+        let queue = TestServers.uniqueName("herald-test.partial")
+        try await channel.declareQueue(queue, options: AMQPQueueOptions(durable: true))
+        defer { Task { _ = try? await channel.deleteQueue(queue) } }
+        try await channel.enableConfirms()
+        let sizes = [17, 100_000, 100_001, 3 << 20, 40]
+        let bodies = sizes.map { size in String((0..<size).map { Character(UnicodeScalar(UInt8(97 + $0 % 26))) }) }
+        try await channel.publish(bodies.map { message(queue, $0, persistent: true) })
+        let consumer = try await channel.consume(queue, prefetch: 10)
+        var received: [AMQPDelivery] = []
+        for try await delivery in consumer {
+            received.append(delivery)
+            channel.ack(delivery)
+            if received.count == bodies.count { break }
+        }
+        try await consumer.cancel()
+        #expect(received.map(\.bodyLength) == sizes)
+        #expect(received.map(\.isPartial) == [false, false, true, true, false])
+        for (got, sent) in zip(received, bodies) {
+            let kept = got.isPartial ? AMQPConfiguration.partialBodyBytes : sent.utf8.count
+            #expect(got.body == Array(sent.utf8.prefix(kept)), "\(got.body.count) bytes kept of \(sent.utf8.count)")
         }
     }
 

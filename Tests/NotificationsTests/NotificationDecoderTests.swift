@@ -99,6 +99,38 @@ struct NotificationDecoderTests {
     }
 
     @Test(
+        "a Ceilometer list's part, as the ingest publishes it to one partition, decodes to the same events; a part too long for the bound is nil"
+    )
+    func ceilometerPart() throws {
+        let events = (0..<6).map { index -> [String: Any] in
+            [
+                "message_id": "e\(index)", "event_type": "compute.instance.update\(index % 3)",
+                "generated": "2026-11-24T16:37:41", "traits": index == 4 ? [] : [["project_id", 1, "p\(index)"]],
+                "raw": ["path": "a/b \u{e9}\u{2028}"], "message_signature": "sig",
+            ]
+        }
+        let notification: [String: Any] = [
+            "message_id": "outer", "event_type": "event", "publisher_id": "ceilometer.notification",
+            "_context_project_id": "acting \"one\"", "priority": "SAMPLE", "payload": events,
+        ]
+        let whole = try NotificationDecoder.decode(try bytes(notification))
+        for part in [[1, 3, 4], [0], Array(0..<6)] {
+            let chosen = part.map { whole[$0] }
+            let body = try #require(NotificationDecoder.ceilometerList(chosen))
+            let decoded = try NotificationDecoder.decode(body)
+            #expect(decoded == chosen, "\(String(decoding: body, as: UTF8.self))")
+            #expect(decoded.map(\.contextProject) == chosen.map { _ in "acting \"one\"" })
+        }
+        // Event 4 has no project of its own: it keeps the list's acting project.
+        #expect(
+            try NotificationDecoder.decode(try #require(NotificationDecoder.ceilometerList([whole[4]])))[0].project
+                == "acting \"one\"")
+        let size = try #require(NotificationDecoder.ceilometerList(whole)).count
+        #expect(NotificationDecoder.ceilometerList(whole, maxBytes: size) != nil)
+        #expect(NotificationDecoder.ceilometerList(whole, maxBytes: size - 1) == nil)
+    }
+
+    @Test(
         "malformed input is refused with a reason",
         arguments: [
             (Array("{not json".utf8), "not JSON"),

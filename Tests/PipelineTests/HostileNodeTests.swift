@@ -28,7 +28,7 @@ extension PipelineSuites {
         }
 
         @Test(
-            "hostile targets (Retry-After inf/nan/1e300/86400, redirects, silence, huge bodies) kill no node; a zaqar_url outside the allowed list is a 400 and never contacted; a poison notification is a dead letter; another project's events flow"
+            "hostile targets (Retry-After inf/nan/1e300/86400, redirects, silence, huge bodies) kill no node; a zaqar_url outside the allowed list is a 400 and never contacted; a poison notification is a dead letter, a 3 MiB one too (read no further than its first 64 KiB); another project's events flow"
         )
         func hostileTargets() async throws {
             let hostile = try await HostileZaqar { request in
@@ -110,6 +110,12 @@ extension PipelineSuites {
                     let poison =
                         "{\"event_type\": \"compute.instance.poison\", \"message_id\": \"\(poisonID)\", \"priority\": \"INFO\", \"publisher_id\": \"x\", \"timestamp\": \"2026-12-04 00:00:00\", \"payload\": {\"project_id\": \"evil\"}}"
                     lines.insert(["raw": poison, "exchange": "nova"], at: 10)
+                    // Beyond the decoder's 1 MiB: only its start is kept from the wire (a flood of
+                    // such held prefetch x the broker's largest message), and it is dead-lettered.
+                    let huge =
+                        "{\"event_type\": \"compute.instance.huge\", \"payload\": {\"project_id\": \"evil\", \"pad\": \""
+                        + String(repeating: "x", count: 3 << 20) + "\"}}"
+                    lines.insert(["raw": huge, "exchange": "nova"], at: 20)
                     let publisher = try run.publish(lines)
                     #expect(await publisher.wait() == 0, "\(publisher.tail())")
 
@@ -129,6 +135,11 @@ extension PipelineSuites {
                         else {
                             throw TestFailure("no dead letter for the poison notification: \(letters.map(\.detail))")
                         }
+                        guard let huge = letters.first(where: { $0.detail.contains("\(huge.utf8.count) bytes") }) else {
+                            throw TestFailure("no dead letter for the 3 MiB notification: \(letters.map(\.detail))")
+                        }
+                        #expect(huge.detail.contains("its first 65536 bytes were read"), "\(huge.detail)")
+                        #expect(huge.reason == .malformed && huge.bodyTruncated == true)
                     }
                     try await eventually(timeout: .seconds(30)) {
                         let apart = try await run.deadLetters.recent(.allProjects, count: 100).map(\.letter)

@@ -266,6 +266,14 @@ extension PipelineSuites {
                 #expect(text.contains("24 of 24 partitions held"))
                 for node in ["node-1", "node-2", "node-3"] { #expect(text.contains(node)) }
                 #expect(text.contains(try run.names.ingestQueue(exchange: "nova")))
+
+                // A partition count no node would take is refused, naming the flag (a negative one
+                // trapped where no assignment was stored).
+                let badCount = try ChildProcess(
+                    name: "status-bad", argv: [binary, "status", "--partitions=-1"], environment: environment,
+                    log: "\(run.directory)/status-bad.txt")
+                #expect(await badCount.wait() != 0)
+                #expect(badCount.tail().contains("--partitions (HERALD_PARTITIONS): from 1 to 65536"), "\(badCount.tail())")
             }
         }
 
@@ -704,10 +712,13 @@ extension PipelineSuites {
             }
         }
 
-        @Test("with HERALD_METRICS_PORT, /metrics answers there and no longer on the API's port")
+        @Test(
+            "with HERALD_METRICS_PORT, /metrics answers there and no longer on the API's port; it tells when the node started (what HeraldRestarting counts)"
+        )
         func metricsPort() async throws {
             try await PipelineRun.with(partitions: 8) { run in
                 let metricsPort = try TestServers.freePort()
+                let before = Date().timeIntervalSince1970.rounded(.down)
                 try await run.startNodes(1, extra: ["HERALD_METRICS_PORT": "\(metricsPort)"], as: .inProcess)
                 try await eventually(timeout: .seconds(30)) {
                     let (status, body) = try await call(run, "node-1", .GET, "/readyz", project: nil)
@@ -719,6 +730,10 @@ extension PipelineSuites {
                 let body = String(buffer: try await response.body.collect(upTo: 4 << 20))
                 #expect(response.status.code == 200)
                 #expect(body.contains("herald_ready 1"), "\(body.prefix(500))")
+                let started = body.split(separator: "\n").first { $0.hasPrefix("herald_start_time_seconds ") }
+                    .flatMap { Double($0.split(separator: " ").last ?? "") }
+                let now = Date().timeIntervalSince1970.rounded(.up)
+                #expect(started.map { (before...now).contains($0) } == true, "\(started as Any) in \(before)...\(now)")
                 let other = try await HTTPClient.shared.execute(
                     HTTPClientRequest(url: "http://127.0.0.1:\(metricsPort)/v1/subscriptions"), timeout: .seconds(10))
                 #expect(other.status.code == 404, "the metrics port serves nothing else")

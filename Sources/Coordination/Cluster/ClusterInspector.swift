@@ -54,6 +54,8 @@ public struct ClusterInspector: Sendable {
         {
             count = assignment.owners.count
         }
+        // A node accepts 1 to 65,536 partitions; anything else read or given asks for no lease.
+        count = (1...65_536).contains(count) ? count : 0
         let time = head[4].array ?? []
         let now = (time.first?.string.flatMap(Double.init) ?? 0) + (time.last?.string.flatMap(Double.init) ?? 0) / 1e6
         let leaseReplies = try await redis.pipeline((0..<count).map { RedisCommand("GET", prefix + "lease:\($0)") })

@@ -175,7 +175,8 @@ public final class SubscriptionStats: Sendable {
         }
         let minute = seconds / 60
         let fields = replies.dropFirst().first?.hashFields ?? [:]
-        func number(_ key: String) -> Int { fields[key].flatMap { Int($0) } ?? 0 }
+        // Counts as Redis keeps them, clamped: a corrupt one cannot make the hour's sums overflow.
+        func number(_ key: String) -> Int { min(max(fields[key].flatMap { Int($0) } ?? 0, 0), 1 << 53) }
         var health = Health(
             total: Counts(
                 matched: number("matched"), delivered: number("delivered"), deadLettered: number("dead_lettered")))

@@ -82,6 +82,14 @@ public struct AMQPConfiguration: Sendable, Equatable {
     /// node has a channel per partition it owns: at RabbitMQ's 131072, 47 channels held 6.2 MB).
     /// A notification is 1 to 3 KB; a larger body comes in several frames.
     public var frameMax: Int
+    /// Bodies longer than this are kept in part: the delivery carries their first
+    /// `partialBodyBytes` (or `maxBodyBytes`, when smaller) and their whole length (`AMQPDelivery.bodyLength`, `isPartial`). A
+    /// consumer's unacked deliveries then hold at most prefetch x that prefix of oversized
+    /// messages, instead of prefetch x the broker's largest message (128 MiB by default on
+    /// RabbitMQ 3, 16 MiB on 4). nil: bodies kept whole.
+    public var maxBodyBytes: Int?
+    /// What is kept of a body longer than `maxBodyBytes`, at most.
+    public static let partialBodyBytes = 64 << 10
 
     public init(
         host: String = "127.0.0.1",
@@ -189,18 +197,19 @@ public struct AMQPConfiguration: Sendable, Equatable {
         for item in components.queryItems ?? [] {
             switch item.name {
             case "heartbeat":
-                guard let seconds = item.value.flatMap(Int.init), seconds >= 0 else {
+                // AMQP carries the heartbeat in a short: 0 (none) to 65,535 s.
+                guard let seconds = item.value.flatMap(Int.init), (0...65_535).contains(seconds) else {
                     throw MessagingError(
                         .invalidConfiguration,
-                        "AMQP URL '\(Self.hidingPasswords(url))': heartbeat '\(item.value ?? "")' is not a number of seconds"
+                        "AMQP URL '\(Self.hidingPasswords(url))': heartbeat '\(item.value ?? "")' is not a number of seconds from 0 to 65535"
                     )
                 }
                 heartbeat = .seconds(seconds)
             case "connection_timeout":
-                guard let millis = item.value.flatMap(Int.init), millis > 0 else {
+                guard let millis = item.value.flatMap(Int.init), (1...3_600_000).contains(millis) else {
                     throw MessagingError(
                         .invalidConfiguration,
-                        "AMQP URL '\(Self.hidingPasswords(url))': connection_timeout '\(item.value ?? "")' is not a number of milliseconds"
+                        "AMQP URL '\(Self.hidingPasswords(url))': connection_timeout '\(item.value ?? "")' is not a number of milliseconds from 1 to 3600000"
                     )
                 }
                 connectTimeout = .milliseconds(millis)

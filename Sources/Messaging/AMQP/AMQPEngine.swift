@@ -339,6 +339,7 @@ final class AMQPEngine: @unchecked Sendable {
             channel.lastDeliveryTag = max(channel.lastDeliveryTag, delivery.deliveryTag)
             delivery = AMQPDelivery(
                 body: delivery.body,
+                bodyLength: delivery.bodyLength,
                 exchange: delivery.exchange,
                 routingKey: delivery.routingKey,
                 redelivered: delivery.redelivered,

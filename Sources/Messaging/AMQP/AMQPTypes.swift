@@ -100,7 +100,13 @@ public struct AMQPOutgoingMessage: Sendable {
 /// A message received by a consumer. Ack, nack or reject it through the channel
 /// that consumed it.
 public struct AMQPDelivery: Sendable {
+    /// The body, or its first `AMQPConfiguration.partialBodyBytes` when it was longer than the
+    /// connection's `maxBodyBytes` (`isPartial`).
     public var body: [UInt8]
+    /// The body's whole length, as the broker sent it.
+    public var bodyLength: Int
+    /// Whether `body` is only the start of a body longer than the connection keeps.
+    public var isPartial: Bool { bodyLength > body.count }
     public var exchange: String
     public var routingKey: String
     public var redelivered: Bool

@@ -101,7 +101,7 @@ final class RabbitMQConnection: @unchecked Sendable {
             configuration.virtualHost,
             0,
             Int32(configuration.frameMax),
-            Int32(configuration.heartbeat.components.seconds),
+            Int32(clamping: configuration.heartbeat.components.seconds),
             configuration.user,
             configuration.password
         )
@@ -378,6 +378,7 @@ final class RabbitMQConnection: @unchecked Sendable {
             return .delivery(
                 AMQPDelivery(
                     body: body(envelope.message.body),
+                    bodyLength: envelope.message.body.len,
                     exchange: string(envelope.exchange),
                     routingKey: string(envelope.routing_key),
                     redelivered: envelope.redelivered != 0,
@@ -544,10 +545,14 @@ final class RabbitMQConnection: @unchecked Sendable {
         return Array(UnsafeRawBufferPointer(start: base, count: value.len))
     }
 
-    /// A message body: with spare capacity, so that the notification scanner reads it in place.
+    /// A message body: with spare capacity, so that the notification scanner reads it in place;
+    /// only its start when it is longer than `maxBodyBytes`.
     private func body(_ value: amqp_bytes_t) -> [UInt8] {
         guard value.len > 0, let base = value.bytes else { return [] }
-        return DocumentBytes.copy(UnsafeRawBufferPointer(start: base, count: value.len))
+        let kept =
+            value.len > (configuration.maxBodyBytes ?? Int.max)
+            ? min(configuration.maxBodyBytes ?? 0, AMQPConfiguration.partialBodyBytes) : value.len
+        return DocumentBytes.copy(UnsafeRawBufferPointer(start: base, count: kept))
     }
 
     private func withBytes<R>(_ text: String, _ body: (amqp_bytes_t) throws -> R) rethrows -> R {

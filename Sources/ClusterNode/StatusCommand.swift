@@ -243,12 +243,12 @@ struct Status: AsyncParsableCommand {
             members: members, leader: view.leader, partitionCount: view.partitionCount,
             partitionsHeld: view.leases.count,
             assignmentEpoch: view.assignmentEpoch, ingest: ingest, deepestPartitions: Array(deepest),
-            partitionMessages: partitionQueues.reduce(0) { $0 + $1.messages },
+            partitionMessages: partitionQueues.reduce(0) { $0 &+ $1.messages },
             deadLetters: Dictionary(uniqueKeysWithValues: letters.map { ($0.key.rawValue, $0.value) }),
             deadLettersDropped: dropped,
             signedUrlCount: signedURLCount,
             signedUrls: signedURLs.sorted { ($0.expires, $0.subscription) < ($1.expires, $1.subscription) },
-            parked: parked, parkedMessages: parked.reduce(0) { $0 + $1.messages }, problems: problems
+            parked: parked, parkedMessages: parked.reduce(0) { $0 &+ $1.messages }, problems: problems
         )
     }
 

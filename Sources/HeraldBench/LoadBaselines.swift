@@ -186,12 +186,8 @@ extension LoadRun {
         let shape = options.nodesQueueShape
         // Bounded as the nodes bound theirs (with quorum's delivery limit); no dead-letter
         // exchange: nothing is rejected here.
-        func bounded(_ arguments: AMQPTable, _ maxMessages: Int) -> AMQPTable {
-            guard maxMessages > 0 else { return arguments }
-            return arguments.merging(
-                ["x-max-length": .int(Int64(maxMessages)), "x-overflow": .string("reject-publish")]
-                    .merging(Topology.deliveryLimit(shape)) { first, _ in first }
-            ) { first, _ in first }
+        func bounded(_ arguments: AMQPTable, _ maxMessages: Int, _ maxBytes: Int) -> AMQPTable {
+            arguments.merging(Topology.bounds(messages: maxMessages, bytes: maxBytes, shape)) { first, _ in first }
         }
         let ingest = "baseline.ingest"
         let exchange = "baseline"
@@ -201,7 +197,7 @@ extension LoadRun {
                 durable: true,
                 arguments: bounded(
                     ["x-queue-type": .string(shape.type), "x-single-active-consumer": .bool(true)],
-                    shape.ingestMaxMessages)))
+                    shape.ingestMaxMessages, shape.ingestMaxBytes)))
         try await channel.declareExchange(exchange, options: AMQPExchangeOptions(type: "direct", durable: true))
         for partition in 0..<options.partitions {
             _ = try await channel.declareQueue(
@@ -210,7 +206,7 @@ extension LoadRun {
                     durable: true,
                     arguments: bounded(
                         ["x-single-active-consumer": .bool(true), "x-queue-type": .string(shape.type)],
-                        shape.partitionMaxMessages)))
+                        shape.partitionMaxMessages, shape.partitionMaxBytes)))
             try await channel.bindQueue("\(exchange).p.\(partition)", to: exchange, routingKey: "\(partition)")
         }
         log("broker ceiling: filling \(ingest) with \(count) notifications")
@@ -482,6 +478,10 @@ extension Load {
         }
         if let bound = settings["HERALD_PARTITION_QUEUE_MAX_MESSAGES"].flatMap({ Int($0) }) {
             shape.partitionMaxMessages = bound
+        }
+        if let bound = settings["HERALD_INGEST_QUEUE_MAX_BYTES"].flatMap({ Int($0) }) { shape.ingestMaxBytes = bound }
+        if let bound = settings["HERALD_PARTITION_QUEUE_MAX_BYTES"].flatMap({ Int($0) }) {
+            shape.partitionMaxBytes = bound
         }
         return shape
     }

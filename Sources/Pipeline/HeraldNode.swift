@@ -164,7 +164,10 @@ package final class HeraldNode: Sendable {
         parkingMetrics = ParkingMetrics(factory: metrics)
         parkingLedger = ParkingLedger(redis: parkingRedis, keyPrefix: configuration.keyPrefix)
         stats = SubscriptionStats(redis: statsRedis, keyPrefix: configuration.keyPrefix)
-        catalog = EventTypeCatalog(redis: catalogRedis, keyPrefix: configuration.keyPrefix)
+        catalog = EventTypeCatalog(
+            redis: catalogRedis, keyPrefix: configuration.keyPrefix,
+            maxTypesPerProject: configuration.eventTypesPerProject, sampleBytes: configuration.eventTypeSampleBytes,
+            retentionDays: configuration.eventTypeDays)
         ingestMoveLock = moveLockRedis
         keystone = configuration.keystone.map { KeystoneClient(configuration: $0, logger: logger) }
     }

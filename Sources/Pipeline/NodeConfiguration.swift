@@ -48,7 +48,8 @@ package struct NodeConfiguration: Sendable {
     /// HERALD_PARTITION_PREFETCH: unacked events per owned partition. Default 100.
     var partitionPrefetch: UInt16
     /// HERALD_QUEUE_TYPE (classic or quorum), HERALD_INGEST_QUEUE_MAX_MESSAGES and
-    /// HERALD_PARTITION_QUEUE_MAX_MESSAGES (0: no bound), HERALD_INGEST_LAYOUT (single or
+    /// HERALD_PARTITION_QUEUE_MAX_MESSAGES, HERALD_INGEST_QUEUE_MAX_BYTES and
+    /// HERALD_PARTITION_QUEUE_MAX_BYTES (0: no bound), HERALD_INGEST_LAYOUT (single or
     /// per-exchange), as set; unset, the cluster's record decides (`ClusterQueueShape`).
     var queueSettings: QueueShapeSettings
     /// What the queues are declared with: `HeraldNode.start` resolves it from `queueSettings`
@@ -71,6 +72,12 @@ package struct NodeConfiguration: Sendable {
     /// HERALD_METRICS_PORT: `/metrics` on a port of its own (on HERALD_API_HOST), not on the
     /// API's; nil (unset): on the API's port.
     var metricsPort: Int? = nil
+    /// HERALD_EVENT_TYPES_PER_PROJECT, HERALD_EVENT_TYPE_SAMPLE_BYTES, HERALD_EVENT_TYPE_DAYS: the
+    /// event-type catalog's bounds in Redis (types a project keeps, bytes of a type's sample, 0
+    /// for none; days a project's keys live after its last event). Defaults 200, 8192, 30.
+    var eventTypesPerProject = 200
+    var eventTypeSampleBytes = 8192
+    var eventTypeDays = 30
     /// HERALD_API_AUTH: how callers are identified. `keystone` (tokens validated against
     /// Keystone) or `trusted-header` (development only: trusts `X-Project-Id` and `X-Roles`,
     /// logged as a warning at start-up). Default keystone.
@@ -135,7 +142,8 @@ package struct NodeConfiguration: Sendable {
         "HERALD_EXCHANGES", "HERALD_EXCHANGES_DURABLE", "HERALD_CEILOMETER_EVENTS", "HERALD_INGEST_ORDERED",
         "HERALD_INGEST_PREFETCH",
         "HERALD_PARTITION_PREFETCH", "HERALD_QUEUE_TYPE", "HERALD_INGEST_QUEUE_MAX_MESSAGES", "HERALD_INGEST_LAYOUT",
-        "HERALD_PARTITION_QUEUE_MAX_MESSAGES", "HERALD_SHUTDOWN_BUDGET_SECONDS", "HERALD_HANDOFF_DRAIN_SECONDS",
+        "HERALD_PARTITION_QUEUE_MAX_MESSAGES", "HERALD_INGEST_QUEUE_MAX_BYTES", "HERALD_PARTITION_QUEUE_MAX_BYTES",
+        "HERALD_SHUTDOWN_BUDGET_SECONDS", "HERALD_HANDOFF_DRAIN_SECONDS",
         "HERALD_HANDOFF_GIVE_BACK_SECONDS",
         "HERALD_API_HOST", "HERALD_API_PORT", "HERALD_METRICS_PORT",
         "HERALD_API_AUTH", "HERALD_LOG_LEVEL", "HERALD_LOG_FORMAT", "HERALD_KEYSTONE_URL", "HERALD_KEYSTONE_USERNAME",
@@ -156,7 +164,8 @@ package struct NodeConfiguration: Sendable {
         "HERALD_PARKING_SUBSCRIPTION_MAX_MESSAGES", "HERALD_PARKING_DRAINS", "HERALD_KEYSTONE_NEGATIVE_CACHE_SECONDS",
         "HERALD_KEYSTONE_VALIDATIONS_PER_SECOND", "HERALD_SERVICE_TYPE", "HERALD_REDACTION_FILE",
         "HERALD_TRUSTED_PROXIES", "HERALD_KEYSTONE_VALIDATIONS_IN_FLIGHT", "HERALD_ZAQAR_CA_FILE",
-        "HERALD_KEYSTONE_CA_FILE",
+        "HERALD_KEYSTONE_CA_FILE", "HERALD_EVENT_TYPES_PER_PROJECT", "HERALD_EVENT_TYPE_SAMPLE_BYTES",
+        "HERALD_EVENT_TYPE_DAYS",
     ]
 
     /// oslo.messaging's notification priorities (the routing key's last part).
@@ -325,7 +334,9 @@ package struct NodeConfiguration: Sendable {
             type: string("HERALD_QUEUE_TYPE", ""),
             ingestMaxMessages: try optionalInteger("HERALD_INGEST_QUEUE_MAX_MESSAGES", 0...1_000_000_000),
             partitionMaxMessages: try optionalInteger("HERALD_PARTITION_QUEUE_MAX_MESSAGES", 0...1_000_000_000),
-            ingestLayout: layout
+            ingestLayout: layout,
+            ingestMaxBytes: try optionalInteger("HERALD_INGEST_QUEUE_MAX_BYTES", 0...(1 << 50)),
+            partitionMaxBytes: try optionalInteger("HERALD_PARTITION_QUEUE_MAX_BYTES", 0...(1 << 50))
         )
         let keyPrefix = string("HERALD_KEY_PREFIX", "herald:")
         let clusterName = string("HERALD_CLUSTER", ClusterNames.derived(fromKeyPrefix: keyPrefix))
@@ -501,6 +512,9 @@ package struct NodeConfiguration: Sendable {
             logFormat: string("HERALD_LOG_FORMAT", "text")
         )
         configuration.zaqarCatalog = zaqarCatalog
+        configuration.eventTypesPerProject = try integer("HERALD_EVENT_TYPES_PER_PROJECT", 200, 1...10_000)
+        configuration.eventTypeSampleBytes = try integer("HERALD_EVENT_TYPE_SAMPLE_BYTES", 8192, 0...65_536)
+        configuration.eventTypeDays = try integer("HERALD_EVENT_TYPE_DAYS", 30, 1...365)
         if let text = environment["HERALD_METRICS_PORT"], !text.isEmpty {
             configuration.metricsPort = try integer("HERALD_METRICS_PORT", 0, 0...65535)
             if configuration.metricsPort == configuration.apiPort, configuration.apiPort != 0 {

@@ -29,11 +29,16 @@ package struct QueueShape: Equatable, Sendable {
     /// At most this many messages wait in each `<cluster>.p.<n>` (and in `<cluster>.dead`); 0: no bound.
     package var partitionMaxMessages: Int
     var ingestLayout: IngestLayout
+    /// At most this many bytes of bodies wait in each ingest queue (`x-max-length-bytes`); 0: no bound.
+    package var ingestMaxBytes = 0
+    /// At most this many bytes of bodies wait in each `<cluster>.p.<n>` (and in `<cluster>.dead`); 0: no bound.
+    package var partitionMaxBytes = 0
 
     /// A new cluster's: quorum queues, which survive the loss of a RabbitMQ node, bounds, and
     /// an ingest queue per exchange.
     package static let newCluster = QueueShape(
-        type: "quorum", ingestMaxMessages: 1_000_000, partitionMaxMessages: 50_000, ingestLayout: .perExchange)
+        type: "quorum", ingestMaxMessages: 1_000_000, partitionMaxMessages: 50_000, ingestLayout: .perExchange,
+        ingestMaxBytes: 4 << 30, partitionMaxBytes: 512 << 20)
     /// A cluster made before the record existed: classic queues without bounds, one ingest queue
     /// (the old defaults).
     static let legacy = QueueShape(
@@ -90,6 +95,13 @@ package enum ClusterQueueShape {
             try configured.partitionMaxMessages
             ?? recordedCount(
                 "partition-max-messages", key: "HERALD_PARTITION_QUEUE_MAX_MESSAGES", fallback.partitionMaxMessages)
+        // A record made before the byte bounds (its queues declared without them) has none.
+        shape.ingestMaxBytes =
+            try configured.ingestMaxBytes
+            ?? recordedCount("ingest-max-bytes", key: "HERALD_INGEST_QUEUE_MAX_BYTES", fallback.ingestMaxBytes)
+        shape.partitionMaxBytes =
+            try configured.partitionMaxBytes
+            ?? recordedCount("partition-max-bytes", key: "HERALD_PARTITION_QUEUE_MAX_BYTES", fallback.partitionMaxBytes)
         if let layout = configured.ingestLayout {
             // Back to one queue would bind it again beside the per-exchange ones: every
             // notification twice, and the per-exchange queues filling with nobody on them.
@@ -130,7 +142,8 @@ package enum ClusterQueueShape {
         try await redis.send(
             "HSET", keyPrefix + "queue-shape", "type", shape.type,
             "ingest-max-messages", shape.ingestMaxMessages, "partition-max-messages", shape.partitionMaxMessages,
-            "ingest-layout", shape.ingestLayout.rawValue
+            "ingest-layout", shape.ingestLayout.rawValue, "ingest-max-bytes", shape.ingestMaxBytes,
+            "partition-max-bytes", shape.partitionMaxBytes
         )
     }
 }
@@ -141,6 +154,8 @@ package struct QueueShapeSettings: Equatable, Sendable {
     var ingestMaxMessages: Int?
     var partitionMaxMessages: Int?
     var ingestLayout: IngestLayout?
+    var ingestMaxBytes: Int?
+    var partitionMaxBytes: Int?
 }
 
 /// Herald's AMQP names (DESIGN.md, "Partitions"), with the cluster's name (`ClusterNames`).
@@ -186,12 +201,20 @@ package enum Topology {
         // Bounded: a full ingest queue refuses what the services publish to it (their other
         // queues, Ceilometer's, still get it), so RabbitMQ, which the whole cloud shares, never
         // reaches a memory or disk alarm because of Herald.
-        if shape.ingestMaxMessages > 0 {
-            arguments["x-max-length"] = .int(Int64(shape.ingestMaxMessages))
-            arguments["x-overflow"] = .string("reject-publish")
-            arguments.merge(Self.deliveryLimit(shape)) { first, _ in first }
-        }
+        arguments.merge(bounds(messages: shape.ingestMaxMessages, bytes: shape.ingestMaxBytes, shape)) { a, _ in a }
         return arguments
+    }
+
+    /// A queue's bounds as arguments: at most `messages` messages and `bytes` bytes of bodies (0:
+    /// no bound), past which RabbitMQ refuses publishes to it (`reject-publish`), with quorum's
+    /// delivery limit; none when both are 0.
+    package static func bounds(messages: Int, bytes: Int, _ shape: QueueShape) -> AMQPTable {
+        var arguments: AMQPTable = [:]
+        if messages > 0 { arguments["x-max-length"] = .int(Int64(messages)) }
+        if bytes > 0 { arguments["x-max-length-bytes"] = .int(Int64(bytes)) }
+        guard !arguments.isEmpty else { return [:] }
+        arguments["x-overflow"] = .string("reject-publish")
+        return arguments.merging(deliveryLimit(shape)) { first, _ in first }
     }
 
     /// Declares the notification exchanges as oslo.messaging does (topic), Herald's own
@@ -218,7 +241,7 @@ package enum Topology {
                 throw ConfigurationError(
                     key: "HERALD_INGEST_ORDERED", value: "\(configuration.ingestOrdered)",
                     expected:
-                        "\(queue) already exists with other arguments (\(error.replyText ?? "406")); set HERALD_INGEST_ORDERED, HERALD_QUEUE_TYPE and HERALD_INGEST_QUEUE_MAX_MESSAGES as the running nodes have them (or leave them unset: the cluster's record in Redis decides), or delete \(queue) while no node runs"
+                        "\(queue) already exists with other arguments (\(error.replyText ?? "406")); set HERALD_INGEST_ORDERED, HERALD_QUEUE_TYPE, HERALD_INGEST_QUEUE_MAX_MESSAGES and HERALD_INGEST_QUEUE_MAX_BYTES as the running nodes have them (or leave them unset: the cluster's record in Redis decides), or delete \(queue) while no node runs"
                 )
             }
             for exchange in exchanges {
@@ -228,10 +251,9 @@ package enum Topology {
         try await channel.declareExchange(partitions, options: AMQPExchangeOptions(type: "direct", durable: true))
         try await channel.declareExchange(dead, options: AMQPExchangeOptions(type: "fanout", durable: true))
         var deadArguments = queueArguments
-        if shape.partitionMaxMessages > 0 {
-            // Nothing consumes the dead queue: it keeps the newest.
-            deadArguments["x-max-length"] = .int(Int64(shape.partitionMaxMessages))
-        }
+        // Nothing consumes the dead queue: it keeps the newest.
+        if shape.partitionMaxMessages > 0 { deadArguments["x-max-length"] = .int(Int64(shape.partitionMaxMessages)) }
+        if shape.partitionMaxBytes > 0 { deadArguments["x-max-length-bytes"] = .int(Int64(shape.partitionMaxBytes)) }
         try await channel.declareQueue(dead, options: AMQPQueueOptions(durable: true, arguments: deadArguments))
         try await channel.bindQueue(dead, to: dead, routingKey: "")
         for partition in 0..<configuration.partitions {
@@ -252,12 +274,10 @@ package enum Topology {
             "x-dead-letter-exchange": .string(names.dead),
             "x-queue-type": .string(shape.type),
         ]
-        if shape.partitionMaxMessages > 0 {
-            // A full partition queue refuses the ingest's publish (a nack): the ingest holds the
-            // notification unacked and tries again (`IngestHold`); the backlog stays in the ingest queue.
-            arguments["x-max-length"] = .int(Int64(shape.partitionMaxMessages))
-            arguments["x-overflow"] = .string("reject-publish")
-            arguments.merge(Self.deliveryLimit(shape)) { first, _ in first }
+        // A full partition queue refuses the ingest's publish (a nack): the ingest holds the
+        // notification unacked and tries again (`IngestHold`); the backlog stays in the ingest queue.
+        arguments.merge(bounds(messages: shape.partitionMaxMessages, bytes: shape.partitionMaxBytes, shape)) { a, _ in
+            a
         }
         try await channel.declareQueue(
             names.partitionQueue(partition), options: AMQPQueueOptions(durable: true, arguments: arguments))
@@ -811,7 +831,7 @@ package final class IngestService: Sendable {
         { [self] delivery in
             guard delivery.body.count <= Self.forwardedBodyLimit, arrivals.mayForward, !broken.value,
                 !hold.withLock({ $0.isHolding }),
-                let routed = try? routedMessages(delivery), routed.count == 1
+                let routed = try? routedMessages(delivery, parts: false), routed.count == 1
             else {
                 // Decoded again (and counted) there; one that cannot be is dead-lettered there.
                 arrivals.handOver()
@@ -927,11 +947,12 @@ package final class IngestService: Sendable {
             messages = try routedMessages(delivery)
         } catch {
             counters.count(.malformed)
-            let letter = DeadLetter(
+            var letter = DeadLetter(
                 reason: .malformed, detail: SafeText.clean("\(error)", limit: 500),
                 target: "\(delivery.exchange)/\(delivery.routingKey)",
                 body: String(decoding: delivery.body.prefix(64 << 10), as: UTF8.self), at: Date().timeIntervalSince1970
             )
+            if delivery.isPartial || delivery.body.count > 64 << 10 { letter.bodyTruncated = true }
             await store([letter])
             return nil
         }
@@ -942,7 +963,9 @@ package final class IngestService: Sendable {
     /// One message per partition the delivery's events fall in (a Ceilometer list may span
     /// several), with the headers the owner routes by.
     /// - Throws: `NotificationDecodingError` when the body is not a notification Herald can route.
-    private func routedMessages(_ delivery: AMQPDelivery) throws -> [AMQPOutgoingMessage] {
+    /// - Parameter parts: whether a list spanning partitions is cut into each one's part (the
+    ///   connection thread's fast path, which takes only notifications of one partition, skips it).
+    private func routedMessages(_ delivery: AMQPDelivery, parts: Bool = true) throws -> [AMQPOutgoingMessage] {
         guard !delivery.isPartial else {
             // The connection kept only its start (`AMQPConfiguration.maxBodyBytes`).
             throw NotificationDecodingError(
@@ -973,31 +996,33 @@ package final class IngestService: Sendable {
             let partition = PartitionHash.partition(of: event.partitionKey, count: configuration.partitions)
             byPartition[partition, default: (event, [])].all.append(event)
         }
-        let spans = byPartition.count > 1
+        let spans = parts && byPartition.count > 1
         return byPartition.sorted { $0.key < $1.key }.map { partition, routed in
             let event = routed.first
             // A list spanning several partitions: each gets only its own events (whole, a batch
             // of 100 events over 20 partitions was 20 copies, each decoded whole by its owner),
             // unless that part would not fit the decoder's bound (then the list, as it came).
-            let body = spans ? NotificationDecoder.ceilometerList(routed.all) ?? delivery.body : delivery.body
+            let part = spans ? NotificationDecoder.ceilometerList(routed.all) : nil
+            var headers: [String: AMQPFieldValue] = [
+                "herald-event-type": .string(event.eventType),
+                "herald-project": .string(event.project ?? ""),
+                "herald-actor-project": .string(event.actorProject ?? ""),
+                "herald-resource-id": .string(event.resourceID ?? ""),
+                "herald-message-id": .string(event.messageID),
+                // How many of the body's events fall in this partition: with one, the
+                // headers above say all the owner needs to know whether any
+                // subscription could take it (`RoutedEvent`).
+                "herald-events": .int(Int64(routed.all.count)),
+                // Which definitions attributed it: an owner on others decodes it itself.
+                "herald-definitions": .string(configuration.eventDefinitions.fingerprint),
+            ]
+            // A part holds this partition's events only: its owner takes them all, whatever its
+            // own definitions say (no other partition has them).
+            if part != nil { headers["herald-part"] = .bool(true) }
             return AMQPOutgoingMessage(
-                exchange: configuration.names.partitions, routingKey: "\(partition)", body: body,
+                exchange: configuration.names.partitions, routingKey: "\(partition)", body: part ?? delivery.body,
                 properties: AMQPMessageProperties(
-                    contentType: "application/json",
-                    headers: [
-                        "herald-event-type": .string(event.eventType),
-                        "herald-project": .string(event.project ?? ""),
-                        "herald-actor-project": .string(event.actorProject ?? ""),
-                        "herald-resource-id": .string(event.resourceID ?? ""),
-                        "herald-message-id": .string(event.messageID),
-                        // How many of the body's events fall in this partition: with one, the
-                        // headers above say all the owner needs to know whether any
-                        // subscription could take it (`RoutedEvent`).
-                        "herald-events": .int(Int64(routed.all.count)),
-                        // Which definitions attributed it: an owner on others decodes it itself.
-                        "herald-definitions": .string(configuration.eventDefinitions.fingerprint),
-                    ],
-                    persistent: true,
+                    contentType: "application/json", headers: headers, persistent: true,
                     messageID: event.messageID
                 ))
         }
@@ -1439,9 +1464,15 @@ package final class PartitionOwners: Sendable {
                 configuration.eventDefinitions.attribute(&event)
                 return event
             }
-            events = decoded.filter {
-                PartitionHash.partition(of: $0.partitionKey, count: configuration.partitions) == partition
-            }
+            // A list's part (`herald-part`) holds only what the ingest put in this partition: all
+            // of it is this partition's, even where this node's definitions (in a rollout of new
+            // ones) would put an event elsewhere, since no other partition has it.
+            events =
+                delivery.properties.headers["herald-part"] == .bool(true)
+                ? decoded
+                : decoded.filter {
+                    PartitionHash.partition(of: $0.partitionKey, count: configuration.partitions) == partition
+                }
             if events.isEmpty {
                 // Ingest put it here for an event of this partition: this node's definitions put
                 // every one elsewhere. Kept in herald.dead for the operator, not acked as unmatched.

@@ -68,6 +68,19 @@ struct ConfigurationKeysTests {
         #expect(lowered.deadLetterBudget.projectMax == 500)
         #expect(refusal(["HERALD_API_PORT": "8090", "HERALD_METRICS_PORT": "8090"]) == "HERALD_METRICS_PORT")
         #expect(refusal(["HERALD_API_PORT": "8090", "HERALD_METRICS_PORT": "9102"]) == nil)
+        // The event-type catalog's bounds in Redis: taken, and out of range refused by name.
+        let catalog = try NodeConfiguration.fromEnvironment([
+            "HERALD_API_AUTH": "trusted-header", "HERALD_EVENT_TYPES_PER_PROJECT": "50",
+            "HERALD_EVENT_TYPE_SAMPLE_BYTES": "0", "HERALD_EVENT_TYPE_DAYS": "7",
+        ])
+        #expect(
+            [catalog.eventTypesPerProject, catalog.eventTypeSampleBytes, catalog.eventTypeDays] == [50, 0, 7] as [Int])
+        let defaults = try NodeConfiguration.fromEnvironment(["HERALD_API_AUTH": "trusted-header"])
+        #expect(
+            [defaults.eventTypesPerProject, defaults.eventTypeSampleBytes, defaults.eventTypeDays] == [200, 8192, 30] as [Int])
+        #expect(refusal(["HERALD_EVENT_TYPE_SAMPLE_BYTES": "-1"]) == "HERALD_EVENT_TYPE_SAMPLE_BYTES")
+        #expect(refusal(["HERALD_EVENT_TYPES_PER_PROJECT": "0"]) == "HERALD_EVENT_TYPES_PER_PROJECT")
+        #expect(refusal(["HERALD_EVENT_TYPE_DAYS": "366"]) == "HERALD_EVENT_TYPE_DAYS")
     }
 
     @Test("the README's table documents exactly the keys a configuration file or --set may name")

@@ -44,6 +44,17 @@ struct QueueShapeChoiceTests {
             ),
             (none, [:], true, QueueShape.legacy),
             (none, [:], false, QueueShape.newCluster),
+            // Byte bounds: a setting, else the record; a record made before them has none.
+            (
+                QueueShapeSettings(partitionMaxBytes: 100), ["type": "quorum", "ingest-max-bytes": "7"], true,
+                QueueShape(
+                    type: "quorum", ingestMaxMessages: 0, partitionMaxMessages: 0, ingestLayout: .single,
+                    ingestMaxBytes: 7, partitionMaxBytes: 100)
+            ),
+            (
+                none, ["type": "quorum", "ingest-max-messages": "10", "partition-max-messages": "3"], true,
+                QueueShape(type: "quorum", ingestMaxMessages: 10, partitionMaxMessages: 3, ingestLayout: .single)
+            ),
         ])
     func choice(
         configured: QueueShapeSettings, recorded: [String: String], clusterExists: Bool, expected: QueueShape
@@ -57,6 +68,10 @@ struct QueueShapeChoiceTests {
     func refused() {
         #expect(throws: ConfigurationError.self) {
             try ClusterQueueShape.choose(configured: Self.none, recorded: ["type": "stream"], clusterExists: true)
+        }
+        #expect(throws: ConfigurationError.self) {
+            try ClusterQueueShape.choose(
+                configured: Self.none, recorded: ["partition-max-bytes": "lots"], clusterExists: true)
         }
         #expect(throws: ConfigurationError.self) {
             try ClusterQueueShape.choose(
@@ -226,6 +241,26 @@ struct QueueShapeTests {
             }
         }
 
+        // The partition queue holds both bounds: RabbitMQ takes its arguments again as they are,
+        // and refuses them without the byte bound.
+        let partitionArguments: AMQPTable = [
+            "x-single-active-consumer": .bool(true), "x-dead-letter-exchange": .string(names.dead),
+            "x-queue-type": .string("quorum"),
+        ].merging(Topology.bounds(messages: 50_000, bytes: 512 << 20, .newCluster)) { a, _ in a }
+        #expect(partitionArguments["x-max-length-bytes"] == .int(512 << 20))
+        _ = try await (try await connection.openChannel()).declareQueue(
+            names.partitionQueue(0), options: AMQPQueueOptions(durable: true, arguments: partitionArguments))
+        do {
+            var without = partitionArguments
+            without["x-max-length-bytes"] = nil
+            _ = try await (try await connection.openChannel()).declareQueue(
+                names.partitionQueue(0), options: AMQPQueueOptions(durable: true, arguments: without))
+            Issue.record("the partition queue took a declaration without its byte bound")
+        } catch let error as MessagingError {
+            #expect(error.replyCode == 406, "\(error)")
+        }
+        #expect(try await redis.send("HGET", prefix + "queue-shape", "partition-max-bytes").string == "\(512 << 20)")
+
         // A node started later (the partition count stored meanwhile) follows the record.
         _ = try await redis.send("SET", prefix + "partitions", 1)
         #expect(
@@ -260,7 +295,8 @@ struct QueueShapeTests {
         #expect(
             configuration.queueShape
                 == QueueShape(
-                    type: "classic", ingestMaxMessages: 30, partitionMaxMessages: 5, ingestLayout: .perExchange))
+                    type: "classic", ingestMaxMessages: 30, partitionMaxMessages: 5, ingestLayout: .perExchange,
+                    ingestMaxBytes: 4 << 30, partitionMaxBytes: 512 << 20))
         func notification(_ seq: Int) -> AMQPOutgoingMessage {
             let message: [String: Any] = [
                 "message_id": "m-\(seq)", "publisher_id": "compute.host", "event_type": "compute.instance.update",

@@ -63,6 +63,26 @@ struct EventTypeCatalogTests {
         #expect(try await catalog.list(project: "p").first { $0.eventType == "a" }?.count == 3)
     }
 
+    @Test(
+        "with sampleBytes 0 no sample is ever wanted or kept and every event is counted; a project's keys live retentionDays after its last write"
+    )
+    func noSamplesAndRetention() async throws {
+        let redis = try RedisClient(url: TestServers.redisURL())
+        let prefix = TestServers.uniqueName("herald-test.types") + ":"
+        let catalog = EventTypeCatalog(redis: redis, keyPrefix: prefix, sampleBytes: 0, retentionDays: 2)
+        #expect(!catalog.seen(project: "p", eventType: "a"), "no sample wanted")
+        #expect(catalog.countedWithoutSample(project: "p", eventType: "b"), "counted: seen will not be asked")
+        #expect(catalog.countedWithoutSample(project: "p", eventType: "a"))
+        catalog.sample(project: "p", eventType: "a", json: Array("{}".utf8))
+        #expect(try await catalog.flush() == 2)
+        let entries = try await catalog.list(project: "p")
+        #expect(entries.map(\.eventType) == ["a", "b"] && entries.map(\.count) == [2, 1])
+        #expect(entries.allSatisfy { $0.sample == nil })
+        #expect(try await redis.send("EXISTS", prefix + "types-sample:p").integer == 0)
+        let left = try #require(try await redis.send("PTTL", prefix + "types:p").integer)
+        #expect((2 * 86_400_000 - 60_000...2 * 86_400_000).contains(left), "\(left) ms left")
+    }
+
     @Test("pairs beyond the pending bound are dropped and counted, not grown")
     func bounded() async throws {
         let catalog = EventTypeCatalog(

@@ -197,7 +197,7 @@ extension PipelineSuites {
         }
 
         @Test(
-            "a partition's delivery whose event falls in another partition (nodes on different definitions) goes to the dead queue, counted as misrouted, not acked as unmatched"
+            "a partition's delivery whose event falls in another partition (nodes on different definitions) goes to the dead queue, counted as misrouted, not acked as unmatched; a Ceilometer list's part there is taken (the ingest put all of it there)"
         )
         func misrouted() async throws {
             try await PipelineRun.with(partitions: 4) { run in
@@ -229,6 +229,25 @@ extension PipelineSuites {
                     return depth
                 }
                 #expect(dead == 1)
+
+                // A Ceilometer list's part (`herald-part`) holds only what the ingest put in this
+                // partition, so it is taken whatever this node's definitions say: not misrouted.
+                let part =
+                    #"{"event_type": "event", "payload": [{"event_type": "\#(eventType)", "message_id": "m-part", "generated": "2026-12-07T00:00:00", "traits": [["project_id", 1, "p1"]]}]}"#
+                try await channel.publish(
+                    AMQPOutgoingMessage(
+                        exchange: names.partitions, routingKey: "\(wrong)", body: Array(part.utf8),
+                        properties: AMQPMessageProperties(
+                            contentType: "application/json", headers: ["herald-part": .bool(true)], persistent: true)))
+                try await eventually(timeout: .seconds(30)) {
+                    let metrics = try await run.metrics(of: name)
+                    guard metrics["herald_events_total{stage=\"consumed\"}"] == 2 else {
+                        throw TestFailure("consumed: \(metrics.filter { $0.key.contains("stage") })")
+                    }
+                }
+                try await Task.sleep(for: .milliseconds(500))
+                #expect(try await run.metrics(of: name)["herald_events_total{stage=\"misrouted\"}"] == 1)
+                #expect(try await channel.declareQueuePassive(names.dead).messageCount == 1)
                 await channel.close()
                 await connection.close()
             }

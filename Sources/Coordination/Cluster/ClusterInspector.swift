@@ -54,7 +54,9 @@ public struct ClusterInspector: Sendable {
         {
             count = assignment.owners.count
         }
-        // A node accepts 1 to 65,536 partitions; anything else read or given asks for no lease.
+        // A node accepts 1 to 65,536 partitions: a stored count outside that is not read (the
+        // caller's, which `herald status` checked); one given outside it asks for no lease.
+        if !(1...65_536).contains(count) { count = partitionCount }
         count = (1...65_536).contains(count) ? count : 0
         let time = head[4].array ?? []
         let now = (time.first?.string.flatMap(Double.init) ?? 0) + (time.last?.string.flatMap(Double.init) ?? 0) / 1e6

@@ -8,7 +8,8 @@ import Synchronization
 /// Bounded everywhere: a node counts at most `maxPending` (project, event type) pairs between
 /// flushes, a project keeps at most `maxTypesPerProject` event types (a type past that is not
 /// recorded; the count of such drops is kept), a sample is at most `sampleBytes` (a larger event
-/// keeps no sample). Keys (under the prefix), each kept 30 days after its last write:
+/// keeps no sample; 0 keeps none). Keys (under the prefix), each kept `retentionDays` (30) after
+/// its last write:
 /// `types:<project>` (hash: event type → count), `types-seen:<project>` (→ Redis time, ms),
 /// `types-sample:<project>` (→ the latest event's JSON, redacted).
 public final class EventTypeCatalog: Sendable {
@@ -38,16 +39,18 @@ public final class EventTypeCatalog: Sendable {
     let maxPending: Int
     public let maxTypesPerProject: Int
     public let sampleBytes: Int
+    public let retentionDays: Int
 
     public init(
         redis: RedisClient, keyPrefix: String = "herald:", maxPending: Int = 10_000, maxTypesPerProject: Int = 200,
-        sampleBytes: Int = 8192
+        sampleBytes: Int = 8192, retentionDays: Int = 30
     ) {
         self.redis = redis
         self.prefix = keyPrefix
         self.maxPending = maxPending
         self.maxTypesPerProject = maxTypesPerProject
         self.sampleBytes = sampleBytes
+        self.retentionDays = retentionDays
     }
 
     /// Counts one event; answers whether a sample of it is wanted (the first of its type and
@@ -68,6 +71,7 @@ public final class EventTypeCatalog: Sendable {
     /// (`sampling`), or whether the event was counted.
     private func count(project: String, eventType: String, sampling: Bool) -> Bool {
         let key = Key(project: project, eventType: eventType)
+        let samples = sampleBytes > 0
         return pending.withLock { pending in
             if let count = pending.counts[key] {
                 pending.counts[key] = count + 1
@@ -77,14 +81,15 @@ public final class EventTypeCatalog: Sendable {
                 pending.dropped += 1
                 return !sampling
             }
-            if sampling { pending.counts[key] = 1 }
-            return sampling
+            // With no samples kept (`sampleBytes` 0) none is ever wanted: counted either way.
+            if sampling || !samples { pending.counts[key] = 1 }
+            return sampling ? samples : !samples
         }
     }
 
     /// The event as its project's subscribers receive it (too large: no sample).
     public func sample(project: String, eventType: String, json: [UInt8]) {
-        guard json.count <= sampleBytes else { return }
+        guard json.count <= sampleBytes, sampleBytes > 0 else { return }
         pending.withLock { $0.samples[Key(project: project, eventType: eventType)] = json }
     }
 
@@ -93,11 +98,11 @@ public final class EventTypeCatalog: Sendable {
 
     private static let write = RedisScript(
         #"""
-        local p, max = ARGV[1], tonumber(ARGV[2])
+        local p, max, keep = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
         local t = redis.call('TIME')
         local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
         local refused = 0
-        local i = 3
+        local i = 4
         while i + 3 <= #ARGV do
           local project, kind, n, sample = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3]
           local counts, seen, samples = p .. 'types:' .. project, p .. 'types-seen:' .. project, p .. 'types-sample:' .. project
@@ -106,7 +111,7 @@ public final class EventTypeCatalog: Sendable {
             redis.call('HSET', seen, kind, now)
             if sample ~= '' then redis.call('HSET', samples, kind, sample) end
             for _, key in ipairs({counts, seen, samples}) do
-              if redis.call('EXISTS', key) == 1 then redis.call('PEXPIRE', key, 2592000000) end
+              if redis.call('EXISTS', key) == 1 then redis.call('PEXPIRE', key, keep) end
             end
           else
             refused = refused + 1
@@ -133,7 +138,7 @@ public final class EventTypeCatalog: Sendable {
         do {
             while written < keys.count {
                 let chunk = keys[written..<min(keys.count, written + 500)]
-                var arguments: [any RedisArgument] = [prefix, maxTypesPerProject]
+                var arguments: [any RedisArgument] = [prefix, maxTypesPerProject, retentionDays * 86_400_000]
                 for key in chunk {
                     arguments += [
                         key.project, key.eventType, taken.counts[key] ?? 0,

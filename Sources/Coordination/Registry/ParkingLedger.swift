@@ -576,11 +576,13 @@ public final class ParkingLedger: Sendable {
         return zip(subscriptions, replies).compactMap { subscription, reply in
             let fields = reply.hashFields
             guard fields["project"] != nil else { return nil }
-            let count = fields["count"].flatMap { Int($0) } ?? 0
+            // Clamped: the drainer adds to them, and a corrupt value must not trap a node.
+            func clamped(_ key: String, _ most: Int) -> Int { min(max(fields[key].flatMap { Int($0) } ?? 0, 0), most) }
+            let count = clamped("count", 1 << 40)
             return State(
                 subscription: subscription, project: fields["project"] ?? "", count: count,
                 since: fields["since"].flatMap { Int64($0) } ?? 0,
-                attempts: fields["attempts"].flatMap { Int($0) } ?? 0,
+                attempts: clamped("attempts", 1 << 30),
                 nextAttempt: fields["next"].flatMap { Int64($0) } ?? 0,
                 lastError: fields["error"] ?? "", claimedBy: fields["claimed"].flatMap { $0.isEmpty ? nil : $0 }
             )

@@ -16,6 +16,12 @@ enum DeadLetterDetail {
             + " (\(zaqar ?? "no reason given")); a trust deleted in Keystone or a user without the trust's roles ends here"
     }
 
+    /// `unauthorized`: Zaqar refused a request that carried no credentials.
+    static func noCredentials(status: Int, target: ZaqarTarget, zaqar: String?) -> String {
+        "Zaqar answered \(status) for \(target) to a request without credentials (\(zaqar ?? "no reason given")):"
+            + " the subscription has no trust and no pre-signed URL; give it a signed_url, or create it again with a trust"
+    }
+
     /// `unauthorized`: Keystone no longer gives a token through the subscription's trust.
     static func trustGone(zaqar: String?) -> String {
         "the subscription's trust no longer gives a token (\(zaqar ?? "no reason given"));"

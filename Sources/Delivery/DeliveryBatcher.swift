@@ -852,7 +852,8 @@ public final class DeliveryBatcher: Sendable {
                         await deadLetterRejected(batch, response: response)
                     }
                     return
-                case 401 where parking != nil && !response.credentialsGone, 403 where parking != nil:
+                case 401 where parking != nil && !response.credentialsGone,
+                    403 where parking != nil && !response.credentialsGone:
                     // A trust may come back (a user regains the role, Keystone recovers): park, retry
                     // until the horizon, dead-letter only then.
                     retryAfter = nil
@@ -863,7 +864,7 @@ public final class DeliveryBatcher: Sendable {
                     await deadLetter(
                         batch, reason: .unauthorized, status: response.status, zaqarMessage: response.message
                     ) { _ in
-                        DeadLetterDetail.unauthorized(status: response.status, target: target, zaqar: response.message)
+                        Self.unauthorizedDetail(response, target: target)
                     }
                     return
                 case 404:
@@ -1075,10 +1076,11 @@ public final class DeliveryBatcher: Sendable {
             return deadLettered(await deadLetterRejected(batch, response: response))
         case 404:
             return deadLettered(await deadLetterNotFound(batch, target: target, response: response))
-        case 401 where response.credentialsGone:
+        case 401 where response.credentialsGone, 403 where response.credentialsGone:
             return deadLettered(
-                await deadLetter(batch, reason: .unauthorized, status: 401, zaqarMessage: response.message) { _ in
-                    DeadLetterDetail.trustGone(zaqar: response.message)
+                await deadLetter(batch, reason: .unauthorized, status: response.status, zaqarMessage: response.message)
+                { _ in
+                    Self.unauthorizedDetail(response, target: target)
                 })
         default:
             return .failed(
@@ -1125,6 +1127,21 @@ public final class DeliveryBatcher: Sendable {
         await deadLetter(batch, reason: .signedURLExpired, status: nil, zaqarMessage: nil) { _ in
             DeadLetterDetail.signedURLExpired(queue: target.queue, at: expiry)
         }
+    }
+
+    /// Why Zaqar's 401 or 403 is a dead letter: no credentials were sent, the trust is gone, or
+    /// the credentials (a pre-signed URL; any, where nothing parks) do not reach the queue.
+    static func unauthorizedDetail(_ response: ZaqarResponse, target: ZaqarTarget) -> String {
+        switch target.credentials {
+        case .noAuth:
+            return DeadLetterDetail.noCredentials(status: response.status, target: target, zaqar: response.message)
+        case .trust, .signedURL(_, trust: .some):
+            // Gone only when Keystone refused the trust's token.
+            if response.credentialsGone { return DeadLetterDetail.trustGone(zaqar: response.message) }
+        case .signedURL(_, trust: .none):
+            break
+        }
+        return DeadLetterDetail.unauthorized(status: response.status, target: target, zaqar: response.message)
     }
 
     /// A 400 or 413 on this very message.

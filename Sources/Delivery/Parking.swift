@@ -21,6 +21,11 @@ public struct ParkingFull: Error, CustomStringConvertible, Sendable {
             "project \(project) has \(parked) bytes parked, its share (HERALD_PARKING_PROJECT_MAX_BYTES) is \(share)")
     }
 
+    /// Every project's parked bytes together are at the cluster's bound (HERALD_PARKING_MAX_BYTES).
+    public static func clusterBytes(parked: Int, bound: Int) -> ParkingFull {
+        ParkingFull("\(parked) bytes are parked in all, the cluster's bound (HERALD_PARKING_MAX_BYTES) is \(bound)")
+    }
+
     /// The subscription holds as many parked messages as one may (HERALD_PARKING_SUBSCRIPTION_MAX_MESSAGES).
     public static func subscriptionMessages(_ subscription: String, parked: Int, limit: Int) -> ParkingFull {
         ParkingFull(

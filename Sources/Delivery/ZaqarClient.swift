@@ -9,9 +9,10 @@ public struct ZaqarResponse: Sendable {
     public var message: String?
     /// `Retry-After`, when given and usable (429, 503), cut to the client's `retryAfterCap`.
     public var retryAfter: Duration?
-    /// A 401 that cannot pass later: Keystone itself refused a token for the subscription's trust
-    /// (deleted, expired, its trustor gone). Other 401s and 403s may (roles given back, Keystone
-    /// recovering) and are parked and retried.
+    /// A 401 or 403 that cannot pass later: Keystone itself refused a token for the subscription's
+    /// trust (deleted, expired, its trustor gone), or the request carried no trust's token (no
+    /// credentials at all, or a pre-signed URL Zaqar refuses, with no trust to fall back on). Other
+    /// 401s and 403s may (roles given back, Keystone recovering) and are parked and retried.
     public var credentialsGone: Bool
 
     public init(status: Int, message: String? = nil, retryAfter: Duration? = nil, credentialsGone: Bool = false) {
@@ -110,7 +111,19 @@ public final class ZaqarClient: Sendable {
             }
         }
         // libcurl bounds the exchange itself (the request timeout covers it whole).
-        guard let trust else { return try await send(request) }
+        guard let trust else {
+            var response = try await send(request)
+            // Refused without credentials, or with a pre-signed URL and no trust to fall back on: no
+            // retry brings others. (Parked for the retry horizon, a tenant could fill the broker
+            // with what no request will ever deliver.)
+            switch target.credentials {
+            case .noAuth, .signedURL(_, trust: .none):
+                if response.status == 401 || response.status == 403 { response.credentialsGone = true }
+            case .trust, .signedURL(_, trust: .some):
+                break  // a renewed pre-signed URL may pass (the keeper renews it with the trust)
+            }
+            return response
+        }
         // A node without Keystone is misconfigured, the trust may be fine: not "gone".
         guard let tokens else {
             return ZaqarResponse(status: 401, message: "this node has no Keystone to get a token for trust \(trust)")

@@ -158,6 +158,9 @@ package final class KeystoneClient: Sendable {
         var rateLimit: ValidationRateLimit
         /// Trust-scoped tokens by trust, each until a minute before it expires.
         var trustTokens: [String: (token: String, until: ContinuousClock.Instant)] = [:]
+        /// The size at which expired trust tokens are next swept out (`cacheCapacity`, or twice
+        /// what was left: each token is one trust in use, so the valid ones are kept).
+        var trustTokensSweepAt = 0
         /// Trusts Keystone refused a token for, until when that answer stands without asking again,
         /// and how many times in a row it was refused: a tenant who deletes its trusts must not
         /// cost Keystone a password login per batch, nor one per trust every `goneTrustTTL`.
@@ -274,6 +277,8 @@ package final class KeystoneClient: Sendable {
     var validationCount: Int { validations.load(ordering: .relaxed) }
     /// Trust-scoped tokens asked of Keystone.
     var trustTokenCount: Int { trustTokenRequests.load(ordering: .relaxed) }
+    /// Trust tokens held (tests).
+    var heldTrustTokenCount: Int { state.withLock { $0.trustTokens.count } }
     /// Logins of Herald's own service user (each a password check in Keystone).
     var serviceLoginCount: Int { serviceLogins.load(ordering: .relaxed) }
     /// Trust-scoped tokens asked with Herald's password (each a password check in Keystone).
@@ -642,6 +647,12 @@ package final class KeystoneClient: Sendable {
         }
         let until = Self.tokenTimes(of: body, now: instant()).renew
         state.withLock { state in
+            // Expired tokens of trusts no longer used (subscriptions deleted, moved to other
+            // nodes) went nowhere: swept once the map reaches its threshold.
+            if state.trustTokens.count >= max(configuration.cacheCapacity, state.trustTokensSweepAt) {
+                state.trustTokens = state.trustTokens.filter { $0.value.until > now }
+                state.trustTokensSweepAt = 2 * state.trustTokens.count
+            }
             state.trustTokens[trust] = (token, until)
             state.goneTrusts[trust] = nil
             if !byPassword { state.rescoping = .works }

@@ -116,6 +116,9 @@ package final class SignedURLKeeper: Sendable {
         self.logger = logger
     }
 
+    /// Subscriptions warned about and remembered (tests).
+    var warnedSubscriptions: Set<String> { Set(warned.withLock { $0.keys }) }
+
     /// What one pass did.
     struct Pass: Equatable, Sendable {
         var renewed: [String] = []
@@ -139,10 +142,17 @@ package final class SignedURLKeeper: Sendable {
     /// One pass over the registry.
     func check(now: Date = Date()) async throws -> Pass {
         var pass = Pass()
+        // Subscriptions still warned about: the others' entries go after a whole pass (deleted,
+        // renewed or changed ones would stay for the node's life).
+        var stillWarned = Set<String>()
+        var whole = true
         for subscription in try await registry.snapshot().subscriptions {
             // A node stopping ends the pass here (its shutdown awaits this task); the next leader
             // goes on from the registry.
-            if Task.isCancelled { break }
+            if Task.isCancelled {
+                whole = false
+                break
+            }
             guard let standing = SignedURLStanding(subscription, now: now, renewBefore: policy.renewBefore) else {
                 continue
             }
@@ -154,6 +164,7 @@ package final class SignedURLKeeper: Sendable {
                 if let endpoints, !endpoints.permits(endpoint) {
                     // Delivery dead-letters its messages (`not_allowed`); no token goes there.
                     pass.notAllowed.append(subscription.id)
+                    stillWarned.insert(subscription.id)
                     let first = warned.withLock { seen in
                         defer { seen[subscription.id] = "not allowed" }
                         return seen[subscription.id] != "not allowed"
@@ -182,6 +193,7 @@ package final class SignedURLKeeper: Sendable {
                 }
             case .expiring, .expired, .unreadable:
                 let expires = subscription.target.signedURL?.expires ?? ""
+                stillWarned.insert(subscription.id)
                 let first = warned.withLock { seen in
                     defer { seen[subscription.id] = expires }
                     return seen[subscription.id] != expires
@@ -197,6 +209,7 @@ package final class SignedURLKeeper: Sendable {
                 }
             }
         }
+        if whole { warned.withLock { $0 = $0.filter { stillWarned.contains($0.key) } } }
         return pass
     }
 

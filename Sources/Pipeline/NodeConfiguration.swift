@@ -160,7 +160,7 @@ package struct NodeConfiguration: Sendable {
         "HERALD_DEAD_LETTERS_IDLE_DAYS", "HERALD_EVENT_DEFINITIONS", "HERALD_NOTIFICATION_TOPICS", "HERALD_PRIORITIES",
         "HERALD_POLICY_FILE", "HERALD_ADMIN_PROJECT", "HERALD_DELIVERY_RETRY_HORIZON", "HERALD_PARKING_AFTER_ATTEMPTS",
         "HERALD_PARKING_RETRY_BASE_SECONDS", "HERALD_PARKING_RETRY_CAP_SECONDS", "HERALD_PARKING_PROJECT_MAX_MESSAGES",
-        "HERALD_PARKING_PROJECT_MAX_BYTES",
+        "HERALD_PARKING_PROJECT_MAX_BYTES", "HERALD_PARKING_MAX_BYTES",
         "HERALD_PARKING_SUBSCRIPTION_MAX_MESSAGES", "HERALD_PARKING_DRAINS", "HERALD_KEYSTONE_NEGATIVE_CACHE_SECONDS",
         "HERALD_KEYSTONE_VALIDATIONS_PER_SECOND", "HERALD_SERVICE_TYPE", "HERALD_REDACTION_FILE",
         "HERALD_TRUSTED_PROXIES", "HERALD_KEYSTONE_VALIDATIONS_IN_FLIGHT", "HERALD_ZAQAR_CA_FILE",
@@ -429,6 +429,16 @@ package struct NodeConfiguration: Sendable {
         }
         parking.projectMaxMessages = try integer("HERALD_PARKING_PROJECT_MAX_MESSAGES", 100_000, 100...100_000_000)
         parking.projectMaxBytes = try integer("HERALD_PARKING_PROJECT_MAX_BYTES", 1 << 30, 1 << 20...1 << 40)
+        // Unset: 8 GiB, or a project's share where that is set higher (an older setting stays valid).
+        parking.clusterMaxBytes = try integer(
+            "HERALD_PARKING_MAX_BYTES", max(8 << 30, parking.projectMaxBytes), 0...1 << 44)
+        guard parking.clusterMaxBytes == 0 || parking.clusterMaxBytes >= parking.projectMaxBytes else {
+            throw ConfigurationError(
+                key: "HERALD_PARKING_MAX_BYTES", value: "\(parking.clusterMaxBytes)",
+                expected:
+                    "0 (no bound) or at least HERALD_PARKING_PROJECT_MAX_BYTES (\(parking.projectMaxBytes)): every project's parked bytes together"
+            )
+        }
         parking.subscriptionMaxMessages = try integer(
             "HERALD_PARKING_SUBSCRIPTION_MAX_MESSAGES", 50_000, 100...100_000_000)
         parking.concurrentDrains = try integer("HERALD_PARKING_DRAINS", 4, 1...64)

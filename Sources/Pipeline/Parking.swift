@@ -26,6 +26,8 @@ package struct ParkingSettings: Sendable {
     /// HERALD_PARKING_PROJECT_MAX_BYTES: bytes one project may have parked, cluster-wide (also each
     /// of its queues' `x-max-length-bytes`). Default 1 GiB.
     var projectMaxBytes = 1 << 30
+    /// HERALD_PARKING_MAX_BYTES: every project's parked bytes together; 0: no bound.
+    var clusterMaxBytes = 8 << 30
     /// How long a parked subscription's queue must stay empty while more messages are counted
     /// than live nodes are publishing before the excess is dropped (an uncount lost after its
     /// ack). What a dead node reserved is dropped at once. Default 10 s: while it runs, the
@@ -63,10 +65,11 @@ package struct ParkingMetrics: Sendable {
     let retries: Counter
     let dropped: Counter
     let reconciled: Counter
-    /// By reason: `project_full`, `subscription_full`, `unavailable`.
+    /// By reason: `project_full`, `subscription_full`, `unavailable`, `cluster_full`.
     let refusedProjectFull: Counter
     let refusedSubscriptionFull: Counter
     let refusedUnavailable: Counter
+    let refusedClusterFull: Counter
 
     package init(factory: any MetricsFactory = MetricsSystem.factory) {
         parkedMessages = Gauge(label: "herald_parked_messages", factory: factory)
@@ -84,6 +87,7 @@ package struct ParkingMetrics: Sendable {
         refusedProjectFull = refused("project_full")
         refusedSubscriptionFull = refused("subscription_full")
         refusedUnavailable = refused("unavailable")
+        refusedClusterFull = refused("cluster_full")
     }
 }
 
@@ -189,7 +193,8 @@ package final class TargetParking: DeliveryParking {
             reservation = try await ledger.reserve(
                 subscription: subscription, project: project, count: messages.count, bytes: bytes,
                 projectMax: settings.projectMaxMessages,
-                projectMaxBytes: settings.projectMaxBytes, subscriptionMax: settings.subscriptionMaxMessages,
+                projectMaxBytes: settings.projectMaxBytes, clusterMaxBytes: settings.clusterMaxBytes,
+                subscriptionMax: settings.subscriptionMaxMessages,
                 delay: failed ? max(settings.delay(attempt: 0, using: &random), retryAfter ?? .zero) : .zero,
                 error: reason,
                 onlyIfParked: !failed, owner: owner
@@ -206,6 +211,9 @@ package final class TargetParking: DeliveryParking {
         case .projectBytesFull(let parkedBytes):
             metrics.refusedProjectFull.increment()
             throw ParkingFull.projectBytes(project, parked: parkedBytes, share: settings.projectMaxBytes)
+        case .clusterBytesFull(let parkedBytes):
+            metrics.refusedClusterFull.increment()
+            throw ParkingFull.clusterBytes(parked: parkedBytes, bound: settings.clusterMaxBytes)
         case .subscriptionFull(let parked):
             metrics.refusedSubscriptionFull.increment()
             throw ParkingFull.subscriptionMessages(

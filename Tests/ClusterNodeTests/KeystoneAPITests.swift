@@ -285,6 +285,31 @@ extension APISuites {
         }
 
         @Test(
+            "trust tokens are held while valid; expired ones of trusts no longer asked are swept out once the map reaches its capacity, valid ones kept"
+        )
+        func trustTokensSwept() async throws {
+            let keystone = try await KeystoneFixture.make()
+            let clock = ManualClock()
+            var small = configuration(keystone)
+            small.cacheCapacity = 3
+            let client = KeystoneClient(configuration: small, logger: Logger(label: "test"), clock: ElapsedClock(clock))
+            var trusts: [String] = []
+            for _ in 0..<5 { trusts.append(try await keystone.trustToHerald("a")) }
+            for trust in trusts.prefix(3) { _ = try await client.trustToken(trust) }
+            #expect(client.heldTrustTokenCount == 3)
+            // Two hours on, the three are expired; the next one sweeps them out.
+            clock.advance(by: .seconds(7_200))
+            _ = try await client.trustToken(trusts[3])
+            #expect(client.heldTrustTokenCount == 1, "the expired three swept out")
+            // Valid ones are never dropped: past the capacity the map grows, and sweeps again at
+            // twice what was left.
+            _ = try await client.trustToken(trusts[4])
+            _ = try await client.trustToken(trusts[0])
+            _ = try await client.trustToken(trusts[1])
+            #expect(client.heldTrustTokenCount == 4)
+        }
+
+        @Test(
             "a Keystone that does not rescope scoped tokens (allow_rescope_scoped_token = false): trust tokens are asked with the password, found once"
         )
         func trustTokensWhereRescopeRefused() async throws {

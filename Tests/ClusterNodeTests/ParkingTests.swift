@@ -492,7 +492,7 @@ struct ParkingTests {
     }
 
     @Test(
-        "the ledger: per-project shares (messages and bytes) and per-subscription bounds; releases never unpark; only a claimer that saw the queue empty does, and a count without messages is dropped after the window; only the claimer reschedules"
+        "the ledger: per-project shares (messages and bytes), the cluster's byte bound over every project, and per-subscription bounds; releases never unpark; only a claimer that saw the queue empty does, and a count without messages is dropped after the window; only the claimer reschedules"
     )
     func ledger() async throws {
         let ledger = ParkingLedger(
@@ -543,6 +543,33 @@ struct ParkingTests {
             try await ledger.reserve(
                 subscription: "s4", project: "p3", count: 1, bytes: 600, projectMax: 100, projectMaxBytes: 1000,
                 subscriptionMax: 100, delay: .zero, error: "") == .projectBytesFull(parkedBytes: 600))
+        // Every project's bytes together: 600 parked (p3's), so 500 more of another project pass
+        // a cluster bound of 1,100 and the next 1 does not, whatever that project's own share.
+        guard
+            case .reserved = try await ledger.reserve(
+                subscription: "s5", project: "p4", count: 1, bytes: 500, projectMax: 100, projectMaxBytes: 1000,
+                clusterMaxBytes: 1100, subscriptionMax: 100, delay: .zero, error: "")
+        else {
+            Issue.record("bytes within the cluster's bound")
+            return
+        }
+        #expect(
+            try await ledger.reserve(
+                subscription: "s6", project: "p5", count: 1, bytes: 1, projectMax: 100, projectMaxBytes: 1000,
+                clusterMaxBytes: 1100, subscriptionMax: 100, delay: .zero, error: "")
+                == .clusterBytesFull(parkedBytes: 1100))
+        // Forgotten, its bytes leave the cluster's total too: room again.
+        try await ledger.forget(subscription: "s5")
+        guard
+            case .reserved = try await ledger.reserve(
+                subscription: "s6", project: "p5", count: 1, bytes: 1, projectMax: 100, projectMaxBytes: 1000,
+                clusterMaxBytes: 1100, subscriptionMax: 100, delay: .zero, error: "")
+        else {
+            Issue.record("room in the cluster's bound after a forget")
+            return
+        }
+        #expect(try await ledger.release(subscription: "s6", count: 1, bytes: 1) == 0)
+        try await ledger.forget(subscription: "s6")
         #expect(try await ledger.parkedSubscriptions() == ["s1", "s2", "s3", "s4"])
         #expect(try await ledger.release(subscription: "s1", count: 999) == 0, "a release never goes below zero")
         #expect(

@@ -177,6 +177,11 @@ extension APISuites {
             #expect(pass.notAllowed == [removed.id])
             #expect(pass.failed == [allowed.id])
             #expect(pass.renewed.isEmpty)
+            #expect(keeper.warnedSubscriptions == [removed.id])
+            // Deleted, it is forgotten after the next whole pass (the memory was for the node's life).
+            #expect(try await harness.registry.delete(id: removed.id, project: "p1"))
+            _ = try await keeper.check(now: now)
+            #expect(keeper.warnedSubscriptions.isEmpty)
             await zaqar.shutdown()
         }
 

@@ -81,7 +81,7 @@ extension RedisServerTests {
             Subscription(project: project, eventTypes: ["compute.instance.*"], target: Target(queue: queue))
         }
 
-        @Test("create, get, update, delete; another project sees nothing")
+        @Test("create, get, update, delete (its counts and last failure with it); another project sees nothing")
         func crud() async throws {
             let registry = try registry()
             let created = try await registry.create(subscription("p1"))
@@ -105,9 +105,19 @@ extension RedisServerTests {
             #expect(updated.updatedAt >= created.updatedAt)
             #expect(try await registry.get(id: created.id, project: "p1")?.messageTTL == 7200)
 
+            // Its counts and its last failure, kept under its id, go with it.
+            let redis = try RedisClient(url: TestServers.redisURL())
+            let stats = SubscriptionStats(redis: redis, keyPrefix: prefix)
+            stats.count([created.id], \.matched)
+            try await stats.flush()
+            _ = try await redis.send("SET", prefix + "park-failing:" + created.id, "HTTP 503")
+            #expect(try await stats.health(subscription: created.id).total.matched == 1)
             #expect(try await registry.delete(id: created.id, project: "p2") == false)
+            #expect(try await redis.send("EXISTS", prefix + "stats:" + created.id).integer == 1)
             #expect(try await registry.delete(id: created.id, project: "p1") == true)
             #expect(try await registry.get(id: created.id, project: "p1") == nil)
+            #expect(try await redis.send("EXISTS", prefix + "stats:" + created.id).integer == 0)
+            #expect(try await redis.send("EXISTS", prefix + "park-failing:" + created.id).integer == 0)
             #expect(try await registry.delete(id: created.id, project: "p1") == false)
         }
 

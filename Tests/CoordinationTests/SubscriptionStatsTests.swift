@@ -13,6 +13,8 @@ struct SubscriptionStatsTests {
         let redis = try RedisClient(url: TestServers.redisURL())
         let prefix = TestServers.uniqueName("herald-test.stats") + ":"
         let stats = SubscriptionStats(redis: redis, keyPrefix: prefix)
+        // Counts are kept for subscriptions that exist (their registry record).
+        for id in ["s1", "s2", "s3", "a", "b"] { _ = try await redis.send("SET", prefix + "sub:" + id, "{}") }
         stats.count(["s1", "s1", "s1", "s2"], \.matched)
         stats.count(["s1", "s1"], \.delivered)
         stats.count(["s1"], \.deadLettered)
@@ -52,6 +54,13 @@ struct SubscriptionStatsTests {
         let cleaned = try #require(try await stats.health(subscription: "s3").lastError)
         #expect(cleaned.count <= 301 && !cleaned.contains("\n") && !cleaned.contains("\u{7}"), "\(cleaned.prefix(40))")
         #expect(try await small.health(subscription: "a").total.matched == 2)
+
+        // A deleted subscription's counts, flushed after its delete, make no key again.
+        stats.count(["gone"], \.matched)
+        stats.failed(["gone"], error: "HTTP 503")
+        try await stats.flush()
+        #expect(try await redis.send("EXISTS", prefix + "stats:gone").integer == 0)
+        #expect(try await stats.health(subscription: "gone") == SubscriptionStats.Health())
     }
 
     @Test(

@@ -396,6 +396,43 @@ extension PipelineSuites {
                 // Its subscription deletes cleanly although the trust is already gone.
                 #expect(try await call(run, .DELETE, "/v1/subscriptions/\(revokedID)", token: token).0 == 204)
 
+                // Without trust or pre-signed URL ("trust": false): Zaqar refuses the requests, which
+                // carry no credentials, so no retry can pass. Dead-lettered at once naming why, not
+                // parked for the retry horizon (where a tenant could fill the broker with them).
+                let bareQueue = run.queue("bare")
+                let (bareCreated, bare) = try await call(
+                    run, .POST, "/v1/subscriptions", token: token,
+                    json: [
+                        "event_types": ["compute.instance.shutdown.*"], "target": ["queue": bareQueue], "trust": false,
+                    ])
+                #expect(bareCreated == 201, "\(bare)")
+                let bareID = try #require(bare["id"] as? String)
+                try await Task.sleep(for: .seconds(2))
+                let shutdowns = try run.publish(
+                    (0..<2).map { seq in
+                        [
+                            "exchange": "nova", "event_type": "compute.instance.shutdown.end", "project": project,
+                            "payload": ["seq": seq],
+                        ]
+                    })
+                #expect(await shutdowns.wait() == 0, "\(shutdowns.tail())")
+                let bareLetters = try await eventually(timeout: .seconds(30)) {
+                    let (_, page) = try await call(run, .GET, "/v1/dead-letters", token: token)
+                    let letters = (page["dead_letters"] as? [[String: Any]] ?? []).filter {
+                        $0["subscription_id"] as? String == bareID
+                    }
+                    guard letters.count >= 2 else { throw TestFailure("\(letters.count) of 2 dead letters") }
+                    return letters
+                }
+                #expect(
+                    bareLetters.allSatisfy {
+                        $0["reason"] as? String == "unauthorized"
+                            && ($0["detail"] as? String)?.contains("no trust and no pre-signed URL") == true
+                    }, "\(bareLetters)")
+                let (_, bareHealth) = try await call(run, .GET, "/v1/subscriptions/\(bareID)/delivery", token: token)
+                #expect(bareHealth["state"] as? String != "parked", "\(bareHealth)")
+                #expect(try await call(run, .DELETE, "/v1/subscriptions/\(bareID)", token: token).0 == 204)
+
                 // Deleting subscriptions deletes their trusts.
                 #expect(
                     try await keystone.trusts(of: "a").sorted()

@@ -38,6 +38,8 @@ public final class ParkingLedger: Sendable {
         /// The project's parked messages (or bytes) would exceed its share.
         case projectFull(parked: Int)
         case projectBytesFull(parkedBytes: Int)
+        /// Every project's parked bytes together reached the cluster's bound.
+        case clusterBytesFull(parkedBytes: Int)
         /// The subscription's parked messages would exceed its queue's bound.
         case subscriptionFull(parked: Int)
         /// Its retrier has caught up and is emptying the queue (`close`): new messages wait for
@@ -82,30 +84,60 @@ public final class ParkingLedger: Sendable {
     /// has long failed or ended, and the confirm or unreserve that should have followed was lost.
     static let staleReservationMilliseconds = 120_000
 
-    /// Takes a subscription's record out with its share of the project's counters.
-    private static let drop = #"""
-        local function drop(p, sub, key)
-          local project = redis.call('HGET', key, 'project')
-          if project then
-            local count = tonumber(redis.call('HGET', key, 'count') or '0')
-            local bytes = tonumber(redis.call('HGET', key, 'bytes') or '0')
-            if count > 0 and redis.call('HINCRBY', p .. 'park-projects', project, -count) <= 0 then redis.call('HDEL', p .. 'park-projects', project) end
-            if bytes > 0 and redis.call('HINCRBY', p .. 'park-project-bytes', project, -bytes) <= 0 then redis.call('HDEL', p .. 'park-project-bytes', project) end
+    /// Adds `delta` to a project's parked bytes (never below zero) and the same change to every
+    /// project's together (`park-bytes-total`, which `HERALD_PARKING_MAX_BYTES` bounds).
+    private static let parkedBytes = #"""
+        local function parkedBytes(p, project, delta)
+          if delta == 0 then return end
+          local key = p .. 'park-project-bytes'
+          local before = tonumber(redis.call('HGET', key, project) or '0') or 0
+          local after = before + delta
+          if after <= 0 then
+            redis.call('HDEL', key, project)
+            after = 0
+          else
+            redis.call('HSET', key, project, string.format('%d', after))
           end
-          redis.call('DEL', key)
-          redis.call('ZREM', p .. 'park-due', sub)
+          local total = (tonumber(redis.call('GET', p .. 'park-bytes-total') or '0') or 0) + after - before
+          if total <= 0 then
+            redis.call('DEL', p .. 'park-bytes-total')
+          else
+            redis.call('SET', p .. 'park-bytes-total', string.format('%d', total))
+          end
         end
         """#
 
+    /// Takes a subscription's record out with its share of the project's counters.
+    private static let drop =
+        parkedBytes + "\n" + #"""
+            local function drop(p, sub, key)
+              local project = redis.call('HGET', key, 'project')
+              if project then
+                local count = tonumber(redis.call('HGET', key, 'count') or '0')
+                local bytes = tonumber(redis.call('HGET', key, 'bytes') or '0')
+                if count > 0 and redis.call('HINCRBY', p .. 'park-projects', project, -count) <= 0 then redis.call('HDEL', p .. 'park-projects', project) end
+                if bytes > 0 then parkedBytes(p, project, -bytes) end
+              end
+              redis.call('DEL', key)
+              redis.call('ZREM', p .. 'park-due', sub)
+            end
+            """#
+
     private static let reserve = RedisScript(
-        clock + "\n" + gone + "\n" + #"""
+        clock + "\n" + gone + "\n" + parkedBytes + "\n" + #"""
             local p, sub, project, n, pmax, smax, delay, err, bytes, bmax, onlyIfParked, owner, grace = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10]), ARGV[11], ARGV[12], tonumber(ARGV[13])
+            local cmax = tonumber(ARGV[14] or '0')
             local key = p .. 'park:' .. sub
             if onlyIfParked == '1' and redis.call('EXISTS', key) == 0 then return {-5, 0} end
             local used = tonumber(redis.call('HGET', p .. 'park-projects', project) or '0')
             if used + n > pmax then return {-1, used} end
             local usedBytes = tonumber(redis.call('HGET', p .. 'park-project-bytes', project) or '0')
             if usedBytes + bytes > bmax then return {-3, usedBytes} end
+            if cmax > 0 then
+              -- Every project's together: many projects of one tenant must not fill the shared broker.
+              local total = tonumber(redis.call('GET', p .. 'park-bytes-total') or '0') or 0
+              if total + bytes > cmax then return {-6, total} end
+            end
             local count = tonumber(redis.call('HGET', key, 'count') or '0')
             if count + n > smax then return {-2, count} end
             if redis.call('HGET', key, 'closing') == '1' then
@@ -120,7 +152,7 @@ public final class ParkingLedger: Sendable {
             end
             redis.call('HDEL', key, 'empty_since')
             redis.call('HINCRBY', p .. 'park-projects', project, n)
-            redis.call('HINCRBY', p .. 'park-project-bytes', project, bytes)
+            parkedBytes(p, project, bytes)
             redis.call('HINCRBY', key, 'bytes', bytes)
             redis.call('HINCRBY', key, 'count', n)
             if owner ~= '' then
@@ -141,7 +173,7 @@ public final class ParkingLedger: Sendable {
     /// - Throws: `CoordinationError` when Redis cannot be asked.
     public func reserve(
         subscription: String, project: String, count: Int, bytes: Int = 0, projectMax: Int,
-        projectMaxBytes: Int = Int.max / 2, subscriptionMax: Int,
+        projectMaxBytes: Int = Int.max / 2, clusterMaxBytes: Int = 0, subscriptionMax: Int,
         delay: Duration, error: String, onlyIfParked: Bool = false, owner: String = ""
     ) async throws -> Reservation {
         let reply = try await redis.evalSHA(
@@ -149,7 +181,7 @@ public final class ParkingLedger: Sendable {
             arguments: [
                 prefix, subscription, project, count, projectMax, subscriptionMax, Int(max(0, delay.milliseconds)),
                 String(error.prefix(300)), bytes, projectMaxBytes,
-                onlyIfParked ? "1" : "0", owner, Self.graceMilliseconds,
+                onlyIfParked ? "1" : "0", owner, Self.graceMilliseconds, clusterMaxBytes,
             ])
         guard let items = reply.array, items.count == 2, let first = items[0].integer, let second = items[1].integer
         else {
@@ -161,12 +193,13 @@ public final class ParkingLedger: Sendable {
         case -3: return .projectBytesFull(parkedBytes: Int(second))
         case -4: return .closing
         case -5: return .notParked
+        case -6: return .clusterBytesFull(parkedBytes: Int(second))
         default: return .reserved(at: second)
         }
     }
 
     private static let confirm = RedisScript(
-        clock + "\n" + #"""
+        clock + "\n" + parkedBytes + "\n" + #"""
             local p, sub, project, n, bytes, owner = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
             local key = p .. 'park:' .. sub
             if redis.call('EXISTS', key) == 1 then
@@ -177,7 +210,7 @@ public final class ParkingLedger: Sendable {
             end
             redis.call('HSET', key, 'project', project, 'since', now, 'attempts', 0, 'next', now, 'error', 'parked while its record was gone', 'count', n, 'bytes', bytes, 'claimed', '')
             redis.call('HINCRBY', p .. 'park-projects', project, n)
-            redis.call('HINCRBY', p .. 'park-project-bytes', project, bytes)
+            parkedBytes(p, project, bytes)
             redis.call('ZADD', p .. 'park-due', now, sub)
             return 1
             """#)
@@ -215,20 +248,20 @@ public final class ParkingLedger: Sendable {
     }
 
     private static let release = RedisScript(
-        #"""
-        local p, sub, n, bytes = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-        local key = p .. 'park:' .. sub
-        local project = redis.call('HGET', key, 'project')
-        if not project then return 0 end
-        local count = tonumber(redis.call('HGET', key, 'count') or '0')
-        local held = tonumber(redis.call('HGET', key, 'bytes') or '0')
-        if n > count then n = count end
-        if bytes > held then bytes = held end
-        if n > 0 and redis.call('HINCRBY', p .. 'park-projects', project, -n) <= 0 then redis.call('HDEL', p .. 'park-projects', project) end
-        if bytes > 0 and redis.call('HINCRBY', p .. 'park-project-bytes', project, -bytes) <= 0 then redis.call('HDEL', p .. 'park-project-bytes', project) end
-        redis.call('HSET', key, 'count', count - n, 'bytes', held - bytes)
-        return count - n
-        """#)
+        parkedBytes + "\n" + #"""
+            local p, sub, n, bytes = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+            local key = p .. 'park:' .. sub
+            local project = redis.call('HGET', key, 'project')
+            if not project then return 0 end
+            local count = tonumber(redis.call('HGET', key, 'count') or '0')
+            local held = tonumber(redis.call('HGET', key, 'bytes') or '0')
+            if n > count then n = count end
+            if bytes > held then bytes = held end
+            if n > 0 and redis.call('HINCRBY', p .. 'park-projects', project, -n) <= 0 then redis.call('HDEL', p .. 'park-projects', project) end
+            if bytes > 0 then parkedBytes(p, project, -bytes) end
+            redis.call('HSET', key, 'count', count - n, 'bytes', held - bytes)
+            return count - n
+            """#)
 
     /// Uncounts messages that left parking (delivered, dead-lettered, dropped). The record stays
     /// (the subscription stays parked) until a drainer sees the queue empty. Answers how many
@@ -427,7 +460,7 @@ public final class ParkingLedger: Sendable {
               redis.call('HSET', key, 'count', count)
               if count == 0 then
                 local bytes = tonumber(redis.call('HGET', key, 'bytes') or '0')
-                if bytes > 0 and redis.call('HINCRBY', p .. 'park-project-bytes', project, -bytes) <= 0 then redis.call('HDEL', p .. 'park-project-bytes', project) end
+                if bytes > 0 then parkedBytes(p, project, -bytes) end
                 redis.call('HSET', key, 'bytes', 0)
               end
             end

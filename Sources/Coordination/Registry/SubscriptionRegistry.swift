@@ -105,7 +105,9 @@ public final class SubscriptionRegistry: Sendable {
         #"""
         local prefix, id, project = ARGV[1], ARGV[2], ARGV[3]
         if redis.call('ZREM', prefix .. 'subs:project:' .. project, id) == 0 then return 0 end
-        redis.call('DEL', prefix .. 'sub:' .. id)
+        -- Its counts and its last failure go with it (they were kept 30 days: a tenant creating
+        -- and deleting subscriptions left one key behind each time).
+        redis.call('DEL', prefix .. 'sub:' .. id, prefix .. 'stats:' .. id, prefix .. 'park-failing:' .. id)
         redis.call('SREM', prefix .. 'subs:all', id)
         local version = redis.call('INCR', prefix .. 'subs:version')
         notify(prefix, version, id, ARGV[4])

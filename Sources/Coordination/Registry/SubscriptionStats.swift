@@ -92,18 +92,22 @@ public final class SubscriptionStats: Sendable {
           local sub, matched, delivered, dead, err = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), ARGV[i + 4]
           local key = p .. 'stats:' .. sub
           local slot = 's' .. (minute % 60)
-          if tonumber(redis.call('HGET', key, slot) or '-1') ~= minute then
-            redis.call('HSET', key, slot, minute, slot .. ':m', 0, slot .. ':d', 0, slot .. ':x', 0)
-          end
-          for _, counted in ipairs({{'matched', matched, ':m'}, {'delivered', delivered, ':d'}, {'dead_lettered', dead, ':x'}}) do
-            if counted[2] > 0 then
-              redis.call('HINCRBY', key, counted[1], counted[2])
-              redis.call('HINCRBY', key, slot .. counted[3], counted[2])
+          -- Only for a subscription that still exists: counts of a deleted one (flushed after its
+          -- delete) would make its key again, for 30 days.
+          if redis.call('EXISTS', p .. 'sub:' .. sub) == 1 then
+            if tonumber(redis.call('HGET', key, slot) or '-1') ~= minute then
+              redis.call('HSET', key, slot, minute, slot .. ':m', 0, slot .. ':d', 0, slot .. ':x', 0)
             end
+            for _, counted in ipairs({{'matched', matched, ':m'}, {'delivered', delivered, ':d'}, {'dead_lettered', dead, ':x'}}) do
+              if counted[2] > 0 then
+                redis.call('HINCRBY', key, counted[1], counted[2])
+                redis.call('HINCRBY', key, slot .. counted[3], counted[2])
+              end
+            end
+            if delivered > 0 then redis.call('HSET', key, 'last_delivered_at', now) end
+            if err ~= '' then redis.call('HSET', key, 'last_error', err, 'last_error_at', now) end
+            redis.call('PEXPIRE', key, 2592000000)
           end
-          if delivered > 0 then redis.call('HSET', key, 'last_delivered_at', now) end
-          if err ~= '' then redis.call('HSET', key, 'last_error', err, 'last_error_at', now) end
-          redis.call('PEXPIRE', key, 2592000000)
           i = i + 5
         end
         return 1

@@ -88,16 +88,23 @@ package struct APILimits: Sendable {
     var replaysPerMinute = 1000
     /// HERALD_RATE_TESTS: test events (`POST /v1/subscriptions/{id}/test`) per project per minute. Default 10.
     var testsPerMinute = 10
+    /// HERALD_API_PROJECT_REQUESTS_IN_FLIGHT: one project's requests a node serves at once. Default 16.
+    var requestsInFlightPerProject = 16
+    /// HERALD_API_REQUESTS_IN_FLIGHT: requests a node serves at once, every project together. Default 128.
+    var requestsInFlight = 128
 
     package init(
         subscriptionsPerProject: Int = 100, changesPerMinute: Int = 60, replayPerCall: Int = 100,
-        replaysPerMinute: Int = 1000, testsPerMinute: Int = 10
+        replaysPerMinute: Int = 1000, testsPerMinute: Int = 10, requestsInFlightPerProject: Int = 16,
+        requestsInFlight: Int = 128
     ) {
         self.subscriptionsPerProject = subscriptionsPerProject
         self.changesPerMinute = changesPerMinute
         self.replayPerCall = replayPerCall
         self.replaysPerMinute = replaysPerMinute
         self.testsPerMinute = testsPerMinute
+        self.requestsInFlightPerProject = requestsInFlightPerProject
+        self.requestsInFlight = requestsInFlight
     }
 }
 
@@ -114,9 +121,13 @@ package struct APIRoute: Sendable {
 /// metrics and the OpenAPI document. Every subscription route is scoped to the caller's project.
 package struct HeraldAPI: Sendable {
     let services: APIServices
+    /// The requests this API serves at once, per project and in all.
+    let inFlight: InFlightLimit
 
     package init(services: APIServices) {
         self.services = services
+        inFlight = InFlightLimit(
+            perProject: services.limits.requestsInFlightPerProject, total: services.limits.requestsInFlight)
     }
 
     static let subscriptionFields: Set<String> = [
@@ -178,6 +189,7 @@ package struct HeraldAPI: Sendable {
         router.add(middleware: MetricsMiddleware())
         let protected = router.group()
         protected.add(middleware: authenticator)
+        protected.add(middleware: InFlightMiddleware(limit: inFlight))
         for route in routes {
             let handler = route.handler
             if route.authenticated {

@@ -153,7 +153,8 @@ package struct NodeConfiguration: Sendable {
         "HERALD_SIGNED_URL_LIFETIME_SECONDS", "HERALD_SIGNED_URL_CHECK_SECONDS", "HERALD_INGEST_WATCH_SECONDS",
         "HERALD_DELIVERY_LINGER_MS", "HERALD_ZAQAR_ALLOWED_URLS", "HERALD_QUOTA_SUBSCRIPTIONS",
         "HERALD_RATE_SUBSCRIPTION_CHANGES",
-        "HERALD_REPLAY_MAX", "HERALD_RATE_REPLAYS", "HERALD_RATE_TESTS",
+        "HERALD_REPLAY_MAX", "HERALD_RATE_REPLAYS", "HERALD_RATE_TESTS", "HERALD_API_PROJECT_REQUESTS_IN_FLIGHT",
+        "HERALD_API_REQUESTS_IN_FLIGHT",
         "HERALD_ZAQAR_SERVICE_TYPE", "HERALD_ZAQAR_INTERFACE", "HERALD_ZAQAR_REGION", "HERALD_DELIVERY_TIMEOUT_SECONDS",
         "HERALD_DELIVERY_PROJECT_MAX_MESSAGES", "HERALD_ZAQAR_CONNECTIONS",
         "HERALD_CLUSTER", "HERALD_DEAD_LETTERS_MAX", "HERALD_DEAD_LETTERS_PROJECT_MAX", "HERALD_DEAD_LETTER_BODY_BYTES",
@@ -504,7 +505,9 @@ package struct NodeConfiguration: Sendable {
                 changesPerMinute: try integer("HERALD_RATE_SUBSCRIPTION_CHANGES", 60, 1...100_000),
                 replayPerCall: try integer("HERALD_REPLAY_MAX", 100, 1...1000),
                 replaysPerMinute: try integer("HERALD_RATE_REPLAYS", 1000, 1...1_000_000),
-                testsPerMinute: try integer("HERALD_RATE_TESTS", 10, 1...10_000)
+                testsPerMinute: try integer("HERALD_RATE_TESTS", 10, 1...10_000),
+                requestsInFlightPerProject: try integer("HERALD_API_PROJECT_REQUESTS_IN_FLIGHT", 16, 1...10_000),
+                requestsInFlight: try integer("HERALD_API_REQUESTS_IN_FLIGHT", 128, 1...100_000)
             ),
             deliveryTimeout: .seconds(try integer("HERALD_DELIVERY_TIMEOUT_SECONDS", 10, 1...300)),
             zaqarConnections: try integer("HERALD_ZAQAR_CONNECTIONS", 8, 1...1_024),

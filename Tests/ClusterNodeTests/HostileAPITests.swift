@@ -70,6 +70,38 @@ extension APISuites {
             }
         }
 
+        @Test(
+            "requests a node serves at once: past a project's share 429, past the node's bound 503, both with Retry-After and naming the setting; places come back when requests end"
+        )
+        func inFlight() async throws {
+            var limits = APILimits()
+            limits.requestsInFlightPerProject = 2
+            limits.requestsInFlight = 3
+            let harness = try APIHarness(limits: limits)
+            let held = harness.api.inFlight
+            try await harness.test { client in
+                // Two requests of p1 under way (held here as a slow request would hold them).
+                try held.enter("p1")
+                try held.enter("p1")
+                let refused = try await client.call(.get, "/v1/subscriptions")
+                #expect(refused.status == .tooManyRequests, "\(refused.text)")
+                #expect(refused.headers[.retryAfter] == "1")
+                #expect(refused.message.contains("HERALD_API_PROJECT_REQUESTS_IN_FLIGHT"), "\(refused.message)")
+                #expect(try await client.call(.get, "/v1/subscriptions", project: "p2").status == .ok, "per project")
+                // A third project's request under way: the node's three places are taken.
+                try held.enter("p3")
+                let full = try await client.call(.get, "/v1/subscriptions", project: "p2")
+                #expect(full.status == .serviceUnavailable, "\(full.text)")
+                #expect(full.message.contains("HERALD_API_REQUESTS_IN_FLIGHT"), "\(full.message)")
+                #expect(try await client.call(.get, "/healthz", project: nil).status == .ok, "open routes are not held")
+                held.leave("p1")
+                held.leave("p3")
+                #expect(try await client.call(.get, "/v1/subscriptions").status == .ok)
+                held.leave("p1")
+            }
+            #expect(held.inFlight.total == 0 && held.inFlight.projects == 0, "every place given back")
+        }
+
         @Test("creates and updates per project per minute: 429 with Retry-After once the rate is spent")
         func rate() async throws {
             var limits = APILimits()

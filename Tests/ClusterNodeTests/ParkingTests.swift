@@ -545,26 +545,23 @@ struct ParkingTests {
                 subscriptionMax: 100, delay: .zero, error: "") == .projectBytesFull(parkedBytes: 600))
         // Every project's bytes together: 600 parked (p3's), so 500 more of another project pass
         // a cluster bound of 1,100 and the next 1 does not, whatever that project's own share.
-        guard
-            case .reserved = try await ledger.reserve(
-                subscription: "s5", project: "p4", count: 1, bytes: 500, projectMax: 100, projectMaxBytes: 1000,
-                clusterMaxBytes: 1100, subscriptionMax: 100, delay: .zero, error: "")
-        else {
+        func withinCluster(
+            _ subscription: String, _ project: String, bytes: Int
+        ) async throws
+            -> ParkingLedger.Reservation
+        {
+            try await ledger.reserve(
+                subscription: subscription, project: project, count: 1, bytes: bytes, projectMax: 100,
+                projectMaxBytes: 1000, clusterMaxBytes: 1100, subscriptionMax: 100, delay: .zero, error: "")
+        }
+        guard case .reserved = try await withinCluster("s5", "p4", bytes: 500) else {
             Issue.record("bytes within the cluster's bound")
             return
         }
-        #expect(
-            try await ledger.reserve(
-                subscription: "s6", project: "p5", count: 1, bytes: 1, projectMax: 100, projectMaxBytes: 1000,
-                clusterMaxBytes: 1100, subscriptionMax: 100, delay: .zero, error: "")
-                == .clusterBytesFull(parkedBytes: 1100))
+        #expect(try await withinCluster("s6", "p5", bytes: 1) == .clusterBytesFull(parkedBytes: 1100))
         // Forgotten, its bytes leave the cluster's total too: room again.
         try await ledger.forget(subscription: "s5")
-        guard
-            case .reserved = try await ledger.reserve(
-                subscription: "s6", project: "p5", count: 1, bytes: 1, projectMax: 100, projectMaxBytes: 1000,
-                clusterMaxBytes: 1100, subscriptionMax: 100, delay: .zero, error: "")
-        else {
+        guard case .reserved = try await withinCluster("s6", "p5", bytes: 1) else {
             Issue.record("room in the cluster's bound after a forget")
             return
         }

@@ -218,6 +218,19 @@ extension PipelineSuites {
                 let project = try #require(keystone.projects["a"])
                 let token = try await keystone.userToken("a")
                 let user = ZaqarReader(baseURL: zaqarURL, token: token)
+                // The project's dead letters of one subscription, once there are at least `count`.
+                func letters(of subscription: String, atLeast count: Int) async throws -> [[String: Any]] {
+                    try await eventually(timeout: .seconds(30)) {
+                        let (_, page) = try await call(run, .GET, "/v1/dead-letters", token: token)
+                        let letters = (page["dead_letters"] as? [[String: Any]] ?? []).filter {
+                            $0["subscription_id"] as? String == subscription
+                        }
+                        guard letters.count >= count else {
+                            throw TestFailure("\(letters.count) of \(count) dead letters")
+                        }
+                        return letters
+                    }
+                }
 
                 // The Zaqar behind Keystone refuses a request without a token, whatever X-Project-ID says.
                 #expect(
@@ -342,17 +355,10 @@ extension PipelineSuites {
                     }
                     #expect(bodies.count == 6, "\(queue): every event once, in the user's own project")
                 }
-                let letters = try await eventually(timeout: .seconds(30)) {
-                    let (_, page) = try await call(run, .GET, "/v1/dead-letters", token: token)
-                    let letters = (page["dead_letters"] as? [[String: Any]] ?? []).filter {
-                        $0["subscription_id"] as? String == doomedID
-                    }
-                    guard letters.count >= 6 else { throw TestFailure("\(letters.count) of 6 dead letters") }
-                    return letters
-                }
+                let expired = try await letters(of: doomedID, atLeast: 6)
                 #expect(
-                    letters.allSatisfy { $0["reason"] as? String == "signed_url_expired" },
-                    "\(letters.map { $0["reason"] ?? "" })")
+                    expired.allSatisfy { $0["reason"] as? String == "signed_url_expired" },
+                    "\(expired.map { $0["reason"] ?? "" })")
                 #expect(try await user.bodies(queue: doomedQueue, project: project).isEmpty)
                 let recorded = (try? String(contentsOfFile: recorderLog, encoding: .utf8)) ?? ""
                 #expect(recorded.isEmpty, "the second member's server got requests: \(recorded.prefix(300))")
@@ -384,14 +390,7 @@ extension PipelineSuites {
                         ]
                     })
                 #expect(await deletes.wait() == 0, "\(deletes.tail())")
-                let refused = try await eventually(timeout: .seconds(30)) {
-                    let (_, page) = try await call(run, .GET, "/v1/dead-letters", token: token)
-                    let letters = (page["dead_letters"] as? [[String: Any]] ?? []).filter {
-                        $0["subscription_id"] as? String == revokedID
-                    }
-                    guard letters.count >= 2 else { throw TestFailure("\(letters.count) of 2 dead letters") }
-                    return letters
-                }
+                let refused = try await letters(of: revokedID, atLeast: 2)
                 #expect(refused.allSatisfy { $0["reason"] as? String == "unauthorized" }, "\(refused)")
                 // Its subscription deletes cleanly although the trust is already gone.
                 #expect(try await call(run, .DELETE, "/v1/subscriptions/\(revokedID)", token: token).0 == 204)
@@ -416,14 +415,7 @@ extension PipelineSuites {
                         ]
                     })
                 #expect(await shutdowns.wait() == 0, "\(shutdowns.tail())")
-                let bareLetters = try await eventually(timeout: .seconds(30)) {
-                    let (_, page) = try await call(run, .GET, "/v1/dead-letters", token: token)
-                    let letters = (page["dead_letters"] as? [[String: Any]] ?? []).filter {
-                        $0["subscription_id"] as? String == bareID
-                    }
-                    guard letters.count >= 2 else { throw TestFailure("\(letters.count) of 2 dead letters") }
-                    return letters
-                }
+                let bareLetters = try await letters(of: bareID, atLeast: 2)
                 #expect(
                     bareLetters.allSatisfy {
                         $0["reason"] as? String == "unauthorized"

@@ -88,17 +88,20 @@ package struct APILimits: Sendable {
     var replaysPerMinute = 1000
     /// HERALD_RATE_TESTS: test events (`POST /v1/subscriptions/{id}/test`) per project per minute. Default 10.
     var testsPerMinute = 10
+    /// HERALD_QUOTA_SUBSCRIPTIONS_TOTAL: every project's subscriptions together. Default 200,000.
+    var subscriptionsInAll = 200_000
     /// HERALD_API_PROJECT_REQUESTS_IN_FLIGHT: one project's requests a node serves at once. Default 16.
     var requestsInFlightPerProject = 16
     /// HERALD_API_REQUESTS_IN_FLIGHT: requests a node serves at once, every project together. Default 128.
     var requestsInFlight = 128
 
     package init(
-        subscriptionsPerProject: Int = 100, changesPerMinute: Int = 60, replayPerCall: Int = 100,
-        replaysPerMinute: Int = 1000, testsPerMinute: Int = 10, requestsInFlightPerProject: Int = 16,
-        requestsInFlight: Int = 128
+        subscriptionsPerProject: Int = 100, subscriptionsInAll: Int = 200_000, changesPerMinute: Int = 60,
+        replayPerCall: Int = 100, replaysPerMinute: Int = 1000, testsPerMinute: Int = 10,
+        requestsInFlightPerProject: Int = 16, requestsInFlight: Int = 128
     ) {
         self.subscriptionsPerProject = subscriptionsPerProject
+        self.subscriptionsInAll = subscriptionsInAll
         self.changesPerMinute = changesPerMinute
         self.replayPerCall = replayPerCall
         self.replaysPerMinute = replaysPerMinute
@@ -310,7 +313,9 @@ package struct HeraldAPI: Sendable {
         }
         do {
             return try await store {
-                try await services.registry.create(subscription, quota: services.limits.subscriptionsPerProject)
+                try await services.registry.create(
+                    subscription, quota: services.limits.subscriptionsPerProject,
+                    total: services.limits.subscriptionsInAll)
             }
         } catch {
             if let trust = subscription.trustID { try? await services.keystone?.deleteTrust(trust) }

@@ -154,7 +154,7 @@ package struct NodeConfiguration: Sendable {
         "HERALD_DELIVERY_LINGER_MS", "HERALD_ZAQAR_ALLOWED_URLS", "HERALD_QUOTA_SUBSCRIPTIONS",
         "HERALD_RATE_SUBSCRIPTION_CHANGES",
         "HERALD_REPLAY_MAX", "HERALD_RATE_REPLAYS", "HERALD_RATE_TESTS", "HERALD_API_PROJECT_REQUESTS_IN_FLIGHT",
-        "HERALD_API_REQUESTS_IN_FLIGHT",
+        "HERALD_API_REQUESTS_IN_FLIGHT", "HERALD_QUOTA_SUBSCRIPTIONS_TOTAL",
         "HERALD_ZAQAR_SERVICE_TYPE", "HERALD_ZAQAR_INTERFACE", "HERALD_ZAQAR_REGION", "HERALD_DELIVERY_TIMEOUT_SECONDS",
         "HERALD_DELIVERY_PROJECT_MAX_MESSAGES", "HERALD_ZAQAR_CONNECTIONS",
         "HERALD_CLUSTER", "HERALD_DEAD_LETTERS_MAX", "HERALD_DEAD_LETTERS_PROJECT_MAX", "HERALD_DEAD_LETTER_BODY_BYTES",
@@ -502,6 +502,7 @@ package struct NodeConfiguration: Sendable {
             }.filter { !$0.isEmpty },
             limits: APILimits(
                 subscriptionsPerProject: try integer("HERALD_QUOTA_SUBSCRIPTIONS", 100, 1...100_000),
+                subscriptionsInAll: try integer("HERALD_QUOTA_SUBSCRIPTIONS_TOTAL", 200_000, 1...100_000_000),
                 changesPerMinute: try integer("HERALD_RATE_SUBSCRIPTION_CHANGES", 60, 1...100_000),
                 replayPerCall: try integer("HERALD_REPLAY_MAX", 100, 1...1000),
                 replaysPerMinute: try integer("HERALD_RATE_REPLAYS", 1000, 1...1_000_000),

@@ -45,10 +45,13 @@ extension APISuites {
             }
         }
 
-        @Test("subscriptions per project stop at the quota (403 naming it); another project is not affected")
+        @Test(
+            "subscriptions per project stop at the quota (403 naming it); another project is not affected until every project's together reach theirs (403 naming it)"
+        )
         func quota() async throws {
             var limits = APILimits()
             limits.subscriptionsPerProject = 3
+            limits.subscriptionsInAll = 4
             let harness = try APIHarness(limits: limits)
             try await harness.test { client in
                 for index in 0..<3 {
@@ -67,6 +70,12 @@ extension APISuites {
                     try await client.call(.post, "/v1/subscriptions", project: "p2", json: Self.subscription()).status
                         == .created)
                 #expect(try await harness.registry.count(project: "p1") == 3)
+                // Every project's together: the fifth of the cloud is refused, whatever the project.
+                let cloudFull = try await client.call(
+                    .post, "/v1/subscriptions", project: "p3", json: Self.subscription())
+                #expect(cloudFull.status == .forbidden, "\(cloudFull.text)")
+                #expect(cloudFull.message.contains("HERALD_QUOTA_SUBSCRIPTIONS_TOTAL"), "\(cloudFull.message)")
+                #expect(try await harness.registry.count(project: "p3") == 0)
             }
         }
 

@@ -79,8 +79,9 @@ public final class SubscriptionRegistry: Sendable {
     /// ARGV[6] (`update`'s too, `delete`'s ARGV[4]): the change's head.
     private static let create = advancingHead(
         #"""
-        local prefix, id, project, quota = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[5])
+        local prefix, id, project, quota, total = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[5]), tonumber(ARGV[7] or '0')
         if quota > 0 and redis.call('ZCARD', prefix .. 'subs:project:' .. project) >= quota then return -1 end
+        if total > 0 and redis.call('SCARD', prefix .. 'subs:all') >= total then return -3 end
         if redis.call('SET', prefix .. 'sub:' .. id, ARGV[4], 'NX') == false then return 0 end
         redis.call('ZADD', prefix .. 'subs:project:' .. project, 0, id)
         redis.call('SADD', prefix .. 'subs:all', id)
@@ -159,15 +160,19 @@ public final class SubscriptionRegistry: Sendable {
     /// - Throws: `SubscriptionValidationError` naming the bad field; `SubscriptionQuotaExceeded`;
     ///   `CoordinationError` when Redis fails or the id exists already.
     @discardableResult
-    public func create(_ subscription: Subscription, quota: Int? = nil) async throws -> Subscription {
+    public func create(_ subscription: Subscription, quota: Int? = nil, total: Int? = nil) async throws -> Subscription
+    {
         try subscription.validate()
         let version = try await redis.evalSHA(
             Self.create,
             arguments: [
                 prefix, subscription.id, subscription.project, try encode(subscription), quota ?? 0,
-                Self.newHead(),
+                Self.newHead(), total ?? 0,
             ])
         if version.integer == -1 { throw SubscriptionQuotaExceeded(project: subscription.project, quota: quota ?? 0) }
+        if version.integer == -3 {
+            throw SubscriptionQuotaExceeded(project: subscription.project, quota: total ?? 0, cloudWide: true)
+        }
         guard (version.integer ?? 0) > 0 else {
             throw CoordinationError(.serverError, "subscription \(subscription.id) exists already")
         }
@@ -598,8 +603,18 @@ public struct RegistryWatch: AsyncSequence, Sendable {
 public struct SubscriptionQuotaExceeded: Error, CustomStringConvertible, Sendable {
     public var project: String
     public var quota: Int
+    /// The bound of every project's subscriptions together, not the project's own.
+    public var cloudWide = false
+
+    public init(project: String, quota: Int, cloudWide: Bool = false) {
+        self.project = project
+        self.quota = quota
+        self.cloudWide = cloudWide
+    }
 
     public var description: String {
-        "project \(project) has \(quota) subscriptions, its quota (HERALD_QUOTA_SUBSCRIPTIONS); delete one first"
+        cloudWide
+            ? "the cloud holds \(quota) subscriptions, the bound of every project's together (HERALD_QUOTA_SUBSCRIPTIONS_TOTAL); ask the cloud's operator"
+            : "project \(project) has \(quota) subscriptions, its quota (HERALD_QUOTA_SUBSCRIPTIONS); delete one first"
     }
 }

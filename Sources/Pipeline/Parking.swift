@@ -480,8 +480,9 @@ package final class ParkingDrainer: Sendable {
         guard let states = try? await ledger.allStates() else { return true }
         let now = Int64(Date().timeIntervalSince1970 * 1000)
         parking.metrics.parkedSubscriptions.record(states.count)
-        // Wrapping arithmetic: the numbers are read from Redis, and a corrupt one must not trap.
-        parking.metrics.parkedMessages.record(states.reduce(0) { $0 &+ max(0, $1.count) })
+        // Wrapping arithmetic: the numbers are read from Redis (counts clamped there), and a
+        // corrupt one must not trap.
+        parking.metrics.parkedMessages.record(states.reduce(0) { $0 &+ $1.count })
         parking.metrics.oldestAge.record(Double(max(0, now &- (states.map(\.since).min() ?? now))) / 1000)
         return true
     }

@@ -947,12 +947,14 @@ package final class IngestService: Sendable {
             messages = try routedMessages(delivery)
         } catch {
             counters.count(.malformed)
+            let kept = delivery.body.prefix(64 << 10)
             var letter = DeadLetter(
                 reason: .malformed, detail: SafeText.clean("\(error)", limit: 500),
                 target: "\(delivery.exchange)/\(delivery.routingKey)",
-                body: String(decoding: delivery.body.prefix(64 << 10), as: UTF8.self), at: Date().timeIntervalSince1970
+                body: String(decoding: kept, as: UTF8.self), at: Date().timeIntervalSince1970
             )
-            if delivery.isPartial || delivery.body.count > 64 << 10 { letter.bodyTruncated = true }
+            // Cut here, or already on the wire (`isPartial`): the whole length says which.
+            if kept.count < delivery.bodyLength { letter.bodyTruncated = true }
             await store([letter])
             return nil
         }

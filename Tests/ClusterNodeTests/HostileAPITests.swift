@@ -49,10 +49,7 @@ extension APISuites {
             "subscriptions per project stop at the quota (403 naming it); another project is not affected until every project's together reach theirs (403 naming it)"
         )
         func quota() async throws {
-            var limits = APILimits()
-            limits.subscriptionsPerProject = 3
-            limits.subscriptionsInAll = 4
-            let harness = try APIHarness(limits: limits)
+            let harness = try APIHarness(limits: APILimits(subscriptionsPerProject: 3, subscriptionsInAll: 4))
             try await harness.test { client in
                 for index in 0..<3 {
                     #expect(
@@ -83,10 +80,7 @@ extension APISuites {
             "requests a node serves at once: past a project's share 429, past the node's bound 503, both with Retry-After and naming the setting; places come back when requests end"
         )
         func inFlight() async throws {
-            var limits = APILimits()
-            limits.requestsInFlightPerProject = 2
-            limits.requestsInFlight = 3
-            let harness = try APIHarness(limits: limits)
+            let harness = try APIHarness(limits: APILimits(requestsInFlightPerProject: 2, requestsInFlight: 3))
             let held = harness.api.inFlight
             try await harness.test { client in
                 // Two requests of p1 under way (held here as a slow request would hold them).

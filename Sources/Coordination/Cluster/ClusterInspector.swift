@@ -48,16 +48,16 @@ public struct ClusterInspector: Sendable {
         let leader = head[1].string.flatMap { $0.split(separator: "|").first }.map {
             String($0.split(separator: "#").first ?? $0)
         }
-        var count = partitionCount
+        // A node accepts 1 to 65,536 partitions: a stored count outside that is not read (the
+        // caller's, which `herald status` checked, stands); one given outside it asks for no lease.
+        let accepted = 1...65_536
+        var count = accepted.contains(partitionCount) ? partitionCount : 0
         if let bytes = head[2].bytes,
-            let assignment = try? JSONDecoder().decode(StoredAssignment.self, from: Data(bytes))
+            let assignment = try? JSONDecoder().decode(StoredAssignment.self, from: Data(bytes)),
+            accepted.contains(assignment.owners.count)
         {
             count = assignment.owners.count
         }
-        // A node accepts 1 to 65,536 partitions: a stored count outside that is not read (the
-        // caller's, which `herald status` checked); one given outside it asks for no lease.
-        if !(1...65_536).contains(count) { count = partitionCount }
-        count = (1...65_536).contains(count) ? count : 0
         let time = head[4].array ?? []
         let now = (time.first?.string.flatMap(Double.init) ?? 0) + (time.last?.string.flatMap(Double.init) ?? 0) / 1e6
         let leaseReplies = try await redis.pipeline((0..<count).map { RedisCommand("GET", prefix + "lease:\($0)") })

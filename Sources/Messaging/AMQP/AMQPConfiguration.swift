@@ -83,10 +83,10 @@ public struct AMQPConfiguration: Sendable, Equatable {
     /// A notification is 1 to 3 KB; a larger body comes in several frames.
     public var frameMax: Int
     /// Bodies longer than this are kept in part: the delivery carries their first
-    /// `partialBodyBytes` (or `maxBodyBytes`, when smaller) and their whole length (`AMQPDelivery.bodyLength`, `isPartial`). A
-    /// consumer's unacked deliveries then hold at most prefetch x that prefix of oversized
-    /// messages, instead of prefetch x the broker's largest message (128 MiB by default on
-    /// RabbitMQ 3, 16 MiB on 4). nil: bodies kept whole.
+    /// `partialBodyBytes` (or `maxBodyBytes`, when smaller) and their whole length
+    /// (`AMQPDelivery.bodyLength`, `isPartial`). A consumer's unacked deliveries then hold at most
+    /// prefetch x that prefix of oversized messages, instead of prefetch x the broker's largest
+    /// message (128 MiB by default on RabbitMQ 3, 16 MiB on 4). nil: bodies kept whole.
     public var maxBodyBytes: Int?
     /// What is kept of a body longer than `maxBodyBytes`, at most.
     public static let partialBodyBytes = 64 << 10

@@ -549,9 +549,10 @@ final class RabbitMQConnection: @unchecked Sendable {
     /// only its start when it is longer than `maxBodyBytes`.
     private func body(_ value: amqp_bytes_t) -> [UInt8] {
         guard value.len > 0, let base = value.bytes else { return [] }
-        let kept =
-            value.len > (configuration.maxBodyBytes ?? Int.max)
-            ? min(configuration.maxBodyBytes ?? 0, AMQPConfiguration.partialBodyBytes) : value.len
+        var kept = value.len
+        if let most = configuration.maxBodyBytes, value.len > most {
+            kept = max(0, min(most, AMQPConfiguration.partialBodyBytes))
+        }
         return DocumentBytes.copy(UnsafeRawBufferPointer(start: base, count: kept))
     }
 
